@@ -1,0 +1,65 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The one exception root of any2kvm_os.
+
+Every subclass carries a message template filled from keyword arguments,
+so that callers raise InvalidImage(path=..., reason=...) and the CLI
+prints one line.  A template that cannot be filled is a programming error
+and is reported as such instead of being swallowed.
+"""
+
+
+class Any2KvmError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    msg_fmt = "An unknown error occurred"
+
+    def __init__(self, message=None, **kwargs):
+        self.kwargs = kwargs
+        if message is None:
+            message = self.msg_fmt % kwargs
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self):
+        return self.message
+
+
+class InvalidImage(Any2KvmError):
+    """A disk image is malformed, truncated or unsafe to read."""
+
+    msg_fmt = "%(path)s: %(reason)s"
+
+
+class UnsupportedImage(Any2KvmError):
+    """A file is well formed but of a kind we do not read."""
+
+    msg_fmt = "%(path)s: %(reason)s"
+
+
+class ChainError(Any2KvmError):
+    """A snapshot chain cannot be resolved (missing parent, cycle, ...)."""
+
+    msg_fmt = "%(path)s: %(reason)s"
+
+
+class InvalidArchive(Any2KvmError):
+    """An archive (tar, tgz) is malformed or holds unsafe members."""
+
+    msg_fmt = "%(path)s: %(reason)s"
+
+
+class TargetError(Any2KvmError):
+    """The output cannot be written."""
+
+    msg_fmt = "%(path)s: %(reason)s"
