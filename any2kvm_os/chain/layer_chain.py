@@ -1,0 +1,189 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A snapshot chain: its layers, leaf first, resolved by unique id.
+
+The resolver asks a layer for its parent's id and looks for that id among
+the other files of the same container.  Names written inside the image
+(locators, parent names) decide only the order in which files are tried.
+The fold turns the chain into one extent map: for each range, the newest
+layer that says something about it wins; ranges beyond a layer's own size
+read as zeros for everything above it.
+"""
+
+import logging
+
+from any2kvm_os import exception
+from any2kvm_os import extents as ext
+from any2kvm_os.formats import probe
+
+LOG = logging.getLogger(__name__)
+
+#: Granularity of the fold: large enough to keep the Python overhead low,
+#: small enough that a window's extent list stays short.
+FOLD_WINDOW = 64 << 20
+
+
+class LayerChain(object):
+    """Layers leaf first; ``layers[-1]`` is the base."""
+
+    def __init__(self, layers, names, member_names=None):
+        self.layers = layers
+        #: How each layer is named in messages and ``info``.
+        self.names = names
+        #: The layers' names inside their container.
+        self.member_names = member_names or names
+
+    @property
+    def leaf(self):
+        return self.layers[0]
+
+    @property
+    def virtual_size(self):
+        return self.leaf.virtual_size
+
+    def __len__(self):
+        return len(self.layers)
+
+    def _fold(self, i, start, end, out):
+        layer = self.layers[i]
+        stop = min(end, layer.virtual_size)
+        if start < stop:
+            for e in layer.block_status(start, stop - start):
+                if e.kind != ext.UNALLOCATED:
+                    out.append(e._replace(layer=i))
+                elif i + 1 < len(self.layers):
+                    self._fold(i + 1, e.offset, e.end, out)
+                else:
+                    out.append(e._replace(layer=i))
+        lo = max(start, layer.virtual_size)
+        if lo < end:
+            # Beyond this layer's size: zeros, whatever older layers held
+            # (a child grown after the snapshot sees zeros there).
+            out.append(ext.extent(ext.ZERO, lo, end - lo, layer=i))
+
+    def fold(self, offset, length, top=0):
+        """Extents of ``[offset, offset+length)`` seen from layer ``top``.
+
+        UNALLOCATED is returned where no layer from ``top`` down to the base
+        holds anything: for a whole chain that reads as zeros; for a partial
+        chain (incremental apply) it means "leave what is there".
+        """
+        out = []
+        end = min(offset + length, self.layers[top].virtual_size)
+        if offset < end:
+            self._fold(top, offset, end, out)
+        return ext.merge(out)
+
+    def iter_extents(self, window=FOLD_WINDOW):
+        size = self.virtual_size
+        for off in range(0, size, window):
+            yield from self.fold(off, min(window, size - off))
+
+    def describe(self):
+        """One dict per layer, leaf first (for ``any2kvm info``)."""
+        out = []
+        for name, layer in zip(self.names, self.layers):
+            ref = layer.parent_ref
+            out.append({
+                'name': name,
+                'format': layer.format_name,
+                'subformat': layer.subformat,
+                'id': layer.identity,
+                'parent_id': ref.id if ref else None,
+                'virtual_size': layer.virtual_size,
+                'allocated_bytes': layer.allocated_bytes(),
+                'creator': layer.creator,
+            })
+        return out
+
+
+def _try_open(container, name):
+    """Open a candidate parent; None if it is no disk image at all."""
+    view = container.open_view(name)
+    cls = probe.detect(view)
+    if cls is None:
+        return None
+    return cls(view)
+
+
+def resolve(container, leaf_name, limits):
+    """Build the :class:`LayerChain` of ``leaf_name`` within ``container``."""
+    leaf = probe.open_layer(container.open_view(leaf_name))
+    layers = [leaf]
+    names = [leaf_name]
+    ids = {leaf.identity}
+    members = [n for n in container.member_names() if n != leaf_name]
+    scanned = {}  # name -> identity, for files opened while searching
+
+    while True:
+        child = layers[-1]
+        child_name = container.display_name(names[-1])
+        ref = child.parent_ref
+        if ref is None:
+            break
+        if len(layers) >= limits.max_chain_depth:
+            raise exception.ChainError(
+                path=child_name, reason='chain deeper than %d layers: '
+                'refused as absurd (see max_chain_depth)'
+                % limits.max_chain_depth)
+        if ref.id in ids:
+            raise exception.ChainError(
+                path=child_name, reason='parent %s is already in the chain '
+                '(cycle)' % ref.id)
+        candidates = [h for h in ref.name_hints
+                      if h in members and h not in names]
+        candidates += [n for n in members
+                       if n not in candidates and n not in names]
+        parent = None
+        mismatch = None
+        for name in candidates:
+            if scanned.get(name, ref.id) != ref.id:
+                continue
+            try:
+                layer = _try_open(container, name)
+            except exception.Any2KvmError as e:
+                if name in ref.name_hints:
+                    raise
+                LOG.debug('Skipping %s while looking for %s: %s',
+                          name, ref.id, e)
+                scanned[name] = None
+                continue
+            ident = layer.identity if layer is not None else None
+            scanned[name] = ident
+            if ident == ref.id:
+                parent = (name, layer)
+                break
+            if name in ref.name_hints and mismatch is None:
+                mismatch = (name, ident)
+        if parent is None:
+            if mismatch:
+                raise exception.ChainError(
+                    path=child_name, reason='parent-id mismatch: %s has id '
+                    '%s, the child expects %s' % (
+                        container.display_name(mismatch[0]), mismatch[1],
+                        ref.id))
+            raise exception.ChainError(
+                path=child_name, reason='missing parent %s (named %s) '
+                'among the files of %s' % (
+                    ref.id, ', '.join(ref.name_hints) or 'nothing',
+                    container.path if container.kind != 'file'
+                    else 'its directory'))
+        if parent[1].identity in ids:
+            raise exception.ChainError(
+                path=child_name, reason='parent %s is already in the chain '
+                '(cycle)' % ref.id)
+        names.append(parent[0])
+        layers.append(parent[1])
+        ids.add(parent[1].identity)
+    return LayerChain(layers, [container.display_name(n) for n in names],
+                      names)

@@ -1,0 +1,215 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The standalone ``any2kvm`` command.
+
+``any2kvm info SOURCE`` shows the format and resolved chain of a disk;
+``any2kvm convert SOURCE OUTPUT`` writes it as one raw, sparse disk.
+Errors are one line naming the file and the problem, exit status 1, no
+traceback unless ``--debug``.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from oslo_config import cfg
+from oslo_log import log
+
+from any2kvm_os import convert
+from any2kvm_os import exception
+from any2kvm_os import opts
+
+LOG = logging.getLogger(__name__)
+PROG = 'any2kvm'
+
+
+def _human(n):
+    if n is None:
+        return '-'
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if abs(n) < 1024 or unit == 'TiB':
+            return ('%d %s' % (n, unit)) if unit == 'B' else \
+                '%.1f %s' % (n, unit)
+        n /= 1024.0
+
+
+class Progress(object):
+    """Percent, rate and ETA on a terminal; a line per 10% otherwise."""
+
+    def __init__(self, total, stream=sys.stderr):
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.last_decile = -1
+        self.done = 0
+
+    def __call__(self, done, total=None):
+        self.done = max(self.done, done)
+        total = total or self.total
+        now = time.monotonic()
+        elapsed = max(now - self.start, 1e-6)
+        rate = self.done / elapsed
+        if total:
+            pct = min(100.0, 100.0 * self.done / total)
+            eta = (total - self.done) / rate if rate else 0
+            text = '%5.1f%% %s of %s, %s/s, ETA %ds' % (
+                pct, _human(self.done), _human(total), _human(rate), eta)
+            decile = int(pct // 10)
+        else:
+            text = '%s, %s/s' % (_human(self.done), _human(rate))
+            decile = int(self.done // (1 << 30))
+        if self.tty:
+            if now - self.last >= 0.2:
+                self.stream.write('\r' + text.ljust(70))
+                self.stream.flush()
+                self.last = now
+        elif decile != self.last_decile:
+            self.stream.write(text + '\n')
+            self.last_decile = decile
+
+    def finish(self):
+        elapsed = time.monotonic() - self.start
+        if self.tty:
+            self.stream.write('\r'.ljust(72) + '\r')
+        self.stream.write('done: %s in %.1fs\n' % (_human(self.total or
+                                                          self.done),
+                                                   elapsed))
+        self.stream.flush()
+
+
+def _info(args, limits):
+    source = convert.open_source(args.source, limits)
+    try:
+        layers = source.describe()
+        result = {
+            'source': args.source,
+            'container': source.kind,
+            'format': source.format,
+            'virtual_size': layers[0]['virtual_size'],
+            'chain': layers,
+        }
+    finally:
+        source.close()
+    if args.format == 'json':
+        print(json.dumps(result, indent=2))
+        return 0
+    print('source:       %s' % result['source'])
+    print('container:    %s' % result['container'])
+    print('format:       %s' % result['format'])
+    print('virtual size: %d (%s)' % (result['virtual_size'],
+                                     _human(result['virtual_size'])))
+    print('chain:        %d layer(s), leaf first' % len(layers))
+    for i, layer in enumerate(layers):
+        print('  [%d] %s' % (i, layer['name']))
+        print('      %s %s, id %s, parent %s' % (
+            layer['format'], layer['subformat'], layer['id'],
+            layer['parent_id'] or '-'))
+        print('      size %s, allocated %s, creator %r' % (
+            _human(layer['virtual_size']),
+            _human(layer['allocated_bytes']), layer['creator']))
+    return 0
+
+
+def _convert(args, limits):
+    source = convert.open_source(args.source, limits)
+    try:
+        total = source.virtual_size if source.kind != 'xenserver-tgz' or \
+            hasattr(source, 'chain') else None
+        progress = Progress(total) if args.progress else None
+        convert.convert(source, args.output, overwrite=args.overwrite,
+                        progress=progress)
+        if progress:
+            progress.finish()
+    finally:
+        source.close()
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG, description='Read hypervisor disk images (VHD chains, '
+        'XenServer tgz) and write raw disks for KVM.')
+    parser.add_argument('--debug', action='store_true',
+                        help='log debug messages and show tracebacks')
+    parser.add_argument('--config-file', action='append', default=[],
+                        metavar='PATH', help='oslo.config file with an '
+                        '[any2kvm] section (may be repeated)')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+    p = sub.add_parser('info', help='show format, size and snapshot chain')
+    p.add_argument('source', metavar='SOURCE',
+                   help='a disk file (parents beside it) or a XenServer '
+                        'tar/tgz of 0.vhd .. n.vhd')
+    p.add_argument('--format', choices=('text', 'json'), default='text')
+    p.set_defaults(func=_info)
+    p = sub.add_parser('convert', help='write SOURCE as a raw disk')
+    p.add_argument('source', metavar='SOURCE',
+                   help='a disk file (parents beside it) or a XenServer '
+                        'tar/tgz of 0.vhd .. n.vhd')
+    p.add_argument('output', metavar='OUTPUT',
+                   help='a new raw file (sparse), or an existing block '
+                        'device written in place')
+    p.add_argument('--progress', action='store_true',
+                   help='show progress on stderr')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace OUTPUT if it is an existing file')
+    p.set_defaults(func=_convert)
+    return parser
+
+
+def _setup(args):
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    log.register_options(conf)
+    conf(args=[], project='any2kvm_os', prog=PROG,
+         default_config_files=args.config_file)
+    if args.debug:
+        conf.set_override('debug', True)
+    log.setup(conf, PROG)
+    if not args.debug:
+        logging.getLogger('any2kvm_os').setLevel(logging.WARNING)
+    return opts.Limits.from_conf(conf)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        limits = _setup(args)
+        return args.func(args, limits)
+    except KeyboardInterrupt:
+        sys.stderr.write('%s: interrupted\n' % PROG)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        if isinstance(e, exception.Any2KvmError):
+            msg = str(e)
+        elif isinstance(e, OSError) and e.filename:
+            msg = '%s: %s' % (e.filename, e.strerror)
+        elif isinstance(e, cfg.Error):
+            msg = 'configuration: %s' % e
+        else:
+            msg = 'internal error (%s: %s); rerun with --debug' % (
+                type(e).__name__, e)
+        sys.stderr.write('%s: error: %s\n' % (PROG, ' '.join(
+            msg.splitlines())))
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

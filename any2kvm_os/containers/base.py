@@ -1,0 +1,112 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Where the bytes of a disk travel: a directory, a tar, a XenServer tgz.
+
+A container lists the files that belong together (the leaf and the files
+its parents may be among) and opens them as file views.  Parents are only
+ever looked for among a container's own members: never at a path written
+inside an image.
+"""
+
+import abc
+import os
+import stat
+
+from any2kvm_os import exception
+from any2kvm_os import fileio
+
+
+class Container(object, metaclass=abc.ABCMeta):
+    """A set of named files a chain may be resolved within."""
+
+    #: Short name reported by ``any2kvm info`` as "container".
+    kind = None
+
+    def __init__(self, path):
+        self.path = path
+        self._views = []
+
+    @abc.abstractmethod
+    def member_names(self):
+        """Names of the regular files a parent may be among."""
+
+    @abc.abstractmethod
+    def _open(self, name):
+        """Return a :class:`FileView` of member ``name``."""
+
+    def open_view(self, name):
+        view = self._open(name)
+        self._views.append(view)
+        return view
+
+    def display_name(self, name):
+        """How a member is named in messages."""
+        return name
+
+    def close(self):
+        for view in self._views:
+            view.close()
+        self._views = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class DirectoryContainer(Container):
+    """A disk file the user named, and the regular files beside it."""
+
+    kind = 'file'
+
+    def __init__(self, path, limits):
+        super(DirectoryContainer, self).__init__(path)
+        self.directory = os.path.dirname(os.path.abspath(path))
+        self.leaf_name = os.path.basename(path)
+        self.limits = limits
+        self._members = None
+
+    def member_names(self):
+        if self._members is None:
+            names = []
+            with os.scandir(self.directory) as it:
+                for count, entry in enumerate(it):
+                    if count >= self.limits.max_directory_entries:
+                        break
+                    # Only regular files: links could lead out of the
+                    # directory the user named.
+                    if entry.is_file(follow_symlinks=False):
+                        names.append(entry.name)
+            self._members = sorted(names)
+        return self._members
+
+    def _open(self, name):
+        if name == self.leaf_name:
+            # The file the user named (it may be a link: the user chose it).
+            return fileio.FileView.open_path(self.path, self.path)
+        if name not in self.member_names():
+            raise exception.ChainError(
+                path=name, reason='not a regular file beside %s' % self.path)
+        full = os.path.join(self.directory, name)
+        view = fileio.FileView.open_path(full, full)
+        st = os.fstat(view.fd)
+        if not stat.S_ISREG(st.st_mode):
+            view.close()
+            raise exception.ChainError(path=full, reason='not a regular file')
+        return view
+
+    def display_name(self, name):
+        if name == self.leaf_name:
+            return self.path
+        return os.path.join(self.directory, name)

@@ -1,0 +1,140 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Open what the user named and turn it into a raw disk.
+
+``open_source`` looks at the content (never the file name) and returns a
+source with one interface: ``describe()``, ``virtual_size`` and
+``write_to(target)``.  A disk file is resolved with its parents among the
+regular files of its directory; a XenServer tar is read in place; a
+compressed one is streamed.
+"""
+
+import os
+import stat
+
+from any2kvm_os.chain import layer_chain
+from any2kvm_os.containers import base
+from any2kvm_os.containers import tar
+from any2kvm_os.containers import xenserver
+from any2kvm_os import exception
+from any2kvm_os import fileio
+from any2kvm_os.formats import probe
+from any2kvm_os.writers import raw
+
+
+class ChainSource(object):
+    """A disk whose chain is read with random access."""
+
+    def __init__(self, path, kind, chain, closer):
+        self.path = path
+        self.kind = kind
+        self.chain = chain
+        self._closer = closer
+
+    @property
+    def virtual_size(self):
+        return self.chain.virtual_size
+
+    @property
+    def format(self):
+        return self.chain.leaf.format_name
+
+    def describe(self):
+        return self.chain.describe()
+
+    def write_to(self, target, progress=None):
+        raw.copy_chain(self.chain, target, progress)
+
+    def close(self):
+        self._closer()
+
+
+class StreamSource(object):
+    """A compressed XenServer archive, read in one pass."""
+
+    format = 'vhd'
+
+    def __init__(self, path, stream):
+        self.path = path
+        self.kind = stream.kind
+        self._stream = stream
+        self._facts = None
+
+    @property
+    def virtual_size(self):
+        return self.describe()[0]['virtual_size']
+
+    def describe(self):
+        if self._facts is None:
+            self._facts = self._stream.describe()
+        return self._facts
+
+    def write_to(self, target, progress=None):
+        self._stream.write_to(target, progress)
+
+    def close(self):
+        pass
+
+
+def open_source(path, limits):
+    """Return a source for ``path`` (a disk file or a XenServer archive)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise exception.Any2KvmError('%s: %s' % (path, e.strerror))
+    if not stat.S_ISREG(st.st_mode):
+        raise exception.UnsupportedImage(path=path,
+                                         reason='not a regular file')
+    with fileio.FileView.open_path(path) as view:
+        cls = probe.detect(view)
+        compressed = cls is None and tar.is_compressed(view)
+        plain_tar = cls is None and not compressed and tar.looks_like_tar(
+            view)
+    if cls is not None:
+        container = base.DirectoryContainer(path, limits)
+        try:
+            chain = layer_chain.resolve(container, container.leaf_name,
+                                        limits)
+        except Exception:
+            container.close()
+            raise
+        _check_size(path, chain.virtual_size, limits)
+        return ChainSource(path, container.kind, chain, container.close)
+    if plain_tar:
+        xs = xenserver.XenServerTar(path, limits)
+        _check_size(path, xs.chain.virtual_size, limits)
+        return ChainSource(path, xs.kind, xs.chain, xs.close)
+    if compressed:
+        return StreamSource(path, xenserver.XenServerStream(path, limits))
+    raise exception.UnsupportedImage(
+        path=path, reason='neither a disk image any2kvm reads nor a '
+        'XenServer tar/tgz')
+
+
+def _check_size(path, size, limits):
+    if size > limits.max_virtual_size:
+        raise exception.InvalidImage(
+            path=path, reason='virtual size %d exceeds the limit of %d bytes '
+            '(max_virtual_size_gib)' % (size, limits.max_virtual_size))
+
+
+def convert(source, output, overwrite=False, progress=None):
+    """Write ``source`` as a raw disk to ``output``; all or nothing."""
+    target = raw.RawTarget.open(output, overwrite=overwrite)
+    try:
+        source.write_to(target, progress)
+        target.commit()
+    except BaseException:
+        target.abort()
+        raise
+    return target

@@ -1,0 +1,96 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""The contract every disk format reader fulfils.
+
+A reader describes ONE layer of a disk.  It answers, for any range of the
+virtual disk, which parts this layer stores (DATA, with the position in its
+file), which it knows to be zero (ZERO) and which it leaves to its parent
+(UNALLOCATED).  It never opens a path: it receives a file view from its
+container, and it never follows a path written inside the image - the
+chain resolver does that, among the files of the same directory or archive.
+"""
+
+import abc
+import collections
+
+
+ParentRef = collections.namedtuple('ParentRef', ['id', 'name_hints'])
+ParentRef.__doc__ = """What a child says of its parent.
+
+``id`` is the parent's unique id (a UUID string); ``name_hints`` are
+base names taken from the image (locators, parent name), hints only.
+"""
+
+
+class LayerReader(object, metaclass=abc.ABCMeta):
+    """One layer of a disk image, read from a file view."""
+
+    #: Name of the format (the stevedore entry point name).
+    format_name = None
+
+    def __init__(self, view):
+        self.view = view
+
+    @property
+    def name(self):
+        return self.view.name
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls, view):
+        """Return True when ``view`` holds this format (by content)."""
+
+    @property
+    @abc.abstractmethod
+    def virtual_size(self):
+        """Size in bytes of the disk this layer describes."""
+
+    @property
+    @abc.abstractmethod
+    def identity(self):
+        """The layer's unique id (a UUID string) or None."""
+
+    @property
+    @abc.abstractmethod
+    def parent_ref(self):
+        """A :class:`ParentRef` or None for a layer without parent."""
+
+    @property
+    def subformat(self):
+        return None
+
+    @property
+    def creator(self):
+        return None
+
+    @abc.abstractmethod
+    def block_status(self, offset, length):
+        """Yield :class:`any2kvm_os.extents.Extent` runs for this layer.
+
+        The runs cover ``[offset, offset + length)`` clipped to the
+        virtual size, in order, without gaps.
+        """
+
+    @abc.abstractmethod
+    def allocated_bytes(self):
+        """How many bytes of the virtual disk this layer stores."""
+
+    def read(self, file_offset, length):
+        """Read stored bytes (the ``file_offset`` of a DATA extent)."""
+        data = self.view.pread(length, file_offset)
+        if len(data) != length:
+            from any2kvm_os import exception
+            raise exception.InvalidImage(
+                path=self.name,
+                reason='truncated: expected %d bytes at offset %d, got %d'
+                % (length, file_offset, len(data)))
+        return data

@@ -1,0 +1,586 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""VHD (Virtual PC / Hyper-V / XenServer) disks: fixed, dynamic, differencing.
+
+Layout (Microsoft "Virtual Hard Disk Image Format Specification" 1.0):
+
+* a 512-byte footer at the end of the file (and, for dynamic and
+  differencing disks, a copy at offset 0);
+* dynamic/differencing disks: a 1024-byte dynamic header at the footer's
+  ``data_offset``, a block allocation table (BAT) of big-endian sector
+  numbers at ``table_offset``, and blocks made of a sector bitmap
+  followed by ``block_size`` bytes of data.
+
+Decisions (see doc/source/formats.rst):
+
+* the virtual size is the footer's ``current_size``, never a size derived
+  from the CHS geometry;
+* footer and dynamic header checksums are verified; a bad one is refused;
+* in a dynamic disk an allocated block is data as a whole (as qemu reads
+  it); in a differencing disk its sector bitmap says which sectors the
+  layer holds, the others belong to the parent;
+* the BAT is validated before use: inside the file, no overlaps with the
+  headers or with each other, big enough for the virtual size.
+"""
+
+import array
+import collections
+import struct
+import sys
+import uuid
+
+from any2kvm_os import exception
+from any2kvm_os import extents as ext
+from any2kvm_os.formats import base
+
+SECTOR = 512
+FOOTER_SIZE = 512
+DYN_HEADER_SIZE = 1024
+FOOTER_COOKIE = b'conectix'
+DYN_COOKIE = b'cxsparse'
+UNUSED_OFFSET = 0xFFFFFFFFFFFFFFFF
+BAT_UNUSED = 0xFFFFFFFF
+
+DISK_FIXED = 2
+DISK_DYNAMIC = 3
+DISK_DIFFERENCING = 4
+SUBFORMATS = {DISK_FIXED: 'fixed', DISK_DYNAMIC: 'dynamic',
+              DISK_DIFFERENCING: 'differencing'}
+
+# Hard limits, independent of configuration: the VHD format cannot address
+# more than 2040 GiB; XenServer stops at 2 TiB.
+MAX_VIRTUAL_SIZE = 2 << 40
+MIN_BLOCK_SIZE = 4096
+MAX_BLOCK_SIZE = 256 << 20
+MAX_BAT_ENTRIES = 1 << 24
+
+_FOOTER = struct.Struct('>8sIIQI4sI4sQQHBBII16sB427s')
+_DYN = struct.Struct('>8sQQIIII16sII512s192s256s')
+_LOCATOR = struct.Struct('>4sIIIQ')
+
+Footer = collections.namedtuple('Footer', [
+    'cookie', 'features', 'version', 'data_offset', 'timestamp',
+    'creator_app', 'creator_version', 'creator_os', 'original_size',
+    'current_size', 'cylinders', 'heads', 'sectors_per_track', 'disk_type',
+    'checksum', 'unique_id', 'saved_state', 'reserved'])
+
+DynamicHeader = collections.namedtuple('DynamicHeader', [
+    'cookie', 'data_offset', 'table_offset', 'header_version',
+    'max_table_entries', 'block_size', 'checksum', 'parent_unique_id',
+    'parent_timestamp', 'reserved1', 'parent_unicode_name', 'locators',
+    'reserved2'])
+
+Locator = collections.namedtuple('Locator', [
+    'platform_code', 'data_space', 'data_length', 'reserved', 'data_offset'])
+
+
+def vhd_checksum(buf, checksum_offset):
+    """One's complement of the byte sum, the checksum field counted as 0."""
+    total = sum(buf) - sum(buf[checksum_offset:checksum_offset + 4])
+    return (~total) & 0xFFFFFFFF
+
+
+def parse_footer(buf, path):
+    if len(buf) < FOOTER_SIZE:
+        raise exception.InvalidImage(path=path, reason='truncated VHD footer')
+    footer = Footer._make(_FOOTER.unpack(buf[:FOOTER_SIZE]))
+    if footer.cookie != FOOTER_COOKIE:
+        raise exception.InvalidImage(path=path,
+                                     reason='no VHD footer (bad cookie)')
+    if vhd_checksum(buf[:FOOTER_SIZE], 64) != footer.checksum:
+        raise exception.InvalidImage(
+            path=path, reason='VHD footer checksum mismatch')
+    if footer.disk_type not in SUBFORMATS:
+        raise exception.UnsupportedImage(
+            path=path, reason='unsupported VHD disk type %d'
+            % footer.disk_type)
+    if footer.current_size > MAX_VIRTUAL_SIZE:
+        raise exception.InvalidImage(
+            path=path, reason='VHD virtual size %d exceeds the format limit '
+            'of %d bytes' % (footer.current_size, MAX_VIRTUAL_SIZE))
+    return footer
+
+
+def parse_dynamic_header(buf, path):
+    if len(buf) < DYN_HEADER_SIZE:
+        raise exception.InvalidImage(
+            path=path, reason='truncated VHD dynamic header')
+    hdr = DynamicHeader._make(_DYN.unpack(buf[:DYN_HEADER_SIZE]))
+    if hdr.cookie != DYN_COOKIE:
+        raise exception.InvalidImage(
+            path=path, reason='bad VHD dynamic header cookie')
+    if vhd_checksum(buf[:DYN_HEADER_SIZE], 36) != hdr.checksum:
+        raise exception.InvalidImage(
+            path=path, reason='VHD dynamic header checksum mismatch')
+    bs = hdr.block_size
+    if bs & (bs - 1) or not MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE:
+        raise exception.InvalidImage(
+            path=path, reason='VHD block size %d is not a power of two '
+            'between %d and %d' % (bs, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE))
+    return hdr
+
+
+def _locators(hdr):
+    return [Locator._make(_LOCATOR.unpack_from(hdr.locators, i * 24))
+            for i in range(8)]
+
+
+def _format_uuid(raw):
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def _basename(path):
+    """Last component of a Windows, URL or POSIX path; '' if none."""
+    for sep in ('\\', '/'):
+        path = path.rsplit(sep, 1)[-1]
+    return path.strip('\x00').strip()
+
+
+class _Geometry(object):
+    """What the BAT tells about a dynamic/differencing layer."""
+
+    def __init__(self, footer, hdr, path):
+        self.footer = footer
+        self.hdr = hdr
+        self.block_size = hdr.block_size
+        bits = self.block_size // SECTOR
+        self.bitmap_size = -(-(-(-bits // 8)) // SECTOR) * SECTOR
+        self.needed = -(-footer.current_size // self.block_size)
+        if hdr.max_table_entries < self.needed:
+            raise exception.InvalidImage(
+                path=path, reason='VHD block table has %d entries, the '
+                'virtual size needs %d' % (hdr.max_table_entries,
+                                           self.needed))
+        if hdr.max_table_entries > MAX_BAT_ENTRIES:
+            raise exception.InvalidImage(
+                path=path, reason='VHD block table of %d entries is larger '
+                'than the limit of %d' % (hdr.max_table_entries,
+                                          MAX_BAT_ENTRIES))
+        self.bat_bytes = hdr.max_table_entries * 4
+        self.bat_span = -(-self.bat_bytes // SECTOR) * SECTOR
+
+
+def _parse_bat(raw, needed):
+    bat = array.array('I')
+    bat.frombytes(raw[:needed * 4])
+    if sys.byteorder == 'little':
+        bat.byteswap()
+    return bat
+
+
+def _validate_bat(bat, geo, footer_offset, table_offset, path):
+    """Every allocated block inside the file, no overlap with anything."""
+    span = geo.bitmap_size + geo.block_size
+    regions = [(0, FOOTER_SIZE),
+               (geo.footer.data_offset,
+                geo.footer.data_offset + DYN_HEADER_SIZE),
+               (table_offset, table_offset + geo.bat_span)]
+    starts = sorted(e * SECTOR for e in bat if e != BAT_UNUSED)
+    if starts and starts[-1] + span > footer_offset:
+        raise exception.InvalidImage(
+            path=path, reason='VHD block table points beyond the end of the '
+            'file (block at %d + %d > %d): truncated or corrupt'
+            % (starts[-1], span, footer_offset))
+    for i in range(1, len(starts)):
+        if starts[i] < starts[i - 1] + span:
+            raise exception.InvalidImage(
+                path=path, reason='VHD block table entries overlap (blocks '
+                'at %d and %d)' % (starts[i - 1], starts[i]))
+    for lo, hi in regions:
+        # The first block that ends after the region starts must start at or
+        # after the region's end.
+        for s in starts:
+            if s + span <= lo:
+                continue
+            if s < hi:
+                raise exception.InvalidImage(
+                    path=path, reason='VHD block at %d overlaps the headers '
+                    'or the block table (%d-%d)' % (s, lo, hi))
+            break
+    return len(starts)
+
+
+def _check_header_layout(footer, hdr, file_size, path):
+    for what, off, size in (('dynamic header', footer.data_offset,
+                             DYN_HEADER_SIZE),
+                            ('block table', hdr.table_offset,
+                             hdr.max_table_entries * 4)):
+        if off < FOOTER_SIZE or off + size > file_size - FOOTER_SIZE:
+            raise exception.InvalidImage(
+                path=path, reason='VHD %s at %d (+%d) lies outside the file '
+                '(%d bytes)' % (what, off, size, file_size))
+
+
+def bitmap_runs(bitmap, first, count):
+    """Runs of (start_sector, length, is_set) for sectors [first, first+count).
+
+    Bit 7 of byte 0 is sector 0 (the VHD bitmap is MSB-first).
+    """
+    runs = []
+    cur_state = None
+    cur_start = first
+    s = first
+    end = first + count
+    while s < end:
+        byte = bitmap[s >> 3]
+        if s & 7 == 0 and s + 8 <= end and byte in (0, 0xFF):
+            state = byte == 0xFF
+            n = 8
+        else:
+            state = bool(byte & (0x80 >> (s & 7)))
+            n = 1
+        if state != cur_state:
+            if cur_state is not None:
+                runs.append((cur_start, s - cur_start, cur_state))
+            cur_state = state
+            cur_start = s
+        s += n
+    if cur_state is not None:
+        runs.append((cur_start, end - cur_start, cur_state))
+    return runs
+
+
+class VhdReader(base.LayerReader):
+    """Random-access reader of one VHD layer."""
+
+    format_name = 'vhd'
+
+    def __init__(self, view):
+        super(VhdReader, self).__init__(view)
+        path = view.name
+        size = view.size
+        if size < FOOTER_SIZE:
+            raise exception.InvalidImage(
+                path=path, reason='too small to be a VHD (%d bytes)' % size)
+        head = view.pread(FOOTER_SIZE, 0)
+        tail = view.pread(FOOTER_SIZE, size - FOOTER_SIZE)
+        self.footer_offset = size - FOOTER_SIZE
+        if head[:8] == FOOTER_COOKIE:
+            # Dynamic or differencing: both copies must be sound and agree.
+            footer = parse_footer(head, path)
+            if footer.disk_type == DISK_FIXED:
+                raise exception.InvalidImage(
+                    path=path, reason='fixed VHD with a footer copy at '
+                    'offset 0')
+            if tail[:8] != FOOTER_COOKIE:
+                raise exception.InvalidImage(
+                    path=path, reason='VHD footer missing at the end of the '
+                    'file: truncated')
+            end_footer = parse_footer(tail, path)
+            if (end_footer.unique_id != footer.unique_id
+                    or end_footer.current_size != footer.current_size
+                    or end_footer.disk_type != footer.disk_type):
+                raise exception.InvalidImage(
+                    path=path, reason='the two VHD footer copies disagree')
+        else:
+            footer = parse_footer(tail, path)
+            if footer.disk_type != DISK_FIXED:
+                raise exception.InvalidImage(
+                    path=path, reason='%s VHD without its footer copy at '
+                    'offset 0' % SUBFORMATS[footer.disk_type])
+        self.footer = footer
+        self.hdr = None
+        self.bat = None
+        self._bitmap_cache = (None, None)
+        if footer.disk_type == DISK_FIXED:
+            if footer.current_size > self.footer_offset:
+                raise exception.InvalidImage(
+                    path=path, reason='fixed VHD holds %d bytes of data but '
+                    'declares %d: truncated' % (self.footer_offset,
+                                               footer.current_size))
+            self._allocated = footer.current_size
+            return
+        if footer.data_offset == UNUSED_OFFSET:
+            raise exception.InvalidImage(
+                path=path, reason='dynamic VHD without a dynamic header')
+        if (footer.data_offset < FOOTER_SIZE
+                or footer.data_offset + DYN_HEADER_SIZE > self.footer_offset):
+            raise exception.InvalidImage(
+                path=path, reason='VHD dynamic header offset %d lies outside '
+                'the file' % footer.data_offset)
+        self.hdr = parse_dynamic_header(
+            view.pread(DYN_HEADER_SIZE, footer.data_offset), path)
+        self.geo = _Geometry(footer, self.hdr, path)
+        _check_header_layout(footer, self.hdr, size, path)
+        raw_bat = view.pread(self.geo.needed * 4, self.hdr.table_offset)
+        self.bat = _parse_bat(raw_bat, self.geo.needed)
+        nblocks = _validate_bat(self.bat, self.geo, self.footer_offset,
+                                self.hdr.table_offset, path)
+        self._allocated_blocks = nblocks
+        self._allocated = None
+
+    # -- identity -----------------------------------------------------------
+
+    @classmethod
+    def probe(cls, view):
+        if view.size < FOOTER_SIZE:
+            return False
+        if view.pread(8, 0) == FOOTER_COOKIE:
+            return True
+        return view.pread(8, view.size - FOOTER_SIZE) == FOOTER_COOKIE
+
+    @property
+    def virtual_size(self):
+        return self.footer.current_size
+
+    @property
+    def identity(self):
+        return _format_uuid(self.footer.unique_id)
+
+    @property
+    def subformat(self):
+        return SUBFORMATS[self.footer.disk_type]
+
+    @property
+    def creator(self):
+        return self.footer.creator_app.decode('latin-1').rstrip('\x00 ')
+
+    @property
+    def block_size(self):
+        return self.hdr.block_size if self.hdr else None
+
+    @property
+    def parent_ref(self):
+        if self.footer.disk_type != DISK_DIFFERENCING:
+            return None
+        return base.ParentRef(_format_uuid(self.hdr.parent_unique_id),
+                              self._name_hints())
+
+    def _name_hints(self):
+        hints = []
+        try:
+            name = self.hdr.parent_unicode_name.decode('utf-16-be')
+            name = name.split('\x00', 1)[0]
+        except UnicodeDecodeError:
+            name = ''
+        if _basename(name):
+            hints.append(_basename(name))
+        for loc in _locators(self.hdr):
+            code = loc.platform_code
+            if code not in (b'W2ru', b'W2ku', b'MacX', b'Wi2r', b'Wi2k'):
+                continue
+            length = min(loc.data_length, 4096)
+            if (not length or loc.data_offset + length > self.footer_offset):
+                continue
+            raw = self.view.pread(length, loc.data_offset)
+            enc = {b'W2ru': 'utf-16-le', b'W2ku': 'utf-16-le',
+                   b'MacX': 'utf-8'}.get(code, 'latin-1')
+            try:
+                text = raw.decode(enc)
+            except UnicodeDecodeError:
+                continue
+            if code == b'MacX' and text.startswith('file://'):
+                text = text[len('file://'):]
+            hint = _basename(text)
+            if hint and hint not in hints:
+                hints.append(hint)
+        return tuple(hints)
+
+    def allocated_bytes(self):
+        if self._allocated is None:
+            total = 0
+            for e in self.block_status(0, self.virtual_size):
+                if e.kind == ext.DATA:
+                    total += e.length
+            self._allocated = total
+        return self._allocated
+
+    # -- block status ---------------------------------------------------------
+
+    def _bitmap(self, block, entry):
+        cached_block, bitmap = self._bitmap_cache
+        if cached_block != block:
+            bitmap = self.read(entry * SECTOR, self.geo.bitmap_size)
+            self._bitmap_cache = (block, bitmap)
+        return bitmap
+
+    def block_status(self, offset, length):
+        vsize = self.footer.current_size
+        end = min(offset + length, vsize)
+        if offset >= end:
+            return
+        if self.footer.disk_type == DISK_FIXED:
+            yield ext.extent(ext.DATA, offset, end - offset, offset)
+            return
+        bs = self.geo.block_size
+        bitmap_size = self.geo.bitmap_size
+        diff = self.footer.disk_type == DISK_DIFFERENCING
+        pos = offset
+        while pos < end:
+            block = pos // bs
+            block_start = block * bs
+            stop = min(end, block_start + bs)
+            entry = self.bat[block]
+            if entry == BAT_UNUSED:
+                yield ext.extent(ext.UNALLOCATED, pos, stop - pos)
+            else:
+                data_start = entry * SECTOR + bitmap_size
+                if not diff:
+                    yield ext.extent(ext.DATA, pos, stop - pos,
+                                     data_start + (pos - block_start))
+                else:
+                    yield from self._diff_runs(block, entry, block_start,
+                                               data_start, pos, stop)
+            pos = stop
+
+    def _diff_runs(self, block, entry, block_start, data_start, pos, stop):
+        bitmap = self._bitmap(block, entry)
+        first = (pos - block_start) // SECTOR
+        last = -(-(stop - block_start) // SECTOR)
+        for s, n, is_set in bitmap_runs(bitmap, first, last - first):
+            a = max(pos, block_start + s * SECTOR)
+            b = min(stop, block_start + (s + n) * SECTOR)
+            if is_set:
+                yield ext.extent(ext.DATA, a, b - a,
+                                 data_start + (a - block_start))
+            else:
+                yield ext.extent(ext.UNALLOCATED, a, b - a)
+
+
+# -- streaming (one forward pass, for compressed archives) ---------------------
+
+
+class StreamLayer(object):
+    """One VHD read in a single forward pass from a non-seekable stream.
+
+    Created from the first bytes of a member, peeked without consuming
+    them; ``read_headers()`` and ``data_runs()`` then consume the member and
+    yield the layer's DATA runs in file order.  Identity and parent are known before the data is read for
+    dynamic and differencing disks; a fixed disk is recognised by the
+    absence of a footer copy at offset 0 and verified at its end.
+    """
+
+    def __init__(self, name, head, member_size):
+        self.name = name
+        self.member_size = member_size
+        self.head = head
+        self.footer = None
+        self.hdr = None
+        if member_size < FOOTER_SIZE:
+            raise exception.InvalidImage(
+                path=name, reason='too small to be a VHD (%d bytes)'
+                % member_size)
+        if head[:8] == FOOTER_COOKIE:
+            self.footer = parse_footer(head, name)
+            if self.footer.disk_type == DISK_FIXED:
+                raise exception.InvalidImage(
+                    path=name, reason='fixed VHD with a footer copy at '
+                    'offset 0')
+        self.fixed = self.footer is None
+
+    # What the chain logic needs before consuming the data:
+    @property
+    def identity(self):
+        return _format_uuid(self.footer.unique_id) if self.footer else None
+
+    @property
+    def is_base(self):
+        return self.fixed or self.footer.disk_type == DISK_DYNAMIC
+
+    def read_headers(self, stream):
+        """Read the dynamic header and BAT (stream positioned after head)."""
+        if self.fixed:
+            return
+        name = self.name
+        footer = self.footer
+        if (footer.data_offset < FOOTER_SIZE
+                or footer.data_offset + DYN_HEADER_SIZE
+                > self.member_size - FOOTER_SIZE):
+            raise exception.InvalidImage(
+                path=name, reason='VHD dynamic header offset %d lies outside '
+                'the file' % footer.data_offset)
+        stream.skip_to(footer.data_offset)
+        self.hdr = parse_dynamic_header(stream.read_exact(DYN_HEADER_SIZE),
+                                        name)
+        self.geo = _Geometry(footer, self.hdr, name)
+        _check_header_layout(footer, self.hdr, self.member_size, name)
+        if self.hdr.table_offset < stream.pos:
+            raise exception.InvalidImage(
+                path=name, reason='VHD block table before the dynamic header '
+                'cannot be streamed')
+        stream.skip_to(self.hdr.table_offset)
+        raw = stream.read_exact(self.geo.needed * 4)
+        self.bat = _parse_bat(raw, self.geo.needed)
+        _validate_bat(self.bat, self.geo, self.member_size - FOOTER_SIZE,
+                      self.hdr.table_offset, name)
+
+    @property
+    def parent_id(self):
+        if self.fixed or self.footer.disk_type != DISK_DIFFERENCING:
+            return None
+        return _format_uuid(self.hdr.parent_unique_id)
+
+    @property
+    def virtual_size(self):
+        return self.footer.current_size if self.footer else None
+
+    def data_runs(self, stream, chunk=4 << 20):
+        """Yield (virtual_offset, bytes) for this layer's data, file order.
+
+        For a fixed disk the footer is read and checked at the end; its
+        ``virtual_size`` is known only then.
+        """
+        name = self.name
+        if self.fixed:
+            data_end = self.member_size - FOOTER_SIZE
+            pos = 0
+            while pos < data_end:
+                want = min(chunk, data_end - pos)
+                yield pos, stream.read_exact(want)
+                pos += want
+            footer = parse_footer(stream.read_exact(FOOTER_SIZE), name)
+            if footer.disk_type != DISK_FIXED:
+                raise exception.InvalidImage(
+                    path=name, reason='%s VHD without its footer copy at '
+                    'offset 0' % SUBFORMATS[footer.disk_type])
+            if footer.current_size > data_end:
+                raise exception.InvalidImage(
+                    path=name, reason='fixed VHD holds %d bytes of data but '
+                    'declares %d: truncated' % (data_end,
+                                               footer.current_size))
+            self.footer = footer
+            return
+        geo = self.geo
+        vsize = self.footer.current_size
+        bs = geo.block_size
+        diff = self.footer.disk_type == DISK_DIFFERENCING
+        order = sorted((e, i) for i, e in enumerate(self.bat)
+                       if e != BAT_UNUSED)
+        for entry, block in order:
+            stream.skip_to(entry * SECTOR)
+            bitmap = stream.read_exact(geo.bitmap_size)
+            block_start = block * bs
+            valid = min(bs, vsize - block_start)
+            if not diff:
+                done = 0
+                while done < bs:
+                    n = min(chunk, bs - done)
+                    buf = stream.read_exact(n)
+                    if done < valid:
+                        yield block_start + done, buf[:valid - done]
+                    done += n
+                continue
+            data = stream.read_exact(bs)
+            nsect = -(-valid // SECTOR)
+            for s, n, is_set in bitmap_runs(bitmap, 0, nsect):
+                if is_set:
+                    a = s * SECTOR
+                    b = min(valid, (s + n) * SECTOR)
+                    yield block_start + a, data[a:b]
+        stream.skip_to(self.member_size - FOOTER_SIZE)
+        tail = parse_footer(stream.read_exact(FOOTER_SIZE), name)
+        if (tail.unique_id != self.footer.unique_id
+                or tail.current_size != self.footer.current_size
+                or tail.disk_type != self.footer.disk_type):
+            raise exception.InvalidImage(
+                path=name, reason='the two VHD footer copies disagree')
+

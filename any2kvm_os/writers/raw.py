@@ -1,0 +1,293 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Writing raw disks: a new sparse file, or in place on a block device.
+
+A new file is written under a temporary name in the output's directory and
+appears under its real name only when complete (``commit``); on any
+failure ``abort`` removes it, so nothing half-written is ever left behind.
+Zeros are never written into a new file: zero runs of 4 KiB grains (the
+granularity qemu-img uses) stay holes, and where an earlier layer already
+wrote data the range is punched.  An existing block device is written in
+place, and its ranges that must read as zeros are zeroed explicitly.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+import stat
+import struct
+import tempfile
+
+from any2kvm_os import exception
+from any2kvm_os import extents as ext
+
+LOG = logging.getLogger(__name__)
+
+GRAIN = 4096
+ZERO_GRAIN = bytes(GRAIN)
+COPY_CHUNK = 4 << 20
+_ZERO_CHUNK = bytes(COPY_CHUNK)
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+BLKGETSIZE64 = 0x80081272
+BLKZEROOUT = 0x127F
+
+_libc = None
+
+
+def _fallocate():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6',
+                            use_errno=True)
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int,
+                                    ctypes.c_longlong, ctypes.c_longlong]
+    return _libc.fallocate
+
+
+def zero_runs(data, base_offset=0):
+    """Aligned all-zero spans of ``data`` as (start, end), relative to it.
+
+    A span is made of whole 4 KiB grains aligned on the disk
+    (``base_offset`` is where ``data`` starts on the disk).
+    """
+    n = len(data)
+    out = []
+    pos = 0
+    find = data.find
+    while True:
+        i = find(ZERO_GRAIN, pos)
+        if i < 0:
+            break
+        a = -(-(base_offset + i) // GRAIN) * GRAIN - base_offset
+        if a + GRAIN > n:
+            break
+        if data[a:a + GRAIN] != ZERO_GRAIN:
+            pos = i + GRAIN
+            continue
+        b = a + GRAIN
+        while b + 16 * GRAIN <= n and \
+                data[b:b + 16 * GRAIN] == _ZERO_CHUNK[:16 * GRAIN]:
+            b += 16 * GRAIN
+        while b + GRAIN <= n and data[b:b + GRAIN] == ZERO_GRAIN:
+            b += GRAIN
+        out.append((a, b))
+        pos = b
+    return out
+
+
+class RawTarget(object):
+    """A raw disk being written."""
+
+    def __init__(self, path, fd, fresh, is_block, tmp_path=None,
+                 overwrite=False):
+        self.path = path
+        self.fd = fd
+        #: True while the file was created by us: every range starts as a
+        #: hole, so zero runs need no writing on a first pass.
+        self.fresh = fresh
+        self.is_block = is_block
+        self.tmp_path = tmp_path
+        self.overwrite = overwrite
+        self.size = None
+        self._punch_ok = True
+        self._zeroout_ok = True
+
+    @classmethod
+    def open(cls, path, overwrite=False):
+        """Open ``path`` for writing a disk.
+
+        A block device is written in place; a regular file is created anew
+        (an existing one only with ``overwrite``, replaced atomically).
+        """
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise exception.TargetError(path=path, reason=e.strerror)
+        if st is not None and stat.S_ISBLK(st.st_mode):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise exception.TargetError(path=path, reason=e.strerror)
+            return cls(path, fd, fresh=False, is_block=True)
+        if st is not None:
+            if not stat.S_ISREG(st.st_mode):
+                raise exception.TargetError(
+                    path=path, reason='exists and is neither a regular file '
+                    'nor a block device')
+            if not overwrite:
+                raise exception.TargetError(
+                    path=path, reason='already exists (use --overwrite to '
+                    'replace it)')
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix='.%s.' % os.path.basename(path),
+                suffix='.any2kvm-partial', dir=directory)
+        except OSError as e:
+            raise exception.TargetError(path=path, reason=e.strerror)
+        return cls(path, fd, fresh=True, is_block=False, tmp_path=tmp,
+                   overwrite=overwrite)
+
+    # -- size -----------------------------------------------------------------
+
+    def device_size(self):
+        buf = fcntl.ioctl(self.fd, BLKGETSIZE64, b'\0' * 8)
+        return struct.unpack('Q', buf)[0]
+
+    def resize(self, size):
+        """Make the disk ``size`` bytes; bytes beyond a shrink are dropped,
+        bytes added by a growth read as zeros."""
+        if self.is_block:
+            dev = self.device_size()
+            if dev < size:
+                raise exception.TargetError(
+                    path=self.path, reason='device holds %d bytes, the disk '
+                    'needs %d' % (dev, size))
+            if self.size is not None and size > self.size:
+                self.zero_range(self.size, size - self.size)
+        else:
+            os.ftruncate(self.fd, size)
+        self.size = size
+
+    # -- writing --------------------------------------------------------------
+
+    def pwrite(self, offset, data):
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def write_data(self, offset, data, over_hole):
+        """Write disk content ``data`` at ``offset``.
+
+        Zero grains are left as holes when ``over_hole`` (nothing was
+        written there before on a fresh file); otherwise they are zeroed.
+        """
+        pos = 0
+        view = memoryview(data)
+        for a, b in zero_runs(data, offset):
+            if a > pos:
+                self.pwrite(offset + pos, view[pos:a])
+            if not over_hole:
+                self.zero_range(offset + a, b - a)
+            pos = b
+        if pos < len(data):
+            self.pwrite(offset + pos, view[pos:])
+
+    def zero_range(self, offset, length):
+        """Make ``[offset, offset+length)`` read as zeros."""
+        if length <= 0:
+            return
+        if self.is_block:
+            if self._zeroout_ok and offset % 512 == 0 and length % 512 == 0:
+                try:
+                    fcntl.ioctl(self.fd, BLKZEROOUT,
+                                struct.pack('QQ', offset, length))
+                    return
+                except OSError as e:
+                    LOG.debug('BLKZEROOUT failed on %s: %s', self.path, e)
+                    self._zeroout_ok = False
+        elif self._punch_ok:
+            rc = _fallocate()(self.fd,
+                              FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                              offset, length)
+            if rc == 0:
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise exception.TargetError(path=self.path,
+                                            reason=os.strerror(err))
+            self._punch_ok = False
+        while length > 0:
+            n = min(length, COPY_CHUNK)
+            self.pwrite(offset, _ZERO_CHUNK[:n])
+            offset += n
+            length -= n
+
+    # -- end ------------------------------------------------------------------
+
+    def commit(self):
+        """Make the written disk durable and visible under its name."""
+        os.fdatasync(self.fd) if not self.is_block else os.fsync(self.fd)
+        if self.tmp_path:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(self.fd, 0o666 & ~mask)
+            try:
+                if self.overwrite:
+                    os.replace(self.tmp_path, self.path)
+                else:
+                    # link() refuses to clobber a file that appeared since.
+                    os.link(self.tmp_path, self.path)
+                    os.unlink(self.tmp_path)
+            except FileExistsError:
+                self.abort()
+                raise exception.TargetError(
+                    path=self.path, reason='appeared while converting; not '
+                    'replaced')
+            self.tmp_path = None
+            dfd = os.open(os.path.dirname(os.path.abspath(self.path)),
+                          os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        self.close()
+
+    def abort(self):
+        """Remove whatever a failed conversion left (new files only)."""
+        if self.tmp_path:
+            try:
+                os.unlink(self.tmp_path)
+            except FileNotFoundError:
+                pass
+            self.tmp_path = None
+        self.close()
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def copy_chain(chain, target, progress=None):
+    """Fold ``chain`` and write the whole disk onto ``target``."""
+    size = chain.virtual_size
+    target.resize(size)
+    fresh = target.fresh
+    layers = chain.layers
+    for e in chain.iter_extents():
+        if e.kind == ext.DATA:
+            layer = layers[e.layer]
+            done = 0
+            while done < e.length:
+                n = min(COPY_CHUNK, e.length - done)
+                data = layer.read(e.file_offset + done, n)
+                target.write_data(e.offset + done, data, over_hole=fresh)
+                done += n
+                if progress:
+                    progress(e.offset + done, size)
+        else:
+            # ZERO, or UNALLOCATED through the base: zeros.
+            if not fresh:
+                target.zero_range(e.offset, e.length)
+            if progress:
+                progress(e.end, size)
