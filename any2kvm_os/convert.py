@@ -46,6 +46,11 @@ class ChainSource(object):
         return self.chain.virtual_size
 
     @property
+    def size_hint(self):
+        """The disk size if known without reading the source through."""
+        return self.chain.virtual_size
+
+    @property
     def format(self):
         return self.chain.leaf.format_name
 
@@ -63,6 +68,8 @@ class StreamSource(object):
     """A compressed XenServer archive, read in one pass."""
 
     format = 'vhd'
+    #: A one-pass archive tells its sizes only as it is read.
+    size_hint = None
 
     def __init__(self, path, stream):
         self.path = path

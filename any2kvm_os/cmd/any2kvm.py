@@ -48,10 +48,10 @@ def _human(n):
 class Progress(object):
     """Percent, rate and ETA on a terminal; a line per 10% otherwise."""
 
-    def __init__(self, total, stream=sys.stderr):
+    def __init__(self, total, stream=None):
         self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
         self.start = time.monotonic()
         self.last = 0.0
         self.last_decile = -1
@@ -127,9 +127,7 @@ def _info(args, limits):
 def _convert(args, limits):
     source = convert.open_source(args.source, limits)
     try:
-        total = source.virtual_size if source.kind != 'xenserver-tgz' or \
-            hasattr(source, 'chain') else None
-        progress = Progress(total) if args.progress else None
+        progress = Progress(source.size_hint) if args.progress else None
         convert.convert(source, args.output, overwrite=args.overwrite,
                         progress=progress)
         if progress:
@@ -175,6 +173,8 @@ def _setup(args):
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
     log.register_options(conf)
+    # Logs go to stderr: stdout carries the command's output (JSON).
+    conf.set_default('use_stderr', True)
     conf(args=[], project='any2kvm_os', prog=PROG,
          default_config_files=args.config_file)
     if args.debug:

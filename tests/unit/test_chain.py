@@ -1,0 +1,314 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import io
+import os
+import tarfile
+
+import pytest
+
+from any2kvm_os.chain import layer_chain
+from any2kvm_os.cmd import any2kvm
+from any2kvm_os import containers  # noqa: F401
+from any2kvm_os.containers import base
+from any2kvm_os import exception
+from any2kvm_os import extents as ext
+from any2kvm_os.formats import base as fbase
+from any2kvm_os.formats import vhd
+from any2kvm_os import opts
+from tests.unit import vhdbuild
+
+MiB = 1 << 20
+BS = 2 * MiB
+
+
+class FakeLayer(fbase.LayerReader):
+    """A layer given as {offset: (kind, length)} on a byte-per-offset map."""
+
+    format_name = 'fake'
+
+    def __init__(self, size, runs, ident, parent=None):
+        self._size = size
+        self._runs = runs
+        self._id = ident
+        self._parent = parent
+
+    @classmethod
+    def probe(cls, view):
+        return False
+
+    virtual_size = property(lambda self: self._size)
+    identity = property(lambda self: self._id)
+    parent_ref = property(lambda self: fbase.ParentRef(self._parent, ())
+                          if self._parent else None)
+
+    def allocated_bytes(self):
+        return 0
+
+    def block_status(self, offset, length):
+        end = min(offset + length, self._size)
+        pos = offset
+        for start, kind, n in sorted(self._runs):
+            a, b = max(start, pos), min(start + n, end)
+            if a >= b:
+                continue
+            if a > pos:
+                yield ext.extent(ext.UNALLOCATED, pos, a - pos)
+            yield ext.extent(kind, a, b - a, a if kind == ext.DATA else None)
+            pos = b
+        if pos < end:
+            yield ext.extent(ext.UNALLOCATED, pos, end - pos)
+
+
+def owner_map(chain):
+    """{offset: layer index or 'Z'/'U'} per 1-byte unit, from fold()."""
+    out = {}
+    for e in chain.fold(0, chain.virtual_size):
+        for x in range(e.offset, e.end):
+            out[x] = e.layer if e.kind == ext.DATA else e.kind[0].upper()
+    return out
+
+
+def test_fold_child_hides_parent():
+    base_ = FakeLayer(8, [(0, ext.DATA, 8)], 'b')
+    child = FakeLayer(8, [(2, ext.DATA, 2), (5, ext.ZERO, 2)], 'c', 'b')
+    chain = layer_chain.LayerChain([child, base_], ['c', 'b'])
+    m = owner_map(chain)
+    assert [m[i] for i in range(8)] == [1, 1, 0, 0, 1, 'Z', 'Z', 1]
+
+
+def test_fold_grown_child_sees_zeros_beyond_parent():
+    base_ = FakeLayer(4, [(0, ext.DATA, 4)], 'b')
+    child = FakeLayer(10, [(8, ext.DATA, 1)], 'c', 'b')
+    chain = layer_chain.LayerChain([child, base_], ['c', 'b'])
+    m = owner_map(chain)
+    assert chain.virtual_size == 10
+    assert [m[i] for i in range(10)] == [1, 1, 1, 1, 'Z', 'Z', 'Z', 'Z', 0,
+                                         'Z']
+
+
+def test_fold_shrunk_middle_hides_base_tail():
+    base_ = FakeLayer(10, [(0, ext.DATA, 10)], 'b')
+    mid = FakeLayer(5, [], 'm', 'b')
+    leaf = FakeLayer(10, [(9, ext.DATA, 1)], 'l', 'm')
+    chain = layer_chain.LayerChain([leaf, mid, base_], ['l', 'm', 'b'])
+    m = owner_map(chain)
+    assert [m[i] for i in range(10)] == [2] * 5 + ['Z'] * 4 + [0]
+
+
+def test_fold_unallocated_through_base():
+    base_ = FakeLayer(4, [(0, ext.DATA, 1)], 'b')
+    chain = layer_chain.LayerChain([base_], ['b'])
+    assert [owner_map(chain)[i] for i in range(4)] == [0, 'U', 'U', 'U']
+
+
+def test_fold_partial_chain_from_top():
+    base_ = FakeLayer(4, [(0, ext.DATA, 4)], 'b')
+    child = FakeLayer(4, [(1, ext.DATA, 1)], 'c', 'b')
+    chain = layer_chain.LayerChain([child, base_], ['c', 'b'])
+    got = chain.fold(0, 4, top=1)
+    assert [(e.kind, e.layer) for e in got] == [(ext.DATA, 1)]
+
+
+# -- resolution over real files ------------------------------------------------
+
+def write_chain(tmp_path, n, names=None, grow=False):
+    """base <- c1 <- ... written with vhdbuild; returns paths leaf first."""
+    names = names or ['l%d.vhd' % i for i in range(n)]
+    uid = None
+    paths = []
+    for i in range(n):
+        size = 4 * MiB + (i * BS if grow else 0)
+        if i == 0:
+            data, uid = vhdbuild.build(size, blocks={0: (None, b'B' * 10)})
+        else:
+            data, uid = vhdbuild.build(
+                size, disk_type=vhd.DISK_DIFFERENCING, parent_uid=uid,
+                parent_name='/var/run/sr-mount/x/%s' % names[i - 1],
+                blocks={i % (size // BS): (vhdbuild.sectors_bitmap(BS, [i]),
+                                           b'C' * 4096)})
+        p = tmp_path / names[i]
+        p.write_bytes(data)
+        paths.append(p)
+    return list(reversed(paths))
+
+
+def limits(**kw):
+    return opts.Limits(**kw)
+
+
+def test_resolve_by_id_ignores_names(tmp_path):
+    # Parent names inside point at files that do not exist here.
+    paths = write_chain(tmp_path, 3, names=['a.vhd', 'b.vhd', 'c.vhd'])
+    os.rename(paths[1], tmp_path / 'renamed.vhd')
+    (tmp_path / 'junk.txt').write_text('not a disk')
+    c = base.DirectoryContainer(str(paths[0]), limits())
+    chain = layer_chain.resolve(c, c.leaf_name, limits())
+    assert chain.member_names == ['c.vhd', 'renamed.vhd', 'a.vhd']
+    c.close()
+
+
+def test_missing_parent(tmp_path):
+    paths = write_chain(tmp_path, 2)
+    os.unlink(paths[1])
+    c = base.DirectoryContainer(str(paths[0]), limits())
+    with pytest.raises(exception.ChainError, match='missing parent'):
+        layer_chain.resolve(c, c.leaf_name, limits())
+
+
+def test_parent_id_mismatch(tmp_path):
+    paths = write_chain(tmp_path, 2)
+    other, _ = vhdbuild.build(4 * MiB)
+    paths[1].write_bytes(other)  # same name, another id
+    c = base.DirectoryContainer(str(paths[0]), limits())
+    with pytest.raises(exception.ChainError, match='mismatch'):
+        layer_chain.resolve(c, c.leaf_name, limits())
+
+
+def test_cycle(tmp_path):
+    a_id, b_id = b'\xaa' * 16, b'\xbb' * 16
+    a, _ = vhdbuild.build(4 * MiB, uid=a_id, parent_uid=b_id,
+                          disk_type=vhd.DISK_DIFFERENCING)
+    b, _ = vhdbuild.build(4 * MiB, uid=b_id, parent_uid=a_id,
+                          disk_type=vhd.DISK_DIFFERENCING)
+    (tmp_path / 'a.vhd').write_bytes(a)
+    (tmp_path / 'b.vhd').write_bytes(b)
+    c = base.DirectoryContainer(str(tmp_path / 'a.vhd'), limits())
+    with pytest.raises(exception.ChainError, match='cycle'):
+        layer_chain.resolve(c, c.leaf_name, limits())
+
+
+def test_depth_limit(tmp_path):
+    paths = write_chain(tmp_path, 5)
+    c = base.DirectoryContainer(str(paths[0]), limits())
+    with pytest.raises(exception.ChainError, match='deeper than 3'):
+        layer_chain.resolve(c, c.leaf_name, limits(max_chain_depth=3))
+
+
+def test_symlinked_parent_is_not_followed(tmp_path):
+    paths = write_chain(tmp_path, 2)
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    os.rename(paths[1], outside / 'l0.vhd')
+    os.symlink(outside / 'l0.vhd', paths[1])
+    c = base.DirectoryContainer(str(paths[0]), limits())
+    with pytest.raises(exception.ChainError, match='missing parent'):
+        layer_chain.resolve(c, c.leaf_name, limits())
+
+
+# -- end to end through the CLI -------------------------------------------------
+
+def expected_raw(tmp_path, paths):
+    """Model of a vhdbuild chain: apply base first, bitmaps respected."""
+    size = None
+    disk = bytearray()
+    for p in reversed(paths):
+        r = vhd.VhdReader(__import__('any2kvm_os.fileio').fileio
+                          .FileView.open_path(str(p)))
+        new = r.virtual_size
+        if size is not None:
+            del disk[new:]
+        disk.extend(b'\0' * (new - len(disk)))
+        for e in r.block_status(0, new):
+            if e.kind == ext.DATA:
+                disk[e.offset:e.end] = r.read(e.file_offset, e.length)
+        size = new
+    return bytes(disk)
+
+
+def run_cli(*args):
+    return any2kvm.main(list(args))
+
+
+@pytest.mark.parametrize('grow', [False, True])
+def test_convert_chain_and_xenserver_archives(tmp_path, grow):
+    paths = write_chain(tmp_path, 3, grow=grow)
+    want = expected_raw(tmp_path, paths)
+    out = tmp_path / 'out.raw'
+    assert run_cli('convert', str(paths[0]), str(out)) == 0
+    assert out.read_bytes() == want
+    for mode, order in (('w:gz', [0, 1, 2]), ('w:gz', [2, 1, 0]),
+                        ('w:gz', [1, 2, 0]), ('w', [1, 0, 2])):
+        arch = tmp_path / ('x-%s-%s.tar' % (mode[-2:], order))
+        with tarfile.open(arch, mode) as tf:
+            for i in order:
+                tf.add(paths[i], arcname='./%d.vhd' % i)
+        o = tmp_path / ('o-%s' % arch.name)
+        assert run_cli('convert', str(arch), str(o)) == 0, arch
+        assert o.read_bytes() == want, arch
+
+
+def make_tar(path, members, mode='w:gz'):
+    with tarfile.open(path, mode) as tf:
+        for name, data in members:
+            if isinstance(data, tarfile.TarInfo):
+                data.name = name
+                tf.addfile(data)
+                continue
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+
+
+def tar_cases(tmp_path):
+    paths = write_chain(tmp_path, 2)
+    leaf, base_ = paths[0].read_bytes(), paths[1].read_bytes()
+    sym = tarfile.TarInfo()
+    sym.type = tarfile.SYMTYPE
+    sym.linkname = '/etc/passwd'
+    dev = tarfile.TarInfo()
+    dev.type = tarfile.CHRTYPE
+    return {
+        'symlink': ([('0.vhd', leaf), ('1.vhd', sym)], 'links'),
+        'dotdot': ([('0.vhd', leaf), ('../1.vhd', base_)], r'\.\.'),
+        'absolute': ([('0.vhd', leaf), ('/1.vhd', base_)], 'absolute'),
+        'duplicate': ([('0.vhd', leaf), ('1.vhd', base_),
+                       ('./1.vhd', base_)], 'duplicate'),
+        'device': ([('0.vhd', leaf), ('1.vhd', dev)], 'regular'),
+        'no-leaf': ([('1.vhd', leaf), ('2.vhd', base_)], 'no 0.vhd'),
+        'gap': ([('0.vhd', leaf), ('2.vhd', base_)], '1.vhd is missing'),
+        'stranger': ([('0.vhd', leaf), ('1.vhd', base_),
+                      ('notes.txt', b'x')], 'unexpected member'),
+        'missing-parent': ([('0.vhd', leaf)], 'missing parent'),
+        'swapped': ([('0.vhd', base_), ('1.vhd', leaf)], 'base disk'),
+    }
+
+
+@pytest.mark.parametrize('mode', ['w:gz', 'w'])
+@pytest.mark.parametrize('case', ['symlink', 'dotdot', 'absolute',
+                                  'duplicate', 'device', 'no-leaf', 'gap',
+                                  'stranger', 'missing-parent', 'swapped'])
+def test_archive_refusals(tmp_path, capsys, case, mode):
+    members, match = tar_cases(tmp_path)[case]
+    arch = tmp_path / 'bad.tgz'
+    make_tar(arch, members, mode)
+    out = tmp_path / 'outdir'
+    out.mkdir()
+    rc = run_cli('convert', str(arch), str(out / 'disk.raw'))
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.count('\n') == 1 and err.startswith('any2kvm: error: ')
+    assert str(arch) in err
+    import re
+    assert re.search(match, err), err
+    assert list(out.iterdir()) == []
+
+
+def test_member_count_bound(tmp_path, capsys):
+    arch = tmp_path / 'many.tar'
+    make_tar(arch, [('%d.vhd' % i, b'') for i in range(20)], 'w')
+    cfg = tmp_path / 'a.conf'
+    cfg.write_text('[any2kvm]\nmax_archive_members = 5\n')
+    rc = run_cli('--config-file', str(cfg), 'convert', str(arch),
+                 str(tmp_path / 'o.raw'))
+    assert rc == 1
+    assert 'more than 5 members' in capsys.readouterr().err

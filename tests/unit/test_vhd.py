@@ -1,0 +1,227 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import os
+import struct
+
+import pytest
+
+from any2kvm_os import exception
+from any2kvm_os import extents as ext
+from any2kvm_os import fileio
+from any2kvm_os.formats import vhd
+from tests.unit import vhdbuild
+
+MiB = 1 << 20
+
+
+def view_of(tmp_path, data, name='x.vhd'):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return fileio.FileView.open_path(str(p))
+
+
+def test_bitmap_runs_msb_first():
+    runs = vhd.bitmap_runs(b'\xff\x0f\x00\x80', 0, 32)
+    assert runs == [(0, 8, True), (8, 4, False), (12, 4, True),
+                    (16, 8, False), (24, 1, True), (25, 7, False)]
+
+
+def test_bitmap_runs_subrange():
+    assert vhd.bitmap_runs(b'\xf0', 2, 4) == [(2, 2, True), (4, 2, False)]
+
+
+def test_checksum_matches_spec_example():
+    f = vhdbuild.footer(MiB, vhd.DISK_DYNAMIC, b'\1' * 16)
+    stored = struct.unpack_from('>I', f, 64)[0]
+    total = sum(f) - sum(f[64:68])
+    assert stored == (~total) & 0xFFFFFFFF
+
+
+def test_fixed(tmp_path):
+    data, uid = vhdbuild.build(MiB, disk_type=vhd.DISK_FIXED,
+                               fixed_data=b'A' * 1000)
+    r = vhd.VhdReader(view_of(tmp_path, data))
+    assert r.subformat == 'fixed'
+    assert r.virtual_size == MiB
+    assert r.parent_ref is None
+    assert list(r.block_status(0, 2 * MiB)) == [
+        ext.extent(ext.DATA, 0, MiB, 0)]
+
+
+def test_dynamic_blocks(tmp_path):
+    data, uid = vhdbuild.build(8 * MiB, blocks={1: (None, b'x' * 100)})
+    r = vhd.VhdReader(view_of(tmp_path, data))
+    st = ext.merge(r.block_status(0, 8 * MiB))
+    assert [e.kind for e in st] == [ext.UNALLOCATED, ext.DATA,
+                                    ext.UNALLOCATED]
+    assert st[1].offset == 2 * MiB and st[1].length == 2 * MiB
+    assert r.read(st[1].file_offset, 100) == b'x' * 100
+    assert r.allocated_bytes() == 2 * MiB
+
+
+def test_dynamic_allocated_block_ignores_bitmap(tmp_path):
+    # In a dynamic (non-differencing) disk an allocated block is data as a
+    # whole, as qemu reads it, whatever its bitmap says.
+    bm = vhdbuild.sectors_bitmap(2 * MiB, [0])
+    data, _ = vhdbuild.build(2 * MiB, blocks={0: (bm, b'y' * 1024)})
+    r = vhd.VhdReader(view_of(tmp_path, data))
+    assert [e.kind for e in r.block_status(0, 2 * MiB)] == [ext.DATA]
+
+
+def test_differencing_partial_bitmap(tmp_path):
+    bm = vhdbuild.sectors_bitmap(2 * MiB, [0, 1, 9])
+    data, _ = vhdbuild.build(4 * MiB, blocks={0: (bm, b'z' * 5120)},
+                             disk_type=vhd.DISK_DIFFERENCING,
+                             parent_uid=b'\2' * 16, parent_name='C:\\a\\p.vhd')
+    r = vhd.VhdReader(view_of(tmp_path, data))
+    st = list(r.block_status(0, 4 * MiB))
+    assert [(e.kind, e.offset, e.length) for e in st] == [
+        (ext.DATA, 0, 1024), (ext.UNALLOCATED, 1024, 7 * 512),
+        (ext.DATA, 9 * 512, 512), (ext.UNALLOCATED, 5120, 2 * MiB - 5120),
+        (ext.UNALLOCATED, 2 * MiB, 2 * MiB)]
+    assert r.parent_ref.id == '02020202-0202-0202-0202-020202020202'
+    assert r.parent_ref.name_hints == ('p.vhd',)
+    assert r.allocated_bytes() == 1536
+
+
+def test_virtual_size_is_current_size_not_chs(tmp_path):
+    # 127 GiB Virtual PC style: current_size is what the guest saw.
+    size = 136365211648
+    data, _ = vhdbuild.build(size, entries=-(-size // (2 * MiB)))
+    r = vhd.VhdReader(view_of(tmp_path, data))
+    assert r.virtual_size == size
+
+
+@pytest.mark.parametrize('corrupt,match', [
+    (lambda b: b[:70] + b'\x55' + b[71:], 'footer checksum'),
+    (lambda b: b[:512 + 100] + b'\x55' + b[613:], 'header checksum'),
+    (lambda b: b[:-512], 'truncated|footer'),
+    (lambda b: b[:-513] + b'\0' + b[-512:], None),  # data byte: still fine
+])
+def test_corruptions(tmp_path, corrupt, match):
+    data, _ = vhdbuild.build(4 * MiB, blocks={1: (None, b'q' * 10)})
+    bad = corrupt(data)
+    if match is None:
+        vhd.VhdReader(view_of(tmp_path, bad))
+        return
+    with pytest.raises(exception.InvalidImage, match=match):
+        vhd.VhdReader(view_of(tmp_path, bad))
+
+
+def _patch_bat(data, entries):
+    bat = struct.pack('>%dI' % len(entries), *entries)
+    return data[:1536] + bat + data[1536 + len(bat):]
+
+
+def test_bat_outside_file(tmp_path):
+    data, _ = vhdbuild.build(4 * MiB, blocks={0: (None, b'a')})
+    bad = _patch_bat(data, [0x00FFFFFF, 0xFFFFFFFF])
+    with pytest.raises(exception.InvalidImage, match='beyond the end'):
+        vhd.VhdReader(view_of(tmp_path, bad))
+
+
+def test_bat_duplicate_entries(tmp_path):
+    data, _ = vhdbuild.build(4 * MiB, blocks={0: (None, b'a')})
+    first = struct.unpack_from('>I', data, 1536)[0]
+    bad = _patch_bat(data, [first, first])
+    with pytest.raises(exception.InvalidImage, match='overlap'):
+        vhd.VhdReader(view_of(tmp_path, bad))
+
+
+def test_bat_overlapping_headers(tmp_path):
+    data, _ = vhdbuild.build(4 * MiB, blocks={0: (None, b'a')})
+    bad = _patch_bat(data, [1, 0xFFFFFFFF])
+    with pytest.raises(exception.InvalidImage, match='overlaps'):
+        vhd.VhdReader(view_of(tmp_path, bad))
+
+
+def test_block_size_not_power_of_two(tmp_path):
+    data, _ = vhdbuild.build(4 * MiB)
+    hdr = bytearray(data[512:1536])
+    struct.pack_into('>I', hdr, 32, 3 * MiB)
+    struct.pack_into('>I', hdr, 36, vhd.vhd_checksum(hdr, 36))
+    bad = data[:512] + bytes(hdr) + data[1536:]
+    with pytest.raises(exception.InvalidImage, match='power of two'):
+        vhd.VhdReader(view_of(tmp_path, bad))
+
+
+def test_bat_too_small_for_size(tmp_path):
+    data, _ = vhdbuild.build(4 * MiB, entries=1)
+    with pytest.raises(exception.InvalidImage, match='entries'):
+        vhd.VhdReader(view_of(tmp_path, data))
+
+
+def test_huge_table_refused_before_allocation(tmp_path):
+    data, _ = vhdbuild.build(4 * MiB)
+    hdr = bytearray(data[512:1536])
+    struct.pack_into('>I', hdr, 28, 0x7FFFFFFF)
+    struct.pack_into('>I', hdr, 36, vhd.vhd_checksum(hdr, 36))
+    bad = data[:512] + bytes(hdr) + data[1536:]
+    with pytest.raises(exception.InvalidImage):
+        vhd.VhdReader(view_of(tmp_path, bad))
+
+
+def test_footer_copies_disagree(tmp_path):
+    data, _ = vhdbuild.build(4 * MiB)
+    other = vhdbuild.footer(4 * MiB, vhd.DISK_DYNAMIC, b'\7' * 16)
+    with pytest.raises(exception.InvalidImage, match='disagree'):
+        vhd.VhdReader(view_of(tmp_path, data[:-512] + other))
+
+
+def test_probe(tmp_path):
+    data, _ = vhdbuild.build(MiB, disk_type=vhd.DISK_FIXED)
+    assert vhd.VhdReader.probe(view_of(tmp_path, data, 'a'))
+    assert not vhd.VhdReader.probe(view_of(tmp_path, b'\0' * 4096, 'b'))
+    assert not vhd.VhdReader.probe(view_of(tmp_path, b'', 'c'))
+
+
+class _Stream(object):
+    def __init__(self, data):
+        import io
+        self.f = io.BytesIO(data)
+
+    def read(self, n):
+        return self.f.read(n)
+
+
+@pytest.mark.parametrize('kind', ['fixed', 'dynamic', 'differencing'])
+def test_stream_layer_matches_random_access(tmp_path, kind):
+    bs = 2 * MiB
+    if kind == 'fixed':
+        data, _ = vhdbuild.build(3 * MiB, disk_type=vhd.DISK_FIXED,
+                                 fixed_data=os.urandom(5000))
+    else:
+        dt = (vhd.DISK_DYNAMIC if kind == 'dynamic'
+              else vhd.DISK_DIFFERENCING)
+        bm = vhdbuild.sectors_bitmap(bs, [3, 4, 100])
+        data, _ = vhdbuild.build(
+            3 * MiB, disk_type=dt, parent_uid=b'\3' * 16,
+            blocks={1: (bm, os.urandom(bs)), 0: (None, os.urandom(600))})
+    r = vhd.VhdReader(view_of(tmp_path, data))
+    expected = {}
+    for e in r.block_status(0, r.virtual_size):
+        if e.kind == ext.DATA:
+            expected[e.offset] = r.read(e.file_offset, e.length)
+    stream = fileio.ForwardStream(_Stream(data), 'm', len(data))
+    layer = vhd.StreamLayer('m', stream.peek(512), len(data))
+    layer.read_headers(stream)
+    got = bytearray(len(data))
+    want = bytearray(r.virtual_size)
+    for off, buf in layer.data_runs(stream):
+        got[off:off + len(buf)] = buf
+    # A fixed disk's size is known only once its footer has been read.
+    del got[layer.virtual_size:]
+    for off, buf in expected.items():
+        want[off:off + len(buf)] = buf
+    assert got == want
+    assert layer.virtual_size == r.virtual_size
