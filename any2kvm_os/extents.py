@@ -57,7 +57,10 @@ def merge(extents):
             p = out[-1]
             if (p.kind == e.kind and p.end == e.offset and p.layer == e.layer
                     and (p.kind != DATA
-                         or p.file_offset + p.length == e.file_offset)):
+                         or (isinstance(p.file_offset, int)
+                             and isinstance(e.file_offset, int)
+                             and p.file_offset + p.length
+                             == e.file_offset))):
                 out[-1] = p._replace(length=p.length + e.length)
                 continue
         out.append(e)

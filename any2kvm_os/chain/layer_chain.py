@@ -113,12 +113,13 @@ def _try_open(container, name):
     cls = probe.detect(view)
     if cls is None:
         return None
-    return cls(view)
+    return cls(view, opener=container.opener(name))
 
 
 def resolve(container, leaf_name, limits):
     """Build the :class:`LayerChain` of ``leaf_name`` within ``container``."""
-    leaf = probe.open_layer(container.open_view(leaf_name))
+    leaf = probe.open_layer(container.open_view(leaf_name),
+                            opener=container.opener(leaf_name))
     layers = [leaf]
     names = [leaf_name]
     ids = {leaf.identity}

@@ -53,6 +53,30 @@ class Container(object, metaclass=abc.ABCMeta):
         """How a member is named in messages."""
         return name
 
+    def opener(self, referrer):
+        """An ``opener(name)`` for a reader of member ``referrer``.
+
+        It opens only plain names of other members of this container (a
+        VMDK extent file, say): never a path, an absolute name, ``..``, a
+        link or anything outside the container.
+        """
+        def open_sibling(name):
+            if (not name or '/' in name or '\\' in name
+                    or name in ('.', '..') or '\0' in name):
+                raise exception.ChainError(
+                    path=self.display_name(referrer), reason='refers to %r: '
+                    'only files of the same %s can be used' % (
+                        name, 'directory' if self.kind == 'file'
+                        else 'archive'))
+            if name not in self.member_names():
+                raise exception.ChainError(
+                    path=self.display_name(referrer), reason='refers to %r, '
+                    'which is not a regular file of the same %s' % (
+                        name, 'directory' if self.kind == 'file'
+                        else 'archive'))
+            return self.open_view(name)
+        return open_sibling
+
     def close(self):
         for view in self._views:
             view.close()

@@ -37,8 +37,13 @@ class LayerReader(object, metaclass=abc.ABCMeta):
     #: Name of the format (the stevedore entry point name).
     format_name = None
 
-    def __init__(self, view):
+    def __init__(self, view, opener=None):
         self.view = view
+        #: ``opener(name)`` returns a :class:`FileView` of another file of
+        #: the same directory or archive (a VMDK extent, say) or raises
+        #: :class:`any2kvm_os.exception.ChainError`; it refuses paths, links
+        #: and anything outside the container.  None: no siblings.
+        self.opener = opener
 
     @property
     def name(self):
@@ -83,6 +88,17 @@ class LayerReader(object, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def allocated_bytes(self):
         """How many bytes of the virtual disk this layer stores."""
+
+    def read_extent(self, extent, skip, length):
+        """Bytes ``[extent.offset + skip, +length)`` of a DATA extent this
+        reader reported.  The default reads ``extent.file_offset`` linearly
+        from :attr:`view`; formats with compressed or scattered data
+        override it (``file_offset`` is then whatever token they chose)."""
+        return self.read(extent.file_offset + skip, length)
+
+    def close(self):
+        """Release sibling views this reader opened (the container closes
+        the main view)."""
 
     def read(self, file_offset, length):
         """Read stored bytes (the ``file_offset`` of a DATA extent)."""

@@ -44,10 +44,10 @@ def detect(view):
     return hits[0] if hits else None
 
 
-def open_layer(view):
+def open_layer(view, opener=None):
     """Open ``view`` with the reader that recognises it."""
     cls = detect(view)
     if cls is None:
         raise exception.UnsupportedImage(
             path=view.name, reason='not a disk image format any2kvm reads')
-    return cls(view)
+    return cls(view, opener=opener)

@@ -254,8 +254,8 @@ class VhdReader(base.LayerReader):
 
     format_name = 'vhd'
 
-    def __init__(self, view):
-        super(VhdReader, self).__init__(view)
+    def __init__(self, view, opener=None):
+        super(VhdReader, self).__init__(view, opener)
         path = view.name
         size = view.size
         if size < FOOTER_SIZE:

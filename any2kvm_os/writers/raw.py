@@ -280,7 +280,7 @@ def copy_chain(chain, target, progress=None):
             done = 0
             while done < e.length:
                 n = min(COPY_CHUNK, e.length - done)
-                data = layer.read(e.file_offset + done, n)
+                data = layer.read_extent(e, done, n)
                 target.write_data(e.offset + done, data, over_hole=fresh)
                 done += n
                 if progress:
