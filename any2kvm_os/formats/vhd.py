@@ -295,8 +295,8 @@ class VhdReader(base.LayerReader):
             if footer.current_size > self.footer_offset:
                 raise exception.InvalidImage(
                     path=path, reason='fixed VHD holds %d bytes of data but '
-                    'declares %d: truncated' % (self.footer_offset,
-                                               footer.current_size))
+                    'declares %d: truncated'
+                    % (self.footer_offset, footer.current_size))
             self._allocated = footer.current_size
             return
         if footer.data_offset == UNUSED_OFFSET:
@@ -446,7 +446,7 @@ class VhdReader(base.LayerReader):
                 yield ext.extent(ext.UNALLOCATED, a, b - a)
 
 
-# -- streaming (one forward pass, for compressed archives) ---------------------
+# -- streaming (one forward pass, for compressed archives) --------------------
 
 
 class StreamLayer(object):
@@ -454,9 +454,10 @@ class StreamLayer(object):
 
     Created from the first bytes of a member, peeked without consuming
     them; ``read_headers()`` and ``data_runs()`` then consume the member and
-    yield the layer's DATA runs in file order.  Identity and parent are known before the data is read for
-    dynamic and differencing disks; a fixed disk is recognised by the
-    absence of a footer copy at offset 0 and verified at its end.
+    yield the layer's DATA runs in file order.  Identity and parent are
+    known before the data is read for dynamic and differencing disks; a
+    fixed disk is recognised by the absence of a footer copy at offset 0
+    and verified at its end.
     """
 
     def __init__(self, name, head, member_size):
@@ -545,8 +546,7 @@ class StreamLayer(object):
             if footer.current_size > data_end:
                 raise exception.InvalidImage(
                     path=name, reason='fixed VHD holds %d bytes of data but '
-                    'declares %d: truncated' % (data_end,
-                                               footer.current_size))
+                    'declares %d: truncated' % (data_end, footer.current_size))
             self.footer = footer
             return
         geo = self.geo
@@ -583,4 +583,3 @@ class StreamLayer(object):
                 or tail.disk_type != self.footer.disk_type):
             raise exception.InvalidImage(
                 path=name, reason='the two VHD footer copies disagree')
-

@@ -119,7 +119,7 @@ def test_fold_partial_chain_from_top():
     assert [(e.kind, e.layer) for e in got] == [(ext.DATA, 1)]
 
 
-# -- resolution over real files ------------------------------------------------
+# -- resolution over real files -----------------------------------------------
 
 def write_chain(tmp_path, n, names=None, grow=False):
     """base <- c1 <- ... written with vhdbuild; returns paths leaf first."""
@@ -205,7 +205,7 @@ def test_symlinked_parent_is_not_followed(tmp_path):
         layer_chain.resolve(c, c.leaf_name, limits())
 
 
-# -- end to end through the CLI -------------------------------------------------
+# -- end to end through the CLI -----------------------------------------------
 
 def expected_raw(tmp_path, paths):
     """Model of a vhdbuild chain: apply base first, bitmaps respected."""

@@ -92,7 +92,7 @@ def test_not_a_file_refused(tmp_path):
         raw.RawTarget.open(str(tmp_path))
 
 
-# -- CLI ------------------------------------------------------------------------
+# -- CLI ----------------------------------------------------------------------
 
 def vhd_file(tmp_path, name='d.vhd'):
     data, _ = vhdbuild.build(4 * MiB, blocks={1: (None, b'k' * 5000)})

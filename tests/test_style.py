@@ -1,0 +1,50 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Style and shell checks run with the suite, so CI enforces them too."""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = sorted(glob.glob(os.path.join(ROOT, 'tools', '*.sh'))) + [
+    os.path.join(ROOT, '.ci', 'run')]
+
+
+def test_flake8_clean():
+    r = subprocess.run([sys.executable, '-m', 'flake8', 'any2kvm_os',
+                        'tests', 'benchmarks'], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=os.path.basename)
+def test_shell_syntax(script):
+    r = subprocess.run(['bash', '-n', script], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=os.path.basename)
+def test_shellcheck(script):
+    if not shutil.which('shellcheck'):
+        if os.environ.get('ANY2KVM_REQUIRE_TOOLS') == '1':
+            pytest.fail('shellcheck is not installed')
+        pytest.skip('shellcheck is not installed')
+    r = subprocess.run(['shellcheck', '-x', script], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
