@@ -116,13 +116,72 @@ def _try_open(container, name):
     return cls(view, opener=container.opener(name))
 
 
+def _find_by_name(container, child_name, ref, names, members):
+    """Formats without ids (qcow2): the parent is the member the child
+    names, and only a member of the same container."""
+    for hint in ref.name_hints:
+        if hint in names:
+            raise exception.ChainError(
+                path=child_name, reason='backing file %s is already in the '
+                'chain (cycle)' % hint)
+        if hint in members:
+            layer = _try_open(container, hint)
+            if layer is None:
+                raise exception.ChainError(
+                    path=child_name, reason='backing file %s is not a disk '
+                    'image any2kvm reads' % container.display_name(hint))
+            return hint, layer
+    raise exception.ChainError(
+        path=child_name, reason='missing parent %s among the files of %s'
+        % (', '.join(ref.name_hints) or '(unnamed)',
+           container.path if container.kind != 'file' else 'its directory'))
+
+
+def _find_by_id(container, child_name, ref, names, members, scanned):
+    """The member whose identity is the child's parent id; names written
+    in the child only decide the order in which members are tried."""
+    candidates = [h for h in ref.name_hints
+                  if h in members and h not in names]
+    candidates += [n for n in members
+                   if n not in candidates and n not in names]
+    mismatch = None
+    for name in candidates:
+        if scanned.get(name, ref.id) != ref.id:
+            continue
+        try:
+            layer = _try_open(container, name)
+        except exception.Any2KvmError as e:
+            if name in ref.name_hints:
+                raise
+            LOG.debug('Skipping %s while looking for %s: %s', name, ref.id,
+                      e)
+            scanned[name] = None
+            continue
+        ident = layer.identity if layer is not None else None
+        scanned[name] = ident
+        if ident == ref.id:
+            return name, layer
+        if name in ref.name_hints and mismatch is None:
+            mismatch = (name, ident)
+    if mismatch:
+        raise exception.ChainError(
+            path=child_name, reason='parent-id mismatch: %s has id %s, the '
+            'child expects %s' % (container.display_name(mismatch[0]),
+                                  mismatch[1], ref.id))
+    raise exception.ChainError(
+        path=child_name, reason='missing parent %s (named %s) among the '
+        'files of %s' % (ref.id, ', '.join(ref.name_hints) or 'nothing',
+                         container.path if container.kind != 'file'
+                         else 'its directory'))
+
+
 def resolve(container, leaf_name, limits):
     """Build the :class:`LayerChain` of ``leaf_name`` within ``container``."""
     leaf = probe.open_layer(container.open_view(leaf_name),
                             opener=container.opener(leaf_name))
     layers = [leaf]
     names = [leaf_name]
-    ids = {leaf.identity}
+    ids = {leaf.identity} - {None}
     members = [n for n in container.member_names() if n != leaf_name]
     scanned = {}  # name -> identity, for files opened while searching
 
@@ -137,54 +196,23 @@ def resolve(container, leaf_name, limits):
                 path=child_name, reason='chain deeper than %d layers: '
                 'refused as absurd (see max_chain_depth)'
                 % limits.max_chain_depth)
-        if ref.id in ids:
-            raise exception.ChainError(
-                path=child_name, reason='parent %s is already in the chain '
-                '(cycle)' % ref.id)
-        candidates = [h for h in ref.name_hints
-                      if h in members and h not in names]
-        candidates += [n for n in members
-                       if n not in candidates and n not in names]
-        parent = None
-        mismatch = None
-        for name in candidates:
-            if scanned.get(name, ref.id) != ref.id:
-                continue
-            try:
-                layer = _try_open(container, name)
-            except exception.Any2KvmError as e:
-                if name in ref.name_hints:
-                    raise
-                LOG.debug('Skipping %s while looking for %s: %s',
-                          name, ref.id, e)
-                scanned[name] = None
-                continue
-            ident = layer.identity if layer is not None else None
-            scanned[name] = ident
-            if ident == ref.id:
-                parent = (name, layer)
-                break
-            if name in ref.name_hints and mismatch is None:
-                mismatch = (name, ident)
-        if parent is None:
-            if mismatch:
+        if ref.id is None:
+            parent = _find_by_name(container, child_name, ref, names,
+                                   members)
+        else:
+            if ref.id in ids:
                 raise exception.ChainError(
-                    path=child_name, reason='parent-id mismatch: %s has id '
-                    '%s, the child expects %s' % (
-                        container.display_name(mismatch[0]), mismatch[1],
-                        ref.id))
-            raise exception.ChainError(
-                path=child_name, reason='missing parent %s (named %s) '
-                'among the files of %s' % (
-                    ref.id, ', '.join(ref.name_hints) or 'nothing',
-                    container.path if container.kind != 'file'
-                    else 'its directory'))
-        if parent[1].identity in ids:
-            raise exception.ChainError(
-                path=child_name, reason='parent %s is already in the chain '
-                '(cycle)' % ref.id)
+                    path=child_name, reason='parent %s is already in the '
+                    'chain (cycle)' % ref.id)
+            parent = _find_by_id(container, child_name, ref, names, members,
+                                 scanned)
+        if parent[1].identity is not None:
+            if parent[1].identity in ids:
+                raise exception.ChainError(
+                    path=child_name, reason='parent %s is already in the '
+                    'chain (cycle)' % parent[1].identity)
+            ids.add(parent[1].identity)
         names.append(parent[0])
         layers.append(parent[1])
-        ids.add(parent[1].identity)
     return LayerChain(layers, [container.display_name(n) for n in names],
                       names)

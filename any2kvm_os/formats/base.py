@@ -28,6 +28,8 @@ ParentRef.__doc__ = """What a child says of its parent.
 
 ``id`` is the parent's unique id (a UUID string); ``name_hints`` are
 base names taken from the image (locators, parent name), hints only.
+Formats without ids (qcow2) give ``id=None``: the parent is then the
+member named by the first hint that exists in the same container.
 """
 
 
