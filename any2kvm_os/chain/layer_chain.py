@@ -54,15 +54,15 @@ class LayerChain(object):
     def __len__(self):
         return len(self.layers)
 
-    def _fold(self, i, start, end, out):
+    def _fold(self, i, bottom, start, end, out):
         layer = self.layers[i]
         stop = min(end, layer.virtual_size)
         if start < stop:
             for e in layer.block_status(start, stop - start):
                 if e.kind != ext.UNALLOCATED:
                     out.append(e._replace(layer=i))
-                elif i + 1 < len(self.layers):
-                    self._fold(i + 1, e.offset, e.end, out)
+                elif i < bottom:
+                    self._fold(i + 1, bottom, e.offset, e.end, out)
                 else:
                     out.append(e._replace(layer=i))
         lo = max(start, layer.virtual_size)
@@ -71,23 +71,26 @@ class LayerChain(object):
             # (a child grown after the snapshot sees zeros there).
             out.append(ext.extent(ext.ZERO, lo, end - lo, layer=i))
 
-    def fold(self, offset, length, top=0):
-        """Extents of ``[offset, offset+length)`` seen from layer ``top``.
+    def fold(self, offset, length, top=0, bottom=None):
+        """Extents of ``[offset, offset+length)`` seen from layer ``top``,
+        folding the layers ``top`` .. ``bottom`` (default: the base).
 
-        UNALLOCATED is returned where no layer from ``top`` down to the base
-        holds anything: for a whole chain that reads as zeros; for a partial
-        chain (incremental apply) it means "leave what is there".
+        UNALLOCATED is returned where none of those layers holds anything:
+        for a whole chain that reads as zeros; for a partial chain
+        (incremental apply) it means "leave what the target holds".
         """
+        if bottom is None:
+            bottom = len(self.layers) - 1
         out = []
         end = min(offset + length, self.layers[top].virtual_size)
         if offset < end:
-            self._fold(top, offset, end, out)
+            self._fold(top, bottom, offset, end, out)
         return ext.merge(out)
 
-    def iter_extents(self, window=FOLD_WINDOW):
-        size = self.virtual_size
+    def iter_extents(self, window=FOLD_WINDOW, top=0, bottom=None):
+        size = self.layers[top].virtual_size
         for off in range(0, size, window):
-            yield from self.fold(off, min(window, size - off))
+            yield from self.fold(off, min(window, size - off), top, bottom)
 
     def describe(self):
         """One dict per layer, leaf first (for ``any2kvm info``)."""

@@ -29,6 +29,7 @@ from oslo_log import log
 
 from any2kvm_os import convert
 from any2kvm_os import exception
+from any2kvm_os import incremental
 from any2kvm_os import opts
 
 LOG = logging.getLogger(__name__)
@@ -125,7 +126,23 @@ def _info(args, limits):
 
 
 def _convert(args, limits):
+    incremental_opts = (args.finish or args.start_at or args.stop_at
+                        or args.state_dir)
+    if args.onto and args.output:
+        raise exception.Any2KvmError('give either OUTPUT or --onto TARGET, '
+                                     'not both')
+    if not args.onto and not args.output:
+        raise exception.Any2KvmError('give OUTPUT, or --onto TARGET for an '
+                                     'incremental apply')
+    if incremental_opts and not args.onto:
+        raise exception.Any2KvmError('--finish, --start-at, --stop-at and '
+                                     '--state-dir go with --onto')
     source = convert.open_source(args.source, limits)
+    if args.onto:
+        try:
+            return _apply(args, source)
+        finally:
+            source.close()
     try:
         progress = Progress(source.size_hint) if args.progress else None
         convert.convert(source, args.output, overwrite=args.overwrite,
@@ -134,6 +151,27 @@ def _convert(args, limits):
             progress.finish()
     finally:
         source.close()
+    return 0
+
+
+def _apply(args, source):
+    progress = Progress(source.size_hint) if args.progress else None
+    applied, remaining = incremental.apply_layers(
+        source, args.onto, finish=args.finish, start_at=args.start_at,
+        stop_at=args.stop_at, state_dir=args.state_dir, progress=progress)
+    if progress:
+        progress.finish()
+    if applied:
+        print('applied onto %s: %s' % (args.onto, ', '.join(applied)))
+    else:
+        print('nothing to apply onto %s: it is up to date' % args.onto)
+    if remaining:
+        print('still to apply: %s%s' % (
+            ', '.join(remaining),
+            ' (the leaf: after the VM stops, run again with --finish)'
+            if len(remaining) == 1 else ''))
+    else:
+        print('%s holds the whole disk' % args.onto)
     return 0
 
 
@@ -158,9 +196,25 @@ def build_parser():
     p.add_argument('source', metavar='SOURCE',
                    help='a disk file (parents beside it) or a XenServer '
                         'tar/tgz of 0.vhd .. n.vhd')
-    p.add_argument('output', metavar='OUTPUT',
+    p.add_argument('output', metavar='OUTPUT', nargs='?',
                    help='a new raw file (sparse), or an existing block '
                         'device written in place')
+    g = p.add_argument_group(
+        'incremental apply', 'Apply only the layers newer than what TARGET '
+        'holds (minimal-downtime migration). By default every layer below '
+        'the leaf (the active layer of a running VM) is applied.')
+    g.add_argument('--onto', metavar='TARGET',
+                   help='an existing raw file or block device (a missing '
+                        'file is created) to bring up to date')
+    g.add_argument('--finish', action='store_true',
+                   help='apply the leaf too (after the VM has stopped)')
+    g.add_argument('--start-at', metavar='LAYER',
+                   help='first layer to apply (name or id)')
+    g.add_argument('--stop-at', metavar='LAYER',
+                   help='last layer to apply (name or id)')
+    g.add_argument('--state-dir', metavar='DIR',
+                   help='keep the state file in DIR instead of beside '
+                        'TARGET (needed for block devices)')
     p.add_argument('--progress', action='store_true',
                    help='show progress on stderr')
     p.add_argument('--overwrite', action='store_true',

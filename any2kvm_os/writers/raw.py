@@ -145,6 +145,33 @@ class RawTarget(object):
         return cls(path, fd, fresh=True, is_block=False, tmp_path=tmp,
                    overwrite=overwrite)
 
+    @classmethod
+    def open_in_place(cls, path):
+        """Open ``path`` to be written in place (incremental apply).
+
+        A block device or an existing regular file is written where it is;
+        a missing file is created (and starts fresh: all holes).
+        """
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISBLK(st.st_mode):
+            return cls.open(path)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise exception.TargetError(
+                path=path, reason='exists and is neither a regular file nor '
+                'a block device')
+        flags = os.O_RDWR | os.O_CLOEXEC | (0 if st else
+                                            os.O_CREAT | os.O_EXCL)
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError as e:
+            raise exception.TargetError(path=path, reason=e.strerror)
+        target = cls(path, fd, fresh=st is None, is_block=False)
+        target.size = st.st_size if st else 0
+        return target
+
     # -- size -----------------------------------------------------------------
 
     def device_size(self):
@@ -163,17 +190,26 @@ class RawTarget(object):
             if self.size is not None and size > self.size:
                 self.zero_range(self.size, size - self.size)
         else:
-            os.ftruncate(self.fd, size)
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as e:
+                raise self._failed(e)
         self.size = size
 
     # -- writing --------------------------------------------------------------
 
+    def _failed(self, err):
+        return exception.TargetError(path=self.path, reason=err.strerror)
+
     def pwrite(self, offset, data):
         view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view = view[n:]
-            offset += n
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as e:
+            raise self._failed(e)
 
     def write_data(self, offset, data, over_hole):
         """Write disk content ``data`` at ``offset``.
@@ -224,9 +260,18 @@ class RawTarget(object):
 
     # -- end ------------------------------------------------------------------
 
+    def sync(self):
+        try:
+            if self.is_block:
+                os.fsync(self.fd)
+            else:
+                os.fdatasync(self.fd)
+        except OSError as e:
+            raise self._failed(e)
+
     def commit(self):
         """Make the written disk durable and visible under its name."""
-        os.fdatasync(self.fd) if not self.is_block else os.fsync(self.fd)
+        self.sync()
         if self.tmp_path:
             mask = os.umask(0)
             os.umask(mask)
