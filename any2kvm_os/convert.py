@@ -10,13 +10,23 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Open what the user named and turn it into a raw disk.
+"""Open what the user named and turn it into raw disks.
 
 ``open_source`` looks at the content (never the file name) and returns a
-source with one interface: ``describe()``, ``virtual_size`` and
-``write_to(target)``.  A disk file is resolved with its parents among the
-regular files of its directory; a XenServer tar is read in place; a
-compressed one is streamed.
+:class:`VmSource`: what is known of the virtual machine (``vm``, a dict;
+empty for a bare disk) and its ``disks``, each a disk source with one
+interface:
+
+* ``kind`` (container: 'file', 'xenserver-tgz', 'ova', 'xva'), ``format``;
+* ``name``: how the disk is called in messages;
+* ``size_hint``: the virtual size if known without a full read, else None;
+* ``describe()``: the layers, leaf first, as dicts (see ``any2kvm info``);
+* ``write_to(target, progress)``: write the whole disk onto a RawTarget;
+* ``chain``: a LayerChain when the layers can be read at random (needed by
+  incremental apply), else absent.
+
+A disk file is resolved with its parents among the regular files of its
+directory; a XenServer tar is read in place; a compressed one is streamed.
 """
 
 import os
@@ -32,11 +42,30 @@ from any2kvm_os.formats import probe
 from any2kvm_os.writers import raw
 
 
+class VmSource(object):
+    """A virtual machine's description and its disks."""
+
+    def __init__(self, path, kind, disks, vm=None, closer=None):
+        self.path = path
+        self.kind = kind
+        self.disks = disks
+        #: name, cpus, cores_per_socket, memory_mb, firmware, nics, os ...
+        self.vm = vm or {}
+        self._closer = closer
+
+    def close(self):
+        for disk in self.disks:
+            disk.close()
+        if self._closer:
+            self._closer()
+
+
 class ChainSource(object):
     """A disk whose chain is read with random access."""
 
-    def __init__(self, path, kind, chain, closer):
+    def __init__(self, path, kind, chain, closer=None):
         self.path = path
+        self.name = path
         self.kind = kind
         self.chain = chain
         self._closer = closer
@@ -61,7 +90,9 @@ class ChainSource(object):
         raw.copy_chain(self.chain, target, progress)
 
     def close(self):
-        self._closer()
+        if self._closer:
+            self._closer()
+            self._closer = None
 
 
 class StreamSource(object):
@@ -73,6 +104,7 @@ class StreamSource(object):
 
     def __init__(self, path, stream):
         self.path = path
+        self.name = path
         self.kind = stream.kind
         self._stream = stream
         self._facts = None
@@ -94,7 +126,14 @@ class StreamSource(object):
 
 
 def open_source(path, limits):
-    """Return a source for ``path`` (a disk file or a XenServer archive)."""
+    """Return a :class:`VmSource` for ``path``."""
+    disk = _open_disk_source(path, limits)
+    if isinstance(disk, VmSource):
+        return disk
+    return VmSource(path, disk.kind, [disk])
+
+
+def _open_disk_source(path, limits):
     try:
         st = os.stat(path)
     except OSError as e:

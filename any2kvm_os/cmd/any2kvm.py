@@ -21,6 +21,8 @@ traceback unless ``--debug``.
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import time
 
@@ -95,14 +97,19 @@ class Progress(object):
 def _info(args, limits):
     source = convert.open_source(args.source, limits)
     try:
-        layers = source.describe()
-        result = {
-            'source': args.source,
-            'container': source.kind,
-            'format': source.format,
-            'virtual_size': layers[0]['virtual_size'],
-            'chain': layers,
-        }
+        disks = []
+        for index, disk in enumerate(source.disks):
+            layers = disk.describe()
+            disks.append({'index': index, 'name': disk.name,
+                          'format': disk.format,
+                          'virtual_size': layers[0]['virtual_size'],
+                          'chain': layers})
+        result = {'source': args.source, 'container': source.kind,
+                  'vm': source.vm, 'disks': disks}
+        if disks:
+            # The first disk's facts at the top, for one-disk sources.
+            for key in ('format', 'virtual_size', 'chain'):
+                result[key] = disks[0][key]
     finally:
         source.close()
     if args.format == 'json':
@@ -110,19 +117,46 @@ def _info(args, limits):
         return 0
     print('source:       %s' % result['source'])
     print('container:    %s' % result['container'])
-    print('format:       %s' % result['format'])
-    print('virtual size: %d (%s)' % (result['virtual_size'],
-                                     _human(result['virtual_size'])))
-    print('chain:        %d layer(s), leaf first' % len(layers))
-    for i, layer in enumerate(layers):
-        print('  [%d] %s' % (i, layer['name']))
-        print('      %s %s, id %s, parent %s' % (
-            layer['format'], layer['subformat'], layer['id'],
-            layer['parent_id'] or '-'))
-        print('      size %s, allocated %s, creator %r' % (
-            _human(layer['virtual_size']),
-            _human(layer['allocated_bytes']), layer['creator']))
+    for key, value in sorted(source.vm.items()):
+        print('vm %-9s %s' % (key + ':', value))
+    for disk in disks:
+        layers = disk['chain']
+        if len(disks) > 1 or source.vm:
+            print('disk %d:       %s' % (disk['index'], disk['name']))
+        print('format:       %s' % disk['format'])
+        print('virtual size: %d (%s)' % (disk['virtual_size'],
+                                         _human(disk['virtual_size'])))
+        print('chain:        %d layer(s), leaf first' % len(layers))
+        for i, layer in enumerate(layers):
+            print('  [%d] %s' % (i, layer['name']))
+            print('      %s %s, id %s, parent %s' % (
+                layer['format'], layer['subformat'], layer['id'],
+                layer['parent_id'] or '-'))
+            print('      size %s, allocated %s, creator %r' % (
+                _human(layer['virtual_size']),
+                _human(layer['allocated_bytes']), layer['creator']))
     return 0
+
+
+def _disk_outputs(args, source):
+    """[(disk, output path)] for a conversion."""
+    disks = source.disks
+    if args.disk is not None:
+        if not 0 <= args.disk < len(disks):
+            raise exception.Any2KvmError(
+                '%s: has %d disk(s); --disk takes 0 to %d' % (
+                    args.source, len(disks), len(disks) - 1))
+        return [(disks[args.disk], args.output)]
+    if len(disks) == 1:
+        return [(disks[0], args.output)]
+    if not os.path.isdir(args.output):
+        raise exception.Any2KvmError(
+            '%s: holds %d disks: give --disk N, or an existing directory as '
+            'OUTPUT for one raw file per disk' % (args.source, len(disks)))
+    stem = re.sub(r'[^A-Za-z0-9._-]+', '_', source.vm.get('name') or
+                  os.path.basename(args.source)).strip('._') or 'disk'
+    return [(disk, os.path.join(args.output, '%s-disk%d.raw' % (stem, i)))
+            for i, disk in enumerate(disks)]
 
 
 def _convert(args, limits):
@@ -138,26 +172,42 @@ def _convert(args, limits):
         raise exception.Any2KvmError('--finish, --start-at, --stop-at and '
                                      '--state-dir go with --onto')
     source = convert.open_source(args.source, limits)
-    if args.onto:
-        try:
-            return _apply(args, source)
-        finally:
-            source.close()
     try:
-        progress = Progress(source.size_hint) if args.progress else None
-        convert.convert(source, args.output, overwrite=args.overwrite,
-                        progress=progress)
-        if progress:
-            progress.finish()
+        if args.onto:
+            return _apply(args, source)
+        written = []
+        try:
+            for disk, output in _disk_outputs(args, source):
+                progress = Progress(disk.size_hint) if args.progress \
+                    else None
+                target = convert.convert(disk, output,
+                                         overwrite=args.overwrite,
+                                         progress=progress)
+                if not target.is_block:
+                    written.append(output)
+                if progress:
+                    progress.finish()
+                if len(source.disks) > 1:
+                    print('%s -> %s' % (disk.name, output))
+        except BaseException:
+            # All disks of a VM or none: remove the ones already written.
+            for output in written:
+                os.unlink(output)
+            raise
     finally:
         source.close()
     return 0
 
 
 def _apply(args, source):
-    progress = Progress(source.size_hint) if args.progress else None
+    if len(source.disks) != 1 and args.disk is None:
+        raise exception.Any2KvmError(
+            '%s: holds %d disks: give --disk N with --onto'
+            % (args.source, len(source.disks)))
+    disk = source.disks[args.disk or 0]
+    progress = Progress(disk.size_hint) if args.progress else None
     applied, remaining = incremental.apply_layers(
-        source, args.onto, finish=args.finish, start_at=args.start_at,
+        disk, args.onto, finish=args.finish, start_at=args.start_at,
         stop_at=args.stop_at, state_dir=args.state_dir, progress=progress)
     if progress:
         progress.finish()
@@ -219,6 +269,11 @@ def build_parser():
                    help='show progress on stderr')
     p.add_argument('--overwrite', action='store_true',
                    help='replace OUTPUT if it is an existing file')
+    p.add_argument('--disk', type=int, metavar='N',
+                   help='which disk of a multi-disk source (OVA, XVA) to '
+                        'write, counted from 0 as "any2kvm info" lists '
+                        'them; without it such a source needs a directory '
+                        'as OUTPUT')
     p.set_defaults(func=_convert)
     return parser
 
