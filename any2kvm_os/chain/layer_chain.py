@@ -95,7 +95,7 @@ class LayerChain(object):
     def describe(self):
         """One dict per layer, leaf first (for ``any2kvm info``)."""
         out = []
-        for name, layer in zip(self.names, self.layers):
+        for name, layer in zip(self.member_names, self.layers):
             ref = layer.parent_ref
             out.append({
                 'name': name,

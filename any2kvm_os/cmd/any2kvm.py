@@ -225,24 +225,35 @@ def _apply(args, source):
     return 0
 
 
+def _global_options(parser, suppress):
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument('--debug', action='store_true', default=default,
+                        help='log debug messages and show tracebacks')
+    parser.add_argument('--config-file', action='append', default=default,
+                        metavar='PATH', help='oslo.config file with an '
+                        '[any2kvm] section (may be repeated)')
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG, description='Read hypervisor disk images (VHD chains, '
         'XenServer tgz) and write raw disks for KVM.')
-    parser.add_argument('--debug', action='store_true',
-                        help='log debug messages and show tracebacks')
-    parser.add_argument('--config-file', action='append', default=[],
-                        metavar='PATH', help='oslo.config file with an '
-                        '[any2kvm] section (may be repeated)')
+    _global_options(parser, suppress=False)
+    # The same options after the command (any2kvm convert ... --debug).
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, True)
+    parser.set_defaults(debug=False, config_file=[])
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
-    p = sub.add_parser('info', help='show format, size and snapshot chain')
+    p = sub.add_parser('info', parents=[common],
+                       help='show format, size and snapshot chain')
     p.add_argument('source', metavar='SOURCE',
                    help='a disk file (parents beside it) or a XenServer '
                         'tar/tgz of 0.vhd .. n.vhd')
     p.add_argument('--format', choices=('text', 'json'), default='text')
     p.set_defaults(func=_info)
-    p = sub.add_parser('convert', help='write SOURCE as a raw disk')
+    p = sub.add_parser('convert', parents=[common],
+                       help='write SOURCE as a raw disk')
     p.add_argument('source', metavar='SOURCE',
                    help='a disk file (parents beside it) or a XenServer '
                         'tar/tgz of 0.vhd .. n.vhd')

@@ -19,6 +19,8 @@ dropping leading ``./``.  Nothing is ever extracted to a path taken from
 the archive.
 """
 
+import bz2
+import gzip
 import lzma
 import os
 import posixpath
@@ -152,25 +154,82 @@ class PlainTarContainer(base.Container):
         self._file.close()
 
 
+def _decompressor(path, fileobj):
+    """A file object of the decompressed archive that VERIFIES integrity.
+
+    tarfile's own stream mode ignores the gzip trailer, so a damaged
+    archive would convert silently; GzipFile, BZ2File and LZMAFile check
+    their CRCs (at the end of each gzip member: the caller must read to
+    EOF before trusting what it wrote).
+    """
+    head = fileobj.read(6)
+    fileobj.seek(0)
+    if head.startswith(b'\x1f\x8b'):
+        return gzip.GzipFile(fileobj=fileobj, mode='rb')
+    if head.startswith(b'BZh'):
+        return bz2.BZ2File(fileobj, mode='rb')
+    if head.startswith(b'\xfd7zXZ\x00'):
+        return lzma.LZMAFile(fileobj, mode='rb')
+    return fileobj
+
+
+STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
+                 gzip.BadGzipFile, OSError)
+
+
+def stream_error(path, e):
+    """An archive error found while reading, as a one-line error."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e
+    return exception.InvalidArchive(
+        path=path, reason='damaged or truncated archive: %s'
+        % (e or 'no data'))
+
+
+class _CheckedReader(object):
+    """Member reads that turn decompression errors into InvalidArchive."""
+
+    def __init__(self, path, member):
+        self.path = path
+        self.member = member
+
+    def read(self, n):
+        try:
+            return self.member.read(n)
+        except STREAM_ERRORS as e:
+            raise stream_error(self.path, e)
+
+
 def iter_stream_members(path, fileobj, limits):
     """Yield (name, ForwardStream) for the regular members of a tar read
     in one pass (compressed or not).  Each stream must be consumed (or
-    drained) before the next member is asked for."""
+    drained) before the next member is asked for.  After the last member
+    the compressed stream is read to its end, so that its checksums are
+    verified before the caller commits anything."""
     screen = MemberScreen(path, limits)
+    raw = _decompressor(path, fileobj)
     try:
-        with tarfile.open(fileobj=fileobj, mode='r|*') as tf:
+        with tarfile.open(fileobj=raw, mode='r|') as tf:
             for ti in tf:
                 name = screen.check(ti)
                 if name is None:
                     continue
-                member = tf.extractfile(ti)
+                member = _CheckedReader(path, tf.extractfile(ti))
                 stream = fileio.ForwardStream(member, '%s:%s' % (path, name),
                                               ti.size)
                 yield name, stream
                 stream.drain()
-    except (tarfile.TarError, EOFError, OSError, zlib.error,
-            lzma.LZMAError) as e:
-        if isinstance(e, OSError) and e.errno is not None:
-            raise
-        raise exception.InvalidArchive(path=path, reason='bad or truncated '
-                                       'archive: %s' % e)
+        # The end-of-archive blocks come before the compressed stream's
+        # trailer: read it, bounded, so that its CRC is checked.
+        budget = limits.max_archive_bytes
+        while raw is not fileobj:
+            chunk = raw.read(1 << 20)
+            if not chunk:
+                break
+            budget -= len(chunk)
+            if budget < 0:
+                raise exception.InvalidArchive(
+                    path=path, reason='too much data after the end of the '
+                    'archive')
+    except STREAM_ERRORS as e:
+        raise stream_error(path, e)

@@ -209,7 +209,7 @@ class XenServerStream(object):
             if layer.virtual_size is not None:
                 allocated = min(allocated, layer.virtual_size)
             facts[index] = {
-                'name': stream.name, 'format': 'vhd',
+                'name': '%d.vhd' % index, 'format': 'vhd',
                 'subformat': 'fixed' if layer.fixed else
                 vhd.SUBFORMATS[layer.footer.disk_type],
                 'id': layer.identity, 'parent_id': layer.parent_id,
