@@ -1,0 +1,110 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Running the ``any2kvm`` command in a subprocess and judging its result."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+CLI_TIMEOUT = 300
+ERROR_PREFIX = 'any2kvm: error: '
+
+
+def basename(name):
+    """A layer's name as ``info`` reports it, reduced to the file/member name.
+
+    The contract says "member or file name"; a full path, or a ``./``
+    member prefix, is accepted and reduced.
+    """
+    return os.path.basename(name)
+
+
+def cli_command():
+    script = Path(sys.executable).parent / 'any2kvm'
+    if script.exists():
+        return [str(script)]
+    found = shutil.which('any2kvm')
+    if found:
+        return [found]
+    return [sys.executable, '-m', 'any2kvm_os.cmd.any2kvm']
+
+
+def run_any2kvm(*args, module=False, timeout=CLI_TIMEOUT):
+    cmd = ([sys.executable, '-m', 'any2kvm_os.cmd.any2kvm'] if module
+           else cli_command())
+    cmd += [str(a) for a in args]
+    env = dict(os.environ)
+    env.pop('PYTHONPATH', None)
+    env['LC_ALL'] = 'C.UTF-8'
+    res = subprocess.run(cmd, capture_output=True, text=True,
+                         timeout=timeout, env=env, cwd='/')
+    res.cmdline = ' '.join(cmd)
+    return res
+
+
+def describe(res):
+    return ('command: %s\nexit: %s\n--- stdout ---\n%s\n--- stderr ---\n%s'
+            % (res.cmdline, res.returncode, res.stdout[-4000:],
+               res.stderr[-4000:]))
+
+
+def convert(source, output, *extra):
+    """Run a conversion that must succeed; returns the output path."""
+    res = run_any2kvm('convert', source, output, *extra)
+    assert res.returncode == 0, describe(res)
+    assert Path(output).exists(), describe(res)
+    return Path(output)
+
+
+def info(source, *extra):
+    res = run_any2kvm('info', source, '--format', 'json', *extra)
+    assert res.returncode == 0, describe(res)
+    try:
+        return json.loads(res.stdout)
+    except ValueError:
+        raise AssertionError('info did not print JSON\n' + describe(res))
+
+
+def assert_refused(res, output=None, names=(), problem=None,
+                   leftovers=None):
+    """The contract for bad input.
+
+    exit 1; exactly one stderr line ``any2kvm: error: ...`` naming one of
+    ``names`` and matching the ``problem`` regex; no traceback; ``output``
+    not created; its directory holds exactly ``leftovers`` (default: nothing).
+    """
+    text = describe(res)
+    assert res.returncode == 1, 'expected exit 1\n' + text
+    assert 'Traceback' not in res.stderr + res.stdout, text
+    lines = res.stderr.strip('\n').splitlines()
+    assert len(lines) == 1, 'expected exactly one stderr line\n' + text
+    line = lines[0]
+    assert line.startswith(ERROR_PREFIX), text
+    if names:
+        assert any(str(n) in line for n in names), (
+            'error does not name any of %r\n%s' % (list(names), text))
+    if problem:
+        assert re.search(problem, line, re.I), (
+            'error does not say /%s/\n%s' % (problem, text))
+    print('refusal: %s' % line)      # shown with pytest -rP
+    if output is not None:
+        output = Path(output)
+        assert not os.path.lexists(output), 'output left behind\n' + text
+        present = sorted(os.listdir(output.parent))
+        assert present == sorted(leftovers or []), (
+            'stray files beside the output: %r\n%s' % (present, text))
+    return line

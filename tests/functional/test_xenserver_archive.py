@@ -1,0 +1,236 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""XenServer-style archives: ``0.vhd`` (leaf) .. ``n.vhd`` (base).
+
+The VHDs come from FATtools (moved and renamed after writing, so the parent
+names stored inside point at files that exist nowhere) and from XenServer's
+own ``vhd-util`` (corpus).  Archives are packed with Python's tarfile.
+"""
+
+import itertools
+import os
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+
+from tests.functional import cli
+from tests.functional import conftest
+from tests.functional import imagegen as ig
+from tests.functional.cli import basename
+
+ORDERS = ['leaf-first', 'base-first', 'shuffled']
+PREFIXES = ['', './']
+COMPRESSIONS = ['gz', None]
+VHDUTIL = 'generated/vhdutil-chain.tar.gz'
+VHDUTIL_L2 = ('e8c993f619828e77140e820379dd47ac'
+              'e9a05320a7363648f272e49810386424')
+
+
+def archive_name(compression):
+    return 'vdi.tgz' if compression == 'gz' else 'vdi.tar'
+
+
+# every order and prefix gzipped, and two of them as plain tar
+ARCHIVE_CASES = (list(itertools.product(ORDERS, PREFIXES, ['gz'])) +
+                 [('leaf-first', '', None), ('shuffled', './', None)])
+
+
+@pytest.mark.parametrize(
+    'order,prefix,compression', ARCHIVE_CASES,
+    ids=['%s-%s-%s' % (o, 'dot' if p else 'bare', c or 'plain')
+         for o, p, c in ARCHIVE_CASES])
+def test_fattools_chain_archive(orphan_simple, order, prefix, compression,
+                                tmp_path, out_dir):
+    chain, leaf_first = orphan_simple
+    tar = tmp_path / archive_name(compression)
+    ig.make_tar(tar, ig.xenserver_members(leaf_first, prefix, order),
+                compression)
+    out = cli.convert(tar, out_dir / 'disk.raw')
+    assert os.path.getsize(out) == chain.size
+    assert ig.sha256_file(out) == chain.leaf.model.sha256()
+
+
+@pytest.mark.parametrize('compression', COMPRESSIONS,
+                         ids=['gz', 'plain'])
+def test_complex_chain_archive(orphan_complex, compression, tmp_path,
+                               out_dir):
+    chain, leaf_first = orphan_complex
+    tar = tmp_path / archive_name(compression)
+    ig.make_tar(tar, ig.xenserver_members(leaf_first, './', 'shuffled',
+                                          seed=3), compression)
+    out = cli.convert(tar, out_dir / 'disk.raw')
+    assert ig.sha256_file(out) == chain.leaf.model.sha256()
+    zeros = chain.leaf.model.zero_ranges(granularity=256 * ig.KiB)
+    assert ig.hole_violations(out, zeros) == []
+
+
+def test_pax_format_archive(orphan_simple, tmp_path, out_dir):
+    chain, leaf_first = orphan_simple
+    tar = tmp_path / 'vdi.tgz'
+    ig.make_tar(tar, ig.xenserver_members(leaf_first), 'gz',
+                fmt=tarfile.PAX_FORMAT)
+    out = cli.convert(tar, out_dir / 'disk.raw')
+    assert ig.sha256_file(out) == chain.leaf.model.sha256()
+
+
+def test_single_member_archive(fattools, tmp_path, out_dir):
+    c = ig.FatChain(tmp_path / 'gen', 4 * ig.MiB)
+    c.base('anything.vhd', [(512 * ig.KiB, ig.pattern(401, 300 * ig.KiB))])
+    tar = tmp_path / 'vdi.tgz'
+    ig.make_tar(tar, [ig.tar_member_file('0.vhd', c.leaf.path)], 'gz')
+    out = cli.convert(tar, out_dir / 'disk.raw')
+    assert ig.sha256_file(out) == c.model.sha256()
+
+
+def test_archive_is_not_extracted_beside_itself(orphan_simple, tmp_path,
+                                                out_dir):
+    _, leaf_first = orphan_simple
+    src = tmp_path / 'src'
+    src.mkdir()
+    tar = src / 'vdi.tgz'
+    ig.make_tar(tar, ig.xenserver_members(leaf_first), 'gz')
+    cli.convert(tar, out_dir / 'disk.raw')
+    assert os.listdir(src) == ['vdi.tgz']
+
+
+def test_info_archive(orphan_simple, pyvhdi, tmp_path):
+    chain, leaf_first = orphan_simple
+    tar = tmp_path / 'vdi.tgz'
+    ig.make_tar(tar, ig.xenserver_members(leaf_first, './', 'base-first'),
+                'gz')
+    truth = ig.pyvhdi_meta(*leaf_first)
+    doc = cli.info(tar)
+    assert doc['container'] in ('tar', 'xenserver-tgz')
+    assert doc['format'] == 'vhd'
+    assert doc['virtual_size'] == chain.size
+    names = [basename(e['name']) for e in doc['chain']]
+    assert [n[2:] if n.startswith('./') else n for n in names] == [
+        '0.vhd', '1.vhd', '2.vhd']
+    assert [e['id'].lower() for e in doc['chain']] == [
+        t['id'] for t in truth]
+    assert [e['parent_id'] and e['parent_id'].lower()
+            for e in doc['chain']] == [t['parent_id'] for t in truth]
+    assert [e['subformat'] for e in doc['chain']] == [
+        'differencing', 'differencing', 'dynamic']
+
+
+# --- XenServer's own vhd-util chain (corpus) ---------------------------------
+
+@pytest.fixture(scope='module')
+def vhdutil(corpus_tar, expected):
+    files = corpus_tar(VHDUTIL)
+    row = ig.expected_row(expected, VHDUTIL, 'l2.vhd', 'pyvhdi')
+    assert row['parents'] == ['l1.vhd', 'l0.vhd']
+    assert row['sha256'] == VHDUTIL_L2
+    return files, row
+
+
+@pytest.mark.parametrize('order,prefix,compression', [
+    ('leaf-first', '', 'gz'),
+    ('base-first', './', 'gz'),
+    ('shuffled', './', None),
+], ids=['leaf-first-gz', 'base-first-dot-gz', 'shuffled-dot-plain'])
+def test_vhdutil_chain_repacked(vhdutil, order, prefix, compression,
+                                tmp_path, out_dir):
+    files, row = vhdutil
+    leaf_first = [files['l2.vhd'], files['l1.vhd'], files['l0.vhd']]
+    tar = tmp_path / archive_name(compression)
+    ig.make_tar(tar, ig.xenserver_members(leaf_first, prefix, order),
+                compression)
+    out = cli.convert(tar, out_dir / 'disk.raw')
+    assert os.path.getsize(out) == row['size']
+    assert ig.sha256_file(out) == row['sha256']
+
+
+@pytest.mark.parametrize('image', ['l0.vhd', 'l1.vhd', 'l2.vhd'])
+def test_vhdutil_chain_as_files(vhdutil, expected, image, out_dir):
+    files, _ = vhdutil
+    row = ig.expected_row(expected, VHDUTIL, image, 'pyvhdi')
+    out = cli.convert(files[image], out_dir / 'disk.raw')
+    assert os.path.getsize(out) == row['size']
+    assert ig.sha256_file(out) == row['sha256']
+
+
+def test_info_vhdutil_chain(vhdutil, pyvhdi):
+    files, row = vhdutil
+    leaf_first = [files['l2.vhd'], files['l1.vhd'], files['l0.vhd']]
+    truth = ig.pyvhdi_meta(*leaf_first)
+    doc = cli.info(files['l2.vhd'])
+    assert [basename(e['name']) for e in doc['chain']] == [
+        'l2.vhd', 'l1.vhd', 'l0.vhd']
+    assert [e['id'].lower() for e in doc['chain']] == [
+        t['id'] for t in truth]
+    assert [e['subformat'] for e in doc['chain']] == [
+        'differencing', 'differencing', 'dynamic']
+    assert [e['creator'] for e in doc['chain']] == ['tap'] * 3
+    assert doc['virtual_size'] == row['size']
+
+
+# --- packed by GNU tar, the way XenServer archives are usually made ----------
+
+@pytest.fixture(scope='module')
+def gnu_tar():
+    path = shutil.which('tar')
+    if not path:
+        conftest.missing_tool('GNU tar not found')
+    r = subprocess.run([path, '--version'], capture_output=True, text=True)
+    if 'GNU tar' not in r.stdout:
+        conftest.missing_tool('tar is not GNU tar')
+    return path
+
+
+@pytest.mark.parametrize('how', ['names', 'dot', 'sparse-gnu',
+                                 'sparse-posix'])
+def test_gnu_tar_archive(gnu_tar, orphan_complex, how, tmp_path, out_dir):
+    """Archives made by GNU tar rather than Python's tarfile.
+
+    * ``names``: ``tar czf vdi.tgz -C d 0.vhd 1.vhd 2.vhd``;
+    * ``dot``: ``tar czf vdi.tgz -C d .`` -- adds a harmless ``./``
+      directory member and ``./`` prefixes;
+    * ``sparse-*``: the VHDs are first copied with ``cp --sparse=always``
+      (same bytes, zero runs become holes), then packed with ``--sparse``:
+      GNU sparse members (old GNU 'S' headers, or PAX GNU.sparse 1.0 whose
+      member data starts with the sparse map).
+    """
+    chain, leaf_first = orphan_complex
+    store = os.path.dirname(leaf_first[0])
+    tar = tmp_path / 'vdi.tgz'
+    names = ['0.vhd', '1.vhd', '2.vhd']
+    if how == 'names':
+        args = ['-czf', tar, '-C', store] + names
+    elif how == 'dot':
+        args = ['-czf', tar, '-C', store, '.']
+    else:
+        holey = tmp_path / 'holey'
+        holey.mkdir()
+        for n in names:
+            subprocess.run(['cp', '--sparse=always', os.path.join(store, n),
+                            holey / n], check=True)
+        fmt = 'gnu' if how == 'sparse-gnu' else 'posix'
+        args = ['--sparse', '--format=%s' % fmt, '-czf', tar, '-C', holey,
+                '2.vhd', '0.vhd', '1.vhd']
+    subprocess.run([gnu_tar] + [str(a) for a in args], check=True)
+    if how.startswith('sparse'):
+        with tarfile.open(tar) as tf:
+            assert any(m.sparse for m in tf.getmembers()), 'not sparse'
+        # The contract does not require sparse members: reading them right
+        # or refusing them cleanly are both acceptable; wrong data is not.
+        out = out_dir / 'disk.raw'
+        res = cli.run_any2kvm('convert', tar, out)
+        if res.returncode != 0:
+            cli.assert_refused(res, out, names=['vdi.tgz'], problem='sparse')
+            return
+    out = cli.convert(tar, out_dir / 'disk.raw')
+    assert ig.sha256_file(out) == chain.leaf.model.sha256()
