@@ -202,6 +202,14 @@ def resolve(container, leaf_name, limits):
         if ref.id is None:
             parent = _find_by_name(container, child_name, ref, names,
                                    members)
+            want = getattr(child, 'parent_format', None)
+            if want and parent[1].format_name != want:
+                # qemu refuses this too: a backing file of another format
+                # than the image records is a format-confusion attack.
+                raise exception.ChainError(
+                    path=child_name, reason='backing file %s is %s, the '
+                    'image says %s' % (container.display_name(parent[0]),
+                                       parent[1].format_name, want))
         else:
             if ref.id in ids:
                 raise exception.ChainError(
