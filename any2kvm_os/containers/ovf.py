@@ -37,7 +37,6 @@ What is taken from it:
   are ignored.
 """
 
-import logging
 import re
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -46,8 +45,6 @@ import defusedxml
 from defusedxml import ElementTree as DET
 
 from any2kvm_os import exception
-
-LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
 
@@ -408,7 +405,7 @@ class PlacedDisk(object):
 class Descriptor(object):
     """What any2kvm uses of an OVF descriptor."""
 
-    def __init__(self, path, version, files, disks, placed, vm):
+    def __init__(self, path, version, files, disks, placed, vm, notes):
         self.path = path
         #: '1' or '2'.
         self.version = version
@@ -420,6 +417,9 @@ class Descriptor(object):
         self.placed = placed
         #: The vm dict of :class:`any2kvm_os.convert.VmSource`.
         self.vm = vm
+        #: Warnings for the user, to be logged once the package is known
+        #: to be usable (a refusal is one line and nothing else).
+        self.notes = notes
 
 
 def _parse_files(root, path):
@@ -580,6 +580,19 @@ def _parse_product(vs):
     return None
 
 
+def _virtualbox_firmware(vs):
+    """'uefi' or 'bios' from a VirtualBox ``vbox:Machine`` (its
+    ``Hardware/Firmware type="EFI..."``), or None."""
+    for machine in vs.iter():
+        ns, local = _split(machine.tag)
+        if local == 'Machine' and 'virtualbox' in (ns or ''):
+            for el in machine.iter():
+                if _local(el) == 'Firmware':
+                    kind = (_attr(el, 'type') or '').strip().upper()
+                    return 'uefi' if kind.startswith('EFI') else 'bios'
+    return None
+
+
 def _parse_hardware(vs, path, disks, config):
     """(facts, placed disk ids with controllers, in output order)."""
     facts = {'cpus': None, 'cores_per_socket': None, 'memory_mb': None,
@@ -587,6 +600,7 @@ def _parse_hardware(vs, path, disks, config):
     hw = _child(vs, 'VirtualHardwareSection')
     if hw is None:
         return facts, []
+    vmware_firmware = False
     controllers = {}    # InstanceID -> (doc index, dict)
     disk_items = []     # (doc index, parent, unit, disk id)
     for index, item in enumerate(hw):
@@ -597,6 +611,7 @@ def _parse_hardware(vs, path, disks, config):
             if (key or '').strip() == 'firmware':
                 facts['firmware'] = ('uefi' if (value or '').strip().lower()
                                      == 'efi' else 'bios')
+                vmware_firmware = True
             continue
         if local not in ('Item', 'StorageItem', 'EthernetPortItem'):
             continue
@@ -673,6 +688,9 @@ def _parse_hardware(vs, path, disks, config):
                 ctrl['bus'] if ctrl['bus'] is not None else inf, cindex,
                 unit if unit is not None else inf, index)
 
+    if not vmware_firmware:
+        facts['firmware'] = _virtualbox_firmware(vs) or facts['firmware']
+
     placed = []
     seen = set()
     for entry in sorted(disk_items, key=order):
@@ -710,20 +728,22 @@ def parse(data, path):
           'memory_mb': None, 'firmware': 'bios', 'nics': [],
           'disk_controllers': [], 'os': None, 'product': None}
     placed_ids = []
+    notes = []
     if systems:
         vs = systems[0]
         if len(systems) > 1:
-            LOG.warning('%s: holds %d virtual systems; only the first (%s) '
-                        'and its disks are used', path, len(systems),
-                        _one_line(_text(vs, 'Name') or _attr(vs, 'id'), 60))
+            notes.append('%s: holds %d virtual systems; only the first (%s) '
+                         'and its disks are used' % (
+                             path, len(systems), _one_line(
+                                 _text(vs, 'Name') or _attr(vs, 'id'), 60)))
         vm['name'] = _text(vs, 'Name') or _attr(vs, 'id')
         facts, placed_ids = _parse_hardware(vs, path, disks, config)
         vm.update(facts)
         vm['os'] = _parse_os(vs)
         vm['product'] = _parse_product(vs) or _parse_product(root)
     else:
-        LOG.warning('%s: no VirtualSystem; the disks are taken in '
-                    'DiskSection order', path)
+        notes.append('%s: no VirtualSystem; the disks are taken in '
+                     'DiskSection order' % path)
 
     placed = [PlacedDisk(disks[ident], ctrl) for ident, ctrl in placed_ids]
     if len(systems) <= 1:
@@ -731,9 +751,9 @@ def parse(data, path):
         for ident, disk in disks.items():
             if ident not in used:
                 if systems:
-                    LOG.warning('%s: disk %s is attached to no controller; '
-                                'it comes after the attached ones', path,
-                                _one_line(ident, 60))
+                    notes.append('%s: disk %s is attached to no controller; '
+                                 'it comes after the attached ones'
+                                 % (path, _one_line(ident, 60)))
                 placed.append(PlacedDisk(disk, None))
     for p in placed:
         if p.disk.file_id is not None and p.disk.file_id not in files:
@@ -750,7 +770,7 @@ def parse(data, path):
         'capacity': p.disk.capacity,
         'format': p.disk.format,
         'controller': p.controller} for p in placed]
-    return Descriptor(path, version, files, disks, placed, vm)
+    return Descriptor(path, version, files, disks, placed, vm, notes)
 
 
 # ---------------------------------------------------------------------------
