@@ -34,8 +34,10 @@ import stat
 
 from any2kvm_os.chain import layer_chain
 from any2kvm_os.containers import base
+from any2kvm_os.containers import ova
 from any2kvm_os.containers import tar
 from any2kvm_os.containers import xenserver
+from any2kvm_os.containers import xva
 from any2kvm_os import exception
 from any2kvm_os import fileio
 from any2kvm_os.formats import probe
@@ -143,9 +145,21 @@ def _open_disk_source(path, limits):
                                          reason='not a regular file')
     with fileio.FileView.open_path(path) as view:
         cls = probe.detect(view)
+        zstd = cls is None and xva.is_zstd(view)
         compressed = cls is None and tar.is_compressed(view)
-        plain_tar = cls is None and not compressed and tar.looks_like_tar(
-            view)
+        plain_tar = (cls is None and not compressed and not zstd
+                     and tar.looks_like_tar(view))
+        plain_xva = plain_tar and xva.looks_like_xva(view)
+        is_ovf = (cls is None and not compressed and not plain_tar
+                  and not zstd and ova.looks_like_ovf(view))
+    if zstd or plain_xva or (compressed
+                             and xva.compressed_looks_like_xva(path)):
+        return xva.open_xva(path, limits)
+    if is_ovf:
+        # The descriptor of an already extracted OVA.
+        return ova.open_ovf(path, limits)
+    if plain_tar and ova.is_ova_tar(path, limits):
+        return ova.open_ova(path, limits)
     if cls is not None:
         container = base.DirectoryContainer(path, limits)
         try:
@@ -163,8 +177,8 @@ def _open_disk_source(path, limits):
     if compressed:
         return StreamSource(path, xenserver.XenServerStream(path, limits))
     raise exception.UnsupportedImage(
-        path=path, reason='neither a disk image any2kvm reads nor a '
-        'XenServer tar/tgz')
+        path=path, reason='neither a disk image any2kvm reads nor an '
+        'archive it knows (XenServer tar/tgz, OVA, XVA)')
 
 
 def _check_size(path, size, limits):

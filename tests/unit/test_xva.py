@@ -1,0 +1,761 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""XVA: the ova.xml parser, the chunk layout and small crafted archives.
+
+The helpers that write ova.xml and XVA tars are used by the functional
+tests too.
+"""
+
+import gzip
+import hashlib
+import io
+import os
+import re
+import sys
+import tarfile
+from xml.sax import saxutils
+
+import pytest
+import xxhash
+
+from any2kvm_os.containers import xva
+from any2kvm_os import exception
+from any2kvm_os import extents as ext
+from any2kvm_os import fileio
+from any2kvm_os import opts
+from any2kvm_os.writers import raw
+
+MiB = 1 << 20
+A = 'archive.xva'
+
+
+# ---------------------------------------------------------------------------
+# helpers (shared with tests/functional/test_xva.py)
+# ---------------------------------------------------------------------------
+
+def xmlrpc(value):
+    """A Python value as an XML-RPC <value>, the way xapi writes ova.xml
+    (integers as decimal strings, as XenAPI sends int64s)."""
+    if isinstance(value, bool):
+        return '<value><boolean>%d</boolean></value>' % value
+    if isinstance(value, dict):
+        return '<value><struct>%s</struct></value>' % ''.join(
+            '<member><name>%s</name>%s</member>' % (saxutils.escape(k),
+                                                    xmlrpc(v))
+            for k, v in value.items())
+    if isinstance(value, list):
+        return '<value><array><data>%s</data></array></value>' % ''.join(
+            xmlrpc(v) for v in value)
+    return '<value>%s</value>' % saxutils.escape(str(value))
+
+
+def ova_xml(disks, cds=(), vifs=(), vm=None, extra_objects=(),
+            uefi=False):
+    """ova.xml of one VM.
+
+    ``disks``: [(VDI id, virtual size, userdevice)]; ``cds``: userdevices
+    of CD drives (one empty, the others with an ISO VDI); ``vifs``:
+    [(device, MAC)].
+    """
+    objects = []
+    vbds = []
+    n = 100
+    for ref, size, userdevice in disks:
+        n += 1
+        vbd = 'Ref:%d' % n
+        vbds.append(vbd)
+        objects.append({'class': 'VBD', 'id': vbd, 'snapshot': {
+            'uuid': 'vbd-%d' % n, 'VM': 'Ref:0', 'VDI': ref,
+            'userdevice': str(userdevice), 'bootable': userdevice == 0,
+            'type': 'Disk', 'mode': 'RW', 'empty': False}})
+        objects.append({'class': 'VDI', 'id': ref, 'snapshot': {
+            'uuid': 'uuid-%s' % ref.replace(':', '-'),
+            'name_label': 'disk %s' % userdevice,
+            'virtual_size': str(size), 'type': 'system', 'SR': 'Ref:99',
+            'VBDs': [vbd]}})
+    for i, userdevice in enumerate(cds):
+        n += 1
+        vbd = 'Ref:%d' % n
+        vbds.append(vbd)
+        iso = 'OpaqueRef:NULL' if i == 0 else 'Ref:%d' % (n + 1000)
+        objects.append({'class': 'VBD', 'id': vbd, 'snapshot': {
+            'VM': 'Ref:0', 'VDI': iso, 'userdevice': str(userdevice),
+            'bootable': False, 'type': 'CD', 'mode': 'RO',
+            'empty': i == 0}})
+        if i:
+            objects.append({'class': 'VDI', 'id': iso, 'snapshot': {
+                'uuid': 'iso', 'name_label': 'tools.iso',
+                'virtual_size': str(50 * MiB), 'type': 'user'}})
+    vif_refs = []
+    for device, mac in vifs:
+        n += 1
+        vif_refs.append('Ref:%d' % n)
+        objects.append({'class': 'VIF', 'id': 'Ref:%d' % n, 'snapshot': {
+            'device': str(device), 'MAC': mac, 'network': 'Ref:98',
+            'VM': 'Ref:0', 'MTU': '1500'}})
+    if vifs:
+        objects.append({'class': 'network', 'id': 'Ref:98', 'snapshot': {
+            'name_label': 'Pool-wide network associated with eth0'}})
+    record = {
+        'uuid': '3f1e0e6a-0000-4000-8000-000000000001',
+        'name_label': 'test-vm', 'name_description': '',
+        'power_state': 'Halted', 'is_a_template': False,
+        'is_a_snapshot': False, 'is_control_domain': False,
+        'memory_static_max': str(2048 * MiB),
+        'memory_dynamic_max': str(2048 * MiB),
+        'VCPUs_max': '4', 'VCPUs_at_startup': '4',
+        'HVM_boot_policy': 'BIOS order',
+        'HVM_boot_params': {'order': 'cd', 'firmware': 'uefi'} if uefi
+        else {'order': 'cd'},
+        'platform': {'cores-per-socket': '2', 'acpi': '1',
+                     'secureboot': 'false'},
+        'other_config': {'install-distro': 'debianbuster',
+                         'base_template_name': 'Debian Buster 10'},
+        'VBDs': vbds, 'VIFs': vif_refs,
+        'guest_metrics': 'OpaqueRef:NULL',
+    }
+    record.update(vm or {})
+    objects.insert(0, {'class': 'VM', 'id': 'Ref:0', 'snapshot': record})
+    objects.append({'class': 'SR', 'id': 'Ref:99', 'snapshot': {
+        'name_label': 'Local storage', 'type': 'lvm'}})
+    objects.extend(extra_objects)
+    top = {'version': {'hostname': 'xcp1', 'date': '2024-01-01',
+                       'product_version': '8.2.1',
+                       'product_brand': 'XCP-ng', 'build_number': 'r',
+                       'xapi_major': '1', 'xapi_minor': '20',
+                       'export_vsn': '2'},
+           'objects': objects}
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n%s\n'
+            % xmlrpc(top)).encode()
+
+
+def checksum(data, algo='sha1'):
+    """Checksum member content: SHA-1 lower-case hex; XXH64 as xapi writes
+    it (%016LX: upper-case)."""
+    if algo == 'sha1':
+        return hashlib.sha1(data).hexdigest().encode()
+    return ('%016X' % xxhash.xxh64_intdigest(data)).encode()
+
+
+def chunk_members(ref, chunks, algo='sha1'):
+    """[(name, bytes)] for {chunk number: data}, each chunk followed by its
+    checksum member."""
+    out = []
+    for number in sorted(chunks):
+        name = '%s/%08d' % (ref, number)
+        out.append((name, chunks[number]))
+        out.append((name + ('.checksum' if algo == 'sha1' else '.xxhash'),
+                    checksum(chunks[number], algo)))
+    return out
+
+
+def write_xva(path, ova, members, compress=None, end=True, pax=False):
+    """Write a tar: ova.xml (unless ``ova`` is None), then ``members``
+    ([(name, bytes)] or TarInfo objects with their bytes).  ``pax``: a
+    pax header before every member."""
+    buf = io.BytesIO()
+    fmt = tarfile.PAX_FORMAT if pax else tarfile.USTAR_FORMAT
+    with tarfile.open(fileobj=buf, mode='w', format=fmt) as tf:
+        items = ([('ova.xml', ova)] if ova is not None else []) + members
+        for name, data in items:
+            if isinstance(name, tarfile.TarInfo):
+                tf.addfile(name, io.BytesIO(data) if name.isreg() else None)
+                continue
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            if pax:
+                ti.pax_headers = {'comment': 'made by a pax writer'}
+            tf.addfile(ti, io.BytesIO(data))
+    data = buf.getvalue()
+    if not end:
+        # Cut the end-of-archive blocks: ends at a member boundary.
+        data = data.rstrip(b'\0')
+        data += b'\0' * (-len(data) % 512)
+    if compress == 'gz':
+        data = gzip.compress(data)
+    with open(path, 'wb') as f:
+        f.write(data)
+    return path
+
+
+def pattern(seed, length):
+    block = hashlib.sha256(b'%d' % seed).digest()
+    return (block * (length // len(block) + 1))[:length]
+
+
+def read_disk(source, tmp_path, name='out.raw'):
+    out = tmp_path / name
+    target = raw.RawTarget.open(str(out))
+    try:
+        source.write_to(target)
+        target.commit()
+    except BaseException:
+        target.abort()
+        raise
+    return out.read_bytes()
+
+
+def limits(**kw):
+    return opts.Limits(**kw)
+
+
+# ---------------------------------------------------------------------------
+# ova.xml
+# ---------------------------------------------------------------------------
+
+def test_ova_facts_and_disk_order():
+    xml = ova_xml([('Ref:7', 3 * MiB, 1), ('Ref:3', 5 * MiB, 0)],
+                  cds=[3, 2], vifs=[(1, 'AA:BB:CC:00:00:02'),
+                                    (0, 'aa:bb:cc:00:00:01')])
+    ova = xva.parse_ova_xml(A, xml)
+    assert [d.ref for d in ova.disks] == ['Ref:3', 'Ref:7']
+    assert [d.virtual_size for d in ova.disks] == [5 * MiB, 3 * MiB]
+    assert ova.disks[0].bootable and not ova.disks[1].bootable
+    assert ova.disks[0].uuid == 'uuid-Ref-3'
+    # the ISO VDI of a CD drive is known (so its members would be
+    # accepted) but is no disk
+    assert set(ova.vdi_sizes) == {'Ref:3', 'Ref:7', 'Ref:1104'}
+    vm = ova.vm
+    assert vm['name'] == 'test-vm'
+    assert vm['cpus'] == 4 and vm['cores_per_socket'] == 2
+    assert vm['memory_mb'] == 2048
+    assert vm['firmware'] == 'bios' and vm['virtualization'] == 'hvm'
+    assert vm['nics'] == [
+        {'device': '0', 'mac': 'aa:bb:cc:00:00:01',
+         'network': 'Pool-wide network associated with eth0'},
+        {'device': '1', 'mac': 'aa:bb:cc:00:00:02',
+         'network': 'Pool-wide network associated with eth0'}]
+    assert vm['os'] == {'distro': 'debianbuster',
+                        'template': 'Debian Buster 10'}
+    assert ova.creator == 'XCP-ng 8.2.1'
+
+
+def test_ova_uefi_guest_metrics_and_snapshots():
+    gm = {'class': 'VM_guest_metrics', 'id': 'Ref:50', 'snapshot': {
+        'os_version': {'name': 'Ubuntu 22.04.3 LTS', 'distro': 'ubuntu',
+                       'major': '22', 'minor': '04'}}}
+    # A snapshot of the VM, exported with it: not the VM to convert.
+    snap = {'class': 'VM', 'id': 'Ref:60', 'snapshot': {
+        'name_label': 'before upgrade', 'is_a_snapshot': True,
+        'VCPUs_max': '1', 'VBDs': []}}
+    xml = ova_xml([('Ref:3', MiB, 0)], uefi=True,
+                  vm={'guest_metrics': 'Ref:50'}, extra_objects=[gm, snap])
+    vm = xva.parse_ova_xml(A, xml).vm
+    assert vm['name'] == 'test-vm'
+    assert vm['firmware'] == 'uefi' and vm['secure_boot'] is False
+    assert vm['os'] == {'distro': 'ubuntu',
+                        'description': 'Ubuntu 22.04.3 LTS',
+                        'version': '22.04', 'template': 'Debian Buster 10'}
+
+
+def test_ova_device_model_uefi_and_pv():
+    xml = ova_xml([('Ref:3', MiB, 0)], vm={
+        'platform': {'device-model': 'qemu-upstream-uefi',
+                     'secureboot': 'true'}})
+    vm = xva.parse_ova_xml(A, xml).vm
+    assert vm['firmware'] == 'uefi' and vm['secure_boot'] is True
+    assert vm['cores_per_socket'] == 1
+    xml = ova_xml([('Ref:3', MiB, 0)], vm={'HVM_boot_policy': ''})
+    assert xva.parse_ova_xml(A, xml).vm['virtualization'] == 'pv'
+
+
+BILLION_LAUGHS = b'''<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+]>
+<value>&lol4;</value>
+'''
+
+EXTERNAL_ENTITY = b'''<?xml version="1.0"?>
+<!DOCTYPE value [ <!ENTITY xxe SYSTEM "file:///etc/passwd"> ]>
+<value><struct><member><name>objects</name><value>&xxe;</value></member>
+</struct></value>
+'''
+
+
+@pytest.mark.parametrize('data,problem', [
+    (BILLION_LAUGHS, 'DTD'),
+    (EXTERNAL_ENTITY, 'DTD'),
+    (b'<value><struct>', 'not well-formed'),
+    (b'<value><struct></struct></value>', 'no "objects"'),
+    (b'<value><struct><member><name>objects</name><value><array><data/>'
+     b'</array></value></member></struct></value>', 'no VM'),
+    (b'<value><array><data>' * 40 + b'</data></array></value>' * 40,
+     'deeper'),
+    (b'<value><int>x</int></value>', 'bad <int>'),
+    (b'<value><foo/></value>', 'unknown XML-RPC type'),
+], ids=['billion-laughs', 'external-entity', 'malformed', 'no-objects',
+        'no-vm', 'deep', 'bad-int', 'unknown-type'])
+def test_ova_refusals(data, problem):
+    with pytest.raises(exception.InvalidArchive) as e:
+        xva.parse_ova_xml(A, data)
+    msg = str(e.value)
+    assert msg.startswith('archive.xva:ova.xml: ')
+    assert problem in msg and '\n' not in msg
+
+
+def test_ova_disk_refusals():
+    xml = ova_xml([('Ref:3', MiB, 0)]).replace(b'<name>VDI</name>'
+                                               b'<value>Ref:3',
+                                               b'<name>VDI</name>'
+                                               b'<value>Ref:77')
+    with pytest.raises(exception.InvalidArchive, match='refers to VDI '
+                       'Ref:77'):
+        xva.parse_ova_xml(A, xml)
+    xml = ova_xml([('Ref:3', 'lots', 0)])
+    with pytest.raises(exception.InvalidArchive, match='no valid '
+                       'virtual_size'):
+        xva.parse_ova_xml(A, xml)
+    xml = ova_xml([('Ref:3', 4 << 30, 0)])
+    with pytest.raises(exception.InvalidImage, match='exceeds the limit'):
+        xva.parse_ova_xml(A, xml, max_virtual_size=1 << 30)
+    xml = ova_xml([('Ref:3', MiB, 0)], extra_objects=[
+        {'class': 'SR', 'id': 'Ref:99', 'snapshot': {}}])
+    with pytest.raises(exception.InvalidArchive, match='appears twice'):
+        xva.parse_ova_xml(A, xml)
+
+
+# ---------------------------------------------------------------------------
+# member layout
+# ---------------------------------------------------------------------------
+
+def layout(**sizes):
+    return xva.Layout(A, {k.replace('_', ':'): v for k, v in sizes.items()})
+
+
+def feed(lay, members):
+    """[(name, size)] -> [(ref, number, pos, length)] of checksummed
+    chunks."""
+    out = []
+    for name, size in members:
+        kind, what = lay.member(name, size)
+        if kind == xva.CHECKSUM_MEMBER:
+            c = what[0]
+            out.append((c.ref, c.number, c.pos, c.length))
+    lay.finish()
+    return out
+
+
+def sums(*chunks):
+    """(name, size) pairs for chunks with their .checksum members."""
+    out = []
+    for name, size in chunks:
+        out += [(name, size), (name + '.checksum', 40)]
+    return out
+
+
+def test_layout_positions_and_omitted_chunks():
+    lay = layout(Ref_3=5 * MiB + 4096, Ref_4=MiB)
+    got = feed(lay, sums(('Ref:3/00000000', MiB), ('Ref:3/00000003', MiB),
+                         ('Ref:3/00000005', 4096), ('Ref:4/00000000', MiB)))
+    assert got == [('Ref:3', 0, 0, MiB), ('Ref:3', 3, 3 * MiB, MiB),
+                   ('Ref:3', 5, 5 * MiB, 4096), ('Ref:4', 0, 0, MiB)]
+
+
+def test_layout_keepalive_shifts_later_chunks():
+    # xapi writes an empty chunk to keep the connection alive while it
+    # skips zeros; it takes a number, not a place: chunk 4 lies at 2 MiB
+    # after two of them, as xapi's importer places it.
+    lay = layout(Ref_0=4 * MiB)
+    got = feed(lay, sums(('Ref:0/00000000', MiB), ('Ref:0/00000001', 0),
+                         ('Ref:0/00000002', 0), ('Ref:0/00000004', MiB),
+                         ('Ref:0/00000005', MiB)))
+    assert [(n, p, n_) for _, n, p, n_ in got] == [
+        (0, 0, MiB), (1, MiB, 0), (2, MiB, 0), (4, 2 * MiB, MiB),
+        (5, 3 * MiB, MiB)]
+    with pytest.raises(exception.InvalidArchive, match='chunk 6 of Ref:0 '
+                       'lies beyond'):
+        feed(layout(Ref_0=4 * MiB), sums(('Ref:0/00000001', 0),
+                                         ('Ref:0/00000006', MiB)))
+
+
+def test_layout_empty_terminator_at_the_end():
+    lay = layout(Ref_0=2 * MiB)
+    got = feed(lay, sums(('Ref:0/00000001', MiB), ('Ref:0/00000002', 0)))
+    assert got[-1] == ('Ref:0', 2, 2 * MiB, 0)
+
+
+@pytest.mark.parametrize('members,problem', [
+    (sums(('Ref:3/00000002', MiB)), 'chunk 2 of Ref:3 lies beyond the '
+     'disk size'),
+    (sums(('Ref:3/00000003', 0)), 'lies beyond'),
+    (sums(('Ref:3/00000000', 2 * MiB)), 'at most 1 MiB'),
+    (sums(('Ref:3/00000000', 4096)), 'a chunk holds 1 MiB'),
+    (sums(('Ref:3/00000001', MiB)), 'the rest of the disk'),
+    (sums(('Ref:3/00000001', 4096), ('Ref:3/00000000', MiB)),
+     'duplicate or out of order'),
+    (sums(('Ref:3/00000001', 4096), ('Ref:3/00000001', 4096)),
+     'duplicate or out of order'),
+    ([('Ref:3/00000000', MiB), ('Ref:3/00000001', 4096)],
+     'without its checksum'),
+    ([('Ref:3/00000000', MiB)], 'without its checksum'),
+    ([('Ref:3/00000000.checksum', 40)], 'without its chunk'),
+    ([('Ref:3/00000000', MiB), ('Ref:3/00000001.checksum', 40)],
+     'without its chunk'),
+    ([('Ref:3/00000000', MiB), ('Ref:3/00000000.xxhash', 40)],
+     'xxh64 checksum is 16'),
+    (sums(('Ref:3/00000000', MiB), ('Ref:4/00000000', MiB),
+          ('Ref:3/00000001', MiB)), 'not together'),
+    (sums(('Ref:9/00000000', MiB)), 'no VDI Ref:9'),
+    (sums(('Ref:3/0000001', MiB)), 'not part of an XVA'),
+    (sums(('Ref:3/012345678', MiB)), 'not part of an XVA'),
+    ([('ova.xml', 10)], 'not part of an XVA'),
+    ([('Ref:3/00000000.sha256', 64)], 'not part of an XVA'),
+], ids=['beyond', 'empty-beyond', '2MiB', 'short-middle', 'short-last',
+        'out-of-order', 'duplicate', 'no-checksum-next', 'no-checksum-end',
+        'orphan-checksum', 'wrong-checksum', 'bad-digest-size',
+        'not-together', 'unknown-vdi', 'short-number', 'padded-number',
+        'second-ova', 'unknown-suffix'])
+def test_layout_refusals(members, problem):
+    lay = layout(Ref_3=MiB + 4096, Ref_4=MiB)
+    with pytest.raises(exception.InvalidArchive) as e:
+        feed(lay, members)
+    assert problem in str(e.value), str(e.value)
+    assert str(e.value).startswith('archive.xva: member ')
+
+
+def test_layout_directories():
+    lay = layout(Ref_3=MiB)
+    lay.directory('Ref:3/')
+    lay.directory('./')
+    with pytest.raises(exception.InvalidArchive, match='no VDI'):
+        lay.directory('etc')
+
+
+def test_verify_chunk():
+    chunk = xva.Chunk('Ref:3', 5, 5 * MiB, 3, 'Ref:3/00000005')
+    xva.verify_chunk(A, chunk, 'sha1', checksum(b'abc'), b'abc')
+    xva.verify_chunk(A, chunk, 'xxh64', checksum(b'abc', 'xxh64'), b'abc')
+    xva.verify_chunk(A, chunk, 'xxh64',
+                     checksum(b'abc', 'xxh64').lower(), b'abc')
+    with pytest.raises(exception.InvalidImage) as e:
+        xva.verify_chunk(A, chunk, 'sha1', checksum(b'abd'), b'abc')
+    assert str(e.value).startswith('archive.xva:Ref:3/00000005: checksum '
+                                   'mismatch')
+    with pytest.raises(exception.InvalidImage, match='unreadable'):
+        xva.verify_chunk(A, chunk, 'sha1', b'z' * 40, b'abc')
+
+
+# ---------------------------------------------------------------------------
+# crafted archives, in place and streamed
+# ---------------------------------------------------------------------------
+
+def open_xva(path, **kw):
+    return xva.open_xva(str(path), limits(**kw))
+
+
+@pytest.mark.parametrize('compress', [None, 'gz'])
+def test_keepalive_archive_converts(tmp_path, compress):
+    size = 5 * MiB + 4096
+    c0, c2, c5 = pattern(1, MiB), pattern(2, MiB), pattern(3, 4096)
+    members = chunk_members('Ref:3', {0: c0}, 'xxh64') + \
+        chunk_members('Ref:3', {1: b''}, 'xxh64') + \
+        chunk_members('Ref:3', {3: c2, 6: c5}, 'xxh64')
+    path = write_xva(tmp_path / 'k.xva', ova_xml([('Ref:3', size, 0)]),
+                     members, compress)
+    src = open_xva(path)
+    try:
+        assert src.kind == 'xva'
+        disk, = src.disks
+        assert disk.size_hint == size
+        assert disk.name == '%s:Ref:3' % path
+        layer, = disk.describe()
+        assert layer['format'] == 'xva' and layer['subformat'] == 'xxh64'
+        assert layer['allocated_bytes'] == 2 * MiB + 4096
+        assert layer['virtual_size'] == size
+        assert layer['id'] == 'uuid-Ref-3' and layer['parent_id'] is None
+        assert hasattr(disk, 'chain') == (compress is None)
+        got = read_disk(disk, tmp_path)
+    finally:
+        src.close()
+    want = c0 + bytes(MiB) + c2 + bytes(2 * MiB) + c5
+    assert got == want
+
+
+def test_block_status_and_partial_reads(tmp_path):
+    c1, c2 = pattern(1, MiB), pattern(2, MiB)
+    path = write_xva(tmp_path / 'a.xva', ova_xml([('Ref:3', 4 * MiB, 0)]),
+                     chunk_members('Ref:3', {1: c1, 2: c2}))
+    src = open_xva(path)
+    try:
+        layer = src.disks[0].chain.layers[0]
+        runs = [(e.kind, e.offset, e.length)
+                for e in layer.block_status(0, 8 * MiB)]
+        assert runs == [(ext.UNALLOCATED, 0, MiB), (ext.DATA, MiB, 2 * MiB),
+                        (ext.UNALLOCATED, 3 * MiB, MiB)]
+        assert [(e.kind, e.offset, e.length) for e in
+                layer.block_status(MiB + 5, 10)] == [(ext.DATA, MiB + 5, 10)]
+        e = layer.block_status(MiB, 2 * MiB)[0]
+        assert layer.read_extent(e, MiB - 3, 6) == c1[-3:] + c2[:3]
+        assert layer.read_extent(e, 7, 9) == c1[7:16]
+        assert layer.allocated_bytes() == 2 * MiB
+    finally:
+        src.close()
+
+
+def corrupt_member(path, name, offset=0):
+    """Flip a byte of member ``name`` of the plain tar at ``path``."""
+    with tarfile.open(path) as tf:
+        where = tf.getmember(name).offset_data + offset
+    with open(path, 'r+b') as f:
+        f.seek(where)
+        byte = f.read(1)
+        f.seek(where)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+@pytest.mark.parametrize('zero_chunk', [False, True],
+                         ids=['data-chunk', 'all-zero-chunk'])
+@pytest.mark.parametrize('compress', [None, 'gz'])
+def test_checksum_mismatch(tmp_path, compress, zero_chunk):
+    data = bytes(MiB) if zero_chunk else pattern(4, MiB)
+    members = chunk_members('Ref:3', {0: pattern(5, MiB), 1: data})
+    bad = bytearray(members[3][1])
+    bad[0] ^= 1 if bad[0] != ord('0') else 2
+    members[3] = (members[3][0], bytes(bad))
+    path = write_xva(tmp_path / 'c.xva', ova_xml([('Ref:3', 2 * MiB, 0)]),
+                     members, compress)
+    src = open_xva(path)
+    try:
+        with pytest.raises(exception.InvalidImage) as e:
+            read_disk(src.disks[0], tmp_path)
+    finally:
+        src.close()
+    assert str(e.value).startswith('%s:Ref:3/00000001: checksum mismatch'
+                                   % path)
+    assert sorted(os.listdir(tmp_path)) == ['c.xva']
+
+
+def test_checksum_of_keepalive_verified(tmp_path):
+    members = chunk_members('Ref:3', {0: b''})
+    members[1] = (members[1][0], checksum(b'x'))
+    path = write_xva(tmp_path / 'k.xva', ova_xml([('Ref:3', MiB, 0)]),
+                     members)
+    with pytest.raises(exception.InvalidImage, match='checksum mismatch'):
+        open_xva(path)
+
+
+@pytest.mark.parametrize('compress', [None, 'gz'])
+def test_streamed_onto_dirty_target_zeroes_omitted_chunks(tmp_path,
+                                                          compress):
+    c1 = pattern(6, MiB)
+    path = write_xva(tmp_path / 'd.xva', ova_xml([('Ref:3', 3 * MiB, 0)]),
+                     chunk_members('Ref:3', {1: c1}), compress)
+    out = tmp_path / 'dirty.raw'
+    out.write_bytes(b'\xff' * 4 * MiB)
+    src = open_xva(path)
+    try:
+        target = raw.RawTarget.open_in_place(str(out))
+        assert not target.fresh
+        src.disks[0].write_to(target)
+        target.close()
+    finally:
+        src.close()
+    assert out.read_bytes() == bytes(MiB) + c1 + bytes(MiB)
+
+
+def test_two_vdis_and_other_vdis_skipped(tmp_path):
+    a, b = pattern(7, MiB), pattern(8, MiB)
+    suspend = {'class': 'VDI', 'id': 'Ref:40', 'snapshot': {
+        'uuid': 'susp', 'virtual_size': str(MiB), 'type': 'suspend'}}
+    xml = ova_xml([('Ref:5', 2 * MiB, 1), ('Ref:3', MiB, 0)],
+                  extra_objects=[suspend])
+    members = (chunk_members('Ref:5', {1: b}) +
+               chunk_members('Ref:40', {0: pattern(9, MiB)}) +
+               chunk_members('Ref:3', {0: a}))
+    for compress in (None, 'gz'):
+        path = write_xva(tmp_path / ('t.xva.%s' % compress), xml, members,
+                         compress)
+        src = open_xva(path)
+        try:
+            assert [d.name.rsplit(':', 1)[1] for d in src.disks] == \
+                ['3', '5']
+            assert read_disk(src.disks[0], tmp_path, 'a.raw') == a
+            assert read_disk(src.disks[1], tmp_path, 'b.raw') == \
+                bytes(MiB) + b
+        finally:
+            src.close()
+        os.unlink(tmp_path / 'a.raw')
+        os.unlink(tmp_path / 'b.raw')
+
+
+def test_member_limit_follows_ova(tmp_path):
+    xml = ova_xml([('Ref:3', 3 * MiB, 0)])
+    members = chunk_members('Ref:3', {i: pattern(i, MiB) for i in range(3)})
+    path = write_xva(tmp_path / 'm.xva', xml, members)
+    # 7 members, more than max_archive_members: the bound comes from what
+    # ova.xml declares (one chunk, one keep-alive and their checksums per
+    # MiB) ...
+    open_xva(path, max_archive_members=3).close()
+    # ... and still holds: endless keep-alive chunks are refused.
+    members = chunk_members('Ref:3', {i: b'' for i in range(20)})
+    path = write_xva(tmp_path / 'm2.xva', xml, members)
+    with pytest.raises(exception.InvalidArchive, match='more than 18 '
+                       'members'):
+        open_xva(path, max_archive_members=3)
+
+
+def symlink_member():
+    ti = tarfile.TarInfo('Ref:3/00000000')
+    ti.type = tarfile.SYMTYPE
+    ti.linkname = '/etc/passwd'
+    return ti
+
+
+@pytest.mark.parametrize('compress', [None, 'gz'])
+@pytest.mark.parametrize('case,problem', [
+    ('no-ova', 'the first member is .Ref:3/00000000., not ova.xml'),
+    ('ova-late', 'the first member is'),
+    ('symlink', 'links are refused'),
+    ('no-end', 'end-of-archive marker'),
+    ('truncated', 'truncated'),
+    ('device', 'not a regular file'),
+    ('abs', 'absolute name'),
+    ('second-ova', 'not part of an XVA'),
+    ('ova-link', 'ova.xml: not a regular file'),
+    ('dir-in-pair', 'without its checksum member'),
+    ('disk-missing', 'no chunk of disk Ref:5 .userdevice 1.'),
+])
+def test_archive_refusals(tmp_path, compress, case, problem):
+    xml = ova_xml([('Ref:3', 2 * MiB, 0)])
+    members = chunk_members('Ref:3', {0: pattern(1, MiB),
+                                      1: pattern(2, MiB)})
+    ova = xml
+    end = True
+    if case == 'ova-link':
+        ova = None
+        link = tarfile.TarInfo('./ova.xml')
+        link.type = tarfile.SYMTYPE
+        link.linkname = '/etc/passwd'
+        members = [(link, b'')] + members
+    elif case == 'dir-in-pair':
+        d = tarfile.TarInfo('Ref:3')
+        d.type = tarfile.DIRTYPE
+        members = members[:1] + [(d, b'')] + members[1:]
+    elif case == 'disk-missing':
+        # a second disk whose directory was left out when packing
+        xml = ova_xml([('Ref:3', 2 * MiB, 0), ('Ref:5', MiB, 1)])
+        ova = xml
+    elif case == 'no-ova':
+        ova = None
+    elif case == 'ova-late':
+        ova = None
+        members = members + [('ova.xml', xml)]
+    elif case == 'symlink':
+        members = [(symlink_member(), b'')]
+    elif case == 'no-end':
+        end = False
+    elif case == 'device':
+        ti = tarfile.TarInfo('Ref:3/00000000')
+        ti.type = tarfile.CHRTYPE
+        members = [(ti, b'')]
+    elif case == 'abs':
+        members = [('/Ref:3/00000000', b'x')]
+    elif case == 'second-ova':
+        members = members + [('./ova.xml', xml)]
+    path = write_xva(tmp_path / 'r.xva', ova, members, compress, end=end)
+    if case == 'truncated':
+        data = path.read_bytes()
+        if compress:
+            data = gzip.decompress(data)[:MiB + 6000]
+            data = gzip.compress(data)
+            path.write_bytes(data[:-20])
+        else:
+            path.write_bytes(data[:MiB + 6000])
+    with pytest.raises(exception.Any2KvmError) as e:
+        src = open_xva(path)
+        try:
+            for disk in src.disks:
+                disk.describe()
+                read_disk(disk, tmp_path)
+        finally:
+            src.close()
+    msg = str(e.value)
+    assert msg.startswith(str(path)) and '\n' not in msg, msg
+    assert re.search(problem, msg), msg
+    assert sorted(os.listdir(tmp_path)) == ['r.xva']
+
+
+@pytest.mark.parametrize('compress', [None, 'gz'])
+def test_pax_headers_and_directories(tmp_path, compress):
+    c = pattern(3, MiB)
+    d = tarfile.TarInfo('./Ref:3/')
+    d.type = tarfile.DIRTYPE
+    path = write_xva(tmp_path / 'p.xva', ova_xml([('Ref:3', MiB, 0)]),
+                     [(d, b'')] + chunk_members('Ref:3', {0: c}), compress,
+                     pax=True)
+    if not compress:
+        with fileio.FileView.open_path(str(path)) as view:
+            assert view.pread(512, 0)[156:157] == b'x'    # a pax header
+            assert xva.looks_like_xva(view)
+    else:
+        assert xva.compressed_looks_like_xva(str(path))
+    src = open_xva(path)
+    try:
+        assert read_disk(src.disks[0], tmp_path) == c
+    finally:
+        src.close()
+
+
+def test_detection(tmp_path):
+    xml = ova_xml([('Ref:3', MiB, 0)])
+    members = chunk_members('Ref:3', {0: pattern(1, MiB)})
+    plain = write_xva(tmp_path / 'p.xva', xml, members)
+    gz = write_xva(tmp_path / 'p.xva.gz', xml, members, 'gz')
+    other = write_xva(tmp_path / 'o.tgz', None, [('0.vhd', b'x' * 600)],
+                      'gz')
+    with fileio.FileView.open_path(str(plain)) as view:
+        assert xva.looks_like_xva(view) and not xva.is_zstd(view)
+    with fileio.FileView.open_path(str(other)) as view:
+        assert not xva.looks_like_xva(view)
+    assert xva.compressed_looks_like_xva(str(gz))
+    assert not xva.compressed_looks_like_xva(str(other))
+
+
+def zstd_file(tmp_path, zstandard):
+    xml = ova_xml([('Ref:3', MiB, 0)])
+    c = pattern(1, MiB)
+    plain = write_xva(tmp_path / 'z.tar', xml,
+                      chunk_members('Ref:3', {0: c}, 'xxh64'))
+    path = tmp_path / 'z.xva'
+    path.write_bytes(zstandard.ZstdCompressor().compress(
+        plain.read_bytes()))
+    os.unlink(plain)
+    return path, c
+
+
+def test_zstd_refused_without_module(tmp_path, monkeypatch):
+    path = tmp_path / 'z.xva'
+    # zstd frame magic, then anything: refused before it is decompressed.
+    path.write_bytes(b'\x28\xb5\x2f\xfd' + bytes(100))
+    monkeypatch.setitem(sys.modules, 'zstandard', None)
+    with fileio.FileView.open_path(str(path)) as view:
+        assert xva.is_zstd(view)
+    with pytest.raises(exception.UnsupportedImage) as e:
+        open_xva(path)
+    assert str(e.value).startswith(str(path))
+    assert 'zstandard' in str(e.value)
+
+
+def test_zstd_with_module(tmp_path):
+    zstandard = pytest.importorskip('zstandard')
+    path, c = zstd_file(tmp_path, zstandard)
+    assert xva.compressed_looks_like_xva(str(path))
+    src = open_xva(path)
+    try:
+        assert read_disk(src.disks[0], tmp_path) == c
+    finally:
+        src.close()
