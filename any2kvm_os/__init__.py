@@ -10,8 +10,12 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
+
 """any2kvm_os: move hypervisor disks into KVM-based OpenStack clouds."""
 
-import pbr.version
 
-__version__ = pbr.version.VersionInfo('any2kvm_os').version_string()
+def version_string():
+    """The installed version (from pbr; looked up only when asked, since
+    reading package metadata costs a tenth of a second at start-up)."""
+    import pbr.version
+    return pbr.version.VersionInfo('any2kvm_os').version_string()

@@ -34,10 +34,8 @@ import stat
 
 from any2kvm_os.chain import layer_chain
 from any2kvm_os.containers import base
-from any2kvm_os.containers import ova
 from any2kvm_os.containers import tar
 from any2kvm_os.containers import xenserver
-from any2kvm_os.containers import xva
 from any2kvm_os import exception
 from any2kvm_os import fileio
 from any2kvm_os.formats import probe
@@ -145,6 +143,10 @@ def _open_disk_source(path, limits):
                                          reason='not a regular file')
     with fileio.FileView.open_path(path) as view:
         cls = probe.detect(view)
+        if cls is None:
+            # Only archives need these (and their XML and hash modules).
+            from any2kvm_os.containers import ova
+            from any2kvm_os.containers import xva
         zstd = cls is None and xva.is_zstd(view)
         compressed = cls is None and tar.is_compressed(view)
         plain_tar = (cls is None and not compressed and not zstd

@@ -27,7 +27,6 @@ import sys
 import time
 
 from oslo_config import cfg
-from oslo_log import log
 
 from any2kvm_os import convert
 from any2kvm_os import exception
@@ -292,16 +291,27 @@ def build_parser():
 def _setup(args):
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
-    log.register_options(conf)
-    # Logs go to stderr: stdout carries the command's output (JSON).
-    conf.set_default('use_stderr', True)
+    # oslo.log is set up when logging is asked for (--debug, or a config
+    # file that may carry [DEFAULT] logging options); a plain run logs
+    # warnings to stderr without paying oslo.log's import at start-up.
+    full_logging = args.debug or args.config_file
+    if full_logging:
+        from oslo_log import log
+        log.register_options(conf)
+        # Logs go to stderr: stdout carries the command's output (JSON).
+        conf.set_default('use_stderr', True)
     conf(args=[], project='any2kvm_os', prog=PROG,
          default_config_files=args.config_file)
-    if args.debug:
-        conf.set_override('debug', True)
-    log.setup(conf, PROG)
-    if not args.debug:
-        logging.getLogger('any2kvm_os').setLevel(logging.WARNING)
+    if full_logging:
+        if args.debug:
+            conf.set_override('debug', True)
+        log.setup(conf, PROG)
+        if not args.debug:
+            logging.getLogger('any2kvm_os').setLevel(logging.WARNING)
+    else:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                            format='%(prog)s: %(levelname)s: %(message)s'
+                            .replace('%(prog)s', PROG))
     return opts.Limits.from_conf(conf)
 
 

@@ -409,7 +409,8 @@ def runner(tmp_path_factory):
                         b'ovf:diskId="b"/>'))])
     res = cli.run_any2kvm('info', probe, '--format', 'json')
     wired = res.returncode == 0 and '"container": "ova"' in res.stdout
-    print('any2kvm reads OVAs: %s' % wired)
+    # Detection is wired: every test must go through the CLI.
+    assert wired, 'any2kvm does not recognise an OVA\n' + cli.describe(res)
     return Runner(wired, tmp)
 
 
