@@ -20,6 +20,14 @@ is a window inside the archive, so it is read in place without a copy.
 import os
 
 
+def _supports_seek_data(fd):
+    try:
+        os.lseek(fd, 0, os.SEEK_HOLE)
+        return True
+    except OSError:
+        return False
+
+
 class FileView(object):
     """A read-only window [base, base + size) of an open file."""
 
@@ -56,6 +64,35 @@ class FileView(object):
                 break
             data += more
         return data
+
+    def data_runs(self, offset, length):
+        """Yield (start, end, is_data) covering ``[offset, offset+length)``
+        of the window, from the file system's SEEK_DATA/SEEK_HOLE: holes of
+        a sparse source need not be read.  Where the file system cannot
+        tell, everything is data."""
+        end = min(offset + length, self.size)
+        pos = offset
+        while pos < end:
+            try:
+                data = os.lseek(self.fd, self.base + pos, os.SEEK_DATA) \
+                    - self.base
+            except OSError:
+                # ENXIO: only a hole up to the end of the file; EINVAL or
+                # no support: treat as data.
+                if _supports_seek_data(self.fd):
+                    yield pos, end, False
+                else:
+                    yield pos, end, True
+                return
+            if data > pos:
+                yield pos, min(data, end), False
+                pos = min(data, end)
+                if pos >= end:
+                    return
+            hole = os.lseek(self.fd, self.base + pos, os.SEEK_HOLE) - self.base
+            stop = min(hole, end)
+            yield pos, stop, True
+            pos = stop
 
     def close(self):
         if getattr(self, '_own_fd', False) and self.fd is not None:

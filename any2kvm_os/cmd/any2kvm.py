@@ -309,10 +309,24 @@ def _setup(args):
         if not args.debug:
             logging.getLogger('any2kvm_os').setLevel(logging.WARNING)
     else:
-        logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                            format='%(prog)s: %(levelname)s: %(message)s'
-                            .replace('%(prog)s', PROG))
+        root = logging.getLogger()
+        if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter(
+                PROG + ': %(levelname)s: %(message)s'))
+            root.addHandler(handler)
+        root.setLevel(logging.WARNING)
     return opts.Limits.from_conf(conf)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is when a record is emitted."""
+
+    def emit(self, record):
+        try:
+            sys.stderr.write(self.format(record) + '\n')
+        except Exception:
+            self.handleError(record)
 
 
 def main(argv=None):

@@ -126,6 +126,21 @@ class ConcatView(object):
         self.fd = self.parts[0].fd if self.parts else None
         self.base = self.parts[0].base if self.parts else 0
 
+    def data_runs(self, offset, length):
+        """As :meth:`FileView.data_runs`, across the parts."""
+        end = min(offset + length, self.size)
+        i = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        while offset < end and i < len(self.parts):
+            start = self._starts[i]
+            part = self.parts[i]
+            stop = min(end, start + part.size)
+            if offset < stop:
+                for a, b, is_data in part.data_runs(offset - start,
+                                                    stop - offset):
+                    yield start + a, start + b, is_data
+                offset = stop
+            i += 1
+
     def pread(self, length, offset):
         if offset < 0 or length < 0:
             raise ValueError('negative offset or length')

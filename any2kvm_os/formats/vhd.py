@@ -409,7 +409,13 @@ class VhdReader(base.LayerReader):
         if offset >= end:
             return
         if self.footer.disk_type == DISK_FIXED:
-            yield ext.extent(ext.DATA, offset, end - offset, offset)
+            # A fixed disk copied as a sparse file: its holes are zeros,
+            # not data to read.
+            for a, b, is_data in self.view.data_runs(offset, end - offset):
+                if is_data:
+                    yield ext.extent(ext.DATA, a, b - a, a)
+                else:
+                    yield ext.extent(ext.ZERO, a, b - a)
             return
         bs = self.geo.block_size
         bitmap_size = self.geo.bitmap_size

@@ -27,9 +27,11 @@ import errno
 import fcntl
 import logging
 import os
+import queue
 import stat
 import struct
 import tempfile
+import threading
 
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
@@ -41,6 +43,12 @@ ZERO_GRAIN = bytes(GRAIN)
 COPY_CHUNK = 4 << 20
 _ZERO_CHUNK = bytes(COPY_CHUNK)
 
+#: Start the kernel's write-out every so many bytes written, so that the
+#: final fdatasync (which makes "the output exists" mean "the output is
+#: complete", even after a power cut) has little left to wait for.
+WRITEBACK_EVERY = 32 << 20
+SYNC_FILE_RANGE_WRITE = 2
+
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 BLKGETSIZE64 = 0x80081272
@@ -49,14 +57,20 @@ BLKZEROOUT = 0x127F
 _libc = None
 
 
-def _fallocate():
+def _libc_fn(name):
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6',
                             use_errno=True)
         _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int,
                                     ctypes.c_longlong, ctypes.c_longlong]
-    return _libc.fallocate
+        _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong,
+                                          ctypes.c_longlong, ctypes.c_uint]
+    return getattr(_libc, name)
+
+
+def _fallocate():
+    return _libc_fn('fallocate')
 
 
 def zero_runs(data, base_offset=0):
@@ -106,6 +120,7 @@ class RawTarget(object):
         self.size = None
         self._punch_ok = True
         self._zeroout_ok = True
+        self._unflushed = 0
 
     @classmethod
     def open(cls, path, overwrite=False):
@@ -210,6 +225,11 @@ class RawTarget(object):
                 offset += n
         except OSError as e:
             raise self._failed(e)
+        self._unflushed += len(data)
+        if self._unflushed >= WRITEBACK_EVERY:
+            self._unflushed = 0
+            # Asynchronous: starts write-out of dirty pages, never waits.
+            _libc_fn('sync_file_range')(self.fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
     def write_data(self, offset, data, over_hole):
         """Write disk content ``data`` at ``offset``.
@@ -313,26 +333,76 @@ class RawTarget(object):
             self.fd = None
 
 
+#: Chunks read ahead of the writer: bounds the pipeline's memory to about
+#: PIPELINE_DEPTH * COPY_CHUNK.
+PIPELINE_DEPTH = 4
+_DONE = object()
+
+
+def _produce(chain, out, stop):
+    """Reader thread: the folded chain as ('data', offset, bytes) and
+    ('zero', offset, length) items.  Reading (pread, inflate) releases the
+    GIL, so it overlaps with the writer's pwrite."""
+    def put(item):
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        layers = chain.layers
+        for e in chain.iter_extents():
+            if e.kind == ext.DATA:
+                layer = layers[e.layer]
+                done = 0
+                while done < e.length:
+                    n = min(COPY_CHUNK, e.length - done)
+                    if not put(('data', e.offset + done,
+                                layer.read_extent(e, done, n))):
+                        return
+                    done += n
+            elif not put(('zero', e.offset, e.length)):
+                return
+        put(_DONE)
+    except BaseException as exc:  # handed to the writer, raised there
+        put(exc)
+
+
 def copy_chain(chain, target, progress=None):
-    """Fold ``chain`` and write the whole disk onto ``target``."""
+    """Fold ``chain`` and write the whole disk onto ``target``.
+
+    A reader thread folds and reads (or inflates) the layers while this
+    thread writes, through a queue of at most PIPELINE_DEPTH chunks.
+    """
     size = chain.virtual_size
     target.resize(size)
     fresh = target.fresh
-    layers = chain.layers
-    for e in chain.iter_extents():
-        if e.kind == ext.DATA:
-            layer = layers[e.layer]
-            done = 0
-            while done < e.length:
-                n = min(COPY_CHUNK, e.length - done)
-                data = layer.read_extent(e, done, n)
-                target.write_data(e.offset + done, data, over_hole=fresh)
-                done += n
-                if progress:
-                    progress(e.offset + done, size)
-        else:
-            # ZERO, or UNALLOCATED through the base: zeros.
-            if not fresh:
-                target.zero_range(e.offset, e.length)
+    items = queue.Queue(maxsize=PIPELINE_DEPTH)
+    stop = threading.Event()
+    reader = threading.Thread(target=_produce, args=(chain, items, stop),
+                              name='any2kvm-reader', daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            kind, offset, payload = item
+            if kind == 'data':
+                target.write_data(offset, payload, over_hole=fresh)
+                end = offset + len(payload)
+            else:
+                # ZERO, or UNALLOCATED through the base: zeros.
+                if not fresh:
+                    target.zero_range(offset, payload)
+                end = offset + payload
             if progress:
-                progress(e.end, size)
+                progress(end, size)
+    finally:
+        stop.set()
+        reader.join()
