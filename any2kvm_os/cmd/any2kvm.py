@@ -83,7 +83,9 @@ class Progress(object):
             self.stream.write(text + '\n')
             self.last_decile = decile
 
-    def finish(self):
+    def finish(self, total=None):
+        if total is not None:
+            self.total = total
         elapsed = time.monotonic() - self.start
         if self.tty:
             self.stream.write('\r'.ljust(72) + '\r')
@@ -185,7 +187,7 @@ def _convert(args, limits):
                 if not target.is_block:
                     written.append(output)
                 if progress:
-                    progress.finish()
+                    progress.finish(target.size)
                 if len(source.disks) > 1:
                     print('%s -> %s' % (disk.name, output))
         except BaseException:
