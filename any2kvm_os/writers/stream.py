@@ -1,0 +1,87 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The raw disk as a sequential stream, for uploads (Glance, Cinder).
+
+A :class:`RawStream` is a file-like object whose ``read(n)`` returns the
+raw disk from offset 0 to its end, zeros included (a raw image in Glance
+is the whole disk), folding the chain on the way in bounded memory.  The
+digests an image service computes (md5, sha256, sha512) are computed while
+reading, so that the caller can compare them with what the service stored
+and never has to read the disk twice.
+"""
+
+import hashlib
+
+from any2kvm_os import extents as ext
+
+CHUNK = 4 << 20
+_ZEROS = bytes(CHUNK)
+
+
+class RawStream(object):
+    """``read(n)`` over the folded chain of a random-access disk."""
+
+    def __init__(self, chain, algorithms=('md5', 'sha256', 'sha512'),
+                 progress=None):
+        self.chain = chain
+        self.size = chain.virtual_size
+        self.pos = 0
+        self.digests = {a: hashlib.new(a) for a in algorithms}
+        self.progress = progress
+        self._extents = chain.iter_extents()
+        self._current = None      # the extent being read
+        self._buf = b''
+
+    def __len__(self):
+        return self.size
+
+    def tell(self):
+        return self.pos
+
+    def _next_piece(self):
+        """The next run of disk bytes, at most CHUNK long."""
+        while self._current is None or self._done >= self._current.length:
+            self._current = next(self._extents)
+            self._done = 0
+        e = self._current
+        n = min(CHUNK, e.length - self._done)
+        if e.kind == ext.DATA:
+            data = self.chain.layers[e.layer].read_extent(e, self._done, n)
+        else:
+            data = _ZEROS[:n]
+        self._done += n
+        return data
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = self.size - self.pos
+        n = min(n, self.size - self.pos)
+        parts = []
+        have = 0
+        while have < n:
+            if not self._buf:
+                self._buf = self._next_piece()
+            take = self._buf[:n - have]
+            self._buf = self._buf[len(take):]
+            parts.append(take)
+            have += len(take)
+        data = parts[0] if len(parts) == 1 else b''.join(parts)
+        for d in self.digests.values():
+            d.update(data)
+        self.pos += len(data)
+        if self.progress and data:
+            self.progress(self.pos, self.size)
+        return data
+
+    def hexdigest(self, algorithm):
+        return self.digests[algorithm].hexdigest()

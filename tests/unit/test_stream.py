@@ -1,0 +1,65 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+import hashlib
+
+from any2kvm_os.chain import layer_chain
+from any2kvm_os import extents as ext
+from any2kvm_os.writers import stream
+from tests.unit import test_chain
+
+
+class Layer(test_chain.FakeLayer):
+    """A fake layer whose DATA byte at offset x is (x % 251) + layer."""
+
+    def __init__(self, size, runs, ident, parent=None, fill=1):
+        super(Layer, self).__init__(size, runs, ident, parent)
+        self.fill = fill
+
+    def read_extent(self, extent, skip, length):
+        start = extent.offset + skip
+        return bytes((x % 251 + self.fill) % 256
+                     for x in range(start, start + length))
+
+
+def model(chain):
+    out = bytearray(chain.virtual_size)
+    for e in chain.fold(0, chain.virtual_size):
+        if e.kind == ext.DATA:
+            out[e.offset:e.end] = chain.layers[e.layer].read_extent(
+                e, 0, e.length)
+    return bytes(out)
+
+
+def test_stream_is_the_whole_folded_disk_in_any_read_sizes():
+    size = 3 * stream.CHUNK + 12345
+    base = Layer(size - 5000, [(0, ext.DATA, 2 * stream.CHUNK + 7)], 'b',
+                 fill=1)
+    child = Layer(size, [(100, ext.DATA, 4000), (stream.CHUNK, ext.ZERO, 99),
+                         (size - 10, ext.DATA, 10)], 'c', 'b', fill=2)
+    chain = layer_chain.LayerChain([child, base], ['c', 'b'])
+    want = model(chain)
+    for sizes in ([1 << 20], [7, 65536, 3 << 20], [size + 10]):
+        s = stream.RawStream(chain)
+        got = []
+        i = 0
+        while True:
+            piece = s.read(sizes[i % len(sizes)])
+            i += 1
+            if not piece:
+                break
+            got.append(piece)
+        data = b''.join(got)
+        assert data == want
+        assert s.tell() == size == len(s)
+        assert s.hexdigest('sha512') == hashlib.sha512(want).hexdigest()
+        assert s.hexdigest('md5') == hashlib.md5(want).hexdigest()
