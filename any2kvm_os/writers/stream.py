@@ -21,6 +21,7 @@ and never has to read the disk twice.
 """
 
 import hashlib
+import os
 
 from any2kvm_os import extents as ext
 
@@ -85,3 +86,38 @@ class RawStream(object):
 
     def hexdigest(self, algorithm):
         return self.digests[algorithm].hexdigest()
+
+
+class FileStream(object):
+    """``read(n)`` over a raw file, with the same digests as RawStream
+    (for disks that can only be written in one pass: they are converted to
+    a sparse scratch file first)."""
+
+    def __init__(self, path, algorithms=('md5', 'sha256', 'sha512'),
+                 progress=None):
+        self._file = open(path, 'rb')
+        self.size = os.fstat(self._file.fileno()).st_size
+        self.pos = 0
+        self.digests = {a: hashlib.new(a) for a in algorithms}
+        self.progress = progress
+
+    def __len__(self):
+        return self.size
+
+    def tell(self):
+        return self.pos
+
+    def read(self, n=-1):
+        data = self._file.read(n if n is not None and n >= 0 else -1)
+        for d in self.digests.values():
+            d.update(data)
+        self.pos += len(data)
+        if self.progress and data:
+            self.progress(self.pos, self.size)
+        return data
+
+    def hexdigest(self, algorithm):
+        return self.digests[algorithm].hexdigest()
+
+    def close(self):
+        self._file.close()
