@@ -23,6 +23,47 @@ import abc
 import collections
 
 
+def basename_hint(path):
+    """Last component of a Windows, URL or POSIX path written inside an
+    image ('' if none): only ever used as a hint to look for a file of the
+    same container, never opened as a path."""
+    for sep in ('\\', '/'):
+        path = path.rsplit(sep, 1)[-1]
+    return path.strip('\x00').strip()
+
+
+def bitmap_runs(bitmap, first, count, msb_first):
+    """Runs of (start_sector, length, is_set) for sectors [first,
+    first + count) of a sector bitmap.
+
+    ``msb_first``: bit 7 of byte 0 is sector 0 (VHD); otherwise bit 0 is
+    (VHDX).  Whole 0x00/0xFF bytes are taken eight sectors at a time.
+    """
+    runs = []
+    cur_state = None
+    cur_start = first
+    s = first
+    end = first + count
+    while s < end:
+        byte = bitmap[s >> 3]
+        if s & 7 == 0 and s + 8 <= end and byte in (0, 0xFF):
+            state = byte == 0xFF
+            n = 8
+        else:
+            bit = (0x80 >> (s & 7)) if msb_first else (1 << (s & 7))
+            state = bool(byte & bit)
+            n = 1
+        if state != cur_state:
+            if cur_state is not None:
+                runs.append((cur_start, s - cur_start, cur_state))
+            cur_state = state
+            cur_start = s
+        s += n
+    if cur_state is not None:
+        runs.append((cur_start, end - cur_start, cur_state))
+    return runs
+
+
 ParentRef = collections.namedtuple('ParentRef', ['id', 'name_hints'])
 ParentRef.__doc__ = """What a child says of its parent.
 

@@ -213,41 +213,13 @@ def _guid(raw):
     return uuid.UUID(bytes_le=bytes(raw))
 
 
-def _basename(path):
-    """Last component of a Windows or POSIX path; '' if none."""
-    for sep in ('\\', '/'):
-        path = path.rsplit(sep, 1)[-1]
-    return path.strip('\x00').strip()
+_basename = base.basename_hint
 
 
 def bitmap_runs(bitmap, first, count):
-    """Runs of (start_sector, length, is_set) for sectors [first, first+count).
-
-    Bit 0 (the least significant) of byte 0 is sector 0: the VHDX sector
-    bitmap is LSB-first (the VHD one is MSB-first).
-    """
-    runs = []
-    cur_state = None
-    cur_start = first
-    s = first
-    end = first + count
-    while s < end:
-        byte = bitmap[s >> 3]
-        if s & 7 == 0 and s + 8 <= end and byte in (0, 0xFF):
-            state = byte == 0xFF
-            n = 8
-        else:
-            state = bool(byte & (1 << (s & 7)))
-            n = 1
-        if state != cur_state:
-            if cur_state is not None:
-                runs.append((cur_start, s - cur_start, cur_state))
-            cur_state = state
-            cur_start = s
-        s += n
-    if cur_state is not None:
-        runs.append((cur_start, end - cur_start, cur_state))
-    return runs
+    """Runs of (start_sector, length, is_set): the VHDX bitmap is LSB-first
+    (bit 0 of byte 0 is sector 0; the VHD one is MSB-first)."""
+    return base.bitmap_runs(bitmap, first, count, msb_first=False)
 
 
 class Overlay(object):

@@ -29,25 +29,44 @@ CHUNK = 4 << 20
 _ZEROS = bytes(CHUNK)
 
 
-class RawStream(object):
-    """``read(n)`` over the folded chain of a random-access disk."""
+class _DigestingStream(object):
+    """What both streams share: position, digests and progress."""
 
-    def __init__(self, chain, algorithms=('md5', 'sha256', 'sha512'),
-                 progress=None):
-        self.chain = chain
-        self.size = chain.virtual_size
+    def __init__(self, size, algorithms, progress):
+        self.size = size
         self.pos = 0
         self.digests = {a: hashlib.new(a) for a in algorithms}
         self.progress = progress
-        self._extents = chain.iter_extents()
-        self._current = None      # the extent being read
-        self._buf = b''
 
     def __len__(self):
         return self.size
 
     def tell(self):
         return self.pos
+
+    def _account(self, data):
+        for d in self.digests.values():
+            d.update(data)
+        self.pos += len(data)
+        if self.progress and data:
+            self.progress(self.pos, self.size)
+        return data
+
+    def hexdigest(self, algorithm):
+        return self.digests[algorithm].hexdigest()
+
+
+class RawStream(_DigestingStream):
+    """``read(n)`` over the folded chain of a random-access disk."""
+
+    def __init__(self, chain, algorithms=('md5', 'sha256', 'sha512'),
+                 progress=None):
+        super(RawStream, self).__init__(chain.virtual_size, algorithms,
+                                        progress)
+        self.chain = chain
+        self._extents = chain.iter_extents()
+        self._current = None      # the extent being read
+        self._buf = b''
 
     def _next_piece(self):
         """The next run of disk bytes, at most CHUNK long."""
@@ -76,19 +95,11 @@ class RawStream(object):
             self._buf = self._buf[len(take):]
             parts.append(take)
             have += len(take)
-        data = parts[0] if len(parts) == 1 else b''.join(parts)
-        for d in self.digests.values():
-            d.update(data)
-        self.pos += len(data)
-        if self.progress and data:
-            self.progress(self.pos, self.size)
-        return data
-
-    def hexdigest(self, algorithm):
-        return self.digests[algorithm].hexdigest()
+        return self._account(parts[0] if len(parts) == 1
+                             else b''.join(parts))
 
 
-class FileStream(object):
+class FileStream(_DigestingStream):
     """``read(n)`` over a raw file, with the same digests as RawStream
     (for disks that can only be written in one pass: they are converted to
     a sparse scratch file first)."""
@@ -96,28 +107,12 @@ class FileStream(object):
     def __init__(self, path, algorithms=('md5', 'sha256', 'sha512'),
                  progress=None):
         self._file = open(path, 'rb')
-        self.size = os.fstat(self._file.fileno()).st_size
-        self.pos = 0
-        self.digests = {a: hashlib.new(a) for a in algorithms}
-        self.progress = progress
-
-    def __len__(self):
-        return self.size
-
-    def tell(self):
-        return self.pos
+        super(FileStream, self).__init__(
+            os.fstat(self._file.fileno()).st_size, algorithms, progress)
 
     def read(self, n=-1):
-        data = self._file.read(n if n is not None and n >= 0 else -1)
-        for d in self.digests.values():
-            d.update(data)
-        self.pos += len(data)
-        if self.progress and data:
-            self.progress(self.pos, self.size)
-        return data
-
-    def hexdigest(self, algorithm):
-        return self.digests[algorithm].hexdigest()
+        return self._account(self._file.read(
+            n if n is not None and n >= 0 else -1))
 
     def close(self):
         self._file.close()

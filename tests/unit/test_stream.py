@@ -63,3 +63,14 @@ def test_stream_is_the_whole_folded_disk_in_any_read_sizes():
         assert s.tell() == size == len(s)
         assert s.hexdigest('sha512') == hashlib.sha512(want).hexdigest()
         assert s.hexdigest('md5') == hashlib.md5(want).hexdigest()
+
+
+def test_file_stream_digests(tmp_path):
+    data = bytes(range(256)) * 5000
+    p = tmp_path / 'd.raw'
+    p.write_bytes(data)
+    s = stream.FileStream(str(p))
+    got = b''.join(iter(lambda: s.read(65536), b''))
+    s.close()
+    assert got == data and len(s) == len(data) == s.tell()
+    assert s.hexdigest('sha256') == hashlib.sha256(data).hexdigest()
