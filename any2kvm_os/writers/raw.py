@@ -22,7 +22,6 @@ place, and its ranges that must read as zeros are zeroed explicitly.
 """
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import logging
@@ -60,8 +59,9 @@ _libc = None
 def _libc_fn(name):
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6',
-                            use_errno=True)
+        # The symbols of the running process include libc's (and
+        # find_library would fork ldconfig).
+        _libc = ctypes.CDLL(None, use_errno=True)
         _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int,
                                     ctypes.c_longlong, ctypes.c_longlong]
         _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong,

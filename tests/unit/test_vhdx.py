@@ -262,8 +262,33 @@ def log_entry(seq, tail=0, writes=(), guid=LOG_GUID, flushed=0, last=0,
     return body
 
 
-def open_reader(path):
-    return vhdx.VhdxReader(fileio.FileView.open_path(str(path)))
+class DenseView(fileio.FileView):
+    """A view that reports no holes: the block-state tests below are about
+    the BAT, not about the holes of the sparse files the Builder writes."""
+
+    def data_runs(self, offset, length):
+        yield offset, min(offset + length, self.size), True
+
+
+def open_reader(path, dense=True):
+    view = fileio.FileView.open_path(str(path))
+    if dense:
+        view.__class__ = DenseView
+    return vhdx.VhdxReader(view)
+
+
+def test_holes_in_present_blocks_are_zero_and_not_read(tmp_path):
+    b = Builder(vsize=4 * MiB, block=2 * MiB)
+    b.payload(0, 6, pattern(1, 8192))        # 8 KiB of data, then holes
+    b.payload(1, 6, pattern(2, 512))
+    path = b.write(tmp_path / 'h.vhdx')
+    dense = open_reader(path)
+    sparse = open_reader(path, dense=False)
+    assert read_disk(sparse) == read_disk(dense)
+    got = kinds(sparse)
+    assert got[0] == (ext.DATA, 0, 8192)
+    assert (ext.ZERO, 8192, 2 * MiB - 8192) in got
+    assert sum(n for k, _o, n in got if k == ext.DATA) < 64 * 1024
 
 
 def kinds(reader, offset=0, length=None):
