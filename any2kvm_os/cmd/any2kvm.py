@@ -13,12 +13,15 @@
 """The standalone ``any2kvm`` command.
 
 ``any2kvm info SOURCE`` shows the format and resolved chain of a disk;
-``any2kvm convert SOURCE OUTPUT`` writes it as one raw, sparse disk.
+``any2kvm convert SOURCE OUTPUT`` writes it as one raw, sparse disk;
+``any2kvm import LOCATION --name NAME`` writes a VM's disks to a target
+plugin (Glance images by default).
 Errors are one line naming the file and the problem, exit status 1, no
 traceback unless ``--debug``.
 """
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -95,34 +98,55 @@ class Progress(object):
         self.stream.flush()
 
 
-def _info(args, limits):
-    source = convert.open_source(args.source, limits)
+def describe_source(source, location=None):
+    """What ``any2kvm info --format json`` shows of an opened VmSource:
+    the container, the VM facts and, per disk, its format, virtual size
+    and chain (leaf first); the first disk's facts also at the top."""
+    disks = []
+    for index, disk in enumerate(source.disks):
+        layers = disk.describe()
+        disks.append({'index': index, 'name': disk.name,
+                      'format': disk.format,
+                      'virtual_size': layers[0]['virtual_size'],
+                      'chain': layers})
+    result = {'source': location if location is not None else source.path,
+              'container': source.kind, 'vm': source.vm, 'disks': disks}
+    if disks:
+        # The first disk's facts at the top, for one-disk sources.
+        for key in ('format', 'virtual_size', 'chain'):
+            result[key] = disks[0][key]
+    return result
+
+
+def inspect_location(location, limits, source_name=None, session=None):
+    """describe_source() of ``location``, opened with the named source
+    plugin or detected by content."""
+    if source_name is None:
+        # Detection by content, without loading the plugins (start-up).
+        source = convert.open_source(location, limits)
+    else:
+        from any2kvm_os.sources import base as sources
+        source = sources.open_location(location, limits, source_name,
+                                       session=session)
     try:
-        disks = []
-        for index, disk in enumerate(source.disks):
-            layers = disk.describe()
-            disks.append({'index': index, 'name': disk.name,
-                          'format': disk.format,
-                          'virtual_size': layers[0]['virtual_size'],
-                          'chain': layers})
-        result = {'source': args.source, 'container': source.kind,
-                  'vm': source.vm, 'disks': disks}
-        if disks:
-            # The first disk's facts at the top, for one-disk sources.
-            for key in ('format', 'virtual_size', 'chain'):
-                result[key] = disks[0][key]
+        return describe_source(source, location)
     finally:
         source.close()
+
+
+def _info(args, limits):
+    result = inspect_location(args.source, limits)
+    disks = result['disks']
     if args.format == 'json':
         print(json.dumps(result, indent=2))
         return 0
     print('source:       %s' % result['source'])
     print('container:    %s' % result['container'])
-    for key, value in sorted(source.vm.items()):
+    for key, value in sorted(result['vm'].items()):
         print('vm %-9s %s' % (key + ':', value))
     for disk in disks:
         layers = disk['chain']
-        if len(disks) > 1 or source.vm:
+        if len(disks) > 1 or result['vm']:
             print('disk %d:       %s' % (disk['index'], disk['name']))
         print('format:       %s' % disk['format'])
         print('virtual size: %d (%s)' % (disk['virtual_size'],
@@ -226,6 +250,197 @@ def _apply(args, source):
     return 0
 
 
+class DiskProgress(object):
+    """A :class:`Progress` per disk of a multi-disk import: a new one
+    starts when the byte count goes back (the next disk)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.current = None
+        self.last = 0
+
+    def __call__(self, done, total=None):
+        if self.current is None or done < self.last:
+            self.finish()
+            self.current = Progress(total, self.stream)
+        self.last = done
+        self.current(done, total)
+
+    def finish(self, ok=True):
+        """Close the current disk's line: "done: ..." after a success; on
+        a failure only end the progress line."""
+        if self.current is not None:
+            if ok:
+                self.current.finish()
+            elif self.current.tty:
+                self.current.stream.write('\n')
+                self.current.stream.flush()
+            self.current = None
+            self.last = 0
+
+
+#: Targets that need no cloud (no authentication) and write no image
+#: properties.
+LOCAL_TARGETS = ('file',)
+
+
+def target_options(target, directory=None, overwrite=False, defaults=True,
+                   properties=None, wait=False, scratch_dir=None,
+                   region_name=None, interface=None):
+    """The keyword arguments for the ``target`` plugin's constructor.
+
+    An option the user gave (``--output-dir``, ``--overwrite``,
+    ``--no-default-properties``, ``--property``) that the target does not
+    take is an error; the others (``wait``, ``scratch_dir``, the cloud
+    region and interface) are passed when the target takes them.
+    """
+    from any2kvm_os.targets import base as targets
+    cls = targets.plugins().get(target)
+    if cls is None:
+        targets.get(target)  # raises the "unknown target" error
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        params = None   # takes anything
+    options = {}
+    for flag, key, value, given in (
+            ('--output-dir', 'directory', directory, directory is not None),
+            ('--overwrite', 'overwrite', overwrite, overwrite),
+            ('--no-default-properties', 'defaults', defaults, not defaults)):
+        if not given:
+            continue
+        if params is not None and key not in params:
+            raise exception.Any2KvmError('%s does not apply to target %s'
+                                         % (flag, target))
+        options[key] = value
+    if properties and target in LOCAL_TARGETS:
+        raise exception.Any2KvmError('--property does not apply to target '
+                                     '%s' % target)
+    for key, value in (('wait', wait), ('scratch_dir', scratch_dir),
+                       ('region_name', region_name),
+                       ('interface', interface)):
+        if value is not None and (params is None or key in params):
+            options[key] = value
+    return options
+
+
+#: The fields of an import result, in display order.
+RESULT_FIELDS = ('disk', 'name', 'id', 'path', 'size', 'sha256',
+                 'os_hash_algo', 'os_hash_value', 'properties')
+
+
+def import_summary(target, results):
+    """One dict for the CLIs: the first (or only) disk's result at the
+    top, with ``target``; ``disks``, every result, when there are
+    several."""
+    first = results[0] if results else {}
+    summary = {'target': target}
+    keys = [k for k in RESULT_FIELDS if k in first]
+    keys += sorted(k for k in first if k not in RESULT_FIELDS)
+    for key in keys:
+        summary[key] = first[key]
+    if len(results) > 1:
+        summary['disks'] = list(results)
+    return summary
+
+
+def parse_property(text):
+    """argparse type of ``--property KEY=VALUE``."""
+    key, sep, value = text.partition('=')
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            "expected KEY=VALUE, got %r" % text)
+    return key, value
+
+
+def cloud_session(cloud=None):
+    """A keystoneauth1 session, already authenticated, for the cloud
+    named ``cloud`` in clouds.yaml, or the one of the OS_* variables
+    (openrc) when ``cloud`` is None; and (region name, interface)."""
+    try:
+        from keystoneauth1 import exceptions as ks_exc
+        from openstack import config as os_config
+        from openstack import exceptions as sdk_exc
+    except ImportError as e:
+        raise exception.Any2KvmError(
+            'a cloud target needs openstacksdk and keystoneauth1: %s' % e)
+    try:
+        region = os_config.OpenStackConfig().get_one(cloud=cloud)
+        session = region.get_session()
+    except ks_exc.MissingRequiredOptions as e:
+        raise exception.Any2KvmError(
+            'no cloud credentials: give --os-cloud (a cloud of clouds.yaml) '
+            'or set the OS_* variables of an openrc (%s)' % e)
+    except (sdk_exc.ConfigException, ks_exc.ClientException) as e:
+        raise exception.Any2KvmError('cloud configuration%s: %s' % (
+            ' %r' % cloud if cloud else '', e))
+    where = (region.config.get('auth') or {}).get('auth_url') or 'keystone'
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # Its warnings (version discovery) precede the error that tells
+        # what went wrong; --debug shows them.
+        logging.getLogger('keystoneauth').setLevel(logging.ERROR)
+    try:
+        # Authenticate now: a wrong password is told before the disks are
+        # read, not after.
+        session.get_token()
+    except ks_exc.Unauthorized as e:
+        raise exception.TargetError(
+            path=where, reason='authentication failed (check the user, '
+            'password, domain and project): %s' % e)
+    except ks_exc.ConnectFailure as e:
+        raise exception.TargetError(path=where,
+                                    reason='cannot connect: %s' % e)
+    except ks_exc.ClientException as e:
+        raise exception.TargetError(
+            path=where, reason='authentication failed: %s: %s' % (
+                type(e).__name__, e))
+    return session, region.region_name or None, \
+        region.config.get('interface')
+
+
+def _import(args, limits):
+    from any2kvm_os import importer
+    props = dict(args.properties or [])
+    options = target_options(
+        args.target, directory=args.output_dir, overwrite=args.overwrite,
+        defaults=not args.no_default_properties, properties=props,
+        wait=args.wait or None, scratch_dir=limits.scratch_dir)
+    session = None
+    if args.target not in LOCAL_TARGETS:
+        session, region, interface = cloud_session(args.os_cloud)
+        options.update(target_options(args.target, region_name=region,
+                                      interface=interface))
+    progress = DiskProgress() if args.progress else None
+    try:
+        _vm, results = importer.import_vm(
+            args.location, args.target, args.name, limits,
+            source_name=args.source_name, props=props, disk=args.disk,
+            session=session, progress=progress, target_options=options)
+    except BaseException:
+        if progress:
+            progress.finish(ok=False)
+        raise
+    if progress:
+        progress.finish()
+    summary = import_summary(args.target, results)
+    if args.format == 'json':
+        print(json.dumps(summary, indent=2, sort_keys=False))
+        return 0
+    for result in results:
+        if len(results) > 1:
+            print('disk %d:' % result.get('disk', 0))
+        for key in [k for k in RESULT_FIELDS if k in result and
+                    k != 'disk']:
+            value = result[key]
+            if key == 'properties':
+                value = ', '.join('%s=%s' % kv for kv in
+                                  sorted(value.items()))
+            elif key == 'size':
+                value = '%d (%s)' % (value, _human(value))
+            print('%s%-14s %s' % ('  ' if len(results) > 1 else '',
+                                  key + ':', value))
+    return 0
+
+
 def _global_options(parser, suppress):
     default = argparse.SUPPRESS if suppress else None
     parser.add_argument('--debug', action='store_true', default=default,
@@ -287,6 +502,66 @@ def build_parser():
                         'them; without it such a source needs a directory '
                         'as OUTPUT')
     p.set_defaults(func=_convert)
+    p = sub.add_parser('import', parents=[common],
+                       help='import LOCATION into the cloud (Glance) or as '
+                            'raw files')
+    add_import_arguments(p)
+    p.add_argument('--os-cloud', metavar='CLOUD',
+                   default=os.environ.get('OS_CLOUD') or None,
+                   help='the cloud of clouds.yaml to use (default: '
+                        'OS_CLOUD; without it the OS_* variables of an '
+                        'openrc)')
+    p.add_argument('--format', choices=('text', 'json'), default='text')
+    p.set_defaults(func=_import)
+    return parser
+
+
+def add_import_arguments(parser, source_choices=None, target_choices=None,
+                         property_action=None):
+    """The arguments of ``any2kvm import`` and ``openstack any2kvm
+    import``.  ``--property`` is appended as (key, value) pairs, or given
+    to ``property_action`` (OSC's KeyValueAction: a dict)."""
+    parser.add_argument('location', metavar='LOCATION',
+                        help='where the VM or disk is: a disk file (parents '
+                             'beside it), an OVA, a XenServer tgz or XVA')
+    parser.add_argument('--name', required=True, metavar='NAME',
+                        help='name of the image (of the first disk; the '
+                             'others are NAME-diskN)')
+    parser.add_argument('--source', dest='source_name',
+                        metavar=None if source_choices else 'SOURCE',
+                        choices=source_choices,
+                        help='kind of LOCATION, a source plugin ("openstack '
+                             'any2kvm source list" lists them); default: '
+                             'detected by content')
+    parser.add_argument('--target', default='glance',
+                        metavar=None if target_choices else 'TARGET',
+                        choices=target_choices,
+                        help='where the disks go: glance (raw images, the '
+                             'default), file (raw files in --output-dir)')
+    parser.add_argument('--disk', type=int, metavar='N',
+                        help='import only disk N of a multi-disk source, '
+                             'counted from 0')
+    if property_action is None:
+        kwargs = {'action': 'append', 'type': parse_property}
+    else:
+        kwargs = {'action': property_action}
+    parser.add_argument('--property', dest='properties', metavar='KEY=VALUE',
+                        help='image property to set (repeat for several); '
+                             'overrides the ones derived from the VM',
+                        **kwargs)
+    parser.add_argument('--no-default-properties', action='store_true',
+                        help='set only the --property ones, none derived '
+                             'from the VM (hw_disk_bus, os_distro, ...)')
+    parser.add_argument('--progress', action='store_true',
+                        help='show progress on stderr')
+    parser.add_argument('--wait', action='store_true',
+                        help='wait until the image or volume is usable (a '
+                             'Glance upload is always waited for)')
+    parser.add_argument('--output-dir', metavar='DIR',
+                        help='directory of the raw files (--target file; '
+                             'default: the current directory)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace existing raw files (--target file)')
     return parser
 
 
@@ -321,6 +596,16 @@ def _setup(args):
     return opts.Limits.from_conf(conf)
 
 
+def load_limits(config_files=()):
+    """Limits from the oslo.config defaults and ``config_files`` (for
+    callers that set up logging themselves, like the OSC plugin)."""
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf(args=[], project='any2kvm_os', prog=PROG,
+         default_config_files=list(config_files or ()))
+    return opts.Limits.from_conf(conf)
+
+
 class _StderrHandler(logging.Handler):
     """Writes to whatever sys.stderr is when a record is emitted."""
 
@@ -343,18 +628,24 @@ def main(argv=None):
     except Exception as e:
         if args.debug:
             raise
-        if isinstance(e, exception.Any2KvmError):
-            msg = str(e)
-        elif isinstance(e, OSError) and e.filename:
-            msg = '%s: %s' % (e.filename, e.strerror)
-        elif isinstance(e, cfg.Error):
-            msg = 'configuration: %s' % e
-        else:
-            msg = 'internal error (%s: %s); rerun with --debug' % (
-                type(e).__name__, e)
-        sys.stderr.write('%s: error: %s\n' % (PROG, ' '.join(
-            msg.splitlines())))
+        msg = error_message(e) or 'internal error (%s: %s); rerun with ' \
+            '--debug' % (type(e).__name__, ' '.join(str(e).split()))
+        sys.stderr.write('%s: error: %s\n' % (PROG, msg))
         return 1
+
+
+def error_message(e):
+    """The one-line message of an error we expect (ours, a file that
+    cannot be read, a bad configuration), or None."""
+    if isinstance(e, exception.Any2KvmError):
+        msg = str(e)
+    elif isinstance(e, OSError) and e.filename:
+        msg = '%s: %s' % (e.filename, e.strerror)
+    elif isinstance(e, cfg.Error):
+        msg = 'configuration: %s' % e
+    else:
+        return None
+    return ' '.join(msg.splitlines())
 
 
 if __name__ == '__main__':

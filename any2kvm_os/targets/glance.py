@@ -36,9 +36,14 @@ from any2kvm_os.writers import stream
 LOG = logging.getLogger(__name__)
 
 
-def glance_client(session):
+def glance_client(session, region_name=None, interface=None):
     from glanceclient import client
-    return client.Client('2', session=session)
+    kw = {}
+    if region_name:
+        kw['region_name'] = region_name
+    if interface:
+        kw['interface'] = interface
+    return client.Client('2', session=session, **kw)
 
 
 def cloud_error(what, e):
@@ -81,13 +86,19 @@ class GlanceTarget(base.Target):
     name = 'glance'
     description = 'a raw Glance image per disk'
 
-    def __init__(self, session=None, scratch_dir=None, defaults=True):
+    def __init__(self, session=None, scratch_dir=None, defaults=True,
+                 region_name=None, interface=None):
         super(GlanceTarget, self).__init__(session)
         self.scratch_dir = scratch_dir
         self.defaults = defaults
+        self.region_name = region_name
+        self.interface = interface
+
+    def client(self):
+        return glance_client(self.session, self.region_name, self.interface)
 
     def write(self, source, name, props=None, disk=None, progress=None):
-        glance = glance_client(self.session)
+        glance = self.client()
         made = []
         results = []
         chosen = base.selected(source, disk)

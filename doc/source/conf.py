@@ -22,7 +22,16 @@ extensions = [
     'oslo_config.sphinxconfiggen',
     # The show-options directive of the configuration reference.
     'oslo_config.sphinxext',
+    # autoprogram-cliff: the openstack any2kvm commands from their parsers.
+    'cliff.sphinxext',
 ]
+
+autoprogram_cliff_application = 'openstack'
+# The output formatter options every openstack command has.
+autoprogram_cliff_ignored = [
+    '--help', '--format', '--column', '--max-width', '--fit-width',
+    '--print-empty', '--noindent', '--prefix', '--quote', '--sort-column',
+    '--sort-ascending', '--sort-descending']
 
 config_generator_config_file = (
     '../../etc/oslo-config-generator/any2kvm_os.conf')
@@ -35,6 +44,9 @@ project = 'any2kvm_os'
 copyright = 'any2kvm_os developers'
 
 exclude_patterns = ['_build']
+# Quotes and ellipses, but no dashes: "--option" in the help of the
+# commands stays two hyphens.
+smartquotes_action = 'qe'
 pygments_style = 'native'
 add_module_names = False
 

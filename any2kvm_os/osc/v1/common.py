@@ -1,0 +1,79 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""What the any2kvm OSC commands share."""
+
+import contextlib
+
+from cliff import columns
+from osc_lib import exceptions
+
+
+def add_config_file(parser):
+    parser.add_argument('--config-file', action='append', default=[],
+                        metavar='PATH',
+                        help='oslo.config file with an [any2kvm] section '
+                             '(limits, scratch space; may be repeated)')
+
+
+def source_names():
+    from any2kvm_os.sources import base as sources
+    return sorted(sources.plugins())
+
+
+@contextlib.contextmanager
+def errors():
+    """Our errors as one-line CommandErrors (no traceback)."""
+    from any2kvm_os.cmd import any2kvm
+    try:
+        yield
+    except exceptions.CommandError:
+        raise
+    except Exception as e:
+        msg = any2kvm.error_message(e)
+        if msg is None:
+            raise
+        raise exceptions.CommandError(msg) from e
+
+
+class ChainColumn(columns.FormattableColumn):
+    """A snapshot chain, leaf first: a line per layer in a table."""
+
+    def human_readable(self):
+        return '\n'.join(
+            '%s (%s %s, id %s, parent %s)' % (
+                layer.get('name'), layer.get('format'),
+                layer.get('subformat'), layer.get('id'),
+                layer.get('parent_id') or '-')
+            for layer in self._value or ())
+
+
+class InspectDisksColumn(columns.FormattableColumn):
+    """The disks of ``inspect``: a line per disk in a table."""
+
+    def human_readable(self):
+        return '\n'.join(
+            '%s: %s, %s, %s bytes, %d layer(s)' % (
+                disk.get('index'), disk.get('name'), disk.get('format'),
+                disk.get('virtual_size'), len(disk.get('chain') or ()))
+            for disk in self._value or ())
+
+
+class ImportDisksColumn(columns.FormattableColumn):
+    """The results of ``import``: a line per disk in a table."""
+
+    def human_readable(self):
+        return '\n'.join(
+            '%s: %s %s, %s bytes' % (
+                r.get('disk'), r.get('name'), r.get('id') or r.get('path'),
+                r.get('size'))
+            for r in self._value or ())

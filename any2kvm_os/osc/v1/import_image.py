@@ -1,0 +1,90 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""``openstack any2kvm import``: a VM's disks into Glance (or files)."""
+
+from osc_lib.cli import format_columns
+from osc_lib.cli import parseractions
+from osc_lib.command import command
+
+from any2kvm_os.osc.v1 import common
+
+
+class ImportImage(command.ShowOne):
+    _description = 'Import the disks of a VM as raw Glance images'
+    _epilog = (
+        'LOCATION is a disk file with its snapshot chain (VHD, VHDX, VMDK, '
+        'qcow2), an OVA, a XenServer tgz or an XVA export.  Each disk '
+        'becomes a raw image with the properties KVM needs (derived from '
+        'the VM unless --no-default-properties; --property overrides '
+        'them); with several disks, the first is NAME and the others '
+        'NAME-diskN.  The upload is synchronous: the images are active, '
+        'and their digests checked, when the command returns; on failure '
+        'the images made are deleted.')
+
+    def get_parser(self, prog_name):
+        parser = super(ImportImage, self).get_parser(prog_name)
+        from any2kvm_os.cmd import any2kvm
+        from any2kvm_os.targets import base as targets
+        common.add_config_file(parser)
+        any2kvm.add_import_arguments(
+            parser, source_choices=common.source_names(),
+            target_choices=sorted(targets.plugins()),
+            property_action=parseractions.KeyValueAction)
+        return parser
+
+    def take_action(self, parsed_args):
+        from any2kvm_os.cmd import any2kvm
+        from any2kvm_os import importer
+
+        with common.errors():
+            limits = any2kvm.load_limits(parsed_args.config_file)
+            props = dict(parsed_args.properties or {})
+            target = parsed_args.target
+            options = any2kvm.target_options(
+                target, directory=parsed_args.output_dir,
+                overwrite=parsed_args.overwrite,
+                defaults=not parsed_args.no_default_properties,
+                properties=props, wait=parsed_args.wait or None,
+                scratch_dir=limits.scratch_dir)
+            session = None
+            if target not in any2kvm.LOCAL_TARGETS:
+                client = self.app.client_manager.any2kvm
+                session = client.session
+                options.update(any2kvm.target_options(
+                    target, region_name=client.region_name,
+                    interface=client.interface))
+            progress = any2kvm.DiskProgress(self.app.stderr) \
+                if parsed_args.progress else None
+            try:
+                _vm, results = importer.import_vm(
+                    parsed_args.location, target, parsed_args.name, limits,
+                    source_name=parsed_args.source_name, props=props,
+                    disk=parsed_args.disk, session=session,
+                    progress=progress, target_options=options)
+            except BaseException:
+                if progress:
+                    progress.finish(ok=False)
+                raise
+            if progress:
+                progress.finish()
+        summary = any2kvm.import_summary(target, results)
+        columns = tuple(summary)
+        data = []
+        for key in columns:
+            value = summary[key]
+            if key == 'properties':
+                value = format_columns.DictColumn(value)
+            elif key == 'disks':
+                value = common.ImportDisksColumn(value)
+            data.append(value)
+        return columns, tuple(data)
