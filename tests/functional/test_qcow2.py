@@ -459,7 +459,9 @@ def v3_image(qemu_io, tmp_path):
 def test_refuse_external_data_file(qemu_img, tmp_path, out_dir):
     d = tmp_path / 'src'
     d.mkdir()
-    ig.qemu_img('create', '-f', 'qcow2', '-o', 'data_file=x.raw',
+    # An absolute path: qemu-img resolves a relative one against the
+    # working directory, not the image's.
+    ig.qemu_img('create', '-f', 'qcow2', '-o', 'data_file=%s' % (d / 'x.raw'),
                 d / 'disk.qcow2', '1M')
     refuse(d / 'disk.qcow2', out_dir, r'external data file')
 
