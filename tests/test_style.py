@@ -22,7 +22,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, 'tools', '*.sh'))) + [
-    os.path.join(ROOT, '.ci', 'run')]
+    os.path.join(ROOT, '.ci', 'run'),
+    os.path.join(ROOT, 'tools', 'loopback-cloud')]
 
 
 def test_flake8_clean():

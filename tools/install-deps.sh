@@ -38,10 +38,12 @@ any2kvm_as_root() {
 }
 
 # The Debian packages bindep.txt asks for: entries without a platform
-# restriction or restricted to platform:dpkg, whatever their profile.
+# restriction or restricted to platform:dpkg, whatever their profile, but
+# for the profile loopback-cloud, which tools/loopback-cloud installs itself
+# (without letting apt start the services).
 any2kvm_bindep_packages() {
     # shellcheck disable=SC2016  # $1 is awk's, not the shell's
-    local program='/^[[:space:]]*(#|$)/ { next }
+    local program='/^[[:space:]]*(#|$)/ || /loopback-cloud/ { next }
         !/platform:/ || /platform:dpkg/ { print $1 }'
     awk "$program" "$ANY2KVM_ROOT/bindep.txt"
 }

@@ -1,0 +1,129 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The glance-image source: an image already in Glance, converted.
+
+Operators often hold XenServer exports in Glance as ``vhd``/``ovf`` tgz
+images, OVAs as ``ova`` images, and plain VHD/VHDX/VMDK images that their
+KVM cloud cannot boot.  This source finds the image by id or by (unique)
+name, downloads its data into a private (0700) scratch directory, bounded
+by ``scratch_limit_gib`` and checked against the image's size and
+checksum, and opens it with the same content detection as a local file.
+The scratch copy is removed when the source is closed.
+"""
+
+import hashlib
+import os
+import shutil
+import tempfile
+
+from any2kvm_os import convert
+from any2kvm_os import exception
+from any2kvm_os.sources import base
+from any2kvm_os.targets import glance as glance_target
+
+CHUNK = 4 << 20
+
+
+class GlanceImageSource(base.Source):
+    name = 'glance-image'
+    description = 'an image already in Glance (XenServer vhd/ovf tgz, ova, ' \
+        'vhd, vhdx, vmdk), by id or name'
+
+    def _find(self, glance, location):
+        try:
+            return glance.images.get(location)
+        except Exception:
+            pass
+        found = list(glance.images.list(filters={'name': location}))
+        if not found:
+            raise exception.Any2KvmError(
+                'glance image %s: no image with that id or name' % location)
+        if len(found) > 1:
+            raise exception.Any2KvmError(
+                'glance image %s: %d images have that name; give the id'
+                % (location, len(found)))
+        return found[0]
+
+    def open(self, location):
+        if self.session is None:
+            raise exception.Any2KvmError(
+                'glance image %s: the glance-image source needs cloud '
+                'credentials' % location)
+        glance = glance_target.glance_client(self.session)
+        try:
+            image = self._find(glance, location)
+        except exception.Any2KvmError:
+            raise
+        except Exception as e:
+            raise glance_target.cloud_error('glance image %s' % location, e)
+        size = image.get('size') or 0
+        label = 'glance image %s' % image['id']
+        if image.get('status') != 'active':
+            raise exception.Any2KvmError('%s: is %s, not active' % (
+                label, image.get('status')))
+        if size > self.limits.scratch_limit:
+            raise exception.Any2KvmError(
+                '%s: %d bytes exceed the scratch limit of %d bytes '
+                '(scratch_limit_gib)'
+                % (label, size, self.limits.scratch_limit))
+        tmp = tempfile.mkdtemp(prefix='any2kvm-glance-',
+                               dir=self.limits.scratch_dir)
+        try:
+            st = os.statvfs(tmp)
+            if st.f_bavail * st.f_frsize < size:
+                raise exception.TargetError(
+                    path=tmp, reason='not enough free space for %s (%d '
+                    'bytes)' % (label, size))
+            path = os.path.join(tmp, 'image')
+            md5 = hashlib.md5()
+            got = 0
+            with open(path, 'wb') as f:
+                for chunk in glance.images.data(image['id']):
+                    got += len(chunk)
+                    if got > size:
+                        raise exception.InvalidArchive(
+                            path=label, reason='Glance sent more than the '
+                            '%d bytes the image has' % size)
+                    md5.update(chunk)
+                    f.write(chunk)
+            if got != size:
+                raise exception.InvalidArchive(
+                    path=label, reason='download ended after %d of %d bytes'
+                    % (got, size))
+            if image.get('checksum') and md5.hexdigest() != image['checksum']:
+                raise exception.InvalidArchive(
+                    path=label, reason='downloaded data does not match the '
+                    'image checksum')
+            source = convert.open_source(path, self.limits)
+        except exception.Any2KvmError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            # Messages name the image, not the scratch file.
+            raise exception.Any2KvmError(str(e).replace(path, label))
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, Exception):
+                raise glance_target.cloud_error(label, e)
+            raise
+        source.path = label
+        for disk in source.disks:
+            disk.name = disk.name.replace(path, label)
+        closer = source._closer
+
+        def close():
+            if closer:
+                closer()
+            shutil.rmtree(tmp, ignore_errors=True)
+        source._closer = close
+        if not source.vm.get('name') and image.get('name'):
+            source.vm = dict(source.vm, name=image['name'])
+        return source
