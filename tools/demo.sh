@@ -8,6 +8,13 @@
 # SHA-256 is known, so the result is checked.  Without ../shared, a
 # 3-level chain is made with FATtools instead and the hash is only shown.
 #
+# Then, unless ANY2KVM_DEMO_NO_CLOUD=1, the real job: a loopback OpenStack
+# cloud (tools/loopback-cloud: Keystone, Glance, RabbitMQ, Cinder on
+# 127.0.0.1) comes up, the chain and an OVA made from the result are
+# imported into Glance with "openstack any2kvm import", and the images and
+# their properties are shown.  The cloud is stopped at the end unless
+# ANY2KVM_DEMO_KEEP_CLOUD=1.
+#
 # Usage: tools/demo.sh   (from any directory; installs what is missing)
 # ANY2KVM_DEMO_CHAIN names another vhdutil-chain.tar.gz (a missing file
 # selects the FATtools chain).
@@ -114,4 +121,119 @@ else
     echo "expected:            $expected_sha256"
     echo "MISMATCH: the raw disk differs from the reference readers"
     exit 1
+fi
+
+if [ "${ANY2KVM_DEMO_NO_CLOUD:-0}" = 1 ]; then
+    exit 0
+fi
+
+step "bring up the loopback cloud (real Keystone, Glance, Cinder on 127.0.0.1)"
+openrc=$("$root/tools/loopback-cloud" up | tail -n 1)
+if [ "${ANY2KVM_DEMO_KEEP_CLOUD:-0}" != 1 ]; then
+    trap '"$root/tools/loopback-cloud" down >/dev/null || true; rm -rf -- "$work"' EXIT
+fi
+echo "openrc: $openrc"
+# shellcheck source=/dev/null
+. "$openrc"
+
+step "import the XenServer chain into Glance"
+run openstack any2kvm import chain.tgz --name demo-xenserver-chain \
+    -c id -c name -c size -c sha256 -c os_hash_value
+
+step "make an OVA: a streamOptimized VMDK of that disk, an OVF and a manifest"
+run qemu-img convert -f raw -O vmdk -o subformat=streamOptimized disk.raw \
+    demo-disk1.vmdk
+disk_bytes=$(stat -c %s demo-disk1.vmdk)
+cat > demo.ovf <<OVFEOF
+<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
+    xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+    xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+    xmlns:vmw="http://www.vmware.com/schema/ovf">
+  <References>
+    <File ovf:href="demo-disk1.vmdk" ovf:id="file1" ovf:size="$disk_bytes"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="8" ovf:capacityAllocationUnits="byte * 2^20"
+        ovf:diskId="vmdisk1" ovf:fileRef="file1"
+        ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="demo-vm">
+    <Info>A virtual machine</Info>
+    <Name>demo-vm</Name>
+    <OperatingSystemSection ovf:id="94" vmw:osType="ubuntu64Guest">
+      <Info>Guest OS</Info>
+      <Description>Ubuntu Linux (64-bit)</Description>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware</Info>
+      <Item>
+        <rasd:ElementName>2 virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>2</rasd:VirtualQuantity>
+        <vmw:CoresPerSocket ovf:required="false">2</vmw:CoresPerSocket>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
+        <rasd:ElementName>2048MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>2048</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:ElementName>SCSI Controller 0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>
+        <rasd:ResourceType>6</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:ElementName>Hard disk 1</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:ElementName>Network adapter 1</rasd:ElementName>
+        <rasd:InstanceID>5</rasd:InstanceID>
+        <rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType>
+      </Item>
+      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+OVFEOF
+{
+    echo "SHA256(demo.ovf)= $(sha256sum demo.ovf | cut -d' ' -f1)"
+    echo "SHA256(demo-disk1.vmdk)= $(sha256sum demo-disk1.vmdk | cut -d' ' -f1)"
+} > demo.mf
+run tar cf demo.ova demo.ovf demo-disk1.vmdk demo.mf
+run openstack any2kvm inspect demo.ova -f yaml -c vm -c format -c virtual_size
+
+step "import the OVA into Glance"
+run openstack any2kvm import demo.ova --name demo-ova-vm \
+    -c id -c name -c size -c sha256 -c properties
+
+step "the images in Glance, and what Nova will boot them with"
+run openstack image list --name demo-xenserver-chain
+run openstack image list --name demo-ova-vm
+run openstack image show demo-ova-vm -c disk_format -c min_ram -c min_disk \
+    -c properties
+for name in demo-xenserver-chain demo-ova-vm; do
+    openstack image save "$name" --file "$name.img"
+    got=$(sha256sum "$name.img" | cut -d' ' -f1)
+    echo "SHA-256 of Glance image $name: $got"
+    if [ -n "$expected_sha256" ] && [ "$got" != "$expected_sha256" ]; then
+        echo "MISMATCH: the image differs from the reference readers"
+        exit 1
+    fi
+done
+[ -n "$expected_sha256" ] && echo "OK: both images hold the disk the reference readers read"
+run openstack image delete demo-xenserver-chain demo-ova-vm
+if [ "${ANY2KVM_DEMO_KEEP_CLOUD:-0}" = 1 ]; then
+    echo "The cloud stays up: . $openrc; stop it with tools/loopback-cloud down"
 fi
