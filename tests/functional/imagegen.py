@@ -651,23 +651,29 @@ def expected_row(table, key, image, oracle='pyvhdi'):
 # external oracles
 # ---------------------------------------------------------------------------
 
-_PYVHDI_SCRIPT = r'''
+# The libyal bindings (python3-libvhdi, -libvmdk, -libqcow) import only in
+# Debian's system python3: one script, run there, opens a chain base first
+# with explicit parents and hashes the leaf's whole disk.
+_LIBYAL_CHAIN_SCRIPT = r'''
 import hashlib, json, sys
-import pyvhdi
-paths = sys.argv[1:]          # leaf first, base last
-files = []
+module, kind, extents, chunk = sys.argv[1:5]
+lib = __import__(module)
+paths = sys.argv[5:]          # leaf first, base last
+layers = []
 for p in reversed(paths):     # open base first, then each child on top
-    f = pyvhdi.file()
-    f.open(p)
-    if files:
-        f.set_parent(files[-1])
-    files.append(f)
-leaf = files[-1]
+    o = getattr(lib, kind)()
+    o.open(p)
+    if extents == '1':
+        o.open_extent_data_files()
+    if layers:
+        o.set_parent(layers[-1])
+    layers.append(o)
+leaf = layers[-1]
 size = leaf.get_media_size()
 h = hashlib.sha256()
 off = 0
 while off < size:
-    n = min(4 << 20, size - off)
+    n = min(int(chunk), size - off)
     buf = leaf.read_buffer_at_offset(n, off)
     if len(buf) != n:
         raise SystemExit('short read at %d' % off)
@@ -677,24 +683,40 @@ print(json.dumps({'size': size, 'sha256': h.hexdigest()}))
 '''
 
 
-def pyvhdi_available():
+def system_python_has(module):
+    """Whether Debian's system python3 imports ``module`` (pyvhdi,
+    VMDKstream ...)."""
     try:
-        r = subprocess.run([SYSTEM_PYTHON, '-c', 'import pyvhdi'],
+        r = subprocess.run([SYSTEM_PYTHON, '-c', 'import ' + module],
                            capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0
 
 
-def pyvhdi_read(paths_leaf_first):
-    """(size, sha256) of a chain as libvhdi reads it (parents explicit)."""
-    r = subprocess.run([SYSTEM_PYTHON, '-c', _PYVHDI_SCRIPT] +
+def libyal_read(module, paths_leaf_first, kind='file', extents=False,
+                chunk=4 * MiB):
+    """(size, sha256) of a chain as a libyal binding reads it, parents
+    given explicitly.  ``kind``: the handle class (pyvmdk: 'handle');
+    ``extents``: call open_extent_data_files (VMDK); ``chunk``: read size
+    (libqcow needs small reads, see test_qcow2)."""
+    r = subprocess.run([SYSTEM_PYTHON, '-c', _LIBYAL_CHAIN_SCRIPT, module,
+                        kind, '1' if extents else '0', str(chunk)] +
                        [str(p) for p in paths_leaf_first],
                        capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
-        raise RuntimeError('pyvhdi failed: %s' % r.stderr.strip())
+        raise RuntimeError('%s failed: %s' % (module, r.stderr.strip()))
     res = json.loads(r.stdout)
     return res['size'], res['sha256']
+
+
+def pyvhdi_available():
+    return system_python_has('pyvhdi')
+
+
+def pyvhdi_read(paths_leaf_first):
+    """(size, sha256) of a chain as libvhdi reads it (parents explicit)."""
+    return libyal_read('pyvhdi', paths_leaf_first)
 
 
 _PYVHDI_META = r'''

@@ -32,7 +32,6 @@ used to craft corrupt copies of files qemu-img wrote.
 """
 
 import hashlib
-import json
 import os
 import shutil
 import struct
@@ -147,52 +146,15 @@ def read_u(path, offset, fmt):
         return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
 
 
-_PYVMDK = r'''
-import hashlib, json, sys
-import pyvmdk
-paths = sys.argv[1:]          # leaf first, base last
-handles = []
-for p in reversed(paths):     # base first, then each child on top
-    h = pyvmdk.handle()
-    h.open(p)
-    h.open_extent_data_files()
-    if handles:
-        h.set_parent(handles[-1])
-    handles.append(h)
-leaf = handles[-1]
-size = leaf.get_media_size()
-sha = hashlib.sha256()
-off = 0
-while off < size:
-    n = min(4 << 20, size - off)
-    buf = leaf.read_buffer_at_offset(n, off)
-    if len(buf) != n:
-        raise SystemExit('short read at %d' % off)
-    sha.update(buf)
-    off += n
-print(json.dumps({'size': size, 'sha256': sha.hexdigest()}))
-'''
-
-
-def _system_python_has(module):
-    try:
-        r = subprocess.run([ig.SYSTEM_PYTHON, '-c', 'import ' + module],
-                           capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
-
-
 @pytest.fixture(scope='module')
 def pyvmdk():
-    if not _system_python_has('pyvmdk'):
+    if not ig.system_python_has('pyvmdk'):
         conftest.missing_tool('pyvmdk not importable by %s (Debian package '
                               'python3-libvmdk)' % ig.SYSTEM_PYTHON)
 
     def read(*paths_leaf_first):
-        out = run(ig.SYSTEM_PYTHON, '-c', _PYVMDK, *paths_leaf_first)
-        res = json.loads(out)
-        return res['size'], res['sha256']
+        return ig.libyal_read('pyvmdk', paths_leaf_first, kind='handle',
+                              extents=True)
     return read
 
 
@@ -207,7 +169,7 @@ def qemu_io(qemu_img):
 
 @pytest.fixture(scope='module')
 def vmdkstream():
-    if not _system_python_has('VMDKstream'):
+    if not ig.system_python_has('VMDKstream'):
         conftest.missing_tool('VMDKstream not importable by %s (Debian '
                               'package python3-vmdkstream)'
                               % ig.SYSTEM_PYTHON)
