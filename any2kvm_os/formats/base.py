@@ -128,9 +128,17 @@ class LayerReader(object, metaclass=abc.ABCMeta):
         virtual size, in order, without gaps.
         """
 
-    @abc.abstractmethod
     def allocated_bytes(self):
-        """How many bytes of the virtual disk this layer stores."""
+        """How many bytes of the virtual disk this layer stores: by default
+        the DATA runs of :meth:`block_status` over the whole disk (computed
+        once); formats with a cheaper count override it."""
+        total = getattr(self, '_allocated_total', None)
+        if total is None:
+            from any2kvm_os import extents as ext
+            total = sum(e.length for e in self.block_status(
+                0, self.virtual_size) if e.kind == ext.DATA)
+            self._allocated_total = total
+        return total
 
     def read_extent(self, extent, skip, length):
         """Bytes ``[extent.offset + skip, +length)`` of a DATA extent this

@@ -202,7 +202,6 @@ def _validate_bat(bat, geo, footer_offset, table_offset, path):
                     path=path, reason='VHD block at %d overlaps the headers '
                     'or the block table (%d-%d)' % (s, lo, hi))
             break
-    return len(starts)
 
 
 def _check_header_layout(footer, hdr, file_size, path):
@@ -270,7 +269,6 @@ class VhdReader(base.LayerReader):
                     path=path, reason='fixed VHD holds %d bytes of data but '
                     'declares %d: truncated'
                     % (self.footer_offset, footer.current_size))
-            self._allocated = footer.current_size
             return
         if footer.data_offset == UNUSED_OFFSET:
             raise exception.InvalidImage(
@@ -286,10 +284,8 @@ class VhdReader(base.LayerReader):
         _check_header_layout(footer, self.hdr, size, path)
         raw_bat = view.pread(self.geo.needed * 4, self.hdr.table_offset)
         self.bat = _parse_bat(raw_bat, self.geo.needed)
-        nblocks = _validate_bat(self.bat, self.geo, self.footer_offset,
-                                self.hdr.table_offset, path)
-        self._allocated_blocks = nblocks
-        self._allocated = None
+        _validate_bat(self.bat, self.geo, self.footer_offset,
+                      self.hdr.table_offset, path)
 
     # -- identity -----------------------------------------------------------
 
@@ -359,13 +355,11 @@ class VhdReader(base.LayerReader):
         return tuple(hints)
 
     def allocated_bytes(self):
-        if self._allocated is None:
-            total = 0
-            for e in self.block_status(0, self.virtual_size):
-                if e.kind == ext.DATA:
-                    total += e.length
-            self._allocated = total
-        return self._allocated
+        if self.footer.disk_type == DISK_FIXED:
+            # A fixed disk stores every byte (holes of a sparse copy of it
+            # are the host file system's business).
+            return self.footer.current_size
+        return super(VhdReader, self).allocated_bytes()
 
     # -- block status ---------------------------------------------------------
 

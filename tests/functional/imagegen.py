@@ -123,6 +123,31 @@ def data_ranges(path):
     return out
 
 
+def same_content(a, b, chunk=8 * MiB):
+    """True when two (sparse) files have the same size and read the same,
+    comparing only the union of their data extents (elsewhere both are
+    holes, i.e. zeros)."""
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    merged = []
+    for s, e in sorted(data_ranges(a) + data_ranges(b)):
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
+        else:
+            merged.append((s, e))
+    with open(a, 'rb') as fa, open(b, 'rb') as fb:
+        for s, e in merged:
+            pos = s
+            while pos < e:
+                n = min(chunk, e - pos)
+                fa.seek(pos)
+                fb.seek(pos)
+                if fa.read(n) != fb.read(n):
+                    return False
+                pos += n
+    return True
+
+
 def hole_violations(path, ranges):
     """Parts of ``ranges`` (list of (start, end)) that are allocated data."""
     bad = []

@@ -94,25 +94,6 @@ def sha256_sparse(path):
     return size, h.hexdigest()
 
 
-def same_content(a, b):
-    """True when two (sparse) files read the same, comparing only where
-    either holds data."""
-    if os.path.getsize(a) != os.path.getsize(b):
-        return False
-    ranges = sorted(ig.data_ranges(a) + ig.data_ranges(b))
-    with open(a, 'rb') as fa, open(b, 'rb') as fb:
-        for start, end in ranges:
-            pos = start
-            while pos < end:
-                n = min(4 * MiB, end - pos)
-                fa.seek(pos)
-                fb.seek(pos)
-                if fa.read(n) != fb.read(n):
-                    return False
-                pos += n
-    return True
-
-
 def row(expected, key, image, oracle):
     for r in expected[key]:
         if r['image'] == image and r['oracle'] == oracle and r['sha256']:
@@ -240,7 +221,7 @@ def test_corpus_vmware_10g_sparse_and_stream(corpus, expected, out_dir):
     stream = cli.convert(corpus / (key % 'StreamOptimized.vmdk'),
                          out_dir / 'stream.raw')
     assert sha256_sparse(sparse) == (want['size'], want['sha256'])
-    assert same_content(sparse, stream)
+    assert ig.same_content(sparse, stream)
     # What the sample's README says: sector n holds BE64 n at 512..1535.
     assert ig.read_range(sparse, 512 * 3, 8) == struct.pack('>Q', 3)
     info = cli.info(corpus / (key % 'StreamOptimized.vmdk'))
