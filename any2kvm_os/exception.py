@@ -63,3 +63,18 @@ class TargetError(Any2KvmError):
     """The output cannot be written."""
 
     msg_fmt = "%(path)s: %(reason)s"
+
+
+class CapacityError(TargetError):
+    """The disk is larger than a fixed-size output (device, volume)."""
+
+    msg_fmt = ("%(path)s: holds %(capacity)d bytes, the disk needs "
+               "%(needed)d")
+
+    @property
+    def needed(self):
+        return self.kwargs['needed']
+
+    @property
+    def capacity(self):
+        return self.kwargs['capacity']

@@ -58,7 +58,10 @@ def register_opts(conf):
 
 
 def list_opts():
-    return [(GROUP, copy.deepcopy(LIMIT_OPTS + SCRATCH_OPTS))]
+    from any2kvm_os.cinder import driver
+    return [(GROUP, copy.deepcopy(LIMIT_OPTS + SCRATCH_OPTS))] + [
+        (group, copy.deepcopy(options))
+        for group, options in driver.list_opts()]
 
 
 class Limits(object):

@@ -66,64 +66,83 @@ class GlanceImageSource(base.Source):
             raise
         except Exception as e:
             raise glance_target.cloud_error('glance image %s' % location, e)
-        size = image.get('size') or 0
         label = 'glance image %s' % image['id']
         if image.get('status') != 'active':
             raise exception.Any2KvmError('%s: is %s, not active' % (
                 label, image.get('status')))
-        if size > self.limits.scratch_limit:
-            raise exception.Any2KvmError(
-                '%s: %d bytes exceed the scratch limit of %d bytes '
-                '(scratch_limit_gib)'
-                % (label, size, self.limits.scratch_limit))
-        tmp = tempfile.mkdtemp(prefix='any2kvm-glance-',
-                               dir=self.limits.scratch_dir)
         try:
-            st = os.statvfs(tmp)
-            if st.f_bavail * st.f_frsize < size:
-                raise exception.TargetError(
-                    path=tmp, reason='not enough free space for %s (%d '
-                    'bytes)' % (label, size))
-            path = os.path.join(tmp, 'image')
-            md5 = hashlib.md5()
-            got = 0
-            with open(path, 'wb') as f:
-                for chunk in glance.images.data(image['id']):
-                    got += len(chunk)
-                    if got > size:
-                        raise exception.InvalidArchive(
-                            path=label, reason='Glance sent more than the '
-                            '%d bytes the image has' % size)
-                    md5.update(chunk)
-                    f.write(chunk)
-            if got != size:
-                raise exception.InvalidArchive(
-                    path=label, reason='download ended after %d of %d bytes'
-                    % (got, size))
-            if image.get('checksum') and md5.hexdigest() != image['checksum']:
-                raise exception.InvalidArchive(
-                    path=label, reason='downloaded data does not match the '
-                    'image checksum')
-            source = convert.open_source(path, self.limits)
-        except exception.Any2KvmError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            # Messages name the image, not the scratch file.
-            raise exception.Any2KvmError(str(e).replace(path, label))
-        except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, Exception):
-                raise glance_target.cloud_error(label, e)
-            raise
-        source.path = label
-        for disk in source.disks:
-            disk.name = disk.name.replace(path, label)
-        closer = source._closer
-
-        def close():
-            if closer:
-                closer()
-            shutil.rmtree(tmp, ignore_errors=True)
-        source._closer = close
+            chunks = glance.images.data(image['id'])
+        except Exception as e:
+            raise glance_target.cloud_error(label, e)
+        source = open_downloaded(label, chunks, image.get('size') or 0,
+                                 self.limits, checksum=image.get('checksum'),
+                                 wrap_error=glance_target.cloud_error)
         if not source.vm.get('name') and image.get('name'):
             source.vm = dict(source.vm, name=image['name'])
         return source
+
+
+def open_downloaded(label, chunks, size, limits, checksum=None,
+                    wrap_error=None):
+    """Store an image's data into private scratch and open it.
+
+    ``chunks`` yields the ``size`` bytes of the image named ``label``
+    (Glance's data, through glanceclient or Cinder's image service).  The
+    copy goes into a private (0700) directory under ``limits.scratch_dir``,
+    bounded by ``limits.scratch_limit`` and the free space there, and is
+    checked against ``size`` and the MD5 ``checksum``.  Returns the
+    :class:`~any2kvm_os.convert.VmSource`; closing it removes the copy.
+    Messages name ``label``, never the scratch file.  Errors that are not
+    ours are passed to ``wrap_error(label, exc)`` when given.
+    """
+    if size > limits.scratch_limit:
+        raise exception.Any2KvmError(
+            '%s: %d bytes exceed the scratch limit of %d bytes '
+            '(scratch_limit_gib)' % (label, size, limits.scratch_limit))
+    tmp = tempfile.mkdtemp(prefix='any2kvm-glance-', dir=limits.scratch_dir)
+    path = os.path.join(tmp, 'image')
+    try:
+        st = os.statvfs(tmp)
+        if st.f_bavail * st.f_frsize < size:
+            raise exception.TargetError(
+                path=tmp, reason='not enough free space for %s (%d bytes)'
+                % (label, size))
+        md5 = hashlib.md5(usedforsecurity=False)
+        got = 0
+        with open(path, 'wb') as f:
+            for chunk in chunks:
+                got += len(chunk)
+                if got > size:
+                    raise exception.InvalidArchive(
+                        path=label, reason='Glance sent more than the %d '
+                        'bytes the image has' % size)
+                md5.update(chunk)
+                f.write(chunk)
+        if got != size:
+            raise exception.InvalidArchive(
+                path=label, reason='download ended after %d of %d bytes'
+                % (got, size))
+        if checksum and md5.hexdigest() != checksum:
+            raise exception.InvalidArchive(
+                path=label, reason='downloaded data does not match the '
+                'image checksum')
+        source = convert.open_source(path, limits)
+    except exception.Any2KvmError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise exception.Any2KvmError(str(e).replace(path, label))
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and wrap_error is not None:
+            raise wrap_error(label, e)
+        raise
+    source.path = label
+    for disk in source.disks:
+        disk.name = disk.name.replace(path, label)
+    closer = source._closer
+
+    def close():
+        if closer:
+            closer()
+        shutil.rmtree(tmp, ignore_errors=True)
+    source._closer = close
+    return source

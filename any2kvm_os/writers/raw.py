@@ -118,6 +118,9 @@ class RawTarget(object):
         self.tmp_path = tmp_path
         self.overwrite = overwrite
         self.size = None
+        #: Bytes the target can hold when that is fixed (a block device, a
+        #: volume's file); None when the file grows or shrinks with the disk.
+        self.capacity = None
         self._punch_ok = True
         self._zeroout_ok = True
         self._unflushed = 0
@@ -187,6 +190,33 @@ class RawTarget(object):
         target.size = st.st_size if st else 0
         return target
 
+    @classmethod
+    def open_volume(cls, path):
+        """Open the file or block device of a volume just created to be
+        written in place: its size is fixed (never truncated; a disk larger
+        than it is refused) and it reads as zeros, so a regular file is
+        written sparse.  A block device is not assumed to read as zeros.
+        """
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise exception.TargetError(path=path, reason=e.strerror)
+        if stat.S_ISBLK(st.st_mode):
+            target = cls.open(path)
+            target.capacity = target.device_size()
+            return target
+        if not stat.S_ISREG(st.st_mode):
+            raise exception.TargetError(
+                path=path, reason='is neither a regular file nor a block '
+                'device')
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise exception.TargetError(path=path, reason=e.strerror)
+        target = cls(path, fd, fresh=True, is_block=False)
+        target.capacity = st.st_size
+        return target
+
     # -- size -----------------------------------------------------------------
 
     def device_size(self):
@@ -196,19 +226,26 @@ class RawTarget(object):
     def resize(self, size):
         """Make the disk ``size`` bytes; bytes beyond a shrink are dropped,
         bytes added by a growth read as zeros."""
-        if self.is_block:
-            dev = self.device_size()
-            if dev < size:
-                raise exception.TargetError(
-                    path=self.path, reason='device holds %d bytes, the disk '
-                    'needs %d' % (dev, size))
-            if self.size is not None and size > self.size:
-                self.zero_range(self.size, size - self.size)
-        else:
+        capacity = self.capacity
+        if capacity is None and self.is_block:
+            capacity = self.capacity = self.device_size()
+        if capacity is None:
             try:
                 os.ftruncate(self.fd, size)
             except OSError as e:
                 raise self._failed(e)
+            self.size = size
+            return
+        if size > capacity:
+            raise exception.CapacityError(path=self.path, needed=size,
+                                          capacity=capacity)
+        if self.size is not None:
+            if size < self.size:
+                # Dropped bytes read as zeros again: a later growth, and
+                # the rest of a volume, must not show them.
+                self.zero_range(size, self.size - size)
+            elif size > self.size and not self.fresh:
+                self.zero_range(self.size, size - self.size)
         self.size = size
 
     # -- writing --------------------------------------------------------------

@@ -101,8 +101,9 @@ def test_xenserver_tgz_with_grown_child(fattools, keystone_session, glance,
     assert result['os_hash_algo'] == 'sha512'
 
 
-@pytest.mark.parametrize('fmt', ['vmdk', 'vhd'])  # vmdk: streamOptimized
-def test_ova(qemu_img, keystone_session, glance, cleanup, tmp_path, fmt):
+def build_ova(qemu_img, tmp_path, fmt):
+    """A two-disk OVA of ``fmt`` disks (vmdk: streamOptimized) with a
+    VMware-style OVF and a manifest; returns (path, disk1, disk2)."""
     d1 = tova.make_disk(qemu_img, tmp_path, 'disk1.' + fmt, fmt, 16 * MiB,
                         1)
     d2 = tova.make_disk(qemu_img, tmp_path, 'disk2.' + fmt, fmt, 8 * MiB, 2)
@@ -115,6 +116,12 @@ def test_ova(qemu_img, keystone_session, glance, cleanup, tmp_path, fmt):
                (d1.path.name, d1.path), (d2.path.name, d2.path)]
     ova = tova.write_ova(tmp_path / 'vm.ova', members + [
         ('vm.mf', tova.manifest(members))])
+    return ova, d1, d2
+
+
+@pytest.mark.parametrize('fmt', ['vmdk', 'vhd'])  # vmdk: streamOptimized
+def test_ova(qemu_img, keystone_session, glance, cleanup, tmp_path, fmt):
+    ova, d1, d2 = build_ova(qemu_img, tmp_path, fmt)
     name = unique('ova')
     vm, results = do_import(keystone_session, ova, name,
                             props={'my_property': 'kept'})

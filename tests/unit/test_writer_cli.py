@@ -155,12 +155,15 @@ def test_progress_lines(tmp_path, capsys):
 
 
 def test_list_opts_names_every_option():
-    (group, options), = opts.list_opts()
-    assert group == 'any2kvm'
-    names = {o.name for o in options}
+    groups = dict(opts.list_opts())
+    assert set(groups) == {'any2kvm', 'backend_defaults'}
+    names = {o.name for o in groups['any2kvm']}
     assert {'max_chain_depth', 'scratch_dir', 'scratch_limit_gib',
             'max_archive_members'} <= names
-    assert all(o.help for o in options)
+    # The Cinder hook's options, listed where Cinder lists driver options.
+    assert {o.name for o in groups['backend_defaults']} == {
+        'any2kvm_wrapped_driver', 'any2kvm_enabled', 'any2kvm_kinds'}
+    assert all(o.help for options in groups.values() for o in options)
 
 
 def test_sample_config_generates(tmp_path):
@@ -172,3 +175,24 @@ def test_sample_config_generates(tmp_path):
     assert r.returncode == 0, r.stderr
     assert '[any2kvm]' in out.read_text()
     assert 'max_chain_depth' in out.read_text()
+
+
+def test_volume_target_keeps_its_size_and_zeroes_dropped_bytes(tmp_path):
+    path = tmp_path / 'volume'
+    with open(path, 'wb') as f:
+        f.truncate(8 << 20)
+    target = raw.RawTarget.open_volume(str(path))
+    assert (target.capacity, target.fresh) == (8 << 20, True)
+    target.resize(4 << 20)
+    target.write_data(0, b'x' * (4 << 20), over_hole=True)
+    # A child smaller than its parent: the dropped bytes read as zeros.
+    target.resize(1 << 20)
+    target.resize(2 << 20)
+    with pytest.raises(exception.CapacityError,
+                       match='holds 8388608 bytes, the disk needs 8388609'):
+        target.resize((8 << 20) + 1)
+    target.sync()
+    target.close()
+    data = path.read_bytes()
+    assert len(data) == 8 << 20
+    assert data == b'x' * (1 << 20) + bytes(7 << 20)

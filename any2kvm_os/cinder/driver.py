@@ -1,0 +1,417 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The Cinder hook: ``cinder create --image-id`` for images Cinder fails on.
+
+Stock Cinder fails on every ``disk_format=vhd`` image, on XenServer
+``vhd``/``ovf`` tgz chains and on ``vmdk``/``ova`` images
+(doc/source/admin/cinder-hook.rst has the measured reasons).  This module
+is a volume driver that wraps any other one::
+
+    [mybackend]
+    volume_driver = any2kvm_os.cinder.driver.Any2KvmDriver
+    any2kvm_wrapped_driver = cinder.volume.drivers.nfs.NfsDriver
+
+Cinder builds the driver with ``importutils.import_object(volume_driver,
+configuration=..., db=..., host=..., ...)``.  :class:`Any2KvmDriver` then
+builds an instance of a subclass of the wrapped driver's class that
+overrides only ``clone_image``: everything else *is* the real driver (its
+class attributes, ``isinstance`` checks, attributes set on it), which a
+delegating proxy could only imitate.
+
+Cinder asks ``clone_image(context, volume, image_location, image_meta,
+image_service)`` before its generic download path (the path where VHD
+images die in ``qemu-img info -f vhd``).  For an image we recognise, the
+hook creates the volume through the real driver, downloads the image into
+bounded private scratch under ``image_conversion_dir``, checks and folds the
+chain and writes the raw disk onto the volume (the driver's local path, or
+else an os-brick attachment), sparse where the backend allows, then returns
+``(model_update, True)``: Cinder marks the volume bootable and copies the
+image's metadata, to which the hook adds ``hw_scsi_model=virtio-scsi``,
+``hw_disk_bus=scsi`` and what the source tells (firmware, CPUs, OS).  Any
+failure deletes the backend volume and raises an exception Cinder does not
+reschedule, so the volume ends in ``error`` and never holds half-written
+data as ``available``.  Images we do not recognise go to the real driver's
+``clone_image`` unchanged.
+
+The module imports Cinder only when a hook runs, so that its options can be
+listed (``oslo-config-generator``) where Cinder is not installed.
+"""
+
+import functools
+import os
+import time
+
+from oslo_config import cfg
+from oslo_config import types
+from oslo_log import log as logging
+from oslo_utils import importutils
+
+from any2kvm_os import exception
+from any2kvm_os import opts as a2k_opts
+from any2kvm_os import properties
+
+LOG = logging.getLogger(__name__)
+
+#: The kinds of Glance image the hook can take over.
+KINDS = ('xenserver-tgz', 'ova', 'xva', 'vhd', 'vhdx', 'vmdk')
+
+OPTIONS = [
+    cfg.StrOpt('any2kvm_wrapped_driver',
+               help='The volume driver this backend really uses (the value '
+                    'volume_driver had before the hook), e.g. '
+                    'cinder.volume.drivers.nfs.NfsDriver. Required when '
+                    'volume_driver is any2kvm_os.cinder.driver.'
+                    'Any2KvmDriver.'),
+    cfg.BoolOpt('any2kvm_enabled', default=True,
+                help='Convert recognised images when a volume is created '
+                     'from an image. False hands every image to the '
+                     'wrapped driver, as if the hook were not there.'),
+    cfg.ListOpt('any2kvm_kinds', default=list(KINDS),
+                item_type=types.String(choices=KINDS),
+                help='Which kinds of Glance image the hook converts: '
+                     'xenserver-tgz (container_format ovf holding a '
+                     'XenServer VHD chain, tar or tgz), xva (container_'
+                     'format ovf holding an XVA), ova (container_format '
+                     'ova), vhd, vhdx, vmdk (container_format bare). Other '
+                     'images go to the wrapped driver.'),
+]
+
+#: Image property naming which disk of a multi-disk OVA or XVA becomes the
+#: volume, counted from 0 as ``any2kvm info`` lists them (default 0).
+DISK_PROPERTY = 'any2kvm_disk'
+
+#: Disk formats that may hold each single-file kind.
+_DISK_FORMATS = ('vhd', 'vhdx', 'vmdk')
+
+
+def list_opts():
+    # Cinder lists driver options under backend_defaults; each backend
+    # section may set them too.
+    return [('backend_defaults', OPTIONS)]
+
+
+def recognise(image_meta, kinds=KINDS):
+    """The kinds of content an image may hold if the hook takes it over
+    (a tuple), or None: the image is left to the wrapped driver."""
+    disk_format = (image_meta.get('disk_format') or '').lower()
+    container = (image_meta.get('container_format') or 'bare').lower()
+    if container == 'ova':
+        wanted = ('ova',)
+    elif container == 'ovf':
+        wanted = ('xenserver-tgz', 'xva')
+    elif container == 'bare' and disk_format in _DISK_FORMATS:
+        wanted = (disk_format,)
+    else:
+        return None
+    wanted = tuple(k for k in wanted if k in kinds)
+    return wanted or None
+
+
+def content_kind(source):
+    """What a downloaded image turned out to be, in :data:`KINDS` words."""
+    if source.kind == 'file':
+        return source.disks[0].format
+    return source.kind
+
+
+def _image_label(image_meta):
+    return 'image %s' % image_meta.get('id')
+
+
+def _gib(n):
+    return (n + (1 << 30) - 1) >> 30
+
+
+class Any2KvmDriver(object):
+    """``volume_driver`` for a backend whose image-to-volume is hooked.
+
+    Calling it builds the wrapped driver with the hook mixed in (see the
+    module's docstring).
+    """
+
+    def __new__(cls, *args, **kwargs):
+        configuration = kwargs.get('configuration')
+        if configuration is None:
+            raise exception.Any2KvmError(
+                'any2kvm hook: Cinder gave the driver no configuration')
+        configuration.append_config_values(OPTIONS)
+        name = configuration.safe_get('any2kvm_wrapped_driver')
+        if not name:
+            raise exception.Any2KvmError(
+                'any2kvm hook: [%s] any2kvm_wrapped_driver is not set; name '
+                'the real volume driver there'
+                % getattr(configuration, 'config_group', None))
+        if name.rsplit('.', 1)[-1] == cls.__name__:
+            raise exception.Any2KvmError(
+                'any2kvm hook: [%s] any2kvm_wrapped_driver names the hook '
+                'itself' % getattr(configuration, 'config_group', None))
+        klass = hooked_class(importutils.import_class(name))
+        return klass(*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def hooked_class(wrapped):
+    """``wrapped`` (a driver class) with :class:`HookMixin` in front."""
+    return type('Any2Kvm' + wrapped.__name__, (HookMixin, wrapped),
+                {'__module__': __name__, '__doc__': wrapped.__doc__})
+
+
+class HookMixin(object):
+    """Overrides ``clone_image`` of the driver class it is mixed into."""
+
+    def clone_image(self, context, volume, image_location, image_meta,
+                    image_service):
+        kinds = None
+        if self.configuration.safe_get('any2kvm_enabled') is not False:
+            kinds = recognise(image_meta, self.configuration.safe_get(
+                'any2kvm_kinds') or KINDS)
+        if not kinds:
+            return super().clone_image(context, volume, image_location,
+                                       image_meta, image_service)
+        return ImageToVolume(self, context, volume, image_meta,
+                             image_service, kinds).run()
+
+
+class ImageToVolume(object):
+    """One image turned into one volume by the hook."""
+
+    def __init__(self, driver, context, volume, image_meta, image_service,
+                 kinds):
+        self.driver = driver
+        self.context = context
+        self.volume = volume
+        self.image_meta = image_meta
+        self.image_service = image_service
+        self.kinds = kinds
+        self.label = _image_label(image_meta)
+        self.image_id = image_meta.get('id')
+
+    # -- Cinder's pieces, imported late ---------------------------------------
+
+    @staticmethod
+    def _cinder():
+        from cinder import exception as cinder_exception
+        from cinder.image import image_utils
+        return cinder_exception, image_utils
+
+    def _refuse(self, reason):
+        """An image that cannot become this volume: not rescheduled."""
+        cinder_exception, _ = self._cinder()
+        LOG.error('any2kvm: volume %s from %s: %s', self.volume.id,
+                  self.label, reason)
+        return cinder_exception.ImageUnacceptable(image_id=self.image_id,
+                                                  reason=reason)
+
+    def _failed(self, reason):
+        cinder_exception, _ = self._cinder()
+        LOG.error('any2kvm: volume %s from %s: %s', self.volume.id,
+                  self.label, reason)
+        return cinder_exception.ImageCopyFailure(reason='%s: %s' % (
+            self.label, reason))
+
+    # -- the job --------------------------------------------------------------
+
+    def run(self):
+        cinder_exception, image_utils = self._cinder()
+        # As stock Cinder: no conversion at all when an operator disabled
+        # it (raises ImageConversionNotAllowed).
+        image_utils.check_image_conversion_disable(
+            self.image_meta.get('disk_format'), 'raw', self.image_id)
+        limits = self._limits()
+        t0 = time.monotonic()
+        source = self._open_source(limits)
+        try:
+            disk, index = self._pick_disk(source)
+            capacity = int(self.volume.size) << 30
+            if disk.size_hint is not None and disk.size_hint > capacity:
+                raise self._refuse(
+                    'its disk is %d bytes (%d GiB): it does not fit in a '
+                    'volume of %d GiB' % (disk.size_hint,
+                                          _gib(disk.size_hint),
+                                          self.volume.size))
+            model_update = self._create_and_write(disk)
+            self._annotate(source, disk, index)
+        finally:
+            source.close()
+        LOG.info('any2kvm: volume %s written from %s (%s, %d bytes) in '
+                 '%.1f s', self.volume.id, self.label, disk.format,
+                 disk.virtual_size, time.monotonic() - t0)
+        return model_update, True
+
+    def _limits(self):
+        conf = cfg.CONF
+        a2k_opts.register_opts(conf)
+        limits = a2k_opts.Limits.from_conf(conf)
+        if not limits.scratch_dir:
+            limits.scratch_dir = self._conversion_dir()
+        return limits
+
+    @staticmethod
+    def _conversion_dir():
+        from oslo_utils import fileutils
+        path = cfg.CONF.image_conversion_dir
+        fileutils.ensure_tree(path)
+        return path
+
+    def _open_source(self, limits):
+        from any2kvm_os.sources import glance_image
+        size = self.image_meta.get('size') or 0
+        try:
+            chunks = self.image_service.download(self.context, self.image_id)
+            source = glance_image.open_downloaded(
+                self.label, chunks, size, limits,
+                checksum=self.image_meta.get('checksum'))
+        except exception.Any2KvmError as e:
+            raise self._refuse(str(e))
+        kind = content_kind(source)
+        if kind not in self.kinds:
+            source.close()
+            raise self._refuse(
+                'disk_format %s, container_format %s, but the data is %s'
+                % (self.image_meta.get('disk_format'),
+                   self.image_meta.get('container_format'), kind))
+        return source
+
+    def _pick_disk(self, source):
+        props = self.image_meta.get('properties') or {}
+        index = props.get(DISK_PROPERTY, 0)
+        try:
+            index = int(index)
+        except (TypeError, ValueError):
+            index = -1
+        if not 0 <= index < len(source.disks):
+            raise self._refuse('%s=%r: the image has %d disk(s), counted '
+                               'from 0' % (DISK_PROPERTY,
+                                           props.get(DISK_PROPERTY),
+                                           len(source.disks)))
+        return source.disks[index], index
+
+    def _create_and_write(self, disk):
+        driver = self.driver
+        volume = self.volume
+        model_update = driver.create_volume(volume) or {}
+        try:
+            if model_update:
+                volume.update(model_update)
+            self._write(disk)
+        except BaseException as e:
+            try:
+                driver.delete_volume(volume)
+            except Exception as del_err:
+                LOG.error('any2kvm: could not delete volume %s after a '
+                          'failed conversion: %s', volume.id, del_err)
+            if isinstance(e, exception.CapacityError):
+                raise self._refuse(
+                    'its disk is %d bytes (%d GiB): it does not fit in a '
+                    'volume of %d GiB' % (e.needed, _gib(e.needed),
+                                          volume.size))
+            if isinstance(e, exception.Any2KvmError):
+                raise self._refuse(str(e))
+            if isinstance(e, Exception) and not self._is_cinder_error(e):
+                raise self._failed(str(e) or type(e).__name__)
+            raise
+        return model_update
+
+    def _is_cinder_error(self, e):
+        cinder_exception, _ = self._cinder()
+        return isinstance(e, cinder_exception.CinderException)
+
+    def _write(self, disk):
+        from any2kvm_os.writers import raw
+        path = self._local_path()
+        if path is not None:
+            LOG.info('any2kvm: writing %s onto %s', self.label, path)
+            self._write_to(raw.RawTarget.open_volume(path), disk)
+            return
+        # No local path: attach the volume to this host with os-brick, as
+        # Cinder's generic copy_image_to_volume does.
+        from cinder.volume import volume_utils
+        conf = self.driver.configuration
+        props = volume_utils.brick_get_connector_properties(
+            conf.use_multipath_for_image_xfer,
+            conf.enforce_multipath_for_image_xfer)
+        attach_info, volume = self.driver._attach_volume(
+            self.context, self.volume, props)
+        try:
+            device = attach_info['device']['path']
+            LOG.info('any2kvm: writing %s onto attached %s', self.label,
+                     device)
+            self._write_to(raw.RawTarget.open_volume(device), disk)
+        finally:
+            self.driver._detach_volume(self.context, attach_info, volume,
+                                       props, force=True)
+
+    def _local_path(self):
+        """The volume's file or device on this host, if the driver has one
+        and it is raw."""
+        try:
+            path = self.driver.local_path(self.volume)
+        except (AttributeError, NotImplementedError):
+            return None
+        except Exception as e:
+            LOG.debug('any2kvm: no local path for volume %s: %s',
+                      self.volume.id, e)
+            return None
+        if not path or not os.path.exists(path):
+            return None
+        fmt = self._volume_format()
+        if fmt not in (None, 'raw'):
+            raise exception.UnsupportedImage(
+                path=path, reason='the backend keeps this volume as %s; the '
+                'hook writes raw volumes only' % fmt)
+        return path
+
+    def _volume_format(self):
+        """The on-disk format a RemoteFS-style driver keeps the volume in
+        (None when the driver does not say)."""
+        admin = getattr(self.volume, 'admin_metadata', None) or {}
+        fmt = admin.get('format') if hasattr(admin, 'get') else None
+        if fmt:
+            return fmt
+        conf = self.driver.configuration
+        for opt in ('nfs_qcow2_volumes', 'quobyte_qcow2_volumes'):
+            if conf.safe_get(opt):
+                return 'qcow2'
+        return None
+
+    def _write_to(self, target, disk):
+        step = [0, time.monotonic()]
+
+        def progress(done, total):
+            now = time.monotonic()
+            if now - step[1] >= 10:
+                step[1] = now
+                LOG.info('any2kvm: %s -> volume %s: %d MiB written',
+                         self.label, self.volume.id, done >> 20)
+        try:
+            disk.write_to(target, progress)
+            target.sync()
+        finally:
+            target.close()
+
+    def _annotate(self, source, disk, index):
+        """Add what Cinder will copy into volume_image_metadata: the
+        image's own properties win over ours."""
+        vm = source.vm if index == 0 else {}
+        ours = properties.image_properties(vm, disk.virtual_size)
+        meta = self.image_meta
+        props = meta.setdefault('properties', {})
+        for key, value in ours.items():
+            if key in ('min_disk', 'min_ram'):
+                continue
+            props.setdefault(key, value)
+        props.setdefault('any2kvm_source_format', '%s/%s' % (
+            meta.get('disk_format'), meta.get('container_format')))
+        # The volume holds a raw disk, whatever the image held.
+        meta['disk_format'] = 'raw'
+        meta['container_format'] = 'bare'
