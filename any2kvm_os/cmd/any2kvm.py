@@ -286,7 +286,8 @@ LOCAL_TARGETS = ('file',)
 
 def target_options(target, directory=None, overwrite=False, defaults=True,
                    properties=None, wait=False, scratch_dir=None,
-                   region_name=None, interface=None):
+                   region_name=None, interface=None, volume_route=None,
+                   volume_type=None, brick_mount_point_base=None):
     """The keyword arguments for the ``target`` plugin's constructor.
 
     An option the user gave (``--output-dir``, ``--overwrite``,
@@ -305,7 +306,13 @@ def target_options(target, directory=None, overwrite=False, defaults=True,
     for flag, key, value, given in (
             ('--output-dir', 'directory', directory, directory is not None),
             ('--overwrite', 'overwrite', overwrite, overwrite),
-            ('--no-default-properties', 'defaults', defaults, not defaults)):
+            ('--no-default-properties', 'defaults', defaults, not defaults),
+            ('--volume-route', 'route', volume_route,
+             volume_route is not None),
+            ('--volume-type', 'volume_type', volume_type,
+             volume_type is not None),
+            ('--brick-mount-point-base', 'brick_mount_point_base',
+             brick_mount_point_base, brick_mount_point_base is not None)):
         if not given:
             continue
         if params is not None and key not in params:
@@ -403,7 +410,8 @@ def _import(args, limits):
     options = target_options(
         args.target, directory=args.output_dir, overwrite=args.overwrite,
         defaults=not args.no_default_properties, properties=props,
-        wait=args.wait or None, scratch_dir=limits.scratch_dir)
+        wait=args.wait or None, scratch_dir=limits.scratch_dir,
+        **volume_flags(args))
     session = None
     if args.target not in LOCAL_TARGETS:
         session, region, interface = cloud_session(args.os_cloud)
@@ -562,7 +570,31 @@ def add_import_arguments(parser, source_choices=None, target_choices=None,
                              'default: the current directory)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace existing raw files (--target file)')
+    parser.add_argument('--volume-type', metavar='TYPE',
+                        help='volume type of the volumes (--target cinder; '
+                             'default: the cloud\'s default type)')
+    parser.add_argument('--volume-route', choices=('auto', 'image',
+                                                   'attach'),
+                        help='how the data reaches a volume (--target '
+                             'cinder): image (a raw Glance image the volume '
+                             'is created from: works everywhere), attach '
+                             '(attach the new volume to this host with '
+                             'os-brick and write it directly), auto '
+                             '(attach when os-brick is installed and this '
+                             'runs as root, else image; the default)')
+    parser.add_argument('--brick-mount-point-base', metavar='DIR',
+                        help='where os-brick finds or mounts NFS and other '
+                             'file-system shares when attaching '
+                             '(--volume-route attach or auto)')
     return parser
+
+
+def volume_flags(args):
+    """The --volume-* options of parsed ``args``, as target_options takes
+    them."""
+    return {'volume_route': args.volume_route,
+            'volume_type': args.volume_type,
+            'brick_mount_point_base': args.brick_mount_point_base}
 
 
 def _setup(args):

@@ -12,20 +12,38 @@
 
 """Cinder target: each disk becomes a volume.
 
-The portable route, which works with every Cinder backend: the disk is
-uploaded as a raw Glance image (through :class:`GlanceTarget`, digests
-verified), a volume of the disk's size (GiB, rounded up) is created from
-it, Cinder copies the image's properties into the volume's image metadata
-and marks it bootable, and the intermediate image is deleted.  The first
-disk of a VM is the boot volume; the others are ``<name>-diskN``.  On any
-failure the volumes and images this call made are deleted, so nothing
-half-written is left ``available``.
+Two routes (``route``):
+
+image
+    The portable route, which works with every Cinder backend: the disk is
+    uploaded as a raw Glance image (through :class:`GlanceTarget`, digests
+    verified), a volume of the disk's size (GiB, rounded up) is created
+    from it, Cinder copies the image's properties into the volume's image
+    metadata and marks it bootable, and the intermediate image is deleted.
+attach
+    When the volume can be reached from this host: an empty volume is
+    created, attached here through Cinder's attachment API and os-brick
+    (as ``cinder local-attach`` does), the disk is written onto it in
+    place (sparse where the backend allows; never truncated), the
+    attachment is removed, and the volume is marked bootable with the
+    image properties as its image metadata.  No Glance image, no second
+    copy of the data.
+auto (the default)
+    attach when os-brick is importable and this process is root (os-brick
+    needs both), falling back to image when the attachment cannot be made
+    (nothing was written then); image otherwise.
+
+The first disk of a VM is the boot volume; the others are
+``<name>-diskN``.  On any failure the volumes and images this call made are
+deleted, so nothing half-written is left ``available``.
 """
 
 import logging
+import os
 import time
 
 from any2kvm_os import exception
+from any2kvm_os import properties
 from any2kvm_os.targets import base
 from any2kvm_os.targets import glance as glance_target
 
@@ -34,29 +52,52 @@ LOG = logging.getLogger(__name__)
 GiB = 1 << 30
 
 
-def cinder_client(session, region_name=None, interface=None):
+def cinder_client(session, region_name=None, interface=None,
+                  version='3'):
     from cinderclient import client
     kw = {}
     if region_name:
         kw['region_name'] = region_name
     if interface:
         kw['interface'] = interface
-    return client.Client('3', session=session, **kw)
+    return client.Client(version, session=session, **kw)
+
+
+#: Attachments need microversion 3.44 (attachment complete); 3.54 gives
+#: the mode.
+ATTACH_MICROVERSION = '3.54'
+ROUTES = ('auto', 'image', 'attach')
+
+
+class AttachUnavailable(exception.Any2KvmError):
+    """The volume cannot be attached here (nothing was written)."""
 
 
 class CinderTarget(base.Target):
     name = 'cinder'
-    description = 'a Cinder volume per disk (through a raw Glance image)'
+    description = 'a Cinder volume per disk (written through an os-brick ' \
+        'attachment, or a raw Glance image)'
 
     def __init__(self, session=None, scratch_dir=None, defaults=True,
                  timeout=3600, poll=2.0, keep_image=False, wait=True,
-                 region_name=None, interface=None):
+                 region_name=None, interface=None, route='auto',
+                 volume_type=None, brick_mount_point_base=None,
+                 root_helper='sudo', my_ip='127.0.0.1'):
         super(CinderTarget, self).__init__(session)
+        if route not in ROUTES:
+            raise exception.Any2KvmError('unknown volume route %r (known: '
+                                         '%s)' % (route, ', '.join(ROUTES)))
         self.glance = glance_target.GlanceTarget(
             session, scratch_dir, defaults, region_name=region_name,
             interface=interface)
+        self.defaults = defaults
         self.region_name = region_name
         self.interface = interface
+        self.route = route
+        self.volume_type = volume_type
+        self.brick_mount_point_base = brick_mount_point_base
+        self.root_helper = root_helper
+        self.my_ip = my_ip
         # The volume is always waited for: the intermediate image can only
         # be deleted, and a failure only reported, once Cinder is done.
         self.wait = wait
@@ -64,7 +105,151 @@ class CinderTarget(base.Target):
         self.poll = poll
         self.keep_image = keep_image
 
+    def _attach_possible(self):
+        if self.route == 'image':
+            return False
+        try:
+            import os_brick  # noqa: F401
+        except ImportError:
+            if self.route == 'attach':
+                raise exception.Any2KvmError(
+                    'cinder: --volume-route attach needs os-brick (pip '
+                    'install os-brick)')
+            return False
+        if os.geteuid() != 0 and self.route == 'auto':
+            return False
+        return True
+
     def write(self, source, name, props=None, disk=None, progress=None):
+        if self._attach_possible():
+            try:
+                return self._write_attached(source, name, props, disk,
+                                            progress)
+            except AttachUnavailable as e:
+                if self.route == 'attach':
+                    raise exception.TargetError(path='cinder',
+                                                reason=str(e))
+                LOG.info('Writing through a Glance image instead: %s', e)
+        return self._write_through_image(source, name, props, disk,
+                                         progress)
+
+    # -- attach route ---------------------------------------------------------
+
+    def _write_attached(self, source, name, props, disk, progress):
+        cinder = cinder_client(self.session, self.region_name,
+                               self.interface, ATTACH_MICROVERSION)
+        volumes = []
+        results = []
+        try:
+            for index, d in base.selected(source, disk):
+                vol_name = base.disk_name(name, index, len(source.disks))
+                size = d.size_hint
+                if size is None:
+                    size = d.virtual_size   # one pass over the archive
+                size_gib = max(1, -(-size // GiB))
+                volume = cinder.volumes.create(
+                    size_gib, name=vol_name, volume_type=self.volume_type,
+                    description='imported by any2kvm')
+                volumes.append(volume.id)
+                self._wait(cinder, volume.id, vol_name)
+                digest = self._attach_and_write(cinder, volume.id, vol_name,
+                                                d, progress)
+                vm = source.vm if index == 0 else {}
+                meta = properties.image_properties(
+                    vm, d.virtual_size, defaults=self.defaults,
+                    overrides=props)
+                meta = {k: str(v) for k, v in meta.items()}
+                meta['any2kvm_route'] = 'attach'
+                cinder.volumes.set_bootable(volume.id, index == 0)
+                cinder.volumes.set_image_metadata(volume.id, meta)
+                volume = cinder.volumes.get(volume.id)
+                results.append({
+                    'disk': index, 'name': vol_name, 'id': volume.id,
+                    'size': d.virtual_size, 'size_gib': size_gib,
+                    'bootable': volume.bootable, 'sha256': digest,
+                    'image_id': None,
+                    'properties': getattr(volume, 'volume_image_metadata',
+                                          None) or {}})
+        except BaseException as e:
+            for vol_id in volumes:
+                try:
+                    cinder.volumes.delete(vol_id)
+                except Exception as del_err:
+                    LOG.warning('Could not delete volume %s: %s', vol_id,
+                                del_err)
+            if isinstance(e, exception.Any2KvmError) or \
+                    not isinstance(e, Exception):
+                raise
+            raise glance_target.cloud_error('cinder', e)
+        return results
+
+    def _attach_and_write(self, cinder, vol_id, vol_name, disk, progress):
+        """Attach volume ``vol_id`` here, write ``disk`` onto it, detach;
+        returns the SHA-256 of what was written (the whole disk)."""
+        from os_brick.initiator import connector as brick
+        from any2kvm_os.writers import raw
+
+        if os.geteuid() == 0:
+            # Root already: os-brick's privileged calls run in this process
+            # instead of a privsep daemon started through sudo.
+            from os_brick import privileged
+            privileged.default.set_client_mode(False)
+        props = brick.get_connector_properties(
+            self.root_helper, self.my_ip, False, False)
+        try:
+            attachment = cinder.attachments.create(vol_id, props,
+                                                   mode='rw')
+        except Exception as e:
+            raise AttachUnavailable('volume %s: Cinder refused an '
+                                    'attachment: %s' % (vol_id, e))
+        try:
+            info = attachment.get('connection_info') or {}
+            data = info.get('data', info)
+            protocol = info.get('driver_volume_type') or \
+                data.get('driver_volume_type')
+            kwargs = {}
+            if self.brick_mount_point_base:
+                kwargs['%s_mount_point_base' % protocol] = \
+                    self.brick_mount_point_base
+            try:
+                conn = brick.InitiatorConnector.factory(
+                    protocol, self.root_helper, **kwargs)
+                device = conn.connect_volume(data)
+                path = device['path']
+                if not os.path.exists(path):
+                    raise exception.Any2KvmError('%s does not exist' % path)
+                if data.get('format') not in (None, 'raw'):
+                    raise exception.Any2KvmError(
+                        'the backend keeps it as %s' % data['format'])
+            except Exception as e:
+                raise AttachUnavailable(
+                    'volume %s (%s) cannot be reached from this host: %s'
+                    % (vol_id, protocol, e))
+            try:
+                LOG.info('Writing %s onto volume %s at %s', disk.name,
+                         vol_id, path)
+                cinder.attachments.complete(attachment['id'])
+                target = raw.RawTarget.open_volume(path)
+                try:
+                    disk.write_to(target, progress)
+                    target.sync()
+                finally:
+                    target.close()
+                # What the volume holds, read back (its holes unread).
+                return raw.sha256_of(path, disk.virtual_size)
+            finally:
+                try:
+                    conn.disconnect_volume(data, device)
+                except Exception as e:
+                    LOG.warning('os-brick could not disconnect volume %s: '
+                                '%s', vol_id, e)
+        finally:
+            cinder.attachments.delete(attachment['id'])
+            self._wait(cinder, vol_id, vol_name)
+
+    # -- image route ----------------------------------------------------------
+
+    def _write_through_image(self, source, name, props, disk, progress):
         images = self.glance.write(source, name + '-any2kvm-upload', props,
                                    disk=disk, progress=progress)
         cinder = cinder_client(self.session, self.region_name,
@@ -79,6 +264,7 @@ class CinderTarget(base.Target):
                 size_gib = max(1, -(-image['size'] // GiB))
                 volume = cinder.volumes.create(
                     size_gib, name=vol_name, imageRef=image['id'],
+                    volume_type=self.volume_type,
                     description='imported by any2kvm')
                 volumes.append(volume.id)
                 volume = self._wait(cinder, volume.id, vol_name)

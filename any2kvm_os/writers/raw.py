@@ -23,6 +23,7 @@ place, and its ranges that must read as zeros are zeroed explicitly.
 
 import ctypes
 import errno
+import hashlib
 import fcntl
 import logging
 import os
@@ -443,3 +444,30 @@ def copy_chain(chain, target, progress=None):
     finally:
         stop.set()
         reader.join()
+
+
+def sha256_of(path, size):
+    """SHA-256 of the first ``size`` bytes of ``path`` (a file or block
+    device) as they read back; holes are hashed as zeros without reading."""
+    from any2kvm_os import fileio
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        view = fileio.FileView(fd, path, 0, size)
+        for start, end, is_data in view.data_runs(0, size):
+            pos = start
+            while pos < end:
+                n = min(COPY_CHUNK, end - pos)
+                if is_data:
+                    data = os.pread(fd, n, pos)
+                    if len(data) != n:
+                        raise exception.TargetError(
+                            path=path, reason='ends before %d bytes'
+                            % size)
+                    h.update(data)
+                else:
+                    h.update(_ZERO_CHUNK[:n])
+                pos += n
+    finally:
+        os.close(fd)
+    return h.hexdigest()

@@ -25,7 +25,9 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
+import pytest
 
 from any2kvm_os import importer
 from any2kvm_os import opts
@@ -75,16 +77,27 @@ def padded_sha256(data, size):
     return h.hexdigest()
 
 
+@pytest.mark.parametrize('route', ['image', 'attach', 'auto-fallback'])
 def test_cinder_volume_from_xenserver_tgz_with_grown_child(
-        fattools, keystone_session, cinder, glance, tmp_path):
+        route, cloud, fattools, keystone_session, cinder, glance, tmp_path):
+    """Both routes give the same volume.  attach: os-brick finds the NFS
+    share already mounted under the loopback cloud's mount base; auto
+    without that base cannot reach the share and falls back to image."""
     c, _b, child_model = tchains.build_grown_shrunk_parent(tmp_path / 'sr')
     arch = tmp_path / 'vm.tgz'
     ig.make_tar(arch, ig.xenserver_members(
         [c.layers[1].path, c.layers[0].path]), compression='gz')
     name = tg.unique('vol')
+    options = {'route': route.split('-')[0]}
+    if route == 'attach':
+        mnt = Path(cloud.openrc).parent / 'lib' / 'cinder' / 'mnt'
+        if not mnt.is_dir():
+            pytest.skip('not a tools/loopback-cloud cloud')
+        options['brick_mount_point_base'] = str(mnt)
     _vm, (result,) = importer.import_vm(str(arch), 'cinder', name,
                                         opts.Limits(),
-                                        session=keystone_session)
+                                        session=keystone_session,
+                                        target_options=options)
     try:
         volume = cinder.volumes.get(result['id'])
         assert volume.status == 'available'
@@ -93,9 +106,13 @@ def test_cinder_volume_from_xenserver_tgz_with_grown_child(
         meta = volume.volume_image_metadata
         assert meta['hw_scsi_model'] == 'virtio-scsi'
         assert meta['hw_disk_bus'] == 'scsi'
-        # The intermediate image is gone.
+        assert meta.get('any2kvm_route') == (
+            'attach' if route == 'attach' else None)
+        assert ('image_id' in meta) == (route != 'attach')
+        # The intermediate image is gone (or was never made).
         assert not list(glance.images.list(
             filters={'name': name + '-any2kvm-upload'}))
+        assert result['sha256'] == child_model.sha256()
         assert volume_sha256(cinder, glance, result['id']) == \
             padded_sha256(bytes(child_model.data), GiB)
     finally:

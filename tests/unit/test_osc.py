@@ -581,3 +581,48 @@ def test_convert_start_up_loads_no_cloud_library():
                        text=True, env=clean_env(), timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == '[]'
+
+
+def test_volume_flags_reach_the_cinder_target_only():
+    assert any2kvm.target_options(
+        'cinder', wait=None, volume_route='attach', volume_type='fast',
+        brick_mount_point_base='/mnt/x') == {
+            'route': 'attach', 'volume_type': 'fast',
+            'brick_mount_point_base': '/mnt/x'}
+    with pytest.raises(exception.Any2KvmError,
+                       match='--volume-route does not apply to target '
+                             'glance'):
+        any2kvm.target_options('glance', volume_route='image')
+
+
+def test_cinder_target_routes(monkeypatch):
+    from any2kvm_os.targets import cinder
+
+    with pytest.raises(exception.Any2KvmError, match='unknown volume route'):
+        cinder.CinderTarget(route='teleport')
+    calls = []
+
+    class Probe(cinder.CinderTarget):
+        def _write_attached(self, *a):
+            calls.append('attach')
+            raise cinder.AttachUnavailable('volume v: unreachable')
+
+        def _write_through_image(self, *a):
+            calls.append('image')
+            return ['via image']
+
+    monkeypatch.setattr(cinder.os, 'geteuid', lambda: 0)
+    assert Probe(route='auto').write('src', 'n') == ['via image']
+    assert calls == ['attach', 'image']
+    del calls[:]
+    with pytest.raises(exception.TargetError, match='unreachable'):
+        Probe(route='attach').write('src', 'n')
+    assert calls == ['attach']
+    del calls[:]
+    assert Probe(route='image').write('src', 'n') == ['via image']
+    assert calls == ['image']
+    # auto needs root for os-brick: as a plain user, straight to image.
+    del calls[:]
+    monkeypatch.setattr(cinder.os, 'geteuid', lambda: 1000)
+    Probe(route='auto').write('src', 'n')
+    assert calls == ['image']

@@ -55,7 +55,8 @@ class ImportImage(command.ShowOne):
                 overwrite=parsed_args.overwrite,
                 defaults=not parsed_args.no_default_properties,
                 properties=props, wait=parsed_args.wait or None,
-                scratch_dir=limits.scratch_dir)
+                scratch_dir=limits.scratch_dir,
+                **any2kvm.volume_flags(parsed_args))
             session = None
             if target not in any2kvm.LOCAL_TARGETS:
                 client = self.app.client_manager.any2kvm
