@@ -17,6 +17,7 @@ A plain file is a window over the whole file; an uncompressed tar member
 is a window inside the archive, so it is read in place without a copy.
 """
 
+import collections
 import os
 
 
@@ -174,3 +175,121 @@ class ForwardStream(object):
     def drain(self):
         """Consume the rest of the member."""
         self.skip_to(self.size)
+
+
+class ChunkReader(object):
+    """A forward-only file object over an iterable of byte chunks (an
+    image's data as Glance sends it), checked as it is read.
+
+    The data must be exactly ``size`` bytes with MD5 ``checksum`` (when
+    given): reading the end of the data raises InvalidArchive naming
+    ``name`` otherwise, so a caller that reads to the end before it commits
+    never commits a short or altered download.  The first ``HEAD`` bytes
+    are kept: :meth:`head` looks at them without consuming, and ``seek(0)``
+    works while nothing beyond them was read.
+    """
+
+    HEAD = 64 << 10
+
+    def __init__(self, chunks, name, size, checksum=None):
+        import hashlib
+        self._source = chunks
+        self._chunks = iter(chunks)
+        self.name = name
+        self.size = size
+        self.checksum = checksum
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._got = 0            # bytes taken from the chunks
+        self._kept = b''         # the first HEAD bytes taken
+        self._pending = collections.deque()   # taken, not yet returned
+        self._off = 0            # into _pending[0]
+        self.pos = 0
+        self._ended = False
+
+    def _take(self):
+        if self._ended:
+            return b''
+        from any2kvm_os import exception
+        for chunk in self._chunks:
+            if not chunk:
+                continue
+            self._got += len(chunk)
+            if self._got > self.size:
+                raise exception.InvalidArchive(
+                    path=self.name, reason='Glance sent more than the %d '
+                    'bytes the image has' % self.size)
+            self._md5.update(chunk)
+            if len(self._kept) < self.HEAD:
+                self._kept += chunk[:self.HEAD - len(self._kept)]
+            return chunk
+        self._ended = True
+        if self._got != self.size:
+            raise exception.InvalidArchive(
+                path=self.name, reason='download ended after %d of %d bytes'
+                % (self._got, self.size))
+        if self.checksum and self._md5.hexdigest() != self.checksum:
+            raise exception.InvalidArchive(
+                path=self.name, reason='downloaded data does not match the '
+                'image checksum')
+        return b''
+
+    def head(self, n):
+        """The first ``n`` (at most HEAD) bytes, read ahead if needed."""
+        n = min(n, self.HEAD)
+        while len(self._kept) < n and not self._ended:
+            chunk = self._take()
+            if chunk:
+                self._pending.append(chunk)
+        return self._kept[:n]
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = self.size
+        parts = []
+        while n > 0:
+            if not self._pending:
+                chunk = self._take()
+                if not chunk:
+                    break
+                self._pending.append(chunk)
+                self._off = 0
+            first = self._pending[0]
+            take = min(n, len(first) - self._off)
+            parts.append(first[self._off:self._off + take])
+            self._off += take
+            n -= take
+            if self._off == len(first):
+                self._pending.popleft()
+                self._off = 0
+        data = b''.join(parts)
+        self.pos += len(data)
+        return data
+
+    def seek(self, pos, whence=0):
+        """Only back to 0, while what was read lies in the kept head."""
+        import io
+        if whence != 0 or pos != 0 or self.pos > len(self._kept):
+            raise io.UnsupportedOperation('%s: a download is read forward '
+                                          'only' % self.name)
+        rest = list(self._pending)
+        if rest:
+            rest[0] = rest[0][self._off:]
+        head = [self._kept[:self.pos]] if self.pos else []
+        self._pending = collections.deque(head + rest)
+        self._off = 0
+        self.pos = 0
+        return 0
+
+    def close(self):
+        close = getattr(self._source, 'close', None)
+        if close is not None:
+            close()
+
+    def rest(self):
+        """Yield all the data from the current position (for a caller that
+        decided to store it instead)."""
+        while True:
+            data = self.read(8 << 20)
+            if not data:
+                return
+            yield data

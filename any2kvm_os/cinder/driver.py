@@ -31,10 +31,12 @@ delegating proxy could only imitate.
 Cinder asks ``clone_image(context, volume, image_location, image_meta,
 image_service)`` before its generic download path (the path where VHD
 images die in ``qemu-img info -f vhd``).  For an image we recognise, the
-hook creates the volume through the real driver, downloads the image into
-bounded private scratch under ``image_conversion_dir``, checks and folds the
-chain and writes the raw disk onto the volume (the driver's local path, or
-else an os-brick attachment), sparse where the backend allows, then returns
+hook reads the image from Glance (a XenServer tar/tgz as it downloads, in
+one pass; anything else into bounded private scratch under
+``image_conversion_dir`` first), creates the volume through the real
+driver, checks and folds the chain and writes the raw disk onto the volume
+(the driver's local path, or else an os-brick attachment), sparse where
+the backend allows, then returns
 ``(model_update, True)``: Cinder marks the volume bootable and copies the
 image's metadata, to which the hook adds ``hw_scsi_model=virtio-scsi``,
 ``hw_disk_bus=scsi`` and what the source tells (firmware, CPUs, OS).  Any
@@ -267,9 +269,9 @@ class ImageToVolume(object):
         from any2kvm_os.sources import glance_image
         size = self.image_meta.get('size') or 0
         try:
-            chunks = self.image_service.download(self.context, self.image_id)
-            source = glance_image.open_downloaded(
-                self.label, chunks, size, limits,
+            source = glance_image.open_image_data(
+                self.label, lambda: self.image_service.download(
+                    self.context, self.image_id), size, limits,
                 checksum=self.image_meta.get('checksum'))
         except exception.Any2KvmError as e:
             raise self._refuse(str(e))

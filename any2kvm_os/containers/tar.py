@@ -220,9 +220,10 @@ def iter_stream_members(path, fileobj, limits):
                 yield name, stream
                 stream.drain()
         # The end-of-archive blocks come before the compressed stream's
-        # trailer: read it, bounded, so that its CRC is checked.
+        # trailer: read it, bounded, so that its CRC is checked (and a
+        # download's size and checksum, at its end).
         budget = limits.max_archive_bytes
-        while raw is not fileobj:
+        while True:
             chunk = raw.read(1 << 20)
             if not chunk:
                 break

@@ -24,6 +24,7 @@ been applied (base first); a member that arrives earlier is kept in a
 private, bounded scratch directory until its turn.
 """
 
+import contextlib
 import logging
 import os
 import re
@@ -181,12 +182,16 @@ class XenServerStream(object):
 
     kind = 'xenserver-tgz'
 
-    def __init__(self, path, limits):
+    def __init__(self, path, limits, opener=None):
         self.path = path
         self.limits = limits
+        #: Returns a new file object of the archive for each pass (a
+        #: download: :class:`any2kvm_os.fileio.ChunkReader`); default: the
+        #: file at ``path``.
+        self._opener = opener or (lambda: open(path, 'rb'))
 
     def _members(self):
-        with open(self.path, 'rb') as f:
+        with contextlib.closing(self._opener()) as f:
             for name, stream in tar.iter_stream_members(self.path, f,
                                                         self.limits):
                 index = member_index(self.path, name)
@@ -308,3 +313,36 @@ class XenServerStream(object):
                 path=self.path, reason='chain could not be completed: '
                 '%s left over' % ', '.join('%d.vhd' % i for i in pending))
         return applied
+
+
+def head_is_xenserver(head):
+    """Whether the first bytes of an archive (plain, gzip, bzip2 or xz)
+    start with a XenServer member (``0.vhd`` ... ``n.vhd``, after a pax or
+    GNU long-name header if any): such an archive can be consumed in one
+    pass as it arrives.  Anything else (an XVA, garbage) answers False."""
+    import bz2
+    import io
+    import lzma
+    import tarfile
+    import zlib
+    want = 16 << 10
+    try:
+        if head.startswith(b'\x1f\x8b'):
+            block = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(
+                head, want)
+        elif head.startswith(b'BZh'):
+            block = bz2.BZ2Decompressor().decompress(head, want)
+        elif head.startswith(b'\xfd7zXZ\x00'):
+            block = lzma.LZMADecompressor().decompress(head, want)
+        else:
+            block = head[:want]
+        ti = tarfile.open(fileobj=io.BytesIO(block), mode='r|').next()
+    except (tarfile.TarError, zlib.error, lzma.LZMAError, OSError, EOFError,
+            ValueError):
+        return False
+    if ti is None:
+        return False
+    name = ti.name
+    while name.startswith('./'):
+        name = name[2:]
+    return ti.isreg() and MEMBER_RE.match(name) is not None

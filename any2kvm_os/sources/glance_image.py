@@ -15,23 +15,28 @@
 Operators often hold XenServer exports in Glance as ``vhd``/``ovf`` tgz
 images, OVAs as ``ova`` images, and plain VHD/VHDX/VMDK images that their
 KVM cloud cannot boot.  This source finds the image by id or by (unique)
-name, downloads its data into a private (0700) scratch directory, bounded
-by ``scratch_limit_gib`` and checked against the image's size and
-checksum, and opens it with the same content detection as a local file.
-The scratch copy is removed when the source is closed.
+name.  A XenServer tar or tgz is converted as it downloads (one pass, no
+copy of the archive on disk); other images are downloaded into a private
+(0700) scratch directory, bounded by ``scratch_limit_gib``, and opened
+with the same content detection as a local file (the copy is removed
+when the source is closed).  Either way the data is checked against the
+image's size and checksum before anything is committed.
 """
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 
 from any2kvm_os import convert
 from any2kvm_os import exception
+from any2kvm_os import fileio
 from any2kvm_os.sources import base
 from any2kvm_os.targets import glance as glance_target
 
 CHUNK = 4 << 20
+LOG = logging.getLogger(__name__)
 
 
 class GlanceImageSource(base.Source):
@@ -70,16 +75,54 @@ class GlanceImageSource(base.Source):
         if image.get('status') != 'active':
             raise exception.Any2KvmError('%s: is %s, not active' % (
                 label, image.get('status')))
-        try:
-            chunks = glance.images.data(image['id'])
-        except Exception as e:
-            raise glance_target.cloud_error(label, e)
-        source = open_downloaded(label, chunks, image.get('size') or 0,
+
+        def chunks():
+            try:
+                return glance.images.data(image['id'])
+            except Exception as e:
+                raise glance_target.cloud_error(label, e)
+        source = open_image_data(label, chunks, image.get('size') or 0,
                                  self.limits, checksum=image.get('checksum'),
                                  wrap_error=glance_target.cloud_error)
         if not source.vm.get('name') and image.get('name'):
             source.vm = dict(source.vm, name=image['name'])
         return source
+
+
+def open_image_data(label, chunks, size, limits, checksum=None,
+                    wrap_error=None):
+    """Open an image's data as it comes from Glance.
+
+    ``chunks()`` starts a download (an iterable of bytes; it may be called
+    again for another pass).  A XenServer tar or tgz is read as it arrives,
+    in one pass per use, with no copy of the archive on disk (checked
+    against ``size`` and ``checksum`` at its end, before anything is
+    committed); anything else is stored in scratch first
+    (:func:`open_downloaded`).
+    """
+    from any2kvm_os.containers import xenserver
+    reader = fileio.ChunkReader(chunks(), label, size, checksum)
+    try:
+        streamable = xenserver.head_is_xenserver(reader.head(reader.HEAD))
+    except exception.Any2KvmError:
+        raise
+    except Exception as e:
+        if wrap_error is None:
+            raise
+        raise wrap_error(label, e)
+    if not streamable:
+        return open_downloaded(label, reader.rest(), size, limits,
+                               checksum=None, wrap_error=wrap_error)
+    first = [reader]
+
+    def opener():
+        if first:
+            return first.pop()
+        return fileio.ChunkReader(chunks(), label, size, checksum)
+    stream = xenserver.XenServerStream(label, limits, opener=opener)
+    LOG.info('%s: a XenServer archive, converted as it downloads', label)
+    return convert.VmSource(label, stream.kind,
+                            [convert.StreamSource(label, stream)])
 
 
 def open_downloaded(label, chunks, size, limits, checksum=None,

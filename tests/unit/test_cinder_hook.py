@@ -19,6 +19,7 @@ tests/integration/test_cinder_hook.py.
 """
 
 import hashlib
+import random
 import sys
 import tarfile
 import types
@@ -378,3 +379,28 @@ def test_conversion_disable_is_honoured(fake_cinder, tmp_path):
     with pytest.raises(ImageConversionNotAllowed):
         d.clone_image('ctx', Volume(), None, image_meta(data),
                       ImageService(data))
+
+
+def test_streamed_tgz_with_a_bad_checksum_leaves_no_volume(fake_cinder,
+                                                           tmp_path):
+    """A XenServer tgz is written as it downloads; the download's checksum
+    is known only at its end, after the volume was written: the volume is
+    deleted and the image refused."""
+    noise = random.Random(5).randbytes(3 * MiB)    # the tgz is > 1 chunk
+    base, _uid = vhdbuild.build(
+        4 * MiB, blocks={0: (None, noise[:2 * MiB]),
+                         1: (None, noise[2 * MiB:])})
+    tgz = tmp_path / 'vm.tgz'
+    (tmp_path / '0.vhd').write_bytes(base)
+    with tarfile.open(tgz, 'w:gz') as tf:
+        tf.add(tmp_path / '0.vhd', arcname='0.vhd')
+    data = tgz.read_bytes()
+    meta = image_meta(data, 'vhd', 'ovf')
+    meta['checksum'] = 'f' * 32
+    d = make_driver(tmp_path)
+    vol = Volume()
+    with pytest.raises(ImageUnacceptable, match='does not match the image '
+                                                'checksum'):
+        d.clone_image('ctx', vol, None, meta, ImageService(data))
+    assert d.deleted == [vol.id]
+    assert list((tmp_path / 'volumes').iterdir()) == []

@@ -12,6 +12,8 @@
 
 import hashlib
 
+import pytest
+
 from any2kvm_os.chain import layer_chain
 from any2kvm_os import extents as ext
 from any2kvm_os.writers import stream
@@ -74,3 +76,33 @@ def test_file_stream_digests(tmp_path):
     s.close()
     assert got == data and len(s) == len(data) == s.tell()
     assert s.hexdigest('sha256') == hashlib.sha256(data).hexdigest()
+
+
+def test_chunk_reader_checks_and_rewinds():
+    import io
+    import os
+    from any2kvm_os import exception as exc
+    from any2kvm_os import fileio
+
+    data = os.urandom(3 << 20)
+
+    def chunks(d=data):
+        return [d[i:i + (1 << 20)] for i in range(0, len(d), 1 << 20)]
+    r = fileio.ChunkReader(chunks(), 'img', len(data),
+                           hashlib.md5(data).hexdigest())
+    assert r.head(10) == data[:10]
+    assert r.read(6) == data[:6]
+    r.seek(0)                     # within the kept head: allowed
+    assert b''.join(iter(lambda: r.read(70000), b'')) == data
+    with pytest.raises(io.UnsupportedOperation):
+        r.seek(0)                 # far past the head
+    for bad, message in [
+            (fileio.ChunkReader(chunks(), 'img', len(data), '0' * 32),
+             'downloaded data does not match the image checksum'),
+            (fileio.ChunkReader(chunks()[:-1], 'img', len(data)),
+             r'download ended after 2097152 of 3145728 bytes'),
+            (fileio.ChunkReader(chunks(), 'img', len(data) - 1),
+             'Glance sent more than the 3145727 bytes')]:
+        with pytest.raises(exc.InvalidArchive, match='img: ' + message):
+            while bad.read(1 << 20):
+                pass
