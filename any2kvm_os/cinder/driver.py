@@ -329,11 +329,10 @@ class ImageToVolume(object):
         return isinstance(e, cinder_exception.CinderException)
 
     def _write(self, disk):
-        from any2kvm_os.writers import raw
         path = self._local_path()
         if path is not None:
             LOG.info('any2kvm: writing %s onto %s', self.label, path)
-            self._write_to(raw.RawTarget.open_volume(path), disk)
+            self._write_to(path, disk)
             return
         # No local path: attach the volume to this host with os-brick, as
         # Cinder's generic copy_image_to_volume does.
@@ -348,7 +347,7 @@ class ImageToVolume(object):
             device = attach_info['device']['path']
             LOG.info('any2kvm: writing %s onto attached %s', self.label,
                      device)
-            self._write_to(raw.RawTarget.open_volume(device), disk)
+            self._write_to(device, disk)
         finally:
             self.driver._detach_volume(self.context, attach_info, volume,
                                        props, force=True)
@@ -386,7 +385,45 @@ class ImageToVolume(object):
                 return 'qcow2'
         return None
 
-    def _write_to(self, target, disk):
+    def _open_target(self, path, disk):
+        """A RawTarget on ``path``; when cinder-volume may not open it
+        (root-owned LVM or attached devices), a RawTarget on a sparse
+        scratch file instead, copied onto ``path`` as root afterwards."""
+        from any2kvm_os.writers import raw
+        try:
+            return raw.RawTarget.open_volume(path), None
+        except exception.TargetError as e:
+            if not isinstance(e.__context__, PermissionError):
+                raise
+        import tempfile
+        capacity = int(self.volume.size) << 30
+        fd, scratch = tempfile.mkstemp(prefix='any2kvm-volume-',
+                                       dir=self._conversion_dir())
+        os.ftruncate(fd, capacity)
+        os.close(fd)
+        LOG.info('any2kvm: %s is not writable by this service: converting '
+                 'into %s, then copying it as root', path, scratch)
+        return raw.RawTarget.open_volume(scratch), scratch
+
+    def _copy_as_root(self, scratch, path):
+        """Cinder's own way to write a volume it cannot open: qemu-img
+        through its root helper (rootwrap/privsep), as copy_image_to_volume
+        does."""
+        _, image_utils = self._cinder()
+        image_utils.convert_image(scratch, path, 'raw', src_format='raw',
+                                  run_as_root=True)
+
+    def _write_to(self, path, disk):
+        target, scratch = self._open_target(path, disk)
+        try:
+            self._write_disk(target, disk)
+            if scratch is not None:
+                self._copy_as_root(scratch, path)
+        finally:
+            if scratch is not None:
+                os.unlink(scratch)
+
+    def _write_disk(self, target, disk):
         step = [0, time.monotonic()]
 
         def progress(done, total):

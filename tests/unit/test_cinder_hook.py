@@ -20,6 +20,7 @@ tests/integration/test_cinder_hook.py.
 
 import hashlib
 import random
+import shutil
 import sys
 import tarfile
 import types
@@ -74,6 +75,14 @@ def fake_cinder(monkeypatch, tmp_path):
     image_utils = types.ModuleType('cinder.image.image_utils')
     image_utils.check_image_conversion_disable = \
         check_image_conversion_disable
+
+    def convert_image(source, dest, out_format, src_format=None,
+                      run_as_root=True, **kw):
+        state.setdefault('converted', []).append(
+            (out_format, src_format, run_as_root))
+        with open(source, 'rb') as src, open(dest, 'r+b') as dst:
+            shutil.copyfileobj(src, dst)
+    image_utils.convert_image = convert_image
     cinder.exception = exc
     cinder.image = image
     image.image_utils = image_utils
@@ -404,3 +413,31 @@ def test_streamed_tgz_with_a_bad_checksum_leaves_no_volume(fake_cinder,
         d.clone_image('ctx', vol, None, meta, ImageService(data))
     assert d.deleted == [vol.id]
     assert list((tmp_path / 'volumes').iterdir()) == []
+
+
+def test_volume_this_service_cannot_open_is_copied_as_root(
+        fake_cinder, tmp_path, monkeypatch):
+    """A root-owned device (LVM, an attachment): the disk is converted into
+    sparse scratch and copied with Cinder's qemu-img as root."""
+    from any2kvm_os.writers import raw
+    real_open = raw.RawTarget.open_volume
+    volumes = tmp_path / 'volumes'
+
+    def open_volume(path):
+        if str(path).startswith(str(volumes)):
+            try:
+                raise PermissionError(13, 'Permission denied')
+            except PermissionError as e:
+                raise exception.TargetError(path=path, reason=e.strerror)
+        return real_open(path)
+    monkeypatch.setattr(raw.RawTarget, 'open_volume', open_volume)
+    d = make_driver(tmp_path)
+    data = dynamic_vhd()
+    vol = Volume()
+    _update, cloned = d.clone_image('ctx', vol, None, image_meta(data),
+                                    ImageService(data))
+    assert cloned
+    assert fake_cinder['converted'] == [('raw', 'raw', True)]
+    with open(volumes / ('volume-%s' % vol.id), 'rb') as f:
+        assert f.read(4 * MiB) == expected(4 * MiB)
+    assert list((tmp_path / 'conversion').iterdir()) == []
