@@ -12,8 +12,10 @@
 # cloud (tools/loopback-cloud: Keystone, Glance, RabbitMQ, Cinder on
 # 127.0.0.1) comes up, the chain and an OVA made from the result are
 # imported into Glance with "openstack any2kvm import", and the images and
-# their properties are shown.  The cloud is stopped at the end unless
-# ANY2KVM_DEMO_KEEP_CLOUD=1.
+# their properties are shown; then the tgz itself goes to Glance as
+# vhd/ovf and "openstack volume create --image" turns it into a bootable
+# volume through the any2kvm Cinder hook (checked), where stock Cinder
+# fails.  The cloud is stopped at the end unless ANY2KVM_DEMO_KEEP_CLOUD=1.
 #
 # Usage: tools/demo.sh   (from any directory; installs what is missing)
 # ANY2KVM_DEMO_CHAIN names another vhdutil-chain.tar.gz (a missing file
@@ -234,6 +236,50 @@ for name in demo-xenserver-chain demo-ova-vm; do
 done
 [ -n "$expected_sha256" ] && echo "OK: both images hold the disk the reference readers read"
 run openstack image delete demo-xenserver-chain demo-ova-vm
+
+# Prints the volume's status once it is available or error.
+wait_volume() {
+    local i status
+    for ((i = 0; i < 150; i++)); do
+        status=$(openstack volume show "$1" -f value -c status)
+        case $status in
+            available | error) echo "$status"; return 0 ;;
+        esac
+        sleep 2
+    done
+    echo "still $status after 300 s"
+}
+
+step "the XenServer tgz as operators keep it in Glance (vhd/ovf): Cinder makes" \
+    "the volume itself, through the any2kvm hook (volume type any2kvm)"
+run openstack image create --disk-format vhd --container-format ovf \
+    --file chain.tgz demo-xenserver-tgz -c id -c disk_format -c container_format
+run openstack volume create --image demo-xenserver-tgz --size 1 \
+    --type any2kvm demo-hook-volume -c id -c type
+status=$(wait_volume demo-hook-volume)
+echo "demo-hook-volume: $status"
+run openstack volume show demo-hook-volume -c status -c bootable \
+    -c volume_image_metadata
+volume_id=$(openstack volume show demo-hook-volume -f value -c id)
+# On the loopback cloud the volume is a file on its NFS share.
+volume_file=$(dirname "$openrc")/lib/cinder/export/volume-$volume_id
+got=$(head -c 8388608 "$volume_file" | sha256sum | cut -d' ' -f1)
+echo "SHA-256 of the volume's first 8 MiB: $got"
+wrong=0
+[ "$status" = available ] || wrong=1
+[ -z "$expected_sha256" ] || [ "$got" = "$expected_sha256" ] || wrong=1
+if [ "$wrong" = 1 ]; then
+    echo "MISMATCH: the hook did not make the expected volume"
+    exit 1
+fi
+[ -n "$expected_sha256" ] && echo "OK: the volume holds the disk the reference readers read"
+
+step "the same request to stock Cinder (volume type loopback) fails"
+run openstack volume create --image demo-xenserver-tgz --size 1 \
+    --type loopback demo-stock-volume -c id -c type
+echo "demo-stock-volume: $(wait_volume demo-stock-volume)"
+run openstack volume delete demo-hook-volume demo-stock-volume
+run openstack image delete demo-xenserver-tgz
 if [ "${ANY2KVM_DEMO_KEEP_CLOUD:-0}" = 1 ]; then
     echo "The cloud stays up: . $openrc; stop it with tools/loopback-cloud down"
 fi

@@ -206,11 +206,13 @@ class ImageToVolume(object):
         from cinder.image import image_utils
         return cinder_exception, image_utils
 
-    def _refuse(self, reason):
+    def _refuse(self, reason, too_big=False):
         """An image that cannot become this volume: not rescheduled."""
         cinder_exception, _ = self._cinder()
         LOG.error('any2kvm: volume %s from %s: %s', self.volume.id,
                   self.label, reason)
+        self._user_message('NOT_ENOUGH_SPACE_FOR_IMAGE' if too_big
+                           else 'UNKNOWN_ERROR')
         return cinder_exception.ImageUnacceptable(image_id=self.image_id,
                                                   reason=reason)
 
@@ -218,8 +220,29 @@ class ImageToVolume(object):
         cinder_exception, _ = self._cinder()
         LOG.error('any2kvm: volume %s from %s: %s', self.volume.id,
                   self.label, reason)
+        self._user_message('UNKNOWN_ERROR')
         return cinder_exception.ImageCopyFailure(reason='%s: %s' % (
             self.label, reason))
+
+    def _too_big(self, size):
+        return self._refuse(
+            'its disk is %d bytes (%d GiB): it does not fit in a volume of '
+            '%d GiB' % (size, _gib(size), self.volume.size), too_big=True)
+
+    def _user_message(self, detail):
+        """A Cinder user message (``openstack volume message list``) for
+        the failed copy.  Cinder's messages are fixed texts: the reason
+        itself is in the log line."""
+        try:
+            from cinder.message import api as message_api
+            from cinder.message import message_field
+            message_api.API().create(
+                self.context, message_field.Action.COPY_IMAGE_TO_VOLUME,
+                resource_uuid=self.volume.id,
+                detail=getattr(message_field.Detail, detail))
+        except Exception as e:  # a message must not hide the failure
+            LOG.debug('any2kvm: no user message for volume %s: %s',
+                      self.volume.id, e)
 
     # -- the job --------------------------------------------------------------
 
@@ -236,11 +259,7 @@ class ImageToVolume(object):
             disk, index = self._pick_disk(source)
             capacity = int(self.volume.size) << 30
             if disk.size_hint is not None and disk.size_hint > capacity:
-                raise self._refuse(
-                    'its disk is %d bytes (%d GiB): it does not fit in a '
-                    'volume of %d GiB' % (disk.size_hint,
-                                          _gib(disk.size_hint),
-                                          self.volume.size))
+                raise self._too_big(disk.size_hint)
             model_update = self._create_and_write(disk)
             self._annotate(source, disk, index)
         finally:
@@ -313,10 +332,7 @@ class ImageToVolume(object):
                 LOG.error('any2kvm: could not delete volume %s after a '
                           'failed conversion: %s', volume.id, del_err)
             if isinstance(e, exception.CapacityError):
-                raise self._refuse(
-                    'its disk is %d bytes (%d GiB): it does not fit in a '
-                    'volume of %d GiB' % (e.needed, _gib(e.needed),
-                                          volume.size))
+                raise self._too_big(e.needed)
             if isinstance(e, exception.Any2KvmError):
                 raise self._refuse(str(e))
             if isinstance(e, Exception) and not self._is_cinder_error(e):

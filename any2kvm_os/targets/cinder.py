@@ -308,10 +308,14 @@ class CinderTarget(base.Target):
             if volume.status in ('error', 'error_restoring'):
                 messages = []
                 try:
-                    messages = [m.user_message for m in cinder.messages.list(
-                        search_opts={'resource_uuid': vol_id})]
-                except Exception:
-                    pass
+                    # User messages need API 3.3.
+                    reader = cinder_client(self.session, self.region_name,
+                                           self.interface, '3.3')
+                    messages = [m.user_message for m in reader.messages.list()
+                                if m.resource_uuid == vol_id]
+                except Exception as e:
+                    LOG.debug('No user messages for volume %s: %s', vol_id,
+                              e)
                 raise exception.TargetError(
                     path=vol_name, reason='volume %s went to %s%s' % (
                         vol_id, volume.status,

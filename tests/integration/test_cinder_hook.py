@@ -245,7 +245,8 @@ def test_ova_metadata_reaches_the_volume(request, tmp_path, made, share):
     assert meta['hw_scsi_model'] == 'virtio-scsi'
 
 
-def test_volume_too_small_is_an_error(qemu_img, tmp_path, made, share):
+def test_volume_too_small_is_an_error(qemu_img, tmp_path, made, share,
+                                      cloud, keystone_session):
     """A 2 GiB disk in a gzip tgz (sizes known only while reading) for a
     1 GiB volume: error, a clear line in the log, no volume file left."""
     raw = tmp_path / 'big.raw'
@@ -264,6 +265,10 @@ def test_volume_too_small_is_an_error(qemu_img, tmp_path, made, share):
     assert volume.status == 'error'
     log = _volume_log(share, volume.id)
     assert 'does not fit in a volume of 1 GiB' in log
+    # What the user sees: Cinder's fixed text for this case.
+    assert user_messages(keystone_session, cloud.region, volume.id) == [
+        'copy image to volume:Image used for creating volume exceeds '
+        'available space.']
     assert not (share / 'export' / ('volume-%s' % volume.id)).exists()
     assert not list((share / 'conversion').glob('any2kvm-*'))
 
@@ -285,6 +290,15 @@ def test_corrupt_tgz_is_an_error_and_touches_nothing(tmp_path, made, share):
     after = sorted(p.name for p in (share / 'export').iterdir())
     assert after == before
     assert not list((share / 'conversion').glob('any2kvm-*'))
+
+
+def user_messages(session, region, volume_id):
+    """Cinder's user messages about the volume (API 3.3)."""
+    from cinderclient import client
+    cinder = client.Client('3.3', session=session, region_name=region,
+                           interface='public')
+    return [m.user_message for m in cinder.messages.list()
+            if m.resource_uuid == volume_id]
 
 
 def read_back(cinder, glance, volume_id, head_size):
