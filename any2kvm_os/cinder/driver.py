@@ -31,8 +31,8 @@ delegating proxy could only imitate.
 Cinder asks ``clone_image(context, volume, image_location, image_meta,
 image_service)`` before its generic download path (the path where VHD
 images die in ``qemu-img info -f vhd``).  For an image we recognise, the
-hook reads the image from Glance (a XenServer tar/tgz as it downloads, in
-one pass; anything else into bounded private scratch under
+hook reads the image from Glance (a XenServer tar/tgz or an XVA as it
+downloads; anything else into bounded private scratch under
 ``image_conversion_dir`` first), creates the volume through the real
 driver, checks and folds the chain and writes the raw disk onto the volume
 (the driver's local path, or else an os-brick attachment), sparse where

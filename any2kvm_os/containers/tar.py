@@ -21,6 +21,7 @@ the archive.
 
 import bz2
 import gzip
+import io
 import lzma
 import os
 import posixpath
@@ -234,3 +235,31 @@ def iter_stream_members(path, fileobj, limits):
                     'archive')
     except STREAM_ERRORS as e:
         raise stream_error(path, e)
+
+
+def normalise(name):
+    """A member name without its leading ``./`` parts."""
+    while name.startswith('./'):
+        name = name[2:]
+    return name
+
+
+def head_first_member(head):
+    """The TarInfo of the first member of an archive (plain, gzip, bzip2
+    or xz) of which ``head`` are the first bytes, after a pax or GNU
+    long-name header if any; None when that cannot be told from them."""
+    want = 16 << 10
+    try:
+        if head.startswith(b'\x1f\x8b'):
+            block = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(
+                head, want)
+        elif head.startswith(b'BZh'):
+            block = bz2.BZ2Decompressor().decompress(head, want)
+        elif head.startswith(b'\xfd7zXZ\x00'):
+            block = lzma.LZMADecompressor().decompress(head, want)
+        else:
+            block = head[:want]
+        return tarfile.open(fileobj=io.BytesIO(block), mode='r|').next()
+    except (tarfile.TarError, zlib.error, lzma.LZMAError, OSError, EOFError,
+            ValueError):
+        return None

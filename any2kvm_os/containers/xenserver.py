@@ -316,33 +316,9 @@ class XenServerStream(object):
 
 
 def head_is_xenserver(head):
-    """Whether the first bytes of an archive (plain, gzip, bzip2 or xz)
-    start with a XenServer member (``0.vhd`` ... ``n.vhd``, after a pax or
-    GNU long-name header if any): such an archive can be consumed in one
-    pass as it arrives.  Anything else (an XVA, garbage) answers False."""
-    import bz2
-    import io
-    import lzma
-    import tarfile
-    import zlib
-    want = 16 << 10
-    try:
-        if head.startswith(b'\x1f\x8b'):
-            block = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(
-                head, want)
-        elif head.startswith(b'BZh'):
-            block = bz2.BZ2Decompressor().decompress(head, want)
-        elif head.startswith(b'\xfd7zXZ\x00'):
-            block = lzma.LZMADecompressor().decompress(head, want)
-        else:
-            block = head[:want]
-        ti = tarfile.open(fileobj=io.BytesIO(block), mode='r|').next()
-    except (tarfile.TarError, zlib.error, lzma.LZMAError, OSError, EOFError,
-            ValueError):
-        return False
-    if ti is None:
-        return False
-    name = ti.name
-    while name.startswith('./'):
-        name = name[2:]
-    return ti.isreg() and MEMBER_RE.match(name) is not None
+    """Whether the first bytes of an archive start with a XenServer member
+    (``0.vhd`` ... ``n.vhd``): such an archive can be consumed in one pass
+    as it arrives."""
+    ti = tar.head_first_member(head)
+    return ti is not None and ti.isreg() and \
+        MEMBER_RE.match(tar.normalise(ti.name)) is not None

@@ -1017,9 +1017,13 @@ class XvaStream(object):
 
     kind = KIND
 
-    def __init__(self, path, limits):
+    def __init__(self, path, limits, opener=None):
         self.path = path
         self.limits = limits
+        #: Returns a new file object of the archive for each pass (a
+        #: download: :class:`any2kvm_os.fileio.ChunkReader`); default: the
+        #: file at ``path``.
+        self._opener = opener or (lambda: open(path, 'rb'))
         self._stats = None
         with contextlib.closing(self._members()) as members:
             for ti, tf in members:
@@ -1037,7 +1041,7 @@ class XvaStream(object):
         """Yield (TarInfo, TarFile) for every member, in one pass; then
         check that the archive ends properly."""
         path = self.path
-        with open(path, 'rb') as f:
+        with contextlib.closing(self._opener()) as f:
             fileobj = _decompressor(path, f)
             with _archive_errors(path):
                 tf = tarfile.open(fileobj=fileobj, mode='r|',
@@ -1207,9 +1211,7 @@ def open_xva(path, limits):
     # convert imports this module: import it when called, not at load.
     from any2kvm_os import convert
     if _is_compressed(path):
-        stream = XvaStream(path, limits)
-        disks = [XvaStreamDisk(stream, vdi) for vdi in stream.ova.disks]
-        return convert.VmSource(path, KIND, disks, vm=stream.ova.vm)
+        return open_xva_stream(path, limits, None)
     xt = XvaTar(path, limits)
     try:
         disks = [XvaDisk(xt, vdi) for vdi in xt.ova.disks]
@@ -1218,3 +1220,19 @@ def open_xva(path, limits):
         raise
     return convert.VmSource(path, KIND, disks, vm=xt.ova.vm,
                             closer=xt.close)
+
+
+def head_is_xva(head):
+    """Whether the first bytes of an archive (plain, gzip, bzip2 or xz)
+    start with ``ova.xml``: an XVA, which can be read as it arrives."""
+    ti = tar.head_first_member(head)
+    return ti is not None and tar.normalise(ti.name) == OVA_XML
+
+
+def open_xva_stream(path, limits, opener):
+    """A ``convert.VmSource`` for an XVA read through ``opener`` (a new
+    file object per pass: one for ova.xml, one per disk written)."""
+    from any2kvm_os import convert
+    stream = XvaStream(path, limits, opener=opener)
+    disks = [XvaStreamDisk(stream, vdi) for vdi in stream.ova.disks]
+    return convert.VmSource(path, KIND, disks, vm=stream.ova.vm)

@@ -15,7 +15,7 @@
 Operators often hold XenServer exports in Glance as ``vhd``/``ovf`` tgz
 images, OVAs as ``ova`` images, and plain VHD/VHDX/VMDK images that their
 KVM cloud cannot boot.  This source finds the image by id or by (unique)
-name.  A XenServer tar or tgz is converted as it downloads (one pass, no
+name.  A XenServer tar or tgz, or an XVA, is converted as it downloads (no
 copy of the archive on disk); other images are downloaded into a private
 (0700) scratch directory, bounded by ``scratch_limit_gib``, and opened
 with the same content detection as a local file (the copy is removed
@@ -94,23 +94,29 @@ def open_image_data(label, chunks, size, limits, checksum=None,
     """Open an image's data as it comes from Glance.
 
     ``chunks()`` starts a download (an iterable of bytes; it may be called
-    again for another pass).  A XenServer tar or tgz is read as it arrives,
-    in one pass per use, with no copy of the archive on disk (checked
-    against ``size`` and ``checksum`` at its end, before anything is
-    committed); anything else is stored in scratch first
+    again for another pass).  A XenServer tar or tgz, or an XVA (plain,
+    gzip, bzip2 or xz), is read as it arrives, in one pass per use (an XVA:
+    one for its ova.xml, one per disk), with no copy of the archive on disk
+    (checked against ``size`` and ``checksum`` at its end, before anything
+    is committed); anything else is stored in scratch first
     (:func:`open_downloaded`).
     """
     from any2kvm_os.containers import xenserver
+    from any2kvm_os.containers import xva
     reader = fileio.ChunkReader(chunks(), label, size, checksum)
     try:
-        streamable = xenserver.head_is_xenserver(reader.head(reader.HEAD))
+        head = reader.head(reader.HEAD)
     except exception.Any2KvmError:
         raise
     except Exception as e:
         if wrap_error is None:
             raise
         raise wrap_error(label, e)
-    if not streamable:
+    if xenserver.head_is_xenserver(head):
+        kind = 'a XenServer archive'
+    elif xva.head_is_xva(head):
+        kind = 'an XVA'
+    else:
         return open_downloaded(label, reader.rest(), size, limits,
                                checksum=None, wrap_error=wrap_error)
     first = [reader]
@@ -119,8 +125,10 @@ def open_image_data(label, chunks, size, limits, checksum=None,
         if first:
             return first.pop()
         return fileio.ChunkReader(chunks(), label, size, checksum)
+    LOG.info('%s: %s, converted as it downloads', label, kind)
+    if kind == 'an XVA':
+        return xva.open_xva_stream(label, limits, opener)
     stream = xenserver.XenServerStream(label, limits, opener=opener)
-    LOG.info('%s: a XenServer archive, converted as it downloads', label)
     return convert.VmSource(label, stream.kind,
                             [convert.StreamSource(label, stream)])
 

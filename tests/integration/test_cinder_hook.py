@@ -22,6 +22,7 @@ digest, a write model), zero-padded to the volume's size.  The same
 requests against stock Cinder fail: that is what the hook changes.
 """
 
+import gzip
 import hashlib
 import subprocess
 import tarfile
@@ -121,12 +122,16 @@ def make_sample(kind, request, tmp_path):
     if kind == 'vmdk':
         return qemu_disk(fix('qemu_img'), tmp_path, 'vmdk',
                          ['-o', 'subformat=monolithicSparse'])
-    if kind == 'xva':
+    if kind in ('xva', 'xva-gzip'):
         xva = fix('xva_img')
         work = tmp_path / 'work'
         work.mkdir()
         raw, _chunks = txva.single(xva, work)
         path = txva.package(xva, work, 'vm.xva', ['Ref:3'])
+        if kind == 'xva-gzip':
+            packed = work / 'vm.xva.gz'
+            packed.write_bytes(gzip.compress(path.read_bytes()))
+            path = packed
         return Sample(path, 'raw', 'ovf', ig.sha256_file(raw),
                       raw.stat().st_size)
     raise AssertionError(kind)
@@ -194,7 +199,7 @@ def share(cloud):
 
 
 KINDS = ['xenserver-tgz', 'xenserver-tar-grown-child', 'ova-vmdk',
-         'ova-second-disk', 'vhd', 'vhdx', 'vmdk', 'xva']
+         'ova-second-disk', 'vhd', 'vhdx', 'vmdk', 'xva', 'xva-gzip']
 
 
 @pytest.mark.parametrize('kind', KINDS)
