@@ -106,3 +106,34 @@ def test_chunk_reader_checks_and_rewinds():
         with pytest.raises(exc.InvalidArchive, match='img: ' + message):
             while bad.read(1 << 20):
                 pass
+
+
+@pytest.mark.parametrize('mode', ['w', 'w:gz', 'w:bz2', 'w:xz'])
+@pytest.mark.parametrize('fmt', ['ustar', 'pax', 'gnu'])
+def test_the_head_of_a_download_tells_the_archive(mode, fmt):
+    import io
+    import tarfile
+    from any2kvm_os.containers import xenserver
+    from any2kvm_os.containers import xva
+
+    def archive(first):
+        buf = io.BytesIO()
+        tar_format = {'ustar': tarfile.USTAR_FORMAT,
+                      'pax': tarfile.PAX_FORMAT,
+                      'gnu': tarfile.GNU_FORMAT}[fmt]
+        with tarfile.open(fileobj=buf, mode=mode, format=tar_format) as tf:
+            for name in (first, 'other'):
+                ti = tarfile.TarInfo(name)
+                ti.size = 70000
+                ti.mtime = 1.5      # a pax header in pax format
+                tf.addfile(ti, io.BytesIO(bytes(70000)))
+        return buf.getvalue()[:64 << 10]
+    assert xenserver.head_is_xenserver(archive('0.vhd'))
+    assert xenserver.head_is_xenserver(archive('./3.vhd'))
+    assert not xenserver.head_is_xenserver(archive('ova.xml'))
+    assert not xenserver.head_is_xenserver(archive('disk.vmdk'))
+    assert xva.head_is_xva(archive('ova.xml'))
+    assert xva.head_is_xva(archive('./ova.xml'))
+    assert not xva.head_is_xva(archive('0.vhd'))
+    assert not xva.head_is_xva(b'conectix' + bytes(600))
+    assert not xenserver.head_is_xenserver(b'\x1f\x8b garbage')
