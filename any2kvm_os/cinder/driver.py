@@ -363,7 +363,15 @@ class ImageToVolume(object):
             device = attach_info['device']['path']
             LOG.info('any2kvm: writing %s onto attached %s', self.label,
                      device)
-            self._write_to(device, disk)
+            if isinstance(device, str):
+                self._write_to(device, disk)
+            else:
+                # A file object (os-brick's RBD connector without a kernel
+                # mapping): written through it.
+                from any2kvm_os.writers import raw
+                self._write_disk(raw.FileObjectTarget(
+                    device, 'volume %s' % self.volume.id,
+                    int(self.volume.size) << 30), disk)
         finally:
             self.driver._detach_volume(self.context, attach_info, volume,
                                        props, force=True)

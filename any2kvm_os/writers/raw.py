@@ -252,7 +252,8 @@ class RawTarget(object):
     # -- writing --------------------------------------------------------------
 
     def _failed(self, err):
-        return exception.TargetError(path=self.path, reason=err.strerror)
+        return exception.TargetError(path=self.path,
+                                     reason=err.strerror or str(err))
 
     def pwrite(self, offset, data):
         view = memoryview(data)
@@ -369,6 +370,47 @@ class RawTarget(object):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class FileObjectTarget(RawTarget):
+    """A volume reached as a file object rather than a path: os-brick's
+    RBD connector hands one (``RBDVolumeIOWrapper``: seek, write, flush)
+    when it does not map a kernel device.  Same rules as a volume opened
+    with :meth:`RawTarget.open_volume`: fixed size, never truncated; a new
+    volume reads as zeros (``fresh``), so zero runs need no writing."""
+
+    def __init__(self, fileobj, name, capacity, fresh=True):
+        super(FileObjectTarget, self).__init__(name, None, fresh=fresh,
+                                               is_block=False)
+        self.fileobj = fileobj
+        self.capacity = capacity
+
+    def pwrite(self, offset, data):
+        try:
+            self.fileobj.seek(offset)
+            self.fileobj.write(bytes(data))
+        except OSError as e:
+            raise self._failed(e)
+
+    def zero_range(self, offset, length):
+        while length > 0:
+            n = min(length, COPY_CHUNK)
+            self.pwrite(offset, _ZERO_CHUNK[:n])
+            offset += n
+            length -= n
+
+    def sync(self):
+        try:
+            self.fileobj.flush()
+            fsync = getattr(self.fileobj, 'fsync', None)
+            if fsync is not None:
+                fsync()
+        except OSError as e:
+            raise self._failed(e)
+
+    def close(self):
+        # The file object belongs to the attachment: detaching closes it.
+        self.fileobj = None
 
 
 #: Chunks read ahead of the writer: bounds the pipeline's memory to about

@@ -19,6 +19,7 @@ tests/integration/test_cinder_hook.py.
 """
 
 import hashlib
+import io
 import random
 import shutil
 import sys
@@ -83,12 +84,20 @@ def fake_cinder(monkeypatch, tmp_path):
         with open(source, 'rb') as src, open(dest, 'r+b') as dst:
             shutil.copyfileobj(src, dst)
     image_utils.convert_image = convert_image
+    volume = types.ModuleType('cinder.volume')
+    volume_utils = types.ModuleType('cinder.volume.volume_utils')
+    volume_utils.brick_get_connector_properties = \
+        lambda multipath, enforce: {'multipath': multipath}
+    volume.volume_utils = volume_utils
     cinder.exception = exc
     cinder.image = image
+    cinder.volume = volume
     image.image_utils = image_utils
     for name, mod in [('cinder', cinder), ('cinder.exception', exc),
                       ('cinder.image', image),
-                      ('cinder.image.image_utils', image_utils)]:
+                      ('cinder.image.image_utils', image_utils),
+                      ('cinder.volume', volume),
+                      ('cinder.volume.volume_utils', volume_utils)]:
         monkeypatch.setitem(sys.modules, name, mod)
     conversion = tmp_path / 'conversion'
     try:
@@ -115,6 +124,12 @@ class Configuration(object):
 
     def safe_get(self, name):
         return self.values.get(name)
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__['values'][name]
+        except KeyError:
+            raise AttributeError(name)
 
 
 class FakeNfsDriver(object):
@@ -441,3 +456,46 @@ def test_volume_this_service_cannot_open_is_copied_as_root(
     with open(volumes / ('volume-%s' % vol.id), 'rb') as f:
         assert f.read(4 * MiB) == expected(4 * MiB)
     assert list((tmp_path / 'conversion').iterdir()) == []
+
+
+class RbdLikeDriver(FakeNfsDriver):
+    """No local path: volumes are reached through an attachment whose
+    device is a file object, as os-brick's RBD connector gives."""
+
+    images = {}
+
+    def create_volume(self, volume):
+        self.images[volume.id] = io.BytesIO(bytes(volume.size * GiB))
+        return {}
+
+    def delete_volume(self, volume):
+        self.deleted.append(volume.id)
+        del self.images[volume.id]
+
+    def local_path(self, volume):
+        raise NotImplementedError()
+
+    def _attach_volume(self, context, volume, properties, remote=False):
+        self.attached = properties
+        return {'device': {'path': self.images[volume.id]}}, volume
+
+    def _detach_volume(self, context, attach_info, volume, properties,
+                       force=False, remote=False, ignore_errors=False):
+        self.detached = force
+
+
+def test_volume_reached_as_a_file_object(fake_cinder, tmp_path):
+    d = make_driver(tmp_path, any2kvm_wrapped_driver=__name__ +
+                    '.RbdLikeDriver', use_multipath_for_image_xfer=False,
+                    enforce_multipath_for_image_xfer=False)
+    data = dynamic_vhd()
+    vol = Volume()
+    _update, cloned = d.clone_image('ctx', vol, None, image_meta(data),
+                                    ImageService(data))
+    assert cloned
+    assert d.attached == {'multipath': False}
+    assert d.detached is True
+    got = RbdLikeDriver.images.pop(vol.id).getvalue()
+    assert len(got) == GiB
+    assert got[:4 * MiB] == expected(4 * MiB)
+    assert got.count(0, 4 * MiB) == GiB - 4 * MiB
