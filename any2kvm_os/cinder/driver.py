@@ -88,6 +88,10 @@ OPTIONS = [
                      'images go to the wrapped driver.'),
 ]
 
+#: Seconds of conversion between two yields to cinder-volume's other
+#: green threads.
+YIELD_EVERY = 0.02
+
 #: Image property naming which disk of a multi-disk OVA or XVA becomes the
 #: volume, counted from 0 as ``any2kvm info`` lists them (default 0).
 DISK_PROPERTY = 'any2kvm_disk'
@@ -448,10 +452,19 @@ class ImageToVolume(object):
                 os.unlink(scratch)
 
     def _write_disk(self, target, disk):
-        step = [0, time.monotonic()]
+        step = [0, time.monotonic(), time.monotonic()]
 
         def progress(done, total):
             now = time.monotonic()
+            # cinder-volume runs on eventlet: a conversion is pure Python
+            # work that never waits on a green socket, and would hold the
+            # whole service (RPC, its heartbeat, other volumes) until it
+            # ends.  time.sleep is eventlet's there: yield every
+            # YIELD_EVERY seconds (pieces can be a few KiB: a yield per
+            # piece cost 6 s per GiB).
+            if now - step[2] >= YIELD_EVERY:
+                time.sleep(0)
+                step[2] = now = time.monotonic()
             if now - step[1] >= 10:
                 step[1] = now
                 LOG.info('any2kvm: %s -> volume %s: %d MiB written',
