@@ -63,6 +63,32 @@ def cinder_client(session, region_name=None, interface=None,
     return client.Client(version, session=session, **kw)
 
 
+def _result(index, volume, size, size_gib, sha256, image_id):
+    """One disk's result row (see any2kvm's RESULT_FIELDS)."""
+    return {'disk': index, 'name': volume.name, 'id': volume.id,
+            'size': size, 'size_gib': size_gib, 'bootable': volume.bootable,
+            'sha256': sha256, 'image_id': image_id,
+            'properties': getattr(volume, 'volume_image_metadata',
+                                  None) or {}}
+
+
+def _delete_volumes(cinder, volume_ids):
+    """Best effort, after a failure: the first error is the one told."""
+    for vol_id in volume_ids:
+        try:
+            cinder.volumes.delete(vol_id)
+        except Exception as e:
+            LOG.warning('Could not delete volume %s: %s', vol_id, e)
+
+
+def _error(e):
+    """What to raise for ``e``: ours as they are, others as one line."""
+    if isinstance(e, exception.Any2KvmError) or not isinstance(e,
+                                                               Exception):
+        return e
+    return glance_target.cloud_error('cinder', e)
+
+
 #: Attachments need microversion 3.44 (attachment complete); 3.54 gives
 #: the mode.
 ATTACH_MICROVERSION = '3.54'
@@ -162,25 +188,12 @@ class CinderTarget(base.Target):
                 meta['any2kvm_route'] = 'attach'
                 cinder.volumes.set_bootable(volume.id, index == 0)
                 cinder.volumes.set_image_metadata(volume.id, meta)
-                volume = cinder.volumes.get(volume.id)
-                results.append({
-                    'disk': index, 'name': vol_name, 'id': volume.id,
-                    'size': d.virtual_size, 'size_gib': size_gib,
-                    'bootable': volume.bootable, 'sha256': digest,
-                    'image_id': None,
-                    'properties': getattr(volume, 'volume_image_metadata',
-                                          None) or {}})
+                results.append(_result(
+                    index, cinder.volumes.get(volume.id), d.virtual_size,
+                    size_gib, digest, None))
         except BaseException as e:
-            for vol_id in volumes:
-                try:
-                    cinder.volumes.delete(vol_id)
-                except Exception as del_err:
-                    LOG.warning('Could not delete volume %s: %s', vol_id,
-                                del_err)
-            if isinstance(e, exception.Any2KvmError) or \
-                    not isinstance(e, Exception):
-                raise
-            raise glance_target.cloud_error('cinder', e)
+            _delete_volumes(cinder, volumes)
+            raise _error(e)
         return results
 
     def _attach_and_write(self, cinder, vol_id, vol_name, disk, progress):
@@ -267,26 +280,14 @@ class CinderTarget(base.Target):
                     volume_type=self.volume_type,
                     description='imported by any2kvm')
                 volumes.append(volume.id)
-                volume = self._wait(cinder, volume.id, vol_name)
-                results.append({
-                    'disk': index, 'name': vol_name, 'id': volume.id,
-                    'size': image['size'], 'size_gib': size_gib,
-                    'bootable': volume.bootable, 'sha256': image['sha256'],
-                    'image_id': image['id'] if self.keep_image else None,
-                    'properties': getattr(volume, 'volume_image_metadata',
-                                          None) or {}})
+                results.append(_result(
+                    index, self._wait(cinder, volume.id, vol_name),
+                    image['size'], size_gib, image['sha256'],
+                    image['id'] if self.keep_image else None))
         except BaseException as e:
-            for vol_id in volumes:
-                try:
-                    cinder.volumes.delete(vol_id)
-                except Exception as del_err:
-                    LOG.warning('Could not delete volume %s: %s', vol_id,
-                                del_err)
+            _delete_volumes(cinder, volumes)
             self._drop_images(glance, images, force=True)
-            if isinstance(e, exception.Any2KvmError) or \
-                    not isinstance(e, Exception):
-                raise
-            raise glance_target.cloud_error('cinder', e)
+            raise _error(e)
         self._drop_images(glance, images)
         return results
 

@@ -311,6 +311,9 @@ class RawTarget(object):
                 raise exception.TargetError(path=self.path,
                                             reason=os.strerror(err))
             self._punch_ok = False
+        self._write_zeros(offset, length)
+
+    def _write_zeros(self, offset, length):
         while length > 0:
             n = min(length, COPY_CHUNK)
             self.pwrite(offset, _ZERO_CHUNK[:n])
@@ -393,11 +396,7 @@ class FileObjectTarget(RawTarget):
             raise self._failed(e)
 
     def zero_range(self, offset, length):
-        while length > 0:
-            n = min(length, COPY_CHUNK)
-            self.pwrite(offset, _ZERO_CHUNK[:n])
-            offset += n
-            length -= n
+        self._write_zeros(offset, length)
 
     def sync(self):
         try:
