@@ -34,6 +34,7 @@ import pytest
 from tests.functional import imagegen as ig
 from tests.functional import test_vhd_chains as tchains
 from tests.functional import test_xva as txva
+from tests.integration import conftest
 from tests.integration import test_import_cinder_osc as tcinder
 from tests.integration import test_import_glance as tg
 
@@ -180,8 +181,21 @@ class Cloud(object):
                 pass
 
 
+@pytest.fixture(scope='module')
+def volume_types(cinder):
+    """Both volume types the tests use must exist: a cloud brought up with
+    LOOPBACK_CINDER_ANY2KVM=0 has no hooked backend."""
+    names = {t.name for t in cinder.volume_types.list()}
+    missing = sorted({HOOK_TYPE, STOCK_TYPE} - names)
+    if missing:
+        conftest.missing_tool('the cloud has no volume type %s (the hooked '
+                              'and the stock backend of tools/loopback-cloud;'
+                              ' LOOPBACK_CINDER_ANY2KVM=0 leaves the hook '
+                              'out)' % ' or '.join(missing))
+
+
 @pytest.fixture
-def made(glance, cinder):
+def made(glance, cinder, volume_types):
     c = Cloud(glance, cinder)
     yield c
     c.cleanup()
