@@ -32,7 +32,6 @@ LogGuid), each documented where it is used.
 
 import concurrent.futures
 import contextlib
-import hashlib
 import os
 import shutil
 import struct
@@ -63,38 +62,6 @@ QEMU_TAR = 'generated/qemu-img-7.2.tar.gz'
 
 
 # -- helpers ------------------------------------------------------------------
-
-def sparse_sha256(path, chunk=16 * MiB):
-    """SHA-256 of a (mostly sparse) file: holes are fed as zeros from one
-    preallocated buffer instead of being read."""
-    h = hashlib.sha256()
-    zeros = memoryview(bytes(chunk))
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                data = size
-            while pos < data:
-                n = min(chunk, data - pos)
-                h.update(zeros[:n])
-                pos += n
-            if pos >= size:
-                break
-            hole = os.lseek(fd, pos, os.SEEK_HOLE)
-            while pos < hole:
-                buf = os.pread(fd, min(chunk, hole - pos), pos)
-                if not buf:
-                    raise AssertionError('%s shrank while hashed' % path)
-                h.update(buf)
-                pos += len(buf)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
 
 def oracle_rows(expected, key, image):
     """The successful oracle rows for ``image``: they must all agree."""
@@ -320,7 +287,7 @@ def _convert_big(vhdx_corpus, root):
     before = (ig.sha256_file(dirty), os.stat(dirty))
     outs = [cli.convert(dirty, root / 'dirty.raw'),
             cli.convert(avhdx, root / 'avhdx.raw')]
-    hashes = [sparse_sha256(out) for out in outs]
+    hashes = [ig.sparse_sha256(out)[1] for out in outs]
     return {'dirty': dirty, 'dirty_before': before, 'dirty_raw': outs[0],
             'dirty_sha': hashes[0], 'avhdx': avhdx, 'avhdx_raw': outs[1],
             'avhdx_sha': hashes[1]}
@@ -397,7 +364,7 @@ def test_corpus_vhdx(rel, member, image, subformat, creator, vhdx_corpus,
     src = materialise(rel, member, vhdx_corpus, corpus_tar)
     out = cli.convert(src, out_dir / 'disk.raw')
     assert os.path.getsize(out) == row['size']
-    assert sparse_sha256(out) == row['sha256']
+    assert ig.sparse_sha256(out)[1] == row['sha256']
 
 
 @pytest.fixture(scope='session')

@@ -31,7 +31,6 @@ offsets of the hosted sparse header (VMware "Virtual Disk Format 1.1"),
 used to craft corrupt copies of files qemu-img wrote.
 """
 
-import hashlib
 import os
 import shutil
 import struct
@@ -61,38 +60,6 @@ HDR_OVERHEAD = 64
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-_ZEROS = memoryview(bytes(16 * MiB))
-
-
-def sha256_sparse(path):
-    """(size, SHA-256) of a file, holes hashed from a zero buffer: a
-    16 GiB output that is mostly holes is hashed without reading it."""
-    h = hashlib.sha256()
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                data = size
-            while pos < data:
-                n = min(len(_ZEROS), data - pos)
-                h.update(_ZEROS[:n])
-                pos += n
-            if pos >= size:
-                break
-            hole = os.lseek(fd, pos, os.SEEK_HOLE)
-            while pos < hole:
-                n = min(16 * MiB, hole - pos)
-                h.update(os.pread(fd, n, pos))
-                pos += n
-    finally:
-        os.close(fd)
-    return size, h.hexdigest()
-
 
 def row(expected, key, image, oracle):
     for r in expected[key]:
@@ -204,7 +171,7 @@ def test_corpus_vmdk(rel, image, oracle, corpus, corpus_file, expected,
     want = row(expected, rel, image, oracle)
     src = corpus_file(rel) if rel.endswith('.gz') else corpus / rel
     out = cli.convert(src, out_dir / 'disk.raw')
-    assert sha256_sparse(out) == (want['size'], want['sha256'])
+    assert ig.sparse_sha256(out) == (want['size'], want['sha256'])
 
 
 def test_corpus_vmware_10g_sparse_and_stream(corpus, expected, out_dir):
@@ -220,7 +187,7 @@ def test_corpus_vmware_10g_sparse_and_stream(corpus, expected, out_dir):
                          out_dir / 'sparse.raw')
     stream = cli.convert(corpus / (key % 'StreamOptimized.vmdk'),
                          out_dir / 'stream.raw')
-    assert sha256_sparse(sparse) == (want['size'], want['sha256'])
+    assert ig.sparse_sha256(sparse) == (want['size'], want['sha256'])
     assert ig.same_content(sparse, stream)
     # What the sample's README says: sector n holds BE64 n at 512..1535.
     assert ig.read_range(sparse, 512 * 3, 8) == struct.pack('>Q', 3)
@@ -234,7 +201,7 @@ def test_corpus_esxi_stream_16g(corpus_file, expected, out_dir):
     rel = 'upstream/qemu/iotest-version3.vmdk.bz2'
     want = row(expected, rel, 'iotest-version3.vmdk', 'pyvmdk')
     out = cli.convert(corpus_file(rel), out_dir / 'disk.raw')
-    assert sha256_sparse(out) == (want['size'], want['sha256'])
+    assert ig.sparse_sha256(out) == (want['size'], want['sha256'])
 
 
 def test_corpus_qemu_subformats_and_chain(corpus_tar, expected, out_dir):
@@ -243,7 +210,7 @@ def test_corpus_qemu_subformats_and_chain(corpus_tar, expected, out_dir):
         image = 'vmdk-%s.vmdk' % sub
         want = row(expected, QEMU_TAR, image, 'pyvmdk')
         out = cli.convert(files[image], out_dir / (sub + '.raw'))
-        assert sha256_sparse(out) == (want['size'], want['sha256']), sub
+        assert ig.sparse_sha256(out) == (want['size'], want['sha256']), sub
         info = cli.info(files[image])
         assert info['chain'][0]['subformat'] == sub
         assert info['chain'][0]['creator'] == 'qemu'
@@ -251,7 +218,7 @@ def test_corpus_qemu_subformats_and_chain(corpus_tar, expected, out_dir):
             and r['oracle'] == 'pyvmdk' and r['sha256']][0]
     assert want['parents'] == ['chain1.vmdk', 'chain0.vmdk']
     out = cli.convert(files['chain2.vmdk'], out_dir / 'chain.raw')
-    assert sha256_sparse(out) == (want['size'], want['sha256'])
+    assert ig.sparse_sha256(out) == (want['size'], want['sha256'])
     info = cli.info(files['chain2.vmdk'])
     assert layers(info) == [
         ('chain2.vmdk', 'monolithicSparse', '8c0424ce', '0ac2a197'),
@@ -266,7 +233,7 @@ def test_corpus_fattools_split_chain(corpus_tar, expected, out_dir):
         want = [r for r in expected[FAT_TAR] if r['image'] == name
                 and r['oracle'] == 'pyvmdk' and r['parents'] == parents][0]
         out = cli.convert(files[name], out_dir / (name + '.raw'))
-        assert sha256_sparse(out) == (want['size'], want['sha256']), name
+        assert ig.sparse_sha256(out) == (want['size'], want['sha256']), name
     info = cli.info(files['l2.vmdk'])
     assert [la[0] for la in layers(info)] == ['l2.vmdk', 'l1.vmdk',
                                               'l0.vmdk']
@@ -289,13 +256,13 @@ def test_corpus_sesparse(corpus, corpus_file, expected, tmp_path, out_dir):
     desc = d / 'sesparse-descriptor.vmdk'
     shutil.copyfile(corpus / 'helpers/sesparse-descriptor.vmdk', desc)
     out = cli.convert(desc, out_dir / 'desc.raw')
-    assert sha256_sparse(out) == (want['size'], want['sha256'])
+    assert ig.sparse_sha256(out) == (want['size'], want['sha256'])
     assert ig.read_range(out, 16 * MiB - 1, 2) == b'a\0'
     info = cli.info(desc)
     assert layers(info) == [('sesparse-descriptor.vmdk', 'seSparse',
                              'fffffffe', None)]
     alone = cli.convert(extent, out_dir / 'alone.raw')
-    assert sha256_sparse(alone) == (want['size'], want['sha256'])
+    assert ig.sparse_sha256(alone) == (want['size'], want['sha256'])
     assert layers(cli.info(extent)) == [('sesparse.vmdk', 'seSparse', None,
                                          None)]
 
@@ -320,10 +287,10 @@ def test_qemu_subformats(sub, qemu_img, raw_source, tmp_path, out_dir):
                 'subformat=' + sub, raw_source, img)
     qraw = tmp_path / 'qemu.raw'
     ig.qemu_img('convert', '-f', 'vmdk', '-O', 'raw', img, qraw)
-    truth = sha256_sparse(raw_source)
-    assert sha256_sparse(qraw) == truth
+    truth = ig.sparse_sha256(raw_source)
+    assert ig.sparse_sha256(qraw) == truth
     out = cli.convert(img, out_dir / 'disk.raw')
-    assert sha256_sparse(out) == truth
+    assert ig.sparse_sha256(out) == truth
     info = cli.info(img)
     assert info['chain'][0]['subformat'] == sub
     assert info['virtual_size'] == RAW_SIZE
@@ -331,7 +298,7 @@ def test_qemu_subformats(sub, qemu_img, raw_source, tmp_path, out_dir):
 
 def test_qemu_subformats_pyvmdk_agrees(qemu_img, pyvmdk, raw_source,
                                        tmp_path):
-    truth = sha256_sparse(raw_source)
+    truth = ig.sparse_sha256(raw_source)
     for sub in SUBFORMATS:
         img = tmp_path / ('%s.vmdk' % sub)
         ig.qemu_img('convert', '-f', 'raw', '-O', 'vmdk', '-o',
@@ -375,12 +342,12 @@ def qemu_chain(qemu_img, qemu_io, raw_source, tmp_path):
 def test_qemu_chain(qemu_chain, out_dir):
     d, c1_model, model = qemu_chain
     out = cli.convert(d / 'c2.vmdk', out_dir / 'c2.raw')
-    assert sha256_sparse(out) == (RAW_SIZE, model.sha256())
+    assert ig.sparse_sha256(out) == (RAW_SIZE, model.sha256())
     qraw = d / 'qemu.raw'
     ig.qemu_img('convert', '-f', 'vmdk', '-O', 'raw', d / 'c2.vmdk', qraw)
-    assert sha256_sparse(qraw) == (RAW_SIZE, model.sha256())
+    assert ig.sparse_sha256(qraw) == (RAW_SIZE, model.sha256())
     out1 = cli.convert(d / 'c1.vmdk', out_dir / 'c1.raw')
-    assert sha256_sparse(out1) == (RAW_SIZE, c1_model.sha256())
+    assert ig.sparse_sha256(out1) == (RAW_SIZE, c1_model.sha256())
     info = cli.info(d / 'c2.vmdk')
     got = layers(info)
     assert [(n, s) for n, s, _, _ in got] == [
@@ -411,7 +378,7 @@ def test_qemu_chain_modified_parent_refused(qemu_chain, qemu_io, out_dir):
 def test_vmdkstream(vmdkstream, raw_source, tmp_path, out_dir):
     img = vmdkstream(raw_source, tmp_path / 'stream.vmdk')
     out = cli.convert(img, out_dir / 'disk.raw')
-    assert sha256_sparse(out) == sha256_sparse(raw_source)
+    assert ig.sparse_sha256(out) == ig.sparse_sha256(raw_source)
     info = cli.info(img)
     assert info['chain'][0]['subformat'] == 'streamOptimized'
     assert info['chain'][0]['creator'] == 'VMDKstream'
