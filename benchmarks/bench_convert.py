@@ -154,6 +154,20 @@ def allocated(path):
     return os.stat(path).st_blocks * 512
 
 
+def data_extents(fd, size, pos=0):
+    """Yield the (start, end) data extents of the open file ``fd`` of
+    ``size`` bytes from ``pos`` on, as SEEK_DATA/SEEK_HOLE tell them."""
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return
+            raise
+        pos = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, pos
+
+
 def mapped(path):
     """Bytes inside data extents (SEEK_DATA..SEEK_HOLE), metadata excluded.
 
@@ -161,23 +175,12 @@ def mapped(path):
     blocks, which differ by a few KiB between two files with the same
     holes; the sparseness targets are judged on this figure instead.
     """
-    total = 0
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as e:
-                if e.errno == errno.ENXIO:
-                    break
-                raise
-            pos = os.lseek(fd, start, os.SEEK_HOLE)
-            total += pos - start
+        return sum(end - start for start, end in
+                   data_extents(fd, os.fstat(fd).st_size))
     finally:
         os.close(fd)
-    return total
 
 
 def loadavg():
@@ -312,16 +315,9 @@ def content_digest(path):
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        pos = 0
         next_idx = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as e:
-                if e.errno == errno.ENXIO:
-                    break
-                raise
-            end = os.lseek(fd, start, os.SEEK_HOLE)
+        for start, end in data_extents(fd, size):
+            # Each piece once, even when several extents share it.
             first = max(start // DIGEST_CHUNK, next_idx)
             last = (end - 1) // DIGEST_CHUNK
             for idx in range(first, last + 1):
@@ -329,8 +325,7 @@ def content_digest(path):
                 if buf != zero[:len(buf)]:
                     h.update(idx.to_bytes(8, 'little'))
                     h.update(buf)
-            next_idx = last + 1
-            pos = max(end, next_idx * DIGEST_CHUNK)
+            next_idx = max(next_idx, last + 1)
         h.update(b'size' + size.to_bytes(8, 'little'))
     finally:
         os.close(fd)
@@ -556,19 +551,9 @@ def warm_files(paths, chunk=4 * MiB):
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
-            pos = 0
-            while pos < size:
-                try:
-                    start = os.lseek(fd, pos, os.SEEK_DATA)
-                except OSError as e:
-                    if e.errno == errno.ENXIO:
-                        break
-                    raise
-                end = os.lseek(fd, start, os.SEEK_HOLE)
+            for start, end in data_extents(fd, os.fstat(fd).st_size):
                 for off in range(start, end, chunk):
                     os.preadv(fd, [buf[:min(chunk, end - off)]], off)
-                pos = end
         finally:
             os.close(fd)
 
