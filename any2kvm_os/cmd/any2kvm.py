@@ -404,9 +404,14 @@ def cloud_session(cloud=None):
         region.config.get('interface')
 
 
-def _import(args, limits):
+def run_import(args, limits, cloud, progress_stream=None):
+    """The import both commands run (``any2kvm import`` and ``openstack
+    any2kvm import``): target options from the parsed ``args``, a session
+    from ``cloud()`` — (session, region, interface), asked only for a
+    cloud target — a progress bar with ``--progress``; returns the
+    results of :func:`any2kvm_os.importer.import_vm`."""
     from any2kvm_os import importer
-    props = dict(args.properties or [])
+    props = dict(args.properties or {})
     options = target_options(
         args.target, directory=args.output_dir, overwrite=args.overwrite,
         defaults=not args.no_default_properties, properties=props,
@@ -414,10 +419,10 @@ def _import(args, limits):
         **volume_flags(args))
     session = None
     if args.target not in LOCAL_TARGETS:
-        session, region, interface = cloud_session(args.os_cloud)
+        session, region, interface = cloud()
         options.update(target_options(args.target, region_name=region,
                                       interface=interface))
-    progress = DiskProgress() if args.progress else None
+    progress = DiskProgress(progress_stream) if args.progress else None
     try:
         _vm, results = importer.import_vm(
             args.location, args.target, args.name, limits,
@@ -429,6 +434,12 @@ def _import(args, limits):
         raise
     if progress:
         progress.finish()
+    return results
+
+
+def _import(args, limits):
+    results = run_import(args, limits,
+                         lambda: cloud_session(args.os_cloud))
     summary = import_summary(args.target, results)
     if args.format == 'json':
         print(json.dumps(summary, indent=2, sort_keys=False))

@@ -44,40 +44,16 @@ class ImportImage(command.ShowOne):
 
     def take_action(self, parsed_args):
         from any2kvm_os.cmd import any2kvm
-        from any2kvm_os import importer
+
+        def cloud():
+            client = self.app.client_manager.any2kvm
+            return client.session, client.region_name, client.interface
 
         with common.errors():
             limits = any2kvm.load_limits(parsed_args.config_file)
-            props = dict(parsed_args.properties or {})
-            target = parsed_args.target
-            options = any2kvm.target_options(
-                target, directory=parsed_args.output_dir,
-                overwrite=parsed_args.overwrite,
-                defaults=not parsed_args.no_default_properties,
-                properties=props, wait=parsed_args.wait or None,
-                scratch_dir=limits.scratch_dir,
-                **any2kvm.volume_flags(parsed_args))
-            session = None
-            if target not in any2kvm.LOCAL_TARGETS:
-                client = self.app.client_manager.any2kvm
-                session = client.session
-                options.update(any2kvm.target_options(
-                    target, region_name=client.region_name,
-                    interface=client.interface))
-            progress = any2kvm.DiskProgress(self.app.stderr) \
-                if parsed_args.progress else None
-            try:
-                _vm, results = importer.import_vm(
-                    parsed_args.location, target, parsed_args.name, limits,
-                    source_name=parsed_args.source_name, props=props,
-                    disk=parsed_args.disk, session=session,
-                    progress=progress, target_options=options)
-            except BaseException:
-                if progress:
-                    progress.finish(ok=False)
-                raise
-            if progress:
-                progress.finish()
+            results = any2kvm.run_import(parsed_args, limits, cloud,
+                                         self.app.stderr)
+        target = parsed_args.target
         summary = any2kvm.import_summary(target, results)
         columns = tuple(summary)
         data = []
