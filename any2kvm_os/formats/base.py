@@ -151,9 +151,14 @@ class LayerReader(object, metaclass=abc.ABCMeta):
         """Release sibling views this reader opened (the container closes
         the main view)."""
 
+    def _pread(self, length, offset):
+        """The file's bytes as this reader sees them (VHDX lays its
+        replayed log over them)."""
+        return self.view.pread(length, offset)
+
     def read(self, file_offset, length):
         """Read stored bytes (the ``file_offset`` of a DATA extent)."""
-        data = self.view.pread(length, file_offset)
+        data = self._pread(length, file_offset)
         if len(data) != length:
             from any2kvm_os import exception
             raise exception.InvalidImage(

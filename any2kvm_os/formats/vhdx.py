@@ -338,15 +338,6 @@ class VhdxReader(base.LayerReader):
             data = self._overlay.patch(data, offset)
         return data
 
-    def read(self, file_offset, length):
-        data = self._pread(length, file_offset)
-        if len(data) != length:
-            raise exception.InvalidImage(
-                path=self.name,
-                reason='truncated: expected %d bytes at offset %d, got %d'
-                % (length, file_offset, len(data)))
-        return data
-
     def _invalid(self, reason):
         return exception.InvalidImage(path=self.name, reason=reason)
 
