@@ -975,19 +975,17 @@ class XvaTar(object):
         self._file.close()
 
 
-class XvaDisk(object):
-    """A disk of a plain XVA: random access through a one-layer chain."""
+class _VdiDisk(object):
+    """What the disks of a plain and of a compressed XVA share: a VDI of
+    ova.xml, whose size is known before any data is read."""
 
     kind = KIND
     format = FORMAT
 
-    def __init__(self, xva_tar, vdi):
-        self.path = xva_tar.path
+    def __init__(self, archive_path, vdi):
+        self.path = archive_path
         self.vdi = vdi
-        self.name = '%s:%s' % (xva_tar.path, vdi.ref)
-        layer = xva_tar.layer(vdi)
-        self.chain = layer_chain.LayerChain([layer], [self.name],
-                                            [vdi.ref])
+        self.name = '%s:%s' % (archive_path, vdi.ref)
 
     @property
     def virtual_size(self):
@@ -997,14 +995,24 @@ class XvaDisk(object):
     def size_hint(self):
         return self.vdi.virtual_size
 
+    def close(self):
+        pass
+
+
+class XvaDisk(_VdiDisk):
+    """A disk of a plain XVA: random access through a one-layer chain."""
+
+    def __init__(self, xva_tar, vdi):
+        super(XvaDisk, self).__init__(xva_tar.path, vdi)
+        layer = xva_tar.layer(vdi)
+        self.chain = layer_chain.LayerChain([layer], [self.name],
+                                            [vdi.ref])
+
     def describe(self):
         return self.chain.describe()
 
     def write_to(self, target, progress=None):
         raw.copy_chain(self.chain, target, progress)
-
-    def close(self):
-        pass
 
 
 # ---------------------------------------------------------------------------
@@ -1132,26 +1140,12 @@ class XvaStream(object):
         return self._stats.get(ref, (0, set()))
 
 
-class XvaStreamDisk(object):
+class XvaStreamDisk(_VdiDisk):
     """A disk of a compressed XVA, written in one pass."""
 
-    kind = KIND
-    format = FORMAT
-
     def __init__(self, stream, vdi):
-        self.path = stream.path
+        super(XvaStreamDisk, self).__init__(stream.path, vdi)
         self._stream = stream
-        self.vdi = vdi
-        self.name = '%s:%s' % (stream.path, vdi.ref)
-
-    @property
-    def virtual_size(self):
-        return self.vdi.virtual_size
-
-    @property
-    def size_hint(self):
-        # ova.xml tells the size before any data is read.
-        return self.vdi.virtual_size
 
     def describe(self):
         """Reads the whole archive once (the first call only)."""
@@ -1181,9 +1175,6 @@ class XvaStreamDisk(object):
             _zero_missing(target, written, size)
         if progress:
             progress(size, size)
-
-    def close(self):
-        pass
 
 
 def _zero_missing(target, written, size):
