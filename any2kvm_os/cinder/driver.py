@@ -201,6 +201,8 @@ class ImageToVolume(object):
         self.kinds = kinds
         self.label = _image_label(image_meta)
         self.image_id = image_meta.get('id')
+        #: Bytes the volume holds (Cinder sizes volumes in GiB).
+        self.capacity = int(volume.size) << 30
 
     # -- Cinder's pieces, imported late ---------------------------------------
 
@@ -261,8 +263,8 @@ class ImageToVolume(object):
         source = self._open_source(limits)
         try:
             disk, index = self._pick_disk(source)
-            capacity = int(self.volume.size) << 30
-            if disk.size_hint is not None and disk.size_hint > capacity:
+            if disk.size_hint is not None and \
+                    disk.size_hint > self.capacity:
                 raise self._too_big(disk.size_hint)
             model_update = self._create_and_write(disk)
             self._annotate(source, disk, index)
@@ -375,7 +377,7 @@ class ImageToVolume(object):
                 from any2kvm_os.writers import raw
                 self._write_disk(raw.FileObjectTarget(
                     device, 'volume %s' % self.volume.id,
-                    int(self.volume.size) << 30), disk)
+                    self.capacity), disk)
         finally:
             self.driver._detach_volume(self.context, attach_info, volume,
                                        props, force=True)
@@ -413,7 +415,7 @@ class ImageToVolume(object):
                 return 'qcow2'
         return None
 
-    def _open_target(self, path, disk):
+    def _open_target(self, path):
         """A RawTarget on ``path``; when cinder-volume may not open it
         (root-owned LVM or attached devices), a RawTarget on a sparse
         scratch file instead, copied onto ``path`` as root afterwards."""
@@ -424,10 +426,9 @@ class ImageToVolume(object):
             if not isinstance(e.__context__, PermissionError):
                 raise
         import tempfile
-        capacity = int(self.volume.size) << 30
         fd, scratch = tempfile.mkstemp(prefix='any2kvm-volume-',
                                        dir=self._conversion_dir())
-        os.ftruncate(fd, capacity)
+        os.ftruncate(fd, self.capacity)
         os.close(fd)
         LOG.info('any2kvm: %s is not writable by this service: converting '
                  'into %s, then copying it as root', path, scratch)
@@ -442,7 +443,7 @@ class ImageToVolume(object):
                                   run_as_root=True)
 
     def _write_to(self, path, disk):
-        target, scratch = self._open_target(path, disk)
+        target, scratch = self._open_target(path)
         try:
             self._write_disk(target, disk)
             if scratch is not None:
