@@ -13,17 +13,8 @@
 """Open what the user named and turn it into raw disks.
 
 ``open_source`` looks at the content (never the file name) and returns a
-:class:`VmSource`: what is known of the virtual machine (``vm``, a dict;
-empty for a bare disk) and its ``disks``, each a disk source with one
-interface:
-
-* ``kind`` (container: 'file', 'xenserver-tgz', 'ova', 'xva'), ``format``;
-* ``name``: how the disk is called in messages;
-* ``size_hint``: the virtual size if known without a full read, else None;
-* ``describe()``: the layers, leaf first, as dicts (see ``any2kvm info``);
-* ``write_to(target, progress)``: write the whole disk onto a RawTarget;
-* ``chain``: a LayerChain when the layers can be read at random (needed by
-  incremental apply), else absent.
+:class:`any2kvm_os.vm.Vm`: the facts known of the virtual machine (empty
+for a bare disk) and its disks (:class:`any2kvm_os.vm.Disk`).
 
 A disk file is resolved with its parents among the regular files of its
 directory; a XenServer tar is read in place; a compressed one is streamed.
@@ -39,98 +30,16 @@ from any2kvm_os.containers import xenserver
 from any2kvm_os import exception
 from any2kvm_os import fileio
 from any2kvm_os.formats import probe
+from any2kvm_os import vm
 from any2kvm_os.writers import raw
 
 
-class VmSource(object):
-    """A virtual machine's description and its disks."""
-
-    def __init__(self, path, kind, disks, vm=None, closer=None):
-        self.path = path
-        self.kind = kind
-        self.disks = disks
-        #: name, cpus, cores_per_socket, memory_mb, firmware, nics, os ...
-        self.vm = vm or {}
-        self._closer = closer
-
-    def close(self):
-        for disk in self.disks:
-            disk.close()
-        if self._closer:
-            self._closer()
-
-
-class ChainSource(object):
-    """A disk whose chain is read with random access."""
-
-    def __init__(self, path, kind, chain, closer=None):
-        self.path = path
-        self.name = path
-        self.kind = kind
-        self.chain = chain
-        self._closer = closer
-
-    @property
-    def virtual_size(self):
-        return self.chain.virtual_size
-
-    @property
-    def size_hint(self):
-        """The disk size if known without reading the source through."""
-        return self.chain.virtual_size
-
-    @property
-    def format(self):
-        return self.chain.leaf.format_name
-
-    def describe(self):
-        return self.chain.describe()
-
-    def write_to(self, target, progress=None):
-        raw.copy_chain(self.chain, target, progress)
-
-    def close(self):
-        if self._closer:
-            self._closer()
-            self._closer = None
-
-
-class StreamSource(object):
-    """A compressed XenServer archive, read in one pass."""
-
-    format = 'vhd'
-    #: A one-pass archive tells its sizes only as it is read.
-    size_hint = None
-
-    def __init__(self, path, stream):
-        self.path = path
-        self.name = path
-        self.kind = stream.kind
-        self._stream = stream
-        self._facts = None
-
-    @property
-    def virtual_size(self):
-        return self.describe()[0]['virtual_size']
-
-    def describe(self):
-        if self._facts is None:
-            self._facts = self._stream.describe()
-        return self._facts
-
-    def write_to(self, target, progress=None):
-        self._stream.write_to(target, progress)
-
-    def close(self):
-        pass
-
-
 def open_source(path, limits):
-    """Return a :class:`VmSource` for ``path``."""
+    """Return a :class:`~any2kvm_os.vm.Vm` for ``path``."""
     disk = _open_disk_source(path, limits)
-    if isinstance(disk, VmSource):
+    if isinstance(disk, vm.Vm):
         return disk
-    return VmSource(path, disk.kind, [disk])
+    return vm.Vm(path, disk.container, [disk])
 
 
 def _open_disk_source(path, limits):
@@ -171,13 +80,14 @@ def _open_disk_source(path, limits):
             container.close()
             raise
         _check_size(path, chain.virtual_size, limits)
-        return ChainSource(path, container.kind, chain, container.close)
+        return vm.ChainDisk(path, container.kind, chain,
+                            closer=container.close)
     if plain_tar:
         xs = xenserver.XenServerTar(path, limits)
         _check_size(path, xs.chain.virtual_size, limits)
-        return ChainSource(path, xs.kind, xs.chain, xs.close)
+        return vm.ChainDisk(path, xs.container, xs.chain, closer=xs.close)
     if compressed:
-        return StreamSource(path, xenserver.XenServerStream(path, limits))
+        return xenserver.XenServerStream(path, limits)
     raise exception.UnsupportedImage(
         path=path, reason='neither a disk image any2kvm reads nor an '
         'archive it knows (XenServer tar/tgz, OVA, XVA)')
@@ -192,11 +102,11 @@ def _check_size(path, size, limits):
 
 def convert(source, output, overwrite=False, progress=None):
     """Write ``source`` as a raw disk to ``output``; all or nothing."""
-    target = raw.RawTarget.open(output, overwrite=overwrite)
+    writer = raw.RawWriter.open(output, overwrite=overwrite)
     try:
-        source.write_to(target, progress)
-        target.commit()
+        source.write_to(writer, progress)
+        writer.commit()
     except BaseException:
-        target.abort()
+        writer.abort()
         raise
-    return target
+    return writer

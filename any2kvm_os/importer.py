@@ -28,7 +28,7 @@ def import_vm(location, target, name, limits, source_name=None,
         if cls is None:
             targets.get(target)  # raises the "unknown target" error
         plugin = cls(session=session, **(target_options or {}))
-        return source.vm, plugin.write(source, name, props, disk=disk,
-                                       progress=progress)
+        return source.facts, plugin.write(source, name, props, disk=disk,
+                                          progress=progress)
     finally:
         source.close()

@@ -189,14 +189,14 @@ def apply_layers(source, target_path, finish=False, start_at=None,
     Returns (applied, remaining): layer names applied now, and layers still
     to come (the leaf, when not finishing).
     """
-    chain = getattr(source, 'chain', None)
+    chain = source.chain
     if chain is None:
         raise exception.Any2KvmError(
             '%s: incremental apply needs random access to the layers: give '
             'the disk files or an uncompressed tar (decompress the archive '
             'first)' % source.path)
     spath = state_path(target_path, state_dir)
-    target = raw.RawTarget.open_in_place(target_path)
+    target = raw.RawWriter.open_in_place(target_path)
     try:
         try:
             fcntl.flock(target.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

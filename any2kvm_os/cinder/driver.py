@@ -125,9 +125,9 @@ def recognise(image_meta, kinds=KINDS):
 
 def content_kind(source):
     """What a downloaded image turned out to be, in :data:`KINDS` words."""
-    if source.kind == 'file':
+    if source.container == 'file':
         return source.disks[0].format
-    return source.kind
+    return source.container
 
 
 def _image_label(image_meta):
@@ -375,7 +375,7 @@ class ImageToVolume(object):
                 # A file object (os-brick's RBD connector without a kernel
                 # mapping): written through it.
                 from any2kvm_os.writers import raw
-                self._write_disk(raw.FileObjectTarget(
+                self._write_disk(raw.FileObjectWriter(
                     device, 'volume %s' % self.volume.id,
                     self.capacity), disk)
         finally:
@@ -416,12 +416,12 @@ class ImageToVolume(object):
         return None
 
     def _open_target(self, path):
-        """A RawTarget on ``path``; when cinder-volume may not open it
-        (root-owned LVM or attached devices), a RawTarget on a sparse
+        """A RawWriter on ``path``; when cinder-volume may not open it
+        (root-owned LVM or attached devices), a RawWriter on a sparse
         scratch file instead, copied onto ``path`` as root afterwards."""
         from any2kvm_os.writers import raw
         try:
-            return raw.RawTarget.open_volume(path), None
+            return raw.RawWriter.open_volume(path), None
         except exception.TargetError as e:
             if not isinstance(e.__context__, PermissionError):
                 raise
@@ -432,7 +432,7 @@ class ImageToVolume(object):
         os.close(fd)
         LOG.info('any2kvm: %s is not writable by this service: converting '
                  'into %s, then copying it as root', path, scratch)
-        return raw.RawTarget.open_volume(scratch), scratch
+        return raw.RawWriter.open_volume(scratch), scratch
 
     def _copy_as_root(self, scratch, path):
         """Cinder's own way to write a volume it cannot open: qemu-img
@@ -479,7 +479,7 @@ class ImageToVolume(object):
     def _annotate(self, source, disk, index):
         """Add what Cinder will copy into volume_image_metadata: the
         image's own properties win over ours."""
-        vm = source.vm if index == 0 else {}
+        vm = source.facts if index == 0 else {}
         ours = properties.image_properties(vm, disk.virtual_size)
         meta = self.image_meta
         props = meta.setdefault('properties', {})

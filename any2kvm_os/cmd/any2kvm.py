@@ -110,7 +110,8 @@ def describe_source(source, location=None):
                       'virtual_size': layers[0]['virtual_size'],
                       'chain': layers})
     result = {'source': location if location is not None else source.path,
-              'container': source.kind, 'vm': source.vm, 'disks': disks}
+              'container': source.container, 'vm': source.facts,
+              'disks': disks}
     if disks:
         # The first disk's facts at the top, for one-disk sources.
         for key in ('format', 'virtual_size', 'chain'):
@@ -178,7 +179,7 @@ def _disk_outputs(args, source):
         raise exception.Any2KvmError(
             '%s: holds %d disks: give --disk N, or an existing directory as '
             'OUTPUT for one raw file per disk' % (args.source, len(disks)))
-    stem = re.sub(r'[^A-Za-z0-9._-]+', '_', source.vm.get('name') or
+    stem = re.sub(r'[^A-Za-z0-9._-]+', '_', source.facts.get('name') or
                   os.path.basename(args.source)).strip('._') or 'disk'
     return [(disk, os.path.join(args.output, '%s-disk%d.raw' % (stem, i)))
             for i, disk in enumerate(disks)]

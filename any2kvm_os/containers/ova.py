@@ -63,6 +63,7 @@ from any2kvm_os.containers import tar
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os import fileio
+from any2kvm_os import vm
 from any2kvm_os.formats import base as fbase
 
 LOG = logging.getLogger(__name__)
@@ -410,7 +411,7 @@ class OvaContainer(base.Container):
 # ---------------------------------------------------------------------------
 
 def open_ova(path, limits):
-    """Open an OVA (a plain tar); return a VmSource."""
+    """Open an OVA (a plain tar); return a :class:`~any2kvm_os.vm.Vm`."""
     raw = tar.PlainTarContainer(path, limits)
     try:
         names = raw.member_names()
@@ -587,9 +588,8 @@ def _open_package(path, kind, raw, local, ovf_name, mf_name, cert_name,
         raise
     for note in notes:
         LOG.warning('%s', note)
-    from any2kvm_os import convert
-    return convert.VmSource(path, kind, disks, vm=desc.vm,
-                            closer=container.close)
+    return vm.Vm(path, kind, disks, facts=desc.vm, notes=notes,
+                 closer=container.close)
 
 
 def _file_entry(ref, raw, local, reserved, entries, listed, ovf_display,
@@ -671,7 +671,6 @@ def _check_limit(name, what, size, limits):
 
 def _disk_source(kind, container, placed, disk_files, limits, ovf_display,
                  notes):
-    from any2kvm_os import convert
     disk = placed.disk
     if disk.capacity is not None:
         _check_limit(ovf_display, 'disk %r: ovf:capacity' % disk.id,
@@ -680,7 +679,6 @@ def _disk_source(kind, container, placed, disk_files, limits, ovf_display,
         name = '%s (blank disk %s)' % (ovf_display, disk.id)
         chain = layer_chain.LayerChain([BlankLayer(disk.capacity, name)],
                                        [name], ['(blank disk %s)' % disk.id])
-        source = convert.ChainSource(name, kind, chain)
     else:
         logical = disk_files[disk.file_id]
         chain = layer_chain.resolve(container, logical, limits)
@@ -697,7 +695,5 @@ def _disk_source(kind, container, placed, disk_files, limits, ovf_display,
                          'disk holds %d: the disk file is used as it is'
                          % (name, disk.id, disk.capacity,
                             chain.virtual_size))
-        source = convert.ChainSource(name, kind, chain)
-    source.disk_id = disk.id
-    source.controller = placed.controller
-    return source
+    return vm.ChainDisk(name, kind, chain, disk_id=disk.id,
+                        controller=placed.controller)

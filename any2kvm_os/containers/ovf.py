@@ -415,7 +415,7 @@ class Descriptor(object):
         self.disks = disks
         #: [PlacedDisk] in output order.
         self.placed = placed
-        #: The vm dict of :class:`any2kvm_os.convert.VmSource`.
+        #: The facts of :class:`any2kvm_os.vm.Vm`.
         self.vm = vm
         #: Warnings for the user, to be logged once the package is known
         #: to be usable (a refusal is one line and nothing else).

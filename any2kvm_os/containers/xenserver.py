@@ -33,6 +33,7 @@ import tempfile
 
 from any2kvm_os import exception
 from any2kvm_os import fileio
+from any2kvm_os import vm
 from any2kvm_os.chain import layer_chain
 from any2kvm_os.containers import tar
 from any2kvm_os.formats import probe
@@ -95,7 +96,7 @@ def check_links(archive, layers):
 class XenServerTar(object):
     """A plain XenServer tar, read in place through a LayerChain."""
 
-    kind = 'xenserver-tgz'
+    container = 'xenserver-tgz'
 
     def __init__(self, path, limits):
         self.path = path
@@ -177,13 +178,17 @@ def _peek_layer(name, stream):
     return vhd.StreamLayer(name, stream.peek(vhd.FOOTER_SIZE), stream.size)
 
 
-class XenServerStream(object):
-    """A compressed XenServer tgz, consumed in one pass."""
+class XenServerStream(vm.Disk):
+    """The disk of a compressed XenServer tgz, consumed in one pass."""
 
-    kind = 'xenserver-tgz'
+    format = 'vhd'
+    #: A one-pass archive tells its sizes only as it is read.
+    size_hint = None
 
     def __init__(self, path, limits, opener=None):
+        super(XenServerStream, self).__init__(path, 'xenserver-tgz')
         self.path = path
+        self._facts = None
         self.limits = limits
         #: Returns a new file object of the archive for each pass (a
         #: download: :class:`any2kvm_os.fileio.ChunkReader`); default: the
@@ -203,7 +208,13 @@ class XenServerStream(object):
                 yield index, stream
 
     def describe(self):
-        """Per-layer facts, leaf first, reading the archive once."""
+        """Per-layer facts, leaf first (the archive is read once, on the
+        first call)."""
+        if self._facts is None:
+            self._facts = self._read_facts()
+        return self._facts
+
+    def _read_facts(self):
         facts = {}
         for index, stream in self._members():
             layer = _peek_layer(stream.name, stream)

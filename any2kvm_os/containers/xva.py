@@ -87,7 +87,7 @@ from any2kvm_os import fileio
 from any2kvm_os.chain import layer_chain
 from any2kvm_os.containers import tar
 from any2kvm_os.formats import base as fbase
-from any2kvm_os.writers import raw
+from any2kvm_os import vm
 
 LOG = logging.getLogger(__name__)
 
@@ -975,44 +975,15 @@ class XvaTar(object):
         self._file.close()
 
 
-class _VdiDisk(object):
-    """What the disks of a plain and of a compressed XVA share: a VDI of
-    ova.xml, whose size is known before any data is read."""
-
-    kind = KIND
-    format = FORMAT
-
-    def __init__(self, archive_path, vdi):
-        self.path = archive_path
-        self.vdi = vdi
-        self.name = '%s:%s' % (archive_path, vdi.ref)
-
-    @property
-    def virtual_size(self):
-        return self.vdi.virtual_size
-
-    @property
-    def size_hint(self):
-        return self.vdi.virtual_size
-
-    def close(self):
-        pass
+def _disk_name(archive_path, vdi):
+    return '%s:%s' % (archive_path, vdi.ref)
 
 
-class XvaDisk(_VdiDisk):
+def xva_disk(xva_tar, vdi):
     """A disk of a plain XVA: random access through a one-layer chain."""
-
-    def __init__(self, xva_tar, vdi):
-        super(XvaDisk, self).__init__(xva_tar.path, vdi)
-        layer = xva_tar.layer(vdi)
-        self.chain = layer_chain.LayerChain([layer], [self.name],
-                                            [vdi.ref])
-
-    def describe(self):
-        return self.chain.describe()
-
-    def write_to(self, target, progress=None):
-        raw.copy_chain(self.chain, target, progress)
+    name = _disk_name(xva_tar.path, vdi)
+    chain = layer_chain.LayerChain([xva_tar.layer(vdi)], [name], [vdi.ref])
+    return vm.ChainDisk(name, KIND, chain, disk_id=vdi.uuid)
 
 
 # ---------------------------------------------------------------------------
@@ -1140,12 +1111,21 @@ class XvaStream(object):
         return self._stats.get(ref, (0, set()))
 
 
-class XvaStreamDisk(_VdiDisk):
-    """A disk of a compressed XVA, written in one pass."""
+class XvaStreamDisk(vm.Disk):
+    """A disk of a compressed XVA, written in one pass (its size is known
+    from ova.xml before any data is read)."""
+
+    format = FORMAT
 
     def __init__(self, stream, vdi):
-        super(XvaStreamDisk, self).__init__(stream.path, vdi)
+        super(XvaStreamDisk, self).__init__(
+            _disk_name(stream.path, vdi), KIND, disk_id=vdi.uuid)
+        self.vdi = vdi
         self._stream = stream
+
+    @property
+    def virtual_size(self):
+        return self.vdi.virtual_size
 
     def describe(self):
         """Reads the whole archive once (the first call only)."""
@@ -1193,24 +1173,21 @@ def _zero_missing(target, written, size):
 # ---------------------------------------------------------------------------
 
 def open_xva(path, limits):
-    """Return a ``convert.VmSource`` for the XVA at ``path``.
+    """Return a :class:`~any2kvm_os.vm.Vm` for the XVA at ``path``.
 
     A plain tar is indexed from its headers and read with random access
     (its disks have a ``chain``); a compressed one (gzip, bzip2, xz, zstd)
     is read in one pass per disk.
     """
-    # convert imports this module: import it when called, not at load.
-    from any2kvm_os import convert
     if _is_compressed(path):
         return open_xva_stream(path, limits, None)
     xt = XvaTar(path, limits)
     try:
-        disks = [XvaDisk(xt, vdi) for vdi in xt.ova.disks]
+        disks = [xva_disk(xt, vdi) for vdi in xt.ova.disks]
     except Exception:
         xt.close()
         raise
-    return convert.VmSource(path, KIND, disks, vm=xt.ova.vm,
-                            closer=xt.close)
+    return vm.Vm(path, KIND, disks, facts=xt.ova.vm, closer=xt.close)
 
 
 def head_is_xva(head):
@@ -1221,9 +1198,8 @@ def head_is_xva(head):
 
 
 def open_xva_stream(path, limits, opener):
-    """A ``convert.VmSource`` for an XVA read through ``opener`` (a new
-    file object per pass: one for ova.xml, one per disk written)."""
-    from any2kvm_os import convert
+    """A :class:`~any2kvm_os.vm.Vm` for an XVA read through ``opener`` (a
+    new file object per pass: one for ova.xml, one per disk written)."""
     stream = XvaStream(path, limits, opener=opener)
     disks = [XvaStreamDisk(stream, vdi) for vdi in stream.ova.disks]
-    return convert.VmSource(path, KIND, disks, vm=stream.ova.vm)
+    return vm.Vm(path, KIND, disks, facts=stream.ova.vm)

@@ -13,7 +13,7 @@
 """Sources: where a VM's disks come from (stevedore ``any2kvm_os.sources``).
 
 A source plugin turns a LOCATION (a path, an image id, later a host spec)
-into a :class:`any2kvm_os.convert.VmSource`: the VM facts and its disks.
+into a :class:`any2kvm_os.vm.Vm`: the VM facts and its disks.
 The local-file plugins all go through the same content detection
 (:func:`any2kvm_os.convert.open_source`) and then check that what was found
 is what the user asked for, so ``--source ova`` on a XenServer tgz is a
@@ -56,15 +56,15 @@ class LocalSource(Source):
 
     def open(self, location):
         source = convert.open_source(location, self.limits)
-        if source.kind not in self.kinds:
+        if source.container not in self.kinds:
             source.close()
             raise exception.UnsupportedImage(
                 path=location, reason='is %s, not %s (use --source %s or '
-                'leave --source out)' % (_KIND_WORDS.get(source.kind,
-                                                         source.kind),
+                'leave --source out)' % (_KIND_WORDS.get(source.container,
+                                                         source.container),
                                          self.description,
-                                         _KIND_SOURCE.get(source.kind,
-                                                          source.kind)))
+                                         _KIND_SOURCE.get(source.container,
+                                                          source.container)))
         return source
 
 

@@ -32,6 +32,7 @@ import tempfile
 from any2kvm_os import convert
 from any2kvm_os import exception
 from any2kvm_os import fileio
+from any2kvm_os import vm
 from any2kvm_os.sources import base
 from any2kvm_os.targets import glance as glance_target
 
@@ -84,8 +85,8 @@ class GlanceImageSource(base.Source):
         source = open_image_data(label, chunks, image.get('size') or 0,
                                  self.limits, checksum=image.get('checksum'),
                                  wrap_error=glance_target.cloud_error)
-        if not source.vm.get('name') and image.get('name'):
-            source.vm = dict(source.vm, name=image['name'])
+        if not source.facts.get('name') and image.get('name'):
+            source.facts['name'] = image['name']
         return source
 
 
@@ -129,8 +130,7 @@ def open_image_data(label, chunks, size, limits, checksum=None,
     if kind == 'an XVA':
         return xva.open_xva_stream(label, limits, opener)
     stream = xenserver.XenServerStream(label, limits, opener=opener)
-    return convert.VmSource(label, stream.kind,
-                            [convert.StreamSource(label, stream)])
+    return vm.Vm(label, stream.container, [stream])
 
 
 def open_downloaded(label, chunks, size, limits, checksum=None,
@@ -142,7 +142,7 @@ def open_downloaded(label, chunks, size, limits, checksum=None,
     copy goes into a private (0700) directory under ``limits.scratch_dir``,
     bounded by ``limits.scratch_limit`` and the free space there, and is
     checked against ``size`` and the MD5 ``checksum``.  Returns the
-    :class:`~any2kvm_os.convert.VmSource`; closing it removes the copy.
+    :class:`~any2kvm_os.vm.Vm`; closing it removes the copy.
     Messages name ``label``, never the scratch file.  Errors that are not
     ours are passed to ``wrap_error(label, exc)`` when given.
     """
@@ -189,11 +189,5 @@ def open_downloaded(label, chunks, size, limits, checksum=None,
     source.path = label
     for disk in source.disks:
         disk.name = disk.name.replace(path, label)
-    closer = source._closer
-
-    def close():
-        if closer:
-            closer()
-        shutil.rmtree(tmp, ignore_errors=True)
-    source._closer = close
+    source.on_close(lambda: shutil.rmtree(tmp, ignore_errors=True))
     return source

@@ -12,7 +12,7 @@
 
 """Targets: where converted disks go (stevedore ``any2kvm_os.targets``).
 
-A target plugin receives an opened :class:`any2kvm_os.convert.VmSource`
+A target plugin receives an opened :class:`any2kvm_os.vm.Vm`
 and writes its disks: raw files, Glance images or Cinder volumes.  It
 returns one result dict per disk (``name``, ``id`` or ``path``, ``size``,
 digests, properties) for the CLI to print.

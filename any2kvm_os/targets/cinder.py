@@ -180,7 +180,7 @@ class CinderTarget(base.Target):
                 self._wait(cinder, volume.id, vol_name)
                 digest = self._attach_and_write(cinder, volume.id, vol_name,
                                                 d, progress)
-                vm = source.vm if index == 0 else {}
+                vm = source.facts if index == 0 else {}
                 meta = properties.image_properties(
                     vm, d.virtual_size, defaults=self.defaults,
                     overrides=props)
@@ -242,7 +242,7 @@ class CinderTarget(base.Target):
                 LOG.info('Writing %s onto volume %s at %s', disk.name,
                          vol_id, path)
                 cinder.attachments.complete(attachment['id'])
-                target = raw.RawTarget.open_volume(path)
+                target = raw.RawWriter.open_volume(path)
                 try:
                     disk.write_to(target, progress)
                     target.sync()

@@ -64,7 +64,7 @@ def cloud_error(what, e):
 @contextlib.contextmanager
 def disk_stream(disk, scratch_dir, progress=None):
     """A read(n) stream of ``disk``'s raw bytes, with digests."""
-    chain = getattr(disk, 'chain', None)
+    chain = disk.chain
     if chain is not None:
         yield stream.RawStream(chain, progress=progress)
         return
@@ -124,7 +124,7 @@ class GlanceTarget(base.Target):
     def _upload(self, glance, source, disk, index, name, count, props,
                 progress, made):
         size_hint = disk.size_hint
-        vm = source.vm if index == 0 else {}
+        vm = source.facts if index == 0 else {}
         image_name = base.disk_name(name, index, count)
         with disk_stream(disk, self.scratch_dir, progress) as data:
             size = len(data)

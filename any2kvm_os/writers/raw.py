@@ -27,14 +27,11 @@ import hashlib
 import fcntl
 import logging
 import os
-import queue
 import stat
 import struct
 import tempfile
-import threading
 
 from any2kvm_os import exception
-from any2kvm_os import extents as ext
 
 LOG = logging.getLogger(__name__)
 
@@ -105,7 +102,7 @@ def zero_runs(data, base_offset=0):
     return out
 
 
-class RawTarget(object):
+class RawWriter(object):
     """A raw disk being written."""
 
     def __init__(self, path, fd, fresh, is_block, tmp_path=None,
@@ -375,15 +372,15 @@ class RawTarget(object):
             self.fd = None
 
 
-class FileObjectTarget(RawTarget):
+class FileObjectWriter(RawWriter):
     """A volume reached as a file object rather than a path: os-brick's
     RBD connector hands one (``RBDVolumeIOWrapper``: seek, write, flush)
     when it does not map a kernel device.  Same rules as a volume opened
-    with :meth:`RawTarget.open_volume`: fixed size, never truncated; a new
+    with :meth:`RawWriter.open_volume`: fixed size, never truncated; a new
     volume reads as zeros (``fresh``), so zero runs need no writing."""
 
     def __init__(self, fileobj, name, capacity, fresh=True):
-        super(FileObjectTarget, self).__init__(name, None, fresh=fresh,
+        super(FileObjectWriter, self).__init__(name, None, fresh=fresh,
                                                is_block=False)
         self.fileobj = fileobj
         self.capacity = capacity
@@ -410,81 +407,6 @@ class FileObjectTarget(RawTarget):
     def close(self):
         # The file object belongs to the attachment: detaching closes it.
         self.fileobj = None
-
-
-#: Chunks read ahead of the writer: bounds the pipeline's memory to about
-#: PIPELINE_DEPTH * COPY_CHUNK.
-PIPELINE_DEPTH = 4
-_DONE = object()
-
-
-def _produce(chain, out, stop):
-    """Reader thread: the folded chain as ('data', offset, bytes) and
-    ('zero', offset, length) items.  Reading (pread, inflate) releases the
-    GIL, so it overlaps with the writer's pwrite."""
-    def put(item):
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
-        layers = chain.layers
-        for e in chain.iter_extents():
-            if e.kind == ext.DATA:
-                layer = layers[e.layer]
-                done = 0
-                while done < e.length:
-                    n = min(COPY_CHUNK, e.length - done)
-                    if not put(('data', e.offset + done,
-                                layer.read_extent(e, done, n))):
-                        return
-                    done += n
-            elif not put(('zero', e.offset, e.length)):
-                return
-        put(_DONE)
-    except BaseException as exc:  # handed to the writer, raised there
-        put(exc)
-
-
-def copy_chain(chain, target, progress=None):
-    """Fold ``chain`` and write the whole disk onto ``target``.
-
-    A reader thread folds and reads (or inflates) the layers while this
-    thread writes, through a queue of at most PIPELINE_DEPTH chunks.
-    """
-    size = chain.virtual_size
-    target.resize(size)
-    fresh = target.fresh
-    items = queue.Queue(maxsize=PIPELINE_DEPTH)
-    stop = threading.Event()
-    reader = threading.Thread(target=_produce, args=(chain, items, stop),
-                              name='any2kvm-reader', daemon=True)
-    reader.start()
-    try:
-        while True:
-            item = items.get()
-            if item is _DONE:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            kind, offset, payload = item
-            if kind == 'data':
-                target.write_data(offset, payload, over_hole=fresh)
-                end = offset + len(payload)
-            else:
-                # ZERO, or UNALLOCATED through the base: zeros.
-                if not fresh:
-                    target.zero_range(offset, payload)
-                end = offset + payload
-            if progress:
-                progress(end, size)
-    finally:
-        stop.set()
-        reader.join()
 
 
 def sha256_of(path, size):

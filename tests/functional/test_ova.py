@@ -347,7 +347,7 @@ class Runner(object):
                               'chain': layers})
             return json.loads(json.dumps({
                 'source': str(path), 'container': source.kind,
-                'vm': source.vm, 'disks': disks}))
+                'vm': source.facts, 'disks': disks}))
         finally:
             source.close()
 

@@ -145,7 +145,7 @@ def test_single_disk(xva_img, work, out_dir):
     src, (out,) = convert_all(xva_path, out_dir)
     assert os.path.getsize(out) == SIZE_A
     assert sha256(out) == sha256(raw)
-    assert src.vm['name'] == 'test-vm' and src.vm['cpus'] == 4
+    assert src.facts['name'] == 'test-vm' and src.facts['cpus'] == 4
     layer, = src.disks[0].describe()
     assert layer['virtual_size'] == SIZE_A
     assert layer['allocated_bytes'] == 4 * MiB
@@ -182,7 +182,7 @@ def test_two_disks_and_a_cd(xva_img, work, out_dir, compress):
     assert [sha256(o) for o in outs] == [sha256(raw_b), sha256(raw_a)]
     assert [d.name for d in src.disks] == ['%s:Ref:5' % xva_path,
                                            '%s:Ref:3' % xva_path]
-    assert src.vm['nics'][0]['mac'] == '2a:11:22:33:44:55'
+    assert src.facts['nics'][0]['mac'] == '2a:11:22:33:44:55'
     if WIRED:
         dest = out_dir / 'cli'
         dest.mkdir()

@@ -369,8 +369,8 @@ def test_failure_while_writing_deletes_the_volume(fake_cinder, tmp_path,
 
     def broken(self, target, progress=None):
         raise OSError(5, 'Input/output error')
-    from any2kvm_os import convert
-    monkeypatch.setattr(convert.ChainSource, 'write_to', broken)
+    from any2kvm_os import vm
+    monkeypatch.setattr(vm.ChainDisk, 'write_to', broken)
     with pytest.raises(ImageCopyFailure, match='Input/output error'):
         d.clone_image('ctx', vol, None, image_meta(data), ImageService(data))
     assert d.deleted == [vol.id]
@@ -435,7 +435,7 @@ def test_volume_this_service_cannot_open_is_copied_as_root(
     """A root-owned device (LVM, an attachment): the disk is converted into
     sparse scratch and copied with Cinder's qemu-img as root."""
     from any2kvm_os.writers import raw
-    real_open = raw.RawTarget.open_volume
+    real_open = raw.RawWriter.open_volume
     volumes = tmp_path / 'volumes'
 
     def open_volume(path):
@@ -445,7 +445,7 @@ def test_volume_this_service_cannot_open_is_copied_as_root(
             except PermissionError as e:
                 raise exception.TargetError(path=path, reason=e.strerror)
         return real_open(path)
-    monkeypatch.setattr(raw.RawTarget, 'open_volume', open_volume)
+    monkeypatch.setattr(raw.RawWriter, 'open_volume', open_volume)
     d = make_driver(tmp_path)
     data = dynamic_vhd()
     vol = Volume()

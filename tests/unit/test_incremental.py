@@ -30,7 +30,7 @@ def test_failure_halfway_names_the_partial_layer_and_reapply_completes(
     target = tmp_path / 't.raw'
     assert any2kvm.main(['convert', str(paths[0]), '--onto', str(target),
                          '--stop-at', 'l0.vhd']) == 0
-    real = raw.RawTarget.write_data
+    real = raw.RawWriter.write_data
     calls = []
 
     def failing(self, offset, data, over_hole):
@@ -38,7 +38,7 @@ def test_failure_halfway_names_the_partial_layer_and_reapply_completes(
         real(self, offset, data, over_hole)
         raise OSError(5, 'Input/output error')
 
-    monkeypatch.setattr(raw.RawTarget, 'write_data', failing)
+    monkeypatch.setattr(raw.RawWriter, 'write_data', failing)
     rc = any2kvm.main(['convert', str(paths[0]), '--onto', str(target),
                        '--finish'])
     err = capsys.readouterr().err
@@ -49,7 +49,7 @@ def test_failure_halfway_names_the_partial_layer_and_reapply_completes(
     assert state['partial']['name'].endswith('l1.vhd')
     assert [a['name'][-6:] for a in state['applied']] == ['l0.vhd']
 
-    monkeypatch.setattr(raw.RawTarget, 'write_data', real)
+    monkeypatch.setattr(raw.RawWriter, 'write_data', real)
     assert any2kvm.main(['convert', str(paths[0]), '--onto', str(target),
                          '--finish']) == 0
     assert target.read_bytes() == want

@@ -520,8 +520,8 @@ def test_ova_with_manifest(tmp_path, fmt):
     assert ova.is_ova_tar(path, LIMITS)
     src = ova.open_ova(path, LIMITS)
     try:
-        assert src.kind == 'ova'
-        assert src.vm['name'] == 'test-vm'
+        assert src.container == 'ova'
+        assert src.facts['name'] == 'test-vm'
         disk = src.disks[0]
         assert disk.name == path + ':disk1.vhd'
         assert disk.controller['model'] == 'lsilogic'
@@ -624,7 +624,7 @@ def test_blank_disk(tmp_path):
         assert st.st_size == 3 * MiB and st.st_blocks == 0
         # Onto an existing file with data: zeroed.
         out.write_bytes(b'\xff' * (4 * MiB))
-        target = raw.RawTarget.open(str(out), overwrite=True)
+        target = raw.RawWriter.open(str(out), overwrite=True)
         target.fresh = False
         disk.write_to(target)
         target.commit()
@@ -727,7 +727,7 @@ def test_directory_variant(tmp_path):
     (d / 'unrelated.ovf').write_bytes(b'not even xml')
     src = ova.open_ovf(str(d / 'vm.ovf'), LIMITS)
     try:
-        assert src.kind == 'ovf'
+        assert src.container == 'ovf'
         assert src.disks[0].name == str(d / 'disk1.vhd')
         assert read_disk(src, tmp_path) == content
     finally:

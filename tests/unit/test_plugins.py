@@ -30,7 +30,7 @@ def test_plugins_are_registered():
 def test_source_kind_is_checked(tmp_path):
     paths = test_chain.write_chain(tmp_path, 2)
     src = sources.open_location(str(paths[0]), opts.Limits(), 'file')
-    assert src.kind == 'file' and len(src.disks) == 1
+    assert src.container == 'file' and len(src.disks) == 1
     src.close()
     with pytest.raises(exception.UnsupportedImage,
                        match='is a disk image file, not an OVA package.*'

@@ -43,7 +43,7 @@ def allocated(path):
 
 def test_new_file_is_sparse_and_published_atomically(tmp_path):
     out = tmp_path / 'd.raw'
-    t = raw.RawTarget.open(str(out))
+    t = raw.RawWriter.open(str(out))
     assert t.fresh and not out.exists()
     t.resize(16 * MiB)
     t.write_data(0, b'\0' * (4 * MiB), over_hole=True)
@@ -57,7 +57,7 @@ def test_new_file_is_sparse_and_published_atomically(tmp_path):
 
 def test_zero_over_data_punches(tmp_path):
     out = tmp_path / 'd.raw'
-    t = raw.RawTarget.open(str(out))
+    t = raw.RawWriter.open(str(out))
     t.resize(8 * MiB)
     t.write_data(0, b'y' * (8 * MiB), over_hole=True)
     t.write_data(0, b'\0' * (4 * MiB), over_hole=False)
@@ -69,7 +69,7 @@ def test_zero_over_data_punches(tmp_path):
 
 
 def test_abort_leaves_nothing(tmp_path):
-    t = raw.RawTarget.open(str(tmp_path / 'd.raw'))
+    t = raw.RawWriter.open(str(tmp_path / 'd.raw'))
     t.resize(MiB)
     t.write_data(0, b'z' * 4096, over_hole=True)
     t.abort()
@@ -80,8 +80,8 @@ def test_existing_file_refused_unless_overwrite(tmp_path):
     out = tmp_path / 'd.raw'
     out.write_bytes(b'old')
     with pytest.raises(exception.TargetError, match='already exists'):
-        raw.RawTarget.open(str(out))
-    t = raw.RawTarget.open(str(out), overwrite=True)
+        raw.RawWriter.open(str(out))
+    t = raw.RawWriter.open(str(out), overwrite=True)
     t.resize(4096)
     t.commit()
     assert out.read_bytes() == b'\0' * 4096
@@ -89,7 +89,7 @@ def test_existing_file_refused_unless_overwrite(tmp_path):
 
 def test_not_a_file_refused(tmp_path):
     with pytest.raises(exception.TargetError, match='neither'):
-        raw.RawTarget.open(str(tmp_path))
+        raw.RawWriter.open(str(tmp_path))
 
 
 # -- CLI ----------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_volume_target_keeps_its_size_and_zeroes_dropped_bytes(tmp_path):
     path = tmp_path / 'volume'
     with open(path, 'wb') as f:
         f.truncate(8 << 20)
-    target = raw.RawTarget.open_volume(str(path))
+    target = raw.RawWriter.open_volume(str(path))
     assert (target.capacity, target.fresh) == (8 << 20, True)
     target.resize(4 << 20)
     target.write_data(0, b'x' * (4 << 20), over_hole=True)

@@ -195,7 +195,7 @@ def pattern(seed, length):
 
 def read_disk(source, tmp_path, name='out.raw'):
     out = tmp_path / name
-    target = raw.RawTarget.open(str(out))
+    target = raw.RawWriter.open(str(out))
     try:
         source.write_to(target)
         target.commit()
@@ -468,7 +468,7 @@ def test_keepalive_archive_converts(tmp_path, compress):
                      members, compress)
     src = open_xva(path)
     try:
-        assert src.kind == 'xva'
+        assert src.container == 'xva'
         disk, = src.disks
         assert disk.size_hint == size
         assert disk.name == '%s:Ref:3' % path
@@ -477,7 +477,7 @@ def test_keepalive_archive_converts(tmp_path, compress):
         assert layer['allocated_bytes'] == 2 * MiB + 4096
         assert layer['virtual_size'] == size
         assert layer['id'] == 'uuid-Ref-3' and layer['parent_id'] is None
-        assert hasattr(disk, 'chain') == (compress is None)
+        assert (disk.chain is not None) == (compress is None)
         got = read_disk(disk, tmp_path)
     finally:
         src.close()
@@ -558,7 +558,7 @@ def test_streamed_onto_dirty_target_zeroes_omitted_chunks(tmp_path,
     out.write_bytes(b'\xff' * 4 * MiB)
     src = open_xva(path)
     try:
-        target = raw.RawTarget.open_in_place(str(out))
+        target = raw.RawWriter.open_in_place(str(out))
         assert not target.fresh
         src.disks[0].write_to(target)
         target.close()

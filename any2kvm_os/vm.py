@@ -1,0 +1,144 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The opened virtual machine and its disks: what a container hands on.
+
+Every container (a directory of disk files, a XenServer archive, an OVA,
+an XVA, later a datastore over SSH) opens its input as a :class:`Vm`: the
+facts known of the machine and its :class:`Disk` objects in device order.
+Sources hand a ``Vm`` to targets; nothing above this module needs to know
+which container a disk came from.
+
+A disk is read in one of two ways:
+
+* random access: ``disk.chain`` is a
+  :class:`~any2kvm_os.chain.layer_chain.LayerChain` (needed by the
+  incremental apply of ``convert --onto``): :class:`ChainDisk`;
+* one pass: ``disk.chain`` is None and ``write_to`` reads the input as it
+  arrives (compressed archives, downloads): subclasses of :class:`Disk`.
+
+Either way ``write_to(writer, progress)`` writes the whole disk onto a raw
+writer (:class:`any2kvm_os.writers.raw.RawWriter` or anything with its
+``resize``/``fresh``/``write_data``/``zero_range``).  Every fact is given
+to the constructor; callers never patch attributes onto a disk.
+"""
+
+import abc
+
+from any2kvm_os.chain import copy as chain_copy
+
+
+class Disk(object, metaclass=abc.ABCMeta):
+    """One disk of a :class:`Vm`."""
+
+    #: A LayerChain when the layers can be read at random, else None.
+    chain = None
+
+    def __init__(self, name, container, disk_id=None, controller=None,
+                 closer=None):
+        #: How the disk is called in messages (a path, ``archive:member``).
+        self.name = name
+        #: The container plugin that opened it ('file', 'ova', 'xva' ...).
+        self.container = container
+        #: The id the VM's description gives the disk (OVF ``ovf:diskId``).
+        self.disk_id = disk_id
+        #: Where the VM attaches it: {'type': 'scsi', 'model': ...} or None.
+        self.controller = controller
+        self._closer = closer
+
+    @property
+    @abc.abstractmethod
+    def format(self):
+        """The format of the leaf layer: 'vhd', 'vmdk', 'xva' ..."""
+
+    @property
+    def size_hint(self):
+        """The virtual size if known without reading the input through,
+        else None."""
+        return self.virtual_size
+
+    @property
+    def virtual_size(self):
+        return self.describe()[0]['virtual_size']
+
+    @abc.abstractmethod
+    def describe(self):
+        """The layers, leaf first, as dicts (name, format, subformat, id,
+        parent_id, virtual_size, allocated_bytes, creator)."""
+
+    @abc.abstractmethod
+    def write_to(self, writer, progress=None):
+        """Write the whole disk onto ``writer``; ``progress(done, total)``
+        is called as it goes."""
+
+    def close(self):
+        if self._closer:
+            closer, self._closer = self._closer, None
+            closer()
+
+
+class ChainDisk(Disk):
+    """A disk whose layers are read with random access."""
+
+    def __init__(self, name, container, chain, **kwargs):
+        super(ChainDisk, self).__init__(name, container, **kwargs)
+        self.chain = chain
+
+    @property
+    def format(self):
+        return self.chain.leaf.format_name
+
+    @property
+    def virtual_size(self):
+        return self.chain.virtual_size
+
+    def describe(self):
+        return self.chain.describe()
+
+    def write_to(self, writer, progress=None):
+        chain_copy.copy_chain(self.chain, writer, progress)
+
+
+class Vm(object):
+    """A virtual machine as a container opened it: facts and disks."""
+
+    def __init__(self, path, container, disks, facts=None, notes=(),
+                 closer=None):
+        #: What the user named (a path, ``glance image ID``, a URL).
+        self.path = path
+        #: The container plugin that opened it.
+        self.container = container
+        #: The disks in the VM's device order.
+        self.disks = list(disks)
+        #: name, cpus, cores_per_socket, memory_mb, firmware, nics, os ...
+        #: (empty for a bare disk file).
+        self.facts = dict(facts or {})
+        #: What the user should know of how the input was read.
+        self.notes = list(notes)
+        self._closers = [closer] if closer else []
+
+    def on_close(self, closer):
+        """Call ``closer()`` when the VM is closed (after its disks)."""
+        self._closers.append(closer)
+
+    def close(self):
+        for disk in self.disks:
+            disk.close()
+        closers, self._closers = self._closers, []
+        for closer in reversed(closers):
+            closer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
