@@ -58,14 +58,16 @@ from oslo_config import types
 from oslo_log import log as logging
 from oslo_utils import importutils
 
+from any2kvm_os.containers import registry
 from any2kvm_os import exception
 from any2kvm_os import opts as a2k_opts
 from any2kvm_os import properties
 
 LOG = logging.getLogger(__name__)
 
-#: The kinds of Glance image the hook can take over.
-KINDS = ('xenserver-tgz', 'ova', 'xva', 'vhd', 'vhdx', 'vmdk')
+#: The kinds of Glance image the hook can take over: the ``glance_kinds``
+#: of the container plugins.
+KINDS = tuple(sorted(registry.glance_kinds()))
 
 OPTIONS = [
     cfg.StrOpt('any2kvm_wrapped_driver',
@@ -96,9 +98,6 @@ YIELD_EVERY = 0.02
 #: volume, counted from 0 as ``any2kvm info`` lists them (default 0).
 DISK_PROPERTY = 'any2kvm_disk'
 
-#: Disk formats that may hold each single-file kind.
-_DISK_FORMATS = ('vhd', 'vhdx', 'vmdk')
-
 
 def list_opts():
     # Cinder lists driver options under backend_defaults; each backend
@@ -111,15 +110,10 @@ def recognise(image_meta, kinds=KINDS):
     (a tuple), or None: the image is left to the wrapped driver."""
     disk_format = (image_meta.get('disk_format') or '').lower()
     container = (image_meta.get('container_format') or 'bare').lower()
-    if container == 'ova':
-        wanted = ('ova',)
-    elif container == 'ovf':
-        wanted = ('xenserver-tgz', 'xva')
-    elif container == 'bare' and disk_format in _DISK_FORMATS:
-        wanted = (disk_format,)
-    else:
-        return None
-    wanted = tuple(k for k in wanted if k in kinds)
+    wanted = tuple(sorted(
+        kind for kind, (c_format, d_format) in registry.glance_kinds().items()
+        if kind in kinds and c_format == container
+        and d_format in (None, disk_format)))
     return wanted or None
 
 

@@ -10,12 +10,18 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Where the bytes of a disk travel: a directory, a tar, a XenServer tgz.
+"""Where the bytes of a disk travel: a directory, a tar, an OVA, an XVA.
 
-A container lists the files that belong together (the leaf and the files
-its parents may be among) and opens them as file views.  Parents are only
-ever looked for among a container's own members: never at a path written
-inside an image.
+Two bases live here:
+
+* :class:`ContainerType`, the plugin (stevedore ``any2kvm_os.containers``):
+  one kind of input, which it recognises by content (``probe``; for a
+  download, ``probe_head``) and opens as an :class:`any2kvm_os.vm.Vm`.
+  :mod:`any2kvm_os.containers.registry` runs the detection loop over them.
+* :class:`Container`, a set of named files that belong together (the leaf
+  and the files its parents may be among), opened as file views.  Parents
+  are only ever looked for among a container's own members: never at a
+  path written inside an image.
 """
 
 import abc
@@ -24,6 +30,55 @@ import stat
 
 from any2kvm_os import exception
 from any2kvm_os import fileio
+
+
+class ContainerType(object, metaclass=abc.ABCMeta):
+    """One kind of input any2kvm opens: the plugin of a container.
+
+    The entry point name is :attr:`name`, and it is what
+    :attr:`any2kvm_os.vm.Vm.container` reports for what the plugin opened.
+    """
+
+    #: Entry point name, e.g. 'ova'.
+    name = None
+    #: One line for ``openstack any2kvm source list``.
+    description = None
+    #: How a message calls such an input: 'an OVA package'.
+    noun = None
+    #: The ``--source`` word that selects it (default: :attr:`name`).
+    source = None
+    #: When two plugins claim the same input, the higher priority wins
+    #: (they are asked in that order).
+    priority = 0
+    #: {kind word: (Glance container_format, disk_format or None)}: the
+    #: Glance images that may hold this container (the Cinder hook's
+    #: ``any2kvm_kinds``).  Empty: the hook leaves such images alone.
+    glance_kinds = {}
+
+    @classmethod
+    def source_name(cls):
+        return cls.source or cls.name
+
+    @abc.abstractmethod
+    def probe(self, view, path, limits):
+        """Whether the regular file at ``path`` (``view``: a FileView of
+        it) is of this kind.  Reads little, never raises for a file that
+        is not."""
+
+    @abc.abstractmethod
+    def open(self, path, limits):
+        """Open the file at ``path``; return an :class:`~any2kvm_os.vm.Vm`
+        (the caller closes it)."""
+
+    def probe_head(self, head):
+        """Whether a download that starts with ``head`` (bytes) is of this
+        kind and can be read as it arrives (:meth:`open_stream`)."""
+        return False
+
+    def open_stream(self, label, limits, opener):
+        """Open a download as it arrives: ``opener()`` returns a new
+        forward-only file object of the whole input per pass."""
+        raise NotImplementedError(self.name)
 
 
 class Container(object, metaclass=abc.ABCMeta):

@@ -35,6 +35,7 @@ from any2kvm_os import exception
 from any2kvm_os import fileio
 from any2kvm_os import vm
 from any2kvm_os.chain import layer_chain
+from any2kvm_os.containers import base
 from any2kvm_os.containers import tar
 from any2kvm_os.formats import probe
 from any2kvm_os.formats import vhd
@@ -333,3 +334,32 @@ def head_is_xenserver(head):
     ti = tar.head_first_member(head)
     return ti is not None and ti.isreg() and \
         MEMBER_RE.match(tar.normalise(ti.name)) is not None
+
+
+class XenServerArchiveType(base.ContainerType):
+    name = 'xenserver-tgz'
+    description = 'a XenServer tar/tgz of 0.vhd (leaf) .. n.vhd (base)'
+    noun = 'a XenServer VHD chain archive'
+    # Any tar or compressed file the other plugins leave: asked last.
+    priority = 10
+    glance_kinds = {'xenserver-tgz': ('ovf', None)}
+
+    def probe(self, view, path, limits):
+        return tar.looks_like_tar(view) or tar.is_compressed(view)
+
+    def open(self, path, limits):
+        with fileio.FileView.open_path(path) as view:
+            compressed = tar.is_compressed(view)
+        if compressed:
+            disk = XenServerStream(path, limits)
+        else:
+            xs = XenServerTar(path, limits)
+            disk = vm.ChainDisk(path, self.name, xs.chain, closer=xs.close)
+        return vm.Vm(path, self.name, [disk])
+
+    def probe_head(self, head):
+        return head_is_xenserver(head)
+
+    def open_stream(self, label, limits, opener):
+        return vm.Vm(label, self.name,
+                     [XenServerStream(label, limits, opener=opener)])

@@ -85,6 +85,7 @@ from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os import fileio
 from any2kvm_os.chain import layer_chain
+from any2kvm_os.containers import base
 from any2kvm_os.containers import tar
 from any2kvm_os.formats import base as fbase
 from any2kvm_os import vm
@@ -1203,3 +1204,28 @@ def open_xva_stream(path, limits, opener):
     stream = XvaStream(path, limits, opener=opener)
     disks = [XvaStreamDisk(stream, vdi) for vdi in stream.ova.disks]
     return vm.Vm(path, KIND, disks, facts=stream.ova.vm)
+
+
+class XvaType(base.ContainerType):
+    name = KIND
+    description = 'a XenServer/XCP-ng XVA export'
+    noun = 'a XenServer XVA export'
+    # Before the XenServer archive plugin, which takes any tar.
+    priority = 40
+    glance_kinds = {'xva': ('ovf', None)}
+
+    def probe(self, view, path, limits):
+        if is_zstd(view):
+            return True
+        if tar.looks_like_tar(view):
+            return looks_like_xva(view)
+        return tar.is_compressed(view) and compressed_looks_like_xva(path)
+
+    def open(self, path, limits):
+        return open_xva(path, limits)
+
+    def probe_head(self, head):
+        return head_is_xva(head)
+
+    def open_stream(self, label, limits, opener):
+        return open_xva_stream(label, limits, opener)

@@ -13,11 +13,14 @@
 """Sources: where a VM's disks come from (stevedore ``any2kvm_os.sources``).
 
 A source plugin turns a LOCATION (a path, an image id, later a host spec)
-into a :class:`any2kvm_os.vm.Vm`: the VM facts and its disks.
-The local-file plugins all go through the same content detection
-(:func:`any2kvm_os.convert.open_source`) and then check that what was found
-is what the user asked for, so ``--source ova`` on a XenServer tgz is a
-clear error instead of a surprise.
+into an :class:`any2kvm_os.vm.Vm`: the VM facts and its disks.
+
+Local files need no plugin of their own: every container plugin
+(``any2kvm_os.containers``) is also a local source, named by its
+``source_name()``.  Such a source opens the file by content
+(:func:`any2kvm_os.containers.registry.open_path`) and then checks that
+what was found is what the user asked for, so ``--source ova`` on a
+XenServer tgz is a clear error instead of a surprise.
 """
 
 import abc
@@ -25,7 +28,7 @@ import functools
 
 from stevedore import extension
 
-from any2kvm_os import convert
+from any2kvm_os.containers import registry
 from any2kvm_os import exception
 
 NAMESPACE = 'any2kvm_os.sources'
@@ -34,7 +37,7 @@ NAMESPACE = 'any2kvm_os.sources'
 class Source(object, metaclass=abc.ABCMeta):
     """One kind of place a VM comes from."""
 
-    #: Entry point name, e.g. 'ova'.
+    #: Entry point name, e.g. 'glance-image'.
     name = None
     #: One line for ``openstack any2kvm source list``.
     description = None
@@ -46,72 +49,55 @@ class Source(object, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def open(self, location):
-        """Return a VmSource for ``location``."""
+        """Return a :class:`~any2kvm_os.vm.Vm` for ``location``."""
 
 
 class LocalSource(Source):
-    """A local file whose content must be of ``kinds``."""
+    """A local file whose content must be one of ``containers`` (names of
+    container plugins)."""
 
-    kinds = ()
+    containers = ()
 
     def open(self, location):
-        source = convert.open_source(location, self.limits)
-        if source.container not in self.kinds:
-            source.close()
+        vm = registry.open_path(location, self.limits)
+        if vm.container not in self.containers:
+            vm.close()
+            found = registry.get(vm.container)
             raise exception.UnsupportedImage(
                 path=location, reason='is %s, not %s (use --source %s or '
-                'leave --source out)' % (_KIND_WORDS.get(source.container,
-                                                         source.container),
-                                         self.description,
-                                         _KIND_SOURCE.get(source.container,
-                                                          source.container)))
-        return source
+                'leave --source out)' % (found.noun, self.description,
+                                         found.source_name()))
+        return vm
 
 
-_KIND_WORDS = {'file': 'a disk image file', 'tar': 'a tar archive',
-               'xenserver-tgz': 'a XenServer VHD chain archive',
-               'ova': 'an OVA', 'ovf': 'an OVF descriptor',
-               'xva': 'a XenServer XVA export'}
-_KIND_SOURCE = {'file': 'file', 'xenserver-tgz': 'xenserver-tgz',
-                'ova': 'ova', 'ovf': 'ova', 'xva': 'xva'}
-
-
-class FileSource(LocalSource):
-    name = 'file'
-    description = 'a disk image file (VHD, VHDX, VMDK, qcow2) with its ' \
-        'parents beside it'
-    kinds = ('file',)
-
-
-class XenServerTgzSource(LocalSource):
-    name = 'xenserver-tgz'
-    description = 'a XenServer tar/tgz of 0.vhd (leaf) .. n.vhd (base)'
-    kinds = ('xenserver-tgz',)
-
-
-class OvaSource(LocalSource):
-    name = 'ova'
-    description = 'an OVA package, or the .ovf of an extracted one'
-    kinds = ('ova', 'ovf')
-
-
-class XvaSource(LocalSource):
-    name = 'xva'
-    description = 'a XenServer/XCP-ng XVA export'
-    kinds = ('xva',)
+def _local_source(word, containers):
+    """The LocalSource class of the ``--source`` word."""
+    main = [p for p in containers if p.name == word] or containers
+    return type('LocalSource_%s' % word.replace('-', '_'), (LocalSource,), {
+        'name': word, 'description': main[0].description,
+        'containers': tuple(p.name for p in containers)})
 
 
 @functools.lru_cache(maxsize=1)
 def plugins():
-    """{name: Source class} of the installed source plugins."""
+    """{name: Source class}: a local source per container plugin, and the
+    plugins of the sources namespace."""
+    found = {word: _local_source(word, containers)
+             for word, containers in registry.source_words().items()}
     mgr = extension.ExtensionManager(NAMESPACE, invoke_on_load=False)
-    return {e.name: e.plugin for e in mgr}
+    for e in mgr:
+        if e.name in found:
+            raise exception.Any2KvmError(
+                'source plugin %s has the name of a container plugin'
+                % e.name)
+        found[e.name] = e.plugin
+    return found
 
 
 def open_location(location, limits, source_name=None, session=None):
     """Open ``location`` with the named source, or detect it by content."""
     if source_name is None:
-        return convert.open_source(location, limits)
+        return registry.open_path(location, limits)
     try:
         cls = plugins()[source_name]
     except KeyError:

@@ -29,10 +29,9 @@ import os
 import shutil
 import tempfile
 
-from any2kvm_os import convert
+from any2kvm_os.containers import registry
 from any2kvm_os import exception
 from any2kvm_os import fileio
-from any2kvm_os import vm
 from any2kvm_os.sources import base
 from any2kvm_os.targets import glance as glance_target
 
@@ -102,8 +101,6 @@ def open_image_data(label, chunks, size, limits, checksum=None,
     is committed); anything else is stored in scratch first
     (:func:`open_downloaded`).
     """
-    from any2kvm_os.containers import xenserver
-    from any2kvm_os.containers import xva
     reader = fileio.ChunkReader(chunks(), label, size, checksum)
     try:
         head = reader.head(reader.HEAD)
@@ -113,11 +110,8 @@ def open_image_data(label, chunks, size, limits, checksum=None,
         if wrap_error is None:
             raise
         raise wrap_error(label, e)
-    if xenserver.head_is_xenserver(head):
-        kind = 'a XenServer archive'
-    elif xva.head_is_xva(head):
-        kind = 'an XVA'
-    else:
+    plugin = registry.stream_plugin(head)
+    if plugin is None:
         return open_downloaded(label, reader.rest(), size, limits,
                                checksum=None, wrap_error=wrap_error)
     first = [reader]
@@ -126,11 +120,8 @@ def open_image_data(label, chunks, size, limits, checksum=None,
         if first:
             return first.pop()
         return fileio.ChunkReader(chunks(), label, size, checksum)
-    LOG.info('%s: %s, converted as it downloads', label, kind)
-    if kind == 'an XVA':
-        return xva.open_xva_stream(label, limits, opener)
-    stream = xenserver.XenServerStream(label, limits, opener=opener)
-    return vm.Vm(label, stream.container, [stream])
+    LOG.info('%s: %s, converted as it downloads', label, plugin.noun)
+    return plugin.open_stream(label, limits, opener)
 
 
 def open_downloaded(label, chunks, size, limits, checksum=None,
@@ -177,7 +168,7 @@ def open_downloaded(label, chunks, size, limits, checksum=None,
             raise exception.InvalidArchive(
                 path=label, reason='downloaded data does not match the '
                 'image checksum')
-        source = convert.open_source(path, limits)
+        source = registry.open_path(path, limits)
     except exception.Any2KvmError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise exception.Any2KvmError(str(e).replace(path, label))

@@ -104,21 +104,38 @@ class CinderTarget(base.Target):
     description = 'a Cinder volume per disk (written through an os-brick ' \
         'attachment, or a raw Glance image)'
 
-    def __init__(self, session=None, scratch_dir=None, defaults=True,
-                 timeout=3600, poll=2.0, keep_image=False, wait=True,
-                 region_name=None, interface=None, route='auto',
+    arguments = (
+        glance_target.NO_DEFAULT_PROPERTIES,
+        base.Argument('--volume-type', 'volume_type', metavar='TYPE',
+                      help='volume type of the volumes (--target cinder; '
+                           'default: the cloud\'s default type)'),
+        base.Argument('--volume-route', 'route',
+                      choices=('auto', 'image', 'attach'),
+                      help='how the data reaches a volume (--target '
+                           'cinder): image (a raw Glance image the volume '
+                           'is created from: works everywhere), attach '
+                           '(attach the new volume to this host with '
+                           'os-brick and write it directly), auto (attach '
+                           'when os-brick is installed and this runs as '
+                           'root, else image; the default)'),
+        base.Argument('--brick-mount-point-base', 'brick_mount_point_base',
+                      metavar='DIR',
+                      help='where os-brick finds or mounts NFS and other '
+                           'file-system shares when attaching '
+                           '(--volume-route attach or auto)'),
+    )
+
+    def __init__(self, defaults=True, timeout=3600, poll=2.0,
+                 keep_image=False, wait=True, route='auto',
                  volume_type=None, brick_mount_point_base=None,
-                 root_helper='sudo', my_ip='127.0.0.1'):
-        super(CinderTarget, self).__init__(session)
+                 root_helper='sudo', my_ip='127.0.0.1', **context):
+        super(CinderTarget, self).__init__(wait=wait, **context)
         if route not in ROUTES:
             raise exception.Any2KvmError('unknown volume route %r (known: '
                                          '%s)' % (route, ', '.join(ROUTES)))
-        self.glance = glance_target.GlanceTarget(
-            session, scratch_dir, defaults, region_name=region_name,
-            interface=interface)
+        self.glance = glance_target.GlanceTarget(defaults=defaults,
+                                                 **context)
         self.defaults = defaults
-        self.region_name = region_name
-        self.interface = interface
         self.route = route
         self.volume_type = volume_type
         self.brick_mount_point_base = brick_mount_point_base
@@ -126,7 +143,6 @@ class CinderTarget(base.Target):
         self.my_ip = my_ip
         # The volume is always waited for: the intermediate image can only
         # be deleted, and a failure only reported, once Cinder is done.
-        self.wait = wait
         self.timeout = timeout
         self.poll = poll
         self.keep_image = keep_image

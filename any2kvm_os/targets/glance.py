@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 
-from any2kvm_os import convert
+from any2kvm_os.writers import raw
 from any2kvm_os import exception
 from any2kvm_os import properties
 from any2kvm_os.targets import base
@@ -72,7 +72,7 @@ def disk_stream(disk, scratch_dir, progress=None):
     tmp = tempfile.mkdtemp(prefix='any2kvm-upload-', dir=scratch_dir)
     try:
         path = os.path.join(tmp, 'disk.raw')
-        convert.convert(disk, path)
+        raw.write_file(disk, path)
         s = stream.FileStream(path, progress=progress)
         try:
             yield s
@@ -82,17 +82,23 @@ def disk_stream(disk, scratch_dir, progress=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: ``--no-default-properties``, an option of every target that writes
+#: image properties.
+NO_DEFAULT_PROPERTIES = base.Argument(
+    '--no-default-properties', 'defaults', convert=lambda value: not value,
+    action='store_true',
+    help='set only the --property ones, none derived from the VM '
+         '(hw_disk_bus, os_distro, ...)')
+
+
 class GlanceTarget(base.Target):
     name = 'glance'
     description = 'a raw Glance image per disk'
+    arguments = (NO_DEFAULT_PROPERTIES,)
 
-    def __init__(self, session=None, scratch_dir=None, defaults=True,
-                 region_name=None, interface=None):
-        super(GlanceTarget, self).__init__(session)
-        self.scratch_dir = scratch_dir
+    def __init__(self, defaults=True, **context):
+        super(GlanceTarget, self).__init__(**context)
         self.defaults = defaults
-        self.region_name = region_name
-        self.interface = interface
 
     def client(self):
         return glance_client(self.session, self.region_name, self.interface)

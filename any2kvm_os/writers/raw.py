@@ -409,6 +409,20 @@ class FileObjectWriter(RawWriter):
         self.fileobj = None
 
 
+def write_file(disk, output, overwrite=False, progress=None):
+    """Write ``disk`` (an :class:`any2kvm_os.vm.Disk`) as a raw disk to
+    ``output`` (a new sparse file, or a block device in place); all or
+    nothing.  Returns the committed writer."""
+    writer = RawWriter.open(output, overwrite=overwrite)
+    try:
+        disk.write_to(writer, progress)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer
+
+
 def sha256_of(path, size):
     """SHA-256 of the first ``size`` bytes of ``path`` (a file or block
     device) as they read back; holes are hashed as zeros without reading."""

@@ -360,10 +360,12 @@ class Runner(object):
                 extra + self._config(scratch)))
             assert res.returncode == 0, cli.describe(res)
             if output.is_dir():
-                return sorted(output.iterdir(),
-                              key=lambda p: int(p.stem.rsplit('disk', 1)[1]))
+                # NAME.raw, NAME-disk1.raw ... (as import names them)
+                return sorted(output.iterdir(), key=lambda p: int(
+                    p.stem.rsplit('-disk', 1)[1]) if '-disk' in p.stem
+                    else 0)
             return [output]
-        from any2kvm_os import convert
+        from any2kvm_os.writers import raw
         source = self._open(path, scratch)
         try:
             if disk is not None:
@@ -375,7 +377,7 @@ class Runner(object):
                 assert len(source.disks) == 1
                 pairs = [(source.disks[0], output)]
             for d, out in pairs:
-                convert.convert(d, str(out))
+                raw.write_file(d, str(out))
         finally:
             source.close()
         return [out for _d, out in pairs]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from any2kvm_os import importer
+from any2kvm_os import api
 from any2kvm_os import opts
 from tests.functional import imagegen as ig
 from tests.functional import test_vhd_chains as tchains
@@ -94,10 +94,10 @@ def test_cinder_volume_from_xenserver_tgz_with_grown_child(
         if not mnt.is_dir():
             pytest.skip('not a tools/loopback-cloud cloud')
         options['brick_mount_point_base'] = str(mnt)
-    _vm, (result,) = importer.import_vm(str(arch), 'cinder', name,
-                                        opts.Limits(),
-                                        session=keystone_session,
-                                        target_options=options)
+    _vm, (result,) = api.import_vm(str(arch), 'cinder', name,
+                                   opts.Limits(),
+                                   session=keystone_session,
+                                   target_options=options)
     try:
         volume = cinder.volumes.get(result['id'])
         assert volume.status == 'available'

@@ -23,8 +23,8 @@ import uuid
 
 import pytest
 
+from any2kvm_os import api
 from any2kvm_os import exception
-from any2kvm_os import importer
 from any2kvm_os import opts
 from tests.functional import conftest as fconf
 from tests.functional import imagegen as ig
@@ -66,9 +66,9 @@ def unique(name):
 
 
 def do_import(keystone_session, location, name, source=None, props=None):
-    return importer.import_vm(str(location), 'glance', name, opts.Limits(),
-                              source_name=source, props=props,
-                              session=keystone_session)
+    return api.import_vm(str(location), 'glance', name, opts.Limits(),
+                         source_name=source, props=props,
+                         session=keystone_session)
 
 
 def check_image(glance, result, expected_sha256, size):

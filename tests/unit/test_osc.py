@@ -29,17 +29,19 @@ from osc_lib.test import base
 import pytest
 from stevedore import extension
 
+from any2kvm_os import api
 from any2kvm_os.cmd import any2kvm
 from any2kvm_os import exception
 from any2kvm_os.osc import plugin
 from any2kvm_os.osc.v1 import import_image
 from any2kvm_os.osc.v1 import inspect
 from any2kvm_os.osc.v1 import sources
+from any2kvm_os import progress as progress_mod
 from any2kvm_os.targets import base as targets
 from tests.unit import test_chain
 
 VENV_BIN = os.path.dirname(sys.executable)
-IMPORT_VM = 'any2kvm_os.importer.import_vm'
+IMPORT_VM = 'any2kvm_os.api.import_vm'
 
 GLANCE_RESULT = {
     'disk': 0, 'name': 'vm1', 'id': 'c0ffee00-0000-4000-8000-000000000001',
@@ -221,11 +223,12 @@ class TestImport(base.TestCommand):
         kw = self.import_vm.call_args[1]
         self.assertEqual('ova', kw['source_name'])
         self.assertEqual(1, kw['disk'])
-        # GlanceTarget takes no "wait": the upload is synchronous; the
-        # cloud's region and interface reach it.
-        self.assertEqual({'defaults': False, 'region_name': 'RegionOne',
+        # The cloud's region and interface reach the target (a Glance
+        # upload is synchronous whatever "wait" says).
+        self.assertEqual({'defaults': False, 'wait': True,
+                          'region_name': 'RegionOne',
                           'interface': 'public'}, kw['target_options'])
-        self.assertIsInstance(kw['progress'], any2kvm.DiskProgress)
+        self.assertIsInstance(kw['progress'], progress_mod.DiskProgress)
 
     def test_several_disks_are_all_listed(self):
         results = [glance_result(0), glance_result(1)]
@@ -245,7 +248,7 @@ class TestImport(base.TestCommand):
         args = self.parse('vm.ova', '--name', 'vm1', '-f', 'json')
         self.assertEqual(0, self.cmd.run(args))
         out = json.loads(self.fake_stdout.make_string())
-        self.assertEqual(any2kvm.import_summary('glance', results), out)
+        self.assertEqual(api.import_summary('glance', results), out)
         self.assertEqual(results[0]['properties'], out['properties'])
         self.assertEqual(results, out['disks'])
         self.assertEqual('sha512', out['os_hash_algo'])
@@ -427,7 +430,7 @@ def test_standalone_import_to_files(tmp_path, capsys):
 
 
 def test_standalone_import_parser():
-    parser = any2kvm.build_parser()
+    parser = any2kvm.build_parser(['import'])
     args = parser.parse_args(['import', 'd.vhd', '--name', 'vm1',
                               '--property', 'a=b=c', '--property', 'x=',
                               '--os-cloud', 'c1'])
@@ -442,7 +445,7 @@ def test_standalone_import_parser():
 
 def test_standalone_import_to_glance(capsys):
     results = [glance_result(0), glance_result(1)]
-    with mock.patch.object(any2kvm, 'cloud_session', return_value=(
+    with mock.patch.object(api, 'cloud_session', return_value=(
             mock.sentinel.session, 'RegionOne', 'public')) as cs, \
             mock.patch(IMPORT_VM, return_value=({}, results)) as iv:
         assert any2kvm.main(['import', 'vm.ova', '--name', 'vm1',
@@ -454,7 +457,7 @@ def test_standalone_import_to_glance(capsys):
         props={'k': 'v'}, disk=None, session=mock.sentinel.session,
         progress=None, target_options={'region_name': 'RegionOne',
                                        'interface': 'public'})
-    assert json.loads(capsys.readouterr().out) == any2kvm.import_summary(
+    assert json.loads(capsys.readouterr().out) == api.import_summary(
         'glance', results)
 
 
@@ -479,14 +482,14 @@ def test_cloud_session_errors(monkeypatch, capsys):
     monkeypatch.setattr(os_config.OpenStackConfig, '__init__',
                         lambda self, *a, **kw: None)
     monkeypatch.setattr(os_config.OpenStackConfig, 'get_one', get_one)
-    assert any2kvm.cloud_session('c1') == (session, 'RegionOne', 'public')
+    assert api.cloud_session('c1') == (session, 'RegionOne', 'public')
     get_one.assert_called_once_with(cloud='c1')
     session.get_token.assert_called_once_with()
 
     def fails(error, *expected):
         session.get_token.side_effect = error
         with pytest.raises(exception.Any2KvmError) as e:
-            any2kvm.cloud_session(None)
+            api.cloud_session(None)
         for text in expected:
             assert text in str(e.value)
         assert any2kvm.main(['import', 'x.vhd', '--name', 'n']) == 1
@@ -501,7 +504,7 @@ def test_cloud_session_errors(monkeypatch, capsys):
     session.get_token.side_effect = None
     get_one.side_effect = ks_exc.MissingRequiredOptions([])
     with pytest.raises(exception.Any2KvmError, match='no cloud credentials'):
-        any2kvm.cloud_session(None)
+        api.cloud_session(None)
 
 
 def test_no_cloud_at_all(monkeypatch, capsys, tmp_path):
@@ -516,40 +519,64 @@ def test_no_cloud_at_all(monkeypatch, capsys, tmp_path):
                           '--os-cloud'), err
 
 
+def import_args(*argv):
+    return any2kvm.build_parser(['import']).parse_args(
+        ['import', 'd.vhd', '--name', 'n'] + list(argv))
+
+
 def test_target_options():
-    assert any2kvm.target_options('glance') == {}
-    assert any2kvm.target_options('glance', defaults=False, wait=True,
-                                  scratch_dir='/s') == {
-        'defaults': False, 'scratch_dir': '/s'}
-    assert any2kvm.target_options('file', directory='/d', overwrite=True,
-                                  wait=True) == {'directory': '/d',
-                                                 'overwrite': True}
+    limits = api.load_limits()
+    assert api.target_options(import_args(), limits) == {}
+    assert api.target_options(import_args('--no-default-properties',
+                                          '--wait'), limits) == {
+        'defaults': False, 'wait': True}
+    limits.scratch_dir = '/s'
+    assert api.target_options(import_args(
+        '--target', 'file', '--output-dir', '/d', '--overwrite'),
+        limits, 'R', 'public') == {
+        'directory': '/d', 'overwrite': True, 'scratch_dir': '/s',
+        'region_name': 'R', 'interface': 'public'}
+    args = import_args()
+    args.target = 'nope'
     with pytest.raises(exception.Any2KvmError, match='unknown target'):
-        any2kvm.target_options('nope')
+        api.target_options(args, limits)
     with pytest.raises(exception.Any2KvmError,
                        match='--no-default-properties does not apply to '
                              'target file'):
-        any2kvm.target_options('file', defaults=False)
+        api.target_options(import_args('--target', 'file',
+                                       '--no-default-properties'), limits)
+    with pytest.raises(exception.Any2KvmError,
+                       match='--property does not apply to target file'):
+        api.target_options(import_args('--target', 'file',
+                                       '--property', 'a=b'), limits)
 
+
+def test_each_target_declares_its_options():
+    """A new target's options reach the parser and only that target."""
     class VolumeTarget(targets.Target):
-        def __init__(self, session=None, wait=False, region_name=None,
-                     interface=None, defaults=True):
-            pass
+        arguments = (targets.Argument('--speed', 'speed', type=int,
+                                      help='how fast'),)
+
+        def __init__(self, speed=1, **context):
+            super(VolumeTarget, self).__init__(**context)
+            self.speed = speed
 
         def write(self, *a, **kw):
             pass
 
-    with mock.patch.object(targets, 'plugins',
-                           return_value={'cinder': VolumeTarget}):
-        assert any2kvm.target_options(
-            'cinder', wait=True, region_name='R', interface='public',
-            scratch_dir='/s') == {'wait': True, 'region_name': 'R',
-                                  'interface': 'public'}
+    found = dict(targets.plugins(), volume=VolumeTarget)
+    with mock.patch.object(targets, 'plugins', return_value=found):
+        args = import_args('--target', 'volume', '--speed', '3')
+        assert api.target_options(args, api.load_limits()) == {'speed': 3}
+        with pytest.raises(exception.Any2KvmError,
+                           match='--speed does not apply to target glance'):
+            api.target_options(import_args('--speed', '3'),
+                               api.load_limits())
 
 
 def test_disk_progress_restarts_per_disk():
     out = io.StringIO()
-    progress = any2kvm.DiskProgress(out)
+    progress = progress_mod.DiskProgress(out)
     for done in (0, 50, 100):
         progress(done, 100)
     for done in (10, 200):
@@ -562,7 +589,7 @@ def test_disk_progress_restarts_per_disk():
     assert '100.0% 100 B of 100 B' in out.getvalue()
     # A failure ends the line without claiming "done".
     out.isatty = lambda: True
-    progress = any2kvm.DiskProgress(out)
+    progress = progress_mod.DiskProgress(out)
     progress(10, 100)
     progress.finish(ok=False)
     assert out.getvalue().count('done:') == 2
@@ -572,11 +599,12 @@ def test_disk_progress_restarts_per_disk():
 def test_convert_start_up_loads_no_cloud_library():
     code = ('import sys\n'
             'from any2kvm_os.cmd import any2kvm\n'
-            'any2kvm.build_parser().parse_args(["convert", "a", "b"])\n'
+            'argv = ["convert", "a", "b"]\n'
+            'any2kvm.build_parser(argv).parse_args(argv)\n'
             'print(sorted(m for m in sys.modules if m.split(".")[0] in (\n'
             '    "openstack", "keystoneauth1", "osc_lib", "cliff",\n'
             '    "glanceclient", "cinderclient") or m.startswith(\n'
-            '    ("any2kvm_os.targets", "any2kvm_os.importer"))))\n')
+            '    ("any2kvm_os.targets", "any2kvm_os.sources"))))\n')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True,
                        text=True, env=clean_env(), timeout=60)
     assert r.returncode == 0, r.stderr
@@ -584,15 +612,16 @@ def test_convert_start_up_loads_no_cloud_library():
 
 
 def test_volume_flags_reach_the_cinder_target_only():
-    assert any2kvm.target_options(
-        'cinder', wait=None, volume_route='attach', volume_type='fast',
-        brick_mount_point_base='/mnt/x') == {
+    limits = api.load_limits()
+    assert api.target_options(import_args(
+        '--target', 'cinder', '--volume-route', 'attach', '--volume-type',
+        'fast', '--brick-mount-point-base', '/mnt/x'), limits) == {
             'route': 'attach', 'volume_type': 'fast',
             'brick_mount_point_base': '/mnt/x'}
     with pytest.raises(exception.Any2KvmError,
                        match='--volume-route does not apply to target '
                              'glance'):
-        any2kvm.target_options('glance', volume_route='image')
+        api.target_options(import_args('--volume-route', 'image'), limits)
 
 
 def test_cinder_target_routes(monkeypatch):

@@ -27,7 +27,6 @@ import pytest
 
 from any2kvm_os.containers import ova
 from any2kvm_os.containers import ovf
-from any2kvm_os import convert
 from any2kvm_os import exception
 from any2kvm_os import fileio
 from any2kvm_os.formats import vhd
@@ -501,7 +500,7 @@ def simple_ovf(href='disk1.vhd', attrs='', fmt=VHD_URI, capacity=64,
 
 def read_disk(source, tmp_path, index=0):
     out = tmp_path / ('out%d.raw' % index)
-    convert.convert(source.disks[index], str(out))
+    raw.write_file(source.disks[index], str(out))
     return out.read_bytes()
 
 
@@ -619,7 +618,7 @@ def test_blank_disk(tmp_path):
         assert disk.format == 'blank' and disk.size_hint == 3 * MiB
         assert disk.describe()[0]['allocated_bytes'] == 0
         out = tmp_path / 'blank.raw'
-        convert.convert(disk, str(out))
+        raw.write_file(disk, str(out))
         st = os.stat(out)
         assert st.st_size == 3 * MiB and st.st_blocks == 0
         # Onto an existing file with data: zeroed.

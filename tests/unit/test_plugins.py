@@ -12,8 +12,8 @@
 
 import pytest
 
+from any2kvm_os import api
 from any2kvm_os import exception
-from any2kvm_os import importer
 from any2kvm_os import opts
 from any2kvm_os.sources import base as sources
 from any2kvm_os.targets import base as targets
@@ -40,12 +40,12 @@ def test_source_kind_is_checked(tmp_path):
         sources.open_location(str(paths[0]), opts.Limits(), 'nope')
 
 
-def test_file_target_through_the_importer(tmp_path):
+def test_file_target_through_the_library(tmp_path):
     paths = test_chain.write_chain(tmp_path, 3)
     want = test_chain.expected_raw(tmp_path, paths)
     out = tmp_path / 'out'
     out.mkdir()
-    vm, results = importer.import_vm(
+    vm, results = api.import_vm(
         str(paths[0]), 'file', 'vm1', opts.Limits(),
         target_options={'directory': str(out)})
     assert vm == {}
@@ -53,7 +53,7 @@ def test_file_target_through_the_importer(tmp_path):
     assert r['name'] == 'vm1.raw' and r['size'] == len(want)
     assert (out / 'vm1.raw').read_bytes() == want
     with pytest.raises(exception.Any2KvmError, match='unknown target'):
-        importer.import_vm(str(paths[0]), 'nope', 'x', opts.Limits())
+        api.import_vm(str(paths[0]), 'nope', 'x', opts.Limits())
 
 
 def test_disk_names():

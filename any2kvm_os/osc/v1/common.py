@@ -33,13 +33,13 @@ def source_names():
 @contextlib.contextmanager
 def errors():
     """Our errors as one-line CommandErrors (no traceback)."""
-    from any2kvm_os.cmd import any2kvm
+    from any2kvm_os import api
     try:
         yield
     except exceptions.CommandError:
         raise
     except Exception as e:
-        msg = any2kvm.error_message(e)
+        msg = api.error_message(e)
         if msg is None:
             raise
         raise exceptions.CommandError(msg) from e

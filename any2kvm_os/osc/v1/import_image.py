@@ -33,28 +33,28 @@ class ImportImage(command.ShowOne):
 
     def get_parser(self, prog_name):
         parser = super(ImportImage, self).get_parser(prog_name)
-        from any2kvm_os.cmd import any2kvm
+        from any2kvm_os import arguments
         from any2kvm_os.targets import base as targets
         common.add_config_file(parser)
-        any2kvm.add_import_arguments(
+        arguments.add_import_arguments(
             parser, source_choices=common.source_names(),
             target_choices=sorted(targets.plugins()),
             property_action=parseractions.KeyValueAction)
         return parser
 
     def take_action(self, parsed_args):
-        from any2kvm_os.cmd import any2kvm
+        from any2kvm_os import api
 
         def cloud():
             client = self.app.client_manager.any2kvm
             return client.session, client.region_name, client.interface
 
         with common.errors():
-            limits = any2kvm.load_limits(parsed_args.config_file)
-            results = any2kvm.run_import(parsed_args, limits, cloud,
-                                         self.app.stderr)
+            limits = api.load_limits(parsed_args.config_file)
+            results = api.run_import(parsed_args, limits, cloud,
+                                     self.app.stderr)
         target = parsed_args.target
-        summary = any2kvm.import_summary(target, results)
+        summary = api.import_summary(target, results)
         columns = tuple(summary)
         data = []
         for key in columns:

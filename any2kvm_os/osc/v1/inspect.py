@@ -48,12 +48,12 @@ class Inspect(command.ShowOne):
         return parser
 
     def take_action(self, parsed_args):
-        from any2kvm_os.cmd import any2kvm
+        from any2kvm_os import api
 
         with common.errors():
-            limits = any2kvm.load_limits(parsed_args.config_file)
-            info = any2kvm.inspect_location(parsed_args.location, limits,
-                                            parsed_args.source_name)
+            limits = api.load_limits(parsed_args.config_file)
+            info = api.inspect_location(parsed_args.location, limits,
+                                        parsed_args.source_name)
         columns = tuple(k for k in FIELDS if k in info) + tuple(
             sorted(k for k in info if k not in FIELDS))
         data = []
