@@ -29,11 +29,11 @@ import os
 import shutil
 import tempfile
 
+from any2kvm_os import clients
 from any2kvm_os.containers import registry
 from any2kvm_os import exception
 from any2kvm_os import fileio
 from any2kvm_os.sources import base
-from any2kvm_os.targets import glance as glance_target
 
 CHUNK = 4 << 20
 LOG = logging.getLogger(__name__)
@@ -64,13 +64,13 @@ class GlanceImageSource(base.Source):
             raise exception.Any2KvmError(
                 'glance image %s: the glance-image source needs cloud '
                 'credentials' % location)
-        glance = glance_target.glance_client(self.session)
+        glance = clients.glance_client(self.session)
         try:
             image = self._find(glance, location)
         except exception.Any2KvmError:
             raise
         except Exception as e:
-            raise glance_target.cloud_error('glance image %s' % location, e)
+            raise clients.cloud_error('glance image %s' % location, e)
         label = 'glance image %s' % image['id']
         if image.get('status') != 'active':
             raise exception.Any2KvmError('%s: is %s, not active' % (
@@ -80,10 +80,10 @@ class GlanceImageSource(base.Source):
             try:
                 return glance.images.data(image['id'])
             except Exception as e:
-                raise glance_target.cloud_error(label, e)
+                raise clients.cloud_error(label, e)
         source = open_image_data(label, chunks, image.get('size') or 0,
                                  self.limits, checksum=image.get('checksum'),
-                                 wrap_error=glance_target.cloud_error)
+                                 wrap_error=clients.cloud_error)
         if not source.facts.get('name') and image.get('name'):
             source.facts['name'] = image['name']
         return source

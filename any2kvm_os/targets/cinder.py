@@ -42,6 +42,7 @@ import logging
 import os
 import time
 
+from any2kvm_os import clients
 from any2kvm_os import exception
 from any2kvm_os import properties
 from any2kvm_os.targets import base
@@ -50,17 +51,6 @@ from any2kvm_os.targets import glance as glance_target
 LOG = logging.getLogger(__name__)
 
 GiB = 1 << 30
-
-
-def cinder_client(session, region_name=None, interface=None,
-                  version='3'):
-    from cinderclient import client
-    kw = {}
-    if region_name:
-        kw['region_name'] = region_name
-    if interface:
-        kw['interface'] = interface
-    return client.Client(version, session=session, **kw)
 
 
 def _result(index, volume, size, size_gib, sha256, image_id):
@@ -86,7 +76,7 @@ def _error(e):
     if isinstance(e, exception.Any2KvmError) or not isinstance(e,
                                                                Exception):
         return e
-    return glance_target.cloud_error('cinder', e)
+    return clients.cloud_error('cinder', e)
 
 
 #: Attachments need microversion 3.44 (attachment complete); 3.54 gives
@@ -178,8 +168,8 @@ class CinderTarget(base.Target):
     # -- attach route ---------------------------------------------------------
 
     def _write_attached(self, source, name, props, disk, progress):
-        cinder = cinder_client(self.session, self.region_name,
-                               self.interface, ATTACH_MICROVERSION)
+        cinder = clients.cinder_client(self.session, self.region_name,
+                                       self.interface, ATTACH_MICROVERSION)
         volumes = []
         results = []
         try:
@@ -281,8 +271,8 @@ class CinderTarget(base.Target):
     def _write_through_image(self, source, name, props, disk, progress):
         images = self.glance.write(source, name + '-any2kvm-upload', props,
                                    disk=disk, progress=progress)
-        cinder = cinder_client(self.session, self.region_name,
-                               self.interface)
+        cinder = clients.cinder_client(self.session, self.region_name,
+                                       self.interface)
         glance = self.glance.client()
         volumes = []
         results = []
@@ -326,8 +316,9 @@ class CinderTarget(base.Target):
                 messages = []
                 try:
                     # User messages need API 3.3.
-                    reader = cinder_client(self.session, self.region_name,
-                                           self.interface, '3.3')
+                    reader = clients.cinder_client(
+                        self.session, self.region_name, self.interface,
+                        '3.3')
                     messages = [m.user_message for m in reader.messages.list()
                                 if m.resource_uuid == vol_id]
                 except Exception as e:

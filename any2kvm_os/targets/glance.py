@@ -27,38 +27,14 @@ import os
 import shutil
 import tempfile
 
-from any2kvm_os.writers import raw
+from any2kvm_os import clients
 from any2kvm_os import exception
 from any2kvm_os import properties
 from any2kvm_os.targets import base
+from any2kvm_os.writers import raw
 from any2kvm_os.writers import stream
 
 LOG = logging.getLogger(__name__)
-
-
-def glance_client(session, region_name=None, interface=None):
-    from glanceclient import client
-    kw = {}
-    if region_name:
-        kw['region_name'] = region_name
-    if interface:
-        kw['interface'] = interface
-    return client.Client('2', session=session, **kw)
-
-
-def cloud_error(what, e):
-    """A one-line error from a keystoneauth/glanceclient failure."""
-    from keystoneauth1 import exceptions as ks_exc
-    if isinstance(e, ks_exc.Unauthorized):
-        return exception.TargetError(
-            path=what, reason='authentication failed (check the user, '
-            'password and project: %s)' % e)
-    if isinstance(e, ks_exc.ConnectFailure):
-        return exception.TargetError(path=what,
-                                     reason='cannot connect: %s' % e)
-    text = ' '.join(str(e).split())
-    return exception.TargetError(path=what, reason='%s: %s' % (
-        type(e).__name__, text[:500]))
 
 
 @contextlib.contextmanager
@@ -101,7 +77,8 @@ class GlanceTarget(base.Target):
         self.defaults = defaults
 
     def client(self):
-        return glance_client(self.session, self.region_name, self.interface)
+        return clients.glance_client(self.session, self.region_name,
+                                     self.interface)
 
     def write(self, source, name, props=None, disk=None, progress=None):
         glance = self.client()
@@ -124,7 +101,7 @@ class GlanceTarget(base.Target):
             if isinstance(e, exception.Any2KvmError) or \
                     not isinstance(e, Exception):
                 raise
-            raise cloud_error('glance', e)
+            raise clients.cloud_error('glance', e)
         return results
 
     def _upload(self, glance, source, disk, index, name, count, props,
