@@ -36,6 +36,20 @@ def test_flake8_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_import_contracts_kept():
+    """The layering of setup.cfg's [importlinter] contracts (the map of
+    the package): each layer imports only from those below it, and no
+    package's modules import each other in a cycle."""
+    lint = os.path.join(os.path.dirname(sys.executable), 'lint-imports')
+    if not os.path.exists(lint):
+        pytest.fail('lint-imports is not installed beside %s; pip install '
+                    '"import-linter>=2.1"' % sys.executable)
+    r = subprocess.run([lint, '--no-cache'], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'Contracts: 2 kept, 0 broken.' in r.stdout, r.stdout
+
+
 def _id(path):
     return os.path.relpath(path, ROOT)
 
