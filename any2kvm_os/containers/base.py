@@ -45,6 +45,9 @@ class ContainerType(object, metaclass=abc.ABCMeta):
     description = None
     #: How a message calls such an input: 'an OVA package'.
     noun = None
+    #: The short name of an archive kind ('OVA'), listed when a file is
+    #: of no known kind; None for what is not an archive.
+    archive_title = None
     #: The ``--source`` word that selects it (default: :attr:`name`).
     source = None
     #: When two plugins claim the same input, the higher priority wins

@@ -703,6 +703,7 @@ class OvaType(base.ContainerType):
     name = 'ova'
     description = 'an OVA package, or the .ovf of an extracted one'
     noun = 'an OVA package'
+    archive_title = 'OVA'
     # Before the XenServer archive plugin, which takes any tar.
     priority = 30
     glance_kinds = {'ova': ('ova', None)}

@@ -72,8 +72,8 @@ def detect(path, limits):
                 return plugin
     raise exception.UnsupportedImage(
         path=path, reason='neither a disk image any2kvm reads nor an '
-        'archive it knows (%s)' % ', '.join(
-            p.noun for p in plugins() if p.name != 'file'))
+        'archive it knows (%s)' % ', '.join(sorted(
+            p.archive_title for p in plugins() if p.archive_title)))
 
 
 def open_path(path, limits):

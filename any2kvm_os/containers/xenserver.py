@@ -340,6 +340,7 @@ class XenServerArchiveType(base.ContainerType):
     name = 'xenserver-tgz'
     description = 'a XenServer tar/tgz of 0.vhd (leaf) .. n.vhd (base)'
     noun = 'a XenServer VHD chain archive'
+    archive_title = 'XenServer tar/tgz'
     # Any tar or compressed file the other plugins leave: asked last.
     priority = 10
     glance_kinds = {'xenserver-tgz': ('ovf', None)}

@@ -1210,6 +1210,7 @@ class XvaType(base.ContainerType):
     name = KIND
     description = 'a XenServer/XCP-ng XVA export'
     noun = 'a XenServer XVA export'
+    archive_title = 'XVA'
     # Before the XenServer archive plugin, which takes any tar.
     priority = 40
     glance_kinds = {'xva': ('ovf', None)}
