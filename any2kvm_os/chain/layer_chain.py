@@ -137,7 +137,7 @@ def _find_by_name(container, child_name, ref, names, members):
     raise exception.ChainError(
         path=child_name, reason='missing parent %s among the files of %s'
         % (', '.join(ref.name_hints) or '(unnamed)',
-           container.path if container.kind != 'file' else 'its directory'))
+           container.path if not container.is_directory else 'its directory'))
 
 
 def _find_by_id(container, child_name, ref, names, members, scanned):
@@ -174,7 +174,7 @@ def _find_by_id(container, child_name, ref, names, members, scanned):
     raise exception.ChainError(
         path=child_name, reason='missing parent %s (named %s) among the '
         'files of %s' % (ref.id, ', '.join(ref.name_hints) or 'nothing',
-                         container.path if container.kind != 'file'
+                         container.path if not container.is_directory
                          else 'its directory'))
 
 

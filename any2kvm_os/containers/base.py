@@ -87,8 +87,9 @@ class ContainerType(object, metaclass=abc.ABCMeta):
 class Container(object, metaclass=abc.ABCMeta):
     """A set of named files a chain may be resolved within."""
 
-    #: Short name reported by ``any2kvm info`` as "container".
-    kind = None
+    #: Whether the members are the files of a directory (else of an
+    #: archive): messages say which.
+    is_directory = False
 
     def __init__(self, path):
         self.path = path
@@ -124,13 +125,13 @@ class Container(object, metaclass=abc.ABCMeta):
                 raise exception.ChainError(
                     path=self.display_name(referrer), reason='refers to %r: '
                     'only files of the same %s can be used' % (
-                        name, 'directory' if self.kind == 'file'
+                        name, 'directory' if self.is_directory
                         else 'archive'))
             if name not in self.member_names():
                 raise exception.ChainError(
                     path=self.display_name(referrer), reason='refers to %r, '
                     'which is not a regular file of the same %s' % (
-                        name, 'directory' if self.kind == 'file'
+                        name, 'directory' if self.is_directory
                         else 'archive'))
             return self.open_view(name)
         return open_sibling
@@ -150,7 +151,7 @@ class Container(object, metaclass=abc.ABCMeta):
 class DirectoryContainer(Container):
     """A disk file the user named, and the regular files beside it."""
 
-    kind = 'file'
+    is_directory = True
 
     def __init__(self, path, limits):
         super(DirectoryContainer, self).__init__(path)

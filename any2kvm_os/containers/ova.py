@@ -354,11 +354,10 @@ class OvaContainer(base.Container):
     ``('gzip', inner entry, most bytes it may decompress to or None)``.
     """
 
-    kind = 'ova'
-
-    def __init__(self, path, raw, entries, display, limits, kind='ova'):
+    def __init__(self, path, raw, entries, display, limits,
+                 is_directory=False):
         super(OvaContainer, self).__init__(path)
-        self.kind = kind
+        self.is_directory = is_directory
         self.raw = raw
         self.entries = entries
         self._display = display
@@ -578,7 +577,7 @@ def _open_package(path, kind, raw, local, ovf_name, mf_name, cert_name,
                                           bounds[file_id])
 
     container = OvaContainer(path, raw, entries, display, limits,
-                             kind='file' if kind == 'ovf' else 'ova')
+                             is_directory=kind == 'ovf')
     try:
         disks = [_disk_source(kind, container, placed, disk_files, limits,
                               ovf_display, notes)

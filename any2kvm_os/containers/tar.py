@@ -109,8 +109,6 @@ class MemberScreen(object):
 class PlainTarContainer(base.Container):
     """An uncompressed tar: members are read in place, never copied."""
 
-    kind = 'tar'
-
     def __init__(self, path, limits):
         super(PlainTarContainer, self).__init__(path)
         self._file = open(path, 'rb')

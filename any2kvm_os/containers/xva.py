@@ -887,8 +887,6 @@ class XvaLayer(fbase.LayerReader):
 class XvaTar(object):
     """A plain XVA tar: the chunk index of every VDI, from the headers."""
 
-    kind = KIND
-
     def __init__(self, path, limits):
         self.path = path
         self._file = open(path, 'rb')
@@ -994,8 +992,6 @@ def xva_disk(xva_tar, vdi):
 class XvaStream(object):
     """A compressed XVA: ova.xml is read at once (it comes first); each
     disk is written in a pass of its own over the whole archive."""
-
-    kind = KIND
 
     def __init__(self, path, limits, opener=None):
         self.path = path
