@@ -56,15 +56,13 @@ def _open_disk_source(path, limits):
             # Only archives need these (and their XML and hash modules).
             from any2kvm_os.containers import ova
             from any2kvm_os.containers import xva
-        zstd = cls is None and xva.is_zstd(view)
         compressed = cls is None and tar.is_compressed(view)
-        plain_tar = (cls is None and not compressed and not zstd
+        plain_tar = (cls is None and not compressed
                      and tar.looks_like_tar(view))
         plain_xva = plain_tar and xva.looks_like_xva(view)
         is_ovf = (cls is None and not compressed and not plain_tar
-                  and not zstd and ova.looks_like_ovf(view))
-    if zstd or plain_xva or (compressed
-                             and xva.compressed_looks_like_xva(path)):
+                  and ova.looks_like_ovf(view))
+    if plain_xva or (compressed and xva.compressed_looks_like_xva(path)):
         return xva.open_xva(path, limits)
     if is_ovf:
         # The descriptor of an already extracted OVA.

@@ -96,11 +96,11 @@ def open_image_data(label, chunks, size, limits, checksum=None,
 
     ``chunks()`` starts a download (an iterable of bytes; it may be called
     again for another pass).  A XenServer tar or tgz, or an XVA (plain,
-    gzip, bzip2 or xz), is read as it arrives, in one pass per use (an XVA:
-    one for its ova.xml, one per disk), with no copy of the archive on disk
-    (checked against ``size`` and ``checksum`` at its end, before anything
-    is committed); anything else is stored in scratch first
-    (:func:`open_downloaded`).
+    gzip, bzip2, xz or zstd), is read as it arrives, in one pass per use
+    (an XVA: one for its ova.xml, one per disk), with no copy of the
+    archive on disk (checked against ``size`` and ``checksum`` at its end,
+    before anything is committed); anything else is stored in scratch
+    first (:func:`open_downloaded`).
     """
     from any2kvm_os.containers import xenserver
     from any2kvm_os.containers import xva
