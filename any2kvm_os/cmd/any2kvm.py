@@ -34,7 +34,9 @@ from oslo_config import cfg
 from any2kvm_os import convert
 from any2kvm_os import exception
 from any2kvm_os import incremental
+from any2kvm_os import limits as a2k_limits
 from any2kvm_os import opts
+from any2kvm_os import scratch
 
 LOG = logging.getLogger(__name__)
 PROG = 'any2kvm'
@@ -288,13 +290,15 @@ LOCAL_TARGETS = ('file',)
 def target_options(target, directory=None, overwrite=False, defaults=True,
                    properties=None, wait=False, scratch_dir=None,
                    region_name=None, interface=None, volume_route=None,
-                   volume_type=None, brick_mount_point_base=None):
+                   volume_type=None, brick_mount_point_base=None,
+                   scratch_limit=None):
     """The keyword arguments for the ``target`` plugin's constructor.
 
     An option the user gave (``--output-dir``, ``--overwrite``,
     ``--no-default-properties``, ``--property``) that the target does not
-    take is an error; the others (``wait``, ``scratch_dir``, the cloud
-    region and interface) are passed when the target takes them.
+    take is an error; the others (``wait``, ``scratch_dir``,
+    ``scratch_limit``, the cloud region and interface) are passed when the
+    target takes them.
     """
     from any2kvm_os.targets import base as targets
     cls = targets.plugins().get(target)
@@ -324,6 +328,7 @@ def target_options(target, directory=None, overwrite=False, defaults=True,
         raise exception.Any2KvmError('--property does not apply to target '
                                      '%s' % target)
     for key, value in (('wait', wait), ('scratch_dir', scratch_dir),
+                       ('scratch_limit', scratch_limit),
                        ('region_name', region_name),
                        ('interface', interface)):
         if value is not None and (params is None or key in params):
@@ -417,7 +422,9 @@ def run_import(args, limits, cloud, progress_stream=None):
         args.target, directory=args.output_dir, overwrite=args.overwrite,
         defaults=not args.no_default_properties, properties=props,
         wait=args.wait or None, scratch_dir=limits.scratch_dir,
-        **volume_flags(args))
+        # The targets' own default is the option's: passed when set.
+        scratch_limit=(None if limits.scratch_limit == scratch.DEFAULT_LIMIT
+                       else limits.scratch_limit), **volume_flags(args))
     session = None
     if args.target not in LOCAL_TARGETS:
         session, region, interface = cloud()
@@ -637,7 +644,7 @@ def _setup(args):
                 PROG + ': %(levelname)s: %(message)s'))
             root.addHandler(handler)
         root.setLevel(logging.WARNING)
-    return opts.Limits.from_conf(conf)
+    return a2k_limits.Limits.from_conf(conf)
 
 
 def load_limits(config_files=()):
@@ -647,7 +654,7 @@ def load_limits(config_files=()):
     opts.register_opts(conf)
     conf(args=[], project='any2kvm_os', prog=PROG,
          default_config_files=list(config_files or ()))
-    return opts.Limits.from_conf(conf)
+    return a2k_limits.Limits.from_conf(conf)
 
 
 class _StderrHandler(logging.Handler):

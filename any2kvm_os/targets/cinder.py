@@ -108,14 +108,16 @@ class CinderTarget(base.Target):
                  timeout=3600, poll=2.0, keep_image=False, wait=True,
                  region_name=None, interface=None, route='auto',
                  volume_type=None, brick_mount_point_base=None,
-                 root_helper='sudo', my_ip='127.0.0.1'):
+                 root_helper='sudo', my_ip='127.0.0.1',
+                 scratch_limit=None):
         super(CinderTarget, self).__init__(session)
         if route not in ROUTES:
             raise exception.Any2KvmError('unknown volume route %r (known: '
                                          '%s)' % (route, ', '.join(ROUTES)))
         self.glance = glance_target.GlanceTarget(
             session, scratch_dir, defaults, region_name=region_name,
-            interface=interface)
+            interface=interface, **({} if scratch_limit is None else
+                                    {'scratch_limit': scratch_limit}))
         self.defaults = defaults
         self.region_name = region_name
         self.interface = interface
