@@ -25,8 +25,9 @@ import os
 from oslo_config import cfg
 
 from any2kvm_os import exception
-from any2kvm_os import opts
+from any2kvm_os import limits as limits_mod
 from any2kvm_os import progress as progress_mod
+from any2kvm_os import scratch
 
 PROG = 'any2kvm'
 
@@ -38,10 +39,17 @@ RESULT_FIELDS = ('disk', 'name', 'id', 'path', 'size', 'sha256',
 def load_limits(config_files=()):
     """Limits from the oslo.config defaults and ``config_files``."""
     conf = cfg.ConfigOpts()
-    opts.register_opts(conf)
+    register_opts(conf)
     conf(args=[], project='any2kvm_os', prog=PROG,
          default_config_files=list(config_files or ()))
-    return opts.Limits.from_conf(conf)
+    return limits_mod.Limits.from_conf(conf)
+
+
+def register_opts(conf):
+    """Register the options of a conversion (limits, scratch space) on
+    ``conf``."""
+    conf.register_opts(limits_mod.OPTIONS + scratch.OPTIONS,
+                       group=limits_mod.GROUP)
 
 
 def error_message(e):
@@ -192,6 +200,8 @@ def target_options(args, limits, region_name=None, interface=None):
     options = targets.options(args.target, args)
     if limits.scratch_dir is not None:
         options['scratch_dir'] = limits.scratch_dir
+    if limits.scratch_limit != scratch.DEFAULT_LIMIT:
+        options['scratch_limit'] = limits.scratch_limit
     if region_name is not None:
         options['region_name'] = region_name
     if interface is not None:

@@ -65,6 +65,12 @@ class TargetError(Any2KvmError):
     msg_fmt = "%(path)s: %(reason)s"
 
 
+class ScratchLimitError(Any2KvmError):
+    """More scratch space is needed than ``scratch_limit_gib`` allows."""
+
+    msg_fmt = "%(path)s: %(reason)s"
+
+
 class CapacityError(TargetError):
     """The disk is larger than a fixed-size output (device, volume)."""
 

@@ -54,41 +54,25 @@ import os
 import time
 
 from oslo_config import cfg
-from oslo_config import types
 from oslo_log import log as logging
 from oslo_utils import importutils
 
+from any2kvm_os import api
+from any2kvm_os.cinder import options
 from any2kvm_os.containers import registry
 from any2kvm_os import exception
-from any2kvm_os import opts as a2k_opts
+from any2kvm_os import limits as a2k_limits
 from any2kvm_os import properties
+from any2kvm_os import scratch
 
 LOG = logging.getLogger(__name__)
 
 #: The kinds of Glance image the hook can take over: the ``glance_kinds``
 #: of the container plugins.
-KINDS = tuple(sorted(registry.glance_kinds()))
+KINDS = options.KINDS
 
-OPTIONS = [
-    cfg.StrOpt('any2kvm_wrapped_driver',
-               help='The volume driver this backend really uses (the value '
-                    'volume_driver had before the hook), e.g. '
-                    'cinder.volume.drivers.nfs.NfsDriver. Required when '
-                    'volume_driver is any2kvm_os.cinder.driver.'
-                    'Any2KvmDriver.'),
-    cfg.BoolOpt('any2kvm_enabled', default=True,
-                help='Convert recognised images when a volume is created '
-                     'from an image. False hands every image to the '
-                     'wrapped driver, as if the hook were not there.'),
-    cfg.ListOpt('any2kvm_kinds', default=list(KINDS),
-                item_type=types.String(choices=KINDS),
-                help='Which kinds of Glance image the hook converts: '
-                     'xenserver-tgz (container_format ovf holding a '
-                     'XenServer VHD chain, tar or tgz), xva (container_'
-                     'format ovf holding an XVA), ova (container_format '
-                     'ova), vhd, vhdx, vmdk (container_format bare). Other '
-                     'images go to the wrapped driver.'),
-]
+#: The hook's options (owned by :mod:`any2kvm_os.cinder.options`).
+OPTIONS = options.OPTIONS
 
 #: Seconds of conversion between two yields to cinder-volume's other
 #: green threads.
@@ -99,10 +83,7 @@ YIELD_EVERY = 0.02
 DISK_PROPERTY = 'any2kvm_disk'
 
 
-def list_opts():
-    # Cinder lists driver options under backend_defaults; each backend
-    # section may set them too.
-    return [('backend_defaults', OPTIONS)]
+list_opts = options.list_opts
 
 
 def recognise(image_meta, kinds=KINDS):
@@ -252,7 +233,7 @@ class ImageToVolume(object):
         # it (raises ImageConversionNotAllowed).
         image_utils.check_image_conversion_disable(
             self.image_meta.get('disk_format'), 'raw', self.image_id)
-        limits = self._limits()
+        limits = self.limits = self._limits()
         t0 = time.monotonic()
         source = self._open_source(limits)
         try:
@@ -271,8 +252,8 @@ class ImageToVolume(object):
 
     def _limits(self):
         conf = cfg.CONF
-        a2k_opts.register_opts(conf)
-        limits = a2k_opts.Limits.from_conf(conf)
+        api.register_opts(conf)
+        limits = a2k_limits.Limits.from_conf(conf)
         if not limits.scratch_dir:
             limits.scratch_dir = self._conversion_dir()
         return limits
@@ -409,42 +390,49 @@ class ImageToVolume(object):
                 return 'qcow2'
         return None
 
-    def _open_target(self, path):
+    def _open_target(self, path, space):
         """A RawWriter on ``path``; when cinder-volume may not open it
         (root-owned LVM or attached devices), a RawWriter on a sparse
-        scratch file instead, copied onto ``path`` as root afterwards."""
+        file of scratch ``space`` instead (what is written there is
+        charged to the scratch limit), copied onto ``path`` as root
+        afterwards."""
         from any2kvm_os.writers import raw
         try:
             return raw.RawWriter.open_volume(path), None
         except exception.TargetError as e:
             if not isinstance(e.__context__, PermissionError):
                 raise
-        import tempfile
-        fd, scratch = tempfile.mkstemp(prefix='any2kvm-volume-',
-                                       dir=self._conversion_dir())
-        os.ftruncate(fd, self.capacity)
-        os.close(fd)
+        copy = space.path('volume.raw')
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, self.capacity)
+        finally:
+            os.close(fd)
         LOG.info('any2kvm: %s is not writable by this service: converting '
-                 'into %s, then copying it as root', path, scratch)
-        return raw.RawWriter.open_volume(scratch), scratch
+                 'into %s, then copying it as root', path, copy)
+        target = space.bound_writer(
+            raw.RawWriter.open_volume(copy),
+            '%s (volume %s, converted before the copy as root)'
+            % (self.label, self.volume.id))
+        return target, copy
 
-    def _copy_as_root(self, scratch, path):
+    def _copy_as_root(self, copy, path):
         """Cinder's own way to write a volume it cannot open: qemu-img
         through its root helper (rootwrap/privsep), as copy_image_to_volume
         does."""
         _, image_utils = self._cinder()
-        image_utils.convert_image(scratch, path, 'raw', src_format='raw',
+        image_utils.convert_image(copy, path, 'raw', src_format='raw',
                                   run_as_root=True)
 
     def _write_to(self, path, disk):
-        target, scratch = self._open_target(path)
-        try:
+        limits = getattr(self, 'limits', None) or self._limits()
+        with scratch.Scratch.for_limits(limits, self._conversion_dir(),
+                                        prefix='any2kvm-volume-') as space:
+            target, copy = self._open_target(path, space)
             self._write_disk(target, disk)
-            if scratch is not None:
-                self._copy_as_root(scratch, path)
-        finally:
-            if scratch is not None:
-                os.unlink(scratch)
+            if copy is not None:
+                self._copy_as_root(copy, path)
 
     def _write_disk(self, target, disk):
         step = [0, time.monotonic(), time.monotonic()]

@@ -30,7 +30,7 @@ from oslo_config import cfg
 
 from any2kvm_os import api
 from any2kvm_os import exception
-from any2kvm_os import opts
+from any2kvm_os import limits as limits_mod
 from any2kvm_os.progress import human
 from any2kvm_os import progress as progress_mod
 
@@ -236,7 +236,7 @@ def build_parser(argv=()):
 
 def _setup(args):
     conf = cfg.ConfigOpts()
-    opts.register_opts(conf)
+    api.register_opts(conf)
     # oslo.log is set up when logging is asked for (--debug, or a config
     # file that may carry [DEFAULT] logging options); a plain run logs
     # warnings to stderr without paying oslo.log's import at start-up.
@@ -262,7 +262,7 @@ def _setup(args):
                 PROG + ': %(levelname)s: %(message)s'))
             root.addHandler(handler)
         root.setLevel(logging.WARNING)
-    return opts.Limits.from_conf(conf)
+    return limits_mod.Limits.from_conf(conf)
 
 
 def _command(argv):

@@ -53,7 +53,6 @@ import logging
 import os
 import posixpath
 import tarfile
-import tempfile
 import zlib
 
 from any2kvm_os.chain import layer_chain
@@ -63,6 +62,7 @@ from any2kvm_os.containers import tar
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os import fileio
+from any2kvm_os import scratch
 from any2kvm_os import vm
 from any2kvm_os.formats import base as fbase
 
@@ -173,55 +173,29 @@ class ConcatView(object):
             self.name, len(self.parts), self.size)
 
 
-class _Scratch(object):
-    """A private (0700) scratch directory with a byte budget."""
-
-    def __init__(self, parent, limit):
-        self.parent = parent
-        self.limit = limit
-        self.used = 0
-        self.dir = None
-
-    def gunzip(self, view, name, bound=None):
-        """Decompress gzip ``view``; return a FileView of the result
-        (already unlinked: it goes away when the view is closed).  At most
-        ``bound`` bytes (what the disk can sensibly take), within the
-        scratch budget."""
+def _gunzip_to_scratch(space, view, name, bound=None):
+    """Decompress gzip ``view`` into scratch ``space``; return a FileView
+    of the result (already unlinked: it goes away when the view is
+    closed).  At most ``bound`` bytes (what the disk can sensibly take),
+    within the scratch budget."""
+    fd, tmp = space.mkstemp()
+    try:
         try:
-            if self.dir is None:
-                self.dir = tempfile.mkdtemp(prefix='any2kvm-ova-',
-                                            dir=self.parent)
-            fd, tmp = tempfile.mkstemp(dir=self.dir)
+            budget = space.remaining
+            why = 'scratch space (scratch_limit_gib)'
+            if bound is not None and bound < budget:
+                budget = bound
+                why = 'the capacity of its disk allows'
+            size = _gunzip(view, fd, name, budget, why)
+            space.charge(size, name)
+            return fileio.FileView.open_path(tmp, name)
         except OSError as e:
             raise exception.TargetError(
-                path=self.parent or tempfile.gettempdir(),
-                reason='cannot make a scratch file: %s' % e.strerror)
-        try:
-            try:
-                budget = self.limit - self.used
-                why = 'scratch space (scratch_limit_gib)'
-                if bound is not None and bound < budget:
-                    budget = bound
-                    why = 'the capacity of its disk allows'
-                size = _gunzip(view, fd, name, budget, why)
-                self.used += size
-                return fileio.FileView.open_path(tmp, name)
-            except OSError as e:
-                raise exception.TargetError(
-                    path=self.dir, reason='scratch space for %s: %s'
-                    % (name, e.strerror))
-        finally:
-            os.close(fd)
-            os.unlink(tmp)
-
-    def cleanup(self):
-        if self.dir:
-            try:
-                os.rmdir(self.dir)
-            except OSError as e:
-                LOG.warning('Cannot remove scratch directory %s: %s',
-                            self.dir, e)
-            self.dir = None
+                path=space.dir, reason='scratch space for %s: %s'
+                % (name, e.strerror))
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def _all_zero(data):
@@ -363,7 +337,8 @@ class OvaContainer(base.Container):
         self._display = display
         self._limits = limits
         self._made = {}
-        self._scratch = _Scratch(limits.scratch_dir, limits.scratch_limit)
+        self._scratch = scratch.Scratch.for_limits(limits,
+                                                   prefix='any2kvm-ova-')
 
     def member_names(self):
         return sorted(self.entries)
@@ -388,8 +363,8 @@ class OvaContainer(base.Container):
                                   self.display_name(name))
             else:
                 inner = self._view(name + '\0gz', entry[1])
-                made = self._scratch.gunzip(inner, self.display_name(name),
-                                            entry[2])
+                made = _gunzip_to_scratch(self._scratch, inner,
+                                          self.display_name(name), entry[2])
             self._made[name] = made
         if isinstance(made, ConcatView):
             return made

@@ -19,25 +19,20 @@ dropping leading ``./``.  Nothing is ever extracted to a path taken from
 the archive.
 """
 
-import bz2
-import gzip
 import io
-import lzma
 import os
 import posixpath
 import tarfile
-import zlib
 
+from any2kvm_os import compression
 from any2kvm_os import exception
 from any2kvm_os import fileio
 from any2kvm_os.containers import base
 
-COMPRESSED_MAGIC = (b'\x1f\x8b', b'BZh', b'\xfd7zXZ\x00')
-
 
 def is_compressed(view):
-    head = view.pread(6, 0)
-    return any(head.startswith(m) for m in COMPRESSED_MAGIC)
+    """The file is compressed (gzip, bzip2, xz or zstd)."""
+    return compression.sniff_view(view) is not None
 
 
 def looks_like_tar(view):
@@ -153,27 +148,8 @@ class PlainTarContainer(base.Container):
         self._file.close()
 
 
-def _decompressor(path, fileobj):
-    """A file object of the decompressed archive that VERIFIES integrity.
-
-    tarfile's own stream mode ignores the gzip trailer, so a damaged
-    archive would convert silently; GzipFile, BZ2File and LZMAFile check
-    their CRCs (at the end of each gzip member: the caller must read to
-    EOF before trusting what it wrote).
-    """
-    head = fileobj.read(6)
-    fileobj.seek(0)
-    if head.startswith(b'\x1f\x8b'):
-        return gzip.GzipFile(fileobj=fileobj, mode='rb')
-    if head.startswith(b'BZh'):
-        return bz2.BZ2File(fileobj, mode='rb')
-    if head.startswith(b'\xfd7zXZ\x00'):
-        return lzma.LZMAFile(fileobj, mode='rb')
-    return fileobj
-
-
-STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
-                 gzip.BadGzipFile, OSError)
+def _stream_errors():
+    return (tarfile.TarError,) + compression.stream_errors()
 
 
 def stream_error(path, e):
@@ -195,7 +171,7 @@ class _CheckedReader(object):
     def read(self, n):
         try:
             return self.member.read(n)
-        except STREAM_ERRORS as e:
+        except _stream_errors() as e:
             raise stream_error(self.path, e)
 
 
@@ -206,7 +182,7 @@ def iter_stream_members(path, fileobj, limits):
     the compressed stream is read to its end, so that its checksums are
     verified before the caller commits anything."""
     screen = MemberScreen(path, limits)
-    raw = _decompressor(path, fileobj)
+    raw = compression.open_reader(path, fileobj)
     try:
         with tarfile.open(fileobj=raw, mode='r|') as tf:
             for ti in tf:
@@ -231,7 +207,7 @@ def iter_stream_members(path, fileobj, limits):
                 raise exception.InvalidArchive(
                     path=path, reason='too much data after the end of the '
                     'archive')
-    except STREAM_ERRORS as e:
+    except _stream_errors() as e:
         raise stream_error(path, e)
 
 
@@ -243,21 +219,12 @@ def normalise(name):
 
 
 def head_first_member(head):
-    """The TarInfo of the first member of an archive (plain, gzip, bzip2
-    or xz) of which ``head`` are the first bytes, after a pax or GNU
+    """The TarInfo of the first member of an archive (plain, gzip, bzip2,
+    xz or zstd) of which ``head`` are the first bytes, after a pax or GNU
     long-name header if any; None when that cannot be told from them."""
-    want = 16 << 10
     try:
-        if head.startswith(b'\x1f\x8b'):
-            block = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(
-                head, want)
-        elif head.startswith(b'BZh'):
-            block = bz2.BZ2Decompressor().decompress(head, want)
-        elif head.startswith(b'\xfd7zXZ\x00'):
-            block = lzma.LZMADecompressor().decompress(head, want)
-        else:
-            block = head[:want]
+        block = compression.decompress_head(head, 16 << 10)
         return tarfile.open(fileobj=io.BytesIO(block), mode='r|').next()
-    except (tarfile.TarError, zlib.error, lzma.LZMAError, OSError, EOFError,
-            ValueError):
+    except (tarfile.TarError, ValueError, ImportError) + \
+            compression.stream_errors():
         return None

@@ -28,11 +28,10 @@ import contextlib
 import logging
 import os
 import re
-import shutil
-import tempfile
 
 from any2kvm_os import exception
 from any2kvm_os import fileio
+from any2kvm_os import scratch
 from any2kvm_os import vm
 from any2kvm_os.chain import layer_chain
 from any2kvm_os.containers import base
@@ -130,42 +129,16 @@ class XenServerTar(object):
         self.container.close()
 
 
-class _Scratch(object):
-    """A private (0700) scratch directory with a byte budget."""
-
-    def __init__(self, parent, limit, archive):
-        self.parent = parent
-        self.limit = limit
-        self.archive = archive
-        self.used = 0
-        self.dir = None
-
-    def spill(self, stream):
-        if self.dir is None:
-            self.dir = tempfile.mkdtemp(prefix='any2kvm-scratch-',
-                                        dir=self.parent)
-        if self.used + stream.size > self.limit:
-            raise exception.InvalidArchive(
-                path=self.archive, reason='members out of order need more '
-                'than %d bytes of scratch space (scratch_limit_gib)'
-                % self.limit)
-        st = os.statvfs(self.dir)
-        if st.f_bavail * st.f_frsize < stream.size:
-            raise exception.TargetError(
-                path=self.dir, reason='not enough free space to buffer %s '
-                '(%d bytes)' % (stream.name, stream.size))
-        self.used += stream.size
-        fd, path = tempfile.mkstemp(dir=self.dir)
-        with os.fdopen(fd, 'wb') as f:
-            while stream.pos < stream.size:
-                f.write(stream.read_exact(min(8 << 20,
-                                              stream.size - stream.pos)))
-        return path
-
-    def cleanup(self):
-        if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
+def _spill(space, stream):
+    """Store the rest of member ``stream`` in scratch ``space``; return
+    the path of the copy."""
+    space.reserve(stream.size, '%s (a member out of order)' % stream.name)
+    fd, path = space.mkstemp()
+    with os.fdopen(fd, 'wb') as f:
+        while stream.pos < stream.size:
+            f.write(stream.read_exact(min(8 << 20,
+                                          stream.size - stream.pos)))
+    return path
 
 
 class _StreamEntry(object):
@@ -242,15 +215,12 @@ class XenServerStream(vm.Disk):
 
     def write_to(self, target, progress=None):
         """Apply base first onto ``target``; returns the layer facts."""
-        scratch = _Scratch(self.limits.scratch_dir
-                           or os.path.dirname(os.path.abspath(target.path)),
-                           self.limits.scratch_limit, self.path)
-        try:
-            return self._write(target, scratch, progress)
-        finally:
-            scratch.cleanup()
+        with scratch.Scratch.for_limits(
+                self.limits, os.path.dirname(os.path.abspath(target.path))
+        ) as space:
+            return self._write(target, space, progress)
 
-    def _write(self, target, scratch, progress):
+    def _write(self, target, space, progress):
         applied = []       # (index, id, parent_id), base first
         pending = {}       # index -> scratch path
         seen = set()
@@ -303,7 +273,7 @@ class XenServerStream(vm.Disk):
                 apply(index, stream)
                 drain_pending()
             else:
-                pending[index] = scratch.spill(stream)
+                pending[index] = _spill(space, stream)
         n = check_numbering(self.path, list(seen))
         if not applied:
             # No base disk came: the highest member has a parent outside.

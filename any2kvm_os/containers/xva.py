@@ -64,23 +64,20 @@ VDI the archive carries (a suspend image, say).
 
 import array
 import bisect
-import bz2
 import collections
 import contextlib
 import copy
-import gzip
 import hashlib
 import logging
-import lzma
 import os
 import re
 import tarfile
-import zlib
 
 import defusedxml
 from defusedxml import ElementTree as SafeET
 import xxhash
 
+from any2kvm_os import compression
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os import fileio
@@ -102,11 +99,6 @@ MAX_OVA_XML_BYTES = 64 << 20
 MAX_OVA_OBJECTS = 100000
 MAX_XML_DEPTH = 32
 MAX_XML_ELEMENTS = 4000000
-
-GZIP_MAGIC = b'\x1f\x8b'
-BZIP2_MAGIC = b'BZh'
-XZ_MAGIC = b'\xfd7zXZ\x00'
-ZSTD_MAGIC = b'\x28\xb5\x2f\xfd'
 
 SHA1 = 'sha1'
 XXH64 = 'xxh64'
@@ -132,7 +124,7 @@ CHECKSUM_MEMBER = 'checksum'
 
 def is_zstd(view):
     """The file is zstd-compressed (XenServer ``compress=zstd``)."""
-    return view.pread(4, 0) == ZSTD_MAGIC
+    return compression.sniff_view(view) == compression.ZSTD
 
 
 class _ViewFile(object):
@@ -177,7 +169,7 @@ def compressed_looks_like_xva(path):
     zstd)."""
     with open(path, 'rb') as f:
         try:
-            fileobj = _decompressor(path, f)
+            fileobj = compression.open_reader(path, f)
         except exception.UnsupportedImage:
             return True
         try:
@@ -679,60 +671,23 @@ def _screen(archive, limits, ova):
     return _Screen(archive, lim)
 
 
-def _zstd_errors():
-    try:
-        import zstandard
-    except ImportError:
-        return ()
-    return (zstandard.ZstdError,)
-
-
 @contextlib.contextmanager
 def _archive_errors(path):
     """Decompression and tar errors become one-line InvalidArchive."""
     try:
         yield
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:
+    except compression.zstd_errors() as e:
         raise exception.InvalidArchive(
-            path=path, reason='bad or truncated archive: %s' % e)
-    except OSError as e:
-        if e.errno is not None:
+            path=path, reason='bad or truncated zstd archive: %s' % e)
+    except (tarfile.TarError,) + compression.stream_errors() as e:
+        if isinstance(e, OSError) and e.errno is not None:
             raise
         raise exception.InvalidArchive(
             path=path, reason='bad or truncated archive: %s' % e)
-    except _zstd_errors() as e:
-        raise exception.InvalidArchive(
-            path=path, reason='bad or truncated zstd archive: %s' % e)
-
-
-def _decompressor(path, f):
-    """A file object of the decompressed tar held by ``f``."""
-    head = f.read(6)
-    f.seek(0)
-    if head.startswith(GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=f, mode='rb')
-    if head.startswith(BZIP2_MAGIC):
-        return bz2.BZ2File(f)
-    if head.startswith(XZ_MAGIC):
-        return lzma.LZMAFile(f)
-    if head.startswith(ZSTD_MAGIC):
-        try:
-            import zstandard
-        except ImportError:
-            raise exception.UnsupportedImage(
-                path=path, reason='zstd-compressed archive: the Python '
-                'module zstandard is not installed; install it, or '
-                'decompress the file first (zstd -d)')
-        return zstandard.ZstdDecompressor().stream_reader(
-            f, read_across_frames=True)
-    return f
 
 
 def _is_compressed(path):
-    with open(path, 'rb') as f:
-        head = f.read(6)
-    return any(head.startswith(m) for m in (GZIP_MAGIC, BZIP2_MAGIC,
-                                            XZ_MAGIC, ZSTD_MAGIC))
+    return compression.sniff_path(path) is not None
 
 
 def _first_member(path, ti, screen):
@@ -1018,7 +973,7 @@ class XvaStream(object):
         check that the archive ends properly."""
         path = self.path
         with contextlib.closing(self._opener()) as f:
-            fileobj = _decompressor(path, f)
+            fileobj = compression.open_reader(path, f)
             with _archive_errors(path):
                 tf = tarfile.open(fileobj=fileobj, mode='r|',
                                   bufsize=1 << 20)
@@ -1188,7 +1143,7 @@ def open_xva(path, limits):
 
 
 def head_is_xva(head):
-    """Whether the first bytes of an archive (plain, gzip, bzip2 or xz)
+    """Whether the first bytes of an archive (plain, gzip, bzip2, xz, zstd)
     start with ``ova.xml``: an XVA, which can be read as it arrives."""
     ti = tar.head_first_member(head)
     return ti is not None and tar.normalise(ti.name) == OVA_XML
@@ -1212,8 +1167,6 @@ class XvaType(base.ContainerType):
     glance_kinds = {'xva': ('ovf', None)}
 
     def probe(self, view, path, limits):
-        if is_zstd(view):
-            return True
         if tar.looks_like_tar(view):
             return looks_like_xva(view)
         return tar.is_compressed(view) and compressed_looks_like_xva(path)

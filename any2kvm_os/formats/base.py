@@ -22,6 +22,8 @@ chain resolver does that, among the files of the same directory or archive.
 import abc
 import collections
 
+from any2kvm_os import extents as ext
+
 
 def basename_hint(path):
     """Last component of a Windows, URL or POSIX path written inside an
@@ -62,6 +64,33 @@ def bitmap_runs(bitmap, first, count, msb_first):
     if cur_state is not None:
         runs.append((cur_start, end - cur_start, cur_state))
     return runs
+
+
+def bitmap_extents(bitmap, msb_first, sector, block_start, data_start,
+                   pos, stop):
+    """Yield the extents of ``[pos, stop)`` inside one block of a layer
+    that keeps a sector bitmap (VHD differencing, VHDX partially present).
+
+    The block starts at ``block_start`` on the virtual disk and its data
+    at ``data_start`` in the file; ``bitmap`` has a bit per ``sector``
+    bytes (see :func:`bitmap_runs` for ``msb_first``).  A set bit is DATA
+    at the same offset in the block's data, a clear one UNALLOCATED (the
+    parent's).
+    """
+    first = (pos - block_start) // sector
+    last = -(-(stop - block_start) // sector)
+    make = ext.extent
+    for s, n, is_set in bitmap_runs(bitmap, first, last - first, msb_first):
+        a = block_start + s * sector
+        if a < pos:
+            a = pos
+        b = block_start + (s + n) * sector
+        if b > stop:
+            b = stop
+        if is_set:
+            yield make(ext.DATA, a, b - a, data_start + (a - block_start))
+        else:
+            yield make(ext.UNALLOCATED, a, b - a)
 
 
 ParentRef = collections.namedtuple('ParentRef', ['id', 'name_hints'])
@@ -134,7 +163,6 @@ class LayerReader(object, metaclass=abc.ABCMeta):
         once); formats with a cheaper count override it."""
         total = getattr(self, '_allocated_total', None)
         if total is None:
-            from any2kvm_os import extents as ext
             total = sum(e.length for e in self.block_status(
                 0, self.virtual_size) if e.kind == ext.DATA)
             self._allocated_total = total

@@ -406,17 +406,8 @@ class VhdReader(base.LayerReader):
             pos = stop
 
     def _diff_runs(self, block, entry, block_start, data_start, pos, stop):
-        bitmap = self._bitmap(block, entry)
-        first = (pos - block_start) // SECTOR
-        last = -(-(stop - block_start) // SECTOR)
-        for s, n, is_set in bitmap_runs(bitmap, first, last - first):
-            a = max(pos, block_start + s * SECTOR)
-            b = min(stop, block_start + (s + n) * SECTOR)
-            if is_set:
-                yield ext.extent(ext.DATA, a, b - a,
-                                 data_start + (a - block_start))
-            else:
-                yield ext.extent(ext.UNALLOCATED, a, b - a)
+        return base.bitmap_extents(self._bitmap(block, entry), True, SECTOR,
+                                   block_start, data_start, pos, stop)
 
 
 # -- streaming (one forward pass, for compressed archives) --------------------

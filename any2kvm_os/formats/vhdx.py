@@ -835,19 +835,10 @@ class VhdxReader(base.LayerReader):
 
     def _partial_runs(self, block, entry, block_start, pos, stop):
         cr = self.chunk_ratio
-        lss = self.logical_sector_size
         bitmap = self._bitmap(block, self.bat[(block // cr) * (cr + 1) + cr])
-        data_start = (entry >> 20) * MiB
-        first = (pos - block_start) // lss
-        last = -(-(stop - block_start) // lss)
-        for s, n, is_set in bitmap_runs(bitmap, first, last - first):
-            a = max(pos, block_start + s * lss)
-            b = min(stop, block_start + (s + n) * lss)
-            if is_set:
-                yield ext.extent(ext.DATA, a, b - a,
-                                 data_start + (a - block_start))
-            else:
-                yield ext.extent(ext.UNALLOCATED, a, b - a)
+        return base.bitmap_extents(bitmap, False, self.logical_sector_size,
+                                   block_start, (entry >> 20) * MiB, pos,
+                                   stop)
 
 
 # -- the log ------------------------------------------------------------------

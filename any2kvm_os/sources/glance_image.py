@@ -25,14 +25,12 @@ image's size and checksum before anything is committed.
 
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 
 from any2kvm_os import clients
 from any2kvm_os.containers import registry
 from any2kvm_os import exception
 from any2kvm_os import fileio
+from any2kvm_os import scratch
 from any2kvm_os.sources import base
 
 CHUNK = 4 << 20
@@ -95,11 +93,11 @@ def open_image_data(label, chunks, size, limits, checksum=None,
 
     ``chunks()`` starts a download (an iterable of bytes; it may be called
     again for another pass).  A XenServer tar or tgz, or an XVA (plain,
-    gzip, bzip2 or xz), is read as it arrives, in one pass per use (an XVA:
-    one for its ova.xml, one per disk), with no copy of the archive on disk
-    (checked against ``size`` and ``checksum`` at its end, before anything
-    is committed); anything else is stored in scratch first
-    (:func:`open_downloaded`).
+    gzip, bzip2, xz or zstd), is read as it arrives, in one pass per use
+    (an XVA: one for its ova.xml, one per disk), with no copy of the
+    archive on disk (checked against ``size`` and ``checksum`` at its end,
+    before anything is committed); anything else is stored in scratch
+    first (:func:`open_downloaded`).
     """
     reader = fileio.ChunkReader(chunks(), label, size, checksum)
     try:
@@ -137,18 +135,12 @@ def open_downloaded(label, chunks, size, limits, checksum=None,
     Messages name ``label``, never the scratch file.  Errors that are not
     ours are passed to ``wrap_error(label, exc)`` when given.
     """
-    if size > limits.scratch_limit:
-        raise exception.Any2KvmError(
-            '%s: %d bytes exceed the scratch limit of %d bytes '
-            '(scratch_limit_gib)' % (label, size, limits.scratch_limit))
-    tmp = tempfile.mkdtemp(prefix='any2kvm-glance-', dir=limits.scratch_dir)
-    path = os.path.join(tmp, 'image')
+    space = scratch.Scratch.for_limits(limits, prefix='any2kvm-glance-')
+    if size > space.limit:
+        raise space.limit_error(label, size)
+    path = space.path('image')
     try:
-        st = os.statvfs(tmp)
-        if st.f_bavail * st.f_frsize < size:
-            raise exception.TargetError(
-                path=tmp, reason='not enough free space for %s (%d bytes)'
-                % (label, size))
+        space.reserve(size, label)
         md5 = hashlib.md5(usedforsecurity=False)
         got = 0
         with open(path, 'wb') as f:
@@ -170,15 +162,15 @@ def open_downloaded(label, chunks, size, limits, checksum=None,
                 'image checksum')
         source = registry.open_path(path, limits)
     except exception.Any2KvmError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        space.cleanup()
         raise exception.Any2KvmError(str(e).replace(path, label))
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        space.cleanup()
         if isinstance(e, Exception) and wrap_error is not None:
             raise wrap_error(label, e)
         raise
     source.path = label
     for disk in source.disks:
         disk.name = disk.name.replace(path, label)
-    source.on_close(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    source.on_close(space.cleanup)
     return source

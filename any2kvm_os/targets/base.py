@@ -28,6 +28,7 @@ import functools
 from stevedore import extension
 
 from any2kvm_os import exception
+from any2kvm_os import scratch
 
 NAMESPACE = 'any2kvm_os.targets'
 
@@ -72,13 +73,16 @@ class Target(object, metaclass=abc.ABCMeta):
     takes_properties = True
 
     def __init__(self, session=None, region_name=None, interface=None,
-                 scratch_dir=None, wait=False):
+                 scratch_dir=None, scratch_limit=scratch.DEFAULT_LIMIT,
+                 wait=False):
         #: A keystoneauth1 session (cloud targets).
         self.session = session
         self.region_name = region_name
         self.interface = interface
         #: Under which directory private scratch space is made.
         self.scratch_dir = scratch_dir
+        #: The most bytes of scratch space one write may use.
+        self.scratch_limit = scratch_limit
         #: Wait until what was written is usable (``--wait``).
         self.wait = wait
 

@@ -23,13 +23,11 @@ deleted.  On any failure every image this call created is deleted.
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
 
 from any2kvm_os import clients
 from any2kvm_os import exception
 from any2kvm_os import properties
+from any2kvm_os import scratch
 from any2kvm_os.targets import base
 from any2kvm_os.writers import raw
 from any2kvm_os.writers import stream
@@ -38,24 +36,32 @@ LOG = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def disk_stream(disk, scratch_dir, progress=None):
+def disk_stream(disk, scratch_dir, progress=None,
+                scratch_limit=scratch.DEFAULT_LIMIT):
     """A read(n) stream of ``disk``'s raw bytes, with digests."""
     chain = disk.chain
     if chain is not None:
         yield stream.RawStream(chain, progress=progress)
         return
-    # One-pass sources: convert to a sparse scratch file first.
-    tmp = tempfile.mkdtemp(prefix='any2kvm-upload-', dir=scratch_dir)
-    try:
-        path = os.path.join(tmp, 'disk.raw')
-        raw.write_file(disk, path)
+    # One-pass sources: convert to a sparse scratch file first, bounded by
+    # the scratch limit.
+    with scratch.Scratch(scratch_dir, scratch_limit,
+                         prefix='any2kvm-upload-') as space:
+        path = space.path('disk.raw')
+        writer = space.bound_writer(
+            raw.RawWriter.open(path),
+            '%s (converted before the upload)' % disk.name)
+        try:
+            disk.write_to(writer)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
         s = stream.FileStream(path, progress=progress)
         try:
             yield s
         finally:
             s.close()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 #: ``--no-default-properties``, an option of every target that writes
@@ -109,7 +115,8 @@ class GlanceTarget(base.Target):
         size_hint = disk.size_hint
         vm = source.facts if index == 0 else {}
         image_name = base.disk_name(name, index, count)
-        with disk_stream(disk, self.scratch_dir, progress) as data:
+        with disk_stream(disk, self.scratch_dir, progress,
+                         self.scratch_limit) as data:
             size = len(data)
             attrs = properties.image_properties(
                 vm, size or size_hint or 0, defaults=self.defaults,

@@ -323,8 +323,8 @@ class Runner(object):
         return ['--config-file', str(conf)]
 
     def _limits(self, scratch):
-        from any2kvm_os import opts
-        return opts.Limits(scratch_dir=str(scratch) if scratch else None)
+        from any2kvm_os import limits as a2k_limits
+        return a2k_limits.Limits(scratch_dir=str(scratch) if scratch else None)
 
     def _open(self, path, scratch=None):
         from any2kvm_os.containers import ova

@@ -76,6 +76,22 @@ def test_complex_chain_archive(orphan_complex, compression, tmp_path,
     assert ig.hole_violations(out, zeros) == []
 
 
+def test_zstd_archive(orphan_complex, tmp_path, out_dir):
+    """A XenServer archive compressed with zstd, members out of order, is
+    converted in one pass like a tgz."""
+    zstandard = pytest.importorskip('zstandard')
+    chain, leaf_first = orphan_complex
+    plain = tmp_path / 'vdi.tar'
+    ig.make_tar(plain, ig.xenserver_members(leaf_first, './', 'shuffled',
+                                            seed=3))
+    tar = tmp_path / 'vdi.tar.zst'
+    with open(plain, 'rb') as src, open(tar, 'wb') as dst:
+        zstandard.ZstdCompressor().copy_stream(src, dst)
+    os.unlink(plain)
+    out = cli.convert(tar, out_dir / 'disk.raw')
+    assert ig.sha256_file(out) == chain.leaf.model.sha256()
+
+
 def test_pax_format_archive(orphan_simple, tmp_path, out_dir):
     chain, leaf_first = orphan_simple
     tar = tmp_path / 'vdi.tgz'

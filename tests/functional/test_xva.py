@@ -38,7 +38,7 @@ import xxhash
 from any2kvm_os.containers import xva
 from any2kvm_os.writers import raw
 from any2kvm_os import exception
-from any2kvm_os import opts
+from any2kvm_os import limits as a2k_limits
 from tests.functional import cli
 from tests.functional import conftest
 from tests.unit import test_xva as ux
@@ -116,7 +116,7 @@ def single(xva_img, work, size=SIZE_A, layout=LAYOUT_A, ova_size=None):
 
 def convert_all(path, out_dir):
     """Convert every disk in-process; return the output paths."""
-    src = xva.open_xva(str(path), opts.Limits())
+    src = xva.open_xva(str(path), a2k_limits.Limits())
     outs = []
     try:
         for i, disk in enumerate(src.disks):

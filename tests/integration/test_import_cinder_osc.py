@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from any2kvm_os import api
-from any2kvm_os import opts
+from any2kvm_os import limits as a2k_limits
 from tests.functional import imagegen as ig
 from tests.functional import test_vhd_chains as tchains
 from tests.integration import test_import_glance as tg
@@ -95,7 +95,7 @@ def test_cinder_volume_from_xenserver_tgz_with_grown_child(
             pytest.skip('not a tools/loopback-cloud cloud')
         options['brick_mount_point_base'] = str(mnt)
     _vm, (result,) = api.import_vm(str(arch), 'cinder', name,
-                                   opts.Limits(),
+                                   a2k_limits.Limits(),
                                    session=keystone_session,
                                    target_options=options)
     try:

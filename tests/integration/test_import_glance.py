@@ -25,7 +25,7 @@ import pytest
 
 from any2kvm_os import api
 from any2kvm_os import exception
-from any2kvm_os import opts
+from any2kvm_os import limits as a2k_limits
 from tests.functional import conftest as fconf
 from tests.functional import imagegen as ig
 from tests.functional import test_ova as tova
@@ -66,7 +66,7 @@ def unique(name):
 
 
 def do_import(keystone_session, location, name, source=None, props=None):
-    return api.import_vm(str(location), 'glance', name, opts.Limits(),
+    return api.import_vm(str(location), 'glance', name, a2k_limits.Limits(),
                          source_name=source, props=props,
                          session=keystone_session)
 

@@ -24,7 +24,7 @@ from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os.formats import base as fbase
 from any2kvm_os.formats import vhd
-from any2kvm_os import opts
+from any2kvm_os import limits as a2k_limits
 from tests.unit import vhdbuild
 
 MiB = 1 << 20
@@ -143,7 +143,7 @@ def write_chain(tmp_path, n, names=None, grow=False):
 
 
 def limits(**kw):
-    return opts.Limits(**kw)
+    return a2k_limits.Limits(**kw)
 
 
 def test_resolve_by_id_ignores_names(tmp_path):

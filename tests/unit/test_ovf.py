@@ -30,7 +30,7 @@ from any2kvm_os.containers import ovf
 from any2kvm_os import exception
 from any2kvm_os import fileio
 from any2kvm_os.formats import vhd
-from any2kvm_os import opts
+from any2kvm_os import limits as a2k_limits
 from any2kvm_os.writers import raw
 from tests.unit import vhdbuild
 
@@ -504,7 +504,7 @@ def read_disk(source, tmp_path, index=0):
     return out.read_bytes()
 
 
-LIMITS = opts.Limits()
+LIMITS = a2k_limits.Limits()
 
 
 @pytest.mark.parametrize('fmt', [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT,
@@ -576,7 +576,7 @@ def test_chunked_and_gzip(tmp_path):
         ('vm.mf', manifest(members, 'SHA1'))])
     scratch = tmp_path / 'scratch'
     scratch.mkdir()
-    limits = opts.Limits(scratch_dir=str(scratch))
+    limits = a2k_limits.Limits(scratch_dir=str(scratch))
     src = ova.open_ova(path, limits)
     try:
         assert len(pieces) == 3
@@ -683,7 +683,7 @@ def test_refusals(tmp_path):
     _refusal(tmp_path, [('vm.ovf', simple_ovf(
         attrs='ovf:compression="gzip"')), ('disk1.vhd', gzip.compress(img))],
         'more than 1000 bytes: more than scratch space',
-        limits=opts.Limits(scratch_limit=1000))
+        limits=a2k_limits.Limits(scratch_limit=1000))
     # A gzip bomb is stopped at what its disk's capacity can take.
     _refusal(tmp_path, [('vm.ovf', simple_ovf(
         attrs='ovf:compression="gzip"')),

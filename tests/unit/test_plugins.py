@@ -14,7 +14,7 @@ import pytest
 
 from any2kvm_os import api
 from any2kvm_os import exception
-from any2kvm_os import opts
+from any2kvm_os import limits as a2k_limits
 from any2kvm_os.sources import base as sources
 from any2kvm_os.targets import base as targets
 from tests.unit import test_chain
@@ -29,15 +29,15 @@ def test_plugins_are_registered():
 
 def test_source_kind_is_checked(tmp_path):
     paths = test_chain.write_chain(tmp_path, 2)
-    src = sources.open_location(str(paths[0]), opts.Limits(), 'file')
+    src = sources.open_location(str(paths[0]), a2k_limits.Limits(), 'file')
     assert src.container == 'file' and len(src.disks) == 1
     src.close()
     with pytest.raises(exception.UnsupportedImage,
                        match='is a disk image file, not an OVA package.*'
                        '--source file'):
-        sources.open_location(str(paths[0]), opts.Limits(), 'ova')
+        sources.open_location(str(paths[0]), a2k_limits.Limits(), 'ova')
     with pytest.raises(exception.Any2KvmError, match='unknown source'):
-        sources.open_location(str(paths[0]), opts.Limits(), 'nope')
+        sources.open_location(str(paths[0]), a2k_limits.Limits(), 'nope')
 
 
 def test_file_target_through_the_library(tmp_path):
@@ -46,14 +46,14 @@ def test_file_target_through_the_library(tmp_path):
     out = tmp_path / 'out'
     out.mkdir()
     vm, results = api.import_vm(
-        str(paths[0]), 'file', 'vm1', opts.Limits(),
+        str(paths[0]), 'file', 'vm1', a2k_limits.Limits(),
         target_options={'directory': str(out)})
     assert vm == {}
     (r,) = results
     assert r['name'] == 'vm1.raw' and r['size'] == len(want)
     assert (out / 'vm1.raw').read_bytes() == want
     with pytest.raises(exception.Any2KvmError, match='unknown target'):
-        api.import_vm(str(paths[0]), 'nope', 'x', opts.Limits())
+        api.import_vm(str(paths[0]), 'nope', 'x', a2k_limits.Limits())
 
 
 def test_disk_names():

@@ -33,7 +33,7 @@ from any2kvm_os import extents as ext
 from any2kvm_os import fileio
 from any2kvm_os.formats import vmdk
 from any2kvm_os.formats import vmdk_descriptor as vd
-from any2kvm_os import opts
+from any2kvm_os import limits as a2k_limits
 
 S = 512
 KiB = 1 << 10
@@ -270,7 +270,7 @@ def view_of(tmp_path, data, name='x.vmdk'):
 
 def reader_in(path):
     """A reader of ``path`` with the opener of its directory."""
-    limits = opts.Limits()
+    limits = a2k_limits.Limits()
     c = cbase.DirectoryContainer(str(path), limits)
     view = c.open_view(c.leaf_name)
     return vmdk.VmdkReader(view, opener=c.opener(c.leaf_name))
@@ -863,8 +863,8 @@ def test_vmfssparse_delta_over_flat_base(tmp_path):
     # The whole chain, folded: the delta over its flat base.
     from any2kvm_os.chain import layer_chain
     c = cbase.DirectoryContainer(str(tmp_path / 'vm-000001.vmdk'),
-                                 opts.Limits())
-    chain = layer_chain.resolve(c, c.leaf_name, opts.Limits())
+                                 a2k_limits.Limits())
+    chain = layer_chain.resolve(c, c.leaf_name, a2k_limits.Limits())
     assert [lay.identity for lay in chain.layers] == ['0000c1c1', '0000b0b0']
     folded = [(e.kind, e.offset, e.length, e.layer)
               for e in chain.fold(0, 4 * S)]

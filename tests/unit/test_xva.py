@@ -32,7 +32,7 @@ from any2kvm_os.containers import xva
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os import fileio
-from any2kvm_os import opts
+from any2kvm_os import limits as a2k_limits
 from any2kvm_os.writers import raw
 
 MiB = 1 << 20
@@ -206,7 +206,7 @@ def read_disk(source, tmp_path, name='out.raw'):
 
 
 def limits(**kw):
-    return opts.Limits(**kw)
+    return a2k_limits.Limits(**kw)
 
 
 # ---------------------------------------------------------------------------

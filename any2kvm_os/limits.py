@@ -1,0 +1,80 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The bounds one conversion works under, and the options that set them.
+
+The options (``OPTIONS``, group ``[any2kvm]``) are owned here; the
+scratch options are :mod:`any2kvm_os.scratch`'s.  :class:`Limits` takes
+its defaults from these options: they are written once.
+"""
+
+from oslo_config import cfg
+
+from any2kvm_os import scratch
+
+GROUP = 'any2kvm'
+
+OPTIONS = [
+    cfg.IntOpt('max_chain_depth', default=64, min=1, max=1024,
+               help='Most layers a snapshot chain may have. XenServer '
+                    'keeps chains under 30; a deeper chain is refused as '
+                    'absurd.'),
+    cfg.IntOpt('max_virtual_size_gib', default=65536, min=1,
+               help='Largest virtual disk size accepted, in GiB. Formats '
+                    'have their own, lower limits (VHD: 2 TiB).'),
+    cfg.IntOpt('max_archive_members', default=1024, min=1,
+               help='Most members an archive (tar, tgz) may hold.'),
+    cfg.IntOpt('max_archive_gib', default=16384, min=1,
+               help='Largest total size, in GiB, of the members of an '
+                    'archive (bounds decompression).'),
+    cfg.IntOpt('max_directory_entries', default=10000, min=1,
+               help='Most directory entries inspected when looking for a '
+                    'parent disk beside a child.'),
+]
+
+_DEFAULTS = {o.name: o.default for o in OPTIONS + scratch.OPTIONS}
+
+
+class Limits(object):
+    """The bounds one conversion works under, read from configuration.
+
+    Sizes are in bytes here (the options give GiB); every argument left
+    out takes its option's default.
+    """
+
+    def __init__(self, max_chain_depth=_DEFAULTS['max_chain_depth'],
+                 max_virtual_size=_DEFAULTS['max_virtual_size_gib'] << 30,
+                 max_archive_members=_DEFAULTS['max_archive_members'],
+                 max_archive_bytes=_DEFAULTS['max_archive_gib'] << 30,
+                 max_directory_entries=_DEFAULTS['max_directory_entries'],
+                 scratch_dir=_DEFAULTS['scratch_dir'],
+                 scratch_limit=_DEFAULTS['scratch_limit_gib'] << 30):
+        self.max_chain_depth = max_chain_depth
+        self.max_virtual_size = max_virtual_size
+        self.max_archive_members = max_archive_members
+        self.max_archive_bytes = max_archive_bytes
+        self.max_directory_entries = max_directory_entries
+        self.scratch_dir = scratch_dir
+        self.scratch_limit = scratch_limit
+
+    @classmethod
+    def from_conf(cls, conf):
+        """The limits ``conf`` sets (its ``[any2kvm]`` options must be
+        registered: :func:`any2kvm_os.api.register_opts`)."""
+        g = conf[GROUP]
+        return cls(max_chain_depth=g.max_chain_depth,
+                   max_virtual_size=g.max_virtual_size_gib << 30,
+                   max_archive_members=g.max_archive_members,
+                   max_archive_bytes=g.max_archive_gib << 30,
+                   max_directory_entries=g.max_directory_entries,
+                   scratch_dir=g.scratch_dir,
+                   scratch_limit=g.scratch_limit_gib << 30)
