@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional import imagegen as ig
+from tests.lib import imagegen as ig
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get('ANY2KVM_CORPUS') or

@@ -21,8 +21,8 @@ import subprocess
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import imagegen as ig
+from tests.lib import cli
+from tests.lib import imagegen as ig
 
 
 def test_module_entry_point(simple_chain, out_dir):

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import imagegen as ig
+from tests.lib import cli
+from tests.lib import imagegen as ig
 
 MiB = ig.MiB
 VMDK_URI = ('http://www.vmware.com/interfaces/specifications/'

@@ -27,9 +27,9 @@ import shutil
 
 import pytest
 
-from tests.functional import cli
 from tests.functional import conftest
-from tests.functional import imagegen as ig
+from tests.lib import cli
+from tests.lib import imagegen as ig
 
 MiB, KiB = ig.MiB, ig.KiB
 

@@ -38,9 +38,9 @@ import subprocess
 
 import pytest
 
-from tests.functional import cli
 from tests.functional import conftest
-from tests.functional import imagegen as ig
+from tests.lib import cli
+from tests.lib import imagegen as ig
 
 KiB, MiB, GiB = ig.KiB, ig.MiB, ig.GiB
 S = 512

@@ -25,10 +25,10 @@ import tarfile
 
 import pytest
 
-from tests.functional import cli
 from tests.functional import conftest
-from tests.functional import imagegen as ig
-from tests.functional.cli import basename
+from tests.lib import cli
+from tests.lib.cli import basename
+from tests.lib import imagegen as ig
 
 ORDERS = ['leaf-first', 'base-first', 'shuffled']
 PREFIXES = ['', './']

@@ -39,8 +39,8 @@ from any2kvm_os.containers import xva
 from any2kvm_os import convert
 from any2kvm_os import exception
 from any2kvm_os import opts
-from tests.functional import cli
 from tests.functional import conftest
+from tests.lib import cli
 from tests.unit import test_xva as ux
 
 MiB = 1 << 20

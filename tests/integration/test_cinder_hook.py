@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional import imagegen as ig
 from tests.functional import test_vhd_chains as tchains
 from tests.functional import test_xva as txva
 from tests.integration import conftest
 from tests.integration import test_import_cinder_osc as tcinder
 from tests.integration import test_import_glance as tg
+from tests.lib import imagegen as ig
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -31,9 +31,9 @@ import pytest
 
 from any2kvm_os import importer
 from any2kvm_os import opts
-from tests.functional import imagegen as ig
 from tests.functional import test_vhd_chains as tchains
 from tests.integration import test_import_glance as tg
+from tests.lib import imagegen as ig
 
 GiB = 1 << 30
 fattools = tg.fattools

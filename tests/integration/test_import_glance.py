@@ -27,10 +27,10 @@ from any2kvm_os import exception
 from any2kvm_os import importer
 from any2kvm_os import opts
 from tests.functional import conftest as fconf
-from tests.functional import imagegen as ig
 from tests.functional import test_ova as tova
 from tests.functional import test_vhd_chains as tchains
 from tests.functional import test_xva as txva
+from tests.lib import imagegen as ig
 
 MiB = 1 << 20
 

@@ -31,10 +31,10 @@ import subprocess
 import sys
 
 from tests.functional import conftest as fconf
-from tests.functional import imagegen as ig
 from tests.functional import test_ova as tova
 from tests.functional import test_xenserver_archive as txs
 from tests.integration import conftest as iconf
+from tests.lib import imagegen as ig
 
 RUN_TEMPEST = iconf.REPO / 'tools' / 'run-tempest.sh'
 RUN_TIMEOUT = 1800

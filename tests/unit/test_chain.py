@@ -25,7 +25,7 @@ from any2kvm_os import extents as ext
 from any2kvm_os.formats import base as fbase
 from any2kvm_os.formats import vhd
 from any2kvm_os import opts
-from tests.unit import vhdbuild
+from tests.lib import vhdbuild
 
 MiB = 1 << 20
 BS = 2 * MiB
