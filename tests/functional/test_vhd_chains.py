@@ -178,9 +178,10 @@ def test_info_text_format(simple_chain):
 
 # --- grown children ----------------------------------------------------------
 #
-# Construction A, the "shrunk parent", is vhdchains.build_grown_shrunk_parent
-# (see there).  FATtools cannot make a differencing VHD larger than its
-# parent, so here is construction B:
+# FATtools cannot make a differencing VHD larger than its parent: grown
+# children are FATtools' output, patched.  Construction A, the "shrunk
+# parent", is vhdchains.build_grown_shrunk_parent (documented there); B is
+# made here:
 #
 # B) "patched child": FATtools writes an 8 MiB chain; then the CHILD's
 #    footer current size is raised to 12 MiB (both copies, geometry for the
