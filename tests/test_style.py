@@ -12,6 +12,7 @@
 
 """Style and shell checks run with the suite, so CI enforces them too."""
 
+import ast
 import glob
 import os
 import shutil
@@ -48,6 +49,68 @@ def test_import_contracts_kept():
                        text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert 'Contracts: 2 kept, 0 broken.' in r.stdout, r.stdout
+
+
+def _imports(tree, package):
+    """(line, dotted name) of everything a module imports, anywhere in it.
+
+    ``from a import b`` gives ``a.b`` (b may be a module); relative imports
+    are resolved against ``package``; ``importlib.import_module`` and
+    ``__import__`` calls with a literal name count too.
+    """
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                parts = package.split('.')
+                parts = parts[:len(parts) - node.level + 1]
+                base = '.'.join(parts + ([base] if base else []))
+            for alias in node.names:
+                yield node.lineno, '%s.%s' % (base, alias.name)
+        elif (isinstance(node, ast.Call) and node.args and
+              isinstance(node.args[0], ast.Constant) and
+              isinstance(node.args[0].value, str) and
+              ((isinstance(node.func, ast.Name) and
+                node.func.id == '__import__') or
+               (isinstance(node.func, ast.Attribute) and
+                node.func.attr == 'import_module'))):
+            yield node.lineno, node.args[0].value
+
+
+def _borrowed(name):
+    """Whether an imported name reaches into a test or conftest module.
+
+    Shared code lives in tests.lib; a test module holds tests and a
+    conftest.py holds fixtures, and neither is imported by anything.
+    """
+    parts = name.split('.')
+    if parts[0] == 'tests' and parts[1:2] != ['lib']:
+        return True
+    return any(p == 'conftest' or p.startswith('test_') for p in parts)
+
+
+def test_test_modules_import_only_tests_lib():
+    """No test_*.py, conftest.py (or tests/lib module) imports a test
+    module or a conftest module: shared builders and helpers are in
+    tests/lib."""
+    tests = os.path.join(ROOT, 'tests')
+    bad = []
+    for directory, _dirs, files in os.walk(tests):
+        for name in sorted(files):
+            if not name.endswith('.py'):
+                continue
+            path = os.path.join(directory, name)
+            rel = os.path.relpath(path, ROOT)
+            package = os.path.dirname(rel).replace(os.sep, '.')
+            with open(path) as f:
+                tree = ast.parse(f.read(), path)
+            bad += ['%s:%d imports %s' % (rel, line, imported)
+                    for line, imported in _imports(tree, package)
+                    if _borrowed(imported)]
+    assert not bad, 'import from tests.lib instead:\n' + '\n'.join(bad)
 
 
 def _id(path):

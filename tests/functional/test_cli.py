@@ -12,17 +12,15 @@
 
 """Command-line behaviour: entry points, --overwrite, --progress, devices."""
 
-import contextlib
 import json
 import os
 import shutil
 import stat
 import subprocess
 
-import pytest
-
-from tests.functional import cli
-from tests.functional import imagegen as ig
+from tests.lib import blockdev
+from tests.lib import cli
+from tests.lib import imagegen as ig
 
 
 def test_module_entry_point(simple_chain, out_dir):
@@ -77,28 +75,13 @@ def test_no_arguments_is_an_error():
 
 # --- block device output -----------------------------------------------------
 
-@contextlib.contextmanager
-def loop_device(backing):
-    if os.geteuid() != 0 or not shutil.which('losetup'):
-        pytest.skip('needs root and losetup for a loop device')
-    r = subprocess.run(['losetup', '--find', '--show', str(backing)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip('cannot attach a loop device: %s' % r.stderr.strip())
-    dev = r.stdout.strip()
-    try:
-        yield dev
-    finally:
-        subprocess.run(['losetup', '--detach', dev], capture_output=True)
-
-
 def test_block_device_written_in_place(complex_chain, tmp_path):
     """Every byte of the device is the image's, zeros included."""
     backing = tmp_path / 'device.img'
     size = complex_chain.size
     with open(backing, 'wb') as f:      # stale content everywhere
         f.write(b'\xAA' * size)
-    with loop_device(backing) as dev:
+    with blockdev.loop_device(backing) as dev:
         res = cli.run_any2kvm('convert', complex_chain.leaf.path, dev,
                               '--overwrite')
         assert res.returncode == 0, cli.describe(res)

@@ -23,8 +23,8 @@ import os
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import imagegen as ig
+from tests.lib import cli
+from tests.lib import imagegen as ig
 
 BIG_SIZE = 136365211648     # 127 GiB, footer current size
 

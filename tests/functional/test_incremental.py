@@ -25,8 +25,8 @@ import shutil
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import imagegen as ig
+from tests.lib import cli
+from tests.lib import imagegen as ig
 
 MiB = 1 << 20
 
@@ -170,11 +170,10 @@ def test_qcow2_zero_clusters_overwrite_target(qemu_img, tmp_path):
     """A child whose zero clusters (qemu-io ``write -z``) hide data the
     base wrote: applied step by step, the zeros must overwrite what the
     target already holds.  Truth: qemu-img's raw reading of each step."""
-    from tests.functional import test_qcow2 as tq
     d = tmp_path / 'chain'
     d.mkdir()
     ig.qemu_img('create', '-f', 'qcow2', d / 'base.qcow2', '16M')
-    tq.qio(d / 'base.qcow2', 'write -P 0x11 0 8M')
+    ig.qio(d / 'base.qcow2', 'write -P 0x11 0 8M')
     steps = [('s1.qcow2', ['write -z 1M 2M', 'write -P 0x22 6M 64k']),
              ('s2.qcow2', ['write -z 5M 3M']),
              ('top.qcow2', ['write -P 0x33 0 4k'])]
@@ -182,18 +181,18 @@ def test_qcow2_zero_clusters_overwrite_target(qemu_img, tmp_path):
     for name, cmds in steps:
         ig.qemu_img('create', '-f', 'qcow2', '-b', parent, '-F', 'qcow2',
                     d / name)
-        tq.qio(d / name, *cmds)
+        ig.qio(d / name, *cmds)
         parent = name
     target = tmp_path / 't.raw'
     r = cli.run_any2kvm('convert', d / 'top.qcow2', '--onto', target,
                         '--stop-at', 's1.qcow2')
     assert r.returncode == 0, cli.describe(r)
-    step = tq.qemu_raw(d / 's1.qcow2', tmp_path / 's1.raw')
+    step = ig.qemu_raw(d / 's1.qcow2', tmp_path / 's1.raw')
     assert ig.sha256_file(target) == ig.sha256_file(step)
     r = cli.run_any2kvm('convert', d / 'top.qcow2', '--onto', target,
                         '--finish')
     assert r.returncode == 0, cli.describe(r)
-    whole = tq.qemu_raw(d / 'top.qcow2', tmp_path / 'top.raw')
+    whole = ig.qemu_raw(d / 'top.qcow2', tmp_path / 'top.raw')
     assert ig.sha256_file(target) == ig.sha256_file(whole)
     # The zeroed ranges read as zeros and are holes in the target.
     with open(target, 'rb') as f:

@@ -28,13 +28,12 @@ docs/interop/qcow2.txt) and are documented where they are patched.
 import os
 import shutil
 import struct
-import subprocess
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import conftest
-from tests.functional import imagegen as ig
+from tests.lib import cli
+from tests.lib import imagegen as ig
+from tests.lib import tools
 
 KiB, MiB, GiB = ig.KiB, ig.MiB, ig.GiB
 
@@ -55,38 +54,21 @@ H_INCOMPATIBLE = 72         # u64, version 3 only
 def qemu_io(qemu_img):
     path = shutil.which('qemu-io')
     if not path:
-        conftest.missing_tool('qemu-io not found (Debian package qemu-utils)')
+        tools.missing_tool('qemu-io not found (Debian package qemu-utils)')
     return path
 
 
 @pytest.fixture(scope='module')
 def pyqcow():
     if not ig.system_python_has('pyqcow'):
-        conftest.missing_tool('pyqcow not importable by %s (Debian package '
-                              'python3-libqcow)' % ig.SYSTEM_PYTHON)
+        tools.missing_tool('pyqcow not importable by %s (Debian package '
+                           'python3-libqcow)' % ig.SYSTEM_PYTHON)
 
     def read(paths_leaf_first):
         # 64 KiB reads: libqcow 20201213 returns the parent's data for a
         # whole read that starts in a cluster the child does not hold.
         return ig.libyal_read('pyqcow', paths_leaf_first, chunk=64 << 10)
     return read
-
-
-def qio(path, *commands, fmt='qcow2'):
-    """Run qemu-io commands on an image (backing files opened by qemu)."""
-    args = ['qemu-io', '-f', fmt]
-    for c in commands:
-        args += ['-c', c]
-    r = subprocess.run(args + [str(path)], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0 and 'error' not in r.stdout.lower(), (
-        'qemu-io %s: %s%s' % (commands, r.stdout, r.stderr))
-
-
-def qemu_raw(src, dest):
-    """qemu-img's raw reading of an image and its whole backing chain."""
-    ig.qemu_img('convert', '-O', 'raw', src, dest)
-    return dest
 
 
 def text(seed, length):
@@ -112,7 +94,7 @@ def check_same(src, out_dir, truth, size=None):
 
 def versus_qemu(src, tmp_path, out_dir):
     """The CLI's raw output equals qemu-img's for ``src`` (and chain)."""
-    truth = qemu_raw(src, tmp_path / 'qemu.raw')
+    truth = ig.qemu_raw(src, tmp_path / 'qemu.raw')
     return check_same(src, out_dir, truth)
 
 
@@ -251,9 +233,9 @@ def test_written_by_qemu_io(qemu_io, tmp_path, out_dir):
     img = tmp_path / 'io.qcow2'
     ig.qemu_img('create', '-f', 'qcow2', '-o', 'cluster_size=16K', img,
                 '5000K')
-    qio(img, 'write -P 0x11 0 100k', 'write -P 0x22 33k 1k',
-        'write -c -P 0x33 128k 16k', 'write -P 0x44 4999k 1k',
-        'write -z 48k 32k', 'discard 200k 64k', 'write -P 0x55 190k 40k')
+    ig.qio(img, 'write -P 0x11 0 100k', 'write -P 0x22 33k 1k',
+           'write -c -P 0x33 128k 16k', 'write -P 0x44 4999k 1k',
+           'write -z 48k 32k', 'discard 200k 64k', 'write -P 0x55 190k 40k')
     versus_qemu(img, tmp_path, out_dir)
 
 
@@ -269,16 +251,16 @@ def make_chain(d, sizes=('8M', '8M', '8M'), compat=('1.1', '1.1', '1.1')):
     base, mid, top = d / 'base.qcow2', d / 'mid.qcow2', d / 'top.qcow2'
     ig.qemu_img('create', '-f', 'qcow2', '-o', 'compat=' + compat[0], base,
                 sizes[0])
-    qio(base, 'write -P 0xb0 0 3M', 'write -P 0xb1 5M 1M')
+    ig.qio(base, 'write -P 0xb0 0 3M', 'write -P 0xb1 5M 1M')
     ig.qemu_img('create', '-f', 'qcow2', '-o', 'compat=' + compat[1],
                 '-b', 'base.qcow2', '-F', 'qcow2', mid, sizes[1])
     zero = 'write -z 1M 256k' if compat[1] == '1.1' else 'write -P 0 1M 256k'
-    qio(mid, 'write -P 0xc0 64k 64k', zero, 'write -P 0xc1 5632k 1M',
-        'write -c -P 0xc2 2M 64k')
+    ig.qio(mid, 'write -P 0xc0 64k 64k', zero, 'write -P 0xc1 5632k 1M',
+           'write -c -P 0xc2 2M 64k')
     ig.qemu_img('create', '-f', 'qcow2', '-o', 'compat=' + compat[2],
                 '-b', 'mid.qcow2', '-F', 'qcow2', top, sizes[2])
-    qio(top, 'write -P 0xd0 96k 8k', 'write -z 5M 128k',
-        'write -P 0xd1 2052k 4k')
+    ig.qio(top, 'write -P 0xd0 96k 8k', 'write -z 5M 128k',
+           'write -P 0xd1 2052k 4k')
     return top
 
 
@@ -296,10 +278,10 @@ def test_chain_second_opinion_pyqcow(qemu_io, pyqcow, tmp_path, out_dir):
     d.mkdir()
     base, top = d / 'base.qcow2', d / 'top.qcow2'
     ig.qemu_img('create', '-f', 'qcow2', base, '4M')
-    qio(base, 'write -P 0x61 0 2M', 'write -P 0x62 3M 512k')
+    ig.qio(base, 'write -P 0x61 0 2M', 'write -P 0x62 3M 512k')
     ig.qemu_img('create', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2',
                 top, '4M')
-    qio(top, 'write -P 0x63 64k 64k', 'write -P 0x64 1049088 3k')
+    ig.qio(top, 'write -P 0x63 64k 64k', 'write -P 0x64 1049088 3k')
     out = cli.convert(top, out_dir / 'out.raw')
     size, digest = pyqcow([top, base])
     assert os.path.getsize(out) == size
@@ -317,11 +299,11 @@ def test_child_smaller_than_backing(qemu_io, tmp_path, out_dir):
     d = tmp_path / 'c'
     d.mkdir()
     ig.qemu_img('create', '-f', 'qcow2', d / 'base.qcow2', '8M')
-    qio(d / 'base.qcow2', 'write -P 0x71 0 8M')
+    ig.qio(d / 'base.qcow2', 'write -P 0x71 0 8M')
     ig.qemu_img('create', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2',
                 d / 'top.qcow2', '8M')
     ig.qemu_img('resize', '--shrink', d / 'top.qcow2', '3M')
-    qio(d / 'top.qcow2', 'write -P 0x72 1M 4k')
+    ig.qio(d / 'top.qcow2', 'write -P 0x72 1M 4k')
     versus_qemu(d / 'top.qcow2', tmp_path, out_dir)
 
 
@@ -329,15 +311,15 @@ def test_extended_l2_subclusters(qemu_io, tmp_path, out_dir):
     d = tmp_path / 'c'
     d.mkdir()
     ig.qemu_img('create', '-f', 'qcow2', d / 'base.qcow2', '4M')
-    qio(d / 'base.qcow2', 'write -P 0x81 0 4M')
+    ig.qio(d / 'base.qcow2', 'write -P 0x81 0 4M')
     ig.qemu_img('create', '-f', 'qcow2', '-o',
                 'extended_l2=on,cluster_size=64K', '-b', 'base.qcow2', '-F',
                 'qcow2', d / 'top.qcow2', '4M')
     # 2 KiB subclusters: partly written clusters keep the parent's data in
     # the others; zero writes make zero subclusters.
-    qio(d / 'top.qcow2', 'write -P 0x82 2k 2k', 'write -P 0x83 70k 10k',
-        'write -z 256k 4k', 'write -z 512k 64k', 'write -P 0x84 1025k 1k',
-        'write -c -P 0x85 2M 64k')
+    ig.qio(d / 'top.qcow2', 'write -P 0x82 2k 2k', 'write -P 0x83 70k 10k',
+           'write -z 256k 4k', 'write -z 512k 64k', 'write -P 0x84 1025k 1k',
+           'write -c -P 0x85 2M 64k')
     versus_qemu(d / 'top.qcow2', tmp_path, out_dir)
 
 
@@ -351,7 +333,7 @@ def test_raw_backing_file(qemu_io, tmp_path, out_dir):
                   (3 * MiB, ig.pattern(902, 1000))])
     ig.qemu_img('create', '-f', 'qcow2', '-b', 'base.img', '-F', 'raw',
                 d / 'top.qcow2', '5M')
-    qio(d / 'top.qcow2', 'write -P 0x91 512k 64k', 'write -z 128k 64k')
+    ig.qio(d / 'top.qcow2', 'write -P 0x91 512k 64k', 'write -z 128k 64k')
     versus_qemu(d / 'top.qcow2', tmp_path, out_dir)
     meta = cli.info(d / 'top.qcow2')
     assert len(meta['chain']) == 1
@@ -363,10 +345,10 @@ def test_vhd_backing_file(qemu_io, tmp_path, out_dir):
     d.mkdir()
     ig.qemu_img('create', '-f', 'vpc', '-o',
                 'subformat=dynamic,force_size=on', d / 'base.vhd', '4M')
-    qio(d / 'base.vhd', 'write -P 0x95 0 3M', fmt='vpc')
+    ig.qio(d / 'base.vhd', 'write -P 0x95 0 3M', fmt='vpc')
     ig.qemu_img('create', '-f', 'qcow2', '-b', 'base.vhd', '-F', 'vpc',
                 d / 'top.qcow2', '4M')
-    qio(d / 'top.qcow2', 'write -P 0x96 1M 64k', 'write -z 2M 128k')
+    ig.qio(d / 'top.qcow2', 'write -P 0x96 1M 64k', 'write -z 2M 128k')
     versus_qemu(d / 'top.qcow2', tmp_path, out_dir)
     meta = cli.info(d / 'top.qcow2')
     assert [x['format'] for x in meta['chain']] == ['qcow2', 'vhd']
@@ -392,18 +374,18 @@ def test_backing_path_is_reduced_to_its_name(qemu_io, tmp_path, out_dir):
     elsewhere = tmp_path / 'elsewhere'
     elsewhere.mkdir()
     ig.qemu_img('create', '-f', 'qcow2', elsewhere / 'base.qcow2', '2M')
-    qio(elsewhere / 'base.qcow2', 'write -P 0xa1 0 1M')
+    ig.qio(elsewhere / 'base.qcow2', 'write -P 0xa1 0 1M')
     d = tmp_path / 'c'
     d.mkdir()
     top = d / 'top.qcow2'
     ig.qemu_img('create', '-f', 'qcow2', '-b', elsewhere / 'base.qcow2',
                 '-F', 'qcow2', top, '2M')
-    qio(top, 'write -P 0xa2 64k 4k')
-    truth = qemu_raw(top, tmp_path / 'qemu.raw')
+    ig.qio(top, 'write -P 0xa2 64k 4k')
+    truth = ig.qemu_raw(top, tmp_path / 'qemu.raw')
     # Not beside the child: refused, although the path inside is valid.
     refuse(top, out_dir, r'missing parent base\.qcow2')
     shutil.copy(elsewhere / 'base.qcow2', d / 'base.qcow2')
-    qio(elsewhere / 'base.qcow2', 'write -P 0xee 0 2M')   # not read
+    ig.qio(elsewhere / 'base.qcow2', 'write -P 0xee 0 2M')   # not read
     check_same(top, out_dir, truth)
 
 
@@ -416,7 +398,7 @@ def v3_image(qemu_io, tmp_path):
     img = tmp_path / 'src' / 'disk.qcow2'
     img.parent.mkdir()
     ig.qemu_img('create', '-f', 'qcow2', img, '4M')
-    qio(img, 'write -P 0x5a 0 1M', 'write -P 0x5b 3M 64k')
+    ig.qio(img, 'write -P 0x5a 0 1M', 'write -P 0x5b 3M 64k')
     return img
 
 
@@ -443,7 +425,7 @@ def test_refuse_unknown_incompatible_feature(v3_image, out_dir):
 
 
 def test_dirty_bit_is_read(v3_image, tmp_path, out_dir):
-    truth = qemu_raw(v3_image, tmp_path / 'qemu.raw')
+    truth = ig.qemu_raw(v3_image, tmp_path / 'qemu.raw')
     flags, = peek(v3_image, H_INCOMPATIBLE, '>Q')
     patch(v3_image, H_INCOMPATIBLE, '>Q', flags | 1)
     check_same(v3_image, out_dir, truth)
@@ -475,7 +457,7 @@ def child(qemu_io, tmp_path):
     ig.qemu_img('create', '-f', 'qcow2', d / long_name, '2M')
     ig.qemu_img('create', '-f', 'qcow2', '-b', long_name, '-F', 'qcow2',
                 d / 'child.qcow2', '2M')
-    qio(d / 'child.qcow2', 'write -P 0x3c 0 64k')
+    ig.qio(d / 'child.qcow2', 'write -P 0x3c 0 64k')
     return d / 'child.qcow2'
 
 

@@ -22,9 +22,9 @@ import os
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import imagegen as ig
-from tests.functional.cli import basename
+from tests.lib import cli
+from tests.lib.cli import basename
+from tests.lib import imagegen as ig
 
 MiB, KiB = ig.MiB, ig.KiB
 

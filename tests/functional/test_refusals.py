@@ -27,9 +27,10 @@ import shutil
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import conftest
-from tests.functional import imagegen as ig
+from tests.lib import blockdev
+from tests.lib import cli
+from tests.lib import imagegen as ig
+from tests.lib import vhdchains
 
 MiB, KiB = ig.MiB, ig.KiB
 
@@ -213,7 +214,7 @@ def test_missing_source(tmp_path, out_dir):
 
 @pytest.fixture
 def chain3(fattools, tmp_path):
-    return conftest.build_simple_chain(tmp_path / 'vm')
+    return vhdchains.build_simple_chain(tmp_path / 'vm')
 
 
 def test_missing_parent(chain3, out_dir):
@@ -317,7 +318,7 @@ def pair(fattools, tmp_path_factory):
     c = ig.FatChain(root / 'gen', 4 * MiB)
     c.base('l0.vhd', [(0, ig.pattern(701, 256 * KiB))])
     c.child('l1.vhd', [(64 * KiB, ig.pattern(702, 8 * KiB))])
-    paths = conftest.relocate(c, root / 'store', ['1.vhd', '0.vhd'])
+    paths = vhdchains.relocate(c, root / 'store', ['1.vhd', '0.vhd'])
     return {'0.vhd': paths[1], '1.vhd': paths[0]}
 
 
@@ -578,10 +579,9 @@ def test_tar_member_not_a_vhd(pair, tmp_path, out_dir):
 # --- block devices -----------------------------------------------------------
 
 def test_block_device_too_small(qemu_dynamic, tmp_path):
-    from tests.functional.test_cli import loop_device
     backing = tmp_path / 'small.img'
     with open(backing, 'wb') as f:
         f.write(b'\xAA' * (2 * MiB))
-    with loop_device(backing) as dev:
+    with blockdev.loop_device(backing) as dev:
         res = cli.run_any2kvm('convert', qemu_dynamic, dev, '--overwrite')
         cli.assert_refused(res, names=[dev, os.path.basename(dev)])

@@ -17,8 +17,8 @@ import subprocess
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import imagegen as ig
+from tests.lib import cli
+from tests.lib import imagegen as ig
 
 MiB = 1 << 20
 

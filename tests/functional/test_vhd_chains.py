@@ -12,7 +12,7 @@
 
 """Differencing VHD chains written by FATtools, judged against the model.
 
-The chains (see ``conftest.build_simple_chain``/``build_complex_chain``) are
+The chains (see ``vhdchains.build_simple_chain``/``build_complex_chain``) are
 written through FATtools' own ``Image.write``; the same bytes go into a flat
 bytearray (the model).  libvhdi is asked as a second opinion only on the
 simple chain (whole bitmap bytes, equal sizes).
@@ -24,10 +24,10 @@ import shutil
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import conftest
-from tests.functional import imagegen as ig
-from tests.functional.cli import basename
+from tests.lib import cli
+from tests.lib.cli import basename
+from tests.lib import imagegen as ig
+from tests.lib import vhdchains
 
 MiB, KiB = ig.MiB, ig.KiB
 
@@ -97,11 +97,12 @@ def test_convert_chain_output_is_sparse(request, which, out_dir):
 def test_parents_found_by_unique_id_under_other_names(fattools, which,
                                                       tmp_path, out_dir):
     """Parents renamed and moved: only their unique ids lead to them."""
-    build = {'simple': conftest.build_simple_chain,
-             'complex': conftest.build_complex_chain}[which]
+    build = {'simple': vhdchains.build_simple_chain,
+             'complex': vhdchains.build_complex_chain}[which]
     chain = build(tmp_path / 'gen')
-    paths = conftest.relocate(chain, tmp_path / 'vm',
-                              ['base-disk.vhd', 'snapshot-a.vhd', 'leaf.vhd'])
+    paths = vhdchains.relocate(chain, tmp_path / 'vm',
+                               ['base-disk.vhd', 'snapshot-a.vhd',
+                                'leaf.vhd'])
     shutil.rmtree(tmp_path / 'gen')
     out = cli.convert(paths[-1], out_dir / 'disk.raw')
     assert ig.sha256_file(out) == chain.leaf.model.sha256()
@@ -109,7 +110,7 @@ def test_parents_found_by_unique_id_under_other_names(fattools, which,
 
 def test_unrelated_files_beside_the_chain_are_ignored(fattools, tmp_path,
                                                       out_dir):
-    chain = conftest.build_simple_chain(tmp_path / 'vm')
+    chain = vhdchains.build_simple_chain(tmp_path / 'vm')
     vm = tmp_path / 'vm'
     (vm / 'notes.txt').write_text('not a disk\n')
     (vm / 'subdir').mkdir()
@@ -177,23 +178,10 @@ def test_info_text_format(simple_chain):
 
 # --- grown children ----------------------------------------------------------
 #
-# FATtools cannot make a differencing VHD larger than its parent: mk_diff
-# copies the parent's footer (size) and BAT length, and Image.expand() only
-# grows *dynamic* disks and gives them a new unique id (breaking the link).
-# Two constructions, both documented byte for byte:
-#
-# A) "shrunk parent": FATtools writes a 16 MiB dynamic base (data below and
-#    beyond 7 MiB), mk_diff makes a 16 MiB child, and FATtools writes the
-#    child, including whole sectors beyond 7 MiB.  Only then is the BASE
-#    patched down to 7 MiB: footer current/original size and CHS geometry
-#    in both footer copies (checksums fixed) and the dynamic header's
-#    max_table_entries to ceil(7 MiB / 2 MiB) = 4 (checksum fixed).  Its
-#    unique id is unchanged, so the link holds.  Everything else -- the BAT,
-#    bitmaps, data, the whole child -- is FATtools' output.  The base keeps
-#    data past its new size (inside its last block and in BAT slots past
-#    max_table_entries): the reader must treat it as zeros.
-#    Child writes beyond 7 MiB are sector-aligned so that FATtools never
-#    copies pre-shrink parent bytes into the child.
+# FATtools cannot make a differencing VHD larger than its parent: grown
+# children are FATtools' output, patched.  Construction A, the "shrunk
+# parent", is vhdchains.build_grown_shrunk_parent (documented there); B is
+# made here:
 #
 # B) "patched child": FATtools writes an 8 MiB chain; then the CHILD's
 #    footer current size is raised to 12 MiB (both copies, geometry for the
@@ -205,47 +193,12 @@ def test_info_text_format(simple_chain):
 # libvhdi 20210425 sizes layers by the original size and cannot read through
 # grown children: only the model is used.
 
-GROW_S = 7 * MiB
-GROW_L = 16 * MiB
-
-
-def build_grown_shrunk_parent(directory):
-    p = ig.pattern
-    base_writes = [
-        (0, p(201, 2 * MiB)),                      # inside S
-        (6 * MiB, p(202, 1 * MiB + 512 * KiB)),    # 6..7.5 MiB: crosses S
-        (9 * MiB, p(203, 1 * MiB)),                # block 4: wholly past S
-        (14 * MiB, p(204, 2 * MiB)),               # last block, past S
-    ]
-    child_writes = [
-        (1 * MiB + 7, p(205, 3000)),               # inside S, unaligned
-        (6 * MiB + 512 * KiB, bytes(4 * KiB)),     # zeros inside S
-        (7 * MiB + 256 * KiB, p(206, 64 * KiB)),   # past S, parent's block 3
-        (12 * MiB, p(207, 1 * MiB)),               # past S, new block
-        (GROW_L - 1024, p(208, 1024)),             # last two sectors
-    ]
-    c = ig.FatChain(directory, GROW_L)
-    c.base('base.vhd', base_writes)
-    c.child('child.vhd', child_writes)
-    base = c.layers[0].path
-    ig.patch_footer(base, current_size=GROW_S, original_size=GROW_S,
-                    geometry=ig.chs_geometry(GROW_S))
-    ig.patch_header(base, max_table_entries=math.ceil(GROW_S / ig.VHD_BLOCK))
-
-    # expected, written independently: the base's writes clipped to S
-    base_model = ig.RawModel(GROW_S)
-    for off, data in base_writes:
-        if off < GROW_S:
-            base_model.write(off, data[:GROW_S - off])
-    child_model = base_model.copy()
-    child_model.resize(GROW_L)
-    for off, data in child_writes:
-        child_model.write(off, data)
-    return c, base_model, child_model
+GROW_S, GROW_L = vhdchains.GROW_S, vhdchains.GROW_L
 
 
 def test_grown_child_over_shrunk_parent(fattools, tmp_path, out_dir):
-    c, base_model, child_model = build_grown_shrunk_parent(tmp_path / 'vm')
+    c, base_model, child_model = vhdchains.build_grown_shrunk_parent(
+        tmp_path / 'vm')
     # the patch took: the base is now 7 MiB, the child 16 MiB
     assert ig.read_vhd(c.layers[0].path)['footer']['current_size'] == GROW_S
     assert ig.read_vhd(c.leaf.path)['footer']['current_size'] == GROW_L
@@ -264,14 +217,14 @@ def test_grown_child_over_shrunk_parent(fattools, tmp_path, out_dir):
 
 
 def test_shrunk_parent_alone(fattools, tmp_path, out_dir):
-    c, base_model, _ = build_grown_shrunk_parent(tmp_path / 'vm')
+    c, base_model, _ = vhdchains.build_grown_shrunk_parent(tmp_path / 'vm')
     out = cli.convert(c.layers[0].path, out_dir / 'base.raw')
     assert os.path.getsize(out) == GROW_S
     assert ig.sha256_file(out) == base_model.sha256()
 
 
 def test_info_grown_child(fattools, tmp_path):
-    c, _, _ = build_grown_shrunk_parent(tmp_path / 'vm')
+    c, _, _ = vhdchains.build_grown_shrunk_parent(tmp_path / 'vm')
     doc = cli.info(c.leaf.path)
     assert doc['virtual_size'] == GROW_L
     assert [e['virtual_size'] for e in doc['chain']] == [GROW_L, GROW_S]
@@ -384,9 +337,9 @@ def test_parent_scan_skips_broken_siblings(fattools, tmp_path, out_dir):
     """Renamed parents must be found by id although the directory also holds
     a corrupt VHD (bad header checksum), random bytes named ``.vhd``, an
     empty ``.vhd`` and a dangling symlink."""
-    chain = conftest.build_simple_chain(tmp_path / 'gen')
-    paths = conftest.relocate(chain, tmp_path / 'vm',
-                              ['base-x.vhd', 'mid-y.vhd', 'leaf.vhd'])
+    chain = vhdchains.build_simple_chain(tmp_path / 'gen')
+    paths = vhdchains.relocate(chain, tmp_path / 'vm',
+                               ['base-x.vhd', 'mid-y.vhd', 'leaf.vhd'])
     vm = tmp_path / 'vm'
     broken = vm / 'broken.vhd'
     shutil.copyfile(paths[0], broken)

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import imagegen as ig
+from tests.lib import cli
+from tests.lib import imagegen as ig
 
 MiB, KiB, GiB = ig.MiB, ig.KiB, ig.GiB
 p = ig.pattern

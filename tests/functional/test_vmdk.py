@@ -38,9 +38,9 @@ import subprocess
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import conftest
-from tests.functional import imagegen as ig
+from tests.lib import cli
+from tests.lib import imagegen as ig
+from tests.lib import tools
 
 KiB, MiB, GiB = ig.KiB, ig.MiB, ig.GiB
 S = 512
@@ -97,8 +97,8 @@ def read_u(path, offset, fmt):
 @pytest.fixture(scope='module')
 def pyvmdk():
     if not ig.system_python_has('pyvmdk'):
-        conftest.missing_tool('pyvmdk not importable by %s (Debian package '
-                              'python3-libvmdk)' % ig.SYSTEM_PYTHON)
+        tools.missing_tool('pyvmdk not importable by %s (Debian package '
+                           'python3-libvmdk)' % ig.SYSTEM_PYTHON)
 
     def read(*paths_leaf_first):
         return ig.libyal_read('pyvmdk', paths_leaf_first, kind='handle',
@@ -110,17 +110,17 @@ def pyvmdk():
 def qemu_io(qemu_img):
     path = shutil.which('qemu-io')
     if not path:
-        conftest.missing_tool('qemu-io not found (Debian package '
-                              'qemu-utils)')
+        tools.missing_tool('qemu-io not found (Debian package '
+                           'qemu-utils)')
     return path
 
 
 @pytest.fixture(scope='module')
 def vmdkstream():
     if not ig.system_python_has('VMDKstream'):
-        conftest.missing_tool('VMDKstream not importable by %s (Debian '
-                              'package python3-vmdkstream)'
-                              % ig.SYSTEM_PYTHON)
+        tools.missing_tool('VMDKstream not importable by %s (Debian '
+                           'package python3-vmdkstream)'
+                           % ig.SYSTEM_PYTHON)
 
     def make(raw, out):
         run(ig.SYSTEM_PYTHON, '-c', 'import sys, VMDKstream; '

@@ -25,17 +25,16 @@ import tarfile
 
 import pytest
 
-from tests.functional import cli
-from tests.functional import conftest
-from tests.functional import imagegen as ig
-from tests.functional.cli import basename
+from tests.lib import cli
+from tests.lib.cli import basename
+from tests.lib.corpus import VHDUTIL
+from tests.lib.corpus import VHDUTIL_L2
+from tests.lib import imagegen as ig
+from tests.lib import tools
 
 ORDERS = ['leaf-first', 'base-first', 'shuffled']
 PREFIXES = ['', './']
 COMPRESSIONS = ['gz', None]
-VHDUTIL = 'generated/vhdutil-chain.tar.gz'
-VHDUTIL_L2 = ('e8c993f619828e77140e820379dd47ac'
-              'e9a05320a7363648f272e49810386424')
 
 
 def archive_name(compression):
@@ -200,10 +199,10 @@ def test_info_vhdutil_chain(vhdutil, pyvhdi):
 def gnu_tar():
     path = shutil.which('tar')
     if not path:
-        conftest.missing_tool('GNU tar not found')
+        tools.missing_tool('GNU tar not found')
     r = subprocess.run([path, '--version'], capture_output=True, text=True)
     if 'GNU tar' not in r.stdout:
-        conftest.missing_tool('tar is not GNU tar')
+        tools.missing_tool('tar is not GNU tar')
     return path
 
 

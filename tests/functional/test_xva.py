@@ -28,8 +28,6 @@ import gzip
 import hashlib
 import io
 import os
-import shutil
-import subprocess
 import tarfile
 
 import pytest
@@ -39,9 +37,8 @@ from any2kvm_os.containers import xva
 from any2kvm_os.writers import raw
 from any2kvm_os import exception
 from any2kvm_os import limits as a2k_limits
-from tests.functional import cli
-from tests.functional import conftest
-from tests.unit import test_xva as ux
+from tests.lib import cli
+from tests.lib import xvabuild as xb
 
 MiB = 1 << 20
 # Detection is the container registry: the CLI is always exercised.
@@ -50,16 +47,7 @@ WIRED = True
 
 @pytest.fixture(scope='session')
 def xva_img():
-    path = shutil.which('xva-img')
-    if not path:
-        conftest.missing_tool('xva-img not found (Debian package xva-img)')
-    return path
-
-
-def run(*cmd, cwd):
-    r = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0, '%s\n%s%s' % (cmd, r.stdout, r.stderr)
+    return xb.find_xva_img()
 
 
 def sha256(path):
@@ -67,51 +55,11 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def make_raw(path, size, seed, layout):
-    """A raw disk: ``layout`` is [(offset, length)] of data; the rest are
-    holes (they read as zeros)."""
-    with open(path, 'wb') as f:
-        f.truncate(size)
-        for i, (offset, length) in enumerate(layout):
-            f.seek(offset)
-            f.write(ux.pattern(seed * 100 + i, length))
-    return path
-
-
-def disk_import(xva_img, work, ref, raw):
-    os.makedirs(work / ref)
-    run(xva_img, 'disk-import', ref, raw, cwd=work)
-    return sorted(os.listdir(work / ref))
-
-
-def package(xva_img, work, name, refs, ova=True):
-    items = (['./ova.xml'] if ova else []) + ['./%s' % r for r in refs]
-    run(xva_img, 'package', name, *items, cwd=work)
-    return work / name
-
-
-# Disk A: data, an all-zero chunk, a half-zero chunk, holes, small writes,
-# and data in its last chunk (so xva-img disk-export sizes it right).
-SIZE_A = 12 * MiB
-LAYOUT_A = [(0, MiB), (2 * MiB, 300 * 1024), (2 * MiB + 900 * 1024, 4096),
-            (6 * MiB + 12345, 777), (SIZE_A - 4096, 4096)]
-SIZE_B = 6 * MiB
-LAYOUT_B = [(MiB + 512, 2 * MiB), (5 * MiB, 100)]
-
-
 @pytest.fixture
 def work(tmp_path):
     w = tmp_path / 'work'
     w.mkdir()
     return w
-
-
-def single(xva_img, work, size=SIZE_A, layout=LAYOUT_A, ova_size=None):
-    raw = make_raw(work / 'a.raw', size, 1, layout)
-    (work / 'ova.xml').write_bytes(ux.ova_xml([('Ref:3', ova_size or size,
-                                                0)], cds=[3]))
-    chunks = disk_import(xva_img, work, 'Ref:3', raw)
-    return raw, chunks
 
 
 def convert_all(path, out_dir):
@@ -137,21 +85,21 @@ def wired():
 # ---------------------------------------------------------------------------
 
 def test_single_disk(xva_img, work, out_dir):
-    raw, chunks = single(xva_img, work)
+    raw, chunks = xb.single(xva_img, work)
     # the zero chunks (1, 3-5, 7-10) are left out by xva-img
     assert [c for c in chunks if '.' not in c] == [
         '00000000', '00000002', '00000006', '00000011']
-    xva_path = package(xva_img, work, 'vm.xva', ['Ref:3'])
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
     src, (out,) = convert_all(xva_path, out_dir)
-    assert os.path.getsize(out) == SIZE_A
+    assert os.path.getsize(out) == xb.SIZE_A
     assert sha256(out) == sha256(raw)
     assert src.facts['name'] == 'test-vm' and src.facts['cpus'] == 4
     layer, = src.disks[0].describe()
-    assert layer['virtual_size'] == SIZE_A
+    assert layer['virtual_size'] == xb.SIZE_A
     assert layer['allocated_bytes'] == 4 * MiB
     assert layer['subformat'] == 'sha1'
     # xva-img's own reader agrees (the last chunk is present)
-    run(xva_img, 'disk-export', 'Ref:3', work / 'export.raw', cwd=work)
+    xb.run(xva_img, 'disk-export', 'Ref:3', work / 'export.raw', cwd=work)
     assert sha256(work / 'export.raw') == sha256(raw)
     if WIRED:
         cli_out = cli.convert(xva_path, out_dir / 'cli.raw')
@@ -159,21 +107,21 @@ def test_single_disk(xva_img, work, out_dir):
         info = cli.info(xva_path)
         assert info['container'] == 'xva'
         assert info['vm']['memory_mb'] == 2048
-        assert [d['virtual_size'] for d in info['disks']] == [SIZE_A]
+        assert [d['virtual_size'] for d in info['disks']] == [xb.SIZE_A]
 
 
 @pytest.mark.parametrize('compress', [None, 'gz'])
 def test_two_disks_and_a_cd(xva_img, work, out_dir, compress):
-    raw_a = make_raw(work / 'a.raw', SIZE_A, 1, LAYOUT_A)
-    raw_b = make_raw(work / 'b.raw', SIZE_B, 2, LAYOUT_B)
+    raw_a = xb.make_raw(work / 'a.raw', xb.SIZE_A, 1, xb.LAYOUT_A)
+    raw_b = xb.make_raw(work / 'b.raw', xb.SIZE_B, 2, xb.LAYOUT_B)
     # userdevice 1 is Ref:3, userdevice 0 is Ref:5 (packed first: the
     # archive's order is not the VM's)
-    (work / 'ova.xml').write_bytes(ux.ova_xml(
-        [('Ref:3', SIZE_A, 1), ('Ref:5', SIZE_B, 0)], cds=[3, 2],
+    (work / 'ova.xml').write_bytes(xb.ova_xml(
+        [('Ref:3', xb.SIZE_A, 1), ('Ref:5', xb.SIZE_B, 0)], cds=[3, 2],
         vifs=[(0, '2a:11:22:33:44:55')]))
-    disk_import(xva_img, work, 'Ref:3', raw_a)
-    disk_import(xva_img, work, 'Ref:5', raw_b)
-    xva_path = package(xva_img, work, 'vm.xva', ['Ref:5', 'Ref:3'])
+    xb.disk_import(xva_img, work, 'Ref:3', raw_a)
+    xb.disk_import(xva_img, work, 'Ref:5', raw_b)
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:5', 'Ref:3'])
     if compress:
         gz = work / 'vm.xva.gz'
         gz.write_bytes(gzip.compress(xva_path.read_bytes(), 6))
@@ -196,7 +144,7 @@ def test_two_disks_and_a_cd(xva_img, work, out_dir, compress):
 
 
 def test_xxhash_checksums(xva_img, work, out_dir):
-    raw, chunks = single(xva_img, work)
+    raw, chunks = xb.single(xva_img, work)
     # xva-img only writes SHA-1 .checksum members; XenServer 8 writes
     # .xxhash ones (XXH64, "%016LX"): recompute them that way and drop the
     # SHA-1 ones.
@@ -207,7 +155,7 @@ def test_xxhash_checksums(xva_img, work, out_dir):
         data = (work / 'Ref:3' / name).read_bytes()
         (work / 'Ref:3' / (name + '.xxhash')).write_text(
             '%016X' % xxhash.xxh64_intdigest(data))
-    xva_path = package(xva_img, work, 'vm.xva', ['Ref:3'])
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
     src, (out,) = convert_all(xva_path, out_dir)
     assert sha256(out) == sha256(raw)
     assert src.disks[0].describe()[0]['subformat'] == 'xxh64'
@@ -221,12 +169,12 @@ def test_trailing_chunks_left_out(xva_img, work, out_dir, compress):
     # The last 4 MiB are zeros and no chunk holds them: the size still
     # comes from ova.xml (xva-img disk-export would stop at 8 MiB).
     size = 12 * MiB
-    raw, chunks = single(xva_img, work, size, LAYOUT_A[:4])
+    raw, chunks = xb.single(xva_img, work, size, xb.LAYOUT_A[:4])
     for name in chunks:
         if name[:8] >= '00000008':
             os.unlink(work / 'Ref:3' / name)
     assert max(os.listdir(work / 'Ref:3')) < '00000008'
-    xva_path = package(xva_img, work, 'vm.xva', ['Ref:3'])
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
     if compress:
         xva_path.write_bytes(gzip.compress(xva_path.read_bytes()))
     src, (out,) = convert_all(xva_path, out_dir)
@@ -237,10 +185,6 @@ def test_trailing_chunks_left_out(xva_img, work, out_dir, compress):
 # ---------------------------------------------------------------------------
 # refusals
 # ---------------------------------------------------------------------------
-
-BILLION_LAUGHS = ux.BILLION_LAUGHS
-EXTERNAL_ENTITY = ux.EXTERNAL_ENTITY
-
 
 def refuse(xva_path, out_dir, problem):
     """In-process: a one-line Any2KvmError naming the archive, nothing
@@ -276,34 +220,34 @@ def rewrite(src, dest, change):
 
 
 def test_refuse_checksum_mismatch(xva_img, work, out_dir):
-    single(xva_img, work)
+    xb.single(xva_img, work)
     chunk = work / 'Ref:3' / '00000002'
     data = bytearray(chunk.read_bytes())
     data[1000] ^= 0x40
     chunk.write_bytes(bytes(data))
-    xva_path = package(xva_img, work, 'vm.xva', ['Ref:3'])
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
     msg = refuse(xva_path, out_dir, 'checksum mismatch')
     assert 'Ref:3/00000002' in msg
 
 
 def test_refuse_chunk_beyond_disk(xva_img, work, out_dir):
-    single(xva_img, work, ova_size=8 * MiB)
-    xva_path = package(xva_img, work, 'vm.xva', ['Ref:3'])
+    xb.single(xva_img, work, ova_size=8 * MiB)
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
     refuse(xva_path, out_dir, 'chunk 11 of Ref:3 lies beyond the disk size')
 
 
-@pytest.mark.parametrize('xml', [BILLION_LAUGHS, EXTERNAL_ENTITY],
+@pytest.mark.parametrize('xml', [xb.BILLION_LAUGHS, xb.EXTERNAL_ENTITY],
                          ids=['billion-laughs', 'external-entity'])
 def test_refuse_hostile_ova_xml(xva_img, work, out_dir, xml):
-    single(xva_img, work)
+    xb.single(xva_img, work)
     (work / 'ova.xml').write_bytes(xml)
-    xva_path = package(xva_img, work, 'vm.xva', ['Ref:3'])
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
     refuse(xva_path, out_dir, 'DTDForbidden')
 
 
 def test_refuse_missing_ova_xml(xva_img, work, out_dir):
-    single(xva_img, work)
-    xva_path = package(xva_img, work, 'vm.xva', ['Ref:3'], ova=False)
+    xb.single(xva_img, work)
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'], ova=False)
     # Not an XVA: once wired, detection sends it elsewhere; the CLI says
     # only that it cannot read it.
     with pytest.raises(exception.InvalidArchive, match='not ova.xml'):
@@ -315,18 +259,18 @@ def test_refuse_missing_ova_xml(xva_img, work, out_dir):
 
 
 def test_refuse_two_mib_chunk(xva_img, work, out_dir):
-    single(xva_img, work)
-    big = ux.pattern(5, 2 * MiB)
+    xb.single(xva_img, work)
+    big = xb.pattern(5, 2 * MiB)
     (work / 'Ref:3' / '00000001').write_bytes(big)
-    (work / 'Ref:3' / '00000001.checksum').write_bytes(ux.checksum(big))
-    xva_path = package(xva_img, work, 'vm.xva', ['Ref:3'])
+    (work / 'Ref:3' / '00000001.checksum').write_bytes(xb.checksum(big))
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
     refuse(xva_path, out_dir, 'at most 1 MiB')
 
 
 @pytest.mark.parametrize('compress', [None, 'gz'])
 def test_refuse_truncated(xva_img, work, out_dir, compress):
-    single(xva_img, work)
-    xva_path = package(xva_img, work, 'vm.xva', ['Ref:3'])
+    xb.single(xva_img, work)
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
     data = xva_path.read_bytes()
     if compress:
         data = gzip.compress(data)
@@ -335,8 +279,8 @@ def test_refuse_truncated(xva_img, work, out_dir, compress):
 
 
 def test_refuse_symlink_member(xva_img, work, out_dir):
-    single(xva_img, work)
-    good = package(xva_img, work, 'good.xva', ['Ref:3'])
+    xb.single(xva_img, work)
+    good = xb.package(xva_img, work, 'good.xva', ['Ref:3'])
 
     def add_link(name, data):
         out = [(name, data)]

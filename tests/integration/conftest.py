@@ -35,23 +35,17 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.lib.corpus import REPO
+from tests.lib.tools import missing_tool
+from tests.lib.tools import tail
+from tests.lib import xvabuild
+
 TOOL = REPO / 'tools' / 'loopback-cloud'
 UP_TIMEOUT = 900      # a fresh machine installs RabbitMQ and a virtualenv
 DOWN_TIMEOUT = 180
 
 # Seconds spent, for the terminal summary: up, down, whole.
 TIMES = {}
-
-
-def tools_required():
-    return os.environ.get('ANY2KVM_REQUIRE_TOOLS') == '1'
-
-
-def missing_tool(message):
-    if tools_required():
-        pytest.fail('%s (ANY2KVM_REQUIRE_TOOLS=1)' % message, pytrace=False)
-    pytest.skip(message)
 
 
 def parse_openrc(path):
@@ -83,10 +77,6 @@ class Cloud(object):
         return self.env.get('OS_REGION_NAME', 'RegionOne')
 
 
-def _tail(text, lines=30):
-    return '\n'.join(text.strip().splitlines()[-lines:])
-
-
 def _tool(command, timeout):
     return subprocess.run([str(TOOL), command], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
@@ -113,7 +103,7 @@ def cloud():
         print(r.stderr, end='')
         if r.returncode != 0:
             missing_tool('tools/loopback-cloud up failed (%d):\n%s'
-                         % (r.returncode, _tail(r.stderr)))
+                         % (r.returncode, tail(r.stderr)))
         openrc = r.stdout.strip().splitlines()[-1]
         started = True
         TIMES['up'] = time.monotonic() - t0
@@ -124,7 +114,7 @@ def cloud():
         print(r.stderr, end='')
         TIMES['down'] = time.monotonic() - t1
         assert r.returncode == 0, 'tools/loopback-cloud down failed:\n%s' % (
-            _tail(r.stderr))
+            tail(r.stderr))
     TIMES['whole'] = time.monotonic() - t0
 
 
@@ -177,3 +167,16 @@ def qemu_img():
     if not path:
         missing_tool('qemu-img not found (Debian package qemu-utils)')
     return path
+
+
+@pytest.fixture(scope='session')
+def fattools():
+    try:
+        import FATtools.vhdutils  # noqa: F401
+    except ImportError:
+        missing_tool('FATtools is not installed')
+
+
+@pytest.fixture(scope='session')
+def xva_img():
+    return xvabuild.find_xva_img()

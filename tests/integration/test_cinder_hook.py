@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional import imagegen as ig
-from tests.functional import test_vhd_chains as tchains
-from tests.functional import test_xva as txva
-from tests.integration import conftest
-from tests.integration import test_import_cinder_osc as tcinder
-from tests.integration import test_import_glance as tg
+from tests.lib import cloudapi
+from tests.lib import imagegen as ig
+from tests.lib import ovabuild
+from tests.lib import tools
+from tests.lib import vhdchains
+from tests.lib import xvabuild
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -48,9 +48,6 @@ CORPUS_CHAIN_SHA256 = \
     'e8c993f619828e77140e820379dd47ace9a05320a7363648f272e49810386424'
 HOOK_TYPE = 'any2kvm'
 STOCK_TYPE = 'loopback'
-
-fattools = tg.fattools
-xva_img = txva.xva_img
 
 
 class Sample(object):
@@ -103,16 +100,16 @@ def make_sample(kind, request, tmp_path):
         return corpus_tgz(tmp_path)
     if kind == 'xenserver-tar-grown-child':
         fix('fattools')
-        c, _base, child = tchains.build_grown_shrunk_parent(tmp_path / 'sr')
+        c, _base, child = vhdchains.build_grown_shrunk_parent(tmp_path / 'sr')
         arch = tmp_path / 'vm.tar'
         ig.make_tar(arch, ig.xenserver_members(
             [c.layers[1].path, c.layers[0].path]), compression=None)
         return Sample(arch, 'vhd', 'ovf', child.sha256(), child.size)
     if kind == 'ova-vmdk':
-        ova, d1, _d2 = tg.build_ova(fix('qemu_img'), tmp_path, 'vmdk')
+        ova, d1, _d2 = ovabuild.build_ova(fix('qemu_img'), tmp_path, 'vmdk')
         return Sample(ova, 'vmdk', 'ova', d1.sha256, d1.size)
     if kind == 'ova-second-disk':
-        ova, _d1, d2 = tg.build_ova(fix('qemu_img'), tmp_path, 'vhd')
+        ova, _d1, d2 = ovabuild.build_ova(fix('qemu_img'), tmp_path, 'vhd')
         return Sample(ova, 'vhd', 'ova', d2.sha256, d2.size,
                       {'any2kvm_disk': '1'})
     if kind == 'vhd':
@@ -127,8 +124,8 @@ def make_sample(kind, request, tmp_path):
         xva = fix('xva_img')
         work = tmp_path / 'work'
         work.mkdir()
-        raw, _chunks = txva.single(xva, work)
-        path = txva.package(xva, work, 'vm.xva', ['Ref:3'])
+        raw, _chunks = xvabuild.single(xva, work)
+        path = xvabuild.package(xva, work, 'vm.xva', ['Ref:3'])
         if kind == 'xva-gzip':
             packed = work / 'vm.xva.gz'
             packed.write_bytes(gzip.compress(path.read_bytes()))
@@ -156,8 +153,9 @@ class Cloud(object):
         with open(sample.path, 'rb') as f:
             self.glance.images.upload(image['id'], f,
                                       image_size=sample.path.stat().st_size)
-        return tcinder.wait_for(lambda: self.glance.images.get(image['id']),
-                                ('active',), ('killed', 'deleted'), 120)
+        return cloudapi.wait_for(
+            lambda: self.glance.images.get(image['id']),
+            ('active',), ('killed', 'deleted'), 120)
 
     def volume(self, image, volume_type, size=1):
         """A volume from ``image``; returns it once available or error."""
@@ -165,8 +163,9 @@ class Cloud(object):
             size, name='any2kvm-hook-%s' % uuid.uuid4().hex[:8],
             imageRef=image['id'], volume_type=volume_type)
         self.volumes.append(volume.id)
-        return tcinder.wait_for(lambda: self.cinder.volumes.get(volume.id),
-                                ('available', 'error'), (), 600)
+        return cloudapi.wait_for(
+            lambda: self.cinder.volumes.get(volume.id),
+            ('available', 'error'), (), 600)
 
     def cleanup(self):
         for volume_id in self.volumes:
@@ -188,10 +187,10 @@ def volume_types(cinder):
     names = {t.name for t in cinder.volume_types.list()}
     missing = sorted({HOOK_TYPE, STOCK_TYPE} - names)
     if missing:
-        conftest.missing_tool('the cloud has no volume type %s (the hooked '
-                              'and the stock backend of tools/loopback-cloud;'
-                              ' LOOPBACK_CINDER_ANY2KVM=0 leaves the hook '
-                              'out)' % ' or '.join(missing))
+        tools.missing_tool('the cloud has no volume type %s (the hooked '
+                           'and the stock backend of tools/loopback-cloud;'
+                           ' LOOPBACK_CINDER_ANY2KVM=0 leaves the hook '
+                           'out)' % ' or '.join(missing))
 
 
 @pytest.fixture
@@ -329,10 +328,10 @@ def read_back(cinder, glance, volume_id, head_size):
         'bare', 'raw')
     image_id = body['os-volume_upload_image']['image_id']
     try:
-        tcinder.wait_for(lambda: glance.images.get(image_id), ('active',),
-                         ('killed', 'deleted'))
-        tcinder.wait_for(lambda: cinder.volumes.get(volume_id),
-                         ('available',))
+        cloudapi.wait_for(lambda: glance.images.get(image_id), ('active',),
+                          ('killed', 'deleted'))
+        cloudapi.wait_for(lambda: cinder.volumes.get(volume_id),
+                          ('available',))
         head = hashlib.sha256()
         size = nonzero = 0
         for chunk in glance.images.data(image_id):

@@ -23,7 +23,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -31,24 +30,13 @@ import pytest
 
 from any2kvm_os import api
 from any2kvm_os import limits as a2k_limits
-from tests.functional import imagegen as ig
-from tests.functional import test_vhd_chains as tchains
-from tests.integration import test_import_glance as tg
+from tests.lib.cloudapi import download_sha256
+from tests.lib.cloudapi import unique
+from tests.lib.cloudapi import wait_for
+from tests.lib import imagegen as ig
+from tests.lib import vhdchains
 
 GiB = 1 << 30
-fattools = tg.fattools
-
-
-def wait_for(get, ok, bad=('error',), timeout=600):
-    deadline = time.monotonic() + timeout
-    while True:
-        thing = get()
-        status = getattr(thing, 'status', None) or thing.get('status')
-        if status in ok:
-            return thing
-        assert status not in bad, 'went to %s' % status
-        assert time.monotonic() < deadline, 'still %s' % status
-        time.sleep(2)
 
 
 def volume_sha256(cinder, glance, volume_id):
@@ -61,7 +49,7 @@ def volume_sha256(cinder, glance, volume_id):
         wait_for(lambda: glance.images.get(image_id), ('active',),
                  ('killed', 'deleted'))
         wait_for(lambda: cinder.volumes.get(volume_id), ('available',))
-        return tg.download_sha256(glance, image_id)
+        return download_sha256(glance, image_id)
     finally:
         glance.images.delete(image_id)
 
@@ -83,11 +71,11 @@ def test_cinder_volume_from_xenserver_tgz_with_grown_child(
     """Both routes give the same volume.  attach: os-brick finds the NFS
     share already mounted under the loopback cloud's mount base; auto
     without that base cannot reach the share and falls back to image."""
-    c, _b, child_model = tchains.build_grown_shrunk_parent(tmp_path / 'sr')
+    c, _b, child_model = vhdchains.build_grown_shrunk_parent(tmp_path / 'sr')
     arch = tmp_path / 'vm.tgz'
     ig.make_tar(arch, ig.xenserver_members(
         [c.layers[1].path, c.layers[0].path]), compression='gz')
-    name = tg.unique('vol')
+    name = unique('vol')
     options = {'route': route.split('-')[0]}
     if route == 'attach':
         mnt = Path(cloud.openrc).parent / 'lib' / 'cinder' / 'mnt'
@@ -144,7 +132,7 @@ def test_openstack_any2kvm_import_as_a_user(cloud, fattools, glance,
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)['chain']) == 2
 
-    name = tg.unique('osc')
+    name = unique('osc')
     r = openstack(cloud, 'any2kvm', 'import', arch, '--name', name,
                   '--property', 'os_distro=debian', '-f', 'json')
     assert r.returncode == 0, r.stderr
@@ -153,7 +141,7 @@ def test_openstack_any2kvm_import_as_a_user(cloud, fattools, glance,
         image = glance.images.get(shown['id'])
         assert image['os_distro'] == 'debian'
         assert image['hw_disk_bus'] == 'scsi'
-        assert tg.download_sha256(glance, shown['id']) == c.model.sha256()
+        assert download_sha256(glance, shown['id']) == c.model.sha256()
         assert shown['os_hash_value'] == image['os_hash_value']
     finally:
         glance.images.delete(shown['id'])
@@ -161,7 +149,7 @@ def test_openstack_any2kvm_import_as_a_user(cloud, fattools, glance,
     # Bad input: one clear line, no image left.
     bad = tmp_path / 'bad.vhd'
     bad.write_bytes(b'\0' * 4096)
-    name = tg.unique('bad')
+    name = unique('bad')
     r = openstack(cloud, 'any2kvm', 'import', bad, '--name', name)
     assert r.returncode == 1
     assert 'bad.vhd' in r.stderr and 'Traceback' not in r.stderr

@@ -18,36 +18,21 @@ truth from outside the project: the byte model of what FATtools wrote
 put into OVAs, the raw file xva-img packed.
 """
 
-import hashlib
 import uuid
 
 import pytest
 
-from any2kvm_os import api
 from any2kvm_os import exception
+from any2kvm_os import api
 from any2kvm_os import limits as a2k_limits
-from tests.functional import conftest as fconf
-from tests.functional import imagegen as ig
-from tests.functional import test_ova as tova
-from tests.functional import test_vhd_chains as tchains
-from tests.functional import test_xva as txva
+from tests.lib.cloudapi import download_sha256
+from tests.lib.cloudapi import unique
+from tests.lib import imagegen as ig
+from tests.lib import ovabuild
+from tests.lib import vhdchains
+from tests.lib import xvabuild
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope='session')
-def fattools():
-    try:
-        import FATtools.vhdutils  # noqa: F401
-    except ImportError:
-        fconf.missing_tool('FATtools is not installed')
-
-
-def download_sha256(glance, image_id):
-    h = hashlib.sha256()
-    for chunk in glance.images.data(image_id):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 @pytest.fixture
@@ -61,14 +46,10 @@ def cleanup(glance):
             pass
 
 
-def unique(name):
-    return 'any2kvm-test-%s-%s' % (name, uuid.uuid4().hex[:8])
-
-
 def do_import(keystone_session, location, name, source=None, props=None):
-    return api.import_vm(str(location), 'glance', name, a2k_limits.Limits(),
-                         source_name=source, props=props,
-                         session=keystone_session)
+    return api.import_vm(str(location), 'glance', name,
+                         a2k_limits.Limits(), source_name=source,
+                         props=props, session=keystone_session)
 
 
 def check_image(glance, result, expected_sha256, size):
@@ -87,7 +68,7 @@ def check_image(glance, result, expected_sha256, size):
 
 def test_xenserver_tgz_with_grown_child(fattools, keystone_session, glance,
                                         cleanup, tmp_path):
-    c, _base_model, child_model = tchains.build_grown_shrunk_parent(
+    c, _base_model, child_model = vhdchains.build_grown_shrunk_parent(
         tmp_path / 'sr')
     arch = tmp_path / 'vm.tgz'
     ig.make_tar(arch, ig.xenserver_members(
@@ -101,27 +82,9 @@ def test_xenserver_tgz_with_grown_child(fattools, keystone_session, glance,
     assert result['os_hash_algo'] == 'sha512'
 
 
-def build_ova(qemu_img, tmp_path, fmt):
-    """A two-disk OVA of ``fmt`` disks (vmdk: streamOptimized) with a
-    VMware-style OVF and a manifest; returns (path, disk1, disk2)."""
-    d1 = tova.make_disk(qemu_img, tmp_path, 'disk1.' + fmt, fmt, 16 * MiB,
-                        1)
-    d2 = tova.make_disk(qemu_img, tmp_path, 'disk2.' + fmt, fmt, 8 * MiB, 2)
-    uri = tova.FORMATS[fmt][2]
-    files = [('file1', d1.path.name, d1.path.stat().st_size),
-             ('file2', d2.path.name, d2.path.stat().st_size)]
-    disks = [('vmdisk1', 'file1', d1.size, uri),
-             ('vmdisk2', 'file2', d2.size, uri)]
-    members = [('vm.ovf', tova.vmware_ovf1(files, disks)),
-               (d1.path.name, d1.path), (d2.path.name, d2.path)]
-    ova = tova.write_ova(tmp_path / 'vm.ova', members + [
-        ('vm.mf', tova.manifest(members))])
-    return ova, d1, d2
-
-
 @pytest.mark.parametrize('fmt', ['vmdk', 'vhd'])  # vmdk: streamOptimized
 def test_ova(qemu_img, keystone_session, glance, cleanup, tmp_path, fmt):
-    ova, d1, d2 = build_ova(qemu_img, tmp_path, fmt)
+    ova, d1, d2 = ovabuild.build_ova(qemu_img, tmp_path, fmt)
     name = unique('ova')
     vm, results = do_import(keystone_session, ova, name,
                             props={'my_property': 'kept'})
@@ -141,16 +104,13 @@ def test_ova(qemu_img, keystone_session, glance, cleanup, tmp_path, fmt):
 def test_xva(xva_img, keystone_session, glance, cleanup, tmp_path):
     work = tmp_path / 'work'
     work.mkdir()
-    raw, _chunks = txva.single(xva_img, work)
+    raw, _chunks = xvabuild.single(xva_img, work)
     xva = work / 'vm.xva'
-    txva.package(xva_img, work, 'vm.xva', ['Ref:3'])
+    xvabuild.package(xva_img, work, 'vm.xva', ['Ref:3'])
     name = unique('xva')
     _vm, (result,) = do_import(keystone_session, xva, name, source='xva')
     cleanup.append(result['id'])
     check_image(glance, result, ig.sha256_file(raw), raw.stat().st_size)
-
-
-xva_img = txva.xva_img
 
 
 def test_corrupt_input_leaves_no_image(fattools, keystone_session, glance,

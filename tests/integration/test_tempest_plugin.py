@@ -30,13 +30,15 @@ import os
 import subprocess
 import sys
 
-from tests.functional import conftest as fconf
-from tests.functional import imagegen as ig
-from tests.functional import test_ova as tova
-from tests.functional import test_xenserver_archive as txs
-from tests.integration import conftest as iconf
+from tests.lib.corpus import CORPUS
+from tests.lib.corpus import REPO
+from tests.lib.corpus import VHDUTIL
+from tests.lib.corpus import VHDUTIL_L2
+from tests.lib import imagegen as ig
+from tests.lib import ovabuild
+from tests.lib import tools
 
-RUN_TEMPEST = iconf.REPO / 'tools' / 'run-tempest.sh'
+RUN_TEMPEST = REPO / 'tools' / 'run-tempest.sh'
 RUN_TIMEOUT = 1800
 HOOK_DRIVER = 'any2kvm_os.cinder.driver'
 
@@ -76,13 +78,13 @@ class Sample(object):
 
 def xenserver_tgz_sample(directory):
     """The corpus's vhd-util chain as a XenServer tgz (l2 leaf = 0.vhd)."""
-    src = fconf.CORPUS / txs.VHDUTIL
+    src = CORPUS / VHDUTIL
     if not src.is_file():
-        iconf.missing_tool('shared corpus not found: %s' % src)
+        tools.missing_tool('shared corpus not found: %s' % src)
     files = ig.extract_tar(src, directory / 'chain')
-    row = ig.expected_row(ig.load_expected(fconf.CORPUS), txs.VHDUTIL,
+    row = ig.expected_row(ig.load_expected(CORPUS), VHDUTIL,
                           'l2.vhd', 'pyvhdi')
-    assert row['sha256'] == txs.VHDUTIL_L2
+    assert row['sha256'] == VHDUTIL_L2
     tgz = directory / 'xenserver.tgz'
     ig.make_tar(tgz, ig.xenserver_members(
         [files['l2.vhd'], files['l1.vhd'], files['l0.vhd']]),
@@ -92,23 +94,23 @@ def xenserver_tgz_sample(directory):
 
 def ova_sample(qemu_img, directory):
     """A one-disk VMware-style OVA (streamOptimized VMDK, manifest)."""
-    disk = tova.make_disk(qemu_img, directory, 'disk1.vmdk', 'vmdk',
-                          12 * ig.MiB, 3)
+    disk = ovabuild.make_disk(qemu_img, directory, 'disk1.vmdk', 'vmdk',
+                              12 * ig.MiB, 3)
     members = [
-        ('vm.ovf', tova.vmware_ovf1(
+        ('vm.ovf', ovabuild.vmware_ovf1(
             [('file1', disk.path.name, disk.path.stat().st_size)],
-            [('vmdisk1', 'file1', disk.size, tova.VMDK_URI)])),
+            [('vmdisk1', 'file1', disk.size, ovabuild.VMDK_URI)])),
         (disk.path.name, disk.path)]
-    ova = tova.write_ova(directory / 'vm.ova', members + [
-        ('vm.mf', tova.manifest(members))])
+    ova = ovabuild.write_ova(directory / 'vm.ova', members + [
+        ('vm.mf', ovabuild.manifest(members))])
     return Sample(ova, disk.sha256, disk.size)
 
 
 def vhd_sample(qemu_img, directory):
     """A dynamic VHD (Glance accepts it as vhd/bare; a fixed one it
     refuses)."""
-    disk = tova.make_disk(qemu_img, directory, 'disk.vhd', 'vhd',
-                          10 * ig.MiB, 4)
+    disk = ovabuild.make_disk(qemu_img, directory, 'disk.vhd', 'vhd',
+                              10 * ig.MiB, 4)
     return Sample(disk.path, disk.sha256, disk.size)
 
 
@@ -148,7 +150,7 @@ def last_run_statuses(workspace):
 
 def test_tempest_plugin(cloud, qemu_img, tmp_path):
     if importlib.util.find_spec('tempest') is None:
-        iconf.missing_tool('tempest is not installed (test-requirements.txt)')
+        tools.missing_tool('tempest is not installed (test-requirements.txt)')
     samples = {'xenserver_tgz': xenserver_tgz_sample(tmp_path),
                'ova': ova_sample(qemu_img, tmp_path),
                'vhd': vhd_sample(qemu_img, tmp_path)}
@@ -165,19 +167,19 @@ def test_tempest_plugin(cloud, qemu_img, tmp_path):
     except (OSError, subprocess.CalledProcessError):
         statuses = None
     assert statuses, 'no tempest run: tools/run-tempest.sh exit %d:\n%s' % (
-        r.returncode, iconf._tail(output, 80))
+        r.returncode, tools.tail(output, 80))
 
     failed = {t: s for t, s in statuses.items()
               if s not in ('success', 'skip')}
-    assert not failed, 'tempest: %s\n%s' % (failed, iconf._tail(output, 80))
+    assert not failed, 'tempest: %s\n%s' % (failed, tools.tail(output, 80))
     expected = OSC_TESTS + (VOLUME_TESTS if hook else [])
     not_passed = {t: statuses.get(t, 'not run') for t in expected
                   if statuses.get(t) != 'success'}
     assert not not_passed, 'should have passed: %s\n%s' % (
-        not_passed, iconf._tail(output, 80))
+        not_passed, tools.tail(output, 80))
     if not hook:
         # Skipped as a class, for want of the hook.
         assert statuses.get('setUpClass (%s)' % VOLUME_CLASS) == 'skip', (
             statuses)
     assert r.returncode == 0, 'tools/run-tempest.sh failed (%d):\n%s' % (
-        r.returncode, iconf._tail(output, 80))
+        r.returncode, tools.tail(output, 80))

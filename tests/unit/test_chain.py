@@ -22,51 +22,14 @@ from any2kvm_os import containers  # noqa: F401
 from any2kvm_os.containers import base
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
-from any2kvm_os.formats import base as fbase
 from any2kvm_os.formats import vhd
 from any2kvm_os import limits as a2k_limits
-from tests.unit import vhdbuild
+from tests.lib.fakelayer import FakeLayer
+from tests.lib import vhdbuild
+from tests.lib.vhdbuild import expected_raw
+from tests.lib.vhdbuild import write_chain
 
 MiB = 1 << 20
-BS = 2 * MiB
-
-
-class FakeLayer(fbase.LayerReader):
-    """A layer given as {offset: (kind, length)} on a byte-per-offset map."""
-
-    format_name = 'fake'
-
-    def __init__(self, size, runs, ident, parent=None):
-        self._size = size
-        self._runs = runs
-        self._id = ident
-        self._parent = parent
-
-    @classmethod
-    def probe(cls, view):
-        return False
-
-    virtual_size = property(lambda self: self._size)
-    identity = property(lambda self: self._id)
-    parent_ref = property(lambda self: fbase.ParentRef(self._parent, ())
-                          if self._parent else None)
-
-    def allocated_bytes(self):
-        return 0
-
-    def block_status(self, offset, length):
-        end = min(offset + length, self._size)
-        pos = offset
-        for start, kind, n in sorted(self._runs):
-            a, b = max(start, pos), min(start + n, end)
-            if a >= b:
-                continue
-            if a > pos:
-                yield ext.extent(ext.UNALLOCATED, pos, a - pos)
-            yield ext.extent(kind, a, b - a, a if kind == ext.DATA else None)
-            pos = b
-        if pos < end:
-            yield ext.extent(ext.UNALLOCATED, pos, end - pos)
 
 
 def owner_map(chain):
@@ -120,27 +83,6 @@ def test_fold_partial_chain_from_top():
 
 
 # -- resolution over real files -----------------------------------------------
-
-def write_chain(tmp_path, n, names=None, grow=False):
-    """base <- c1 <- ... written with vhdbuild; returns paths leaf first."""
-    names = names or ['l%d.vhd' % i for i in range(n)]
-    uid = None
-    paths = []
-    for i in range(n):
-        size = 4 * MiB + (i * BS if grow else 0)
-        if i == 0:
-            data, uid = vhdbuild.build(size, blocks={0: (None, b'B' * 10)})
-        else:
-            data, uid = vhdbuild.build(
-                size, disk_type=vhd.DISK_DIFFERENCING, parent_uid=uid,
-                parent_name='/var/run/sr-mount/x/%s' % names[i - 1],
-                blocks={i % (size // BS): (vhdbuild.sectors_bitmap(BS, [i]),
-                                           b'C' * 4096)})
-        p = tmp_path / names[i]
-        p.write_bytes(data)
-        paths.append(p)
-    return list(reversed(paths))
-
 
 def limits(**kw):
     return a2k_limits.Limits(**kw)
@@ -206,24 +148,6 @@ def test_symlinked_parent_is_not_followed(tmp_path):
 
 
 # -- end to end through the CLI -----------------------------------------------
-
-def expected_raw(tmp_path, paths):
-    """Model of a vhdbuild chain: apply base first, bitmaps respected."""
-    size = None
-    disk = bytearray()
-    for p in reversed(paths):
-        r = vhd.VhdReader(__import__('any2kvm_os.fileio').fileio
-                          .FileView.open_path(str(p)))
-        new = r.virtual_size
-        if size is not None:
-            del disk[new:]
-        disk.extend(b'\0' * (new - len(disk)))
-        for e in r.block_status(0, new):
-            if e.kind == ext.DATA:
-                disk[e.offset:e.end] = r.read(e.file_offset, e.length)
-        size = new
-    return bytes(disk)
-
 
 def run_cli(*args):
     return any2kvm.main(list(args))

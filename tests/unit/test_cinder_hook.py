@@ -32,7 +32,7 @@ from oslo_config import cfg
 from any2kvm_os.cinder import driver as hook
 from any2kvm_os import exception
 from any2kvm_os.formats import vhd
-from tests.unit import vhdbuild
+from tests.lib import vhdbuild
 
 MiB = 1 << 20
 GiB = 1 << 30

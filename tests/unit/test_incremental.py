@@ -18,15 +18,15 @@ from any2kvm_os.cmd import any2kvm
 from any2kvm_os import exception
 from any2kvm_os import incremental
 from any2kvm_os.writers import raw
-from tests.unit import test_chain
+from tests.lib import vhdbuild
 
 MiB = 1 << 20
 
 
 def test_failure_halfway_names_the_partial_layer_and_reapply_completes(
         tmp_path, capsys, monkeypatch):
-    paths = test_chain.write_chain(tmp_path, 3)
-    want = test_chain.expected_raw(tmp_path, paths)
+    paths = vhdbuild.write_chain(tmp_path, 3)
+    want = vhdbuild.expected_raw(tmp_path, paths)
     target = tmp_path / 't.raw'
     assert any2kvm.main(['convert', str(paths[0]), '--onto', str(target),
                          '--stop-at', 'l0.vhd']) == 0
@@ -72,7 +72,7 @@ def test_block_device_needs_state_dir(tmp_path, monkeypatch):
 
 
 def test_corrupt_state_is_refused(tmp_path, capsys):
-    paths = test_chain.write_chain(tmp_path, 2)
+    paths = vhdbuild.write_chain(tmp_path, 2)
     target = tmp_path / 't.raw'
     (tmp_path / 't.raw.any2kvm-state.json').write_text('{"version": 9}')
     assert any2kvm.main(['convert', str(paths[0]), '--onto',
@@ -81,7 +81,7 @@ def test_corrupt_state_is_refused(tmp_path, capsys):
 
 
 def test_onto_and_output_are_exclusive(tmp_path, capsys):
-    paths = test_chain.write_chain(tmp_path, 1)
+    paths = vhdbuild.write_chain(tmp_path, 1)
     assert any2kvm.main(['convert', str(paths[0]), str(tmp_path / 'o'),
                          '--onto', str(tmp_path / 't')]) == 1
     assert 'not both' in capsys.readouterr().err

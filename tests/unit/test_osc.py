@@ -38,7 +38,7 @@ from any2kvm_os.osc.v1 import inspect
 from any2kvm_os.osc.v1 import sources
 from any2kvm_os import progress as progress_mod
 from any2kvm_os.targets import base as targets
-from tests.unit import test_chain
+from tests.lib import vhdbuild
 
 VENV_BIN = os.path.dirname(sys.executable)
 IMPORT_VM = 'any2kvm_os.api.import_vm'
@@ -288,7 +288,7 @@ class TestRealLocalCommands(base.TestCommand):
     def setUp(self):
         super(TestRealLocalCommands, self).setUp()
         self.tmp = pathlib.Path(self.useFixture(fixtures.TempDir()).path)
-        self.paths = test_chain.write_chain(self.tmp, 3)
+        self.paths = vhdbuild.write_chain(self.tmp, 3)
 
     def test_source_list(self):
         cmd = sources.ListSources(self.app, None)
@@ -339,7 +339,7 @@ class TestRealLocalCommands(base.TestCommand):
     def test_import_to_files(self):
         # A file target needs no cloud: the client is not even looked up
         # (FakeClientManager has no "any2kvm" attribute).
-        want = test_chain.expected_raw(self.tmp, self.paths)
+        want = vhdbuild.expected_raw(self.tmp, self.paths)
         out = self.tmp / 'out'
         out.mkdir()
         cmd = import_image.ImportImage(self.app, None)
@@ -397,7 +397,7 @@ def test_openstack_lists_and_runs_the_commands(tmp_path):
     rows = json.loads(r.stdout)
     assert {'file', 'ova', 'xenserver-tgz', 'xva'} <= {
         row['Name'] for row in rows}
-    paths = test_chain.write_chain(tmp_path, 2)
+    paths = vhdbuild.write_chain(tmp_path, 2)
     r = run_openstack('any2kvm', 'inspect', str(paths[0]), '-f', 'json')
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)['chain'][1]['name'] == 'l0.vhd'
@@ -410,8 +410,8 @@ def test_openstack_lists_and_runs_the_commands(tmp_path):
 # -- the standalone any2kvm import --------------------------------------------
 
 def test_standalone_import_to_files(tmp_path, capsys):
-    paths = test_chain.write_chain(tmp_path, 2)
-    want = test_chain.expected_raw(tmp_path, paths)
+    paths = vhdbuild.write_chain(tmp_path, 2)
+    want = vhdbuild.expected_raw(tmp_path, paths)
     out = tmp_path / 'out'
     out.mkdir()
     argv = ['import', str(paths[0]), '--name', 'vm1', '--target', 'file',

@@ -32,7 +32,7 @@ from any2kvm_os import fileio
 from any2kvm_os.formats import vhd
 from any2kvm_os import limits as a2k_limits
 from any2kvm_os.writers import raw
-from tests.unit import vhdbuild
+from tests.lib import vhdbuild
 
 MiB = 1 << 20
 OVF1 = 'http://schemas.dmtf.org/ovf/envelope/1'

@@ -17,7 +17,7 @@ from any2kvm_os import exception
 from any2kvm_os import limits as a2k_limits
 from any2kvm_os.sources import base as sources
 from any2kvm_os.targets import base as targets
-from tests.unit import test_chain
+from tests.lib import vhdbuild
 
 
 def test_plugins_are_registered():
@@ -28,7 +28,7 @@ def test_plugins_are_registered():
 
 
 def test_source_kind_is_checked(tmp_path):
-    paths = test_chain.write_chain(tmp_path, 2)
+    paths = vhdbuild.write_chain(tmp_path, 2)
     src = sources.open_location(str(paths[0]), a2k_limits.Limits(), 'file')
     assert src.container == 'file' and len(src.disks) == 1
     src.close()
@@ -41,8 +41,8 @@ def test_source_kind_is_checked(tmp_path):
 
 
 def test_file_target_through_the_library(tmp_path):
-    paths = test_chain.write_chain(tmp_path, 3)
-    want = test_chain.expected_raw(tmp_path, paths)
+    paths = vhdbuild.write_chain(tmp_path, 3)
+    want = vhdbuild.expected_raw(tmp_path, paths)
     out = tmp_path / 'out'
     out.mkdir()
     vm, results = api.import_vm(

@@ -17,10 +17,10 @@ import pytest
 from any2kvm_os.chain import layer_chain
 from any2kvm_os import extents as ext
 from any2kvm_os.writers import stream
-from tests.unit import test_chain
+from tests.lib import fakelayer
 
 
-class Layer(test_chain.FakeLayer):
+class Layer(fakelayer.FakeLayer):
     """A fake layer whose DATA byte at offset x is (x % 251) + layer."""
 
     def __init__(self, size, runs, ident, parent=None, fill=1):

@@ -19,7 +19,7 @@ from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os import fileio
 from any2kvm_os.formats import vhd
-from tests.unit import vhdbuild
+from tests.lib import vhdbuild
 
 MiB = 1 << 20
 

@@ -21,7 +21,7 @@ from any2kvm_os.cmd import any2kvm
 from any2kvm_os import exception
 from any2kvm_os import opts
 from any2kvm_os.writers import raw
-from tests.unit import vhdbuild
+from tests.lib import vhdbuild
 
 MiB = 1 << 20
 

@@ -818,6 +818,23 @@ def qemu_to_raw(vhd, raw):
     return str(raw)
 
 
+def qio(path, *commands, fmt='qcow2'):
+    """Run qemu-io commands on an image (backing files opened by qemu)."""
+    args = ['qemu-io', '-f', fmt]
+    for c in commands:
+        args += ['-c', c]
+    r = subprocess.run(args + [str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and 'error' not in r.stdout.lower(), (
+        'qemu-io %s: %s%s' % (commands, r.stdout, r.stderr))
+
+
+def qemu_raw(src, dest):
+    """qemu-img's raw reading of an image and its whole backing chain."""
+    qemu_img('convert', '-O', 'raw', src, dest)
+    return dest
+
+
 def write_raw(path, size, extents):
     """Write a raw file of ``size``: ``extents`` is [(offset, bytes)].
 

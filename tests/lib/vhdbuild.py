@@ -20,9 +20,13 @@ images, libvhdi).
 import struct
 import uuid as uuidlib
 
+from any2kvm_os import extents as ext
+from any2kvm_os import fileio
 from any2kvm_os.formats import vhd
 
 SECTOR = 512
+MiB = 1 << 20
+BS = 2 * MiB
 
 
 def footer(size, disk_type, uid, data_offset=None, creator=b'test'):
@@ -91,3 +95,45 @@ def sectors_bitmap(block_size, sectors):
     for s in sectors:
         bm[s >> 3] |= 0x80 >> (s & 7)
     return bytes(bm)
+
+
+# ---------------------------------------------------------------------------
+# chains of such files
+# ---------------------------------------------------------------------------
+
+def write_chain(tmp_path, n, names=None, grow=False):
+    """base <- c1 <- ... written with build(); returns paths leaf first."""
+    names = names or ['l%d.vhd' % i for i in range(n)]
+    uid = None
+    paths = []
+    for i in range(n):
+        size = 4 * MiB + (i * BS if grow else 0)
+        if i == 0:
+            data, uid = build(size, blocks={0: (None, b'B' * 10)})
+        else:
+            data, uid = build(
+                size, disk_type=vhd.DISK_DIFFERENCING, parent_uid=uid,
+                parent_name='/var/run/sr-mount/x/%s' % names[i - 1],
+                blocks={i % (size // BS): (sectors_bitmap(BS, [i]),
+                                           b'C' * 4096)})
+        p = tmp_path / names[i]
+        p.write_bytes(data)
+        paths.append(p)
+    return list(reversed(paths))
+
+
+def expected_raw(tmp_path, paths):
+    """Model of a write_chain() chain: base first, bitmaps respected."""
+    size = None
+    disk = bytearray()
+    for p in reversed(paths):
+        r = vhd.VhdReader(fileio.FileView.open_path(str(p)))
+        new = r.virtual_size
+        if size is not None:
+            del disk[new:]
+        disk.extend(b'\0' * (new - len(disk)))
+        for e in r.block_status(0, new):
+            if e.kind == ext.DATA:
+                disk[e.offset:e.end] = r.read(e.file_offset, e.length)
+        size = new
+    return bytes(disk)

@@ -1,0 +1,40 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Talking to the integration tests' cloud: names, waits, read-backs."""
+
+import hashlib
+import time
+import uuid
+
+
+def unique(name):
+    return 'any2kvm-test-%s-%s' % (name, uuid.uuid4().hex[:8])
+
+
+def wait_for(get, ok, bad=('error',), timeout=600):
+    deadline = time.monotonic() + timeout
+    while True:
+        thing = get()
+        status = getattr(thing, 'status', None) or thing.get('status')
+        if status in ok:
+            return thing
+        assert status not in bad, 'went to %s' % status
+        assert time.monotonic() < deadline, 'still %s' % status
+        time.sleep(2)
+
+
+def download_sha256(glance, image_id):
+    h = hashlib.sha256()
+    for chunk in glance.images.data(image_id):
+        h.update(chunk)
+    return h.hexdigest()

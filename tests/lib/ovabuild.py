@@ -1,0 +1,309 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""OVA packages: disks written by qemu-img, OVF descriptors, manifests.
+
+The disks come from qemu-img (VHD dynamic, VMDK streamOptimized); the
+truth for each is ``qemu-img convert -O raw`` of the very file packed.
+The packages are built with Python's tarfile around hand-written
+VMware-style OVF 1.0 and XenServer-style OVF 2.0 descriptors.
+"""
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+from tests.lib import imagegen as ig
+
+MiB = ig.MiB
+VMDK_URI = ('http://www.vmware.com/interfaces/specifications/'
+            'vmdk.html#streamOptimized')
+VHD_URI = 'http://technet.microsoft.com/en-us/virtualserver/bb676673.aspx'
+FORMATS = {'vhd': ('vpc', ['-o', 'subformat=dynamic,force_size=on'],
+                   VHD_URI),
+           'vmdk': ('vmdk', ['-o', 'subformat=streamOptimized'], VMDK_URI)}
+
+
+class Disk(object):
+    """A disk file, and the SHA-256 and size of qemu-img's raw reading."""
+
+    def __init__(self, path, fmt, sha256, size):
+        self.path = Path(path)
+        self.fmt = fmt
+        self.sha256 = sha256
+        self.size = size
+
+    @property
+    def data(self):
+        return self.path.read_bytes()
+
+
+def make_disk(qemu_img, directory, name, fmt, size, seed):
+    """A disk written by qemu-img from a patterned raw file, and the
+    SHA-256 of qemu-img's own raw conversion of it."""
+    directory = Path(directory)
+    src = directory / (name + '.src')
+    with open(src, 'wb') as f:
+        f.truncate(size)
+        for i, off in enumerate((0, size // 3 + 4096, size - 3 * 65536)):
+            f.seek(off)
+            f.write(ig.pattern(seed * 10 + i, 65536 + 512 * i))
+    qfmt, opts, _uri = FORMATS[fmt]
+    out = directory / name
+    subprocess.run([qemu_img, 'convert', '-f', 'raw', '-O', qfmt] + opts +
+                   [str(src), str(out)], check=True, capture_output=True)
+    ref = directory / (name + '.qemu.raw')
+    subprocess.run([qemu_img, 'convert', '-f', qfmt, '-O', 'raw',
+                    str(out), str(ref)], check=True, capture_output=True)
+    sha = ig.sha256_file(ref)
+    assert os.path.getsize(ref) == size
+    src.unlink()
+    ref.unlink()
+    return Disk(out, fmt, sha, size)
+
+
+def write_ova(path, members):
+    """``members``: [(name, bytes or Path)], in archive order."""
+    with tarfile.open(path, 'w', format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members:
+            if isinstance(data, Path):
+                data = data.read_bytes()
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            ti.mode = 0o644
+            tf.addfile(ti, io.BytesIO(data))
+    return Path(path)
+
+
+def manifest(members, algo='SHA256'):
+    lines = []
+    for name, data in members:
+        if isinstance(data, Path):
+            data = data.read_bytes()
+        lines.append('%s(%s)= %s\n' % (
+            algo, name, hashlib.new(algo.lower(), data).hexdigest()))
+    return ''.join(lines).encode()
+
+
+def vmware_ovf1(files, disks):
+    """A VMware-style OVF 1.0 (ovftool layout): 4 vCPUs as 2 sockets x 2
+    cores, 4096 MB, vmxnet3 NIC, LSI Logic SCSI, EFI firmware, osType.
+
+    ``files``: [(id, href, size)]; ``disks``: [(diskId, fileRef, bytes,
+    format URI)].  The disk items are listed in reverse order of their
+    SCSI unit numbers: the output order must follow the units.
+    """
+    refs = '\n'.join('    <File ovf:href="%s" ovf:id="%s" ovf:size="%d"/>'
+                     % (href, fid, size) for fid, href, size in files)
+    dsk = '\n'.join(
+        '    <Disk ovf:capacity="%d" ovf:capacityAllocationUnits="byte * '
+        '2^20" ovf:diskId="%s" ovf:fileRef="%s" ovf:format="%s" '
+        'ovf:populatedSize="%d"/>' % (cap // MiB, did, fref, uri, cap // 2)
+        for did, fref, cap, uri in disks)
+    items = []
+    for unit, (did, _f, _c, _u) in reversed(list(enumerate(disks))):
+        items.append('''      <Item>
+        <rasd:AddressOnParent>%d</rasd:AddressOnParent>
+        <rasd:ElementName>Hard disk %d</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/%s</rasd:HostResource>
+        <rasd:InstanceID>%d</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+        <vmw:Config ovf:required="false" vmw:key="backing.writeThrough" \
+vmw:value="false"/>
+      </Item>''' % (unit, unit + 1, did, 20 + unit))
+    return ('''<?xml version="1.0" encoding="UTF-8"?>
+<!--Generated by VMware ovftool 4.4.3 (build-18663434)-->
+<Envelope vmw:buildId="build-18663434" \
+xmlns="http://schemas.dmtf.org/ovf/envelope/1" \
+xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" \
+xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" \
+xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/\
+CIM_ResourceAllocationSettingData" \
+xmlns:vmw="http://www.vmware.com/schema/ovf" \
+xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/\
+CIM_VirtualSystemSettingData" \
+xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References>
+%s
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+%s
+  </DiskSection>
+  <NetworkSection>
+    <Info>The list of logical networks</Info>
+    <Network ovf:name="VM Network">
+      <Description>The VM Network network</Description>
+    </Network>
+  </NetworkSection>
+  <VirtualSystem ovf:id="web01">
+    <Info>A virtual machine</Info>
+    <Name>web01</Name>
+    <OperatingSystemSection ovf:id="107" vmw:osType="centos8_64Guest">
+      <Info>The kind of installed guest operating system</Info>
+      <Description>CentOS 8 (64-bit)</Description>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System>
+        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemIdentifier>web01</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>vmx-15</vssd:VirtualSystemType>
+      </System>
+      <Item>
+        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>
+        <rasd:Description>Number of Virtual CPUs</rasd:Description>
+        <rasd:ElementName>4 virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>4</rasd:VirtualQuantity>
+        <vmw:CoresPerSocket ovf:required="false">2</vmw:CoresPerSocket>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
+        <rasd:Description>Memory Size</rasd:Description>
+        <rasd:ElementName>4096MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>4096</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Description>SCSI Controller</rasd:Description>
+        <rasd:ElementName>SCSI Controller 0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>
+        <rasd:ResourceType>6</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:Address>1</rasd:Address>
+        <rasd:Description>IDE Controller</rasd:Description>
+        <rasd:ElementName>IDE 1</rasd:ElementName>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:ResourceType>5</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Description>IDE Controller</rasd:Description>
+        <rasd:ElementName>IDE 0</rasd:ElementName>
+        <rasd:InstanceID>5</rasd:InstanceID>
+        <rasd:ResourceType>5</rasd:ResourceType>
+      </Item>
+      <Item ovf:required="false">
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:AutomaticAllocation>false</rasd:AutomaticAllocation>
+        <rasd:ElementName>CD/DVD drive 1</rasd:ElementName>
+        <rasd:InstanceID>6</rasd:InstanceID>
+        <rasd:Parent>5</rasd:Parent>
+        <rasd:ResourceSubType>vmware.cdrom.atapi</rasd:ResourceSubType>
+        <rasd:ResourceType>15</rasd:ResourceType>
+      </Item>
+%s
+      <Item>
+        <rasd:AddressOnParent>7</rasd:AddressOnParent>
+        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
+        <rasd:Connection>VM Network</rasd:Connection>
+        <rasd:Description>VmxNet3 ethernet adapter on "VM Network"\
+</rasd:Description>
+        <rasd:ElementName>Network adapter 1</rasd:ElementName>
+        <rasd:InstanceID>9</rasd:InstanceID>
+        <rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType>
+        <vmw:Config ovf:required="false" vmw:key="wakeOnLanEnabled" \
+vmw:value="true"/>
+      </Item>
+      <vmw:Config ovf:required="false" vmw:key="cpuHotAddEnabled" \
+vmw:value="false"/>
+      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+      <vmw:Config ovf:required="false" \
+vmw:key="tools.syncTimeWithHost" vmw:value="false"/>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+''' % (refs, dsk, '\n'.join(items))).encode()
+
+
+def ovf2(files, disks, extra_ref=''):
+    """An OVF 2.0 descriptor (XenServer-like VHD disks, SATA, virtio)."""
+    refs = ''.join('<ovf:File ovf:href="%s" ovf:id="%s"%s/>' % (
+        href, fid, attrs) for fid, href, attrs in files)
+    dsk = ''.join(
+        '<ovf:Disk ovf:capacity="%d" ovf:diskId="%s" ovf:fileRef="%s" '
+        'ovf:format="%s"/>' % (cap, did, fref, uri)
+        for did, fref, cap, uri in disks)
+    items = ''.join(
+        '<ovf:StorageItem><sasd:AddressOnParent>%d</sasd:AddressOnParent>'
+        '<sasd:HostResource>ovf:/disk/%s</sasd:HostResource>'
+        '<sasd:InstanceID>%d</sasd:InstanceID><sasd:Parent>3</sasd:Parent>'
+        '<sasd:ResourceType>17</sasd:ResourceType></ovf:StorageItem>'
+        % (i, d[0], 10 + i) for i, d in enumerate(disks))
+    return ('''<?xml version="1.0" encoding="utf-8"?>
+<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/2" \
+xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/\
+CIM_ResourceAllocationSettingData" \
+xmlns:sasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/\
+CIM_StorageAllocationSettingData" \
+xmlns:epasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/\
+CIM_EthernetPortAllocationSettingData" \
+xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/\
+CIM_VirtualSystemSettingData">
+<ovf:References>%s%s</ovf:References>
+<ovf:DiskSection><ovf:Info>disks</ovf:Info>%s</ovf:DiskSection>
+<ovf:VirtualSystem ovf:id="xs-vm-1">
+<ovf:Info>A VM</ovf:Info><ovf:Name>db-server</ovf:Name>
+<ovf:EnvironmentFiles><ovf:File ovf:fileRef="env"/></ovf:EnvironmentFiles>
+<ovf:ProductSection><ovf:Info>p</ovf:Info><ovf:Product>DB</ovf:Product>
+<ovf:Vendor>Example</ovf:Vendor><ovf:Version>2.0</ovf:Version>
+</ovf:ProductSection>
+<ovf:OperatingSystemSection ovf:id="36"><ovf:Info>os</ovf:Info>
+<ovf:Description>Debian</ovf:Description></ovf:OperatingSystemSection>
+<ovf:VirtualHardwareSection><ovf:Info>hw</ovf:Info>
+<ovf:Item><rasd:InstanceID>1</rasd:InstanceID>
+<rasd:ResourceType>3</rasd:ResourceType>
+<rasd:VirtualQuantity>2</rasd:VirtualQuantity></ovf:Item>
+<ovf:Item><rasd:AllocationUnits>byte * 2^30</rasd:AllocationUnits>
+<rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType>
+<rasd:VirtualQuantity>2</rasd:VirtualQuantity></ovf:Item>
+<ovf:Item><rasd:InstanceID>3</rasd:InstanceID>
+<rasd:ResourceSubType>AHCI</rasd:ResourceSubType>
+<rasd:ResourceType>20</rasd:ResourceType></ovf:Item>
+%s
+<ovf:EthernetPortItem><epasd:Connection>xenbr0</epasd:Connection>
+<epasd:InstanceID>7</epasd:InstanceID>
+<epasd:ResourceSubType>virtio</epasd:ResourceSubType>
+<epasd:ResourceType>10</epasd:ResourceType></ovf:EthernetPortItem>
+</ovf:VirtualHardwareSection>
+</ovf:VirtualSystem>
+</ovf:Envelope>
+''' % (refs, extra_ref, dsk, items)).encode()
+
+
+def build_ova(qemu_img, tmp_path, fmt):
+    """A two-disk OVA of ``fmt`` disks (vmdk: streamOptimized) with a
+    VMware-style OVF and a manifest; returns (path, disk1, disk2)."""
+    d1 = make_disk(qemu_img, tmp_path, 'disk1.' + fmt, fmt, 16 * MiB, 1)
+    d2 = make_disk(qemu_img, tmp_path, 'disk2.' + fmt, fmt, 8 * MiB, 2)
+    uri = FORMATS[fmt][2]
+    files = [('file1', d1.path.name, d1.path.stat().st_size),
+             ('file2', d2.path.name, d2.path.stat().st_size)]
+    disks = [('vmdisk1', 'file1', d1.size, uri),
+             ('vmdisk2', 'file2', d2.size, uri)]
+    members = [('vm.ovf', vmware_ovf1(files, disks)),
+               (d1.path.name, d1.path), (d2.path.name, d2.path)]
+    ova = write_ova(tmp_path / 'vm.ova', members + [
+        ('vm.mf', manifest(members))])
+    return ova, d1, d2
