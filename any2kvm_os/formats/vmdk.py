@@ -805,6 +805,25 @@ def open_sesparse(file, path):
     return hdr
 
 
+def descriptor_creator(d):
+    """Who wrote a disk, from its descriptor's habits; None if they do not
+    tell.  qemu writes ``ddb.toolsVersion = "2147483647"``; VMware
+    products write ``ddb.longContentID`` / ``ddb.uuid`` or a real tools
+    version."""
+    if d is None:
+        return None
+    ddb = {k.lower(): v for k, v in d.ddb.items()}
+    if ddb.get('ddb.toolsversion') == '2147483647':
+        return 'qemu'
+    for c in d.comments:
+        if 'vmdkstream' in c.lower():
+            return 'VMDKstream'
+    if ('ddb.longcontentid' in ddb or 'ddb.uuid' in ddb
+            or 'ddb.toolsversion' in ddb):
+        return 'vmware'
+    return None
+
+
 # -- the reader ---------------------------------------------------------------
 
 
@@ -1071,19 +1090,7 @@ class VmdkReader(base.LayerReader):
         do not tell.  qemu writes ``ddb.toolsVersion = "2147483647"``;
         VMware products write ``ddb.longContentID`` / ``ddb.uuid`` or a
         real tools version."""
-        d = self.descriptor
-        if d is None:
-            return None
-        ddb = {k.lower(): v for k, v in d.ddb.items()}
-        if ddb.get('ddb.toolsversion') == '2147483647':
-            return 'qemu'
-        for c in d.comments:
-            if 'vmdkstream' in c.lower():
-                return 'VMDKstream'
-        if ('ddb.longcontentid' in ddb or 'ddb.uuid' in ddb
-                or 'ddb.toolsversion' in ddb):
-            return 'vmware'
-        return None
+        return descriptor_creator(self.descriptor)
 
     @property
     def ddb(self):
@@ -1226,6 +1233,10 @@ class StreamLayer(object):
             stream.skip_to(hdr.desc_offset * SECTOR)
             self.descriptor = vd.parse(
                 stream.read_exact(hdr.desc_size * SECTOR), self.name)
+            # As VmdkReader: an unknown or raw-device createType is
+            # refused.
+            vd.check_create_type(self.descriptor, self.name,
+                                 'streamOptimized')
         if hdr.overhead * SECTOR < stream.pos:
             raise exception.InvalidImage(
                 path=self.name, reason='VMDK overhead of %d sectors overlaps '

@@ -117,6 +117,8 @@ def open_image_data(label, chunks, size, limits, checksum=None,
         kind = 'a XenServer archive'
     elif xva.head_is_xva(head):
         kind = 'an XVA'
+    elif _head_is_ova(head):
+        kind = 'an OVA'
     else:
         return open_downloaded(label, reader.rest(), size, limits,
                                checksum=None, wrap_error=wrap_error)
@@ -126,11 +128,32 @@ def open_image_data(label, chunks, size, limits, checksum=None,
         if first:
             return first.pop()
         return fileio.ChunkReader(chunks(), label, size, checksum)
+    if kind == 'an OVA':
+        return _open_ova(label, chunks, size, limits, checksum, wrap_error,
+                         opener)
     LOG.info('%s: %s, converted as it downloads', label, kind)
     if kind == 'an XVA':
         return xva.open_xva_stream(label, limits, opener)
     stream = xenserver.XenServerStream(label, limits, opener=opener)
     return vm.Vm(label, stream.container, [stream])
+
+
+def _head_is_ova(head):
+    from any2kvm_os.containers import ova_stream
+    return ova_stream.head_is_ova(head)
+
+
+def _open_ova(label, chunks, size, limits, checksum, wrap_error, opener):
+    """An OVA read as it downloads (see :mod:`ova_stream`); one that
+    cannot be goes through scratch (:func:`open_downloaded`)."""
+    from any2kvm_os.containers import ova_stream
+
+    def fallback():
+        reader = fileio.ChunkReader(chunks(), label, size, checksum)
+        return open_downloaded(label, reader.rest(), size, limits,
+                               checksum=None, wrap_error=wrap_error)
+    return ova_stream.open_ova_stream(label, limits, opener,
+                                      fallback=fallback)
 
 
 def open_downloaded(label, chunks, size, limits, checksum=None,
