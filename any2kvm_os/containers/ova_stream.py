@@ -334,7 +334,7 @@ class OvaStream(object):
         rest = name[len(self.prefix):]
         return None if '/' in rest else rest
 
-    # -- the first pass --------------------------------------------------------
+    # -- the first pass -------------------------------------------------------
 
     def _first_pass(self, members):
         path = self.path
@@ -420,7 +420,7 @@ class OvaStream(object):
             plans[file_id] = _Plan(ref, bound)
         return plans
 
-    # -- a disk's pass ---------------------------------------------------------
+    # -- a disk's pass --------------------------------------------------------
 
     def _disk_stream(self, tf, ti, rest, plan, hashers):
         """A ForwardStream of the disk file member ``rest`` (decompressed
