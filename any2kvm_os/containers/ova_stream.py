@@ -565,7 +565,7 @@ class OvaStream(object):
             ref = other.ref
             what = 'file %r (%r)' % (ref.id, ref.href)
             chosen = next((c for c in ref.names if c in seen), None)
-            if chosen in reserved:
+            if chosen is not None and chosen in reserved:
                 raise exception.InvalidArchive(
                     path=self.ovf_display, reason='%s is the descriptor, '
                     'manifest or certificate, not a disk' % what)
