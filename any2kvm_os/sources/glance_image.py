@@ -15,8 +15,9 @@
 Operators often hold XenServer exports in Glance as ``vhd``/``ovf`` tgz
 images, OVAs as ``ova`` images, and plain VHD/VHDX/VMDK images that their
 KVM cloud cannot boot.  This source finds the image by id or by (unique)
-name.  A XenServer tar or tgz, or an XVA, is converted as it downloads (no
-copy of the archive on disk); other images are downloaded into a private
+name.  A XenServer tar or tgz, an XVA, or an OVA whose disks can be read
+in one pass, is converted as it downloads (no copy of the archive on
+disk); other images are downloaded into a private
 (0700) scratch directory, bounded by ``scratch_limit_gib``, and opened
 with the same content detection as a local file (the copy is removed
 when the source is closed).  Either way the data is checked against the
@@ -97,7 +98,9 @@ def open_image_data(label, chunks, size, limits, checksum=None,
     ``chunks()`` starts a download (an iterable of bytes; it may be called
     again for another pass).  A XenServer tar or tgz, or an XVA (plain,
     gzip, bzip2 or xz), is read as it arrives, in one pass per use (an XVA:
-    one for its ova.xml, one per disk), with no copy of the archive on disk
+    one for its ova.xml, one per disk; an OVA: one for its descriptor, one
+    per disk, see :mod:`any2kvm_os.containers.ova_stream`), with no copy
+    of the archive on disk
     (checked against ``size`` and ``checksum`` at its end, before anything
     is committed); anything else is stored in scratch first
     (:func:`open_downloaded`).

@@ -450,3 +450,42 @@ def test_memory_stays_bounded_for_a_large_sparse_disk(qemu_img, tmp_path):
     assert os.path.getsize(out) == size
     assert os.stat(out).st_blocks * 512 < 64 * MiB
     assert rss_kib < 256 << 10
+
+
+# ---------------------------------------------------------------------------
+# StreamLayer on its own: a stream cut at a grain boundary
+# ---------------------------------------------------------------------------
+
+def _grain_ends(data):
+    """Offsets just after each grain of a streamOptimized VMDK."""
+    import struct
+    overhead = struct.unpack_from('<Q', data, 64)[0] * 512
+    pos, ends = overhead, []
+    while pos + 512 <= len(data):
+        _lba, size = struct.unpack_from('<QI', data, pos)
+        if size == 0:
+            break
+        pos += -(-(12 + size) // 512) * 512
+        ends.append(pos)
+    return ends
+
+
+@pytest.mark.parametrize('which', ['qemu', 'vmdkstream'])
+def test_stream_layer_cut_at_a_grain_boundary_is_refused(disks, which):
+    import io
+    from any2kvm_os import fileio
+    from any2kvm_os.formats import vmdk
+    data = disks[which].path.read_bytes()
+    ends = _grain_ends(data)
+    assert len(ends) >= 2
+    for cut in (len(data), ends[-2]):
+        piece = data[:cut]
+        stream = fileio.ForwardStream(io.BytesIO(piece), which, len(piece))
+        layer = vmdk.StreamLayer(which, stream.peek(512), len(piece))
+        layer.read_headers(stream)
+        if cut == len(data):
+            assert len(list(layer.data_runs(stream))) == len(ends)
+            continue
+        with pytest.raises(exception.InvalidImage) as e:
+            list(layer.data_runs(stream))
+        assert 'truncated' in str(e.value), str(e.value)
