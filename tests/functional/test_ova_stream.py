@@ -362,7 +362,7 @@ def test_not_stream_optimized_first_disk_goes_to_scratch(
     order = [disks['sparse']]
     ova = make_ova(tmp_path / 's.ova', order, uri=VMDK_SPARSE_URI)
     download = Download(ova)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger='any2kvm_os'):
         with open_download(download, scratch) as source:
             assert not isinstance(source.disks[0],
                                   ova_stream.OvaStreamDisk)
@@ -377,7 +377,7 @@ def test_not_stream_optimized_second_disk_goes_to_scratch(
         disks, tmp_path, scratch, caplog):
     order = [disks['qemu'], disks['sparse']]
     ova = make_ova(tmp_path / 's2.ova', order, uri=VMDK_SPARSE_URI)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger='any2kvm_os'):
         with open_download(Download(ova), scratch) as source:
             assert isinstance(source.disks[1], ova_stream.OvaStreamDisk)
             check(convert_all(source, tmp_path), order)
