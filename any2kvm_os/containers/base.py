@@ -78,9 +78,11 @@ class ContainerType(object, metaclass=abc.ABCMeta):
         kind and can be read as it arrives (:meth:`open_stream`)."""
         return False
 
-    def open_stream(self, label, limits, opener):
+    def open_stream(self, label, limits, opener, fallback):
         """Open a download as it arrives: ``opener()`` returns a new
-        forward-only file object of the whole input per pass."""
+        forward-only file object of the whole input per pass.  What cannot
+        be read that way after all may be handed to ``fallback()``, which
+        returns the VM opened from a scratch copy."""
         raise NotImplementedError(self.name)
 
 

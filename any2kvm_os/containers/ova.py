@@ -671,35 +671,3 @@ def _disk_source(kind, container, placed, disk_files, limits, ovf_display,
                             chain.virtual_size))
     return vm.ChainDisk(name, kind, chain, disk_id=disk.id,
                         controller=placed.controller)
-
-
-class OvaType(base.ContainerType):
-    name = 'ova'
-    description = 'an OVA package, or the .ovf of an extracted one'
-    noun = 'an OVA package'
-    archive_title = 'OVA'
-    # Before the XenServer archive plugin, which takes any tar.
-    priority = 30
-    glance_kinds = {'ova': ('ova', None)}
-
-    def probe(self, view, path, limits):
-        return tar.looks_like_tar(view) and is_ova_tar(path, limits)
-
-    def open(self, path, limits):
-        return open_ova(path, limits)
-
-
-class OvfType(base.ContainerType):
-    name = 'ovf'
-    description = 'the OVF descriptor of an extracted OVA, its files ' \
-        'beside it'
-    noun = 'an OVF descriptor'
-    source = 'ova'
-    priority = 25
-
-    def probe(self, view, path, limits):
-        return (not tar.looks_like_tar(view)
-                and not tar.is_compressed(view) and looks_like_ovf(view))
-
-    def open(self, path, limits):
-        return open_ovf(path, limits)

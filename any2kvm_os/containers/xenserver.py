@@ -331,6 +331,6 @@ class XenServerArchiveType(base.ContainerType):
     def probe_head(self, head):
         return head_is_xenserver(head)
 
-    def open_stream(self, label, limits, opener):
+    def open_stream(self, label, limits, opener, fallback):
         return vm.Vm(label, self.name,
                      [XenServerStream(label, limits, opener=opener)])

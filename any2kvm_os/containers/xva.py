@@ -1177,5 +1177,5 @@ class XvaType(base.ContainerType):
     def probe_head(self, head):
         return head_is_xva(head)
 
-    def open_stream(self, label, limits, opener):
+    def open_stream(self, label, limits, opener, fallback):
         return open_xva_stream(label, limits, opener)

@@ -805,6 +805,25 @@ def open_sesparse(file, path):
     return hdr
 
 
+def descriptor_creator(d):
+    """Who wrote a disk, from its descriptor's habits; None if they do not
+    tell.  qemu writes ``ddb.toolsVersion = "2147483647"``; VMware
+    products write ``ddb.longContentID`` / ``ddb.uuid`` or a real tools
+    version."""
+    if d is None:
+        return None
+    ddb = {k.lower(): v for k, v in d.ddb.items()}
+    if ddb.get('ddb.toolsversion') == '2147483647':
+        return 'qemu'
+    for c in d.comments:
+        if 'vmdkstream' in c.lower():
+            return 'VMDKstream'
+    if ('ddb.longcontentid' in ddb or 'ddb.uuid' in ddb
+            or 'ddb.toolsversion' in ddb):
+        return 'vmware'
+    return None
+
+
 # -- the reader ---------------------------------------------------------------
 
 
@@ -1071,19 +1090,7 @@ class VmdkReader(base.LayerReader):
         do not tell.  qemu writes ``ddb.toolsVersion = "2147483647"``;
         VMware products write ``ddb.longContentID`` / ``ddb.uuid`` or a
         real tools version."""
-        d = self.descriptor
-        if d is None:
-            return None
-        ddb = {k.lower(): v for k, v in d.ddb.items()}
-        if ddb.get('ddb.toolsversion') == '2147483647':
-            return 'qemu'
-        for c in d.comments:
-            if 'vmdkstream' in c.lower():
-                return 'VMDKstream'
-        if ('ddb.longcontentid' in ddb or 'ddb.uuid' in ddb
-                or 'ddb.toolsversion' in ddb):
-            return 'vmware'
-        return None
+        return descriptor_creator(self.descriptor)
 
     @property
     def ddb(self):
@@ -1196,6 +1203,7 @@ class StreamLayer(object):
                 'grains with markers) can be read in one pass')
         self.hdr = hdr
         self.descriptor = None
+        self.expected_grains = None
 
     @property
     def virtual_size(self):
@@ -1226,18 +1234,69 @@ class StreamLayer(object):
             stream.skip_to(hdr.desc_offset * SECTOR)
             self.descriptor = vd.parse(
                 stream.read_exact(hdr.desc_size * SECTOR), self.name)
+            # As VmdkReader: an unknown or raw-device createType is
+            # refused.
+            vd.check_create_type(self.descriptor, self.name,
+                                 'streamOptimized')
         if hdr.overhead * SECTOR < stream.pos:
             raise exception.InvalidImage(
                 path=self.name, reason='VMDK overhead of %d sectors overlaps '
                 'the descriptor' % hdr.overhead)
+        self._count_tables(stream)
         stream.skip_to(hdr.overhead * SECTOR)
+
+    def _count_tables(self, stream):
+        """Count the grains the tables expect when they come before the
+        grains (qemu-img's layout: grain directory in the header, tables
+        in the overhead, and no end-of-stream marker): the stream is then
+        complete when that many grains came."""
+        hdr = self.hdr
+        self.expected_grains = None
+        if hdr.gd_offset in (0, GD_AT_END):
+            return
+        end = hdr.overhead * SECTOR
+        span = hdr.grain_size * hdr.num_gtes
+        n = -(-hdr.capacity // span)
+        gd_off = hdr.gd_offset * SECTOR
+        gt_bytes = hdr.num_gtes * 4
+        if n > MAX_GD_ENTRIES or gd_off < stream.pos or \
+                gd_off + n * 4 > end:
+            return
+        stream.skip_to(gd_off)
+        gd = _array('I', stream.read_exact(n * 4))
+        zero = 1 if hdr.flags & FLAG_ZERO_GRAIN else 0
+        count = 0
+        for off in sorted(o * SECTOR for o in gd if o):
+            if off < stream.pos or off + gt_bytes > end:
+                raise exception.InvalidImage(
+                    path=self.name, reason='VMDK grain table at offset %d '
+                    'cannot be read in one pass (overlapping, or past the '
+                    'grains)' % off)
+            stream.skip_to(off)
+            gt = _array('I', stream.read_exact(gt_bytes))
+            count += len(gt) - gt.count(0) - (gt.count(1) if zero else 0)
+        self.expected_grains = count
+
+    def _check_count(self, got, why):
+        if self.expected_grains is not None and \
+                got != self.expected_grains:
+            raise exception.InvalidImage(
+                path=self.name, reason='streamOptimized VMDK %s after %d '
+                'grains, its grain tables list %d: truncated or corrupt'
+                % (why, got, self.expected_grains))
 
     def data_runs(self, stream):
         name = self.name
         g = self.grain
         vsize = self.virtual_size
         bound = 2 * g + 4096
+        got = 0
         while True:
+            if stream.pos == self.member_size and \
+                    self.expected_grains is not None:
+                # qemu-img writes no end-of-stream marker.
+                self._check_count(got, 'ends')
+                return
             if stream.pos + SECTOR > self.member_size:
                 raise exception.InvalidImage(
                     path=name, reason='streamOptimized VMDK ends without an '
@@ -1246,6 +1305,7 @@ class StreamLayer(object):
             val, size, mtype = _MARKER.unpack_from(sector, 0)
             if size == 0:
                 if mtype == MARKER_EOS:
+                    self._check_count(got, 'has its end-of-stream marker')
                     return
                 if mtype not in (MARKER_GT, MARKER_GD, MARKER_FOOTER):
                     raise exception.InvalidImage(
@@ -1283,4 +1343,5 @@ class StreamLayer(object):
                 raise exception.InvalidImage(
                     path=name, reason='compressed grain at offset %d does not '
                     'inflate to one grain: corrupt' % at)
+            got += 1
             yield vpos, out[:need]

@@ -15,8 +15,9 @@
 Operators often hold XenServer exports in Glance as ``vhd``/``ovf`` tgz
 images, OVAs as ``ova`` images, and plain VHD/VHDX/VMDK images that their
 KVM cloud cannot boot.  This source finds the image by id or by (unique)
-name.  A XenServer tar or tgz, or an XVA, is converted as it downloads (no
-copy of the archive on disk); other images are downloaded into a private
+name.  A XenServer tar or tgz, an XVA, or an OVA whose disks can be read
+in one pass, is converted as it downloads (no copy of the archive on
+disk); other images are downloaded into a private
 (0700) scratch directory, bounded by ``scratch_limit_gib``, and opened
 with the same content detection as a local file (the copy is removed
 when the source is closed).  Either way the data is checked against the
@@ -93,11 +94,13 @@ def open_image_data(label, chunks, size, limits, checksum=None,
 
     ``chunks()`` starts a download (an iterable of bytes; it may be called
     again for another pass).  A XenServer tar or tgz, or an XVA (plain,
-    gzip, bzip2, xz or zstd), is read as it arrives, in one pass per use
-    (an XVA: one for its ova.xml, one per disk), with no copy of the
-    archive on disk (checked against ``size`` and ``checksum`` at its end,
-    before anything is committed); anything else is stored in scratch
-    first (:func:`open_downloaded`).
+    gzip, bzip2, xz or zstd), or an OVA, is read as it arrives (by the
+    container plugin that claims the head of the data), in one pass per use
+    (an XVA: one for its ova.xml, one per disk; an OVA: one for its
+    descriptor, one per disk), with no copy of the archive on disk (checked
+    against ``size`` and ``checksum`` at its end, before anything is
+    committed); anything else is stored in scratch first
+    (:func:`open_downloaded`).
     """
     reader = fileio.ChunkReader(chunks(), label, size, checksum)
     try:
@@ -118,8 +121,15 @@ def open_image_data(label, chunks, size, limits, checksum=None,
         if first:
             return first.pop()
         return fileio.ChunkReader(chunks(), label, size, checksum)
+
+    def fallback():
+        # What the plugin finds it cannot read as it arrives (an OVA
+        # whose disk has no one-pass reader) goes through scratch.
+        reader = fileio.ChunkReader(chunks(), label, size, checksum)
+        return open_downloaded(label, reader.rest(), size, limits,
+                               checksum=None, wrap_error=wrap_error)
     LOG.info('%s: %s, converted as it downloads', label, plugin.noun)
-    return plugin.open_stream(label, limits, opener)
+    return plugin.open_stream(label, limits, opener, fallback)
 
 
 def open_downloaded(label, chunks, size, limits, checksum=None,

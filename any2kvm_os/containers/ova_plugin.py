@@ -1,0 +1,61 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The container plugins of OVA packages and of extracted OVF descriptors.
+
+A local OVA is read in place (:mod:`any2kvm_os.containers.ova`); a
+download as it arrives (:mod:`any2kvm_os.containers.ova_stream`).
+"""
+
+from any2kvm_os.containers import base
+from any2kvm_os.containers import ova
+from any2kvm_os.containers import ova_stream
+from any2kvm_os.containers import tar
+
+
+class OvaType(base.ContainerType):
+    name = 'ova'
+    description = 'an OVA package, or the .ovf of an extracted one'
+    noun = 'an OVA package'
+    archive_title = 'OVA'
+    # Before the XenServer archive plugin, which takes any tar.
+    priority = 30
+    glance_kinds = {'ova': ('ova', None)}
+
+    def probe(self, view, path, limits):
+        return tar.looks_like_tar(view) and ova.is_ova_tar(path, limits)
+
+    def open(self, path, limits):
+        return ova.open_ova(path, limits)
+
+    def probe_head(self, head):
+        return ova_stream.head_is_ova(head)
+
+    def open_stream(self, label, limits, opener, fallback):
+        return ova_stream.open_ova_stream(label, limits, opener,
+                                          fallback=fallback)
+
+
+class OvfType(base.ContainerType):
+    name = 'ovf'
+    description = 'the OVF descriptor of an extracted OVA, its files ' \
+        'beside it'
+    noun = 'an OVF descriptor'
+    source = 'ova'
+    priority = 25
+
+    def probe(self, view, path, limits):
+        return (not tar.looks_like_tar(view)
+                and not tar.is_compressed(view) and ova.looks_like_ovf(view))
+
+    def open(self, path, limits):
+        return ova.open_ovf(path, limits)

@@ -1,0 +1,495 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""OVAs converted as they download (what the Cinder hook and the
+glance-image source do), fed through ``open_image_data`` with chunks read
+from a file: no cloud needed.
+
+The disks are streamOptimized VMDKs written by qemu-img and by VMDKstream
+(and the corpus' VMDKstream disk); the truth for each output is
+``qemu-img convert -O raw`` of the very VMDK packed in the OVA.  The OVA
+packing reuses the helpers of ``test_ova``.
+"""
+
+import gzip
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from any2kvm_os.containers import ova_stream
+from any2kvm_os.writers import raw
+from any2kvm_os import exception
+from any2kvm_os import limits as a2k_limits
+from any2kvm_os.sources import glance_image
+from tests.lib import imagegen as ig
+from tests.lib import ovabuild as ovat
+from tests.lib import tools
+
+MiB = ig.MiB
+LABEL = 'glance image 1234'
+VMDK_SPARSE_URI = 'http://www.vmware.com/interfaces/specifications/vmdk.html'
+
+
+# ---------------------------------------------------------------------------
+# disks
+# ---------------------------------------------------------------------------
+
+def _patterned_raw(path, size, seed):
+    with open(path, 'wb') as f:
+        f.truncate(size)
+        # The last write ends at the very end: a partial last grain.
+        for i, off in enumerate((0, size // 3 + 4096, size - 70000)):
+            f.seek(off)
+            f.write(ig.pattern(seed * 10 + i, 65536 + 512 * i))
+    return path
+
+
+def _truth(qemu_img, vmdk, directory):
+    ref = Path(directory) / (Path(vmdk).name + '.qemu.raw')
+    subprocess.run([qemu_img, 'convert', '-f', 'vmdk', '-O', 'raw',
+                    str(vmdk), str(ref)], check=True, capture_output=True)
+    sha = ig.sha256_file(ref)
+    size = os.path.getsize(ref)
+    ref.unlink()
+    return sha, size
+
+
+def _qemu_vmdk(qemu_img, directory, name, size, seed, subformat):
+    src = _patterned_raw(Path(directory) / (name + '.src'), size, seed)
+    out = Path(directory) / name
+    subprocess.run([qemu_img, 'convert', '-f', 'raw', '-O', 'vmdk', '-o',
+                    'subformat=' + subformat, str(src), str(out)],
+                   check=True, capture_output=True)
+    src.unlink()
+    return out
+
+
+def _vmdkstream(directory, name, size, seed):
+    if not ig.system_python_has('VMDKstream'):
+        tools.missing_tool('VMDKstream not importable by %s (Debian '
+                           'package python3-vmdkstream)' % ig.SYSTEM_PYTHON)
+    src = _patterned_raw(Path(directory) / (name + '.src'), size, seed)
+    out = Path(directory) / name
+    subprocess.run([ig.SYSTEM_PYTHON, '-c', 'import sys, VMDKstream; '
+                    'VMDKstream.convert_to_stream(sys.argv[1], sys.argv[2])',
+                    str(src), str(out)], check=True, capture_output=True)
+    src.unlink()
+    return out
+
+
+class Disk(object):
+    def __init__(self, path, truth):
+        self.path = Path(path)
+        self.sha256, self.size = truth
+
+
+@pytest.fixture(scope='module')
+def disks(qemu_img, tmp_path_factory, corpus_file):
+    d = tmp_path_factory.mktemp('ova-stream-disks')
+    made = {
+        # 16 MiB + 1536: the last grain is partial.
+        'qemu': _qemu_vmdk(qemu_img, d, 'qemu.vmdk', 16 * MiB + 1536, 1,
+                           'streamOptimized'),
+        'vmdkstream': _vmdkstream(d, 'vs.vmdk', 8 * MiB, 2),
+        'corpus': corpus_file('generated/vmdkstream-0.2.vmdk.gz'),
+        'sparse': _qemu_vmdk(qemu_img, d, 'sparse.vmdk', 8 * MiB, 3,
+                             'monolithicSparse'),
+    }
+    return {k: Disk(p, _truth(qemu_img, p, d)) for k, p in made.items()}
+
+
+# ---------------------------------------------------------------------------
+# packages and the download stand-in
+# ---------------------------------------------------------------------------
+
+def make_ova(path, disks, manifest='after-ovf', algo='SHA256', gzip_=(),
+             uri=ovat.VMDK_URI, corrupt=None, drop=None):
+    """An OVA of ``disks`` (Disk objects, in unit order) with a VMware
+    OVF 1.0 descriptor; the manifest right after the descriptor, last, or
+    none; members named in ``gzip_`` are gzip-compressed."""
+    members = []
+    files = []
+    dsk = []
+    for i, disk in enumerate(disks):
+        href = 'disk%d.vmdk' % i
+        data = disk.path.read_bytes()
+        if href in gzip_:
+            data = gzip.compress(data)
+        files.append(('file%d' % i, href, len(data)))
+        dsk.append(('vmdisk%d' % i, 'file%d' % i, disk.size, uri))
+        members.append((href, data))
+    desc = ovat.vmware_ovf1(files, dsk)
+    for href in gzip_:
+        desc = desc.replace(b'ovf:href="%s"' % href.encode(),
+                            b'ovf:href="%s" ovf:compression="gzip"'
+                            % href.encode())
+    members.insert(0, ('vm.ovf', desc))
+    mf = ('vm.mf', ovat.manifest(members, algo))
+    if corrupt:
+        members = [(n, d[:-1] + bytes([d[-1] ^ 1]) if n == corrupt else d)
+                   for n, d in members]
+    if drop:
+        members = [(n, d) for n, d in members if n != drop]
+    if manifest == 'after-ovf':
+        members.insert(1, mf)
+    elif manifest == 'last':
+        members.append(mf)
+    return ovat.write_ova(path, members)
+
+
+class Download(object):
+    """Glance's data as chunks read from a file; counts the passes."""
+
+    def __init__(self, path, chunk=1 << 20, cut=None):
+        self.path = Path(path)
+        self.chunk = chunk
+        self.cut = cut
+        self.passes = 0
+        data = self.path.read_bytes()
+        self.size = len(data)
+        self.checksum = hashlib.md5(data).hexdigest()
+
+    def __call__(self):
+        self.passes += 1
+        limit = self.size if self.cut is None else self.cut
+        with open(self.path, 'rb') as f:
+            done = 0
+            while done < limit:
+                data = f.read(min(self.chunk, limit - done))
+                if not data:
+                    return
+                done += len(data)
+                yield data
+
+
+def open_download(download, scratch):
+    return glance_image.open_image_data(
+        LABEL, download, download.size,
+        a2k_limits.Limits(scratch_dir=str(scratch)),
+        checksum=download.checksum)
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    d = tmp_path / 'scratch'
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def no_scratch(monkeypatch):
+    """Fail if anything goes to scratch."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('the OVA went through scratch')
+    monkeypatch.setattr(glance_image, 'open_downloaded', refuse)
+
+
+def convert_all(source, out_dir):
+    outs = []
+    for i, disk in enumerate(source.disks):
+        out = Path(out_dir) / ('disk%d.raw' % i)
+        raw.write_file(disk, str(out))
+        outs.append(out)
+    return outs
+
+
+def check(outs, disks):
+    assert len(outs) == len(disks)
+    for out, disk in zip(outs, disks):
+        assert os.path.getsize(out) == disk.size, out
+        assert ig.sha256_file(out) == disk.sha256, (out, disk.path)
+
+
+# ---------------------------------------------------------------------------
+# streamed
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('manifest,algo', [('after-ovf', 'SHA256'),
+                                           ('last', 'SHA1'),
+                                           ('none', None)])
+def test_one_disk_streamed(disks, tmp_path, scratch, no_scratch, manifest,
+                           algo):
+    ova = make_ova(tmp_path / 'a.ova', [disks['qemu']], manifest=manifest,
+                   algo=algo or 'SHA256')
+    download = Download(ova)
+    with open_download(download, scratch) as source:
+        assert source.container == 'ova'
+        assert source.facts['name'] == 'web01'
+        disk = source.disks[0]
+        assert isinstance(disk, ova_stream.OvaStreamDisk)
+        assert disk.disk_id == 'vmdisk0'
+        assert disk.controller['type'] == 'scsi'
+        # The first disk's file follows the descriptor: its size is known.
+        assert disk.size_hint == disks['qemu'].size
+        check(convert_all(source, tmp_path), [disks['qemu']])
+        assert disk.virtual_size == disks['qemu'].size
+    # One short pass for the descriptor, one for the disk.
+    assert download.passes == 2
+    assert os.listdir(scratch) == []
+
+
+def test_two_disks_from_two_writers(disks, tmp_path, scratch, no_scratch):
+    order = [disks['vmdkstream'], disks['qemu']]
+    ova = make_ova(tmp_path / 'two.ova', order, manifest='last', algo='SHA1')
+    download = Download(ova, chunk=65536 + 17)
+    with open_download(download, scratch) as source:
+        assert [d.disk_id for d in source.disks] == ['vmdisk0', 'vmdisk1']
+        assert source.disks[1].size_hint is None
+        check(convert_all(source, tmp_path), order)
+    assert download.passes == 3
+
+
+def test_facts_are_those_of_the_local_path(disks, tmp_path, scratch):
+    from any2kvm_os.containers import ova as ova_local
+    order = [disks['qemu'], disks['corpus']]
+    path = make_ova(tmp_path / 'f.ova', order)
+    with ova_local.open_ova(str(path), a2k_limits.Limits()) as local, \
+            open_download(Download(path), scratch) as streamed:
+        assert streamed.facts == local.facts
+        assert [(d.disk_id, d.controller) for d in streamed.disks] == \
+            [(d.disk_id, d.controller) for d in local.disks]
+        for s, loc in zip(streamed.disks, local.disks):
+            assert s.describe()[0]['virtual_size'] == \
+                loc.describe()[0]['virtual_size']
+            assert s.describe()[0]['creator'] == loc.describe()[0]['creator']
+            assert s.name.split(':')[-1] == loc.name.split(':')[-1]
+
+
+def test_corpus_vmdkstream_disk(disks, expected, tmp_path, scratch,
+                                no_scratch):
+    want = [e for e in expected['generated/vmdkstream-0.2.vmdk.gz']
+            if e['oracle'] == 'qemu'][0]
+    assert disks['corpus'].sha256 == want['sha256']
+    ova = make_ova(tmp_path / 'c.ova', [disks['corpus']])
+    with open_download(Download(ova), scratch) as source:
+        check(convert_all(source, tmp_path), [disks['corpus']])
+
+
+def test_gzip_member_streamed(disks, tmp_path, scratch, no_scratch):
+    order = [disks['qemu'], disks['vmdkstream']]
+    ova = make_ova(tmp_path / 'g.ova', order, gzip_=('disk1.vmdk',))
+    with open_download(Download(ova), scratch) as source:
+        check(convert_all(source, tmp_path), order)
+
+
+# ---------------------------------------------------------------------------
+# refusals: one line, no output
+# ---------------------------------------------------------------------------
+
+def refused(source, tmp_path, index=0):
+    out = tmp_path / 'out.raw'
+    with pytest.raises(exception.Any2KvmError) as e:
+        raw.write_file(source.disks[index], str(out))
+    line = str(e.value)
+    assert '\n' not in line
+    assert not os.path.lexists(out)
+    assert [p for p in os.listdir(tmp_path) if p.startswith('.')] == []
+    return line
+
+
+@pytest.mark.parametrize('manifest', ['after-ovf', 'last'])
+def test_corrupt_digest_is_refused(disks, tmp_path, scratch, manifest):
+    order = [disks['qemu'], disks['vmdkstream']]
+    ova = make_ova(tmp_path / 'bad.ova', order, manifest=manifest,
+                   corrupt='disk0.vmdk')
+    with open_download(Download(ova), scratch) as source:
+        line = refused(source, tmp_path, 0)
+        assert 'manifest mismatch for disk0.vmdk' in line, line
+        assert line.startswith(LABEL + ':vm.mf: '), line
+        # The other disk is refused too, as the local path refuses the OVA.
+        assert 'manifest mismatch for disk0.vmdk' in refused(
+            source, tmp_path, 1)
+
+
+def test_truncated_download_is_refused(disks, tmp_path, scratch):
+    ova = make_ova(tmp_path / 't.ova', [disks['qemu']])
+    download = Download(ova)
+    with open_download(download, scratch) as source:
+        download.cut = download.size - 3 * 512
+        line = refused(source, tmp_path)
+        assert LABEL in line and 'ended after' in line, line
+
+
+def test_truncated_archive_is_refused(disks, tmp_path, scratch):
+    """The archive itself is cut (Glance holds what it was given)."""
+    ova = make_ova(tmp_path / 't.ova', [disks['qemu']], manifest='none')
+    data = ova.read_bytes()
+    ova.write_bytes(data[:len(data) - 1024 - 2048])
+    with open_download(Download(ova), scratch) as source:
+        line = refused(source, tmp_path)
+        assert 'truncated' in line, line
+
+
+def test_missing_disk_member_is_refused(disks, tmp_path, scratch):
+    order = [disks['qemu'], disks['vmdkstream']]
+    ova = make_ova(tmp_path / 'm.ova', order, manifest='none',
+                   drop='disk1.vmdk')
+    with open_download(Download(ova), scratch) as source:
+        for index in (0, 1):
+            line = refused(source, tmp_path, index)
+            assert "'disk1.vmdk') of a disk is missing" in line, line
+
+
+def test_manifest_listing_a_missing_file_is_refused(disks, tmp_path,
+                                                    scratch):
+    ova = make_ova(tmp_path / 'l.ova', [disks['qemu'], disks['vmdkstream']],
+                   manifest='last', drop='disk1.vmdk')
+    with open_download(Download(ova), scratch) as source:
+        line = refused(source, tmp_path)
+        assert "missing" in line or "not a file of the archive" in line
+
+
+# ---------------------------------------------------------------------------
+# not streamable: scratch, and still converted
+# ---------------------------------------------------------------------------
+
+def test_not_stream_optimized_first_disk_goes_to_scratch(
+        disks, tmp_path, scratch, caplog):
+    order = [disks['sparse']]
+    ova = make_ova(tmp_path / 's.ova', order, uri=VMDK_SPARSE_URI)
+    download = Download(ova)
+    with caplog.at_level(logging.INFO, logger='any2kvm_os'):
+        with open_download(download, scratch) as source:
+            assert not isinstance(source.disks[0],
+                                  ova_stream.OvaStreamDisk)
+            check(convert_all(source, tmp_path), order)
+    assert any('goes through scratch' in r.getMessage() and
+               'not streamOptimized' in r.getMessage()
+               for r in caplog.records)
+    assert os.listdir(scratch) == []
+
+
+def test_not_stream_optimized_second_disk_goes_to_scratch(
+        disks, tmp_path, scratch, caplog):
+    order = [disks['qemu'], disks['sparse']]
+    ova = make_ova(tmp_path / 's2.ova', order, uri=VMDK_SPARSE_URI)
+    with caplog.at_level(logging.INFO, logger='any2kvm_os'):
+        with open_download(Download(ova), scratch) as source:
+            assert isinstance(source.disks[1], ova_stream.OvaStreamDisk)
+            check(convert_all(source, tmp_path), order)
+    assert any('goes through scratch' in r.getMessage()
+               for r in caplog.records)
+    assert os.listdir(scratch) == []
+
+
+def test_chunked_file_goes_to_scratch(disks, tmp_path, scratch):
+    disk = disks['qemu']
+    data = disk.path.read_bytes()
+    half = -(-len(data) // 2)
+    desc = ovat.vmware_ovf1([('file0', 'disk0.vmdk', len(data))],
+                            [('vmdisk0', 'file0', disk.size, ovat.VMDK_URI)])
+    desc = desc.replace(b'ovf:href="disk0.vmdk"', b'ovf:href="disk0.vmdk" '
+                        b'ovf:chunkSize="%d"' % half)
+    ova = ovat.write_ova(tmp_path / 'k.ova', [
+        ('vm.ovf', desc), ('disk0.vmdk.000000000', data[:half]),
+        ('disk0.vmdk.000000001', data[half:])])
+    with open_download(Download(ova), scratch) as source:
+        check(convert_all(source, tmp_path), [disk])
+
+
+# ---------------------------------------------------------------------------
+# memory
+# ---------------------------------------------------------------------------
+
+_RSS_SCRIPT = '''
+import os, sys
+from any2kvm_os import limits as a2k_limits
+from any2kvm_os.writers import raw
+from any2kvm_os.sources import glance_image
+path, out = sys.argv[1], sys.argv[2]
+size = os.path.getsize(path)
+def chunks():
+    with open(path, 'rb') as f:
+        while True:
+            data = f.read(1 << 20)
+            if not data:
+                return
+            yield data
+source = glance_image.open_image_data('glance image big', chunks, size,
+                                      a2k_limits.Limits())
+raw.write_file(source.disks[0], out)
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve (it would be
+# the size of the forking pytest).
+with open('/proc/self/status') as f:
+    print([line.split()[1] for line in f if line.startswith('VmHWM:')][0])
+'''
+
+
+def test_memory_stays_bounded_for_a_large_sparse_disk(qemu_img, tmp_path):
+    size = 64 << 30
+    src = tmp_path / 'big.raw'
+    with open(src, 'wb') as f:
+        f.truncate(size)
+        for off in (0, size // 2, size - MiB):
+            f.seek(off)
+            f.write(ig.pattern(off % 97, MiB))
+    vmdk = tmp_path / 'big.vmdk'
+    subprocess.run([qemu_img, 'convert', '-f', 'raw', '-O', 'vmdk', '-o',
+                    'subformat=streamOptimized', str(src), str(vmdk)],
+                   check=True, capture_output=True)
+    src.unlink()
+    disk = Disk(vmdk, (None, size))
+    ova = make_ova(tmp_path / 'big.ova', [disk])
+    out = tmp_path / 'big.out'
+    res = subprocess.run([sys.executable, '-c', _RSS_SCRIPT, str(ova),
+                          str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    rss_kib = int(res.stdout.split()[-1])
+    print('peak RSS converting a 64 GiB streamOptimized OVA: %d MiB'
+          % (rss_kib >> 10))
+    assert os.path.getsize(out) == size
+    assert os.stat(out).st_blocks * 512 < 64 * MiB
+    assert rss_kib < 256 << 10
+
+
+# ---------------------------------------------------------------------------
+# StreamLayer on its own: a stream cut at a grain boundary
+# ---------------------------------------------------------------------------
+
+def _grain_ends(data):
+    """Offsets just after each grain of a streamOptimized VMDK."""
+    import struct
+    overhead = struct.unpack_from('<Q', data, 64)[0] * 512
+    pos, ends = overhead, []
+    while pos + 512 <= len(data):
+        _lba, size = struct.unpack_from('<QI', data, pos)
+        if size == 0:
+            break
+        pos += -(-(12 + size) // 512) * 512
+        ends.append(pos)
+    return ends
+
+
+@pytest.mark.parametrize('which', ['qemu', 'vmdkstream'])
+def test_stream_layer_cut_at_a_grain_boundary_is_refused(disks, which):
+    import io
+    from any2kvm_os import fileio
+    from any2kvm_os.formats import vmdk
+    data = disks[which].path.read_bytes()
+    ends = _grain_ends(data)
+    assert len(ends) >= 2
+    for cut in (len(data), ends[-2]):
+        piece = data[:cut]
+        stream = fileio.ForwardStream(io.BytesIO(piece), which, len(piece))
+        layer = vmdk.StreamLayer(which, stream.peek(512), len(piece))
+        layer.read_headers(stream)
+        if cut == len(data):
+            assert len(list(layer.data_runs(stream))) == len(ends)
+            continue
+        with pytest.raises(exception.InvalidImage) as e:
+            list(layer.data_runs(stream))
+        assert 'truncated' in str(e.value), str(e.value)
