@@ -182,19 +182,19 @@ def plan(chain, state, finish=False, start_at=None, stop_at=None):
     return list(range(first, last - 1, -1))
 
 
-def apply_layers(source, target_path, finish=False, start_at=None,
+def apply_layers(disk, target_path, finish=False, start_at=None,
                  stop_at=None, state_dir=None, progress=None):
-    """Apply the selected layers of ``source`` onto ``target_path``.
+    """Apply the selected layers of ``disk`` onto ``target_path``.
 
     Returns (applied, remaining): layer names applied now, and layers still
     to come (the leaf, when not finishing).
     """
-    chain = source.chain
+    chain = disk.chain
     if chain is None:
         raise exception.Any2KvmError(
             '%s: incremental apply needs random access to the layers: give '
             'the disk files or an uncompressed tar (decompress the archive '
-            'first)' % source.path)
+            'first)' % disk.name)
     spath = state_path(target_path, state_dir)
     target = raw.RawWriter.open_in_place(target_path)
     try:

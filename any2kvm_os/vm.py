@@ -126,6 +126,13 @@ class Vm(object):
         self.notes = list(notes)
         self._closers = [closer] if closer else []
 
+    def relabel(self, old, new):
+        """Call the input ``new`` where it was called ``old`` (a private
+        copy of a download is named after the download in messages)."""
+        self.path = self.path.replace(old, new)
+        for disk in self.disks:
+            disk.name = disk.name.replace(old, new)
+
     def on_close(self, closer):
         """Call ``closer()`` when the VM is closed (after its disks)."""
         self._closers.append(closer)

@@ -179,8 +179,6 @@ def open_downloaded(label, chunks, size, limits, checksum=None,
         if isinstance(e, Exception) and wrap_error is not None:
             raise wrap_error(label, e)
         raise
-    source.path = label
-    for disk in source.disks:
-        disk.name = disk.name.replace(path, label)
+    source.relabel(path, label)
     source.on_close(space.cleanup)
     return source

@@ -87,8 +87,8 @@ class Target(object, metaclass=abc.ABCMeta):
         self.wait = wait
 
     @abc.abstractmethod
-    def write(self, source, name, properties, disk=None, progress=None):
-        """Write the disks of ``source`` (all, or only index ``disk``);
+    def write(self, vm, name, properties, disk=None, progress=None):
+        """Write the disks of ``vm`` (all, or only index ``disk``);
         return one result dict per disk.  On failure nothing made by this
         call is left behind."""
 
@@ -142,11 +142,11 @@ def disk_name(name, index, count):
     return name if count == 1 or index == 0 else '%s-disk%d' % (name, index)
 
 
-def selected(source, disk):
+def selected(vm, disk):
     if disk is None:
-        return list(enumerate(source.disks))
-    if not 0 <= disk < len(source.disks):
+        return list(enumerate(vm.disks))
+    if not 0 <= disk < len(vm.disks):
         raise exception.Any2KvmError(
             '%s: has %d disk(s); --disk takes 0 to %d' % (
-                source.path, len(source.disks), len(source.disks) - 1))
-    return [(disk, source.disks[disk])]
+                vm.path, len(vm.disks), len(vm.disks) - 1))
+    return [(disk, vm.disks[disk])]

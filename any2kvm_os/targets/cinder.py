@@ -152,29 +152,29 @@ class CinderTarget(base.Target):
             return False
         return True
 
-    def write(self, source, name, props=None, disk=None, progress=None):
+    def write(self, vm, name, props=None, disk=None, progress=None):
         if self._attach_possible():
             try:
-                return self._write_attached(source, name, props, disk,
+                return self._write_attached(vm, name, props, disk,
                                             progress)
             except AttachUnavailable as e:
                 if self.route == 'attach':
                     raise exception.TargetError(path='cinder',
                                                 reason=str(e))
                 LOG.info('Writing through a Glance image instead: %s', e)
-        return self._write_through_image(source, name, props, disk,
+        return self._write_through_image(vm, name, props, disk,
                                          progress)
 
     # -- attach route ---------------------------------------------------------
 
-    def _write_attached(self, source, name, props, disk, progress):
+    def _write_attached(self, vm, name, props, disk, progress):
         cinder = clients.cinder_client(self.session, self.region_name,
                                        self.interface, ATTACH_MICROVERSION)
         volumes = []
         results = []
         try:
-            for index, d in base.selected(source, disk):
-                vol_name = base.disk_name(name, index, len(source.disks))
+            for index, d in base.selected(vm, disk):
+                vol_name = base.disk_name(name, index, len(vm.disks))
                 size = d.size_hint
                 if size is None:
                     size = d.virtual_size   # one pass over the archive
@@ -186,9 +186,9 @@ class CinderTarget(base.Target):
                 self._wait(cinder, volume.id, vol_name)
                 digest = self._attach_and_write(cinder, volume.id, vol_name,
                                                 d, progress)
-                vm = source.facts if index == 0 else {}
+                facts = vm.facts if index == 0 else {}
                 meta = properties.image_properties(
-                    vm, d.virtual_size, defaults=self.defaults,
+                    facts, d.virtual_size, defaults=self.defaults,
                     overrides=props)
                 meta = {k: str(v) for k, v in meta.items()}
                 meta['any2kvm_route'] = 'attach'
@@ -268,8 +268,8 @@ class CinderTarget(base.Target):
 
     # -- image route ----------------------------------------------------------
 
-    def _write_through_image(self, source, name, props, disk, progress):
-        images = self.glance.write(source, name + '-any2kvm-upload', props,
+    def _write_through_image(self, vm, name, props, disk, progress):
+        images = self.glance.write(vm, name + '-any2kvm-upload', props,
                                    disk=disk, progress=progress)
         cinder = clients.cinder_client(self.session, self.region_name,
                                        self.interface)
@@ -277,9 +277,9 @@ class CinderTarget(base.Target):
         volumes = []
         results = []
         try:
-            chosen = base.selected(source, disk)
+            chosen = base.selected(vm, disk)
             for (index, _d), image in zip(chosen, images):
-                vol_name = base.disk_name(name, index, len(source.disks))
+                vol_name = base.disk_name(name, index, len(vm.disks))
                 size_gib = max(1, -(-image['size'] // GiB))
                 volume = cinder.volumes.create(
                     size_gib, name=vol_name, imageRef=image['id'],

@@ -80,8 +80,8 @@ class FileTarget(base.Target):
         self.directory = directory
         self.overwrite = overwrite
 
-    def write(self, source, name, props=None, disk=None, progress=None):
-        outputs = plan(source, self.directory, name, disk)
+    def write(self, vm, name, props=None, disk=None, progress=None):
+        outputs = plan(vm, self.directory, name, disk)
         writers = write(outputs, self.overwrite, progress)
         return [{'disk': index, 'name': os.path.basename(path),
                  'path': path, 'size': writer.size}

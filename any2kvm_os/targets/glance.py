@@ -86,15 +86,15 @@ class GlanceTarget(base.Target):
         return clients.glance_client(self.session, self.region_name,
                                      self.interface)
 
-    def write(self, source, name, props=None, disk=None, progress=None):
+    def write(self, vm, name, props=None, disk=None, progress=None):
         glance = self.client()
         made = []
         results = []
-        chosen = base.selected(source, disk)
+        chosen = base.selected(vm, disk)
         try:
             for index, d in chosen:
-                result = self._upload(glance, source, d, index, name,
-                                      len(source.disks), props, progress,
+                result = self._upload(glance, vm, d, index, name,
+                                      len(vm.disks), props, progress,
                                       made)
                 results.append(result)
         except BaseException as e:
@@ -110,16 +110,16 @@ class GlanceTarget(base.Target):
             raise clients.cloud_error('glance', e)
         return results
 
-    def _upload(self, glance, source, disk, index, name, count, props,
+    def _upload(self, glance, vm, disk, index, name, count, props,
                 progress, made):
         size_hint = disk.size_hint
-        vm = source.facts if index == 0 else {}
+        facts = vm.facts if index == 0 else {}
         image_name = base.disk_name(name, index, count)
         with disk_stream(disk, self.scratch_dir, progress,
                          self.scratch_limit) as data:
             size = len(data)
             attrs = properties.image_properties(
-                vm, size or size_hint or 0, defaults=self.defaults,
+                facts, size or size_hint or 0, defaults=self.defaults,
                 overrides=props)
             image = glance.images.create(
                 name=image_name, disk_format='raw', container_format='bare',
