@@ -15,6 +15,7 @@
 import contextlib
 
 from cliff import columns
+from osc_lib.cli import format_columns
 from osc_lib import exceptions
 
 
@@ -43,6 +44,24 @@ def errors():
         if msg is None:
             raise
         raise exceptions.CommandError(msg) from e
+
+
+def show(data, order=(), formatters=None):
+    """(columns, values) of a ShowOne: the keys of ``order`` first (those
+    present), then the others sorted; a value is wrapped by its key's
+    formatter (a FormattableColumn class), a dict by DictColumn."""
+    formatters = formatters or {}
+    keys = tuple(k for k in order if k in data) + tuple(
+        sorted(k for k in data if k not in order))
+    values = []
+    for key in keys:
+        value = data[key]
+        if key in formatters:
+            value = formatters[key](value)
+        elif isinstance(value, dict):
+            value = format_columns.DictColumn(value)
+        values.append(value)
+    return keys, tuple(values)
 
 
 class ChainColumn(columns.FormattableColumn):

@@ -12,7 +12,6 @@
 
 """``openstack any2kvm import``: a VM's disks into Glance (or files)."""
 
-from osc_lib.cli import format_columns
 from osc_lib.cli import parseractions
 from osc_lib.command import command
 
@@ -53,15 +52,6 @@ class ImportImage(command.ShowOne):
             limits = api.load_limits(parsed_args.config_file)
             results = api.run_import(parsed_args, limits, cloud,
                                      self.app.stderr)
-        target = parsed_args.target
-        summary = api.import_summary(target, results)
-        columns = tuple(summary)
-        data = []
-        for key in columns:
-            value = summary[key]
-            if key == 'properties':
-                value = format_columns.DictColumn(value)
-            elif key == 'disks':
-                value = common.ImportDisksColumn(value)
-            data.append(value)
-        return columns, tuple(data)
+        summary = api.import_summary(parsed_args.target, results)
+        return common.show(summary, order=tuple(summary), formatters={
+            'disks': common.ImportDisksColumn})

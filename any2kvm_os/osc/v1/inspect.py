@@ -13,7 +13,6 @@
 """``openstack any2kvm inspect``: what an import of LOCATION would write.
 """
 
-from osc_lib.cli import format_columns
 from osc_lib.command import command
 
 from any2kvm_os.osc.v1 import common
@@ -54,16 +53,6 @@ class Inspect(command.ShowOne):
             limits = api.load_limits(parsed_args.config_file)
             info = api.inspect_location(parsed_args.location, limits,
                                         parsed_args.source_name)
-        columns = tuple(k for k in FIELDS if k in info) + tuple(
-            sorted(k for k in info if k not in FIELDS))
-        data = []
-        for key in columns:
-            value = info[key]
-            if key == 'chain':
-                value = common.ChainColumn(value)
-            elif key == 'disks':
-                value = common.InspectDisksColumn(value)
-            elif isinstance(value, dict):
-                value = format_columns.DictColumn(value)
-            data.append(value)
-        return columns, tuple(data)
+        return common.show(info, order=FIELDS, formatters={
+            'chain': common.ChainColumn,
+            'disks': common.InspectDisksColumn})
