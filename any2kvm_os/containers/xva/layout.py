@@ -19,7 +19,8 @@ chunk of the disk and followed at once by its checksum member,
 :class:`Layout` checks the members one by one, in archive order, and
 places each chunk on its disk; :func:`verify_chunk` checks a chunk
 against its checksum; :func:`member_screen` screens the tar headers.
-The rules are those of the package docstring (:mod:`.`).
+The rules are those of the package docstring
+(:mod:`any2kvm_os.containers.xva`).
 """
 
 import collections
