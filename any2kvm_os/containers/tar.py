@@ -161,7 +161,7 @@ def stream_error(path, e):
         % (e or 'no data'))
 
 
-class _CheckedReader(object):
+class CheckedReader(object):
     """Member reads that turn decompression errors into InvalidArchive."""
 
     def __init__(self, path, member):
@@ -189,7 +189,7 @@ def iter_stream_members(path, fileobj, limits):
                 name = screen.check(ti)
                 if name is None:
                     continue
-                member = _CheckedReader(path, tf.extractfile(ti))
+                member = CheckedReader(path, tf.extractfile(ti))
                 stream = fileio.ForwardStream(member, '%s:%s' % (path, name),
                                               ti.size)
                 yield name, stream

@@ -21,8 +21,8 @@ must be refused.
 
 The ``any2kvm`` command is used once it recognises OVAs (checked once per
 session); until the detection is wired in, the package is opened in
-process through ``any2kvm_os.containers.ova`` and the same checks are made
-on what it returns.
+process through ``any2kvm_os.containers.ova.package`` and the same checks
+are made on what it returns.
 """
 
 import gzip
@@ -70,11 +70,11 @@ class Runner(object):
         return a2k_limits.Limits(scratch_dir=str(scratch) if scratch else None)
 
     def _open(self, path, scratch=None):
-        from any2kvm_os.containers import ova
+        from any2kvm_os.containers.ova import package
         limits = self._limits(scratch)
         if tarfile.is_tarfile(path):
-            return ova.open_ova(str(path), limits)
-        return ova.open_ovf(str(path), limits)
+            return package.open_ova(str(path), limits)
+        return package.open_ovf(str(path), limits)
 
     def info(self, path, scratch=None):
         if self.wired:
@@ -472,8 +472,8 @@ def test_corpus_2nd_disk(runner, corpus, tmp_path):
     ova = corpus / 'upstream' / 'forklift-console-plugin' / '2nd_disk.ova'
     with tarfile.open(ova) as tf:
         desc = tf.extractfile('2nd_disk_v2.ovf').read()
-    from any2kvm_os.containers import ovf
-    d = ovf.parse(desc, '2nd_disk_v2.ovf')
+    from any2kvm_os.containers.ova import descriptor
+    d = descriptor.parse(desc, '2nd_disk_v2.ovf')
     assert d.vm['name'] == '2nd-disk-vm'
     assert (d.vm['cpus'], d.vm['memory_mb']) == (1, 2048)
     assert d.vm['nics'] == [{'model': 'e1000', 'network': 'VM Network'}]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from any2kvm_os.containers import ova_stream
+from any2kvm_os.containers.ova import stream as ova_stream
 from any2kvm_os.writers import raw
 from any2kvm_os import exception
 from any2kvm_os import limits as a2k_limits
@@ -254,10 +254,10 @@ def test_two_disks_from_two_writers(disks, tmp_path, scratch, no_scratch):
 
 
 def test_facts_are_those_of_the_local_path(disks, tmp_path, scratch):
-    from any2kvm_os.containers import ova as ova_local
+    from any2kvm_os.containers.ova import package
     order = [disks['qemu'], disks['corpus']]
     path = make_ova(tmp_path / 'f.ova', order)
-    with ova_local.open_ova(str(path), a2k_limits.Limits()) as local, \
+    with package.open_ova(str(path), a2k_limits.Limits()) as local, \
             open_download(Download(path), scratch) as streamed:
         assert streamed.facts == local.facts
         assert [(d.disk_id, d.controller) for d in streamed.disks] == \

@@ -19,8 +19,8 @@ raw disk that went in; ``xva-img disk-export`` is a second reader where it
 can be (it sizes the disk by the last chunk present, so only when that
 chunk is there).
 
-Every disk is converted in-process through ``xva.open_xva``; the same
-cases also run through the ``any2kvm`` command once ``convert`` wires the
+Every disk is converted in-process through ``xva.archive.open_xva``; the
+same cases also run through the ``any2kvm`` command once ``convert`` wires the
 xva module in (until then those are skipped).
 """
 
@@ -33,7 +33,7 @@ import tarfile
 import pytest
 import xxhash
 
-from any2kvm_os.containers import xva
+from any2kvm_os.containers.xva import archive
 from any2kvm_os.writers import raw
 from any2kvm_os import exception
 from any2kvm_os import limits as a2k_limits
@@ -64,7 +64,7 @@ def work(tmp_path):
 
 def convert_all(path, out_dir):
     """Convert every disk in-process; return the output paths."""
-    src = xva.open_xva(str(path), a2k_limits.Limits())
+    src = archive.open_xva(str(path), a2k_limits.Limits())
     outs = []
     try:
         for i, disk in enumerate(src.disks):

@@ -25,8 +25,9 @@ import tarfile
 
 import pytest
 
-from any2kvm_os.containers import ova
-from any2kvm_os.containers import ovf
+from any2kvm_os.containers.ova import descriptor
+from any2kvm_os.containers.ova import package
+from any2kvm_os.containers.ova import views
 from any2kvm_os import exception
 from any2kvm_os import fileio
 from any2kvm_os.formats import vhd
@@ -127,7 +128,7 @@ def vmware_ovf():
     ('GB', 1 << 30), ('KiloBytes', 1024), ('byte * 1024', 1024),
 ])
 def test_units(expr, mult):
-    assert ovf.parse_units(expr, 'x.ovf') == mult
+    assert descriptor.parse_units(expr, 'x.ovf') == mult
 
 
 @pytest.mark.parametrize('expr', [
@@ -137,7 +138,7 @@ def test_units(expr, mult):
 ])
 def test_units_refused(expr):
     with pytest.raises(exception.InvalidImage):
-        ovf.parse_units(expr, 'x.ovf')
+        descriptor.parse_units(expr, 'x.ovf')
 
 
 @pytest.mark.parametrize('uri,fmt', [
@@ -152,7 +153,7 @@ def test_units_refused(expr):
     (None, None),
 ])
 def test_format_from_uri(uri, fmt):
-    assert ovf.format_from_uri(uri) == fmt
+    assert descriptor.format_from_uri(uri) == fmt
 
 
 @pytest.mark.parametrize('href', [
@@ -161,13 +162,13 @@ def test_format_from_uri(uri, fmt):
     '..%2Fx.vmdk', '%2Fetc%2Fpasswd', 'x\0.vmdk', 'file:x.vmdk', '',
 ])
 def test_href_refused(href):
-    assert ovf.href_candidates(href) is None
+    assert descriptor.href_candidates(href) is None
 
 
 def test_href_percent_decoded():
-    assert ovf.href_candidates('my%20disk.vmdk') == ['my%20disk.vmdk',
-                                                     'my disk.vmdk']
-    assert ovf.href_candidates('disk1.vmdk') == ['disk1.vmdk']
+    assert descriptor.href_candidates('my%20disk.vmdk') == [
+        'my%20disk.vmdk', 'my disk.vmdk']
+    assert descriptor.href_candidates('disk1.vmdk') == ['disk1.vmdk']
 
 
 def _view(tmp_path, data, name='f'):
@@ -178,16 +179,16 @@ def _view(tmp_path, data, name='f'):
 
 def test_looks_like_ovf(tmp_path):
     with _view(tmp_path, vmware_ovf(), 'a') as v:
-        assert ovf.looks_like_ovf(v)
+        assert descriptor.looks_like_ovf(v)
     with _view(tmp_path, b'\xef\xbb\xbf  \n' + vmware_ovf(), 'b') as v:
-        assert ova.looks_like_ovf(v)
+        assert descriptor.looks_like_ovf(v)
     with _view(tmp_path, ('<ovf:Envelope xmlns:ovf="%s"/>' % OVF2).encode(
             'utf-16'), 'c') as v:
-        assert ovf.looks_like_ovf(v)
+        assert descriptor.looks_like_ovf(v)
     with _view(tmp_path, b'<?xml version="1.0"?><html/>', 'd') as v:
-        assert not ovf.looks_like_ovf(v)
+        assert not descriptor.looks_like_ovf(v)
     with _view(tmp_path, b'conectix' + bytes(504), 'e') as v:
-        assert not ovf.looks_like_ovf(v)
+        assert not descriptor.looks_like_ovf(v)
 
 
 # ---------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def test_looks_like_ovf(tmp_path):
 # ---------------------------------------------------------------------------
 
 def test_vmware_ovf1():
-    d = ovf.parse(vmware_ovf(), 'vm.ovf')
+    d = descriptor.parse(vmware_ovf(), 'vm.ovf')
     assert d.version == '1'
     vm = d.vm
     assert vm['name'] == 'test-vm'
@@ -227,7 +228,7 @@ def test_vmware_ovf1():
 
 
 def test_bios_default_and_missing_fields():
-    d = ovf.parse(envelope(disks=[('d1', None, 1024, '')]), 'x.ovf')
+    d = descriptor.parse(envelope(disks=[('d1', None, 1024, '')]), 'x.ovf')
     assert d.vm['firmware'] == 'bios'
     assert d.vm['cpus'] is None and d.vm['memory_mb'] is None
     assert d.vm['os'] is None and d.vm['product'] is None
@@ -246,7 +247,7 @@ def test_virtualbox_firmware(firmware, expected):
                                  AllocationUnits='MegaBytes')).replace(
         b'</VirtualHardwareSection>', b'</VirtualHardwareSection>' +
         machine.encode())
-    d = ovf.parse(doc, 'vb.ovf')
+    d = descriptor.parse(doc, 'vb.ovf')
     assert d.vm['firmware'] == expected
     assert d.vm['memory_mb'] == 1024
 
@@ -283,7 +284,7 @@ def test_ovf2_other_prefixes_and_storage_items():
            '</o:EthernetPortItem>'
            '</o:VirtualHardwareSection></o:VirtualSystem></o:Envelope>'
            % (OVF2, RASD, VMW)).encode()
-    d = ovf.parse(doc, 'two.ovf')
+    d = descriptor.parse(doc, 'two.ovf')
     assert d.version == '2'
     assert d.vm['name'] == 'two'
     assert d.vm['cpus'] == 2 and d.vm['memory_mb'] == 2048
@@ -306,7 +307,7 @@ def test_collection_takes_first_system():
     doc = one.replace(b'<VirtualSystem ', b'<VirtualSystemCollection '
                       b'ovf:id="c"><Info>c</Info><VirtualSystem ').replace(
         b'</Envelope>', second + b'</VirtualSystemCollection></Envelope>')
-    d = ovf.parse(doc, 'c.ovf')
+    d = descriptor.parse(doc, 'c.ovf')
     assert d.vm['name'] == 'test-vm'
     assert [p.disk.id for p in d.placed] == ['d1']
     assert 'only the first' in d.notes[0]
@@ -321,7 +322,7 @@ def test_deployment_option_items():
              '<Configuration ovf:id="small"><Label>s</Label></Configuration>'
              '<Configuration ovf:id="large" ovf:default="true"><Label>l'
              '</Label></Configuration></DeploymentOptionSection>')
-    d = ovf.parse(envelope(hardware=hw, extra=extra), 'x.ovf')
+    d = descriptor.parse(envelope(hardware=hw, extra=extra), 'x.ovf')
     assert d.vm['cpus'] == 8
 
 
@@ -333,7 +334,7 @@ def test_capacity_property_and_file_host_resource():
                            'ovf:capacityAllocationUnits="byte * 2^20"')],
                    hardware=item(17, 1, HostResource='ovf:/file/iso'),
                    extra=extra)
-    d = ovf.parse(doc, 'x.ovf')
+    d = descriptor.parse(doc, 'x.ovf')
     ids = [p.disk.id for p in d.placed]
     assert ids == ['iso', 'd1']
     assert d.placed[0].disk.capacity is None
@@ -371,7 +372,7 @@ def test_capacity_property_and_file_host_resource():
 ])
 def test_descriptor_refused(doc, problem):
     with pytest.raises(exception.Any2KvmError) as e:
-        ovf.parse(doc, 'bad.ovf')
+        descriptor.parse(doc, 'bad.ovf')
     msg = str(e.value)
     assert '\n' not in msg and msg.startswith('bad.ovf: ')
     assert problem in msg
@@ -382,7 +383,7 @@ def test_descriptor_refused(doc, problem):
                                   'file:///etc/passwd'])
 def test_descriptor_href_refused(href):
     with pytest.raises(exception.InvalidArchive) as e:
-        ovf.parse(envelope(files=[('f', href, '')]), 'bad.ovf')
+        descriptor.parse(envelope(files=[('f', href, '')]), 'bad.ovf')
     assert 'href outside the archive' in str(e.value)
 
 
@@ -406,20 +407,20 @@ DOCTYPE_ONLY = b'<?xml version="1.0"?><!DOCTYPE Envelope><Envelope/>'
                               'doctype'])
 def test_dtd_refused(doc):
     with pytest.raises(exception.InvalidImage) as e:
-        ovf.parse(doc, 'evil.ovf')
+        descriptor.parse(doc, 'evil.ovf')
     assert 'DTD' in str(e.value) and '\n' not in str(e.value)
 
 
 def test_bounds(monkeypatch):
-    many = envelope(extra='<x/>' * (ovf.MAX_ELEMENTS + 1))
+    many = envelope(extra='<x/>' * (descriptor.MAX_ELEMENTS + 1))
     with pytest.raises(exception.InvalidImage, match='more than 100000 XML'):
-        ovf.parse(many, 'big.ovf')
+        descriptor.parse(many, 'big.ovf')
     deep = envelope(extra='<x>' * 100 + '</x>' * 100)
     with pytest.raises(exception.InvalidImage, match='deeper than'):
-        ovf.parse(deep, 'deep.ovf')
-    monkeypatch.setattr(ovf, 'MAX_OVF_BYTES', 1000)
+        descriptor.parse(deep, 'deep.ovf')
+    monkeypatch.setattr(descriptor, 'MAX_OVF_BYTES', 1000)
     with pytest.raises(exception.InvalidImage, match='more than 1000'):
-        ovf.parse(envelope(extra=' ' * 1000), 'huge.ovf')
+        descriptor.parse(envelope(extra=' ' * 1000), 'huge.ovf')
 
 
 # ---------------------------------------------------------------------------
@@ -437,7 +438,7 @@ def test_manifest_variants():
             'SHA256(odd(name).vmdk)= %s\n'
             'SHA256(vm.ovf)= %s\n' % (H256, H1.upper(), 'c' * 128, H256,
                                       H256)).encode()
-    assert ovf.parse_manifest(text, 'vm.mf') == [
+    assert descriptor.parse_manifest(text, 'vm.mf') == [
         ('SHA256', 'vm.ovf', H256), ('SHA1', 'disk1.vmdk', H1),
         ('SHA512', 'disk 2.vmdk', 'c' * 128),
         ('SHA256', 'odd(name).vmdk', H256)]
@@ -453,13 +454,13 @@ def test_manifest_variants():
 ])
 def test_manifest_refused(text, problem):
     with pytest.raises(exception.Any2KvmError) as e:
-        ovf.parse_manifest(text.encode(), 'vm.mf')
+        descriptor.parse_manifest(text.encode(), 'vm.mf')
     assert problem in str(e.value)
 
 
 def test_manifest_not_utf8():
     with pytest.raises(exception.InvalidArchive, match='not UTF-8'):
-        ovf.parse_manifest(b'\xff\xfe\x00', 'vm.mf')
+        descriptor.parse_manifest(b'\xff\xfe\x00', 'vm.mf')
 
 
 # ---------------------------------------------------------------------------
@@ -516,8 +517,8 @@ def test_ova_with_manifest(tmp_path, fmt):
     path = write_tar(tmp_path / 'vm.ova',
                      [members[0], ('vm.mf', manifest(members))] +
                      members[1:], fmt)
-    assert ova.is_ova_tar(path, LIMITS)
-    src = ova.open_ova(path, LIMITS)
+    assert package.is_ova_tar(path, LIMITS)
+    src = package.open_ova(path, LIMITS)
     try:
         assert src.container == 'ova'
         assert src.facts['name'] == 'test-vm'
@@ -534,7 +535,7 @@ def test_ova_descriptor_anywhere_and_dot_slash(tmp_path):
     img, content = fixed_vhd(64 << 10, 2)
     path = write_tar(tmp_path / 'vm.ova', [('./disk1.vhd', img),
                                            ('./vm.ovf', simple_ovf())])
-    src = ova.open_ova(path, LIMITS)
+    src = package.open_ova(path, LIMITS)
     try:
         assert read_disk(src, tmp_path) == content
     finally:
@@ -545,7 +546,7 @@ def test_ova_in_subdirectory(tmp_path):
     img, content = fixed_vhd(64 << 10, 2)
     path = write_tar(tmp_path / 'vm.ova', [('vm/vm.ovf', simple_ovf()),
                                            ('vm/disk1.vhd', img)])
-    src = ova.open_ova(path, LIMITS)
+    src = package.open_ova(path, LIMITS)
     try:
         assert src.disks[0].name == path + ':vm/disk1.vhd'
         assert read_disk(src, tmp_path) == content
@@ -577,7 +578,7 @@ def test_chunked_and_gzip(tmp_path):
     scratch = tmp_path / 'scratch'
     scratch.mkdir()
     limits = a2k_limits.Limits(scratch_dir=str(scratch))
-    src = ova.open_ova(path, limits)
+    src = package.open_ova(path, limits)
     try:
         assert len(pieces) == 3
         assert [read_disk(src, tmp_path, i) for i in range(3)] == \
@@ -595,7 +596,7 @@ def test_concat_view(tmp_path):
     parts = []
     for i, data in enumerate([b'abc', b'defg', b'h']):
         parts.append(_view(tmp_path, data, 'p%d' % i))
-    v = ova.ConcatView(parts, 'x')
+    v = views.ConcatView(parts, 'x')
     assert v.size == 8
     assert v.pread(8, 0) == b'abcdefgh'
     assert v.pread(3, 2) == b'cde'
@@ -612,7 +613,7 @@ def test_blank_disk(tmp_path):
     desc = envelope(disks=[('b', None, 3, 'ovf:capacityAllocationUnits='
                             '"byte * 2^20"')])
     path = write_tar(tmp_path / 'vm.ova', [('vm.ovf', desc)])
-    src = ova.open_ova(path, LIMITS)
+    src = package.open_ova(path, LIMITS)
     try:
         disk = src.disks[0]
         assert disk.format == 'blank' and disk.size_hint == 3 * MiB
@@ -633,7 +634,7 @@ def test_blank_disk(tmp_path):
 
 
 def _refusal(tmp_path, members, problem, cls=exception.Any2KvmError,
-             limits=LIMITS, opener=ova.open_ova):
+             limits=LIMITS, opener=package.open_ova):
     path = write_tar(tmp_path / 'bad.ova', members)
     with pytest.raises(cls) as e:
         opener(path, limits).close()
@@ -708,7 +709,7 @@ def test_gzip_multi_member_and_padding(tmp_path):
     path = write_tar(tmp_path / 'vm.ova', [
         ('vm.ovf', simple_ovf(attrs='ovf:compression="gzip"')),
         ('disk1.vhd', gz)])
-    src = ova.open_ova(path, LIMITS)
+    src = package.open_ova(path, LIMITS)
     try:
         assert read_disk(src, tmp_path) == content
     finally:
@@ -724,7 +725,7 @@ def test_directory_variant(tmp_path):
     (d / 'vm.mf').write_bytes(manifest([('vm.ovf', simple_ovf()),
                                         ('disk1.vhd', img)]))
     (d / 'unrelated.ovf').write_bytes(b'not even xml')
-    src = ova.open_ovf(str(d / 'vm.ovf'), LIMITS)
+    src = package.open_ovf(str(d / 'vm.ovf'), LIMITS)
     try:
         assert src.container == 'ovf'
         assert src.disks[0].name == str(d / 'disk1.vhd')
@@ -737,12 +738,12 @@ def test_directory_variant(tmp_path):
     (d / 'vm.mf').unlink()
     with pytest.raises(exception.InvalidArchive,
                        match='missing from the directory'):
-        ova.open_ovf(str(d / 'vm.ovf'), LIMITS)
+        package.open_ovf(str(d / 'vm.ovf'), LIMITS)
     (d / 'disk1.vhd').unlink()
     (d / 'vm.mf').write_bytes(b'SHA1(vm.ovf)= %s\n' % (b'0' * 40))
     with pytest.raises(exception.InvalidArchive,
                        match='manifest mismatch for vm.ovf'):
-        ova.open_ovf(str(d / 'vm.ovf'), LIMITS)
+        package.open_ovf(str(d / 'vm.ovf'), LIMITS)
 
 
 def test_directory_manifest_link_refused(tmp_path):
@@ -753,7 +754,7 @@ def test_directory_manifest_link_refused(tmp_path):
     os.symlink('real.mf', tmp_path / 'vm.mf')
     with pytest.raises(exception.InvalidArchive,
                        match='vm.mf: the manifest is not a regular file'):
-        ova.open_ovf(str(tmp_path / 'vm.ovf'), LIMITS)
+        package.open_ovf(str(tmp_path / 'vm.ovf'), LIMITS)
 
 
 def test_warnings_only_when_usable(tmp_path, caplog):
@@ -767,7 +768,7 @@ def test_warnings_only_when_usable(tmp_path, caplog):
     path = write_tar(tmp_path / 'ok.ova', [
         ('vm.ovf', simple_ovf(capacity=1)), ('disk1.vhd', img),
         ('vm.cert', b'x')])
-    ova.open_ova(path, LIMITS).close()
+    package.open_ova(path, LIMITS).close()
     text = caplog.text
     assert 'signature in vm.cert is not verified' in text
     assert 'ovf:capacity of disk vmdisk1 is 1024 bytes' in text
@@ -775,6 +776,6 @@ def test_warnings_only_when_usable(tmp_path, caplog):
 
 def test_not_ova_tar(tmp_path):
     path = write_tar(tmp_path / 'x.tar', [('0.vhd', b'x')])
-    assert not ova.is_ova_tar(path, LIMITS)
+    assert not package.is_ova_tar(path, LIMITS)
     (tmp_path / 'y').write_bytes(b'junk' * 200)
-    assert not ova.is_ova_tar(str(tmp_path / 'y'), LIMITS)
+    assert not package.is_ova_tar(str(tmp_path / 'y'), LIMITS)

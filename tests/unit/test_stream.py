@@ -114,7 +114,7 @@ def test_the_head_of_a_download_tells_the_archive(mode, fmt):
     import io
     import tarfile
     from any2kvm_os.containers import xenserver
-    from any2kvm_os.containers import xva
+    from any2kvm_os.containers.xva import archive as xva
 
     def archive(first):
         buf = io.BytesIO()

@@ -24,7 +24,9 @@ import tarfile
 
 import pytest
 
-from any2kvm_os.containers import xva
+from any2kvm_os.containers.xva import archive
+from any2kvm_os.containers.xva import layout as xva_layout
+from any2kvm_os.containers.xva import metadata
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os import fileio
@@ -70,15 +72,15 @@ def test_ova_facts_and_disk_order():
     xml = ova_xml([('Ref:7', 3 * MiB, 1), ('Ref:3', 5 * MiB, 0)],
                   cds=[3, 2], vifs=[(1, 'AA:BB:CC:00:00:02'),
                                     (0, 'aa:bb:cc:00:00:01')])
-    ova = xva.parse_ova_xml(A, xml)
-    assert [d.ref for d in ova.disks] == ['Ref:3', 'Ref:7']
-    assert [d.virtual_size for d in ova.disks] == [5 * MiB, 3 * MiB]
-    assert ova.disks[0].bootable and not ova.disks[1].bootable
-    assert ova.disks[0].uuid == 'uuid-Ref-3'
+    meta = metadata.parse_metadata(A, xml)
+    assert [d.ref for d in meta.disks] == ['Ref:3', 'Ref:7']
+    assert [d.virtual_size for d in meta.disks] == [5 * MiB, 3 * MiB]
+    assert meta.disks[0].bootable and not meta.disks[1].bootable
+    assert meta.disks[0].uuid == 'uuid-Ref-3'
     # the ISO VDI of a CD drive is known (so its members would be
     # accepted) but is no disk
-    assert set(ova.vdi_sizes) == {'Ref:3', 'Ref:7', 'Ref:1104'}
-    vm = ova.vm
+    assert set(meta.vdi_sizes) == {'Ref:3', 'Ref:7', 'Ref:1104'}
+    vm = meta.vm
     assert vm['name'] == 'test-vm'
     assert vm['cpus'] == 4 and vm['cores_per_socket'] == 2
     assert vm['memory_mb'] == 2048
@@ -90,7 +92,7 @@ def test_ova_facts_and_disk_order():
          'network': 'Pool-wide network associated with eth0'}]
     assert vm['os'] == {'distro': 'debianbuster',
                         'template': 'Debian Buster 10'}
-    assert ova.creator == 'XCP-ng 8.2.1'
+    assert meta.creator == 'XCP-ng 8.2.1'
 
 
 def test_ova_uefi_guest_metrics_and_snapshots():
@@ -103,7 +105,7 @@ def test_ova_uefi_guest_metrics_and_snapshots():
         'VCPUs_max': '1', 'VBDs': []}}
     xml = ova_xml([('Ref:3', MiB, 0)], uefi=True,
                   vm={'guest_metrics': 'Ref:50'}, extra_objects=[gm, snap])
-    vm = xva.parse_ova_xml(A, xml).vm
+    vm = metadata.parse_metadata(A, xml).vm
     assert vm['name'] == 'test-vm'
     assert vm['firmware'] == 'uefi' and vm['secure_boot'] is False
     assert vm['os'] == {'distro': 'ubuntu',
@@ -115,11 +117,11 @@ def test_ova_device_model_uefi_and_pv():
     xml = ova_xml([('Ref:3', MiB, 0)], vm={
         'platform': {'device-model': 'qemu-upstream-uefi',
                      'secureboot': 'true'}})
-    vm = xva.parse_ova_xml(A, xml).vm
+    vm = metadata.parse_metadata(A, xml).vm
     assert vm['firmware'] == 'uefi' and vm['secure_boot'] is True
     assert vm['cores_per_socket'] == 1
     xml = ova_xml([('Ref:3', MiB, 0)], vm={'HVM_boot_policy': ''})
-    assert xva.parse_ova_xml(A, xml).vm['virtualization'] == 'pv'
+    assert metadata.parse_metadata(A, xml).vm['virtualization'] == 'pv'
 
 
 @pytest.mark.parametrize('data,problem', [
@@ -137,7 +139,7 @@ def test_ova_device_model_uefi_and_pv():
         'no-vm', 'deep', 'bad-int', 'unknown-type'])
 def test_ova_refusals(data, problem):
     with pytest.raises(exception.InvalidArchive) as e:
-        xva.parse_ova_xml(A, data)
+        metadata.parse_metadata(A, data)
     msg = str(e.value)
     assert msg.startswith('archive.xva:ova.xml: ')
     assert problem in msg and '\n' not in msg
@@ -150,18 +152,18 @@ def test_ova_disk_refusals():
                                                b'<value>Ref:77')
     with pytest.raises(exception.InvalidArchive, match='refers to VDI '
                        'Ref:77'):
-        xva.parse_ova_xml(A, xml)
+        metadata.parse_metadata(A, xml)
     xml = ova_xml([('Ref:3', 'lots', 0)])
     with pytest.raises(exception.InvalidArchive, match='no valid '
                        'virtual_size'):
-        xva.parse_ova_xml(A, xml)
+        metadata.parse_metadata(A, xml)
     xml = ova_xml([('Ref:3', 4 << 30, 0)])
     with pytest.raises(exception.InvalidImage, match='exceeds the limit'):
-        xva.parse_ova_xml(A, xml, max_virtual_size=1 << 30)
+        metadata.parse_metadata(A, xml, max_virtual_size=1 << 30)
     xml = ova_xml([('Ref:3', MiB, 0)], extra_objects=[
         {'class': 'SR', 'id': 'Ref:99', 'snapshot': {}}])
     with pytest.raises(exception.InvalidArchive, match='appears twice'):
-        xva.parse_ova_xml(A, xml)
+        metadata.parse_metadata(A, xml)
 
 
 # ---------------------------------------------------------------------------
@@ -169,7 +171,8 @@ def test_ova_disk_refusals():
 # ---------------------------------------------------------------------------
 
 def layout(**sizes):
-    return xva.Layout(A, {k.replace('_', ':'): v for k, v in sizes.items()})
+    return xva_layout.Layout(A, {k.replace('_', ':'): v
+                                 for k, v in sizes.items()})
 
 
 def feed(lay, members):
@@ -178,7 +181,7 @@ def feed(lay, members):
     out = []
     for name, size in members:
         kind, what = lay.member(name, size)
-        if kind == xva.CHECKSUM_MEMBER:
+        if kind == xva_layout.CHECKSUM_MEMBER:
             c = what[0]
             out.append((c.ref, c.number, c.pos, c.length))
     lay.finish()
@@ -272,17 +275,18 @@ def test_layout_directories():
 
 
 def test_verify_chunk():
-    chunk = xva.Chunk('Ref:3', 5, 5 * MiB, 3, 'Ref:3/00000005')
-    xva.verify_chunk(A, chunk, 'sha1', checksum(b'abc'), b'abc')
-    xva.verify_chunk(A, chunk, 'xxh64', checksum(b'abc', 'xxh64'), b'abc')
-    xva.verify_chunk(A, chunk, 'xxh64',
-                     checksum(b'abc', 'xxh64').lower(), b'abc')
+    chunk = xva_layout.Chunk('Ref:3', 5, 5 * MiB, 3, 'Ref:3/00000005')
+    xva_layout.verify_chunk(A, chunk, 'sha1', checksum(b'abc'), b'abc')
+    xva_layout.verify_chunk(A, chunk, 'xxh64', checksum(b'abc', 'xxh64'),
+                            b'abc')
+    xva_layout.verify_chunk(A, chunk, 'xxh64',
+                            checksum(b'abc', 'xxh64').lower(), b'abc')
     with pytest.raises(exception.InvalidImage) as e:
-        xva.verify_chunk(A, chunk, 'sha1', checksum(b'abd'), b'abc')
+        xva_layout.verify_chunk(A, chunk, 'sha1', checksum(b'abd'), b'abc')
     assert str(e.value).startswith('archive.xva:Ref:3/00000005: checksum '
                                    'mismatch')
     with pytest.raises(exception.InvalidImage, match='unreadable'):
-        xva.verify_chunk(A, chunk, 'sha1', b'z' * 40, b'abc')
+        xva_layout.verify_chunk(A, chunk, 'sha1', b'z' * 40, b'abc')
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +294,7 @@ def test_verify_chunk():
 # ---------------------------------------------------------------------------
 
 def open_xva(path, **kw):
-    return xva.open_xva(str(path), limits(**kw))
+    return archive.open_xva(str(path), limits(**kw))
 
 
 @pytest.mark.parametrize('compress', [None, 'gz'])
@@ -536,9 +540,9 @@ def test_pax_headers_and_directories(tmp_path, compress):
     if not compress:
         with fileio.FileView.open_path(str(path)) as view:
             assert view.pread(512, 0)[156:157] == b'x'    # a pax header
-            assert xva.looks_like_xva(view)
+            assert archive.looks_like_xva(view)
     else:
-        assert xva.compressed_looks_like_xva(str(path))
+        assert archive.compressed_looks_like_xva(str(path))
     src = open_xva(path)
     try:
         assert read_disk(src.disks[0], tmp_path) == c
@@ -554,11 +558,11 @@ def test_detection(tmp_path):
     other = write_xva(tmp_path / 'o.tgz', None, [('0.vhd', b'x' * 600)],
                       'gz')
     with fileio.FileView.open_path(str(plain)) as view:
-        assert xva.looks_like_xva(view) and not xva.is_zstd(view)
+        assert archive.looks_like_xva(view) and not archive.is_zstd(view)
     with fileio.FileView.open_path(str(other)) as view:
-        assert not xva.looks_like_xva(view)
-    assert xva.compressed_looks_like_xva(str(gz))
-    assert not xva.compressed_looks_like_xva(str(other))
+        assert not archive.looks_like_xva(view)
+    assert archive.compressed_looks_like_xva(str(gz))
+    assert not archive.compressed_looks_like_xva(str(other))
 
 
 def zstd_file(tmp_path, zstandard):
@@ -579,7 +583,7 @@ def test_zstd_refused_without_module(tmp_path, monkeypatch):
     path.write_bytes(b'\x28\xb5\x2f\xfd' + bytes(100))
     monkeypatch.setitem(sys.modules, 'zstandard', None)
     with fileio.FileView.open_path(str(path)) as view:
-        assert xva.is_zstd(view)
+        assert archive.is_zstd(view)
     with pytest.raises(exception.UnsupportedImage) as e:
         open_xva(path)
     assert str(e.value).startswith(str(path))
@@ -589,7 +593,7 @@ def test_zstd_refused_without_module(tmp_path, monkeypatch):
 def test_zstd_with_module(tmp_path):
     zstandard = pytest.importorskip('zstandard')
     path, c = zstd_file(tmp_path, zstandard)
-    assert xva.compressed_looks_like_xva(str(path))
+    assert archive.compressed_looks_like_xva(str(path))
     src = open_xva(path)
     try:
         assert read_disk(src.disks[0], tmp_path) == c

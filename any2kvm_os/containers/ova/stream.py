@@ -16,7 +16,7 @@ An OVA's descriptor is its first member (the OVF spec requires it), so a
 first, short pass reads the ``.ovf``, the ``.mf`` when it comes next, and
 the head of the first disk file when that comes next; it stops there (a
 download is abandoned).  The VM is described from the descriptor exactly
-as :func:`any2kvm_os.containers.ova.open_ova` does (same facts, disk order,
+as :func:`.package.open_ova` does (same facts, disk order,
 names, ``disk_id`` and controller).
 
 Each disk is then written in a pass of its own over the whole archive: its
@@ -54,9 +54,10 @@ import posixpath
 import tarfile
 import zlib
 
-from any2kvm_os.chain import layer_chain
-from any2kvm_os.containers import ova
-from any2kvm_os.containers import ovf
+from any2kvm_os import compression
+from any2kvm_os.containers.ova import blank
+from any2kvm_os.containers.ova import descriptor
+from any2kvm_os.containers.ova import package
 from any2kvm_os.containers import tar
 from any2kvm_os import exception
 from any2kvm_os import fileio
@@ -82,19 +83,11 @@ class NotStreamable(Exception):
 def head_is_ova(head):
     """Whether the first bytes of a plain tar start with a ``.ovf``
     member: an OVA, which can be read as it arrives."""
-    if tar.is_compressed(_Bytes(head)):
+    if compression.sniff(head) is not None:
         return False
     ti = tar.head_first_member(head)
     return (ti is not None and ti.isreg()
             and tar.normalise(ti.name).lower().endswith('.ovf'))
-
-
-class _Bytes(object):
-    def __init__(self, data):
-        self.data = data
-
-    def pread(self, n, off):
-        return self.data[off:off + n]
 
 
 # ---------------------------------------------------------------------------
@@ -117,7 +110,7 @@ class _Hashing(object):
 
 class _Gunzip(object):
     """A file object of the gzip data read from ``raw`` (a ForwardStream),
-    checked as :func:`any2kvm_os.containers.ova._gunzip` checks it: one or
+    checked as :mod:`.package` checks one it decompresses into scratch: one or
     more gzip members, then only zero padding; at most ``budget`` bytes."""
 
     def __init__(self, raw, name, budget):
@@ -151,7 +144,7 @@ class _Gunzip(object):
                     break
                 if len(self._pending) < 2:
                     self._pending += self._more()
-                if self._pending[:2] != ova.GZIP_MAGIC:
+                if self._pending[:2] != compression.GZIP_MAGIC:
                     if d is None:
                         raise self._bad('ovf:compression says gzip, but the '
                                         'file is not gzip data')
@@ -352,14 +345,14 @@ class OvaStream(object):
         self.stem = self.ovf_name[:-len('.ovf')]
         ovf_display = self.ovf_display = self.display(self.ovf_name)
         data = self.ovf_data = self._read_small(
-            tf, ti, ovf.MAX_OVF_BYTES, ovf_display, 'descriptor')
+            tf, ti, descriptor.MAX_OVF_BYTES, ovf_display, 'descriptor')
         self._ovf_sha = hashlib.sha256(data).digest()
         nxt = next(members, None)
         if nxt is not None and (self._local(nxt[0]) or '').lower().endswith(
                 '.mf'):
             self.mf_name = self._local(nxt[0])
             self.mf_data = self._read_small(
-                nxt[2], nxt[1], ovf.MAX_MANIFEST_BYTES,
+                nxt[2], nxt[1], descriptor.MAX_MANIFEST_BYTES,
                 self.display(self.mf_name), 'manifest')
             self.manifest = self._parse_manifest(self.mf_name, self.mf_data)
             self._check_ovf_digest(self.manifest)
@@ -367,7 +360,7 @@ class OvaStream(object):
         else:
             LOG.debug('%s: the manifest does not follow the descriptor',
                       path)
-        desc = self.desc = ovf.parse(data, ovf_display)
+        desc = self.desc = descriptor.parse(data, ovf_display)
         self.notes = desc.notes
         self.plans = self._plan(desc)
         # The head of the first disk's file when it comes next: its size
@@ -384,16 +377,14 @@ class OvaStream(object):
                 self.first_layer = (first.disk.file_id, fmt, layer)
 
     def _parse_manifest(self, mf_name, mf_data):
-        entries = ovf.parse_manifest(mf_data, self.display(mf_name))
-        by_name = {}
-        for algo, name, digest in entries:
-            by_name.setdefault(name, []).append((algo, digest))
-        return by_name
+        return descriptor.manifest_by_name(
+            descriptor.parse_manifest(mf_data, self.display(mf_name)))
 
     def _check_ovf_digest(self, manifest):
         for algo, digest in manifest.get(self.ovf_name, ()):
-            if hashlib.new(ovf.DIGESTS[algo], self.ovf_data).hexdigest() \
-                    != digest:
+            actual = hashlib.new(descriptor.DIGESTS[algo],
+                                 self.ovf_data).hexdigest()
+            if actual != digest:
                 raise exception.InvalidArchive(
                     path=self.display(self.mf_name), reason='manifest '
                     'mismatch for %s (%s)' % (self.ovf_name, algo))
@@ -403,8 +394,8 @@ class OvaStream(object):
         for placed in desc.placed:
             disk = placed.disk
             if disk.capacity is not None:
-                ova._check_limit(self.ovf_display, 'disk %r: ovf:capacity'
-                                 % disk.id, disk.capacity, self.limits)
+                package.check_size(self.ovf_display, 'disk %r: ovf:capacity'
+                                   % disk.id, disk.capacity, self.limits)
             file_id = disk.file_id
             if file_id is None:
                 continue
@@ -434,7 +425,7 @@ class OvaStream(object):
                 '%d bytes, the file holds %d' % (ref.id, ref.href, ref.size,
                                                  ti.size))
         raw = fileio.ForwardStream(
-            _Hashing(tar._CheckedReader(self.path, tf.extractfile(ti)),
+            _Hashing(tar.CheckedReader(self.path, tf.extractfile(ti)),
                      hashers), name, ti.size)
         if ref.compression == 'gzip':
             stream = fileio.ForwardStream(_Gunzip(raw, name, plan.bound),
@@ -469,9 +460,9 @@ class OvaStream(object):
                 if name.lower().endswith('.ovf'):
                     ovfs += 1
                     if ovfs == 1:
-                        data = self._read_small(tf, ti, ovf.MAX_OVF_BYTES,
-                                                self.ovf_display,
-                                                'descriptor')
+                        data = self._read_small(
+                            tf, ti, descriptor.MAX_OVF_BYTES,
+                            self.ovf_display, 'descriptor')
                         if hashlib.sha256(data).digest() != self._ovf_sha:
                             raise exception.InvalidArchive(
                                 path=self.ovf_display, reason='changed '
@@ -487,8 +478,8 @@ class OvaStream(object):
                 seen[rest] = ti.size
                 if rest.lower().endswith('.mf'):
                     mfs[rest] = self._read_small(
-                        tf, ti, ovf.MAX_MANIFEST_BYTES, self.display(rest),
-                        'manifest')
+                        tf, ti, descriptor.MAX_MANIFEST_BYTES,
+                        self.display(rest), 'manifest')
                     continue
                 hashers = self._hashers(rest)
                 if rest in plan.ref.names and not handled:
@@ -499,8 +490,8 @@ class OvaStream(object):
                     handled.append(rest)
                 else:
                     stream = fileio.ForwardStream(
-                        _Hashing(tar._CheckedReader(self.path,
-                                                    tf.extractfile(ti)),
+                        _Hashing(tar.CheckedReader(self.path,
+                                                   tf.extractfile(ti)),
                                  list(hashers.values())),
                         self.display(rest), ti.size)
                     stream.drain()
@@ -513,7 +504,7 @@ class OvaStream(object):
             algos = {a for a, _d in self.manifest.get(rest, ())}
         else:
             algos = DEFAULT_ALGOS
-        return {a: hashlib.new(ovf.DIGESTS[a]) for a in algos}
+        return {a: hashlib.new(descriptor.DIGESTS[a]) for a in algos}
 
     def _pick(self, seen, ext_):
         found = [n for n in seen if n.lower().endswith(ext_)]
@@ -666,8 +657,8 @@ class OvaStreamDisk(vm.Disk):
                 'the file holds a %s disk: refused' % (disk.id, disk.format,
                                                        fmt))
         size = layer.virtual_size
-        ova._check_limit(stream_name, 'virtual size', size,
-                         self._stream.limits)
+        package.check_size(stream_name, 'virtual size', size,
+                           self._stream.limits)
         if disk.capacity is not None and disk.capacity != size:
             LOG.warning('%s: ovf:capacity of disk %s is %d bytes, the disk '
                         'holds %d: the disk file is used as it is',
@@ -784,10 +775,7 @@ def open_ova_stream(label, limits, opener, fallback=None):
     for index, placed in enumerate(stream.desc.placed):
         disk = placed.disk
         if disk.file_id is None:
-            name = '%s (blank disk %s)' % (stream.ovf_display, disk.id)
-            chain = layer_chain.LayerChain(
-                [ova.BlankLayer(disk.capacity, name)], [name],
-                ['(blank disk %s)' % disk.id])
+            name, chain = blank.blank_chain(stream.ovf_display, disk)
             disks.append(vm.ChainDisk(name, KIND, chain, disk_id=disk.id,
                                       controller=placed.controller))
         else:

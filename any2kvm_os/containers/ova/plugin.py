@@ -12,13 +12,14 @@
 
 """The container plugins of OVA packages and of extracted OVF descriptors.
 
-A local OVA is read in place (:mod:`any2kvm_os.containers.ova`); a
-download as it arrives (:mod:`any2kvm_os.containers.ova_stream`).
+A local OVA or OVF directory is read in place (:mod:`.package`); a
+download as it arrives (:mod:`.stream`).
 """
 
 from any2kvm_os.containers import base
-from any2kvm_os.containers import ova
-from any2kvm_os.containers import ova_stream
+from any2kvm_os.containers.ova import descriptor
+from any2kvm_os.containers.ova import package
+from any2kvm_os.containers.ova import stream
 from any2kvm_os.containers import tar
 
 
@@ -32,17 +33,17 @@ class OvaType(base.ContainerType):
     glance_kinds = {'ova': ('ova', None)}
 
     def probe(self, view, path, limits):
-        return tar.looks_like_tar(view) and ova.is_ova_tar(path, limits)
+        return tar.looks_like_tar(view) and package.is_ova_tar(path, limits)
 
     def open(self, path, limits):
-        return ova.open_ova(path, limits)
+        return package.open_ova(path, limits)
 
     def probe_head(self, head):
-        return ova_stream.head_is_ova(head)
+        return stream.head_is_ova(head)
 
     def open_stream(self, label, limits, opener, fallback):
-        return ova_stream.open_ova_stream(label, limits, opener,
-                                          fallback=fallback)
+        return stream.open_ova_stream(label, limits, opener,
+                                      fallback=fallback)
 
 
 class OvfType(base.ContainerType):
@@ -55,7 +56,8 @@ class OvfType(base.ContainerType):
 
     def probe(self, view, path, limits):
         return (not tar.looks_like_tar(view)
-                and not tar.is_compressed(view) and ova.looks_like_ovf(view))
+                and not tar.is_compressed(view)
+                and descriptor.looks_like_ovf(view))
 
     def open(self, path, limits):
-        return ova.open_ovf(path, limits)
+        return package.open_ovf(path, limits)

@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""OVA archives and extracted OVF directories.
+"""Local OVF packages: an OVA archive, or an extracted OVF directory.
 
 An OVA is a plain tar (ustar, pax or GNU) holding one ``.ovf`` descriptor
 (the spec wants it first; any position is accepted, two are refused), an
@@ -24,12 +24,12 @@ Opening verifies first, before anything is parsed or written:
 * every file the manifest lists, against each of its digests (this reads
   what it lists once); a listed file that is missing is refused.  The
   ``.cert`` signature is not verified (a warning says so);
-* then the descriptor (see :mod:`ovf`); then, for each disk, its file.
+* then the descriptor (see :mod:`.descriptor`); then, for each disk, its file.
 
 Files are reached through an :class:`OvaContainer` whose members are the
 *logical* files of the descriptor: a file split in chunks
 (``ovf:chunkSize``: members ``href.000000000``, ``href.000000001``...) is
-one :class:`ConcatView` of the chunk members; a gzip-compressed file
+one :class:`.views.ConcatView` of the chunk members; a gzip-compressed file
 (``ovf:compression="gzip"``) is decompressed into a private (0700),
 bounded (``scratch_limit_gib``) scratch directory under ``scratch_dir``
 (default: the system temporary directory), unlinked at once and gone when
@@ -44,10 +44,9 @@ checked against ``max_virtual_size_gib`` before anything is opened; if
 the disk file's own size differs, the file wins (with a warning).  A
 uncompressed, unchunked file whose ``ovf:size`` differs from the member
 is refused (a truncated or altered archive).  A disk without a file is a
-blank disk of its capacity (written as a hole).
+blank disk of its capacity (written as a hole, :mod:`.blank`).
 """
 
-import bisect
 import hashlib
 import logging
 import os
@@ -56,21 +55,21 @@ import tarfile
 import zlib
 
 from any2kvm_os.chain import layer_chain
+from any2kvm_os import compression
 from any2kvm_os.containers import base
-from any2kvm_os.containers import ovf
+from any2kvm_os.containers.ova import blank
+from any2kvm_os.containers.ova import descriptor
+from any2kvm_os.containers.ova import views
 from any2kvm_os.containers import tar
 from any2kvm_os import exception
-from any2kvm_os import extents as ext
 from any2kvm_os import fileio
 from any2kvm_os import scratch
 from any2kvm_os import vm
-from any2kvm_os.formats import base as fbase
 
 LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
 READ_CHUNK = 4 * MiB
-GZIP_MAGIC = b'\x1f\x8b'
 CHUNK_SUFFIX = '.%09d'
 
 
@@ -98,80 +97,9 @@ def is_ova_tar(path, limits):
     return False
 
 
-def looks_like_ovf(view):
-    """True if the file of ``view`` is an OVF descriptor (by content)."""
-    return ovf.looks_like_ovf(view)
-
-
 # ---------------------------------------------------------------------------
-# views
+# gzip-compressed files, into scratch
 # ---------------------------------------------------------------------------
-
-class ConcatView(object):
-    """A read-only view that is several views end to end (chunked files).
-
-    It has the :class:`FileView` interface readers use (``name``,
-    ``size``, ``pread``, ``close``); ``fd`` and ``base`` are those of the
-    first part (they identify the file, they are not for reading).
-    """
-
-    def __init__(self, parts, name):
-        self.parts = list(parts)
-        self.name = name
-        self._starts = []
-        pos = 0
-        for p in self.parts:
-            self._starts.append(pos)
-            pos += p.size
-        self.size = pos
-        self.fd = self.parts[0].fd if self.parts else None
-        self.base = self.parts[0].base if self.parts else 0
-
-    def data_runs(self, offset, length):
-        """As :meth:`FileView.data_runs`, across the parts."""
-        end = min(offset + length, self.size)
-        i = max(bisect.bisect_right(self._starts, offset) - 1, 0)
-        while offset < end and i < len(self.parts):
-            start = self._starts[i]
-            part = self.parts[i]
-            stop = min(end, start + part.size)
-            if offset < stop:
-                for a, b, is_data in part.data_runs(offset - start,
-                                                    stop - offset):
-                    yield start + a, start + b, is_data
-                offset = stop
-            i += 1
-
-    def pread(self, length, offset):
-        if offset < 0 or length < 0:
-            raise ValueError('negative offset or length')
-        if offset >= self.size:
-            return b''
-        length = min(length, self.size - offset)
-        i = bisect.bisect_right(self._starts, offset) - 1
-        out = []
-        while length > 0 and i < len(self.parts):
-            part = self.parts[i]
-            rel = offset - self._starts[i]
-            n = min(length, part.size - rel)
-            if n > 0:
-                data = part.pread(n, rel)
-                out.append(data)
-                if len(data) < n:
-                    break
-                offset += n
-                length -= n
-            i += 1
-        return b''.join(out)
-
-    def close(self):
-        # The parts belong to the container that opened them.
-        pass
-
-    def __repr__(self):
-        return '<ConcatView %s parts=%d size=%d>' % (
-            self.name, len(self.parts), self.size)
-
 
 def _gunzip_to_scratch(space, view, name, bound=None):
     """Decompress gzip ``view`` into scratch ``space``; return a FileView
@@ -236,7 +164,7 @@ def _gunzip(view, fd, name, budget, why):
             if not pending:
                 break
         if d is None or d.eof:
-            if pending[:2] != GZIP_MAGIC:
+            if pending[:2] != compression.GZIP_MAGIC:
                 if d is None:
                     raise bad('ovf:compression says gzip, but the file is '
                               'not gzip data')
@@ -271,49 +199,6 @@ def _gunzip(view, fd, name, budget, why):
         raise bad('truncated gzip data')
     os.ftruncate(fd, out)
     return out
-
-
-# ---------------------------------------------------------------------------
-# blank disks
-# ---------------------------------------------------------------------------
-
-class BlankLayer(fbase.LayerReader):
-    """A disk with no file: ``capacity`` bytes of zeros."""
-
-    format_name = 'blank'
-
-    def __init__(self, size, name):
-        super(BlankLayer, self).__init__(None)
-        self._size = size
-        self._name = name
-
-    @property
-    def name(self):
-        return self._name
-
-    @classmethod
-    def probe(cls, view):
-        return False
-
-    @property
-    def virtual_size(self):
-        return self._size
-
-    @property
-    def identity(self):
-        return None
-
-    @property
-    def parent_ref(self):
-        return None
-
-    def block_status(self, offset, length):
-        end = min(offset + length, self._size)
-        if offset < end:
-            yield ext.extent(ext.ZERO, offset, end - offset)
-
-    def allocated_bytes(self):
-        return 0
 
 
 # ---------------------------------------------------------------------------
@@ -359,14 +244,15 @@ class OvaContainer(base.Container):
         made = self._made.get(name)
         if made is None:
             if entry[0] == 'chunks':
-                made = ConcatView([self.raw.open_view(n) for n in entry[1]],
-                                  self.display_name(name))
+                made = views.ConcatView(
+                    [self.raw.open_view(n) for n in entry[1]],
+                    self.display_name(name))
             else:
                 inner = self._view(name + '\0gz', entry[1])
                 made = _gunzip_to_scratch(self._scratch, inner,
                                           self.display_name(name), entry[2])
             self._made[name] = made
-        if isinstance(made, ConcatView):
+        if isinstance(made, views.ConcatView):
             return made
         # A view sharing the decompressed file (closed with the container).
         return fileio.FileView(made.fd, made.name, owner=made)
@@ -464,7 +350,7 @@ def _read_small(view, limit, name, what):
 
 
 def _hash_view(view, algos):
-    hashers = {a: hashlib.new(ovf.DIGESTS[a]) for a in algos}
+    hashers = {a: hashlib.new(descriptor.DIGESTS[a]) for a in algos}
     pos = 0
     while pos < view.size:
         data = view.pread(min(READ_CHUNK, view.size - pos), pos)
@@ -481,17 +367,14 @@ def _hash_view(view, algos):
 def _verify_manifest(raw, local, ovf_name, ovf_data, mf_name, display,
                      word):
     mf_view = raw.open_view(local[mf_name])
-    entries = ovf.parse_manifest(
-        _read_small(mf_view, ovf.MAX_MANIFEST_BYTES, display(mf_name),
-                    'manifest'), display(mf_name))
-    by_name = {}
-    for algo, name, digest in entries:
-        by_name.setdefault(name, []).append((algo, digest))
+    by_name = descriptor.manifest_by_name(descriptor.parse_manifest(
+        _read_small(mf_view, descriptor.MAX_MANIFEST_BYTES,
+                    display(mf_name), 'manifest'), display(mf_name)))
     for name, wanted in by_name.items():
         if name == ovf_name:
             got = {}
             for algo, _d in wanted:
-                h = hashlib.new(ovf.DIGESTS[algo])
+                h = hashlib.new(descriptor.DIGESTS[algo])
                 h.update(ovf_data)
                 got[algo] = h.hexdigest()
         elif name in local and name != mf_name:
@@ -512,15 +395,16 @@ def _verify_manifest(raw, local, ovf_name, ovf_data, mf_name, display,
 def _open_package(path, kind, raw, local, ovf_name, mf_name, cert_name,
                   limits, display, word):
     ovf_display = display(ovf_name)
-    ovf_data = _read_small(raw.open_view(local[ovf_name]), ovf.MAX_OVF_BYTES,
-                           ovf_display, 'descriptor')
+    ovf_data = _read_small(raw.open_view(local[ovf_name]),
+                           descriptor.MAX_OVF_BYTES, ovf_display,
+                           'descriptor')
     if mf_name:
         listed = _verify_manifest(raw, local, ovf_name, ovf_data, mf_name,
                                   display, word)
     else:
         listed = None
         LOG.info('%s: no manifest; no digests are checked', path)
-    desc = ovf.parse(ovf_data, ovf_display)
+    desc = descriptor.parse(ovf_data, ovf_display)
     # Warnings are logged only once the package is known to be usable:
     # a refusal is one line.
     notes = desc.notes
@@ -636,7 +520,8 @@ def _file_entry(ref, raw, local, reserved, entries, listed, ovf_display,
     return chosen
 
 
-def _check_limit(name, what, size, limits):
+def check_size(name, what, size, limits):
+    """Refuse a disk of ``size`` bytes above ``max_virtual_size_gib``."""
     if size > limits.max_virtual_size:
         raise exception.InvalidImage(
             path=name, reason='%s of %d bytes exceeds the limit of %d bytes '
@@ -647,12 +532,10 @@ def _disk_source(kind, container, placed, disk_files, limits, ovf_display,
                  notes):
     disk = placed.disk
     if disk.capacity is not None:
-        _check_limit(ovf_display, 'disk %r: ovf:capacity' % disk.id,
-                     disk.capacity, limits)
+        check_size(ovf_display, 'disk %r: ovf:capacity' % disk.id,
+                   disk.capacity, limits)
     if disk.file_id is None:
-        name = '%s (blank disk %s)' % (ovf_display, disk.id)
-        chain = layer_chain.LayerChain([BlankLayer(disk.capacity, name)],
-                                       [name], ['(blank disk %s)' % disk.id])
+        name, chain = blank.blank_chain(ovf_display, disk)
     else:
         logical = disk_files[disk.file_id]
         chain = layer_chain.resolve(container, logical, limits)
@@ -663,7 +546,7 @@ def _disk_source(kind, container, placed, disk_files, limits, ovf_display,
                 path=name, reason='ovf:format of disk %r says %s but the '
                 'file holds a %s disk: refused' % (disk.id, disk.format,
                                                    leaf_format))
-        _check_limit(name, 'virtual size', chain.virtual_size, limits)
+        check_size(name, 'virtual size', chain.virtual_size, limits)
         if disk.capacity is not None and disk.capacity != chain.virtual_size:
             notes.append('%s: ovf:capacity of disk %s is %d bytes, the '
                          'disk holds %d: the disk file is used as it is'

@@ -12,7 +12,8 @@
 
 """OVF descriptors (DMTF DSP0243, OVF 1.x and 2.x) and OVA manifests.
 
-This module only parses bytes it is given; :mod:`ova` finds them.
+This module only parses bytes it is given; :mod:`.package` (a local OVA or
+OVF directory) and :mod:`.stream` (an OVA as it downloads) find them.
 
 The descriptor is untrusted XML.  It is parsed with defusedxml with every
 DTD refused (so no entity expansion, "billion laughs", and no external
@@ -828,3 +829,12 @@ def parse_manifest(data, path):
         seen[key] = digest
         entries.append((algo, name, digest))
     return entries
+
+
+def manifest_by_name(entries):
+    """{name: [(algorithm, hex digest)]} of :func:`parse_manifest`'s
+    entries."""
+    by_name = {}
+    for algo, name, digest in entries:
+        by_name.setdefault(name, []).append((algo, digest))
+    return by_name
