@@ -19,6 +19,7 @@ dropping leading ``./``.  Nothing is ever extracted to a path taken from
 the archive.
 """
 
+import contextlib
 import io
 import os
 import posixpath
@@ -159,6 +160,46 @@ def stream_error(path, e):
     return exception.InvalidArchive(
         path=path, reason='damaged or truncated archive: %s'
         % (e or 'no data'))
+
+
+@contextlib.contextmanager
+def archive_errors(path):
+    """Decompression and tar errors met while reading the archive at
+    ``path`` in one pass become one-line InvalidArchive errors; other
+    OSErrors (a real I/O error) pass."""
+    try:
+        yield
+    except compression.zstd_errors() as e:
+        raise exception.InvalidArchive(
+            path=path, reason='bad or truncated zstd archive: %s' % e)
+    except (tarfile.TarError,) + compression.stream_errors() as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise exception.InvalidArchive(
+            path=path, reason='bad or truncated archive: %s' % e)
+
+
+def check_end(tf, path, trailing_limit=None):
+    """After the last member of a tar read in one pass (``tf``, mode
+    'r|'): the end-of-archive marker must be there, and nothing but zeros
+    (at most ``trailing_limit`` bytes of them, if given) may follow.
+    Reading to the end also makes a decompressor verify its checksum."""
+    stream = tf.fileobj
+    if stream.tell() - tf.offset < tarfile.BLOCKSIZE:
+        raise exception.InvalidArchive(
+            path=path, reason='truncated: the archive ends without its '
+            'end-of-archive marker')
+    seen = 0
+    while True:
+        data = stream.read(1 << 20)
+        if not data:
+            break
+        seen += len(data)
+        if data.count(0) != len(data) or (
+                trailing_limit is not None and seen > trailing_limit):
+            raise exception.InvalidArchive(
+                path=path, reason='data after the end-of-archive marker (a '
+                'damaged tar header?)')
 
 
 class CheckedReader(object):

@@ -274,10 +274,10 @@ class OvaStream(object):
         path = self.path
         screen = tar.MemberScreen(path, self.limits)
         with contextlib.closing(self._opener()) as f:
-            with _errors(path):
+            with tar.archive_errors(path):
                 tf = tarfile.open(fileobj=f, mode='r|', bufsize=1 << 20)
             while True:
-                with _errors(path):
+                with tar.archive_errors(path):
                     ti = tf.next()
                     del tf.members[:]
                 if ti is None:
@@ -285,32 +285,16 @@ class OvaStream(object):
                 name = screen.check(ti)
                 if name is not None:
                     yield name, ti, tf
-            with _errors(path):
-                self._check_end(tf)
-
-    def _check_end(self, tf):
-        stream = tf.fileobj
-        if stream.tell() - tf.offset < BLOCK:
-            raise exception.InvalidArchive(
-                path=self.path, reason='truncated: the archive ends without '
-                'its end-of-archive marker')
-        budget = 64 * MiB
-        while True:
-            data = stream.read(1 << 20)
-            if not data:
-                break
-            budget -= len(data)
-            if data.count(0) != len(data) or budget < 0:
-                raise exception.InvalidArchive(
-                    path=self.path, reason='data after the end-of-archive '
-                    'marker (a damaged tar header?)')
+            with tar.archive_errors(path):
+                # The 64 MiB of trailing zeros allowed bound the pass.
+                tar.check_end(tf, path, trailing_limit=64 * MiB)
 
     def _read_small(self, tf, ti, limit, name, what):
         if ti.size > limit:
             raise exception.InvalidImage(
                 path=name, reason='%s is %d bytes: more than %d, refused as '
                 'absurd' % (what, ti.size, limit))
-        with _errors(self.path):
+        with tar.archive_errors(self.path):
             data = tf.extractfile(ti).read()
         if len(data) != ti.size:
             raise exception.InvalidImage(path=name,
@@ -591,21 +575,6 @@ class OvaStream(object):
             self._check_ovf_digest(manifest)
         finally:
             self.mf_name = saved
-
-
-@contextlib.contextmanager
-def _errors(path):
-    """Tar errors become one-line InvalidArchive."""
-    try:
-        yield
-    except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise exception.InvalidArchive(
-            path=path, reason='bad or truncated archive: %s' % e)
-    except OSError as e:
-        if e.errno is not None:
-            raise
-        raise exception.InvalidArchive(
-            path=path, reason='bad or truncated archive: %s' % e)
 
 
 # ---------------------------------------------------------------------------

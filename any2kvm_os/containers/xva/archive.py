@@ -99,7 +99,7 @@ def compressed_looks_like_xva(path):
         except exception.UnsupportedImage:
             return True
         try:
-            with _archive_errors(path):
+            with tar.archive_errors(path):
                 tf = tarfile.open(fileobj=fileobj, mode='r|')
                 ti = tf.next()
         except exception.Any2KvmError:
@@ -112,21 +112,6 @@ def head_is_xva(head):
     start with ``ova.xml``: an XVA, which can be read as it arrives."""
     ti = tar.head_first_member(head)
     return ti is not None and tar.normalise(ti.name) == OVA_XML
-
-
-@contextlib.contextmanager
-def _archive_errors(path):
-    """Decompression and tar errors become one-line InvalidArchive."""
-    try:
-        yield
-    except compression.zstd_errors() as e:
-        raise exception.InvalidArchive(
-            path=path, reason='bad or truncated zstd archive: %s' % e)
-    except (tarfile.TarError,) + compression.stream_errors() as e:
-        if isinstance(e, OSError) and e.errno is not None:
-            raise
-        raise exception.InvalidArchive(
-            path=path, reason='bad or truncated archive: %s' % e)
 
 
 # ---------------------------------------------------------------------------
@@ -150,7 +135,7 @@ class XvaTar(object):
         f = self._file
         fsize = os.fstat(f.fileno()).st_size
         self._names = {}
-        with _archive_errors(path):
+        with tar.archive_errors(path):
             tf = tarfile.open(fileobj=f, mode='r:')
             ti = tf.next()
             del tf.members[:]
@@ -270,37 +255,21 @@ class XvaStream(object):
         path = self.path
         with contextlib.closing(self._opener()) as f:
             fileobj = compression.open_reader(path, f)
-            with _archive_errors(path):
+            with tar.archive_errors(path):
                 tf = tarfile.open(fileobj=fileobj, mode='r|',
                                   bufsize=1 << 20)
             while True:
-                with _archive_errors(path):
+                with tar.archive_errors(path):
                     ti = tf.next()
                     del tf.members[:]
                 if ti is None:
                     break
                 yield ti, tf
-            with _archive_errors(path):
-                self._check_end(tf)
-
-    def _check_end(self, tf):
-        stream = tf.fileobj
-        if stream.tell() - tf.offset < BLOCK:
-            raise exception.InvalidArchive(
-                path=self.path, reason='truncated: the archive ends without '
-                'its end-of-archive marker')
-        # Reading to the end also makes the decompressor verify its CRC.
-        while True:
-            data = stream.read(1 << 20)
-            if not data:
-                break
-            if data.count(0) != len(data):
-                raise exception.InvalidArchive(
-                    path=self.path, reason='data after the end-of-archive '
-                    'marker (a damaged tar header?)')
+            with tar.archive_errors(path):
+                tar.check_end(tf, path)
 
     def _read_member(self, tf, ti):
-        with _archive_errors(self.path):
+        with tar.archive_errors(self.path):
             data = tf.extractfile(ti).read()
         if len(data) != ti.size:
             raise exception.InvalidArchive(
