@@ -202,6 +202,25 @@ def check_end(tf, path, trailing_limit=None):
                 'damaged tar header?)')
 
 
+def one_pass(path, fileobj, trailing_limit=None):
+    """Yield (TarInfo, TarFile) for every member of the tar read from
+    ``fileobj`` in one pass (the caller reads a member's data before
+    asking for the next), holding no list of members; then check the end
+    of the archive (:func:`check_end`)."""
+    with archive_errors(path):
+        tf = tarfile.open(fileobj=fileobj, mode='r|', bufsize=1 << 20)
+    while True:
+        with archive_errors(path):
+            ti = tf.next()
+            # A long archive: keep no TarInfo of the members passed.
+            del tf.members[:]
+        if ti is None:
+            break
+        yield ti, tf
+    with archive_errors(path):
+        check_end(tf, path, trailing_limit)
+
+
 class CheckedReader(object):
     """Member reads that turn decompression errors into InvalidArchive."""
 

@@ -51,7 +51,6 @@ import contextlib
 import hashlib
 import logging
 import posixpath
-import tarfile
 import zlib
 
 from any2kvm_os import compression
@@ -274,20 +273,11 @@ class OvaStream(object):
         path = self.path
         screen = tar.MemberScreen(path, self.limits)
         with contextlib.closing(self._opener()) as f:
-            with tar.archive_errors(path):
-                tf = tarfile.open(fileobj=f, mode='r|', bufsize=1 << 20)
-            while True:
-                with tar.archive_errors(path):
-                    ti = tf.next()
-                    del tf.members[:]
-                if ti is None:
-                    break
+            # The 64 MiB of trailing zeros allowed bound the pass.
+            for ti, tf in tar.one_pass(path, f, trailing_limit=64 * MiB):
                 name = screen.check(ti)
                 if name is not None:
                     yield name, ti, tf
-            with tar.archive_errors(path):
-                # The 64 MiB of trailing zeros allowed bound the pass.
-                tar.check_end(tf, path, trailing_limit=64 * MiB)
 
     def _read_small(self, tf, ti, limit, name, what):
         if ti.size > limit:

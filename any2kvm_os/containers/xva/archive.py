@@ -254,19 +254,7 @@ class XvaStream(object):
         check that the archive ends properly."""
         path = self.path
         with contextlib.closing(self._opener()) as f:
-            fileobj = compression.open_reader(path, f)
-            with tar.archive_errors(path):
-                tf = tarfile.open(fileobj=fileobj, mode='r|',
-                                  bufsize=1 << 20)
-            while True:
-                with tar.archive_errors(path):
-                    ti = tf.next()
-                    del tf.members[:]
-                if ti is None:
-                    break
-                yield ti, tf
-            with tar.archive_errors(path):
-                tar.check_end(tf, path)
+            yield from tar.one_pass(path, compression.open_reader(path, f))
 
     def _read_member(self, tf, ti):
         with tar.archive_errors(self.path):
