@@ -1,0 +1,431 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Find a VM on a XenServer host and collect what a migration needs.
+
+Everything goes through a runner, ``run(argv) -> stdout`` (str or UTF-8
+bytes), which runs one ``xe`` command on the host and raises (an
+:class:`~any2kvm_os.exception.Any2KvmError` of the transport) when it
+exits non-zero; nothing here opens a connection.
+
+:func:`discover` returns a :class:`Discovered`: the VM's facts under the
+keys of :class:`any2kvm_os.vm.Vm` facts exactly as the XVA container
+(``containers/xva.py``) reports them for an export of the same VM (name,
+cpus = VCPUs-max, cores_per_socket, memory_mb = memory-static-max in MiB,
+firmware, secure_boot, virtualization, nics, os), so that
+:mod:`any2kvm_os.properties` makes the same image properties; and the
+disks in ``userdevice`` order with the path of each VHD on the host.
+
+Where a disk's VHD lives depends on the SR type:
+
+* ``ext`` (local EXT) and ``nfs`` (NFS VHD) keep one file per VDI,
+  ``<mount base>/<sr-uuid>/<vdi-uuid>.vhd``; the SR is mounted at
+  ``/run/sr-mount/<sr-uuid>`` (``/var/run/sr-mount`` on older hosts,
+  the same directory through the /var/run link).  The base is a
+  parameter, so tests can point it at a stand-in tree.
+* ``lvm``, ``lvmoiscsi``, ``lvmohba`` keep each VHD in a logical volume
+  (``VHD-<vdi-uuid>`` in volume group ``VG_XenStorage-<sr-uuid>``), which
+  exists as a device only while the VDI is attached, and whose thin VHD
+  is read with LVM tools: not supported yet, refused naming the SR type
+  (export the VM as an XVA, or move the disk to an ext/NFS SR).
+* Any other SR type is refused by name.
+
+Refused VMs: a name-label shared by several VMs (the candidates are
+listed with their uuids and power states), snapshots, templates and the
+control domain.
+"""
+
+import posixpath
+
+from any2kvm_os.sources.xenserver import errors
+from any2kvm_os.sources.xenserver import location
+from any2kvm_os.sources.xenserver import xe
+
+DEFAULT_MOUNT_BASE = '/run/sr-mount'
+FILE_SR_TYPES = ('ext', 'nfs')
+LVM_SR_TYPES = ('lvm', 'lvmoiscsi', 'lvmohba')
+MiB = 1 << 20
+#: Most disks and NICs a VM may have here (xapi allows 16 VBDs on an HVM
+#: guest, 255 on a PV one; 7 VIFs).
+MAX_DEVICES = 256
+
+#: What is asked of the VM (``vm-list params=``).
+VM_FIELDS = (
+    'uuid', 'name-label', 'power-state', 'is-a-template', 'is-a-snapshot',
+    'is-control-domain', 'VCPUs-max', 'VCPUs-at-startup',
+    'memory-static-max', 'platform', 'HVM-boot-policy', 'HVM-boot-params',
+    'domain-type', 'other-config', 'os-version', 'reference-label')
+VM_REQUIRED = ('uuid', 'name-label', 'power-state')
+VBD_FIELDS = ('uuid', 'vm-uuid', 'vdi-uuid', 'userdevice', 'device', 'type',
+              'empty', 'bootable')
+VDI_FIELDS = ('uuid', 'name-label', 'virtual-size', 'sr-uuid', 'sm-config')
+SR_FIELDS = ('uuid', 'name-label', 'type')
+VIF_FIELDS = ('uuid', 'vm-uuid', 'device', 'MAC', 'network-uuid',
+              'network-name-label')
+
+
+class DiskInfo(object):
+    """One disk of the VM as the host describes it."""
+
+    def __init__(self, userdevice, device, bootable, vdi_uuid, vdi_name,
+                 virtual_size, sr_uuid, sr_type, sr_name, path):
+        self.userdevice = userdevice
+        #: The guest's device name (xvda, hda ...), '' when not running.
+        self.device = device
+        self.bootable = bootable
+        self.vdi_uuid = vdi_uuid
+        self.vdi_name = vdi_name
+        self.virtual_size = virtual_size
+        self.sr_uuid = sr_uuid
+        self.sr_type = sr_type
+        self.sr_name = sr_name
+        #: Where the VHD file is on the host.
+        self.path = path
+
+    def as_dict(self):
+        return dict(vars(self))
+
+    def __repr__(self):
+        return 'DiskInfo(%r)' % self.as_dict()
+
+
+class Discovered(object):
+    """A VM found on the host: ``uuid``, ``power_state``, ``facts`` (the
+    :class:`~any2kvm_os.vm.Vm` facts), ``disks`` (:class:`DiskInfo` in
+    userdevice order), ``vcpus_at_startup`` and ``notes`` (what the user
+    should know, one line each)."""
+
+    def __init__(self, uuid, power_state, facts, disks, vcpus_at_startup,
+                 notes):
+        self.uuid = uuid
+        self.power_state = power_state
+        self.facts = facts
+        self.disks = disks
+        self.vcpus_at_startup = vcpus_at_startup
+        self.notes = notes
+
+
+class _Host(object):
+    """Runs commands on one host and parses their answers."""
+
+    def __init__(self, run, host):
+        self.run = run
+        self.host = host
+
+    def records(self, argv, fields, required=()):
+        return xe.parse_records(self.run(argv), argv, fields,
+                                required=required)
+
+
+def _uuid_field(record, name, argv):
+    value = record.get(name, '')
+    if not location.is_uuid(value):
+        raise errors.XeOutputError(
+            command=xe.describe(argv),
+            reason='field %s is %r, not a uuid' % (name, value[:80]))
+    return value.lower()
+
+
+def _device_key(value):
+    text = (value or '').strip()
+    if text.isdigit() and text.isascii():
+        return (0, int(text), '')
+    return (1, 0, text)
+
+
+def _true(value):
+    return (value or '').strip().lower() in ('true', '1')
+
+
+def _candidates(records):
+    return '; '.join('%s (%s)' % (r.get('uuid', '?'),
+                                  r.get('power-state', '?'))
+                     for r in records)
+
+
+def _refuse_kind(host, record, shown):
+    if _true(record.get('is-control-domain')):
+        raise errors.UnsupportedVm(host=host, vm=shown, reason='is the '
+                                   'control domain (dom0) of the host')
+    if _true(record.get('is-a-snapshot')):
+        raise errors.UnsupportedVm(host=host, vm=shown, reason='is a '
+                                   'snapshot; name the VM itself')
+    if _true(record.get('is-a-template')):
+        raise errors.UnsupportedVm(host=host, vm=shown, reason='is a '
+                                   'template, not a VM')
+
+
+def find_vm(run, vm, host='host'):
+    """The ``vm-list`` record (the fields of :data:`VM_FIELDS`) of the VM
+    whose uuid or name-label is ``vm``.
+
+    A uuid is looked up as a uuid first, then as a name-label (a VM may
+    be named like a uuid).  ``vm-list`` leaves out templates and
+    snapshots; a uuid not found is then checked against them, so that
+    the refusal says what it is.
+    """
+    h = _Host(run, host)
+    found = []
+    if location.is_uuid(vm):
+        argv = xe.list_command('vm', [('uuid', vm.lower())], VM_FIELDS)
+        found = [r for r in h.records(argv, VM_FIELDS, VM_REQUIRED)
+                 if r['uuid'].lower() == vm.lower()]
+    if not found:
+        argv = xe.list_command('vm', [('name-label', vm)], VM_FIELDS)
+        found = h.records(argv, VM_FIELDS, VM_REQUIRED)
+        found = [r for r in found if r['name-label'] == vm]
+    if not found:
+        if location.is_uuid(vm):
+            for cls, what in (('snapshot', 'a snapshot; name the VM itself'),
+                              ('template', 'a template, not a VM')):
+                argv = xe.list_command(cls, [('uuid', vm.lower())],
+                                       ('uuid',))
+                if h.records(argv, ('uuid',), ('uuid',)):
+                    raise errors.UnsupportedVm(host=host, vm=vm,
+                                               reason='is ' + what)
+        raise errors.VmNotFound(host=host, vm=repr(vm))
+    if len(found) > 1:
+        raise errors.AmbiguousVm(host=host, count=len(found), vm=repr(vm),
+                                 candidates=_candidates(found))
+    record = found[0]
+    _uuid_field(record, 'uuid', argv)
+    _refuse_kind(host, record, repr(vm))
+    return record
+
+
+def _firmware(record, notes, argv):
+    """(facts about booting, the virtualization mode)."""
+    platform = xe.parse_map(record.get('platform', ''), argv, 'platform')
+    boot = xe.parse_map(record.get('HVM-boot-params', ''), argv,
+                        'HVM-boot-params')
+    policy = record.get('HVM-boot-policy')
+    domain_type = (record.get('domain-type') or '').strip().lower()
+    if domain_type in ('pv', 'pv_in_pvh'):
+        mode = 'pv'
+    elif domain_type in ('hvm', 'pvh'):
+        mode = domain_type
+    else:
+        # Hosts before domain-type (XenServer < 7.5): a PV guest is one
+        # with an empty HVM-boot-policy.
+        mode = 'pv' if policy == '' else 'hvm'
+    if mode == 'pv':
+        notes.append('the VM is a PV guest: it booted a kernel chosen by '
+                     'pygrub from its disk, with no BIOS; under KVM it '
+                     'needs a bootloader and a kernel with virtio drivers')
+    elif mode == 'pvh':
+        notes.append('the VM is a PVH guest: it boots without firmware '
+                     'under Xen; under KVM it needs a bootloader')
+    firmware = (boot.get('firmware') or '').strip().lower()
+    uefi = (firmware == 'uefi'
+            or 'uefi' in (platform.get('device-model') or ''))
+    if firmware not in ('', 'bios', 'uefi'):
+        notes.append('HVM-boot-params firmware is %r; taken as BIOS'
+                     % firmware[:40])
+    facts = {'firmware': 'uefi' if uefi else 'bios',
+             'cores_per_socket': _soft_int(platform.get('cores-per-socket'))
+             or 1}
+    if uefi:
+        facts['secure_boot'] = _true(platform.get('secureboot'))
+    return facts, mode
+
+
+def _soft_int(value):
+    text = (value or '').strip()
+    if text.isdigit() and text.isascii() and len(text) <= 20:
+        return int(text)
+    return None
+
+
+def _os(record, argv):
+    """The OS hints, as the XVA container reports them."""
+    out = {}
+    osv = xe.parse_map(record.get('os-version', ''), argv, 'os-version')
+    other = xe.parse_map(record.get('other-config', ''), argv,
+                         'other-config')
+    if osv.get('distro'):
+        out['distro'] = osv['distro']
+    elif other.get('install-distro'):
+        out['distro'] = other['install-distro']
+    if osv.get('name'):
+        out['description'] = osv['name']
+    if osv.get('major'):
+        out['version'] = osv['major'] + (
+            '.' + osv['minor'] if osv.get('minor') else '')
+    template = other.get('base_template_name') or record.get(
+        'reference-label')
+    if template:
+        out['template'] = template
+    return out
+
+
+def vm_facts(record, argv=('xe', 'vm-list')):
+    """(facts, vcpus_at_startup, notes) of a ``vm-list`` record."""
+    notes = []
+    boot, mode = _firmware(record, notes, argv)
+    cpus = _soft_int(record.get('VCPUs-max'))
+    at_startup = _soft_int(record.get('VCPUs-at-startup'))
+    if cpus and at_startup and at_startup != cpus:
+        notes.append('the VM starts with %d of its %d VCPUs; the flavour '
+                     'decides under KVM' % (at_startup, cpus))
+    memory = _soft_int(record.get('memory-static-max'))
+    facts = {
+        'name': record.get('name-label', ''),
+        'cpus': cpus,
+        'cores_per_socket': boot.pop('cores_per_socket'),
+        'memory_mb': memory // MiB if memory is not None else None,
+        'virtualization': mode,
+        'nics': [],
+        'os': _os(record, argv),
+    }
+    facts.update(boot)
+    return facts, at_startup, notes
+
+
+def nics(run, vm_uuid, host='host'):
+    """The VM's NICs in device order: {'device', 'mac', 'network'}."""
+    argv = xe.list_command('vif', [('vm-uuid', vm_uuid)], VIF_FIELDS)
+    records = _Host(run, host).records(argv, VIF_FIELDS, ('device',))
+    if len(records) > MAX_DEVICES:
+        raise errors.XeOutputError(command=xe.describe(argv),
+                                   reason='more than %d VIFs' % MAX_DEVICES)
+    out = []
+    for r in records:
+        if r.get('vm-uuid', vm_uuid).lower() != vm_uuid:
+            raise errors.XeOutputError(
+                command=xe.describe(argv), reason='VIF %s belongs to VM %s'
+                % (r.get('uuid'), r.get('vm-uuid')))
+        nic = {'device': r['device'], 'mac': (r.get('MAC') or '').lower()}
+        network = r.get('network-name-label')
+        if network and not xe.is_null(network):
+            nic['network'] = network
+        out.append(nic)
+    out.sort(key=lambda n: _device_key(n['device']))
+    return out
+
+
+def disk_vbds(run, vm_uuid, host='host', notes=None):
+    """The VM's disk VBDs in userdevice order (CD drives, floppies and
+    empty drives left out, and said so in ``notes``)."""
+    argv = xe.list_command('vbd', [('vm-uuid', vm_uuid)], VBD_FIELDS)
+    records = _Host(run, host).records(argv, VBD_FIELDS,
+                                       ('uuid', 'vdi-uuid', 'userdevice',
+                                        'type', 'empty'))
+    if len(records) > MAX_DEVICES:
+        raise errors.XeOutputError(command=xe.describe(argv),
+                                   reason='more than %d VBDs' % MAX_DEVICES)
+    disks = []
+    seen = set()
+    for r in records:
+        if r.get('vm-uuid', vm_uuid).lower() != vm_uuid:
+            raise errors.XeOutputError(
+                command=xe.describe(argv), reason='VBD %s belongs to VM %s'
+                % (r.get('uuid'), r.get('vm-uuid')))
+        kind = r['type']
+        if kind != 'Disk' or xe.parse_bool(r['empty'], argv, 'empty'):
+            if notes is not None:
+                notes.append('skipped %s drive at userdevice %s%s'
+                             % ('an empty' if _true(r['empty']) else 'a',
+                                r['userdevice'],
+                                '' if kind == 'Disk' else ' (%s)' % kind))
+            continue
+        vdi = _uuid_field(r, 'vdi-uuid', argv)
+        if vdi in seen:
+            raise errors.XeOutputError(command=xe.describe(argv),
+                                       reason='VDI %s is attached twice'
+                                       % vdi)
+        seen.add(vdi)
+        disks.append(r)
+    disks.sort(key=lambda r: _device_key(r['userdevice']))
+    return disks
+
+
+def _image_format(sm_config):
+    """The VDI's on-disk format from its sm-config, 'vhd' when unsaid."""
+    for key in ('image-format', 'vdi_type'):
+        value = (sm_config.get(key) or '').strip().lower()
+        if value:
+            return value
+    return 'vhd'
+
+
+def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
+          mount_base=DEFAULT_MOUNT_BASE):
+    """The VM's disks (:class:`DiskInfo`) in userdevice order, each with
+    the path of its VHD on the host; refuses SRs whose VHDs are not
+    files."""
+    shown = repr(vm_name) if vm_name is not None else vm_uuid
+    srs = {}
+    out = []
+    for vbd in disk_vbds(run, vm_uuid, host, notes):
+        vdi_uuid = vbd['vdi-uuid'].lower()
+        disk = 'userdevice %s' % vbd['userdevice']
+        argv = xe.list_command('vdi', [('uuid', vdi_uuid)], VDI_FIELDS)
+        vdi = xe.parse_record(run(argv), argv, VDI_FIELDS,
+                              ('uuid', 'virtual-size', 'sr-uuid'))
+        if vdi is None or vdi['uuid'].lower() != vdi_uuid:
+            raise errors.XeOutputError(command=xe.describe(argv),
+                                       reason='no record of VDI %s'
+                                       % vdi_uuid)
+        size = xe.parse_int(vdi['virtual-size'], argv, 'virtual-size')
+        sr_uuid = _uuid_field(vdi, 'sr-uuid', argv)
+        if sr_uuid not in srs:
+            sr_argv = xe.list_command('sr', [('uuid', sr_uuid)], SR_FIELDS)
+            sr = xe.parse_record(run(sr_argv), sr_argv, SR_FIELDS,
+                                 ('uuid', 'type'))
+            if sr is None or sr['uuid'].lower() != sr_uuid:
+                raise errors.XeOutputError(command=xe.describe(sr_argv),
+                                           reason='no record of SR %s'
+                                           % sr_uuid)
+            srs[sr_uuid] = sr
+        sr = srs[sr_uuid]
+        sr_type = sr['type'].strip()
+        sr_name = sr.get('name-label', '')
+        where = 'SR %r (%s) is of type %s' % (sr_name, sr_uuid, sr_type)
+        if sr_type in LVM_SR_TYPES:
+            raise errors.UnsupportedStorage(
+                host=host, vm=shown, disk=disk, reason='%s: VHDs on LVM '
+                'SRs (%s) live in logical volumes, which this source does '
+                'not read yet; use an XVA export, or move the disk to an '
+                'ext or nfs SR' % (where, ', '.join(LVM_SR_TYPES)))
+        if sr_type not in FILE_SR_TYPES:
+            raise errors.UnsupportedStorage(
+                host=host, vm=shown, disk=disk, reason='%s; only %s SRs '
+                '(VHD files) are read' % (where, ' and '.join(
+                    FILE_SR_TYPES)))
+        sm_config = xe.parse_map(vdi.get('sm-config', ''), argv,
+                                 'sm-config')
+        fmt = _image_format(sm_config)
+        if fmt != 'vhd':
+            raise errors.UnsupportedStorage(
+                host=host, vm=shown, disk=disk, reason='VDI %s is stored '
+                'as %s, not VHD' % (vdi_uuid, fmt[:40]))
+        path = posixpath.join(mount_base, sr_uuid, vdi_uuid + '.vhd')
+        out.append(DiskInfo(
+            userdevice=vbd['userdevice'], device=vbd.get('device', ''),
+            bootable=_true(vbd.get('bootable')), vdi_uuid=vdi_uuid,
+            vdi_name=vdi.get('name-label', ''), virtual_size=size,
+            sr_uuid=sr_uuid, sr_type=sr_type, sr_name=sr_name, path=path))
+    return out
+
+
+def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE):
+    """Find ``vm`` (a name-label or uuid) and collect its facts, NICs and
+    disks: a :class:`Discovered`."""
+    record = find_vm(run, vm, host)
+    uuid = record['uuid'].lower()
+    argv = xe.list_command('vm', [('uuid', uuid)], VM_FIELDS)
+    facts, at_startup, notes = vm_facts(record, argv)
+    facts['nics'] = nics(run, uuid, host)
+    found = disks(run, uuid, host, vm_name=record['name-label'],
+                  notes=notes, mount_base=mount_base)
+    return Discovered(uuid, record['power-state'], facts, found, at_startup,
+                      notes)

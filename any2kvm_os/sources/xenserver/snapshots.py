@@ -1,0 +1,96 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Snapshots and power states of a VM on a XenServer host, through a runner.
+
+``run(argv) -> stdout`` runs one ``xe`` command (see
+:mod:`~any2kvm_os.sources.xenserver.discovery`).  The commands follow the
+XenServer CLI reference: ``vm-snapshot`` prints the new snapshot's uuid;
+a snapshot is a VM record with ``is-a-snapshot`` true whose VBDs point at
+the snapshot's VDIs; ``snapshot-uninstall`` (or, on hosts without it,
+``vm-uninstall``) with ``force=true`` destroys the snapshot and the VDIs
+only it uses; ``vm-shutdown`` asks the guest to shut down and, with
+``force=true``, stops it hard; ``power-state`` is one of ``halted``,
+``paused``, ``running``, ``suspended``.
+"""
+
+import time
+
+from any2kvm_os.sources.xenserver import discovery
+from any2kvm_os.sources.xenserver import errors
+from any2kvm_os.sources.xenserver import xe
+
+POWER_STATES = ('halted', 'paused', 'running', 'suspended')
+
+
+def snapshot(run, vm_uuid, name):
+    """Snapshot the VM; the snapshot's uuid."""
+    argv = xe.vm_snapshot(vm_uuid, name)
+    return xe.parse_uuid(run(argv), argv)
+
+
+def snapshot_disks(run, snapshot_uuid, host='host',
+                   mount_base=discovery.DEFAULT_MOUNT_BASE):
+    """The snapshot's disks (:class:`~discovery.DiskInfo`, in userdevice
+    order, with the paths of their VHDs)."""
+    return discovery.disks(run, snapshot_uuid, host, mount_base=mount_base)
+
+
+def snapshot_vdis(run, snapshot_uuid, host='host'):
+    """[(userdevice, vdi uuid)] of the snapshot's disks, in userdevice
+    order (no SR lookups)."""
+    return [(r['userdevice'], r['vdi-uuid'].lower())
+            for r in discovery.disk_vbds(run, snapshot_uuid, host)]
+
+
+def remove_snapshot(run, snapshot_uuid, uninstall=xe.snapshot_uninstall):
+    """Destroy the snapshot and its own VDIs (``snapshot-uninstall
+    force=true``; pass ``uninstall=xe.vm_uninstall`` for hosts without
+    it)."""
+    run(uninstall(snapshot_uuid))
+
+
+def power_state(run, vm_uuid):
+    argv = xe.power_state(vm_uuid)
+    state = xe.parse_value(run(argv), argv).strip()
+    if state not in POWER_STATES:
+        raise errors.XeOutputError(command=xe.describe(argv),
+                                   reason='unknown power state %r'
+                                   % state[:40])
+    return state
+
+
+def shutdown(run, vm_uuid, force=False):
+    """Shut the VM down (clean, or hard with ``force``)."""
+    run(xe.vm_shutdown(vm_uuid, force=force))
+
+
+def start(run, vm_uuid):
+    run(xe.vm_start(vm_uuid))
+
+
+def wait_for_power_state(run, vm_uuid, wanted, timeout=600, interval=5,
+                         host='host', sleep=time.sleep,
+                         clock=time.monotonic):
+    """Poll until the VM's power state is ``wanted``; returns it, or
+    raises :class:`~errors.Timeout` after ``timeout`` seconds."""
+    if wanted not in POWER_STATES:
+        raise ValueError('power state %r' % (wanted,))
+    deadline = clock() + timeout
+    while True:
+        state = power_state(run, vm_uuid)
+        if state == wanted:
+            return state
+        if clock() >= deadline:
+            raise errors.Timeout(host=host, vm=vm_uuid, state=state,
+                                 seconds=timeout, wanted=wanted)
+        sleep(interval)

@@ -1,0 +1,394 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""``xe`` commands as argv lists, and parsers of what ``xe`` prints.
+
+Commands are argv lists, never shell text: ``['xe', 'vm-list',
+'name-label=a; touch /tmp/pwned', 'params=uuid']``.  Each ``key=value`` is
+one word whatever the value holds (spaces, quotes, ``=``, ``;``); the
+transport quotes every word for the remote shell.  ``xe`` itself splits a
+word at its first ``=`` only, so ``=`` inside a value is kept.
+
+What ``xe`` prints, as xapi's CLI server writes it
+(xapi-project/xen-api, ``ocaml/xapi-cli-server/cli_printer.ml``,
+``cli_operations.ml``, ``records.ml``) and as the XenServer
+Administrator's Guide, "Command line interface", "Parameter types",
+describes it:
+
+* A record is one line per field, ``NAME (MODE): VALUE``.  MODE is
+  `` RO``/`` RW`` (single value), ``SRO``/``SRW`` (set), ``MRO``/``MRW``
+  (map); a deprecated field has `` [DEPRECATED]`` after the mode.  The
+  names are padded to a common width: the first line on the right
+  (``uuid ( RO)          : ...``), the others on the left
+  (``     name-label ( RW): ...``), so the amount of space varies and is
+  ignored here.  The value is everything after ``": "`` (an empty value
+  leaves ``"NAME ( RO): "``, whose trailing space some copies lose).
+* Records are separated by one blank line (each record ends with
+  ``"\\n"`` and is printed with one more); ``*-list`` with no match
+  prints nothing.
+* A map value is ``k1: v1; k2: v2``, a set value ``a; b; c``; neither
+  escapes ``"; "`` or ``": "`` inside keys or values, so such values are
+  read back as well as can be (an item without ``": "`` is taken to
+  continue the previous value).
+* ``--minimal`` prints the first field of each record (or each item of a
+  list) joined by commas on one line, with ``,`` escaped as ``\\,`` and
+  ``\\`` as ``\\\\``.
+* ``param-get`` and the commands that return a uuid (``vm-snapshot``)
+  print the value and a newline.
+* ``<not in database>`` stands for a missing object or a null reference.
+
+The host's answers are not trusted: sizes and counts are bounded, a
+field asked for twice, a field not asked for (with ``params=``) or a line
+that is not a field is a malformed answer (a value with a newline in it,
+written by a guest or a user, cannot pass for more fields), and every
+error names the command.
+"""
+
+import shlex
+
+from any2kvm_os.sources.xenserver import errors
+from any2kvm_os.sources.xenserver import location
+
+XE = 'xe'
+#: Largest answer read from one command.
+MAX_OUTPUT_BYTES = 4 << 20
+#: Most records, fields of a record, items of a map/set, --minimal items.
+MAX_RECORDS = 4096
+MAX_FIELDS = 512
+MAX_ITEMS = 4096
+#: Longest value of a field.
+MAX_VALUE = 256 << 10
+
+NOT_IN_DATABASE = '<not in database>'
+NULL_VALUES = ('', NOT_IN_DATABASE, 'OpaqueRef:NULL', '<invalid reference>')
+MODES = (' RO', ' RW', 'SRO', 'SRW', 'MRO', 'MRW')
+
+#: A field name as xapi writes them (``name-label``, ``VCPUs-max``,
+#: ``qos_algorithm_type``, ``snapshot_of``).
+_NAME_CHARS = frozenset('abcdefghijklmnopqrstuvwxyz'
+                        'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.')
+_KEY_CHARS = _NAME_CHARS | frozenset(':')
+
+
+# --- commands -------------------------------------------------------------
+
+def _word(key, value):
+    if not key or not set(key) <= _KEY_CHARS:
+        raise ValueError('xe argument name %r' % (key,))
+    if not isinstance(value, str):
+        raise TypeError('xe argument %s: %r is not text' % (key, value))
+    if '\0' in value:
+        raise errors.XenServerError(
+            reason='xe argument %s: a NUL character cannot be passed' % key)
+    return '%s=%s' % (key, value)
+
+
+def command(name, args=(), minimal=False):
+    """``['xe', name, 'k=v', ...]``: ``args`` is a dict or (key, value)
+    pairs; each pair becomes exactly one word."""
+    if not name or not set(name) <= _NAME_CHARS:
+        raise ValueError('xe command %r' % (name,))
+    pairs = args.items() if isinstance(args, dict) else args
+    argv = [XE, name] + [_word(k, v) for k, v in pairs]
+    if minimal:
+        argv.append('--minimal')
+    return argv
+
+
+def list_command(cls, filters=(), params=(), minimal=False):
+    """``xe <cls>-list`` with ``key=value`` filters and a ``params=``
+    selection (``params`` a sequence of field names)."""
+    pairs = list(filters.items() if isinstance(filters, dict) else filters)
+    if params:
+        for p in params:
+            if not p or not set(p) <= _NAME_CHARS:
+                raise ValueError('xe field name %r' % (p,))
+        pairs.append(('params', ','.join(params)))
+    return command('%s-list' % cls, pairs, minimal=minimal)
+
+
+def _uuid(uuid):
+    if not location.is_uuid(uuid):
+        raise errors.XenServerError(reason='%r is not a uuid' % (uuid,))
+    return uuid
+
+
+def param_get(cls, uuid, param, key=None):
+    """``xe <cls>-param-get uuid=U param-name=P [param-key=K]``."""
+    pairs = [('uuid', _uuid(uuid)), ('param-name', param)]
+    if key is not None:
+        pairs.append(('param-key', key))
+    return command('%s-param-get' % cls, pairs)
+
+
+def vm_snapshot(vm_uuid, new_name):
+    """``xe vm-snapshot uuid=U new-name-label=N``: prints the snapshot's
+    uuid."""
+    return command('vm-snapshot', [('uuid', _uuid(vm_uuid)),
+                                   ('new-name-label', new_name)])
+
+
+def snapshot_uninstall(snapshot_uuid):
+    """``xe snapshot-uninstall snapshot-uuid=S force=true``: destroys the
+    snapshot and the VDIs only it uses (without ``force`` xe asks for
+    confirmation on the terminal)."""
+    return command('snapshot-uninstall', [('snapshot-uuid',
+                                           _uuid(snapshot_uuid)),
+                                          ('force', 'true')])
+
+
+def vm_uninstall(uuid):
+    """``xe vm-uninstall uuid=U force=true``: the same for any VM record
+    (a snapshot is one), on hosts without ``snapshot-uninstall``."""
+    return command('vm-uninstall', [('uuid', _uuid(uuid)),
+                                    ('force', 'true')])
+
+
+def vm_shutdown(uuid, force=False):
+    """``xe vm-shutdown uuid=U`` (clean: asks the guest) or, with
+    ``force``, ``force=true`` (hard: pulls the plug)."""
+    pairs = [('uuid', _uuid(uuid))]
+    if force:
+        pairs.append(('force', 'true'))
+    return command('vm-shutdown', pairs)
+
+
+def vm_start(uuid):
+    """``xe vm-start uuid=U``."""
+    return command('vm-start', [('uuid', _uuid(uuid))])
+
+
+def power_state(uuid):
+    """``xe vm-param-get uuid=U param-name=power-state``."""
+    return param_get('vm', uuid, 'power-state')
+
+
+def describe(argv):
+    """How a command is named in messages: the argv as a shell would
+    read it, shortened."""
+    text = ' '.join(shlex.quote(w) for w in argv)
+    return text if len(text) <= 300 else text[:297] + '...'
+
+
+# --- answers --------------------------------------------------------------
+
+def _bad(argv, reason):
+    return errors.XeOutputError(command=describe(argv), reason=reason)
+
+
+def text_of(output, argv):
+    """The runner's answer as text: str, or bytes of UTF-8; bounded."""
+    if isinstance(output, (bytes, bytearray)):
+        if len(output) > MAX_OUTPUT_BYTES:
+            raise _bad(argv, 'more than %d bytes' % MAX_OUTPUT_BYTES)
+        try:
+            output = bytes(output).decode('utf-8')
+        except UnicodeDecodeError as e:
+            raise _bad(argv, 'not UTF-8 (%s)' % e.reason)
+    if not isinstance(output, str):
+        raise _bad(argv, 'the runner returned %s, not text'
+                   % type(output).__name__)
+    if len(output) > MAX_OUTPUT_BYTES:
+        raise _bad(argv, 'more than %d characters' % MAX_OUTPUT_BYTES)
+    if '\0' in output:
+        raise _bad(argv, 'a NUL character')
+    return output.replace('\r\n', '\n')
+
+
+def _field(line):
+    """(name, mode, value) of one record line, or None."""
+    open_ = line.find(' (')
+    if open_ < 0:
+        return None
+    name = line[:open_].strip()
+    mode = line[open_ + 2:open_ + 5]
+    rest = line[open_ + 5:]
+    if not name or not set(name) <= _NAME_CHARS or mode not in MODES:
+        return None
+    if not rest.startswith(')'):
+        return None
+    rest = rest[1:]
+    if rest.startswith(' [DEPRECATED]'):
+        rest = rest[len(' [DEPRECATED]'):]
+    head = rest.lstrip(' ')
+    if not head.startswith(':'):
+        return None
+    value = head[1:]
+    if value.startswith(' '):
+        value = value[1:]
+    elif value:
+        return None
+    return name, mode, value
+
+
+def parse_records(output, argv, fields=None, required=()):
+    """The records ``xe <cls>-list``/``-param-list`` printed: a list of
+    dicts {field name: value text}, in the order printed.
+
+    ``fields``: the names asked for with ``params=``; a field outside
+    them is a malformed answer (without ``fields`` any field is kept, and
+    callers ignore those they do not know).  ``required``: names every
+    record must hold.
+    """
+    text = text_of(output, argv)
+    records = []
+    current = None
+    for number, line in enumerate(text.split('\n'), 1):
+        if not line.strip():
+            current = None
+            continue
+        found = _field(line)
+        if found is None:
+            raise _bad(argv, 'line %d is not "name ( RO): value": %r'
+                       % (number, line[:80]))
+        name, _mode, value = found
+        if len(value) > MAX_VALUE:
+            raise _bad(argv, 'field %s is longer than %d characters'
+                       % (name, MAX_VALUE))
+        if fields is not None and name not in fields:
+            raise _bad(argv, 'line %d: field %s was not asked for'
+                       % (number, name))
+        if current is None:
+            if len(records) >= MAX_RECORDS:
+                raise _bad(argv, 'more than %d records' % MAX_RECORDS)
+            current = {}
+            records.append(current)
+        if name in current:
+            raise _bad(argv, 'line %d: field %s appears twice in one record'
+                       % (number, name))
+        if len(current) >= MAX_FIELDS:
+            raise _bad(argv, 'a record of more than %d fields' % MAX_FIELDS)
+        current[name] = value
+    for i, record in enumerate(records, 1):
+        missing = [f for f in required if f not in record]
+        if missing:
+            raise _bad(argv, 'record %d lacks %s' % (i, ', '.join(missing)))
+    return records
+
+
+def parse_record(output, argv, fields=None, required=()):
+    """The one record of ``output``, or None when nothing was printed;
+    several records are a malformed answer."""
+    records = parse_records(output, argv, fields, required)
+    if len(records) > 1:
+        raise _bad(argv, '%d records where one was expected' % len(records))
+    return records[0] if records else None
+
+
+def parse_minimal(output, argv):
+    """The values ``--minimal`` printed, commas and backslashes
+    unescaped; [] for an empty answer."""
+    text = text_of(output, argv)
+    if text.endswith('\n'):
+        text = text[:-1]
+    if '\n' in text:
+        raise _bad(argv, '--minimal printed more than one line')
+    if not text:
+        return []
+    items, word, escaped = [], [], False
+    for char in text:
+        if escaped:
+            word.append(char)
+            escaped = False
+        elif char == '\\':
+            escaped = True
+        elif char == ',':
+            items.append(''.join(word))
+            word = []
+            if len(items) >= MAX_ITEMS:
+                raise _bad(argv, 'more than %d values' % MAX_ITEMS)
+        else:
+            word.append(char)
+    if escaped:
+        raise _bad(argv, 'ends with a lone backslash')
+    items.append(''.join(word))
+    return items
+
+
+def parse_value(output, argv):
+    """The one value ``param-get`` (or ``vm-snapshot``) printed."""
+    text = text_of(output, argv)
+    if text.endswith('\n'):
+        text = text[:-1]
+    if '\n' in text:
+        raise _bad(argv, 'more than one line where one value was expected')
+    if len(text) > MAX_VALUE:
+        raise _bad(argv, 'a value longer than %d characters' % MAX_VALUE)
+    return text
+
+
+def parse_uuid(output, argv):
+    """The uuid a command printed (``vm-snapshot``)."""
+    value = parse_value(output, argv).strip()
+    if not location.is_uuid(value):
+        raise _bad(argv, 'expected a uuid, got %r' % value[:80])
+    return value.lower()
+
+
+def parse_map(value, argv=None, name=None):
+    """A map value ``k1: v1; k2: v2`` as a dict (``<not in database>``
+    and the empty value give {}).  An item without ``": "`` continues the
+    previous value (a value that held ``"; "``)."""
+    if value in NULL_VALUES:
+        return {}
+    out = {}
+    last = None
+    items = value.split('; ')
+    if len(items) > MAX_ITEMS:
+        raise _bad(argv or [XE], 'map %s has more than %d items'
+                   % (name or '', MAX_ITEMS))
+    for item in items:
+        key, sep, val = item.partition(': ')
+        if not sep and item.endswith(':'):
+            key, sep, val = item[:-1], ':', ''
+        if not sep or not key:
+            if last is None:
+                raise _bad(argv or [XE], 'map %s: %r is not "key: value"'
+                           % (name or '', item[:80]))
+            out[last] += '; ' + item
+            continue
+        out[key] = val
+        last = key
+    return out
+
+
+def parse_set(value, argv=None, name=None):
+    """A set value ``a; b; c`` as a list ([] for an empty value)."""
+    if value in NULL_VALUES:
+        return []
+    items = value.split('; ')
+    if len(items) > MAX_ITEMS:
+        raise _bad(argv or [XE], 'set %s has more than %d items'
+                   % (name or '', MAX_ITEMS))
+    return items
+
+
+def is_null(value):
+    """Whether a reference field names no object."""
+    return value is None or value in NULL_VALUES
+
+
+def parse_bool(value, argv, name):
+    if value in ('true', 'false'):
+        return value == 'true'
+    raise _bad(argv, 'field %s is %r, not true or false' % (name, value[:80]))
+
+
+def parse_int(value, argv, name, minimum=0):
+    text = (value or '').strip()
+    if not (text.isdigit() and text.isascii()) or len(text) > 20:
+        raise _bad(argv, 'field %s is %r, not a number' % (name, text[:80]))
+    number = int(text)
+    if number < minimum:
+        raise _bad(argv, 'field %s is %d, less than %d'
+                   % (name, number, minimum))
+    return number

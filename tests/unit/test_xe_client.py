@@ -1,0 +1,696 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The client side of XenServer discovery: xenserver:// locations, xe
+argv lists, the parsers of what xe prints, and discovery through an
+injected runner (no SSH).
+
+The output samples below are written by hand in the formats documented
+by the XenServer Administrator's Guide ("Command line interface",
+"Parameter types": ``user-version ( RW): 1``,
+``platform (MRW): acpi: true; apic: true; pae: true; nx: false``,
+``allowed-operations (SRO): pause; clean_shutdown; ...``) and printed by
+xapi's CLI server (xapi-project/xen-api,
+ocaml/xapi-cli-server/cli_printer.ml: ``multi_line_record`` pads the first
+name on the right and the others on the left to the longest name + 4,
+ends each record with a newline and prints one more; ``escape_commas``
+for --minimal; records.ml for field names and the ``k: v; k2: v2`` map
+and ``a; b`` set forms; cli_operations.ml ``print_field`` for the
+`` RO``/``MRW``/``SRO`` marks and `` [DEPRECATED]``).  The
+``vm-param-list`` sample follows the layout of a user's public paste of
+``xe vm-param-list`` on a XenServer host (pastebin.com/1ZGHkY98, a
+pfsense VM), with values of our own.
+"""
+
+import pytest
+
+from any2kvm_os import properties
+from any2kvm_os.sources.xenserver import discovery
+from any2kvm_os.sources.xenserver import errors
+from any2kvm_os.sources.xenserver import location
+from any2kvm_os.sources.xenserver import snapshots
+from any2kvm_os.sources.xenserver import xe
+
+VM_UUID = '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f'
+VM2_UUID = '0b5e2d1c-7f6a-4e3d-8c2b-1a0f9e8d7c6b'
+DOM0_UUID = 'd6b0c3a2-1e4f-4a5b-8c7d-9e0f1a2b3c4d'
+SNAP_UUID = 'a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d'
+TMPL_UUID = 'c0ffee00-1111-4222-8333-444455556666'
+EXT_SR = 'e7a1c9d2-5b3f-4c8e-a1d0-2f3e4d5c6b7a'
+LVM_SR = 'f3c2b1a0-9e8d-4c7b-a6f5-e4d3c2b1a098'
+ISO_SR = '1a2b3c4d-5e6f-4a0b-9c8d-7e6f5a4b3c2d'
+VDI0 = '11111111-2222-4333-8444-555555555555'
+VDI1 = '22222222-3333-4444-8555-666666666666'
+VDI2 = '33333333-4444-4555-8666-777777777777'
+ISO_VDI = '44444444-5555-4666-8777-888888888888'
+NET0 = '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d'
+GiB = 1 << 30
+
+
+# --- a stand-in host that prints as xapi's CLI server does ---------------
+
+def render(records):
+    """Records as ``xe`` prints them: [(name, mode, value)] each."""
+    out = []
+    for fields in records:
+        keys = ['%s (%s)' % (name, mode) for name, mode, _v in fields]
+        width = 4 + max(len(k) for k in keys)
+        lines = []
+        for i, (key, (_n, _m, value)) in enumerate(zip(keys, fields)):
+            key = key.ljust(width) if i == 0 else key.rjust(width)
+            lines.append('%s: %s' % (key, value))
+        out.append('\n'.join(lines) + '\n\n')
+    return ''.join(out)
+
+
+def _map(d):
+    return '; '.join('%s: %s' % kv for kv in d.items())
+
+
+MODES = {'platform': 'MRW', 'HVM-boot-params': 'MRW',
+         'other-config': 'MRW', 'os-version': 'MRO', 'sm-config': 'MRO',
+         'uuid': ' RO', 'vm-uuid': ' RO', 'power-state': ' RO'}
+
+
+class FakeHost(object):
+    """Objects of a host, answering ``*-list`` with filters and params=,
+    ``vm-param-get``, ``vm-snapshot`` and the power operations.  Like
+    xapi, ``vm-list`` leaves out templates (snapshots are templates)."""
+
+    def __init__(self):
+        self.objects = {'vm': [], 'vbd': [], 'vdi': [], 'sr': [],
+                        'vif': []}
+        self.calls = []
+
+    def add(self, cls, **fields):
+        rec = {k.replace('_', '-'): v for k, v in fields.items()}
+        self.objects[cls].append(rec)
+        return rec
+
+    def __call__(self, argv):
+        self.calls.append(list(argv))
+        assert argv[0] == 'xe'
+        cmd = argv[1]
+        args = dict(w.split('=', 1) for w in argv[2:] if '=' in w)
+        if cmd.endswith('-list'):
+            cls = cmd[:-5]
+            pool = self.objects['vm' if cls in ('snapshot', 'template')
+                                else cls]
+            filters = {k: v for k, v in args.items() if k != 'params'}
+            if cls == 'vm':
+                filters.setdefault('is-a-template', 'false')
+            elif cls == 'snapshot':
+                filters['is-a-snapshot'] = 'true'
+            elif cls == 'template':
+                filters.update({'is-a-template': 'true',
+                                'is-a-snapshot': 'false'})
+            params = args.get('params', '').split(',')
+            found = [r for r in pool
+                     if all(r.get(k, 'false' if k.startswith('is-') else
+                                  None) == v for k, v in filters.items())]
+            return render([[(k, MODES.get(k, ' RW' if k == 'name-label'
+                                          else ' RO'), v)
+                            for k, v in r.items() if k in params]
+                           for r in found])
+        if cmd == 'vm-param-get':
+            vm = [r for r in self.objects['vm'] if r['uuid'] == args['uuid']]
+            return vm[0][args['param-name']] + '\n'
+        if cmd == 'vm-snapshot':
+            return SNAP_UUID + '\n'
+        return ''
+
+
+def add_vm(host, uuid=VM_UUID, name='web01', **extra):
+    fields = {
+        'uuid': uuid, 'name-label': name, 'power-state': 'running',
+        'is-a-template': 'false', 'is-a-snapshot': 'false',
+        'is-control-domain': 'false', 'VCPUs-max': '4',
+        'VCPUs-at-startup': '4', 'memory-static-max': str(4 * GiB),
+        'platform': _map({'timeoffset': '0', 'device-model':
+                          'qemu-upstream-compat', 'cores-per-socket': '2',
+                          'viridian': 'true', 'secureboot': 'false'}),
+        'HVM-boot-policy': 'BIOS order',
+        'HVM-boot-params': _map({'order': 'cdn', 'firmware': 'bios'}),
+        'domain-type': 'hvm',
+        'other-config': _map({'base_template_name': 'Ubuntu Jammy Jellyfish '
+                              '22.04', 'install-distro': 'ubuntu',
+                              'mac_seed': 'x'}),
+        'os-version': _map({'name': 'Ubuntu 22.04.4 LTS',
+                            'uname': '5.15.0-105-generic',
+                            'distro': 'ubuntu', 'major': '22',
+                            'minor': '04'}),
+        'reference-label': 'ubuntu-22.04',
+    }
+    fields.update({k.replace('_', '-'): v for k, v in extra.items()})
+    return host.add('vm', **fields)
+
+
+def add_disk(host, userdevice, vdi, sr=EXT_SR, size=10 * GiB, vm=VM_UUID,
+             kind='Disk', empty='false', device=None, sm_config=None):
+    host.add('vbd', uuid='%08d-0000-4000-8000-000000000000' % (
+        len(host.objects['vbd']) + 1), vm_uuid=vm, vdi_uuid=vdi,
+        userdevice=str(userdevice), device=device or 'xvd%s' % 'abcdefgh'[
+            int(userdevice) % 8], type=kind, empty=empty, bootable='false')
+    if vdi != xe.NOT_IN_DATABASE and not any(
+            v['uuid'] == vdi for v in host.objects['vdi']):
+        host.add('vdi', uuid=vdi, name_label='disk %s' % userdevice,
+                 virtual_size=str(size), sr_uuid=sr,
+                 sm_config=sm_config if sm_config is not None else _map(
+                     {'vhd-parent': VDI2, 'vdi_type': 'vhd'}))
+
+
+def standard_host():
+    host = FakeHost()
+    add_vm(host)
+    host.add('vm', uuid=DOM0_UUID, name_label='Control domain on host: xs1',
+             power_state='running', is_control_domain='true',
+             is_a_template='false', is_a_snapshot='false')
+    host.add('sr', uuid=EXT_SR, name_label='Local storage', type='ext')
+    host.add('sr', uuid=LVM_SR, name_label='iSCSI LUN 3',
+             type='lvmoiscsi')
+    host.add('sr', uuid=ISO_SR, name_label='ISO library', type='iso')
+    # Out of order on purpose: userdevice 10 comes after 2.
+    add_disk(host, 10, VDI2, size=GiB)
+    add_disk(host, 0, VDI0, size=20 * GiB)
+    add_disk(host, 3, ISO_VDI, sr=ISO_SR, kind='CD', device='xvdd')
+    add_disk(host, 2, VDI1)
+    add_disk(host, 1, xe.NOT_IN_DATABASE, kind='CD', empty='true')
+    host.add('vif', uuid='5a5a5a5a-0000-4000-8000-000000000001',
+             vm_uuid=VM_UUID, device='1', MAC='AA:00:00:00:00:02',
+             network_uuid=NET0, network_name_label='Pool-wide network '
+             'associated with eth1')
+    host.add('vif', uuid='5a5a5a5a-0000-4000-8000-000000000002',
+             vm_uuid=VM_UUID, device='0', MAC='aa:00:00:00:00:01',
+             network_uuid=NET0, network_name_label='Network 0')
+    return host
+
+
+# --- locations ------------------------------------------------------------
+
+def test_location_plain():
+    loc = location.parse('xenserver://root@xs1.example.org/web01')
+    assert loc == ('root', 'xs1.example.org', 22, 'web01')
+    assert not loc.vm_is_uuid
+    assert str(loc) == 'xenserver://root@xs1.example.org/web01'
+
+
+def test_location_port_ipv6_and_percent_decoding():
+    loc = location.parse('xenserver://admin@[fd00::12]:2222/'
+                         'My%20VM%3B%20touch%20%2Ftmp%2Fpwned')
+    assert loc.host == 'fd00::12' and loc.port == 2222
+    assert loc.vm == 'My VM; touch /tmp/pwned'
+    assert loc.host_for_display == '[fd00::12]:2222'
+    assert location.parse(str(loc)) == loc
+
+
+def test_location_uuid_without_user_and_unicode_name():
+    loc = location.parse('XenServer://10.0.0.5/' + VM_UUID.upper())
+    assert loc.user is None and loc.host == '10.0.0.5' and loc.vm_is_uuid
+    assert location.parse('xenserver://h/caf%C3%A9 $(x)').vm == 'café $(x)'
+
+
+@pytest.mark.parametrize('text, words', [
+    ('root@h/vm', 'expected xenserver://'),
+    ('ssh://root@h/vm', 'expected xenserver://'),
+    ('xenserver://root@h', 'no VM'),
+    ('xenserver://root@h/', 'no VM'),
+    ('xenserver://root:secret@h/vm', 'password'),
+    ('xenserver://root@h:0/vm', 'port'),
+    ('xenserver://root@h:99999/vm', 'port'),
+    ('xenserver://root@h:ssh/vm', 'port'),
+    ('xenserver://root@fd00::1/vm', 'IPv6 address in brackets'),
+    ('xenserver://root@[fd00::zz]/vm', 'not an IPv6 address'),
+    ('xenserver://root@[fd00::1/vm', 'closing ]'),
+    ('xenserver://root@-oProxyCommand=x/vm', 'not a host name'),
+    ('xenserver://root@h_1/vm', 'not a host name'),
+    ('xenserver://@h/vm', 'not a user name'),
+    ('xenserver://root@h/a%zzb', 'two hex digits'),
+    ('xenserver://root@h/a%FF', 'not UTF-8'),
+    ('xenserver://root@h/a%0Ab', 'control characters'),
+    ('xenserver://root@h/a\nb', 'control characters'),
+    ('xenserver://root@h/a/b', '%2F'),
+    ('xenserver://root@h/vm?x=1', '%3F'),
+    ('xenserver://root@h/%20%20', 'empty'),
+    ('xenserver://root@h/' + 'x' * 2000, 'longer than'),
+])
+def test_bad_locations_are_one_line_errors(text, words):
+    with pytest.raises(errors.BadLocation) as e:
+        location.parse(text)
+    assert words in str(e.value)
+    assert '\n' not in str(e.value)
+
+
+# --- commands -------------------------------------------------------------
+
+def test_metacharacters_stay_one_word():
+    name = 'a; touch /tmp/pwned'
+    argv = xe.list_command('vm', [('name-label', name)],
+                           ('uuid', 'name-label'))
+    assert argv == ['xe', 'vm-list', 'name-label=a; touch /tmp/pwned',
+                    'params=uuid,name-label']
+    for odd in ('x=y=z', "it's \"quoted\"", '$(reboot) `id` | & > <',
+                ' leading and trailing ', '-s evil', 'line\nbreak'):
+        argv = xe.command('vm-list', {'name-label': odd})
+        assert argv == ['xe', 'vm-list', 'name-label=' + odd]
+
+
+def test_commands():
+    assert xe.list_command('vbd', {'vm-uuid': VM_UUID}, minimal=True) == [
+        'xe', 'vbd-list', 'vm-uuid=' + VM_UUID, '--minimal']
+    assert xe.vm_snapshot(VM_UUID, 'any2kvm; 1') == [
+        'xe', 'vm-snapshot', 'uuid=' + VM_UUID, 'new-name-label=any2kvm; 1']
+    assert xe.snapshot_uninstall(SNAP_UUID) == [
+        'xe', 'snapshot-uninstall', 'snapshot-uuid=' + SNAP_UUID,
+        'force=true']
+    assert xe.vm_uninstall(SNAP_UUID) == [
+        'xe', 'vm-uninstall', 'uuid=' + SNAP_UUID, 'force=true']
+    assert xe.vm_shutdown(VM_UUID) == ['xe', 'vm-shutdown',
+                                       'uuid=' + VM_UUID]
+    assert xe.vm_shutdown(VM_UUID, force=True)[-1] == 'force=true'
+    assert xe.vm_start(VM_UUID) == ['xe', 'vm-start', 'uuid=' + VM_UUID]
+    assert xe.power_state(VM_UUID) == [
+        'xe', 'vm-param-get', 'uuid=' + VM_UUID, 'param-name=power-state']
+    assert xe.param_get('vm', VM_UUID, 'platform', 'cores-per-socket')[
+        -1] == 'param-key=cores-per-socket'
+
+
+def test_commands_refuse_what_cannot_be_one_word():
+    with pytest.raises(errors.XenServerError):
+        xe.command('vm-list', {'name-label': 'a\0b'})
+    with pytest.raises(errors.XenServerError):
+        xe.vm_start('not-a-uuid; reboot')
+    with pytest.raises(ValueError):
+        xe.command('vm-list; reboot')
+    with pytest.raises(ValueError):
+        xe.command('vm-list', {'name label': 'x'})
+    with pytest.raises(ValueError):
+        xe.list_command('vm', params=('uuid', 'a,b'))
+
+
+def test_describe_quotes_for_messages():
+    assert xe.describe(['xe', 'vm-list', 'name-label=a b']) == \
+        "xe vm-list 'name-label=a b'"
+
+
+# --- parsing --------------------------------------------------------------
+
+ARGV = ['xe', 'vm-param-list', 'uuid=' + VM_UUID]
+
+# The layout of xe vm-param-list (first name padded on the right, the
+# rest on the left; see the module docstring for the sources).
+PARAM_LIST = (
+    'uuid ( RO)                  : ' + VM_UUID + '\n'
+    '            name-label ( RW): pfsense\n'
+    '      name-description ( RW): pfsense router\n'
+    '          user-version ( RW): 1\n'
+    '         is-a-template ( RW): false\n'
+    '         is-a-snapshot ( RO): false\n'
+    '           snapshot-of ( RO): <not in database>\n'
+    '             snapshots ( RO): \n'
+    '         snapshot-info ( RO):\n'
+    '           power-state ( RO): running\n'
+    '     memory-static-max ( RW): 1073741824\n'
+    '          VCPUs-params (MRW): \n'
+    '             VCPUs-max ( RW): 2\n'
+    '              platform (MRW): timeoffset: 0; nx: false; acpi: true; '
+    'apic: true; pae: true; viridian: true\n'
+    '    allowed-operations (SRO): changing_dynamic_range; hard_reboot; '
+    'hard_shutdown; pause; snapshot\n'
+    '  PV-drivers-up-to-date ( RO) [DEPRECATED]: true\n'
+    '     some-future-field ( RO): ignored by callers\n'
+    '\n')
+
+
+def test_param_list_record():
+    rec = xe.parse_record(PARAM_LIST, ARGV)
+    assert rec['uuid'] == VM_UUID
+    assert rec['name-label'] == 'pfsense'
+    assert rec['snapshots'] == '' and rec['snapshot-info'] == ''
+    assert xe.is_null(rec['snapshot-of'])
+    assert rec['PV-drivers-up-to-date'] == 'true'
+    assert xe.parse_map(rec['platform']) == {
+        'timeoffset': '0', 'nx': 'false', 'acpi': 'true', 'apic': 'true',
+        'pae': 'true', 'viridian': 'true'}
+    assert xe.parse_map(rec['VCPUs-params']) == {}
+    assert xe.parse_set(rec['allowed-operations']) == [
+        'changing_dynamic_range', 'hard_reboot', 'hard_shutdown', 'pause',
+        'snapshot']
+    assert xe.parse_set(rec['snapshots']) == []
+    assert xe.parse_int(rec['memory-static-max'], ARGV, 'm') == 1 << 30
+    assert xe.parse_bool(rec['is-a-template'], ARGV, 'x') is False
+
+
+def test_several_records_and_values_with_odd_characters():
+    out = render([
+        [('uuid', ' RO', VM_UUID), ('name-label', ' RW', 'a: b (c) ;d'),
+         ('power-state', ' RO', 'running')],
+        [('uuid', ' RO', VM2_UUID), ('name-label', ' RW', ''),
+         ('power-state', ' RO', 'halted')],
+    ])
+    assert '\n\n' in out and out.endswith('\n\n')
+    recs = xe.parse_records(
+        out, ARGV, fields=('uuid', 'name-label', 'power-state'))
+    assert [r['name-label'] for r in recs] == ['a: b (c) ;d', '']
+    assert [r['power-state'] for r in recs] == ['running', 'halted']
+    assert xe.parse_records('', ARGV) == []
+    assert xe.parse_record('\n', ARGV) is None
+    assert xe.parse_records(out.replace('\n', '\r\n').encode(), ARGV)[1][
+        'uuid'] == VM2_UUID
+
+
+def test_map_values_that_hold_separators():
+    assert xe.parse_map('a: 1; b: x; y; c: ; d:') == {
+        'a': '1', 'b': 'x; y', 'c': '', 'd': ''}
+    assert xe.parse_map('<not in database>') == {}
+    with pytest.raises(errors.XeOutputError):
+        xe.parse_map('no colon here', ARGV, 'platform')
+
+
+def test_minimal_lists():
+    argv = ['xe', 'vm-list', '--minimal']
+    assert xe.parse_minimal('', argv) == []
+    assert xe.parse_minimal('\n', argv) == []
+    assert xe.parse_minimal(VM_UUID + '\n', argv) == [VM_UUID]
+    assert xe.parse_minimal('a\\,b,c\\\\d,,e\n', argv) == [
+        'a,b', 'c\\d', '', 'e']
+    with pytest.raises(errors.XeOutputError):
+        xe.parse_minimal('a,b\nc\n', argv)
+    with pytest.raises(errors.XeOutputError):
+        xe.parse_minimal('a\\', argv)
+    with pytest.raises(errors.XeOutputError, match='more than'):
+        xe.parse_minimal(',' * (xe.MAX_ITEMS + 1), argv)
+
+
+def test_single_values():
+    argv = xe.power_state(VM_UUID)
+    assert xe.parse_value('halted\n', argv) == 'halted'
+    assert xe.parse_uuid(SNAP_UUID.upper() + '\n', argv) == SNAP_UUID
+    with pytest.raises(errors.XeOutputError, match='expected a uuid'):
+        xe.parse_uuid('The uuid you supplied was invalid.\n', argv)
+    with pytest.raises(errors.XeOutputError, match='more than one line'):
+        xe.parse_value('a\nb\n', argv)
+
+
+@pytest.mark.parametrize('output, words', [
+    ('uuid ( RO): x\nthis is not a field\n', 'line 2 is not'),
+    ('uuid (XRO): x\n', 'line 1 is not'),
+    ('uuid ( RO) x\n', 'line 1 is not'),
+    ('uuid ( RO):x\n', 'line 1 is not'),
+    ('uu id ( RO): x\n', 'line 1 is not'),
+    ('<html>\n', 'line 1 is not'),
+    ('uuid ( RO): x\n    uuid ( RO): y\n', 'appears twice'),
+    (b'uuid ( RO): \xff\n', 'not UTF-8'),
+    ('uuid ( RO): \0\n', 'NUL'),
+    ('x' * (xe.MAX_OUTPUT_BYTES + 1), 'more than'),
+    ('uuid ( RO): ' + 'x' * (xe.MAX_VALUE + 1) + '\n', 'longer than'),
+    ('uuid ( RO): x\n\n' * (xe.MAX_RECORDS + 1), 'more than'),
+    (None, 'not text'),
+])
+def test_malformed_answers_name_the_command(output, words):
+    with pytest.raises(errors.XeOutputError) as e:
+        xe.parse_records(output, ['xe', 'vm-list', 'name-label=a b'])
+    msg = str(e.value)
+    assert msg.startswith("xe vm-list 'name-label=a b': malformed answer")
+    assert words in msg
+    assert '\n' not in msg
+
+
+def test_fields_not_asked_for_and_required_fields():
+    out = render([[('uuid', ' RO', VM_UUID), ('name-label', ' RW', 'x')]])
+    with pytest.raises(errors.XeOutputError, match='name-label was not '
+                       'asked for'):
+        xe.parse_records(out, ARGV, fields=('uuid',))
+    with pytest.raises(errors.XeOutputError, match='lacks power-state'):
+        xe.parse_records(out, ARGV, required=('uuid', 'power-state'))
+    with pytest.raises(errors.XeOutputError, match='2 records'):
+        xe.parse_record(out + out, ARGV)
+
+
+def test_a_value_with_newlines_cannot_pass_for_fields():
+    # A name-description written by a user, holding a newline and what
+    # looks like more fields, or a blank line and another record.
+    for desc in ('x\n      power-state ( RO): halted',
+                 'x\n\nuuid ( RO): ' + VM2_UUID + '\nname-label ( RW): y'):
+        out = render([[('uuid', ' RO', VM_UUID),
+                       ('name-label', ' RW', 'web01'),
+                       ('name-description', ' RW', desc),
+                       ('power-state', ' RO', 'running')]])
+        with pytest.raises(errors.XeOutputError):
+            xe.parse_records(out, ARGV, fields=('uuid', 'name-label',
+                                                'name-description',
+                                                'power-state'),
+                             required=('uuid', 'name-label',
+                                       'power-state'))
+
+
+# --- discovery ------------------------------------------------------------
+
+def test_discover_facts_nics_and_disks_in_device_order():
+    host = standard_host()
+    found = discovery.discover(host, 'web01', host='xs1',
+                               mount_base='/stand-in/sr-mount')
+    assert found.uuid == VM_UUID and found.power_state == 'running'
+    assert found.facts == {
+        'name': 'web01', 'cpus': 4, 'cores_per_socket': 2,
+        'memory_mb': 4096, 'firmware': 'bios', 'virtualization': 'hvm',
+        'nics': [{'device': '0', 'mac': 'aa:00:00:00:00:01',
+                  'network': 'Network 0'},
+                 {'device': '1', 'mac': 'aa:00:00:00:00:02',
+                  'network': 'Pool-wide network associated with eth1'}],
+        'os': {'distro': 'ubuntu', 'description': 'Ubuntu 22.04.4 LTS',
+               'version': '22.04',
+               'template': 'Ubuntu Jammy Jellyfish 22.04'}}
+    assert [d.userdevice for d in found.disks] == ['0', '2', '10']
+    assert [d.vdi_uuid for d in found.disks] == [VDI0, VDI1, VDI2]
+    assert [d.virtual_size for d in found.disks] == [20 * GiB, 10 * GiB,
+                                                     GiB]
+    assert found.disks[0].path == '/stand-in/sr-mount/%s/%s.vhd' % (
+        EXT_SR, VDI0)
+    assert found.disks[0].as_dict()['sr_type'] == 'ext'
+    assert found.disks[0].sr_name == 'Local storage'
+    assert any('userdevice 3 (CD)' in n for n in found.notes)
+    assert any('empty drive at userdevice 1' in n for n in found.notes)
+    # Every command is an argv list of xe; the SR is asked for once.
+    assert all(c[0] == 'xe' for c in host.calls)
+    assert sum(c[1] == 'sr-list' for c in host.calls) == 1
+
+
+def test_default_mount_base():
+    found = discovery.discover(standard_host(), VM_UUID)
+    assert found.disks[0].path == '/run/sr-mount/%s/%s.vhd' % (EXT_SR,
+                                                               VDI0)
+
+
+def test_facts_make_the_properties_an_xva_export_makes():
+    found = discovery.discover(standard_host(), 'web01')
+    props = properties.image_properties(found.facts, 20 * GiB)
+    assert props == {
+        'hw_scsi_model': 'virtio-scsi', 'hw_disk_bus': 'scsi',
+        'min_disk': 20, 'os_distro': 'ubuntu', 'os_type': 'linux',
+        'hw_cpu_sockets': '2', 'hw_cpu_cores': '2', 'min_ram': 4096}
+
+
+def test_uefi_secure_boot_windows():
+    host = standard_host()
+    host.objects['vm'][0].update({
+        'HVM-boot-params': 'firmware: uefi; order: dc',
+        'platform': 'secureboot: true; cores-per-socket: 4; viridian: true',
+        'os-version': '<not in database>',
+        'other-config': 'install-distro: windows; base_template_name: '
+                        'Windows Server 2022 (64-bit)',
+        'VCPUs-at-startup': '2'})
+    found = discovery.discover(host, 'web01')
+    assert found.facts['firmware'] == 'uefi'
+    assert found.facts['secure_boot'] is True
+    assert found.facts['cores_per_socket'] == 4
+    assert found.facts['os'] == {'distro': 'windows', 'template':
+                                 'Windows Server 2022 (64-bit)'}
+    assert found.vcpus_at_startup == 2
+    assert any('starts with 2 of its 4 VCPUs' in n for n in found.notes)
+    props = properties.image_properties(found.facts, GiB)
+    assert props['hw_firmware_type'] == 'uefi'
+    assert props['os_secure_boot'] == 'required'
+    assert props['hw_cpu_sockets'] == '1' and props['hw_cpu_cores'] == '4'
+
+
+def test_pv_guest_is_said_so():
+    host = standard_host()
+    vm = host.objects['vm'][0]
+    vm.update({'HVM-boot-policy': '', 'HVM-boot-params': '',
+               'domain-type': 'pv'})
+    found = discovery.discover(host, 'web01')
+    assert found.facts['virtualization'] == 'pv'
+    assert found.facts['firmware'] == 'bios'
+    assert any('PV guest' in n for n in found.notes)
+    # Hosts before domain-type: an empty HVM-boot-policy says PV.
+    del vm['domain-type']
+    assert discovery.discover(host, 'web01').facts['virtualization'] == 'pv'
+
+
+def test_find_by_uuid_and_a_name_that_looks_like_a_uuid():
+    host = standard_host()
+    assert discovery.find_vm(host, VM_UUID.upper())['name-label'] == 'web01'
+    add_vm(host, uuid=VM2_UUID, name=SNAP_UUID)
+    assert discovery.find_vm(host, SNAP_UUID)['uuid'] == VM2_UUID
+
+
+def test_shared_name_labels_list_the_candidates():
+    host = standard_host()
+    add_vm(host, uuid=VM2_UUID, **{'power-state': 'halted'})
+    with pytest.raises(errors.AmbiguousVm) as e:
+        discovery.discover(host, 'web01', host='xs1')
+    msg = str(e.value)
+    assert msg.startswith("xs1: 2 VMs are named 'web01'")
+    assert '%s (running)' % VM_UUID in msg
+    assert '%s (halted)' % VM2_UUID in msg
+
+
+def test_metacharacter_names_reach_xe_as_one_word():
+    host = standard_host()
+    name = 'a; touch /tmp/pwned'
+    add_vm(host, uuid=VM2_UUID, name=name)
+    assert discovery.find_vm(host, name)['uuid'] == VM2_UUID
+    assert ['xe', 'vm-list', 'name-label=' + name,
+            'params=' + ','.join(discovery.VM_FIELDS)] in host.calls
+
+
+def test_refusals_of_what_is_not_a_vm():
+    host = standard_host()
+    with pytest.raises(errors.UnsupportedVm, match='control domain'):
+        discovery.find_vm(host, 'Control domain on host: xs1')
+    add_vm(host, uuid=SNAP_UUID, name='web01 before upgrade',
+           is_a_snapshot='true', is_a_template='true')
+    add_vm(host, uuid=TMPL_UUID, name='golden', is_a_template='true')
+    with pytest.raises(errors.UnsupportedVm, match='is a snapshot'):
+        discovery.find_vm(host, SNAP_UUID)
+    with pytest.raises(errors.UnsupportedVm, match='is a template'):
+        discovery.find_vm(host, TMPL_UUID)
+    with pytest.raises(errors.VmNotFound, match="no VM with name-label or "
+                       "uuid 'golden'"):
+        discovery.find_vm(host, 'golden')
+    # A host (or stand-in) that lists them anyway is refused all the same.
+    host = FakeHost()
+    add_vm(host, is_a_snapshot='true')
+    host.objects['vm'][0]['is-a-template'] = 'false'
+    with pytest.raises(errors.UnsupportedVm, match='snapshot'):
+        discovery.find_vm(host, 'web01')
+
+
+def test_lvm_sr_is_refused_naming_its_type():
+    host = standard_host()
+    add_disk(host, 4, '55555555-6666-4777-8888-999999999999', sr=LVM_SR)
+    with pytest.raises(errors.UnsupportedStorage) as e:
+        discovery.discover(host, 'web01', host='xs1')
+    msg = str(e.value)
+    assert "xs1: VM 'web01', disk userdevice 4: SR 'iSCSI LUN 3'" in msg
+    assert 'is of type lvmoiscsi' in msg and 'logical volumes' in msg
+
+
+def test_other_sr_types_and_formats_are_refused_by_name():
+    host = standard_host()
+    host.objects['sr'][0]['type'] = 'cifs'
+    with pytest.raises(errors.UnsupportedStorage, match='is of type cifs; '
+                       'only ext and nfs SRs'):
+        discovery.discover(host, 'web01')
+    host = standard_host()
+    host.objects['vdi'][1]['sm-config'] = 'image-format: qcow2'
+    with pytest.raises(errors.UnsupportedStorage, match='stored as qcow2'):
+        discovery.discover(host, 'web01')
+
+
+def test_untrusted_uuids_never_become_paths():
+    host = standard_host()
+    host.objects['vdi'][0]['sr-uuid'] = '../../../etc'
+    with pytest.raises(errors.XeOutputError, match='not a uuid'):
+        discovery.discover(host, 'web01')
+    host = standard_host()
+    host.objects['vbd'][0]['vdi-uuid'] = '../shadow'
+    with pytest.raises(errors.XeOutputError, match='not a uuid'):
+        discovery.discover(host, 'web01')
+
+
+def test_answers_about_another_vm_are_refused():
+    host = standard_host()
+    real = host.__call__
+
+    def lying(argv):
+        out = real(argv)
+        return out.replace(VM_UUID, VM2_UUID) if argv[1] == 'vif-list' \
+            else out
+    with pytest.raises(errors.XeOutputError, match='belongs to VM'):
+        discovery.nics(lying, VM_UUID)
+
+
+def test_transport_errors_pass_through():
+    class Failed(errors.XenServerError):
+        msg_fmt = 'ssh: %(reason)s'
+
+    def run(argv):
+        raise Failed(reason='xe exited 1: The uuid you supplied was invalid.')
+    with pytest.raises(Failed):
+        discovery.discover(run, 'web01')
+
+
+# --- snapshots and power ------------------------------------------------
+
+def test_snapshot_and_its_disks():
+    host = standard_host()
+    assert snapshots.snapshot(host, VM_UUID, 'any2kvm 2024') == SNAP_UUID
+    assert host.calls[-1] == ['xe', 'vm-snapshot', 'uuid=' + VM_UUID,
+                              'new-name-label=any2kvm 2024']
+    snap_vdis = ['77777777-0000-4000-8000-00000000000%d' % i
+                 for i in range(2)]
+    add_disk(host, 2, snap_vdis[1], vm=SNAP_UUID)
+    add_disk(host, 0, snap_vdis[0], vm=SNAP_UUID)
+    add_disk(host, 3, xe.NOT_IN_DATABASE, vm=SNAP_UUID, kind='CD',
+             empty='true')
+    assert snapshots.snapshot_vdis(host, SNAP_UUID) == [
+        ('0', snap_vdis[0]), ('2', snap_vdis[1])]
+    disks = snapshots.snapshot_disks(host, SNAP_UUID, mount_base='/m')
+    assert [d.path for d in disks] == ['/m/%s/%s.vhd' % (EXT_SR, v)
+                                       for v in snap_vdis]
+    snapshots.remove_snapshot(host, SNAP_UUID)
+    assert host.calls[-1] == ['xe', 'snapshot-uninstall',
+                              'snapshot-uuid=' + SNAP_UUID, 'force=true']
+    snapshots.remove_snapshot(host, SNAP_UUID, uninstall=xe.vm_uninstall)
+    assert host.calls[-1] == ['xe', 'vm-uninstall', 'uuid=' + SNAP_UUID,
+                              'force=true']
+
+
+def test_power_operations_and_polling():
+    host = standard_host()
+    snapshots.shutdown(host, VM_UUID)
+    snapshots.shutdown(host, VM_UUID, force=True)
+    snapshots.start(host, VM_UUID)
+    assert host.calls == [xe.vm_shutdown(VM_UUID),
+                          xe.vm_shutdown(VM_UUID, force=True),
+                          xe.vm_start(VM_UUID)]
+    states = iter(['running', 'running', 'halted'])
+    now = [0]
+
+    def run(argv):
+        assert argv == xe.power_state(VM_UUID)
+        return next(states) + '\n'
+
+    def sleep(seconds):
+        now[0] += seconds
+    assert snapshots.wait_for_power_state(
+        run, VM_UUID, 'halted', timeout=60, interval=5, sleep=sleep,
+        clock=lambda: now[0]) == 'halted'
+    assert now[0] == 10
+    with pytest.raises(errors.Timeout, match='still running after 9 '
+                       'seconds'):
+        snapshots.wait_for_power_state(
+            lambda argv: 'running\n', VM_UUID, 'halted', timeout=9,
+            interval=5, sleep=sleep, clock=lambda: now[0])
+    with pytest.raises(errors.XeOutputError, match='unknown power state'):
+        snapshots.power_state(lambda argv: 'exploded\n', VM_UUID)
