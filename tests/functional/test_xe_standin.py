@@ -1,0 +1,408 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+
+"""The XenServer stand-in (tests/lib/xenserver) checked against the
+documented behaviour of the real ``xe`` CLI and of XenServer's FileSR.
+
+``xe`` runs as a subprocess whose only link to the host is
+``XE_STANDIN_ROOT``, as the client will run it through SSH.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from tests.lib import imagegen as ig
+from tests.lib.xenserver import host as xh
+from tests.lib.xenserver import sr as srlib
+from tests.lib.xenserver import state as st
+
+pytest.importorskip('FATtools')
+
+UUID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+
+
+@pytest.fixture
+def host(tmp_path):
+    root, facts = xh.standard_host(tmp_path / 'host')
+    return root, facts
+
+
+def vbds_of(root, vm):
+    out = xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + vm, '--minimal').strip()
+    return out.split(',') if out else []
+
+
+def disk_vdis(root, vm):
+    """VDI uuids of a VM's disks in userdevice order."""
+    rows = []
+    for vbd in vbds_of(root, vm):
+        kind = xh.xe_ok(root, 'vbd-param-get', 'uuid=' + vbd,
+                        'param-name=type').strip()
+        if kind != 'Disk':
+            continue
+        dev = int(xh.xe_ok(root, 'vbd-param-get', 'uuid=' + vbd,
+                           'param-name=userdevice'))
+        vdi = xh.xe_ok(root, 'vbd-param-get', 'uuid=' + vbd,
+                       'param-name=vdi-uuid').strip()
+        rows.append((dev, vdi))
+    return [v for _d, v in sorted(rows)]
+
+
+# ---------------------------------------------------------------------------
+# output formats
+# ---------------------------------------------------------------------------
+
+def test_record_layout_as_cli_printer(host):
+    """First label left-aligned, the others right-aligned to 4 + the
+    longest label, ": " then the value; two blank lines after a record."""
+    root, f = host
+    out = xh.xe_ok(root, 'vm-list', 'uuid=' + f['two-disks'])
+    assert out == (
+        'uuid ( RO)           : %s\n'
+        '     name-label ( RW): two-disks\n'
+        '    power-state ( RO): running\n\n\n' % f['two-disks'])
+
+
+def test_vm_list_default_filter_hides_snapshots_not_dom0(host):
+    root, f = host
+    uuids = xh.xe_ok(root, 'vm-list', '--minimal').strip().split(',')
+    assert f['two-disks'] in uuids
+    dom0 = xh.xe_ok(root, 'vm-list', 'is-control-domain=true',
+                    '--minimal').strip()
+    assert re.fullmatch(UUID, dom0) and dom0 in uuids
+    snap = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + f['two-disks'],
+                    'new-name-label=s1').strip()
+    assert snap not in xh.xe_ok(root, 'vm-list', '--minimal')
+    assert snap in xh.xe_ok(root, 'snapshot-list', '--minimal')
+    # snapshot-list's default params as xapi lists them: snapshot_of and
+    # snapshot_time are no field names, so they never print
+    out = xh.xe_ok(root, 'snapshot-list', 'uuid=' + snap)
+    assert [line.split('(')[0].strip() for line in out.splitlines()
+            if line] == ['uuid', 'name-label', 'name-description',
+                         'is-vmss-snapshot']
+
+
+def test_minimal_params_and_filters(host):
+    root, f = host
+    assert xh.xe_ok(root, 'vm-list', 'name-label=twin', 'params=uuid',
+                    '--minimal').strip().split(',') == [f['twin-a'],
+                                                        f['twin-b']]
+    assert xh.xe_ok(root, 'vm-list', 'power-state=halted', 'name-label=twin',
+                    '--minimal').strip() == f['twin-b']
+    names = xh.xe_ok(root, 'vm-list', 'params=name-label', '--minimal')
+    # commas in values are escaped by --minimal
+    assert 'a; touch /tmp/pwned' in names
+    assert xh.xe_ok(root, 'vm-list', 'name-label=nothing',
+                    '--minimal') == '\n'
+    assert xh.xe_ok(root, 'vm-list', 'name-label=nothing') == ''
+
+
+def test_params_all_maps_and_sets(host):
+    root, f = host
+    out = xh.xe_ok(root, 'vm-param-list', 'uuid=' + f['two-disks'])
+    assert re.search(r'^ *HVM-boot-params \(MRW\): firmware: uefi; order: cd$',
+                     out, re.M)
+    assert re.search(r'^ *VBDs \(SRO\): (%s; ){2}%s$' % (UUID, UUID), out,
+                     re.M)
+    assert re.search(r'^ *snapshot-of \( RO\): <not in database>$', out, re.M)
+    listed = xh.xe_ok(root, 'vm-list', 'uuid=' + f['two-disks'],
+                      'params=all')
+    assert re.search(r'allowed-VBD-devices \(SRO\): <expensive field>',
+                     listed)
+    assert 'transportable-snapshot-id' not in listed     # hidden field
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + f['two-disks'],
+                    'param-name=platform', 'param-key=device-model'
+                    ).strip() == 'qemu-upstream-uefi'
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + f['pv'],
+                    'param-name=PV-bootloader').strip() == 'pygrub'
+
+
+def test_vm_hardware(host):
+    root, f = host
+    vm = f['two-disks']
+
+    def get(name):
+        return xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
+                        'param-name=' + name).strip()
+    assert get('VCPUs-max') == '2'
+    assert get('memory-static-max') == str(1 << 30)
+    vifs = xh.xe_ok(root, 'vif-list', 'vm-uuid=' + vm, 'params=device,MAC',
+                    '--minimal').strip().split(',')
+    assert vifs == ['0', '1']
+    out = xh.xe_ok(root, 'vif-list', 'vm-uuid=' + vm, 'device=1',
+                   'params=MAC,network-name-label')
+    assert 'network-name-label ( RO): Pool-wide network associated with ' \
+           'eth1' in out
+
+
+def test_cd_drives(host):
+    root, f = host
+    cd = xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + f['two-disks'], 'type=CD',
+                  'params=vdi-uuid', '--minimal').strip()
+    assert cd == f['iso']
+    assert xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + f['semicolon'],
+                    'type=CD', 'params=empty,vdi-uuid').count(
+                        '<not in database>') == 1
+
+
+def test_sr_types_and_vdi_sm_config(host):
+    root, f = host
+    for kind in ('ext', 'nfs', 'lvm'):
+        assert xh.xe_ok(root, 'sr-param-get', 'uuid=' + f['sr'][kind],
+                        'param-name=type').strip() == kind
+    lvm_vdi = disk_vdis(root, f['lvm'])[0]
+    assert xh.xe_ok(root, 'vdi-param-get', 'uuid=' + lvm_vdi,
+                    'param-name=sm-config').strip() == 'vdi_type: vhd'
+    assert not os.path.exists(os.path.join(
+        root, 'run', 'sr-mount', f['sr']['lvm']))
+
+
+# ---------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------
+
+def test_errors(host):
+    root, f = host
+    r = xh.run_xe(root, 'vm-param-get', 'uuid=bogus', 'param-name=uuid')
+    assert (r.returncode, r.stdout) == (1, '')
+    assert r.stderr == ('The uuid you supplied was invalid.\n'
+                        'type: VM\nuuid: bogus\n')
+    r = xh.run_xe(root, 'vm-frobnicate')
+    assert r.returncode == 1
+    assert r.stderr == ("Unknown command: vm-frobnicate\n"
+                        "For usage run: 'xe help'\n")
+    r = xh.run_xe(root, 'vm-param-get', 'uuid=' + f['twin-a'])
+    assert r.returncode == 1
+    assert r.stderr.startswith('Required parameter not found: param-name\n')
+    r = xh.run_xe(root, 'vm-snapshot', 'vm=twin', 'new-name-label=x')
+    assert r.returncode == 1
+    assert r.stderr == ('Error: Multiple matches VMs found. --multiple '
+                        'required to complete the operation\n')
+    r = xh.run_xe(root, 'vm-shutdown', 'uuid=' + f['twin-b'])
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[1:] == [
+        'vm: %s (twin)' % f['twin-b'], 'expected: running',
+        'actual: halted']
+    r = xh.run_xe(root, 'vm-param-get', 'uuid=' + f['twin-a'],
+                  'param-name=no-such-field')
+    assert r.returncode == 1
+    assert r.stderr == ('Error code: Missing parameter\n'
+                        'Error parameters: no-such-field\n')
+
+
+# ---------------------------------------------------------------------------
+# snapshots on the VHD files
+# ---------------------------------------------------------------------------
+
+def test_snapshot_file_layout(host):
+    root, f = host
+    vm = f['two-disks']
+    leaf = disk_vdis(root, vm)[0]
+    sr_dir = os.path.join(root, 'run', 'sr-mount', f['sr']['ext'])
+    before = srlib.meta(os.path.join(sr_dir, leaf + '.vhd'))
+    snap = xh.xe_ok(root, 'vm-snapshot', 'vm=two-disks',
+                    'new-name-label=migrate-1').strip()
+    assert re.fullmatch(UUID, snap)
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + snap,
+                    'param-name=is-a-snapshot').strip() == 'true'
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + snap,
+                    'param-name=snapshot-of').strip() == vm
+    node = xh.xe_ok(root, 'vdi-param-get', 'uuid=' + leaf,
+                    'param-name=sm-config', 'param-key=vhd-parent').strip()
+    snap_vdi = disk_vdis(root, snap)[0]
+    assert xh.xe_ok(root, 'vdi-param-get', 'uuid=' + snap_vdi,
+                    'param-name=snapshot-of').strip() == leaf
+    assert xh.xe_ok(root, 'vdi-param-get', 'uuid=' + node,
+                    'param-name=name-label').strip() == 'base copy'
+    n = srlib.meta(os.path.join(sr_dir, node + '.vhd'))
+    l1 = srlib.meta(os.path.join(sr_dir, leaf + '.vhd'))
+    s1 = srlib.meta(os.path.join(sr_dir, snap_vdi + '.vhd'))
+    assert n['uuid'] == before['uuid'] and n['hidden'] == 1
+    assert l1['disk_type'] == s1['disk_type'] == 4
+    assert l1['parent_uuid'] == s1['parent_uuid'] == n['uuid']
+    assert l1['uuid'] != n['uuid'] != s1['uuid']
+    assert l1['locators'] == [('MacX', 'file://./%s.vhd' % node),
+                              ('W2ku', '.\\%s.vhd' % node),
+                              ('W2ru', '.\\%s.vhd' % node)]
+    assert l1['parent_name'] == node + '.vhd'
+    # new empty leaves: no block allocated yet
+    assert l1['file_size'] < 8192 and s1['file_size'] < 8192
+    # the CD is not snapshotted: the snapshot's CD holds the same ISO
+    assert xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + snap, 'type=CD',
+                    'params=vdi-uuid', '--minimal').strip() == f['iso']
+
+    # removal: the snapshot's leaf goes, the shared node stays
+    r = xh.run_xe(root, 'snapshot-uninstall', 'uuid=' + snap, 'force=true')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == (
+        'The following items are about to be destroyed')
+    assert r.stdout.splitlines()[-1] == 'All objects destroyed'
+    assert not os.path.exists(os.path.join(sr_dir, snap_vdi + '.vhd'))
+    assert os.path.exists(os.path.join(sr_dir, node + '.vhd'))
+    assert xh.run_xe(root, 'vm-param-get', 'uuid=' + snap,
+                     'param-name=uuid').returncode == 1
+
+
+def test_vm_uninstall_does_not_select_snapshots(host):
+    root, f = host
+    snap = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + f['quotes'],
+                    'new-name-label=s').strip()
+    r = xh.run_xe(root, 'vm-uninstall', 'uuid=' + snap, 'force=true')
+    assert r.returncode == 1
+    assert r.stderr == 'Error: No matching VMs found\n'
+
+
+def test_vdi_destroy_rules(host):
+    root, f = host
+    leaf = disk_vdis(root, f['twin-a'])[0]
+    r = xh.run_xe(root, 'vdi-destroy', 'uuid=' + leaf)
+    assert r.returncode == 1 and r.stderr.startswith(
+        'This operation cannot be performed because this VDI is in use')
+    snap = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + f['twin-a'],
+                    'new-name-label=s').strip()
+    node = xh.xe_ok(root, 'vdi-param-get', 'uuid=' + leaf,
+                    'param-name=sm-config', 'param-key=vhd-parent').strip()
+    r = xh.run_xe(root, 'vdi-destroy', 'uuid=' + node)
+    assert r.returncode == 1 and 'does not manage this VDI' in r.stderr
+    snap_vdi = disk_vdis(root, snap)[0]
+    xh.xe_ok(root, 'vdi-destroy', 'uuid=' + snap_vdi)
+    assert vbds_of(root, snap) == []
+
+
+def test_shutdown_start(host):
+    root, f = host
+    xh.xe_ok(root, 'vm-shutdown', 'uuid=' + f['twin-a'])
+    assert xh.xe_ok(root, 'vm-list', 'power-state=halted', 'name-label=twin',
+                    '--minimal').strip().split(',') == [f['twin-a'],
+                                                        f['twin-b']]
+    xh.xe_ok(root, 'vm-start', 'uuid=' + f['twin-a'])
+    xh.xe_ok(root, 'vm-shutdown', 'uuid=' + f['twin-a'], '--force')
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + f['twin-a'],
+                    'param-name=power-state').strip() == 'halted'
+
+
+def test_shell_metacharacters_through_ssh_like_shell(host):
+    """The remote shell gets one command line; a quoted name stays one."""
+    root, f = host
+    line = '%s vm-list name-label=%s --minimal' % (
+        shlex.quote(str(xh.XE)), shlex.quote('a; touch /tmp/pwned'))
+    r = subprocess.run(['sh', '-c', line], env=xh.xe_env(root),
+                       capture_output=True, text=True)
+    assert r.stdout.strip() == f['semicolon']
+    quotes = xh.xe_ok(root, 'vm-list', 'name-label=it\'s "mine"',
+                      '--minimal').strip()
+    assert quotes == f['quotes']
+
+
+def test_escaping_parent_locator(host):
+    root, f = host
+    vdi = f['escaping-vdi']
+    path = xh.vdi_path(root, vdi)
+    m = srlib.meta(path)
+    assert all('..' in text for _c, text in m['locators'])
+    assert m['parent_uuid'] == srlib.meta(os.path.join(
+        root, 'outside', os.listdir(os.path.join(root, 'outside'))[0]
+    ))['uuid']
+
+
+# ---------------------------------------------------------------------------
+# the guest writer and its model
+# ---------------------------------------------------------------------------
+
+def test_guest_writer_model_matches_fattools_through_snapshots(host):
+    root, f = host
+    vm = f['two-disks']
+    vdi = disk_vdis(root, vm)[0]
+    g = xh.GuestWriter(root, vdi, f['models'][vdi])
+    p = ig.pattern
+    snaps, then = [], []
+    for rnd in range(3):
+        then.append(bytes(g.model.data))
+        snaps.append(xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
+                              'new-name-label=round-%d' % rnd).strip())
+        g.write(2 * ig.MiB + rnd * 4096, p(10 + rnd, 4096))  # new blocks
+        g.zero(rnd * 512, 512)                  # zeros over parent data
+        g.write(3 * ig.MiB + 100 + rnd, p(20 + rnd, 700))    # partial
+    assert g.read_back() == bytes(g.model.data)
+    g.grow(12 * ig.MiB)
+    g.write(11 * ig.MiB + 3, p(30, 5000))
+    g.write(8 * ig.MiB - 512, p(31, 1024))      # straddles the old end
+    assert g.read_back() == bytes(g.model.data)
+    assert xh.xe_ok(root, 'vdi-param-get', 'uuid=' + vdi,
+                    'param-name=virtual-size').strip() == str(12 * ig.MiB)
+    # the chain: leaf and three nodes, by unique id
+    assert len(srlib.chain(g.path)) == 4
+    # an old snapshot still reads as the disk was then
+    first_snap_vdi = disk_vdis(root, snaps[0])[0]
+    assert srlib.read(xh.vdi_path(root, first_snap_vdi), 0,
+                      8 * ig.MiB) == then[0]
+
+
+def test_snapshot_reads_the_disk_as_it_was(host):
+    root, f = host
+    vm = f['twin-a']
+    vdi = disk_vdis(root, vm)[0]
+    g = xh.GuestWriter(root, vdi, f['models'][vdi])
+    g.write(0, ig.pattern(5, 8192))
+    before = bytes(g.model.data)
+    snap = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
+                    'new-name-label=s').strip()
+    g.write(4096, ig.pattern(6, 8192))
+    snap_vdi = disk_vdis(root, snap)[0]
+    assert srlib.read(xh.vdi_path(root, snap_vdi), 0, len(before)) == before
+    assert g.read_back() == bytes(g.model.data)
+
+
+def test_coalesce_changes_the_chain_behind_the_readers_back(host):
+    root, f = host
+    vm = f['twin-a']
+    vdi = disk_vdis(root, vm)[0]
+    g = xh.GuestWriter(root, vdi, f['models'][vdi])
+    snap = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
+                    'new-name-label=s').strip()
+    g.write(512, ig.pattern(7, 4096))
+    node = xh.xe_ok(root, 'vdi-param-get', 'uuid=' + vdi,
+                    'param-name=sm-config', 'param-key=vhd-parent').strip()
+    old_id = srlib.meta(g.path)['uuid']
+    xh.xe_ok(root, 'snapshot-uninstall', 'uuid=' + snap, 'force=true')
+    xh.coalesce(root, node)
+    m = srlib.meta(g.path)
+    assert m['uuid'] != old_id and m['disk_type'] == 3 and not m['hidden']
+    assert g.read_back() == bytes(g.model.data)
+    r = xh.run_xe(root, 'vdi-param-get', 'uuid=' + node, 'param-name=uuid')
+    assert r.returncode == 1
+
+
+# ---------------------------------------------------------------------------
+# concurrency
+# ---------------------------------------------------------------------------
+
+def test_concurrent_invocations_do_not_corrupt_state(host):
+    root, f = host
+    procs = [subprocess.Popen(
+        [str(xh.XE), 'vm-snapshot', 'uuid=' + f['quotes'],
+         'new-name-label=c%d' % i], env=xh.xe_env(root),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(6)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    snaps = xh.xe_ok(root, 'snapshot-list', 'snapshot-of=' + f['quotes'],
+                     '--minimal').strip().split(',')
+    assert sorted(snaps) == sorted(o.strip() for o, _e in outs)
+    vdi = disk_vdis(root, f['quotes'])[0]
+    assert len(srlib.chain(xh.vdi_path(root, vdi))) == 7
+    st.load(root)       # still valid JSON

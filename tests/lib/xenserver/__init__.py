@@ -1,0 +1,34 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+
+"""A stand-in for a XenServer host reached over SSH: its ``xe`` command.
+
+Test code only, never shipped.  ``xe`` (an executable Python script) behaves
+the way the real ``xe`` CLI is documented to behave, over a state directory:
+
+``$XE_STANDIN_ROOT/state.json``
+    the host's objects (VMs, snapshots, VBDs, VDIs, SRs, VIFs, networks);
+``$XE_STANDIN_ROOT/state.lock``
+    an exclusive ``flock`` held by every ``xe`` run for its whole duration
+    (concurrent invocations never interleave their read-modify-write);
+``$XE_STANDIN_ROOT/run/sr-mount/<sr-uuid>/<vdi-uuid>.vhd``
+    the VHD files of file SRs (``ext``, ``nfs``).  On a real host the path
+    is ``/run/sr-mount/<sr-uuid>/<vdi-uuid>.vhd``: a client that reads the
+    files needs a configurable mount base to be pointed at
+    ``$XE_STANDIN_ROOT/run/sr-mount``.  LVM SRs (``lvm``, ``lvmoiscsi``)
+    have no files here.
+
+``xe`` imports only the standard library, FATtools and its sibling modules
+``state`` and ``sr``; it never imports ``any2kvm_os``.  Tests build hosts
+with :mod:`tests.lib.xenserver.host`.
+"""

@@ -1,0 +1,362 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+
+"""Building stand-in XenServer hosts, writing into running guests, and
+running the stand-in ``xe`` as the client would (a subprocess whose only
+link to the host is ``XE_STANDIN_ROOT``).
+
+* :class:`HostBuilder` -- a host with SRs (``ext``, ``nfs``, ``lvm``,
+  ``iso``), networks, the control domain and VMs; :func:`standard_host`
+  builds the shared fixture host (two-disk VM with a CD and NICs, names
+  with shell metacharacters, two VMs sharing a name-label, a VM on LVM,
+  a VDI whose parent locator points outside its SR).
+* :class:`GuestWriter` -- the running guest writing into its disk's
+  current leaf, with a :class:`tests.lib.imagegen.RawModel` of the bytes
+  the disk must read.
+* :func:`coalesce` -- SM's garbage collector, as an explicit step.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.lib import imagegen as ig
+from tests.lib.xenserver import sr as srlib
+from tests.lib.xenserver import state as st
+
+XE = Path(__file__).resolve().parent / 'xe'
+ENV = 'XE_STANDIN_ROOT'
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def xe_env(root):
+    env = dict(os.environ)
+    env[ENV] = str(root)
+    # the xe script runs with the python3 on PATH: the one running the
+    # tests has FATtools
+    env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env.get(
+        'PATH', '')
+    env.pop('PYTHONPATH', None)
+    return env
+
+
+def run_xe(root, *args, input=None, timeout=120):
+    """Run ``xe ARGS`` against the host at ``root``; a CompletedProcess."""
+    return subprocess.run([str(XE)] + [str(a) for a in args],
+                          capture_output=True, text=True, input=input,
+                          env=xe_env(root), timeout=timeout, cwd='/')
+
+
+def xe_ok(root, *args, **kw):
+    r = run_xe(root, *args, **kw)
+    assert r.returncode == 0, 'xe %s: %s%s' % (args, r.stdout, r.stderr)
+    return r.stdout
+
+
+def mac(n):
+    return 'aa:bb:cc:%02x:%02x:%02x' % ((n >> 16) & 255, (n >> 8) & 255,
+                                        n & 255)
+
+
+class HostBuilder(object):
+    def __init__(self, root, name='xenserver-standin'):
+        self.root = str(root)
+        os.makedirs(self.root, exist_ok=True)
+        self.state = st.empty_state()
+        self.order = 0
+        self.macs = 0
+        self.state['host'] = {'uuid': st.new_uuid(), 'name-label': name,
+                              'next-domid': 1}
+        self.add_vm('Control domain on host: %s' % name, disks=(),
+                    control=True)
+        self.networks = {}
+        self.srs = {}
+
+    def _next(self):
+        self.order += 1
+        return self.order
+
+    # -- storage and networks ------------------------------------------------
+
+    def add_sr(self, name, sr_type, content_type='user', shared=False,
+               size=100 * GiB):
+        u = st.new_uuid()
+        self.state['sr'][u] = {
+            'name-label': name, 'name-description': '', 'type': sr_type,
+            'content-type': content_type, 'shared': shared,
+            'physical-size': size, 'physical-utilisation': 0,
+            'sm-config': ({'devserial': 'scsi-standin'}
+                          if sr_type.startswith('lvm') else {}),
+            'other-config': {}, 'order': self._next(),
+            'root': self.root if sr_type in st.FILE_SR_TYPES else ''}
+        if sr_type in st.FILE_SR_TYPES:
+            os.makedirs(st.mount_dir(self.root, u), exist_ok=True)
+        self.srs[name] = u
+        return u
+
+    def add_network(self, name, bridge):
+        u = st.new_uuid()
+        self.state['network'][u] = {'name-label': name,
+                                    'name-description': '',
+                                    'bridge': bridge, 'MTU': 1500,
+                                    'other-config': {},
+                                    'order': self._next()}
+        self.networks[name] = u
+        return u
+
+    def sr_path(self, sr_uuid, vdi_uuid):
+        return os.path.join(st.mount_dir(self.root, sr_uuid),
+                            vdi_uuid + '.vhd')
+
+    def add_vdi(self, sr_uuid, size, name='disk', writes=()):
+        """A VDI with a dynamic VHD (file SRs) and the model of its bytes."""
+        u = st.new_uuid()
+        sr_type = self.state['sr'][sr_uuid]['type']
+        rec = {'name-label': name, 'name-description': 'Created by xe',
+               'sr': sr_uuid, 'virtual-size': size, 'type': 'User',
+               'sharable': False, 'read-only': False, 'managed': True,
+               'location': u, 'sm-config': {}, 'other-config': {},
+               'order': self._next()}
+        model = ig.RawModel(size)
+        if sr_type in st.FILE_SR_TYPES:
+            srlib.create_base(self.sr_path(sr_uuid, u), size)
+            for off, data in writes:
+                srlib.write(self.sr_path(sr_uuid, u), off, data)
+                model.write(off, data)
+        elif sr_type.startswith('lvm'):
+            rec['sm-config'] = {'vdi_type': 'vhd'}
+            rec['physical-utilisation'] = size + 8 * MiB
+            for off, data in writes:
+                model.write(off, data)
+        elif sr_type == 'iso':
+            rec.update({'type': 'User', 'read-only': True,
+                        'location': name, 'sm-config': {}})
+        self.state['vdi'][u] = rec
+        self.models = getattr(self, 'models', {})
+        self.models[u] = model
+        return u
+
+    # -- VMs --------------------------------------------------------------
+
+    def add_vm(self, name, disks=((8 * MiB, None),), sr=None, cd=None,
+               nics=(), firmware='bios', power='running', vcpus=2,
+               memory=1 * GiB, pv=False, control=False, disk_writes=None):
+        """``disks``: (size, name) per disk (userdevice 0, 1, ...);
+        ``cd``: None (no drive), 'empty', or an ISO VDI uuid (userdevice
+        3); ``nics``: network uuids (device 0, 1, ...)."""
+        u = st.new_uuid()
+        vm = {
+            'name-label': name, 'name-description': '',
+            'power-state': 'running' if control else power,
+            'is-a-template': False, 'is-a-snapshot': False,
+            'is-control-domain': control,
+            'VCPUs-max': vcpus, 'VCPUs-at-startup': vcpus,
+            'memory-static-max': memory, 'memory-dynamic-max': memory,
+            'memory-dynamic-min': memory, 'memory-static-min': 256 * MiB,
+            'domain-type': 'pv' if (pv or control) else 'hvm',
+            'HVM-boot-policy': '' if (pv or control) else 'BIOS order',
+            'HVM-boot-params': ({} if (pv or control) else
+                                {'order': 'cd', 'firmware': firmware}),
+            'PV-bootloader': 'pygrub' if pv else '',
+            'PV-bootloader-args': '', 'PV-kernel': '', 'PV-ramdisk': '',
+            'PV-args': '',
+            'platform': ({} if control else
+                         {'timeoffset': '0', 'device-model': 'qemu-upstream-'
+                          + ('uefi' if firmware == 'uefi' else 'compat'),
+                          'videoram': '8', 'apic': 'true', 'pae': 'true',
+                          'acpi': '1', 'hpet': 'true', 'viridian': 'true',
+                          'nx': 'true', 'vga': 'std'}),
+            'other-config': {}, 'order': self._next()}
+        if firmware == 'uefi' and not pv:
+            vm['platform']['secureboot'] = 'false'
+        if vm['power-state'] == 'running':
+            vm['dom-id'] = 0 if control else self.state['host']['next-domid']
+            if not control:
+                self.state['host']['next-domid'] += 1
+        self.state['vm'][u] = vm
+        letters = 'abcdefghijklmnop'
+        for i, (size, dname) in enumerate(disks):
+            writes = (disk_writes or {}).get(i, ())
+            vdi = self.add_vdi(sr, size, dname or '%s %d' % (name, i),
+                               writes=writes)
+            self._vbd(u, vdi, str(i), 'xvd' + letters[i], 'Disk',
+                      bootable=(i == 0))
+        if cd is not None:
+            self._vbd(u, None if cd == 'empty' else cd, '3', 'xvdd', 'CD',
+                      bootable=False)
+        for i, net in enumerate(nics):
+            self.macs += 1
+            self.state['vif'][st.new_uuid()] = {
+                'vm': u, 'device': str(i), 'MAC': mac(self.macs),
+                'MAC-autogenerated': True, 'MTU': 1500, 'network': net,
+                'other-config': {}, 'order': self._next()}
+        return u
+
+    def _vbd(self, vm, vdi, userdevice, device, kind, bootable):
+        self.state['vbd'][st.new_uuid()] = {
+            'vm': vm, 'vdi': vdi, 'userdevice': userdevice,
+            'device': device, 'type': kind, 'bootable': bootable,
+            'mode': 'RW' if kind == 'Disk' else 'RO',
+            'empty': vdi is None, 'unpluggable': kind == 'Disk',
+            'other-config': {'owner': ''} if kind == 'Disk' else {},
+            'order': self._next()}
+
+    def outside_parent_vdi(self, sr_uuid, size=8 * MiB):
+        """A VDI of a file SR whose VHD is a differencing child of a file
+        OUTSIDE the SR: its locators say ``../../../outside/<x>.vhd``."""
+        outside = os.path.join(self.root, 'outside')
+        os.makedirs(outside, exist_ok=True)
+        parent_uuid = st.new_uuid()
+        parent = os.path.join(outside, parent_uuid + '.vhd')
+        srlib.create_base(parent, size)
+        srlib.write(parent, 0, ig.pattern(99, 4096))
+        u = self.add_vdi(sr_uuid, size, 'escaping parent')
+        path = self.sr_path(sr_uuid, u)
+        os.unlink(path)
+        srlib.create_child(path, parent)
+        rel = os.path.relpath(parent, os.path.dirname(path))
+        srlib.relink(path, rel, srlib.meta(parent)['uuid'])
+        self.state['vdi'][u]['sm-config'] = {'vhd-parent': parent_uuid}
+        return u
+
+    def save(self):
+        with st.locked(self.root):
+            st.save(self.root, self.state)
+        return self.root
+
+
+def standard_host(root):
+    """The shared host; returns (root, facts) where facts names things."""
+    b = HostBuilder(root)
+    local = b.add_sr('Local storage', 'ext')
+    nfs = b.add_sr('NFS virtual disk storage', 'nfs', shared=True)
+    lvm = b.add_sr('Local storage LVM', 'lvm')
+    iso_sr = b.add_sr('ISOs', 'iso', content_type='iso')
+    b.add_sr('XenServer Tools', 'iso', content_type='iso')
+    net0 = b.add_network('Pool-wide network associated with eth0', 'xenbr0')
+    net1 = b.add_network('Pool-wide network associated with eth1', 'xenbr1')
+    iso = b.add_vdi(iso_sr, 4 * MiB, 'debian-12.iso')
+    p = ig.pattern
+    facts = {'sr': {'ext': local, 'nfs': nfs, 'lvm': lvm, 'iso': iso_sr},
+             'network': {'eth0': net0, 'eth1': net1}, 'iso': iso}
+    facts['two-disks'] = b.add_vm(
+        'two-disks', disks=((8 * MiB, 'system'), (4 * MiB, 'data')),
+        sr=local, cd=iso, nics=(net0, net1), firmware='uefi',
+        disk_writes={0: [(0, p(1, 64 * 1024)), (3 * MiB, p(2, 4096))],
+                     1: [(MiB, p(3, 8192))]})
+    facts['semicolon'] = b.add_vm('a; touch /tmp/pwned',
+                                  disks=((4 * MiB, None),), sr=nfs,
+                                  cd='empty', nics=(net0,))
+    facts['quotes'] = b.add_vm('it\'s "mine"', disks=((4 * MiB, None),),
+                               sr=local, nics=(net1,), power='halted')
+    facts['twin-a'] = b.add_vm('twin', disks=((4 * MiB, None),), sr=local)
+    facts['twin-b'] = b.add_vm('twin', disks=((4 * MiB, None),), sr=local,
+                               power='halted')
+    facts['lvm'] = b.add_vm('on-lvm', disks=((16 * MiB, None),), sr=lvm,
+                            nics=(net0,))
+    facts['pv'] = b.add_vm('pv-guest', disks=((4 * MiB, None),), sr=local,
+                           pv=True, power='halted')
+    facts['escaping-vdi'] = b.outside_parent_vdi(local)
+    facts['models'] = b.models
+    b.save()
+    return b.root, facts
+
+
+# ---------------------------------------------------------------------------
+# the running guest
+# ---------------------------------------------------------------------------
+
+def _load(root):
+    return st.load(str(root))
+
+
+def vdi_path(root, vdi_uuid):
+    s = _load(root)
+    return os.path.join(st.mount_dir(str(root), s['vdi'][vdi_uuid]['sr']),
+                        vdi_uuid + '.vhd')
+
+
+class GuestWriter(object):
+    """Writes into a VDI's leaf (the file named by the VDI uuid) as the
+    running guest would, keeping the model of what the disk must read.
+
+    The leaf keeps its name across snapshots, so this keeps working after
+    any number of ``xe vm-snapshot``.  Every write takes the host's lock,
+    like the storage stack would serialise metadata updates."""
+
+    def __init__(self, root, vdi_uuid, model):
+        self.root = str(root)
+        self.vdi = vdi_uuid
+        self.model = model
+
+    @property
+    def path(self):
+        return vdi_path(self.root, self.vdi)
+
+    def write(self, offset, data):
+        with st.locked(self.root):
+            srlib.write(self.path, offset, data)
+        self.model.write(offset, data)
+
+    def zero(self, offset, length):
+        self.write(offset, bytes(length))
+
+    def grow(self, new_size):
+        """Grow the disk the way ``vhd-util resize -f`` does (sm's
+        ``setSizeVirtFast``): footer size, geometry and BAT entries of
+        the leaf; the VDI's virtual-size follows."""
+        with st.locked(self.root):
+            srlib.resize(self.path, new_size)
+            s = st.load(self.root)
+            s['vdi'][self.vdi]['virtual-size'] = new_size
+            st.save(self.root, s)
+        self.model.resize(new_size)
+
+    def read_back(self, offset=0, length=None):
+        """What FATtools' own reader returns through the whole chain."""
+        if length is None:
+            length = self.model.size - offset
+        return srlib.read(self.path, offset, length)
+
+
+def coalesce(root, node_vdi):
+    """SM's GC, explicit: merge the hidden node ``node_vdi`` into its only
+    child, which takes over (see ``sr.coalesce_into_child``); the node's
+    "base copy" VDI record goes, the child's ``vhd-parent`` becomes the
+    node's parent."""
+    root = str(root)
+    with st.locked(root):
+        s = st.load(root)
+        children = [u for u, v in s['vdi'].items()
+                    if (v.get('sm-config') or {}).get('vhd-parent') ==
+                    node_vdi]
+        if len(children) != 1:
+            raise ValueError('node %s has %d children'
+                             % (node_vdi, len(children)))
+        child = children[0]
+        node = s['vdi'][node_vdi]
+        sr = s['sr'][node['sr']]
+        if sr['type'] in st.FILE_SR_TYPES:
+            srlib.coalesce_into_child(st.mount_dir(root, node['sr']),
+                                      node_vdi, child)
+        grand = (node.get('sm-config') or {}).get('vhd-parent')
+        cfg = s['vdi'][child].setdefault('sm-config', {})
+        if grand:
+            cfg['vhd-parent'] = grand
+        else:
+            cfg.pop('vhd-parent', None)
+        del s['vdi'][node_vdi]
+        st.save(root, s)
+    return child
