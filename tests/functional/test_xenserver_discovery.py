@@ -1,0 +1,122 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The XenServer client (any2kvm_os.sources.xenserver) against the `xe`
+stand-in (tests/lib/xenserver): two pieces written apart from the xapi
+sources and documentation, each checking the other.  No SSH here: the
+runner runs the stand-in's ``xe`` locally, as the SSH layer runs it on a
+host.
+"""
+
+import os
+import subprocess
+
+import pytest
+
+from any2kvm_os.sources.xenserver import discovery
+from any2kvm_os.sources.xenserver import errors
+from any2kvm_os.sources.xenserver import snapshots
+from tests.lib.xenserver import host as xhost
+
+
+class XeFailed(Exception):
+    pass
+
+
+@pytest.fixture(scope='module')
+def standin(tmp_path_factory):
+    root, facts = xhost.standard_host(tmp_path_factory.mktemp('xs'))
+    calls = []
+
+    def run(argv):
+        assert argv[0] == 'xe'
+        calls.append(list(argv))
+        r = subprocess.run([str(xhost.XE)] + list(argv[1:]),
+                           capture_output=True, text=True,
+                           env=xhost.xe_env(root), timeout=120, cwd='/')
+        if r.returncode != 0:
+            raise XeFailed('%s: %s%s' % (argv, r.stdout, r.stderr))
+        return r.stdout
+    return root, facts, run, calls
+
+
+def mount_base(root):
+    return os.path.join(str(root), 'run', 'sr-mount')
+
+
+def test_two_disks_uefi_vm(standin):
+    root, facts, run, _calls = standin
+    found = discovery.discover(run, 'two-disks', host='standin',
+                               mount_base=mount_base(root))
+    assert found.facts['name'] == 'two-disks'
+    assert found.facts['firmware'] == 'uefi'
+    # The CD drive is skipped; disks in device order, files that exist.
+    assert [d.userdevice for d in found.disks] == sorted(
+        d.userdevice for d in found.disks)
+    assert len(found.disks) == 2
+    assert [d.virtual_size for d in found.disks] == [8 << 20, 4 << 20]
+    for d in found.disks:
+        assert os.path.isfile(d.path), d.path
+        assert d.sr_type == 'ext'
+    assert [n['network'] for n in found.facts['nics']] == [
+        'Pool-wide network associated with eth0',
+        'Pool-wide network associated with eth1']
+
+
+def test_metacharacters_are_only_a_name(standin, tmp_path):
+    root, _facts, run, _calls = standin
+    assert not os.path.exists('/tmp/pwned')
+    found = discovery.discover(run, 'a; touch /tmp/pwned',
+                               mount_base=mount_base(root))
+    assert found.facts['name'] == 'a; touch /tmp/pwned'
+    assert found.disks[0].sr_type == 'nfs'
+    assert not os.path.exists('/tmp/pwned')
+    found = discovery.discover(run, 'it\'s "mine"',
+                               mount_base=mount_base(root))
+    assert found.facts['name'] == 'it\'s "mine"'
+
+
+def test_shared_name_is_refused_with_the_candidates(standin):
+    root, facts, run, _calls = standin
+    with pytest.raises(errors.AmbiguousVm) as e:
+        discovery.discover(run, 'twin', mount_base=mount_base(root))
+    for key in ('twin-a', 'twin-b'):
+        uuid = facts[key] if isinstance(facts[key], str) else \
+            facts[key]['uuid']
+        assert uuid in str(e.value)
+
+
+def test_lvm_sr_is_refused_by_type(standin):
+    root, _facts, run, _calls = standin
+    with pytest.raises(errors.UnsupportedStorage, match='lvm'):
+        discovery.discover(run, 'on-lvm', mount_base=mount_base(root))
+
+
+def test_snapshot_as_xenserver_does_it(standin):
+    root, _facts, run, _calls = standin
+    found = discovery.discover(run, 'two-disks',
+                               mount_base=mount_base(root))
+    snap = snapshots.snapshot(run, found.uuid, 'any2kvm-test')
+    try:
+        disks = snapshots.snapshot_disks(run, snap,
+                                         mount_base=mount_base(root))
+        assert len(disks) == 2
+        for d in disks:
+            assert os.path.isfile(d.path), d.path
+        # The running VM's disks keep their files (now empty leaves).
+        again = discovery.discover(run, 'two-disks',
+                                   mount_base=mount_base(root))
+        assert [d.path for d in again.disks] == [d.path for d in
+                                                 found.disks]
+    finally:
+        snapshots.remove_snapshot(run, snap)
+    assert snap not in run(['xe', 'snapshot-list', '--minimal'])
