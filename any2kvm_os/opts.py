@@ -14,9 +14,10 @@
 
 Each module owns its options (``OPTIONS``): the limits
 (:mod:`any2kvm_os.limits`), the scratch space (:mod:`any2kvm_os.scratch`),
-the SSH connections (:mod:`any2kvm_os.ssh.options`) and the Cinder hook (:mod:`any2kvm_os.cinder.options`).  This module only
-gathers them (:func:`list_opts`, the ``oslo.config.opts`` entry point);
-it imports no driver.  :func:`any2kvm_os.api.register_opts` registers
+the SSH connections (:mod:`any2kvm_os.ssh.options`) and the Cinder hook
+(:mod:`any2kvm_os.cinder.options`).  This module only gathers them
+(:func:`list_opts`, the ``oslo.config.opts`` entry point); it imports no
+driver.  :func:`any2kvm_os.api.register_opts` registers
 those of a conversion.
 """
 

@@ -23,11 +23,12 @@ fingerprint offered and how to pin it.
 """
 
 import base64
-import fnmatch
 import hashlib
 import logging
+import re
 
 import paramiko
+import paramiko.hostkeys
 
 from any2kvm_os import exception
 
@@ -51,6 +52,14 @@ def describe(key):
     return '%s %s' % (key.get_name(), fingerprint(key))
 
 
+def _glob(pattern):
+    """OpenSSH's host patterns: ``*`` and ``?``, nothing else special
+    (``[host]:port`` is literal)."""
+    return re.compile('^%s$' % ''.join(
+        '.*' if c == '*' else '.' if c == '?' else re.escape(c)
+        for c in pattern.lower()))
+
+
 def _matches(name, patterns):
     """Whether ``name`` matches a known_hosts host field (already split
     on commas): hashed names, patterns, negations."""
@@ -67,7 +76,7 @@ def _matches(name, patterns):
         negated = pattern.startswith('!')
         if negated:
             pattern = pattern[1:]
-        if fnmatch.fnmatchcase(name.lower(), pattern.lower()):
+        if _glob(pattern).match(name.lower()):
             if negated:
                 return False
             matched = True
@@ -107,7 +116,7 @@ class KnownHosts(object):
             if marker == '@cert-authority':
                 continue   # host certificates are not offered by paramiko
             try:
-                entry = paramiko.HostKeyEntry.from_line(
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(
                     ' '.join(fields[:3]), number)
             except Exception as e:
                 LOG.debug('%s:%d: unreadable entry: %s', path, number, e)

@@ -130,6 +130,7 @@ class SshServer(object):
         self.wrapper = self.dir / 'session'
         self.process = None
         self._log_file = None
+        self._known_port = None
 
     # -- keys -------------------------------------------------------------
 
@@ -233,7 +234,11 @@ class SshServer(object):
         for _ in range(5):
             self.port = port or free_port()
             self._write_config()
-            self.write_known_hosts()
+            if self._known_port != self.port:
+                # Not again for the same port: regenerate_host_key keeps
+                # the old key in it.
+                self.write_known_hosts()
+                self._known_port = self.port
             self._log_file = open(self.log, 'ab')
             self.process = subprocess.Popen(
                 [SSHD, '-D', '-e', '-f', str(self.config)],
