@@ -31,5 +31,5 @@
   with the interface of :class:`any2kvm_os.fileio.FileView`, read over
   SFTP with pipelined requests.
 
-See doc/source/ssh.rst for the security model.
+See doc/source/contributor/ssh.rst for the security model.
 """
