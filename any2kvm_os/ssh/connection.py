@@ -88,6 +88,17 @@ def _short(text, limit=300):
     return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
+def _close_transport(transport):
+    """Close a transport and let its thread end (its last log records
+    then belong to the step that closed it)."""
+    try:
+        transport.close()
+    except Exception:  # closing a dead connection
+        pass
+    if transport is not threading.current_thread():
+        transport.join(5)
+
+
 class _Dropped(Exception):
     """The connection was lost (internal: retried or turned into an
     SshError)."""
@@ -153,12 +164,13 @@ class Connection(object):
     def _teardown(self):
         sftp, self._sftp = self._sftp, None
         transport, self._transport = self._transport, None
-        for thing in (sftp, transport):
-            if thing is not None:
-                try:
-                    thing.close()
-                except Exception:  # closing a dead connection
-                    pass
+        if sftp is not None:
+            try:
+                sftp.close()
+            except Exception:  # closing a dead connection
+                pass
+        if transport is not None:
+            _close_transport(transport)
 
     def _ensure(self):
         """The live transport, connecting (again) if needed; returns the
@@ -202,7 +214,7 @@ class Connection(object):
                 transport.set_keepalive(st.keepalive_interval)
             sock.settimeout(None)
         except BaseException:
-            transport.close()
+            _close_transport(transport)
             raise
         LOG.debug('%s: connected', self.label)
         return transport
