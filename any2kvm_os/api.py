@@ -28,6 +28,7 @@ from any2kvm_os import exception
 from any2kvm_os import limits as limits_mod
 from any2kvm_os import progress as progress_mod
 from any2kvm_os import scratch
+from any2kvm_os.ssh import options as ssh_options
 
 PROG = 'any2kvm'
 
@@ -46,10 +47,10 @@ def load_limits(config_files=()):
 
 
 def register_opts(conf):
-    """Register the options of a conversion (limits, scratch space) on
-    ``conf``."""
-    conf.register_opts(limits_mod.OPTIONS + scratch.OPTIONS,
-                       group=limits_mod.GROUP)
+    """Register the options of a conversion (limits, scratch space, SSH
+    connections) on ``conf``."""
+    conf.register_opts(limits_mod.OPTIONS + scratch.OPTIONS +
+                       ssh_options.OPTIONS, group=limits_mod.GROUP)
 
 
 def error_message(e):

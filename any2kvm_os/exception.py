@@ -84,3 +84,27 @@ class CapacityError(TargetError):
     @property
     def capacity(self):
         return self.kwargs['capacity']
+
+
+class SshError(Any2KvmError):
+    """A hypervisor host cannot be reached or used over SSH."""
+
+    msg_fmt = "%(host)s: %(reason)s"
+
+
+class HostKeyError(SshError):
+    """The host's key is unknown, changed or not the pinned one: refused."""
+
+    msg_fmt = "%(host)s: %(reason)s"
+
+
+class SshAuthError(SshError):
+    """No credential offered was accepted (or none could be had)."""
+
+    msg_fmt = "%(host)s: %(reason)s"
+
+
+class RemoteCommandError(SshError):
+    """A command run on a host failed, timed out or said too much."""
+
+    msg_fmt = "%(host)s: %(command)s: %(reason)s"

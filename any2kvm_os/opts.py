@@ -13,10 +13,11 @@
 """Every option of any2kvm_os, gathered for oslo-config-generator.
 
 Each module owns its options (``OPTIONS``): the limits
-(:mod:`any2kvm_os.limits`), the scratch space (:mod:`any2kvm_os.scratch`)
-and the Cinder hook (:mod:`any2kvm_os.cinder.options`).  This module only
-gathers them (:func:`list_opts`, the ``oslo.config.opts`` entry point);
-it imports no driver.  :func:`any2kvm_os.api.register_opts` registers
+(:mod:`any2kvm_os.limits`), the scratch space (:mod:`any2kvm_os.scratch`),
+the SSH connections (:mod:`any2kvm_os.ssh.options`) and the Cinder hook
+(:mod:`any2kvm_os.cinder.options`).  This module only gathers them
+(:func:`list_opts`, the ``oslo.config.opts`` entry point); it imports no
+driver.  :func:`any2kvm_os.api.register_opts` registers
 those of a conversion.
 """
 
@@ -25,12 +26,13 @@ import copy
 from any2kvm_os.cinder import options as cinder_options
 from any2kvm_os import limits
 from any2kvm_os import scratch
+from any2kvm_os.ssh import options as ssh_options
 
 GROUP = limits.GROUP
 
 
 def _any2kvm_opts():
-    return limits.OPTIONS + scratch.OPTIONS
+    return limits.OPTIONS + scratch.OPTIONS + ssh_options.OPTIONS
 
 
 def list_opts():

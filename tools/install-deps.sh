@@ -2,7 +2,9 @@
 # Install everything any2kvm_os needs to run and to be tested, on Debian 12.
 #
 #  * the system packages of bindep.txt (qemu-utils, python3-libvhdi,
-#    python3-libvmdk), installed with apt only when missing;
+#    python3-libvmdk, openssh-server, ...), installed with apt only when
+#    missing, and without letting apt start a service (policy-rc.d): the
+#    tests run their own sshd, the system one stays stopped;
 #  * a virtualenv at <repo>/.venv holding the project (editable) and
 #    test-requirements.txt.  It is reused while requirements.txt,
 #    test-requirements.txt and setup.cfg are unchanged (a sha256 of the
@@ -77,9 +79,34 @@ any2kvm_install_system_packages() {
         return 0
     fi
     any2kvm_log "installing system packages: ${missing[*]}"
-    any2kvm_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    any2kvm_as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # As root: in the same bash, so that the function comes along.
+    any2kvm_as_root env DEBIAN_FRONTEND=noninteractive bash -c \
+        "$(declare -f any2kvm_apt_no_services); any2kvm_apt_no_services \"\$@\"" \
+        any2kvm-apt "${missing[@]}"
+}
+
+# apt-get update and install "$@" (as root) with a policy-rc.d that keeps
+# apt from starting any service the packages bring: openssh-server's sshd
+# stays stopped (the tests run their own, on 127.0.0.1).  A policy-rc.d
+# already there is put back afterwards, whatever happens, as
+# tools/loopback-cloud does.
+any2kvm_apt_no_services() {
+    (
+        set -euo pipefail
+        policy=/usr/sbin/policy-rc.d
+        saved=
+        if [ -e "$policy" ]; then
+            saved=$(mktemp "$policy.any2kvm.XXXXXX")
+            cp -p "$policy" "$saved"
+        fi
+        trap 'if [ -n "$saved" ]; then mv -f "$saved" "$policy";
+            else rm -f "$policy"; fi' EXIT
+        printf '#!/bin/sh\n# tools/install-deps.sh: start nothing\nexit 101\n' \
+            >"$policy"
+        chmod 755 "$policy"
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "$@"
+    )
 }
 
 any2kvm_deps_hash() {

@@ -1,0 +1,509 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""One SSH connection to a hypervisor host.
+
+:class:`Connection` logs in (key file, ssh-agent, then a password from
+an environment variable or a terminal prompt), verifies the host key
+first (:mod:`.hostkeys`), sends keepalives, and reconnects with backoff
+when the connection drops during a step: a read of a
+:class:`~.remotefile.RemoteFile` goes on at the same offset, a command
+marked ``idempotent`` runs again.  Reconnections are bounded in number
+(``ssh_retries``) and time (``ssh_retry_max_seconds``).
+
+Commands are argv lists: every word is quoted (:func:`shlex.quote`) so
+that it reaches the remote program as one literal word, whatever it
+holds; nothing is ever built from a shell string.
+"""
+
+import collections
+import logging
+import os
+import select
+import shlex
+import socket
+import threading
+import time
+
+import paramiko
+
+from any2kvm_os import exception
+from any2kvm_os.ssh import credentials
+from any2kvm_os.ssh import hostkeys
+from any2kvm_os.ssh import options as options_mod
+from any2kvm_os.ssh import remotefile
+
+LOG = logging.getLogger(__name__)
+
+#: paramiko logs a connection's transport, channels and SFTP here (not
+#: under ``paramiko``), behind the password filter.
+WIRE_LOGGER = 'any2kvm_os.ssh.wire'
+_FILTERED_LOGGERS = (WIRE_LOGGER, WIRE_LOGGER + '.sftp', 'paramiko',
+                     'paramiko.transport', 'paramiko.transport.sftp',
+                     'paramiko.sftp', 'paramiko.agent',
+                     'paramiko.auth_strategy')
+
+_BUFFER = 64 << 10
+
+
+class CommandResult(collections.namedtuple(
+        'CommandResult', 'argv status stdout stderr')):
+    """What a remote command did: ``status`` is its exit status (-1 when
+    it ended without one, e.g. killed by a signal); ``stdout`` and
+    ``stderr`` are bytes (stderr cut at :data:`options.MAX_STDERR`)."""
+
+    @property
+    def command(self):
+        return quote_argv(self.argv)
+
+
+def quote_argv(argv):
+    """The command line that runs ``argv`` word for word in a POSIX
+    shell; refuses a string (it would be split by the remote shell) and
+    words holding NUL."""
+    if isinstance(argv, (str, bytes)) or not argv:
+        raise TypeError('a command is a non-empty list of words, not %r'
+                        % (argv,))
+    words = []
+    for word in argv:
+        if not isinstance(word, str):
+            raise TypeError('command word %r is not a string' % (word,))
+        if '\0' in word:
+            raise ValueError('command word %r holds a NUL byte' % (word,))
+        words.append(shlex.quote(word))
+    return ' '.join(words)
+
+
+def _short(text, limit=300):
+    text = ' '.join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _close_transport(transport):
+    """Close a transport and let its thread end (its last log records
+    then belong to the step that closed it)."""
+    try:
+        transport.close()
+    except Exception:  # closing a dead connection
+        pass
+    if transport is not threading.current_thread():
+        transport.join(5)
+
+
+class _Dropped(Exception):
+    """The connection was lost (internal: retried or turned into an
+    SshError)."""
+
+
+class Connection(object):
+    """An SSH connection to one host (:class:`~.options.HostOptions`),
+    with :class:`~.options.Settings`.
+
+    Connects on first use (or :meth:`connect`); use it as a context
+    manager or call :meth:`close`.  ``bytes_read`` counts the bytes
+    received as file data and command output (re-reads after a
+    reconnection included).
+    """
+
+    def __init__(self, host_options, settings=None, stdin=None,
+                 environ=None):
+        self.host_options = host_options
+        self.settings = settings or options_mod.Settings()
+        self.bytes_read = 0
+        self.generation = 0
+        self._stdin = stdin
+        self._environ = environ
+        self._lock = threading.RLock()
+        self._count_lock = threading.Lock()
+        self._transport = None
+        self._sftp = None
+        self._password = None
+        self._ever_connected = False
+        credentials.install_filter(_FILTERED_LOGGERS)
+
+    # -- life -------------------------------------------------------------
+
+    @property
+    def label(self):
+        return self.host_options.label
+
+    def connect(self):
+        """Connect and log in now (it is otherwise done on first use)."""
+        self.retrying('connecting', lambda: None)
+        return self
+
+    def close(self):
+        with self._lock:
+            self._teardown()
+            if self._password is not None:
+                credentials.REDACT.discard(self._password)
+                self._password = None
+
+    def __enter__(self):
+        return self.connect()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return '<Connection %s>' % self.label
+
+    def is_active(self):
+        t = self._transport
+        return t is not None and t.is_active()
+
+    def _teardown(self):
+        sftp, self._sftp = self._sftp, None
+        transport, self._transport = self._transport, None
+        if sftp is not None:
+            try:
+                sftp.close()
+            except Exception:  # closing a dead connection
+                pass
+        if transport is not None:
+            _close_transport(transport)
+
+    def _ensure(self):
+        """The live transport, connecting (again) if needed; returns the
+        generation it belongs to."""
+        with self._lock:
+            if self._transport is None or not self._transport.is_active():
+                self._teardown()
+                self._transport = self._open()
+                self.generation += 1
+                self._ever_connected = True
+            return self.generation
+
+    def _open(self):
+        ho, st = self.host_options, self.settings
+        try:
+            sock = socket.create_connection((ho.host, ho.port),
+                                            timeout=st.connect_timeout)
+        except OSError as e:
+            raise _Dropped('cannot connect to %s port %d: %s'
+                           % (ho.host, ho.port, e.strerror or e))
+        transport = paramiko.Transport(sock)
+        try:
+            transport.set_log_channel(WIRE_LOGGER)
+            transport.banner_timeout = st.connect_timeout
+            transport.handshake_timeout = st.connect_timeout
+            transport.auth_timeout = st.connect_timeout
+            if not ho.host_keys:
+                known = hostkeys.KnownHosts(ho.known_hosts,
+                                            ho.known_hosts_name)
+                security = transport.get_security_options()
+                security.key_types = hostkeys.preferred_algorithms(
+                    known.key_types(), list(security.key_types))
+            try:
+                transport.start_client(timeout=st.connect_timeout)
+            except (paramiko.SSHException, EOFError, OSError) as e:
+                raise _Dropped('SSH handshake with %s failed: %s'
+                               % (self.label, e))
+            hostkeys.verify(ho, transport.get_remote_server_key())
+            self._authenticate(transport)
+            if st.keepalive_interval:
+                transport.set_keepalive(st.keepalive_interval)
+            sock.settimeout(None)
+        except BaseException:
+            _close_transport(transport)
+            raise
+        LOG.debug('%s: connected', self.label)
+        return transport
+
+    # -- authentication ---------------------------------------------------
+
+    def _allowed(self, transport, user):
+        """The methods the server accepts (from a "none" attempt)."""
+        try:
+            transport.auth_none(user)
+        except paramiko.BadAuthenticationType as e:
+            return list(e.allowed_types)
+        except paramiko.AuthenticationException:
+            return []
+        return None   # logged in without credentials
+
+    def _authenticate(self, transport):
+        ho = self.host_options
+        user = ho.user
+        allowed = self._allowed(transport, user)
+        if allowed is None:
+            return
+        tried = []
+        if 'publickey' in allowed:
+            for what, key in self._keys(tried):
+                try:
+                    transport.auth_publickey(user, key)
+                except paramiko.AuthenticationException as e:
+                    LOG.debug('%s: %s refused: %s', self.label, what, e)
+                    allowed = getattr(e, 'allowed_types', allowed)
+                    continue
+                if transport.is_authenticated():
+                    LOG.debug('%s: logged in with %s', self.label, what)
+                    return
+        if {'password', 'keyboard-interactive'} & set(allowed):
+            secret = self._get_password(tried)
+            if secret is not None:
+                if self._password_login(transport, user, secret, allowed):
+                    return
+        raise exception.SshAuthError(
+            host=self.label, reason='authentication failed (tried: %s; '
+            'the host accepts: %s)'
+            % (', '.join(tried) or 'nothing',
+               ', '.join(allowed) or 'nothing'))
+
+    def _keys(self, tried):
+        """(description, key) of the identity file, then of ssh-agent."""
+        ho = self.host_options
+        if ho.identity_file:
+            tried.append('key %s' % ho.identity_file)
+            try:
+                key = paramiko.PKey.from_path(ho.identity_file)
+            except paramiko.PasswordRequiredException:
+                raise exception.SshAuthError(
+                    host=self.label, reason='identity file %s is '
+                    'encrypted: add it to ssh-agent (ssh-add) and leave '
+                    '--identity-file out' % ho.identity_file)
+            except (OSError, paramiko.SSHException, ValueError) as e:
+                raise exception.SshAuthError(
+                    host=self.label, reason='identity file %s cannot be '
+                    'read: %s' % (ho.identity_file, e))
+            yield 'key %s' % ho.identity_file, key
+        environ = os.environ if self._environ is None else self._environ
+        if environ.get('SSH_AUTH_SOCK'):
+            agent = paramiko.Agent()
+            try:
+                keys = agent.get_keys()
+                tried.append('ssh-agent (%d keys)' % len(keys))
+                for key in keys:
+                    yield 'ssh-agent key %s' % hostkeys.describe(key), key
+            finally:
+                agent.close()
+
+    def _get_password(self, tried):
+        ho = self.host_options
+        if self._password is None:
+            if ho.password_env:
+                self._password = credentials.from_env(
+                    self.label, ho.password_env, self._environ)
+            elif not self._ever_connected:
+                # Asked once; a reconnection uses what was typed.
+                self._password = credentials.prompt(self.label, self._stdin)
+            if self._password is not None:
+                credentials.REDACT.add(self._password)
+        if self._password is None:
+            return None
+        tried.append('password from $%s' % ho.password_env
+                     if ho.password_env else 'password typed')
+        return self._password
+
+    def _password_login(self, transport, user, secret, allowed):
+        try:
+            if 'password' in allowed:
+                transport.auth_password(user, secret.reveal(),
+                                        fallback=False)
+            else:
+                def answer(title, instructions, prompts):
+                    return [secret.reveal() if not echo else ''
+                            for _, echo in prompts]
+                transport.auth_interactive(user, answer)
+        except paramiko.AuthenticationException as e:
+            LOG.debug('%s: password refused: %s', self.label,
+                      type(e).__name__)
+            return False
+        return transport.is_authenticated()
+
+    # -- retries ----------------------------------------------------------
+
+    def _is_drop(self, error):
+        if isinstance(error, _Dropped):
+            return True
+        if isinstance(error, exception.Any2KvmError):
+            return False
+        if isinstance(error, (paramiko.AuthenticationException,
+                              paramiko.BadHostKeyException)):
+            return False
+        if isinstance(error, socket.timeout):
+            return True
+        if isinstance(error, (EOFError, OSError, paramiko.SSHException)):
+            # An SFTP status (no such file, ...) arrives as an OSError on
+            # a live connection: that is the remote file's error.
+            return not self.is_active() or (
+                isinstance(error, paramiko.SSHException) and
+                'dropped' in str(error))
+        return False
+
+    def retrying(self, what, step, retry=True):
+        """Run ``step()`` on a live connection; if the connection drops,
+        reconnect with backoff and (``retry``) run it again, within
+        ``ssh_retries`` attempts and ``ssh_retry_max_seconds``."""
+        st = self.settings
+        attempts = 0
+        deadline = None
+        delay = st.retry_delay
+        while True:
+            try:
+                self._ensure()
+                return step()
+            except Exception as e:
+                if not self._is_drop(e):
+                    raise
+                if not self._ever_connected:
+                    raise exception.SshError(host=self.label,
+                                             reason=str(e))
+                with self._lock:
+                    self._teardown()
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + st.retry_max_seconds
+                attempts += 1
+                if not retry:
+                    raise exception.SshError(
+                        host=self.label, reason='connection lost during '
+                        '%s (not repeated: it may have had effects): %s'
+                        % (what, _short(str(e) or type(e).__name__)))
+                if attempts > st.retries or now + delay > deadline:
+                    raise exception.SshError(
+                        host=self.label, reason='connection lost during '
+                        '%s; gave up after %d reconnection attempts in '
+                        '%.0f s: %s' % (what, attempts - 1,
+                                        now - deadline + st.retry_max_seconds,
+                                        _short(str(e) or type(e).__name__)))
+                LOG.warning('%s: connection lost during %s (%s); '
+                            'reconnecting in %.1f s (attempt %d of %d)',
+                            self.label, what,
+                            _short(str(e) or type(e).__name__), delay,
+                            attempts, st.retries)
+                time.sleep(delay)
+                delay = min(delay * 2, st.max_retry_delay)
+
+    def count(self, n):
+        with self._count_lock:
+            self.bytes_read += n
+
+    # -- commands ---------------------------------------------------------
+
+    def run(self, argv, timeout=None, max_output=None, idempotent=False):
+        """Run ``argv`` on the host (each word quoted) and return a
+        :class:`CommandResult`; the exit status is not judged (see
+        :meth:`check_run`).
+
+        ``timeout`` (seconds, default ``ssh_command_timeout``) bounds
+        the whole command, ``max_output`` (bytes, default
+        ``ssh_max_output_mib``) its standard output: beyond either, the
+        channel is closed and :class:`~any2kvm_os.exception.
+        RemoteCommandError` raised.  A command is run again after a lost
+        connection only when ``idempotent`` (a query).
+        """
+        command = quote_argv(argv)
+        timeout = self.settings.command_timeout if timeout is None \
+            else timeout
+        max_output = self.settings.max_output if max_output is None \
+            else max_output
+        return self.retrying(
+            'command %s' % _short(command, 80),
+            lambda: self._run_once(argv, command, timeout, max_output),
+            retry=idempotent)
+
+    def check_run(self, argv, **kwargs):
+        """:meth:`run`, raising :class:`~any2kvm_os.exception.
+        RemoteCommandError` (naming the command and its stderr) unless
+        the exit status is 0."""
+        result = self.run(argv, **kwargs)
+        if result.status != 0:
+            stderr = result.stderr.decode('utf-8', 'replace').strip()
+            raise exception.RemoteCommandError(
+                host=self.label, command=_short(result.command, 200),
+                reason='exit status %d%s' % (
+                    result.status,
+                    ': ' + _short(stderr, 500) if stderr else
+                    ' (nothing on stderr)'))
+        return result
+
+    def _run_once(self, argv, command, timeout, max_output):
+        deadline = time.monotonic() + timeout
+        LOG.debug('%s: running %s', self.label, command)
+        channel = self._transport.open_session(
+            timeout=self.settings.connect_timeout)
+        try:
+            channel.exec_command(command)
+            channel.shutdown_write()
+            out, err = bytearray(), bytearray()
+            while True:
+                busy = False
+                while channel.recv_ready():
+                    data = channel.recv(_BUFFER)
+                    if not data:
+                        break
+                    busy = True
+                    self.count(len(data))
+                    out += data
+                    if len(out) > max_output:
+                        raise exception.RemoteCommandError(
+                            host=self.label, command=_short(command, 200),
+                            reason='printed more than %d bytes on stdout: '
+                            'stopped' % max_output)
+                while channel.recv_stderr_ready():
+                    data = channel.recv_stderr(_BUFFER)
+                    if not data:
+                        break
+                    busy = True
+                    self.count(len(data))
+                    room = options_mod.MAX_STDERR - len(err)
+                    if room > 0:
+                        err += data[:room]
+                if busy:
+                    continue
+                if not self.is_active():
+                    raise _Dropped('connection closed while %s ran'
+                                   % _short(command, 80))
+                if channel.closed or (channel.exit_status_ready() and
+                                      channel.eof_received):
+                    # Closed without a status (killed by a signal): -1.
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise exception.RemoteCommandError(
+                        host=self.label, command=_short(command, 200),
+                        reason='no exit after %s s: stopped' % timeout)
+                select.select([channel], [], [], min(remaining, 0.05))
+            status = channel.recv_exit_status()
+        finally:
+            channel.close()
+        LOG.debug('%s: %s: exit status %d', self.label,
+                  _short(command, 80), status)
+        return CommandResult(list(argv), status, bytes(out), bytes(err))
+
+    # -- files ------------------------------------------------------------
+
+    def sftp(self):
+        """The SFTP client of the live connection (opened on first use;
+        internal to :class:`~.remotefile.RemoteFile`)."""
+        with self._lock:
+            self._ensure()
+            if self._sftp is None:
+                try:
+                    self._sftp = paramiko.SFTPClient.from_transport(
+                        self._transport)
+                except (paramiko.SSHException, EOFError, OSError) as e:
+                    if self.is_active():
+                        raise exception.SshError(
+                            host=self.label, reason='no SFTP: %s' % e)
+                    raise
+                self._sftp.get_channel().settimeout(
+                    self.settings.io_timeout)
+            return self._sftp
+
+    def open_file(self, path, size=None, name=None):
+        """A :class:`~.remotefile.RemoteFile` of ``path`` (absolute) on
+        the host, read over SFTP.  ``size``: for what SFTP cannot size
+        (a block device); a regular file's size is its own."""
+        return remotefile.RemoteFile(self, path, size=size, name=name)

@@ -1,0 +1,247 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The SSH options: connection defaults (oslo.config), one host's
+options, and the command-line options every SSH source shares.
+
+The defaults of a connection (timeouts, keepalives, retries, output
+bounds) are options of ``[any2kvm]`` owned here (``OPTIONS``, gathered by
+:mod:`any2kvm_os.opts`); :class:`Settings` takes its defaults from them.
+What names one host (user, address, port) and how to trust and log in
+to it (identity file, known_hosts, pinned key, password variable) is a
+:class:`HostOptions`; :func:`add_arguments` adds the shared
+command-line options and :func:`host_options` reads them back.
+"""
+
+import getpass
+import os
+import re
+
+from oslo_config import cfg
+
+GROUP = 'any2kvm'
+
+OPTIONS = [
+    cfg.IntOpt('ssh_connect_timeout', default=30, min=1,
+               help='Seconds to wait for an SSH host to answer (TCP '
+                    'connection, key exchange, authentication).'),
+    cfg.IntOpt('ssh_io_timeout', default=120, min=1,
+               help='Seconds without an answer to a file read after '
+                    'which the SSH connection is taken for dead (and '
+                    'reconnected).'),
+    cfg.IntOpt('ssh_keepalive_interval', default=30, min=0,
+               help='Seconds between SSH keepalive messages; 0 sends '
+                    'none.'),
+    cfg.IntOpt('ssh_retries', default=5, min=0,
+               help='Most reconnections after a lost SSH connection '
+                    'during one step (a file read, a command marked '
+                    'as safe to repeat).'),
+    cfg.IntOpt('ssh_retry_max_seconds', default=300, min=1,
+               help='Most seconds spent reconnecting after a lost SSH '
+                    'connection during one step; the wait between two '
+                    'attempts doubles from 1 second up to 30.'),
+    cfg.IntOpt('ssh_command_timeout', default=3600, min=1,
+               help='Default seconds a command run on a host may take.'),
+    cfg.IntOpt('ssh_max_output_mib', default=64, min=1,
+               help='Default most MiB a command run on a host may print '
+                    'on its standard output.'),
+    cfg.IntOpt('ssh_sftp_max_requests', default=64, min=1,
+               help='Most SFTP read requests of 32 KiB in flight for one '
+                    'read: bounds the memory a read holds and how full '
+                    'a high-latency link is kept.'),
+]
+
+_DEFAULTS = {o.name: o.default for o in OPTIONS}
+
+#: Most bytes of a command's standard error kept (the rest is dropped).
+MAX_STDERR = 64 << 10
+
+_ENV_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
+_FINGERPRINT = re.compile(r'^SHA256:[A-Za-z0-9+/]{43}=?$')
+
+
+class Settings(object):
+    """The defaults of SSH connections, read from configuration.
+
+    Every argument left out takes its option's default; ``retry_delay``
+    is the first wait between reconnections (it doubles up to
+    ``max_retry_delay``).
+    """
+
+    def __init__(self,
+                 connect_timeout=_DEFAULTS['ssh_connect_timeout'],
+                 io_timeout=_DEFAULTS['ssh_io_timeout'],
+                 keepalive_interval=_DEFAULTS['ssh_keepalive_interval'],
+                 retries=_DEFAULTS['ssh_retries'],
+                 retry_max_seconds=_DEFAULTS['ssh_retry_max_seconds'],
+                 command_timeout=_DEFAULTS['ssh_command_timeout'],
+                 max_output=_DEFAULTS['ssh_max_output_mib'] << 20,
+                 sftp_max_requests=_DEFAULTS['ssh_sftp_max_requests'],
+                 retry_delay=1.0, max_retry_delay=30.0):
+        self.connect_timeout = connect_timeout
+        self.io_timeout = io_timeout
+        self.keepalive_interval = keepalive_interval
+        self.retries = retries
+        self.retry_max_seconds = retry_max_seconds
+        self.command_timeout = command_timeout
+        self.max_output = max_output
+        self.sftp_max_requests = sftp_max_requests
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+
+    @classmethod
+    def from_conf(cls, conf):
+        """The settings ``conf`` sets (its ``[any2kvm]`` options must be
+        registered: :func:`any2kvm_os.api.register_opts`)."""
+        g = conf[GROUP]
+        return cls(connect_timeout=g.ssh_connect_timeout,
+                   io_timeout=g.ssh_io_timeout,
+                   keepalive_interval=g.ssh_keepalive_interval,
+                   retries=g.ssh_retries,
+                   retry_max_seconds=g.ssh_retry_max_seconds,
+                   command_timeout=g.ssh_command_timeout,
+                   max_output=g.ssh_max_output_mib << 20,
+                   sftp_max_requests=g.ssh_sftp_max_requests)
+
+
+def default_known_hosts():
+    """Where OpenSSH keeps the user's known hosts."""
+    return os.path.expanduser('~/.ssh/known_hosts')
+
+
+class HostOptions(object):
+    """How to reach, trust and log in to one host.
+
+    ``host_keys``: pinned fingerprints (``SHA256:...`` as ``ssh-keygen -l``
+    prints them); when given, the host must offer one of them and
+    ``known_hosts`` is not consulted.  ``known_hosts``: an OpenSSH
+    known_hosts file (None: ``~/.ssh/known_hosts``).  ``password_env``:
+    the name of an environment variable holding the password (the
+    password itself is never an option).
+    """
+
+    def __init__(self, host, user=None, port=22, identity_file=None,
+                 known_hosts=None, host_keys=(), password_env=None):
+        if not host or host.startswith('-') or any(
+                c.isspace() for c in host):
+            raise ValueError('invalid host name %r' % (host,))
+        if not 0 < int(port) < 65536:
+            raise ValueError('invalid port %r' % (port,))
+        if password_env is not None and not _ENV_NAME.match(password_env):
+            raise ValueError('invalid environment variable name %r'
+                             % (password_env,))
+        if isinstance(host_keys, str):
+            host_keys = [host_keys]
+        for key in host_keys:
+            check_fingerprint(key)
+        self.host = host
+        self.user = user or getpass.getuser()
+        self.port = int(port)
+        self.identity_file = identity_file
+        self.known_hosts = known_hosts or default_known_hosts()
+        self.host_keys = tuple(k.rstrip('=') for k in host_keys)
+        self.password_env = password_env
+
+    @classmethod
+    def parse(cls, target, **kwargs):
+        """``[user@]host[:port]`` (an IPv6 address in brackets:
+        ``[::1]:22``) and the other options as keywords."""
+        user, sep, rest = target.rpartition('@')
+        port = kwargs.pop('port', 22)
+        if rest.startswith('['):
+            addr, _, tail = rest[1:].partition(']')
+            if tail.startswith(':'):
+                port = int(tail[1:])
+            elif tail:
+                raise ValueError('invalid host %r' % (target,))
+            rest = addr
+        elif rest.count(':') == 1:
+            rest, port = rest.split(':')
+            port = int(port)
+        return cls(rest, user=user if sep else kwargs.pop('user', None),
+                   port=port, **kwargs)
+
+    @property
+    def known_hosts_name(self):
+        """The host as known_hosts names it: ``host``, or ``[host]:port``
+        for another port than 22."""
+        if self.port == 22:
+            return self.host
+        return '[%s]:%d' % (self.host, self.port)
+
+    @property
+    def label(self):
+        """``user@host`` or ``user@[host]:port``, for messages."""
+        return '%s@%s' % (self.user, self.known_hosts_name)
+
+    def __repr__(self):
+        return '<HostOptions %s>' % self.label
+
+
+def check_fingerprint(text):
+    """Refuse what is not a SHA256 fingerprint as OpenSSH prints it."""
+    if not _FINGERPRINT.match(text or ''):
+        raise ValueError('%r is not a host key fingerprint: give it as '
+                         'ssh-keygen -l prints it, SHA256:<43 characters>'
+                         % (text,))
+    return text.rstrip('=')
+
+
+def _fingerprint_arg(text):
+    import argparse
+    try:
+        return check_fingerprint(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def _env_name_arg(text):
+    import argparse
+    if not _ENV_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            'the name of an environment variable, not %r' % (text,))
+    return text
+
+
+def add_arguments(parser):
+    """Add the options every SSH source shares to an argparse parser (or
+    group) and return the group they are in."""
+    group = parser.add_argument_group(
+        'SSH', 'How hypervisor hosts are trusted and logged in to.')
+    group.add_argument(
+        '--identity-file', metavar='PATH',
+        help='Private key to log in with (default: the keys of '
+             'ssh-agent, if SSH_AUTH_SOCK is set).')
+    group.add_argument(
+        '--known-hosts', metavar='PATH',
+        help='OpenSSH known_hosts file the host key must be in '
+             '(default: ~/.ssh/known_hosts).')
+    group.add_argument(
+        '--host-key', metavar='SHA256:...', action='append', default=[],
+        type=_fingerprint_arg,
+        help='Fingerprint of the host key, as ssh-keygen -l prints it; '
+             'when given, known_hosts is not consulted. May be repeated.')
+    group.add_argument(
+        '--password-env', metavar='NAME', type=_env_name_arg,
+        help='Name of an environment variable holding the password '
+             '(the password is never an option; without this, it is '
+             'asked for on a terminal when no key is accepted).')
+    return group
+
+
+def host_options(args, target, **kwargs):
+    """The :class:`HostOptions` of ``target`` (``[user@]host[:port]``)
+    from the options :func:`add_arguments` added."""
+    return HostOptions.parse(
+        target, identity_file=args.identity_file,
+        known_hosts=args.known_hosts, host_keys=args.host_key,
+        password_env=args.password_env, **kwargs)

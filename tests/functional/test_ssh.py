@@ -1,0 +1,336 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The SSH layer against a real OpenSSH server on 127.0.0.1
+(tests/lib/sshd.py): no mocks."""
+
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+from any2kvm_os import exception
+from any2kvm_os.formats import probe
+from any2kvm_os import fileio
+from any2kvm_os.ssh import connection as conn_mod
+from any2kvm_os.ssh import options
+from tests.lib import sshd as sshd_lib
+from tests.lib import vhdbuild
+
+PASSWORD = 'Pw-never-seen-7f3a9c'   # wrong on purpose: no account has it
+
+
+def fast():
+    """Settings that retry at once (tests are in a hurry)."""
+    return options.Settings(connect_timeout=10, io_timeout=10,
+                            retry_delay=0.05, max_retry_delay=0.2,
+                            sftp_max_requests=8)
+
+
+def host(server, **kwargs):
+    args = dict(port=server.port, user=server.user,
+                identity_file=str(server.client_key),
+                known_hosts=str(server.known_hosts))
+    args.update(kwargs)
+    return options.HostOptions(server.host, **args)
+
+
+def connect(server, settings=None, environ=None, **kwargs):
+    # No ssh-agent of the machine running the tests takes part.
+    environ = {} if environ is None else environ
+    return conn_mod.Connection(host(server, **kwargs), settings or fast(),
+                               environ=environ).connect()
+
+
+def one_line(error):
+    text = str(error)
+    assert '\n' not in text, text
+    return text
+
+
+# -- logging in -----------------------------------------------------------
+
+def test_key_login_runs_a_command(sshd):
+    with connect(sshd) as c:
+        r = c.run(['id', '-un'])
+    assert (r.status, r.stdout, r.stderr) == (0, sshd.user.encode() + b'\n',
+                                              b'')
+
+
+def test_pinned_host_key_is_accepted_without_known_hosts(sshd, tmp_path):
+    with connect(sshd, host_keys=[sshd.fingerprint],
+                 known_hosts=str(tmp_path / 'none')) as c:
+        assert c.check_run(['true']).status == 0
+
+
+def test_wrong_pinned_key_is_refused_with_the_offered_one(sshd):
+    wrong = 'SHA256:' + 'A' * 43
+    with pytest.raises(exception.HostKeyError) as e:
+        connect(sshd, host_keys=[wrong])
+    text = one_line(e.value)
+    assert sshd.fingerprint in text and wrong in text
+    assert 'pinned' in text
+
+
+def test_host_missing_from_known_hosts_is_refused(sshd, tmp_path):
+    other = tmp_path / 'known_hosts'
+    kind, blob = sshd.host_public_key()
+    other.write_text('[127.0.0.1]:1 %s %s\n' % (kind, blob))
+    with pytest.raises(exception.HostKeyError) as e:
+        connect(sshd, known_hosts=str(other))
+    text = one_line(e.value)
+    assert 'not known' in text and sshd.fingerprint in text
+    assert '--host-key %s' % sshd.fingerprint in text
+    with pytest.raises(exception.HostKeyError, match='does not exist'):
+        connect(sshd, known_hosts=str(tmp_path / 'absent'))
+
+
+def test_hashed_known_hosts_entry_is_accepted(sshd, tmp_path):
+    path = sshd.write_known_hosts(tmp_path / 'hashed', hashed=True)
+    assert path.read_text().startswith('|1|')
+    with connect(sshd, known_hosts=str(path)) as c:
+        assert c.run(['true']).status == 0
+
+
+def test_changed_host_key_is_refused(sshd_factory):
+    server = sshd_factory()
+    old = server.fingerprint
+    connect(server).close()
+    server.regenerate_host_key()
+    new = server.fingerprint
+    assert new != old
+    with pytest.raises(exception.HostKeyError) as e:
+        connect(server)
+    text = one_line(e.value)
+    assert 'HOST KEY CHANGED' in text
+    assert old in text and new in text and '--host-key %s' % new in text
+
+
+def test_wrong_password_from_the_environment(sshd, caplog):
+    caplog.set_level(logging.DEBUG)
+    for name in ('', 'paramiko', conn_mod.WIRE_LOGGER):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    with pytest.raises(exception.SshAuthError) as e:
+        connect(sshd, identity_file=None, password_env='ANY2KVM_TEST_PW',
+                environ={'ANY2KVM_TEST_PW': PASSWORD})
+    text = one_line(e.value)
+    assert 'authentication failed' in text
+    assert 'password from $ANY2KVM_TEST_PW' in text
+    assert 'Failed password for %s' % sshd.user in sshd.log_text()
+    # Never in a message, a log record (paramiko's at DEBUG included) or
+    # this process's argv.
+    assert PASSWORD not in text
+    assert caplog.records
+    assert any(r.name.startswith(conn_mod.WIRE_LOGGER)
+               for r in caplog.records)
+    assert PASSWORD not in caplog.text
+    for record in caplog.records:
+        assert PASSWORD not in record.getMessage()
+    with open('/proc/self/cmdline', 'rb') as f:
+        assert PASSWORD.encode() not in f.read()
+
+
+def test_password_variable_not_set(sshd):
+    with pytest.raises(exception.SshAuthError) as e:
+        connect(sshd, identity_file=None, password_env='ANY2KVM_UNSET_PW')
+    assert 'ANY2KVM_UNSET_PW' in one_line(e.value)
+    assert 'not set' in str(e.value)
+
+
+def test_no_credential_is_one_line(sshd):
+    with pytest.raises(exception.SshAuthError) as e:
+        connect(sshd, identity_file=None)
+    assert 'tried: nothing' in one_line(e.value)
+
+
+# -- commands -------------------------------------------------------------
+
+def test_metacharacters_are_one_literal_word(sshd, tmp_path):
+    marker = tmp_path / 'pwned'
+    words = ['a; touch %s' % marker, 'it\'s "mine"', '$(touch %s)' % marker,
+             '`touch %s`' % marker, '*', '| touch %s &' % marker,
+             'new\nline', '']
+    with connect(sshd) as c:
+        r = c.check_run(['printf', '<%s>\\n'] + words)
+    assert r.stdout.decode() == ''.join('<%s>\n' % w for w in words)
+    assert not marker.exists()
+
+
+def test_failed_command_names_itself_and_its_stderr(sshd):
+    with connect(sshd) as c:
+        with pytest.raises(exception.RemoteCommandError) as e:
+            c.check_run(['sh', '-c', 'echo "no such VM" >&2; exit 3'])
+    text = one_line(e.value)
+    assert 'exit status 3' in text and 'no such VM' in text
+    assert "sh -c 'echo" in text
+
+
+def test_command_timeout_and_output_bound(sshd):
+    with connect(sshd) as c:
+        start = time.monotonic()
+        with pytest.raises(exception.RemoteCommandError, match='no exit'):
+            c.run(['sleep', '30'], timeout=0.5)
+        assert time.monotonic() - start < 10
+        with pytest.raises(exception.RemoteCommandError,
+                           match='more than 1000 bytes'):
+            c.run(['head', '-c', '100000', '/dev/zero'], max_output=1000)
+        # stderr is kept up to its bound, the rest dropped.
+        r = c.run(['sh', '-c', 'head -c 200000 /dev/zero >&2'])
+        assert r.status == 0 and len(r.stderr) == options.MAX_STDERR
+        # The connection still serves.
+        assert c.run(['echo', 'ok']).stdout == b'ok\n'
+
+
+def test_environment_of_the_test_bed(sshd_factory, tmp_path):
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'xe').write_text('#!/bin/sh\necho "fake xe $*"\n')
+    (fake / 'xe').chmod(0o755)
+    server = sshd_factory(env={'PATH': '%s:/usr/bin:/bin' % fake})
+    with connect(server) as c:
+        assert c.check_run(['xe', 'vm-list']).stdout == b'fake xe vm-list\n'
+        with c.open_file(str(fake / 'xe')) as f:
+            assert f.pread(9, 0) == b'#!/bin/sh'
+
+
+# -- files ----------------------------------------------------------------
+
+def test_large_pread_equals_local_bytes(sshd, tmp_path):
+    data = os.urandom(5 << 20) * 3 + os.urandom(12345)
+    path = tmp_path / 'disk.bin'
+    path.write_bytes(data)
+    with connect(sshd) as c:
+        before = c.bytes_read
+        with c.open_file(str(path)) as f:
+            assert f.size == len(data)
+            assert f.name.endswith(':%s' % path)
+            assert f.pread(len(data) + 100, 0) == data
+            assert f.bytes_read == len(data)
+            for offset, length in [(1, 1), (70000, 300000),
+                                   (len(data) - 5, 100), (len(data), 10),
+                                   (12 << 20, 0)]:
+                assert f.pread(length, offset) == \
+                    data[offset:offset + length]
+            assert list(f.data_runs(10, 1 << 40)) == [(10, len(data), True)]
+            assert f.bytes_read == len(data) + 1 + 300000 + 5
+        assert c.bytes_read - before == f.bytes_read
+
+
+def test_remote_vhd_reads_like_a_local_one(sshd, tmp_path):
+    image, _ = vhdbuild.build(8 << 20, {1: (None, b'remote' * 1000)})
+    path = tmp_path / 'disk.vhd'
+    path.write_bytes(image)
+    with connect(sshd) as c, c.open_file(str(path)) as remote, \
+            fileio.FileView.open_path(str(path)) as local:
+        a = probe.open_layer(remote)
+        b = probe.open_layer(local)
+        assert type(a) is type(b)
+        assert list(a.block_status(0, 8 << 20)) == \
+            list(b.block_status(0, 8 << 20))
+        assert a.read(0, 4096) == b.read(0, 4096)
+
+
+def test_missing_and_odd_files(sshd, tmp_path):
+    with connect(sshd) as c:
+        with pytest.raises(exception.SshError, match='No such file'):
+            c.open_file(str(tmp_path / 'absent'))
+        with pytest.raises(exception.SshError, match='not a regular file'):
+            c.open_file('/dev/null')
+        with pytest.raises(ValueError, match='absolute'):
+            c.open_file('relative/path')
+        # The connection is not taken for lost after a remote error.
+        assert c.generation == 1
+
+
+def test_read_resumes_after_the_connection_is_cut(sshd_factory, tmp_path):
+    server = sshd_factory()
+    data = os.urandom(24 << 20)
+    path = tmp_path / 'big.bin'
+    path.write_bytes(data)
+    c = connect(server)
+    try:
+        f = c.open_file(str(path))
+        assert f.pread(4096, 0) == data[:4096]
+        # Between two reads.
+        assert server.kill_sessions() >= 1
+        time.sleep(0.2)
+        assert f.pread(1 << 20, 1000) == data[1000:1000 + (1 << 20)]
+        assert c.generation == 2
+        # In the middle of a read.
+        killed = []
+
+        def cut():
+            while f.bytes_read < (4 << 20):
+                time.sleep(0.001)
+            killed.append(server.kill_sessions())
+
+        t = threading.Thread(target=cut)
+        t.start()
+        assert f.pread(len(data), 0) == data
+        t.join()
+        assert killed and killed[0] >= 1
+        assert c.generation == 3
+        # Bytes received: every read counted (a window lost in the cut
+        # is read again, and counted once it arrives).
+        assert f.bytes_read == 4096 + (1 << 20) + len(data)
+        assert c.bytes_read == f.bytes_read
+        f.close()
+    finally:
+        c.close()
+
+
+def test_idempotent_command_runs_again_after_a_cut(sshd_factory):
+    server = sshd_factory()
+    with connect(server) as c:
+        assert c.run(['true']).status == 0
+        server.kill_sessions()
+        time.sleep(0.2)
+        assert c.run(['echo', 'again'], idempotent=True).stdout == \
+            b'again\n'
+        # Cut while a command runs: not repeated unless idempotent.
+        timer = threading.Timer(0.5, server.kill_sessions)
+        timer.start()
+        with pytest.raises(exception.SshError, match='not repeated'):
+            c.run(['sleep', '5'])
+        timer.join()
+        assert c.run(['echo', 'after'], idempotent=True).stdout == \
+            b'after\n'
+
+
+def test_gives_up_when_the_host_is_gone(sshd_factory, tmp_path):
+    server = sshd_factory()
+    path = tmp_path / 'f'
+    path.write_bytes(b'x' * 100000)
+    c = connect(server, settings=options.Settings(
+        connect_timeout=2, io_timeout=2, retries=2, retry_delay=0.05,
+        max_retry_delay=0.1))
+    try:
+        f = c.open_file(str(path))
+        server.stop()
+        start = time.monotonic()
+        with pytest.raises(exception.SshError) as e:
+            f.pread(100, 0)
+        assert 'gave up after 2 reconnection attempts' in one_line(e.value)
+        assert time.monotonic() - start < 10
+    finally:
+        c.close()
+
+
+def test_first_connection_refused_is_one_line(tmp_path):
+    port = sshd_lib.free_port()
+    ho = options.HostOptions('127.0.0.1', port=port,
+                             known_hosts=str(tmp_path / 'kh'))
+    with pytest.raises(exception.SshError) as e:
+        conn_mod.Connection(ho, fast(), environ={}).connect()
+    assert 'cannot connect' in one_line(e.value)

@@ -1,0 +1,167 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The SSH layer's pieces without a server: quoting, options, known_hosts
+matching, the password filter."""
+
+import argparse
+import io
+import logging
+
+import paramiko
+import pytest
+from oslo_config import cfg
+
+from any2kvm_os import api
+from any2kvm_os import exception
+from any2kvm_os import opts
+from any2kvm_os.ssh import connection
+from any2kvm_os.ssh import credentials
+from any2kvm_os.ssh import hostkeys
+from any2kvm_os.ssh import options
+
+
+def test_quote_argv_keeps_every_word_whole():
+    assert connection.quote_argv(['xe', 'vm-list', 'name-label=a; b']) == \
+        "xe vm-list 'name-label=a; b'"
+    assert connection.quote_argv(['echo', "it's"]) == \
+        "echo 'it'\"'\"'s'"
+    for bad in ('xe vm-list', b'xe', [], ['a', 1]):
+        with pytest.raises(TypeError):
+            connection.quote_argv(bad)
+    with pytest.raises(ValueError, match='NUL'):
+        connection.quote_argv(['a\0b'])
+
+
+def test_host_options_parse_and_refuse():
+    ho = options.HostOptions.parse('admin@xen1:2222', known_hosts='/kh')
+    assert (ho.user, ho.host, ho.port) == ('admin', 'xen1', 2222)
+    assert ho.known_hosts_name == '[xen1]:2222'
+    assert ho.label == 'admin@[xen1]:2222'
+    ho = options.HostOptions.parse('[::1]:22', user='root')
+    assert (ho.host, ho.port, ho.known_hosts_name) == ('::1', 22, '::1')
+    assert options.HostOptions('h').user
+    for kwargs in ({'host': '-oProxyCommand=x'}, {'host': 'a b'},
+                   {'host': 'h', 'port': 0},
+                   {'host': 'h', 'password_env': 'A-B'},
+                   {'host': 'h', 'host_keys': ['MD5:aa']}):
+        with pytest.raises(ValueError):
+            options.HostOptions(**kwargs)
+
+
+def test_shared_command_line_options():
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser)
+    fp = 'SHA256:' + 'x' * 43
+    args = parser.parse_args(['--identity-file', '/k', '--known-hosts',
+                              '/kh', '--host-key', fp + '=',
+                              '--password-env', 'XEN_PW'])
+    ho = options.host_options(args, 'root@xen1')
+    assert (ho.identity_file, ho.known_hosts, ho.host_keys,
+            ho.password_env) == ('/k', '/kh', (fp,), 'XEN_PW')
+    for bad in (['--host-key', 'nope'], ['--password-env', 'a b']):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    # No option takes a password itself.
+    assert not any('password' in a and a != '--password-env'
+                   for a in parser._option_string_actions)
+
+
+def test_options_are_gathered_and_read():
+    names = {o.name for o in dict(opts.list_opts())['any2kvm']}
+    assert {o.name for o in options.OPTIONS} <= names
+    conf = cfg.ConfigOpts()
+    api.register_opts(conf)
+    conf(args=[])
+    conf.set_override('ssh_retries', 2, group='any2kvm')
+    settings = options.Settings.from_conf(conf)
+    assert settings.retries == 2 and settings.max_output == 64 << 20
+
+
+@pytest.fixture(scope='module')
+def keys():
+    return [paramiko.ECDSAKey.generate() for _ in range(3)]
+
+
+def line(name, key):
+    return '%s %s %s\n' % (name, key.get_name(), key.get_base64())
+
+
+def test_known_hosts_matching(tmp_path, keys):
+    a, b, c = keys
+    hashed = paramiko.HostKeys.hash_host('[xen1]:2222')
+    path = tmp_path / 'known_hosts'
+    path.write_text(
+        '# comment\n\n'
+        + line('xen2,[xen1]:22', c)
+        + line(hashed, a)
+        + line('*.lab,!bad.lab', b)
+        + '@revoked * %s %s\n' % (c.get_name(), c.get_base64())
+        + 'garbage\n')
+    kh = hostkeys.KnownHosts(str(path), '[xen1]:2222')
+    assert [k for _, k in kh.keys] == [a]
+    assert kh.revoked == [c]
+    assert [k for _, k in hostkeys.KnownHosts(str(path), 'x.lab').keys] \
+        == [b]
+    assert hostkeys.KnownHosts(str(path), 'bad.lab').keys == []
+    ho = options.HostOptions('xen1', port=2222, known_hosts=str(path))
+    hostkeys.verify(ho, a)
+    with pytest.raises(exception.HostKeyError, match='HOST KEY CHANGED'):
+        hostkeys.verify(ho, b)
+    with pytest.raises(exception.HostKeyError, match='@revoked'):
+        hostkeys.verify(options.HostOptions('xen2', known_hosts=str(path)),
+                        c)
+
+
+def test_fingerprint_as_ssh_keygen_prints_it(keys):
+    fp = hostkeys.fingerprint(keys[0])
+    assert fp.startswith('SHA256:') and len(fp) == 7 + 43
+    assert fp == keys[0].fingerprint   # paramiko's own, same format
+
+
+def test_preferred_algorithms_put_known_types_first():
+    offered = ['ssh-ed25519', 'ecdsa-sha2-nistp256', 'rsa-sha2-512',
+               'rsa-sha2-256']
+    assert hostkeys.preferred_algorithms(['ssh-rsa'], offered) == [
+        'rsa-sha2-512', 'rsa-sha2-256', 'ssh-ed25519', 'ecdsa-sha2-nistp256']
+
+
+def test_redact_filter_cleans_records_and_tracebacks():
+    secret = credentials.Secret('hunter2-secret')
+    assert 'hunter2' not in repr(secret) + str(secret)
+    credentials.REDACT.add(secret)
+    try:
+        logger = logging.getLogger('any2kvm_os.test.redact')
+        logger.addFilter(credentials.REDACT)
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.debug('auth with %s', 'hunter2-secret')
+        try:
+            raise ValueError('bad hunter2-secret')
+        except ValueError:
+            logger.exception('failed')
+        logger.removeHandler(handler)
+    finally:
+        credentials.REDACT.discard(secret)
+    text = stream.getvalue()
+    assert 'hunter2' not in text
+    assert 'auth with ***' in text and 'ValueError: bad ***' in text
+
+
+def test_password_sources():
+    with pytest.raises(exception.SshAuthError, match='PW_X: that env'):
+        credentials.from_env('h', 'PW_X', {})
+    assert credentials.from_env('h', 'PW_X', {'PW_X': 's'}).reveal() == 's'
+    # Not a terminal: nothing is asked.
+    assert credentials.prompt('h', io.StringIO()) is None
