@@ -46,11 +46,17 @@ def load_limits(config_files=()):
     return limits_mod.Limits.from_conf(conf)
 
 
+def conversion_options():
+    """The ``[any2kvm]`` options of a conversion: limits, scratch space,
+    SSH connections, the sources' own."""
+    from any2kvm_os.sources.xenserver import plugin as xenserver
+    return (limits_mod.OPTIONS + scratch.OPTIONS + ssh_options.OPTIONS +
+            xenserver.OPTIONS)
+
+
 def register_opts(conf):
-    """Register the options of a conversion (limits, scratch space, SSH
-    connections) on ``conf``."""
-    conf.register_opts(limits_mod.OPTIONS + scratch.OPTIONS +
-                       ssh_options.OPTIONS, group=limits_mod.GROUP)
+    """Register the options of a conversion on ``conf``."""
+    conf.register_opts(conversion_options(), group=limits_mod.GROUP)
 
 
 def error_message(e):
@@ -67,12 +73,15 @@ def error_message(e):
     return ' '.join(msg.splitlines())
 
 
-def open_location(location, limits, source_name=None, session=None):
+def open_location(location, limits, source_name=None, session=None,
+                  args=None):
     """An opened :class:`~any2kvm_os.vm.Vm` of ``location``: with the
-    named source plugin, or a local file detected by content."""
+    named source plugin, the one its URL scheme names
+    (``xenserver://...``), or a local file detected by content.  ``args``:
+    the parsed command line, for the sources' own options (SSH)."""
     from any2kvm_os.sources import base as sources
     return sources.open_location(location, limits, source_name,
-                                 session=session)
+                                 session=session, args=args)
 
 
 def describe(vm, location=None):
@@ -95,9 +104,10 @@ def describe(vm, location=None):
     return result
 
 
-def inspect_location(location, limits, source_name=None, session=None):
+def inspect_location(location, limits, source_name=None, session=None,
+                     args=None):
     """:func:`describe` of ``location``."""
-    vm = open_location(location, limits, source_name, session)
+    vm = open_location(location, limits, source_name, session, args)
     try:
         return describe(vm, location)
     finally:
@@ -177,13 +187,14 @@ def cloud_session(cloud=None):
 
 def import_vm(location, target, name, limits, source_name=None,
               props=None, disk=None, session=None, progress=None,
-              target_options=None):
+              target_options=None, args=None):
     """Open ``location`` and write its disks to ``target`` (a name of the
     ``any2kvm_os.targets`` namespace, built with ``target_options``).
     Returns (VM facts, results)."""
     from any2kvm_os.targets import base as targets
     cls = targets.get_class(target)
-    vm = open_location(location, limits, source_name, session=session)
+    vm = open_location(location, limits, source_name, session=session,
+                       args=args)
     try:
         plugin = cls(session=session, **(target_options or {}))
         return vm.facts, plugin.write(vm, name, props, disk=disk,
@@ -231,7 +242,8 @@ def run_import(args, limits, cloud, progress_stream=None):
         _facts, results = import_vm(
             args.location, args.target, args.name, limits,
             source_name=args.source_name, props=props, disk=args.disk,
-            session=session, progress=bar, target_options=options)
+            session=session, progress=bar, target_options=options,
+            args=args)
     except BaseException:
         if bar:
             bar.finish(ok=False)

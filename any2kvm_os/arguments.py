@@ -36,10 +36,12 @@ def add_import_arguments(parser, source_choices=None, target_choices=None,
     """The arguments of ``import``.  ``--property`` is appended as (key,
     value) pairs, or given to ``property_action`` (OSC's KeyValueAction:
     a dict)."""
+    from any2kvm_os.ssh import options as ssh_options
     from any2kvm_os.targets import base as targets
     parser.add_argument('location', metavar='LOCATION',
                         help='where the VM or disk is: a disk file (parents '
-                             'beside it), an OVA, a XenServer tgz or XVA')
+                             'beside it), an OVA, a XenServer tgz or XVA, '
+                             'or a running VM: xenserver://USER@HOST/VM')
     parser.add_argument('--name', required=True, metavar='NAME',
                         help='name of the image (of the first disk; the '
                              'others are NAME-diskN)')
@@ -72,6 +74,7 @@ def add_import_arguments(parser, source_choices=None, target_choices=None,
     parser.add_argument('--wait', action='store_true',
                         help='wait until the image or volume is usable (a '
                              'Glance upload is always waited for)')
+    ssh_options.add_arguments(parser)
     group = parser.add_argument_group(
         'target options', 'Options of one target or some: giving one to '
         'another target is an error.')

@@ -65,16 +65,21 @@ class Limits(object):
         self.max_directory_entries = max_directory_entries
         self.scratch_dir = scratch_dir
         self.scratch_limit = scratch_limit
+        self.conf = None
 
     @classmethod
     def from_conf(cls, conf):
         """The limits ``conf`` sets (its ``[any2kvm]`` options must be
         registered: :func:`any2kvm_os.api.register_opts`)."""
         g = conf[GROUP]
-        return cls(max_chain_depth=g.max_chain_depth,
-                   max_virtual_size=g.max_virtual_size_gib << 30,
-                   max_archive_members=g.max_archive_members,
-                   max_archive_bytes=g.max_archive_gib << 30,
-                   max_directory_entries=g.max_directory_entries,
-                   scratch_dir=g.scratch_dir,
-                   scratch_limit=g.scratch_limit_gib << 30)
+        limits = cls(max_chain_depth=g.max_chain_depth,
+                     max_virtual_size=g.max_virtual_size_gib << 30,
+                     max_archive_members=g.max_archive_members,
+                     max_archive_bytes=g.max_archive_gib << 30,
+                     max_directory_entries=g.max_directory_entries,
+                     scratch_dir=g.scratch_dir,
+                     scratch_limit=g.scratch_limit_gib << 30)
+        #: The whole configuration of the run, for the plugins that own
+        #: options of their own (SSH settings, a source's paths).
+        limits.conf = conf
+        return limits

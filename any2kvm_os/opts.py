@@ -23,19 +23,14 @@ those of a conversion.
 
 import copy
 
+from any2kvm_os import api
 from any2kvm_os.cinder import options as cinder_options
 from any2kvm_os import limits
-from any2kvm_os import scratch
-from any2kvm_os.ssh import options as ssh_options
 
 GROUP = limits.GROUP
 
 
-def _any2kvm_opts():
-    return limits.OPTIONS + scratch.OPTIONS + ssh_options.OPTIONS
-
-
 def list_opts():
-    return [(GROUP, copy.deepcopy(_any2kvm_opts()))] + [
+    return [(GROUP, copy.deepcopy(api.conversion_options()))] + [
         (group, copy.deepcopy(options))
         for group, options in cinder_options.list_opts()]

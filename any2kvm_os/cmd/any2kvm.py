@@ -33,13 +33,16 @@ from any2kvm_os import exception
 from any2kvm_os import limits as limits_mod
 from any2kvm_os.progress import human
 from any2kvm_os import progress as progress_mod
+from any2kvm_os.ssh import options as ssh_options
 
 LOG = logging.getLogger(__name__)
 PROG = api.PROG
+SOURCE_HELP = ('a disk file (parents beside it), a XenServer tar/tgz, an '
+               'OVA or XVA, or a running VM: xenserver://USER@HOST[:PORT]/VM')
 
 
 def _info(args, limits):
-    result = api.inspect_location(args.source, limits)
+    result = api.inspect_location(args.source, limits, args=args)
     disks = result['disks']
     if args.format == 'json':
         print(json.dumps(result, indent=2))
@@ -79,7 +82,7 @@ def _convert(args, limits):
     if incremental_opts and not args.onto:
         raise exception.Any2KvmError('--finish, --start-at, --stop-at and '
                                      '--state-dir go with --onto')
-    vm = api.open_location(args.source, limits)
+    vm = api.open_location(args.source, limits, args=args)
     try:
         if args.onto:
             return _apply(args, vm)
@@ -179,16 +182,13 @@ def build_parser(argv=()):
     sub.required = True
     p = sub.add_parser('info', parents=[common],
                        help='show format, size and snapshot chain')
-    p.add_argument('source', metavar='SOURCE',
-                   help='a disk file (parents beside it) or a XenServer '
-                        'tar/tgz of 0.vhd .. n.vhd')
+    p.add_argument('source', metavar='SOURCE', help=SOURCE_HELP)
     p.add_argument('--format', choices=('text', 'json'), default='text')
+    ssh_options.add_arguments(p)
     p.set_defaults(func=_info)
     p = sub.add_parser('convert', parents=[common],
                        help='write SOURCE as a raw disk')
-    p.add_argument('source', metavar='SOURCE',
-                   help='a disk file (parents beside it) or a XenServer '
-                        'tar/tgz of 0.vhd .. n.vhd')
+    p.add_argument('source', metavar='SOURCE', help=SOURCE_HELP)
     p.add_argument('output', metavar='OUTPUT', nargs='?',
                    help='a new raw file (sparse), or an existing block '
                         'device written in place')
@@ -217,6 +217,7 @@ def build_parser(argv=()):
                         'write, counted from 0 as "any2kvm info" lists '
                         'them; without it such a source needs a directory '
                         'as OUTPUT')
+    ssh_options.add_arguments(p)
     p.set_defaults(func=_convert)
     p = sub.add_parser('import', parents=[common],
                        help='import LOCATION into the cloud (Glance) or as '

@@ -25,6 +25,7 @@ XenServer tgz is a clear error instead of a surprise.
 
 import abc
 import functools
+import re
 
 from stevedore import extension
 
@@ -41,11 +42,16 @@ class Source(object, metaclass=abc.ABCMeta):
     name = None
     #: One line for ``openstack any2kvm source list``.
     description = None
+    #: URL schemes of the locations it opens (``xenserver`` for
+    #: ``xenserver://...``): such a location needs no ``--source``.
+    schemes = ()
 
-    def __init__(self, limits, session=None):
+    def __init__(self, limits, session=None, args=None):
         self.limits = limits
         #: A keystoneauth1 session, for sources that live in the cloud.
         self.session = session
+        #: The parsed command line (SSH options of hypervisor sources).
+        self.args = args
 
     @abc.abstractmethod
     def open(self, location):
@@ -94,8 +100,32 @@ def plugins():
     return found
 
 
-def open_location(location, limits, source_name=None, session=None):
-    """Open ``location`` with the named source, or detect it by content."""
+_SCHEME = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
+
+
+def by_scheme(location):
+    """The name of the source plugin whose scheme starts ``location``
+    (``xenserver://...``), or None for what is not such a URL."""
+    m = _SCHEME.match(location)
+    if not m:
+        return None
+    scheme = m.group(1).lower()
+    for name, cls in sorted(plugins().items()):
+        if scheme in getattr(cls, 'schemes', ()):
+            return name
+    raise exception.Any2KvmError(
+        '%s: no source plugin reads %s:// locations (known: %s)' % (
+            location, scheme, ', '.join(sorted(
+                '%s://' % s for cls in plugins().values()
+                for s in getattr(cls, 'schemes', ())))))
+
+
+def open_location(location, limits, source_name=None, session=None,
+                  args=None):
+    """Open ``location`` with the named source, the one its URL scheme
+    names, or detect a local file by content."""
+    if source_name is None:
+        source_name = by_scheme(location)
     if source_name is None:
         return registry.open_path(location, limits)
     try:
@@ -104,4 +134,4 @@ def open_location(location, limits, source_name=None, session=None):
         raise exception.Any2KvmError(
             'unknown source %r (known: %s)' % (
                 source_name, ', '.join(sorted(plugins()))))
-    return cls(limits, session=session).open(location)
+    return cls(limits, session=session, args=args).open(location)

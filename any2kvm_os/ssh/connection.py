@@ -502,6 +502,27 @@ class Connection(object):
                     self.settings.io_timeout)
             return self._sftp
 
+    def listdir(self, path, limit):
+        """The names of the regular files in the directory ``path`` on
+        the host (links and everything else left out), at most ``limit``
+        entries looked at; an error if the directory cannot be listed."""
+        import stat as stat_mod
+
+        def step():
+            names = []
+            for count, attr in enumerate(self.sftp().listdir_iter(path)):
+                if count >= limit:
+                    break
+                if attr.st_mode is not None and stat_mod.S_ISREG(
+                        attr.st_mode):
+                    names.append(attr.filename)
+            return sorted(names)
+        try:
+            return self.retrying('listing %s' % path, step)
+        except IOError as e:
+            raise exception.SshError(host=self.label, reason='cannot list '
+                                     '%s: %s' % (path, e.strerror or e))
+
     def open_file(self, path, size=None, name=None):
         """A :class:`~.remotefile.RemoteFile` of ``path`` (absolute) on
         the host, read over SFTP.  ``size``: for what SFTP cannot size

@@ -213,7 +213,7 @@ class TestImport(base.TestCommand):
             props={'os_distro': 'ubuntu'}, disk=None,
             session=mock.sentinel.session, progress=None,
             target_options={'region_name': 'RegionOne',
-                            'interface': 'public'})
+                            'interface': 'public'}, args=args)
 
     def test_options_reach_the_target(self):
         args = self.parse('vm.ova', '--name', 'vm1', '--source', 'ova',
@@ -456,7 +456,8 @@ def test_standalone_import_to_glance(capsys):
         'vm.ova', 'glance', 'vm1', mock.ANY, source_name=None,
         props={'k': 'v'}, disk=None, session=mock.sentinel.session,
         progress=None, target_options={'region_name': 'RegionOne',
-                                       'interface': 'public'})
+                                       'interface': 'public'},
+        args=mock.ANY)
     assert json.loads(capsys.readouterr().out) == api.import_summary(
         'glance', results)
 

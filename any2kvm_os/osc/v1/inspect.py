@@ -44,6 +44,8 @@ class Inspect(command.ShowOne):
                             help='kind of LOCATION (see "openstack any2kvm '
                                  'source list"); default: detected by '
                                  'content')
+        from any2kvm_os.ssh import options as ssh_options
+        ssh_options.add_arguments(parser)
         return parser
 
     def take_action(self, parsed_args):
@@ -52,7 +54,8 @@ class Inspect(command.ShowOne):
         with common.errors():
             limits = api.load_limits(parsed_args.config_file)
             info = api.inspect_location(parsed_args.location, limits,
-                                        parsed_args.source_name)
+                                        parsed_args.source_name,
+                                        args=parsed_args)
         return common.show(info, order=FIELDS, formatters={
             'chain': common.ChainColumn,
             'disks': common.InspectDisksColumn})

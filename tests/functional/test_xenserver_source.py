@@ -1,0 +1,126 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""``any2kvm info`` and ``convert`` of ``xenserver://`` locations, end to
+end: the real OpenSSH server on 127.0.0.1 (tests/lib/sshd.py), the ``xe``
+stand-in on its PATH over an SR directory of FATtools-written VHDs
+(tests/lib/xenserver), and the ``any2kvm`` command as a user runs it.
+The bytes are checked against the stand-in's model of each disk.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import urllib.parse
+
+import pytest
+
+from tests.lib import cli
+from tests.lib.xenserver import host as xhost
+
+
+@pytest.fixture(scope='module')
+def xs_host(tmp_path_factory):
+    root, facts = xhost.standard_host(tmp_path_factory.mktemp('xs'))
+    bin_dir = tmp_path_factory.mktemp('bin')
+    os.symlink(str(xhost.XE), str(bin_dir / 'xe'))
+    conf = tmp_path_factory.mktemp('conf') / 'any2kvm.conf'
+    conf.write_text('[any2kvm]\nxenserver_sr_mount = %s\n'
+                    % os.path.join(str(root), 'run', 'sr-mount'))
+    return root, facts, bin_dir, conf
+
+
+@pytest.fixture
+def server(sshd_factory, xs_host):
+    root, _facts, bin_dir, _conf = xs_host
+    # The stand-in's xe runs with the python3 that has FATtools.
+    path = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable),
+                            '/usr/bin', '/bin'])
+    return sshd_factory(env={'PATH': path, xhost.ENV: str(root)})
+
+
+def location(server, vm):
+    return 'xenserver://%s@127.0.0.1:%d/%s' % (
+        server.user, server.port, urllib.parse.quote(vm, safe=''))
+
+
+def ssh_args(server, conf):
+    return ['--identity-file', server.client_key, '--known-hosts',
+            server.known_hosts, '--config-file', conf]
+
+
+def test_info_of_a_running_vm(server, xs_host):
+    _root, facts, _bin, conf = xs_host
+    res = cli.run_any2kvm('info', location(server, 'two-disks'),
+                          '--format', 'json', *ssh_args(server, conf))
+    assert res.returncode == 0, cli.describe(res)
+    info = json.loads(res.stdout)
+    assert info['container'] == 'xenserver-sr'
+    assert info['vm']['name'] == 'two-disks'
+    assert info['vm']['firmware'] == 'uefi'
+    assert [d['virtual_size'] for d in info['disks']] == [8 << 20, 4 << 20]
+    for disk in info['disks']:
+        assert disk['format'] == 'vhd'
+        assert disk['name'].endswith('.vhd')
+        assert '/run/sr-mount/' in disk['name']
+
+
+def test_convert_reads_the_chain_over_sftp(server, xs_host, tmp_path):
+    _root, facts, _bin, conf = xs_host
+    out = tmp_path / 'out'
+    out.mkdir()
+    res = cli.run_any2kvm('convert', location(server, 'two-disks'), out,
+                          *ssh_args(server, conf))
+    assert res.returncode == 0, cli.describe(res)
+    found = sorted(p.name for p in out.iterdir())
+    assert found == ['two-disks-disk1.raw', 'two-disks.raw'], found
+    # The stand-in's model of each VDI, in device order: the disks of
+    # 8 MiB (system) and 4 MiB (data) with the data the builder wrote.
+    by_size = {m.size: m for m in facts['models'].values()
+               if m.sha256() != hashlib.sha256(bytes(m.size)).hexdigest()}
+    for name, size in (('two-disks.raw', 8 << 20),
+                       ('two-disks-disk1.raw', 4 << 20)):
+        data = (out / name).read_bytes()
+        assert len(data) == size
+        assert hashlib.sha256(data).hexdigest() == by_size[size].sha256()
+
+
+def test_metacharacters_in_the_vm_name(server, xs_host):
+    _root, _facts, _bin, conf = xs_host
+    assert not os.path.exists('/tmp/pwned')
+    res = cli.run_any2kvm('info', location(server, 'a; touch /tmp/pwned'),
+                          '--format', 'json', *ssh_args(server, conf))
+    assert res.returncode == 0, cli.describe(res)
+    assert json.loads(res.stdout)['vm']['name'] == 'a; touch /tmp/pwned'
+    assert not os.path.exists('/tmp/pwned')
+
+
+def test_refusals_are_one_line(server, xs_host, tmp_path):
+    _root, _facts, _bin, conf = xs_host
+    for vm, words in (('twin', 'twin'), ('on-lvm', 'lvm'),
+                      ('no-such-vm', 'no-such-vm')):
+        res = cli.run_any2kvm('info', location(server, vm),
+                              *ssh_args(server, conf))
+        line = cli.one_error_line(res) if hasattr(cli, 'one_error_line') \
+            else res.stderr.strip()
+        assert res.returncode == 1, cli.describe(res)
+        assert '\n' not in line and 'Traceback' not in res.stderr, line
+        assert words in line, line
+    # A host key nobody pinned: refused, with the fingerprint offered.
+    empty = tmp_path / 'known_hosts'
+    empty.write_text('')
+    res = cli.run_any2kvm('info', location(server, 'two-disks'),
+                          '--identity-file', server.client_key,
+                          '--known-hosts', empty, '--config-file', conf)
+    assert res.returncode == 1, cli.describe(res)
+    assert 'SHA256:' in res.stderr and 'Traceback' not in res.stderr
