@@ -1,0 +1,130 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""What the migration engine asks of its durable state: the contract.
+
+One implementation keeps it in SQL (:mod:`any2kvm_os.migration.state.sql`:
+SQLite by default, MySQL or PostgreSQL by URL, schema migrations);
+engine tests may use any other that keeps this contract.  Nothing secret
+is ever stored: no password, no token, no key.
+
+Every method takes and returns plain data (dicts, lists, str, int,
+float); times are UTC seconds since the epoch (float).
+"""
+
+import abc
+
+#: The states of a migration, in the order they normally come.
+STATUSES = ('created', 'syncing', 'synced', 'cutting-over', 'done',
+            'aborted', 'failed')
+
+
+class Busy(Exception):
+    """The migration is held by another command: ``holder`` says which
+    (operation, pid, host, since)."""
+
+    def __init__(self, name, holder):
+        self.name = name
+        self.holder = holder
+        super(Busy, self).__init__(
+            'migration %s is busy: %s by pid %s on %s since %s' % (
+                name, holder.get('operation'), holder.get('pid'),
+                holder.get('host'), holder.get('since_text')))
+
+
+class NotFound(Exception):
+    pass
+
+
+class Exists(Exception):
+    pass
+
+
+class Store(object, metaclass=abc.ABCMeta):
+    """The durable state of every migration."""
+
+    @abc.abstractmethod
+    def create(self, name, location, target, target_options, disks):
+        """A new migration ``name`` (unique; :class:`Exists` otherwise).
+
+        ``location``: the source (``xenserver://user@host/VM``);
+        ``target``: 'file' or 'cinder'; ``target_options``: a dict of
+        non-secret options (output dir, volume type...); ``disks``: a list
+        of dicts ``{'index', 'source_id', 'name', 'virtual_size',
+        'target_ref'}`` (source_id: the VDI uuid; target_ref: the raw file
+        path or volume id).  Status 'created'.  Returns :meth:`get`."""
+
+    @abc.abstractmethod
+    def get(self, name):
+        """The migration as a dict: name, location, target,
+        target_options, status, created_at, updated_at, disks (each with
+        its ``applied`` layers, oldest first: ``{'layer_id',
+        'fingerprint', 'name', 'applied_at', 'partial'}``), snapshots
+        (``{'snapshot_id', 'created_at', 'removed_at'}``), syncs (each
+        ``{'started_at', 'ended_at', 'layers_applied', 'bytes_read',
+        'bytes_written', 'ok', 'error'}``), cutover (``{'shutdown_at',
+        'completed_at', 'downtime'}`` or None).  :class:`NotFound`."""
+
+    @abc.abstractmethod
+    def list(self):
+        """Every migration: dicts of name, location, target, status,
+        updated_at, in name order."""
+
+    @abc.abstractmethod
+    def delete(self, name):
+        """Forget a migration and everything recorded of it."""
+
+    @abc.abstractmethod
+    def hold(self, name, operation):
+        """A context manager holding ``name`` for ``operation`` ('sync',
+        'cutover', 'abort'...) while the block runs; :class:`Busy` when
+        another live holder has it (a holder whose process is gone on this
+        host, or whose lease expired, is taken over)."""
+
+    @abc.abstractmethod
+    def set_status(self, name, status, error=None):
+        """One of :data:`STATUSES`; ``error``: the one-line reason of
+        'failed'."""
+
+    @abc.abstractmethod
+    def layer_started(self, name, disk_index, layer_id, layer_name,
+                      fingerprint):
+        """A layer is being applied onto the disk's target (recorded as
+        partial until :meth:`layer_applied`: a crash leaves it partial and
+        the next sync applies it again)."""
+
+    @abc.abstractmethod
+    def layer_applied(self, name, disk_index, layer_id):
+        """The partial layer ``layer_id`` is complete on the target."""
+
+    @abc.abstractmethod
+    def forget_layers(self, name, disk_index, from_layer_id):
+        """Drop ``from_layer_id`` and every layer applied after it (the
+        chain changed behind the tool's back: they must be applied
+        again)."""
+
+    @abc.abstractmethod
+    def snapshot_taken(self, name, snapshot_id):
+        """Record a snapshot the migration made on the host."""
+
+    @abc.abstractmethod
+    def snapshot_removed(self, name, snapshot_id):
+        """The snapshot is gone from the host."""
+
+    @abc.abstractmethod
+    def sync_recorded(self, name, started_at, ended_at, layers_applied,
+                      bytes_read, bytes_written, ok=True, error=None):
+        """The figures of one sync."""
+
+    @abc.abstractmethod
+    def cutover_recorded(self, name, shutdown_at, completed_at):
+        """The cutover: downtime is ``completed_at - shutdown_at``."""
