@@ -49,7 +49,7 @@ def load_limits(config_files=()):
 def conversion_options():
     """The ``[any2kvm]`` options of a conversion: limits, scratch space,
     SSH connections, the sources' own."""
-    from any2kvm_os.sources.xenserver import plugin as xenserver
+    from any2kvm_os.sources.xenserver import options as xenserver
     return (limits_mod.OPTIONS + scratch.OPTIONS + ssh_options.OPTIONS +
             xenserver.OPTIONS)
 

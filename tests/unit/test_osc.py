@@ -612,6 +612,25 @@ def test_convert_start_up_loads_no_cloud_library():
     assert r.stdout.strip() == '[]'
 
 
+def test_local_conversion_loads_no_ssh_or_cloud_library():
+    """Opening a local file (options, limits, every container plugin)
+    imports neither the SSH nor the cloud libraries: they cost tens of
+    MiB of memory (bench_convert.py's peak RSS figures)."""
+    code = ('import sys\n'
+            'from any2kvm_os import api\n'
+            'from any2kvm_os.containers import registry\n'
+            'api.load_limits()\n'
+            'registry.plugins()\n'
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in (\n'
+            '    "paramiko", "cryptography", "openstack", "keystoneauth1",\n'
+            '    "glanceclient", "cinderclient", "sqlalchemy",\n'
+            '    "taskflow")))\n')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, env=clean_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == '[]'
+
+
 def test_volume_flags_reach_the_cinder_target_only():
     limits = api.load_limits()
     assert api.target_options(import_args(

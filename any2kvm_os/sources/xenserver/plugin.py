@@ -38,13 +38,6 @@ from any2kvm_os import vm as vm_mod
 #: What :attr:`any2kvm_os.vm.Vm.container` says of a VM read this way.
 CONTAINER = 'xenserver-sr'
 
-OPTIONS = [
-    cfg.StrOpt('xenserver_sr_mount', default=discovery.DEFAULT_MOUNT_BASE,
-               help='Where the file SRs (ext, nfs) of a XenServer host are '
-                    'mounted: <this>/<sr-uuid>/<vdi-uuid>.vhd.  XenServer '
-                    'and XCP-ng mount them under /run/sr-mount.'),
-]
-
 
 class XenServerSource(base.Source):
     name = 'xenserver'

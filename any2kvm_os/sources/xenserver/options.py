@@ -1,0 +1,25 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The options of the ``xenserver`` source (no SSH library imported: the
+option list is gathered at every start-up)."""
+
+from oslo_config import cfg
+
+from any2kvm_os.sources.xenserver import discovery
+
+OPTIONS = [
+    cfg.StrOpt('xenserver_sr_mount', default=discovery.DEFAULT_MOUNT_BASE,
+               help='Where the file SRs (ext, nfs) of a XenServer host are '
+                    'mounted: <this>/<sr-uuid>/<vdi-uuid>.vhd.  XenServer '
+                    'and XCP-ng mount them under /run/sr-mount.'),
+]
