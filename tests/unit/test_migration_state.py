@@ -524,6 +524,17 @@ def test_option_is_listed_and_secret():
     assert option.secret and option.help
 
 
+def test_registering_the_options_imports_no_sqlalchemy():
+    r = subprocess.run([sys.executable, '-c', textwrap.dedent('''
+        import sys
+        from oslo_config import cfg
+        from any2kvm_os import api
+        api.register_opts(cfg.ConfigOpts())
+        assert 'sqlalchemy' not in sys.modules
+        ''')], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_password_hidden_in_the_url_shown():
     text = sql.safe_url('mysql+pymysql://any2kvm:hunter2@db/any2kvm')
     assert 'hunter2' not in text and 'db/any2kvm' in text

@@ -15,8 +15,9 @@
 SQLite by default, in a file under the user's data directory
 (:func:`default_url`); MySQL or PostgreSQL by URL (``state_db_url`` in
 ``[any2kvm]``, or ``--state-db URL``: :func:`add_arguments`,
-:func:`url_from`).  The schema is brought to the newest revision of
-``migrations/`` whenever a store is opened (:func:`upgrade`).
+:func:`url_from`; they live in :mod:`.options`, which imports no
+SQLAlchemy, and are repeated here).  The schema is brought to the newest
+revision of ``migrations/`` whenever a store is opened (:func:`upgrade`).
 
 SQLite runs in WAL mode with foreign keys on and a busy timeout; every
 write transaction starts with ``BEGIN IMMEDIATE``, so two processes on one
@@ -34,29 +35,23 @@ import threading
 import time
 import uuid
 
-from oslo_config import cfg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm
 
-from any2kvm_os import limits
 from any2kvm_os.migration.state import api
 from any2kvm_os.migration.state import models
+from any2kvm_os.migration.state import options
 
 LOG = logging.getLogger(__name__)
 
-GROUP = limits.GROUP
-
-OPTIONS = [
-    cfg.StrOpt('state_db_url', secret=True,
-               help='SQLAlchemy URL of the database holding the state of '
-                    'warm migrations, e.g. mysql+pymysql://user:pw@host/'
-                    'any2kvm or postgresql://... Default: the SQLite file '
-                    '$XDG_DATA_HOME/any2kvm/state.db (else '
-                    '~/.local/share/any2kvm/state.db). The --state-db '
-                    'option overrides it.'),
-]
+GROUP = options.GROUP
+OPTIONS = options.OPTIONS
+data_dir = options.data_dir
+default_url = options.default_url
+add_arguments = options.add_arguments
+url_from = options.url_from
 
 #: Where alembic finds the revisions (a package resource).
 SCRIPT_LOCATION = 'any2kvm_os.migration.state:migrations'
@@ -79,45 +74,7 @@ _URL_PASSWORD = re.compile(r'://[^/@\s:]*:[^/@\s]+@')
 _WRITE = 'any2kvm_write'
 
 
-# -- where the database is ---------------------------------------------------
-
-def data_dir():
-    """``$XDG_DATA_HOME/any2kvm`` (an absolute XDG_DATA_HOME only), else
-    ``~/.local/share/any2kvm``."""
-    base = os.environ.get('XDG_DATA_HOME', '')
-    if not os.path.isabs(base):
-        base = os.path.join(os.path.expanduser('~'), '.local', 'share')
-    return os.path.join(base, 'any2kvm')
-
-
-def default_url():
-    """The URL of the default SQLite file, ``<data_dir>/state.db``."""
-    return sa.engine.URL.create(
-        'sqlite', database=os.path.join(data_dir(), 'state.db')
-    ).render_as_string()
-
-
-def add_arguments(parser):
-    """Add ``--state-db URL`` to an argparse parser (or group)."""
-    parser.add_argument(
-        '--state-db', metavar='URL', dest='state_db',
-        help='SQLAlchemy URL of the migration state database (default: '
-             'state_db_url in [any2kvm], else the SQLite file %s).'
-             % os.path.join('$XDG_DATA_HOME', 'any2kvm', 'state.db'))
-
-
-def url_from(args=None, conf=None):
-    """The URL to use: ``--state-db`` in ``args``, else ``state_db_url``
-    of ``conf`` (registered by :func:`any2kvm_os.api.register_opts`), else
-    :func:`default_url`."""
-    url = getattr(args, 'state_db', None)
-    if not url and conf is not None:
-        try:
-            url = conf[GROUP].state_db_url
-        except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
-            url = None
-    return url or default_url()
-
+# -- where the database is-----------------------------------------------------
 
 def safe_url(url):
     """``url`` as text, its password hidden: for messages."""
