@@ -48,10 +48,11 @@ def load_limits(config_files=()):
 
 def conversion_options():
     """The ``[any2kvm]`` options of a conversion: limits, scratch space,
-    SSH connections, the sources' own."""
+    SSH connections, the sources' own, the migration state database."""
+    from any2kvm_os.migration.state import options as state_options
     from any2kvm_os.sources.xenserver import options as xenserver
     return (limits_mod.OPTIONS + scratch.OPTIONS + ssh_options.OPTIONS +
-            xenserver.OPTIONS)
+            xenserver.OPTIONS + state_options.OPTIONS)
 
 
 def register_opts(conf):

@@ -50,7 +50,22 @@ class Exists(Exception):
 
 
 class Store(object, metaclass=abc.ABCMeta):
-    """The durable state of every migration."""
+    """The durable state of every migration.
+
+    Every method naming a migration that does not exist raises
+    :class:`NotFound` (so do a disk index, layer or snapshot it does not
+    have).  A store is a context manager; :meth:`close` releases its
+    connections.
+    """
+
+    def close(self):
+        """Release what the store holds open (nothing by default)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     @abc.abstractmethod
     def create(self, name, location, target, target_options, disks):
@@ -61,7 +76,10 @@ class Store(object, metaclass=abc.ABCMeta):
         non-secret options (output dir, volume type...); ``disks``: a list
         of dicts ``{'index', 'source_id', 'name', 'virtual_size',
         'target_ref'}`` (source_id: the VDI uuid; target_ref: the raw file
-        path or volume id).  Status 'created'.  Returns :meth:`get`."""
+        path or volume id).  Status 'created'.  Returns :meth:`get`.
+        ``ValueError`` when an option looks secret (its name has password,
+        secret, token, key...; a name ending in ``_env``, the name of a
+        variable, is allowed) or is a URL with a password in it."""
 
     @abc.abstractmethod
     def get(self, name):
@@ -72,7 +90,10 @@ class Store(object, metaclass=abc.ABCMeta):
         (``{'snapshot_id', 'created_at', 'removed_at'}``), syncs (each
         ``{'started_at', 'ended_at', 'layers_applied', 'bytes_read',
         'bytes_written', 'ok', 'error'}``), cutover (``{'shutdown_at',
-        'completed_at', 'downtime'}`` or None).  :class:`NotFound`."""
+        'completed_at', 'downtime'}`` or None); also ``error`` (the
+        reason given with the status) and ``holder`` (None, or who holds
+        it: ``{'operation', 'pid', 'host', 'since', 'since_text',
+        'expires', 'live'}``).  :class:`NotFound`."""
 
     @abc.abstractmethod
     def list(self):
@@ -88,19 +109,32 @@ class Store(object, metaclass=abc.ABCMeta):
         """A context manager holding ``name`` for ``operation`` ('sync',
         'cutover', 'abort'...) while the block runs; :class:`Busy` when
         another live holder has it (a holder whose process is gone on this
-        host, or whose lease expired, is taken over)."""
+        host, or whose lease expired, is taken over).  The hold is
+        released when the block ends, by an exception too.
+
+        The block receives the lease, a dict (operation, pid, host,
+        since, since_text, expires, name, token, lost).  An
+        implementation with leases that expire renews it while the
+        block runs; :meth:`touch` renews it at once, and ``lost`` becomes
+        True if another command took it over meanwhile."""
+
+    def touch(self, lease):
+        """Renew ``lease`` (what :meth:`hold` gave) now: True while it is
+        still ours.  Without expiring leases, there is nothing to do."""
+        return not lease.get('lost')
 
     @abc.abstractmethod
     def set_status(self, name, status, error=None):
-        """One of :data:`STATUSES`; ``error``: the one-line reason of
-        'failed'."""
+        """One of :data:`STATUSES` (``ValueError`` otherwise); ``error``:
+        the one-line reason of 'failed' (None clears it)."""
 
     @abc.abstractmethod
     def layer_started(self, name, disk_index, layer_id, layer_name,
                       fingerprint):
         """A layer is being applied onto the disk's target (recorded as
         partial until :meth:`layer_applied`: a crash leaves it partial and
-        the next sync applies it again)."""
+        the next sync applies it again).  A layer already recorded on
+        the disk is applied again: it moves after every other one."""
 
     @abc.abstractmethod
     def layer_applied(self, name, disk_index, layer_id):
@@ -110,15 +144,17 @@ class Store(object, metaclass=abc.ABCMeta):
     def forget_layers(self, name, disk_index, from_layer_id):
         """Drop ``from_layer_id`` and every layer applied after it (the
         chain changed behind the tool's back: they must be applied
-        again)."""
+        again).  ``from_layer_id`` None: every layer of the disk."""
 
     @abc.abstractmethod
     def snapshot_taken(self, name, snapshot_id):
-        """Record a snapshot the migration made on the host."""
+        """Record a snapshot the migration made on the host (recording
+        it again starts it anew: made now, not removed)."""
 
     @abc.abstractmethod
     def snapshot_removed(self, name, snapshot_id):
-        """The snapshot is gone from the host."""
+        """The snapshot is gone from the host (its first removal time is
+        kept)."""
 
     @abc.abstractmethod
     def sync_recorded(self, name, started_at, ended_at, layers_applied,
@@ -127,4 +163,6 @@ class Store(object, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def cutover_recorded(self, name, shutdown_at, completed_at):
-        """The cutover: downtime is ``completed_at - shutdown_at``."""
+        """The cutover: downtime is ``completed_at - shutdown_at``.
+        ``completed_at`` may be None (the VM is down, the cutover not
+        complete yet) and recorded later by calling this again."""

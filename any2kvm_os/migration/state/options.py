@@ -1,0 +1,72 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Where the migration state database is: the ``state_db_url`` option,
+``--state-db``, the default SQLite file.
+
+Apart from :mod:`.sql` so that registering the options (every command
+does) imports no SQLAlchemy.
+"""
+
+import os
+
+from oslo_config import cfg
+
+from any2kvm_os import limits
+
+GROUP = limits.GROUP
+
+OPTIONS = [
+    cfg.StrOpt('state_db_url', secret=True,
+               help='SQLAlchemy URL of the database holding the state of '
+                    'warm migrations, e.g. mysql+pymysql://user:pw@host/'
+                    'any2kvm or postgresql://... Default: the SQLite file '
+                    '$XDG_DATA_HOME/any2kvm/state.db (else '
+                    '~/.local/share/any2kvm/state.db). The --state-db '
+                    'option overrides it.'),
+]
+
+
+def data_dir():
+    """``$XDG_DATA_HOME/any2kvm`` (an absolute XDG_DATA_HOME only), else
+    ``~/.local/share/any2kvm``."""
+    base = os.environ.get('XDG_DATA_HOME', '')
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser('~'), '.local', 'share')
+    return os.path.join(base, 'any2kvm')
+
+
+def default_url():
+    """The URL of the default SQLite file, ``<data_dir>/state.db``."""
+    return 'sqlite:///' + os.path.join(data_dir(), 'state.db')
+
+
+def add_arguments(parser):
+    """Add ``--state-db URL`` to an argparse parser (or group)."""
+    parser.add_argument(
+        '--state-db', metavar='URL', dest='state_db',
+        help='SQLAlchemy URL of the migration state database (default: '
+             'state_db_url in [any2kvm], else the SQLite file %s).'
+             % os.path.join('$XDG_DATA_HOME', 'any2kvm', 'state.db'))
+
+
+def url_from(args=None, conf=None):
+    """The URL to use: ``--state-db`` in ``args``, else ``state_db_url``
+    of ``conf`` (registered by :func:`any2kvm_os.api.register_opts`), else
+    :func:`default_url`."""
+    url = getattr(args, 'state_db', None)
+    if not url and conf is not None:
+        try:
+            url = conf[GROUP].state_db_url
+        except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+            url = None
+    return url or default_url()

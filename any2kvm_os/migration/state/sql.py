@@ -1,0 +1,569 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The migration state in SQL: :class:`SqlStore`.
+
+SQLite by default, in a file under the user's data directory
+(:func:`default_url`); MySQL or PostgreSQL by URL (``state_db_url`` in
+``[any2kvm]``, or ``--state-db URL``: :func:`add_arguments`,
+:func:`url_from`; they live in :mod:`.options`, which imports no
+SQLAlchemy, and are repeated here).  The schema is brought to the newest
+revision of ``migrations/`` whenever a store is opened (:func:`upgrade`).
+
+SQLite runs in WAL mode with foreign keys on and a busy timeout; every
+write transaction starts with ``BEGIN IMMEDIATE``, so two processes on one
+file (a sync in one shell, a show in another) take turns instead of
+failing.  Nothing secret is stored: :meth:`SqlStore.create` refuses
+target options whose names look like passwords, tokens or keys.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import orm
+
+from any2kvm_os.migration.state import api
+from any2kvm_os.migration.state import models
+from any2kvm_os.migration.state import options
+
+LOG = logging.getLogger(__name__)
+
+GROUP = options.GROUP
+OPTIONS = options.OPTIONS
+data_dir = options.data_dir
+default_url = options.default_url
+add_arguments = options.add_arguments
+url_from = options.url_from
+
+#: Where alembic finds the revisions (a package resource).
+SCRIPT_LOCATION = 'any2kvm_os.migration.state:migrations'
+
+#: How long, in seconds, a SQLite connection waits for a lock.
+BUSY_TIMEOUT = 30.0
+
+#: How long, in seconds, a hold lasts unless renewed; a holder renews it
+#: every :data:`LEASE` / 4 while its block runs.
+LEASE = 300.0
+
+#: Names of target options that could hold a secret (refused); a name
+#: ending in ``_env`` (the name of a variable) is not a secret.
+_SECRET_NAME = re.compile(
+    r'passw|passphrase|secret|token|credential|private[_-]?key|'
+    r'api[_-]?key|access[_-]?key|auth[_-]?key|cookie', re.IGNORECASE)
+#: A URL with a password in it (``scheme://user:password@host``).
+_URL_PASSWORD = re.compile(r'://[^/@\s:]*:[^/@\s]+@')
+
+_WRITE = 'any2kvm_write'
+
+
+# -- where the database is-----------------------------------------------------
+
+def safe_url(url):
+    """``url`` as text, its password hidden: for messages."""
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def _prepare_sqlite_file(path):
+    """Make the file's directory (0700 when we make it) and the file
+    itself (0600), so that neither is ever readable by others."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)  # whatever the umask
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
+# -- the engine ---------------------------------------------------------------
+
+def make_engine(url):
+    """An engine for ``url``; for SQLite, the file prepared, WAL mode,
+    foreign keys, busy timeout and ``BEGIN IMMEDIATE`` for writes."""
+    url = sa.engine.make_url(url)
+    if url.get_backend_name() != 'sqlite':
+        return sa.create_engine(url, pool_pre_ping=True)
+    database = url.database
+    if database and database != ':memory:' and not database.startswith(
+            'file:'):
+        _prepare_sqlite_file(database)
+    engine = sa.create_engine(
+        url, connect_args={'timeout': BUSY_TIMEOUT,
+                           'check_same_thread': False})
+
+    @event.listens_for(engine, 'connect')
+    def _connect(dbapi_connection, _record):
+        # The driver's own transaction handling off: SQLAlchemy's begin
+        # event below says when a transaction starts, and how.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute('PRAGMA busy_timeout = %d'
+                           % int(BUSY_TIMEOUT * 1000))
+            cursor.execute('PRAGMA foreign_keys = ON')
+            cursor.execute('PRAGMA journal_mode = WAL')
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, 'begin')
+    def _begin(connection):
+        # A writer takes the write lock first: no deadlock between two
+        # readers that both want to write (SQLITE_BUSY without waiting).
+        if connection.get_execution_options().get(_WRITE):
+            connection.exec_driver_sql('BEGIN IMMEDIATE')
+        else:
+            connection.exec_driver_sql('BEGIN')
+
+    return engine
+
+
+def _alembic_config(connection=None):
+    from alembic import config as alembic_config
+    config = alembic_config.Config()
+    config.set_main_option('script_location', SCRIPT_LOCATION)
+    config.attributes['connection'] = connection
+    return config
+
+
+def head_revision():
+    """The newest revision of the schema."""
+    from alembic import script
+    return script.ScriptDirectory.from_config(
+        _alembic_config()).get_current_head()
+
+
+def current_revision(engine):
+    """The revision of the database behind ``engine`` (None: empty)."""
+    from alembic.runtime import migration
+    with engine.connect() as connection:
+        return migration.MigrationContext.configure(
+            connection).get_current_revision()
+
+
+def upgrade(engine, revision='head'):
+    """Bring the schema to ``revision``; nothing is done (or logged)
+    when it is there already."""
+    from alembic import command
+    want = head_revision() if revision == 'head' else revision
+    if current_revision(engine) == want:
+        return
+    with engine.execution_options(**{_WRITE: True}).begin() as connection:
+        # In one transaction, so that two processes opening a new
+        # database take turns; the second finds it at head.
+        command.upgrade(_alembic_config(connection), revision)
+
+
+# -- plain data ---------------------------------------------------------------
+
+def check_not_secret(options, where='target_options'):
+    """ValueError when ``options`` (a dict, nested or not) has a key that
+    looks secret, or a URL with a password in it."""
+    if isinstance(options, dict):
+        for key, value in options.items():
+            key = str(key)
+            if _SECRET_NAME.search(key) and not key.lower().endswith('_env'):
+                raise ValueError(
+                    '%s: %r looks like a secret, and nothing secret is '
+                    'stored in the migration state' % (where, key))
+            check_not_secret(value, '%s.%s' % (where, key))
+    elif isinstance(options, (list, tuple)):
+        for i, value in enumerate(options):
+            check_not_secret(value, '%s[%d]' % (where, i))
+    elif isinstance(options, str) and _URL_PASSWORD.search(options):
+        raise ValueError('%s: a URL with a password in it, and nothing '
+                         'secret is stored in the migration state' % where)
+
+
+def _time_text(t):
+    return time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(t))
+
+
+def _holder_dict(holder):
+    return {'operation': holder.operation, 'pid': holder.pid,
+            'host': holder.host, 'since': holder.since,
+            'since_text': _time_text(holder.since),
+            'expires': holder.expires}
+
+
+def _layer_dict(layer):
+    return {'layer_id': layer.layer_id, 'fingerprint': layer.fingerprint,
+            'name': layer.name, 'applied_at': layer.applied_at,
+            'partial': layer.partial}
+
+
+def _disk_dict(disk):
+    return {'index': disk.index, 'source_id': disk.source_id,
+            'name': disk.name, 'virtual_size': disk.virtual_size,
+            'target_ref': disk.target_ref,
+            'applied': [_layer_dict(a) for a in disk.applied]}
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _host():
+    return socket.gethostname()
+
+
+# -- the store ----------------------------------------------------------------
+
+class SqlStore(api.Store):
+    """The state of every migration in the database at ``url`` (None:
+    :func:`default_url`), its schema upgraded on opening.
+
+    ``lease``: how long a hold lasts without renewal (seconds).
+    """
+
+    def __init__(self, url=None, lease=LEASE):
+        self.url = url or default_url()
+        self.lease = lease
+        self._engine = make_engine(self.url)
+        self._writer = self._engine.execution_options(**{_WRITE: True})
+        try:
+            upgrade(self._engine)
+        except Exception:
+            self._engine.dispose()
+            raise
+
+    def __repr__(self):
+        return '<SqlStore %s>' % safe_url(self.url)
+
+    def close(self):
+        self._engine.dispose()
+
+    @contextlib.contextmanager
+    def _tx(self, write=True):
+        """A session in one transaction, committed at the end of the block
+        (rolled back on an exception)."""
+        bind = self._writer if write else self._engine
+        with orm.Session(bind, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    @staticmethod
+    def _migration(session, name, lock=False):
+        query = sa.select(models.Migration).where(
+            models.Migration.name == name)
+        if lock:
+            query = query.with_for_update()
+        m = session.scalars(query).one_or_none()
+        if m is None:
+            raise api.NotFound('no migration named %s' % name)
+        return m
+
+    def _disk(self, session, name, disk_index):
+        m = self._migration(session, name)
+        for disk in m.disks:
+            if disk.index == disk_index:
+                return m, disk
+        raise api.NotFound('migration %s has no disk %s' % (name, disk_index))
+
+    # -- migrations -----------------------------------------------------------
+
+    def create(self, name, location, target, target_options, disks):
+        target_options = dict(target_options or {})
+        check_not_secret(target_options)
+        now = time.time()
+        m = models.Migration(
+            name=name, location=location, target=target,
+            target_options=target_options, status=api.STATUSES[0],
+            created_at=now, updated_at=now,
+            disks=[models.Disk(index=d['index'],
+                               source_id=d.get('source_id'),
+                               name=d.get('name'),
+                               virtual_size=d.get('virtual_size'),
+                               target_ref=d.get('target_ref'))
+                   for d in disks])
+        try:
+            with self._tx() as session:
+                if session.scalars(sa.select(models.Migration.id).where(
+                        models.Migration.name == name)).first() is not None:
+                    raise api.Exists('migration %s exists' % name)
+                session.add(m)
+        except sa_exc.IntegrityError:
+            # Made by another process between the check and the insert
+            # (or two disks with one index).
+            with self._tx(write=False) as session:
+                if session.scalars(sa.select(models.Migration.id).where(
+                        models.Migration.name == name)).first():
+                    raise api.Exists('migration %s exists' % name)
+            raise
+        return self.get(name)
+
+    def get(self, name):
+        with self._tx(write=False) as session:
+            m = self._migration(session, name)
+            now = time.time()
+            holder = None
+            if m.holder is not None:
+                holder = _holder_dict(m.holder)
+                holder['live'] = self._alive(m.holder, now)
+            return {
+                'name': m.name, 'location': m.location, 'target': m.target,
+                'target_options': dict(m.target_options),
+                'status': m.status, 'error': m.error,
+                'created_at': m.created_at, 'updated_at': m.updated_at,
+                'disks': [_disk_dict(d) for d in m.disks],
+                'snapshots': [
+                    {'snapshot_id': s.snapshot_id,
+                     'created_at': s.created_at,
+                     'removed_at': s.removed_at} for s in m.snapshots],
+                'syncs': [
+                    {'started_at': s.started_at, 'ended_at': s.ended_at,
+                     'layers_applied': s.layers_applied,
+                     'bytes_read': s.bytes_read,
+                     'bytes_written': s.bytes_written,
+                     'ok': s.ok, 'error': s.error} for s in m.syncs],
+                'cutover': None if m.cutover is None else {
+                    'shutdown_at': m.cutover.shutdown_at,
+                    'completed_at': m.cutover.completed_at,
+                    'downtime': m.cutover.downtime},
+                'holder': holder,
+            }
+
+    def list(self):
+        M = models.Migration
+        with self._tx(write=False) as session:
+            rows = session.execute(
+                sa.select(M.name, M.location, M.target, M.status,
+                          M.updated_at).order_by(M.name)).all()
+        return [{'name': r.name, 'location': r.location, 'target': r.target,
+                 'status': r.status, 'updated_at': r.updated_at}
+                for r in rows]
+
+    def delete(self, name):
+        with self._tx() as session:
+            session.delete(self._migration(session, name))
+
+    def set_status(self, name, status, error=None):
+        if status not in api.STATUSES:
+            raise ValueError('unknown status %r (one of %s)'
+                             % (status, ', '.join(api.STATUSES)))
+        with self._tx() as session:
+            m = self._migration(session, name)
+            m.status = status
+            m.error = error
+            m.updated_at = time.time()
+
+    # -- the lease ------------------------------------------------------------
+
+    def _alive(self, holder, now):
+        """Whether ``holder`` still holds: its lease has not expired, and
+        on this host, its process is still there."""
+        if holder.expires <= now:
+            return False
+        if holder.host == _host():
+            return _pid_alive(holder.pid)
+        return True
+
+    def _acquire(self, name, operation):
+        now = time.time()
+        with self._tx() as session:
+            m = self._migration(session, name, lock=True)
+            holder = m.holder
+            if holder is not None:
+                if self._alive(holder, now):
+                    raise api.Busy(name, _holder_dict(holder))
+                LOG.warning('migration %s: taking over from %s by pid %s on '
+                            '%s since %s (gone or expired)', name,
+                            holder.operation, holder.pid, holder.host,
+                            _time_text(holder.since))
+                session.delete(holder)
+                session.flush()
+            holder = models.Holder(
+                migration_id=m.id, token=uuid.uuid4().hex,
+                operation=operation, pid=os.getpid(), host=_host(),
+                since=now, expires=now + self.lease)
+            session.add(holder)
+            lease = _holder_dict(holder)
+            lease.update(name=name, token=holder.token, lost=False)
+            return lease
+
+    def _renew(self, lease):
+        """Push the lease's expiry on; False when it is no longer ours."""
+        H = models.Holder
+        with self._tx() as session:
+            owner = sa.select(models.Migration.id).where(
+                models.Migration.name == lease['name']).scalar_subquery()
+            expires = time.time() + self.lease
+            done = session.execute(
+                sa.update(H).where(H.migration_id == owner,
+                                   H.token == lease['token'])
+                .values(expires=expires)).rowcount
+        if done:
+            lease['expires'] = expires
+        return bool(done)
+
+    def _release(self, lease):
+        H = models.Holder
+        with self._tx() as session:
+            owner = sa.select(models.Migration.id).where(
+                models.Migration.name == lease['name']).scalar_subquery()
+            session.execute(sa.delete(H).where(
+                H.migration_id == owner, H.token == lease['token']))
+
+    def touch(self, lease):
+        """Renew ``lease`` (what :meth:`hold` yields) now; False, and
+        ``lease['lost']`` set, when another command has taken it over.
+        :meth:`hold` renews it by itself every ``lease / 4`` seconds."""
+        if not self._renew(lease):
+            lease['lost'] = True
+        return not lease['lost']
+
+    @contextlib.contextmanager
+    def hold(self, name, operation):
+        lease = self._acquire(name, operation)
+        stop = threading.Event()
+        renewer = threading.Thread(
+            target=self._keep, args=(lease, stop),
+            name='any2kvm-lease-%s' % name, daemon=True)
+        renewer.start()
+        try:
+            yield lease
+        finally:
+            stop.set()
+            renewer.join()
+            self._release(lease)
+
+    def _keep(self, lease, stop):
+        """Renew ``lease`` until ``stop`` is set (the renewer thread)."""
+        while not stop.wait(self.lease / 4.0):
+            try:
+                if not self.touch(lease):
+                    LOG.warning('migration %s: the hold of %s was taken '
+                                'over by another command', lease['name'],
+                                lease['operation'])
+                    return
+            except Exception as e:
+                # Retried at the next turn; the lease outlives a few.
+                LOG.warning('migration %s: cannot renew the hold: %s',
+                            lease['name'], e)
+
+    # -- layers ---------------------------------------------------------------
+
+    def layer_started(self, name, disk_index, layer_id, layer_name,
+                      fingerprint):
+        now = time.time()
+        with self._tx() as session:
+            m, disk = self._disk(session, name, disk_index)
+            for layer in list(disk.applied):
+                if layer.layer_id == layer_id:
+                    # Applied again: it now comes after every other one.
+                    disk.applied.remove(layer)
+                    session.flush()
+            last = max([a.order for a in disk.applied], default=-1)
+            disk.applied.append(models.AppliedLayer(
+                order=last + 1, layer_id=layer_id, name=layer_name,
+                fingerprint=fingerprint, started_at=now, applied_at=None,
+                partial=True))
+            m.updated_at = now
+
+    def layer_applied(self, name, disk_index, layer_id):
+        now = time.time()
+        with self._tx() as session:
+            m, disk = self._disk(session, name, disk_index)
+            layer = self._layer(disk, name, layer_id)
+            layer.partial = False
+            layer.applied_at = now
+            m.updated_at = now
+
+    @staticmethod
+    def _layer(disk, name, layer_id):
+        for layer in disk.applied:
+            if layer.layer_id == layer_id:
+                return layer
+        raise api.NotFound('disk %s of migration %s has no layer %s'
+                           % (disk.index, name, layer_id))
+
+    def forget_layers(self, name, disk_index, from_layer_id):
+        now = time.time()
+        with self._tx() as session:
+            m, disk = self._disk(session, name, disk_index)
+            if from_layer_id is None:
+                first = None
+            else:
+                first = self._layer(disk, name, from_layer_id).order
+            for layer in list(disk.applied):
+                if first is None or layer.order >= first:
+                    disk.applied.remove(layer)
+            m.updated_at = now
+
+    # -- snapshots, syncs, cutover --------------------------------------------
+
+    def snapshot_taken(self, name, snapshot_id):
+        now = time.time()
+        with self._tx() as session:
+            m = self._migration(session, name)
+            for s in m.snapshots:
+                if s.snapshot_id == snapshot_id:
+                    s.created_at, s.removed_at = now, None
+                    break
+            else:
+                m.snapshots.append(models.Snapshot(
+                    snapshot_id=snapshot_id, created_at=now))
+            m.updated_at = now
+
+    def snapshot_removed(self, name, snapshot_id):
+        now = time.time()
+        with self._tx() as session:
+            m = self._migration(session, name)
+            for s in m.snapshots:
+                if s.snapshot_id == snapshot_id:
+                    if s.removed_at is None:
+                        s.removed_at = now
+                    break
+            else:
+                raise api.NotFound('migration %s has no snapshot %s'
+                                   % (name, snapshot_id))
+            m.updated_at = now
+
+    def sync_recorded(self, name, started_at, ended_at, layers_applied,
+                      bytes_read, bytes_written, ok=True, error=None):
+        with self._tx() as session:
+            m = self._migration(session, name)
+            m.syncs.append(models.Sync(
+                started_at=started_at, ended_at=ended_at,
+                layers_applied=layers_applied, bytes_read=bytes_read,
+                bytes_written=bytes_written, ok=bool(ok), error=error))
+            m.updated_at = time.time()
+
+    def cutover_recorded(self, name, shutdown_at, completed_at):
+        downtime = (None if completed_at is None
+                    else completed_at - shutdown_at)
+        with self._tx() as session:
+            m = self._migration(session, name)
+            if m.cutover is None:
+                m.cutover = models.Cutover()
+            m.cutover.shutdown_at = shutdown_at
+            m.cutover.completed_at = completed_at
+            m.cutover.downtime = downtime
+            m.updated_at = time.time()
+
+
+def open_store(args=None, conf=None):
+    """The :class:`SqlStore` at :func:`url_from` ``(args, conf)``."""
+    return SqlStore(url_from(args, conf))
