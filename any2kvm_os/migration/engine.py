@@ -122,9 +122,9 @@ def fingerprint(layer, file_name):
     table unchanged) and then gives the node the leaf's file name: the
     next snapshot moves it to a new node name, with the node's old id."""
     h = hashlib.sha256()
-    h.update(('%s\0%s\0%s\0%d\0' % (file_name, layer.format_name,
-                                     layer.identity,
-                                     layer.virtual_size)).encode())
+    h.update(('%s\0%s\0%s\0%d\0' % (
+        file_name, layer.format_name, layer.identity,
+        layer.virtual_size)).encode())
     for part in ('footer', 'hdr'):
         h.update(repr(getattr(layer, part, None)).encode() + b'\0')
     bat = getattr(layer, 'bat', None)
@@ -247,7 +247,7 @@ def create(store, name, location, target='file', output_dir='.',
     return store.get(name)
 
 
-# -- applying layers ------------------------------------------------------------
+# -- applying layers ----------------------------------------------------------
 
 class _Figures(object):
     def __init__(self):
@@ -370,7 +370,7 @@ def _result(name, started, host, read0, figures, **extra):
     return out
 
 
-# -- sync -----------------------------------------------------------------------
+# -- sync ---------------------------------------------------------------------
 
 def snapshot_name(name):
     return 'any2kvm migration %s' % name
@@ -418,7 +418,7 @@ def _one_line(e):
     return ' '.join(str(e).split())[:500] or type(e).__name__
 
 
-# -- cutover --------------------------------------------------------------------
+# -- cutover ------------------------------------------------------------------
 
 def _remove_snapshots(store, name, host):
     """Remove every snapshot the migration made: those recorded, and those
@@ -516,7 +516,7 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
         return result
 
 
-# -- abort, show, list ------------------------------------------------------
+# -- abort, show, list --------------------------------------------------------
 
 def abort(store, name, delete_targets=False, limits=None, args=None,
           connect=None):
