@@ -246,21 +246,30 @@ def apply_layers(disk, target_path, finish=False, start_at=None,
         target.close()
 
 
-def _apply_one(chain, i, target, progress):
+def _apply_one(chain, i, target, progress, bottom=None):
+    """Apply layer ``i`` onto ``target``; with ``bottom``, the fold of the
+    layers ``i`` .. ``bottom`` as if they were one layer (the migration
+    engine rewrites a target from the base this way when a chain changed
+    behind its back).  Returns the bytes of DATA written."""
+    if bottom is None:
+        bottom = i
     layer = chain.layers[i]
-    is_base = layer.parent_ref is None
+    is_base = chain.layers[bottom].parent_ref is None
     fresh = target.fresh and is_base
     target.resize(layer.virtual_size)
     size = layer.virtual_size
-    for e in chain.iter_extents(top=i, bottom=i):
+    written = 0
+    for e in chain.iter_extents(top=i, bottom=bottom):
         if e.kind == ext.DATA:
+            holder = chain.layers[e.layer if e.layer is not None else i]
             done = 0
             while done < e.length:
                 n = min(raw.COPY_CHUNK, e.length - done)
                 target.write_data(e.offset + done,
-                                  layer.read_extent(e, done, n),
+                                  holder.read_extent(e, done, n),
                                   over_hole=fresh)
                 done += n
+            written += e.length
         elif e.kind == ext.ZERO or is_base:
             # A ZERO run hides older data; below a base, nothing exists.
             if not fresh:
@@ -268,3 +277,4 @@ def _apply_one(chain, i, target, progress):
         if progress:
             progress(e.end, size)
     target.fresh = False
+    return written

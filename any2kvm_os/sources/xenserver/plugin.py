@@ -83,7 +83,7 @@ class XenServerSource(base.Source):
             disks = []
             try:
                 for info in found.disks:
-                    disks.append(self._disk(conn, info))
+                    disks.append(self.open_disk(conn, info))
             except BaseException:
                 for disk in disks:
                     disk.close()
@@ -94,8 +94,15 @@ class XenServerSource(base.Source):
             conn.close()
             raise
 
-    def _disk(self, conn, info):
-        """The chain of one VDI, read in its SR directory."""
+    def mount_base(self):
+        """Where the host's file SRs are mounted (``xenserver_sr_mount``)."""
+        return self._conf('xenserver_sr_mount', discovery.DEFAULT_MOUNT_BASE)
+
+    def open_disk(self, conn, info):
+        """The chain of one VDI (a :class:`~discovery.DiskInfo`), read in
+        its SR directory over ``conn``: a :class:`~any2kvm_os.vm.ChainDisk`
+        to close after use (the migration engine resolves the live chain
+        anew at every sync)."""
         container = remote.RemoteDirectoryContainer(
             conn, posixpath.dirname(info.path),
             posixpath.basename(info.path), self.limits, label=conn.label)

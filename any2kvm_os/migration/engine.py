@@ -1,0 +1,555 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Warm migration of a running XenServer VM: create, sync, cutover, abort.
+
+A migration copies a running VM's disks to KVM targets in steps.  Each
+``sync`` snapshots the VM (``xe vm-snapshot``): on a file SR every VDI's
+file keeps its name and becomes a new, empty differencing leaf, while the
+content written so far moves to a new hidden node.  Every layer below the
+running leaf is then stable, and the sync applies, oldest first, each such
+layer the target does not hold yet (DATA written, ZERO zeroed, the rest
+left alone: :func:`any2kvm_os.incremental._apply_one`).  ``cutover``
+shuts the VM down and applies what is left, the leaf included.
+
+The durable record is the :class:`~any2kvm_os.migration.state.api.Store`:
+each layer is recorded as started (partial) before its first write and
+applied after the target is flushed, with a fingerprint of the layer's
+metadata (SHA-256 of its footer, header and block table as read).  Every
+write is absolute, so a sync killed half way simply applies the partial
+layer again.
+
+**The chain is checked before anything is applied.**  The layers already
+applied must still be, in order, the oldest layers of the live chain with
+the same fingerprints.  When they are not (a snapshot deleted and its node
+coalesced by XenServer's garbage collector, a revert), the record is
+forgotten from the first layer that differs.  The ranges the forgotten
+layers wrote are unknown (the store keeps no block maps, and a coalesced
+layer is gone from the host), so correctness needs every range that no
+newer layer covers rewritten from the older ones: the engine writes the
+fold of the whole stable chain in one pass with base semantics (each
+allocated block read once; everything else zeroed) and reports the bytes
+that costs.  The pass is recorded under a fingerprint that can never match
+(``rewrite:``), so a crash during it leads to the same pass again, never
+to a target trusted too early.
+
+**The migration's snapshots are kept until cutover or abort.**  Removing
+an older one once a newer one is applied would look free, but it is not
+safe to do cheaply: the snapshot's VDI is one of the two children of a
+hidden node we applied; without it the node has one child and SM's
+garbage collector coalesces that child into it, which rewrites a layer we
+applied and deletes another.  The next sync would see the change and
+would have to rewrite the whole disk (above).  Kept snapshots cost
+nothing on the SR (their VDIs are empty differencing files; the nodes
+exist either way) but lengthen the chain by one per sync, and VHD chains
+are limited (SM refuses beyond 30 levels): a sync is refused once the
+chain reaches :data:`MAX_CHAIN` and the operator should cut over.
+
+The steps (connect, snapshot, check and apply per disk, record) map one to
+one onto TaskFlow tasks; TaskFlow is not used yet (see the operator's
+guide).
+"""
+
+import hashlib
+import logging
+import os
+import re
+import time
+
+from any2kvm_os import exception
+from any2kvm_os import incremental
+from any2kvm_os.migration.state import api as state_api
+from any2kvm_os.sources.xenserver import discovery
+from any2kvm_os.sources.xenserver import location as location_mod
+from any2kvm_os.sources.xenserver import snapshots
+from any2kvm_os.sources.xenserver import xe
+from any2kvm_os.targets import base as targets_base
+from any2kvm_os.writers import raw
+
+LOG = logging.getLogger(__name__)
+
+#: Longest chain a sync adds a snapshot to (SM's limit is 30 levels).
+MAX_CHAIN = 28
+#: Prefix of the fingerprint recorded while a whole-disk rewrite runs.
+REWRITE = 'rewrite:'
+NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$')
+DEFAULT_STATE_DB = 'sqlite:///' + os.path.join(
+    os.path.expanduser('~'), '.local', 'share', 'any2kvm', 'migrations.db')
+STATE_DB_ENV = 'ANY2KVM_STATE_DB'
+
+#: URL schemes of other Store implementations: scheme -> factory(url).
+#: Tests register theirs here; everything else goes to the SQL store.
+STORE_SCHEMES = {}
+
+SYNCABLE = ('created', 'syncing', 'synced', 'failed')
+CUTTABLE = ('created', 'syncing', 'synced', 'failed', 'cutting-over')
+
+
+class MigrationError(exception.Any2KvmError):
+    msg_fmt = 'migration %(name)s: %(reason)s'
+
+
+def open_store(url=None):
+    """The store at ``url`` (default: ``$ANY2KVM_STATE_DB``, else an
+    SQLite file in ``~/.local/share/any2kvm``)."""
+    url = url or os.environ.get(STATE_DB_ENV) or DEFAULT_STATE_DB
+    scheme = url.split(':', 1)[0].split('+', 1)[0].lower()
+    if scheme in STORE_SCHEMES:
+        return STORE_SCHEMES[scheme](url)
+    try:
+        from any2kvm_os.migration.state import sql
+    except ImportError as e:
+        raise exception.Any2KvmError(
+            'state database %s: the SQL store is not available (%s)'
+            % (scheme, e))
+    return sql.SqlStore(url)
+
+
+def fingerprint(layer, file_name):
+    """SHA-256 of a layer's file name and metadata as read (VHD: footer,
+    dynamic header, block table): cheap, and changes when a coalesce
+    rewrites the layer.  The file name is part of it because a
+    leaf-coalesce can merge writes into blocks the node already had (the
+    table unchanged) and then gives the node the leaf's file name: the
+    next snapshot moves it to a new node name, with the node's old id."""
+    h = hashlib.sha256()
+    h.update(('%s\0%s\0%s\0%d\0' % (
+        file_name, layer.format_name, layer.identity,
+        layer.virtual_size)).encode())
+    for part in ('footer', 'hdr'):
+        h.update(repr(getattr(layer, part, None)).encode() + b'\0')
+    bat = getattr(layer, 'bat', None)
+    if bat is not None:
+        h.update(bat.tobytes() if hasattr(bat, 'tobytes') else
+                 repr(bat).encode())
+    return h.hexdigest()
+
+
+def _check_name(name):
+    if not NAME_RE.match(name or ''):
+        raise MigrationError(name=name, reason='a name is 1 to 63 letters, '
+                             'digits, ".", "_" or "-", starting with a '
+                             'letter or digit')
+
+
+def _get(store, name):
+    try:
+        return store.get(name)
+    except state_api.NotFound:
+        raise MigrationError(name=name, reason='no such migration (see '
+                             '"any2kvm migration list")')
+
+
+class _Held(object):
+    """``store.hold`` with :class:`Busy` turned into one clear line."""
+
+    def __init__(self, store, name, operation):
+        self.cm = store.hold(name, operation)
+        self.name = name
+
+    def __enter__(self):
+        try:
+            return self.cm.__enter__()
+        except state_api.Busy as e:
+            raise MigrationError(name=self.name, reason='busy: %s by pid %s '
+                                 'on %s since %s; try again when it ends'
+                                 % (e.holder.get('operation'),
+                                    e.holder.get('pid'),
+                                    e.holder.get('host'),
+                                    e.holder.get('since_text')))
+        except state_api.NotFound:
+            raise MigrationError(name=self.name, reason='no such migration')
+
+    def __exit__(self, *exc):
+        return self.cm.__exit__(*exc)
+
+
+def _connect(location, limits, args, connect):
+    if connect is None:
+        from any2kvm_os.migration import host as host_mod
+        connect = host_mod.connect
+    return connect(location, limits, args)
+
+
+def _discover(host, vm):
+    return discovery.discover(lambda argv: host.run(argv), vm,
+                              host=host.label, mount_base=host.mount_base)
+
+
+# -- create -------------------------------------------------------------------
+
+def create(store, name, location, target='file', output_dir='.',
+           limits=None, args=None, connect=None):
+    """Record a new migration of the VM at ``location`` and create its
+    targets (sparse raw files ``NAME.raw``, ``NAME-disk1.raw``... in
+    ``output_dir``, as ``import --target file`` names them)."""
+    _check_name(name)
+    if target != 'file':
+        raise MigrationError(name=name, reason='--target %s is not yet '
+                             'supported by warm migration; use --target file'
+                             % target)
+    output_dir = os.path.abspath(output_dir)
+    if not os.path.isdir(output_dir):
+        raise MigrationError(name=name, reason='%s is not a directory'
+                             % output_dir)
+    host = _connect(location, limits, args, connect)
+    try:
+        found = _discover(host, location_mod.parse(location).vm)
+    finally:
+        host.close()
+    if not found.disks:
+        raise MigrationError(name=name, reason='the VM has no disk')
+    n = len(found.disks)
+    disks = []
+    for i, info in enumerate(found.disks):
+        path = os.path.join(output_dir, targets_base.disk_name(name, i, n)
+                            + '.raw')
+        disks.append({'index': i, 'source_id': info.vdi_uuid,
+                      'name': info.vdi_name or info.path,
+                      'virtual_size': info.virtual_size,
+                      'target_ref': path})
+    for d in disks:
+        if os.path.lexists(d['target_ref']):
+            raise MigrationError(name=name, reason='%s already exists'
+                                 % d['target_ref'])
+    try:
+        store.create(name, location, target,
+                     {'output_dir': output_dir, 'vm_uuid': found.uuid}, disks)
+    except state_api.Exists:
+        raise MigrationError(name=name, reason='already exists (see '
+                             '"any2kvm migration show %s")' % name)
+    made = []
+    try:
+        for d in disks:
+            fd = os.open(d['target_ref'],
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         0o644)
+            made.append(d['target_ref'])
+            try:
+                os.ftruncate(fd, d['virtual_size'])
+            finally:
+                os.close(fd)
+    except OSError as e:
+        for path in made:
+            os.unlink(path)
+        store.delete(name)
+        raise MigrationError(name=name, reason='%s: %s'
+                             % (e.filename or output_dir, e.strerror))
+    return store.get(name)
+
+
+# -- applying layers ----------------------------------------------------------
+
+class _Figures(object):
+    def __init__(self):
+        self.layers = 0
+        self.written = 0
+        self.rewrites = []
+
+
+def _plan(applied, stable):
+    """How to bring a target holding ``applied`` (store records, oldest
+    first) up to ``stable`` ((layer_id, fingerprint) oldest first):
+    ('ok', start) -- apply stable[start:];
+    ('redo', k) -- applied[k] was partly written (a crash): forget it and
+    apply stable[k:];
+    ('rewrite', k) -- the chain changed at applied[k]: forget from it and
+    rewrite the whole disk."""
+    for k, a in enumerate(applied):
+        same = (k < len(stable) and a['layer_id'] == stable[k][0]
+                and a['fingerprint'] == stable[k][1])
+        if not same:
+            return 'rewrite', k
+        if a.get('partial'):
+            if k == len(applied) - 1:
+                return 'redo', k
+            return 'rewrite', k
+    return 'ok', len(applied)
+
+
+def _update_disk(store, name, disk, chain, with_leaf, figures):
+    """Apply onto ``disk``'s target what it lacks of ``chain`` (all but
+    the leaf, or all with ``with_leaf``)."""
+    n = len(chain.layers)
+    # Positions oldest first -> chain indexes (the chain is leaf first).
+    order = list(range(n - 1, -1 if with_leaf else 0, -1))
+    names = [os.path.basename(chain.names[i]) for i in order]
+    stable = [(chain.layers[i].identity,
+               fingerprint(chain.layers[i], names[j]))
+              for j, i in enumerate(order)]
+    applied = disk['applied']
+    how, k = _plan(applied, stable)
+    idx = disk['index']
+    target = raw.RawWriter.open_in_place(disk['target_ref'])
+    try:
+        if target.fresh:
+            # The file made by create is gone: everything again.
+            LOG.warning('%s: target missing, written anew',
+                        disk['target_ref'])
+            if applied:
+                store.forget_layers(name, idx, applied[0]['layer_id'])
+            how, k = 'ok', 0
+        elif how == 'redo':
+            store.forget_layers(name, idx, applied[k]['layer_id'])
+            LOG.info('%s: layer %s was partly applied: applying it again',
+                     disk['target_ref'], applied[k]['name'])
+        elif how == 'rewrite':
+            k = min(k, len(stable) - 1)
+            store.forget_layers(name, idx, applied[k]['layer_id'])
+            # The marker: a fingerprint no layer has, so a crash in the
+            # pass leads to the same pass again.
+            store.layer_started(name, idx, stable[k][0],
+                                'rewrite of the disk', REWRITE + stable[k][1])
+            written = incremental._apply_one(chain, order[-1], target, None,
+                                             bottom=n - 1)
+            target.sync()
+            figures.written += written
+            figures.rewrites.append({'disk': idx, 'from_layer':
+                                     applied[k]['name'], 'bytes': written})
+            LOG.warning('%s: the chain changed on the host from layer %s '
+                        'on (snapshot deleted and coalesced?): the disk was '
+                        'rewritten from the base (%d bytes of data)',
+                        disk['target_ref'], applied[k]['name'], written)
+            store.forget_layers(name, idx, stable[k][0])
+            for j in range(k, len(stable)):
+                store.layer_started(name, idx, stable[j][0], names[j],
+                                    stable[j][1])
+                store.layer_applied(name, idx, stable[j][0])
+                figures.layers += 1
+            return
+        for j in range(k, len(stable)):
+            layer_id, fp = stable[j]
+            store.layer_started(name, idx, layer_id, names[j], fp)
+            figures.written += incremental._apply_one(chain, order[j],
+                                                      target, None)
+            target.sync()
+            store.layer_applied(name, idx, layer_id)
+            figures.layers += 1
+            LOG.info('applied %s onto %s', names[j], disk['target_ref'])
+    finally:
+        target.close()
+
+
+def _update_all(store, name, host, found, with_leaf, figures):
+    m = store.get(name)
+    by_vdi = dict((d.vdi_uuid, d) for d in found.disks)
+    for disk in m['disks']:
+        info = by_vdi.get(disk['source_id'])
+        if info is None:
+            raise MigrationError(name=name, reason='VDI %s (disk %d) is no '
+                                 'longer attached to the VM'
+                                 % (disk['source_id'], disk['index']))
+        opened = host.open_disk(info)
+        try:
+            if not with_leaf and len(opened.chain.layers) > MAX_CHAIN:
+                raise MigrationError(
+                    name=name, reason='the chain of disk %d has %d layers; '
+                    'another snapshot would near XenServer\'s limit: cut '
+                    'over now' % (disk['index'], len(opened.chain.layers)))
+            _update_disk(store, name, disk, opened.chain, with_leaf, figures)
+        finally:
+            opened.close()
+
+
+def _result(name, started, host, read0, figures, **extra):
+    out = {'name': name, 'layers_applied': figures.layers,
+           'bytes_read': host.bytes_read - read0,
+           'bytes_written': figures.written,
+           'seconds': round(time.time() - started, 3),
+           'rewrites': figures.rewrites}
+    out.update(extra)
+    return out
+
+
+# -- sync ---------------------------------------------------------------------
+
+def snapshot_name(name):
+    return 'any2kvm migration %s' % name
+
+
+def sync(store, name, limits=None, args=None, connect=None):
+    """Snapshot the running VM and apply every stable layer the targets
+    lack.  Returns the figures of this sync."""
+    with _Held(store, name, 'sync'):
+        m = _get(store, name)
+        if m['status'] not in SYNCABLE:
+            raise MigrationError(name=name, reason='is %s: nothing to sync'
+                                 % m['status'])
+        store.set_status(name, 'syncing')
+        started = time.time()
+        figures = _Figures()
+        host = _connect(m['location'], limits, args, connect)
+        read0 = host.bytes_read
+        try:
+            vm_uuid = m['target_options']['vm_uuid']
+            snap = snapshots.snapshot(
+                lambda argv: host.run(argv, mutating=True), vm_uuid,
+                snapshot_name(name))
+            store.snapshot_taken(name, snap)
+            found = _discover(host, vm_uuid)
+            _update_all(store, name, host, found, False, figures)
+        except BaseException as e:
+            msg = _one_line(e)
+            store.sync_recorded(name, started, time.time(), figures.layers,
+                                host.bytes_read - read0, figures.written,
+                                ok=False, error=msg)
+            store.set_status(name, 'failed', error=msg)
+            host.close()
+            raise
+        result = _result(name, started, host, read0, figures,
+                         snapshot=snap)
+        host.close()
+        store.sync_recorded(name, started, time.time(), figures.layers,
+                            result['bytes_read'], figures.written)
+        store.set_status(name, 'synced')
+        return result
+
+
+def _one_line(e):
+    return ' '.join(str(e).split())[:500] or type(e).__name__
+
+
+# -- cutover ------------------------------------------------------------------
+
+def _remove_snapshots(store, name, host):
+    """Remove every snapshot the migration made: those recorded, and those
+    of its name a crash left unrecorded (taken, killed before the store
+    heard of it); one already gone from the host counts as removed."""
+    m = store.get(name)
+    known = set(s['snapshot_id'] for s in m['snapshots'])
+    argv = xe.list_command('snapshot', [
+        ('snapshot-of', m['target_options']['vm_uuid']),
+        ('name-label', snapshot_name(name))], minimal=True)
+    for u in xe.parse_minimal(host.run(argv), argv):
+        if u.lower() not in known:
+            store.snapshot_taken(name, u.lower())
+    m = store.get(name)
+    removed = 0
+    for s in m['snapshots']:
+        if s.get('removed_at'):
+            continue
+        u = s['snapshot_id']
+        try:
+            snapshots.remove_snapshot(
+                lambda argv: host.run(argv, mutating=True), u)
+        except exception.Any2KvmError:
+            argv = xe.list_command('snapshot', [('uuid', u)], minimal=True)
+            if xe.parse_minimal(host.run(argv), argv):
+                raise
+        store.snapshot_removed(name, u)
+        removed += 1
+    return removed
+
+
+def _shut_down(host, vm_uuid, force, timeout):
+    state = snapshots.power_state(host.run, vm_uuid)
+    if state == 'halted':
+        return
+    try:
+        snapshots.shutdown(lambda argv: host.run(argv, mutating=True,
+                                                 timeout=timeout), vm_uuid)
+        snapshots.wait_for_power_state(host.run, vm_uuid, 'halted',
+                                       timeout=timeout, interval=1,
+                                       host=host.label)
+    except exception.Any2KvmError as e:
+        if snapshots.power_state(host.run, vm_uuid) == 'halted':
+            return
+        if not force:
+            raise exception.Any2KvmError(
+                'VM %s did not shut down cleanly within %ss (%s); run '
+                'cutover again with --force to stop it hard'
+                % (vm_uuid, timeout, _one_line(e)))
+        LOG.warning('clean shutdown failed (%s): stopping the VM hard',
+                    _one_line(e))
+        snapshots.shutdown(lambda argv: host.run(argv, mutating=True),
+                           vm_uuid, force=True)
+        snapshots.wait_for_power_state(host.run, vm_uuid, 'halted',
+                                       timeout=timeout, interval=1,
+                                       host=host.label)
+
+
+def cutover(store, name, force=False, timeout=600, limits=None, args=None,
+            connect=None):
+    """Shut the VM down, apply the rest (leaf included), remove the
+    migration's snapshots; the source stays halted.  Returns the figures,
+    with ``downtime`` (seconds from the shutdown request to the targets
+    complete and flushed)."""
+    with _Held(store, name, 'cutover'):
+        m = _get(store, name)
+        if m['status'] not in CUTTABLE:
+            raise MigrationError(name=name, reason='is %s: cannot cut over'
+                                 % m['status'])
+        store.set_status(name, 'cutting-over')
+        started = time.time()
+        figures = _Figures()
+        host = _connect(m['location'], limits, args, connect)
+        read0 = host.bytes_read
+        try:
+            vm_uuid = m['target_options']['vm_uuid']
+            shutdown_at = time.time()
+            _shut_down(host, vm_uuid, force, timeout)
+            halted_at = time.time()
+            found = _discover(host, vm_uuid)
+            _update_all(store, name, host, found, True, figures)
+            completed_at = time.time()
+            store.cutover_recorded(name, shutdown_at, completed_at)
+            removed = _remove_snapshots(store, name, host)
+        except BaseException as e:
+            store.set_status(name, 'failed', error=_one_line(e))
+            host.close()
+            raise
+        result = _result(name, started, host, read0, figures,
+                         downtime=round(completed_at - shutdown_at, 3),
+                         shutdown_seconds=round(halted_at - shutdown_at, 3),
+                         snapshots_removed=removed)
+        host.close()
+        store.set_status(name, 'done')
+        return result
+
+
+# -- abort, show, list --------------------------------------------------------
+
+def abort(store, name, delete_targets=False, limits=None, args=None,
+          connect=None):
+    """Remove the snapshots the migration made (never the VM or its
+    disks); keep the targets, or delete them."""
+    with _Held(store, name, 'abort'):
+        m = _get(store, name)
+        if m['status'] in ('done',):
+            raise MigrationError(name=name, reason='is done: nothing to '
+                                 'abort')
+        removed = 0
+        if any(not s.get('removed_at') for s in m['snapshots']):
+            host = _connect(m['location'], limits, args, connect)
+            try:
+                removed = _remove_snapshots(store, name, host)
+            finally:
+                host.close()
+        deleted = []
+        if delete_targets:
+            for d in m['disks']:
+                try:
+                    os.unlink(d['target_ref'])
+                    deleted.append(d['target_ref'])
+                except FileNotFoundError:
+                    pass
+        store.set_status(name, 'aborted')
+        return {'name': name, 'snapshots_removed': removed,
+                'targets_deleted': deleted}
+
+
+def show(store, name):
+    return _get(store, name)
+
+
+def list_migrations(store):
+    return store.list()

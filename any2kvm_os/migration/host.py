@@ -1,0 +1,54 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The XenServer host a migration works on, over SSH.
+
+The engine asks a host for four things only, so that its tests can put a
+local stand-in in its place: ``run(argv, mutating=False)`` (one ``xe``
+command; stdout), ``open_disk(info)`` (the live chain of one VDI, a
+:class:`~any2kvm_os.vm.ChainDisk` to close), ``bytes_read`` (bytes that
+crossed the wire so far), ``mount_base`` and ``label``; and ``close()``.
+"""
+
+from any2kvm_os.sources.xenserver import location as location_mod
+from any2kvm_os.sources.xenserver import plugin
+
+
+class SshHost(object):
+    """One SSH connection to the host of a ``xenserver://`` location."""
+
+    def __init__(self, location, limits, args=None):
+        self.location = location_mod.parse(location)
+        self.source = plugin.XenServerSource(limits, args=args)
+        self.conn = self.source.connect(self.location)
+        self.mount_base = self.source.mount_base()
+        self.label = self.location.host_for_display
+
+    def run(self, argv, mutating=False, timeout=None):
+        # Queries are repeated after a dropped connection; commands that
+        # change the host (snapshot, shutdown, uninstall) never are.
+        return self.conn.check_run(argv, idempotent=not mutating,
+                                   timeout=timeout).stdout
+
+    def open_disk(self, info):
+        return self.source.open_disk(self.conn, info)
+
+    @property
+    def bytes_read(self):
+        return self.conn.bytes_read
+
+    def close(self):
+        self.conn.close()
+
+
+def connect(location, limits, args=None):
+    return SshHost(location, limits, args)

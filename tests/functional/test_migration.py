@@ -1,0 +1,202 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""``any2kvm migration`` end to end: the real OpenSSH server on 127.0.0.1,
+the ``xe`` stand-in, a guest writing between syncs, and the commands as a
+user runs them.  The store is the JSON-file test store
+(tests/lib/migstore.py, ``jsonfile://``) until the SQL one is merged: the
+commands run as ``python -m tests.lib.migcli``, which registers it."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests.lib import imagegen as ig
+from tests.lib.xenserver import host as xhost
+from tests.lib.xenserver import state as st
+
+REPO = Path(__file__).resolve().parents[2]
+MiB = 1 << 20
+
+
+@pytest.fixture
+def bed(sshd_factory, tmp_path):
+    root, facts = xhost.standard_host(tmp_path / 'xs')
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    os.symlink(str(xhost.XE), str(bin_dir / 'xe'))
+    conf = tmp_path / 'any2kvm.conf'
+    conf.write_text('[any2kvm]\nxenserver_sr_mount = %s\n'
+                    % os.path.join(str(root), 'run', 'sr-mount'))
+    path = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable),
+                            '/usr/bin', '/bin'])
+    server = sshd_factory(env={'PATH': path, xhost.ENV: str(root)})
+    out = tmp_path / 'out'
+    out.mkdir()
+    loc = 'xenserver://%s@127.0.0.1:%d/%s' % (
+        server.user, server.port, urllib.parse.quote('two-disks', safe=''))
+    common = ['--identity-file', server.client_key, '--known-hosts',
+              server.known_hosts, '--config-file', str(conf),
+              '--state-db', 'jsonfile://%s' % (tmp_path / 'state.json')]
+    return root, facts, out, loc, common
+
+
+def _cmd(args):
+    return [sys.executable, '-m', 'tests.lib.migcli', 'migration'] + [
+        str(a) for a in args]
+
+
+def _env():
+    env = dict(os.environ)
+    env['PYTHONPATH'] = str(REPO)
+    env['LC_ALL'] = 'C.UTF-8'
+    return env
+
+
+def mig(*args, common=(), ok=True):
+    res = subprocess.run(_cmd(list(args) + list(common)),
+                         capture_output=True, text=True, env=_env(),
+                         cwd=str(REPO), timeout=300)
+    if ok:
+        assert res.returncode == 0, (res.stdout, res.stderr)
+    return res
+
+
+def show(common, name='web'):
+    return json.loads(mig('show', name, '--format', 'json',
+                          common=common[-2:]).stdout)
+
+
+def writers(root, facts, m):
+    return [xhost.GuestWriter(root, d['source_id'],
+                              facts['models'][d['source_id']])
+            for d in m['disks']]
+
+
+def check(m, facts):
+    for d in m['disks']:
+        model = facts['models'][d['source_id']]
+        data = Path(d['target_ref']).read_bytes()
+        assert len(data) == model.size
+        assert hashlib.sha256(data).hexdigest() == model.sha256()
+
+
+def test_create_sync_sync_cutover(bed):
+    root, facts, out, loc, common = bed
+    mig('create', 'web', loc, '--target', 'file', '--output-dir', out,
+        common=common)
+    m = show(common)
+    w0, w1 = writers(root, facts, m)
+    r = mig('sync', 'web', common=common)
+    assert '2 layer(s) applied' in r.stdout, r.stdout
+    print(r.stdout)
+    w0.write(5 * MiB, ig.pattern(21, 2 * MiB))
+    w0.zero(0, 4096)
+    w1.write(MiB + 300, b'a partial sector')
+    print(mig('sync', 'web', common=common).stdout)
+    w0.write(7 * MiB, ig.pattern(22, 4096))
+    r = mig('cutover', 'web', '--timeout', '60', common=common)
+    print(r.stdout)
+    assert 'downtime' in r.stdout, r.stdout
+    m = show(common)
+    assert m['status'] == 'done'
+    assert [s['ok'] for s in m['syncs']] == [True, True]
+    assert all(s['bytes_read'] > 0 for s in m['syncs'])
+    check(m, facts)
+    vm = st.load(str(root))['vm'][facts['two-disks']]
+    assert vm['power-state'] == 'halted'
+    rows = json.loads(mig('list', '--format', 'json',
+                          common=common[-2:]).stdout)
+    assert [r['name'] for r in rows] == ['web']
+
+
+def test_second_sync_at_once_is_busy(bed):
+    root, facts, out, loc, common = bed
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    state = common[-1][len('jsonfile://'):]
+    # Hold the migration from another process, as a running sync would.
+    holder = subprocess.Popen(
+        [sys.executable, '-c',
+         'import sys, time\n'
+         'from tests.lib import migstore\n'
+         's = migstore.FileStore(sys.argv[1])\n'
+         'with s.hold("web", "sync"):\n'
+         '    print("held", flush=True)\n'
+         '    time.sleep(60)\n', state],
+        stdout=subprocess.PIPE, text=True, env=_env(), cwd=str(REPO))
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        res = mig('sync', 'web', common=common, ok=False)
+        assert res.returncode == 1
+        line = res.stderr.strip()
+        assert '\n' not in line and 'busy' in line, res.stderr
+        assert 'pid %d' % holder.pid in line
+    finally:
+        holder.kill()
+        holder.wait()
+    mig('sync', 'web', common=common)
+
+
+def test_sync_killed_then_run_again(bed):
+    root, facts, out, loc, common = bed
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    m = show(common)
+    w0, _w1 = writers(root, facts, m)
+    w0.write(MiB, ig.pattern(31, 6 * MiB))
+    proc = subprocess.Popen(_cmd(['sync', 'web'] + common),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_env(), cwd=str(REPO))
+    # Kill it once a layer is recorded as partial (mid-way).
+    deadline = time.monotonic() + 120
+    state = Path(common[-1][len('jsonfile://'):])
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            data = json.loads(state.read_text())
+        except ValueError:
+            data = {}
+        if any(a['partial'] for d in data.get('web', {}).get('disks', [])
+               for a in d['applied']):
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.005)
+    proc.wait()
+    m = show(common)
+    assert killed, 'the sync ended before it could be killed'
+    assert m['status'] == 'syncing'
+    mig('sync', 'web', common=common)
+    mig('cutover', 'web', common=common)
+    m = show(common)
+    # Unrecorded snapshots left by the kill are removed too.
+    assert not [v for v in st.load(str(root))['vm'].values()
+                if v.get('snapshot-of') == facts['two-disks']]
+    check(m, facts)
+
+
+def test_abort_keeps_the_vm(bed):
+    root, facts, out, loc, common = bed
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    mig('sync', 'web', common=common)
+    r = mig('abort', 'web', '--delete-targets', common=common)
+    assert '1 snapshot(s) removed' in r.stdout
+    assert os.listdir(out) == []
+    vm = st.load(str(root))['vm'][facts['two-disks']]
+    assert vm['power-state'] == 'running'

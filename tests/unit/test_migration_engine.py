@@ -1,0 +1,190 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The warm-migration engine against the local xe stand-in (no SSH) and
+the JSON-file test store (tests/lib/migstore.py)."""
+
+import hashlib
+import os
+
+import pytest
+
+from any2kvm_os import exception
+from any2kvm_os.migration import engine
+from any2kvm_os.migration.state import api as state_api
+from tests.lib import imagegen as ig
+from tests.lib import miglocal
+from tests.lib import migstore
+from tests.lib.xenserver import host as xhost
+from tests.lib.xenserver import sr as srlib
+from tests.lib.xenserver import state as st
+
+MiB = 1 << 20
+LOC = 'xenserver://root@standin/two-disks'
+
+
+@pytest.fixture
+def bed(tmp_path):
+    root, facts = xhost.standard_host(tmp_path / 'xs')
+    out = tmp_path / 'out'
+    out.mkdir()
+    store = migstore.FileStore(tmp_path / 'state.json')
+    return root, facts, out, store
+
+
+def _kw(root):
+    return {'connect': miglocal.connector(root)}
+
+
+def _writers(root, facts, m):
+    return [xhost.GuestWriter(root, d['source_id'],
+                              facts['models'][d['source_id']])
+            for d in m['disks']]
+
+
+def _check(m, facts):
+    for d in m['disks']:
+        model = facts['models'][d['source_id']]
+        with open(d['target_ref'], 'rb') as f:
+            data = f.read()
+        assert len(data) == model.size
+        assert hashlib.sha256(data).hexdigest() == model.sha256(), \
+            d['target_ref']
+
+
+def _power(root, vm):
+    return st.load(str(root))['vm'][vm]['power-state']
+
+
+def test_create_two_syncs_cutover(bed):
+    root, facts, out, store = bed
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    assert sorted(os.listdir(out)) == ['web-disk1.raw', 'web.raw']
+    assert m['status'] == 'created'
+    w0, w1 = _writers(root, facts, m)
+    r1 = engine.sync(store, 'web', **_kw(root))
+    assert r1['layers_applied'] == 2        # each disk's base
+    w0.write(5 * MiB, ig.pattern(7, 2 * MiB))   # new blocks
+    w0.zero(0, 4096)                           # zeroes parent data
+    w1.write(MiB + 100, b'partial block')      # a partial sector
+    r2 = engine.sync(store, 'web', **_kw(root))
+    assert r2['layers_applied'] == 2
+    assert r2['rewrites'] == []
+    w0.write(3 * MiB, ig.pattern(8, 512))
+    w1.zero(MiB, 4096)
+    r3 = engine.cutover(store, 'web', **_kw(root))
+    assert r3['layers_applied'] == 2        # each disk's leaf
+    assert r3['snapshots_removed'] == 2
+    m = store.get('web')
+    assert m['status'] == 'done'
+    assert m['cutover']['downtime'] >= 0
+    assert [s['removed_at'] is not None for s in m['snapshots']] == \
+        [True, True]
+    _check(m, facts)
+    assert _power(root, facts['two-disks']) == 'halted'
+    assert not [v for v in st.load(str(root))['vm'].values()
+                if v.get('snapshot-of') == facts['two-disks']]
+
+
+def test_chain_coalesced_behind_our_back(bed):
+    root, facts, out, store = bed
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **_kw(root))
+    w0.write(6 * MiB, ig.pattern(9, 8192))
+    engine.sync(store, 'web', **_kw(root))
+    # Someone deletes our newest snapshot: its node (applied by sync 2)
+    # has the leaf as only child, and SM's GC coalesces them.
+    last = store.get('web')['snapshots'][-1]['snapshot_id']
+    xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=%s' % last,
+                'force=true')
+    for w in (w0, w1):
+        xhost.coalesce(root, srlib.chain(w.path)[1][:-len('.vhd')])
+    w0.write(MiB, ig.pattern(10, 4096))
+    r = engine.sync(store, 'web', **_kw(root))
+    assert [rw['disk'] for rw in r['rewrites']] == [0, 1]
+    assert all(rw['bytes'] > 0 for rw in r['rewrites'])
+    engine.cutover(store, 'web', **_kw(root))
+    _check(store.get('web'), facts)
+
+
+def test_busy_is_one_line(bed):
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    with store.hold('web', 'sync'):
+        with pytest.raises(engine.MigrationError) as e:
+            engine.sync(store, 'web', **_kw(root))
+    assert 'busy' in str(e.value) and '\n' not in str(e.value)
+
+
+def test_partial_layer_is_applied_again(bed, monkeypatch):
+    root, facts, out, store = bed
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, _w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **_kw(root))
+    w0.write(2 * MiB, ig.pattern(11, 3 * MiB))
+    real = engine.incremental._apply_one
+    calls = []
+
+    def crash(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, 'simulated crash')
+        return real(*a, **kw)
+    monkeypatch.setattr(engine.incremental, '_apply_one', crash)
+    with pytest.raises(OSError):
+        engine.sync(store, 'web', **_kw(root))
+    m = store.get('web')
+    assert m['status'] == 'failed'
+    assert m['disks'][0]['applied'][-1]['partial']
+    monkeypatch.setattr(engine.incremental, '_apply_one', real)
+    r = engine.sync(store, 'web', **_kw(root))
+    assert r['rewrites'] == []
+    engine.cutover(store, 'web', **_kw(root))
+    _check(store.get('web'), facts)
+
+
+def test_abort_removes_only_our_snapshots(bed):
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+    r = engine.abort(store, 'web', delete_targets=True, **_kw(root))
+    assert r['snapshots_removed'] == 1
+    assert os.listdir(out) == []
+    assert store.get('web')['status'] == 'aborted'
+    assert _power(root, facts['two-disks']) == 'running'
+
+
+def test_refusals(bed):
+    root, facts, out, store = bed
+    with pytest.raises(engine.MigrationError, match='not yet'):
+        engine.create(store, 'web', LOC, target='cinder', **_kw(root))
+    with pytest.raises(engine.MigrationError, match='no such'):
+        engine.sync(store, 'nope', **_kw(root))
+    with pytest.raises(engine.MigrationError, match='name'):
+        engine.create(store, '../x', LOC, output_dir=str(out), **_kw(root))
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    with pytest.raises(exception.Any2KvmError, match='already exists'):
+        engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+
+
+def test_plan():
+    a = [{'layer_id': 'a', 'fingerprint': '1', 'partial': False},
+         {'layer_id': 'b', 'fingerprint': '2', 'partial': True}]
+    assert engine._plan(a, [('a', '1'), ('b', '2'), ('c', '3')]) == \
+        ('redo', 1)
+    a[1]['partial'] = False
+    assert engine._plan(a, [('a', '1'), ('b', '2'), ('c', '3')]) == \
+        ('ok', 2)
+    assert engine._plan(a, [('a', '9'), ('c', '3')]) == ('rewrite', 0)
+    assert engine._plan(a, [('a', '1')]) == ('rewrite', 1)
+    assert isinstance(state_api.Busy('x', {}), Exception)
