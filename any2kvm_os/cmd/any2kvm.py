@@ -158,7 +158,7 @@ def _import(args, limits):
 
 def _migration(args, limits):
     from any2kvm_os.migration import engine
-    store = engine.open_store(args.state_db)
+    store = engine.open_store(args.state_db, limits.conf)
     action = args.migration_command
     if action == 'create':
         result = engine.create(store, args.name, args.location,
@@ -237,10 +237,8 @@ def _add_migration(sub, common):
     msub = p.add_subparsers(dest='migration_command', metavar='ACTION')
     msub.required = True
     state = argparse.ArgumentParser(add_help=False)
-    state.add_argument('--state-db', metavar='URL',
-                       help='the migrations\' state database (SQLAlchemy '
-                            'URL; default: $ANY2KVM_STATE_DB, else SQLite '
-                            'in ~/.local/share/any2kvm)')
+    from any2kvm_os.migration.state import options as state_options
+    state_options.add_arguments(state)
     parents = [common, state]
     q = msub.add_parser('create', parents=parents,
                         help='record a migration and create its targets')
@@ -377,6 +375,9 @@ def _setup(args):
             conf.set_override('debug', True)
         log.setup(conf, PROG)
         if not args.debug:
+            # Warnings only, ours and the libraries' (alembic, paramiko):
+            # stderr carries the one-line error of a failure.
+            logging.getLogger().setLevel(logging.WARNING)
             logging.getLogger('any2kvm_os').setLevel(logging.WARNING)
     else:
         root = logging.getLogger()

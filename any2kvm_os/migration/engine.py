@@ -82,13 +82,8 @@ MAX_CHAIN = 28
 #: Prefix of the fingerprint recorded while a whole-disk rewrite runs.
 REWRITE = 'rewrite:'
 NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$')
-DEFAULT_STATE_DB = 'sqlite:///' + os.path.join(
-    os.path.expanduser('~'), '.local', 'share', 'any2kvm', 'migrations.db')
+#: An environment variable naming the state database (a URL).
 STATE_DB_ENV = 'ANY2KVM_STATE_DB'
-
-#: URL schemes of other Store implementations: scheme -> factory(url).
-#: Tests register theirs here; everything else goes to the SQL store.
-STORE_SCHEMES = {}
 
 SYNCABLE = ('created', 'syncing', 'synced', 'failed')
 CUTTABLE = ('created', 'syncing', 'synced', 'failed', 'cutting-over')
@@ -98,19 +93,15 @@ class MigrationError(exception.Any2KvmError):
     msg_fmt = 'migration %(name)s: %(reason)s'
 
 
-def open_store(url=None):
-    """The store at ``url`` (default: ``$ANY2KVM_STATE_DB``, else an
-    SQLite file in ``~/.local/share/any2kvm``)."""
-    url = url or os.environ.get(STATE_DB_ENV) or DEFAULT_STATE_DB
-    scheme = url.split(':', 1)[0].split('+', 1)[0].lower()
-    if scheme in STORE_SCHEMES:
-        return STORE_SCHEMES[scheme](url)
-    try:
-        from any2kvm_os.migration.state import sql
-    except ImportError as e:
-        raise exception.Any2KvmError(
-            'state database %s: the SQL store is not available (%s)'
-            % (scheme, e))
+def open_store(url=None, conf=None):
+    """The state database: ``url`` (``--state-db``), else
+    ``$ANY2KVM_STATE_DB``, else ``state_db_url`` of ``conf``, else the
+    SQLite file of :func:`any2kvm_os.migration.state.options.default_url`.
+    """
+    from any2kvm_os.migration.state import options as state_options
+    from any2kvm_os.migration.state import sql
+    url = url or os.environ.get(STATE_DB_ENV) or state_options.url_from(
+        None, conf)
     return sql.SqlStore(url)
 
 

@@ -12,9 +12,7 @@
 
 """``any2kvm migration`` end to end: the real OpenSSH server on 127.0.0.1,
 the ``xe`` stand-in, a guest writing between syncs, and the commands as a
-user runs them.  The store is the JSON-file test store
-(tests/lib/migstore.py, ``jsonfile://``) until the SQL one is merged: the
-commands run as ``python -m tests.lib.migcli``, which registers it."""
+user runs them; the state in the SQL store, on an SQLite file."""
 
 import hashlib
 import json
@@ -28,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from any2kvm_os.migration.state import sql
+from tests.lib import cli
 from tests.lib import imagegen as ig
 from tests.lib.xenserver import host as xhost
 from tests.lib.xenserver import state as st
@@ -54,13 +54,12 @@ def bed(sshd_factory, tmp_path):
         server.user, server.port, urllib.parse.quote('two-disks', safe=''))
     common = ['--identity-file', server.client_key, '--known-hosts',
               server.known_hosts, '--config-file', str(conf),
-              '--state-db', 'jsonfile://%s' % (tmp_path / 'state.json')]
+              '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
     return root, facts, out, loc, common
 
 
 def _cmd(args):
-    return [sys.executable, '-m', 'tests.lib.migcli', 'migration'] + [
-        str(a) for a in args]
+    return cli.cli_command() + ['migration'] + [str(a) for a in args]
 
 
 def _env():
@@ -130,13 +129,13 @@ def test_create_sync_sync_cutover(bed):
 def test_second_sync_at_once_is_busy(bed):
     root, facts, out, loc, common = bed
     mig('create', 'web', loc, '--output-dir', out, common=common)
-    state = common[-1][len('jsonfile://'):]
+    state = common[-1]
     # Hold the migration from another process, as a running sync would.
     holder = subprocess.Popen(
         [sys.executable, '-c',
          'import sys, time\n'
-         'from tests.lib import migstore\n'
-         's = migstore.FileStore(sys.argv[1])\n'
+         'from any2kvm_os.migration.state import sql\n'
+         's = sql.SqlStore(sys.argv[1])\n'
          'with s.hold("web", "sync"):\n'
          '    print("held", flush=True)\n'
          '    time.sleep(60)\n', state],
@@ -165,20 +164,17 @@ def test_sync_killed_then_run_again(bed):
                             env=_env(), cwd=str(REPO))
     # Kill it once a layer is recorded as partial (mid-way).
     deadline = time.monotonic() + 120
-    state = Path(common[-1][len('jsonfile://'):])
+    store = sql.SqlStore(common[-1])
     killed = False
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            data = json.loads(state.read_text())
-        except ValueError:
-            data = {}
-        if any(a['partial'] for d in data.get('web', {}).get('disks', [])
-               for a in d['applied']):
+        data = store.get('web')
+        if any(a['partial'] for d in data['disks'] for a in d['applied']):
             os.kill(proc.pid, signal.SIGKILL)
             killed = True
             break
         time.sleep(0.005)
     proc.wait()
+    store.close()
     m = show(common)
     assert killed, 'the sync ended before it could be killed'
     assert m['status'] == 'syncing'

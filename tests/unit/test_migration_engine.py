@@ -11,7 +11,7 @@
 # under the License.
 
 """The warm-migration engine against the local xe stand-in (no SSH) and
-the JSON-file test store (tests/lib/migstore.py)."""
+the SQL store on an SQLite file."""
 
 import hashlib
 import os
@@ -21,9 +21,9 @@ import pytest
 from any2kvm_os import exception
 from any2kvm_os.migration import engine
 from any2kvm_os.migration.state import api as state_api
+from any2kvm_os.migration.state import sql
 from tests.lib import imagegen as ig
 from tests.lib import miglocal
-from tests.lib import migstore
 from tests.lib.xenserver import host as xhost
 from tests.lib.xenserver import sr as srlib
 from tests.lib.xenserver import state as st
@@ -37,7 +37,7 @@ def bed(tmp_path):
     root, facts = xhost.standard_host(tmp_path / 'xs')
     out = tmp_path / 'out'
     out.mkdir()
-    store = migstore.FileStore(tmp_path / 'state.json')
+    store = sql.SqlStore('sqlite:///%s' % (tmp_path / 'state.db'))
     return root, facts, out, store
 
 
