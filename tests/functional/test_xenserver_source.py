@@ -124,3 +124,32 @@ def test_refusals_are_one_line(server, xs_host, tmp_path):
                           '--known-hosts', empty, '--config-file', conf)
     assert res.returncode == 1, cli.describe(res)
     assert 'SHA256:' in res.stderr and 'Traceback' not in res.stderr
+
+
+def test_parent_outside_the_sr_is_never_opened(server, xs_host):
+    """A VHD whose locators name ``../../../outside/<x>.vhd``: its parent
+    is looked for among the SR directory's files only, so the chain is
+    refused as missing a parent, in one line naming the file."""
+    from any2kvm_os.chain import layer_chain
+    from any2kvm_os.containers import remote
+    from any2kvm_os import exception
+    from any2kvm_os import limits as a2k_limits
+    from any2kvm_os.ssh import connection
+    from any2kvm_os.ssh import options as ssh_options
+    root, facts, _bin, _conf = xs_host
+    vdi = facts['escaping-vdi']
+    sr_dir = os.path.join(str(root), 'run', 'sr-mount', facts['sr']['ext'])
+    assert os.path.exists(os.path.join(sr_dir, vdi + '.vhd'))
+    host = ssh_options.HostOptions(
+        '127.0.0.1', user=server.user, port=server.port,
+        identity_file=str(server.client_key),
+        known_hosts=str(server.known_hosts))
+    with connection.Connection(host, environ={}) as conn:
+        container = remote.RemoteDirectoryContainer(
+            conn, sr_dir, vdi + '.vhd', a2k_limits.Limits())
+        with pytest.raises(exception.ChainError) as e:
+            layer_chain.resolve(container, vdi + '.vhd',
+                                a2k_limits.Limits())
+        container.close()
+    assert 'missing parent' in str(e.value)
+    assert '\n' not in str(e.value)
