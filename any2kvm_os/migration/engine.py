@@ -367,19 +367,28 @@ def snapshot_name(name):
     return 'any2kvm migration %s' % name
 
 
+def _begin(store, name, allowed, status, refusal, limits, args, connect):
+    """The start of a sync or a cutover, inside its hold: the migration
+    (refused with ``refusal`` unless its status is in ``allowed``), marked
+    ``status``, and a connection to its host.  Returns (migration, host,
+    figures, start time, bytes read so far)."""
+    m = _get(store, name)
+    if m['status'] not in allowed:
+        raise MigrationError(name=name, reason='is %s: %s'
+                             % (m['status'], refusal))
+    store.set_status(name, status)
+    started = time.time()
+    host = _connect(m['location'], limits, args, connect)
+    return m, host, _Figures(), started, host.bytes_read
+
+
 def sync(store, name, limits=None, args=None, connect=None):
     """Snapshot the running VM and apply every stable layer the targets
     lack.  Returns the figures of this sync."""
     with _Held(store, name, 'sync'):
-        m = _get(store, name)
-        if m['status'] not in SYNCABLE:
-            raise MigrationError(name=name, reason='is %s: nothing to sync'
-                                 % m['status'])
-        store.set_status(name, 'syncing')
-        started = time.time()
-        figures = _Figures()
-        host = _connect(m['location'], limits, args, connect)
-        read0 = host.bytes_read
+        m, host, figures, started, read0 = _begin(
+            store, name, SYNCABLE, 'syncing', 'nothing to sync', limits,
+            args, connect)
         try:
             vm_uuid = m['target_options']['vm_uuid']
             snap = snapshots.snapshot(
@@ -475,15 +484,9 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
     with ``downtime`` (seconds from the shutdown request to the targets
     complete and flushed)."""
     with _Held(store, name, 'cutover'):
-        m = _get(store, name)
-        if m['status'] not in CUTTABLE:
-            raise MigrationError(name=name, reason='is %s: cannot cut over'
-                                 % m['status'])
-        store.set_status(name, 'cutting-over')
-        started = time.time()
-        figures = _Figures()
-        host = _connect(m['location'], limits, args, connect)
-        read0 = host.bytes_read
+        m, host, figures, started, read0 = _begin(
+            store, name, CUTTABLE, 'cutting-over', 'cannot cut over', limits,
+            args, connect)
         try:
             vm_uuid = m['target_options']['vm_uuid']
             shutdown_at = time.time()
