@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Warm migration off XenServer over loopback SSH: ``any2kvm migration``
+against ``scp``.
+
+The test bed of tests/functional/test_migration.py: the real OpenSSH
+server on 127.0.0.1 with the ``xe`` stand-in on its PATH, and one running
+VM with one disk of ``--size`` (4 GiB) holding ``--data`` (1 GiB) in
+64 MiB pieces of pseudo-random bytes spread over the disk (written with
+FATtools, not timed).  Then:
+
+1. ``migration create``, then the first ``migration sync`` (timed), and
+   ``scp`` of every VHD file of the disk's chain from the same sshd;
+   throughput ratio any2kvm/scp (target >= 0.8);
+2. bytes the sync read over the wire against the allocated bytes of
+   those VHD files (target <= 1.02);
+3. the guest writes a 32 MiB delta, then ``migration cutover`` (timed):
+   cutover seconds / first-sync seconds (target <= 0.05), and the
+   downtime cutover prints;
+4. the raw output's sha256 against the model of the disk.
+
+``sync`` runs (untimed) before each timed command.  Exit status: 0 when
+every command ran and the output is correct, whatever the targets say;
+1 otherwise; 2 for a set-up error (no sshd, no scp).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from tests.lib import cli  # noqa: E402
+from tests.lib import sshd as sshd_lib  # noqa: E402
+from tests.lib.xenserver import host as xhost  # noqa: E402
+from tests.lib.xenserver import sr as srlib  # noqa: E402
+
+MiB = 1 << 20
+GiB = 1 << 30
+PIECE = 64 * MiB
+DELTA = 32 * MiB
+
+
+def parse_size(text):
+    m = re.fullmatch(r'(\d+)([KMGT]?)', text.strip().upper())
+    if not m:
+        raise argparse.ArgumentTypeError('bad size: %r' % text)
+    return int(m.group(1)) << {'': 0, 'K': 10, 'M': 20, 'G': 30,
+                               'T': 40}[m.group(2)]
+
+
+def human(n):
+    return '%.2f MiB' % (n / MiB) if n < GiB else '%.2f GiB' % (n / GiB)
+
+
+def layout(size, data, seed=1):
+    """(offset, bytes) pieces of PIECE (the last may be shorter), one per
+    equal stride of the disk, 2 MiB aligned."""
+    rnd = random.Random(seed)
+    count = max(1, -(-data // PIECE))
+    stride = size // count
+    pieces = []
+    left = data
+    for i in range(count):
+        length = min(PIECE, left)
+        left -= length
+        room = max(0, stride - length)
+        off = i * stride + (rnd.randrange(room + 1) // (2 * MiB)) * 2 * MiB
+        off = min(off, size - length) // 512 * 512
+        pieces.append((off, rnd.randbytes(length)))
+    return pieces
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while True:
+            buf = f.read(8 * MiB)
+            if not buf:
+                break
+            h.update(buf)
+    return h.hexdigest()
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+class Bench(object):
+    def __init__(self, work, args):
+        self.work = work
+        self.args = args
+        self.figures = []        # (name, value text, target, verdict)
+        self.failed = False
+
+    def row(self, name, value, target, ok):
+        verdict = 'info' if ok is None else ('PASS' if ok else 'MISS')
+        self.figures.append((name, value, target, verdict))
+
+    def run(self, argv, timed=True, env=None):
+        """Run argv after an untimed sync; returns (seconds, stdout)."""
+        os.sync()
+        print('$ %s' % ' '.join(str(a) for a in argv), flush=True)
+        t0 = time.monotonic()
+        res = subprocess.run([str(a) for a in argv], capture_output=True,
+                             text=True, env=env, cwd=REPO,
+                             timeout=self.args.timeout)
+        dt = time.monotonic() - t0
+        if res.stdout.strip():
+            print('  ' + res.stdout.strip().replace('\n', '\n  '))
+        if res.returncode != 0:
+            print('FAILED (exit %d): %s' % (res.returncode,
+                                             res.stderr.strip()[-2000:]))
+            raise RuntimeError('command failed: %s' % argv[0])
+        print('  -> %.3f s' % dt, flush=True)
+        return dt, res.stdout
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--size', type=parse_size, default=None,
+                   help='virtual disk size (default 4G; 512M with --quick)')
+    p.add_argument('--data', type=parse_size, default=None,
+                   help='data written (default 1G; 128M with --quick)')
+    p.add_argument('--quick', action='store_true')
+    p.add_argument('--timeout', type=int, default=3600)
+    p.add_argument('--keep', action='store_true',
+                   help='keep the temporary directory')
+    args = p.parse_args()
+    if args.size is None:
+        args.size = 512 * MiB if args.quick else 4 * GiB
+    if args.data is None:
+        args.data = 128 * MiB if args.quick else 1 * GiB
+    if args.data + DELTA > args.size:
+        p.error('--data (+32 MiB delta) must fit in --size')
+    why = sshd_lib.available() or (
+        None if shutil.which('scp') else 'scp not found')
+    if why:
+        print('cannot run: %s' % why, file=sys.stderr)
+        return 2
+
+    work = tempfile.mkdtemp(prefix='a2k-bench-xs-')
+    server = None
+    bench = Bench(work, args)
+    try:
+        server = setup_and_run(bench, work, args)
+    except Exception as e:  # report, then clean up
+        print('FAILED: %s: %s' % (type(e).__name__, e))
+        bench.failed = True
+    finally:
+        if server is not None:
+            server.stop()
+        if args.keep:
+            print('kept %s' % work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    summary(bench)
+    return 1 if bench.failed else 0
+
+
+def setup_and_run(bench, work, args):
+    print('XenServer warm migration over loopback SSH: %s disk, %s data'
+          % (human(args.size), human(args.data)), flush=True)
+    # -- the host and its VM (not timed) --------------------------------
+    t0 = time.monotonic()
+    root = os.path.join(work, 'xs')
+    b = xhost.HostBuilder(root)
+    local = b.add_sr('Local storage', 'ext')
+    net = b.add_network('Pool-wide network associated with eth0', 'xenbr0')
+    pieces = layout(args.size, args.data)
+    vm = b.add_vm('bench', disks=((args.size, 'system'),), sr=local,
+                  nics=(net,), disk_writes={0: pieces})
+    del pieces
+    b.save()
+    vdi = [v['vdi'] for v in b.state['vbd'].values()
+           if v['vm'] == vm and v['type'] == 'Disk'][0]
+    model = b.models[vdi]
+    sr_dir = os.path.dirname(b.sr_path(local, vdi))
+    print('VM written with FATtools in %.1f s (not timed)'
+          % (time.monotonic() - t0), flush=True)
+
+    # -- sshd with the stand-in's xe ------------------------------------
+    bin_dir = os.path.join(work, 'bin')
+    os.mkdir(bin_dir)
+    os.symlink(str(xhost.XE), os.path.join(bin_dir, 'xe'))
+    conf = os.path.join(work, 'any2kvm.conf')
+    with open(conf, 'w') as f:
+        f.write('[any2kvm]\nxenserver_sr_mount = %s\n'
+                % os.path.join(root, 'run', 'sr-mount'))
+    path = os.pathsep.join([bin_dir, os.path.dirname(sys.executable),
+                            '/usr/bin', '/bin'])
+    server = sshd_lib.SshServer(os.path.join(work, 'sshd'),
+                                env={'PATH': path, xhost.ENV: root})
+    server.start()
+    out = os.path.join(work, 'out')
+    os.mkdir(out)
+    loc = 'xenserver://%s@127.0.0.1:%d/%s' % (
+        server.user, server.port, urllib.parse.quote('bench', safe=''))
+    common = ['--identity-file', server.client_key, '--known-hosts',
+              server.known_hosts, '--config-file', conf,
+              '--state-db', 'sqlite:///%s' % os.path.join(work, 'state.db')]
+    env = dict(os.environ, PYTHONPATH=REPO, LC_ALL='C.UTF-8')
+    a2k = cli.cli_command() + ['migration']
+    try:
+        run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
+                  sr_dir, server)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
+              sr_dir, server):
+    bench.run(a2k + ['create', 'vm', loc, '--target', 'file',
+                     '--output-dir', out] + common, env=env)
+    t_sync, text = bench.run(a2k + ['sync', 'vm'] + common, env=env)
+    m = re.search(r'(\d+) bytes read', text)
+    bytes_read = int(m.group(1))
+    mbs = bytes_read / MiB / t_sync
+    print('any2kvm first sync: %s read in %.3f s = %.1f MiB/s'
+          % (human(bytes_read), t_sync, mbs))
+
+    # -- scp of the chain's files ---------------------------------------
+    leaf = xhost.vdi_path(root, vdi)
+    names = srlib.chain(leaf)
+    files = [os.path.join(sr_dir, n) for n in names]
+    total = sum(os.path.getsize(f) for f in files)
+    alloc = sum(allocated(f) for f in files)
+    print('chain of the disk, leaf first: %s' % ', '.join(
+        '%s (%s, %s allocated)' % (n, human(os.path.getsize(f)),
+                                   human(allocated(f)))
+        for n, f in zip(names, files)))
+    dest = os.path.join(bench.work, 'scp')
+    os.mkdir(dest)
+    scp = ['scp', '-q', '-P', str(server.port), '-i', server.client_key,
+           '-o', 'UserKnownHostsFile=%s' % server.known_hosts,
+           '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes'] + [
+        '%s@127.0.0.1:%s' % (server.user, f) for f in files] + [dest + '/']
+    t_scp, _ = bench.run(scp)
+    t1 = time.monotonic()
+    subprocess.run(['sync'], check=True)
+    t_scp += time.monotonic() - t1
+    print('  scp then sync: %.3f s' % t_scp)
+    scp_mbs = total / MiB / t_scp
+    print('scp: %s in %.3f s (with the sync) = %.1f MiB/s'
+          % (human(total), t_scp, scp_mbs))
+    shutil.rmtree(dest)
+    ratio = mbs / scp_mbs
+    bench.row('first sync throughput', '%.1f MiB/s' % mbs, '', None)
+    bench.row('scp (+sync) throughput', '%.1f MiB/s' % scp_mbs, '', None)
+    bench.row('throughput any2kvm/scp', '%.2f' % ratio, '>= 0.8',
+              ratio >= 0.8)
+    wire = bytes_read / alloc
+    print('bytes read by sync / allocated bytes of the VHD files: '
+          '%d / %d = %.4f' % (bytes_read, alloc, wire))
+    bench.row('bytes read / VHD allocated', '%.4f' % wire, '<= 1.02',
+              wire <= 1.02)
+
+    # -- delta, then cutover --------------------------------------------
+    w = xhost.GuestWriter(root, vdi, model)
+    off = (args.size // 3) // (2 * MiB) * (2 * MiB)
+    t0 = time.monotonic()
+    w.write(off, random.Random(7).randbytes(DELTA))
+    print('guest wrote %s at %d (FATtools, %.1f s, not timed)'
+          % (human(DELTA), off, time.monotonic() - t0))
+    t_cut, text = bench.run(a2k + ['cutover', 'vm', '--timeout', '600']
+                            + common, env=env)
+    m = re.search(r'downtime ([\d.]+) s', text)
+    downtime = float(m.group(1))
+    frac = t_cut / t_sync
+    print('cutover %.3f s / first sync %.3f s = %.4f; downtime %.1f s'
+          % (t_cut, t_sync, frac, downtime))
+    bench.row('cutover s / first sync s', '%.4f' % frac, '<= 0.05',
+              frac <= 0.05)
+    bench.row('cutover downtime (as printed)', '%.1f s' % downtime, '', None)
+
+    # -- correctness ----------------------------------------------------
+    show = json.loads(subprocess.run(
+        a2k + ['show', 'vm', '--format', 'json'] + common[-2:],
+        capture_output=True, text=True, env=env, cwd=REPO,
+        check=True).stdout)
+    target = show['disks'][0]['target_ref']
+    got = sha256_file(target)
+    want = model.sha256()
+    size_ok = os.path.getsize(target) == model.size
+    print('raw output %s: size %d, sha256 %s' % (target,
+                                                 os.path.getsize(target), got))
+    print('model:                 size %d, sha256 %s' % (model.size, want))
+    ok = got == want and size_ok
+    if not ok:
+        bench.failed = True
+    bench.figures.insert(0, ('raw output == model (sha256)',
+                             got[:16], 'equal', 'PASS' if ok else 'FAIL'))
+    print('status: %s' % show['status'])
+
+
+def summary(bench):
+    print()
+    print('summary')
+    w = max([len(f[0]) for f in bench.figures] + [10])
+    print('  %-*s  %-18s  %-8s  %s' % (w, 'figure', 'value', 'target',
+                                       'verdict'))
+    for name, value, target, verdict in bench.figures:
+        print('  %-*s  %-18s  %-8s  %s' % (w, name, value, target or '-',
+                                           verdict))
+    if bench.failed:
+        print('  (a command failed or the output is wrong: see above)')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
