@@ -131,7 +131,7 @@ class Bench(object):
             print('  ' + res.stdout.strip().replace('\n', '\n  '))
         if res.returncode != 0:
             print('FAILED (exit %d): %s' % (res.returncode,
-                                             res.stderr.strip()[-2000:]))
+                                            res.stderr.strip()[-2000:]))
             raise RuntimeError('command failed: %s' % argv[0])
         print('  -> %.3f s' % dt, flush=True)
         return dt, res.stdout
