@@ -215,13 +215,18 @@ def target_options(args, limits, region_name=None, interface=None):
         options['scratch_dir'] = limits.scratch_dir
     if limits.scratch_limit != scratch.DEFAULT_LIMIT:
         options['scratch_limit'] = limits.scratch_limit
-    if region_name is not None:
-        options['region_name'] = region_name
-    if interface is not None:
-        options['interface'] = interface
+    options.update(_cloud_options(region_name, interface))
     if args.wait:
         options['wait'] = True
     return options
+
+
+def _cloud_options(region_name, interface):
+    """The cloud's region and interface, as target keywords (those
+    known)."""
+    return {key: value for key, value in (('region_name', region_name),
+                                          ('interface', interface))
+            if value is not None}
 
 
 def run_import(args, limits, cloud, progress_stream=None):
@@ -232,11 +237,12 @@ def run_import(args, limits, cloud, progress_stream=None):
     results of :func:`import_vm`."""
     from any2kvm_os.targets import base as targets
     props = dict(args.properties or {})
+    # The options are checked before any cloud is asked for.
     options = target_options(args, limits)
     session = None
     if targets.get_class(args.target).needs_cloud:
         session, region, interface = cloud()
-        options = target_options(args, limits, region, interface)
+        options.update(_cloud_options(region, interface))
     bar = progress_mod.DiskProgress(progress_stream) if args.progress \
         else None
     try:

@@ -31,6 +31,7 @@ import os
 import select
 import shlex
 import socket
+import stat
 import threading
 import time
 
@@ -506,14 +507,12 @@ class Connection(object):
         """The names of the regular files in the directory ``path`` on
         the host (links and everything else left out), at most ``limit``
         entries looked at; an error if the directory cannot be listed."""
-        import stat as stat_mod
-
         def step():
             names = []
             for count, attr in enumerate(self.sftp().listdir_iter(path)):
                 if count >= limit:
                     break
-                if attr.st_mode is not None and stat_mod.S_ISREG(
+                if attr.st_mode is not None and stat.S_ISREG(
                         attr.st_mode):
                     names.append(attr.filename)
             return sorted(names)

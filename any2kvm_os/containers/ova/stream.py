@@ -47,6 +47,7 @@ then names another algorithm for a disk file is refused (nothing is
 committed; the error says so).
 """
 
+import bisect
 import contextlib
 import hashlib
 import logging
@@ -216,7 +217,6 @@ class _Written(object):
         self.ends = []
 
     def add(self, a, b):
-        import bisect
         i = bisect.bisect_right(self.starts, a)
         if i and self.ends[i - 1] > a or \
                 i < len(self.starts) and self.starts[i] < b:
