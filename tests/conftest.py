@@ -51,3 +51,20 @@ def sshd_factory(tmp_path):
     yield make
     for server in servers:
         server.stop()
+
+
+# A test that hangs must fail, not stall the whole run until CI's limit:
+# pytest-timeout bounds every test.  The default (setup.cfg
+# [tool:pytest] timeout, which covers the integration layer's cloud
+# start-up in its first test) is too loose for the unit and functional
+# layers, which get a tighter bound unless a test sets its own
+# ``@pytest.mark.timeout``.
+UNIT_FUNCTIONAL_TIMEOUT = 600
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = item.nodeid.split('/')
+        if (len(parts) > 1 and parts[1] in ('unit', 'functional')
+                and item.get_closest_marker('timeout') is None):
+            item.add_marker(pytest.mark.timeout(UNIT_FUNCTIONAL_TIMEOUT))
