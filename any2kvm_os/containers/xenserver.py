@@ -14,9 +14,14 @@
 
 A (gzip) tar holds ``0.vhd`` (the leaf, newest) ... ``n.vhd`` (the base).
 The parent names inside the VHDs still point at the ``<uuid>.vhd`` files
-of the storage repository they came from, so they are useless here: the
-chain is the numbering, and every link is checked by unique id
-(``i.vhd``'s parent id must be ``(i+1).vhd``'s id).
+of the storage repository they came from, so they are useless here.  The
+chain is what the unique ids say (each member's parent id is the id of the
+member below it); the numbering must be ``0`` .. ``n`` without a gap, but
+where it contradicts the ids (``0.vhd`` the base, ``n.vhd`` the leaf, as
+older export scripts write) the ids win and a warning names the order
+found.  An archive the ids do not order unambiguously is refused: the same
+id twice, two base disks, two children of one parent (a branch), a parent
+no member has, or a cycle.
 
 A plain tar is read in place.  A compressed one is consumed in one pass:
 each member is applied to the output as soon as everything below it has
@@ -28,6 +33,7 @@ import contextlib
 import logging
 import os
 import re
+import uuid
 
 from any2kvm_os import exception
 from any2kvm_os import fileio
@@ -71,26 +77,69 @@ def _link_error(archive, i, parent_id, next_id):
     if next_id is None:
         return exception.ChainError(
             path='%s:%d.vhd' % (archive, i), reason='missing parent %s: '
-            '%d.vhd is differencing and is the last member'
-            % (parent_id, i))
+            '%d.vhd is differencing and no member of the archive has that '
+            'unique id' % (parent_id, i))
     return exception.ChainError(
         path='%s:%d.vhd' % (archive, i), reason='parent-id mismatch: '
         'expects parent %s, %d.vhd has id %s' % (parent_id, i + 1, next_id))
 
 
-def check_links(archive, layers):
-    """``layers``: [(index, id, parent_id)] in index order; verify links."""
-    for pos, (i, _ident, parent_id) in enumerate(layers):
-        nxt = layers[pos + 1] if pos + 1 < len(layers) else None
-        if parent_id is None:
-            if nxt is not None:
-                raise exception.ChainError(
-                    path='%s:%d.vhd' % (archive, i), reason='is a base disk '
-                    '(no parent) but %d.vhd follows it' % nxt[0])
+def chain_order(archive, entries):
+    """The chain the unique ids describe.
+
+    ``entries``: ``[(index, id, parent_id)]`` of every member (``id`` None
+    only for a base whose id is not known yet).  Returns the indexes leaf
+    first.  Refuses whatever the ids leave ambiguous or incomplete: the
+    same id twice, two bases, a branch, a missing parent, a cycle.
+    """
+    entries = sorted(entries)
+    by_id = {}
+    for i, ident, _parent in entries:
+        if ident is None:
             continue
-        if nxt is None or nxt[1] != parent_id:
-            raise _link_error(archive, i, parent_id,
-                              nxt[1] if nxt else None)
+        if ident in by_id:
+            raise exception.ChainError(
+                path=archive, reason='%d.vhd and %d.vhd have the same unique '
+                'id %s: the chain is ambiguous' % (by_id[ident], i, ident))
+        by_id[ident] = i
+    bases = [i for i, _ident, parent in entries if parent is None]
+    if len(bases) > 1:
+        raise exception.ChainError(
+            path=archive, reason='%s are all base disks (no parent): an '
+            'archive holds one chain with one base'
+            % ', '.join('%d.vhd' % i for i in bases))
+    children = {}
+    for i, _ident, parent in entries:
+        if parent is None:
+            continue
+        if parent not in by_id:
+            raise _link_error(archive, i, parent, None)
+        if parent in children:
+            raise exception.ChainError(
+                path=archive, reason='%d.vhd and %d.vhd both have %d.vhd '
+                '(%s) as parent: a branch, not a chain'
+                % (children[parent], i, by_id[parent], parent))
+        children[parent] = i
+    ids = {i: ident for i, ident, _parent in entries}
+    order = []
+    if bases:
+        order.append(bases[0])
+        while ids[order[-1]] in children and len(order) <= len(entries):
+            order.append(children[ids[order[-1]]])
+    if len(order) != len(entries):
+        loop = sorted(set(ids) - set(order))
+        raise exception.ChainError(
+            path=archive, reason='the parent ids of %s form a cycle: no '
+            'base disk under them' % ', '.join('%d.vhd' % i for i in loop))
+    return order[::-1]
+
+
+def order_warning(archive, order):
+    """Warn when the ids order the members other than their names."""
+    if order != sorted(order):
+        LOG.warning('%s: the member names contradict the chain; the parent '
+                    'ids order it, leaf to base: %s', archive,
+                    ', '.join('%d.vhd' % i for i in order))
 
 
 class XenServerTar(object):
@@ -114,13 +163,14 @@ class XenServerTar(object):
             for i in range(n + 1):
                 view = self.container.open_view('%d.vhd' % i)
                 layers.append(probe.open_layer(view))
-            check_links(path, [
+            order = chain_order(path, [
                 (i, lay.identity, lay.parent_ref.id if lay.parent_ref
                  else None) for i, lay in enumerate(layers)])
+            order_warning(path, order)
             self.chain = layer_chain.LayerChain(
-                layers, [self.container.display_name('%d.vhd' % i)
-                         for i in range(n + 1)],
-                ['%d.vhd' % i for i in range(n + 1)])
+                [layers[i] for i in order],
+                [self.container.display_name('%d.vhd' % i) for i in order],
+                ['%d.vhd' % i for i in order])
         except Exception:
             self.container.close()
             raise
@@ -163,6 +213,7 @@ class XenServerStream(vm.Disk):
         super(XenServerStream, self).__init__(path, 'xenserver-tgz')
         self.path = path
         self._facts = None
+        self._warned = False
         self.limits = limits
         #: Returns a new file object of the archive for each pass (a
         #: download: :class:`any2kvm_os.fileio.ChunkReader`); default: the
@@ -188,6 +239,11 @@ class XenServerStream(vm.Disk):
             self._facts = self._read_facts()
         return self._facts
 
+    def _warn_order(self, order):
+        if not self._warned:
+            self._warned = True
+            order_warning(self.path, order)
+
     def _read_facts(self):
         facts = {}
         for index, stream in self._members():
@@ -208,10 +264,11 @@ class XenServerStream(vm.Disk):
                 'creator': layer.footer.creator_app.decode(
                     'latin-1').rstrip('\x00 '),
             }
-        n = check_numbering(self.path, list(facts))
-        check_links(self.path, [(i, facts[i]['id'], facts[i]['parent_id'])
-                                for i in range(n + 1)])
-        return [facts[i] for i in range(n + 1)]
+        check_numbering(self.path, list(facts))
+        order = chain_order(self.path, [
+            (i, f['id'], f['parent_id']) for i, f in facts.items()])
+        self._warn_order(order)
+        return [facts[i] for i in order]
 
     def write_to(self, target, progress=None):
         """Apply base first onto ``target``; returns the layer facts."""
@@ -221,28 +278,17 @@ class XenServerStream(vm.Disk):
             return self._write(target, space, progress)
 
     def _write(self, target, space, progress):
+        """Apply each member as soon as the member under it (by unique id)
+        has been applied, base first; members that arrive earlier wait in
+        ``space``, whatever their names."""
         applied = []       # (index, id, parent_id), base first
-        pending = {}       # index -> scratch path
-        seen = set()
-
-        def applicable(index, layer):
-            if not applied:
-                return layer.is_base
-            # The next one down: apply() verifies its link by id.
-            return index == applied[-1][0] - 1
+        pending = []       # (index, parent_id, scratch path)
+        entries = {}       # index -> [id, parent_id]
 
         def apply(index, stream):
             layer = _peek_layer(stream.name, stream)
             layer.read_headers(stream)
             first = not applied
-            if first and not layer.is_base:
-                raise exception.ChainError(
-                    path=stream.name, reason='expected a base disk')
-            if not first:
-                last_index, last_id, _ = applied[-1]
-                if layer.parent_id != last_id:
-                    raise _link_error(self.path, index, layer.parent_id,
-                                      last_id)
             if layer.virtual_size is not None:
                 target.resize(layer.virtual_size)
             if first and not target.fresh and not layer.fixed:
@@ -254,47 +300,88 @@ class XenServerStream(vm.Disk):
                     progress(off + len(data), None)
             if layer.fixed:
                 target.resize(layer.virtual_size)
+            # A fixed disk's id is known once its footer, at the end, is.
+            entries[index][0] = layer.identity
             applied.append((index, layer.identity, layer.parent_id))
             LOG.info('Applied %s (%s)', stream.name, layer.identity)
 
+        def applicable(parent):
+            if not applied:
+                return parent is None
+            return parent is not None and parent == applied[-1][1]
+
+        def open_spilled(index, path):
+            f = open(path, 'rb')
+            size = os.fstat(f.fileno()).st_size
+            return f, fileio.ForwardStream(
+                f, '%s:%d.vhd' % (self.path, index), size)
+
         def drain_pending():
-            while applied and applied[-1][0] - 1 in pending:
-                index = applied[-1][0] - 1
-                path = pending.pop(index)
-                with open(path, 'rb') as f:
-                    size = os.fstat(f.fileno()).st_size
-                    apply(index, fileio.ForwardStream(
-                        f, '%s:%d.vhd' % (self.path, index), size))
+            while applied:
+                ready = [p for p in pending if applicable(p[1])]
+                if not ready:
+                    return
+                pending.remove(ready[0])
+                index, _parent, path = ready[0]
+                f, stream = open_spilled(index, path)
+                with f:
+                    apply(index, stream)
                 os.unlink(path)
+                space.release(stream.size)
 
         for index, stream in self._members():
-            seen.add(index)
-            if applicable(index, _peek_layer(stream.name, stream)):
+            layer = _peek_layer(stream.name, stream)
+            parent = _peek_parent(layer, stream)
+            if parent is _UNKNOWN:
+                # Its dynamic header lies too far to peek: keep the member
+                # and read its parent id from the copy.
+                path = _spill(space, stream)
+                f, copy = open_spilled(index, path)
+                with f:
+                    spilled = _peek_layer(copy.name, copy)
+                    spilled.read_headers(copy)
+                    parent = spilled.parent_id
+                entries[index] = [spilled.identity, parent]
+                pending.append((index, parent, path))
+                drain_pending()
+                continue
+            entries[index] = [layer.identity, parent]
+            if applicable(parent):
                 apply(index, stream)
                 drain_pending()
             else:
-                pending[index] = _spill(space, stream)
-        n = check_numbering(self.path, list(seen))
-        if not applied:
-            # No base disk came: the highest member has a parent outside.
-            with open(pending[n], 'rb') as f:
-                size = os.fstat(f.fileno()).st_size
-                stream = fileio.ForwardStream(
-                    f, '%s:%d.vhd' % (self.path, n), size)
-                layer = _peek_layer(stream.name, stream)
-                layer.read_headers(stream)
-                raise _link_error(self.path, n, layer.parent_id, None)
-        if applied[0][0] != n:
-            raise exception.ChainError(
-                path='%s:%d.vhd' % (self.path, applied[0][0]),
-                reason='is a base disk (no parent) but %d.vhd follows it'
-                % (applied[0][0] + 1))
+                pending.append((index, parent, _spill(space, stream)))
+        check_numbering(self.path, list(entries))
+        order = chain_order(self.path, [
+            (i, ident, parent) for i, (ident, parent) in entries.items()])
         drain_pending()
-        if applied[-1][0] != 0 or pending:
+        if pending or len(applied) != len(order):
             raise exception.ChainError(
                 path=self.path, reason='chain could not be completed: '
-                '%s left over' % ', '.join('%d.vhd' % i for i in pending))
+                '%s left over' % ', '.join('%d.vhd' % p[0] for p in pending))
+        self._warn_order(order)
         return applied
+
+
+_UNKNOWN = object()
+
+#: How far into a member its dynamic header may lie to be peeked at before
+#: the member is consumed (vhd-util, qemu and Hyper-V put it at 512).
+_PEEK_LIMIT = 64 << 10
+
+
+def _peek_parent(layer, stream):
+    """The parent id of a member not consumed yet: None for a base,
+    ``_UNKNOWN`` when its dynamic header lies too far to peek at."""
+    if layer.is_base:
+        return None
+    end = layer.footer.data_offset + vhd.DYN_HEADER_SIZE
+    if layer.footer.data_offset < vhd.FOOTER_SIZE or end > _PEEK_LIMIT:
+        return _UNKNOWN
+    head = stream.peek(end)
+    hdr = vhd.parse_dynamic_header(head[layer.footer.data_offset:],
+                                   stream.name)
+    return str(uuid.UUID(bytes=bytes(hdr.parent_unique_id)))
 
 
 def head_is_xenserver(head):

@@ -165,21 +165,64 @@ def test_xxhash_checksums(xva_img, work, out_dir):
 
 
 @pytest.mark.parametrize('compress', [None, 'gz'])
-def test_trailing_chunks_left_out(xva_img, work, out_dir, compress):
-    # The last 4 MiB are zeros and no chunk holds them: the size still
-    # comes from ova.xml (xva-img disk-export would stop at 8 MiB).
+def test_zero_chunks_left_out_but_the_last(xva_img, work, out_dir, compress):
+    # Chunks 8..10 are zeros and left out; the last one (11) is stored, as
+    # xva-img and xapi always store it: the disk reads whole.
     size = 12 * MiB
     raw, chunks = xb.single(xva_img, work, size, xb.LAYOUT_A[:4])
     for name in chunks:
-        if name[:8] >= '00000008':
+        if '00000008' <= name[:8] < '00000011':
             os.unlink(work / 'Ref:3' / name)
-    assert max(os.listdir(work / 'Ref:3')) < '00000008'
+    assert '00000011' in os.listdir(work / 'Ref:3')
     xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
     if compress:
         xva_path.write_bytes(gzip.compress(xva_path.read_bytes()))
     src, (out,) = convert_all(xva_path, out_dir)
     assert os.path.getsize(out) == size
     assert sha256(out) == sha256(raw)
+
+
+@pytest.mark.parametrize('compress', [None, 'gz'])
+@pytest.mark.parametrize('which', ['first', 'last'])
+def test_first_or_last_chunk_missing(xva_img, work, out_dir, compress,
+                                     which):
+    """The export format stores a disk's first and last chunk: without one
+    the archive lost data (the tail would read as zeros), and is refused
+    naming the disk and the chunk."""
+    size = 12 * MiB
+    raw, chunks = xb.single(xva_img, work, size, xb.LAYOUT_A[:4])
+    gone = '00000000' if which == 'first' else '00000011'
+    for name in chunks:
+        if name[:8] == gone:
+            os.unlink(work / 'Ref:3' / name)
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
+    if compress:
+        xva_path.write_bytes(gzip.compress(xva_path.read_bytes()))
+    msg = refuse(xva_path, out_dir, 'lacks its %s chunk' % which)
+    assert 'disk Ref:3 (userdevice 0)' in msg and 'Ref:3/%s' % gone in msg
+
+
+@pytest.mark.parametrize('how', ['zeroed-header', 'cut'])
+def test_last_chunk_header_zeroed_or_cut(xva_img, work, out_dir, how):
+    """The last chunk's tar header zeroed (tar reads it as the end) is a
+    damaged archive; cut at that member's boundary, the last chunk is
+    missing."""
+    size = 12 * MiB
+    xb.single(xva_img, work, size, xb.LAYOUT_A[:4])
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
+    with tarfile.open(xva_path) as tf:
+        last = [m for m in tf.getmembers() if m.isfile()][-2]
+    assert last.name.endswith('00000011'), last.name
+    with open(xva_path, 'r+b') as f:
+        if how == 'zeroed-header':
+            f.seek(last.offset)
+            f.write(bytes(512))
+        else:
+            f.truncate(last.offset)
+            f.seek(0, 2)
+            f.write(bytes(1024))
+    refuse(xva_path, out_dir, 'damaged archive' if how == 'zeroed-header'
+           else 'lacks its last chunk')
 
 
 # ---------------------------------------------------------------------------
@@ -292,3 +335,35 @@ def test_refuse_symlink_member(xva_img, work, out_dir):
         return out
     xva_path = rewrite(good, work / 'vm.xva', add_link)
     refuse(xva_path, out_dir, 'links are refused')
+
+
+@pytest.mark.parametrize('compress', [None, 'gz'])
+def test_vdis_without_a_vm(xva_img, work, out_dir, compress):
+    """ova.xml with VDIs and no VM object: each VDI converts (checked
+    against xva-img's own disk-export), the VM facts are empty and the
+    output says so."""
+    raw_a = xb.make_raw(work / 'a.raw', xb.SIZE_A, 1, xb.LAYOUT_A)
+    raw_b = xb.make_raw(work / 'b.raw', xb.SIZE_B, 2, xb.LAYOUT_B)
+    (work / 'ova.xml').write_bytes(xb.vdi_only_xml(
+        [('Ref:5', xb.SIZE_B), ('Ref:3', xb.SIZE_A)]))
+    xb.disk_import(xva_img, work, 'Ref:3', raw_a)
+    xb.disk_import(xva_img, work, 'Ref:5', raw_b)
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:5', 'Ref:3'])
+    for ref in ('Ref:3', 'Ref:5'):
+        xb.run(xva_img, 'disk-export', ref, work / ('%s.export' % ref),
+               cwd=work)
+    if compress:
+        gz = work / 'vm.xva.gz'
+        gz.write_bytes(gzip.compress(xva_path.read_bytes(), 6))
+        xva_path = gz
+    src, outs = convert_all(xva_path, out_dir)
+    assert [sha256(o) for o in outs] == [sha256(work / 'Ref:5.export'),
+                                         sha256(work / 'Ref:3.export')]
+    assert [sha256(o) for o in outs] == [sha256(raw_b), sha256(raw_a)]
+    assert src.facts == {}
+    for o in outs:
+        os.unlink(o)
+    res = cli.run_any2kvm('info', xva_path, '--format', 'json')
+    assert res.returncode == 0, cli.describe(res)
+    assert 'describes disks but no VM' in res.stderr
+    assert res.stderr.count('\n') == 1

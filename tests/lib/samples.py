@@ -118,8 +118,9 @@ def _ovf(directory):
 
 def _xva(directory):
     # XenServer's layout: 1 MiB chunks, each followed by its checksum;
-    # chunks of zeros left out.
-    chunks = {0: xvabuild.pattern(1, MiB), 2: xvabuild.pattern(2, MiB)}
+    # chunks of zeros left out, but the first and the last always stored.
+    chunks = {0: xvabuild.pattern(1, MiB), 2: xvabuild.pattern(2, MiB),
+              3: bytes(MiB)}
     path = Path(directory) / 'vm.xva'
     xvabuild.write_xva(path, xvabuild.ova_xml([('Ref:3', SIZE, 0)]),
                        xvabuild.chunk_members('Ref:3', chunks))

@@ -134,6 +134,22 @@ def ova_xml(disks, cds=(), vifs=(), vm=None, extra_objects=(),
             % xmlrpc(top)).encode()
 
 
+def vdi_only_xml(disks):
+    """ova.xml that describes VDIs and no VM (as some tools write it).
+
+    ``disks``: [(VDI id, virtual size)], in ova.xml order.
+    """
+    objects = [{'class': 'VDI', 'id': ref, 'snapshot': {
+        'uuid': 'uuid-%s' % ref.replace(':', '-'),
+        'name_label': 'disk %d' % i, 'virtual_size': str(size),
+        'type': 'user', 'SR': 'OpaqueRef:NULL', 'VBDs': []}}
+        for i, (ref, size) in enumerate(disks)]
+    top = {'version': {'hostname': 'localhost', 'export_vsn': '2'},
+           'objects': objects}
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n%s\n'
+            % xmlrpc(top)).encode()
+
+
 def checksum(data, algo='sha1'):
     """Checksum member content: SHA-1 lower-case hex; XXH64 as xapi writes
     it (%016LX: upper-case)."""

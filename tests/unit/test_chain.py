@@ -186,6 +186,15 @@ def make_tar(path, members, mode='w:gz'):
 def tar_cases(tmp_path):
     paths = write_chain(tmp_path, 2)
     leaf, base_ = paths[0].read_bytes(), paths[1].read_bytes()
+    base_id = vhd.parse_footer(base_[-512:], 'b').unique_id
+    other, _ = vhdbuild.build(4 * MiB)
+    sibling, _ = vhdbuild.build(4 * MiB, disk_type=vhd.DISK_DIFFERENCING,
+                                parent_uid=base_id)
+    a_id, b_id = b'A' * 16, b'B' * 16
+    loop_a, _ = vhdbuild.build(4 * MiB, disk_type=vhd.DISK_DIFFERENCING,
+                               uid=a_id, parent_uid=b_id)
+    loop_b, _ = vhdbuild.build(4 * MiB, disk_type=vhd.DISK_DIFFERENCING,
+                               uid=b_id, parent_uid=a_id)
     sym = tarfile.TarInfo()
     sym.type = tarfile.SYMTYPE
     sym.linkname = '/etc/passwd'
@@ -203,14 +212,21 @@ def tar_cases(tmp_path):
         'stranger': ([('0.vhd', leaf), ('1.vhd', base_),
                       ('notes.txt', b'x')], 'unexpected member'),
         'missing-parent': ([('0.vhd', leaf)], 'missing parent'),
-        'swapped': ([('0.vhd', base_), ('1.vhd', leaf)], 'base disk'),
+        'two-bases': ([('0.vhd', leaf), ('1.vhd', base_),
+                       ('2.vhd', other)], 'all base disks'),
+        'same-id': ([('0.vhd', leaf), ('1.vhd', base_), ('2.vhd', base_)],
+                    'same unique id'),
+        'branch': ([('0.vhd', leaf), ('1.vhd', sibling), ('2.vhd', base_)],
+                   'branch'),
+        'cycle': ([('0.vhd', loop_a), ('1.vhd', loop_b)], 'cycle'),
     }
 
 
 @pytest.mark.parametrize('mode', ['w:gz', 'w'])
 @pytest.mark.parametrize('case', ['symlink', 'dotdot', 'absolute',
                                   'duplicate', 'device', 'no-leaf', 'gap',
-                                  'stranger', 'missing-parent', 'swapped'])
+                                  'stranger', 'missing-parent', 'two-bases',
+                                  'same-id', 'branch', 'cycle'])
 def test_archive_refusals(tmp_path, capsys, case, mode):
     members, match = tar_cases(tmp_path)[case]
     arch = tmp_path / 'bad.tgz'
@@ -236,3 +252,22 @@ def test_member_count_bound(tmp_path, capsys):
                  str(tmp_path / 'o.raw'))
     assert rc == 1
     assert 'more than 5 members' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('mode', ['w:gz', 'w'])
+@pytest.mark.parametrize('order', [[0, 1, 2], [2, 1, 0], [1, 0, 2]])
+def test_reverse_named_archive(tmp_path, caplog, mode, order):
+    """0.vhd the base and 2.vhd the leaf: the parent ids win over the
+    names, whatever order the members come in; a warning names the order
+    found."""
+    paths = write_chain(tmp_path, 3)
+    want = expected_raw(tmp_path, paths)
+    arch = tmp_path / 'rev.tar'
+    with tarfile.open(arch, mode) as tf:
+        for i in order:
+            # paths[0] is the leaf: it becomes 2.vhd.
+            tf.add(paths[2 - i], arcname='%d.vhd' % i)
+    out = tmp_path / 'out.raw'
+    assert run_cli('convert', str(arch), str(out)) == 0
+    assert out.read_bytes() == want
+    assert 'leaf to base: 2.vhd, 1.vhd, 0.vhd' in caplog.text

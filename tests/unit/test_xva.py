@@ -135,8 +135,10 @@ def test_ova_device_model_uefi_and_pv():
      'deeper'),
     (b'<value><int>x</int></value>', 'bad <int>'),
     (b'<value><foo/></value>', 'unknown XML-RPC type'),
+    (b'<?xml version="1.0" encoding="WTF-8"?><value><int>1</int></value>',
+     'unreadable XML'),
 ], ids=['billion-laughs', 'external-entity', 'malformed', 'no-objects',
-        'no-vm', 'deep', 'bad-int', 'unknown-type'])
+        'no-vm', 'deep', 'bad-int', 'unknown-type', 'unknown-encoding'])
 def test_ova_refusals(data, problem):
     with pytest.raises(exception.InvalidArchive) as e:
         metadata.parse_metadata(A, data)
@@ -327,21 +329,26 @@ def test_keepalive_archive_converts(tmp_path, compress):
 
 def test_block_status_and_partial_reads(tmp_path):
     c1, c2 = pattern(1, MiB), pattern(2, MiB)
-    path = write_xva(tmp_path / 'a.xva', ova_xml([('Ref:3', 4 * MiB, 0)]),
-                     chunk_members('Ref:3', {1: c1, 2: c2}))
+    # The first and the last chunk are always there (XVA writers store
+    # them even when they are zeros).
+    z = bytes(MiB)
+    path = write_xva(tmp_path / 'a.xva', ova_xml([('Ref:3', 6 * MiB, 0)]),
+                     chunk_members('Ref:3', {0: z, 2: c1, 3: c2, 5: z}))
     src = open_xva(path)
     try:
         layer = src.disks[0].chain.layers[0]
         runs = [(e.kind, e.offset, e.length)
-                for e in layer.block_status(0, 8 * MiB)]
-        assert runs == [(ext.UNALLOCATED, 0, MiB), (ext.DATA, MiB, 2 * MiB),
-                        (ext.UNALLOCATED, 3 * MiB, MiB)]
+                for e in layer.block_status(MiB, 4 * MiB)]
+        assert runs == [(ext.UNALLOCATED, MiB, MiB),
+                        (ext.DATA, 2 * MiB, 2 * MiB),
+                        (ext.UNALLOCATED, 4 * MiB, MiB)]
         assert [(e.kind, e.offset, e.length) for e in
-                layer.block_status(MiB + 5, 10)] == [(ext.DATA, MiB + 5, 10)]
-        e = layer.block_status(MiB, 2 * MiB)[0]
+                layer.block_status(2 * MiB + 5, 10)] == [
+                    (ext.DATA, 2 * MiB + 5, 10)]
+        e = layer.block_status(2 * MiB, 2 * MiB)[0]
         assert layer.read_extent(e, MiB - 3, 6) == c1[-3:] + c2[:3]
         assert layer.read_extent(e, 7, 9) == c1[7:16]
-        assert layer.allocated_bytes() == 2 * MiB
+        assert layer.allocated_bytes() == 4 * MiB
     finally:
         src.close()
 
@@ -391,9 +398,9 @@ def test_checksum_of_keepalive_verified(tmp_path):
 @pytest.mark.parametrize('compress', [None, 'gz'])
 def test_streamed_onto_dirty_target_zeroes_omitted_chunks(tmp_path,
                                                           compress):
-    c1 = pattern(6, MiB)
-    path = write_xva(tmp_path / 'd.xva', ova_xml([('Ref:3', 3 * MiB, 0)]),
-                     chunk_members('Ref:3', {1: c1}), compress)
+    c0, c1, c2 = pattern(5, MiB), pattern(6, MiB), pattern(7, MiB)
+    path = write_xva(tmp_path / 'd.xva', ova_xml([('Ref:3', 5 * MiB, 0)]),
+                     chunk_members('Ref:3', {0: c0, 2: c1, 4: c2}), compress)
     out = tmp_path / 'dirty.raw'
     out.write_bytes(b'\xff' * 4 * MiB)
     src = open_xva(path)
@@ -404,7 +411,7 @@ def test_streamed_onto_dirty_target_zeroes_omitted_chunks(tmp_path,
         target.close()
     finally:
         src.close()
-    assert out.read_bytes() == bytes(MiB) + c1 + bytes(MiB)
+    assert out.read_bytes() == c0 + bytes(MiB) + c1 + bytes(MiB) + c2
 
 
 def test_two_vdis_and_other_vdis_skipped(tmp_path):
@@ -413,7 +420,7 @@ def test_two_vdis_and_other_vdis_skipped(tmp_path):
         'uuid': 'susp', 'virtual_size': str(MiB), 'type': 'suspend'}}
     xml = ova_xml([('Ref:5', 2 * MiB, 1), ('Ref:3', MiB, 0)],
                   extra_objects=[suspend])
-    members = (chunk_members('Ref:5', {1: b}) +
+    members = (chunk_members('Ref:5', {0: bytes(MiB), 1: b}) +
                chunk_members('Ref:40', {0: pattern(9, MiB)}) +
                chunk_members('Ref:3', {0: a}))
     for compress in (None, 'gz'):
@@ -599,3 +606,15 @@ def test_zstd_with_module(tmp_path):
         assert read_disk(src.disks[0], tmp_path) == c
     finally:
         src.close()
+
+
+def test_vdis_without_a_vm():
+    """xva-img style: VDIs and no VM object; every VDI is a disk, in
+    ova.xml order, the VM facts are empty and a note says so."""
+    from tests.lib import xvabuild
+    xml = xvabuild.vdi_only_xml([('Ref:7', 2 * MiB), ('Ref:3', MiB)])
+    md = metadata.parse_metadata(A, xml)
+    assert [d.ref for d in md.disks] == ['Ref:7', 'Ref:3']
+    assert [d.virtual_size for d in md.disks] == [2 * MiB, MiB]
+    assert md.vm == {}
+    assert len(md.notes) == 1 and 'no VM' in md.notes[0]

@@ -24,6 +24,7 @@ other archives live here too.
 import collections
 import contextlib
 import hashlib
+import logging
 import os
 import tarfile
 
@@ -42,6 +43,8 @@ FORMAT = layer.FORMAT
 CHUNK = layout.CHUNK
 BLOCK = 512
 OVA_XML = metadata.OVA_XML
+
+LOG = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------
@@ -191,6 +194,7 @@ class XvaTar(object):
                 raise exception.InvalidArchive(
                     path=path, reason='damaged tar header at offset %d'
                     % tf.offset)
+            _check_zeros_after(f, path, tf.offset, fsize)
             rules.finish()
             for vdi in self.metadata.disks:
                 rules.check_present(vdi)
@@ -208,6 +212,22 @@ class XvaTar(object):
 
     def close(self):
         self._file.close()
+
+
+def _check_zeros_after(f, path, offset, fsize):
+    """Nothing but zeros may follow the end-of-archive marker: a zeroed
+    tar header followed by more data is a damaged archive, not its end."""
+    pos = offset
+    while pos < fsize:
+        data = os.pread(f.fileno(), min(1 << 20, fsize - pos), pos)
+        if not data:
+            break
+        if data.count(0) != len(data):
+            raise exception.InvalidArchive(
+                path=path, reason='damaged archive: a zeroed tar header at '
+                'offset %d is followed by data (at offset %d)'
+                % (offset, pos + len(data) - len(data.lstrip(b'\0'))))
+        pos += len(data)
 
 
 def _disk_name(archive_path, vdi):
@@ -393,7 +413,10 @@ def open_xva(path, limits):
     except Exception:
         xt.close()
         raise
-    return vm.Vm(path, KIND, disks, facts=xt.metadata.vm, closer=xt.close)
+    for note in xt.metadata.notes:
+        LOG.warning('%s', note)
+    return vm.Vm(path, KIND, disks, facts=xt.metadata.vm,
+                 notes=xt.metadata.notes, closer=xt.close)
 
 
 def open_xva_stream(path, limits, opener):
@@ -401,4 +424,7 @@ def open_xva_stream(path, limits, opener):
     new file object per pass: one for ova.xml, one per disk written)."""
     stream = XvaStream(path, limits, opener=opener)
     disks = [XvaStreamDisk(stream, vdi) for vdi in stream.metadata.disks]
-    return vm.Vm(path, KIND, disks, facts=stream.metadata.vm)
+    for note in stream.metadata.notes:
+        LOG.warning('%s', note)
+    return vm.Vm(path, KIND, disks, facts=stream.metadata.vm,
+                 notes=stream.metadata.notes)

@@ -74,6 +74,8 @@ class Layout(object):
         self.archive = archive
         self.sizes = vdi_sizes
         self._last = {}       # ref -> last chunk number
+        self._head = set()    # refs whose first chunk (offset 0) came
+        self._tail = set()    # refs whose last chunk (to the end) came
         self._empty = {}      # ref -> empty chunks so far
         self._current = None
         self._done = set()
@@ -152,6 +154,10 @@ class Layout(object):
                             'chunk holds 1 MiB, or the rest of the disk at '
                             'its end (%d bytes here)'
                             % (size, pos, min(CHUNK, vsize - pos)))
+        elif pos == 0:
+            self._head.add(ref)
+        if size and pos + size == vsize:
+            self._tail.add(ref)
         self.pending = Chunk(ref, number, pos, size, name)
         return CHUNK_MEMBER, self.pending
 
@@ -169,6 +175,24 @@ class Layout(object):
                 '%s) in the archive: its data is missing (XVA writers always '
                 'store the first and the last chunk)'
                 % (vdi.ref, vdi.userdevice))
+        size = self.sizes[vdi.ref]
+        if not size:
+            return
+        if vdi.ref not in self._head:
+            raise exception.InvalidArchive(
+                path=self.archive, reason='disk %s (userdevice %s) lacks its '
+                'first chunk (%s, disk offset 0): XVA writers always store '
+                'it, the archive is damaged'
+                % (vdi.ref, vdi.userdevice, chunk_name(vdi.ref, 0)))
+        if vdi.ref not in self._tail:
+            slot = (size - 1) // CHUNK
+            raise exception.InvalidArchive(
+                path=self.archive, reason='disk %s (userdevice %s) lacks its '
+                'last chunk (%s, disk offset %d): XVA writers always store '
+                'it, the archive is cut short or a tar header is damaged'
+                % (vdi.ref, vdi.userdevice,
+                   chunk_name(vdi.ref, slot + self._empty.get(vdi.ref, 0)),
+                   slot * CHUNK))
 
 
 def verify_chunk(archive, chunk, algo, stored, data):

@@ -111,6 +111,10 @@ class XvaMetadata(object):
                                  'not allowed)' % type(e).__name__)
         except SafeET.ParseError as e:
             raise metadata_error(archive, 'not well-formed XML: %s' % e)
+        except (ValueError, LookupError) as e:
+            # An unknown encoding name, say.
+            raise metadata_error(archive, 'unreadable XML (%s)' % ' '.join(
+                str(e).split())[:120])
         top = xmlrpc.XmlRpc('%s:%s' % (archive, OVA_XML)).value(root)
         if not isinstance(top, dict) or not isinstance(top.get('objects'),
                                                        list):
@@ -149,7 +153,19 @@ class XvaMetadata(object):
                     'exceeds the limit of %d bytes (max_virtual_size_gib)'
                     % (size, max_virtual_size))
             self.vdi_sizes[ref] = size
+        #: What the user should know of how ova.xml was read.
+        self.notes = []
         self.vm_id = self._choose_vm()
+        if self.vm_id is None:
+            # xva-img writes VDIs without a VM: the disks are all there is.
+            self.vm_record = {}
+            self.disks = self._bare_disks()
+            self.vm = {}
+            self.notes.append(
+                '%s: ova.xml describes disks but no VM: converting its %d '
+                'VDI(s) in ova.xml order; the VM facts (name, CPUs, memory, '
+                'firmware, NICs) are unknown' % (archive, len(self.disks)))
+            return
         self.vm_record = self.objects[self.vm_id][1]
         self.disks = self._disks()
         self.vm = self._facts()
@@ -164,7 +180,10 @@ class XvaMetadata(object):
         vms = [r for r in self.classes['VM']
                if not _true(self.objects[r][1].get('is_control_domain'))]
         if not vms:
-            raise metadata_error(self.archive, 'describes no VM')
+            if not self.classes['VDI']:
+                raise metadata_error(self.archive, 'describes no VM and no '
+                                     'VDI')
+            return None
         # An export carries the VM and, with its snapshots, their records
         # (is_a_snapshot true): the VM is the one that is no snapshot.
         live = [r for r in vms
@@ -212,6 +231,20 @@ class XvaMetadata(object):
                              vbd.get('userdevice'),
                              _true(vbd.get('bootable'))))
         disks.sort(key=lambda d: _device_key(d.userdevice))
+        return disks
+
+    def _bare_disks(self):
+        """Every VDI, in ova.xml order, when no VM says which are disks."""
+        disks = []
+        for n, ref in enumerate(self.classes['VDI']):
+            vdi = self.objects[ref][1]
+            if ref not in self.vdi_sizes:
+                raise metadata_error(self.archive, 'VDI %s has no valid '
+                                     'virtual_size (%r)'
+                                     % (ref, vdi.get('virtual_size')))
+            disks.append(Vdi(ref, _text(vdi.get('uuid')) or None,
+                             _text(vdi.get('name_label')) or '',
+                             self.vdi_sizes[ref], str(n), n == 0))
         return disks
 
     @property
