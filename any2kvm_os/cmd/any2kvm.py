@@ -403,32 +403,78 @@ def _command(argv):
 
 
 class _StderrHandler(logging.Handler):
-    """Writes to whatever sys.stderr is when a record is emitted."""
+    """Writes to whatever sys.stderr is when a record is emitted.
+
+    While ``held`` is a list, records are kept there instead: ``info`` and
+    ``convert`` print their warnings only once they succeed, so that a
+    refusal is its one error line alone.
+    """
+
+    held = None
 
     def emit(self, record):
+        if self.held is not None:
+            self.held.append(record)
+            return
+        self._write(record)
+
+    def _write(self, record):
         try:
             sys.stderr.write(self.format(record) + '\n')
         except Exception:
             self.handleError(record)
+
+    def end_hold(self, show):
+        """Stop holding; print what was held when ``show``."""
+        held, self.held = self.held or [], None
+        if show:
+            for record in held:
+                self._write(record)
+
+
+#: Commands whose warnings wait for their success (see _StderrHandler).
+_HOLD_WARNINGS = ('info', 'convert')
+
+
+def _stderr_handler():
+    for h in logging.getLogger().handlers:
+        if isinstance(h, _StderrHandler):
+            return h
+    return None
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    handler = None
     try:
         limits = _setup(args)
-        return args.func(args, limits)
+        if _command(argv) in _HOLD_WARNINGS:
+            handler = _stderr_handler()
+            if handler is not None:
+                handler.held = []
+        rc = args.func(args, limits)
+        if handler is not None:
+            handler.end_hold(True)
+        return rc
     except KeyboardInterrupt:
+        if handler is not None:
+            handler.end_hold(True)
         sys.stderr.write('%s: interrupted\n' % PROG)
         return 130
     except Exception as e:
+        if handler is not None:
+            handler.end_hold(False)
         if args.debug:
             raise
         msg = api.error_message(e) or 'internal error (%s: %s); rerun with ' \
             '--debug' % (type(e).__name__, ' '.join(str(e).split()))
         sys.stderr.write('%s: error: %s\n' % (PROG, msg))
         return 1
+    finally:
+        if handler is not None and handler.held is not None:
+            handler.end_hold(True)
 
 
 if __name__ == '__main__':

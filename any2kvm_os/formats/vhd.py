@@ -215,6 +215,22 @@ def _check_header_layout(footer, hdr, file_size, path):
                 '(%d bytes)' % (what, off, size, file_size))
 
 
+def _check_fixed_length(data_bytes, footer, path):
+    """A fixed VHD is its data then its footer, nothing else: any other
+    length means bytes were lost or inserted, and every later byte would
+    be read shifted."""
+    if data_bytes < footer.current_size:
+        raise exception.InvalidImage(
+            path=path, reason='fixed VHD holds %d bytes of data but declares '
+            '%d: truncated' % (data_bytes, footer.current_size))
+    if data_bytes != footer.current_size:
+        raise exception.InvalidImage(
+            path=path, reason='fixed VHD holds %d bytes of data but declares '
+            '%d: %d bytes too many (inserted or appended), the data would '
+            'be read shifted' % (data_bytes, footer.current_size,
+                                 data_bytes - footer.current_size))
+
+
 def bitmap_runs(bitmap, first, count):
     """Runs of (start_sector, length, is_set): the VHD bitmap is MSB-first
     (bit 7 of byte 0 is sector 0)."""
@@ -264,11 +280,7 @@ class VhdReader(base.LayerReader):
         self.bat = None
         self._bitmap_cache = (None, None)
         if footer.disk_type == DISK_FIXED:
-            if footer.current_size > self.footer_offset:
-                raise exception.InvalidImage(
-                    path=path, reason='fixed VHD holds %d bytes of data but '
-                    'declares %d: truncated'
-                    % (self.footer_offset, footer.current_size))
+            _check_fixed_length(self.footer_offset, footer, path)
             return
         if footer.data_offset == UNUSED_OFFSET:
             raise exception.InvalidImage(
@@ -507,10 +519,7 @@ class StreamLayer(object):
                 raise exception.InvalidImage(
                     path=name, reason='%s VHD without its footer copy at '
                     'offset 0' % SUBFORMATS[footer.disk_type])
-            if footer.current_size > data_end:
-                raise exception.InvalidImage(
-                    path=name, reason='fixed VHD holds %d bytes of data but '
-                    'declares %d: truncated' % (data_end, footer.current_size))
+            _check_fixed_length(data_end, footer, name)
             self.footer = footer
             return
         geo = self.geo

@@ -396,10 +396,14 @@ class _HostedSparseExtent(_GrainExtent):
 
     kind = 'SPARSE'
 
-    def __init__(self, index, start, size, file, hdr):
+    def __init__(self, index, start, size, file, hdr, how=None):
         super(_HostedSparseExtent, self).__init__(index, start, size, file)
         path = file.display
         self.hdr = hdr
+        #: Metadata markers precede the directory and every table (a
+        #: stream whose directory offset is in its footer).
+        self.marked_tables = how in ('footer', 'cut') and bool(
+            hdr.flags & FLAG_MARKERS)
         self.grain = hdr.grain_size * SECTOR
         self.gt_entries = hdr.num_gtes
         self.zero_grain = bool(hdr.flags & FLAG_ZERO_GRAIN)
@@ -419,6 +423,13 @@ class _HostedSparseExtent(_GrainExtent):
                 path=path, reason='VMDK grain directory at sector %d (%d '
                 'entries) lies outside the file (%d bytes)'
                 % (hdr.gd_offset, n, file.size))
+        if self.marked_tables and not _is_marker(
+                file.pread(SECTOR, gd_off - SECTOR), MARKER_GD,
+                -(-n * 4 // SECTOR)):
+            raise exception.InvalidImage(
+                path=path, reason='streamOptimized VMDK has no grain '
+                'directory marker before its directory (sector %d): '
+                'corrupt or shifted' % hdr.gd_offset)
         self.gd = _array('I', file.pread(n * 4, gd_off))
         gt_bytes = self.gt_entries * 4
         if n and max(self.gd) * SECTOR + gt_bytes > file.size:
@@ -427,8 +438,42 @@ class _HostedSparseExtent(_GrainExtent):
                 path=path, reason='VMDK grain directory entry %d points to '
                 'sector %d, beyond the end of the file (%d bytes): truncated '
                 'or corrupt' % (bad, self.gd[bad], file.size))
+        if how == 'cut':
+            self._check_every_grain()
+            LOG.warning('%s: streamOptimized VMDK ends without its footer '
+                        'and end-of-stream marker (a transfer cut short?); '
+                        'every grain its tables reference is present, so '
+                        'it is read as complete', path)
+
+    def _check_every_grain(self):
+        """A stream cut short: every grain its tables reference must be
+        there, whole, behind a marker for its place on the disk."""
+        path = self.file.display
+        for gdi in range(len(self.gd)):
+            table = self._table(gdi)
+            if table is None:
+                continue
+            for j, off in enumerate(table):
+                if off < 0:
+                    continue
+                rel = (gdi * self.gt_entries + j) * self.grain
+                lba, size = struct.unpack('<QI', self.file.pread(12, off))
+                if size == 0 or lba * SECTOR != rel or \
+                        off + 12 + size > self.file.size:
+                    raise exception.InvalidImage(
+                        path=path, reason='streamOptimized VMDK ends without '
+                        'its footer, and grain %d (table %d entry %d, offset '
+                        '%d) is missing or cut: truncated'
+                        % (rel // self.grain, gdi, j, off))
 
     def _decode(self, gdi):
+        if self.marked_tables and not _is_marker(
+                self.file.pread(SECTOR, self.gd[gdi] * SECTOR - SECTOR),
+                MARKER_GT, -(-self.gt_entries * 4 // SECTOR)):
+            raise exception.InvalidImage(
+                path=self.file.display, reason='VMDK grain directory entry '
+                '%d points to sector %d, where no grain table marker '
+                'precedes: corrupt or shifted' % (gdi, self.gd[gdi]))
         raw = self.file.pread(self.gt_entries * 4, self.gd[gdi] * SECTOR)
         zero = 1 if self.zero_grain else None
         out = [_UNALLOC if e == 0 else _ZERO if e == zero else e * SECTOR
@@ -716,21 +761,80 @@ def _stream_footer(file, path):
 
 def open_kdmv(file, path):
     """Header of a hosted sparse extent, the footer's when it has one."""
+    return open_kdmv_ex(file, path)[0]
+
+
+def open_kdmv_ex(file, path):
+    """(header, how): the header of a hosted sparse extent, the footer's
+    when it has one; ``how`` is None for a header used as it is,
+    ``'footer'`` when the grain directory offset came from the footer of
+    a stream, ``'cut'`` when a stream without footer was found to end just
+    after its grain directory (every grain must then be checked)."""
     hdr = parse_kdmv_header(file.pread(SECTOR, 0), path)
     _check_kdmv(hdr, file.size, path)
-    if hdr.gd_offset == GD_AT_END:
+    if file.size % SECTOR:
+        raise exception.InvalidImage(
+            path=path, reason='VMDK sparse extent of %d bytes is not made '
+            'of whole sectors: truncated, or bytes inserted or deleted'
+            % file.size)
+    if hdr.gd_offset != GD_AT_END:
+        return hdr, None
+    try:
         foot = _stream_footer(file, path)
-        _check_kdmv(foot, file.size, path)
-        if foot.gd_offset == GD_AT_END:
-            raise exception.InvalidImage(
-                path=path, reason='streamOptimized VMDK footer has no grain '
-                'directory offset')
-        if foot.capacity != hdr.capacity or foot.grain_size != hdr.grain_size:
+    except exception.InvalidImage as e:
+        cut = _cut_stream_gd(file, hdr)
+        if cut is None:
+            raise e
+        return hdr._replace(gd_offset=cut), 'cut'
+    _check_kdmv(foot, file.size, path)
+    if foot.gd_offset == GD_AT_END:
+        raise exception.InvalidImage(
+            path=path, reason='streamOptimized VMDK footer has no grain '
+            'directory offset')
+    for field in ('capacity', 'grain_size', 'num_gtes', 'flags',
+                  'compress'):
+        if getattr(foot, field) != getattr(hdr, field):
             raise exception.InvalidImage(
                 path=path, reason='streamOptimized VMDK header and footer '
-                'disagree on the capacity or grain size')
-        hdr = foot
-    return hdr
+                'disagree on the %s (%d and %d): corrupt or shifted'
+                % (field.replace('_', ' '), getattr(hdr, field),
+                   getattr(foot, field)))
+    return foot, 'footer'
+
+
+def _gd_sectors(hdr):
+    n = -(-hdr.capacity // (hdr.grain_size * hdr.num_gtes))
+    return n, -(-n * 4 // SECTOR)
+
+
+def _is_marker(raw, mtype, sectors=None):
+    val, size, kind = _MARKER.unpack_from(raw, 0)
+    return size == 0 and kind == mtype and (sectors is None
+                                            or val == sectors)
+
+
+def _cut_stream_gd(file, hdr):
+    """The sector of the grain directory of a stream cut short after it
+    (its footer and end-of-stream marker missing, or only the latter):
+    the file ends with the directory's marker and the directory, then at
+    most the footer marker and the footer.  None when it does not."""
+    if not hdr.flags & FLAG_MARKERS or hdr.gd_offset != GD_AT_END:
+        return None
+    n, sectors = _gd_sectors(hdr)
+    if n > MAX_GD_ENTRIES:
+        return None
+    for extra in (0, 1, 2):
+        at = file.size - (extra + sectors + 1) * SECTOR
+        if at < SECTOR:
+            continue
+        if not _is_marker(file.pread(SECTOR, at), MARKER_GD, sectors):
+            continue
+        after = at + (sectors + 1) * SECTOR
+        if extra and not _is_marker(file.pread(SECTOR, after),
+                                    MARKER_FOOTER):
+            continue
+        return at // SECTOR + 1
+    return None
 
 
 def open_cowd(file, path):
@@ -940,7 +1044,13 @@ class VmdkReader(base.LayerReader):
             self._subformat = vd.check_create_type(desc, path)
             self._open_extents(desc)
             return
-        hdr = open_kdmv(f, path)
+        if desc is not None and desc.extents and \
+                desc.virtual_sectors != hdr.capacity:
+            raise exception.InvalidImage(
+                path=path, reason='embedded VMDK descriptor declares %d '
+                'sectors, the extent header a capacity of %d: inconsistent'
+                % (desc.virtual_sectors, hdr.capacity))
+        hdr, how = open_kdmv_ex(f, path)
         if desc is not None:
             self.descriptor = desc
             compressed = bool(hdr.flags & FLAG_COMPRESSED)
@@ -951,7 +1061,7 @@ class VmdkReader(base.LayerReader):
             self._subformat = ('streamOptimized' if hdr.flags &
                                FLAG_COMPRESSED else 'monolithicSparse')
         self.extents.append(_HostedSparseExtent(
-            0, 0, hdr.capacity * SECTOR, f, hdr))
+            0, 0, hdr.capacity * SECTOR, f, hdr, how))
 
     def _open_bare_cowd(self, view):
         path = view.name
@@ -1015,8 +1125,9 @@ class VmdkReader(base.LayerReader):
     def _sparse_extent(self, i, start, size, f, line):
         magic = f.pread(min(8, f.size), 0) if f.size else b''
         disp = f.display
+        how = None
         if line.type in ('SPARSE', 'VMFSSPARSE') and magic[:4] == KDMV_MAGIC:
-            hdr = open_kdmv(f, disp)
+            hdr, how = open_kdmv_ex(f, disp)
             cls = _HostedSparseExtent
         elif line.type in ('SPARSE', 'VMFSSPARSE') and \
                 magic[:4] == COWD_MAGIC:
@@ -1029,11 +1140,14 @@ class VmdkReader(base.LayerReader):
             raise exception.InvalidImage(
                 path=disp, reason='is not a %s extent (descriptor %s line %d)'
                 % (line.type, self.view.name, line.lineno))
-        if size > hdr.capacity * SECTOR:
+        if size != hdr.capacity * SECTOR:
             raise exception.InvalidImage(
                 path=self.view.name, reason='VMDK descriptor line %d: extent '
-                'of %d sectors, but %s holds only %d' % (
-                    line.lineno, line.sectors, line.filename, hdr.capacity))
+                'of %d sectors, but the header of %s declares a capacity of '
+                '%d: inconsistent' % (line.lineno, line.sectors,
+                                      line.filename, hdr.capacity))
+        if cls is _HostedSparseExtent:
+            return cls(i, start, size, f, hdr, how)
         return cls(i, start, size, f, hdr)
 
     def close(self):

@@ -295,6 +295,13 @@ def parse(raw, path):
             path=path, reason='VMDK descriptor of %d bytes is larger than the '
             'limit of %d' % (len(raw), MAX_DESCRIPTOR_SIZE))
     desc = Descriptor(path)
+    raw = bytes(raw)
+    nul = raw.find(b'\0')
+    if nul >= 0 and raw[nul:].count(0) != len(raw) - nul:
+        # Descriptors are padded with NULs; text after one would be lost.
+        raise exception.InvalidImage(
+            path=path, reason='VMDK descriptor holds text after a NUL byte '
+            '(at offset %d): corrupt' % nul)
     text = _decode(_text_head(raw), path)
     first = True
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -344,7 +351,26 @@ def parse(raw, path):
     # opened rather than when the chain is resolved.
     desc.cid
     desc.parent_cid
+    _check_parent_keys(desc, path)
     return desc
+
+
+def _check_parent_keys(desc, path):
+    """A descriptor is accepted only when it is consistent: a parent is
+    named (parentFileNameHint) exactly when a parentCID other than
+    ffffffff is given.  Otherwise a delta would be read as a base and its
+    parent's data dropped, or a parent guessed."""
+    hint = (desc.get('parentfilenamehint') or '').strip()
+    pcid = desc.parent_cid
+    if hint and pcid is None:
+        raise exception.InvalidImage(
+            path=path, reason='VMDK descriptor names a parent '
+            '(parentFileNameHint %r) but gives no parentCID: inconsistent'
+            % hint)
+    if pcid is not None and not hint:
+        raise exception.InvalidImage(
+            path=path, reason='VMDK descriptor gives parentCID %s but no '
+            'parentFileNameHint: inconsistent' % pcid)
 
 
 def check_create_type(desc, path, default=None):

@@ -497,3 +497,63 @@ def test_corrupt_deflate_refused(qemu_img, raw_source, tmp_path, out_dir):
         f.seek(first + 12 + 40)
         f.write(b'\xff' * 64)
     _refused(img, out_dir, ['disk.vmdk'], 'deflate|corrupt')
+
+
+# ---------------------------------------------------------------------------
+# streams cut short, and shifted bytes
+# ---------------------------------------------------------------------------
+
+CUT_STREAMS = ['generated/vmdkstream-0.2.vmdk.gz',
+               'upstream/DiskAccessLibrary/StreamOptimized.vmdk']
+
+
+@pytest.mark.parametrize('rel', CUT_STREAMS,
+                         ids=[os.path.basename(r) for r in CUT_STREAMS])
+def test_corpus_stream_cut_after_grain_directory(rel, qemu_img, corpus,
+                                                 corpus_file, tmp_path,
+                                                 out_dir):
+    """A transfer cut short after the grain directory (footer marker,
+    footer and end-of-stream marker lost): every grain is there, so it
+    reads as qemu-img reads the whole file, with a warning."""
+    src = corpus_file(rel) if rel.endswith('.gz') else corpus / rel
+    whole = tmp_path / 'whole.raw'
+    run(qemu_img, 'convert', '-f', 'vmdk', '-O', 'raw', src, whole)
+    data = open(src, 'rb').read()
+    assert struct.unpack_from('<QII', data, len(data) - 3 * 512) == (1, 0, 3)
+    cut = tmp_path / 'cut.vmdk'
+    cut.write_bytes(data[:-3 * 512])
+    out = out_dir / 'disk.raw'
+    res = cli.run_any2kvm('convert', cut, out)
+    assert res.returncode == 0, cli.describe(res)
+    assert 'ends without its footer' in res.stderr
+    assert res.stderr.count('\n') == 1, res.stderr
+    assert ig.same_content(out, whole)
+
+
+def test_corpus_stream_cut_inside_grains_refused(corpus_file, tmp_path,
+                                                 out_dir):
+    src = corpus_file('generated/vmdkstream-0.2.vmdk.gz')
+    data = open(src, 'rb').read()
+    cut = tmp_path / 'cut.vmdk'
+    cut.write_bytes(data[:len(data) // 2 // 512 * 512])
+    out = out_dir / 'disk.raw'
+    res = cli.run_any2kvm('convert', cut, out)
+    cli.assert_refused(res, out, names=[cut], problem='footer')
+
+
+@pytest.mark.parametrize('how', ['insert', 'delete', 'odd-cut'])
+def test_corpus_sparse_shifted_refused(how, corpus_tar, tmp_path, out_dir):
+    """One byte inserted into or deleted from a monolithicSparse VMDK, or
+    the file cut at an odd length: the tables would be read from shifted
+    bytes; refused in one line."""
+    files = corpus_tar(QEMU_TAR)
+    data = open(files['vmdk-monolithicSparse.vmdk'], 'rb').read()
+    mid = len(data) // 2
+    bad = {'insert': data[:mid] + b'\x01' + data[mid:],
+           'delete': data[:mid] + data[mid + 1:],
+           'odd-cut': data[:-100]}[how]
+    path = tmp_path / 'shifted.vmdk'
+    path.write_bytes(bad)
+    out = out_dir / 'disk.raw'
+    res = cli.run_any2kvm('convert', path, out)
+    cli.assert_refused(res, out, names=[path], problem='whole sectors')

@@ -225,3 +225,24 @@ def test_stream_layer_matches_random_access(tmp_path, kind):
         want[off:off + len(buf)] = buf
     assert got == want
     assert layer.virtual_size == r.virtual_size
+
+
+@pytest.mark.parametrize('change,match', [
+    (lambda d: d[:1000] + b'\x00' + d[1000:], '1 bytes too many'),
+    (lambda d: d[:1000] + d[1001:], 'truncated'),
+    (lambda d: d[:-512] + bytes(4096) + d[-512:], '4096 bytes too many'),
+], ids=['inserted', 'deleted', 'appended'])
+def test_fixed_length_must_be_size_plus_footer(tmp_path, change, match):
+    """A byte inserted into a fixed VHD would shift every later byte: its
+    length must be the declared size plus the footer, on the random-access
+    and on the stream path."""
+    data, _ = vhdbuild.build(MiB, disk_type=vhd.DISK_FIXED,
+                             fixed_data=os.urandom(5000))
+    bad = change(data)
+    with pytest.raises(exception.InvalidImage, match=match):
+        vhd.VhdReader(view_of(tmp_path, bad))
+    stream = fileio.ForwardStream(_Stream(bad), 'm', len(bad))
+    layer = vhd.StreamLayer('m', stream.peek(512), len(bad))
+    layer.read_headers(stream)
+    with pytest.raises(exception.InvalidImage, match=match):
+        list(layer.data_runs(stream))

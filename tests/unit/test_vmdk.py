@@ -47,8 +47,10 @@ MiB = 1 << 20
 def descriptor(create_type='monolithicSparse', cid='12345678',
                parent='ffffffff', hint=None, extents=(), extra='',
                header='# Disk DescriptorFile', nl='\n'):
-    lines = [header, 'version=1', 'encoding="UTF-8"', 'CID=%s' % cid,
-             'parentCID=%s' % parent, 'createType="%s"' % create_type]
+    lines = [header, 'version=1', 'encoding="UTF-8"', 'CID=%s' % cid]
+    if parent is not None:
+        lines.append('parentCID=%s' % parent)
+    lines.append('createType="%s"' % create_type)
     if hint:
         lines.append('parentFileNameHint="%s"' % hint)
     lines += ['', '# Extent description'] + list(extents)
@@ -495,7 +497,10 @@ def _patch(data, offset, fmt, *values):
      'directory entry 0 points'),
     (lambda sp: _patch(sp.data, sp.layout['gt'][0] * S + 4, '<I', 10 ** 6),
      'beyond the end of the file'),
-    (lambda sp: sp.data[:-100], 'beyond the end of the file'),
+    (lambda sp: sp.data[:-100], 'not made of whole sectors'),
+    (lambda sp: sp.data[:-S], 'beyond the end of the file'),
+    (lambda sp: sp.data[:S * 3] + b'\0' + sp.data[S * 3:],
+     'not made of whole sectors'),
     (lambda sp: sp.data[:S * 2], 'outside the file|beyond the end'),
 ])
 def test_sparse_corruptions(tmp_path, mutate, match):
@@ -576,10 +581,90 @@ def test_stream_gd_in_header(tmp_path):
     assert raw_of(r)[4096:8192] == fill(5, 4096)
 
 
-def test_stream_missing_footer(tmp_path):
-    data, _ = stream(16, {0: fill(1, 4096)}, footer=False)
+@pytest.mark.parametrize('tail', [0, 1, 2],
+                         ids=['after-gd', 'after-footer-marker',
+                              'after-footer'])
+def test_stream_cut_after_grain_directory(tmp_path, caplog, tail):
+    """A transfer cut short after the grain directory: every grain the
+    tables reference is there, so it reads whole, with a warning."""
+    g = 4096
+    grains = {0: fill(1, g), 3: os.urandom(g), 9: fill(3, g)}
+    data, _ = stream(128, grains, desc=descriptor('streamOptimized'))
+    cut = data[:len(data) - (3 - tail) * S]
+    r = vmdk.VmdkReader(view_of(tmp_path, cut))
+    expected = bytearray(128 * S)
+    for i, b in grains.items():
+        expected[i * g:(i + 1) * g] = b
+    assert raw_of(r) == bytes(expected)
+    if tail < 2:
+        assert 'ends without its footer' in caplog.text
+        assert 'read as complete' in caplog.text
+
+
+def test_stream_cut_with_a_grain_missing(tmp_path):
+    """The directory is there, but a grain it references is not (the
+    stream was cut and its tables rebuilt, or damaged): refused."""
+    g = 4096
+    data, entries = stream(64, {0: fill(1, g), 3: fill(2, g)},
+                           desc=descriptor('streamOptimized'))
+    cut = data[:len(data) - 3 * S]
+    bad = _patch(cut, entries[3] * S, '<QII', 0, 0, 0)
+    with pytest.raises(exception.InvalidImage,
+                       match='without its footer, and grain 3 .* missing'):
+        vmdk.VmdkReader(view_of(tmp_path, bad))
+
+
+def test_stream_cut_before_grain_directory(tmp_path):
+    data, entries = stream(16, {0: fill(1, 4096)}, footer=False)
     with pytest.raises(exception.InvalidImage, match='footer'):
         vmdk.VmdkReader(view_of(tmp_path, data))
+    # cut inside the grains: no directory at the end
+    data, entries = stream(16, {0: fill(1, 4096), 1: fill(2, 4096)})
+    with pytest.raises(exception.InvalidImage, match='footer'):
+        vmdk.VmdkReader(view_of(tmp_path, data[:(entries[1] + 1) * S]))
+
+
+@pytest.mark.parametrize('field,offset,fmt,value', [
+    ('capacity', 12, '<Q', 32), ('grain size', 20, '<Q', 16),
+    ('num gtes', 44, '<I', 8), ('flags', 8, '<I', 0x30003)])
+def test_stream_footer_disagrees_with_header(tmp_path, field, offset, fmt,
+                                             value):
+    data, _ = stream(16, {0: fill(1, 4096)})
+    footer_at = len(data) - 2 * S
+    bad = _patch(data, footer_at + offset, fmt, value)
+    with pytest.raises(exception.InvalidImage,
+                       match='header and footer disagree on the %s' % field):
+        vmdk.VmdkReader(view_of(tmp_path, bad))
+
+
+def test_stream_grain_directory_without_marker(tmp_path):
+    data, _ = stream(16, {0: fill(1, 4096)})
+    hdr = vmdk.parse_kdmv_header(data[-2 * S:-S], 'x')
+    bad = _patch(data, (hdr.gd_offset - 1) * S, '<QII', 0, 0, 0)
+    with pytest.raises(exception.InvalidImage,
+                       match='no grain directory marker'):
+        vmdk.VmdkReader(view_of(tmp_path, bad))
+
+
+def test_stream_shifted_by_whole_sectors(tmp_path):
+    """A sector inserted among the grains keeps the length whole: the
+    tables then point one sector off, where no marker for their grain is;
+    a directory entry one sector off has no table marker before it."""
+    g = 4096
+    data, entries = stream(16, {0: fill(1, g), 1: fill(2, g)})
+    at = entries[1] * S
+    bad = data[:at] + bytes(S) + data[at:]
+    # The footer moved with the tail, the offsets it holds did not.
+    with pytest.raises(exception.InvalidImage,
+                       match='marker|corrupt|metadata'):
+        raw_of(vmdk.VmdkReader(view_of(tmp_path, bad)))
+    hdr = vmdk.parse_kdmv_header(data[-2 * S:-S], 'x')
+    gd = struct.unpack_from('<I', data, hdr.gd_offset * S)[0]
+    bad = _patch(data, hdr.gd_offset * S, '<I', gd + 1)
+    r = vmdk.VmdkReader(view_of(tmp_path, bad))
+    with pytest.raises(exception.InvalidImage,
+                       match='no grain table marker'):
+        raw_of(r)
 
 
 @pytest.mark.parametrize('mangle,match', [
@@ -761,12 +846,24 @@ def test_noaccess_extent_refused(tmp_path):
         reader_in(tmp_path / 'd.vmdk')
 
 
-def test_sparse_extent_smaller_than_descriptor_says(tmp_path):
+@pytest.mark.parametrize('sectors', [32, 1, 15])
+def test_sparse_extent_size_disagrees_with_capacity(tmp_path, sectors):
+    """The descriptor must be consistent with the extent's header: a line
+    of size 1 would otherwise make a 512-byte disk."""
     write(tmp_path, 's.vmdk', Sparse(16, {}).data)
     write(tmp_path, 'd.vmdk', descriptor('twoGbMaxExtentSparse', extents=[
-        'RW 32 SPARSE "s.vmdk"']))
-    with pytest.raises(exception.InvalidImage, match='holds only 16'):
+        'RW %d SPARSE "s.vmdk"' % sectors]))
+    with pytest.raises(exception.InvalidImage,
+                       match='capacity of 16: inconsistent'):
         reader_in(tmp_path / 'd.vmdk')
+
+
+def test_embedded_descriptor_size_disagrees_with_capacity(tmp_path):
+    sp = Sparse(16, {}, desc=descriptor(extents=['RW 1 SPARSE "x.vmdk"']))
+    with pytest.raises(exception.InvalidImage,
+                       match='declares 1 sectors, the extent header a '
+                       'capacity of 16'):
+        vmdk.VmdkReader(view_of(tmp_path, sp.data))
 
 
 def test_extent_of_the_wrong_kind(tmp_path):
@@ -806,10 +903,30 @@ def test_chain_identity_and_parent(tmp_path):
     assert r.parent_ref.name_hints == ('base.vmdk',)
 
 
-def test_child_without_hint(tmp_path):
+def test_child_without_hint_refused(tmp_path):
+    # qemu reads it as a base and drops the parent's data: refused.
     sp = Sparse(16, {}, desc=descriptor(parent='00000001'))
-    r = vmdk.VmdkReader(view_of(tmp_path, sp.data))
-    assert r.parent_ref == (('00000001', ()))
+    with pytest.raises(exception.InvalidImage,
+                       match='parentCID 00000001 but no parentFileNameHint'):
+        vmdk.VmdkReader(view_of(tmp_path, sp.data))
+
+
+@pytest.mark.parametrize('parent', [None, 'ffffffff'])
+def test_hint_without_parent_cid_refused(tmp_path, parent):
+    sp = Sparse(16, {}, desc=descriptor(parent=parent, hint='base.vmdk'))
+    with pytest.raises(exception.InvalidImage,
+                       match="parentFileNameHint 'base.vmdk'.* no parentCID"):
+        vmdk.VmdkReader(view_of(tmp_path, sp.data))
+
+
+def test_embedded_descriptor_with_text_after_nul_refused(tmp_path):
+    """A delta whose descriptor is cut by a NUL would read as a base."""
+    desc = descriptor(cid='ac2a197', parent='D941E849', hint='base.vmdk')
+    cut = desc.replace(b'parentCID', b'\0parentCID')
+    assert cut != desc
+    sp = Sparse(16, {}, desc=cut)
+    with pytest.raises(exception.InvalidImage, match='text after a NUL'):
+        vmdk.VmdkReader(view_of(tmp_path, sp.data))
 
 
 def test_embedded_descriptor_raw_device_refused(tmp_path):

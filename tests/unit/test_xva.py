@@ -618,3 +618,27 @@ def test_vdis_without_a_vm():
     assert [d.virtual_size for d in md.disks] == [2 * MiB, MiB]
     assert md.vm == {}
     assert len(md.notes) == 1 and 'no VM' in md.notes[0]
+
+
+@pytest.mark.parametrize('last', [True, False], ids=['whole', 'cut'])
+def test_cli_warnings_only_on_success(tmp_path, capsys, last):
+    """A VDI-only XVA warns that the VM facts are unknown; when it is then
+    refused (its last chunk missing), the error line is printed alone."""
+    from any2kvm_os.cmd import any2kvm
+    from tests.lib import xvabuild
+    xml = xvabuild.vdi_only_xml([('Ref:3', 2 * MiB)])
+    chunks = {0: pattern(1, MiB)}
+    if last:
+        chunks[1] = pattern(2, MiB)
+    path = write_xva(tmp_path / 'v.xva', xml, chunk_members('Ref:3', chunks))
+    out = tmp_path / 'out'
+    out.mkdir()
+    rc = any2kvm.main(['convert', str(path), str(out / 'disk.raw')])
+    err = capsys.readouterr().err
+    if last:
+        assert rc == 0
+        assert 'no VM' in err and err.count('\n') == 1
+    else:
+        assert rc == 1
+        assert err.count('\n') == 1 and 'lacks its last chunk' in err
+        assert err.startswith('any2kvm: error: ')
