@@ -63,7 +63,7 @@ INTERESTING = [0, 1, 0x7f, 0x80, 0xff, 0x100, 0x200, 0x1000, 0x7fffffff,
                0x7fffffffffffffff, 0xffffffffffffffff]
 
 
-# -- seeds ----------------------------------------------------------------------
+# -- seeds --------------------------------------------------------------------
 
 def _qemu(d, name, qfmt, options):
     return samples._qemu(d, name, qfmt, options)[0]
@@ -95,7 +95,7 @@ SEEDS = {
 GZIP_AFTER = {'xenserver-tgz'}
 
 
-# -- mutations ------------------------------------------------------------------
+# -- mutations ----------------------------------------------------------------
 
 def _regions(path, data):
     """Where to aim: the member data of a tar, or the whole file."""
@@ -160,7 +160,7 @@ def mutate(rnd, path, data):
     return 'copy sector %d to %d' % (other, sector), bytes(out[:len(data)])
 
 
-# -- the test -------------------------------------------------------------------
+# -- the test -----------------------------------------------------------------
 
 def _run_driver(work, inputs, timeout):
     spec = work / 'spec.json'
