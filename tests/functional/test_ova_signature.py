@@ -368,3 +368,19 @@ def test_stream_untrusted_warns_once(pki, disk, tmp_path, scratch, caplog):
     assert ig.sha256_file(out) == disk.sha256
     warned = [r for r in caplog.records if 'not trusted' in r.getMessage()]
     assert len(warned) == 1, caplog.text
+
+
+def test_import_to_files_takes_the_options(pki, disk, tmp_path):
+    """``any2kvm import`` (here to files: no cloud) honours the policy."""
+    unsigned = signed_ova(tmp_path / 'u.ova', disk)
+    out = tmp_path / 'out'
+    out.mkdir()
+    res = cli.run_any2kvm('import', unsigned, '--target', 'file', '--name',
+                          'vm', '--output-dir', out, *require(pki))
+    cli.assert_refused(res, names=[unsigned], problem='not signed')
+    assert os.listdir(out) == []
+    signed = signed_ova(tmp_path / 's.ova', disk, pki.signer)
+    res = cli.run_any2kvm('import', signed, '--target', 'file', '--name',
+                          'vm', '--output-dir', out, *require(pki))
+    assert res.returncode == 0, cli.describe(res)
+    assert ig.sha256_file(out / 'vm.raw') == disk.sha256
