@@ -51,8 +51,9 @@ def conversion_options():
     SSH connections, the sources' own, the migration state database."""
     from any2kvm_os.migration.state import options as state_options
     from any2kvm_os.sources.xenserver import options as xenserver
+    from any2kvm_os.containers.ova import signature
     return (limits_mod.OPTIONS + scratch.OPTIONS + ssh_options.OPTIONS +
-            xenserver.OPTIONS + state_options.OPTIONS)
+            xenserver.OPTIONS + state_options.OPTIONS + signature.OPTIONS)
 
 
 def register_opts(conf):
@@ -81,6 +82,9 @@ def open_location(location, limits, source_name=None, session=None,
     (``xenserver://...``), or a local file detected by content.  ``args``:
     the parsed command line, for the sources' own options (SSH)."""
     from any2kvm_os.sources import base as sources
+    if args is not None:
+        from any2kvm_os.containers.ova import signature
+        signature.apply_arguments(args, limits)
     return sources.open_location(location, limits, source_name,
                                  session=session, args=args)
 

@@ -75,6 +75,8 @@ def add_import_arguments(parser, source_choices=None, target_choices=None,
                         help='wait until the image or volume is usable (a '
                              'Glance upload is always waited for)')
     ssh_options.add_arguments(parser)
+    from any2kvm_os.containers.ova import signature
+    signature.add_arguments(parser)
     group = parser.add_argument_group(
         'target options', 'Options of one target or some: giving one to '
         'another target is an error.')

@@ -29,6 +29,7 @@ import sys
 from oslo_config import cfg
 
 from any2kvm_os import api
+from any2kvm_os.containers.ova import signature as ova_signature
 from any2kvm_os import exception
 from any2kvm_os import limits as limits_mod
 from any2kvm_os.progress import human
@@ -305,6 +306,7 @@ def build_parser(argv=()):
     p.add_argument('source', metavar='SOURCE', help=SOURCE_HELP)
     p.add_argument('--format', choices=('text', 'json'), default='text')
     ssh_options.add_arguments(p)
+    ova_signature.add_arguments(p)
     p.set_defaults(func=_info)
     p = sub.add_parser('convert', parents=[common],
                        help='write SOURCE as a raw disk')
@@ -338,6 +340,7 @@ def build_parser(argv=()):
                         'them; without it such a source needs a directory '
                         'as OUTPUT')
     ssh_options.add_arguments(p)
+    ova_signature.add_arguments(p)
     p.set_defaults(func=_convert)
     p = sub.add_parser('import', parents=[common],
                        help='import LOCATION into the cloud (Glance) or as '

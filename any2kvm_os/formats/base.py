@@ -21,6 +21,7 @@ chain resolver does that, among the files of the same directory or archive.
 
 import abc
 import collections
+import struct
 
 from any2kvm_os import extents as ext
 
@@ -34,36 +35,80 @@ def basename_hint(path):
     return path.strip('\x00').strip()
 
 
+#: Each byte with its bits in the reverse order (a VHD bitmap, bit 7
+#: first, read as a VHDX one, bit 0 first).
+_REVERSED_BITS = bytes(int('{:08b}'.format(i)[::-1], 2) for i in range(256))
+_ALL_64 = (1 << 64) - 1
+
+
 def bitmap_runs(bitmap, first, count, msb_first):
     """Runs of (start_sector, length, is_set) for sectors [first,
     first + count) of a sector bitmap.
 
     ``msb_first``: bit 7 of byte 0 is sector 0 (VHD); otherwise bit 0 is
-    (VHDX).  Whole 0x00/0xFF bytes are taken eight sectors at a time.
+    (VHDX).  The bitmap is taken as one integer (bit i: sector i; a VHD's
+    bytes are bit-reversed first, ``bytes.translate``), so an all-set or
+    all-clear range is one comparison; otherwise it is scanned in 64-bit
+    words, a whole-0/whole-1 word at a time and runs inside a word by
+    counting trailing bits (``int.bit_length``).  This runs once per block
+    read: it used to loop per byte in Python.
     """
-    runs = []
-    cur_state = None
-    cur_start = first
-    s = first
+    if count <= 0:
+        return []
     end = first + count
-    while s < end:
-        byte = bitmap[s >> 3]
-        if s & 7 == 0 and s + 8 <= end and byte in (0, 0xFF):
-            state = byte == 0xFF
-            n = 8
+    b0 = first >> 3
+    seg = bytes(bitmap[b0:(end + 7) >> 3])
+    if msb_first:
+        seg = seg.translate(_REVERSED_BITS)
+    full = (1 << count) - 1
+    x = (int.from_bytes(seg, 'little') >> (first & 7)) & full
+    if x == 0:
+        return [(first, count, False)]
+    if x == full:
+        return [(first, count, True)]
+    seg += bytes(-len(seg) % 8)
+    runs = []
+    append = runs.append
+    cur_state = None
+    cur_start = base = b0 << 3
+    for w in struct.unpack('<%dQ' % (len(seg) >> 3), seg):
+        if w == 0 or w == _ALL_64:
+            state = w != 0
+            if state is not cur_state:
+                if cur_state is not None:
+                    append((cur_start, base - cur_start, cur_state))
+                cur_state = state
+                cur_start = base
         else:
-            bit = (0x80 >> (s & 7)) if msb_first else (1 << (s & 7))
-            state = bool(byte & bit)
-            n = 1
-        if state != cur_state:
-            if cur_state is not None:
-                runs.append((cur_start, s - cur_start, cur_state))
-            cur_state = state
-            cur_start = s
-        s += n
-    if cur_state is not None:
-        runs.append((cur_start, end - cur_start, cur_state))
-    return runs
+            p = 0
+            while p < 64:
+                if w & 1:
+                    # trailing ones
+                    n = (w ^ (w + 1)).bit_length() - 1
+                    state = True
+                else:
+                    # trailing zeros (the rest of the word when none is set)
+                    n = ((w & -w).bit_length() - 1) if w else 64 - p
+                    state = False
+                if state is not cur_state:
+                    if cur_state is not None:
+                        append((cur_start, base + p - cur_start, cur_state))
+                    cur_state = state
+                    cur_start = base + p
+                w >>= n
+                p += n
+        base += 64
+    append((cur_start, base - cur_start, cur_state))
+    # The words cover whole bytes: cut the runs to [first, end).
+    clipped = []
+    for s, n, state in runs:
+        a = s if s > first else first
+        b = s + n
+        if b > end:
+            b = end
+        if a < b:
+            clipped.append((a, b - a, state))
+    return clipped
 
 
 def bitmap_extents(bitmap, msb_first, sector, block_start, data_start,

@@ -28,10 +28,8 @@ def compressors():
     out = [(compression.GZIP, gzip.compress), (compression.BZIP2,
                                                bz2.compress),
            (compression.XZ, lzma.compress)]
-    try:
-        import zstandard
-    except ImportError:
-        return out
+    # zstandard is a requirement: the zstd path always runs.
+    import zstandard
     return out + [(compression.ZSTD, zstandard.ZstdCompressor().compress)]
 
 

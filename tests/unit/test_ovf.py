@@ -760,18 +760,25 @@ def test_directory_manifest_link_refused(tmp_path):
 def test_warnings_only_when_usable(tmp_path, caplog):
     img, _ = fixed_vhd(64 << 10, 7)
     caplog.set_level(logging.WARNING, logger='any2kvm_os')
-    # Refused: the notes gathered so far (cert, capacity) are not logged.
+    # Refused: the notes gathered so far (capacity) are not logged.
     _refusal(tmp_path, [('vm.ovf', simple_ovf(capacity=1)),
-                        ('disk1.vhd', img[:-1]), ('vm.cert', b'x')],
+                        ('disk1.vhd', img[:-1])],
              'disk1.vhd')
     assert caplog.records == []
     path = write_tar(tmp_path / 'ok.ova', [
-        ('vm.ovf', simple_ovf(capacity=1)), ('disk1.vhd', img),
-        ('vm.cert', b'x')])
+        ('vm.ovf', simple_ovf(capacity=1)), ('disk1.vhd', img)])
     package.open_ova(path, LIMITS).close()
     text = caplog.text
-    assert 'signature in vm.cert is not verified' in text
     assert 'ovf:capacity of disk vmdisk1 is 1024 bytes' in text
+
+
+def test_cert_without_manifest_refused(tmp_path):
+    img, _ = fixed_vhd(64 << 10, 7)
+    path = write_tar(tmp_path / 'c.ova', [
+        ('vm.ovf', simple_ovf()), ('disk1.vhd', img), ('vm.cert', b'x')])
+    with pytest.raises(exception.InvalidArchive,
+                       match='vm.cert: a signature without a manifest'):
+        package.open_ova(path, LIMITS)
 
 
 def test_not_ova_tar(tmp_path):

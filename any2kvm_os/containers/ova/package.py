@@ -59,6 +59,7 @@ from any2kvm_os import compression
 from any2kvm_os.containers import base
 from any2kvm_os.containers.ova import blank
 from any2kvm_os.containers.ova import descriptor
+from any2kvm_os.containers.ova import signature
 from any2kvm_os.containers.ova import views
 from any2kvm_os.containers import tar
 from any2kvm_os import exception
@@ -408,9 +409,20 @@ def _open_package(path, kind, raw, local, ovf_name, mf_name, cert_name,
     # Warnings are logged only once the package is known to be usable:
     # a refusal is one line.
     notes = desc.notes
+    policy = signature.policy_of(limits)
     if cert_name:
-        notes.append('%s: the signature in %s is not verified (the manifest '
-                     'digests are)' % (path, cert_name))
+        mf_data = None
+        if mf_name:
+            mf_data = _read_small(raw.open_view(local[mf_name]),
+                                  descriptor.MAX_MANIFEST_BYTES,
+                                  display(mf_name), 'manifest')
+        cert_data = _read_small(raw.open_view(local[cert_name]),
+                                signature.MAX_CERT_BYTES,
+                                display(cert_name), 'signature file')
+        notes.extend(signature.check(path, display(cert_name), cert_data,
+                                     mf_name, mf_data, policy))
+    else:
+        signature.check_unsigned(path, policy)
 
     reserved = {ovf_name, mf_name, cert_name}
     entries = {n: ('member', raw_name) for n, raw_name in local.items()

@@ -45,6 +45,13 @@ comes after them (VirtualBox puts it last) the members are hashed with
 SHA1, SHA256 and SHA512, the algorithms exporters use; a manifest that
 then names another algorithm for a disk file is refused (nothing is
 committed; the error says so).
+
+Signatures (:mod:`.signature`): a ``.cert`` is checked when it arrives if
+the manifest came before it (ovftool's layout: descriptor, manifest,
+certificate, disks), so that a bad signature is refused before any disk
+is read; else, and again in every pass, at the end, before ``write_to``
+returns.  An unsigned package under ``ova_signature_policy = require`` is
+refused at the end of the pass (nothing is committed).
 """
 
 import bisect
@@ -58,6 +65,7 @@ from any2kvm_os import compression
 from any2kvm_os.containers.ova import blank
 from any2kvm_os.containers.ova import descriptor
 from any2kvm_os.containers.ova import package
+from any2kvm_os.containers.ova import signature
 from any2kvm_os.containers import tar
 from any2kvm_os import exception
 from any2kvm_os import fileio
@@ -261,6 +269,10 @@ class OvaStream(object):
         self.mf_name = None
         self.mf_data = None
         self.manifest = None
+        self.policy = signature.policy_of(limits)
+        #: (local name, data) of the .cert, once checked.
+        self.cert = None
+        self._cert_notes = []
         with contextlib.closing(self._members()) as members:
             self._first_pass(members)
 
@@ -331,11 +343,21 @@ class OvaStream(object):
             self.manifest = self._parse_manifest(self.mf_name, self.mf_data)
             self._check_ovf_digest(self.manifest)
             nxt = next(members, None)
+            rest = self._local(nxt[0]) if nxt is not None else None
+            if rest is not None and rest.lower().endswith('.cert'):
+                cert_data = self._read_small(
+                    nxt[2], nxt[1], signature.MAX_CERT_BYTES,
+                    self.display(rest), 'signature file')
+                self._cert_notes = self._check_cert(rest, cert_data,
+                                                    self.mf_name,
+                                                    self.mf_data)
+                nxt = next(members, None)
         else:
             LOG.debug('%s: the manifest does not follow the descriptor',
                       path)
         desc = self.desc = descriptor.parse(data, ovf_display)
         self.notes = desc.notes
+        self.notes.extend(self._cert_notes)
         self.plans = self._plan(desc)
         # The head of the first disk's file when it comes next: its size
         # is then known at once, and a file that cannot be streamed goes
@@ -349,6 +371,15 @@ class OvaStream(object):
                 fmt, layer = _open_layer(stream, self.display(rest),
                                          plan.ref.compression == 'gzip')
                 self.first_layer = (first.disk.file_id, fmt, layer)
+
+    def _check_cert(self, cert_name, cert_data, mf_name, mf_data):
+        """Check a .cert as it arrives; return its warnings."""
+        if self.cert == (cert_name, cert_data):
+            return []
+        notes = signature.check(self.path, self.display(cert_name),
+                                cert_data, mf_name, mf_data, self.policy)
+        self.cert = (cert_name, cert_data)
+        return notes
 
     def _parse_manifest(self, mf_name, mf_data):
         return descriptor.manifest_by_name(
@@ -427,6 +458,7 @@ class OvaStream(object):
         seen = {}          # local name -> size
         digests = {}       # local name -> {algo: hex}
         mfs = {}           # local .mf name -> data
+        certs = {}         # local .cert name -> data
         handled = []
         ovfs = 0
         with contextlib.closing(self._members()) as members:
@@ -455,6 +487,18 @@ class OvaStream(object):
                         tf, ti, descriptor.MAX_MANIFEST_BYTES,
                         self.display(rest), 'manifest')
                     continue
+                if rest.lower().endswith('.cert'):
+                    data = certs[rest] = self._read_small(
+                        tf, ti, signature.MAX_CERT_BYTES,
+                        self.display(rest), 'signature file')
+                    if len(mfs) == 1:
+                        # The manifest came first: check it now, before
+                        # a disk is read.
+                        (mf_name, mf_data), = mfs.items()
+                        for note in self._check_cert(rest, data, mf_name,
+                                                     mf_data):
+                            LOG.warning('%s', note)
+                    continue
                 hashers = self._hashers(rest)
                 if rest in plan.ref.names and not handled:
                     stream = self._disk_stream(tf, ti, rest, plan,
@@ -471,7 +515,7 @@ class OvaStream(object):
                     stream.drain()
                 digests[rest] = {a: h.hexdigest()
                                  for a, h in hashers.items()}
-        self._verify(seen, digests, mfs, plan, handled)
+        self._verify(seen, digests, mfs, plan, handled, certs)
 
     def _hashers(self, rest):
         if self.manifest is not None:
@@ -490,7 +534,7 @@ class OvaStream(object):
                 'after %r' % (len(found), ext_, self.ovf_name))
         return found[0] if found else None
 
-    def _verify(self, seen, digests, mfs, plan, handled):
+    def _verify(self, seen, digests, mfs, plan, handled, certs):
         """What the local path checks at open, checked at the end."""
         mf_name = self._pick(seen, '.mf')
         cert_name = self._pick(seen, '.cert')
@@ -555,8 +599,11 @@ class OvaStream(object):
         if manifest is None:
             LOG.info('%s: no manifest; no digests are checked', self.path)
         if cert_name:
-            LOG.warning('%s: the signature in %s is not verified (the '
-                        'manifest digests are)', self.path, cert_name)
+            for note in self._check_cert(cert_name, certs[cert_name],
+                                         mf_name, mfs.get(mf_name)):
+                LOG.warning('%s', note)
+        else:
+            signature.check_unsigned(self.path, self.policy)
 
     def _check_ovf_digest_of(self, manifest, mf_name):
         saved = self.mf_name

@@ -46,6 +46,8 @@ class Inspect(command.ShowOne):
                                  'content')
         from any2kvm_os.ssh import options as ssh_options
         ssh_options.add_arguments(parser)
+        from any2kvm_os.containers.ova import signature
+        signature.add_arguments(parser)
         return parser
 
     def take_action(self, parsed_args):
