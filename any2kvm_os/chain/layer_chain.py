@@ -120,6 +120,12 @@ class LayerChain(object):
                 'allocated_bytes': layer.allocated_bytes(),
                 'creator': layer.creator,
             })
+            wire = getattr(layer.view, 'bytes_read', None)
+            if wire is not None:
+                # A remote file: its size and the bytes read of it over
+                # the wire so far.
+                out[-1]['file_size'] = layer.view.size
+                out[-1]['wire_bytes'] = wire
         return out
 
 
