@@ -451,12 +451,12 @@ class Pipeline(object):
                     self._inflight.pop(rid, None)
 
     def shutdown(self):
-        """Close the session (the connection is closing)."""
-        with self.lock:
-            if self._session is not None:
-                self._session.close()
-            self._session = None
-            self._gen = None
+        """Close the session (the connection is closing).  Takes no
+        lock: a read under way in another thread fails at once instead
+        of holding the caller."""
+        session = self._session
+        if session is not None:
+            session.close()
 
     def prefetch(self, key, ranges, limit=1024):
         """Ask now for ``ranges`` [(offset, length)] of the file (the
