@@ -120,7 +120,8 @@ class LayerChain(object):
                 'allocated_bytes': layer.allocated_bytes(),
                 'creator': layer.creator,
             })
-            wire = getattr(layer.view, 'bytes_read', None)
+            wire = getattr(getattr(layer, 'view', None), 'bytes_read',
+                           None)
             if wire is not None:
                 # A remote file: its size and the bytes read of it over
                 # the wire so far.
@@ -141,7 +142,8 @@ def announce(layers, extents):
             continue
         layer = layers[e.layer]
         if last is None or last[0] is not layer:
-            will_read = getattr(layer.view, 'will_read', None)
+            will_read = getattr(getattr(layer, 'view', None), 'will_read',
+                                None)
             if will_read is None or type(layer).read_extent is not \
                     base.LayerReader.read_extent:
                 continue
