@@ -60,8 +60,10 @@ ATTR_EXTENDED = 0x80000000
 
 #: Largest SFTP reply taken (OpenSSH sends at most 256 KiB).
 MAX_REPLY = 4 << 20
-#: Most bytes taken from the channel at once.
-_RECV = 4 << 20
+#: Most bytes taken from the channel at once: all it holds (at most its
+#: window).  paramiko's channel buffer moves what stays after a partial
+#: take, so taking part of a large buffer costs as much as the rest.
+_RECV = 1 << 30
 #: Most entries of a read-ahead plan (further ranges are not announced).
 MAX_PLAN = 1 << 16
 #: How many plan entries a read looks through to find where it is.
