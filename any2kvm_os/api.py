@@ -102,6 +102,9 @@ def describe(vm, location=None):
                       'chain': layers})
     result = {'source': location if location is not None else vm.path,
               'container': vm.container, 'vm': vm.facts, 'disks': disks}
+    wire = vm.wire()
+    if wire is not None:
+        result['wire'] = wire
     if disks:
         # The first disk's facts at the top, for one-disk sources.
         for key in ('format', 'virtual_size', 'chain'):
@@ -277,3 +280,16 @@ def import_summary(target, results):
     if len(results) > 1:
         summary['disks'] = list(results)
     return summary
+
+
+def wire_summary(vm):
+    """The line that tells how many bytes a remote source sent over the
+    wire, next to the sizes of its files and the data they hold; None
+    for local input."""
+    wire = vm.wire()
+    if wire is None:
+        return None
+    return 'read over the wire: %s (layer files %s, data held %s)' % (
+        progress_mod.human(wire['bytes_read']),
+        progress_mod.human(wire['file_bytes']),
+        progress_mod.human(wire['allocated_bytes']))

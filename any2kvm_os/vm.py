@@ -125,6 +125,9 @@ class Vm(object):
         #: What the user should know of how the input was read.
         self.notes = list(notes)
         self._closers = [closer] if closer else []
+        #: What counts the bytes read over the wire (an object with
+        #: ``bytes_read``: an SSH connection), or None for local input.
+        self.wire_counter = None
 
     def relabel(self, old, new):
         """Call the input ``new`` where it was called ``old`` (a private
@@ -132,6 +135,21 @@ class Vm(object):
         self.path = self.path.replace(old, new)
         for disk in self.disks:
             disk.name = disk.name.replace(old, new)
+
+    def wire(self):
+        """None for local input; else ``{'bytes_read': bytes read over
+        the wire so far (file data and command output), 'file_bytes':
+        the sizes of the disks' layer files, 'allocated_bytes': the data
+        the layers hold}``."""
+        if self.wire_counter is None:
+            return None
+        files = allocated = 0
+        for disk in self.disks:
+            for layer in (disk.chain.layers if disk.chain else ()):
+                files += layer.view.size
+                allocated += layer.allocated_bytes()
+        return {'bytes_read': self.wire_counter.bytes_read,
+                'file_bytes': files, 'allocated_bytes': allocated}
 
     def on_close(self, closer):
         """Call ``closer()`` when the VM is closed (after its disks)."""

@@ -24,6 +24,7 @@ import logging
 
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
+from any2kvm_os.formats import base
 from any2kvm_os.formats import probe
 
 LOG = logging.getLogger(__name__)
@@ -88,9 +89,21 @@ class LayerChain(object):
         return ext.merge(out)
 
     def iter_extents(self, window=FOLD_WINDOW, top=0, bottom=None):
+        """The fold of the whole disk (seen from ``top``), one window at
+        a time.  Each window is folded one window ahead of the extents
+        yielded, and its DATA extents announced to the layers' files
+        (:func:`announce`): a remote file asks for them ahead of the
+        reads."""
         size = self.layers[top].virtual_size
+        ahead = None
         for off in range(0, size, window):
-            yield from self.fold(off, min(window, size - off), top, bottom)
+            extents = self.fold(off, min(window, size - off), top, bottom)
+            announce(self.layers, extents)
+            if ahead is not None:
+                yield from ahead
+            ahead = extents
+        if ahead is not None:
+            yield from ahead
 
     def describe(self):
         """One dict per layer, leaf first (for ``any2kvm info``)."""
@@ -107,7 +120,38 @@ class LayerChain(object):
                 'allocated_bytes': layer.allocated_bytes(),
                 'creator': layer.creator,
             })
+            wire = getattr(getattr(layer, 'view', None), 'bytes_read',
+                           None)
+            if wire is not None:
+                # A remote file: its size and the bytes read of it over
+                # the wire so far.
+                out[-1]['file_size'] = layer.view.size
+                out[-1]['wire_bytes'] = wire
         return out
+
+
+def announce(layers, extents):
+    """Tell the files of ``layers`` which of their bytes the DATA
+    ``extents`` will read, in order: views with ``will_read`` (remote
+    files) ask for them ahead.  Only layers whose DATA extents are read
+    in place (the linear :meth:`LayerReader.read_extent`) take part."""
+    ranges = []
+    last = None
+    for e in extents:
+        if e.kind != ext.DATA or e.layer is None:
+            continue
+        layer = layers[e.layer]
+        if last is None or last[0] is not layer:
+            will_read = getattr(getattr(layer, 'view', None), 'will_read',
+                                None)
+            if will_read is None or type(layer).read_extent is not \
+                    base.LayerReader.read_extent:
+                continue
+            last = (layer, will_read, [])
+            ranges.append(last)
+        last[2].append((e.file_offset, e.length))
+    for _layer, will_read, spans in ranges:
+        will_read(spans)
 
 
 def _try_open(container, name):

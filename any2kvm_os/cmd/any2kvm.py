@@ -68,6 +68,13 @@ def _info(args, limits):
             print('      size %s, allocated %s, creator %r' % (
                 human(layer['virtual_size']),
                 human(layer['allocated_bytes']), layer['creator']))
+            if 'wire_bytes' in layer:
+                print('      file %s, read over the wire %s' % (
+                    human(layer['file_size']), human(layer['wire_bytes'])))
+    if 'wire' in result:
+        print('read over the wire: %s in all (layer files %s)' % (
+            human(result['wire']['bytes_read']),
+            human(result['wire']['file_bytes'])))
     return 0
 
 
@@ -101,6 +108,9 @@ def _convert(args, limits):
             if bar:
                 bar.finish(ok=False)
             raise
+        summary = api.wire_summary(vm)
+        if summary:
+            print(summary)
     finally:
         vm.close()
     return 0

@@ -237,6 +237,11 @@ def bitmap_runs(bitmap, first, count):
     return base.bitmap_runs(bitmap, first, count, msb_first=True)
 
 
+#: Most sector bitmaps of a differencing VHD read in one batch from a
+#: remote file (512 bytes each for 2 MiB blocks).
+BITMAP_BATCH = 256
+
+
 class VhdReader(base.LayerReader):
     """Random-access reader of one VHD layer."""
 
@@ -378,9 +383,33 @@ class VhdReader(base.LayerReader):
     def _bitmap(self, block, entry):
         cached_block, bitmap = self._bitmap_cache
         if cached_block != block:
-            bitmap = self.read(entry * SECTOR, self.geo.bitmap_size)
+            bitmap = self._batched_bitmap(block)
+            if bitmap is None:
+                bitmap = self.read(entry * SECTOR, self.geo.bitmap_size)
             self._bitmap_cache = (block, bitmap)
         return bitmap
+
+    def _batched_bitmap(self, block):
+        """A remote view (one with ``preadv``) has the bitmaps of the
+        next BITMAP_BATCH allocated blocks of the range being looked at
+        read together: one round trip, not one per block."""
+        preadv = getattr(self.view, 'preadv', None)
+        batch = getattr(self, '_bitmap_batch', None)
+        if preadv is None:
+            return None
+        if batch and block in batch:
+            return batch.pop(block)
+        last = getattr(self, '_bitmap_last', block)
+        blocks = [b for b in range(block, min(last + 1, len(self.bat)))
+                  if self.bat[b] != BAT_UNUSED][:BITMAP_BATCH]
+        size = self.geo.bitmap_size
+        got = preadv([(self.bat[b] * SECTOR, size) for b in blocks])
+        self._bitmap_batch = batch = {}
+        for b, bitmap in zip(blocks, got):
+            if len(bitmap) != size:
+                return None   # self.read says what is wrong
+            batch[b] = bitmap
+        return batch.pop(block, None)
 
     def block_status(self, offset, length):
         vsize = self.footer.current_size
@@ -399,6 +428,7 @@ class VhdReader(base.LayerReader):
         bs = self.geo.block_size
         bitmap_size = self.geo.bitmap_size
         diff = self.footer.disk_type == DISK_DIFFERENCING
+        self._status_end = end
         pos = offset
         while pos < end:
             block = pos // bs
@@ -418,6 +448,8 @@ class VhdReader(base.LayerReader):
             pos = stop
 
     def _diff_runs(self, block, entry, block_start, data_start, pos, stop):
+        # The last block of the range looked at bounds a bitmap batch.
+        self._bitmap_last = (self._status_end - 1) // self.geo.block_size
         return base.bitmap_extents(self._bitmap(block, entry), True, SECTOR,
                                    block_start, data_start, pos, stop)
 

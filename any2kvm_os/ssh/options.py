@@ -54,10 +54,16 @@ OPTIONS = [
     cfg.IntOpt('ssh_max_output_mib', default=64, min=1,
                help='Default most MiB a command run on a host may print '
                     'on its standard output.'),
-    cfg.IntOpt('ssh_sftp_max_requests', default=64, min=1,
-               help='Most SFTP read requests of 32 KiB in flight for one '
-                    'read: bounds the memory a read holds and how full '
-                    'a high-latency link is kept.'),
+    cfg.IntOpt('ssh_sftp_max_requests', default=64, min=1, max=1024,
+               help='Most SFTP read requests in flight on one connection '
+                    '(for the reads under way and the read-ahead): '
+                    'bounds the memory the reads hold (twice this times '
+                    'ssh_sftp_request_kib at most) and how full a '
+                    'high-latency link is kept.'),
+    cfg.IntOpt('ssh_sftp_request_kib', default=252, min=4, max=1024,
+               help='KiB asked by one SFTP read request; a server that '
+                    'sends less per request (OpenSSH before 8 sends 64 '
+                    'KiB) is then asked for what it sends.'),
 ]
 
 _DEFAULTS = {o.name: o.default for o in OPTIONS}
@@ -86,7 +92,8 @@ class Settings(object):
                  command_timeout=_DEFAULTS['ssh_command_timeout'],
                  max_output=_DEFAULTS['ssh_max_output_mib'] << 20,
                  sftp_max_requests=_DEFAULTS['ssh_sftp_max_requests'],
-                 retry_delay=1.0, max_retry_delay=30.0):
+                 retry_delay=1.0, max_retry_delay=30.0,
+                 sftp_request_kib=_DEFAULTS['ssh_sftp_request_kib']):
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
         self.keepalive_interval = keepalive_interval
@@ -95,6 +102,7 @@ class Settings(object):
         self.command_timeout = command_timeout
         self.max_output = max_output
         self.sftp_max_requests = sftp_max_requests
+        self.sftp_request_size = sftp_request_kib << 10
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
 
@@ -110,7 +118,8 @@ class Settings(object):
                    retry_max_seconds=g.ssh_retry_max_seconds,
                    command_timeout=g.ssh_command_timeout,
                    max_output=g.ssh_max_output_mib << 20,
-                   sftp_max_requests=g.ssh_sftp_max_requests)
+                   sftp_max_requests=g.ssh_sftp_max_requests,
+                   sftp_request_kib=g.ssh_sftp_request_kib)
 
 
 def default_known_hosts():

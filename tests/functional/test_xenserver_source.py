@@ -73,6 +73,20 @@ def test_info_of_a_running_vm(server, xs_host):
         assert disk['format'] == 'vhd'
         assert disk['name'].endswith('.vhd')
         assert '/run/sr-mount/' in disk['name']
+        # Bytes read over the wire next to each file's size: the
+        # headers, tables and bitmaps only.
+        for layer in disk['chain']:
+            assert 0 < layer['wire_bytes'] < layer['file_size']
+    wire = info['wire']
+    assert sum(layer['wire_bytes'] for d in info['disks']
+               for layer in d['chain']) <= wire['bytes_read']
+    assert wire['file_bytes'] == sum(layer['file_size']
+                                     for d in info['disks']
+                                     for layer in d['chain'])
+    res = cli.run_any2kvm('info', location(server, 'two-disks'),
+                          *ssh_args(server, conf))
+    assert res.returncode == 0, cli.describe(res)
+    assert 'read over the wire' in res.stdout
 
 
 def test_convert_reads_the_chain_over_sftp(server, xs_host, tmp_path):
@@ -84,6 +98,7 @@ def test_convert_reads_the_chain_over_sftp(server, xs_host, tmp_path):
     assert res.returncode == 0, cli.describe(res)
     found = sorted(p.name for p in out.iterdir())
     assert found == ['two-disks-disk1.raw', 'two-disks.raw'], found
+    assert 'read over the wire: ' in res.stdout, cli.describe(res)
     # The stand-in's model of each VDI, in device order: the disks of
     # 8 MiB (system) and 4 MiB (data) with the data the builder wrote.
     by_size = {m.size: m for m in facts['models'].values()

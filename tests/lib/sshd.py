@@ -308,6 +308,39 @@ class SshServer(object):
                 pass
         return len(pids)
 
+    def session_tree(self):
+        """Every process serving a connection: the listener's children
+        and their descendants (the SFTP server among them)."""
+        children = {}
+        for entry in os.listdir('/proc'):
+            if not entry.isdigit():
+                continue
+            try:
+                with open('/proc/%s/stat' % entry) as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(')', 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+        out = []
+        todo = list(self.session_pids())
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children.get(pid, ()))
+        return out
+
+    def signal_tree(self, sig, pids=None):
+        """Send ``sig`` to ``pids`` (default: :meth:`session_tree`);
+        returns them."""
+        pids = self.session_tree() if pids is None else pids
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        return pids
+
     def stop(self):
         process, self.process = self.process, None
         if process is not None:

@@ -88,8 +88,10 @@ class XenServerSource(base.Source):
                 for disk in disks:
                     disk.close()
                 raise
-            return vm_mod.Vm(location, CONTAINER, disks, facts=found.facts,
-                             notes=found.notes, closer=conn.close)
+            vm = vm_mod.Vm(location, CONTAINER, disks, facts=found.facts,
+                           notes=found.notes, closer=conn.close)
+            vm.wire_counter = conn
+            return vm
         except BaseException:
             conn.close()
             raise

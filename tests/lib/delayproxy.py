@@ -1,0 +1,136 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A TCP proxy on 127.0.0.1 that delays every byte, for links with long
+round trips where ``tc netem`` is not available.
+
+:class:`DelayProxy` listens on a free port of 127.0.0.1 and forwards each
+connection to ``target`` (host, port), holding what it forwards for half
+of ``rtt`` seconds in each direction: a request and its answer take
+``rtt`` more than over loopback.  It has no bandwidth limit of its own
+beyond its threads (one reader and one writer per direction).  Threads
+are daemons and :meth:`close` joins them (bounded)::
+
+    with DelayProxy(('127.0.0.1', server.port), rtt=0.05) as proxy:
+        ... connect to 127.0.0.1:proxy.port ...
+"""
+
+import queue
+import socket
+import threading
+import time
+
+_CHUNK = 256 << 10
+
+
+class DelayProxy(object):
+
+    def __init__(self, target, rtt=0.0):
+        self.target = target
+        self.delay = rtt / 2.0
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(('127.0.0.1', 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._closing = threading.Event()
+        self._threads = []
+        self._sockets = []
+        self._lock = threading.Lock()
+        self._accept = self._start(self._accept_loop)
+
+    def _start(self, target, *args):
+        t = threading.Thread(target=target, args=args, daemon=True)
+        t.start()
+        with self._lock:
+            self._threads.append(t)
+        return t
+
+    def _accept_loop(self):
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            for s in (client, upstream):
+                s.settimeout(None)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._sockets += [client, upstream]
+            self._pipe(client, upstream)
+            self._pipe(upstream, client)
+
+    def _pipe(self, src, dst):
+        q = queue.Queue()
+        self._start(self._reader, src, q)
+        self._start(self._writer, dst, q)
+
+    def _reader(self, src, q):
+        try:
+            while True:
+                data = src.recv(_CHUNK)
+                q.put((time.monotonic() + self.delay, data))
+                if not data:
+                    return
+        except OSError:
+            q.put((0, b''))
+
+    def _writer(self, dst, q):
+        try:
+            while True:
+                try:
+                    due, data = q.get(timeout=0.5)
+                except queue.Empty:
+                    if self._closing.is_set():
+                        return
+                    continue
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self._closing.set()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+            threads = list(self._threads)
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        for t in threads:
+            t.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,358 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The pipelined SFTP reader against an SFTP server simulated in-process:
+exact bytes, short reads, connections cut at every kind of place, stalls,
+bounds on requests in flight and on bytes read.  Nothing here waits: the
+simulated channel answers at once or fails at once."""
+
+import random
+import socket
+import struct
+
+import paramiko
+import pytest
+
+from any2kvm_os import exception
+from any2kvm_os.ssh import connection as conn_mod
+from any2kvm_os.ssh import sftpread
+
+U32 = struct.Struct('>I')
+
+
+class Cut(Exception):
+    pass
+
+
+class FakeServer(object):
+    """The files (path -> bytes), what a session is allowed to do, and
+    the faults to inject (counted over all sessions)."""
+
+    def __init__(self, files, max_read=1 << 20, seed=0):
+        self.files = files
+        self.max_read = max_read
+        self.rng = random.Random(seed)
+        self.sent = 0               # reply bytes handed to the client
+        self.cut_at = None          # fail recv once ``sent`` passes this
+        self.cut_with = None        # exception instance, or None for EOF
+        self.stall_at = None        # socket.timeout once past this
+        self.sessions = 0
+        self.max_inflight = 0
+        self.read_requests = 0
+
+    def fault(self):
+        if self.cut_at is not None and self.sent >= self.cut_at:
+            self.cut_at = None
+            return 'cut'
+        if self.stall_at is not None and self.sent >= self.stall_at:
+            self.stall_at = None
+            return 'stall'
+        return None
+
+
+class FakeChannel(object):
+    """The channel of one SFTP session: requests parsed as they are
+    sent, replies queued, handed out in pieces of random size."""
+
+    def __init__(self, server):
+        self.server = server
+        self.inbuf = bytearray()
+        self.out = bytearray()
+        self.handles = {}
+        self.closed = False
+        self.pending = 0
+        server.sessions += 1
+
+    def settimeout(self, t):
+        self.timeout = t
+
+    def gettimeout(self):
+        return 5
+
+    def close(self):
+        self.closed = True
+
+    def sendall(self, data):
+        if self.closed:
+            raise OSError('Socket is closed')
+        self.inbuf += data
+        while len(self.inbuf) >= 4:
+            n = U32.unpack_from(self.inbuf)[0]
+            if len(self.inbuf) < 4 + n:
+                break
+            packet = bytes(self.inbuf[4:4 + n])
+            del self.inbuf[:4 + n]
+            self.handle(packet[0], packet[1:])
+
+    def reply(self, kind, body):
+        self.out += U32.pack(len(body) + 1) + bytes((kind,)) + body
+
+    def handle(self, kind, body):
+        if kind == sftpread.FXP_INIT:
+            self.reply(sftpread.FXP_VERSION, U32.pack(3))
+            return
+        rid = U32.unpack_from(body)[0]
+        p = sftpread._Parser(body, 4)
+        rid_b = U32.pack(rid)
+        if kind == sftpread.FXP_OPEN:
+            path = p.string().decode()
+            if path not in self.server.files:
+                msg = b'No such file'
+                self.reply(sftpread.FXP_STATUS, rid_b + U32.pack(2) +
+                           U32.pack(len(msg)) + msg + U32.pack(0))
+                return
+            h = ('h%d' % len(self.handles)).encode()
+            self.handles[h] = path
+            self.reply(sftpread.FXP_HANDLE, rid_b + U32.pack(len(h)) + h)
+        elif kind == sftpread.FXP_FSTAT:
+            path = self.handles[p.string()]
+            size = len(self.server.files[path])
+            self.reply(sftpread.FXP_ATTRS, rid_b + U32.pack(5) +
+                       struct.pack('>Q', size) + U32.pack(0o100644))
+        elif kind == sftpread.FXP_READ:
+            self.server.read_requests += 1
+            self.pending += 1
+            self.server.max_inflight = max(self.server.max_inflight,
+                                           self.pending)
+            data = self.server.files[self.handles[p.string()]]
+            off = p.u64()
+            n = min(p.u32(), self.server.max_read)
+            if off >= len(data):
+                self.reply(sftpread.FXP_STATUS, rid_b + U32.pack(1) +
+                           U32.pack(3) + b'EOF' + U32.pack(0))
+            else:
+                chunk = data[off:off + n]
+                self.reply(sftpread.FXP_DATA, rid_b + U32.pack(len(chunk))
+                           + chunk)
+        elif kind == sftpread.FXP_CLOSE:
+            self.reply(sftpread.FXP_STATUS, rid_b + U32.pack(0) +
+                       U32.pack(0) + U32.pack(0))
+
+    def recv(self, n):
+        fault = self.server.fault()
+        if fault == 'cut':
+            self.closed = True
+            if self.server.cut_with is not None:
+                raise self.server.cut_with
+            return b''
+        if fault == 'stall':
+            raise socket.timeout()
+        if self.closed:
+            return b''
+        if not self.out:
+            raise socket.timeout()
+        k = min(n, len(self.out), self.server.rng.choice(
+            (1, 3, 7, 100, 4096, 70000, 1 << 20)))
+        data = bytes(self.out[:k])
+        del self.out[:k]
+        self.server.sent += k
+        # Replies handed out: their requests are answered.
+        self.pending = 0
+        return data
+
+
+class FakeConnection(object):
+    """What Connection gives a pipeline: sessions, a generation that
+    changes at every reconnection, the byte count; ``retrying`` as
+    Connection does it (without waiting)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.generation = 1
+        self.bytes = 0
+        self.drops = 0
+        self.live = None
+
+    def connect(self, session, gen):
+        if session is not None and not session.closed and \
+                gen == self.generation and session is self.live:
+            return session, gen
+        self.live = sftpread.Session(FakeChannel(self.server))
+        return self.live, self.generation
+
+    def count(self, n):
+        self.bytes += n
+
+    def retrying(self, step, attempts=100):
+        for _ in range(attempts):
+            try:
+                return step()
+            except sftpread.Lost:
+                self.drops += 1
+                if self.live is not None:
+                    self.live.close()
+                self.live = None
+                self.generation += 1
+        raise AssertionError('no progress after %d reconnections'
+                             % attempts)
+
+
+def make(files, request=64 << 10, max_requests=8, **kwargs):
+    server = FakeServer(files, **kwargs)
+    conn = FakeConnection(server)
+    pipe = sftpread.Pipeline(conn.connect, conn.count, 'fake',
+                             request_size=request,
+                             max_requests=max_requests)
+    return server, conn, pipe
+
+
+def read(conn, pipe, key, off, n):
+    parts = []
+    conn.retrying(lambda: pipe.read(key, off, off + n, parts))
+    return b''.join(parts)
+
+
+DATA = random.Random(1).randbytes(3 << 20)
+
+
+def test_reads_equal_the_file_with_and_without_a_plan():
+    server, conn, pipe = make({'/a': DATA, '/b': DATA[::-1]},
+                              request=40000)
+    assert conn.retrying(lambda: pipe.open('a', '/a')) == len(DATA)
+    assert conn.retrying(lambda: pipe.open('b', '/b')) == len(DATA)
+    rng = random.Random(2)
+    for _ in range(30):
+        off = rng.randrange(len(DATA))
+        n = rng.randrange(1, 600000)
+        assert read(conn, pipe, 'a', off, min(n, len(DATA) - off)) == \
+            DATA[off:off + n]
+    # A plan across two files, read in its order: every byte once.
+    before = conn.bytes
+    ranges = [(0, 300000), (512, 100), (1 << 20, 1 << 20)]
+    wanted = 0
+    for off, n in ranges:
+        pipe.plan('a', [(off + 7, n)])
+        pipe.plan('b', [(off, n)])
+        wanted += 2 * n
+    for off, n in ranges:
+        assert read(conn, pipe, 'a', off + 7, n) == DATA[off + 7:off + 7 + n]
+        assert read(conn, pipe, 'b', off, n) == DATA[::-1][off:off + n]
+    assert conn.bytes - before == wanted
+    assert server.max_inflight <= 2 * 8 + 1
+
+
+def test_short_replies_are_completed_and_the_request_shrinks():
+    server, conn, pipe = make({'/a': DATA}, request=252 << 10,
+                              max_read=64 << 10)
+    conn.retrying(lambda: pipe.open('a', '/a'))
+    pipe.plan('a', [(0, len(DATA))])
+    assert read(conn, pipe, 'a', 0, len(DATA)) == DATA
+    assert pipe.request_size == 64 << 10
+    assert conn.bytes == len(DATA)
+
+
+@pytest.mark.parametrize('error', [None, EOFError(), OSError('reset'),
+                                   paramiko.SSHException('dropped'),
+                                   socket.timeout()])
+def test_cut_anywhere_loses_nothing(error):
+    # Cuts at many places: in a reply's length, its header, its data,
+    # between replies, during OPEN and FSTAT after a reconnection.
+    rng = random.Random(3)
+    window = 8 * (64 << 10) * 2
+    for trial in range(25):
+        server, conn, pipe = make({'/a': DATA, '/b': DATA[:100000]},
+                                  seed=trial)
+        conn.retrying(lambda: pipe.open('a', '/a'))
+        conn.retrying(lambda: pipe.open('b', '/b'))
+        server.cut_with = error
+        server.cut_at = rng.randrange(1, 2 << 20)
+        pipe.plan('a', [(0, 1 << 20), (2 << 20, 512 << 10)])
+        pipe.plan('b', [(0, 100000)])
+        wanted = 0
+        for key, off, n, src in (('a', 0, 1 << 20, DATA),
+                                 ('a', 2 << 20, 512 << 10, DATA),
+                                 ('b', 0, 100000, DATA[:100000]),
+                                 ('a', 5, 70000, DATA)):
+            if trial % 3 == 0:
+                server.cut_at = server.sent + rng.randrange(1, 300000)
+            assert read(conn, pipe, key, off, n) == src[off:off + n]
+            wanted += n
+        assert conn.drops >= 1
+        # Whole replies are counted; one lost in a cut is asked again.
+        assert wanted <= conn.bytes <= wanted + (conn.drops + 1) * window
+
+
+def test_stalled_host_is_taken_for_lost():
+    server, conn, pipe = make({'/a': DATA})
+    conn.retrying(lambda: pipe.open('a', '/a'))
+    server.stall_at = server.sent + 1000
+    assert read(conn, pipe, 'a', 0, 1 << 20) == DATA[:1 << 20]
+    assert conn.drops == 1 and conn.generation == 2
+
+
+def test_plan_skipped_costs_at_most_the_window():
+    server, conn, pipe = make({'/a': DATA}, request=32 << 10,
+                              max_requests=4)
+    conn.retrying(lambda: pipe.open('a', '/a'))
+    pipe.plan('a', [(0, 1 << 20), (2 << 20, 1 << 20)])
+    # The reader jumps into the second range, then reads out of plan.
+    assert read(conn, pipe, 'a', 2 << 20, 4096) == DATA[2 << 20:(2 << 20)
+                                                        + 4096]
+    assert read(conn, pipe, 'a', 100, 10) == DATA[100:110]
+    assert read(conn, pipe, 'a', (2 << 20) + 4096, 100000) == \
+        DATA[(2 << 20) + 4096:(2 << 20) + 104096]
+    wanted = 4096 + 10 + 100000
+    assert wanted <= conn.bytes <= wanted + 2 * 4 * (32 << 10) + (32 << 10)
+    # Memory: what is held stays within the bounds.
+    held = sum(len(c.data or b'') for c in pipe._files['a'].chunks.values())
+    assert held <= 4 * (32 << 10)
+
+
+def test_remote_errors_are_one_line_and_not_retried():
+    server, conn, pipe = make({'/a': DATA})
+    with pytest.raises(exception.SshError, match='/nope: No such file'):
+        conn.retrying(lambda: pipe.open('x', '/nope'))
+    conn.retrying(lambda: pipe.open('a', '/a'))
+    # The file shrinks behind the reader: EOF before its size.
+    server.files['/a'] = DATA[:1000]
+    with pytest.raises(exception.SshError, match='ends before'):
+        read(conn, pipe, 'a', 5000, 10)
+    # After a reconnection its size is checked again.
+    server.cut_at = server.sent
+    with pytest.raises(exception.SshError, match='size changed'):
+        read(conn, pipe, 'a', 0, 10)
+    assert conn.drops == 1
+
+
+def test_malformed_replies_are_a_lost_connection():
+    class Garbage(FakeChannel):
+        def recv(self, n):
+            return U32.pack(sftpread.MAX_REPLY + 1) + b'x'
+    with pytest.raises(sftpread.Lost, match='malformed'):
+        sftpread.Session(Garbage(FakeServer({})))
+
+    class NoVersion(FakeChannel):
+        def recv(self, n):
+            return U32.pack(5) + bytes((sftpread.FXP_HANDLE,)) + b'abcd'
+    with pytest.raises(sftpread.Lost, match='version'):
+        sftpread.Session(NoVersion(FakeServer({})))
+
+
+def test_close_forgets_the_file():
+    server, conn, pipe = make({'/a': DATA})
+    conn.retrying(lambda: pipe.open('a', '/a'))
+    pipe.plan('a', [(0, 1 << 20)])
+    read(conn, pipe, 'a', 0, 10)
+    pipe.close('a')
+    assert not pipe._plan and 'a' not in pipe._files
+    pipe.shutdown()
+    assert conn.live.closed
+
+
+def test_connection_errors_count_as_drops():
+    c = conn_mod.Connection.__new__(conn_mod.Connection)
+    c._transport = None
+    for error in (EOFError(), ConnectionResetError(), socket.timeout(),
+                  sftpread.Lost('x')):
+        assert c._is_drop(error)
+    assert not c._is_drop(exception.SshError(host='h', reason='r'))
+    assert not c._is_drop(paramiko.AuthenticationException())
