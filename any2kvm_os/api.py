@@ -201,10 +201,7 @@ def import_vm(location, target, name, limits, source_name=None,
     Returns (VM facts, results)."""
     from any2kvm_os.targets import base as targets
     cls = targets.get_class(target)
-    if getattr(args, 'fix', False) and cls.takes_properties:
-        raise exception.Any2KvmError(
-            '--fix applies to convert and import --target file (a cloud '
-            'target gets no fixed copy yet)')
+    _check_fix(args, cls)
     vm = open_location(location, limits, source_name, session=session,
                        args=args)
     try:
@@ -230,7 +227,9 @@ def import_vm(location, target, name, limits, source_name=None,
                         paths, limits, fix=fix, source_vm=vm.facts),
                     fix=fix)
         if inspection and results:
-            results[0].update(inspection)
+            # A cloud target's own "properties" (what was set) stay.
+            for key, value in inspection.items():
+                results[0].setdefault(key, value)
         return vm.facts, results
     finally:
         vm.close()
@@ -271,6 +270,7 @@ def run_import(args, limits, cloud, progress_stream=None):
     props = dict(args.properties or {})
     # The options are checked before any cloud is asked for.
     options = target_options(args, limits)
+    _check_fix(args, targets.get_class(args.target))
     session = None
     if targets.get_class(args.target).needs_cloud:
         session, region, interface = cloud()
@@ -308,6 +308,13 @@ def import_summary(target, results):
 
 
 # -- guest inspection (any2kvm_os.guest) --------------------------------------
+
+def _check_fix(args, cls):
+    if getattr(args, 'fix', False) and cls.takes_properties:
+        raise exception.Any2KvmError(
+            '--fix applies to convert and import --target file (a cloud '
+            'target gets no fixed copy yet)')
+
 
 def _guest_settings(limits):
     from any2kvm_os.guest import inspect as guest_inspect

@@ -106,14 +106,15 @@ def command(settings, disks, fmt='raw', fix=False):
             cmd += ['--backend-setting', setting.strip()]
     if fmt:
         cmd += ['--format', fmt]
-    cmd += ['inspect'] + (['--fix'] if fix else []) + list(disks)
+    cmd += ['inspect'] + (['--fix'] if fix else [])
+    cmd += [str(d) for d in disks]
     return cmd
 
 
 def run_probe(settings, disks, fmt='raw', fix=False, name=None):
     """The probe's JSON output for ``disks``; InspectionError on any
     failure (one line)."""
-    name = name or disks[0]
+    name = str(name or disks[0])
     if not shutil.which(settings.python) and not os.path.exists(
             settings.python):
         raise exception.InspectionError(
@@ -196,7 +197,8 @@ def inspect_files(paths, settings=None, fix=False, scratch_dir=None):
             overlays.append(overlay)
         result = run_probe(settings, overlays, fmt='qcow2', fix=True,
                            name=paths[0])
-        if any(f.get('files') for f in result.get('fixed') or ()):
+        if any(f.get('files') or f.get('registry')
+               for f in result.get('fixed') or ()):
             for overlay in overlays:
                 _qemu_img('commit', '-q', overlay)
         return result
@@ -273,7 +275,8 @@ def summary(result, source_vm=None):
     """{'guest': the report, 'properties', 'reasons', 'warnings'} of the
     probe's ``result``."""
     guest = choose(result)
-    fixed = [f for f in result.get('fixed') or () if f['files']]
+    fixed = [f for f in result.get('fixed') or ()
+             if f.get('files') or f.get('registry')]
     if guest is not None:
         _apply_fixes(guest, fixed)
     props, reasons = properties.guest_properties(guest, source_vm)
@@ -357,6 +360,8 @@ def text_lines(inspection):
             lines.append('tools:        %s' % ', '.join(
                 sorted(v for vs in guest['tools'].values() for v in vs)))
     for fix in inspection.get('fixed') or ():
+        for change in fix.get('registry') or ():
+            lines.append('fixed:        SYSTEM hive: %s' % change)
         for f in fix['files']:
             lines.append('fixed:        %s: %s' % (f['path'], ', '.join(
                 '%s -> %s' % (c['from'], c['to'] or '(dropped)')

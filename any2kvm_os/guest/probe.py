@@ -383,42 +383,109 @@ def linux_facts(g, root):
 # -- Windows ------------------------------------------------------------------
 
 class Hive(object):
-    """A registry hive through the guestfs hivex calls."""
+    """A registry hive: the calls of the guestfs handle (``hivex_*``, in
+    the appliance) or of the hivex binding (a hive file here)."""
 
     def __init__(self, g, path, write=False):
         self.g = g
         g.hivex_open(path, write=write)
 
+    def _root(self):
+        return self.g.hivex_root()
+
+    def _child(self, node, name):
+        return self.g.hivex_node_get_child(node, name)
+
+    def _children(self, node):
+        return [c['hivex_node_h'] for c in self.g.hivex_node_children(node)]
+
+    def _name(self, node):
+        return self.g.hivex_node_name(node)
+
+    def _values(self, node):
+        return [v['hivex_value_h'] for v in self.g.hivex_node_values(node)]
+
+    def _value(self, h):
+        return (self.g.hivex_value_key(h), self.g.hivex_value_type(h),
+                self.g.hivex_value_value(h))
+
+    def delete(self, node):
+        self.g.hivex_node_delete_child(node)
+
+    def set_value(self, node, key, kind, raw):
+        self.g.hivex_node_set_value(node, key, kind, raw)
+
+    def commit(self):
+        self.g.hivex_commit(None)
+
     def close(self):
         self.g.hivex_close()
 
+    # -- the same for both --------------------------------------------------
+
     def child(self, node, path):
         for part in [p for p in path.split('\\') if p]:
-            node = self.g.hivex_node_get_child(node, part)
+            node = self._child(node, part)
             if not node:
                 return None
         return node
 
     def node(self, path):
-        return self.child(self.g.hivex_root(), path)
+        return self.child(self._root(), path)
 
     def children(self, node):
-        return [(self.g.hivex_node_name(c['hivex_node_h']),
-                 c['hivex_node_h'])
-                for c in self.g.hivex_node_children(node)]
+        return [(self._name(c), c) for c in self._children(node)]
 
     def values(self, node):
+        """{lower-case name: (type, raw bytes, name)}."""
         out = {}
-        for v in self.g.hivex_node_values(node):
-            h = v['hivex_value_h']
-            key = self.g.hivex_value_key(h)
-            out[key.lower()] = (self.g.hivex_value_type(h),
-                                self.g.hivex_value_value(h))
+        for h in self._values(node):
+            key, kind, raw = self._value(h)
+            out[key.lower()] = (kind, raw, key)
         return out
 
 
+class HivexHive(Hive):
+    """A hive file read with the hivex binding (``probe.py hive``)."""
+
+    def __init__(self, path, write=False):
+        import hivex
+        self.h = hivex.Hivex(path, write=write)
+
+    def _root(self):
+        return self.h.root()
+
+    def _child(self, node, name):
+        return self.h.node_get_child(node, name)
+
+    def _children(self, node):
+        return self.h.node_children(node)
+
+    def _name(self, node):
+        return self.h.node_name(node)
+
+    def _values(self, node):
+        return self.h.node_values(node)
+
+    def _value(self, h):
+        kind, raw = self.h.value_value(h)
+        return self.h.value_key(h), kind, raw
+
+    def delete(self, node):
+        self.h.node_delete_child(node)
+
+    def set_value(self, node, key, kind, raw):
+        self.h.node_set_value(node, {'key': key, 't': kind, 'value': raw})
+
+    def commit(self):
+        self.h.commit(None)
+
+    def close(self):
+        self.h = None
+
+
 def reg_value(kind_value):
-    kind, raw = kind_value
+    kind, raw = kind_value[0], kind_value[1]
     if kind == 4 and len(raw) >= 4:                       # REG_DWORD
         return int.from_bytes(raw[:4], 'little')
     if kind in (1, 2):                                    # REG_SZ/EXPAND
@@ -427,6 +494,10 @@ def reg_value(kind_value):
         return [s for s in raw.decode('utf-16-le', 'replace').split('\x00')
                 if s]
     return raw.hex()
+
+
+def multi_sz(names):
+    return (''.join(n + '\x00' for n in names) + '\x00').encode('utf-16-le')
 
 
 def control_sets(hive):
@@ -497,6 +568,68 @@ def windows_ide(hive, cset):
                   name.lower() or 'ven_8086&dev_7111' in name.lower())
 
 
+def system_facts(hive):
+    """What the SYSTEM hive tells, per ControlSet in use."""
+    current, used = control_sets(hive)
+    facts = {'current_control_set': current, 'control_sets': {}}
+    for cset in used:
+        facts['control_sets'][cset] = {
+            'services': windows_services(hive, cset),
+            'filters': windows_filters(hive, cset),
+            'ide_entries': windows_ide(hive, cset)}
+    return facts
+
+
+#: The storage service that must start at boot, per chosen bus.
+BOOT_SERVICES = {'scsi': ('vioscsi',), 'virtio': ('viostor',),
+                 'sata': ('storahci', 'msahci'),
+                 'ide': ('intelide', 'pciide', 'atapi')}
+
+
+def fix_system_hive(hive, bus=None):
+    """Remove the Citrix XenServer PV drivers' services and the filter
+    entries naming them, and make the storage driver of ``bus`` start at
+    boot, in every ControlSet in use.  Returns what changed."""
+    changes = []
+    citrix = set(WINDOWS_SERVICES['citrix'])
+    _current, used = control_sets(hive)
+    for cset in used:
+        services = hive.node(cset + '\\Services')
+        for name, h in hive.children(services) if services else ():
+            if name.lower() in citrix:
+                hive.delete(h)
+                changes.append('%s\\Services\\%s: deleted' % (cset, name))
+        klass = hive.node(cset + '\\Control\\Class')
+        for guid, h in hive.children(klass) if klass else ():
+            vals = hive.values(h)
+            for key in ('upperfilters', 'lowerfilters'):
+                if key not in vals:
+                    continue
+                names = reg_value(vals[key])
+                if not isinstance(names, list):
+                    continue
+                keep = [n for n in names if n.lower() not in citrix]
+                if keep != names:
+                    hive.set_value(h, vals[key][2], 7, multi_sz(keep))
+                    changes.append('%s\\Control\\Class\\%s\\%s: %s -> %s'
+                                   % (cset, guid, vals[key][2],
+                                      ','.join(names), ','.join(keep)))
+        for name in BOOT_SERVICES.get(bus, ()):
+            h = hive.child(services, name) if services else None
+            if not h:
+                continue
+            vals = hive.values(h)
+            if 'start' in vals and reg_value(vals['start']) != 0:
+                hive.set_value(h, vals['start'][2], 4,
+                               (0).to_bytes(4, 'little'))
+                changes.append('%s\\Services\\%s\\Start: %d -> 0' % (
+                    cset, name, reg_value(vals['start'])))
+            break
+    if changes:
+        hive.commit()
+    return changes
+
+
 def windows_facts(g, root):
     sysroot = g.inspect_get_windows_systemroot(root)
     facts = {'systemroot': sysroot, 'control_sets': {}, 'driver_store': [],
@@ -506,15 +639,10 @@ def windows_facts(g, root):
     except RuntimeError as e:
         facts['error'] = 'no SYSTEM hive: %s' % e
         return facts
+    facts['system_hive'] = system
     hive = Hive(g, system)
     try:
-        current, used = control_sets(hive)
-        facts['current_control_set'] = current
-        for cset in used:
-            facts['control_sets'][cset] = {
-                'services': windows_services(hive, cset),
-                'filters': windows_filters(hive, cset),
-                'ide_entries': windows_ide(hive, cset)}
+        facts.update(system_facts(hive))
     finally:
         hive.close()
     try:
@@ -702,6 +830,16 @@ def fix_bus(guest):
     UUID: ``virtio`` (vdX) when the guest can boot from virtio_blk but not
     virtio_scsi, else ``scsi`` (sdX): the outcome of the bus table of
     :func:`any2kvm_os.properties.disk_bus`."""
+    if guest.get('type') == 'windows':
+        win = guest.get('windows') or {}
+        cset = (win.get('control_sets') or {}).get(
+            win.get('current_control_set')) or {}
+        services = cset.get('services') or {}
+        for name, bus in (('vioscsi', 'scsi'), ('viostor', 'virtio')):
+            if (services.get(name) or {}).get('start') == 0:
+                return bus
+        return 'sata' if 'storahci' in services or 'msahci' in services \
+            else 'ide'
     kernels = (guest.get('linux') or {}).get('kernels') or []
     if not kernels:
         return 'scsi'
@@ -711,6 +849,35 @@ def fix_bus(guest):
             mods.get('virtio_blk') in boot:
         return 'virtio'
     return 'scsi'
+
+
+def hive_main(args):
+    try:
+        hive = HivexHive(args.path, write=bool(args.fix_bus))
+    except ImportError as e:
+        print(json.dumps({'error': 'no hivex Python binding for %s: %s'
+                          % (sys.executable, e), 'missing': 'hivex'}))
+        return 3
+    except (OSError, RuntimeError) as e:
+        print(json.dumps({'error': '%s: %s' % (args.path, e)}))
+        return 2
+    result = system_facts(hive)
+    if args.fix_bus:
+        result['fixed'] = fix_system_hive(hive, args.fix_bus)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def fix_windows(g, guest, bus):
+    """The SYSTEM hive fixes in the appliance."""
+    path = (guest.get('windows') or {}).get('system_hive')
+    if not path:
+        return []
+    hive = Hive(g, path, write=True)
+    try:
+        return fix_system_hive(hive, bus)
+    finally:
+        hive.close()
 
 
 def main(argv=None):
@@ -723,7 +890,13 @@ def main(argv=None):
     p.add_argument('--fix', action='store_true',
                    help='open the disks read-write and fix Linux guests')
     p.add_argument('disks', nargs='+')
+    p = sub.add_parser('hive', help='read (and with --fix-bus, fix) a '
+                       'SYSTEM hive file with the hivex binding')
+    p.add_argument('--fix-bus')
+    p.add_argument('path')
     args = parser.parse_args(argv)
+    if args.action == 'hive':
+        return hive_main(args)
     try:
         import guestfs  # noqa: F401
     except ImportError as e:
@@ -744,6 +917,12 @@ def main(argv=None):
             fail_after = os.environ.get('ANY2KVM_FIX_FAIL_AFTER')
             result['fixed'] = []
             for guest in result['guests']:
+                if guest.get('type') == 'windows':
+                    bus = fix_bus(guest)
+                    result['fixed'].append({
+                        'root': guest['root'], 'disk': guest['disk'],
+                        'bus': bus, 'files': [], 'registry': fix_windows(
+                            g, guest, bus)})
                 if guest.get('type') != 'linux':
                     continue
                 bus = fix_bus(guest)

@@ -344,7 +344,10 @@ def boot(path, bus, timeout=240, log=None, fmt='raw'):
     """Boot the disk at ``path`` under QEMU TCG on ``bus``; the console's
     ANY2KVM-BOOT line (None if none came within ``timeout`` s).  The disk
     is never written (``snapshot=on``)."""
-    log = Path(log or tempfile.mktemp(prefix='guestboot-', suffix='.log'))
+    if log is None:
+        with tempfile.TemporaryDirectory(prefix='guestboot-') as tmp:
+            return boot(path, bus, timeout, Path(tmp) / 'console.log', fmt)
+    log = Path(log)
     cmd = ['qemu-system-x86_64', '-machine', 'pc', '-accel', 'tcg',
            '-m', '512', '-smp', '1', '-nographic', '-monitor', 'none',
            '-serial', 'file:%s' % log, '-no-reboot', '-net', 'none',

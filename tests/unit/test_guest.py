@@ -433,3 +433,101 @@ def test_probe_is_standalone():
         line for line in text.splitlines(True)
         if line.startswith(('import ', 'from ')))
     assert os.path.basename(gi.PROBE) == 'probe.py'
+
+
+def test_fix_bus_of_windows():
+    g = windows()['guests'][0]
+    assert probe.fix_bus(g) == 'sata'
+    services = g['windows']['control_sets']['ControlSet001']['services']
+    services['viostor'] = {'group': 'virtio', 'start': 0}
+    assert probe.fix_bus(g) == 'virtio'
+
+
+def test_registry_fixes_are_reported():
+    result = windows()
+    result['fixed'] = [{'root': '/dev/sda1', 'disk': 0, 'bus': 'sata',
+                        'files': [], 'registry': [
+                            'ControlSet001\\Services\\xenbus: deleted']}]
+    s = gi.summary(result)
+    assert s['fixed'][0]['registry']
+    assert 'fixed:        SYSTEM hive: ControlSet001\\Services\\xenbus: ' \
+        'deleted' in gi.text_lines(s)
+
+
+# -- the library: import_vm hands the guest's properties to the target ----
+
+class _Disk(object):
+    chain = object()
+    name = 'd0'
+
+
+class _Vm(object):
+    path = 'vm.ova'
+
+    def __init__(self):
+        self.facts = {'name': 'vm'}
+        self.disks = [_Disk()]
+
+    def close(self):
+        pass
+
+
+def test_import_vm_inspects_before_a_cloud_target_writes(monkeypatch):
+    from any2kvm_os import api
+    from any2kvm_os.targets import base as targets
+    seen = {}
+
+    class Target(targets.Target):
+        takes_properties = True
+
+        def __init__(self, **kw):
+            pass
+
+        def write(self, vm, name, props, disk=None, progress=None):
+            seen['facts'] = dict(vm.facts)
+            return [{'disk': 0, 'name': name, 'id': 'x',
+                     'properties': properties.image_properties(
+                         vm.facts, 1 << 30, overrides=props)}]
+    summary = gi.summary(recorded())
+    monkeypatch.setattr(targets, 'get_class', lambda name: Target)
+    monkeypatch.setattr(api, 'open_location', lambda *a, **k: _Vm())
+    monkeypatch.setattr(api, 'inspect_vm', lambda vm, limits, disk: summary)
+    monkeypatch.delenv(gi.ENV, raising=False)
+    _facts, results = api.import_vm('vm.ova', 'glance', 'vm', None,
+                                    props={'hw_vif_model': 'e1000'})
+    assert seen['facts']['guest_properties']['hw_disk_bus'] == 'scsi'
+    # The image's properties: the guest's, then --property.
+    assert results[0]['properties']['hw_vif_model'] == 'e1000'
+    assert results[0]['properties']['hw_qemu_guest_agent'] == 'yes'
+    assert results[0]['guest']['hostname'] == 'guest-virtio'
+    assert results[0]['reasons']['hw_disk_bus']
+
+
+def test_import_vm_warns_and_goes_on_when_inspection_fails(monkeypatch,
+                                                           caplog):
+    from any2kvm_os import api
+    from any2kvm_os.targets import base as targets
+
+    class Target(targets.Target):
+        def __init__(self, **kw):
+            pass
+
+        def write(self, vm, name, props, disk=None, progress=None):
+            return [{'disk': 0, 'name': name, 'properties':
+                     properties.image_properties(vm.facts, 1 << 30)}]
+
+    def fail(vm, limits, disk):
+        raise exception.InspectionError(path='vm.ova', reason='no binding')
+    monkeypatch.setattr(targets, 'get_class', lambda name: Target)
+    monkeypatch.setattr(api, 'open_location', lambda *a, **k: _Vm())
+    monkeypatch.setattr(api, 'inspect_vm', fail)
+    monkeypatch.delenv(gi.ENV, raising=False)
+    _facts, results = api.import_vm('vm.ova', 'glance', 'vm', None)
+    assert results[0]['properties']['hw_disk_bus'] == 'scsi'
+    assert 'vm.ova: guest inspection: no binding' in caplog.text
+
+    class Args(object):
+        inspect = True
+        fix = False
+    with pytest.raises(exception.InspectionError):
+        api.import_vm('vm.ova', 'glance', 'vm', None, args=Args())
