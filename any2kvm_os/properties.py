@@ -164,8 +164,16 @@ def disk_bus(guest):
     kernel = boot_kernel(guest)
     if kernel is None:
         return None, None, 'no kernel found'
-    mods = kernel.get('modules') or {}
+    mods = dict(kernel.get('modules') or {})
     where = ('kernel %s' % kernel.get('version'))
+    if kernel.get('initramfs_error'):
+        # An initramfs that could not be read: a module the kernel ships
+        # is taken to be in it (what initramfs-tools' MODULES=most does),
+        # and the reason says so.
+        where += ' (initramfs not read: %s; its modules assumed in it)' % (
+            kernel['initramfs_error'])
+        mods = {k: ('initramfs' if v == 'module' else v)
+                for k, v in mods.items()}
     pci = mods.get('virtio_pci') in BOOTABLE
     if pci and mods.get('virtio_scsi') in BOOTABLE:
         return 'scsi', 'virtio-scsi', '%s: virtio_scsi is %s' % (

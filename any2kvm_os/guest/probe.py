@@ -249,6 +249,20 @@ def _module_name(path):
         else None
 
 
+def unzstd(data):
+    """zstd is not in the standard library: the zstd program (Debian's
+    initramfs-tools compresses with it by default)."""
+    import shutil
+    import subprocess
+    if not shutil.which('zstd'):
+        raise ValueError('zstd-compressed initramfs and no zstd program')
+    r = subprocess.run(['zstd', '-dcq'], input=data, capture_output=True,
+                       timeout=300)
+    if r.returncode != 0:
+        raise ValueError('zstd: %s' % r.stderr.decode('utf-8', 'replace'))
+    return r.stdout
+
+
 def cpio_names(data):
     """The member names of a (possibly concatenated, gzip/xz compressed)
     newc cpio archive; ValueError for what cannot be read here (zstd)."""
@@ -265,6 +279,8 @@ def cpio_names(data):
             return names + cpio_names(rest)
         if head.startswith(b'\xfd7zXZ') or head.startswith(b']\x00\x00'):
             return names + cpio_names(lzma.decompress(data[pos:]))
+        if head.startswith(b'\x28\xb5\x2f\xfd'):
+            return names + cpio_names(unzstd(data[pos:]))
         if head not in (b'070701', b'070702'):
             raise ValueError('initramfs compression not readable here '
                              '(%r)' % head[:4])

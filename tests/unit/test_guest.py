@@ -531,3 +531,24 @@ def test_import_vm_warns_and_goes_on_when_inspection_fails(monkeypatch,
         fix = False
     with pytest.raises(exception.InspectionError):
         api.import_vm('vm.ova', 'glance', 'vm', None, args=Args())
+
+
+def test_zstd_initramfs(tmp_path):
+    import shutil
+    import subprocess
+    if not shutil.which('zstd'):
+        pytest.skip('no zstd program')
+    raw = _cpio(['lib/modules/6.1/kernel/drivers/block/virtio_blk.ko'])
+    packed = subprocess.run(['zstd', '-q', '-c'], input=raw,
+                            capture_output=True, check=True,
+                            timeout=60).stdout
+    assert probe.cpio_names(packed) == [
+        'lib/modules/6.1/kernel/drivers/block/virtio_blk.ko']
+
+
+def test_an_unread_initramfs_assumes_the_modules_on_disk():
+    g = guest('guest-novirtio')
+    g['linux']['kernels'][0]['initramfs_error'] = 'zstd: not found'
+    props, reasons = properties.guest_properties(g)
+    assert props['hw_disk_bus'] == 'scsi'
+    assert 'initramfs not read: zstd: not found' in reasons['hw_disk_bus']
