@@ -49,11 +49,13 @@ def load_limits(config_files=()):
 def conversion_options():
     """The ``[any2kvm]`` options of a conversion: limits, scratch space,
     SSH connections, the sources' own, the migration state database."""
+    from any2kvm_os.guest import inspect as guest_inspect
     from any2kvm_os.migration.state import options as state_options
     from any2kvm_os.sources.xenserver import options as xenserver
     from any2kvm_os.containers.ova import signature
     return (limits_mod.OPTIONS + scratch.OPTIONS + ssh_options.OPTIONS +
-            xenserver.OPTIONS + state_options.OPTIONS + signature.OPTIONS)
+            xenserver.OPTIONS + state_options.OPTIONS + signature.OPTIONS +
+            guest_inspect.OPTIONS)
 
 
 def register_opts(conf):
@@ -113,11 +115,16 @@ def describe(vm, location=None):
 
 
 def inspect_location(location, limits, source_name=None, session=None,
-                     args=None):
-    """:func:`describe` of ``location``."""
+                     args=None, guest=False):
+    """:func:`describe` of ``location``; with ``guest``, also what is
+    inside its disks (:func:`inspect_vm`): ``guest``, ``properties``,
+    ``reasons`` and ``warnings``."""
     vm = open_location(location, limits, source_name, session, args)
     try:
-        return describe(vm, location)
+        result = describe(vm, location)
+        if guest:
+            result.update(inspect_vm(vm, limits))
+        return result
     finally:
         vm.close()
 
@@ -201,12 +208,36 @@ def import_vm(location, target, name, limits, source_name=None,
     Returns (VM facts, results)."""
     from any2kvm_os.targets import base as targets
     cls = targets.get_class(target)
+    _check_fix(args, cls)
     vm = open_location(location, limits, source_name, session=session,
                        args=args)
     try:
         plugin = cls(session=session, **(target_options or {}))
-        return vm.facts, plugin.write(vm, name, props, disk=disk,
-                                      progress=progress)
+        flag = getattr(args, 'inspect', None) if args is not None else None
+        fix = bool(getattr(args, 'fix', False)) if args is not None \
+            else False
+        inspection = None
+        if cls.takes_properties and (target_options or {}).get(
+                'defaults', True):
+            # Inspected before the upload: the properties depend on it.
+            inspection = guarded_inspection(
+                flag, vm.path, lambda: inspect_vm(vm, limits, disk))
+            if inspection:
+                vm.facts['guest_properties'] = inspection['properties']
+        results = plugin.write(vm, name, props, disk=disk,
+                               progress=progress)
+        if not cls.takes_properties:
+            paths = [r['path'] for r in results if r.get('path')]
+            if paths:
+                inspection = guarded_inspection(
+                    flag, paths[0], lambda: inspect_paths(
+                        paths, limits, fix=fix, source_vm=vm.facts),
+                    fix=fix)
+        if inspection and results:
+            # A cloud target's own "properties" (what was set) stay.
+            for key, value in inspection.items():
+                results[0].setdefault(key, value)
+        return vm.facts, results
     finally:
         vm.close()
 
@@ -246,6 +277,7 @@ def run_import(args, limits, cloud, progress_stream=None):
     props = dict(args.properties or {})
     # The options are checked before any cloud is asked for.
     options = target_options(args, limits)
+    _check_fix(args, targets.get_class(args.target))
     session = None
     if targets.get_class(args.target).needs_cloud:
         session, region, interface = cloud()
@@ -293,3 +325,80 @@ def wire_summary(vm):
         progress_mod.human(wire['bytes_read']),
         progress_mod.human(wire['file_bytes']),
         progress_mod.human(wire['allocated_bytes']))
+# -- guest inspection (any2kvm_os.guest) --------------------------------------
+
+def _check_fix(args, cls):
+    if getattr(args, 'fix', False) and cls.takes_properties:
+        raise exception.Any2KvmError(
+            '--fix applies to convert and import --target file (a cloud '
+            'target gets no fixed copy yet)')
+
+
+def _guest_settings(limits):
+    from any2kvm_os.guest import inspect as guest_inspect
+    return guest_inspect.Settings.from_conf(getattr(limits, 'conf', None))
+
+
+def inspect_paths(paths, limits, fix=False, source_vm=None):
+    """What is inside the raw disks ``paths`` (one VM's, in order):
+    {'guest', 'properties', 'reasons', 'warnings', 'fixed'}.  With
+    ``fix``, the Linux fixes are made too (all or none)."""
+    from any2kvm_os.guest import inspect as guest_inspect
+    result = guest_inspect.inspect_files(
+        list(paths), _guest_settings(limits), fix=fix,
+        scratch_dir=limits.scratch_dir)
+    return guest_inspect.summary(result, source_vm)
+
+
+def inspect_vm(vm, limits, disk=None):
+    """:func:`inspect_paths` of the disks of ``vm`` (all, or only index
+    ``disk``), first copied as raw files into scratch space.  A disk read
+    in one pass cannot be read again for the upload: such a VM is not
+    inspected (InspectionError)."""
+    from any2kvm_os.targets import base as targets
+    from any2kvm_os.writers import raw
+    chosen = targets.selected(vm, disk)
+    if any(d.chain is None for _i, d in chosen):
+        raise exception.InspectionError(
+            path=vm.path, reason='its disks are read in one pass (a '
+            'compressed archive or a download): convert it first, then '
+            'import or inspect the raw files')
+    with scratch.Scratch.for_limits(limits,
+                                    prefix='any2kvm-inspect-') as space:
+        paths = []
+        for index, d in chosen:
+            path = space.path('disk%d.raw' % index)
+            writer = space.bound_writer(
+                raw.RawWriter.open(path),
+                '%s (copied for inspection)' % d.name)
+            try:
+                d.write_to(writer)
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            paths.append(path)
+        return inspect_paths(paths, limits, source_vm=vm.facts)
+
+
+def guarded_inspection(flag, name, run, fix=False):
+    """``run()`` when inspection is on (``flag``: ``--inspect`` True,
+    ``--no-inspect`` False, None: on unless ANY2KVM_INSPECT=0).  A failure
+    is an error when inspection or a fix was asked for, else a warning
+    (and None)."""
+    from any2kvm_os.guest import inspect as guest_inspect
+    on, explicit = guest_inspect.enabled(flag)
+    if fix and flag is False:
+        raise exception.Any2KvmError('--fix needs inspection: drop '
+                                     '--no-inspect')
+    if not on and not fix:
+        return None
+    try:
+        return run()
+    except exception.InspectionError as e:
+        if explicit or fix:
+            raise
+        logging.getLogger(__name__).warning(
+            '%s (the guest was not inspected; --no-inspect or %s=0 skips '
+            'inspection)', e, guest_inspect.ENV)
+        return None

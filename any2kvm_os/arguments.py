@@ -74,6 +74,7 @@ def add_import_arguments(parser, source_choices=None, target_choices=None,
     parser.add_argument('--wait', action='store_true',
                         help='wait until the image or volume is usable (a '
                              'Glance upload is always waited for)')
+    add_inspect_arguments(parser, fix=True)
     ssh_options.add_arguments(parser)
     from any2kvm_os.containers.ova import signature
     signature.add_arguments(parser)
@@ -83,3 +84,28 @@ def add_import_arguments(parser, source_choices=None, target_choices=None,
     for arg, _names in targets.all_arguments():
         group.add_argument(arg.flag, **arg.kwargs)
     return parser
+
+
+def add_inspect_arguments(parser, fix=False):
+    """``--inspect``/``--no-inspect`` (dest ``inspect``: True, False or
+    None, the default: on unless ANY2KVM_INSPECT=0) and, with ``fix``,
+    ``--fix``."""
+    group = parser.add_argument_group(
+        'guest inspection', 'Look inside the converted disks with '
+        'libguestfs (on by default; ANY2KVM_INSPECT=0 turns the default '
+        'off): the OS, its drivers and disk names decide the image '
+        'properties (hw_disk_bus, hw_vif_model, os_*).')
+    group.add_argument('--inspect', dest='inspect', action='store_true',
+                       default=None,
+                       help='inspect, and fail if inspection fails')
+    group.add_argument('--no-inspect', dest='inspect',
+                       action='store_false',
+                       help='do not look inside the disks')
+    if fix:
+        group.add_argument('--fix', action='store_true',
+                           help='fix what would stop a Linux guest booting '
+                                'on KVM, in the converted copy only: '
+                                'xvd/hd names in fstab, crypttab and the '
+                                'bootloader become UUID=, Xen consoles are '
+                                'dropped; all or nothing')
+    return group

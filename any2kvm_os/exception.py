@@ -108,3 +108,16 @@ class RemoteCommandError(SshError):
     """A command run on a host failed, timed out or said too much."""
 
     msg_fmt = "%(host)s: %(command)s: %(reason)s"
+
+
+class InspectionError(Any2KvmError):
+    """A converted disk cannot be looked inside (no libguestfs, the
+    appliance failed, a timeout)."""
+
+    msg_fmt = "%(path)s: guest inspection: %(reason)s"
+
+
+class GuestFixError(InspectionError):
+    """A fix of the guest failed; the disk was left as it was."""
+
+    msg_fmt = "%(path)s: guest fix: %(reason)s"

@@ -90,8 +90,179 @@ def image_properties(vm, virtual_size, defaults=True, overrides=None):
         model = VIF_MODELS.get((nics[0].get('model') or '') if nics else '')
         if model:
             props['hw_vif_model'] = model
+    guest = vm.get('guest_properties') if defaults else None
+    if guest:
+        # What inspection found inside the guest replaces the defaults
+        # and what the source's metadata said.
+        for key in DEFAULTS:
+            props.pop(key, None)
+        props.update(guest)
     props.update(overrides or {})
     # Glance takes min_disk and min_ram as image attributes (integers),
     # the rest as string properties.
     return {k: (v if k in ('min_disk', 'min_ram') else str(v))
             for k, v in props.items()}
+
+
+# -- what is inside the guest (any2kvm_os.guest) ------------------------------
+
+#: libguestfs's distro names -> Glance's os_distro values.
+GUESTFS_DISTROS = {
+    'archlinux': 'arch', 'oraclelinux': 'ol', 'redhat-based': 'rhel',
+    'rhel': 'rhel', 'centos': 'centos', 'rocky': 'rocky', 'alma': 'almalinux',
+    'almalinux': 'almalinux', 'debian': 'debian', 'ubuntu': 'ubuntu',
+    'fedora': 'fedora', 'sles': 'sles', 'opensuse': 'opensuse',
+    'gentoo': 'gentoo', 'freebsd': 'freebsd', 'netbsd': 'netbsd',
+    'openbsd': 'openbsd', 'windows': 'windows', 'alpine': 'alpine',
+}
+
+#: Where a Linux module can be for the guest to boot from a disk behind it.
+BOOTABLE = ('builtin', 'initramfs')
+
+
+def boot_kernel(guest):
+    """The kernel facts a Linux guest boots with: the newest version."""
+    kernels = (guest.get('linux') or {}).get('kernels') or []
+    if not kernels:
+        return None
+
+    def key(k):
+        return [int(p) if p.isdigit() else 0 for p in re.split(
+            r'[.-]', k.get('version') or '')]
+    return sorted(kernels, key=key)[-1]
+
+
+def _windows_services(guest):
+    """{service: Start} of the Windows guest's current ControlSet."""
+    win = guest.get('windows') or {}
+    sets = win.get('control_sets') or {}
+    current = sets.get(win.get('current_control_set')) or (
+        list(sets.values())[0] if sets else {})
+    return {name: svc.get('start') for name, svc in
+            (current.get('services') or {}).items()}
+
+
+def disk_bus(guest):
+    """(hw_disk_bus, hw_scsi_model or None, reason) for ``guest``: the
+    bus its boot disk can be found on."""
+    if guest.get('type') == 'windows':
+        services = _windows_services(guest)
+        for name, bus, model in (('vioscsi', 'scsi', 'virtio-scsi'),
+                                 ('viostor', 'virtio', None)):
+            if services.get(name) == 0:
+                return bus, model, ('the %s service starts at boot' % name)
+        store = ' '.join((guest.get('windows') or {}).get(
+            'driver_store') or ())
+        note = '; %s is in the driver store only' % store if store else ''
+        for name in ('storahci', 'msahci'):
+            if name in services:
+                return 'sata', None, ('no virtio storage service starting '
+                                      'at boot%s; %s (AHCI) is installed'
+                                      % (note, name))
+        return 'ide', None, ('no virtio storage service starting at boot%s;'
+                             ' IDE is built into Windows' % note)
+    kernel = boot_kernel(guest)
+    if kernel is None:
+        return None, None, 'no kernel found'
+    mods = dict(kernel.get('modules') or {})
+    where = ('kernel %s' % kernel.get('version'))
+    if kernel.get('initramfs_error'):
+        # An initramfs that could not be read: a module the kernel ships
+        # is taken to be in it (what initramfs-tools' MODULES=most does),
+        # and the reason says so.
+        where += ' (initramfs not read: %s; its modules assumed in it)' % (
+            kernel['initramfs_error'])
+        mods = {k: ('initramfs' if v == 'module' else v)
+                for k, v in mods.items()}
+    pci = mods.get('virtio_pci') in BOOTABLE
+    if pci and mods.get('virtio_scsi') in BOOTABLE:
+        return 'scsi', 'virtio-scsi', '%s: virtio_scsi is %s' % (
+            where, _where(mods['virtio_scsi']))
+    if pci and mods.get('virtio_blk') in BOOTABLE:
+        return 'virtio', None, '%s: virtio_blk is %s, virtio_scsi is %s' % (
+            where, _where(mods['virtio_blk']),
+            _where(mods.get('virtio_scsi')))
+    why = '%s: no virtio_scsi or virtio_blk at boot (virtio_scsi %s)' % (
+        where, _where(mods.get('virtio_scsi')))
+    if mods.get('ahci') in BOOTABLE:
+        return 'sata', None, why + '; ahci is %s' % _where(mods['ahci'])
+    return 'ide', None, why + '; ata_piix is %s' % _where(
+        mods.get('ata_piix'))
+
+
+def _where(state):
+    return {'builtin': 'built into the kernel',
+            'initramfs': 'in the initramfs',
+            'module': 'a module outside the initramfs',
+            None: 'absent'}.get(state, state)
+
+
+def vif_model(guest, source_model=None):
+    """(hw_vif_model, reason)."""
+    if guest.get('type') == 'windows':
+        if 'netkvm' in _windows_services(guest):
+            return 'virtio', 'the netkvm service is installed'
+        return 'e1000', 'no netkvm (virtio-net) service'
+    kernel = boot_kernel(guest) or {}
+    mods = kernel.get('modules') or {}
+    if mods.get('virtio_net'):
+        return 'virtio', 'virtio_net is %s' % _where(mods['virtio_net'])
+    if source_model and mods.get(source_model):
+        return source_model, 'no virtio_net; the source\'s %s has its ' \
+            'driver' % source_model
+    return 'e1000', 'no virtio_net in kernel %s' % kernel.get('version')
+
+
+def guest_properties(guest, source_vm=None):
+    """(properties, reasons) for what inspection found in ``guest`` (one
+    guest of :mod:`any2kvm_os.guest.probe`'s output): the bus the guest
+    can boot from, the NIC model it has a driver for, its OS, firmware
+    and agent.  ``reasons`` says why, per property."""
+    props = {}
+    reasons = {}
+    if not guest or not guest.get('type') or guest.get('type') == 'unknown':
+        return props, reasons
+    os_type = guest['type']
+    if os_type in ('linux', 'windows'):
+        props['os_type'] = os_type
+    distro = GUESTFS_DISTROS.get(guest.get('distro') or '')
+    if distro:
+        props['os_distro'] = distro
+    major = guest.get('major_version')
+    if isinstance(major, int) and major > 0:
+        minor = guest.get('minor_version')
+        props['os_version'] = '%d.%d' % (major, minor) if (
+            isinstance(minor, int) and os_type == 'windows') else str(major)
+    arch = guest.get('arch')
+    if arch in ('x86_64', 'i686', 'aarch64', 'ppc64le', 's390x'):
+        props['architecture'] = arch
+    bus, model, why = disk_bus(guest)
+    if bus:
+        props['hw_disk_bus'] = bus
+        reasons['hw_disk_bus'] = why
+        if model:
+            props['hw_scsi_model'] = model
+            reasons['hw_scsi_model'] = why
+    nics = (source_vm or {}).get('nics') or []
+    source_model = VIF_MODELS.get((nics[0].get('model') or '')
+                                  if nics else '')
+    if os_type == 'windows' or boot_kernel(guest):
+        props['hw_vif_model'], reasons['hw_vif_model'] = vif_model(
+            guest, source_model)
+    fw = guest.get('firmware')
+    if fw:
+        props['hw_firmware_type'] = fw
+        reasons['hw_firmware_type'] = (
+            'an EFI system partition' if fw == 'uefi' else
+            'no EFI system partition')
+        if fw == 'uefi':
+            props['hw_machine_type'] = 'q35'
+            reasons['hw_machine_type'] = 'UEFI guest'
+    agent = ((guest.get('linux') or {}).get('tools') or {}).get(
+        'qemu_guest_agent') or []
+    if not agent and 'qemu-ga' in _windows_services(guest):
+        agent = ['qemu-ga']
+    if agent:
+        props['hw_qemu_guest_agent'] = 'yes'
+        reasons['hw_qemu_guest_agent'] = '%s installed' % ', '.join(agent)
+    return props, reasons

@@ -19,9 +19,18 @@ connections, change the host key or need another environment use
 ``sshd_factory`` for servers of their own, stopped after the test.
 """
 
+import os
+
 import pytest
 
 from tests.lib import sshd as sshd_lib
+
+# Guest inspection (libguestfs, a TCG appliance: a minute or more per
+# launch on a loaded machine) is on by default in convert and import.  The
+# suite turns the default off, for every command it runs; the inspection
+# tests (tests/functional/test_guest_inspection.py) ask for it with
+# --inspect.
+os.environ['ANY2KVM_INSPECT'] = '0'
 
 
 @pytest.fixture(scope='session')

@@ -43,6 +43,9 @@ step "install what is missing (system packages, .venv)"
 . "$root/tools/install-deps.sh"
 install_deps
 export PATH=$ANY2KVM_VENV/bin:$PATH
+# Guest inspection (libguestfs) is on by default; the demo's sample chain
+# holds no operating system to inspect.
+export ANY2KVM_INSPECT=${ANY2KVM_INSPECT:-0}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/any2kvm-demo.XXXXXX")
 trap 'rm -rf -- "$work"' EXIT

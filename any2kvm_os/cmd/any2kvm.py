@@ -43,7 +43,8 @@ SOURCE_HELP = ('a disk file (parents beside it), a XenServer tar/tgz, an '
 
 
 def _info(args, limits):
-    result = api.inspect_location(args.source, limits, args=args)
+    result = api.inspect_location(args.source, limits, args=args,
+                                  guest=args.inspect)
     disks = result['disks']
     if args.format == 'json':
         print(json.dumps(result, indent=2))
@@ -75,7 +76,15 @@ def _info(args, limits):
         print('read over the wire: %s in all (layer files %s)' % (
             human(result['wire']['bytes_read']),
             human(result['wire']['file_bytes'])))
+    if args.inspect:
+        _print_inspection(result)
     return 0
+
+
+def _print_inspection(inspection):
+    from any2kvm_os.guest import inspect as guest_inspect
+    for line in guest_inspect.text_lines(inspection):
+        print(line)
 
 
 def _convert(args, limits):
@@ -111,8 +120,19 @@ def _convert(args, limits):
         summary = api.wire_summary(vm)
         if summary:
             print(summary)
+        paths = [path for _i, _d, path in api.convert_outputs(
+            vm, args.output, args.disk)]
+        inspection = api.guarded_inspection(
+            args.inspect, paths[0], lambda: api.inspect_paths(
+                paths, limits, fix=args.fix, source_vm=vm.facts),
+            fix=args.fix)
     finally:
         vm.close()
+    if inspection is not None:
+        if args.format == 'json':
+            print(json.dumps(inspection, indent=2))
+        else:
+            _print_inspection(inspection)
     return 0
 
 
@@ -164,6 +184,8 @@ def _import(args, limits):
                 value = '%d (%s)' % (value, human(value))
             print('%s%-14s %s' % ('  ' if len(results) > 1 else '',
                                   key + ':', value))
+    if results and 'guest' in results[0]:
+        _print_inspection(results[0])
     return 0
 
 
@@ -315,6 +337,10 @@ def build_parser(argv=()):
                        help='show format, size and snapshot chain')
     p.add_argument('source', metavar='SOURCE', help=SOURCE_HELP)
     p.add_argument('--format', choices=('text', 'json'), default='text')
+    p.add_argument('--inspect', action='store_true',
+                   help='look inside the disks (libguestfs): the guest, '
+                        'its drivers and the image properties any2kvm '
+                        'would set')
     ssh_options.add_arguments(p)
     ova_signature.add_arguments(p)
     p.set_defaults(func=_info)
@@ -349,6 +375,10 @@ def build_parser(argv=()):
                         'write, counted from 0 as "any2kvm info" lists '
                         'them; without it such a source needs a directory '
                         'as OUTPUT')
+    from any2kvm_os import arguments
+    arguments.add_inspect_arguments(p, fix=True)
+    p.add_argument('--format', choices=('text', 'json'), default='text',
+                   help='of the inspection report')
     ssh_options.add_arguments(p)
     ova_signature.add_arguments(p)
     p.set_defaults(func=_convert)

@@ -169,6 +169,9 @@ class TestInspectAndListParsers(base.TestCommand):
                           [], [])
         self.assertRaises(base.ParserException, self.check_parser, cmd,
                           ['x', '--source', 'nope'], [])
+        self.check_parser(cmd, ['disk.vhd'], [('inspect', False)])
+        self.check_parser(cmd, ['disk.vhd', '--inspect'],
+                          [('inspect', True)])
 
     def test_source_list(self):
         cmd = sources.ListSources(self.app, None)

@@ -19,7 +19,7 @@ from any2kvm_os.osc.v1 import common
 
 #: The keys of ``any2kvm info --format json``, in display order.
 FIELDS = ('source', 'container', 'vm', 'format', 'virtual_size', 'chain',
-          'disks')
+          'disks', 'guest', 'properties', 'reasons', 'warnings')
 
 
 class Inspect(command.ShowOne):
@@ -44,6 +44,10 @@ class Inspect(command.ShowOne):
                             help='kind of LOCATION (see "openstack any2kvm '
                                  'source list"); default: detected by '
                                  'content')
+        parser.add_argument('--inspect', action='store_true',
+                            help='look inside the disks (libguestfs): the '
+                                 'guest, its drivers, and the image '
+                                 'properties an import would set')
         from any2kvm_os.ssh import options as ssh_options
         ssh_options.add_arguments(parser)
         from any2kvm_os.containers.ova import signature
@@ -57,7 +61,8 @@ class Inspect(command.ShowOne):
             limits = api.load_limits(parsed_args.config_file)
             info = api.inspect_location(parsed_args.location, limits,
                                         parsed_args.source_name,
-                                        args=parsed_args)
+                                        args=parsed_args,
+                                        guest=parsed_args.inspect)
         return common.show(info, order=FIELDS, formatters={
             'chain': common.ChainColumn,
             'disks': common.InspectDisksColumn})

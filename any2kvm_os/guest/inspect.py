@@ -1,0 +1,379 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Look inside converted disks, and fix what would stop them booting.
+
+libguestfs does the looking, in :mod:`any2kvm_os.guest.probe`: a separate
+program run with ``[any2kvm] guestfs_python`` (Debian's binding is built
+for ``/usr/bin/python3``, which the project's virtualenv is not), with the
+appliance backend and settings of ``guestfs_backend`` and
+``guestfs_backend_settings`` (``force_tcg``: where KVM cannot boot the
+appliance, it hangs) and bounded by ``inspect_timeout``.
+
+:func:`inspect_files` reads raw disks (read-only); with ``fix=True`` the
+probe works on qcow2 overlays of them, and only when every change
+succeeded are the overlays committed into the disks: a failed fix leaves
+them as they were.  :func:`summary` turns the probe's output into the
+guest report and the image properties
+(:func:`any2kvm_os.properties.guest_properties`).
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+from oslo_config import cfg
+
+from any2kvm_os import exception
+from any2kvm_os import properties
+
+LOG = logging.getLogger(__name__)
+
+PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'probe.py')
+
+#: The environment variable that turns default inspection off (``0``).
+ENV = 'ANY2KVM_INSPECT'
+
+OPTIONS = [
+    cfg.StrOpt('guestfs_python', default='/usr/bin/python3',
+               help='Python interpreter that has the libguestfs binding '
+                    '(Debian: python3-guestfs, for /usr/bin/python3); it '
+                    'runs the guest inspection program.'),
+    cfg.StrOpt('guestfs_backend', default='direct',
+               help='libguestfs backend of the inspection appliance '
+                    '(LIBGUESTFS_BACKEND).'),
+    cfg.StrOpt('guestfs_backend_settings', default='force_tcg',
+               help='libguestfs backend settings, comma-separated '
+                    '(LIBGUESTFS_BACKEND_SETTINGS); force_tcg where KVM '
+                    'cannot run the appliance. Empty: libguestfs chooses.'),
+    cfg.IntOpt('inspect_timeout', default=900, min=10,
+               help='Seconds one guest inspection (one appliance launch) '
+                    'may take.'),
+]
+
+INSTALL_HINT = ('install libguestfs-tools and python3-guestfs (bindep '
+                'profile "inspect"), or give --no-inspect')
+
+
+class Settings(object):
+    """How the probe is run."""
+
+    def __init__(self, python='/usr/bin/python3', backend='direct',
+                 backend_settings='force_tcg', timeout=900):
+        self.python = python
+        self.backend = backend
+        self.backend_settings = backend_settings
+        self.timeout = timeout
+
+    @classmethod
+    def from_conf(cls, conf, group='any2kvm'):
+        if conf is None:
+            return cls()
+        g = conf[group]
+        return cls(g.guestfs_python, g.guestfs_backend,
+                   g.guestfs_backend_settings, g.inspect_timeout)
+
+
+def enabled(flag):
+    """(inspect?, explicitly asked?) from ``--inspect``/``--no-inspect``
+    (True, False or None) and ``ANY2KVM_INSPECT``."""
+    if flag is not None:
+        return bool(flag), bool(flag)
+    return os.environ.get(ENV, '1').strip().lower() not in (
+        '0', 'no', 'false', 'off'), False
+
+
+def command(settings, disks, fmt='raw', fix=False):
+    cmd = [settings.python, PROBE]
+    if settings.backend:
+        cmd += ['--backend', settings.backend]
+    for setting in (settings.backend_settings or '').split(','):
+        if setting.strip():
+            cmd += ['--backend-setting', setting.strip()]
+    if fmt:
+        cmd += ['--format', fmt]
+    cmd += ['inspect'] + (['--fix'] if fix else [])
+    cmd += [str(d) for d in disks]
+    return cmd
+
+
+def run_probe(settings, disks, fmt='raw', fix=False, name=None):
+    """The probe's JSON output for ``disks``; InspectionError on any
+    failure (one line)."""
+    name = str(name or disks[0])
+    if not shutil.which(settings.python) and not os.path.exists(
+            settings.python):
+        raise exception.InspectionError(
+            path=name, reason='%s not found ([any2kvm] guestfs_python); %s'
+            % (settings.python, INSTALL_HINT))
+    cmd = command(settings, disks, fmt, fix)
+    LOG.debug('Running %s', ' '.join(cmd))
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=settings.timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        raise exception.InspectionError(
+            path=name, reason='no answer within %d s ([any2kvm] '
+            'inspect_timeout)' % settings.timeout)
+    except BaseException:
+        _kill(proc)
+        raise
+    try:
+        result = json.loads(out.decode('utf-8', 'replace') or 'null')
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        tail = ' '.join(err.decode('utf-8', 'replace').split())[-300:]
+        raise exception.InspectionError(
+            path=name, reason='the probe failed (exit %d): %s' % (
+                proc.returncode, tail or 'no output'))
+    if 'error' in result:
+        reason = result['error']
+        if result.get('missing'):
+            reason += '; ' + INSTALL_HINT
+        elif 'appliance' in reason and 'force_tcg' not in (
+                settings.backend_settings or ''):
+            reason += ' (where KVM cannot run it, set [any2kvm] ' \
+                'guestfs_backend_settings = force_tcg)'
+        if result.get('tried'):
+            reason += '; it had changed: %s' % ', '.join(result['tried'])
+        cls = exception.GuestFixError if fix else \
+            exception.InspectionError
+        raise cls(path=name, reason=reason)
+    return result
+
+
+def _kill(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _qemu_img(*args):
+    r = subprocess.run(('qemu-img',) + args, capture_output=True,
+                       text=True, timeout=3600)
+    if r.returncode != 0:
+        raise exception.GuestFixError(
+            path=args[-1], reason='qemu-img %s: %s' % (
+                args[0], ' '.join(r.stderr.split())))
+
+
+def inspect_files(paths, settings=None, fix=False, scratch_dir=None):
+    """The probe's output for the raw disks ``paths`` (one VM's, in
+    device order).  With ``fix``, the fixes are made in qcow2 overlays and
+    committed into the disks only if all of them succeeded."""
+    settings = settings or Settings()
+    if not fix:
+        return run_probe(settings, list(paths))
+    tmp = tempfile.mkdtemp(prefix='any2kvm-fix-', dir=scratch_dir)
+    try:
+        overlays = []
+        for index, path in enumerate(paths):
+            overlay = os.path.join(tmp, 'disk%d.qcow2' % index)
+            _qemu_img('create', '-q', '-f', 'qcow2', '-b',
+                      os.path.abspath(path), '-F', 'raw', overlay)
+            overlays.append(overlay)
+        result = run_probe(settings, overlays, fmt='qcow2', fix=True,
+                           name=paths[0])
+        if any(f.get('files') or f.get('registry')
+               for f in result.get('fixed') or ()):
+            for overlay in overlays:
+                _qemu_img('commit', '-q', overlay)
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def choose(result):
+    """The guest of a VM: the one whose root is on the lowest disk."""
+    guests = [g for g in result.get('guests') or () if g.get('type')]
+    if not guests:
+        return None
+    return sorted(guests, key=lambda g: (g.get('disk') is None,
+                                         g.get('disk') or 0))[0]
+
+
+def warnings(guest, result=None):
+    out = []
+    if guest is None:
+        return ['no operating system found on the disk(s)']
+    linux = guest.get('linux') or {}
+    kernel = properties.boot_kernel(guest)
+    for entry in linux.get('disk_names') or ():
+        bad = [n for n in entry['names']
+               if n.startswith('/dev/xvd') or n.startswith('/dev/hd')]
+        if bad:
+            out.append('%s names %s, which KVM will not have (convert '
+                       '--fix rewrites them)' % (entry['path'],
+                                                 ', '.join(bad)))
+        if entry.get('xen_consoles'):
+            out.append('%s has the Xen console %s (convert --fix drops it)'
+                       % (entry['path'], ', '.join(entry['xen_consoles'])))
+    if kernel is not None:
+        if kernel.get('xen_pv_only'):
+            out.append('kernel %s is Xen-PV-only: install a standard '
+                       'kernel before migrating' % kernel['version'])
+        if kernel.get('initramfs_error'):
+            out.append('initramfs of %s not read: %s' % (
+                kernel['version'], kernel['initramfs_error']))
+    elif guest.get('type') == 'linux':
+        out.append('no kernel found under /lib/modules')
+    if guest.get('type') == 'windows':
+        out.extend(windows_warnings(guest))
+    others = [g for g in (result or {}).get('guests') or ()
+              if g is not guest and g.get('type')]
+    if others:
+        out.append('%d other operating system(s) found; the one on disk '
+                   '%s was used' % (len(others), guest.get('disk')))
+    return out
+
+
+def windows_warnings(guest):
+    win = guest.get('windows') or {}
+    out = []
+    for cset, facts in sorted((win.get('control_sets') or {}).items()):
+        citrix = sorted(n for n, s in (facts.get('services') or {}).items()
+                        if s.get('group') == 'citrix')
+        if citrix:
+            out.append('%s: Citrix XenServer PV driver services %s: they '
+                       'can stop Windows booting on KVM (remove them)'
+                       % (cset, ', '.join(citrix)))
+        for f in facts.get('filters') or ():
+            out.append('%s: class %s %s names %s' % (
+                cset, f['class'], f['value'], ', '.join(f['names'])))
+    bus, _model, _why = properties.disk_bus(guest)
+    if bus in ('sata', 'ide'):
+        out.append('%s without a virtio storage driver: hw_disk_bus=%s; '
+                   'install virtio-win before migrating to get virtio-scsi'
+                   % (guest.get('product_name') or 'Windows', bus))
+    return out
+
+
+def summary(result, source_vm=None):
+    """{'guest': the report, 'properties', 'reasons', 'warnings'} of the
+    probe's ``result``."""
+    guest = choose(result)
+    fixed = [f for f in result.get('fixed') or ()
+             if f.get('files') or f.get('registry')]
+    if guest is not None:
+        _apply_fixes(guest, fixed)
+    props, reasons = properties.guest_properties(guest, source_vm)
+    return {'guest': report(guest) if guest else None,
+            'properties': props, 'reasons': reasons,
+            'warnings': warnings(guest, result),
+            'fixed': fixed}
+
+
+def _apply_fixes(guest, fixed):
+    """Make the report of ``guest`` (taken before the fixes) say what
+    its files name after them."""
+    changes = {}
+    for fix in fixed:
+        if fix.get('root') != guest.get('root'):
+            continue
+        for f in fix['files']:
+            changes[f['path']] = {c['from']: c['to'] for c in f['changes']}
+    for entry in (guest.get('linux') or {}).get('disk_names') or ():
+        done = changes.get(entry['path'])
+        if not done:
+            continue
+        entry['names'] = sorted({done.get(n, n) for n in entry['names']})
+        entry['xen_consoles'] = [c for c in entry['xen_consoles']
+                                 if c not in done]
+
+
+def report(guest):
+    """The facts of one guest users read: the probe's, flattened."""
+    out = {k: guest.get(k) for k in (
+        'type', 'distro', 'product_name', 'major_version', 'minor_version',
+        'arch', 'hostname', 'firmware', 'root', 'disk')}
+    linux = guest.get('linux')
+    if linux:
+        kernel = properties.boot_kernel(guest)
+        out['bootloader'] = linux.get('bootloader')
+        out['disk_names'] = {e['path']: e['names']
+                             for e in linux.get('disk_names') or ()}
+        out['xen_consoles'] = sorted({c for e in linux.get('disk_names')
+                                      or () for c in e['xen_consoles']})
+        out['kernel'] = kernel.get('version') if kernel else None
+        out['initramfs'] = kernel.get('initramfs') if kernel else None
+        mods = kernel.get('modules') if kernel else {}
+        out['drivers'] = {m: mods.get(m) for m in (
+            'virtio_blk', 'virtio_scsi', 'virtio_net', 'virtio_pci',
+            'ahci', 'ata_piix', 'e1000')}
+        out['xen_pv_only'] = bool(kernel and kernel.get('xen_pv_only'))
+        out['tools'] = {k: v for k, v in (linux.get('tools') or {}).items()
+                        if v}
+    win = guest.get('windows')
+    if win:
+        out['windows'] = win
+    return out
+
+
+def text_lines(inspection):
+    """Lines for the text output of the CLIs."""
+    guest = inspection.get('guest')
+    lines = []
+    if guest is None:
+        lines.append('guest:        no operating system found')
+    else:
+        version = '.'.join(str(v) for v in (guest.get('major_version'),
+                                            guest.get('minor_version'))
+                           if v is not None)
+        lines.append('guest:        %s %s %s %s (%s), root %s' % (
+            guest.get('type'), guest.get('distro'), version,
+            guest.get('arch'), guest.get('product_name'),
+            guest.get('root')))
+        lines.append('firmware:     %s%s' % (
+            guest.get('firmware'), ', bootloader %s' % guest['bootloader']
+            if guest.get('bootloader') else ''))
+        for path, names in sorted((guest.get('disk_names') or {}).items()):
+            lines.append('disk names:   %s: %s' % (
+                path, ', '.join(names) or '-'))
+        if guest.get('kernel'):
+            lines.append('kernel:       %s: %s' % (guest['kernel'], ', '.join(
+                '%s %s' % (m, w or 'absent') for m, w in
+                sorted(guest['drivers'].items()))))
+        if guest.get('tools'):
+            lines.append('tools:        %s' % ', '.join(
+                sorted(v for vs in guest['tools'].values() for v in vs)))
+    for fix in inspection.get('fixed') or ():
+        for change in fix.get('registry') or ():
+            lines.append('fixed:        SYSTEM hive: %s' % change)
+        for f in fix['files']:
+            lines.append('fixed:        %s: %s' % (f['path'], ', '.join(
+                '%s -> %s' % (c['from'], c['to'] or '(dropped)')
+                for c in f['changes'])))
+    for key, value in sorted(inspection.get('properties', {}).items()):
+        why = inspection.get('reasons', {}).get(key)
+        lines.append('property:     %s=%s%s' % (key, value, ' (%s)' % why
+                                                if why else ''))
+    for warning in inspection.get('warnings') or ():
+        lines.append('warning:      %s' % warning)
+    return lines
+
+
+if __name__ == '__main__':  # pragma: no cover - a debugging aid
+    print(json.dumps(summary(inspect_files(sys.argv[1:])), indent=2))

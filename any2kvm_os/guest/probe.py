@@ -1,0 +1,962 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Look inside guest disks with libguestfs; print what was found as JSON.
+
+A standalone program (the standard library and the ``guestfs`` binding
+only): Debian's ``python3-guestfs`` is built for ``/usr/bin/python3``, not
+for the project's virtualenv, so :mod:`any2kvm_os.guest.inspect` runs this
+file with that interpreter (``[any2kvm] guestfs_python``)::
+
+    python3 probe.py [--backend B] [--backend-setting S]... \\
+        [--format F] inspect DISK...
+    python3 probe.py ... inspect --fix DISK...
+
+``inspect`` adds every DISK read-only to ONE appliance (the disks of one
+VM, or several test guests at once) and reports every operating system
+found, each with the index of the disk holding its root.  ``--fix`` opens
+the disks read-write (the caller gives qcow2 overlays, so that a failure
+leaves the disks as they were) and rewrites, in a Linux guest, the device
+names KVM will not have and the Xen-only consoles.
+
+The output is one JSON object on stdout: ``{"guests": [...]}``, or
+``{"error": "...", "missing": "guestfs"?}`` with a non-zero status.
+"""
+
+import argparse
+import gzip
+import io
+import json
+import lzma
+import os
+import re
+import sys
+import tempfile
+
+#: Kernel modules whose presence decides the buses and the NIC model.
+MODULES = ('virtio_blk', 'virtio_scsi', 'virtio_net', 'virtio_pci',
+           'ahci', 'ata_piix', 'ata_generic', 'e1000', 'e1000e',
+           'vmxnet3', 'vmw_pvscsi', 'xen_blkfront', 'xen_netfront',
+           'hv_storvsc', 'hv_netvsc')
+
+#: Files that name disks: /etc/fstab, /etc/crypttab, bootloader files.
+NAME_FILES = ('/etc/fstab', '/etc/crypttab')
+BOOT_FILES = ('/boot/grub/grub.cfg', '/boot/grub2/grub.cfg',
+              '/etc/default/grub', '/boot/grub/menu.lst',
+              '/boot/grub/grub.conf', '/etc/grub.conf',
+              '/boot/extlinux/extlinux.conf', '/boot/syslinux/syslinux.cfg',
+              '/extlinux.conf', '/etc/kernel/cmdline')
+BOOT_GLOBS = (('/boot/efi/EFI', 'grub.cfg'), ('/boot/loader/entries', None))
+
+#: A disk name in a configuration file.
+NAME_RE = re.compile(
+    r'(?<![\w/.-])(/dev/(?:xvd|hd|sd|vd)[a-z]+[0-9]*'
+    r'|(?:UUID|LABEL|PARTUUID|PARTLABEL)=[^\s,"\';]+)')
+DEV_RE = re.compile(r'^/dev/(xvd|hd|sd|vd)([a-z]+)([0-9]*)$')
+#: A Xen-only console on a kernel command line.
+XEN_CONSOLE_RE = re.compile(
+    r'(?<![\w-])(?:console=(?:hvc|xvc)[0-9]+\S*|xencons=\S+)')
+
+ESP_GUID = 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B'
+BIOS_BOOT_GUID = '21686148-6449-6E6F-744E-656564454649'
+
+#: Hypervisor tools: (fact, package names, files).
+TOOLS = (
+    ('xe_guest_utilities', ('xe-guest-utilities', 'xenserver-guest-utilities'),
+     ('/usr/sbin/xe-daemon', '/usr/sbin/xe-linux-distribution')),
+    ('vmware_tools', ('open-vm-tools', 'vmware-tools', 'vmware-tools-core'),
+     ('/usr/bin/vmtoolsd', '/etc/vmware-tools')),
+    ('hyperv_daemons', ('hyperv-daemons', 'hv-kvp-daemon-init',
+                        'microsoft-hyper-v'),
+     ('/usr/sbin/hv_kvp_daemon', '/usr/sbin/hypervkvpd')),
+    ('qemu_guest_agent', ('qemu-guest-agent',),
+     ('/usr/bin/qemu-ga', '/usr/sbin/qemu-ga')),
+)
+
+#: Windows services of interest, by what they drive.
+WINDOWS_SERVICES = {
+    'virtio': ('viostor', 'vioscsi', 'netkvm', 'balloon', 'vioserial'),
+    'citrix': ('xenbus', 'xenvbd', 'xennet', 'xenvif', 'xeniface',
+               'xenfilt', 'xenbus_monitor', 'xenagent'),
+    'vmware': ('pvscsi', 'vmxnet3', 'vmxnet3ndis6', 'vmci'),
+    'ide': ('atapi', 'intelide', 'pciide', 'msahci', 'storahci'),
+}
+CITRIX_RE = re.compile(r'^xen', re.I)
+MAX_FILE = 4 << 20
+
+
+class ProbeError(Exception):
+    pass
+
+
+def _hash(value):
+    """A hashtable of the guestfs binding: a dict, or (older) pairs."""
+    return dict(value) if not isinstance(value, dict) else value
+
+
+def disk_index(device):
+    """/dev/sdb2 -> 1 (the disk's index in the order they were added)."""
+    m = re.match(r'^/dev/[shv]d([a-z]+)', device or '')
+    if not m:
+        return None
+    index = 0
+    for ch in m.group(1):
+        index = index * 26 + (ord(ch) - 96)
+    return index - 1
+
+
+def _read(g, path, limit=MAX_FILE):
+    try:
+        if not g.is_file(path, followsymlinks=True):
+            return None
+        if g.filesize(path) > limit:
+            return None
+        return g.read_file(path).decode('utf-8', 'replace')
+    except RuntimeError:
+        return None
+
+
+def _exists(g, path):
+    try:
+        return bool(g.exists(path))
+    except RuntimeError:
+        return False
+
+
+def _ls(g, path):
+    try:
+        if not g.is_dir(path, followsymlinks=True):
+            return []
+        return sorted(g.ls(path))
+    except RuntimeError:
+        return []
+
+
+# -- disks and firmware -------------------------------------------------------
+
+def partitions(g, disk=None):
+    """The partition tables of the disks (all, or index ``disk``)."""
+    out = []
+    for dev in g.list_devices():
+        if disk is not None and disk_index(dev) != disk:
+            continue
+        entry = {'device': dev, 'table': None, 'esp': False,
+                 'bios_boot': False, 'partitions': []}
+        try:
+            entry['table'] = g.part_get_parttype(dev)
+            parts = g.part_list(dev)
+        except RuntimeError:
+            out.append(entry)
+            continue
+        for p in parts:
+            num = p['part_num']
+            kind = None
+            try:
+                if entry['table'] == 'gpt':
+                    guid = g.part_get_gpt_type(dev, num).upper()
+                    kind = {ESP_GUID: 'esp', BIOS_BOOT_GUID: 'bios_boot'}.get(
+                        guid)
+                elif entry['table'] == 'msdos':
+                    if g.part_get_mbr_id(dev, num) == 0xef:
+                        kind = 'esp'
+            except RuntimeError:
+                pass
+            if kind:
+                entry[kind] = True
+            entry['partitions'].append({'number': num, 'kind': kind})
+        out.append(entry)
+    return out
+
+
+def firmware(tables):
+    if any(t['esp'] for t in tables):
+        return 'uefi'
+    return 'bios'
+
+
+# -- Linux --------------------------------------------------------------------
+
+def name_kind(name):
+    m = DEV_RE.match(name)
+    if m:
+        return m.group(1)
+    return name.split('=', 1)[0].lower()
+
+
+def boot_files(g):
+    files = [p for p in BOOT_FILES if _exists(g, p)]
+    for top, name in BOOT_GLOBS:
+        for entry in _ls(g, top):
+            path = top + '/' + entry
+            if name is None:
+                if entry.endswith('.conf'):
+                    files.append(path)
+            elif _exists(g, path + '/' + name):
+                files.append(path + '/' + name)
+    return files
+
+
+def bootloader(files):
+    for path, kind in (('/boot/grub/grub.cfg', 'grub2'),
+                       ('/boot/grub2/grub.cfg', 'grub2'),
+                       ('/boot/grub/menu.lst', 'grub-legacy'),
+                       ('/boot/grub/grub.conf', 'grub-legacy'),
+                       ('/boot/extlinux/extlinux.conf', 'extlinux'),
+                       ('/extlinux.conf', 'extlinux'),
+                       ('/boot/syslinux/syslinux.cfg', 'syslinux')):
+        if path in files:
+            return kind
+    if any(p.startswith('/boot/loader/entries/') for p in files):
+        return 'systemd-boot'
+    return None
+
+
+def disk_names(g):
+    """[{path, names, kinds, xen_consoles}] of fstab, crypttab and the
+    bootloader files."""
+    out = []
+    files = [p for p in NAME_FILES if _exists(g, p)] + boot_files(g)
+    for path in files:
+        text = _read(g, path)
+        if text is None:
+            continue
+        names = []
+        for line in text.splitlines():
+            if line.lstrip().startswith('#'):
+                continue
+            names.extend(NAME_RE.findall(line))
+        names = sorted(set(names))
+        out.append({'path': path, 'names': names,
+                    'kinds': sorted(set(name_kind(n) for n in names)),
+                    'xen_consoles': sorted(set(XEN_CONSOLE_RE.findall(
+                        text)))})
+    return out
+
+
+def _module_name(path):
+    base = path.rsplit('/', 1)[-1]
+    base = re.sub(r'\.ko(\.(xz|gz|zst))?$', '', base)
+    return base.replace('-', '_') if base != path.rsplit('/', 1)[-1] \
+        else None
+
+
+def unzstd(data):
+    """zstd is not in the standard library: the zstd program (Debian's
+    initramfs-tools compresses with it by default)."""
+    import shutil
+    import subprocess
+    if not shutil.which('zstd'):
+        raise ValueError('zstd-compressed initramfs and no zstd program')
+    r = subprocess.run(['zstd', '-dcq'], input=data, capture_output=True,
+                       timeout=300)
+    if r.returncode != 0:
+        raise ValueError('zstd: %s' % r.stderr.decode('utf-8', 'replace'))
+    return r.stdout
+
+
+def cpio_names(data):
+    """The member names of a (possibly concatenated, gzip/xz compressed)
+    newc cpio archive; ValueError for what cannot be read here (zstd)."""
+    names = []
+    pos = 0
+    while pos < len(data):
+        while pos < len(data) and data[pos] == 0:
+            pos += 1
+        if pos >= len(data):
+            break
+        head = data[pos:pos + 6]
+        if head.startswith(b'\x1f\x8b'):
+            rest = gzip.GzipFile(fileobj=io.BytesIO(data[pos:])).read()
+            return names + cpio_names(rest)
+        if head.startswith(b'\xfd7zXZ') or head.startswith(b']\x00\x00'):
+            return names + cpio_names(lzma.decompress(data[pos:]))
+        if head.startswith(b'\x28\xb5\x2f\xfd'):
+            return names + cpio_names(unzstd(data[pos:]))
+        if head not in (b'070701', b'070702'):
+            raise ValueError('initramfs compression not readable here '
+                             '(%r)' % head[:4])
+        fields = data[pos + 6:pos + 110]
+        namesize = int(fields[88:96], 16)
+        filesize = int(fields[48:56], 16)
+        name = data[pos + 110:pos + 110 + namesize - 1].decode(
+            'utf-8', 'replace')
+        pos = (pos + 110 + namesize + 3) & ~3
+        pos = (pos + filesize + 3) & ~3
+        if name == 'TRAILER!!!':
+            continue
+        names.append(name)
+    return names
+
+
+def initrd_names(g, path):
+    try:
+        return g.initrd_list(path), None
+    except RuntimeError:
+        pass
+    try:
+        if g.filesize(path) > 512 << 20:
+            return None, 'too large'
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, 'initrd')
+            g.download(path, local)
+            with open(local, 'rb') as f:
+                return cpio_names(f.read()), None
+    except (RuntimeError, ValueError, OSError, EOFError, lzma.LZMAError) as e:
+        return None, str(e)
+
+
+def kernels(g):
+    """Per kernel version: its modules (builtin, module, initramfs) and
+    whether it is a Xen-PV-only kernel."""
+    out = []
+    moddir = None
+    for top in ('/lib/modules', '/usr/lib/modules'):
+        if _ls(g, top):
+            moddir = top
+            break
+    versions = _ls(g, moddir) if moddir else []
+    boot = _ls(g, '/boot')
+    for version in versions:
+        base = '%s/%s' % (moddir, version)
+        builtin = set()
+        for line in (_read(g, base + '/modules.builtin') or '').splitlines():
+            name = _module_name(line.strip())
+            if name:
+                builtin.add(name)
+        available = set()
+        for line in (_read(g, base + '/modules.dep', 64 << 20) or
+                     '').splitlines():
+            name = _module_name(line.split(':', 1)[0].strip())
+            if name:
+                available.add(name)
+        initrd = None
+        for cand in ('initrd.img-%s' % version, 'initramfs-%s.img' % version,
+                     'initrd-%s' % version, 'initrd-%s.img' % version):
+            if cand in boot:
+                initrd = '/boot/' + cand
+                break
+        if initrd is None and len(versions) == 1:
+            for cand in ('initrd.img', 'initramfs.img', 'initrd'):
+                if cand in boot:
+                    initrd = '/boot/' + cand
+                    break
+        in_initrd = set()
+        initrd_error = None
+        if initrd:
+            names, initrd_error = initrd_names(g, initrd)
+            for name in names or ():
+                mod = _module_name(name)
+                if mod:
+                    in_initrd.add(mod)
+        modules = {}
+        for mod in MODULES:
+            if mod in builtin:
+                modules[mod] = 'builtin'
+            elif mod in in_initrd:
+                modules[mod] = 'initramfs'
+            elif mod in available:
+                modules[mod] = 'module'
+            else:
+                modules[mod] = None
+        out.append({'version': version, 'initramfs': initrd,
+                    'initramfs_error': initrd_error,
+                    'modules': modules,
+                    'xen_pv_only': bool(re.search(r'xen', version)) and
+                    modules['virtio_pci'] is None})
+    return out
+
+
+def tools(g, root):
+    try:
+        apps = {a['app2_name'] for a in g.inspect_list_applications2(root)}
+    except RuntimeError:
+        apps = set()
+    found = {}
+    for fact, packages, files in TOOLS:
+        hits = sorted(apps.intersection(packages)) + [
+            f for f in files if _exists(g, f)]
+        found[fact] = hits
+    return found, sorted(apps)
+
+
+def linux_facts(g, root):
+    names = disk_names(g)
+    files = [n['path'] for n in names]
+    found, _apps = tools(g, root)
+    return {'bootloader': bootloader(files), 'disk_names': names,
+            'kernels': kernels(g), 'tools': found}
+
+
+# -- Windows ------------------------------------------------------------------
+
+class Hive(object):
+    """A registry hive: the calls of the guestfs handle (``hivex_*``, in
+    the appliance) or of the hivex binding (a hive file here)."""
+
+    def __init__(self, g, path, write=False):
+        self.g = g
+        g.hivex_open(path, write=write)
+
+    def _root(self):
+        return self.g.hivex_root()
+
+    def _child(self, node, name):
+        return self.g.hivex_node_get_child(node, name)
+
+    def _children(self, node):
+        return [c['hivex_node_h'] for c in self.g.hivex_node_children(node)]
+
+    def _name(self, node):
+        return self.g.hivex_node_name(node)
+
+    def _values(self, node):
+        return [v['hivex_value_h'] for v in self.g.hivex_node_values(node)]
+
+    def _value(self, h):
+        return (self.g.hivex_value_key(h), self.g.hivex_value_type(h),
+                self.g.hivex_value_value(h))
+
+    def delete(self, node):
+        self.g.hivex_node_delete_child(node)
+
+    def set_value(self, node, key, kind, raw):
+        self.g.hivex_node_set_value(node, key, kind, raw)
+
+    def commit(self):
+        self.g.hivex_commit(None)
+
+    def close(self):
+        self.g.hivex_close()
+
+    # -- the same for both --------------------------------------------------
+
+    def child(self, node, path):
+        for part in [p for p in path.split('\\') if p]:
+            node = self._child(node, part)
+            if not node:
+                return None
+        return node
+
+    def node(self, path):
+        return self.child(self._root(), path)
+
+    def children(self, node):
+        return [(self._name(c), c) for c in self._children(node)]
+
+    def values(self, node):
+        """{lower-case name: (type, raw bytes, name)}."""
+        out = {}
+        for h in self._values(node):
+            key, kind, raw = self._value(h)
+            out[key.lower()] = (kind, raw, key)
+        return out
+
+
+class HivexHive(Hive):
+    """A hive file read with the hivex binding (``probe.py hive``)."""
+
+    def __init__(self, path, write=False):
+        import hivex
+        self.h = hivex.Hivex(path, write=write)
+
+    def _root(self):
+        return self.h.root()
+
+    def _child(self, node, name):
+        return self.h.node_get_child(node, name)
+
+    def _children(self, node):
+        return self.h.node_children(node)
+
+    def _name(self, node):
+        return self.h.node_name(node)
+
+    def _values(self, node):
+        return self.h.node_values(node)
+
+    def _value(self, h):
+        kind, raw = self.h.value_value(h)
+        return self.h.value_key(h), kind, raw
+
+    def delete(self, node):
+        self.h.node_delete_child(node)
+
+    def set_value(self, node, key, kind, raw):
+        self.h.node_set_value(node, {'key': key, 't': kind, 'value': raw})
+
+    def commit(self):
+        self.h.commit(None)
+
+    def close(self):
+        self.h = None
+
+
+def reg_value(kind_value):
+    kind, raw = kind_value[0], kind_value[1]
+    if kind == 4 and len(raw) >= 4:                       # REG_DWORD
+        return int.from_bytes(raw[:4], 'little')
+    if kind in (1, 2):                                    # REG_SZ/EXPAND
+        return raw.decode('utf-16-le', 'replace').rstrip('\x00')
+    if kind == 7:                                         # REG_MULTI_SZ
+        return [s for s in raw.decode('utf-16-le', 'replace').split('\x00')
+                if s]
+    return raw.hex()
+
+
+def multi_sz(names):
+    return (''.join(n + '\x00' for n in names) + '\x00').encode('utf-16-le')
+
+
+def control_sets(hive):
+    """(current ControlSet name, [names in use]) from Select."""
+    select = hive.node('Select')
+    used = []
+    current = None
+    if select:
+        vals = hive.values(select)
+        for key in ('current', 'default', 'lastknowngood', 'failed'):
+            if key in vals:
+                n = reg_value(vals[key])
+                if isinstance(n, int) and n > 0:
+                    name = 'ControlSet%03d' % n
+                    if key == 'current':
+                        current = name
+                    if key != 'failed' and name not in used:
+                        used.append(name)
+    return current, [u for u in used if hive.node(u)]
+
+
+def windows_services(hive, cset):
+    out = {}
+    services = hive.node(cset + '\\Services')
+    if not services:
+        return out
+    by_name = {name.lower(): h for name, h in hive.children(services)}
+    for group, names in WINDOWS_SERVICES.items():
+        for name in names:
+            h = by_name.get(name)
+            if h is None:
+                continue
+            vals = hive.values(h)
+            out[name] = {'group': group,
+                         'start': reg_value(vals['start'])
+                         if 'start' in vals else None,
+                         'image_path': reg_value(vals['imagepath'])
+                         if 'imagepath' in vals else None}
+    for name in by_name:
+        if CITRIX_RE.match(name) and name not in out:
+            out[name] = {'group': 'citrix', 'start': None,
+                         'image_path': None}
+    return out
+
+
+def windows_filters(hive, cset):
+    """[{class, value, names}] of Upper/LowerFilters naming xen*."""
+    out = []
+    klass = hive.node(cset + '\\Control\\Class')
+    for guid, h in hive.children(klass) if klass else ():
+        vals = hive.values(h)
+        for key in ('upperfilters', 'lowerfilters'):
+            if key not in vals:
+                continue
+            names = reg_value(vals[key])
+            if isinstance(names, list) and any(CITRIX_RE.match(n)
+                                               for n in names):
+                out.append({'class': guid, 'value': key, 'names': names})
+    return out
+
+
+def windows_ide(hive, cset):
+    cdd = hive.node(cset + '\\Control\\CriticalDeviceDatabase')
+    if not cdd:
+        return []
+    return sorted(name for name, _h in hive.children(cdd)
+                  if 'ide' in name.lower() or 'ven_8086&dev_7010' in
+                  name.lower() or 'ven_8086&dev_7111' in name.lower())
+
+
+def system_facts(hive):
+    """What the SYSTEM hive tells, per ControlSet in use."""
+    current, used = control_sets(hive)
+    facts = {'current_control_set': current, 'control_sets': {}}
+    for cset in used:
+        facts['control_sets'][cset] = {
+            'services': windows_services(hive, cset),
+            'filters': windows_filters(hive, cset),
+            'ide_entries': windows_ide(hive, cset)}
+    return facts
+
+
+#: The storage service that must start at boot, per chosen bus.
+BOOT_SERVICES = {'scsi': ('vioscsi',), 'virtio': ('viostor',),
+                 'sata': ('storahci', 'msahci'),
+                 'ide': ('intelide', 'pciide', 'atapi')}
+
+
+def fix_system_hive(hive, bus=None):
+    """Remove the Citrix XenServer PV drivers' services and the filter
+    entries naming them, and make the storage driver of ``bus`` start at
+    boot, in every ControlSet in use.  Returns what changed."""
+    changes = []
+    citrix = set(WINDOWS_SERVICES['citrix'])
+    _current, used = control_sets(hive)
+    for cset in used:
+        services = hive.node(cset + '\\Services')
+        for name, h in hive.children(services) if services else ():
+            if name.lower() in citrix:
+                hive.delete(h)
+                changes.append('%s\\Services\\%s: deleted' % (cset, name))
+        klass = hive.node(cset + '\\Control\\Class')
+        for guid, h in hive.children(klass) if klass else ():
+            vals = hive.values(h)
+            for key in ('upperfilters', 'lowerfilters'):
+                if key not in vals:
+                    continue
+                names = reg_value(vals[key])
+                if not isinstance(names, list):
+                    continue
+                keep = [n for n in names if n.lower() not in citrix]
+                if keep != names:
+                    hive.set_value(h, vals[key][2], 7, multi_sz(keep))
+                    changes.append('%s\\Control\\Class\\%s\\%s: %s -> %s'
+                                   % (cset, guid, vals[key][2],
+                                      ','.join(names), ','.join(keep)))
+        for name in BOOT_SERVICES.get(bus, ()):
+            h = hive.child(services, name) if services else None
+            if not h:
+                continue
+            vals = hive.values(h)
+            if 'start' in vals and reg_value(vals['start']) != 0:
+                hive.set_value(h, vals['start'][2], 4,
+                               (0).to_bytes(4, 'little'))
+                changes.append('%s\\Services\\%s\\Start: %d -> 0' % (
+                    cset, name, reg_value(vals['start'])))
+            break
+    if changes:
+        hive.commit()
+    return changes
+
+
+def windows_facts(g, root):
+    sysroot = g.inspect_get_windows_systemroot(root)
+    facts = {'systemroot': sysroot, 'control_sets': {}, 'driver_store': [],
+             'build': None}
+    try:
+        system = g.case_sensitive_path(sysroot + '/system32/config/system')
+    except RuntimeError as e:
+        facts['error'] = 'no SYSTEM hive: %s' % e
+        return facts
+    facts['system_hive'] = system
+    hive = Hive(g, system)
+    try:
+        facts.update(system_facts(hive))
+    finally:
+        hive.close()
+    try:
+        software = g.case_sensitive_path(
+            sysroot + '/system32/config/software')
+        hive = Hive(g, software)
+        try:
+            node = hive.node('Microsoft\\Windows NT\\CurrentVersion')
+            vals = hive.values(node) if node else {}
+            if 'currentbuildnumber' in vals:
+                facts['build'] = reg_value(vals['currentbuildnumber'])
+        finally:
+            hive.close()
+    except RuntimeError:
+        pass
+    try:
+        store = g.case_sensitive_path(
+            sysroot + '/system32/DriverStore/FileRepository')
+        for entry in _ls(g, store):
+            low = entry.lower()
+            for drv in ('viostor', 'vioscsi', 'netkvm'):
+                if low.startswith(drv + '.inf'):
+                    facts['driver_store'].append(entry)
+    except RuntimeError:
+        pass
+    return facts
+
+
+# -- one guest ----------------------------------------------------------------
+
+def mount_guest(g, root, write=False):
+    """Mount the guest of ``root``: the root itself at / (libguestfs maps
+    an fstab's /dev/xvda1 to the first disk's /dev/sda1, which is another
+    guest's when several are inspected at once), the rest as its fstab
+    says."""
+    mps = _hash(g.inspect_get_mountpoints(root))
+    mps['/'] = root
+    mount = g.mount if write else g.mount_ro
+    for mp, dev in sorted(mps.items(), key=lambda kv: len(kv[0])):
+        try:
+            mount(dev, mp)
+        except RuntimeError:
+            if mp == '/':
+                raise
+
+
+def inspect_root(g, root):
+    def get(fn, default=None):
+        try:
+            return fn(root)
+        except RuntimeError:
+            return default
+    guest = {
+        'root': root, 'disk': disk_index(root),
+        'type': get(g.inspect_get_type),
+        'distro': get(g.inspect_get_distro),
+        'product_name': get(g.inspect_get_product_name),
+        'major_version': get(g.inspect_get_major_version),
+        'minor_version': get(g.inspect_get_minor_version),
+        'arch': get(g.inspect_get_arch),
+        'hostname': get(g.inspect_get_hostname),
+        'package_format': get(g.inspect_get_package_format),
+    }
+    tables = partitions(g, guest['disk'])
+    guest['partition_tables'] = tables
+    guest['firmware'] = firmware(tables)
+    mount_guest(g, root)
+    try:
+        if guest['type'] == 'linux':
+            guest['linux'] = linux_facts(g, root)
+        elif guest['type'] == 'windows':
+            guest['windows'] = windows_facts(g, root)
+    finally:
+        g.umount_all()
+    return guest
+
+
+# -- fixes --------------------------------------------------------------------
+
+def device_for(name):
+    """/dev/xvdb2 -> /dev/sdb2, the appliance's name of that partition."""
+    m = DEV_RE.match(name)
+    return '/dev/sd%s%s' % (m.group(2), m.group(3)) if m else None
+
+
+def replacement(g, name, bus):
+    """What stands for the device ``name`` on KVM: UUID=... when the
+    filesystem has one, else the chosen bus's name, else None."""
+    m = DEV_RE.match(name)
+    if not m:
+        return None
+    prefix = {'virtio': 'vd'}.get(bus, 'sd')
+    if m.group(1) == prefix:
+        return None
+    dev = device_for(name)
+    if m.group(3):
+        try:
+            uuid = g.vfs_uuid(dev)
+        except RuntimeError:
+            uuid = ''
+        if uuid:
+            return 'UUID=' + uuid
+    return '/dev/%s%s%s' % (prefix, m.group(2), m.group(3))
+
+
+def fix_text(g, text, bus, is_boot):
+    """(new text, [(old, new)]) of one file."""
+    changes = []
+    cache = {}
+
+    def sub(m):
+        name = m.group(1)
+        if not name.startswith('/dev/'):
+            return name
+        if name not in cache:
+            cache[name] = replacement(g, name, bus)
+        new = cache[name]
+        if new is None:
+            return name
+        changes.append((name, new))
+        return new
+    lines = []
+    for line in text.splitlines(True):
+        if line.lstrip().startswith('#'):
+            lines.append(line)
+            continue
+        new = NAME_RE.sub(sub, line)
+        if is_boot:
+            dropped = XEN_CONSOLE_RE.findall(new)
+            if dropped:
+                new = re.sub(r'[ \t]*' + XEN_CONSOLE_RE.pattern, '', new)
+                changes.extend((d, '') for d in dropped)
+        lines.append(new)
+    return ''.join(lines), changes
+
+
+def fix_linux(g, root, bus, tried, fail_after=None):
+    """Rewrite the files of the Linux guest of ``root``; ``tried`` gets
+    each path as its change starts (what a failure had touched)."""
+    mount_guest(g, root, write=True)
+    done = []
+    try:
+        files = [(p, False) for p in NAME_FILES if _exists(g, p)] + [
+            (p, True) for p in boot_files(g)]
+        for path, is_boot in files:
+            text = _read(g, path)
+            if text is None:
+                continue
+            new, changes = fix_text(g, text, bus, is_boot)
+            if not changes:
+                continue
+            if fail_after is not None and len(done) >= fail_after:
+                raise ProbeError('fix stopped after %d file(s) '
+                                 '(ANY2KVM_FIX_FAIL_AFTER)' % len(done))
+            tried.append(path)
+            g.write(path, new.encode('utf-8'))
+            done.append({'path': path, 'changes': [
+                {'from': a, 'to': b} for a, b in changes]})
+        g.sync()
+    finally:
+        g.umount_all()
+    return done
+
+
+# -- the program --------------------------------------------------------------
+
+def launch(args, disks, readonly):
+    import guestfs
+    g = guestfs.GuestFS(python_return_dict=True)
+    if args.backend:
+        g.set_backend(args.backend)
+    if args.backend_setting:
+        g.set_backend_settings(args.backend_setting)
+    for path in disks:
+        kwargs = {'readonly': 1 if readonly else 0}
+        if args.format:
+            kwargs['format'] = args.format
+        g.add_drive_opts(path, **kwargs)
+    g.launch()
+    return g
+
+
+def fix_bus(guest):
+    """The bus family whose names a fixed guest uses where there is no
+    UUID: ``virtio`` (vdX) when the guest can boot from virtio_blk but not
+    virtio_scsi, else ``scsi`` (sdX): the outcome of the bus table of
+    :func:`any2kvm_os.properties.disk_bus`."""
+    if guest.get('type') == 'windows':
+        win = guest.get('windows') or {}
+        cset = (win.get('control_sets') or {}).get(
+            win.get('current_control_set')) or {}
+        services = cset.get('services') or {}
+        for name, bus in (('vioscsi', 'scsi'), ('viostor', 'virtio')):
+            if (services.get(name) or {}).get('start') == 0:
+                return bus
+        return 'sata' if 'storahci' in services or 'msahci' in services \
+            else 'ide'
+    kernels = (guest.get('linux') or {}).get('kernels') or []
+    if not kernels:
+        return 'scsi'
+    mods = kernels[-1]['modules']
+    boot = ('builtin', 'initramfs')
+    if mods.get('virtio_scsi') not in boot and \
+            mods.get('virtio_blk') in boot:
+        return 'virtio'
+    return 'scsi'
+
+
+def hive_main(args):
+    try:
+        hive = HivexHive(args.path, write=bool(args.fix_bus))
+    except ImportError as e:
+        print(json.dumps({'error': 'no hivex Python binding for %s: %s'
+                          % (sys.executable, e), 'missing': 'hivex'}))
+        return 3
+    except (OSError, RuntimeError) as e:
+        print(json.dumps({'error': '%s: %s' % (args.path, e)}))
+        return 2
+    result = system_facts(hive)
+    if args.fix_bus:
+        result['fixed'] = fix_system_hive(hive, args.fix_bus)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def fix_windows(g, guest, bus):
+    """The SYSTEM hive fixes in the appliance."""
+    path = (guest.get('windows') or {}).get('system_hive')
+    if not path:
+        return []
+    hive = Hive(g, path, write=True)
+    try:
+        return fix_system_hive(hive, bus)
+    finally:
+        hive.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='probe.py')
+    parser.add_argument('--backend')
+    parser.add_argument('--backend-setting', action='append', default=[])
+    parser.add_argument('--format')
+    sub = parser.add_subparsers(dest='action', required=True)
+    p = sub.add_parser('inspect')
+    p.add_argument('--fix', action='store_true',
+                   help='open the disks read-write and fix Linux guests')
+    p.add_argument('disks', nargs='+')
+    p = sub.add_parser('hive', help='read (and with --fix-bus, fix) a '
+                       'SYSTEM hive file with the hivex binding')
+    p.add_argument('--fix-bus')
+    p.add_argument('path')
+    args = parser.parse_args(argv)
+    if args.action == 'hive':
+        return hive_main(args)
+    try:
+        import guestfs  # noqa: F401
+    except ImportError as e:
+        print(json.dumps({'error': 'no libguestfs Python binding for %s: %s'
+                          % (sys.executable, e), 'missing': 'guestfs'}))
+        return 3
+    try:
+        g = launch(args, args.disks, readonly=not args.fix)
+    except RuntimeError as e:
+        print(json.dumps({'error': 'libguestfs appliance: %s' % ' '.join(
+            str(e).split())}))
+        return 2
+    tried = []
+    try:
+        roots = g.inspect_os()
+        result = {'guests': [inspect_root(g, r) for r in roots]}
+        if args.fix:
+            fail_after = os.environ.get('ANY2KVM_FIX_FAIL_AFTER')
+            result['fixed'] = []
+            for guest in result['guests']:
+                if guest.get('type') == 'windows':
+                    bus = fix_bus(guest)
+                    result['fixed'].append({
+                        'root': guest['root'], 'disk': guest['disk'],
+                        'bus': bus, 'files': [], 'registry': fix_windows(
+                            g, guest, bus)})
+                if guest.get('type') != 'linux':
+                    continue
+                bus = fix_bus(guest)
+                result['fixed'].append({
+                    'root': guest['root'], 'disk': guest['disk'],
+                    'bus': bus, 'files': fix_linux(
+                        g, guest['root'], bus, tried,
+                        int(fail_after) if fail_after else None)})
+        g.shutdown()
+    except (RuntimeError, ProbeError) as e:
+        print(json.dumps({'error': ' '.join(str(e).split()),
+                          'tried': tried}))
+        return 2
+    finally:
+        g.close()
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

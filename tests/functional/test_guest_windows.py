@@ -1,0 +1,153 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The Windows registry reading and fixing of the probe, on a real hive.
+
+No Windows image exists here: the SYSTEM hive is made by hivex
+(tests/lib/winhive.py: an empty hive written to the documented layout,
+then ``hivexregedit --merge`` of a .reg file) with the Citrix XenServer PV
+drivers' services, an UpperFilters naming xenfilt, the IDE entries and two
+ControlSets.  The probe's ``hive`` command reads and fixes it with the
+hivex binding (the same code reads it through guestfs in the appliance);
+the hive is exported before and after the fix and compared: only the
+intended keys change.
+"""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from any2kvm_os.guest import inspect as gi
+from any2kvm_os import properties
+from tests.lib.tools import missing_tool
+from tests.lib import winhive
+
+CITRIX = ('xenbus', 'xenfilt', 'xenvbd', 'xennet', 'xenvif', 'xeniface')
+CSETS = ('ControlSet001', 'ControlSet002')
+DISK_CLASS = '{4d36e967-e325-11ce-bfc1-08002be10318}'
+
+
+@pytest.fixture(scope='module')
+def hivex_python():
+    python = gi.Settings().python
+    r = subprocess.run([python, '-c', 'import hivex'], capture_output=True,
+                       timeout=60)
+    if r.returncode != 0 or not shutil.which('hivexregedit'):
+        missing_tool('python3-hivex (for %s) and libhivex-bin are needed'
+                     % python)
+    return python
+
+
+def probe_hive(python, path, *extra):
+    r = subprocess.run([python, gi.PROBE, 'hive'] + list(extra) +
+                       [str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def parse_reg(text):
+    """{key (lower case): {value name: data}} of a .reg export."""
+    keys = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith('[') and line.endswith(']'):
+            current = keys.setdefault(line[1:-1].rstrip('\\').lower(), {})
+        elif '=' in line and current is not None:
+            name, _sep, data = line.partition('=')
+            current[name] = data
+    return keys
+
+
+def test_an_empty_hive_is_valid(hivex_python, tmp_path):
+    path = tmp_path / 'EMPTY'
+    path.write_bytes(winhive.empty_hive())
+    out = probe_hive(hivex_python, path)
+    assert out == {'control_sets': {}, 'current_control_set': None}
+
+
+def test_reading_the_system_hive(hivex_python, tmp_path):
+    path = winhive.build(tmp_path / 'SYSTEM', winhive.system_reg())
+    facts = probe_hive(hivex_python, path)
+    assert facts['current_control_set'] == 'ControlSet001'
+    assert sorted(facts['control_sets']) == list(CSETS)
+    for cset in CSETS:
+        found = facts['control_sets'][cset]
+        services = found['services']
+        assert sorted(n for n, s in services.items()
+                      if s['group'] == 'citrix') == sorted(CITRIX)
+        assert services['xenbus']['start'] == 0
+        assert services['storahci']['start'] == 3
+        assert found['filters'] == [{'class': DISK_CLASS,
+                                     'value': 'upperfilters',
+                                     'names': ['partmgr', 'xenfilt']}]
+        assert found['ide_entries'] == ['pci#ven_8086&dev_7010',
+                                        'primary_ide_channel',
+                                        'secondary_ide_channel']
+    guest = {'type': 'windows', 'distro': 'windows', 'major_version': 10,
+             'minor_version': 0, 'arch': 'x86_64', 'firmware': 'bios',
+             'product_name': 'Windows Server 2019 Standard', 'disk': 0,
+             'root': '/dev/sda2', 'windows': dict(facts, driver_store=[])}
+    props, reasons = properties.guest_properties(guest)
+    assert props['hw_disk_bus'] == 'sata'
+    assert props['hw_vif_model'] == 'e1000'
+    warnings = gi.warnings(guest)
+    assert ('Windows Server 2019 Standard without a virtio storage driver: '
+            'hw_disk_bus=sata; install virtio-win before migrating to get '
+            'virtio-scsi') in warnings
+    assert any('Citrix XenServer PV driver services' in w
+               for w in warnings)
+
+
+def test_virtio_services_choose_virtio_scsi(hivex_python, tmp_path):
+    path = winhive.build(tmp_path / 'SYSTEM', winhive.system_reg(
+        extra_services=(('vioscsi', 0), ('netkvm', 3))))
+    facts = probe_hive(hivex_python, path)
+    guest = {'type': 'windows', 'windows': facts}
+    props, reasons = properties.guest_properties(guest)
+    assert props['hw_disk_bus'] == 'scsi'
+    assert props['hw_scsi_model'] == 'virtio-scsi'
+    assert props['hw_vif_model'] == 'virtio'
+
+
+def test_the_fix_changes_only_the_intended_keys(hivex_python, tmp_path):
+    before_path = winhive.build(tmp_path / 'SYSTEM', winhive.system_reg())
+    after_path = tmp_path / 'SYSTEM.fixed'
+    shutil.copy(str(before_path), str(after_path))
+    out = probe_hive(hivex_python, after_path, '--fix-bus', 'sata')
+    assert len(out['fixed']) == 2 * (len(CITRIX) + 2)
+    before = parse_reg(winhive.export(before_path))
+    after = parse_reg(winhive.export(after_path))
+    top = 'hkey_local_machine\\system\\'
+    removed = set(before) - set(after)
+    assert removed == {top + '%s\\services\\%s' % (c.lower(), s)
+                       for c in CSETS for s in CITRIX}
+    assert set(after) - set(before) == set()
+    changed = {(k, name) for k in after for name in after[k]
+               if before[k].get(name) != after[k][name]}
+    assert changed == {
+        (top + '%s\\control\\class\\%s' % (c.lower(), DISK_CLASS),
+         '"UpperFilters"') for c in CSETS} | {
+        (top + '%s\\services\\storahci' % c.lower(), '"Start"')
+        for c in CSETS}
+    facts = probe_hive(hivex_python, after_path)
+    for cset in CSETS:
+        found = facts['control_sets'][cset]
+        assert found['filters'] == []
+        assert found['services']['storahci']['start'] == 0
+        assert not [n for n, s in found['services'].items()
+                    if s['group'] == 'citrix']
+    # A second fix finds nothing to do.
+    assert probe_hive(hivex_python, after_path, '--fix-bus',
+                      'sata')['fixed'] == []

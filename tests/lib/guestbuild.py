@@ -1,0 +1,380 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Real, bootable Linux test guests built from Debian packages.
+
+:func:`build(path, kind)` writes a small raw BIOS/MBR disk: GRUB in the MBR
+gap reading ``/boot/grub/grub.cfg`` from an ext4 root, Debian's cloud
+kernel, an initramfs of busybox-static plus some of the kernel's disk
+modules, and enough of an operating system on the root filesystem for
+libguestfs to inspect it: ``/etc/os-release``, ``/etc/debian_version``,
+``/bin`` (busybox), ``/lib/modules/VERSION`` (``modules.dep``,
+``modules.builtin`` and a few ``.ko``), ``/etc/fstab`` and a dpkg status
+file.  Nothing is installed on the host; the packages are fetched with
+``apt-get download`` once into the test cache (``<repo>/run/test-cache``,
+or ``$ANY2KVM_TEST_CACHE``), shared by every builder of test guests.
+
+The initramfs's ``/init`` mounts the root the kernel command line names
+(``root=UUID=...``, ``LABEL=...`` or ``/dev/...``) and then the device
+``/etc/fstab`` gives for ``/``, as a real system would, and prints one line
+on the serial console: ``ANY2KVM-BOOT-OK root=DEV id=TOKEN`` or
+``ANY2KVM-BOOT-FAIL reason``; then it powers off.
+
+Kinds (:data:`KINDS`):
+
+``virtio``  the initramfs has virtio_pci, virtio_blk, virtio_scsi, sd_mod
+            and ata_piix; fstab and grub.cfg name the root ``UUID=``;
+            qemu-guest-agent in the dpkg status.
+``novirtio`` the initramfs has sd_mod and ata_piix only (the virtio
+            modules are on the disk, not in the initramfs: a guest built
+            for another hypervisor).
+``xenpv``   like ``virtio``, but fstab and grub.cfg name ``/dev/xvda1``
+            and the kernel command line has ``console=hvc0``, as a Xen PV
+            guest's do; xe-guest-utilities in the dpkg status.
+
+:func:`boot(path, bus)` boots a disk under QEMU TCG on a bus
+(``virtio-scsi``, ``virtio-blk``, ``ide``, ``sata``) and returns the
+console's marker line (or None).
+"""
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+GRUB_DIR = '/usr/lib/grub/i386-pc'
+START_SECTOR = 2048
+SIZE_MB = 80
+
+BOOT_MODULES = {
+    'virtio': ('virtio_pci', 'virtio_blk', 'virtio_scsi', 'sd_mod',
+               'ata_piix', 'ata_generic'),
+    'novirtio': ('sd_mod', 'ata_piix', 'ata_generic'),
+    'xenpv': ('virtio_pci', 'virtio_blk', 'virtio_scsi', 'sd_mod',
+              'ata_piix', 'ata_generic'),
+}
+KINDS = tuple(BOOT_MODULES)
+#: Modules copied onto the root filesystem's /lib/modules (all kinds).
+DISK_MODULES = ('virtio_pci', 'virtio_blk', 'virtio_scsi', 'virtio_net',
+                'sd_mod', 'ata_piix', 'ata_generic')
+#: Fixed filesystem UUIDs, one per kind (guests inspected together must
+#: not share one).
+FS_UUIDS = {'virtio': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0101',
+            'novirtio': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0102',
+            'xenpv': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0103'}
+TOOLS_PACKAGES = {'virtio': ('qemu-guest-agent',), 'novirtio': (),
+                  'xenpv': ('xe-guest-utilities',)}
+
+INIT = r'''#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /mods/order); do insmod /mods/$m 2>/dev/null; done
+say() { echo "$*" > /dev/console; }
+root=""
+for w in $(cat /proc/cmdline); do case $w in root=*) root=${w#root=};; esac
+done
+find_dev() {
+  case $1 in
+    UUID=*|LABEL=*) findfs "$1" 2>/dev/null ;;
+    /dev/*) [ -b "$1" ] && echo "$1" ;;
+  esac
+}
+dev=""; i=0
+while [ $i -lt 100 ]; do
+  dev=$(find_dev "$root") && [ -n "$dev" ] && break
+  sleep 0.1; i=$((i+1))
+done
+if [ -z "$dev" ]; then
+  devs=$(ls /sys/class/block | tr '\n' ' ')
+  say "ANY2KVM-BOOT-FAIL root=$root not found; block devs: $devs"
+  poweroff -f
+fi
+if ! mount -o ro "$dev" /mnt; then
+  say "ANY2KVM-BOOT-FAIL cannot mount $dev"; poweroff -f
+fi
+fsroot=$(awk '$2=="/" {print $1}' /mnt/etc/fstab)
+fsdev=$(find_dev "$fsroot")
+if [ -z "$fsdev" ]; then
+  say "ANY2KVM-BOOT-FAIL fstab root $fsroot not found"
+else
+  say "ANY2KVM-BOOT-OK root=$dev fstab=$fsroot id=$(cat /mnt/etc/any2kvm-id)"
+fi
+umount /mnt
+poweroff -f
+'''
+
+
+class BuildError(Exception):
+    pass
+
+
+def cache_dir():
+    path = Path(os.environ.get('ANY2KVM_TEST_CACHE') or
+                REPO / 'run' / 'test-cache')
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run(cmd, **kwargs):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       **kwargs)
+    if r.returncode != 0:
+        raise BuildError('%s: exit %d: %s' % (' '.join(map(str, cmd)),
+                                              r.returncode,
+                                              r.stderr.strip()[-2000:]))
+    return r.stdout
+
+
+def missing_tools():
+    """The host tools a build or boot needs that are absent."""
+    need = ['apt-get', 'apt-cache', 'dpkg-deb', 'depmod', 'modprobe',
+            'sfdisk', 'mke2fs', 'cpio', 'grub-mkimage',
+            'qemu-system-x86_64']
+    out = [t for t in need if not shutil.which(t) and
+           not os.path.exists('/sbin/' + t)]
+    if not os.path.exists(os.path.join(GRUB_DIR, 'boot.img')):
+        out.append('grub-pc-bin (%s)' % GRUB_DIR)
+    return out
+
+
+def packages():
+    """(kernel root, kernel version, busybox path), downloaded and unpacked
+    once into the cache (under a lock: several test processes may ask at
+    once)."""
+    cache = cache_dir()
+    with open(cache / '.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kroot = cache / 'kroot'
+        bbroot = cache / 'bbroot'
+        if not (kroot / 'lib' / 'modules').is_dir() or not bbroot.is_dir():
+            deps = _run(['apt-cache', 'depends', 'linux-image-cloud-amd64'])
+            m = re.search(r'Depends: (linux-image-[0-9]\S*)', deps)
+            if not m:
+                raise BuildError('no kernel package behind '
+                                 'linux-image-cloud-amd64: %s' % deps)
+            debs = cache / 'debs'
+            debs.mkdir(exist_ok=True)
+            for pkg in (m.group(1), 'busybox-static'):
+                if not list(debs.glob(pkg + '_*.deb')):
+                    _run(['apt-get', 'download', pkg], cwd=str(debs))
+            for pkg, dest in ((m.group(1), kroot), ('busybox-static',
+                                                    bbroot)):
+                (deb,) = debs.glob(pkg + '_*.deb')
+                tmp = Path(tempfile.mkdtemp(dir=str(cache)))
+                _run(['dpkg-deb', '-x', str(deb), str(tmp)])
+                if dest.exists():
+                    shutil.rmtree(str(dest))
+                tmp.rename(dest)
+            (version,) = os.listdir(str(kroot / 'lib' / 'modules'))
+            _run(['depmod', '-b', str(kroot), version])
+        (version,) = os.listdir(str(kroot / 'lib' / 'modules'))
+        return kroot, version, bbroot / 'bin' / 'busybox'
+
+
+def _module_files(kroot, version, names):
+    """The .ko files of ``names`` and their dependencies, in load order."""
+    files = []
+    for name in names:
+        out = _run(['modprobe', '-d', str(kroot), '-S', version,
+                    '--show-depends', name])
+        for line in out.splitlines():
+            parts = line.split()
+            if parts and parts[0] == 'insmod' and parts[1] not in files:
+                files.append(parts[1])
+    return files
+
+
+def _initramfs(work, kroot, version, busybox, kind):
+    top = work / 'initramfs'
+    for d in ('bin', 'dev', 'proc', 'sys', 'mnt', 'mods'):
+        (top / d).mkdir(parents=True)
+    shutil.copy(str(busybox), str(top / 'bin' / 'busybox'))
+    os.symlink('busybox', str(top / 'bin' / 'sh'))
+    order = []
+    for ko in _module_files(kroot, version, BOOT_MODULES[kind]):
+        shutil.copy(ko, str(top / 'mods'))
+        order.append(os.path.basename(ko))
+    (top / 'mods' / 'order').write_text('\n'.join(order) + '\n')
+    (top / 'init').write_text(INIT)
+    (top / 'init').chmod(0o755)
+    names = subprocess.run(['find', '.'], cwd=str(top), capture_output=True,
+                           check=True, timeout=60).stdout
+    cpio = subprocess.run(['cpio', '-o', '-H', 'newc', '--quiet'],
+                          cwd=str(top), input=names, capture_output=True,
+                          check=True, timeout=120).stdout
+    import gzip
+    return gzip.compress(cpio, 6)
+
+
+def _root_tree(work, kroot, version, busybox, kind, fsuuid, token):
+    root = work / 'root'
+    for d in ('boot/grub', 'etc', 'bin', 'sbin', 'usr/bin', 'var/lib/dpkg',
+              'dev', 'proc', 'sys', 'tmp', 'mnt'):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy(str(kroot / 'boot' / ('vmlinuz-' + version)),
+                str(root / 'boot' / 'vmlinuz'))
+    (root / 'boot' / 'initrd.img').write_bytes(
+        _initramfs(work, kroot, version, busybox, kind))
+    shutil.copy(str(busybox), str(root / 'bin' / 'busybox'))
+    for tool in ('sh', 'ls', 'echo', 'rm', 'mount', 'cat'):
+        os.symlink('busybox', str(root / 'bin' / tool))
+    # /lib/modules: the index files and a few modules.
+    mods = root / 'lib' / 'modules' / version
+    mods.mkdir(parents=True)
+    src = kroot / 'lib' / 'modules' / version
+    for name in ('modules.dep', 'modules.builtin', 'modules.order',
+                 'modules.builtin.modinfo'):
+        if (src / name).exists():
+            shutil.copy(str(src / name), str(mods / name))
+    for ko in _module_files(kroot, version, DISK_MODULES):
+        rel = Path(ko).relative_to(src)
+        (mods / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ko, str(mods / rel))
+    xen = kind == 'xenpv'
+    rootname = '/dev/xvda1' if xen else 'UUID=' + fsuuid
+    consoles = 'console=hvc0 console=ttyS0,115200' if xen else \
+        'console=ttyS0,115200'
+    (root / 'boot' / 'grub' / 'grub.cfg').write_text(
+        'set timeout=0\n'
+        "menuentry 'Debian GNU/Linux (any2kvm test guest)' {\n"
+        '    linux /boot/vmlinuz root=%s ro %s panic=-1 quiet\n'
+        '    initrd /boot/initrd.img\n'
+        '}\n' % (rootname, consoles))
+    (root / 'etc' / 'fstab').write_text(
+        '# <file system> <mount point> <type> <options> <dump> <pass>\n'
+        '%s / ext4 errors=remount-ro 0 1\n' % rootname)
+    (root / 'etc' / 'os-release').write_text(
+        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
+        'NAME="Debian GNU/Linux"\nVERSION_ID="12"\n'
+        'VERSION="12 (bookworm)"\nVERSION_CODENAME=bookworm\nID=debian\n')
+    (root / 'etc' / 'debian_version').write_text('12.8\n')
+    (root / 'etc' / 'hostname').write_text('guest-%s\n' % kind)
+    (root / 'etc' / 'hosts').write_text('127.0.0.1 localhost\n')
+    (root / 'etc' / 'any2kvm-id').write_text(token + '\n')
+    status = ''
+    for pkg in ('base-files', 'busybox-static') + TOOLS_PACKAGES[kind]:
+        status += ('Package: %s\nStatus: install ok installed\n'
+                   'Architecture: amd64\nVersion: 1.0\n'
+                   'Description: test\n\n' % pkg)
+    (root / 'var' / 'lib' / 'dpkg' / 'status').write_text(status)
+    return root
+
+
+def build(path, kind, token=None):
+    """Write the test guest ``kind`` as a raw disk at ``path``; returns
+    {'kind', 'fsuuid', 'token', 'kernel'}."""
+    if kind not in BOOT_MODULES:
+        raise ValueError('unknown guest kind %r (known: %s)' % (
+            kind, ', '.join(KINDS)))
+    kroot, version, busybox = packages()
+    token = token or str(uuid.uuid4())
+    fsuuid = FS_UUIDS[kind]
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix='guestbuild-') as tmp:
+        work = Path(tmp)
+        root = _root_tree(work, kroot, version, busybox, kind, fsuuid,
+                          token)
+        if path.exists():
+            path.unlink()
+        with open(str(path), 'wb') as f:
+            f.truncate(SIZE_MB << 20)
+        subprocess.run(['sfdisk', '-q', str(path)],
+                       input='label: dos\nstart=%d, type=83, bootable\n'
+                       % START_SECTOR, text=True, check=True,
+                       capture_output=True, timeout=60)
+        sectors = (SIZE_MB << 20) // 512 - START_SECTOR
+        _run(['mke2fs', '-q', '-F', '-L', 'ANY2KVM_ROOT', '-U', fsuuid,
+              '-t', 'ext4', '-O', '^64bit,^metadata_csum',
+              '-E', 'offset=%d' % (START_SECTOR * 512), '-d', str(root),
+              str(path), '%dk' % (sectors // 2)])
+        early = work / 'early.cfg'
+        early.write_text('set root=(hd0,msdos1)\n'
+                         'set prefix=(hd0,msdos1)/boot/grub\n'
+                         'configfile (hd0,msdos1)/boot/grub/grub.cfg\n')
+        core = work / 'core.img'
+        _run(['grub-mkimage', '-O', 'i386-pc', '-o', str(core), '-c',
+              str(early), '-p', '(hd0,msdos1)/boot/grub', 'biosdisk',
+              'part_msdos', 'ext2', 'linux', 'boot', 'configfile',
+              'normal'])
+        data = core.read_bytes()
+        if len(data) > (START_SECTOR - 1) * 512:
+            raise BuildError('core.img too big: %d bytes' % len(data))
+        with open(os.path.join(GRUB_DIR, 'boot.img'), 'rb') as f:
+            mbr = f.read(440)
+        with open(str(path), 'r+b') as f:
+            f.seek(0)
+            f.write(mbr)
+            f.seek(512)
+            f.write(data)
+    return {'kind': kind, 'fsuuid': fsuuid, 'token': token,
+            'kernel': version}
+
+
+#: QEMU devices of each bus, for a drive with id d0.
+BUS_DEVICES = {
+    'virtio-scsi': ['-device', 'virtio-scsi-pci,id=scsi0',
+                    '-device', 'scsi-hd,drive=d0,bus=scsi0.0,bootindex=0'],
+    'virtio-blk': ['-device', 'virtio-blk-pci,drive=d0,bootindex=0'],
+    'ide': ['-device', 'ide-hd,drive=d0,bus=ide.0,bootindex=0'],
+    'sata': ['-device', 'ahci,id=ahci0',
+             '-device', 'ide-hd,drive=d0,bus=ahci0.0,bootindex=0'],
+}
+#: Nova's hw_disk_bus (with hw_scsi_model) -> a BUS_DEVICES key.
+NOVA_BUS = {'scsi': 'virtio-scsi', 'virtio': 'virtio-blk', 'ide': 'ide',
+            'sata': 'sata'}
+
+
+def boot(path, bus, timeout=240, log=None, fmt='raw'):
+    """Boot the disk at ``path`` under QEMU TCG on ``bus``; the console's
+    ANY2KVM-BOOT line (None if none came within ``timeout`` s).  The disk
+    is never written (``snapshot=on``)."""
+    if log is None:
+        with tempfile.TemporaryDirectory(prefix='guestboot-') as tmp:
+            return boot(path, bus, timeout, Path(tmp) / 'console.log', fmt)
+    log = Path(log)
+    cmd = ['qemu-system-x86_64', '-machine', 'pc', '-accel', 'tcg',
+           '-m', '512', '-smp', '1', '-nographic', '-monitor', 'none',
+           '-serial', 'file:%s' % log, '-no-reboot', '-net', 'none',
+           '-drive', 'file=%s,format=%s,if=none,id=d0,snapshot=on' % (
+               path, fmt)] + BUS_DEVICES[bus]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    line = None
+    try:
+        while time.monotonic() < deadline:
+            if log.exists():
+                for text in log.read_bytes().decode(
+                        'utf-8', 'replace').splitlines():
+                    if 'ANY2KVM-BOOT-' in text:
+                        line = text.strip()
+            if line or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        if line is None and log.exists():
+            for text in log.read_bytes().decode(
+                    'utf-8', 'replace').splitlines():
+                if 'ANY2KVM-BOOT-' in text:
+                    line = text.strip()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    return line

@@ -1,0 +1,554 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Guest inspection without an appliance: the decisions are taken from
+probe output recorded on the real test guests
+(``data/probe-linux-guests.json``: ``probe.py inspect`` of the virtio,
+novirtio and xenpv guests of tests/lib/guestbuild.py, in one launch), and
+from hand-written Windows facts (``data/probe-windows-handmade.json``)."""
+
+import copy
+import gzip
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from any2kvm_os import exception
+from any2kvm_os.guest import inspect as gi
+from any2kvm_os.guest import probe
+from any2kvm_os import properties
+
+DATA = Path(__file__).parent / 'data'
+
+
+def recorded():
+    return json.loads((DATA / 'probe-linux-guests.json').read_text())
+
+
+def guest(hostname):
+    for g in recorded()['guests']:
+        if g['hostname'] == hostname:
+            return g
+    raise AssertionError(hostname)
+
+
+def windows():
+    return json.loads((DATA / 'probe-windows-handmade.json').read_text())
+
+
+# -- the bus table ---------------------------------------------------------
+
+def test_virtio_guest_gets_virtio_scsi():
+    props, reasons = properties.guest_properties(guest('guest-virtio'))
+    assert props == {
+        'os_type': 'linux', 'os_distro': 'debian', 'os_version': '12',
+        'architecture': 'x86_64', 'hw_disk_bus': 'scsi',
+        'hw_scsi_model': 'virtio-scsi', 'hw_vif_model': 'virtio',
+        'hw_firmware_type': 'bios', 'hw_qemu_guest_agent': 'yes'}
+    assert 'virtio_scsi is in the initramfs' in reasons['hw_disk_bus']
+
+
+def test_guest_without_virtio_in_initramfs_gets_ide():
+    props, reasons = properties.guest_properties(guest('guest-novirtio'))
+    assert props['hw_disk_bus'] == 'ide'
+    assert 'hw_scsi_model' not in props
+    assert 'hw_qemu_guest_agent' not in props
+    # The module is on the disk, but not where the boot can load it.
+    assert 'virtio_scsi a module outside the initramfs' in \
+        reasons['hw_disk_bus']
+    # The NIC driver may load after the boot: virtio-net is fine.
+    assert props['hw_vif_model'] == 'virtio'
+
+
+def test_virtio_blk_only_gets_virtio():
+    g = guest('guest-virtio')
+    g['linux']['kernels'][0]['modules']['virtio_scsi'] = 'module'
+    props, reasons = properties.guest_properties(g)
+    assert props['hw_disk_bus'] == 'virtio'
+    assert 'hw_scsi_model' not in props
+    assert 'virtio_blk is in the initramfs' in reasons['hw_disk_bus']
+
+
+def test_ahci_gets_sata():
+    g = guest('guest-novirtio')
+    g['linux']['kernels'][0]['modules']['ahci'] = 'builtin'
+    props, reasons = properties.guest_properties(g)
+    assert props['hw_disk_bus'] == 'sata'
+    assert 'ahci is built into the kernel' in reasons['hw_disk_bus']
+
+
+def test_no_virtio_net_gets_e1000_or_the_sources_model():
+    g = guest('guest-virtio')
+    mods = g['linux']['kernels'][0]['modules']
+    mods['virtio_net'] = None
+    props, reasons = properties.guest_properties(g)
+    assert props['hw_vif_model'] == 'e1000'
+    vm = {'nics': [{'model': 'vmxnet3'}]}
+    props, reasons = properties.guest_properties(g, vm)
+    assert props['hw_vif_model'] == 'vmxnet3'
+    assert 'vmxnet3' in reasons['hw_vif_model']
+
+
+def test_uefi_guest():
+    g = guest('guest-virtio')
+    g['firmware'] = 'uefi'
+    props, reasons = properties.guest_properties(g)
+    assert props['hw_firmware_type'] == 'uefi'
+    assert props['hw_machine_type'] == 'q35'
+
+
+def test_newest_kernel_decides():
+    g = guest('guest-virtio')
+    old = copy.deepcopy(g['linux']['kernels'][0])
+    old['version'] = '4.19.0-9-amd64'
+    old['modules'] = dict.fromkeys(old['modules'])
+    g['linux']['kernels'].insert(0, old)
+    assert properties.boot_kernel(g)['version'].startswith('6.1.0')
+    assert properties.guest_properties(g)[0]['hw_disk_bus'] == 'scsi'
+
+
+def test_nothing_found_sets_nothing():
+    assert properties.guest_properties(None) == ({}, {})
+    assert properties.guest_properties({'type': 'unknown'}) == ({}, {})
+
+
+def test_image_properties_guest_wins_over_source_user_over_guest():
+    g = guest('guest-novirtio')
+    props, _reasons = properties.guest_properties(g)
+    vm = {'os': {'vmware_os_type': 'windows9Server64Guest'},
+          'guest_properties': props}
+    p = properties.image_properties(vm, 1 << 30,
+                                    overrides={'hw_vif_model': 'e1000'})
+    assert p['hw_disk_bus'] == 'ide'
+    assert 'hw_scsi_model' not in p
+    assert p['os_distro'] == 'debian'
+    assert p['os_type'] == 'linux'
+    assert p['hw_vif_model'] == 'e1000'
+    # --no-default-properties: nothing derived, the guest's neither.
+    p = properties.image_properties(vm, 1 << 30, defaults=False,
+                                    overrides={'a': 'b'})
+    assert p == {'a': 'b'}
+    # Without inspection: as before.
+    p = properties.image_properties({}, 1 << 30)
+    assert p['hw_disk_bus'] == 'scsi'
+    assert p['hw_scsi_model'] == 'virtio-scsi'
+
+
+# -- Windows (hand-written facts) -----------------------------------------
+
+def test_windows_without_virtio_service_gets_sata_and_a_warning():
+    result = windows()
+    summary = gi.summary(result)
+    props, reasons = summary['properties'], summary['reasons']
+    assert props['os_type'] == 'windows'
+    assert props['os_distro'] == 'windows'
+    assert props['os_version'] == '10.0'
+    assert props['hw_disk_bus'] == 'sata'
+    assert props['hw_vif_model'] == 'e1000'
+    assert 'vioscsi.inf_amd64_1234 is in the driver store only' in \
+        reasons['hw_disk_bus']
+    text = '\n'.join(summary['warnings'])
+    assert ('Windows Server 2019 Standard without a virtio storage '
+            'driver: hw_disk_bus=sata; install virtio-win before migrating '
+            'to get virtio-scsi') in text
+    assert 'ControlSet001: Citrix XenServer PV driver services xenbus, ' \
+        'xenfilt, xenvbd' in text
+    assert 'upperfilters names xenfilt' in text
+
+
+def test_windows_with_vioscsi_at_boot_gets_virtio_scsi():
+    result = windows()
+    services = result['guests'][0]['windows']['control_sets'][
+        'ControlSet001']['services']
+    services['vioscsi'] = {'group': 'virtio', 'start': 0,
+                           'image_path': None}
+    services['netkvm'] = {'group': 'virtio', 'start': 3,
+                          'image_path': None}
+    props, reasons = properties.guest_properties(result['guests'][0])
+    assert props['hw_disk_bus'] == 'scsi'
+    assert props['hw_scsi_model'] == 'virtio-scsi'
+    assert props['hw_vif_model'] == 'virtio'
+    assert reasons['hw_disk_bus'] == 'the vioscsi service starts at boot'
+
+
+def test_windows_without_ahci_gets_ide():
+    g = windows()['guests'][0]
+    for cs in g['windows']['control_sets'].values():
+        cs['services'].pop('storahci', None)
+    assert properties.disk_bus(g)[0] == 'ide'
+
+
+# -- the report ------------------------------------------------------------
+
+def test_summary_of_the_xen_guest():
+    result = recorded()
+    result['guests'] = [g for g in result['guests']
+                        if g['hostname'] == 'guest-xenpv']
+    s = gi.summary(result)
+    assert s['guest']['disk_names'] == {'/etc/fstab': ['/dev/xvda1'],
+                                        '/boot/grub/grub.cfg':
+                                        ['/dev/xvda1']}
+    assert s['guest']['xen_consoles'] == ['console=hvc0']
+    assert s['guest']['tools'] == {
+        'xe_guest_utilities': ['xe-guest-utilities']}
+    assert any('/etc/fstab names /dev/xvda1' in w for w in s['warnings'])
+    text = '\n'.join(gi.text_lines(s))
+    assert 'property:     hw_disk_bus=scsi (kernel 6.1.0' in text
+    assert 'disk names:   /etc/fstab: /dev/xvda1' in text
+
+
+def test_summary_after_a_fix_reports_the_new_names():
+    result = recorded()
+    result['guests'] = [g for g in result['guests']
+                        if g['hostname'] == 'guest-xenpv']
+    uuid = 'UUID=2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0103'
+    result['fixed'] = [{'root': '/dev/sda1', 'disk': 0, 'bus': 'scsi',
+                        'files': [
+                            {'path': '/etc/fstab', 'changes': [
+                                {'from': '/dev/xvda1', 'to': uuid}]},
+                            {'path': '/boot/grub/grub.cfg', 'changes': [
+                                {'from': '/dev/xvda1', 'to': uuid},
+                                {'from': 'console=hvc0', 'to': ''}]}]}]
+    result['guests'][0]['root'] = '/dev/sda1'
+    s = gi.summary(result)
+    assert s['guest']['disk_names']['/etc/fstab'] == [uuid]
+    assert s['guest']['xen_consoles'] == []
+    assert not [w for w in s['warnings'] if 'xvda' in w or 'hvc0' in w]
+    text = '\n'.join(gi.text_lines(s))
+    assert 'fixed:        /boot/grub/grub.cfg: /dev/xvda1 -> %s, ' \
+        'console=hvc0 -> (dropped)' % uuid in text
+
+
+def test_several_guests_the_lowest_disk_is_chosen():
+    s = gi.summary(recorded())
+    assert s['guest']['hostname'] == 'guest-virtio'
+    assert any('2 other operating system(s)' in w for w in s['warnings'])
+
+
+def test_no_guest():
+    s = gi.summary({'guests': []})
+    assert s['guest'] is None
+    assert s['properties'] == {}
+    assert s['warnings'] == ['no operating system found on the disk(s)']
+
+
+# -- the probe's own logic (stdlib parts) ---------------------------------
+
+def _cpio(names):
+    """A newc cpio archive of empty files ``names``."""
+    out = b''
+    for name in list(names) + ['TRAILER!!!']:
+        raw = name.encode() + b'\0'
+        head = b'070701' + b''.join(b'%08X' % v for v in (
+            0, 0o100644, 0, 0, 1, 0, 0, 0, 0, 0, 0, len(raw), 0))
+        out += head + raw
+        out += b'\0' * (-len(out) % 4)
+    return out
+
+
+def test_cpio_names_of_an_early_and_a_compressed_archive():
+    early = _cpio(['kernel/x86/microcode/GenuineIntel.bin'])
+    early += b'\0' * (-len(early) % 512)
+    main = gzip.compress(_cpio([
+        'usr/lib/modules/6.1/kernel/drivers/scsi/virtio_scsi.ko',
+        'init']))
+    names = probe.cpio_names(early + main)
+    assert names == ['kernel/x86/microcode/GenuineIntel.bin',
+                     'usr/lib/modules/6.1/kernel/drivers/scsi/virtio_scsi.ko',
+                     'init']
+    with pytest.raises(ValueError):
+        probe.cpio_names(b'\x28\xb5\x2f\xfdzstd')
+
+
+def test_module_names():
+    assert probe._module_name('kernel/drivers/block/virtio_blk.ko') == \
+        'virtio_blk'
+    assert probe._module_name('a/b/ata-piix.ko.xz') == 'ata_piix'
+    assert probe._module_name('init') is None
+
+
+def test_disk_index():
+    assert probe.disk_index('/dev/sda1') == 0
+    assert probe.disk_index('/dev/sdc') == 2
+    assert probe.disk_index('/dev/sdaa1') == 26
+    assert probe.disk_index('/dev/mapper/vg-root') is None
+
+
+class FakeG(object):
+    """The one guestfs call fix_text makes."""
+
+    def vfs_uuid(self, dev):
+        return {'/dev/sda1': 'aaaa-1111', '/dev/sda2': ''}.get(dev, '')
+
+
+def test_fix_text_rewrites_names_and_drops_xen_consoles():
+    text = ('# /dev/xvda1 was the root\n'
+            '/dev/xvda1 / ext4 defaults 0 1\n'
+            '/dev/xvda2 none swap sw 0 0\n'
+            'UUID=abcd /data ext4 defaults 0 2\n'
+            '/dev/sdb1 /srv ext4 defaults 0 2\n')
+    new, changes = probe.fix_text(FakeG(), text, 'scsi', False)
+    assert new == ('# /dev/xvda1 was the root\n'
+                   'UUID=aaaa-1111 / ext4 defaults 0 1\n'
+                   '/dev/sda2 none swap sw 0 0\n'
+                   'UUID=abcd /data ext4 defaults 0 2\n'
+                   '/dev/sdb1 /srv ext4 defaults 0 2\n')
+    assert changes == [('/dev/xvda1', 'UUID=aaaa-1111'),
+                       ('/dev/xvda2', '/dev/sda2')]
+    cfg = ('  linux /vmlinuz root=/dev/xvda1 ro console=hvc0 '
+           'console=ttyS0 xencons=tty quiet\n')
+    new, changes = probe.fix_text(FakeG(), cfg, 'scsi', True)
+    assert new == '  linux /vmlinuz root=UUID=aaaa-1111 ro console=ttyS0 ' \
+        'quiet\n'
+    assert ('console=hvc0', '') in changes
+    # On virtio-blk, sd names would not exist either.
+    new, _changes = probe.fix_text(FakeG(), '/dev/sdb1 /srv ext4\n',
+                                   'virtio', False)
+    assert new == '/dev/vdb1 /srv ext4\n'
+
+
+def test_fix_bus_follows_the_table():
+    g = guest('guest-virtio')
+    assert probe.fix_bus(g) == 'scsi'
+    g['linux']['kernels'][0]['modules']['virtio_scsi'] = 'module'
+    assert probe.fix_bus(g) == 'virtio'
+    assert probe.fix_bus(guest('guest-novirtio')) == 'scsi'
+
+
+# -- running the probe -----------------------------------------------------
+
+def _fake_python(tmp_path, body):
+    """An interpreter stand-in: a script that ignores its arguments."""
+    path = tmp_path / 'fakepython'
+    path.write_text('#!/bin/sh\n' + body + '\n')
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_run_probe_reads_the_json(tmp_path):
+    data = tmp_path / 'out.json'
+    data.write_text(json.dumps(recorded()))
+    s = gi.Settings(python=_fake_python(tmp_path, 'cat %s' % data))
+    assert gi.run_probe(s, ['disk.raw'])['guests'][0]['hostname'] == \
+        'guest-virtio'
+    cmd = gi.command(s, ['d.raw'])
+    assert cmd[1] == gi.PROBE
+    assert cmd[2:] == ['--backend', 'direct', '--backend-setting',
+                       'force_tcg', '--format', 'raw', 'inspect', 'd.raw']
+
+
+def test_missing_binding_says_what_to_install(tmp_path):
+    s = gi.Settings(python=_fake_python(
+        tmp_path, 'echo \'{"error": "no libguestfs Python binding", '
+        '"missing": "guestfs"}\'; exit 3'))
+    with pytest.raises(exception.InspectionError) as e:
+        gi.run_probe(s, ['disk.raw'])
+    assert str(e.value) == (
+        'disk.raw: guest inspection: no libguestfs Python binding; install '
+        'libguestfs-tools and python3-guestfs (bindep profile "inspect"), '
+        'or give --no-inspect')
+    s = gi.Settings(python=str(tmp_path / 'nowhere' / 'python3'))
+    with pytest.raises(exception.InspectionError) as e:
+        gi.run_probe(s, ['disk.raw'])
+    assert 'not found ([any2kvm] guestfs_python)' in str(e.value)
+
+
+def test_the_real_probe_without_the_binding_is_one_line(tmp_path):
+    # The virtualenv's interpreter has no guestfs binding.
+    import sys
+    try:
+        import guestfs  # noqa: F401
+        pytest.skip('this interpreter has the guestfs binding')
+    except ImportError:
+        pass
+    s = gi.Settings(python=sys.executable)
+    with pytest.raises(exception.InspectionError) as e:
+        gi.run_probe(s, ['disk.raw'])
+    assert 'no libguestfs Python binding for' in str(e.value)
+    assert '\n' not in str(e.value)
+
+
+def test_probe_garbage_and_timeout(tmp_path):
+    s = gi.Settings(python=_fake_python(
+        tmp_path, 'echo boom >&2; echo not json; exit 1'))
+    with pytest.raises(exception.InspectionError) as e:
+        gi.run_probe(s, ['disk.raw'])
+    assert 'the probe failed (exit 1): boom' in str(e.value)
+    s = gi.Settings(python=_fake_python(tmp_path, 'exec sleep 60'),
+                    timeout=1)
+    start = time.monotonic()
+    with pytest.raises(exception.InspectionError) as e:
+        gi.run_probe(s, ['disk.raw'])
+    assert 'no answer within 1 s' in str(e.value)
+    assert time.monotonic() - start < 50
+
+
+def test_appliance_failure_suggests_force_tcg(tmp_path):
+    s = gi.Settings(python=_fake_python(
+        tmp_path, 'echo \'{"error": "libguestfs appliance: launch '
+        'failed"}\'; exit 2'), backend_settings='')
+    with pytest.raises(exception.InspectionError) as e:
+        gi.run_probe(s, ['disk.raw'])
+    assert 'guestfs_backend_settings = force_tcg' in str(e.value)
+
+
+def test_enabled(monkeypatch):
+    monkeypatch.delenv(gi.ENV, raising=False)
+    assert gi.enabled(None) == (True, False)
+    assert gi.enabled(True) == (True, True)
+    assert gi.enabled(False) == (False, False)
+    monkeypatch.setenv(gi.ENV, '0')
+    assert gi.enabled(None) == (False, False)
+    assert gi.enabled(True) == (True, True)
+
+
+def test_fix_failure_is_a_fix_error_naming_what_it_tried(tmp_path):
+    s = gi.Settings(python=_fake_python(
+        tmp_path, 'echo \'{"error": "stopped", "tried": ["/etc/fstab"]}\';'
+        ' exit 2'))
+    with pytest.raises(exception.GuestFixError) as e:
+        gi.run_probe(s, ['disk.raw'], fix=True)
+    assert str(e.value) == 'disk.raw: guest fix: stopped; it had ' \
+        'changed: /etc/fstab'
+
+
+def test_probe_is_standalone():
+    # probe.py runs under another interpreter: the standard library and
+    # guestfs only, nothing of the project.
+    text = Path(probe.__file__).read_text()
+    assert 'any2kvm_os' not in ''.join(
+        line for line in text.splitlines(True)
+        if line.startswith(('import ', 'from ')))
+    assert os.path.basename(gi.PROBE) == 'probe.py'
+
+
+def test_fix_bus_of_windows():
+    g = windows()['guests'][0]
+    assert probe.fix_bus(g) == 'sata'
+    services = g['windows']['control_sets']['ControlSet001']['services']
+    services['viostor'] = {'group': 'virtio', 'start': 0}
+    assert probe.fix_bus(g) == 'virtio'
+
+
+def test_registry_fixes_are_reported():
+    result = windows()
+    result['fixed'] = [{'root': '/dev/sda1', 'disk': 0, 'bus': 'sata',
+                        'files': [], 'registry': [
+                            'ControlSet001\\Services\\xenbus: deleted']}]
+    s = gi.summary(result)
+    assert s['fixed'][0]['registry']
+    assert 'fixed:        SYSTEM hive: ControlSet001\\Services\\xenbus: ' \
+        'deleted' in gi.text_lines(s)
+
+
+# -- the library: import_vm hands the guest's properties to the target ----
+
+class _Disk(object):
+    chain = object()
+    name = 'd0'
+
+
+class _Vm(object):
+    path = 'vm.ova'
+
+    def __init__(self):
+        self.facts = {'name': 'vm'}
+        self.disks = [_Disk()]
+
+    def close(self):
+        pass
+
+
+def test_import_vm_inspects_before_a_cloud_target_writes(monkeypatch):
+    from any2kvm_os import api
+    from any2kvm_os.targets import base as targets
+    seen = {}
+
+    class Target(targets.Target):
+        takes_properties = True
+
+        def __init__(self, **kw):
+            pass
+
+        def write(self, vm, name, props, disk=None, progress=None):
+            seen['facts'] = dict(vm.facts)
+            return [{'disk': 0, 'name': name, 'id': 'x',
+                     'properties': properties.image_properties(
+                         vm.facts, 1 << 30, overrides=props)}]
+    summary = gi.summary(recorded())
+    monkeypatch.setattr(targets, 'get_class', lambda name: Target)
+    monkeypatch.setattr(api, 'open_location', lambda *a, **k: _Vm())
+    monkeypatch.setattr(api, 'inspect_vm', lambda vm, limits, disk: summary)
+    monkeypatch.delenv(gi.ENV, raising=False)
+    _facts, results = api.import_vm('vm.ova', 'glance', 'vm', None,
+                                    props={'hw_vif_model': 'e1000'})
+    assert seen['facts']['guest_properties']['hw_disk_bus'] == 'scsi'
+    # The image's properties: the guest's, then --property.
+    assert results[0]['properties']['hw_vif_model'] == 'e1000'
+    assert results[0]['properties']['hw_qemu_guest_agent'] == 'yes'
+    assert results[0]['guest']['hostname'] == 'guest-virtio'
+    assert results[0]['reasons']['hw_disk_bus']
+
+
+def test_import_vm_warns_and_goes_on_when_inspection_fails(monkeypatch,
+                                                           caplog):
+    from any2kvm_os import api
+    from any2kvm_os.targets import base as targets
+
+    class Target(targets.Target):
+        def __init__(self, **kw):
+            pass
+
+        def write(self, vm, name, props, disk=None, progress=None):
+            return [{'disk': 0, 'name': name, 'properties':
+                     properties.image_properties(vm.facts, 1 << 30)}]
+
+    def fail(vm, limits, disk):
+        raise exception.InspectionError(path='vm.ova', reason='no binding')
+    monkeypatch.setattr(targets, 'get_class', lambda name: Target)
+    monkeypatch.setattr(api, 'open_location', lambda *a, **k: _Vm())
+    monkeypatch.setattr(api, 'inspect_vm', fail)
+    monkeypatch.delenv(gi.ENV, raising=False)
+    _facts, results = api.import_vm('vm.ova', 'glance', 'vm', None)
+    assert results[0]['properties']['hw_disk_bus'] == 'scsi'
+    assert 'vm.ova: guest inspection: no binding' in caplog.text
+
+    class Args(object):
+        inspect = True
+        fix = False
+    with pytest.raises(exception.InspectionError):
+        api.import_vm('vm.ova', 'glance', 'vm', None, args=Args())
+
+
+def test_zstd_initramfs(tmp_path):
+    import shutil
+    import subprocess
+    if not shutil.which('zstd'):
+        pytest.skip('no zstd program')
+    raw = _cpio(['lib/modules/6.1/kernel/drivers/block/virtio_blk.ko'])
+    packed = subprocess.run(['zstd', '-q', '-c'], input=raw,
+                            capture_output=True, check=True,
+                            timeout=60).stdout
+    assert probe.cpio_names(packed) == [
+        'lib/modules/6.1/kernel/drivers/block/virtio_blk.ko']
+
+
+def test_an_unread_initramfs_assumes_the_modules_on_disk():
+    g = guest('guest-novirtio')
+    g['linux']['kernels'][0]['initramfs_error'] = 'zstd: not found'
+    props, reasons = properties.guest_properties(g)
+    assert props['hw_disk_bus'] == 'scsi'
+    assert 'initramfs not read: zstd: not found' in reasons['hw_disk_bus']
