@@ -54,7 +54,10 @@ class SshHost(object):
         script = ''.join(connection.quote_argv(argv) + sep
                          for argv in commands)
         out = self.run(['sh', '-c', script], mutating, timeout)
-        parts = out.split('\n%s\n' % marker)
+        sep = '\n%s\n' % marker
+        if isinstance(out, bytes):
+            sep = sep.encode()
+        parts = out.split(sep)
         if len(parts) != len(commands) + 1:
             raise exception.Any2KvmError(
                 '%s: a batch of %d commands gave %d outputs'
