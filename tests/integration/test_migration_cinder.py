@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_import_cinder_osc import padded_sha256
-from tests.integration.test_import_cinder_osc import volume_sha256
+from tests.lib.cloudapi import padded_sha256
 from tests.lib.cloudapi import unique
+from tests.lib.cloudapi import volume_sha256
 from tests.lib import cli
 from tests.lib import imagegen as ig
 from tests.lib.xenserver import bed as xbed
