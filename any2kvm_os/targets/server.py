@@ -39,17 +39,19 @@ The API (stable; the migration cutover builds on it)
     ``Clients(nova=..., neutron=..., cinder=...)`` takes ready ones (the
     unit tests' :mod:`tests.lib.fakenova`).
 
-``prepare(clients, vm_facts, options, name, disk_count=None) -> Plan``
-    Everything that can be refused, checked before any disk is written
-    or any VM shut down: the flavor (``auto``: the smallest enabled
-    flavor with at least the source's vCPUs and RAM, ``plan.reasons``
-    says why; none fits: refused, the 3 closest listed, unless
-    ``create_flavor``), the networks (every source NIC mapped, or
+``prepare(clients, vm_facts, options, name=None, disk_count=None)``
+    -> :class:`Plan`.  Everything that can be refused, checked before any
+    disk is written or any VM shut down: the flavor (``auto``: the
+    smallest enabled flavor with at least the source's vCPUs and RAM,
+    ``plan.reasons`` says why; none fits: refused, the 3 closest listed,
+    unless ``create_flavor``), the networks (every source NIC mapped, or
     ``no_network``; mapped networks exist; with ``keep_macs`` every NIC
     has a MAC that no port uses yet).  Read-only, except that a flavor
     asked for with ``create_flavor`` is made here (a refusal by policy
     comes before the disks are written); :func:`discard` deletes it again
-    when the disks cannot be written.  Raises :class:`ServerError`.
+    when the disks cannot be written.  Raises :class:`ServerError`.  The
+    server's name: ``options.server_name``, else ``name``, else the
+    source's.
 
 ``create(plan, volumes_in_device_order) -> Server``
     One port per NIC on its mapped network (the source MAC with
@@ -69,12 +71,12 @@ The API (stable; the migration cutover builds on it)
     Otherwise :class:`BootError` with ``console_tail`` (the last
     :data:`TAIL_LINES` lines).  Deletes nothing.
 
-``rollback(clients, server=None, server_id=None, volumes=(),
-port_ids=None) -> dict``
-    Deletes the server and the ports any2kvm made for it, keeps the
-    volumes and waits until they are detached.  With neither ``server``
-    nor ``server_id`` the server is found from the volumes' attachments.
-    Returns {'server_id', 'ports_deleted', 'volumes_kept'}.
+``rollback(clients, server=None, server_id=None, volumes=(), ...)``
+    -> dict.  Deletes the server, the ports any2kvm made for it (and
+    ``port_ids``), keeps the volumes and waits until they are detached.
+    With neither ``server`` nor ``server_id`` the server is found from
+    the volumes' attachments (a cutover that died before it saved the
+    id).  Returns {'server_id', 'ports_deleted', 'volumes_kept'}.
 
 ``create_and_boot(plan, volumes) -> (Server, Boot)``
     :func:`create` then :func:`wait_boot`; when the boot is not verified,
@@ -567,11 +569,14 @@ def _nic_list(nics, indexes=None):
     return ', '.join(out)
 
 
-def prepare(clients, vm_facts, options, name, disk_count=None):
+def prepare(clients, vm_facts, options, name=None, disk_count=None):
     """The :class:`Plan` of a server for a VM with ``vm_facts``; refused
-    (:class:`ServerError`) before anything is written."""
+    (:class:`ServerError`) before anything is written.  The server is
+    named ``options.server_name``, else ``name``, else the source VM's
+    name."""
     options.check()
     facts = dict(vm_facts or {})
+    name = name or facts.get('name') or 'any2kvm-server'
     boot_disk = facts.get('boot_disk') or 0
     if not isinstance(boot_disk, int) or boot_disk < 0 or (
             disk_count is not None and boot_disk >= disk_count):

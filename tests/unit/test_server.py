@@ -603,3 +603,12 @@ def test_osc_import_has_the_options():
     o = server.Options.from_args(args)
     assert (o.create_server, o.flavor, o.network_map, o.keep_macs) == (
         True, 'auto', {'VM Network': 'private'}, True)
+
+
+def test_the_servers_name(cloud):
+    o = opts(no_network=True)
+    assert server.prepare(cloud.clients(), FACTS, o).name == 'web'
+    assert server.prepare(cloud.clients(), dict(FACTS, name=''), o,
+                          disk_count=1).name == 'any2kvm-server'
+    o.server_name = 'kvm-web'
+    assert server.prepare(cloud.clients(), FACTS, o, 'x').name == 'kvm-web'
