@@ -816,7 +816,8 @@ def wait_boot(server, timeout=None, boot_check=None, poll=None):
                          active)
             elif status == 'ERROR':
                 fault = getattr(got, 'fault', None) or {}
-                message = fault.get('message') or 'no fault given'
+                message = ' '.join(str(fault.get('message') or
+                                       'no fault given').split())
                 raise BootError('server %s (%s) went to ERROR: %s' % (
                     server.name, server.id, message), server.id,
                     fault=message)
@@ -854,6 +855,7 @@ def _delete_server(clients, server_id, timeout=300, poll=2.0):
             return
         raise _cloud_error('nova: deleting server %s' % server_id, e)
     deadline = time.monotonic() + timeout
+    status = None
     while time.monotonic() < deadline:
         try:
             got = nova.servers.get(server_id)
@@ -863,13 +865,10 @@ def _delete_server(clients, server_id, timeout=300, poll=2.0):
             raise _cloud_error('nova: server %s' % server_id, e)
         if got.status == 'DELETED':
             return
-        if got.status == 'ERROR' and getattr(got, 'OS-EXT-STS:task_state',
-                                             None) is None:
-            raise ServerError('server %s went to ERROR while being deleted'
-                              % server_id)
+        status = got.status
         time.sleep(poll)
-    raise ServerError('server %s not deleted after %d s'
-                      % (server_id, timeout))
+    raise ServerError('server %s still %s %d s after its deletion'
+                      % (server_id, status, timeout))
 
 
 def servers_of(clients, volumes):
