@@ -211,6 +211,7 @@ def target_options(args, limits, region_name=None, interface=None):
     given."""
     from any2kvm_os.targets import base as targets
     options = targets.options(args.target, args)
+    targets.get_class(args.target).check_options(options)
     if limits.scratch_dir is not None:
         options['scratch_dir'] = limits.scratch_dir
     if limits.scratch_limit != scratch.DEFAULT_LIMIT:

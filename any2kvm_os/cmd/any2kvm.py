@@ -153,7 +153,17 @@ def _import(args, limits):
                 value = '%d (%s)' % (value, human(value))
             print('%s%-14s %s' % ('  ' if len(results) > 1 else '',
                                   key + ':', value))
+    if results and results[0].get('server'):
+        _print_server(results[0]['server'])
     return 0
+
+
+def _print_server(server):
+    """What ``import --create-server`` made, and why."""
+    print('%-14s %s (%s)' % ('server:', server['name'], server['id']))
+    for line in server.get('plan') or ():
+        print('%-14s %s' % ('', line))
+    print('%-14s %s' % ('', server['boot_message']))
 
 
 def _migration(args, limits):

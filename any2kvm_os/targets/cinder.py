@@ -48,6 +48,7 @@ from any2kvm_os import exception
 from any2kvm_os import properties
 from any2kvm_os.targets import base
 from any2kvm_os.targets import glance as glance_target
+from any2kvm_os.targets import server as server_mod
 
 LOG = logging.getLogger(__name__)
 
@@ -260,12 +261,17 @@ class CinderTarget(base.Target):
                       help='where os-brick finds or mounts NFS and other '
                            'file-system shares when attaching '
                            '(--volume-route attach or auto)'),
-    )
+    ) + server_mod.ARGUMENTS
 
     def __init__(self, defaults=True, timeout=3600, poll=2.0,
                  keep_image=False, wait=True, route='auto',
                  volume_type=None, brick_mount_point_base=None,
                  root_helper='sudo', my_ip='127.0.0.1', **context):
+        # --create-server and its options (server_mod.ARGUMENTS), checked
+        # before any cloud is asked.
+        self.server_options = server_mod.Options(**{
+            key: context.pop(key) for key in server_mod.OPTION_KEYS
+            if key in context}).check()
         super(CinderTarget, self).__init__(wait=wait, **context)
         if route not in ROUTES:
             raise exception.Any2KvmError('unknown volume route %r (known: '
@@ -284,6 +290,12 @@ class CinderTarget(base.Target):
         self.poll = poll
         self.keep_image = keep_image
 
+    @classmethod
+    def check_options(cls, options):
+        server_mod.Options(**{key: options[key] for key in
+                              server_mod.OPTION_KEYS
+                              if key in options}).check()
+
     def _attach_possible(self):
         if self.route == 'image':
             return False
@@ -300,6 +312,39 @@ class CinderTarget(base.Target):
         return True
 
     def write(self, vm, name, props=None, disk=None, progress=None):
+        if not self.server_options.create_server:
+            return self._write_volumes(vm, name, props, disk, progress)
+        return self._write_and_boot(vm, name, props, disk, progress)
+
+    def _write_and_boot(self, vm, name, props, disk, progress):
+        """--create-server: the server is planned (flavor, networks)
+        before any disk is written, made from the volumes, and its boot
+        verified; the first result gets ``server``."""
+        if disk is not None:
+            raise exception.Any2KvmError(
+                '--create-server needs every disk of the VM: drop --disk')
+        clients = server_mod.Clients(self.session, self.region_name,
+                                     self.interface)
+        plan = server_mod.prepare(clients, vm.facts, self.server_options,
+                                  name, disk_count=len(vm.disks))
+        for reason in plan.reasons:
+            LOG.info('Server %s: %s', plan.name, reason)
+        try:
+            results = self._write_volumes(vm, name, props, disk, progress)
+        except BaseException:
+            server_mod.discard(plan)
+            raise
+        srv, boot = server_mod.create_and_boot(plan, results)
+        LOG.info('Server %s (%s): %s', srv.name, srv.id, boot.message())
+        info = srv.to_dict()
+        info['plan'] = list(plan.reasons)
+        info['boot'] = boot.to_dict()
+        info['boot_message'] = boot.message()
+        results[0]['server'] = info
+        return results
+
+    def _write_volumes(self, vm, name, props=None, disk=None,
+                       progress=None):
         if self._attach_possible():
             try:
                 return self._write_attached(vm, name, props, disk,
