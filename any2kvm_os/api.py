@@ -326,6 +326,8 @@ def run_migration(action, args, limits, cloud, progress_stream=None,
         if action == 'sync':
             return engine.sync(store, args.name, limits=limits, args=args,
                                cloud=cloud, progress=progress)
+        if server is None and action in ('cutover', 'rollback'):
+            server = _server_step(action, args, cloud)
         if action == 'cutover':
             return engine.cutover(store, args.name, force=args.force,
                                   timeout=args.timeout, limits=limits,
@@ -344,6 +346,19 @@ def run_migration(action, args, limits, cloud, progress_stream=None,
         if progress_stream is not None:
             progress_stream.flush()
         store.close()
+
+
+def _server_step(action, args, cloud):
+    """The server a cutover creates (``--create-server``; its options
+    checked before anything else), or deletes on rollback."""
+    from any2kvm_os.migration import server_step
+    from any2kvm_os.targets import server as server_mod
+    if action == 'rollback':
+        return server_step.ServerStep(server_mod.Options(), cloud)
+    options = server_mod.Options.from_args(args).check()
+    if not options.create_server:
+        return None
+    return server_step.ServerStep(options, cloud)
 
 
 def _wire(r):

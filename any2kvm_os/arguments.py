@@ -129,6 +129,12 @@ def add_migration_arguments(parser, action, with_format=True,
         parser.add_argument('--timeout', type=float, default=600,
                             metavar='S', help='seconds to wait for the '
                             'clean shutdown (600)')
+        from any2kvm_os.targets import server as server_mod
+        group = parser.add_argument_group(
+            'server', 'A Nova server booted from the volumes at cutover '
+            '(a migration with --target cinder); the downtime then ends '
+            'when its boot is verified, and rollback deletes it.')
+        server_mod.add_arguments(group)
     if action == 'abort':
         parser.add_argument('--delete-targets', action='store_true',
                             help='delete the raw files or volumes too '

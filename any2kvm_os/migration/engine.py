@@ -583,13 +583,16 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
             store, name, CUTTABLE, 'cutting-over', 'cannot cut over', limits,
             args, connect, cloud, dest)
         extra = {}
+        prepared = None
         try:
             vm_uuid = m['target_options']['vm_uuid']
             found = _discover(host, vm_uuid)
             infos = _match(name, m, found)
             sizes = {i: info.virtual_size for i, info in infos.items()}
             if server is not None:
-                server.prepare(store.get(name))
+                # Before the shutdown: a refusal costs no downtime.
+                server.prepare(store.get(name), found.facts)
+                prepared = server
             with dest.opened(store.get(name)['disks'], sizes) as writers:
                 shutdown_at = time.time()
                 store.cutover_recorded(name, shutdown_at, None)
@@ -601,6 +604,7 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
             m = store.get(name)
             details = dest.finish(name, m['disks'], found.facts) or {}
             if server is not None:
+                prepared = None
                 details.update(server.create(m) or {})
             completed_at = time.time()
             store.cutover_recorded(name, shutdown_at, completed_at,
@@ -608,6 +612,12 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
             extra = details
             removed = _remove_snapshots(store, name, host)
         except BaseException as e:
+            if prepared is not None:
+                try:
+                    prepared.discard()
+                except Exception as e2:
+                    LOG.warning('could not undo the server plan: %s',
+                                _one_line(e2))
             store.set_status(name, 'failed', error=_one_line(e))
             host.close()
             raise
@@ -637,8 +647,14 @@ def rollback(store, name, limits=None, args=None, connect=None,
             raise MigrationError(name=name, reason='has no cutover to roll '
                                  'back (status %s)' % m['status'])
         result = {'name': name, 'server_deleted': None}
+        if server is None and c['details'].get('server_id'):
+            raise MigrationError(name=name, reason='the cutover made server '
+                                 '%s: rolling back needs the cloud to '
+                                 'delete it' % c['details']['server_id'])
         if server is not None and c['details'].get('server_id'):
-            result['server_deleted'] = server.rollback(c['details'])
+            # The volumes must be free before the source starts again
+            # and the next sync attaches them.
+            result['server_deleted'] = server.rollback(c['details'], m)
         host = _connect(m['location'], limits, args, connect)
         try:
             vm_uuid = m['target_options']['vm_uuid']

@@ -196,3 +196,87 @@ def test_abort_deletes_the_volumes_on_request(bed):
     r = engine.abort(store, 'web', delete_targets=True, **kw())
     assert len(r['targets_deleted']) == 2 and r['snapshots_removed'] == 1
     assert cloud.volumes_by_id == {}
+
+
+def test_cutover_create_server_rollback_sync_cutover_again(bed):
+    """--create-server on the fake Nova: a refusal by prepare comes
+    before the shutdown; the downtime runs to the verified boot; rollback
+    deletes the server (volumes kept) and starts the source; the next sync
+    copies what the VM wrote without a rewrite; a second cutover makes a
+    second server; the volumes hold the disks."""
+    from any2kvm_os.migration import server_step
+    from any2kvm_os.targets import server as server_mod
+    from tests.lib import fakenova
+
+    root, facts, store, cloud, kw, _hosts = bed
+    vm = facts['two-disks']
+    nova = fakenova.FakeCloud().standard()
+    m = engine.create(store, 'web', LOC, target='cinder', **kw())
+    for d in m['disks']:
+        nova.volumes[d['target_ref']] = fakenova.Obj(
+            id=d['target_ref'], name=d['name'], size=1, status='available',
+            attachments=[])
+    w0, w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **kw())
+    w0.write(2 * MiB, ig.pattern(20, 4096))
+
+    def step(**options):
+        return server_step.ServerStep(
+            server_mod.Options(create_server=True, poll=0.01, **options),
+            clients=nova.clients())
+
+    # A network that does not exist: refused before the shutdown.
+    with pytest.raises(exception.Any2KvmError, match='nope'):
+        engine.cutover(store, 'web', server=step(
+            network_map={'nic0': 'nope', 'nic1': 'nope'}), **kw())
+    assert _power(root, vm) == 'running'
+    assert 'server-create' not in nova.changes()
+
+    nets = {'nic0': 'private', 'nic1': 'private'}
+    r = engine.cutover(store, 'web', server=step(network_map=nets), **kw())
+    assert _power(root, vm) == 'halted'
+    first_server = r['details']['server_id']
+    assert r['details']['boot_seconds'] >= 0
+    assert r['downtime'] >= 0
+    m = store.get('web')
+    assert m['cutover']['details']['server_id'] == first_server
+    _check(cloud, m, facts)
+
+    out = engine.rollback(store, 'web', connect=kw()['connect'],
+                          server=step())
+    assert out['server_deleted'] == first_server
+    assert first_server not in nova.servers
+    assert 'server-delete' in nova.changes()
+    assert _power(root, vm) == 'running'
+    # The volumes are kept.
+    assert len(cloud.volumes_by_id) == 2
+
+    w0.write(6 * MiB, ig.pattern(21, 8192))
+    w1.write(MiB, ig.pattern(22, 4096))
+    r = engine.sync(store, 'web', **kw())
+    assert r['rewrites'] == [] and r['bytes_written'] < 2 * MiB
+    w0.zero(2 * MiB, 4096)
+    r = engine.cutover(store, 'web', server=step(network_map=nets), **kw())
+    assert r['details']['server_id'] != first_server
+    m = store.get('web')
+    _check(cloud, m, facts)
+    assert [bool(c['rolled_back_at']) for c in m['cutovers']] == [
+        True, False]
+    assert [c['details'].get('server_id') for c in m['cutovers']] == [
+        first_server, r['details']['server_id']]
+
+
+def test_create_server_needs_a_cinder_migration(bed, tmp_path):
+    from any2kvm_os.migration import server_step
+    from tests.lib import fakenova
+
+    root, facts, store, _cloud, kw, _hosts = bed
+    out = tmp_path / 'out'
+    out.mkdir()
+    engine.create(store, 'files', LOC, output_dir=str(out),
+                  connect=kw()['connect'])
+    step = server_step.ServerStep(
+        clients=fakenova.FakeCloud().standard().clients())
+    with pytest.raises(exception.Any2KvmError, match='--target cinder'):
+        engine.cutover(store, 'files', server=step, connect=kw()['connect'])
+    assert _power(root, facts['two-disks']) == 'running'
