@@ -177,7 +177,7 @@ class CinderDestination(Destination):
     needs_cloud = True
 
     def __init__(self, options=None, cloud=None, attach=None, client=None,
-                 timeout=3600, poll=1.0):
+                 timeout=3600, poll=0.25):
         super(CinderDestination, self).__init__(options, cloud)
         self._attach = attach
         self._client = client
