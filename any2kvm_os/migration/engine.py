@@ -601,12 +601,22 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
                 halted_at = time.time()
                 top = _update_all(store, name, host, infos, True, figures,
                                   writers, progress)
+                applied_at = time.time()
+            closed_at = time.time()
             m = store.get(name)
             details = dest.finish(name, m['disks'], found.facts) or {}
+            ready_at = time.time()
             if server is not None:
                 prepared = None
                 details.update(server.create(m) or {})
             completed_at = time.time()
+            # Where the downtime went, in seconds.
+            phases = {'shutdown': halted_at - shutdown_at,
+                      'apply': applied_at - halted_at,
+                      'close': closed_at - applied_at,
+                      'finish': ready_at - closed_at,
+                      'server': completed_at - ready_at,
+                      'before_shutdown': shutdown_at - started}
             store.cutover_recorded(name, shutdown_at, completed_at,
                                    top_layers=top, details=details)
             extra = details
@@ -624,7 +634,9 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
         result = _result(name, started, host, read0, figures,
                          downtime=round(completed_at - shutdown_at, 3),
                          shutdown_seconds=round(halted_at - shutdown_at, 3),
-                         snapshots_removed=removed, details=extra)
+                         snapshots_removed=removed, details=extra,
+                         phases={k: round(v, 3) for k, v in
+                                 phases.items()})
         host.close()
         store.set_status(name, 'done')
         return result

@@ -92,9 +92,10 @@ def test_sync_sync_cutover_rollback_into_cinder(bed, cinder, glance):
         res, took = _run(env, 'cutover', name, '--timeout', '120',
                          '--format', 'json', '--no-progress', *common)
         r = json.loads(res.stdout)
-        print('cutover: %.1f s, downtime %.2f s (shutdown %.2f s), %d '
-              'bytes read over the wire for %d bytes of layer files'
-              % (took, r['downtime'], r['shutdown_seconds'],
+        print('cutover: %.1f s, downtime %.2f s (%s), %d bytes read over '
+              'the wire for %d bytes of layer files'
+              % (took, r['downtime'], ', '.join(
+                  '%s %.2f s' % kv for kv in sorted(r['phases'].items())),
                  r['bytes_read'], r['files_size']))
         boot, data = [cinder.volumes.get(i) for i in ids]
         assert (boot.bootable, data.bootable) == ('true', 'false')
@@ -116,7 +117,9 @@ def test_sync_sync_cutover_rollback_into_cinder(bed, cinder, glance):
         res, took = _run(env, 'cutover', name, '--format', 'json',
                          '--no-progress', *common)
         r = json.loads(res.stdout)
-        print('cutover 2: %.1f s, downtime %.2f s' % (took, r['downtime']))
+        print('cutover 2: %.1f s, downtime %.2f s (%s)' % (
+            took, r['downtime'], ', '.join(
+                '%s %.2f s' % kv for kv in sorted(r['phases'].items()))))
         assert volume_sha256(cinder, glance, ids[1]) == padded_sha256(
             bytes(w1.model.data), GiB)
         m = json.loads(_run(env, 'show', name, '--format', 'json',
