@@ -91,11 +91,13 @@ MIGRATION_CLOUD_ACTIONS = ('create', 'sync', 'cutover', 'rollback', 'abort')
 
 
 def add_migration_arguments(parser, action, with_format=True,
-                            with_cloud=True):
+                            with_cloud=True, with_server=True):
     """The arguments of ``migration ACTION``, the same in both command
     lines.  ``with_format``: ``--format text|json`` on show, list and
     cutover (OSC has its own ``-f``); ``with_cloud``: ``--os-cloud`` on
-    the actions that may need a cloud (OSC has its own)."""
+    the actions that may need a cloud (OSC has its own); ``with_server``:
+    the server options of ``cutover`` (they import the server library:
+    left out when another command is parsed, for start-up time)."""
     import os
 
     from any2kvm_os.migration.state import options as state_options
@@ -129,6 +131,7 @@ def add_migration_arguments(parser, action, with_format=True,
         parser.add_argument('--timeout', type=float, default=600,
                             metavar='S', help='seconds to wait for the '
                             'clean shutdown (600)')
+    if action == 'cutover' and with_server:
         from any2kvm_os.targets import server as server_mod
         group = parser.add_argument_group(
             'server', 'A Nova server booted from the volumes at cutover '

@@ -180,7 +180,7 @@ def _migration(args, limits):
     return 0
 
 
-def _add_migration(sub, common):
+def _add_migration(sub, common, full=True):
     from any2kvm_os import arguments
     p = sub.add_parser('migration', parents=[common],
                        help='warm migration of a running XenServer VM')
@@ -197,7 +197,7 @@ def _add_migration(sub, common):
     }
     for action in arguments.MIGRATION_ACTIONS:
         q = msub.add_parser(action, parents=[common], help=helps[action])
-        arguments.add_migration_arguments(q, action)
+        arguments.add_migration_arguments(q, action, with_server=full)
     p.set_defaults(func=_migration)
 
 
@@ -277,7 +277,7 @@ def build_parser(argv=()):
                         'openrc)')
     p.add_argument('--format', choices=('text', 'json'), default='text')
     p.set_defaults(func=_import)
-    _add_migration(sub, common)
+    _add_migration(sub, common, full=_command(argv) == 'migration')
     return parser
 
 
