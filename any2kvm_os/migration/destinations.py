@@ -289,19 +289,22 @@ class CinderDestination(Destination):
             yield writers
 
     def finish(self, name, disks, facts):
-        """The first volume bootable; every volume gets the image metadata
-        of its disk (KVM's properties; the VM's facts on the first) and
+        """The boot volume (the VM's ``boot_disk`` fact, else the first)
+        bootable; every volume gets the image metadata of its disk (KVM's
+        properties; the VM's facts on the boot volume) and
         ``any2kvm_migration=NAME``."""
         from any2kvm_os.targets import cinder as cinder_target
         cinder = self.client()
         done = []
+        boot_disk = (facts or {}).get('boot_disk') or 0
         try:
             for d in disks:
+                boot = d['index'] == boot_disk
                 meta = cinder_target.volume_metadata(
-                    facts if d['index'] == 0 else {}, d['virtual_size'],
+                    facts if boot else {}, d['virtual_size'],
                     extra={'any2kvm_migration': name})
-                cinder_target.make_bootable(cinder, d['target_ref'],
-                                            d['index'] == 0, meta)
+                cinder_target.make_bootable(cinder, d['target_ref'], boot,
+                                            meta)
                 done.append(d['target_ref'])
         except BaseException as e:
             raise self._error(e)

@@ -33,9 +33,11 @@ auto (the default)
     needs both), falling back to image when the attachment cannot be made
     (nothing was written then); image otherwise.
 
-The first disk of a VM is the boot volume; the others are
-``<name>-diskN``.  On any failure the volumes and images this call made are
-deleted, so nothing half-written is left ``available``.
+The boot disk (the VM's ``boot_disk`` fact, else the first) is the
+bootable volume with the VM's properties; the first disk is ``<name>``,
+the others ``<name>-diskN``.  On any failure the volumes and images
+this call made are deleted, so nothing half-written is left
+``available``.
 """
 
 import contextlib
@@ -378,12 +380,13 @@ class CinderTarget(base.Target):
                 self._wait(cinder, volume.id, vol_name)
                 digest = self._attach_and_write(cinder, volume.id, vol_name,
                                                 d, progress)
-                facts = vm.facts if index == 0 else {}
+                boot = index == (vm.facts.get('boot_disk') or 0)
+                facts = vm.facts if boot else {}
                 meta = volume_metadata(facts, d.virtual_size,
                                        defaults=self.defaults,
                                        overrides=props,
                                        extra={'any2kvm_route': 'attach'})
-                make_bootable(cinder, volume.id, index == 0, meta)
+                make_bootable(cinder, volume.id, boot, meta)
                 results.append(_result(
                     index, cinder.volumes.get(volume.id), d.virtual_size,
                     size_gib, digest, None))

@@ -20,7 +20,7 @@ the disk modules, and a token in ``/etc/any2kvm-id``.  The initramfs finds
 the root filesystem by label, mounts it read-only and prints on the serial
 console::
 
-    ANY2KVM-BOOT-OK root=/dev/sda1 id=<token>
+    ANY2KVM-BOOT-OK root=/dev/sda1 id=<token> boot=<a new uuid each boot>
 
 then stays up: a guest that powers off has no console left for Nova to
 read.  Building takes about a second once the kernel and busybox packages
@@ -70,6 +70,11 @@ def missing_tools():
 def ready_line(token):
     """A regex for the console line of a guest with this token."""
     return r'%s root=\S+ id=%s' % (READY, re.escape(token))
+
+
+def boots(console):
+    """The boot ids of the ready lines in a console log, in order."""
+    return re.findall(r'%s root=\S+ id=\S+ boot=(\S+)' % READY, console)
 
 
 def _run(args, **kwargs):
@@ -134,7 +139,8 @@ while [ $i -lt 300 ]; do
     i=$((i + 1))
 done
 if [ -n "$dev" ] && mount -o ro "$dev" /mnt; then
-    say "@READY@ root=$dev id=$(cat /mnt/etc/any2kvm-id)"
+    say "@READY@ root=$dev id=$(cat /mnt/etc/any2kvm-id)" \
+        "boot=$(cat /proc/sys/kernel/random/uuid)"
     umount /mnt
 else
     say "ANY2KVM-BOOT-FAIL no root filesystem; block devices:" \

@@ -612,3 +612,52 @@ def test_the_servers_name(cloud):
                           disk_count=1).name == 'any2kvm-server'
     o.server_name = 'kvm-web'
     assert server.prepare(cloud.clients(), FACTS, o, 'x').name == 'kvm-web'
+
+
+# -- the boot_disk fact -------------------------------------------------------
+
+def _flip_bootable(xml):
+    """The first bootable VBD becomes unbootable, the second bootable."""
+    xml = xml.decode() if isinstance(xml, bytes) else xml
+    on = '<name>bootable</name><value><boolean>1</boolean>'
+    off = '<name>bootable</name><value><boolean>0</boolean>'
+    first = xml.index(on)
+    second = xml.index(off)
+    xml = xml[:first] + off + xml[first + len(on):]
+    return (xml[:second] + on + xml[second + len(off):]).encode()
+
+
+def test_xva_says_which_disk_boots():
+    from any2kvm_os.containers.xva import metadata
+    from tests.lib import xvabuild
+    disks = [('Ref:3', 1 << 20, 0), ('Ref:7', 1 << 20, 1)]
+    xml = xvabuild.ova_xml(disks)
+    assert 'boot_disk' not in metadata.parse_metadata('a.xva', xml).vm
+    meta = metadata.parse_metadata('a.xva', _flip_bootable(xml))
+    assert meta.vm['boot_disk'] == 1
+
+
+def test_the_boot_disk_gets_the_vms_properties(tmp_path):
+    from any2kvm_os.targets import glance
+    from any2kvm_os import vm as vm_mod
+    from unittest import mock
+    from tests.lib import vhdbuild
+    paths = vhdbuild.write_chain(tmp_path, 1)
+    made = []
+
+    class Images(object):
+        def create(self, **kw):
+            made.append(kw)
+            raise exception.TargetError(path='glance', reason='stop')
+
+    target = glance.GlanceTarget()
+    vm = vm_mod.Vm('x', 'xva', [], {'boot_disk': 1, 'firmware': 'uefi'})
+    disk = mock.Mock(size_hint=1 << 20)
+    with mock.patch.object(glance, 'disk_stream') as stream:
+        stream.return_value.__enter__.return_value = paths[0].read_bytes()
+        for index in (0, 1):
+            with pytest.raises(exception.TargetError):
+                target._upload(mock.Mock(images=Images()), vm, disk, index,
+                               'web', 2, {}, None, [])
+    assert 'hw_firmware_type' not in made[0]
+    assert made[1]['hw_firmware_type'] == 'uefi'
