@@ -595,6 +595,12 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
                 prepared = server
             with dest.opened(store.get(name)['disks'], sizes) as writers:
                 shutdown_at = time.time()
+                prior = m.get('cutover')
+                if (found.power_state == 'halted' and prior and
+                        prior['completed_at'] is None):
+                    # A cutover cut short after the shutdown, run again:
+                    # the downtime started with the first request.
+                    shutdown_at = prior['shutdown_at']
                 store.cutover_recorded(name, shutdown_at, None)
                 if found.power_state != 'halted':
                     _shut_down(host, vm_uuid, force, timeout)

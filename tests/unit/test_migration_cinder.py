@@ -280,3 +280,31 @@ def test_create_server_needs_a_cinder_migration(bed, tmp_path):
     with pytest.raises(exception.Any2KvmError, match='--target cinder'):
         engine.cutover(store, 'files', server=step, connect=kw()['connect'])
     assert _power(root, facts['two-disks']) == 'running'
+
+
+def test_cutover_cut_short_then_run_again(bed, monkeypatch):
+    """A cutover that fails after the shutdown leaves no volume attached;
+    run again, its downtime counts from the first shutdown request."""
+    root, facts, store, cloud, kw, _hosts = bed
+    engine.create(store, 'web', LOC, target='cinder', **kw())
+    engine.sync(store, 'web', **kw())
+    real = engine._update_all
+
+    def broken(*a, **k):
+        raise exception.Any2KvmError('connection lost')
+    monkeypatch.setattr(engine, '_update_all', broken)
+    with pytest.raises(exception.Any2KvmError, match='connection lost'):
+        engine.cutover(store, 'web', **kw())
+    assert not cloud.attached_now
+    assert _power(root, facts['two-disks']) == 'halted'
+    m = store.get('web')
+    assert m['status'] == 'failed'
+    first = m['cutover']['shutdown_at']
+    monkeypatch.setattr(engine, '_update_all', real)
+    r = engine.cutover(store, 'web', **kw())
+    m = store.get('web')
+    assert m['cutover']['shutdown_at'] == first
+    assert len(m['cutovers']) == 1
+    assert r['downtime'] == pytest.approx(
+        m['cutover']['completed_at'] - first, abs=0.01)
+    _check(cloud, m, facts)
