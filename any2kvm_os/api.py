@@ -249,6 +249,7 @@ def target_options(args, limits, region_name=None, interface=None):
     given."""
     from any2kvm_os.targets import base as targets
     options = targets.options(args.target, args)
+    targets.get_class(args.target).check_options(options)
     if limits.scratch_dir is not None:
         options['scratch_dir'] = limits.scratch_dir
     if limits.scratch_limit != scratch.DEFAULT_LIMIT:
@@ -325,6 +326,8 @@ def wire_summary(vm):
         progress_mod.human(wire['bytes_read']),
         progress_mod.human(wire['file_bytes']),
         progress_mod.human(wire['allocated_bytes']))
+
+
 # -- guest inspection (any2kvm_os.guest) --------------------------------------
 
 def _check_fix(args, cls):
@@ -402,3 +405,172 @@ def guarded_inspection(flag, name, run, fix=False):
             '%s (the guest was not inspected; --no-inspect or %s=0 skips '
             'inspection)', e, guest_inspect.ENV)
         return None
+
+
+# -- warm migration -----------------------------------------------------------
+
+def _migration_target_options(args):
+    """``--target`` and the options of that target; an option of the
+    other target is refused in one line."""
+    from any2kvm_os.migration import destinations
+    target = args.target
+    given = {k: getattr(args, k, None) for keys in
+             destinations.OPTIONS.values() for k in keys}
+    for other, keys in destinations.OPTIONS.items():
+        if other == target:
+            continue
+        for key in keys:
+            if given.get(key):
+                raise exception.Any2KvmError(
+                    '--%s goes with --target %s, not --target %s'
+                    % (key.replace('_', '-'), other, target))
+    return {k: given[k] for k in destinations.OPTIONS[target]
+            if given.get(k)}
+
+
+def run_migration(action, args, limits, cloud, progress_stream=None,
+                  server=None):
+    """What ``any2kvm migration ACTION`` and ``openstack any2kvm migration
+    ACTION`` run, from their parsed ``args``
+    (:func:`any2kvm_os.arguments.add_migration_arguments`): ``cloud()``
+    gives (session, region, interface) and is called only by a Cinder
+    migration; a progress bar per layer on ``progress_stream`` unless
+    ``--no-progress``; ``server``: what a cutover creates (and a rollback
+    deletes).  Returns the data the CLIs print
+    (:func:`migration_lines`)."""
+    from any2kvm_os.migration import engine
+    store = engine.open_store(getattr(args, 'state_db', None), limits.conf)
+    try:
+        if action == 'create':
+            options = _migration_target_options(args)
+            return engine.create(
+                store, args.name, args.location, target=args.target,
+                output_dir=options.pop('output_dir', '.'), limits=limits,
+                args=args, options=options, cloud=cloud)
+        if action in ('show', 'list'):
+            if action == 'show':
+                return engine.show(store, args.name)
+            return engine.list_migrations(store)
+        progress = None
+        if getattr(args, 'progress', False):
+            progress = progress_mod.LayerProgress(progress_stream)
+        if action == 'sync':
+            return engine.sync(store, args.name, limits=limits, args=args,
+                               cloud=cloud, progress=progress)
+        if server is None and action in ('cutover', 'rollback'):
+            server = _server_step(action, args, cloud)
+        if action == 'cutover':
+            return engine.cutover(store, args.name, force=args.force,
+                                  timeout=args.timeout, limits=limits,
+                                  args=args, cloud=cloud, progress=progress,
+                                  server=server)
+        if action == 'rollback':
+            return engine.rollback(store, args.name, limits=limits,
+                                   args=args, server=server)
+        if action == 'abort':
+            return engine.abort(store, args.name,
+                                delete_targets=args.delete_targets,
+                                limits=limits, args=args, cloud=cloud)
+        raise exception.Any2KvmError('migration: unknown action %r'
+                                     % action)
+    finally:
+        if progress_stream is not None:
+            progress_stream.flush()
+        store.close()
+
+
+def _server_step(action, args, cloud):
+    """The server a cutover creates (``--create-server``; its options
+    checked before anything else), or deletes on rollback."""
+    from any2kvm_os.migration import server_step
+    from any2kvm_os.targets import server as server_mod
+    if action == 'rollback':
+        return server_step.ServerStep(server_mod.Options(), cloud)
+    options = server_mod.Options.from_args(args).check()
+    if not options.create_server:
+        return None
+    return server_step.ServerStep(options, cloud)
+
+
+def _wire(r):
+    """Bytes over the wire next to the sizes of the layer files."""
+    from any2kvm_os.progress import human
+    text = '%d bytes read over the wire' % r['bytes_read']
+    if r.get('files_size'):
+        text += ' for %d bytes of layer files (%s of %s, %.3f)' % (
+            r['files_size'], human(r['bytes_read']), human(r['files_size']),
+            r['bytes_read'] / float(r['files_size']))
+    return text
+
+
+def migration_lines(action, result):
+    """The text lines ``migration ACTION`` prints of its ``result``."""
+    r = result
+    if action == 'create':
+        return ['migration %s created: %d disk(s), targets %s' % (
+            r['name'], len(r['disks']),
+            ', '.join(d['target_ref'] for d in r['disks']))]
+    if action == 'sync':
+        lines = ['synced %s: %d layer(s) applied, %s, %d bytes written, '
+                 '%.1f s' % (r['name'], r['layers_applied'], _wire(r),
+                             r['bytes_written'], r['seconds'])]
+        lines += ['  disk %d: the chain changed from layer %s on: rewritten '
+                  'from the base (%d bytes)' % (rw['disk'], rw['from_layer'],
+                                                rw['bytes'])
+                  for rw in r['rewrites']]
+        return lines
+    if action == 'cutover':
+        lines = ['cut over %s: %d layer(s) applied, %s, %d bytes written, '
+                 'downtime %.1f s; %d snapshot(s) removed; the source VM is '
+                 'halted' % (r['name'], r['layers_applied'], _wire(r),
+                             r['bytes_written'], r['downtime'],
+                             r['snapshots_removed'])]
+        for key, value in sorted((r.get('details') or {}).items()):
+            lines.append('  %s: %s' % (key, value))
+        return lines
+    if action == 'rollback':
+        return ['rolled back %s: the source VM runs again; %d layer(s) to '
+                'copy again at the next sync%s' % (
+                    r['name'], r['layers_forgotten'],
+                    '; server %s deleted (volumes kept)'
+                    % r['server_deleted'] if r.get('server_deleted')
+                    else '')]
+    if action == 'abort':
+        return ['aborted %s: %d snapshot(s) removed, %s' % (
+            r['name'], r['snapshots_removed'],
+            'targets deleted: %s' % ', '.join(r['targets_deleted'])
+            if r['targets_deleted'] else 'targets kept')]
+    if action == 'list':
+        return ['%-20s %-8s %-13s %s' % (row['name'], row['target'],
+                                         row['status'], row['location'])
+                for row in r]
+    # show
+    lines = ['name:     %s' % r['name'],
+             'location: %s' % r['location'],
+             'target:   %s' % r['target'],
+             'status:   %s%s' % (r['status'], ' (%s)' % r['error']
+                                 if r.get('error') else '')]
+    for d in r['disks']:
+        lines.append('disk %d:   %s -> %s, %d layer(s) applied%s' % (
+            d['index'], d['source_id'], d['target_ref'],
+            len([a for a in d['applied'] if not a.get('partial')]),
+            ' (one partial)' if any(a.get('partial')
+                                    for a in d['applied']) else ''))
+    for s in r['syncs']:
+        lines.append('sync:     %d layer(s), %d bytes read, %d written, '
+                     '%.1f s%s' % (s['layers_applied'], s['bytes_read'],
+                                   s['bytes_written'],
+                                   s['ended_at'] - s['started_at'],
+                                   '' if s['ok'] else ', failed: %s'
+                                   % s['error']))
+    for c in r.get('cutovers') or ():
+        if c['downtime'] is None:
+            text = 'cutover:  not complete'
+        else:
+            text = 'cutover:  downtime %.1f s' % c['downtime']
+        for key, value in sorted((c.get('details') or {}).items()):
+            text += ', %s %s' % (key, value)
+        if c.get('rolled_back_at'):
+            text += ', rolled back'
+        lines.append(text)
+    return lines

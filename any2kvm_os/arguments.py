@@ -109,3 +109,81 @@ def add_inspect_arguments(parser, fix=False):
                                 'bootloader become UUID=, Xen consoles are '
                                 'dropped; all or nothing')
     return group
+
+
+#: The actions of ``migration``, in the order the help lists them.
+MIGRATION_ACTIONS = ('create', 'sync', 'cutover', 'rollback', 'abort',
+                     'show', 'list')
+#: The actions that may need the cloud (a Cinder migration).
+MIGRATION_CLOUD_ACTIONS = ('create', 'sync', 'cutover', 'rollback', 'abort')
+
+
+def add_migration_arguments(parser, action, with_format=True,
+                            with_cloud=True, with_server=True):
+    """The arguments of ``migration ACTION``, the same in both command
+    lines.  ``with_format``: ``--format text|json`` on show, list and
+    cutover (OSC has its own ``-f``); ``with_cloud``: ``--os-cloud`` on
+    the actions that may need a cloud (OSC has its own); ``with_server``:
+    the server options of ``cutover`` (they import the server library:
+    left out when another command is parsed, for start-up time)."""
+    import os
+
+    from any2kvm_os.migration.state import options as state_options
+    from any2kvm_os.ssh import options as ssh_options
+    state_options.add_arguments(parser)
+    if action != 'list':
+        parser.add_argument('name', metavar='NAME',
+                            help='name of the migration')
+    if action == 'create':
+        parser.add_argument('location', metavar='LOCATION',
+                            help='xenserver://USER@HOST[:PORT]/VM')
+        parser.add_argument('--target', default='file',
+                            choices=('file', 'cinder'),
+                            help='raw files on this host (file, the '
+                                 'default) or a Cinder volume per disk '
+                                 '(cinder)')
+        parser.add_argument('--output-dir', metavar='DIR',
+                            help='directory of the raw files (--target '
+                                 'file; default: the current directory)')
+        parser.add_argument('--volume-type', metavar='TYPE',
+                            help='volume type of the volumes (--target '
+                                 'cinder; default: the cloud\'s default)')
+        parser.add_argument('--brick-mount-point-base', metavar='DIR',
+                            help='where os-brick finds or mounts NFS and '
+                                 'other shares when attaching the volumes '
+                                 '(--target cinder)')
+    if action == 'cutover':
+        parser.add_argument('--force', action='store_true',
+                            help='stop the VM hard if it does not shut down '
+                                 'cleanly within --timeout')
+        parser.add_argument('--timeout', type=float, default=600,
+                            metavar='S', help='seconds to wait for the '
+                            'clean shutdown (600)')
+    if action == 'cutover' and with_server:
+        from any2kvm_os.targets import server as server_mod
+        group = parser.add_argument_group(
+            'server', 'A Nova server booted from the volumes at cutover '
+            '(a migration with --target cinder); the downtime then ends '
+            'when its boot is verified, and rollback deletes it.')
+        server_mod.add_arguments(group)
+    if action == 'abort':
+        parser.add_argument('--delete-targets', action='store_true',
+                            help='delete the raw files or volumes too '
+                                 '(kept by default)')
+    if action in ('sync', 'cutover'):
+        parser.add_argument('--no-progress', dest='progress',
+                            action='store_false', default=True,
+                            help='no progress on stderr (by default a bar '
+                                 'per layer on a terminal, a line per 10%% '
+                                 'otherwise)')
+    if action in MIGRATION_CLOUD_ACTIONS:
+        ssh_options.add_arguments(parser)
+        if with_cloud:
+            parser.add_argument(
+                '--os-cloud', metavar='CLOUD',
+                default=os.environ.get('OS_CLOUD') or None,
+                help='the cloud of clouds.yaml (a Cinder migration; '
+                     'default: OS_CLOUD, else the OS_* variables)')
+    if with_format and action in ('show', 'list', 'cutover'):
+        parser.add_argument('--format', choices=('text', 'json'),
+                            default='text')

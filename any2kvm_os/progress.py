@@ -31,7 +31,8 @@ def human(n):
 class Progress(object):
     """Percent, rate and ETA on a terminal; a line per 10% otherwise."""
 
-    def __init__(self, total, stream=None):
+    def __init__(self, total, stream=None, label=None):
+        self.label = label
         self.total = total
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
@@ -55,6 +56,8 @@ class Progress(object):
         else:
             text = '%s, %s/s' % (human(self.done), human(rate))
             decile = int(self.done // (1 << 30))
+        if self.label:
+            text = '%s: %s' % (self.label, text)
         if self.tty:
             if now - self.last >= 0.2:
                 self.stream.write('\r' + text.ljust(70))
@@ -70,7 +73,8 @@ class Progress(object):
         elapsed = time.monotonic() - self.start
         if self.tty:
             self.stream.write('\r'.ljust(72) + '\r')
-        self.stream.write('done: %s in %.1fs\n' % (
+        self.stream.write('%sdone: %s in %.1fs\n' % (
+            '%s: ' % self.label if self.label else '',
             human(self.total or self.done), elapsed))
         self.stream.flush()
 
@@ -102,3 +106,30 @@ class DiskProgress(object):
                 self.current.stream.flush()
             self.current = None
             self.last = 0
+
+
+class LayerProgress(object):
+    """Progress of a migration step: one bar per layer applied (percent
+    of the layer's disk address space, rate and ETA) on a terminal, a
+    plain line per 10% otherwise.  The engine calls :meth:`start` before a
+    layer (the callable it returns gets ``(done, total)``) and
+    :meth:`end` after it."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.current = None
+
+    def start(self, label, total):
+        self.end()
+        self.current = Progress(total, self.stream, label=label)
+        return self.current
+
+    def end(self, ok=True):
+        if self.current is None:
+            return
+        if ok:
+            self.current.finish()
+        elif self.current.tty:
+            self.current.stream.write('\n')
+            self.current.stream.flush()
+        self.current = None

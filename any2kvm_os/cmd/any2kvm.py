@@ -186,126 +186,51 @@ def _import(args, limits):
                                   key + ':', value))
     if results and 'guest' in results[0]:
         _print_inspection(results[0])
+    if results and results[0].get('server'):
+        _print_server(results[0]['server'])
     return 0
+
+
+def _print_server(server):
+    """What ``import --create-server`` made, and why."""
+    print('%-14s %s (%s)' % ('server:', server['name'], server['id']))
+    for line in server.get('plan') or ():
+        print('%-14s %s' % ('', line))
+    print('%-14s %s' % ('', server['boot_message']))
 
 
 def _migration(args, limits):
-    from any2kvm_os.migration import engine
-    store = engine.open_store(args.state_db, limits.conf)
     action = args.migration_command
-    if action == 'create':
-        result = engine.create(store, args.name, args.location,
-                               target=args.target,
-                               output_dir=args.output_dir, limits=limits,
-                               args=args)
-        print('migration %s created: %d disk(s), targets %s' % (
-            args.name, len(result['disks']),
-            ', '.join(d['target_ref'] for d in result['disks'])))
+    result = api.run_migration(
+        action, args, limits,
+        lambda: api.cloud_session(getattr(args, 'os_cloud', None)),
+        sys.stderr)
+    if getattr(args, 'format', 'text') == 'json':
+        print(json.dumps(result, indent=2, sort_keys=True))
         return 0
-    if action == 'sync':
-        r = engine.sync(store, args.name, limits=limits, args=args)
-        print('synced %s: %d layer(s) applied, %d bytes read, %d bytes '
-              'written, %.1f s' % (args.name, r['layers_applied'],
-                                   r['bytes_read'], r['bytes_written'],
-                                   r['seconds']))
-        for rw in r['rewrites']:
-            print('  disk %d: the chain changed from layer %s on: rewritten '
-                  'from the base (%d bytes)' % (rw['disk'], rw['from_layer'],
-                                                rw['bytes']))
-        return 0
-    if action == 'cutover':
-        r = engine.cutover(store, args.name, force=args.force,
-                           timeout=args.timeout, limits=limits, args=args)
-        print('cut over %s: %d layer(s) applied, %d bytes read, %d bytes '
-              'written, downtime %.1f s; %d snapshot(s) removed; the source '
-              'VM is halted' % (args.name, r['layers_applied'],
-                                r['bytes_read'], r['bytes_written'],
-                                r['downtime'], r['snapshots_removed']))
-        return 0
-    if action == 'abort':
-        r = engine.abort(store, args.name,
-                         delete_targets=args.delete_targets, limits=limits,
-                         args=args)
-        print('aborted %s: %d snapshot(s) removed%s' % (
-            args.name, r['snapshots_removed'],
-            ', targets deleted' if r['targets_deleted'] else
-            ', targets kept'))
-        return 0
-    if action == 'show':
-        m = engine.show(store, args.name)
-        if args.format == 'json':
-            print(json.dumps(m, indent=2, sort_keys=True))
-            return 0
-        print('name:     %s' % m['name'])
-        print('location: %s' % m['location'])
-        print('status:   %s' % m['status'])
-        for d in m['disks']:
-            print('disk %d:   %s -> %s, %d layer(s) applied%s' % (
-                d['index'], d['source_id'], d['target_ref'],
-                len([a for a in d['applied'] if not a.get('partial')]),
-                ' (one partial)' if any(a.get('partial')
-                                        for a in d['applied']) else ''))
-        for s in m['syncs']:
-            print('sync:     %d layer(s), %d bytes read, %d written, %.1f s'
-                  '%s' % (s['layers_applied'], s['bytes_read'],
-                          s['bytes_written'],
-                          s['ended_at'] - s['started_at'],
-                          '' if s['ok'] else ', failed: %s' % s['error']))
-        if m.get('cutover'):
-            print('cutover:  downtime %.1f s' % m['cutover']['downtime'])
-        return 0
-    rows = engine.list_migrations(store)
-    if args.format == 'json':
-        print(json.dumps(rows, indent=2, sort_keys=True))
-        return 0
-    for row in rows:
-        print('%-20s %-13s %s' % (row['name'], row['status'],
-                                  row['location']))
+    for line in api.migration_lines(action, result):
+        print(line)
     return 0
 
 
-def _add_migration(sub, common):
+def _add_migration(sub, common, full=True):
+    from any2kvm_os import arguments
     p = sub.add_parser('migration', parents=[common],
                        help='warm migration of a running XenServer VM')
     msub = p.add_subparsers(dest='migration_command', metavar='ACTION')
     msub.required = True
-    state = argparse.ArgumentParser(add_help=False)
-    from any2kvm_os.migration.state import options as state_options
-    state_options.add_arguments(state)
-    parents = [common, state]
-    q = msub.add_parser('create', parents=parents,
-                        help='record a migration and create its targets')
-    q.add_argument('name', metavar='NAME')
-    q.add_argument('location', metavar='LOCATION',
-                   help='xenserver://USER@HOST[:PORT]/VM')
-    q.add_argument('--target', default='file', choices=('file', 'cinder'))
-    q.add_argument('--output-dir', default='.', metavar='DIR',
-                   help='directory of the raw files (--target file)')
-    ssh_options.add_arguments(q)
-    q = msub.add_parser('sync', parents=parents,
-                        help='snapshot the running VM and copy what changed')
-    q.add_argument('name', metavar='NAME')
-    ssh_options.add_arguments(q)
-    q = msub.add_parser('cutover', parents=parents,
-                        help='shut the VM down and copy the rest')
-    q.add_argument('name', metavar='NAME')
-    q.add_argument('--force', action='store_true',
-                   help='stop the VM hard if it does not shut down cleanly '
-                        'within --timeout')
-    q.add_argument('--timeout', type=float, default=600, metavar='S',
-                   help='seconds to wait for the clean shutdown (600)')
-    ssh_options.add_arguments(q)
-    q = msub.add_parser('abort', parents=parents,
-                        help='remove the migration\'s snapshots')
-    q.add_argument('name', metavar='NAME')
-    q.add_argument('--delete-targets', action='store_true',
-                   help='delete the raw files too (kept by default)')
-    ssh_options.add_arguments(q)
-    q = msub.add_parser('show', parents=parents, help='show a migration')
-    q.add_argument('name', metavar='NAME')
-    q.add_argument('--format', choices=('text', 'json'), default='text')
-    q = msub.add_parser('list', parents=parents, help='list migrations')
-    q.add_argument('--format', choices=('text', 'json'), default='text')
+    helps = {
+        'create': 'record a migration and create its targets',
+        'sync': 'snapshot the running VM and copy what changed',
+        'cutover': 'shut the VM down and copy the rest',
+        'rollback': 'after a cutover: start the source VM again',
+        'abort': 'remove the migration\'s snapshots',
+        'show': 'show a migration',
+        'list': 'list migrations',
+    }
+    for action in arguments.MIGRATION_ACTIONS:
+        q = msub.add_parser(action, parents=[common], help=helps[action])
+        arguments.add_migration_arguments(q, action, with_server=full)
     p.set_defaults(func=_migration)
 
 
@@ -395,7 +320,7 @@ def build_parser(argv=()):
                         'openrc)')
     p.add_argument('--format', choices=('text', 'json'), default='text')
     p.set_defaults(func=_import)
-    _add_migration(sub, common)
+    _add_migration(sub, common, full=_command(argv) == 'migration')
     return parser
 
 

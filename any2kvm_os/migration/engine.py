@@ -72,8 +72,6 @@ from any2kvm_os.sources.xenserver import discovery
 from any2kvm_os.sources.xenserver import location as location_mod
 from any2kvm_os.sources.xenserver import snapshots
 from any2kvm_os.sources.xenserver import xe
-from any2kvm_os.targets import base as targets_base
-from any2kvm_os.writers import raw
 
 LOG = logging.getLogger(__name__)
 
@@ -84,6 +82,8 @@ REWRITE = 'rewrite:'
 NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$')
 #: An environment variable naming the state database (a URL).
 STATE_DB_ENV = 'ANY2KVM_STATE_DB'
+
+NO_SUCH = 'no such migration (see "any2kvm migration list")'
 
 SYNCABLE = ('created', 'syncing', 'synced', 'failed')
 CUTTABLE = ('created', 'syncing', 'synced', 'failed', 'cutting-over')
@@ -136,8 +136,7 @@ def _get(store, name):
     try:
         return store.get(name)
     except state_api.NotFound:
-        raise MigrationError(name=name, reason='no such migration (see '
-                             '"any2kvm migration list")')
+        raise MigrationError(name=name, reason=NO_SUCH)
 
 
 class _Held(object):
@@ -158,7 +157,7 @@ class _Held(object):
                                     e.holder.get('host'),
                                     e.holder.get('since_text')))
         except state_api.NotFound:
-            raise MigrationError(name=self.name, reason='no such migration')
+            raise MigrationError(name=self.name, reason=NO_SUCH)
 
     def __exit__(self, *exc):
         return self.cm.__exit__(*exc)
@@ -178,20 +177,49 @@ def _discover(host, vm):
 
 # -- create -------------------------------------------------------------------
 
+def destination(target, options=None, cloud=None, **kwargs):
+    """The :mod:`~any2kvm_os.migration.destinations` object of a
+    migration's target."""
+    from any2kvm_os.migration import destinations
+    return destinations.get(target, options, cloud, **kwargs)
+
+
+def _destination(m, cloud, dest):
+    if dest is not None:
+        return dest
+    return destination(m['target'], m['target_options'], cloud)
+
+
 def create(store, name, location, target='file', output_dir='.',
-           limits=None, args=None, connect=None):
+           limits=None, args=None, connect=None, options=None, cloud=None,
+           dest=None):
     """Record a new migration of the VM at ``location`` and create its
-    targets (sparse raw files ``NAME.raw``, ``NAME-disk1.raw``... in
-    ``output_dir``, as ``import --target file`` names them)."""
+    targets: sparse raw files ``NAME.raw``, ``NAME-disk1.raw``... in
+    ``output_dir`` (``target`` 'file', as ``import --target file`` names
+    them), or a Cinder volume per disk (``target`` 'cinder'; ``options``:
+    volume_type, brick_mount_point_base; ``cloud()``: (session, region,
+    interface)).  The cloud is asked before the host; when a target
+    cannot be made (or a volume reached), none is left and nothing is
+    recorded."""
     _check_name(name)
-    if target != 'file':
-        raise MigrationError(name=name, reason='--target %s is not yet '
-                             'supported by warm migration; use --target file'
-                             % target)
-    output_dir = os.path.abspath(output_dir)
-    if not os.path.isdir(output_dir):
-        raise MigrationError(name=name, reason='%s is not a directory'
-                             % output_dir)
+    if target not in ('file', 'cinder'):
+        raise MigrationError(name=name, reason='--target %s is not '
+                             'supported by warm migration; use file or '
+                             'cinder' % target)
+    options = dict(options or {})
+    if target == 'file':
+        options['output_dir'] = output_dir
+    if dest is None:
+        dest = destination(target, options, cloud)
+    try:
+        store.get(name)
+    except state_api.NotFound:
+        pass
+    else:
+        raise MigrationError(name=name, reason='already exists (see '
+                             '"any2kvm migration show %s")' % name)
+    # The cloud first: bad credentials are told before the host is asked.
+    dest.check()
     host = _connect(location, limits, args, connect)
     try:
         found = _discover(host, location_mod.parse(location).vm)
@@ -199,42 +227,20 @@ def create(store, name, location, target='file', output_dir='.',
         host.close()
     if not found.disks:
         raise MigrationError(name=name, reason='the VM has no disk')
-    n = len(found.disks)
-    disks = []
-    for i, info in enumerate(found.disks):
-        path = os.path.join(output_dir, targets_base.disk_name(name, i, n)
-                            + '.raw')
-        disks.append({'index': i, 'source_id': info.vdi_uuid,
-                      'name': info.vdi_name or info.path,
-                      'virtual_size': info.virtual_size,
-                      'target_ref': path})
-    for d in disks:
-        if os.path.lexists(d['target_ref']):
-            raise MigrationError(name=name, reason='%s already exists'
-                                 % d['target_ref'])
+    target_options, disks = dest.plan(name, found.disks)
+    target_options['vm_uuid'] = found.uuid
+    dest.create(disks)
     try:
-        store.create(name, location, target,
-                     {'output_dir': output_dir, 'vm_uuid': found.uuid}, disks)
-    except state_api.Exists:
-        raise MigrationError(name=name, reason='already exists (see '
-                             '"any2kvm migration show %s")' % name)
-    made = []
-    try:
-        for d in disks:
-            fd = os.open(d['target_ref'],
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                         0o644)
-            made.append(d['target_ref'])
-            try:
-                os.ftruncate(fd, d['virtual_size'])
-            finally:
-                os.close(fd)
-    except OSError as e:
-        for path in made:
-            os.unlink(path)
-        store.delete(name)
-        raise MigrationError(name=name, reason='%s: %s'
-                             % (e.filename or output_dir, e.strerror))
+        store.create(name, location, target, target_options, disks)
+    except BaseException as e:
+        try:
+            dest.delete(disks)
+        except Exception as e2:
+            LOG.warning('could not delete the targets made: %s', e2)
+        if isinstance(e, state_api.Exists):
+            raise MigrationError(name=name, reason='already exists (see '
+                                 '"any2kvm migration show %s")' % name)
+        raise
     return store.get(name)
 
 
@@ -244,6 +250,9 @@ class _Figures(object):
     def __init__(self):
         self.layers = 0
         self.written = 0
+        #: The sizes of the layer files applied (to set against the bytes
+        #: read over the wire).
+        self.files = 0
         self.rewrites = []
 
 
@@ -267,9 +276,10 @@ def _plan(applied, stable):
     return 'ok', len(applied)
 
 
-def _update_disk(store, name, disk, chain, with_leaf, figures):
-    """Apply onto ``disk``'s target what it lacks of ``chain`` (all but
-    the leaf, or all with ``with_leaf``)."""
+def _update_disk(store, name, disk, chain, with_leaf, figures, target,
+                 progress=None):
+    """Apply onto ``disk``'s target (``target``, an open writer) what it
+    lacks of ``chain`` (all but the leaf, or all with ``with_leaf``)."""
     n = len(chain.layers)
     # Positions oldest first -> chain indexes (the chain is leaf first).
     order = list(range(n - 1, -1 if with_leaf else 0, -1))
@@ -280,81 +290,119 @@ def _update_disk(store, name, disk, chain, with_leaf, figures):
     applied = disk['applied']
     how, k = _plan(applied, stable)
     idx = disk['index']
-    target = raw.RawWriter.open_in_place(disk['target_ref'])
-    try:
-        if target.fresh:
-            # The file made by create is gone: everything again.
-            LOG.warning('%s: target missing, written anew',
-                        disk['target_ref'])
-            if applied:
-                store.forget_layers(name, idx, applied[0]['layer_id'])
-            how, k = 'ok', 0
-        elif how == 'redo':
-            store.forget_layers(name, idx, applied[k]['layer_id'])
-            LOG.info('%s: layer %s was partly applied: applying it again',
-                     disk['target_ref'], applied[k]['name'])
-        elif how == 'rewrite':
-            k = min(k, len(stable) - 1)
-            store.forget_layers(name, idx, applied[k]['layer_id'])
-            # The marker: a fingerprint no layer has, so a crash in the
-            # pass leads to the same pass again.
-            store.layer_started(name, idx, stable[k][0],
-                                'rewrite of the disk', REWRITE + stable[k][1])
-            written = incremental._apply_one(chain, order[-1], target, None,
-                                             bottom=n - 1)
-            target.sync()
-            figures.written += written
-            figures.rewrites.append({'disk': idx, 'from_layer':
-                                     applied[k]['name'], 'bytes': written})
-            LOG.warning('%s: the chain changed on the host from layer %s '
-                        'on (snapshot deleted and coalesced?): the disk was '
-                        'rewritten from the base (%d bytes of data)',
-                        disk['target_ref'], applied[k]['name'], written)
-            store.forget_layers(name, idx, stable[k][0])
-            for j in range(k, len(stable)):
-                store.layer_started(name, idx, stable[j][0], names[j],
-                                    stable[j][1])
-                store.layer_applied(name, idx, stable[j][0])
-                figures.layers += 1
-            return
+    if target.fresh and applied:
+        # The file made by create is gone: everything again.
+        LOG.warning('%s: target missing, written anew', disk['target_ref'])
+        store.forget_layers(name, idx, applied[0]['layer_id'])
+        how, k = 'ok', 0
+    elif how == 'redo':
+        store.forget_layers(name, idx, applied[k]['layer_id'])
+        LOG.info('%s: layer %s was partly applied: applying it again',
+                 disk['target_ref'], applied[k]['name'])
+    elif how == 'rewrite':
+        k = min(k, len(stable) - 1)
+        store.forget_layers(name, idx, applied[k]['layer_id'])
+        # The marker: a fingerprint no layer has, so a crash in the pass
+        # leads to the same pass again.
+        store.layer_started(name, idx, stable[k][0], 'rewrite of the disk',
+                            REWRITE + stable[k][1])
+        bar = _layer_bar(progress, disk, 'rewrite', chain.layers[0])
+        written = incremental._apply_one(chain, order[-1], target, bar,
+                                         bottom=n - 1)
+        target.sync()
+        _layer_done(progress)
+        figures.written += written
+        figures.files += sum(_file_size(chain.layers[i]) for i in order)
+        figures.rewrites.append({'disk': idx, 'from_layer':
+                                 applied[k]['name'], 'bytes': written})
+        LOG.warning('%s: the chain changed on the host from layer %s on '
+                    '(snapshot deleted and coalesced?): the disk was '
+                    'rewritten from the base (%d bytes of data)',
+                    disk['target_ref'], applied[k]['name'], written)
+        store.forget_layers(name, idx, stable[k][0])
         for j in range(k, len(stable)):
-            layer_id, fp = stable[j]
-            store.layer_started(name, idx, layer_id, names[j], fp)
-            figures.written += incremental._apply_one(chain, order[j],
-                                                      target, None)
-            target.sync()
-            store.layer_applied(name, idx, layer_id)
+            store.layer_started(name, idx, stable[j][0], names[j],
+                                stable[j][1])
+            store.layer_applied(name, idx, stable[j][0])
             figures.layers += 1
-            LOG.info('applied %s onto %s', names[j], disk['target_ref'])
-    finally:
-        target.close()
+        return
+    for j in range(k, len(stable)):
+        layer_id, fp = stable[j]
+        store.layer_started(name, idx, layer_id, names[j], fp)
+        layer = chain.layers[order[j]]
+        bar = _layer_bar(progress, disk, names[j], layer)
+        try:
+            figures.written += incremental._apply_one(chain, order[j],
+                                                      target, bar)
+            target.sync()
+        except BaseException:
+            _layer_done(progress, ok=False)
+            raise
+        _layer_done(progress)
+        store.layer_applied(name, idx, layer_id)
+        figures.layers += 1
+        figures.files += _file_size(layer)
+        LOG.info('applied %s onto %s', names[j], disk['target_ref'])
 
 
-def _update_all(store, name, host, found, with_leaf, figures):
-    m = store.get(name)
+def _file_size(layer):
+    """The size of a layer's file on the host (0 when unknown)."""
+    view = getattr(layer, 'view', None)
+    return getattr(view, 'size', None) or 0
+
+
+def _layer_bar(progress, disk, layer_name, layer):
+    if progress is None:
+        return None
+    return progress.start('disk %d %s' % (disk['index'], layer_name),
+                          layer.virtual_size)
+
+
+def _layer_done(progress, ok=True):
+    if progress is not None:
+        progress.end(ok=ok)
+
+
+def _match(name, m, found):
+    """{disk index: DiskInfo} of the migration's disks in ``found``."""
     by_vdi = dict((d.vdi_uuid, d) for d in found.disks)
+    infos = {}
     for disk in m['disks']:
         info = by_vdi.get(disk['source_id'])
         if info is None:
             raise MigrationError(name=name, reason='VDI %s (disk %d) is no '
                                  'longer attached to the VM'
                                  % (disk['source_id'], disk['index']))
-        opened = host.open_disk(info)
+        infos[disk['index']] = info
+    return infos
+
+
+def _update_all(store, name, host, infos, with_leaf, figures, writers,
+                progress=None):
+    """Apply onto every disk's open writer (``writers``) what it lacks."""
+    m = store.get(name)
+    top = {}
+    for disk in m['disks']:
+        opened = host.open_disk(infos[disk['index']])
         try:
             if not with_leaf and len(opened.chain.layers) > MAX_CHAIN:
                 raise MigrationError(
                     name=name, reason='the chain of disk %d has %d layers; '
                     'another snapshot would near XenServer\'s limit: cut '
                     'over now' % (disk['index'], len(opened.chain.layers)))
-            _update_disk(store, name, disk, opened.chain, with_leaf, figures)
+            _update_disk(store, name, disk, opened.chain, with_leaf, figures,
+                         writers[disk['index']], progress)
+            top[disk['index']] = opened.chain.layers[0].identity
         finally:
             opened.close()
+    return top
 
 
 def _result(name, started, host, read0, figures, **extra):
     out = {'name': name, 'layers_applied': figures.layers,
            'bytes_read': host.bytes_read - read0,
            'bytes_written': figures.written,
+           'files_size': figures.files,
            'seconds': round(time.time() - started, 3),
            'rewrites': figures.rewrites}
     out.update(extra)
@@ -367,28 +415,34 @@ def snapshot_name(name):
     return 'any2kvm migration %s' % name
 
 
-def _begin(store, name, allowed, status, refusal, limits, args, connect):
+def _begin(store, name, allowed, status, refusal, limits, args, connect,
+           cloud, dest):
     """The start of a sync or a cutover, inside its hold: the migration
-    (refused with ``refusal`` unless its status is in ``allowed``), marked
-    ``status``, and a connection to its host.  Returns (migration, host,
+    (refused with ``refusal`` unless its status is in ``allowed``), its
+    destination (logged in to the cloud), marked ``status``, and a
+    connection to its host.  Returns (migration, destination, host,
     figures, start time, bytes read so far)."""
     m = _get(store, name)
     if m['status'] not in allowed:
         raise MigrationError(name=name, reason='is %s: %s'
                              % (m['status'], refusal))
+    dest = _destination(m, cloud, dest)
+    dest.check()
     store.set_status(name, status)
     started = time.time()
     host = _connect(m['location'], limits, args, connect)
-    return m, host, _Figures(), started, host.bytes_read
+    return m, dest, host, _Figures(), started, host.bytes_read
 
 
-def sync(store, name, limits=None, args=None, connect=None):
+def sync(store, name, limits=None, args=None, connect=None, cloud=None,
+         dest=None, progress=None):
     """Snapshot the running VM and apply every stable layer the targets
-    lack.  Returns the figures of this sync."""
+    lack (every target opened, or attached, once).  Returns the figures of
+    this sync."""
     with _Held(store, name, 'sync'):
-        m, host, figures, started, read0 = _begin(
+        m, dest, host, figures, started, read0 = _begin(
             store, name, SYNCABLE, 'syncing', 'nothing to sync', limits,
-            args, connect)
+            args, connect, cloud, dest)
         try:
             vm_uuid = m['target_options']['vm_uuid']
             snap = snapshots.snapshot(
@@ -396,7 +450,11 @@ def sync(store, name, limits=None, args=None, connect=None):
                 snapshot_name(name))
             store.snapshot_taken(name, snap)
             found = _discover(host, vm_uuid)
-            _update_all(store, name, host, found, False, figures)
+            infos = _match(name, m, found)
+            sizes = {i: info.virtual_size for i, info in infos.items()}
+            with dest.opened(store.get(name)['disks'], sizes) as writers:
+                _update_all(store, name, host, infos, False, figures,
+                            writers, progress)
         except BaseException as e:
             msg = _one_line(e)
             store.sync_recorded(name, started, time.time(), figures.layers,
@@ -418,12 +476,26 @@ def _one_line(e):
     return ' '.join(str(e).split())[:500] or type(e).__name__
 
 
+# -- batched xe commands ------------------------------------------------------
+
+def run_batch(host, commands, mutating=False, timeout=None):
+    """Run several ``xe`` commands in one round trip when the host can
+    (``host.run_many``), one by one otherwise; stops at the first that
+    fails.  Returns their outputs."""
+    many = getattr(host, 'run_many', None)
+    if many is not None:
+        return many(commands, mutating=mutating, timeout=timeout)
+    return [host.run(argv, mutating=mutating, timeout=timeout)
+            for argv in commands]
+
+
 # -- cutover ------------------------------------------------------------------
 
 def _remove_snapshots(store, name, host):
     """Remove every snapshot the migration made: those recorded, and those
     of its name a crash left unrecorded (taken, killed before the store
-    heard of it); one already gone from the host counts as removed."""
+    heard of it); one already gone from the host counts as removed.  The
+    removals go in one round trip; when that fails, one by one."""
     m = store.get(name)
     known = set(s['snapshot_id'] for s in m['snapshots'])
     argv = xe.list_command('snapshot', [
@@ -433,11 +505,22 @@ def _remove_snapshots(store, name, host):
         if u.lower() not in known:
             store.snapshot_taken(name, u.lower())
     m = store.get(name)
+    left = [s['snapshot_id'] for s in m['snapshots']
+            if not s.get('removed_at')]
+    if not left:
+        return 0
+    try:
+        run_batch(host, [xe.snapshot_uninstall(u) for u in left],
+                  mutating=True)
+    except exception.Any2KvmError as e:
+        LOG.info('batched snapshot removal failed (%s): one by one',
+                 _one_line(e))
+    else:
+        for u in left:
+            store.snapshot_removed(name, u)
+        return len(left)
     removed = 0
-    for s in m['snapshots']:
-        if s.get('removed_at'):
-            continue
-        u = s['snapshot_id']
+    for u in left:
         try:
             snapshots.remove_snapshot(
                 lambda argv: host.run(argv, mutating=True), u)
@@ -451,12 +534,16 @@ def _remove_snapshots(store, name, host):
 
 
 def _shut_down(host, vm_uuid, force, timeout):
-    state = snapshots.power_state(host.run, vm_uuid)
-    if state == 'halted':
-        return
+    """Shut the VM down: the clean shutdown and the check of its power
+    state in one round trip (``xe vm-shutdown`` returns once the VM is
+    halted); with ``force``, a hard one when the clean one fails."""
     try:
-        snapshots.shutdown(lambda argv: host.run(argv, mutating=True,
-                                                 timeout=timeout), vm_uuid)
+        outs = run_batch(host, [xe.vm_shutdown(vm_uuid),
+                                xe.power_state(vm_uuid)], mutating=True,
+                         timeout=timeout)
+        argv = xe.power_state(vm_uuid)
+        if xe.parse_value(outs[-1], argv).strip() == 'halted':
+            return
         snapshots.wait_for_power_state(host.run, vm_uuid, 'halted',
                                        timeout=timeout, interval=1,
                                        host=host.label)
@@ -478,49 +565,153 @@ def _shut_down(host, vm_uuid, force, timeout):
 
 
 def cutover(store, name, force=False, timeout=600, limits=None, args=None,
-            connect=None):
-    """Shut the VM down, apply the rest (leaf included), remove the
-    migration's snapshots; the source stays halted.  Returns the figures,
-    with ``downtime`` (seconds from the shutdown request to the targets
-    complete and flushed)."""
+            connect=None, cloud=None, dest=None, progress=None,
+            server=None):
+    """Shut the VM down, apply the rest (leaf included), make the targets
+    ready (:meth:`Destination.finish`), remove the migration's snapshots;
+    the source stays halted.  Returns the figures, with ``downtime``
+    (seconds from the shutdown request to the targets complete and
+    ready).
+
+    Everything that does not need the VM down happens before the
+    shutdown request: the VM and its disks are found, the targets opened
+    (volumes attached) once, and ``server.prepare()`` (when a server is
+    to be created) may refuse at no downtime.  After it, one batched
+    round trip shuts the VM down, then only the last layers are read."""
     with _Held(store, name, 'cutover'):
-        m, host, figures, started, read0 = _begin(
+        m, dest, host, figures, started, read0 = _begin(
             store, name, CUTTABLE, 'cutting-over', 'cannot cut over', limits,
-            args, connect)
+            args, connect, cloud, dest)
+        extra = {}
+        prepared = None
         try:
             vm_uuid = m['target_options']['vm_uuid']
-            shutdown_at = time.time()
-            _shut_down(host, vm_uuid, force, timeout)
-            halted_at = time.time()
             found = _discover(host, vm_uuid)
-            _update_all(store, name, host, found, True, figures)
+            infos = _match(name, m, found)
+            sizes = {i: info.virtual_size for i, info in infos.items()}
+            if server is not None:
+                # Before the shutdown: a refusal costs no downtime.
+                server.prepare(store.get(name), found.facts)
+                prepared = server
+            with dest.opened(store.get(name)['disks'], sizes) as writers:
+                shutdown_at = time.time()
+                prior = m.get('cutover')
+                if (found.power_state == 'halted' and prior and
+                        prior['completed_at'] is None):
+                    # A cutover cut short after the shutdown, run again:
+                    # the downtime started with the first request.
+                    shutdown_at = prior['shutdown_at']
+                store.cutover_recorded(name, shutdown_at, None)
+                if found.power_state != 'halted':
+                    _shut_down(host, vm_uuid, force, timeout)
+                halted_at = time.time()
+                top = _update_all(store, name, host, infos, True, figures,
+                                  writers, progress)
+                applied_at = time.time()
+            closed_at = time.time()
+            m = store.get(name)
+            details = dest.finish(name, m['disks'], found.facts) or {}
+            ready_at = time.time()
+            if server is not None:
+                prepared = None
+                details.update(server.create(m) or {})
             completed_at = time.time()
-            store.cutover_recorded(name, shutdown_at, completed_at)
+            # Where the downtime went, in seconds.
+            phases = {'shutdown': halted_at - shutdown_at,
+                      'apply': applied_at - halted_at,
+                      'close': closed_at - applied_at,
+                      'finish': ready_at - closed_at,
+                      'server': completed_at - ready_at,
+                      'before_shutdown': shutdown_at - started}
+            store.cutover_recorded(name, shutdown_at, completed_at,
+                                   top_layers=top, details=details)
+            extra = details
             removed = _remove_snapshots(store, name, host)
         except BaseException as e:
+            if prepared is not None:
+                try:
+                    prepared.discard()
+                except Exception as e2:
+                    LOG.warning('could not undo the server plan: %s',
+                                _one_line(e2))
             store.set_status(name, 'failed', error=_one_line(e))
             host.close()
             raise
         result = _result(name, started, host, read0, figures,
                          downtime=round(completed_at - shutdown_at, 3),
                          shutdown_seconds=round(halted_at - shutdown_at, 3),
-                         snapshots_removed=removed)
+                         snapshots_removed=removed, details=extra,
+                         phases={k: round(v, 3) for k, v in
+                                 phases.items()})
         host.close()
         store.set_status(name, 'done')
+        return result
+
+
+# -- rollback -----------------------------------------------------------------
+
+def rollback(store, name, limits=None, args=None, connect=None,
+             server=None):
+    """Undo a cutover: start the source VM again (``xe vm-start``), and
+    forget each disk's top layer recorded at cutover (the restarted VM
+    writes to it, so the next sync copies it again as an ordinary layer);
+    the cutover stays in the history, the status goes back to 'synced'.
+    ``server``: what deletes the server the cutover created (the volumes
+    are kept).  Refused before a cutover."""
+    with _Held(store, name, 'rollback'):
+        m = _get(store, name)
+        c = m.get('cutover')
+        if c is None:
+            raise MigrationError(name=name, reason='has no cutover to roll '
+                                 'back (status %s)' % m['status'])
+        result = {'name': name, 'server_deleted': None}
+        if server is None and c['details'].get('server_id'):
+            raise MigrationError(name=name, reason='the cutover made server '
+                                 '%s: rolling back needs the cloud to '
+                                 'delete it' % c['details']['server_id'])
+        if server is not None and c['details'].get('server_id'):
+            # The volumes must be free before the source starts again
+            # and the next sync attaches them.
+            result['server_deleted'] = server.rollback(c['details'], m)
+        host = _connect(m['location'], limits, args, connect)
+        try:
+            vm_uuid = m['target_options']['vm_uuid']
+            if snapshots.power_state(host.run, vm_uuid) != 'running':
+                snapshots.start(lambda argv: host.run(argv, mutating=True),
+                                vm_uuid)
+        finally:
+            host.close()
+        forgotten = 0
+        for disk in m['disks']:
+            # The top layer recorded, or (a cutover cut short) a layer
+            # read from the VDI's own file: the leaf the VM writes to.
+            top = c['top_layers'].get(str(disk['index']))
+            leaf = '%s.vhd' % disk['source_id']
+            for k, a in enumerate(disk['applied']):
+                if a['layer_id'] == top or a['name'] == leaf:
+                    store.forget_layers(name, disk['index'], a['layer_id'])
+                    forgotten += len(disk['applied']) - k
+                    break
+        store.rollback_recorded(name)
+        store.set_status(name, 'synced')
+        result['layers_forgotten'] = forgotten
         return result
 
 
 # -- abort, show, list --------------------------------------------------------
 
 def abort(store, name, delete_targets=False, limits=None, args=None,
-          connect=None):
+          connect=None, cloud=None, dest=None):
     """Remove the snapshots the migration made (never the VM or its
-    disks); keep the targets, or delete them."""
+    disks); keep the targets, or delete them (files, or volumes)."""
     with _Held(store, name, 'abort'):
         m = _get(store, name)
         if m['status'] in ('done',):
             raise MigrationError(name=name, reason='is done: nothing to '
                                  'abort')
+        if delete_targets:
+            dest = _destination(m, cloud, dest)
+            dest.check()
         removed = 0
         if any(not s.get('removed_at') for s in m['snapshots']):
             host = _connect(m['location'], limits, args, connect)
@@ -530,12 +721,7 @@ def abort(store, name, delete_targets=False, limits=None, args=None,
                 host.close()
         deleted = []
         if delete_targets:
-            for d in m['disks']:
-                try:
-                    os.unlink(d['target_ref'])
-                    deleted.append(d['target_ref'])
-                except FileNotFoundError:
-                    pass
+            deleted = dest.delete(m['disks'])
         store.set_status(name, 'aborted')
         return {'name': name, 'snapshots_removed': removed,
                 'targets_deleted': deleted}

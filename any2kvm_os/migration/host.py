@@ -19,8 +19,12 @@ command; stdout), ``open_disk(info)`` (the live chain of one VDI, a
 crossed the wire so far), ``mount_base`` and ``label``; and ``close()``.
 """
 
+import uuid
+
+from any2kvm_os import exception
 from any2kvm_os.sources.xenserver import location as location_mod
 from any2kvm_os.sources.xenserver import plugin
+from any2kvm_os.ssh import connection
 
 
 class SshHost(object):
@@ -38,6 +42,27 @@ class SshHost(object):
         # change the host (snapshot, shutdown, uninstall) never are.
         return self.conn.check_run(argv, idempotent=not mutating,
                                    timeout=timeout).stdout
+
+    def run_many(self, commands, mutating=False, timeout=None):
+        """Several commands in one round trip (``sh -c``, every word of
+        each quoted, ``&&`` between them: the first failure stops the
+        rest and is raised); their outputs, in order."""
+        if len(commands) == 1:
+            return [self.run(commands[0], mutating, timeout)]
+        marker = 'any2kvm-batch-%s' % uuid.uuid4().hex
+        sep = " && printf '\\n%%s\\n' %s" % marker
+        script = ''.join(connection.quote_argv(argv) + sep
+                         for argv in commands)
+        out = self.run(['sh', '-c', script], mutating, timeout)
+        sep = '\n%s\n' % marker
+        if isinstance(out, bytes):
+            sep = sep.encode()
+        parts = out.split(sep)
+        if len(parts) != len(commands) + 1:
+            raise exception.Any2KvmError(
+                '%s: a batch of %d commands gave %d outputs'
+                % (self.label, len(commands), len(parts) - 1))
+        return parts[:-1]
 
     def open_disk(self, info):
         return self.source.open_disk(self.conn, info)

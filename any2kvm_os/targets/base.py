@@ -86,6 +86,11 @@ class Target(object, metaclass=abc.ABCMeta):
         #: Wait until what was written is usable (``--wait``).
         self.wait = wait
 
+    @classmethod
+    def check_options(cls, options):
+        """Refuse contradicting constructor keywords ``options`` (from
+        :func:`options`) before any cloud is asked; None."""
+
     @abc.abstractmethod
     def write(self, vm, name, properties, disk=None, progress=None):
         """Write the disks of ``vm`` (all, or only index ``disk``);

@@ -33,11 +33,14 @@ auto (the default)
     needs both), falling back to image when the attachment cannot be made
     (nothing was written then); image otherwise.
 
-The first disk of a VM is the boot volume; the others are
-``<name>-diskN``.  On any failure the volumes and images this call made are
-deleted, so nothing half-written is left ``available``.
+The boot disk (the VM's ``boot_disk`` fact, else the first) is the
+bootable volume with the VM's properties; the first disk is ``<name>``,
+the others ``<name>-diskN``.  On any failure the volumes and images
+this call made are deleted, so nothing half-written is left
+``available``.
 """
 
+import contextlib
 import logging
 import os
 import time
@@ -47,6 +50,7 @@ from any2kvm_os import exception
 from any2kvm_os import properties
 from any2kvm_os.targets import base
 from any2kvm_os.targets import glance as glance_target
+from any2kvm_os.targets import server as server_mod
 
 LOG = logging.getLogger(__name__)
 
@@ -77,6 +81,152 @@ def _error(e):
                                                                Exception):
         return e
     return clients.cloud_error('cinder', e)
+
+
+def size_in_gib(size):
+    """Whole GiB that hold ``size`` bytes (at least 1)."""
+    return max(1, -(-size // GiB))
+
+
+def wait_available(cinder, vol_id, vol_name, timeout=3600, poll=2.0,
+                   session=None, region_name=None, interface=None):
+    """The volume once ``available``; :class:`TargetError` when it goes to
+    an error state (with Cinder's user messages, given a session) or is
+    still busy after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        volume = cinder.volumes.get(vol_id)
+        if volume.status == 'available':
+            return volume
+        if volume.status in ('error', 'error_restoring', 'error_extending'):
+            messages = []
+            if session is not None:
+                try:
+                    # User messages need API 3.3.
+                    reader = clients.cinder_client(session, region_name,
+                                                   interface, '3.3')
+                    messages = [m.user_message
+                                for m in reader.messages.list()
+                                if m.resource_uuid == vol_id]
+                except Exception as e:
+                    LOG.debug('No user messages for volume %s: %s', vol_id,
+                              e)
+            raise exception.TargetError(
+                path=vol_name, reason='volume %s went to %s%s' % (
+                    vol_id, volume.status,
+                    (': ' + '; '.join(messages)) if messages else ''))
+        if time.monotonic() > deadline:
+            raise exception.TargetError(
+                path=vol_name, reason='volume %s still %s after %d s'
+                % (vol_id, volume.status, timeout))
+        time.sleep(poll)
+
+
+def create_volume(cinder, size_gib, name, volume_type=None,
+                  description='imported by any2kvm', wait=True,
+                  timeout=3600, poll=2.0):
+    """A new empty volume of ``size_gib`` GiB; with ``wait``, once it is
+    available."""
+    volume = cinder.volumes.create(size_gib, name=name,
+                                   volume_type=volume_type,
+                                   description=description)
+    if wait:
+        try:
+            return wait_available(cinder, volume.id, name, timeout, poll)
+        except BaseException:
+            delete_volumes(cinder, [volume.id])
+            raise
+    return volume
+
+
+def volume_metadata(facts, virtual_size, defaults=True, overrides=None,
+                    extra=None):
+    """The image metadata of a volume holding a disk of ``virtual_size``
+    bytes of the VM ``facts`` describes: the image properties KVM needs
+    (:func:`any2kvm_os.properties.image_properties`, ``overrides`` on
+    top), then ``extra``, every value a string."""
+    meta = properties.image_properties(facts or {}, virtual_size,
+                                       defaults=defaults,
+                                       overrides=overrides)
+    meta.update(extra or {})
+    return {k: str(v) for k, v in meta.items()}
+
+
+def make_bootable(cinder, vol_id, bootable, metadata):
+    """Mark the volume bootable (or not) and give it ``metadata`` as its
+    image metadata."""
+    cinder.volumes.set_bootable(vol_id, bool(bootable))
+    if metadata:
+        cinder.volumes.set_image_metadata(vol_id, metadata)
+
+
+def delete_volumes(cinder, volume_ids):
+    """Best effort: every volume is tried; failures are logged."""
+    _delete_volumes(cinder, volume_ids)
+
+
+def _brick_error(e):
+    """os-brick's errors as one line (they carry command output)."""
+    return ' '.join(str(e).split())[:300] or type(e).__name__
+
+
+@contextlib.contextmanager
+def attached(cinder, vol_id, vol_name=None, root_helper='sudo',
+             my_ip='127.0.0.1', mount_point_base=None, timeout=3600,
+             poll=2.0):
+    """Attach volume ``vol_id`` to this host (Cinder's attachment API,
+    then os-brick, as ``cinder local-attach`` does) and yield the path of
+    its file or block device, written in place; detached again (and
+    waited ``available``) when the block ends, whatever happens in it.
+    :class:`AttachUnavailable` when it cannot be reached from here."""
+    from os_brick.initiator import connector as brick
+
+    vol_name = vol_name or vol_id
+    if os.geteuid() == 0:
+        # Root already: os-brick's privileged calls run in this process
+        # instead of a privsep daemon started through sudo.
+        from os_brick import privileged
+        privileged.default.set_client_mode(False)
+    props = brick.get_connector_properties(root_helper, my_ip, False, False)
+    try:
+        attachment = cinder.attachments.create(vol_id, props, mode='rw')
+    except Exception as e:
+        raise AttachUnavailable('volume %s: Cinder refused an attachment: '
+                                '%s' % (vol_id, _brick_error(e)))
+    try:
+        info = attachment.get('connection_info') or {}
+        data = info.get('data', info)
+        protocol = info.get('driver_volume_type') or \
+            data.get('driver_volume_type')
+        kwargs = {}
+        if mount_point_base:
+            kwargs['%s_mount_point_base' % protocol] = mount_point_base
+        try:
+            conn = brick.InitiatorConnector.factory(protocol, root_helper,
+                                                    **kwargs)
+            device = conn.connect_volume(data)
+            path = device['path']
+            if not os.path.exists(path):
+                raise exception.Any2KvmError('%s does not exist' % path)
+            if data.get('format') not in (None, 'raw'):
+                raise exception.Any2KvmError(
+                    'the backend keeps it as %s' % data['format'])
+        except Exception as e:
+            raise AttachUnavailable(
+                'volume %s (%s) cannot be reached from this host: %s'
+                % (vol_id, protocol, _brick_error(e)))
+        try:
+            cinder.attachments.complete(attachment['id'])
+            yield path
+        finally:
+            try:
+                conn.disconnect_volume(data, device)
+            except Exception as e:
+                LOG.warning('os-brick could not disconnect volume %s: %s',
+                            vol_id, _brick_error(e))
+    finally:
+        cinder.attachments.delete(attachment['id'])
+        wait_available(cinder, vol_id, vol_name, timeout, poll)
 
 
 #: Attachments need microversion 3.44 (attachment complete); 3.54 gives
@@ -113,12 +263,17 @@ class CinderTarget(base.Target):
                       help='where os-brick finds or mounts NFS and other '
                            'file-system shares when attaching '
                            '(--volume-route attach or auto)'),
-    )
+    ) + server_mod.ARGUMENTS
 
     def __init__(self, defaults=True, timeout=3600, poll=2.0,
                  keep_image=False, wait=True, route='auto',
                  volume_type=None, brick_mount_point_base=None,
                  root_helper='sudo', my_ip='127.0.0.1', **context):
+        # --create-server and its options (server_mod.ARGUMENTS), checked
+        # before any cloud is asked.
+        self.server_options = server_mod.Options(**{
+            key: context.pop(key) for key in server_mod.OPTION_KEYS
+            if key in context}).check()
         super(CinderTarget, self).__init__(wait=wait, **context)
         if route not in ROUTES:
             raise exception.Any2KvmError('unknown volume route %r (known: '
@@ -137,6 +292,12 @@ class CinderTarget(base.Target):
         self.poll = poll
         self.keep_image = keep_image
 
+    @classmethod
+    def check_options(cls, options):
+        server_mod.Options(**{key: options[key] for key in
+                              server_mod.OPTION_KEYS
+                              if key in options}).check()
+
     def _attach_possible(self):
         if self.route == 'image':
             return False
@@ -153,6 +314,39 @@ class CinderTarget(base.Target):
         return True
 
     def write(self, vm, name, props=None, disk=None, progress=None):
+        if not self.server_options.create_server:
+            return self._write_volumes(vm, name, props, disk, progress)
+        return self._write_and_boot(vm, name, props, disk, progress)
+
+    def _write_and_boot(self, vm, name, props, disk, progress):
+        """--create-server: the server is planned (flavor, networks)
+        before any disk is written, made from the volumes, and its boot
+        verified; the first result gets ``server``."""
+        if disk is not None:
+            raise exception.Any2KvmError(
+                '--create-server needs every disk of the VM: drop --disk')
+        clients = server_mod.Clients(self.session, self.region_name,
+                                     self.interface)
+        plan = server_mod.prepare(clients, vm.facts, self.server_options,
+                                  name, disk_count=len(vm.disks))
+        for reason in plan.reasons:
+            LOG.info('Server %s: %s', plan.name, reason)
+        try:
+            results = self._write_volumes(vm, name, props, disk, progress)
+        except BaseException:
+            server_mod.discard(plan)
+            raise
+        srv, boot = server_mod.create_and_boot(plan, results)
+        LOG.info('Server %s (%s): %s', srv.name, srv.id, boot.message())
+        info = srv.to_dict()
+        info['plan'] = list(plan.reasons)
+        info['boot'] = boot.to_dict()
+        info['boot_message'] = boot.message()
+        results[0]['server'] = info
+        return results
+
+    def _write_volumes(self, vm, name, props=None, disk=None,
+                       progress=None):
         if self._attach_possible():
             try:
                 return self._write_attached(vm, name, props, disk,
@@ -178,22 +372,21 @@ class CinderTarget(base.Target):
                 size = d.size_hint
                 if size is None:
                     size = d.virtual_size   # one pass over the archive
-                size_gib = max(1, -(-size // GiB))
-                volume = cinder.volumes.create(
-                    size_gib, name=vol_name, volume_type=self.volume_type,
-                    description='imported by any2kvm')
+                size_gib = size_in_gib(size)
+                volume = create_volume(
+                    cinder, size_gib, vol_name, self.volume_type,
+                    'imported by any2kvm', wait=False)
                 volumes.append(volume.id)
                 self._wait(cinder, volume.id, vol_name)
                 digest = self._attach_and_write(cinder, volume.id, vol_name,
                                                 d, progress)
-                facts = vm.facts if index == 0 else {}
-                meta = properties.image_properties(
-                    facts, d.virtual_size, defaults=self.defaults,
-                    overrides=props)
-                meta = {k: str(v) for k, v in meta.items()}
-                meta['any2kvm_route'] = 'attach'
-                cinder.volumes.set_bootable(volume.id, index == 0)
-                cinder.volumes.set_image_metadata(volume.id, meta)
+                boot = index == (vm.facts.get('boot_disk') or 0)
+                facts = vm.facts if boot else {}
+                meta = volume_metadata(facts, d.virtual_size,
+                                       defaults=self.defaults,
+                                       overrides=props,
+                                       extra={'any2kvm_route': 'attach'})
+                make_bootable(cinder, volume.id, boot, meta)
                 results.append(_result(
                     index, cinder.volumes.get(volume.id), d.virtual_size,
                     size_gib, digest, None))
@@ -205,66 +398,22 @@ class CinderTarget(base.Target):
     def _attach_and_write(self, cinder, vol_id, vol_name, disk, progress):
         """Attach volume ``vol_id`` here, write ``disk`` onto it, detach;
         returns the SHA-256 of what was written (the whole disk)."""
-        from os_brick.initiator import connector as brick
         from any2kvm_os.writers import raw
 
-        if os.geteuid() == 0:
-            # Root already: os-brick's privileged calls run in this process
-            # instead of a privsep daemon started through sudo.
-            from os_brick import privileged
-            privileged.default.set_client_mode(False)
-        props = brick.get_connector_properties(
-            self.root_helper, self.my_ip, False, False)
-        try:
-            attachment = cinder.attachments.create(vol_id, props,
-                                                   mode='rw')
-        except Exception as e:
-            raise AttachUnavailable('volume %s: Cinder refused an '
-                                    'attachment: %s' % (vol_id, e))
-        try:
-            info = attachment.get('connection_info') or {}
-            data = info.get('data', info)
-            protocol = info.get('driver_volume_type') or \
-                data.get('driver_volume_type')
-            kwargs = {}
-            if self.brick_mount_point_base:
-                kwargs['%s_mount_point_base' % protocol] = \
-                    self.brick_mount_point_base
+        with attached(cinder, vol_id, vol_name,
+                      root_helper=self.root_helper, my_ip=self.my_ip,
+                      mount_point_base=self.brick_mount_point_base,
+                      timeout=self.timeout, poll=self.poll) as path:
+            LOG.info('Writing %s onto volume %s at %s', disk.name, vol_id,
+                     path)
+            target = raw.RawWriter.open_volume(path)
             try:
-                conn = brick.InitiatorConnector.factory(
-                    protocol, self.root_helper, **kwargs)
-                device = conn.connect_volume(data)
-                path = device['path']
-                if not os.path.exists(path):
-                    raise exception.Any2KvmError('%s does not exist' % path)
-                if data.get('format') not in (None, 'raw'):
-                    raise exception.Any2KvmError(
-                        'the backend keeps it as %s' % data['format'])
-            except Exception as e:
-                raise AttachUnavailable(
-                    'volume %s (%s) cannot be reached from this host: %s'
-                    % (vol_id, protocol, e))
-            try:
-                LOG.info('Writing %s onto volume %s at %s', disk.name,
-                         vol_id, path)
-                cinder.attachments.complete(attachment['id'])
-                target = raw.RawWriter.open_volume(path)
-                try:
-                    disk.write_to(target, progress)
-                    target.sync()
-                finally:
-                    target.close()
-                # What the volume holds, read back (its holes unread).
-                return raw.sha256_of(path, disk.virtual_size)
+                disk.write_to(target, progress)
+                target.sync()
             finally:
-                try:
-                    conn.disconnect_volume(data, device)
-                except Exception as e:
-                    LOG.warning('os-brick could not disconnect volume %s: '
-                                '%s', vol_id, e)
-        finally:
-            cinder.attachments.delete(attachment['id'])
-            self._wait(cinder, vol_id, vol_name)
+                target.close()
+            # What the volume holds, read back (its holes unread).
+            return raw.sha256_of(path, disk.virtual_size)
 
     # -- image route ----------------------------------------------------------
 
@@ -307,29 +456,6 @@ class CinderTarget(base.Target):
                 LOG.warning('Could not delete image %s: %s', image['id'], e)
 
     def _wait(self, cinder, vol_id, vol_name):
-        deadline = time.monotonic() + self.timeout
-        while True:
-            volume = cinder.volumes.get(vol_id)
-            if volume.status == 'available':
-                return volume
-            if volume.status in ('error', 'error_restoring'):
-                messages = []
-                try:
-                    # User messages need API 3.3.
-                    reader = clients.cinder_client(
-                        self.session, self.region_name, self.interface,
-                        '3.3')
-                    messages = [m.user_message for m in reader.messages.list()
-                                if m.resource_uuid == vol_id]
-                except Exception as e:
-                    LOG.debug('No user messages for volume %s: %s', vol_id,
-                              e)
-                raise exception.TargetError(
-                    path=vol_name, reason='volume %s went to %s%s' % (
-                        vol_id, volume.status,
-                        (': ' + '; '.join(messages)) if messages else ''))
-            if time.monotonic() > deadline:
-                raise exception.TargetError(
-                    path=vol_name, reason='volume %s still %s after %d s'
-                    % (vol_id, volume.status, self.timeout))
-            time.sleep(self.poll)
+        return wait_available(cinder, vol_id, vol_name, self.timeout,
+                              self.poll, self.session, self.region_name,
+                              self.interface)

@@ -113,7 +113,8 @@ class GlanceTarget(base.Target):
     def _upload(self, glance, vm, disk, index, name, count, props,
                 progress, made):
         size_hint = disk.size_hint
-        facts = vm.facts if index == 0 else {}
+        facts = vm.facts if index == (vm.facts.get('boot_disk') or 0) \
+            else {}
         image_name = base.disk_name(name, index, count)
         with disk_stream(disk, self.scratch_dir, progress,
                          self.scratch_limit) as data:

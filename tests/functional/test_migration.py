@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ import pytest
 from any2kvm_os.migration.state import sql
 from tests.lib import cli
 from tests.lib import imagegen as ig
+from tests.lib.xenserver import bed as xbed
 from tests.lib.xenserver import host as xhost
 from tests.lib.xenserver import state as st
 
@@ -38,24 +38,12 @@ MiB = 1 << 20
 
 @pytest.fixture
 def bed(sshd_factory, tmp_path):
-    root, facts = xhost.standard_host(tmp_path / 'xs')
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    os.symlink(str(xhost.XE), str(bin_dir / 'xe'))
-    conf = tmp_path / 'any2kvm.conf'
-    conf.write_text('[any2kvm]\nxenserver_sr_mount = %s\n'
-                    % os.path.join(str(root), 'run', 'sr-mount'))
-    path = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable),
-                            '/usr/bin', '/bin'])
-    server = sshd_factory(env={'PATH': path, xhost.ENV: str(root)})
+    b = xbed.Bed(sshd_factory, tmp_path / 'bed')
     out = tmp_path / 'out'
     out.mkdir()
-    loc = 'xenserver://%s@127.0.0.1:%d/%s' % (
-        server.user, server.port, urllib.parse.quote('two-disks', safe=''))
-    common = ['--identity-file', server.client_key, '--known-hosts',
-              server.known_hosts, '--config-file', str(conf),
-              '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
-    return root, facts, out, loc, common
+    common = b.ssh_args + ['--state-db',
+                           'sqlite:///%s' % (tmp_path / 'state.db')]
+    return b.root, b.facts, out, b.location(), common
 
 
 def _cmd(args):
@@ -196,3 +184,62 @@ def test_abort_keeps_the_vm(bed):
     assert os.listdir(out) == []
     vm = st.load(str(root))['vm'][facts['two-disks']]
     assert vm['power-state'] == 'running'
+
+
+def openstack(*args):
+    """``openstack any2kvm migration ...`` with no cloud anywhere (a file
+    migration needs none)."""
+    env = {k: v for k, v in _env().items() if not k.startswith('OS_')}
+    env['HOME'] = '/nonexistent'
+    cmd = [os.path.join(os.path.dirname(sys.executable), 'openstack'),
+           'any2kvm', 'migration'] + [str(a) for a in args]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                         cwd=str(REPO), timeout=300)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    return res
+
+
+def test_openstack_commands_cutover_rollback_and_again(bed):
+    """Both command lines on one migration: create and cut over with
+    ``openstack any2kvm``, roll back (the VM runs again), sync (the old
+    leaf copied as an ordinary layer, no rewrite), cut over again; the
+    history of both cutovers in ``show``; progress lines on stderr."""
+    root, facts, out, loc, common = bed
+    vm = facts['two-disks']
+    openstack('create', 'web', loc, '--target', 'file', '--output-dir', out,
+              *common)
+    r = mig('sync', 'web', common=common)
+    # Not a terminal: a plain line per 10% of each layer, then done.
+    assert 'disk 0 ' in r.stderr and 'done:' in r.stderr, r.stderr
+    m = show(common)
+    w0, w1 = writers(root, facts, m)
+    w0.write(2 * MiB, ig.pattern(31, 4096))
+    r = openstack('cutover', 'web', '--timeout', '60', '-f', 'json',
+                  *common)
+    first = json.loads(r.stdout)
+    assert first['downtime'] >= 0 and first['layers_applied'] == 2
+    assert first['bytes_read'] > 0 and first['files_size'] > 0
+    assert st.load(str(root))['vm'][vm]['power-state'] == 'halted'
+    r = openstack('rollback', 'web', '-f', 'json', *common)
+    assert json.loads(r.stdout)['layers_forgotten'] == 2
+    assert st.load(str(root))['vm'][vm]['power-state'] == 'running'
+    w0.write(6 * MiB, ig.pattern(32, 8192))
+    w1.zero(MiB, 4096)
+    r = mig('sync', 'web', '--no-progress', common=common)
+    assert r.stderr == ''
+    assert 'rewritten' not in r.stdout, r.stdout
+    assert 'bytes read over the wire for' in r.stdout, r.stdout
+    w1.write(3 * MiB, ig.pattern(33, 512))
+    r = mig('cutover', 'web', '--format', 'json', '--no-progress',
+            common=common)
+    assert json.loads(r.stdout)['rewrites'] == []
+    m = show(common)
+    assert m['status'] == 'done'
+    assert [c['rolled_back_at'] is not None for c in m['cutovers']] == [
+        False, True][::-1]
+    check(m, facts)
+    text = mig('show', 'web', common=common[-2:]).stdout
+    assert text.count('cutover:  downtime') == 2, text
+    assert 'rolled back' in text
+    r = openstack('show', 'web', '-f', 'json', *common[-2:])
+    assert len(json.loads(r.stdout)['cutovers']) == 2

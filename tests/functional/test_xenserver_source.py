@@ -20,43 +20,27 @@ The bytes are checked against the stand-in's model of each disk.
 import hashlib
 import json
 import os
-import sys
-import urllib.parse
 
 import pytest
 
 from tests.lib import cli
-from tests.lib.xenserver import host as xhost
+from tests.lib.xenserver import bed as xbed
 
 
 @pytest.fixture(scope='module')
 def xs_host(tmp_path_factory):
-    root, facts = xhost.standard_host(tmp_path_factory.mktemp('xs'))
-    bin_dir = tmp_path_factory.mktemp('bin')
-    os.symlink(str(xhost.XE), str(bin_dir / 'xe'))
-    conf = tmp_path_factory.mktemp('conf') / 'any2kvm.conf'
-    conf.write_text('[any2kvm]\nxenserver_sr_mount = %s\n'
-                    % os.path.join(str(root), 'run', 'sr-mount'))
+    root, facts, bin_dir, conf = xbed.prepare(tmp_path_factory.mktemp('xs'))
     return root, facts, bin_dir, conf
 
 
 @pytest.fixture
 def server(sshd_factory, xs_host):
     root, _facts, bin_dir, _conf = xs_host
-    # The stand-in's xe runs with the python3 that has FATtools.
-    path = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable),
-                            '/usr/bin', '/bin'])
-    return sshd_factory(env={'PATH': path, xhost.ENV: str(root)})
+    return xbed.start_sshd(sshd_factory, root, bin_dir)
 
 
-def location(server, vm):
-    return 'xenserver://%s@127.0.0.1:%d/%s' % (
-        server.user, server.port, urllib.parse.quote(vm, safe=''))
-
-
-def ssh_args(server, conf):
-    return ['--identity-file', server.client_key, '--known-hosts',
-            server.known_hosts, '--config-file', conf]
+location = xbed.location
+ssh_args = xbed.ssh_args
 
 
 def test_info_of_a_running_vm(server, xs_host):

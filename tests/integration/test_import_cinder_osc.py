@@ -18,12 +18,10 @@ OSC plugin is run as a user runs it, ``openstack any2kvm ...`` with the
 openrc's environment.
 """
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -31,38 +29,13 @@ import pytest
 from any2kvm_os import api
 from any2kvm_os import limits as a2k_limits
 from tests.lib.cloudapi import download_sha256
+from tests.lib.cloudapi import padded_sha256
 from tests.lib.cloudapi import unique
-from tests.lib.cloudapi import wait_for
+from tests.lib.cloudapi import volume_sha256
 from tests.lib import imagegen as ig
 from tests.lib import vhdchains
 
 GiB = 1 << 30
-
-
-def volume_sha256(cinder, glance, volume_id):
-    """Read a volume back through upload-to-image; SHA-256 of its bytes."""
-    name = 'any2kvm-readback-%s' % uuid.uuid4().hex[:8]
-    _resp, body = cinder.volumes.upload_to_image(
-        volume_id, False, name, 'bare', 'raw')
-    image_id = body['os-volume_upload_image']['image_id']
-    try:
-        wait_for(lambda: glance.images.get(image_id), ('active',),
-                 ('killed', 'deleted'))
-        wait_for(lambda: cinder.volumes.get(volume_id), ('available',))
-        return download_sha256(glance, image_id)
-    finally:
-        glance.images.delete(image_id)
-
-
-def padded_sha256(data, size):
-    h = hashlib.sha256(data)
-    left = size - len(data)
-    zeros = bytes(1 << 20)
-    while left > 0:
-        n = min(left, len(zeros))
-        h.update(zeros[:n])
-        left -= n
-    return h.hexdigest()
 
 
 @pytest.mark.parametrize('route', ['image', 'attach', 'auto-fallback'])

@@ -38,3 +38,29 @@ def download_sha256(glance, image_id):
     for chunk in glance.images.data(image_id):
         h.update(chunk)
     return h.hexdigest()
+
+
+def volume_sha256(cinder, glance, volume_id):
+    """Read a volume back through upload-to-image; SHA-256 of its bytes."""
+    name = 'any2kvm-readback-%s' % uuid.uuid4().hex[:8]
+    _resp, body = cinder.volumes.upload_to_image(
+        volume_id, False, name, 'bare', 'raw')
+    image_id = body['os-volume_upload_image']['image_id']
+    try:
+        wait_for(lambda: glance.images.get(image_id), ('active',),
+                 ('killed', 'deleted'))
+        wait_for(lambda: cinder.volumes.get(volume_id), ('available',))
+        return download_sha256(glance, image_id)
+    finally:
+        glance.images.delete(image_id)
+
+
+def padded_sha256(data, size):
+    h = hashlib.sha256(data)
+    left = size - len(data)
+    zeros = bytes(1 << 20)
+    while left > 0:
+        n = min(left, len(zeros))
+        h.update(zeros[:n])
+        left -= n
+    return h.hexdigest()

@@ -33,6 +33,8 @@ class LocalHost(object):
         self.limits = limits_mod.Limits()
         self.bytes_read = 0
         self.commands = []
+        #: The batches run (run_many): one round trip each over SSH.
+        self.batches = []
 
     def run(self, argv, mutating=False, timeout=None):
         self.commands.append(list(argv))
@@ -41,6 +43,10 @@ class LocalHost(object):
             raise exception.Any2KvmError('xe %s: %s' % (argv[1], r.stderr
                                                         or r.stdout))
         return r.stdout
+
+    def run_many(self, commands, mutating=False, timeout=None):
+        self.batches.append([list(a) for a in commands])
+        return [self.run(a, mutating, timeout) for a in commands]
 
     def open_disk(self, info):
         container = containers.DirectoryContainer(info.path, self.limits)

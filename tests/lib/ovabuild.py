@@ -307,3 +307,94 @@ def build_ova(qemu_img, tmp_path, fmt):
     ova = write_ova(tmp_path / 'vm.ova', members + [
         ('vm.mf', manifest(members))])
     return ova, d1, d2
+
+
+def small_ovf(href, file_size, capacity, cpus=1, memory_mb=512,
+              nics=(('VM Network', 'VmxNet3'),), name='guest2'):
+    """An OVF 1.0 of one VM with one streamOptimized disk on an LSI Logic
+    SCSI controller, BIOS firmware, ``cpus`` vCPUs, ``memory_mb`` MB and
+    ``nics`` [(network, adapter type)] in order."""
+    nic_items = ''.join('''
+      <Item>
+        <rasd:AddressOnParent>%d</rasd:AddressOnParent>
+        <rasd:Connection>%s</rasd:Connection>
+        <rasd:ElementName>Network adapter %d</rasd:ElementName>
+        <rasd:InstanceID>%d</rasd:InstanceID>
+        <rasd:ResourceSubType>%s</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType>
+      </Item>''' % (7 + i, net, i + 1, 10 + i, kind)
+        for i, (net, kind) in enumerate(nics))
+    networks = ''.join('<Network ovf:name="%s"><Description>%s</Description>'
+                       '</Network>' % (net, net)
+                       for net in dict.fromkeys(n for n, _k in nics))
+    return ('''<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" \
+xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" \
+xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/\
+CIM_ResourceAllocationSettingData" \
+xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/\
+CIM_VirtualSystemSettingData">
+  <References>
+    <File ovf:href="%s" ovf:id="file1" ovf:size="%d"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="%d" ovf:capacityAllocationUnits="byte" \
+ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="%s"/>
+  </DiskSection>
+  <NetworkSection><Info>networks</Info>%s</NetworkSection>
+  <VirtualSystem ovf:id="%s">
+    <Info>A virtual machine</Info>
+    <Name>%s</Name>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <Item>
+        <rasd:ElementName>%d virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>%d</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
+        <rasd:ElementName>%dMB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>%d</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:ElementName>SCSI Controller 0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>
+        <rasd:ResourceType>6</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:ElementName>Hard disk 1</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>%s
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+''' % (href, file_size, capacity, VMDK_URI, networks, name, name, cpus,
+       cpus, memory_mb, memory_mb, nic_items)).encode()
+
+
+def small_ova(qemu_img, raw, path, **ovf):
+    """An OVA at ``path`` of the raw disk ``raw`` as a streamOptimized
+    VMDK, described by :func:`small_ovf` (``ovf``: its keywords)."""
+    path = Path(path)
+    vmdk = path.with_name(path.stem + '-disk1.vmdk')
+    qfmt, opts, _uri = FORMATS['vmdk']
+    subprocess.run([qemu_img, 'convert', '-f', 'raw', '-O', qfmt] + opts +
+                   [str(raw), str(vmdk)], check=True, capture_output=True,
+                   timeout=300)
+    desc = small_ovf(vmdk.name, vmdk.stat().st_size,
+                     os.path.getsize(raw), **ovf)
+    members = [('guest.ovf', desc), (vmdk.name, vmdk)]
+    write_ova(path, members + [('guest.mf', manifest(members))])
+    vmdk.unlink()
+    return path

@@ -166,10 +166,17 @@ def test_abort_removes_only_our_snapshots(bed):
 
 def test_refusals(bed):
     root, facts, out, store = bed
-    with pytest.raises(engine.MigrationError, match='not yet'):
+    with pytest.raises(engine.MigrationError, match='not supported'):
+        engine.create(store, 'web', LOC, target='glance', **_kw(root))
+    with pytest.raises(exception.Any2KvmError, match='no cloud'):
         engine.create(store, 'web', LOC, target='cinder', **_kw(root))
-    with pytest.raises(engine.MigrationError, match='no such'):
-        engine.sync(store, 'nope', **_kw(root))
+    for step in (engine.sync, engine.cutover, engine.rollback, engine.show,
+                 engine.abort):
+        with pytest.raises(engine.MigrationError,
+                           match='no such migration \\(see "any2kvm '
+                                 'migration list"\\)'):
+            step(store, 'nope', **({} if step is engine.show
+                                   else _kw(root)))
     with pytest.raises(engine.MigrationError, match='name'):
         engine.create(store, '../x', LOC, output_dir=str(out), **_kw(root))
     engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))

@@ -247,11 +247,49 @@ def test_syncs_and_cutover(store):
          'bytes_read': 0, 'bytes_written': 0, 'ok': False,
          'error': 'connection reset'}]
     store.cutover_recorded('vm1', 1000.25, None)
-    assert store.get('vm1')['cutover'] == {
-        'shutdown_at': 1000.25, 'completed_at': None, 'downtime': None}
-    store.cutover_recorded('vm1', 1000.25, 1180.75)
-    assert store.get('vm1')['cutover'] == {
-        'shutdown_at': 1000.25, 'completed_at': 1180.75, 'downtime': 180.5}
+    blank = {'top_layers': {}, 'details': {}, 'rolled_back_at': None}
+    assert store.get('vm1')['cutover'] == dict(
+        blank, shutdown_at=1000.25, completed_at=None, downtime=None)
+    store.cutover_recorded('vm1', 1000.25, 1180.75, top_layers={0: 'L'},
+                           details={'server_id': 'S'})
+    first = dict(shutdown_at=1000.25, completed_at=1180.75, downtime=180.5,
+                 top_layers={'0': 'L'}, details={'server_id': 'S'},
+                 rolled_back_at=None)
+    assert store.get('vm1')['cutover'] == first
+    # A rollback keeps the cutover as history; the next one is new.
+    store.rollback_recorded('vm1', at=1200.0)
+    m = store.get('vm1')
+    assert m['cutover'] is None
+    assert m['cutovers'] == [dict(first, rolled_back_at=1200.0)]
+    with pytest.raises(api.NotFound):
+        store.rollback_recorded('vm1')
+    store.cutover_recorded('vm1', 2000.0, 2001.5)
+    m = store.get('vm1')
+    assert m['cutover']['downtime'] == 1.5
+    assert [c['shutdown_at'] for c in m['cutovers']] == [1000.25, 2000.0]
+    with pytest.raises(ValueError):
+        store.cutover_recorded('vm1', 2000.0, 2001.5,
+                               details={'admin_password': 'x'})
+
+
+def test_cutover_of_revision_0001_is_kept_as_history(tmp_path):
+    url = 'sqlite:///%s' % (tmp_path / 'old.db')
+    engine = sql.make_engine(url)
+    sql.upgrade(engine, '0001')
+    with engine.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO migrations (id, name, location, target, "
+            "target_options, status, created_at, updated_at) VALUES (1, "
+            "'old', 'xenserver://root@h/vm', 'file', '{}', 'done', 1, 2)"))
+        c.execute(sa.text(
+            "INSERT INTO cutovers (migration_id, shutdown_at, completed_at, "
+            "downtime) VALUES (1, 10.0, 12.5, 2.5)"))
+    engine.dispose()
+    with sql.SqlStore(url) as store:
+        m = store.get('old')
+        assert m['cutover']['downtime'] == 2.5
+        assert len(m['cutovers']) == 1
+        assert sql.current_revision(store._engine) == sql.head_revision()
 
 
 @pytest.mark.parametrize('options', [

@@ -35,6 +35,7 @@ from any2kvm_os import exception
 from any2kvm_os.osc import plugin
 from any2kvm_os.osc.v1 import import_image
 from any2kvm_os.osc.v1 import inspect
+from any2kvm_os.osc.v1 import migration
 from any2kvm_os.osc.v1 import sources
 from any2kvm_os import progress as progress_mod
 from any2kvm_os.targets import base as targets
@@ -102,7 +103,14 @@ def test_entry_points_load():
     assert {e.name: e.plugin for e in mgr} == {
         'any2kvm_import': import_image.ImportImage,
         'any2kvm_source_list': sources.ListSources,
-        'any2kvm_inspect': inspect.Inspect}
+        'any2kvm_inspect': inspect.Inspect,
+        'any2kvm_migration_create': migration.MigrationCreate,
+        'any2kvm_migration_sync': migration.MigrationSync,
+        'any2kvm_migration_cutover': migration.MigrationCutover,
+        'any2kvm_migration_rollback': migration.MigrationRollback,
+        'any2kvm_migration_abort': migration.MigrationAbort,
+        'any2kvm_migration_show': migration.MigrationShow,
+        'any2kvm_migration_list': migration.MigrationList}
     mgr = extension.ExtensionManager('openstack.cli.extension')
     assert [e.entry_point.module for e in mgr if e.name == 'any2kvm'] == [
         'any2kvm_os.osc.plugin']
@@ -408,6 +416,40 @@ def test_openstack_lists_and_runs_the_commands(tmp_path):
     assert r.returncode == 1
     assert r.stderr == '%s: No such file or directory\n' % (
         tmp_path / 'no.vhd')
+
+
+def test_openstack_migration_commands_without_a_cloud(tmp_path):
+    db = ['--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
+    r = run_openstack('any2kvm', 'migration', 'list', '-f', 'json', *db)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == []
+    r = run_openstack('any2kvm', 'migration', 'show', 'nope', *db)
+    assert r.returncode == 1
+    assert r.stderr == 'migration nope: no such migration (see "any2kvm ' \
+        'migration list")\n'
+    r = run_openstack('any2kvm', 'migration', 'create', 'web',
+                      'xenserver://root@127.0.0.1:1/vm', '--target', 'file',
+                      '--volume-type', 'fast', *db)
+    assert r.returncode == 1
+    assert r.stderr == '--volume-type goes with --target cinder, not ' \
+        '--target file\n'
+    r = run_openstack('any2kvm', 'migration', 'rollback', 'nope', *db)
+    assert r.returncode == 1 and 'no such migration' in r.stderr
+
+
+def test_migration_arguments_are_the_same_in_both_command_lines():
+    parser = any2kvm.build_parser(['migration'])
+    for action in ('create', 'sync', 'cutover', 'rollback', 'abort'):
+        cmd = getattr(migration, 'Migration' + action.capitalize())(
+            mock.Mock(), None)
+        osc = cmd.get_parser('openstack any2kvm migration ' + action)
+        words = ['web', 'xenserver://root@h/vm'] if action == 'create' \
+            else ['web']
+        a = parser.parse_args(['migration', action] + words)
+        b = osc.parse_args(words)
+        for key, value in vars(b).items():
+            if key in vars(a) and key not in ('formatter', 'columns'):
+                assert getattr(a, key) == value, (action, key)
 
 
 # -- the standalone any2kvm import --------------------------------------------

@@ -169,6 +169,10 @@ class XvaMetadata(object):
         self.vm_record = self.objects[self.vm_id][1]
         self.disks = self._disks()
         self.vm = self._facts()
+        boot = [i for i, d in enumerate(self.disks) if d.bootable]
+        if len(boot) == 1 and boot[0]:
+            # The one bootable VBD is not the first disk: it boots.
+            self.vm['boot_disk'] = boot[0]
 
     def record(self, ref, cls):
         found = self.objects.get(ref) if isinstance(ref, str) else None

@@ -89,8 +89,8 @@ class Store(object, metaclass=abc.ABCMeta):
         'fingerprint', 'name', 'applied_at', 'partial'}``), snapshots
         (``{'snapshot_id', 'created_at', 'removed_at'}``), syncs (each
         ``{'started_at', 'ended_at', 'layers_applied', 'bytes_read',
-        'bytes_written', 'ok', 'error'}``), cutover (``{'shutdown_at',
-        'completed_at', 'downtime'}`` or None); also ``error`` (the
+        'bytes_written', 'ok', 'error'}``), cutover and cutovers (see
+        :meth:`cutover_recorded`); also ``error`` (the
         reason given with the status) and ``holder`` (None, or who holds
         it: ``{'operation', 'pid', 'host', 'since', 'since_text',
         'expires', 'live'}``).  :class:`NotFound`."""
@@ -162,7 +162,23 @@ class Store(object, metaclass=abc.ABCMeta):
         """The figures of one sync."""
 
     @abc.abstractmethod
-    def cutover_recorded(self, name, shutdown_at, completed_at):
+    def cutover_recorded(self, name, shutdown_at, completed_at,
+                         top_layers=None, details=None):
         """The cutover: downtime is ``completed_at - shutdown_at``.
         ``completed_at`` may be None (the VM is down, the cutover not
-        complete yet) and recorded later by calling this again."""
+        complete yet) and recorded later by calling this again, which
+        updates the last cutover unless it was rolled back (then a new
+        one starts).  ``top_layers``: {disk index: the layer id applied
+        last (the VM's leaf)}; ``details``: a dict merged into the
+        cutover's (non-secret: a server id, the volumes made bootable).
+
+        :meth:`get` gives ``cutover``, the last cutover unless rolled
+        back (None otherwise), and ``cutovers``, every one in order; each
+        ``{'shutdown_at', 'completed_at', 'downtime', 'top_layers',
+        'details', 'rolled_back_at'}``."""
+
+    @abc.abstractmethod
+    def rollback_recorded(self, name, at=None):
+        """The last cutover was rolled back (the source runs again); it
+        stays in the history.  :class:`NotFound` without a cutover to roll
+        back."""

@@ -65,7 +65,8 @@ class Migration(Base):
     snapshots = orm.relationship('Snapshot', order_by='Snapshot.id',
                                  **_CHILDREN)
     syncs = orm.relationship('Sync', order_by='Sync.id', **_CHILDREN)
-    cutover = orm.relationship('Cutover', uselist=False, **_CHILDREN)
+    cutovers = orm.relationship('Cutover', order_by='Cutover.id',
+                                **_CHILDREN)
     holder = orm.relationship('Holder', uselist=False, **_CHILDREN)
 
 
@@ -132,13 +133,22 @@ class Sync(Base):
 
 
 class Cutover(Base):
-    __tablename__ = 'cutovers'
+    """One cutover, in the order they happened: a rolled-back one
+    (``rolled_back_at``) stays as history.  ``top_layers``: the layer id
+    applied last on each disk (``{"0": id}``), the one the VM writes to
+    again after a rollback; ``details``: what the destination reported
+    (a created server...)."""
 
-    migration_id = orm.mapped_column(
-        sa.ForeignKey('migrations.id', ondelete='CASCADE'), primary_key=True)
+    __tablename__ = 'cutover_runs'
+
+    id = orm.mapped_column(sa.Integer, primary_key=True)
+    migration_id = _owner()
     shutdown_at = orm.mapped_column(sa.Double, nullable=False)
     completed_at = orm.mapped_column(sa.Double)
     downtime = orm.mapped_column(sa.Double)
+    top_layers = orm.mapped_column(sa.JSON)
+    details = orm.mapped_column(sa.JSON)
+    rolled_back_at = orm.mapped_column(sa.Double)
 
 
 class Holder(Base):

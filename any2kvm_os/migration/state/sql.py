@@ -338,10 +338,8 @@ class SqlStore(api.Store):
                      'bytes_read': s.bytes_read,
                      'bytes_written': s.bytes_written,
                      'ok': s.ok, 'error': s.error} for s in m.syncs],
-                'cutover': None if m.cutover is None else {
-                    'shutdown_at': m.cutover.shutdown_at,
-                    'completed_at': m.cutover.completed_at,
-                    'downtime': m.cutover.downtime},
+                'cutover': _open_cutover(m),
+                'cutovers': [_cutover_dict(c) for c in m.cutovers],
                 'holder': holder,
             }
 
@@ -551,17 +549,52 @@ class SqlStore(api.Store):
                 bytes_written=bytes_written, ok=bool(ok), error=error))
             m.updated_at = time.time()
 
-    def cutover_recorded(self, name, shutdown_at, completed_at):
+    def cutover_recorded(self, name, shutdown_at, completed_at,
+                         top_layers=None, details=None):
         downtime = (None if completed_at is None
                     else completed_at - shutdown_at)
         with self._tx() as session:
             m = self._migration(session, name)
-            if m.cutover is None:
-                m.cutover = models.Cutover()
-            m.cutover.shutdown_at = shutdown_at
-            m.cutover.completed_at = completed_at
-            m.cutover.downtime = downtime
+            c = m.cutovers[-1] if m.cutovers else None
+            if c is None or c.rolled_back_at is not None:
+                c = models.Cutover()
+                m.cutovers.append(c)
+            c.shutdown_at = shutdown_at
+            c.completed_at = completed_at
+            c.downtime = downtime
+            if top_layers is not None:
+                c.top_layers = {str(k): v for k, v in top_layers.items()}
+            if details is not None:
+                check_not_secret(details, 'cutover details')
+                merged = dict(c.details or {})
+                merged.update(details)
+                c.details = merged
             m.updated_at = time.time()
+
+    def rollback_recorded(self, name, at=None):
+        with self._tx() as session:
+            m = self._migration(session, name)
+            c = m.cutovers[-1] if m.cutovers else None
+            if c is None or c.rolled_back_at is not None:
+                raise api.NotFound('migration %s has no cutover to roll '
+                                   'back' % name)
+            c.rolled_back_at = time.time() if at is None else at
+            m.updated_at = time.time()
+
+
+def _cutover_dict(c):
+    return {'shutdown_at': c.shutdown_at, 'completed_at': c.completed_at,
+            'downtime': c.downtime,
+            'top_layers': dict(c.top_layers or {}),
+            'details': dict(c.details or {}),
+            'rolled_back_at': c.rolled_back_at}
+
+
+def _open_cutover(m):
+    """The last cutover unless it was rolled back."""
+    if m.cutovers and m.cutovers[-1].rolled_back_at is None:
+        return _cutover_dict(m.cutovers[-1])
+    return None
 
 
 def open_store(args=None, conf=None):

@@ -96,3 +96,14 @@ class ImportDisksColumn(columns.FormattableColumn):
                 r.get('disk'), r.get('name'), r.get('id') or r.get('path'),
                 r.get('size'))
             for r in self._value or ())
+
+
+class ServerColumn(columns.FormattableColumn):
+    """The server of ``import --create-server``: name and id, the plan's
+    lines and the boot."""
+
+    def human_readable(self):
+        s = self._value or {}
+        return '\n'.join(['%s (%s)' % (s.get('name'), s.get('id'))] +
+                         list(s.get('plan') or ()) +
+                         [s.get('boot_message') or ''])

@@ -54,4 +54,5 @@ class ImportImage(command.ShowOne):
                                      self.app.stderr)
         summary = api.import_summary(parsed_args.target, results)
         return common.show(summary, order=tuple(summary), formatters={
-            'disks': common.ImportDisksColumn})
+            'disks': common.ImportDisksColumn,
+            'server': common.ServerColumn})

@@ -427,5 +427,9 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE):
     facts['nics'] = nics(run, uuid, host)
     found = disks(run, uuid, host, vm_name=record['name-label'],
                   notes=notes, mount_base=mount_base)
+    boot = [i for i, d in enumerate(found) if d.bootable]
+    if len(boot) == 1 and boot[0]:
+        # The one bootable VBD is not the first disk: it boots.
+        facts['boot_disk'] = boot[0]
     return Discovered(uuid, record['power-state'], facts, found, at_startup,
                       notes)

@@ -1,0 +1,149 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""``openstack any2kvm migration create|sync|cutover|rollback|abort|show|
+list``: warm migration of a running XenServer VM.
+
+The commands only parse, call :func:`any2kvm_os.api.run_migration` and
+show its result (``-f json`` for JSON); the arguments are those of
+``any2kvm migration`` (:func:`any2kvm_os.arguments.
+add_migration_arguments`), without ``--os-cloud`` and ``--format``, which
+OSC has.
+"""
+
+from osc_lib.command import command
+
+from any2kvm_os.osc.v1 import common
+
+
+class _Migration(object):
+    action = None
+    # A file migration needs no cloud: OSC logs in only when a Cinder
+    # migration asks (cloud()).
+    auth_required = False
+
+    def get_parser(self, prog_name):
+        parser = super(_Migration, self).get_parser(prog_name)
+        from any2kvm_os import arguments
+        common.add_config_file(parser)
+        arguments.add_migration_arguments(parser, self.action,
+                                          with_format=False,
+                                          with_cloud=False)
+        return parser
+
+    def _cloud(self):
+        manager = self.app.client_manager
+        # auth_required is False: authenticate now, as OSC would have.
+        manager._auth_required = True
+        manager.setup_auth()
+        client = manager.any2kvm
+        client.session.get_token()
+        return client.session, client.region_name, client.interface
+
+    def run_action(self, parsed_args):
+        from any2kvm_os import api
+        with common.errors():
+            limits = api.load_limits(parsed_args.config_file)
+            return api.run_migration(self.action, parsed_args, limits,
+                                     self._cloud, self.app.stderr)
+
+    def take_action(self, parsed_args):
+        result = self.run_action(parsed_args)
+        data = dict(result)
+        data.pop('holder', None)
+        return common.show(data, order=ORDER, formatters=FORMATTERS)
+
+
+ORDER = ('name', 'location', 'target', 'status', 'error', 'layers_applied',
+         'bytes_read', 'files_size', 'bytes_written', 'seconds', 'downtime',
+         'shutdown_seconds', 'snapshots_removed', 'layers_forgotten',
+         'server_deleted', 'targets_deleted', 'disks', 'syncs', 'cutover',
+         'cutovers')
+
+
+def _formatters():
+    from cliff import columns
+
+    class ListColumn(columns.FormattableColumn):
+        def human_readable(self):
+            return '\n'.join(str(v) for v in self._value or ())
+
+    class DisksColumn(columns.FormattableColumn):
+        def human_readable(self):
+            return '\n'.join(
+                '%s: %s -> %s, %d layer(s) applied' % (
+                    d.get('index'), d.get('source_id'), d.get('target_ref'),
+                    len([a for a in d.get('applied') or ()
+                         if not a.get('partial')]))
+                for d in self._value or ())
+
+    class CutoversColumn(columns.FormattableColumn):
+        def human_readable(self):
+            return '\n'.join(
+                'downtime %s s%s%s' % (
+                    None if c.get('downtime') is None
+                    else round(c['downtime'], 1),
+                    ''.join(', %s %s' % kv for kv in sorted(
+                        (c.get('details') or {}).items())),
+                    ', rolled back' if c.get('rolled_back_at') else '')
+                for c in self._value or ())
+
+    return {'disks': DisksColumn, 'syncs': ListColumn,
+            'rewrites': ListColumn, 'snapshots': ListColumn,
+            'targets_deleted': ListColumn, 'cutovers': CutoversColumn}
+
+
+FORMATTERS = _formatters()
+
+
+class MigrationCreate(_Migration, command.ShowOne):
+    _description = 'Record a warm migration of a running XenServer VM ' \
+        'and create its targets'
+    action = 'create'
+
+
+class MigrationSync(_Migration, command.ShowOne):
+    _description = 'Snapshot the running VM and copy what changed'
+    action = 'sync'
+
+
+class MigrationCutover(_Migration, command.ShowOne):
+    _description = 'Shut the VM down and copy the rest (downtime shown)'
+    action = 'cutover'
+
+
+class MigrationRollback(_Migration, command.ShowOne):
+    _description = 'After a cutover: start the source VM again (the ' \
+        'next sync copies what it writes)'
+    action = 'rollback'
+
+
+class MigrationAbort(_Migration, command.ShowOne):
+    _description = 'Remove the migration\'s snapshots (and, on request, ' \
+        'its targets)'
+    action = 'abort'
+
+
+class MigrationShow(_Migration, command.ShowOne):
+    _description = 'Show a migration'
+    action = 'show'
+
+
+class MigrationList(_Migration, command.Lister):
+    _description = 'List migrations'
+    action = 'list'
+
+    def take_action(self, parsed_args):
+        rows = self.run_action(parsed_args)
+        cols = ('name', 'target', 'status', 'location')
+        return (('Name', 'Target', 'Status', 'Location'),
+                [tuple(r[c] for c in cols) for r in rows])

@@ -1,0 +1,86 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The XenServer test bed in one place: the stand-in host (its SR of real
+VHD files, :func:`host.standard_host`), an ``xe`` on the PATH of a real
+OpenSSH server on 127.0.0.1, and a configuration file pointing any2kvm at
+the stand-in's SR mount.  Test code only.
+
+    root, facts, bin_dir, conf = prepare(directory)
+    server = start_sshd(sshd_factory, root, bin_dir)
+    location(server, 'two-disks'), ssh_args(server, conf)
+
+or :class:`Bed` for all of it.
+"""
+
+import os
+import sys
+import urllib.parse
+
+from tests.lib.xenserver import host as xhost
+
+
+def prepare(directory):
+    """The stand-in host under ``directory``: (root, facts, bin_dir,
+    conf), ``bin_dir`` holding ``xe``, ``conf`` an any2kvm configuration
+    file with the stand-in's SR mount."""
+    directory = str(directory)
+    root, facts = xhost.standard_host(os.path.join(directory, 'xs'))
+    bin_dir = os.path.join(directory, 'bin')
+    os.makedirs(bin_dir, exist_ok=True)
+    os.symlink(str(xhost.XE), os.path.join(bin_dir, 'xe'))
+    conf = os.path.join(directory, 'any2kvm.conf')
+    with open(conf, 'w') as f:
+        f.write('[any2kvm]\nxenserver_sr_mount = %s\n'
+                % os.path.join(str(root), 'run', 'sr-mount'))
+    return root, facts, bin_dir, conf
+
+
+def start_sshd(sshd_factory, root, bin_dir):
+    """A started sshd (``sshd_factory`` of tests/conftest.py) whose
+    sessions find the stand-in's ``xe`` and host."""
+    # The stand-in's xe runs with the python3 that has FATtools.
+    path = os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable),
+                            '/usr/bin', '/bin'])
+    return sshd_factory(env={'PATH': path, xhost.ENV: str(root)})
+
+
+def location(server, vm):
+    return 'xenserver://%s@127.0.0.1:%d/%s' % (
+        server.user, server.port, urllib.parse.quote(vm, safe=''))
+
+
+def ssh_args(server, conf):
+    return ['--identity-file', server.client_key, '--known-hosts',
+            server.known_hosts, '--config-file', str(conf)]
+
+
+class Bed(object):
+    """The whole bed for one test: ``root``, ``facts``, ``server``,
+    ``conf``; :meth:`location` and :attr:`ssh_args`."""
+
+    def __init__(self, sshd_factory, directory):
+        self.root, self.facts, self.bin_dir, self.conf = prepare(directory)
+        self.server = start_sshd(sshd_factory, self.root, self.bin_dir)
+
+    def location(self, vm='two-disks'):
+        return location(self.server, vm)
+
+    @property
+    def ssh_args(self):
+        return ssh_args(self.server, self.conf)
+
+    def writers(self, migration):
+        """A :class:`host.GuestWriter` per disk of ``migration``."""
+        return [xhost.GuestWriter(self.root, d['source_id'],
+                                  self.facts['models'][d['source_id']])
+                for d in migration['disks']]

@@ -1,0 +1,310 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Warm migration into Cinder volumes, against a fake Cinder (volumes are
+sparse files) and the local xe stand-in; and rollback."""
+
+import hashlib
+import json
+
+import pytest
+
+from any2kvm_os import exception
+from any2kvm_os.migration import destinations
+from any2kvm_os.migration import engine
+from any2kvm_os.migration.state import sql
+from any2kvm_os.targets import cinder as cinder_target
+from tests.lib import fakecinder
+from tests.lib import imagegen as ig
+from tests.lib import miglocal
+from tests.lib.xenserver import host as xhost
+from tests.lib.xenserver import state as st
+
+MiB = 1 << 20
+LOC = 'xenserver://root@standin/two-disks'
+
+
+@pytest.fixture
+def bed(tmp_path):
+    root, facts = xhost.standard_host(tmp_path / 'xs')
+    store = sql.SqlStore('sqlite:///%s' % (tmp_path / 'state.db'))
+    cloud = fakecinder.FakeCinder(tmp_path / 'volumes')
+    hosts = []
+
+    def connect(location, limits, args):
+        hosts.append(miglocal.LocalHost(root))
+        return hosts[-1]
+
+    def kw(**extra):
+        dest = destinations.CinderDestination(
+            extra.pop('options', {'volume_type': 'fast'}), client=cloud,
+            attach=cloud.attach, poll=0.01)
+        return dict(connect=connect, dest=dest, **extra)
+    return root, facts, store, cloud, kw, hosts
+
+
+def _writers(root, facts, m):
+    return [xhost.GuestWriter(root, d['source_id'],
+                              facts['models'][d['source_id']])
+            for d in m['disks']]
+
+
+def _check(cloud, m, facts):
+    for d in m['disks']:
+        model = facts['models'][d['source_id']]
+        data = cloud.read(d['target_ref'], model.size)
+        assert hashlib.sha256(data).hexdigest() == model.sha256(), d
+
+
+def _power(root, vm):
+    return st.load(str(root))['vm'][vm]['power-state']
+
+
+def test_create_makes_a_volume_per_disk_attached_once(bed):
+    root, facts, store, cloud, kw, _hosts = bed
+    m = engine.create(store, 'web', LOC, target='cinder', **kw())
+    vols = [cloud.volumes.get(d['target_ref']) for d in m['disks']]
+    assert [v.name for v in vols] == ['web', 'web-disk1']
+    assert [v.size for v in vols] == [1, 1]
+    assert [v.volume_type for v in vols] == ['fast', 'fast']
+    assert cloud.count('attach') == 2 and not cloud.attached_now
+    assert m['target'] == 'cinder'
+    assert m['target_options']['volume_type'] == 'fast'
+    # Volume ids, never credentials.
+    assert 'password' not in json.dumps(m).lower()
+
+
+def test_create_with_an_unreachable_volume_leaves_nothing(bed):
+    root, facts, store, cloud, kw, _hosts = bed
+    cloud.unreachable.add('web-disk1')
+    with pytest.raises(exception.Any2KvmError, match='cannot be reached'):
+        engine.create(store, 'web', LOC, target='cinder', **kw())
+    assert cloud.volumes_by_id == {}
+    assert store.list() == []
+    cloud.unreachable.clear()
+    cloud.refuse_create = True
+    with pytest.raises(exception.Any2KvmError, match='quota'):
+        engine.create(store, 'web', LOC, target='cinder', **kw())
+    assert store.list() == []
+
+
+def test_sync_sync_cutover_attaches_once_per_command(bed):
+    root, facts, store, cloud, kw, hosts = bed
+    m = engine.create(store, 'web', LOC, target='cinder', **kw())
+    w0, w1 = _writers(root, facts, m)
+    n = cloud.count('attach')
+    r1 = engine.sync(store, 'web', **kw())
+    assert r1['layers_applied'] == 2
+    assert cloud.count('attach') - n == 2      # once per volume
+    assert r1['files_size'] > 0
+    w0.write(5 * MiB, ig.pattern(7, 2 * MiB))
+    w0.zero(0, 4096)
+    w1.write(MiB + 100, b'partial block')
+    n = cloud.count('attach')
+    r2 = engine.sync(store, 'web', **kw())
+    assert r2['layers_applied'] == 2 and r2['rewrites'] == []
+    assert cloud.count('attach') - n == 2
+    w0.write(3 * MiB, ig.pattern(8, 512))
+    n = cloud.count('attach')
+    r3 = engine.cutover(store, 'web', **kw())
+    assert cloud.count('attach') - n == 2
+    assert r3['layers_applied'] == 2 and r3['downtime'] >= 0
+    m = store.get('web')
+    assert m['status'] == 'done'
+    _check(cloud, m, facts)
+    boot, data = [cloud.volumes.get(d['target_ref']) for d in m['disks']]
+    assert (boot.bootable, data.bootable) == ('true', 'false')
+    assert boot.volume_image_metadata['any2kvm_migration'] == 'web'
+    assert data.volume_image_metadata['any2kvm_migration'] == 'web'
+    assert boot.volume_image_metadata['hw_firmware_type'] == 'uefi'
+    assert boot.volume_image_metadata['hw_scsi_model'] == 'virtio-scsi'
+    # The shutdown and its check went in one round trip, and so did the
+    # removal of the two snapshots.
+    batches = hosts[-1].batches
+    assert [a[1] for a in batches[0]] == ['vm-shutdown', 'vm-param-get']
+    assert [a[1] for a in batches[1]] == ['snapshot-uninstall'] * 2
+    assert _power(root, facts['two-disks']) == 'halted'
+
+
+def test_grown_disk_extends_its_volume_first(bed, monkeypatch):
+    root, facts, store, cloud, kw, _hosts = bed
+    # A "GiB" of 16 MiB keeps the disks small.
+    monkeypatch.setattr(cinder_target, 'GiB', 16 * MiB)
+    m = engine.create(store, 'web', LOC, target='cinder', **kw())
+    w0, _w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **kw())
+    w0.grow(40 * MiB)
+    w0.write(36 * MiB, ig.pattern(9, 8192))
+    engine.sync(store, 'web', **kw())
+    vol = cloud.volumes.get(m['disks'][0]['target_ref'])
+    assert vol.size == 3
+    assert [c[0] for c in cloud.calls].count('extend') == 1
+    engine.cutover(store, 'web', **kw())
+    _check(cloud, store.get('web'), facts)
+
+
+def test_rollback_then_sync_without_a_full_rewrite(bed):
+    root, facts, store, cloud, kw, hosts = bed
+    vm = facts['two-disks']
+    with pytest.raises(engine.MigrationError, match='no such'):
+        engine.rollback(store, 'web', connect=kw()['connect'])
+    m = engine.create(store, 'web', LOC, target='cinder', **kw())
+    with pytest.raises(engine.MigrationError, match='no cutover'):
+        engine.rollback(store, 'web', connect=kw()['connect'])
+    w0, w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **kw())
+    w0.write(2 * MiB, ig.pattern(10, 4096))
+    first = engine.cutover(store, 'web', **kw())
+    assert _power(root, vm) == 'halted'
+    r = engine.rollback(store, 'web', connect=kw()['connect'])
+    assert r['layers_forgotten'] == 2
+    assert _power(root, vm) == 'running'
+    m = store.get('web')
+    assert m['status'] == 'synced' and m['cutover'] is None
+    assert len(m['cutovers']) == 1
+    assert m['cutovers'][0]['rolled_back_at'] is not None
+    assert m['cutovers'][0]['downtime'] == pytest.approx(
+        first['downtime'], abs=0.01)
+    # The restarted VM writes; the next sync copies the old leaf as an
+    # ordinary layer, with no rewrite of the disk.
+    w0.write(6 * MiB, ig.pattern(11, 64 * 1024))
+    w1.zero(MiB, 4096)
+    r = engine.sync(store, 'web', **kw())
+    assert r['rewrites'] == []
+    assert r['layers_applied'] == 2
+    assert r['bytes_written'] < 2 * MiB
+    w0.write(MiB, ig.pattern(12, 4096))
+    engine.cutover(store, 'web', **kw())
+    m = store.get('web')
+    _check(cloud, m, facts)
+    assert len(m['cutovers']) == 2 and m['status'] == 'done'
+
+
+def test_abort_deletes_the_volumes_on_request(bed):
+    root, facts, store, cloud, kw, _hosts = bed
+    engine.create(store, 'web', LOC, target='cinder', **kw())
+    engine.sync(store, 'web', **kw())
+    r = engine.abort(store, 'web', delete_targets=True, **kw())
+    assert len(r['targets_deleted']) == 2 and r['snapshots_removed'] == 1
+    assert cloud.volumes_by_id == {}
+
+
+def test_cutover_create_server_rollback_sync_cutover_again(bed):
+    """--create-server on the fake Nova: a refusal by prepare comes
+    before the shutdown; the downtime runs to the verified boot; rollback
+    deletes the server (volumes kept) and starts the source; the next sync
+    copies what the VM wrote without a rewrite; a second cutover makes a
+    second server; the volumes hold the disks."""
+    from any2kvm_os.migration import server_step
+    from any2kvm_os.targets import server as server_mod
+    from tests.lib import fakenova
+
+    root, facts, store, cloud, kw, _hosts = bed
+    vm = facts['two-disks']
+    nova = fakenova.FakeCloud().standard()
+    m = engine.create(store, 'web', LOC, target='cinder', **kw())
+    for d in m['disks']:
+        nova.volumes[d['target_ref']] = fakenova.Obj(
+            id=d['target_ref'], name=d['name'], size=1, status='available',
+            attachments=[])
+    w0, w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **kw())
+    w0.write(2 * MiB, ig.pattern(20, 4096))
+
+    def step(**options):
+        return server_step.ServerStep(
+            server_mod.Options(create_server=True, poll=0.01, **options),
+            clients=nova.clients())
+
+    # A network that does not exist: refused before the shutdown.
+    with pytest.raises(exception.Any2KvmError, match='nope'):
+        engine.cutover(store, 'web', server=step(
+            network_map={'nic0': 'nope', 'nic1': 'nope'}), **kw())
+    assert _power(root, vm) == 'running'
+    assert 'server-create' not in nova.changes()
+
+    nets = {'nic0': 'private', 'nic1': 'private'}
+    r = engine.cutover(store, 'web', server=step(network_map=nets), **kw())
+    assert _power(root, vm) == 'halted'
+    first_server = r['details']['server_id']
+    assert r['details']['boot_seconds'] >= 0
+    assert r['downtime'] >= 0
+    m = store.get('web')
+    assert m['cutover']['details']['server_id'] == first_server
+    _check(cloud, m, facts)
+
+    out = engine.rollback(store, 'web', connect=kw()['connect'],
+                          server=step())
+    assert out['server_deleted'] == first_server
+    assert first_server not in nova.servers
+    assert 'server-delete' in nova.changes()
+    assert _power(root, vm) == 'running'
+    # The volumes are kept.
+    assert len(cloud.volumes_by_id) == 2
+
+    w0.write(6 * MiB, ig.pattern(21, 8192))
+    w1.write(MiB, ig.pattern(22, 4096))
+    r = engine.sync(store, 'web', **kw())
+    assert r['rewrites'] == [] and r['bytes_written'] < 2 * MiB
+    w0.zero(2 * MiB, 4096)
+    r = engine.cutover(store, 'web', server=step(network_map=nets), **kw())
+    assert r['details']['server_id'] != first_server
+    m = store.get('web')
+    _check(cloud, m, facts)
+    assert [bool(c['rolled_back_at']) for c in m['cutovers']] == [
+        True, False]
+    assert [c['details'].get('server_id') for c in m['cutovers']] == [
+        first_server, r['details']['server_id']]
+
+
+def test_create_server_needs_a_cinder_migration(bed, tmp_path):
+    from any2kvm_os.migration import server_step
+    from tests.lib import fakenova
+
+    root, facts, store, _cloud, kw, _hosts = bed
+    out = tmp_path / 'out'
+    out.mkdir()
+    engine.create(store, 'files', LOC, output_dir=str(out),
+                  connect=kw()['connect'])
+    step = server_step.ServerStep(
+        clients=fakenova.FakeCloud().standard().clients())
+    with pytest.raises(exception.Any2KvmError, match='--target cinder'):
+        engine.cutover(store, 'files', server=step, connect=kw()['connect'])
+    assert _power(root, facts['two-disks']) == 'running'
+
+
+def test_cutover_cut_short_then_run_again(bed, monkeypatch):
+    """A cutover that fails after the shutdown leaves no volume attached;
+    run again, its downtime counts from the first shutdown request."""
+    root, facts, store, cloud, kw, _hosts = bed
+    engine.create(store, 'web', LOC, target='cinder', **kw())
+    engine.sync(store, 'web', **kw())
+    real = engine._update_all
+
+    def broken(*a, **k):
+        raise exception.Any2KvmError('connection lost')
+    monkeypatch.setattr(engine, '_update_all', broken)
+    with pytest.raises(exception.Any2KvmError, match='connection lost'):
+        engine.cutover(store, 'web', **kw())
+    assert not cloud.attached_now
+    assert _power(root, facts['two-disks']) == 'halted'
+    m = store.get('web')
+    assert m['status'] == 'failed'
+    first = m['cutover']['shutdown_at']
+    monkeypatch.setattr(engine, '_update_all', real)
+    r = engine.cutover(store, 'web', **kw())
+    m = store.get('web')
+    assert m['cutover']['shutdown_at'] == first
+    assert len(m['cutovers']) == 1
+    assert r['downtime'] == pytest.approx(
+        m['cutover']['completed_at'] - first, abs=0.01)
+    _check(cloud, m, facts)

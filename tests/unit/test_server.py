@@ -1,0 +1,663 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Server creation, boot verification and rollback
+(:mod:`any2kvm_os.targets.server`) against the in-memory Nova, Neutron
+and Cinder of :mod:`tests.lib.fakenova`, and the request the real
+novaclient sends, read by a small HTTP stand-in."""
+
+import argparse
+import http.server
+import json
+import threading
+
+import pytest
+
+from any2kvm_os import exception
+from any2kvm_os.targets import server
+from tests.lib import fakenova
+
+FACTS = {'name': 'web', 'cpus': 1, 'memory_mb': 512,
+         'nics': [{'device': '0', 'mac': 'aa:00:00:00:00:01',
+                   'network': 'Pool-wide network'},
+                  {'device': '1', 'mac': 'aa:00:00:00:00:02',
+                   'network': 'storage'}]}
+
+
+def opts(**kw):
+    kw.setdefault('create_server', True)
+    kw.setdefault('poll', 0)
+    return server.Options(**kw)
+
+
+@pytest.fixture
+def cloud():
+    return fakenova.FakeCloud().standard()
+
+
+def plan_for(cloud, facts=None, **kw):
+    facts = dict(FACTS if facts is None else facts)
+    kw.setdefault('no_network', not kw.get('network_map'))
+    disk_count = kw.pop('disk_count', None)
+    return server.prepare(cloud.clients(), facts, opts(**kw), 'web',
+                          disk_count=disk_count)
+
+
+# -- options ------------------------------------------------------------------
+
+def test_options_without_create_server_are_refused():
+    with pytest.raises(server.ServerError) as e:
+        server.Options(flavor='m1.small', keep_macs=True).check()
+    assert str(e.value) == ('--flavor, --keep-macs: only with '
+                            '--create-server')
+    server.Options().check()
+
+
+@pytest.mark.parametrize('kw, text', [
+    ({'no_network': True, 'network_map': {'a': 'b'}},
+     '--no-network contradicts --network-map'),
+    ({'no_network': True, 'keep_macs': True},
+     '--no-network contradicts --keep-macs'),
+    ({'create_flavor': True, 'flavor': 'm1.small'},
+     '--create-flavor goes with --flavor auto (not m1.small)'),
+])
+def test_contradictions_are_refused(kw, text):
+    with pytest.raises(server.ServerError) as e:
+        opts(**kw).check()
+    assert str(e.value) == text
+
+
+def test_arguments_parse_and_read_back():
+    parser = argparse.ArgumentParser()
+    server.add_arguments(parser)
+    args = parser.parse_args([
+        '--create-server', '--flavor', 'auto', '--network-map',
+        'a=net1,b=net2', '--network-map', 'nic2=net3', '--keep-macs',
+        '--boot-check', 'ready$', '--boot-timeout', '30'])
+    o = server.Options.from_args(args)
+    assert o.create_server and o.flavor == 'auto' and o.keep_macs
+    assert o.network_map == {'a': 'net1', 'b': 'net2', 'nic2': 'net3'}
+    assert o.boot_check == 'ready$' and o.boot_timeout == 30
+    assert server.Options.from_args(parser.parse_args([])).boot_check == \
+        server.DEFAULT_BOOT_CHECK
+    for bad in (['--network-map', 'x'], ['--boot-timeout', '0'],
+                ['--boot-check', '(']):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+# -- flavors ------------------------------------------------------------------
+
+def test_auto_takes_the_smallest_fitting_flavor_and_says_why(cloud):
+    cloud.add_flavor('big', 8, 16384)
+    cloud.add_flavor('small-off', 1, 512, disabled=True)
+    plan = plan_for(cloud, dict(FACTS, cpus=1, memory_mb=300))
+    assert plan.flavor.name == 'm1.small'
+    assert plan.reasons[0] == (
+        "flavor auto: m1.small (1 vCPU, 512 MiB RAM), the smallest of 3 "
+        "enabled flavor(s) with at least the source's 1 vCPU and 300 MiB "
+        "RAM")
+    plan = plan_for(cloud, dict(FACTS, cpus=2, memory_mb=512))
+    assert plan.flavor.name == 'm1.medium'
+    assert cloud.calls == []
+
+
+def test_no_flavor_fits_lists_the_three_closest_and_writes_nothing(cloud):
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192))
+    assert str(e.value) == (
+        "--flavor auto: no enabled flavor has at least the source's 4 vCPU "
+        "and 8192 MiB RAM; closest: m1.medium (2 vCPU, 1024 MiB RAM); "
+        "m1.small (1 vCPU, 512 MiB RAM); m1.tiny (1 vCPU, 256 MiB RAM); "
+        "give --flavor NAME or --create-flavor")
+    assert cloud.calls == []
+
+
+def test_create_flavor_only_when_asked_and_discarded(cloud):
+    plan = plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
+                    create_flavor=True)
+    assert plan.flavor.name == 'any2kvm-4vcpu-8192mb'
+    assert (plan.flavor.vcpus, plan.flavor.ram) == (4, 8192)
+    assert 'created any2kvm-4vcpu-8192mb' in plan.reasons[0]
+    assert plan.created_flavor == plan.flavor.id
+    server.discard(plan)
+    assert cloud.changes() == ['flavor-create', 'flavor-delete']
+    assert plan.flavor.id not in cloud.flavors
+
+
+def test_create_flavor_refused_by_policy_before_writing():
+    cloud = fakenova.FakeCloud(admin=False).standard()
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
+                 create_flavor=True)
+    assert str(e.value).startswith(
+        '--create-flavor: flavor any2kvm-4vcpu-8192mb: Forbidden: Policy')
+
+
+def test_flavor_by_name_or_id(cloud):
+    assert plan_for(cloud, flavor='m1.medium').flavor.name == 'm1.medium'
+    tiny = [f for f in cloud.flavors.values() if f.name == 'm1.tiny'][0]
+    plan = plan_for(cloud, flavor=tiny.id)
+    assert plan.flavor.name == 'm1.tiny'
+    assert 'smaller than the source' in plan.reasons[0]
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, flavor='m9.huge')
+    assert str(e.value) == '--flavor m9.huge: no such flavor'
+
+
+def test_auto_needs_the_sources_size(cloud):
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, {})
+    assert str(e.value) == ('--flavor auto: the source does not say its '
+                            'vCPUs and RAM; give --flavor NAME')
+
+
+def test_flavors_are_read_page_by_page(cloud, monkeypatch):
+    monkeypatch.setattr(server, 'FLAVOR_PAGE', 2)
+    cloud.add_flavor('z.last', 16, 65536)
+    plan = plan_for(cloud, dict(FACTS, cpus=16, memory_mb=65536))
+    assert plan.flavor.name == 'z.last'
+    assert cloud.flavor_pages == 3
+
+
+# -- networks -----------------------------------------------------------------
+
+def test_unmapped_nics_are_refused_and_listed(cloud):
+    with pytest.raises(server.ServerError) as e:
+        server.prepare(cloud.clients(), FACTS, opts(), 'web')
+    assert str(e.value) == (
+        'unmapped NIC(s): nic0 (Pool-wide network, aa:00:00:00:00:01), '
+        'nic1 (storage, aa:00:00:00:00:02); map them with --network-map '
+        'SRC=NET[,...] or give --no-network')
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, network_map={'Pool-wide network': 'private'})
+    assert str(e.value).startswith('unmapped NIC(s): nic1 (storage, ')
+    assert cloud.calls == []
+
+
+def test_mapping_by_network_name_or_nic_index(cloud):
+    cloud.add_network('backend')
+    plan = plan_for(cloud, network_map={'Pool-wide network': 'private',
+                                        'nic1': 'backend'})
+    assert [(n['index'], n['network_name'], n['mac']) for n in plan.nics] \
+        == [(0, 'private', None), (1, 'backend', None)]
+    assert plan.reasons[1:] == ['nic0 (Pool-wide network) -> network '
+                                'private', 'nic1 (storage) -> network '
+                                'backend']
+
+
+def test_bad_mappings_are_refused(cloud):
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, network_map={'Pool-wide network': 'private',
+                                     'storage': 'private', 'dmz': 'x'})
+    assert str(e.value).startswith('--network-map dmz: no source NIC is on '
+                                   'it (the NICs: nic0 (Pool-wide network')
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, network_map={'nic0': 'private', 'nic1': 'nowhere'})
+    assert str(e.value) == '--network-map: no Neutron network nowhere'
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, dict(FACTS, nics=[]), network_map={'a': 'private'})
+    assert str(e.value) == '--network-map a: the source has no NIC'
+
+
+def test_keep_macs(cloud):
+    both = {'nic0': 'private', 'nic1': 'private'}
+    plan = plan_for(cloud, network_map=both, keep_macs=True)
+    assert [n['mac'] for n in plan.nics] == ['aa:00:00:00:00:01',
+                                             'aa:00:00:00:00:02']
+    nics = [dict(FACTS['nics'][0]), {'network': 'storage'}]
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, dict(FACTS, nics=nics), network_map=both,
+                 keep_macs=True)
+    assert str(e.value) == '--keep-macs: NIC nic1 (storage) has no MAC'
+    net = cloud.neutron.find_network('private')
+    cloud.neutron.create_port(net.id, mac_address='aa:00:00:00:00:02')
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, network_map=both, keep_macs=True)
+    assert str(e.value).startswith('--keep-macs: MAC aa:00:00:00:00:02 of '
+                                   'NIC 1 is used by port ')
+
+
+# -- creating -----------------------------------------------------------------
+
+def volumes(cloud, n=2):
+    return [{'id': cloud.add_volume('web' if i == 0 else 'web-disk%d' % i)
+             .id, 'name': 'web' if i == 0 else 'web-disk%d' % i}
+            for i in range(n)]
+
+
+def test_create_without_network(cloud):
+    vols = volumes(cloud)
+    plan = plan_for(cloud, availability_zone='nova', key_name='ops')
+    srv = server.create(plan, vols)
+    (what, body), = cloud.calls
+    assert what == 'server-create'
+    assert body == {
+        'name': 'web', 'image': None, 'flavor': plan.flavor.id,
+        'nics': 'none', 'availability_zone': 'nova', 'key_name': 'ops',
+        'block_device_mapping_v2': [
+            {'uuid': vols[0]['id'], 'source_type': 'volume',
+             'destination_type': 'volume', 'boot_index': 0,
+             'delete_on_termination': False},
+            {'uuid': vols[1]['id'], 'source_type': 'volume',
+             'destination_type': 'volume', 'boot_index': 1,
+             'delete_on_termination': False}]}
+    assert srv.to_dict()['flavor_name'] == 'm1.small'
+    assert srv.port_ids == []
+
+
+def test_boot_disk_fact_gets_boot_index_0(cloud):
+    vols = volumes(cloud, 3)
+    plan = plan_for(cloud, dict(FACTS, boot_disk=2), disk_count=3)
+    assert plan.reasons[-1] == 'boots from disk 2 (the source says so)'
+    server.create(plan, [v['id'] for v in vols])
+    bdm = cloud.calls[0][1]['block_device_mapping_v2']
+    assert [(b['uuid'], b['boot_index']) for b in bdm] == [
+        (vols[2]['id'], 0), (vols[0]['id'], 1), (vols[1]['id'], 2)]
+    with pytest.raises(server.ServerError):
+        plan_for(cloud, dict(FACTS, boot_disk=3), disk_count=3)
+
+
+def test_create_with_ports_in_nic_order(cloud):
+    backend = cloud.add_network('backend')
+    vols = volumes(cloud, 1)
+    plan = plan_for(cloud, network_map={'nic0': 'backend',
+                                        'nic1': 'private'}, keep_macs=True,
+                    server_name='web-kvm')
+    srv = server.create(plan, vols)
+    ports = [cloud.ports[p] for p in srv.port_ids]
+    assert [(p.network_id, p.mac_address, p.name) for p in ports] == [
+        (backend.id, 'aa:00:00:00:00:01', 'web-kvm-nic0'),
+        (cloud.neutron.find_network('private').id, 'aa:00:00:00:00:02',
+         'web-kvm-nic1')]
+    assert cloud.calls[-1][1]['nics'] == [{'port-id': p}
+                                          for p in srv.port_ids]
+    assert cloud.calls[-1][1]['name'] == 'web-kvm'
+
+
+def test_failed_create_deletes_ports_and_flavor_keeps_volumes(cloud):
+    vols = volumes(cloud, 1)
+    plan = plan_for(cloud, dict(FACTS, cpus=3, memory_mb=4096),
+                    create_flavor=True, network_map={'nic0': 'private',
+                                                     'nic1': 'private'})
+    cloud.fail_create = 'Quota exceeded for instances'
+    with pytest.raises(server.ServerError) as e:
+        server.create(plan, vols)
+    assert str(e.value) == (
+        'nova: server web: Exception: Quota exceeded for instances; '
+        'volumes kept: web (%s)' % vols[0]['id'])
+    assert cloud.ports == {} and cloud.servers == {}
+    assert cloud.changes() == ['flavor-create', 'port-create', 'port-create',
+                               'server-create', 'port-delete', 'port-delete',
+                               'flavor-delete']
+    assert vols[0]['id'] in cloud.volumes
+
+
+def test_volume_count_must_match(cloud):
+    plan = plan_for(cloud, disk_count=2)
+    with pytest.raises(server.ServerError) as e:
+        server.create(plan, volumes(cloud, 1))
+    assert str(e.value) == 'server web: 1 volume(s) given for 2 disk(s)'
+
+
+# -- booting ------------------------------------------------------------------
+
+def test_boot_verified(cloud):
+    srv = server.create(plan_for(cloud), volumes(cloud, 1))
+    boot = server.wait_boot(srv)
+    assert boot.line == 'ANY2KVM-BOOT-OK token'
+    assert boot.message().startswith('boot verified after ')
+    assert 0 <= boot.active_seconds <= boot.seconds
+
+
+def test_boot_check_regex_and_console_that_grows(cloud):
+    cloud.console = lambda calls: '\n'.join(
+        'line %d' % i for i in range(calls)) + '\n'
+    srv = server.create(plan_for(cloud, boot_check=r'^line 3$'),
+                        volumes(cloud, 1))
+    assert server.wait_boot(srv).line == 'line 3'
+
+
+@pytest.mark.parametrize('line', ['Debian GNU/Linux 12 web ttyS0',
+                                  'web login: ',
+                                  'Cloud-init v. 24.1 finished at Fri',
+                                  'ANY2KVM-BOOT-OK root=/dev/sda1'])
+def test_default_boot_check(line):
+    import re
+    matched = re.search(server.DEFAULT_BOOT_CHECK, line) is not None
+    assert matched == ('ttyS0' not in line)
+
+
+def test_error_server_is_reported_with_novas_fault(cloud):
+    cloud.fail_build = 'No valid host was found. There are not enough ' \
+                       'hosts available.'
+    srv = server.create(plan_for(cloud), volumes(cloud, 1))
+    with pytest.raises(server.BootError) as e:
+        server.wait_boot(srv)
+    assert str(e.value) == ('server web (%s) went to ERROR: No valid host '
+                            'was found. There are not enough hosts '
+                            'available.' % srv.id)
+    assert e.value.fault.startswith('No valid host')
+
+
+def test_boot_not_verified_rolls_back_and_keeps_volumes(cloud):
+    cloud.console = ['line %d' % i for i in range(40)]
+    vols = volumes(cloud, 2)
+    plan = plan_for(cloud, boot_timeout=1, network_map={
+        'nic0': 'private', 'nic1': 'private'}, poll=0.05)
+    with pytest.raises(server.BootError) as e:
+        server.create_and_boot(plan, vols)
+    text = str(e.value)
+    assert "ACTIVE, but no console line matched" in text
+    assert 'last console lines: line 25 | line 26 |' in text
+    assert text.endswith('line 39; server and its ports deleted; volumes '
+                         'kept: web (%s), web-disk1 (%s)' % (
+                             vols[0]['id'], vols[1]['id']))
+    assert e.value.console_tail == ['line %d' % i for i in range(25, 40)]
+    assert cloud.servers == {} and cloud.ports == {}
+    assert all(cloud.volumes[v['id']].status == 'available' for v in vols)
+
+
+def test_rollback_finds_the_server_from_the_volumes(cloud):
+    cloud.add_network('other')
+    vols = volumes(cloud, 2)
+    plan = plan_for(cloud, network_map={'nic0': 'private',
+                                        'nic1': 'other'})
+    srv = server.create(plan, vols)
+    server.wait_boot(srv)
+    foreign = cloud.neutron.create_port(
+        cloud.neutron.find_network('other').id)
+    foreign.device_id = srv.id
+    result = server.rollback(cloud.clients(), volumes=[v['id']
+                                                       for v in vols],
+                             poll=0)
+    assert result['server_id'] == srv.id
+    assert sorted(result['ports_deleted']) == sorted(srv.port_ids)
+    assert result['volumes_kept'] == [v['id'] for v in vols]
+    assert cloud.servers == {} and list(cloud.ports) == [foreign.id]
+    assert all(cloud.volumes[v['id']].status == 'available' for v in vols)
+    # Nothing attached any more: nothing to do.
+    assert server.rollback(cloud.clients(), volumes=[vols[0]['id']],
+                           poll=0)['server_id'] is None
+
+
+# -- the real novaclient's request --------------------------------------------
+
+class _Nova(http.server.BaseHTTPRequestHandler):
+    requests = None
+
+    def do_POST(self):
+        length = int(self.headers.get('Content-Length') or 0)
+        body = json.loads(self.rfile.read(length).decode())
+        self.requests.append((self.path, dict(self.headers), body))
+        reply = json.dumps({'server': {'id': 'srv-1', 'links': [],
+                                       'adminPass': 'x'}}).encode()
+        self.send_response(202)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def nova_standin():
+    handler = type('Handler', (_Nova,), {'requests': []})
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    httpd.timeout = 10
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield 'http://127.0.0.1:%d/v2.1' % httpd.server_address[1], \
+            handler.requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+def test_the_request_novaclient_sends(cloud, nova_standin):
+    from keystoneauth1 import session as ks_session
+    from novaclient import client as nova_client
+    url, requests = nova_standin
+    nova = nova_client.Client(server.MICROVERSION,
+                              session=ks_session.Session(timeout=30),
+                              endpoint_override=url)
+    clients = server.Clients(nova=nova, neutron=cloud.neutron,
+                             cinder=cloud.cinder)
+    flavor = fakenova.Obj(id='42', name='m1.small', vcpus=1, ram=512)
+    plan = server.Plan(clients, opts(no_network=True,
+                                     availability_zone='az1'),
+                       'web', flavor, [], 0, 2, [])
+    srv = server.create(plan, ['vol-a', 'vol-b'])
+    assert srv.id == 'srv-1'
+    (path, headers, body), = requests
+    assert path == '/v2.1/servers'
+    assert headers['X-OpenStack-Nova-API-Version'] == '2.37'
+    assert body == {'server': {
+        'name': 'web', 'imageRef': '', 'flavorRef': '42',
+        'min_count': 1, 'max_count': 1, 'networks': 'none',
+        'availability_zone': 'az1',
+        'block_device_mapping_v2': [
+            {'uuid': 'vol-a', 'source_type': 'volume',
+             'destination_type': 'volume', 'boot_index': 0,
+             'delete_on_termination': False},
+            {'uuid': 'vol-b', 'source_type': 'volume',
+             'destination_type': 'volume', 'boot_index': 1,
+             'delete_on_termination': False}]}}
+
+
+def test_error_message_is_one_line(cloud):
+    with pytest.raises(exception.Any2KvmError) as e:
+        plan_for(cloud, dict(FACTS, cpus=64, memory_mb=1 << 20))
+    assert '\n' not in str(e.value)
+
+
+# -- the Cinder target and both command lines ---------------------------------
+
+def _fake_volume_writer(cloud, fail=None):
+    def write(self, vm, name, props=None, disk=None, progress=None):
+        cloud.calls.append(('volumes-write', name))
+        if fail:
+            raise exception.TargetError(path='cinder', reason=fail)
+        rows = []
+        for index in range(len(vm.disks)):
+            vol_name = name if index == 0 else '%s-disk%d' % (name, index)
+            rows.append({'disk': index, 'name': vol_name,
+                         'id': cloud.add_volume(vol_name).id, 'size': 1})
+        return rows
+    return write
+
+
+@pytest.fixture
+def cinder_target(cloud, monkeypatch):
+    from any2kvm_os.targets import cinder
+    clients = cloud.clients()
+    monkeypatch.setattr(server, 'Clients', lambda *a, **kw: clients)
+    monkeypatch.setattr(cinder.CinderTarget, '_write_volumes',
+                        _fake_volume_writer(cloud))
+    return cinder.CinderTarget
+
+
+def _vm(facts, disks=1):
+    from any2kvm_os import vm as vm_mod
+    return vm_mod.Vm('web.ova', 'ova', [object()] * disks, facts)
+
+
+def test_target_plans_before_writing(cloud, cinder_target):
+    target = cinder_target(create_server=True)
+    target.server_options.poll = 0
+    with pytest.raises(server.ServerError) as e:
+        target.write(_vm(FACTS), 'web')
+    assert str(e.value).startswith('unmapped NIC(s): nic0')
+    assert cloud.calls == []
+    with pytest.raises(exception.Any2KvmError) as e:
+        target.write(_vm(FACTS), 'web', disk=0)
+    assert str(e.value) == ('--create-server needs every disk of the VM: '
+                            'drop --disk')
+
+
+def test_target_discards_a_made_flavor_when_the_write_fails(
+        cloud, cinder_target, monkeypatch):
+    monkeypatch.setattr(cinder_target, '_write_volumes',
+                        _fake_volume_writer(cloud, fail='no space'))
+    target = cinder_target(create_server=True, create_flavor=True,
+                           no_network=True)
+    with pytest.raises(exception.TargetError):
+        target.write(_vm(dict(FACTS, cpus=8, memory_mb=4096)), 'web')
+    assert cloud.changes() == ['flavor-create', 'volumes-write',
+                               'flavor-delete']
+
+
+def test_target_creates_and_verifies(cloud, cinder_target):
+    target = cinder_target(create_server=True, no_network=True)
+    target.server_options.poll = 0
+    results = target.write(_vm(FACTS, disks=2), 'web')
+    info = results[0]['server']
+    assert info['name'] == 'web' and info['flavor_name'] == 'm1.small'
+    assert info['boot_message'].startswith('boot verified after ')
+    assert [v['name'] for v in info['volumes']] == ['web', 'web-disk1']
+    assert info['plan'][0].startswith('flavor auto: m1.small')
+    assert 'server' not in results[1]
+
+
+def test_cli_refuses_server_options_elsewhere(capsys, monkeypatch):
+    from any2kvm_os import api
+    from any2kvm_os.cmd import any2kvm
+
+    def no_cloud(*a):
+        raise AssertionError('the cloud was asked')
+    monkeypatch.setattr(api, 'cloud_session', no_cloud)
+    for argv, err in (
+            (['--flavor', 'm1.small'],
+             '--flavor does not apply to target glance'),
+            (['--target', 'cinder', '--flavor', 'm1.small', '--no-network'],
+             '--flavor, --no-network: only with --create-server'),
+            (['--target', 'cinder', '--create-server', '--no-network',
+              '--keep-macs'], '--no-network contradicts --keep-macs')):
+        assert any2kvm.main(['import', 'd.vhd', '--name', 'vm1'] + argv) \
+            == 1
+        assert capsys.readouterr().err == 'any2kvm: error: %s\n' % err
+
+
+def test_cli_import_create_server(cloud, cinder_target, monkeypatch,
+                                  capsys, tmp_path):
+    from any2kvm_os import api
+    from any2kvm_os.cmd import any2kvm
+    from tests.lib import vhdbuild
+    monkeypatch.setattr(api, 'cloud_session',
+                        lambda cloud_name: (object(), None, None))
+    monkeypatch.setattr(server.Options, '__init__', _no_poll(
+        server.Options.__init__))
+    paths = vhdbuild.write_chain(tmp_path, 1)
+    argv = ['import', str(paths[0]), '--name', 'web', '--target', 'cinder',
+            '--create-server', '--flavor', 'm1.tiny',
+            '--boot-check', 'BOOT-OK']
+    assert any2kvm.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3].startswith('server:        web (')
+    assert out[-2] == ('               flavor m1.tiny (1 vCPU, 256 MiB RAM), '
+                       'as given')
+    assert out[-1].startswith('               boot verified after ')
+    assert out[-1].endswith(': ANY2KVM-BOOT-OK token')
+    assert any2kvm.main(argv + ['--format', 'json']) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown['server']['flavor_name'] == 'm1.tiny'
+    assert shown['server']['volumes'][0]['name'] == 'web'
+    cloud.console = ['no luck']
+    assert any2kvm.main(argv + ['--boot-timeout', '1']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('any2kvm: error: server web (')
+    assert 'last console lines: no luck; server and its ports deleted; ' \
+        'volumes kept: web (' in err
+    assert err.count('\n') == 1
+
+
+def _no_poll(init):
+    def __init__(self, *a, **kw):
+        init(self, *a, **kw)
+        self.poll = 0.05
+    return __init__
+
+
+def test_osc_import_has_the_options():
+    from unittest import mock
+    from any2kvm_os.osc.v1 import import_image
+    cmd = import_image.ImportImage(mock.Mock(), None)
+    parser = cmd.get_parser('openstack any2kvm import')
+    args = parser.parse_args(['vm.ova', '--name', 'web', '--target',
+                              'cinder', '--create-server', '--flavor',
+                              'auto', '--network-map', 'VM Network=private',
+                              '--keep-macs'])
+    o = server.Options.from_args(args)
+    assert (o.create_server, o.flavor, o.network_map, o.keep_macs) == (
+        True, 'auto', {'VM Network': 'private'}, True)
+
+
+def test_the_servers_name(cloud):
+    o = opts(no_network=True)
+    assert server.prepare(cloud.clients(), FACTS, o).name == 'web'
+    assert server.prepare(cloud.clients(), dict(FACTS, name=''), o,
+                          disk_count=1).name == 'any2kvm-server'
+    o.server_name = 'kvm-web'
+    assert server.prepare(cloud.clients(), FACTS, o, 'x').name == 'kvm-web'
+
+
+# -- the boot_disk fact -------------------------------------------------------
+
+def _flip_bootable(xml):
+    """The first bootable VBD becomes unbootable, the second bootable."""
+    xml = xml.decode() if isinstance(xml, bytes) else xml
+    on = '<name>bootable</name><value><boolean>1</boolean>'
+    off = '<name>bootable</name><value><boolean>0</boolean>'
+    first = xml.index(on)
+    second = xml.index(off)
+    xml = xml[:first] + off + xml[first + len(on):]
+    return (xml[:second] + on + xml[second + len(off):]).encode()
+
+
+def test_xva_says_which_disk_boots():
+    from any2kvm_os.containers.xva import metadata
+    from tests.lib import xvabuild
+    disks = [('Ref:3', 1 << 20, 0), ('Ref:7', 1 << 20, 1)]
+    xml = xvabuild.ova_xml(disks)
+    assert 'boot_disk' not in metadata.parse_metadata('a.xva', xml).vm
+    meta = metadata.parse_metadata('a.xva', _flip_bootable(xml))
+    assert meta.vm['boot_disk'] == 1
+
+
+def test_the_boot_disk_gets_the_vms_properties(tmp_path):
+    from any2kvm_os.targets import glance
+    from any2kvm_os import vm as vm_mod
+    from unittest import mock
+    from tests.lib import vhdbuild
+    paths = vhdbuild.write_chain(tmp_path, 1)
+    made = []
+
+    class Images(object):
+        def create(self, **kw):
+            made.append(kw)
+            raise exception.TargetError(path='glance', reason='stop')
+
+    target = glance.GlanceTarget()
+    vm = vm_mod.Vm('x', 'xva', [], {'boot_disk': 1, 'firmware': 'uefi'})
+    disk = mock.Mock(size_hint=1 << 20)
+    with mock.patch.object(glance, 'disk_stream') as stream:
+        stream.return_value.__enter__.return_value = paths[0].read_bytes()
+        for index in (0, 1):
+            with pytest.raises(exception.TargetError):
+                target._upload(mock.Mock(images=Images()), vm, disk, index,
+                               'web', 2, {}, None, [])
+    assert 'hw_firmware_type' not in made[0]
+    assert made[1]['hw_firmware_type'] == 'uefi'
