@@ -13,7 +13,8 @@
 """Fixtures for the integration tests: a real cloud on 127.0.0.1.
 
 Once per session, ``tools/loopback-cloud up`` starts Keystone, Glance,
-RabbitMQ and Cinder (doc/source/contributor/loopback-cloud.rst) and
+RabbitMQ, Cinder, Placement, Nova and Neutron
+(doc/source/contributor/loopback-cloud.rst) and
 ``tools/loopback-cloud down`` stops them at the end.  A cloud that is
 already up is used and left up: the one ``ANY2KVM_CLOUD_OPENRC`` names (the
 path of its openrc), or else the one ``tools/loopback-cloud status`` finds
@@ -41,7 +42,9 @@ from tests.lib.tools import tail
 from tests.lib import xvabuild
 
 TOOL = REPO / 'tools' / 'loopback-cloud'
-UP_TIMEOUT = 900      # a fresh machine installs RabbitMQ and a virtualenv
+# A fresh machine installs RabbitMQ, libvirt, QEMU and a virtualenv of
+# Keystone, Glance, Cinder, Nova, Placement and Neutron.
+UP_TIMEOUT = 1500
 DOWN_TIMEOUT = 180
 
 # Seconds spent, for the terminal summary: up, down, whole.

@@ -29,6 +29,7 @@ import os
 import re
 import subprocess
 import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -309,3 +310,11 @@ def test_port_keeps_network_and_mac(nova, keystone_session):
     finally:
         keystone_session.delete('/v2.0/ports/%s' % port['id'],
                                 endpoint_filter=NETWORK)
+
+
+def test_catalog_has_nova_placement_neutron(nova, keystone_session):
+    for service_type in ('compute', 'placement', 'network'):
+        url = keystone_session.get_endpoint(service_type=service_type,
+                                            interface='public')
+        assert url, service_type
+        assert urllib.parse.urlsplit(url).hostname == '127.0.0.1', url
