@@ -46,6 +46,9 @@ export PATH=$ANY2KVM_VENV/bin:$PATH
 # Guest inspection (libguestfs) is on by default; the demo's sample chain
 # holds no operating system to inspect.
 export ANY2KVM_INSPECT=${ANY2KVM_INSPECT:-0}
+# The demo creates no server: the cloud it starts needs no Nova (set
+# LOOPBACK_CLOUD_NOVA=1 for the whole cloud).
+export LOOPBACK_CLOUD_NOVA=${LOOPBACK_CLOUD_NOVA:-0}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/any2kvm-demo.XXXXXX")
 trap 'rm -rf -- "$work"' EXIT
