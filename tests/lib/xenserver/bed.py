@@ -29,12 +29,14 @@ import urllib.parse
 from tests.lib.xenserver import host as xhost
 
 
-def prepare(directory):
+def prepare(directory, build=None):
     """The stand-in host under ``directory``: (root, facts, bin_dir,
     conf), ``bin_dir`` holding ``xe``, ``conf`` an any2kvm configuration
-    file with the stand-in's SR mount."""
+    file with the stand-in's SR mount.  ``build(root)`` makes the host
+    and returns (root, facts) (default: :func:`host.standard_host`)."""
     directory = str(directory)
-    root, facts = xhost.standard_host(os.path.join(directory, 'xs'))
+    build = build or xhost.standard_host
+    root, facts = build(os.path.join(directory, 'xs'))
     bin_dir = os.path.join(directory, 'bin')
     os.makedirs(bin_dir, exist_ok=True)
     os.symlink(str(xhost.XE), os.path.join(bin_dir, 'xe'))
@@ -66,10 +68,12 @@ def ssh_args(server, conf):
 
 class Bed(object):
     """The whole bed for one test: ``root``, ``facts``, ``server``,
-    ``conf``; :meth:`location` and :attr:`ssh_args`."""
+    ``conf``; :meth:`location` and :attr:`ssh_args`.  ``build``: see
+    :func:`prepare`."""
 
-    def __init__(self, sshd_factory, directory):
-        self.root, self.facts, self.bin_dir, self.conf = prepare(directory)
+    def __init__(self, sshd_factory, directory, build=None):
+        self.root, self.facts, self.bin_dir, self.conf = prepare(directory,
+                                                                 build)
         self.server = start_sshd(sshd_factory, self.root, self.bin_dir)
 
     def location(self, vm='two-disks'):
