@@ -32,6 +32,14 @@
 #   ANY2KVM_TEMPEST_VOLUME_CATALOG_TYPE
 #                                   Block Storage service type in the
 #                                   catalog (block-storage)
+#   ANY2KVM_TEMPEST_NOVA            True when the cloud has Nova (False):
+#                                   the scenario test boots a server
+#   ANY2KVM_BOOT_GUEST_XENSERVER_TGZ, ANY2KVM_BOOT_GUEST_CONSOLE
+#                                   a bootable guest as a XenServer tgz and
+#                                   a regex of its console's ready line
+#                                   ([any2kvm-samples] boot_guest_*)
+#   ANY2KVM_BOOT_GUEST_FLAVOR       flavor id of its server ([compute]
+#                                   flavor_ref)
 #   ANY2KVM_TEMPEST_REGEX           tests to run ('^any2kvm_os\.tempest_plugin')
 #   ANY2KVM_TEMPEST                 the tempest command (<repo>/.venv/bin/tempest
 #                                   when it exists, else tempest on PATH)
@@ -81,6 +89,7 @@ cinder_hook=$(boolean ANY2KVM_TEMPEST_CINDER_HOOK \
     "${ANY2KVM_TEMPEST_CINDER_HOOK:-}" False)
 osc_import=$(boolean ANY2KVM_TEMPEST_OSC_IMPORT \
     "${ANY2KVM_TEMPEST_OSC_IMPORT:-}" True)
+nova=$(boolean ANY2KVM_TEMPEST_NOVA "${ANY2KVM_TEMPEST_NOVA:-}" False)
 volume_catalog_type=${ANY2KVM_TEMPEST_VOLUME_CATALOG_TYPE:-block-storage}
 regex=${ANY2KVM_TEMPEST_REGEX:-'^any2kvm_os\.tempest_plugin'}
 
@@ -123,6 +132,16 @@ for name in xenserver_tgz ova vhd; do
         fi
     done
 done
+if [ -n "${ANY2KVM_BOOT_GUEST_XENSERVER_TGZ:-}" ]; then
+    path=$(readlink -f -- "$ANY2KVM_BOOT_GUEST_XENSERVER_TGZ")
+    samples+="boot_guest_xenserver_tgz = $(ini_value "$path")"$'\n'
+fi
+if [ -n "${ANY2KVM_BOOT_GUEST_CONSOLE:-}" ]; then
+    samples+="boot_guest_console = $(ini_value "$ANY2KVM_BOOT_GUEST_CONSOLE")"$'\n'
+fi
+if [ -n "${ANY2KVM_BOOT_GUEST_FLAVOR:-}" ]; then
+    samples+="boot_guest_flavor = $(ini_value "$ANY2KVM_BOOT_GUEST_FLAVOR")"$'\n'
+fi
 if [ -n "${ANY2KVM_SAMPLE_VOLUME_SIZE:-}" ]; then
     samples+="volume_size = $ANY2KVM_SAMPLE_VOLUME_SIZE"$'\n'
 fi
@@ -173,7 +192,7 @@ v3_endpoint_type = public
 [service_available]
 glance = true
 cinder = true
-nova = false
+nova = $nova
 neutron = false
 swift = false
 any2kvm = true
@@ -186,7 +205,11 @@ catalog_type = $volume_catalog_type
 endpoint_type = publicURL
 
 [compute]
-# No Nova here; tempest wants an image id all the same.
+endpoint_type = publicURL
+# Boots under TCG on a loaded machine.
+build_timeout = 900
+build_interval = 3
+# The tests make their own images; tempest wants an image id all the same.
 image_ref = 00000000-0000-0000-0000-000000000000
 image_ref_alt = 00000000-0000-0000-0000-000000000000
 
@@ -201,7 +224,7 @@ EOF
 )
 
 cd "$dir"
-echo "run-tempest.sh: tempest run in $dir (cinder_hook = $cinder_hook," \
+echo "run-tempest.sh: tempest run in $dir (cinder_hook = $cinder_hook, nova = $nova," \
     "osc_import = $osc_import)" >&2
 rc=0
 "$tempest" run --workspace tempest --workspace-path "$ws/workspace.yaml" \

@@ -81,3 +81,18 @@ samples_opts = [opt for name in SAMPLES for opt in _sample_opts(name)] + [
                help='Size in GiB of the volumes created from the samples '
                     '(made larger when a sample\'s raw disk needs it).'),
 ]
+
+samples_opts += [
+    cfg.StrOpt('boot_guest_xenserver_tgz', default=None,
+               help='Path of a bootable guest as a XenServer VDI export (a '
+                    'tgz of 0.vhd ..) whose boot prints a line matching '
+                    'boot_guest_console on its serial console. The '
+                    'scenario test boots it from a volume the Cinder hook '
+                    'makes; it is skipped when this is not set.'),
+    cfg.StrOpt('boot_guest_console', default=None,
+               help='Regular expression the console log '
+                    '(os-getConsoleOutput) of the booted guest must match.'),
+    cfg.StrOpt('boot_guest_flavor', default=None,
+               help='Flavor (id) of the scenario\'s server; unset means '
+                    '[compute] flavor_ref.'),
+]

@@ -18,6 +18,11 @@ shared corpus (as tools/demo.sh packs it: 0.vhd the leaf; its raw SHA-256
 is the corpus's), a one-disk OVA (streamOptimized VMDK) and a dynamic VHD
 written by qemu-img (truth: qemu-img's own raw reading).
 
+The scenario test boots the tiny guest of tests/lib/bootguest.py, packed
+as a XenServer tgz, from a volume the hook makes; it needs Nova as well
+(read from the catalog): with Nova and the hook it must pass, without
+Nova it must be skipped.
+
 The volume tests need the Cinder hook.  Whether the cloud has it is read
 from its cinder.conf (see :func:`cinder_hook_enabled`); with the hook they
 must pass, without it they must be skipped.  The OSC import test must pass
@@ -30,6 +35,7 @@ import os
 import subprocess
 import sys
 
+from tests.lib import bootguest
 from tests.lib.corpus import CORPUS
 from tests.lib.corpus import REPO
 from tests.lib.corpus import VHDUTIL
@@ -48,6 +54,21 @@ OSC_TESTS = [PLUGIN + 'test_osc_import.OscImportTest.'
 VOLUME_CLASS = PLUGIN + 'test_volume_from_image.VolumeFromImageTest'
 VOLUME_TESTS = [VOLUME_CLASS + '.test_volume_from_' + name
                 for name in ('xenserver_tgz', 'ova', 'vhd')]
+
+SCENARIO_CLASS = ('any2kvm_os.tempest_plugin.tests.scenario.'
+                  'test_boot_xenserver_tgz.BootXenServerTgzTest')
+SCENARIO_TESTS = [SCENARIO_CLASS + '.test_boot_from_volume_of_xenserver_tgz']
+
+
+def nova_available(keystone_session):
+    """Whether the cloud's catalog has a compute endpoint."""
+    from keystoneauth1 import exceptions
+
+    try:
+        return bool(keystone_session.get_endpoint(service_type='compute',
+                                                  interface='public'))
+    except exceptions.EndpointNotFound:
+        return False
 
 
 def cinder_hook_enabled(cloud):
@@ -114,11 +135,17 @@ def vhd_sample(qemu_img, directory):
     return Sample(disk.path, disk.sha256, disk.size)
 
 
-def run_tempest(cloud, workspace, samples, cinder_hook):
+def run_tempest(cloud, workspace, samples, cinder_hook, nova=False,
+                boot_guest=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith('OS_')}
     for name, sample in samples.items():
         env.update(sample.environ(name))
     env['ANY2KVM_TEMPEST_CINDER_HOOK'] = str(cinder_hook)
+    env['ANY2KVM_TEMPEST_NOVA'] = str(nova)
+    if boot_guest:
+        tgz, token = boot_guest
+        env['ANY2KVM_BOOT_GUEST_XENSERVER_TGZ'] = str(tgz)
+        env['ANY2KVM_BOOT_GUEST_CONSOLE'] = bootguest.ready_line(token)
     return subprocess.run([str(RUN_TEMPEST), str(cloud.openrc),
                            str(workspace)], env=env, capture_output=True,
                           text=True, timeout=RUN_TIMEOUT)
@@ -148,20 +175,30 @@ def last_run_statuses(workspace):
     return statuses
 
 
-def test_tempest_plugin(cloud, qemu_img, tmp_path):
+def test_tempest_plugin(cloud, keystone_session, qemu_img, tmp_path):
     if importlib.util.find_spec('tempest') is None:
         tools.missing_tool('tempest is not installed (test-requirements.txt)')
     samples = {'xenserver_tgz': xenserver_tgz_sample(tmp_path),
                'ova': ova_sample(qemu_img, tmp_path),
                'vhd': vhd_sample(qemu_img, tmp_path)}
     hook = cinder_hook_enabled(cloud)
+    nova = nova_available(keystone_session)
+    boot_guest = None
+    if nova and hook:
+        missing = bootguest.missing_tools()
+        if missing:
+            tools.missing_tool('cannot build a boot guest, missing: %s'
+                               % ', '.join(missing))
+        (tmp_path / 'guest3').mkdir()
+        boot_guest = bootguest.xenserver_tgz(qemu_img, tmp_path / 'guest3')
     workspace = tmp_path / 'tempest-ws'
-    r = run_tempest(cloud, workspace, samples, hook)
+    r = run_tempest(cloud, workspace, samples, hook, nova, boot_guest)
     output = r.stdout + r.stderr
     totals = [line.strip() for line in r.stdout.splitlines()
               if line.strip().startswith(('Ran:', '- Passed', '- Skipped',
                                           '- Failed'))]
-    print('tempest (cinder_hook = %s): %s' % (hook, '; '.join(totals)))
+    print('tempest (cinder_hook = %s, nova = %s): %s'
+          % (hook, nova, '; '.join(totals)))
     try:
         statuses = last_run_statuses(workspace)
     except (OSError, subprocess.CalledProcessError):
@@ -172,7 +209,8 @@ def test_tempest_plugin(cloud, qemu_img, tmp_path):
     failed = {t: s for t, s in statuses.items()
               if s not in ('success', 'skip')}
     assert not failed, 'tempest: %s\n%s' % (failed, tools.tail(output, 80))
-    expected = OSC_TESTS + (VOLUME_TESTS if hook else [])
+    expected = OSC_TESTS + (VOLUME_TESTS if hook else []) + (
+        SCENARIO_TESTS if hook and nova else [])
     not_passed = {t: statuses.get(t, 'not run') for t in expected
                   if statuses.get(t) != 'success'}
     assert not not_passed, 'should have passed: %s\n%s' % (
@@ -180,6 +218,9 @@ def test_tempest_plugin(cloud, qemu_img, tmp_path):
     if not hook:
         # Skipped as a class, for want of the hook.
         assert statuses.get('setUpClass (%s)' % VOLUME_CLASS) == 'skip', (
+            statuses)
+    if not (hook and nova):
+        assert statuses.get('setUpClass (%s)' % SCENARIO_CLASS) == 'skip', (
             statuses)
     assert r.returncode == 0, 'tools/run-tempest.sh failed (%d):\n%s' % (
         r.returncode, tools.tail(output, 80))

@@ -229,3 +229,23 @@ def build(path, token=None, size_mib=64, cache=CACHE):
             f.seek(512)
             f.write(core_bytes)
     return token
+
+
+def xenserver_tgz(qemu_img, directory, token=None):
+    """A boot guest as a XenServer VDI export: a gzipped tar of ``0.vhd``,
+    a dynamic VHD of the guest written by qemu-img.  Returns (path of the
+    tgz, token)."""
+    from tests.lib import imagegen
+
+    directory = Path(directory)
+    raw = directory / 'guest.raw'
+    token = build(raw, token)
+    vhd = directory / 'guest.vhd'
+    _run([str(qemu_img), 'convert', '-f', 'raw', '-O', 'vpc', '-o',
+          'subformat=dynamic,force_size=on', str(raw), str(vhd)])
+    raw.unlink()
+    tgz = directory / 'guest.tgz'
+    imagegen.make_tar(tgz, imagegen.xenserver_members([vhd]),
+                      compression='gz')
+    vhd.unlink()
+    return tgz, token
