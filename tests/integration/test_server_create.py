@@ -277,6 +277,42 @@ def test_boot_never_verified_is_rolled_back(cloud, nova_clients, qemu_img,
         _cleanup(nova_clients, vols)
 
 
+def test_corrupted_boot_sector_is_not_verified(cloud, nova_clients,
+                                               qemu_img, guest_raw,
+                                               tmp_path):
+    """A guest whose MBR boot code is zeroed never prints its ready line
+    (the BIOS finds no boot loader): exit 1 "boot not verified" after
+    --boot-timeout, the server deleted, the volume kept."""
+    raw, _token = guest_raw
+    broken = tmp_path / 'broken.raw'
+    shutil.copyfile(raw, broken)
+    with open(broken, 'r+b') as f:
+        f.write(bytes(440))         # the boot code; the partitions stay
+    ova = ovabuild.small_ova(qemu_img, broken, tmp_path / 'broken.ova',
+                             nics=())
+    name = unique('badmbr')
+    nova, cinder = nova_clients.nova, nova_clients.cinder
+    r = any2kvm(cloud, 'import', ova, '--name', name, '--target', 'cinder',
+                '--volume-route', 'image', '--create-server',
+                '--boot-timeout', 60)
+    vols, srvs = _named(cinder, nova, name)
+    try:
+        assert r.returncode == 1, r.stdout
+        err = r.stderr
+        assert err.count('\n') == 1, err
+        assert err.startswith('any2kvm: error: server %s (' % name), err
+        assert ': boot not verified: ' in err
+        print('\ncorrupted boot sector: %s' % err.strip())
+        assert len(vols) == 1 and srvs == []
+        assert err.rstrip().endswith(
+            '; server and its ports deleted; volumes kept: %s (%s)'
+            % (name, vols[0]))
+        wait_for(lambda: cinder.volumes.get(vols[0]), ('available',),
+                 timeout=300)
+    finally:
+        _cleanup(nova_clients, vols)
+
+
 def test_error_server_is_reported_and_rolled_back(cloud, nova_clients,
                                                   qemu_img, guest_raw,
                                                   tmp_path):
