@@ -41,6 +41,7 @@ import pytest
 from any2kvm_os.targets import server as server_mod
 from tests.lib import bootguest
 from tests.lib import cli
+from tests.lib.cloudapi import servers_named
 from tests.lib.cloudapi import unique
 from tests.lib.cloudapi import wait_for
 from tests.lib import imagegen as ig
@@ -233,8 +234,7 @@ def test_warm_migrated_vm_boots_the_last_token(bed, guest, nova_clients):
         res, took = _run(env, 'rollback', name, *common)
         print('guest1 rollback: %.1f s: %s' % (took, res.stdout.strip()))
         assert server_id in res.stdout
-        assert [s.id for s in nova.servers.list(
-            search_opts={'name': name})] == []
+        assert servers_named(nova, name) == []
         wait_for(lambda: cinder.volumes.get(vol_ids[0]), ('available',),
                  timeout=300)
         server_id = None

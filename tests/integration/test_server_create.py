@@ -36,6 +36,7 @@ import pytest
 
 from any2kvm_os.targets import server
 from tests.lib import bootguest
+from tests.lib.cloudapi import servers_named
 from tests.lib.cloudapi import unique
 from tests.lib.cloudapi import wait_for
 from tests.lib import ovabuild
@@ -167,7 +168,7 @@ def test_guest2_ova_boots_with_flavor_auto(cloud, nova_clients, qemu_img,
         assert result['server_id'] == srv['id']
         assert result['volumes_kept'] == [shown['id']]
         assert cinder.volumes.get(shown['id']).status == 'available'
-        assert _named(cinder, nova, name)[1] == []
+        assert servers_named(nova, name) == []
     finally:
         _cleanup(nova_clients, vols)
 
@@ -267,7 +268,8 @@ def test_boot_never_verified_is_rolled_back(cloud, nova_clients, qemu_img,
         assert 'last console lines: ' in err
         assert 'last console lines: (none)' not in err
         print('console tail: %s' % err.split('last console lines: ')[1])
-        assert len(vols) == 1 and srvs == []
+        assert len(vols) == 1
+        assert servers_named(nova, name) == [], srvs
         assert err.rstrip().endswith(
             '; server and its ports deleted; volumes kept: %s (%s)'
             % (name, vols[0]))
@@ -303,7 +305,8 @@ def test_corrupted_boot_sector_is_not_verified(cloud, nova_clients,
         assert err.startswith('any2kvm: error: server %s (' % name), err
         assert ': boot not verified: ' in err
         print('\ncorrupted boot sector: %s' % err.strip())
-        assert len(vols) == 1 and srvs == []
+        assert len(vols) == 1
+        assert servers_named(nova, name) == [], srvs
         assert err.rstrip().endswith(
             '; server and its ports deleted; volumes kept: %s (%s)'
             % (name, vols[0]))
@@ -335,7 +338,8 @@ def test_error_server_is_reported_and_rolled_back(cloud, nova_clients,
         assert err.count('\n') == 1, err
         assert err.startswith('server %s (' % name), err
         assert ') went to ERROR: ' in err
-        assert len(vols) == 1 and srvs == []
+        assert len(vols) == 1
+        assert servers_named(nova, name) == [], srvs
         assert err.rstrip().endswith(
             '; server and its ports deleted; volumes kept: %s (%s)'
             % (name, vols[0]))

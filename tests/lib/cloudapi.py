@@ -33,6 +33,19 @@ def wait_for(get, ok, bad=('error',), timeout=600):
         time.sleep(2)
 
 
+def servers_named(nova, name, settle=120):
+    """The ids of the servers called ``name``, waiting up to ``settle``
+    seconds for that list to become empty: Nova shows a deleted server
+    (status DELETED) for a moment before its record goes, so a check right
+    after a deletion must not see that moment as a server left behind."""
+    deadline = time.monotonic() + settle
+    while True:
+        ids = [s.id for s in nova.servers.list(search_opts={'name': name})]
+        if not ids or time.monotonic() >= deadline:
+            return ids
+        time.sleep(2)
+
+
 def download_sha256(glance, image_id):
     h = hashlib.sha256()
     for chunk in glance.images.data(image_id):
