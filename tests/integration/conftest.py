@@ -145,7 +145,11 @@ def keystone_session(cloud):
         project_name=e['OS_PROJECT_NAME'],
         user_domain_name=e.get('OS_USER_DOMAIN_NAME', 'Default'),
         project_domain_name=e.get('OS_PROJECT_DOMAIN_NAME', 'Default'))
-    return session.Session(auth=auth)
+    # The tests' clients live for the whole session and reuse kept-alive
+    # connections across long idle gaps; one such reuse failed once with
+    # "Connection aborted, BadStatusLine('\\n')" from cinder-api.  A
+    # connection failure is retried, as clients facing a real cloud do.
+    return session.Session(auth=auth, connect_retries=3)
 
 
 @pytest.fixture(scope='session')
