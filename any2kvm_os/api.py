@@ -359,7 +359,6 @@ def inspect_vm(vm, limits, disk=None):
     in one pass cannot be read again for the upload: such a VM is not
     inspected (InspectionError)."""
     from any2kvm_os.targets import base as targets
-    from any2kvm_os.writers import raw
     chosen = targets.selected(vm, disk)
     if any(d.chain is None for _i, d in chosen):
         raise exception.InspectionError(
@@ -370,17 +369,9 @@ def inspect_vm(vm, limits, disk=None):
                                     prefix='any2kvm-inspect-') as space:
         paths = []
         for index, d in chosen:
-            path = space.path('disk%d.raw' % index)
-            writer = space.bound_writer(
-                raw.RawWriter.open(path),
-                '%s (copied for inspection)' % d.name)
-            try:
-                d.write_to(writer)
-                writer.commit()
-            except BaseException:
-                writer.abort()
-                raise
-            paths.append(path)
+            paths.append(targets.write_scratch_raw(
+                space, d, 'disk%d.raw' % index,
+                '%s (copied for inspection)' % d.name))
         return inspect_paths(paths, limits, source_vm=vm.facts)
 
 

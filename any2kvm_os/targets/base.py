@@ -155,3 +155,21 @@ def selected(vm, disk):
             '%s: has %d disk(s); --disk takes 0 to %d' % (
                 vm.path, len(vm.disks), len(vm.disks) - 1))
     return [(disk, vm.disks[disk])]
+
+
+def write_scratch_raw(space, disk, filename, what):
+    """Write ``disk`` as a sparse raw file ``filename`` of the scratch
+    space ``space`` (a :class:`~any2kvm_os.scratch.Scratch`), bound by its
+    limit: committed when the whole disk is written, aborted (and the
+    error raised) otherwise.  ``what`` names the file in a limit error.
+    Returns its path."""
+    from any2kvm_os.writers import raw
+    path = space.path(filename)
+    writer = space.bound_writer(raw.RawWriter.open(path), what)
+    try:
+        disk.write_to(writer)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return path

@@ -29,7 +29,6 @@ from any2kvm_os import exception
 from any2kvm_os import properties
 from any2kvm_os import scratch
 from any2kvm_os.targets import base
-from any2kvm_os.writers import raw
 from any2kvm_os.writers import stream
 
 LOG = logging.getLogger(__name__)
@@ -47,16 +46,9 @@ def disk_stream(disk, scratch_dir, progress=None,
     # the scratch limit.
     with scratch.Scratch(scratch_dir, scratch_limit,
                          prefix='any2kvm-upload-') as space:
-        path = space.path('disk.raw')
-        writer = space.bound_writer(
-            raw.RawWriter.open(path),
+        path = base.write_scratch_raw(
+            space, disk, 'disk.raw',
             '%s (converted before the upload)' % disk.name)
-        try:
-            disk.write_to(writer)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
         s = stream.FileStream(path, progress=progress)
         try:
             yield s

@@ -111,3 +111,40 @@ def test_bound_writer_charges_allocation(tmp_path):
                 writer.write_data(i * 8 * MiB, b'\3' * MiB, over_hole=True)
         writer.abort()
     assert os.listdir(tmp_path) == []
+
+
+class _Disk(object):
+    """A disk that writes ``size`` bytes of ones (name, write_to)."""
+
+    name = 'd0'
+
+    def __init__(self, size):
+        self.size = size
+
+    def write_to(self, writer):
+        writer.resize(self.size)
+        for offset in range(0, self.size, MiB):
+            writer.write_data(offset, b'\1' * MiB, over_hole=True)
+
+
+def test_write_scratch_raw_commits_a_whole_disk(tmp_path):
+    from any2kvm_os.targets import base
+    with scratch.Scratch(str(tmp_path), 3 * MiB) as space:
+        path = base.write_scratch_raw(space, _Disk(2 * MiB), 'disk.raw',
+                                      'd0 (copied)')
+        assert path == space.path('disk.raw')
+        with open(path, 'rb') as f:
+            assert f.read() == b'\1' * (2 * MiB)
+        assert os.listdir(space.dir) == ['disk.raw']
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_scratch_raw_aborts_past_the_limit(tmp_path):
+    from any2kvm_os.targets import base
+    with scratch.Scratch(str(tmp_path), 3 * MiB) as space:
+        with pytest.raises(exception.ScratchLimitError,
+                           match=r'^d0 \(copied\): .*scratch_limit_gib'):
+            base.write_scratch_raw(space, _Disk(8 * MiB), 'disk.raw',
+                                   'd0 (copied)')
+        assert os.listdir(space.dir) == []
+    assert os.listdir(tmp_path) == []
