@@ -74,6 +74,9 @@ The API (stable; the migration cutover builds on it)
 ``rollback(clients, server=None, server_id=None, volumes=(), ...)``
     -> dict.  Deletes the server, the ports any2kvm made for it (and
     ``port_ids``), keeps the volumes and waits until they are detached.
+    It waits (up to 300 s) until Nova answers 404 for the server: a
+    server Nova still shows as DELETED counts as not gone yet (one still
+    shown DELETED after that is logged as a warning, not an error).
     With neither ``server`` nor ``server_id`` the server is found from
     the volumes' attachments (a cutover that died before it saved the
     id).  Returns {'server_id', 'ports_deleted', 'volumes_kept'}.
@@ -863,10 +866,15 @@ def _delete_server(clients, server_id, timeout=300, poll=2.0):
             if type(e).__name__ == 'NotFound':
                 return
             raise _cloud_error('nova: server %s' % server_id, e)
-        if got.status == 'DELETED':
-            return
+        # A deleted server may still be shown, status DELETED, for a
+        # moment: wait for it to be gone (404), so that nothing lists it
+        # once the rollback has returned.
         status = got.status
         time.sleep(poll)
+    if status == 'DELETED':
+        LOG.warning('Server %s is deleted but still listed (status '
+                    'DELETED) %d s after its deletion', server_id, timeout)
+        return
     raise ServerError('server %s still %s %d s after its deletion'
                       % (server_id, status, timeout))
 

@@ -26,7 +26,9 @@ cinderclient's ``volumes``), and they behave as the services do:
 * ``get_console_output`` raises NotFound until the server is ACTIVE, then
   returns ``cloud.console`` (a list of lines, or a callable giving one
   from the number of calls);
-* deleting a server takes ``delete_polls`` gets, then NotFound; the
+* deleting a server takes ``delete_polls`` gets, then ``deleted_polls``
+  gets with status DELETED (Nova lists a deleted server for a moment
+  before its record goes), then NotFound; the
   volumes become ``available``, pre-made ports stay (as Nova leaves
   ports it did not make);
 * a port with a MAC already in use is refused (409), like Neutron's
@@ -139,10 +141,14 @@ class ServerManager(object):
             raise NotFound('Instance %s could not be found.' % server_id)
         if server.delete_polls is not None:
             server.delete_polls += 1
-            if server.delete_polls >= cloud.delete_polls:
+            if server.delete_polls >= cloud.delete_polls + \
+                    cloud.deleted_polls:
                 cloud.servers.pop(server_id)
                 raise NotFound('Instance %s could not be found.'
                                % server_id)
+            if server.delete_polls >= cloud.delete_polls:
+                return Obj(id=server.id, status='DELETED',
+                           **{'OS-EXT-STS:task_state': None})
             return Obj(id=server.id, status=server.status,
                        **{'OS-EXT-STS:task_state': 'deleting'})
         server.polls += 1
@@ -276,6 +282,7 @@ class FakeCloud(object):
         self.calls = []
         self.build_polls = 2
         self.delete_polls = 2
+        self.deleted_polls = 0
         self.fail_build = None
         self.fail_create = None
         self.fail_port = None

@@ -390,6 +390,32 @@ def test_rollback_finds_the_server_from_the_volumes(cloud):
                            poll=0)['server_id'] is None
 
 
+def test_rollback_waits_until_a_deleted_server_is_gone(cloud):
+    """Nova lists a deleted server (status DELETED) for a moment before
+    its record goes: the rollback returns once Nova answers 404."""
+    cloud.deleted_polls = 3
+    vols = volumes(cloud, 1)
+    srv = server.create(plan_for(cloud), vols)
+    server.wait_boot(srv)
+    server.rollback(cloud.clients(), srv, poll=0)
+    assert cloud.servers == {}
+    with pytest.raises(fakenova.NotFound):
+        cloud.nova.servers.get(srv.id)
+
+
+def test_rollback_warns_of_a_server_still_deleted_at_the_bound(
+        cloud, caplog):
+    cloud.deleted_polls = 10 ** 9
+    vols = volumes(cloud, 1)
+    srv = server.create(plan_for(cloud), vols)
+    server.wait_boot(srv)
+    with caplog.at_level('WARNING'):
+        server._delete_server(cloud.clients(), srv.id, timeout=0.2,
+                              poll=0.01)
+    assert 'is deleted but still listed (status DELETED)' in caplog.text
+    assert cloud.nova.servers.get(srv.id).status == 'DELETED'
+
+
 # -- the real novaclient's request --------------------------------------------
 
 class _Nova(http.server.BaseHTTPRequestHandler):
