@@ -27,16 +27,17 @@ in ERROR: Cinder cannot make a volume of a tgz.
 
 import re
 import time
-import uuid
 
 import pytest
 
 from tests.lib import bootguest
+from tests.lib.cloudapi import nova_client
+from tests.lib.cloudapi import poll
+from tests.lib.cloudapi import unique
 from tests.lib.tools import missing_tool
 
-COMPUTE = {'service_type': 'compute', 'interface': 'public'}
 # volume_type in a block device mapping needs 2.67.
-MICROVERSION = {'OpenStack-API-Version': 'compute 2.67'}
+MICROVERSION = '2.67'
 HOOK_TYPE = 'any2kvm'
 STOCK_TYPE = 'loopback'
 FLAVOR = 'm1.small'
@@ -48,69 +49,19 @@ DELETE_TIMEOUT = 300
 VOLUME_TIMEOUT = 300
 
 
-def name(what):
-    return 'any2kvm-it-%s-%s' % (what, uuid.uuid4().hex[:8])
-
-
-def poll(what, get, done, timeout, interval=2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = get()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail('%s: not done after %d s (last: %r)'
-                        % (what, timeout, value))
-        time.sleep(interval)
-
-
-class Nova(object):
-
-    def __init__(self, session):
-        self.session = session
-
-    def request(self, method, url, **kwargs):
-        return self.session.request(url, method, endpoint_filter=COMPUTE,
-                                    headers=dict(MICROVERSION), **kwargs)
-
-    def server(self, server_id):
-        r = self.request('GET', '/servers/%s' % server_id, raise_exc=False)
-        if r.status_code == 404:
-            return None
-        r.raise_for_status()
-        return r.json()['server']
-
-    def console(self, server_id):
-        r = self.request('POST', '/servers/%s/action' % server_id,
-                         json={'os-getConsoleOutput': {}})
-        return r.json()['output'] or ''
-
-    def flavor_id(self, flavor_name):
-        flavors = self.request('GET', '/flavors').json()['flavors']
-        ids = [f['id'] for f in flavors if f['name'] == flavor_name]
-        assert ids, 'no flavor %s' % flavor_name
-        return ids[0]
-
-    def boot_from_image(self, image_id, volume_type):
-        """openstack server create --image IMAGE --boot-from-volume 1
-        --flavor m1.small --network none (with the volume type)."""
-        r = self.request('POST', '/servers', json={'server': {
-            'name': name('guest3'),
-            'flavorRef': self.flavor_id(FLAVOR),
-            'networks': 'none',
-            'block_device_mapping_v2': [{
-                'boot_index': 0, 'uuid': image_id, 'source_type': 'image',
-                'destination_type': 'volume', 'volume_size': 1,
-                'volume_type': volume_type,
-                'delete_on_termination': True}]}})
-        return r.json()['server']['id']
-
-    def delete(self, server_id):
-        if self.server(server_id) is None:
-            return
-        self.request('DELETE', '/servers/%s' % server_id, raise_exc=False)
-        poll('server %s deleted' % server_id, lambda: self.server(server_id),
-             lambda s: s is None, DELETE_TIMEOUT)
+def boot_from_image(nova, image_id, volume_type):
+    """openstack server create --image IMAGE --boot-from-volume 1
+    --flavor m1.small --network none (with the volume type)."""
+    r = nova.request('POST', '/servers', json={'server': {
+        'name': unique('guest3'),
+        'flavorRef': nova.flavor_id(FLAVOR),
+        'networks': 'none',
+        'block_device_mapping_v2': [{
+            'boot_index': 0, 'uuid': image_id, 'source_type': 'image',
+            'destination_type': 'volume', 'volume_size': 1,
+            'volume_type': volume_type,
+            'delete_on_termination': True}]}})
+    return r.json()['server']['id']
 
 
 def wait_settled(nova, server_id):
@@ -122,16 +73,7 @@ def wait_settled(nova, server_id):
 
 @pytest.fixture(scope='module')
 def nova(cloud, keystone_session):
-    from keystoneauth1 import exceptions
-
-    try:
-        endpoint = keystone_session.get_endpoint(**COMPUTE)
-    except exceptions.EndpointNotFound:
-        endpoint = None
-    if not endpoint:
-        missing_tool('the loopback cloud has no Nova '
-                     '(LOOPBACK_CLOUD_NOVA=0?)')
-    return Nova(keystone_session)
+    return nova_client(keystone_session, MICROVERSION)
 
 
 @pytest.fixture(scope='module')
@@ -148,7 +90,7 @@ def guest_tgz(qemu_img, tmp_path_factory):
 @pytest.fixture(scope='module')
 def image(glance, guest_tgz):
     path, _token = guest_tgz
-    img = glance.images.create(name=name('guest3'), disk_format='vhd',
+    img = glance.images.create(name=unique('guest3'), disk_format='vhd',
                                container_format='ovf')
     try:
         with open(path, 'rb') as f:
@@ -195,7 +137,7 @@ def test_guest3_boots_through_the_hook(nova, cinder, image, guest_tgz):
     server_id = None
     try:
         t0 = time.monotonic()
-        server_id = nova.boot_from_image(image, HOOK_TYPE)
+        server_id = boot_from_image(nova, image, HOOK_TYPE)
         server = wait_settled(nova, server_id)
         assert server['status'] == 'ACTIVE', server.get('fault')
         active = time.monotonic() - t0
@@ -219,7 +161,7 @@ def test_guest3_boots_through_the_hook(nova, cinder, image, guest_tgz):
         assert vol.status == 'in-use'
     finally:
         if server_id:
-            nova.delete(server_id)
+            nova.delete(server_id, DELETE_TIMEOUT)
         clean_volumes(cinder, volumes_of(cinder, image, before))
 
 
@@ -229,7 +171,7 @@ def test_stock_backend_fails(nova, cinder, image):
     before = {v.id for v in cinder.volumes.list()}
     server_id = None
     try:
-        server_id = nova.boot_from_image(image, STOCK_TYPE)
+        server_id = boot_from_image(nova, image, STOCK_TYPE)
         server = wait_settled(nova, server_id)
         assert server is not None
         assert server['status'] == 'ERROR', server['status']
@@ -238,5 +180,5 @@ def test_stock_backend_fails(nova, cinder, image):
         assert 'olume' in fault.get('message', ''), fault
     finally:
         if server_id:
-            nova.delete(server_id)
+            nova.delete(server_id, DELETE_TIMEOUT)
         clean_volumes(cinder, volumes_of(cinder, image, before))

@@ -36,73 +36,20 @@ import pytest
 from defusedxml import ElementTree
 
 from tests.lib import bootguest
+from tests.lib.cloudapi import nova_client
+from tests.lib.cloudapi import poll
+from tests.lib.cloudapi import unique
 from tests.lib.tools import missing_tool
 
-COMPUTE = {'service_type': 'compute', 'interface': 'public'}
 NETWORK = {'service_type': 'network', 'interface': 'public'}
 # networks "none" needs 2.37; the console and actions are older.
-MICROVERSION = {'OpenStack-API-Version': 'compute 2.37'}
+MICROVERSION = '2.37'
 
 IMAGE_TIMEOUT = 300
 VOLUME_TIMEOUT = 300
 ACTIVE_TIMEOUT = 600
 BOOT_TIMEOUT = 900      # TCG on a loaded 2-core machine
 DELETE_TIMEOUT = 300
-
-
-def name(what):
-    return 'any2kvm-it-%s-%s' % (what, uuid.uuid4().hex[:8])
-
-
-def poll(what, get, done, timeout, interval=2):
-    """Call get() until done(value); fail with the last value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while True:
-        value = get()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail('%s: not done after %d s (last: %r)'
-                        % (what, timeout, value))
-        time.sleep(interval)
-
-
-class Nova(object):
-    """The few compute calls these tests make."""
-
-    def __init__(self, session):
-        self.session = session
-
-    def request(self, method, url, **kwargs):
-        headers = dict(MICROVERSION)
-        headers.update(kwargs.pop('headers', {}))
-        return self.session.request(url, method, endpoint_filter=COMPUTE,
-                                    headers=headers, **kwargs)
-
-    def server(self, server_id):
-        """The server, or None once it is gone."""
-        r = self.request('GET', '/servers/%s' % server_id, raise_exc=False)
-        if r.status_code == 404:
-            return None
-        r.raise_for_status()
-        return r.json()['server']
-
-    def status(self, server_id):
-        server = self.server(server_id)
-        return server['status'] if server else None
-
-    def action(self, server_id, body):
-        return self.request('POST', '/servers/%s/action' % server_id,
-                            json=body)
-
-    def console(self, server_id):
-        r = self.action(server_id, {'os-getConsoleOutput': {}})
-        return r.json()['output'] or ''
-
-    def fault(self, server_id):
-        server = self.server(server_id) or {}
-        return server.get('fault')
 
 
 def wait_active(nova, server_id, timeout=ACTIVE_TIMEOUT):
@@ -135,16 +82,7 @@ def virsh(cloud, *args):
 
 @pytest.fixture(scope='module')
 def nova(cloud, keystone_session):
-    from keystoneauth1 import exceptions
-
-    try:
-        endpoint = keystone_session.get_endpoint(**COMPUTE)
-    except exceptions.EndpointNotFound:
-        endpoint = None
-    if not endpoint:
-        missing_tool('the loopback cloud has no Nova '
-                     '(LOOPBACK_CLOUD_NOVA=0?)')
-    return Nova(keystone_session)
+    return nova_client(keystone_session, MICROVERSION)
 
 
 @pytest.fixture(scope='module')
@@ -166,7 +104,7 @@ def booted(nova, glance, cinder, guest):
     made = {}
     try:
         image = glance.images.create(
-            name=name('bootguest'), disk_format='raw',
+            name=unique('bootguest'), disk_format='raw',
             container_format='bare', hw_disk_bus='scsi',
             hw_scsi_model='virtio-scsi')
         made['image'] = image.id
@@ -175,7 +113,7 @@ def booted(nova, glance, cinder, guest):
         poll('image %s' % image.id, lambda: glance.images.get(image.id).status,
              lambda s: s in ('active', 'killed'), IMAGE_TIMEOUT)
 
-        volume = cinder.volumes.create(1, name=name('bootvol'),
+        volume = cinder.volumes.create(1, name=unique('bootvol'),
                                        imageRef=image.id)
         made['volume'] = volume.id
         status = poll('volume %s' % volume.id,
@@ -185,7 +123,7 @@ def booted(nova, glance, cinder, guest):
 
         t0 = time.monotonic()
         r = nova.request('POST', '/servers', json={'server': {
-            'name': name('server'),
+            'name': unique('server'),
             'flavorRef': '1',           # m1.tiny
             'networks': 'none',
             'block_device_mapping_v2': [{
@@ -203,12 +141,8 @@ def booted(nova, glance, cinder, guest):
         yield {'server': server_id, 'volume': volume.id, 'token': token,
                'console': console}
     finally:
-        if made.get('server') and nova.server(made['server']):
-            nova.request('DELETE', '/servers/%s' % made['server'],
-                         raise_exc=False)
-            poll('server %s deleted' % made['server'],
-                 lambda: nova.server(made['server']),
-                 lambda s: s is None, DELETE_TIMEOUT)
+        if made.get('server'):
+            nova.delete(made['server'], DELETE_TIMEOUT)
         if made.get('volume'):
             poll('volume %s detached' % made['volume'],
                  lambda: cinder.volumes.get(made['volume']).status,
@@ -299,7 +233,7 @@ def test_port_keeps_network_and_mac(nova, keystone_session):
     mac = 'fa:16:3e:%02x:%02x:%02x' % tuple(uuid.uuid4().bytes[:3])
     port = keystone_session.post('/v2.0/ports', endpoint_filter=NETWORK,
                                  json={'port': {
-                                     'name': name('port'),
+                                     'name': unique('port'),
                                      'network_id': net['id'],
                                      'mac_address': mac}}).json()['port']
     try:

@@ -16,6 +16,12 @@ import hashlib
 import time
 import uuid
 
+import pytest
+
+from tests.lib.tools import missing_tool
+
+COMPUTE = {'service_type': 'compute', 'interface': 'public'}
+
 
 def unique(name):
     return 'any2kvm-test-%s-%s' % (name, uuid.uuid4().hex[:8])
@@ -44,6 +50,88 @@ def servers_named(nova, name, settle=120):
         if not ids or time.monotonic() >= deadline:
             return ids
         time.sleep(2)
+
+
+def poll(what, get, done, timeout, interval=2):
+    """Call get() until done(value); fail with the last value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while True:
+        value = get()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail('%s: not done after %d s (last: %r)'
+                        % (what, timeout, value))
+        time.sleep(interval)
+
+
+class Nova(object):
+    """The few compute calls the Nova tests make, through a keystoneauth1
+    session against the public endpoint, at compute API ``microversion``."""
+
+    def __init__(self, session, microversion):
+        self.session = session
+        self.microversion = microversion
+
+    def request(self, method, url, **kwargs):
+        headers = {'OpenStack-API-Version': 'compute %s' % self.microversion}
+        headers.update(kwargs.pop('headers', {}))
+        return self.session.request(url, method, endpoint_filter=COMPUTE,
+                                    headers=headers, **kwargs)
+
+    def server(self, server_id):
+        """The server, or None once it is gone."""
+        r = self.request('GET', '/servers/%s' % server_id, raise_exc=False)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return r.json()['server']
+
+    def status(self, server_id):
+        server = self.server(server_id)
+        return server['status'] if server else None
+
+    def action(self, server_id, body):
+        return self.request('POST', '/servers/%s/action' % server_id,
+                            json=body)
+
+    def console(self, server_id):
+        r = self.action(server_id, {'os-getConsoleOutput': {}})
+        return r.json()['output'] or ''
+
+    def fault(self, server_id):
+        server = self.server(server_id) or {}
+        return server.get('fault')
+
+    def flavor_id(self, flavor_name):
+        flavors = self.request('GET', '/flavors').json()['flavors']
+        ids = [f['id'] for f in flavors if f['name'] == flavor_name]
+        assert ids, 'no flavor %s' % flavor_name
+        return ids[0]
+
+    def delete(self, server_id, timeout):
+        """Delete the server (if there) and wait until it is gone."""
+        if self.server(server_id) is None:
+            return
+        self.request('DELETE', '/servers/%s' % server_id, raise_exc=False)
+        poll('server %s deleted' % server_id, lambda: self.server(server_id),
+             lambda s: s is None, timeout)
+
+
+def nova_client(keystone_session, microversion):
+    """A :class:`Nova` on the cloud; skipped without Nova (or failed under
+    ANY2KVM_REQUIRE_TOOLS=1)."""
+    from keystoneauth1 import exceptions
+
+    try:
+        endpoint = keystone_session.get_endpoint(**COMPUTE)
+    except exceptions.EndpointNotFound:
+        endpoint = None
+    if not endpoint:
+        missing_tool('the loopback cloud has no Nova '
+                     '(LOOPBACK_CLOUD_NOVA=0?)')
+    return Nova(keystone_session, microversion)
 
 
 def download_sha256(glance, image_id):
