@@ -110,6 +110,25 @@ def _domain_xml(cloud, nova, server_id):
     return r.stdout
 
 
+def _assert_rolled_back(r, nova, cinder, name, vols, srvs, start, says):
+    """The failed import ``r``: exit 1, a one-line error starting with
+    ``start`` and holding ``says``, one volume kept (named at the end of
+    the error, available again), the server gone.  Returns the error."""
+    assert r.returncode == 1, r.stdout
+    err = r.stderr
+    assert err.count('\n') == 1, err
+    assert err.startswith(start), err
+    assert says in err
+    assert len(vols) == 1
+    assert servers_named(nova, name) == [], srvs
+    assert err.rstrip().endswith(
+        '; server and its ports deleted; volumes kept: %s (%s)'
+        % (name, vols[0]))
+    wait_for(lambda: cinder.volumes.get(vols[0]), ('available',),
+             timeout=300)
+    return err
+
+
 def _cleanup(clients, volume_ids):
     for vid in volume_ids:
         try:
@@ -260,21 +279,12 @@ def test_boot_never_verified_is_rolled_back(cloud, nova_clients, qemu_img,
                 '--boot-timeout', 150)
     vols, srvs = _named(cinder, nova, name)
     try:
-        assert r.returncode == 1, r.stdout
-        err = r.stderr
-        assert err.count('\n') == 1, err
-        assert err.startswith('any2kvm: error: server %s (' % name), err
-        assert ': boot not verified: ' in err
+        err = _assert_rolled_back(
+            r, nova, cinder, name, vols, srvs,
+            'any2kvm: error: server %s (' % name, ': boot not verified: ')
         assert 'last console lines: ' in err
         assert 'last console lines: (none)' not in err
         print('console tail: %s' % err.split('last console lines: ')[1])
-        assert len(vols) == 1
-        assert servers_named(nova, name) == [], srvs
-        assert err.rstrip().endswith(
-            '; server and its ports deleted; volumes kept: %s (%s)'
-            % (name, vols[0]))
-        wait_for(lambda: cinder.volumes.get(vols[0]), ('available',),
-                 timeout=300)
     finally:
         _cleanup(nova_clients, vols)
 
@@ -299,19 +309,10 @@ def test_corrupted_boot_sector_is_not_verified(cloud, nova_clients,
                 '--boot-timeout', 60)
     vols, srvs = _named(cinder, nova, name)
     try:
-        assert r.returncode == 1, r.stdout
-        err = r.stderr
-        assert err.count('\n') == 1, err
-        assert err.startswith('any2kvm: error: server %s (' % name), err
-        assert ': boot not verified: ' in err
+        err = _assert_rolled_back(
+            r, nova, cinder, name, vols, srvs,
+            'any2kvm: error: server %s (' % name, ': boot not verified: ')
         print('\ncorrupted boot sector: %s' % err.strip())
-        assert len(vols) == 1
-        assert servers_named(nova, name) == [], srvs
-        assert err.rstrip().endswith(
-            '; server and its ports deleted; volumes kept: %s (%s)'
-            % (name, vols[0]))
-        wait_for(lambda: cinder.volumes.get(vols[0]), ('available',),
-                 timeout=300)
     finally:
         _cleanup(nova_clients, vols)
 
@@ -332,19 +333,9 @@ def test_error_server_is_reported_and_rolled_back(cloud, nova_clients,
                   '--boot-timeout', 600)
     vols, srvs = _named(cinder, nova, name)
     try:
-        assert r.returncode == 1, r.stdout
-        err = r.stderr
-        print('ERROR server: %s' % err)
-        assert err.count('\n') == 1, err
-        assert err.startswith('server %s (' % name), err
-        assert ') went to ERROR: ' in err
-        assert len(vols) == 1
-        assert servers_named(nova, name) == [], srvs
-        assert err.rstrip().endswith(
-            '; server and its ports deleted; volumes kept: %s (%s)'
-            % (name, vols[0]))
+        print('ERROR server: %s' % r.stderr)
+        _assert_rolled_back(r, nova, cinder, name, vols, srvs,
+                            'server %s (' % name, ') went to ERROR: ')
         assert list(neutron.ports(name='%s-nic0' % name)) == []
-        wait_for(lambda: cinder.volumes.get(vols[0]), ('available',),
-                 timeout=300)
     finally:
         _cleanup(nova_clients, vols)
