@@ -11,7 +11,8 @@
 # under the License.
 
 """What the any2kvm_os tempest tests share: the skip rules, the samples,
-waiting for volumes and images, and checking the bytes of an image.
+waiting for volumes and images (or anything else), and checking the
+bytes of an image.
 
 Only tempest's stable interfaces are used (tempest.lib, tempest.config,
 tempest.test); the wait loops are written here rather than borrowed from
@@ -94,27 +95,40 @@ class Any2KvmBaseTest(test.BaseTestCase):
 
     # -- waiting -----------------------------------------------------------
 
+    def wait_until(self, get, done, timeout, interval, timed_out):
+        """Call ``get()`` every ``interval`` seconds until ``done(value)``
+        is true; return that value.  After ``timeout`` seconds raise
+        ``timed_out(last value)``.  ``done`` may fail the test at once."""
+        start = time.monotonic()
+        while True:
+            value = get()
+            if done(value):
+                return value
+            if time.monotonic() - start >= timeout:
+                raise timed_out(value)
+            time.sleep(interval)
+
     def _wait_for_status(self, kind, show, resource_id, wanted, failed,
                          timeout, interval, describe):
         """Poll ``show(resource_id)`` (which returns the resource's dict)
         until its status is ``wanted``; fail at once on a status in
         ``failed`` (with ``describe(resource)`` in the message), raise
         TimeoutException after ``timeout`` seconds."""
-        start = time.monotonic()
-        while True:
-            resource = show(resource_id)
+        def done(resource):
             status = resource['status']
             if status == wanted:
-                return resource
+                return True
             if status in failed:
                 self.fail('%s %s became %s while waiting for %s: %s'
                           % (kind, resource_id, status, wanted,
                              describe(resource)))
-            if time.monotonic() - start >= timeout:
-                raise lib_exc.TimeoutException(
-                    '%s %s is still %s after %d s (waiting for %s)'
-                    % (kind, resource_id, status, timeout, wanted))
-            time.sleep(interval)
+            return False
+
+        return self.wait_until(
+            lambda: show(resource_id), done, timeout, interval,
+            lambda resource: lib_exc.TimeoutException(
+                '%s %s is still %s after %d s (waiting for %s)'
+                % (kind, resource_id, resource['status'], timeout, wanted)))
 
     @staticmethod
     def _fields(resource, keys):

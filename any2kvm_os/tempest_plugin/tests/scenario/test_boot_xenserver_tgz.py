@@ -20,7 +20,6 @@ the server reaches ACTIVE with the guest's ready line on its console
 """
 
 import re
-import time
 
 from tempest import config
 from tempest.lib.common import api_microversion_fixture
@@ -52,35 +51,35 @@ class BootXenServerTgzTest(base.Any2KvmVolumeTest):
     def _server(self, server_id):
         return self.servers_client.show_server(server_id)['server']
 
+    def _server_or_none(self, server_id):
+        try:
+            return self._server(server_id)
+        except lib_exc.NotFound:
+            return None
+
     def _delete_server(self, server_id):
         test_utils.call_and_ignore_notfound_exc(
             self.servers_client.delete_server, server_id)
-        deadline = time.monotonic() + CONF.compute.build_timeout
-        while time.monotonic() < deadline:
-            try:
-                self._server(server_id)
-            except lib_exc.NotFound:
-                return
-            time.sleep(CONF.compute.build_interval)
-        raise lib_exc.TimeoutException('server %s not deleted after %d s'
-                                       % (server_id,
-                                          CONF.compute.build_timeout))
+        self.wait_until(
+            lambda: self._server_or_none(server_id), lambda s: s is None,
+            CONF.compute.build_timeout, CONF.compute.build_interval,
+            lambda s: lib_exc.TimeoutException(
+                'server %s not deleted after %d s'
+                % (server_id, CONF.compute.build_timeout)))
 
     def _wait_for_console(self, server_id, regex):
-        deadline = time.monotonic() + CONF.compute.build_timeout
-        output = ''
-        while True:
-            output = self.servers_client.get_console_output(
+        def console():
+            return self.servers_client.get_console_output(
                 server_id)['output'] or ''
-            if regex.search(output):
-                return output
-            if time.monotonic() >= deadline:
-                self.fail('console of server %s does not match %r after '
-                          '%d s; last lines:\n%s'
-                          % (server_id, regex.pattern,
-                             CONF.compute.build_timeout,
-                             '\n'.join(output.splitlines()[-10:])))
-            time.sleep(CONF.compute.build_interval)
+
+        return self.wait_until(
+            console, regex.search, CONF.compute.build_timeout,
+            CONF.compute.build_interval,
+            lambda output: self.failureException(
+                'console of server %s does not match %r after %d s; last '
+                'lines:\n%s' % (
+                    server_id, regex.pattern, CONF.compute.build_timeout,
+                    '\n'.join(output.splitlines()[-10:]))))
 
     @decorators.attr(type='slow')
     @decorators.idempotent_id('3d0e6a8c-5b0f-4a86-9b62-0e1a51c6a2f4')
