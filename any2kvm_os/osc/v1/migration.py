@@ -105,37 +105,29 @@ def _formatters():
 FORMATTERS = _formatters()
 
 
-class MigrationCreate(_Migration, command.ShowOne):
-    _description = 'Record a warm migration of a running XenServer VM ' \
-        'and create its targets'
-    action = 'create'
+def _show_command(action, description):
+    """The command ``migration ACTION`` that shows one migration: a
+    :class:`_Migration` with the action as its attribute."""
+    return type('Migration%s' % action.capitalize(),
+                (_Migration, command.ShowOne),
+                {'action': action, '_description': description,
+                 '__module__': __name__})
 
 
-class MigrationSync(_Migration, command.ShowOne):
-    _description = 'Snapshot the running VM and copy what changed'
-    action = 'sync'
-
-
-class MigrationCutover(_Migration, command.ShowOne):
-    _description = 'Shut the VM down and copy the rest (downtime shown)'
-    action = 'cutover'
-
-
-class MigrationRollback(_Migration, command.ShowOne):
-    _description = 'After a cutover: start the source VM again (the ' \
-        'next sync copies what it writes)'
-    action = 'rollback'
-
-
-class MigrationAbort(_Migration, command.ShowOne):
-    _description = 'Remove the migration\'s snapshots (and, on request, ' \
-        'its targets)'
-    action = 'abort'
-
-
-class MigrationShow(_Migration, command.ShowOne):
-    _description = 'Show a migration'
-    action = 'show'
+MigrationCreate = _show_command(
+    'create', 'Record a warm migration of a running XenServer VM and '
+    'create its targets')
+MigrationSync = _show_command(
+    'sync', 'Snapshot the running VM and copy what changed')
+MigrationCutover = _show_command(
+    'cutover', 'Shut the VM down and copy the rest (downtime shown)')
+MigrationRollback = _show_command(
+    'rollback', 'After a cutover: start the source VM again (the next sync '
+    'copies what it writes)')
+MigrationAbort = _show_command(
+    'abort', 'Remove the migration\'s snapshots (and, on request, its '
+    'targets)')
+MigrationShow = _show_command('show', 'Show a migration')
 
 
 class MigrationList(_Migration, command.Lister):
