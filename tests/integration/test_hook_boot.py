@@ -12,7 +12,7 @@
 
 """Guest 3: a XenServer tgz in Glance booted the way a user boots it.
 
-The tiny boot guest (tests/lib/bootguest.py) as a dynamic VHD packed as a
+The tiny boot guest (tests/lib/guestbuild.py) as a dynamic VHD packed as a
 XenServer VDI export (``0.vhd`` in a tgz) goes to Glance as
 ``vhd``/``ovf``; then ``openstack server create --image IMAGE
 --boot-from-volume 1 --flavor m1.small --network none`` as an API request:
@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from tests.lib import bootguest
+from tests.lib import guestbuild
 from tests.lib.cloudapi import nova_client
 from tests.lib.cloudapi import poll
 from tests.lib.cloudapi import unique
@@ -79,12 +79,12 @@ def nova(cloud, keystone_session):
 @pytest.fixture(scope='module')
 def guest_tgz(qemu_img, tmp_path_factory):
     """(path of the XenServer tgz of a boot guest, its token)."""
-    missing = bootguest.missing_tools()
+    missing = guestbuild.missing_tools()
     if missing:
         missing_tool('cannot build a boot guest, missing: %s'
                      % ', '.join(missing))
-    return bootguest.xenserver_tgz(qemu_img,
-                                   tmp_path_factory.mktemp('guest3'))
+    return guestbuild.xenserver_tgz(qemu_img,
+                                    tmp_path_factory.mktemp('guest3'))
 
 
 @pytest.fixture(scope='module')
@@ -143,12 +143,12 @@ def test_guest3_boots_through_the_hook(nova, cinder, image, guest_tgz):
         active = time.monotonic() - t0
         console = poll('console of %s' % server_id,
                        lambda: nova.console(server_id),
-                       lambda text: bootguest.READY in text and
+                       lambda text: guestbuild.READY in text and
                        ('id=%s' % token) in text, BOOT_TIMEOUT, interval=3)
         print('\nguest3: ACTIVE after %.1f s, token on the console after '
               '%.1f s' % (active, time.monotonic() - t0))
         lines = [line for line in console.splitlines()
-                 if bootguest.READY in line]
+                 if guestbuild.READY in line]
         assert 'id=%s' % token in lines[0], lines
         # Read from the converted disk.  (For an image -> volume mapping
         # Nova takes the bus from the Glance image's properties, not from

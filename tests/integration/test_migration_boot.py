@@ -13,7 +13,7 @@
 """Guest 1: a warm-migrated XenServer VM boots in the loopback cloud's
 real Nova (libvirt, TCG).
 
-The boot guest of :mod:`tests.lib.bootguest` is the disk of a BIOS VM on
+The boot guest of :mod:`tests.lib.guestbuild` is the disk of a BIOS VM on
 the XenServer stand-in (its VHD written by FATtools, as the stand-in's SR
 keeps them; ``qemu-img convert -f vpc`` reads the guest back), reached
 through the real sshd (tests/lib/xenserver/bed.py).  ``any2kvm migration
@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from any2kvm_os.targets import server as server_mod
-from tests.lib import bootguest
+from tests.lib import guestbuild
 from tests.lib import cli
 from tests.lib.cloudapi import servers_named
 from tests.lib.cloudapi import unique
@@ -93,11 +93,11 @@ def _builder(raw):
 
 @pytest.fixture(scope='module')
 def guest(tmp_path_factory):
-    missing = bootguest.missing_tools()
+    missing = guestbuild.missing_tools()
     if missing:
         missing_tool('boot guest: missing %s' % ', '.join(missing))
     path = tmp_path_factory.mktemp('guest1') / 'guest.raw'
-    token = bootguest.build(path, size_mib=GUEST_MIB)
+    token = guestbuild.nova_guest(path, size_mib=GUEST_MIB)
     raw = path.read_bytes()
     # The token file's one data block: changed in place later, as the
     # guest would rewrite it (same length, no checksum on ext4 data).
@@ -196,7 +196,7 @@ def test_warm_migrated_vm_boots_the_last_token(bed, guest, nova_clients):
         assert token2 not in (token0, token1)
         res, took = _run(env, 'cutover', name, '--create-server',
                          '--flavor', 'auto', '--no-network',
-                         '--boot-check', bootguest.ready_line(token2),
+                         '--boot-check', guestbuild.ready_line(token2),
                          '--boot-timeout', BOOT_TIMEOUT, '--timeout', 300,
                          '--format', 'json', '--no-progress', *common)
         r = json.loads(res.stdout)
@@ -215,7 +215,7 @@ def test_warm_migrated_vm_boots_the_last_token(bed, guest, nova_clients):
             server_id)] == vol_ids
         console = nova.servers.get_console_output(server_id)
         ready = [line for line in console.splitlines()
-                 if bootguest.READY in line]
+                 if guestbuild.READY in line]
         assert ready, console[-2000:]
         for line in ready:
             assert ' root=/dev/sda1 id=%s boot=' % token2 in line, line

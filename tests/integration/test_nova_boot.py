@@ -12,7 +12,7 @@
 
 """A real guest boots from a volume in the loopback cloud's Nova.
 
-A tiny BIOS guest (tests/lib/bootguest.py) becomes a raw image with
+A tiny BIOS guest (tests/lib/guestbuild.py) becomes a raw image with
 ``hw_disk_bus=scsi`` and ``hw_scsi_model=virtio-scsi``, then a volume, then
 a server with ``networks: none`` (Neutron ports cannot be wired here).  The
 server reaches ACTIVE, the guest's token appears in the console log
@@ -35,7 +35,7 @@ import uuid
 import pytest
 from defusedxml import ElementTree
 
-from tests.lib import bootguest
+from tests.lib import guestbuild
 from tests.lib.cloudapi import nova_client
 from tests.lib.cloudapi import poll
 from tests.lib.cloudapi import unique
@@ -87,12 +87,12 @@ def nova(cloud, keystone_session):
 
 @pytest.fixture(scope='module')
 def guest(tmp_path_factory):
-    missing = bootguest.missing_tools()
+    missing = guestbuild.missing_tools()
     if missing:
         missing_tool('cannot build a boot guest, missing: %s'
                      % ', '.join(missing))
     path = tmp_path_factory.mktemp('bootguest') / 'guest.raw'
-    token = bootguest.build(path)
+    token = guestbuild.nova_guest(path)
     return path, token
 
 
@@ -134,7 +134,7 @@ def booted(nova, glance, cinder, guest):
         made['server'] = server_id
         wait_active(nova, server_id)
         active = time.monotonic() - t0
-        console = wait_console(nova, server_id, bootguest.ready_line(token))
+        console = wait_console(nova, server_id, guestbuild.ready_line(token))
         verified = time.monotonic() - t0
         print('\nserver %s: ACTIVE after %.1f s, token on the console after '
               '%.1f s' % (server_id, active, verified))
@@ -157,7 +157,7 @@ class TestBootFromVolume(object):
 
     def test_token_on_the_console(self, booted):
         lines = [line for line in booted['console'].splitlines()
-                 if bootguest.READY in line]
+                 if guestbuild.READY in line]
         assert len(lines) == 1, booted['console'][-2000:]
         assert 'id=%s' % booted['token'] in lines[0]
         # The SCSI disk, as the image metadata asked.
@@ -181,7 +181,7 @@ class TestBootFromVolume(object):
 
     def test_hard_reboot_boots_again(self, nova, booted):
         server_id = booted['server']
-        before = set(bootguest.boots(nova.console(server_id)))
+        before = set(guestbuild.boots(nova.console(server_id)))
         assert before
         nova.action(server_id, {'reboot': {'type': 'HARD'}})
         poll('server %s reboot' % server_id,
@@ -193,9 +193,9 @@ class TestBootFromVolume(object):
 
         def booted_again(text):
             # A ready line of another boot (virtlogd starts the log anew).
-            return bool(set(bootguest.boots(text)) - before)
+            return bool(set(guestbuild.boots(text)) - before)
         console = wait_console(nova, server_id,
-                               bootguest.ready_line(booted['token']),
+                               guestbuild.ready_line(booted['token']),
                                accept=booted_again)
         assert 'root=/dev/sda1' in console
 

@@ -13,7 +13,7 @@
 """``import --target cinder --create-server`` on the loopback cloud's real
 Nova (libvirt, TCG), Neutron and Cinder.
 
-Guest 2: the boot guest of :mod:`tests.lib.bootguest` as an OVA with a
+Guest 2: the boot guest of :mod:`tests.lib.guestbuild` as an OVA with a
 streamOptimized VMDK goes through ``openstack any2kvm import --target
 cinder --create-server --flavor auto --no-network``; its token appears on
 the console, and the domain libvirt built has the SCSI disk on a
@@ -35,7 +35,7 @@ from xml.etree import ElementTree
 import pytest
 
 from any2kvm_os.targets import server
-from tests.lib import bootguest
+from tests.lib import guestbuild
 from tests.lib.cloudapi import servers_named
 from tests.lib.cloudapi import unique
 from tests.lib.cloudapi import wait_for
@@ -59,11 +59,11 @@ def nova_clients(cloud, keystone_session):
 
 @pytest.fixture(scope='module')
 def guest_raw(tmp_path_factory):
-    missing = bootguest.missing_tools()
+    missing = guestbuild.missing_tools()
     if missing:
         missing_tool('boot guest: missing %s' % ', '.join(missing))
     path = tmp_path_factory.mktemp('guest2') / 'guest.raw'
-    token = bootguest.build(path)
+    token = guestbuild.nova_guest(path)
     return path, token
 
 
@@ -151,7 +151,7 @@ def test_guest2_ova_boots_with_flavor_auto(cloud, nova_clients, qemu_img,
     r = openstack(cloud, 'any2kvm', 'import', ova, '--name', name,
                   '--target', 'cinder', '--volume-route', 'image',
                   '--create-server', '--flavor', 'auto', '--no-network',
-                  '--boot-check', bootguest.ready_line(token),
+                  '--boot-check', guestbuild.ready_line(token),
                   '--boot-timeout', 600, '-f', 'json')
     took = time.monotonic() - t0
     vols, _srvs = _named(cinder, nova, name)

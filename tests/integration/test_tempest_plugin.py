@@ -18,7 +18,7 @@ shared corpus (as tools/demo.sh packs it: 0.vhd the leaf; its raw SHA-256
 is the corpus's), a one-disk OVA (streamOptimized VMDK) and a dynamic VHD
 written by qemu-img (truth: qemu-img's own raw reading).
 
-The scenario test boots the tiny guest of tests/lib/bootguest.py, packed
+The scenario test boots the tiny guest of tests/lib/guestbuild.py, packed
 as a XenServer tgz, from a volume the hook makes; it needs Nova as well
 (read from the catalog): with Nova and the hook it must pass, without
 Nova it must be skipped.
@@ -35,7 +35,7 @@ import os
 import subprocess
 import sys
 
-from tests.lib import bootguest
+from tests.lib import guestbuild
 from tests.lib.corpus import CORPUS
 from tests.lib.corpus import REPO
 from tests.lib.corpus import VHDUTIL
@@ -145,7 +145,7 @@ def run_tempest(cloud, workspace, samples, cinder_hook, nova=False,
     if boot_guest:
         tgz, token = boot_guest
         env['ANY2KVM_BOOT_GUEST_XENSERVER_TGZ'] = str(tgz)
-        env['ANY2KVM_BOOT_GUEST_CONSOLE'] = bootguest.ready_line(token)
+        env['ANY2KVM_BOOT_GUEST_CONSOLE'] = guestbuild.ready_line(token)
     return subprocess.run([str(RUN_TEMPEST), str(cloud.openrc),
                            str(workspace)], env=env, capture_output=True,
                           text=True, timeout=RUN_TIMEOUT)
@@ -185,12 +185,12 @@ def test_tempest_plugin(cloud, keystone_session, qemu_img, tmp_path):
     nova = nova_available(keystone_session)
     boot_guest = None
     if nova and hook:
-        missing = bootguest.missing_tools()
+        missing = guestbuild.missing_tools()
         if missing:
             tools.missing_tool('cannot build a boot guest, missing: %s'
                                % ', '.join(missing))
         (tmp_path / 'guest3').mkdir()
-        boot_guest = bootguest.xenserver_tgz(qemu_img, tmp_path / 'guest3')
+        boot_guest = guestbuild.xenserver_tgz(qemu_img, tmp_path / 'guest3')
     workspace = tmp_path / 'tempest-ws'
     r = run_tempest(cloud, workspace, samples, hook, nova, boot_guest)
     output = r.stdout + r.stderr

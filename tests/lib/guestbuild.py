@@ -41,6 +41,12 @@ Kinds (:data:`KINDS`):
             and the kernel command line has ``console=hvc0``, as a Xen PV
             guest's do; xe-guest-utilities in the dpkg status.
 
+One more kind, not among :data:`KINDS` (not inspected with them): ``nova``,
+the guest the Nova boot tests boot (:func:`nova_guest`), like ``virtio``
+but it stays up after its line (Nova reads the console of a running guest
+only), printing ``ANY2KVM-BOOT-OK root=DEV id=TOKEN boot=UUID`` (a new
+UUID each boot: :func:`boots`).
+
 :func:`boot(path, bus)` boots a disk under QEMU TCG on a bus
 (``virtio-scsi``, ``virtio-blk``, ``ide``, ``sata``) and returns the
 console's marker line (or None).
@@ -79,6 +85,11 @@ FS_UUIDS = {'virtio': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0101',
             'xenpv': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0103'}
 TOOLS_PACKAGES = {'virtio': ('qemu-guest-agent',), 'novirtio': (),
                   'xenpv': ('xe-guest-utilities',)}
+#: The Nova boot tests' guest (see the module's doc; not in KINDS).
+BOOT_MODULES['nova'] = BOOT_MODULES['virtio']
+FS_UUIDS['nova'] = '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0201'
+TOOLS_PACKAGES['nova'] = ()
+READY = 'ANY2KVM-BOOT-OK'
 
 INIT = r'''#!/bin/sh
 /bin/busybox --install -s /bin
@@ -86,9 +97,14 @@ export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in $(cat /mods/order); do insmod /mods/$m 2>/dev/null; done
 say() { echo "$*" > /dev/console; }
-root=""
-for w in $(cat /proc/cmdline); do case $w in root=*) root=${w#root=};; esac
+root=""; stay=""; tries=100
+for w in $(cat /proc/cmdline); do case $w in root=*) root=${w#root=};;
+  any2kvm.stay) stay=1; tries=300;; esac
 done
+end() {
+  if [ -n "$stay" ]; then while :; do sleep 3600; done; fi
+  poweroff -f
+}
 find_dev() {
   case $1 in
     UUID=*|LABEL=*) findfs "$1" 2>/dev/null ;;
@@ -96,27 +112,30 @@ find_dev() {
   esac
 }
 dev=""; i=0
-while [ $i -lt 100 ]; do
+while [ $i -lt $tries ]; do
   dev=$(find_dev "$root") && [ -n "$dev" ] && break
   sleep 0.1; i=$((i+1))
 done
 if [ -z "$dev" ]; then
   devs=$(ls /sys/class/block | tr '\n' ' ')
   say "ANY2KVM-BOOT-FAIL root=$root not found; block devs: $devs"
-  poweroff -f
+  end
 fi
 if ! mount -o ro "$dev" /mnt; then
-  say "ANY2KVM-BOOT-FAIL cannot mount $dev"; poweroff -f
+  say "ANY2KVM-BOOT-FAIL cannot mount $dev"; end
 fi
 fsroot=$(awk '$2=="/" {print $1}' /mnt/etc/fstab)
 fsdev=$(find_dev "$fsroot")
 if [ -z "$fsdev" ]; then
   say "ANY2KVM-BOOT-FAIL fstab root $fsroot not found"
+elif [ -n "$stay" ]; then
+  say "ANY2KVM-BOOT-OK root=$dev id=$(cat /mnt/etc/any2kvm-id)" \
+      "boot=$(cat /proc/sys/kernel/random/uuid)"
 else
   say "ANY2KVM-BOOT-OK root=$dev fstab=$fsroot id=$(cat /mnt/etc/any2kvm-id)"
 fi
 umount /mnt
-poweroff -f
+end
 '''
 
 
@@ -250,6 +269,8 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token):
     rootname = '/dev/xvda1' if xen else 'UUID=' + fsuuid
     consoles = 'console=hvc0 console=ttyS0,115200' if xen else \
         'console=ttyS0,115200'
+    if kind == 'nova':
+        consoles += ' any2kvm.stay'
     (root / 'boot' / 'grub' / 'grub.cfg').write_text(
         'set timeout=0\n'
         "menuentry 'Debian GNU/Linux (any2kvm test guest)' {\n"
@@ -276,9 +297,9 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token):
     return root
 
 
-def build(path, kind, token=None):
-    """Write the test guest ``kind`` as a raw disk at ``path``; returns
-    {'kind', 'fsuuid', 'token', 'kernel'}."""
+def build(path, kind, token=None, size_mb=SIZE_MB):
+    """Write the test guest ``kind`` as a raw disk of ``size_mb`` MiB at
+    ``path``; returns {'kind', 'fsuuid', 'token', 'kernel'}."""
     if kind not in BOOT_MODULES:
         raise ValueError('unknown guest kind %r (known: %s)' % (
             kind, ', '.join(KINDS)))
@@ -293,12 +314,12 @@ def build(path, kind, token=None):
         if path.exists():
             path.unlink()
         with open(str(path), 'wb') as f:
-            f.truncate(SIZE_MB << 20)
+            f.truncate(size_mb << 20)
         subprocess.run(['sfdisk', '-q', str(path)],
                        input='label: dos\nstart=%d, type=83, bootable\n'
                        % START_SECTOR, text=True, check=True,
                        capture_output=True, timeout=60)
-        sectors = (SIZE_MB << 20) // 512 - START_SECTOR
+        sectors = (size_mb << 20) // 512 - START_SECTOR
         _run(['mke2fs', '-q', '-F', '-L', 'ANY2KVM_ROOT', '-U', fsuuid,
               '-t', 'ext4', '-O', '^64bit,^metadata_csum',
               '-E', 'offset=%d' % (START_SECTOR * 512), '-d', str(root),
@@ -378,3 +399,42 @@ def boot(path, bus, timeout=240, log=None, fmt='raw'):
             proc.kill()
         proc.wait(timeout=30)
     return line
+
+
+# -- the Nova boot tests' guest ----------------------------------------------
+
+def nova_guest(path, token=None, size_mib=64):
+    """Write the ``nova`` guest as a raw disk at ``path``; its token (by
+    default 32 hex digits, which a test may overwrite in place)."""
+    return build(path, 'nova', token or uuid.uuid4().hex,
+                 size_mib)['token']
+
+
+def ready_line(token):
+    """A regex for the console line of a ``nova`` guest with this token."""
+    return r'%s root=\S+ id=%s' % (READY, re.escape(token))
+
+
+def boots(console):
+    """The boot ids of the ready lines in a console log, in order."""
+    return re.findall(r'%s root=\S+ id=\S+ boot=(\S+)' % READY, console)
+
+
+def xenserver_tgz(qemu_img, directory, token=None):
+    """A ``nova`` guest as a XenServer VDI export: a gzipped tar of
+    ``0.vhd``, a dynamic VHD of the guest written by qemu-img.  Returns
+    (path of the tgz, token)."""
+    from tests.lib import imagegen
+
+    directory = Path(directory)
+    raw = directory / 'guest.raw'
+    token = nova_guest(raw, token)
+    vhd = directory / 'guest.vhd'
+    _run([str(qemu_img), 'convert', '-f', 'raw', '-O', 'vpc', '-o',
+          'subformat=dynamic,force_size=on', str(raw), str(vhd)])
+    raw.unlink()
+    tgz = directory / 'guest.tgz'
+    imagegen.make_tar(tgz, imagegen.xenserver_members([vhd]),
+                      compression='gz')
+    vhd.unlink()
+    return tgz, token
