@@ -16,7 +16,8 @@ of the SSH sources.
 :class:`SshServer` runs the system's ``/usr/sbin/sshd -D -e -f <config>``
 with everything of its own in one directory: configuration, host key,
 authorized_keys of a client key it generates, a known_hosts file naming
-it, its log.  It listens on a free port of 127.0.0.1 only, logs in the
+it, its log.  It listens on a free port of 127.0.0.1 only, dies with the
+test process (even one that is killed: ``PR_SET_PDEATHSIG``), logs in the
 user running the tests (root in CI: key logins are allowed for root) and
 touches no system file and no system service.  ``env`` sets variables of
 every session (``SetEnv``): a later test puts a fake ``xe`` first on the
@@ -30,6 +31,8 @@ for the session; ``sshd_factory``, servers of one test's own), or::
         server.known_hosts, server.fingerprint
 """
 
+import ctypes
+import functools
 import getpass
 import os
 import shlex
@@ -49,6 +52,33 @@ SFTP_SERVER = '/usr/lib/openssh/sftp-server'
 # system package makes it at boot; it is empty and holds no
 # configuration).
 PRIVSEP_DIR = '/run/sshd'
+
+
+# prctl(2): the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+_LIBC = None
+
+
+def _die_with(parent):
+    """In the child, before exec (``preexec_fn``): be killed when
+    ``parent`` (the test process) dies, however it dies: a pytest run
+    killed by a timeout or by hand leaves no sshd behind (an orphan
+    listening with parent PID 1).  The setting survives the exec of sshd
+    (not set-user-ID).  If ``parent`` is gone already, exit at once."""
+    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(126)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def die_with_this_process():
+    """A ``preexec_fn`` for a child that must not outlive this process
+    (see :func:`_die_with`).  The kernel ties it to the thread that forks:
+    start long-lived children from the main thread."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return functools.partial(_die_with, os.getpid())
 
 
 def available():
@@ -243,7 +273,8 @@ class SshServer(object):
             self.process = subprocess.Popen(
                 [SSHD, '-D', '-e', '-f', str(self.config)],
                 stdin=subprocess.DEVNULL, stdout=self._log_file,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_this_process())
             try:
                 self._wait_ready()
                 return self
