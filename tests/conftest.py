@@ -19,6 +19,7 @@ connections, change the host key or need another environment use
 ``sshd_factory`` for servers of their own, stopped after the test.
 """
 
+import logging
 import os
 
 import pytest
@@ -60,6 +61,27 @@ def sshd_factory(tmp_path):
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """Take away the root-logger handlers a test adds (and its level):
+    ``any2kvm --config-file`` or ``--debug`` run in-process sets up
+    oslo.log, whose handler writes to the sys.stderr of that moment,
+    pytest's capture stream, closed once the test is over.  Left in place
+    it would fail ("Logging error ... I/O operation on closed file") for
+    every later record, a paramiko transport's at exit among them.
+    pytest's own handlers (it adds one per phase) are left alone."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    level = root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and \
+                not type(handler).__module__.startswith('_pytest'):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 # A test that hangs must fail, not stall the whole run until CI's limit:

@@ -111,6 +111,16 @@ def _short(text, limit=300):
 def _close_transport(transport):
     """Close a transport and let its thread end (its last log records
     then belong to the step that closed it)."""
+    # A connected socket has no timeout (see Connection._open): the
+    # transport's thread may sit in recv(), which close() does not wake
+    # (the thread would outlive the connection until the server hangs
+    # up, and log then).  shutdown() does.
+    sock = getattr(transport, 'sock', None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # not connected, or closed already
+            pass
     try:
         transport.close()
     except Exception:  # closing a dead connection

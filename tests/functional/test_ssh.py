@@ -76,6 +76,17 @@ def test_key_login_runs_a_command(sshd):
                                               b'')
 
 
+def test_close_ends_the_transport_thread(sshd):
+    """No transport thread outlives its connection (blocked in recv()
+    until the server hangs up, it would log then, into whatever stream
+    is gone by that time)."""
+    with connect(sshd) as c:
+        c.run(['true'])
+        transport = c._transport
+    transport.join(30)
+    assert not transport.is_alive()
+
+
 def test_pinned_host_key_is_accepted_without_known_hosts(sshd, tmp_path):
     with connect(sshd, host_keys=[sshd.fingerprint],
                  known_hosts=str(tmp_path / 'none')) as c:
