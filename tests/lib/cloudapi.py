@@ -134,6 +134,19 @@ def nova_client(keystone_session, microversion):
     return Nova(keystone_session, microversion)
 
 
+def server_clients(cloud, keystone_session):
+    """The server library's Clients on the cloud; skipped without Nova
+    (or failed under ANY2KVM_REQUIRE_TOOLS=1)."""
+    from any2kvm_os.targets import server
+
+    clients = server.Clients(keystone_session, cloud.region, 'public')
+    try:
+        clients.nova.flavors.list(limit=1)
+    except Exception as e:
+        missing_tool('the loopback cloud has no Nova: %s' % e)
+    return clients
+
+
 def download_sha256(glance, image_id):
     h = hashlib.sha256()
     for chunk in glance.images.data(image_id):

@@ -137,6 +137,23 @@ def _account_locked(user):
     return False
 
 
+def _children():
+    """{parent pid: [pids of its children]} of every process (/proc)."""
+    children = {}
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces.
+        ppid = int(stat.rsplit(')', 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
 class SshServer(object):
     """One sshd of the tests (see the module's description)."""
 
@@ -313,20 +330,7 @@ class SshServer(object):
         children)."""
         if self.process is None:
             return []
-        pids = []
-        for entry in os.listdir('/proc'):
-            if not entry.isdigit():
-                continue
-            try:
-                with open('/proc/%s/stat' % entry) as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            # pid (comm) state ppid ...: comm may hold spaces.
-            ppid = int(stat.rsplit(')', 1)[1].split()[1])
-            if ppid == self.process.pid:
-                pids.append(int(entry))
-        return pids
+        return _children().get(self.process.pid, [])
 
     def kill_sessions(self, sig=signal.SIGKILL):
         """Cut every connection at once (``sig``, SIGKILL by default, to
@@ -342,17 +346,7 @@ class SshServer(object):
     def session_tree(self):
         """Every process serving a connection: the listener's children
         and their descendants (the SFTP server among them)."""
-        children = {}
-        for entry in os.listdir('/proc'):
-            if not entry.isdigit():
-                continue
-            try:
-                with open('/proc/%s/stat' % entry) as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(')', 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
+        children = _children()
         out = []
         todo = list(self.session_pids())
         while todo:
