@@ -26,7 +26,10 @@ the mutated plain tar, gzipped, so its one-pass reader sees the damage).
 * a success is exit status 0 (a mutant may still be a valid disk);
 * nothing is left in the output directory after a refusal, nor in the
   temporary directory ever;
-* no hang: each format's run is bounded by a timeout.
+* no hang: each format's run is bounded by a timeout;
+* a byte inserted or deleted that converts with exit 0 reads as the seed
+  does, for the formats where such a shift is detectable
+  (``SHIFT_DETECTED``).
 
 The default is a handful of mutants per format, so the suite stays fast.
 ``ANY2KVM_FUZZ_ITERATIONS=N`` (mutants per format) and
