@@ -77,8 +77,9 @@ def _zstandard(path):
     except ImportError:
         raise exception.UnsupportedImage(
             path=path, reason='zstd-compressed archive: the Python module '
-            'zstandard is not installed; install it, or decompress the file '
-            'first (zstd -d)')
+            'zstandard is not installed; install it (the zstd extra: pip '
+            'install any2kvm_os[zstd]), or decompress the file first '
+            '(zstd -d)')
     return zstandard
 
 

@@ -19,6 +19,7 @@ the regular files of its directory.
 
 from any2kvm_os.chain import layer_chain
 from any2kvm_os.containers import base
+from any2kvm_os.containers import xenserver
 from any2kvm_os.formats import probe
 from any2kvm_os import vm
 
@@ -41,8 +42,13 @@ class DiskFileType(base.ContainerType):
     def open(self, path, limits):
         container = base.DirectoryContainer(path, limits)
         try:
-            chain = layer_chain.resolve(container, container.leaf_name,
-                                        limits)
+            # An unpacked XenServer archive named against the convention
+            # (0.vhd its base): ordered by ids as the archive would be.
+            chain = xenserver.directory_chain(container,
+                                              container.leaf_name, limits)
+            if chain is None:
+                chain = layer_chain.resolve(container, container.leaf_name,
+                                            limits)
         except Exception:
             container.close()
             raise

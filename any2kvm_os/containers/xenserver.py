@@ -73,18 +73,18 @@ def check_numbering(archive, indexes):
     return n
 
 
-def _link_error(archive, i, parent_id, next_id):
+def _link_error(archive, i, parent_id, next_id, noun='archive'):
     if next_id is None:
         return exception.ChainError(
             path='%s:%d.vhd' % (archive, i), reason='missing parent %s: '
-            '%d.vhd is differencing and no member of the archive has that '
-            'unique id' % (parent_id, i))
+            '%d.vhd is differencing and no member of the %s has that '
+            'unique id' % (parent_id, i, noun))
     return exception.ChainError(
         path='%s:%d.vhd' % (archive, i), reason='parent-id mismatch: '
         'expects parent %s, %d.vhd has id %s' % (parent_id, i + 1, next_id))
 
 
-def chain_order(archive, entries):
+def chain_order(archive, entries, noun='archive'):
     """The chain the unique ids describe.
 
     ``entries``: ``[(index, id, parent_id)]`` of every member (``id`` None
@@ -105,15 +105,16 @@ def chain_order(archive, entries):
     bases = [i for i, _ident, parent in entries if parent is None]
     if len(bases) > 1:
         raise exception.ChainError(
-            path=archive, reason='%s are all base disks (no parent): an '
-            'archive holds one chain with one base'
-            % ', '.join('%d.vhd' % i for i in bases))
+            path=archive, reason='%s are all base disks (no parent): %s %s '
+            'holds one chain with one base'
+            % (', '.join('%d.vhd' % i for i in bases),
+               'a' if noun[0] not in 'aeiou' else 'an', noun))
     children = {}
     for i, _ident, parent in entries:
         if parent is None:
             continue
         if parent not in by_id:
-            raise _link_error(archive, i, parent, None)
+            raise _link_error(archive, i, parent, None, noun)
         if parent in children:
             raise exception.ChainError(
                 path=archive, reason='%d.vhd and %d.vhd both have %d.vhd '
@@ -140,6 +141,72 @@ def order_warning(archive, order):
         LOG.warning('%s: the member names contradict the chain; the parent '
                     'ids order it, leaf to base: %s', archive,
                     ', '.join('%d.vhd' % i for i in order))
+
+
+def directory_chain(container, leaf_name, limits):
+    """The chain of an unpacked XenServer archive when the user names its
+    ``0.vhd`` (the leaf, by the convention) and the parent ids say that
+    another member of the directory is its child: the names are reversed
+    (``0.vhd`` the base), and converting ``0.vhd`` alone would silently
+    drop every layer above it.  The members ``0.vhd`` .. ``n.vhd`` of the
+    directory are then ordered by their ids as in an archive, a warning
+    names the order found, and a set the ids leave ambiguous is refused.
+
+    None when this does not apply: ``leaf_name`` is not ``0.vhd`` or not a
+    VHD, or no numbered member is its child; the file's own chain is then
+    resolved as for any disk file.
+    """
+    if leaf_name != '0.vhd':
+        return None
+    numbered = [n for n in container.member_names()
+                if MEMBER_RE.match(n) and n != leaf_name]
+    if not numbered:
+        return None
+    leaf = probe.open_layer(container.open_view(leaf_name),
+                            opener=container.opener(leaf_name))
+    if leaf.format_name != 'vhd' or leaf.identity is None:
+        return None
+    where = container.directory
+    numbered = sorted(numbered, key=lambda n: int(n[:-4]))
+    layers = {0: leaf}
+    failed = {}
+    child_of_leaf = False
+    for name in numbered[:limits.max_chain_depth]:
+        try:
+            layer = probe.open_layer(container.open_view(name),
+                                     opener=container.opener(name))
+        except exception.Any2KvmError as e:
+            failed[name] = e
+            continue
+        layers[int(name[:-4])] = layer
+        ref = layer.parent_ref
+        if ref is not None and ref.id == leaf.identity:
+            child_of_leaf = True
+    if not child_of_leaf:
+        return None
+    # A reverse-named set: it must be whole and ordered by ids, as an
+    # archive (a numbered member that cannot be read is part of it).
+    for name, error in failed.items():
+        raise error
+    n = check_numbering(where, [0] + [int(m[:-4]) for m in numbered])
+    if n + 1 > limits.max_chain_depth:
+        raise exception.ChainError(
+            path=where, reason='chain deeper than %d layers: refused as '
+            'absurd (see max_chain_depth)' % limits.max_chain_depth)
+    for i, layer in layers.items():
+        if layer.format_name != 'vhd':
+            raise exception.InvalidArchive(
+                path=container.display_name('%d.vhd' % i), reason='not a '
+                'VHD (%s) among the XenServer members 0.vhd .. %d.vhd'
+                % (layer.format_name, n))
+    order = chain_order(where, [
+        (i, lay.identity, lay.parent_ref.id if lay.parent_ref else None)
+        for i, lay in layers.items()], noun='directory')
+    order_warning(where, order)
+    return layer_chain.LayerChain(
+        [layers[i] for i in order],
+        [container.display_name('%d.vhd' % i) for i in order],
+        ['%d.vhd' % i for i in order])
 
 
 class XenServerTar(object):

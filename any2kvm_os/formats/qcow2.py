@@ -425,7 +425,8 @@ class Qcow2Reader(base.LayerReader):
                 raise exception.UnsupportedImage(
                     path=self.name, reason='qcow2 image compressed with zstd: '
                     'the Python module zstandard is needed to read it and '
-                    'is not installed')
+                    'is not installed (the zstd extra: pip install '
+                    'any2kvm_os[zstd])')
             self._zstd = zstandard.ZstdDecompressor()
             return self._unzstd
         raise exception.UnsupportedImage(

@@ -231,6 +231,31 @@ def _check_fixed_length(data_bytes, footer, path):
                                  data_bytes - footer.current_size))
 
 
+def _check_dynamic_length(file_size, footer, path):
+    """A dynamic or differencing VHD is whole 512-byte sectors: the footer
+    copy, the dynamic header, the block table, each block's bitmap and data
+    are sectors, and the footer is the file's last sector.  Any other
+    length means bytes were inserted into the file or cut from it, with
+    the footer intact: every block after that point would be read
+    shifted (qemu-img reads it so)."""
+    extra = file_size % SECTOR
+    if extra:
+        raise exception.InvalidImage(
+            path=path, reason='%s VHD of %d bytes is not whole 512-byte '
+            'sectors (%d bytes over): bytes were inserted or cut, the data '
+            'would be read shifted' % (SUBFORMATS[footer.disk_type],
+                                       file_size, extra))
+
+
+def _footers_agree(head, tail):
+    """The footer copy at offset 0 mirrors the footer at the end: the
+    fields that place and identify the data must be equal."""
+    return (head.unique_id == tail.unique_id
+            and head.current_size == tail.current_size
+            and head.disk_type == tail.disk_type
+            and head.data_offset == tail.data_offset)
+
+
 def bitmap_runs(bitmap, first, count):
     """Runs of (start_sector, length, is_set): the VHD bitmap is MSB-first
     (bit 7 of byte 0 is sector 0)."""
@@ -269,11 +294,10 @@ class VhdReader(base.LayerReader):
                     path=path, reason='VHD footer missing at the end of the '
                     'file: truncated')
             end_footer = parse_footer(tail, path)
-            if (end_footer.unique_id != footer.unique_id
-                    or end_footer.current_size != footer.current_size
-                    or end_footer.disk_type != footer.disk_type):
+            if not _footers_agree(footer, end_footer):
                 raise exception.InvalidImage(
                     path=path, reason='the two VHD footer copies disagree')
+            _check_dynamic_length(size, footer, path)
         else:
             footer = parse_footer(tail, path)
             if footer.disk_type != DISK_FIXED:
@@ -484,6 +508,7 @@ class StreamLayer(object):
                 raise exception.InvalidImage(
                     path=name, reason='fixed VHD with a footer copy at '
                     'offset 0')
+            _check_dynamic_length(member_size, self.footer, name)
         self.fixed = self.footer is None
 
     # What the chain logic needs before consuming the data:
@@ -583,8 +608,6 @@ class StreamLayer(object):
                     yield block_start + a, data[a:b]
         stream.skip_to(self.member_size - FOOTER_SIZE)
         tail = parse_footer(stream.read_exact(FOOTER_SIZE), name)
-        if (tail.unique_id != self.footer.unique_id
-                or tail.current_size != self.footer.current_size
-                or tail.disk_type != self.footer.disk_type):
+        if not _footers_agree(self.footer, tail):
             raise exception.InvalidImage(
                 path=name, reason='the two VHD footer copies disagree')

@@ -1295,6 +1295,89 @@ class VmdkReader(base.LayerReader):
 # -- one forward pass (streamOptimized inside a compressed archive) -----------
 
 
+#: A prime modulus for the tally of a stream read in one pass.
+_TALLY_PRIME = (1 << 61) - 1
+
+
+class _CutStreamTally(object):
+    """What a stream read in one pass must keep to tell, should it end
+    without its footer and end-of-stream marker (cut after its grain
+    directory), that every grain its tables reference came: two sums per
+    grain table and one for the grains, not the grains' offsets.
+
+    Each grain marker at sector ``s`` for disk grain ``v`` adds
+    ``h(s) * (v + k)``; each table entry pointing at ``s`` adds the same
+    for the grain its place in the table names, ``v = base + j``, whose
+    ``base`` is known only from the directory, which comes after the
+    tables.  The sum is linear in ``base``, so a table keeps
+    ``sum(h(s))`` and ``sum(h(s) * (j + k))``.  ``h`` and ``k`` are drawn
+    at random for each read: the sums of the grains and of the tables
+    agree when the same (sector, grain) pairs are on both sides, and
+    disagree otherwise except with a probability of about 2**-60.  Memory:
+    three numbers per grain table (a 2 TiB disk has 65536 tables).
+    """
+
+    def __init__(self, num_gtes, max_tables):
+        rnd = os.urandom(24)
+        self._mul = int.from_bytes(rnd[:8], 'little') | 1
+        self._add = int.from_bytes(rnd[8:16], 'little')
+        self._k = int.from_bytes(rnd[16:], 'little') % _TALLY_PRIME
+        self.num_gtes = num_gtes
+        self.max_tables = max_tables
+        self.grains = 0
+        self.grain_count = 0
+        self.tables = {}
+        self.overflow = False
+
+    def _h(self, sector):
+        x = (sector * self._mul + self._add) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 29
+        return (x * 0xBF58476D1CE4E5B9) % _TALLY_PRIME
+
+    def grain(self, sector, index):
+        self.grains = (self.grains + self._h(sector) * (index + self._k)) \
+            % _TALLY_PRIME
+        self.grain_count += 1
+
+    def table(self, sector, raw, zero_grain):
+        if len(self.tables) >= self.max_tables or sector in self.tables:
+            self.overflow = True
+            return
+        s1 = s2 = count = 0
+        k = self._k
+        for j, e in enumerate(_array('I', raw)):
+            if e == 0 or (zero_grain and e == 1):
+                continue
+            h = self._h(e)
+            s1 += h
+            s2 += h * (j + k)
+            count += 1
+        self.tables[sector] = (s1 % _TALLY_PRIME, s2 % _TALLY_PRIME, count)
+
+    def missing(self, gd):
+        """None when the tables the directory ``gd`` lists reference
+        exactly the grains that came; else why not."""
+        if self.overflow:
+            return 'more grain tables than its directory has room for'
+        total = count = 0
+        for i, sector in enumerate(_array('I', gd)):
+            if not sector:
+                continue
+            t = self.tables.get(sector)
+            if t is None:
+                return 'grain directory entry %d points to sector %d, where ' \
+                    'no grain table came' % (i, sector)
+            s1, s2, n = t
+            total += s1 * (i * self.num_gtes) + s2
+            count += n
+        if count != self.grain_count:
+            return 'its grain tables reference %d grains, %d came' % (
+                count, self.grain_count)
+        if total % _TALLY_PRIME != self.grains:
+            return 'its grain tables do not reference the grains that came'
+        return None
+
+
 class StreamLayer(object):
     """A streamOptimized VMDK read in one forward pass.
 
@@ -1405,16 +1488,30 @@ class StreamLayer(object):
         vsize = self.virtual_size
         bound = 2 * g + 4096
         got = 0
+        hdr = self.hdr
+        tally = None
+        gd = None
+        if hdr.gd_offset == GD_AT_END and hdr.flags & FLAG_MARKERS:
+            n_gd, gd_sectors = _gd_sectors(hdr)
+            gt_sectors = -(-hdr.num_gtes * 4 // SECTOR)
+            if n_gd <= MAX_GD_ENTRIES:
+                tally = _CutStreamTally(hdr.num_gtes, n_gd)
         while True:
             if stream.pos == self.member_size and \
                     self.expected_grains is not None:
                 # qemu-img writes no end-of-stream marker.
                 self._check_count(got, 'ends')
                 return
+            if stream.pos == self.member_size and gd is not None:
+                self._accept_cut(tally, gd)
+                return
             if stream.pos + SECTOR > self.member_size:
                 raise exception.InvalidImage(
                     path=name, reason='streamOptimized VMDK ends without an '
-                    'end-of-stream marker: truncated')
+                    'end-of-stream marker%s: truncated (the transfer was cut '
+                    'short; only a complete copy can be read)'
+                    % ('' if tally is None else
+                       ', before its grain directory'))
             sector = stream.read_exact(SECTOR)
             val, size, mtype = _MARKER.unpack_from(sector, 0)
             if size == 0:
@@ -1429,7 +1526,29 @@ class StreamLayer(object):
                     raise exception.InvalidImage(
                         path=name, reason='VMDK stream metadata of %d sectors '
                         'runs past the end: corrupt' % val)
-                stream.skip_to(stream.pos + val * SECTOR)
+                end = stream.pos + val * SECTOR
+                if tally is not None and gd is None and \
+                        end <= self.member_size:
+                    # Kept for a stream that turns out cut short after
+                    # its directory; a complete one ends at its marker.
+                    if mtype == MARKER_GT and val == gt_sectors:
+                        tally.table(stream.pos // SECTOR,
+                                    stream.read_exact(hdr.num_gtes * 4),
+                                    hdr.flags & FLAG_ZERO_GRAIN)
+                    elif mtype == MARKER_GD and val == gd_sectors:
+                        gd = stream.read_exact(n_gd * 4)
+                elif mtype == MARKER_FOOTER and gd is not None and \
+                        end > self.member_size:
+                    # The footer marker came, not the footer: as a file
+                    # ending there is read (_cut_stream_gd).
+                    if stream.pos == self.member_size:
+                        self._accept_cut(tally, gd)
+                        return
+                    raise exception.InvalidImage(
+                        path=name, reason='streamOptimized VMDK ends inside '
+                        'its footer: truncated (the transfer was cut short; '
+                        'only a complete copy can be read)')
+                stream.skip_to(end)
                 continue
             at = stream.pos - SECTOR
             if size > bound:
@@ -1438,6 +1557,11 @@ class StreamLayer(object):
                     'bytes is larger than the limit of %d' % (at, size,
                                                               bound))
             total = -(-(12 + size) // SECTOR) * SECTOR
+            if at + total > self.member_size:
+                raise exception.InvalidImage(
+                    path=name, reason='streamOptimized VMDK ends inside its '
+                    'grain at offset %d: truncated (the transfer was cut '
+                    'short; only a complete copy can be read)' % at)
             data = sector[12:] + stream.read_exact(total - SECTOR) \
                 if total > SECTOR else sector[12:]
             vpos = val * SECTOR
@@ -1458,4 +1582,22 @@ class StreamLayer(object):
                     path=name, reason='compressed grain at offset %d does not '
                     'inflate to one grain: corrupt' % at)
             got += 1
+            if tally is not None:
+                tally.grain(at // SECTOR, vpos // g)
             yield vpos, out[:need]
+
+    def _accept_cut(self, tally, gd):
+        """The stream ended after its grain directory (and perhaps its
+        footer), without its end-of-stream marker: read as complete, with
+        a warning, when its tables reference exactly the grains that came,
+        as for a file (:meth:`VmdkReader._check_every_grain`)."""
+        why = tally.missing(gd)
+        if why:
+            raise exception.InvalidImage(
+                path=self.name, reason='streamOptimized VMDK ends without '
+                'its footer and end-of-stream marker, and %s: truncated or '
+                'corrupt' % why)
+        LOG.warning('%s: streamOptimized VMDK ends without its footer and '
+                    'end-of-stream marker (a transfer cut short?); every '
+                    'grain its tables reference is present, so it is read '
+                    'as complete', self.name)

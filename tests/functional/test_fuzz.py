@@ -26,7 +26,10 @@ the mutated plain tar, gzipped, so its one-pass reader sees the damage).
 * a success is exit status 0 (a mutant may still be a valid disk);
 * nothing is left in the output directory after a refusal, nor in the
   temporary directory ever;
-* no hang: each format's run is bounded by a timeout.
+* no hang: each format's run is bounded by a timeout;
+* a byte inserted or deleted that converts with exit 0 reads as the seed
+  does, for the formats where such a shift is detectable
+  (``SHIFT_DETECTED``).
 
 The default is a handful of mutants per format, so the suite stays fast.
 ``ANY2KVM_FUZZ_ITERATIONS=N`` (mutants per format) and
@@ -93,6 +96,14 @@ SEEDS = {
     'ova': lambda d: samples.CONTAINERS['ova'](d).path,
 }
 GZIP_AFTER = {'xenserver-tgz'}
+#: Formats whose structure makes a byte inserted or deleted detectable
+#: (whole sectors, a footer at the end, sizes in tar headers and chunk
+#: checksums): such a mutant is refused, or reads as the seed does (the
+#: byte fell in padding).  VHDX and qcow2 are not here: their payload sits
+#: at absolute offsets and the file's length is bound to nothing, so a
+#: byte inserted into the data reads shifted, as in qemu-img.
+SHIFT_DETECTED = {'vhd-dynamic', 'vhd-fixed', 'vmdk-sparse', 'vmdk-stream',
+                  'xenserver-tar', 'xenserver-tgz', 'xva', 'ova'}
 
 
 # -- mutations ----------------------------------------------------------------
@@ -255,8 +266,16 @@ def test_fuzz(fmt, qemu_img, tmp_path):
         fmt, len(results) - 1, refused, len(results) - 1 - refused, replay))
     failures = []
     for result in results:
-        for problem in _problems(result):
+        problems = _problems(result)
+        desc = what[result['input']]
+        if (fmt in SHIFT_DETECTED and desc.split()[0] in ('insert', 'delete')
+                and result['convert']['rc'] == 0
+                and result.get('sha256') != first.get('sha256')):
+            problems.append('a byte %s: read with exit 0 into another '
+                            'disk than the seed' % {
+                                'insert': 'inserted', 'delete': 'deleted'}[
+                                desc.split()[0]])
+        for problem in problems:
             failures.append('%s (%s): %s' % (
-                os.path.basename(result['input']), what[result['input']],
-                problem))
+                os.path.basename(result['input']), desc, problem))
     assert not failures, '%s:\n%s' % (replay, '\n'.join(failures))

@@ -493,3 +493,45 @@ def test_stream_layer_cut_at_a_grain_boundary_is_refused(disks, which):
         with pytest.raises(exception.InvalidImage) as e:
             list(layer.data_runs(stream))
         assert 'truncated' in str(e.value), str(e.value)
+
+
+# ---------------------------------------------------------------------------
+# a stream cut short after its grain directory, in an OVA read in one pass
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('which', ['vmdkstream', 'corpus'])
+def test_cut_stream_in_streamed_ova_reads_with_warning(disks, which, tmp_path,
+                                                       scratch, no_scratch,
+                                                       caplog):
+    """A streamOptimized VMDK (python3-vmdkstream's, and the corpus one)
+    that lost its footer and end-of-stream marker, inside an OVA read as
+    it downloads: every grain its tables reference came, so it reads as
+    qemu-img reads the whole file, with the warning the file path gives,
+    and nothing goes to scratch."""
+    import struct
+    disk = disks[which]
+    data = disk.path.read_bytes()
+    assert struct.unpack_from('<QII', data, len(data) - 3 * 512) == (1, 0, 3)
+    cut = tmp_path / 'cut.vmdk'
+    cut.write_bytes(data[:-3 * 512])
+    ova = make_ova(tmp_path / 'c.ova', [Disk(cut, (disk.sha256, disk.size))])
+    out_dir = tmp_path / 'out'
+    out_dir.mkdir()
+    with open_download(Download(ova), scratch) as source:
+        check(convert_all(source, out_dir), [disk])
+    assert 'ends without its footer' in caplog.text
+    assert 'read as complete' in caplog.text
+
+
+def test_stream_cut_inside_grains_in_streamed_ova_is_refused(disks,
+                                                             tmp_path,
+                                                             scratch):
+    disk = disks['corpus']
+    data = disk.path.read_bytes()
+    cut = tmp_path / 'cut.vmdk'
+    # Inside (or just before) the last grain: before the directory.
+    cut.write_bytes(data[:_grain_ends(data)[-1] - 512])
+    ova = make_ova(tmp_path / 'c.ova', [Disk(cut, (disk.sha256, disk.size))])
+    with open_download(Download(ova), scratch) as source:
+        line = refused(source, tmp_path)
+    assert 'truncated' in line and 'only a complete copy' in line, line

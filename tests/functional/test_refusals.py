@@ -309,6 +309,34 @@ def test_absurd_depth(fattools, tmp_path, out_dir):
            problem=r'depth|deep|too many|long|levels|limit|layers')
 
 
+@pytest.mark.parametrize('how', ['insert', 'delete'])
+def test_dynamic_shifted_data_refused(qemu_dynamic, qemu_img, how, tmp_path,
+                                      out_dir):
+    """One byte inserted into (or cut from) block 0's data of a dynamic
+    VHD qemu-img wrote, both footers intact: qemu-img still reads it, with
+    block 1 one byte off; any2kvm refuses it, the length not being whole
+    sectors."""
+    data = qemu_dynamic.read_bytes()
+    at = ig.read_vhd(qemu_dynamic)['bat'][0] * ig.SECTOR + 512 + 1000
+    bad = (data[:at] + b'\x33' + data[at:] if how == 'insert'
+           else data[:at] + data[at + 1:])
+    qemu_dynamic.write_bytes(bad)
+    shifted = tmp_path / 'qemu.raw'
+    ig.qemu_img('convert', '-f', 'vpc', '-O', 'raw', qemu_dynamic, shifted)
+    refuse(qemu_dynamic, out_dir, problem='whole 512-byte sectors')
+
+
+def test_dynamic_shifted_member_refused_in_one_pass(pair, tmp_path,
+                                                    out_dir):
+    """The same in a XenServer tgz read in one pass."""
+    data = bytearray(pair['1.vhd'].read_bytes())
+    bad = tmp_path / '1.vhd'
+    bad.write_bytes(bytes(data[:4096]) + b'\0' + bytes(data[4096:]))
+    refuse_tar(tmp_path, out_dir, [member('0.vhd', pair['0.vhd']),
+                                   member('1.vhd', bad)],
+               problem='whole 512-byte sectors')
+
+
 # --- archives ----------------------------------------------------------------
 
 @pytest.fixture(scope='module')

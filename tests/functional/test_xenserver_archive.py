@@ -297,6 +297,76 @@ def test_info_reverse_named(vhdutil, pyvhdi, compression, tmp_path):
     assert doc['virtual_size'] == row['size']
 
 
+def _numbered_dir(tmp_path, files, names):
+    """A directory of ``0.vhd`` .. as unpacked from an archive: ``names``
+    are the corpus files to copy, in member order."""
+    d = tmp_path / 'unpacked'
+    d.mkdir()
+    for i, name in enumerate(names):
+        shutil.copyfile(files[name], d / ('%d.vhd' % i))
+    return d
+
+
+def test_vhdutil_chain_reverse_named_directory(vhdutil, pyvhdi, tmp_path,
+                                               out_dir):
+    """An unpacked reverse-named archive, the user naming ``0.vhd`` (the
+    leaf by the convention, the base here): the ids order the members as
+    in the archive, a warning names the order found, and the disk is what
+    pyvhdi (libvhdi) reads through the vhd-util chain, not the base alone.
+    """
+    files, row = vhdutil
+    d = _numbered_dir(tmp_path, files, ['l0.vhd', 'l1.vhd', 'l2.vhd'])
+    out = out_dir / 'disk.raw'
+    res = cli.run_any2kvm('convert', d / '0.vhd', out)
+    assert res.returncode == 0, cli.describe(res)
+    assert os.path.getsize(out) == row['size']
+    assert ig.sha256_file(out) == row['sha256']
+    assert res.stderr.count('\n') == 1, res.stderr
+    assert 'leaf to base: 2.vhd, 1.vhd, 0.vhd' in res.stderr
+    assert 'contradict' in res.stderr
+    doc = cli.info(d / '0.vhd')
+    truth = ig.pyvhdi_meta(files['l2.vhd'], files['l1.vhd'], files['l0.vhd'])
+    assert [basename(e['name']) for e in doc['chain']] == [
+        '2.vhd', '1.vhd', '0.vhd']
+    assert [e['id'].lower() for e in doc['chain']] == [
+        t['id'] for t in truth]
+    # Naming the leaf (2.vhd) reads the same chain, by id, silently.
+    res = cli.run_any2kvm('convert', d / '2.vhd', out_dir / 'leaf.raw')
+    assert res.returncode == 0, cli.describe(res)
+    assert ig.sha256_file(out_dir / 'leaf.raw') == row['sha256']
+    assert res.stderr == ''
+
+
+def test_vhdutil_chain_conventional_directory(vhdutil, tmp_path, out_dir):
+    """Named by the convention (``0.vhd`` the leaf): no warning."""
+    files, row = vhdutil
+    d = _numbered_dir(tmp_path, files, ['l2.vhd', 'l1.vhd', 'l0.vhd'])
+    res = cli.run_any2kvm('convert', d / '0.vhd', out_dir / 'disk.raw')
+    assert res.returncode == 0, cli.describe(res)
+    assert ig.sha256_file(out_dir / 'disk.raw') == row['sha256']
+    assert res.stderr == ''
+
+
+@pytest.mark.parametrize('names,problem', [
+    (['l0.vhd', 'l1.vhd', 'l1.vhd'], 'same unique id'),
+    (['l0.vhd', 'l1.vhd', 'l2.vhd', 'l0.vhd'], 'same unique id'),
+    (['l0.vhd', 'l1.vhd', None, 'l2.vhd'], '2.vhd is missing'),
+], ids=['child-twice', 'base-twice', 'gap'])
+def test_reverse_named_directory_ambiguous(vhdutil, names, problem, tmp_path,
+                                           out_dir):
+    """A reverse-named directory the ids do not order is refused, as the
+    archive would be, rather than converting ``0.vhd`` alone."""
+    files, _row = vhdutil
+    d = tmp_path / 'unpacked'
+    d.mkdir()
+    for i, name in enumerate(names):
+        if name:
+            shutil.copyfile(files[name], d / ('%d.vhd' % i))
+    out = out_dir / 'disk.raw'
+    cli.assert_refused(cli.run_any2kvm('convert', d / '0.vhd', out), out,
+                       names=[str(d)], problem=problem)
+
+
 @pytest.mark.parametrize('compression', COMPRESSIONS, ids=['gz', 'plain'])
 def test_complex_chain_reverse_named(orphan_complex, compression, tmp_path,
                                      out_dir):

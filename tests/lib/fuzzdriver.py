@@ -49,6 +49,18 @@ def _run(main, argv):
     return rc, err.getvalue(), escaped
 
 
+def _sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    try:
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 def main():
     with open(sys.argv[1]) as f:
         spec = json.load(f)
@@ -71,6 +83,8 @@ def main():
         rc, err, escaped = _run(any2kvm.main, [
             'convert', path, os.path.join(out, 'disk.raw')])
         result['convert'] = {'rc': rc, 'stderr': err, 'escaped': escaped}
+        if rc == 0:
+            result['sha256'] = _sha256(os.path.join(out, 'disk.raw'))
         left = sorted(os.listdir(out))
         if rc == 0:
             left = [n for n in left if not n.endswith('.raw')]

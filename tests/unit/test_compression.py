@@ -28,7 +28,8 @@ def compressors():
     out = [(compression.GZIP, gzip.compress), (compression.BZIP2,
                                                bz2.compress),
            (compression.XZ, lzma.compress)]
-    # zstandard is a requirement: the zstd path always runs.
+    # zstandard is a test requirement (a runtime extra): the zstd path
+    # always runs in the tests.
     import zstandard
     return out + [(compression.ZSTD, zstandard.ZstdCompressor().compress)]
 
@@ -62,3 +63,48 @@ def test_zstd_without_module(monkeypatch):
     with pytest.raises(exception.UnsupportedImage, match='zstandard'):
         compression.open_reader('x.zst', io.BytesIO(
             compression.ZSTD_MAGIC + bytes(10)))
+
+
+# -- zstandard: a test requirement, an optional extra at run time -------------
+
+ROOT = __import__('pathlib').Path(__file__).resolve().parents[2]
+
+
+def _requirement_names(path):
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split('#', 1)[0].strip()
+        if line:
+            names.append(line.split('>')[0].split('=')[0].split('<')[0]
+                         .strip().lower())
+    return names
+
+
+def test_zstandard_is_an_extra_and_a_test_requirement():
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / 'setup.cfg')
+    extra = [line.split('#', 1)[0].strip()
+             for line in cfg['extras']['zstd'].splitlines()]
+    assert any(e.startswith('zstandard') for e in extra)
+    assert 'zstandard' not in _requirement_names(ROOT / 'requirements.txt')
+    assert 'zstandard' in _requirement_names(
+        ROOT / 'test-requirements.txt')
+
+
+def test_no_module_imports_zstandard_when_loaded():
+    """Without the extra, every module still imports: zstandard is only
+    imported inside the functions that read zstd."""
+    import ast
+    offenders = []
+    for path in sorted((ROOT / 'any2kvm_os').rglob('*.py')):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in tree.body:
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or '']
+            if any(n.split('.')[0] == 'zstandard' for n in names):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []

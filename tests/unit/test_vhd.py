@@ -246,3 +246,59 @@ def test_fixed_length_must_be_size_plus_footer(tmp_path, change, match):
     layer.read_headers(stream)
     with pytest.raises(exception.InvalidImage, match=match):
         list(layer.data_runs(stream))
+
+
+def _two_block_dynamic(disk_type=vhd.DISK_DYNAMIC):
+    blocks = {0: (None, os.urandom(4096)), 1: (None, os.urandom(8192))}
+    kw = {}
+    if disk_type == vhd.DISK_DIFFERENCING:
+        kw = {'parent_uid': b'\7' * 16, 'parent_name': 'p.vhd'}
+    data, _ = vhdbuild.build(4 * MiB, blocks=blocks, disk_type=disk_type,
+                             **kw)
+    return data
+
+
+# A byte inserted into or cut from the first block's data (the footer and
+# its copy intact): the second block would be read one byte off.
+SHIFTS = [
+    (lambda d: d[:4 * 512 + 700] + b'\x5a' + d[4 * 512 + 700:],
+     r'1 bytes over\): bytes were inserted or cut'),
+    (lambda d: d[:4 * 512 + 700] + d[4 * 512 + 701:],
+     r'511 bytes over\): bytes were inserted or cut'),
+    (lambda d: d[:-512] + b'\0' * 7 + d[-512:],
+     r'7 bytes over\): bytes were inserted or cut'),
+]
+SHIFT_IDS = ['inserted', 'deleted', 'appended-before-footer']
+
+
+@pytest.mark.parametrize('disk_type', [vhd.DISK_DYNAMIC,
+                                       vhd.DISK_DIFFERENCING],
+                         ids=['dynamic', 'differencing'])
+@pytest.mark.parametrize('change,match', SHIFTS, ids=SHIFT_IDS)
+def test_dynamic_length_must_be_whole_sectors(tmp_path, disk_type, change,
+                                              match):
+    """Every structure of a dynamic VHD is whole sectors and the footer is
+    the last one: a length that is not whole sectors means bytes were
+    inserted or cut.  Refused on the random-access and the stream path."""
+    good = _two_block_dynamic(disk_type)
+    vhd.VhdReader(view_of(tmp_path, good, 'good.vhd'))
+    bad = change(good)
+    assert len(bad) % 512
+    with pytest.raises(exception.InvalidImage, match=match):
+        vhd.VhdReader(view_of(tmp_path, bad))
+    stream = fileio.ForwardStream(_Stream(bad), 'm', len(bad))
+    with pytest.raises(exception.InvalidImage, match=match):
+        vhd.StreamLayer('m', stream.peek(512), len(bad))
+
+
+def test_footer_copies_must_place_the_header_alike(tmp_path):
+    """The copy at offset 0 and the footer at the end must agree on where
+    the dynamic header is, not only on the id, size and type."""
+    good = _two_block_dynamic()
+    tail = vhdbuild.footer(4 * MiB, vhd.DISK_DYNAMIC, good[68:84],
+                           data_offset=1024)
+    assert vhd.parse_footer(tail, 't').unique_id == \
+        vhd.parse_footer(good[:512], 'h').unique_id
+    bad = good[:-512] + tail
+    with pytest.raises(exception.InvalidImage, match='copies disagree'):
+        vhd.VhdReader(view_of(tmp_path, bad))
