@@ -1448,6 +1448,9 @@ def header(args):
     out('  size %s, data %s, runs %d (+1 warm-up each), seed %d' % (
         fmt_size(args.size), fmt_size(args.data), args.runs, args.seed))
     out('  sections  %s' % ', '.join(args.sections))
+    out('  inspect   %s' % ('as ANY2KVM_INSPECT says (--inspect)'
+                            if args.inspect else
+                            'off (ANY2KVM_INSPECT=0): the copy is timed'))
     if args.baseline:
         out('  baseline  %s (repo %s), timed in the same run; both trees '
             'started by %s -c' % (args.baseline, first_line(
@@ -1525,7 +1528,14 @@ def main(argv=None, prog=None, default_only='all'):
                         'a change): its conversions are timed in the same '
                         'run, interleaved; both are started from their '
                         'tree with this python')
+    p.add_argument('--inspect', action='store_true',
+                   help='leave guest inspection on (ANY2KVM_INSPECT as set); '
+                        'by default every any2kvm run gets '
+                        'ANY2KVM_INSPECT=0: qemu-img does not inspect, and '
+                        'a libguestfs launch costs more than the copy')
     args = p.parse_args(argv)
+    if not args.inspect:
+        os.environ['ANY2KVM_INSPECT'] = '0'
     args.tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if args.baseline:
         args.baseline = os.path.abspath(args.baseline)

@@ -71,18 +71,24 @@ def _fallocate():
     return _libc_fn('fallocate')
 
 
-def zero_runs(data, base_offset=0):
+def zero_runs(data, base_offset=0, length=None):
     """Aligned all-zero spans of ``data`` as (start, end), relative to it.
 
     A span is made of whole 4 KiB grains aligned on the disk
-    (``base_offset`` is where ``data`` starts on the disk).
+    (``base_offset`` is where ``data`` starts on the disk).  ``length``:
+    look at the first ``length`` bytes only (a reused buffer).
     """
-    n = len(data)
+    find = getattr(data, 'find', None)
+    if find is None:
+        return _zero_runs_view(memoryview(data), base_offset)
+    # Slices of bytes or a bytearray are compared with memcmp (a
+    # memoryview comparison would walk byte by byte).
+    n = len(data) if length is None else length
     out = []
     pos = 0
-    find = data.find
+    zero16 = _ZERO_CHUNK[:16 * GRAIN]
     while True:
-        i = find(ZERO_GRAIN, pos)
+        i = find(ZERO_GRAIN, pos, n)
         if i < 0:
             break
         a = -(-(base_offset + i) // GRAIN) * GRAIN - base_offset
@@ -92,13 +98,32 @@ def zero_runs(data, base_offset=0):
             pos = i + GRAIN
             continue
         b = a + GRAIN
-        while b + 16 * GRAIN <= n and \
-                data[b:b + 16 * GRAIN] == _ZERO_CHUNK[:16 * GRAIN]:
+        while b + 16 * GRAIN <= n and data[b:b + 16 * GRAIN] == zero16:
             b += 16 * GRAIN
         while b + GRAIN <= n and data[b:b + GRAIN] == ZERO_GRAIN:
             b += GRAIN
         out.append((a, b))
         pos = b
+    return out
+
+
+def _zero_runs_view(view, base_offset):
+    """:func:`zero_runs` of a memoryview (the copy loop's reused buffers):
+    each aligned grain is compared in place, nothing is copied."""
+    n = view.nbytes
+    out = []
+    a = -base_offset % GRAIN
+    start = None
+    while a + GRAIN <= n:
+        if view[a:a + GRAIN].tobytes() == ZERO_GRAIN:
+            if start is None:
+                start = a
+        elif start is not None:
+            out.append((start, a))
+            start = None
+        a += GRAIN
+    if start is not None:
+        out.append((start, a))
     return out
 
 
@@ -283,6 +308,20 @@ class RawWriter(object):
             pos = b
         if pos < len(data):
             self.pwrite(offset + pos, view[pos:])
+
+    def write_buffer(self, offset, buf, length, over_hole):
+        """:meth:`write_data` of the first ``length`` bytes of ``buf`` (a
+        bytearray the copy loop reuses): written without a copy."""
+        pos = 0
+        view = memoryview(buf)
+        for a, b in zero_runs(buf, offset, length):
+            if a > pos:
+                self.pwrite(offset + pos, view[pos:a])
+            if not over_hole:
+                self.zero_range(offset + a, b - a)
+            pos = b
+        if pos < length:
+            self.pwrite(offset + pos, view[pos:length])
 
     def zero_range(self, offset, length):
         """Make ``[offset, offset+length)`` read as zeros."""
