@@ -372,7 +372,7 @@ def inspect_vm(vm, limits, disk=None):
         for index, d in chosen:
             path = space.path('disk%d.raw' % index)
             writer = space.bound_writer(
-                raw.RawWriter.open(path),
+                raw.RawWriter.open(path, durable=False),
                 '%s (copied for inspection)' % d.name)
             try:
                 d.write_to(writer)

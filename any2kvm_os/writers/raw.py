@@ -131,8 +131,13 @@ class RawWriter(object):
     """A raw disk being written."""
 
     def __init__(self, path, fd, fresh, is_block, tmp_path=None,
-                 overwrite=False):
+                 overwrite=False, durable=True):
         self.path = path
+        #: False for a scratch file read back and deleted by this process
+        #: (a disk converted before its upload to Glance): a power cut
+        #: loses it whatever we do, so it is never flushed.  Everything the
+        #: user keeps is durable: flushed before commit() returns.
+        self.durable = durable
         self.fd = fd
         #: True while the file was created by us: every range starts as a
         #: hole, so zero runs need no writing on a first pass.
@@ -149,11 +154,13 @@ class RawWriter(object):
         self._unflushed = 0
 
     @classmethod
-    def open(cls, path, overwrite=False):
+    def open(cls, path, overwrite=False, durable=True):
         """Open ``path`` for writing a disk.
 
         A block device is written in place; a regular file is created anew
         (an existing one only with ``overwrite``, replaced atomically).
+        ``durable=False``: a new scratch file that is deleted after use,
+        never flushed (see :attr:`durable`).
         """
         try:
             st = os.stat(path)
@@ -184,7 +191,7 @@ class RawWriter(object):
         except OSError as e:
             raise exception.TargetError(path=path, reason=e.strerror)
         return cls(path, fd, fresh=True, is_block=False, tmp_path=tmp,
-                   overwrite=overwrite)
+                   overwrite=overwrite, durable=durable)
 
     @classmethod
     def open_in_place(cls, path):
@@ -287,7 +294,7 @@ class RawWriter(object):
         except OSError as e:
             raise self._failed(e)
         self._unflushed += len(data)
-        if self._unflushed >= WRITEBACK_EVERY:
+        if self._unflushed >= WRITEBACK_EVERY and self.durable:
             self._unflushed = 0
             # Asynchronous: starts write-out of dirty pages, never waits.
             _libc_fn('sync_file_range')(self.fd, 0, 0, SYNC_FILE_RANGE_WRITE)
@@ -359,6 +366,8 @@ class RawWriter(object):
     # -- end ------------------------------------------------------------------
 
     def sync(self):
+        if not self.durable:
+            return
         try:
             if self.is_block:
                 os.fsync(self.fd)
@@ -387,12 +396,13 @@ class RawWriter(object):
                     path=self.path, reason='appeared while converting; not '
                     'replaced')
             self.tmp_path = None
-            dfd = os.open(os.path.dirname(os.path.abspath(self.path)),
-                          os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            if self.durable:
+                dfd = os.open(os.path.dirname(os.path.abspath(self.path)),
+                              os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
         self.close()
 
     def abort(self):
