@@ -41,7 +41,7 @@ from any2kvm_os import extents as ext
 COPY_CHUNK = 4 << 20
 
 #: Chunks read ahead of the writer.
-PIPELINE_DEPTH = 4
+PIPELINE_DEPTH = 2
 
 #: Buffers in all: PIPELINE_DEPTH queued, one being filled, one being
 #: written.  The pipeline's memory is BUFFERS * COPY_CHUNK.
