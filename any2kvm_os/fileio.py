@@ -66,6 +66,22 @@ class FileView(object):
             data += more
         return data
 
+    def preadinto(self, buf, offset):
+        """Read into ``buf`` (a writable memoryview) at ``offset`` inside
+        the window, as :meth:`pread` would return them; returns how many
+        bytes were read (fewer only at the end of the window or file)."""
+        if offset < 0:
+            raise ValueError('negative offset')
+        length = max(0, min(len(buf), self.size - offset))
+        done = 0
+        while done < length:
+            n = os.preadv(self.fd, [buf[done:length]],
+                          self.base + offset + done)
+            if not n:
+                break
+            done += n
+        return done
+
     def data_runs(self, offset, length):
         """Yield (start, end, is_data) covering ``[offset, offset+length)``
         of the window, from the file system's SEEK_DATA/SEEK_HOLE: holes of

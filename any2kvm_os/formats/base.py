@@ -24,6 +24,7 @@ import collections
 import struct
 
 from any2kvm_os import extents as ext
+from any2kvm_os import fileio
 
 
 def basename_hint(path):
@@ -219,6 +220,35 @@ class LayerReader(object, metaclass=abc.ABCMeta):
         from :attr:`view`; formats with compressed or scattered data
         override it (``file_offset`` is then whatever token they chose)."""
         return self.read(extent.file_offset + skip, length)
+
+    def read_extent_into(self, extent, skip, buf):
+        """Fill ``buf`` (a writable memoryview) with bytes ``[extent.offset
+        + skip, + len(buf))`` of a DATA extent this reader reported, as
+        :meth:`read_extent` returns them.  A reader that reads its DATA in
+        place from a plain local file reads straight into ``buf`` (no
+        buffer allocated per read); every other one copies what
+        :meth:`read_extent` returns."""
+        length = len(buf)
+        cls = type(self)
+        if cls.read_extent is LayerReader.read_extent and \
+                cls.read is LayerReader.read and \
+                cls._pread is LayerReader._pread and \
+                type(self.view) is fileio.FileView:
+            got = self.view.preadinto(buf, extent.file_offset + skip)
+            if got != length:
+                from any2kvm_os import exception
+                raise exception.InvalidImage(
+                    path=self.name,
+                    reason='truncated: expected %d bytes at offset %d, '
+                    'got %d' % (length, extent.file_offset + skip, got))
+            return
+        data = self.read_extent(extent, skip, length)
+        if len(data) != length:
+            from any2kvm_os import exception
+            raise exception.InvalidImage(
+                path=self.name, reason='read %d bytes of a DATA run where '
+                '%d were expected' % (len(data), length))
+        buf[:] = data
 
     def close(self):
         """Release sibling views this reader opened (the container closes

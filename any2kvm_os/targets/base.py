@@ -157,17 +157,20 @@ def selected(vm, disk):
     return [(disk, vm.disks[disk])]
 
 
-def write_scratch_raw(space, disk, filename, what):
+def write_scratch_raw(space, disk, filename, what, progress=None):
     """Write ``disk`` as a sparse raw file ``filename`` of the scratch
     space ``space`` (a :class:`~any2kvm_os.scratch.Scratch`), bound by its
     limit: committed when the whole disk is written, aborted (and the
     error raised) otherwise.  ``what`` names the file in a limit error.
+    The file is read back from the page cache and deleted with the
+    scratch space, so it is never flushed (``durable=False``).
     Returns its path."""
     from any2kvm_os.writers import raw
     path = space.path(filename)
-    writer = space.bound_writer(raw.RawWriter.open(path), what)
+    writer = space.bound_writer(raw.RawWriter.open(path, durable=False),
+                                what)
     try:
-        disk.write_to(writer)
+        disk.write_to(writer, progress)
         writer.commit()
     except BaseException:
         writer.abort()

@@ -43,7 +43,8 @@ def disk_stream(disk, scratch_dir, progress=None,
         yield stream.RawStream(chain, progress=progress)
         return
     # One-pass sources: convert to a sparse scratch file first, bounded by
-    # the scratch limit.
+    # the scratch limit.  It is read back from the page cache and deleted:
+    # never flushed (Glance's checksum covers what it stored).
     with scratch.Scratch(scratch_dir, scratch_limit,
                          prefix='any2kvm-upload-') as space:
         path = base.write_scratch_raw(

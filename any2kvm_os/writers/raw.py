@@ -71,18 +71,24 @@ def _fallocate():
     return _libc_fn('fallocate')
 
 
-def zero_runs(data, base_offset=0):
+def zero_runs(data, base_offset=0, length=None):
     """Aligned all-zero spans of ``data`` as (start, end), relative to it.
 
     A span is made of whole 4 KiB grains aligned on the disk
-    (``base_offset`` is where ``data`` starts on the disk).
+    (``base_offset`` is where ``data`` starts on the disk).  ``length``:
+    look at the first ``length`` bytes only (a reused buffer).
     """
-    n = len(data)
+    find = getattr(data, 'find', None)
+    if find is None:
+        return _zero_runs_view(memoryview(data), base_offset)
+    # Slices of bytes or a bytearray are compared with memcmp (a
+    # memoryview comparison would walk byte by byte).
+    n = len(data) if length is None else length
     out = []
     pos = 0
-    find = data.find
+    zero16 = _ZERO_CHUNK[:16 * GRAIN]
     while True:
-        i = find(ZERO_GRAIN, pos)
+        i = find(ZERO_GRAIN, pos, n)
         if i < 0:
             break
         a = -(-(base_offset + i) // GRAIN) * GRAIN - base_offset
@@ -92,8 +98,7 @@ def zero_runs(data, base_offset=0):
             pos = i + GRAIN
             continue
         b = a + GRAIN
-        while b + 16 * GRAIN <= n and \
-                data[b:b + 16 * GRAIN] == _ZERO_CHUNK[:16 * GRAIN]:
+        while b + 16 * GRAIN <= n and data[b:b + 16 * GRAIN] == zero16:
             b += 16 * GRAIN
         while b + GRAIN <= n and data[b:b + GRAIN] == ZERO_GRAIN:
             b += GRAIN
@@ -102,12 +107,37 @@ def zero_runs(data, base_offset=0):
     return out
 
 
+def _zero_runs_view(view, base_offset):
+    """:func:`zero_runs` of a memoryview (the copy loop's reused buffers):
+    each aligned grain is compared in place, nothing is copied."""
+    n = view.nbytes
+    out = []
+    a = -base_offset % GRAIN
+    start = None
+    while a + GRAIN <= n:
+        if view[a:a + GRAIN].tobytes() == ZERO_GRAIN:
+            if start is None:
+                start = a
+        elif start is not None:
+            out.append((start, a))
+            start = None
+        a += GRAIN
+    if start is not None:
+        out.append((start, a))
+    return out
+
+
 class RawWriter(object):
     """A raw disk being written."""
 
     def __init__(self, path, fd, fresh, is_block, tmp_path=None,
-                 overwrite=False):
+                 overwrite=False, durable=True):
         self.path = path
+        #: False for a scratch file read back and deleted by this process
+        #: (a disk converted before its upload to Glance): a power cut
+        #: loses it whatever we do, so it is never flushed.  Everything the
+        #: user keeps is durable: flushed before commit() returns.
+        self.durable = durable
         self.fd = fd
         #: True while the file was created by us: every range starts as a
         #: hole, so zero runs need no writing on a first pass.
@@ -124,11 +154,13 @@ class RawWriter(object):
         self._unflushed = 0
 
     @classmethod
-    def open(cls, path, overwrite=False):
+    def open(cls, path, overwrite=False, durable=True):
         """Open ``path`` for writing a disk.
 
         A block device is written in place; a regular file is created anew
         (an existing one only with ``overwrite``, replaced atomically).
+        ``durable=False``: a new scratch file that is deleted after use,
+        never flushed (see :attr:`durable`).
         """
         try:
             st = os.stat(path)
@@ -159,7 +191,7 @@ class RawWriter(object):
         except OSError as e:
             raise exception.TargetError(path=path, reason=e.strerror)
         return cls(path, fd, fresh=True, is_block=False, tmp_path=tmp,
-                   overwrite=overwrite)
+                   overwrite=overwrite, durable=durable)
 
     @classmethod
     def open_in_place(cls, path):
@@ -262,7 +294,7 @@ class RawWriter(object):
         except OSError as e:
             raise self._failed(e)
         self._unflushed += len(data)
-        if self._unflushed >= WRITEBACK_EVERY:
+        if self._unflushed >= WRITEBACK_EVERY and self.durable:
             self._unflushed = 0
             # Asynchronous: starts write-out of dirty pages, never waits.
             _libc_fn('sync_file_range')(self.fd, 0, 0, SYNC_FILE_RANGE_WRITE)
@@ -283,6 +315,20 @@ class RawWriter(object):
             pos = b
         if pos < len(data):
             self.pwrite(offset + pos, view[pos:])
+
+    def write_buffer(self, offset, buf, length, over_hole):
+        """:meth:`write_data` of the first ``length`` bytes of ``buf`` (a
+        bytearray the copy loop reuses): written without a copy."""
+        pos = 0
+        view = memoryview(buf)
+        for a, b in zero_runs(buf, offset, length):
+            if a > pos:
+                self.pwrite(offset + pos, view[pos:a])
+            if not over_hole:
+                self.zero_range(offset + a, b - a)
+            pos = b
+        if pos < length:
+            self.pwrite(offset + pos, view[pos:length])
 
     def zero_range(self, offset, length):
         """Make ``[offset, offset+length)`` read as zeros."""
@@ -320,6 +366,8 @@ class RawWriter(object):
     # -- end ------------------------------------------------------------------
 
     def sync(self):
+        if not self.durable:
+            return
         try:
             if self.is_block:
                 os.fsync(self.fd)
@@ -348,12 +396,13 @@ class RawWriter(object):
                     path=self.path, reason='appeared while converting; not '
                     'replaced')
             self.tmp_path = None
-            dfd = os.open(os.path.dirname(os.path.abspath(self.path)),
-                          os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            if self.durable:
+                dfd = os.open(os.path.dirname(os.path.abspath(self.path)),
+                              os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
         self.close()
 
     def abort(self):
