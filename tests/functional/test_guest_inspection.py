@@ -113,8 +113,8 @@ def test_inspection_of_the_three_guests(inspected):
         assert g['hostname'] == 'guest-%s' % kind
         assert g['firmware'] == 'bios'
         assert g['linux']['bootloader'] == 'grub2'
-    mods = {k: properties.boot_kernel(g)['modules']
-            for k, g in inspected.items()}
+    mods = {k: properties.boot_kernel(inspected[k])['modules']
+            for k in BIOS_KINDS}
     assert mods['virtio']['virtio_scsi'] == 'initramfs'
     assert mods['novirtio']['virtio_scsi'] == 'module'
     assert mods['novirtio']['ata_piix'] == 'initramfs'
