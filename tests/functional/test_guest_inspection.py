@@ -389,6 +389,9 @@ def test_convert_fix_on_the_windows_disk(guests, libguestfs, tmp_path):
     guest = report['guest']
     assert guest['product_name'] == 'Windows Server 2019 Standard'
     assert guest['windows']['build'] == '17763'
+    assert (guest['major_version'], guest['minor_version']) == (10, 0)
+    assert guest['windows']['driver_store'] == []
+    assert guest['windows']['bcd']['names_system_partition'] is True
     (fix,) = report['fixed']
     assert fix['bus'] == 'sata' and fix['files'] == []
     expected = []
@@ -406,7 +409,7 @@ def test_convert_fix_on_the_windows_disk(guests, libguestfs, tmp_path):
         assert facts['filters'] == []
         assert facts['services']['storahci']['start'] == 0
         assert not [n for n, s in facts['services'].items()
-                    if s['group'] == 'citrix']
+                    if s['group'] in ('citrix', 'virtio')]
     assert report['properties']['hw_disk_bus'] == 'sata'
     assert report['reasons']['hw_disk_bus'] == (
         'no virtio storage service starting at boot; storahci (AHCI) is '

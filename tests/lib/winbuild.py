@@ -99,8 +99,8 @@ LAYOUT = '1'
 
 
 def missing_tools():
-    out = [t for t in ('mkntfs', 'ntfs-3g', 'sfdisk', 'hivexregedit',
-                       'fusermount') if not shutil.which(t) and
+    out = [t for t in ('mkntfs', 'ntfs-3g', 'ntfscat', 'sfdisk',
+                       'hivexregedit') if not shutil.which(t) and
            not os.path.exists('/sbin/' + t)]
     if not os.path.exists('/dev/fuse'):
         out.append('/dev/fuse (ntfs-3g)')
@@ -223,9 +223,10 @@ class _Mounted(object):
         return Path(self.mnt)
 
     def __exit__(self, *exc):
+        tool = shutil.which('fusermount3') or shutil.which('fusermount')
+        cmd = [tool, '-u', self.mnt] if tool else ['umount', self.mnt]
         for _ in range(50):
-            r = subprocess.run(['fusermount', '-u', self.mnt],
-                               capture_output=True, timeout=60)
+            r = subprocess.run(cmd, capture_output=True, timeout=60)
             if r.returncode == 0:
                 return False
             time.sleep(0.2)
