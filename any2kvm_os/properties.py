@@ -116,6 +116,12 @@ GUESTFS_DISTROS = {
     'openbsd': 'openbsd', 'windows': 'windows', 'alpine': 'alpine',
 }
 
+#: libguestfs's architectures -> Glance's ``architecture`` values (i686
+#: for 32-bit x86, which libguestfs calls i386 from a PE or ELF header).
+ARCHITECTURES = {'x86_64': 'x86_64', 'i386': 'i686', 'i486': 'i686',
+                 'i586': 'i686', 'i686': 'i686', 'aarch64': 'aarch64',
+                 'ppc64le': 'ppc64le', 's390x': 's390x'}
+
 #: Where a Linux module can be for the guest to boot from a disk behind it.
 BOOTABLE = ('builtin', 'initramfs')
 
@@ -233,8 +239,8 @@ def guest_properties(guest, source_vm=None):
         minor = guest.get('minor_version')
         props['os_version'] = '%d.%d' % (major, minor) if (
             isinstance(minor, int) and os_type == 'windows') else str(major)
-    arch = guest.get('arch')
-    if arch in ('x86_64', 'i686', 'aarch64', 'ppc64le', 's390x'):
+    arch = ARCHITECTURES.get(guest.get('arch'))
+    if arch:
         props['architecture'] = arch
     bus, model, why = disk_bus(guest)
     if bus:

@@ -242,6 +242,12 @@ def warnings(guest, result=None):
         out.append('no kernel found under /lib/modules')
     if guest.get('type') == 'windows':
         out.extend(windows_warnings(guest))
+    arch = guest.get('arch')
+    if properties.ARCHITECTURES.get(arch) == 'i686':
+        out.append('32-bit guest (%s): nothing converts it to 64-bit; give '
+                   'it a flavor of at most 4 GiB of RAM (more is not '
+                   'usable without PAE) and, for Windows, the 32-bit (x86) '
+                   'virtio-win drivers' % arch)
     others = [g for g in (result or {}).get('guests') or ()
               if g is not guest and g.get('type')]
     if others:
@@ -268,7 +274,53 @@ def windows_warnings(guest):
         out.append('%s without a virtio storage driver: hw_disk_bus=%s; '
                    'install virtio-win before migrating to get virtio-scsi'
                    % (guest.get('product_name') or 'Windows', bus))
+        staged = [d.split('.inf', 1)[0] for d in win.get('driver_store')
+                  or () if d.lower().startswith(('vioscsi.', 'viostor.'))]
+        if staged:
+            out.append('%s is in the driver store but not installed as a '
+                       'service: install it in the guest (pnputil /add-driver '
+                       '... /install, or virtio-win\'s installer) before '
+                       'migrating' % ', '.join(sorted(set(staged))))
+    out.extend(bcd_warnings(guest))
     return out
+
+
+BCDBOOT = ('rebuild it from the Windows recovery environment with '
+           '"bcdboot C:\\Windows" if the guest does not boot')
+
+
+def bcd_warnings(guest):
+    """What the BCD check found, when it could not vouch for the boot
+    configuration: no BCD, one it could not read, or a default entry whose
+    devices do not name the partition Windows is on."""
+    bcd = (guest.get('windows') or {}).get('bcd')
+    if not bcd:
+        return []
+    if not bcd.get('found'):
+        return ['no BCD found (%s): the boot configuration could not be '
+                'checked; %s' % (', '.join(bcd.get('searched') or ()) or
+                                 'no NTFS or FAT partition', BCDBOOT)]
+    where = '%s:%s' % (bcd.get('partition'), bcd.get('path'))
+    if bcd.get('error'):
+        return ['BCD %s could not be checked: %s; %s' % (
+            where, bcd['error'], BCDBOOT)]
+    part = bcd.get('system_partition') or {}
+    if bcd.get('names_system_partition') is False:
+        if part.get('table') == 'gpt':
+            this = 'partition GUID %s' % part.get('guid')
+        else:
+            this = 'disk signature %s, offset %s' % (
+                part.get('signature'), part.get('offset'))
+        return ['BCD %s: its default entry %s (%s) does not name the '
+                'Windows partition %s (%s): Windows will not find its boot '
+                'device; %s' % (
+                    where, bcd.get('default'), bcd.get('description'),
+                    guest.get('root'), this, BCDBOOT.replace(
+                        ' if the guest does not boot', ''))]
+    if bcd.get('names_system_partition') is None:
+        return ['BCD %s: its default entry %s has no device element to '
+                'check; %s' % (where, bcd.get('default'), BCDBOOT)]
+    return []
 
 
 def summary(result, source_vm=None):
@@ -332,6 +384,44 @@ def report(guest):
     return out
 
 
+def windows_lines(win):
+    """The Windows facts for the text output."""
+    if not win:
+        return []
+    lines = ['windows:      build %s%s, %s' % (
+        win.get('build'), ' (%s)' % win['edition'] if win.get('edition')
+        else '', win.get('systemroot'))]
+    current = win.get('current_control_set')
+    for cset, facts in sorted((win.get('control_sets') or {}).items()):
+        services = facts.get('services') or {}
+        groups = {}
+        for name, svc in sorted(services.items()):
+            groups.setdefault(svc.get('group'), []).append(
+                '%s (start %s)' % (name, svc.get('start')))
+        lines.append('registry:     %s%s: virtio %s; citrix %s; vmware %s; '
+                     'filters %s' % (
+                         cset, ' (current)' if cset == current else '',
+                         ', '.join(groups.get('virtio') or ['none']),
+                         ', '.join(groups.get('citrix') or ['none']),
+                         ', '.join(groups.get('vmware') or ['none']),
+                         ', '.join('%s %s' % (f['value'], ','.join(
+                             f['names'])) for f in facts.get('filters')
+                             or ()) or 'none'))
+    lines.append('driverstore:  %s' % (
+        ', '.join(win.get('driver_store') or ()) or 'no virtio driver'))
+    bcd = win.get('bcd')
+    if bcd and bcd.get('found'):
+        lines.append('bcd:          %s:%s default %s (%s), names the '
+                     'Windows partition: %s' % (
+                         bcd.get('partition'), bcd.get('path'),
+                         bcd.get('default'), bcd.get('description'),
+                         {True: 'yes', False: 'no', None: 'unknown'}[
+                             bcd.get('names_system_partition')]))
+    elif bcd:
+        lines.append('bcd:          not found')
+    return lines
+
+
 def text_lines(inspection):
     """Lines for the text output of the CLIs."""
     guest = inspection.get('guest')
@@ -359,6 +449,7 @@ def text_lines(inspection):
         if guest.get('tools'):
             lines.append('tools:        %s' % ', '.join(
                 sorted(v for vs in guest['tools'].values() for v in vs)))
+        lines.extend(windows_lines(guest.get('windows')))
     for fix in inspection.get('fixed') or ():
         for change in fix.get('registry') or ():
             lines.append('fixed:        SYSTEM hive: %s' % change)

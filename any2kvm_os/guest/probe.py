@@ -26,7 +26,12 @@ VM, or several test guests at once) and reports every operating system
 found, each with the index of the disk holding its root.  ``--fix`` opens
 the disks read-write (the caller gives qcow2 overlays, so that a failure
 leaves the disks as they were) and rewrites, in a Linux guest, the device
-names KVM will not have and the Xen-only consoles.
+names KVM will not have and the Xen-only consoles; in a Windows guest, the
+SYSTEM hive (the Citrix PV drivers' services and filter entries, the
+start of the chosen bus's storage driver).  For a Windows guest it also
+reads the boot configuration (the BCD hive, ``/Boot/BCD`` or
+``/EFI/Microsoft/Boot/BCD`` on a partition of the guest's disk), never
+changing it.
 
 The output is one JSON object on stdout: ``{"guests": [...]}``, or
 ``{"error": "...", "missing": "guestfs"?}`` with a non-zero status.
@@ -646,6 +651,121 @@ def fix_system_hive(hive, bus=None):
     return changes
 
 
+#: The BCD's boot manager object, and the elements read from its default
+#: Windows boot loader object.
+BCD_BOOTMGR = '{9dea862c-5cdd-4e70-acc1-f32b344d4795}'
+BCD_DEFAULT = '23000003'
+BCD_ELEMENTS = {'11000001': 'application_device', '21000001': 'os_device',
+                '12000002': 'application_path', '12000004': 'description',
+                '22000002': 'system_root'}
+BCD_PATHS = ('/Boot/BCD', '/EFI/Microsoft/Boot/BCD')
+
+
+def bcd_facts(hive):
+    """The default boot entry of a BCD hive: {'default', 'description',
+    'application_path', 'system_root', 'application_device',
+    'os_device' (hex)} or {'error'}."""
+    elements = hive.node('Objects\\%s\\Elements\\%s' % (
+        BCD_BOOTMGR, BCD_DEFAULT))
+    vals = hive.values(elements) if elements else {}
+    if 'element' not in vals:
+        return {'error': 'no default boot entry (boot manager element %s)'
+                % BCD_DEFAULT}
+    default = reg_value(vals['element'])
+    out = {'default': default}
+    node = hive.node('Objects\\%s\\Elements' % default)
+    if not node:
+        return {'default': default, 'error': 'the default boot entry %s '
+                'is not in the BCD' % default}
+    for elem, name in BCD_ELEMENTS.items():
+        h = hive.child(node, elem)
+        vals = hive.values(h) if h else {}
+        if 'element' not in vals:
+            out[name] = None
+        elif name.endswith('_device'):
+            out[name] = vals['element'][1].hex()
+        else:
+            out[name] = reg_value(vals['element'])
+    return out
+
+
+def partition_id(g, part):
+    """How a BCD (and MountedDevices) names a partition: for MBR, the
+    disk signature (4 bytes) and the partition's byte offset (8 bytes,
+    little-endian); for GPT, the partition GUID (mixed-endian bytes)."""
+    import uuid
+    dev = g.part_to_dev(part)
+    num = g.part_to_partnum(part)
+    table = g.part_get_parttype(dev)
+    if table == 'gpt':
+        guid = uuid.UUID(g.part_get_gpt_guid(dev, num))
+        return {'table': 'gpt', 'guid': str(guid),
+                'bytes': [guid.bytes_le.hex()]}
+    signature = g.pread_device(dev, 4, 440)
+    start = [p['part_start'] for p in g.part_list(dev)
+             if p['part_num'] == num][0]
+    return {'table': table, 'signature': signature[::-1].hex(),
+            'offset': start, 'bytes': [signature.hex(),
+                                       start.to_bytes(8, 'little').hex()]}
+
+
+def windows_bcd(g, guest):
+    """Find and read the BCD of the Windows guest (its root mounted
+    nowhere): on each NTFS or FAT partition of the guest's disk."""
+    searched = []
+    found = None
+    disk = guest.get('disk')
+    for part in g.list_partitions():
+        if disk_index(part) != disk or found:
+            continue
+        try:
+            if g.vfs_type(part) not in ('ntfs', 'vfat'):
+                continue
+            g.mount_ro(part, '/')
+        except RuntimeError:
+            continue
+        try:
+            for cand in BCD_PATHS:
+                searched.append('%s:%s' % (part, cand))
+                try:
+                    path = g.case_sensitive_path(cand)
+                    if not g.is_file(path):
+                        continue
+                except RuntimeError:
+                    continue
+                found = {'partition': part, 'path': path}
+                try:
+                    hive = Hive(g, path)
+                    try:
+                        found.update(bcd_facts(hive))
+                    finally:
+                        hive.close()
+                except RuntimeError as e:
+                    found['error'] = ' '.join(str(e).split())
+                break
+        finally:
+            g.umount_all()
+    if found is None:
+        return {'found': False, 'searched': searched}
+    found['found'] = True
+    try:
+        ident = partition_id(g, guest['root'])
+    except (RuntimeError, IndexError) as e:
+        found['names_system_partition'] = None
+        found['system_partition'] = {'error': str(e)}
+        return found
+    found['system_partition'] = {k: v for k, v in ident.items()
+                                 if k != 'bytes'}
+    devices = [found.get(k) for k in ('os_device', 'application_device')
+               if found.get(k)]
+    if 'error' in found or not devices:
+        found['names_system_partition'] = None
+    else:
+        found['names_system_partition'] = all(
+            all(b in dev for b in ident['bytes']) for dev in devices)
+    return found
+
+
 def windows_facts(g, root):
     sysroot = g.inspect_get_windows_systemroot(root)
     facts = {'systemroot': sysroot, 'control_sets': {}, 'driver_store': [],
@@ -670,6 +790,11 @@ def windows_facts(g, root):
             vals = hive.values(node) if node else {}
             if 'currentbuildnumber' in vals:
                 facts['build'] = reg_value(vals['currentbuildnumber'])
+            for key, name in (('editionid', 'edition'),
+                              ('installationtype', 'installation_type'),
+                              ('currentversion', 'current_version')):
+                if key in vals:
+                    facts[name] = reg_value(vals[key])
         finally:
             hive.close()
     except RuntimeError:
@@ -733,6 +858,8 @@ def inspect_root(g, root):
             guest['windows'] = windows_facts(g, root)
     finally:
         g.umount_all()
+    if guest['type'] == 'windows':
+        guest['windows']['bcd'] = windows_bcd(g, guest)
     return guest
 
 
@@ -884,16 +1011,35 @@ def hive_main(args):
     return 0
 
 
-def fix_windows(g, guest, bus):
-    """The SYSTEM hive fixes in the appliance."""
+def fix_windows(g, guest, bus, tried, fail_after=None):
+    """The SYSTEM hive fixes in the appliance; then the guest's report
+    says what the hive holds after them.  ``fail_after`` (the tests'
+    ANY2KVM_FIX_FAIL_AFTER): stop once that many files were written."""
     path = (guest.get('windows') or {}).get('system_hive')
     if not path:
         return []
-    hive = Hive(g, path, write=True)
+    mount_guest(g, guest['root'], write=True)
     try:
-        return fix_system_hive(hive, bus)
+        tried.append(path)
+        hive = Hive(g, path, write=True)
+        try:
+            changes = fix_system_hive(hive, bus)
+        finally:
+            hive.close()
+        if not changes:
+            tried.remove(path)
+        g.sync()
+        if changes and fail_after is not None and fail_after <= 1:
+            raise ProbeError('fix stopped after 1 file(s) '
+                             '(ANY2KVM_FIX_FAIL_AFTER)')
+        hive = Hive(g, path)
+        try:
+            guest['windows'].update(system_facts(hive))
+        finally:
+            hive.close()
     finally:
-        hive.close()
+        g.umount_all()
+    return changes
 
 
 def main(argv=None):
@@ -938,7 +1084,8 @@ def main(argv=None):
                     result['fixed'].append({
                         'root': guest['root'], 'disk': guest['disk'],
                         'bus': bus, 'files': [], 'registry': fix_windows(
-                            g, guest, bus)})
+                            g, guest, bus, tried,
+                            int(fail_after) if fail_after else None)})
                 if guest.get('type') != 'linux':
                     continue
                 bus = fix_bus(guest)

@@ -10,16 +10,19 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Guest inspection and ``convert --fix`` on real Linux guests.
+"""Guest inspection and ``convert --fix`` on real Linux and Windows disks.
 
-The guests are built from Debian packages (tests/lib/guestbuild.py) and
-booted under QEMU TCG on the bus the properties choose.  The libguestfs
-appliance under TCG costs a minute or more per launch on a loaded machine,
-so this module launches it three times in all: once for the three guests
-together (one appliance, three drives), once for ``convert --fix``, once
-for a fix that fails half-way.  The command-line plumbing (info, convert,
-import, warnings) is tested with a stand-in interpreter that prints a
-recorded probe output instead.
+The Linux guests are built from Debian packages (tests/lib/guestbuild.py)
+and booted under QEMU TCG on the bus the properties choose (the UEFI one
+with OVMF).  The Windows disks are NTFS disks laid out like installed
+Windows guests, with hives made by hivex (tests/lib/winbuild.py).  The
+libguestfs appliance under TCG costs a minute or more per launch on a
+loaded machine, so this module launches it five times in all: once for
+the seven disks together (one appliance, seven drives), then for
+``convert --fix`` and for a fix that fails half-way, each on the Xen PV
+Linux guest and on the Windows Server 2019 disk.  The command-line
+plumbing (info, convert, import, warnings) is tested with a stand-in
+interpreter that prints a recorded probe output instead.
 """
 
 import hashlib
@@ -36,10 +39,16 @@ from tests.lib.cli import describe
 from tests.lib.cli import run_any2kvm
 from tests.lib import guestbuild
 from tests.lib.tools import missing_tool
+from tests.lib import winbuild
+from tests.lib import winhive
 
 RECORDED = Path(__file__).parent.parent / 'unit' / 'data' / \
     'probe-linux-guests.json'
 APPLIANCE_TIMEOUT = 1800
+#: The Linux guests booted with SeaBIOS.
+BIOS_KINDS = ('virtio', 'novirtio', 'xenpv')
+CITRIX = winbuild.CITRIX
+CSETS = ('ControlSet001', 'ControlSet002')
 
 
 def sha256(path):
@@ -57,7 +66,7 @@ def qemu_img(*args):
 
 @pytest.fixture(scope='module')
 def guests(tmp_path_factory):
-    missing = guestbuild.missing_tools()
+    missing = guestbuild.missing_tools() + winbuild.missing_tools()
     if missing:
         missing_tool('test guests need: %s' % ', '.join(missing))
     top = tmp_path_factory.mktemp('guests')
@@ -65,6 +74,8 @@ def guests(tmp_path_factory):
     for kind in guestbuild.KINDS:
         path = top / ('%s.raw' % kind)
         built[kind] = dict(guestbuild.build(path, kind), path=path)
+    for kind in winbuild.KINDS:
+        built[kind] = winbuild.build(top / ('%s.raw' % kind), kind)
     return built
 
 
@@ -82,8 +93,8 @@ def libguestfs():
 
 @pytest.fixture(scope='module')
 def inspected(guests, libguestfs):
-    """ONE appliance launch for the three guests (three drives)."""
-    order = list(guestbuild.KINDS)
+    """ONE appliance launch for all the guests (one drive each)."""
+    order = list(guestbuild.KINDS) + list(winbuild.KINDS)
     result = gi.inspect_files([guests[k]['path'] for k in order],
                               libguestfs)
     by_disk = {g['disk']: g for g in result['guests']}
@@ -92,7 +103,8 @@ def inspected(guests, libguestfs):
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
 def test_inspection_of_the_three_guests(inspected):
-    for kind, g in inspected.items():
+    for kind in BIOS_KINDS:
+        g = inspected[kind]
         assert g is not None, kind
         assert g['type'] == 'linux'
         assert g['distro'] == 'debian'
@@ -101,8 +113,8 @@ def test_inspection_of_the_three_guests(inspected):
         assert g['hostname'] == 'guest-%s' % kind
         assert g['firmware'] == 'bios'
         assert g['linux']['bootloader'] == 'grub2'
-    mods = {k: properties.boot_kernel(g)['modules']
-            for k, g in inspected.items()}
+    mods = {k: properties.boot_kernel(inspected[k])['modules']
+            for k in BIOS_KINDS}
     assert mods['virtio']['virtio_scsi'] == 'initramfs'
     assert mods['novirtio']['virtio_scsi'] == 'module'
     assert mods['novirtio']['ata_piix'] == 'initramfs'
@@ -118,8 +130,8 @@ def test_inspection_of_the_three_guests(inspected):
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
 def test_each_guest_boots_on_the_bus_its_properties_choose(guests,
                                                            inspected):
-    chosen = {k: properties.guest_properties(g)[0]
-              for k, g in inspected.items()}
+    chosen = {k: properties.guest_properties(inspected[k])[0]
+              for k in BIOS_KINDS}
     assert chosen['virtio']['hw_disk_bus'] == 'scsi'
     assert chosen['virtio']['hw_scsi_model'] == 'virtio-scsi'
     assert chosen['virtio']['hw_qemu_guest_agent'] == 'yes'
@@ -200,6 +212,255 @@ def test_a_fix_failing_half_way_leaves_the_copy_as_converted(
     # The converted copy is byte for byte the source: nothing of the
     # half-made fix reached it.
     assert sha256(out) == sha256(guests['xenpv']['path'])
+
+
+# -- UEFI ---------------------------------------------------------------------
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT)
+def test_the_uefi_guest_gets_uefi_and_q35_and_boots_with_ovmf(
+        guests, inspected):
+    g = inspected['uefi']
+    assert g is not None
+    assert g['type'] == 'linux' and g['distro'] == 'debian'
+    assert g['firmware'] == 'uefi'
+    (table,) = g['partition_tables']
+    assert table['table'] == 'gpt' and table['esp']
+    assert table['partitions'][0] == {'number': 1, 'kind': 'esp'}
+    names = {e['path']: e['names'] for e in g['linux']['disk_names']}
+    assert names['/etc/fstab'] == ['UUID=%s' % guests['uefi']['esp_uuid'],
+                                   'UUID=%s' % guests['uefi']['fsuuid']]
+    props, reasons = properties.guest_properties(g)
+    assert props['hw_firmware_type'] == 'uefi'
+    assert props['hw_machine_type'] == 'q35'
+    assert reasons['hw_firmware_type'] == 'an EFI system partition'
+    assert props['hw_disk_bus'] == 'scsi'
+    bus = guestbuild.NOVA_BUS[props['hw_disk_bus']]
+    line = guestbuild.boot(guests['uefi']['path'], bus, firmware='uefi')
+    assert line and 'ANY2KVM-BOOT-OK' in line, line
+    assert guests['uefi']['token'] in line
+    # SeaBIOS finds the disk but nothing to run: the protective MBR of a
+    # GPT disk has no boot code.
+    log = Path(str(guests['uefi']['path']) + '.seabios.log')
+    line = guestbuild.boot(guests['uefi']['path'], bus, timeout=30, log=log)
+    assert line is None, line
+    assert 'Booting from Hard Disk' in log.read_text(errors='replace')
+
+
+# -- Windows ------------------------------------------------------------------
+
+def test_windows_inspection(inspected, guests):
+    win = {k: inspected[k] for k in winbuild.KINDS}
+    for kind, g in win.items():
+        spec = winbuild.KINDS[kind]
+        assert g is not None, kind
+        assert g['type'] == 'windows' and g['distro'] == 'windows'
+        assert g['product_name'] == spec['product']
+        assert g['hostname'] == spec['hostname']
+        assert g['root'].endswith('2')
+        facts = g['windows']
+        assert facts['build'] == spec['build']
+        assert facts['edition'] == spec['edition']
+        assert facts['current_control_set'] == 'ControlSet001'
+        assert sorted(facts['control_sets']) == list(CSETS)
+        for cset in CSETS:
+            found = facts['control_sets'][cset]
+            assert sorted(n for n, s in found['services'].items()
+                          if s['group'] == 'citrix') == sorted(CITRIX)
+            assert found['filters'] == [{
+                'class': winbuild.DISK_CLASS, 'value': 'upperfilters',
+                'names': ['partmgr', 'xenfilt']}]
+            assert not [n for n, s in found['services'].items()
+                        if s['group'] == 'virtio']
+    assert (win['win2019']['major_version'],
+            win['win2019']['minor_version']) == (10, 0)
+    assert win['win2019']['arch'] == 'x86_64'
+    assert win['win2019']['windows']['driver_store'] == []
+    assert [d.split('.inf')[0] for d in sorted(
+        win['win2019-store']['windows']['driver_store'])] == [
+            'netkvm', 'vioscsi']
+    assert (win['win7-x86']['major_version'],
+            win['win7-x86']['minor_version']) == (6, 1)
+    assert win['win7-x86']['arch'] == 'i386'
+    # The boot configuration.
+    bcd = win['win2019']['windows']['bcd']
+    assert bcd['found'] and bcd['path'] == '/Boot/BCD'
+    assert bcd['partition'].endswith('1')
+    assert bcd['default'] == winbuild.LOADER
+    assert bcd['description'] == 'Windows Server 2019 Standard'
+    assert bcd['application_path'] == '\\Windows\\system32\\winload.exe'
+    assert bcd['names_system_partition'] is True
+    assert bcd['system_partition'] == {
+        'table': 'msdos', 'signature': '%08x' % winbuild.SIGNATURE,
+        'offset': winbuild.P2_START * 512}
+    assert win['win2019-store']['windows']['bcd'][
+        'names_system_partition'] is False
+    assert win['win7-x86']['windows']['bcd']['found'] is False
+
+    props = {k: properties.guest_properties(g) for k, g in win.items()}
+    p, why = props['win2019']
+    assert {k: p[k] for k in ('os_type', 'os_distro', 'os_version',
+                              'architecture', 'hw_disk_bus',
+                              'hw_vif_model', 'hw_firmware_type')} == {
+        'os_type': 'windows', 'os_distro': 'windows', 'os_version': '10.0',
+        'architecture': 'x86_64', 'hw_disk_bus': 'sata',
+        'hw_vif_model': 'e1000', 'hw_firmware_type': 'bios'}
+    assert 'hw_scsi_model' not in p
+    assert why['hw_disk_bus'] == ('no virtio storage service starting at '
+                                  'boot; storahci (AHCI) is installed')
+    p, why = props['win2019-store']
+    assert p['hw_disk_bus'] == 'sata'
+    assert 'vioscsi.inf_amd64_' in why['hw_disk_bus']
+    assert 'is in the driver store only' in why['hw_disk_bus']
+    assert props['win7-x86'][0]['architecture'] == 'i686'
+    assert props['win7-x86'][0]['os_version'] == '6.1'
+
+    warns = {k: gi.warnings(g) for k, g in win.items()}
+    for kind, spec in winbuild.KINDS.items():
+        assert ('%s without a virtio storage driver: hw_disk_bus=sata; '
+                'install virtio-win before migrating to get virtio-scsi'
+                % spec['product']) in warns[kind]
+        assert ('ControlSet001: Citrix XenServer PV driver services %s: '
+                'they can stop Windows booting on KVM (remove them)'
+                % ', '.join(sorted(CITRIX))) in warns[kind]
+    assert not [w for w in warns['win2019'] if 'BCD' in w or '32-bit' in w]
+    assert ('vioscsi is in the driver store but not installed as a '
+            'service: install it in the guest (pnputil /add-driver ... '
+            '/install, or virtio-win\'s installer) before migrating'
+            ) in warns['win2019-store']
+    root = win['win2019-store']['root']
+    (bcd_warning,) = [w for w in warns['win2019-store'] if 'BCD' in w]
+    assert bcd_warning == (
+        'BCD %s1:/Boot/BCD: its default entry %s (Windows Server 2019 '
+        'Datacenter) does not name the Windows partition %s (disk '
+        'signature %08x, offset %d): Windows will not find its boot '
+        'device; rebuild it from the Windows recovery environment with '
+        '"bcdboot C:\\Windows"' % (root[:-1], winbuild.LOADER, root,
+                                   winbuild.SIGNATURE,
+                                   winbuild.P2_START * 512))
+    (bcd_warning,) = [w for w in warns['win7-x86'] if 'BCD' in w]
+    assert bcd_warning.startswith('no BCD found (')
+    assert 'the boot configuration could not be checked; rebuild it ' \
+        'from the Windows recovery environment with "bcdboot C:\\Windows" ' \
+        'if the guest does not boot' in bcd_warning
+    assert ('32-bit guest (i386): nothing converts it to 64-bit; give it '
+            'a flavor of at most 4 GiB of RAM (more is not usable without '
+            'PAE) and, for Windows, the 32-bit (x86) virtio-win drivers'
+            ) in warns['win7-x86']
+
+
+def _hives(disk, tmp_path):
+    """{name: bytes} of the SYSTEM and SOFTWARE hives and the BCD of a
+    Windows test disk, read with ntfscat (not libguestfs)."""
+    out = {}
+    for name, start, path in (
+            ('SYSTEM', winbuild.P2_START,
+             '/Windows/System32/config/SYSTEM'),
+            ('SOFTWARE', winbuild.P2_START,
+             '/Windows/System32/config/SOFTWARE'),
+            ('BCD', winbuild.P1_START, '/Boot/BCD')):
+        out[name] = winbuild.read_file(disk, start, path, tmp_path)
+    return out
+
+
+def _parse_reg(text):
+    keys = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith('[') and line.endswith(']'):
+            current = keys.setdefault(line[1:-1].rstrip('\\').lower(), {})
+        elif '=' in line and current is not None:
+            name, _sep, data = line.partition('=')
+            current[name] = data
+    return keys
+
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT)
+def test_convert_fix_on_the_windows_disk(guests, libguestfs, tmp_path):
+    disk = guests['win2019']['path']
+    source = tmp_path / 'win.qcow2'
+    qemu_img('convert', '-O', 'qcow2', disk, source)
+    before = sha256(source)
+    out = tmp_path / 'win.raw'
+    res = run_any2kvm('convert', source, out, '--fix', '--format', 'json',
+                      timeout=APPLIANCE_TIMEOUT)
+    assert res.returncode == 0, describe(res)
+    report = json.loads(res.stdout)
+    assert sha256(source) == before
+    guest = report['guest']
+    assert guest['product_name'] == 'Windows Server 2019 Standard'
+    assert guest['windows']['build'] == '17763'
+    assert (guest['major_version'], guest['minor_version']) == (10, 0)
+    assert guest['windows']['driver_store'] == []
+    assert guest['windows']['bcd']['names_system_partition'] is True
+    (fix,) = report['fixed']
+    assert fix['bus'] == 'sata' and fix['files'] == []
+    expected = []
+    for cset in CSETS:
+        expected += ['%s\\Services\\%s: deleted' % (cset, s) for s in (
+            'xenbus', 'xenfilt', 'xenvbd', 'xennet', 'xenvif', 'xeniface')]
+        expected.append('%s\\Control\\Class\\%s\\UpperFilters: '
+                        'partmgr,xenfilt -> partmgr' % (
+                            cset, winbuild.DISK_CLASS))
+        expected.append('%s\\Services\\storahci\\Start: 3 -> 0' % cset)
+    assert sorted(fix['registry']) == sorted(expected)
+    # The report tells what the hive holds after the fix.
+    for cset in CSETS:
+        facts = guest['windows']['control_sets'][cset]
+        assert facts['filters'] == []
+        assert facts['services']['storahci']['start'] == 0
+        assert not [n for n, s in facts['services'].items()
+                    if s['group'] in ('citrix', 'virtio')]
+    assert report['properties']['hw_disk_bus'] == 'sata'
+    assert report['reasons']['hw_disk_bus'] == (
+        'no virtio storage service starting at boot; storahci (AHCI) is '
+        'installed')
+    assert report['warnings'] == [
+        'Windows Server 2019 Standard without a virtio storage driver: '
+        'hw_disk_bus=sata; install virtio-win before migrating to get '
+        'virtio-scsi']
+    # Only the intended keys of the SYSTEM hive changed; the SOFTWARE
+    # hive and the BCD did not change at all.
+    old = _hives(disk, tmp_path)
+    new = _hives(out, tmp_path)
+    assert new['SOFTWARE'] == old['SOFTWARE']
+    assert new['BCD'] == old['BCD']
+    for name, data in (('old', old), ('new', new)):
+        (tmp_path / name).write_bytes(data['SYSTEM'])
+    old_keys = _parse_reg(winhive.export(tmp_path / 'old'))
+    new_keys = _parse_reg(winhive.export(tmp_path / 'new'))
+    top = 'hkey_local_machine\\system\\'
+    assert set(old_keys) - set(new_keys) == {
+        top + '%s\\services\\%s' % (c.lower(), s)
+        for c in CSETS for s in CITRIX}
+    assert set(new_keys) - set(old_keys) == set()
+    changed = {(k, name) for k in new_keys for name in new_keys[k]
+               if old_keys[k].get(name) != new_keys[k][name]}
+    assert changed == {
+        (top + '%s\\control\\class\\%s' % (c.lower(), winbuild.DISK_CLASS),
+         '"UpperFilters"') for c in CSETS} | {
+        (top + '%s\\services\\storahci' % c.lower(), '"Start"')
+        for c in CSETS}
+
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT)
+def test_a_windows_fix_failing_half_way_leaves_the_copy_as_converted(
+        guests, libguestfs, tmp_path, monkeypatch):
+    disk = guests['win2019']['path']
+    source = tmp_path / 'win.qcow2'
+    qemu_img('convert', '-O', 'qcow2', disk, source)
+    out = tmp_path / 'win.raw'
+    monkeypatch.setenv('ANY2KVM_FIX_FAIL_AFTER', '1')
+    res = run_any2kvm('convert', source, out, '--fix',
+                      timeout=APPLIANCE_TIMEOUT)
+    assert res.returncode == 1, describe(res)
+    err = res.stderr.strip()
+    assert err.startswith('any2kvm: error: %s: guest fix: fix stopped after '
+                          '1 file(s)' % out), err
+    assert 'it had changed: /Windows/System32/config/SYSTEM' in err
+    assert len(err.splitlines()) == 1, err
+    # The SYSTEM hive had been written in the appliance; none of it
+    # reached the converted copy.
+    assert sha256(out) == sha256(disk)
 
 
 # -- the command lines, with a recorded probe output -----------------------

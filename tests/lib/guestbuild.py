@@ -40,6 +40,14 @@ Kinds (:data:`KINDS`):
 ``xenpv``   like ``virtio``, but fstab and grub.cfg name ``/dev/xvda1``
             and the kernel command line has ``console=hvc0``, as a Xen PV
             guest's do; xe-guest-utilities in the dpkg status.
+``uefi``    like ``virtio``, on a GPT disk: partition 1 an EFI system
+            partition (FAT, made by mkfs.vfat and filled by mtools, no
+            mount) holding GRUB for UEFI (grub-mkimage -O x86_64-efi, at
+            the removable-media path \\EFI\\BOOT\\BOOTX64.EFI, finding
+            the root by its UUID), partition 2 the ext4 root; fstab mounts
+            the ESP at /boot/efi.  It boots with OVMF (``boot(...,
+            firmware='uefi')``), not with SeaBIOS: its protective MBR has
+            no boot code.
 
 One more kind, not among :data:`KINDS` (not inspected with them): ``nova``,
 the guest the Nova boot tests boot (:func:`nova_guest`), like ``virtio``
@@ -73,6 +81,8 @@ BOOT_MODULES = {
     'novirtio': ('sd_mod', 'ata_piix', 'ata_generic'),
     'xenpv': ('virtio_pci', 'virtio_blk', 'virtio_scsi', 'sd_mod',
               'ata_piix', 'ata_generic'),
+    'uefi': ('virtio_pci', 'virtio_blk', 'virtio_scsi', 'sd_mod',
+             'ata_piix', 'ata_generic'),
 }
 KINDS = tuple(BOOT_MODULES)
 #: Modules copied onto the root filesystem's /lib/modules (all kinds).
@@ -82,14 +92,24 @@ DISK_MODULES = ('virtio_pci', 'virtio_blk', 'virtio_scsi', 'virtio_net',
 #: not share one).
 FS_UUIDS = {'virtio': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0101',
             'novirtio': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0102',
-            'xenpv': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0103'}
+            'xenpv': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0103',
+            'uefi': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0104'}
 TOOLS_PACKAGES = {'virtio': ('qemu-guest-agent',), 'novirtio': (),
-                  'xenpv': ('xe-guest-utilities',)}
+                  'xenpv': ('xe-guest-utilities',), 'uefi': ()}
 #: The Nova boot tests' guest (see the module's doc; not in KINDS).
 BOOT_MODULES['nova'] = BOOT_MODULES['virtio']
 FS_UUIDS['nova'] = '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0201'
 TOOLS_PACKAGES['nova'] = ()
 READY = 'ANY2KVM-BOOT-OK'
+#: The UEFI guest: GRUB's EFI modules, the ESP's size and FAT volume id
+#: (its UUID is ``2EC0-FFEE``), OVMF for booting it.
+GRUB_EFI_DIR = '/usr/lib/grub/x86_64-efi'
+ESP_SECTORS = 16 << 11
+ESP_VOLID = '2EC0FFEE'
+ESP_UUID = '2EC0-FFEE'
+OVMF = ('/usr/share/ovmf/OVMF.fd', '/usr/share/qemu/OVMF.fd')
+GPT_ESP = 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B'
+GPT_LINUX = '0FC63DAF-8483-4772-8E79-3D69D8477DE4'
 
 INIT = r'''#!/bin/sh
 /bin/busybox --install -s /bin
@@ -169,6 +189,13 @@ def missing_tools():
            not os.path.exists('/sbin/' + t)]
     if not os.path.exists(os.path.join(GRUB_DIR, 'boot.img')):
         out.append('grub-pc-bin (%s)' % GRUB_DIR)
+    # The UEFI guest.
+    out += [t for t in ('mkfs.vfat', 'mcopy', 'mmd') if not shutil.which(
+        t) and not os.path.exists('/sbin/' + t)]
+    if not os.path.exists(os.path.join(GRUB_EFI_DIR, 'linux.mod')):
+        out.append('grub-efi-amd64-bin (%s)' % GRUB_EFI_DIR)
+    if not any(os.path.exists(p) for p in OVMF):
+        out.append('ovmf (%s)' % OVMF[0])
     return out
 
 
@@ -277,9 +304,12 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token):
         '    linux /boot/vmlinuz root=%s ro %s panic=-1 quiet\n'
         '    initrd /boot/initrd.img\n'
         '}\n' % (rootname, consoles))
-    (root / 'etc' / 'fstab').write_text(
-        '# <file system> <mount point> <type> <options> <dump> <pass>\n'
-        '%s / ext4 errors=remount-ro 0 1\n' % rootname)
+    fstab = ('# <file system> <mount point> <type> <options> <dump> <pass>\n'
+             '%s / ext4 errors=remount-ro 0 1\n' % rootname)
+    if kind == 'uefi':
+        (root / 'boot' / 'efi').mkdir()
+        fstab += 'UUID=%s /boot/efi vfat umask=0077 0 1\n' % ESP_UUID
+    (root / 'etc' / 'fstab').write_text(fstab)
     (root / 'etc' / 'os-release').write_text(
         'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
         'NAME="Debian GNU/Linux"\nVERSION_ID="12"\n'
@@ -311,6 +341,10 @@ def build(path, kind, token=None, size_mb=SIZE_MB):
         work = Path(tmp)
         root = _root_tree(work, kroot, version, busybox, kind, fsuuid,
                           token)
+        if kind == 'uefi':
+            _write_uefi(path, work, root, fsuuid)
+            return {'kind': kind, 'fsuuid': fsuuid, 'token': token,
+                    'kernel': version, 'esp_uuid': ESP_UUID}
         if path.exists():
             path.unlink()
         with open(str(path), 'wb') as f:
@@ -347,6 +381,46 @@ def build(path, kind, token=None, size_mb=SIZE_MB):
             'kernel': version}
 
 
+def _write_uefi(path, work, root, fsuuid):
+    """The GPT disk of the ``uefi`` guest: ESP, then the ext4 root."""
+    root_start = START_SECTOR + ESP_SECTORS
+    total = SIZE_MB << 11
+    root_sectors = total - root_start - 2048      # the backup GPT's room
+    if path.exists():
+        path.unlink()
+    with open(str(path), 'wb') as f:
+        f.truncate(total * 512)
+    subprocess.run(['sfdisk', '-q', str(path)], input=(
+        'label: gpt\n'
+        'start=%d, size=%d, type=%s, name="EFI system partition"\n'
+        'start=%d, size=%d, type=%s, name="root"\n' % (
+            START_SECTOR, ESP_SECTORS, GPT_ESP, root_start, root_sectors,
+            GPT_LINUX)), text=True, check=True, capture_output=True,
+        timeout=60)
+    _run(['mke2fs', '-q', '-F', '-L', 'ANY2KVM_ROOT', '-U', fsuuid,
+          '-t', 'ext4', '-O', '^64bit,^metadata_csum',
+          '-E', 'offset=%d' % (root_start * 512), '-d', str(root),
+          str(path), '%dk' % (root_sectors // 2)])
+    early = work / 'early-efi.cfg'
+    early.write_text('search --no-floppy --fs-uuid --set=root %s\n'
+                     'set prefix=($root)/boot/grub\n'
+                     'configfile ($root)/boot/grub/grub.cfg\n' % fsuuid)
+    efi = work / 'BOOTX64.EFI'
+    _run(['grub-mkimage', '-O', 'x86_64-efi', '-d', GRUB_EFI_DIR,
+          '-o', str(efi), '-c', str(early), '-p', '/boot/grub',
+          'part_gpt', 'fat', 'ext2', 'search', 'search_fs_uuid', 'linux',
+          'boot', 'configfile', 'normal', 'efi_gop'])
+    esp = work / 'esp.img'
+    with open(str(esp), 'wb') as f:
+        f.truncate(ESP_SECTORS * 512)
+    _run(['mkfs.vfat', '-F', '16', '-i', ESP_VOLID, '-n', 'ESP', str(esp)])
+    _run(['mmd', '-i', str(esp), '::/EFI', '::/EFI/BOOT'])
+    _run(['mcopy', '-i', str(esp), str(efi), '::/EFI/BOOT/BOOTX64.EFI'])
+    with open(str(path), 'r+b') as f, open(str(esp), 'rb') as src:
+        f.seek(START_SECTOR * 512)
+        shutil.copyfileobj(src, f)
+
+
 #: QEMU devices of each bus, for a drive with id d0.
 BUS_DEVICES = {
     'virtio-scsi': ['-device', 'virtio-scsi-pci,id=scsi0',
@@ -361,19 +435,27 @@ NOVA_BUS = {'scsi': 'virtio-scsi', 'virtio': 'virtio-blk', 'ide': 'ide',
             'sata': 'sata'}
 
 
-def boot(path, bus, timeout=240, log=None, fmt='raw'):
+def boot(path, bus, timeout=240, log=None, fmt='raw', firmware='bios'):
     """Boot the disk at ``path`` under QEMU TCG on ``bus``; the console's
     ANY2KVM-BOOT line (None if none came within ``timeout`` s).  The disk
-    is never written (``snapshot=on``)."""
+    is never written (``snapshot=on``).  ``firmware='uefi'``: OVMF on a
+    q35 machine (what hw_firmware_type=uefi, hw_machine_type=q35 give),
+    else SeaBIOS on pc."""
     if log is None:
         with tempfile.TemporaryDirectory(prefix='guestboot-') as tmp:
-            return boot(path, bus, timeout, Path(tmp) / 'console.log', fmt)
+            return boot(path, bus, timeout, Path(tmp) / 'console.log', fmt,
+                        firmware)
     log = Path(log)
-    cmd = ['qemu-system-x86_64', '-machine', 'pc', '-accel', 'tcg',
-           '-m', '512', '-smp', '1', '-nographic', '-monitor', 'none',
-           '-serial', 'file:%s' % log, '-no-reboot', '-net', 'none',
-           '-drive', 'file=%s,format=%s,if=none,id=d0,snapshot=on' % (
-               path, fmt)] + BUS_DEVICES[bus]
+    machine = ['-machine', 'pc']
+    if firmware == 'uefi':
+        ovmf = [p for p in OVMF if os.path.exists(p)]
+        machine = ['-machine', 'q35', '-bios', ovmf[0]]
+    cmd = ['qemu-system-x86_64'] + machine + [
+        '-accel', 'tcg', '-m', '512', '-smp', '1', '-nographic',
+        '-monitor', 'none', '-serial', 'file:%s' % log, '-no-reboot',
+        '-net', 'none',
+        '-drive', 'file=%s,format=%s,if=none,id=d0,snapshot=on' % (
+            path, fmt)] + BUS_DEVICES[bus]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

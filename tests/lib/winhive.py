@@ -101,7 +101,7 @@ def with_parents(reg_text, prefix):
 def build(path, reg_text, prefix='HKEY_LOCAL_MACHINE\\SYSTEM'):
     """Write an empty hive at ``path`` and merge ``reg_text`` into it."""
     with open(str(path), 'wb') as f:
-        f.write(empty_hive())
+        f.write(empty_hive(prefix.rsplit('\\', 1)[-1]))
     reg = str(path) + '.reg'
     with open(reg, 'w', encoding='utf-8') as f:
         f.write(with_parents(reg_text, prefix))
@@ -117,6 +117,11 @@ def export(path, prefix='HKEY_LOCAL_MACHINE\\SYSTEM'):
                            str(path), '\\'], check=True,
                           capture_output=True, text=True,
                           timeout=120).stdout
+
+
+def hex_bytes(data):
+    """``data`` as the hex list of a .reg file's ``hex:`` value."""
+    return ','.join('%02x' % b for b in data)
 
 
 def _services(cset, extra=()):

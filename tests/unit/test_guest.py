@@ -552,3 +552,99 @@ def test_an_unread_initramfs_assumes_the_modules_on_disk():
     props, reasons = properties.guest_properties(g)
     assert props['hw_disk_bus'] == 'scsi'
     assert 'initramfs not read: zstd: not found' in reasons['hw_disk_bus']
+
+
+# -- Windows disks and the UEFI guest, as the real appliance saw them --------
+
+def disks():
+    """The probe's output for the Windows test disks (win2019,
+    win2019-store, win7-x86 of tests/lib/winbuild.py) and the uefi Linux
+    guest, inspected together."""
+    return json.loads((DATA / 'probe-windows-disks.json').read_text())
+
+
+def disk_guest(hostname):
+    for g in disks()['guests']:
+        if g['hostname'] == hostname:
+            return g
+    raise AssertionError(hostname)
+
+
+def test_a_bcd_naming_the_windows_partition_warns_nothing():
+    g = disk_guest('WIN2019-XEN')
+    assert g['windows']['bcd']['names_system_partition'] is True
+    assert gi.bcd_warnings(g) == []
+
+
+def test_a_stale_bcd_and_a_missing_one_warn_with_the_step_to_take():
+    (w,) = gi.bcd_warnings(disk_guest('WIN2019-STORE'))
+    assert w.startswith('BCD /dev/sdb1:/Boot/BCD: its default entry '
+                        '{6b9e2f15-1c40-11ea-9c4d-806e6f6e6963} (Windows '
+                        'Server 2019 Datacenter) does not name the Windows '
+                        'partition /dev/sdb2 (disk signature 2ee6b3c1, '
+                        'offset 9437184)')
+    assert w.endswith('"bcdboot C:\\Windows"')
+    (w,) = gi.bcd_warnings(disk_guest('WIN7-X86'))
+    assert w.startswith('no BCD found (/dev/sdc1:/Boot/BCD, /dev/sdc1:/EFI/'
+                        'Microsoft/Boot/BCD, /dev/sdc2:/Boot/BCD, ')
+
+
+def test_bcd_that_cannot_be_read_or_has_no_device():
+    g = disk_guest('WIN2019-XEN')
+    bcd = g['windows']['bcd']
+    bcd['error'] = 'no default boot entry (boot manager element 23000003)'
+    (w,) = gi.bcd_warnings(g)
+    assert w.startswith('BCD /dev/sda1:/Boot/BCD could not be checked: no '
+                        'default boot entry')
+    del bcd['error']
+    bcd['names_system_partition'] = None
+    (w,) = gi.bcd_warnings(g)
+    assert 'has no device element to check' in w
+    # A guest inspected before the BCD was read: no warning about it.
+    del g['windows']['bcd']
+    assert gi.bcd_warnings(g) == []
+
+
+def test_a_32_bit_windows_guest():
+    g = disk_guest('WIN7-X86')
+    props, _why = properties.guest_properties(g)
+    assert props['architecture'] == 'i686'
+    assert props['os_version'] == '6.1'
+    assert [w for w in gi.warnings(g) if w.startswith('32-bit guest (i386)')]
+    assert not [w for w in gi.warnings(disk_guest('WIN2019-XEN'))
+                if '32-bit' in w]
+
+
+def test_a_vioscsi_in_the_driver_store_only():
+    g = disk_guest('WIN2019-STORE')
+    props, why = properties.guest_properties(g)
+    assert props['hw_disk_bus'] == 'sata'
+    assert props['hw_vif_model'] == 'e1000'
+    assert 'vioscsi.inf_amd64_' in why['hw_disk_bus']
+    assert [w for w in gi.warnings(g) if w.startswith(
+        'vioscsi is in the driver store but not installed as a service')]
+
+
+def test_text_lines_of_a_windows_guest():
+    lines = gi.text_lines(gi.summary({'guests': [disk_guest('WIN2019-XEN')]}))
+    text = '\n'.join(lines)
+    assert 'windows:      build 17763 (ServerStandard), /Windows' in lines
+    assert [ln for ln in lines if ln.startswith(
+        'registry:     ControlSet001 (current): virtio none; citrix ')]
+    assert 'filters upperfilters partmgr,xenfilt' in text
+    assert 'driverstore:  no virtio driver' in lines
+    assert ('bcd:          /dev/sda1:/Boot/BCD default '
+            '{6b9e2f15-1c40-11ea-9c4d-806e6f6e6963} (Windows Server 2019 '
+            'Standard), names the Windows partition: yes') in lines
+    assert 'property:     hw_disk_bus=sata (no virtio storage service ' \
+        'starting at boot; storahci (AHCI) is installed)' in lines
+
+
+def test_the_uefi_guest_as_inspected():
+    g = disk_guest('guest-uefi')
+    assert g['firmware'] == 'uefi'
+    props, why = properties.guest_properties(g)
+    assert props['hw_firmware_type'] == 'uefi'
+    assert props['hw_machine_type'] == 'q35'
+    assert why['hw_machine_type'] == 'UEFI guest'
+    assert props['hw_disk_bus'] == 'scsi'

@@ -1,0 +1,350 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""NTFS disks laid out like installed Windows guests, with no Windows image.
+
+:func:`build(path, kind)` writes a raw MBR disk like a BIOS install of
+Windows: partition 1 "System Reserved" (NTFS, active) with ``/bootmgr``
+and the boot configuration ``/Boot/BCD``, partition 2 the system volume
+(NTFS) with ``\\Windows\\System32`` (``cmd.exe``: a PE header whose machine
+field libguestfs reads for the architecture; ``drivers\\*.sys``;
+``config\\SYSTEM`` and ``config\\SOFTWARE``, hives made with hivex),
+``\\Windows\\System32\\DriverStore\\FileRepository``, ``\\Program Files``,
+``\\Users``.  The filesystems are made by ``mkntfs`` and filled through
+ntfs-3g (FUSE); nothing else on the host changes.  Built disks are kept
+in the test cache (tests/lib/guestbuild.py's) under a name that hashes
+what went into them, and copied from there.
+
+The hives follow Microsoft's documented layout:
+``HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion`` (ProductName,
+CurrentVersion, CurrentMajorVersionNumber/CurrentMinorVersionNumber from
+Windows 10 on, CurrentBuildNumber, EditionID, InstallationType), the
+SYSTEM hive of tests/lib/winhive.py (two ControlSets, ``Select``, the
+Citrix XenServer PV drivers' services, an UpperFilters naming xenfilt)
+plus ``Tcpip\\Parameters\\Hostname`` and ``MountedDevices`` (``\\DosDevices\\
+C:``: the disk signature and the partition's byte offset).  The BCD is a
+hive too (``HKLM\\BCD00000000``): the boot manager object
+``{9dea862c-5cdd-4e70-acc1-f32b344d4795}`` whose element ``23000003``
+names the default Windows boot loader object, whose ``11000001``
+(ApplicationDevice) and ``21000001`` (OSDevice) elements name the system
+partition by disk signature and byte offset.
+
+Kinds (:data:`KINDS`):
+
+``win2019``        Windows Server 2019 Standard x64, build 17763, the
+                   Citrix PV drivers, no virtio driver anywhere, a BCD
+                   naming its system partition.
+``win2019-store``  the same with vioscsi and netkvm in the driver store
+                   only (staged, no service), and a BCD whose boot entry
+                   names another disk (a stale signature).
+``win7-x86``       Windows 7 Professional 32-bit (CurrentVersion 6.1), no
+                   BCD on the disk.
+"""
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.lib import guestbuild
+from tests.lib import winhive
+
+SIZE_MB = 40
+P1_START = 2048                   # sectors
+P1_SECTORS = 8 << 11              # 8 MiB
+P2_START = P1_START + P1_SECTORS
+#: The disk signature (MBR offset 440) of every test Windows disk, and the
+#: one the stale BCD names.
+SIGNATURE = 0x2ee6b3c1
+STALE_SIGNATURE = 0x0badd15c
+BOOTMGR = '{9dea862c-5cdd-4e70-acc1-f32b344d4795}'
+LOADER = '{6b9e2f15-1c40-11ea-9c4d-806e6f6e6963}'
+DISK_CLASS = '{4d36e967-e325-11ce-bfc1-08002be10318}'
+CITRIX = ('xenbus', 'xenfilt', 'xenvbd', 'xennet', 'xenvif', 'xeniface')
+
+KINDS = {
+    'win2019': {
+        'product': 'Windows Server 2019 Standard', 'edition':
+        'ServerStandard', 'type': 'Server', 'version': '6.3',
+        'major': 10, 'minor': 0, 'build': '17763', 'arch': 'x64',
+        'store': (), 'bcd': 'good', 'hostname': 'WIN2019-XEN'},
+    'win2019-store': {
+        'product': 'Windows Server 2019 Datacenter', 'edition':
+        'ServerDatacenter', 'type': 'Server', 'version': '6.3',
+        'major': 10, 'minor': 0, 'build': '17763', 'arch': 'x64',
+        'store': ('vioscsi', 'netkvm'), 'bcd': 'stale',
+        'hostname': 'WIN2019-STORE'},
+    'win7-x86': {
+        'product': 'Windows 7 Professional', 'edition': 'Professional',
+        'type': 'Client', 'version': '6.1', 'major': None,
+        'minor': None, 'build': '7601', 'arch': 'x86', 'store': (),
+        'bcd': None, 'hostname': 'WIN7-X86'},
+}
+
+#: Bump when the layout below changes (the cache key).
+LAYOUT = '1'
+
+
+def missing_tools():
+    out = [t for t in ('mkntfs', 'ntfs-3g', 'ntfscat', 'sfdisk',
+                       'hivexregedit') if not shutil.which(t) and
+           not os.path.exists('/sbin/' + t)]
+    if not os.path.exists('/dev/fuse'):
+        out.append('/dev/fuse (ntfs-3g)')
+    return out
+
+
+def pe_header(arch):
+    """A PE image header: what ``file`` (and so libguestfs) reads the
+    architecture from: machine 0x8664 with a PE32+ optional header, or
+    0x14c with a PE32 one."""
+    wide = arch == 'x64'
+    opt = bytearray(240 if wide else 224)
+    struct.pack_into('<H', opt, 0, 0x20b if wide else 0x10b)
+    struct.pack_into('<H', opt, 68, 3)            # console subsystem
+    dos = bytearray(64)
+    dos[0:2] = b'MZ'
+    struct.pack_into('<I', dos, 0x3c, 64)
+    coff = struct.pack('<4sHHIIIHH', b'PE\0\0', 0x8664 if wide else 0x14c,
+                       0, 0, 0, 0, len(opt), 0x22 if wide else 0x102)
+    return bytes(dos) + coff + bytes(opt)
+
+
+def software_reg(spec):
+    cv = 'HKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion'
+    lines = ['Windows Registry Editor Version 5.00', '',
+             '[%s]' % cv,
+             '"ProductName"="%s"' % spec['product'],
+             '"EditionID"="%s"' % spec['edition'],
+             '"InstallationType"="%s"' % spec['type'],
+             '"CurrentVersion"="%s"' % spec['version'],
+             '"CurrentBuild"="%s"' % spec['build'],
+             '"CurrentBuildNumber"="%s"' % spec['build'],
+             '"SystemRoot"="C:\\\\Windows"',
+             '"PathName"="C:\\\\Windows"']
+    if spec['major'] is not None:
+        lines += ['"CurrentMajorVersionNumber"=dword:%08x' % spec['major'],
+                  '"CurrentMinorVersionNumber"=dword:%08x' % spec['minor']]
+    lines += ['', '[HKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows\\'
+              'CurrentVersion]',
+              '"ProgramFilesDir"="C:\\\\Program Files"', '']
+    return '\n'.join(lines) + '\n'
+
+
+def mounted_device(signature, offset):
+    """A MountedDevices value of an MBR partition: 4 bytes of disk
+    signature, 8 of byte offset."""
+    return struct.pack('<IQ', signature, offset)
+
+
+def system_reg(spec):
+    text = winhive.system_reg()
+    extra = ['[HKEY_LOCAL_MACHINE\\SYSTEM\\MountedDevices]',
+             '"\\\\DosDevices\\\\C:"=hex:%s' % winhive.hex_bytes(
+                 mounted_device(SIGNATURE, P2_START * 512)), '']
+    for cset in ('ControlSet001', 'ControlSet002'):
+        extra += ['[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Services\\Tcpip\\'
+                  'Parameters]' % cset,
+                  '"Hostname"="%s"' % spec['hostname'], '',
+                  '[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Control\\ComputerName\\'
+                  'ComputerName]' % cset,
+                  '"ComputerName"="%s"' % spec['hostname'], '']
+    return text + '\n'.join(extra) + '\n'
+
+
+def bcd_device(signature, offset):
+    """A BCD device element naming an MBR partition: the device
+    descriptor (type 6, partition) with the partition's byte offset and
+    the disk's signature, 88 bytes as Windows writes them."""
+    data = bytes(16)                                   # no associated entry
+    data += struct.pack('<IIII', 6, 0, 0x48, 0)
+    data += struct.pack('<Q', offset) + bytes(8)
+    data += struct.pack('<III', 0, 1, signature)       # local disk, MBR
+    return data + bytes(88 - len(data))
+
+
+def bcd_reg(spec):
+    top = 'HKEY_LOCAL_MACHINE\\BCD00000000'
+    signature = STALE_SIGNATURE if spec['bcd'] == 'stale' else SIGNATURE
+    system = bcd_device(signature, P2_START * 512)
+    boot = bcd_device(signature, P1_START * 512)
+
+    def element(obj, elem, value):
+        return ['[%s\\Objects\\%s\\Elements\\%s]' % (top, obj, elem),
+                '"Element"=%s' % value, '']
+    lines = ['Windows Registry Editor Version 5.00', '',
+             '[%s\\Description]' % top, '"KeyName"="BCD00000000"',
+             '"System"=dword:00000001', '"TreatAsSystem"=dword:00000001', '',
+             '[%s\\Objects\\%s\\Description]' % (top, BOOTMGR),
+             '"Type"=dword:10100002', '']
+    lines += element(BOOTMGR, '11000001', 'hex:' + winhive.hex_bytes(boot))
+    lines += element(BOOTMGR, '12000004', '"Windows Boot Manager"')
+    lines += element(BOOTMGR, '23000003', '"%s"' % LOADER)
+    lines += ['[%s\\Objects\\%s\\Description]' % (top, LOADER),
+              '"Type"=dword:10200003', '']
+    lines += element(LOADER, '11000001', 'hex:' + winhive.hex_bytes(system))
+    lines += element(LOADER, '12000002',
+                     '"\\\\Windows\\\\system32\\\\winload.exe"')
+    lines += element(LOADER, '12000004', '"%s"' % spec['product'])
+    lines += element(LOADER, '21000001', 'hex:' + winhive.hex_bytes(system))
+    lines += element(LOADER, '22000002', '"\\\\Windows"')
+    return '\n'.join(lines) + '\n'
+
+
+def _ntfs(part, sectors, start, label):
+    with open(str(part), 'wb') as f:
+        f.truncate(sectors * 512)
+    guestbuild._run(['mkntfs', '-Q', '-F', '-q', '-L', label,
+                     '-p', str(start), '-H', '255', '-S', '63', str(part)])
+
+
+class _Mounted(object):
+    """An NTFS image mounted through ntfs-3g for the ``with`` block."""
+
+    def __init__(self, image, mnt):
+        self.image, self.mnt = str(image), str(mnt)
+
+    def __enter__(self):
+        guestbuild._run(['ntfs-3g', '-o', 'no_def_opts,silent', self.image,
+                         self.mnt])
+        return Path(self.mnt)
+
+    def __exit__(self, *exc):
+        tool = shutil.which('fusermount3') or shutil.which('fusermount')
+        cmd = [tool, '-u', self.mnt] if tool else ['umount', self.mnt]
+        for _ in range(50):
+            r = subprocess.run(cmd, capture_output=True, timeout=60)
+            if r.returncode == 0:
+                return False
+            time.sleep(0.2)
+        subprocess.run(['umount', '-l', self.mnt], capture_output=True,
+                       timeout=60)
+        return False
+
+
+def _fill_system(root, spec, work):
+    win = root / 'Windows'
+    s32 = win / 'System32'
+    for d in (s32 / 'config', s32 / 'drivers', s32 / 'DriverStore' /
+              'FileRepository', win / 'INF', root / 'Program Files' /
+              'Common Files', root / 'ProgramData', root / 'Users' /
+              'Administrator', root / 'Users' / 'Public'):
+        d.mkdir(parents=True, exist_ok=True)
+    (s32 / 'cmd.exe').write_bytes(pe_header(spec['arch']))
+    (s32 / 'winload.exe').write_bytes(pe_header(spec['arch']))
+    for name in ('atapi', 'intelide', 'pciide', 'storahci', 'disk',
+                 'partmgr') + CITRIX:
+        (s32 / 'drivers' / (name + '.sys')).write_bytes(
+            pe_header(spec['arch']))
+    suffix = 'amd64' if spec['arch'] == 'x64' else 'x86'
+    for drv in spec['store']:
+        d = s32 / 'DriverStore' / 'FileRepository' / (
+            '%s.inf_%s_%s' % (drv, suffix, hashlib.sha1(
+                drv.encode()).hexdigest()[:16]))
+        d.mkdir()
+        (d / (drv + '.inf')).write_text(
+            '[Version]\r\nSignature="$WINDOWS NT$"\r\nProvider=%Red Hat%\r\n')
+        (d / (drv + '.sys')).write_bytes(pe_header(spec['arch']))
+    winhive.build(work / 'SYSTEM', system_reg(spec))
+    winhive.build(work / 'SOFTWARE', software_reg(spec),
+                  prefix='HKEY_LOCAL_MACHINE\\SOFTWARE')
+    shutil.copy(str(work / 'SYSTEM'), str(s32 / 'config' / 'SYSTEM'))
+    shutil.copy(str(work / 'SOFTWARE'), str(s32 / 'config' / 'SOFTWARE'))
+    (root / 'pagefile.sys').write_bytes(b'')
+
+
+def _write(path, spec):
+    with tempfile.TemporaryDirectory(prefix='winbuild-') as tmp:
+        work = Path(tmp)
+        mnt = work / 'mnt'
+        mnt.mkdir()
+        total = SIZE_MB << 11
+        p2_sectors = total - P2_START - 2048
+        p1 = work / 'p1.img'
+        p2 = work / 'p2.img'
+        _ntfs(p1, P1_SECTORS, P1_START, 'System Reserved')
+        _ntfs(p2, p2_sectors, P2_START, 'Windows')
+        with _Mounted(p1, mnt) as root:
+            (root / 'bootmgr').write_bytes(b'BOOTMGR test stand-in\r\n')
+            (root / 'Boot').mkdir()
+            if spec['bcd']:
+                winhive.build(work / 'BCD', bcd_reg(spec),
+                              prefix='HKEY_LOCAL_MACHINE\\BCD00000000')
+                shutil.copy(str(work / 'BCD'), str(root / 'Boot' / 'BCD'))
+        with _Mounted(p2, mnt) as root:
+            _fill_system(root, spec, work)
+        with open(str(path), 'wb') as f:
+            f.truncate(total * 512)
+        subprocess.run(['sfdisk', '-q', str(path)], input=(
+            'label: dos\nlabel-id: 0x%08x\n'
+            'start=%d, size=%d, type=7, bootable\n'
+            'start=%d, size=%d, type=7\n' % (
+                SIGNATURE, P1_START, P1_SECTORS, P2_START, p2_sectors)),
+            text=True, check=True, capture_output=True, timeout=60)
+        with open(str(path), 'r+b') as f:
+            for start, part in ((P1_START, p1), (P2_START, p2)):
+                f.seek(start * 512)
+                with open(str(part), 'rb') as src:
+                    shutil.copyfileobj(src, f)
+
+
+def cache_key(kind):
+    spec = KINDS[kind]
+    h = hashlib.sha256()
+    for part in (LAYOUT, repr(sorted(spec.items())), system_reg(spec),
+                 software_reg(spec), bcd_reg(spec) if spec['bcd'] else ''):
+        h.update(part.encode('utf-8'))
+    return h.hexdigest()[:16]
+
+
+def build(path, kind):
+    """Write the Windows test disk ``kind`` at ``path`` (from the cache
+    when it was built before); returns its spec with ``path``."""
+    if kind not in KINDS:
+        raise ValueError('unknown Windows disk %r (known: %s)' % (
+            kind, ', '.join(KINDS)))
+    spec = KINDS[kind]
+    cached = guestbuild.cache_dir() / ('windows-%s-%s.raw' % (
+        kind, cache_key(kind)))
+    if not cached.exists():
+        tmp = cached.with_name(cached.name + '.%d.tmp' % os.getpid())
+        try:
+            _write(tmp, spec)
+            tmp.rename(cached)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    subprocess.run(['cp', '--sparse=always', str(cached), str(path)],
+                   check=True, capture_output=True, timeout=300)
+    return dict(spec, kind=kind, path=Path(path))
+
+
+def read_file(disk, partition_start, path, tmp_dir):
+    """A file of an NTFS partition of ``disk``, read with ntfscat (outside
+    libguestfs)."""
+    part = Path(tmp_dir) / 'ntfs-part.img'
+    with open(str(disk), 'rb') as src, open(str(part), 'wb') as dst:
+        src.seek(partition_start * 512)
+        shutil.copyfileobj(src, dst)
+    try:
+        r = subprocess.run(['ntfscat', str(part), path], capture_output=True,
+                           timeout=120)
+        if r.returncode != 0:
+            raise guestbuild.BuildError('ntfscat %s: %s' % (
+                path, r.stderr.decode('utf-8', 'replace').strip()))
+        return r.stdout
+    finally:
+        part.unlink()
