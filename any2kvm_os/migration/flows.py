@@ -190,8 +190,10 @@ def last_run(store, name, holder=None):
                 holder.get('host') == meta.get('host'))
     stopped = None
     for t in tasks:
-        if t['state'] in (tf_states.RUNNING, tf_states.FAILURE,
-                          tf_states.REVERT_FAILURE):
+        # A failed task keeps its failure once reverted.
+        if t['error'] or t['state'] in (tf_states.RUNNING,
+                                        tf_states.FAILURE,
+                                        tf_states.REVERT_FAILURE):
             stopped = t['name']
             break
     if stopped is None and unfinished:
