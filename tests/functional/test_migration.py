@@ -270,12 +270,13 @@ def test_gc_after_rollback_is_detected_and_rewritten(bed):
         xhost.coalesce(root, node)
     w0.zero(0, 4096)
     r = mig('sync', 'web', '--no-progress', common=common)
+    print(r.stdout)
     costs = re.findall(r'disk (\d): the chain changed from layer \S+ on: '
                        r'rewritten from the base \((\d+) bytes\)',
                        r.stdout)
     assert sorted(d for d, _n in costs) == ['0', '1'], r.stdout
     assert all(int(n) > 0 for _d, n in costs)
-    w1.write(5 * MiB, ig.pattern(43, 512))
+    w1.write(3 * MiB + 512, ig.pattern(43, 512))
     r = mig('cutover', 'web', '--format', 'json', '--no-progress',
             common=common)
     assert json.loads(r.stdout)['rewrites'] == []
