@@ -168,6 +168,11 @@ def test_sync_killed_then_run_again(bed):
     m = show(common)
     assert killed, 'the sync ended before it could be killed'
     assert m['status'] == 'syncing'
+    # Its TaskFlow record says where it stopped.
+    assert m['last_run']['interrupted'], m['last_run']
+    assert m['last_run']['stopped_in'].startswith('apply-disk-')
+    text = mig('show', 'web', common=common[-2:]).stdout
+    assert 'interrupted in apply-disk-' in text, text
     mig('sync', 'web', common=common)
     mig('cutover', 'web', common=common)
     m = show(common)

@@ -35,13 +35,33 @@ with warnings.catch_warnings():
 NotFound = tf_exc.NotFound
 
 
+class _Backend(impl_sqlalchemy.SQLAlchemyBackend):
+    """TaskFlow's backend with one connection object for every save.
+
+    TaskFlow's storage asks for a connection at each save (several per
+    task), and each new one builds its own table objects, so that
+    SQLAlchemy compiles every statement again: most of the cost of a
+    task's record.  Its connections keep nothing else (``close`` does
+    nothing), and a command's flow runs in one thread."""
+
+    _connection = None
+
+    def get_connection(self):
+        if self._connection is None:
+            self._connection = super(_Backend, self).get_connection()
+        return self._connection
+
+    def close(self):
+        self._connection = None
+        super(_Backend, self).close()
+
+
 def backend(engine, url_text):
     """TaskFlow's SQLAlchemy backend on ``engine`` (ours: its connection
     settings, and on SQLite writers that take the lock first), its
     tables made or upgraded.  ``url_text``: the URL without password
     (TaskFlow keeps it in its configuration)."""
-    b = impl_sqlalchemy.SQLAlchemyBackend({'connection': url_text},
-                                          engine=engine)
+    b = _Backend({'connection': url_text}, engine=engine)
     with contextlib.closing(b.get_connection()) as conn:
         conn.upgrade()
     return b
