@@ -574,11 +574,11 @@ def migration_lines(action, result):
             text += ', rolled back'
         lines.append(text)
     if r.get('last_run'):
-        lines += _last_run_lines(r['last_run'])
+        lines += last_run_lines(r['last_run'])
     return lines
 
 
-def _last_run_lines(run):
+def last_run_lines(run):
     """``show``'s lines about the last command's TaskFlow flow: its
     state, where an unfinished or failed one stopped, each task's
     state."""

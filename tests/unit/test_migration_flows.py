@@ -98,6 +98,11 @@ def test_sync_and_cutover_are_recorded_flows(bed):
                                                              'web')))
     assert 'last run: cutover SUCCESS, 11 of 11 task(s) done' in text
     assert 'tasks:    connect SUCCESS, discover SUCCESS' in text
+    # The OpenStack client's table tells it the same way.
+    from any2kvm_os.osc.v1 import migration as osc_migration
+    column = osc_migration.FORMATTERS['last_run'](run)
+    assert column.human_readable().startswith(
+        'last run: cutover SUCCESS, 11 of 11 task(s) done\ntasks:')
     # Rollback and abort are flows too.
     engine.rollback(store, 'web', **_kw(root))
     assert [t['name'] for t in engine.show(store, 'web')['last_run'][
