@@ -45,6 +45,7 @@ with warnings.catch_warnings():
     # TaskFlow imports eventlet when it is there, which warns on import.
     warnings.simplefilter('ignore')
     from taskflow import engines as tf_engines
+    from taskflow import exceptions as tf_exc
     from taskflow.patterns import linear_flow
     from taskflow.persistence import models as tf_models
     from taskflow import states as tf_states
@@ -86,7 +87,7 @@ def flow(name, steps):
 def _book(conn, book_uuid, name):
     try:
         return conn.get_logbook(book_uuid, lazy=True)
-    except Exception:
+    except tf_exc.NotFound:
         return tf_models.LogBook('any2kvm migration %s' % name,
                                  uuid=book_uuid)
 
@@ -126,22 +127,33 @@ def run(store, name, operation, the_flow):
                              backend=backend, engine='serial')
     try:
         engine.run()
-    finally:
+    except Exception:
         if backend is not None:
             _ended(backend, fd.uuid)
+        raise
+    except BaseException:
+        # Stopped from outside (^C): the flow stays as it was.
+        if backend is not None:
+            _ended(backend, fd.uuid, interrupted=True)
+        raise
+    if backend is not None:
+        _ended(backend, fd.uuid)
 
 
 def _atoms(the_flow):
     return [node for node, _data in the_flow.iter_nodes()]
 
 
-def _ended(backend, fd_uuid):
-    """``ended_at`` in the run's meta (failing to write it is logged: the
-    run's own outcome matters more)."""
+def _ended(backend, fd_uuid, interrupted=False):
+    """``ended_at`` (and ``interrupted_at``) in the run's meta (failing
+    to write it is logged: the run's own outcome matters more)."""
     try:
         with contextlib.closing(backend.get_connection()) as conn:
             fd = conn.get_flow_details(fd_uuid, lazy=True)
-            fd.meta = dict(fd.meta or {}, ended_at=time.time())
+            now = time.time()
+            fd.meta = dict(fd.meta or {}, ended_at=now)
+            if interrupted:
+                fd.meta['interrupted_at'] = now
             conn.update_flow_details(fd)
     except Exception as e:
         LOG.warning('could not record the end of the flow: %s', e)
@@ -157,10 +169,11 @@ def _one_line(failure):
 def last_run(store, name, holder=None):
     """The last recorded run of migration ``name``, or None: a dict with
     operation, id, state (TaskFlow's flow state), started_at, ended_at,
-    pid, host, runs (how many are recorded), interrupted (True when the
-    run is unfinished and nothing holds the migration: its process died;
-    ``holder``: :meth:`Store.get`'s), stopped_in (the task an unfinished
-    or failed run stopped in) and tasks, in flow order, each
+    pid, host, runs (how many are recorded), running (unfinished, and its
+    process holds the migration; ``holder``: :meth:`Store.get`'s),
+    interrupted (unfinished and not running: its process died, or was
+    stopped from outside), stopped_in (the task an unfinished or failed
+    run stopped in) and tasks, in flow order, each
     ``{'name', 'state', 'result', 'error'}``."""
     backend = store.flow_backend()
     book_uuid = store.flow_logbook(name, create=False)
@@ -184,10 +197,11 @@ def last_run(store, name, holder=None):
                       state == tf_states.SUCCESS else None,
                       'error': _one_line(ad.failure) if ad is not None
                       else None})
-    unfinished = fd.state in UNFINISHED and not meta.get('ended_at')
+    unfinished = fd.state in UNFINISHED
     live = bool(holder and holder.get('live') and
                 holder.get('pid') == meta.get('pid') and
                 holder.get('host') == meta.get('host'))
+    running = unfinished and live and not meta.get('ended_at')
     stopped = None
     for t in tasks:
         # A failed task keeps its failure once reverted.
@@ -204,8 +218,8 @@ def last_run(store, name, holder=None):
             'state': fd.state, 'started_at': meta.get('started_at'),
             'ended_at': meta.get('ended_at'), 'pid': meta.get('pid'),
             'host': meta.get('host'), 'runs': len(fds),
-            'interrupted': bool(unfinished and not live),
-            'running': bool(unfinished and live),
+            'interrupted': bool(unfinished and not running),
+            'running': bool(running),
             'stopped_in': stopped if (unfinished or fd.state in (
                 tf_states.FAILURE, tf_states.REVERTED)) else None,
             'tasks': tasks}

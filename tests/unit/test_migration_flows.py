@@ -216,3 +216,37 @@ def test_flow_runs_in_order_reverts_and_raises_the_same_exception():
         flows.run(_NoBackend(), 'x', 'test', flows.flow('test', steps))
     assert e.value is boom
     assert done == ['a', 'b', 'c', 'undo b', 'undo a']
+
+
+class _Store(object):
+    """A store with TaskFlow persistence on an SQLite file (the
+    migration's rows left out)."""
+
+    def __init__(self, url):
+        self.sql = sql.SqlStore(url)
+        self.sql.create('x', LOC, 'file', {}, [{'index': 0}])
+
+    def flow_backend(self):
+        return self.sql.flow_backend()
+
+    def flow_logbook(self, name, create=True):
+        return self.sql.flow_logbook(name, create)
+
+
+def test_a_run_stopped_from_outside_is_interrupted(tmp_path):
+    """^C (a BaseException, not an Exception) in a task: the flow stays
+    RUNNING in that task, and is told interrupted."""
+    store = _Store('sqlite:///%s' % (tmp_path / 'state.db'))
+
+    def stop():
+        raise KeyboardInterrupt()
+    steps = [flows.Step('a', lambda: None), flows.Step('b', stop),
+             flows.Step('c', lambda: None)]
+    with pytest.raises(KeyboardInterrupt):
+        flows.run(store, 'x', 'test', flows.flow('test', steps))
+    run = flows.last_run(store, 'x')
+    assert run['state'] == 'RUNNING' and run['interrupted']
+    assert not run['running'] and run['stopped_in'] == 'b'
+    assert [t['state'] for t in run['tasks']] == [
+        'SUCCESS', 'RUNNING', 'PENDING']
+    store.sql.close()
