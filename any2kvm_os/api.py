@@ -564,4 +564,27 @@ def migration_lines(action, result):
         if c.get('rolled_back_at'):
             text += ', rolled back'
         lines.append(text)
+    if r.get('last_run'):
+        lines += last_run_lines(r['last_run'])
     return lines
+
+
+def last_run_lines(run):
+    """``show``'s lines about the last command's TaskFlow flow: its
+    state, where an unfinished or failed one stopped, each task's
+    state."""
+    done = len([t for t in run['tasks'] if t['state'] == 'SUCCESS'])
+    text = 'last run: %s %s, %d of %d task(s) done' % (
+        run['operation'], run['state'], done, len(run['tasks']))
+    if run.get('interrupted'):
+        text += ('; interrupted in %s (pid %s on %s is gone): run it '
+                 'again' % (run['stopped_in'], run['pid'], run['host']))
+    elif run.get('running'):
+        text += '; running %s (pid %s on %s)' % (
+            run['stopped_in'], run['pid'], run['host'])
+    elif run.get('stopped_in'):
+        errors = [t['error'] for t in run['tasks'] if t.get('error')]
+        text += '; failed in %s%s' % (run['stopped_in'], ': %s' % errors[0]
+                                      if errors else '')
+    return [text, 'tasks:    %s' % ', '.join(
+        '%s %s' % (t['name'], t['state']) for t in run['tasks'])]

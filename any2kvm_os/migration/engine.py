@@ -54,19 +54,28 @@ exist either way) but lengthen the chain by one per sync, and VHD chains
 are limited (SM refuses beyond 30 levels): a sync is refused once the
 chain reaches :data:`MAX_CHAIN` and the operator should cut over.
 
-The steps (connect, snapshot, check and apply per disk, record) map one to
-one onto TaskFlow tasks; TaskFlow is not used yet (see the operator's
-guide).
+**Each command runs as a TaskFlow flow** (:mod:`.flows`): one task per
+step (connect, snapshot, discover, open the targets, one per disk
+applying its layers, close, record; for a cutover also the shutdown,
+finish, server, downtime and snapshot removal), run by TaskFlow's engine
+on its SQLAlchemy persistence in the same state database, a logbook per
+migration and a flow detail per command run.  The lease (:class:`_Held`)
+is taken before the flow starts: a second command is refused before it
+records anything.
 """
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
 import re
+import sys
 import time
 
 from any2kvm_os import exception
 from any2kvm_os import incremental
+from any2kvm_os.migration import flows
 from any2kvm_os.migration.state import api as state_api
 from any2kvm_os.sources.xenserver import discovery
 from any2kvm_os.sources.xenserver import location as location_mod
@@ -377,25 +386,283 @@ def _match(name, m, found):
     return infos
 
 
-def _update_all(store, name, host, infos, with_leaf, figures, writers,
-                progress=None):
-    """Apply onto every disk's open writer (``writers``) what it lacks."""
-    m = store.get(name)
-    top = {}
-    for disk in m['disks']:
-        opened = host.open_disk(infos[disk['index']])
+class _Run(object):
+    """What the tasks of one sync or cutover share, in memory: the
+    migration, its destination, the connection to the host, the open
+    targets, the figures and the times.  Each method is a task of the
+    command's flow (:func:`_sync_steps`, :func:`_cutover_steps`) and
+    returns what its task records (plain data)."""
+
+    def __init__(self, store, name, allowed, status, refusal, limits, args,
+                 connect, cloud, dest, progress=None, server=None):
+        m = _get(store, name)
+        if m['status'] not in allowed:
+            raise MigrationError(name=name, reason='is %s: %s'
+                                 % (m['status'], refusal))
+        self.store, self.name, self.m = store, name, m
+        self.status = status
+        self.limits, self.args, self._connect = limits, args, connect
+        self.dest = _destination(m, cloud, dest)
+        self.progress = progress
+        self.server = server
+        #: The server plan to undo when the cutover fails.
+        self.prepared = None
+        self.figures = _Figures()
+        self.started = time.time()
+        self.host = None
+        self.read0 = 0
+        self.found = self.infos = self.writers = None
+        self.top = {}
+        self.times = {}
+        self.details = {}
+        self.result = self.snap = None
+        self.removed = 0
+        self.phases = {}
+        self._targets = contextlib.ExitStack()
+
+    @property
+    def vm_uuid(self):
+        return self.m['target_options']['vm_uuid']
+
+    def connect(self):
+        """The cloud first (a login that fails costs nothing), then the
+        migration marked ``status`` and the host connected."""
+        self.dest.check()
+        self.store.set_status(self.name, self.status)
+        self.started = time.time()
+        self.host = _connect(self.m['location'], self.limits, self.args,
+                             self._connect)
+        self.read0 = self.host.bytes_read
+        return {'host': str(self.host.label)}
+
+    def snapshot(self):
+        self.snap = snapshots.snapshot(
+            lambda argv: self.host.run(argv, mutating=True), self.vm_uuid,
+            snapshot_name(self.name))
+        self.store.snapshot_taken(self.name, self.snap)
+        return {'snapshot': self.snap}
+
+    def discover(self):
+        self.found = _discover(self.host, self.vm_uuid)
+        self.infos = _match(self.name, self.m, self.found)
+        return {'power_state': self.found.power_state,
+                'disks': len(self.infos)}
+
+    def open_targets(self):
+        sizes = {i: info.virtual_size for i, info in self.infos.items()}
+        self.writers = self._targets.enter_context(self.dest.opened(
+            self.store.get(self.name)['disks'], sizes))
+        return {'targets': len(self.writers)}
+
+    def apply(self, index, with_leaf):
+        """Apply onto disk ``index``'s open target what it lacks (all but
+        the leaf, or all ``with_leaf``)."""
+        f = self.figures
+        before = (f.layers, f.written, f.files, len(f.rewrites))
+        disk = [d for d in self.store.get(self.name)['disks']
+                if d['index'] == index][0]
+        opened = self.host.open_disk(self.infos[index])
         try:
             if not with_leaf and len(opened.chain.layers) > MAX_CHAIN:
                 raise MigrationError(
-                    name=name, reason='the chain of disk %d has %d layers; '
-                    'another snapshot would near XenServer\'s limit: cut '
-                    'over now' % (disk['index'], len(opened.chain.layers)))
-            _update_disk(store, name, disk, opened.chain, with_leaf, figures,
-                         writers[disk['index']], progress)
-            top[disk['index']] = opened.chain.layers[0].identity
+                    name=self.name, reason='the chain of disk %d has %d '
+                    'layers; another snapshot would near XenServer\'s '
+                    'limit: cut over now' % (index,
+                                             len(opened.chain.layers)))
+            _update_disk(self.store, self.name, disk, opened.chain,
+                         with_leaf, f, self.writers[index], self.progress)
+            self.top[index] = opened.chain.layers[0].identity
         finally:
             opened.close()
-    return top
+        return {'layers': f.layers - before[0],
+                'bytes_written': f.written - before[1],
+                'files_size': f.files - before[2],
+                'rewritten': len(f.rewrites) > before[3],
+                'top': self.top[index]}
+
+    def close_targets(self, exc_info=None):
+        """Flush and close (detach) the targets; again: nothing."""
+        self.times.setdefault('applied', time.time())
+        stack, self._targets = self._targets, contextlib.ExitStack()
+        if exc_info:
+            stack.__exit__(*exc_info)
+        else:
+            stack.close()
+        self.writers = None
+        self.times['closed'] = time.time()
+
+    def record_sync(self):
+        self.result = _result(self.name, self.started, self.host,
+                              self.read0, self.figures, snapshot=self.snap)
+        r = self.result
+        self.store.sync_recorded(self.name, self.started, time.time(),
+                                 r['layers_applied'], r['bytes_read'],
+                                 r['bytes_written'])
+        self.store.set_status(self.name, 'synced')
+        return dict((k, r[k]) for k in (
+            'layers_applied', 'bytes_read', 'bytes_written', 'files_size',
+            'seconds'))
+
+    # -- cutover --------------------------------------------------------------
+
+    def prepare_server(self):
+        """Before the shutdown: a refusal costs no downtime."""
+        self.server.prepare(self.store.get(self.name), self.found.facts)
+        self.prepared = self.server
+
+    def discard_server(self):
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None:
+            try:
+                prepared.discard()
+            except Exception as e:
+                LOG.warning('could not undo the server plan: %s',
+                            _one_line(e))
+
+    def shutdown(self, force, timeout):
+        """The downtime starts: the shutdown request, recorded first."""
+        t = self.times
+        t['shutdown'] = time.time()
+        prior = self.m.get('cutover')
+        if (self.found.power_state == 'halted' and prior and
+                prior['completed_at'] is None):
+            # A cutover cut short after the shutdown, run again: the
+            # downtime started with the first request.
+            t['shutdown'] = prior['shutdown_at']
+        self.store.cutover_recorded(self.name, t['shutdown'], None)
+        if self.found.power_state != 'halted':
+            _shut_down(self.host, self.vm_uuid, force, timeout)
+        t['halted'] = time.time()
+        return {'was': self.found.power_state,
+                'seconds': round(t['halted'] - t['shutdown'], 3)}
+
+    def finish_targets(self):
+        """Make the targets ready (bootable volumes, metadata)."""
+        m = self.store.get(self.name)
+        self.details = self.dest.finish(self.name, m['disks'],
+                                        self.found.facts) or {}
+        self.times['ready'] = self.times['completed'] = time.time()
+        return dict(self.details)
+
+    def create_server(self):
+        self.prepared = None
+        made = self.server.create(self.store.get(self.name)) or {}
+        self.details.update(made)
+        self.times['completed'] = time.time()
+        return made
+
+    def record_downtime(self):
+        t = self.times
+        # Where the downtime went, in seconds.
+        self.phases = {'shutdown': t['halted'] - t['shutdown'],
+                       'apply': t['applied'] - t['halted'],
+                       'close': t['closed'] - t['applied'],
+                       'finish': t['ready'] - t['closed'],
+                       'server': t['completed'] - t['ready'],
+                       'before_shutdown': t['shutdown'] - self.started}
+        self.store.cutover_recorded(self.name, t['shutdown'],
+                                    t['completed'], top_layers=self.top,
+                                    details=self.details)
+        return {'downtime': round(t['completed'] - t['shutdown'], 3)}
+
+    def remove_snapshots(self):
+        self.removed = _remove_snapshots(self.store, self.name, self.host)
+        return {'removed': self.removed}
+
+    def record_cutover(self):
+        t = self.times
+        self.result = _result(
+            self.name, self.started, self.host, self.read0, self.figures,
+            downtime=round(t['completed'] - t['shutdown'], 3),
+            shutdown_seconds=round(t['halted'] - t['shutdown'], 3),
+            snapshots_removed=self.removed, details=self.details,
+            phases={k: round(v, 3) for k, v in self.phases.items()})
+        self.store.set_status(self.name, 'done')
+        return {'status': 'done'}
+
+    # -- the end, whatever it was ---------------------------------------------
+
+    def failed(self, e):
+        """The flow failed with ``e`` (raised again by the caller): the
+        targets closed, the server plan undone, the migration marked
+        failed (and a failed sync recorded) unless it never got as far as
+        the host."""
+        try:
+            self.close_targets(sys.exc_info())
+        except Exception as e2:
+            LOG.warning('could not close the targets: %s', _one_line(e2))
+        self.discard_server()
+        if self.host is None:
+            return
+        msg = _one_line(e)
+        if self.status == 'syncing':
+            self.store.sync_recorded(
+                self.name, self.started, time.time(), self.figures.layers,
+                self.host.bytes_read - self.read0, self.figures.written,
+                ok=False, error=msg)
+        self.store.set_status(self.name, 'failed', error=msg)
+
+    def close(self):
+        if self.host is not None:
+            self.host.close()
+
+
+def _run(store, run, operation, steps):
+    """Run the command's ``steps`` as a TaskFlow flow (:mod:`.flows`):
+    on a failure, ``run.failed``; the host closed at the end."""
+    try:
+        flows.run(store, run.name, operation, flows.flow(operation, steps))
+    except BaseException as e:
+        run.failed(e)
+        raise
+    finally:
+        run.close()
+    return run.result
+
+
+def _sync_steps(run):
+    """connect, snapshot, discover, open the targets, one task per disk
+    applying its layers, close the targets, record the figures."""
+    step = flows.Step
+    return ([step('connect', run.connect),
+             step('snapshot', run.snapshot),
+             step('discover', run.discover),
+             step('open-targets', run.open_targets,
+                  undo=run.close_targets)] +
+            [step('apply-disk-%d' % d['index'],
+                  functools.partial(run.apply, d['index'], False))
+             for d in run.m['disks']] +
+            [step('close-targets', run.close_targets),
+             step('record', run.record_sync)])
+
+
+def _cutover_steps(run, force, timeout):
+    """What does not need the VM down first (connect, discover, plan the
+    server, open the targets); then the shutdown, one task per disk
+    applying the rest (leaf included), close and finish the targets,
+    create the server, record the downtime; then remove the snapshots.
+    A step of its own (a check of the targets, say) goes in this list."""
+    step = flows.Step
+    steps = [step('connect', run.connect),
+             step('discover', run.discover)]
+    if run.server is not None:
+        steps.append(step('prepare-server', run.prepare_server,
+                          undo=run.discard_server))
+    steps += [step('open-targets', run.open_targets,
+                   undo=run.close_targets),
+              step('shutdown', functools.partial(run.shutdown, force,
+                                                 timeout))]
+    steps += [step('apply-disk-%d' % d['index'],
+                   functools.partial(run.apply, d['index'], True))
+              for d in run.m['disks']]
+    steps += [step('close-targets', run.close_targets),
+              step('finish-targets', run.finish_targets)]
+    if run.server is not None:
+        steps.append(step('create-server', run.create_server))
+    steps += [step('record-downtime', run.record_downtime),
+              step('remove-snapshots', run.remove_snapshots),
+              step('record', run.record_cutover)]
+    return steps
 
 
 def _result(name, started, host, read0, figures, **extra):
@@ -415,61 +682,15 @@ def snapshot_name(name):
     return 'any2kvm migration %s' % name
 
 
-def _begin(store, name, allowed, status, refusal, limits, args, connect,
-           cloud, dest):
-    """The start of a sync or a cutover, inside its hold: the migration
-    (refused with ``refusal`` unless its status is in ``allowed``), its
-    destination (logged in to the cloud), marked ``status``, and a
-    connection to its host.  Returns (migration, destination, host,
-    figures, start time, bytes read so far)."""
-    m = _get(store, name)
-    if m['status'] not in allowed:
-        raise MigrationError(name=name, reason='is %s: %s'
-                             % (m['status'], refusal))
-    dest = _destination(m, cloud, dest)
-    dest.check()
-    store.set_status(name, status)
-    started = time.time()
-    host = _connect(m['location'], limits, args, connect)
-    return m, dest, host, _Figures(), started, host.bytes_read
-
-
 def sync(store, name, limits=None, args=None, connect=None, cloud=None,
          dest=None, progress=None):
     """Snapshot the running VM and apply every stable layer the targets
     lack (every target opened, or attached, once).  Returns the figures of
-    this sync."""
+    this sync.  Runs as a TaskFlow flow (:func:`_sync_steps`)."""
     with _Held(store, name, 'sync'):
-        m, dest, host, figures, started, read0 = _begin(
-            store, name, SYNCABLE, 'syncing', 'nothing to sync', limits,
-            args, connect, cloud, dest)
-        try:
-            vm_uuid = m['target_options']['vm_uuid']
-            snap = snapshots.snapshot(
-                lambda argv: host.run(argv, mutating=True), vm_uuid,
-                snapshot_name(name))
-            store.snapshot_taken(name, snap)
-            found = _discover(host, vm_uuid)
-            infos = _match(name, m, found)
-            sizes = {i: info.virtual_size for i, info in infos.items()}
-            with dest.opened(store.get(name)['disks'], sizes) as writers:
-                _update_all(store, name, host, infos, False, figures,
-                            writers, progress)
-        except BaseException as e:
-            msg = _one_line(e)
-            store.sync_recorded(name, started, time.time(), figures.layers,
-                                host.bytes_read - read0, figures.written,
-                                ok=False, error=msg)
-            store.set_status(name, 'failed', error=msg)
-            host.close()
-            raise
-        result = _result(name, started, host, read0, figures,
-                         snapshot=snap)
-        host.close()
-        store.sync_recorded(name, started, time.time(), figures.layers,
-                            result['bytes_read'], figures.written)
-        store.set_status(name, 'synced')
-        return result
+        run = _Run(store, name, SYNCABLE, 'syncing', 'nothing to sync',
+                   limits, args, connect, cloud, dest, progress)
+        return _run(store, run, 'sync', _sync_steps(run))
 
 
 def _one_line(e):
@@ -577,75 +798,13 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
     shutdown request: the VM and its disks are found, the targets opened
     (volumes attached) once, and ``server.prepare()`` (when a server is
     to be created) may refuse at no downtime.  After it, one batched
-    round trip shuts the VM down, then only the last layers are read."""
+    round trip shuts the VM down, then only the last layers are read.
+    Runs as a TaskFlow flow (:func:`_cutover_steps`)."""
     with _Held(store, name, 'cutover'):
-        m, dest, host, figures, started, read0 = _begin(
-            store, name, CUTTABLE, 'cutting-over', 'cannot cut over', limits,
-            args, connect, cloud, dest)
-        extra = {}
-        prepared = None
-        try:
-            vm_uuid = m['target_options']['vm_uuid']
-            found = _discover(host, vm_uuid)
-            infos = _match(name, m, found)
-            sizes = {i: info.virtual_size for i, info in infos.items()}
-            if server is not None:
-                # Before the shutdown: a refusal costs no downtime.
-                server.prepare(store.get(name), found.facts)
-                prepared = server
-            with dest.opened(store.get(name)['disks'], sizes) as writers:
-                shutdown_at = time.time()
-                prior = m.get('cutover')
-                if (found.power_state == 'halted' and prior and
-                        prior['completed_at'] is None):
-                    # A cutover cut short after the shutdown, run again:
-                    # the downtime started with the first request.
-                    shutdown_at = prior['shutdown_at']
-                store.cutover_recorded(name, shutdown_at, None)
-                if found.power_state != 'halted':
-                    _shut_down(host, vm_uuid, force, timeout)
-                halted_at = time.time()
-                top = _update_all(store, name, host, infos, True, figures,
-                                  writers, progress)
-                applied_at = time.time()
-            closed_at = time.time()
-            m = store.get(name)
-            details = dest.finish(name, m['disks'], found.facts) or {}
-            ready_at = time.time()
-            if server is not None:
-                prepared = None
-                details.update(server.create(m) or {})
-            completed_at = time.time()
-            # Where the downtime went, in seconds.
-            phases = {'shutdown': halted_at - shutdown_at,
-                      'apply': applied_at - halted_at,
-                      'close': closed_at - applied_at,
-                      'finish': ready_at - closed_at,
-                      'server': completed_at - ready_at,
-                      'before_shutdown': shutdown_at - started}
-            store.cutover_recorded(name, shutdown_at, completed_at,
-                                   top_layers=top, details=details)
-            extra = details
-            removed = _remove_snapshots(store, name, host)
-        except BaseException as e:
-            if prepared is not None:
-                try:
-                    prepared.discard()
-                except Exception as e2:
-                    LOG.warning('could not undo the server plan: %s',
-                                _one_line(e2))
-            store.set_status(name, 'failed', error=_one_line(e))
-            host.close()
-            raise
-        result = _result(name, started, host, read0, figures,
-                         downtime=round(completed_at - shutdown_at, 3),
-                         shutdown_seconds=round(halted_at - shutdown_at, 3),
-                         snapshots_removed=removed, details=extra,
-                         phases={k: round(v, 3) for k, v in
-                                 phases.items()})
-        host.close()
-        store.set_status(name, 'done')
-        return result
+        run = _Run(store, name, CUTTABLE, 'cutting-over', 'cannot cut over',
+                   limits, args, connect, cloud, dest, progress, server)
+        return _run(store, run, 'cutover',
+                    _cutover_steps(run, force, timeout))
 
 
 # -- rollback -----------------------------------------------------------------
@@ -657,7 +816,8 @@ def rollback(store, name, limits=None, args=None, connect=None,
     writes to it, so the next sync copies it again as an ordinary layer);
     the cutover stays in the history, the status goes back to 'synced'.
     ``server``: what deletes the server the cutover created (the volumes
-    are kept).  Refused before a cutover."""
+    are kept).  Refused before a cutover.  Runs as a TaskFlow flow:
+    delete-server, start-vm, forget-layers, record."""
     with _Held(store, name, 'rollback'):
         m = _get(store, name)
         c = m.get('cutover')
@@ -669,32 +829,52 @@ def rollback(store, name, limits=None, args=None, connect=None,
             raise MigrationError(name=name, reason='the cutover made server '
                                  '%s: rolling back needs the cloud to '
                                  'delete it' % c['details']['server_id'])
-        if server is not None and c['details'].get('server_id'):
+
+        def delete_server():
             # The volumes must be free before the source starts again
             # and the next sync attaches them.
             result['server_deleted'] = server.rollback(c['details'], m)
-        host = _connect(m['location'], limits, args, connect)
-        try:
-            vm_uuid = m['target_options']['vm_uuid']
-            if snapshots.power_state(host.run, vm_uuid) != 'running':
-                snapshots.start(lambda argv: host.run(argv, mutating=True),
-                                vm_uuid)
-        finally:
-            host.close()
-        forgotten = 0
-        for disk in m['disks']:
-            # The top layer recorded, or (a cutover cut short) a layer
-            # read from the VDI's own file: the leaf the VM writes to.
-            top = c['top_layers'].get(str(disk['index']))
-            leaf = '%s.vhd' % disk['source_id']
-            for k, a in enumerate(disk['applied']):
-                if a['layer_id'] == top or a['name'] == leaf:
-                    store.forget_layers(name, disk['index'], a['layer_id'])
-                    forgotten += len(disk['applied']) - k
-                    break
-        store.rollback_recorded(name)
-        store.set_status(name, 'synced')
-        result['layers_forgotten'] = forgotten
+            return {'server_deleted': result['server_deleted']}
+
+        def start_vm():
+            host = _connect(m['location'], limits, args, connect)
+            try:
+                vm_uuid = m['target_options']['vm_uuid']
+                state = snapshots.power_state(host.run, vm_uuid)
+                if state != 'running':
+                    snapshots.start(
+                        lambda argv: host.run(argv, mutating=True), vm_uuid)
+            finally:
+                host.close()
+            return {'was': state}
+
+        def forget_layers():
+            forgotten = 0
+            for disk in m['disks']:
+                # The top layer recorded, or (a cutover cut short) a layer
+                # read from the VDI's own file: the leaf the VM writes to.
+                top = c['top_layers'].get(str(disk['index']))
+                leaf = '%s.vhd' % disk['source_id']
+                for k, a in enumerate(disk['applied']):
+                    if a['layer_id'] == top or a['name'] == leaf:
+                        store.forget_layers(name, disk['index'],
+                                            a['layer_id'])
+                        forgotten += len(disk['applied']) - k
+                        break
+            result['layers_forgotten'] = forgotten
+            return {'layers_forgotten': forgotten}
+
+        def record():
+            store.rollback_recorded(name)
+            store.set_status(name, 'synced')
+
+        steps = []
+        if server is not None and c['details'].get('server_id'):
+            steps.append(flows.Step('delete-server', delete_server))
+        steps += [flows.Step('start-vm', start_vm),
+                  flows.Step('forget-layers', forget_layers),
+                  flows.Step('record', record)]
+        flows.run(store, name, 'rollback', flows.flow('rollback', steps))
         return result
 
 
@@ -703,7 +883,8 @@ def rollback(store, name, limits=None, args=None, connect=None,
 def abort(store, name, delete_targets=False, limits=None, args=None,
           connect=None, cloud=None, dest=None):
     """Remove the snapshots the migration made (never the VM or its
-    disks); keep the targets, or delete them (files, or volumes)."""
+    disks); keep the targets, or delete them (files, or volumes).  Runs as
+    a TaskFlow flow: remove-snapshots, delete-targets, record."""
     with _Held(store, name, 'abort'):
         m = _get(store, name)
         if m['status'] in ('done',):
@@ -712,23 +893,40 @@ def abort(store, name, delete_targets=False, limits=None, args=None,
         if delete_targets:
             dest = _destination(m, cloud, dest)
             dest.check()
-        removed = 0
-        if any(not s.get('removed_at') for s in m['snapshots']):
+        result = {'name': name, 'snapshots_removed': 0,
+                  'targets_deleted': []}
+
+        def remove():
             host = _connect(m['location'], limits, args, connect)
             try:
-                removed = _remove_snapshots(store, name, host)
+                result['snapshots_removed'] = _remove_snapshots(
+                    store, name, host)
             finally:
                 host.close()
-        deleted = []
+            return {'removed': result['snapshots_removed']}
+
+        def delete():
+            result['targets_deleted'] = dest.delete(m['disks'])
+            return {'deleted': result['targets_deleted']}
+
+        steps = []
+        if any(not s.get('removed_at') for s in m['snapshots']):
+            steps.append(flows.Step('remove-snapshots', remove))
         if delete_targets:
-            deleted = dest.delete(m['disks'])
-        store.set_status(name, 'aborted')
-        return {'name': name, 'snapshots_removed': removed,
-                'targets_deleted': deleted}
+            steps.append(flows.Step('delete-targets', delete))
+        steps.append(flows.Step('record', lambda: store.set_status(
+            name, 'aborted')))
+        flows.run(store, name, 'abort', flows.flow('abort', steps))
+        return result
 
 
 def show(store, name):
-    return _get(store, name)
+    """The migration (:meth:`Store.get`) with ``last_run``: the last
+    command's flow and the state of each of its tasks
+    (:func:`.flows.last_run`; None before the first)."""
+    m = _get(store, name)
+    m['last_run'] = flows.last_run(store, name, m.get('holder'))
+    return m
 
 
 def list_migrations(store):

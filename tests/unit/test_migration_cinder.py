@@ -288,11 +288,11 @@ def test_cutover_cut_short_then_run_again(bed, monkeypatch):
     root, facts, store, cloud, kw, _hosts = bed
     engine.create(store, 'web', LOC, target='cinder', **kw())
     engine.sync(store, 'web', **kw())
-    real = engine._update_all
+    real = engine._update_disk
 
     def broken(*a, **k):
         raise exception.Any2KvmError('connection lost')
-    monkeypatch.setattr(engine, '_update_all', broken)
+    monkeypatch.setattr(engine, '_update_disk', broken)
     with pytest.raises(exception.Any2KvmError, match='connection lost'):
         engine.cutover(store, 'web', **kw())
     assert not cloud.attached_now
@@ -300,7 +300,7 @@ def test_cutover_cut_short_then_run_again(bed, monkeypatch):
     m = store.get('web')
     assert m['status'] == 'failed'
     first = m['cutover']['shutdown_at']
-    monkeypatch.setattr(engine, '_update_all', real)
+    monkeypatch.setattr(engine, '_update_disk', real)
     r = engine.cutover(store, 'web', **kw())
     m = store.get('web')
     assert m['cutover']['shutdown_at'] == first

@@ -471,42 +471,147 @@ def test_sqlite_pragmas(store, url):
         assert c.exec_driver_sql('PRAGMA busy_timeout').scalar() >= 1000
 
 
-def test_new_database_is_at_head_with_a_version_table(store, url):
+def _tables(url):
     engine = sa.create_engine(url)
-    assert 'alembic_version' in sa.inspect(engine).get_table_names()
-    engine.dispose()
+    try:
+        return sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def _versions(url, table):
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as c:
+            return c.exec_driver_sql(
+                'SELECT version_num FROM %s' % table).scalars().all()
+    finally:
+        engine.dispose()
+
+
+def test_new_database_is_at_head_with_a_version_table(store, url):
+    """Our revision is in our own version table; alembic's default one
+    is left to TaskFlow's schema."""
+    names = _tables(url)
+    assert sql.VERSION_TABLE in names and 'alembic_version' not in names
     assert sql.current_revision(store._engine) == sql.head_revision()
+    assert _versions(url, sql.VERSION_TABLE) == [sql.head_revision()]
 
 
 def test_models_match_the_migrations(store):
     """A model changed without a new revision under migrations/versions
-    shows here."""
+    shows here (TaskFlow's tables beside ours are not compared)."""
+    store.flow_backend()
     with store._engine.connect() as c:
         diff = autogenerate.compare_metadata(
-            alembic_migration.MigrationContext.configure(c),
+            alembic_migration.MigrationContext.configure(c, opts={
+                'version_table': sql.VERSION_TABLE,
+                'include_object': sql.include_object}),
             models.Base.metadata)
     assert diff == []
 
 
-def test_existing_database_is_upgraded_and_kept(tmp_path, url):
-    # A database made by the first revision, holding a migration.
+def _legacy_database(url, revision):
+    """A database as revisions 0001 and 0002 made it: our revision in
+    alembic's default ``alembic_version`` table."""
+    from alembic import command
     engine = sql.make_engine(url)
-    sql.upgrade(engine, '0001')
-    assert sql.current_revision(engine) == '0001'
+    with engine.begin() as connection:
+        config = sql._alembic_config(connection)
+        config.attributes['version_table'] = sql.LEGACY_VERSION_TABLE
+        command.upgrade(config, revision)
     engine.dispose()
+    assert _versions(url, 'alembic_version') == [revision]
+
+
+def _insert_0002_migration(url):
+    """A migration with a disk, an applied layer and a cutover, written
+    in SQL as revision 0002 knew the tables."""
+    engine = sa.create_engine(url)
+    with engine.begin() as c:
+        c.exec_driver_sql(
+            "INSERT INTO migrations (id, name, location, target, "
+            "target_options, status, created_at, updated_at) VALUES "
+            "(1, 'vm1', 'xenserver://root@h/vm1', 'file', '{}', "
+            "'synced', 1.0, 2.0)")
+        c.exec_driver_sql(
+            "INSERT INTO disks (id, migration_id, disk_index, source_id, "
+            "name, virtual_size, target_ref) VALUES (1, 1, 0, 'vdi0', "
+            "'disk', 4096, '/t/vm1.raw')")
+        c.exec_driver_sql(
+            "INSERT INTO applied_layers (disk_id, position, layer_id, "
+            "name, fingerprint, started_at, applied_at, partial) VALUES "
+            "(1, 0, 'base', 'base', 'fp', 1.0, 2.0, 0)")
+        c.exec_driver_sql(
+            "INSERT INTO cutover_runs (migration_id, shutdown_at, "
+            "completed_at, downtime) VALUES (1, 5.0, 7.5, 2.5)")
+    engine.dispose()
+
+
+def test_existing_database_is_upgraded_and_kept(tmp_path, url):
+    # A database of revision 0001 (in alembic_version), with a migration.
+    _legacy_database(url, '0001')
     with sql.SqlStore(url) as store:
         _create(store)
         store.layer_started('vm1', 0, 'base', 'base', 'fp')
-    # Opening it again upgrades to head (a no-op while 0001 is head).
     with sql.SqlStore(url) as store:
         assert sql.current_revision(store._engine) == sql.head_revision()
         assert _layers(store) == [('base', True)]
+    assert _versions(url, sql.VERSION_TABLE) == [sql.head_revision()]
+    assert 'alembic_version' not in _tables(url)
+
+
+def test_database_of_0002_is_upgraded_and_takes_taskflow(url):
+    """A database of revision 0002, made when our revision was in
+    alembic's default table: opened, its revision moves to our table and
+    goes to head, its rows are kept, and TaskFlow's schema is made
+    beside it, by TaskFlow's own alembic migrations too (as on MySQL or
+    PostgreSQL), which would have refused the shared table."""
+    from taskflow.persistence.backends.sqlalchemy import migration
+    _legacy_database(url, '0002')
+    _insert_0002_migration(url)
+    # The trap: TaskFlow's migrations find a revision they do not know.
     engine = sa.create_engine(url)
     with engine.connect() as c:
-        assert c.exec_driver_sql(
-            'SELECT version_num FROM alembic_version').scalars().all() == [
-            sql.head_revision()]
+        with pytest.raises(Exception, match='0002'):
+            migration.db_sync(c)
     engine.dispose()
+    with sql.SqlStore(url) as store:
+        m = store.get('vm1')
+        assert m['status'] == 'synced'
+        assert _layers(store) == [('base', False)]
+        assert m['cutovers'][0]['downtime'] == 2.5
+        assert store.flow_logbook('vm1', create=False) is None
+        assert store.flow_logbook('vm1') == store.flow_logbook('vm1')
+    assert _versions(url, sql.VERSION_TABLE) == [sql.head_revision()]
+    assert 'alembic_version' not in _tables(url)
+    engine = sa.create_engine(url)
+    with engine.connect() as c:
+        migration.db_sync(c)
+        c.commit()
+    engine.dispose()
+    theirs = _versions(url, 'alembic_version')
+    assert len(theirs) == 1 and theirs[0] not in ('0001', '0002', '0003')
+    with sql.SqlStore(url) as store:
+        store.flow_backend()
+        assert store.get('vm1')['status'] == 'synced'
+    assert _versions(url, 'alembic_version') == theirs
+    assert _versions(url, sql.VERSION_TABLE) == [sql.head_revision()]
+    assert {'logbooks', 'flowdetails', 'atomdetails'} <= set(_tables(url))
+
+
+def test_taskflow_revision_in_alembic_version_is_left_alone(url):
+    engine = sa.create_engine(url)
+    with engine.begin() as c:
+        c.exec_driver_sql('CREATE TABLE alembic_version (version_num '
+                          'VARCHAR(32) NOT NULL PRIMARY KEY)')
+        c.exec_driver_sql("INSERT INTO alembic_version VALUES "
+                          "('00af93df9d77')")
+    engine.dispose()
+    with sql.SqlStore(url) as store:
+        _create(store)
+    assert _versions(url, 'alembic_version') == ['00af93df9d77']
+    assert _versions(url, sql.VERSION_TABLE) == [sql.head_revision()]
 
 
 def test_upgrade_at_head_does_nothing(store, monkeypatch):

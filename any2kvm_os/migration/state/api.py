@@ -118,6 +118,22 @@ class Store(object, metaclass=abc.ABCMeta):
         block runs; :meth:`touch` renews it at once, and ``lost`` becomes
         True if another command took it over meanwhile."""
 
+    def flow_backend(self):
+        """The TaskFlow persistence backend that records the flows of this
+        store's commands (:mod:`any2kvm_os.migration.flows`), or None:
+        they then run without a record."""
+        return None
+
+    def flow_logbook(self, name, create=True):
+        """The uuid of migration ``name``'s TaskFlow logbook, made (and
+        recorded) now when it has none and ``create``; None otherwise."""
+        books = self.__dict__.setdefault('_flow_logbooks', {})
+        self.get(name)
+        if name not in books and create:
+            import uuid
+            books[name] = str(uuid.uuid4())
+        return books.get(name)
+
     def touch(self, lease):
         """Renew ``lease`` (what :meth:`hold` gave) now: True while it is
         still ours.  Without expiring leases, there is nothing to do."""

@@ -59,6 +59,8 @@ class Migration(Base):
     error = orm.mapped_column(sa.Text)
     created_at = orm.mapped_column(sa.Double, nullable=False)
     updated_at = orm.mapped_column(sa.Double, nullable=False)
+    #: The uuid of the migration's TaskFlow logbook (revision 0003).
+    flow_logbook = orm.mapped_column(sa.String(64))
 
     disks = orm.relationship('Disk', order_by='Disk.index',
                              back_populates='migration', **_CHILDREN)

@@ -17,7 +17,10 @@ SQLite by default, in a file under the user's data directory
 ``[any2kvm]``, or ``--state-db URL``: :func:`add_arguments`,
 :func:`url_from`; they live in :mod:`.options`, which imports no
 SQLAlchemy, and are repeated here).  The schema is brought to the newest
-revision of ``migrations/`` whenever a store is opened (:func:`upgrade`).
+revision of ``migrations/`` whenever a store is opened (:func:`upgrade`);
+our revision is kept in :data:`VERSION_TABLE`, not in alembic's default
+``alembic_version``, which belongs to TaskFlow's schema in the same
+database (:meth:`SqlStore.flow_backend`).
 
 SQLite runs in WAL mode with foreign keys on and a busy timeout; every
 write transaction starts with ``BEGIN IMMEDIATE``, so two processes on one
@@ -55,6 +58,17 @@ url_from = options.url_from
 
 #: Where alembic finds the revisions (a package resource).
 SCRIPT_LOCATION = 'any2kvm_os.migration.state:migrations'
+
+#: The table that records our schema's revision.  Not alembic's default
+#: ``alembic_version``: TaskFlow's persistence schema lives in the same
+#: database and its own alembic migrations (MySQL, PostgreSQL) keep their
+#: revision in ``alembic_version``; sharing the table, each tool would
+#: find a revision it does not know and refuse.  A database made before
+#: (revision 0001 or 0002 in ``alembic_version``) is moved over by
+#: :func:`upgrade` (:func:`_adopt_legacy_version`).
+VERSION_TABLE = 'any2kvm_alembic_version'
+#: Alembic's default version table, where revisions 0001 and 0002 were.
+LEGACY_VERSION_TABLE = 'alembic_version'
 
 #: How long, in seconds, a SQLite connection waits for a lock.
 BUSY_TIMEOUT = 30.0
@@ -134,6 +148,12 @@ def make_engine(url):
     return engine
 
 
+def include_object(obj, name, type_, reflected, compare_to):
+    """Alembic's autogenerate compares our tables only: TaskFlow's
+    (``logbooks``...) and the version tables live beside them."""
+    return type_ != 'table' or name in models.Base.metadata.tables
+
+
 def _alembic_config(connection=None):
     from alembic import config as alembic_config
     config = alembic_config.Config()
@@ -150,11 +170,50 @@ def head_revision():
 
 
 def current_revision(engine):
-    """The revision of the database behind ``engine`` (None: empty)."""
+    """The revision of the database behind ``engine`` (None: empty, or
+    not yet moved to :data:`VERSION_TABLE`)."""
     from alembic.runtime import migration
     with engine.connect() as connection:
         return migration.MigrationContext.configure(
-            connection).get_current_revision()
+            connection, opts={'version_table': VERSION_TABLE}
+        ).get_current_revision()
+
+
+def _our_revisions():
+    from alembic import script
+    directory = script.ScriptDirectory.from_config(_alembic_config())
+    return set(r.revision for r in directory.walk_revisions())
+
+
+def _adopt_legacy_version(connection):
+    """Move our revision from ``alembic_version`` (where revisions 0001
+    and 0002 kept it) to :data:`VERSION_TABLE`, in the caller's
+    transaction; ``alembic_version`` is dropped when nothing else is left
+    in it, and left alone when it holds another schema's revision
+    (TaskFlow's).  Returns the revision moved, or None."""
+    names = sa.inspect(connection).get_table_names()
+    if VERSION_TABLE in names or LEGACY_VERSION_TABLE not in names:
+        return None
+    legacy = sa.table(LEGACY_VERSION_TABLE, sa.column('version_num'))
+    rows = [r[0] for r in connection.execute(sa.select(
+        legacy.c.version_num))]
+    ours = [r for r in rows if r in _our_revisions()]
+    if not ours:
+        return None
+    table = sa.Table(
+        VERSION_TABLE, sa.MetaData(),
+        sa.Column('version_num', sa.String(32), nullable=False),
+        sa.PrimaryKeyConstraint('version_num',
+                                name='%s_pkc' % VERSION_TABLE))
+    table.create(connection)
+    connection.execute(table.insert(), [{'version_num': r} for r in ours])
+    connection.execute(legacy.delete().where(
+        legacy.c.version_num.in_(ours)))
+    if len(ours) == len(rows):
+        sa.Table(LEGACY_VERSION_TABLE, sa.MetaData()).drop(connection)
+    LOG.info('state database: revision %s moved from %s to %s',
+             ', '.join(ours), LEGACY_VERSION_TABLE, VERSION_TABLE)
+    return ours[0]
 
 
 def upgrade(engine, revision='head'):
@@ -167,6 +226,7 @@ def upgrade(engine, revision='head'):
     with engine.execution_options(**{_WRITE: True}).begin() as connection:
         # In one transaction, so that two processes opening a new
         # database take turns; the second finds it at head.
+        _adopt_legacy_version(connection)
         command.upgrade(_alembic_config(connection), revision)
 
 
@@ -253,7 +313,32 @@ class SqlStore(api.Store):
         return '<SqlStore %s>' % safe_url(self.url)
 
     def close(self):
+        backend, self._flow_backend = self._flow_backend, None
+        if backend is not None:
+            backend.close()
         self._engine.dispose()
+
+    # -- TaskFlow's persistence -----------------------------------------------
+
+    _flow_backend = None
+
+    def flow_backend(self):
+        """TaskFlow's SQLAlchemy persistence backend on this database
+        (its tables made or upgraded by TaskFlow the first time).  Its
+        transactions are writers (``BEGIN IMMEDIATE`` on SQLite), so that
+        they take turns with ours instead of failing."""
+        if self._flow_backend is None:
+            from any2kvm_os.migration.state import flowdb
+            self._flow_backend = flowdb.backend(self._writer,
+                                                safe_url(self.url))
+        return self._flow_backend
+
+    def flow_logbook(self, name, create=True):
+        with self._tx(write=create) as session:
+            m = self._migration(session, name)
+            if m.flow_logbook is None and create:
+                m.flow_logbook = str(uuid.uuid4())
+            return m.flow_logbook
 
     @contextlib.contextmanager
     def _tx(self, write=True):
@@ -354,8 +439,12 @@ class SqlStore(api.Store):
                 for r in rows]
 
     def delete(self, name):
+        book = self.flow_logbook(name, create=False)
         with self._tx() as session:
             session.delete(self._migration(session, name))
+        if book is not None:
+            from any2kvm_os.migration.state import flowdb
+            flowdb.destroy(self.flow_backend(), book)
 
     def set_status(self, name, status, error=None):
         if status not in api.STATUSES:

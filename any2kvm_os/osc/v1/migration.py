@@ -97,9 +97,20 @@ def _formatters():
                     ', rolled back' if c.get('rolled_back_at') else '')
                 for c in self._value or ())
 
+    class LastRunColumn(columns.FormattableColumn):
+        """The last command's TaskFlow flow, as ``any2kvm migration
+        show`` tells it."""
+
+        def human_readable(self):
+            from any2kvm_os import api
+            if not self._value:
+                return ''
+            return '\n'.join(api.last_run_lines(self._value))
+
     return {'disks': DisksColumn, 'syncs': ListColumn,
             'rewrites': ListColumn, 'snapshots': ListColumn,
-            'targets_deleted': ListColumn, 'cutovers': CutoversColumn}
+            'targets_deleted': ListColumn, 'cutovers': CutoversColumn,
+            'last_run': LastRunColumn}
 
 
 FORMATTERS = _formatters()

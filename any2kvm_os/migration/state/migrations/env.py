@@ -21,14 +21,20 @@ from alembic import context
 import sqlalchemy as sa
 
 from any2kvm_os.migration.state import models
+from any2kvm_os.migration.state import sql
 
 config = context.config
 target_metadata = models.Base.metadata
+#: Where our revision is kept (not alembic's default: see
+#: ``sql.VERSION_TABLE``); the tests make databases of the old layout
+#: with ``config.attributes['version_table']``.
+VERSION_TABLE = config.attributes.get('version_table', sql.VERSION_TABLE)
 
 
 def _configure_and_run(connection):
     context.configure(
         connection=connection, target_metadata=target_metadata,
+        version_table=VERSION_TABLE, include_object=sql.include_object,
         # SQLite alters tables by copying them (batch mode).
         render_as_batch=connection.dialect.name == 'sqlite')
     with context.begin_transaction():
@@ -37,7 +43,7 @@ def _configure_and_run(connection):
 
 def run_migrations_offline():
     context.configure(url=_url(), target_metadata=target_metadata,
-                      literal_binds=True)
+                      version_table=VERSION_TABLE, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -1,0 +1,77 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""TaskFlow's persistence in the state database.
+
+TaskFlow keeps its logbooks, flow details and atom details in its own
+tables (``logbooks``, ``flowdetails``, ``atomdetails``), made by TaskFlow
+itself: on SQLite by creating them from its table definitions, on MySQL
+and PostgreSQL by its own alembic migrations, which record their revision
+in alembic's default ``alembic_version`` table.  Our schema keeps its
+revision elsewhere (:data:`.sql.VERSION_TABLE`), so the two never meet.
+
+Importing TaskFlow imports eventlet when it is installed (oslo.service
+brings it), and eventlet warns that it is deprecated: that warning is
+silenced here, as it says nothing about any2kvm.
+"""
+
+import contextlib
+import warnings
+
+with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    from taskflow import exceptions as tf_exc
+    from taskflow.persistence.backends import impl_sqlalchemy
+
+NotFound = tf_exc.NotFound
+
+
+class _Backend(impl_sqlalchemy.SQLAlchemyBackend):
+    """TaskFlow's backend with one connection object for every save.
+
+    TaskFlow's storage asks for a connection at each save (several per
+    task), and each new one builds its own table objects, so that
+    SQLAlchemy compiles every statement again: most of the cost of a
+    task's record.  Its connections keep nothing else (``close`` does
+    nothing), and a command's flow runs in one thread."""
+
+    _connection = None
+
+    def get_connection(self):
+        if self._connection is None:
+            self._connection = super(_Backend, self).get_connection()
+        return self._connection
+
+    def close(self):
+        self._connection = None
+        super(_Backend, self).close()
+
+
+def backend(engine, url_text):
+    """TaskFlow's SQLAlchemy backend on ``engine`` (ours: its connection
+    settings, and on SQLite writers that take the lock first), its
+    tables made or upgraded.  ``url_text``: the URL without password
+    (TaskFlow keeps it in its configuration)."""
+    b = _Backend({'connection': url_text}, engine=engine)
+    with contextlib.closing(b.get_connection()) as conn:
+        conn.upgrade()
+    return b
+
+
+def destroy(b, book_uuid):
+    """Delete a logbook and its flow and atom details (gone already:
+    nothing to do)."""
+    with contextlib.closing(b.get_connection()) as conn:
+        try:
+            conn.destroy_logbook(book_uuid)
+        except tf_exc.NotFound:
+            pass
