@@ -31,6 +31,7 @@ from any2kvm_os import scratch
 from any2kvm_os.ssh import options as ssh_options
 
 PROG = 'any2kvm'
+LOG = logging.getLogger(__name__)
 
 #: The fields of an import result, in display order.
 RESULT_FIELDS = ('disk', 'name', 'id', 'path', 'size', 'sha256',
@@ -216,6 +217,9 @@ def import_vm(location, target, name, limits, source_name=None,
         flag = getattr(args, 'inspect', None) if args is not None else None
         fix = bool(getattr(args, 'fix', False)) if args is not None \
             else False
+        if fix and cls.takes_properties:
+            return vm.facts, import_fixed(plugin, vm, name, props, disk,
+                                          limits, progress, flag, args)
         inspection = None
         if cls.takes_properties and (target_options or {}).get(
                 'defaults', True):
@@ -330,11 +334,24 @@ def wire_summary(vm):
 
 # -- guest inspection (any2kvm_os.guest) --------------------------------------
 
+#: The targets ``import --fix`` knows how to fix (file: the files
+#: written; glance: the copy before its upload; cinder: the volumes, with
+#: a snapshot to revert to, or the copy before its upload).
+FIX_TARGETS = ('file', 'glance', 'cinder')
+
+
 def _check_fix(args, cls):
-    if getattr(args, 'fix', False) and cls.takes_properties:
+    if getattr(args, 'fix', False) and cls.name not in FIX_TARGETS:
         raise exception.Any2KvmError(
-            '--fix applies to convert and import --target file (a cloud '
-            'target gets no fixed copy yet)')
+            '--fix applies to convert and import --target %s, not %s'
+            % ('|'.join(FIX_TARGETS), cls.name))
+    if getattr(args, 'fix', False) and getattr(args, 'inspect',
+                                               None) is False:
+        raise exception.Any2KvmError('--fix needs inspection: drop '
+                                     '--no-inspect')
+    if getattr(args, 'keep_fix_snapshot', False) and not getattr(
+            args, 'fix', False):
+        raise exception.Any2KvmError('--keep-fix-snapshot goes with --fix')
 
 
 def _guest_settings(limits):
@@ -359,7 +376,6 @@ def inspect_vm(vm, limits, disk=None):
     in one pass cannot be read again for the upload: such a VM is not
     inspected (InspectionError)."""
     from any2kvm_os.targets import base as targets
-    from any2kvm_os.writers import raw
     chosen = targets.selected(vm, disk)
     if any(d.chain is None for _i, d in chosen):
         raise exception.InspectionError(
@@ -368,20 +384,90 @@ def inspect_vm(vm, limits, disk=None):
             'import or inspect the raw files')
     with scratch.Scratch.for_limits(limits,
                                     prefix='any2kvm-inspect-') as space:
-        paths = []
-        for index, d in chosen:
-            path = space.path('disk%d.raw' % index)
-            writer = space.bound_writer(
-                raw.RawWriter.open(path),
-                '%s (copied for inspection)' % d.name)
-            try:
-                d.write_to(writer)
-                writer.commit()
-            except BaseException:
-                writer.abort()
-                raise
-            paths.append(path)
+        paths = _scratch_copies(space, chosen, 'inspection')
         return inspect_paths(paths, limits, source_vm=vm.facts)
+
+
+def _scratch_copies(space, chosen, why, progress=None):
+    """The disks ``chosen`` ([(index, disk)]) written as raw files in
+    ``space``; their paths."""
+    from any2kvm_os.writers import raw
+    paths = []
+    for index, d in chosen:
+        path = space.path('disk%d.raw' % index)
+        writer = space.bound_writer(
+            raw.RawWriter.open(path), '%s (copied for %s)' % (d.name, why))
+        try:
+            d.write_to(writer, progress)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        paths.append(path)
+    return paths
+
+
+def import_fixed(plugin, vm, name, props, disk, limits, progress, flag,
+                 args):
+    """``import --fix`` to a cloud target: the volumes a Cinder target
+    writes in place are fixed there, a snapshot taken first and reverted
+    to when the fix fails
+    (:func:`any2kvm_os.targets.volume_fix.fix_imported`); otherwise the
+    disks are copied into scratch space, fixed there (all or nothing) and
+    the fixed copies uploaded.  Either way the properties come from the
+    guest as fixed.  Returns the target's results, the inspection merged
+    into the first."""
+    from any2kvm_os.targets import base as targets
+    from any2kvm_os.targets import volume_fix
+    from any2kvm_os import vm as vm_mod
+    keep = bool(getattr(args, 'keep_fix_snapshot', False))
+    guest_inspect_on(flag)
+    if volume_fix.fixes_in_place(plugin):
+        results = plugin.write(vm, name, props, disk=disk,
+                               progress=progress)
+        inspection = volume_fix.fix_imported(
+            plugin, results, vm.facts, props, _guest_settings(limits), keep)
+    else:
+        if keep:
+            LOG.warning('--keep-fix-snapshot: no snapshot is taken: the '
+                        'copy is fixed before its upload')
+        chosen = targets.selected(vm, disk)
+        if any(d.chain is None for _i, d in chosen):
+            raise exception.GuestFixError(
+                path=vm.path, reason='its disks are read in one pass (a '
+                'compressed archive or a download): convert it first, then '
+                'import the raw files with --fix')
+        with scratch.Scratch.for_limits(limits,
+                                        prefix='any2kvm-fix-') as space:
+            paths = _scratch_copies(space, chosen, '--fix')
+            inspection = inspect_paths(paths, limits, fix=True,
+                                       source_vm=vm.facts)
+            vm.facts['guest_properties'] = inspection['properties']
+            opened = []
+            try:
+                disks = list(vm.disks)
+                for (index, d), path in zip(chosen, paths):
+                    opened.append(open_location(path, limits))
+                    disks[index] = opened[-1].disks[0]
+                    disks[index].name = '%s (fixed)' % d.name
+                fixed = vm_mod.Vm(vm.path, vm.container, disks,
+                                  facts=vm.facts)
+                results = plugin.write(fixed, name, props, disk=disk,
+                                       progress=progress)
+            finally:
+                for o in opened:
+                    o.close()
+    if results:
+        for key, value in inspection.items():
+            results[0].setdefault(key, value)
+    return results
+
+
+def guest_inspect_on(flag):
+    """Refuse ``--fix`` with ``--no-inspect``."""
+    if flag is False:
+        raise exception.Any2KvmError('--fix needs inspection: drop '
+                                     '--no-inspect')
 
 
 def guarded_inspection(flag, name, run, fix=False):
@@ -456,14 +542,16 @@ def run_migration(action, args, limits, cloud, progress_stream=None,
             progress = progress_mod.LayerProgress(progress_stream)
         if action == 'sync':
             return engine.sync(store, args.name, limits=limits, args=args,
-                               cloud=cloud, progress=progress)
+                               cloud=cloud, progress=progress,
+                               guest=_guest_step(args, limits))
         if server is None and action in ('cutover', 'rollback'):
             server = _server_step(action, args, cloud)
         if action == 'cutover':
             return engine.cutover(store, args.name, force=args.force,
                                   timeout=args.timeout, limits=limits,
                                   args=args, cloud=cloud, progress=progress,
-                                  server=server)
+                                  server=server,
+                                  guest=_guest_step(args, limits))
         if action == 'rollback':
             return engine.rollback(store, args.name, limits=limits,
                                    args=args, server=server)
@@ -477,6 +565,13 @@ def run_migration(action, args, limits, cloud, progress_stream=None,
         if progress_stream is not None:
             progress_stream.flush()
         store.close()
+
+
+def _guest_step(args, limits):
+    """What inspects a migration's targets at sync, and fixes them at
+    cutover (``--fix``)."""
+    from any2kvm_os.migration import guest_step
+    return guest_step.GuestStep.from_args(args, limits)
 
 
 def _server_step(action, args, cloud):
@@ -518,6 +613,7 @@ def migration_lines(action, result):
                   'from the base (%d bytes)' % (rw['disk'], rw['from_layer'],
                                                 rw['bytes'])
                   for rw in r['rewrites']]
+        lines += _migration_guest_lines(r.get('guest'))
         return lines
     if action == 'cutover':
         lines = ['cut over %s: %d layer(s) applied, %s, %d bytes written, '
@@ -527,6 +623,9 @@ def migration_lines(action, result):
                              r['snapshots_removed'])]
         for key, value in sorted((r.get('details') or {}).items()):
             lines.append('  %s: %s' % (key, value))
+        if (r.get('phases') or {}).get('fix', 0) >= 0.5:
+            lines.append('  downtime phase fix: %.1f s (inspection and '
+                         'fix of the targets)' % r['phases']['fix'])
         return lines
     if action == 'rollback':
         return ['rolled back %s: the source VM runs again; %d layer(s) to '
@@ -556,6 +655,7 @@ def migration_lines(action, result):
             len([a for a in d['applied'] if not a.get('partial')]),
             ' (one partial)' if any(a.get('partial')
                                     for a in d['applied']) else ''))
+    lines += _migration_guest_lines(r.get('guest'), show=True)
     for s in r['syncs']:
         lines.append('sync:     %d layer(s), %d bytes read, %d written, '
                      '%.1f s%s' % (s['layers_applied'], s['bytes_read'],
@@ -573,4 +673,25 @@ def migration_lines(action, result):
         if c.get('rolled_back_at'):
             text += ', rolled back'
         lines.append(text)
+    return lines
+
+
+def _migration_guest_lines(record, show=False):
+    """The guest lines of a sync's summary, or of ``migration show``."""
+    if not record:
+        return []
+    from any2kvm_os.migration import guest_step
+    reason = (record.get('reasons') or {}).get('hw_disk_bus')
+    if show:
+        lines = ['guest:    %s (%s)' % (guest_step.describe(record),
+                                        record.get('inspected_by'))]
+    else:
+        lines = ['  guest: %s (inspected in %.1f s)' % (
+            guest_step.describe(record), record.get('seconds') or 0)]
+    if reason:
+        lines.append('%sbus: %s' % ('          ' if show else '    ',
+                                    reason))
+    for warning in record.get('warnings') or ():
+        lines.append('%swarning: %s' % ('          ' if show else '    ',
+                                        warning))
     return lines

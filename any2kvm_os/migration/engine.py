@@ -435,10 +435,11 @@ def _begin(store, name, allowed, status, refusal, limits, args, connect,
 
 
 def sync(store, name, limits=None, args=None, connect=None, cloud=None,
-         dest=None, progress=None):
+         dest=None, progress=None, guest=None):
     """Snapshot the running VM and apply every stable layer the targets
     lack (every target opened, or attached, once).  Returns the figures of
-    this sync."""
+    this sync.  ``guest``: a :class:`~any2kvm_os.migration.guest_step.
+    GuestStep` that inspects the synced targets."""
     with _Held(store, name, 'sync'):
         m, dest, host, figures, started, read0 = _begin(
             store, name, SYNCABLE, 'syncing', 'nothing to sync', limits,
@@ -455,6 +456,8 @@ def sync(store, name, limits=None, args=None, connect=None, cloud=None,
             with dest.opened(store.get(name)['disks'], sizes) as writers:
                 _update_all(store, name, host, infos, False, figures,
                             writers, progress)
+                inspected = guest.after_sync(store, name, writers,
+                                             found.facts) if guest else None
         except BaseException as e:
             msg = _one_line(e)
             store.sync_recorded(name, started, time.time(), figures.layers,
@@ -464,7 +467,7 @@ def sync(store, name, limits=None, args=None, connect=None, cloud=None,
             host.close()
             raise
         result = _result(name, started, host, read0, figures,
-                         snapshot=snap)
+                         snapshot=snap, guest=inspected)
         host.close()
         store.sync_recorded(name, started, time.time(), figures.layers,
                             result['bytes_read'], figures.written)
@@ -566,7 +569,7 @@ def _shut_down(host, vm_uuid, force, timeout):
 
 def cutover(store, name, force=False, timeout=600, limits=None, args=None,
             connect=None, cloud=None, dest=None, progress=None,
-            server=None):
+            server=None, guest=None):
     """Shut the VM down, apply the rest (leaf included), make the targets
     ready (:meth:`Destination.finish`), remove the migration's snapshots;
     the source stays halted.  Returns the figures, with ``downtime``
@@ -577,7 +580,10 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
     shutdown request: the VM and its disks are found, the targets opened
     (volumes attached) once, and ``server.prepare()`` (when a server is
     to be created) may refuse at no downtime.  After it, one batched
-    round trip shuts the VM down, then only the last layers are read."""
+    round trip shuts the VM down, then only the last layers are read.
+    ``guest``: a :class:`~any2kvm_os.migration.guest_step.GuestStep`:
+    the guest's properties recorded by a sync, or (``--fix``) the targets
+    fixed after the last layers (the ``fix`` phase of the downtime)."""
     with _Held(store, name, 'cutover'):
         m, dest, host, figures, started, read0 = _begin(
             store, name, CUTTABLE, 'cutting-over', 'cannot cut over', limits,
@@ -609,8 +615,12 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
                                   writers, progress)
                 applied_at = time.time()
             closed_at = time.time()
+            fixed = guest.at_cutover(store, name, dest, found.facts) \
+                if guest else {}
+            fixed_at = time.time()
             m = store.get(name)
             details = dest.finish(name, m['disks'], found.facts) or {}
+            details.update(fixed)
             ready_at = time.time()
             if server is not None:
                 prepared = None
@@ -620,7 +630,8 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
             phases = {'shutdown': halted_at - shutdown_at,
                       'apply': applied_at - halted_at,
                       'close': closed_at - applied_at,
-                      'finish': ready_at - closed_at,
+                      'fix': fixed_at - closed_at,
+                      'finish': ready_at - fixed_at,
                       'server': completed_at - ready_at,
                       'before_shutdown': shutdown_at - started}
             store.cutover_recorded(name, shutdown_at, completed_at,

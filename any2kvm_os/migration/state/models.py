@@ -59,6 +59,8 @@ class Migration(Base):
     error = orm.mapped_column(sa.Text)
     created_at = orm.mapped_column(sa.Double, nullable=False)
     updated_at = orm.mapped_column(sa.Double, nullable=False)
+    #: What inspection found in the targets (revision 0003).
+    guest = orm.mapped_column(sa.JSON)
 
     disks = orm.relationship('Disk', order_by='Disk.index',
                              back_populates='migration', **_CHILDREN)
