@@ -19,6 +19,7 @@ prints.  Errors are :class:`any2kvm_os.exception.Any2KvmError` (or a
 library's own), turned into one line by :func:`error_message`.
 """
 
+import errno
 import logging
 import os
 
@@ -447,9 +448,8 @@ def import_fixed(plugin, vm, name, props, disk, limits, progress, flag,
             try:
                 disks = list(vm.disks)
                 for (index, d), path in zip(chosen, paths):
-                    opened.append(open_location(path, limits))
-                    disks[index] = opened[-1].disks[0]
-                    disks[index].name = '%s (fixed)' % d.name
+                    disks[index] = FixedCopy('%s (fixed)' % d.name,
+                                             d.container, path)
                 fixed = vm_mod.Vm(vm.path, vm.container, disks,
                                   facts=vm.facts)
                 results = plugin.write(fixed, name, props, disk=disk,
@@ -461,6 +461,75 @@ def import_fixed(plugin, vm, name, props, disk, limits, progress, flag,
         for key, value in inspection.items():
             results[0].setdefault(key, value)
     return results
+
+
+def _fixed_copy_class():
+    from any2kvm_os import vm as vm_mod
+
+    class FixedCopy(vm_mod.Disk):
+        """A raw file in scratch space (a disk's copy, fixed), read in
+        one pass (its holes skipped) by the target."""
+
+        def __init__(self, name, container, path):
+            super(FixedCopy, self).__init__(name, container)
+            self.path = path
+
+        @property
+        def format(self):
+            return 'raw'
+
+        def describe(self):
+            size = os.path.getsize(self.path)
+            return [{'name': self.name, 'format': 'raw', 'subformat': None,
+                     'id': None, 'parent_id': None, 'virtual_size': size,
+                     'allocated_bytes': None, 'creator': 'any2kvm --fix'}]
+
+        def write_to(self, writer, progress=None):
+            size = os.path.getsize(self.path)
+            writer.resize(size)
+            over_hole = bool(getattr(writer, 'fresh', False))
+            if not over_hole:
+                writer.zero_range(0, size)
+                over_hole = True
+            with open(self.path, 'rb') as f:
+                for start, end in _data_extents(f.fileno(), size):
+                    off = start
+                    while off < end:
+                        data = os.pread(f.fileno(), min(end - off, 4 << 20),
+                                        off)
+                        if not data:
+                            break
+                        writer.write_data(off, data, over_hole=over_hole)
+                        off += len(data)
+                        if progress:
+                            progress(off, size)
+
+    return FixedCopy
+
+
+def _data_extents(fd, size):
+    """(start, end) of the data of a sparse file (SEEK_DATA/SEEK_HOLE;
+    the whole file where the file system cannot tell)."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return
+            yield pos, size
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if start >= size:
+            return
+        yield start, end
+        pos = end
+
+
+def FixedCopy(name, container, path):
+    """The disk of a fixed copy at ``path`` (see
+    :func:`import_fixed`)."""
+    return _fixed_copy_class()(name, container, path)
 
 
 def guest_inspect_on(flag):
