@@ -360,3 +360,40 @@ def test_guest_record_is_checked_for_secrets(store):
         store.guest_recorded('web', {'token': 'x'})
     store.guest_recorded('web', None)
     assert store.get('web')['guest'] is None
+
+
+def test_at_cutover_fixes_cinder_volumes_with_a_snapshot(tmp_path,
+                                                         monkeypatch):
+    s = sql.SqlStore('sqlite:///%s' % (tmp_path / 'state.db'))
+    s.create('db', 'xenserver://root@h/vm', 'cinder', {},
+             [{'index': i, 'source_id': 's%d' % i, 'name': 'd%d' % i,
+               'virtual_size': 1 << 30, 'target_ref': 'vol-%d' % i}
+              for i in range(2)])
+    cinder = FakeCinder()
+    log = []
+    attach = _attach(log)
+
+    class Dest(object):
+        timeout = 60
+        poll = 0
+
+        def client(self):
+            return cinder
+
+        def _attached(self, vol_id, vol_name, formats=None, info=None):
+            assert 'qcow2' in formats
+            return attach(vol_id, vol_name, info)
+
+    monkeypatch.setattr(gi, 'run_probe', lambda settings, paths, fmt=None,
+                        fix=False, name=None: dict(recorded(), fixed=[]))
+    monkeypatch.setattr(volume_fix.time, 'sleep', lambda s: None)
+    facts = {}
+    details = guest_step.GuestStep(fix=True, keep=True).at_cutover(
+        s, 'db', Dest(), facts)
+    assert [c[:2] for c in cinder.calls] == [
+        ('snapshot', 'vol-0'), ('snapshot', 'vol-1')]
+    assert details['fix_snapshots_kept'] == 'snap-1, snap-2'
+    assert details['fixed'] == 'nothing to fix'
+    assert facts['guest_properties']['hw_disk_bus'] == 'scsi'
+    assert s.get('db')['guest']['snapshots'][0]['kept'] is True
+    s.close()
