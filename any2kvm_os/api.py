@@ -432,31 +432,22 @@ def import_fixed(plugin, vm, name, props, disk, limits, progress, flag,
         if keep:
             LOG.warning('--keep-fix-snapshot: no snapshot is taken: the '
                         'copy is fixed before its upload')
+        # The source is read once, into scratch space (a one-pass
+        # archive too): the upload reads the fixed copy.
         chosen = targets.selected(vm, disk)
-        if any(d.chain is None for _i, d in chosen):
-            raise exception.GuestFixError(
-                path=vm.path, reason='its disks are read in one pass (a '
-                'compressed archive or a download): convert it first, then '
-                'import the raw files with --fix')
         with scratch.Scratch.for_limits(limits,
                                         prefix='any2kvm-fix-') as space:
             paths = _scratch_copies(space, chosen, '--fix')
             inspection = inspect_paths(paths, limits, fix=True,
                                        source_vm=vm.facts)
             vm.facts['guest_properties'] = inspection['properties']
-            opened = []
-            try:
-                disks = list(vm.disks)
-                for (index, d), path in zip(chosen, paths):
-                    disks[index] = FixedCopy('%s (fixed)' % d.name,
-                                             d.container, path)
-                fixed = vm_mod.Vm(vm.path, vm.container, disks,
-                                  facts=vm.facts)
-                results = plugin.write(fixed, name, props, disk=disk,
-                                       progress=progress)
-            finally:
-                for o in opened:
-                    o.close()
+            disks = list(vm.disks)
+            for (index, d), path in zip(chosen, paths):
+                disks[index] = _fixed_copy('%s (fixed)' % d.name,
+                                           d.container, path)
+            fixed = vm_mod.Vm(vm.path, vm.container, disks, facts=vm.facts)
+            results = plugin.write(fixed, name, props, disk=disk,
+                                   progress=progress)
     if results:
         for key, value in inspection.items():
             results[0].setdefault(key, value)
@@ -473,6 +464,8 @@ def _fixed_copy_class():
         def __init__(self, name, container, path):
             super(FixedCopy, self).__init__(name, container)
             self.path = path
+            #: A Glance upload streams the file itself, not a copy.
+            self.raw_path = path
 
         @property
         def format(self):
@@ -526,7 +519,7 @@ def _data_extents(fd, size):
         pos = end
 
 
-def FixedCopy(name, container, path):
+def _fixed_copy(name, container, path):
     """The disk of a fixed copy at ``path`` (see
     :func:`import_fixed`)."""
     return _fixed_copy_class()(name, container, path)

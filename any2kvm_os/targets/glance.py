@@ -43,6 +43,14 @@ def disk_stream(disk, scratch_dir, progress=None,
     if chain is not None:
         yield stream.RawStream(chain, progress=progress)
         return
+    if getattr(disk, 'raw_path', None):
+        # A raw file already (a copy fixed by --fix): read as it is.
+        s = stream.FileStream(disk.raw_path, progress=progress)
+        try:
+            yield s
+        finally:
+            s.close()
+        return
     # One-pass sources: convert to a sparse scratch file first, bounded by
     # the scratch limit.
     with scratch.Scratch(scratch_dir, scratch_limit,

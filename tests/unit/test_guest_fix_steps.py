@@ -397,3 +397,22 @@ def test_at_cutover_fixes_cinder_volumes_with_a_snapshot(tmp_path,
     assert facts['guest_properties']['hw_disk_bus'] == 'scsi'
     assert s.get('db')['guest']['snapshots'][0]['kept'] is True
     s.close()
+
+
+def test_a_fixed_copy_is_uploaded_from_its_file(tmp_path):
+    from any2kvm_os.targets import glance as glance_target
+    path = tmp_path / 'disk0.raw'
+    with open(str(path), 'wb') as f:
+        f.write(b'fixed')
+        f.truncate(3 << 20)
+    disk = api._fixed_copy('web (fixed)', 'file', str(path))
+    assert disk.chain is None and disk.virtual_size == 3 << 20
+    scratch = tmp_path / 'scratch'
+    scratch.mkdir()
+    with glance_target.disk_stream(disk, str(scratch)) as s:
+        data = s.read(1 << 30)
+        assert not list(scratch.iterdir())
+    assert data[:5] == b'fixed' and len(data) == 3 << 20
+    sink = _Sink()
+    disk.write_to(sink)
+    assert bytes(sink.data) == data
