@@ -24,6 +24,7 @@ probe output (tests/unit/data/probe-linux-guests.json).
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,16 @@ def test_sync_records_the_guest_and_cutover_sets_its_properties(
     text = mig('show', 'web', common=state).stdout
     assert 'guest:    linux debian 12.8 x86_64, hw_disk_bus=scsi ' \
         '(virtio-scsi) (sync)' in text, text
+    # openstack any2kvm shows it too, in one cell.
+    env = {k: v for k, v in _env().items() if not k.startswith('OS_')}
+    env['HOME'] = '/nonexistent'
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable),
+                                     'openstack'), 'any2kvm', 'migration',
+                        'show', 'web'] + state, capture_output=True,
+                       text=True, env=env, cwd=str(REPO), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert 'linux debian 12.8 x86_64, hw_disk_bus=scsi (virtio-scsi) ' \
+        '(sync)' in r.stdout, r.stdout
     # --no-inspect: the sync leaves the record alone.
     r = mig('sync', 'web', '--no-inspect', common=common, env=_env('1'))
     assert 'guest:' not in r.stdout
