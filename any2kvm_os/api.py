@@ -19,6 +19,7 @@ prints.  Errors are :class:`any2kvm_os.exception.Any2KvmError` (or a
 library's own), turned into one line by :func:`error_message`.
 """
 
+import errno
 import logging
 import os
 
@@ -31,6 +32,7 @@ from any2kvm_os import scratch
 from any2kvm_os.ssh import options as ssh_options
 
 PROG = 'any2kvm'
+LOG = logging.getLogger(__name__)
 
 #: The fields of an import result, in display order.
 RESULT_FIELDS = ('disk', 'name', 'id', 'path', 'size', 'sha256',
@@ -216,6 +218,9 @@ def import_vm(location, target, name, limits, source_name=None,
         flag = getattr(args, 'inspect', None) if args is not None else None
         fix = bool(getattr(args, 'fix', False)) if args is not None \
             else False
+        if fix and cls.takes_properties:
+            return vm.facts, import_fixed(plugin, vm, name, props, disk,
+                                          limits, progress, flag, args)
         inspection = None
         if cls.takes_properties and (target_options or {}).get(
                 'defaults', True):
@@ -330,11 +335,24 @@ def wire_summary(vm):
 
 # -- guest inspection (any2kvm_os.guest) --------------------------------------
 
+#: The targets ``import --fix`` knows how to fix (file: the files
+#: written; glance: the copy before its upload; cinder: the volumes, with
+#: a snapshot to revert to, or the copy before its upload).
+FIX_TARGETS = ('file', 'glance', 'cinder')
+
+
 def _check_fix(args, cls):
-    if getattr(args, 'fix', False) and cls.takes_properties:
+    if getattr(args, 'fix', False) and cls.name not in FIX_TARGETS:
         raise exception.Any2KvmError(
-            '--fix applies to convert and import --target file (a cloud '
-            'target gets no fixed copy yet)')
+            '--fix applies to convert and import --target %s, not %s'
+            % ('|'.join(FIX_TARGETS), cls.name))
+    if getattr(args, 'fix', False) and getattr(args, 'inspect',
+                                               None) is False:
+        raise exception.Any2KvmError('--fix needs inspection: drop '
+                                     '--no-inspect')
+    if getattr(args, 'keep_fix_snapshot', False) and not getattr(
+            args, 'fix', False):
+        raise exception.Any2KvmError('--keep-fix-snapshot goes with --fix')
 
 
 def _guest_settings(limits):
@@ -367,12 +385,141 @@ def inspect_vm(vm, limits, disk=None):
             'import or inspect the raw files')
     with scratch.Scratch.for_limits(limits,
                                     prefix='any2kvm-inspect-') as space:
-        paths = []
-        for index, d in chosen:
-            paths.append(targets.write_scratch_raw(
-                space, d, 'disk%d.raw' % index,
-                '%s (copied for inspection)' % d.name))
+        paths = _scratch_copies(space, chosen, 'inspection')
         return inspect_paths(paths, limits, source_vm=vm.facts)
+
+
+def _scratch_copies(space, chosen, why, progress=None):
+    """The disks ``chosen`` ([(index, disk)]) written as raw files in
+    ``space``; their paths."""
+    return [targets.write_scratch_raw(space, d, 'disk%d.raw' % index,
+                                      '%s (copied for %s)' % (d.name, why),
+                                      progress)
+            for index, d in chosen]
+
+
+def import_fixed(plugin, vm, name, props, disk, limits, progress, flag,
+                 args):
+    """``import --fix`` to a cloud target: the volumes a Cinder target
+    writes in place are fixed there, a snapshot taken first and reverted
+    to when the fix fails
+    (:func:`any2kvm_os.targets.volume_fix.fix_imported`); otherwise the
+    disks are copied into scratch space, fixed there (all or nothing) and
+    the fixed copies uploaded.  Either way the properties come from the
+    guest as fixed.  Returns the target's results, the inspection merged
+    into the first."""
+    from any2kvm_os.targets import base as targets
+    from any2kvm_os.targets import volume_fix
+    from any2kvm_os import vm as vm_mod
+    keep = bool(getattr(args, 'keep_fix_snapshot', False))
+    guest_inspect_on(flag)
+    if volume_fix.fixes_in_place(plugin):
+        results = plugin.write(vm, name, props, disk=disk,
+                               progress=progress)
+        inspection = volume_fix.fix_imported(
+            plugin, results, vm.facts, props, _guest_settings(limits), keep)
+    else:
+        if keep:
+            LOG.warning('--keep-fix-snapshot: no snapshot is taken: the '
+                        'copy is fixed before its upload')
+        # The source is read once, into scratch space (a one-pass
+        # archive too): the upload reads the fixed copy.
+        chosen = targets.selected(vm, disk)
+        with scratch.Scratch.for_limits(limits,
+                                        prefix='any2kvm-fix-') as space:
+            paths = _scratch_copies(space, chosen, '--fix')
+            inspection = inspect_paths(paths, limits, fix=True,
+                                       source_vm=vm.facts)
+            vm.facts['guest_properties'] = inspection['properties']
+            disks = list(vm.disks)
+            for (index, d), path in zip(chosen, paths):
+                disks[index] = _fixed_copy('%s (fixed)' % d.name,
+                                           d.container, path)
+            fixed = vm_mod.Vm(vm.path, vm.container, disks, facts=vm.facts)
+            results = plugin.write(fixed, name, props, disk=disk,
+                                   progress=progress)
+    if results:
+        for key, value in inspection.items():
+            results[0].setdefault(key, value)
+    return results
+
+
+def _fixed_copy_class():
+    from any2kvm_os import vm as vm_mod
+
+    class FixedCopy(vm_mod.Disk):
+        """A raw file in scratch space (a disk's copy, fixed), read in
+        one pass (its holes skipped) by the target."""
+
+        def __init__(self, name, container, path):
+            super(FixedCopy, self).__init__(name, container)
+            self.path = path
+            #: A Glance upload streams the file itself, not a copy.
+            self.raw_path = path
+
+        @property
+        def format(self):
+            return 'raw'
+
+        def describe(self):
+            size = os.path.getsize(self.path)
+            return [{'name': self.name, 'format': 'raw', 'subformat': None,
+                     'id': None, 'parent_id': None, 'virtual_size': size,
+                     'allocated_bytes': None, 'creator': 'any2kvm --fix'}]
+
+        def write_to(self, writer, progress=None):
+            size = os.path.getsize(self.path)
+            writer.resize(size)
+            over_hole = bool(getattr(writer, 'fresh', False))
+            if not over_hole:
+                writer.zero_range(0, size)
+                over_hole = True
+            with open(self.path, 'rb') as f:
+                for start, end in _data_extents(f.fileno(), size):
+                    off = start
+                    while off < end:
+                        data = os.pread(f.fileno(), min(end - off, 4 << 20),
+                                        off)
+                        if not data:
+                            break
+                        writer.write_data(off, data, over_hole=over_hole)
+                        off += len(data)
+                        if progress:
+                            progress(off, size)
+
+    return FixedCopy
+
+
+def _data_extents(fd, size):
+    """(start, end) of the data of a sparse file (SEEK_DATA/SEEK_HOLE;
+    the whole file where the file system cannot tell)."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return
+            yield pos, size
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if start >= size:
+            return
+        yield start, end
+        pos = end
+
+
+def _fixed_copy(name, container, path):
+    """The disk of a fixed copy at ``path`` (see
+    :func:`import_fixed`)."""
+    return _fixed_copy_class()(name, container, path)
+
+
+def guest_inspect_on(flag):
+    """Refuse ``--fix`` with ``--no-inspect``."""
+    if flag is False:
+        raise exception.Any2KvmError('--fix needs inspection: drop '
+                                     '--no-inspect')
 
 
 def guarded_inspection(flag, name, run, fix=False):
@@ -447,14 +594,16 @@ def run_migration(action, args, limits, cloud, progress_stream=None,
             progress = progress_mod.LayerProgress(progress_stream)
         if action == 'sync':
             return engine.sync(store, args.name, limits=limits, args=args,
-                               cloud=cloud, progress=progress)
+                               cloud=cloud, progress=progress,
+                               guest=_guest_step(args, limits))
         if server is None and action in ('cutover', 'rollback'):
             server = _server_step(action, args, cloud)
         if action == 'cutover':
             return engine.cutover(store, args.name, force=args.force,
                                   timeout=args.timeout, limits=limits,
                                   args=args, cloud=cloud, progress=progress,
-                                  server=server)
+                                  server=server,
+                                  guest=_guest_step(args, limits))
         if action == 'rollback':
             return engine.rollback(store, args.name, limits=limits,
                                    args=args, server=server)
@@ -468,6 +617,13 @@ def run_migration(action, args, limits, cloud, progress_stream=None,
         if progress_stream is not None:
             progress_stream.flush()
         store.close()
+
+
+def _guest_step(args, limits):
+    """What inspects a migration's targets at sync, and fixes them at
+    cutover (``--fix``)."""
+    from any2kvm_os.migration import guest_step
+    return guest_step.GuestStep.from_args(args, limits)
 
 
 def _server_step(action, args, cloud):
@@ -509,6 +665,7 @@ def migration_lines(action, result):
                   'from the base (%d bytes)' % (rw['disk'], rw['from_layer'],
                                                 rw['bytes'])
                   for rw in r['rewrites']]
+        lines += _migration_guest_lines(r.get('guest'))
         return lines
     if action == 'cutover':
         lines = ['cut over %s: %d layer(s) applied, %s, %d bytes written, '
@@ -518,6 +675,9 @@ def migration_lines(action, result):
                              r['snapshots_removed'])]
         for key, value in sorted((r.get('details') or {}).items()):
             lines.append('  %s: %s' % (key, value))
+        if (r.get('phases') or {}).get('fix', 0) >= 0.5:
+            lines.append('  downtime phase fix: %.1f s (inspection and '
+                         'fix of the targets)' % r['phases']['fix'])
         return lines
     if action == 'rollback':
         return ['rolled back %s: the source VM runs again; %d layer(s) to '
@@ -547,6 +707,7 @@ def migration_lines(action, result):
             len([a for a in d['applied'] if not a.get('partial')]),
             ' (one partial)' if any(a.get('partial')
                                     for a in d['applied']) else ''))
+    lines += _migration_guest_lines(r.get('guest'), show=True)
     for s in r['syncs']:
         lines.append('sync:     %d layer(s), %d bytes read, %d written, '
                      '%.1f s%s' % (s['layers_applied'], s['bytes_read'],
@@ -588,3 +749,24 @@ def last_run_lines(run):
                                       if errors else '')
     return [text, 'tasks:    %s' % ', '.join(
         '%s %s' % (t['name'], t['state']) for t in run['tasks'])]
+
+
+def _migration_guest_lines(record, show=False):
+    """The guest lines of a sync's summary, or of ``migration show``."""
+    if not record:
+        return []
+    from any2kvm_os.migration import guest_step
+    reason = (record.get('reasons') or {}).get('hw_disk_bus')
+    if show:
+        lines = ['guest:    %s (%s)' % (guest_step.describe(record),
+                                        record.get('inspected_by'))]
+    else:
+        lines = ['  guest: %s (inspected in %.1f s)' % (
+            guest_step.describe(record), record.get('seconds') or 0)]
+    if reason:
+        lines.append('%sbus: %s' % ('          ' if show else '    ',
+                                    reason))
+    for warning in record.get('warnings') or ():
+        lines.append('%swarning: %s' % ('          ' if show else '    ',
+                                        warning))
+    return lines

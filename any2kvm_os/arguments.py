@@ -74,7 +74,7 @@ def add_import_arguments(parser, source_choices=None, target_choices=None,
     parser.add_argument('--wait', action='store_true',
                         help='wait until the image or volume is usable (a '
                              'Glance upload is always waited for)')
-    add_inspect_arguments(parser, fix=True)
+    add_fix_snapshot_argument(add_inspect_arguments(parser, fix=True))
     ssh_options.add_arguments(parser)
     from any2kvm_os.containers.ova import signature
     signature.add_arguments(parser)
@@ -184,6 +184,48 @@ def add_migration_arguments(parser, action, with_format=True,
                 default=os.environ.get('OS_CLOUD') or None,
                 help='the cloud of clouds.yaml (a Cinder migration; '
                      'default: OS_CLOUD, else the OS_* variables)')
+    if action in ('sync', 'cutover'):
+        add_migration_inspect_arguments(parser, action)
     if with_format and action in ('show', 'list', 'cutover'):
         parser.add_argument('--format', choices=('text', 'json'),
                             default='text')
+
+
+def add_fix_snapshot_argument(group):
+    """``--keep-fix-snapshot``: keep the Cinder snapshot ``--fix`` takes
+    of a volume before fixing it."""
+    group.add_argument('--keep-fix-snapshot', action='store_true',
+                       help='keep the Cinder snapshot --fix takes of each '
+                            'volume before fixing it (deleted once the fix '
+                            'succeeded, by default; a failed fix is '
+                            'reverted to it either way)')
+
+
+def add_migration_inspect_arguments(parser, action):
+    """``migration sync``: ``--inspect``/``--no-inspect`` (the synced
+    targets are inspected after the sync, outside the downtime);
+    ``migration cutover``: the same and ``--fix`` (inside the downtime,
+    after the last layers) and ``--keep-fix-snapshot``."""
+    group = parser.add_argument_group(
+        'guest inspection', 'Look inside the synced targets with '
+        'libguestfs (sync; on by default, ANY2KVM_INSPECT=0 turns the '
+        'default off): the guest facts and image properties are recorded '
+        'in the state database and set at cutover.')
+    group.add_argument('--inspect', dest='inspect', action='store_true',
+                       default=None,
+                       help='inspect, and fail if inspection fails')
+    group.add_argument('--no-inspect', dest='inspect',
+                       action='store_false',
+                       help='do not look inside the targets')
+    if action == 'cutover':
+        group.add_argument('--fix', action='store_true',
+                           help='after the last layers (inside the '
+                                'downtime) fix what would stop the guest '
+                                'booting on KVM, on the targets: xvd/hd '
+                                'names become UUID=, Xen consoles are '
+                                'dropped, Citrix PV drivers are removed '
+                                'from a Windows SYSTEM hive; all or nothing '
+                                '(a Cinder volume is reverted to a snapshot '
+                                'taken first)')
+        add_fix_snapshot_argument(group)
+    return group

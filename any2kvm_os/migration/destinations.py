@@ -202,13 +202,13 @@ class CinderDestination(Destination):
                 cinder_target.ATTACH_MICROVERSION)
         return self._client
 
-    def _attached(self, vol_id, vol_name):
+    def _attached(self, vol_id, vol_name, **kwargs):
         from any2kvm_os.targets import cinder as cinder_target
         attach = self._attach or cinder_target.attached
         return attach(self.client(), vol_id, vol_name,
                       mount_point_base=self.options.get(
                           'brick_mount_point_base'),
-                      timeout=self.timeout, poll=self.poll)
+                      timeout=self.timeout, poll=self.poll, **kwargs)
 
     def _error(self, e):
         from any2kvm_os import clients

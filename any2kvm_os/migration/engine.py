@@ -394,7 +394,8 @@ class _Run(object):
     returns what its task records (plain data)."""
 
     def __init__(self, store, name, allowed, status, refusal, limits, args,
-                 connect, cloud, dest, progress=None, server=None):
+                 connect, cloud, dest, progress=None, server=None,
+                 guest=None):
         m = _get(store, name)
         if m['status'] not in allowed:
             raise MigrationError(name=name, reason='is %s: %s'
@@ -405,6 +406,10 @@ class _Run(object):
         self.dest = _destination(m, cloud, dest)
         self.progress = progress
         self.server = server
+        #: The guest step (inspection at sync, --fix at cutover), or None.
+        self.guest = guest
+        #: What the guest step found or fixed.
+        self.inspected = None
         #: The server plan to undo when the cutover fails.
         self.prepared = None
         self.figures = _Figures()
@@ -491,9 +496,24 @@ class _Run(object):
         self.writers = None
         self.times['closed'] = time.time()
 
+    def inspect_guest(self):
+        """After the layers of a sync: what is inside the targets."""
+        self.inspected = self.guest.after_sync(
+            self.store, self.name, self.writers, self.found.facts)
+        return {'inspected': self.inspected is not None}
+
+    def fix_guest(self):
+        """After the last layers of a cutover, targets closed: the
+        guest's recorded properties, or the targets fixed (``--fix``)."""
+        self.details.update(self.guest.at_cutover(
+            self.store, self.name, self.dest, self.found.facts) or {})
+        self.times['fixed'] = time.time()
+        return {'fixed': True}
+
     def record_sync(self):
         self.result = _result(self.name, self.started, self.host,
-                              self.read0, self.figures, snapshot=self.snap)
+                              self.read0, self.figures, snapshot=self.snap,
+                              guest=self.inspected)
         r = self.result
         self.store.sync_recorded(self.name, self.started, time.time(),
                                  r['layers_applied'], r['bytes_read'],
@@ -539,8 +559,9 @@ class _Run(object):
     def finish_targets(self):
         """Make the targets ready (bootable volumes, metadata)."""
         m = self.store.get(self.name)
-        self.details = self.dest.finish(self.name, m['disks'],
-                                        self.found.facts) or {}
+        fixed, self.details = self.details, self.dest.finish(
+            self.name, m['disks'], self.found.facts) or {}
+        self.details.update(fixed)
         self.times['ready'] = self.times['completed'] = time.time()
         return dict(self.details)
 
@@ -557,7 +578,8 @@ class _Run(object):
         self.phases = {'shutdown': t['halted'] - t['shutdown'],
                        'apply': t['applied'] - t['halted'],
                        'close': t['closed'] - t['applied'],
-                       'finish': t['ready'] - t['closed'],
+                       'fix': t.get('fixed', t['closed']) - t['closed'],
+                       'finish': t['ready'] - t.get('fixed', t['closed']),
                        'server': t['completed'] - t['ready'],
                        'before_shutdown': t['shutdown'] - self.started}
         self.store.cutover_recorded(self.name, t['shutdown'],
@@ -632,6 +654,8 @@ def _sync_steps(run):
             [step('apply-disk-%d' % d['index'],
                   functools.partial(run.apply, d['index'], False))
              for d in run.m['disks']] +
+            ([step('inspect-guest', run.inspect_guest)]
+             if run.guest is not None else []) +
             [step('close-targets', run.close_targets),
              step('record', run.record_sync)])
 
@@ -655,8 +679,10 @@ def _cutover_steps(run, force, timeout):
     steps += [step('apply-disk-%d' % d['index'],
                    functools.partial(run.apply, d['index'], True))
               for d in run.m['disks']]
-    steps += [step('close-targets', run.close_targets),
-              step('finish-targets', run.finish_targets)]
+    steps.append(step('close-targets', run.close_targets))
+    if run.guest is not None:
+        steps.append(step('fix-guest', run.fix_guest))
+    steps.append(step('finish-targets', run.finish_targets))
     if run.server is not None:
         steps.append(step('create-server', run.create_server))
     steps += [step('record-downtime', run.record_downtime),
@@ -683,13 +709,16 @@ def snapshot_name(name):
 
 
 def sync(store, name, limits=None, args=None, connect=None, cloud=None,
-         dest=None, progress=None):
+         dest=None, progress=None, guest=None):
     """Snapshot the running VM and apply every stable layer the targets
     lack (every target opened, or attached, once).  Returns the figures of
-    this sync.  Runs as a TaskFlow flow (:func:`_sync_steps`)."""
+    this sync.  Runs as a TaskFlow flow (:func:`_sync_steps`).
+    ``guest``: a :class:`~any2kvm_os.migration.guest_step.GuestStep` that
+    inspects the synced targets (the task ``inspect-guest``)."""
     with _Held(store, name, 'sync'):
         run = _Run(store, name, SYNCABLE, 'syncing', 'nothing to sync',
-                   limits, args, connect, cloud, dest, progress)
+                   limits, args, connect, cloud, dest, progress,
+                   guest=guest)
         return _run(store, run, 'sync', _sync_steps(run))
 
 
@@ -787,7 +816,7 @@ def _shut_down(host, vm_uuid, force, timeout):
 
 def cutover(store, name, force=False, timeout=600, limits=None, args=None,
             connect=None, cloud=None, dest=None, progress=None,
-            server=None):
+            server=None, guest=None):
     """Shut the VM down, apply the rest (leaf included), make the targets
     ready (:meth:`Destination.finish`), remove the migration's snapshots;
     the source stays halted.  Returns the figures, with ``downtime``
@@ -799,10 +828,15 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
     (volumes attached) once, and ``server.prepare()`` (when a server is
     to be created) may refuse at no downtime.  After it, one batched
     round trip shuts the VM down, then only the last layers are read.
-    Runs as a TaskFlow flow (:func:`_cutover_steps`)."""
+    Runs as a TaskFlow flow (:func:`_cutover_steps`).  ``guest``: a
+    :class:`~any2kvm_os.migration.guest_step.GuestStep`: the guest's
+    properties recorded by a sync, or (``--fix``) the targets fixed after
+    the last layers (the task ``fix-guest``, the ``fix`` phase of the
+    downtime)."""
     with _Held(store, name, 'cutover'):
         run = _Run(store, name, CUTTABLE, 'cutting-over', 'cannot cut over',
-                   limits, args, connect, cloud, dest, progress, server)
+                   limits, args, connect, cloud, dest, progress, server,
+                   guest=guest)
         return _run(store, run, 'cutover',
                     _cutover_steps(run, force, timeout))
 

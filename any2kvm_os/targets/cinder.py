@@ -173,12 +173,15 @@ def _brick_error(e):
 @contextlib.contextmanager
 def attached(cinder, vol_id, vol_name=None, root_helper='sudo',
              my_ip='127.0.0.1', mount_point_base=None, timeout=3600,
-             poll=2.0):
+             poll=2.0, formats=('raw',), info=None):
     """Attach volume ``vol_id`` to this host (Cinder's attachment API,
     then os-brick, as ``cinder local-attach`` does) and yield the path of
     its file or block device, written in place; detached again (and
     waited ``available``) when the block ends, whatever happens in it.
-    :class:`AttachUnavailable` when it cannot be reached from here."""
+    :class:`AttachUnavailable` when it cannot be reached from here.
+    ``formats``: how the backend may keep the volume (a file backend
+    keeps a volume with snapshots as qcow2); ``info`` (a dict) gets its
+    ``format``."""
     from os_brick.initiator import connector as brick
 
     vol_name = vol_name or vol_id
@@ -194,9 +197,9 @@ def attached(cinder, vol_id, vol_name=None, root_helper='sudo',
         raise AttachUnavailable('volume %s: Cinder refused an attachment: '
                                 '%s' % (vol_id, _brick_error(e)))
     try:
-        info = attachment.get('connection_info') or {}
-        data = info.get('data', info)
-        protocol = info.get('driver_volume_type') or \
+        conn_info = attachment.get('connection_info') or {}
+        data = conn_info.get('data', conn_info)
+        protocol = conn_info.get('driver_volume_type') or \
             data.get('driver_volume_type')
         kwargs = {}
         if mount_point_base:
@@ -208,9 +211,11 @@ def attached(cinder, vol_id, vol_name=None, root_helper='sudo',
             path = device['path']
             if not os.path.exists(path):
                 raise exception.Any2KvmError('%s does not exist' % path)
-            if data.get('format') not in (None, 'raw'):
+            if (data.get('format') or 'raw') not in formats:
                 raise exception.Any2KvmError(
                     'the backend keeps it as %s' % data['format'])
+            if info is not None:
+                info['format'] = data.get('format') or 'raw'
         except Exception as e:
             raise AttachUnavailable(
                 'volume %s (%s) cannot be reached from this host: %s'

@@ -42,6 +42,14 @@ def disk_stream(disk, scratch_dir, progress=None,
     if chain is not None:
         yield stream.RawStream(chain, progress=progress)
         return
+    if getattr(disk, 'raw_path', None):
+        # A raw file already (a copy fixed by --fix): read as it is.
+        s = stream.FileStream(disk.raw_path, progress=progress)
+        try:
+            yield s
+        finally:
+            s.close()
+        return
     # One-pass sources: convert to a sparse scratch file first, bounded by
     # the scratch limit.  It is read back from the page cache and deleted:
     # never flushed (Glance's checksum covers what it stored).

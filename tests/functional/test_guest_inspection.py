@@ -538,12 +538,21 @@ def test_import_to_files_reports_the_guest(recorded_probe, small_disk,
     assert summary['guest']['kernel'].endswith('-cloud-amd64')
 
 
-def test_fix_refused_for_a_cloud_target(small_disk):
-    res = run_any2kvm('import', small_disk, '--name', 'vm', '--fix')
+def test_fix_refusals_before_the_cloud_is_asked(small_disk):
+    """A cloud target takes --fix (the copy before the upload, or the
+    volume with a snapshot); what cannot work is refused before any
+    cloud or disk is touched."""
+    env_free = ('--os-cloud', 'nowhere')
+    res = run_any2kvm('import', small_disk, '--name', 'vm', '--fix',
+                      '--no-inspect', *env_free)
     assert res.returncode == 1
     assert res.stderr.strip() == (
-        'any2kvm: error: --fix applies to convert and import --target file '
-        '(a cloud target gets no fixed copy yet)')
+        'any2kvm: error: --fix needs inspection: drop --no-inspect')
+    res = run_any2kvm('import', small_disk, '--name', 'vm', '--target',
+                      'cinder', '--keep-fix-snapshot', *env_free)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (
+        'any2kvm: error: --keep-fix-snapshot goes with --fix')
 
 
 def test_without_libguestfs_a_warning_or_with_inspect_an_error(

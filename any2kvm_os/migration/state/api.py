@@ -144,6 +144,13 @@ class Store(object, metaclass=abc.ABCMeta):
         """One of :data:`STATUSES` (``ValueError`` otherwise); ``error``:
         the one-line reason of 'failed' (None clears it)."""
 
+    def guest_recorded(self, name, guest):
+        """What inspection found in the migration's targets (a dict:
+        the guest report, the image properties and why, warnings, the
+        fixes made; non-secret), replacing what was recorded;
+        :meth:`get` gives it as ``guest`` (None until then)."""
+        raise NotImplementedError()
+
     @abc.abstractmethod
     def layer_started(self, name, disk_index, layer_id, layer_name,
                       fingerprint):

@@ -61,6 +61,8 @@ class Migration(Base):
     updated_at = orm.mapped_column(sa.Double, nullable=False)
     #: The uuid of the migration's TaskFlow logbook (revision 0003).
     flow_logbook = orm.mapped_column(sa.String(64))
+    #: What inspection found in the targets (revision 0004).
+    guest = orm.mapped_column(sa.JSON)
 
     disks = orm.relationship('Disk', order_by='Disk.index',
                              back_populates='migration', **_CHILDREN)

@@ -426,6 +426,7 @@ class SqlStore(api.Store):
                 'cutover': _open_cutover(m),
                 'cutovers': [_cutover_dict(c) for c in m.cutovers],
                 'holder': holder,
+                'guest': dict(m.guest) if m.guest is not None else None,
             }
 
     def list(self):
@@ -454,6 +455,15 @@ class SqlStore(api.Store):
             m = self._migration(session, name)
             m.status = status
             m.error = error
+            m.updated_at = time.time()
+
+    def guest_recorded(self, name, guest):
+        guest = dict(guest) if guest is not None else None
+        if guest is not None:
+            check_not_secret(guest, 'guest')
+        with self._tx() as session:
+            m = self._migration(session, name)
+            m.guest = guest
             m.updated_at = time.time()
 
     # -- the lease ------------------------------------------------------------

@@ -107,10 +107,25 @@ def _formatters():
                 return ''
             return '\n'.join(api.last_run_lines(self._value))
 
+    class GuestColumn(columns.FormattableColumn):
+        """What inspection found: one line, its bus and why."""
+
+        def human_readable(self):
+            from any2kvm_os.migration import guest_step
+            record = self._value or {}
+            lines = [guest_step.describe(record) or '']
+            if record.get('inspected_by'):
+                lines[0] += ' (%s)' % record['inspected_by']
+            why = (record.get('reasons') or {}).get('hw_disk_bus')
+            if why:
+                lines.append('bus: %s' % why)
+            lines += ['warning: %s' % w for w in record.get('warnings') or ()]
+            return '\n'.join(lines)
+
     return {'disks': DisksColumn, 'syncs': ListColumn,
             'rewrites': ListColumn, 'snapshots': ListColumn,
             'targets_deleted': ListColumn, 'cutovers': CutoversColumn,
-            'last_run': LastRunColumn}
+            'last_run': LastRunColumn, 'guest': GuestColumn}
 
 
 FORMATTERS = _formatters()
