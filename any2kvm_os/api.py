@@ -392,6 +392,7 @@ def inspect_vm(vm, limits, disk=None):
 def _scratch_copies(space, chosen, why, progress=None):
     """The disks ``chosen`` ([(index, disk)]) written as raw files in
     ``space``; their paths."""
+    from any2kvm_os.targets import base as targets
     return [targets.write_scratch_raw(space, d, 'disk%d.raw' % index,
                                       '%s (copied for %s)' % (d.name, why),
                                       progress)

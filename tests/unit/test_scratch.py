@@ -121,7 +121,7 @@ class _Disk(object):
     def __init__(self, size):
         self.size = size
 
-    def write_to(self, writer):
+    def write_to(self, writer, progress=None):
         writer.resize(self.size)
         for offset in range(0, self.size, MiB):
             writer.write_data(offset, b'\1' * MiB, over_hole=True)
