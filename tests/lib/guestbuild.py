@@ -464,9 +464,11 @@ def boot(path, bus, timeout=240, log=None, fmt='raw', firmware='bios'):
     try:
         while time.monotonic() < deadline:
             if log.exists():
+                # Whole lines only while QEMU writes: a line read half
+                # written (a loaded machine) is not the guest's verdict.
                 for text in log.read_bytes().decode(
-                        'utf-8', 'replace').splitlines():
-                    if 'ANY2KVM-BOOT-' in text:
+                        'utf-8', 'replace').splitlines(keepends=True):
+                    if 'ANY2KVM-BOOT-' in text and text.endswith('\n'):
                         line = text.strip()
             if line or proc.poll() is not None:
                 break
