@@ -30,6 +30,7 @@ import os
 import stat
 import struct
 import tempfile
+import threading
 
 from any2kvm_os import exception
 
@@ -125,6 +126,44 @@ def _zero_runs_view(view, base_offset):
     if start is not None:
         out.append((start, a))
     return out
+
+
+class _Flusher(object):
+    """A daemon thread that starts the write-out of a file's dirty pages
+    each time it is kicked (at most one pending kick)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self._wake = threading.Event()
+        self._pending = False
+        self._done = False
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='any2kvm-writeback')
+        self._thread.start()
+
+    def kick(self):
+        self._pending = True
+        self._wake.set()
+
+    def _run(self):
+        sync_file_range = _libc_fn('sync_file_range')
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._pending:
+                self._pending = False
+                # Errors are not checked here: the final fdatasync
+                # reports any write-out failure.
+                sync_file_range(self.fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+            if self._done:
+                return
+
+    def stop(self):
+        """Serve the kick pending, if any, and end the thread; the fd
+        stays open until then."""
+        self._done = True
+        self._wake.set()
+        self._thread.join()
 
 
 class RawWriter(object):
@@ -296,8 +335,19 @@ class RawWriter(object):
         self._unflushed += len(data)
         if self._unflushed >= WRITEBACK_EVERY and self.durable:
             self._unflushed = 0
-            # Asynchronous: starts write-out of dirty pages, never waits.
-            _libc_fn('sync_file_range')(self.fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+            self._kick_writeback()
+
+    def _kick_writeback(self):
+        """Start the write-out of the dirty pages written so far.
+
+        sync_file_range(SYNC_FILE_RANGE_WRITE) only starts it, but it can
+        block while the device's queue is full (a busy disk): it runs in
+        a thread of its own so that the copy never waits for it.
+        """
+        flusher = getattr(self, '_flusher', None)
+        if flusher is None:
+            flusher = self._flusher = _Flusher(self.fd)
+        flusher.kick()
 
     def write_data(self, offset, data, over_hole):
         """Write disk content ``data`` at ``offset``.
@@ -368,6 +418,8 @@ class RawWriter(object):
     def sync(self):
         if not self.durable:
             return
+        # The flush below waits for everything: no more write-out kicks.
+        self._stop_flusher()
         try:
             if self.is_block:
                 os.fsync(self.fd)
@@ -415,7 +467,14 @@ class RawWriter(object):
             self.tmp_path = None
         self.close()
 
+    def _stop_flusher(self):
+        flusher = getattr(self, '_flusher', None)
+        if flusher is not None:
+            self._flusher = None
+            flusher.stop()
+
     def close(self):
+        self._stop_flusher()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

@@ -15,6 +15,7 @@ reported; a scratch file only streamed to Glance and deleted, never."""
 
 import hashlib
 import os
+import threading
 
 import pytest
 
@@ -65,14 +66,18 @@ def write(writer, mib=3):
 
 def test_kept_output_is_flushed(tmp_path, flushes):
     out = tmp_path / 'disk.raw'
+    before = threading.active_count()
     writer = raw.RawWriter.open(str(out))
     assert writer.durable
     write(writer)
-    assert 'sync_file_range' in flushes   # write-out started as it goes
     writer.commit()
-    # The data, then the directory entry of the new name.
+    # Write-out started as it went (in a thread of its own, stopped
+    # before the flush), then the data, then the directory entry of the
+    # new name.
+    assert 'sync_file_range' in flushes
     assert flushes.count('fdatasync') == 1
     assert flushes[-1] == 'fsync'
+    assert threading.active_count() == before
     assert out.read_bytes()[2 * MiB:3 * MiB] == b'\2' * MiB
 
 
@@ -117,3 +122,13 @@ def test_glance_upload_scratch_is_not_flushed_and_is_deleted(tmp_path,
     assert stream.hexdigest('sha256') == want.hexdigest()
     assert flushes == []
     assert os.listdir(str(scratch_dir)) == []
+
+
+def test_aborted_writer_stops_its_writeback_thread(tmp_path, flushes):
+    before = threading.active_count()
+    writer = raw.RawWriter.open(str(tmp_path / 'disk.raw'))
+    write(writer)
+    writer.abort()
+    assert threading.active_count() == before
+    assert os.listdir(str(tmp_path)) == []
+    assert 'fdatasync' not in flushes
