@@ -83,12 +83,27 @@ def _zstandard(path):
     return zstandard
 
 
+def read_full(fileobj, n):
+    """Up to ``n`` bytes of ``fileobj``: fewer only at its end.  A pipe,
+    an HTTP body or a decompressor may return fewer bytes than asked for
+    while more are coming; one read(n) is not "the first n bytes"."""
+    parts = []
+    got = 0
+    while got < n:
+        data = fileobj.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b''.join(parts)
+
+
 def open_reader(path, fileobj):
     """A forward-only file object of the decompressed content of
     ``fileobj`` (its head is read, then it is rewound to 0); ``fileobj``
     itself when it is not compressed.  ``path`` names the file in errors
     (zstd without the ``zstandard`` module: UnsupportedImage)."""
-    head = fileobj.read(HEAD)
+    head = read_full(fileobj, HEAD)
     fileobj.seek(0)
     kind = sniff(head)
     if kind == GZIP:
