@@ -98,6 +98,21 @@ def read_full(fileobj, n):
     return b''.join(parts)
 
 
+class _FullReads(object):
+    """``fileobj`` whose read(n) returns ``n`` bytes but at its end."""
+
+    def __init__(self, fileobj):
+        self._fileobj = fileobj
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            return self._fileobj.read()
+        return read_full(self._fileobj, n)
+
+    def __getattr__(self, name):
+        return getattr(self._fileobj, name)
+
+
 def open_reader(path, fileobj):
     """A forward-only file object of the decompressed content of
     ``fileobj`` (its head is read, then it is rewound to 0); ``fileobj``
@@ -107,7 +122,9 @@ def open_reader(path, fileobj):
     fileobj.seek(0)
     kind = sniff(head)
     if kind == GZIP:
-        return gzip.GzipFile(fileobj=fileobj, mode='rb')
+        # gzip reads each member's header with one read(n): it must not
+        # come back short.
+        return gzip.GzipFile(fileobj=_FullReads(fileobj), mode='rb')
     if kind == BZIP2:
         return bz2.BZ2File(fileobj, mode='rb')
     if kind == XZ:
