@@ -11,8 +11,8 @@
 # under the License.
 
 """qemu-img's VMDKs whose CID rewrite left bytes after the descriptor's
-NUL (about 1 in 16 of them: qemu prints the CID unpadded and rewrites it
-in place with a random one on its first write, vmdk_write_cid).  They are
+NUL (about 1 in 200 of them with qemu-img 7.2: qemu prints the CID
+unpadded and rewrites it in place with a random one, vmdk_write_cid).  They are
 valid: the real readers (file and one-pass stream, VMDK alone and in an
 OVA) read them as qemu does; qemu-img agrees on the bytes."""
 
