@@ -83,16 +83,48 @@ def _zstandard(path):
     return zstandard
 
 
+def read_full(fileobj, n):
+    """Up to ``n`` bytes of ``fileobj``: fewer only at its end.  A pipe,
+    an HTTP body or a decompressor may return fewer bytes than asked for
+    while more are coming; one read(n) is not "the first n bytes"."""
+    parts = []
+    got = 0
+    while got < n:
+        data = fileobj.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b''.join(parts)
+
+
+class _FullReads(object):
+    """``fileobj`` whose read(n) returns ``n`` bytes but at its end."""
+
+    def __init__(self, fileobj):
+        self._fileobj = fileobj
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            return self._fileobj.read()
+        return read_full(self._fileobj, n)
+
+    def __getattr__(self, name):
+        return getattr(self._fileobj, name)
+
+
 def open_reader(path, fileobj):
     """A forward-only file object of the decompressed content of
     ``fileobj`` (its head is read, then it is rewound to 0); ``fileobj``
     itself when it is not compressed.  ``path`` names the file in errors
     (zstd without the ``zstandard`` module: UnsupportedImage)."""
-    head = fileobj.read(HEAD)
+    head = read_full(fileobj, HEAD)
     fileobj.seek(0)
     kind = sniff(head)
     if kind == GZIP:
-        return gzip.GzipFile(fileobj=fileobj, mode='rb')
+        # gzip reads each member's header with one read(n): it must not
+        # come back short.
+        return gzip.GzipFile(fileobj=_FullReads(fileobj), mode='rb')
     if kind == BZIP2:
         return bz2.BZ2File(fileobj, mode='rb')
     if kind == XZ:

@@ -29,6 +29,24 @@ def _supports_seek_data(fd):
         return False
 
 
+def pread_full(fd, length, offset):
+    """``length`` bytes of ``fd`` at ``offset``: fewer only at the end of
+    the file.  pread(2) may return fewer bytes than asked for (a signal,
+    a network or FUSE file system); one call is not "the bytes there"."""
+    data = os.pread(fd, length, offset)
+    if len(data) >= length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b''.join(parts)
+
+
 class FileView(object):
     """A read-only window [base, base + size) of an open file."""
 
@@ -57,14 +75,7 @@ class FileView(object):
         if offset >= self.size:
             return b''
         length = min(length, self.size - offset)
-        data = os.pread(self.fd, length, self.base + offset)
-        while len(data) < length:
-            more = os.pread(self.fd, length - len(data),
-                            self.base + offset + len(data))
-            if not more:
-                break
-            data += more
-        return data
+        return pread_full(self.fd, length, self.base + offset)
 
     def preadinto(self, buf, offset):
         """Read into ``buf`` (a writable memoryview) at ``offset`` inside

@@ -283,6 +283,32 @@ def _parse_extent(m, line, lineno, path):
     return ExtentLine(access, sectors, etype, filename, offset, lineno)
 
 
+#: How many bytes qemu's CID rewrite can leave after the NUL: the CID is
+#: 1 to 8 hex digits, unpadded, so the text shrinks by at most 7 bytes.
+MAX_CID_RESIDUE = 7
+
+
+def _cid_rewrite_residue(raw, nul):
+    """True when the bytes after the first NUL of ``raw`` are only what
+    qemu leaves there, not text of the descriptor.
+
+    qemu prints the CID unpadded ("CID=%x") and rewrites it in place with
+    a random one on the first write after each open (vmdk_write_cid): the
+    new text is NUL-terminated over the old one, and when the new CID has
+    fewer hex digits, the old text's last bytes stay after the NUL (qemu
+    reads up to the NUL).  Those bytes are the descriptor's own last
+    bytes, shifted: at most :data:`MAX_CID_RESIDUE` of them, every run
+    between NULs equal to the end of the text.  Anything else after a
+    NUL (a line cut off, e.g. a delta's parentCID) is not this.
+    """
+    end = len(raw.rstrip(b'\0'))
+    tail = raw[nul + 1:end]
+    if not tail or len(tail) > MAX_CID_RESIDUE:
+        return False
+    text = raw[:nul]
+    return all(text.endswith(run) for run in tail.split(b'\0') if run)
+
+
 def parse(raw, path):
     """Parse descriptor bytes; raise InvalidImage on anything malformed.
 
@@ -297,7 +323,8 @@ def parse(raw, path):
     desc = Descriptor(path)
     raw = bytes(raw)
     nul = raw.find(b'\0')
-    if nul >= 0 and raw[nul:].count(0) != len(raw) - nul:
+    if nul >= 0 and raw[nul:].count(0) != len(raw) - nul and \
+            not _cid_rewrite_residue(raw, nul):
         # Descriptors are padded with NULs; text after one would be lost.
         raise exception.InvalidImage(
             path=path, reason='VMDK descriptor holds text after a NUL byte '

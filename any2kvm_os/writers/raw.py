@@ -544,7 +544,7 @@ def sha256_of(path, size):
             while pos < end:
                 n = min(COPY_CHUNK, end - pos)
                 if is_data:
-                    data = os.pread(fd, n, pos)
+                    data = fileio.pread_full(fd, n, pos)
                     if len(data) != n:
                         raise exception.TargetError(
                             path=path, reason='ends before %d bytes'

@@ -398,3 +398,17 @@ def small_ova(qemu_img, raw, path, **ovf):
     write_ova(path, members + [('guest.mf', manifest(members))])
     vmdk.unlink()
     return path
+
+
+def qemu_write_cid(desc, cid):
+    """``desc`` (a descriptor's bytes, NUL-padded) as qemu's
+    vmdk_write_cid leaves it after rewriting the CID with ``cid``: the
+    new text NUL-terminated in place, whatever the old text had beyond it
+    left as it was (qemu prints the CID unpadded, "CID=%x")."""
+    buf = bytearray(desc)
+    text = bytes(buf).split(b'\0', 1)[0]
+    tail = text[text.index(b'parentCID'):]
+    at = text.index(b'CID') + len(b'CID=')
+    new = b'%x\n' % cid + tail + b'\0'
+    buf[at:at + len(new)] = new
+    return bytes(buf[:len(desc)])

@@ -108,3 +108,26 @@ def test_no_module_imports_zstandard_when_loaded():
             if any(n.split('.')[0] == 'zstandard' for n in names):
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+class _Trickle(io.BytesIO):
+    """A pipe or an HTTP body: read(n) returns at most 1 byte."""
+
+    def read(self, n=-1):
+        return super(_Trickle, self).read(1 if n is None or n < 0
+                                          else min(n, 1))
+
+
+def test_open_reader_head_from_short_reads():
+    """A head arriving a byte at a time is still sniffed whole: the gzip
+    data is decompressed, not taken for plain data."""
+    plain = b'disk data ' * 1000
+    reader = compression.open_reader('x', _Trickle(gzip.compress(plain)))
+    out = b''
+    while True:
+        data = reader.read(1 << 16)
+        if not data:
+            break
+        out += data
+    assert out == plain
+    assert compression.read_full(_Trickle(b'abc'), 10) == b'abc'

@@ -1196,3 +1196,45 @@ def test_one_pass_cut_stream_agrees_with_the_file_reader(tmp_path):
         assert bytes(one_pass) == by_table, 'mutant %d' % i
         agreed += 1
     assert refused and agreed
+
+
+def _rewritten(desc, *cids):
+    from tests.lib import ovabuild
+    raw = desc + bytes(-len(desc) % S or S)
+    for cid in cids:
+        raw = ovabuild.qemu_write_cid(raw, cid)
+    return raw
+
+
+@pytest.mark.parametrize('cids', [
+    (0x1a2b3c,),                  # 8 digits -> 6: 1 byte left after NUL
+    (0x1,),                       # 8 -> 1: 6 bytes left
+    (0x1a2b3c4, 0x1a2b3, 0x12),   # three opens, each CID shorter
+    (0x1, 0x1a2b3c4d),            # shorter, then longer again
+])
+def test_qemu_cid_rewrite_residue_accepted(tmp_path, cids):
+    """qemu rewrites the CID in place, unpadded, on the first write after
+    each open: a shorter one leaves the old text's last bytes after the
+    NUL (qemu reads up to the NUL).  Not corrupt: read as qemu reads it."""
+    desc = descriptor(cid='ac2a1975', parent='D941E849', hint='base.vmdk')
+    raw = _rewritten(desc, *cids)
+    nul = raw.index(b'\0')
+    if cids != (0x1, 0x1a2b3c4d):
+        assert raw[nul:].count(0) != len(raw) - nul     # residue there
+    d = vd.parse(raw, 'x')
+    assert d.cid == '%08x' % cids[-1]
+    assert d.parent_cid == 'd941e849'
+    assert d.parent_hint == 'base.vmdk'
+
+
+@pytest.mark.parametrize('cut', [
+    b'"\0\n',              # a NUL over the last quote
+    b'\0"\n',              # a NUL before it
+    b'"\n\0ddb.x = "1"\n',  # a short line after the NUL
+])
+def test_text_after_nul_not_a_cid_residue_refused(cut):
+    desc = descriptor(cid='ac2a1975')
+    assert desc.endswith(b'"\n')
+    raw = desc[:-2] + cut + bytes(64)
+    with pytest.raises(exception.InvalidImage, match='text after a NUL'):
+        vd.parse(raw, 'x')

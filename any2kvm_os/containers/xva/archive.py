@@ -148,7 +148,7 @@ class XvaTar(object):
             layout.check_first_member(path, ti, None)
             if ti.offset_data + ti.size > fsize:
                 raise metadata.metadata_error(path, 'truncated')
-            data = os.pread(f.fileno(), ti.size, ti.offset_data)
+            data = fileio.pread_full(f.fileno(), ti.size, ti.offset_data)
             if len(data) != ti.size:
                 raise metadata.metadata_error(path, 'truncated')
             self.metadata = metadata.parse_metadata(
@@ -177,7 +177,7 @@ class XvaTar(object):
                     continue
                 chunk, algo = what
                 if chunk.length == 0:
-                    layout.verify_chunk(path, chunk, algo, os.pread(
+                    layout.verify_chunk(path, chunk, algo, fileio.pread_full(
                         f.fileno(), ti.size, ti.offset_data), b'')
                     continue
                 self.indexes[chunk.ref].add(chunk, data_offset,
@@ -185,7 +185,7 @@ class XvaTar(object):
                 if chunk.number != chunk.pos // CHUNK:
                     self._names[(chunk.ref, chunk.pos // CHUNK)] = \
                         chunk.name
-            end = os.pread(f.fileno(), BLOCK, tf.offset)
+            end = fileio.pread_full(f.fileno(), BLOCK, tf.offset)
             if len(end) < BLOCK:
                 raise exception.InvalidArchive(
                     path=path, reason='truncated: the archive ends without '
