@@ -32,8 +32,10 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import stat
 import tempfile
+import threading
 
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
@@ -44,6 +46,10 @@ LOG = logging.getLogger(__name__)
 STATE_SUFFIX = '.any2kvm-state.json'
 STATE_VERSION = 1
 MAX_STATE_BYTES = 1 << 20
+#: Chunks read ahead of the writer thread (each at most COPY_CHUNK).
+WRITE_QUEUE = 4
+#: How long the reader waits for room before looking at the writer again.
+_POLL = 0.5
 
 
 def _now():
@@ -246,11 +252,91 @@ def apply_layers(disk, target_path, finish=False, start_at=None,
         target.close()
 
 
+class _Writer(object):
+    """Writes to ``target`` in a thread of its own, so that reading the
+    next chunk (over SSH) overlaps writing this one.
+
+    At most ``depth`` chunks wait (bounded memory).  A write that fails
+    stops the thread; the error is raised in the reader's thread at its
+    next :meth:`put` or at :meth:`finish`.  :meth:`finish` (after the
+    last put) or :meth:`abort` (on the reader's failure) always joins
+    the thread; it is a daemon besides, so it never holds the process.
+    """
+
+    _STOP = object()
+
+    def __init__(self, target, depth=WRITE_QUEUE):
+        self.target = target
+        self.queue = queue.Queue(maxsize=max(1, depth))
+        self.error = None
+        self._abort = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name='any2kvm-target-writer')
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            item = self.queue.get()
+            if item is self._STOP:
+                return
+            if self._abort.is_set() or self.error is not None:
+                continue        # drained, not written
+            try:
+                if item[0] == 'data':
+                    self.target.write_data(item[1], item[2],
+                                           over_hole=item[3])
+                else:
+                    self.target.zero_range(item[1], item[2])
+            except BaseException as e:
+                self.error = e
+
+    def _check(self):
+        if self.error is not None:
+            raise self.error
+        if not self.thread.is_alive():
+            raise exception.Any2KvmError('the target writer stopped')
+
+    def put(self, item):
+        while True:
+            self._check()
+            try:
+                self.queue.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self):
+        """Wait for every queued write; raises the writer's error."""
+        self.put(self._STOP)
+        self.thread.join()
+        self._check_error()
+
+    def _check_error(self):
+        if self.error is not None:
+            raise self.error
+
+    def abort(self):
+        """Drop what waits and join the thread (the reader failed)."""
+        self._abort.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.put(self._STOP, timeout=_POLL)
+                break
+            except queue.Full:
+                continue
+        self.thread.join()
+
+
 def _apply_one(chain, i, target, progress, bottom=None):
     """Apply layer ``i`` onto ``target``; with ``bottom``, the fold of the
     layers ``i`` .. ``bottom`` as if they were one layer (the migration
     engine rewrites a target from the base this way when a chain changed
-    behind its back).  Returns the bytes of DATA written."""
+    behind its back).  Returns the bytes of DATA written.
+
+    The layers are read in this thread and written in another
+    (:class:`_Writer`), at most :data:`WRITE_QUEUE` chunks apart; every
+    write is done (or has failed, and its error is raised here) when
+    this returns.  The caller flushes the target."""
     if bottom is None:
         bottom = i
     layer = chain.layers[i]
@@ -259,22 +345,30 @@ def _apply_one(chain, i, target, progress, bottom=None):
     target.resize(layer.virtual_size)
     size = layer.virtual_size
     written = 0
-    for e in chain.iter_extents(top=i, bottom=bottom):
-        if e.kind == ext.DATA:
-            holder = chain.layers[e.layer if e.layer is not None else i]
-            done = 0
-            while done < e.length:
-                n = min(raw.COPY_CHUNK, e.length - done)
-                target.write_data(e.offset + done,
-                                  holder.read_extent(e, done, n),
-                                  over_hole=fresh)
-                done += n
-            written += e.length
-        elif e.kind == ext.ZERO or is_base:
-            # A ZERO run hides older data; below a base, nothing exists.
-            if not fresh:
-                target.zero_range(e.offset, e.length)
-        if progress:
-            progress(e.end, size)
+    writer = _Writer(target)
+    try:
+        for e in chain.iter_extents(top=i, bottom=bottom):
+            if e.kind == ext.DATA:
+                holder = chain.layers[e.layer if e.layer is not None else i]
+                done = 0
+                while done < e.length:
+                    n = min(raw.COPY_CHUNK, e.length - done)
+                    data = holder.read_extent(e, done, n)
+                    if not isinstance(data, bytes):
+                        data = bytes(data)  # a buffer a reader may reuse
+                    writer.put(('data', e.offset + done, data, fresh))
+                    done += n
+                written += e.length
+            elif e.kind == ext.ZERO or is_base:
+                # A ZERO run hides older data; below a base, nothing
+                # exists.
+                if not fresh:
+                    writer.put(('zero', e.offset, e.length))
+            if progress:
+                progress(e.end, size)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
     target.fresh = False
     return written
