@@ -19,7 +19,6 @@ prints.  Errors are :class:`any2kvm_os.exception.Any2KvmError` (or a
 library's own), turned into one line by :func:`error_message`.
 """
 
-import errno
 import logging
 import os
 
@@ -446,6 +445,7 @@ def import_fixed(plugin, vm, name, props, disk, limits, progress, flag,
 
 
 def _fixed_copy_class():
+    from any2kvm_os import fileio
     from any2kvm_os import vm as vm_mod
 
     class FixedCopy(vm_mod.Disk):
@@ -475,12 +475,11 @@ def _fixed_copy_class():
             if not over_hole:
                 writer.zero_range(0, size)
                 over_hole = True
-            with open(self.path, 'rb') as f:
-                for start, end in _data_extents(f.fileno(), size):
+            with fileio.FileView.open_path(self.path) as view:
+                for start, end, is_data in view.data_runs(0, size):
                     off = start
-                    while off < end:
-                        data = os.pread(f.fileno(), min(end - off, 4 << 20),
-                                        off)
+                    while is_data and off < end:
+                        data = view.pread(min(end - off, 4 << 20), off)
                         if not data:
                             break
                         writer.write_data(off, data, over_hole=over_hole)
@@ -489,25 +488,6 @@ def _fixed_copy_class():
                             progress(off, size)
 
     return FixedCopy
-
-
-def _data_extents(fd, size):
-    """(start, end) of the data of a sparse file (SEEK_DATA/SEEK_HOLE;
-    the whole file where the file system cannot tell)."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                return
-            yield pos, size
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        if start >= size:
-            return
-        yield start, end
-        pos = end
 
 
 def _fixed_copy(name, container, path):
