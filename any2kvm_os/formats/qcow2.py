@@ -212,6 +212,15 @@ def _check_header(h, path):
         raise exception.InvalidImage(
             path=path, reason='qcow2 L1 table offset %d is not cluster '
             'aligned' % h.l1_table_offset)
+    # As qemu (qcow2_validate_table): every table starts on a cluster.
+    if h.refcount_table_offset & (cluster_size - 1):
+        raise exception.InvalidImage(
+            path=path, reason='qcow2 refcount table offset %d is not '
+            'cluster aligned' % h.refcount_table_offset)
+    if h.nb_snapshots and h.snapshots_offset & (cluster_size - 1):
+        raise exception.InvalidImage(
+            path=path, reason='qcow2 snapshot table offset %d is not '
+            'cluster aligned' % h.snapshots_offset)
 
 
 def _feature_names(raw):
@@ -336,6 +345,7 @@ class Qcow2Reader(base.LayerReader):
         self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
         self.coffset_mask = (1 << self.csize_shift) - 1
         self._allocated = None
+        self._check_whole_sectors()
         if self.backing_hint is not None:
             self._open_backing()
 
@@ -470,6 +480,45 @@ class Qcow2Reader(base.LayerReader):
                     path=self.name, reason='qcow2 L1 entry %d points beyond '
                     'the end of the file (L2 table at %d, file of %d bytes): '
                     'truncated or corrupt' % (i, off, self.file_size))
+
+    def _check_whole_sectors(self):
+        """Refuse a file whose length is not whole 512-byte sectors,
+        unless a compressed cluster ends there.
+
+        Every qcow2 structure (header, tables, data clusters) starts on a
+        cluster boundary and fills whole clusters; only compressed clusters
+        are packed at byte offsets, and qemu pads the file after the last
+        one to a sector boundary (older writers may not: hence the
+        exception).  Tables and data sit at absolute offsets, so a byte
+        inserted into or cut from the data is otherwise read shifted, with
+        exit 0, as qemu-img does (``qemu-img check`` finds nothing).  Not
+        detected: whole sectors inserted or removed.
+        """
+        size = self.file_size
+        if not size % 512 or self._compressed_cluster_at(size - 1):
+            return
+        raise exception.InvalidImage(
+            path=self.name, reason='qcow2 file of %d bytes is not whole '
+            '512-byte sectors and no compressed cluster ends there, where '
+            'every qcow2 structure is cluster aligned: a byte was inserted '
+            'or deleted, or the file was cut' % size)
+
+    def _compressed_cluster_at(self, offset):
+        """Whether a compressed cluster's stored bytes cover ``offset``
+        (every L2 table is read: only for a file of odd length)."""
+        step = 2 if self.extended_l2 else 1
+        for index in range(len(self.l1)):
+            table = self._l2(index)
+            if table is None:
+                continue
+            for entry in table[::step]:
+                if not entry & L2_COMPRESSED:
+                    continue
+                host = entry & self.coffset_mask
+                sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1
+                if host <= offset < (host & ~511) + sectors * 512:
+                    return True
+        return False
 
     def _l2(self, index):
         """The L2 table of L1 entry ``index`` (an array), or None."""

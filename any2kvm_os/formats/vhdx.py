@@ -84,6 +84,8 @@ REGION_TABLE_SIZE = 64 * KiB
 HEADER_AREA = 1 * MiB
 METADATA_TABLE_SIZE = 64 * KiB
 LOG_SECTOR = 4 * KiB
+#: The unit every VHDX writer's file length is a multiple of (at least).
+SECTOR = 512
 BITMAP_BLOCK = 1 * MiB
 #: Sectors one sector bitmap block describes (8 bits per byte of 1 MiB).
 SECTORS_PER_BITMAP = 1 << 23
@@ -316,6 +318,7 @@ class VhdxReader(base.LayerReader):
         self.regions = self._region_table()
         self._parse_metadata(self.regions[METADATA_REGION])
         self._load_bat(self.regions[BAT_REGION])
+        self._check_whole_sectors()
 
     # -- low-level reads ------------------------------------------------------
 
@@ -727,6 +730,27 @@ class VhdxReader(base.LayerReader):
                                     % (b[2], a[2], b[0]))
         #: Indices of the payload blocks stored in this file.
         self.present_blocks = present
+
+    def _check_whole_sectors(self):
+        """Refuse a file whose length is not whole 512-byte sectors.
+
+        Every VHDX structure (the header area, the regions, payload blocks
+        and sector bitmaps) starts on a 1 MiB boundary and is a whole
+        number of MiB long, and the specification wants the file's size a
+        multiple of 1 MiB (its log's FlushedFileOffset); writers honour at
+        least whole sectors (Disk2vhd's file ends on a 512 KiB boundary).
+        A byte inserted into or cut from the data leaves every later block
+        at its BAT offset but shifted by that byte, and an odd length is
+        then all that tells: qemu-img reads such a file shifted, with
+        exit 0, and ``qemu-img check`` finds nothing.  Not detected: whole
+        sectors inserted or removed.
+        """
+        size = self.view.size
+        if size % SECTOR:
+            raise self._invalid(
+                'VHDX file of %d bytes is not whole 512-byte sectors, where '
+                'every VHDX structure is aligned on 1 MiB: a byte was '
+                'inserted or deleted, or the file was cut' % size)
 
     # -- identity -------------------------------------------------------------
 

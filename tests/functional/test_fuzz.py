@@ -99,11 +99,12 @@ GZIP_AFTER = {'xenserver-tgz'}
 #: Formats whose structure makes a byte inserted or deleted detectable
 #: (whole sectors, a footer at the end, sizes in tar headers and chunk
 #: checksums): such a mutant is refused, or reads as the seed does (the
-#: byte fell in padding).  VHDX and qcow2 are not here: their payload sits
-#: at absolute offsets and the file's length is bound to nothing, so a
-#: byte inserted into the data reads shifted, as in qemu-img.
+#: byte fell in padding).  VHDX and qcow2 are in since their readers refuse
+#: a length that is not whole sectors (every structure of theirs is
+#: aligned; qemu-img reads such a file shifted).
 SHIFT_DETECTED = {'vhd-dynamic', 'vhd-fixed', 'vmdk-sparse', 'vmdk-stream',
-                  'xenserver-tar', 'xenserver-tgz', 'xva', 'ova'}
+                  'xenserver-tar', 'xenserver-tgz', 'xva', 'ova', 'vhdx',
+                  'qcow2'}
 
 
 # -- mutations ----------------------------------------------------------------
@@ -248,6 +249,7 @@ def test_fuzz(fmt, qemu_img, tmp_path):
     timeout = START + PER_MUTANT * len(inputs)
     lines, err, hung, rc = _run_driver(tmp_path, inputs, timeout)
     starts = [ln['start'] for ln in lines if 'start' in ln]
+    done = [ln for ln in lines if 'done' in ln]
     results = [ln for ln in lines if 'input' in ln]
     replay = 'ANY2KVM_FUZZ_SEED=%d ANY2KVM_FUZZ_ITERATIONS=%d, %s' % (
         SEED, ITERATIONS, fmt)
@@ -262,8 +264,10 @@ def test_fuzz(fmt, qemu_img, tmp_path):
     assert first['convert']['rc'] == 0, '%s: the seed does not convert: %s' \
         % (replay, first['convert']['stderr'])
     refused = sum(1 for r in results[1:] if r['convert']['rc'] == 1)
-    print('fuzz %s: %d mutants, %d refused, %d read (%s)' % (
-        fmt, len(results) - 1, refused, len(results) - 1 - refused, replay))
+    print('fuzz %s: %d mutants, %d refused, %d read, peak RSS %.1f MiB '
+          '(%s)' % (fmt, len(results) - 1, refused, len(results) - 1 - refused,
+                    done[0].get('maxrss_kib', 0) / 1024 if done else 0,
+                    replay))
     failures = []
     for result in results:
         problems = _problems(result)

@@ -19,9 +19,10 @@ per mutant would cost a second each on a loaded machine); stderr is
 captured.  Before each input a line ``{"start": PATH}`` is printed, after
 it a line with the result: exit codes, stderr, an exception that escaped
 ``main()`` (a bug: main must turn every error into a one-line message),
-and what was left in the output and temporary directories.  The parent
-bounds the whole run with a timeout, and knows from the last ``start``
-line which input hung.
+and what was left in the output and temporary directories; at the end a
+line ``{"done": N, "maxrss_kib": K}`` with the process's peak RSS.  The
+parent bounds the whole run with a timeout, and knows from the last
+``start`` line which input hung.
 """
 
 import io
@@ -94,7 +95,10 @@ def main():
         for name in os.listdir(tmp):
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
         print(json.dumps(result), flush=True)
-    print(json.dumps({'done': len(spec['inputs'])}), flush=True)
+    import resource
+    print(json.dumps({'done': len(spec['inputs']),
+                      'maxrss_kib': resource.getrusage(
+                          resource.RUSAGE_SELF).ru_maxrss}), flush=True)
 
 
 if __name__ == '__main__':
