@@ -23,6 +23,7 @@ packing reuses the helpers of ``test_ova``.
 import gzip
 import hashlib
 import logging
+import lzma
 import os
 import subprocess
 import sys
@@ -284,6 +285,113 @@ def test_gzip_member_streamed(disks, tmp_path, scratch, no_scratch):
     ova = make_ova(tmp_path / 'g.ova', order, gzip_=('disk1.vmdk',))
     with open_download(Download(ova), scratch) as source:
         check(convert_all(source, tmp_path), order)
+
+
+# ---------------------------------------------------------------------------
+# an OVA compressed whole (.ova.gz): a download, and a local file
+# ---------------------------------------------------------------------------
+
+COMPRESSORS = {'gzip': lambda data: gzip.compress(data, 6),
+               'xz': lambda data: lzma.compress(data)}
+
+
+def _compressed_ova(tmp_path, disks, how='gzip'):
+    ova = make_ova(tmp_path / 'c.ova', disks)
+    packed = tmp_path / ('c.ova.' + {'gzip': 'gz', 'xz': 'xz'}[how])
+    packed.write_bytes(COMPRESSORS[how](ova.read_bytes()))
+    ova.unlink()
+    return packed
+
+
+def test_compressed_ova_download_streamed(disks, tmp_path, scratch,
+                                          no_scratch):
+    order = [disks['qemu'], disks['vmdkstream']]
+    download = Download(_compressed_ova(tmp_path, order))
+    with open_download(download, scratch) as source:
+        assert source.container == 'ova'
+        check(convert_all(source, tmp_path), order)
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize('how', sorted(COMPRESSORS))
+def test_compressed_ova_file_read_in_one_pass(disks, tmp_path, scratch,
+                                              monkeypatch, how):
+    """A local .ova.gz (or .xz) is an OVA, not a XenServer archive, and is
+    read in one pass per disk, as a download is: nothing in scratch."""
+    from any2kvm_os.containers.ova import package
+    from any2kvm_os.containers import registry
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('the OVA went through scratch')
+    monkeypatch.setattr(package, 'open_compressed_ova', refuse)
+    order = [disks['qemu'], disks['vmdkstream']]
+    path = _compressed_ova(tmp_path, order, how)
+    limits = a2k_limits.Limits(scratch_dir=str(scratch))
+    assert registry.detect(str(path), limits).name == 'ova'
+    source = registry.open_path(str(path), limits)
+    try:
+        check(convert_all(source, tmp_path), order)
+    finally:
+        source.close()
+    assert list(scratch.iterdir()) == []
+
+
+def test_compressed_ova_file_cli(disks, tmp_path):
+    """The command converts a local .ova.gz (it used to say "unexpected
+    member 'vm.ovf'"), and ``info`` tells an OVA."""
+    from tests.lib import cli
+    order = [disks['qemu'], disks['vmdkstream']]
+    path = _compressed_ova(tmp_path, order)
+    out = tmp_path / 'out'
+    out.mkdir()
+    res = cli.run_any2kvm('convert', path, out)
+    assert res.returncode == 0, cli.describe(res)
+    assert sorted(p.name for p in out.iterdir()) == ['web01-disk1.raw',
+                                                     'web01.raw']
+    check([out / 'web01.raw', out / 'web01-disk1.raw'], order)
+    res = cli.run_any2kvm('info', path, '--format', 'json')
+    assert res.returncode == 0, cli.describe(res)
+    assert '"ova"' in res.stdout
+
+
+def test_compressed_ova_with_a_sparse_disk_goes_through_scratch(
+        disks, tmp_path, scratch):
+    """A disk with no one-pass reader (a monolithicSparse VMDK): the OVA
+    is decompressed into scratch, which is gone once the source closes."""
+    from any2kvm_os.containers import registry
+    order = [disks['sparse']]
+    path = _compressed_ova(tmp_path, order)
+    source = registry.open_path(
+        str(path), a2k_limits.Limits(scratch_dir=str(scratch)))
+    try:
+        check(convert_all(source, tmp_path), order)
+    finally:
+        source.close()
+    assert list(scratch.iterdir()) == []
+
+
+def test_compressed_ova_damaged_is_refused(disks, tmp_path, scratch):
+    """A flipped byte in the gzip trailer (its CRC): one line, nothing
+    written."""
+    from any2kvm_os.containers import registry
+    path = _compressed_ova(tmp_path, [disks['qemu']])
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 0xff
+    path.write_bytes(bytes(data))
+    out = tmp_path / 'out.raw'
+    with pytest.raises(exception.Any2KvmError) as e:
+        # refused at open (the first pass reads to the end: one disk) or
+        # else before the disk is committed
+        source = registry.open_path(
+            str(path), a2k_limits.Limits(scratch_dir=str(scratch)))
+        try:
+            raw.write_file(source.disks[0], str(out))
+        finally:
+            source.close()
+    line = str(e.value)
+    assert '\n' not in line and not os.path.lexists(out)
+    assert str(path) in line and 'CRC' in line, line
+    assert list(scratch.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------

@@ -271,6 +271,34 @@ class OvaContainer(base.Container):
 # opening
 # ---------------------------------------------------------------------------
 
+def open_compressed_ova(path, limits):
+    """Open an OVA compressed whole (``.ova.gz``, or bzip2, xz, zstd) by
+    decompressing it into private scratch (bounded by ``scratch_limit``);
+    closing the :class:`~any2kvm_os.vm.Vm` removes the copy.  Messages name
+    ``path``, never the scratch file."""
+    space = scratch.Scratch.for_limits(limits, prefix='any2kvm-ova-')
+    copy = space.path('ova.tar')
+    try:
+        with open(path, 'rb') as f, open(copy, 'wb') as out:
+            src = tar.CheckedReader(path, compression.open_reader(path, f))
+            while True:
+                chunk = src.read(1 << 20)
+                if not chunk:
+                    break
+                space.charge(len(chunk), path)
+                out.write(chunk)
+        source = open_ova(copy, limits)
+    except exception.Any2KvmError as e:
+        space.cleanup()
+        raise exception.Any2KvmError(str(e).replace(copy, path))
+    except BaseException:
+        space.cleanup()
+        raise
+    source.relabel(copy, path)
+    source.on_close(space.cleanup)
+    return source
+
+
 def open_ova(path, limits):
     """Open an OVA (a plain tar); return a :class:`~any2kvm_os.vm.Vm`."""
     raw = tar.PlainTarContainer(path, limits)

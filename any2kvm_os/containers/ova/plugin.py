@@ -21,6 +21,7 @@ from any2kvm_os.containers.ova import descriptor
 from any2kvm_os.containers.ova import package
 from any2kvm_os.containers.ova import stream
 from any2kvm_os.containers import tar
+from any2kvm_os import fileio
 
 
 class OvaType(base.ContainerType):
@@ -33,10 +34,21 @@ class OvaType(base.ContainerType):
     glance_kinds = {'ova': ('ova', None)}
 
     def probe(self, view, path, limits):
+        if tar.is_compressed(view):
+            # an .ova.gz: the whole OVA compressed, its .ovf first
+            return stream.compressed_looks_like_ova(path)
         return tar.looks_like_tar(view) and package.is_ova_tar(path, limits)
 
     def open(self, path, limits):
-        return package.open_ova(path, limits)
+        with fileio.FileView.open_path(path) as view:
+            compressed = tar.is_compressed(view)
+        if not compressed:
+            return package.open_ova(path, limits)
+        # Read in one pass per use, as a download is; what cannot be
+        # (a disk with no one-pass reader) is decompressed into scratch.
+        return stream.open_ova_stream(
+            path, limits, lambda: open(path, 'rb'),
+            fallback=lambda: package.open_compressed_ova(path, limits))
 
     def probe_head(self, head):
         return stream.head_is_ova(head)

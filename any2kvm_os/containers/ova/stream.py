@@ -89,13 +89,27 @@ class NotStreamable(Exception):
 
 
 def head_is_ova(head):
-    """Whether the first bytes of a plain tar start with a ``.ovf``
-    member: an OVA, which can be read as it arrives."""
-    if compression.sniff(head) is not None:
-        return False
+    """Whether the first bytes of a tar (plain, or compressed whole:
+    gzip, bzip2, xz, zstd) start with a ``.ovf`` member: an OVA, which can
+    be read as it arrives."""
     ti = tar.head_first_member(head)
     return (ti is not None and ti.isreg()
             and tar.normalise(ti.name).lower().endswith('.ovf'))
+
+
+def compressed_looks_like_ova(path):
+    """A compressed file (an ``.ova.gz``) whose tar starts with a ``.ovf``
+    member: only its first bytes are read and decompressed."""
+    with open(path, 'rb') as f:
+        head = compression.read_full(f, fileio.ChunkReader.HEAD)
+    return compression.sniff(head) is not None and head_is_ova(head)
+
+
+def _decompressed(path, raw):
+    """``raw`` (a file object of the whole archive) as a tar: decompressed
+    when the whole OVA was compressed, its errors one-line refusals."""
+    f = compression.open_reader(path, raw)
+    return raw if f is raw else tar.CheckedReader(path, f)
 
 
 # ---------------------------------------------------------------------------
@@ -284,7 +298,8 @@ class OvaStream(object):
         of a download also checks its size and checksum)."""
         path = self.path
         screen = tar.MemberScreen(path, self.limits)
-        with contextlib.closing(self._opener()) as f:
+        with contextlib.closing(self._opener()) as raw:
+            f = _decompressed(path, raw)
             # The 64 MiB of trailing zeros allowed bound the pass.
             for ti, tf in tar.one_pass(path, f, trailing_limit=64 * MiB):
                 name = screen.check(ti)
