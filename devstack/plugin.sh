@@ -24,8 +24,11 @@ ANY2KVM_HOOK_DRIVER=any2kvm_os.cinder.driver.Any2KvmDriver
 function install_any2kvm {
     # -bindep installs the default profile of the project's bindep.txt:
     # qemu-utils (qemu-img on rpm platforms).  The Python requirements
-    # come from requirements.txt, under devstack's upper constraints.
-    setup_develop -bindep "$ANY2KVM_OS_DIR"
+    # come from requirements.txt, under devstack's upper constraints,
+    # with the extras of ANY2KVM_OS_EXTRAS (default zstd: zstandard, so
+    # that zstd XVAs, archives and qcow2 clusters are read, not refused).
+    setup_develop -bindep "$ANY2KVM_OS_DIR" \
+        ${ANY2KVM_OS_EXTRAS:+"$ANY2KVM_OS_EXTRAS"}
 }
 
 

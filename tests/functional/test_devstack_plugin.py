@@ -296,14 +296,25 @@ def test_sourcing_without_arguments_only_defines_functions(stack):
 # ---------------------------------------------------------------------------
 
 def test_install_uses_setup_develop_with_bindep(stack):
+    """With the zstd extra by default: zstd inputs are read, not refused
+    for want of zstandard."""
     stack.run('stack', 'install', ANY2KVM_OS_DIR='/src/any2kvm_os')
-    assert stack.calls() == ['setup_develop -bindep /src/any2kvm_os']
+    assert stack.calls() == ['setup_develop -bindep /src/any2kvm_os zstd']
 
 
 def test_install_default_checkout_is_under_dest(stack):
     stack.run('stack', 'install')
     assert stack.calls() == [
-        'setup_develop -bindep %s/any2kvm_os' % stack.env['DEST']]
+        'setup_develop -bindep %s/any2kvm_os zstd' % stack.env['DEST']]
+
+
+@pytest.mark.parametrize('extras,call', [
+    ('', 'setup_develop -bindep /src/any2kvm_os'),
+    ('zstd,other', 'setup_develop -bindep /src/any2kvm_os zstd,other')])
+def test_install_extras_setting(stack, extras, call):
+    stack.run('stack', 'install', ANY2KVM_OS_DIR='/src/any2kvm_os',
+              ANY2KVM_OS_EXTRAS=extras)
+    assert stack.calls() == [call]
 
 
 def test_extra_uploads_nothing_by_default(stack):
