@@ -12,12 +12,13 @@
 
 """Mutation fuzzing of every format and container the command reads.
 
-For each format a small seed is made here (qemu-img, the test builders, or
-a small corpus file), then mutated: bytes flipped, a byte inserted or
-deleted, the file cut, a field overwritten with a boundary value, a sector
-zeroed or copied over another.  In archives the mutation lands inside a
-member's data most of the time (and the compressed XenServer archive is
-the mutated plain tar, gzipped, so its one-pass reader sees the damage).
+For each format a small seed is made here (qemu-img, the test builders),
+or taken from the shared corpus (``CORPUS_SEEDS``), then mutated: bytes
+flipped, a byte inserted or deleted, the file cut, a field overwritten
+with a boundary value, a sector zeroed or copied over another.  In
+archives the mutation lands inside a member's data most of the time (and
+the compressed XenServer archive is the mutated plain tar, gzipped, so its
+one-pass reader sees the damage).
 ``any2kvm info`` and ``convert`` run on every mutant
 (:mod:`tests.lib.fuzzdriver`, one process per format), and:
 
@@ -95,6 +96,12 @@ SEEDS = {
     'xva': lambda d: samples.CONTAINERS['xva'](d).path,
     'ova': lambda d: samples.CONTAINERS['ova'](d).path,
 }
+#: Seeds from the shared corpus (written by other tools than the test
+#: builders: dfvfs's qcow2, python3-vmdkstream's streamOptimized VMDK).
+CORPUS_SEEDS = {
+    'qcow2-corpus': 'upstream/dfvfs/ext2.qcow2',
+    'vmdk-stream-corpus': 'generated/vmdkstream-0.2.vmdk.gz',
+}
 GZIP_AFTER = {'xenserver-tgz'}
 #: Formats whose structure makes a byte inserted or deleted detectable
 #: (whole sectors, a footer at the end, sizes in tar headers and chunk
@@ -104,7 +111,7 @@ GZIP_AFTER = {'xenserver-tgz'}
 #: aligned; qemu-img reads such a file shifted).
 SHIFT_DETECTED = {'vhd-dynamic', 'vhd-fixed', 'vmdk-sparse', 'vmdk-stream',
                   'xenserver-tar', 'xenserver-tgz', 'xva', 'ova', 'vhdx',
-                  'qcow2'}
+                  'qcow2', 'qcow2-corpus', 'vmdk-stream-corpus'}
 
 
 # -- mutations ----------------------------------------------------------------
@@ -223,11 +230,16 @@ def _problems(result):
     return bad
 
 
-@pytest.mark.parametrize('fmt', sorted(SEEDS))
-def test_fuzz(fmt, qemu_img, tmp_path):
+@pytest.mark.parametrize('fmt', sorted(SEEDS) + sorted(CORPUS_SEEDS))
+def test_fuzz(fmt, qemu_img, tmp_path, request):
     seed_dir = tmp_path / 'seed'
     seed_dir.mkdir()
-    seed = Path(SEEDS[fmt](seed_dir))
+    if fmt in CORPUS_SEEDS:
+        stored = request.getfixturevalue('corpus_file')(CORPUS_SEEDS[fmt])
+        seed = seed_dir / stored.name
+        shutil.copyfile(stored, seed)
+    else:
+        seed = Path(SEEDS[fmt](seed_dir))
     data = seed.read_bytes()
     rnd = random.Random('%d-%s' % (SEED, fmt))
     mutants = tmp_path / 'mutants'

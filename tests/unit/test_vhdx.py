@@ -1061,3 +1061,36 @@ def test_log_region_outside_the_file(tmp_path):
             '<Q', 64 * MiB))))
     with pytest.raises(exception.InvalidImage, match='log region'):
         open_reader(p)
+
+
+@pytest.mark.parametrize('refused', [False, True], ids=['read', 'refused'])
+def test_cli_log_warning_only_on_success(tmp_path, capsys, monkeypatch,
+                                         refused):
+    """A log with no complete entry is warned about; when the file is then
+    refused (here: a byte appended, not whole sectors), the error line is
+    printed alone."""
+    import logging
+    from any2kvm_os.cmd import any2kvm
+    monkeypatch.setattr(logging.getLogger(), 'handlers', [])
+    monkeypatch.setenv('ANY2KVM_INSPECT', '0')
+    b = Builder()
+    off = b.payload(0, 6, pattern(11, MiB))
+    _dirty(b, (0, log_entry(10, 0, [(off, b'3' * 4096)], corrupt=True)))
+    path = b.write(tmp_path / 'a.vhdx')
+    if refused:
+        with open(path, 'ab') as f:
+            f.write(b'\0')
+    out = tmp_path / 'out'
+    out.mkdir()
+    rc = any2kvm.main(['convert', str(path), str(out / 'disk.raw')])
+    lines = [ln for ln in capsys.readouterr().err.splitlines()
+             if ln.startswith('any2kvm')]
+    if refused:
+        assert rc == 1
+        assert len(lines) == 1, lines
+        assert lines[0].startswith('any2kvm: error: ')
+        assert 'whole 512-byte sectors' in lines[0], lines
+    else:
+        assert rc == 0
+        assert len(lines) == 1 and 'no complete entry' in lines[0], lines
+        assert lines[0].startswith('any2kvm: WARNING: ')
