@@ -271,3 +271,39 @@ def test_reverse_named_archive(tmp_path, caplog, mode, order):
     assert run_cli('convert', str(arch), str(out)) == 0
     assert out.read_bytes() == want
     assert 'leaf to base: 2.vhd, 1.vhd, 0.vhd' in caplog.text
+
+
+@pytest.mark.parametrize('spare', [0, -1], ids=['fits', 'one-byte-short'])
+def test_reverse_named_stream_waits_in_bounded_scratch(tmp_path, spare):
+    """A tgz read in one pass, leaf first and reverse-named: 2.vhd (the
+    leaf) and 1.vhd arrive before their parent and wait in scratch, which
+    ``scratch_limit`` bounds; the copies are gone afterwards, or the
+    conversion is refused in one line when they do not fit."""
+    from any2kvm_os.containers import registry
+    from any2kvm_os.writers import raw
+    paths = write_chain(tmp_path, 3)
+    want = expected_raw(tmp_path, paths)
+    arch = tmp_path / 'rev.tgz'
+    with tarfile.open(arch, 'w:gz') as tf:
+        for i in [2, 1, 0]:
+            tf.add(paths[2 - i], arcname='%d.vhd' % i)
+    waiting = os.path.getsize(paths[0]) + os.path.getsize(paths[1])
+    space = tmp_path / 'scratch'
+    space.mkdir()
+    limits = a2k_limits.Limits(scratch_dir=str(space),
+                               scratch_limit=waiting + spare)
+    source = registry.open_path(str(arch), limits)
+    out = tmp_path / 'out.raw'
+    try:
+        if spare >= 0:
+            raw.write_file(source.disks[0], str(out))
+            assert out.read_bytes() == want
+        else:
+            with pytest.raises(exception.Any2KvmError) as e:
+                raw.write_file(source.disks[0], str(out))
+            assert 'scratch limit' in str(e.value)
+            assert '\n' not in str(e.value)
+            assert not out.exists()
+    finally:
+        source.close()
+    assert list(space.iterdir()) == []
