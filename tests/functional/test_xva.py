@@ -288,6 +288,19 @@ def test_refuse_hostile_ova_xml(xva_img, work, out_dir, xml):
     refuse(xva_path, out_dir, 'DTDForbidden')
 
 
+def test_refuse_unknown_encoding(xva_img, work, out_dir):
+    """``encoding="WTF-8"``: the one-line "unreadable XML" error a
+    malformed descriptor gets, not an internal error (LookupError)."""
+    xb.single(xva_img, work)
+    xml = (work / 'ova.xml').read_bytes()
+    if xml.startswith(b'<?xml'):
+        xml = xml[xml.index(b'?>') + 2:]
+    (work / 'ova.xml').write_bytes(
+        b'<?xml version="1.0" encoding="WTF-8"?>' + xml)
+    xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'])
+    refuse(xva_path, out_dir, 'unreadable XML')
+
+
 def test_refuse_missing_ova_xml(xva_img, work, out_dir):
     xb.single(xva_img, work)
     xva_path = xb.package(xva_img, work, 'vm.xva', ['Ref:3'], ova=False)
