@@ -278,7 +278,7 @@ def test_fuzz(fmt, qemu_img, tmp_path, request):
     refused = sum(1 for r in results[1:] if r['convert']['rc'] == 1)
     print('fuzz %s: %d mutants, %d refused, %d read, peak RSS %.1f MiB '
           '(%s)' % (fmt, len(results) - 1, refused, len(results) - 1 - refused,
-                    done[0].get('maxrss_kib', 0) / 1024 if done else 0,
+                    (done[0].get('maxrss_kib') or 0) / 1024 if done else 0,
                     replay))
     failures = []
     for result in results:
