@@ -282,6 +282,7 @@ class Qcow2Reader(base.LayerReader):
                 path=path, reason='truncated qcow2 header')
         self.backing_format = None
         self.data_file = None
+        self.has_bitmaps = False
         self.feature_names = {}
         self._read_extensions(first)
         self._check_features()
@@ -390,8 +391,11 @@ class Qcow2Reader(base.LayerReader):
             elif kind == EXT_DATA_FILE:
                 self.data_file = data.split(b'\0', 1)[0].decode(
                     'utf-8', 'replace')
-            # Bitmaps, encryption header (refused through crypt_method) and
-            # unknown extensions are not needed to read the disk.
+            elif kind == EXT_BITMAPS:
+                # Not needed to read the disk; its tables may end the file.
+                self.has_bitmaps = True
+            # Encryption header (refused through crypt_method) and unknown
+            # extensions are not needed to read the disk.
             offset += (length + 7) & ~7
 
     def _feature(self, bit):
@@ -482,43 +486,50 @@ class Qcow2Reader(base.LayerReader):
                     'truncated or corrupt' % (i, off, self.file_size))
 
     def _check_whole_sectors(self):
-        """Refuse a file whose length is not whole 512-byte sectors,
-        unless a compressed cluster ends there.
+        """Refuse a file that runs past the end of its last structure by
+        less than a sector.
 
-        Every qcow2 structure (header, tables, data clusters) starts on a
-        cluster boundary and fills whole clusters; only compressed clusters
-        are packed at byte offsets, and qemu pads the file after the last
-        one to a sector boundary (older writers may not: hence the
-        exception).  Tables and data sit at absolute offsets, so a byte
-        inserted into or cut from the data is otherwise read shifted, with
-        exit 0, as qemu-img does (``qemu-img check`` finds nothing).  Not
-        detected: whole sectors inserted or removed.
+        Every qcow2 structure starts on a cluster boundary; data clusters
+        and L2 tables fill whole clusters, and only a table written last
+        (qemu-img leaves an empty image ending with its L1 table, unpadded)
+        or a compressed cluster (packed at a byte offset) may end the file
+        inside a sector.  Tables and data sit at absolute offsets, so a
+        byte inserted into the data is otherwise read shifted, with exit
+        0, as qemu-img does (``qemu-img check`` finds nothing); a byte cut
+        leaves the last cluster past the end of the file, refused when it
+        is read.  Not checked when snapshots or bitmaps (tables of their
+        own, of other lengths) may end the file; not detected: whole
+        sectors inserted or removed.  Every L2 table is read, only for a
+        file whose length is not whole sectors.
         """
         size = self.file_size
-        if not size % 512 or self._compressed_cluster_at(size - 1):
+        h = self.header
+        if not size % 512 or h.nb_snapshots or self.has_bitmaps:
             return
-        raise exception.InvalidImage(
-            path=self.name, reason='qcow2 file of %d bytes is not whole '
-            '512-byte sectors and no compressed cluster ends there, where '
-            'every qcow2 structure is cluster aligned: a byte was inserted '
-            'or deleted, or the file was cut' % size)
-
-    def _compressed_cluster_at(self, offset):
-        """Whether a compressed cluster's stored bytes cover ``offset``
-        (every L2 table is read: only for a file of odd length)."""
+        cs = self.cluster_size
+        end = max(cs, h.l1_table_offset + h.l1_size * 8,
+                  h.refcount_table_offset + h.refcount_table_clusters * cs)
         step = 2 if self.extended_l2 else 1
         for index in range(len(self.l1)):
             table = self._l2(index)
             if table is None:
                 continue
+            end = max(end, (self.l1[index] & OFFSET_MASK) + cs)
             for entry in table[::step]:
-                if not entry & L2_COMPRESSED:
-                    continue
-                host = entry & self.coffset_mask
-                sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1
-                if host <= offset < (host & ~511) + sectors * 512:
-                    return True
-        return False
+                if entry & L2_COMPRESSED:
+                    host = entry & self.coffset_mask
+                    sectors = ((entry >> self.csize_shift)
+                               & self.csize_mask) + 1
+                    end = max(end, (host & ~511) + sectors * 512)
+                elif entry & OFFSET_MASK:
+                    end = max(end, (entry & OFFSET_MASK) + cs)
+        if size > end:
+            raise exception.InvalidImage(
+                path=self.name, reason='qcow2 file of %d bytes is not whole '
+                '512-byte sectors and runs %d bytes past its last structure '
+                '(at %d), where every qcow2 structure is cluster aligned: a '
+                'byte was inserted, or bytes appended' % (
+                    size, size - end, end))
 
     def _l2(self, index):
         """The L2 table of L1 entry ``index`` (an array), or None."""
