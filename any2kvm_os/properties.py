@@ -126,16 +126,68 @@ ARCHITECTURES = {'x86_64': 'x86_64', 'i386': 'i686', 'i486': 'i686',
 BOOTABLE = ('builtin', 'initramfs')
 
 
+def _version_order(ch):
+    # dpkg's order(): letters first, then the other characters, '~'
+    # before everything, even the end of the string.
+    if ch == '~':
+        return -1
+    if 'a' <= ch.lower() <= 'z':
+        return ord(ch)
+    return ord(ch) + 256
+
+
+def debian_version_compare(a, b):
+    """<0, 0 or >0 as the version ``a`` sorts before, with or after ``b``
+    in Debian's ordering (dpkg's verrevcmp: runs of digits compare as
+    numbers, ``6.1.0-10`` after ``6.1.0-9``; ``~`` before anything)."""
+    digits = '0123456789'
+    i = j = 0
+    while i < len(a) or j < len(b):
+        while (i < len(a) and a[i] not in digits) or (
+                j < len(b) and b[j] not in digits):
+            ac = _version_order(a[i]) if i < len(a) and \
+                a[i] not in digits else 0
+            bc = _version_order(b[j]) if j < len(b) and \
+                b[j] not in digits else 0
+            if ac != bc:
+                return ac - bc
+            i += 1
+            j += 1
+        while i < len(a) and a[i] == '0':
+            i += 1
+        while j < len(b) and b[j] == '0':
+            j += 1
+        first_diff = 0
+        while i < len(a) and a[i] in digits and j < len(b) and \
+                b[j] in digits:
+            if not first_diff:
+                first_diff = ord(a[i]) - ord(b[j])
+            i += 1
+            j += 1
+        if i < len(a) and a[i] in digits:
+            return 1
+        if j < len(b) and b[j] in digits:
+            return -1
+        if first_diff:
+            return first_diff
+    return 0
+
+
 def boot_kernel(guest):
-    """The kernel facts a Linux guest boots with: the newest version."""
+    """The kernel facts a Linux guest boots with: the newest version in
+    Debian's ordering (:func:`debian_version_compare`).  The one choice
+    of both the properties (:func:`disk_bus`) and the names ``--fix``
+    writes (``probe.fix_bus``, which loads this file by path: keep it to
+    the standard library)."""
     kernels = (guest.get('linux') or {}).get('kernels') or []
     if not kernels:
         return None
-
-    def key(k):
-        return [int(p) if p.isdigit() else 0 for p in re.split(
-            r'[.-]', k.get('version') or '')]
-    return sorted(kernels, key=key)[-1]
+    newest = kernels[0]
+    for k in kernels[1:]:
+        if debian_version_compare(k.get('version') or '',
+                                  newest.get('version') or '') > 0:
+            newest = k
+    return newest
 
 
 def _windows_services(guest):
