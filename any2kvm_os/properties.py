@@ -57,6 +57,29 @@ def guess_distro(vm):
     return None
 
 
+def source_vif_model(vm, distro=None):
+    """``hw_vif_model`` from the source's facts: its first NIC's model,
+    else, for a Xen VM (XenServer and XVA name no NIC model), what the
+    guest has a driver for by its virtualization mode: an HVM guest had
+    Xen's emulated rtl8139 (until PV drivers took over) and keeps it,
+    except Windows, which has no inbox rtl8139 driver since Windows 8 and
+    Server 2012 and gets e1000; a PV or PVH guest had only Xen's netfront,
+    no emulated NIC, and gets e1000 (in every x86 Linux distribution's
+    kernel; virtio-net is not implied).  None: Nova's default."""
+    nics = vm.get('nics') or []
+    if not nics:
+        return None
+    model = VIF_MODELS.get(nics[0].get('model') or '')
+    if model:
+        return model
+    mode = vm.get('virtualization')
+    if mode == 'hvm':
+        return 'e1000' if distro == 'windows' else 'rtl8139'
+    if mode in ('pv', 'pvh'):
+        return 'e1000'
+    return None
+
+
 def image_properties(vm, virtual_size, defaults=True, overrides=None):
     """The properties for an image of a disk of ``virtual_size`` bytes of
     the VM described by ``vm`` (``any2kvm info``'s vm section)."""
@@ -86,8 +109,7 @@ def image_properties(vm, virtual_size, defaults=True, overrides=None):
         os_type = (vm.get('os') or {}).get('vmware_os_type') or ''
         if '64' in os_type:
             props['architecture'] = 'x86_64'
-        nics = vm.get('nics') or []
-        model = VIF_MODELS.get((nics[0].get('model') or '') if nics else '')
+        model = source_vif_model(vm, distro)
         if model:
             props['hw_vif_model'] = model
     guest = vm.get('guest_properties') if defaults else None
