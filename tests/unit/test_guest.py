@@ -346,6 +346,48 @@ class FakeG(object):
         return {'/dev/sda1': 'aaaa-1111', '/dev/sda2': ''}.get(dev, '')
 
 
+class FakeAppsG(object):
+    """The guestfs calls of probe.tools: a Debian guest's packages (its
+    dpkg status, as libguestfs lists it) and files."""
+
+    def __init__(self, apps, files):
+        self.apps = apps
+        self.files = files
+
+    def inspect_list_applications2(self, root):
+        return [{'app2_name': a} for a in self.apps]
+
+    def exists(self, path):
+        return path in self.files
+
+
+def test_vmware_tools_and_hyperv_daemons_are_detected():
+    g = FakeAppsG(['open-vm-tools', 'hyperv-daemons', 'bash'],
+                  {'/usr/bin/vmtoolsd', '/usr/sbin/hv_kvp_daemon'})
+    found, apps = probe.tools(g, '/dev/sda1')
+    assert found == {
+        'xe_guest_utilities': [],
+        'vmware_tools': ['open-vm-tools', '/usr/bin/vmtoolsd'],
+        'hyperv_daemons': ['hyperv-daemons', '/usr/sbin/hv_kvp_daemon'],
+        'qemu_guest_agent': []}
+    assert apps == ['bash', 'hyperv-daemons', 'open-vm-tools']
+    # As users read it: the report and the text lines.
+    g2 = guest('guest-virtio')
+    g2['linux']['tools'] = found
+    s = gi.summary({'guests': [g2]})
+    assert s['guest']['tools'] == {
+        'vmware_tools': ['open-vm-tools', '/usr/bin/vmtoolsd'],
+        'hyperv_daemons': ['hyperv-daemons', '/usr/sbin/hv_kvp_daemon']}
+    assert 'tools:        /usr/bin/vmtoolsd, /usr/sbin/hv_kvp_daemon, ' \
+        'hyperv-daemons, open-vm-tools' in gi.text_lines(s)
+    # Neither is a guest agent KVM talks to.
+    assert 'hw_qemu_guest_agent' not in s['properties']
+    # VMware Tools from VMware's own package, found by its files only.
+    g = FakeAppsG([], {'/etc/vmware-tools'})
+    assert probe.tools(g, '/dev/sda1')[0]['vmware_tools'] == [
+        '/etc/vmware-tools']
+
+
 def test_fix_text_rewrites_names_and_drops_xen_consoles():
     text = ('# /dev/xvda1 was the root\n'
             '/dev/xvda1 / ext4 defaults 0 1\n'
