@@ -697,3 +697,22 @@ def test_the_undo_journal_restores_by_hand(tmp_path, monkeypatch):
     assert [sha256(d) for d in disks] != before
     restore(str(kept[0]))
     assert [sha256(d) for d in disks] == before
+
+
+def test_openstack_any2kvm_inspect_with_inspect(recorded_probe, small_disk):
+    """``openstack any2kvm inspect --inspect`` in process, on a local
+    file, the probe a stand-in printing the recorded guests."""
+    from tests.lib import osc_inprocess
+    shown = osc_inprocess.inspect(small_disk, '--inspect', '--config-file',
+                                  recorded_probe)
+    assert shown['format'] == 'qcow2'
+    assert shown['guest']['hostname'] == 'guest-virtio'
+    assert shown['properties']['hw_disk_bus'] == 'scsi'
+    assert shown['properties']['hw_scsi_model'] == 'virtio-scsi'
+    assert 'virtio_scsi is in the initramfs' in \
+        shown['reasons']['hw_disk_bus']
+    # Without --inspect: the disks only.
+    shown = osc_inprocess.inspect(small_disk, '--config-file',
+                                  recorded_probe)
+    assert shown.get('guest') is None
+    assert shown.get('properties') is None
