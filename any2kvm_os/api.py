@@ -542,9 +542,14 @@ def _migration_target_options(args):
             if given.get(key):
                 raise exception.Any2KvmError(
                     '--%s goes with --target %s, not --target %s'
-                    % (key.replace('_', '-'), other, target))
-    return {k: given[k] for k in destinations.OPTIONS[target]
-            if given.get(k)}
+                    % (destinations.FLAGS.get(key, key.replace('_', '-')),
+                       other, target))
+    options = {k: given[k] for k in destinations.OPTIONS[target]
+               if given.get(k)}
+    if 'properties' in options:
+        # --property KEY=VALUE (repeated): a dict, kept in the state DB.
+        options['properties'] = dict(options['properties'])
+    return options
 
 
 def run_migration(action, args, limits, cloud, progress_stream=None,

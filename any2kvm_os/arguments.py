@@ -152,6 +152,13 @@ def add_migration_arguments(parser, action, with_format=True,
                             help='where os-brick finds or mounts NFS and '
                                  'other shares when attaching the volumes '
                                  '(--target cinder)')
+        parser.add_argument('--property', dest='properties',
+                            metavar='KEY=VALUE', action='append',
+                            type=parse_property,
+                            help='image metadata to set on the volumes at '
+                                 'cutover, over what any2kvm chose from '
+                                 'the VM and its guest (--target cinder; '
+                                 'repeat for several)')
     if action == 'cutover':
         parser.add_argument('--force', action='store_true',
                             help='stop the VM hard if it does not shut down '

@@ -57,6 +57,29 @@ def guess_distro(vm):
     return None
 
 
+def source_vif_model(vm, distro=None):
+    """``hw_vif_model`` from the source's facts: its first NIC's model,
+    else, for a Xen VM (XenServer and XVA name no NIC model), what the
+    guest has a driver for by its virtualization mode: an HVM guest had
+    Xen's emulated rtl8139 (until PV drivers took over) and keeps it,
+    except Windows, which has no inbox rtl8139 driver since Windows 8 and
+    Server 2012 and gets e1000; a PV or PVH guest had only Xen's netfront,
+    no emulated NIC, and gets e1000 (in every x86 Linux distribution's
+    kernel; virtio-net is not implied).  None: Nova's default."""
+    nics = vm.get('nics') or []
+    if not nics:
+        return None
+    model = VIF_MODELS.get(nics[0].get('model') or '')
+    if model:
+        return model
+    mode = vm.get('virtualization')
+    if mode == 'hvm':
+        return 'e1000' if distro == 'windows' else 'rtl8139'
+    if mode in ('pv', 'pvh'):
+        return 'e1000'
+    return None
+
+
 def image_properties(vm, virtual_size, defaults=True, overrides=None):
     """The properties for an image of a disk of ``virtual_size`` bytes of
     the VM described by ``vm`` (``any2kvm info``'s vm section)."""
@@ -86,8 +109,7 @@ def image_properties(vm, virtual_size, defaults=True, overrides=None):
         os_type = (vm.get('os') or {}).get('vmware_os_type') or ''
         if '64' in os_type:
             props['architecture'] = 'x86_64'
-        nics = vm.get('nics') or []
-        model = VIF_MODELS.get((nics[0].get('model') or '') if nics else '')
+        model = source_vif_model(vm, distro)
         if model:
             props['hw_vif_model'] = model
     guest = vm.get('guest_properties') if defaults else None
@@ -126,16 +148,68 @@ ARCHITECTURES = {'x86_64': 'x86_64', 'i386': 'i686', 'i486': 'i686',
 BOOTABLE = ('builtin', 'initramfs')
 
 
+def _version_order(ch):
+    # dpkg's order(): letters first, then the other characters, '~'
+    # before everything, even the end of the string.
+    if ch == '~':
+        return -1
+    if 'a' <= ch.lower() <= 'z':
+        return ord(ch)
+    return ord(ch) + 256
+
+
+def debian_version_compare(a, b):
+    """<0, 0 or >0 as the version ``a`` sorts before, with or after ``b``
+    in Debian's ordering (dpkg's verrevcmp: runs of digits compare as
+    numbers, ``6.1.0-10`` after ``6.1.0-9``; ``~`` before anything)."""
+    digits = '0123456789'
+    i = j = 0
+    while i < len(a) or j < len(b):
+        while (i < len(a) and a[i] not in digits) or (
+                j < len(b) and b[j] not in digits):
+            ac = _version_order(a[i]) if i < len(a) and \
+                a[i] not in digits else 0
+            bc = _version_order(b[j]) if j < len(b) and \
+                b[j] not in digits else 0
+            if ac != bc:
+                return ac - bc
+            i += 1
+            j += 1
+        while i < len(a) and a[i] == '0':
+            i += 1
+        while j < len(b) and b[j] == '0':
+            j += 1
+        first_diff = 0
+        while i < len(a) and a[i] in digits and j < len(b) and \
+                b[j] in digits:
+            if not first_diff:
+                first_diff = ord(a[i]) - ord(b[j])
+            i += 1
+            j += 1
+        if i < len(a) and a[i] in digits:
+            return 1
+        if j < len(b) and b[j] in digits:
+            return -1
+        if first_diff:
+            return first_diff
+    return 0
+
+
 def boot_kernel(guest):
-    """The kernel facts a Linux guest boots with: the newest version."""
+    """The kernel facts a Linux guest boots with: the newest version in
+    Debian's ordering (:func:`debian_version_compare`).  The one choice
+    of both the properties (:func:`disk_bus`) and the names ``--fix``
+    writes (``probe.fix_bus``, which loads this file by path: keep it to
+    the standard library)."""
     kernels = (guest.get('linux') or {}).get('kernels') or []
     if not kernels:
         return None
-
-    def key(k):
-        return [int(p) if p.isdigit() else 0 for p in re.split(
-            r'[.-]', k.get('version') or '')]
-    return sorted(kernels, key=key)[-1]
+    newest = kernels[0]
+    for k in kernels[1:]:
+        if debian_version_compare(k.get('version') or '',
+                                  newest.get('version') or '') > 0:
+            newest = k
+    return newest
 
 
 def _windows_services(guest):

@@ -21,8 +21,9 @@ appliance, it hangs) and bounded by ``inspect_timeout``.
 
 :func:`inspect_files` reads raw disks (read-only); with ``fix=True`` the
 probe works on qcow2 overlays of them, and only when every change
-succeeded are the overlays committed into the disks: a failed fix leaves
-them as they were.  :func:`summary` turns the probe's output into the
+succeeded are the overlays committed into the disks, all of them or none
+(:func:`commit_all`, with an undo journal): a failed fix leaves them as
+they were.  :func:`summary` turns the probe's output into the
 guest report and the image properties
 (:func:`any2kvm_os.properties.guest_properties`).
 """
@@ -183,11 +184,13 @@ def _qemu_img(*args):
 def inspect_files(paths, settings=None, fix=False, scratch_dir=None):
     """The probe's output for the raw disks ``paths`` (one VM's, in
     device order).  With ``fix``, the fixes are made in qcow2 overlays and
-    committed into the disks only if all of them succeeded."""
+    committed into the disks only if all of them succeeded, all of them
+    or none (:func:`commit_all`)."""
     settings = settings or Settings()
     if not fix:
         return run_probe(settings, list(paths))
     tmp = tempfile.mkdtemp(prefix='any2kvm-fix-', dir=scratch_dir)
+    keep = False
     try:
         overlays = []
         for index, path in enumerate(paths):
@@ -199,11 +202,142 @@ def inspect_files(paths, settings=None, fix=False, scratch_dir=None):
                            name=paths[0])
         if any(f.get('files') or f.get('registry')
                for f in result.get('fixed') or ()):
-            for overlay in overlays:
-                _qemu_img('commit', '-q', overlay)
+            try:
+                commit_all(paths, overlays, tmp)
+            except UndoFailed:
+                keep = True
+                raise
         return result
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- committing the overlays: all of them or none -----------------------------
+
+#: The undo journal's manifest, in the fix's scratch directory.
+UNDO_MANIFEST = 'undo.json'
+_CHUNK = 4 << 20
+
+
+class UndoFailed(exception.GuestFixError):
+    """A commit failed and so did putting the disks back: the undo
+    journal is kept."""
+
+
+def changed_ranges(overlay):
+    """[(offset, length)] of what the qcow2 ``overlay`` holds itself (its
+    clusters, data or zeros, over its backing disk)."""
+    r = subprocess.run(['qemu-img', 'map', '--output=json', '-f', 'qcow2',
+                        overlay], capture_output=True, text=True,
+                       timeout=3600)
+    if r.returncode != 0:
+        raise exception.GuestFixError(path=overlay, reason='qemu-img map: '
+                                      '%s' % ' '.join(r.stderr.split()))
+    return [(int(e['start']), int(e['length'])) for e in json.loads(
+        r.stdout) if e.get('depth') == 0]
+
+
+def _copy_ranges(src, dst, ranges, to_disk):
+    """Copy ``ranges`` of the disk ``src`` into the undo file ``dst``
+    (packed, in order), or back (``to_disk``); then fsync."""
+    with open(src, 'rb' if not to_disk else 'r+b') as disk, \
+            open(dst, 'wb' if not to_disk else 'rb') as undo:
+        pos = 0
+        for offset, length in ranges:
+            done = 0
+            while done < length:
+                n = min(_CHUNK, length - done)
+                if to_disk:
+                    data = os.pread(undo.fileno(), n, pos + done)
+                    if len(data) != n:
+                        raise OSError('%s: short undo file' % dst)
+                    os.pwrite(disk.fileno(), data, offset + done)
+                else:
+                    data = os.pread(disk.fileno(), n, offset + done)
+                    # Past the end of the disk reads short: zeros.
+                    os.pwrite(undo.fileno(), data.ljust(n, b'\0'),
+                              pos + done)
+                done += n
+            pos += length
+        os.fsync((disk if to_disk else undo).fileno())
+
+
+def commit_all(paths, overlays, tmp):
+    """Commit each qcow2 overlay into its raw disk, all or none.
+
+    Every overlay is checked (``qemu-img check``) and mapped before the
+    first commit; the bytes of the disks the commits will overwrite are
+    saved (fsync'd) into an undo journal in ``tmp`` (``undo.json`` names
+    disk, ranges and undo file).  When a commit fails, or the process is
+    interrupted (an exception, KeyboardInterrupt, SystemExit), every disk
+    whose commit had started is put back from the journal, and the error
+    says so.  What is left: a SIGKILL or a power loss during the commits
+    leaves the disks partly fixed and the journal in ``tmp`` to restore
+    them by hand (:func:`restore_journal`)."""
+    plans = []
+    for path, overlay in zip(paths, overlays):
+        _qemu_img('check', '-q', '-f', 'qcow2', overlay)
+        plans.append({'disk': os.path.abspath(path),
+                      'ranges': changed_ranges(overlay),
+                      'undo': os.path.join(tmp, 'undo-%d' % len(plans)),
+                      'overlay': overlay, 'started': False})
+    for plan in plans:
+        _copy_ranges(plan['disk'], plan['undo'], plan['ranges'], False)
+    manifest = os.path.join(tmp, UNDO_MANIFEST)
+    _write_manifest(manifest, plans)
+    try:
+        for plan in plans:
+            plan['started'] = True
+            _write_manifest(manifest, plans)
+            _qemu_img('commit', '-q', '-f', 'qcow2', plan['overlay'])
+    except BaseException as e:
+        started = [p for p in plans if p['started']]
+        try:
+            restore_journal(tmp)
+        except Exception as e2:
+            raise UndoFailed(path=paths[0], reason='%s; putting the %d '
+                             'disk(s) back failed too: %s; the undo journal '
+                             'is kept in %s' % (_reason(e), len(started), e2,
+                                                tmp))
+        LOG.warning('the fix was not committed: %s; %d disk(s) put back '
+                    'as they were', _reason(e), len(started))
+        if not isinstance(e, Exception):
+            raise
+        raise exception.GuestFixError(
+            path=paths[0], reason='%s; the %d disk(s) it had started were '
+            'put back as they were, none is fixed' % (_reason(e),
+                                                      len(started)))
+
+
+def _reason(e):
+    if isinstance(e, exception.GuestFixError) and 'reason' in e.kwargs:
+        return '%s: %s' % (os.path.basename(str(e.kwargs.get('path'))),
+                           e.kwargs['reason'])
+    if isinstance(e, exception.Any2KvmError):
+        return str(e)
+    return ' '.join(str(e).split()) or type(e).__name__
+
+
+def _write_manifest(path, plans):
+    data = json.dumps([{k: p[k] for k in ('disk', 'ranges', 'undo',
+                                          'started')} for p in plans])
+    with open(path + '.tmp', 'w') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + '.tmp', path)
+
+
+def restore_journal(tmp):
+    """Put back, from the undo journal in ``tmp``, every disk whose
+    commit had started."""
+    with open(os.path.join(tmp, UNDO_MANIFEST)) as f:
+        plans = json.load(f)
+    for plan in plans:
+        if plan['started']:
+            _copy_ranges(plan['disk'], plan['undo'],
+                         [tuple(r) for r in plan['ranges']], True)
 
 
 def choose(result):

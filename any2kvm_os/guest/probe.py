@@ -968,30 +968,37 @@ def launch(args, disks, readonly):
     return g
 
 
+def _properties():
+    """any2kvm_os/properties.py, whose bus table decides the bus (the
+    standard library only, like this program): the project's module when
+    this file is imported from the package, else loaded by path, since
+    this program runs under ``[any2kvm] guestfs_python``."""
+    import importlib
+    if __package__:
+        return importlib.import_module(
+            __package__.rsplit('.', 1)[0] + '.properties')
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), 'properties.py')
+    spec = importlib.util.spec_from_file_location('any2kvm_properties', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def fix_bus(guest):
     """The bus family whose names a fixed guest uses where there is no
-    UUID: ``virtio`` (vdX) when the guest can boot from virtio_blk but not
-    virtio_scsi, else ``scsi`` (sdX): the outcome of the bus table of
-    :func:`any2kvm_os.properties.disk_bus`."""
+    UUID: the outcome of the bus table of
+    :func:`any2kvm_os.properties.disk_bus` (the same function, and so the
+    same boot kernel, :func:`~any2kvm_os.properties.boot_kernel`, as the
+    properties): for Linux ``virtio`` (vdX) when that table chooses
+    virtio-blk, else ``scsi`` (sdX, the names of scsi, sata and ide
+    alike); for Windows the bus whose storage driver must start at boot.
+    """
+    bus = _properties().disk_bus(guest)[0]
     if guest.get('type') == 'windows':
-        win = guest.get('windows') or {}
-        cset = (win.get('control_sets') or {}).get(
-            win.get('current_control_set')) or {}
-        services = cset.get('services') or {}
-        for name, bus in (('vioscsi', 'scsi'), ('viostor', 'virtio')):
-            if (services.get(name) or {}).get('start') == 0:
-                return bus
-        return 'sata' if 'storahci' in services or 'msahci' in services \
-            else 'ide'
-    kernels = (guest.get('linux') or {}).get('kernels') or []
-    if not kernels:
-        return 'scsi'
-    mods = kernels[-1]['modules']
-    boot = ('builtin', 'initramfs')
-    if mods.get('virtio_scsi') not in boot and \
-            mods.get('virtio_blk') in boot:
-        return 'virtio'
-    return 'scsi'
+        return bus or 'ide'
+    return 'virtio' if bus == 'virtio' else 'scsi'
 
 
 def hive_main(args):

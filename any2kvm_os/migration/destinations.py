@@ -53,7 +53,10 @@ LOG = logging.getLogger(__name__)
 #: The option of each destination, by target name: what the other one
 #: refuses.
 OPTIONS = {'file': ('output_dir',),
-           'cinder': ('volume_type', 'brick_mount_point_base')}
+           'cinder': ('volume_type', 'brick_mount_point_base',
+                      'properties')}
+#: The command-line flag of an option, where it is not the option's name.
+FLAGS = {'properties': 'property'}
 
 
 class DestinationError(exception.Any2KvmError):
@@ -292,7 +295,9 @@ class CinderDestination(Destination):
         """The boot volume (the VM's ``boot_disk`` fact, else the first)
         bootable; every volume gets the image metadata of its disk (KVM's
         properties; the VM's facts on the boot volume) and
-        ``any2kvm_migration=NAME``."""
+        ``any2kvm_migration=NAME``; the user's properties (``migration
+        create --property``, in the target options) over any2kvm's
+        choices, on every volume."""
         from any2kvm_os.targets import cinder as cinder_target
         cinder = self.client()
         done = []
@@ -302,6 +307,7 @@ class CinderDestination(Destination):
                 boot = d['index'] == boot_disk
                 meta = cinder_target.volume_metadata(
                     facts if boot else {}, d['virtual_size'],
+                    overrides=self.options.get('properties'),
                     extra={'any2kvm_migration': name})
                 cinder_target.make_bootable(cinder, d['target_ref'], boot,
                                             meta)

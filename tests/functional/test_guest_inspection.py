@@ -575,3 +575,144 @@ def test_without_libguestfs_a_warning_or_with_inspect_an_error(
     assert 'Traceback' not in res.stderr
     # The conversion itself is kept.
     assert (tmp_path / 'b.raw').exists()
+
+
+# -- committing a multi-disk fix: all or none (no appliance) ---------------
+
+def _two_raw_disks(tmp_path):
+    disks = []
+    for index in range(2):
+        path = tmp_path / ('d%d.raw' % index)
+        path.write_bytes(bytes([0x30 + index]) * (2 << 20))
+        disks.append(path)
+    return disks
+
+
+def _fake_fix(monkeypatch):
+    """The probe stand-in: it "fixes" each overlay by writing into it
+    (64 KiB of 0xab at 1 MiB, a zeroed cluster at 0), as the appliance
+    would, and reports a fixed file."""
+    def run_probe(settings, overlays, fmt='raw', fix=False, name=None):
+        for overlay in overlays:
+            subprocess.run(['qemu-io', '-f', 'qcow2', '-c',
+                            'write -P 0xab 1M 64k', '-c',
+                            'write -z 0 64k', overlay], check=True,
+                           capture_output=True, timeout=120)
+        return {'guests': [], 'fixed': [{'root': '/dev/sda1', 'files': [
+            {'path': '/etc/fstab', 'changes': []}]}]}
+    monkeypatch.setattr(gi, 'run_probe', run_probe)
+
+
+def _fail_at_second_commit(monkeypatch, after_writing, error):
+    real = gi._qemu_img
+    commits = []
+
+    def qemu_img_(*args):
+        if args[0] == 'commit':
+            commits.append(args[-1])
+            if len(commits) == 2:
+                if after_writing:
+                    real(*args)
+                raise error
+        return real(*args)
+    monkeypatch.setattr(gi, '_qemu_img', qemu_img_)
+    return commits
+
+
+def test_a_multi_disk_fix_commits_both_disks(tmp_path, monkeypatch):
+    if shutil.which('qemu-io') is None:
+        missing_tool('qemu-io (qemu-utils)')
+    disks = _two_raw_disks(tmp_path)
+    _fake_fix(monkeypatch)
+    gi.inspect_files(disks, fix=True, scratch_dir=str(tmp_path))
+    for index, disk in enumerate(disks):
+        data = disk.read_bytes()
+        assert data[:64 << 10] == bytes(64 << 10)
+        assert data[1 << 20:(1 << 20) + (64 << 10)] == b'\xab' * (64 << 10)
+        assert data[(1 << 20) + (64 << 10):] == bytes([0x30 + index]) * (
+            (1 << 20) - (64 << 10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['d0.raw', 'd1.raw']
+
+
+@pytest.mark.parametrize('after_writing', [False, True])
+def test_a_fix_failing_at_the_second_commit_leaves_both_disks(
+        tmp_path, monkeypatch, after_writing):
+    """The second commit fails (before, or after it had written into the
+    second disk): the first disk, already committed, is put back too."""
+    if shutil.which('qemu-io') is None:
+        missing_tool('qemu-io (qemu-utils)')
+    disks = _two_raw_disks(tmp_path)
+    before = [sha256(d) for d in disks]
+    _fake_fix(monkeypatch)
+    commits = _fail_at_second_commit(
+        monkeypatch, after_writing, gi.exception.GuestFixError(
+            path='disk1.qcow2', reason='qemu-img commit: No space left'))
+    with pytest.raises(gi.exception.GuestFixError) as e:
+        gi.inspect_files(disks, fix=True, scratch_dir=str(tmp_path))
+    assert len(commits) == 2
+    assert str(e.value) == (
+        '%s: guest fix: disk1.qcow2: qemu-img commit: No space left; the 2 '
+        'disk(s) it had started were put back as they were, none is '
+        'fixed' % disks[0])
+    assert [sha256(d) for d in disks] == before
+    # The scratch directory (overlays, undo journal) is gone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['d0.raw', 'd1.raw']
+
+
+def test_an_interrupted_commit_puts_the_disks_back(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM turned into SystemExit) during the second
+    commit: the disks are put back and the interrupt goes on."""
+    if shutil.which('qemu-io') is None:
+        missing_tool('qemu-io (qemu-utils)')
+    disks = _two_raw_disks(tmp_path)
+    before = [sha256(d) for d in disks]
+    _fake_fix(monkeypatch)
+    _fail_at_second_commit(monkeypatch, True, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        gi.inspect_files(disks, fix=True, scratch_dir=str(tmp_path))
+    assert [sha256(d) for d in disks] == before
+
+
+def test_the_undo_journal_restores_by_hand(tmp_path, monkeypatch):
+    """When putting the disks back fails too (or the process is killed,
+    which leaves the same), the journal stays in the scratch directory
+    and restore_journal puts the disks back from it."""
+    if shutil.which('qemu-io') is None:
+        missing_tool('qemu-io (qemu-utils)')
+    disks = _two_raw_disks(tmp_path)
+    before = [sha256(d) for d in disks]
+    _fake_fix(monkeypatch)
+    _fail_at_second_commit(monkeypatch, True, OSError('killed'))
+    restore = gi.restore_journal
+
+    def broken(tmp):
+        raise OSError('stand-in for a kill')
+    monkeypatch.setattr(gi, 'restore_journal', broken)
+    with pytest.raises(gi.UndoFailed) as e:
+        gi.inspect_files(disks, fix=True, scratch_dir=str(tmp_path))
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith(
+        'any2kvm-fix-')]
+    assert len(kept) == 1
+    assert 'the undo journal is kept in %s' % kept[0] in str(e.value)
+    assert [sha256(d) for d in disks] != before
+    restore(str(kept[0]))
+    assert [sha256(d) for d in disks] == before
+
+
+def test_openstack_any2kvm_inspect_with_inspect(recorded_probe, small_disk):
+    """``openstack any2kvm inspect --inspect`` in process, on a local
+    file, the probe a stand-in printing the recorded guests."""
+    from tests.lib import osc_inprocess
+    shown = osc_inprocess.inspect(small_disk, '--inspect', '--config-file',
+                                  recorded_probe)
+    assert shown['format'] == 'qcow2'
+    assert shown['guest']['hostname'] == 'guest-virtio'
+    assert shown['properties']['hw_disk_bus'] == 'scsi'
+    assert shown['properties']['hw_scsi_model'] == 'virtio-scsi'
+    assert 'virtio_scsi is in the initramfs' in \
+        shown['reasons']['hw_disk_bus']
+    # Without --inspect: the disks only.
+    shown = osc_inprocess.inspect(small_disk, '--config-file',
+                                  recorded_probe)
+    assert shown.get('guest') is None
+    assert shown.get('properties') is None

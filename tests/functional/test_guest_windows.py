@@ -151,3 +151,32 @@ def test_the_fix_changes_only_the_intended_keys(hivex_python, tmp_path):
     # A second fix finds nothing to do.
     assert probe_hive(hivex_python, after_path, '--fix-bus',
                       'sata')['fixed'] == []
+
+
+def test_vmware_pvscsi_and_vmxnet3_services(hivex_python, tmp_path):
+    """A guest from VMware: pvscsi and vmxnet3 are read, grouped as
+    vmware, told in the text report, and left alone by the fix."""
+    vmware = (('pvscsi', 0), ('vmxnet3ndis6', 3), ('vmci', 0))
+    path = winhive.build(tmp_path / 'SYSTEM', winhive.system_reg(
+        extra_services=vmware))
+    facts = probe_hive(hivex_python, path)
+    for cset in CSETS:
+        services = facts['control_sets'][cset]['services']
+        assert {n: (s['group'], s['start']) for n, s in services.items()
+                if s['group'] == 'vmware'} == {
+            'pvscsi': ('vmware', 0), 'vmxnet3ndis6': ('vmware', 3),
+            'vmci': ('vmware', 0)}
+    lines = gi.windows_lines(facts)
+    assert any('vmware pvscsi (start 0), vmci (start 0), vmxnet3ndis6 '
+               '(start 3)' in line for line in lines), lines
+    # No virtio driver: pvscsi does not make a virtio bus.
+    props, _reasons = properties.guest_properties(
+        {'type': 'windows', 'windows': facts})
+    assert props['hw_disk_bus'] == 'sata'
+    assert props['hw_vif_model'] == 'e1000'
+    fixed = probe_hive(hivex_python, path, '--fix-bus', 'sata')
+    assert not any('pvscsi' in c or 'vmxnet3' in c or 'vmci' in c
+                   for c in fixed['fixed'])
+    services = probe_hive(hivex_python, path)['control_sets'][
+        'ControlSet001']['services']
+    assert services['pvscsi']['start'] == 0

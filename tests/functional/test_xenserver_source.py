@@ -152,3 +152,28 @@ def test_parent_outside_the_sr_is_never_opened(server, xs_host):
         container.close()
     assert 'missing parent' in str(e.value)
     assert '\n' not in str(e.value)
+
+
+def test_openstack_any2kvm_inspect_of_a_xenserver_vm(server, xs_host,
+                                                     tmp_path):
+    """``openstack any2kvm inspect xenserver://...`` in process, with
+    ``--inspect``: the disks copied over SFTP, the probe a stand-in
+    printing the recorded guests (no appliance)."""
+    from tests.lib import osc_inprocess
+    _root, _facts, _bin, conf = xs_host
+    recorded = os.path.join(os.path.dirname(__file__), '..', 'unit', 'data',
+                            'probe-linux-guests.json')
+    fake = tmp_path / 'fakepython'
+    fake.write_text('#!/bin/sh\ncat %s\n' % recorded)
+    fake.chmod(0o755)
+    conf2 = tmp_path / 'a.conf'
+    with open(str(conf)) as f:
+        conf2.write_text(f.read() + 'guestfs_python = %s\n' % fake)
+    shown = osc_inprocess.inspect(
+        location(server, 'two-disks'), '--inspect', *ssh_args(server, conf2))
+    assert shown['container'] == 'xenserver-sr'
+    assert shown['vm']['name'] == 'two-disks'
+    assert [d['virtual_size'] for d in shown['disks']] == [8 << 20, 4 << 20]
+    assert shown['guest']['hostname'] == 'guest-virtio'
+    assert shown['properties']['hw_disk_bus'] == 'scsi'
+    assert shown['properties']['hw_vif_model'] == 'virtio'

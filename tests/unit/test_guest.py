@@ -120,6 +120,58 @@ def test_newest_kernel_decides():
     assert properties.guest_properties(g)[0]['hw_disk_bus'] == 'scsi'
 
 
+def test_debian_version_order():
+    cmp = properties.debian_version_compare
+    assert cmp('6.1.0-10-amd64', '6.1.0-9-amd64') > 0
+    assert cmp('6.1.0-9-amd64', '6.1.0-10-amd64') < 0
+    assert cmp('5.10.0-28-amd64', '6.1.0-9-amd64') < 0
+    assert cmp('6.1.0-rc1~1', '6.1.0-rc1') < 0
+    assert cmp('6.1.0', '6.1.0') == 0
+    assert cmp('6.1.0-10-cloud-amd64', '6.1.0-10-amd64') > 0
+
+
+def _two_kernels():
+    """6.1.0-10 (virtio_blk only) and 6.1.0-9 (virtio_scsi), in the
+    order the probe lists /lib/modules (sorted names: -10 first)."""
+    g = guest('guest-virtio')
+    newer = g['linux']['kernels'][0]
+    older = copy.deepcopy(newer)
+    newer['version'] = '6.1.0-10-amd64'
+    newer['modules']['virtio_scsi'] = 'module'
+    older['version'] = '6.1.0-9-amd64'
+    g['linux']['kernels'] = [newer, older]
+    return g
+
+
+def test_fix_and_properties_choose_the_same_kernel():
+    # One function chooses the boot kernel, by Debian version: the
+    # names --fix writes match the bus the properties set.
+    g = _two_kernels()
+    assert properties.boot_kernel(g)['version'] == '6.1.0-10-amd64'
+    assert properties.guest_properties(g)[0]['hw_disk_bus'] == 'virtio'
+    assert probe.fix_bus(g) == 'virtio'
+    g['linux']['kernels'].reverse()
+    assert properties.guest_properties(g)[0]['hw_disk_bus'] == 'virtio'
+    assert probe.fix_bus(g) == 'virtio'
+
+
+def test_fix_bus_standalone_loads_the_bus_table(tmp_path):
+    # Run as the program (no package, no site-packages): probe.py loads
+    # properties.py by path and chooses as the project does.
+    import subprocess
+    import sys
+    data = tmp_path / 'guest.json'
+    data.write_text(json.dumps(_two_kernels()))
+    code = ('import json, sys; sys.path.insert(0, sys.argv[1]); '
+            'import probe; '
+            'print(probe.fix_bus(json.load(open(sys.argv[2]))))')
+    r = subprocess.run([sys.executable, '-I', '-S', '-c', code,
+                        os.path.dirname(probe.__file__), str(data)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == 'virtio'
+
+
 def test_nothing_found_sets_nothing():
     assert properties.guest_properties(None) == ({}, {})
     assert properties.guest_properties({'type': 'unknown'}) == ({}, {})
@@ -292,6 +344,48 @@ class FakeG(object):
 
     def vfs_uuid(self, dev):
         return {'/dev/sda1': 'aaaa-1111', '/dev/sda2': ''}.get(dev, '')
+
+
+class FakeAppsG(object):
+    """The guestfs calls of probe.tools: a Debian guest's packages (its
+    dpkg status, as libguestfs lists it) and files."""
+
+    def __init__(self, apps, files):
+        self.apps = apps
+        self.files = files
+
+    def inspect_list_applications2(self, root):
+        return [{'app2_name': a} for a in self.apps]
+
+    def exists(self, path):
+        return path in self.files
+
+
+def test_vmware_tools_and_hyperv_daemons_are_detected():
+    g = FakeAppsG(['open-vm-tools', 'hyperv-daemons', 'bash'],
+                  {'/usr/bin/vmtoolsd', '/usr/sbin/hv_kvp_daemon'})
+    found, apps = probe.tools(g, '/dev/sda1')
+    assert found == {
+        'xe_guest_utilities': [],
+        'vmware_tools': ['open-vm-tools', '/usr/bin/vmtoolsd'],
+        'hyperv_daemons': ['hyperv-daemons', '/usr/sbin/hv_kvp_daemon'],
+        'qemu_guest_agent': []}
+    assert apps == ['bash', 'hyperv-daemons', 'open-vm-tools']
+    # As users read it: the report and the text lines.
+    g2 = guest('guest-virtio')
+    g2['linux']['tools'] = found
+    s = gi.summary({'guests': [g2]})
+    assert s['guest']['tools'] == {
+        'vmware_tools': ['open-vm-tools', '/usr/bin/vmtoolsd'],
+        'hyperv_daemons': ['hyperv-daemons', '/usr/sbin/hv_kvp_daemon']}
+    assert 'tools:        /usr/bin/vmtoolsd, /usr/sbin/hv_kvp_daemon, ' \
+        'hyperv-daemons, open-vm-tools' in gi.text_lines(s)
+    # Neither is a guest agent KVM talks to.
+    assert 'hw_qemu_guest_agent' not in s['properties']
+    # VMware Tools from VMware's own package, found by its files only.
+    g = FakeAppsG([], {'/etc/vmware-tools'})
+    assert probe.tools(g, '/dev/sda1')[0]['vmware_tools'] == [
+        '/etc/vmware-tools']
 
 
 def test_fix_text_rewrites_names_and_drops_xen_consoles():

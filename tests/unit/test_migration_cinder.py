@@ -308,3 +308,48 @@ def test_cutover_cut_short_then_run_again(bed, monkeypatch):
     assert r['downtime'] == pytest.approx(
         m['cutover']['completed_at'] - first, abs=0.01)
     _check(cloud, m, facts)
+
+
+def test_create_property_is_kept_and_wins_at_cutover(bed):
+    """``migration create --property``: kept in the state DB (the target
+    options), and set last, over any2kvm's choices, on every volume."""
+    root, facts, store, cloud, kw, _hosts = bed
+    props = {'hw_disk_bus': 'ide', 'hw_vif_model': 'e1000', 'owner': 'ops'}
+    m = engine.create(store, 'web', LOC, target='cinder', **kw(
+        options={'volume_type': 'fast', 'properties': props}))
+    assert m['target_options']['properties'] == props
+    # The cutover's last step, with a destination built from what the
+    # state DB holds (as each command builds it; a full sync and cutover
+    # are tested above).
+    m = store.get('web')
+    dest = engine.destination(m['target'], m['target_options'], None,
+                              client=cloud, attach=cloud.attach, poll=0.01)
+    dest.finish('web', m['disks'], {'firmware': 'uefi'})
+    boot, data = [cloud.volumes.get(d['target_ref']) for d in m['disks']]
+    for vol in (boot, data):
+        meta = vol.volume_image_metadata
+        assert meta['hw_disk_bus'] == 'ide'
+        assert meta['hw_vif_model'] == 'e1000'
+        assert meta['owner'] == 'ops'
+        assert meta['any2kvm_migration'] == 'web'
+    # What was not overridden is still any2kvm's choice.
+    assert boot.volume_image_metadata['hw_firmware_type'] == 'uefi'
+
+
+def test_create_property_parsing_and_refusal():
+    import argparse
+
+    from any2kvm_os import api
+    from any2kvm_os import arguments
+    parser = argparse.ArgumentParser()
+    arguments.add_migration_arguments(parser, 'create', with_server=False)
+    args = parser.parse_args(['web', LOC, '--target', 'cinder',
+                              '--property', 'hw_disk_bus=sata',
+                              '--property', 'note=a=b'])
+    assert api._migration_target_options(args) == {
+        'properties': {'hw_disk_bus': 'sata', 'note': 'a=b'}}
+    args = parser.parse_args(['web', LOC, '--property', 'x=y'])
+    with pytest.raises(exception.Any2KvmError) as e:
+        api._migration_target_options(args)
+    assert str(e.value) == '--property goes with --target cinder, not ' \
+        '--target file'

@@ -76,3 +76,37 @@ def test_distro_words():
                           ('otherLinux64Guest', None)):
         vm = {'os': {'vmware_os_type': words}}
         assert properties.guess_distro(vm) == distro, words
+
+
+def test_xen_vm_without_nic_model_gets_one_its_guest_has_a_driver_for():
+    """XenServer (xe, XVA) names no NIC model: without inspection the
+    virtualization mode decides (doc: the bus and NIC table)."""
+    from any2kvm_os.sources.xenserver import discovery
+    nic = {'device': '0', 'mac': 'aa:bb'}
+
+    def vm(policy, distro, domain_type=''):
+        facts, _cpus, _notes = discovery.vm_facts({
+            'name-label': 'vm', 'HVM-boot-policy': policy,
+            'domain-type': domain_type, 'os-version': 'distro: %s' % distro})
+        facts['nics'] = [dict(nic)]
+        return facts
+    hvm_linux = vm('BIOS order', 'debian')
+    assert hvm_linux['virtualization'] == 'hvm'
+    assert properties.image_properties(hvm_linux, GiB)['hw_vif_model'] == \
+        'rtl8139'
+    assert properties.image_properties(vm('BIOS order', 'windows'), GiB)[
+        'hw_vif_model'] == 'e1000'
+    pv = vm('', 'debian')
+    assert pv['virtualization'] == 'pv'
+    assert properties.image_properties(pv, GiB)['hw_vif_model'] == 'e1000'
+    assert properties.image_properties(vm('', 'debian', 'pvh'), GiB)[
+        'hw_vif_model'] == 'e1000'
+    # A model the source names wins; no NIC, nothing; the user wins.
+    hvm_linux['nics'][0]['model'] = 'e1000e'
+    assert properties.image_properties(hvm_linux, GiB)['hw_vif_model'] == \
+        'e1000e'
+    pv['nics'] = []
+    assert 'hw_vif_model' not in properties.image_properties(pv, GiB)
+    assert properties.image_properties(
+        vm('', 'debian'), GiB, overrides={'hw_vif_model': 'virtio'})[
+        'hw_vif_model'] == 'virtio'

@@ -496,7 +496,9 @@ def test_facts_make_the_properties_an_xva_export_makes():
     assert props == {
         'hw_scsi_model': 'virtio-scsi', 'hw_disk_bus': 'scsi',
         'min_disk': 20, 'os_distro': 'ubuntu', 'os_type': 'linux',
-        'hw_cpu_sockets': '2', 'hw_cpu_cores': '2', 'min_ram': 4096}
+        'hw_cpu_sockets': '2', 'hw_cpu_cores': '2', 'min_ram': 4096,
+        # An HVM guest: Xen's emulated NIC (xe names no model).
+        'hw_vif_model': 'rtl8139'}
 
 
 def test_uefi_secure_boot_windows():
