@@ -10,8 +10,6 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The SSH layer's pieces without a server: quoting, options, known_hosts
-matching, the password filter."""
 """The remote SR directory as a container: the names a host lists are
 file names or refused, and a listing is never silently cut short."""
 
