@@ -418,8 +418,8 @@ def test_cutover_guest_ignores_clean_shutdown(bed):
 def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
     """The SSH connection cut in the middle of a sync's copy (a proxy
     between the client and sshd closes it after 2 MiB went down): the
-    sync reconnects, goes on where it was and ends; the cutover after it
-    leaves the targets equal to the guest's disks."""
+    sync reconnects, goes on where it was and ends; a disk grows before
+    the cutover; the targets end equal to the guest's disks."""
     b = xbed.Bed(sshd_factory, tmp_path / 'bed')
     out = tmp_path / 'out'
     out.mkdir()
@@ -441,7 +441,11 @@ def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
         assert proxy.connections - before >= 2, r.stderr
         m = _state(common)
         assert m['status'] == 'synced' and m['syncs'][-1]['ok']
+        # The second disk grows before the cutover (vhd-util resize, as
+        # SM does): the raw file follows, a write past the old end lands.
         w0.write(7 * MiB, ig.pattern(63, 4096))
+        w1.grow(6 * MiB)
+        w1.write(5 * MiB, ig.pattern(64, 4096))
         mig('cutover', 'web', '--timeout', '60', '--no-progress',
             common=common)
     m = _state(common)

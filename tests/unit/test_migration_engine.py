@@ -265,3 +265,20 @@ def test_snapshots_of_another_migration_are_never_touched(bed):
     assert r['snapshots_removed'] == 1
     assert _ours(root, vm) == theirs
     other.close()
+
+
+def test_disk_grown_between_syncs_file_target(bed):
+    """The guest's disk grows between syncs (``vhd-util resize``); the
+    raw file follows, the grown tail included when nothing is written
+    there (zeros), and a write beyond the old end lands."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, w1 = _writers(root, facts, store.get('web'))
+    engine.sync(store, 'web', **_kw(root))
+    w0.grow(12 * MiB)
+    w0.write(9 * MiB, ig.pattern(71, 4096))
+    w1.grow(6 * MiB)
+    engine.sync(store, 'web', **_kw(root))
+    w0.write(11 * MiB, ig.pattern(72, 512))
+    engine.cutover(store, 'web', **_kw(root))
+    _check(store.get('web'), facts)
