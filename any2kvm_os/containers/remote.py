@@ -50,8 +50,19 @@ class RemoteDirectoryContainer(base.Container):
 
     def member_names(self):
         if self._members is None:
-            self._members = self.connection.listdir(
+            names = self.connection.listdir(
                 self.directory, self.limits.max_directory_entries)
+            for name in names:
+                # A name from the host's listing is joined to the
+                # directory: one that is not a plain file name (a host
+                # that lies, a broken SFTP server) could lead out of it.
+                if (not name or '/' in name or '\0' in name or
+                        name in ('.', '..')):
+                    raise exception.ChainError(
+                        path='%s:%s' % (self.label, self.directory),
+                        reason='the host listed a member named %r, which '
+                        'is not a file name' % (name,))
+            self._members = names
         return self._members
 
     def _open(self, name):

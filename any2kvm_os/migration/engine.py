@@ -72,6 +72,7 @@ import os
 import re
 import sys
 import time
+import uuid as uuid_mod
 
 from any2kvm_os import exception
 from any2kvm_os import incremental
@@ -103,12 +104,16 @@ class MigrationError(exception.Any2KvmError):
 
 
 def open_store(url=None, conf=None):
-    """The state database: ``url`` (``--state-db``), else
+    """The state database: ``url`` (``--state-db``: refused when it holds
+    a password, see :func:`.options.check_argv_url`), else
     ``$ANY2KVM_STATE_DB``, else ``state_db_url`` of ``conf``, else the
     SQLite file of :func:`any2kvm_os.migration.state.options.default_url`.
     """
     from any2kvm_os.migration.state import options as state_options
     from any2kvm_os.migration.state import sql
+    refused = state_options.check_argv_url(url)
+    if refused:
+        raise exception.Any2KvmError(refused)
     url = url or os.environ.get(STATE_DB_ENV) or state_options.url_from(
         None, conf)
     return sql.SqlStore(url)
@@ -238,6 +243,9 @@ def create(store, name, location, target='file', output_dir='.',
         raise MigrationError(name=name, reason='the VM has no disk')
     target_options, disks = dest.plan(name, found.disks)
     target_options['vm_uuid'] = found.uuid
+    # Set as the name-description of every snapshot the migration takes:
+    # how its snapshots are found when a crash left one unrecorded.
+    target_options['snapshot_tag'] = new_snapshot_tag()
     dest.create(disks)
     try:
         store.create(name, location, target, target_options, disks)
@@ -441,9 +449,13 @@ class _Run(object):
         return {'host': str(self.host.label)}
 
     def snapshot(self):
+        # A snapshot an earlier run took but never recorded (killed, or
+        # the connection lost, before xe answered) is recorded first, so
+        # that it is kept with the others and removed at cutover or abort.
+        _adopt_snapshots(self.store, self.name, self.host)
         self.snap = snapshots.snapshot(
             lambda argv: self.host.run(argv, mutating=True), self.vm_uuid,
-            snapshot_name(self.name))
+            snapshot_name(self.name), snapshot_tag(self.m))
         self.store.snapshot_taken(self.name, self.snap)
         return {'snapshot': self.snap}
 
@@ -708,6 +720,43 @@ def snapshot_name(name):
     return 'any2kvm migration %s' % name
 
 
+def new_snapshot_tag():
+    """A tag unique to one migration, set by ``create``."""
+    return 'any2kvm-migration-%s' % uuid_mod.uuid4()
+
+
+def snapshot_tag(m):
+    """The name-description every snapshot of migration ``m`` gets (None
+    for a migration created before tags: its snapshots are found by
+    name)."""
+    return (m.get('target_options') or {}).get('snapshot_tag')
+
+
+def _adopt_snapshots(store, name, host):
+    """Record the snapshots of the migration's VM that are the
+    migration's (its tag as name-description, or for an untagged
+    migration its snapshot name) but unrecorded: a run killed, or cut
+    from the host, after ``xe vm-snapshot`` and before the store heard of
+    it.  Nothing else is ever matched.  Returns how many were found."""
+    m = store.get(name)
+    known = set(s['snapshot_id'] for s in m['snapshots'])
+    tag = snapshot_tag(m)
+    mine = (('name-description', tag) if tag else
+            ('name-label', snapshot_name(name)))
+    argv = xe.list_command('snapshot', [
+        ('snapshot-of', m['target_options']['vm_uuid']), mine],
+        minimal=True)
+    adopted = 0
+    for u in xe.parse_minimal(host.run(argv), argv):
+        if u.lower() not in known:
+            LOG.warning('snapshot %s of migration %s was taken by a run '
+                        'that stopped before recording it: recorded now',
+                        u.lower(), name)
+            store.snapshot_taken(name, u.lower())
+            adopted += 1
+    return adopted
+
+
 def sync(store, name, limits=None, args=None, connect=None, cloud=None,
          dest=None, progress=None, guest=None):
     """Snapshot the running VM and apply every stable layer the targets
@@ -746,14 +795,7 @@ def _remove_snapshots(store, name, host):
     of its name a crash left unrecorded (taken, killed before the store
     heard of it); one already gone from the host counts as removed.  The
     removals go in one round trip; when that fails, one by one."""
-    m = store.get(name)
-    known = set(s['snapshot_id'] for s in m['snapshots'])
-    argv = xe.list_command('snapshot', [
-        ('snapshot-of', m['target_options']['vm_uuid']),
-        ('name-label', snapshot_name(name))], minimal=True)
-    for u in xe.parse_minimal(host.run(argv), argv):
-        if u.lower() not in known:
-            store.snapshot_taken(name, u.lower())
+    _adopt_snapshots(store, name, host)
     m = store.get(name)
     left = [s['snapshot_id'] for s in m['snapshots']
             if not s.get('removed_at')]
@@ -802,9 +844,9 @@ def _shut_down(host, vm_uuid, force, timeout):
             return
         if not force:
             raise exception.Any2KvmError(
-                'VM %s did not shut down cleanly within %ss (%s); run '
-                'cutover again with --force to stop it hard'
-                % (vm_uuid, timeout, _one_line(e)))
+                'VM %s did not shut down cleanly (%s); it is still '
+                'running: run cutover again with --force to stop it hard'
+                % (vm_uuid, _one_line(e)))
         LOG.warning('clean shutdown failed (%s): stopping the VM hard',
                     _one_line(e))
         snapshots.shutdown(lambda argv: host.run(argv, mutating=True),
@@ -944,7 +986,11 @@ def abort(store, name, delete_targets=False, limits=None, args=None,
             return {'deleted': result['targets_deleted']}
 
         steps = []
-        if any(not s.get('removed_at') for s in m['snapshots']):
+        # Once a sync has started, the host is asked even when none is
+        # recorded: a sync killed after ``xe vm-snapshot`` and before the
+        # store heard of it left one.
+        if m['status'] != 'created' or any(
+                not s.get('removed_at') for s in m['snapshots']):
             steps.append(flows.Step('remove-snapshots', remove))
         if delete_targets:
             steps.append(flows.Step('delete-targets', delete))

@@ -541,13 +541,17 @@ class Connection(object):
 
     def listdir(self, path, limit):
         """The names of the regular files in the directory ``path`` on
-        the host (links and everything else left out), at most ``limit``
-        entries looked at; an error if the directory cannot be listed."""
+        the host (links and everything else left out); an error if the
+        directory cannot be listed or has more than ``limit`` entries (a
+        listing cut short would make a parent beyond it look missing)."""
         def step():
             names = []
             for count, attr in enumerate(self.sftp().listdir_iter(path)):
                 if count >= limit:
-                    break
+                    raise exception.SshError(
+                        host=self.label, reason='%s has more than %d '
+                        'entries (max_directory_entries); raise the limit '
+                        'to read it' % (path, limit))
                 if attr.st_mode is not None and stat.S_ISREG(
                         attr.st_mode):
                     names.append(attr.filename)

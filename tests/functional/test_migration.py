@@ -28,6 +28,7 @@ import pytest
 
 from any2kvm_os.migration.state import sql
 from tests.lib import cli
+from tests.lib import delayproxy
 from tests.lib import imagegen as ig
 from tests.lib.xenserver import bed as xbed
 from tests.lib.xenserver import host as xhost
@@ -290,3 +291,163 @@ def test_gc_after_rollback_is_detected_and_rewritten(bed):
     assert m['last_run']['operation'] == 'cutover'
     assert m['last_run']['state'] == 'SUCCESS'
     check(m, facts)
+
+
+def _snapshots_on_host(root, vm):
+    return dict((u, v) for u, v in st.load(str(root))['vm'].items()
+                if v.get('snapshot-of') == vm)
+
+
+def _sync_killed_after_snapshot(root, facts, common):
+    """Run ``sync`` with an ``xe`` that takes the snapshot and then never
+    answers (the reply lost with the connection), and kill the CLI with
+    SIGKILL once the snapshot is on the host: taken, never recorded."""
+    vm = facts['two-disks']
+    before = set(_snapshots_on_host(root, vm))
+    bin_dir = Path(str(root)).parent / 'bin'
+    hang = bin_dir / 'hang-after-snapshot'
+    real = bin_dir / 'xe.real'
+    if not real.exists():
+        os.rename(str(bin_dir / 'xe'), str(real))
+        script = bin_dir / 'xe'
+        script.write_text(
+            '#!/bin/sh\n'
+            'if [ "$1" = vm-snapshot ] && [ -e "%(hang)s" ]; then\n'
+            '  "%(real)s" "$@"; rc=$?; n=0\n'
+            '  while [ -e "%(hang)s" ] && [ $n -lt 1200 ]; do\n'
+            '    sleep 0.1; n=$((n+1)); done\n'
+            '  exit $rc\n'
+            'fi\n'
+            'exec "%(real)s" "$@"\n' % {'hang': hang, 'real': real})
+        script.chmod(0o755)
+    hang.write_text('')
+    proc = subprocess.Popen(_cmd(['sync', 'web'] + common),
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env(),
+                            cwd=str(REPO))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if set(_snapshots_on_host(root, vm)) - before:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, 'the sync ended before the kill'
+        assert set(_snapshots_on_host(root, vm)) - before, 'no snapshot'
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        hang.unlink()
+    return set(_snapshots_on_host(root, vm)) - before
+
+
+def _state(common):
+    """The migration as recorded (read straight from the database: a
+    ``show`` subprocess costs seconds on a loaded machine)."""
+    store = sql.SqlStore(common[-1])
+    try:
+        return store.get('web')
+    finally:
+        store.close()
+
+
+def test_killed_between_snapshot_and_record_then_sync_and_abort(bed):
+    """A sync killed (SIGKILL) after ``xe vm-snapshot`` ran on the host and
+    before the state database heard of it.  The next sync records that
+    snapshot (found by the migration's tag) before taking its own; after
+    a second such kill, abort removes all three, and nothing else: not
+    even a snapshot of the VM someone made with the same name."""
+    root, facts, out, loc, common = bed
+    vm = facts['two-disks']
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    xhost.xe_ok(root, 'vm-snapshot', 'uuid=%s' % vm,
+                'new-name-label=any2kvm migration web')
+    other = set(_snapshots_on_host(root, vm))
+    leaked = _sync_killed_after_snapshot(root, facts, common)
+    assert len(leaked) == 1
+    assert _state(common)['snapshots'] == []
+    mig('sync', 'web', '--no-progress', common=common)
+    m = _state(common)
+    ours = set(_snapshots_on_host(root, vm)) - other
+    assert len(ours) == 2 and leaked < ours
+    assert set(s['snapshot_id'] for s in m['snapshots']) == ours
+    tag = m['target_options']['snapshot_tag']
+    on_host = _snapshots_on_host(root, vm)
+    assert [on_host[u].get('name-description') for u in ours] == [tag, tag]
+    leaked = _sync_killed_after_snapshot(root, facts, common)
+    assert len(leaked) == 1
+    r = mig('abort', 'web', common=common)
+    assert '3 snapshot(s) removed' in r.stdout, r.stdout
+    assert set(_snapshots_on_host(root, vm)) == other
+    assert st.load(str(root))['vm'][vm]['power-state'] == 'running'
+
+
+def test_cutover_guest_ignores_clean_shutdown(bed):
+    """A guest that ignores the clean shutdown: ``xe vm-shutdown`` waits
+    for it and fails after the host's timeout (VM_SHUTDOWN_TIMEOUT).
+    Without --force the cutover stops there with one line, the VM still
+    running and the migration retryable; with --force the VM is stopped
+    hard after the clean attempt timed out, and the targets are right."""
+    root, facts, out, loc, common = bed
+    vm = facts['two-disks']
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    w0, w1 = writers(root, facts, _state(common))
+    xhost.guest_ignores_shutdown(root, vm, 2)
+    w0.write(4 * MiB, ig.pattern(51, 8192))
+    r = mig('cutover', 'web', '--timeout', '60', '--no-progress',
+            common=common, ok=False)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    line = r.stderr.strip()
+    assert '\n' not in line, r.stderr
+    assert 'did not shut down cleanly' in line and '--force' in line, line
+    assert 'failed to shutdown before the timeout' in line, line
+    assert st.load(str(root))['vm'][vm]['power-state'] == 'running'
+    assert _state(common)['status'] == 'failed'
+    # The guest goes on writing; the cutover with --force takes it all.
+    w1.write(2 * MiB + 512, ig.pattern(52, 1024))
+    r = mig('cutover', 'web', '--force', '--timeout', '60', '--no-progress',
+            common=common)
+    assert 'downtime' in r.stdout, r.stdout
+    assert st.load(str(root))['vm'][vm]['power-state'] == 'halted'
+    m = _state(common)
+    assert m['status'] == 'done'
+    # The clean attempt took the host's timeout before the hard stop.
+    assert m['cutover']['downtime'] >= 2, m['cutover']
+    check(m, facts)
+
+
+def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
+    """The SSH connection cut in the middle of a sync's copy (a proxy
+    between the client and sshd closes it after 2 MiB went down): the
+    sync reconnects, goes on where it was and ends; a disk grows before
+    the cutover; the targets end equal to the guest's disks."""
+    b = xbed.Bed(sshd_factory, tmp_path / 'bed')
+    out = tmp_path / 'out'
+    out.mkdir()
+    with delayproxy.DelayProxy(('127.0.0.1', b.server.port)) as proxy:
+        loc = 'xenserver://%s@127.0.0.1:%d/two-disks' % (b.server.user,
+                                                         proxy.port)
+        common = ['--identity-file', b.server.client_key, '--host-key',
+                  b.server.fingerprint, '--config-file', b.conf,
+                  '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
+        mig('create', 'web', loc, '--output-dir', out, common=common)
+        w0, w1 = writers(b.root, b.facts, _state(common))
+        w0.write(MiB, ig.pattern(61, 5 * MiB))
+        w1.write(0, ig.pattern(62, 3 * MiB))
+        before = proxy.connections
+        proxy.cut_after = 2 * MiB
+        r = mig('sync', 'web', '--no-progress', common=common)
+        assert proxy.cuts == 1, (proxy.bytes_down, r.stdout, r.stderr)
+        # The sync's connection, and at least one more after the cut.
+        assert proxy.connections - before >= 2, r.stderr
+        m = _state(common)
+        assert m['status'] == 'synced' and m['syncs'][-1]['ok']
+        # The second disk grows before the cutover (vhd-util resize, as
+        # SM does): the raw file follows, a write past the old end lands.
+        w0.write(7 * MiB, ig.pattern(63, 4096))
+        w1.grow(6 * MiB)
+        w1.write(5 * MiB, ig.pattern(64, 4096))
+        mig('cutover', 'web', '--timeout', '60', '--no-progress',
+            common=common)
+    m = _state(common)
+    assert m['status'] == 'done'
+    check(m, b.facts)

@@ -16,7 +16,9 @@
 import logging
 import os
 import random
+import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -529,3 +531,48 @@ def test_remote_chain_read_with_a_plan_and_a_cut(sshd_factory, fattools,
         assert len(cutter.fired) >= 5
     finally:
         c.close()
+
+
+@pytest.fixture
+def agent(tmp_path, monkeypatch):
+    """A private ssh-agent (its socket in this test's directory, no key
+    kept more than 5 minutes), stopped after; SSH_AUTH_SOCK points at it
+    in this process only."""
+    if not shutil.which('ssh-agent') or not shutil.which('ssh-add'):
+        pytest.skip('ssh-agent is not installed')
+    sock = str(tmp_path / 'agent.sock')
+    proc = subprocess.Popen(['ssh-agent', '-D', '-a', sock, '-t', '300'],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            assert proc.poll() is None, 'ssh-agent ended'
+            time.sleep(0.05)
+        assert os.path.exists(sock), 'ssh-agent made no socket'
+        monkeypatch.setenv('SSH_AUTH_SOCK', sock)
+        yield sock
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_login_with_a_key_from_ssh_agent(sshd, agent):
+    """No identity file: the key comes from ssh-agent (``ssh-add``); with
+    the agent empty the login is refused in one line that says what was
+    tried."""
+    env = dict(os.environ, SSH_AUTH_SOCK=agent)
+    with pytest.raises(exception.SshAuthError) as e:
+        connect(sshd, identity_file=None, environ={'SSH_AUTH_SOCK': agent})
+    assert 'ssh-agent (0 keys)' in one_line(e.value)
+    r = subprocess.run(['ssh-add', str(sshd.client_key)], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    with connect(sshd, identity_file=None,
+                 environ={'SSH_AUTH_SOCK': agent}) as c:
+        r = c.run(['id', '-un'])
+    assert (r.status, r.stdout) == (0, sshd.user.encode() + b'\n')

@@ -22,6 +22,12 @@ are daemons and :meth:`close` joins them (bounded)::
 
     with DelayProxy(('127.0.0.1', server.port), rtt=0.05) as proxy:
         ... connect to 127.0.0.1:proxy.port ...
+
+A lost link: :meth:`cut` closes every connection made so far (the
+listener stays, so the client can connect again); ``cut_after=N`` does
+it once, by itself, when N bytes have gone from the server to the
+client (mid-copy, wherever the transfer is).  ``connections`` and
+``cuts`` count what happened.
 """
 
 import queue
@@ -34,9 +40,15 @@ _CHUNK = 256 << 10
 
 class DelayProxy(object):
 
-    def __init__(self, target, rtt=0.0):
+    def __init__(self, target, rtt=0.0, cut_after=None):
         self.target = target
         self.delay = rtt / 2.0
+        self.cut_after = cut_after
+        #: Bytes forwarded from the server to the client, connections
+        #: accepted, cuts made.
+        self.bytes_down = 0
+        self.connections = 0
+        self.cuts = 0
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(('127.0.0.1', 0))
@@ -74,18 +86,40 @@ class DelayProxy(object):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets += [client, upstream]
+                self.connections += 1
             self._pipe(client, upstream)
-            self._pipe(upstream, client)
+            self._pipe(upstream, client, down=True)
 
-    def _pipe(self, src, dst):
+    def _pipe(self, src, dst, down=False):
         q = queue.Queue()
-        self._start(self._reader, src, q)
+        self._start(self._reader, src, q, down)
         self._start(self._writer, dst, q)
 
-    def _reader(self, src, q):
+    def cut(self):
+        """Close every connection made so far (both sides) at once."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+            self.cuts += 1
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _reader(self, src, q, down=False):
         try:
             while True:
                 data = src.recv(_CHUNK)
+                if down and data and self.cut_after is not None:
+                    with self._lock:
+                        self.bytes_down += len(data)
+                        due = (not self.cuts and
+                               self.bytes_down >= self.cut_after)
+                    if due:
+                        self.cut()
+                        q.put((0, b''))
+                        return
                 q.put((time.monotonic() + self.delay, data))
                 if not data:
                     return

@@ -195,3 +195,90 @@ def test_plan():
     assert engine._plan(a, [('a', '9'), ('c', '3')]) == ('rewrite', 0)
     assert engine._plan(a, [('a', '1')]) == ('rewrite', 1)
     assert isinstance(state_api.Busy('x', {}), Exception)
+
+
+def _lose_the_first_record(store, monkeypatch):
+    """The run stops right after ``xe vm-snapshot`` answered, before the
+    store records the snapshot (a kill, a lost connection)."""
+    real = store.snapshot_taken
+    calls = []
+
+    def taken(name, snapshot_id):
+        calls.append(snapshot_id)
+        if len(calls) == 1:
+            monkeypatch.setattr(store, 'snapshot_taken', real)
+            raise KeyboardInterrupt('killed')
+        return real(name, snapshot_id)
+    monkeypatch.setattr(store, 'snapshot_taken', taken)
+    return calls
+
+
+def _ours(root, vm):
+    return [u for u, v in st.load(str(root))['vm'].items()
+            if v.get('snapshot-of') == vm]
+
+
+def test_abort_removes_a_snapshot_never_recorded(bed, monkeypatch):
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    _lose_the_first_record(store, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        engine.sync(store, 'web', **_kw(root))
+    assert store.get('web')['snapshots'] == [] and len(_ours(root, vm)) == 1
+    r = engine.abort(store, 'web', **_kw(root))
+    assert r['snapshots_removed'] == 1
+    assert _ours(root, vm) == []
+
+
+def test_next_sync_records_a_snapshot_never_recorded(bed, monkeypatch):
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    lost = _lose_the_first_record(store, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        engine.sync(store, 'web', **_kw(root))
+    r = engine.sync(store, 'web', **_kw(root))
+    recorded = [s['snapshot_id'] for s in store.get('web')['snapshots']]
+    assert sorted(recorded) == sorted(_ours(root, vm))
+    assert lost[0] in recorded and r['snapshot'] in recorded
+    assert len(recorded) == 2
+    engine.cutover(store, 'web', **_kw(root))
+    assert _ours(root, vm) == []
+    _check(store.get('web'), facts)
+
+
+def test_snapshots_of_another_migration_are_never_touched(bed):
+    """Two migrations of one VM (two state databases, the same name):
+    each removes only the snapshots carrying its own tag."""
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    other = sql.SqlStore('sqlite:///%s' % (out.parent / 'other.db'))
+    out2 = out.parent / 'out2'
+    out2.mkdir()
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.create(other, 'web', LOC, output_dir=str(out2), **_kw(root))
+    engine.sync(other, 'web', **_kw(root))
+    theirs = _ours(root, vm)
+    engine.sync(store, 'web', **_kw(root))
+    r = engine.abort(store, 'web', **_kw(root))
+    assert r['snapshots_removed'] == 1
+    assert _ours(root, vm) == theirs
+    other.close()
+
+
+def test_disk_grown_between_syncs_file_target(bed):
+    """The guest's disk grows between syncs (``vhd-util resize``); the
+    raw file follows, the grown tail included when nothing is written
+    there (zeros), and a write beyond the old end lands."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, w1 = _writers(root, facts, store.get('web'))
+    engine.sync(store, 'web', **_kw(root))
+    w0.grow(12 * MiB)
+    w0.write(9 * MiB, ig.pattern(71, 4096))
+    w1.grow(6 * MiB)
+    engine.sync(store, 'web', **_kw(root))
+    w0.write(11 * MiB, ig.pattern(72, 512))
+    engine.cutover(store, 'web', **_kw(root))
+    _check(store.get('web'), facts)

@@ -18,6 +18,7 @@ does) imports no SQLAlchemy.
 """
 
 import os
+import urllib.parse
 
 from oslo_config import cfg
 
@@ -32,7 +33,8 @@ OPTIONS = [
                     'any2kvm or postgresql://... Default: the SQLite file '
                     '$XDG_DATA_HOME/any2kvm/state.db (else '
                     '~/.local/share/any2kvm/state.db). The --state-db '
-                    'option overrides it.'),
+                    'option (a URL without a password) and the '
+                    'ANY2KVM_STATE_DB environment variable override it.'),
 ]
 
 
@@ -54,9 +56,41 @@ def add_arguments(parser):
     """Add ``--state-db URL`` to an argparse parser (or group)."""
     parser.add_argument(
         '--state-db', metavar='URL', dest='state_db',
-        help='SQLAlchemy URL of the migration state database (default: '
-             'state_db_url in [any2kvm], else the SQLite file %s).'
+        help='SQLAlchemy URL of the migration state database, without a '
+             'password (default: $ANY2KVM_STATE_DB, else state_db_url in '
+             '[any2kvm], else the SQLite file %s). A URL with a password '
+             'goes in ANY2KVM_STATE_DB or state_db_url, never here.'
              % os.path.join('$XDG_DATA_HOME', 'any2kvm', 'state.db'))
+
+
+#: Query parameters of a URL that carry a password (libpq, PyMySQL).
+_SECRET_QUERY = ('password', 'passwd', 'pass', 'sslpassword')
+
+
+def has_password(url):
+    """Whether the URL carries a password (``user:PASSWORD@host``, or a
+    ``password=`` query parameter)."""
+    url = url or ''
+    rest = url.partition('://')[2]
+    netloc, _sep, tail = rest.partition('/')
+    userinfo = netloc.rpartition('@')[0]
+    if ':' in userinfo:
+        return True
+    query = urllib.parse.urlsplit('x://h/' + tail).query if tail else ''
+    return any(k.lower() in _SECRET_QUERY for k, _v in
+               urllib.parse.parse_qsl(query, keep_blank_values=True))
+
+
+def check_argv_url(url):
+    """Refuse a ``--state-db`` URL with a password: the command line is
+    readable by every user of the host (``ps``, /proc) and kept in shell
+    histories.  Returns None, or the one-line reason."""
+    if url and has_password(url):
+        return ('--state-db: a URL with a password is refused on the '
+                'command line (others can read it); put it in the '
+                'ANY2KVM_STATE_DB environment variable or in state_db_url '
+                'of [any2kvm] in the configuration file')
+    return None
 
 
 def url_from(args=None, conf=None):

@@ -32,9 +32,10 @@ from any2kvm_os.sources.xenserver import xe
 POWER_STATES = ('halted', 'paused', 'running', 'suspended')
 
 
-def snapshot(run, vm_uuid, name):
-    """Snapshot the VM; the snapshot's uuid."""
-    argv = xe.vm_snapshot(vm_uuid, name)
+def snapshot(run, vm_uuid, name, description=None):
+    """Snapshot the VM (named ``name``, described ``description``); the
+    snapshot's uuid."""
+    argv = xe.vm_snapshot(vm_uuid, name, description)
     return xe.parse_uuid(run(argv), argv)
 
 

@@ -130,11 +130,13 @@ def param_get(cls, uuid, param, key=None):
     return command('%s-param-get' % cls, pairs)
 
 
-def vm_snapshot(vm_uuid, new_name):
-    """``xe vm-snapshot uuid=U new-name-label=N``: prints the snapshot's
-    uuid."""
-    return command('vm-snapshot', [('uuid', _uuid(vm_uuid)),
-                                   ('new-name-label', new_name)])
+def vm_snapshot(vm_uuid, new_name, new_description=None):
+    """``xe vm-snapshot uuid=U new-name-label=N [new-name-description=D]``:
+    prints the snapshot's uuid."""
+    pairs = [('uuid', _uuid(vm_uuid)), ('new-name-label', new_name)]
+    if new_description is not None:
+        pairs.append(('new-name-description', new_description))
+    return command('vm-snapshot', pairs)
 
 
 def snapshot_uninstall(snapshot_uuid):

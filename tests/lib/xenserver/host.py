@@ -288,6 +288,17 @@ def vdi_path(root, vdi_uuid):
                         vdi_uuid + '.vhd')
 
 
+def guest_ignores_shutdown(root, vm_uuid, timeout, ignores=True):
+    """Make the VM's guest ignore a clean shutdown (``xe vm-shutdown``
+    without ``force`` then waits ``timeout`` seconds and fails with
+    VM_SHUTDOWN_TIMEOUT, as xapi does; a hard one still stops it)."""
+    with st.locked(str(root)):
+        s = _load(root)
+        s['vm'][vm_uuid]['guest-ignores-shutdown'] = bool(ignores)
+        s['host']['clean-shutdown-timeout'] = timeout
+        st.save(str(root), s)
+
+
 class GuestWriter(object):
     """Writes into a VDI's leaf (the file named by the VDI uuid) as the
     running guest would, keeping the model of what the disk must read.

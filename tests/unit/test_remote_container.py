@@ -1,0 +1,96 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The remote SR directory as a container: the names a host lists are
+file names or refused, and a listing is never silently cut short."""
+
+import stat
+import types
+
+import pytest
+
+from any2kvm_os.containers import remote
+from any2kvm_os import exception
+from any2kvm_os import limits as limits_mod
+from any2kvm_os.ssh import connection
+
+SR = '/run/sr-mount/5f6b4ac6-1d12-4f8e-9f0a-0a1b2c3d4e5f'
+
+
+class FakeConnection(object):
+    label = 'root@xs1'
+
+    def __init__(self, names):
+        self.names = names
+        self.opened = []
+
+    def listdir(self, path, limit):
+        return list(self.names)
+
+    def open_file(self, path, name=None):
+        self.opened.append(path)
+        return path
+
+
+@pytest.mark.parametrize('bad', ['../etc-passwd.vhd', 'a/b.vhd', '..', '.',
+                                 '', 'x\0.vhd'])
+def test_a_listed_name_that_is_not_a_file_name_is_refused(bad):
+    conn = FakeConnection(['a.vhd', bad])
+    c = remote.RemoteDirectoryContainer(conn, SR, 'a.vhd',
+                                        limits_mod.Limits())
+    with pytest.raises(exception.ChainError) as e:
+        c.member_names()
+    assert 'not a file name' in str(e.value) and '\n' not in str(e.value)
+    with pytest.raises(exception.ChainError):
+        c._open(bad)
+    assert conn.opened == []
+
+
+def test_plain_names_are_members():
+    conn = FakeConnection(['a.vhd', 'b..vhd', '.hidden.vhd'])
+    c = remote.RemoteDirectoryContainer(conn, SR, 'a.vhd',
+                                        limits_mod.Limits())
+    assert c.member_names() == ['a.vhd', 'b..vhd', '.hidden.vhd']
+    c._open('b..vhd')
+    assert conn.opened == [SR + '/b..vhd']
+
+
+def _entry(name, mode=stat.S_IFREG | 0o644):
+    return types.SimpleNamespace(filename=name, st_mode=mode)
+
+
+def _fake_self(entries):
+    sftp = types.SimpleNamespace(listdir_iter=lambda path: iter(entries))
+    return types.SimpleNamespace(
+        label='root@xs1', sftp=lambda: sftp,
+        retrying=lambda what, step, retry=True: step())
+
+
+def test_listdir_refuses_a_directory_beyond_the_limit():
+    """A listing cut at the limit would make a parent beyond it look
+    missing: more entries than the limit is refused, naming the limit."""
+    entries = [_entry('%04d.vhd' % i) for i in range(5)]
+    fake = _fake_self(entries)
+    assert connection.Connection.listdir(fake, SR, 5) == [
+        '%04d.vhd' % i for i in range(5)]
+    with pytest.raises(exception.SshError) as e:
+        connection.Connection.listdir(fake, SR, 4)
+    text = str(e.value)
+    assert 'more than 4 entries' in text and SR in text
+    assert 'max_directory_entries' in text and '\n' not in text
+
+
+def test_listdir_keeps_regular_files_only():
+    entries = [_entry('b.vhd'), _entry('dir', stat.S_IFDIR | 0o755),
+               _entry('link', stat.S_IFLNK | 0o777), _entry('a.vhd')]
+    assert connection.Connection.listdir(_fake_self(entries), SR, 10) == [
+        'a.vhd', 'b.vhd']
