@@ -61,6 +61,7 @@ import zlib
 
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
+from any2kvm_os import fileio
 from any2kvm_os.formats import base
 
 LOG = logging.getLogger(__name__)
@@ -727,6 +728,27 @@ class Qcow2Reader(base.LayerReader):
         cluster = self._decompressed(host, csize, cstart)
         within = extent.offset + skip - cstart
         return cluster[within:within + length]
+
+    def read_extent_into(self, extent, skip, buf):
+        """:meth:`read_extent` into ``buf``: stored clusters are read in
+        place, a compressed cluster's bytes are copied straight in."""
+        token = extent.file_offset
+        if isinstance(token, int) and type(self.view) is fileio.FileView:
+            start = token + skip
+            got = self.view.preadinto(buf, start)
+            if got != len(buf):
+                raise exception.InvalidImage(
+                    path=self.name,
+                    reason='truncated: expected %d bytes at offset %d, got %d'
+                    % (len(buf), start, got))
+            return
+        if not isinstance(token, int) and token[0] != RAW_BACKING:
+            _, host, csize, cstart = token
+            cluster = self._decompressed(host, csize, cstart)
+            within = extent.offset + skip - cstart
+            buf[:] = memoryview(cluster)[within:within + len(buf)]
+            return
+        super(Qcow2Reader, self).read_extent_into(extent, skip, buf)
 
     def _decompressed(self, host, csize, cstart):
         cached_host, data = self._cluster_cache

@@ -70,6 +70,7 @@ import zlib
 
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
+from any2kvm_os import fileio
 from any2kvm_os.formats import base
 from any2kvm_os.formats import vmdk_descriptor as vd
 
@@ -200,6 +201,22 @@ class _File(object):
                 'offset %d, got %d' % (length, offset, len(data)))
         return data
 
+    def preadinto(self, buf, offset):
+        """:meth:`pread` of ``len(buf)`` bytes straight into ``buf``."""
+        view = self.view()
+        length = len(buf)
+        if type(view) is fileio.FileView:
+            got = view.preadinto(buf, offset)
+        else:
+            data = view.pread(length, offset)
+            got = len(data)
+            if got == length:
+                buf[:] = data
+        if got != length:
+            raise exception.InvalidImage(
+                path=self.display, reason='truncated: expected %d bytes at '
+                'offset %d, got %d' % (length, offset, got))
+
 
 # -- extents ------------------------------------------------------------------
 
@@ -226,6 +243,10 @@ class _Extent(object):
     def read(self, token, skip, length):
         f = self.file
         return f.pread(length, token[1] + skip)
+
+    def read_into(self, token, skip, buf):
+        """:meth:`read` into ``buf`` (a writable memoryview), in place."""
+        self.file.preadinto(buf, token[1] + skip)
 
 
 class _ZeroExtent(_Extent):
@@ -517,6 +538,34 @@ class _HostedSparseExtent(_GrainExtent):
             out.append(data[inner:inner + n])
             vpos += n
         return out[0] if len(out) == 1 else b''.join(out)
+
+    def read_compressed_into(self, vpos, buf):
+        """:meth:`read_compressed` of ``len(buf)`` bytes into ``buf``."""
+        g = self.grain
+        pos = 0
+        end = len(buf)
+        while pos < end:
+            gi = (vpos - self.start) // g
+            gdi, j = divmod(gi, self.gt_entries)
+            table = self._table(gdi)
+            off = table[j] if table is not None else _UNALLOC
+            if off < 0:
+                raise exception.InvalidImage(
+                    path=self.file.display, reason='grain %d is not stored '
+                    '(internal inconsistency)' % gi)
+            gstart = self.start + gi * g
+            key, data = self._cache
+            if key != off:
+                data = self._inflate(off, gstart)
+                self._cache = (off, data)
+            inner = vpos - gstart
+            n = min(end - pos, g - inner)
+            if inner == 0 and n == len(data):
+                buf[pos:pos + n] = data
+            else:
+                buf[pos:pos + n] = memoryview(data)[inner:inner + n]
+            pos += n
+            vpos += n
 
     def _read_ahead(self, length, off):
         """File bytes for grains, through a read-ahead buffer: the grains
@@ -1290,6 +1339,17 @@ class VmdkReader(base.LayerReader):
         if token[1] == COMPRESSED:
             return e.read_compressed(extent.offset + skip, length)
         return e.read(token, skip, length)
+
+    def read_extent_into(self, extent, skip, buf):
+        """:meth:`read_extent` into ``buf`` (a writable memoryview): stored
+        grains and flat runs are read in place, compressed grains are
+        inflated and copied straight into it (no join, no second copy)."""
+        token = extent.file_offset
+        e = self.extents[token[0]]
+        if token[1] == COMPRESSED:
+            e.read_compressed_into(extent.offset + skip, buf)
+        else:
+            e.read_into(token, skip, buf)
 
 
 # -- one forward pass (streamOptimized inside a compressed archive) -----------

@@ -40,6 +40,7 @@ GRAIN = 4096
 ZERO_GRAIN = bytes(GRAIN)
 COPY_CHUNK = 4 << 20
 _ZERO_CHUNK = bytes(COPY_CHUNK)
+_ZERO16 = bytes(16 * GRAIN)
 
 #: Start the kernel's write-out every so many bytes written, so that the
 #: final fdatasync (which makes "the output exists" mean "the output is
@@ -78,53 +79,59 @@ def zero_runs(data, base_offset=0, length=None):
     A span is made of whole 4 KiB grains aligned on the disk
     (``base_offset`` is where ``data`` starts on the disk).  ``length``:
     look at the first ``length`` bytes only (a reused buffer).
+
+    Only a grain whose first, middle and last bytes are zero can be a zero
+    grain: those bytes of every grain are gathered by three strided slices
+    (C loops over the grains), and only the candidates they leave are
+    compared in full, with memcmp.  Data with no zero grain (almost all
+    of it) is never compared at all.
     """
-    find = getattr(data, 'find', None)
-    if find is None:
-        return _zero_runs_view(memoryview(data), base_offset)
-    # Slices of bytes or a bytearray are compared with memcmp (a
-    # memoryview comparison would walk byte by byte).
-    n = len(data) if length is None else length
+    view = memoryview(data)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast('B')
+    n = view.nbytes if length is None else length
+    first = -base_offset % GRAIN
+    count = (n - first) // GRAIN
+    if count <= 0:
+        return []
+    end = first + count * GRAIN
+    heads = view[first:end:GRAIN].tobytes()
+    if heads.find(0) < 0:
+        return []
+    tails = view[first + GRAIN - 1:end:GRAIN].tobytes()
+    mids = view[first + GRAIN // 2:end:GRAIN].tobytes()
+    # bytes and bytearray slices compare with memcmp; a memoryview's
+    # comparison walks byte by byte, so its slices are copied first.
+    cmp_src = data if isinstance(data, (bytes, bytearray)) else None
     out = []
-    pos = 0
-    zero16 = _ZERO_CHUNK[:16 * GRAIN]
-    while True:
-        i = find(ZERO_GRAIN, pos, n)
-        if i < 0:
+    k = heads.find(0)
+    while k >= 0:
+        run = None
+        while k < count and heads[k] == 0 and tails[k] == 0 and \
+                mids[k] == 0:
+            a = first + k * GRAIN
+            if run is not None and k + 16 <= count and (
+                    cmp_src[a:a + 16 * GRAIN] if cmp_src is not None else
+                    view[a:a + 16 * GRAIN].tobytes()) == _ZERO16:
+                run[1] = a + 16 * GRAIN
+                k += 16
+                continue
+            grain = cmp_src[a:a + GRAIN] if cmp_src is not None else \
+                view[a:a + GRAIN].tobytes()
+            if grain != ZERO_GRAIN:
+                break
+            if run is None:
+                run = [a, a + GRAIN]
+            else:
+                run[1] = a + GRAIN
+            k += 1
+        if run is not None:
+            out.append((run[0], run[1]))
+        else:
+            k += 1
+        if k >= count:
             break
-        a = -(-(base_offset + i) // GRAIN) * GRAIN - base_offset
-        if a + GRAIN > n:
-            break
-        if data[a:a + GRAIN] != ZERO_GRAIN:
-            pos = i + GRAIN
-            continue
-        b = a + GRAIN
-        while b + 16 * GRAIN <= n and data[b:b + 16 * GRAIN] == zero16:
-            b += 16 * GRAIN
-        while b + GRAIN <= n and data[b:b + GRAIN] == ZERO_GRAIN:
-            b += GRAIN
-        out.append((a, b))
-        pos = b
-    return out
-
-
-def _zero_runs_view(view, base_offset):
-    """:func:`zero_runs` of a memoryview (the copy loop's reused buffers):
-    each aligned grain is compared in place, nothing is copied."""
-    n = view.nbytes
-    out = []
-    a = -base_offset % GRAIN
-    start = None
-    while a + GRAIN <= n:
-        if view[a:a + GRAIN].tobytes() == ZERO_GRAIN:
-            if start is None:
-                start = a
-        elif start is not None:
-            out.append((start, a))
-            start = None
-        a += GRAIN
-    if start is not None:
-        out.append((start, a))
+        k = heads.find(0, k)
     return out
 
 

@@ -268,3 +268,43 @@ def test_zero_runs_of_a_buffer_and_a_view_agree(seed):
     want = raw.zero_runs(bytes(buf[:n]), base)
     assert raw.zero_runs(buf, base, n) == want
     assert raw.zero_runs(memoryview(buf)[:n], base) == want
+
+
+def _zero_grains_one_by_one(data, base):
+    """zero_runs' answer, grain by grain, for comparison."""
+    out = []
+    a = -base % GRAIN
+    start = None
+    while a + GRAIN <= len(data):
+        if bytes(data[a:a + GRAIN]) == bytes(GRAIN):
+            start = a if start is None else start
+        elif start is not None:
+            out.append((start, a))
+            start = None
+        a += GRAIN
+    if start is not None:
+        out.append((start, a))
+    return out
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_zero_runs_sampled_bytes_do_not_decide_alone(seed):
+    # zero_runs looks first at the first, middle and last byte of each
+    # grain: a grain zero there but not elsewhere must not count, and
+    # zero runs longer than 16 grains must be found whole.
+    rng = random.Random(seed)
+    n = rng.randrange(0, 60 * GRAIN)
+    buf = bytearray(n) if seed % 2 else bytearray(rng.randbytes(n))
+    for _i in range(rng.randrange(8)):
+        a = rng.randrange(n + 1)
+        b = min(n, a + rng.randrange(40 * GRAIN))
+        buf[a:b] = bytes(b - a)
+    base = rng.choice((0, 512, GRAIN - 100, 7))
+    for _i in range(rng.randrange(12)):
+        a = rng.randrange(n + 1)
+        if a < n and (base + a) % GRAIN not in (0, GRAIN // 2, GRAIN - 1):
+            buf[a] = 1
+    want = _zero_grains_one_by_one(buf, base)
+    assert raw.zero_runs(bytes(buf), base) == want
+    assert raw.zero_runs(buf, base) == want
+    assert raw.zero_runs(memoryview(buf), base) == want

@@ -50,7 +50,6 @@ import binascii
 import datetime
 import logging
 import re
-import ssl
 import warnings
 
 from oslo_config import cfg
@@ -339,6 +338,9 @@ def load_anchors(ca_file):
     may be absent: then none)."""
     from cryptography import x509
     if ca_file is None:
+        # ssl is imported here only: every command imports this module
+        # (its options), and ssl costs start-up time.
+        import ssl
         paths = ssl.get_default_verify_paths()
         ca_file = paths.cafile or paths.openssl_cafile
         try:
