@@ -290,3 +290,42 @@ def test_gc_after_rollback_is_detected_and_rewritten(bed):
     assert m['last_run']['operation'] == 'cutover'
     assert m['last_run']['state'] == 'SUCCESS'
     check(m, facts)
+
+
+def test_sshd_down_at_sync_and_cutover_marks_the_migration_failed(
+        sshd_factory, tmp_path):
+    """The host's sshd is stopped: ``sync`` and then ``cutover`` fail with
+    one line, the migration is marked failed and ``show`` says why (not
+    "syncing" or "cutting-over" for ever), the lease is free; with the
+    sshd back on its port, both work."""
+    b = xbed.Bed(sshd_factory, tmp_path / 'bed')
+    conf = Path(str(b.conf) + '.noretry')
+    # A refused connection is not worth retrying here.
+    conf.write_text(Path(b.conf).read_text() + 'ssh_retries = 0\n')
+    out = tmp_path / 'out'
+    out.mkdir()
+    common = b.ssh_args[:-1] + [str(conf), '--state-db',
+                                'sqlite:///%s' % (tmp_path / 'state.db')]
+    mig('create', 'web', b.location(), '--output-dir', out, common=common)
+    port = b.server.port
+    for step in ('sync', 'cutover'):
+        b.server.stop()
+        r = mig(step, 'web', '--timeout', '60', common=common, ok=False)
+        assert r.returncode != 0, r.stdout
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and 'Traceback' not in r.stderr, r.stderr
+        m = show(common)
+        assert m['status'] == 'failed', m['status']
+        assert m['error'].startswith('could not connect to the host: '), \
+            m['error']
+        assert not m.get('holder'), m['holder']
+        text = mig('show', 'web', common=common[-2:]).stdout
+        assert 'status:   failed (could not connect to the host: ' in \
+            text, text
+        assert 'last run: %s FAILURE' % step in text, text
+        b.server.start(port=port)
+        mig(step, 'web', '--timeout', '60', common=common)
+    m = show(common)
+    assert m['status'] == 'done' and not m['error']
+    assert [s['ok'] for s in m['syncs']] == [False, True]
+    check(m, b.facts)
