@@ -585,7 +585,11 @@ class _Run(object):
                        'fix': t.get('fixed', t['closed']) - t['closed'],
                        'finish': t['ready'] - t.get('fixed', t['closed']),
                        'server': t['completed'] - t['ready'],
-                       'before_shutdown': t['shutdown'] - self.started}
+                       # A cutover run again after one cut short after
+                       # the shutdown: the downtime began with the first
+                       # request, before this run started.
+                       'before_shutdown': max(0.0, t['shutdown'] -
+                                              self.started)}
         self.store.cutover_recorded(self.name, t['shutdown'],
                                     t['completed'], top_layers=self.top,
                                     details=self.details)

@@ -394,6 +394,9 @@ def test_cutover_fix_failing_halfway_reverts_and_cutover_runs_again(
                        **kw())
     assert r['layers_applied'] == 0
     assert r['details']['guest_inspected_by'] == 'cutover --fix'
+    # The downtime runs from the first shutdown request.
+    assert r['phases']['before_shutdown'] == 0
+    assert r['downtime'] >= r['phases']['fix']
     m = store.get('web')
     assert m['status'] == 'done' and not m['error']
     boot = cloud.volumes.get(ids[0])
