@@ -295,10 +295,12 @@ class CinderDestination(Destination):
         """The boot volume (the VM's ``boot_disk`` fact, else the first)
         bootable; every volume gets the image metadata of its disk (KVM's
         properties; the VM's facts on the boot volume) and
-        ``any2kvm_migration=NAME``; the user's properties (``migration
-        create --property``, in the target options) over any2kvm's
-        choices, on every volume."""
+        ``any2kvm_migration=NAME``, in place of what it had (a key an
+        earlier cutover set and this one does not is removed); the user's
+        properties (``migration create --property``, in the target
+        options) over any2kvm's choices, on every volume."""
         from any2kvm_os.targets import cinder as cinder_target
+        from any2kvm_os.targets import volume_fix
         cinder = self.client()
         done = []
         boot_disk = (facts or {}).get('boot_disk') or 0
@@ -309,8 +311,10 @@ class CinderDestination(Destination):
                     facts if boot else {}, d['virtual_size'],
                     overrides=self.options.get('properties'),
                     extra={'any2kvm_migration': name})
-                cinder_target.make_bootable(cinder, d['target_ref'], boot,
-                                            meta)
+                cinder.volumes.set_bootable(d['target_ref'], boot)
+                # Replaced, not merged: a key of an earlier cutover (rolled
+                # back) that this one does not set would mislead Nova.
+                volume_fix.set_metadata(cinder, d['target_ref'], meta)
                 done.append(d['target_ref'])
         except BaseException as e:
             raise self._error(e)

@@ -431,6 +431,9 @@ class _Run(object):
         self.result = self.snap = None
         self.removed = 0
         self.phases = {}
+        #: Whether the migration was marked ``status`` (then a failure
+        #: must mark it failed, even one before the host answered).
+        self.marked = False
         self._targets = contextlib.ExitStack()
 
     @property
@@ -442,6 +445,7 @@ class _Run(object):
         migration marked ``status`` and the host connected."""
         self.dest.check()
         self.store.set_status(self.name, self.status)
+        self.marked = True
         self.started = time.time()
         self.host = _connect(self.m['location'], self.limits, self.args,
                              self._connect)
@@ -593,7 +597,11 @@ class _Run(object):
                        'fix': t.get('fixed', t['closed']) - t['closed'],
                        'finish': t['ready'] - t.get('fixed', t['closed']),
                        'server': t['completed'] - t['ready'],
-                       'before_shutdown': t['shutdown'] - self.started}
+                       # A cutover run again after one cut short after
+                       # the shutdown: the downtime began with the first
+                       # request, before this run started.
+                       'before_shutdown': max(0.0, t['shutdown'] -
+                                              self.started)}
         self.store.cutover_recorded(self.name, t['shutdown'],
                                     t['completed'], top_layers=self.top,
                                     details=self.details)
@@ -619,19 +627,25 @@ class _Run(object):
     def failed(self, e):
         """The flow failed with ``e`` (raised again by the caller): the
         targets closed, the server plan undone, the migration marked
-        failed (and a failed sync recorded) unless it never got as far as
-        the host."""
+        failed (and a failed sync recorded) once it was marked syncing or
+        cutting-over, a connection that failed included ("could not
+        connect to the host: ...")."""
         try:
             self.close_targets(sys.exc_info())
         except Exception as e2:
             LOG.warning('could not close the targets: %s', _one_line(e2))
         self.discard_server()
-        if self.host is None:
+        if not self.marked:
+            # Refused before anything was marked (the cloud's check).
             return
         msg = _one_line(e)
+        if self.host is None:
+            # The host never answered: say so, not "syncing" for ever.
+            msg = 'could not connect to the host: %s' % msg
         if self.status == 'syncing':
             self.store.sync_recorded(
                 self.name, self.started, time.time(), self.figures.layers,
+                0 if self.host is None else
                 self.host.bytes_read - self.read0, self.figures.written,
                 ok=False, error=msg)
         self.store.set_status(self.name, 'failed', error=msg)

@@ -115,7 +115,16 @@ class GuestStep(object):
         record = m.get('guest')
         if self.fix:
             started = time.time()
-            summary = self._fix(m, dest, facts)
+            try:
+                summary = self._fix(m, dest, facts)
+            except exception.GuestFixError as e:
+                # The targets hold what they held before the fix: say
+                # that the cutover can be run again.
+                raise exception.GuestFixError(
+                    path=e.kwargs.get('path') or name, reason='%s; the VM '
+                    'stays halted: run "migration cutover %s" again (with '
+                    '--fix, or without it to take the guest as it is)'
+                    % (e.kwargs.get('reason') or e, name))
             record = self._record(store, name, summary, 'cutover --fix',
                                   started)
         if not record:

@@ -450,4 +450,39 @@ def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
             common=common)
     m = _state(common)
     assert m['status'] == 'done'
+def test_sshd_down_at_sync_and_cutover_marks_the_migration_failed(
+        sshd_factory, tmp_path):
+    """The host's sshd is stopped: ``sync`` and ``cutover`` fail with one
+    line each, the migration is marked failed and ``show`` says why (not
+    "syncing" or "cutting-over" for ever), the lease is free; with the
+    sshd back on its port, both work."""
+    b = xbed.Bed(sshd_factory, tmp_path / 'bed')
+    conf = Path(str(b.conf) + '.noretry')
+    # A refused connection is not worth retrying here.
+    conf.write_text(Path(b.conf).read_text() + 'ssh_retries = 0\n')
+    out = tmp_path / 'out'
+    out.mkdir()
+    common = b.ssh_args[:-1] + [str(conf), '--state-db',
+                                'sqlite:///%s' % (tmp_path / 'state.db')]
+    mig('create', 'web', b.location(), '--output-dir', out, common=common)
+    port = b.server.port
+    b.server.stop()
+    for step, extra in (('sync', []), ('cutover', ['--timeout', '60'])):
+        r = mig(step, 'web', *extra, common=common, ok=False)
+        assert r.returncode != 0, r.stdout
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and 'Traceback' not in r.stderr, r.stderr
+        assert 'Connection refused' in err[0], err
+    text = mig('show', 'web', common=common[-2:]).stdout
+    assert 'status:   failed (could not connect to the host: ' in text, text
+    assert 'last run: cutover REVERTED, 0 of ' in text, text
+    assert '; failed in connect: ' in text, text
+    assert 'sync:     0 layer(s), 0 bytes read, 0 written' in text, text
+    # The lease is free: both run, with the sshd back.
+    b.server.start(port=port)
+    mig('sync', 'web', common=common)
+    mig('cutover', 'web', '--timeout', '60', common=common)
+    m = show(common)
+    assert m['status'] == 'done' and not m['error']
+    assert [s['ok'] for s in m['syncs']] == [False, True]
     check(m, b.facts)

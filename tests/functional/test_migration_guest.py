@@ -34,7 +34,6 @@ from tests.lib import cli
 from tests.lib import guestbuild
 from tests.lib.tools import missing_tool
 from tests.lib.xenserver import bed as xbed
-from tests.lib.xenserver import host as xhost
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDED = REPO / 'tests' / 'unit' / 'data' / 'probe-linux-guests.json'
@@ -137,30 +136,6 @@ def libguestfs():
     return settings
 
 
-def _xen_guest_host(guest_path):
-    """A stand-in host whose running VM "xen-guest" has the Xen PV test
-    guest on its one disk (only the data blocks written)."""
-    data = Path(guest_path).read_bytes()
-    writes = []
-    for off in range(0, len(data), MiB):
-        chunk = data[off:off + MiB]
-        if chunk.count(0) != len(chunk):
-            writes.append((off, chunk))
-
-    def build(root):
-        b = xhost.HostBuilder(root)
-        local = b.add_sr('Local storage', 'ext')
-        net = b.add_network('Pool-wide network associated with eth0',
-                            'xenbr0')
-        facts = {'xen-guest': b.add_vm(
-            'xen-guest', disks=((len(data), 'system'),), sr=local,
-            nics=(net,), disk_writes={0: writes})}
-        facts['models'] = b.models
-        b.save()
-        return b.root, facts
-    return build
-
-
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
 def test_cutover_fix_makes_the_xen_pv_guest_boot(sshd_factory, tmp_path,
                                                  libguestfs):
@@ -170,7 +145,7 @@ def test_cutover_fix_makes_the_xen_pv_guest_boot(sshd_factory, tmp_path,
     guest = tmp_path / 'xen.raw'
     built = guestbuild.build(guest, 'xenpv')
     b = xbed.Bed(sshd_factory, tmp_path / 'bed',
-                 build=_xen_guest_host(guest))
+                 build=xbed.guest_host(guest))
     out = tmp_path / 'out'
     out.mkdir()
     common = b.ssh_args + ['--state-db',

@@ -18,6 +18,7 @@ extended, sizes are whole GiB.  Test code only."""
 
 import contextlib
 import os
+import subprocess
 import uuid
 
 
@@ -89,6 +90,68 @@ class Volumes(object):
         assert all(isinstance(v, str) for v in meta.values())
         self.get(vol_id).volume_image_metadata.update(meta)
 
+    def revert_to_snapshot(self, volume, snap):
+        v = self.get(volume.id)
+        assert v.status == 'available', v.status
+        _copy(self.cloud.path(snap.id), self.cloud.path(v.id))
+        self.cloud.calls.append(('revert', v.id, snap.id))
+
+    def delete_image_metadata(self, vol_id, keys):
+        meta = self.get(vol_id).volume_image_metadata
+        for k in keys:
+            del meta[k]
+        self.cloud.calls.append(('delete-image-metadata', vol_id,
+                                 sorted(keys)))
+
+
+def _copy(src, dst):
+    # The volumes are sparse files of a GiB or more.
+    subprocess.run(['cp', '--sparse=always', src, dst], check=True,
+                   timeout=120)
+
+
+class Snapshot(object):
+    def __init__(self, snap_id, volume_id, name):
+        self.id = snap_id
+        self.volume_id = volume_id
+        self.name = name
+        self.status = 'available'
+
+
+class Snapshots(object):
+    """Cinder's snapshots of the fake's volumes: a copy of the volume's
+    file, restored by ``volumes.revert_to_snapshot`` (API 3.40)."""
+
+    def __init__(self, cloud):
+        self.cloud = cloud
+        self.by_id = {}
+
+    def create(self, vol_id, force=False, name=None, description=None):
+        v = self.cloud.volumes.get(vol_id)
+        assert v.status == 'available' or force, v.status
+        snap = Snapshot(str(uuid.uuid4()), vol_id, name)
+        _copy(self.cloud.path(vol_id), self.cloud.path(snap.id))
+        self.by_id[snap.id] = snap
+        self.cloud.calls.append(('snapshot', vol_id, snap.id))
+        return snap
+
+    def get(self, snap_id):
+        try:
+            return self.by_id[snap_id]
+        except KeyError:
+            raise NotFound('snapshot %s not found' % snap_id)
+
+    def delete(self, snap_id):
+        self.get(snap_id)
+        del self.by_id[snap_id]
+        os.unlink(self.cloud.path(snap_id))
+        self.cloud.calls.append(('delete-snapshot', snap_id))
+
+    def list(self, search_opts=None):
+        vol_id = (search_opts or {}).get('volume_id')
+        return [s for s in self.by_id.values()
+                if vol_id is None or s.volume_id == vol_id]
+
 
 class FakeCinder(object):
     """``client`` is what a CinderDestination takes; ``attach`` its
@@ -99,6 +162,7 @@ class FakeCinder(object):
         os.makedirs(self.dir, exist_ok=True)
         self.volumes_by_id = {}
         self.volumes = Volumes(self)
+        self.volume_snapshots = Snapshots(self)
         self.calls = []
         self.unreachable = set(unreachable)
         self.refuse_create = False

@@ -189,6 +189,31 @@ def test_rollback_then_sync_without_a_full_rewrite(bed):
     assert len(m['cutovers']) == 2 and m['status'] == 'done'
 
 
+def test_a_second_cutover_replaces_the_image_metadata(bed):
+    """Cut over with a guest on virtio-scsi, roll back, cut over again
+    with the guest on sata: the boot volume's image metadata is the
+    second cutover's, with no hw_scsi_model left from the first."""
+    from any2kvm_os.migration import guest_step
+    root, facts, store, cloud, kw, _hosts = bed
+    m = engine.create(store, 'web', LOC, target='cinder', **kw())
+    boot = cloud.volumes.get(m['disks'][0]['target_ref'])
+    engine.sync(store, 'web', **kw())
+    store.guest_recorded('web', {'properties': {
+        'hw_disk_bus': 'scsi', 'hw_scsi_model': 'virtio-scsi'}})
+    engine.cutover(store, 'web', guest=guest_step.GuestStep(), **kw())
+    assert boot.volume_image_metadata['hw_scsi_model'] == 'virtio-scsi'
+    engine.rollback(store, 'web', connect=kw()['connect'])
+    engine.sync(store, 'web', **kw())
+    store.guest_recorded('web', {'properties': {'hw_disk_bus': 'sata'}})
+    engine.cutover(store, 'web', guest=guest_step.GuestStep(), **kw())
+    meta = boot.volume_image_metadata
+    assert meta['hw_disk_bus'] == 'sata', meta
+    assert 'hw_scsi_model' not in meta, meta
+    assert meta['any2kvm_migration'] == 'web'
+    assert ('delete-image-metadata', boot.id, ['hw_scsi_model']) in \
+        cloud.calls
+
+
 def test_abort_deletes_the_volumes_on_request(bed):
     root, facts, store, cloud, kw, _hosts = bed
     engine.create(store, 'web', LOC, target='cinder', **kw())
@@ -353,3 +378,72 @@ def test_create_property_parsing_and_refusal():
         api._migration_target_options(args)
     assert str(e.value) == '--property goes with --target cinder, not ' \
         '--target file'
+def test_cutover_fix_failing_halfway_reverts_and_cutover_runs_again(
+        bed, monkeypatch):
+    """``cutover --fix`` whose fix fails after changing the volumes: they
+    are detached, reverted to the snapshots taken before the fix, the
+    snapshots deleted, no volume made bootable or given metadata; the
+    migration is failed with one line saying the cutover can run again,
+    and it does."""
+    from pathlib import Path
+    from any2kvm_os.guest import inspect as gi
+    from any2kvm_os.migration import guest_step
+    from any2kvm_os.targets import volume_fix
+    recorded = Path(__file__).parent / 'data' / 'probe-linux-guests.json'
+    root, facts, store, cloud, kw, _hosts = bed
+    m = engine.create(store, 'web', LOC, target='cinder', **kw())
+    ids = [d['target_ref'] for d in m['disks']]
+    engine.sync(store, 'web', **kw())
+    monkeypatch.setattr(volume_fix.time, 'sleep', lambda s: None)
+    probes = []
+
+    def probe(settings, paths, fmt='raw', fix=False, name=None):
+        probes.append(list(paths))
+        assert fix and cloud.attached_now == set(ids)
+        assert len(cloud.volume_snapshots.by_id) == 2
+        for p in paths:
+            with open(p, 'r+b') as f:
+                f.write(b'half of a fix')
+        if len(probes) == 1:
+            raise exception.GuestFixError(path=name, reason='fix stopped '
+                                          'after 1 file(s); it had '
+                                          'changed: /etc/fstab')
+        return dict(json.loads(recorded.read_text()), fixed=[])
+
+    monkeypatch.setattr(gi, 'run_probe', probe)
+    with pytest.raises(exception.GuestFixError) as e:
+        engine.cutover(store, 'web', guest=guest_step.GuestStep(fix=True),
+                       **kw())
+    msg = str(e.value)
+    assert '\n' not in msg
+    assert 'reverted to the snapshot(s) taken before the fix' in msg, msg
+    assert 'the VM stays halted: run "migration cutover web" again' in \
+        msg, msg
+    m = store.get('web')
+    assert m['status'] == 'failed' and 'run "migration cutover web" ' \
+        'again' in m['error']
+    assert m.get('holder') is None
+    _check(cloud, m, facts)                 # nothing of the half fix
+    assert cloud.volume_snapshots.by_id == {}
+    assert cloud.attached_now == set()
+    assert [c[0] for c in cloud.calls if c[0] in (
+        'detach', 'revert')][-4:] == ['detach', 'detach', 'revert',
+                                      'revert']
+    for vol_id in ids:
+        v = cloud.volumes.get(vol_id)
+        assert (v.bootable, v.volume_image_metadata) == ('false', {})
+    assert _power(root, facts['two-disks']) == 'halted'
+    r = engine.cutover(store, 'web', guest=guest_step.GuestStep(fix=True),
+                       **kw())
+    assert r['layers_applied'] == 0
+    assert r['details']['guest_inspected_by'] == 'cutover --fix'
+    # The downtime runs from the first shutdown request.
+    assert r['phases']['before_shutdown'] == 0
+    assert r['downtime'] >= r['phases']['fix']
+    m = store.get('web')
+    assert m['status'] == 'done' and not m['error']
+    boot = cloud.volumes.get(ids[0])
+    assert boot.bootable == 'true'
+    assert boot.volume_image_metadata['hw_disk_bus'] == \
+        m['guest']['properties']['hw_disk_bus']
+    assert cloud.volume_snapshots.by_id == {}

@@ -282,3 +282,34 @@ def test_disk_grown_between_syncs_file_target(bed):
     w0.write(11 * MiB, ig.pattern(72, 512))
     engine.cutover(store, 'web', **_kw(root))
     _check(store.get('web'), facts)
+def test_a_connection_that_fails_marks_the_migration_failed(bed):
+    """The host does not answer at sync or cutover: the migration is
+    marked failed with a line saying why (not left "syncing" or
+    "cutting-over"), the lease is free, and the next sync and cutover
+    work."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+
+    def refused(location, limits, args):
+        raise exception.Any2KvmError('ssh root@standin:22: connection '
+                                     'refused')
+
+    for step in (engine.sync, engine.cutover):
+        with pytest.raises(exception.Any2KvmError, match='refused'):
+            step(store, 'web', connect=refused)
+        m = store.get('web')
+        assert m['status'] == 'failed'
+        assert m['error'] == 'could not connect to the host: ssh ' \
+            'root@standin:22: connection refused'
+        assert m.get('holder') is None
+        with store.hold('web', 'check'):      # the lease is free
+            pass
+        if step is engine.sync:
+            assert not m['syncs'][-1]['ok']
+            assert m['syncs'][-1]['bytes_read'] == 0
+            engine.sync(store, 'web', **_kw(root))
+    assert store.get('web')['cutover'] is None
+    engine.cutover(store, 'web', **_kw(root))
+    m = store.get('web')
+    assert m['status'] == 'done' and not m.get('error')
+    _check(m, facts)

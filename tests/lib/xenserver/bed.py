@@ -47,6 +47,34 @@ def prepare(directory, build=None):
     return root, facts, bin_dir, conf
 
 
+def guest_host(guest_path, vm='xen-guest'):
+    """A ``build`` for :func:`prepare`: a stand-in host whose running VM
+    ``vm`` has the raw disk at ``guest_path`` (a test guest of
+    tests/lib/guestbuild.py) on its one disk, only its non-zero MiBs
+    written."""
+    MiB = 1 << 20
+    with open(str(guest_path), 'rb') as f:
+        data = f.read()
+    writes = []
+    for off in range(0, len(data), MiB):
+        chunk = data[off:off + MiB]
+        if chunk.count(0) != len(chunk):
+            writes.append((off, chunk))
+
+    def build(root):
+        b = xhost.HostBuilder(root)
+        local = b.add_sr('Local storage', 'ext')
+        net = b.add_network('Pool-wide network associated with eth0',
+                            'xenbr0')
+        facts = {vm: b.add_vm(vm, disks=((len(data), 'system'),),
+                              sr=local, nics=(net,),
+                              disk_writes={0: writes})}
+        facts['models'] = b.models
+        b.save()
+        return b.root, facts
+    return build
+
+
 def start_sshd(sshd_factory, root, bin_dir):
     """A started sshd (``sshd_factory`` of tests/conftest.py) whose
     sessions find the stand-in's ``xe`` and host."""
