@@ -369,10 +369,13 @@ def summary(result, source_vm=None):
     if guest is not None:
         _apply_fixes(guest, fixed)
     props, reasons = properties.guest_properties(guest, source_vm)
-    return {'guest': report(guest) if guest else None,
-            'properties': props, 'reasons': reasons,
-            'warnings': warnings(guest, result),
-            'fixed': fixed, 'v2v': result.get('v2v')}
+    out = {'guest': report(guest) if guest else None,
+           'properties': props, 'reasons': reasons,
+           'warnings': warnings(guest, result),
+           'fixed': fixed}
+    if result.get('v2v'):
+        out['v2v'] = result['v2v']
+    return out
 
 
 def _apply_fixes(guest, fixed):
