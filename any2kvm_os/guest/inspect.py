@@ -285,6 +285,12 @@ def warnings(guest, result=None):
     handoff = (result or {}).get('v2v') or {}
     if handoff.get('skipped'):
         out.append(handoff['skipped'])
+    elif not handoff and v2v.needed(guest) == 'initramfs':
+        out.append('the initramfs of kernel %s lacks virtio_scsi and '
+                   'virtio_blk (modules on the disk): hw_disk_bus=%s; '
+                   '--fix rebuilds it with %s (virt-v2v and nbdkit)' % (
+                       kernel['version'], properties.disk_bus(guest)[0],
+                       v2v.PROGRAM))
     others = [g for g in (result or {}).get('guests') or ()
               if g is not guest and g.get('type')]
     if others:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import threading
 
 import pytest
 
@@ -73,13 +74,22 @@ def test_convert_fix_rebuilds_the_initramfs_with_virt_v2v(tools, tmp_path):
     raw.unlink()
     before = sha256(source)
     # Before: no virtio in the initramfs, no boot on virtio-scsi (the
-    # initramfs gives up after rootdelay=10 and the guest reboots).
-    line = guestbuild.boot(source, 'virtio-scsi', fmt='qcow2', timeout=300)
-    assert line is None, line
+    # initramfs gives up after rootdelay=10 and the guest reboots).  That
+    # boot reads the source (snapshot=on) while the conversion runs.
+    seen = {}
 
+    def boot_before():
+        seen['line'] = guestbuild.boot(source, 'virtio-scsi', fmt='qcow2',
+                                       timeout=300)
+
+    thread = threading.Thread(target=boot_before, daemon=True)
+    thread.start()
     out = tmp_path / 'debian-kvm.raw'
     res = run_any2kvm('convert', source, out, '--fix', '--format', 'json',
                       timeout=TIMEOUT)
+    thread.join(timeout=400)
+    assert not thread.is_alive()
+    assert 'line' in seen and seen['line'] is None, seen
     assert res.returncode == 0, describe(res)
     report = json.loads(res.stdout)
     assert report['v2v']['ran'] is True, report

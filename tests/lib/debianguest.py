@@ -36,7 +36,8 @@ guest reboots (QEMU exits, ``-no-reboot``) without a line.  GRUB's core
 image is in the MBR gap (as in guestbuild), its modules in
 ``/boot/grub/i386-pc``.
 
-The disk (1 GiB sparse raw, ~330 MiB allocated) is built once into the
+The disk (512 MiB sparse raw, ~300 MiB allocated; virt-v2v wants 100 MB
+free on ``/``) is built once into the
 test cache (``guestbuild.cache_dir()``) and copied (sparse) for each use.
 """
 
@@ -53,7 +54,7 @@ from tests.lib import guestbuild
 KIND = 'debian-novirtio'
 FSUUID = '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0301'
 TOKEN = 'any2kvm-debian-novirtio-1'
-SIZE_MB = 1024
+SIZE_MB = 512
 START = guestbuild.START_SECTOR
 MIRRORS = ('deb http://deb.debian.org/debian bookworm main',
            'deb http://deb.debian.org/debian bookworm-updates main',

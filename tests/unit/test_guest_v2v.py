@@ -277,6 +277,16 @@ def test_fix_without_the_tool_says_what_is_missing(tools, monkeypatch):
     assert not tools.log.exists()
 
 
+def test_inspection_without_fix_says_what_fix_would_do():
+    s = gi.summary({'guests': [guest('guest-novirtio')]})
+    assert any(w.startswith('the initramfs of kernel ') and w.endswith(
+        'lacks virtio_scsi and virtio_blk (modules on the disk): '
+        'hw_disk_bus=ide; --fix rebuilds it with virt-v2v-in-place '
+        '(virt-v2v and nbdkit)') for w in s['warnings']), s['warnings']
+    s = gi.summary({'guests': [guest('guest-virtio')]})
+    assert not [w for w in s['warnings'] if 'virt-v2v' in w]
+
+
 def test_fix_with_the_hand_off_turned_off(tools, monkeypatch):
     _probes(monkeypatch, _result(guest('guest-novirtio')), None)
     result = gi.fix_disks(gi.Settings(virt_v2v=False), ['/s/d.qcow2'],
