@@ -364,3 +364,26 @@ def test_a_successful_hand_off_is_committed(tools, monkeypatch, tmp_path):
 def test_the_options_are_registered():
     names = [o.name for o in gi.OPTIONS]
     assert 'virt_v2v' in names and 'virt_v2v_timeout' in names
+
+
+def test_a_failed_hand_off_on_volumes_reverts_them(tools, monkeypatch):
+    """The Cinder route: the snapshot taken before the fix covers the
+    hand-off too."""
+    from tests.unit.test_guest_fix_steps import FakeCinder
+    from tests.unit.test_guest_fix_steps import _attach
+    from any2kvm_os.targets import volume_fix
+    tools.script('echo "virt-v2v-in-place: error: no space left" >&2; '
+                 'exit 1')
+    _probes(monkeypatch, _result(guest('guest-novirtio')), None)
+    cinder = FakeCinder()
+    log = []
+    with pytest.raises(exception.GuestFixError) as e:
+        volume_fix.fix_volumes(cinder, [('v1', 'web')], _attach(log),
+                               poll=0)
+    assert str(e.value) == (
+        'web: guest fix: virt-v2v-in-place failed (exit 1): '
+        'virt-v2v-in-place: error: no space left; volume(s) v1 reverted to '
+        'the snapshot(s) taken before the fix')
+    assert [c[0] for c in cinder.calls] == ['snapshot', 'revert',
+                                            'delete-snapshot']
+    assert '-i disk -if qcow2 /dev/fake/v1' in tools.log.read_text()
