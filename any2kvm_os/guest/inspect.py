@@ -200,7 +200,8 @@ def inspect_files(paths, settings=None, fix=False, scratch_dir=None):
             _qemu_img('create', '-q', '-f', 'qcow2', '-b',
                       os.path.abspath(path), '-F', 'raw', overlay)
             overlays.append(overlay)
-        result = fix_disks(settings, overlays, fmt='qcow2', name=paths[0])
+        result = fix_disks(settings, overlays, fmt='qcow2', name=paths[0],
+                           scratch_dir=scratch_dir)
         if any(f.get('files') or f.get('registry')
                for f in result.get('fixed') or ()) or \
                 (result.get('v2v') or {}).get('ran'):
@@ -211,14 +212,15 @@ def inspect_files(paths, settings=None, fix=False, scratch_dir=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def fix_disks(settings, disks, fmt, name):
+def fix_disks(settings, disks, fmt, name, scratch_dir=None):
     """The probe's fixes on ``disks`` (the copy being fixed: overlays or
     attached volumes), then, where the guest's boot lacks the virtio
     storage drivers, the hand-off to virt-v2v-in-place
     (:mod:`any2kvm_os.guest.v2v`) and a second inspection: the result
     says what the guest holds after both.  ``result['v2v']`` records the
     hand-off: {'needed', 'ran', 'seconds', 'command'} or {'needed',
-    'skipped': the one line saying why}."""
+    'skipped': the one line saying why}.  virt-v2v's temporary files go
+    under ``scratch_dir`` (else the system's temporary directory)."""
     result = run_probe(settings, disks, fmt=fmt, fix=True, name=name)
     guest = choose(result)
     kind = v2v.needed(guest)
@@ -231,7 +233,8 @@ def fix_disks(settings, disks, fmt, name):
             kind, lacks, bus, disabled=not getattr(settings, 'virt_v2v',
                                                    True))}
         return result
-    done = v2v.run(settings, disks, fmt, name, root=guest.get('root'))
+    done = v2v.run(settings, disks, fmt, name, root=guest.get('root'),
+                   scratch_dir=scratch_dir)
     again = run_probe(settings, disks, fmt=fmt, name=name)
     again['fixed'] = result.get('fixed') or []
     done['needed'] = kind

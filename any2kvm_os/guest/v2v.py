@@ -200,15 +200,18 @@ def last_line(text):
     return found[-1][1] if found else 'no output'
 
 
-def run(settings, disks, fmt, name, root=None):
+def run(settings, disks, fmt, name, root=None, scratch_dir=None):
     """Run virt-v2v-in-place on ``disks`` (the copy being fixed), bounded
     by ``settings.v2v_timeout``; its output goes to the log.  Returns
     {'ran': True, 'seconds', 'command'};
     :class:`~any2kvm_os.exception.GuestFixError` (one line: the disk and
-    what virt-v2v said) on failure."""
+    what virt-v2v said) on failure.  Its temporary files
+    (``VIRT_V2V_TMPDIR``; it wants 1 GB free there) go under
+    ``scratch_dir``."""
     import time
     timeout = getattr(settings, 'v2v_timeout', 1800)
-    with tempfile.TemporaryDirectory(prefix='any2kvm-v2v-') as tmp:
+    with tempfile.TemporaryDirectory(prefix='any2kvm-v2v-',
+                                     dir=scratch_dir) as tmp:
         cmd = command(disks, fmt, root)
         if len(disks) > 1:
             xml = os.path.join(tmp, 'domain.xml')
