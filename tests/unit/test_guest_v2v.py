@@ -16,10 +16,12 @@ program on PATH (the real one runs in
 tests/integration/test_guest_v2v.py, on a Linux guest; there is no Windows
 image here, so the Windows hand-off is tested only here)."""
 
+import contextlib
 import copy
 import hashlib
 import json
 import shutil
+import types
 from pathlib import Path
 
 import defusedxml.ElementTree as ET
@@ -366,20 +368,55 @@ def test_the_options_are_registered():
     assert 'virt_v2v' in names and 'virt_v2v_timeout' in names
 
 
+class _Cinder(object):
+    """Snapshots, revert and delete as Cinder answers them; a call log."""
+
+    def __init__(self):
+        self.calls = []
+        calls = self.calls
+        ns = types.SimpleNamespace
+
+        class Snapshots(object):
+            def create(self, vol_id, force=False, name=None,
+                       description=None):
+                calls.append(('snapshot', vol_id))
+                return ns(id='snap-1', status='creating')
+
+            def get(self, sid):
+                if ('delete-snapshot', sid) in calls:
+                    raise KeyError(sid)
+                return ns(id=sid, status='available')
+
+            def delete(self, sid):
+                calls.append(('delete-snapshot', sid))
+
+        class Volumes(object):
+            def get(self, vol_id):
+                return ns(id=vol_id, status='available')
+
+            def revert_to_snapshot(self, volume, snap):
+                calls.append(('revert', volume.id, snap.id))
+
+        self.volume_snapshots = Snapshots()
+        self.volumes = Volumes()
+
+
 def test_a_failed_hand_off_on_volumes_reverts_them(tools, monkeypatch):
     """The Cinder route: the snapshot taken before the fix covers the
     hand-off too."""
-    from tests.unit.test_guest_fix_steps import FakeCinder
-    from tests.unit.test_guest_fix_steps import _attach
     from any2kvm_os.targets import volume_fix
     tools.script('echo "virt-v2v-in-place: error: no space left" >&2; '
                  'exit 1')
     _probes(monkeypatch, _result(guest('guest-novirtio')), None)
-    cinder = FakeCinder()
-    log = []
+    cinder = _Cinder()
+
+    @contextlib.contextmanager
+    def attach(vol_id, name, info):
+        info['format'] = 'qcow2'
+        yield '/dev/fake/%s' % vol_id
+
     with pytest.raises(exception.GuestFixError) as e:
-        volume_fix.fix_volumes(cinder, [('v1', 'web')], _attach(log),
-                               poll=0)
+        volume_fix.fix_volumes(cinder, [('v1', 'web')], attach, poll=0)
     assert str(e.value) == (
         'web: guest fix: virt-v2v-in-place failed (exit 1): '
         'virt-v2v-in-place: error: no space left; volume(s) v1 reverted to '
