@@ -286,7 +286,9 @@ def warnings(guest, result=None):
                    'usable without PAE) and, for Windows, the 32-bit (x86) '
                    'virtio-win drivers' % arch)
     handoff = (result or {}).get('v2v') or {}
-    if handoff.get('skipped'):
+    if handoff.get('skipped') and handoff.get('needed') == 'initramfs':
+        # (Windows: the warning of windows_warnings says it; the JSON
+        # output's v2v says why the hand-off did not run.)
         out.append(handoff['skipped'])
     elif not handoff and v2v.needed(guest) == 'initramfs':
         out.append('the initramfs of kernel %s lacks virtio_scsi and '
