@@ -380,8 +380,9 @@ def inspect_vm(vm, limits, disk=None):
     if any(d.chain is None for _i, d in chosen):
         raise exception.InspectionError(
             path=vm.path, reason='its disks are read in one pass (a '
-            'compressed archive or a download): convert it first, then '
-            'import or inspect the raw files')
+            'compressed archive or a download) and are not copied for '
+            'inspection: "any2kvm convert" inspects the raw disks it '
+            'writes, and "import --fix" the copy it fixes')
     with scratch.Scratch.for_limits(limits,
                                     prefix='any2kvm-inspect-') as space:
         paths = _scratch_copies(space, chosen, 'inspection')

@@ -107,7 +107,9 @@ def add_inspect_arguments(parser, fix=False):
                                 'on KVM, in the converted copy only: '
                                 'xvd/hd names in fstab, crypttab and the '
                                 'bootloader become UUID=, Xen consoles are '
-                                'dropped; all or nothing')
+                                'dropped; a boot without virtio drivers is '
+                                'handed to virt-v2v-in-place when installed '
+                                '([any2kvm] virt_v2v); all or nothing')
     return group
 
 
@@ -231,8 +233,10 @@ def add_migration_inspect_arguments(parser, action):
                                 'booting on KVM, on the targets: xvd/hd '
                                 'names become UUID=, Xen consoles are '
                                 'dropped, Citrix PV drivers are removed '
-                                'from a Windows SYSTEM hive; all or nothing '
-                                '(a Cinder volume is reverted to a snapshot '
-                                'taken first)')
+                                'from a Windows SYSTEM hive, a boot without '
+                                'virtio drivers is handed to '
+                                'virt-v2v-in-place when installed; all or '
+                                'nothing (a Cinder volume is reverted to a '
+                                'snapshot taken first)')
         add_fix_snapshot_argument(group)
     return group

@@ -40,6 +40,7 @@ import tempfile
 from oslo_config import cfg
 
 from any2kvm_os import exception
+from any2kvm_os.guest import v2v
 from any2kvm_os import properties
 
 LOG = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ OPTIONS = [
     cfg.IntOpt('inspect_timeout', default=900, min=10,
                help='Seconds one guest inspection (one appliance launch) '
                     'may take.'),
-]
+] + v2v.OPTIONS
 
 INSTALL_HINT = ('install libguestfs-tools and python3-guestfs (bindep '
                 'profile "inspect"), or give --no-inspect')
@@ -74,11 +75,14 @@ class Settings(object):
     """How the probe is run."""
 
     def __init__(self, python='/usr/bin/python3', backend='direct',
-                 backend_settings='force_tcg', timeout=900):
+                 backend_settings='force_tcg', timeout=900,
+                 virt_v2v=True, v2v_timeout=1800):
         self.python = python
         self.backend = backend
         self.backend_settings = backend_settings
         self.timeout = timeout
+        self.virt_v2v = virt_v2v
+        self.v2v_timeout = v2v_timeout
 
     @classmethod
     def from_conf(cls, conf, group='any2kvm'):
@@ -86,7 +90,8 @@ class Settings(object):
             return cls()
         g = conf[group]
         return cls(g.guestfs_python, g.guestfs_backend,
-                   g.guestfs_backend_settings, g.inspect_timeout)
+                   g.guestfs_backend_settings, g.inspect_timeout,
+                   g.virt_v2v, g.virt_v2v_timeout)
 
 
 def enabled(flag):
@@ -198,10 +203,11 @@ def inspect_files(paths, settings=None, fix=False, scratch_dir=None):
             _qemu_img('create', '-q', '-f', 'qcow2', '-b',
                       os.path.abspath(path), '-F', 'raw', overlay)
             overlays.append(overlay)
-        result = run_probe(settings, overlays, fmt='qcow2', fix=True,
-                           name=paths[0])
+        result = fix_disks(settings, overlays, fmt='qcow2', name=paths[0],
+                           scratch_dir=scratch_dir)
         if any(f.get('files') or f.get('registry')
-               for f in result.get('fixed') or ()):
+               for f in result.get('fixed') or ()) or \
+                (result.get('v2v') or {}).get('ran'):
             try:
                 commit_all(paths, overlays, tmp)
             except UndoFailed:
@@ -340,6 +346,37 @@ def restore_journal(tmp):
                          [tuple(r) for r in plan['ranges']], True)
 
 
+def fix_disks(settings, disks, fmt, name, scratch_dir=None):
+    """The probe's fixes on ``disks`` (the copy being fixed: overlays or
+    attached volumes), then, where the guest's boot lacks the virtio
+    storage drivers, the hand-off to virt-v2v-in-place
+    (:mod:`any2kvm_os.guest.v2v`) and a second inspection: the result
+    says what the guest holds after both.  ``result['v2v']`` records the
+    hand-off: {'needed', 'ran', 'seconds', 'command'} or {'needed',
+    'skipped': the one line saying why}.  virt-v2v's temporary files go
+    under ``scratch_dir`` (else the system's temporary directory)."""
+    result = run_probe(settings, disks, fmt=fmt, fix=True, name=name)
+    guest = choose(result)
+    kind = v2v.needed(guest)
+    if kind is None:
+        return result
+    bus = properties.disk_bus(guest)[0]
+    lacks = v2v.missing(kind)
+    if not getattr(settings, 'virt_v2v', True) or lacks:
+        result['v2v'] = {'needed': kind, 'skipped': v2v.skipped_message(
+            kind, lacks, bus, disabled=not getattr(settings, 'virt_v2v',
+                                                   True))}
+        return result
+    done = v2v.run(settings, disks, fmt, name, root=guest.get('root'),
+                   scratch_dir=scratch_dir)
+    again = run_probe(settings, disks, fmt=fmt, name=name)
+    again['fixed'] = result.get('fixed') or []
+    done['needed'] = kind
+    done['bus_before'] = bus
+    again['v2v'] = done
+    return again
+
+
 def choose(result):
     """The guest of a VM: the one whose root is on the lowest disk."""
     guests = [g for g in result.get('guests') or () if g.get('type')]
@@ -382,6 +419,17 @@ def warnings(guest, result=None):
                    'it a flavor of at most 4 GiB of RAM (more is not '
                    'usable without PAE) and, for Windows, the 32-bit (x86) '
                    'virtio-win drivers' % arch)
+    handoff = (result or {}).get('v2v') or {}
+    if handoff.get('skipped') and handoff.get('needed') == 'initramfs':
+        # (Windows: the warning of windows_warnings says it; the JSON
+        # output's v2v says why the hand-off did not run.)
+        out.append(handoff['skipped'])
+    elif not handoff and v2v.needed(guest) == 'initramfs':
+        out.append('the initramfs of kernel %s lacks virtio_scsi and '
+                   'virtio_blk (modules on the disk): hw_disk_bus=%s; '
+                   '--fix rebuilds it with %s (virt-v2v and nbdkit)' % (
+                       kernel['version'], properties.disk_bus(guest)[0],
+                       v2v.PROGRAM))
     others = [g for g in (result or {}).get('guests') or ()
               if g is not guest and g.get('type')]
     if others:
@@ -466,10 +514,13 @@ def summary(result, source_vm=None):
     if guest is not None:
         _apply_fixes(guest, fixed)
     props, reasons = properties.guest_properties(guest, source_vm)
-    return {'guest': report(guest) if guest else None,
-            'properties': props, 'reasons': reasons,
-            'warnings': warnings(guest, result),
-            'fixed': fixed}
+    out = {'guest': report(guest) if guest else None,
+           'properties': props, 'reasons': reasons,
+           'warnings': warnings(guest, result),
+           'fixed': fixed}
+    if result.get('v2v'):
+        out['v2v'] = result['v2v']
+    return out
 
 
 def _apply_fixes(guest, fixed):
@@ -591,6 +642,14 @@ def text_lines(inspection):
             lines.append('fixed:        %s: %s' % (f['path'], ', '.join(
                 '%s -> %s' % (c['from'], c['to'] or '(dropped)')
                 for c in f['changes'])))
+    handoff = inspection.get('v2v') or {}
+    if handoff.get('ran'):
+        lines.append('fixed:        %s (virt-v2v-in-place, %.0f s; the '
+                     'bus was %s before)' % (
+                         'initramfs rebuilt with virtio' if handoff.get(
+                             'needed') == 'initramfs' else
+                         'virtio drivers injected', handoff.get('seconds')
+                         or 0, handoff.get('bus_before')))
     for key, value in sorted(inspection.get('properties', {}).items()):
         why = inspection.get('reasons', {}).get(key)
         lines.append('property:     %s=%s%s' % (key, value, ' (%s)' % why

@@ -162,9 +162,8 @@ def fix_volumes(cinder, volumes, attach, settings=None, keep=False,
                 raise exception.GuestFixError(
                     path=name, reason='the volumes are kept in different '
                     'formats (%s)' % ', '.join(sorted(formats)))
-            result = guest_inspect.run_probe(settings, paths,
-                                             fmt=formats.pop(), fix=True,
-                                             name=name)
+            result = guest_inspect.fix_disks(settings, paths,
+                                             formats.pop(), name)
     except BaseException as e:
         e = _error(e)
         reverted = []
