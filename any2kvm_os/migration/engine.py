@@ -421,6 +421,8 @@ class _Run(object):
         self.times = {}
         self.details = {}
         self.result = self.snap = None
+        #: Whether this command marked the migration ``status``.
+        self.marked = False
         self.removed = 0
         self.phases = {}
         self._targets = contextlib.ExitStack()
@@ -434,6 +436,7 @@ class _Run(object):
         migration marked ``status`` and the host connected."""
         self.dest.check()
         self.store.set_status(self.name, self.status)
+        self.marked = True
         self.started = time.time()
         self.host = _connect(self.m['location'], self.limits, self.args,
                              self._connect)
@@ -607,16 +610,21 @@ class _Run(object):
     def failed(self, e):
         """The flow failed with ``e`` (raised again by the caller): the
         targets closed, the server plan undone, the migration marked
-        failed (and a failed sync recorded) unless it never got as far as
-        the host."""
+        failed (and a failed sync recorded) unless it was never marked
+        busy (the cloud refused first).  A host that cannot be reached
+        leaves it failed with that reason, not 'syncing' or
+        'cutting-over': nothing was done on the host, and the next
+        command goes on from the last one that worked."""
         try:
             self.close_targets(sys.exc_info())
         except Exception as e2:
             LOG.warning('could not close the targets: %s', _one_line(e2))
         self.discard_server()
-        if self.host is None:
-            return
         msg = _one_line(e)
+        if self.host is None:
+            if self.marked:
+                self.store.set_status(self.name, 'failed', error=msg)
+            return
         if self.status == 'syncing':
             self.store.sync_recorded(
                 self.name, self.started, time.time(), self.figures.layers,

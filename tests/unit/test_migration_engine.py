@@ -195,3 +195,34 @@ def test_plan():
     assert engine._plan(a, [('a', '9'), ('c', '3')]) == ('rewrite', 0)
     assert engine._plan(a, [('a', '1')]) == ('rewrite', 1)
     assert isinstance(state_api.Busy('x', {}), Exception)
+
+
+def test_connect_failure_is_not_left_busy(bed):
+    """A host that cannot be reached during sync or cutover leaves the
+    migration failed (with the reason), not 'syncing'/'cutting-over';
+    the lease is released and a later sync works."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+
+    def unreachable(location, limits, args):
+        raise exception.SshError(host='standin', reason='cannot connect '
+                                 'to standin port 22: refused')
+
+    with pytest.raises(exception.SshError):
+        engine.sync(store, 'web', connect=unreachable)
+    m = store.get('web')
+    assert m['status'] == 'failed'
+    assert 'cannot connect' in m['error'] and '\n' not in m['error']
+    assert not m['snapshots']
+    engine.sync(store, 'web', **_kw(root))
+    assert store.get('web')['status'] == 'synced'
+    with pytest.raises(exception.SshError):
+        engine.cutover(store, 'web', connect=unreachable)
+    m = store.get('web')
+    assert m['status'] == 'failed' and 'cannot connect' in m['error']
+    assert _power(root, facts['two-disks']) == 'running'
+    engine.sync(store, 'web', **_kw(root))
+    engine.cutover(store, 'web', **_kw(root))
+    m = store.get('web')
+    assert m['status'] == 'done'
+    _check(m, facts)
