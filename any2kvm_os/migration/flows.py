@@ -39,11 +39,11 @@ import logging
 import os
 import socket
 import time
-import warnings
 
-with warnings.catch_warnings():
-    # TaskFlow imports eventlet when it is there, which warns on import.
-    warnings.simplefilter('ignore')
+from any2kvm_os import migration
+
+with migration.taskflow_import():
+    # Without eventlet (the serial engine needs none), no warnings.
     from taskflow import engines as tf_engines
     from taskflow import exceptions as tf_exc
     from taskflow.patterns import linear_flow
