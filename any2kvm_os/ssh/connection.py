@@ -57,8 +57,19 @@ _FILTERED_LOGGERS = (WIRE_LOGGER, WIRE_LOGGER + '.sftp', 'paramiko',
 _BUFFER = 64 << 10
 
 #: Ciphers tried first: AES-GCM needs no separate MAC and is the
-#: cheapest for paramiko (the client's CPU bounds a fast link).
+#: cheapest for paramiko (the client's CPU bounds a fast link): with
+#: AES-NI, 512 MiB over loopback took 5.1-6.4 s with aes128-gcm against
+#: 6.5-14.3 s with aes128-ctr and its HMAC, the same runs.
 PREFERRED_CIPHERS = ('aes128-gcm@openssh.com', 'aes256-gcm@openssh.com')
+#: The only ciphers offered: OpenSSH's default set (9.x) but for
+#: chacha20-poly1305, which paramiko lacks; never CBC or 3DES, which
+#: paramiko would offer too.
+CIPHERS = PREFERRED_CIPHERS + ('aes128-ctr', 'aes192-ctr', 'aes256-ctr')
+#: The only MACs offered (GCM needs none): OpenSSH's default set but for
+#: the UMACs paramiko lacks, encrypt-then-MAC first; never MD5 or the
+#: truncated ones.
+MACS = ('hmac-sha2-256-etm@openssh.com', 'hmac-sha2-512-etm@openssh.com',
+        'hmac-sha2-256', 'hmac-sha2-512', 'hmac-sha1')
 
 #: Most bytes of one SSH packet the host may send on the SFTP channel
 #: (paramiko's default, 32 KiB, costs one Python round per 32 KiB).
@@ -94,13 +105,17 @@ def quote_argv(argv):
 
 
 def _prefer_ciphers(transport):
-    """Put :data:`PREFERRED_CIPHERS` first among the ciphers offered
-    (host key verification is not touched)."""
+    """Offer only :data:`CIPHERS` (:data:`PREFERRED_CIPHERS` first) and
+    :data:`MACS`, those paramiko has (host key verification is not
+    touched)."""
     security = transport.get_security_options()
     offered = list(security.ciphers)
-    first = [c for c in PREFERRED_CIPHERS if c in offered]
-    if first:
-        security.ciphers = first + [c for c in offered if c not in first]
+    ciphers = [c for c in CIPHERS if c in offered]
+    if ciphers:
+        security.ciphers = ciphers
+    macs = [m for m in MACS if m in security.digests]
+    if macs:
+        security.digests = macs
 
 
 def _short(text, limit=300):

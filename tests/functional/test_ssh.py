@@ -551,6 +551,9 @@ def test_striped_read_over_two_connections(sshd, tmp_path):
     with conn_mod.Connection(host(sshd), striped(), environ={}) as c:
         f = c.open_file(str(path))
         assert len(f._streams) == 2 and f._streams[1][0] is not c
+        # AES-GCM agreed with OpenSSH, on both connections.
+        for conn, _key in f._streams:
+            assert conn._transport.remote_cipher == 'aes128-gcm@openssh.com'
         f.will_read([(0, len(data))])
         got = b''.join(f.pread(1 << 20, off)
                        for off in range(0, len(data), 1 << 20))

@@ -227,3 +227,19 @@ def test_second_stream_logs_in_with_the_first_ones_password():
     second.count(10)
     assert first.bytes_read == 10 and second.bytes_read == 0
     first.close()
+
+
+def test_offers_no_cipher_or_mac_weaker_than_openssh_does():
+    import socket
+    sock = socket.socket()
+    try:
+        t = paramiko.Transport(sock)
+        connection._prefer_ciphers(t)
+        s = t.get_security_options()
+        assert s.ciphers[0] == 'aes128-gcm@openssh.com'
+        assert not [c for c in s.ciphers if 'cbc' in c or 'des' in c]
+        assert set(s.ciphers) <= set(connection.CIPHERS)
+        assert not [m for m in s.digests if 'md5' in m or m.endswith('-96')]
+        assert set(s.digests) <= set(connection.MACS)
+    finally:
+        sock.close()
