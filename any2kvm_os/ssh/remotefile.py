@@ -70,10 +70,18 @@ class RemoteFile(object):
         self._streams = [(connection, self._key)]
         st = connection.settings
         self._stripe = st.stripe
-        if self.size >= st.stripe_min and st.sftp_streams > 1:
-            self._open_streams(path, size)
+        #: The other streams are opened when a read plan or a read of
+        #: more than a stripe comes, not for the few reads of the file's
+        #: tables (a cutover opens a disk's base and reads only the leaf:
+        #: no connection is opened for it during the downtime).
+        self._pending = (path, size) if (
+            self.size >= st.stripe_min and st.sftp_streams > 1) else None
 
-    def _open_streams(self, path, size):
+    def _open_streams(self):
+        if self._pending is None:
+            return
+        path, size = self._pending
+        self._pending = None
         connection = self.connection
         for sibling in connection.streams()[1:]:
             key = object()
@@ -140,6 +148,8 @@ class RemoteFile(object):
         if offset >= self.size or length == 0:
             return b''
         end = min(offset + length, self.size)
+        if end - offset > self._stripe:
+            self._open_streams()
         parts = []
         for index, a, b in self._split(offset, end):
             self._read(index, a, b, parts)
@@ -166,6 +176,7 @@ class RemoteFile(object):
         ahead, within ``ssh_sftp_max_requests``.  A hint: reads elsewhere
         are served all the same."""
         if not self._closed:
+            self._open_streams()
             for (conn, key), spans in zip(self._streams,
                                           self._per_stream(ranges)):
                 if spans:

@@ -550,6 +550,10 @@ def test_striped_read_over_two_connections(sshd, tmp_path):
     path.write_bytes(data)
     with conn_mod.Connection(host(sshd), striped(), environ={}) as c:
         f = c.open_file(str(path))
+        # Reading its tables opens no other connection; a plan does.
+        assert f.pread(4096, 0) == data[:4096]
+        assert len(f._streams) == 1 and not c._siblings
+        f.will_read([(0, len(data))])
         assert len(f._streams) == 2 and f._streams[1][0] is not c
         # AES-GCM agreed with OpenSSH, on both connections.
         for conn, _key in f._streams:
@@ -601,8 +605,8 @@ def test_one_stream_cut_is_reconnected(sshd, tmp_path):
     path.write_bytes(data)
     with conn_mod.Connection(host(sshd), striped(), environ={}) as c:
         f = c.open_file(str(path))
-        sibling, fired = _cut_second_stream(c, f, 1 << 20)
         f.will_read([(0, len(data))])
+        sibling, fired = _cut_second_stream(c, f, 1 << 20)
         assert f.pread(len(data), 0) == data
         assert fired == [1]
         assert sibling.generation == 2 and c.generation == 1
@@ -617,6 +621,7 @@ def test_one_stream_that_gives_up_fails_the_read_in_one_line(sshd,
     with conn_mod.Connection(host(sshd), striped(retries=2),
                              environ={}) as c:
         f = c.open_file(str(path))
+        f.will_read([(0, len(data))])
         sibling, fired = _cut_second_stream(c, f, 1 << 20)
 
         def refused():
@@ -645,6 +650,7 @@ def test_stream_that_cannot_connect_is_left_out(sshd, tmp_path, caplog,
     with conn_mod.Connection(host(sshd), striped(), environ={}) as c:
         with caplog.at_level(logging.WARNING):
             f = c.open_file(str(path))
+            assert f.pread(len(data), 0) == data
         assert len(f._streams) == 1
         assert 'instead of 2' in caplog.text and 'MaxStartups' in \
             caplog.text
@@ -652,5 +658,6 @@ def test_stream_that_cannot_connect_is_left_out(sshd, tmp_path, caplog,
         f.close()
         # Not tried again for the next file.
         g = c.open_file(str(path))
+        g.will_read([(0, len(data))])
         assert len(g._streams) == 1
         g.close()
