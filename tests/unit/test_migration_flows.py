@@ -265,6 +265,14 @@ def test_taskflow_is_imported_without_eventlet():
             import eventlet  # noqa
         from any2kvm_os.migration import flows  # noqa
         from any2kvm_os.migration.state import flowdb  # noqa
+        from taskflow.patterns import linear_flow
+        from taskflow import task
+        class T(task.Task):
+            def execute(self):
+                return 1
+        # Running a flow on the serial engine imports nothing more.
+        flows.tf_engines.run(linear_flow.Flow('f').add(T('t')),
+                             engine='serial')
         print('eventlet' in sys.modules)
         import eventlet  # noqa
         print(sys.modules['eventlet'] is not None)
