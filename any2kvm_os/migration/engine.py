@@ -184,9 +184,49 @@ def _connect(location, limits, args, connect):
     return connect(location, limits, args)
 
 
-def _discover(host, vm):
-    return discovery.discover(lambda argv: host.run(argv), vm,
-                              host=host.label, mount_base=host.mount_base)
+def _discover(host, vm, vdis=()):
+    """:func:`discovery.discover` of ``vm``.  When ``vm`` is a uuid
+    (sync and cutover: the migration knows it, and ``vdis``, the uuids of
+    the disks it records), the queries whose words are known before any
+    answer (the VM, its VIFs and VBDs, those VDIs) go to the host in one
+    round trip (:func:`prefetching`); the rest (a VDI not recorded, the
+    SRs) one by one, as before."""
+    run = lambda argv: host.run(argv)  # noqa: E731
+    if location_mod.is_uuid(vm):
+        vm = vm.lower()
+        run = prefetching(host, [
+            xe.list_command('vm', [('uuid', vm)], discovery.VM_FIELDS),
+            xe.list_command('vif', [('vm-uuid', vm)],
+                            discovery.VIF_FIELDS),
+            xe.list_command('vbd', [('vm-uuid', vm)],
+                            discovery.VBD_FIELDS)] + [
+            xe.list_command('vdi', [('uuid', v.lower())],
+                            discovery.VDI_FIELDS) for v in vdis])
+    return discovery.discover(run, vm, host=host.label,
+                              mount_base=host.mount_base)
+
+
+def prefetching(host, commands):
+    """A runner (``run(argv) -> stdout``) that answers ``commands``
+    (queries) from one batch run now (:func:`run_batch`), each answer
+    once, and runs anything else on the host.  A batch that fails
+    answers nothing: every query then runs alone and fails (or not) on
+    its own, with its own message."""
+    cache = {}
+    try:
+        outs = run_batch(host, commands)
+    except exception.Any2KvmError as e:
+        LOG.debug('batched queries failed (%s): one by one', _one_line(e))
+    else:
+        for argv, out in zip(commands, outs):
+            cache.setdefault(tuple(argv), []).append(out)
+
+    def run(argv):
+        answers = cache.get(tuple(argv))
+        if answers:
+            return answers.pop(0)
+        return host.run(argv)
+    return run
 
 
 # -- create -------------------------------------------------------------------
@@ -464,7 +504,8 @@ class _Run(object):
         return {'snapshot': self.snap}
 
     def discover(self):
-        self.found = _discover(self.host, self.vm_uuid)
+        self.found = _discover(self.host, self.vm_uuid,
+                               [d['source_id'] for d in self.m['disks']])
         self.infos = _match(self.name, self.m, self.found)
         return {'power_state': self.found.power_state,
                 'disks': len(self.infos)}

@@ -23,10 +23,23 @@ stays full.  After a lost connection the file is opened again on the new
 one and the read goes on where it was; a file whose size changed
 meanwhile is refused.
 
+A file of ``stripe_min`` (64 MiB) or more is read over the connection's
+:meth:`~.connection.Connection.streams` (``ssh_sftp_streams``): stripe
+``k`` of ``stripe`` bytes (4 MiB) over stream ``k mod n``, each with its
+own pipeline, read-ahead plan and reconnections.  The reads stay in the
+caller's thread; what runs beside it is each connection's paramiko
+thread, which receives and decrypts (OpenSSL releases the GIL) the
+stripes asked for ahead while the caller takes another stream's.  A
+stream that cannot connect or open the file is left out, with a warning;
+one that drops later is reconnected like the first, and when it gives up
+its error (one line) fails the read.
+
 It opens the one path its caller names, and never a path it read.
 """
 
 import logging
+
+from any2kvm_os import exception
 
 LOG = logging.getLogger(__name__)
 
@@ -53,12 +66,74 @@ class RemoteFile(object):
         self.size = self.connection.retrying(
             'opening %s' % self.name,
             lambda: pipeline.open(self._key, path, size))
+        #: (connection, key) of each stream; stripe k is stream k mod n.
+        self._streams = [(connection, self._key)]
+        st = connection.settings
+        self._stripe = st.stripe
+        #: The other streams are opened when a read plan or a read of
+        #: more than a stripe comes, not for the few reads of the file's
+        #: tables (a cutover opens a disk's base and reads only the leaf:
+        #: no connection is opened for it during the downtime).
+        self._pending = (path, size) if (
+            self.size >= st.stripe_min and st.sftp_streams > 1) else None
+
+    def _open_streams(self):
+        if self._pending is None:
+            return
+        path, size = self._pending
+        self._pending = None
+        connection = self.connection
+        for sibling in connection.streams()[1:]:
+            key = object()
+            pipeline = sibling.pipeline
+            try:
+                got = sibling.retrying(
+                    'opening %s' % self.name,
+                    lambda: pipeline.open(key, path, size))
+            except exception.SshError as e:
+                connection.drop_stream(sibling, e)
+                continue
+            if got != self.size:
+                pipeline.close(key)
+                raise exception.SshError(
+                    host=connection.label, reason='%s: size changed from '
+                    '%d to %d bytes while it was opened' % (
+                        path, self.size, got))
+            self._streams.append((sibling, key))
+        if len(self._streams) > 1:
+            LOG.debug('%s: reading over %d connections', self.name,
+                      len(self._streams))
+
+    def _split(self, offset, end):
+        """(stream index, start, stop) of ``[offset, end)``, cut at
+        stripe boundaries."""
+        n = len(self._streams)
+        if n == 1:
+            if offset < end:
+                yield 0, offset, end
+            return
+        stripe = self._stripe
+        pos = offset
+        while pos < end:
+            k = pos // stripe
+            stop = min(end, (k + 1) * stripe)
+            yield k % n, pos, stop
+            pos = stop
+
+    def _read(self, index, offset, end, out):
+        conn, key = self._streams[index]
+        pipeline = conn.pipeline
+        parts = []
+        conn.retrying('reading %s at offset %d' % (self.name, offset),
+                      lambda: pipeline.read(key, offset, end, parts))
+        out.extend(parts)
 
     @property
     def bytes_read(self):
         if self._bytes_at_close is not None:
             return self._bytes_at_close
-        return self.connection.pipeline.bytes_read(self._key)
+        return sum(conn.pipeline.bytes_read(key)
+                   for conn, key in self._streams)
 
     def _check(self, offset, length):
         if offset < 0 or length < 0:
@@ -73,11 +148,11 @@ class RemoteFile(object):
         if offset >= self.size or length == 0:
             return b''
         end = min(offset + length, self.size)
+        if end - offset > self._stripe:
+            self._open_streams()
         parts = []
-        pipeline = self.connection.pipeline
-        self.connection.retrying(
-            'reading %s at offset %d' % (self.name, offset),
-            lambda: pipeline.read(self._key, offset, end, parts))
+        for index, a, b in self._split(offset, end):
+            self._read(index, a, b, parts)
         return b''.join(parts)
 
     def preadv(self, ranges):
@@ -86,10 +161,13 @@ class RemoteFile(object):
         ranges = list(ranges)
         for offset, length in ranges:
             self._check(offset, length)
-        pipeline = self.connection.pipeline
-        self.connection.retrying(
-            'reading %s' % self.name,
-            lambda: pipeline.prefetch(self._key, ranges))
+        for (conn, key), spans in zip(self._streams,
+                                      self._per_stream(ranges)):
+            if spans:
+                pipeline = conn.pipeline
+                conn.retrying(
+                    'reading %s' % self.name,
+                    lambda: pipeline.prefetch(key, spans))
         return [self.pread(length, offset) for offset, length in ranges]
 
     def will_read(self, ranges):
@@ -98,7 +176,22 @@ class RemoteFile(object):
         ahead, within ``ssh_sftp_max_requests``.  A hint: reads elsewhere
         are served all the same."""
         if not self._closed:
-            self.connection.pipeline.plan(self._key, ranges)
+            self._open_streams()
+            for (conn, key), spans in zip(self._streams,
+                                          self._per_stream(ranges)):
+                if spans:
+                    conn.pipeline.plan(key, spans)
+
+    def _per_stream(self, ranges):
+        """``ranges`` [(offset, length)] cut in stripes, one list per
+        stream, in order."""
+        if len(self._streams) == 1:
+            return [list(ranges)]
+        out = [[] for _ in self._streams]
+        for offset, length in ranges:
+            for index, a, b in self._split(offset, offset + length):
+                out[index].append((a, b - a))
+        return out
 
     def data_runs(self, offset, length):
         """Yield (start, end, is_data) covering ``[offset, offset+length)``:
@@ -111,7 +204,8 @@ class RemoteFile(object):
         if not self._closed:
             self._bytes_at_close = self.bytes_read
             self._closed = True
-            self.connection.pipeline.close(self._key)
+            for conn, key in self._streams:
+                conn.pipeline.close(key)
 
     def __enter__(self):
         return self

@@ -450,6 +450,8 @@ def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
             common=common)
     m = _state(common)
     assert m['status'] == 'done'
+
+
 def test_sshd_down_at_sync_and_cutover_marks_the_migration_failed(
         sshd_factory, tmp_path):
     """The host's sshd is stopped: ``sync`` and ``cutover`` fail with one

@@ -576,3 +576,135 @@ def test_login_with_a_key_from_ssh_agent(sshd, agent):
                  environ={'SSH_AUTH_SOCK': agent}) as c:
         r = c.run(['id', '-un'])
     assert (r.status, r.stdout) == (0, sshd.user.encode() + b'\n')
+
+
+# -- large files over several connections -------------------------------------
+
+def striped(**kwargs):
+    """Settings that read files of 1 MiB or more over two connections in
+    stripes of 256 KiB."""
+    args = dict(connect_timeout=10, io_timeout=10, retry_delay=0.05,
+                max_retry_delay=0.2, retries=3, sftp_max_requests=8,
+                sftp_streams=2, stripe_min=1 << 20, stripe=256 << 10)
+    args.update(kwargs)
+    return options.Settings(**args)
+
+
+def test_striped_read_over_two_connections(sshd, tmp_path):
+    rng = random.Random(3)
+    data = os.urandom((6 << 20) + 12345)
+    path = tmp_path / 'big.bin'
+    path.write_bytes(data)
+    with conn_mod.Connection(host(sshd), striped(), environ={}) as c:
+        f = c.open_file(str(path))
+        # Reading its tables opens no other connection; a plan does.
+        assert f.pread(4096, 0) == data[:4096]
+        assert len(f._streams) == 1 and not c._siblings
+        f.will_read([(0, len(data))])
+        assert len(f._streams) == 2 and f._streams[1][0] is not c
+        # AES-GCM agreed with OpenSSH, on both connections.
+        for conn, _key in f._streams:
+            assert conn._transport.remote_cipher == 'aes128-gcm@openssh.com'
+        f.will_read([(0, len(data))])
+        got = b''.join(f.pread(1 << 20, off)
+                       for off in range(0, len(data), 1 << 20))
+        assert got == data
+        wanted = len(data)
+        for _ in range(20):
+            off = rng.randrange(len(data))
+            n = rng.randrange(1, 1 << 20)
+            assert f.pread(n, off) == data[off:off + n]
+            wanted += min(n, len(data) - off)
+        spans = [(1000, 512), ((256 << 10) - 10, 20), (5 << 20, 4096)]
+        assert f.preadv(spans) == [data[o:o + n] for o, n in spans]
+        # Both connections carried data; the first counts it all.
+        per = [conn.pipeline.bytes_read(key) for conn, key in f._streams]
+        assert all(n > 0 for n in per), per
+        assert c.bytes_read == f.bytes_read == sum(per) >= wanted
+        f.close()
+        # A small file is read over the first connection only.
+        small = tmp_path / 'small.bin'
+        small.write_bytes(data[:4096])
+        g = c.open_file(str(small))
+        assert len(g._streams) == 1 and g.pread(5000, 0) == data[:4096]
+        g.close()
+
+
+def _cut_second_stream(c, f, after):
+    """Shut the second connection's socket (a drop the client sees) from
+    the reading thread, once ``after`` bytes have been counted."""
+    sibling = f._streams[1][0]
+    original = c.count
+    fired = []
+
+    def count(n):
+        original(n)
+        if not fired and c.bytes_read >= after:
+            fired.append(sibling.generation)
+            sibling._transport.sock.shutdown(2)
+    c.count = count
+    return sibling, fired
+
+
+def test_one_stream_cut_is_reconnected(sshd, tmp_path):
+    data = os.urandom(4 << 20)
+    path = tmp_path / 'big.bin'
+    path.write_bytes(data)
+    with conn_mod.Connection(host(sshd), striped(), environ={}) as c:
+        f = c.open_file(str(path))
+        f.will_read([(0, len(data))])
+        sibling, fired = _cut_second_stream(c, f, 1 << 20)
+        assert f.pread(len(data), 0) == data
+        assert fired == [1]
+        assert sibling.generation == 2 and c.generation == 1
+        f.close()
+
+
+def test_one_stream_that_gives_up_fails_the_read_in_one_line(sshd,
+                                                             tmp_path):
+    data = os.urandom(4 << 20)
+    path = tmp_path / 'big.bin'
+    path.write_bytes(data)
+    with conn_mod.Connection(host(sshd), striped(retries=2),
+                             environ={}) as c:
+        f = c.open_file(str(path))
+        f.will_read([(0, len(data))])
+        sibling, fired = _cut_second_stream(c, f, 1 << 20)
+
+        def refused():
+            raise conn_mod._Dropped('cannot connect to 127.0.0.1: refused')
+        sibling._open = refused
+        with pytest.raises(exception.SshError) as e:
+            f.pread(len(data), 0)
+        text = one_line(e.value)
+        assert 'gave up after 2 reconnection attempts' in text, text
+        assert 'refused' in text
+        f.close()
+
+
+def test_stream_that_cannot_connect_is_left_out(sshd, tmp_path, caplog,
+                                                monkeypatch):
+    data = os.urandom(2 << 20)
+    path = tmp_path / 'big.bin'
+    path.write_bytes(data)
+    real = conn_mod.Connection._open
+
+    def first_only(self):
+        if self._parent is not None:
+            raise conn_mod._Dropped('cannot connect: MaxStartups')
+        return real(self)
+    monkeypatch.setattr(conn_mod.Connection, '_open', first_only)
+    with conn_mod.Connection(host(sshd), striped(), environ={}) as c:
+        with caplog.at_level(logging.WARNING):
+            f = c.open_file(str(path))
+            assert f.pread(len(data), 0) == data
+        assert len(f._streams) == 1
+        assert 'instead of 2' in caplog.text and 'MaxStartups' in \
+            caplog.text
+        assert f.pread(len(data), 0) == data
+        f.close()
+        # Not tried again for the next file.
+        g = c.open_file(str(path))
+        g.will_read([(0, len(data))])
+        assert len(g._streams) == 1
+        g.close()

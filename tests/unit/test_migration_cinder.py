@@ -127,11 +127,14 @@ def test_sync_sync_cutover_attaches_once_per_command(bed):
     assert data.volume_image_metadata['any2kvm_migration'] == 'web'
     assert boot.volume_image_metadata['hw_firmware_type'] == 'uefi'
     assert boot.volume_image_metadata['hw_scsi_model'] == 'virtio-scsi'
-    # The shutdown and its check went in one round trip, and so did the
-    # removal of the two snapshots.
+    # The discovery's queries went in one round trip, so did the shutdown
+    # and its check, and the removal of the two snapshots.
     batches = hosts[-1].batches
-    assert [a[1] for a in batches[0]] == ['vm-shutdown', 'vm-param-get']
-    assert [a[1] for a in batches[1]] == ['snapshot-uninstall'] * 2
+    assert [a[1] for a in batches[0]] == ['vm-list', 'vif-list',
+                                          'vbd-list', 'vdi-list',
+                                          'vdi-list']
+    assert [a[1] for a in batches[1]] == ['vm-shutdown', 'vm-param-get']
+    assert [a[1] for a in batches[2]] == ['snapshot-uninstall'] * 2
     assert _power(root, facts['two-disks']) == 'halted'
 
 
@@ -378,6 +381,8 @@ def test_create_property_parsing_and_refusal():
         api._migration_target_options(args)
     assert str(e.value) == '--property goes with --target cinder, not ' \
         '--target file'
+
+
 def test_cutover_fix_failing_halfway_reverts_and_cutover_runs_again(
         bed, monkeypatch):
     """``cutover --fix`` whose fix fails after changing the volumes: they

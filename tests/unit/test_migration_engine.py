@@ -282,6 +282,8 @@ def test_disk_grown_between_syncs_file_target(bed):
     w0.write(11 * MiB, ig.pattern(72, 512))
     engine.cutover(store, 'web', **_kw(root))
     _check(store.get('web'), facts)
+
+
 def test_a_connection_that_fails_marks_the_migration_failed(bed):
     """The host does not answer at sync or cutover: the migration is
     marked failed with a line saying why (not left "syncing" or
@@ -313,3 +315,86 @@ def test_a_connection_that_fails_marks_the_migration_failed(bed):
     m = store.get('web')
     assert m['status'] == 'done' and not m.get('error')
     _check(m, facts)
+
+
+def test_connect_failure_is_not_left_busy(bed):
+    """A host that cannot be reached during sync or cutover leaves the
+    migration failed (with the reason), not 'syncing'/'cutting-over';
+    the lease is released and a later sync works."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+
+    def unreachable(location, limits, args):
+        raise exception.SshError(host='standin', reason='cannot connect '
+                                 'to standin port 22: refused')
+
+    with pytest.raises(exception.SshError):
+        engine.sync(store, 'web', connect=unreachable)
+    m = store.get('web')
+    assert m['status'] == 'failed'
+    assert 'cannot connect' in m['error'] and '\n' not in m['error']
+    assert not m['snapshots']
+    engine.sync(store, 'web', **_kw(root))
+    assert store.get('web')['status'] == 'synced'
+    with pytest.raises(exception.SshError):
+        engine.cutover(store, 'web', connect=unreachable)
+    m = store.get('web')
+    assert m['status'] == 'failed' and 'cannot connect' in m['error']
+    assert _power(root, facts['two-disks']) == 'running'
+    engine.sync(store, 'web', **_kw(root))
+    engine.cutover(store, 'web', **_kw(root))
+    m = store.get('web')
+    assert m['status'] == 'done'
+    _check(m, facts)
+
+
+def _batched_and_single(host):
+    """(commands run in batches, commands run alone)."""
+    batched = [a for b in host.batches for a in b]
+    single = list(host.commands)
+    for a in batched:
+        single.remove(a)
+    return batched, single
+
+
+def test_discovery_of_a_known_vm_takes_two_round_trips(bed):
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    alone = miglocal.LocalHost(root)
+    want = engine.discovery.discover(alone.run, vm, host=alone.label,
+                                     mount_base=alone.mount_base)
+    vdis = [d.vdi_uuid for d in want.disks]
+    host = miglocal.LocalHost(root)
+    got = engine._discover(host, vm.upper(), vdis)
+    assert [d.as_dict() for d in got.disks] == [d.as_dict() for d in
+                                                want.disks]
+    assert (got.facts, got.power_state, got.uuid) == (
+        want.facts, want.power_state, want.uuid)
+    batched, single = _batched_and_single(host)
+    # One batch (VM, VIFs, VBDs, both VDIs), then the one SR alone.
+    assert len(host.batches) == 1 and len(batched) == 5
+    assert [a[1] for a in single] == ['sr-list']
+    # A VDI the state does not know (a disk added) is asked alone.
+    host = miglocal.LocalHost(root)
+    got = engine._discover(host, vm, vdis[:1])
+    assert [d.as_dict() for d in got.disks] == [d.as_dict() for d in
+                                                want.disks]
+    _, single = _batched_and_single(host)
+    assert sorted(a[1] for a in single) == ['sr-list', 'vdi-list']
+
+
+def test_discovery_batch_that_fails_runs_each_query_alone(bed):
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+
+    class Flaky(miglocal.LocalHost):
+        def run_many(self, commands, mutating=False, timeout=None):
+            raise exception.Any2KvmError('standin: a batch of 5 commands '
+                                         'gave 4 outputs')
+    host = Flaky(root)
+    got = engine._discover(host, vm, ['0' * 8 + '-0000-0000-0000-' +
+                                      '0' * 12])
+    assert len(got.disks) == 2
+    assert [a[1] for a in host.commands] == [
+        'vm-list', 'vif-list', 'vbd-list', 'vdi-list', 'sr-list',
+        'vdi-list']

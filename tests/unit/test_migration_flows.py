@@ -250,3 +250,37 @@ def test_a_run_stopped_from_outside_is_interrupted(tmp_path):
     assert [t['state'] for t in run['tasks']] == [
         'SUCCESS', 'RUNNING', 'PENDING']
     store.sql.close()
+
+
+def test_taskflow_is_imported_without_eventlet():
+    """A command's process does not import eventlet through TaskFlow
+    (a third of its imports); one that imported it first keeps it, and
+    it stays importable."""
+    if 'eventlet' not in sys.modules:
+        pytest.importorskip('eventlet')
+    script = textwrap.dedent('''
+        import sys
+        first = sys.argv[1] == 'first'
+        if first:
+            import eventlet  # noqa
+        from any2kvm_os.migration import flows  # noqa
+        from any2kvm_os.migration.state import flowdb  # noqa
+        from taskflow.patterns import linear_flow
+        from taskflow import task
+        class T(task.Task):
+            def execute(self):
+                return 1
+        # Running a flow on the serial engine imports nothing more.
+        flows.tf_engines.run(linear_flow.Flow('f').add(T('t')),
+                             engine='serial')
+        print('eventlet' in sys.modules)
+        import eventlet  # noqa
+        print(sys.modules['eventlet'] is not None)
+        ''')
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for how, want in (('after', 'False\nTrue'), ('first', 'True\nTrue')):
+        r = subprocess.run([sys.executable, '-W', 'ignore', '-c', script,
+                            how], capture_output=True, text=True,
+                           cwd=str(REPO), env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == want, (how, r.stdout)

@@ -165,3 +165,81 @@ def test_password_sources():
     assert credentials.from_env('h', 'PW_X', {'PW_X': 's'}).reveal() == 's'
     # Not a terminal: nothing is asked.
     assert credentials.prompt('h', io.StringIO()) is None
+
+
+# -- stripes over several connections -----------------------------------------
+
+def _striped_file(n, stripe=4):
+    from any2kvm_os.ssh import remotefile
+    f = remotefile.RemoteFile.__new__(remotefile.RemoteFile)
+    f._streams = [('conn%d' % i, 'key%d' % i) for i in range(n)]
+    f._stripe = stripe
+    f._closed = False
+    return f
+
+
+def test_stripes_go_round_the_streams():
+    f = _striped_file(2)
+    assert list(f._split(0, 10)) == [(0, 0, 4), (1, 4, 8), (0, 8, 10)]
+    assert list(f._split(3, 5)) == [(0, 3, 4), (1, 4, 5)]
+    assert list(f._split(5, 5)) == []
+    f3 = _striped_file(3)
+    assert [i for i, _, _ in f3._split(0, 24)] == [0, 1, 2, 0, 1, 2]
+    # Every byte once, in order, whatever the cut.
+    for off in range(0, 13):
+        for end in range(off, 30):
+            spans = list(f3._split(off, end))
+            assert [b for _, a, b in spans][:-1] == \
+                [a for _, a, b in spans][1:]
+            assert sum(b - a for _, a, b in spans) == end - off
+            assert all(i == (a // 4) % 3 for i, a, b in spans)
+    one = _striped_file(1)
+    assert list(one._split(3, 100)) == [(0, 3, 100)]
+
+
+def test_plans_are_cut_per_stream():
+    f = _striped_file(2)
+    assert f._per_stream([(2, 9), (20, 2)]) == [
+        [(2, 2), (8, 3)], [(4, 4), (20, 2)]]
+    assert _striped_file(1)._per_stream([(2, 9)]) == [[(2, 9)]]
+
+
+def test_streams_share_the_request_bound():
+    st = options.Settings(sftp_max_requests=64, sftp_streams=2)
+    assert st.stream_requests == 32
+    assert options.Settings(sftp_max_requests=3,
+                            sftp_streams=4).stream_requests == 1
+    assert options.Settings(sftp_streams=0).sftp_streams == 1
+
+
+def test_second_stream_logs_in_with_the_first_ones_password():
+    ho = options.HostOptions('h', user='u', password_env='A2K_PW')
+    first = connection.Connection(ho, environ={'A2K_PW': 'sekrit'})
+    tried = []
+    secret = first._get_password(tried)
+    assert secret.reveal() == 'sekrit'
+    first.settings.sftp_streams = 2
+    second = first.streams()[1]
+    tried = []
+    assert second._get_password(tried) is secret
+    assert tried == ['the password of the first connection']
+    # Counted on the first connection.
+    second.count(10)
+    assert first.bytes_read == 10 and second.bytes_read == 0
+    first.close()
+
+
+def test_offers_no_cipher_or_mac_weaker_than_openssh_does():
+    import socket
+    sock = socket.socket()
+    try:
+        t = paramiko.Transport(sock)
+        connection._prefer_ciphers(t)
+        s = t.get_security_options()
+        assert s.ciphers[0] == 'aes128-gcm@openssh.com'
+        assert not [c for c in s.ciphers if 'cbc' in c or 'des' in c]
+        assert set(s.ciphers) <= set(connection.CIPHERS)
+        assert not [m for m in s.digests if 'md5' in m or m.endswith('-96')]
+        assert set(s.digests) <= set(connection.MACS)
+    finally:
+        sock.close()

@@ -20,15 +20,16 @@ in alembic's default ``alembic_version`` table.  Our schema keeps its
 revision elsewhere (:data:`.sql.VERSION_TABLE`), so the two never meet.
 
 Importing TaskFlow imports eventlet when it is installed (oslo.service
-brings it), and eventlet warns that it is deprecated: that warning is
-silenced here, as it says nothing about any2kvm.
+brings it), and eventlet warns that it is deprecated: TaskFlow is
+imported with eventlet hidden and warnings silenced
+(:func:`any2kvm_os.migration.taskflow_import`).
 """
 
 import contextlib
-import warnings
 
-with warnings.catch_warnings():
-    warnings.simplefilter('ignore')
+from any2kvm_os import migration
+
+with migration.taskflow_import():
     from taskflow import exceptions as tf_exc
     from taskflow.persistence.backends import impl_sqlalchemy
 

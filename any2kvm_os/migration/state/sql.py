@@ -22,7 +22,8 @@ our revision is kept in :data:`VERSION_TABLE`, not in alembic's default
 ``alembic_version``, which belongs to TaskFlow's schema in the same
 database (:meth:`SqlStore.flow_backend`).
 
-SQLite runs in WAL mode with foreign keys on and a busy timeout; every
+SQLite runs in WAL mode (``synchronous=NORMAL``: see :func:`make_engine`)
+with foreign keys on and a busy timeout; every
 write transaction starts with ``BEGIN IMMEDIATE``, so two processes on one
 file (a sync in one shell, a show in another) take turns instead of
 failing.  Nothing secret is stored: :meth:`SqlStore.create` refuses
@@ -109,8 +110,10 @@ def _prepare_sqlite_file(path):
 # -- the engine ---------------------------------------------------------------
 
 def make_engine(url):
-    """An engine for ``url``; for SQLite, the file prepared, WAL mode,
-    foreign keys, busy timeout and ``BEGIN IMMEDIATE`` for writes."""
+    """An engine for ``url``; for SQLite, the file prepared, WAL mode
+    with ``synchronous=NORMAL`` (commits durable across a crash of the
+    process, not a power loss: see the comment below), foreign keys, busy
+    timeout and ``BEGIN IMMEDIATE`` for writes."""
     url = sa.engine.make_url(url)
     if url.get_backend_name() != 'sqlite':
         return sa.create_engine(url, pool_pre_ping=True)
@@ -133,6 +136,16 @@ def make_engine(url):
                            % int(BUSY_TIMEOUT * 1000))
             cursor.execute('PRAGMA foreign_keys = ON')
             cursor.execute('PRAGMA journal_mode = WAL')
+            # A commit is written to the WAL, synced at checkpoints only:
+            # durable across a crash of the process (kill -9), not across
+            # a power loss, which may lose the last commits (never
+            # corrupt the file).  What the state records survives that:
+            # a layer whose record is lost is applied again (every write
+            # is absolute, and the target is flushed before its layer is
+            # recorded), an unrecorded snapshot is found by its name,
+            # one removed twice counts as removed.  FULL cost 0.05-0.23 s
+            # per command (44 commits) on a busy disk; NORMAL 0.005 s.
+            cursor.execute('PRAGMA synchronous = NORMAL')
         finally:
             cursor.close()
 
