@@ -261,11 +261,15 @@ def _copy_ranges(src, dst, ranges, to_disk):
                     os.pwrite(disk.fileno(), data, offset + done)
                 else:
                     data = os.pread(disk.fileno(), n, offset + done)
-                    # Past the end of the disk reads short: zeros.
-                    os.pwrite(undo.fileno(), data.ljust(n, b'\0'),
-                              pos + done)
+                    # Past the end of the disk reads short: zeros.  Zeros
+                    # are left as a hole: a fix that trims the free space
+                    # (virt-v2v does) must not cost a copy of it.
+                    if data.count(0) != len(data):
+                        os.pwrite(undo.fileno(), data, pos + done)
                 done += n
             pos += length
+        if not to_disk:
+            os.ftruncate(undo.fileno(), pos)
         os.fsync((disk if to_disk else undo).fileno())
 
 
