@@ -3,11 +3,25 @@
 #
 #   tools/run-tests.sh [PYTEST-ARGS...]
 #
-# Installs what is missing first (tools/install-deps.sh), then runs
-# "python -m pytest tests/" from the repository root with
-# ANY2KVM_REQUIRE_TOOLS=1, so that tests needing qemu-img or the libvhdi
-# and libvmdk oracles fail rather than skip when those are absent.
-# Exits with pytest's status; "no tests collected" (5) is a failure too.
+# Installs what is missing first (tools/install-deps.sh), then runs pytest
+# from the repository root with ANY2KVM_REQUIRE_TOOLS=1, so that tests
+# needing qemu-img or the libvhdi and libvmdk oracles fail rather than
+# skip when those are absent.
+#
+# The integration layer (tests/integration: the loopback cloud, Nova
+# boots) and the other layers (tests/functional, tests/unit,
+# tests/test_style.py) run as two pytest processes side by side: most of
+# either is one single-threaded QEMU under TCG or a wait on the cloud, so
+# two cores serve both at once.  The integration process starts first (the
+# cloud's start-up is its longest step); its output is kept in
+# run/test-integration.log and shown after the other layers' output.
+# Each process gets PYTEST-ARGS.  One "python -m pytest tests/ ARGS"
+# process runs instead when an argument names a test path (a selection
+# of one's own: tests/unit, tests/x.py::test_y) or when
+# ANY2KVM_TEST_SERIAL=1.
+#
+# Exits non-zero when a process failed; "no tests collected" (5) is a
+# failure too, unless the other process ran tests.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,9 +31,85 @@ install_deps
 
 export ANY2KVM_REQUIRE_TOOLS=1
 cd "$root"
-rc=0
-"$ANY2KVM_VENV/bin/python" -m pytest tests/ "$@" || rc=$?
-if [ "$rc" -eq 5 ]; then
-    echo "run-tests.sh: pytest collected no tests: failing" >&2
+py=$ANY2KVM_VENV/bin/python
+
+split=1
+if [ "${ANY2KVM_TEST_SERIAL:-0}" = 1 ]; then
+    split=0
 fi
-exit "$rc"
+for arg in "$@"; do
+    case $arg in
+        -*) ;;
+        *) if [ -e "${arg%%::*}" ]; then split=0; fi ;;
+    esac
+done
+
+if [ "$split" = 0 ]; then
+    rc=0
+    "$py" -m pytest tests/ "$@" || rc=$?
+    if [ "$rc" -eq 5 ]; then
+        echo "run-tests.sh: pytest collected no tests: failing" >&2
+    fi
+    exit "$rc"
+fi
+
+mkdir -p run
+log=run/test-integration.log
+bg_pid=
+bg_rc=
+# A background command of a non-interactive shell starts with SIGINT
+# ignored, and a Python started so keeps it ignored: this wrapper gives
+# pytest its KeyboardInterrupt back, so that an interrupt (^C, or the
+# trap below) still runs its teardown (the loopback cloud's "down").
+start_integration() {
+    "$py" -c 'import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execv(sys.executable, [sys.executable, "-m", "pytest"] + sys.argv[1:])' \
+        tests/integration "$@" \
+        >"$log" 2>&1 </dev/null &
+    bg_pid=$!
+}
+# On the way out before its end: interrupt it (unless a ^C already did:
+# the terminal sends SIGINT to both processes) and wait for its teardown.
+# shellcheck disable=SC2317  # called by the EXIT trap
+stop_integration() {
+    if [ -z "$bg_pid" ] || [ -n "$bg_rc" ]; then
+        return 0
+    fi
+    if kill -0 "$bg_pid" 2>/dev/null; then
+        echo "run-tests.sh: stopping the integration layer (pid" \
+             "$bg_pid); its output is in $root/$log" >&2
+        if [ "$signalled" != INT ]; then
+            kill -INT "$bg_pid" 2>/dev/null || true
+        fi
+        wait "$bg_pid" 2>/dev/null || true
+    fi
+}
+signalled=
+trap stop_integration EXIT
+trap 'signalled=INT; exit 130' INT
+trap 'signalled=TERM; exit 143' TERM
+
+start_integration "$@"
+echo "run-tests.sh: the integration layer runs beside the others" \
+     "(pid $bg_pid); its output follows theirs (log: $root/$log)"
+fg_rc=0
+"$py" -m pytest tests/ --ignore=tests/integration "$@" || fg_rc=$?
+bg_rc=0
+wait "$bg_pid" || bg_rc=$?
+echo
+echo "======================== tests/integration" \
+     "(run beside the above) ========================"
+cat "$log"
+echo "run-tests.sh: functional, unit and style: pytest exit $fg_rc;" \
+     "integration: pytest exit $bg_rc"
+if [ "$fg_rc" -eq 5 ] && [ "$bg_rc" -eq 5 ]; then
+    echo "run-tests.sh: pytest collected no tests: failing" >&2
+    exit 5
+fi
+for rc in "$fg_rc" "$bg_rc"; do
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then
+        exit "$rc"
+    fi
+done
+exit 0
