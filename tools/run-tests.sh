@@ -55,48 +55,53 @@ fi
 
 mkdir -p run
 log=run/test-integration.log
-bg_pid=
-bg_rc=
-# A background command of a non-interactive shell starts with SIGINT
-# ignored, and a Python started so keeps it ignored: this wrapper gives
+# Both pytest processes run in the background, so that a signal reaches
+# this script's traps at once (not when a foreground child ends).  A
+# background command of a non-interactive shell starts with SIGINT
+# ignored, and a Python started so keeps it ignored: the wrapper gives
 # pytest its KeyboardInterrupt back, so that an interrupt (^C, or the
 # trap below) still runs its teardown (the loopback cloud's "down").
-start_integration() {
+start_pytest() {
     "$py" -c 'import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 os.execv(sys.executable, [sys.executable, "-m", "pytest"] + sys.argv[1:])' \
-        tests/integration "$@" \
-        >"$log" 2>&1 </dev/null &
-    bg_pid=$!
+        "$@" </dev/null &
 }
-# On the way out before its end: interrupt it (unless a ^C already did:
-# the terminal sends SIGINT to both processes) and wait for its teardown.
+pids=()
+# On the way out before the end: interrupt what still runs (unless a ^C
+# did: the terminal sends SIGINT to every process) and wait for its
+# teardown.
 # shellcheck disable=SC2317  # called by the EXIT trap
-stop_integration() {
-    if [ -z "$bg_pid" ] || [ -n "$bg_rc" ]; then
-        return 0
-    fi
-    if kill -0 "$bg_pid" 2>/dev/null; then
-        echo "run-tests.sh: stopping the integration layer (pid" \
-             "$bg_pid); its output is in $root/$log" >&2
-        if [ "$signalled" != INT ]; then
-            kill -INT "$bg_pid" 2>/dev/null || true
+stop_pytests() {
+    local pid
+    for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "run-tests.sh: stopping pytest (pid $pid)" >&2
+            if [ "$signalled" != INT ]; then
+                kill -INT "$pid" 2>/dev/null || true
+            fi
+            wait "$pid" 2>/dev/null || true
         fi
-        wait "$bg_pid" 2>/dev/null || true
-    fi
+    done
 }
 signalled=
-trap stop_integration EXIT
+trap stop_pytests EXIT
 trap 'signalled=INT; exit 130' INT
 trap 'signalled=TERM; exit 143' TERM
 
-start_integration "$@"
+start_pytest tests/integration "$@" >"$log" 2>&1
+bg_pid=$!
+pids+=("$bg_pid")
 echo "run-tests.sh: the integration layer runs beside the others" \
      "(pid $bg_pid); its output follows theirs (log: $root/$log)"
+start_pytest tests/ --ignore=tests/integration "$@"
+fg_pid=$!
+pids+=("$fg_pid")
 fg_rc=0
-"$py" -m pytest tests/ --ignore=tests/integration "$@" || fg_rc=$?
+wait "$fg_pid" || fg_rc=$?
 bg_rc=0
 wait "$bg_pid" || bg_rc=$?
+pids=()
 echo
 echo "======================== tests/integration" \
      "(run beside the above) ========================"
