@@ -90,17 +90,11 @@ def add_inspect_arguments(parser, fix=False):
     """``--inspect``/``--no-inspect`` (dest ``inspect``: True, False or
     None, the default: on unless ANY2KVM_INSPECT=0) and, with ``fix``,
     ``--fix``."""
-    group = parser.add_argument_group(
-        'guest inspection', 'Look inside the converted disks with '
-        'libguestfs (on by default; ANY2KVM_INSPECT=0 turns the default '
-        'off): the OS, its drivers and disk names decide the image '
-        'properties (hw_disk_bus, hw_vif_model, os_*).')
-    group.add_argument('--inspect', dest='inspect', action='store_true',
-                       default=None,
-                       help='inspect, and fail if inspection fails')
-    group.add_argument('--no-inspect', dest='inspect',
-                       action='store_false',
-                       help='do not look inside the disks')
+    group = _inspect_group(
+        parser, 'Look inside the converted disks with libguestfs (on by '
+        'default; ANY2KVM_INSPECT=0 turns the default off): the OS, its '
+        'drivers and disk names decide the image properties (hw_disk_bus, '
+        'hw_vif_model, os_*).', 'disks')
     if fix:
         group.add_argument('--fix', action='store_true',
                            help='fix what would stop a Linux guest booting '
@@ -110,6 +104,20 @@ def add_inspect_arguments(parser, fix=False):
                                 'dropped; a boot without virtio drivers is '
                                 'handed to virt-v2v-in-place when installed '
                                 '([any2kvm] virt_v2v); all or nothing')
+    return group
+
+
+def _inspect_group(parser, description, what):
+    """The "guest inspection" argument group with ``--inspect`` and
+    ``--no-inspect`` (dest ``inspect``: True, False or None, the
+    default); ``what``: what --no-inspect does not look inside."""
+    group = parser.add_argument_group('guest inspection', description)
+    group.add_argument('--inspect', dest='inspect', action='store_true',
+                       default=None,
+                       help='inspect, and fail if inspection fails')
+    group.add_argument('--no-inspect', dest='inspect',
+                       action='store_false',
+                       help='do not look inside the %s' % what)
     return group
 
 
@@ -215,17 +223,11 @@ def add_migration_inspect_arguments(parser, action):
     targets are inspected after the sync, outside the downtime);
     ``migration cutover``: the same and ``--fix`` (inside the downtime,
     after the last layers) and ``--keep-fix-snapshot``."""
-    group = parser.add_argument_group(
-        'guest inspection', 'Look inside the synced targets with '
-        'libguestfs (sync; on by default, ANY2KVM_INSPECT=0 turns the '
-        'default off): the guest facts and image properties are recorded '
-        'in the state database and set at cutover.')
-    group.add_argument('--inspect', dest='inspect', action='store_true',
-                       default=None,
-                       help='inspect, and fail if inspection fails')
-    group.add_argument('--no-inspect', dest='inspect',
-                       action='store_false',
-                       help='do not look inside the targets')
+    group = _inspect_group(
+        parser, 'Look inside the synced targets with libguestfs (sync; on '
+        'by default, ANY2KVM_INSPECT=0 turns the default off): the guest '
+        'facts and image properties are recorded in the state database '
+        'and set at cutover.', 'targets')
     if action == 'cutover':
         group.add_argument('--fix', action='store_true',
                            help='after the last layers (inside the '

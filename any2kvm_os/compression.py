@@ -32,6 +32,7 @@ import lzma
 import zlib
 
 from any2kvm_os import exception
+from any2kvm_os import shortread
 
 GZIP = 'gzip'
 BZIP2 = 'bzip2'
@@ -87,15 +88,7 @@ def read_full(fileobj, n):
     """Up to ``n`` bytes of ``fileobj``: fewer only at its end.  A pipe,
     an HTTP body or a decompressor may return fewer bytes than asked for
     while more are coming; one read(n) is not "the first n bytes"."""
-    parts = []
-    got = 0
-    while got < n:
-        data = fileobj.read(n - got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b''.join(parts)
+    return shortread.gather(lambda got: fileobj.read(n - got), n)
 
 
 class _FullReads(object):

@@ -20,6 +20,8 @@ is a window inside the archive, so it is read in place without a copy.
 import collections
 import os
 
+from any2kvm_os import shortread
+
 
 def _supports_seek_data(fd):
     try:
@@ -36,15 +38,8 @@ def pread_full(fd, length, offset):
     data = os.pread(fd, length, offset)
     if len(data) >= length or not data:
         return data
-    parts = [data]
-    got = len(data)
-    while got < length:
-        more = os.pread(fd, length - got, offset + got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b''.join(parts)
+    return shortread.gather(
+        lambda got: os.pread(fd, length - got, offset + got), length, data)
 
 
 class FileView(object):

@@ -169,10 +169,5 @@ def write_scratch_raw(space, disk, filename, what, progress=None):
     path = space.path(filename)
     writer = space.bound_writer(raw.RawWriter.open(path, durable=False),
                                 what)
-    try:
-        disk.write_to(writer, progress)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    raw.write_all(disk, writer, progress)
     return path

@@ -528,7 +528,14 @@ def write_file(disk, output, overwrite=False, progress=None):
     """Write ``disk`` (an :class:`any2kvm_os.vm.Disk`) as a raw disk to
     ``output`` (a new sparse file, or a block device in place); all or
     nothing.  Returns the committed writer."""
-    writer = RawWriter.open(output, overwrite=overwrite)
+    return write_all(disk, RawWriter.open(output, overwrite=overwrite),
+                     progress)
+
+
+def write_all(disk, writer, progress=None):
+    """Write ``disk`` through ``writer`` (an open :class:`RawWriter`),
+    all or nothing: committed when the whole disk is written, aborted
+    (and the error raised) otherwise.  Returns the writer."""
     try:
         disk.write_to(writer, progress)
         writer.commit()

@@ -148,3 +148,49 @@ def test_write_scratch_raw_aborts_past_the_limit(tmp_path):
                                    'd0 (copied)')
         assert os.listdir(space.dir) == []
     assert os.listdir(tmp_path) == []
+
+
+class _ReadFailed(Exception):
+    pass
+
+
+class _FailingDisk(_Disk):
+    """Fails after writing its first MiB."""
+
+    def write_to(self, writer, progress=None):
+        writer.resize(self.size)
+        writer.write_data(0, b'\1' * MiB, over_hole=True)
+        raise _ReadFailed('read failed')
+
+
+def test_write_file_commits_a_whole_disk_durably(tmp_path):
+    out = tmp_path / 'out.raw'
+    writer = raw.write_file(_Disk(2 * MiB), str(out))
+    assert writer.durable and writer.fd is None and writer.tmp_path is None
+    assert out.read_bytes() == b'\1' * (2 * MiB)
+    assert os.listdir(tmp_path) == ['out.raw']
+
+
+def test_write_file_and_write_scratch_raw_abort_on_a_failure(tmp_path):
+    from any2kvm_os.targets import base
+    with pytest.raises(_ReadFailed, match='read failed'):
+        raw.write_file(_FailingDisk(2 * MiB), str(tmp_path / 'out.raw'))
+    assert os.listdir(tmp_path) == []
+    with scratch.Scratch(str(tmp_path), 3 * MiB) as space:
+        with pytest.raises(_ReadFailed, match='read failed'):
+            base.write_scratch_raw(space, _FailingDisk(2 * MiB), 'disk.raw',
+                                   'd0 (copied)')
+        assert os.listdir(space.dir) == []
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_scratch_raw_is_never_flushed(tmp_path, monkeypatch):
+    from any2kvm_os.targets import base
+    synced = []
+    monkeypatch.setattr(os, 'fdatasync', synced.append)
+    monkeypatch.setattr(os, 'fsync', synced.append)
+    with scratch.Scratch(str(tmp_path), 3 * MiB) as space:
+        base.write_scratch_raw(space, _Disk(2 * MiB), 'disk.raw', 'd0')
+        assert synced == []
+        raw.write_file(_Disk(MiB), space.path('kept.raw'))
+        assert len(synced) == 2       # the file, then its directory
