@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import tempfile
 from oslo_config import cfg
 
 from any2kvm_os import exception
+from any2kvm_os.guest import process
 from any2kvm_os.guest import v2v
 from any2kvm_os import properties
 
@@ -128,19 +128,13 @@ def run_probe(settings, disks, fmt='raw', fix=False, name=None):
             % (settings.python, INSTALL_HINT))
     cmd = command(settings, disks, fmt, fix)
     LOG.debug('Running %s', ' '.join(cmd))
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=settings.timeout)
+        proc, out, err = process.communicate(cmd, settings.timeout,
+                                             stderr=subprocess.PIPE)
     except subprocess.TimeoutExpired:
-        _kill(proc)
         raise exception.InspectionError(
             path=name, reason='no answer within %d s ([any2kvm] '
             'inspect_timeout)' % settings.timeout)
-    except BaseException:
-        _kill(proc)
-        raise
     try:
         result = json.loads(out.decode('utf-8', 'replace') or 'null')
     except ValueError:
@@ -164,17 +158,6 @@ def run_probe(settings, disks, fmt='raw', fix=False, name=None):
             exception.InspectionError
         raise cls(path=name, reason=reason)
     return result
-
-
-def _kill(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    try:
-        proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _qemu_img(*args):

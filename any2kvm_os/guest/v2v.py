@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from xml.sax import saxutils
@@ -40,6 +39,7 @@ from xml.sax import saxutils
 from oslo_config import cfg
 
 from any2kvm_os import exception
+from any2kvm_os.guest import process
 from any2kvm_os import properties
 
 LOG = logging.getLogger(__name__)
@@ -222,20 +222,13 @@ def run(settings, disks, fmt, name, root=None, scratch_dir=None):
         env['VIRT_V2V_TMPDIR'] = tmp
         LOG.info('Handing %s to %s (%s)', name, PROGRAM, ' '.join(cmd))
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=env, cwd=tmp,
-                                start_new_session=True)
         try:
-            out, _err = proc.communicate(timeout=timeout)
+            proc, out, _err = process.communicate(
+                cmd, timeout, stderr=subprocess.STDOUT, env=env, cwd=tmp)
         except subprocess.TimeoutExpired:
-            _kill(proc)
             raise exception.GuestFixError(
                 path=name, reason='%s gave no answer within %d s '
                 '([any2kvm] virt_v2v_timeout)' % (PROGRAM, timeout))
-        except BaseException:
-            _kill(proc)
-            raise
         text = out.decode('utf-8', 'replace')
         for kind, msg in messages(text):
             LOG.info('%s: %s%s', PROGRAM, '%s: ' % kind if kind and
@@ -246,14 +239,3 @@ def run(settings, disks, fmt, name, root=None, scratch_dir=None):
                     PROGRAM, proc.returncode, last_line(text)))
         return {'ran': True, 'seconds': round(time.monotonic() - started, 1),
                 'command': cmd[:-1] + [os.path.basename(cmd[-1])]}
-
-
-def _kill(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    try:
-        proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass

@@ -1,0 +1,46 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The guest tools' child processes (the libguestfs probe, virt-v2v),
+each bounded in time and never outliving the command."""
+
+import os
+import signal
+import subprocess
+
+
+def communicate(cmd, timeout, **kwargs):
+    """Run ``cmd`` in a session of its own and return ``(proc, out,
+    err)`` once it ends.  Past ``timeout`` seconds its whole process
+    group is killed and :class:`subprocess.TimeoutExpired` raised; any
+    other interruption (an exception, KeyboardInterrupt) kills it too and
+    is raised again."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE,
+                            start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        _kill(proc)
+        raise
+    return proc, out, err
+
+
+def _kill(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
