@@ -28,7 +28,6 @@ holds; nothing is ever built from a shell string.
 import collections
 import logging
 import os
-import select
 import shlex
 import socket
 import stat
@@ -55,6 +54,10 @@ _FILTERED_LOGGERS = (WIRE_LOGGER, WIRE_LOGGER + '.sftp', 'paramiko',
                      'paramiko.auth_strategy')
 
 _BUFFER = 64 << 10
+# How long a command's output loop sleeps when nothing has arrived: from
+# the first value, doubling up to the second while it stays quiet.
+_MIN_PAUSE = 0.0005
+_MAX_PAUSE = 0.02
 
 #: Ciphers tried first: AES-GCM needs no separate MAC and is the
 #: cheapest for paramiko (the client's CPU bounds a fast link): with
@@ -506,6 +509,7 @@ class Connection(object):
             channel.exec_command(command)
             channel.shutdown_write()
             out, err = bytearray(), bytearray()
+            pause = _MIN_PAUSE
             while True:
                 busy = False
                 while channel.recv_ready():
@@ -530,6 +534,7 @@ class Connection(object):
                     if room > 0:
                         err += data[:room]
                 if busy:
+                    pause = _MIN_PAUSE
                     continue
                 if not self.is_active():
                     raise _Dropped('connection closed while %s ran'
@@ -543,7 +548,14 @@ class Connection(object):
                     raise exception.RemoteCommandError(
                         host=self.label, command=_short(command, 200),
                         reason='no exit after %s s: stopped' % timeout)
-                select.select([channel], [], [], min(remaining, 0.05))
+                # Polled, not select()ed on channel.fileno(): paramiko's
+                # Channel.close() closes that pipe while its transport
+                # thread may still feed data arriving for the channel,
+                # and the thread's write to the closed (or already
+                # reused) descriptor kills the transport or writes into
+                # another file.
+                time.sleep(min(remaining, pause))
+                pause = min(pause * 2, _MAX_PAUSE)
             status = channel.recv_exit_status()
         finally:
             channel.close()
