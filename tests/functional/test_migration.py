@@ -17,7 +17,9 @@ user runs them; the state in the SQL store, on an SQLite file."""
 import hashlib
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -115,6 +117,60 @@ def test_create_sync_sync_cutover(bed):
     rows = json.loads(mig('list', '--format', 'json',
                           common=common[-2:]).stdout)
     assert [r['name'] for r in rows] == ['web']
+
+
+def _on_a_terminal(args, timeout=300):
+    """Run the CLI with stdout and stderr on a pseudo-terminal; returns
+    (exit status, everything it printed)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(_cmd(args), stdin=subprocess.DEVNULL,
+                                stdout=slave, stderr=slave, env=_env(),
+                                cwd=str(REPO), start_new_session=True)
+    finally:
+        os.close(slave)
+    text = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:     # EIO: every writer has closed the terminal
+                break
+            if not data:
+                break
+            text += data
+        status = proc.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return status, text.decode('utf-8', 'replace')
+
+
+def test_sync_on_a_terminal_shows_a_bar_with_rate_and_eta(bed):
+    root, facts, out, loc, common = bed
+    mig('create', 'web', loc, '--target', 'file', '--output-dir', out,
+        common=common)
+    status, text = _on_a_terminal(['sync', 'web', '--no-inspect'] + common)
+    assert status == 0, text
+    # The bar is redrawn in place (carriage returns), says the percent,
+    # the rate and the ETA, and every layer ends with a "done" line.
+    assert '\r' in text, text
+    bars = [b for b in re.split(r'[\r\n]', text) if '% ' in b]
+    assert bars, text
+    assert all(re.search(r'/s, ETA \d+s', b) for b in bars), bars
+    assert re.search(r'done: [\d.]+ \w+ in [\d.]+s', text), text
+    assert '2 layer(s) applied' in text, text
+    # Without a terminal the same step prints plain lines only.
+    r = mig('sync', 'web', '--no-inspect', common=common)
+    assert '\r' not in r.stdout + r.stderr
 
 
 def test_second_sync_at_once_is_busy(bed):
