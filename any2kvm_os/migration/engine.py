@@ -679,10 +679,9 @@ class _Run(object):
         if not self.marked:
             # Refused before anything was marked (the cloud's check).
             return
-        msg = _one_line(e)
-        if self.host is None:
-            # The host never answered: say so, not "syncing" for ever.
-            msg = 'could not connect to the host: %s' % msg
+        # The host never answered: say so, not "syncing" for ever.
+        msg = _one_line(e, prefix='' if self.host is not None else
+                        'could not connect to the host: ')
         if self.status == 'syncing':
             self.store.sync_recorded(
                 self.name, self.started, time.time(), self.figures.layers,
@@ -826,8 +825,18 @@ def sync(store, name, limits=None, args=None, connect=None, cloud=None,
         return _run(store, run, 'sync', _sync_steps(run))
 
 
-def _one_line(e):
-    return ' '.join(str(e).split())[:500] or type(e).__name__
+#: The longest error text kept for ``show`` (and logged on one line): a
+#: failed fix over many volumes names each of them, and a hypervisor's
+#: answer quoted in an error is bounded here, not by its author.
+MAX_ERROR = 4000
+
+
+def _one_line(e, prefix=''):
+    text = prefix + (' '.join(str(e).split()) or type(e).__name__)
+    if len(text) > MAX_ERROR:
+        text = text[:MAX_ERROR - 20] + ' ... (%d more)' % (
+            len(text) - MAX_ERROR + 20)
+    return text
 
 
 # -- batched xe commands ------------------------------------------------------

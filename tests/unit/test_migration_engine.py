@@ -317,6 +317,34 @@ def test_a_connection_that_fails_marks_the_migration_failed(bed):
     _check(m, facts)
 
 
+def test_a_long_error_is_kept_for_show_up_to_its_bound(bed):
+    """``show`` keeps the whole one-line error of a failed step (a failed
+    fix names every volume) up to ``MAX_ERROR`` characters, and says how
+    much it cut beyond that."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    names = ' '.join('volume-%04d' % i for i in range(300))
+
+    def failing(reason):
+        def connect(location, limits, args):
+            raise exception.SshError(host='standin', reason=reason)
+        return connect
+
+    with pytest.raises(exception.SshError):
+        engine.sync(store, 'web', connect=failing('no route to\n' + names))
+    error = store.get('web')['error']
+    assert error.endswith('volume-0299') and '\n' not in error
+    assert 600 < len(error) < engine.MAX_ERROR
+    with pytest.raises(exception.SshError):
+        engine.sync(store, 'web', connect=failing('x' * 10000))
+    error = store.get('web')['error']
+    assert len(error) <= engine.MAX_ERROR and error.endswith(' more)')
+    cut = int(error.rsplit('(', 1)[1].split()[0])
+    assert len(error) - len(' ... (%d more)' % cut) + cut == \
+        len('could not connect to the host: ') + len(
+            str(exception.SshError(host='standin', reason='x' * 10000)))
+
+
 def test_connect_failure_is_not_left_busy(bed):
     """A host that cannot be reached during sync or cutover leaves the
     migration failed (with the reason), not 'syncing'/'cutting-over';
