@@ -272,7 +272,10 @@ class Connection(object):
             self._authenticate(transport)
             if st.keepalive_interval:
                 transport.set_keepalive(st.keepalive_interval)
-            sock.settimeout(None)
+            # The socket keeps the short timeout paramiko gave it: its
+            # transport thread sends keepalives (and notices a close)
+            # only when a read times out, so a blocking socket silently
+            # sent none.
         except BaseException:
             _close_transport(transport)
             raise

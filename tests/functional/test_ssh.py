@@ -231,6 +231,32 @@ def test_channels_closed_while_data_arrives_leave_the_connection_alive(
             assert c.run(['echo', 'ok']).stdout == b'ok\n'
 
 
+def test_keepalives_flow_on_an_idle_connection(sshd, caplog):
+    # ssh_keepalive_interval: an idle connection sends a keepalive global
+    # request at that interval (paramiko logs each on the wire logger),
+    # and 0 sends none.
+    caplog.set_level(logging.DEBUG, logger=conn_mod.WIRE_LOGGER)
+
+    def keepalives():
+        return sum('Sending global request "keepalive' in r.getMessage()
+                   for r in caplog.records)
+
+    st = fast()
+    st.keepalive_interval = 1
+    with connect(sshd, settings=st) as c:
+        deadline = time.monotonic() + 30
+        while keepalives() < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert keepalives() >= 2
+        assert c.run(['echo', 'ok']).stdout == b'ok\n'
+    caplog.clear()
+    st.keepalive_interval = 0
+    with connect(sshd, settings=st) as c:
+        time.sleep(2.5)
+        assert c.run(['echo', 'ok']).stdout == b'ok\n'
+    assert keepalives() == 0
+
+
 def test_environment_of_the_test_bed(sshd_factory, tmp_path):
     fake = tmp_path / 'bin'
     fake.mkdir()
