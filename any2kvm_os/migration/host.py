@@ -50,9 +50,12 @@ class SshHost(object):
         if len(commands) == 1:
             return [self.run(commands[0], mutating, timeout)]
         marker = 'any2kvm-batch-%s' % uuid.uuid4().hex
+        # Each command, then the marker on a line of its own; ``&&``
+        # between them all (the marker's printf must end before the next
+        # command starts, or that command becomes printf's arguments).
         sep = " && printf '\\n%%s\\n' %s" % marker
-        script = ''.join(connection.quote_argv(argv) + sep
-                         for argv in commands)
+        script = ' && '.join(connection.quote_argv(argv) + sep
+                             for argv in commands)
         out = self.run(['sh', '-c', script], mutating, timeout)
         sep = '\n%s\n' % marker
         if isinstance(out, bytes):

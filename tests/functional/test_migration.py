@@ -544,3 +544,38 @@ def test_sshd_down_at_sync_and_cutover_marks_the_migration_failed(
     assert m['status'] == 'done' and not m['error']
     assert [s['ok'] for s in m['syncs']] == [False, True]
     check(m, b.facts)
+
+
+def test_ssh_host_runs_a_batch_in_one_round_trip(sshd_factory, tmp_path):
+    """``SshHost.run_many`` over the real sshd: one ``sh -c`` whose
+    output is cut back into each command's own (the stand-in's xe
+    included); a command that fails stops the ones after it.  (Each
+    marker's printf once swallowed the next command as its arguments:
+    every batch failed and was run again one by one.)"""
+    import types
+    from any2kvm_os import limits as limits_mod
+    from any2kvm_os.migration import host as host_mod
+    from any2kvm_os.sources.xenserver import xe
+    b = xbed.Bed(sshd_factory, tmp_path / 'bed')
+    args = types.SimpleNamespace(identity_file=b.server.client_key,
+                                 known_hosts=b.server.known_hosts,
+                                 host_key=None, password_env=None)
+    limits = limits_mod.Limits()
+    host = host_mod.connect(b.location(), limits, args)
+    calls = []
+    run = host.run
+    host.run = lambda argv, *a, **k: calls.append(argv) or run(argv, *a,
+                                                               **k)
+    try:
+        vm = b.facts['two-disks']
+        outs = host.run_many([xe.power_state(vm), ['printf', '%s', 'a b'],
+                              ['true'], ['printf', 'x\n\ny\n']])
+        assert len(calls) == 1 and calls[0][:2] == ['sh', '-c']
+        assert xe.parse_value(outs[0], xe.power_state(vm)) == 'running'
+        assert [bytes(o) for o in outs[1:]] == [b'a b', b'', b'x\n\ny\n']
+        flag = tmp_path / 'not-made'
+        with pytest.raises(Exception):
+            host.run_many([['true'], ['false'], ['touch', str(flag)]])
+        assert not flag.exists()
+    finally:
+        host.close()
