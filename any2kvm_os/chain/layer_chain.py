@@ -271,3 +271,32 @@ def resolve(container, leaf_name, limits):
         layers.append(parent[1])
     return LayerChain(layers, [container.display_name(n) for n in names],
                       names)
+
+
+def reopen_leaf(container, chain):
+    """``chain`` (resolved in ``container``) with its leaf opened and read
+    again, its other layers as they were: a new :class:`LayerChain`, or
+    None when the leaf's file is no longer the same layer (its identity)
+    or no longer the child of the chain's next layer (its parent id): then
+    :func:`resolve` it anew.
+
+    For a chain resolved while its VM ran (the leaf grows and changes
+    under it, the layers below are read-only) and read once the VM is
+    halted: only the leaf's metadata crosses the wire again."""
+    old = chain.layers[0]
+    leaf_name = chain.member_names[0]
+    leaf = probe.open_layer(container.open_view(leaf_name),
+                            opener=container.opener(leaf_name))
+    ref = leaf.parent_ref
+    if leaf.identity is None or leaf.identity != old.identity:
+        return None
+    if len(chain.layers) == 1:
+        same = ref is None
+    else:
+        parent = chain.layers[1].identity
+        same = (ref is not None and ref.id is not None and
+                parent is not None and ref.id == parent)
+    if not same:
+        return None
+    return LayerChain([leaf] + list(chain.layers[1:]), list(chain.names),
+                      list(chain.member_names))

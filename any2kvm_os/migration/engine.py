@@ -74,6 +74,7 @@ import sys
 import time
 import uuid as uuid_mod
 
+from any2kvm_os.chain import layer_chain
 from any2kvm_os import exception
 from any2kvm_os import incremental
 from any2kvm_os.migration import flows
@@ -420,6 +421,30 @@ def _layer_done(progress, ok=True):
         progress.end(ok=ok)
 
 
+def _reopen_leaf(host, info, opened):
+    """``opened`` (a disk's chain opened while its VM ran) with only its
+    leaf read again, now that the VM is halted
+    (:func:`layer_chain.reopen_leaf`); when that cannot be (a host whose
+    disks do not say where they were resolved, a leaf that is no longer
+    the child of the chain's next layer) the chain is found anew."""
+    container = getattr(opened, 'chain_container', None)
+    chain = None
+    if container is not None:
+        try:
+            chain = layer_chain.reopen_leaf(container, opened.chain)
+        except exception.Any2KvmError as e:
+            LOG.info('%s: the leaf could not be read again (%s)',
+                     info.path, _one_line(e))
+    if chain is not None:
+        opened.chain = chain
+        return opened
+    opened.close()
+    if container is not None:
+        LOG.info('%s: the chain changed since it was opened: found anew',
+                 info.path)
+    return host.open_disk(info)
+
+
 def _match(name, m, found):
     """{disk index: DiskInfo} of the migration's disks in ``found``."""
     by_vdi = dict((d.vdi_uuid, d) for d in found.disks)
@@ -465,6 +490,8 @@ class _Run(object):
         self.host = None
         self.read0 = 0
         self.found = self.infos = self.writers = None
+        #: {disk index: ChainDisk} opened before a cutover's shutdown.
+        self.chains = {}
         self.top = {}
         self.times = {}
         self.details = {}
@@ -523,7 +550,11 @@ class _Run(object):
         before = (f.layers, f.written, f.files, len(f.rewrites))
         disk = [d for d in self.store.get(self.name)['disks']
                 if d['index'] == index][0]
-        opened = self.host.open_disk(self.infos[index])
+        pre = self.chains.pop(index, None)
+        if pre is not None:
+            opened = _reopen_leaf(self.host, self.infos[index], pre)
+        else:
+            opened = self.host.open_disk(self.infos[index])
         try:
             if not with_leaf and len(opened.chain.layers) > MAX_CHAIN:
                 raise MigrationError(
@@ -541,6 +572,24 @@ class _Run(object):
                 'files_size': f.files - before[2],
                 'rewritten': len(f.rewrites) > before[3],
                 'top': self.top[index]}
+
+    def open_chains(self):
+        """Before the shutdown: each disk's chain found and opened (the
+        SFTP session started, the SR listed, every layer's metadata
+        read), none of which needs the VM down; after it only each
+        leaf is read again (:func:`_reopen_leaf`)."""
+        for index, info in sorted(self.infos.items()):
+            self.chains[index] = self.host.open_disk(info)
+        return {'layers': dict((str(i), len(c.chain.layers))
+                               for i, c in self.chains.items())}
+
+    def close_chains(self):
+        chains, self.chains = self.chains, {}
+        for opened in chains.values():
+            try:
+                opened.close()
+            except Exception as e:
+                LOG.warning('could not close a chain: %s', _one_line(e))
 
     def close_targets(self, exc_info=None):
         """Flush and close (detach) the targets; again: nothing."""
@@ -675,6 +724,7 @@ class _Run(object):
             self.close_targets(sys.exc_info())
         except Exception as e2:
             LOG.warning('could not close the targets: %s', _one_line(e2))
+        self.close_chains()
         self.discard_server()
         if not self.marked:
             # Refused before anything was marked (the cloud's check).
@@ -691,6 +741,7 @@ class _Run(object):
         self.store.set_status(self.name, 'failed', error=msg)
 
     def close(self):
+        self.close_chains()
         if self.host is not None:
             self.host.close()
 
@@ -740,6 +791,7 @@ def _cutover_steps(run, force, timeout):
                           undo=run.discard_server))
     steps += [step('open-targets', run.open_targets,
                    undo=run.close_targets),
+              step('open-chains', run.open_chains, undo=run.close_chains),
               step('shutdown', functools.partial(run.shutdown, force,
                                                  timeout))]
     steps += [step('apply-disk-%d' % d['index'],

@@ -35,6 +35,8 @@ class LocalHost(object):
         self.commands = []
         #: The batches run (run_many): one round trip each over SSH.
         self.batches = []
+        #: Every disk opened (open_disk), in order.
+        self.opened = []
 
     def run(self, argv, mutating=False, timeout=None):
         self.commands.append(list(argv))
@@ -52,9 +54,12 @@ class LocalHost(object):
         container = containers.DirectoryContainer(info.path, self.limits)
         chain = layer_chain.resolve(container, container.leaf_name,
                                     self.limits)
-        return vm_mod.ChainDisk(info.path, 'xenserver-sr', chain,
+        disk = vm_mod.ChainDisk(info.path, 'xenserver-sr', chain,
                                 disk_id=info.vdi_uuid,
                                 closer=getattr(container, 'close', None))
+        disk.chain_container = container
+        self.opened.append(disk)
+        return disk
 
     def close(self):
         pass

@@ -426,3 +426,82 @@ def test_discovery_batch_that_fails_runs_each_query_alone(bed):
     assert [a[1] for a in host.commands] == [
         'vm-list', 'vif-list', 'vbd-list', 'vdi-list', 'sr-list',
         'vdi-list']
+
+
+class _HookedHost(miglocal.LocalHost):
+    """A host that runs ``hook()`` once, right before ``xe
+    vm-shutdown``: after the cutover opened the chains, while the VM
+    still runs."""
+
+    hook = None
+
+    def run(self, argv, mutating=False, timeout=None):
+        hook = self.hook
+        if hook is not None and argv[1] == 'vm-shutdown':
+            self.hook = None
+            hook()
+        return super(_HookedHost, self).run(argv, mutating, timeout)
+
+
+def _hooked(root, hook):
+    hosts = []
+
+    def connect(location, limits, args):
+        hosts.append(_HookedHost(root))
+        hosts[-1].hook = hook
+        return hosts[-1]
+    return connect, hosts
+
+
+def test_cutover_reads_only_the_leaf_again_after_the_shutdown(bed):
+    """The chains are opened before the shutdown; what the guest writes
+    until the shutdown (the leaf grows) is read by reading the leaf
+    again, not by finding the chain anew."""
+    root, facts, out, store = bed
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **_kw(root))
+    w0.write(2 * MiB, ig.pattern(21, MiB))
+
+    def late_writes():
+        w0.write(6 * MiB, ig.pattern(22, 2 * MiB))   # new blocks
+        w0.write(2 * MiB, ig.pattern(23, 4096))      # a block rewritten
+        w1.write(MiB + 7, b'late')
+    connect, hosts = _hooked(root, late_writes)
+    r = engine.cutover(store, 'web', connect=connect)
+    assert hosts[0].hook is None
+    assert r['layers_applied'] == 2
+    # One open per disk, before the shutdown.
+    assert len(hosts[0].opened) == 2
+    _check(store.get('web'), facts)
+    run = engine.show(store, 'web')['last_run']
+    names = [t['name'] for t in run['tasks']]
+    assert names.index('open-chains') < names.index('shutdown')
+
+
+def test_cutover_leaf_coalesced_before_the_shutdown_is_found_anew(bed):
+    """Between the chains' opening and the shutdown, the migration's
+    snapshot goes and SM's GC coalesces the leaf's parent into it: the
+    leaf no longer is the child of the layer opened, so the chain is
+    found anew (and the disk rewritten from the stable chain)."""
+    root, facts, out, store = bed
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **_kw(root))
+    w0.write(3 * MiB, ig.pattern(24, MiB))
+    snap = store.get('web')['snapshots'][-1]['snapshot_id']
+
+    def coalesce():
+        xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=%s' % snap,
+                    'force=true')
+        xhost.coalesce(root, srlib.chain(w0.path)[1][:-len('.vhd')])
+        w0.write(5 * MiB, ig.pattern(25, 4096))
+    connect, hosts = _hooked(root, coalesce)
+    r = engine.cutover(store, 'web', connect=connect)
+    assert hosts[0].hook is None
+    # Disk 0 opened twice (before the shutdown, then anew), disk 1 once.
+    assert [d.disk_id for d in hosts[0].opened].count(
+        m['disks'][0]['source_id']) == 2
+    assert len(hosts[0].opened) == 3
+    assert [rw['disk'] for rw in r['rewrites']] == [0]
+    _check(store.get('web'), facts)

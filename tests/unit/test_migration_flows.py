@@ -36,7 +36,7 @@ MiB = 1 << 20
 LOC = 'xenserver://root@standin/two-disks'
 SYNC = ['connect', 'snapshot', 'discover', 'open-targets', 'apply-disk-0',
         'apply-disk-1', 'close-targets', 'record']
-CUTOVER = ['connect', 'discover', 'open-targets', 'shutdown',
+CUTOVER = ['connect', 'discover', 'open-targets', 'open-chains', 'shutdown',
            'apply-disk-0', 'apply-disk-1', 'close-targets', 'finish-targets',
            'record-downtime', 'remove-snapshots', 'record']
 
@@ -96,13 +96,13 @@ def test_sync_and_cutover_are_recorded_flows(bed):
                for fd in fds)
     text = '\n'.join(api.migration_lines('show', engine.show(store,
                                                              'web')))
-    assert 'last run: cutover SUCCESS, 11 of 11 task(s) done' in text
+    assert 'last run: cutover SUCCESS, 12 of 12 task(s) done' in text
     assert 'tasks:    connect SUCCESS, discover SUCCESS' in text
     # The OpenStack client's table tells it the same way.
     from any2kvm_os.osc.v1 import migration as osc_migration
     column = osc_migration.FORMATTERS['last_run'](run)
     assert column.human_readable().startswith(
-        'last run: cutover SUCCESS, 11 of 11 task(s) done\ntasks:')
+        'last run: cutover SUCCESS, 12 of 12 task(s) done\ntasks:')
     # Rollback and abort are flows too.
     engine.rollback(store, 'web', **_kw(root))
     assert [t['name'] for t in engine.show(store, 'web')['last_run'][

@@ -114,6 +114,10 @@ class XenServerSource(base.Source):
         except BaseException:
             container.close()
             raise
-        return vm_mod.ChainDisk(
+        disk = vm_mod.ChainDisk(
             container.display_name(container.leaf_name), CONTAINER, chain,
             disk_id=info.vdi_uuid, closer=container.close)
+        #: Where the chain was resolved: a cutover reads only the leaf
+        #: again once the VM is halted (:func:`layer_chain.reopen_leaf`).
+        disk.chain_container = container
+        return disk
