@@ -253,6 +253,42 @@ class RawModel(object):
         return zero_ranges(self.data, granularity)
 
 
+class FileModel(object):
+    """:class:`RawModel`'s writes and ``sha256`` on a sparse file
+    instead of a bytearray: memory bounded whatever the disk's size
+    (a benchmark's disk of gigabytes); the file is ``path``."""
+
+    def __init__(self, path, size):
+        self.path = str(path)
+        with open(self.path, 'wb') as f:
+            f.truncate(size)
+        self._size = size
+
+    @property
+    def size(self):
+        return self._size
+
+    def write(self, offset, data):
+        if offset < 0 or offset + len(data) > self._size:
+            raise ValueError('model write outside the disk')
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, offset)
+                view, offset = view[n:], offset + n
+        finally:
+            os.close(fd)
+
+    def resize(self, size):
+        os.truncate(self.path, size)
+        self._size = size
+
+    def sha256(self):
+        """Streamed: 4 MiB at a time."""
+        return sha256_file(self.path)
+
+
 # ---------------------------------------------------------------------------
 # FATtools chains
 # ---------------------------------------------------------------------------

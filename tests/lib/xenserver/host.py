@@ -71,6 +71,12 @@ def mac(n):
 
 
 class HostBuilder(object):
+    #: What makes the model of a new VDI's bytes (``factory(size)``): a
+    #: :class:`tests.lib.imagegen.RawModel` in memory by default; a
+    #: benchmark's disks of gigabytes use a file
+    #: (:class:`tests.lib.imagegen.FileModel`).
+    model_factory = None
+
     def __init__(self, root, name='xenserver-standin'):
         self.root = str(root)
         os.makedirs(self.root, exist_ok=True)
@@ -129,7 +135,7 @@ class HostBuilder(object):
                'sharable': False, 'read-only': False, 'managed': True,
                'location': u, 'sm-config': {}, 'other-config': {},
                'order': self._next()}
-        model = ig.RawModel(size)
+        model = (self.model_factory or ig.RawModel)(size)
         if sr_type in st.FILE_SR_TYPES:
             srlib.create_base(self.sr_path(sr_uuid, u), size)
             for off, data in writes:
