@@ -163,3 +163,44 @@ def orphan_complex(fattools, tmp_path_factory):
     paths = vhdchains.relocate(c, root / 'store', ['2.vhd', '1.vhd', '0.vhd'])
     (root / 'gen').rmdir()
     return c, paths[::-1]
+
+
+# ---------------------------------------------------------------------------
+# the state database on real servers
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope='session')
+def state_servers():
+    """``state_servers(kind)`` -> a started :mod:`tests.lib.dbservers`
+    server ('postgresql' or 'mysql'), started at its first use and
+    shared by the whole session; stopped at its end.  A server that
+    cannot be made here (not installed, driver missing) skips, or fails
+    with ANY2KVM_REQUIRE_TOOLS=1."""
+    from tests.lib import dbservers
+    started = {}
+
+    failed = {}
+
+    def get(kind):
+        if kind in failed:
+            pytest.fail(failed[kind], pytrace=False)
+        if kind not in started:
+            cls = dbservers.SERVERS[kind]
+            why = cls.missing()
+            if why:
+                missing_tool('state database on %s: %s' % (kind, why))
+            server = cls()
+            started[kind] = server
+            try:
+                server.start()
+            except Exception as e:
+                # Once: the next tests fail at once, not after a timeout.
+                failed[kind] = 'the %s server did not start: %s' % (kind, e)
+                raise
+        return started[kind]
+
+    try:
+        yield get
+    finally:
+        for server in started.values():
+            server.stop()

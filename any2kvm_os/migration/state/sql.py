@@ -26,8 +26,13 @@ SQLite runs in WAL mode (``synchronous=NORMAL``: see :func:`make_engine`)
 with foreign keys on and a busy timeout; every
 write transaction starts with ``BEGIN IMMEDIATE``, so two processes on one
 file (a sync in one shell, a show in another) take turns instead of
-failing.  Nothing secret is stored: :meth:`SqlStore.create` refuses
-target options whose names look like passwords, tokens or keys.
+failing.  On MySQL (READ COMMITTED, as PostgreSQL) and PostgreSQL, the
+hold of a migration locks its row (``SELECT ... FOR UPDATE``), and
+processes making or upgrading the schema take turns
+(:func:`schema_lock`); on MySQL the tables are utf8mb4
+(:func:`_mysql_utf8mb4`, revision 0005).  Nothing secret is stored:
+:meth:`SqlStore.create` refuses target options whose names look like
+passwords, tokens or keys.
 """
 
 import contextlib
@@ -44,6 +49,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm
 
+from any2kvm_os import exception
 from any2kvm_os.migration.state import api
 from any2kvm_os.migration.state import models
 from any2kvm_os.migration.state import options
@@ -88,6 +94,18 @@ _URL_PASSWORD = re.compile(r'://[^/@\s:]*:[^/@\s]+@')
 
 _WRITE = 'any2kvm_write'
 
+#: How long, in seconds, a process waits for another one changing the
+#: schema of the same database (:func:`schema_lock`).
+SCHEMA_LOCK_TIMEOUT = 300.0
+#: PostgreSQL's advisory lock of schema changes (a lock of the database:
+#: PostgreSQL scopes advisory locks to it).
+_PG_SCHEMA_LOCK = 0x616e79326b766d  # 'any2kvm'
+
+#: The extras of the package that bring a driver, by (backend, driver).
+_EXTRAS = {('mysql', 'pymysql'): 'any2kvm_os[mysql]',
+           ('mariadb', 'pymysql'): 'any2kvm_os[mysql]',
+           ('postgresql', 'psycopg2'): 'any2kvm_os[postgresql]'}
+
 
 # -- where the database is-----------------------------------------------------
 
@@ -115,8 +133,25 @@ def make_engine(url):
     process, not a power loss: see the comment below), foreign keys, busy
     timeout and ``BEGIN IMMEDIATE`` for writes."""
     url = sa.engine.make_url(url)
-    if url.get_backend_name() != 'sqlite':
-        return sa.create_engine(url, pool_pre_ping=True)
+    backend = url.get_backend_name()
+    if backend != 'sqlite':
+        kwargs = {}
+        if backend in ('mysql', 'mariadb'):
+            # InnoDB's default, REPEATABLE READ, would let a reader keep
+            # reading the snapshot of its first statement: READ COMMITTED
+            # is what PostgreSQL and SQLite's WAL give each statement.
+            kwargs['isolation_level'] = 'READ COMMITTED'
+        try:
+            return sa.create_engine(url, pool_pre_ping=True, **kwargs)
+        except ImportError as e:
+            extra = _EXTRAS.get((backend, url.get_driver_name()))
+            raise exception.Any2KvmError(
+                'state database %s: its Python driver is not installed '
+                '(%s): %s' % (safe_url(url), e, (
+                    'pip install "%s"' % extra if extra else
+                    'install it, or use mysql+pymysql:// or '
+                    'postgresql+psycopg2:// (pip install '
+                    '"any2kvm_os[mysql]" or "any2kvm_os[postgresql]")')))
     database = url.database
     if database and database != ':memory:' and not database.startswith(
             'file:'):
@@ -229,6 +264,67 @@ def _adopt_legacy_version(connection):
     return ours[0]
 
 
+def _mysql_utf8mb4(engine):
+    """MySQL: the database's default character set utf8mb4, compared
+    byte by byte as on SQLite and PostgreSQL, before any table is made
+    (ours, TaskFlow's), whatever the server's default (latin1 on
+    MariaDB's own).  Revision 0005 converts the tables of an older
+    database."""
+    if engine.dialect.name not in ('mysql', 'mariadb'):
+        return
+    with engine.connect() as connection:
+        if connection.exec_driver_sql(
+                'SELECT @@collation_database').scalar() != 'utf8mb4_bin':
+            connection.exec_driver_sql(
+                'ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin')
+        connection.commit()
+
+
+@contextlib.contextmanager
+def schema_lock(engine):
+    """Hold the lock of schema changes of the database behind ``engine``
+    while the block runs: two processes opening a new database take
+    turns making its tables (ours, then TaskFlow's), the second finding
+    them made.  PostgreSQL: an advisory lock (of this database); MySQL:
+    a named lock (``GET_LOCK``, named after the database); both held by
+    a connection of their own.  On SQLite, nothing: its writers take the
+    lock of the file (``BEGIN IMMEDIATE``), and the schema is made in one
+    transaction."""
+    dialect = engine.dialect.name
+    if dialect not in ('postgresql', 'mysql', 'mariadb'):
+        yield
+        return
+    if dialect == 'postgresql':
+        take = sa.text('SELECT pg_try_advisory_lock(:key)').bindparams(
+            key=_PG_SCHEMA_LOCK)
+        give = sa.text('SELECT pg_advisory_unlock(:key)').bindparams(
+            key=_PG_SCHEMA_LOCK)
+    else:
+        name = ('any2kvm.schema.%s' % engine.url.database)[:64]
+        take = sa.text('SELECT GET_LOCK(:name, 1)').bindparams(name=name)
+        give = sa.text('SELECT RELEASE_LOCK(:name)').bindparams(name=name)
+    with engine.connect() as connection:
+        deadline = time.monotonic() + SCHEMA_LOCK_TIMEOUT
+        while not connection.execute(take).scalar():
+            connection.rollback()
+            if time.monotonic() > deadline:
+                raise exception.Any2KvmError(
+                    'state database %s: another process has been changing '
+                    'its schema for more than %d s' % (
+                        safe_url(engine.url), SCHEMA_LOCK_TIMEOUT))
+            time.sleep(0.2)
+        connection.commit()
+        try:
+            yield
+        finally:
+            try:
+                connection.execute(give)
+                connection.commit()
+            except Exception:
+                # Closed: the server releases the lock with the session.
+                connection.invalidate()
+
+
 def upgrade(engine, revision='head'):
     """Bring the schema to ``revision``; nothing is done (or logged)
     when it is there already."""
@@ -236,11 +332,16 @@ def upgrade(engine, revision='head'):
     want = head_revision() if revision == 'head' else revision
     if current_revision(engine) == want:
         return
-    with engine.execution_options(**{_WRITE: True}).begin() as connection:
-        # In one transaction, so that two processes opening a new
-        # database take turns; the second finds it at head.
-        _adopt_legacy_version(connection)
-        command.upgrade(_alembic_config(connection), revision)
+    with schema_lock(engine):
+        if current_revision(engine) == want:
+            return  # made meanwhile by another process
+        _mysql_utf8mb4(engine)
+        with engine.execution_options(**{_WRITE: True}).begin() as \
+                connection:
+            # In one transaction, so that two processes opening a new
+            # SQLite database take turns; the second finds it at head.
+            _adopt_legacy_version(connection)
+            command.upgrade(_alembic_config(connection), revision)
 
 
 # -- plain data ---------------------------------------------------------------
@@ -262,6 +363,11 @@ def check_not_secret(options, where='target_options'):
     elif isinstance(options, str) and _URL_PASSWORD.search(options):
         raise ValueError('%s: a URL with a password in it, and nothing '
                          'secret is stored in the migration state' % where)
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
 
 
 def _time_text(t):
@@ -318,6 +424,14 @@ class SqlStore(api.Store):
         self._writer = self._engine.execution_options(**{_WRITE: True})
         try:
             upgrade(self._engine)
+        except sa_exc.OperationalError as e:
+            self._engine.dispose()
+            if self._engine.dialect.name == 'sqlite':
+                raise
+            # The server cannot be reached, refuses us...: one line, the
+            # URL's password hidden (the driver's message has none).
+            raise exception.Any2KvmError('state database %s: %s' % (
+                safe_url(self.url), _first_line(e.orig))) from e
         except Exception:
             self._engine.dispose()
             raise
@@ -342,8 +456,9 @@ class SqlStore(api.Store):
         they take turns with ours instead of failing."""
         if self._flow_backend is None:
             from any2kvm_os.migration.state import flowdb
-            self._flow_backend = flowdb.backend(self._writer,
-                                                safe_url(self.url))
+            with schema_lock(self._engine):
+                self._flow_backend = flowdb.backend(self._writer,
+                                                    safe_url(self.url))
         return self._flow_backend
 
     def flow_logbook(self, name, create=True):
