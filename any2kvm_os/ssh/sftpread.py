@@ -35,6 +35,11 @@ read requests in flight for the files of the connection:
   at most 64 KiB) gets the rest asked again, and the request size shrinks
   to what it sends.
 
+File data is copied once out of what the channel gives (each reply
+into a bytes object of its own) and handed on as views of it: the
+caller's join is the only other copy (every copy of every byte costs
+the reading thread, which holds the GIL while it copies).
+
 It holds no thread: the caller's read drives it.  After a lost
 connection (the caller reconnects, :meth:`Connection.retrying`) the
 files are opened again on the new channel, checked to have kept their
@@ -112,6 +117,16 @@ class _Parser(object):
     def string(self):
         return self.take(self.u32())
 
+    def view(self):
+        """A string as a view of the reply (file data: not copied; the
+        view holds the one reply, nothing more)."""
+        n = self.u32()
+        if self.pos + n > len(self.body):
+            raise Lost('malformed SFTP reply (too short)')
+        part = memoryview(self.body)[self.pos:self.pos + n]
+        self.pos += n
+        return part
+
 
 def parse_attrs(p):
     """(size or None, permissions or None) of an SFTP v3 ATTRS."""
@@ -141,7 +156,11 @@ class Session(object):
     def __init__(self, channel, what='SFTP'):
         self.channel = channel
         self.what = what
-        self._buf = bytearray()
+        #: What the channel gave and no packet took yet: the pieces in
+        #: order, the first one taken up to ``_off``; ``_have`` bytes.
+        self._pieces = collections.deque()
+        self._off = 0
+        self._have = 0
         self._next = 0
         self.closed = False
         self._send(FXP_INIT, _U32.pack(3))
@@ -199,19 +218,9 @@ class Session(object):
         return (_READ.pack(len(h) + 17, FXP_READ, rid) + h
                 + struct.pack('>QI', offset, length))
 
-    def _packet(self):
-        """(type, body) of the next packet; raises :class:`Lost`."""
-        buf = self._buf
-        while True:
-            if len(buf) >= 4:
-                n = _U32.unpack_from(buf)[0]
-                if n < 1 or n > MAX_REPLY:
-                    raise Lost('malformed SFTP reply (length %d)' % n)
-                if len(buf) >= 4 + n:
-                    kind = buf[4]
-                    body = bytes(buf[5:4 + n])
-                    del buf[:4 + n]
-                    return kind, body
+    def _fetch(self, n):
+        """Receive until ``n`` bytes wait; raises :class:`Lost`."""
+        while self._have < n:
             if self.closed:
                 raise Lost('SFTP channel closed')
             try:
@@ -224,14 +233,65 @@ class Session(object):
                            % (str(e) or type(e).__name__))
             if not data:
                 raise Lost('connection closed by the host')
-            buf += data
+            self._pieces.append(data)
+            self._have += len(data)
+
+    def _take(self, n):
+        """The next ``n`` bytes (all waiting), copied once: a slice of
+        the piece that holds them, or (across pieces) joined."""
+        pieces = self._pieces
+        first = pieces[0]
+        off = self._off
+        self._have -= n
+        if len(first) - off >= n:
+            out = first[off:off + n]    # the piece itself when whole
+            off += n
+            if off == len(first):
+                pieces.popleft()
+                off = 0
+            self._off = off
+            return out
+        out = bytearray()
+        while len(out) < n:
+            first = pieces[0]
+            part = first[off:off + n - len(out)]
+            out += part
+            off += len(part)
+            if off == len(first):
+                pieces.popleft()
+                off = 0
+        self._off = off
+        return bytes(out)
+
+    def _packet(self):
+        """(type, packet) of the next packet, the type byte at index 0
+        of ``packet`` (one copy of the channel's bytes, no more); raises
+        :class:`Lost`."""
+        self._fetch(4)
+        pieces = self._pieces
+        first = pieces[0]
+        if len(first) - self._off >= 4:
+            n = _U32.unpack_from(first, self._off)[0]
+        else:
+            n = _U32.unpack(self._take(4))[0]
+            if n < 1 or n > MAX_REPLY:
+                raise Lost('malformed SFTP reply (length %d)' % n)
+            self._fetch(n)
+            packet = self._take(n)
+            return packet[0], packet
+        if n < 1 or n > MAX_REPLY:
+            raise Lost('malformed SFTP reply (length %d)' % n)
+        self._fetch(4 + n)
+        self._take(4)
+        packet = self._take(n)
+        return packet[0], packet
 
     def receive(self):
         """(type, request id, parser of the rest) of the next reply."""
-        kind, body = self._packet()
-        if len(body) < 4:
+        kind, packet = self._packet()
+        if len(packet) < 5:
             raise Lost('malformed SFTP reply (no id)')
-        return kind, _U32.unpack_from(body)[0], _Parser(body, 4)
+        return kind, _U32.unpack_from(packet, 1)[0], _Parser(packet, 5)
 
     def close(self):
         self.closed = True
@@ -612,7 +672,7 @@ class Pipeline(object):
             self._n_direct -= 1
         c.rid = None
         if kind == FXP_DATA:
-            data = p.string()
+            data = p.view()
             f = self._files.get(c.file)
             if f is not None:
                 f.bytes_read += len(data)
@@ -660,7 +720,8 @@ class Pipeline(object):
 
     def read(self, key, offset, end, parts):
         """Read ``[offset, end)`` of the file (clipped by the caller to
-        its size), appending the bytes to ``parts``: after a lost
+        its size), appending the bytes to ``parts`` (memoryviews, each
+        of one reply; ``b''.join`` takes them): after a lost
         connection, call again with the same list and it goes on where
         it was."""
         with self.lock:

@@ -356,3 +356,82 @@ def test_connection_errors_count_as_drops():
         assert c._is_drop(error)
     assert not c._is_drop(exception.SshError(host='h', reason='r'))
     assert not c._is_drop(paramiko.AuthenticationException())
+
+
+class PiecesChannel(object):
+    """Hands out the given pieces, one per recv, then times out."""
+
+    def __init__(self, pieces):
+        self.pieces = list(pieces)
+        self.sent = b''
+
+    def sendall(self, data):
+        self.sent += data
+
+    def recv(self, n):
+        if not self.pieces:
+            raise socket.timeout()
+        return self.pieces.pop(0)
+
+    def gettimeout(self):
+        return 5
+
+    def close(self):
+        pass
+
+
+def _reply(kind, body):
+    return U32.pack(len(body) + 1) + bytes((kind,)) + body
+
+
+@pytest.mark.parametrize('cut', ['one piece', 'bytes', 'in headers',
+                                 'between'])
+def test_replies_framed_whatever_the_pieces(cut):
+    # Replies framed out of what the channel gives, however it is cut:
+    # file data comes out as a view of its own reply (not of the piece
+    # it came in, which may hold a whole window of others).
+    version = _reply(sftpread.FXP_VERSION, U32.pack(3))
+    blob = random.Random(5).randbytes(70000)
+    replies = [_reply(sftpread.FXP_DATA, U32.pack(7 + i) + U32.pack(
+        len(blob) - i) + blob[i:]) for i in range(3)]
+    replies.append(_reply(sftpread.FXP_STATUS, U32.pack(10) + U32.pack(1)
+                          + U32.pack(3) + b'EOF' + U32.pack(0)))
+    stream = version + b''.join(replies)
+    if cut == 'one piece':
+        pieces = [stream]
+    elif cut == 'bytes':
+        pieces = [stream[i:i + 1] for i in range(len(version) + 40)] + \
+            [stream[len(version) + 40:]]
+    elif cut == 'in headers':
+        # Every cut inside a length or a type byte.
+        stops, pos = [], 0
+        for r in [version] + replies:
+            stops += [pos + 2, pos + 4, pos + 5]
+            pos += len(r)
+        pieces = [stream[a:b] for a, b in zip([0] + stops, stops + [pos])]
+    else:
+        pieces = [version] + replies
+    session = sftpread.Session(PiecesChannel(pieces))
+    for i in range(3):
+        kind, rid, p = session.receive()
+        assert (kind, rid) == (sftpread.FXP_DATA, 7 + i)
+        data = p.view()
+        assert isinstance(data, memoryview)
+        assert data == blob[i:]
+        assert len(data.obj) == len(replies[i]) - 4
+    kind, rid, p = session.receive()
+    assert (kind, rid, p.u32(), p.string()) == (sftpread.FXP_STATUS, 10, 1,
+                                                b'EOF')
+    assert session._have == 0
+    with pytest.raises(sftpread.Lost):
+        session.receive()
+
+
+def test_data_longer_than_its_reply_is_malformed():
+    body = U32.pack(1) + U32.pack(100) + b'x' * 10
+    session = sftpread.Session(PiecesChannel(
+        [_reply(sftpread.FXP_VERSION, U32.pack(3)),
+         _reply(sftpread.FXP_DATA, body)]))
+    kind, rid, p = session.receive()
+    with pytest.raises(sftpread.Lost):
+        p.view()
