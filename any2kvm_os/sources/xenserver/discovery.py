@@ -46,6 +46,7 @@ control domain.
 
 import posixpath
 
+from any2kvm_os import exception
 from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import location
 from any2kvm_os.sources.xenserver import xe
@@ -114,6 +115,11 @@ class Discovered(object):
         self.notes = notes
 
 
+#: Fields not worth a ``param-get`` each when a host leaves them out of
+#: a listing (hints only; absent on older hosts).
+_HINTS = frozenset(('other-config', 'os-version', 'reference-label'))
+
+
 class _Host(object):
     """Runs commands on one host and parses their answers."""
 
@@ -124,6 +130,62 @@ class _Host(object):
     def records(self, argv, fields, required=()):
         return xe.parse_records(self.run(argv), argv, fields,
                                 required=required)
+
+    def query(self, cls, filters, fields, required=()):
+        """``xe <cls>-list FILTERS params=FIELDS``: the records, each
+        with the fields it was asked for.
+
+        Real xe prints every field asked for that its table has.  A host
+        that leaves one out (an older xapi without the field, or a CLI
+        that does not honour ``params=``) is asked for it with ``<cls>-
+        param-get uuid=U param-name=F``, and a field it cannot give is
+        left out.  When the listing with ``params=`` fails, the uuids are
+        listed alone (``params=uuid``) and every field asked with
+        ``param-get``; if that fails too, the first error is raised.
+        """
+        argv = xe.list_command(cls, filters, fields)
+        try:
+            out = self.run(argv)
+        except exception.Any2KvmError as first:
+            short = xe.list_command(cls, filters, ('uuid',))
+            try:
+                records = self.records(short, ('uuid',), ('uuid',))
+            except exception.Any2KvmError:
+                raise first
+            argv = short
+        else:
+            records = xe.parse_records(out, argv, fields)
+        for record in records:
+            self._fill(cls, record, fields, argv)
+        for i, record in enumerate(records, 1):
+            missing = [f for f in required if f not in record]
+            if missing:
+                raise errors.XeOutputError(
+                    command=xe.describe(argv), reason='record %d lacks %s'
+                    % (i, ', '.join(missing)))
+        return records
+
+    def _fill(self, cls, record, fields, argv):
+        uuid = record.get('uuid', '').strip()
+        if not location.is_uuid(uuid):
+            return
+        for name in fields:
+            if name in record or name in _HINTS:
+                continue
+            get = xe.param_get(cls, uuid.lower(), name)
+            try:
+                record[name] = xe.parse_value(self.run(get), get)
+            except exception.Any2KvmError:
+                continue
+
+
+def _one(records, argv):
+    """The one record of a listing by uuid, or None."""
+    if len(records) > 1:
+        raise errors.XeOutputError(command=xe.describe(argv),
+                                   reason='%d records where one was '
+                                   'expected' % len(records))
+    return records[0] if records else None
 
 
 def _uuid_field(record, name, argv):
@@ -177,11 +239,12 @@ def find_vm(run, vm, host='host'):
     found = []
     if location.is_uuid(vm):
         argv = xe.list_command('vm', [('uuid', vm.lower())], VM_FIELDS)
-        found = [r for r in h.records(argv, VM_FIELDS, VM_REQUIRED)
+        found = [r for r in h.query('vm', [('uuid', vm.lower())],
+                                    VM_FIELDS, VM_REQUIRED)
                  if r['uuid'].lower() == vm.lower()]
     if not found:
         argv = xe.list_command('vm', [('name-label', vm)], VM_FIELDS)
-        found = h.records(argv, VM_FIELDS, VM_REQUIRED)
+        found = h.query('vm', [('name-label', vm)], VM_FIELDS, VM_REQUIRED)
         found = [r for r in found if r['name-label'] == vm]
     if not found:
         if location.is_uuid(vm):
@@ -189,7 +252,12 @@ def find_vm(run, vm, host='host'):
                               ('template', 'a template, not a VM')):
                 argv = xe.list_command(cls, [('uuid', vm.lower())],
                                        ('uuid',))
-                if h.records(argv, ('uuid',), ('uuid',)):
+                try:
+                    known = h.records(argv, ('uuid',), ('uuid',))
+                except exception.Any2KvmError:
+                    # A host without <cls>-list: the VM is just not found.
+                    known = []
+                if known:
                     raise errors.UnsupportedVm(host=host, vm=vm,
                                                reason='is ' + what)
         raise errors.VmNotFound(host=host, vm=repr(vm))
@@ -293,7 +361,8 @@ def vm_facts(record, argv=('xe', 'vm-list')):
 def nics(run, vm_uuid, host='host'):
     """The VM's NICs in device order: {'device', 'mac', 'network'}."""
     argv = xe.list_command('vif', [('vm-uuid', vm_uuid)], VIF_FIELDS)
-    records = _Host(run, host).records(argv, VIF_FIELDS, ('device',))
+    records = _Host(run, host).query('vif', [('vm-uuid', vm_uuid)],
+                                     VIF_FIELDS, ('device',))
     if len(records) > MAX_DEVICES:
         raise errors.XeOutputError(command=xe.describe(argv),
                                    reason='more than %d VIFs' % MAX_DEVICES)
@@ -316,9 +385,10 @@ def disk_vbds(run, vm_uuid, host='host', notes=None):
     """The VM's disk VBDs in userdevice order (CD drives, floppies and
     empty drives left out, and said so in ``notes``)."""
     argv = xe.list_command('vbd', [('vm-uuid', vm_uuid)], VBD_FIELDS)
-    records = _Host(run, host).records(argv, VBD_FIELDS,
-                                       ('uuid', 'vdi-uuid', 'userdevice',
-                                        'type', 'empty'))
+    records = _Host(run, host).query('vbd', [('vm-uuid', vm_uuid)],
+                                     VBD_FIELDS,
+                                     ('uuid', 'vdi-uuid', 'userdevice',
+                                      'type', 'empty'))
     if len(records) > MAX_DEVICES:
         raise errors.XeOutputError(command=xe.describe(argv),
                                    reason='more than %d VBDs' % MAX_DEVICES)
@@ -363,14 +433,15 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
     the path of its VHD on the host; refuses SRs whose VHDs are not
     files."""
     shown = repr(vm_name) if vm_name is not None else vm_uuid
+    h = _Host(run, host)
     srs = {}
     out = []
     for vbd in disk_vbds(run, vm_uuid, host, notes):
         vdi_uuid = vbd['vdi-uuid'].lower()
         disk = 'userdevice %s' % vbd['userdevice']
         argv = xe.list_command('vdi', [('uuid', vdi_uuid)], VDI_FIELDS)
-        vdi = xe.parse_record(run(argv), argv, VDI_FIELDS,
-                              ('uuid', 'virtual-size', 'sr-uuid'))
+        vdi = _one(h.query('vdi', [('uuid', vdi_uuid)], VDI_FIELDS,
+                           ('uuid', 'virtual-size', 'sr-uuid')), argv)
         if vdi is None or vdi['uuid'].lower() != vdi_uuid:
             raise errors.XeOutputError(command=xe.describe(argv),
                                        reason='no record of VDI %s'
@@ -379,8 +450,8 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
         sr_uuid = _uuid_field(vdi, 'sr-uuid', argv)
         if sr_uuid not in srs:
             sr_argv = xe.list_command('sr', [('uuid', sr_uuid)], SR_FIELDS)
-            sr = xe.parse_record(run(sr_argv), sr_argv, SR_FIELDS,
-                                 ('uuid', 'type'))
+            sr = _one(h.query('sr', [('uuid', sr_uuid)], SR_FIELDS,
+                              ('uuid', 'type')), sr_argv)
             if sr is None or sr['uuid'].lower() != sr_uuid:
                 raise errors.XeOutputError(command=xe.describe(sr_argv),
                                            reason='no record of SR %s'
