@@ -144,6 +144,7 @@ class _Host(object):
         ``param-get``; if that fails too, the first error is raised.
         """
         argv = xe.list_command(cls, filters, fields)
+        skip = _HINTS
         try:
             out = self.run(argv)
         except exception.Any2KvmError as first:
@@ -152,11 +153,11 @@ class _Host(object):
                 records = self.records(short, ('uuid',), ('uuid',))
             except exception.Any2KvmError:
                 raise first
-            argv = short
+            argv, skip = short, ()
         else:
             records = xe.parse_records(out, argv, fields)
         for record in records:
-            self._fill(cls, record, fields, argv)
+            self._fill(cls, record, fields, skip)
         for i, record in enumerate(records, 1):
             missing = [f for f in required if f not in record]
             if missing:
@@ -165,12 +166,12 @@ class _Host(object):
                     % (i, ', '.join(missing)))
         return records
 
-    def _fill(self, cls, record, fields, argv):
+    def _fill(self, cls, record, fields, skip):
         uuid = record.get('uuid', '').strip()
         if not location.is_uuid(uuid):
             return
         for name in fields:
-            if name in record or name in _HINTS:
+            if name in record or name in skip:
                 continue
             get = xe.param_get(cls, uuid.lower(), name)
             try:
@@ -189,7 +190,7 @@ def _one(records, argv):
 
 
 def _uuid_field(record, name, argv):
-    value = record.get(name, '')
+    value = record.get(name, '').strip()
     if not location.is_uuid(value):
         raise errors.XeOutputError(
             command=xe.describe(argv),
@@ -241,11 +242,12 @@ def find_vm(run, vm, host='host'):
         argv = xe.list_command('vm', [('uuid', vm.lower())], VM_FIELDS)
         found = [r for r in h.query('vm', [('uuid', vm.lower())],
                                     VM_FIELDS, VM_REQUIRED)
-                 if r['uuid'].lower() == vm.lower()]
+                 if r['uuid'].strip().lower() == vm.lower()]
     if not found:
         argv = xe.list_command('vm', [('name-label', vm)], VM_FIELDS)
         found = h.query('vm', [('name-label', vm)], VM_FIELDS, VM_REQUIRED)
-        found = [r for r in found if r['name-label'] == vm]
+        found = [r for r in found if r['name-label'] == vm] or [
+            r for r in found if r['name-label'].strip() == vm.strip()]
     if not found:
         if location.is_uuid(vm):
             for cls, what in (('snapshot', 'a snapshot; name the VM itself'),
@@ -368,11 +370,12 @@ def nics(run, vm_uuid, host='host'):
                                    reason='more than %d VIFs' % MAX_DEVICES)
     out = []
     for r in records:
-        if r.get('vm-uuid', vm_uuid).lower() != vm_uuid:
+        if r.get('vm-uuid', vm_uuid).strip().lower() != vm_uuid:
             raise errors.XeOutputError(
                 command=xe.describe(argv), reason='VIF %s belongs to VM %s'
                 % (r.get('uuid'), r.get('vm-uuid')))
-        nic = {'device': r['device'], 'mac': (r.get('MAC') or '').lower()}
+        nic = {'device': r['device'].strip(),
+               'mac': (r.get('MAC') or '').strip().lower()}
         network = r.get('network-name-label')
         if network and not xe.is_null(network):
             nic['network'] = network
@@ -395,11 +398,11 @@ def disk_vbds(run, vm_uuid, host='host', notes=None):
     disks = []
     seen = set()
     for r in records:
-        if r.get('vm-uuid', vm_uuid).lower() != vm_uuid:
+        if r.get('vm-uuid', vm_uuid).strip().lower() != vm_uuid:
             raise errors.XeOutputError(
                 command=xe.describe(argv), reason='VBD %s belongs to VM %s'
                 % (r.get('uuid'), r.get('vm-uuid')))
-        kind = r['type']
+        kind = r['type'].strip()
         if kind != 'Disk' or xe.parse_bool(r['empty'], argv, 'empty'):
             if notes is not None:
                 notes.append('skipped %s drive at userdevice %s%s'
@@ -437,12 +440,12 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
     srs = {}
     out = []
     for vbd in disk_vbds(run, vm_uuid, host, notes):
-        vdi_uuid = vbd['vdi-uuid'].lower()
+        vdi_uuid = vbd['vdi-uuid'].strip().lower()
         disk = 'userdevice %s' % vbd['userdevice']
         argv = xe.list_command('vdi', [('uuid', vdi_uuid)], VDI_FIELDS)
         vdi = _one(h.query('vdi', [('uuid', vdi_uuid)], VDI_FIELDS,
                            ('uuid', 'virtual-size', 'sr-uuid')), argv)
-        if vdi is None or vdi['uuid'].lower() != vdi_uuid:
+        if vdi is None or vdi['uuid'].strip().lower() != vdi_uuid:
             raise errors.XeOutputError(command=xe.describe(argv),
                                        reason='no record of VDI %s'
                                        % vdi_uuid)
@@ -452,7 +455,7 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
             sr_argv = xe.list_command('sr', [('uuid', sr_uuid)], SR_FIELDS)
             sr = _one(h.query('sr', [('uuid', sr_uuid)], SR_FIELDS,
                               ('uuid', 'type')), sr_argv)
-            if sr is None or sr['uuid'].lower() != sr_uuid:
+            if sr is None or sr['uuid'].strip().lower() != sr_uuid:
                 raise errors.XeOutputError(command=xe.describe(sr_argv),
                                            reason='no record of SR %s'
                                            % sr_uuid)
@@ -481,7 +484,8 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
                 'as %s, not VHD' % (vdi_uuid, fmt[:40]))
         path = posixpath.join(mount_base, sr_uuid, vdi_uuid + '.vhd')
         out.append(DiskInfo(
-            userdevice=vbd['userdevice'], device=vbd.get('device', ''),
+            userdevice=vbd['userdevice'].strip(),
+            device=vbd.get('device', '').strip(),
             bootable=_true(vbd.get('bootable')), vdi_uuid=vdi_uuid,
             vdi_name=vdi.get('name-label', ''), virtual_size=size,
             sr_uuid=sr_uuid, sr_type=sr_type, sr_name=sr_name, path=path))
@@ -492,7 +496,7 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE):
     """Find ``vm`` (a name-label or uuid) and collect its facts, NICs and
     disks: a :class:`Discovered`."""
     record = find_vm(run, vm, host)
-    uuid = record['uuid'].lower()
+    uuid = record['uuid'].strip().lower()
     argv = xe.list_command('vm', [('uuid', uuid)], VM_FIELDS)
     facts, at_startup, notes = vm_facts(record, argv)
     facts['nics'] = nics(run, uuid, host)
@@ -502,5 +506,5 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE):
     if len(boot) == 1 and boot[0]:
         # The one bootable VBD is not the first disk: it boots.
         facts['boot_disk'] = boot[0]
-    return Discovered(uuid, record['power-state'], facts, found, at_startup,
-                      notes)
+    return Discovered(uuid, record['power-state'].strip(), facts, found,
+                      at_startup, notes)

@@ -397,6 +397,7 @@ def is_null(value):
 
 
 def parse_bool(value, argv, name):
+    value = (value or '').strip()
     if value in ('true', 'false'):
         return value == 'true'
     raise _bad(argv, 'field %s is %r, not true or false' % (name, value[:80]))
