@@ -266,6 +266,20 @@ def test_vm_uninstall_does_not_select_snapshots(host):
     r = xh.run_xe(root, 'vm-uninstall', 'uuid=' + snap, 'force=true')
     assert r.returncode == 1
     assert r.stderr == 'Error: No matching VMs found\n'
+    # template-uninstall takes any template, a snapshot included, and no
+    # VM that is not one
+    r = xh.run_xe(root, 'template-uninstall', 'template-uuid=' + f['quotes'],
+                  'force=true')
+    assert (r.returncode, r.stderr) == (1, 'Error: This operation can only '
+                                        'be performed on a VM template. %s '
+                                        'is not a VM template.\n'
+                                        % f['quotes'])
+    out = xh.xe_ok(root, 'template-uninstall', 'template-uuid=' + snap,
+                   'force=true')
+    assert out.splitlines()[0] == ('The following items are about to be '
+                                   'destroyed')
+    assert out.splitlines()[-1] == 'All objects destroyed'
+    assert snap not in xh.xe_ok(root, 'snapshot-list', '--minimal')
 
 
 def test_vdi_destroy_rules(host):

@@ -670,9 +670,34 @@ def test_snapshot_and_its_disks():
     snapshots.remove_snapshot(host, SNAP_UUID)
     assert host.calls[-1] == ['xe', 'snapshot-uninstall',
                               'snapshot-uuid=' + SNAP_UUID, 'force=true']
-    snapshots.remove_snapshot(host, SNAP_UUID, uninstall=xe.vm_uninstall)
-    assert host.calls[-1] == ['xe', 'vm-uninstall', 'uuid=' + SNAP_UUID,
-                              'force=true']
+    snapshots.remove_snapshot(host, SNAP_UUID,
+                              uninstall=xe.template_uninstall)
+    assert host.calls[-1] == ['xe', 'template-uninstall',
+                              'template-uuid=' + SNAP_UUID, 'force=true']
+    # A host without snapshot-uninstall: template-uninstall, which takes
+    # a snapshot (vm-uninstall does not: xe leaves templates out).
+    calls = []
+
+    def old_host(argv):
+        calls.append(argv)
+        if argv[1] == 'snapshot-uninstall':
+            raise exception.RemoteCommandError(
+                host='xs1', command=argv[1], reason="exit status 1: "
+                "Unknown command: snapshot-uninstall")
+        return ''
+    snapshots.remove_snapshot(old_host, SNAP_UUID)
+    assert [c[1] for c in calls] == ['snapshot-uninstall',
+                                     'template-uninstall']
+    calls[:] = []
+
+    def refusing(argv):
+        calls.append(argv)
+        raise exception.RemoteCommandError(host='xs1', command=argv[1],
+                                           reason='exit status 1: ' +
+                                           argv[1])
+    with pytest.raises(exception.RemoteCommandError,
+                       match=': snapshot-uninstall$'):
+        snapshots.remove_snapshot(refusing, SNAP_UUID)
 
 
 def test_power_operations_and_polling():

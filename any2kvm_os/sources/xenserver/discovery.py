@@ -139,15 +139,17 @@ class _Host(object):
         that leaves one out (an older xapi without the field, or a CLI
         that does not honour ``params=``) is asked for it with ``<cls>-
         param-get uuid=U param-name=F``, and a field it cannot give is
-        left out.  When the listing with ``params=`` fails, the uuids are
-        listed alone (``params=uuid``) and every field asked with
+        left out.  When xe fails the listing with ``params=`` (exits
+        non-zero: :class:`~any2kvm_os.exception.RemoteCommandError`), the
+        uuids are listed alone (``params=uuid``) and every field asked with
         ``param-get``; if that fails too, the first error is raised.
         """
         argv = xe.list_command(cls, filters, fields)
         skip = _HINTS
         try:
             out = self.run(argv)
-        except exception.Any2KvmError as first:
+        except exception.RemoteCommandError as first:
+            # xe answered with an error (not a lost connection)
             short = xe.list_command(cls, filters, ('uuid',))
             try:
                 records = self.records(short, ('uuid',), ('uuid',))
@@ -176,7 +178,7 @@ class _Host(object):
             get = xe.param_get(cls, uuid.lower(), name)
             try:
                 record[name] = xe.parse_value(self.run(get), get)
-            except exception.Any2KvmError:
+            except (exception.RemoteCommandError, errors.XeOutputError):
                 continue
 
 

@@ -106,9 +106,18 @@ def snapshot_vdis(run, snapshot_uuid, host='host'):
 
 def remove_snapshot(run, snapshot_uuid, uninstall=xe.snapshot_uninstall):
     """Destroy the snapshot and its own VDIs (``snapshot-uninstall
-    force=true``; pass ``uninstall=xe.vm_uninstall`` for hosts without
-    it)."""
-    run(uninstall(snapshot_uuid))
+    force=true``).  When that fails, ``template-uninstall`` (a snapshot is
+    a template; ``vm-uninstall`` would not select it) is tried, and if it
+    fails too the first error is raised."""
+    try:
+        run(uninstall(snapshot_uuid))
+    except exception.RemoteCommandError as first:
+        if uninstall is xe.template_uninstall:
+            raise
+        try:
+            run(xe.template_uninstall(snapshot_uuid))
+        except exception.Any2KvmError:
+            raise first
 
 
 def power_state(run, vm_uuid):

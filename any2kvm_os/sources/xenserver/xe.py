@@ -155,10 +155,20 @@ def snapshot_uninstall(snapshot_uuid):
 
 
 def vm_uninstall(uuid):
-    """``xe vm-uninstall uuid=U force=true``: the same for any VM record
-    (a snapshot is one), on hosts without ``snapshot-uninstall``."""
+    """``xe vm-uninstall uuid=U force=true``: the same for a VM (and its
+    snapshots).  Not for a snapshot itself: xe selects the VM as
+    ``vm-shutdown`` does, among VMs that are not templates, and a
+    snapshot is a template ("No matching VMs found")."""
     return command('vm-uninstall', [('uuid', _uuid(uuid)),
                                     ('force', 'true')])
+
+
+def template_uninstall(uuid):
+    """``xe template-uninstall template-uuid=U force=true``: the same as
+    ``snapshot-uninstall`` for any template record, a snapshot included
+    (cli_operations.ml ``template_uninstall``)."""
+    return command('template-uninstall', [('template-uuid', _uuid(uuid)),
+                                          ('force', 'true')])
 
 
 def vm_shutdown(uuid, force=False):
