@@ -916,3 +916,16 @@ def test_snapshot_is_kept_when_its_disks_cannot_be_marked(caplog):
                                            reason='exit status 1')
     assert snapshots.snapshot(run, VM_UUID, 'any2kvm') == SNAP_UUID
     assert 'could not mark its disks' in caplog.text
+
+
+def test_secureboot_auto_is_said_so():
+    # xapi_vm.ml update_platform_secureboot: "auto" becomes true or false
+    # when the VM starts; a VM not started since still says "auto".
+    host = standard_host()
+    vm = host.objects['vm'][0]
+    vm['HVM-boot-params'] = 'order: dc; firmware: uefi'
+    vm['platform'] = 'device-model: qemu-upstream-uefi; secureboot: auto'
+    found = _facts_of(host)
+    assert found.facts['firmware'] == 'uefi'
+    assert found.facts['secure_boot'] is False
+    assert any('secureboot is "auto"' in n for n in found.notes)

@@ -306,7 +306,14 @@ def _firmware(record, notes, argv):
              'cores_per_socket': _soft_int(platform.get('cores-per-socket'))
              or 1}
     if uefi:
-        facts['secure_boot'] = _true(platform.get('secureboot'))
+        secureboot = (platform.get('secureboot') or '').strip().lower()
+        facts['secure_boot'] = _true(secureboot)
+        if secureboot == 'auto':
+            # xapi turns "auto" into true or false when the VM starts,
+            # after whether the pool has UEFI certificates (xapi_vm.ml
+            # update_platform_secureboot): a VM never started since.
+            notes.append('platform secureboot is "auto" (on if the pool '
+                         'has UEFI certificates); taken as off')
     return facts, mode
 
 
