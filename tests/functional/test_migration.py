@@ -187,8 +187,8 @@ def test_abort_keeps_the_vm(bed):
     root, facts, out, loc, common = bed
     # The VM's disks attached as "xe vbd-create" does, without "owner" in
     # the VBDs' other-config: snapshot-uninstall (xapi's
-    # vm_uninstall_common) destroys only VDIs whose VBD has it, so the
-    # client gives it to the snapshot's VBDs, or their VDIs would stay.
+    # vm_uninstall_common) destroys only VDIs whose VBD has it, and xapi
+    # gives it to a snapshot's disk VBDs (CA-58405): none may stay.
     with st.locked(str(root)):
         state = st.load(str(root))
         for vbd in state['vbd'].values():

@@ -432,8 +432,9 @@ def test_vbd_details_and_param_set(host):
     """An empty drive's vdi-name-label is <EMPTY> (records.ml vbd_record);
     a snapshot's VBDs are created unplugged, with no device (set on
     plug); the VBD other-config the snapshot copies carries ``owner``
-    (what vm-uninstall keys on), and ``*-param-set map:key=value`` adds a
-    key (cli_operations.ml p_set) while read-only fields refuse."""
+    (what vm-uninstall keys on) on disks, not on CD drives, and
+    ``*-param-set map:key=value`` adds a key (cli_operations.ml p_set)
+    while read-only fields refuse."""
     root, f = host
     empty = xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + f['semicolon'],
                      'type=CD', 'params=uuid', '--minimal').strip()
@@ -450,6 +451,10 @@ def test_vbd_details_and_param_set(host):
                     'params=uuid', '--minimal').strip()
     assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + disk,
                     'param-name=other-config') == 'owner: true\n'
+    cd = xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + snap, 'type=CD',
+                  'params=uuid', '--minimal').strip()
+    assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + cd,
+                    'param-name=other-config') == '\n'
     xh.xe_ok(root, 'vbd-param-set', 'uuid=' + disk,
              'other-config:note=a; b: c')
     assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + disk,

@@ -889,35 +889,6 @@ def test_a_field_the_host_cannot_give_is_left_out():
             'param-name=VCPUs-max'] in host.calls
 
 
-def test_snapshot_disks_without_owner_are_given_it():
-    # xapi's vm_uninstall_common destroys only VDIs whose VBD has 'owner'
-    # in other-config; a snapshot copies the VM's VBDs.
-    host = standard_host()
-    snap_vdis = ['77777777-0000-4000-8000-00000000000%d' % i
-                 for i in range(2)]
-    add_disk(host, 0, snap_vdis[0], vm=SNAP_UUID)
-    add_disk(host, 1, snap_vdis[1], vm=SNAP_UUID)
-    add_disk(host, 3, xe.NOT_IN_DATABASE, vm=SNAP_UUID, kind='CD',
-             empty='true')
-    snap_vbds = [b for b in host.objects['vbd'] if b['vm-uuid'] == SNAP_UUID]
-    snap_vbds[0]['other-config'] = 'owner: true'
-    snap_vbds[1]['other-config'] = ''
-    assert snapshots.snapshot(host, VM_UUID, 'any2kvm') == SNAP_UUID
-    sets = [c for c in host.calls if c[1] == 'vbd-param-set']
-    assert sets == [['xe', 'vbd-param-set', 'uuid=' + snap_vbds[1]['uuid'],
-                     'other-config:owner=true']]
-
-
-def test_snapshot_is_kept_when_its_disks_cannot_be_marked(caplog):
-    def run(argv):
-        if argv[1] == 'vm-snapshot':
-            return SNAP_UUID + '\n'
-        raise exception.RemoteCommandError(host='xs1', command=argv[1],
-                                           reason='exit status 1')
-    assert snapshots.snapshot(run, VM_UUID, 'any2kvm') == SNAP_UUID
-    assert 'could not mark its disks' in caplog.text
-
-
 def test_secureboot_auto_is_said_so():
     # xapi_vm.ml update_platform_secureboot: "auto" becomes true or false
     # when the VM starts; a VM not started since still says "auto".

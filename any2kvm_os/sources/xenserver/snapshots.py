@@ -17,77 +17,32 @@
 XenServer CLI reference: ``vm-snapshot`` prints the new snapshot's uuid;
 a snapshot is a VM record with ``is-a-snapshot`` true whose VBDs point at
 the snapshot's VDIs; ``snapshot-uninstall`` (or, on hosts without it,
-``vm-uninstall``) with ``force=true`` destroys the snapshot and the VDIs
-only it uses; ``vm-shutdown`` asks the guest to shut down and, with
-``force=true``, stops it hard; ``power-state`` is one of ``halted``,
+``template-uninstall``: ``vm-uninstall`` never selects a snapshot, which
+is a template) with ``force=true`` destroys the snapshot and the VDIs of
+its VBDs that have ``owner`` in their other-config (all its disks);
+``vm-shutdown`` asks the guest to shut down and, with ``force=true``,
+stops it hard; ``power-state`` is one of ``halted``,
 ``paused``, ``running``, ``suspended``.
 """
 
-import logging
 import time
 
 from any2kvm_os import exception
 from any2kvm_os.sources.xenserver import discovery
 from any2kvm_os.sources.xenserver import errors
-from any2kvm_os.sources.xenserver import location
 from any2kvm_os.sources.xenserver import xe
-
-LOG = logging.getLogger(__name__)
 
 POWER_STATES = ('halted', 'paused', 'running', 'suspended')
 
 
-#: The key of a VBD's other-config that makes ``vm-uninstall`` and
-#: ``snapshot-uninstall`` destroy its VDI (xapi's Constants.owner_key).
-OWNER = 'owner'
-_VBD_OWNER_FIELDS = ('uuid', 'type', 'empty', 'other-config')
-
-
 def snapshot(run, vm_uuid, name, description=None):
     """Snapshot the VM (named ``name``, described ``description``); the
-    snapshot's uuid.
-
-    ``snapshot-uninstall`` destroys only the VDIs whose VBD has ``owner``
-    in its other-config (xapi cli_operations.ml ``vm_uninstall_common``),
-    and the snapshot's VBDs copy the VM's: a disk attached without it
-    (``xe vbd-create``, some tools) would leave its snapshot VDI, and the
-    chain it pins, on the host after the snapshot is removed.  Such VBDs
-    of the snapshot (never the VM's) are given ``owner: true``; that is
-    best effort, a failure is logged."""
+    snapshot's uuid.  xapi gives the snapshot's disk VBDs ``owner`` in
+    their other-config (xapi_vm_clone.ml, CA-58405), so that
+    ``snapshot-uninstall`` destroys the snapshot's VDIs with it, whatever
+    the VM's own VBDs hold."""
     argv = xe.vm_snapshot(vm_uuid, name, description)
-    uuid = xe.parse_uuid(run(argv), argv)
-    try:
-        own_disks(run, uuid)
-    except exception.Any2KvmError as e:
-        LOG.warning('snapshot %s: could not mark its disks for removal '
-                    'with it (%s); remove its VDIs by hand if '
-                    'snapshot-uninstall leaves them', uuid,
-                    ' '.join(str(e).split())[:300])
-    return uuid
-
-
-def own_disks(run, snapshot_uuid):
-    """Give the snapshot's disk VBDs that lack it ``other-config:owner=
-    true`` (``xe vbd-param-set``); returns how many were marked."""
-    argv = xe.list_command('vbd', [('vm-uuid', snapshot_uuid)],
-                           _VBD_OWNER_FIELDS)
-    marked = 0
-    for r in xe.parse_records(run(argv), argv, _VBD_OWNER_FIELDS,
-                              ('uuid',)):
-        if r.get('type', 'Disk') != 'Disk' or r.get('empty') == 'true':
-            continue
-        if OWNER in xe.parse_map(r.get('other-config', ''), argv,
-                                 'other-config'):
-            continue
-        if not location.is_uuid(r['uuid']):
-            raise errors.XeOutputError(command=xe.describe(argv),
-                                       reason='VBD uuid %r'
-                                       % r['uuid'][:80])
-        run(xe.command('vbd-param-set', [
-            ('uuid', r['uuid'].lower()), ('other-config:' + OWNER,
-                                          'true')]))
-        marked += 1
-    return marked
+    return xe.parse_uuid(run(argv), argv)
 
 
 def snapshot_disks(run, snapshot_uuid, host='host',
