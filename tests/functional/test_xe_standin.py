@@ -430,8 +430,8 @@ def test_concurrent_invocations_do_not_corrupt_state(host):
 
 def test_vbd_details_and_param_set(host):
     """An empty drive's vdi-name-label is <EMPTY> (records.ml vbd_record);
-    a snapshot's VBDs are created unplugged, with no device (set on
-    plug); the VBD other-config the snapshot copies carries ``owner``
+    a snapshot's VBDs are copies of the VM's, device included; the VBD
+    other-config the snapshot copies carries ``owner``
     (what vm-uninstall keys on) on disks, not on CD drives, and
     ``*-param-set map:key=value`` adds a key (cli_operations.ml p_set)
     while read-only fields refuse."""
@@ -444,9 +444,15 @@ def test_vbd_details_and_param_set(host):
                     'param-name=vdi-uuid') == st.NID + '\n'
     snap = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + f['semicolon'],
                     'new-name-label=s').strip()
-    for vbd in vbds_of(root, snap):
-        assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + vbd,
-                        'param-name=device') == '\n'
+    # xapi_vbd_helpers.ml copy keeps the device; snapshot_info is a map
+    # printed in a plain ( RO) field
+    assert sorted(xh.xe_ok(root, 'vbd-param-get', 'uuid=' + vbd,
+                           'param-name=device').strip()
+                  for vbd in vbds_of(root, snap)) == ['xvda', 'xvdd']
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + snap,
+                    'param-name=snapshot-info') == (
+        'disk-snapshot-type: crash_consistent; '
+        'power-state-at-snapshot: Running\n')
     disk = xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + snap, 'type=Disk',
                     'params=uuid', '--minimal').strip()
     assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + disk,

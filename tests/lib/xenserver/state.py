@@ -248,7 +248,9 @@ VM_FIELDS = [
     F('snapshots', ' RO', _vm_snapshots),
     F('snapshot-time', ' RO', key('snapshot-time', '19700101T00:00:00Z')),
     F('transportable-snapshot-id', ' RO', const(''), hidden=True),
-    F('snapshot-info', ' RO', const('')),
+    F('snapshot-info', ' RO',
+      lambda s, u, o: '; '.join('%s: %s' % kv for kv in (
+          o.get('snapshot-info') or {}).items())),
     F('parent', ' RO', ref('vm', 'parent')),
     F('children', ' RO', const('')),
     F('is-control-domain', ' RO', key('is-control-domain', False)),
