@@ -241,13 +241,26 @@ def test_sync_killed_then_run_again(bed):
 
 def test_abort_keeps_the_vm(bed):
     root, facts, out, loc, common = bed
+    # The VM's disks attached as "xe vbd-create" does, without "owner" in
+    # the VBDs' other-config: snapshot-uninstall (xapi's
+    # vm_uninstall_common) destroys only VDIs whose VBD has it, and xapi
+    # gives it to a snapshot's disk VBDs (CA-58405): none may stay.
+    with st.locked(str(root)):
+        state = st.load(str(root))
+        for vbd in state['vbd'].values():
+            if vbd['vm'] == facts['two-disks']:
+                vbd['other-config'] = {}
+        st.save(str(root), state)
     mig('create', 'web', loc, '--output-dir', out, common=common)
     mig('sync', 'web', common=common)
     r = mig('abort', 'web', '--delete-targets', common=common)
     assert '1 snapshot(s) removed' in r.stdout
     assert os.listdir(out) == []
-    vm = st.load(str(root))['vm'][facts['two-disks']]
+    state = st.load(str(root))
+    vm = state['vm'][facts['two-disks']]
     assert vm['power-state'] == 'running'
+    assert [u for u, v in state['vdi'].items()
+            if v.get('is-a-snapshot')] == []
 
 
 def openstack(*args):

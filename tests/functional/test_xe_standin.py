@@ -165,8 +165,10 @@ def test_sr_types_and_vdi_sm_config(host):
         assert xh.xe_ok(root, 'sr-param-get', 'uuid=' + f['sr'][kind],
                         'param-name=type').strip() == kind
     lvm_vdi = disk_vdis(root, f['lvm'])[0]
+    # (the VM runs: the keys the backend adds on attach come first)
     assert xh.xe_ok(root, 'vdi-param-get', 'uuid=' + lvm_vdi,
-                    'param-name=sm-config').strip() == 'vdi_type: vhd'
+                    'param-name=sm-config').strip().endswith(
+                        '; vdi_type: vhd')
     assert not os.path.exists(os.path.join(
         root, 'run', 'sr-mount', f['sr']['lvm']))
 
@@ -264,6 +266,20 @@ def test_vm_uninstall_does_not_select_snapshots(host):
     r = xh.run_xe(root, 'vm-uninstall', 'uuid=' + snap, 'force=true')
     assert r.returncode == 1
     assert r.stderr == 'Error: No matching VMs found\n'
+    # template-uninstall takes any template, a snapshot included, and no
+    # VM that is not one
+    r = xh.run_xe(root, 'template-uninstall', 'template-uuid=' + f['quotes'],
+                  'force=true')
+    assert (r.returncode, r.stderr) == (1, 'Error: This operation can only '
+                                        'be performed on a VM template. %s '
+                                        'is not a VM template.\n'
+                                        % f['quotes'])
+    out = xh.xe_ok(root, 'template-uninstall', 'template-uuid=' + snap,
+                   'force=true')
+    assert out.splitlines()[0] == ('The following items are about to be '
+                                   'destroyed')
+    assert out.splitlines()[-1] == 'All objects destroyed'
+    assert snap not in xh.xe_ok(root, 'snapshot-list', '--minimal')
 
 
 def test_vdi_destroy_rules(host):
@@ -406,3 +422,68 @@ def test_concurrent_invocations_do_not_corrupt_state(host):
     vdi = disk_vdis(root, f['quotes'])[0]
     assert len(srlib.chain(xh.vdi_path(root, vdi))) == 7
     st.load(root)       # still valid JSON
+
+
+# ---------------------------------------------------------------------------
+# details checked against xapi's records.ml and cli_operations.ml
+# ---------------------------------------------------------------------------
+
+def test_vbd_details_and_param_set(host):
+    """An empty drive's vdi-name-label is <EMPTY> (records.ml vbd_record);
+    a snapshot's VBDs are copies of the VM's, device included; the VBD
+    other-config the snapshot copies carries ``owner``
+    (what vm-uninstall keys on) on disks, not on CD drives, and
+    ``*-param-set map:key=value`` adds a key (cli_operations.ml p_set)
+    while read-only fields refuse."""
+    root, f = host
+    empty = xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + f['semicolon'],
+                     'type=CD', 'params=uuid', '--minimal').strip()
+    assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + empty,
+                    'param-name=vdi-name-label') == '<EMPTY>\n'
+    assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + empty,
+                    'param-name=vdi-uuid') == st.NID + '\n'
+    snap = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + f['semicolon'],
+                    'new-name-label=s').strip()
+    # xapi_vbd_helpers.ml copy keeps the device; snapshot_info is a map
+    # printed in a plain ( RO) field
+    assert sorted(xh.xe_ok(root, 'vbd-param-get', 'uuid=' + vbd,
+                           'param-name=device').strip()
+                  for vbd in vbds_of(root, snap)) == ['xvda', 'xvdd']
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + snap,
+                    'param-name=snapshot-info') == (
+        'disk-snapshot-type: crash_consistent; '
+        'power-state-at-snapshot: Running\n')
+    disk = xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + snap, 'type=Disk',
+                    'params=uuid', '--minimal').strip()
+    assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + disk,
+                    'param-name=other-config') == 'owner: true\n'
+    cd = xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + snap, 'type=CD',
+                  'params=uuid', '--minimal').strip()
+    assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + cd,
+                    'param-name=other-config') == '\n'
+    xh.xe_ok(root, 'vbd-param-set', 'uuid=' + disk,
+             'other-config:note=a; b: c')
+    assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + disk,
+                    'param-name=other-config', 'param-key=note') == \
+        'a; b: c\n'
+    r = xh.run_xe(root, 'vbd-param-set', 'uuid=' + disk, 'device=xvdz')
+    assert (r.returncode, r.stderr) == (
+        1, "Error: Field 'device' is read-only.\n")
+    r = xh.run_xe(root, 'vbd-param-set', 'uuid=' + disk, 'bootable=maybe')
+    assert r.returncode == 1 and 'must be a boolean' in r.stderr
+
+
+def test_attached_vdi_sm_config_has_the_backend_keys(host):
+    """While a VM runs, its VHD VDIs' sm-config holds what the SM backend
+    adds on attach (``host_OpaqueRef:...: RW``, read-caching-*): keys
+    with ':' in them, before the VDI's own keys."""
+    root, f = host
+    vdi = disk_vdis(root, f['two-disks'])[0]
+    sm = xh.xe_ok(root, 'vdi-param-get', 'uuid=' + vdi,
+                  'param-name=sm-config')
+    assert re.match(r'host_OpaqueRef:%s: RW; read-caching-enabled-on-%s: '
+                    r'false; read-caching-reason-%s: LICENSE_RESTRICTION'
+                    % (UUID, UUID, UUID), sm), sm
+    halted = disk_vdis(root, f['quotes'])[0]
+    assert 'host_OpaqueRef' not in xh.xe_ok(
+        root, 'vdi-param-get', 'uuid=' + halted, 'param-name=sm-config')

@@ -120,3 +120,37 @@ def test_snapshot_as_xenserver_does_it(standin):
     finally:
         snapshots.remove_snapshot(run, snap)
     assert snap not in run(['xe', 'snapshot-list', '--minimal'])
+
+
+def test_snapshot_of_disks_attached_without_owner_leaves_nothing(tmp_path):
+    """xapi's snapshot-uninstall destroys only the VDIs whose VBD has
+    ``owner`` in its other-config (cli_operations.ml
+    vm_uninstall_common); a VM whose disks were attached with ``xe
+    vbd-create`` has none, but xapi gives the snapshot's disk VBDs
+    ``owner`` (xapi_vm_clone.ml, CA-58405), so removing the snapshot
+    leaves none of its VDIs, and the VM keeps its own."""
+    b = xhost.HostBuilder(tmp_path / 'xs')
+    sr = b.add_sr('Local storage', 'ext')
+    vm = b.add_vm('no-owner', disks=((4 * xhost.MiB, None),), sr=sr,
+                  owner=False)
+    root = b.save()
+
+    def run(argv):
+        r = subprocess.run([str(xhost.XE)] + list(argv[1:]),
+                           capture_output=True, text=True,
+                           env=xhost.xe_env(root), timeout=120, cwd='/')
+        if r.returncode != 0:
+            raise XeFailed('%s: %s%s' % (argv, r.stdout, r.stderr))
+        return r.stdout
+
+    def snapshot_vdis():
+        return run(['xe', 'vdi-list', 'is-a-snapshot=true',
+                    '--minimal']).strip()
+    own = discovery.discover(run, vm, mount_base=mount_base(root)).disks
+    snap = snapshots.snapshot(run, vm, 'any2kvm-test')
+    assert snapshot_vdis()
+    snapshots.remove_snapshot(run, snap)
+    assert snapshot_vdis() == ''
+    again = discovery.discover(run, vm, mount_base=mount_base(root)).disks
+    assert [d.vdi_uuid for d in again] == [d.vdi_uuid for d in own]
+    assert os.path.isfile(again[0].path)

@@ -46,6 +46,7 @@ control domain.
 
 import posixpath
 
+from any2kvm_os import exception
 from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import location
 from any2kvm_os.sources.xenserver import xe
@@ -114,6 +115,11 @@ class Discovered(object):
         self.notes = notes
 
 
+#: Fields not worth a ``param-get`` each when a host leaves them out of
+#: a listing (hints only; absent on older hosts).
+_HINTS = frozenset(('other-config', 'os-version', 'reference-label'))
+
+
 class _Host(object):
     """Runs commands on one host and parses their answers."""
 
@@ -125,9 +131,68 @@ class _Host(object):
         return xe.parse_records(self.run(argv), argv, fields,
                                 required=required)
 
+    def query(self, cls, filters, fields, required=()):
+        """``xe <cls>-list FILTERS params=FIELDS``: the records, each
+        with the fields it was asked for.
+
+        Real xe prints every field asked for that its table has.  A host
+        that leaves one out (an older xapi without the field, or a CLI
+        that does not honour ``params=``) is asked for it with ``<cls>-
+        param-get uuid=U param-name=F``, and a field it cannot give is
+        left out.  When xe fails the listing with ``params=`` (exits
+        non-zero: :class:`~any2kvm_os.exception.RemoteCommandError`), the
+        uuids are listed alone (``params=uuid``) and every field asked with
+        ``param-get``; if that fails too, the first error is raised.
+        """
+        argv = xe.list_command(cls, filters, fields)
+        skip = _HINTS
+        try:
+            out = self.run(argv)
+        except exception.RemoteCommandError as first:
+            # xe answered with an error (not a lost connection)
+            short = xe.list_command(cls, filters, ('uuid',))
+            try:
+                records = self.records(short, ('uuid',), ('uuid',))
+            except exception.Any2KvmError:
+                raise first
+            argv, skip = short, ()
+        else:
+            records = xe.parse_records(out, argv, fields)
+        for record in records:
+            self._fill(cls, record, fields, skip)
+        for i, record in enumerate(records, 1):
+            missing = [f for f in required if f not in record]
+            if missing:
+                raise errors.XeOutputError(
+                    command=xe.describe(argv), reason='record %d lacks %s'
+                    % (i, ', '.join(missing)))
+        return records
+
+    def _fill(self, cls, record, fields, skip):
+        uuid = record.get('uuid', '').strip()
+        if not location.is_uuid(uuid):
+            return
+        for name in fields:
+            if name in record or name in skip:
+                continue
+            get = xe.param_get(cls, uuid.lower(), name)
+            try:
+                record[name] = xe.parse_value(self.run(get), get)
+            except (exception.RemoteCommandError, errors.XeOutputError):
+                continue
+
+
+def _one(records, argv):
+    """The one record of a listing by uuid, or None."""
+    if len(records) > 1:
+        raise errors.XeOutputError(command=xe.describe(argv),
+                                   reason='%d records where one was '
+                                   'expected' % len(records))
+    return records[0] if records else None
+
 
 def _uuid_field(record, name, argv):
-    value = record.get(name, '')
+    value = record.get(name, '').strip()
     if not location.is_uuid(value):
         raise errors.XeOutputError(
             command=xe.describe(argv),
@@ -177,19 +242,26 @@ def find_vm(run, vm, host='host'):
     found = []
     if location.is_uuid(vm):
         argv = xe.list_command('vm', [('uuid', vm.lower())], VM_FIELDS)
-        found = [r for r in h.records(argv, VM_FIELDS, VM_REQUIRED)
-                 if r['uuid'].lower() == vm.lower()]
+        found = [r for r in h.query('vm', [('uuid', vm.lower())],
+                                    VM_FIELDS, VM_REQUIRED)
+                 if r['uuid'].strip().lower() == vm.lower()]
     if not found:
         argv = xe.list_command('vm', [('name-label', vm)], VM_FIELDS)
-        found = h.records(argv, VM_FIELDS, VM_REQUIRED)
-        found = [r for r in found if r['name-label'] == vm]
+        found = h.query('vm', [('name-label', vm)], VM_FIELDS, VM_REQUIRED)
+        found = [r for r in found if r['name-label'] == vm] or [
+            r for r in found if r['name-label'].strip() == vm.strip()]
     if not found:
         if location.is_uuid(vm):
             for cls, what in (('snapshot', 'a snapshot; name the VM itself'),
                               ('template', 'a template, not a VM')):
                 argv = xe.list_command(cls, [('uuid', vm.lower())],
                                        ('uuid',))
-                if h.records(argv, ('uuid',), ('uuid',)):
+                try:
+                    known = h.records(argv, ('uuid',), ('uuid',))
+                except exception.Any2KvmError:
+                    # A host without <cls>-list: the VM is just not found.
+                    known = []
+                if known:
                     raise errors.UnsupportedVm(host=host, vm=vm,
                                                reason='is ' + what)
         raise errors.VmNotFound(host=host, vm=repr(vm))
@@ -234,7 +306,14 @@ def _firmware(record, notes, argv):
              'cores_per_socket': _soft_int(platform.get('cores-per-socket'))
              or 1}
     if uefi:
-        facts['secure_boot'] = _true(platform.get('secureboot'))
+        secureboot = (platform.get('secureboot') or '').strip().lower()
+        facts['secure_boot'] = _true(secureboot)
+        if secureboot == 'auto':
+            # xapi turns "auto" into true or false when the VM starts,
+            # after whether the pool has UEFI certificates (xapi_vm.ml
+            # update_platform_secureboot): a VM never started since.
+            notes.append('platform secureboot is "auto" (on if the pool '
+                         'has UEFI certificates); taken as off')
     return facts, mode
 
 
@@ -293,17 +372,19 @@ def vm_facts(record, argv=('xe', 'vm-list')):
 def nics(run, vm_uuid, host='host'):
     """The VM's NICs in device order: {'device', 'mac', 'network'}."""
     argv = xe.list_command('vif', [('vm-uuid', vm_uuid)], VIF_FIELDS)
-    records = _Host(run, host).records(argv, VIF_FIELDS, ('device',))
+    records = _Host(run, host).query('vif', [('vm-uuid', vm_uuid)],
+                                     VIF_FIELDS, ('device',))
     if len(records) > MAX_DEVICES:
         raise errors.XeOutputError(command=xe.describe(argv),
                                    reason='more than %d VIFs' % MAX_DEVICES)
     out = []
     for r in records:
-        if r.get('vm-uuid', vm_uuid).lower() != vm_uuid:
+        if r.get('vm-uuid', vm_uuid).strip().lower() != vm_uuid:
             raise errors.XeOutputError(
                 command=xe.describe(argv), reason='VIF %s belongs to VM %s'
                 % (r.get('uuid'), r.get('vm-uuid')))
-        nic = {'device': r['device'], 'mac': (r.get('MAC') or '').lower()}
+        nic = {'device': r['device'].strip(),
+               'mac': (r.get('MAC') or '').strip().lower()}
         network = r.get('network-name-label')
         if network and not xe.is_null(network):
             nic['network'] = network
@@ -316,20 +397,21 @@ def disk_vbds(run, vm_uuid, host='host', notes=None):
     """The VM's disk VBDs in userdevice order (CD drives, floppies and
     empty drives left out, and said so in ``notes``)."""
     argv = xe.list_command('vbd', [('vm-uuid', vm_uuid)], VBD_FIELDS)
-    records = _Host(run, host).records(argv, VBD_FIELDS,
-                                       ('uuid', 'vdi-uuid', 'userdevice',
-                                        'type', 'empty'))
+    records = _Host(run, host).query('vbd', [('vm-uuid', vm_uuid)],
+                                     VBD_FIELDS,
+                                     ('uuid', 'vdi-uuid', 'userdevice',
+                                      'type', 'empty'))
     if len(records) > MAX_DEVICES:
         raise errors.XeOutputError(command=xe.describe(argv),
                                    reason='more than %d VBDs' % MAX_DEVICES)
     disks = []
     seen = set()
     for r in records:
-        if r.get('vm-uuid', vm_uuid).lower() != vm_uuid:
+        if r.get('vm-uuid', vm_uuid).strip().lower() != vm_uuid:
             raise errors.XeOutputError(
                 command=xe.describe(argv), reason='VBD %s belongs to VM %s'
                 % (r.get('uuid'), r.get('vm-uuid')))
-        kind = r['type']
+        kind = r['type'].strip()
         if kind != 'Disk' or xe.parse_bool(r['empty'], argv, 'empty'):
             if notes is not None:
                 notes.append('skipped %s drive at userdevice %s%s'
@@ -363,15 +445,16 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
     the path of its VHD on the host; refuses SRs whose VHDs are not
     files."""
     shown = repr(vm_name) if vm_name is not None else vm_uuid
+    h = _Host(run, host)
     srs = {}
     out = []
     for vbd in disk_vbds(run, vm_uuid, host, notes):
-        vdi_uuid = vbd['vdi-uuid'].lower()
+        vdi_uuid = vbd['vdi-uuid'].strip().lower()
         disk = 'userdevice %s' % vbd['userdevice']
         argv = xe.list_command('vdi', [('uuid', vdi_uuid)], VDI_FIELDS)
-        vdi = xe.parse_record(run(argv), argv, VDI_FIELDS,
-                              ('uuid', 'virtual-size', 'sr-uuid'))
-        if vdi is None or vdi['uuid'].lower() != vdi_uuid:
+        vdi = _one(h.query('vdi', [('uuid', vdi_uuid)], VDI_FIELDS,
+                           ('uuid', 'virtual-size', 'sr-uuid')), argv)
+        if vdi is None or vdi['uuid'].strip().lower() != vdi_uuid:
             raise errors.XeOutputError(command=xe.describe(argv),
                                        reason='no record of VDI %s'
                                        % vdi_uuid)
@@ -379,9 +462,9 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
         sr_uuid = _uuid_field(vdi, 'sr-uuid', argv)
         if sr_uuid not in srs:
             sr_argv = xe.list_command('sr', [('uuid', sr_uuid)], SR_FIELDS)
-            sr = xe.parse_record(run(sr_argv), sr_argv, SR_FIELDS,
-                                 ('uuid', 'type'))
-            if sr is None or sr['uuid'].lower() != sr_uuid:
+            sr = _one(h.query('sr', [('uuid', sr_uuid)], SR_FIELDS,
+                              ('uuid', 'type')), sr_argv)
+            if sr is None or sr['uuid'].strip().lower() != sr_uuid:
                 raise errors.XeOutputError(command=xe.describe(sr_argv),
                                            reason='no record of SR %s'
                                            % sr_uuid)
@@ -410,7 +493,8 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
                 'as %s, not VHD' % (vdi_uuid, fmt[:40]))
         path = posixpath.join(mount_base, sr_uuid, vdi_uuid + '.vhd')
         out.append(DiskInfo(
-            userdevice=vbd['userdevice'], device=vbd.get('device', ''),
+            userdevice=vbd['userdevice'].strip(),
+            device=vbd.get('device', '').strip(),
             bootable=_true(vbd.get('bootable')), vdi_uuid=vdi_uuid,
             vdi_name=vdi.get('name-label', ''), virtual_size=size,
             sr_uuid=sr_uuid, sr_type=sr_type, sr_name=sr_name, path=path))
@@ -421,7 +505,7 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE):
     """Find ``vm`` (a name-label or uuid) and collect its facts, NICs and
     disks: a :class:`Discovered`."""
     record = find_vm(run, vm, host)
-    uuid = record['uuid'].lower()
+    uuid = record['uuid'].strip().lower()
     argv = xe.list_command('vm', [('uuid', uuid)], VM_FIELDS)
     facts, at_startup, notes = vm_facts(record, argv)
     facts['nics'] = nics(run, uuid, host)
@@ -431,5 +515,5 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE):
     if len(boot) == 1 and boot[0]:
         # The one bootable VBD is not the first disk: it boots.
         facts['boot_disk'] = boot[0]
-    return Discovered(uuid, record['power-state'], facts, found, at_startup,
-                      notes)
+    return Discovered(uuid, record['power-state'].strip(), facts, found,
+                      at_startup, notes)

@@ -17,14 +17,17 @@
 XenServer CLI reference: ``vm-snapshot`` prints the new snapshot's uuid;
 a snapshot is a VM record with ``is-a-snapshot`` true whose VBDs point at
 the snapshot's VDIs; ``snapshot-uninstall`` (or, on hosts without it,
-``vm-uninstall``) with ``force=true`` destroys the snapshot and the VDIs
-only it uses; ``vm-shutdown`` asks the guest to shut down and, with
-``force=true``, stops it hard; ``power-state`` is one of ``halted``,
+``template-uninstall``: ``vm-uninstall`` never selects a snapshot, which
+is a template) with ``force=true`` destroys the snapshot and the VDIs of
+its VBDs that have ``owner`` in their other-config (all its disks);
+``vm-shutdown`` asks the guest to shut down and, with ``force=true``,
+stops it hard; ``power-state`` is one of ``halted``,
 ``paused``, ``running``, ``suspended``.
 """
 
 import time
 
+from any2kvm_os import exception
 from any2kvm_os.sources.xenserver import discovery
 from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import xe
@@ -34,7 +37,10 @@ POWER_STATES = ('halted', 'paused', 'running', 'suspended')
 
 def snapshot(run, vm_uuid, name, description=None):
     """Snapshot the VM (named ``name``, described ``description``); the
-    snapshot's uuid."""
+    snapshot's uuid.  xapi gives the snapshot's disk VBDs ``owner`` in
+    their other-config (xapi_vm_clone.ml, CA-58405), so that
+    ``snapshot-uninstall`` destroys the snapshot's VDIs with it, whatever
+    the VM's own VBDs hold."""
     argv = xe.vm_snapshot(vm_uuid, name, description)
     return xe.parse_uuid(run(argv), argv)
 
@@ -49,15 +55,24 @@ def snapshot_disks(run, snapshot_uuid, host='host',
 def snapshot_vdis(run, snapshot_uuid, host='host'):
     """[(userdevice, vdi uuid)] of the snapshot's disks, in userdevice
     order (no SR lookups)."""
-    return [(r['userdevice'], r['vdi-uuid'].lower())
+    return [(r['userdevice'].strip(), r['vdi-uuid'].strip().lower())
             for r in discovery.disk_vbds(run, snapshot_uuid, host)]
 
 
 def remove_snapshot(run, snapshot_uuid, uninstall=xe.snapshot_uninstall):
     """Destroy the snapshot and its own VDIs (``snapshot-uninstall
-    force=true``; pass ``uninstall=xe.vm_uninstall`` for hosts without
-    it)."""
-    run(uninstall(snapshot_uuid))
+    force=true``).  When that fails, ``template-uninstall`` (a snapshot is
+    a template; ``vm-uninstall`` would not select it) is tried, and if it
+    fails too the first error is raised."""
+    try:
+        run(uninstall(snapshot_uuid))
+    except exception.RemoteCommandError as first:
+        if uninstall is xe.template_uninstall:
+            raise
+        try:
+            run(xe.template_uninstall(snapshot_uuid))
+        except exception.Any2KvmError:
+            raise first
 
 
 def power_state(run, vm_uuid):

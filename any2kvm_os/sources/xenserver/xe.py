@@ -46,13 +46,19 @@ describes it:
   print the value and a newline.
 * ``<not in database>`` stands for a missing object or a null reference.
 
-The host's answers are not trusted: sizes and counts are bounded, a
-field asked for twice, a field not asked for (with ``params=``) or a line
-that is not a field is a malformed answer (a value with a newline in it,
-written by a guest or a user, cannot pass for more fields), and every
-error names the command.
+* With ``params=a,b`` only those fields are printed, in the order of
+  xapi's own table (not the order asked); a name xapi does not know is
+  left out silently (``select_fields`` in cli_operations.ml).
+
+The host's answers are not trusted: sizes and counts are bounded; a
+field printed twice in one record is a malformed answer, and a line that
+is not a field continues the value above it, so a value with a newline in
+it (written by a guest or a user) cannot pass for a field that was asked
+for; a field that was not asked for is left out, so a host that prints
+more than asked is read all the same; every error names the command.
 """
 
+import re
 import shlex
 
 from any2kvm_os.sources.xenserver import errors
@@ -149,10 +155,20 @@ def snapshot_uninstall(snapshot_uuid):
 
 
 def vm_uninstall(uuid):
-    """``xe vm-uninstall uuid=U force=true``: the same for any VM record
-    (a snapshot is one), on hosts without ``snapshot-uninstall``."""
+    """``xe vm-uninstall uuid=U force=true``: the same for a VM (and its
+    snapshots).  Not for a snapshot itself: xe selects the VM as
+    ``vm-shutdown`` does, among VMs that are not templates, and a
+    snapshot is a template ("No matching VMs found")."""
     return command('vm-uninstall', [('uuid', _uuid(uuid)),
                                     ('force', 'true')])
+
+
+def template_uninstall(uuid):
+    """``xe template-uninstall template-uuid=U force=true``: the same as
+    ``snapshot-uninstall`` for any template record, a snapshot included
+    (cli_operations.ml ``template_uninstall``)."""
+    return command('template-uninstall', [('template-uuid', _uuid(uuid)),
+                                          ('force', 'true')])
 
 
 def vm_shutdown(uuid, force=False):
@@ -206,30 +222,27 @@ def text_of(output, argv):
     return output.replace('\r\n', '\n')
 
 
+_FIELD_RE = re.compile(
+    r'^\s*(?P<name>[A-Za-z0-9_.-]+)\s*'
+    r'\(\s*(?P<mode>[MS]?R[OW])\s*\)'
+    r'(?:\s*\[DEPRECATED\])?\s*:(?P<value>.*)$')
+
+
 def _field(line):
-    """(name, mode, value) of one record line, or None."""
-    open_ = line.find(' (')
-    if open_ < 0:
+    """(name, mode, value) of one record line, or None.
+
+    xapi writes ``NAME (MODE): VALUE`` with the names padded by spaces
+    (cli_printer.ml ``multi_line_record``); spacing around the name, the
+    mode and the colon is not relied on (``uuid (RO):x`` is read too),
+    and the value is everything after the colon less one space."""
+    found = _FIELD_RE.match(line)
+    if found is None:
         return None
-    name = line[:open_].strip()
-    mode = line[open_ + 2:open_ + 5]
-    rest = line[open_ + 5:]
-    if not name or not set(name) <= _NAME_CHARS or mode not in MODES:
-        return None
-    if not rest.startswith(')'):
-        return None
-    rest = rest[1:]
-    if rest.startswith(' [DEPRECATED]'):
-        rest = rest[len(' [DEPRECATED]'):]
-    head = rest.lstrip(' ')
-    if not head.startswith(':'):
-        return None
-    value = head[1:]
+    mode = found.group('mode')
+    value = found.group('value')
     if value.startswith(' '):
         value = value[1:]
-    elif value:
-        return None
-    return name, mode, value
+    return found.group('name'), mode.rjust(3), value
 
 
 def parse_records(output, argv, fields=None, required=()):
@@ -237,38 +250,52 @@ def parse_records(output, argv, fields=None, required=()):
     dicts {field name: value text}, in the order printed.
 
     ``fields``: the names asked for with ``params=``; a field outside
-    them is a malformed answer (without ``fields`` any field is kept, and
-    callers ignore those they do not know).  ``required``: names every
-    record must hold.
+    them is left out (real xe prints only those asked for, in the order of
+    its own table; a host that prints more is not wrong for it).
+    ``required``: names every record must hold.  A line that is not a
+    field continues the value of the field above it (xapi prints a value
+    holding a newline as it is); a field printed twice in one record is a
+    malformed answer, so a value cannot pass for a field that was asked
+    for.
     """
     text = text_of(output, argv)
     records = []
     current = None
+    last = None
     for number, line in enumerate(text.split('\n'), 1):
         if not line.strip():
-            current = None
+            current = last = None
             continue
         found = _field(line)
         if found is None:
-            raise _bad(argv, 'line %d is not "name ( RO): value": %r'
-                       % (number, line[:80]))
+            if current is None or last is None:
+                raise _bad(argv, 'line %d is not "name ( RO): value": %r'
+                           % (number, line[:80]))
+            if last in current:
+                current[last] += '\n' + line
+                if len(current[last]) > MAX_VALUE:
+                    raise _bad(argv, 'field %s is longer than %d '
+                               'characters' % (last, MAX_VALUE))
+            continue
         name, _mode, value = found
         if len(value) > MAX_VALUE:
             raise _bad(argv, 'field %s is longer than %d characters'
                        % (name, MAX_VALUE))
-        if fields is not None and name not in fields:
-            raise _bad(argv, 'line %d: field %s was not asked for'
-                       % (number, name))
         if current is None:
             if len(records) >= MAX_RECORDS:
                 raise _bad(argv, 'more than %d records' % MAX_RECORDS)
             current = {}
+            seen = set()
             records.append(current)
-        if name in current:
+        if name in seen:
             raise _bad(argv, 'line %d: field %s appears twice in one record'
                        % (number, name))
-        if len(current) >= MAX_FIELDS:
+        seen.add(name)
+        if len(seen) > MAX_FIELDS:
             raise _bad(argv, 'a record of more than %d fields' % MAX_FIELDS)
+        last = name
+        if fields is not None and name not in fields:
+            continue
         current[name] = value
     for i, record in enumerate(records, 1):
         missing = [f for f in required if f not in record]
@@ -380,6 +407,7 @@ def is_null(value):
 
 
 def parse_bool(value, argv, name):
+    value = (value or '').strip()
     if value in ('true', 'false'):
         return value == 'true'
     raise _bad(argv, 'field %s is %r, not true or false' % (name, value[:80]))

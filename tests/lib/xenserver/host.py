@@ -158,10 +158,13 @@ class HostBuilder(object):
 
     def add_vm(self, name, disks=((8 * MiB, None),), sr=None, cd=None,
                nics=(), firmware='bios', power='running', vcpus=2,
-               memory=1 * GiB, pv=False, control=False, disk_writes=None):
+               memory=1 * GiB, pv=False, control=False, disk_writes=None,
+               owner=True):
         """``disks``: (size, name) per disk (userdevice 0, 1, ...);
         ``cd``: None (no drive), 'empty', or an ISO VDI uuid (userdevice
-        3); ``nics``: network uuids (device 0, 1, ...)."""
+        3); ``nics``: network uuids (device 0, 1, ...); ``owner``: False
+        for disks attached as ``xe vbd-create`` does (no ``owner`` in the
+        VBD's other-config: ``vm-uninstall`` leaves their VDIs)."""
         u = st.new_uuid()
         vm = {
             'name-label': name, 'name-description': '',
@@ -198,7 +201,7 @@ class HostBuilder(object):
             vdi = self.add_vdi(sr, size, dname or '%s %d' % (name, i),
                                writes=writes)
             self._vbd(u, vdi, str(i), 'xvd' + letters[i], 'Disk',
-                      bootable=(i == 0))
+                      bootable=(i == 0), owner=owner)
         if cd is not None:
             self._vbd(u, None if cd == 'empty' else cd, '3', 'xvdd', 'CD',
                       bootable=False)
@@ -210,13 +213,15 @@ class HostBuilder(object):
                 'other-config': {}, 'order': self._next()}
         return u
 
-    def _vbd(self, vm, vdi, userdevice, device, kind, bootable):
+    def _vbd(self, vm, vdi, userdevice, device, kind, bootable,
+             owner=True):
         self.state['vbd'][st.new_uuid()] = {
             'vm': vm, 'vdi': vdi, 'userdevice': userdevice,
             'device': device, 'type': kind, 'bootable': bootable,
             'mode': 'RW' if kind == 'Disk' else 'RO',
             'empty': vdi is None, 'unpluggable': kind == 'Disk',
-            'other-config': {'owner': ''} if kind == 'Disk' else {},
+            'other-config': ({'owner': 'true'} if kind == 'Disk' and owner
+                             else {}),
             'order': self._next()}
 
     def outside_parent_vdi(self, sr_uuid, size=8 * MiB):

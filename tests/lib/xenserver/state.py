@@ -248,7 +248,9 @@ VM_FIELDS = [
     F('snapshots', ' RO', _vm_snapshots),
     F('snapshot-time', ' RO', key('snapshot-time', '19700101T00:00:00Z')),
     F('transportable-snapshot-id', ' RO', const(''), hidden=True),
-    F('snapshot-info', ' RO', const('')),
+    F('snapshot-info', ' RO',
+      lambda s, u, o: '; '.join('%s: %s' % kv for kv in (
+          o.get('snapshot-info') or {}).items())),
     F('parent', ' RO', ref('vm', 'parent')),
     F('children', ' RO', const('')),
     F('is-control-domain', ' RO', key('is-control-domain', False)),
@@ -372,6 +374,29 @@ def _vdi_utilisation(state, uuid, obj):
     return str(obj.get('physical-utilisation', obj.get('virtual-size', 0)))
 
 
+def _vdi_sm_config(state, uuid, obj):
+    """The VDI's sm-config; while it is attached to a running VM, with
+    the keys the SM backend and xapi add on attach, as a real host prints
+    them (``host_OpaqueRef:...: RW; read-caching-enabled-on-<host>:
+    false; read-caching-reason-<host>: LICENSE_RESTRICTION``): keys that
+    hold ':' and values that are not the client's business."""
+    out = {}
+    attached = [v for v in state['vbd'].values()
+                if v.get('vdi') == uuid and state['vm'].get(
+                    v['vm'], {}).get('power-state') == 'running']
+    if attached:
+        host = state['host'].get('uuid', '00000000-0000-0000-0000-'
+                                 '000000000000')
+        ref = 'OpaqueRef:' + str(uuidlib.uuid5(uuidlib.NAMESPACE_OID,
+                                               host))
+        out['host_%s' % ref] = 'RW' if attached[0].get(
+            'mode', 'RW') == 'RW' else 'RO'
+        out['read-caching-enabled-on-%s' % host] = 'false'
+        out['read-caching-reason-%s' % host] = 'LICENSE_RESTRICTION'
+    out.update(obj.get('sm-config') or {})
+    return out
+
+
 VDI_FIELDS = [
     F('uuid', ' RO', lambda s, u, o: u),
     F('name-label', ' RW', key('name-label')),
@@ -401,7 +426,7 @@ VDI_FIELDS = [
     F('is-tools-iso', ' RO', key('is-tools-iso', False)),
     F('other-config', 'MRW', mapping('other-config')),
     F('xenstore-data', 'MRO', const({})),
-    F('sm-config', 'MRO', mapping('sm-config')),
+    F('sm-config', 'MRO', _vdi_sm_config),
     F('on-boot', ' RW', const('persist')),
     F('allow-caching', ' RW', const('false')),
     F('metadata-latest', ' RO', const('false')),
@@ -409,6 +434,13 @@ VDI_FIELDS = [
     F('tags', 'SRW', lambda s, u, o: list(o.get('tags', []))),
     F('cbt-enabled', ' RO', const('false')),
 ]
+
+
+def _vbd_vdi_name(state, uuid, obj):
+    # records.ml vbd_record: an empty drive prints <EMPTY>
+    if obj.get('empty'):
+        return '<EMPTY>'
+    return ref_label('vdi', 'vdi')(state, uuid, obj)
 
 
 def _vbd_device(state, uuid, obj):
@@ -421,7 +453,7 @@ VBD_FIELDS = [
     F('vm-uuid', ' RO', ref('vm', 'vm')),
     F('vm-name-label', ' RO', ref_label('vm', 'vm')),
     F('vdi-uuid', ' RO', ref('vdi', 'vdi')),
-    F('vdi-name-label', ' RO', ref_label('vdi', 'vdi')),
+    F('vdi-name-label', ' RO', _vbd_vdi_name),
     F('allowed-operations', 'SRO', const(['attach'])),
     F('current-operations', 'SRO', const([])),
     F('empty', ' RO', key('empty', False)),
