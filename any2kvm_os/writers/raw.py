@@ -50,8 +50,14 @@ SYNC_FILE_RANGE_WRITE = 2
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
 BLKGETSIZE64 = 0x80081272
 BLKZEROOUT = 0x127F
+BLKSSZGET = 0x1268
+#: The errors that say "this way of zeroing is not supported here" (the
+#: next way is tried), rather than "the device failed".
+_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY,
+                errno.ENODEV)
 
 _libc = None
 
@@ -173,6 +179,34 @@ class _Flusher(object):
         self._thread.join()
 
 
+def check_device(path):
+    """The stat of ``path`` when it is a block device (a symlink to one,
+    as /dev/VG/LV is, is followed); TargetError in one line otherwise."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise exception.TargetError(path=path, reason='does not exist '
+                                    '(a block device is needed)')
+    except OSError as e:
+        raise exception.TargetError(path=path, reason=e.strerror)
+    if stat.S_ISBLK(st.st_mode):
+        return st
+    if stat.S_ISDIR(st.st_mode):
+        kind = 'a directory'
+    elif stat.S_ISREG(st.st_mode):
+        kind = 'a regular file'
+    elif stat.S_ISCHR(st.st_mode):
+        kind = 'a character device'
+    else:
+        kind = 'a special file'
+    if os.path.islink(path):
+        raise exception.TargetError(
+            path=path, reason='is a symlink to %s, which is %s, not a block '
+            'device' % (os.path.realpath(path), kind))
+    raise exception.TargetError(path=path, reason='is %s, not a block '
+                                'device' % kind)
+
+
 class RawWriter(object):
     """A raw disk being written."""
 
@@ -196,7 +230,10 @@ class RawWriter(object):
         #: volume's file); None when the file grows or shrinks with the disk.
         self.capacity = None
         self._punch_ok = True
-        self._zeroout_ok = True
+        #: The ways of zeroing a block device range still to be tried, in
+        #: order (:meth:`_zero_device`): one that fails as unsupported is
+        #: dropped.
+        self._zero_modes = ['punch', 'zero', 'ioctl']
         self._unflushed = 0
 
     @classmethod
@@ -291,6 +328,42 @@ class RawWriter(object):
             raise exception.TargetError(path=path, reason=e.strerror)
         target = cls(path, fd, fresh=True, is_block=False)
         target.capacity = st.st_size
+        return target
+
+    @classmethod
+    def open_device(cls, path, size, zeroed=False):
+        """Open the block device ``path`` to hold a disk of ``size`` bytes,
+        written in place (``migration create --device``).
+
+        Refused in one line (:func:`check_device`): a path that is not a
+        block device, a device smaller than ``size``, a device in use: it
+        is opened with O_EXCL, which Linux refuses for a mounted device or
+        one held by device-mapper, md or another exclusive opener (and
+        which keeps it from being mounted while it is written).  Nothing
+        is written beyond ``size`` (the writer's capacity: a larger disk
+        is refused).  ``zeroed``: the device is known to read as zeros (a
+        new thin LV, a device zeroed by its maker), so the zero runs of a
+        first pass need no writing; otherwise they are zeroed."""
+        check_device(path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise exception.TargetError(
+                    path=path, reason='is in use (mounted, or held by '
+                    'device-mapper, md or another program): not written')
+            raise exception.TargetError(path=path, reason=e.strerror)
+        target = cls(path, fd, fresh=zeroed, is_block=True)
+        try:
+            have = target.device_size()
+        except OSError as e:
+            target.close()
+            raise exception.TargetError(path=path, reason=e.strerror)
+        if have < size:
+            target.close()
+            raise exception.CapacityError(path=path, needed=size,
+                                          capacity=have)
+        target.capacity = size
         return target
 
     # -- size -----------------------------------------------------------------
@@ -392,15 +465,9 @@ class RawWriter(object):
         if length <= 0:
             return
         if self.is_block:
-            if self._zeroout_ok and offset % 512 == 0 and length % 512 == 0:
-                try:
-                    fcntl.ioctl(self.fd, BLKZEROOUT,
-                                struct.pack('QQ', offset, length))
-                    return
-                except OSError as e:
-                    LOG.debug('BLKZEROOUT failed on %s: %s', self.path, e)
-                    self._zeroout_ok = False
-        elif self._punch_ok:
+            self._zero_device(offset, length)
+            return
+        if self._punch_ok:
             rc = _fallocate()(self.fd,
                               FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                               offset, length)
@@ -412,6 +479,62 @@ class RawWriter(object):
                                             reason=os.strerror(err))
             self._punch_ok = False
         self._write_zeros(offset, length)
+
+    def _zero_device(self, offset, length):
+        """Zero ``[offset, offset+length)`` of a block device, which has
+        no holes: by the kernel when it can (fallocate PUNCH_HOLE|KEEP_SIZE,
+        a write-zeroes that may unmap: a thin LV or an SSD gets the space
+        back; else ZERO_RANGE, which the kernel falls back to writing zero
+        pages for; else the BLKZEROOUT ioctl of kernels without fallocate
+        on block devices), else written from here.  Each reads back as
+        zeros.  The edges not aligned to the device's logical sector are
+        written."""
+        end = offset + length
+        sector = self._sector()
+        a = -(-offset // sector) * sector
+        b = end // sector * sector
+        if a >= b or not self._zero_modes:
+            self._write_zeros(offset, length)
+            return
+        if a > offset:
+            self._write_zeros(offset, a - offset)
+        if b < end:
+            self._write_zeros(b, end - b)
+        while self._zero_modes:
+            mode = self._zero_modes[0]
+            if mode == 'ioctl':
+                try:
+                    fcntl.ioctl(self.fd, BLKZEROOUT,
+                                struct.pack('QQ', a, b - a))
+                    return
+                except OSError as e:
+                    err = e.errno
+            else:
+                flags = (FALLOC_FL_PUNCH_HOLE if mode == 'punch'
+                         else FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE
+                if _fallocate()(self.fd, flags, a, b - a) == 0:
+                    return
+                err = ctypes.get_errno()
+            if err not in _UNSUPPORTED:
+                raise exception.TargetError(path=self.path,
+                                            reason=os.strerror(err))
+            LOG.debug('%s: zeroing by %s not supported (%s)', self.path,
+                      mode, os.strerror(err))
+            self._zero_modes.pop(0)
+        self._write_zeros(a, b - a)
+
+    def _sector(self):
+        sector = getattr(self, '_sector_size', None)
+        if sector is None:
+            try:
+                buf = fcntl.ioctl(self.fd, BLKSSZGET, b'\0' * 4)
+                sector = struct.unpack('i', buf)[0]
+            except OSError:
+                sector = 0
+            if sector <= 0 or sector & (sector - 1):
+                sector = 512
+            self._sector_size = sector
+        return sector
 
     def _write_zeros(self, offset, length):
         while length > 0:
