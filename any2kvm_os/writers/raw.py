@@ -207,6 +207,17 @@ def check_device(path):
                                 'device' % kind)
 
 
+def _open_block(path, flags):
+    try:
+        return os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.EBUSY and flags & os.O_EXCL:
+            raise exception.TargetError(
+                path=path, reason='is in use (mounted, or held by '
+                'device-mapper, md or another program): not written')
+        raise exception.TargetError(path=path, reason=e.strerror)
+
+
 class RawWriter(object):
     """A raw disk being written."""
 
@@ -237,13 +248,15 @@ class RawWriter(object):
         self._unflushed = 0
 
     @classmethod
-    def open(cls, path, overwrite=False, durable=True):
+    def open(cls, path, overwrite=False, durable=True, exclusive=False):
         """Open ``path`` for writing a disk.
 
         A block device is written in place; a regular file is created anew
         (an existing one only with ``overwrite``, replaced atomically).
         ``durable=False``: a new scratch file that is deleted after use,
-        never flushed (see :attr:`durable`).
+        never flushed (see :attr:`durable`).  ``exclusive``: a block
+        device is opened with O_EXCL (refused when mounted or held, see
+        :meth:`open_device`).
         """
         try:
             st = os.stat(path)
@@ -252,10 +265,8 @@ class RawWriter(object):
         except OSError as e:
             raise exception.TargetError(path=path, reason=e.strerror)
         if st is not None and stat.S_ISBLK(st.st_mode):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise exception.TargetError(path=path, reason=e.strerror)
+            fd = _open_block(path, os.O_WRONLY | os.O_CLOEXEC |
+                             (os.O_EXCL if exclusive else 0))
             return cls(path, fd, fresh=False, is_block=True)
         if st is not None:
             if not stat.S_ISREG(st.st_mode):
@@ -345,14 +356,7 @@ class RawWriter(object):
         new thin LV, a device zeroed by its maker), so the zero runs of a
         first pass need no writing; otherwise they are zeroed."""
         check_device(path)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
-        except OSError as e:
-            if e.errno == errno.EBUSY:
-                raise exception.TargetError(
-                    path=path, reason='is in use (mounted, or held by '
-                    'device-mapper, md or another program): not written')
-            raise exception.TargetError(path=path, reason=e.strerror)
+        fd = _open_block(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
         target = cls(path, fd, fresh=zeroed, is_block=True)
         try:
             have = target.device_size()
@@ -651,8 +655,8 @@ def write_file(disk, output, overwrite=False, progress=None):
     """Write ``disk`` (an :class:`any2kvm_os.vm.Disk`) as a raw disk to
     ``output`` (a new sparse file, or a block device in place); all or
     nothing.  Returns the committed writer."""
-    return write_all(disk, RawWriter.open(output, overwrite=overwrite),
-                     progress)
+    return write_all(disk, RawWriter.open(output, overwrite=overwrite,
+                                          exclusive=True), progress)
 
 
 def write_all(disk, writer, progress=None):

@@ -237,6 +237,9 @@ def test_refusals(bed, devices, tmp_path, monkeypatch):
         fd = os.open(dev1, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
         try:
             refused([dev0, dev1], 'is in use')
+            # convert onto a device opens it the same way.
+            with pytest.raises(exception.TargetError, match='is in use'):
+                raw.RawWriter.open(dev1, exclusive=True)
         finally:
             os.close(fd)
     else:
