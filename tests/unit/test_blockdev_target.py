@@ -139,6 +139,11 @@ def _create(store, root, devs, **options):
 
 
 def test_sync_sync_cutover_over_garbage(bed, devices):
+    if devices.real:
+        # The same run, on loop devices through the command line:
+        # tests/functional/test_migration.py (suite time).
+        pytest.skip('run on loop devices by test_create_sync_sync_cutover_'
+                    'onto_devices')
     root, facts, store = bed
     m = _create(store, root, devices)
     assert m['target'] == 'file'
