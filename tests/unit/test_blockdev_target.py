@@ -30,15 +30,18 @@ import hashlib
 import os
 import struct
 import types
+from unittest import mock
 
 import pytest
 
 from any2kvm_os import api
 from any2kvm_os import arguments
+from any2kvm_os.cmd import any2kvm
 from any2kvm_os import exception
 from any2kvm_os.migration import destinations
 from any2kvm_os.migration import engine
 from any2kvm_os.migration.state import sql
+from any2kvm_os.osc.v1 import migration as osc_migration
 from any2kvm_os.writers import raw
 from tests.lib import blockdev
 from tests.lib import imagegen as ig
@@ -288,6 +291,16 @@ def test_command_line_options():
     with pytest.raises(exception.Any2KvmError,
                        match='--device goes with --target file'):
         _options(['--target', 'cinder', '--device', '/dev/a'])
+    # Both command lines take them alike.
+    words = ['web', LOC, '--device', '/dev/a', '--device', '/dev/b',
+             '--device-is-zeroed']
+    a = any2kvm.build_parser(['migration']).parse_args(
+        ['migration', 'create'] + words)
+    b = osc_migration.MigrationCreate(mock.Mock(), None).get_parser(
+        'openstack any2kvm migration create').parse_args(words)
+    for args in (a, b):
+        assert args.devices == ['/dev/a', '/dev/b']
+        assert args.device_is_zeroed is True
     assert isinstance(destinations.get('file', {'devices': ['/dev/a']}),
                       destinations.DeviceDestination)
     assert isinstance(destinations.get('file', {'output_dir': '/tmp'}),
