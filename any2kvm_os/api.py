@@ -547,10 +547,34 @@ def _migration_target_options(args):
                        other, target))
     options = {k: given[k] for k in destinations.OPTIONS[target]
                if given.get(k)}
+    _check_device_options(options)
     if 'properties' in options:
         # --property KEY=VALUE (repeated): a dict, kept in the state DB.
         options['properties'] = dict(options['properties'])
     return options
+
+
+def _check_device_options(options):
+    """``--device`` (block devices) or ``--output-dir`` (raw files), not
+    both; ``--device-is-zeroed`` only with ``--device``."""
+    if options.get('devices') and options.get('output_dir'):
+        raise exception.Any2KvmError('--device and --output-dir: give one '
+                                     '(block devices, or raw files in a '
+                                     'directory)')
+    if options.get('device_is_zeroed') and not options.get('devices'):
+        raise exception.Any2KvmError('--device-is-zeroed goes with --device')
+
+
+def _migration_device_lines(r):
+    """``show``: what a migration onto block devices does with them."""
+    options = r.get('target_options') or {}
+    if not options.get('devices'):
+        return []
+    return ['devices:  written in place (%s); never deleted or wiped by '
+            'abort' % ('given as zeroed: the first sync wrote only data'
+                       if options.get('device_is_zeroed') else
+                       'zeroed by the first sync where the VM holds no '
+                       'data')]
 
 
 def run_migration(action, args, limits, cloud, progress_stream=None,
@@ -688,6 +712,7 @@ def migration_lines(action, result):
              'target:   %s' % r['target'],
              'status:   %s%s' % (r['status'], ' (%s)' % r['error']
                                  if r.get('error') else '')]
+    lines += _migration_device_lines(r)
     for d in r['disks']:
         lines.append('disk %d:   %s -> %s, %d layer(s) applied%s' % (
             d['index'], d['source_id'], d['target_ref'],

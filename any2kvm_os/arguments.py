@@ -149,12 +149,25 @@ def add_migration_arguments(parser, action, with_format=True,
                             help='xenserver://USER@HOST[:PORT]/VM')
         parser.add_argument('--target', default='file',
                             choices=('file', 'cinder'),
-                            help='raw files on this host (file, the '
+                            help='raw files (or block devices, '
+                                 '--device) on this host (file, the '
                                  'default) or a Cinder volume per disk '
                                  '(cinder)')
         parser.add_argument('--output-dir', metavar='DIR',
                             help='directory of the raw files (--target '
                                  'file; default: the current directory)')
+        parser.add_argument('--device', dest='devices', metavar='PATH',
+                            action='append',
+                            help='an existing block device to write a '
+                                 'disk onto, in place, instead of a raw '
+                                 'file (--target file; one per disk, in '
+                                 'disk order: repeat for several; must be '
+                                 'at least the disk\'s size, not in use)')
+        parser.add_argument('--device-is-zeroed', action='store_true',
+                            help='the --device targets read as zeros '
+                                 'already (a new thin LV): the first sync '
+                                 'does not zero what the VM holds no data '
+                                 'in')
         parser.add_argument('--volume-type', metavar='TYPE',
                             help='volume type of the volumes (--target '
                                  'cinder; default: the cloud\'s default)')
@@ -186,7 +199,8 @@ def add_migration_arguments(parser, action, with_format=True,
     if action == 'abort':
         parser.add_argument('--delete-targets', action='store_true',
                             help='delete the raw files or volumes too '
-                                 '(kept by default)')
+                                 '(kept by default; block devices are '
+                                 'always kept, never wiped)')
     if action in ('sync', 'cutover'):
         parser.add_argument('--no-progress', dest='progress',
                             action='store_false', default=True,

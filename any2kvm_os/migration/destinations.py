@@ -10,7 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Where a warm migration writes: raw files, or Cinder volumes.
+"""Where a warm migration writes: raw files, block devices, or Cinder
+volumes.
 
 Every destination has the same steps, which the engine calls in order:
 
@@ -52,11 +53,11 @@ LOG = logging.getLogger(__name__)
 
 #: The option of each destination, by target name: what the other one
 #: refuses.
-OPTIONS = {'file': ('output_dir',),
+OPTIONS = {'file': ('output_dir', 'devices', 'device_is_zeroed'),
            'cinder': ('volume_type', 'brick_mount_point_base',
                       'properties')}
 #: The command-line flag of an option, where it is not the option's name.
-FLAGS = {'properties': 'property'}
+FLAGS = {'properties': 'property', 'devices': 'device'}
 
 
 class DestinationError(exception.Any2KvmError):
@@ -164,6 +165,109 @@ class FileDestination(Destination):
             except FileNotFoundError:
                 pass
         return deleted
+
+
+class DeviceDestination(Destination):
+    """An existing block device per disk (``--device``, one per disk in
+    disk order: an LVM logical volume, an iSCSI LUN, a mapped RBD image),
+    written in place; target ``file`` with the option ``devices``.
+
+    A block device has no holes: what the source says is zero is written
+    as zeros (:meth:`RawWriter.zero_range`), and the first sync zeroes
+    every range of the disk the base layer holds no data in, as the
+    device may hold old data (a thick LV does), unless the option
+    ``device_is_zeroed`` says it reads as zeros already.  Nothing is
+    written beyond the disk's size.  The devices are the operator's:
+    :meth:`delete` neither deletes nor wipes them."""
+
+    name = 'file'
+
+    def _devices(self):
+        return [os.path.abspath(p) for p in self.options.get('devices')
+                or ()]
+
+    def check(self):
+        """Before the host is asked: each path a block device, no device
+        given twice."""
+        seen = {}
+        for path in self._devices():
+            st = self._check(path)
+            if st.st_rdev in seen:
+                raise DestinationError(
+                    target='--device', reason='%s and %s are the same '
+                    'device' % (seen[st.st_rdev], path))
+            seen[st.st_rdev] = path
+
+    def _check(self, path, size=None):
+        try:
+            st = raw.check_device(path)
+            if size is not None:
+                # Opened and closed: refuses a device too small, or in use.
+                raw.RawWriter.open_device(path, size).close()
+        except exception.TargetError as e:
+            raise DestinationError(target='--device', reason=str(e))
+        return st
+
+    def plan(self, name, disks):
+        devices = self._devices()
+        if len(devices) != len(disks):
+            raise DestinationError(
+                target='--device', reason='the VM has %d disk(s), %d '
+                '--device given (one per disk, in disk order: %s)' % (
+                    len(disks), len(devices), ', '.join(
+                        '%d %s' % (i, info.vdi_name or info.path)
+                        for i, info in enumerate(disks))))
+        self.check()
+        records = _records(name, disks)
+        for d, path in zip(records, devices):
+            self._check(path, d['virtual_size'])
+            d.pop('label')
+            d['target_ref'] = path
+        options = {'devices': devices}
+        if self.options.get('device_is_zeroed'):
+            options['device_is_zeroed'] = True
+        return options, records
+
+    def create(self, disks):
+        """Nothing to make: the devices exist (checked by :meth:`plan`)."""
+
+    @contextlib.contextmanager
+    def opened(self, disks, sizes):
+        zeroed = bool(self.options.get('device_is_zeroed'))
+        writers = {}
+        try:
+            for d in disks:
+                size = sizes.get(d['index']) or d['virtual_size']
+                if size != d['virtual_size'] and d['applied']:
+                    # What the device holds beyond the old size was never
+                    # zeroed, and a grown layer does not say "zero" there.
+                    raise DestinationError(
+                        target=d['target_ref'], reason='disk %d is now %d '
+                        'bytes, %d when the migration was created: a '
+                        'block device target cannot follow a resized '
+                        'disk (abort, and create the migration again)'
+                        % (d['index'], size, d['virtual_size']))
+                try:
+                    w = raw.RawWriter.open_device(d['target_ref'], size,
+                                                  zeroed=zeroed)
+                except exception.TargetError as e:
+                    raise DestinationError(target='--device',
+                                           reason=str(e))
+                # Only the first pass may take the device as zeroed.
+                w.fresh = zeroed and not d['applied']
+                writers[d['index']] = w
+            yield writers
+        finally:
+            for w in writers.values():
+                w.close()
+
+    def delete(self, disks):
+        """Nothing: the devices are the operator's, kept as they are (not
+        wiped either; they hold what the last sync wrote)."""
+        for d in disks:
+            LOG.warning('%s: a block device: kept as it is (not deleted, '
+                        'not wiped)', d['target_ref'])
+        return []
 
 
 class CinderDestination(Destination):
@@ -353,6 +457,8 @@ def _wait_gone(cinder, vol_id, timeout, poll):
 
 def get(target, options=None, cloud=None, **kwargs):
     """The destination of ``target`` ('file' or 'cinder')."""
+    if target == 'file' and (options or {}).get('devices'):
+        return DeviceDestination(options)
     if target == 'file':
         return FileDestination(options)
     if target == 'cinder':

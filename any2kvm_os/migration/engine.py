@@ -253,7 +253,9 @@ def create(store, name, location, target='file', output_dir='.',
     ``output_dir`` (``target`` 'file', as ``import --target file`` names
     them), or a Cinder volume per disk (``target`` 'cinder'; ``options``:
     volume_type, brick_mount_point_base; ``cloud()``: (session, region,
-    interface)).  The cloud is asked before the host; when a target
+    interface)); with ``options['devices']`` (``target`` 'file'), the
+    existing block devices of the disks, in disk order.  The cloud is
+    asked before the host; when a target
     cannot be made (or a volume reached), none is left and nothing is
     recorded."""
     _check_name(name)
@@ -262,7 +264,7 @@ def create(store, name, location, target='file', output_dir='.',
                              'supported by warm migration; use file or '
                              'cinder' % target)
     options = dict(options or {})
-    if target == 'file':
+    if target == 'file' and not options.get('devices'):
         options['output_dir'] = output_dir
     if dest is None:
         dest = destination(target, options, cloud)

@@ -50,8 +50,14 @@ SYNC_FILE_RANGE_WRITE = 2
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
 BLKGETSIZE64 = 0x80081272
 BLKZEROOUT = 0x127F
+BLKSSZGET = 0x1268
+#: The errors that say "this way of zeroing is not supported here" (the
+#: next way is tried), rather than "the device failed".
+_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY,
+                errno.ENODEV)
 
 _libc = None
 
@@ -173,6 +179,45 @@ class _Flusher(object):
         self._thread.join()
 
 
+def check_device(path):
+    """The stat of ``path`` when it is a block device (a symlink to one,
+    as /dev/VG/LV is, is followed); TargetError in one line otherwise."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise exception.TargetError(path=path, reason='does not exist '
+                                    '(a block device is needed)')
+    except OSError as e:
+        raise exception.TargetError(path=path, reason=e.strerror)
+    if stat.S_ISBLK(st.st_mode):
+        return st
+    if stat.S_ISDIR(st.st_mode):
+        kind = 'a directory'
+    elif stat.S_ISREG(st.st_mode):
+        kind = 'a regular file'
+    elif stat.S_ISCHR(st.st_mode):
+        kind = 'a character device'
+    else:
+        kind = 'a special file'
+    if os.path.islink(path):
+        raise exception.TargetError(
+            path=path, reason='is a symlink to %s, which is %s, not a block '
+            'device' % (os.path.realpath(path), kind))
+    raise exception.TargetError(path=path, reason='is %s, not a block '
+                                'device' % kind)
+
+
+def _open_block(path, flags):
+    try:
+        return os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.EBUSY and flags & os.O_EXCL:
+            raise exception.TargetError(
+                path=path, reason='is in use (mounted, or held by '
+                'device-mapper, md or another program): not written')
+        raise exception.TargetError(path=path, reason=e.strerror)
+
+
 class RawWriter(object):
     """A raw disk being written."""
 
@@ -196,17 +241,22 @@ class RawWriter(object):
         #: volume's file); None when the file grows or shrinks with the disk.
         self.capacity = None
         self._punch_ok = True
-        self._zeroout_ok = True
+        #: The ways of zeroing a block device range still to be tried, in
+        #: order (:meth:`_zero_device`): one that fails as unsupported is
+        #: dropped.
+        self._zero_modes = ['punch', 'zero', 'ioctl']
         self._unflushed = 0
 
     @classmethod
-    def open(cls, path, overwrite=False, durable=True):
+    def open(cls, path, overwrite=False, durable=True, exclusive=False):
         """Open ``path`` for writing a disk.
 
         A block device is written in place; a regular file is created anew
         (an existing one only with ``overwrite``, replaced atomically).
         ``durable=False``: a new scratch file that is deleted after use,
-        never flushed (see :attr:`durable`).
+        never flushed (see :attr:`durable`).  ``exclusive``: a block
+        device is opened with O_EXCL (refused when mounted or held, see
+        :meth:`open_device`).
         """
         try:
             st = os.stat(path)
@@ -215,10 +265,8 @@ class RawWriter(object):
         except OSError as e:
             raise exception.TargetError(path=path, reason=e.strerror)
         if st is not None and stat.S_ISBLK(st.st_mode):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise exception.TargetError(path=path, reason=e.strerror)
+            fd = _open_block(path, os.O_WRONLY | os.O_CLOEXEC |
+                             (os.O_EXCL if exclusive else 0))
             return cls(path, fd, fresh=False, is_block=True)
         if st is not None:
             if not stat.S_ISREG(st.st_mode):
@@ -291,6 +339,35 @@ class RawWriter(object):
             raise exception.TargetError(path=path, reason=e.strerror)
         target = cls(path, fd, fresh=True, is_block=False)
         target.capacity = st.st_size
+        return target
+
+    @classmethod
+    def open_device(cls, path, size, zeroed=False):
+        """Open the block device ``path`` to hold a disk of ``size`` bytes,
+        written in place (``migration create --device``).
+
+        Refused in one line (:func:`check_device`): a path that is not a
+        block device, a device smaller than ``size``, a device in use: it
+        is opened with O_EXCL, which Linux refuses for a mounted device or
+        one held by device-mapper, md or another exclusive opener (and
+        which keeps it from being mounted while it is written).  Nothing
+        is written beyond ``size`` (the writer's capacity: a larger disk
+        is refused).  ``zeroed``: the device is known to read as zeros (a
+        new thin LV, a device zeroed by its maker), so the zero runs of a
+        first pass need no writing; otherwise they are zeroed."""
+        check_device(path)
+        fd = _open_block(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+        target = cls(path, fd, fresh=zeroed, is_block=True)
+        try:
+            have = target.device_size()
+        except OSError as e:
+            target.close()
+            raise exception.TargetError(path=path, reason=e.strerror)
+        if have < size:
+            target.close()
+            raise exception.CapacityError(path=path, needed=size,
+                                          capacity=have)
+        target.capacity = size
         return target
 
     # -- size -----------------------------------------------------------------
@@ -392,15 +469,9 @@ class RawWriter(object):
         if length <= 0:
             return
         if self.is_block:
-            if self._zeroout_ok and offset % 512 == 0 and length % 512 == 0:
-                try:
-                    fcntl.ioctl(self.fd, BLKZEROOUT,
-                                struct.pack('QQ', offset, length))
-                    return
-                except OSError as e:
-                    LOG.debug('BLKZEROOUT failed on %s: %s', self.path, e)
-                    self._zeroout_ok = False
-        elif self._punch_ok:
+            self._zero_device(offset, length)
+            return
+        if self._punch_ok:
             rc = _fallocate()(self.fd,
                               FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                               offset, length)
@@ -412,6 +483,62 @@ class RawWriter(object):
                                             reason=os.strerror(err))
             self._punch_ok = False
         self._write_zeros(offset, length)
+
+    def _zero_device(self, offset, length):
+        """Zero ``[offset, offset+length)`` of a block device, which has
+        no holes: by the kernel when it can (fallocate PUNCH_HOLE|KEEP_SIZE,
+        a write-zeroes that may unmap: a thin LV or an SSD gets the space
+        back; else ZERO_RANGE, which the kernel falls back to writing zero
+        pages for; else the BLKZEROOUT ioctl of kernels without fallocate
+        on block devices), else written from here.  Each reads back as
+        zeros.  The edges not aligned to the device's logical sector are
+        written."""
+        end = offset + length
+        sector = self._sector()
+        a = -(-offset // sector) * sector
+        b = end // sector * sector
+        if a >= b or not self._zero_modes:
+            self._write_zeros(offset, length)
+            return
+        if a > offset:
+            self._write_zeros(offset, a - offset)
+        if b < end:
+            self._write_zeros(b, end - b)
+        while self._zero_modes:
+            mode = self._zero_modes[0]
+            if mode == 'ioctl':
+                try:
+                    fcntl.ioctl(self.fd, BLKZEROOUT,
+                                struct.pack('QQ', a, b - a))
+                    return
+                except OSError as e:
+                    err = e.errno
+            else:
+                flags = (FALLOC_FL_PUNCH_HOLE if mode == 'punch'
+                         else FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE
+                if _fallocate()(self.fd, flags, a, b - a) == 0:
+                    return
+                err = ctypes.get_errno()
+            if err not in _UNSUPPORTED:
+                raise exception.TargetError(path=self.path,
+                                            reason=os.strerror(err))
+            LOG.debug('%s: zeroing by %s not supported (%s)', self.path,
+                      mode, os.strerror(err))
+            self._zero_modes.pop(0)
+        self._write_zeros(a, b - a)
+
+    def _sector(self):
+        sector = getattr(self, '_sector_size', None)
+        if sector is None:
+            try:
+                buf = fcntl.ioctl(self.fd, BLKSSZGET, b'\0' * 4)
+                sector = struct.unpack('i', buf)[0]
+            except OSError:
+                sector = 0
+            if sector <= 0 or sector & (sector - 1):
+                sector = 512
+            self._sector_size = sector
+        return sector
 
     def _write_zeros(self, offset, length):
         while length > 0:
@@ -528,8 +655,8 @@ def write_file(disk, output, overwrite=False, progress=None):
     """Write ``disk`` (an :class:`any2kvm_os.vm.Disk`) as a raw disk to
     ``output`` (a new sparse file, or a block device in place); all or
     nothing.  Returns the committed writer."""
-    return write_all(disk, RawWriter.open(output, overwrite=overwrite),
-                     progress)
+    return write_all(disk, RawWriter.open(output, overwrite=overwrite,
+                                          exclusive=True), progress)
 
 
 def write_all(disk, writer, progress=None):
