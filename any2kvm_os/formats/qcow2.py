@@ -83,10 +83,12 @@ MAX_BACKING_NAME = 1023
 MAX_BACKING_FORMAT = 15
 MAX_EXTENSIONS = 1024
 #: QEMU's limits (QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE,
-#: QCOW2_MAX_BITMAP_DIRECTORY_SIZE, QCOW_MAX_REFTABLE_SIZE).
+#: QCOW2_MAX_BITMAP_DIRECTORY_SIZE, QCOW2_MAX_BITMAPS,
+#: QCOW_MAX_REFTABLE_SIZE).
 MAX_SNAPSHOTS = 65536
 MAX_SNAPSHOT_TABLE = 1024 * 65536
 MAX_BITMAP_DIRECTORY = 1024 * 65535
+MAX_BITMAPS = 65535
 MAX_REFCOUNT_TABLE = 8 << 20
 #: Bytes of L2 tables kept in memory per layer.
 L2_CACHE_BYTES = 16 << 20
@@ -103,6 +105,9 @@ INCOMPAT_COMPRESSION = 1 << 3
 INCOMPAT_EXTL2 = 1 << 4
 INCOMPAT_KNOWN = (INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE
                   | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2)
+
+#: Autoclear feature bit 0: the bitmaps extension is consistent.
+AUTOCLEAR_BITMAPS = 1
 
 EXT_END = 0x00000000
 EXT_BACKING_FORMAT = 0xe2792aca
@@ -269,6 +274,26 @@ def _backing_hint(name, path):
         raise exception.InvalidImage(
             path=path, reason='backing file name %r names no file' % name)
     return hint
+
+
+def _distinct(tables):
+    """{offset: entries} of tables (offset, 64-bit entries): a table given
+    several times is counted (and read) once, at its largest size."""
+    out = {}
+    for offset, entries in tables:
+        out[offset] = max(entries, out.get(offset, 0))
+    return out
+
+
+def _check_budget(tables, file_size, path, what):
+    """Tables (offset, 64-bit entries) of distinct offsets must fit in the
+    file together, as they do in any image qemu wrote (each snapshot and
+    bitmap has its own): this bounds what is read to check them."""
+    total = sum(entries * 8 for entries in _distinct(tables).values())
+    if total > file_size:
+        raise exception.InvalidImage(
+            path=path, reason='qcow2 %s add up to %d bytes, more than the '
+            'file (%d bytes): corrupt' % (what, total, file_size))
 
 
 def _same_file(a, b):
@@ -555,6 +580,7 @@ class Qcow2Reader(base.LayerReader):
                     'bytes): truncated or corrupt' % (
                         i, l1_size, l1_offset, self.file_size))
             found.append((l1_offset, l1_size))
+        _check_budget(found, self.file_size, path, 'snapshot L1 tables')
         if last > self.file_size:
             raise exception.InvalidImage(
                 path=path, reason='qcow2 snapshot table (%d bytes at %d) '
@@ -580,6 +606,14 @@ class Qcow2Reader(base.LayerReader):
                 'truncated' % len(raw))
         count, _reserved, dir_size, dir_offset = _BITMAPS_EXT.unpack_from(
             raw, 0)
+        if not count or not self.header.autoclear_features & AUTOCLEAR_BITMAPS:
+            # Without the autoclear bit (an older writer touched the
+            # image) qemu ignores the extension: its tables may be stale.
+            return []
+        if count > MAX_BITMAPS:
+            raise exception.InvalidImage(
+                path=path, reason='qcow2 image has %d bitmaps, more than the '
+                'limit of %d' % (count, MAX_BITMAPS))
         if (dir_offset & (cs - 1) or dir_offset < cs
                 or dir_size > MAX_BITMAP_DIRECTORY
                 or dir_offset + dir_size > self.file_size):
@@ -608,6 +642,7 @@ class Qcow2Reader(base.LayerReader):
                     'end of the file (%d bytes): truncated or corrupt' % (
                         i, entries, offset, self.file_size))
             found.append((offset, entries))
+        _check_budget(found, self.file_size, path, 'bitmap tables')
         if pos > dir_size:
             raise exception.InvalidImage(
                 path=path, reason='qcow2 bitmap directory of %d bytes ends '
@@ -667,7 +702,7 @@ class Qcow2Reader(base.LayerReader):
             if entry:
                 end = max(end, cluster(entry & ~511, 'refcount block'))
         # The bitmaps' data clusters.
-        for offset, entries in self._bitmap_list:
+        for offset, entries in _distinct(self._bitmap_list).items():
             end = max(end, offset + entries * 8)
             for entry in self._table(offset, entries):
                 if entry & OFFSET_MASK:
@@ -683,7 +718,7 @@ class Qcow2Reader(base.LayerReader):
         l1s += self._snapshot_l1s
         step = 2 if self.extended_l2 else 1
         seen = set()
-        for offset, entries in l1s:
+        for offset, entries in _distinct(l1s).items():
             end = max(end, offset + entries * 8)
             for l1_entry in self._table(offset, entries):
                 off = l1_entry & OFFSET_MASK

@@ -334,6 +334,17 @@ def test_snapshot_table_outside_refused(field, value, problem, qemu_io,
     refuse(img, out_dir, problem)
 
 
+def test_snapshot_l1_table_outside_refused(qemu_io, tmp_path, out_dir):
+    """A snapshot's L1 table (its size: bytes 8..11 of the table entry)
+    running past the end of the file: refused, though the active disk
+    does not need it."""
+    img = tmp_path / 'tables.qcow2'
+    _v2_snapshot(img)
+    table, = peek(img, 64, '>Q')
+    patch(img, table + 8, '>I', 1 << 20)
+    refuse(img, out_dir, r'snapshot 0: L1 table .* beyond the end')
+
+
 # ---------------------------------------------------------------------------
 # backing chains
 # ---------------------------------------------------------------------------
