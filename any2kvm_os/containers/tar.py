@@ -278,13 +278,27 @@ def normalise(name):
     return name
 
 
+#: Directory entries skipped before the first member (``./`` and the
+#: directories above it, as ``tar -C dir -czf x.tgz .`` writes them).
+MAX_LEADING_DIRECTORIES = 16
+
+
 def head_first_member(head):
     """The TarInfo of the first member of an archive (plain, gzip, bzip2,
     xz or zstd) of which ``head`` are the first bytes, after a pax or GNU
-    long-name header if any; None when that cannot be told from them."""
+    long-name header if any, and after leading directory entries (``./``,
+    ``vm/``: a directory holds no data, and the readers skip them); None
+    when that cannot be told from them.  Only headers are read: nothing
+    is extracted."""
     try:
         block = compression.decompress_head(head, 16 << 10)
-        return tarfile.open(fileobj=io.BytesIO(block), mode='r|').next()
+        tf = tarfile.open(fileobj=io.BytesIO(block), mode='r|')
+        ti = tf.next()
+        for _ in range(MAX_LEADING_DIRECTORIES):
+            if ti is None or not ti.isdir():
+                break
+            ti = tf.next()
+        return ti
     except (tarfile.TarError, ValueError, ImportError) + \
             compression.stream_errors():
         return None

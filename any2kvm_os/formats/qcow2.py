@@ -25,8 +25,11 @@ Layout (QEMU ``docs/interop/qcow2.txt``), all fields big-endian:
 
 Decisions (see doc/source/formats.rst):
 
-* only the active L1 table is read; internal snapshots, refcounts and
-  bitmaps are not needed to read the disk and are ignored;
+* only the active L1 table is read for the disk; internal snapshots,
+  refcounts and bitmaps are not needed to read it, but their tables are
+  checked to lie inside the file, cluster aligned, and (for a file that
+  is not whole sectors) where the last of them ends: a truncated or
+  shifted file is refused whatever it holds;
 * L2 entries are interpreted as QEMU does (``qcow2_get_cluster_type``):
   the zero flag means zeros whatever the version, an unaligned data
   cluster or a subcluster both allocated and zero is corruption;
@@ -79,6 +82,14 @@ MAX_BACKING_NAME = 1023
 #: QEMU keeps the backing format name in a 16-byte buffer.
 MAX_BACKING_FORMAT = 15
 MAX_EXTENSIONS = 1024
+#: QEMU's limits (QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE,
+#: QCOW2_MAX_BITMAP_DIRECTORY_SIZE, QCOW2_MAX_BITMAPS,
+#: QCOW_MAX_REFTABLE_SIZE).
+MAX_SNAPSHOTS = 65536
+MAX_SNAPSHOT_TABLE = 1024 * 65536
+MAX_BITMAP_DIRECTORY = 1024 * 65535
+MAX_BITMAPS = 65535
+MAX_REFCOUNT_TABLE = 8 << 20
 #: Bytes of L2 tables kept in memory per layer.
 L2_CACHE_BYTES = 16 << 20
 
@@ -94,6 +105,9 @@ INCOMPAT_COMPRESSION = 1 << 3
 INCOMPAT_EXTL2 = 1 << 4
 INCOMPAT_KNOWN = (INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE
                   | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2)
+
+#: Autoclear feature bit 0: the bitmaps extension is consistent.
+AUTOCLEAR_BITMAPS = 1
 
 EXT_END = 0x00000000
 EXT_BACKING_FORMAT = 0xe2792aca
@@ -112,6 +126,11 @@ BACKING_FORMATS = {'qcow2': 'qcow2', 'vpc': 'vhd', 'vhdx': 'vhdx',
 _HEADER = struct.Struct('>4sIQIIQIIQQIIQ')
 _V3 = struct.Struct('>QQQII')
 _EXT = struct.Struct('>II')
+#: A snapshot table entry's fixed part (extra data, id and name follow).
+_SNAPSHOT = struct.Struct('>QIHHIIQII')
+#: The bitmaps extension, and a bitmap directory entry's fixed part.
+_BITMAPS_EXT = struct.Struct('>IIQQ')
+_BITMAP_ENTRY = struct.Struct('>QIIBBHI')
 
 Header = collections.namedtuple('Header', [
     'magic', 'version', 'backing_file_offset', 'backing_file_size',
@@ -257,6 +276,26 @@ def _backing_hint(name, path):
     return hint
 
 
+def _distinct(tables):
+    """{offset: entries} of tables (offset, 64-bit entries): a table given
+    several times is counted (and read) once, at its largest size."""
+    out = {}
+    for offset, entries in tables:
+        out[offset] = max(entries, out.get(offset, 0))
+    return out
+
+
+def _check_budget(tables, file_size, path, what):
+    """Tables (offset, 64-bit entries) of distinct offsets must fit in the
+    file together, as they do in any image qemu wrote (each snapshot and
+    bitmap has its own): this bounds what is read to check them."""
+    total = sum(entries * 8 for entries in _distinct(tables).values())
+    if total > file_size:
+        raise exception.InvalidImage(
+            path=path, reason='qcow2 %s add up to %d bytes, more than the '
+            'file (%d bytes): corrupt' % (what, total, file_size))
+
+
 def _same_file(a, b):
     sa, sb = os.fstat(a.fd), os.fstat(b.fd)
     return (sa.st_dev, sa.st_ino, a.base) == (sb.st_dev, sb.st_ino, b.base)
@@ -284,6 +323,7 @@ class Qcow2Reader(base.LayerReader):
         self.backing_format = None
         self.data_file = None
         self.has_bitmaps = False
+        self._bitmaps_ext = None
         self.feature_names = {}
         self._read_extensions(first)
         self._check_features()
@@ -347,6 +387,7 @@ class Qcow2Reader(base.LayerReader):
         self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
         self.coffset_mask = (1 << self.csize_shift) - 1
         self._allocated = None
+        self._check_tables()
         self._check_whole_sectors()
         if self.backing_hint is not None:
             self._open_backing()
@@ -393,8 +434,10 @@ class Qcow2Reader(base.LayerReader):
                 self.data_file = data.split(b'\0', 1)[0].decode(
                     'utf-8', 'replace')
             elif kind == EXT_BITMAPS:
-                # Not needed to read the disk; its tables may end the file.
+                # Not needed to read the disk; its tables may end the file
+                # and are checked to lie inside it.
                 self.has_bitmaps = True
+                self._bitmaps_ext = data
             # Encryption header (refused through crypt_method) and unknown
             # extensions are not needed to read the disk.
             offset += (length + 7) & ~7
@@ -486,51 +529,259 @@ class Qcow2Reader(base.LayerReader):
                     'the end of the file (L2 table at %d, file of %d bytes): '
                     'truncated or corrupt' % (i, off, self.file_size))
 
+    def _snapshots(self):
+        """(L1 table offset, L1 entries) of every internal snapshot; the
+        snapshot table and each snapshot's L1 table are checked to lie
+        inside the file, cluster aligned.  Sets ``self._snapshot_end``."""
+        h = self.header
+        path = self.name
+        cs = self.cluster_size
+        self._snapshot_end = 0
+        if not h.nb_snapshots:
+            return []
+        if h.nb_snapshots > MAX_SNAPSHOTS:
+            raise exception.InvalidImage(
+                path=path, reason='qcow2 image has %d internal snapshots, '
+                'more than the limit of %d' % (h.nb_snapshots,
+                                               MAX_SNAPSHOTS))
+        if h.snapshots_offset < cs:
+            raise exception.InvalidImage(
+                path=path, reason='qcow2 snapshot table at %d overlaps the '
+                'header' % h.snapshots_offset)
+        found = []
+        pos = h.snapshots_offset
+        for i in range(h.nb_snapshots):
+            if pos + _SNAPSHOT.size > self.file_size:
+                raise exception.InvalidImage(
+                    path=path, reason='qcow2 snapshot table entry %d (at %d) '
+                    'lies beyond the end of the file (%d bytes): truncated '
+                    'or corrupt' % (i, pos, self.file_size))
+            (l1_offset, l1_size, id_size, name_size, _sec, _nsec, _clock,
+             _vmstate, extra) = _SNAPSHOT.unpack(self.read(pos,
+                                                           _SNAPSHOT.size))
+            # Entries are padded to 8 bytes, but for the last (qemu
+            # writes the table up to the end of its last name).
+            last = pos + _SNAPSHOT.size + extra + id_size + name_size
+            pos = (last + 7) & ~7
+            if pos - h.snapshots_offset > MAX_SNAPSHOT_TABLE:
+                raise exception.InvalidImage(
+                    path=path, reason='qcow2 snapshot table is larger than '
+                    'the limit of %d bytes' % MAX_SNAPSHOT_TABLE)
+            if l1_size > MAX_L1_ENTRIES or l1_offset & (cs - 1) or (
+                    l1_size and l1_offset < cs):
+                raise exception.InvalidImage(
+                    path=path, reason='qcow2 snapshot %d: L1 table of %d '
+                    'entries at %d is too large, not cluster aligned or '
+                    'overlaps the header' % (i, l1_size, l1_offset))
+            if l1_offset + l1_size * 8 > self.file_size:
+                raise exception.InvalidImage(
+                    path=path, reason='qcow2 snapshot %d: L1 table (%d '
+                    'entries at %d) lies beyond the end of the file (%d '
+                    'bytes): truncated or corrupt' % (
+                        i, l1_size, l1_offset, self.file_size))
+            found.append((l1_offset, l1_size))
+        _check_budget(found, self.file_size, path, 'snapshot L1 tables')
+        if last > self.file_size:
+            raise exception.InvalidImage(
+                path=path, reason='qcow2 snapshot table (%d bytes at %d) '
+                'runs beyond the end of the file (%d bytes): truncated or '
+                'corrupt' % (last - h.snapshots_offset, h.snapshots_offset,
+                             self.file_size))
+        self._snapshot_end = last
+        return found
+
+    def _bitmap_tables(self):
+        """(bitmap table offset, entries) of every persistent bitmap; the
+        bitmap directory and each table are checked to lie inside the
+        file, cluster aligned.  Sets ``self._bitmap_dir_end``."""
+        path = self.name
+        cs = self.cluster_size
+        self._bitmap_dir_end = 0
+        raw = self._bitmaps_ext
+        if raw is None:
+            return []
+        if len(raw) < _BITMAPS_EXT.size:
+            raise exception.InvalidImage(
+                path=path, reason='qcow2 bitmaps extension of %d bytes is '
+                'truncated' % len(raw))
+        count, _reserved, dir_size, dir_offset = _BITMAPS_EXT.unpack_from(
+            raw, 0)
+        if not count or not self.header.autoclear_features & AUTOCLEAR_BITMAPS:
+            # Without the autoclear bit (an older writer touched the
+            # image) qemu ignores the extension: its tables may be stale.
+            return []
+        if count > MAX_BITMAPS:
+            raise exception.InvalidImage(
+                path=path, reason='qcow2 image has %d bitmaps, more than the '
+                'limit of %d' % (count, MAX_BITMAPS))
+        if (dir_offset & (cs - 1) or dir_offset < cs
+                or dir_size > MAX_BITMAP_DIRECTORY
+                or dir_offset + dir_size > self.file_size):
+            raise exception.InvalidImage(
+                path=path, reason='qcow2 bitmap directory (%d bytes at %d) '
+                'is not cluster aligned, too large or beyond the end of the '
+                'file (%d bytes): truncated or corrupt' % (
+                    dir_size, dir_offset, self.file_size))
+        directory = self.read(dir_offset, dir_size)
+        found = []
+        pos = 0
+        for i in range(count):
+            if pos + _BITMAP_ENTRY.size > dir_size:
+                raise exception.InvalidImage(
+                    path=path, reason='qcow2 bitmap directory of %d bytes '
+                    'ends inside entry %d of %d' % (dir_size, i, count))
+            (offset, entries, _flags, _kind, _gran, name_size,
+             extra) = _BITMAP_ENTRY.unpack_from(directory, pos)
+            pos += (_BITMAP_ENTRY.size + extra + name_size + 7) & ~7
+            if (offset & (cs - 1) or offset < cs
+                    or entries > MAX_L1_ENTRIES
+                    or offset + entries * 8 > self.file_size):
+                raise exception.InvalidImage(
+                    path=path, reason='qcow2 bitmap %d: table of %d entries '
+                    'at %d is not cluster aligned, too large or beyond the '
+                    'end of the file (%d bytes): truncated or corrupt' % (
+                        i, entries, offset, self.file_size))
+            found.append((offset, entries))
+        _check_budget(found, self.file_size, path, 'bitmap tables')
+        if pos > dir_size:
+            raise exception.InvalidImage(
+                path=path, reason='qcow2 bitmap directory of %d bytes ends '
+                'inside its last entry' % dir_size)
+        self._bitmap_dir_end = dir_offset + dir_size
+        return found
+
+    def _check_tables(self):
+        """Every table the disk does not need (snapshots, bitmaps, the
+        refcount table) still lies inside the file, cluster aligned: a
+        file cut short or shifted is refused even when the bytes the
+        active disk needs happen to survive."""
+        h = self.header
+        cs = self.cluster_size
+        if h.refcount_table_clusters > MAX_REFCOUNT_TABLE // cs or (
+                h.refcount_table_offset + h.refcount_table_clusters * cs
+                > self.file_size):
+            raise exception.InvalidImage(
+                path=self.name, reason='qcow2 refcount table (%d clusters at '
+                '%d) is too large or lies beyond the end of the file (%d '
+                'bytes): truncated or corrupt' % (
+                    h.refcount_table_clusters, h.refcount_table_offset,
+                    self.file_size))
+        self._snapshot_l1s = self._snapshots()
+        self._bitmap_list = self._bitmap_tables()
+
+    def _table(self, offset, entries):
+        """A table of ``entries`` 64-bit entries at ``offset`` (checked in
+        bounds by the caller): an array."""
+        return _be_array(self.read(offset, entries * 8))
+
+    def _structure_end(self):
+        """Where the last structure any table references ends: every L1
+        table (active and of each snapshot), its L2 tables and clusters,
+        the refcount table and blocks, the snapshot table, the bitmap
+        directory, tables and data.  Each is checked to lie inside the
+        file; a compressed cluster counts up to its last sector."""
+        h = self.header
+        cs = self.cluster_size
+        size = self.file_size
+        path = self.name
+        end = max(cs, h.l1_table_offset + h.l1_size * 8,
+                  h.refcount_table_offset + h.refcount_table_clusters * cs,
+                  self._snapshot_end, self._bitmap_dir_end)
+
+        def cluster(off, what):
+            if off & (cs - 1) or off + cs > size:
+                raise exception.InvalidImage(
+                    path=path, reason='qcow2 %s at %d is not cluster aligned '
+                    'or lies beyond the end of the file (%d bytes): '
+                    'truncated or corrupt' % (what, off, size))
+            return off + cs
+
+        # The refcount blocks.
+        for entry in self._table(h.refcount_table_offset,
+                                 h.refcount_table_clusters * cs // 8):
+            if entry:
+                end = max(end, cluster(entry & ~511, 'refcount block'))
+        # The bitmaps' data clusters.
+        for offset, entries in _distinct(self._bitmap_list).items():
+            end = max(end, offset + entries * 8)
+            for entry in self._table(offset, entries):
+                if entry & OFFSET_MASK:
+                    end = max(end, cluster(entry & OFFSET_MASK,
+                                           'bitmap data cluster'))
+        # Every L1 table: the active one whole, then each snapshot's.
+        if h.l1_table_offset + h.l1_size * 8 > size:
+            raise exception.InvalidImage(
+                path=path, reason='qcow2 L1 table (%d entries at %d) lies '
+                'beyond the end of the file (%d bytes): truncated or '
+                'corrupt' % (h.l1_size, h.l1_table_offset, size))
+        l1s = [(h.l1_table_offset, h.l1_size)]
+        l1s += self._snapshot_l1s
+        step = 2 if self.extended_l2 else 1
+        seen = set()
+        for offset, entries in _distinct(l1s).items():
+            end = max(end, offset + entries * 8)
+            for l1_entry in self._table(offset, entries):
+                off = l1_entry & OFFSET_MASK
+                if not off or off in seen:
+                    continue
+                seen.add(off)
+                end = max(end, cluster(off, 'L2 table'))
+                table = _be_array(self.read(off, cs))
+                for entry in table[::step]:
+                    if entry & L2_COMPRESSED:
+                        host = entry & self.coffset_mask
+                        sectors = ((entry >> self.csize_shift)
+                                   & self.csize_mask) + 1
+                        end = max(end, (host & ~511) + sectors * 512)
+                    elif entry & OFFSET_MASK:
+                        end = max(end, (entry & OFFSET_MASK) + cs)
+        return end
+
     def _check_whole_sectors(self):
         """Refuse a file that runs past the end of its last structure by
-        less than a sector.
+        bytes no qcow2 writer leaves there.
 
-        Every qcow2 structure starts on a cluster boundary; data clusters
-        and L2 tables fill whole clusters, and only a table written last
-        (qemu-img leaves an empty image ending with its L1 table, unpadded)
-        or a compressed cluster (packed at a byte offset) may end the file
-        inside a sector.  Tables and data sit at absolute offsets, so a
-        byte inserted into the data is otherwise read shifted, with exit
-        0, as qemu-img does (``qemu-img check`` finds nothing); a byte cut
-        leaves the last cluster past the end of the file, refused when it
-        is read.  Not checked when snapshots or bitmaps (tables of their
-        own, of other lengths) may end the file; not detected: whole
-        sectors inserted or removed.  Every L2 table is read, only for a
-        file whose length is not whole sectors.
+        Every qcow2 structure starts on a cluster boundary; data clusters,
+        L2 tables, refcount blocks and bitmap data fill whole clusters.
+        Only a table written last (an L1 table of either the disk or a
+        snapshot, the snapshot table, the bitmap directory or a bitmap
+        table: all multiples of 8 bytes, unpadded) or a compressed cluster
+        (packed at a byte offset) may end the file inside a sector.
+        Tables and data sit at absolute offsets, so a byte inserted into
+        the data is otherwise read shifted, with exit 0, as qemu-img does
+        (``qemu-img check`` finds nothing); a byte cut leaves the last
+        structure past the end of the file.
+
+        What lies past every structure the tables reference is accepted
+        only as a table qemu freed and did not cut off (qemu never
+        shrinks the file; a deleted snapshot's table, an old bitmap
+        directory, zeroed when discarded): in clusters of its own, and
+        either a multiple of 8 bytes long (tables of 8-byte entries) or
+        at least one snapshot table entry long (qemu leaves the last
+        entry of a snapshot table unpadded).  Not detected
+        (doc/source/formats.rst): whole sectors inserted or removed;
+        anything inserted or removed in a file that ends in such freed
+        space.  Every table is read, only for a file whose length is not
+        whole sectors.
         """
         size = self.file_size
-        h = self.header
-        if not size % 512 or h.nb_snapshots or self.has_bitmaps:
+        if not size % 512:
             return
-        cs = self.cluster_size
-        end = max(cs, h.l1_table_offset + h.l1_size * 8,
-                  h.refcount_table_offset + h.refcount_table_clusters * cs)
-        step = 2 if self.extended_l2 else 1
-        for index in range(len(self.l1)):
-            table = self._l2(index)
-            if table is None:
-                continue
-            end = max(end, (self.l1[index] & OFFSET_MASK) + cs)
-            for entry in table[::step]:
-                if entry & L2_COMPRESSED:
-                    host = entry & self.coffset_mask
-                    sectors = ((entry >> self.csize_shift)
-                               & self.csize_mask) + 1
-                    end = max(end, (host & ~511) + sectors * 512)
-                elif entry & OFFSET_MASK:
-                    end = max(end, (entry & OFFSET_MASK) + cs)
-        if size > end:
-            raise exception.InvalidImage(
-                path=self.name, reason='qcow2 file of %d bytes is not whole '
-                '512-byte sectors and runs %d bytes past its last structure '
-                '(at %d), where every qcow2 structure is cluster aligned: a '
-                'byte was inserted, or bytes appended' % (
-                    size, size - end, end))
+        end = self._structure_end()
+        if size <= end:
+            return
+        tail = size & ~(self.cluster_size - 1)
+        if tail >= end and (not (size - tail) % 8
+                            or size - tail >= _SNAPSHOT.size):
+            LOG.debug('%s: qcow2 file ends with %d bytes past its last '
+                      'structure (at %d): space a deleted table left',
+                      self.name, size - end, end)
+            return
+        raise exception.InvalidImage(
+            path=self.name, reason='qcow2 file of %d bytes is not whole '
+            '512-byte sectors and runs %d bytes past its last structure '
+            '(at %d), where every qcow2 structure is cluster aligned: a '
+            'byte was inserted, or bytes appended' % (size, size - end, end))
 
     def _l2(self, index):
         """The L2 table of L1 entry ``index`` (an array), or None."""

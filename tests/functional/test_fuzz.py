@@ -80,6 +80,19 @@ def _xenserver_tar(d):
     return tar
 
 
+def _qcow2_tables(d):
+    """A qcow2 with internal snapshots and persistent bitmaps: it ends
+    with its last snapshot table, inside a sector."""
+    path = _qemu(d, 'qt.qcow2', 'qcow2', [])
+    for args in (['bitmap', '--add', path, 'b0'],
+                 ['snapshot', '-c', 's1', path],
+                 ['bitmap', '--add', '--granularity', '512', path, 'b1'],
+                 ['snapshot', '-c', 'second', path]):
+        subprocess.run(['qemu-img'] + [str(a) for a in args], check=True,
+                       capture_output=True, timeout=120)
+    return path
+
+
 SEEDS = {
     'vhd-dynamic': lambda d: _qemu(d, 'd.vhd', 'vpc', [
         '-o', 'subformat=dynamic,force_size=on']),
@@ -91,6 +104,7 @@ SEEDS = {
     'vmdk-stream': lambda d: _qemu(d, 't.vmdk', 'vmdk', [
         '-o', 'subformat=streamOptimized']),
     'qcow2': lambda d: _qemu(d, 'q.qcow2', 'qcow2', []),
+    'qcow2-tables': _qcow2_tables,
     'xenserver-tar': _xenserver_tar,
     'xenserver-tgz': _xenserver_tar,       # gzipped after the mutation
     'xva': lambda d: samples.CONTAINERS['xva'](d).path,
@@ -111,7 +125,8 @@ GZIP_AFTER = {'xenserver-tgz'}
 #: aligned; qemu-img reads such a file shifted).
 SHIFT_DETECTED = {'vhd-dynamic', 'vhd-fixed', 'vmdk-sparse', 'vmdk-stream',
                   'xenserver-tar', 'xenserver-tgz', 'xva', 'ova', 'vhdx',
-                  'qcow2', 'qcow2-corpus', 'vmdk-stream-corpus'}
+                  'qcow2', 'qcow2-corpus', 'vmdk-stream-corpus',
+                  'qcow2-tables'}
 
 
 # -- mutations ----------------------------------------------------------------

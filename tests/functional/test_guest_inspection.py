@@ -25,7 +25,6 @@ plumbing (info, convert, import, warnings) is tested with a stand-in
 interpreter that prints a recorded probe output instead.
 """
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from any2kvm_os import properties
 from tests.lib.cli import describe
 from tests.lib.cli import run_any2kvm
 from tests.lib import guestbuild
+from tests.lib import imagegen as ig
 from tests.lib.tools import missing_tool
 from tests.lib import winbuild
 from tests.lib import winhive
@@ -52,14 +52,6 @@ INSPECT_ALL_TIMEOUT = 1500
 BIOS_KINDS = ('virtio', 'novirtio', 'xenpv')
 CITRIX = winbuild.CITRIX
 CSETS = ('ControlSet001', 'ControlSet002')
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(str(path), 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def qemu_img(*args):
@@ -177,7 +169,7 @@ def test_convert_fix_makes_the_xen_guest_boot_on_virtio_scsi(
         guests, libguestfs, tmp_path):
     source = tmp_path / 'xen.qcow2'
     qemu_img('convert', '-O', 'qcow2', guests['xenpv']['path'], source)
-    before = sha256(source)
+    before = ig.sha256_file(source)
     out = tmp_path / 'xen.raw'
     res = run_any2kvm('convert', source, out, '--fix', '--format', 'json',
                       timeout=APPLIANCE_TIMEOUT)
@@ -192,7 +184,7 @@ def test_convert_fix_makes_the_xen_guest_boot_on_virtio_scsi(
     assert report['properties']['hw_disk_bus'] == 'scsi'
     assert report['guest']['disk_names']['/etc/fstab'] == [uuid]
     # The source is untouched; the copy has the new names.
-    assert sha256(source) == before
+    assert ig.sha256_file(source) == before
     assert '%s / ext4' % uuid in _debugfs_cat(out, '/etc/fstab', tmp_path)
     grub = _debugfs_cat(out, '/boot/grub/grub.cfg', tmp_path)
     assert 'root=%s ro console=ttyS0' % uuid in grub
@@ -219,7 +211,7 @@ def test_a_fix_failing_half_way_leaves_the_copy_as_converted(
     assert len(err.splitlines()) == 1, err
     # The converted copy is byte for byte the source: nothing of the
     # half-made fix reached it.
-    assert sha256(out) == sha256(guests['xenpv']['path'])
+    assert ig.sha256_file(out) == ig.sha256_file(guests['xenpv']['path'])
 
 
 # -- UEFI ---------------------------------------------------------------------
@@ -387,13 +379,13 @@ def test_convert_fix_on_the_windows_disk(guests, libguestfs, tmp_path):
     disk = guests['win2019']['path']
     source = tmp_path / 'win.qcow2'
     qemu_img('convert', '-O', 'qcow2', disk, source)
-    before = sha256(source)
+    before = ig.sha256_file(source)
     out = tmp_path / 'win.raw'
     res = run_any2kvm('convert', source, out, '--fix', '--format', 'json',
                       timeout=APPLIANCE_TIMEOUT)
     assert res.returncode == 0, describe(res)
     report = json.loads(res.stdout)
-    assert sha256(source) == before
+    assert ig.sha256_file(source) == before
     guest = report['guest']
     assert guest['product_name'] == 'Windows Server 2019 Standard'
     assert guest['windows']['build'] == '17763'
@@ -468,7 +460,7 @@ def test_a_windows_fix_failing_half_way_leaves_the_copy_as_converted(
     assert len(err.splitlines()) == 1, err
     # The SYSTEM hive had been written in the appliance; none of it
     # reached the converted copy.
-    assert sha256(out) == sha256(disk)
+    assert ig.sha256_file(out) == ig.sha256_file(disk)
 
 
 # -- the command lines, with a recorded probe output -----------------------
@@ -650,7 +642,7 @@ def test_a_fix_failing_at_the_second_commit_leaves_both_disks(
     if shutil.which('qemu-io') is None:
         missing_tool('qemu-io (qemu-utils)')
     disks = _two_raw_disks(tmp_path)
-    before = [sha256(d) for d in disks]
+    before = [ig.sha256_file(d) for d in disks]
     _fake_fix(monkeypatch)
     commits = _fail_at_second_commit(
         monkeypatch, after_writing, gi.exception.GuestFixError(
@@ -662,7 +654,7 @@ def test_a_fix_failing_at_the_second_commit_leaves_both_disks(
         '%s: guest fix: disk1.qcow2: qemu-img commit: No space left; the 2 '
         'disk(s) it had started were put back as they were, none is '
         'fixed' % disks[0])
-    assert [sha256(d) for d in disks] == before
+    assert [ig.sha256_file(d) for d in disks] == before
     # The scratch directory (overlays, undo journal) is gone.
     assert sorted(p.name for p in tmp_path.iterdir()) == ['d0.raw', 'd1.raw']
 
@@ -673,12 +665,12 @@ def test_an_interrupted_commit_puts_the_disks_back(tmp_path, monkeypatch):
     if shutil.which('qemu-io') is None:
         missing_tool('qemu-io (qemu-utils)')
     disks = _two_raw_disks(tmp_path)
-    before = [sha256(d) for d in disks]
+    before = [ig.sha256_file(d) for d in disks]
     _fake_fix(monkeypatch)
     _fail_at_second_commit(monkeypatch, True, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         gi.inspect_files(disks, fix=True, scratch_dir=str(tmp_path))
-    assert [sha256(d) for d in disks] == before
+    assert [ig.sha256_file(d) for d in disks] == before
 
 
 def test_the_undo_journal_restores_by_hand(tmp_path, monkeypatch):
@@ -688,7 +680,7 @@ def test_the_undo_journal_restores_by_hand(tmp_path, monkeypatch):
     if shutil.which('qemu-io') is None:
         missing_tool('qemu-io (qemu-utils)')
     disks = _two_raw_disks(tmp_path)
-    before = [sha256(d) for d in disks]
+    before = [ig.sha256_file(d) for d in disks]
     _fake_fix(monkeypatch)
     _fail_at_second_commit(monkeypatch, True, OSError('killed'))
     restore = gi.restore_journal
@@ -702,9 +694,9 @@ def test_the_undo_journal_restores_by_hand(tmp_path, monkeypatch):
         'any2kvm-fix-')]
     assert len(kept) == 1
     assert 'the undo journal is kept in %s' % kept[0] in str(e.value)
-    assert [sha256(d) for d in disks] != before
+    assert [ig.sha256_file(d) for d in disks] != before
     restore(str(kept[0]))
-    assert [sha256(d) for d in disks] == before
+    assert [ig.sha256_file(d) for d in disks] == before
 
 
 def test_openstack_any2kvm_inspect_with_inspect(recorded_probe, small_disk):

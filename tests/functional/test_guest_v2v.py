@@ -24,7 +24,6 @@ tests/unit/test_guest_v2v.py.  ``ANY2KVM_TEST_V2V=0`` skips this module
 (minutes under TCG).
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,17 +38,10 @@ from tests.lib.cli import describe
 from tests.lib.cli import run_any2kvm
 from tests.lib import debianguest
 from tests.lib import guestbuild
+from tests.lib import imagegen as ig
 from tests.lib.tools import missing_tool
 
 TIMEOUT = 2400
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(str(path), 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope='module')
@@ -77,7 +69,7 @@ def test_convert_fix_rebuilds_the_initramfs_with_virt_v2v(tools, tmp_path):
                     str(source)], check=True, capture_output=True,
                    timeout=600)
     raw.unlink()
-    before = sha256(source)
+    before = ig.sha256_file(source)
     # Before: no virtio in the initramfs, no boot on virtio-scsi (the
     # initramfs gives up after rootdelay=10 and the guest reboots).  That
     # boot reads the source (snapshot=on) while the conversion runs.
@@ -104,7 +96,7 @@ def test_convert_fix_rebuilds_the_initramfs_with_virt_v2v(tools, tmp_path):
     assert report['properties']['hw_scsi_model'] == 'virtio-scsi'
     assert report['guest']['drivers']['virtio_scsi'] == 'initramfs'
     # The source is untouched; the copy boots on virtio-scsi.
-    assert sha256(source) == before
+    assert ig.sha256_file(source) == before
     line = guestbuild.boot(out, 'virtio-scsi', timeout=300)
     assert line and 'ANY2KVM-BOOT-OK' in line, line
     assert 'id=%s' % built['token'] in line

@@ -27,6 +27,7 @@ import lzma
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -352,6 +353,105 @@ def test_compressed_ova_file_cli(disks, tmp_path):
     res = cli.run_any2kvm('info', path, '--format', 'json')
     assert res.returncode == 0, cli.describe(res)
     assert '"ova"' in res.stdout
+
+
+def _ova_members(tmp_path, disks):
+    """The members of an OVA (descriptor first), written into a folder:
+    (folder, names in archive order)."""
+    ova = make_ova(tmp_path / 'm.ova', disks)
+    folder = tmp_path / 'pkg'
+    folder.mkdir()
+    with tarfile.open(str(ova)) as tf:
+        names = [ti.name for ti in tf.getmembers()]
+        for ti in tf.getmembers():
+            (folder / ti.name).write_bytes(tf.extractfile(ti).read())
+    ova.unlink()
+    assert names[0].endswith('.ovf')
+    return folder, names
+
+
+def _gnu_tar_dot(tmp_path, disks, sub):
+    """GNU tar's ``tar -C dir -czf x.ova.gz . ./vm.ovf ...``: a leading
+    ``./`` directory entry (and ``./vm/`` with ``sub``), then the files in
+    the OVA order."""
+    folder, names = _ova_members(tmp_path, disks)
+    entries = ['.']
+    if sub:
+        (folder / 'vm').mkdir()
+        for n in names:
+            (folder / n).rename(folder / 'vm' / n)
+        entries.append('./vm')
+    entries += ['./%s%s' % ('vm/' if sub else '', n) for n in names]
+    packed = tmp_path / 'dot.ova.gz'
+    subprocess.run(['tar', '-C', str(folder), '--no-recursion', '-czf',
+                    str(packed)] + entries, check=True, timeout=120)
+    return packed
+
+
+def _python_tar_dot(tmp_path, disks, sub):
+    """The same written by Python's tarfile (``tf.add(dir, '.',
+    recursive=False)`` first)."""
+    folder, names = _ova_members(tmp_path, disks)
+    packed = tmp_path / 'dot.ova.gz'
+    with tarfile.open(str(packed), 'w:gz') as tf:
+        tf.add(str(folder), './', recursive=False)
+        if sub:
+            tf.add(str(folder), './vm/', recursive=False)
+        for n in names:
+            tf.add(str(folder / n), '%s%s' % ('./vm/' if sub else './', n))
+    return packed
+
+
+DOT_WRITERS = {'gnu-tar': _gnu_tar_dot, 'python-tarfile': _python_tar_dot}
+
+
+@pytest.mark.parametrize('sub', [False, True], ids=['dot', 'dot-and-vm'])
+@pytest.mark.parametrize('writer', sorted(DOT_WRITERS))
+def test_compressed_ova_with_leading_directories(writer, sub, disks,
+                                                 tmp_path, scratch,
+                                                 monkeypatch):
+    """An .ova.gz whose tar starts with ``./`` (and ``./vm/``) directory
+    entries, as ``tar -C dir -czf x.ova.gz .`` writes: an OVA (the
+    directories hold no data and are skipped), read in one pass, the
+    descriptor being the first file; nothing goes to scratch."""
+    from any2kvm_os.containers.ova import package
+    from any2kvm_os.containers import registry
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('the OVA went through scratch')
+    monkeypatch.setattr(package, 'open_compressed_ova', refuse)
+    order = [disks['qemu']]
+    path = DOT_WRITERS[writer](tmp_path, order, sub)
+    with tarfile.open(str(path)) as tf:
+        first = tf.getmembers()[0]
+    assert first.isdir() and first.name in ('.', './')
+    limits = a2k_limits.Limits(scratch_dir=str(scratch))
+    assert registry.detect(str(path), limits).name == 'ova'
+    source = registry.open_path(str(path), limits)
+    try:
+        check(convert_all(source, tmp_path), order)
+    finally:
+        source.close()
+    assert list(scratch.iterdir()) == []
+
+
+def test_leading_directory_outside_refused(disks, tmp_path):
+    """A leading directory entry that leads outside (``../``) is not
+    skipped quietly: the archive is refused, nothing written anywhere."""
+    from tests.lib import cli
+    folder, names = _ova_members(tmp_path, [disks['qemu']])
+    packed = tmp_path / 'evil.ova.gz'
+    with tarfile.open(str(packed), 'w:gz') as tf:
+        tf.add(str(folder), '../', recursive=False)
+        for n in names:
+            tf.add(str(folder / n), n)
+    out = tmp_path / 'out'
+    out.mkdir()
+    res = cli.run_any2kvm('convert', packed, out / 'disk.raw')
+    cli.assert_refused(res, out / 'disk.raw', names=['evil.ova.gz'],
+                       problem=r'outside')
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'evil.ova.gz', 'out', 'pkg']
 
 
 def test_compressed_ova_with_a_sparse_disk_goes_through_scratch(

@@ -238,6 +238,114 @@ def test_written_by_qemu_io(qemu_io, tmp_path, out_dir):
 
 
 # ---------------------------------------------------------------------------
+# internal snapshots and persistent bitmaps (tables the disk does not need)
+# ---------------------------------------------------------------------------
+
+def _snapshots_and_bitmaps(img):
+    """Data, a bitmap, a snapshot, more data, another bitmap and
+    snapshot: the file ends with the last snapshot table (unpadded)."""
+    ig.qemu_img('create', '-f', 'qcow2', img, '8M')
+    ig.qio(img, 'write -P 0x41 0 1M')
+    ig.qemu_img('bitmap', '--add', img, 'b0')
+    ig.qemu_img('snapshot', '-c', 's1', img)
+    ig.qio(img, 'write -P 0x43 512k 1M')
+    ig.qemu_img('bitmap', '--add', '--granularity', '512', img, 'b1')
+    ig.qemu_img('snapshot', '-c', 'snapshot-two', img)
+
+
+def _v2_snapshot(img):
+    ig.qemu_img('create', '-f', 'qcow2', '-o', 'compat=0.10', img, '8M')
+    ig.qio(img, 'write -P 0x41 0 1M')
+    ig.qemu_img('snapshot', '-c', 's1', img)
+
+
+def _bitmaps(img):
+    """The file ends with the bitmap directory."""
+    ig.qemu_img('create', '-f', 'qcow2', img, '8M')
+    ig.qio(img, 'write -P 0x41 0 1M')
+    ig.qemu_img('bitmap', '--add', img, 'b0')
+    ig.qemu_img('bitmap', '--add', '--granularity', '512', img, 'b1')
+
+
+def _snapshot_deleted(img):
+    """The only snapshot deleted: the file ends with its freed (discarded)
+    table, which nothing references (was refused as shifted before)."""
+    ig.qemu_img('create', '-f', 'qcow2', img, '8M')
+    ig.qio(img, 'write -P 0x41 0 1M')
+    ig.qemu_img('snapshot', '-c', 's1', img)
+    ig.qemu_img('snapshot', '-d', 's1', img)
+
+
+TABLE_MAKERS = {'snapshots-and-bitmaps': _snapshots_and_bitmaps,
+                'v2-snapshot': _v2_snapshot, 'bitmaps': _bitmaps,
+                'snapshot-deleted': _snapshot_deleted}
+
+
+@pytest.mark.parametrize('kind', sorted(TABLE_MAKERS))
+def test_snapshots_and_bitmaps_convert(kind, qemu_io, tmp_path, out_dir):
+    """qemu-img writes them; each file ends inside a sector (a table
+    written last); read as qemu-img reads them."""
+    img = tmp_path / 'tables.qcow2'
+    TABLE_MAKERS[kind](img)
+    assert img.stat().st_size % 512, 'the case needs a file ending ' \
+        'inside a sector'
+    versus_qemu(img, tmp_path, out_dir)
+
+
+def _mutate(img, how):
+    data = img.read_bytes()
+    at = data.find(b'\x41' * 4096, 64 * KiB) + 1000
+    assert at > 64 * KiB
+    bad = {'insert': lambda: data[:at] + b'\x33' + data[at:],
+           'delete': lambda: data[:at] + data[at + 1:],
+           'cut': lambda: data[:-1],
+           'append': lambda: data + b'\0'}[how]()
+    img.write_bytes(bad)
+
+
+@pytest.mark.parametrize('kind,how', [
+    ('snapshots-and-bitmaps', 'insert'), ('snapshots-and-bitmaps', 'cut'),
+    ('v2-snapshot', 'delete'), ('bitmaps', 'insert'), ('bitmaps', 'cut'),
+    ('bitmaps', 'append')])
+def test_snapshots_and_bitmaps_shifted_refused(kind, how, qemu_io, tmp_path,
+                                               out_dir):
+    """A byte inserted into the data, cut from it, cut from the end or
+    appended: refused, with one line, although the tables qemu-img
+    needs for the active disk may survive (it converts these into
+    another disk, or the same, with exit 0)."""
+    img = tmp_path / 'tables.qcow2'
+    TABLE_MAKERS[kind](img)
+    _mutate(img, how)
+    refuse(img, out_dir, r'truncated|beyond the end|runs \d+ bytes past|'
+           r'not cluster aligned')
+
+
+@pytest.mark.parametrize('field,value,problem', [
+    # the snapshot table offset (header bytes 64..71): not aligned
+    (64, 4096 + 65536, r'snapshot table offset .* not cluster aligned'),
+    # past the end of the file
+    (64, 1 << 40, r'snapshot table entry 0 .* beyond the end'),
+])
+def test_snapshot_table_outside_refused(field, value, problem, qemu_io,
+                                        tmp_path, out_dir):
+    img = tmp_path / 'tables.qcow2'
+    _v2_snapshot(img)
+    patch(img, field, '>Q', value)
+    refuse(img, out_dir, problem)
+
+
+def test_snapshot_l1_table_outside_refused(qemu_io, tmp_path, out_dir):
+    """A snapshot's L1 table (its size: bytes 8..11 of the table entry)
+    running past the end of the file: refused, though the active disk
+    does not need it."""
+    img = tmp_path / 'tables.qcow2'
+    _v2_snapshot(img)
+    table, = peek(img, 64, '>Q')
+    patch(img, table + 8, '>I', 1 << 20)
+    refuse(img, out_dir, r'snapshot 0: L1 table .* beyond the end')
+
+
+# ---------------------------------------------------------------------------
 # backing chains
 # ---------------------------------------------------------------------------
 

@@ -38,6 +38,16 @@ import time
 _CHUNK = 256 << 10
 
 
+def _shut(sockets):
+    """Shut both directions of each socket, then close it."""
+    for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()
+
+
 class DelayProxy(object):
 
     def __init__(self, target, rtt=0.0, cut_after=None):
@@ -100,12 +110,7 @@ class DelayProxy(object):
         with self._lock:
             sockets, self._sockets = self._sockets, []
             self.cuts += 1
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        _shut(sockets)
 
     def _reader(self, src, q, down=False):
         try:
@@ -154,12 +159,7 @@ class DelayProxy(object):
         with self._lock:
             sockets, self._sockets = self._sockets, []
             threads = list(self._threads)
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        _shut(sockets)
         for t in threads:
             t.join(5)
 
