@@ -43,6 +43,9 @@ FATtools, not timed).  Then:
    sparse file beside the VHDs and hashed streaming: memory stays
    bounded, an 8 GiB disk runs as a 4 GiB one does).
 
+With ``--rtt MS`` both clients reach sshd through a delay proxy with that
+round-trip time (a WAN between the conversion host and XenServer).
+
 ``sync`` runs (untimed) before each timed command.  Exit status: 0 when
 every command ran and the output is correct, whatever the targets say;
 1 otherwise; 2 for a set-up error (no sshd, no scp).
@@ -65,6 +68,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tests.lib import cli  # noqa: E402
+from tests.lib import delayproxy  # noqa: E402
 from tests.lib import imagegen as ig  # noqa: E402
 from tests.lib import sshd as sshd_lib  # noqa: E402
 from tests.lib.xenserver import host as xhost  # noqa: E402
@@ -126,6 +130,11 @@ class Bench(object):
         self.args = args
         self.figures = []        # (name, value text, target, verdict)
         self.failed = False
+        #: The delay proxy of --rtt, if any, and the port and known_hosts
+        #: file both clients use (sshd's own without --rtt).
+        self.proxy = None
+        self.port = None
+        self.known_hosts = None
 
     def row(self, name, value, target, ok):
         verdict = 'info' if ok is None else ('PASS' if ok else 'MISS')
@@ -163,6 +172,12 @@ def main():
     p.add_argument('--inspect', action='store_true',
                    help='also time a second sync with guest inspection '
                    '(libguestfs) and report it apart')
+    p.add_argument('--rtt', type=float, default=0.0, metavar='MS',
+                   help='put a delay proxy (tests/lib/delayproxy.py) '
+                   'with this round-trip time between sshd and both '
+                   'clients, any2kvm and scp (default 0: direct).  The '
+                   'proxy is Python threads: its own throughput bounds '
+                   'both clients alike')
     p.add_argument('--profile', metavar='PREFIX',
                    help='run the timed sync and cutover under cProfile, '
                    'writing PREFIX.sync.prof and PREFIX.cutover.prof '
@@ -190,6 +205,8 @@ def main():
         print('FAILED: %s: %s' % (type(e).__name__, e))
         bench.failed = True
     finally:
+        if bench.proxy is not None:
+            bench.proxy.close()
         if server is not None:
             server.stop()
         if args.keep:
@@ -237,12 +254,26 @@ def setup_and_run(bench, work, args):
     server = sshd_lib.SshServer(os.path.join(work, 'sshd'),
                                 env={'PATH': path, xhost.ENV: root})
     server.start()
+    bench.port, bench.known_hosts = server.port, server.known_hosts
+    if args.rtt:
+        bench.proxy = delayproxy.DelayProxy(('127.0.0.1', server.port),
+                                            rtt=args.rtt / 1000.0)
+        bench.port = bench.proxy.port
+        # The same host key, under the proxy's [host]:port.
+        bench.known_hosts = os.path.join(work, 'known_hosts.proxy')
+        with open(server.known_hosts) as src, \
+                open(bench.known_hosts, 'w') as dst:
+            dst.write(src.read().replace(
+                '[127.0.0.1]:%d ' % server.port,
+                '[127.0.0.1]:%d ' % bench.port))
+        print('both clients through a delay proxy: RTT %.0f ms'
+              % args.rtt, flush=True)
     out = os.path.join(work, 'out')
     os.mkdir(out)
     loc = 'xenserver://%s@127.0.0.1:%d/%s' % (
-        server.user, server.port, urllib.parse.quote('bench', safe=''))
+        server.user, bench.port, urllib.parse.quote('bench', safe=''))
     common = ['--identity-file', server.client_key, '--known-hosts',
-              server.known_hosts, '--config-file', conf,
+              bench.known_hosts, '--config-file', conf,
               '--state-db', 'sqlite:///%s' % os.path.join(work, 'state.db')]
     env = dict(os.environ, PYTHONPATH=REPO, LC_ALL='C.UTF-8')
     a2k = cli.cli_command() + ['migration']
@@ -280,8 +311,8 @@ def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
         for n, f in zip(names, files)))
     dest = os.path.join(bench.work, 'scp')
     os.mkdir(dest)
-    scp = ['scp', '-q', '-P', str(server.port), '-i', server.client_key,
-           '-o', 'UserKnownHostsFile=%s' % server.known_hosts,
+    scp = ['scp', '-q', '-P', str(bench.port), '-i', server.client_key,
+           '-o', 'UserKnownHostsFile=%s' % bench.known_hosts,
            '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes'] + [
         '%s@127.0.0.1:%s' % (server.user, f) for f in files] + [dest + '/']
     t_scp, _ = bench.run(scp)
