@@ -66,6 +66,7 @@ import logging
 import os
 import struct
 import sys
+import threading
 import zlib
 
 from any2kvm_os import exception
@@ -117,6 +118,33 @@ _ZERO = -2
 COMPRESSED = 'deflate'
 #: Read-ahead of compressed grains (they follow each other in the file).
 READ_AHEAD = 1 << 20
+#: Threads, the caller included, that inflate the grains of one read of
+#: compressed grains (zlib releases the GIL while it inflates); fewer on a
+#: host with fewer cpus.  Memory stays that of the read: its grains.
+INFLATE_THREADS = 4
+#: A read of fewer grains than this is inflated by the caller alone.
+INFLATE_PARALLEL_MIN = 4
+
+
+def _inflate_threads():
+    """How many threads may inflate one read: one per cpu we may use, up
+    to INFLATE_THREADS; one when the host's cpus are already all busy
+    (1-minute load average at least cpus + 1, this conversion's own
+    threads counted in it), where more threads only add switching
+    (measured: no gain at a load of 10-15 on 2 cpus)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    if cpus < 2:
+        return 1
+    try:
+        if os.getloadavg()[0] >= cpus + 1:
+            return 1
+    except (AttributeError, OSError):
+        pass
+    return min(INFLATE_THREADS, cpus)
+
 
 # magic(4) version flags capacity grainSize descriptorOffset descriptorSize
 # numGTEsPerGT rgdOffset gdOffset overHead uncleanShutdown 4 check chars
@@ -219,6 +247,14 @@ class _File(object):
 
 
 # -- extents ------------------------------------------------------------------
+
+
+def _put(buf, pos, data, inner, n):
+    """Copy ``data[inner:inner + n]`` (a grain) to ``buf[pos:]``."""
+    if inner == 0 and n == len(data):
+        buf[pos:pos + n] = data
+    else:
+        buf[pos:pos + n] = memoryview(data)[inner:inner + n]
 
 
 class _Extent(object):
@@ -514,36 +550,23 @@ class _HostedSparseExtent(_GrainExtent):
 
     def read_compressed(self, vpos, length):
         """Disk bytes ``[vpos, vpos + length)`` of a run of compressed
-        grains: each grain is found through the tables and inflated (the
-        last one is kept: the copy loop's chunks may end inside it)."""
-        g = self.grain
-        out = []
-        end = vpos + length
-        while vpos < end:
-            gi = (vpos - self.start) // g
-            gdi, j = divmod(gi, self.gt_entries)
-            table = self._table(gdi)
-            off = table[j] if table is not None else _UNALLOC
-            if off < 0:
-                raise exception.InvalidImage(
-                    path=self.file.display, reason='grain %d is not stored '
-                    '(internal inconsistency)' % gi)
-            gstart = self.start + gi * g
-            key, data = self._cache
-            if key != off:
-                data = self._inflate(off, gstart)
-                self._cache = (off, data)
-            inner = vpos - gstart
-            n = min(end - vpos, g - inner)
-            out.append(data[inner:inner + n])
-            vpos += n
-        return out[0] if len(out) == 1 else b''.join(out)
+        grains (see :meth:`read_compressed_into`), as a bytearray."""
+        buf = bytearray(length)
+        self.read_compressed_into(vpos, memoryview(buf))
+        return buf
 
     def read_compressed_into(self, vpos, buf):
-        """:meth:`read_compressed` of ``len(buf)`` bytes into ``buf``."""
+        """Disk bytes ``[vpos, vpos + len(buf))`` of a run of compressed
+        grains into ``buf`` (a writable memoryview): each grain is found
+        through the tables, inflated and copied straight in.  The grains
+        of one read are inflated by up to INFLATE_THREADS threads, each
+        into its own part of ``buf``.  The last grain inflated is kept:
+        the copy loop's chunks may end inside it."""
         g = self.grain
         pos = 0
         end = len(buf)
+        jobs = []       # (pos in buf, offset in the grain, n, marker,
+        #                  the grain's start on the disk)
         while pos < end:
             gi = (vpos - self.start) // g
             gdi, j = divmod(gi, self.gt_entries)
@@ -554,18 +577,67 @@ class _HostedSparseExtent(_GrainExtent):
                     path=self.file.display, reason='grain %d is not stored '
                     '(internal inconsistency)' % gi)
             gstart = self.start + gi * g
-            key, data = self._cache
-            if key != off:
-                data = self._inflate(off, gstart)
-                self._cache = (off, data)
             inner = vpos - gstart
             n = min(end - pos, g - inner)
-            if inner == 0 and n == len(data):
-                buf[pos:pos + n] = data
-            else:
+            key, data = self._cache
+            if key == off:
                 buf[pos:pos + n] = memoryview(data)[inner:inner + n]
+            else:
+                jobs.append((pos, inner, n, off, gstart))
             pos += n
             vpos += n
+        if not jobs:
+            return
+        threads = 1
+        if len(jobs) >= 2 * INFLATE_PARALLEL_MIN:
+            threads = min(_inflate_threads(),
+                          len(jobs) // INFLATE_PARALLEL_MIN)
+        if threads < 2:
+            for p, inner, n, off, gstart in jobs:
+                data = self._inflate(off, gstart)
+                _put(buf, p, data, inner, n)
+        else:
+            data = self._inflate_parallel(jobs, buf, threads)
+        self._cache = (jobs[-1][3], data)
+
+    def _inflate_parallel(self, jobs, buf, threads):
+        """Inflate ``jobs`` (see :meth:`read_compressed_into`) into
+        ``buf`` in ``threads`` contiguous parts, the first by the caller;
+        return the last grain's bytes.  The file is read here, in order
+        (the read-ahead is not shared); only inflating is parallel."""
+        raws = [self._grain_raw(off, gstart)
+                for _p, _inner, _n, off, gstart in jobs]
+        per = -(-len(jobs) // threads)
+        results = [None] * threads
+
+        def part(k):
+            data = None
+            try:
+                for i in range(k * per, min(len(jobs), (k + 1) * per)):
+                    p, inner, n, off, _gstart = jobs[i]
+                    data = self._inflate_raw(off, *raws[i])
+                    _put(buf, p, data, inner, n)
+                results[k] = (True, data)
+            except BaseException as e:  # raised by the caller, in order
+                results[k] = (False, e)
+
+        helpers = [threading.Thread(target=part, args=(k,), daemon=True,
+                                    name='any2kvm-inflate')
+                   for k in range(1, threads)]
+        for t in helpers:
+            t.start()
+        try:
+            part(0)
+        finally:
+            for t in helpers:
+                t.join()
+        data = None
+        for ok, value in results:
+            if not ok:
+                raise value
+            if value is not None:
+                data = value
+        return data
 
     def _read_ahead(self, length, off):
         """File bytes for grains, through a read-ahead buffer: the grains
@@ -585,6 +657,12 @@ class _HostedSparseExtent(_GrainExtent):
 
     def _inflate(self, off, gstart):
         """The decompressed bytes of the grain whose marker is at ``off``."""
+        return self._inflate_raw(off, *self._grain_raw(off, gstart))
+
+    def _grain_raw(self, off, gstart):
+        """(compressed bytes, bytes expected) of the grain whose marker is
+        at ``off``, checked against the tables; read through the
+        read-ahead (not thread-safe)."""
         path = self.file.display
         rel = gstart - self.start
         need = min(self.grain, self.size - rel)
@@ -613,6 +691,12 @@ class _HostedSparseExtent(_GrainExtent):
             raw = self._read_ahead(size, off + 12)
         else:
             raw = self._read_ahead(min(bound, self.file.size - off), off)
+        return raw, need
+
+    def _inflate_raw(self, off, raw, need):
+        """Inflate the compressed bytes ``raw`` of the grain at ``off``
+        (:meth:`_grain_raw`); safe in any thread."""
+        path = self.file.display
         d = zlib.decompressobj()
         try:
             # One byte more than a grain tells a grain that inflates too

@@ -46,6 +46,16 @@ _ZERO16 = bytes(16 * GRAIN)
 #: final fdatasync (which makes "the output exists" mean "the output is
 #: complete", even after a power cut) has little left to wait for.
 WRITEBACK_EVERY = 32 << 20
+
+#: The most bytes given to one write(2).  The copy loop hands 4 MiB
+#: buffers, but a buffered write that large makes recent kernels (large
+#: folios in the page cache) allocate high-order pages for it, and
+#: compact memory to find them: measured on Linux 6.18/ext4, 1 GiB
+#: written in 4 MiB or 2 MiB writes cost 3 to 5 s of system time and
+#: 6 to 25 s of wall time on a busy host, in 64 to 256 KiB writes
+#: 0.2 to 0.3 s and 0.3 to 2 s.  Pieces of this size keep that cost
+#: down and still take few system calls.
+WRITE_PIECE = 256 << 10
 SYNC_FILE_RANGE_WRITE = 2
 
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -409,9 +419,11 @@ class RawWriter(object):
 
     def pwrite(self, offset, data):
         view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast('B')
         try:
             while view:
-                n = os.pwrite(self.fd, view, offset)
+                n = os.pwrite(self.fd, view[:WRITE_PIECE], offset)
                 view = view[n:]
                 offset += n
         except OSError as e:

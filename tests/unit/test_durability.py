@@ -132,3 +132,28 @@ def test_aborted_writer_stops_its_writeback_thread(tmp_path, flushes):
     assert threading.active_count() == before
     assert os.listdir(str(tmp_path)) == []
     assert 'fdatasync' not in flushes
+
+
+def test_large_writes_are_split_into_pieces(tmp_path, monkeypatch):
+    """A 4 MiB buffer reaches write(2) in WRITE_PIECE pieces (large
+    buffered writes are costly in the kernel), with the same content."""
+    sizes = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd, data, offset):
+        sizes.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(raw.os, 'pwrite', pwrite)
+    path = str(tmp_path / 'disk.raw')
+    writer = raw.RawWriter.open(path, durable=False)
+    writer.resize(8 * MiB)
+    data = os.urandom(4 * MiB + 4096)
+    buf = bytearray(data) + bytearray(100)
+    writer.write_buffer(4096, buf, len(data), over_hole=True)
+    writer.commit()
+    assert max(sizes) == raw.WRITE_PIECE
+    assert sum(sizes) == len(data)
+    with open(path, 'rb') as f:
+        f.seek(4096)
+        assert f.read(len(data)) == data

@@ -23,6 +23,7 @@ VMDKstream and ESXi files, libvmdk, qemu and dissect results).
 import io
 import os
 import struct
+import threading
 import zlib
 
 import pytest
@@ -721,6 +722,70 @@ def test_stream_decompressed_grain_cached(tmp_path, monkeypatch):
     parts = [r.read_extent(e, k, 512) for k in range(0, g, 512)]
     assert b''.join(parts) == real(*calls[0])
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize('cpus', [1, 2, 4])
+def test_stream_grains_inflated_in_parallel(tmp_path, monkeypatch, cpus):
+    """The grains of one read are inflated by up to INFLATE_THREADS
+    threads into their own parts of the buffer: the same bytes as one
+    grain at a time, reads that start or end inside a grain included, and
+    the last grain kept for the next read."""
+    g = 4096
+    grains = {i: os.urandom(g // 2) + fill(i, g // 2) for i in range(40)
+              if i % 7 != 3}
+    data, _ = stream(48 * 8, grains)
+    monkeypatch.setattr(vmdk, '_inflate_threads', lambda: cpus)
+    r = vmdk.VmdkReader(view_of(tmp_path, data))
+    want = bytearray(48 * g)
+    for i, b in grains.items():
+        want[i * g:(i + 1) * g] = b
+    assert raw_of(r) == bytes(want)
+    calls = []
+    real = r.extents[0]._inflate_raw
+    monkeypatch.setattr(r.extents[0], '_inflate_raw',
+                        lambda *a: calls.append(a[0]) or real(*a))
+    runs = [e for e in r.block_status(0, r.virtual_size)
+            if e.kind == ext.DATA]
+    for e in runs:
+        for skip, n in ((100, 5 * g), (100 + 5 * g, 9 * g + 7)):
+            n = min(n, e.length - skip)
+            if n <= 0:
+                continue
+            buf = bytearray(n)
+            r.read_extent_into(e, skip, memoryview(buf))
+            assert bytes(buf) == want[e.offset + skip:e.offset + skip + n]
+    # the grain cut by the end of the first read is inflated once
+    assert len(calls) == len(set(calls))
+
+
+def test_stream_parallel_inflate_error_of_first_bad_grain(tmp_path,
+                                                          monkeypatch):
+    """A corrupt grain in a helper's part is reported as such, once every
+    helper has finished (none left running)."""
+    g = 4096
+    grains = {i: fill(i + 1, g) for i in range(16)}
+
+    def mangle(i, lba, payload):
+        if i == 13:
+            payload = payload[:2] + bytes(len(payload) - 2)
+        return lba, payload
+    data, entries = stream(16 * 8, grains, mangle=mangle)
+    monkeypatch.setattr(vmdk, '_inflate_threads', lambda: 4)
+    r = vmdk.VmdkReader(view_of(tmp_path, data))
+    before = threading.active_count()
+    with pytest.raises(exception.InvalidImage,
+                       match='offset %d' % (entries[13] * S)):
+        raw_of(r)
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize('cpus,load,want', [
+    (1, 0.0, 1), (2, 0.5, 2), (2, 2.9, 2), (2, 3.0, 1), (8, 1.0, 4)])
+def test_inflate_threads(monkeypatch, cpus, load, want):
+    monkeypatch.setattr(vmdk.os, 'sched_getaffinity',
+                        lambda pid: set(range(cpus)))
+    monkeypatch.setattr(vmdk.os, 'getloadavg', lambda: (load, 0.0, 0.0))
+    assert vmdk._inflate_threads() == want
 
 
 def test_stream_one_pass(tmp_path):
