@@ -314,19 +314,10 @@ def test_compressed_ova_download_streamed(disks, tmp_path, scratch,
     assert list(scratch.iterdir()) == []
 
 
-@pytest.mark.parametrize('how', sorted(COMPRESSORS))
-def test_compressed_ova_file_read_in_one_pass(disks, tmp_path, scratch,
-                                              monkeypatch, how):
-    """A local .ova.gz (or .xz) is an OVA, not a XenServer archive, and is
-    read in one pass per disk, as a download is: nothing in scratch."""
-    from any2kvm_os.containers.ova import package
+def _converted_in_one_pass(path, order, scratch, tmp_path):
+    """``path`` is detected as an OVA and converts to the bytes of
+    ``order``'s disks, leaving nothing in ``scratch``."""
     from any2kvm_os.containers import registry
-
-    def refuse(*args, **kwargs):
-        raise AssertionError('the OVA went through scratch')
-    monkeypatch.setattr(package, 'open_compressed_ova', refuse)
-    order = [disks['qemu'], disks['vmdkstream']]
-    path = _compressed_ova(tmp_path, order, how)
     limits = a2k_limits.Limits(scratch_dir=str(scratch))
     assert registry.detect(str(path), limits).name == 'ova'
     source = registry.open_path(str(path), limits)
@@ -335,6 +326,21 @@ def test_compressed_ova_file_read_in_one_pass(disks, tmp_path, scratch,
     finally:
         source.close()
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize('how', sorted(COMPRESSORS))
+def test_compressed_ova_file_read_in_one_pass(disks, tmp_path, scratch,
+                                              monkeypatch, how):
+    """A local .ova.gz (or .xz) is an OVA, not a XenServer archive, and is
+    read in one pass per disk, as a download is: nothing in scratch."""
+    from any2kvm_os.containers.ova import package
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('the OVA went through scratch')
+    monkeypatch.setattr(package, 'open_compressed_ova', refuse)
+    order = [disks['qemu'], disks['vmdkstream']]
+    path = _compressed_ova(tmp_path, order, how)
+    _converted_in_one_pass(path, order, scratch, tmp_path)
 
 
 def test_compressed_ova_file_cli(disks, tmp_path):
@@ -415,7 +421,6 @@ def test_compressed_ova_with_leading_directories(writer, sub, disks,
     directories hold no data and are skipped), read in one pass, the
     descriptor being the first file; nothing goes to scratch."""
     from any2kvm_os.containers.ova import package
-    from any2kvm_os.containers import registry
 
     def refuse(*args, **kwargs):
         raise AssertionError('the OVA went through scratch')
@@ -425,14 +430,7 @@ def test_compressed_ova_with_leading_directories(writer, sub, disks,
     with tarfile.open(str(path)) as tf:
         first = tf.getmembers()[0]
     assert first.isdir() and first.name in ('.', './')
-    limits = a2k_limits.Limits(scratch_dir=str(scratch))
-    assert registry.detect(str(path), limits).name == 'ova'
-    source = registry.open_path(str(path), limits)
-    try:
-        check(convert_all(source, tmp_path), order)
-    finally:
-        source.close()
-    assert list(scratch.iterdir()) == []
+    _converted_in_one_pass(path, order, scratch, tmp_path)
 
 
 def test_leading_directory_outside_refused(disks, tmp_path):

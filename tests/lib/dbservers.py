@@ -241,14 +241,6 @@ class PostgreSQL(_Server):
         # (PostgreSQL 15 grants CREATE there to the owner only).
         self._admin('CREATE DATABASE %s OWNER %s' % (name, USER))
 
-    def version(self):
-        engine = self._admin_engine()
-        try:
-            with engine.connect() as c:
-                return c.exec_driver_sql('SHOW server_version').scalar()
-        finally:
-            engine.dispose()
-
     def stop(self):
         if self.top is None:
             return
@@ -347,14 +339,6 @@ class MariaDB(_Server):
 
     def _create_database(self, name):
         self._admin('CREATE DATABASE %s' % name)
-
-    def version(self):
-        engine = self._admin_engine()
-        try:
-            with engine.connect() as c:
-                return c.exec_driver_sql('SELECT VERSION()').scalar()
-        finally:
-            engine.dispose()
 
     def stop(self):
         if self.top is None:
