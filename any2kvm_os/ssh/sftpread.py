@@ -268,21 +268,10 @@ class Session(object):
         of ``packet`` (one copy of the channel's bytes, no more); raises
         :class:`Lost`."""
         self._fetch(4)
-        pieces = self._pieces
-        first = pieces[0]
-        if len(first) - self._off >= 4:
-            n = _U32.unpack_from(first, self._off)[0]
-        else:
-            n = _U32.unpack(self._take(4))[0]
-            if n < 1 or n > MAX_REPLY:
-                raise Lost('malformed SFTP reply (length %d)' % n)
-            self._fetch(n)
-            packet = self._take(n)
-            return packet[0], packet
+        n = _U32.unpack(self._take(4))[0]
         if n < 1 or n > MAX_REPLY:
             raise Lost('malformed SFTP reply (length %d)' % n)
-        self._fetch(4 + n)
-        self._take(4)
+        self._fetch(n)
         packet = self._take(n)
         return packet[0], packet
 
