@@ -199,14 +199,16 @@ class DeviceDestination(Destination):
             seen[st.st_rdev] = path
 
     def _check(self, path, size=None):
+        """The stat of the block device ``path``; with ``size``, also
+        opened and closed (:meth:`RawWriter.open_device`, which checks the
+        path itself): refuses a device too small, or in use."""
         try:
-            st = raw.check_device(path)
             if size is not None:
-                # Opened and closed: refuses a device too small, or in use.
                 raw.RawWriter.open_device(path, size).close()
+                return None
+            return raw.check_device(path)
         except exception.TargetError as e:
             raise DestinationError(target='--device', reason=str(e))
-        return st
 
     def plan(self, name, disks):
         devices = self._devices()
