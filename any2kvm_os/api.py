@@ -714,8 +714,9 @@ def migration_lines(action, result):
                                  if r.get('error') else '')]
     lines += _migration_device_lines(r)
     for d in r['disks']:
-        lines.append('disk %d:   %s -> %s, %d layer(s) applied%s' % (
+        lines.append('disk %d:   %s -> %s, %s, %d layer(s) applied%s' % (
             d['index'], d['source_id'], d['target_ref'],
+            progress_mod.human(d.get('virtual_size')),
             len([a for a in d['applied'] if not a.get('partial')]),
             ' (one partial)' if any(a.get('partial')
                                     for a in d['applied']) else ''))

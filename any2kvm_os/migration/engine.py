@@ -405,6 +405,17 @@ def _update_disk(store, name, disk, chain, with_leaf, figures, target,
         LOG.info('applied %s onto %s', names[j], disk['target_ref'])
 
 
+def _record_size(store, name, disk, size):
+    """A disk that grew on the host since the state recorded its size
+    (its target grew with it: a volume extended when opened, a file when
+    the grown layer was applied): the state records the new size, which
+    ``show`` gives and a cutover's volume metadata uses."""
+    if size and size != disk['virtual_size']:
+        LOG.info('disk %d: %s bytes on the host, %s when last recorded',
+                 disk['index'], size, disk['virtual_size'])
+        store.disk_resized(name, disk['index'], size)
+
+
 def _file_size(layer):
     """The size of a layer's file on the host (0 when unknown)."""
     view = getattr(layer, 'view', None)
@@ -567,6 +578,8 @@ class _Run(object):
             _update_disk(self.store, self.name, disk, opened.chain,
                          with_leaf, f, self.writers[index], self.progress)
             self.top[index] = opened.chain.layers[0].identity
+            _record_size(self.store, self.name, disk,
+                         self.infos[index].virtual_size)
         finally:
             opened.close()
         return {'layers': f.layers - before[0],

@@ -521,6 +521,9 @@ def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
             common=common)
     m = _state(common)
     assert m['status'] == 'done'
+    # The state records the size the disk grew to (show gives it).
+    assert m['disks'][1]['virtual_size'] == 6 * MiB
+    check(m, b.facts)
 
 
 def test_sshd_down_at_sync_and_cutover_marks_the_migration_failed(

@@ -243,6 +243,22 @@ class StoreContract(object):
                                   ('snap1', True)]
         assert store.get('vm1')['disks'][0]['applied'][2]['applied_at'] is None
 
+    def test_disk_resized(self, store):
+        """A disk that grew keeps its layers; its new size (above 4 GiB:
+        a BIGINT) is what get gives, the other disk's unchanged."""
+        _create(store)
+        store.layer_started('vm1', 1, 'base', 'base', 'fp')
+        store.layer_applied('vm1', 1, 'base')
+        before = store.get('vm1')['updated_at']
+        store.disk_resized('vm1', 1, (1 << 40) + (1 << 30))
+        m = store.get('vm1')
+        assert m['disks'][1]['virtual_size'] == (1 << 40) + (1 << 30)
+        assert m['disks'][0]['virtual_size'] == 10 << 30
+        assert [a['layer_id'] for a in m['disks'][1]['applied']] == ['base']
+        assert m['updated_at'] >= before
+        with pytest.raises(api.NotFound):
+            store.disk_resized('vm1', 7, 1 << 30)
+
     def test_forget_layers(self, store):
         _create(store)
         for layer in ('a', 'b', 'c', 'd'):

@@ -151,6 +151,7 @@ def test_grown_disk_extends_its_volume_first(bed, monkeypatch):
     vol = cloud.volumes.get(m['disks'][0]['target_ref'])
     assert vol.size == 3
     assert [c[0] for c in cloud.calls].count('extend') == 1
+    assert store.get('web')['disks'][0]['virtual_size'] == 40 * MiB
     engine.cutover(store, 'web', **kw())
     _check(cloud, store.get('web'), facts)
 

@@ -18,6 +18,7 @@ import os
 
 import pytest
 
+from any2kvm_os import api
 from any2kvm_os import exception
 from any2kvm_os.migration import engine
 from any2kvm_os.migration.state import api as state_api
@@ -275,13 +276,21 @@ def test_disk_grown_between_syncs_file_target(bed):
     engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
     w0, w1 = _writers(root, facts, store.get('web'))
     engine.sync(store, 'web', **_kw(root))
+    sizes = [d['virtual_size'] for d in store.get('web')['disks']]
     w0.grow(12 * MiB)
     w0.write(9 * MiB, ig.pattern(71, 4096))
-    w1.grow(6 * MiB)
     engine.sync(store, 'web', **_kw(root))
+    # The state follows the disk that grew, not the other.
+    assert [d['virtual_size'] for d in store.get('web')['disks']] == [
+        12 * MiB, sizes[1]]
+    w1.grow(6 * MiB)
     w0.write(11 * MiB, ig.pattern(72, 512))
     engine.cutover(store, 'web', **_kw(root))
-    _check(store.get('web'), facts)
+    m = engine.show(store, 'web')
+    assert [d['virtual_size'] for d in m['disks']] == [12 * MiB, 6 * MiB]
+    assert 'web.raw, 12.0 MiB, ' in '\n'.join(
+        api.migration_lines('show', m))
+    _check(m, facts)
 
 
 def test_a_connection_that_fails_marks_the_migration_failed(bed):

@@ -170,6 +170,12 @@ class Store(object, metaclass=abc.ABCMeta):
         again).  ``from_layer_id`` None: every layer of the disk."""
 
     @abc.abstractmethod
+    def disk_resized(self, name, disk_index, virtual_size):
+        """The disk's size on the host changed (it grew between syncs)
+        and its target follows: :meth:`get` gives ``virtual_size``
+        updated."""
+
+    @abc.abstractmethod
     def snapshot_taken(self, name, snapshot_id):
         """Record a snapshot the migration made on the host (recording
         it again starts it anew: made now, not removed)."""

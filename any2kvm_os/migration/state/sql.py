@@ -737,6 +737,13 @@ class SqlStore(api.Store):
                     disk.applied.remove(layer)
             m.updated_at = now
 
+    def disk_resized(self, name, disk_index, virtual_size):
+        now = time.time()
+        with self._tx() as session:
+            m, disk = self._disk(session, name, disk_index)
+            disk.virtual_size = virtual_size
+            m.updated_at = now
+
     # -- snapshots, syncs, cutover --------------------------------------------
 
     def snapshot_taken(self, name, snapshot_id):

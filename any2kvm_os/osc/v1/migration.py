@@ -79,9 +79,11 @@ def _formatters():
 
     class DisksColumn(columns.FormattableColumn):
         def human_readable(self):
+            from any2kvm_os import progress
             return '\n'.join(
-                '%s: %s -> %s, %d layer(s) applied' % (
+                '%s: %s -> %s, %s, %d layer(s) applied' % (
                     d.get('index'), d.get('source_id'), d.get('target_ref'),
+                    progress.human(d.get('virtual_size')),
                     len([a for a in d.get('applied') or ()
                          if not a.get('partial')]))
                 for d in self._value or ())
