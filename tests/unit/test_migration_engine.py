@@ -514,3 +514,110 @@ def test_cutover_leaf_coalesced_before_the_shutdown_is_found_anew(bed):
     assert len(hosts[0].opened) == 3
     assert [rw['disk'] for rw in r['rewrites']] == [0]
     _check(store.get('web'), facts)
+
+
+# -- xe's own errors, as the SSH host raises them -----------------------------
+
+def _older(root, hosts, **kw):
+    def connect(location, limits, args):
+        hosts.append(miglocal.OlderHost(root, **kw))
+        return hosts[-1]
+    return {'connect': connect}
+
+
+def test_a_failing_xe_command_raises_what_the_ssh_host_raises(bed):
+    """The double raises the SSH layer's RemoteCommandError (the host,
+    the quoted command, the exit status, xe's stderr), not a bare
+    Any2KvmError."""
+    root = bed[0]
+    host = miglocal.LocalHost(root)
+    argv = ['xe', 'vm-param-get', 'uuid=it\'s', 'param-name=uuid']
+    with pytest.raises(exception.RemoteCommandError) as e:
+        host.run(argv)
+    assert str(e.value).startswith(
+        "standin: xe vm-param-get 'uuid=it'\"'\"'s' param-name=uuid: "
+        "exit status 1: The uuid you supplied was invalid."), str(e.value)
+    assert e.value.kwargs['host'] == 'standin'
+    assert isinstance(host.run(['xe', 'vm-list', 'params=uuid']), bytes)
+    older = miglocal.OlderHost(root, unknown=['snapshot-uninstall'])
+    with pytest.raises(exception.RemoteCommandError,
+                       match='exit status 1: Unknown command: '
+                       'snapshot-uninstall'):
+        older.run(['xe', 'snapshot-uninstall', 'uuid=x', 'force=true'])
+
+
+def test_an_older_xe_is_answered_by_the_fallbacks(bed):
+    """Through a host whose xe lacks ``snapshot-uninstall``, whose VDI
+    and VM listings leave fields out, and whose VBD listing refuses
+    ``params=``: discovery fills the fields with ``<cls>-param-get``
+    and lists the VBDs by uuid, the snapshots go with
+    ``template-uninstall``; two syncs and a cutover end with the
+    targets equal to the disks and no snapshot left."""
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    hosts = []
+    kw = _older(root, hosts, unknown=['snapshot-uninstall'],
+                unlisted={'vdi': ('virtual-size', 'sr-uuid'),
+                          'vm': ('VCPUs-max', 'HVM-boot-params')},
+                no_params=['vbd'])
+    want = engine.discovery.discover(
+        miglocal.LocalHost(root).run, vm, host='standin',
+        mount_base=miglocal.LocalHost(root).mount_base)
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **kw)
+    assert [d['virtual_size'] for d in m['disks']] == [
+        d.virtual_size for d in want.disks]
+    w0, w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **kw)
+    w0.write(5 * MiB, ig.pattern(81, MiB))
+    w1.write(MiB + 3, b'older')
+    engine.sync(store, 'web', **kw)
+    w0.write(0, ig.pattern(82, 4096))
+    r = engine.cutover(store, 'web', **kw)
+    assert r['snapshots_removed'] == 2
+    m = store.get('web')
+    assert all(s['removed_at'] for s in m['snapshots'])
+    assert _ours(root, vm) == [] and _power(root, vm) == 'halted'
+    _check(m, facts)
+    ran = [a[1] for h in hosts for a in h.commands]
+    assert {'vdi-param-get', 'vm-param-get', 'vbd-param-get',
+            'template-uninstall'} <= set(ran), ran
+    assert ['xe', 'vbd-list', 'vm-uuid=' + vm, 'params=uuid'] in [
+        a for h in hosts for a in h.commands]
+    # The facts are those a newer host gives.
+    found = engine._discover(miglocal.OlderHost(
+        root, unlisted={'vm': ('VCPUs-max', 'HVM-boot-params')},
+        no_params=['vbd']), vm)
+    assert found.facts == want.facts
+    assert [d.as_dict() for d in found.disks] == [
+        d.as_dict() for d in want.disks]
+
+
+def test_abort_through_an_xe_without_snapshot_uninstall(bed):
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    hosts = []
+    kw = _older(root, hosts, unknown=['snapshot-uninstall'])
+    engine.create(store, 'web', LOC, output_dir=str(out), **kw)
+    engine.sync(store, 'web', **kw)
+    assert len(_ours(root, vm)) == 1
+    r = engine.abort(store, 'web', **kw)
+    assert r['snapshots_removed'] == 1
+    assert _ours(root, vm) == [] and _power(root, vm) == 'running'
+    ran = [a[1] for a in hosts[-1].commands]
+    assert ran.count('template-uninstall') == 1, ran
+
+
+def test_a_snapshot_no_uninstall_removes_fails_with_the_first_error(bed):
+    """Neither ``snapshot-uninstall`` nor ``template-uninstall``: abort
+    fails with xe's first error, the snapshot still recorded."""
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    kw = _older(root, [], unknown=['snapshot-uninstall',
+                                   'template-uninstall'])
+    engine.create(store, 'web', LOC, output_dir=str(out), **kw)
+    engine.sync(store, 'web', **kw)
+    with pytest.raises(exception.Any2KvmError,
+                       match='Unknown command: snapshot-uninstall'):
+        engine.abort(store, 'web', **kw)
+    assert len(_ours(root, vm)) == 1
+    assert not store.get('web')['snapshots'][0]['removed_at']
