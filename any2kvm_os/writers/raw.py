@@ -302,14 +302,17 @@ class RawWriter(object):
         """Open ``path`` to be written in place (incremental apply).
 
         A block device or an existing regular file is written where it is;
-        a missing file is created (and starts fresh: all holes).
+        a missing file is created (and starts fresh: all holes).  A block
+        device is opened with O_EXCL, as ``convert`` and ``migration
+        create --device`` open one: refused when mounted or held (see
+        :meth:`open_device`), and kept from being mounted while written.
         """
         try:
             st = os.stat(path)
         except FileNotFoundError:
             st = None
         if st is not None and stat.S_ISBLK(st.st_mode):
-            return cls.open(path)
+            return cls.open(path, exclusive=True)
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise exception.TargetError(
                 path=path, reason='exists and is neither a regular file nor '
@@ -336,6 +339,13 @@ class RawWriter(object):
         except OSError as e:
             raise exception.TargetError(path=path, reason=e.strerror)
         if stat.S_ISBLK(st.st_mode):
+            # Not O_EXCL, unlike a device given by the operator
+            # (open_device, open_in_place, convert): the volume was just
+            # attached to this host, and the host's LVM may already have
+            # found a guest volume group on it (a guest PV: the host
+            # activates its LVs, which hold the device), so an exclusive
+            # open would refuse a volume that nothing else writes.  The
+            # volume is ours alone: Cinder made it and attached it here.
             target = cls.open(path)
             target.capacity = target.device_size()
             return target

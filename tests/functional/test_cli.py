@@ -90,3 +90,45 @@ def test_block_device_written_in_place(complex_chain, tmp_path):
             data = f.read(size)
     assert ig.sha256_bytes(data) == complex_chain.leaf.model.sha256()
     assert not [n for n in os.listdir(tmp_path) if n != 'device.img']
+
+
+def test_block_device_in_use_refused_by_import_and_convert_onto(
+        simple_chain, tmp_path):
+    """A device another program holds (here: this test, through an
+    O_EXCL open, as a mount or device-mapper holds one) is refused in one
+    line by ``import --target file`` (its NAME.raw a link to the device)
+    and by ``convert --onto``, and left as it was; once released, the
+    import writes it in place."""
+    size = simple_chain.size
+    backing = tmp_path / 'device.img'
+    backing.write_bytes(b'\xAA' * size)
+    out = tmp_path / 'out'
+    out.mkdir()
+    state = tmp_path / 'state'
+    state.mkdir()
+    with blockdev.loop_device(backing) as dev:
+        os.symlink(dev, out / 'vm.raw')
+        fd = os.open(dev, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+        try:
+            res = cli.run_any2kvm('import', simple_chain.leaf.path,
+                                  '--name', 'vm', '--target', 'file',
+                                  '--output-dir', out, '--no-inspect')
+            cli.assert_refused(res, names=[out / 'vm.raw'],
+                               problem='is in use')
+            res = cli.run_any2kvm('convert', simple_chain.leaf.path,
+                                  '--onto', dev, '--state-dir', state,
+                                  '--finish')
+            cli.assert_refused(res, names=[dev], problem='is in use')
+            assert os.listdir(state) == []
+        finally:
+            os.close(fd)
+        with open(dev, 'rb') as f:
+            assert f.read(size) == b'\xAA' * size
+        res = cli.run_any2kvm('import', simple_chain.leaf.path, '--name',
+                              'vm', '--target', 'file', '--output-dir', out,
+                              '--no-inspect')
+        assert res.returncode == 0, cli.describe(res)
+        assert stat.S_ISBLK(os.stat(out / 'vm.raw').st_mode)
+        with open(dev, 'rb') as f:
+            data = f.read(size)
+    assert ig.sha256_bytes(data) == simple_chain.leaf.model.sha256()
