@@ -32,6 +32,7 @@ import subprocess
 import pytest
 import sqlalchemy as sa
 
+from any2kvm_os import exception
 from any2kvm_os.migration import engine
 from any2kvm_os.migration.state import api
 from any2kvm_os.migration.state import flowdb
@@ -273,3 +274,78 @@ def test_latin1_tables_of_a_mysql_database_are_converted(state_servers):
     for table in ('migrations', 'disks', 'applied_layers', 'snapshots',
                   'syncs', 'cutover_runs', 'holders'):
         assert collations[table] == 'utf8mb4_bin', collations
+
+
+def _collations(url):
+    e = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with e.connect() as c:
+            return dict(c.exec_driver_sql(
+                'SELECT table_name, table_collation FROM '
+                'information_schema.tables WHERE table_schema = '
+                'DATABASE()').all())
+    finally:
+        e.dispose()
+
+
+def test_taskflow_tables_keep_a_failure_beyond_latin1(state_servers,
+                                                      tmp_path):
+    """TaskFlow makes its tables ``CHARACTER SET utf8`` (utf8mb3) itself,
+    in a database made before revision 0005 on a latin1 server as in a
+    new one, and they are left so (doc/source/admin/state-db.rst): the
+    names TaskFlow keeps in plain columns are ours (ASCII), and what it
+    keeps as JSON (results, failures, meta) has every non-ASCII character
+    escaped.  A task failing with a message beyond latin1 and beyond the
+    BMP (a VM's Cyrillic name, an emoji) is recorded and shown back as
+    it was."""
+    from alembic import command
+    server = state_servers('mysql')
+    url = server.new_database()
+    e = sql.make_engine(url)
+    with e.begin() as c:
+        command.upgrade(sql._alembic_config(c), '0004')
+    e.dispose()
+    with sql.SqlStore.__new__(sql.SqlStore) as store:
+        store.url, store.lease = url, sql.LEASE
+        store._engine = sql.make_engine(url)
+        store._writer = store._engine.execution_options(
+            **{sql._WRITE: True})
+        flowdb.backend(store._writer, sql.safe_url(url)).close()
+    root, facts = xhost.standard_host(tmp_path / 'xs')
+    out = tmp_path / 'out'
+    out.mkdir()
+    vm = '\u0412\u041c-\u4e00 \U0001f600'
+    with sql.SqlStore(url) as store:
+        engine.create(store, 'web', flowcontract.LOC, output_dir=str(out),
+                      connect=miglocal.connector(root))
+        engine.sync(store, 'web', connect=miglocal.connector(root))
+
+        def unreachable(location, limits, args):
+            raise exception.Any2KvmError('host of %s: no route' % vm)
+        with pytest.raises(exception.Any2KvmError):
+            engine.sync(store, 'web', connect=unreachable)
+        m = engine.show(store, 'web')
+        assert m['error'].endswith('host of %s: no route' % vm), m['error']
+        run = m['last_run']
+        assert (run['operation'], run['stopped_in']) == ('sync', 'connect')
+        assert vm in str(run), run
+    raw = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with raw.connect() as c:
+            failures = [f for (f,) in c.exec_driver_sql(
+                'SELECT failure FROM atomdetails WHERE failure IS NOT '
+                'NULL').all()]
+    finally:
+        raw.dispose()
+    assert len(failures) == 1 and '\\u0412\\u041c' in failures[0], failures
+    assert vm not in failures[0]
+    # TaskFlow's tables: utf8mb3 in the old database and in a new one.
+    new = server.new_database()
+    with sql.SqlStore(new) as store:
+        store.flow_backend()
+    for collations in (_collations(url), _collations(new)):
+        for table in ('logbooks', 'flowdetails', 'atomdetails'):
+            # utf8mb3_general_ci (utf8_general_ci before MariaDB 10.6)
+            assert collations[table].split('_')[0] in (
+                'utf8', 'utf8mb3'), collations
+        assert collations['migrations'] == 'utf8mb4_bin', collations

@@ -266,10 +266,11 @@ def _adopt_legacy_version(connection):
 
 def _mysql_utf8mb4(engine):
     """MySQL: the database's default character set utf8mb4, compared
-    byte by byte as on SQLite and PostgreSQL, before any table is made
-    (ours, TaskFlow's), whatever the server's default (latin1 on
-    MariaDB's own).  Revision 0005 converts the tables of an older
-    database."""
+    byte by byte as on SQLite and PostgreSQL, before any of our tables
+    is made, whatever the server's default (latin1 on MariaDB's own).
+    Revision 0005 converts the tables of an older database.  TaskFlow
+    makes its own tables ``CHARACTER SET utf8`` whatever this default
+    (they hold ASCII only: see revision 0005)."""
     if engine.dialect.name not in ('mysql', 'mariadb'):
         return
     with engine.connect() as connection:

@@ -33,10 +33,12 @@ branch_labels = None
 depends_on = None
 
 CHARSET = 'CHARACTER SET utf8mb4 COLLATE utf8mb4_bin'
-#: Ours.  TaskFlow's tables of such a database (``logbooks``...) stay
-#: as they are: their foreign keys are strings, which MariaDB refuses to
-#: convert (even with foreign_key_checks off); a new database has them
-#: in utf8mb4 (the database's default when TaskFlow makes them).
+#: Ours.  TaskFlow's tables (``logbooks``...) stay as TaskFlow's own
+#: migration makes them, in any database: ``CHARACTER SET utf8``
+#: (utf8mb3), which is enough, since they hold ASCII only (our names,
+#: uuids, states, and JSON with non-ASCII characters escaped; see
+#: doc/source/admin/state-db.rst); converting them would mean dropping
+#: their foreign keys, string columns MariaDB refuses to convert.
 TABLES = ('migrations', 'disks', 'applied_layers', 'snapshots', 'syncs',
           'cutover_runs', 'holders')
 #: Our TEXT columns (and whether they may be NULL): converting makes them
