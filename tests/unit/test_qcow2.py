@@ -548,6 +548,36 @@ def test_data_cluster_beyond_eof(opened):
         list(r.block_status(0, MiB))
 
 
+def test_run_of_clusters_is_one_extent_and_checked_in_order(opened):
+    # Data clusters stored one after the other make one extent; a run
+    # that the file's end cuts is refused at the first cluster cut off,
+    # as cluster by cluster; other entries between runs break them.
+    img = Image(MiB)
+    for c in range(2, 8):
+        img.data(c, bytes([c]) * 64 * KiB)
+    img.set(8, qcow2.L2_ZERO)
+    img.set(9, qcow2.L2_ZERO | img.alloc())
+    img.data(11, b'k' * 64 * KiB)
+    img.data(12, b'l' * 64 * KiB)
+    r = opened(img)
+    assert status(r) == [
+        (ext.UNALLOCATED, 0, 128 * KiB), (ext.DATA, 128 * KiB, 384 * KiB),
+        (ext.ZERO, 512 * KiB, 128 * KiB),
+        (ext.UNALLOCATED, 640 * KiB, 64 * KiB),
+        (ext.DATA, 704 * KiB, 128 * KiB),
+        (ext.UNALLOCATED, 832 * KiB, 192 * KiB)]
+    data = read_all(r)
+    for c in range(2, 8):
+        assert data[c * 64 * KiB:(c + 1) * 64 * KiB] == bytes([c]) * 64 * KiB
+    first = img.l2[0][2][0] & qcow2.OFFSET_MASK
+    cut = img.build()[:first + 3 * 64 * KiB + 512]
+    r = opened(cut)
+    with pytest.raises(exception.InvalidImage,
+                       match='virtual offset %d is stored at %d, beyond' % (
+                           5 * 64 * KiB, first + 3 * 64 * KiB)):
+        list(r.block_status(0, MiB))
+
+
 def test_last_cluster_only_needs_its_used_part(opened):
     img = Image(64 * KiB + 512)
     img.data(1, b'e' * 512)
