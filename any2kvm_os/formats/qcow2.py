@@ -981,13 +981,18 @@ class Qcow2Reader(base.LayerReader):
             return [(ext.DATA, pos, cend - pos, host + (pos - cstart))]
         return self._subclusters(entry, bitmap, host, cstart, pos, cend)
 
-    def _check_data(self, host, cstart):
+    def _check_data(self, host, cstart, used=None):
+        """The data cluster of virtual ``cstart`` stored at ``host`` is
+        aligned and its first ``used`` bytes (default: all the disk uses of
+        it) lie inside the file."""
         if host & (self.cluster_size - 1):
             raise exception.InvalidImage(
                 path=self.name, reason='qcow2 data cluster at virtual offset '
                 '%d is stored at unaligned offset %d: corrupt'
                 % (cstart, host))
-        used = min(self.cluster_size, self.header.size - cstart)
+        if used is None:
+            used = self.cluster_size
+        used = min(used, self.header.size - cstart)
         if host + used > self.file_size:
             raise exception.InvalidImage(
                 path=self.name, reason='qcow2 data cluster at virtual offset '
@@ -1004,7 +1009,12 @@ class Qcow2Reader(base.LayerReader):
                     '%d has subclusters both allocated and zero: corrupt'
                     % cstart)
             if alloc & ~zero:
-                self._check_data(host, cstart)
+                # Only up to the last allocated subcluster: qemu writes no
+                # more of a cluster than it allocates, so the last cluster
+                # of a file may end there.
+                last = (alloc & ~zero).bit_length()
+                self._check_data(host, cstart,
+                                 last << (self.cluster_bits - 5))
         elif alloc:
             raise exception.InvalidImage(
                 path=self.name, reason='qcow2 cluster at virtual offset %d '

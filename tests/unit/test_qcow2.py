@@ -389,6 +389,26 @@ def test_subclusters(opened):
     assert data[2 * sc:3 * sc] == bytes(sc)
 
 
+def test_subclusters_last_cluster_ends_with_its_allocated_part(opened):
+    # qemu writes no more of a cluster than its allocated subclusters:
+    # the file may end there (qemu-io "write 0 100k" on an extended-L2
+    # image).  Cut inside an allocated subcluster, it is refused.
+    sc = 2 * KiB
+    img = Image(MiB, extended_l2=True)
+    img.data(0, b'a' * 64 * KiB, bitmap=0xFFFFFFFF)
+    host = img.data(1, b'b' * 3 * sc, bitmap=0b111)
+    data = img.build()
+    r = opened(data[:host + 3 * sc])
+    assert status(r, 0, 2 * 64 * KiB) == [
+        (ext.DATA, 0, 64 * KiB + 3 * sc),
+        (ext.UNALLOCATED, 64 * KiB + 3 * sc, 64 * KiB - 3 * sc)]
+    assert read_all(r)[64 * KiB:64 * KiB + 3 * sc + 1] == b'b' * 3 * sc + \
+        b'\0'
+    r = opened(data[:host + 2 * sc + 512])
+    with pytest.raises(exception.InvalidImage, match='beyond the end'):
+        list(r.block_status(0, MiB))
+
+
 def test_subclusters_allocated_and_zero(opened):
     img = Image(MiB, extended_l2=True)
     img.data(0, b'x', bitmap=1 | 1 << 32)
