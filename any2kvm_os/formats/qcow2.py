@@ -306,6 +306,14 @@ class Qcow2Reader(base.LayerReader):
 
     format_name = 'qcow2'
 
+    @property
+    def int_offsets_in_place(self):
+        """A DATA extent whose ``file_offset`` is an int is stored in
+        place at that offset of :attr:`view`: announced ahead of the reads
+        (:func:`any2kvm_os.chain.layer_chain.announce`) for a local file,
+        which the kernel then reads ahead."""
+        return type(self.view) is fileio.FileView
+
     def __init__(self, view, opener=None):
         super(Qcow2Reader, self).__init__(view, opener)
         path = view.name

@@ -598,6 +598,23 @@ def test_run_of_clusters_is_one_extent_and_checked_in_order(opened):
         list(r.block_status(0, MiB))
 
 
+def test_stored_clusters_are_announced_for_read_ahead(opened):
+    # announce() hands a local qcow2's stored clusters to its view's
+    # will_read (the kernel reads them ahead), not its compressed ones.
+    from any2kvm_os.chain import layer_chain
+    img = Image(MiB)
+    img.data(0, b'a' * 64 * KiB)
+    img.data(1, b'b' * 64 * KiB)
+    img.compressed(3, b'c' * 64 * KiB)
+    r = opened(img)
+    got = []
+    r.view.will_read = got.append
+    extents = [e._replace(layer=0) for e in r.block_status(0, MiB)]
+    layer_chain.announce([r], extents)
+    first = img.l2[0][0][0] & qcow2.OFFSET_MASK
+    assert got == [[(first, 128 * KiB)]]
+
+
 def test_last_cluster_only_needs_its_used_part(opened):
     img = Image(64 * KiB + 512)
     img.data(1, b'e' * 512)
