@@ -88,6 +88,43 @@ class FileView(object):
             done += n
         return done
 
+    #: Announced spans closer than this are asked for as one.
+    WILL_READ_GAP = 64 << 10
+
+    def will_read(self, ranges):
+        """Announce that ``ranges`` [(offset, length)] inside the window
+        will be read soon, in this order: the kernel is asked to read them
+        ahead (``POSIX_FADV_WILLNEED``).  A file that is not in the page
+        cache is then read from the disk while the copy works on earlier
+        data, many requests at once, instead of one read at a time when
+        the copy gets there (qemu-img keeps several reads in flight).  A
+        hint: nothing is read or checked here, and a file system that
+        ignores it changes nothing.  Spans closer than WILL_READ_GAP (a
+        VHD block's bitmap between two blocks) are asked for as one."""
+        if self.fd is None or not hasattr(os, 'posix_fadvise'):
+            return
+        start = end = None
+        for offset, length in ranges:
+            a = max(0, offset)
+            b = min(offset + length, self.size)
+            if a >= b:
+                continue
+            if start is not None and end + self.WILL_READ_GAP >= a >= start:
+                end = max(end, b)
+                continue
+            if start is not None:
+                self._willneed(start, end)
+            start, end = a, b
+        if start is not None:
+            self._willneed(start, end)
+
+    def _willneed(self, start, end):
+        try:
+            os.posix_fadvise(self.fd, self.base + start, end - start,
+                             os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+
     def data_runs(self, offset, length):
         """Yield (start, end, is_data) covering ``[offset, offset+length)``
         of the window, from the file system's SEEK_DATA/SEEK_HOLE: holes of

@@ -1459,6 +1459,30 @@ class Bench(object):
             out('  FAIL %s' % f.splitlines()[0])
 
 
+def compile_trees(args):
+    """Byte-compile the trees under test, as an installed package is.
+
+    pip byte-compiles what it installs, and Python writes the bytecode
+    of a source tree at its first import, unless PYTHONDONTWRITEBYTECODE
+    is set (as on the hosts these benchmarks were written on): there
+    every run compiled any2kvm's ~70 modules again, about 0.1 s of cpu
+    that an installed any2kvm never pays.  compileall writes the
+    ``__pycache__`` directories whatever that variable says; the
+    interpreter then reads them.  ``--no-compile`` skips this.  Returns
+    the lines to print."""
+    trees = [args.tree] + ([args.baseline] if args.baseline else [])
+    lines = []
+    for tree in trees:
+        pkg = os.path.join(tree, 'any2kvm_os')
+        r = subprocess.run([sys.executable, '-m', 'compileall', '-q', pkg],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+        lines.append('  bytecode  %s: %s' % (
+            pkg, 'compiled' if r.returncode == 0 else
+            'compileall failed: %s' % r.stdout.strip()[-200:]))
+    return lines
+
+
 def header(args):
     def first_line(argv):
         try:
@@ -1548,9 +1572,10 @@ def main(argv=None, prog=None, default_only='all'):
     p.add_argument('--big-size', type=parse_size, default=None,
                    help='virtual size of the memory-bound image '
                         '(default 100G; 10G with --quick)')
-    p.add_argument('--runs', type=int, default=5,
+    p.add_argument('--runs', type=int, default=None,
                    help='timed runs per command after one warm-up, each '
-                        'after sync (default 5; the median counts)')
+                        'after sync (default 5, 1 with --large; the median '
+                        'counts)')
     p.add_argument('--quick', action='store_true',
                    help='small sizes for a smoke run')
     p.add_argument('--large', action='store_true',
@@ -1581,6 +1606,11 @@ def main(argv=None, prog=None, default_only='all'):
                         'a change): its conversions are timed in the same '
                         'run, interleaved; both are started from their '
                         'tree with this python')
+    p.add_argument('--no-compile', action='store_true',
+                   help='do not byte-compile the trees under test first '
+                   '(an installed any2kvm is; with PYTHONDONTWRITEBYTECODE '
+                   'set, an uncompiled tree compiles its modules at every '
+                   'start)')
     p.add_argument('--inspect', action='store_true',
                    help='leave guest inspection on (ANY2KVM_INSPECT as set); '
                         'by default every any2kvm run gets '
@@ -1603,6 +1633,10 @@ def main(argv=None, prog=None, default_only='all'):
     args.big_size = args.big_size or (10 * GiB if args.quick else 100 * GiB)
     if args.size % (2 * MiB) or args.big_size % VHD_BLOCK:
         p.error('--size and --big-size must be multiples of 2 MiB')
+    if args.runs is None:
+        # --large: a run of an 8 GiB disk costs about a minute with its
+        # sync, input read and content check: 8 per section at --runs 1.
+        args.runs = 1 if args.large else 5
     if args.runs < 1:
         p.error('--runs must be at least 1')
     try:
@@ -1620,7 +1654,10 @@ def main(argv=None, prog=None, default_only='all'):
         args.workdir = tempfile.mkdtemp(prefix='any2kvm-bench-')
     os.makedirs(args.workdir, exist_ok=True)
     args.workdir = os.path.abspath(args.workdir)
+    compiled = [] if args.no_compile else compile_trees(args)
     header(args)
+    for line in compiled:
+        out(line)
     bench = Bench(args)
     try:
         for s in args.sections:

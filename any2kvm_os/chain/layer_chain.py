@@ -132,9 +132,13 @@ class LayerChain(object):
 
 def announce(layers, extents):
     """Tell the files of ``layers`` which of their bytes the DATA
-    ``extents`` will read, in order: views with ``will_read`` (remote
-    files) ask for them ahead.  Only layers whose DATA extents are read
-    in place (the linear :meth:`LayerReader.read_extent`) take part."""
+    ``extents`` will read, in order: views with ``will_read`` ask for
+    them ahead (a remote file over SFTP; a local file from the kernel).
+    Only layers whose DATA extents are read in place take part: the
+    linear :meth:`LayerReader.read_extent`, or a reader that says
+    ``int_offsets_in_place`` (its DATA extents with an integer
+    ``file_offset`` are read in place; the others, compressed, are not
+    announced)."""
     ranges = []
     last = None
     for e in extents:
@@ -144,12 +148,15 @@ def announce(layers, extents):
         if last is None or last[0] is not layer:
             will_read = getattr(getattr(layer, 'view', None), 'will_read',
                                 None)
-            if will_read is None or type(layer).read_extent is not \
-                    base.LayerReader.read_extent:
+            if will_read is None or (
+                    type(layer).read_extent is not
+                    base.LayerReader.read_extent and
+                    not getattr(layer, 'int_offsets_in_place', False)):
                 continue
             last = (layer, will_read, [])
             ranges.append(last)
-        last[2].append((e.file_offset, e.length))
+        if isinstance(e.file_offset, int):
+            last[2].append((e.file_offset, e.length))
     for _layer, will_read, spans in ranges:
         will_read(spans)
 

@@ -307,3 +307,25 @@ def test_reverse_named_stream_waits_in_bounded_scratch(tmp_path, spare):
     finally:
         source.close()
     assert list(space.iterdir()) == []
+
+
+def test_local_files_are_read_ahead(tmp_path, monkeypatch):
+    # FileView.will_read asks the kernel to read ahead (WILLNEED), close
+    # spans as one, clipped to the window.
+    from any2kvm_os import fileio
+    calls = []
+    monkeypatch.setattr(os, 'posix_fadvise',
+                        lambda fd, off, n, advice: calls.append(
+                            (off, n, advice)), raising=False)
+    p = tmp_path / 'f'
+    p.write_bytes(bytes(1 << 20))
+    fd = os.open(str(p), os.O_RDONLY)
+    try:
+        view = fileio.FileView(fd, 'f', base=4096, size=512 << 10)
+        view.will_read([(0, 1000), (1512, 500), (200 << 10, 8192),
+                        (500 << 10, 100 << 10), (600 << 10, 10)])
+    finally:
+        os.close(fd)
+    need = os.POSIX_FADV_WILLNEED
+    assert calls == [(4096, 2012, need), (4096 + (200 << 10), 8192, need),
+                     (4096 + (500 << 10), 12 << 10, need)]

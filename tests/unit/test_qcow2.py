@@ -389,6 +389,26 @@ def test_subclusters(opened):
     assert data[2 * sc:3 * sc] == bytes(sc)
 
 
+def test_subclusters_last_cluster_ends_with_its_allocated_part(opened):
+    # qemu writes no more of a cluster than its allocated subclusters:
+    # the file may end there (qemu-io "write 0 100k" on an extended-L2
+    # image).  Cut inside an allocated subcluster, it is refused.
+    sc = 2 * KiB
+    img = Image(MiB, extended_l2=True)
+    img.data(0, b'a' * 64 * KiB, bitmap=0xFFFFFFFF)
+    host = img.data(1, b'b' * 3 * sc, bitmap=0b111)
+    data = img.build()
+    r = opened(data[:host + 3 * sc])
+    assert status(r, 0, 2 * 64 * KiB) == [
+        (ext.DATA, 0, 64 * KiB + 3 * sc),
+        (ext.UNALLOCATED, 64 * KiB + 3 * sc, 64 * KiB - 3 * sc)]
+    assert read_all(r)[64 * KiB:64 * KiB + 3 * sc + 1] == b'b' * 3 * sc + \
+        b'\0'
+    r = opened(data[:host + 2 * sc + 512])
+    with pytest.raises(exception.InvalidImage, match='beyond the end'):
+        list(r.block_status(0, MiB))
+
+
 def test_subclusters_allocated_and_zero(opened):
     img = Image(MiB, extended_l2=True)
     img.data(0, b'x', bitmap=1 | 1 << 32)
@@ -546,6 +566,53 @@ def test_data_cluster_beyond_eof(opened):
     r = opened(img)
     with pytest.raises(exception.InvalidImage, match='beyond the end'):
         list(r.block_status(0, MiB))
+
+
+def test_run_of_clusters_is_one_extent_and_checked_in_order(opened):
+    # Data clusters stored one after the other make one extent; a run
+    # that the file's end cuts is refused at the first cluster cut off,
+    # as cluster by cluster; other entries between runs break them.
+    img = Image(MiB)
+    for c in range(2, 8):
+        img.data(c, bytes([c]) * 64 * KiB)
+    img.set(8, qcow2.L2_ZERO)
+    img.set(9, qcow2.L2_ZERO | img.alloc())
+    img.data(11, b'k' * 64 * KiB)
+    img.data(12, b'l' * 64 * KiB)
+    r = opened(img)
+    assert status(r) == [
+        (ext.UNALLOCATED, 0, 128 * KiB), (ext.DATA, 128 * KiB, 384 * KiB),
+        (ext.ZERO, 512 * KiB, 128 * KiB),
+        (ext.UNALLOCATED, 640 * KiB, 64 * KiB),
+        (ext.DATA, 704 * KiB, 128 * KiB),
+        (ext.UNALLOCATED, 832 * KiB, 192 * KiB)]
+    data = read_all(r)
+    for c in range(2, 8):
+        assert data[c * 64 * KiB:(c + 1) * 64 * KiB] == bytes([c]) * 64 * KiB
+    first = img.l2[0][2][0] & qcow2.OFFSET_MASK
+    cut = img.build()[:first + 3 * 64 * KiB + 512]
+    r = opened(cut)
+    with pytest.raises(exception.InvalidImage,
+                       match='virtual offset %d is stored at %d, beyond' % (
+                           5 * 64 * KiB, first + 3 * 64 * KiB)):
+        list(r.block_status(0, MiB))
+
+
+def test_stored_clusters_are_announced_for_read_ahead(opened):
+    # announce() hands a local qcow2's stored clusters to its view's
+    # will_read (the kernel reads them ahead), not its compressed ones.
+    from any2kvm_os.chain import layer_chain
+    img = Image(MiB)
+    img.data(0, b'a' * 64 * KiB)
+    img.data(1, b'b' * 64 * KiB)
+    img.compressed(3, b'c' * 64 * KiB)
+    r = opened(img)
+    got = []
+    r.view.will_read = got.append
+    extents = [e._replace(layer=0) for e in r.block_status(0, MiB)]
+    layer_chain.announce([r], extents)
+    first = img.l2[0][0][0] & qcow2.OFFSET_MASK
+    assert got == [[(first, 128 * KiB)]]
 
 
 def test_last_cluster_only_needs_its_used_part(opened):
