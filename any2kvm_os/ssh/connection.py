@@ -664,8 +664,11 @@ class Connection(object):
         sibling._dropped = True
         sibling.close()
 
-    def open_file(self, path, size=None, name=None):
+    def open_file(self, path, size=None, name=None, prefetch=None):
         """A :class:`~.remotefile.RemoteFile` of ``path`` (absolute) on
         the host, read over SFTP.  ``size``: for what SFTP cannot size
-        (a block device); a regular file's size is its own."""
-        return remotefile.RemoteFile(self, path, size=size, name=name)
+        (a block device); a regular file's size is its own.
+        ``prefetch``: ranges read with the size, in one round trip, and
+        kept (for a file that no longer changes)."""
+        return remotefile.RemoteFile(self, path, size=size, name=name,
+                                     prefetch=prefetch)
