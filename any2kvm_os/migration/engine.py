@@ -492,6 +492,8 @@ class _Run(object):
         self.host = None
         self.read0 = 0
         self.found = self.infos = self.writers = None
+        #: The disks' records, read when the targets are opened.
+        self.disks = None
         #: {disk index: ChainDisk} opened before a cutover's shutdown.
         self.chains = {}
         self.top = {}
@@ -543,8 +545,13 @@ class _Run(object):
 
     def open_targets(self):
         sizes = {i: info.virtual_size for i, info in self.infos.items()}
+        # The disks' records as the command found them: each disk's is
+        # changed by its own apply task only (the lease keeps every other
+        # command away), so they are not read again inside a cutover's
+        # downtime.
+        self.disks = self.store.get(self.name)['disks']
         self.writers = self._targets.enter_context(self.dest.opened(
-            self.store.get(self.name)['disks'], sizes))
+            self.disks, sizes))
         return {'targets': len(self.writers)}
 
     def apply(self, index, with_leaf):
@@ -552,8 +559,7 @@ class _Run(object):
         the leaf, or all ``with_leaf``)."""
         f = self.figures
         before = (f.layers, f.written, f.files, len(f.rewrites))
-        disk = [d for d in self.store.get(self.name)['disks']
-                if d['index'] == index][0]
+        disk = [d for d in self.disks if d['index'] == index][0]
         pre = self.chains.pop(index, None)
         if pre is not None:
             opened = _reopen_leaf(self.host, self.infos[index], pre)
@@ -694,9 +700,8 @@ class _Run(object):
 
     def finish_targets(self):
         """Make the targets ready (bootable volumes, metadata)."""
-        m = self.store.get(self.name)
         fixed, self.details = self.details, self.dest.finish(
-            self.name, m['disks'], self.found.facts) or {}
+            self.name, self.disks, self.found.facts) or {}
         self.details.update(fixed)
         self.times['ready'] = self.times['completed'] = time.time()
         return dict(self.details)
@@ -850,16 +855,19 @@ def _cutover_steps(run, force, timeout):
               step('prepare-shutdown', run.prepare_shutdown,
                    undo=run.disarm),
               step('shutdown', functools.partial(run.shutdown, force,
-                                                 timeout))]
+                                                 timeout), quiet=True)]
+    # Inside the downtime, each task's records wait for record-downtime
+    # (flows.run): TaskFlow's small transactions are no downtime.
     steps += [step('apply-disk-%d' % d['index'],
-                   functools.partial(run.apply, d['index'], True))
+                   functools.partial(run.apply, d['index'], True),
+                   quiet=True)
               for d in run.m['disks']]
-    steps.append(step('close-targets', run.close_targets))
+    steps.append(step('close-targets', run.close_targets, quiet=True))
     if run.guest is not None:
-        steps.append(step('fix-guest', run.fix_guest))
-    steps.append(step('finish-targets', run.finish_targets))
+        steps.append(step('fix-guest', run.fix_guest, quiet=True))
+    steps.append(step('finish-targets', run.finish_targets, quiet=True))
     if run.server is not None:
-        steps.append(step('create-server', run.create_server))
+        steps.append(step('create-server', run.create_server, quiet=True))
     steps += [step('record-downtime', run.record_downtime),
               step('remove-snapshots', run.remove_snapshots),
               step('record', run.record_cutover)]
