@@ -492,8 +492,9 @@ class _Run(object):
         self.host = None
         self.read0 = 0
         self.found = self.infos = self.writers = None
-        #: The disks' records, read when the targets are opened.
-        self.disks = None
+        #: The migration's record and its disks', read when the targets
+        #: are opened.
+        self.record = self.disks = None
         #: {disk index: ChainDisk} opened before a cutover's shutdown.
         self.chains = {}
         self.top = {}
@@ -549,7 +550,8 @@ class _Run(object):
         # changed by its own apply task only (the lease keeps every other
         # command away), so they are not read again inside a cutover's
         # downtime.
-        self.disks = self.store.get(self.name)['disks']
+        self.record = self.store.get(self.name)
+        self.disks = self.record['disks']
         self.writers = self._targets.enter_context(self.dest.opened(
             self.disks, sizes))
         return {'targets': len(self.writers)}
@@ -622,7 +624,8 @@ class _Run(object):
         """After the last layers of a cutover, targets closed: the
         guest's recorded properties, or the targets fixed (``--fix``)."""
         self.details.update(self.guest.at_cutover(
-            self.store, self.name, self.dest, self.found.facts) or {})
+            self.store, self.name, self.dest, self.found.facts,
+            m=self.record) or {})
         self.times['fixed'] = time.time()
         return {'fixed': True}
 

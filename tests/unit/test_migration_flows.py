@@ -182,8 +182,10 @@ def test_no_taskflow_record_inside_the_downtime(bed, monkeypatch):
     listen = (store._engine, 'commit',
               lambda conn: commits.append(window[-1] if window else False))
     event.listen(*listen)
+    from any2kvm_os.migration import guest_step
     try:
-        engine.cutover(store, 'web', **_kw(root))
+        engine.cutover(store, 'web', guest=guest_step.GuestStep(),
+                       **_kw(root))
     finally:
         event.remove(*listen)
     assert window == [True, False]
@@ -193,6 +195,7 @@ def test_no_taskflow_record_inside_the_downtime(bed, monkeypatch):
     assert [t['state'] for t in run['tasks']] == ['SUCCESS'] * len(
         run['tasks'])
     results = dict((t['name'], t['result']) for t in run['tasks'])
+    assert 'fix-guest' in results
     assert results['shutdown']['was'] == 'running'
     assert results['apply-disk-0']['layers'] == 1
 
