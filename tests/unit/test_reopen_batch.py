@@ -14,7 +14,7 @@
 metadata was read from asked for with the file's size
 (:meth:`sftpread.Pipeline.open` ``prefetch``), kept by the
 :class:`RemoteFile`, and :func:`layer_chain.reopen_leaf` over an SFTP
-server simulated in-process (tests/unit/test_sftpread.py).  Requests are
+server simulated in-process (tests/lib/sftpfake.py).  Requests are
 counted, never timed: each write the client makes to the channel before
 it waits is at most one round trip."""
 
@@ -31,7 +31,7 @@ from any2kvm_os import limits as limits_mod
 from any2kvm_os.ssh import remotefile
 from any2kvm_os.ssh import sftpread
 from tests.lib import imagegen as ig
-from tests.unit import test_sftpread as fake
+from tests.lib import sftpfake as fake
 
 MiB = 1 << 20
 SR = '/sr'
