@@ -734,7 +734,7 @@ def migration_lines(action, result):
             text = 'cutover:  downtime %.1f s' % c['downtime']
         for key, value in sorted((c.get('details') or {}).items()):
             text += ', %s %s' % (key, value)
-        text += _phases_text(c.get('phases'))
+        text += phases_text(c.get('phases'))
         if c.get('rolled_back_at'):
             text += ', rolled back'
         lines.append(text)
@@ -747,7 +747,7 @@ def migration_lines(action, result):
 DOWNTIME_PHASES = ('shutdown', 'apply', 'close', 'fix', 'finish', 'server')
 
 
-def _phases_text(phases):
+def phases_text(phases):
     """``show``: where a cutover's downtime went, ``' (shutdown 0.071
     s, apply 0.102 s, ...)'`` (phases of 0 s left out), and the seconds
     before the shutdown request (not downtime); '' when not recorded."""

@@ -221,3 +221,25 @@ def test_held_records_are_written_when_a_held_task_fails():
     assert run['stopped_in'] == 'c'
     assert 'apply failed' in [t for t in run['tasks']
                               if t['name'] == 'c'][0]['error']
+
+
+def test_phases_of_the_downtime_as_show_tells_them():
+    from any2kvm_os import api
+    from any2kvm_os.osc.v1 import migration as osc_migration
+    phases = {'shutdown': 0.0714, 'apply': 0.102, 'close': 0.0,
+              'fix': 0.0, 'finish': 0.001, 'server': 0.0,
+              'before_shutdown': 2.5}
+    assert api.phases_text(phases) == (
+        ' (shutdown 0.071 s, apply 0.102 s, finish 0.001 s), 2.5 s before '
+        'the shutdown request')
+    assert api.phases_text(None) == '' and api.phases_text({}) == ''
+    c = {'downtime': 0.1744, 'details': {}, 'phases': phases,
+         'rolled_back_at': None}
+    text = '\n'.join(api.migration_lines('show', {
+        'name': 'web', 'location': 'x', 'target': 'file',
+        'status': 'done', 'disks': [], 'syncs': [], 'cutovers': [c]}))
+    assert 'cutover:  downtime 0.2 s (shutdown 0.071 s, apply 0.102 s' \
+        in text
+    column = osc_migration.FORMATTERS['cutovers']([c])
+    assert column.human_readable().startswith(
+        'downtime 0.2 s (shutdown 0.071 s, apply 0.102 s')
