@@ -743,12 +743,34 @@ def migration_lines(action, result):
             text = 'cutover:  downtime %.1f s' % c['downtime']
         for key, value in sorted((c.get('details') or {}).items()):
             text += ', %s %s' % (key, value)
+        text += phases_text(c.get('phases'))
         if c.get('rolled_back_at'):
             text += ', rolled back'
         lines.append(text)
     if r.get('last_run'):
         lines += last_run_lines(r['last_run'])
     return lines
+
+
+#: The phases of a cutover's downtime, in the order they happen.
+DOWNTIME_PHASES = ('shutdown', 'apply', 'close', 'fix', 'finish', 'server')
+
+
+def phases_text(phases):
+    """``show``: where a cutover's downtime went, ``' (shutdown 0.071
+    s, apply 0.102 s, ...)'`` (phases of 0 s left out), and the seconds
+    before the shutdown request (not downtime); '' when not recorded."""
+    if not phases:
+        return ''
+    parts = ['%s %.3f s' % (k, phases[k]) for k in DOWNTIME_PHASES
+             if phases.get(k)]
+    parts += ['%s %.3f s' % (k, v) for k, v in sorted(phases.items())
+              if k not in DOWNTIME_PHASES and k != 'before_shutdown' and v]
+    text = ' (%s)' % ', '.join(parts) if parts else ''
+    if phases.get('before_shutdown') is not None:
+        text += ', %.1f s before the shutdown request' % (
+            phases['before_shutdown'])
+    return text
 
 
 def last_run_lines(run):

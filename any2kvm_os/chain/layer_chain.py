@@ -292,8 +292,15 @@ def reopen_leaf(container, chain):
     halted: only the leaf's metadata crosses the wire again."""
     old = chain.layers[0]
     leaf_name = chain.member_names[0]
-    leaf = probe.open_layer(container.open_view(leaf_name),
-                            opener=container.opener(leaf_name))
+    ranges = getattr(old, 'reread_ranges', None)
+    if ranges is not None and getattr(container, 'prefetches', False):
+        # What the leaf's metadata was read from, asked for at once (a
+        # remote file: one round trip with its size, not one per read);
+        # the reader reads and checks whatever it needs as always.
+        view = container.open_view(leaf_name, prefetch=ranges())
+    else:
+        view = container.open_view(leaf_name)
+    leaf = probe.open_layer(view, opener=container.opener(leaf_name))
     ref = leaf.parent_ref
     if leaf.identity is None or leaf.identity != old.identity:
         return None

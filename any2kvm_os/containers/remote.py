@@ -65,11 +65,26 @@ class RemoteDirectoryContainer(base.Container):
             self._members = names
         return self._members
 
-    def _open(self, name):
+    #: :meth:`open_view` takes ``prefetch``.
+    prefetches = True
+
+    def open_view(self, name, prefetch=None):
+        """The member ``name``; ``prefetch``: ranges [(offset, length)]
+        read with its size in one round trip and kept in memory (see
+        :meth:`~any2kvm_os.ssh.connection.Connection.open_file`)."""
+        view = self._open(name, prefetch)
+        self._views.append(view)
+        return view
+
+    def _open(self, name, prefetch=None):
         if name not in self.member_names():
             raise exception.ChainError(
                 path=self.display_name(name),
                 reason='not a regular file of %s' % self.directory)
+        if prefetch:
+            return self.connection.open_file(
+                posixpath.join(self.directory, name),
+                name=self.display_name(name), prefetch=prefetch)
         return self.connection.open_file(
             posixpath.join(self.directory, name),
             name=self.display_name(name))

@@ -265,6 +265,9 @@ def bitmap_runs(bitmap, first, count):
 #: Most sector bitmaps of a differencing VHD read in one batch from a
 #: remote file (512 bytes each for 2 MiB blocks).
 BITMAP_BATCH = 256
+#: Most sector bitmaps :meth:`VhdReader.reread_ranges` names (1024: the
+#: blocks of 2 GiB of a leaf written since its last snapshot).
+REREAD_BITMAPS = 1024
 
 
 class VhdReader(base.LayerReader):
@@ -366,6 +369,15 @@ class VhdReader(base.LayerReader):
                               self._name_hints())
 
     def _name_hints(self):
+        # Read once per reader (the locators never change under it): a
+        # remote file would pay a round trip per locator each time the
+        # parent is asked for.
+        cached = getattr(self, '_hints', None)
+        if cached is None:
+            cached = self._hints = self._read_name_hints()
+        return cached
+
+    def _read_name_hints(self):
         hints = []
         try:
             name = self.hdr.parent_unicode_name.decode('utf-16-be')
@@ -374,14 +386,15 @@ class VhdReader(base.LayerReader):
             name = ''
         if _basename(name):
             hints.append(_basename(name))
-        for loc in _locators(self.hdr):
-            code = loc.platform_code
-            if code not in (b'W2ru', b'W2ku', b'MacX', b'Wi2r', b'Wi2k'):
-                continue
-            length = min(loc.data_length, 4096)
-            if (not length or loc.data_offset + length > self.footer_offset):
-                continue
-            raw = self.view.pread(length, loc.data_offset)
+        wanted = self._locator_ranges()
+        preadv = getattr(self.view, 'preadv', None)
+        if preadv is not None and len(wanted) > 1:
+            # A remote file: every locator in one round trip.
+            got = preadv([(off, length) for _code, off, length in wanted])
+        else:
+            got = [self.view.pread(length, off)
+                   for _code, off, length in wanted]
+        for (code, _off, _length), raw in zip(wanted, got):
             enc = {b'W2ru': 'utf-16-le', b'W2ku': 'utf-16-le',
                    b'MacX': 'utf-8'}.get(code, 'latin-1')
             try:
@@ -394,6 +407,43 @@ class VhdReader(base.LayerReader):
             if hint and hint not in hints:
                 hints.append(hint)
         return tuple(hints)
+
+    def _locator_ranges(self):
+        """(platform code, offset, length) of each parent locator whose
+        name is read (inside the file, at most 4 KiB)."""
+        out = []
+        for loc in _locators(self.hdr):
+            code = loc.platform_code
+            if code not in (b'W2ru', b'W2ku', b'MacX', b'Wi2r', b'Wi2k'):
+                continue
+            length = min(loc.data_length, 4096)
+            if (not length or loc.data_offset + length > self.footer_offset):
+                continue
+            out.append((code, loc.data_offset, length))
+        return out
+
+    def reread_ranges(self):
+        """(offset, length) of what opening this layer's file again
+        reads, as far as its layout tells now: both footers (the one at
+        the end where the file ends now), the dynamic header, the block
+        table, the parent locators and the sector bitmaps of the
+        allocated blocks (at most :data:`REREAD_BITMAPS`).  A hint, to
+        ask for them together (:func:`any2kvm_os.chain.layer_chain.
+        reopen_leaf`): the reader opened on the file reads what it needs
+        wherever the file has it now, and checks it as always."""
+        size = self.view.size
+        out = [(0, FOOTER_SIZE), (size - FOOTER_SIZE, FOOTER_SIZE)]
+        if self.hdr is None:
+            return out
+        out.append((self.footer.data_offset, DYN_HEADER_SIZE))
+        out.append((self.hdr.table_offset, self.geo.needed * 4))
+        out += [(off, length) for _code, off, length in
+                self._locator_ranges()]
+        if self.footer.disk_type == DISK_DIFFERENCING:
+            size = self.geo.bitmap_size
+            entries = [e for e in self.bat if e != BAT_UNUSED]
+            out += [(e * SECTOR, size) for e in entries[:REREAD_BITMAPS]]
+        return out
 
     def allocated_bytes(self):
         if self.footer.disk_type == DISK_FIXED:

@@ -506,6 +506,9 @@ class _Run(object):
         self.host = None
         self.read0 = 0
         self.found = self.infos = self.writers = None
+        #: The migration's record and its disks', read when the targets
+        #: are opened.
+        self.record = self.disks = None
         #: {disk index: ChainDisk} opened before a cutover's shutdown.
         self.chains = {}
         self.top = {}
@@ -514,6 +517,8 @@ class _Run(object):
         self.result = self.snap = None
         self.removed = 0
         self.phases = {}
+        #: The shutdown command held at its gate (``host.arm``), or None.
+        self.armed = None
         #: Whether the migration was marked ``status`` (then a failure
         #: must mark it failed, even one before the host answered).
         self.marked = False
@@ -555,8 +560,14 @@ class _Run(object):
 
     def open_targets(self):
         sizes = {i: info.virtual_size for i, info in self.infos.items()}
+        # The disks' records as the command found them: each disk's is
+        # changed by its own apply task only (the lease keeps every other
+        # command away), so they are not read again inside a cutover's
+        # downtime.
+        self.record = self.store.get(self.name)
+        self.disks = self.record['disks']
         self.writers = self._targets.enter_context(self.dest.opened(
-            self.store.get(self.name)['disks'], sizes))
+            self.disks, sizes))
         return {'targets': len(self.writers)}
 
     def apply(self, index, with_leaf):
@@ -564,8 +575,7 @@ class _Run(object):
         the leaf, or all ``with_leaf``)."""
         f = self.figures
         before = (f.layers, f.written, f.files, len(f.rewrites))
-        disk = [d for d in self.store.get(self.name)['disks']
-                if d['index'] == index][0]
+        disk = [d for d in self.disks if d['index'] == index][0]
         pre = self.chains.pop(index, None)
         if pre is not None:
             opened = _reopen_leaf(self.host, self.infos[index], pre)
@@ -630,7 +640,8 @@ class _Run(object):
         """After the last layers of a cutover, targets closed: the
         guest's recorded properties, or the targets fixed (``--fix``)."""
         self.details.update(self.guest.at_cutover(
-            self.store, self.name, self.dest, self.found.facts) or {})
+            self.store, self.name, self.dest, self.found.facts,
+            m=self.record) or {})
         self.times['fixed'] = time.time()
         return {'fixed': True}
 
@@ -663,28 +674,53 @@ class _Run(object):
                 LOG.warning('could not undo the server plan: %s',
                             _one_line(e))
 
-    def shutdown(self, force, timeout):
-        """The downtime starts: the shutdown request, recorded first."""
+    def prepare_shutdown(self):
+        """Before the downtime: the cutover recorded (committed) as
+        started, so that a run killed from here on is known to the next
+        (which counts the downtime from this time, a little before the
+        request: never less than it was); and the shutdown command
+        started on the host, held at its gate (``host.arm``), so that
+        the request costs no new channel or session."""
         t = self.times
-        t['shutdown'] = time.time()
         prior = self.m.get('cutover')
         if (self.found.power_state == 'halted' and prior and
                 prior['completed_at'] is None):
             # A cutover cut short after the shutdown, run again: the
             # downtime started with the first request.
-            t['shutdown'] = prior['shutdown_at']
-        self.store.cutover_recorded(self.name, t['shutdown'], None)
+            t['first_request'] = prior['shutdown_at']
+        self.store.cutover_recorded(
+            self.name, t.get('first_request') or time.time(), None)
+        arm = getattr(self.host, 'arm', None)
+        if self.found.power_state != 'halted' and arm is not None:
+            try:
+                self.armed = arm(xe.vm_shutdown(self.vm_uuid))
+            except exception.Any2KvmError as e:
+                LOG.info('the shutdown could not be prepared (%s): it '
+                         'is asked for when its time comes', _one_line(e))
+        return {'armed': self.armed is not None}
+
+    def disarm(self):
+        armed, self.armed = self.armed, None
+        if armed is not None:
+            armed.close()
+
+    def shutdown(self, force, timeout):
+        """The downtime starts: the shutdown request (recorded before,
+        by :meth:`prepare_shutdown`)."""
+        t = self.times
+        t['shutdown'] = t.get('first_request') or time.time()
         if self.found.power_state != 'halted':
-            _shut_down(self.host, self.vm_uuid, force, timeout)
+            _shut_down(self.host, self.vm_uuid, force, timeout,
+                       armed=self.armed)
+        self.disarm()
         t['halted'] = time.time()
         return {'was': self.found.power_state,
                 'seconds': round(t['halted'] - t['shutdown'], 3)}
 
     def finish_targets(self):
         """Make the targets ready (bootable volumes, metadata)."""
-        m = self.store.get(self.name)
         fixed, self.details = self.details, self.dest.finish(
-            self.name, m['disks'], self.found.facts) or {}
+            self.name, self.disks, self.found.facts) or {}
         self.details.update(fixed)
         self.times['ready'] = self.times['completed'] = time.time()
         return dict(self.details)
@@ -710,13 +746,36 @@ class _Run(object):
                        # request, before this run started.
                        'before_shutdown': max(0.0, t['shutdown'] -
                                               self.started)}
+        self.phases = dict((k, round(v, 3)) for k, v in self.phases.items())
         self.store.cutover_recorded(self.name, t['shutdown'],
                                     t['completed'], top_layers=self.top,
-                                    details=self.details)
+                                    details=self.details,
+                                    phases=self.phases)
         return {'downtime': round(t['completed'] - t['shutdown'], 3)}
 
     def remove_snapshots(self):
-        self.removed = _remove_snapshots(self.store, self.name, self.host)
+        """After the downtime: the VM checked to be halted still (in
+        the round trip that lists the snapshots), then its snapshots
+        removed.  A VM started during the cutover (by someone else: it
+        may have written to its disks while the last layers were read)
+        fails the cutover, and the layers read last are forgotten, so
+        that the next cutover (which shuts it down again) reads them
+        again."""
+        argv = xe.power_state(self.vm_uuid)
+        run = prefetching(self.host, [
+            argv, _adopt_argv(self.store.get(self.name), self.name)])
+        state = xe.parse_value(run(argv), argv).strip()
+        if state != 'halted':
+            for index, top in sorted(self.top.items()):
+                self.store.forget_layers(self.name, index, top)
+            raise MigrationError(
+                name=self.name, reason='VM %s is %s: it was started '
+                'during the cutover, and may have written to its disks '
+                'after its last layers were read; they are forgotten: run '
+                'cutover again (it shuts the VM down and reads them '
+                'again)' % (self.vm_uuid, state))
+        self.removed = _remove_snapshots(self.store, self.name, self.host,
+                                         run)
         return {'removed': self.removed}
 
     def record_cutover(self):
@@ -742,6 +801,7 @@ class _Run(object):
             self.close_targets(sys.exc_info())
         except Exception as e2:
             LOG.warning('could not close the targets: %s', _one_line(e2))
+        self.disarm()
         self.close_chains()
         self.discard_server()
         if not self.marked:
@@ -759,6 +819,7 @@ class _Run(object):
         self.store.set_status(self.name, 'failed', error=msg)
 
     def close(self):
+        self.disarm()
         self.close_chains()
         if self.host is not None:
             self.host.close()
@@ -810,17 +871,22 @@ def _cutover_steps(run, force, timeout):
     steps += [step('open-targets', run.open_targets,
                    undo=run.close_targets),
               step('open-chains', run.open_chains, undo=run.close_chains),
+              step('prepare-shutdown', run.prepare_shutdown,
+                   undo=run.disarm),
               step('shutdown', functools.partial(run.shutdown, force,
-                                                 timeout))]
+                                                 timeout), quiet=True)]
+    # Inside the downtime, each task's records wait for record-downtime
+    # (flows.run): TaskFlow's small transactions are no downtime.
     steps += [step('apply-disk-%d' % d['index'],
-                   functools.partial(run.apply, d['index'], True))
+                   functools.partial(run.apply, d['index'], True),
+                   quiet=True)
               for d in run.m['disks']]
-    steps.append(step('close-targets', run.close_targets))
+    steps.append(step('close-targets', run.close_targets, quiet=True))
     if run.guest is not None:
-        steps.append(step('fix-guest', run.fix_guest))
-    steps.append(step('finish-targets', run.finish_targets))
+        steps.append(step('fix-guest', run.fix_guest, quiet=True))
+    steps.append(step('finish-targets', run.finish_targets, quiet=True))
     if run.server is not None:
-        steps.append(step('create-server', run.create_server))
+        steps.append(step('create-server', run.create_server, quiet=True))
     steps += [step('record-downtime', run.record_downtime),
               step('remove-snapshots', run.remove_snapshots),
               step('record', run.record_cutover)]
@@ -856,22 +922,28 @@ def snapshot_tag(m):
     return (m.get('target_options') or {}).get('snapshot_tag')
 
 
-def _adopt_snapshots(store, name, host):
+def _adopt_argv(m, name):
+    """The query that lists migration ``m``'s snapshots on the host."""
+    tag = snapshot_tag(m)
+    mine = (('name-description', tag) if tag else
+            ('name-label', snapshot_name(name)))
+    return xe.list_command('snapshot', [
+        ('snapshot-of', m['target_options']['vm_uuid']), mine],
+        minimal=True)
+
+
+def _adopt_snapshots(store, name, host, run=None):
     """Record the snapshots of the migration's VM that are the
     migration's (its tag as name-description, or for an untagged
     migration its snapshot name) but unrecorded: a run killed, or cut
     from the host, after ``xe vm-snapshot`` and before the store heard of
-    it.  Nothing else is ever matched.  Returns how many were found."""
+    it.  Nothing else is ever matched.  Returns how many were found.
+    ``run``: what runs the query (default ``host.run``)."""
     m = store.get(name)
     known = set(s['snapshot_id'] for s in m['snapshots'])
-    tag = snapshot_tag(m)
-    mine = (('name-description', tag) if tag else
-            ('name-label', snapshot_name(name)))
-    argv = xe.list_command('snapshot', [
-        ('snapshot-of', m['target_options']['vm_uuid']), mine],
-        minimal=True)
+    argv = _adopt_argv(m, name)
     adopted = 0
-    for u in xe.parse_minimal(host.run(argv), argv):
+    for u in xe.parse_minimal((run or host.run)(argv), argv):
         if u.lower() not in known:
             LOG.warning('snapshot %s of migration %s was taken by a run '
                         'that stopped before recording it: recorded now',
@@ -924,12 +996,13 @@ def run_batch(host, commands, mutating=False, timeout=None):
 
 # -- cutover ------------------------------------------------------------------
 
-def _remove_snapshots(store, name, host):
+def _remove_snapshots(store, name, host, run=None):
     """Remove every snapshot the migration made: those recorded, and those
     of its name a crash left unrecorded (taken, killed before the store
     heard of it); one already gone from the host counts as removed.  The
-    removals go in one round trip; when that fails, one by one."""
-    _adopt_snapshots(store, name, host)
+    removals go in one round trip; when that fails, one by one.  ``run``:
+    what runs the query of the snapshots (default ``host.run``)."""
+    _adopt_snapshots(store, name, host, run)
     m = store.get(name)
     left = [s['snapshot_id'] for s in m['snapshots']
             if not s.get('removed_at')]
@@ -959,20 +1032,22 @@ def _remove_snapshots(store, name, host):
     return removed
 
 
-def _shut_down(host, vm_uuid, force, timeout):
-    """Shut the VM down: the clean shutdown and the check of its power
-    state in one round trip (``xe vm-shutdown`` returns once the VM is
-    halted); with ``force``, a hard one when the clean one fails."""
+def _shut_down(host, vm_uuid, force, timeout, armed=None):
+    """Shut the VM down: ``xe vm-shutdown`` (clean: asks the guest),
+    which returns once the VM is halted, and fails otherwise: its exit
+    status is the answer, no second command is asked inside the
+    downtime (``remove-snapshots`` checks, after it, that the VM is
+    still halted: :meth:`_Run.remove_snapshots`).  ``armed``: the same
+    command started before the downtime and held at its gate
+    (``host.arm``): opening the gate is all the request costs.  With
+    ``force``, a hard shutdown when the clean one fails."""
     try:
-        outs = run_batch(host, [xe.vm_shutdown(vm_uuid),
-                                xe.power_state(vm_uuid)], mutating=True,
-                         timeout=timeout)
-        argv = xe.power_state(vm_uuid)
-        if xe.parse_value(outs[-1], argv).strip() == 'halted':
-            return
-        snapshots.wait_for_power_state(host.run, vm_uuid, 'halted',
-                                       timeout=timeout, interval=1,
-                                       host=host.label)
+        if armed is not None and armed.ready:
+            armed.fire(timeout)
+        else:
+            host.run(xe.vm_shutdown(vm_uuid), mutating=True,
+                     timeout=timeout)
+        return
     except exception.Any2KvmError as e:
         if snapshots.power_state(host.run, vm_uuid) == 'halted':
             return

@@ -69,10 +69,13 @@ class Step(tf_task.Task):
     JSON-able data: small figures, ids).  ``undo()``, when given, is what
     TaskFlow calls to revert it when a later task fails."""
 
-    def __init__(self, name, fn, undo=None):
+    def __init__(self, name, fn, undo=None, quiet=False):
         super(Step, self).__init__(name=name)
         self._fn = fn
         self._undo = undo
+        #: Its records are written with the next task's that is not
+        #: quiet (or at the end of the run): see :func:`run`.
+        self.quiet = quiet
 
     def execute(self):
         return self._fn()
@@ -128,8 +131,16 @@ def run(store, name, operation, the_flow):
                                               backend=backend, meta=meta)
     engine = tf_engines.load(the_flow, flow_detail=fd, book=book,
                              backend=backend, engine='serial')
+    quiet = [a.name for a in _atoms(the_flow) if getattr(a, 'quiet', False)]
+    hold = contextlib.nullcontext()
+    if quiet and backend is not None and hasattr(backend, 'holding'):
+        # The records of quiet tasks (a cutover's, inside the downtime)
+        # wait for the next task that is not: a run killed among them
+        # shows as stopped in the first of them.
+        hold = backend.holding(quiet)
     try:
-        engine.run()
+        with hold:
+            engine.run()
     except Exception:
         if backend is not None:
             _ended(backend, fd.uuid)

@@ -105,13 +105,16 @@ class GuestStep(object):
 
     # -- cutover --------------------------------------------------------------
 
-    def at_cutover(self, store, name, dest, facts):
+    def at_cutover(self, store, name, dest, facts, m=None):
         """After the last layers, the targets closed (volumes detached):
         with ``--fix``, inspect and fix the targets (see the module);
         then give ``facts`` the guest's properties (``guest_properties``)
         for the destination's ``finish``.  Returns what the cutover
-        records of the guest (empty without a guest)."""
-        m = store.get(name)
+        records of the guest (empty without a guest).  ``m``: the
+        migration's record as read before the downtime (its guest and
+        disks do not change in a cutover), else it is read here."""
+        if m is None:
+            m = store.get(name)
         record = m.get('guest')
         if self.fix:
             started = time.time()

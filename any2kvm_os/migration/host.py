@@ -67,6 +67,13 @@ class SshHost(object):
                 % (self.label, len(commands), len(parts) - 1))
         return parts[:-1]
 
+    def arm(self, argv):
+        """``argv`` started, held at a gate: an object with ``ready``,
+        ``fire(timeout)`` (its stdout; an error unless it exits 0) and
+        ``close()`` (:meth:`~any2kvm_os.ssh.connection.Connection.
+        armed`)."""
+        return _Armed(self.conn, self.conn.armed(argv))
+
     def open_disk(self, info):
         return self.source.open_disk(self.conn, info)
 
@@ -76,6 +83,22 @@ class SshHost(object):
 
     def close(self):
         self.conn.close()
+
+
+class _Armed(object):
+    def __init__(self, conn, armed):
+        self.conn, self.armed = conn, armed
+
+    @property
+    def ready(self):
+        return self.armed.ready
+
+    def fire(self, timeout=None):
+        return connection.judged(self.conn.label,
+                                 self.armed.fire(timeout)).stdout
+
+    def close(self):
+        self.armed.close()
 
 
 def connect(location, limits, args=None):

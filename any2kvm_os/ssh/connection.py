@@ -147,6 +147,81 @@ def _close_transport(transport):
         transport.join(5)
 
 
+#: The gate of :meth:`Connection.armed`: the command (``$0 "$@"``) runs
+#: only once the line ``go`` comes; end of input ends the shell.
+GATE = 'IFS= read -r go && [ "$go" = go ] && exec "$0" "$@"'
+#: Longest pause between two looks at a fired command's channel.
+_ARMED_PAUSE = 0.001
+
+
+def judged(label, result):
+    """``result`` (a :class:`CommandResult` of a command on host
+    ``label``), or :class:`~any2kvm_os.exception.RemoteCommandError`
+    (naming the command and its stderr) unless its exit status is 0."""
+    if result.status != 0:
+        stderr = result.stderr.decode('utf-8', 'replace').strip()
+        raise exception.RemoteCommandError(
+            host=label, command=_short(result.command, 200),
+            reason='exit status %d%s' % (
+                result.status,
+                ': ' + _short(stderr, 500) if stderr else
+                ' (nothing on stderr)'))
+    return result
+
+
+class Armed(object):
+    """A command at its gate (:meth:`Connection.armed`)."""
+
+    def __init__(self, connection, channel, argv, command, max_output):
+        self.connection = connection
+        self.channel = channel
+        self.argv = argv
+        self.command = command
+        self.max_output = max_output
+        self.fired = False
+
+    @property
+    def ready(self):
+        """Whether the gate can still be opened (its channel open on a
+        live connection)."""
+        return (not self.fired and not self.channel.closed and
+                self.connection.is_active())
+
+    def fire(self, timeout=None):
+        """Open the gate: the command runs; its :class:`CommandResult`
+        (the exit status not judged), within ``timeout`` seconds
+        (default ``ssh_command_timeout``).  A lost connection is raised,
+        never retried: the command may have run."""
+        c = self.connection
+        timeout = c.settings.command_timeout if timeout is None \
+            else timeout
+        self.fired = True
+        deadline = time.monotonic() + timeout
+        LOG.debug('%s: running %s', c.label, self.command)
+        try:
+            self.channel.sendall(b'go\n')
+            self.channel.shutdown_write()
+            return c._collect(self.channel, self.argv, self.command,
+                              deadline, self.max_output,
+                              max_pause=_ARMED_PAUSE)
+        except (paramiko.SSHException, EOFError, OSError,
+                _Dropped) as e:
+            self.channel.close()
+            raise exception.SshError(
+                host=c.label, reason='connection lost while %s ran: %s'
+                % (_short(self.command, 80), _short(str(e) or
+                                                    type(e).__name__)))
+
+    def close(self):
+        """Not fired: the shell at the gate ends, nothing runs."""
+        if not self.fired:
+            self.fired = True
+            try:
+                self.channel.close()
+            except Exception:   # a dead connection
+                pass
+
+
 class _Dropped(Exception):
     """The connection was lost (internal: retried or turned into an
     SshError)."""
@@ -492,16 +567,7 @@ class Connection(object):
         """:meth:`run`, raising :class:`~any2kvm_os.exception.
         RemoteCommandError` (naming the command and its stderr) unless
         the exit status is 0."""
-        result = self.run(argv, **kwargs)
-        if result.status != 0:
-            stderr = result.stderr.decode('utf-8', 'replace').strip()
-            raise exception.RemoteCommandError(
-                host=self.label, command=_short(result.command, 200),
-                reason='exit status %d%s' % (
-                    result.status,
-                    ': ' + _short(stderr, 500) if stderr else
-                    ' (nothing on stderr)'))
-        return result
+        return judged(self.label, self.run(argv, **kwargs))
 
     def _run_once(self, argv, command, timeout, max_output):
         deadline = time.monotonic() + timeout
@@ -511,6 +577,17 @@ class Connection(object):
         try:
             channel.exec_command(command)
             channel.shutdown_write()
+        except BaseException:
+            channel.close()
+            raise
+        return self._collect(channel, argv, command, deadline, max_output)
+
+    def _collect(self, channel, argv, command, deadline, max_output,
+                 max_pause=_MAX_PAUSE):
+        """The output and exit status of the command running on
+        ``channel`` (closed after)."""
+        timeout = round(deadline - time.monotonic(), 3)
+        try:
             out, err = bytearray(), bytearray()
             pause = _MIN_PAUSE
             while True:
@@ -558,13 +635,40 @@ class Connection(object):
                 # reused) descriptor kills the transport or writes into
                 # another file.
                 time.sleep(min(remaining, pause))
-                pause = min(pause * 2, _MAX_PAUSE)
+                pause = min(pause * 2, max_pause)
             status = channel.recv_exit_status()
         finally:
             channel.close()
         LOG.debug('%s: %s: exit status %d', self.label,
                   _short(command, 80), status)
         return CommandResult(list(argv), status, bytes(out), bytes(err))
+
+    def armed(self, argv, max_output=None):
+        """``argv`` started on the host now but held at a gate: a
+        ``sh`` that waits for one line on its standard input and runs
+        ``argv`` (``exec``, every word quoted) only if that line is
+        ``go``.  :meth:`Armed.fire` sends it and returns the command's
+        :class:`CommandResult`; what costs round trips (the channel, the
+        session, the shell) is paid here, before the moment that counts.
+        Closing the channel, or losing the connection, ends the shell at
+        its gate: nothing runs.  Never repeated after a lost
+        connection."""
+        command = quote_argv(['sh', '-c', GATE] + list(argv))
+        max_output = self.settings.max_output if max_output is None \
+            else max_output
+
+        def start():
+            channel = self._transport.open_session(
+                timeout=self.settings.connect_timeout)
+            try:
+                channel.exec_command(command)
+            except BaseException:
+                channel.close()
+                raise
+            return channel
+        channel = self.retrying('arming %s' % _short(command, 80), start,
+                                retry=True)
+        return Armed(self, channel, list(argv), command, max_output)
 
     # -- files ------------------------------------------------------------
 
@@ -664,8 +768,11 @@ class Connection(object):
         sibling._dropped = True
         sibling.close()
 
-    def open_file(self, path, size=None, name=None):
+    def open_file(self, path, size=None, name=None, prefetch=None):
         """A :class:`~.remotefile.RemoteFile` of ``path`` (absolute) on
         the host, read over SFTP.  ``size``: for what SFTP cannot size
-        (a block device); a regular file's size is its own."""
-        return remotefile.RemoteFile(self, path, size=size, name=name)
+        (a block device); a regular file's size is its own.
+        ``prefetch``: ranges read with the size, in one round trip, and
+        kept (for a file that no longer changes)."""
+        return remotefile.RemoteFile(self, path, size=size, name=name,
+                                     prefetch=prefetch)

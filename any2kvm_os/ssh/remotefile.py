@@ -37,11 +37,32 @@ its error (one line) fails the read.
 It opens the one path its caller names, and never a path it read.
 """
 
+import bisect
 import logging
 
 from any2kvm_os import exception
 
 LOG = logging.getLogger(__name__)
+
+
+#: Most ranges, and bytes, a file's ``prefetch`` asks for (the rest of
+#: what it names is read when asked for, as any read).
+PREFETCH_RANGES = 2048
+PREFETCH_BYTES = 16 << 20
+
+
+def _bounded(ranges):
+    """The first ``ranges`` within :data:`PREFETCH_RANGES` and
+    :data:`PREFETCH_BYTES`, each of a positive length."""
+    out, total = [], 0
+    for offset, length in ranges:
+        if offset < 0 or length <= 0:
+            continue
+        if len(out) >= PREFETCH_RANGES or total + length > PREFETCH_BYTES:
+            break
+        out.append((offset, length))
+        total += length
+    return out
 
 
 class RemoteFile(object):
@@ -52,7 +73,8 @@ class RemoteFile(object):
     keeps the total).
     """
 
-    def __init__(self, connection, path, size=None, name=None):
+    def __init__(self, connection, path, size=None, name=None,
+                 prefetch=None):
         if not isinstance(path, str) or not path.startswith('/'):
             raise ValueError('a remote path is absolute: %r' % (path,))
         self.connection = connection
@@ -62,10 +84,13 @@ class RemoteFile(object):
         self._key = object()
         self._bytes_at_close = None
         self.size = None
+        #: Prefetched ranges: sorted starts, and start -> bytes.
+        self._starts, self._held = [], {}
+        prefetch = _bounded(prefetch or ())
         pipeline = connection.pipeline
         self.size = self.connection.retrying(
             'opening %s' % self.name,
-            lambda: pipeline.open(self._key, path, size))
+            lambda: pipeline.open(self._key, path, size, prefetch))
         #: (connection, key) of each stream; stripe k is stream k mod n.
         self._streams = [(connection, self._key)]
         st = connection.settings
@@ -76,6 +101,34 @@ class RemoteFile(object):
         #: no connection is opened for it during the downtime).
         self._pending = (path, size) if (
             self.size >= st.stripe_min and st.sftp_streams > 1) else None
+        if prefetch:
+            self._hold(prefetch)
+
+    def _hold(self, ranges):
+        """Read ``ranges`` (asked for with the file's size, see
+        :meth:`.sftpread.Pipeline.open`) and keep them: :meth:`pread`
+        serves any read inside one of them from memory, as often as it
+        is asked (a file whose bytes no longer change: a halted VM's
+        leaf, whose first sector every format's probe reads)."""
+        for offset, length in ranges:
+            end = offset + length
+            if end > self.size or offset in self._held:
+                # Beyond the end: not read (the file is not what the
+                # ranges were taken from); its reads go as any other.
+                continue
+            parts = []
+            self._read(0, offset, end, parts)
+            self._held[offset] = b''.join(parts)
+            bisect.insort(self._starts, offset)
+
+    def _from_held(self, offset, end):
+        i = bisect.bisect_right(self._starts, offset)
+        if i:
+            start = self._starts[i - 1]
+            data = self._held[start]
+            if end <= start + len(data):
+                return data[offset - start:end - start]
+        return None
 
     def _open_streams(self):
         if self._pending is None:
@@ -148,6 +201,10 @@ class RemoteFile(object):
         if offset >= self.size or length == 0:
             return b''
         end = min(offset + length, self.size)
+        if self._starts:
+            held = self._from_held(offset, end)
+            if held is not None:
+                return held
         if end - offset > self._stripe:
             self._open_streams()
         parts = []
@@ -161,8 +218,10 @@ class RemoteFile(object):
         ranges = list(ranges)
         for offset, length in ranges:
             self._check(offset, length)
+        wanted = [(o, n) for o, n in ranges if not self._starts or
+                  self._from_held(o, min(o + n, self.size)) is None]
         for (conn, key), spans in zip(self._streams,
-                                      self._per_stream(ranges)):
+                                      self._per_stream(wanted)):
             if spans:
                 pipeline = conn.pipeline
                 conn.retrying(
@@ -193,6 +252,10 @@ class RemoteFile(object):
                 out[index].append((a, b - a))
         return out
 
+    def held_bytes(self):
+        """Bytes of prefetched ranges kept in memory."""
+        return sum(len(b) for b in self._held.values())
+
     def data_runs(self, offset, length):
         """Yield (start, end, is_data) covering ``[offset, offset+length)``:
         SFTP tells no holes, so everything is data."""
@@ -204,6 +267,7 @@ class RemoteFile(object):
         if not self._closed:
             self._bytes_at_close = self.bytes_read
             self._closed = True
+            self._starts, self._held = [], {}
             for conn, key in self._streams:
                 conn.pipeline.close(key)
 

@@ -417,17 +417,23 @@ class Pipeline(object):
                 self._open_handle(f)
         return session
 
-    def _call(self, kind, body):
+    def _call(self, kind, body, then=None):
+        """Send one request and wait for its reply; ``then()``, when
+        given, returns more requests (bytes) sent with it, in the same
+        write (their replies are filed as they come)."""
         session = self._session
         rid = session.next_id()
         call = _Call()
         self._inflight[rid] = call
-        session.send_raw(session.request(kind, rid, body))
+        data = session.request(kind, rid, body)
+        if then is not None:
+            data += then()
+        session.send_raw(data)
         while call.reply is None:
             self._receive()
         return call.reply
 
-    def _open_handle(self, f):
+    def _open_handle(self, f, key=None, prefetch=()):
         kind, p = self._call(FXP_OPEN, _string(f.path.encode('utf-8'))
                              + _U32.pack(FXF_READ) + _U32.pack(0))
         if kind == FXP_STATUS:
@@ -439,7 +445,11 @@ class Pipeline(object):
             raise Lost('unexpected SFTP reply %d to OPEN' % kind)
         handle = p.string()
         f.handle, f.generation = handle, self._gen
-        kind, p = self._call(FXP_FSTAT, _string(handle))
+        # The reads of ``prefetch`` go with the FSTAT: one round trip for
+        # the size and the ranges (those beyond the size are dropped).
+        kind, p = self._call(
+            FXP_FSTAT, _string(handle), (lambda: self._prefetch_requests(
+                key, f, prefetch)) if prefetch else None)
         if kind != FXP_ATTRS:
             raise exception.SshError(host=self.label, reason='%s: cannot '
                                      'read its size' % f.path)
@@ -457,19 +467,50 @@ class Pipeline(object):
                 'bytes while it was read' % (f.path, f.size, size))
         f.size = size
 
+    def _prefetch_requests(self, key, f, ranges):
+        """The READ requests (bytes) of ``ranges`` of the file not asked
+        for yet, as chunks read like any other."""
+        batch = []
+        for off, length in ranges:
+            pos, end = off, off + length
+            while pos < end:
+                c, nxt = f.find(pos)
+                if c is not None:
+                    pos = c.end
+                    continue
+                pos = self._new(key, pos, end if nxt is None
+                                else min(end, nxt), None, batch)
+        return b''.join(batch)
+
     # -- files ------------------------------------------------------------
 
-    def open(self, key, path, fixed_size=None):
+    def open(self, key, path, fixed_size=None, prefetch=()):
         """Open ``path``; returns its size (``fixed_size`` for what is
-        no regular file)."""
+        no regular file).  ``prefetch``: ranges [(offset, length)] asked
+        for in the round trip that asks for the size (the caller then
+        reads them, or closes the file); a range that ends beyond the
+        size is not read."""
         with self.lock:
             f = self._files.get(key)
+            new = f is None
             if f is None:
                 f = _FileState(path, fixed_size)
             self._live()
-            if f.handle is None or f.generation != self._gen:
-                self._open_handle(f)
+            if prefetch:
+                self._files[key] = f
+            try:
+                if f.handle is None or f.generation != self._gen:
+                    self._open_handle(f, key, prefetch)
+            except BaseException:
+                if new and prefetch:
+                    for c in list(f.chunks.values()):
+                        self._drop(c)
+                    self._files.pop(key, None)
+                raise
             self._files[key] = f
+            for c in list(f.chunks.values()):
+                if c.end > f.size:
+                    self._drop(c)
             return f.size
 
     def bytes_read(self, key):

@@ -213,6 +213,38 @@ def test_command_timeout_and_output_bound(sshd):
         assert c.run(['echo', 'ok']).stdout == b'ok\n'
 
 
+# -- a command held at its gate (the cutover's shutdown) ------------------
+
+def test_armed_command_runs_when_fired_and_only_then(sshd, tmp_path):
+    fired = tmp_path / 'fired'
+    never = tmp_path / 'never'
+    marker = tmp_path / 'pwned'
+    words = ['a; touch %s' % marker, 'it\'s "mine"', '$(touch %s)' % marker,
+             'go', '']
+    with connect(sshd) as c:
+        a = c.armed(['sh', '-c', 'touch "$1"; printf "<%s>" "$@"; exit 3',
+                     'sh', str(fired)] + words)
+        b = c.armed(['touch', str(never)])
+        assert a.ready and b.ready
+        assert not fired.exists()
+        r = a.fire(timeout=60)
+        assert not a.ready
+        # Every word arrived whole: quoted through the gate too.
+        assert r.status == 3 and fired.exists()
+        assert r.stdout.decode() == ''.join(
+            '<%s>' % w for w in [str(fired)] + words)
+        # Closed without firing: the shell at its gate reads the end of
+        # its input and runs nothing.
+        b.close()
+        assert not b.ready
+        c.check_run(['true'])
+    assert not never.exists() and not marker.exists()
+    with connect(sshd) as c:
+        d = c.armed(['touch', str(never)])
+    # The connection closed under it: nothing runs either.
+    assert not d.ready and not never.exists()
+
+
 def test_channels_closed_while_data_arrives_leave_the_connection_alive(
         sshd):
     # A command stopped at its output bound is closed while the server

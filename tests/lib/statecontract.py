@@ -320,14 +320,24 @@ class StoreContract(object):
              'bytes_read': 0, 'bytes_written': 0, 'ok': False,
              'error': 'connection reset'}]
         store.cutover_recorded('vm1', 1000.25, None)
-        blank = {'top_layers': {}, 'details': {}, 'rolled_back_at': None}
+        blank = {'top_layers': {}, 'details': {}, 'rolled_back_at': None,
+                 'phases': None}
         assert store.get('vm1')['cutover'] == dict(
             blank, shutdown_at=1000.25, completed_at=None, downtime=None)
         store.cutover_recorded('vm1', 1000.25, 1180.75, top_layers={0: 'L'},
                                details={'server_id': 'S'})
         first = dict(shutdown_at=1000.25, completed_at=1180.75, downtime=180.5,
                      top_layers={'0': 'L'}, details={'server_id': 'S'},
-                     rolled_back_at=None)
+                     rolled_back_at=None, phases=None)
+        assert store.get('vm1')['cutover'] == first
+        # Where the downtime went (revision 0006), replaced as a whole.
+        store.cutover_recorded('vm1', 1000.25, 1180.75,
+                               phases={'shutdown': 0.071, 'apply': 1})
+        store.cutover_recorded('vm1', 1000.25, 1180.75,
+                               phases={'shutdown': 0.07, 'apply': 0.1,
+                                       'before_shutdown': 2.5})
+        first['phases'] = {'shutdown': 0.07, 'apply': 0.1,
+                           'before_shutdown': 2.5}
         assert store.get('vm1')['cutover'] == first
         # A rollback keeps the cutover as history; the next one is new.
         store.rollback_recorded('vm1', at=1200.0)

@@ -615,3 +615,41 @@ def test_abort_through_an_xe_without_snapshot_uninstall(bed):
     assert store.get('web')['snapshots'][0]['removed_at']
     ran = [a[1] for a in hosts[-1].commands]
     assert ran.count('template-uninstall') == 1, ran
+
+
+def test_vm_started_during_the_cutover_fails_it_and_forgets_the_leaf(
+        bed, monkeypatch):
+    """No power-state query inside the downtime (``xe vm-shutdown``'s
+    exit status says the VM is halted); after it, the VM is checked to be
+    halted still.  One started meanwhile (someone else's ``vm-start``)
+    may have written while the leaf was read: the cutover fails, the
+    layers read last are forgotten, and the next cutover (which shuts
+    the VM down again) reads them again: the targets end right."""
+    root, facts, out, store = bed
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **_kw(root))
+    w0.write(2 * MiB, ig.pattern(31, MiB))
+    vm = m['target_options']['vm_uuid']
+    finish = engine._Run.finish_targets
+
+    def started(run):
+        out = finish(run)
+        xhost.xe_ok(root, 'vm-start', 'uuid=%s' % vm)
+        w0.write(2 * MiB + 512, ig.pattern(32, 4096))   # in the leaf
+        return out
+    monkeypatch.setattr(engine._Run, 'finish_targets', started)
+    with pytest.raises(engine.MigrationError) as e:
+        engine.cutover(store, 'web', **_kw(root))
+    assert 'was started during the cutover' in str(e.value)
+    m = store.get('web')
+    assert m['status'] == 'failed'
+    # Each disk's leaf forgotten, its stable layers kept.
+    assert all(len(d['applied']) == 1 for d in m['disks'])
+    assert all(not s.get('removed_at') for s in m['snapshots'])
+    monkeypatch.setattr(engine._Run, 'finish_targets', finish)
+    r = engine.cutover(store, 'web', **_kw(root))
+    assert r['layers_applied'] == 2
+    assert store.get('web')['status'] == 'done'
+    assert _power(root, vm) == 'halted'
+    _check(store.get('web'), facts)

@@ -154,3 +154,92 @@ def test_taskflow_is_imported_without_eventlet():
                            cwd=str(REPO), env=env, timeout=300)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == want, (how, r.stdout)
+
+
+def test_no_taskflow_record_inside_the_downtime(bed, monkeypatch):
+    """From the shutdown request to the targets ready, the only commits
+    are the migration's own (each disk's leaf recorded as started, then
+    as applied): the tasks' records (TaskFlow's states and results) are
+    held, and written once the clock stops, all of them."""
+    from sqlalchemy import event
+    root, facts, out, store, _url = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+    window = []
+    commits = []
+    shutdown, finish = engine._Run.shutdown, engine._Run.finish_targets
+
+    def opened(run, *args):
+        window.append(True)
+        return shutdown(run, *args)
+
+    def closed(run):
+        out = finish(run)
+        window.append(False)
+        return out
+    monkeypatch.setattr(engine._Run, 'shutdown', opened)
+    monkeypatch.setattr(engine._Run, 'finish_targets', closed)
+    listen = (store._engine, 'commit',
+              lambda conn: commits.append(window[-1] if window else False))
+    event.listen(*listen)
+    from any2kvm_os.migration import guest_step
+    try:
+        engine.cutover(store, 'web', guest=guest_step.GuestStep(),
+                       **_kw(root))
+    finally:
+        event.remove(*listen)
+    assert window == [True, False]
+    # Two disks: started and applied, each.
+    assert commits.count(True) == 4
+    run = engine.show(store, 'web')['last_run']
+    assert [t['state'] for t in run['tasks']] == ['SUCCESS'] * len(
+        run['tasks'])
+    results = dict((t['name'], t['result']) for t in run['tasks'])
+    assert 'fix-guest' in results
+    assert results['shutdown']['was'] == 'running'
+    assert results['apply-disk-0']['layers'] == 1
+
+
+def test_held_records_are_written_when_a_held_task_fails():
+    store = sql.SqlStore('sqlite://')
+    store.create('m', 'xenserver://root@h/vm', 'file', {}, [
+        {'index': 0, 'source_id': 'v', 'target_ref': '/dev/null',
+         'virtual_size': 1}])
+
+    def fail():
+        raise ValueError('apply failed')
+    steps = [flows.Step('a', lambda: 1),
+             flows.Step('b', lambda: 2, quiet=True),
+             flows.Step('c', fail, quiet=True),
+             flows.Step('d', lambda: 4)]
+    with pytest.raises(ValueError):
+        flows.run(store, 'm', 'cutover', flows.flow('cutover', steps))
+    run = flows.last_run(store, 'm')
+    states = dict((t['name'], t['state']) for t in run['tasks'])
+    assert states['c'] in ('FAILURE', 'REVERTED')
+    assert states['b'] == 'REVERTED' and states['d'] == 'PENDING'
+    assert run['stopped_in'] == 'c'
+    assert 'apply failed' in [t for t in run['tasks']
+                              if t['name'] == 'c'][0]['error']
+
+
+def test_phases_of_the_downtime_as_show_tells_them():
+    from any2kvm_os import api
+    from any2kvm_os.osc.v1 import migration as osc_migration
+    phases = {'shutdown': 0.0714, 'apply': 0.102, 'close': 0.0,
+              'fix': 0.0, 'finish': 0.001, 'server': 0.0,
+              'before_shutdown': 2.5}
+    assert api.phases_text(phases) == (
+        ' (shutdown 0.071 s, apply 0.102 s, finish 0.001 s), 2.5 s before '
+        'the shutdown request')
+    assert api.phases_text(None) == '' and api.phases_text({}) == ''
+    c = {'downtime': 0.1744, 'details': {}, 'phases': phases,
+         'rolled_back_at': None}
+    text = '\n'.join(api.migration_lines('show', {
+        'name': 'web', 'location': 'x', 'target': 'file',
+        'status': 'done', 'disks': [], 'syncs': [], 'cutovers': [c]}))
+    assert 'cutover:  downtime 0.2 s (shutdown 0.071 s, apply 0.102 s' \
+        in text
+    column = osc_migration.FORMATTERS['cutovers']([c])
+    assert column.human_readable().startswith(
+        'downtime 0.2 s (shutdown 0.071 s, apply 0.102 s')

@@ -192,19 +192,22 @@ class Store(object, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def cutover_recorded(self, name, shutdown_at, completed_at,
-                         top_layers=None, details=None):
+                         top_layers=None, details=None, phases=None):
         """The cutover: downtime is ``completed_at - shutdown_at``.
         ``completed_at`` may be None (the VM is down, the cutover not
         complete yet) and recorded later by calling this again, which
         updates the last cutover unless it was rolled back (then a new
         one starts).  ``top_layers``: {disk index: the layer id applied
         last (the VM's leaf)}; ``details``: a dict merged into the
-        cutover's (non-secret: a server id, the volumes made bootable).
+        cutover's (non-secret: a server id, the volumes made bootable);
+        ``phases``: {phase: seconds}, where the downtime went (replaces
+        what was recorded).
 
         :meth:`get` gives ``cutover``, the last cutover unless rolled
         back (None otherwise), and ``cutovers``, every one in order; each
         ``{'shutdown_at', 'completed_at', 'downtime', 'top_layers',
-        'details', 'rolled_back_at'}``."""
+        'details', 'phases', 'rolled_back_at'}`` (``phases`` None before
+        the cutover completed, or when it was recorded without)."""
 
     @abc.abstractmethod
     def rollback_recorded(self, name, at=None):

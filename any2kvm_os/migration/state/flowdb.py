@@ -46,15 +46,66 @@ class _Backend(impl_sqlalchemy.SQLAlchemyBackend):
     nothing), and a command's flow runs in one thread."""
 
     _connection = None
+    #: Names of the atoms whose writes are held (:meth:`holding`).
+    _quiet = frozenset()
+    _held = None
 
     def get_connection(self):
         if self._connection is None:
             self._connection = super(_Backend, self).get_connection()
+        if self._quiet:
+            return _Holding(self)
         return self._connection
+
+    @contextlib.contextmanager
+    def holding(self, names):
+        """Within the block, the records of the atoms ``names`` (their
+        states and results) are held in memory, the latest of each, and
+        written with the next record of another atom, or at the end of
+        the block, whatever ends it (a cutover's tasks inside the
+        downtime: their small transactions are no downtime)."""
+        self._quiet, self._held = frozenset(names), {}
+        try:
+            yield
+        finally:
+            self._quiet = frozenset()
+            self.flush_held()
+
+    def flush_held(self):
+        held, self._held = self._held or {}, {}
+        for ad in held.values():
+            self._connection.update_atom_details(ad)
 
     def close(self):
         self._connection = None
         super(_Backend, self).close()
+
+
+class _Holding(object):
+    """The backend's connection while records are held
+    (:meth:`_Backend.holding`)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self._conn = backend._connection
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def close(self):
+        pass
+
+    def update_atom_details(self, ad):
+        b = self._backend
+        if ad.name in b._quiet:
+            b._held[ad.uuid] = ad.copy()
+            return ad
+        b.flush_held()
+        return self._conn.update_atom_details(ad)
+
+    def update_flow_details(self, fd, *args, **kwargs):
+        self._backend.flush_held()
+        return self._conn.update_flow_details(fd, *args, **kwargs)
 
 
 def backend(engine, url_text):

@@ -141,7 +141,8 @@ class Cutover(Base):
     (``rolled_back_at``) stays as history.  ``top_layers``: the layer id
     applied last on each disk (``{"0": id}``), the one the VM writes to
     again after a rollback; ``details``: what the destination reported
-    (a created server...)."""
+    (a created server...); ``phases``: where the downtime went, seconds
+    per phase (revision 0006)."""
 
     __tablename__ = 'cutover_runs'
 
@@ -153,6 +154,7 @@ class Cutover(Base):
     top_layers = orm.mapped_column(sa.JSON)
     details = orm.mapped_column(sa.JSON)
     rolled_back_at = orm.mapped_column(sa.Double)
+    phases = orm.mapped_column(sa.JSON)
 
 
 class Holder(Base):

@@ -822,7 +822,7 @@ class SqlStore(api.Store):
             m.updated_at = time.time()
 
     def cutover_recorded(self, name, shutdown_at, completed_at,
-                         top_layers=None, details=None):
+                         top_layers=None, details=None, phases=None):
         downtime = (None if completed_at is None
                     else completed_at - shutdown_at)
         with self._tx() as session:
@@ -841,6 +841,11 @@ class SqlStore(api.Store):
                 merged = dict(c.details or {})
                 merged.update(details)
                 c.details = merged
+            if phases is not None:
+                c.phases = dict((str(k), float(v))
+                                for k, v in phases.items())
+            elif completed_at is None:
+                c.phases = None     # not complete (again): none yet
             m.updated_at = time.time()
 
     def rollback_recorded(self, name, at=None):
@@ -859,6 +864,7 @@ def _cutover_dict(c):
             'downtime': c.downtime,
             'top_layers': dict(c.top_layers or {}),
             'details': dict(c.details or {}),
+            'phases': dict(c.phases) if c.phases is not None else None,
             'rolled_back_at': c.rolled_back_at}
 
 

@@ -90,12 +90,14 @@ def _formatters():
 
     class CutoversColumn(columns.FormattableColumn):
         def human_readable(self):
+            from any2kvm_os import api
             return '\n'.join(
-                'downtime %s s%s%s' % (
+                'downtime %s s%s%s%s' % (
                     None if c.get('downtime') is None
                     else round(c['downtime'], 1),
                     ''.join(', %s %s' % kv for kv in sorted(
                         (c.get('details') or {}).items())),
+                    api.phases_text(c.get('phases')),
                     ', rolled back' if c.get('rolled_back_at') else '')
                 for c in self._value or ())
 
