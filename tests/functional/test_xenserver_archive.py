@@ -17,6 +17,7 @@ names stored inside point at files that exist nowhere) and from XenServer's
 own ``vhd-util`` (corpus).  Archives are packed with Python's tarfile.
 """
 
+import gzip
 import itertools
 import os
 import shutil
@@ -89,6 +90,87 @@ def test_zstd_archive(orphan_complex, tmp_path, out_dir):
     os.unlink(plain)
     out = cli.convert(tar, out_dir / 'disk.raw')
     assert ig.sha256_file(out) == chain.leaf.model.sha256()
+
+
+def _packed(tar, members, compression):
+    """``members`` as a tar at ``tar``: plain, or compressed whole with
+    gzip, xz or zstd (each a XenServer exporter's or a user's choice)."""
+    import lzma
+    import zstandard
+    ig.make_tar(tar, members)
+    if compression is None:
+        return tar
+    data = tar.read_bytes()
+    tar.unlink()
+    packed = tar.with_name(tar.name + '.' + compression)
+    packed.write_bytes({
+        'gz': lambda d: gzip.compress(d, 1), 'xz': lzma.compress,
+        'zst': zstandard.ZstdCompressor().compress}[compression](data))
+    return packed
+
+
+def _convert_in_process(path, out, scratch):
+    """Open and write ``path`` in this process (no CLI start-up): the
+    error line, or None once ``out`` is written."""
+    from any2kvm_os.containers import registry
+    from any2kvm_os import exception
+    from any2kvm_os import limits as a2k_limits
+    from any2kvm_os.writers import raw
+    try:
+        source = registry.open_path(
+            str(path), a2k_limits.Limits(scratch_dir=str(scratch)))
+        try:
+            raw.write_file(source.disks[0], str(out))
+        finally:
+            source.close()
+    except exception.Any2KvmError as e:
+        return str(e)
+    return None
+
+
+LEADING_COMPRESSIONS = [None, 'gz', 'xz', 'zst']
+
+
+@pytest.mark.parametrize('compression', LEADING_COMPRESSIONS,
+                         ids=[c or 'plain' for c in LEADING_COMPRESSIONS])
+def test_leading_directory_entries(orphan_simple, compression, tmp_path):
+    """``tar -C dir -cf vdi.tar .``: a ``./`` directory entry, then
+    ``./0.vhd`` ... out of order; read in place or in one pass, whatever
+    the compression."""
+    chain, leaf_first = orphan_simple
+    scratch = tmp_path / 'scratch'
+    scratch.mkdir()
+    members = [{'name': '.', 'type': 'dir'}] + ig.xenserver_members(
+        leaf_first, './', 'shuffled', seed=2)
+    path = _packed(tmp_path / 'vdi.tar', members, compression)
+    out = tmp_path / 'disk.raw'
+    assert _convert_in_process(path, out, scratch) is None
+    assert ig.sha256_file(out) == chain.leaf.model.sha256()
+    assert list(scratch.iterdir()) == []
+
+
+def test_members_in_a_directory_refused_alike(orphan_simple, tmp_path):
+    """``export/0.vhd`` ...: refused in the same line, plain or
+    compressed (gzip, xz, zstd), and not taken for an OVA, nothing
+    written."""
+    _chain, leaf_first = orphan_simple
+    scratch = tmp_path / 'scratch'
+    scratch.mkdir()
+    members = [{'name': 'export', 'type': 'dir'}] + ig.xenserver_members(
+        leaf_first, 'export/')
+    lines = set()
+    for compression in LEADING_COMPRESSIONS:
+        path = _packed(tmp_path / 'vdi.tar', members, compression)
+        out = tmp_path / 'disk.raw'
+        line = _convert_in_process(path, out, scratch)
+        assert line is not None and '\n' not in line, line
+        assert not out.exists()
+        lines.add(line.replace(str(path), 'ARCHIVE'))
+        path.unlink()
+    assert lines == {"ARCHIVE: member 'export/0.vhd' lies in a directory: "
+                     "a XenServer image holds 0.vhd ... n.vhd at the top of "
+                     "the archive"}, lines
+    assert list(scratch.iterdir()) == []
 
 
 def test_pax_format_archive(orphan_simple, tmp_path, out_dir):
