@@ -17,7 +17,6 @@ names stored inside point at files that exist nowhere) and from XenServer's
 own ``vhd-util`` (corpus).  Archives are packed with Python's tarfile.
 """
 
-import gzip
 import itertools
 import os
 import shutil
@@ -92,42 +91,6 @@ def test_zstd_archive(orphan_complex, tmp_path, out_dir):
     assert ig.sha256_file(out) == chain.leaf.model.sha256()
 
 
-def _packed(tar, members, compression):
-    """``members`` as a tar at ``tar``: plain, or compressed whole with
-    gzip, xz or zstd (each a XenServer exporter's or a user's choice)."""
-    import lzma
-    import zstandard
-    ig.make_tar(tar, members)
-    if compression is None:
-        return tar
-    data = tar.read_bytes()
-    tar.unlink()
-    packed = tar.with_name(tar.name + '.' + compression)
-    packed.write_bytes({
-        'gz': lambda d: gzip.compress(d, 1), 'xz': lzma.compress,
-        'zst': zstandard.ZstdCompressor().compress}[compression](data))
-    return packed
-
-
-def _convert_in_process(path, out, scratch):
-    """Open and write ``path`` in this process (no CLI start-up): the
-    error line, or None once ``out`` is written."""
-    from any2kvm_os.containers import registry
-    from any2kvm_os import exception
-    from any2kvm_os import limits as a2k_limits
-    from any2kvm_os.writers import raw
-    try:
-        source = registry.open_path(
-            str(path), a2k_limits.Limits(scratch_dir=str(scratch)))
-        try:
-            raw.write_file(source.disks[0], str(out))
-        finally:
-            source.close()
-    except exception.Any2KvmError as e:
-        return str(e)
-    return None
-
-
 LEADING_COMPRESSIONS = [None, 'gz', 'xz', 'zst']
 
 
@@ -142,9 +105,10 @@ def test_leading_directory_entries(orphan_simple, compression, tmp_path):
     scratch.mkdir()
     members = [{'name': '.', 'type': 'dir'}] + ig.xenserver_members(
         leaf_first, './', 'shuffled', seed=2)
-    path = _packed(tmp_path / 'vdi.tar', members, compression)
+    ig.make_tar(tmp_path / 'vdi.tar', members)
+    path = ig.compress_whole(tmp_path / 'vdi.tar', compression)
     out = tmp_path / 'disk.raw'
-    assert _convert_in_process(path, out, scratch) is None
+    assert cli.convert_in_process(path, out, scratch) is None
     assert ig.sha256_file(out) == chain.leaf.model.sha256()
     assert list(scratch.iterdir()) == []
 
@@ -158,15 +122,11 @@ def test_members_in_a_directory_refused_alike(orphan_simple, tmp_path):
     scratch.mkdir()
     members = [{'name': 'export', 'type': 'dir'}] + ig.xenserver_members(
         leaf_first, 'export/')
-    lines = set()
-    for compression in LEADING_COMPRESSIONS:
-        path = _packed(tmp_path / 'vdi.tar', members, compression)
-        out = tmp_path / 'disk.raw'
-        line = _convert_in_process(path, out, scratch)
-        assert line is not None and '\n' not in line, line
-        assert not out.exists()
-        lines.add(line.replace(str(path), 'ARCHIVE'))
-        path.unlink()
+    ig.make_tar(tmp_path / 'vdi.tar', members)
+    lines = cli.refused_alike(
+        [ig.compress_whole(tmp_path / 'vdi.tar', compression)
+         for compression in LEADING_COMPRESSIONS], tmp_path / 'disk.raw',
+        scratch)
     assert lines == {"ARCHIVE: member 'export/0.vhd' lies in a directory: "
                      "a XenServer image holds 0.vhd ... n.vhd at the top of "
                      "the archive"}, lines
