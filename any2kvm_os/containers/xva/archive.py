@@ -80,9 +80,10 @@ class _ViewFile(object):
 
 
 def looks_like_xva(view):
-    """A plain tar whose first member (after ``./``) is ``ova.xml``, at
-    the top or in a directory, which the XVA then refuses by name (reads
-    its header, and a pax or GNU long-name header before it, if any)."""
+    """A plain tar whose first member after leading directory entries
+    (``./``) is ``ova.xml``, at the top or in a directory, which the XVA
+    then refuses by name (reads its header, and a pax or GNU long-name
+    header before it, if any)."""
     try:
         tf = tarfile.open(fileobj=_ViewFile(view), mode='r:')
         ti = layout.first_member(tf.next)
@@ -277,8 +278,8 @@ class XvaStream(object):
         path = self.path
         with contextlib.closing(self._opener()) as f:
             members = tar.one_pass(path, compression.open_reader(path, f))
-            # The ``./`` entries before ova.xml, as the plain tar skips
-            # them.
+            # The directory entries before ova.xml (``./``) are skipped,
+            # as in the plain tar.
             member = layout.first_member(lambda: next(members, None),
                                          info=lambda item: item[0])
             if member is not None:

@@ -277,8 +277,9 @@ def is_ova_xml(ti):
 
 
 def check_first_member(path, ti, screen):
-    """The first member (after ``./``) must be ova.xml, a regular file of
-    bounded size (``screen``, if given, checks it too)."""
+    """The first member after leading directory entries (:func:`first_member`)
+    must be ova.xml, a regular file of bounded size (``screen``, if given,
+    checks it too)."""
     name = screen.check(ti) if screen else member_name(ti.name)
     if member_name(ti.name) != metadata.OVA_XML:
         if is_ova_xml(ti):
