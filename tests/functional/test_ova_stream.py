@@ -519,7 +519,7 @@ def test_plain_and_compressed_ova_agree_on_a_late_descriptor(
     packed = _descriptor_late(tmp_path, order, 'disk0.vmdk', 'gzip', 'c')
     facts = []
     for path in (plain, packed):
-        with caplog.at_level(logging.INFO):
+        with caplog.at_level(logging.INFO, logger='any2kvm_os'):
             source = registry.open_path(str(path), limits)
         try:
             facts.append((source.container, source.facts,
