@@ -52,6 +52,10 @@ MEMBER_RE = re.compile(r'^(0|[1-9][0-9]{0,5})\.vhd$')
 
 def member_index(archive, name):
     m = MEMBER_RE.match(name)
+    if not m and MEMBER_RE.match(name.rsplit('/', 1)[-1]):
+        raise exception.InvalidArchive(
+            path=archive, reason='member %r lies in a directory: a XenServer '
+            'image holds 0.vhd ... n.vhd at the top of the archive' % name)
     if not m:
         raise exception.InvalidArchive(
             path=archive, reason='unexpected member %r: a XenServer image '

@@ -592,21 +592,21 @@ class _HostedSparseExtent(_GrainExtent):
         if len(jobs) >= 2 * INFLATE_PARALLEL_MIN:
             threads = min(_inflate_threads(),
                           len(jobs) // INFLATE_PARALLEL_MIN)
-        if threads < 2:
-            for p, inner, n, off, gstart in jobs:
-                data = self._inflate(off, gstart)
-                _put(buf, p, data, inner, n)
-        else:
-            data = self._inflate_parallel(jobs, buf, threads)
-        self._cache = (jobs[-1][3], data)
+        self._cache = (jobs[-1][3], self._inflate_jobs(jobs, buf, threads))
 
-    def _inflate_parallel(self, jobs, buf, threads):
+    def _inflate_jobs(self, jobs, buf, threads):
         """Inflate ``jobs`` (see :meth:`read_compressed_into`) into
         ``buf`` in ``threads`` contiguous parts, the first by the caller;
-        return the last grain's bytes.  The file is read here, in order
-        (the read-ahead is not shared); only inflating is parallel."""
-        raws = [self._grain_raw(off, gstart)
-                for _p, _inner, _n, off, gstart in jobs]
+        return the last grain's bytes.  The file is read by the caller, in
+        order (the read-ahead is not shared): grain by grain as it
+        inflates when alone, else every grain before the parts start;
+        only inflating is parallel."""
+        if threads < 2:
+            def raw_of(i):
+                return self._grain_raw(jobs[i][3], jobs[i][4])
+        else:
+            raw_of = [self._grain_raw(off, gstart)
+                      for _p, _inner, _n, off, gstart in jobs].__getitem__
         per = -(-len(jobs) // threads)
         results = [None] * threads
 
@@ -615,7 +615,7 @@ class _HostedSparseExtent(_GrainExtent):
             try:
                 for i in range(k * per, min(len(jobs), (k + 1) * per)):
                     p, inner, n, off, _gstart = jobs[i]
-                    data = self._inflate_raw(off, *raws[i])
+                    data = self._inflate_raw(off, *raw_of(i))
                     _put(buf, p, data, inner, n)
                 results[k] = (True, data)
             except BaseException as e:  # raised by the caller, in order
@@ -654,10 +654,6 @@ class _HostedSparseExtent(_GrainExtent):
                 path=self.file.display, reason='truncated: expected %d bytes '
                 'at offset %d, got %d' % (length, off, len(buf)))
         return buf[:length]
-
-    def _inflate(self, off, gstart):
-        """The decompressed bytes of the grain whose marker is at ``off``."""
-        return self._inflate_raw(off, *self._grain_raw(off, gstart))
 
     def _grain_raw(self, off, gstart):
         """(compressed bytes, bytes expected) of the grain whose marker is

@@ -68,6 +68,11 @@ BLKSSZGET = 0x1268
 #: next way is tried), rather than "the device failed".
 _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY,
                 errno.ENODEV)
+#: How a range is zeroed by the kernel, in the order tried: a regular
+#: file gets a hole; a block device, which has none, see
+#: :meth:`RawWriter._zero_device`.
+FILE_ZERO_MODES = ('punch',)
+DEVICE_ZERO_MODES = ('punch', 'zero', 'ioctl')
 
 _libc = None
 
@@ -250,11 +255,11 @@ class RawWriter(object):
         #: Bytes the target can hold when that is fixed (a block device, a
         #: volume's file); None when the file grows or shrinks with the disk.
         self.capacity = None
-        self._punch_ok = True
-        #: The ways of zeroing a block device range still to be tried, in
-        #: order (:meth:`_zero_device`): one that fails as unsupported is
-        #: dropped.
-        self._zero_modes = ['punch', 'zero', 'ioctl']
+        #: The ways of zeroing a range by the kernel still to be tried, in
+        #: order (:meth:`_zero_by_kernel`): one that fails as unsupported
+        #: is dropped; with none left, zeros are written.
+        self._zero_modes = list(DEVICE_ZERO_MODES if is_block
+                                else FILE_ZERO_MODES)
         self._unflushed = 0
 
     @classmethod
@@ -492,19 +497,8 @@ class RawWriter(object):
             return
         if self.is_block:
             self._zero_device(offset, length)
-            return
-        if self._punch_ok:
-            rc = _fallocate()(self.fd,
-                              FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                              offset, length)
-            if rc == 0:
-                return
-            err = ctypes.get_errno()
-            if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise exception.TargetError(path=self.path,
-                                            reason=os.strerror(err))
-            self._punch_ok = False
-        self._write_zeros(offset, length)
+        elif not self._zero_by_kernel(offset, length):
+            self._write_zeros(offset, length)
 
     def _zero_device(self, offset, length):
         """Zero ``[offset, offset+length)`` of a block device, which has
@@ -526,20 +520,28 @@ class RawWriter(object):
             self._write_zeros(offset, a - offset)
         if b < end:
             self._write_zeros(b, end - b)
+        if not self._zero_by_kernel(a, b - a):
+            self._write_zeros(a, b - a)
+
+    def _zero_by_kernel(self, offset, length):
+        """Zero ``[offset, offset+length)`` by the first way left in
+        :attr:`_zero_modes` that works on this target: True; False once
+        none is left (the caller writes the zeros).  A way that fails as
+        unsupported is dropped for good; any other failure is an error."""
         while self._zero_modes:
             mode = self._zero_modes[0]
             if mode == 'ioctl':
                 try:
                     fcntl.ioctl(self.fd, BLKZEROOUT,
-                                struct.pack('QQ', a, b - a))
-                    return
+                                struct.pack('QQ', offset, length))
+                    return True
                 except OSError as e:
                     err = e.errno
             else:
                 flags = (FALLOC_FL_PUNCH_HOLE if mode == 'punch'
                          else FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE
-                if _fallocate()(self.fd, flags, a, b - a) == 0:
-                    return
+                if _fallocate()(self.fd, flags, offset, length) == 0:
+                    return True
                 err = ctypes.get_errno()
             if err not in _UNSUPPORTED:
                 raise exception.TargetError(path=self.path,
@@ -547,7 +549,7 @@ class RawWriter(object):
             LOG.debug('%s: zeroing by %s not supported (%s)', self.path,
                       mode, os.strerror(err))
             self._zero_modes.pop(0)
-        self._write_zeros(a, b - a)
+        return False
 
     def _sector(self):
         sector = getattr(self, '_sector_size', None)

@@ -91,6 +91,48 @@ def test_zstd_archive(orphan_complex, tmp_path, out_dir):
     assert ig.sha256_file(out) == chain.leaf.model.sha256()
 
 
+LEADING_COMPRESSIONS = [None, 'gz', 'xz', 'zst']
+
+
+@pytest.mark.parametrize('compression', LEADING_COMPRESSIONS,
+                         ids=[c or 'plain' for c in LEADING_COMPRESSIONS])
+def test_leading_directory_entries(orphan_simple, compression, tmp_path):
+    """``tar -C dir -cf vdi.tar .``: a ``./`` directory entry, then
+    ``./0.vhd`` ... out of order; read in place or in one pass, whatever
+    the compression."""
+    chain, leaf_first = orphan_simple
+    scratch = tmp_path / 'scratch'
+    scratch.mkdir()
+    members = [{'name': '.', 'type': 'dir'}] + ig.xenserver_members(
+        leaf_first, './', 'shuffled', seed=2)
+    ig.make_tar(tmp_path / 'vdi.tar', members)
+    path = ig.compress_whole(tmp_path / 'vdi.tar', compression)
+    out = tmp_path / 'disk.raw'
+    assert cli.convert_in_process(path, out, scratch) is None
+    assert ig.sha256_file(out) == chain.leaf.model.sha256()
+    assert list(scratch.iterdir()) == []
+
+
+def test_members_in_a_directory_refused_alike(orphan_simple, tmp_path):
+    """``export/0.vhd`` ...: refused in the same line, plain or
+    compressed (gzip, xz, zstd), and not taken for an OVA, nothing
+    written."""
+    _chain, leaf_first = orphan_simple
+    scratch = tmp_path / 'scratch'
+    scratch.mkdir()
+    members = [{'name': 'export', 'type': 'dir'}] + ig.xenserver_members(
+        leaf_first, 'export/')
+    ig.make_tar(tmp_path / 'vdi.tar', members)
+    lines = cli.refused_alike(
+        [ig.compress_whole(tmp_path / 'vdi.tar', compression)
+         for compression in LEADING_COMPRESSIONS], tmp_path / 'disk.raw',
+        scratch)
+    assert lines == {"ARCHIVE: member 'export/0.vhd' lies in a directory: "
+                     "a XenServer image holds 0.vhd ... n.vhd at the top of "
+                     "the archive"}, lines
+    assert list(scratch.iterdir()) == []
+
+
 def test_pax_format_archive(orphan_simple, tmp_path, out_dir):
     chain, leaf_first = orphan_simple
     tar = tmp_path / 'vdi.tgz'

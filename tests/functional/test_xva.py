@@ -38,6 +38,7 @@ from any2kvm_os.writers import raw
 from any2kvm_os import exception
 from any2kvm_os import limits as a2k_limits
 from tests.lib import cli
+from tests.lib import imagegen as ig
 from tests.lib import xvabuild as xb
 
 MiB = 1 << 20
@@ -380,3 +381,90 @@ def test_vdis_without_a_vm(xva_img, work, out_dir, compress):
     assert res.returncode == 0, cli.describe(res)
     assert 'describes disks but no VM' in res.stderr
     assert res.stderr.count('\n') == 1
+
+
+# ---------------------------------------------------------------------------
+# leading directories, plain and compressed alike
+# ---------------------------------------------------------------------------
+
+def _dir(name):
+    ti = tarfile.TarInfo(name)
+    ti.type = tarfile.DIRTYPE
+    ti.mode = 0o755
+    return ti, b''
+
+
+def _leading_members(layout_):
+    """ova.xml and the chunks of a 2 MiB + 4 KiB disk ``Ref:3``, laid out
+    as ``layout_`` names: (members, raw truth)."""
+    size = 2 * MiB + 4096
+    data = {0: xb.pattern(31, MiB), 2: xb.pattern(32, 4096)}
+    truth = data[0] + bytes(MiB) + data[2]
+    chunks = xb.chunk_members('Ref:3', data)
+    ova = xb.ova_xml([('Ref:3', size, 0)])
+    prefix = {'dot-dir': './', 'dot-names': './', 'ref-dir': '',
+              'export': 'export/'}[layout_]
+    members = [(prefix + 'ova.xml', ova)]
+    if layout_ == 'dot-dir':
+        members.insert(0, _dir('.'))
+    if layout_ in ('dot-dir', 'ref-dir'):
+        members.append(_dir(prefix + 'Ref:3'))
+    if layout_ == 'export':
+        members.insert(0, _dir('export'))
+    members += [(prefix + n, d) for n, d in chunks]
+    return members, truth
+
+
+LEADING_COMPRESS = [None, 'gz', 'xz', 'zst']
+
+
+@pytest.mark.parametrize('compress', LEADING_COMPRESS,
+                         ids=[c or 'plain' for c in LEADING_COMPRESS])
+@pytest.mark.parametrize('layout_', ['dot-dir', 'dot-names', 'ref-dir'])
+def test_leading_directories_read(layout_, compress, tmp_path, out_dir):
+    """``./`` before ova.xml (``tar -C dir -cf vm.xva .``), ``./`` names
+    (xva-img's), a ``Ref:3/`` directory entry: detected as an XVA and
+    read, plain in place or compressed in one pass, whatever the
+    compression."""
+    from any2kvm_os.containers import registry
+    members, truth = _leading_members(layout_)
+    path = ig.compress_whole(
+        xb.write_xva(tmp_path / 'vm.xva', None, members), compress)
+    assert registry.detect(str(path), a2k_limits.Limits()).name == 'xva'
+    assert cli.convert_in_process(path, out_dir / 'disk.raw') is None
+    assert (out_dir / 'disk.raw').read_bytes() == truth
+
+
+def test_leading_directory_download_read(tmp_path, out_dir):
+    """The same ``./`` entry in a gzip XVA read as it downloads."""
+    from any2kvm_os.sources import glance_image
+    members, truth = _leading_members('dot-dir')
+    path = ig.compress_whole(
+        xb.write_xva(tmp_path / 'vm.xva', None, members), 'gz')
+    data = path.read_bytes()
+    scratch = tmp_path / 'scratch'
+    scratch.mkdir()
+    src = glance_image.open_image_data(
+        'image 1', lambda: iter([data[:70000], data[70000:]]), len(data),
+        a2k_limits.Limits(scratch_dir=str(scratch)))
+    try:
+        assert src.container == 'xva'
+        raw.write_file(src.disks[0], str(out_dir / 'disk.raw'))
+    finally:
+        src.close()
+    assert (out_dir / 'disk.raw').read_bytes() == truth
+    assert list(scratch.iterdir()) == []
+
+
+def test_ova_xml_in_a_directory_refused_alike(tmp_path, out_dir):
+    """``export/ova.xml`` ...: an XVA, refused in the same line plain or
+    compressed (gzip, xz, zstd); nothing written."""
+    members, _truth = _leading_members('export')
+    lines = cli.refused_alike(
+        [ig.compress_whole(xb.write_xva(tmp_path / 'vm.xva', None, members),
+                           compress) for compress in LEADING_COMPRESS],
+        out_dir / 'disk.raw')
+    assert lines == {"ARCHIVE: ova.xml lies in a directory "
+                     "('export/ova.xml'): an XVA holds it, and its disks, "
+                     "at the top of the archive"}, lines
+    assert list(out_dir.iterdir()) == []

@@ -108,3 +108,38 @@ def assert_refused(res, output=None, names=(), problem=None,
         assert present == sorted(leftovers or []), (
             'stray files beside the output: %r\n%s' % (present, text))
     return line
+
+
+def convert_in_process(source, output, scratch=None):
+    """``convert`` of the first disk of ``source`` in this process (no
+    start-up of the command): the one-line error, or None once ``output``
+    is written.  ``scratch``: the scratch directory, if not the default."""
+    from any2kvm_os.containers import registry
+    from any2kvm_os import exception
+    from any2kvm_os import limits as a2k_limits
+    from any2kvm_os.writers import raw
+    limits = (a2k_limits.Limits() if scratch is None
+              else a2k_limits.Limits(scratch_dir=str(scratch)))
+    try:
+        vm = registry.open_path(str(source), limits)
+        try:
+            raw.write_file(vm.disks[0], str(output))
+        finally:
+            vm.close()
+    except exception.Any2KvmError as e:
+        return str(e)
+    return None
+
+
+def refused_alike(sources, output, scratch=None):
+    """Convert each of ``sources`` in this process
+    (:func:`convert_in_process`): each must be refused in one line,
+    writing nothing.  Returns the set of those lines, each with its
+    source's path as ``ARCHIVE``: one line when they are refused alike."""
+    lines = set()
+    for source in sources:
+        line = convert_in_process(source, output, scratch)
+        assert line is not None and '\n' not in line, line
+        assert not os.path.lexists(output)
+        lines.add(line.replace(str(source), 'ARCHIVE'))
+    return lines

@@ -673,6 +673,21 @@ def xenserver_members(paths_leaf_first, prefix='', order='leaf-first',
     return members
 
 
+def compress_whole(path, how):
+    """``path`` compressed whole (``how``: 'gz', 'xz' or 'zst'; None:
+    ``path`` itself) into ``path.<how>``; the plain file is kept."""
+    import gzip
+    import lzma
+    import zstandard
+    if how is None:
+        return path
+    packed = path.with_name(path.name + '.' + how)
+    packed.write_bytes({
+        'gz': lambda d: gzip.compress(d, 1), 'xz': lzma.compress,
+        'zst': zstandard.ZstdCompressor().compress}[how](path.read_bytes()))
+    return packed
+
+
 def list_tar_names(path):
     with tarfile.open(str(path)) as tf:
         return tf.getnames()

@@ -387,6 +387,43 @@ def test_zero_device_falls_back_to_writing(block_writer, monkeypatch):
     assert data[16384] == data[99] == 0xee
 
 
+@pytest.mark.parametrize('punch', [0, errno.EOPNOTSUPP])
+def test_zero_file_punches_or_writes(tmp_path, monkeypatch, punch):
+    """A regular file has one way (a hole, not sector aligned): when the
+    file system refuses it as unsupported it is not asked again and the
+    zeros are written; either way the range reads as zeros."""
+    path = tmp_path / 'disk'
+    path.write_bytes(b'\xee' * (64 * 1024))
+    fd = os.open(str(path), os.O_RDWR | os.O_CLOEXEC)
+    w = raw.RawWriter(str(path), fd, fresh=False, is_block=False)
+    calls = _Calls(monkeypatch, {'punch': punch})
+    try:
+        w.zero_range(100, 5000)
+        w.zero_range(9000, 300)
+    finally:
+        w.close()
+    assert calls.calls == ([('punch', 100, 5000), ('punch', 9000, 300)]
+                           if not punch else [('punch', 100, 5000)])
+    assert w._zero_modes == ([] if punch else ['punch'])
+    data = path.read_bytes()
+    assert data[100:5100] == bytes(5000) and data[9000:9300] == bytes(300)
+    assert data[99] == data[5100] == data[8999] == data[9300] == 0xee
+
+
+def test_zero_file_failure_is_an_error(tmp_path, monkeypatch):
+    path = tmp_path / 'disk'
+    path.write_bytes(bytes(8192))
+    fd = os.open(str(path), os.O_RDWR | os.O_CLOEXEC)
+    w = raw.RawWriter(str(path), fd, fresh=False, is_block=False)
+    _Calls(monkeypatch, {'punch': errno.EIO})
+    try:
+        with pytest.raises(exception.TargetError,
+                           match='Input/output error'):
+            w.zero_range(0, 4096)
+    finally:
+        w.close()
+
+
 def test_zero_device_failure_is_an_error(block_writer, monkeypatch):
     w, _path = block_writer
     _Calls(monkeypatch, {'punch': errno.EIO})

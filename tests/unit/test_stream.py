@@ -137,3 +137,23 @@ def test_the_head_of_a_download_tells_the_archive(mode, fmt):
     assert not xva.head_is_xva(archive('0.vhd'))
     assert not xva.head_is_xva(b'conectix' + bytes(600))
     assert not xenserver.head_is_xenserver(b'\x1f\x8b garbage')
+
+
+@pytest.mark.parametrize('first,claimed', [
+    ('disk1.vmdk', True), ('./vm.mf', True), ('vm/vm.cert', True),
+    ('vm-disk1.VHD', True), ('0.vhd', False), ('export/12.vhd', False),
+    ('ova.xml', False), ('README', False), ('vm.ovf', False)])
+def test_the_head_of_an_ova_whose_descriptor_comes_later(first, claimed):
+    """A compressed tar that starts with a file an OVA holds, and no
+    XenServer member: an OVA whose .ovf comes later (read through
+    scratch).  A .ovf first is :func:`head_is_ova`'s case."""
+    import io
+    import tarfile
+    from any2kvm_os.containers.ova import stream as ova_stream
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w:gz') as tf:
+        for name in (first, 'vm.ovf'):
+            ti = tarfile.TarInfo(name)
+            ti.size = 1000
+            tf.addfile(ti, io.BytesIO(bytes(1000)))
+    assert ova_stream.head_may_be_ova(buf.getvalue()) is claimed

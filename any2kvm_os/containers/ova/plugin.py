@@ -35,7 +35,8 @@ class OvaType(base.ContainerType):
 
     def probe(self, view, path, limits):
         if tar.is_compressed(view):
-            # an .ova.gz: the whole OVA compressed, its .ovf first
+            # an .ova.gz: the whole OVA compressed, its .ovf first (or
+            # another file of an OVA first: read through scratch)
             return stream.compressed_looks_like_ova(path)
         return tar.looks_like_tar(view) and package.is_ova_tar(path, limits)
 

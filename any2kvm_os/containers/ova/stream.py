@@ -31,7 +31,8 @@ the descriptor unchanged), and so are the end of the archive and (for a
 download) its size and checksum.  Any mismatch raises: the caller aborts
 its writer and nothing is committed.
 
-What cannot be read in one pass (a file split in chunks, a VMDK that is not
+What cannot be read in one pass (a descriptor that is not the first
+member, a file split in chunks, a VMDK that is not
 streamOptimized or that has a parent, a fixed or differencing VHD, any
 other format) goes to scratch instead: ``fallback()`` (given by the
 caller) opens the whole image the scratch way.  The decision is made
@@ -67,6 +68,7 @@ from any2kvm_os.containers.ova import descriptor
 from any2kvm_os.containers.ova import package
 from any2kvm_os.containers.ova import signature
 from any2kvm_os.containers import tar
+from any2kvm_os.containers import xenserver
 from any2kvm_os import exception
 from any2kvm_os import fileio
 from any2kvm_os.formats import vhd
@@ -97,12 +99,38 @@ def head_is_ova(head):
             and tar.normalise(ti.name).lower().endswith('.ovf'))
 
 
+#: The files an OVA holds besides its descriptor (manifest, signature,
+#: disks, ISO and NVRAM files, as ovftool, VirtualBox and XenServer name
+#: them): a compressed tar that starts with one is taken for an OVA whose
+#: descriptor comes later.
+OVA_MEMBER_SUFFIXES = ('.mf', '.cert', '.vmdk', '.vhd', '.vhdx', '.iso',
+                       '.img', '.nvram')
+
+
+def head_may_be_ova(head):
+    """Whether the first bytes of a compressed tar start with a file an
+    OVA holds (:data:`OVA_MEMBER_SUFFIXES`) that no other container
+    claims (a XenServer archive's ``0.vhd`` ... ``n.vhd``, even in a
+    directory, which that container refuses by name): an OVA whose
+    ``.ovf`` is not first, as ``tar -czf vm.ova.gz .`` packs it in
+    directory order.  It is read through scratch (the plain tar then
+    finds its descriptor, or refuses the archive in one line)."""
+    ti = tar.head_first_member(head)
+    if ti is None or not ti.isreg():
+        return False
+    name = tar.normalise(ti.name).lower()
+    return (name.endswith(OVA_MEMBER_SUFFIXES) and not
+            xenserver.MEMBER_RE.match(posixpath.basename(name)))
+
+
 def compressed_looks_like_ova(path):
     """A compressed file (an ``.ova.gz``) whose tar starts with a ``.ovf``
-    member: only its first bytes are read and decompressed."""
+    member, or with another file an OVA holds (:func:`head_may_be_ova`):
+    only its first bytes are read and decompressed."""
     with open(path, 'rb') as f:
         head = compression.read_full(f, fileio.ChunkReader.HEAD)
-    return compression.sniff(head) is not None and head_is_ova(head)
+    return compression.sniff(head) is not None and (
+        head_is_ova(head) or head_may_be_ova(head))
 
 
 def _decompressed(path, raw):
@@ -337,9 +365,11 @@ class OvaStream(object):
         except StopIteration:
             raise exception.InvalidArchive(path=path, reason='empty archive')
         if not name.lower().endswith('.ovf'):
-            raise exception.InvalidArchive(
-                path=path, reason='not an OVA read as it arrives: the first '
-                'member is %r, not the .ovf descriptor' % ti.name)
+            # The OVF spec wants the descriptor first, but a plain
+            # ``tar -czf x.ova.gz .`` lists the files in directory order:
+            # what the plain .ova accepts goes through scratch.
+            raise NotStreamable('the .ovf descriptor is not the first '
+                                'member (%r comes first)' % ti.name)
         prefix = posixpath.dirname(name)
         self.prefix = prefix + '/' if prefix else ''
         self.ovf_name = name[len(self.prefix):]

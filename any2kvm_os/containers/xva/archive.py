@@ -80,19 +80,22 @@ class _ViewFile(object):
 
 
 def looks_like_xva(view):
-    """A plain tar whose first member is ``ova.xml`` (reads its header,
-    and a pax or GNU long-name header before it, if any)."""
+    """A plain tar whose first member after leading directory entries
+    (``./``) is ``ova.xml``, at the top or in a directory, which the XVA
+    then refuses by name (reads its header, and a pax or GNU long-name
+    header before it, if any)."""
     try:
         tf = tarfile.open(fileobj=_ViewFile(view), mode='r:')
-        ti = tf.next()
+        ti = layout.first_member(tf.next)
     except (tarfile.TarError, EOFError, UnicodeError):
         return False
-    return ti is not None and layout.member_name(ti.name) == OVA_XML
+    return ti is not None and layout.is_ova_xml(ti)
 
 
 def compressed_looks_like_xva(path):
     """A compressed tar (gzip, bzip2, xz, zstd) whose first member is
-    ``ova.xml``.  Only the first records are decompressed.  A zstd file
+    ``ova.xml``, as :func:`looks_like_xva` tells it.  Only the first
+    records are decompressed.  A zstd file
     answers True when ``zstandard`` is missing: :func:`open_xva` then
     refuses it with a clear message (XenServer compresses only XVAs with
     zstd)."""
@@ -104,10 +107,10 @@ def compressed_looks_like_xva(path):
         try:
             with tar.archive_errors(path):
                 tf = tarfile.open(fileobj=fileobj, mode='r|')
-                ti = tf.next()
+                ti = layout.first_member(tf.next)
         except exception.Any2KvmError:
             return False
-        return ti is not None and layout.member_name(ti.name) == OVA_XML
+        return ti is not None and layout.is_ova_xml(ti)
 
 
 def head_is_xva(head):
@@ -140,7 +143,7 @@ class XvaTar(object):
         self._names = {}
         with tar.archive_errors(path):
             tf = tarfile.open(fileobj=f, mode='r:')
-            ti = tf.next()
+            ti = layout.first_member(tf.next)
             del tf.members[:]
             if ti is None:
                 raise exception.InvalidArchive(path=path,
@@ -274,7 +277,14 @@ class XvaStream(object):
         check that the archive ends properly."""
         path = self.path
         with contextlib.closing(self._opener()) as f:
-            yield from tar.one_pass(path, compression.open_reader(path, f))
+            members = tar.one_pass(path, compression.open_reader(path, f))
+            # The directory entries before ova.xml (``./``) are skipped,
+            # as in the plain tar.
+            member = layout.first_member(lambda: next(members, None),
+                                         info=lambda item: item[0])
+            if member is not None:
+                yield member
+                yield from members
 
     def _read_member(self, tf, ti):
         with tar.archive_errors(self.path):

@@ -249,11 +249,44 @@ def member_screen(archive, limits, vdi_sizes):
     return _Screen(archive, lim)
 
 
+def _leading_directory(ti):
+    """A directory entry before ova.xml (the ``./`` that ``tar -C dir -cf
+    x.xva .`` writes first): it holds nothing and is skipped, unless its
+    name leads outside the archive."""
+    name = member_name(ti.name)
+    return (ti.isdir() and not name.startswith('/')
+            and '..' not in name.split('/'))
+
+
+def first_member(next_member, info=lambda item: item):
+    """The first item ``next_member()`` (a TarFile's ``next``) returns
+    after at most :data:`~any2kvm_os.containers.tar.MAX_LEADING_DIRECTORIES`
+    directory entries; None at the end.  ``info(item)``: its TarInfo."""
+    item = next_member()
+    for _ in range(tar.MAX_LEADING_DIRECTORIES):
+        if item is None or not _leading_directory(info(item)):
+            break
+        item = next_member()
+    return item
+
+
+def is_ova_xml(ti):
+    """ova.xml, at the top of the archive or in a directory (which
+    :func:`check_first_member` refuses by name)."""
+    return member_name(ti.name).rsplit('/', 1)[-1] == metadata.OVA_XML
+
+
 def check_first_member(path, ti, screen):
-    """The first member must be ova.xml, a regular file of bounded size
-    (``screen``, if given, checks it too)."""
+    """The first member after leading directory entries (:func:`first_member`)
+    must be ova.xml, a regular file of bounded size (``screen``, if given,
+    checks it too)."""
     name = screen.check(ti) if screen else member_name(ti.name)
     if member_name(ti.name) != metadata.OVA_XML:
+        if is_ova_xml(ti):
+            raise exception.InvalidArchive(
+                path=path, reason='%s lies in a directory (%r): an XVA '
+                'holds it, and its disks, at the top of the archive'
+                % (metadata.OVA_XML, ti.name))
         raise exception.InvalidArchive(
             path=path, reason='not an XVA: the first member is %r, not %s'
             % (ti.name, metadata.OVA_XML))
