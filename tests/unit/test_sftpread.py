@@ -37,8 +37,11 @@ class FakeServer(object):
     """The files (path -> bytes), what a session is allowed to do, and
     the faults to inject (counted over all sessions)."""
 
-    def __init__(self, files, max_read=1 << 20, seed=0):
+    def __init__(self, files, max_read=1 << 20, seed=0, dirs=None):
         self.files = files
+        #: path -> [(name bytes, mode or None)]; listed 3 names a reply.
+        self.dirs = dirs or {}
+        self.closed_handles = 0
         self.max_read = max_read
         self.rng = random.Random(seed)
         self.sent = 0               # reply bytes handed to the client
@@ -134,8 +137,39 @@ class FakeChannel(object):
                 self.reply(sftpread.FXP_DATA, rid_b + U32.pack(len(chunk))
                            + chunk)
         elif kind == sftpread.FXP_CLOSE:
+            self.handles.pop(p.string(), None)
+            self.server.closed_handles += 1
             self.reply(sftpread.FXP_STATUS, rid_b + U32.pack(0) +
                        U32.pack(0) + U32.pack(0))
+        elif kind == sftpread.FXP_OPENDIR:
+            path = p.string().decode()
+            if path not in self.server.dirs:
+                msg = b'No such file'
+                self.reply(sftpread.FXP_STATUS, rid_b + U32.pack(2) +
+                           U32.pack(len(msg)) + msg + U32.pack(0))
+                return
+            h = ('d%d' % len(self.handles)).encode()
+            self.handles[h] = [path, 0]
+            self.reply(sftpread.FXP_HANDLE, rid_b + U32.pack(len(h)) + h)
+        elif kind == sftpread.FXP_READDIR:
+            state = self.handles[p.string()]
+            names = self.server.dirs[state[0]][state[1]:state[1] + 3]
+            state[1] += len(names)
+            if not names:
+                self.reply(sftpread.FXP_STATUS, rid_b + U32.pack(1) +
+                           U32.pack(3) + b'EOF' + U32.pack(0))
+                return
+            body = rid_b + U32.pack(len(names))
+            for name, mode in names:
+                longname = b'-rw-r--r-- 1 root root 0 ' + name
+                attrs = (U32.pack(sftpread.ATTR_SIZE) + struct.pack('>Q', 7)
+                         if mode is None else
+                         U32.pack(sftpread.ATTR_SIZE |
+                                  sftpread.ATTR_PERMISSIONS) +
+                         struct.pack('>Q', 7) + U32.pack(mode))
+                body += (U32.pack(len(name)) + name + U32.pack(len(longname))
+                         + longname + attrs)
+            self.reply(sftpread.FXP_NAME, body)
 
     def recv(self, n):
         fault = self.server.fault()
@@ -435,3 +469,61 @@ def test_data_longer_than_its_reply_is_malformed():
     kind, rid, p = session.receive()
     with pytest.raises(sftpread.Lost):
         p.view()
+
+
+DIR = [(b'.', 0o40755), (b'..', 0o40755)] + [
+    (('%04d.vhd' % i).encode(), 0o100644) for i in range(10)] + [
+    (b'sub', 0o40755), (b'odd \xff.vhd', 0o100644), (b'nomode', None),
+    ('caf\u00e9 x.vhd'.encode(), 0o100600)]
+
+
+def test_listdir_gives_every_entry_over_the_reading_session():
+    """Names (UTF-8, spaces kept), modes, across several READDIR replies,
+    on the session the reads use (no other session is started), the
+    directory's handle closed; . and .. and names that are not UTF-8
+    left out."""
+    server, conn, pipe = make({'/a': DATA}, dirs={'/sr': DIR})
+    conn.retrying(lambda: pipe.open('a', '/a'))
+    got = conn.retrying(lambda: pipe.listdir('/sr', 100))
+    want = [(n.decode(), m) for n, m in DIR
+            if n not in (b'.', b'..') and n != b'odd \xff.vhd']
+    assert got == want
+    assert server.sessions == 1
+    # Reads go on over the same session.
+    assert read(conn, pipe, 'a', 5, 1000) == DATA[5:1005]
+    assert server.sessions == 1
+    assert server.closed_handles == 1
+
+
+def test_listdir_refuses_more_entries_than_the_limit():
+    server, conn, pipe = make({}, dirs={'/sr': DIR})
+    n = len(DIR) - 3        # . .. and the name that is not UTF-8
+    assert len(conn.retrying(lambda: pipe.listdir('/sr', n))) == n
+    with pytest.raises(exception.SshError) as e:
+        conn.retrying(lambda: pipe.listdir('/sr', n - 1))
+    text = str(e.value)
+    assert 'more than %d entries' % (n - 1) in text and '/sr' in text
+    assert 'max_directory_entries' in text and '\n' not in text
+    # The refused listing's handle was closed too.
+    conn.retrying(lambda: pipe.listdir('/sr', n))
+    assert server.closed_handles == 3
+
+
+def test_listdir_of_a_missing_directory_is_one_line():
+    server, conn, pipe = make({}, dirs={})
+    with pytest.raises(exception.SshError) as e:
+        conn.retrying(lambda: pipe.listdir('/nowhere', 10))
+    text = str(e.value)
+    assert 'cannot list /nowhere: No such file' in text
+    assert '\n' not in text and conn.drops == 0
+
+
+@pytest.mark.parametrize('cut', [3, 40, 150, 300, 600])
+def test_listdir_cut_by_a_lost_connection_is_listed_again(cut):
+    server, conn, pipe = make({}, dirs={'/sr': DIR}, seed=cut)
+    server.cut_at = cut
+    got = conn.retrying(lambda: pipe.listdir('/sr', 100))
+    assert [n for n, _m in got] == [
+        n.decode() for n, _m in DIR
+        if n not in (b'.', b'..', b'odd \xff.vhd')]
+    assert conn.drops == 1
