@@ -525,10 +525,15 @@ class _Run(object):
         # A snapshot an earlier run took but never recorded (killed, or
         # the connection lost, before xe answered) is recorded first, so
         # that it is kept with the others and removed at cutover or abort.
-        _adopt_snapshots(self.store, self.name, self.host)
-        self.snap = snapshots.snapshot(
-            lambda argv: self.host.run(argv, mutating=True), self.vm_uuid,
-            snapshot_name(self.name), snapshot_tag(self.m))
+        # The listing and the snapshot go in one round trip (the
+        # snapshot only after the listing succeeded).
+        m = self.store.get(self.name)
+        listing = _adopt_command(m)
+        take = xe.vm_snapshot(self.vm_uuid, snapshot_name(self.name),
+                              snapshot_tag(m))
+        found, taken = run_batch(self.host, [listing, take], mutating=True)
+        _adopt(self.store, self.name, m, found, listing)
+        self.snap = xe.parse_uuid(taken, take)
         self.store.snapshot_taken(self.name, self.snap)
         return {'snapshot': self.snap}
 
@@ -840,22 +845,22 @@ def snapshot_tag(m):
     return (m.get('target_options') or {}).get('snapshot_tag')
 
 
-def _adopt_snapshots(store, name, host):
-    """Record the snapshots of the migration's VM that are the
-    migration's (its tag as name-description, or for an untagged
-    migration its snapshot name) but unrecorded: a run killed, or cut
-    from the host, after ``xe vm-snapshot`` and before the store heard of
-    it.  Nothing else is ever matched.  Returns how many were found."""
-    m = store.get(name)
-    known = set(s['snapshot_id'] for s in m['snapshots'])
+def _adopt_command(m):
+    """The listing of migration ``m``'s snapshots (:func:`_adopt`)."""
     tag = snapshot_tag(m)
     mine = (('name-description', tag) if tag else
-            ('name-label', snapshot_name(name)))
-    argv = xe.list_command('snapshot', [
+            ('name-label', snapshot_name(m['name'])))
+    return xe.list_command('snapshot', [
         ('snapshot-of', m['target_options']['vm_uuid']), mine],
         minimal=True)
+
+
+def _adopt(store, name, m, output, argv):
+    """Record the snapshots of ``output`` (of :func:`_adopt_command`)
+    that migration ``m`` does not know; returns how many."""
+    known = set(s['snapshot_id'] for s in m['snapshots'])
     adopted = 0
-    for u in xe.parse_minimal(host.run(argv), argv):
+    for u in xe.parse_minimal(output, argv):
         if u.lower() not in known:
             LOG.warning('snapshot %s of migration %s was taken by a run '
                         'that stopped before recording it: recorded now',
@@ -863,6 +868,17 @@ def _adopt_snapshots(store, name, host):
             store.snapshot_taken(name, u.lower())
             adopted += 1
     return adopted
+
+
+def _adopt_snapshots(store, name, host):
+    """Record the snapshots of the migration's VM that are the
+    migration's (its tag as name-description, or for an untagged
+    migration its snapshot name) but unrecorded: a run killed, or cut
+    from the host, after ``xe vm-snapshot`` and before the store heard of
+    it.  Nothing else is ever matched.  Returns how many were found."""
+    m = store.get(name)
+    argv = _adopt_command(m)
+    return _adopt(store, name, m, host.run(argv), argv)
 
 
 def sync(store, name, limits=None, args=None, connect=None, cloud=None,
