@@ -240,7 +240,8 @@ class Session(object):
 
     def _take(self, n):
         """The next ``n`` bytes (all waiting), copied once: a slice of
-        the piece that holds them, or (across pieces) joined."""
+        the piece that holds them, or (across pieces) the join of views
+        of them."""
         pieces = self._pieces
         first = pieces[0]
         off = self._off
@@ -253,17 +254,21 @@ class Session(object):
                 off = 0
             self._off = off
             return out
-        out = bytearray()
-        while len(out) < n:
+        parts = []
+        while n:
             first = pieces[0]
-            part = first[off:off + n - len(out)]
-            out += part
-            off += len(part)
-            if off == len(first):
+            left = len(first) - off
+            if left <= n:
+                parts.append(memoryview(first)[off:] if off else first)
                 pieces.popleft()
                 off = 0
+                n -= left
+            else:
+                parts.append(memoryview(first)[off:off + n])
+                off += n
+                n = 0
         self._off = off
-        return bytes(out)
+        return b''.join(parts)
 
     def _packet(self):
         """(type, packet) of the next packet, the type byte at index 0
