@@ -712,9 +712,22 @@ class Pipeline(object):
             self._reissue.popleft()
             self._issue(c, batch)
         self._fill_from(self._direct, False, batch)
-        self._fill_from(self._plan, True, batch)
+        if batch or self._free() >= self._refill:
+            self._fill_from(self._plan, True, batch)
         if batch:
             self._session.send_raw(b''.join(batch))
+
+    def _free(self):
+        return self.max_requests - len(self._inflight) - self._n_arrived
+
+    @property
+    def _refill(self):
+        """How many read-ahead requests wait to be sent together: a
+        send costs the reading thread about as much as a reply's
+        handling (a packet built, encrypted and sent by paramiko), and
+        one per reply doubled the handling; an eighth of the bound in
+        flight leaves the link as full."""
+        return max(1, self.max_requests // 8)
 
     def _receive(self):
         """Take one reply and file it."""

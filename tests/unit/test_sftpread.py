@@ -42,6 +42,7 @@ class FakeServer(object):
         #: path -> [(name bytes, mode or None)]; listed 3 names a reply.
         self.dirs = dirs or {}
         self.closed_handles = 0
+        self.sends = 0
         self.max_read = max_read
         self.rng = random.Random(seed)
         self.sent = 0               # reply bytes handed to the client
@@ -87,6 +88,7 @@ class FakeChannel(object):
     def sendall(self, data):
         if self.closed:
             raise OSError('Socket is closed')
+        self.server.sends += 1
         self.inbuf += data
         while len(self.inbuf) >= 4:
             n = U32.unpack_from(self.inbuf)[0]
@@ -527,3 +529,20 @@ def test_listdir_cut_by_a_lost_connection_is_listed_again(cut):
         n.decode() for n, _m in DIR
         if n not in (b'.', b'..', b'odd \xff.vhd')]
     assert conn.drops == 1
+
+
+def test_read_ahead_requests_go_out_in_batches():
+    """A planned read of many requests sends them an eighth of the bound
+    at a time (one send per reply cost the reading thread as much as the
+    reply), within the bound, every byte once."""
+    data = DATA[:2 << 20]
+    server, conn, pipe = make({'/a': data}, request=4096, max_requests=64)
+    conn.retrying(lambda: pipe.open('a', '/a'))
+    pipe.plan('a', [(0, len(data))])
+    sends = server.sends
+    got = b''.join(read(conn, pipe, 'a', off, 64 << 10)
+                   for off in range(0, len(data), 64 << 10))
+    assert got == data and conn.bytes == len(data)
+    requests = len(data) // 4096
+    assert server.sends - sends <= requests // 8 + 2
+    assert server.max_inflight <= 2 * 64 + 1
