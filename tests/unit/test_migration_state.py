@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from any2kvm_os import api as any2kvm_api
+from any2kvm_os.migration.state import revisions
 from any2kvm_os.migration.state import sql
 from tests.lib import statecontract
 from tests.lib.statecontract import _cli
@@ -240,9 +241,10 @@ def test_scanned_heads_are_alembics():
     makes the scan answer None, never a wrong head)."""
     from alembic import script
     from any2kvm_os.migration.state import flowdb
-    assert sql.scanned_head(sql.VERSIONS_DIR) == sql.head_revision()
+    assert revisions.scanned_head(sql.VERSIONS_DIR) == sql.head_revision()
     tf = script.ScriptDirectory(os.path.dirname(flowdb._versions_dir()))
-    assert sql.scanned_head(flowdb._versions_dir()) == tf.get_current_head()
+    assert revisions.scanned_head(flowdb._versions_dir()) == \
+        tf.get_current_head()
 
 
 def _script(directory, name, revision, down):
@@ -259,7 +261,7 @@ def test_scanned_head_is_none_unless_one_line_of_history(tmp_path, case):
     if case != 'empty':
         _script(d, '0001_a.py', '0001', None)
         _script(d, '0002_b.py', '0002', '0001')
-    assert case == 'empty' or sql.scanned_head(str(d)) == '0002'
+    assert case == 'empty' or revisions.scanned_head(str(d)) == '0002'
     if case == 'branch':
         _script(d, '0003_c.py', '0003', '0001')
     elif case == 'merge':
@@ -271,8 +273,8 @@ def test_scanned_head_is_none_unless_one_line_of_history(tmp_path, case):
         _script(d, '0003_c.py', '0003', '0009')
     elif case == 'no-down':
         (d / '0003_c.py').write_text("revision = '0003'\n")
-    assert sql.scanned_head(str(d)) is None
-    assert sql.scanned_head(str(tmp_path / 'absent')) is None
+    assert revisions.scanned_head(str(d)) is None
+    assert revisions.scanned_head(str(tmp_path / 'absent')) is None
 
 
 def test_a_current_schema_is_not_handed_to_alembic(url, monkeypatch):

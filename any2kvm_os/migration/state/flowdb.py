@@ -31,6 +31,7 @@ import os
 import sys
 
 from any2kvm_os import migration
+from any2kvm_os.migration.state import revisions
 
 #: TaskFlow's module that runs its alembic migrations: it imports alembic
 #: (0.1 to 0.3 s with mako) at import time, and runs only when the
@@ -89,6 +90,11 @@ class _Backend(impl_sqlalchemy.SQLAlchemyBackend):
         super(_Backend, self).close()
 
 
+#: Where TaskFlow's alembic migrations keep their revision (alembic's
+#: default table; ours is elsewhere, :data:`.sql.VERSION_TABLE`).
+TASKFLOW_VERSION_TABLE = 'alembic_version'
+
+
 def _versions_dir():
     """Where TaskFlow's alembic scripts are."""
     return os.path.join(os.path.dirname(os.path.abspath(
@@ -99,15 +105,14 @@ def is_current(engine):
     """Whether TaskFlow's tables are known to be at the head of its
     migrations without running them: on MySQL and PostgreSQL, its
     version table (alembic's ``alembic_version``) holds exactly the head
-    revision of its scripts (:func:`.sql.scanned_head`).  On SQLite
-    TaskFlow makes missing tables and migrates nothing, which costs no
-    more than a check: False, so that it does that."""
-    from any2kvm_os.migration.state import sql
+    revision of its scripts (:func:`.revisions.scanned_head`).  On
+    SQLite TaskFlow makes missing tables and migrates nothing, which
+    costs no more than a check: False, so that it does that."""
     if engine.dialect.name == 'sqlite':
         return False
-    head = sql.scanned_head(_versions_dir())
-    return head is not None and sql.stored_revisions(
-        engine, sql.LEGACY_VERSION_TABLE) == [head]
+    head = revisions.scanned_head(_versions_dir())
+    return head is not None and revisions.stored(
+        engine, TASKFLOW_VERSION_TABLE) == [head]
 
 
 def backend(engine, url_text):

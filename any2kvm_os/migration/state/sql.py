@@ -53,6 +53,7 @@ from any2kvm_os import exception
 from any2kvm_os.migration.state import api
 from any2kvm_os.migration.state import models
 from any2kvm_os.migration.state import options
+from any2kvm_os.migration.state import revisions
 
 LOG = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ url_from = options.url_from
 #: Where alembic finds the revisions (a package resource).
 SCRIPT_LOCATION = 'any2kvm_os.migration.state:migrations'
 
-#: The revisions' files (read by :func:`scanned_head`).
+#: The revisions' files (read by :func:`.revisions.scanned_head`).
 VERSIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                             'migrations', 'versions')
 
@@ -221,61 +222,6 @@ def head_revision():
         _alembic_config()).get_current_head()
 
 
-_REVISION_LINE = re.compile(
-    r"""^(down_revision|revision)\s*=\s*(?:'(\w+)'|"(\w+)"|(None))\s*$""",
-    re.M)
-
-
-def scanned_head(directory):
-    """The head revision of the alembic scripts in ``directory``, read
-    from their ``revision = '...'`` and ``down_revision = ...`` lines: a
-    few small file reads, where alembic's own answer
-    (:func:`head_revision`) imports every script.  None when the
-    scripts are not one line of history written that way (a merge, a
-    branch, a line not understood): the caller then asks alembic."""
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        return None
-    revisions, parents = set(), set()
-    for name in names:
-        if not name.endswith('.py') or name.startswith('_'):
-            continue
-        try:
-            with open(os.path.join(directory, name), encoding='utf-8') as f:
-                text = f.read()
-        except (OSError, ValueError):
-            return None
-        found = {}
-        for m in _REVISION_LINE.finditer(text):
-            if m.group(1) in found:
-                return None
-            found[m.group(1)] = m.group(2) or m.group(3)   # None: None
-        if 'revision' not in found or 'down_revision' not in found or \
-                found['revision'] is None or found['revision'] in revisions:
-            return None
-        revisions.add(found['revision'])
-        if found['down_revision'] is not None:
-            parents.add(found['down_revision'])
-    heads = revisions - parents
-    if len(heads) != 1 or not parents <= revisions:
-        return None
-    return heads.pop()
-
-
-def stored_revisions(engine, table):
-    """The ``version_num`` rows of the alembic version table ``table``,
-    by a plain query (no alembic import); None when it cannot be read
-    (no such table yet, say)."""
-    t = sa.table(table, sa.column('version_num'))
-    try:
-        with engine.connect() as connection:
-            return sorted(r[0] for r in connection.execute(
-                sa.select(t.c.version_num)))
-    except sa_exc.DBAPIError:
-        return None
-
-
 def current_revision(engine):
     """The revision of the database behind ``engine`` (None: empty, or
     not yet moved to :data:`VERSION_TABLE`)."""
@@ -388,11 +334,12 @@ def upgrade(engine, revision='head'):
     """Bring the schema to ``revision``; nothing is done (or logged)
     when it is there already.  Every command opens the store: when our
     version table already holds the head revision of the scripts
-    (:func:`scanned_head`, one query), alembic is not asked."""
+    (:func:`.revisions.scanned_head`, one query), alembic is not
+    asked."""
     if revision == 'head':
-        head = scanned_head(VERSIONS_DIR)
+        head = revisions.scanned_head(VERSIONS_DIR)
         if head is not None and \
-                stored_revisions(engine, VERSION_TABLE) == [head]:
+                revisions.stored(engine, VERSION_TABLE) == [head]:
             return
     from alembic import command
     want = head_revision() if revision == 'head' else revision
