@@ -588,7 +588,15 @@ def run_migration(action, args, limits, cloud, progress_stream=None,
     deletes).  Returns the data the CLIs print
     (:func:`migration_lines`)."""
     from any2kvm_os.migration import engine
-    store = engine.open_store(getattr(args, 'state_db', None), limits.conf)
+    from any2kvm_os.migration.state import sql
+    try:
+        store = engine.open_store(getattr(args, 'state_db', None),
+                                  limits.conf, create=action == 'create')
+    except sql.NoDatabase as e:
+        if action != 'list':
+            raise
+        LOG.warning('%s', e)
+        return []
     try:
         if action == 'create':
             options = _migration_target_options(args)

@@ -104,11 +104,14 @@ class MigrationError(exception.Any2KvmError):
     msg_fmt = 'migration %(name)s: %(reason)s'
 
 
-def open_store(url=None, conf=None):
+def open_store(url=None, conf=None, create=True):
     """The state database: ``url`` (``--state-db``: refused when it holds
     a password, see :func:`.options.check_argv_url`), else
     ``$ANY2KVM_STATE_DB``, else ``state_db_url`` of ``conf``, else the
     SQLite file of :func:`any2kvm_os.migration.state.options.default_url`.
+    ``create=False``: a SQLite file that does not exist is refused
+    (:class:`~.state.sql.NoDatabase`), not made: only ``create`` makes
+    one, so that a mistyped path is not read as "no migrations".
     """
     from any2kvm_os.migration.state import options as state_options
     from any2kvm_os.migration.state import sql
@@ -117,7 +120,7 @@ def open_store(url=None, conf=None):
         raise exception.Any2KvmError(refused)
     url = url or os.environ.get(STATE_DB_ENV) or state_options.url_from(
         None, conf)
-    return sql.SqlStore(url)
+    return sql.SqlStore(url, create=create)
 
 
 def fingerprint(layer, file_name):

@@ -101,6 +101,13 @@ def test_create_sync_sync_cutover(bed):
     r = mig('sync', 'web', common=common)
     assert '2 layer(s) applied' in r.stdout, r.stdout
     print(r.stdout)
+    # Only what the layer files hold crossed the wire (their blocks and
+    # metadata, with the command output), not the disks' virtual sizes.
+    wire, files = (int(x) for x in re.search(
+        r'(\d+) bytes read over the wire for (\d+) bytes of layer files',
+        r.stdout).groups())
+    assert files <= wire <= 1.02 * files + 64 * 1024, r.stdout
+    assert files < sum(d['virtual_size'] for d in m['disks'])
     w0.write(5 * MiB, ig.pattern(21, 2 * MiB))
     w0.zero(0, 4096)
     w1.write(MiB + 300, b'a partial sector')
@@ -109,6 +116,11 @@ def test_create_sync_sync_cutover(bed):
     r = mig('cutover', 'web', '--timeout', '60', common=common)
     print(r.stdout)
     assert 'downtime' in r.stdout, r.stdout
+    # The cutover reads the last delta (4 KiB of data, with its block's
+    # bitmap and the leaf's metadata), whatever the disks' sizes.
+    wire = int(re.search(r'(\d+) bytes read over the wire',
+                         r.stdout).group(1))
+    assert wire < 128 * 1024, r.stdout
     m = show(common)
     assert m['status'] == 'done'
     assert [s['ok'] for s in m['syncs']] == [True, True]
@@ -364,6 +376,38 @@ def test_gc_after_rollback_is_detected_and_rewritten(bed):
     check(m, facts)
 
 
+def test_snapshot_deleted_between_syncs_is_detected_and_rewritten(bed):
+    """Someone deletes the migration's newest snapshot between two syncs
+    (``xe snapshot-uninstall`` on the host) and SM's GC coalesces its
+    node into the leaf: the next sync over SSH sees that a layer it
+    applied is gone, rewrites each disk from the stable chain and says
+    what that cost; the cutover leaves the targets equal to the disks."""
+    root, facts, out, loc, common = bed
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    m = show(common)
+    w0, w1 = writers(root, facts, m)
+    mig('sync', 'web', '--no-progress', common=common)
+    w0.write(6 * MiB, ig.pattern(71, 8192))
+    mig('sync', 'web', '--no-progress', common=common)
+    last = show(common)['snapshots'][-1]['snapshot_id']
+    xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=%s' % last, 'force=true')
+    for w in (w0, w1):
+        xhost.coalesce(root, srlib.chain(w.path)[1][:-len('.vhd')])
+    w0.write(MiB, ig.pattern(72, 4096))
+    w1.zero(0, 4096)
+    r = mig('sync', 'web', '--no-progress', common=common)
+    costs = re.findall(r'disk (\d): the chain changed from layer \S+ on: '
+                       r'rewritten from the base \((\d+) bytes\)',
+                       r.stdout)
+    assert sorted(d for d, _n in costs) == ['0', '1'], r.stdout
+    assert all(int(n) > 0 for _d, n in costs)
+    w1.write(2 * MiB + 512, ig.pattern(73, 512))
+    mig('cutover', 'web', '--timeout', '60', '--no-progress', common=common)
+    m = show(common)
+    assert m['status'] == 'done'
+    check(m, facts)
+
+
 def _snapshots_on_host(root, vm):
     return dict((u, v) for u, v in st.load(str(root))['vm'].items()
                 if v.get('snapshot-of') == vm)
@@ -521,6 +565,7 @@ def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
             common=common)
     m = _state(common)
     assert m['status'] == 'done'
+    check(m, b.facts)
 
 
 def test_sshd_down_at_sync_and_cutover_marks_the_migration_failed(

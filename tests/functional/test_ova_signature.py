@@ -384,3 +384,19 @@ def test_import_to_files_takes_the_options(pki, disk, tmp_path):
                           'vm', '--output-dir', out, *require(pki))
     assert res.returncode == 0, cli.describe(res)
     assert ig.sha256_file(out / 'vm.raw') == disk.sha256
+
+
+@pytest.mark.parametrize('what', ['missing', 'directory'])
+def test_unreadable_ca_file_is_refused_whatever_the_input(disk, tmp_path,
+                                                          what):
+    """A CA bundle that was named but cannot be read is a mistake even
+    when the input is no OVA: one line, nothing written."""
+    ca = tmp_path / 'ca.pem'
+    if what == 'directory':
+        ca.mkdir()
+    out = tmp_path / 'out.raw'
+    res = convert(disk.path, out, '--ova-ca-file', ca)
+    assert res.returncode == 1, cli.describe(res)
+    assert res.stderr.count('\n') == 1, res.stderr
+    assert '--ova-ca-file %s: cannot be read' % ca in res.stderr
+    assert not out.exists()

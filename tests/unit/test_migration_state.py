@@ -299,3 +299,45 @@ def test_a_current_schema_is_not_handed_to_alembic(url, monkeypatch):
     with sql.SqlStore(url) as store:
         assert len(calls) == 1
         assert sql.current_revision(store._engine) == sql.head_revision()
+
+
+def test_commands_but_create_never_make_the_database(tmp_path):
+    """A mistyped ``--state-db`` must not read as "no migrations": only
+    ``create`` makes the file; ``list`` says it is missing and lists
+    nothing, the others refuse in one line; nothing is made on disk."""
+    url = 'sqlite:///%s' % (tmp_path / 'typo' / 'state.db')
+    r = _cli(['migration', 'list', '--format', 'json', '--state-db', url])
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert r.stdout.strip() == '[]'
+    assert 'does not exist' in r.stderr, r.stderr
+    for action in (['show', 'web'], ['sync', 'web'], ['abort', 'web']):
+        r = _cli(['migration'] + action + ['--state-db', url])
+        assert r.returncode == 1, (action, r.stdout, r.stderr)
+        assert r.stderr.count('\n') == 1, r.stderr
+        assert 'state database %s does not exist' % (
+            tmp_path / 'typo' / 'state.db') in r.stderr
+    assert not (tmp_path / 'typo').exists()
+    with pytest.raises(sql.NoDatabase):
+        sql.SqlStore(url, create=False)
+    assert not (tmp_path / 'typo').exists()
+    sql.SqlStore(url).close()
+    sql.SqlStore(url, create=False).close()
+
+
+@pytest.mark.parametrize('url,text', [
+    ('bogus://x', "state database bogus://x: not a database URL we can "
+                  "use (Can't load plugin: sqlalchemy.dialects:bogus)"),
+    ('not a url', 'state database not a url: not a database URL'),
+])
+def test_unusable_url_is_one_line(url, text):
+    r = _cli(['migration', 'list'], {'ANY2KVM_STATE_DB': url})
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.count('\n') == 1 and text in r.stderr, r.stderr
+    assert 'internal error' not in r.stderr
+
+
+def test_unusable_url_hides_its_password():
+    r = _cli(['migration', 'list'],
+             {'ANY2KVM_STATE_DB': 'bogus://u:hunter2@h/x'})
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert 'hunter2' not in r.stderr and 'not a database URL' in r.stderr

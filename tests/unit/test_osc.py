@@ -425,6 +425,14 @@ def test_openstack_migration_commands_without_a_cloud(tmp_path):
     assert json.loads(r.stdout) == []
     r = run_openstack('any2kvm', 'migration', 'show', 'nope', *db)
     assert r.returncode == 1
+    assert r.stderr == 'state database %s does not exist: no migration ' \
+        'was created there (check --state-db, $ANY2KVM_STATE_DB or ' \
+        'state_db_url)\n' % (tmp_path / 'state.db')
+    assert not (tmp_path / 'state.db').exists()
+    from any2kvm_os.migration.state import sql
+    sql.SqlStore(db[1]).close()
+    r = run_openstack('any2kvm', 'migration', 'show', 'nope', *db)
+    assert r.returncode == 1
     assert r.stderr == 'migration nope: no such migration (see "any2kvm ' \
         'migration list")\n'
     r = run_openstack('any2kvm', 'migration', 'create', 'web',

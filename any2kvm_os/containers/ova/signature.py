@@ -142,6 +142,16 @@ def apply_arguments(args, limits):
     ca_file = getattr(args, 'ova_ca_file', None)
     if policy is None and ca_file is None:
         return
+    if ca_file is not None:
+        # Refused whatever the input: a bundle that was named but cannot
+        # be read is a mistake even when no OVA is converted.
+        try:
+            with open(ca_file, 'rb'):
+                pass
+        except OSError as e:
+            raise exception.Any2KvmError(
+                '--ova-ca-file %s: cannot be read: %s' % (
+                    ca_file, e.strerror))
     base = policy_of(limits)
     limits.ova_signature = Policy(policy or base.policy,
                                   ca_file or base.ca_file)

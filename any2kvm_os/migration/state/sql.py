@@ -132,12 +132,46 @@ def _prepare_sqlite_file(path):
 
 # -- the engine ---------------------------------------------------------------
 
-def make_engine(url):
+class NoDatabase(exception.Any2KvmError):
+    """A SQLite state database that does not exist, opened by a command
+    that must not create it."""
+
+
+def _parse_url(url):
+    """``url`` parsed, or one line saying what is wrong with it."""
+    try:
+        url = sa.engine.make_url(url)
+        url.get_dialect()
+    except sa_exc.ArgumentError as e:
+        # NoSuchModuleError too: an unknown scheme or driver.
+        shown = url if isinstance(url, str) else safe_url(url)
+        shown = _URL_PASSWORD.sub('://***@', str(shown))
+        raise exception.Any2KvmError('state database %s: not a database '
+                                     'URL we can use (%s)' % (
+                                         shown, _first_line(e)))
+    return url
+
+
+def sqlite_path(url):
+    """The file of a SQLite ``url``, else None (another backend, or an
+    in-memory database)."""
+    url = _parse_url(url)
+    database = url.database
+    if (url.get_backend_name() == 'sqlite' and database
+            and database != ':memory:' and not database.startswith('file:')):
+        return database
+    return None
+
+
+def make_engine(url, create=True):
     """An engine for ``url``; for SQLite, the file prepared, WAL mode
     with ``synchronous=NORMAL`` (commits durable across a crash of the
     process, not a power loss: see the comment below), foreign keys, busy
-    timeout and ``BEGIN IMMEDIATE`` for writes."""
-    url = sa.engine.make_url(url)
+    timeout and ``BEGIN IMMEDIATE`` for writes.  ``create=False``: a
+    SQLite file that does not exist is refused (:class:`NoDatabase`),
+    not made."""
+    path = sqlite_path(url)
+    url = _parse_url(url)
     backend = url.get_backend_name()
     if backend != 'sqlite':
         kwargs = {}
@@ -157,10 +191,13 @@ def make_engine(url):
                     'install it, or use mysql+pymysql:// or '
                     'postgresql+psycopg2:// (pip install '
                     '"any2kvm_os[mysql]" or "any2kvm_os[postgresql]")')))
-    database = url.database
-    if database and database != ':memory:' and not database.startswith(
-            'file:'):
-        _prepare_sqlite_file(database)
+    if path is not None:
+        if not create and not os.path.exists(path):
+            raise NoDatabase(
+                'state database %s does not exist: no migration was '
+                'created there (check --state-db, $ANY2KVM_STATE_DB or '
+                'state_db_url)' % path)
+        _prepare_sqlite_file(path)
     engine = sa.create_engine(
         url, connect_args={'timeout': BUSY_TIMEOUT,
                            'check_same_thread': False})
@@ -430,10 +467,10 @@ class SqlStore(api.Store):
     ``lease``: how long a hold lasts without renewal (seconds).
     """
 
-    def __init__(self, url=None, lease=LEASE):
+    def __init__(self, url=None, lease=LEASE, create=True):
         self.url = url or default_url()
         self.lease = lease
-        self._engine = make_engine(self.url)
+        self._engine = make_engine(self.url, create=create)
         self._writer = self._engine.execution_options(**{_WRITE: True})
         try:
             upgrade(self._engine)
