@@ -57,6 +57,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -141,21 +142,28 @@ class Bench(object):
         self.figures.append((name, value, target, verdict))
 
     def run(self, argv, timed=True, env=None):
-        """Run argv after an untimed sync; returns (seconds, stdout)."""
+        """Run argv after an untimed sync; returns (seconds, stdout).
+        ``self.cpu``: the (user, system) CPU seconds of the command's
+        process (and of the children it waited for)."""
         os.sync()
         print('$ %s' % ' '.join(str(a) for a in argv), flush=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         res = subprocess.run([str(a) for a in argv], capture_output=True,
                              text=True, env=env, cwd=REPO,
                              timeout=self.args.timeout)
         dt = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = (after.ru_utime - before.ru_utime,
+                    after.ru_stime - before.ru_stime)
         if res.stdout.strip():
             print('  ' + res.stdout.strip().replace('\n', '\n  '))
         if res.returncode != 0:
             print('FAILED (exit %d): %s' % (res.returncode,
                                             res.stderr.strip()[-2000:]))
             raise RuntimeError('command failed: %s' % argv[0])
-        print('  -> %.3f s' % dt, flush=True)
+        print('  -> %.3f s (CPU: user %.2f s, system %.2f s)'
+              % ((dt,) + self.cpu), flush=True)
         return dt, res.stdout
 
 
@@ -293,6 +301,7 @@ def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
     t_sync, text = bench.run(profiled(a2k, args, 'sync') +
                              ['sync', 'vm', '--no-inspect'] + common,
                              env=env)
+    sync_cpu = bench.cpu
     m = re.search(r'(\d+) bytes read', text)
     bytes_read = int(m.group(1))
     mbs = bytes_read / MiB / t_sync
@@ -326,6 +335,9 @@ def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
     shutil.rmtree(dest)
     ratio = mbs / scp_mbs
     bench.row('first sync throughput', '%.1f MiB/s' % mbs, '', None)
+    bench.row('first sync wall s', '%.3f' % t_sync, '', None)
+    bench.row('first sync CPU s (user+sys)', '%.2f (%.2f+%.2f)' % (
+        sum(sync_cpu), sync_cpu[0], sync_cpu[1]), '', None)
     bench.row('scp (+sync) throughput', '%.1f MiB/s' % scp_mbs, '', None)
     bench.row('throughput any2kvm/scp', '%.2f' % ratio, '>= 0.8',
               ratio >= 0.8)
@@ -399,7 +411,8 @@ def profiled(a2k, args, what):
 
 def summary(bench):
     print()
-    print('summary')
+    print('summary (load average at the end: %s)'
+          % ' '.join('%.2f' % x for x in os.getloadavg()))
     w = max([len(f[0]) for f in bench.figures] + [10])
     print('  %-*s  %-18s  %-8s  %s' % (w, 'figure', 'value', 'target',
                                        'verdict'))

@@ -544,10 +544,15 @@ class _Run(object):
         # A snapshot an earlier run took but never recorded (killed, or
         # the connection lost, before xe answered) is recorded first, so
         # that it is kept with the others and removed at cutover or abort.
-        _adopt_snapshots(self.store, self.name, self.host)
-        self.snap = snapshots.snapshot(
-            lambda argv: self.host.run(argv, mutating=True), self.vm_uuid,
-            snapshot_name(self.name), snapshot_tag(self.m))
+        # The listing and the snapshot go in one round trip (the
+        # snapshot only after the listing succeeded).
+        m = self.store.get(self.name)
+        listing = _adopt_command(m)
+        take = xe.vm_snapshot(self.vm_uuid, snapshot_name(self.name),
+                              snapshot_tag(m))
+        found, taken = run_batch(self.host, [listing, take], mutating=True)
+        _adopt(self.store, self.name, m, found, listing)
+        self.snap = xe.parse_uuid(taken, take)
         self.store.snapshot_taken(self.name, self.snap)
         return {'snapshot': self.snap}
 
@@ -763,7 +768,7 @@ class _Run(object):
         again."""
         argv = xe.power_state(self.vm_uuid)
         run = prefetching(self.host, [
-            argv, _adopt_argv(self.store.get(self.name), self.name)])
+            argv, _adopt_command(self.store.get(self.name))])
         state = xe.parse_value(run(argv), argv).strip()
         if state != 'halted':
             for index, top in sorted(self.top.items()):
@@ -922,14 +927,29 @@ def snapshot_tag(m):
     return (m.get('target_options') or {}).get('snapshot_tag')
 
 
-def _adopt_argv(m, name):
-    """The query that lists migration ``m``'s snapshots on the host."""
+def _adopt_command(m):
+    """The listing of migration ``m``'s snapshots (:func:`_adopt`)."""
     tag = snapshot_tag(m)
     mine = (('name-description', tag) if tag else
-            ('name-label', snapshot_name(name)))
+            ('name-label', snapshot_name(m['name'])))
     return xe.list_command('snapshot', [
         ('snapshot-of', m['target_options']['vm_uuid']), mine],
         minimal=True)
+
+
+def _adopt(store, name, m, output, argv):
+    """Record the snapshots of ``output`` (of :func:`_adopt_command`)
+    that migration ``m`` does not know; returns how many."""
+    known = set(s['snapshot_id'] for s in m['snapshots'])
+    adopted = 0
+    for u in xe.parse_minimal(output, argv):
+        if u.lower() not in known:
+            LOG.warning('snapshot %s of migration %s was taken by a run '
+                        'that stopped before recording it: recorded now',
+                        u.lower(), name)
+            store.snapshot_taken(name, u.lower())
+            adopted += 1
+    return adopted
 
 
 def _adopt_snapshots(store, name, host, run=None):
@@ -940,17 +960,8 @@ def _adopt_snapshots(store, name, host, run=None):
     it.  Nothing else is ever matched.  Returns how many were found.
     ``run``: what runs the query (default ``host.run``)."""
     m = store.get(name)
-    known = set(s['snapshot_id'] for s in m['snapshots'])
-    argv = _adopt_argv(m, name)
-    adopted = 0
-    for u in xe.parse_minimal((run or host.run)(argv), argv):
-        if u.lower() not in known:
-            LOG.warning('snapshot %s of migration %s was taken by a run '
-                        'that stopped before recording it: recorded now',
-                        u.lower(), name)
-            store.snapshot_taken(name, u.lower())
-            adopted += 1
-    return adopted
+    argv = _adopt_command(m)
+    return _adopt(store, name, m, (run or host.run)(argv), argv)
 
 
 def sync(store, name, limits=None, args=None, connect=None, cloud=None,

@@ -45,9 +45,15 @@ import logging
 import time
 
 from any2kvm_os import exception
-from any2kvm_os.guest import inspect as guest_inspect
 
 LOG = logging.getLogger(__name__)
+
+
+def _inspect():
+    """:mod:`any2kvm_os.guest.inspect`, imported when a step inspects or
+    fixes (a ``sync --no-inspect`` never does)."""
+    from any2kvm_os.guest import inspect as guest_inspect
+    return guest_inspect
 
 
 class GuestStep(object):
@@ -67,17 +73,27 @@ class GuestStep(object):
         self.flag = flag
         self.fix = bool(fix)
         self.keep = bool(keep)
-        self.settings = settings or guest_inspect.Settings()
+        self._settings = settings
+        #: The configuration the settings are read from when first used.
+        self._conf = None
         self.scratch_dir = scratch_dir
+
+    @property
+    def settings(self):
+        """How the probe runs (:class:`~any2kvm_os.guest.inspect.
+        Settings`), read from the configuration when first used."""
+        if self._settings is None:
+            self._settings = _inspect().Settings.from_conf(self._conf)
+        return self._settings
 
     @classmethod
     def from_args(cls, args, limits=None):
-        conf = getattr(limits, 'conf', None)
-        return cls(flag=getattr(args, 'inspect', None),
+        step = cls(flag=getattr(args, 'inspect', None),
                    fix=bool(getattr(args, 'fix', False)),
                    keep=bool(getattr(args, 'keep_fix_snapshot', False)),
-                   settings=guest_inspect.Settings.from_conf(conf),
                    scratch_dir=getattr(limits, 'scratch_dir', None))
+        step._conf = getattr(limits, 'conf', None)
+        return step
 
     # -- sync -----------------------------------------------------------------
 
@@ -86,6 +102,9 @@ class GuestStep(object):
         writer, its ``path`` the file or attached volume) and record what
         was found; returns the record, or None (off, or failed with a
         warning)."""
+        if self.flag is False:
+            return None     # --no-inspect: nothing imported for it
+        guest_inspect = _inspect()
         on, explicit = guest_inspect.enabled(self.flag)
         if not on:
             return None
@@ -137,6 +156,7 @@ class GuestStep(object):
         return details(record)
 
     def _fix(self, m, dest, facts):
+        guest_inspect = _inspect()
         disks = sorted(m['disks'], key=lambda d: d['index'])
         if m['target'] == 'file':
             result = guest_inspect.inspect_files(

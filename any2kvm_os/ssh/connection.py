@@ -248,7 +248,6 @@ class Connection(object):
         self._lock = threading.RLock()
         self._count_lock = threading.Lock()
         self._transport = None
-        self._sftp = None
         self._password = None
         self._ever_connected = False
         self._pipeline = None
@@ -296,13 +295,7 @@ class Connection(object):
         return t is not None and t.is_active()
 
     def _teardown(self):
-        sftp, self._sftp = self._sftp, None
         transport, self._transport = self._transport, None
-        if sftp is not None:
-            try:
-                sftp.close()
-            except Exception:  # closing a dead connection
-                pass
         if transport is not None:
             _close_transport(transport)
 
@@ -672,46 +665,18 @@ class Connection(object):
 
     # -- files ------------------------------------------------------------
 
-    def sftp(self):
-        """The SFTP client of the live connection (opened on first use;
-        internal to :class:`~.remotefile.RemoteFile`)."""
-        with self._lock:
-            self._ensure()
-            if self._sftp is None:
-                try:
-                    self._sftp = paramiko.SFTPClient.from_transport(
-                        self._transport)
-                except (paramiko.SSHException, EOFError, OSError) as e:
-                    if self.is_active():
-                        raise exception.SshError(
-                            host=self.label, reason='no SFTP: %s' % e)
-                    raise
-                self._sftp.get_channel().settimeout(
-                    self.settings.io_timeout)
-            return self._sftp
-
     def listdir(self, path, limit):
         """The names of the regular files in the directory ``path`` on
-        the host (links and everything else left out); an error if the
-        directory cannot be listed or has more than ``limit`` entries (a
-        listing cut short would make a parent beyond it look missing)."""
-        def step():
-            names = []
-            for count, attr in enumerate(self.sftp().listdir_iter(path)):
-                if count >= limit:
-                    raise exception.SshError(
-                        host=self.label, reason='%s has more than %d '
-                        'entries (max_directory_entries); raise the limit '
-                        'to read it' % (path, limit))
-                if attr.st_mode is not None and stat.S_ISREG(
-                        attr.st_mode):
-                    names.append(attr.filename)
-            return sorted(names)
-        try:
-            return self.retrying('listing %s' % path, step)
-        except IOError as e:
-            raise exception.SshError(host=self.label, reason='cannot list '
-                                     '%s: %s' % (path, e.strerror or e))
+        the host, sorted (links and everything else left out); an error
+        if the directory cannot be listed or has more than ``limit``
+        entries (a listing cut short would make a parent beyond it look
+        missing).  Listed over the SFTP session of the file reads
+        (:meth:`pipeline`): one SFTP server on the host, not two."""
+        pipeline = self.pipeline
+        entries = self.retrying('listing %s' % path,
+                                lambda: pipeline.listdir(path, limit))
+        return sorted(name for name, perms in entries
+                      if perms is not None and stat.S_ISREG(perms))
 
     @property
     def pipeline(self):

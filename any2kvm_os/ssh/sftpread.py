@@ -13,7 +13,8 @@
 """Reading files over SFTP with many requests in flight.
 
 :class:`Session` speaks the read-only part of SFTP version 3
-(draft-ietf-secsh-filexfer-02: INIT, OPEN, FSTAT, READ, CLOSE) on one
+(draft-ietf-secsh-filexfer-02: INIT, OPEN, FSTAT, READ, CLOSE, and
+OPENDIR/READDIR to list a directory) on one
 channel of paramiko's public API (``Transport.open_session``,
 ``Channel.invoke_subsystem``, ``send``/``recv`` with ``settimeout``); no
 paramiko internal is used.  Every failure of the channel (end of
@@ -56,8 +57,9 @@ import paramiko
 from any2kvm_os import exception
 
 FXP_INIT, FXP_VERSION, FXP_OPEN, FXP_CLOSE, FXP_READ = 1, 2, 3, 4, 5
-FXP_FSTAT = 8
-FXP_STATUS, FXP_HANDLE, FXP_DATA, FXP_ATTRS = 101, 102, 103, 105
+FXP_FSTAT, FXP_OPENDIR, FXP_READDIR = 8, 11, 12
+FXP_STATUS, FXP_HANDLE, FXP_DATA, FXP_NAME, FXP_ATTRS = \
+    101, 102, 103, 104, 105
 FX_OK, FX_EOF = 0, 1
 FXF_READ = 1
 ATTR_SIZE, ATTR_UIDGID, ATTR_PERMISSIONS, ATTR_ACMODTIME = 1, 2, 4, 8
@@ -238,7 +240,8 @@ class Session(object):
 
     def _take(self, n):
         """The next ``n`` bytes (all waiting), copied once: a slice of
-        the piece that holds them, or (across pieces) joined."""
+        the piece that holds them, or (across pieces) the join of views
+        of them."""
         pieces = self._pieces
         first = pieces[0]
         off = self._off
@@ -251,17 +254,21 @@ class Session(object):
                 off = 0
             self._off = off
             return out
-        out = bytearray()
-        while len(out) < n:
+        parts = []
+        while n:
             first = pieces[0]
-            part = first[off:off + n - len(out)]
-            out += part
-            off += len(part)
-            if off == len(first):
+            left = len(first) - off
+            if left <= n:
+                parts.append(memoryview(first)[off:] if off else first)
                 pieces.popleft()
                 off = 0
+                n -= left
+            else:
+                parts.append(memoryview(first)[off:off + n])
+                off += n
+                n = 0
         self._off = off
-        return bytes(out)
+        return b''.join(parts)
 
     def _packet(self):
         """(type, packet) of the next packet, the type byte at index 0
@@ -482,6 +489,80 @@ class Pipeline(object):
                                 else min(end, nxt), None, batch)
         return b''.join(batch)
 
+    def _close_handle(self, handle):
+        """Send CLOSE for ``handle`` of the live session (its answer is
+        not waited for)."""
+        session = self._session
+        if session is None or session.closed:
+            return
+        rid = session.next_id()
+        self._inflight[rid] = None
+        try:
+            session.send_raw(session.request(FXP_CLOSE, rid,
+                                             _string(handle)))
+        except Lost:
+            self._inflight.pop(rid, None)
+
+    # -- directories ------------------------------------------------------
+
+    def listdir(self, path, limit):
+        """[(name, permissions or None)] of the entries of the directory
+        ``path`` (``.`` and ``..`` left out, and names that are not
+        UTF-8: no file this reader is asked for), in the server's order,
+        over this pipeline's session (no other SFTP server is started).
+        More than ``limit`` entries, or a directory that cannot be opened
+        or read, is an :class:`~any2kvm_os.exception.SshError` naming
+        it; a lost connection is :class:`Lost`."""
+        with self.lock:
+            self._live()
+            kind, p = self._call(FXP_OPENDIR, _string(path.encode('utf-8')))
+            if kind == FXP_STATUS:
+                code, message = p.u32(), p.string()
+                raise self._list_error(path, code, message)
+            if kind != FXP_HANDLE:
+                raise Lost('unexpected SFTP reply %d to OPENDIR' % kind)
+            handle = p.string()
+            entries = []
+            try:
+                while True:
+                    kind, p = self._call(FXP_READDIR, _string(handle))
+                    if kind == FXP_STATUS:
+                        code, message = p.u32(), p.string()
+                        if code == FX_EOF:
+                            return entries
+                        raise self._list_error(path, code, message)
+                    if kind != FXP_NAME:
+                        raise Lost('unexpected SFTP reply %d to READDIR'
+                                   % kind)
+                    count = p.u32()
+                    if count > MAX_REPLY // 12:
+                        raise Lost('malformed SFTP reply (%d names)'
+                                   % count)
+                    for _ in range(count):
+                        name = p.string()
+                        p.string()      # the ls -l line
+                        _size, perms = parse_attrs(p)
+                        if name in (b'.', b'..'):
+                            continue
+                        try:
+                            name = name.decode('utf-8')
+                        except UnicodeDecodeError:
+                            continue
+                        if len(entries) >= limit:
+                            raise exception.SshError(
+                                host=self.label, reason='%s has more than '
+                                '%d entries (max_directory_entries); raise '
+                                'the limit to read it' % (path, limit))
+                        entries.append((name, perms))
+            finally:
+                self._close_handle(handle)
+
+    def _list_error(self, path, code, message):
+        return exception.SshError(host=self.label, reason='cannot list '
+                                  '%s: %s' % (path, message.decode(
+                                      'utf-8', 'replace') or
+                                      'SFTP status %d' % code))
+
     # -- files ------------------------------------------------------------
 
     def open(self, key, path, fixed_size=None, prefetch=()):
@@ -531,16 +612,8 @@ class Pipeline(object):
                 e for e in self._plan if e[0] != key)
             self._direct = collections.deque(
                 e for e in self._direct if e[0] != key)
-            session = self._session
-            if f.handle is not None and f.generation == self._gen and \
-                    session is not None and not session.closed:
-                rid = session.next_id()
-                self._inflight[rid] = None
-                try:
-                    session.send_raw(session.request(
-                        FXP_CLOSE, rid, _string(f.handle)))
-                except Lost:
-                    self._inflight.pop(rid, None)
+            if f.handle is not None and f.generation == self._gen:
+                self._close_handle(f.handle)
 
     def shutdown(self):
         """Close the session (the connection is closing).  Takes no
@@ -680,9 +753,22 @@ class Pipeline(object):
             self._reissue.popleft()
             self._issue(c, batch)
         self._fill_from(self._direct, False, batch)
-        self._fill_from(self._plan, True, batch)
+        if batch or self._free() >= self._refill:
+            self._fill_from(self._plan, True, batch)
         if batch:
             self._session.send_raw(b''.join(batch))
+
+    def _free(self):
+        return self.max_requests - len(self._inflight) - self._n_arrived
+
+    @property
+    def _refill(self):
+        """How many read-ahead requests wait to be sent together: a
+        send costs the reading thread about as much as a reply's
+        handling (a packet built, encrypted and sent by paramiko), and
+        one per reply doubled the handling; an eighth of the bound in
+        flight leaves the link as full."""
+        return max(1, self.max_requests // 8)
 
     def _receive(self):
         """Take one reply and file it."""

@@ -350,6 +350,36 @@ def test_missing_and_odd_files(sshd, tmp_path):
         assert c.generation == 1
 
 
+def test_listdir_over_the_reading_session(sshd, tmp_path):
+    """Regular files only, sorted, names with spaces kept; the limit and
+    a missing directory are one-line errors; the listing and the reads
+    share one SFTP session (one sftp-server on the host)."""
+    d = tmp_path / 'sr'
+    d.mkdir()
+    names = ['%03d.vhd' % i for i in range(150)] + ['a b .vhd']
+    for name in names:
+        (d / name).write_bytes(b'x' * 10)
+    (d / 'sub').mkdir()
+    os.symlink(str(d / '000.vhd'), str(d / 'link.vhd'))
+    with connect(sshd) as c:
+        f = c.open_file(str(d / '001.vhd'))
+        assert c.listdir(str(d), 1000) == sorted(names)
+        assert f.pread(10, 0) == b'x' * 10
+        with pytest.raises(exception.SshError) as e:
+            c.listdir(str(d), 150)
+        assert 'more than 150 entries' in one_line(e.value)
+        with pytest.raises(exception.SshError) as e:
+            c.listdir(str(tmp_path / 'absent'), 10)
+        assert 'cannot list' in one_line(e.value)
+        assert c.listdir(str(d), 1000) == sorted(names)
+        assert c.generation == 1
+        # The SFTP servers of this connection: children of its session
+        # process, as this shell is.
+        r = c.run(['sh', '-c', 'pgrep -c -P "$PPID" -f sftp-server || '
+                   'true'])
+        assert r.stdout.strip() == b'1'
+
+
 def test_read_resumes_after_the_connection_is_cut(sshd_factory, tmp_path):
     server = sshd_factory()
     data = os.urandom(24 << 20)

@@ -33,8 +33,12 @@ class FakeServer(object):
     """The files (path -> bytes), what a session is allowed to do, and
     the faults to inject (counted over all sessions)."""
 
-    def __init__(self, files, max_read=1 << 20, seed=0):
+    def __init__(self, files, max_read=1 << 20, seed=0, dirs=None):
         self.files = files
+        #: path -> [(name bytes, mode or None)]; listed 3 names a reply.
+        self.dirs = dirs or {}
+        self.closed_handles = 0
+        self.sends = 0
         self.max_read = max_read
         self.rng = random.Random(seed)
         self.sent = 0               # reply bytes handed to the client
@@ -80,6 +84,7 @@ class FakeChannel(object):
     def sendall(self, data):
         if self.closed:
             raise OSError('Socket is closed')
+        self.server.sends += 1
         self.inbuf += data
         while len(self.inbuf) >= 4:
             n = U32.unpack_from(self.inbuf)[0]
@@ -130,8 +135,39 @@ class FakeChannel(object):
                 self.reply(sftpread.FXP_DATA, rid_b + U32.pack(len(chunk))
                            + chunk)
         elif kind == sftpread.FXP_CLOSE:
+            self.handles.pop(p.string(), None)
+            self.server.closed_handles += 1
             self.reply(sftpread.FXP_STATUS, rid_b + U32.pack(0) +
                        U32.pack(0) + U32.pack(0))
+        elif kind == sftpread.FXP_OPENDIR:
+            path = p.string().decode()
+            if path not in self.server.dirs:
+                msg = b'No such file'
+                self.reply(sftpread.FXP_STATUS, rid_b + U32.pack(2) +
+                           U32.pack(len(msg)) + msg + U32.pack(0))
+                return
+            h = ('d%d' % len(self.handles)).encode()
+            self.handles[h] = [path, 0]
+            self.reply(sftpread.FXP_HANDLE, rid_b + U32.pack(len(h)) + h)
+        elif kind == sftpread.FXP_READDIR:
+            state = self.handles[p.string()]
+            names = self.server.dirs[state[0]][state[1]:state[1] + 3]
+            state[1] += len(names)
+            if not names:
+                self.reply(sftpread.FXP_STATUS, rid_b + U32.pack(1) +
+                           U32.pack(3) + b'EOF' + U32.pack(0))
+                return
+            body = rid_b + U32.pack(len(names))
+            for name, mode in names:
+                longname = b'-rw-r--r-- 1 root root 0 ' + name
+                attrs = (U32.pack(sftpread.ATTR_SIZE) + struct.pack('>Q', 7)
+                         if mode is None else
+                         U32.pack(sftpread.ATTR_SIZE |
+                                  sftpread.ATTR_PERMISSIONS) +
+                         struct.pack('>Q', 7) + U32.pack(mode))
+                body += (U32.pack(len(name)) + name + U32.pack(len(longname))
+                         + longname + attrs)
+            self.reply(sftpread.FXP_NAME, body)
 
     def recv(self, n):
         fault = self.server.fault()

@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from any2kvm_os import api as any2kvm_api
+from any2kvm_os.migration.state import revisions
 from any2kvm_os.migration.state import sql
 from tests.lib import statecontract
 from tests.lib.statecontract import _cli
@@ -229,6 +230,75 @@ def test_missing_driver_is_one_line_naming_the_extra(url, hidden, hint):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert 'not installed' in r.stderr and hint in r.stderr, r.stderr
     assert 'hunter2' not in r.stdout + r.stderr
+
+
+# -- the schema check of every command ---------------------------------------
+
+
+def test_scanned_heads_are_alembics():
+    """The head read from the scripts' revision lines is alembic's own,
+    for our scripts and TaskFlow's (a new revision written otherwise
+    makes the scan answer None, never a wrong head)."""
+    from alembic import script
+    from any2kvm_os.migration.state import flowdb
+    assert revisions.scanned_head(sql.VERSIONS_DIR) == sql.head_revision()
+    tf = script.ScriptDirectory(os.path.dirname(flowdb._versions_dir()))
+    assert revisions.scanned_head(flowdb._versions_dir()) == \
+        tf.get_current_head()
+
+
+def _script(directory, name, revision, down):
+    (directory / name).write_text(
+        '"""x"""\nrevision = %r\ndown_revision = %r\n\n\ndef upgrade():\n'
+        '    pass\n' % (revision, down))
+
+
+@pytest.mark.parametrize('case', ['branch', 'merge', 'twice', 'missing',
+                                  'no-down', 'empty'])
+def test_scanned_head_is_none_unless_one_line_of_history(tmp_path, case):
+    d = tmp_path / 'versions'
+    d.mkdir()
+    if case != 'empty':
+        _script(d, '0001_a.py', '0001', None)
+        _script(d, '0002_b.py', '0002', '0001')
+    assert case == 'empty' or revisions.scanned_head(str(d)) == '0002'
+    if case == 'branch':
+        _script(d, '0003_c.py', '0003', '0001')
+    elif case == 'merge':
+        (d / '0003_c.py').write_text(
+            "revision = '0003'\ndown_revision = ('0001', '0002')\n")
+    elif case == 'twice':
+        _script(d, '0003_c.py', '0002', '0001')
+    elif case == 'missing':
+        _script(d, '0003_c.py', '0003', '0009')
+    elif case == 'no-down':
+        (d / '0003_c.py').write_text("revision = '0003'\n")
+    assert revisions.scanned_head(str(d)) is None
+    assert revisions.scanned_head(str(tmp_path / 'absent')) is None
+
+
+def test_a_current_schema_is_not_handed_to_alembic(url, monkeypatch):
+    """The second opening finds our version row at the head: alembic is
+    not run (nor TaskFlow's migrations asked on SQLite's behalf beyond
+    making missing tables); a row behind the head is upgraded."""
+    from alembic import command
+    from any2kvm_os.migration.state import flowdb
+    with sql.SqlStore(url):
+        pass
+    calls = []
+    real = command.upgrade
+    monkeypatch.setattr(command, 'upgrade',
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    with sql.SqlStore(url) as store:
+        assert calls == []
+        store.flow_backend()
+        assert flowdb.is_current(store._engine) is False   # SQLite
+        with store._engine.begin() as c:
+            c.execute(sa.text('UPDATE %s SET version_num = :v'
+                              % sql.VERSION_TABLE), {'v': '0004'})
+    with sql.SqlStore(url) as store:
+        assert len(calls) == 1
+        assert sql.current_revision(store._engine) == sql.head_revision()
 
 
 def test_commands_but_create_never_make_the_database(tmp_path):

@@ -64,21 +64,24 @@ def test_plain_names_are_members():
     assert conn.opened == [SR + '/b..vhd']
 
 
-def _entry(name, mode=stat.S_IFREG | 0o644):
-    return types.SimpleNamespace(filename=name, st_mode=mode)
-
-
 def _fake_self(entries):
-    sftp = types.SimpleNamespace(listdir_iter=lambda path: iter(entries))
+    """A Connection whose pipeline lists ``entries`` [(name, mode)]."""
+    def listdir(path, limit):
+        if len(entries) > limit:
+            raise exception.SshError(
+                host='root@xs1', reason='%s has more than %d entries '
+                '(max_directory_entries); raise the limit to read it'
+                % (path, limit))
+        return list(entries)
     return types.SimpleNamespace(
-        label='root@xs1', sftp=lambda: sftp,
+        label='root@xs1', pipeline=types.SimpleNamespace(listdir=listdir),
         retrying=lambda what, step, retry=True: step())
 
 
 def test_listdir_refuses_a_directory_beyond_the_limit():
     """A listing cut at the limit would make a parent beyond it look
     missing: more entries than the limit is refused, naming the limit."""
-    entries = [_entry('%04d.vhd' % i) for i in range(5)]
+    entries = [('%04d.vhd' % i, stat.S_IFREG | 0o644) for i in range(5)]
     fake = _fake_self(entries)
     assert connection.Connection.listdir(fake, SR, 5) == [
         '%04d.vhd' % i for i in range(5)]
@@ -90,7 +93,8 @@ def test_listdir_refuses_a_directory_beyond_the_limit():
 
 
 def test_listdir_keeps_regular_files_only():
-    entries = [_entry('b.vhd'), _entry('dir', stat.S_IFDIR | 0o755),
-               _entry('link', stat.S_IFLNK | 0o777), _entry('a.vhd')]
+    entries = [('b.vhd', stat.S_IFREG | 0o644), ('dir', stat.S_IFDIR | 0o755),
+               ('link', stat.S_IFLNK | 0o777), ('a.vhd', stat.S_IFREG),
+               ('nomode.vhd', None)]
     assert connection.Connection.listdir(_fake_self(entries), SR, 10) == [
         'a.vhd', 'b.vhd']

@@ -269,3 +269,78 @@ def test_data_longer_than_its_reply_is_malformed():
     kind, rid, p = session.receive()
     with pytest.raises(sftpread.Lost):
         p.view()
+
+
+DIR = [(b'.', 0o40755), (b'..', 0o40755)] + [
+    (('%04d.vhd' % i).encode(), 0o100644) for i in range(10)] + [
+    (b'sub', 0o40755), (b'odd \xff.vhd', 0o100644), (b'nomode', None),
+    ('caf\u00e9 x.vhd'.encode(), 0o100600)]
+
+
+def test_listdir_gives_every_entry_over_the_reading_session():
+    """Names (UTF-8, spaces kept), modes, across several READDIR replies,
+    on the session the reads use (no other session is started), the
+    directory's handle closed; . and .. and names that are not UTF-8
+    left out."""
+    server, conn, pipe = make({'/a': DATA}, dirs={'/sr': DIR})
+    conn.retrying(lambda: pipe.open('a', '/a'))
+    got = conn.retrying(lambda: pipe.listdir('/sr', 100))
+    want = [(n.decode(), m) for n, m in DIR
+            if n not in (b'.', b'..') and n != b'odd \xff.vhd']
+    assert got == want
+    assert server.sessions == 1
+    # Reads go on over the same session.
+    assert read(conn, pipe, 'a', 5, 1000) == DATA[5:1005]
+    assert server.sessions == 1
+    assert server.closed_handles == 1
+
+
+def test_listdir_refuses_more_entries_than_the_limit():
+    server, conn, pipe = make({}, dirs={'/sr': DIR})
+    n = len(DIR) - 3        # . .. and the name that is not UTF-8
+    assert len(conn.retrying(lambda: pipe.listdir('/sr', n))) == n
+    with pytest.raises(exception.SshError) as e:
+        conn.retrying(lambda: pipe.listdir('/sr', n - 1))
+    text = str(e.value)
+    assert 'more than %d entries' % (n - 1) in text and '/sr' in text
+    assert 'max_directory_entries' in text and '\n' not in text
+    # The refused listing's handle was closed too.
+    conn.retrying(lambda: pipe.listdir('/sr', n))
+    assert server.closed_handles == 3
+
+
+def test_listdir_of_a_missing_directory_is_one_line():
+    server, conn, pipe = make({}, dirs={})
+    with pytest.raises(exception.SshError) as e:
+        conn.retrying(lambda: pipe.listdir('/nowhere', 10))
+    text = str(e.value)
+    assert 'cannot list /nowhere: No such file' in text
+    assert '\n' not in text and conn.drops == 0
+
+
+@pytest.mark.parametrize('cut', [3, 40, 150, 300, 600])
+def test_listdir_cut_by_a_lost_connection_is_listed_again(cut):
+    server, conn, pipe = make({}, dirs={'/sr': DIR}, seed=cut)
+    server.cut_at = cut
+    got = conn.retrying(lambda: pipe.listdir('/sr', 100))
+    assert [n for n, _m in got] == [
+        n.decode() for n, _m in DIR
+        if n not in (b'.', b'..', b'odd \xff.vhd')]
+    assert conn.drops == 1
+
+
+def test_read_ahead_requests_go_out_in_batches():
+    """A planned read of many requests sends them an eighth of the bound
+    at a time (one send per reply cost the reading thread as much as the
+    reply), within the bound, every byte once."""
+    data = DATA[:2 << 20]
+    server, conn, pipe = make({'/a': data}, request=4096, max_requests=64)
+    conn.retrying(lambda: pipe.open('a', '/a'))
+    pipe.plan('a', [(0, len(data))])
+    sends = server.sends
+    got = b''.join(read(conn, pipe, 'a', off, 64 << 10)
+                   for off in range(0, len(data), 64 << 10))
+    assert got == data and conn.bytes == len(data)
+    requests = len(data) // 4096
+    assert server.sends - sends <= requests // 8 + 2
+    assert server.max_inflight <= 2 * 64 + 1

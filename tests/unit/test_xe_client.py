@@ -783,7 +783,7 @@ def test_loose_layouts_are_read():
     recs = xe.parse_records(out, ARGV)
     assert recs == [{'uuid': VM_UUID, 'name-label': 'web01',
                      'power-state': ''},
-                    {'uuid': '  ' + VM2_UUID,
+                    {'uuid': VM2_UUID,
                      'PV-drivers-up-to-date': 'true'}]
 
 
@@ -900,3 +900,17 @@ def test_secureboot_auto_is_said_so():
     assert found.facts['firmware'] == 'uefi'
     assert found.facts['secure_boot'] is False
     assert any('secureboot is "auto"' in n for n in found.notes)
+
+
+def test_values_are_stripped_but_names():
+    """parse_records strips every value once (so that callers need not),
+    but a name someone typed keeps the spaces at its ends."""
+    out = ('uuid ( RO)           :  %s \n'
+           '     name-label ( RW): db \n'
+           '    power-state ( RO): running  \n'
+           'name-description ( RW):  a b \n'
+           'network-name-label ( RO):  net 1\n' % VM_UUID)
+    rec = xe.parse_record(out, ARGV)
+    assert rec == {'uuid': VM_UUID, 'name-label': 'db ',
+                   'power-state': 'running', 'name-description': ' a b ',
+                   'network-name-label': ' net 1'}

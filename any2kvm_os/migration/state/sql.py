@@ -53,6 +53,7 @@ from any2kvm_os import exception
 from any2kvm_os.migration.state import api
 from any2kvm_os.migration.state import models
 from any2kvm_os.migration.state import options
+from any2kvm_os.migration.state import revisions
 
 LOG = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ url_from = options.url_from
 
 #: Where alembic finds the revisions (a package resource).
 SCRIPT_LOCATION = 'any2kvm_os.migration.state:migrations'
+
+#: The revisions' files (read by :func:`.revisions.scanned_head`).
+VERSIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            'migrations', 'versions')
 
 #: The table that records our schema's revision.  Not alembic's default
 #: ``alembic_version``: TaskFlow's persistence schema lives in the same
@@ -365,7 +370,15 @@ def schema_lock(engine):
 
 def upgrade(engine, revision='head'):
     """Bring the schema to ``revision``; nothing is done (or logged)
-    when it is there already."""
+    when it is there already.  Every command opens the store: when our
+    version table already holds the head revision of the scripts
+    (:func:`.revisions.scanned_head`, one query), alembic is not
+    asked."""
+    if revision == 'head':
+        head = revisions.scanned_head(VERSIONS_DIR)
+        if head is not None and \
+                revisions.stored(engine, VERSION_TABLE) == [head]:
+            return
     from alembic import command
     want = head_revision() if revision == 'head' else revision
     if current_revision(engine) == want:

@@ -132,8 +132,9 @@ class _Host(object):
                                 required=required)
 
     def query(self, cls, filters, fields, required=()):
-        """``xe <cls>-list FILTERS params=FIELDS``: the records, each
-        with the fields it was asked for.
+        """``xe <cls>-list FILTERS params=FIELDS``: (that command, as
+        errors name it; the records, each with the fields it was asked
+        for).
 
         Real xe prints every field asked for that its table has.  A host
         that leaves one out (an older xapi without the field, or a CLI
@@ -144,7 +145,7 @@ class _Host(object):
         uuids are listed alone (``params=uuid``) and every field asked with
         ``param-get``; if that fails too, the first error is raised.
         """
-        argv = xe.list_command(cls, filters, fields)
+        argv = listing = xe.list_command(cls, filters, fields)
         skip = _HINTS
         try:
             out = self.run(argv)
@@ -166,10 +167,10 @@ class _Host(object):
                 raise errors.XeOutputError(
                     command=xe.describe(argv), reason='record %d lacks %s'
                     % (i, ', '.join(missing)))
-        return records
+        return listing, records
 
     def _fill(self, cls, record, fields, skip):
-        uuid = record.get('uuid', '').strip()
+        uuid = record.get('uuid', '')
         if not location.is_uuid(uuid):
             return
         for name in fields:
@@ -177,9 +178,12 @@ class _Host(object):
                 continue
             get = xe.param_get(cls, uuid.lower(), name)
             try:
-                record[name] = xe.parse_value(self.run(get), get)
+                value = xe.parse_value(self.run(get), get)
             except (exception.RemoteCommandError, errors.XeOutputError):
                 continue
+            # As parse_records gives a listed value.
+            record[name] = value if name in xe.VERBATIM_FIELDS else \
+                value.strip()
 
 
 def _one(records, argv):
@@ -192,7 +196,7 @@ def _one(records, argv):
 
 
 def _uuid_field(record, name, argv):
-    value = record.get(name, '').strip()
+    value = record.get(name, '')
     if not location.is_uuid(value):
         raise errors.XeOutputError(
             command=xe.describe(argv),
@@ -241,13 +245,12 @@ def find_vm(run, vm, host='host'):
     h = _Host(run, host)
     found = []
     if location.is_uuid(vm):
-        argv = xe.list_command('vm', [('uuid', vm.lower())], VM_FIELDS)
-        found = [r for r in h.query('vm', [('uuid', vm.lower())],
-                                    VM_FIELDS, VM_REQUIRED)
-                 if r['uuid'].strip().lower() == vm.lower()]
+        argv, found = h.query('vm', [('uuid', vm.lower())], VM_FIELDS,
+                              VM_REQUIRED)
+        found = [r for r in found if r['uuid'].lower() == vm.lower()]
     if not found:
-        argv = xe.list_command('vm', [('name-label', vm)], VM_FIELDS)
-        found = h.query('vm', [('name-label', vm)], VM_FIELDS, VM_REQUIRED)
+        argv, found = h.query('vm', [('name-label', vm)], VM_FIELDS,
+                              VM_REQUIRED)
         found = [r for r in found if r['name-label'] == vm] or [
             r for r in found if r['name-label'].strip() == vm.strip()]
     if not found:
@@ -280,7 +283,7 @@ def _firmware(record, notes, argv):
     boot = xe.parse_map(record.get('HVM-boot-params', ''), argv,
                         'HVM-boot-params')
     policy = record.get('HVM-boot-policy')
-    domain_type = (record.get('domain-type') or '').strip().lower()
+    domain_type = (record.get('domain-type') or '').lower()
     if domain_type in ('pv', 'pv_in_pvh'):
         mode = 'pv'
     elif domain_type in ('hvm', 'pvh'):
@@ -371,20 +374,19 @@ def vm_facts(record, argv=('xe', 'vm-list')):
 
 def nics(run, vm_uuid, host='host'):
     """The VM's NICs in device order: {'device', 'mac', 'network'}."""
-    argv = xe.list_command('vif', [('vm-uuid', vm_uuid)], VIF_FIELDS)
-    records = _Host(run, host).query('vif', [('vm-uuid', vm_uuid)],
-                                     VIF_FIELDS, ('device',))
+    argv, records = _Host(run, host).query('vif', [('vm-uuid', vm_uuid)],
+                                           VIF_FIELDS, ('device',))
     if len(records) > MAX_DEVICES:
         raise errors.XeOutputError(command=xe.describe(argv),
                                    reason='more than %d VIFs' % MAX_DEVICES)
     out = []
     for r in records:
-        if r.get('vm-uuid', vm_uuid).strip().lower() != vm_uuid:
+        if r.get('vm-uuid', vm_uuid).lower() != vm_uuid:
             raise errors.XeOutputError(
                 command=xe.describe(argv), reason='VIF %s belongs to VM %s'
                 % (r.get('uuid'), r.get('vm-uuid')))
-        nic = {'device': r['device'].strip(),
-               'mac': (r.get('MAC') or '').strip().lower()}
+        nic = {'device': r['device'],
+               'mac': (r.get('MAC') or '').lower()}
         network = r.get('network-name-label')
         if network and not xe.is_null(network):
             nic['network'] = network
@@ -396,22 +398,20 @@ def nics(run, vm_uuid, host='host'):
 def disk_vbds(run, vm_uuid, host='host', notes=None):
     """The VM's disk VBDs in userdevice order (CD drives, floppies and
     empty drives left out, and said so in ``notes``)."""
-    argv = xe.list_command('vbd', [('vm-uuid', vm_uuid)], VBD_FIELDS)
-    records = _Host(run, host).query('vbd', [('vm-uuid', vm_uuid)],
-                                     VBD_FIELDS,
-                                     ('uuid', 'vdi-uuid', 'userdevice',
-                                      'type', 'empty'))
+    argv, records = _Host(run, host).query(
+        'vbd', [('vm-uuid', vm_uuid)], VBD_FIELDS,
+        ('uuid', 'vdi-uuid', 'userdevice', 'type', 'empty'))
     if len(records) > MAX_DEVICES:
         raise errors.XeOutputError(command=xe.describe(argv),
                                    reason='more than %d VBDs' % MAX_DEVICES)
     disks = []
     seen = set()
     for r in records:
-        if r.get('vm-uuid', vm_uuid).strip().lower() != vm_uuid:
+        if r.get('vm-uuid', vm_uuid).lower() != vm_uuid:
             raise errors.XeOutputError(
                 command=xe.describe(argv), reason='VBD %s belongs to VM %s'
                 % (r.get('uuid'), r.get('vm-uuid')))
-        kind = r['type'].strip()
+        kind = r['type']
         if kind != 'Disk' or xe.parse_bool(r['empty'], argv, 'empty'):
             if notes is not None:
                 notes.append('skipped %s drive at userdevice %s%s'
@@ -449,28 +449,28 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
     srs = {}
     out = []
     for vbd in disk_vbds(run, vm_uuid, host, notes):
-        vdi_uuid = vbd['vdi-uuid'].strip().lower()
+        vdi_uuid = vbd['vdi-uuid'].lower()
         disk = 'userdevice %s' % vbd['userdevice']
-        argv = xe.list_command('vdi', [('uuid', vdi_uuid)], VDI_FIELDS)
-        vdi = _one(h.query('vdi', [('uuid', vdi_uuid)], VDI_FIELDS,
-                           ('uuid', 'virtual-size', 'sr-uuid')), argv)
-        if vdi is None or vdi['uuid'].strip().lower() != vdi_uuid:
+        argv, vdis = h.query('vdi', [('uuid', vdi_uuid)], VDI_FIELDS,
+                             ('uuid', 'virtual-size', 'sr-uuid'))
+        vdi = _one(vdis, argv)
+        if vdi is None or vdi['uuid'].lower() != vdi_uuid:
             raise errors.XeOutputError(command=xe.describe(argv),
                                        reason='no record of VDI %s'
                                        % vdi_uuid)
         size = xe.parse_int(vdi['virtual-size'], argv, 'virtual-size')
         sr_uuid = _uuid_field(vdi, 'sr-uuid', argv)
         if sr_uuid not in srs:
-            sr_argv = xe.list_command('sr', [('uuid', sr_uuid)], SR_FIELDS)
-            sr = _one(h.query('sr', [('uuid', sr_uuid)], SR_FIELDS,
-                              ('uuid', 'type')), sr_argv)
-            if sr is None or sr['uuid'].strip().lower() != sr_uuid:
+            sr_argv, found = h.query('sr', [('uuid', sr_uuid)], SR_FIELDS,
+                                     ('uuid', 'type'))
+            sr = _one(found, sr_argv)
+            if sr is None or sr['uuid'].lower() != sr_uuid:
                 raise errors.XeOutputError(command=xe.describe(sr_argv),
                                            reason='no record of SR %s'
                                            % sr_uuid)
             srs[sr_uuid] = sr
         sr = srs[sr_uuid]
-        sr_type = sr['type'].strip()
+        sr_type = sr['type']
         sr_name = sr.get('name-label', '')
         where = 'SR %r (%s) is of type %s' % (sr_name, sr_uuid, sr_type)
         if sr_type in LVM_SR_TYPES:
@@ -493,8 +493,8 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
                 'as %s, not VHD' % (vdi_uuid, fmt[:40]))
         path = posixpath.join(mount_base, sr_uuid, vdi_uuid + '.vhd')
         out.append(DiskInfo(
-            userdevice=vbd['userdevice'].strip(),
-            device=vbd.get('device', '').strip(),
+            userdevice=vbd['userdevice'],
+            device=vbd.get('device', ''),
             bootable=_true(vbd.get('bootable')), vdi_uuid=vdi_uuid,
             vdi_name=vdi.get('name-label', ''), virtual_size=size,
             sr_uuid=sr_uuid, sr_type=sr_type, sr_name=sr_name, path=path))
@@ -505,7 +505,7 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE):
     """Find ``vm`` (a name-label or uuid) and collect its facts, NICs and
     disks: a :class:`Discovered`."""
     record = find_vm(run, vm, host)
-    uuid = record['uuid'].strip().lower()
+    uuid = record['uuid'].lower()
     argv = xe.list_command('vm', [('uuid', uuid)], VM_FIELDS)
     facts, at_startup, notes = vm_facts(record, argv)
     facts['nics'] = nics(run, uuid, host)
@@ -515,5 +515,5 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE):
     if len(boot) == 1 and boot[0]:
         # The one bootable VBD is not the first disk: it boots.
         facts['boot_disk'] = boot[0]
-    return Discovered(uuid, record['power-state'].strip(), facts, found,
+    return Discovered(uuid, record['power-state'], facts, found,
                       at_startup, notes)

@@ -55,7 +55,7 @@ def snapshot_disks(run, snapshot_uuid, host='host',
 def snapshot_vdis(run, snapshot_uuid, host='host'):
     """[(userdevice, vdi uuid)] of the snapshot's disks, in userdevice
     order (no SR lookups)."""
-    return [(r['userdevice'].strip(), r['vdi-uuid'].strip().lower())
+    return [(r['userdevice'], r['vdi-uuid'].lower())
             for r in discovery.disk_vbds(run, snapshot_uuid, host)]
 
 

@@ -74,6 +74,12 @@ MAX_ITEMS = 4096
 #: Longest value of a field.
 MAX_VALUE = 256 << 10
 
+#: Fields whose value is kept as printed, spaces at its ends included:
+#: names someone typed (``"db "`` and ``"db"`` are two name-labels).
+#: Every other value is stripped by :func:`parse_records`.
+VERBATIM_FIELDS = frozenset(('name-label', 'name-description',
+                             'network-name-label'))
+
 NOT_IN_DATABASE = '<not in database>'
 NULL_VALUES = ('', NOT_IN_DATABASE, 'OpaqueRef:NULL', '<invalid reference>')
 MODES = (' RO', ' RW', 'SRO', 'SRW', 'MRO', 'MRW')
@@ -256,7 +262,8 @@ def parse_records(output, argv, fields=None, required=()):
     field continues the value of the field above it (xapi prints a value
     holding a newline as it is); a field printed twice in one record is a
     malformed answer, so a value cannot pass for a field that was asked
-    for.
+    for.  Values are stripped of the spaces at their ends, but for the
+    names of :data:`VERBATIM_FIELDS`.
     """
     text = text_of(output, argv)
     records = []
@@ -298,6 +305,9 @@ def parse_records(output, argv, fields=None, required=()):
             continue
         current[name] = value
     for i, record in enumerate(records, 1):
+        for name, value in record.items():
+            if name not in VERBATIM_FIELDS:
+                record[name] = value.strip()
         missing = [f for f in required if f not in record]
         if missing:
             raise _bad(argv, 'record %d lacks %s' % (i, ', '.join(missing)))
