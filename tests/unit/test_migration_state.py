@@ -277,14 +277,21 @@ def test_scanned_head_is_none_unless_one_line_of_history(tmp_path, case):
     assert revisions.scanned_head(str(tmp_path / 'absent')) is None
 
 
-def test_a_current_schema_is_not_handed_to_alembic(url, monkeypatch):
+def test_a_current_schema_is_not_handed_to_alembic(
+        url, monkeypatch, tmp_path):
     """The second opening finds our version row at the head: alembic is
     not run (nor TaskFlow's migrations asked on SQLite's behalf beyond
-    making missing tables); a row behind the head is upgraded."""
+    making missing tables); a database behind the head is upgraded."""
     from alembic import command
     from any2kvm_os.migration.state import flowdb
     with sql.SqlStore(url):
         pass
+    # A database an earlier version made: revision 0004.
+    older = 'sqlite:///%s' % (tmp_path / 'older.db')
+    e = sql.make_engine(older)
+    with e.begin() as c:
+        command.upgrade(sql._alembic_config(c), '0004')
+    e.dispose()
     calls = []
     real = command.upgrade
     monkeypatch.setattr(command, 'upgrade',
@@ -293,10 +300,7 @@ def test_a_current_schema_is_not_handed_to_alembic(url, monkeypatch):
         assert calls == []
         store.flow_backend()
         assert flowdb.is_current(store._engine) is False   # SQLite
-        with store._engine.begin() as c:
-            c.execute(sa.text('UPDATE %s SET version_num = :v'
-                              % sql.VERSION_TABLE), {'v': '0004'})
-    with sql.SqlStore(url) as store:
+    with sql.SqlStore(older) as store:
         assert len(calls) == 1
         assert sql.current_revision(store._engine) == sql.head_revision()
 
