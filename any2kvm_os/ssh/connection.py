@@ -147,9 +147,18 @@ def _close_transport(transport):
         transport.join(5)
 
 
-#: The gate of :meth:`Connection.armed`: the command (``$0 "$@"``) runs
-#: only once the line ``go`` comes; end of input ends the shell.
-GATE = 'IFS= read -r go && [ "$go" = go ] && exec "$0" "$@"'
+#: What the gate prints once its shell is up and waiting: the shell's
+#: start (a login shell's rc files: 0.1 s and more on some hosts) is
+#: then paid before the gate is opened, not after.
+GATE_READY = b'any2kvm-gate-ready\n'
+#: The gate of :meth:`Connection.armed`: it says it is ready, and the
+#: command (``$0 "$@"``) runs only once the line ``go`` comes; end of
+#: input ends the shell.
+GATE = ('printf "%%s\\n" %s && IFS= read -r go && [ "$go" = go ] && '
+        'exec "$0" "$@"' % GATE_READY.decode().strip())
+#: Most bytes a host may print before its gate says it is ready (a
+#: login banner of the shell's rc files), read and dropped.
+_GATE_NOISE = 64 << 10
 #: Longest pause between two looks at a fired command's channel.
 _ARMED_PAUSE = 0.001
 
@@ -655,6 +664,7 @@ class Connection(object):
                 timeout=self.settings.connect_timeout)
             try:
                 channel.exec_command(command)
+                self._until_ready(channel, command)
             except BaseException:
                 channel.close()
                 raise
@@ -662,6 +672,39 @@ class Connection(object):
         channel = self.retrying('arming %s' % _short(command, 80), start,
                                 retry=True)
         return Armed(self, channel, list(argv), command, max_output)
+
+    def _until_ready(self, channel, command):
+        """Wait until the gate on ``channel`` says its shell is up
+        (:data:`GATE_READY`; what the host printed before it is
+        dropped), within ``ssh_connect_timeout`` seconds."""
+        deadline = time.monotonic() + self.settings.connect_timeout
+        seen = bytearray()
+        pause = _MIN_PAUSE
+        while GATE_READY not in seen:
+            if channel.recv_ready():
+                data = channel.recv(_BUFFER)
+                if not data:
+                    break
+                self.count(len(data))
+                seen += data
+                if len(seen) > _GATE_NOISE:
+                    break
+                continue
+            if channel.closed or channel.exit_status_ready():
+                break
+            if not self.is_active():
+                raise _Dropped('connection closed while %s started'
+                               % _short(command, 80))
+            if time.monotonic() > deadline:
+                break
+            time.sleep(pause)
+            pause = min(2 * pause, _MAX_PAUSE)
+        if GATE_READY not in seen or not seen.endswith(GATE_READY):
+            raise exception.SshError(
+                host=self.label, reason='%s did not come to its gate '
+                '(it printed %d bytes, ended or took longer than %s s)'
+                % (_short(command, 80), len(seen),
+                   self.settings.connect_timeout))
 
     # -- files ------------------------------------------------------------
 

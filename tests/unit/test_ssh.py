@@ -243,3 +243,52 @@ def test_offers_no_cipher_or_mac_weaker_than_openssh_does():
         assert set(s.digests) <= set(connection.MACS)
     finally:
         sock.close()
+
+
+class _GateChannel(object):
+    """A channel whose command prints ``pieces`` (then, with ``ends``,
+    exits)."""
+
+    def __init__(self, pieces, ends=False):
+        self.pieces = list(pieces)
+        self.closed = False
+        self.ends = ends
+
+    def recv_ready(self):
+        return bool(self.pieces)
+
+    def recv(self, n):
+        return self.pieces.pop(0)
+
+    def exit_status_ready(self):
+        return self.ends and not self.pieces
+
+
+def _gate_connection():
+    c = connection.Connection(options.HostOptions('h'), options.Settings(
+        connect_timeout=0.2))
+    c.is_active = lambda: True
+    return c
+
+
+def test_the_gate_is_waited_for_and_a_banner_dropped():
+    c = _gate_connection()
+    ready = connection.GATE_READY
+    c._until_ready(_GateChannel([ready]), 'cmd')
+    # A login banner from the shell's rc files comes first: dropped.
+    c._until_ready(_GateChannel([b'Welcome\n', ready[:5], ready[5:]]), 'cmd')
+    assert c.bytes_read == 2 * len(ready) + len(b'Welcome\n')
+
+
+@pytest.mark.parametrize('pieces,ends', [
+    ([], False),                                       # never ready
+    ([b'sh: 1: printf: not found\n'], True),           # the shell ended
+    ([connection.GATE_READY + b'more'], False),        # output after it
+    ([b'x' * (connection._GATE_NOISE + 1)], False),    # endless banner
+])
+def test_a_gate_that_does_not_come_is_one_line(pieces, ends):
+    c = _gate_connection()
+    with pytest.raises(exception.SshError) as e:
+        c._until_ready(_GateChannel(pieces, ends), 'xe vm-shutdown')
+    assert 'did not come to its gate' in str(e.value)
+    assert '\n' not in str(e.value)
