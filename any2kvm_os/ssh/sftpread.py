@@ -477,17 +477,24 @@ class Pipeline(object):
     def _prefetch_requests(self, key, f, ranges):
         """The READ requests (bytes) of ``ranges`` of the file not asked
         for yet, as chunks read like any other."""
-        batch = []
+        return b''.join(self._ask_for(key, f, ranges, []))
+
+    def _ask_for(self, key, f, ranges, batch, stop=None, limit=None):
+        """Append to ``batch`` the READ requests of ``ranges`` of the
+        file not asked for yet (as chunks read like any other), ranges
+        cut at ``stop``, at most ``limit`` requests in ``batch``."""
         for off, length in ranges:
             pos, end = off, off + length
-            while pos < end:
+            if stop is not None:
+                end = min(end, stop)
+            while pos < end and (limit is None or len(batch) < limit):
                 c, nxt = f.find(pos)
                 if c is not None:
                     pos = c.end
                     continue
                 pos = self._new(key, pos, end if nxt is None
                                 else min(end, nxt), None, batch)
-        return b''.join(batch)
+        return batch
 
     def _close_handle(self, handle):
         """Send CLOSE for ``handle`` of the live session (its answer is
@@ -629,17 +636,7 @@ class Pipeline(object):
         with self.lock:
             self._live()
             f = self._files[key]
-            batch = []
-            for off, length in ranges:
-                pos, end = off, min(off + length, f.size)
-                while pos < end and len(batch) < limit:
-                    c, nxt = f.find(pos)
-                    if c is not None:
-                        pos = c.end
-                        continue
-                    pos = self._new(key, pos, end if nxt is None
-                                    else min(end, nxt), None, batch)
-            self._fill(batch)
+            self._fill(self._ask_for(key, f, ranges, [], f.size, limit))
 
     # -- plans ------------------------------------------------------------
 

@@ -18,9 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -136,36 +134,8 @@ def test_create_sync_sync_cutover(bed):
 def _on_a_terminal(args, timeout=300):
     """Run the CLI with stdout and stderr on a pseudo-terminal; returns
     (exit status, everything it printed)."""
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(_cmd(args), stdin=subprocess.DEVNULL,
-                                stdout=slave, stderr=slave, env=_env(),
-                                cwd=str(REPO), start_new_session=True)
-    finally:
-        os.close(slave)
-    text = bytearray()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1.0)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:     # EIO: every writer has closed the terminal
-                break
-            if not data:
-                break
-            text += data
-        status = proc.wait(timeout=max(1, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    return status, text.decode('utf-8', 'replace')
+    status, text, _ = cli.on_a_terminal(_cmd(args), _env(), REPO, timeout)
+    return status, text
 
 
 def test_sync_on_a_terminal_shows_a_bar_with_rate_and_eta(bed):

@@ -821,54 +821,16 @@ def test_password_prompt_on_a_terminal_is_used_and_never_shown(
     """No key and no password variable, on a terminal: the CLI asks for
     the password (getpass: not echoed), sends it (the server refuses it:
     no account has it) and fails in one line without showing it."""
-    import fcntl
-    import pty
-    import select
-    import termios
     from tests.lib import cli
-    master, slave = pty.openpty()
     env = dict(os.environ, HOME=str(tmp_path), LC_ALL='C.UTF-8')
     env.pop('SSH_AUTH_SOCK', None)
     env.pop('PYTHONPATH', None)
-
-    def controlling_terminal():
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
     loc = 'xenserver://%s@127.0.0.1:%d/vm' % (sshd.user, sshd.port)
-    try:
-        proc = subprocess.Popen(
-            cli.cli_command() + ['info', loc, '--host-key', sshd.fingerprint],
-            stdin=slave, stdout=slave, stderr=slave, env=env, cwd='/',
-            start_new_session=True, preexec_fn=controlling_terminal)
-    finally:
-        os.close(slave)
-    text = bytearray()
-    sent = False
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1.0)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:     # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            text += data
-            if not sent and b'password: ' in text:
-                os.write(master, PASSWORD.encode() + b'\n')
-                sent = True
-        status = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    out = text.decode('utf-8', 'replace')
+    status, out, answered = cli.on_a_terminal(
+        cli.cli_command() + ['info', loc, '--host-key', sshd.fingerprint],
+        env, '/', timeout=120, stdin_tty=True,
+        answers={b'password: ': PASSWORD.encode() + b'\n'})
+    sent = answered == [b'password: ']
     assert sent, out
     assert status == 1, out
     assert 'Failed password for %s' % sshd.user in sshd.log_text()

@@ -143,3 +143,56 @@ def refused_alike(sources, output, scratch=None):
         assert not os.path.lexists(output)
         lines.add(line.replace(str(source), 'ARCHIVE'))
     return lines
+
+
+def on_a_terminal(argv, env, cwd, timeout=300, answers=None,
+                  stdin_tty=False):
+    """Run ``argv`` with stdout and stderr (and, with ``stdin_tty``,
+    stdin, as its controlling terminal: what getpass reads) on a
+    pseudo-terminal; ``answers`` {prompt bytes: reply bytes}, each typed
+    once its prompt is printed.  Returns (exit status, everything
+    printed, the prompts answered)."""
+    import fcntl
+    import pty
+    import select
+    import termios
+    import time
+    master, slave = pty.openpty()
+    kwargs = {}
+    if stdin_tty:
+        kwargs['preexec_fn'] = lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=slave if stdin_tty else subprocess.DEVNULL,
+            stdout=slave, stderr=slave, env=env, cwd=str(cwd),
+            start_new_session=True, **kwargs)
+    finally:
+        os.close(slave)
+    answers = dict(answers or {})
+    answered = []
+    text = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:     # EIO: every writer has closed the terminal
+                break
+            if not data:
+                break
+            text += data
+            for prompt in [p for p in answers if p in text]:
+                os.write(master, answers.pop(prompt))
+                answered.append(prompt)
+        status = proc.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return status, text.decode('utf-8', 'replace'), answered
