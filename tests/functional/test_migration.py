@@ -306,6 +306,16 @@ def test_openstack_commands_cutover_rollback_and_again(bed):
     assert len(json.loads(r.stdout)['cutovers']) == 2
 
 
+def assert_both_disks_rewritten(stdout):
+    """The sync said that each of the two disks was rewritten from the
+    base, and at what cost in bytes."""
+    costs = re.findall(r'disk (\d): the chain changed from layer \S+ on: '
+                       r'rewritten from the base \((\d+) bytes\)',
+                       stdout)
+    assert sorted(d for d, _n in costs) == ['0', '1'], stdout
+    assert all(int(n) > 0 for _d, n in costs)
+
+
 def test_gc_after_rollback_is_detected_and_rewritten(bed):
     """The cutover removes the migration's snapshots, so after a rollback
     a real host's garbage collector may coalesce the chain while the VM
@@ -330,11 +340,7 @@ def test_gc_after_rollback_is_detected_and_rewritten(bed):
     w0.zero(0, 4096)
     r = mig('sync', 'web', '--no-progress', common=common)
     print(r.stdout)
-    costs = re.findall(r'disk (\d): the chain changed from layer \S+ on: '
-                       r'rewritten from the base \((\d+) bytes\)',
-                       r.stdout)
-    assert sorted(d for d, _n in costs) == ['0', '1'], r.stdout
-    assert all(int(n) > 0 for _d, n in costs)
+    assert_both_disks_rewritten(r.stdout)
     w1.write(3 * MiB + 512, ig.pattern(43, 512))
     r = mig('cutover', 'web', '--format', 'json', '--no-progress',
             common=common)
@@ -366,11 +372,7 @@ def test_snapshot_deleted_between_syncs_is_detected_and_rewritten(bed):
     w0.write(MiB, ig.pattern(72, 4096))
     w1.zero(0, 4096)
     r = mig('sync', 'web', '--no-progress', common=common)
-    costs = re.findall(r'disk (\d): the chain changed from layer \S+ on: '
-                       r'rewritten from the base \((\d+) bytes\)',
-                       r.stdout)
-    assert sorted(d for d, _n in costs) == ['0', '1'], r.stdout
-    assert all(int(n) > 0 for _d, n in costs)
+    assert_both_disks_rewritten(r.stdout)
     w1.write(2 * MiB + 512, ig.pattern(73, 512))
     mig('cutover', 'web', '--timeout', '60', '--no-progress', common=common)
     m = show(common)

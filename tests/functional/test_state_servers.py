@@ -236,23 +236,28 @@ def test_busy_error_names_the_holder(store):
                 pass
 
 
+def _store_at_0004(url):
+    """The store of a database made by revision 0004 (before 0005 made
+    our MySQL tables utf8mb4), without the upgrade opening does."""
+    from alembic import command
+    e = sql.make_engine(url)
+    with e.begin() as c:
+        command.upgrade(sql._alembic_config(c), '0004')
+    e.dispose()
+    store = sql.SqlStore.__new__(sql.SqlStore)
+    store.url, store.lease = url, sql.LEASE
+    store._engine = sql.make_engine(url)
+    store._writer = store._engine.execution_options(**{sql._WRITE: True})
+    return store
+
+
 def test_latin1_tables_of_a_mysql_database_are_converted(state_servers):
     """A MySQL database made before revision 0005 on a latin1 server:
     opened, our tables become utf8mb4 (TaskFlow's stay: see the
     revision), rows kept, and the schema is the one a new database
     has."""
-    from alembic import command
     url = state_servers('mysql').new_database()
-    e = sql.make_engine(url)
-    with e.begin() as c:
-        command.upgrade(sql._alembic_config(c), '0004')
-    e.dispose()
-    with sql.SqlStore.__new__(sql.SqlStore) as store:
-        # The store of revision 0004, without its upgrade.
-        store.url, store.lease = url, sql.LEASE
-        store._engine = sql.make_engine(url)
-        store._writer = store._engine.execution_options(
-            **{sql._WRITE: True})
+    with _store_at_0004(url) as store:
         statecontract._create(store, options={'label': 'caf\u00e9'})
         flowdb.backend(store._writer, sql.safe_url(url)).close()
     with sql.SqlStore(url) as store:
@@ -298,18 +303,9 @@ def test_taskflow_tables_keep_a_failure_beyond_latin1(state_servers,
     escaped.  A task failing with a message beyond latin1 and beyond the
     BMP (a VM's Cyrillic name, an emoji) is recorded and shown back as
     it was."""
-    from alembic import command
     server = state_servers('mysql')
     url = server.new_database()
-    e = sql.make_engine(url)
-    with e.begin() as c:
-        command.upgrade(sql._alembic_config(c), '0004')
-    e.dispose()
-    with sql.SqlStore.__new__(sql.SqlStore) as store:
-        store.url, store.lease = url, sql.LEASE
-        store._engine = sql.make_engine(url)
-        store._writer = store._engine.execution_options(
-            **{sql._WRITE: True})
+    with _store_at_0004(url) as store:
         flowdb.backend(store._writer, sql.safe_url(url)).close()
     root, facts = xhost.standard_host(tmp_path / 'xs')
     out = tmp_path / 'out'
