@@ -258,7 +258,16 @@ def test_latin1_tables_of_a_mysql_database_are_converted(state_servers):
     has."""
     url = state_servers('mysql').new_database()
     with _store_at_0004(url) as store:
-        statecontract._create(store, options={'label': 'caf\u00e9'})
+        # Written as revision 0004's code wrote it: today's models read
+        # columns later revisions add (cutover_runs.phases), so only the
+        # rows are added here, not read back.
+        from any2kvm_os.migration.state import models
+        with store._tx() as session:
+            session.add(models.Migration(
+                name='vm1', location='xenserver://root@xs1/vm1',
+                target='file', target_options={'label': 'caf\u00e9'},
+                status=api.STATUSES[0], created_at=1.0, updated_at=1.0,
+                disks=[models.Disk(**d) for d in statecontract.DISKS]))
         flowdb.backend(store._writer, sql.safe_url(url)).close()
     with sql.SqlStore(url) as store:
         assert sql.current_revision(store._engine) == sql.head_revision()
