@@ -398,5 +398,5 @@ def test_unreadable_ca_file_is_refused_whatever_the_input(disk, tmp_path,
     res = convert(disk.path, out, '--ova-ca-file', ca)
     assert res.returncode == 1, cli.describe(res)
     assert res.stderr.count('\n') == 1, res.stderr
-    assert '--ova-ca-file %s: cannot be read' % ca in res.stderr
+    assert '--ova-ca-file %s: the CA bundle cannot be read' % ca in res.stderr
     assert not out.exists()

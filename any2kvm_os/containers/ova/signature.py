@@ -150,7 +150,7 @@ def apply_arguments(args, limits):
                 pass
         except OSError as e:
             raise exception.Any2KvmError(
-                '--ova-ca-file %s: cannot be read: %s' % (
+                '--ova-ca-file %s: the CA bundle cannot be read: %s' % (
                     ca_file, e.strerror))
     base = policy_of(limits)
     limits.ova_signature = Policy(policy or base.policy,
