@@ -699,7 +699,7 @@ class Connection(object):
                 break
             time.sleep(pause)
             pause = min(2 * pause, _MAX_PAUSE)
-        if GATE_READY not in seen or not seen.endswith(GATE_READY):
+        if not seen.endswith(GATE_READY):
             raise exception.SshError(
                 host=self.label, reason='%s did not come to its gate '
                 '(it printed %d bytes, ended or took longer than %s s)'
