@@ -45,10 +45,20 @@ def sshd(tmp_path_factory):
         server.stop()
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the item (``item.any2kvm_failed``), for
+    fixtures that say more when their test failed."""
+    outcome = yield
+    if outcome.get_result().failed:
+        item.any2kvm_failed = True
+
+
 @pytest.fixture
-def sshd_factory(tmp_path):
+def sshd_factory(tmp_path, request):
     """``sshd_factory(env=None, ...)`` -> a started SshServer of this
-    test's own."""
+    test's own.  When the test failed, the end of each server's log is
+    printed (shown with the failure): what sshd saw of the logins."""
     sshd_lib.require()
     servers = []
 
@@ -61,6 +71,9 @@ def sshd_factory(tmp_path):
     yield make
     for server in servers:
         server.stop()
+        if getattr(request.node, 'any2kvm_failed', False):
+            print('--- the end of %s ---' % server.log)
+            print('\n'.join(server.log_text().splitlines()[-40:]))
 
 
 @pytest.fixture(autouse=True)

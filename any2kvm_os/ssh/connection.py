@@ -231,9 +231,27 @@ class Armed(object):
                 pass
 
 
+def _cut_short(error):
+    """Whether a failed SSH handshake was cut short by the host (closed
+    or reset before or during the key exchange, as sshd does beyond its
+    ``MaxStartups``) rather than refused (no algorithm in common, not an
+    SSH server)."""
+    if isinstance(error, (EOFError, OSError)):
+        return True
+    # paramiko wraps what ended the wait for the host's first line.
+    return str(error).startswith('Error reading SSH protocol banner')
+
+
 class _Dropped(Exception):
     """The connection was lost (internal: retried or turned into an
-    SshError)."""
+    SshError).  ``before_login``: the host closed it (or stopped
+    answering) before the login completed, so nothing ran: retried even
+    on the first connection, as a busy host's sshd does this when it
+    drops connections beyond its ``MaxStartups``."""
+
+    def __init__(self, message, before_login=False):
+        super(_Dropped, self).__init__(message)
+        self.before_login = before_login
 
 
 class Connection(object):
@@ -344,7 +362,8 @@ class Connection(object):
                 transport.start_client(timeout=st.connect_timeout)
             except (paramiko.SSHException, EOFError, OSError) as e:
                 raise _Dropped('SSH handshake with %s failed: %s'
-                               % (self.label, e))
+                               % (self.label, e),
+                               before_login=_cut_short(e))
             hostkeys.verify(ho, transport.get_remote_server_key())
             self._authenticate(transport)
             if st.keepalive_interval:
@@ -361,13 +380,28 @@ class Connection(object):
 
     # -- authentication ---------------------------------------------------
 
+    def _not_refused(self, transport, started):
+        """Raise :class:`_Dropped` if an attempt to log in that failed
+        (started at ``started``, :func:`time.monotonic`) was not refused
+        by the host but cut short: the connection closed, or no answer
+        within ``ssh_connect_timeout``."""
+        if not transport.is_active():
+            raise _Dropped('%s closed the connection during the login'
+                           % self.label, before_login=True)
+        if time.monotonic() - started >= transport.auth_timeout:
+            raise _Dropped('%s did not answer the login within %d s'
+                           % (self.label, transport.auth_timeout),
+                           before_login=True)
+
     def _allowed(self, transport, user):
         """The methods the server accepts (from a "none" attempt)."""
+        started = time.monotonic()
         try:
             transport.auth_none(user)
         except paramiko.BadAuthenticationType as e:
             return list(e.allowed_types)
         except paramiko.AuthenticationException:
+            self._not_refused(transport, started)
             return []
         return None   # logged in without credentials
 
@@ -380,9 +414,11 @@ class Connection(object):
         tried = []
         if 'publickey' in allowed:
             for what, key in self._keys(tried):
+                started = time.monotonic()
                 try:
                     transport.auth_publickey(user, key)
                 except paramiko.AuthenticationException as e:
+                    self._not_refused(transport, started)
                     LOG.debug('%s: %s refused: %s', self.label, what, e)
                     allowed = getattr(e, 'allowed_types', allowed)
                     continue
@@ -453,6 +489,7 @@ class Connection(object):
         return self._password
 
     def _password_login(self, transport, user, secret, allowed):
+        started = time.monotonic()
         try:
             if 'password' in allowed:
                 transport.auth_password(user, secret.reveal(),
@@ -463,6 +500,7 @@ class Connection(object):
                             for _, echo in prompts]
                 transport.auth_interactive(user, answer)
         except paramiko.AuthenticationException as e:
+            self._not_refused(transport, started)
             LOG.debug('%s: password refused: %s', self.label,
                       type(e).__name__)
             return False
@@ -499,13 +537,16 @@ class Connection(object):
         deadline = None
         delay = st.retry_delay
         while True:
+            started = False
             try:
                 self._ensure()
+                started = True
                 return step()
             except Exception as e:
                 if not self._is_drop(e):
                     raise
-                if not self._ever_connected:
+                first = not self._ever_connected
+                if first and not getattr(e, 'before_login', False):
                     raise exception.SshError(host=self.label,
                                              reason=str(e))
                 with self._lock:
@@ -514,7 +555,15 @@ class Connection(object):
                 if deadline is None:
                     deadline = now + st.retry_max_seconds
                 attempts += 1
-                if not retry:
+                if first and (attempts > st.retries or
+                              now + delay > deadline):
+                    raise exception.SshError(
+                        host=self.label, reason='could not log in: %s '
+                        '(%d attempts in %.0f s; a busy host\'s sshd '
+                        'drops connections beyond its MaxStartups)'
+                        % (_short(str(e)), attempts,
+                           now - deadline + st.retry_max_seconds))
+                if not retry and started:
                     raise exception.SshError(
                         host=self.label, reason='connection lost during '
                         '%s (not repeated: it may have had effects): %s'
@@ -526,11 +575,12 @@ class Connection(object):
                         '%.0f s: %s' % (what, attempts - 1,
                                         now - deadline + st.retry_max_seconds,
                                         _short(str(e) or type(e).__name__)))
-                LOG.warning('%s: connection lost during %s (%s); '
-                            'reconnecting in %.1f s (attempt %d of %d)',
-                            self.label, what,
-                            _short(str(e) or type(e).__name__), delay,
-                            attempts, st.retries)
+                LOG.warning('%s: %s (%s); %s in %.1f s (attempt %d of %d)',
+                            self.label, 'no login yet' if first else
+                            'connection lost during %s' % what,
+                            _short(str(e) or type(e).__name__),
+                            'trying again' if first else 'reconnecting',
+                            delay, attempts, st.retries)
                 time.sleep(delay)
                 delay = min(delay * 2, st.max_retry_delay)
 

@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -462,6 +463,90 @@ def test_first_connection_refused_is_one_line(tmp_path):
     with pytest.raises(exception.SshError) as e:
         conn_mod.Connection(ho, fast(), environ={}).connect()
     assert 'cannot connect' in one_line(e.value)
+
+
+class _Unauthenticated(object):
+    """A connection to ``server`` that never logs in: with sshd's
+    ``MaxStartups 1`` every later connection is dropped while it stays.
+    :meth:`release_after_a_drop` closes it once sshd has logged a drop
+    (from a thread, within 60 s)."""
+
+    def __init__(self, server):
+        self.server = server
+        # sshd may still count the connection that saw it was up (the
+        # fixture's): dropped too, until that one's process is gone.
+        deadline = time.monotonic() + 30
+        while True:
+            self.sock = socket.create_connection(
+                (server.host, server.port), timeout=10)
+            if self.sock.recv(64).startswith(b'SSH-2.0-'):
+                break
+            self.sock.close()
+            assert time.monotonic() < deadline, 'sshd drops everything'
+            time.sleep(0.05)
+        self._before = self._count()
+
+    def _count(self):
+        return self.server.log_text().count('past MaxStartups')
+
+    def drops(self):
+        """Connections sshd dropped since this one was up."""
+        return self._count() - self._before
+
+    def release_after_a_drop(self):
+        def wait():
+            deadline = time.monotonic() + 60
+            while not self.drops() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.close()
+        thread = threading.Thread(target=wait, daemon=True)
+        thread.start()
+        return thread
+
+    def close(self):
+        self.sock.close()
+
+
+def test_first_connection_dropped_before_login_is_tried_again(
+        sshd_factory, caplog):
+    # A busy host's sshd drops connections beyond MaxStartups before they
+    # log in: nothing ran, so even the first connection tries again.
+    server = sshd_factory(max_startups='1')
+    holder = _Unauthenticated(server)
+    try:
+        thread = holder.release_after_a_drop()
+        settings = options.Settings(connect_timeout=10, io_timeout=10,
+                                    retry_delay=0.2, max_retry_delay=1,
+                                    retries=20, retry_max_seconds=120)
+        with caplog.at_level(logging.WARNING, logger=conn_mod.__name__):
+            c = connect(server, settings=settings)
+        try:
+            assert c.run(['echo', 'in']).stdout == b'in\n'
+        finally:
+            c.close()
+        thread.join(60)
+        assert holder.drops() >= 1
+        assert 'no login yet' in caplog.text
+    finally:
+        holder.close()
+
+
+def test_first_connection_always_dropped_gives_up_in_one_line(
+        sshd_factory):
+    server = sshd_factory(max_startups='1')
+    holder = _Unauthenticated(server)
+    try:
+        settings = options.Settings(connect_timeout=10, io_timeout=10,
+                                    retry_delay=0.05, max_retry_delay=0.1,
+                                    retries=2)
+        with pytest.raises(exception.SshError) as e:
+            connect(server, settings=settings)
+        text = one_line(e.value)
+        assert 'could not log in' in text and '3 attempts' in text, text
+        assert 'MaxStartups' in text
+        assert holder.drops() == 3
+    finally:
+        holder.close()
 
 
 # -- cuts and stalls in the middle of pipelined reads ---------------------

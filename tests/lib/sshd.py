@@ -158,7 +158,7 @@ class SshServer(object):
     """One sshd of the tests (see the module's description)."""
 
     def __init__(self, directory, env=None, password_auth=True,
-                 key_type='ed25519'):
+                 key_type='ed25519', max_startups='100'):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = '127.0.0.1'
@@ -167,6 +167,9 @@ class SshServer(object):
         self.env = dict(env or {})
         self.password_auth = password_auth
         self.key_type = key_type
+        #: sshd's MaxStartups: beyond this many connections not logged
+        #: in yet, sshd drops new ones (a busy hypervisor host's case).
+        self.max_startups = max_startups
         self.host_key = self.dir / ('ssh_host_%s_key' % key_type)
         self.client_key = self.dir / 'client_key'
         self.authorized_keys = self.dir / 'authorized_keys'
@@ -237,7 +240,7 @@ class SshServer(object):
             'Subsystem sftp internal-sftp',
             'PrintMotd no',
             'PrintLastLog no',
-            'MaxStartups 100',
+            'MaxStartups %s' % self.max_startups,
             'LogLevel VERBOSE',
         ]
         if self.env:

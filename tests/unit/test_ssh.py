@@ -16,6 +16,7 @@ matching, the password filter."""
 import argparse
 import io
 import logging
+import time
 
 import paramiko
 import pytest
@@ -292,3 +293,38 @@ def test_a_gate_that_does_not_come_is_one_line(pieces, ends):
         c._until_ready(_GateChannel(pieces, ends), 'xe vm-shutdown')
     assert 'did not come to its gate' in str(e.value)
     assert '\n' not in str(e.value)
+
+
+class _LoginTransport(object):
+    def __init__(self, active, auth_timeout=30):
+        self.active = active
+        self.auth_timeout = auth_timeout
+
+    def is_active(self):
+        return self.active
+
+
+def test_a_login_cut_short_is_a_drop_not_a_refusal():
+    c = connection.Connection(options.HostOptions('xen1'))
+    now = time.monotonic()
+    with pytest.raises(connection._Dropped) as e:
+        c._not_refused(_LoginTransport(False), now)
+    assert e.value.before_login
+    assert 'closed the connection during the login' in str(e.value)
+    with pytest.raises(connection._Dropped) as e:
+        c._not_refused(_LoginTransport(True, 5), now - 6)
+    assert e.value.before_login
+    assert 'did not answer the login within 5 s' in str(e.value)
+    # Refused on a live connection, in time: a refusal (nothing raised).
+    c._not_refused(_LoginTransport(True, 5), now)
+
+
+@pytest.mark.parametrize('error, cut', [
+    (EOFError(), True),
+    (ConnectionResetError(104, 'reset'), True),
+    (paramiko.SSHException('Error reading SSH protocol banner'), True),
+    (paramiko.IncompatiblePeer('no acceptable kex algorithm'), False),
+    (paramiko.SSHException('Indecipherable protocol version "x"'), False),
+])
+def test_a_handshake_cut_short_by_the_host(error, cut):
+    assert connection._cut_short(error) is cut
