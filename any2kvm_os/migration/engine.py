@@ -932,9 +932,11 @@ def _adopt_command(m):
     tag = snapshot_tag(m)
     mine = (('name-description', tag) if tag else
             ('name-label', snapshot_name(m['name'])))
+    # params=uuid: --minimal prints the first field printed, which is the
+    # uuid only by xapi's table order (cli_printer.ml).
     return xe.list_command('snapshot', [
         ('snapshot-of', m['target_options']['vm_uuid']), mine],
-        minimal=True)
+        ('uuid',), minimal=True)
 
 
 def _adopt(store, name, m, output, argv):
@@ -1035,7 +1037,8 @@ def _remove_snapshots(store, name, host, run=None):
             snapshots.remove_snapshot(
                 lambda argv: host.run(argv, mutating=True), u)
         except exception.Any2KvmError:
-            argv = xe.list_command('snapshot', [('uuid', u)], minimal=True)
+            argv = xe.list_command('snapshot', [('uuid', u)], ('uuid',),
+                                   minimal=True)
             if xe.parse_minimal(host.run(argv), argv):
                 raise
         store.snapshot_removed(name, u)

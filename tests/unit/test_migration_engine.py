@@ -653,3 +653,18 @@ def test_vm_started_during_the_cutover_fails_it_and_forgets_the_leaf(
     assert store.get('web')['status'] == 'done'
     assert _power(root, vm) == 'halted'
     _check(store.get('web'), facts)
+
+
+def test_snapshot_listings_ask_for_the_uuid():
+    # --minimal prints the first field of each record printed; without
+    # params= that is the uuid only because select_fields keeps the
+    # record table's order, which starts with uuid, while the default
+    # columns xapi names for snapshot-list start with name-label
+    # (xen-api cli_operations.ml gen_cmds, select_fields;
+    # cli_printer.ml): params=uuid makes the answer uuids on any xe.
+    vm = '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f'
+    m = {'name': 'web', 'target_options': {'vm_uuid': vm,
+                                           'snapshot_tag': 'any2kvm-x'}}
+    argv = engine._adopt_command(m)
+    assert argv[:2] == ['xe', 'snapshot-list']
+    assert 'params=uuid' in argv and argv[-1] == '--minimal'

@@ -265,7 +265,7 @@ def test_metacharacters_stay_one_word():
     assert argv == ['xe', 'vm-list', 'name-label=a; touch /tmp/pwned',
                     'params=uuid,name-label']
     for odd in ('x=y=z', "it's \"quoted\"", '$(reboot) `id` | & > <',
-                ' leading and trailing ', '-s evil', 'line\nbreak'):
+                ' leading and trailing ', '-s evil', 'tab\there'):
         argv = xe.command('vm-list', {'name-label': odd})
         assert argv == ['xe', 'vm-list', 'name-label=' + odd]
 
@@ -301,6 +301,22 @@ def test_commands_refuse_what_cannot_be_one_word():
         xe.command('vm-list', {'name label': 'x'})
     with pytest.raises(ValueError):
         xe.list_command('vm', params=('uuid', 'a,b'))
+
+
+@pytest.mark.parametrize('value', ['web\nforce=true', 'web\r',
+                                   'a\r\nuuid=x'])
+def test_line_breaks_would_become_more_words(value):
+    # xe's thin client sends its words to xapi joined by newlines and xapi
+    # splits them at newlines, dropping a carriage return that ends one
+    # (xen-api ocaml/xe-cli/newcli.ml: String.concat "\n" args;
+    # ocaml/xapi-cli-server/xapi_cli.ml: parse_session_and_args, zap_cr):
+    # 'name-label=web<LF>force=true' reaches xapi as two parameters.
+    with pytest.raises(errors.XenServerError) as e:
+        xe.command('vm-snapshot', [('uuid', VM_UUID),
+                                   ('new-name-label', value)])
+    assert 'new-name-label' in str(e.value) and '\n' not in str(e.value)
+    with pytest.raises(errors.XenServerError):
+        xe.list_command('vm', [('name-label', value)], ('uuid',))
 
 
 def test_describe_quotes_for_messages():
@@ -543,6 +559,21 @@ def test_pv_guest_is_said_so():
     # Hosts before domain-type: an empty HVM-boot-policy says PV.
     del vm['domain-type']
     assert discovery.discover(host, 'web01').facts['virtualization'] == 'pv'
+
+
+def test_pv_in_pvh_as_xe_spells_it():
+    # xe prints the domain type with a hyphen, pv-in-pvh (xen-api
+    # ocaml/xapi-cli-server/record_util.ml domain_type_to_string), where
+    # the API enum is pv_in_pvh: both are a PV guest, whatever the boot
+    # policy a template left behind.
+    host = standard_host()
+    vm = host.objects['vm'][0]
+    for spelling in ('pv-in-pvh', 'pv_in_pvh', 'PV-in-PVH'):
+        vm.update({'domain-type': spelling,
+                   'HVM-boot-policy': 'BIOS order'})
+        found = discovery.discover(host, 'web01')
+        assert found.facts['virtualization'] == 'pv', spelling
+        assert any('PV guest' in n for n in found.notes)
 
 
 def test_find_by_uuid_and_a_name_that_looks_like_a_uuid():

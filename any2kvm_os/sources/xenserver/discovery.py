@@ -283,8 +283,10 @@ def _firmware(record, notes, argv):
     boot = xe.parse_map(record.get('HVM-boot-params', ''), argv,
                         'HVM-boot-params')
     policy = record.get('HVM-boot-policy')
-    domain_type = (record.get('domain-type') or '').lower()
-    if domain_type in ('pv', 'pv_in_pvh'):
+    # xe prints pv-in-pvh (record_util.ml domain_type_to_string), the
+    # API's enum is pv_in_pvh.
+    domain_type = (record.get('domain-type') or '').strip().lower()
+    if domain_type in ('pv', 'pv-in-pvh', 'pv_in_pvh'):
         mode = 'pv'
     elif domain_type in ('hvm', 'pvh'):
         mode = domain_type
