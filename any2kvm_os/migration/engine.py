@@ -1063,13 +1063,16 @@ def _shut_down(host, vm_uuid, force, timeout, armed=None):
                      timeout=timeout)
         return
     except exception.Any2KvmError as e:
-        if snapshots.power_state(host.run, vm_uuid) == 'halted':
+        state = snapshots.power_state(host.run, vm_uuid)
+        if state == 'halted':
             return
         if not force:
+            # xapi shuts down cleanly only a running VM: a paused or
+            # suspended one is refused (VM_BAD_POWER_STATE) and said so.
             raise exception.Any2KvmError(
                 'VM %s did not shut down cleanly (%s); it is still '
-                'running: run cutover again with --force to stop it hard'
-                % (vm_uuid, _one_line(e)))
+                '%s: run cutover again with --force to stop it hard'
+                % (vm_uuid, _one_line(e), state))
         LOG.warning('clean shutdown failed (%s): stopping the VM hard',
                     _one_line(e))
         snapshots.shutdown(lambda argv: host.run(argv, mutating=True),
