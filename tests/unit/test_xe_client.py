@@ -637,14 +637,29 @@ def test_lvm_sr_is_refused_naming_its_type():
 
 def test_other_sr_types_and_formats_are_refused_by_name():
     host = standard_host()
-    host.objects['sr'][0]['type'] = 'cifs'
-    with pytest.raises(errors.UnsupportedStorage, match='is of type cifs; '
-                       'only ext and nfs SRs'):
+    host.objects['sr'][0]['type'] = 'udev'
+    with pytest.raises(errors.UnsupportedStorage, match='is of type udev; '
+                       'only .*ext.* SRs'):
         discovery.discover(host, 'web01')
     host = standard_host()
     host.objects['vdi'][1]['sm-config'] = 'image-format: qcow2'
     with pytest.raises(errors.UnsupportedStorage, match='stored as qcow2'):
         discovery.discover(host, 'web01')
+
+
+@pytest.mark.parametrize('sr_type', ['smb', 'cifs', 'file', 'ext4', 'xfs',
+                                     'zfs'])
+def test_every_file_sr_keeps_its_vhds_under_the_mount(sr_type):
+    # The SM drivers of these types are FileSR's (xapi-project/sm
+    # drivers/SMBSR.py, CIFSSR.py, FileSR.py, EXT4SR.py, XFSSR.py,
+    # ZFSSR.py): each VDI a <vdi-uuid>.vhd file in SR.MOUNT_BASE/<sr-uuid>
+    # (their load() sets that path), as for ext and nfs.
+    host = standard_host()
+    host.objects['sr'][0]['type'] = sr_type
+    found = discovery.discover(host, 'web01', mount_base='/run/sr-mount')
+    assert [d.path for d in found.disks] == [
+        '/run/sr-mount/%s/%s.vhd' % (EXT_SR, v) for v in (VDI0, VDI1, VDI2)]
+    assert {d.sr_type for d in found.disks} == {sr_type}
 
 
 def test_untrusted_uuids_never_become_paths():

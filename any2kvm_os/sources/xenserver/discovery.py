@@ -31,7 +31,11 @@ Where a disk's VHD lives depends on the SR type:
   ``<mount base>/<sr-uuid>/<vdi-uuid>.vhd``; the SR is mounted at
   ``/run/sr-mount/<sr-uuid>`` (``/var/run/sr-mount`` on older hosts,
   the same directory through the /var/run link).  The base is a
-  parameter, so tests can point it at a stand-in tree.
+  parameter, so tests can point it at a stand-in tree.  So do the other
+  SM drivers built on FileSR, whose ``load`` sets the same path
+  (xapi-project/sm ``drivers/``): ``smb`` (and ``cifs``, its older
+  name; a link to the share's directory), ``file`` (a local directory),
+  and XCP-ng's ``ext4``, ``xfs`` and ``zfs``.
 * ``lvm``, ``lvmoiscsi``, ``lvmohba`` keep each VHD in a logical volume
   (``VHD-<vdi-uuid>`` in volume group ``VG_XenStorage-<sr-uuid>``), which
   exists as a device only while the VDI is attached, and whose thin VHD
@@ -52,7 +56,7 @@ from any2kvm_os.sources.xenserver import location
 from any2kvm_os.sources.xenserver import xe
 
 DEFAULT_MOUNT_BASE = '/run/sr-mount'
-FILE_SR_TYPES = ('ext', 'nfs')
+FILE_SR_TYPES = ('ext', 'nfs', 'smb', 'cifs', 'file', 'ext4', 'xfs', 'zfs')
 LVM_SR_TYPES = ('lvm', 'lvmoiscsi', 'lvmohba')
 MiB = 1 << 20
 #: Most disks and NICs a VM may have here (xapi allows 16 VBDs on an HVM
@@ -484,7 +488,7 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
         if sr_type not in FILE_SR_TYPES:
             raise errors.UnsupportedStorage(
                 host=host, vm=shown, disk=disk, reason='%s; only %s SRs '
-                '(VHD files) are read' % (where, ' and '.join(
+                '(VHD files) are read' % (where, ', '.join(
                     FILE_SR_TYPES)))
         sm_config = xe.parse_map(vdi.get('sm-config', ''), argv,
                                  'sm-config')
