@@ -932,9 +932,11 @@ def _adopt_command(m):
     tag = snapshot_tag(m)
     mine = (('name-description', tag) if tag else
             ('name-label', snapshot_name(m['name'])))
+    # params=uuid: --minimal prints the first field printed, which is the
+    # uuid only by xapi's table order (cli_printer.ml).
     return xe.list_command('snapshot', [
         ('snapshot-of', m['target_options']['vm_uuid']), mine],
-        minimal=True)
+        ('uuid',), minimal=True)
 
 
 def _adopt(store, name, m, output, argv):
@@ -1035,7 +1037,8 @@ def _remove_snapshots(store, name, host, run=None):
             snapshots.remove_snapshot(
                 lambda argv: host.run(argv, mutating=True), u)
         except exception.Any2KvmError:
-            argv = xe.list_command('snapshot', [('uuid', u)], minimal=True)
+            argv = xe.list_command('snapshot', [('uuid', u)], ('uuid',),
+                                   minimal=True)
             if xe.parse_minimal(host.run(argv), argv):
                 raise
         store.snapshot_removed(name, u)
@@ -1060,13 +1063,16 @@ def _shut_down(host, vm_uuid, force, timeout, armed=None):
                      timeout=timeout)
         return
     except exception.Any2KvmError as e:
-        if snapshots.power_state(host.run, vm_uuid) == 'halted':
+        state = snapshots.power_state(host.run, vm_uuid)
+        if state == 'halted':
             return
         if not force:
+            # xapi shuts down cleanly only a running VM: a paused or
+            # suspended one is refused (VM_BAD_POWER_STATE) and said so.
             raise exception.Any2KvmError(
                 'VM %s did not shut down cleanly (%s); it is still '
-                'running: run cutover again with --force to stop it hard'
-                % (vm_uuid, _one_line(e)))
+                '%s: run cutover again with --force to stop it hard'
+                % (vm_uuid, _one_line(e), state))
         LOG.warning('clean shutdown failed (%s): stopping the VM hard',
                     _one_line(e))
         snapshots.shutdown(lambda argv: host.run(argv, mutating=True),

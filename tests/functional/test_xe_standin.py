@@ -206,6 +206,24 @@ def test_errors(host):
                         'Error parameters: no-such-field\n')
 
 
+def test_words_as_xapi_receives_them(host):
+    # The thin client sends the words joined by newlines; xapi splits them
+    # at newlines and drops a carriage return ending one (newcli.ml;
+    # xapi_cli.ml parse_session_and_args, zap_cr).
+    root, f = host
+    assert xh.xe_ok(root, 'vm-list', 'uuid=%s\nparams=name-label'
+                    % f['twin-a'], '--minimal') == 'twin\n'
+    out = xh.xe_ok(root, 'vm-list', 'name-label=twin\r', 'params=uuid',
+                   '--minimal')
+    assert out.strip().split(',') == [f['twin-a'], f['twin-b']]
+    # What the thin client keeps for itself (newcli.ml parse_args) never
+    # reaches xapi as a filter.
+    out = xh.xe_ok(root, '--traceparent', '00-1-2-01', 'vm-list',
+                   'name-label=twin', 'debug=false', '--nossl',
+                   'params=uuid', '--minimal')
+    assert out.strip().split(',') == [f['twin-a'], f['twin-b']]
+
+
 # ---------------------------------------------------------------------------
 # snapshots on the VHD files
 # ---------------------------------------------------------------------------

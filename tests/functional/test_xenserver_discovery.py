@@ -154,3 +154,35 @@ def test_snapshot_of_disks_attached_without_owner_leaves_nothing(tmp_path):
     again = discovery.discover(run, vm, mount_base=mount_base(root)).disks
     assert [d.vdi_uuid for d in again] == [d.vdi_uuid for d in own]
     assert os.path.isfile(again[0].path)
+
+
+def test_many_disks_odd_names_and_a_cd_through_xe(tmp_path):
+    # Twelve disks (userdevice 10 and 11 come after 9, not after 1), a
+    # name with non-ASCII letters, a comma and a backslash (which xe
+    # escapes only with --minimal), a disk name over two lines (xe
+    # prints it as it is) and an empty CD drive after the disks.
+    b = xhost.HostBuilder(tmp_path / 'xs')
+    sr = b.add_sr('Local storage', 'ext')
+    name = 'Bürо, VM \\ «二»'
+    vm = b.add_vm(name, disks=[(1 << 20, None)] * 12, sr=sr)
+    first = [v for v in b.state['vbd'].values()
+             if v['vm'] == vm and v['userdevice'] == '0'][0]
+    b.state['vdi'][first['vdi']]['name-label'] = 'system\n  (copy 2)'
+    b._vbd(vm, None, '12', 'xvdm', 'CD', bootable=False)
+    b.save()
+
+    def run(argv):
+        r = subprocess.run([str(xhost.XE)] + list(argv[1:]),
+                           capture_output=True, env=xhost.xe_env(b.root),
+                           timeout=120, cwd='/')
+        if r.returncode != 0:
+            raise XeFailed('%s: %r' % (argv, r.stderr))
+        return r.stdout
+    found = discovery.discover(run, name, host='standin',
+                               mount_base=mount_base(b.root))
+    assert found.uuid == vm and found.facts['name'] == name
+    assert [d.userdevice for d in found.disks] == [str(i)
+                                                   for i in range(12)]
+    assert all(os.path.isfile(d.path) for d in found.disks)
+    assert found.disks[0].vdi_name == 'system\n  (copy 2)'
+    assert any('userdevice 12' in n for n in found.notes)

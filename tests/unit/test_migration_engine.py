@@ -653,3 +653,44 @@ def test_vm_started_during_the_cutover_fails_it_and_forgets_the_leaf(
     assert store.get('web')['status'] == 'done'
     assert _power(root, vm) == 'halted'
     _check(store.get('web'), facts)
+
+
+def test_snapshot_listings_ask_for_the_uuid():
+    # --minimal prints the first field of each record printed; without
+    # params= that is the uuid only because select_fields keeps the
+    # record table's order, which starts with uuid, while the default
+    # columns xapi names for snapshot-list start with name-label
+    # (xen-api cli_operations.ml gen_cmds, select_fields;
+    # cli_printer.ml): params=uuid makes the answer uuids on any xe.
+    vm = '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f'
+    m = {'name': 'web', 'target_options': {'vm_uuid': vm,
+                                           'snapshot_tag': 'any2kvm-x'}}
+    argv = engine._adopt_command(m)
+    assert argv[:2] == ['xe', 'snapshot-list']
+    assert 'params=uuid' in argv and argv[-1] == '--minimal'
+
+
+class _PausedHost(object):
+    """A host whose VM is paused: xapi refuses its clean shutdown
+    (VM_BAD_POWER_STATE, expected running: xapi_vm_lifecycle.ml
+    allowed_power_states) and says paused when asked."""
+    label = 'xs1'
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, argv, mutating=False, timeout=None):
+        self.calls.append(argv[1])
+        if argv[1] == 'vm-shutdown':
+            raise exception.RemoteCommandError(
+                host='xs1', command='xe vm-shutdown', reason='exit status 1')
+        return 'paused\n'
+
+
+def test_a_paused_vm_that_does_not_shut_down_is_said_paused():
+    host = _PausedHost()
+    with pytest.raises(exception.Any2KvmError) as e:
+        engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
+                          force=False, timeout=5)
+    assert 'paused' in str(e.value) and 'running' not in str(e.value)
+    assert '--force' in str(e.value)

@@ -265,7 +265,7 @@ def test_metacharacters_stay_one_word():
     assert argv == ['xe', 'vm-list', 'name-label=a; touch /tmp/pwned',
                     'params=uuid,name-label']
     for odd in ('x=y=z', "it's \"quoted\"", '$(reboot) `id` | & > <',
-                ' leading and trailing ', '-s evil', 'line\nbreak'):
+                ' leading and trailing ', '-s evil', 'tab\there'):
         argv = xe.command('vm-list', {'name-label': odd})
         assert argv == ['xe', 'vm-list', 'name-label=' + odd]
 
@@ -301,6 +301,22 @@ def test_commands_refuse_what_cannot_be_one_word():
         xe.command('vm-list', {'name label': 'x'})
     with pytest.raises(ValueError):
         xe.list_command('vm', params=('uuid', 'a,b'))
+
+
+@pytest.mark.parametrize('value', ['web\nforce=true', 'web\r',
+                                   'a\r\nuuid=x'])
+def test_line_breaks_would_become_more_words(value):
+    # xe's thin client sends its words to xapi joined by newlines and xapi
+    # splits them at newlines, dropping a carriage return that ends one
+    # (xen-api ocaml/xe-cli/newcli.ml: String.concat "\n" args;
+    # ocaml/xapi-cli-server/xapi_cli.ml: parse_session_and_args, zap_cr):
+    # 'name-label=web<LF>force=true' reaches xapi as two parameters.
+    with pytest.raises(errors.XenServerError) as e:
+        xe.command('vm-snapshot', [('uuid', VM_UUID),
+                                   ('new-name-label', value)])
+    assert 'new-name-label' in str(e.value) and '\n' not in str(e.value)
+    with pytest.raises(errors.XenServerError):
+        xe.list_command('vm', [('name-label', value)], ('uuid',))
 
 
 def test_describe_quotes_for_messages():
@@ -545,6 +561,21 @@ def test_pv_guest_is_said_so():
     assert discovery.discover(host, 'web01').facts['virtualization'] == 'pv'
 
 
+def test_pv_in_pvh_as_xe_spells_it():
+    # xe prints the domain type with a hyphen, pv-in-pvh (xen-api
+    # ocaml/xapi-cli-server/record_util.ml domain_type_to_string), where
+    # the API enum is pv_in_pvh: both are a PV guest, whatever the boot
+    # policy a template left behind.
+    host = standard_host()
+    vm = host.objects['vm'][0]
+    for spelling in ('pv-in-pvh', 'pv_in_pvh', 'PV-in-PVH'):
+        vm.update({'domain-type': spelling,
+                   'HVM-boot-policy': 'BIOS order'})
+        found = discovery.discover(host, 'web01')
+        assert found.facts['virtualization'] == 'pv', spelling
+        assert any('PV guest' in n for n in found.notes)
+
+
 def test_find_by_uuid_and_a_name_that_looks_like_a_uuid():
     host = standard_host()
     assert discovery.find_vm(host, VM_UUID.upper())['name-label'] == 'web01'
@@ -606,14 +637,29 @@ def test_lvm_sr_is_refused_naming_its_type():
 
 def test_other_sr_types_and_formats_are_refused_by_name():
     host = standard_host()
-    host.objects['sr'][0]['type'] = 'cifs'
-    with pytest.raises(errors.UnsupportedStorage, match='is of type cifs; '
-                       'only ext and nfs SRs'):
+    host.objects['sr'][0]['type'] = 'udev'
+    with pytest.raises(errors.UnsupportedStorage, match='is of type udev; '
+                       'only .*ext.* SRs'):
         discovery.discover(host, 'web01')
     host = standard_host()
     host.objects['vdi'][1]['sm-config'] = 'image-format: qcow2'
     with pytest.raises(errors.UnsupportedStorage, match='stored as qcow2'):
         discovery.discover(host, 'web01')
+
+
+@pytest.mark.parametrize('sr_type', ['smb', 'cifs', 'file', 'ext4', 'xfs',
+                                     'zfs'])
+def test_every_file_sr_keeps_its_vhds_under_the_mount(sr_type):
+    # The SM drivers of these types are FileSR's (xapi-project/sm
+    # drivers/SMBSR.py, CIFSSR.py, FileSR.py, EXT4SR.py, XFSSR.py,
+    # ZFSSR.py): each VDI a <vdi-uuid>.vhd file in SR.MOUNT_BASE/<sr-uuid>
+    # (their load() sets that path), as for ext and nfs.
+    host = standard_host()
+    host.objects['sr'][0]['type'] = sr_type
+    found = discovery.discover(host, 'web01', mount_base='/run/sr-mount')
+    assert [d.path for d in found.disks] == [
+        '/run/sr-mount/%s/%s.vhd' % (EXT_SR, v) for v in (VDI0, VDI1, VDI2)]
+    assert {d.sr_type for d in found.disks} == {sr_type}
 
 
 def test_untrusted_uuids_never_become_paths():

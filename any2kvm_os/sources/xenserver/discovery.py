@@ -31,7 +31,11 @@ Where a disk's VHD lives depends on the SR type:
   ``<mount base>/<sr-uuid>/<vdi-uuid>.vhd``; the SR is mounted at
   ``/run/sr-mount/<sr-uuid>`` (``/var/run/sr-mount`` on older hosts,
   the same directory through the /var/run link).  The base is a
-  parameter, so tests can point it at a stand-in tree.
+  parameter, so tests can point it at a stand-in tree.  So do the other
+  SM drivers built on FileSR, whose ``load`` sets the same path
+  (xapi-project/sm ``drivers/``): ``smb`` (and ``cifs``, its older
+  name; a link to the share's directory), ``file`` (a local directory),
+  and XCP-ng's ``ext4``, ``xfs`` and ``zfs``.
 * ``lvm``, ``lvmoiscsi``, ``lvmohba`` keep each VHD in a logical volume
   (``VHD-<vdi-uuid>`` in volume group ``VG_XenStorage-<sr-uuid>``), which
   exists as a device only while the VDI is attached, and whose thin VHD
@@ -52,7 +56,7 @@ from any2kvm_os.sources.xenserver import location
 from any2kvm_os.sources.xenserver import xe
 
 DEFAULT_MOUNT_BASE = '/run/sr-mount'
-FILE_SR_TYPES = ('ext', 'nfs')
+FILE_SR_TYPES = ('ext', 'nfs', 'smb', 'cifs', 'file', 'ext4', 'xfs', 'zfs')
 LVM_SR_TYPES = ('lvm', 'lvmoiscsi', 'lvmohba')
 MiB = 1 << 20
 #: Most disks and NICs a VM may have here (xapi allows 16 VBDs on an HVM
@@ -283,8 +287,10 @@ def _firmware(record, notes, argv):
     boot = xe.parse_map(record.get('HVM-boot-params', ''), argv,
                         'HVM-boot-params')
     policy = record.get('HVM-boot-policy')
-    domain_type = (record.get('domain-type') or '').lower()
-    if domain_type in ('pv', 'pv_in_pvh'):
+    # xe prints pv-in-pvh (record_util.ml domain_type_to_string), the
+    # API's enum is pv_in_pvh.
+    domain_type = (record.get('domain-type') or '').strip().lower()
+    if domain_type in ('pv', 'pv-in-pvh', 'pv_in_pvh'):
         mode = 'pv'
     elif domain_type in ('hvm', 'pvh'):
         mode = domain_type
@@ -482,7 +488,7 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
         if sr_type not in FILE_SR_TYPES:
             raise errors.UnsupportedStorage(
                 host=host, vm=shown, disk=disk, reason='%s; only %s SRs '
-                '(VHD files) are read' % (where, ' and '.join(
+                '(VHD files) are read' % (where, ', '.join(
                     FILE_SR_TYPES)))
         sm_config = xe.parse_map(vdi.get('sm-config', ''), argv,
                                  'sm-config')

@@ -16,7 +16,13 @@ Commands are argv lists, never shell text: ``['xe', 'vm-list',
 'name-label=a; touch /tmp/pwned', 'params=uuid']``.  Each ``key=value`` is
 one word whatever the value holds (spaces, quotes, ``=``, ``;``); the
 transport quotes every word for the remote shell.  ``xe`` itself splits a
-word at its first ``=`` only, so ``=`` inside a value is kept.
+word at its first ``=`` only, so ``=`` inside a value is kept.  A line
+break is the one thing a word cannot hold: xe's thin client sends its
+words to xapi joined by newlines, and xapi splits them at newlines and
+drops a carriage return that ends one (xen-api ``ocaml/xe-cli/newcli.ml``,
+``ocaml/xapi-cli-server/xapi_cli.ml`` ``parse_session_and_args``), so
+``name-label=a<LF>force=true`` would reach xapi as two parameters: a
+value holding ``\n`` or ``\r`` is refused, as is NUL.
 
 What ``xe`` prints, as xapi's CLI server writes it
 (xapi-project/xen-api, ``ocaml/xapi-cli-server/cli_printer.ml``,
@@ -101,6 +107,11 @@ def _word(key, value):
     if '\0' in value:
         raise errors.XenServerError(
             reason='xe argument %s: a NUL character cannot be passed' % key)
+    if '\n' in value or '\r' in value:
+        # xe would pass the rest of the value to xapi as more words.
+        raise errors.XenServerError(
+            reason='xe argument %s: a line break cannot be passed (xe '
+            'would split the value into several arguments)' % key)
     return '%s=%s' % (key, value)
 
 
