@@ -82,8 +82,7 @@ CLI = (
 
 
 def _env():
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(('OS_', 'PYTHON'))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith('OS_')}
     # No guest inspection: it is a libguestfs launch, not start-up.
     env['ANY2KVM_INSPECT'] = '0'
     return env
