@@ -21,8 +21,7 @@ library's own), turned into one line by :func:`error_message`.
 
 import logging
 import os
-
-from oslo_config import cfg
+import sys
 
 from any2kvm_os import exception
 from any2kvm_os import limits as limits_mod
@@ -40,6 +39,7 @@ RESULT_FIELDS = ('disk', 'name', 'id', 'path', 'size', 'sha256',
 
 def load_limits(config_files=()):
     """Limits from the oslo.config defaults and ``config_files``."""
+    from oslo_config import cfg
     conf = cfg.ConfigOpts()
     register_opts(conf)
     conf(args=[], project='any2kvm_os', prog=PROG,
@@ -71,11 +71,18 @@ def error_message(e):
         msg = str(e)
     elif isinstance(e, OSError) and e.filename:
         msg = '%s: %s' % (e.filename, e.strerror)
-    elif isinstance(e, cfg.Error):
+    elif _is_config_error(e):
         msg = 'configuration: %s' % e
     else:
         return None
     return ' '.join(msg.splitlines())
+
+
+def _is_config_error(e):
+    """Whether ``e`` is an oslo.config error (none can be raised while
+    oslo.config is not imported: a local conversion does not import it)."""
+    cfg = sys.modules.get('oslo_config.cfg')
+    return cfg is not None and isinstance(e, cfg.Error)
 
 
 def open_location(location, limits, source_name=None, session=None,

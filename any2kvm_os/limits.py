@@ -14,34 +14,56 @@
 
 The options (``OPTIONS``, group ``[any2kvm]``) are owned here; the
 scratch options are :mod:`any2kvm_os.scratch`'s.  :class:`Limits` takes
-its defaults from these options: they are written once.
+its defaults from the same table as these options: they are written once.
+``OPTIONS`` is made on first use, so that a conversion that reads no
+configuration does not import oslo.config (start-up time).
 """
-
-from oslo_config import cfg
 
 from any2kvm_os import scratch
 
 GROUP = 'any2kvm'
 
-OPTIONS = [
-    cfg.IntOpt('max_chain_depth', default=64, min=1, max=1024,
-               help='Most layers a snapshot chain may have. XenServer '
-                    'keeps chains under 30; a deeper chain is refused as '
-                    'absurd.'),
-    cfg.IntOpt('max_virtual_size_gib', default=65536, min=1,
-               help='Largest virtual disk size accepted, in GiB. Formats '
-                    'have their own, lower limits (VHD: 2 TiB).'),
-    cfg.IntOpt('max_archive_members', default=1024, min=1,
-               help='Most members an archive (tar, tgz) may hold.'),
-    cfg.IntOpt('max_archive_gib', default=16384, min=1,
-               help='Largest total size, in GiB, of the members of an '
-                    'archive (bounds decompression).'),
-    cfg.IntOpt('max_directory_entries', default=10000, min=1,
-               help='Most directory entries inspected when looking for a '
-                    'parent disk beside a child.'),
-]
+#: The options' defaults, written once: :class:`Limits` and ``OPTIONS``
+#: take them from here.
+_DEFAULTS = dict(max_chain_depth=64, max_virtual_size_gib=65536,
+                 max_archive_members=1024, max_archive_gib=16384,
+                 max_directory_entries=10000, **scratch.DEFAULTS)
 
-_DEFAULTS = {o.name: o.default for o in OPTIONS + scratch.OPTIONS}
+
+def _options():
+    from oslo_config import cfg
+    d = _DEFAULTS
+    return [
+        cfg.IntOpt('max_chain_depth', default=d['max_chain_depth'], min=1,
+                   max=1024,
+                   help='Most layers a snapshot chain may have. XenServer '
+                        'keeps chains under 30; a deeper chain is refused '
+                        'as absurd.'),
+        cfg.IntOpt('max_virtual_size_gib',
+                   default=d['max_virtual_size_gib'], min=1,
+                   help='Largest virtual disk size accepted, in GiB. '
+                        'Formats have their own, lower limits (VHD: 2 '
+                        'TiB).'),
+        cfg.IntOpt('max_archive_members', default=d['max_archive_members'],
+                   min=1,
+                   help='Most members an archive (tar, tgz) may hold.'),
+        cfg.IntOpt('max_archive_gib', default=d['max_archive_gib'], min=1,
+                   help='Largest total size, in GiB, of the members of an '
+                        'archive (bounds decompression).'),
+        cfg.IntOpt('max_directory_entries',
+                   default=d['max_directory_entries'], min=1,
+                   help='Most directory entries inspected when looking for '
+                        'a parent disk beside a child.'),
+    ]
+
+
+def __getattr__(name):
+    """``OPTIONS`` (oslo.config options), made on first use: a conversion
+    that reads no configuration does not import oslo.config."""
+    if name == 'OPTIONS':
+        globals()['OPTIONS'] = options = _options()
+        return options
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
 
 
 class Limits(object):

@@ -37,28 +37,43 @@ import os
 import shutil
 import tempfile
 
-from oslo_config import cfg
-
 from any2kvm_os import exception
 
 LOG = logging.getLogger(__name__)
 
 GROUP = 'any2kvm'
 
-OPTIONS = [
-    cfg.StrOpt('scratch_dir',
-               help='Directory under which a private (0700) scratch '
-                    'directory is made when archive members must be '
-                    'buffered. Default: the directory of the output.'),
-    cfg.IntOpt('scratch_limit_gib', default=1024, min=0,
-               help='Most scratch space, in GiB, one conversion may use. '
-                    'Scratch is needed only when a compressed archive '
-                    'holds members in an order that cannot be applied as '
-                    'they come.'),
-]
+#: The options' defaults (``scratch_limit_gib`` in GiB), written once.
+DEFAULTS = {'scratch_dir': None, 'scratch_limit_gib': 1024}
+
+
+def _options():
+    from oslo_config import cfg
+    return [
+        cfg.StrOpt('scratch_dir', default=DEFAULTS['scratch_dir'],
+                   help='Directory under which a private (0700) scratch '
+                        'directory is made when archive members must be '
+                        'buffered. Default: the directory of the output.'),
+        cfg.IntOpt('scratch_limit_gib', default=DEFAULTS['scratch_limit_gib'],
+                   min=0,
+                   help='Most scratch space, in GiB, one conversion may '
+                        'use. Scratch is needed only when a compressed '
+                        'archive holds members in an order that cannot be '
+                        'applied as they come.'),
+    ]
+
+
+def __getattr__(name):
+    """``OPTIONS`` (oslo.config options), made on first use: a conversion
+    that reads no configuration does not import oslo.config."""
+    if name == 'OPTIONS':
+        globals()['OPTIONS'] = options = _options()
+        return options
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
+
 
 #: ``scratch_limit_gib``'s default, in bytes.
-DEFAULT_LIMIT = OPTIONS[1].default << 30
+DEFAULT_LIMIT = DEFAULTS['scratch_limit_gib'] << 30
 
 #: Bytes charged between two measures of a scratch file's real
 #: allocation (see :class:`BoundedFile`).

@@ -1089,6 +1089,34 @@ class Bench(object):
                 sys.executable, '-c', FROM_TREE, self.args.baseline,
                 'convert', src, dst], dst, inputs=inputs)
 
+    def baseline_scratch_job(self, src, inputs):
+        """The Glance scratch conversion by the --baseline checkout (its
+        start-up is what issue 14 cuts), or None."""
+        if not self.args.baseline:
+            return None
+        return Job('  baseline scratch', [
+            sys.executable, '-c', FROM_TREE_SCRATCH, self.args.baseline,
+            src, os.path.join(self.outdir, 'base-scratch.raw')],
+            os.path.join(self.outdir, 'base-scratch.raw'), inputs=inputs)
+
+    def baseline_scratch_rows(self, name, sc, sbs, plain):
+        if sbs is None:
+            return
+        ratio = sc.median / sbs.median
+        out('    Glance scratch after/before (median) %.3f (%.2fs/%.2fs); '
+            'before / plain qemu-img %.3f; cpu s after/before %.3f/%.3f'
+            % (ratio, sc.median, sbs.median, sbs.median / plain.median,
+               sc.cpu_median, sbs.cpu_median))
+        self.row('%s time Glance scratch after/before' % name,
+                 '%.3f (%.2fs/%.2fs)' % (ratio, sc.median, sbs.median),
+                 '< 1.0', self.verdict(ratio < 1.0))
+        self.row('%s time baseline Glance scratch/qemu-img (no flush)'
+                 % name, '%.3f (%.2fs/%.2fs)' % (
+                     sbs.median / plain.median, sbs.median, plain.median))
+        self.row('%s cpu Glance scratch after/before' % name,
+                 '%.3f (%.2fs/%.2fs)' % (sc.cpu_median / sbs.cpu_median,
+                                         sc.cpu_median, sbs.cpu_median))
+
     def baseline_rows(self, name, s1, sb):
         if sb is None:
             return
@@ -1204,6 +1232,9 @@ class Bench(object):
                                [img])
         if jb:
             jobs.append(jb)
+        jbs = self.baseline_scratch_job(img, [img])
+        if jbs:
+            jobs.append(jbs)
         try:
             series = self.measure_checked(
                 jobs, {j: m['digest'] for j in jobs}, case)
@@ -1214,12 +1245,14 @@ class Bench(object):
         print_series(series)
         s1, s2, s3, s4 = series[:4]
         sb = series[4] if jb else None
+        sbs = series[5] if jbs else None
         out('    median ratio any2kvm/qemu-img %.3f; against qemu-img -t '
             'writeback %.3f (target <= %.2f); all outputs identical: yes '
             '(%s)' % (s1.median / s2.median, s1.median / s3.median,
                       TARGET_WB_RATIO, s1.digest[:16]))
         self.wb_rows(case, s1, s2, s3)
         self.scratch_rows(case, s4, s2)
+        self.baseline_scratch_rows(case, s4, sbs, s2)
         self.extent_rows(case, s1, s2, 'qemu-img')
         self.baseline_rows(case, s1, sb)
         self.rss_rows(case, s1)

@@ -34,7 +34,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from xml.sax import saxutils
 
 from oslo_config import cfg
 
@@ -140,6 +139,9 @@ def command(disks, fmt, root=None):
 def domain_xml(disks, fmt, name='any2kvm-guest'):
     """Minimal libvirt XML of a VM with ``disks`` (what ``-i libvirtxml``
     reads)."""
+    # saxutils imports urllib.request, http.client and ssl: only here,
+    # not at the start-up of every command that registers our options.
+    from xml.sax import saxutils
     q = saxutils.quoteattr
     lines = ['<domain type="kvm">', '  <name>%s</name>' % saxutils.escape(
         name), '  <memory>1048576</memory>', '  <vcpu>1</vcpu>',

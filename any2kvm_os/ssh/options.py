@@ -22,60 +22,86 @@ to it (identity file, known_hosts, pinned key, password variable) is a
 command-line options and :func:`host_options` reads them back.
 """
 
-import getpass
 import os
 import re
 
-from oslo_config import cfg
-
 GROUP = 'any2kvm'
 
-OPTIONS = [
-    cfg.IntOpt('ssh_connect_timeout', default=30, min=1,
-               help='Seconds to wait for an SSH host to answer (TCP '
-                    'connection, key exchange, authentication).'),
-    cfg.IntOpt('ssh_io_timeout', default=120, min=1,
-               help='Seconds without an answer to a file read after '
-                    'which the SSH connection is taken for dead (and '
-                    'reconnected).'),
-    cfg.IntOpt('ssh_keepalive_interval', default=30, min=0,
-               help='Seconds between SSH keepalive messages; 0 sends '
-                    'none.'),
-    cfg.IntOpt('ssh_retries', default=5, min=0,
-               help='Most reconnections after a lost SSH connection '
-                    'during one step (a file read, a command marked '
-                    'as safe to repeat).'),
-    cfg.IntOpt('ssh_retry_max_seconds', default=300, min=1,
-               help='Most seconds spent reconnecting after a lost SSH '
-                    'connection during one step; the wait between two '
-                    'attempts doubles from 1 second up to 30.'),
-    cfg.IntOpt('ssh_command_timeout', default=3600, min=1,
-               help='Default seconds a command run on a host may take.'),
-    cfg.IntOpt('ssh_max_output_mib', default=64, min=1,
-               help='Default most MiB a command run on a host may print '
-                    'on its standard output.'),
-    cfg.IntOpt('ssh_sftp_max_requests', default=64, min=1, max=1024,
-               help='Most SFTP read requests in flight on one connection '
-                    '(for the reads under way and the read-ahead): '
-                    'bounds the memory the reads hold (twice this times '
-                    'ssh_sftp_request_kib at most) and how full a '
-                    'high-latency link is kept.'),
-    cfg.IntOpt('ssh_sftp_request_kib', default=252, min=4, max=1024,
-               help='KiB asked by one SFTP read request; a server that '
-                    'sends less per request (OpenSSH before 8 sends 64 '
-                    'KiB) is then asked for what it sends.'),
-    cfg.IntOpt('ssh_sftp_streams', default=1, min=1, max=8,
-               help='SSH connections that read one large file (64 MiB '
-                    'or more) together, each its own 4 MiB stripes of '
-                    'it, so that decrypting runs on more than one core; '
-                    'each is verified and logged in to like the first. '
-                    'ssh_sftp_max_requests is shared among them (the '
-                    'memory bound does not grow). 1 (the default: no '
-                    'gain was measured yet on a loaded 2-core host) reads '
-                    'over one connection.'),
-]
+#: The options' defaults, written once.
+_DEFAULTS = dict(ssh_connect_timeout=30, ssh_io_timeout=120,
+                 ssh_keepalive_interval=30, ssh_retries=5,
+                 ssh_retry_max_seconds=300,
+                 ssh_command_timeout=3600,
+                 ssh_max_output_mib=64,
+                 ssh_sftp_max_requests=64,
+                 ssh_sftp_request_kib=252, ssh_sftp_streams=1)
 
-_DEFAULTS = {o.name: o.default for o in OPTIONS}
+
+def _options():
+    from oslo_config import cfg
+    d = _DEFAULTS
+    return [
+        cfg.IntOpt('ssh_connect_timeout',
+                   default=d['ssh_connect_timeout'], min=1,
+                   help='Seconds to wait for an SSH host to answer (TCP '
+                        'connection, key exchange, authentication).'),
+        cfg.IntOpt('ssh_io_timeout', default=d['ssh_io_timeout'], min=1,
+                   help='Seconds without an answer to a file read after '
+                        'which the SSH connection is taken for dead (and '
+                        'reconnected).'),
+        cfg.IntOpt('ssh_keepalive_interval',
+                   default=d['ssh_keepalive_interval'], min=0,
+                   help='Seconds between SSH keepalive messages; 0 sends '
+                        'none.'),
+        cfg.IntOpt('ssh_retries', default=d['ssh_retries'], min=0,
+                   help='Most reconnections after a lost SSH connection '
+                        'during one step (a file read, a command marked '
+                        'as safe to repeat).'),
+        cfg.IntOpt('ssh_retry_max_seconds',
+                   default=d['ssh_retry_max_seconds'], min=1,
+                   help='Most seconds spent reconnecting after a lost SSH '
+                        'connection during one step; the wait between two '
+                        'attempts doubles from 1 second up to 30.'),
+        cfg.IntOpt('ssh_command_timeout',
+                   default=d['ssh_command_timeout'], min=1,
+                   help='Default seconds a command run on a host may take.'),
+        cfg.IntOpt('ssh_max_output_mib',
+                   default=d['ssh_max_output_mib'], min=1,
+                   help='Default most MiB a command run on a host may print '
+                        'on its standard output.'),
+        cfg.IntOpt('ssh_sftp_max_requests',
+                   default=d['ssh_sftp_max_requests'], min=1, max=1024,
+                   help='Most SFTP read requests in flight on one connection '
+                        '(for the reads under way and the read-ahead): '
+                        'bounds the memory the reads hold (twice this times '
+                        'ssh_sftp_request_kib at most) and how full a '
+                        'high-latency link is kept.'),
+        cfg.IntOpt('ssh_sftp_request_kib',
+                   default=d['ssh_sftp_request_kib'], min=4, max=1024,
+                   help='KiB asked by one SFTP read request; a server that '
+                        'sends less per request (OpenSSH before 8 sends 64 '
+                        'KiB) is then asked for what it sends.'),
+        cfg.IntOpt('ssh_sftp_streams',
+                   default=d['ssh_sftp_streams'], min=1, max=8,
+                   help='SSH connections that read one large file (64 MiB '
+                        'or more) together, each its own 4 MiB stripes of '
+                        'it, so that decrypting runs on more than one core; '
+                        'each is verified and logged in to like the first. '
+                        'ssh_sftp_max_requests is shared among them (the '
+                        'memory bound does not grow). 1 (the default: no '
+                        'gain was measured yet on a loaded 2-core host) reads '
+                        'over one connection.'),
+    ]
+
+
+def __getattr__(name):
+    """``OPTIONS`` (oslo.config options), made on first use: a conversion
+    that reads no configuration does not import oslo.config."""
+    if name == 'OPTIONS':
+        globals()['OPTIONS'] = options = _options()
+        return options
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
+
 
 #: Most bytes of a command's standard error kept (the rest is dropped).
 MAX_STDERR = 64 << 10
@@ -181,7 +207,10 @@ class HostOptions(object):
         for key in host_keys:
             check_fingerprint(key)
         self.host = host
-        self.user = user or getpass.getuser()
+        if not user:
+            import getpass  # termios: not imported by a local conversion
+            user = getpass.getuser()
+        self.user = user
         self.port = int(port)
         self.identity_file = identity_file
         self.known_hosts = known_hosts or default_known_hosts()

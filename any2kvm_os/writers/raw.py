@@ -21,7 +21,6 @@ wrote data the range is punched.  An existing block device is written in
 place, and its ranges that must read as zeros are zeroed explicitly.
 """
 
-import ctypes
 import errno
 import hashlib
 import fcntl
@@ -79,6 +78,7 @@ _libc = None
 
 def _libc_fn(name):
     global _libc
+    import ctypes  # here: a scratch file never needs it (start-up time)
     if _libc is None:
         # The symbols of the running process include libc's (and
         # find_library would fork ldconfig).
@@ -542,6 +542,7 @@ class RawWriter(object):
                          else FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE
                 if _fallocate()(self.fd, flags, offset, length) == 0:
                     return True
+                import ctypes
                 err = ctypes.get_errno()
             if err not in _UNSUPPORTED:
                 raise exception.TargetError(path=self.path,

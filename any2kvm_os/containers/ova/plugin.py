@@ -14,12 +14,13 @@
 
 A local OVA or OVF directory is read in place (:mod:`.package`); a
 download as it arrives (:mod:`.stream`).
+
+Those modules (and defusedxml) are imported when a method needs them:
+every conversion loads every container plugin to learn its priority, and
+one of a disk image file never asks these plugins anything.
 """
 
 from any2kvm_os.containers import base
-from any2kvm_os.containers.ova import descriptor
-from any2kvm_os.containers.ova import package
-from any2kvm_os.containers.ova import stream
 from any2kvm_os.containers import tar
 from any2kvm_os import fileio
 
@@ -34,6 +35,8 @@ class OvaType(base.ContainerType):
     glance_kinds = {'ova': ('ova', None)}
 
     def probe(self, view, path, limits):
+        from any2kvm_os.containers.ova import package
+        from any2kvm_os.containers.ova import stream
         if tar.is_compressed(view):
             # an .ova.gz: the whole OVA compressed, its .ovf first (or
             # another file of an OVA first: read through scratch)
@@ -41,6 +44,8 @@ class OvaType(base.ContainerType):
         return tar.looks_like_tar(view) and package.is_ova_tar(path, limits)
 
     def open(self, path, limits):
+        from any2kvm_os.containers.ova import package
+        from any2kvm_os.containers.ova import stream
         with fileio.FileView.open_path(path) as view:
             compressed = tar.is_compressed(view)
         if not compressed:
@@ -52,9 +57,11 @@ class OvaType(base.ContainerType):
             fallback=lambda: package.open_compressed_ova(path, limits))
 
     def probe_head(self, head):
+        from any2kvm_os.containers.ova import stream
         return stream.head_is_ova(head)
 
     def open_stream(self, label, limits, opener, fallback):
+        from any2kvm_os.containers.ova import stream
         return stream.open_ova_stream(label, limits, opener,
                                       fallback=fallback)
 
@@ -68,9 +75,11 @@ class OvfType(base.ContainerType):
     priority = 25
 
     def probe(self, view, path, limits):
+        from any2kvm_os.containers.ova import descriptor
         return (not tar.looks_like_tar(view)
                 and not tar.is_compressed(view)
                 and descriptor.looks_like_ovf(view))
 
     def open(self, path, limits):
+        from any2kvm_os.containers.ova import package
         return package.open_ovf(path, limits)

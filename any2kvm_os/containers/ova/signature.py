@@ -52,8 +52,6 @@ import logging
 import re
 import warnings
 
-from oslo_config import cfg
-
 from any2kvm_os import exception
 
 LOG = logging.getLogger(__name__)
@@ -67,21 +65,37 @@ MAX_CERT_BYTES = 1 << 20
 #: Most certificates a chain may have, the signer included.
 MAX_CHAIN = 10
 
-OPTIONS = [
-    cfg.StrOpt('ova_signature_policy', default=WARN, choices=POLICIES,
-               help='What an OVA or OVF package signature (its .cert) '
-                    'must prove. warn: a valid signature whose '
-                    'certificate does not chain to a trusted CA, and an '
-                    'unsigned package, are accepted (the first with a '
-                    'warning); require: both are refused. A bad '
-                    'signature is always refused.'),
-    cfg.StrOpt('ova_ca_file',
-               help='PEM bundle of the CA certificates trusted to sign '
-                    'OVA and OVF packages (default: the system\'s CA '
-                    'bundle).'),
-]
+#: The options' defaults, written once.
+_DEFAULTS = {'ova_signature_policy': WARN, 'ova_ca_file': None}
 
-_DEFAULTS = {o.name: o.default for o in OPTIONS}
+
+def _options():
+    from oslo_config import cfg
+    return [
+        cfg.StrOpt('ova_signature_policy',
+                   default=_DEFAULTS['ova_signature_policy'],
+                   choices=POLICIES,
+                   help='What an OVA or OVF package signature (its .cert) '
+                        'must prove. warn: a valid signature whose '
+                        'certificate does not chain to a trusted CA, and '
+                        'an unsigned package, are accepted (the first with '
+                        'a warning); require: both are refused. A bad '
+                        'signature is always refused.'),
+        cfg.StrOpt('ova_ca_file', default=_DEFAULTS['ova_ca_file'],
+                   help='PEM bundle of the CA certificates trusted to sign '
+                        'OVA and OVF packages (default: the system\'s CA '
+                        'bundle).'),
+    ]
+
+
+def __getattr__(name):
+    """``OPTIONS`` (oslo.config options), made on first use: a conversion
+    that reads no configuration does not import oslo.config."""
+    if name == 'OPTIONS':
+        globals()['OPTIONS'] = options = _options()
+        return options
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))
+
 
 _LINE = re.compile(r'^\s*(SHA1|SHA224|SHA256|SHA384|SHA512)\s*\((.+)\)\s*='
                    r'\s*([0-9A-Fa-f]+)\s*$')
@@ -112,6 +126,7 @@ def policy_of(limits):
         return chosen
     conf = getattr(limits, 'conf', None)
     if conf is not None:
+        from oslo_config import cfg  # a conf: oslo.config is loaded
         try:
             g = conf[GROUP]
             return Policy(g.ova_signature_policy, g.ova_ca_file)
