@@ -186,6 +186,11 @@ def main():
                    'clients, any2kvm and scp (default 0: direct).  The '
                    'proxy is Python threads: its own throughput bounds '
                    'both clients alike')
+    p.add_argument('--option', metavar='NAME=VALUE', action='append',
+                   default=[],
+                   help='set an [any2kvm] option in the configuration '
+                   'file the commands read (e.g. ssh_reader_processes=2); '
+                   'may be repeated')
     p.add_argument('--profile', metavar='PREFIX',
                    help='run the timed sync and cutover under cProfile, '
                    'writing PREFIX.sync.prof and PREFIX.cutover.prof '
@@ -257,6 +262,11 @@ def setup_and_run(bench, work, args):
     with open(conf, 'w') as f:
         f.write('[any2kvm]\nxenserver_sr_mount = %s\n'
                 % os.path.join(root, 'run', 'sr-mount'))
+        for option in args.option:
+            name, _, value = option.partition('=')
+            f.write('%s = %s\n' % (name.strip(), value.strip()))
+    if args.option:
+        print('options: %s' % ', '.join(args.option), flush=True)
     path = os.pathsep.join([bin_dir, os.path.dirname(sys.executable),
                             '/usr/bin', '/bin'])
     server = sshd_lib.SshServer(os.path.join(work, 'sshd'),
