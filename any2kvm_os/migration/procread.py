@@ -557,12 +557,10 @@ def _announce(files, runs):
         files[k].will_read(ranges)
 
 
-def main():
-    # The protocol's output on a descriptor of its own; anything printed
-    # by mistake goes to standard error.
-    out = _Output(os.dup(1))
-    os.dup2(2, 1)
-    inp = _Input(0)
+def run_worker(inp, out):
+    """A worker's life: the set-up from ``inp`` (an :class:`_Input`),
+    its batches read and written, its messages on ``out``; the exit
+    status (an error is sent as one line first)."""
     setup = inp.get(wait=True)
     if setup is None:
         return 1
@@ -583,6 +581,16 @@ def main():
             text, kind = '%s: %s' % (type(e).__name__, e), None
         out.send({'error': ' '.join(text.split()), 'kind': kind})
         return 1
+    finally:
+        root.removeHandler(handler)
+
+
+def main():
+    # The protocol's output on a descriptor of its own; anything printed
+    # by mistake goes to standard error.
+    out = _Output(os.dup(1))
+    os.dup2(2, 1)
+    return run_worker(_Input(0), out)
 
 
 if __name__ == '__main__':
