@@ -468,6 +468,11 @@ class _Input(object):
 
 
 def _connection(setup):
+    if 'invoke' not in sys.modules:
+        # paramiko imports invoke (and with it unittest.mock: 0.1 s of a
+        # worker's start) for the "Match exec" of ssh_config files only,
+        # which no connection of ours reads.
+        sys.modules['invoke'] = None
     from any2kvm_os.ssh import connection
     from any2kvm_os.ssh import credentials
     from any2kvm_os.ssh import options
