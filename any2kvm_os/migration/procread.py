@@ -191,6 +191,7 @@ class _Worker(object):
         self.buf = b''
         self.pending = collections.deque()
         self.ended = False
+        self.ready = False
         self.bye = False
         self.wire = 0
 
@@ -214,6 +215,8 @@ class Copy(object):
         self.progress = progress
         self.workers = []
         self.written = 0
+        #: DATA bytes read in this process (while the workers started).
+        self.local = 0
         self.done_to = 0
         self.files_size = sum(chain.layers[j].view.size
                               for j in range(top, bottom + 1))
@@ -279,8 +282,9 @@ class Copy(object):
             raise
         self._reap()
         LOG.debug('%s: %d bytes of data read by %d processes in %.3f s '
-                  '(%d bytes over the wire)', layer.view.name, self.written,
-                  n, time.monotonic() - started,
+                  '(%d of them by this one while they started; %d bytes '
+                  'over the wire)', layer.view.name, self.written, n,
+                  time.monotonic() - started, self.local,
                   sum(w.wire for w in self.workers))
         t.fresh = False
         return self.written
@@ -300,7 +304,7 @@ class Copy(object):
         exhausted = self.work is None
         serial = getattr(self, '_serial', 0)
         for w in self.workers:
-            while not exhausted and not w.ended and \
+            while not exhausted and not w.ended and w.ready and \
                     len(w.pending) < AHEAD:
                 runs = self._next_batch()
                 if runs is None:
@@ -312,6 +316,7 @@ class Copy(object):
                 w.send({'batch': serial, 'runs': runs})
         self._serial = serial
         if exhausted:
+            self.work = None
             for w in self.workers:
                 if not w.ended:
                     w.ended = True
@@ -321,6 +326,21 @@ class Copy(object):
         st = self.conn.settings
         return st.connect_timeout + st.io_timeout + st.retry_max_seconds
 
+    def _local(self):
+        """Read and write one batch in this process (while no worker
+        is ready yet); False when there is none left."""
+        runs = self._next_batch()
+        if runs is None:
+            return False
+        views = [self.chain.layers[j].view
+                 for j in range(self.top, self.bottom + 1)]
+        _announce(views, runs)
+        for k, file_offset, length, offset in runs:
+            data = self.chain.layers[self.top + k].read(file_offset, length)
+            self.target.write_data(offset, data, over_hole=self.fresh)
+        self.local += sum(r[2] for r in runs)
+        return True
+
     def _loop(self):
         last = time.monotonic()
         while True:
@@ -328,9 +348,19 @@ class Copy(object):
             live = [w for w in self.workers if not w.bye]
             if not live:
                 return
+            wait = 1.0
+            if self.work is not None and not any(w.ready for w in live):
+                # The workers are still starting (a Python, a login):
+                # this process reads meanwhile.
+                if self._local():
+                    last = time.monotonic()
+                    wait = 0
+                else:
+                    self.work = None
+                    continue
             fds = {w.proc.stdout.fileno(): w for w in live}
-            ready, _, _ = select.select(list(fds), [], [], 1.0)
-            if not ready:
+            ready, _, _ = select.select(list(fds), [], [], wait)
+            if not ready and wait:
                 if time.monotonic() - last > self._silence():
                     raise exception.SshError(
                         host=self.conn.label, reason='the reader processes '
@@ -363,7 +393,9 @@ class Copy(object):
             w.wire = wire
 
     def _message(self, w, m):
-        if 'done' in m:
+        if 'ready' in m:
+            w.ready = True
+        elif 'done' in m:
             self._count(w, m['wire'])
             if w.pending and w.pending[0][0] == m['done']:
                 w.pending.popleft()
@@ -511,6 +543,7 @@ def _serve(inp, out, setup):
                     '%d bytes since the chain was read' % (
                         f['path'], f['size'], rf.size))
             files.append(rf)
+        out.send({'ready': True})
         t = setup['target']
         writer = raw.RawWriter(t['path'], t['fd'], fresh=False,
                                is_block=t['is_block'],

@@ -173,7 +173,8 @@ def test_worker_writes_its_batches_and_counts_the_wire(pipes, tmp_path,
     assert conn.closed
     f = conn.opened['/sr/a.vhd']
     assert f.announced == [(0, 16384), (16384, 12288)]
-    assert pipes.received() == [{'done': 1, 'wire': 16384},
+    assert pipes.received() == [{'ready': True},
+                                {'done': 1, 'wire': 16384},
                                 {'done': 2, 'wire': 28672},
                                 {'bye': True, 'wire': 28672}]
 
@@ -206,7 +207,7 @@ def test_worker_stops_when_the_command_is_gone(pipes, tmp_path,
         assert procread.run_worker(pipes.inp, pipes.out) == 1
     finally:
         os.close(fd)
-    assert pipes.received() == []
+    assert pipes.received() == [{'ready': True}]
     assert conn.closed
 
 
@@ -220,7 +221,7 @@ def test_worker_sends_its_error_in_one_line(pipes, tmp_path, monkeypatch):
         assert procread.run_worker(pipes.inp, pipes.out) == 1
     finally:
         os.close(fd)
-    (m,) = pipes.received()
+    ready, m = pipes.received()
     assert m['kind'] == 'InvalidImage'
     assert m['error'] == ('host:/sr/a.vhd: truncated: expected 8192 bytes '
                           'at offset 0, got 4096'), m
