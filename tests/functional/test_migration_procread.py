@@ -25,7 +25,7 @@ from tests.lib import imagegen as ig
 from tests.lib.xenserver import bed as xbed
 
 MiB = 1 << 20
-WORKER = 'any2kvm_os.migration.procread'
+WORKER = 'any2kvm_os.migration.procworker'
 
 
 def _bed(sshd_factory, tmp_path):

@@ -24,6 +24,7 @@ import pytest
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os.migration import procread
+from any2kvm_os.migration import procworker
 
 MiB = 1 << 20
 
@@ -108,8 +109,8 @@ class Pipes(object):
     def __init__(self):
         r, self.w_in = os.pipe()
         self.r_out, w = os.pipe()
-        self.inp = procread._Input(r)
-        self.out = procread._Output(w)
+        self.inp = procworker._Input(r)
+        self.out = procworker._Output(w)
         self.fds = [r, self.w_in, self.r_out, w]
 
     def send(self, *messages):
@@ -155,7 +156,7 @@ def test_worker_writes_its_batches_and_counts_the_wire(pipes, tmp_path,
                                                        monkeypatch):
     data = bytes(range(256)) * 64 + bytes(8192) + b'x' * 4096
     conn = FakeConn({'/sr/a.vhd': data})
-    monkeypatch.setattr(procread, '_connection', lambda setup: conn)
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
     path = tmp_path / 'target.raw'
     fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -164,7 +165,7 @@ def test_worker_writes_its_batches_and_counts_the_wire(pipes, tmp_path,
                    {'batch': 1, 'runs': [[0, 0, 16384, 65536]]},
                    {'batch': 2, 'runs': [[0, 16384, 12288, 0]]},
                    {'end': True})
-        assert procread.run_worker(pipes.inp, pipes.out) == 0
+        assert procworker.run_worker(pipes.inp, pipes.out) == 0
     finally:
         os.close(fd)
     got = path.read_bytes()
@@ -183,7 +184,7 @@ def test_worker_zeroes_zero_grains_over_old_data(pipes, tmp_path,
                                                  monkeypatch):
     data = bytes(8192)
     conn = FakeConn({'/sr/a.vhd': data})
-    monkeypatch.setattr(procread, '_connection', lambda setup: conn)
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
     path = tmp_path / 'target.raw'
     path.write_bytes(b'o' * 16384)
     fd = os.open(str(path), os.O_RDWR)
@@ -191,7 +192,7 @@ def test_worker_zeroes_zero_grains_over_old_data(pipes, tmp_path,
         pipes.send(_setup(fd, len(data), over_hole=False),
                    {'batch': 1, 'runs': [[0, 0, 8192, 4096]]},
                    {'end': True})
-        assert procread.run_worker(pipes.inp, pipes.out) == 0
+        assert procworker.run_worker(pipes.inp, pipes.out) == 0
     finally:
         os.close(fd)
     assert path.read_bytes() == b'o' * 4096 + bytes(8192) + b'o' * 4096
@@ -200,11 +201,11 @@ def test_worker_zeroes_zero_grains_over_old_data(pipes, tmp_path,
 def test_worker_stops_when_the_command_is_gone(pipes, tmp_path,
                                                monkeypatch):
     conn = FakeConn({'/sr/a.vhd': b'a' * 4096})
-    monkeypatch.setattr(procread, '_connection', lambda setup: conn)
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
     fd = os.open(str(tmp_path / 't'), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         pipes.send(_setup(fd, 4096))    # no batch, no end: input ends
-        assert procread.run_worker(pipes.inp, pipes.out) == 1
+        assert procworker.run_worker(pipes.inp, pipes.out) == 1
     finally:
         os.close(fd)
     assert pipes.received() == [{'ready': True}]
@@ -213,12 +214,12 @@ def test_worker_stops_when_the_command_is_gone(pipes, tmp_path,
 
 def test_worker_sends_its_error_in_one_line(pipes, tmp_path, monkeypatch):
     conn = FakeConn({'/sr/a.vhd': b'a' * 4096})
-    monkeypatch.setattr(procread, '_connection', lambda setup: conn)
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
     fd = os.open(str(tmp_path / 't'), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         pipes.send(_setup(fd, 4096),
                    {'batch': 1, 'runs': [[0, 0, 8192, 0]]}, {'end': True})
-        assert procread.run_worker(pipes.inp, pipes.out) == 1
+        assert procworker.run_worker(pipes.inp, pipes.out) == 1
     finally:
         os.close(fd)
     ready, m = pipes.received()
@@ -230,9 +231,9 @@ def test_worker_sends_its_error_in_one_line(pipes, tmp_path, monkeypatch):
 def test_worker_refuses_a_file_whose_size_changed(pipes, tmp_path,
                                                   monkeypatch):
     conn = FakeConn({'/sr/a.vhd': b'a' * 4096})
-    monkeypatch.setattr(procread, '_connection', lambda setup: conn)
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
     pipes.send(_setup(99, 8192), {'end': True})
-    assert procread.run_worker(pipes.inp, pipes.out) == 1
+    assert procworker.run_worker(pipes.inp, pipes.out) == 1
     (m,) = pipes.received()
     assert m['kind'] == 'SshError'
     assert 'size changed from 8192 to 4096 bytes' in m['error']
@@ -317,5 +318,5 @@ def test_worker_environment_has_no_password_variable(monkeypatch):
     assert 'secret' not in ''.join(env.values())
     # The worker's module is importable with that environment.
     subprocess.run([procread.sys.executable, '-c',
-                    'import any2kvm_os.migration.procread'], env=env,
+                    'import any2kvm_os.migration.procworker'], env=env,
                    check=True, timeout=120, cwd='/')
