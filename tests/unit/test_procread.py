@@ -320,3 +320,53 @@ def test_worker_environment_has_no_password_variable(monkeypatch):
     subprocess.run([procread.sys.executable, '-c',
                     'import any2kvm_os.migration.procworker'], env=env,
                    check=True, timeout=120, cwd='/')
+
+
+# -- which layers take the path ----------------------------------------------
+
+class Layer(object):
+    """What ``chosen`` looks at: a reader reading its DATA in place."""
+
+    read_extent = procread.base.LayerReader.read_extent
+    read = procread.base.LayerReader.read
+    _pread = procread.base.LayerReader._pread
+
+    def __init__(self, view):
+        self.view = view
+
+
+def _remote(conn, size):
+    view = procread.remotefile.RemoteFile.__new__(
+        procread.remotefile.RemoteFile)
+    view.connection, view.size = conn, size
+    return view
+
+
+def test_chosen_takes_large_remote_layers_onto_a_raw_writer(tmp_path):
+    from any2kvm_os.ssh import options
+    from any2kvm_os.writers import raw
+
+    class Conn(object):
+        settings = options.Settings(reader_processes=2, reader_min_mib=1)
+    conn = Conn()
+    Chain = collections.namedtuple('Chain', 'layers')
+    big = Chain([Layer(_remote(conn, MiB)), Layer(_remote(conn, 1))])
+    target = raw.RawWriter(str(tmp_path / 't'), -1, fresh=True,
+                           is_block=False)
+    assert procread.chosen(big, 0, 1, target) is conn
+    # Too small, one process, another writer, a local file, another
+    # connection: one process.
+    assert procread.chosen(big, 1, 1, target) is None
+    Conn.settings = options.Settings(reader_processes=1, reader_min_mib=0)
+    assert procread.chosen(big, 0, 1, target) is None
+    Conn.settings = options.Settings(reader_processes=2, reader_min_mib=0)
+    assert procread.chosen(big, 1, 1, target) is conn
+
+    class Other(raw.RawWriter):
+        pass
+    other = Other(str(tmp_path / 't'), -1, fresh=True, is_block=False)
+    assert procread.chosen(big, 0, 1, other) is None
+    local = Chain([Layer(object())])
+    assert procread.chosen(local, 0, 0, target) is None
+    mixed = Chain([Layer(_remote(conn, MiB)), Layer(_remote(Conn(), 1))])
+    assert procread.chosen(mixed, 0, 1, target) is None
