@@ -347,6 +347,11 @@ class Copy(object):
             self._feed()
             live = [w for w in self.workers if not w.bye]
             if not live:
+                # Every worker done, or none could start: what is left
+                # is read here.
+                while self.work is not None and self._local():
+                    pass
+                self.work = None
                 return
             wait = 1.0
             if self.work is not None and not any(w.ready for w in live):
@@ -401,6 +406,16 @@ class Copy(object):
                 w.pending.popleft()
         elif 'log' in m:
             LOG.log(m['log'], 'reader process %d: %s', w.number, m['msg'])
+        elif 'error' in m and not w.ready:
+            # It could not log in or open the files (as a stream beside
+            # the first connection, ssh_sftp_streams): the others, and
+            # this process, read its share.
+            w.bye = w.ended = True
+            LOG.warning('%s: reading with %d reader process(es) instead '
+                        'of %d: reader process %d could not start: %s',
+                        self.conn.label,
+                        len([x for x in self.workers if not x.bye]),
+                        len(self.workers), w.number, m['error'])
         elif 'error' in m:
             cls = getattr(exception, m.get('kind') or '', None)
             if not (isinstance(cls, type) and

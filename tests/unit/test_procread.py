@@ -280,7 +280,8 @@ def _worker_saying(lines, returncode=0):
 
 def test_command_counts_the_wire_once_and_raises_a_workers_error():
     c = _copy()
-    w = _worker_saying([{'done': 1, 'wire': 100}, {'done': 2, 'wire': 250},
+    w = _worker_saying([{'ready': True}, {'done': 1, 'wire': 100},
+                        {'done': 2, 'wire': 250},
                         {'error': 'root@host: connection lost during '
                          'reading; gave up', 'kind': 'SshError'}])
     w.pending.extend([(1, 0), (2, 8)])
@@ -293,6 +294,21 @@ def test_command_counts_the_wire_once_and_raises_a_workers_error():
         assert not w.pending
     finally:
         w.proc.stdout.close()
+
+
+def test_command_goes_on_without_a_worker_that_could_not_log_in(caplog):
+    c = _copy()
+    c.workers = [_worker_saying([{'error': 'root@host: authentication '
+                                  'failed', 'kind': 'SshAuthError'}])]
+    w = c.workers[0]
+    try:
+        c._receive(w)
+    finally:
+        w.proc.stdout.close()
+    assert w.bye and w.ended
+    assert ('reading with 0 reader process(es) instead of 1: reader '
+            'process 1 could not start: root@host: authentication failed'
+            in caplog.text)
 
 
 def test_command_reports_a_killed_worker():
