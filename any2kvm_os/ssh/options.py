@@ -73,7 +73,7 @@ OPTIONS = [
                     'memory bound does not grow). 1 (the default: no '
                     'gain was measured yet on a loaded 2-core host) reads '
                     'over one connection.'),
-    cfg.IntOpt('ssh_reader_processes', default=2, min=1, max=8,
+    cfg.IntOpt('ssh_reader_processes', default=1, min=1, max=8,
                help='Processes that read the layers of a large first '
                     'sync (a layer file of ssh_reader_processes_min_mib '
                     'or more) over SFTP and write them into the target, '
@@ -83,11 +83,11 @@ OPTIONS = [
                     'so that decrypting and writing run on more than one '
                     'core.  A cutover reads its last delta in the '
                     'command\'s own process whatever this is.  1 reads '
-                    'in the command\'s process.  2 (the default): on a '
-                    '2-core host with cores to spare, a first sync of '
-                    '1 GiB over loopback took 7.7-9.7 s against '
-                    '9.7-16.9 s with 1 (no gain when every core is '
-                    'busy with other work: set 1 there).'),
+                    'in the command\'s process (the default: on the '
+                    'shared 2-core test host 2 made a 1 GiB first sync '
+                    'faster in some conditions and slower in others, '
+                    'and always used more CPU; try 2 on a conversion '
+                    'host with idle cores).'),
     cfg.IntOpt('ssh_reader_processes_min_mib', default=256, min=0,
                help='Smallest layer (its files on the host, MiB) read '
                     'by ssh_reader_processes processes: starting a '
