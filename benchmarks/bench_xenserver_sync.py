@@ -186,6 +186,20 @@ def main():
                    'clients, any2kvm and scp (default 0: direct).  The '
                    'proxy is Python threads: its own throughput bounds '
                    'both clients alike')
+    p.add_argument('--option', metavar='NAME=VALUE', action='append',
+                   default=[],
+                   help='set an [any2kvm] option in the configuration '
+                   'file the commands read (e.g. ssh_reader_processes=2); '
+                   'may be repeated')
+    p.add_argument('--compare', metavar='NAME=VALUE', action='append',
+                   default=[],
+                   help='after the first sync, time --repeat more first '
+                   'syncs (new migrations of the same VM) without and '
+                   'with these [any2kvm] options, interleaved (ABBA), '
+                   'each round with an scp of the chain: the medians of '
+                   'both against scp in the same run; may be repeated')
+    p.add_argument('--repeat', type=int, default=3,
+                   help='rounds of --compare (default 3)')
     p.add_argument('--profile', metavar='PREFIX',
                    help='run the timed sync and cutover under cProfile, '
                    'writing PREFIX.sync.prof and PREFIX.cutover.prof '
@@ -257,6 +271,19 @@ def setup_and_run(bench, work, args):
     with open(conf, 'w') as f:
         f.write('[any2kvm]\nxenserver_sr_mount = %s\n'
                 % os.path.join(root, 'run', 'sr-mount'))
+        for option in args.option:
+            name, _, value = option.partition('=')
+            f.write('%s = %s\n' % (name.strip(), value.strip()))
+    if args.option:
+        print('options: %s' % ', '.join(args.option), flush=True)
+    bench.conf_b = None
+    if args.compare:
+        bench.conf_b = os.path.join(work, 'any2kvm-b.conf')
+        with open(conf) as src, open(bench.conf_b, 'w') as dst:
+            dst.write(src.read())
+            for option in args.compare:
+                name, _, value = option.partition('=')
+                dst.write('%s = %s\n' % (name.strip(), value.strip()))
     path = os.pathsep.join([bin_dir, os.path.dirname(sys.executable),
                             '/usr/bin', '/bin'])
     server = sshd_lib.SshServer(os.path.join(work, 'sshd'),
@@ -347,6 +374,9 @@ def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
     bench.row('bytes read / VHD allocated', '%.4f' % wire, '<= 1.02',
               wire <= 1.02)
 
+    if args.compare:
+        compare(bench, args, a2k, common, env, loc, out, scp, files)
+
     if args.inspect:
         t_insp, _ = bench.run(a2k + ['sync', 'vm', '--inspect'] + common,
                               env=env)
@@ -398,6 +428,62 @@ def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
     bench.figures.insert(0, ('raw output == model (sha256)',
                              got[:16], 'equal', 'PASS' if ok else 'FAIL'))
     print('status: %s' % show['status'])
+
+
+def compare(bench, args, a2k, common, env, loc, out, scp, files):
+    """--compare: first syncs of new migrations of the VM, without (A)
+    and with (B) the options, in ABBA order, each round with an scp."""
+    i = common.index('--config-file')
+    common_b = common[:i + 1] + [bench.conf_b] + common[i + 2:]
+    total = sum(os.path.getsize(f) for f in files)
+    got = {'A': [], 'B': []}
+    for r in range(args.repeat):
+        order = 'AB' if r % 2 == 0 else 'BA'
+        for which in order:
+            name = 'vm-%d%s' % (r, which)
+            out_dir = os.path.join(out, name)
+            os.mkdir(out_dir)
+            c = common if which == 'A' else common_b
+            bench.run(a2k + ['create', name, loc, '--target', 'file',
+                             '--output-dir', out_dir] + c, env=env)
+            t, text = bench.run(a2k + ['sync', name, '--no-inspect'] + c,
+                                env=env)
+            cpu = sum(bench.cpu)
+            read = int(re.search(r'(\d+) bytes read', text).group(1))
+            got[which].append((t, cpu, read))
+            shutil.rmtree(out_dir)
+        dest = os.path.join(bench.work, 'scp')
+        os.mkdir(dest)
+        t_scp, _ = bench.run(scp)
+        t1 = time.monotonic()
+        subprocess.run(['sync'], check=True)
+        t_scp += time.monotonic() - t1
+        shutil.rmtree(dest)
+        scp_mbs = total / MiB / t_scp
+        for which in 'AB':
+            t, cpu, read = got[which][-1]
+            got[which][-1] = (t, cpu, read, read / MiB / t / scp_mbs)
+        print('round %d: scp %.1f MiB/s; A %.2f of scp (%.3f s, CPU %.2f '
+              's), B %.2f of scp (%.3f s, CPU %.2f s); load %s' % (
+                  r + 1, scp_mbs, got['A'][-1][3], got['A'][-1][0],
+                  got['A'][-1][1], got['B'][-1][3], got['B'][-1][0],
+                  got['B'][-1][1], ' '.join('%.2f' % x
+                                            for x in os.getloadavg())),
+              flush=True)
+
+    def median(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else \
+            (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+    for which, what in (('A', 'as configured'),
+                        ('B', ', '.join(args.compare))):
+        rows = got[which]
+        bench.row('%s: median sync/scp (%s)' % (which, what),
+                  '%.2f (%s)' % (median([x[3] for x in rows]),
+                                 ' '.join('%.2f' % x[3] for x in rows)),
+                  '', None)
+        bench.row('%s: median sync CPU s' % which,
+                  '%.2f' % median([x[1] for x in rows]), '', None)
 
 
 def profiled(a2k, args, what):

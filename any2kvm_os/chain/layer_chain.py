@@ -88,17 +88,20 @@ class LayerChain(object):
             self._fold(top, bottom, offset, end, out)
         return ext.merge(out)
 
-    def iter_extents(self, window=FOLD_WINDOW, top=0, bottom=None):
+    def iter_extents(self, window=FOLD_WINDOW, top=0, bottom=None,
+                     announced=True):
         """The fold of the whole disk (seen from ``top``), one window at
         a time.  Each window is folded one window ahead of the extents
         yielded, and its DATA extents announced to the layers' files
         (:func:`announce`): a remote file asks for them ahead of the
-        reads."""
+        reads.  ``announced=False``: not announced (the DATA is read
+        elsewhere, by other processes)."""
         size = self.layers[top].virtual_size
         ahead = None
         for off in range(0, size, window):
             extents = self.fold(off, min(window, size - off), top, bottom)
-            announce(self.layers, extents)
+            if announced:
+                announce(self.layers, extents)
             if ahead is not None:
                 yield from ahead
             ahead = extents

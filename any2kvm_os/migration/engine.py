@@ -76,7 +76,7 @@ import uuid as uuid_mod
 
 from any2kvm_os.chain import layer_chain
 from any2kvm_os import exception
-from any2kvm_os import incremental
+from any2kvm_os.migration import procread
 from any2kvm_os.migration import flows
 from any2kvm_os.migration.state import api as state_api
 from any2kvm_os.sources.xenserver import discovery
@@ -370,8 +370,8 @@ def _update_disk(store, name, disk, chain, with_leaf, figures, target,
         store.layer_started(name, idx, stable[k][0], 'rewrite of the disk',
                             REWRITE + stable[k][1])
         bar = _layer_bar(progress, disk, 'rewrite', chain.layers[0])
-        written = incremental._apply_one(chain, order[-1], target, bar,
-                                         bottom=n - 1)
+        written = procread.apply_one(chain, order[-1], target, bar,
+                                     bottom=n - 1, processes=not with_leaf)
         target.sync()
         _layer_done(progress)
         figures.written += written
@@ -395,8 +395,10 @@ def _update_disk(store, name, disk, chain, with_leaf, figures, target,
         layer = chain.layers[order[j]]
         bar = _layer_bar(progress, disk, names[j], layer)
         try:
-            figures.written += incremental._apply_one(chain, order[j],
-                                                      target, bar)
+            # A cutover's last delta is read in this process: no worker
+            # starts inside the downtime.
+            figures.written += procread.apply_one(
+                chain, order[j], target, bar, processes=not with_leaf)
             target.sync()
         except BaseException:
             _layer_done(progress, ok=False)

@@ -705,3 +705,105 @@ def test_create_sync_sync_cutover_onto_devices(bed, devices, tmp_path):
     m = show(common)
     assert m['status'] == 'done'
     check_devices(m, facts, devices)
+
+
+# -- reader processes (ssh_reader_processes), forced onto the small disks ----
+
+WORKER = 'any2kvm_os.migration.procworker'
+
+
+def _bed_with_readers(sshd_factory, tmp_path):
+    b = xbed.Bed(sshd_factory, tmp_path / 'bed')
+    with open(b.conf, 'a') as f:
+        f.write('ssh_reader_processes = 2\n'
+                'ssh_reader_processes_min_mib = 0\n')
+    out = tmp_path / 'out'
+    out.mkdir()
+    common = b.ssh_args + ['--state-db',
+                           'sqlite:///%s' % (tmp_path / 'state.db')]
+    return b.root, b.facts, out, b.location(), common
+
+
+def _workers(pid):
+    """Pids of the reader processes whose parent is ``pid``."""
+    found = []
+    for name in os.listdir('/proc'):
+        if not name.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % name) as f:
+                stat = f.read()
+            with open('/proc/%s/cmdline' % name, 'rb') as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(')', 1)[1].split()[1])
+        if ppid == pid and WORKER.encode() in cmdline:
+            found.append(int(name))
+    return found
+
+
+def _kill_a_worker(common):
+    """Run ``sync``, SIGKILL its first reader process once it is seen;
+    (pid killed or None, returncode, stdout, stderr)."""
+    proc = subprocess.Popen(_cmd(['sync', 'web'] + common),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(), cwd=str(REPO))
+    killed = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        pids = _workers(proc.pid)
+        if pids:
+            try:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = pids[0]
+            except ProcessLookupError:
+                continue
+            break
+        time.sleep(0.002)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    assert not _workers(proc.pid), 'a reader process was left behind'
+    return killed, proc.returncode, stdout, stderr
+
+
+def test_sync_with_reader_processes_killed_again_cutover(sshd_factory,
+                                                         tmp_path):
+    root, facts, out, loc, common = _bed_with_readers(sshd_factory, tmp_path)
+    mig('create', 'web', loc, '--target', 'file', '--output-dir', out,
+        common=common)
+    m = show(common)
+    w0, w1 = writers(root, facts, m)
+    # Several batches (1 MiB at least) on each disk, for both workers.
+    w0.write(MiB, ig.pattern(41, 6 * MiB))
+    w1.write(0, ig.pattern(42, 3 * MiB))
+    # A reader process killed: the sync fails in one line, the layer
+    # stays partly applied.
+    killed, code, stdout, stderr = _kill_a_worker(common)
+    assert killed, 'the sync ended before a reader process was seen'
+    assert code != 0, stdout
+    assert 'killed by signal 9' in stderr, stderr
+    assert 'Traceback' not in stderr, stderr
+    # The next sync applies it again (and the snapshot the killed one
+    # took), each layer over two processes.
+    r = mig('sync', 'web', '--debug', common=common)
+    assert '4 layer(s) applied' in r.stdout, r.stdout
+    assert r.stderr.count('2 reader processes started') == 4, r.stderr
+    # Only what the layer files hold crossed the wire, counted once.
+    wire, files = (int(x) for x in re.search(
+        r'(\d+) bytes read over the wire for (\d+) bytes of layer files',
+        r.stdout).groups())
+    assert files <= wire <= 1.02 * files + 64 * 1024, r.stdout
+    w0.write(5 * MiB, ig.pattern(43, 2 * MiB))
+    w0.zero(MiB, 8192)
+    w1.write(MiB + 300, b'a partial sector')
+    # The cutover reads its last delta in its own process.
+    r = mig('cutover', 'web', '--timeout', '60', '--debug', common=common)
+    assert 'reader processes started' not in r.stderr, r.stderr
+    m = show(common)
+    assert m['status'] == 'done'
+    check(m, facts)

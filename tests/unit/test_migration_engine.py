@@ -20,6 +20,7 @@ import pytest
 
 from any2kvm_os import api
 from any2kvm_os import exception
+from any2kvm_os import incremental
 from any2kvm_os.migration import engine
 from any2kvm_os.migration.state import api as state_api
 from any2kvm_os.migration.state import sql
@@ -133,7 +134,7 @@ def test_partial_layer_is_applied_again(bed, monkeypatch):
     w0, _w1 = _writers(root, facts, m)
     engine.sync(store, 'web', **_kw(root))
     w0.write(2 * MiB, ig.pattern(11, 3 * MiB))
-    real = engine.incremental._apply_one
+    real = incremental._apply_one
     calls = []
 
     def crash(*a, **kw):
@@ -141,13 +142,13 @@ def test_partial_layer_is_applied_again(bed, monkeypatch):
         if len(calls) == 1:
             raise OSError(5, 'simulated crash')
         return real(*a, **kw)
-    monkeypatch.setattr(engine.incremental, '_apply_one', crash)
+    monkeypatch.setattr(incremental, '_apply_one', crash)
     with pytest.raises(OSError):
         engine.sync(store, 'web', **_kw(root))
     m = store.get('web')
     assert m['status'] == 'failed'
     assert m['disks'][0]['applied'][-1]['partial']
-    monkeypatch.setattr(engine.incremental, '_apply_one', real)
+    monkeypatch.setattr(incremental, '_apply_one', real)
     r = engine.sync(store, 'web', **_kw(root))
     assert r['rewrites'] == []
     engine.cutover(store, 'web', **_kw(root))

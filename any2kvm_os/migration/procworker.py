@@ -1,0 +1,222 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The worker process of :mod:`.procread` (which starts it as
+``python -m any2kvm_os.migration.procworker``): it imports only what it
+needs (a Python start is part of every worker's cost).  See
+:mod:`.procread` for the protocol."""
+
+import collections
+import json
+import logging
+import os
+import select
+import sys
+
+from any2kvm_os import exception
+from any2kvm_os.writers import raw
+
+#: Batches a worker holds (it asks for the next one's bytes ahead while
+#: it reads this one).
+AHEAD = 2
+
+
+class _Output(object):
+    """JSON lines on the protocol's descriptor (one writer at a time)."""
+
+    def __init__(self, fd):
+        import threading
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, message):
+        data = (json.dumps(message) + '\n').encode()
+        with self.lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+
+
+class _LogForward(logging.Handler):
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def emit(self, record):
+        try:
+            self.out.send({'log': record.levelno,
+                           'msg': record.getMessage()})
+        except Exception:  # the command is gone
+            pass
+
+
+class _Input(object):
+    """JSON lines from the command (standard input)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buf = b''
+        self.eof = False
+
+    def get(self, wait):
+        """The next message; None when none came (``wait`` False) or the
+        input ended."""
+        while b'\n' not in self.buf:
+            if self.eof:
+                return None
+            if not wait:
+                ready, _, _ = select.select([self.fd], [], [], 0)
+                if not ready:
+                    return None
+            data = os.read(self.fd, 1 << 16)
+            if not data:
+                self.eof = True
+                return None
+            self.buf += data
+        line, self.buf = self.buf.split(b'\n', 1)
+        return json.loads(line)
+
+
+def _connection(setup):
+    if 'invoke' not in sys.modules:
+        # paramiko imports invoke (and with it unittest.mock: 0.1 s of a
+        # worker's start) for the "Match exec" of ssh_config files only,
+        # which no connection of ours reads.
+        sys.modules['invoke'] = None
+    from any2kvm_os.ssh import connection
+    from any2kvm_os.ssh import credentials
+    from any2kvm_os.ssh import options
+
+    class WorkerConnection(connection.Connection):
+        """Logs in as the command's connection did: with the password it
+        was given, never asking for one."""
+
+        given = None
+
+        def _get_password(self, tried):
+            if self.given is not None:
+                tried.append('the password of the first connection')
+            return self.given
+
+    host = options.HostOptions(**setup['host'])
+    settings = options.Settings()
+    settings.__dict__.update(setup['settings'])
+    conn = WorkerConnection(host, settings)
+    if setup.get('password') is not None:
+        conn.given = credentials.Secret(setup['password'])
+        credentials.REDACT.add(conn.given)
+    return conn
+
+
+def _serve(inp, out, setup):
+    conn = _connection(setup)
+    try:
+        conn.connect()
+        files = []
+        for f in setup['files']:
+            rf = conn.open_file(f['path'], name=f['name'])
+            if rf.size != f['size']:
+                raise exception.SshError(
+                    host=conn.label, reason='%s: size changed from %d to '
+                    '%d bytes since the chain was read' % (
+                        f['path'], f['size'], rf.size))
+            files.append(rf)
+        out.send({'ready': True})
+        t = setup['target']
+        writer = raw.RawWriter(t['path'], t['fd'], fresh=False,
+                               is_block=t['is_block'],
+                               durable=t['durable'])
+        writer._zero_modes = list(t['zero_modes'])
+        over_hole = setup['over_hole']
+        queue = collections.deque()
+        ended = False
+        while True:
+            # Take what came (waiting only with nothing to do), and ask
+            # for each new batch's bytes ahead.
+            while not ended and len(queue) < AHEAD:
+                m = inp.get(wait=not queue)
+                if m is None:
+                    if inp.eof:
+                        return False   # the command is gone
+                    break
+                if m.get('end'):
+                    ended = True
+                    break
+                queue.append(m)
+                announce(files, m['runs'])
+            if not queue:
+                break
+            m = queue.popleft()
+            for k, file_offset, length, offset in m['runs']:
+                data = files[k].pread(length, file_offset)
+                if len(data) != length:
+                    raise exception.InvalidImage(
+                        path=files[k].name, reason='truncated: expected '
+                        '%d bytes at offset %d, got %d' % (
+                            length, file_offset, len(data)))
+                writer.write_data(offset, data, over_hole=over_hole)
+            out.send({'done': m['batch'], 'wire': conn.bytes_read})
+        writer._stop_flusher()
+        for rf in files:
+            rf.close()
+        out.send({'bye': True, 'wire': conn.bytes_read})
+        return True
+    finally:
+        conn.close()
+
+
+def announce(files, runs):
+    spans = collections.defaultdict(list)
+    for k, file_offset, length, _offset in runs:
+        spans[k].append((file_offset, length))
+    for k, ranges in spans.items():
+        files[k].will_read(ranges)
+
+
+def run_worker(inp, out):
+    """A worker's life: the set-up from ``inp`` (an :class:`_Input`),
+    its batches read and written, its messages on ``out``; the exit
+    status (an error is sent as one line first)."""
+    setup = inp.get(wait=True)
+    if setup is None:
+        return 1
+    handler = _LogForward(out)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(setup.get('log_level') or logging.WARNING)
+    try:
+        return 0 if _serve(inp, out, setup) else 1
+    except Exception as e:
+        if isinstance(e, exception.Any2KvmError):
+            text, kind = str(e), type(e).__name__
+        elif isinstance(e, OSError) and e.strerror:
+            text = str(exception.TargetError(path=setup['target']['path'],
+                                             reason=e.strerror))
+            kind = 'TargetError'
+        else:
+            text, kind = '%s: %s' % (type(e).__name__, e), None
+        out.send({'error': ' '.join(text.split()), 'kind': kind})
+        return 1
+    finally:
+        root.removeHandler(handler)
+
+
+def main():
+    # The protocol's output on a descriptor of its own; anything printed
+    # by mistake goes to standard error.
+    out = _Output(os.dup(1))
+    os.dup2(2, 1)
+    return run_worker(_Input(0), out)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,388 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Reader processes (any2kvm_os.migration.procread): the runs a layer is
+cut in, and the worker's protocol (a fake connection over local bytes;
+the real one is tests/functional/test_migration_procread.py)."""
+
+import collections
+import json
+import os
+import subprocess
+
+import pytest
+
+from any2kvm_os import exception
+from any2kvm_os import extents as ext
+from any2kvm_os.migration import procread
+from any2kvm_os.migration import procworker
+
+MiB = 1 << 20
+
+
+# -- cutting a layer in runs and batches -------------------------------------
+
+def test_split_cuts_data_in_pieces_and_batches_and_zeroes_the_rest():
+    extents = [ext.extent(ext.DATA, 0, 5 * MiB, 1000, layer=2),
+               ext.extent(ext.ZERO, 5 * MiB, MiB, layer=2),
+               ext.extent(ext.UNALLOCATED, 6 * MiB, MiB, layer=3),
+               ext.extent(ext.DATA, 7 * MiB, 3 * MiB, 7, layer=3)]
+    got = list(procread.split(extents, 2, fresh=False, is_base=True,
+                              batch=6 * MiB, piece=4 * MiB))
+    assert got == [
+        ('zero', 5 * MiB, MiB),
+        ('zero', 6 * MiB, MiB),
+        ('batch', [[0, 1000, 4 * MiB, 0],
+                   [0, 1000 + 4 * MiB, MiB, 4 * MiB],
+                   [1, 7, 3 * MiB, 7 * MiB]], 8 * MiB)]
+
+
+def test_split_leaves_holes_of_a_fresh_base_and_unallocated_of_a_delta():
+    extents = [ext.extent(ext.ZERO, 0, MiB, layer=0),
+               ext.extent(ext.DATA, MiB, 4096, 512, layer=0),
+               ext.extent(ext.UNALLOCATED, MiB + 4096, MiB, layer=0)]
+    fresh = list(procread.split(extents, 0, fresh=True, is_base=True))
+    assert fresh == [('batch', [[0, 512, 4096, MiB]], 4096)]
+    delta = list(procread.split(extents, 0, fresh=False, is_base=False))
+    assert delta == [('zero', 0, MiB),
+                     ('batch', [[0, 512, 4096, MiB]], 4096)]
+
+
+def test_batch_size_is_a_quarter_of_a_share_within_bounds():
+    assert procread.batch_size(8 * MiB, 2) == procread.MIN_BATCH
+    assert procread.batch_size(128 * MiB, 2) == 16 * MiB
+    assert procread.batch_size(1 << 40, 2) == procread.BATCH
+
+
+# -- the worker ---------------------------------------------------------------
+
+class FakeFile(object):
+    def __init__(self, conn, name, data):
+        self.conn, self.name, self.data = conn, name, data
+        self.size = len(data)
+        self.announced = []
+
+    def will_read(self, ranges):
+        self.announced.extend(ranges)
+
+    def pread(self, length, offset):
+        got = self.data[offset:offset + length]
+        self.conn.bytes_read += len(got)
+        return got
+
+    def close(self):
+        pass
+
+
+class FakeConn(object):
+    label = 'root@host'
+
+    def __init__(self, files):
+        self.files = files
+        self.bytes_read = 0
+        self.opened = {}
+        self.closed = False
+
+    def connect(self):
+        return self
+
+    def open_file(self, path, name=None):
+        f = self.opened[path] = FakeFile(self, name, self.files[path])
+        return f
+
+    def close(self):
+        self.closed = True
+
+
+class Pipes(object):
+    """A worker's input and output as pipes, read and written here."""
+
+    def __init__(self):
+        r, self.w_in = os.pipe()
+        self.r_out, w = os.pipe()
+        self.inp = procworker._Input(r)
+        self.out = procworker._Output(w)
+        self.fds = [r, self.w_in, self.r_out, w]
+
+    def send(self, *messages):
+        for m in messages:
+            os.write(self.w_in, (json.dumps(m) + '\n').encode())
+        os.close(self.w_in)
+        self.fds.remove(self.w_in)
+
+    def received(self):
+        os.close(self.out.fd)
+        self.fds.remove(self.out.fd)
+        data = b''
+        while True:
+            chunk = os.read(self.r_out, 1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        return [json.loads(line) for line in data.splitlines()]
+
+    def close(self):
+        for fd in self.fds:
+            os.close(fd)
+
+
+@pytest.fixture
+def pipes():
+    p = Pipes()
+    yield p
+    p.close()
+
+
+def _setup(target, size, over_hole=True):
+    return {'host': {}, 'settings': {}, 'password': None,
+            'files': [{'path': '/sr/a.vhd', 'name': 'host:/sr/a.vhd',
+                       'size': size}],
+            'target': {'fd': target, 'path': 'target.raw',
+                       'is_block': False, 'durable': False,
+                       'zero_modes': ['punch']},
+            'over_hole': over_hole, 'log_level': 30}
+
+
+def test_worker_writes_its_batches_and_counts_the_wire(pipes, tmp_path,
+                                                       monkeypatch):
+    data = bytes(range(256)) * 64 + bytes(8192) + b'x' * 4096
+    conn = FakeConn({'/sr/a.vhd': data})
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+    path = tmp_path / 'target.raw'
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, 1 << 20)
+        pipes.send(_setup(fd, len(data)),
+                   {'batch': 1, 'runs': [[0, 0, 16384, 65536]]},
+                   {'batch': 2, 'runs': [[0, 16384, 12288, 0]]},
+                   {'end': True})
+        assert procworker.run_worker(pipes.inp, pipes.out) == 0
+    finally:
+        os.close(fd)
+    got = path.read_bytes()
+    assert got[65536:65536 + 16384] == data[:16384]
+    assert got[:12288] == data[16384:]
+    assert conn.closed
+    f = conn.opened['/sr/a.vhd']
+    assert f.announced == [(0, 16384), (16384, 12288)]
+    assert pipes.received() == [{'ready': True},
+                                {'done': 1, 'wire': 16384},
+                                {'done': 2, 'wire': 28672},
+                                {'bye': True, 'wire': 28672}]
+
+
+def test_worker_zeroes_zero_grains_over_old_data(pipes, tmp_path,
+                                                 monkeypatch):
+    data = bytes(8192)
+    conn = FakeConn({'/sr/a.vhd': data})
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+    path = tmp_path / 'target.raw'
+    path.write_bytes(b'o' * 16384)
+    fd = os.open(str(path), os.O_RDWR)
+    try:
+        pipes.send(_setup(fd, len(data), over_hole=False),
+                   {'batch': 1, 'runs': [[0, 0, 8192, 4096]]},
+                   {'end': True})
+        assert procworker.run_worker(pipes.inp, pipes.out) == 0
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b'o' * 4096 + bytes(8192) + b'o' * 4096
+
+
+def test_worker_stops_when_the_command_is_gone(pipes, tmp_path,
+                                               monkeypatch):
+    conn = FakeConn({'/sr/a.vhd': b'a' * 4096})
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+    fd = os.open(str(tmp_path / 't'), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        pipes.send(_setup(fd, 4096))    # no batch, no end: input ends
+        assert procworker.run_worker(pipes.inp, pipes.out) == 1
+    finally:
+        os.close(fd)
+    assert pipes.received() == [{'ready': True}]
+    assert conn.closed
+
+
+def test_worker_sends_its_error_in_one_line(pipes, tmp_path, monkeypatch):
+    conn = FakeConn({'/sr/a.vhd': b'a' * 4096})
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+    fd = os.open(str(tmp_path / 't'), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        pipes.send(_setup(fd, 4096),
+                   {'batch': 1, 'runs': [[0, 0, 8192, 0]]}, {'end': True})
+        assert procworker.run_worker(pipes.inp, pipes.out) == 1
+    finally:
+        os.close(fd)
+    ready, m = pipes.received()
+    assert m['kind'] == 'InvalidImage'
+    assert m['error'] == ('host:/sr/a.vhd: truncated: expected 8192 bytes '
+                          'at offset 0, got 4096'), m
+
+
+def test_worker_refuses_a_file_whose_size_changed(pipes, tmp_path,
+                                                  monkeypatch):
+    conn = FakeConn({'/sr/a.vhd': b'a' * 4096})
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+    pipes.send(_setup(99, 8192), {'end': True})
+    assert procworker.run_worker(pipes.inp, pipes.out) == 1
+    (m,) = pipes.received()
+    assert m['kind'] == 'SshError'
+    assert 'size changed from 8192 to 4096 bytes' in m['error']
+
+
+# -- the command's side -------------------------------------------------------
+
+class FakeProc(object):
+    def __init__(self, fd, returncode):
+        self.stdout = os.fdopen(fd, 'rb')
+        self.returncode = returncode
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+class View(object):
+    name = 'host:/sr/a.vhd'
+
+
+def _copy():
+    c = procread.Copy.__new__(procread.Copy)
+    Layer = collections.namedtuple('Layer', 'view')
+    Chain = collections.namedtuple('Chain', 'layers')
+    c.chain = Chain([Layer(View())])
+    c.top = 0
+
+    class Conn(object):
+        label = 'root@host'
+        counted = 0
+
+        def count(self, n):
+            self.counted += n
+    c.conn = Conn()
+    return c
+
+
+def _worker_saying(lines, returncode=0):
+    r, w = os.pipe()
+    os.write(w, b''.join(json.dumps(m).encode() + b'\n' for m in lines))
+    os.close(w)
+    return procread._Worker(1, FakeProc(r, returncode))
+
+
+def test_command_counts_the_wire_once_and_raises_a_workers_error():
+    c = _copy()
+    w = _worker_saying([{'ready': True}, {'done': 1, 'wire': 100},
+                        {'done': 2, 'wire': 250},
+                        {'error': 'root@host: connection lost during '
+                         'reading; gave up', 'kind': 'SshError'}])
+    w.pending.extend([(1, 0), (2, 8)])
+    try:
+        with pytest.raises(exception.SshError) as e:
+            c._receive(w)
+        assert str(e.value) == ('root@host: connection lost during '
+                                'reading; gave up')
+        assert c.conn.counted == 250
+        assert not w.pending
+    finally:
+        w.proc.stdout.close()
+
+
+def test_command_goes_on_without_a_worker_that_could_not_log_in(caplog):
+    c = _copy()
+    c.workers = [_worker_saying([{'error': 'root@host: authentication '
+                                  'failed', 'kind': 'SshAuthError'}])]
+    w = c.workers[0]
+    try:
+        c._receive(w)
+    finally:
+        w.proc.stdout.close()
+    assert w.bye and w.ended
+    assert ('reading with 0 reader process(es) instead of 1: reader '
+            'process 1 could not start: root@host: authentication failed'
+            in caplog.text)
+
+
+def test_command_reports_a_killed_worker():
+    c = _copy()
+    w = _worker_saying([], returncode=-9)
+    try:
+        with pytest.raises(exception.SshError) as e:
+            c._receive(w)
+    finally:
+        w.proc.stdout.close()
+    assert str(e.value) == ('root@host: reader process 1 ended (killed by '
+                            'signal 9) while copying host:/sr/a.vhd')
+
+
+def test_worker_environment_has_no_password_variable(monkeypatch):
+    monkeypatch.setenv('XS_PASSWORD', 'secret')
+
+    class Conn(object):
+        class host_options(object):
+            password_env = 'XS_PASSWORD'
+    env = procread._worker_env(Conn())
+    assert 'XS_PASSWORD' not in env
+    assert 'secret' not in ''.join(env.values())
+    # The worker's module is importable with that environment.
+    subprocess.run([procread.sys.executable, '-c',
+                    'import any2kvm_os.migration.procworker'], env=env,
+                   check=True, timeout=120, cwd='/')
+
+
+# -- which layers take the path ----------------------------------------------
+
+class Layer(object):
+    """What ``chosen`` looks at: a reader reading its DATA in place."""
+
+    read_extent = procread.base.LayerReader.read_extent
+    read = procread.base.LayerReader.read
+    _pread = procread.base.LayerReader._pread
+
+    def __init__(self, view):
+        self.view = view
+
+
+def _remote(conn, size):
+    view = procread.remotefile.RemoteFile.__new__(
+        procread.remotefile.RemoteFile)
+    view.connection, view.size = conn, size
+    return view
+
+
+def test_chosen_takes_large_remote_layers_onto_a_raw_writer(tmp_path):
+    from any2kvm_os.ssh import options
+    from any2kvm_os.writers import raw
+
+    class Conn(object):
+        settings = options.Settings(reader_processes=2, reader_min_mib=1)
+    conn = Conn()
+    Chain = collections.namedtuple('Chain', 'layers')
+    big = Chain([Layer(_remote(conn, MiB)), Layer(_remote(conn, 1))])
+    target = raw.RawWriter(str(tmp_path / 't'), -1, fresh=True,
+                           is_block=False)
+    assert procread.chosen(big, 0, 1, target) is conn
+    # Too small, one process, another writer, a local file, another
+    # connection: one process.
+    assert procread.chosen(big, 1, 1, target) is None
+    Conn.settings = options.Settings(reader_processes=1, reader_min_mib=0)
+    assert procread.chosen(big, 0, 1, target) is None
+    Conn.settings = options.Settings(reader_processes=2, reader_min_mib=0)
+    assert procread.chosen(big, 1, 1, target) is conn
+
+    class Other(raw.RawWriter):
+        pass
+    other = Other(str(tmp_path / 't'), -1, fresh=True, is_block=False)
+    assert procread.chosen(big, 0, 1, other) is None
+    local = Chain([Layer(object())])
+    assert procread.chosen(local, 0, 0, target) is None
+    mixed = Chain([Layer(_remote(conn, MiB)), Layer(_remote(Conn(), 1))])
+    assert procread.chosen(mixed, 0, 1, target) is None
