@@ -19,6 +19,7 @@ its defaults from the same table as these options: they are written once.
 configuration does not import oslo.config (start-up time).
 """
 
+from any2kvm_os import lazyopts
 from any2kvm_os import scratch
 
 GROUP = 'any2kvm'
@@ -57,13 +58,9 @@ def _options():
     ]
 
 
-def __getattr__(name):
-    """``OPTIONS`` (oslo.config options), made on first use: a conversion
-    that reads no configuration does not import oslo.config."""
-    if name == 'OPTIONS':
-        globals()['OPTIONS'] = options = _options()
-        return options
-    raise AttributeError('module %r has no attribute %r' % (__name__, name))
+#: ``OPTIONS`` (oslo.config options), made on first use: a conversion
+#: that reads no configuration does not import oslo.config.
+__getattr__ = lazyopts.module_getattr(globals(), _options)
 
 
 class Limits(object):

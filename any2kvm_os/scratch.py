@@ -38,6 +38,7 @@ import shutil
 import tempfile
 
 from any2kvm_os import exception
+from any2kvm_os import lazyopts
 
 LOG = logging.getLogger(__name__)
 
@@ -63,13 +64,9 @@ def _options():
     ]
 
 
-def __getattr__(name):
-    """``OPTIONS`` (oslo.config options), made on first use: a conversion
-    that reads no configuration does not import oslo.config."""
-    if name == 'OPTIONS':
-        globals()['OPTIONS'] = options = _options()
-        return options
-    raise AttributeError('module %r has no attribute %r' % (__name__, name))
+#: ``OPTIONS`` (oslo.config options), made on first use: a conversion
+#: that reads no configuration does not import oslo.config.
+__getattr__ = lazyopts.module_getattr(globals(), _options)
 
 
 #: ``scratch_limit_gib``'s default, in bytes.

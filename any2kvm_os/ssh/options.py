@@ -25,6 +25,8 @@ command-line options and :func:`host_options` reads them back.
 import os
 import re
 
+from any2kvm_os import lazyopts
+
 GROUP = 'any2kvm'
 
 #: The options' defaults, written once.
@@ -118,13 +120,9 @@ def _options():
     ]
 
 
-def __getattr__(name):
-    """``OPTIONS`` (oslo.config options), made on first use: a conversion
-    that reads no configuration does not import oslo.config."""
-    if name == 'OPTIONS':
-        globals()['OPTIONS'] = options = _options()
-        return options
-    raise AttributeError('module %r has no attribute %r' % (__name__, name))
+#: ``OPTIONS`` (oslo.config options), made on first use: a conversion
+#: that reads no configuration does not import oslo.config.
+__getattr__ = lazyopts.module_getattr(globals(), _options)
 
 
 #: Most bytes of a command's standard error kept (the rest is dropped).

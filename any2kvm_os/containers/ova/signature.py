@@ -53,6 +53,7 @@ import re
 import warnings
 
 from any2kvm_os import exception
+from any2kvm_os import lazyopts
 
 LOG = logging.getLogger(__name__)
 
@@ -88,13 +89,9 @@ def _options():
     ]
 
 
-def __getattr__(name):
-    """``OPTIONS`` (oslo.config options), made on first use: a conversion
-    that reads no configuration does not import oslo.config."""
-    if name == 'OPTIONS':
-        globals()['OPTIONS'] = options = _options()
-        return options
-    raise AttributeError('module %r has no attribute %r' % (__name__, name))
+#: ``OPTIONS`` (oslo.config options), made on first use: a conversion
+#: that reads no configuration does not import oslo.config.
+__getattr__ = lazyopts.module_getattr(globals(), _options)
 
 
 _LINE = re.compile(r'^\s*(SHA1|SHA224|SHA256|SHA384|SHA512)\s*\((.+)\)\s*='
