@@ -221,6 +221,15 @@ class LayerReader(object, metaclass=abc.ABCMeta):
         override it (``file_offset`` is then whatever token they chose)."""
         return self.read(extent.file_offset + skip, length)
 
+    def reads_in_place(self):
+        """Whether a DATA extent's bytes are the view's bytes at its
+        ``file_offset``, read as they are: this reader overrides none of
+        :meth:`read_extent`, :meth:`read` and :meth:`_pread`."""
+        cls = type(self)
+        return (cls.read_extent is LayerReader.read_extent and
+                cls.read is LayerReader.read and
+                cls._pread is LayerReader._pread)
+
     def read_extent_into(self, extent, skip, buf):
         """Fill ``buf`` (a writable memoryview) with bytes ``[extent.offset
         + skip, + len(buf))`` of a DATA extent this reader reported, as
@@ -229,11 +238,7 @@ class LayerReader(object, metaclass=abc.ABCMeta):
         buffer allocated per read); every other one copies what
         :meth:`read_extent` returns."""
         length = len(buf)
-        cls = type(self)
-        if cls.read_extent is LayerReader.read_extent and \
-                cls.read is LayerReader.read and \
-                cls._pread is LayerReader._pread and \
-                type(self.view) is fileio.FileView:
+        if self.reads_in_place() and type(self.view) is fileio.FileView:
             got = self.view.preadinto(buf, extent.file_offset + skip)
             if got != length:
                 from any2kvm_os import exception

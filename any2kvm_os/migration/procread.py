@@ -62,7 +62,6 @@ import any2kvm_os
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os import incremental
-from any2kvm_os.formats import base
 from any2kvm_os.migration import procworker
 from any2kvm_os.ssh import remotefile
 from any2kvm_os.writers import raw
@@ -93,11 +92,8 @@ def _remote_connection(chain, top, bottom):
     for j in range(top, bottom + 1):
         layer = chain.layers[j]
         view = getattr(layer, 'view', None)
-        cls = type(layer)
         if not isinstance(view, remotefile.RemoteFile) or \
-                cls.read_extent is not base.LayerReader.read_extent or \
-                cls.read is not base.LayerReader.read or \
-                cls._pread is not base.LayerReader._pread:
+                not layer.reads_in_place():
             return None
         if conn is None:
             conn = view.connection

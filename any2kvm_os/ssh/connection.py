@@ -556,8 +556,8 @@ class Connection(object):
                 if deadline is None:
                     deadline = now + st.retry_max_seconds
                 attempts += 1
-                if first and (attempts > st.retries or
-                              now + delay > deadline):
+                exhausted = attempts > st.retries or now + delay > deadline
+                if first and exhausted:
                     raise exception.SshError(
                         host=self.label, reason='could not log in: %s '
                         '(%d attempts in %.0f s; a busy host\'s sshd '
@@ -569,7 +569,7 @@ class Connection(object):
                         host=self.label, reason='connection lost during '
                         '%s (not repeated: it may have had effects): %s'
                         % (what, _short(str(e) or type(e).__name__)))
-                if attempts > st.retries or now + delay > deadline:
+                if exhausted:
                     raise exception.SshError(
                         host=self.label, reason='connection lost during '
                         '%s; gave up after %d reconnection attempts in '

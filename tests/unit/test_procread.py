@@ -23,6 +23,7 @@ import pytest
 
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
+from any2kvm_os.formats import base
 from any2kvm_os.migration import procread
 from any2kvm_os.migration import procworker
 
@@ -343,9 +344,10 @@ def test_worker_environment_has_no_password_variable(monkeypatch):
 class Layer(object):
     """What ``chosen`` looks at: a reader reading its DATA in place."""
 
-    read_extent = procread.base.LayerReader.read_extent
-    read = procread.base.LayerReader.read
-    _pread = procread.base.LayerReader._pread
+    read_extent = base.LayerReader.read_extent
+    read = base.LayerReader.read
+    _pread = base.LayerReader._pread
+    reads_in_place = base.LayerReader.reads_in_place
 
     def __init__(self, view):
         self.view = view
