@@ -271,6 +271,9 @@ def setup_and_run(bench, work, args):
     with open(conf, 'w') as f:
         f.write('[any2kvm]\nxenserver_sr_mount = %s\n'
                 % os.path.join(root, 'run', 'sr-mount'))
+        # the stand-in's inventory (names the host its SRs are attached on)
+        f.write('xenserver_inventory = %s\n'
+                % os.path.join(root, 'etc', 'xensource-inventory'))
         for option in args.option:
             name, _, value = option.partition('=')
             f.write('%s = %s\n' % (name.strip(), value.strip()))

@@ -193,9 +193,13 @@ def _discover(host, vm, vdis=()):
     (sync and cutover: the migration knows it, and ``vdis``, the uuids of
     the disks it records), the queries whose words are known before any
     answer (the VM, its VIFs and VBDs, those VDIs) go to the host in one
-    round trip (:func:`prefetching`); the rest (a VDI not recorded, the
-    SRs) one by one, as before."""
+    round trip (:func:`prefetching`), with the host's inventory and PBDs
+    when it names an inventory; the rest (a VDI not recorded, the SRs)
+    one by one, as before."""
     run = lambda argv: host.run(argv)  # noqa: E731
+    # A host that names its inventory file: each disk's SR is checked to
+    # be attached on it (its inventory and the PBDs go in the same batch).
+    inventory = getattr(host, 'inventory', None)
     if location_mod.is_uuid(vm):
         vm = vm.lower()
         run = prefetching(host, [
@@ -205,9 +209,12 @@ def _discover(host, vm, vdis=()):
             xe.list_command('vbd', [('vm-uuid', vm)],
                             discovery.VBD_FIELDS)] + [
             xe.list_command('vdi', [('uuid', v.lower())],
-                            discovery.VDI_FIELDS) for v in vdis])
+                            discovery.VDI_FIELDS) for v in vdis] + (
+            [discovery.inventory_command(inventory),
+             discovery.pbd_command()] if inventory else []))
     return discovery.discover(run, vm, host=host.label,
-                              mount_base=host.mount_base)
+                              mount_base=host.mount_base,
+                              inventory=inventory)
 
 
 def prefetching(host, commands):
@@ -1115,7 +1122,8 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
 
 def rollback(store, name, limits=None, args=None, connect=None,
              server=None):
-    """Undo a cutover: start the source VM again (``xe vm-start``), and
+    """Undo a cutover: start the source VM again (``xe vm-start``; a
+    paused VM is unpaused, a suspended one resumed), and
     forget each disk's top layer recorded at cutover (the restarted VM
     writes to it, so the next sync copies it again as an ordinary layer);
     the cutover stays in the history, the status goes back to 'synced'.
@@ -1146,8 +1154,10 @@ def rollback(store, name, limits=None, args=None, connect=None,
                 vm_uuid = m['target_options']['vm_uuid']
                 state = snapshots.power_state(host.run, vm_uuid)
                 if state != 'running':
+                    # vm-start, vm-unpause or vm-resume, as the state asks
                     snapshots.start(
-                        lambda argv: host.run(argv, mutating=True), vm_uuid)
+                        lambda argv: host.run(argv, mutating=True), vm_uuid,
+                        state, host=host.label)
             finally:
                 host.close()
             return {'was': state}

@@ -16,7 +16,9 @@ The engine asks a host for four things only, so that its tests can put a
 local stand-in in its place: ``run(argv, mutating=False)`` (one ``xe``
 command; stdout), ``open_disk(info)`` (the live chain of one VDI, a
 :class:`~any2kvm_os.vm.ChainDisk` to close), ``bytes_read`` (bytes that
-crossed the wire so far), ``mount_base`` and ``label``; and ``close()``.
+crossed the wire so far), ``mount_base`` and ``label``; and ``close()``;
+optionally ``inventory`` (the path of the host's inventory file: each
+disk's SR is then checked to be attached on this host).
 """
 
 import uuid
@@ -35,6 +37,8 @@ class SshHost(object):
         self.source = plugin.XenServerSource(limits, args=args)
         self.conn = self.source.connect(self.location)
         self.mount_base = self.source.mount_base()
+        #: The host's inventory file (names the host: SRs attached here).
+        self.inventory = self.source.inventory()
         self.label = self.location.host_for_display
 
     def run(self, argv, mutating=False, timeout=None):

@@ -505,3 +505,143 @@ def test_attached_vdi_sm_config_has_the_backend_keys(host):
     halted = disk_vdis(root, f['quotes'])[0]
     assert 'host_OpaqueRef' not in xh.xe_ok(
         root, 'vdi-param-get', 'uuid=' + halted, 'param-name=sm-config')
+
+
+# ---------------------------------------------------------------------------
+# a pool: hosts, PBDs, the inventory (records.ml host_record, pbd_record;
+# cli_operations.ml default params of host-list and pbd-list)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def pool(tmp_path_factory):
+    return xh.pool_host(tmp_path_factory.mktemp('pool'))
+
+
+def _fields(out):
+    return [line.split('(')[0].strip() for line in out.splitlines() if line]
+
+
+def test_pool_hosts_pbds_and_inventory(pool):
+    root, f = pool
+    a, b = f['hosts']['xs-a'], f['hosts']['xs-b']
+    out = xh.xe_ok(root, 'host-list')
+    assert _fields(out) == ['uuid', 'name-label', 'name-description'] * 2
+    assert xh.xe_ok(root, 'host-list', 'params=name-label',
+                    '--minimal').strip() == 'xs-a,xs-b'
+    out = xh.xe_ok(root, 'pbd-list', 'sr-uuid=' + f['sr']['remote'])
+    assert _fields(out) == ['uuid', 'host-uuid', 'sr-uuid', 'device-config',
+                            'currently-attached']
+    assert 'host-uuid ( RO): %s\n' % b in out
+    assert 'currently-attached ( RO): true\n' in out
+    # a shared SR has a PBD on each host; unplugged ones say so
+    out = xh.xe_ok(root, 'pbd-list', 'sr-uuid=' + f['sr']['gone'],
+                   'params=host-uuid,currently-attached')
+    assert out.count('currently-attached ( RO): false') == 2
+    assert xh.xe_ok(root, 'pbd-list', 'host-uuid=' + a,
+                    'currently-attached=true', 'params=sr-uuid',
+                    '--minimal').strip().split(',') == [f['sr']['local'],
+                                                        f['sr']['shared']]
+    # the deprecated field is printed so with params=all
+    assert re.search(r'\n *host \( RO\) \[DEPRECATED\]: %s\n' % b,
+                     xh.xe_ok(root, 'pbd-list', 'host-uuid=' + b,
+                              'sr-uuid=' + f['sr']['remote'], 'params=all'))
+    assert xh.xe_ok(root, 'sr-param-get', 'uuid=' + f['sr']['remote'],
+                    'param-name=host').strip() == 'xs-b'
+    # each host has its control domain; a VM runs on its host
+    assert len(xh.xe_ok(root, 'vm-list', 'is-control-domain=true',
+                        '--minimal').split(',')) == 2
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + f['on-xs-b'],
+                    'param-name=resident-on').strip() == b
+    with open(st.inventory_path(root)) as inv:
+        assert "INSTALLATION_UUID='%s'\n" % a in inv.read()
+    # only what is plugged here is mounted here
+    mounted = os.listdir(os.path.join(root, 'run', 'sr-mount'))
+    assert sorted(mounted) == sorted([f['sr']['local'], f['sr']['shared']])
+    r = xh.run_xe(root, 'host-param-get', 'uuid=bogus', 'param-name=uuid')
+    assert r.returncode == 1
+    assert r.stderr == ('The uuid you supplied was invalid.\n'
+                        'type: host\nuuid: bogus\n')
+
+
+# ---------------------------------------------------------------------------
+# userdevices (xapi_vm_helpers.ml allowed_VBD_devices: 0 to 254)
+# ---------------------------------------------------------------------------
+
+def test_five_disks_and_a_cd_take_free_userdevices(pool):
+    root, f = pool
+    out = xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + f['five-disks'],
+                   'params=userdevice,device,type')
+    rows = re.findall(r'device \( RO\)\s*: (\S+)\n\s*userdevice \( RW\): '
+                      r'(\d+)\n\s*type \( RW\): (\w+)', out)
+    assert sorted(rows, key=lambda r: int(r[1])) == [
+        ('xvda', '0', 'Disk'), ('xvdb', '1', 'Disk'), ('xvdc', '2', 'Disk'),
+        ('xvdd', '3', 'Disk'), ('xvde', '4', 'Disk'), ('xvdf', '5', 'CD')]
+
+
+def test_userdevice_allocation_and_its_limit():
+    assert xh.userdevices(2, cd=True) == ([0, 1], 3)
+    assert xh.userdevices(3, cd=True) == ([0, 1, 2], 3)
+    assert xh.userdevices(4, cd=True) == ([0, 1, 2, 3], 4)
+    assert xh.userdevices(17) == (list(range(17)), None)
+    assert xh.userdevices(255) == (list(range(255)), None)
+    with pytest.raises(ValueError, match='at most 255'):
+        xh.userdevices(255, cd=True)
+    assert [xh.device_name(n) for n in (0, 3, 15, 16, 25, 26, 27, 254)] == [
+        'xvda', 'xvdd', 'xvdp', 'xvdq', 'xvdz', 'xvdaa', 'xvdab', 'xvdiu']
+
+
+# ---------------------------------------------------------------------------
+# paused and suspended VMs (xapi_vm_lifecycle.ml allowed_power_states)
+# ---------------------------------------------------------------------------
+
+def _set_power(root, vm, state):
+    with st.locked(str(root)):
+        s = st.load(str(root))
+        s['vm'][vm]['power-state'] = state
+        st.save(str(root), s)
+
+
+def _power(root, vm):
+    return xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
+                    'param-name=power-state').strip()
+
+
+def _bad_power(r, vm, name, expected, actual):
+    assert r.returncode == 1 and r.stdout == ''
+    assert r.stderr.splitlines()[0].startswith(
+        'You attempted an operation on a VM that was not in an appropriate '
+        'power state')
+    assert r.stderr.splitlines()[1:] == [
+        'vm: %s (%s)' % (vm, name), 'expected: %s' % expected,
+        'actual: %s' % actual]
+
+
+def test_unpause_resume_and_their_power_states(host):
+    root, f = host
+    vm = f['twin-a']
+    _set_power(root, vm, 'paused')
+    # a paused VM keeps its domain
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
+                    'param-name=dom-id').strip() != '-1'
+    _bad_power(xh.run_xe(root, 'vm-start', 'uuid=' + vm), vm, 'twin',
+               'halted', 'paused')
+    _bad_power(xh.run_xe(root, 'vm-resume', 'uuid=' + vm), vm, 'twin',
+               'suspended', 'paused')
+    xh.xe_ok(root, 'vm-unpause', 'uuid=' + vm)
+    assert _power(root, vm) == 'running'
+    _bad_power(xh.run_xe(root, 'vm-unpause', 'uuid=' + vm), vm, 'twin',
+               'paused', 'running')
+    _set_power(root, vm, 'suspended')
+    _bad_power(xh.run_xe(root, 'vm-start', 'uuid=' + vm), vm, 'twin',
+               'halted', 'suspended')
+    _bad_power(xh.run_xe(root, 'vm-unpause', 'uuid=' + vm), vm, 'twin',
+               'paused', 'suspended')
+    _bad_power(xh.run_xe(root, 'vm-shutdown', 'uuid=' + vm), vm, 'twin',
+               'running', 'suspended')
+    xh.xe_ok(root, 'vm-resume', 'uuid=' + vm)
+    assert _power(root, vm) == 'running'
+    # a hard shutdown takes a paused or suspended VM too
+    for state in ('paused', 'suspended'):
+        _set_power(root, vm, state)
+        xh.xe_ok(root, 'vm-shutdown', 'uuid=' + vm, '--force')
+        assert _power(root, vm) == 'halted'

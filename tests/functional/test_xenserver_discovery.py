@@ -186,3 +186,67 @@ def test_many_disks_odd_names_and_a_cd_through_xe(tmp_path):
     assert all(os.path.isfile(d.path) for d in found.disks)
     assert found.disks[0].vdi_name == 'system\n  (copy 2)'
     assert any('userdevice 12' in n for n in found.notes)
+
+
+@pytest.fixture(scope='module')
+def pool(tmp_path_factory):
+    """The stand-in pool (xs-a, where the commands run, and xs-b), and a
+    runner of its xe and of ``cat`` (the inventory), as on the host."""
+    root, facts = xhost.pool_host(tmp_path_factory.mktemp('pool'))
+
+    def run(argv):
+        if argv[0] == 'cat':
+            r = subprocess.run(list(argv), capture_output=True, text=True,
+                               timeout=60, cwd='/')
+        else:
+            assert argv[0] == 'xe'
+            r = subprocess.run([str(xhost.XE)] + list(argv[1:]),
+                               capture_output=True, text=True,
+                               env=xhost.xe_env(root), timeout=120, cwd='/')
+        if r.returncode != 0:
+            raise XeFailed('%s: %s%s' % (argv, r.stdout, r.stderr))
+        return r.stdout
+    return root, facts, run
+
+
+def _pool_discover(pool, vm):
+    root, _facts, run = pool
+    return discovery.discover(run, vm, host='xs-a',
+                              mount_base=mount_base(root),
+                              inventory=os.path.join(
+                                  str(root), 'etc', 'xensource-inventory'))
+
+
+def test_five_disks_and_a_cd_in_userdevice_order(pool):
+    found = _pool_discover(pool, 'five-disks')
+    assert [d.userdevice for d in found.disks] == ['0', '1', '2', '3', '4']
+    assert [d.device for d in found.disks] == ['xvda', 'xvdb', 'xvdc',
+                                               'xvdd', 'xvde']
+    assert [d.virtual_size for d in found.disks] == [
+        (i + 1) << 20 for i in range(5)]
+    assert [d.vdi_name for d in found.disks] == ['disk %d' % i
+                                                 for i in range(5)]
+    assert all(os.path.isfile(d.path) for d in found.disks)
+    assert 'skipped an empty drive at userdevice 5 (CD)' in found.notes
+
+
+def test_srs_must_be_attached_on_the_host_connected_to(pool):
+    root, facts, _run = pool
+    found = _pool_discover(pool, 'here')
+    assert [d.sr_uuid for d in found.disks] == [facts['sr']['local'],
+                                                facts['sr']['shared']]
+    assert all(os.path.isfile(d.path) for d in found.disks)
+    with pytest.raises(errors.UnsupportedStorage) as e:
+        _pool_discover(pool, 'on-xs-b')
+    msg = str(e.value)
+    assert '\n' not in msg
+    assert ("xs-a: VM 'on-xs-b', disk userdevice 0: VDI 'on-xs-b 0'" in msg)
+    assert ("SR 'Local storage' (%s), which is not attached on this host "
+            "'xs-a' (%s); it is attached on 'xs-b' (%s)"
+            % (facts['sr']['remote'], facts['hosts']['xs-a'],
+               facts['hosts']['xs-b'])) in msg
+    with pytest.raises(errors.UnsupportedStorage,
+                       match=r"SR 'NFS old' \(%s\), which is not attached "
+                       r"on this host .*; it is attached on no host \(its "
+                       r"PBDs are unplugged\)$" % facts['sr']['gone']):
+        _pool_discover(pool, 'unplugged')

@@ -177,3 +177,31 @@ def test_openstack_any2kvm_inspect_of_a_xenserver_vm(server, xs_host,
     assert shown['guest']['hostname'] == 'guest-virtio'
     assert shown['properties']['hw_disk_bus'] == 'scsi'
     assert shown['properties']['hw_vif_model'] == 'virtio'
+
+
+def test_disks_on_srs_not_attached_here_are_refused(sshd_factory, tmp_path):
+    """A pool reached through xs-a: a VM on xs-a's own SR and a shared one
+    is read; one on xs-b's local SR, or on an SR whose PBDs are
+    unplugged, is refused in one line naming the SR and where it is
+    attached (the stand-in's inventory names xs-a)."""
+    from tests.lib.xenserver import host as xhost
+    root, facts, bin_dir, conf = xbed.prepare(tmp_path / 'pool',
+                                              build=xhost.pool_host)
+    server = xbed.start_sshd(sshd_factory, root, bin_dir)
+    res = cli.run_any2kvm('info', location(server, 'here'), '--format',
+                          'json', *ssh_args(server, conf))
+    assert res.returncode == 0, cli.describe(res)
+    assert [d['virtual_size'] for d in json.loads(res.stdout)['disks']] == [
+        4 << 20, 2 << 20]
+    for vm, words in (
+            ('on-xs-b', "which is not attached on this host 'xs-a' (%s); it "
+             "is attached on 'xs-b' (%s)" % (facts['hosts']['xs-a'],
+                                             facts['hosts']['xs-b'])),
+            ('unplugged', "SR 'NFS old' (%s), which is not attached on this "
+             "host 'xs-a'" % facts['sr']['gone'])):
+        res = cli.run_any2kvm('info', location(server, vm),
+                              *ssh_args(server, conf))
+        assert res.returncode == 1, cli.describe(res)
+        line = res.stderr.strip()
+        assert '\n' not in line and 'Traceback' not in res.stderr, line
+        assert words in line, line

@@ -409,8 +409,11 @@ def test_discovery_of_a_known_vm_takes_two_round_trips(bed):
     assert (got.facts, got.power_state, got.uuid) == (
         want.facts, want.power_state, want.uuid)
     batched, single = _batched_and_single(host)
-    # One batch (VM, VIFs, VBDs, both VDIs), then the one SR alone.
-    assert len(host.batches) == 1 and len(batched) == 5
+    # One batch (VM, VIFs, VBDs, both VDIs, the inventory and the PBDs
+    # that check the SRs are attached here), then the one SR alone.
+    assert len(host.batches) == 1 and len(batched) == 7
+    assert batched[-2:] == [['cat', host.inventory],
+                            engine.discovery.pbd_command()]
     assert [a[1] for a in single] == ['sr-list']
     # A VDI the state does not know (a disk added) is asked alone.
     host = miglocal.LocalHost(root)
@@ -433,9 +436,9 @@ def test_discovery_batch_that_fails_runs_each_query_alone(bed):
     got = engine._discover(host, vm, ['0' * 8 + '-0000-0000-0000-' +
                                       '0' * 12])
     assert len(got.disks) == 2
-    assert [a[1] for a in host.commands] == [
-        'vm-list', 'vif-list', 'vbd-list', 'vdi-list', 'sr-list',
-        'vdi-list']
+    assert [a[1] if a[0] == 'xe' else a[0] for a in host.commands] == [
+        'vm-list', 'vif-list', 'cat', 'vbd-list', 'vdi-list', 'sr-list',
+        'pbd-list', 'vdi-list']
 
 
 class _HookedHost(miglocal.LocalHost):
@@ -695,3 +698,47 @@ def test_a_paused_vm_that_does_not_shut_down_is_said_paused():
                           force=False, timeout=5)
     assert 'paused' in str(e.value) and 'running' not in str(e.value)
     assert '--force' in str(e.value)
+
+
+def _set_power(root, vm, state):
+    with st.locked(str(root)):
+        s = st.load(str(root))
+        s['vm'][vm]['power-state'] = state
+        st.save(str(root), s)
+
+
+def test_rollback_unpauses_a_paused_vm_and_resumes_a_suspended_one(bed):
+    """xapi starts only a halted VM: a VM found paused after the cutover
+    is unpaused (vm-unpause), a suspended one resumed (vm-resume), each
+    from the state it is in (the stand-in refuses the wrong command with
+    VM_BAD_POWER_STATE, as xapi does)."""
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+    engine.cutover(store, 'web', **_kw(root))
+    for state, command in (('paused', 'vm-unpause'),
+                           ('suspended', 'vm-resume')):
+        connect, hosts = _hooked(root, None)
+        _set_power(root, vm, state)
+        engine.rollback(store, 'web', connect=connect)
+        assert _power(root, vm) == 'running'
+        run = [c[1] for h in hosts for c in h.commands]
+        assert run == ['vm-param-get', command], run
+        assert store.get('web')['status'] == 'synced'
+        engine.cutover(store, 'web', **_kw(root))
+        assert _power(root, vm) == 'halted'
+
+
+def test_rollback_refuses_a_power_state_it_cannot_start_from(bed):
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+    engine.cutover(store, 'web', **_kw(root))
+    _set_power(root, vm, 'crashed')
+    with pytest.raises(exception.Any2KvmError) as e:
+        engine.rollback(store, 'web', **_kw(root))
+    assert '\n' not in str(e.value)
+    assert "unknown power state 'crashed'" in str(e.value)
+    assert store.get('web')['status'] != 'synced'

@@ -960,3 +960,156 @@ def test_values_are_stripped_but_names():
     assert rec == {'uuid': VM_UUID, 'name-label': 'db ',
                    'power-state': 'running', 'name-description': ' a b ',
                    'network-name-label': ' net 1'}
+
+
+# --- the SR must be attached on the host connected to --------------------
+#
+# A file SR is mounted only where its PBD is plugged (currently-attached
+# true); the host the shell runs on is the INSTALLATION_UUID of its
+# /etc/xensource-inventory (KEY='value' lines, as xapi's dom0 scripts
+# source it).
+
+HOST_A = 'aaaaaaaa-0000-4000-8000-00000000000a'
+HOST_B = 'bbbbbbbb-0000-4000-8000-00000000000b'
+INVENTORY = '/etc/xensource-inventory'
+
+
+class _PoolHost(FakeHost):
+    """A pool of xs-a (the host connected to) and xs-b, answering ``cat``
+    of the inventory too."""
+
+    def __init__(self, inventory=None):
+        FakeHost.__init__(self)
+        self.objects.update({'pbd': [], 'host': []})
+        self.inventory = inventory if inventory is not None else (
+            "PRODUCT_BRAND='XCP-ng'\nPRODUCT_VERSION='8.2.1'\n"
+            "INSTALLATION_UUID='%s'\nCONTROL_DOMAIN_UUID='%s'\n"
+            % (HOST_A, DOM0_UUID))
+
+    def __call__(self, argv):
+        if argv[0] == 'cat':
+            self.calls.append(list(argv))
+            if self.inventory is False:
+                raise exception.RemoteCommandError(
+                    host='xs1', command=' '.join(argv),
+                    reason='exit status 1: No such file or directory')
+            return self.inventory
+        return FakeHost.__call__(self, argv)
+
+
+def pool_host(plugged_on=(HOST_A,), unplugged_on=(), inventory=None):
+    host = standard_host()
+    pool = _PoolHost(inventory)
+    pool.objects.update(host.objects)
+    pool.add('host', uuid=HOST_A, name_label='xs-a')
+    pool.add('host', uuid=HOST_B, name_label='xs-b')
+    for n, (h, attached) in enumerate(
+            [(h, 'true') for h in plugged_on] +
+            [(h, 'false') for h in unplugged_on]):
+        pool.add('pbd', uuid='%08d-0000-4000-8000-00000000000d' % n,
+                 host_uuid=h, sr_uuid=EXT_SR, currently_attached=attached)
+    return pool
+
+
+def _pool_discover(host):
+    return discovery.discover(host, 'web01', host='xs1',
+                              mount_base='/m', inventory=INVENTORY)
+
+
+def test_sr_attached_here_is_read_with_one_pbd_listing():
+    host = pool_host(plugged_on=(HOST_B, HOST_A))
+    found = _pool_discover(host)
+    assert [d.userdevice for d in found.disks] == ['0', '2', '10']
+    assert host.calls.count(['cat', INVENTORY]) == 1
+    # every PBD at once (three disks, one SR: one listing), no host-list
+    assert [c[1] for c in host.calls if c[0] == 'xe'].count('pbd-list') == 1
+    assert discovery.pbd_command() in host.calls
+    assert not [c for c in host.calls if c[1:2] == ['host-list']]
+
+
+def test_sr_attached_on_another_host_is_refused_naming_it():
+    host = pool_host(plugged_on=(HOST_B,), unplugged_on=(HOST_A,))
+    with pytest.raises(errors.UnsupportedStorage) as e:
+        _pool_discover(host)
+    msg = str(e.value)
+    assert '\n' not in msg
+    assert msg.startswith("xs1: VM 'web01', disk userdevice 0: VDI 'disk 0' "
+                          "(%s) is on SR 'Local storage' (%s), which is not "
+                          "attached on this host 'xs-a' (%s); it is attached "
+                          "on 'xs-b' (%s)" % (VDI0, EXT_SR, HOST_A, HOST_B))
+
+
+def test_sr_attached_nowhere_is_refused():
+    host = pool_host(plugged_on=(), unplugged_on=(HOST_A, HOST_B))
+    with pytest.raises(errors.UnsupportedStorage,
+                       match=r"SR 'Local storage' \(%s\), which is not "
+                       r"attached on this host 'xs-a' .*; it is attached on "
+                       r"no host \(its PBDs are unplugged\)$" % EXT_SR):
+        _pool_discover(host)
+    host = pool_host(plugged_on=())
+    with pytest.raises(errors.UnsupportedStorage,
+                       match='attached on no host \\(it has no PBD\\)$'):
+        _pool_discover(host)
+
+
+def test_host_names_unknown_leave_the_uuids():
+    host = pool_host(plugged_on=(HOST_B,))
+    host.objects['host'] = []
+    with pytest.raises(errors.UnsupportedStorage,
+                       match='not attached on this host %s; it is attached '
+                       'on %s$' % (HOST_A, HOST_B)):
+        _pool_discover(host)
+
+
+@pytest.mark.parametrize('inventory, why', [
+    (False, 'No such file'),
+    ("PRODUCT_BRAND='XenServer'\n", 'names no INSTALLATION_UUID'),
+    ("INSTALLATION_UUID='not-a-uuid'\n", 'names no INSTALLATION_UUID')])
+def test_an_inventory_that_names_no_host_leaves_the_check_out(inventory,
+                                                              why):
+    host = pool_host(plugged_on=(HOST_B,), inventory=inventory)
+    found = _pool_discover(host)
+    assert len(found.disks) == 3
+    assert any(INVENTORY in n and why in n and 'not checked' in n
+               for n in found.notes), found.notes
+    assert not [c for c in host.calls if c[1:2] == ['pbd-list']]
+
+
+def test_without_an_inventory_nothing_more_is_asked():
+    host = pool_host(plugged_on=(HOST_B,))
+    discovery.discover(host, 'web01', host='xs1', mount_base='/m')
+    assert all(c[0] == 'xe' and c[1] != 'pbd-list' for c in host.calls)
+
+
+def test_inventory_lines_as_dom0_scripts_source_them():
+    argv = ['cat', INVENTORY]
+    got = discovery.parse_inventory(
+        "PRIMARY_DISK='/dev/disk/by-id/x'\n\nINSTALLATION_UUID='%s'\n"
+        'BUILD_NUMBER="1a"\nEMPTY=\n# a comment\n' % HOST_A, argv)
+    assert got == {'PRIMARY_DISK': '/dev/disk/by-id/x',
+                   'INSTALLATION_UUID': HOST_A, 'BUILD_NUMBER': '1a',
+                   'EMPTY': ''}
+    with pytest.raises(errors.XeOutputError, match='cat'):
+        discovery.parse_inventory('x' * (discovery.MAX_INVENTORY + 1), argv)
+
+
+# --- making a VM run again from each power state --------------------------
+
+@pytest.mark.parametrize('state, command', [
+    ('halted', 'vm-start'), ('paused', 'vm-unpause'),
+    ('suspended', 'vm-resume')])
+def test_start_from_each_power_state(state, command):
+    calls = []
+    snapshots.start(calls.append, VM_UUID, state)
+    assert calls == [['xe', command, 'uuid=' + VM_UUID]]
+
+
+@pytest.mark.parametrize('state', ['running', 'crashed', ''])
+def test_start_refuses_other_states_in_one_line(state):
+    calls = []
+    with pytest.raises(errors.XenServerError) as e:
+        snapshots.start(calls.append, VM_UUID, state, host='xs1')
+    assert calls == []
+    msg = str(e.value)
+    assert '\n' not in msg and msg.startswith('xs1: VM %s is ' % VM_UUID)
+    assert 'not halted, paused or suspended' in msg

@@ -13,7 +13,8 @@
 """Find a VM on a XenServer host and collect what a migration needs.
 
 Everything goes through a runner, ``run(argv) -> stdout`` (str or UTF-8
-bytes), which runs one ``xe`` command on the host and raises (an
+bytes), which runs one ``xe`` command (or the ``cat`` of the host's
+inventory, see below) on the host and raises (an
 :class:`~any2kvm_os.exception.Any2KvmError` of the transport) when it
 exits non-zero; nothing here opens a connection.
 
@@ -43,6 +44,19 @@ Where a disk's VHD lives depends on the SR type:
   (export the VM as an XVA, or move the disk to an ext/NFS SR).
 * Any other SR type is refused by name.
 
+A file SR is mounted only on the hosts where its PBD is plugged
+(``currently-attached`` true): in a pool, local storage of another host,
+or an SR whose PBD is unplugged, has no directory under the mount base of
+the host we are connected to.  So when the caller names the host's
+inventory (``/etc/xensource-inventory``, whose ``INSTALLATION_UUID`` is
+the uuid of the host the dom0 shell runs on, as xapi's own dom0 scripts
+read it), each disk's SR must have a plugged PBD on that host
+(``xe pbd-list params=uuid,host-uuid,sr-uuid,currently-attached``); if
+not, the disk is refused, naming the hosts where the SR is attached
+(``xe host-list params=uuid,name-label``), or saying it is attached
+nowhere.  An inventory that cannot be read leaves the check out, with a
+note.
+
 Refused VMs: a name-label shared by several VMs (the candidates are
 listed with their uuids and power states), snapshots, templates and the
 control domain.
@@ -56,6 +70,9 @@ from any2kvm_os.sources.xenserver import location
 from any2kvm_os.sources.xenserver import xe
 
 DEFAULT_MOUNT_BASE = '/run/sr-mount'
+#: The dom0 file that names the host the shell runs on
+#: (``INSTALLATION_UUID``).
+DEFAULT_INVENTORY = '/etc/xensource-inventory'
 FILE_SR_TYPES = ('ext', 'nfs', 'smb', 'cifs', 'file', 'ext4', 'xfs', 'zfs')
 LVM_SR_TYPES = ('lvm', 'lvmoiscsi', 'lvmohba')
 MiB = 1 << 20
@@ -76,6 +93,10 @@ VDI_FIELDS = ('uuid', 'name-label', 'virtual-size', 'sr-uuid', 'sm-config')
 SR_FIELDS = ('uuid', 'name-label', 'type')
 VIF_FIELDS = ('uuid', 'vm-uuid', 'device', 'MAC', 'network-uuid',
               'network-name-label')
+PBD_FIELDS = ('uuid', 'host-uuid', 'sr-uuid', 'currently-attached')
+HOST_FIELDS = ('uuid', 'name-label')
+#: Longest inventory file read.
+MAX_INVENTORY = 64 << 10
 
 
 class DiskInfo(object):
@@ -446,12 +467,14 @@ def _image_format(sm_config):
 
 
 def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
-          mount_base=DEFAULT_MOUNT_BASE):
+          mount_base=DEFAULT_MOUNT_BASE, this_host=None):
     """The VM's disks (:class:`DiskInfo`) in userdevice order, each with
     the path of its VHD on the host; refuses SRs whose VHDs are not
-    files."""
+    files and, when ``this_host`` (the uuid of the host connected to) is
+    given, SRs not attached on that host."""
     shown = repr(vm_name) if vm_name is not None else vm_uuid
     h = _Host(run, host)
+    attached = _Attachments(h, this_host) if this_host else None
     srs = {}
     out = []
     for vbd in disk_vbds(run, vm_uuid, host, notes):
@@ -497,6 +520,8 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
             raise errors.UnsupportedStorage(
                 host=host, vm=shown, disk=disk, reason='VDI %s is stored '
                 'as %s, not VHD' % (vdi_uuid, fmt[:40]))
+        if attached is not None:
+            attached.check(shown, disk, vdi, sr_uuid, sr_name)
         path = posixpath.join(mount_base, sr_uuid, vdi_uuid + '.vhd')
         out.append(DiskInfo(
             userdevice=vbd['userdevice'],
@@ -507,16 +532,126 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
     return out
 
 
-def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE):
+def inventory_command(path=DEFAULT_INVENTORY):
+    """``cat PATH``: the host's inventory file."""
+    return ['cat', path]
+
+
+def pbd_command():
+    """``xe pbd-list params=...``: every PBD of the pool (one per SR and
+    host that may attach it), whether it is plugged."""
+    return xe.list_command('pbd', (), PBD_FIELDS)
+
+
+def parse_inventory(output, argv):
+    """The ``KEY='value'`` lines of an inventory file, as a dict (the
+    file is sourced by dom0 shell scripts: values are single-quoted)."""
+    text = xe.text_of(output, argv)
+    if len(text) > MAX_INVENTORY:
+        raise errors.XeOutputError(command=xe.describe(argv),
+                                   reason='more than %d characters'
+                                   % MAX_INVENTORY)
+    out = {}
+    for line in text.split('\n'):
+        key, sep, value = line.strip().partition('=')
+        if not sep or not key:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in '\'"':
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def this_host(run, inventory, notes=None):
+    """The uuid of the host the commands run on (the inventory's
+    ``INSTALLATION_UUID``), or None (said in ``notes``) when the
+    inventory cannot be read or names no uuid."""
+    argv = inventory_command(inventory)
+    try:
+        found = parse_inventory(run(argv), argv).get('INSTALLATION_UUID', '')
+    except (exception.RemoteCommandError, errors.XeOutputError) as e:
+        found = None
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    else:
+        why = 'it names no INSTALLATION_UUID'
+    if found and location.is_uuid(found):
+        return found.lower()
+    if notes is not None:
+        notes.append('could not tell which host this is from %s (%s): '
+                     'whether each disk\'s SR is attached here was not '
+                     'checked' % (inventory, why))
+    return None
+
+
+class _Attachments(object):
+    """Where the SRs are attached (``pbd-list``, once), checked against
+    the host connected to."""
+
+    def __init__(self, h, this):
+        self.h = h
+        self.this = this.lower()
+        self.pbds = None
+        self.names = None
+
+    def _load(self):
+        if self.pbds is None:
+            argv = pbd_command()
+            _argv, self.pbds = self.h.query(
+                'pbd', (), PBD_FIELDS, ('uuid', 'sr-uuid',
+                                        'currently-attached'))
+            for r in self.pbds:
+                r['currently-attached'] = xe.parse_bool(
+                    r['currently-attached'], argv, 'currently-attached')
+        return self.pbds
+
+    def _host_names(self, uuids):
+        if self.names is None:
+            try:
+                _argv, hosts = self.h.query('host', (), HOST_FIELDS,
+                                            ('uuid',))
+            except exception.Any2KvmError:
+                hosts = []
+            self.names = dict((r['uuid'].lower(), r.get('name-label', ''))
+                              for r in hosts)
+        return ', '.join('%r (%s)' % (self.names[u], u)
+                         if self.names.get(u) else u for u in uuids)
+
+    def check(self, shown, disk, vdi, sr_uuid, sr_name):
+        pbds = [r for r in self._load()
+                if (r.get('sr-uuid') or '').lower() == sr_uuid]
+        on = sorted(set((r.get('host-uuid') or '').lower() for r in pbds
+                        if r['currently-attached']))
+        if self.this in on:
+            return
+        if on:
+            where = 'it is attached on %s' % self._host_names(on)
+        elif pbds:
+            where = 'it is attached on no host (its PBDs are unplugged)'
+        else:
+            where = 'it is attached on no host (it has no PBD)'
+        raise errors.UnsupportedStorage(
+            host=self.h.host, vm=shown, disk=disk, reason='VDI %r (%s) is '
+            'on SR %r (%s), which is not attached on this host %s; %s'
+            % (vdi.get('name-label', ''), vdi['uuid'].lower(), sr_name,
+               sr_uuid, self._host_names([self.this]), where))
+
+
+def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE,
+             inventory=None):
     """Find ``vm`` (a name-label or uuid) and collect its facts, NICs and
-    disks: a :class:`Discovered`."""
+    disks: a :class:`Discovered`.  ``inventory``: the path of the host's
+    inventory file (:data:`DEFAULT_INVENTORY`), read with ``cat`` to
+    check that each disk's SR is attached on this host; None leaves the
+    check out."""
     record = find_vm(run, vm, host)
     uuid = record['uuid'].lower()
     argv = xe.list_command('vm', [('uuid', uuid)], VM_FIELDS)
     facts, at_startup, notes = vm_facts(record, argv)
     facts['nics'] = nics(run, uuid, host)
+    this = this_host(run, inventory, notes) if inventory else None
     found = disks(run, uuid, host, vm_name=record['name-label'],
-                  notes=notes, mount_base=mount_base)
+                  notes=notes, mount_base=mount_base, this_host=this)
     boot = [i for i, d in enumerate(found) if d.bootable]
     if len(boot) == 1 and boot[0]:
         # The one bootable VBD is not the first disk: it boots.

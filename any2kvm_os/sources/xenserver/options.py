@@ -22,4 +22,9 @@ OPTIONS = [
                help='Where the file SRs (ext, nfs) of a XenServer host are '
                     'mounted: <this>/<sr-uuid>/<vdi-uuid>.vhd.  XenServer '
                     'and XCP-ng mount them under /run/sr-mount.'),
+    cfg.StrOpt('xenserver_inventory', default=discovery.DEFAULT_INVENTORY,
+               help='The inventory file of a XenServer host, whose '
+                    'INSTALLATION_UUID names the host connected to: each '
+                    'disk\'s SR must be attached (its PBD plugged) on that '
+                    'host.  Empty: not checked.'),
 ]

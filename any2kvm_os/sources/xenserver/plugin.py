@@ -79,7 +79,8 @@ class XenServerSource(base.Source):
             found = discovery.discover(
                 run, loc.vm, host=loc.host_for_display,
                 mount_base=self._conf('xenserver_sr_mount',
-                                      discovery.DEFAULT_MOUNT_BASE))
+                                      discovery.DEFAULT_MOUNT_BASE),
+                inventory=self.inventory())
             disks = []
             try:
                 for info in found.disks:
@@ -99,6 +100,12 @@ class XenServerSource(base.Source):
     def mount_base(self):
         """Where the host's file SRs are mounted (``xenserver_sr_mount``)."""
         return self._conf('xenserver_sr_mount', discovery.DEFAULT_MOUNT_BASE)
+
+    def inventory(self):
+        """The host's inventory file (``xenserver_inventory``), which
+        names the host: each disk's SR must be attached on it."""
+        return self._conf('xenserver_inventory',
+                          discovery.DEFAULT_INVENTORY)
 
     def open_disk(self, conn, info):
         """The chain of one VDI (a :class:`~discovery.DiskInfo`), read in

@@ -90,8 +90,25 @@ def shutdown(run, vm_uuid, force=False):
     run(xe.vm_shutdown(vm_uuid, force=force))
 
 
-def start(run, vm_uuid):
-    run(xe.vm_start(vm_uuid))
+#: The command that makes a VM run again from each power state: xapi
+#: starts only a halted VM, unpauses only a paused one and resumes only
+#: a suspended one (VM_BAD_POWER_STATE otherwise; xapi_vm_lifecycle.ml
+#: allowed_power_states).
+RESTARTS = {'halted': xe.vm_start, 'paused': xe.vm_unpause,
+            'suspended': xe.vm_resume}
+
+
+def start(run, vm_uuid, state='halted', host='host'):
+    """Make the VM run again from power state ``state``: ``vm-start``
+    (halted), ``vm-unpause`` (paused) or ``vm-resume`` (suspended); any
+    other state is refused in one line."""
+    command = RESTARTS.get(state)
+    if command is None:
+        raise errors.XenServerError(
+            reason='%s: VM %s is %s, not halted, paused or suspended: not '
+            'started' % (host, vm_uuid, str(state)[:40] or 'in no power '
+                         'state'))
+    run(command(vm_uuid))
 
 
 def wait_for_power_state(run, vm_uuid, wanted, timeout=600, interval=5,

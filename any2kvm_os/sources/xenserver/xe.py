@@ -202,6 +202,18 @@ def vm_start(uuid):
     return command('vm-start', [('uuid', _uuid(uuid))])
 
 
+def vm_unpause(uuid):
+    """``xe vm-unpause uuid=U``: a paused VM runs on (xapi takes it only
+    from paused)."""
+    return command('vm-unpause', [('uuid', _uuid(uuid))])
+
+
+def vm_resume(uuid):
+    """``xe vm-resume uuid=U``: a suspended VM runs again from its saved
+    memory (xapi takes it only from suspended)."""
+    return command('vm-resume', [('uuid', _uuid(uuid))])
+
+
 def power_state(uuid):
     """``xe vm-param-get uuid=U param-name=power-state``."""
     return param_get('vm', uuid, 'power-state')

@@ -17,7 +17,9 @@ Test code only, never shipped.  ``xe`` (an executable Python script) behaves
 the way the real ``xe`` CLI is documented to behave, over a state directory:
 
 ``$XE_STANDIN_ROOT/state.json``
-    the host's objects (VMs, snapshots, VBDs, VDIs, SRs, VIFs, networks);
+    the host's objects (VMs, snapshots, VBDs, VDIs, SRs, VIFs, networks,
+    the pool's hosts and the SRs' PBDs); ``host`` is the host ``xe`` runs
+    on, ``hosts`` every host of the pool;
 ``$XE_STANDIN_ROOT/state.lock``
     an exclusive ``flock`` held by every ``xe`` run for its whole duration
     (concurrent invocations never interleave their read-modify-write);
@@ -26,7 +28,12 @@ the way the real ``xe`` CLI is documented to behave, over a state directory:
     is ``/run/sr-mount/<sr-uuid>/<vdi-uuid>.vhd``: a client that reads the
     files needs a configurable mount base to be pointed at
     ``$XE_STANDIN_ROOT/run/sr-mount``.  LVM SRs (``lvm``, ``lvmoiscsi``)
-    have no files here.
+    have no files here; nor do file SRs not attached on this host (another
+    host's local SR, unplugged PBDs: their files wait in ``off-host/``);
+``$XE_STANDIN_ROOT/etc/xensource-inventory``
+    dom0's inventory (``KEY='value'`` lines; ``INSTALLATION_UUID`` names
+    the host ``xe`` runs on), read by the client with ``cat`` at a
+    configurable path, like the mount base.
 
 ``xe`` imports only the standard library, FATtools and its sibling modules
 ``state`` and ``sr``; it never imports ``any2kvm_os``.  Tests build hosts

@@ -27,6 +27,7 @@ import sys
 import urllib.parse
 
 from tests.lib.xenserver import host as xhost
+from tests.lib.xenserver import state as st
 
 
 def prepare(directory, build=None):
@@ -43,7 +44,9 @@ def prepare(directory, build=None):
     conf = os.path.join(directory, 'any2kvm.conf')
     with open(conf, 'w') as f:
         f.write('[any2kvm]\nxenserver_sr_mount = %s\n'
-                % os.path.join(str(root), 'run', 'sr-mount'))
+                'xenserver_inventory = %s\n'
+                % (os.path.join(str(root), 'run', 'sr-mount'),
+                   st.inventory_path(str(root))))
     return root, facts, bin_dir, conf
 
 

@@ -85,19 +85,67 @@ class HostBuilder(object):
         self.macs = 0
         self.state['host'] = {'uuid': st.new_uuid(), 'name-label': name,
                               'next-domid': 1}
-        self.add_vm('Control domain on host: %s' % name, disks=(),
-                    control=True)
+        self.this = self.state['host']['uuid']
         self.networks = {}
         self.srs = {}
+        self._pool_host(self.this, name)
 
     def _next(self):
         self.order += 1
         return self.order
 
+    # -- the pool ----------------------------------------------------------
+
+    def _pool_host(self, u, name):
+        n = len(self.state['hosts']) + 1
+        self.state['hosts'][u] = {
+            'name-label': name, 'name-description': 'Default install',
+            'hostname': name, 'address': '192.0.2.%d' % n, 'enabled': True,
+            'software-version': {'product_brand': 'XCP-ng',
+                                 'product_version': '8.2.1'},
+            'other-config': {}, 'order': self._next()}
+        self.state['hosts'][u]['control-domain'] = self.add_vm(
+            'Control domain on host: %s' % name, disks=(), control=True,
+            host=u)
+        return u
+
+    def add_host(self, name):
+        """Another host of the pool (the CLI runs on the first one); its
+        uuid.  Shared SRs added afterwards get a PBD on it too."""
+        return self._pool_host(st.new_uuid(), name)
+
+    def _pbd(self, sr_uuid, host_uuid, plugged):
+        sr = self.state['sr'][sr_uuid]
+        config = ({'location': '/dev/disk/by-id/scsi-standin-part3'}
+                  if not sr['shared'] else
+                  {'server': '192.0.2.200', 'serverpath': '/export/sr'})
+        u = st.new_uuid()
+        self.state['pbd'][u] = {'host': host_uuid, 'sr': sr_uuid,
+                                'device-config': config,
+                                'currently-attached': bool(plugged),
+                                'other-config': {}, 'order': self._next()}
+        return u
+
+    def unplug(self, sr_uuid, host_uuid=None):
+        """``xe pbd-unplug`` of the SR's PBD on ``host_uuid`` (default:
+        the host the CLI runs on); on that host the SR is unmounted."""
+        host_uuid = host_uuid or self.this
+        for p in self.state['pbd'].values():
+            if p['sr'] == sr_uuid and p['host'] == host_uuid:
+                p['currently-attached'] = False
+
+    def attached_here(self, sr_uuid):
+        return any(p['sr'] == sr_uuid and p['host'] == self.this and
+                   p['currently-attached']
+                   for p in self.state['pbd'].values())
+
     # -- storage and networks ------------------------------------------------
 
     def add_sr(self, name, sr_type, content_type='user', shared=False,
-               size=100 * GiB):
+               size=100 * GiB, host=None, plugged=True):
+        """An SR with its PBDs: one on every host of the pool when
+        ``shared``, else one on ``host`` (default: the host the CLI runs
+        on); ``plugged``: whether they are attached."""
         u = st.new_uuid()
         self.state['sr'][u] = {
             'name-label': name, 'name-description': '', 'type': sr_type,
@@ -109,6 +157,9 @@ class HostBuilder(object):
             'root': self.root if sr_type in st.FILE_SR_TYPES else ''}
         if sr_type in st.FILE_SR_TYPES:
             os.makedirs(st.mount_dir(self.root, u), exist_ok=True)
+        for h in (list(self.state['hosts']) if shared
+                  else [host or self.this]):
+            self._pbd(u, h, plugged)
         self.srs[name] = u
         return u
 
@@ -159,12 +210,16 @@ class HostBuilder(object):
     def add_vm(self, name, disks=((8 * MiB, None),), sr=None, cd=None,
                nics=(), firmware='bios', power='running', vcpus=2,
                memory=1 * GiB, pv=False, control=False, disk_writes=None,
-               owner=True):
-        """``disks``: (size, name) per disk (userdevice 0, 1, ...);
-        ``cd``: None (no drive), 'empty', or an ISO VDI uuid (userdevice
-        3); ``nics``: network uuids (device 0, 1, ...); ``owner``: False
-        for disks attached as ``xe vbd-create`` does (no ``owner`` in the
-        VBD's other-config: ``vm-uninstall`` leaves their VDIs)."""
+               owner=True, host=None):
+        """``disks``: (size, name) per disk; ``cd``: None (no drive),
+        'empty', or an ISO VDI uuid; userdevices as :func:`userdevices`
+        gives them (disks 0, 1, 2, ...; the CD at 3 when free), at most
+        255 drives (0 to 254); ``nics``: network uuids (device 0,
+        1, ...); ``owner``: False for disks attached as ``xe vbd-create``
+        does (no ``owner`` in the VBD's other-config: ``vm-uninstall``
+        leaves their VDIs); ``host``: the pool host it runs on (default:
+        the host the CLI runs on)."""
+        places, cd_place = userdevices(len(disks), cd is not None)
         u = st.new_uuid()
         vm = {
             'name-label': name, 'name-description': '',
@@ -190,21 +245,22 @@ class HostBuilder(object):
             'other-config': {}, 'order': self._next()}
         if firmware == 'uefi' and not pv:
             vm['platform']['secureboot'] = 'false'
+        if host is not None and host != self.this:
+            vm['resident-on'] = host
         if vm['power-state'] == 'running':
             vm['dom-id'] = 0 if control else self.state['host']['next-domid']
             if not control:
                 self.state['host']['next-domid'] += 1
         self.state['vm'][u] = vm
-        letters = 'abcdefghijklmnop'
         for i, (size, dname) in enumerate(disks):
             writes = (disk_writes or {}).get(i, ())
             vdi = self.add_vdi(sr, size, dname or '%s %d' % (name, i),
                                writes=writes)
-            self._vbd(u, vdi, str(i), 'xvd' + letters[i], 'Disk',
-                      bootable=(i == 0), owner=owner)
+            self._vbd(u, vdi, str(places[i]), device_name(places[i]),
+                      'Disk', bootable=(i == 0), owner=owner)
         if cd is not None:
-            self._vbd(u, None if cd == 'empty' else cd, '3', 'xvdd', 'CD',
-                      bootable=False)
+            self._vbd(u, None if cd == 'empty' else cd, str(cd_place),
+                      device_name(cd_place), 'CD', bootable=False)
         for i, net in enumerate(nics):
             self.macs += 1
             self.state['vif'][st.new_uuid()] = {
@@ -243,9 +299,70 @@ class HostBuilder(object):
         return u
 
     def save(self):
+        """Write the state and the host's inventory; the directories of
+        file SRs not attached on this host leave its SR mount (to
+        ``off-host/<sr-uuid>``: an unplugged or other host's SR is not
+        mounted here)."""
         with st.locked(self.root):
+            for u, sr in self.state['sr'].items():
+                here = st.mount_dir(self.root, u)
+                if (sr['type'] in st.FILE_SR_TYPES and
+                        not self.attached_here(u) and os.path.isdir(here)):
+                    away = os.path.join(self.root, 'off-host')
+                    os.makedirs(away, exist_ok=True)
+                    os.rename(here, os.path.join(away, u))
+            self._inventory()
             st.save(self.root, self.state)
         return self.root
+
+    def _inventory(self):
+        """dom0's /etc/xensource-inventory, as the installer writes it
+        (``KEY='value'`` lines, sourced by dom0 scripts)."""
+        path = st.inventory_path(self.root)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        dom0 = self.state['hosts'][self.this]['control-domain']
+        items = [('PRODUCT_BRAND', 'XCP-ng'),
+                 ('PRODUCT_NAME', 'xenenterprise'),
+                 ('PRODUCT_VERSION', '8.2.1'),
+                 ('BUILD_NUMBER', 'release/yangtze/master/58'),
+                 ('PRIMARY_DISK', '/dev/disk/by-id/scsi-standin'),
+                 ('MANAGEMENT_INTERFACE', 'xenbr0'),
+                 ('MANAGEMENT_ADDRESS_TYPE', 'IPv4'),
+                 ('CONTROL_DOMAIN_UUID', dom0),
+                 ('INSTALLATION_UUID', self.this)]
+        with open(path, 'w') as f:
+            f.write(''.join("%s='%s'\n" % kv for kv in items))
+
+
+def userdevices(disks, cd=False):
+    """(the userdevice of each of ``disks`` disks, the CD's or None): the
+    disks at the lowest free userdevices (as ``vbd-create`` and
+    XenCenter's "Add disk" choose them, from allowed-VBD-devices), the
+    CD drive at 3 when that is free (where the templates and the
+    documented ``xe vm-cd-add ... device=3`` put it), else at the lowest
+    free one.  xapi allows userdevices 0 to 254 (xapi_vm_helpers.ml
+    allowed_VBD_devices_HVM/_PV): more drives are refused."""
+    total = disks + (1 if cd else 0)
+    if total > st.MAX_USERDEVICE + 1:
+        raise ValueError('%d drives: a VM has at most %d (userdevices 0 '
+                         'to %d)' % (total, st.MAX_USERDEVICE + 1,
+                                     st.MAX_USERDEVICE))
+    places = list(range(disks))
+    cd_place = None
+    if cd:
+        cd_place = 3 if disks <= 3 else disks
+    return places, cd_place
+
+
+def device_name(userdevice):
+    """The device a VBD gets when first attached: ``xvd`` and the
+    userdevice as Linux names disks (0 xvda, 25 xvdz, 26 xvdaa, ...)."""
+    n = int(userdevice) + 1
+    letters = ''
+    while n:
+        n, r = divmod(n - 1, 26)
+        letters = chr(ord('a') + r) + letters
+    return 'xvd' + letters
 
 
 def standard_host(root):
@@ -280,6 +397,43 @@ def standard_host(root):
     facts['pv'] = b.add_vm('pv-guest', disks=((4 * MiB, None),), sr=local,
                            pv=True, power='halted')
     facts['escaping-vdi'] = b.outside_parent_vdi(local)
+    facts['models'] = b.models
+    b.save()
+    return b.root, facts
+
+
+def pool_host(root):
+    """A pool of two hosts, the CLI on ``xs-a``; returns (root, facts).
+
+    VMs: ``here`` (a disk on xs-a's local SR, one on a shared SR plugged
+    on both hosts), ``on-xs-b`` (running on xs-b, its disk on xs-b's
+    local SR), ``unplugged`` (halted, its disk on a shared SR whose PBDs
+    are both unplugged) and ``five-disks`` (five disks and an empty CD
+    drive, the CD where userdevice 3 is taken)."""
+    b = HostBuilder(root, 'xs-a')
+    other = b.add_host('xs-b')
+    local = b.add_sr('Local storage', 'ext')
+    remote = b.add_sr('Local storage', 'ext', host=other)
+    shared = b.add_sr('NFS virtual disk storage', 'nfs', shared=True)
+    gone = b.add_sr('NFS old', 'nfs', shared=True)
+    b.unplug(gone)
+    b.unplug(gone, other)
+    p = ig.pattern
+    facts = {'hosts': {'xs-a': b.this, 'xs-b': other},
+             'sr': {'local': local, 'remote': remote, 'shared': shared,
+                    'gone': gone}}
+    facts['here'] = b.add_vm('here', disks=((4 * MiB, 'system'),), sr=local,
+                             disk_writes={0: [(0, p(41, 4096))]})
+    data = b.add_vdi(shared, 2 * MiB, 'data on nfs', [(MiB, p(42, 512))])
+    b._vbd(facts['here'], data, '1', device_name(1), 'Disk',
+           bootable=False)
+    facts['on-xs-b'] = b.add_vm('on-xs-b', disks=((4 * MiB, None),),
+                                sr=remote, host=other)
+    facts['unplugged'] = b.add_vm('unplugged', disks=((4 * MiB, None),),
+                                  sr=gone, power='halted')
+    facts['five-disks'] = b.add_vm(
+        'five-disks', disks=[(MiB * (i + 1), 'disk %d' % i)
+                             for i in range(5)], sr=local, cd='empty')
     facts['models'] = b.models
     b.save()
     return b.root, facts

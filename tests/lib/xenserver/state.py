@@ -39,7 +39,11 @@ FILE_SR_TYPES = ('ext', 'nfs', 'file', 'smb')
 VHD_SR_TYPES = FILE_SR_TYPES + ('lvm', 'lvmoiscsi', 'lvmohba')
 
 CLASS_NAMES = {'vm': 'VM', 'vdi': 'VDI', 'vbd': 'VBD', 'sr': 'SR',
-               'vif': 'VIF', 'network': 'network', 'host': 'host'}
+               'vif': 'VIF', 'network': 'network', 'host': 'host',
+               'pbd': 'PBD'}
+#: The host's inventory file, below the root (dom0's
+#: /etc/xensource-inventory).
+INVENTORY = os.path.join('etc', 'xensource-inventory')
 
 
 def new_uuid():
@@ -54,13 +58,28 @@ def mount_dir(root, sr_uuid):
     return os.path.join(root, 'run', 'sr-mount', sr_uuid)
 
 
+def inventory_path(root):
+    return os.path.join(root, INVENTORY)
+
+
+def table(cls):
+    """The key of the state that holds the objects of ``cls``:
+    ``state['host']`` is the host the CLI runs on; ``state['hosts']``
+    every host of the pool (it included)."""
+    if cls in ('snapshot', 'template'):
+        return 'vm'
+    if cls == 'host':
+        return 'hosts'
+    return cls
+
+
 # ---------------------------------------------------------------------------
 # the state file and its lock
 # ---------------------------------------------------------------------------
 
 def empty_state():
     return {'host': {}, 'vm': {}, 'vbd': {}, 'vdi': {}, 'sr': {}, 'vif': {},
-            'network': {}}
+            'network': {}, 'hosts': {}, 'pbd': {}}
 
 
 def load(root):
@@ -208,9 +227,16 @@ def _vm_allowed_ops(state, uuid, obj):
             'snapshot', 'start', 'start_on']
 
 
+#: The highest userdevice of a VM's VBDs (xapi_vm_helpers.ml
+#: allowed_VBD_devices_HVM and _PV: 0 to 254).
+MAX_USERDEVICE = 254
+
+
 def _vm_allowed_vbd_devices(state, uuid, obj):
     used = {state['vbd'][v]['userdevice'] for v in _vm_vbds(state, uuid, obj)}
-    return [str(i) for i in range(0, 255) if str(i) not in used][:16]
+    # xapi_vm_helpers.ml allowed_VBD_devices_HVM / _PV: 0 to 254
+    return [str(i) for i in range(0, MAX_USERDEVICE + 1)
+            if str(i) not in used]
 
 
 def _vm_allowed_vif_devices(state, uuid, obj):
@@ -219,14 +245,15 @@ def _vm_allowed_vif_devices(state, uuid, obj):
 
 
 def _vm_domid(state, uuid, obj):
-    if obj['power-state'] == 'running':
+    # a paused VM keeps its domain
+    if obj['power-state'] in ('running', 'paused'):
         return str(obj.get('dom-id', 1))
     return '-1'
 
 
 def _vm_resident(state, uuid, obj):
-    if obj['power-state'] == 'running':
-        return state['host'].get('uuid', NID)
+    if obj['power-state'] in ('running', 'paused'):
+        return obj.get('resident-on') or state['host'].get('uuid', NID)
     return NID
 
 
@@ -489,13 +516,27 @@ def _sr_sizes(which):
     return get
 
 
+def _sr_pbds(state, uuid, obj):
+    return [k for k, v in state.get('pbd', {}).items() if v['sr'] == uuid]
+
+
+def _sr_host(state, uuid, obj):
+    # records.ml sr_record: <shared>, or the name of the host of its PBD
+    if obj.get('shared'):
+        return '<shared>'
+    hosts = state.get('hosts', {})
+    for p in _sr_pbds(state, uuid, obj):
+        h = state['pbd'][p]['host']
+        if h in hosts:
+            return hosts[h]['name-label']
+    return NID
+
+
 SR_FIELDS = [
     F('uuid', ' RO', lambda s, u, o: u),
     F('name-label', ' RW', key('name-label')),
     F('name-description', ' RW', key('name-description')),
-    F('host', ' RO',
-      lambda s, u, o: ('<shared>' if o.get('shared')
-                       else s['host'].get('name-label', NID))),
+    F('host', ' RO', _sr_host),
     F('allowed-operations', 'SRO',
       const(['VDI.enable_cbt', 'VDI.list_changed_blocks', 'unplug',
              'plug', 'PBD.create', 'VDI.disable_cbt', 'update',
@@ -505,7 +546,7 @@ SR_FIELDS = [
     F('current-operations', 'SRO', const([])),
     F('VDIs', 'SRO',
       lambda s, u, o: [k for k, v in s['vdi'].items() if v['sr'] == u]),
-    F('PBDs', 'SRO', lambda s, u, o: list(o.get('PBDs', []))),
+    F('PBDs', 'SRO', _sr_pbds),
     F('virtual-allocation', ' RO', _sr_sizes('virtual-allocation')),
     F('physical-utilisation', ' RO', _sr_sizes('physical-utilisation')),
     F('physical-size', ' RO', _sr_sizes('physical-size')),
@@ -573,5 +614,57 @@ NETWORK_FIELDS = [
     F('purpose', 'SRW', const([])),
 ]
 
+
+def _host_ref(name):
+    def get(state, uuid, obj):
+        r = obj.get('host')
+        hosts = state.get('hosts', {})
+        if r not in hosts:
+            return NID
+        return r if name == 'uuid' else hosts[r]['name-label']
+    return get
+
+
+# records.ml pbd_record
+PBD_FIELDS = [
+    F('uuid', ' RO', lambda s, u, o: u),
+    F('host', ' RO', _host_ref('uuid'), deprecated=True),
+    F('host-uuid', ' RO', _host_ref('uuid')),
+    F('host-name-label', ' RO', _host_ref('name-label')),
+    F('sr-uuid', ' RO', ref('sr', 'sr')),
+    F('sr-name-label', ' RO', ref_label('sr', 'sr')),
+    F('device-config', 'MRO', mapping('device-config')),
+    F('currently-attached', ' RO', key('currently-attached', True)),
+    F('other-config', 'MRW', mapping('other-config')),
+]
+
+
+def _host_vms(state, uuid, obj):
+    return [u for u, v in state['vm'].items()
+            if _vm_resident(state, u, v) == uuid]
+
+
+# records.ml host_record, its first fields and those a test may ask
+HOST_FIELDS = [
+    F('uuid', ' RO', lambda s, u, o: u),
+    F('name-label', ' RW', key('name-label')),
+    F('name-description', ' RW', key('name-description')),
+    F('allowed-operations', 'SRO',
+      const(['vm_migrate', 'provision', 'vm_resume', 'evacuate',
+             'vm_start'])),
+    F('current-operations', 'SRO', const([])),
+    F('enabled', ' RO', key('enabled', True)),
+    F('API-version-major', ' RO', const('2')),
+    F('API-version-minor', ' RO', const('21')),
+    F('API-version-vendor', ' RO', const('XenSource')),
+    F('software-version', 'MRO', mapping('software-version')),
+    F('other-config', 'MRW', mapping('other-config')),
+    F('hostname', ' RO', key('hostname')),
+    F('address', ' RO', key('address')),
+    F('control-domain-uuid', ' RO', ref('vm', 'control-domain')),
+    F('resident-vms', 'SRO', _host_vms),
+]
+
 FIELDS = {'vm': VM_FIELDS, 'vdi': VDI_FIELDS, 'vbd': VBD_FIELDS,
-          'sr': SR_FIELDS, 'vif': VIF_FIELDS, 'network': NETWORK_FIELDS}
+          'sr': SR_FIELDS, 'vif': VIF_FIELDS, 'network': NETWORK_FIELDS,
+          'pbd': PBD_FIELDS, 'host': HOST_FIELDS}
