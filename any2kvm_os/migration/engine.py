@@ -526,6 +526,9 @@ class _Run(object):
         self.result = self.snap = None
         self.removed = 0
         self.phases = {}
+        #: Seconds each step took, in the order they ran (the steps of
+        #: :func:`_sync_steps` and :func:`_cutover_steps` write it).
+        self.step_seconds = {}
         #: The shutdown command held at its gate (``host.arm``), or None.
         self.armed = None
         #: Whether the migration was marked ``status`` (then a failure
@@ -662,7 +665,8 @@ class _Run(object):
     def record_sync(self):
         self.result = _result(self.name, self.started, self.host,
                               self.read0, self.figures, snapshot=self.snap,
-                              guest=self.inspected)
+                              guest=self.inspected,
+                              steps=self.steps_so_far())
         r = self.result
         self.store.sync_recorded(self.name, self.started, time.time(),
                                  r['layers_applied'], r['bytes_read'],
@@ -792,6 +796,11 @@ class _Run(object):
                                          run)
         return {'removed': self.removed}
 
+    def steps_so_far(self):
+        """{step name: seconds} of the steps that ran before this one, in
+        their order (the record step itself is under way)."""
+        return dict((k, round(v, 3)) for k, v in self.step_seconds.items())
+
     def record_cutover(self):
         t = self.times
         self.result = _result(
@@ -799,7 +808,8 @@ class _Run(object):
             downtime=round(t['completed'] - t['shutdown'], 3),
             shutdown_seconds=round(t['halted'] - t['shutdown'], 3),
             snapshots_removed=self.removed, details=self.details,
-            phases={k: round(v, 3) for k, v in self.phases.items()})
+            phases={k: round(v, 3) for k, v in self.phases.items()},
+            steps=self.steps_so_far())
         self.store.set_status(self.name, 'done')
         return {'status': 'done'}
 
@@ -855,7 +865,7 @@ def _run(store, run, operation, steps):
 def _sync_steps(run):
     """connect, snapshot, discover, open the targets, one task per disk
     applying its layers, close the targets, record the figures."""
-    step = flows.Step
+    step = functools.partial(flows.Step, timings=run.step_seconds)
     return ([step('connect', run.connect),
              step('snapshot', run.snapshot),
              step('discover', run.discover),
@@ -876,7 +886,7 @@ def _cutover_steps(run, force, timeout):
     applying the rest (leaf included), close and finish the targets,
     create the server, record the downtime; then remove the snapshots.
     A step of its own (a check of the targets, say) goes in this list."""
-    step = flows.Step
+    step = functools.partial(flows.Step, timings=run.step_seconds)
     steps = [step('connect', run.connect),
              step('discover', run.discover)]
     if run.server is not None:

@@ -67,18 +67,28 @@ class Step(tf_task.Task):
     """A task that runs ``fn()`` (a step of the command, with the state
     the command's tasks share) and records what it returns (plain,
     JSON-able data: small figures, ids).  ``undo()``, when given, is what
-    TaskFlow calls to revert it when a later task fails."""
+    TaskFlow calls to revert it when a later task fails.  ``timings``,
+    when given, is a dict that gets the seconds ``fn()`` took (whether it
+    returned or raised) under the step's name: where a command's time
+    went."""
 
-    def __init__(self, name, fn, undo=None, quiet=False):
+    def __init__(self, name, fn, undo=None, quiet=False, timings=None):
         super(Step, self).__init__(name=name)
         self._fn = fn
         self._undo = undo
         #: Its records are written with the next task's that is not
         #: quiet (or at the end of the run): see :func:`run`.
         self.quiet = quiet
+        self._timings = timings
 
     def execute(self):
-        return self._fn()
+        if self._timings is None:
+            return self._fn()
+        t0 = time.monotonic()
+        try:
+            return self._fn()
+        finally:
+            self._timings[self.name] = time.monotonic() - t0
 
     def revert(self, *args, **kwargs):
         if self._undo is not None:

@@ -18,6 +18,7 @@ import json
 
 import pytest
 
+from any2kvm_os import api
 from any2kvm_os import exception
 from any2kvm_os.migration import destinations
 from any2kvm_os.migration import engine
@@ -105,6 +106,12 @@ def test_sync_sync_cutover_attaches_once_per_command(bed):
     r1 = engine.sync(store, 'web', **kw())
     assert r1['layers_applied'] == 2
     assert cloud.count('attach') - n == 2      # once per volume
+    # Where the sync's time went: every step before the record, in order.
+    assert list(r1['steps']) == ['connect', 'snapshot', 'discover',
+                                 'open-targets', 'apply-disk-0',
+                                 'apply-disk-1', 'close-targets']
+    assert all(v >= 0 for v in r1['steps'].values())
+    assert sum(r1['steps'].values()) <= r1['seconds'] + 0.01
     assert r1['files_size'] > 0
     w0.write(5 * MiB, ig.pattern(7, 2 * MiB))
     w0.zero(0, 4096)
@@ -118,6 +125,10 @@ def test_sync_sync_cutover_attaches_once_per_command(bed):
     r3 = engine.cutover(store, 'web', **kw())
     assert cloud.count('attach') - n == 2
     assert r3['layers_applied'] == 2 and r3['downtime'] >= 0
+    assert list(r3['steps'])[:2] == ['connect', 'discover']
+    assert 'shutdown' in r3['steps'] and 'apply-disk-1' in r3['steps']
+    assert api.migration_lines('cutover', r3)[-1].startswith(
+        '  steps: connect ')
     m = store.get('web')
     assert m['status'] == 'done'
     _check(cloud, m, facts)

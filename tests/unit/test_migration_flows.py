@@ -16,13 +16,16 @@ migration, a flow detail per command run, each task's state), on
 SQLite: the tests of every database (tests/lib/flowcontract.py), and
 the others."""
 
+import functools
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
+from any2kvm_os import api
 from any2kvm_os.migration import engine
 from any2kvm_os.migration import flows
 from any2kvm_os.migration.state import sql
@@ -86,6 +89,29 @@ def test_flow_runs_in_order_reverts_and_raises_the_same_exception():
         flows.run(_NoBackend(), 'x', 'test', flows.flow('test', steps))
     assert e.value is boom
     assert done == ['a', 'b', 'c', 'undo b', 'undo a']
+
+
+def test_steps_record_the_seconds_they_took_raised_or_not():
+    """``timings``: each step that ran, in order, with its seconds (a
+    step that raised too); a step that did not run is not there."""
+    timings = {}
+
+    def slow():
+        time.sleep(0.05)
+
+    def fail():
+        raise ValueError('no')
+    step = functools.partial(flows.Step, timings=timings)
+    steps = [step('a', slow), step('b', lambda: None), step('c', fail),
+             step('d', slow)]
+    with pytest.raises(ValueError):
+        flows.run(_NoBackend(), 'x', 'test', flows.flow('test', steps))
+    assert list(timings) == ['a', 'b', 'c']
+    assert timings['a'] >= 0.05
+    assert 0 <= timings['b'] < timings['a']
+    assert api.steps_text({'connect': 0.0712, 'apply-disk-0': 2.5}) == \
+        'connect 0.071 s, apply-disk-0 2.500 s'
+    assert api.steps_text(None) == ''
 
 
 class _Store(object):

@@ -67,7 +67,7 @@ ORDER = ('name', 'location', 'target', 'status', 'error', 'layers_applied',
          'bytes_read', 'files_size', 'bytes_written', 'seconds', 'downtime',
          'shutdown_seconds', 'snapshots_removed', 'layers_forgotten',
          'server_deleted', 'targets_deleted', 'disks', 'syncs', 'cutover',
-         'cutovers')
+         'cutovers', 'steps')
 
 
 def _formatters():
@@ -126,10 +126,16 @@ def _formatters():
             lines += ['warning: %s' % w for w in record.get('warnings') or ()]
             return '\n'.join(lines)
 
+    class StepsColumn(columns.FormattableColumn):
+        def human_readable(self):
+            from any2kvm_os import api
+            return api.steps_text(self._value)
+
     return {'disks': DisksColumn, 'syncs': ListColumn,
             'rewrites': ListColumn, 'snapshots': ListColumn,
             'targets_deleted': ListColumn, 'cutovers': CutoversColumn,
-            'last_run': LastRunColumn, 'guest': GuestColumn}
+            'last_run': LastRunColumn, 'guest': GuestColumn,
+            'steps': StepsColumn}
 
 
 FORMATTERS = _formatters()
