@@ -23,6 +23,7 @@ import select
 import sys
 
 from any2kvm_os import exception
+from any2kvm_os.formats import base
 from any2kvm_os.writers import raw
 
 #: Batches a worker holds (it asks for the next one's bytes ahead while
@@ -158,11 +159,8 @@ def _serve(inp, out, setup):
             m = queue.popleft()
             for k, file_offset, length, offset in m['runs']:
                 data = files[k].pread(length, file_offset)
-                if len(data) != length:
-                    raise exception.InvalidImage(
-                        path=files[k].name, reason='truncated: expected '
-                        '%d bytes at offset %d, got %d' % (
-                            length, file_offset, len(data)))
+                base.check_read(files[k].name, len(data), length,
+                                file_offset)
                 writer.write_data(offset, data, over_hole=over_hole)
             out.send({'done': m['batch'], 'wire': conn.bytes_read})
         writer._stop_flusher()
