@@ -239,9 +239,7 @@ class Copy(object):
         }
 
     def _start(self, n):
-        secret = self.conn._password
-        password = secret.reveal() if secret is not None else None
-        setup = self._setup(password)
+        setup = self._setup(self.conn.password_to_hand())
         env = _worker_env(self.conn)
         for k in range(n):
             proc = subprocess.Popen(

@@ -94,28 +94,12 @@ def _connection(setup):
         # which no connection of ours reads.
         sys.modules['invoke'] = None
     from any2kvm_os.ssh import connection
-    from any2kvm_os.ssh import credentials
     from any2kvm_os.ssh import options
-
-    class WorkerConnection(connection.Connection):
-        """Logs in as the command's connection did: with the password it
-        was given, never asking for one."""
-
-        given = None
-
-        def _get_password(self, tried):
-            if self.given is not None:
-                tried.append('the password of the first connection')
-            return self.given
 
     host = options.HostOptions(**setup['host'])
     settings = options.Settings()
     settings.__dict__.update(setup['settings'])
-    conn = WorkerConnection(host, settings)
-    if setup.get('password') is not None:
-        conn.given = credentials.Secret(setup['password'])
-        credentials.REDACT.add(conn.given)
-    return conn
+    return connection.Connection.beside(host, settings, setup.get('password'))
 
 
 def _serve(inp, out, setup):

@@ -360,6 +360,24 @@ def test_worker_environment_has_no_password_variable(monkeypatch):
                    check=True, timeout=120, cwd='/')
 
 
+def test_worker_logs_in_with_the_password_it_was_sent(monkeypatch):
+    """The set-up's password (sent over the worker's standard input) is
+    what its connection logs in with, never its environment's."""
+    monkeypatch.setenv('XS_PASSWORD', 'from-env')
+    # What the worker does to paramiko's imports, undone after.
+    monkeypatch.setitem(procworker.sys.modules, 'invoke', None)
+    setup = {'host': {'host': 'h', 'user': 'u',
+                      'password_env': 'XS_PASSWORD'},
+             'settings': {}, 'password': 'sent'}
+    conn = procworker._connection(setup)
+    tried = []
+    assert conn._get_password(tried).reveal() == 'sent'
+    assert tried == ['the password of the first connection']
+    conn.close()
+    setup['password'] = None
+    assert procworker._connection(setup)._get_password([]) is None
+
+
 # -- which layers take the path ----------------------------------------------
 
 class Layer(object):
