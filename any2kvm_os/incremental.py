@@ -357,17 +357,24 @@ def writes(extents, top, fresh, is_base, piece=raw.COPY_CHUNK):
       older data; below a base, an unallocated run is nothing, so zero
       too), unless the target is ``fresh`` (a hole already);
     - ``(END, extent)`` after each extent (progress)."""
+    data_kind, zero_kind = ext.DATA, ext.ZERO
+    zero_all = not fresh and is_base
     for e in extents:
-        if e.kind == ext.DATA:
+        kind = e.kind
+        if kind == data_kind:
             layer = e.layer if e.layer is not None else top
-            done = 0
-            while done < e.length:
-                n = min(piece, e.length - done)
-                yield DATA, e, layer, done, n
-                done += n
-        elif e.kind == ext.ZERO or is_base:
-            if not fresh:
-                yield ZERO, e
+            length = e.length
+            if length <= piece:
+                if length:
+                    yield DATA, e, layer, 0, length
+            else:
+                done = 0
+                while done < length:
+                    n = min(piece, length - done)
+                    yield DATA, e, layer, done, n
+                    done += n
+        elif zero_all or (kind == zero_kind and not fresh):
+            yield ZERO, e
         yield END, e
 
 

@@ -33,9 +33,8 @@ bytes, :data:`AHEAD` per worker, the next to the first worker done:
 runs of (file, file offset, length, target offset), each written by
 :meth:`RawWriter.write_data` as ``_apply_one`` writes it (zero grains a
 hole on a fresh target, zeroed otherwise): the target's bytes are those
-of the one-process path.  The
-extents of one layer never overlap, so the order of the writes does not
-matter.
+of the one-process path.  The extents of one layer never overlap, so the
+order of the writes does not matter.
 
 Protocol: JSON lines.  To a worker: the set-up (host, settings, files,
 target), then ``{"batch": n, "runs": [...]}`` and ``{"end": true}``.
