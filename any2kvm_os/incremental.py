@@ -327,6 +327,57 @@ class _Writer(object):
         self.thread.join()
 
 
+#: What :func:`writes` yields: a piece of a DATA extent to read and
+#: write, a run to zero, the end of an extent.
+DATA, ZERO, END = 'data', 'zero', 'end'
+
+
+def begin(chain, top, bottom, target):
+    """Ready ``target`` for the fold of the layers ``top`` .. ``bottom``
+    (resized to the top layer's virtual size); (is_base, fresh): whether
+    ``bottom`` has no parent, and whether the target is then a fresh
+    file whose holes read as zeros."""
+    is_base = chain.layers[bottom].parent_ref is None
+    fresh = target.fresh and is_base
+    target.resize(chain.layers[top].virtual_size)
+    return is_base, fresh
+
+
+def writes(extents, top, fresh, is_base, piece=raw.COPY_CHUNK):
+    """The one rule of what applying the folded ``extents`` of layers
+    ``top``.. writes, in order (:func:`_apply_one` reads and writes it in
+    this process, :mod:`.migration.procread` hands the DATA to reader
+    processes):
+
+    - ``(DATA, extent, layer, skip, n)`` for each piece of at most
+      ``piece`` bytes of a DATA extent: its bytes ``[skip, skip + n)``,
+      held by layer ``layer`` of the chain, go to ``extent.offset +
+      skip``;
+    - ``(ZERO, extent)``: the target zeroes ``extent`` (a ZERO run hides
+      older data; below a base, an unallocated run is nothing, so zero
+      too), unless the target is ``fresh`` (a hole already);
+    - ``(END, extent)`` after each extent (progress)."""
+    data_kind, zero_kind = ext.DATA, ext.ZERO
+    zero_all = not fresh and is_base
+    for e in extents:
+        kind = e.kind
+        if kind == data_kind:
+            layer = e.layer if e.layer is not None else top
+            length = e.length
+            if length <= piece:
+                if length:
+                    yield DATA, e, layer, 0, length
+            else:
+                done = 0
+                while done < length:
+                    n = min(piece, length - done)
+                    yield DATA, e, layer, done, n
+                    done += n
+        elif zero_all or (kind == zero_kind and not fresh):
+            yield ZERO, e
+        yield END, e
+
+
 def _apply_one(chain, i, target, progress, bottom=None):
     """Apply layer ``i`` onto ``target``; with ``bottom``, the fold of the
     layers ``i`` .. ``bottom`` as if they were one layer (the migration
@@ -339,32 +390,24 @@ def _apply_one(chain, i, target, progress, bottom=None):
     this returns.  The caller flushes the target."""
     if bottom is None:
         bottom = i
-    layer = chain.layers[i]
-    is_base = chain.layers[bottom].parent_ref is None
-    fresh = target.fresh and is_base
-    target.resize(layer.virtual_size)
-    size = layer.virtual_size
+    is_base, fresh = begin(chain, i, bottom, target)
+    size = chain.layers[i].virtual_size
     written = 0
     writer = _Writer(target)
     try:
-        for e in chain.iter_extents(top=i, bottom=bottom):
-            if e.kind == ext.DATA:
-                holder = chain.layers[e.layer if e.layer is not None else i]
-                done = 0
-                while done < e.length:
-                    n = min(raw.COPY_CHUNK, e.length - done)
-                    data = holder.read_extent(e, done, n)
-                    if not isinstance(data, bytes):
-                        data = bytes(data)  # a buffer a reader may reuse
-                    writer.put(('data', e.offset + done, data, fresh))
-                    done += n
-                written += e.length
-            elif e.kind == ext.ZERO or is_base:
-                # A ZERO run hides older data; below a base, nothing
-                # exists.
-                if not fresh:
-                    writer.put(('zero', e.offset, e.length))
-            if progress:
+        for w in writes(chain.iter_extents(top=i, bottom=bottom), i,
+                        fresh, is_base):
+            kind, e = w[0], w[1]
+            if kind == DATA:
+                skip, n = w[3], w[4]
+                data = chain.layers[w[2]].read_extent(e, skip, n)
+                if not isinstance(data, bytes):
+                    data = bytes(data)  # a buffer a reader may reuse
+                writer.put(('data', e.offset + skip, data, fresh))
+                written += n
+            elif kind == ZERO:
+                writer.put(('zero', e.offset, e.length))
+            elif progress:
                 progress(e.end, size)
         writer.finish()
     except BaseException:

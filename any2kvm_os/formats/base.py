@@ -139,6 +139,19 @@ def bitmap_extents(bitmap, msb_first, sector, block_start, data_start,
             yield make(ext.UNALLOCATED, a, b - a)
 
 
+def check_read(name, got, length, file_offset):
+    """The one short-read check of a layer's stored bytes: raise
+    :class:`~any2kvm_os.exception.InvalidImage` (``name`` truncated)
+    unless ``got`` bytes were read of the ``length`` asked for at
+    ``file_offset`` (:meth:`LayerReader.read`, its in-place
+    :meth:`LayerReader.read_extent_into`, a reader process's reads)."""
+    if got != length:
+        from any2kvm_os import exception
+        raise exception.InvalidImage(
+            path=name, reason='truncated: expected %d bytes at offset %d, '
+            'got %d' % (length, file_offset, got))
+
+
 ParentRef = collections.namedtuple('ParentRef', ['id', 'name_hints'])
 ParentRef.__doc__ = """What a child says of its parent.
 
@@ -240,12 +253,7 @@ class LayerReader(object, metaclass=abc.ABCMeta):
         length = len(buf)
         if self.reads_in_place() and type(self.view) is fileio.FileView:
             got = self.view.preadinto(buf, extent.file_offset + skip)
-            if got != length:
-                from any2kvm_os import exception
-                raise exception.InvalidImage(
-                    path=self.name,
-                    reason='truncated: expected %d bytes at offset %d, '
-                    'got %d' % (length, extent.file_offset + skip, got))
+            check_read(self.name, got, length, extent.file_offset + skip)
             return
         data = self.read_extent(extent, skip, length)
         if len(data) != length:
@@ -267,10 +275,5 @@ class LayerReader(object, metaclass=abc.ABCMeta):
     def read(self, file_offset, length):
         """Read stored bytes (the ``file_offset`` of a DATA extent)."""
         data = self._pread(length, file_offset)
-        if len(data) != length:
-            from any2kvm_os import exception
-            raise exception.InvalidImage(
-                path=self.name,
-                reason='truncated: expected %d bytes at offset %d, got %d'
-                % (length, file_offset, len(data)))
+        check_read(self.name, len(data), length, file_offset)
         return data

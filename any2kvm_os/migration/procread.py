@@ -25,16 +25,16 @@ environment), each writing what it reads into the target, whose
 descriptor it inherits.
 
 The command's process folds the chain (:meth:`LayerChain.iter_extents`,
-not announced: it reads none of the DATA), zeroes the ZERO runs itself
-as :func:`any2kvm_os.incremental._apply_one` does, and hands the DATA
-out in batches of :data:`BATCH` bytes, :data:`AHEAD` per worker, the
-next to the first worker done: runs of (file, file offset, length,
-target offset), cut as ``_apply_one`` cuts them (pieces of
-``COPY_CHUNK``), each written by :meth:`RawWriter.write_data` as
-``_apply_one`` writes it (zero grains a hole on a fresh target, zeroed
-otherwise): the target's bytes are those of the one-process path.  The
-extents of one layer never overlap, so the order of the writes does not
-matter.
+not announced: it reads none of the DATA) and follows the one rule of
+what applying it writes, :func:`any2kvm_os.incremental.writes`, as
+:func:`any2kvm_os.incremental._apply_one` does: it zeroes the runs to
+zero itself, and hands the DATA pieces out in batches of :data:`BATCH`
+bytes, :data:`AHEAD` per worker, the next to the first worker done:
+runs of (file, file offset, length, target offset), each written by
+:meth:`RawWriter.write_data` as ``_apply_one`` writes it (zero grains a
+hole on a fresh target, zeroed otherwise): the target's bytes are those
+of the one-process path.  The extents of one layer never overlap, so the
+order of the writes does not matter.
 
 Protocol: JSON lines.  To a worker: the set-up (host, settings, files,
 target), then ``{"batch": n, "runs": [...]}`` and ``{"end": true}``.
@@ -60,7 +60,6 @@ import time
 
 import any2kvm_os
 from any2kvm_os import exception
-from any2kvm_os import extents as ext
 from any2kvm_os import incremental
 from any2kvm_os.migration import procworker
 from any2kvm_os.ssh import remotefile
@@ -76,8 +75,8 @@ BATCH = 32 << 20
 MIN_BATCH = 1 << 20
 #: Batches a worker holds.
 AHEAD = procworker.AHEAD
-#: Each DATA extent is cut in pieces of this size, as
-#: :func:`any2kvm_os.incremental._apply_one` cuts it.
+#: Each DATA extent is cut in pieces of this size (the size
+#: :func:`any2kvm_os.incremental.writes` cuts them to by default).
 PIECE = raw.COPY_CHUNK
 #: Longest wait for a worker to end after ``end`` or a kill.
 _REAP = 10
@@ -132,28 +131,24 @@ def apply_one(chain, i, target, progress, bottom=None, processes=True):
 
 
 def split(extents, top, fresh, is_base, batch=BATCH, piece=PIECE):
-    """The work of the extents of layers ``top``.. (folded): yields
-    ('zero', offset, length) for what the command zeroes itself and
-    ('batch', runs, data bytes) for every :data:`BATCH` bytes of DATA,
-    runs being [file index (layer - top), file offset, length, target
-    offset], each at most ``piece`` bytes, cut as ``_apply_one`` cuts
-    them."""
+    """The work of the extents of layers ``top``.. (folded), as
+    :func:`any2kvm_os.incremental.writes` says: yields ('zero', offset,
+    length) for what the command zeroes itself and ('batch', runs, data
+    bytes) for every :data:`BATCH` bytes of DATA, runs being [file index
+    (layer - top), file offset, length, target offset], one per piece."""
     runs, total = [], 0
-    for e in extents:
-        if e.kind == ext.DATA:
-            k = (e.layer if e.layer is not None else top) - top
-            done = 0
-            while done < e.length:
-                n = min(piece, e.length - done)
-                runs.append([k, e.file_offset + done, n, e.offset + done])
-                total += n
-                done += n
-                if total >= batch:
-                    yield 'batch', runs, total
-                    runs, total = [], 0
-        elif e.kind == ext.ZERO or is_base:
-            if not fresh:
-                yield 'zero', e.offset, e.length
+    for w in incremental.writes(extents, top, fresh, is_base, piece):
+        kind, e = w[0], w[1]
+        if kind == incremental.DATA:
+            skip, n = w[3], w[4]
+            runs.append([w[2] - top, e.file_offset + skip, n,
+                         e.offset + skip])
+            total += n
+            if total >= batch:
+                yield 'batch', runs, total
+                runs, total = [], 0
+        elif kind == incremental.ZERO:
+            yield 'zero', e.offset, e.length
     if runs:
         yield 'batch', runs, total
 
@@ -243,9 +238,7 @@ class Copy(object):
         }
 
     def _start(self, n):
-        secret = self.conn._password
-        password = secret.reveal() if secret is not None else None
-        setup = self._setup(password)
+        setup = self._setup(self.conn.password_to_hand())
         env = _worker_env(self.conn)
         for k in range(n):
             proc = subprocess.Popen(
@@ -260,9 +253,8 @@ class Copy(object):
     def run(self):
         chain, t = self.chain, self.target
         layer = chain.layers[self.top]
-        is_base = chain.layers[self.bottom].parent_ref is None
-        self.fresh = t.fresh and is_base
-        t.resize(layer.virtual_size)
+        is_base, self.fresh = incremental.begin(chain, self.top,
+                                                self.bottom, t)
         self.size = layer.virtual_size
         extents = chain.iter_extents(top=self.top, bottom=self.bottom,
                                      announced=False)

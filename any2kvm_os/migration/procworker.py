@@ -23,6 +23,7 @@ import select
 import sys
 
 from any2kvm_os import exception
+from any2kvm_os.formats import base
 from any2kvm_os.writers import raw
 
 #: Batches a worker holds (it asks for the next one's bytes ahead while
@@ -93,28 +94,12 @@ def _connection(setup):
         # which no connection of ours reads.
         sys.modules['invoke'] = None
     from any2kvm_os.ssh import connection
-    from any2kvm_os.ssh import credentials
     from any2kvm_os.ssh import options
-
-    class WorkerConnection(connection.Connection):
-        """Logs in as the command's connection did: with the password it
-        was given, never asking for one."""
-
-        given = None
-
-        def _get_password(self, tried):
-            if self.given is not None:
-                tried.append('the password of the first connection')
-            return self.given
 
     host = options.HostOptions(**setup['host'])
     settings = options.Settings()
     settings.__dict__.update(setup['settings'])
-    conn = WorkerConnection(host, settings)
-    if setup.get('password') is not None:
-        conn.given = credentials.Secret(setup['password'])
-        credentials.REDACT.add(conn.given)
-    return conn
+    return connection.Connection.beside(host, settings, setup.get('password'))
 
 
 def _serve(inp, out, setup):
@@ -158,11 +143,8 @@ def _serve(inp, out, setup):
             m = queue.popleft()
             for k, file_offset, length, offset in m['runs']:
                 data = files[k].pread(length, file_offset)
-                if len(data) != length:
-                    raise exception.InvalidImage(
-                        path=files[k].name, reason='truncated: expected '
-                        '%d bytes at offset %d, got %d' % (
-                            length, file_offset, len(data)))
+                base.check_read(files[k].name, len(data), length,
+                                file_offset)
                 writer.write_data(offset, data, over_hole=over_hole)
             out.send({'done': m['batch'], 'wire': conn.bytes_read})
         writer._stop_flusher()

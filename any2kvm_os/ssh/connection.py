@@ -281,6 +281,12 @@ class Connection(object):
         #: The connection this one reads stripes beside (see
         #: :meth:`streams`): it counts the bytes and knows the password.
         self._parent = parent
+        #: The connection whose password this one logs in with, never
+        #: asking for one (a stream beside the first connection: that
+        #: one; a connection of a reader process, :meth:`beside`:
+        #: itself, given the first one's); None: it finds its own
+        #: ($password_env, else a prompt).
+        self._password_of = parent
         self._siblings = []
         self._dropped = False
         credentials.install_filter(_FILTERED_LOGGERS)
@@ -465,12 +471,32 @@ class Connection(object):
             finally:
                 agent.close()
 
+    @classmethod
+    def beside(cls, host_options, settings, password):
+        """A connection of another process (a reader process) that logs
+        in as the first connection does (:meth:`password_to_hand`):
+        with ``password`` (None: none), never asking for one."""
+        conn = cls(host_options, settings)
+        conn._password_of = conn
+        if password is not None:
+            conn._password = credentials.Secret(password)
+            credentials.REDACT.add(conn._password)
+        return conn
+
+    def password_to_hand(self):
+        """The password this connection logs in with, revealed (None if
+        it has none), for a connection of another process that logs in
+        as this one does (:meth:`beside`): the caller hands it over a
+        pipe, never in an argv, an environment or a log."""
+        secret = self._password
+        return secret.reveal() if secret is not None else None
+
     def _get_password(self, tried):
         ho = self.host_options
-        if self._parent is not None:
-            # A stream beside the first connection logs in with what the
+        if self._password_of is not None:
+            # A connection beside the first one logs in with what the
             # first one was given; it never asks.
-            secret = self._parent._password
+            secret = self._password_of._password
             if secret is not None:
                 tried.append('the password of the first connection')
             return secret

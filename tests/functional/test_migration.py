@@ -505,8 +505,10 @@ def test_cutover_guest_ignores_clean_shutdown(bed):
 def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
     """The SSH connection cut in the middle of a sync's copy (a proxy
     between the client and sshd closes it after 2 MiB went down): the
-    sync reconnects, goes on where it was and ends; a disk grows before
-    the cutover; the targets end equal to the guest's disks."""
+    sync reconnects, goes on where it was and ends; then a reader
+    process's own connection cut (:func:`_sync_with_a_reader_process_cut`,
+    on the same bed); a disk grows before the cutover; the targets end
+    equal to the guest's disks."""
     b = xbed.Bed(sshd_factory, tmp_path / 'bed')
     out = tmp_path / 'out'
     out.mkdir()
@@ -528,6 +530,7 @@ def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
         assert proxy.connections - before >= 2, r.stderr
         m = _state(common)
         assert m['status'] == 'synced' and m['syncs'][-1]['ok']
+        _sync_with_a_reader_process_cut(b, proxy, w0, w1, common)
         # The second disk grows before the cutover (vhd-util resize, as
         # SM does): the raw file follows, a write past the old end lands.
         w0.write(7 * MiB, ig.pattern(63, 4096))
@@ -539,6 +542,43 @@ def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
     assert m['status'] == 'done'
     # The state records the size the disk grew to (show gives it).
     assert m['disks'][1]['virtual_size'] == 6 * MiB
+    check(m, b.facts)
+
+
+def _sync_with_a_reader_process_cut(b, proxy, w0, w1, common):
+    """A reader process's own SSH connection cut in the middle of its
+    reads (the proxy closes that connection alone): the process
+    reconnects as the command's connection would (``ssh_retries``,
+    backoff), says so in the command's log and reads on where it was;
+    the sync ends and the targets equal the guest's disks."""
+    with open(b.conf, 'a') as f:
+        f.write('ssh_reader_processes = 2\n'
+                'ssh_reader_processes_min_mib = 0\n')
+    # Batches of 1 MiB: several for each reader process.
+    w0.write(MiB, ig.pattern(71, 6 * MiB))
+    w1.write(0, ig.pattern(72, 3 * MiB))
+    before = proxy.connections
+    # The sync's own connection (its first) kept slow (512 KiB/s) until
+    # the cut, so that what it reads while the reader processes start
+    # leaves them batches; the first of their connections to carry
+    # 256 KiB is cut.
+    proxy.slow_one = (before, 512 << 10)
+    proxy.cut_one = (before + 1, 256 << 10)
+    r = mig('sync', 'web', '--no-progress', common=common)
+    assert proxy.one_cut is not None, (proxy.down, r.stderr)
+    lost = [line for line in r.stderr.splitlines()
+            if re.search(r'reader process \d: .*connection lost during '
+                         r'reading .*reconnecting in', line)]
+    assert len(lost) == 1, r.stderr
+    assert 'Traceback' not in r.stderr, r.stderr
+    # What the processes read crossed the wire (counted by the
+    # command), the bytes lost with the connection read again.
+    wire, written = (int(x) for x in re.search(
+        r'(\d+) bytes read over the wire .* (\d+) bytes written',
+        r.stdout).groups())
+    assert wire >= written, r.stdout
+    m = _state(common)
+    assert m['status'] == 'synced' and m['syncs'][-1]['ok']
     check(m, b.facts)
 
 

@@ -28,6 +28,14 @@ listener stays, so the client can connect again); ``cut_after=N`` does
 it once, by itself, when N bytes have gone from the server to the
 client (mid-copy, wherever the transfer is).  ``connections`` and
 ``cuts`` count what happened.
+
+One connection lost among others: ``cut_one=(n, N)`` closes, alone, the
+first connection numbered ``n`` or more (the first accepted is 0) down
+which N bytes have gone; the others carry on.  ``slow_one=(m, rate)``
+lets at most ``rate`` bytes a second go down connection ``m`` until
+``cut_one`` has cut (the connection ``m`` slow, so that later ones find
+work to do).  ``down`` counts the bytes down each connection,
+``one_cut`` is the number of the one cut.
 """
 
 import queue
@@ -50,10 +58,17 @@ def _shut(sockets):
 
 class DelayProxy(object):
 
-    def __init__(self, target, rtt=0.0, cut_after=None):
+    def __init__(self, target, rtt=0.0, cut_after=None, cut_one=None,
+                 slow_one=None):
         self.target = target
         self.delay = rtt / 2.0
         self.cut_after = cut_after
+        self.cut_one = cut_one
+        self.slow_one = slow_one
+        self.one_cut = None
+        self.down = []
+        self._pairs = []
+        self._slow_due = 0.0
         #: Bytes forwarded from the server to the client, connections
         #: accepted, cuts made.
         self.bytes_down = 0
@@ -96,13 +111,16 @@ class DelayProxy(object):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets += [client, upstream]
+                index = self.connections
                 self.connections += 1
+                self.down.append(0)
+                self._pairs.append([client, upstream])
             self._pipe(client, upstream)
-            self._pipe(upstream, client, down=True)
+            self._pipe(upstream, client, down=True, index=index)
 
-    def _pipe(self, src, dst, down=False):
+    def _pipe(self, src, dst, down=False, index=None):
         q = queue.Queue()
-        self._start(self._reader, src, q, down)
+        self._start(self._reader, src, q, down, index)
         self._start(self._writer, dst, q)
 
     def cut(self):
@@ -112,10 +130,40 @@ class DelayProxy(object):
             self.cuts += 1
         _shut(sockets)
 
-    def _reader(self, src, q, down=False):
+    def _one(self, index, n):
+        """Count ``n`` bytes down connection ``index``: (whether it is
+        cut now (:attr:`cut_one`), how much longer its bytes are held
+        (:attr:`slow_one`))."""
+        pair, extra = None, 0.0
+        with self._lock:
+            self.down[index] += n
+            due = (self.cut_one is not None and self.one_cut is None and
+                   index >= self.cut_one[0] and
+                   self.down[index] >= self.cut_one[1])
+            if due:
+                self.one_cut = index
+                pair = self._pairs[index]
+            slow = self.slow_one
+            if slow is not None and slow[0] == index and \
+                    self.one_cut is None:
+                now = time.monotonic()
+                self._slow_due = max(now, self._slow_due) + \
+                    n / float(slow[1])
+                extra = self._slow_due - now
+        if pair:
+            _shut(pair)
+        return due, extra
+
+    def _reader(self, src, q, down=False, index=None):
         try:
             while True:
                 data = src.recv(_CHUNK)
+                extra = 0.0
+                if down and data and index is not None:
+                    cut, extra = self._one(index, len(data))
+                    if cut:
+                        q.put((0, b''))
+                        return
                 if down and data and self.cut_after is not None:
                     with self._lock:
                         self.bytes_down += len(data)
@@ -125,7 +173,7 @@ class DelayProxy(object):
                         self.cut()
                         q.put((0, b''))
                         return
-                q.put((time.monotonic() + self.delay, data))
+                q.put((time.monotonic() + self.delay + extra, data))
                 if not data:
                     return
         except OSError:

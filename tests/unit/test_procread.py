@@ -58,6 +58,27 @@ def test_split_leaves_holes_of_a_fresh_base_and_unallocated_of_a_delta():
                      ('batch', [[0, 512, 4096, MiB]], 4096)]
 
 
+def test_writes_is_the_one_rule_of_pieces_zeroes_and_ends():
+    """What both paths follow (incremental._apply_one in one process,
+    split here): DATA cut in pieces, ZERO zeroed, UNALLOCATED zeroed
+    below a base only, nothing zeroed onto a fresh base, every extent
+    ended."""
+    from any2kvm_os import incremental as inc
+    d = ext.extent(ext.DATA, 0, 5 * MiB, 1000, layer=None)
+    z = ext.extent(ext.ZERO, 5 * MiB, MiB, layer=3)
+    u = ext.extent(ext.UNALLOCATED, 6 * MiB, MiB)
+    got = list(inc.writes([d, z, u], 2, fresh=False, is_base=True,
+                          piece=4 * MiB))
+    assert got == [(inc.DATA, d, 2, 0, 4 * MiB),
+                   (inc.DATA, d, 2, 4 * MiB, MiB), (inc.END, d),
+                   (inc.ZERO, z), (inc.END, z),
+                   (inc.ZERO, u), (inc.END, u)]
+    delta = list(inc.writes([z, u], 2, fresh=False, is_base=False))
+    assert delta == [(inc.ZERO, z), (inc.END, z), (inc.END, u)]
+    fresh = list(inc.writes([z, u], 2, fresh=True, is_base=True))
+    assert fresh == [(inc.END, z), (inc.END, u)]
+
+
 def test_batch_size_is_a_quarter_of_a_share_within_bounds():
     assert procread.batch_size(8 * MiB, 2) == procread.MIN_BATCH
     assert procread.batch_size(128 * MiB, 2) == 16 * MiB
@@ -337,6 +358,24 @@ def test_worker_environment_has_no_password_variable(monkeypatch):
     subprocess.run([procread.sys.executable, '-c',
                     'import any2kvm_os.migration.procworker'], env=env,
                    check=True, timeout=120, cwd='/')
+
+
+def test_worker_logs_in_with_the_password_it_was_sent(monkeypatch):
+    """The set-up's password (sent over the worker's standard input) is
+    what its connection logs in with, never its environment's."""
+    monkeypatch.setenv('XS_PASSWORD', 'from-env')
+    # What the worker does to paramiko's imports, undone after.
+    monkeypatch.setitem(procworker.sys.modules, 'invoke', None)
+    setup = {'host': {'host': 'h', 'user': 'u',
+                      'password_env': 'XS_PASSWORD'},
+             'settings': {}, 'password': 'sent'}
+    conn = procworker._connection(setup)
+    tried = []
+    assert conn._get_password(tried).reveal() == 'sent'
+    assert tried == ['the password of the first connection']
+    conn.close()
+    setup['password'] = None
+    assert procworker._connection(setup)._get_password([]) is None
 
 
 # -- which layers take the path ----------------------------------------------

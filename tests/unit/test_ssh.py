@@ -230,6 +230,38 @@ def test_second_stream_logs_in_with_the_first_ones_password():
     first.close()
 
 
+def test_reader_process_connection_logs_in_with_the_password_handed():
+    """Connection.beside (a reader process's connection) logs in with the
+    password the first connection hands (password_to_hand), as a stream
+    beside it does; without one it never asks nor reads the variable;
+    the password is redacted from logs while the connection lives."""
+    from any2kvm_os.ssh import credentials
+    ho = options.HostOptions('h', user='u', password_env='A2K_PW')
+    first = connection.Connection(ho, environ={'A2K_PW': 'sekrit'})
+    assert first.password_to_hand() is None
+    first._get_password([])
+    handed = first.password_to_hand()
+    assert handed == 'sekrit'
+    worker = connection.Connection.beside(ho, first.settings, handed)
+    tried = []
+    assert worker._get_password(tried).reveal() == 'sekrit'
+    assert tried == ['the password of the first connection']
+    record = logging.LogRecord('x', logging.INFO, __file__, 1, 'pw %s',
+                               ('sekrit',), None)
+    first.close()
+    credentials.REDACT.filter(record)
+    assert record.getMessage() == 'pw ***'
+    worker.close()
+    record = logging.LogRecord('x', logging.INFO, __file__, 1, 'pw %s',
+                               ('sekrit',), None)
+    credentials.REDACT.filter(record)
+    assert record.getMessage() == 'pw sekrit'
+    none = connection.Connection.beside(ho, first.settings, None)
+    none._environ = {'A2K_PW': 'other'}
+    tried = []
+    assert none._get_password(tried) is None and tried == []
+
+
 def test_offers_no_cipher_or_mac_weaker_than_openssh_does():
     import socket
     sock = socket.socket()
