@@ -17,6 +17,7 @@ runner runs the stand-in's ``xe`` locally, as the SSH layer runs it on a
 host.
 """
 
+import functools
 import os
 import subprocess
 
@@ -40,13 +41,24 @@ def standin(tmp_path_factory):
     def run(argv):
         assert argv[0] == 'xe'
         calls.append(list(argv))
+        return _run_on(root, argv)
+    return root, facts, run, calls
+
+
+def _run_on(root, argv):
+    """What the stand-in host at ``root`` prints for ``argv`` (its xe, or
+    ``cat`` of a file); XeFailed when it exits non-zero."""
+    if argv[0] == 'cat':
+        r = subprocess.run(list(argv), capture_output=True, text=True,
+                           timeout=60, cwd='/')
+    else:
+        assert argv[0] == 'xe'
         r = subprocess.run([str(xhost.XE)] + list(argv[1:]),
                            capture_output=True, text=True,
                            env=xhost.xe_env(root), timeout=120, cwd='/')
-        if r.returncode != 0:
-            raise XeFailed('%s: %s%s' % (argv, r.stdout, r.stderr))
-        return r.stdout
-    return root, facts, run, calls
+    if r.returncode != 0:
+        raise XeFailed('%s: %s%s' % (argv, r.stdout, r.stderr))
+    return r.stdout
 
 
 def mount_base(root):
@@ -193,20 +205,7 @@ def pool(tmp_path_factory):
     """The stand-in pool (xs-a, where the commands run, and xs-b), and a
     runner of its xe and of ``cat`` (the inventory), as on the host."""
     root, facts = xhost.pool_host(tmp_path_factory.mktemp('pool'))
-
-    def run(argv):
-        if argv[0] == 'cat':
-            r = subprocess.run(list(argv), capture_output=True, text=True,
-                               timeout=60, cwd='/')
-        else:
-            assert argv[0] == 'xe'
-            r = subprocess.run([str(xhost.XE)] + list(argv[1:]),
-                               capture_output=True, text=True,
-                               env=xhost.xe_env(root), timeout=120, cwd='/')
-        if r.returncode != 0:
-            raise XeFailed('%s: %s%s' % (argv, r.stdout, r.stderr))
-        return r.stdout
-    return root, facts, run
+    return root, facts, functools.partial(_run_on, root)
 
 
 def _pool_discover(pool, vm):
