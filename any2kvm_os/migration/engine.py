@@ -192,26 +192,29 @@ def _discover(host, vm, vdis=()):
     """:func:`discovery.discover` of ``vm``.  When ``vm`` is a uuid
     (sync and cutover: the migration knows it, and ``vdis``, the uuids of
     the disks it records), the queries whose words are known before any
-    answer (the VM, its VIFs and VBDs, those VDIs) go to the host in one
-    round trip (:func:`prefetching`), with the host's inventory and PBDs
-    when it names an inventory; the rest (a VDI not recorded, the SRs)
-    one by one, as before."""
+    answer (the VM, its VIFs and VBDs, those VDIs, the pool's SRs) go to
+    the host in one round trip (:func:`prefetching`), with the host's
+    inventory and PBDs when it names an inventory; the rest (a VDI not
+    recorded, an SR the pool-wide listing left out) one by one."""
     run = lambda argv: host.run(argv)  # noqa: E731
     # A host that names its inventory file: each disk's SR is checked to
     # be attached on it (its inventory and the PBDs go in the same batch).
     inventory = getattr(host, 'inventory', None)
     if location_mod.is_uuid(vm):
         vm = vm.lower()
-        run = prefetching(host, [
+        queries = [
             xe.list_command('vm', [('uuid', vm)], discovery.VM_FIELDS),
             xe.list_command('vif', [('vm-uuid', vm)],
                             discovery.VIF_FIELDS),
             xe.list_command('vbd', [('vm-uuid', vm)],
-                            discovery.VBD_FIELDS)] + [
-            xe.list_command('vdi', [('uuid', v.lower())],
-                            discovery.VDI_FIELDS) for v in vdis] + (
-            [discovery.inventory_command(inventory),
-             discovery.pbd_command()] if inventory else []))
+                            discovery.VBD_FIELDS)]
+        queries += [xe.list_command('vdi', [('uuid', v.lower())],
+                                    discovery.VDI_FIELDS) for v in vdis]
+        queries.append(discovery.sr_command())
+        if inventory:
+            queries += [discovery.inventory_command(inventory),
+                        discovery.pbd_command()]
+        run = prefetching(host, queries)
     return discovery.discover(run, vm, host=host.label,
                               mount_base=host.mount_base,
                               inventory=inventory)

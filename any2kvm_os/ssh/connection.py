@@ -79,6 +79,19 @@ MACS = ('hmac-sha2-256-etm@openssh.com', 'hmac-sha2-512-etm@openssh.com',
 SFTP_PACKET = 128 << 10
 
 
+def _pause(channel, seconds):
+    """Wait ``seconds``, or less if the exit status of the command on
+    ``channel`` arrives meanwhile (paramiko's ``Channel.status_event``,
+    the event its ``recv_exit_status`` waits on, set by the transport
+    thread); once it has arrived (the output or the end of file may
+    still be on their way), a plain sleep."""
+    event = getattr(channel, 'status_event', None)
+    if event is not None and not event.is_set():
+        event.wait(seconds)
+    else:
+        time.sleep(seconds)
+
+
 class CommandResult(collections.namedtuple(
         'CommandResult', 'argv status stdout stderr')):
     """What a remote command did: ``status`` is its exit status (-1 when
@@ -712,8 +725,11 @@ class Connection(object):
                 # thread may still feed data arriving for the channel,
                 # and the thread's write to the closed (or already
                 # reused) descriptor kills the transport or writes into
-                # another file.
-                time.sleep(min(remaining, pause))
+                # another file.  The pause ends early when the exit
+                # status arrives: a command's end is seen at once, not up
+                # to a pause later (each xe query, and the shutdown inside
+                # a cutover's downtime).
+                _pause(channel, min(remaining, pause))
                 pause = min(pause * 2, max_pause)
             status = channel.recv_exit_status()
         finally:

@@ -395,7 +395,7 @@ def _batched_and_single(host):
     return batched, single
 
 
-def test_discovery_of_a_known_vm_takes_two_round_trips(bed):
+def test_discovery_of_a_known_vm_takes_one_round_trip(bed):
     root, facts, out, store = bed
     vm = facts['two-disks']
     alone = miglocal.LocalHost(root)
@@ -409,19 +409,20 @@ def test_discovery_of_a_known_vm_takes_two_round_trips(bed):
     assert (got.facts, got.power_state, got.uuid) == (
         want.facts, want.power_state, want.uuid)
     batched, single = _batched_and_single(host)
-    # One batch (VM, VIFs, VBDs, both VDIs, the inventory and the PBDs
-    # that check the SRs are attached here), then the one SR alone.
-    assert len(host.batches) == 1 and len(batched) == 7
-    assert batched[-2:] == [['cat', host.inventory],
+    # One batch: VM, VIFs, VBDs, both VDIs, the pool's SRs, the inventory
+    # and the PBDs that check the SRs are attached here.  Nothing alone.
+    assert len(host.batches) == 1 and len(batched) == 8
+    assert batched[-3:] == [engine.discovery.sr_command(),
+                            ['cat', host.inventory],
                             engine.discovery.pbd_command()]
-    assert [a[1] for a in single] == ['sr-list']
+    assert single == []
     # A VDI the state does not know (a disk added) is asked alone.
     host = miglocal.LocalHost(root)
     got = engine._discover(host, vm, vdis[:1])
     assert [d.as_dict() for d in got.disks] == [d.as_dict() for d in
                                                 want.disks]
     _, single = _batched_and_single(host)
-    assert sorted(a[1] for a in single) == ['sr-list', 'vdi-list']
+    assert [a[1] for a in single] == ['vdi-list']
 
 
 def test_discovery_batch_that_fails_runs_each_query_alone(bed):

@@ -16,6 +16,7 @@ matching, the password filter."""
 import argparse
 import io
 import logging
+import threading
 import time
 
 import paramiko
@@ -325,6 +326,35 @@ def test_a_gate_that_does_not_come_is_one_line(pieces, ends):
         c._until_ready(_GateChannel(pieces, ends), 'xe vm-shutdown')
     assert 'did not come to its gate' in str(e.value)
     assert '\n' not in str(e.value)
+
+
+class _StatusChannel(object):
+    """What ``connection._pause`` looks at: paramiko's ``status_event``
+    (set by the transport thread when the exit status arrives)."""
+
+    def __init__(self):
+        self.status_event = threading.Event()
+
+
+def test_a_pause_ends_when_the_exit_status_arrives():
+    channel = _StatusChannel()
+    timer = threading.Timer(0.05, channel.status_event.set)
+    timer.start()
+    try:
+        t = time.monotonic()
+        connection._pause(channel, 60)
+        # Woken by the status, not after the 60 s asked for.
+        assert time.monotonic() - t < 30
+    finally:
+        timer.cancel()
+    # Once the status is in (the output or the end of file may still be
+    # on their way), each pause sleeps its length: no busy loop.
+    t = time.monotonic()
+    connection._pause(channel, 0.05)
+    assert time.monotonic() - t >= 0.04
+    t = time.monotonic()
+    connection._pause(object(), 0.05)
+    assert time.monotonic() - t >= 0.04
 
 
 class _LoginTransport(object):

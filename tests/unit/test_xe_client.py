@@ -507,6 +507,78 @@ def test_discover_facts_nics_and_disks_in_device_order():
     assert sum(c[1] == 'sr-list' for c in host.calls) == 1
 
 
+def _sr_lists(host):
+    return [c for c in host.calls if c[1] == 'sr-list']
+
+
+def test_srs_come_from_one_pool_wide_listing():
+    """Disks on two SRs of a pool of four: one ``sr-list`` for all of
+    them, unfiltered; no SR asked for by uuid."""
+    host = standard_host()
+    other = 'bbbbbbbb-0000-4000-8000-00000000000b'
+    host.add('sr', uuid=other, name_label='NFS VHDs', type='nfs')
+    host.add('sr', uuid='cccccccc-0000-4000-8000-00000000000c',
+             name_label='Removable storage', type='udev')
+    for v in host.objects['vdi']:
+        if v['uuid'] == VDI1:
+            v['sr-uuid'] = other
+    found = discovery.discover(host, VM_UUID)
+    assert [(d.sr_uuid, d.sr_type, d.sr_name) for d in found.disks] == [
+        (EXT_SR, 'ext', 'Local storage'), (other, 'nfs', 'NFS VHDs'),
+        (EXT_SR, 'ext', 'Local storage')]
+    assert _sr_lists(host) == [discovery.sr_command()]
+
+
+class _SrHost(FakeHost):
+    """A FakeHost whose pool-wide ``sr-list`` fails, prints garbage,
+    or leaves SRs or fields out."""
+
+    def __init__(self, objects, style):
+        FakeHost.__init__(self)
+        self.objects, self.style = objects, style
+
+    def __call__(self, argv):
+        if list(argv) != discovery.sr_command():
+            return FakeHost.__call__(self, argv)
+        if self.style == 'fails':
+            self.calls.append(list(argv))
+            raise exception.RemoteCommandError(
+                host='xs1', command=' '.join(argv),
+                reason='exit status 1: Error: Too many SRs')
+        if self.style == 'garbage':
+            self.calls.append(list(argv))
+            return 'uuid ( RO)    : not-a-uuid\n   nonsense\n'
+        out = FakeHost.__call__(self, argv)
+        if self.style == 'no-type':
+            return '\n'.join(x for x in out.split('\n')
+                             if not x.strip().startswith('type ('))
+        if self.style == 'leaves-out':
+            # only the last record (the ISO SR): not the disks' SR
+            return out.strip('\n').split('\n\n')[-1] + '\n'
+        return out
+
+
+@pytest.mark.parametrize('style', ['fails', 'garbage', 'no-type',
+                                   'leaves-out', 'too-many'])
+def test_an_sr_the_pool_listing_does_not_give_is_asked_by_uuid(
+        style, monkeypatch):
+    """Whatever the pool-wide listing gives (an error, output that does
+    not parse, records without a type, not the disks' SR, more SRs than
+    :data:`discovery.MAX_SRS`), each disk's SR is then asked for by its
+    uuid, once, and the disks are what a plain host gives."""
+    want = discovery.discover(standard_host(), VM_UUID)
+    host = _SrHost(standard_host().objects, style)
+    if style == 'too-many':
+        monkeypatch.setattr(discovery, 'MAX_SRS', 2)
+    got = discovery.discover(host, VM_UUID)
+    assert [d.as_dict() for d in got.disks] == [d.as_dict() for d in
+                                                want.disks]
+    by_uuid = [c for c in _sr_lists(host) if c != discovery.sr_command()]
+    assert by_uuid == [xe.list_command('sr', [('uuid', EXT_SR)],
+                                       discovery.SR_FIELDS)]
+    assert _sr_lists(host)[0] == discovery.sr_command()
+
+
 def test_default_mount_base():
     found = discovery.discover(standard_host(), VM_UUID)
     assert found.disks[0].path == '/run/sr-mount/%s/%s.vhd' % (EXT_SR,

@@ -62,12 +62,15 @@ listed with their uuids and power states), snapshots, templates and the
 control domain.
 """
 
+import logging
 import posixpath
 
 from any2kvm_os import exception
 from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import location
 from any2kvm_os.sources.xenserver import xe
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_MOUNT_BASE = '/run/sr-mount'
 #: The dom0 file that names the host the shell runs on
@@ -94,6 +97,10 @@ SR_FIELDS = ('uuid', 'name-label', 'type')
 VIF_FIELDS = ('uuid', 'vm-uuid', 'device', 'MAC', 'network-uuid',
               'network-name-label')
 PBD_FIELDS = ('uuid', 'host-uuid', 'sr-uuid', 'currently-attached')
+#: Most SRs taken from one pool-wide ``sr-list`` (a pool holds a local SR
+#: per host, shared SRs, ISO and udev SRs: tens); beyond it, each disk's
+#: SR is asked for by uuid.
+MAX_SRS = 4096
 HOST_FIELDS = ('uuid', 'name-label')
 #: Longest inventory file read.
 MAX_INVENTORY = 64 << 10
@@ -476,6 +483,7 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
     h = _Host(run, host)
     attached = _Attachments(h, this_host) if this_host else None
     srs = {}
+    pool = None
     out = []
     for vbd in disk_vbds(run, vm_uuid, host, notes):
         vdi_uuid = vbd['vdi-uuid'].lower()
@@ -489,6 +497,10 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
                                        % vdi_uuid)
         size = xe.parse_int(vdi['virtual-size'], argv, 'virtual-size')
         sr_uuid = _uuid_field(vdi, 'sr-uuid', argv)
+        if pool is None:
+            pool = _pool_srs(h)
+        if sr_uuid in pool:
+            srs[sr_uuid] = pool[sr_uuid]
         if sr_uuid not in srs:
             sr_argv, found = h.query('sr', [('uuid', sr_uuid)], SR_FIELDS,
                                      ('uuid', 'type'))
@@ -530,6 +542,33 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
             vdi_name=vdi.get('name-label', ''), virtual_size=size,
             sr_uuid=sr_uuid, sr_type=sr_type, sr_name=sr_name, path=path))
     return out
+
+
+def sr_command():
+    """``xe sr-list params=uuid,name-label,type``: every SR of the pool,
+    in one listing (:func:`disks` takes each disk's SR from it)."""
+    return xe.list_command('sr', (), SR_FIELDS)
+
+
+def _pool_srs(h):
+    """The SRs of one pool-wide listing (:func:`sr_command`) that carry
+    every field asked for, by uuid; empty when the host refuses the listing,
+    answers it with what does not parse, or lists more than
+    :data:`MAX_SRS`: each disk's SR is then asked for by its uuid, which
+    fails (or not) with its own message."""
+    argv = sr_command()
+    try:
+        records = xe.parse_records(h.run(argv), argv, SR_FIELDS)
+    except (exception.RemoteCommandError, errors.XeOutputError) as e:
+        LOG.debug('%s: pool-wide SR listing failed (%s): each SR by uuid',
+                  h.host, str(e).splitlines()[0][:200] if str(e) else
+                  type(e).__name__)
+        return {}
+    if len(records) > MAX_SRS:
+        return {}
+    return dict((r['uuid'].lower(), r) for r in records
+                if location.is_uuid(r.get('uuid', '')) and
+                all(f in r for f in SR_FIELDS))
 
 
 def inventory_command(path=DEFAULT_INVENTORY):
@@ -596,8 +635,7 @@ class _Attachments(object):
 
     def _load(self):
         if self.pbds is None:
-            argv = pbd_command()
-            _argv, self.pbds = self.h.query(
+            argv, self.pbds = self.h.query(
                 'pbd', (), PBD_FIELDS, ('uuid', 'sr-uuid',
                                         'currently-attached'))
             for r in self.pbds:
