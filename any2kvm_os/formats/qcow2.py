@@ -1068,12 +1068,8 @@ class Qcow2Reader(base.LayerReader):
         token = extent.file_offset
         if isinstance(token, int) and type(self.view) is fileio.FileView:
             start = token + skip
-            got = self.view.preadinto(buf, start)
-            if got != len(buf):
-                raise exception.InvalidImage(
-                    path=self.name,
-                    reason='truncated: expected %d bytes at offset %d, got %d'
-                    % (len(buf), start, got))
+            base.check_read(self.name, self.view.preadinto(buf, start),
+                            len(buf), start)
             return
         if not isinstance(token, int) and token[0] != RAW_BACKING:
             _, host, csize, cstart = token

@@ -223,10 +223,7 @@ class _File(object):
 
     def pread(self, length, offset):
         data = self.view().pread(length, offset)
-        if len(data) != length:
-            raise exception.InvalidImage(
-                path=self.display, reason='truncated: expected %d bytes at '
-                'offset %d, got %d' % (length, offset, len(data)))
+        base.check_read(self.display, len(data), length, offset)
         return data
 
     def preadinto(self, buf, offset):
@@ -240,10 +237,7 @@ class _File(object):
             got = len(data)
             if got == length:
                 buf[:] = data
-        if got != length:
-            raise exception.InvalidImage(
-                path=self.display, reason='truncated: expected %d bytes at '
-                'offset %d, got %d' % (length, offset, got))
+        base.check_read(self.display, got, length, offset)
 
 
 # -- extents ------------------------------------------------------------------
@@ -649,10 +643,8 @@ class _HostedSparseExtent(_GrainExtent):
         n = min(max(length, READ_AHEAD), self.file.size - off)
         buf = memoryview(self.file.view().pread(n, off))
         self._ra = (off, buf)
-        if len(buf) < length:
-            raise exception.InvalidImage(
-                path=self.file.display, reason='truncated: expected %d bytes '
-                'at offset %d, got %d' % (length, off, len(buf)))
+        base.check_read(self.file.display, min(len(buf), length), length,
+                        off)
         return buf[:length]
 
     def _grain_raw(self, off, gstart):
