@@ -165,3 +165,47 @@ def test_xva_plugin_name_is_the_archive_kind():
     from any2kvm_os.containers.xva import archive
     from any2kvm_os.containers.xva import plugin
     assert plugin.XvaType.name == archive.KIND
+
+
+#: ``any2kvm migration list`` through the console script, a spy on what
+#: the command found when it ran: (status, collector on, objects frozen,
+#: the command's modules loaded, collector on after).
+CONSOLE = (
+    'import gc, sys\n'
+    'from any2kvm_os import api\n'
+    'from any2kvm_os.cmd import any2kvm\n'
+    'seen = {}\n'
+    'real = api.run_migration\n'
+    'def spy(*a, **k):\n'
+    '    seen["on"] = gc.isenabled()\n'
+    '    seen["frozen"] = gc.get_freeze_count()\n'
+    '    seen["loaded"] = [m for m in any2kvm.PRELOAD["migration"]\n'
+    '                      if m in sys.modules]\n'
+    '    return real(*a, **k)\n'
+    'api.run_migration = spy\n'
+    'sys.argv = ["any2kvm"] + sys.argv[1:]\n'
+    'rc = any2kvm.console_main()\n'
+    'print(rc, seen["on"], seen["frozen"] > 1000,\n'
+    '      seen["loaded"] == list(any2kvm.PRELOAD["migration"]),\n'
+    '      gc.isenabled())\n')
+
+
+def test_console_script_starts_without_the_collector(tmp_path):
+    """The console script loads a migration command's modules with the
+    cyclic collector off, freezes what start-up made, and runs the
+    command with the collector on."""
+    db = 'sqlite:///%s' % (tmp_path / 'state.db')
+    r = subprocess.run([sys.executable, '-c', CONSOLE, 'migration', 'list',
+                        '--state-db', db], capture_output=True, text=True,
+                       env=_env(), cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ['0', 'True', 'True', 'True', 'True']
+
+
+def test_main_in_process_leaves_the_collector_alone(tmp_path):
+    from any2kvm_os.cmd import any2kvm
+    import gc
+    frozen = gc.get_freeze_count()
+    db = 'sqlite:///%s' % (tmp_path / 'state.db')
+    assert any2kvm.main(['migration', 'list', '--state-db', db]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
