@@ -188,50 +188,68 @@ def _connect(location, limits, args, connect):
     return connect(location, limits, args)
 
 
-def _discover(host, vm, vdis=()):
+def _discovery_queries(host, vm, vdis=()):
+    """The queries of :func:`_discover` whose words are known before any
+    answer, for ``vm`` (a uuid; None otherwise) and the VDI uuids
+    ``vdis``: the VM, its VIFs and VBDs, those VDIs, the pool's SRs, and
+    the host's inventory and PBDs when it names an inventory."""
+    if not location_mod.is_uuid(vm):
+        return None
+    vm = vm.lower()
+    queries = [
+        xe.list_command('vm', [('uuid', vm)], discovery.VM_FIELDS),
+        xe.list_command('vif', [('vm-uuid', vm)], discovery.VIF_FIELDS),
+        xe.list_command('vbd', [('vm-uuid', vm)], discovery.VBD_FIELDS)]
+    queries += [xe.list_command('vdi', [('uuid', v.lower())],
+                                discovery.VDI_FIELDS) for v in vdis]
+    queries.append(discovery.sr_command())
+    inventory = getattr(host, 'inventory', None)
+    if inventory:
+        queries += [discovery.inventory_command(inventory),
+                    discovery.pbd_command()]
+    return queries
+
+
+def _discover(host, vm, vdis=(), ahead=None):
     """:func:`discovery.discover` of ``vm``.  When ``vm`` is a uuid
     (sync and cutover: the migration knows it, and ``vdis``, the uuids of
     the disks it records), the queries whose words are known before any
-    answer (the VM, its VIFs and VBDs, those VDIs, the pool's SRs) go to
-    the host in one round trip (:func:`prefetching`), with the host's
-    inventory and PBDs when it names an inventory; the rest (a VDI not
-    recorded, an SR the pool-wide listing left out) one by one."""
+    answer (:func:`_discovery_queries`) go to the host in one round trip
+    (:func:`prefetching`), or were answered already: ``ahead``, (those
+    queries, their outputs or the error they failed with), run beside the
+    snapshot (:meth:`_Run.snapshot`); the rest (a VDI not recorded, an
+    SR the pool-wide listing left out) one by one."""
     run = lambda argv: host.run(argv)  # noqa: E731
     # A host that names its inventory file: each disk's SR is checked to
     # be attached on it (its inventory and the PBDs go in the same batch).
     inventory = getattr(host, 'inventory', None)
-    if location_mod.is_uuid(vm):
+    queries = _discovery_queries(host, vm, vdis)
+    if queries is not None:
         vm = vm.lower()
-        queries = [
-            xe.list_command('vm', [('uuid', vm)], discovery.VM_FIELDS),
-            xe.list_command('vif', [('vm-uuid', vm)],
-                            discovery.VIF_FIELDS),
-            xe.list_command('vbd', [('vm-uuid', vm)],
-                            discovery.VBD_FIELDS)]
-        queries += [xe.list_command('vdi', [('uuid', v.lower())],
-                                    discovery.VDI_FIELDS) for v in vdis]
-        queries.append(discovery.sr_command())
-        if inventory:
-            queries += [discovery.inventory_command(inventory),
-                        discovery.pbd_command()]
-        run = prefetching(host, queries)
+        answers = None
+        if ahead is not None and ahead[0] == queries and \
+                isinstance(ahead[1], list):
+            answers = ahead[1]
+        run = prefetching(host, queries, answers)
     return discovery.discover(run, vm, host=host.label,
                               mount_base=host.mount_base,
                               inventory=inventory)
 
 
-def prefetching(host, commands):
+def prefetching(host, commands, outs=None):
     """A runner (``run(argv) -> stdout``) that answers ``commands``
-    (queries) from one batch run now (:func:`run_batch`), each answer
-    once, and runs anything else on the host.  A batch that fails
-    answers nothing: every query then runs alone and fails (or not) on
-    its own, with its own message."""
+    (queries) from one batch run now (:func:`run_batch`), or from their
+    outputs ``outs`` when given, each answer once, and runs anything else
+    on the host.  A batch that fails answers nothing: every query then
+    runs alone and fails (or not) on its own, with its own message."""
     cache = {}
-    try:
-        outs = run_batch(host, commands)
-    except exception.Any2KvmError as e:
-        LOG.debug('batched queries failed (%s): one by one', _one_line(e))
-    else:
+    if outs is None:
+        try:
+            outs = run_batch(host, commands)
+        except exception.Any2KvmError as e:
+            LOG.debug('batched queries failed (%s): one by one',
+                      _one_line(e))
+    if outs is not None:
         for argv, out in zip(commands, outs):
             cache.setdefault(tuple(argv), []).append(out)
 
@@ -527,6 +545,9 @@ class _Run(object):
         self.times = {}
         self.details = {}
         self.result = self.snap = None
+        #: The discovery's queries and their answers (or the error they
+        #: failed with), run beside the snapshot.
+        self.ahead = None
         self.removed = 0
         self.phases = {}
         #: Seconds each step took, in the order they ran (the steps of
@@ -561,19 +582,35 @@ class _Run(object):
         # that it is kept with the others and removed at cutover or abort.
         # The listing and the snapshot go in one round trip (the
         # snapshot only after the listing succeeded).
+        # The discovery's queries run beside it, on a channel of their
+        # own (the discover step takes their answers): what they ask
+        # (the VM, its VBDs and VIFs, the VDIs' records, the SRs and
+        # PBDs) is not what a snapshot changes, and a host takes the
+        # time of the slower, not of both.
         m = self.store.get(self.name)
         listing = _adopt_command(m)
         take = xe.vm_snapshot(self.vm_uuid, snapshot_name(self.name),
                               snapshot_tag(m))
-        found, taken = run_batch(self.host, [listing, take], mutating=True)
+        queries = _discovery_queries(self.host, self.vm_uuid,
+                                     self._vdis())
+        snap, answers = run_side_by_side(
+            self.host, [[listing, take], queries], mutating=True)
+        if isinstance(snap, Exception):
+            raise snap
+        self.ahead = (queries, answers)
+        found, taken = snap
         _adopt(self.store, self.name, m, found, listing)
         self.snap = xe.parse_uuid(taken, take)
         self.store.snapshot_taken(self.name, self.snap)
         return {'snapshot': self.snap}
 
+    def _vdis(self):
+        return [d['source_id'] for d in self.m['disks']]
+
     def discover(self):
-        self.found = _discover(self.host, self.vm_uuid,
-                               [d['source_id'] for d in self.m['disks']])
+        ahead, self.ahead = self.ahead, None
+        self.found = _discover(self.host, self.vm_uuid, self._vdis(),
+                               ahead=ahead)
         self.infos = _match(self.name, self.m, self.found)
         return {'power_state': self.found.power_state,
                 'disks': len(self.infos)}
@@ -1017,6 +1054,25 @@ def _one_line(e, prefix=''):
 
 
 # -- batched xe commands ------------------------------------------------------
+
+def run_side_by_side(host, batches, mutating=False, timeout=None):
+    """Several batches (:func:`run_batch`) at once, each on a channel of
+    its own, when the host can (``host.run_batches``), one after the
+    other otherwise.  For each batch, its outputs or the
+    :class:`~any2kvm_os.exception.Any2KvmError` it failed with: each
+    judged on its own."""
+    many = getattr(host, 'run_batches', None)
+    if many is not None:
+        return many(batches, mutating=mutating, timeout=timeout)
+    out = []
+    for commands in batches:
+        try:
+            out.append(run_batch(host, commands, mutating=mutating,
+                                 timeout=timeout))
+        except exception.Any2KvmError as e:
+            out.append(e)
+    return out
+
 
 def run_batch(host, commands, mutating=False, timeout=None):
     """Run several ``xe`` commands in one round trip when the host can

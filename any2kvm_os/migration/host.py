@@ -29,6 +29,31 @@ from any2kvm_os.sources.xenserver import plugin
 from any2kvm_os.ssh import connection
 
 
+def _batch(commands):
+    """(``sh -c`` argv, marker) of a batch: each command, then the
+    marker on a line of its own; ``&&`` between them all (the marker's
+    printf must end before the next command starts, or that command
+    becomes printf's arguments)."""
+    marker = 'any2kvm-batch-%s' % uuid.uuid4().hex
+    sep = " && printf '\\n%%s\\n' %s" % marker
+    script = ' && '.join(connection.quote_argv(argv) + sep
+                         for argv in commands)
+    return ['sh', '-c', script], marker
+
+
+def _split(label, out, marker, count):
+    """The ``count`` outputs of a batch's output ``out``."""
+    sep = '\n%s\n' % marker
+    if isinstance(out, bytes):
+        sep = sep.encode()
+    parts = out.split(sep)
+    if len(parts) != count + 1:
+        raise exception.Any2KvmError(
+            '%s: a batch of %d commands gave %d outputs'
+            % (label, count, len(parts) - 1))
+    return parts[:-1]
+
+
 class SshHost(object):
     """One SSH connection to the host of a ``xenserver://`` location."""
 
@@ -53,23 +78,36 @@ class SshHost(object):
         rest and is raised); their outputs, in order."""
         if len(commands) == 1:
             return [self.run(commands[0], mutating, timeout)]
-        marker = 'any2kvm-batch-%s' % uuid.uuid4().hex
-        # Each command, then the marker on a line of its own; ``&&``
-        # between them all (the marker's printf must end before the next
-        # command starts, or that command becomes printf's arguments).
-        sep = " && printf '\\n%%s\\n' %s" % marker
-        script = ' && '.join(connection.quote_argv(argv) + sep
-                             for argv in commands)
-        out = self.run(['sh', '-c', script], mutating, timeout)
-        sep = '\n%s\n' % marker
-        if isinstance(out, bytes):
-            sep = sep.encode()
-        parts = out.split(sep)
-        if len(parts) != len(commands) + 1:
-            raise exception.Any2KvmError(
-                '%s: a batch of %d commands gave %d outputs'
-                % (self.label, len(commands), len(parts) - 1))
-        return parts[:-1]
+        argv, marker = _batch(commands)
+        return _split(self.label, self.run(argv, mutating, timeout),
+                      marker, len(commands))
+
+    def run_batches(self, batches, mutating=False, timeout=None):
+        """Several batches (as :meth:`run_many` runs each) side by side,
+        each on an SSH channel of its own: they take the time of the
+        slowest.  For each batch, its outputs, or the
+        :class:`~any2kvm_os.exception.Any2KvmError` it failed with (each
+        judged on its own); a lost connection is raised for all.  Run
+        again after a lost connection only when none is ``mutating``."""
+        argvs, markers = [], []
+        for commands in batches:
+            if len(commands) == 1:
+                argv, marker = list(commands[0]), None
+            else:
+                argv, marker = _batch(commands)
+            argvs.append(argv)
+            markers.append(marker)
+        results = self.conn.run_all(argvs, idempotent=not mutating,
+                                    timeout=timeout)
+        out = []
+        for commands, marker, result in zip(batches, markers, results):
+            try:
+                stdout = connection.judged(self.label, result).stdout
+                out.append([stdout] if marker is None else _split(
+                    self.label, stdout, marker, len(commands)))
+            except exception.Any2KvmError as e:
+                out.append(e)
+        return out
 
     def arm(self, argv):
         """``argv`` started, held at a gate: an object with ``ready``,

@@ -92,6 +92,17 @@ def _pause(channel, seconds):
         time.sleep(seconds)
 
 
+class _Output(object):
+    """What one command running on its channel printed so far."""
+
+    __slots__ = ('channel', 'argv', 'command', 'out', 'err', 'status')
+
+    def __init__(self, channel, argv, command):
+        self.channel, self.argv, self.command = channel, argv, command
+        self.out, self.err = bytearray(), bytearray()
+        self.status = None
+
+
 class CommandResult(collections.namedtuple(
         'CommandResult', 'argv status stdout stderr')):
     """What a remote command did: ``status`` is its exit status (-1 when
@@ -661,64 +672,97 @@ class Connection(object):
         the exit status is 0."""
         return judged(self.label, self.run(argv, **kwargs))
 
+    def run_all(self, argvs, timeout=None, max_output=None,
+                idempotent=False):
+        """Run the commands of ``argvs`` side by side, each on an exec
+        channel of its own (they take the time of the slowest, not the
+        sum), and return their :class:`CommandResult` objects in order;
+        no exit status is judged.  ``timeout`` bounds them all,
+        ``max_output`` each one's stdout (beyond either, every channel is
+        closed and :class:`~any2kvm_os.exception.RemoteCommandError`
+        raised).  Run again after a lost connection, all of them, only
+        when ``idempotent`` (every one a query)."""
+        argvs = [list(a) for a in argvs]
+        commands = [quote_argv(a) for a in argvs]
+        timeout = self.settings.command_timeout if timeout is None \
+            else timeout
+        max_output = self.settings.max_output if max_output is None \
+            else max_output
+        return self.retrying(
+            '%d commands (%s)' % (len(commands), _short(
+                '; '.join(commands), 80)),
+            lambda: self._run_all_once(argvs, commands, timeout,
+                                       max_output),
+            retry=idempotent)
+
     def _run_once(self, argv, command, timeout, max_output):
+        return self._run_all_once([argv], [command], timeout,
+                                  max_output)[0]
+
+    def _run_all_once(self, argvs, commands, timeout, max_output):
         deadline = time.monotonic() + timeout
-        LOG.debug('%s: running %s', self.label, command)
-        channel = self._transport.open_session(
-            timeout=self.settings.connect_timeout)
+        runs = []
         try:
-            channel.exec_command(command)
-            channel.shutdown_write()
+            # Every channel open before any command starts: a host that
+            # refuses one more session has run none of them.
+            for argv, command in zip(argvs, commands):
+                runs.append((self._transport.open_session(
+                    timeout=self.settings.connect_timeout), argv, command))
+            for channel, _argv, command in runs:
+                LOG.debug('%s: running %s', self.label, command)
+                channel.exec_command(command)
+                channel.shutdown_write()
         except BaseException:
-            channel.close()
+            for channel, _argv, _command in runs:
+                channel.close()
             raise
-        return self._collect(channel, argv, command, deadline, max_output)
+        return self._collect_all(runs, deadline, max_output)
 
     def _collect(self, channel, argv, command, deadline, max_output,
                  max_pause=_MAX_PAUSE):
         """The output and exit status of the command running on
         ``channel`` (closed after)."""
+        return self._collect_all([(channel, argv, command)], deadline,
+                                 max_output, max_pause)[0]
+
+    def _collect_all(self, runs, deadline, max_output,
+                     max_pause=_MAX_PAUSE):
+        """The :class:`CommandResult` of each command of ``runs``
+        (``(channel, argv, command)``, each running on its own channel),
+        in order, read side by side; every channel closed after.  A
+        command that prints more than ``max_output`` bytes on stdout, or
+        any still running at ``deadline``, stops them all."""
         timeout = round(deadline - time.monotonic(), 3)
+        outputs = [_Output(*run) for run in runs]
+        left = list(outputs)
         try:
-            out, err = bytearray(), bytearray()
             pause = _MIN_PAUSE
-            while True:
+            while left:
                 busy = False
-                while channel.recv_ready():
-                    data = channel.recv(_BUFFER)
-                    if not data:
-                        break
-                    busy = True
-                    self.count(len(data))
-                    out += data
-                    if len(out) > max_output:
-                        raise exception.RemoteCommandError(
-                            host=self.label, command=_short(command, 200),
-                            reason='printed more than %d bytes on stdout: '
-                            'stopped' % max_output)
-                while channel.recv_stderr_ready():
-                    data = channel.recv_stderr(_BUFFER)
-                    if not data:
-                        break
-                    busy = True
-                    self.count(len(data))
-                    room = options_mod.MAX_STDERR - len(err)
-                    if room > 0:
-                        err += data[:room]
+                for run in list(left):
+                    if self._drain(run, max_output):
+                        busy = True
+                    elif run.channel.closed or (
+                            run.channel.exit_status_ready() and
+                            run.channel.eof_received):
+                        # Closed without a status (killed by a signal): -1.
+                        run.status = run.channel.recv_exit_status()
+                        left.remove(run)
+                        LOG.debug('%s: %s: exit status %d', self.label,
+                                  _short(run.command, 80), run.status)
                 if busy:
                     pause = _MIN_PAUSE
                     continue
+                if not left:
+                    break
                 if not self.is_active():
                     raise _Dropped('connection closed while %s ran'
-                                   % _short(command, 80))
-                if channel.closed or (channel.exit_status_ready() and
-                                      channel.eof_received):
-                    # Closed without a status (killed by a signal): -1.
-                    break
+                                   % _short(left[0].command, 80))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise exception.RemoteCommandError(
-                        host=self.label, command=_short(command, 200),
+                        host=self.label,
+                        command=_short(left[0].command, 200),
                         reason='no exit after %s s: stopped' % timeout)
                 # Polled, not select()ed on channel.fileno(): paramiko's
                 # Channel.close() closes that pipe while its transport
@@ -729,14 +773,40 @@ class Connection(object):
                 # status arrives: a command's end is seen at once, not up
                 # to a pause later (each xe query, and the shutdown inside
                 # a cutover's downtime).
-                _pause(channel, min(remaining, pause))
+                _pause(left[0].channel, min(remaining, pause))
                 pause = min(pause * 2, max_pause)
-            status = channel.recv_exit_status()
         finally:
-            channel.close()
-        LOG.debug('%s: %s: exit status %d', self.label,
-                  _short(command, 80), status)
-        return CommandResult(list(argv), status, bytes(out), bytes(err))
+            for run in outputs:
+                run.channel.close()
+        return [CommandResult(list(run.argv), run.status, bytes(run.out),
+                              bytes(run.err)) for run in outputs]
+
+    def _drain(self, run, max_output):
+        """Take what waits on ``run``'s channel (stdout, then stderr);
+        whether anything did."""
+        channel, busy = run.channel, False
+        while channel.recv_ready():
+            data = channel.recv(_BUFFER)
+            if not data:
+                break
+            busy = True
+            self.count(len(data))
+            run.out += data
+            if len(run.out) > max_output:
+                raise exception.RemoteCommandError(
+                    host=self.label, command=_short(run.command, 200),
+                    reason='printed more than %d bytes on stdout: '
+                    'stopped' % max_output)
+        while channel.recv_stderr_ready():
+            data = channel.recv_stderr(_BUFFER)
+            if not data:
+                break
+            busy = True
+            self.count(len(data))
+            room = options_mod.MAX_STDERR - len(run.err)
+            if room > 0:
+                run.err += data[:room]
+        return busy
 
     def armed(self, argv, max_output=None):
         """``argv`` started on the host now but held at a gate: a

@@ -655,6 +655,40 @@ def test_ssh_host_runs_a_batch_in_one_round_trip(sshd_factory, tmp_path):
         host.close()
 
 
+def test_ssh_host_runs_batches_side_by_side(sshd_factory, tmp_path):
+    """``SshHost.run_batches`` over the real sshd: each batch on a
+    channel of its own, at once (the first waits, 10 s at most, for a
+    file the second makes: run one after the other it would give up
+    and fail), each judged on its own (a failing one is its error, the
+    others their outputs)."""
+    import types
+    from any2kvm_os import exception
+    from any2kvm_os import limits as limits_mod
+    from any2kvm_os.migration import host as host_mod
+    from any2kvm_os.sources.xenserver import xe
+    b = xbed.Bed(sshd_factory, tmp_path / 'bed')
+    args = types.SimpleNamespace(identity_file=b.server.client_key,
+                                 known_hosts=b.server.known_hosts,
+                                 host_key=None, password_env=None)
+    host = host_mod.connect(b.location(), limits_mod.Limits(), args)
+    flag = tmp_path / 'made-beside'
+    wait = ('i=0; while [ ! -e "$1" ] && [ $i -lt 200 ]; do sleep 0.05; '
+            'i=$((i+1)); done; test -e "$1" && echo seen')
+    try:
+        vm = b.facts['two-disks']
+        outs = host.run_batches([
+            [['sh', '-c', wait, 'sh', str(flag)]],
+            [['touch', str(flag)], xe.power_state(vm)],
+            [['true'], ['false'], ['printf', 'never']]])
+        assert [bytes(o) for o in outs[0]] == [b'seen\n']
+        assert outs[1][0] == b''
+        assert xe.parse_value(outs[1][1], xe.power_state(vm)) == 'running'
+        assert isinstance(outs[2], exception.RemoteCommandError)
+        assert 'exit status 1' in str(outs[2])
+    finally:
+        host.close()
+
+
 # --- onto block devices (migration create --device) --------------------------
 # Loop devices prefilled with garbage; each device's bytes checked against
 # the stand-in's model of its disk (the independent answer), and its tail

@@ -442,6 +442,75 @@ def test_discovery_batch_that_fails_runs_each_query_alone(bed):
         'pbd-list', 'vdi-list']
 
 
+def _recording(root, hosts, cls=miglocal.LocalHost):
+    def connect(location, limits, args):
+        hosts.append(cls(root))
+        return hosts[-1]
+    return {'connect': connect}
+
+
+def test_a_sync_discovers_beside_its_snapshot(bed):
+    """A sync's discovery queries go with the snapshot (side by side on
+    a host that can: ``run_batches``; here one after the other) and the
+    discover step asks nothing more; what it finds is what a discovery
+    of its own finds."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    hosts = []
+    engine.sync(store, 'web', **_recording(root, hosts))
+    host = hosts[-1]
+    vm = facts['two-disks']
+    m = store.get('web')
+    queries = engine._discovery_queries(host, vm, [d['source_id'] for d in
+                                                   m['disks']])
+    snapshot_batch, discovery_batch = host.batches[:2]
+    assert [a[1] for a in snapshot_batch] == ['snapshot-list',
+                                              'vm-snapshot']
+    assert discovery_batch == queries
+    # Nothing of the discovery was asked again, alone or batched.
+    later = [a for a in host.commands[len(snapshot_batch) +
+                                      len(queries):]]
+    assert not [a for a in later if a in queries], later
+    alone = miglocal.LocalHost(root)
+    want = engine.discovery.discover(alone.run, vm, host=alone.label,
+                                     mount_base=alone.mount_base)
+    assert [d['virtual_size'] for d in m['disks']] == [
+        d.virtual_size for d in want.disks]
+
+
+def test_discovery_answers_that_failed_beside_the_snapshot_are_asked_again(
+        bed):
+    """When the queries run beside the snapshot failed (an error of
+    theirs, not the snapshot's), the discover step runs them itself; a
+    snapshot that fails fails the step, whatever the queries did."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+
+    class Beside(miglocal.LocalHost):
+        fail = 'queries'
+
+        def run_batches(self, batches, mutating=False, timeout=None):
+            self.side_by_side = [list(map(list, b)) for b in batches]
+            snap = self.run_many(batches[0], mutating, timeout)
+            if self.fail == 'snapshot':
+                snap = exception.RemoteCommandError(
+                    host='standin', command='sh -c ...',
+                    reason='exit status 1: VM_BAD_POWER_STATE')
+            return [snap, exception.Any2KvmError('standin: a batch of 9 '
+                                                 'commands gave 3 outputs')]
+    hosts = []
+    engine.sync(store, 'web', **_recording(root, hosts, Beside))
+    host = hosts[-1]
+    queries = host.side_by_side[1]
+    assert host.batches[1] == queries     # asked again, as one batch
+    assert store.get('web')['syncs'][-1]['ok']
+    Beside.fail = 'snapshot'
+    with pytest.raises(exception.RemoteCommandError) as e:
+        engine.sync(store, 'web', **_recording(root, hosts, Beside))
+    assert 'VM_BAD_POWER_STATE' in str(e.value)
+    assert len(hosts[-1].batches) == 1    # no discovery after it
+
+
 class _HookedHost(miglocal.LocalHost):
     """A host that runs ``hook()`` once, right before ``xe
     vm-shutdown``: after the cutover opened the chains, while the VM
