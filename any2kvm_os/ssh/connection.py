@@ -739,25 +739,31 @@ class Connection(object):
             pause = _MIN_PAUSE
             while left:
                 busy = False
-                for run in list(left):
+                for run in left:
                     if self._drain(run, max_output):
                         busy = True
-                    elif run.channel.closed or (
-                            run.channel.exit_status_ready() and
-                            run.channel.eof_received):
-                        # Closed without a status (killed by a signal): -1.
-                        run.status = run.channel.recv_exit_status()
-                        left.remove(run)
-                        LOG.debug('%s: %s: exit status %d', self.label,
-                                  _short(run.command, 80), run.status)
                 if busy:
                     pause = _MIN_PAUSE
                     continue
-                if not left:
-                    break
+                # A channel closed with its connection is a lost
+                # connection, not a command that ended.
                 if not self.is_active():
                     raise _Dropped('connection closed while %s ran'
                                    % _short(left[0].command, 80))
+                for run in list(left):
+                    channel = run.channel
+                    if channel.closed or (channel.exit_status_ready() and
+                                          channel.eof_received):
+                        # What arrived since the drain, before the end of
+                        # file (the channel's data comes in order).
+                        self._drain(run, max_output)
+                        # Closed without a status (killed by a signal): -1.
+                        run.status = channel.recv_exit_status()
+                        left.remove(run)
+                        LOG.debug('%s: %s: exit status %d', self.label,
+                                  _short(run.command, 80), run.status)
+                if not left:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise exception.RemoteCommandError(

@@ -357,6 +357,50 @@ def test_a_pause_ends_when_the_exit_status_arrives():
     assert time.monotonic() - t >= 0.04
 
 
+class _LateChannel(object):
+    """A command whose last output, end of file and exit status all
+    arrive just after a look found nothing waiting."""
+
+    def __init__(self):
+        self.arrived = False
+        self.pieces = []
+        self.closed = False
+
+    def recv_ready(self):
+        if not self.arrived:
+            # The transport thread delivers it all right after this.
+            self.arrived = True
+            self.pieces = [b'the last line\n']
+            return False
+        return bool(self.pieces)
+
+    def recv(self, n):
+        return self.pieces.pop(0)
+
+    def recv_stderr_ready(self):
+        return False
+
+    @property
+    def eof_received(self):
+        return self.arrived
+
+    def exit_status_ready(self):
+        return self.arrived
+
+    def recv_exit_status(self):
+        return 0
+
+    def close(self):
+        self.closed = True
+
+
+def test_output_that_arrives_with_the_end_is_kept():
+    c = _gate_connection()
+    r = c._collect(_LateChannel(), ['xe', 'vm-list'], 'xe vm-list',
+                   time.monotonic() + 30, 1 << 20)
+    assert (r.status, r.stdout) == (0, b'the last line\n')
+
+
 class _LoginTransport(object):
     def __init__(self, active, auth_timeout=30):
         self.active = active
