@@ -30,7 +30,10 @@ FATtools, not timed).  Then:
    ``migration sync`` (nothing new to copy but a small leaf snapshot)
    runs with inspection and its time is reported apart (info);
 2. bytes the sync read over the wire against the allocated bytes of
-   those VHD files (target <= 1.02);
+   those VHD files (target <= 1.02); then (``--idle-syncs N``, default
+   3) N more syncs with nothing written between them: a sync's fixed
+   cost, whatever the data (the CLI's start and exit, the login, the
+   snapshot beside the discovery, a near-empty layer), the median (info);
 3. the guest writes a 32 MiB delta, then ``migration cutover`` (timed).
    "Cutover seconds" is the downtime the cutover measures and records
    (from the shutdown request to the targets complete and ready: what
@@ -200,6 +203,10 @@ def main():
                    'both against scp in the same run; may be repeated')
     p.add_argument('--repeat', type=int, default=3,
                    help='rounds of --compare (default 3)')
+    p.add_argument('--idle-syncs', type=int, default=3, metavar='N',
+                   help='after the first sync, time N more with nothing '
+                   'written between them: the fixed cost of a sync '
+                   '(median; default 3, 0 skips)')
     p.add_argument('--profile', metavar='PREFIX',
                    help='run the timed sync and cutover under cProfile, '
                    'writing PREFIX.sync.prof and PREFIX.cutover.prof '
@@ -399,6 +406,9 @@ def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
     bench.row('bytes read / VHD allocated', '%.4f' % wire, '<= 1.02',
               wire <= 1.02)
 
+    if args.idle_syncs:
+        idle_syncs(bench, args, a2k, common, env)
+
     if args.compare:
         compare(bench, args, a2k, common, env, loc, out, scp, files)
 
@@ -453,6 +463,28 @@ def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
     bench.figures.insert(0, ('raw output == model (sha256)',
                              got[:16], 'equal', 'PASS' if ok else 'FAIL'))
     print('status: %s' % show['status'])
+
+
+def idle_syncs(bench, args, a2k, common, env):
+    """--idle-syncs N: N more syncs with nothing written between them
+    (each applies the near-empty layer its snapshot left): what a sync
+    costs whatever the data (the CLI's start and exit, the login, the
+    snapshot and discovery, the layer's metadata), the median of N."""
+    runs = []
+    for _i in range(args.idle_syncs):
+        t, text = bench.run(a2k + ['sync', 'vm', '--no-inspect'] + common,
+                            env=env)
+        runs.append((t, sync_steps(text)))
+    runs.sort(key=lambda r: r[0])
+    mid, steps = runs[len(runs) // 2]
+    print('syncs with nothing new (%d): %s s; the median one\'s steps: %s'
+          % (len(runs), ' '.join('%.3f' % r[0] for r in runs), ', '.join(
+              '%s %.3f s' % kv for kv in steps.items())))
+    bench.row('sync with nothing new: median wall s (of %d)' % len(runs),
+              '%.3f' % mid, '', None)
+    if steps:
+        bench.row('  its steps / outside the steps s', '%.3f / %.3f' % (
+            sum(steps.values()), mid - sum(steps.values())), '', None)
 
 
 def compare(bench, args, a2k, common, env, loc, out, scp, files):
