@@ -205,8 +205,10 @@ def _discovery_queries(host, vm, vdis=()):
     queries.append(discovery.sr_command())
     inventory = getattr(host, 'inventory', None)
     if inventory:
-        queries += [discovery.inventory_command(inventory),
-                    discovery.pbd_command()]
+        # The inventory last: a host without it (not a XenServer dom0)
+        # fails the batch there, and every answer before it is kept.
+        queries += [discovery.pbd_command(),
+                    discovery.inventory_command(inventory)]
     return queries
 
 
@@ -226,37 +228,51 @@ def _discover(host, vm, vdis=(), ahead=None):
     queries = _discovery_queries(host, vm, vdis)
     if queries is not None:
         vm = vm.lower()
-        answers = None
-        if ahead is not None and ahead[0] == queries and \
-                isinstance(ahead[1], list):
-            answers = ahead[1]
-        run = prefetching(host, queries, answers)
+        answered = None
+        if ahead is not None and ahead[0] == queries and (
+                isinstance(ahead[1], list) or
+                getattr(ahead[1], 'outputs', None) is not None):
+            answered = ahead[1]
+        run = prefetching(host, queries, answered)
     return discovery.discover(run, vm, host=host.label,
                               mount_base=host.mount_base,
                               inventory=inventory)
 
 
-def prefetching(host, commands, outs=None):
+def prefetching(host, commands, answered=None):
     """A runner (``run(argv) -> stdout``) that answers ``commands``
-    (queries) from one batch run now (:func:`run_batch`), or from their
-    outputs ``outs`` when given, each answer once, and runs anything else
-    on the host.  A batch that fails answers nothing: every query then
-    runs alone and fails (or not) on its own, with its own message."""
-    cache = {}
-    if outs is None:
+    (queries) from one batch run now (:func:`run_batch`), or from
+    ``answered``, that batch's result already had (its outputs, or the
+    error it failed with), each answer once, and runs anything else on
+    the host.  A batch that failed at one query (its error carries the
+    ``outputs`` of the queries before it) answers those, and that query
+    with its error, as run alone it would have failed; the queries after
+    it run alone.  A batch that failed otherwise answers nothing: every
+    query then runs alone and fails (or not) on its own."""
+    if answered is None:
         try:
-            outs = run_batch(host, commands)
+            answered = run_batch(host, commands)
         except exception.Any2KvmError as e:
-            LOG.debug('batched queries failed (%s): one by one',
-                      _one_line(e))
-    if outs is not None:
-        for argv, out in zip(commands, outs):
-            cache.setdefault(tuple(argv), []).append(out)
+            answered = e
+    cache, failed = {}, {}
+    outs = answered
+    if isinstance(answered, Exception):
+        outs = getattr(answered, 'outputs', None) or []
+        if getattr(answered, 'outputs', None) is not None and \
+                len(outs) < len(commands):
+            failed[tuple(commands[len(outs)])] = answered
+        LOG.debug('batched queries failed (%s): %d answered, the rest one '
+                  'by one', _one_line(answered), len(outs))
+    for argv, out in zip(commands, outs):
+        cache.setdefault(tuple(argv), []).append(out)
 
     def run(argv):
         answers = cache.get(tuple(argv))
         if answers:
             return answers.pop(0)
+        error = failed.pop(tuple(argv), None)
+        if error is not None:
+            raise error
         return host.run(argv)
     return run
 

@@ -41,16 +41,29 @@ def _batch(commands):
     return ['sh', '-c', script], marker
 
 
-def _split(label, out, marker, count):
-    """The ``count`` outputs of a batch's output ``out``."""
-    sep = '\n%s\n' % marker
-    if isinstance(out, bytes):
-        sep = sep.encode()
-    parts = out.split(sep)
-    if len(parts) != count + 1:
+def _outputs(label, commands, marker, result):
+    """The outputs of a batch of ``commands`` from its ``result`` (a
+    :class:`~any2kvm_os.ssh.connection.CommandResult`).  When a command
+    failed, the :class:`~any2kvm_os.exception.RemoteCommandError` it
+    would have raised alone (naming it, its exit status and the
+    batch's stderr), with ``outputs``: those of the commands before
+    it, which each printed their marker."""
+    sep = ('\n%s\n' % marker).encode()
+    parts = result.stdout.split(sep)
+    done = len(parts) - 1
+    if result.status != 0 and done < len(commands):
+        try:
+            connection.judged(label, connection.CommandResult(
+                list(commands[done]), result.status, parts[-1],
+                result.stderr))
+        except exception.RemoteCommandError as e:
+            e.outputs = parts[:-1]
+            raise
+    connection.judged(label, result)
+    if done != len(commands):
         raise exception.Any2KvmError(
             '%s: a batch of %d commands gave %d outputs'
-            % (label, count, len(parts) - 1))
+            % (label, len(commands), done))
     return parts[:-1]
 
 
@@ -79,8 +92,8 @@ class SshHost(object):
         if len(commands) == 1:
             return [self.run(commands[0], mutating, timeout)]
         argv, marker = _batch(commands)
-        return _split(self.label, self.run(argv, mutating, timeout),
-                      marker, len(commands))
+        return _outputs(self.label, commands, marker, self.conn.run(
+            argv, idempotent=not mutating, timeout=timeout))
 
     def run_batches(self, batches, mutating=False, timeout=None):
         """Several batches (as :meth:`run_many` runs each) side by side,
@@ -102,9 +115,12 @@ class SshHost(object):
         out = []
         for commands, marker, result in zip(batches, markers, results):
             try:
-                stdout = connection.judged(self.label, result).stdout
-                out.append([stdout] if marker is None else _split(
-                    self.label, stdout, marker, len(commands)))
+                if marker is None:
+                    out.append([connection.judged(self.label,
+                                                  result).stdout])
+                else:
+                    out.append(_outputs(self.label, commands, marker,
+                                        result))
             except exception.Any2KvmError as e:
                 out.append(e)
         return out

@@ -627,6 +627,7 @@ def test_ssh_host_runs_a_batch_in_one_round_trip(sshd_factory, tmp_path):
     marker's printf once swallowed the next command as its arguments:
     every batch failed and was run again one by one.)"""
     import types
+    from any2kvm_os import exception
     from any2kvm_os import limits as limits_mod
     from any2kvm_os.migration import host as host_mod
     from any2kvm_os.sources.xenserver import xe
@@ -637,9 +638,9 @@ def test_ssh_host_runs_a_batch_in_one_round_trip(sshd_factory, tmp_path):
     limits = limits_mod.Limits()
     host = host_mod.connect(b.location(), limits, args)
     calls = []
-    run = host.run
-    host.run = lambda argv, *a, **k: calls.append(argv) or run(argv, *a,
-                                                               **k)
+    run = host.conn.run
+    host.conn.run = lambda argv, *a, **k: calls.append(argv) or run(
+        argv, *a, **k)
     try:
         vm = b.facts['two-disks']
         outs = host.run_many([xe.power_state(vm), ['printf', '%s', 'a b'],
@@ -648,9 +649,16 @@ def test_ssh_host_runs_a_batch_in_one_round_trip(sshd_factory, tmp_path):
         assert xe.parse_value(outs[0], xe.power_state(vm)) == 'running'
         assert [bytes(o) for o in outs[1:]] == [b'a b', b'', b'x\n\ny\n']
         flag = tmp_path / 'not-made'
-        with pytest.raises(Exception):
-            host.run_many([['true'], ['false'], ['touch', str(flag)]])
+        with pytest.raises(exception.RemoteCommandError) as e:
+            host.run_many([['printf', 'done'], ['sh', '-c', 'echo why >&2; '
+                                                'exit 3'],
+                           ['touch', str(flag)]])
         assert not flag.exists()
+        # The error of the command that failed, as run alone, with the
+        # outputs of those before it.
+        assert "sh -c 'echo why >&2; exit 3'" in str(e.value)
+        assert 'exit status 3: why' in str(e.value)
+        assert [bytes(o) for o in e.value.outputs] == [b'done']
     finally:
         host.close()
 

@@ -73,8 +73,17 @@ class LocalHost(object):
         return r.stdout.encode('utf-8')
 
     def run_many(self, commands, mutating=False, timeout=None):
+        """As ``SshHost.run_many``: the first command that fails stops
+        the rest, its error carrying the ``outputs`` of those before."""
         self.batches.append([list(a) for a in commands])
-        return [self.run(a, mutating, timeout) for a in commands]
+        outs = []
+        for a in commands:
+            try:
+                outs.append(self.run(a, mutating, timeout))
+            except exception.RemoteCommandError as e:
+                e.outputs = outs
+                raise
+        return outs
 
     def open_disk(self, info):
         container = containers.DirectoryContainer(info.path, self.limits)

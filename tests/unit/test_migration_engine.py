@@ -413,8 +413,8 @@ def test_discovery_of_a_known_vm_takes_one_round_trip(bed):
     # and the PBDs that check the SRs are attached here.  Nothing alone.
     assert len(host.batches) == 1 and len(batched) == 8
     assert batched[-3:] == [engine.discovery.sr_command(),
-                            ['cat', host.inventory],
-                            engine.discovery.pbd_command()]
+                            engine.discovery.pbd_command(),
+                            ['cat', host.inventory]]
     assert single == []
     # A VDI the state does not know (a disk added) is asked alone.
     host = miglocal.LocalHost(root)
@@ -423,6 +423,42 @@ def test_discovery_of_a_known_vm_takes_one_round_trip(bed):
                                                 want.disks]
     _, single = _batched_and_single(host)
     assert [a[1] for a in single] == ['vdi-list']
+
+
+def test_a_host_without_an_inventory_costs_no_round_trip_more(bed):
+    """A host without the inventory file (a stand-in, not a XenServer
+    dom0): the batch fails at its last query, the ``cat``; every answer
+    before it is used, the ``cat``'s failure is the note it gives run
+    alone, and nothing is asked again, in a discovery and in a sync."""
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    want = engine._discover(miglocal.LocalHost(root), vm)
+    host = miglocal.LocalHost(root)
+    host.inventory = str(root) + '/no/such/inventory'
+    got = engine._discover(host, vm, [d.vdi_uuid for d in want.disks])
+    assert [d.as_dict() for d in got.disks] == [d.as_dict() for d in
+                                                want.disks]
+    assert got.facts == want.facts
+    assert any('could not tell which host' in n for n in got.notes), \
+        got.notes
+    batched, single = _batched_and_single(host)
+    assert len(host.batches) == 1 and single == []
+    assert batched[-1] == ['cat', host.inventory]
+
+    class NoInventory(miglocal.LocalHost):
+        def __init__(self, root):
+            miglocal.LocalHost.__init__(self, root)
+            self.inventory = str(root) + '/no/such/inventory'
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    hosts = []
+    engine.sync(store, 'web', **_recording(root, hosts, NoInventory))
+    host = hosts[-1]
+    assert [b[-1][:1] for b in host.batches[:2]] == [['xe'], ['cat']]
+    # After the two batches (the snapshot's, the discovery's), no query
+    # of the discovery again.
+    ran = sum(len(b) for b in host.batches[:2])
+    assert not [a for a in host.commands[ran:]
+                if a in host.batches[1]], host.commands[ran:]
 
 
 def test_discovery_batch_that_fails_runs_each_query_alone(bed):
