@@ -462,11 +462,12 @@ def main(argv=None, started=None):
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler = None
+    command = _command(argv)
     try:
         limits = _setup(args)
         if started is not None:
-            started(_command(argv))
-        if _command(argv) in _HOLD_WARNINGS:
+            started(command)
+        if command in _HOLD_WARNINGS:
             handler = _stderr_handler()
             if handler is not None:
                 handler.held = []

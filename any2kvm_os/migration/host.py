@@ -30,10 +30,12 @@ from any2kvm_os.ssh import connection
 
 
 def _batch(commands):
-    """(``sh -c`` argv, marker) of a batch: each command, then the
-    marker on a line of its own; ``&&`` between them all (the marker's
-    printf must end before the next command starts, or that command
-    becomes printf's arguments)."""
+    """(argv, marker) of a batch: one command as it is (marker None);
+    several in ``sh -c``, each command, then the marker on a line of its
+    own; ``&&`` between them all (the marker's printf must end before the
+    next command starts, or that command becomes printf's arguments)."""
+    if len(commands) == 1:
+        return list(commands[0]), None
     marker = 'any2kvm-batch-%s' % uuid.uuid4().hex
     sep = " && printf '\\n%%s\\n' %s" % marker
     script = ' && '.join(connection.quote_argv(argv) + sep
@@ -48,6 +50,8 @@ def _outputs(label, commands, marker, result):
     would have raised alone (naming it, its exit status and the
     batch's stderr), with ``outputs``: those of the commands before
     it, which each printed their marker."""
+    if marker is None:
+        return [connection.judged(label, result).stdout]
     sep = ('\n%s\n' % marker).encode()
     parts = result.stdout.split(sep)
     done = len(parts) - 1
@@ -89,8 +93,6 @@ class SshHost(object):
         """Several commands in one round trip (``sh -c``, every word of
         each quoted, ``&&`` between them: the first failure stops the
         rest and is raised); their outputs, in order."""
-        if len(commands) == 1:
-            return [self.run(commands[0], mutating, timeout)]
         argv, marker = _batch(commands)
         return _outputs(self.label, commands, marker, self.conn.run(
             argv, idempotent=not mutating, timeout=timeout))
@@ -102,25 +104,14 @@ class SshHost(object):
         :class:`~any2kvm_os.exception.Any2KvmError` it failed with (each
         judged on its own); a lost connection is raised for all.  Run
         again after a lost connection only when none is ``mutating``."""
-        argvs, markers = [], []
-        for commands in batches:
-            if len(commands) == 1:
-                argv, marker = list(commands[0]), None
-            else:
-                argv, marker = _batch(commands)
-            argvs.append(argv)
-            markers.append(marker)
-        results = self.conn.run_all(argvs, idempotent=not mutating,
-                                    timeout=timeout)
+        scripts = [_batch(commands) for commands in batches]
+        results = self.conn.run_all([argv for argv, _m in scripts],
+                                    idempotent=not mutating, timeout=timeout)
         out = []
-        for commands, marker, result in zip(batches, markers, results):
+        for commands, (_argv, marker), result in zip(batches, scripts,
+                                                     results):
             try:
-                if marker is None:
-                    out.append([connection.judged(self.label,
-                                                  result).stdout])
-                else:
-                    out.append(_outputs(self.label, commands, marker,
-                                        result))
+                out.append(_outputs(self.label, commands, marker, result))
             except exception.Any2KvmError as e:
                 out.append(e)
         return out

@@ -656,15 +656,8 @@ class Connection(object):
         RemoteCommandError` raised.  A command is run again after a lost
         connection only when ``idempotent`` (a query).
         """
-        command = quote_argv(argv)
-        timeout = self.settings.command_timeout if timeout is None \
-            else timeout
-        max_output = self.settings.max_output if max_output is None \
-            else max_output
-        return self.retrying(
-            'command %s' % _short(command, 80),
-            lambda: self._run_once(argv, command, timeout, max_output),
-            retry=idempotent)
+        return self.run_all([argv], timeout=timeout, max_output=max_output,
+                            idempotent=idempotent)[0]
 
     def check_run(self, argv, **kwargs):
         """:meth:`run`, raising :class:`~any2kvm_os.exception.
@@ -682,22 +675,20 @@ class Connection(object):
         closed and :class:`~any2kvm_os.exception.RemoteCommandError`
         raised).  Run again after a lost connection, all of them, only
         when ``idempotent`` (every one a query)."""
-        argvs = [list(a) for a in argvs]
+        # Quoted first: a string is refused, not split into letters.
         commands = [quote_argv(a) for a in argvs]
+        argvs = [list(a) for a in argvs]
         timeout = self.settings.command_timeout if timeout is None \
             else timeout
         max_output = self.settings.max_output if max_output is None \
             else max_output
+        what = ('command %s' % _short(commands[0], 80) if len(commands) == 1
+                else '%d commands (%s)' % (len(commands), _short(
+                    '; '.join(commands), 80)))
         return self.retrying(
-            '%d commands (%s)' % (len(commands), _short(
-                '; '.join(commands), 80)),
-            lambda: self._run_all_once(argvs, commands, timeout,
-                                       max_output),
+            what, lambda: self._run_all_once(argvs, commands, timeout,
+                                             max_output),
             retry=idempotent)
-
-    def _run_once(self, argv, command, timeout, max_output):
-        return self._run_all_once([argv], [command], timeout,
-                                  max_output)[0]
 
     def _run_all_once(self, argvs, commands, timeout, max_output):
         deadline = time.monotonic() + timeout

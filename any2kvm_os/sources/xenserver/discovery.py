@@ -482,8 +482,9 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
     shown = repr(vm_name) if vm_name is not None else vm_uuid
     h = _Host(run, host)
     attached = _Attachments(h, this_host) if this_host else None
-    srs = {}
-    pool = None
+    #: The SRs by uuid: the pool-wide listing, at the first disk, and
+    #: those asked for by uuid.
+    srs = None
     out = []
     for vbd in disk_vbds(run, vm_uuid, host, notes):
         vdi_uuid = vbd['vdi-uuid'].lower()
@@ -497,10 +498,8 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
                                        % vdi_uuid)
         size = xe.parse_int(vdi['virtual-size'], argv, 'virtual-size')
         sr_uuid = _uuid_field(vdi, 'sr-uuid', argv)
-        if pool is None:
-            pool = _pool_srs(h)
-        if sr_uuid in pool:
-            srs[sr_uuid] = pool[sr_uuid]
+        if srs is None:
+            srs = _pool_srs(h)
         if sr_uuid not in srs:
             sr_argv, found = h.query('sr', [('uuid', sr_uuid)], SR_FIELDS,
                                      ('uuid', 'type'))
@@ -544,6 +543,12 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
     return out
 
 
+def _first_line(e):
+    """The first line of error ``e`` (200 characters at most), or its
+    type's name when it says nothing."""
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
 def sr_command():
     """``xe sr-list params=uuid,name-label,type``: every SR of the pool,
     in one listing (:func:`disks` takes each disk's SR from it)."""
@@ -561,8 +566,7 @@ def _pool_srs(h):
         records = xe.parse_records(h.run(argv), argv, SR_FIELDS)
     except (exception.RemoteCommandError, errors.XeOutputError) as e:
         LOG.debug('%s: pool-wide SR listing failed (%s): each SR by uuid',
-                  h.host, str(e).splitlines()[0][:200] if str(e) else
-                  type(e).__name__)
+                  h.host, _first_line(e))
         return {}
     if len(records) > MAX_SRS:
         return {}
@@ -611,7 +615,7 @@ def this_host(run, inventory, notes=None):
         found = parse_inventory(run(argv), argv).get('INSTALLATION_UUID', '')
     except (exception.RemoteCommandError, errors.XeOutputError) as e:
         found = None
-        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        why = _first_line(e)
     else:
         why = 'it names no INSTALLATION_UUID'
     if found and location.is_uuid(found):
