@@ -394,6 +394,16 @@ class _LateChannel(object):
         self.closed = True
 
 
+def test_run_all_refuses_a_string_before_anything_runs():
+    """A command given as one string is refused (it would be split by
+    the remote shell), not taken as a list of its letters."""
+    c = _gate_connection()
+    with pytest.raises(TypeError):
+        c.run_all([['true'], 'xe vm-list'])
+    with pytest.raises(TypeError):
+        c.run('xe vm-list')
+
+
 def test_output_that_arrives_with_the_end_is_kept():
     c = _gate_connection()
     r = c._collect(_LateChannel(), ['xe', 'vm-list'], 'xe vm-list',
