@@ -150,7 +150,7 @@ class FileDestination(Destination):
                 # A file made by create and gone since comes back fresh
                 # (all holes): the engine then writes everything again.
                 writers[d['index']] = raw.RawWriter.open_in_place(
-                    d['target_ref'])
+                    d['target_ref']).direct_io()
             yield writers
         finally:
             for w in writers.values():
@@ -251,7 +251,7 @@ class DeviceDestination(Destination):
                         % (d['index'], size, d['virtual_size']))
                 try:
                     w = raw.RawWriter.open_device(d['target_ref'], size,
-                                                  zeroed=zeroed)
+                                                  zeroed=zeroed).direct_io()
                 except exception.TargetError as e:
                     raise DestinationError(target='--device',
                                            reason=str(e))
@@ -388,7 +388,7 @@ class CinderDestination(Destination):
                 for d in disks:
                     path = stack.enter_context(
                         self._attached(d['target_ref'], d['target_ref']))
-                    w = raw.RawWriter.open_volume(path)
+                    w = raw.RawWriter.open_volume(path).direct_io()
                     stack.callback(w.close)
                     # A volume reads as zeros until its first layer.
                     w.fresh = not d['applied']

@@ -232,6 +232,7 @@ class Copy(object):
                       for j in range(self.top, self.bottom + 1)],
             'target': {'fd': t.fd, 'path': t.path, 'is_block': t.is_block,
                        'durable': t.durable,
+                       'direct': t.direct,
                        'zero_modes': list(t._zero_modes)},
             'over_hole': self.fresh,
             'log_level': logging.getLogger('any2kvm_os').getEffectiveLevel(),

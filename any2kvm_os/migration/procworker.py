@@ -121,6 +121,8 @@ def _serve(inp, out, setup):
                                is_block=t['is_block'],
                                durable=t['durable'])
         writer._zero_modes = list(t['zero_modes'])
+        if t.get('direct'):
+            writer.direct_io()
         over_hole = setup['over_hole']
         queue = collections.deque()
         ended = False

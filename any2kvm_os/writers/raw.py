@@ -25,6 +25,7 @@ import errno
 import hashlib
 import fcntl
 import logging
+import mmap
 import os
 import stat
 import struct
@@ -56,6 +57,31 @@ WRITEBACK_EVERY = 32 << 20
 #: down and still take few system calls.
 WRITE_PIECE = 256 << 10
 SYNC_FILE_RANGE_WRITE = 2
+
+#: Direct I/O (O_DIRECT, :meth:`RawWriter.direct_io`): a kept target's
+#: data past the page cache, in whole aligned blocks of this size (a
+#: multiple of every logical block size Linux knows, 512 B and 4 KiB).
+#: A kept target is flushed before success anyway, so its pages in the
+#: cache buy nothing, but writing them costs CPU: on this project's test
+#: hosts (Linux 6.x, ext4, a 2-vCPU VM) 1 GiB through the page cache took
+#: 0.2 to 2.5 s of system time from run to run, against 0.06 to 0.34 s
+#: direct.  Where the reader needs that CPU (a migration's SFTP reads:
+#: paramiko decrypts in Python), a first sync of 1 GiB ran at a median
+#: 0.71 of scp's throughput, against 0.61 through the cache.  Where the
+#: reader is a local file, the device is the limit instead, and writing
+#: a new sparse file direct (one synchronous write at a time, each
+#: allocating its blocks) was slower: ``convert`` of 1 GiB took 0.81 s
+#: against 0.67 s.  So the migration's targets are written direct, and
+#: ``convert``/``import`` through the cache.  Cinder copies volumes with
+#: ``dd oflag=direct`` too.  The bytes of a write that do not fill an
+#: aligned block (a VHD's 512-byte sectors) go through the page cache:
+#: the kernel keeps the two kinds of write coherent (a direct write
+#: flushes and drops the cached pages of its range first).  A file
+#: system that refuses O_DIRECT is written through the page cache, and a
+#: scratch file (read back soon, never flushed) always is.
+DIRECT_ALIGN = 4096
+#: The most bytes given to one direct write (the aligned buffer's size).
+DIRECT_PIECE = 4 << 20
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -261,6 +287,12 @@ class RawWriter(object):
         self._zero_modes = list(DEVICE_ZERO_MODES if is_block
                                 else FILE_ZERO_MODES)
         self._unflushed = 0
+        #: The descriptor written with O_DIRECT (:meth:`direct_io`): None
+        #: until the first aligned write, False where direct I/O is not
+        #: used (not asked for, a scratch file, a file system that
+        #: refuses it).
+        self._direct = False
+        self._direct_buf = None
 
     @classmethod
     def open(cls, path, overwrite=False, durable=True, exclusive=False):
@@ -433,9 +465,29 @@ class RawWriter(object):
                                      reason=err.strerror or str(err))
 
     def pwrite(self, offset, data):
+        """Write ``data`` at ``offset``: with :meth:`direct_io`, the
+        aligned blocks it fills direct (:data:`DIRECT_ALIGN`), the rest
+        through the page cache."""
         view = memoryview(data)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast('B')
+        if self._direct is not False and len(view) >= DIRECT_ALIGN:
+            head = -offset % DIRECT_ALIGN
+            body = (len(view) - head) // DIRECT_ALIGN * DIRECT_ALIGN
+            if body:
+                done = self._pwrite_direct(offset + head,
+                                           view[head:head + body])
+                if done:
+                    if head:
+                        self._pwrite_cached(offset, view[:head])
+                    rest = head + done
+                    if rest < len(view):
+                        self._pwrite_cached(offset + rest, view[rest:])
+                    return
+        self._pwrite_cached(offset, view)
+
+    def _pwrite_cached(self, offset, view):
+        length = len(view)
         try:
             while view:
                 n = os.pwrite(self.fd, view[:WRITE_PIECE], offset)
@@ -443,10 +495,76 @@ class RawWriter(object):
                 offset += n
         except OSError as e:
             raise self._failed(e)
-        self._unflushed += len(data)
+        self._unflushed += length
         if self._unflushed >= WRITEBACK_EVERY and self.durable:
             self._unflushed = 0
             self._kick_writeback()
+
+    def direct_io(self):
+        """Write the aligned blocks of this kept target with O_DIRECT
+        from now on (see :data:`DIRECT_ALIGN`); a scratch file stays in
+        the page cache.  Returns the writer."""
+        if self.durable and self._direct is False and self.fd is not None:
+            self._direct = None
+        return self
+
+    @property
+    def direct(self):
+        """True when this writer writes its aligned blocks direct (asked
+        for, and not refused so far)."""
+        return self._direct is not False
+
+    def _open_direct(self):
+        """The O_DIRECT descriptor of the target (the same file, opened
+        again through /proc/self/fd), or False when it cannot have one."""
+        if self.fd is None or not hasattr(os, 'O_DIRECT'):
+            return False
+        try:
+            fd = os.open('/proc/self/fd/%d' % self.fd,
+                         os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError as e:
+            LOG.debug('%s: written through the page cache (no direct I/O: '
+                      '%s)', self.path, e.strerror)
+            return False
+        # An anonymous map: page-aligned, as O_DIRECT needs.
+        self._direct_buf = mmap.mmap(-1, DIRECT_PIECE)
+        return fd
+
+    def _pwrite_direct(self, offset, view):
+        """Write ``view`` (whole aligned blocks at an aligned ``offset``)
+        with O_DIRECT, through the aligned buffer; returns the bytes
+        written, 0 when direct I/O is not used here (the caller writes
+        them through the page cache)."""
+        if self._direct is None:
+            self._direct = self._open_direct()
+            if self._direct is False:
+                return 0
+        buf = memoryview(self._direct_buf)
+        done = 0
+        try:
+            while done < len(view):
+                n = min(len(view) - done, DIRECT_PIECE)
+                buf[:n] = view[done:done + n]
+                w = os.pwrite(self._direct, buf[:n], offset + done)
+                done += w
+                if w < n:
+                    break       # a short write: the caller writes the rest
+        except OSError as e:
+            if e.errno != errno.EINVAL or done:
+                raise self._failed(e)
+            # The file system takes O_DIRECT at open but refuses its
+            # writes: everything goes through the page cache from now on.
+            LOG.debug('%s: direct write refused (%s): written through the '
+                      'page cache', self.path, e.strerror)
+            refused = True
+        else:
+            refused = False
+        finally:
+            buf.release()
+        if refused:
+            self._close_direct()
+            self._direct = False
+        return done
 
     def _kick_writeback(self):
         """Start the write-out of the dirty pages written so far.
@@ -632,8 +750,22 @@ class RawWriter(object):
             self._flusher = None
             flusher.stop()
 
+    def _close_direct(self):
+        direct, self._direct = self._direct, False
+        if direct:
+            os.close(direct)
+        buf, self._direct_buf = self._direct_buf, None
+        if buf is not None:
+            try:
+                buf.close()
+            except BufferError:
+                # A view of it lives on (in a traceback kept by the
+                # caller): the map goes with the last reference.
+                pass
+
     def close(self):
         self._stop_flusher()
+        self._close_direct()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

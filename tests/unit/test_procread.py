@@ -26,6 +26,7 @@ from any2kvm_os import extents as ext
 from any2kvm_os.formats import base
 from any2kvm_os.migration import procread
 from any2kvm_os.migration import procworker
+from any2kvm_os.writers import raw
 
 MiB = 1 << 20
 
@@ -200,6 +201,36 @@ def test_worker_writes_its_batches_and_counts_the_wire(pipes, tmp_path,
                                 {'done': 1, 'wire': 16384},
                                 {'done': 2, 'wire': 28672},
                                 {'bye': True, 'wire': 28672}]
+
+
+def test_worker_writes_direct_when_the_command_does(pipes, tmp_path,
+                                                    monkeypatch):
+    """A migration's target is written direct (O_DIRECT) by the command:
+    its workers write it the same way, with the same bytes."""
+    data = os.urandom(3 * 65536)
+    conn = FakeConn({'/sr/a.vhd': data})
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+    asked = []
+    real = raw.RawWriter.direct_io
+
+    def direct_io(self):
+        asked.append(self.path)
+        return real(self)
+
+    monkeypatch.setattr(raw.RawWriter, 'direct_io', direct_io)
+    path = tmp_path / 'target.raw'
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, 1 << 20)
+        setup = _setup(fd, len(data))
+        setup['target'].update(durable=True, direct=True)
+        pipes.send(setup, {'batch': 1, 'runs': [[0, 0, len(data), 65536]]},
+                   {'end': True})
+        assert procworker.run_worker(pipes.inp, pipes.out) == 0
+    finally:
+        os.close(fd)
+    assert asked == ['target.raw']
+    assert path.read_bytes()[65536:65536 + len(data)] == data
 
 
 def test_worker_zeroes_zero_grains_over_old_data(pipes, tmp_path,
