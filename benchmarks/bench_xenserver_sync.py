@@ -201,8 +201,14 @@ def main():
                    'with these [any2kvm] options, interleaved (ABBA), '
                    'each round with an scp of the chain: the medians of '
                    'both against scp in the same run; may be repeated')
+    p.add_argument('--baseline', metavar='DIR',
+                   help='a checkout of other any2kvm code (say, main '
+                   'before a change): compared as --compare compares '
+                   'options, its first syncs (B) run with DIR first on '
+                   'PYTHONPATH, the same configuration; may be combined '
+                   'with --compare')
     p.add_argument('--repeat', type=int, default=3,
-                   help='rounds of --compare (default 3)')
+                   help='rounds of --compare or --baseline (default 3)')
     p.add_argument('--idle-syncs', type=int, default=3, metavar='N',
                    help='after the first sync, time N more with nothing '
                    'written between them: the fixed cost of a sync '
@@ -409,7 +415,7 @@ def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
     if args.idle_syncs:
         idle_syncs(bench, args, a2k, common, env)
 
-    if args.compare:
+    if args.compare or args.baseline:
         compare(bench, args, a2k, common, env, loc, out, scp, files)
 
     if args.inspect:
@@ -490,8 +496,19 @@ def idle_syncs(bench, args, a2k, common, env):
 def compare(bench, args, a2k, common, env, loc, out, scp, files):
     """--compare: first syncs of new migrations of the VM, without (A)
     and with (B) the options, in ABBA order, each round with an scp."""
-    i = common.index('--config-file')
-    common_b = common[:i + 1] + [bench.conf_b] + common[i + 2:]
+    common_b = common
+    if bench.conf_b:
+        i = common.index('--config-file')
+        common_b = common[:i + 1] + [bench.conf_b] + common[i + 2:]
+    env_b = env
+    if args.baseline:
+        # The console script's own directory comes first on sys.path,
+        # then PYTHONPATH: the baseline's any2kvm_os wins over the one
+        # installed in the venv.
+        base = os.path.abspath(args.baseline)
+        env_b = dict(env or os.environ, PYTHONPATH=os.pathsep.join(
+            [base] + [x for x in (env or os.environ).get(
+                'PYTHONPATH', '').split(os.pathsep) if x]))
     total = sum(os.path.getsize(f) for f in files)
     got = {'A': [], 'B': []}
     for r in range(args.repeat):
@@ -502,9 +519,10 @@ def compare(bench, args, a2k, common, env, loc, out, scp, files):
             os.mkdir(out_dir)
             c = common if which == 'A' else common_b
             bench.run(a2k + ['create', name, loc, '--target', 'file',
-                             '--output-dir', out_dir] + c, env=env)
+                             '--output-dir', out_dir] + c,
+                      env=env if which == 'A' else env_b)
             t, text = bench.run(a2k + ['sync', name, '--no-inspect'] + c,
-                                env=env)
+                                env=env if which == 'A' else env_b)
             cpu = sum(bench.cpu)
             read = int(re.search(r'(\d+) bytes read', text).group(1))
             got[which].append((t, cpu, read))
@@ -533,7 +551,9 @@ def compare(bench, args, a2k, common, env, loc, out, scp, files):
         return xs[len(xs) // 2] if len(xs) % 2 else \
             (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
     for which, what in (('A', 'as configured'),
-                        ('B', ', '.join(args.compare))):
+                        ('B', ', '.join(args.compare + (
+                            ['baseline %s' % args.baseline]
+                            if args.baseline else [])))):
         rows = got[which]
         bench.row('%s: median sync/scp (%s)' % (which, what),
                   '%.2f (%s)' % (median([x[3] for x in rows]),

@@ -16,8 +16,15 @@
 (draft-ietf-secsh-filexfer-02: INIT, OPEN, FSTAT, READ, CLOSE, and
 OPENDIR/READDIR to list a directory) on one
 channel of paramiko's public API (``Transport.open_session``,
-``Channel.invoke_subsystem``, ``send``/``recv`` with ``settimeout``); no
-paramiko internal is used.  Every failure of the channel (end of
+``Channel.invoke_subsystem``, ``send``/``recv`` with ``settimeout``).
+One internal is touched: the new channel's buffer (``in_buffer``, a
+:class:`paramiko.buffered_pipe.BufferedPipe`) is replaced, before
+anything arrives, by :class:`_Pieces`, a subclass that hands out the
+pieces the transport fed it as they are.  paramiko's copies each byte
+into an array and twice out of it; reading a 1 GiB file over loopback
+SSH while writing it to disk went from 372-383 to 393-407 MiB/s
+(medians of 3, two interleaved rounds).  A channel without such a
+buffer keeps its own.  Every failure of the channel (end of
 stream, socket error, paramiko's ``SSHException``/``EOFError``, a
 receive or send that waits longer than the I/O timeout, a malformed
 reply) is raised as :class:`Lost`; an SFTP status is :class:`Status`.
@@ -51,8 +58,10 @@ import collections
 import socket
 import struct
 import threading
+import time
 
 import paramiko
+from paramiko import buffered_pipe
 
 from any2kvm_os import exception
 
@@ -149,6 +158,69 @@ def parse_attrs(p):
     return size, perms
 
 
+class _Pieces(buffered_pipe.BufferedPipe):
+    """paramiko's channel buffer, keeping each piece the transport feeds
+    it (one SSH packet's data) as the bytes object it came as, and
+    handing the pieces out as they are, one per read.  paramiko's own
+    buffer copies every byte into an array and twice out of it, in
+    copies as large as what waited."""
+
+    def __init__(self):
+        super(_Pieces, self).__init__()
+        self._buffer = collections.deque()
+        self._bytes = 0
+
+    def feed(self, data):
+        data = bytes(data)
+        with self._lock:
+            if self._event is not None:
+                self._event.set()
+            self._buffer.append(data)
+            self._bytes += len(data)
+            self._cv.notify_all()
+
+    def read(self, nbytes, timeout=None):
+        with self._lock:
+            if not self._buffer:
+                if self._closed:
+                    return b''
+                if timeout == 0.0:
+                    raise buffered_pipe.PipeTimeout()
+                while not self._buffer and not self._closed:
+                    then = time.monotonic()
+                    self._cv.wait(timeout)
+                    if timeout is not None:
+                        timeout -= time.monotonic() - then
+                        if timeout <= 0.0:
+                            raise buffered_pipe.PipeTimeout()
+                if not self._buffer:
+                    return b''
+            piece = self._buffer[0]
+            if len(piece) <= nbytes:
+                self._buffer.popleft()
+            else:
+                self._buffer[0] = piece[nbytes:]
+                piece = piece[:nbytes]
+            self._bytes -= len(piece)
+            if not self._buffer and self._event is not None and \
+                    not self._closed:
+                self._event.clear()
+            return piece
+
+    def empty(self):
+        with self._lock:
+            out = b''.join(self._buffer)
+            self._buffer.clear()
+            self._bytes = 0
+            if self._event is not None and not self._closed:
+                self._event.clear()
+            return out
+
+    def __len__(self):
+        with self._lock:
+            return self._bytes
+
+
 class Session(object):
     """One SFTP channel: requests sent, replies framed (see the
     module's description).  ``channel`` is anything with paramiko's
@@ -178,6 +250,9 @@ class Session(object):
             channel = transport.open_session(window_size=window,
                                              max_packet_size=packet,
                                              timeout=timeout)
+            if isinstance(getattr(channel, 'in_buffer', None),
+                          buffered_pipe.BufferedPipe):
+                channel.in_buffer = _Pieces()
             channel.settimeout(timeout)
             channel.invoke_subsystem('sftp')
             return cls(channel, what)

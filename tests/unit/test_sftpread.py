@@ -344,3 +344,63 @@ def test_read_ahead_requests_go_out_in_batches():
     requests = len(data) // 4096
     assert server.sends - sends <= requests // 8 + 2
     assert server.max_inflight <= 2 * 64 + 1
+
+
+# -- the channel buffer: paramiko's, without its copies ---------------------
+
+
+def test_pieces_come_out_as_they_went_in_one_per_read():
+    buf = sftpread._Pieces()
+    a, b = b'x' * 1000, b'y' * 300
+    buf.feed(a)
+    buf.feed(b)
+    assert len(buf) == 1300
+    first = buf.read(1 << 30)
+    assert first is a                   # the very object: no copy
+    assert buf.read(100) == b'y' * 100  # a read smaller than the piece
+    assert len(buf) == 200
+    assert buf.read(1 << 30) == b'y' * 200
+    assert len(buf) == 0
+    with pytest.raises(paramiko.buffered_pipe.PipeTimeout):
+        buf.read(10, timeout=0.05)
+    with pytest.raises(paramiko.buffered_pipe.PipeTimeout):
+        buf.read(10, timeout=0.0)
+
+
+def test_pieces_end_and_wake_as_paramikos_buffer_does():
+    import threading
+    buf = sftpread._Pieces()
+    event = threading.Event()
+    buf.set_event(event)
+    assert not event.is_set() and not buf.read_ready()
+    got = []
+    reader = threading.Thread(target=lambda: got.append(buf.read(64, 5)))
+    reader.start()
+    buf.feed(b'late')
+    reader.join()
+    assert got == [b'late']
+    buf.feed(b'left')
+    assert event.is_set() and buf.read_ready()
+    assert buf.empty() == b'left' and not event.is_set()
+    buf.feed(b'tail')
+    buf.close()
+    assert buf.read(64) == b'tail'      # what came before the end
+    assert buf.read(64) == b''          # then the end, at once
+
+
+def test_sftp_channels_get_the_piece_buffer(monkeypatch):
+    """Session.open puts _Pieces in place of paramiko's channel buffer
+    (before anything arrives); a channel without one keeps its own."""
+    made = []
+
+    class Transport(object):
+        def open_session(self, **kw):
+            ch = FakeChannel(FakeServer({}))
+            ch.in_buffer = paramiko.buffered_pipe.BufferedPipe()
+            ch.invoke_subsystem = lambda name: None
+            made.append(ch)
+            return ch
+
+    session = sftpread.Session.open(Transport(), 5, 1 << 20, 1 << 17)
+    assert isinstance(made[0].in_buffer, sftpread._Pieces)
+    session.close()
