@@ -112,3 +112,19 @@ def pytest_collection_modifyitems(config, items):
         if (len(parts) > 1 and parts[1] in ('unit', 'functional')
                 and item.get_closest_marker('timeout') is None):
             item.add_marker(pytest.mark.timeout(UNIT_FUNCTIONAL_TIMEOUT))
+
+
+@pytest.fixture
+def direct_io_calls(monkeypatch):
+    """The paths of the raw writers asked to write direct
+    (``RawWriter.direct_io``), in order; the writers still do."""
+    from any2kvm_os.writers import raw
+    asked = []
+    real = raw.RawWriter.direct_io
+
+    def direct_io(self):
+        asked.append(self.path)
+        return real(self)
+
+    monkeypatch.setattr(raw.RawWriter, 'direct_io', direct_io)
+    return asked

@@ -24,7 +24,6 @@ from any2kvm_os.migration import destinations
 from any2kvm_os.migration import engine
 from any2kvm_os.migration.state import sql
 from any2kvm_os.targets import cinder as cinder_target
-from any2kvm_os.writers import raw
 from tests.lib import fakecinder
 from tests.lib import imagegen as ig
 from tests.lib import miglocal
@@ -152,19 +151,11 @@ def test_sync_sync_cutover_attaches_once_per_command(bed):
     assert _power(root, facts['two-disks']) == 'halted'
 
 
-def test_volumes_are_written_direct(bed, monkeypatch):
+def test_volumes_are_written_direct(bed, direct_io_calls):
     root, facts, store, cloud, kw, _hosts = bed
-    asked = []
-    real = raw.RawWriter.direct_io
-
-    def direct_io(self):
-        asked.append(self.path)
-        return real(self)
-
-    monkeypatch.setattr(raw.RawWriter, 'direct_io', direct_io)
     m = engine.create(store, 'web', LOC, target='cinder', **kw())
     engine.sync(store, 'web', **kw())
-    assert len(asked) == len(m['disks'])
+    assert len(direct_io_calls) == len(m['disks'])
     _check(cloud, m, facts)
 
 

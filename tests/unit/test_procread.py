@@ -26,7 +26,6 @@ from any2kvm_os import extents as ext
 from any2kvm_os.formats import base
 from any2kvm_os.migration import procread
 from any2kvm_os.migration import procworker
-from any2kvm_os.writers import raw
 
 MiB = 1 << 20
 
@@ -175,16 +174,23 @@ def _setup(target, size, over_hole=True):
             'over_hole': over_hole, 'log_level': 30}
 
 
+@pytest.mark.parametrize('direct', [False, True])
 def test_worker_writes_its_batches_and_counts_the_wire(pipes, tmp_path,
-                                                       monkeypatch):
+                                                       monkeypatch, direct,
+                                                       direct_io_calls):
+    """A worker writes the runs it is sent where they go; a migration's
+    target (durable, direct) it writes direct (O_DIRECT), as the command
+    does, with the same bytes."""
     data = bytes(range(256)) * 64 + bytes(8192) + b'x' * 4096
     conn = FakeConn({'/sr/a.vhd': data})
     monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
     path = tmp_path / 'target.raw'
     fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+    setup = _setup(fd, len(data))
+    setup['target'].update(durable=direct, direct=direct)
     try:
         os.ftruncate(fd, 1 << 20)
-        pipes.send(_setup(fd, len(data)),
+        pipes.send(setup,
                    {'batch': 1, 'runs': [[0, 0, 16384, 65536]]},
                    {'batch': 2, 'runs': [[0, 16384, 12288, 0]]},
                    {'end': True})
@@ -194,6 +200,7 @@ def test_worker_writes_its_batches_and_counts_the_wire(pipes, tmp_path,
     got = path.read_bytes()
     assert got[65536:65536 + 16384] == data[:16384]
     assert got[:12288] == data[16384:]
+    assert direct_io_calls == (['target.raw'] if direct else [])
     assert conn.closed
     f = conn.opened['/sr/a.vhd']
     assert f.announced == [(0, 16384), (16384, 12288)]
@@ -201,36 +208,6 @@ def test_worker_writes_its_batches_and_counts_the_wire(pipes, tmp_path,
                                 {'done': 1, 'wire': 16384},
                                 {'done': 2, 'wire': 28672},
                                 {'bye': True, 'wire': 28672}]
-
-
-def test_worker_writes_direct_when_the_command_does(pipes, tmp_path,
-                                                    monkeypatch):
-    """A migration's target is written direct (O_DIRECT) by the command:
-    its workers write it the same way, with the same bytes."""
-    data = os.urandom(3 * 65536)
-    conn = FakeConn({'/sr/a.vhd': data})
-    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
-    asked = []
-    real = raw.RawWriter.direct_io
-
-    def direct_io(self):
-        asked.append(self.path)
-        return real(self)
-
-    monkeypatch.setattr(raw.RawWriter, 'direct_io', direct_io)
-    path = tmp_path / 'target.raw'
-    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.ftruncate(fd, 1 << 20)
-        setup = _setup(fd, len(data))
-        setup['target'].update(durable=True, direct=True)
-        pipes.send(setup, {'batch': 1, 'runs': [[0, 0, len(data), 65536]]},
-                   {'end': True})
-        assert procworker.run_worker(pipes.inp, pipes.out) == 0
-    finally:
-        os.close(fd)
-    assert asked == ['target.raw']
-    assert path.read_bytes()[65536:65536 + len(data)] == data
 
 
 def test_worker_zeroes_zero_grains_over_old_data(pipes, tmp_path,
