@@ -752,7 +752,7 @@ class RawWriter(object):
 
     def _close_direct(self):
         direct, self._direct = self._direct, False
-        if direct:
+        if direct is not None and direct is not False:  # fd 0 is one
             os.close(direct)
         buf, self._direct_buf = self._direct_buf, None
         if buf is not None:
