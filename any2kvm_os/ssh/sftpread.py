@@ -163,21 +163,15 @@ class _Pieces(buffered_pipe.BufferedPipe):
     it (one SSH packet's data) as the bytes object it came as, and
     handing the pieces out as they are, one per read.  paramiko's own
     buffer copies every byte into an array and twice out of it, in
-    copies as large as what waited."""
+    copies as large as what waited.  paramiko's ``feed`` (its locking,
+    event and wake-up) stays; what takes out is ours."""
 
     def __init__(self):
         super(_Pieces, self).__init__()
         self._buffer = collections.deque()
-        self._bytes = 0
 
-    def feed(self, data):
-        data = bytes(data)
-        with self._lock:
-            if self._event is not None:
-                self._event.set()
-            self._buffer.append(data)
-            self._bytes += len(data)
-            self._cv.notify_all()
+    def _buffer_frombytes(self, data):
+        self._buffer.append(data)
 
     def read(self, nbytes, timeout=None):
         with self._lock:
@@ -201,7 +195,6 @@ class _Pieces(buffered_pipe.BufferedPipe):
             else:
                 self._buffer[0] = piece[nbytes:]
                 piece = piece[:nbytes]
-            self._bytes -= len(piece)
             if not self._buffer and self._event is not None and \
                     not self._closed:
                 self._event.clear()
@@ -211,14 +204,13 @@ class _Pieces(buffered_pipe.BufferedPipe):
         with self._lock:
             out = b''.join(self._buffer)
             self._buffer.clear()
-            self._bytes = 0
             if self._event is not None and not self._closed:
                 self._event.clear()
             return out
 
     def __len__(self):
         with self._lock:
-            return self._bytes
+            return sum(map(len, self._buffer))
 
 
 class Session(object):
