@@ -257,9 +257,10 @@ def prefetching(host, commands, answered=None):
     cache, failed = {}, {}
     outs = answered
     if isinstance(answered, Exception):
-        outs = getattr(answered, 'outputs', None) or []
-        if getattr(answered, 'outputs', None) is not None and \
-                len(outs) < len(commands):
+        outs = getattr(answered, 'outputs', None)
+        if outs is None:
+            outs = []
+        elif len(outs) < len(commands):
             failed[tuple(commands[len(outs)])] = answered
         LOG.debug('batched queries failed (%s): %d answered, the rest one '
                   'by one', _one_line(answered), len(outs))

@@ -323,6 +323,8 @@ def test_direct_write_refused_falls_back_to_the_cache_for_good(
 
 
 def test_direct_write_error_names_the_target(tmp_path, monkeypatch):
+    if not direct_io_supported(tmp_path):
+        pytest.skip('the test directory refuses O_DIRECT')
     real_pwrite = os.pwrite
     path = str(tmp_path / 'disk.raw')
     writer = raw.RawWriter.open(path).direct_io()
@@ -334,8 +336,6 @@ def test_direct_write_error_names_the_target(tmp_path, monkeypatch):
 
     monkeypatch.setattr(raw.os, 'pwrite', pwrite)
     writer.resize(8 * MiB)
-    if not direct_io_supported(tmp_path):
-        pytest.skip('the test directory refuses O_DIRECT')
     with pytest.raises(raw.exception.TargetError) as e:
         writer.write_data(0, os.urandom(MiB), over_hole=True)
     assert 'No space left on device' in str(e.value)
