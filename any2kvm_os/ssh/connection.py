@@ -53,6 +53,26 @@ _FILTERED_LOGGERS = (WIRE_LOGGER, WIRE_LOGGER + '.sftp', 'paramiko',
                      'paramiko.sftp', 'paramiko.agent',
                      'paramiko.auth_strategy')
 
+
+class _DebugOnly(logging.Filter):
+    """paramiko's records are diagnostics, passed on only when this
+    layer logs at DEBUG (``--debug``).
+
+    Its transport thread logs what it meets at ERROR ("Socket
+    exception: Connection reset by peer" when a link dies, whatever
+    thread is reading), but every such failure reaches the caller as
+    the error of the call it broke: retried with our own warning, or
+    raised as our one-line error.  Without this a lost connection
+    printed a second line, ours being the one that says what happens
+    next, and a reconnected sync that succeeded printed an ERROR."""
+
+    def filter(self, record):
+        return record.levelno < logging.WARNING or \
+            LOG.isEnabledFor(logging.DEBUG)
+
+
+_DEBUG_ONLY = _DebugOnly()
+
 _BUFFER = 64 << 10
 # How long a command's output loop sleeps when nothing has arrived: from
 # the first value, doubling up to the second while it stays quiet.
@@ -314,6 +334,10 @@ class Connection(object):
         self._siblings = []
         self._dropped = False
         credentials.install_filter(_FILTERED_LOGGERS)
+        for name in _FILTERED_LOGGERS:
+            logger = logging.getLogger(name)
+            if _DEBUG_ONLY not in logger.filters:
+                logger.addFilter(_DEBUG_ONLY)
 
     # -- life -------------------------------------------------------------
 

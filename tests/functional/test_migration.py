@@ -889,3 +889,33 @@ def test_sync_with_reader_processes_killed_again_cutover(sshd_factory,
     m = show(common)
     assert m['status'] == 'done'
     check(m, facts)
+
+
+def test_a_reset_connection_prints_only_our_lines(sshd_factory, tmp_path):
+    """The connection reset in the middle of a sync's copy (an RST, as a
+    host that died or a firewall sends): the sync reconnects and ends,
+    and stderr holds only our own lines about it, not paramiko's
+    transport reporting the socket error (its records are debug only)."""
+    b = xbed.Bed(sshd_factory, tmp_path / 'bed')
+    out = tmp_path / 'out'
+    out.mkdir()
+    with delayproxy.DelayProxy(('127.0.0.1', b.server.port),
+                               reset=True) as proxy:
+        loc = 'xenserver://%s@127.0.0.1:%d/two-disks' % (b.server.user,
+                                                         proxy.port)
+        common = ['--identity-file', b.server.client_key, '--host-key',
+                  b.server.fingerprint, '--config-file', b.conf,
+                  '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
+        mig('create', 'web', loc, '--output-dir', out, common=common)
+        w0, w1 = writers(b.root, b.facts, _state(common))
+        w0.write(MiB, ig.pattern(81, 5 * MiB))
+        proxy.cut_after = 2 * MiB
+        r = mig('sync', 'web', '--no-progress', common=common)
+        assert proxy.cuts == 1, (proxy.bytes_down, r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert lines and all('reconnecting in' in line for line in lines), \
+        r.stderr
+    assert 'Socket exception' not in r.stderr
+    m = _state(common)
+    assert m['status'] == 'synced' and m['syncs'][-1]['ok']
+    check(m, b.facts)

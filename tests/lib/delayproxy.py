@@ -27,7 +27,9 @@ A lost link: :meth:`cut` closes every connection made so far (the
 listener stays, so the client can connect again); ``cut_after=N`` does
 it once, by itself, when N bytes have gone from the server to the
 client (mid-copy, wherever the transfer is).  ``connections`` and
-``cuts`` count what happened.
+``cuts`` count what happened.  With ``reset=True`` a cut resets the
+connections (an RST, as a peer that died or a firewall sends) rather
+than closing them in order (a FIN).
 
 One connection lost among others: ``cut_one=(n, N)`` closes, alone, the
 first connection numbered ``n`` or more (the first accepted is 0) down
@@ -40,15 +42,28 @@ work to do).  ``down`` counts the bytes down each connection,
 
 import queue
 import socket
+import struct
 import threading
 import time
 
 _CHUNK = 256 << 10
 
 
-def _shut(sockets):
-    """Shut both directions of each socket, then close it."""
+def _shut(sockets, reset=False):
+    """Shut both directions of each socket, then close it; with
+    ``reset``, close it with an RST (a zero linger time), having shut
+    only its reading side (which wakes a thread blocked reading it, and
+    sends nothing)."""
     for s in sockets:
+        if reset:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             struct.pack('ii', 1, 0))
+                s.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+            s.close()
+            continue
         try:
             s.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -59,8 +74,9 @@ def _shut(sockets):
 class DelayProxy(object):
 
     def __init__(self, target, rtt=0.0, cut_after=None, cut_one=None,
-                 slow_one=None):
+                 slow_one=None, reset=False):
         self.target = target
+        self.reset = reset
         self.delay = rtt / 2.0
         self.cut_after = cut_after
         self.cut_one = cut_one
@@ -128,7 +144,7 @@ class DelayProxy(object):
         with self._lock:
             sockets, self._sockets = self._sockets, []
             self.cuts += 1
-        _shut(sockets)
+        _shut(sockets, self.reset)
 
     def _one(self, index, n):
         """Count ``n`` bytes down connection ``index``: (whether it is
@@ -151,7 +167,7 @@ class DelayProxy(object):
                     n / float(slow[1])
                 extra = self._slow_due - now
         if pair:
-            _shut(pair)
+            _shut(pair, self.reset)
         return due, extra
 
     def _reader(self, src, q, down=False, index=None):

@@ -444,3 +444,41 @@ def test_a_login_cut_short_is_a_drop_not_a_refusal():
 ])
 def test_a_handshake_cut_short_by_the_host(error, cut):
     assert connection._cut_short(error) is cut
+
+
+@pytest.mark.parametrize('name', [connection.WIRE_LOGGER,
+                                  connection.WIRE_LOGGER + '.sftp',
+                                  'paramiko.transport'])
+def test_paramikos_errors_are_logged_with_debug_only(name):
+    """paramiko's transport logs a dead link at ERROR from its own
+    thread; the caller gets the failure as our error (or our retry
+    warning), so the record reaches a handler only with --debug."""
+    connection.Connection(options.HostOptions('h'))
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep()
+    root = logging.getLogger()
+    ours = logging.getLogger('any2kvm_os')
+    saved = root.level, ours.level
+    root.addHandler(handler)
+    try:
+        root.setLevel(logging.WARNING)
+        ours.setLevel(logging.WARNING)
+        logging.getLogger(name).error('Socket exception: reset (104)')
+        assert records == []
+        # Our own warnings still pass.
+        logging.getLogger('any2kvm_os.ssh.connection').warning('lost')
+        assert [r.getMessage() for r in records] == ['lost']
+        ours.setLevel(logging.DEBUG)
+        root.setLevel(logging.DEBUG)
+        logging.getLogger(name).error('Socket exception: reset (104)')
+        assert records[-1].getMessage() == 'Socket exception: reset (104)'
+        assert records[-1].levelno == logging.ERROR
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
