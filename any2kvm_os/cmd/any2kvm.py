@@ -413,13 +413,14 @@ def _stderr_handler():
     return None
 
 
-#: Modules a command's work imports in any case (the SSH layer, TaskFlow,
+#: Modules a command's work imports in any case (the SSH layer,
 #: SQLAlchemy and the state database for ``migration``), loaded by the
 #: console script before the collector is back on (:func:`console_main`).
+#: Not TaskFlow: a sync or cutover loads it while the host does its first
+#: work (:meth:`any2kvm_os.migration.engine._Run.start_ahead`).
 PRELOAD = {
     'migration': ('any2kvm_os.migration.engine',
                   'any2kvm_os.migration.state.sql',
-                  'any2kvm_os.migration.state.flowdb',
                   'any2kvm_os.migration.host'),
 }
 

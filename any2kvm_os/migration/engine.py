@@ -62,9 +62,21 @@ on its SQLAlchemy persistence in the same state database, a logbook per
 migration and a flow detail per command run.  The lease (:class:`_Held`)
 is taken before the flow starts: a second command is refused before it
 records anything.
+
+**The host's first work starts before the flow** (:meth:`_Run.start_ahead`):
+once the lease is held and the targets' check has passed, a thread of
+its own connects to the host and asks its first round trips (a sync's
+snapshot beside the discovery's queries; a cutover's queries), while this
+thread loads TaskFlow and records the flow.  The ``connect`` and
+``snapshot`` tasks then take their answers, or raise the error they
+failed with.  Nothing the host is asked changes with the order: the
+queries are read-only, and a snapshot taken but not recorded (the
+process killed before its task ran) is adopted by its tag at the next
+sync, as one whose answer was lost always was.
 """
 
 import contextlib
+from concurrent import futures
 import functools
 import hashlib
 import logging
@@ -77,7 +89,6 @@ import uuid as uuid_mod
 from any2kvm_os.chain import layer_chain
 from any2kvm_os import exception
 from any2kvm_os.migration import procread
-from any2kvm_os.migration import flows
 from any2kvm_os.migration.state import api as state_api
 from any2kvm_os.sources.xenserver import discovery
 from any2kvm_os.sources.xenserver import location as location_mod
@@ -98,6 +109,11 @@ NO_SUCH = 'no such migration (see "any2kvm migration list")'
 
 SYNCABLE = ('created', 'syncing', 'synced', 'failed')
 CUTTABLE = ('created', 'syncing', 'synced', 'failed', 'cutting-over')
+
+#: What :meth:`_Run.start_ahead` asks the host before the flow, after the
+#: connection: a sync's snapshot beside the discovery's queries, or (a
+#: cutover) the queries alone.
+SNAPSHOT, QUERIES = 'snapshot', 'queries'
 
 
 class MigrationError(exception.Any2KvmError):
@@ -179,6 +195,23 @@ class _Held(object):
 
     def __exit__(self, *exc):
         return self.cm.__exit__(*exc)
+
+
+def _interactive():
+    """Whether standard input is a terminal (where the SSH layer may ask
+    for a password)."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _flows():
+    """:mod:`.flows`, imported when a command first needs it: TaskFlow
+    takes about 0.1 s to load, which a sync or cutover spends while the
+    host does its first work (:meth:`_Run.start_ahead`), and ``list`` never."""
+    from any2kvm_os.migration import flows
+    return flows
 
 
 def _connect(location, limits, args, connect):
@@ -576,24 +609,65 @@ class _Run(object):
         #: must mark it failed, even one before the host answered).
         self.marked = False
         self._targets = contextlib.ExitStack()
+        #: The host's first work, in a thread of its own (:meth:`start_ahead`):
+        #: the thread, the connection's future and its first round
+        #: trips' (or None).
+        self._pool = self._connecting = self._asking = None
+        #: Whether the targets' check passed before the flow.
+        self._checked = False
 
     @property
     def vm_uuid(self):
         return self.m['target_options']['vm_uuid']
 
-    def connect(self):
-        """The cloud first (a login that fails costs nothing), then the
-        migration marked ``status`` and the host connected."""
-        self.dest.check()
-        self.store.set_status(self.name, self.status)
-        self.marked = True
+    def start_ahead(self, what):
+        """Start the host's first work in a thread of its own, before the
+        flow (called by :func:`_run`; the lease is held): the connection,
+        then ``what``: :data:`SNAPSHOT` (a sync's snapshot beside the
+        discovery's queries, :meth:`_ask_snapshot`) or :data:`QUERIES`
+        (the queries alone).  Meanwhile the calling thread loads
+        TaskFlow and records the flow, and the host's answers are waited
+        for by the tasks that use them (:meth:`connect`,
+        :meth:`snapshot`, :meth:`discover`).  Only once the targets'
+        check has passed, so that a refusal costs the host nothing: when
+        it fails, nothing starts, and the ``connect`` task checks again
+        and fails there, in the flow, as it would have.  Nor when standard
+        input is a terminal: the connection may ask for a password there,
+        and a prompt in another thread could not be interrupted."""
+        if _interactive():
+            return
+        try:
+            self.dest.check()
+        except Exception as e:
+            LOG.debug('the targets\' check failed before the flow: %s',
+                      _one_line(e))
+            return
+        self._checked = True
         self.started = time.time()
-        self.host = _connect(self.m['location'], self.limits, self.args,
-                             self._connect)
-        self.read0 = self.host.bytes_read
-        return {'host': str(self.host.label)}
+        # Read here: the store is this thread's.
+        m = self.store.get(self.name) if what == SNAPSHOT else None
+        self._pool = futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix='any2kvm-host')
+        self._connecting = self._pool.submit(self._connect_host)
+        ask = {SNAPSHOT: functools.partial(self._ask_snapshot, m=m),
+               QUERIES: self._ask_queries}.get(what)
+        if ask is not None:
+            self._asking = self._pool.submit(
+                lambda: ask(self._connecting.result()[0]))
 
-    def snapshot(self):
+    def _connect_host(self):
+        """The connection, and its byte count when it was made (before
+        any round trip of this run)."""
+        host = _connect(self.m['location'], self.limits, self.args,
+                        self._connect)
+        return host, host.bytes_read
+
+    def _ask_snapshot(self, host, m):
+        """A sync's first round trips: ``m``'s listing of the snapshots
+        an earlier run took and the new snapshot (one batch), beside the
+        discovery's queries (another).  Returns (m, the listing's argv,
+        the snapshot's, their batch's outputs or error, and the queries
+        with their answers)."""
         # A snapshot an earlier run took but never recorded (killed, or
         # the connection lost, before xe answered) is recorded first, so
         # that it is kept with the others and removed at cutover or abort.
@@ -604,17 +678,62 @@ class _Run(object):
         # (the VM, its VBDs and VIFs, the VDIs' records, the SRs and
         # PBDs) is not what a snapshot changes, and a host takes the
         # time of the slower, not of both.
-        m = self.store.get(self.name)
         listing = _adopt_command(m)
         take = xe.vm_snapshot(self.vm_uuid, snapshot_name(self.name),
                               snapshot_tag(m))
-        queries = _discovery_queries(self.host, self.vm_uuid,
-                                     self._vdis())
+        queries = _discovery_queries(host, self.vm_uuid, self._vdis())
         snap, answers = run_side_by_side(
-            self.host, [[listing, take], queries], mutating=True)
+            host, [[listing, take], queries], mutating=True)
+        return m, listing, take, snap, (queries, answers)
+
+    def _ask_queries(self, host):
+        """A cutover's first round trip: the discovery's queries (its
+        :func:`prefetching` batch), as (the queries, their outputs or
+        the error they failed with); None when none are known ahead."""
+        queries = _discovery_queries(host, self.vm_uuid, self._vdis())
+        if queries is None:
+            return None
+        try:
+            return queries, run_batch(host, queries)
+        except exception.Any2KvmError as e:
+            return queries, e
+
+    def _end_ahead(self):
+        """Wait for the host's first work (:meth:`start_ahead`) to end, and
+        keep its connection (to be closed) when no task took it."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.shutdown(wait=True)
+        if self.host is None and not self._connecting.exception():
+            self.host, self.read0 = self._connecting.result()
+
+    def connect(self):
+        """The cloud first (a login that fails costs nothing), then the
+        migration marked ``status`` and the host connected (or its
+        connection, started before the flow, waited for)."""
+        if not self._checked:
+            self.dest.check()
+        self.store.set_status(self.name, self.status)
+        self.marked = True
+        if self._connecting is not None:
+            self.host, self.read0 = self._connecting.result()
+        else:
+            self.started = time.time()
+            self.host, self.read0 = self._connect_host()
+        return {'host': str(self.host.label)}
+
+    def snapshot(self):
+        """The snapshot asked for (:meth:`_ask_snapshot`: before the flow,
+        or now), recorded with any an earlier run left unrecorded."""
+        asking, self._asking = self._asking, None
+        if asking is not None:
+            m, listing, take, snap, self.ahead = asking.result()
+        else:
+            m, listing, take, snap, self.ahead = self._ask_snapshot(
+                self.host, self.store.get(self.name))
         if isinstance(snap, Exception):
             raise snap
-        self.ahead = (queries, answers)
         found, taken = snap
         _adopt(self.store, self.name, m, found, listing)
         self.snap = xe.parse_uuid(taken, take)
@@ -626,6 +745,9 @@ class _Run(object):
 
     def discover(self):
         ahead, self.ahead = self.ahead, None
+        asking, self._asking = self._asking, None
+        if asking is not None:
+            ahead = asking.result()
         self.found = _discover(self.host, self.vm_uuid, self._vdis(),
                                ahead=ahead)
         self.infos = _match(self.name, self.m, self.found)
@@ -878,6 +1000,7 @@ class _Run(object):
         failed (and a failed sync recorded) once it was marked syncing or
         cutting-over, a connection that failed included ("could not
         connect to the host: ...")."""
+        self._end_ahead()
         try:
             self.close_targets(sys.exc_info())
         except Exception as e2:
@@ -900,17 +1023,23 @@ class _Run(object):
         self.store.set_status(self.name, 'failed', error=msg)
 
     def close(self):
+        self._end_ahead()
         self.disarm()
         self.close_chains()
         if self.host is not None:
             self.host.close()
 
 
-def _run(store, run, operation, steps):
-    """Run the command's ``steps`` as a TaskFlow flow (:mod:`.flows`):
-    on a failure, ``run.failed``; the host closed at the end."""
+def _run(store, run, operation, make_steps, ahead):
+    """The host's first work started (:meth:`_Run.start_ahead`, with
+    ``ahead``), then the steps ``make_steps(run)`` run as a TaskFlow flow
+    (:mod:`.flows`): on a failure, ``run.failed``; the host closed at the
+    end."""
     try:
-        flows.run(store, run.name, operation, flows.flow(operation, steps))
+        run.start_ahead(ahead)
+        flows = _flows()
+        flows.run(store, run.name, operation,
+                  flows.flow(operation, make_steps(run)))
     except BaseException as e:
         run.failed(e)
         raise
@@ -922,7 +1051,7 @@ def _run(store, run, operation, steps):
 def _sync_steps(run):
     """connect, snapshot, discover, open the targets, one task per disk
     applying its layers, close the targets, record the figures."""
-    step = functools.partial(flows.Step, timings=run.step_seconds)
+    step = functools.partial(_flows().Step, timings=run.step_seconds)
     return ([step('connect', run.connect),
              step('snapshot', run.snapshot),
              step('discover', run.discover),
@@ -943,7 +1072,7 @@ def _cutover_steps(run, force, timeout):
     applying the rest (leaf included), close and finish the targets,
     create the server, record the downtime; then remove the snapshots.
     A step of its own (a check of the targets, say) goes in this list."""
-    step = functools.partial(flows.Step, timings=run.step_seconds)
+    step = functools.partial(_flows().Step, timings=run.step_seconds)
     steps = [step('connect', run.connect),
              step('discover', run.discover)]
     if run.server is not None:
@@ -1053,7 +1182,7 @@ def sync(store, name, limits=None, args=None, connect=None, cloud=None,
         run = _Run(store, name, SYNCABLE, 'syncing', 'nothing to sync',
                    limits, args, connect, cloud, dest, progress,
                    guest=guest)
-        return _run(store, run, 'sync', _sync_steps(run))
+        return _run(store, run, 'sync', _sync_steps, SNAPSHOT)
 
 
 #: The longest error text kept for ``show`` (and logged on one line): a
@@ -1200,8 +1329,8 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
         run = _Run(store, name, CUTTABLE, 'cutting-over', 'cannot cut over',
                    limits, args, connect, cloud, dest, progress, server,
                    guest=guest)
-        return _run(store, run, 'cutover',
-                    _cutover_steps(run, force, timeout))
+        return _run(store, run, 'cutover', functools.partial(
+            _cutover_steps, force=force, timeout=timeout), QUERIES)
 
 
 # -- rollback -----------------------------------------------------------------
@@ -1216,6 +1345,7 @@ def rollback(store, name, limits=None, args=None, connect=None,
     ``server``: what deletes the server the cutover created (the volumes
     are kept).  Refused before a cutover.  Runs as a TaskFlow flow:
     delete-server, start-vm, forget-layers, record."""
+    flows = _flows()
     with _Held(store, name, 'rollback'):
         m = _get(store, name)
         c = m.get('cutover')
@@ -1285,6 +1415,7 @@ def abort(store, name, delete_targets=False, limits=None, args=None,
     """Remove the snapshots the migration made (never the VM or its
     disks); keep the targets, or delete them (files, or volumes).  Runs as
     a TaskFlow flow: remove-snapshots, delete-targets, record."""
+    flows = _flows()
     with _Held(store, name, 'abort'):
         m = _get(store, name)
         if m['status'] in ('done',):
@@ -1329,7 +1460,7 @@ def show(store, name):
     command's flow and the state of each of its tasks
     (:func:`.flows.last_run`; None before the first)."""
     m = _get(store, name)
-    m['last_run'] = flows.last_run(store, name, m.get('holder'))
+    m['last_run'] = _flows().last_run(store, name, m.get('holder'))
     return m
 
 

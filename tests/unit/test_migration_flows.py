@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -34,6 +35,7 @@ from tests.lib.flowcontract import _kw
 from tests.lib.flowcontract import LOC
 from tests.lib.flowcontract import REPO
 from tests.lib.flowcontract import SYNC
+from tests.lib import miglocal
 from tests.lib.xenserver import host as xhost
 
 
@@ -269,3 +271,140 @@ def test_phases_of_the_downtime_as_show_tells_them():
     column = osc_migration.FORMATTERS['cutovers']([c])
     assert column.human_readable().startswith(
         'downtime 0.2 s (shutdown 0.071 s, apply 0.102 s')
+
+
+class _Watched(miglocal.LocalHost):
+    """The stand-in, noting the thread each command ran in and whether
+    the command's flow had started (a flow detail recorded) by then."""
+
+    started = None
+
+    def __init__(self, root, seen):
+        super(_Watched, self).__init__(root)
+        self.seen = seen
+        self.closed = 0
+
+    def run(self, argv, mutating=False, timeout=None):
+        self.seen.append((threading.current_thread().name, argv[1],
+                          _Watched.started))
+        return super(_Watched, self).run(argv, mutating, timeout)
+
+    def close(self):
+        self.closed += 1
+
+
+def _watching(monkeypatch, root, seen, hosts):
+    """A connect that makes :class:`_Watched` hosts (kept in ``hosts``),
+    and :data:`_Watched.started` set when TaskFlow starts a flow."""
+    _Watched.started = False
+    real = flows.run
+
+    def run(*args, **kwargs):
+        _Watched.started = True
+        return real(*args, **kwargs)
+    monkeypatch.setattr(flows, 'run', run)
+    monkeypatch.setattr(engine, '_interactive', lambda: False)
+
+    def connect(location, limits, args):
+        seen.append((threading.current_thread().name, 'connect',
+                     _Watched.started))
+        hosts.append(_Watched(root, seen))
+        return hosts[-1]
+    return connect
+
+
+def test_the_host_works_while_taskflow_loads(bed, monkeypatch):
+    """A sync connects and asks its snapshot (beside the discovery's
+    queries) in a thread of its own before its flow starts; a cutover
+    connects and asks its queries so.  The tasks take the answers: the
+    results are those of a sync done in order."""
+    root, facts, out, store, _url = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    seen, hosts = [], []
+    connect = _watching(monkeypatch, root, seen, hosts)
+    r = engine.sync(store, 'web', connect=connect)
+    assert r['layers_applied'] >= 1
+    assert seen[0] == ('any2kvm-host_0', 'connect', False)
+    snap = [s for s in seen if s[1] == 'vm-snapshot']
+    assert len(snap) == 1 and snap[0][0].startswith('any2kvm-host'), seen
+    # Everything the host was asked before the flow, it was asked by
+    # the thread; the layers were read by this one, in the flow.
+    assert all(name.startswith('any2kvm-host') for name, _c, started
+               in seen if not started), seen
+    assert hosts[0].closed == 1
+    m = store.get('web')
+    assert m['status'] == 'synced' and len(m['snapshots']) == 1
+    assert m['snapshots'][0]['snapshot_id'] == r['snapshot']
+    assert engine.show(store, 'web')['last_run']['tasks'][1]['result'] \
+        == {'snapshot': r['snapshot']}
+
+    del seen[:]
+    _Watched.started = False
+    engine.cutover(store, 'web', connect=connect, timeout=60)
+    assert seen[0] == ('any2kvm-host_0', 'connect', False)
+    # The discovery's queries (the VM's listing first) in the thread;
+    # the shutdown in the flow, in this thread.
+    asked = dict((c, name) for name, c, _s in reversed(seen))
+    assert asked['vm-list'].startswith('any2kvm-host'), seen
+    assert asked['vm-shutdown'] == threading.current_thread().name
+    assert all(name.startswith('any2kvm-host') for name, _c, started
+               in seen if not started), seen
+    assert store.get('web')['status'] == 'done'
+
+
+def test_at_a_terminal_the_host_is_connected_in_the_flow(bed, monkeypatch):
+    """Standard input a terminal: the connection may prompt for a
+    password, so it is made by the flow's connect task, in this thread."""
+    root, facts, out, store, _url = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    seen, hosts = [], []
+    connect = _watching(monkeypatch, root, seen, hosts)
+    monkeypatch.setattr(engine, '_interactive', lambda: True)
+    engine.sync(store, 'web', connect=connect)
+    main = threading.current_thread().name
+    assert seen[0] == (main, 'connect', True)
+    assert all(name == main and started for name, _c, started in seen)
+
+
+def test_a_refused_check_asks_the_host_nothing(bed, monkeypatch):
+    """The targets' check fails: the host is never connected, and the
+    flow fails at its connect task with the check's error, the migration
+    not marked (nothing was done)."""
+    root, facts, out, store, _url = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    os.rename(str(out), str(out) + '.gone')
+    seen, hosts = [], []
+    connect = _watching(monkeypatch, root, seen, hosts)
+    with pytest.raises(Exception) as e:
+        engine.sync(store, 'web', connect=connect)
+    assert 'is not a directory' in str(e.value)
+    assert seen == [] and hosts == []
+    run = engine.show(store, 'web')['last_run']
+    assert run['stopped_in'] == 'connect'
+    assert store.get('web')['status'] == 'created'
+
+
+def test_a_flow_failing_before_its_tasks_closes_the_host(bed, monkeypatch):
+    """TaskFlow fails before the first task (its database, say) while the
+    thread works: the thread is waited for, its connection closed, the
+    migration left as it was; the snapshot it took is adopted by the next
+    sync (its tag), as one whose answer was lost."""
+    root, facts, out, store, _url = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    seen, hosts = [], []
+    connect = _watching(monkeypatch, root, seen, hosts)
+
+    def broken(*args, **kwargs):
+        time.sleep(0.05)
+        raise RuntimeError('no flow today')
+    monkeypatch.setattr(flows, 'run', broken)
+    with pytest.raises(RuntimeError):
+        engine.sync(store, 'web', connect=connect)
+    assert len(hosts) == 1 and hosts[0].closed == 1
+    assert [c for _n, c, _s in seen].count('vm-snapshot') == 1
+    assert store.get('web')['status'] == 'created'
+    assert store.get('web')['snapshots'] == []
+    monkeypatch.undo()
+    engine.sync(store, 'web', **_kw(root))
+    snaps = store.get('web')['snapshots']
+    assert len(snaps) == 2, snaps

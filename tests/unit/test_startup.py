@@ -209,3 +209,20 @@ def test_main_in_process_leaves_the_collector_alone(tmp_path):
     db = 'sqlite:///%s' % (tmp_path / 'state.db')
     assert any2kvm.main(['migration', 'list', '--state-db', db]) == 0
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_migration_list_does_without_taskflow(tmp_path):
+    """``migration list`` reads the state database only: TaskFlow (about
+    0.1 s to load) is for the commands that run a flow, which load it
+    while the host does its first work."""
+    db = 'sqlite:///%s' % (tmp_path / 'state.db')
+    code = ('import sys\n'
+            'from any2kvm_os.cmd import any2kvm\n'
+            'rc = any2kvm.main(["migration", "list", "--state-db", %r])\n'
+            'print(rc, sorted(set(m.split(".")[0] for m in sys.modules\n'
+            '                     if m.split(".")[0] in ("taskflow",\n'
+            '                     "networkx", "sqlalchemy"))))\n' % db)
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0 ['sqlalchemy']", r.stdout
