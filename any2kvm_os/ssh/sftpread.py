@@ -55,6 +55,7 @@ size, and what was in flight is asked for again; what arrived is kept.
 """
 
 import collections
+import os
 import socket
 import struct
 import threading
@@ -301,9 +302,23 @@ class Session(object):
                 raise Lost('receiving failed: %s'
                            % (str(e) or type(e).__name__))
             if not data:
-                raise Lost('connection closed by the host')
+                raise Lost(self._why_closed())
             self._pieces.append(data)
             self._have += len(data)
+
+    def _why_closed(self):
+        """Why the channel ended: the socket error that ended its
+        connection when there was one (paramiko's transport logs it for
+        --debug only), else the host closed it."""
+        transport = self.channel.get_transport()
+        error = None
+        if transport is not None and not transport.is_active():
+            error = transport.get_exception()
+        if isinstance(error, OSError):
+            return 'connection lost: %s' % (
+                os.strerror(error.errno) if error.errno else
+                str(error) or type(error).__name__)
+        return 'connection closed by the host'
 
     def _take(self, n):
         """The next ``n`` bytes (all waiting), copied once: a slice of

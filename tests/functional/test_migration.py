@@ -916,6 +916,9 @@ def test_a_reset_connection_prints_only_our_lines(sshd_factory, tmp_path):
     assert lines and all('reconnecting in' in line for line in lines), \
         r.stderr
     assert 'Socket exception' not in r.stderr
+    # Our line says what paramiko's said: the connection was reset.
+    assert 'connection lost: Connection reset by peer' in r.stderr, \
+        r.stderr
     m = _state(common)
     assert m['status'] == 'synced' and m['syncs'][-1]['ok']
     check(m, b.facts)

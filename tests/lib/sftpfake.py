@@ -44,6 +44,9 @@ class FakeServer(object):
         self.sent = 0               # reply bytes handed to the client
         self.cut_at = None          # fail recv once ``sent`` passes this
         self.cut_with = None        # exception instance, or None for EOF
+        #: With ``cut_with`` None: the socket error the dead connection's
+        #: transport holds (paramiko's ``get_exception``), or None.
+        self.cut_error = None
         self.stall_at = None        # socket.timeout once past this
         self.sessions = 0
         self.max_inflight = 0
@@ -59,6 +62,23 @@ class FakeServer(object):
         return None
 
 
+class _FakeTransport(object):
+    """A channel's transport as the reader asks it why the channel
+    ended: alive while the channel is open, then holding the server's
+    ``cut_error`` once (paramiko clears it when read)."""
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def is_active(self):
+        return not self.channel.closed
+
+    def get_exception(self):
+        server = self.channel.server
+        error, server.cut_error = server.cut_error, None
+        return error
+
+
 class FakeChannel(object):
     """The channel of one SFTP session: requests parsed as they are
     sent, replies queued, handed out in pieces of random size."""
@@ -71,6 +91,9 @@ class FakeChannel(object):
         self.closed = False
         self.pending = 0
         server.sessions += 1
+
+    def get_transport(self):
+        return _FakeTransport(self)
 
     def settimeout(self, t):
         self.timeout = t

@@ -115,6 +115,24 @@ def test_cut_anywhere_loses_nothing(error):
         assert wanted <= conn.bytes <= wanted + (conn.drops + 1) * window
 
 
+@pytest.mark.parametrize('error, why', [
+    (None, 'connection closed by the host'),
+    (ConnectionResetError(104, 'Connection reset by peer'),
+     'connection lost: Connection reset by peer'),
+    (OSError(), 'connection lost: OSError')])
+def test_a_lost_connection_says_why(error, why):
+    """A channel that ends (recv gives nothing): the socket error its
+    connection died of, when paramiko's transport holds one (it logs it
+    for --debug only), else the host closed it."""
+    server, conn, pipe = make({'/a': DATA})
+    conn.retrying(lambda: pipe.open('a', '/a'))
+    server.cut_error = error
+    server.cut_at = server.sent + 1000
+    with pytest.raises(sftpread.Lost) as e:
+        pipe.read('a', 0, 1 << 20, [])
+    assert str(e.value) == why
+
+
 def test_stalled_host_is_taken_for_lost():
     server, conn, pipe = make({'/a': DATA})
     conn.retrying(lambda: pipe.open('a', '/a'))
