@@ -83,6 +83,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import uuid as uuid_mod
 
@@ -195,6 +196,18 @@ class _Held(object):
 
     def __exit__(self, *exc):
         return self.cm.__exit__(*exc)
+
+
+def _work(jobs):
+    """Each (future, fn) of ``jobs`` in turn: the future gets what
+    ``fn()`` returned or raised."""
+    for future, fn in jobs:
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(fn())
+        except BaseException as e:
+            future.set_exception(e)
 
 
 def _interactive():
@@ -609,10 +622,10 @@ class _Run(object):
         #: must mark it failed, even one before the host answered).
         self.marked = False
         self._targets = contextlib.ExitStack()
-        #: The host's first work, in a thread of its own (:meth:`start_ahead`):
-        #: the thread, the connection's future and its first round
-        #: trips' (or None).
-        self._pool = self._connecting = self._asking = None
+        #: The host's first work, in a thread of its own
+        #: (:meth:`start_ahead`): the thread, the connection's future and
+        #: its first round trips' (or None).
+        self._thread = self._connecting = self._asking = None
         #: Whether the targets' check passed before the flow.
         self._checked = False
 
@@ -646,14 +659,19 @@ class _Run(object):
         self.started = time.time()
         # Read here: the store is this thread's.
         m = self.store.get(self.name) if what == SNAPSHOT else None
-        self._pool = futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix='any2kvm-host')
-        self._connecting = self._pool.submit(self._connect_host)
+        self._connecting = futures.Future()
+        jobs = [(self._connecting, self._connect_host)]
         ask = {SNAPSHOT: functools.partial(self._ask_snapshot, m=m),
                QUERIES: self._ask_queries}.get(what)
         if ask is not None:
-            self._asking = self._pool.submit(
-                lambda: ask(self._connecting.result()[0]))
+            self._asking = futures.Future()
+            jobs.append((self._asking,
+                         lambda: ask(self._connecting.result()[0])))
+        # A daemon: an interrupted command does not wait for the host's
+        # answer to end (:meth:`failed`).
+        self._thread = threading.Thread(target=_work, args=(jobs,),
+                                        name='any2kvm-host', daemon=True)
+        self._thread.start()
 
     def _connect_host(self):
         """The connection, and its byte count when it was made (before
@@ -698,13 +716,14 @@ class _Run(object):
         except exception.Any2KvmError as e:
             return queries, e
 
-    def _end_ahead(self):
+    def _end_ahead(self, wait=True):
         """Wait for the host's first work (:meth:`start_ahead`) to end, and
-        keep its connection (to be closed) when no task took it."""
-        pool, self._pool = self._pool, None
-        if pool is None:
+        keep its connection (to be closed) when no task took it; without
+        ``wait`` (the command interrupted: its process ends), leave it."""
+        thread, self._thread = self._thread, None
+        if thread is None or not wait:
             return
-        pool.shutdown(wait=True)
+        thread.join()
         if self.host is None and not self._connecting.exception():
             self.host, self.read0 = self._connecting.result()
 
@@ -1000,7 +1019,7 @@ class _Run(object):
         failed (and a failed sync recorded) once it was marked syncing or
         cutting-over, a connection that failed included ("could not
         connect to the host: ...")."""
-        self._end_ahead()
+        self._end_ahead(wait=isinstance(e, Exception))
         try:
             self.close_targets(sys.exc_info())
         except Exception as e2:

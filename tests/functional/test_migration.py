@@ -385,10 +385,13 @@ def _snapshots_on_host(root, vm):
                 if v.get('snapshot-of') == vm)
 
 
-def _sync_killed_after_snapshot(root, facts, common):
+def _sync_killed_after_snapshot(root, facts, common, sig=signal.SIGKILL,
+                                ended=None):
     """Run ``sync`` with an ``xe`` that takes the snapshot and then never
     answers (the reply lost with the connection), and kill the CLI with
-    SIGKILL once the snapshot is on the host: taken, never recorded."""
+    ``sig`` (SIGKILL) once the snapshot is on the host: taken, never
+    recorded.  ``ended``: a list that gets (the CLI's exit status, its
+    stderr, the seconds it took to end after ``sig``, the hang still on)."""
     vm = facts['two-disks']
     before = set(_snapshots_on_host(root, vm))
     bin_dir = Path(str(root)).parent / 'bin'
@@ -410,7 +413,7 @@ def _sync_killed_after_snapshot(root, facts, common):
     hang.write_text('')
     proc = subprocess.Popen(_cmd(['sync', 'web'] + common),
                             stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env(),
+                            stderr=subprocess.PIPE, text=True, env=_env(),
                             cwd=str(REPO))
     try:
         deadline = time.monotonic() + 120
@@ -421,8 +424,16 @@ def _sync_killed_after_snapshot(root, facts, common):
         assert proc.poll() is None, 'the sync ended before the kill'
         assert set(_snapshots_on_host(root, vm)) - before, 'no snapshot'
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        os.kill(proc.pid, sig)
+        sent = time.monotonic()
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _out, err = proc.communicate(timeout=60)
+        if ended is not None:
+            ended.append((proc.returncode, err, time.monotonic() - sent,
+                          hang.exists()))
         hang.unlink()
     return set(_snapshots_on_host(root, vm)) - before
 
@@ -435,6 +446,31 @@ def _state(common):
         return store.get('web')
     finally:
         store.close()
+
+
+def test_interrupted_while_the_host_snapshots(bed):
+    """Ctrl-C (SIGINT) while the host's answer to the snapshot is awaited
+    (the host's first work runs in a thread of its own): the command ends
+    at once with one line, without waiting for the answer; the migration
+    is marked failed (or left as it was, when the interrupt came before
+    the flow's first task), and the next sync adopts the snapshot."""
+    root, facts, out, loc, common = bed
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    ended = []
+    leaked = _sync_killed_after_snapshot(root, facts, common,
+                                         sig=signal.SIGINT, ended=ended)
+    rc, err, seconds, hanging = ended[0]
+    assert rc == 130, err
+    assert err.strip() == 'any2kvm: interrupted', err
+    # Ended while the host still held its answer back.
+    assert hanging and seconds < 30, (seconds, err)
+    assert len(leaked) == 1
+    m = _state(common)
+    assert m['status'] in ('failed', 'created') and m['snapshots'] == []
+    mig('sync', 'web', '--no-progress', common=common)
+    m = _state(common)
+    assert leaked < set(s['snapshot_id'] for s in m['snapshots'])
+    assert m['status'] == 'synced'
 
 
 def test_killed_between_snapshot_and_record_then_sync_and_abort(bed):

@@ -324,7 +324,7 @@ def test_the_host_works_while_taskflow_loads(bed, monkeypatch):
     connect = _watching(monkeypatch, root, seen, hosts)
     r = engine.sync(store, 'web', connect=connect)
     assert r['layers_applied'] >= 1
-    assert seen[0] == ('any2kvm-host_0', 'connect', False)
+    assert seen[0] == ('any2kvm-host', 'connect', False)
     snap = [s for s in seen if s[1] == 'vm-snapshot']
     assert len(snap) == 1 and snap[0][0].startswith('any2kvm-host'), seen
     # Everything the host was asked before the flow, it was asked by
@@ -341,7 +341,7 @@ def test_the_host_works_while_taskflow_loads(bed, monkeypatch):
     del seen[:]
     _Watched.started = False
     engine.cutover(store, 'web', connect=connect, timeout=60)
-    assert seen[0] == ('any2kvm-host_0', 'connect', False)
+    assert seen[0] == ('any2kvm-host', 'connect', False)
     # The discovery's queries (the VM's listing first) in the thread;
     # the shutdown in the flow, in this thread.
     asked = dict((c, name) for name, c, _s in reversed(seen))
