@@ -626,8 +626,12 @@ class _Run(object):
         #: (:meth:`start_ahead`): the thread, the connection's future and
         #: its first round trips' (or None).
         self._thread = self._connecting = self._asking = None
-        #: Whether the targets' check passed before the flow.
-        self._checked = False
+        #: The targets' check before the flow: None (not made), True
+        #: (passed) or the error it failed with (raised by ``connect``).
+        self._checked = None
+        #: Whether the command was interrupted (:meth:`failed`): the host's
+        #: first work is then not waited for.
+        self._interrupted = False
 
     @property
     def vm_uuid(self):
@@ -643,8 +647,9 @@ class _Run(object):
         for by the tasks that use them (:meth:`connect`,
         :meth:`snapshot`, :meth:`discover`).  Only once the targets'
         check has passed, so that a refusal costs the host nothing: when
-        it fails, nothing starts, and the ``connect`` task checks again
-        and fails there, in the flow, as it would have.  Nor when standard
+        it fails, nothing starts, and the ``connect`` task raises its
+        error, in the flow, as it would have (the check is not made twice:
+        a cloud's is a login).  Nor when standard
         input is a terminal: the connection may ask for a password there,
         and a prompt in another thread could not be interrupted."""
         if _interactive():
@@ -652,26 +657,27 @@ class _Run(object):
         try:
             self.dest.check()
         except Exception as e:
-            LOG.debug('the targets\' check failed before the flow: %s',
-                      _one_line(e))
+            self._checked = e
             return
         self._checked = True
         self.started = time.time()
         # Read here: the store is this thread's.
         m = self.store.get(self.name) if what == SNAPSHOT else None
-        self._connecting = futures.Future()
-        jobs = [(self._connecting, self._connect_host)]
+        connecting = futures.Future()
+        jobs = [(connecting, self._connect_host)]
         ask = {SNAPSHOT: functools.partial(self._ask_snapshot, m=m),
                QUERIES: self._ask_queries}.get(what)
+        asking = None
         if ask is not None:
-            self._asking = futures.Future()
-            jobs.append((self._asking,
-                         lambda: ask(self._connecting.result()[0])))
+            asking = futures.Future()
+            jobs.append((asking, lambda: ask(connecting.result()[0])))
         # A daemon: an interrupted command does not wait for the host's
-        # answer to end (:meth:`failed`).
-        self._thread = threading.Thread(target=_work, args=(jobs,),
-                                        name='any2kvm-host', daemon=True)
-        self._thread.start()
+        # answer to end (:meth:`close`).
+        thread = threading.Thread(target=_work, args=(jobs,),
+                                  name='any2kvm-host', daemon=True)
+        thread.start()
+        self._thread, self._connecting, self._asking = (thread, connecting,
+                                                        asking)
 
     def _connect_host(self):
         """The connection, and its byte count when it was made (before
@@ -716,22 +722,30 @@ class _Run(object):
         except exception.Any2KvmError as e:
             return queries, e
 
-    def _end_ahead(self, wait=True):
+    def _end_ahead(self):
         """Wait for the host's first work (:meth:`start_ahead`) to end, and
-        keep its connection (to be closed) when no task took it; without
-        ``wait`` (the command interrupted: its process ends), leave it."""
-        thread, self._thread = self._thread, None
-        if thread is None or not wait:
-            return
+        keep its connection (to be closed) when no task took it.  True
+        when there is none, or it ended; False when the command was
+        interrupted (its process ends) and it still runs: it is left
+        alone, its connection too."""
+        thread = self._thread
+        if thread is None:
+            return True
+        if self._interrupted and thread.is_alive():
+            return False
         thread.join()
+        self._thread = None
         if self.host is None and not self._connecting.exception():
             self.host, self.read0 = self._connecting.result()
+        return True
 
     def connect(self):
         """The cloud first (a login that fails costs nothing), then the
         migration marked ``status`` and the host connected (or its
         connection, started before the flow, waited for)."""
-        if not self._checked:
+        if isinstance(self._checked, Exception):
+            raise self._checked
+        if self._checked is None:
             self.dest.check()
         self.store.set_status(self.name, self.status)
         self.marked = True
@@ -1019,7 +1033,7 @@ class _Run(object):
         failed (and a failed sync recorded) once it was marked syncing or
         cutting-over, a connection that failed included ("could not
         connect to the host: ...")."""
-        self._end_ahead(wait=isinstance(e, Exception))
+        self._interrupted = not isinstance(e, Exception)
         try:
             self.close_targets(sys.exc_info())
         except Exception as e2:
@@ -1042,10 +1056,12 @@ class _Run(object):
         self.store.set_status(self.name, 'failed', error=msg)
 
     def close(self):
-        self._end_ahead()
+        # After failed() has recorded the failure: the host's first work
+        # is waited for here, not before.
+        ended = self._end_ahead()
         self.disarm()
         self.close_chains()
-        if self.host is not None:
+        if self.host is not None and ended:
             self.host.close()
 
 

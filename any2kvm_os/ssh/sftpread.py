@@ -309,11 +309,13 @@ class Session(object):
     def _why_closed(self):
         """Why the channel ended: the socket error that ended its
         connection when there was one (paramiko's transport logs it for
-        --debug only), else the host closed it."""
+        --debug only), else the host closed it.  The error is the one the
+        transport's thread saved (``saved_exception``, which
+        ``get_exception`` would clear) before it closed the channels: it
+        is there by the time the channel reads as ended, whereas the
+        transport is marked inactive only after."""
         transport = self.channel.get_transport()
-        error = None
-        if transport is not None and not transport.is_active():
-            error = transport.get_exception()
+        error = getattr(transport, 'saved_exception', None)
         if isinstance(error, OSError):
             return 'connection lost: %s' % (
                 os.strerror(error.errno) if error.errno else

@@ -64,19 +64,17 @@ class FakeServer(object):
 
 class _FakeTransport(object):
     """A channel's transport as the reader asks it why the channel
-    ended: alive while the channel is open, then holding the server's
-    ``cut_error`` once (paramiko clears it when read)."""
+    ended: ``saved_exception``, the server's ``cut_error`` once the
+    channel is closed (paramiko's transport saves the socket error, then
+    closes its channels)."""
 
     def __init__(self, channel):
         self.channel = channel
 
-    def is_active(self):
-        return not self.channel.closed
-
-    def get_exception(self):
-        server = self.channel.server
-        error, server.cut_error = server.cut_error, None
-        return error
+    @property
+    def saved_exception(self):
+        return self.channel.server.cut_error if self.channel.closed \
+            else None
 
 
 class FakeChannel(object):

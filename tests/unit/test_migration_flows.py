@@ -324,7 +324,7 @@ def test_the_host_works_while_taskflow_loads(bed, monkeypatch):
     connect = _watching(monkeypatch, root, seen, hosts)
     r = engine.sync(store, 'web', connect=connect)
     assert r['layers_applied'] >= 1
-    assert seen[0] == ('any2kvm-host', 'connect', False)
+    assert seen[0][:2] == ('any2kvm-host', 'connect')
     snap = [s for s in seen if s[1] == 'vm-snapshot']
     assert len(snap) == 1 and snap[0][0].startswith('any2kvm-host'), seen
     # Everything the host was asked before the flow, it was asked by
@@ -341,7 +341,7 @@ def test_the_host_works_while_taskflow_loads(bed, monkeypatch):
     del seen[:]
     _Watched.started = False
     engine.cutover(store, 'web', connect=connect, timeout=60)
-    assert seen[0] == ('any2kvm-host', 'connect', False)
+    assert seen[0][:2] == ('any2kvm-host', 'connect')
     # The discovery's queries (the VM's listing first) in the thread;
     # the shutdown in the flow, in this thread.
     asked = dict((c, name) for name, c, _s in reversed(seen))
@@ -369,16 +369,26 @@ def test_at_a_terminal_the_host_is_connected_in_the_flow(bed, monkeypatch):
 def test_a_refused_check_asks_the_host_nothing(bed, monkeypatch):
     """The targets' check fails: the host is never connected, and the
     flow fails at its connect task with the check's error, the migration
-    not marked (nothing was done)."""
+    not marked (nothing was done).  The check is made once (a cloud's is
+    a login: two failed logins could lock an account)."""
+    from any2kvm_os.migration import destinations
     root, facts, out, store, _url = bed
     engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
     os.rename(str(out), str(out) + '.gone')
     seen, hosts = [], []
     connect = _watching(monkeypatch, root, seen, hosts)
+    checks = []
+    real = destinations.FileDestination.check
+
+    def check(self):
+        checks.append(1)
+        return real(self)
+    monkeypatch.setattr(destinations.FileDestination, 'check', check)
     with pytest.raises(Exception) as e:
         engine.sync(store, 'web', connect=connect)
     assert 'is not a directory' in str(e.value)
     assert seen == [] and hosts == []
+    assert len(checks) == 1
     run = engine.show(store, 'web')['last_run']
     assert run['stopped_in'] == 'connect'
     assert store.get('web')['status'] == 'created'
@@ -408,3 +418,38 @@ def test_a_flow_failing_before_its_tasks_closes_the_host(bed, monkeypatch):
     engine.sync(store, 'web', **_kw(root))
     snaps = store.get('web')['snapshots']
     assert len(snaps) == 2, snaps
+
+
+def test_an_interrupted_command_leaves_the_host_thread_alone(bed,
+                                                             monkeypatch):
+    """Interrupted (KeyboardInterrupt) while the host thread waits for an
+    answer: the command ends at once; the thread is neither waited for
+    nor has its connection closed under it (the process ends)."""
+    root, facts, out, store, _url = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    seen, hosts = [], []
+    connect = _watching(monkeypatch, root, seen, hosts)
+    answer = threading.Event()
+    asked = threading.Event()
+    real_run = _Watched.run
+
+    def held(self, argv, mutating=False, timeout=None):
+        if argv[1] == 'vm-snapshot':
+            asked.set()
+            answer.wait(30)
+        return real_run(self, argv, mutating, timeout)
+    monkeypatch.setattr(_Watched, 'run', held)
+
+    def interrupted(*args, **kwargs):
+        asked.wait(30)
+        raise KeyboardInterrupt()
+    monkeypatch.setattr(flows, 'run', interrupted)
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.sync(store, 'web', connect=connect)
+        assert time.monotonic() - start < 10
+        assert asked.is_set() and not answer.is_set()
+        assert hosts[0].closed == 0
+    finally:
+        answer.set()
