@@ -541,6 +541,17 @@ def test_cutover_guest_ignores_clean_shutdown(bed):
     check(m, facts)
 
 
+def _through(b, proxy, tmp_path):
+    """The location of bed ``b``'s VM through ``proxy``, and the options
+    of its commands (a state database in ``tmp_path``)."""
+    loc = 'xenserver://%s@127.0.0.1:%d/two-disks' % (b.server.user,
+                                                     proxy.port)
+    common = ['--identity-file', b.server.client_key, '--host-key',
+              b.server.fingerprint, '--config-file', b.conf,
+              '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
+    return loc, common
+
+
 def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
     """The SSH connection cut in the middle of a sync's copy (a proxy
     between the client and sshd closes it after 2 MiB went down): the
@@ -552,11 +563,7 @@ def test_sync_goes_on_after_the_connection_is_cut(sshd_factory, tmp_path):
     out = tmp_path / 'out'
     out.mkdir()
     with delayproxy.DelayProxy(('127.0.0.1', b.server.port)) as proxy:
-        loc = 'xenserver://%s@127.0.0.1:%d/two-disks' % (b.server.user,
-                                                         proxy.port)
-        common = ['--identity-file', b.server.client_key, '--host-key',
-                  b.server.fingerprint, '--config-file', b.conf,
-                  '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
+        loc, common = _through(b, proxy, tmp_path)
         mig('create', 'web', loc, '--output-dir', out, common=common)
         w0, w1 = writers(b.root, b.facts, _state(common))
         w0.write(MiB, ig.pattern(61, 5 * MiB))
@@ -940,11 +947,7 @@ def test_a_reset_connection_prints_only_our_lines(sshd_factory, tmp_path):
     out.mkdir()
     with delayproxy.DelayProxy(('127.0.0.1', b.server.port),
                                reset=True) as proxy:
-        loc = 'xenserver://%s@127.0.0.1:%d/two-disks' % (b.server.user,
-                                                         proxy.port)
-        common = ['--identity-file', b.server.client_key, '--host-key',
-                  b.server.fingerprint, '--config-file', b.conf,
-                  '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
+        loc, common = _through(b, proxy, tmp_path)
         mig('create', 'web', loc, '--output-dir', out, common=common)
         w0, w1 = writers(b.root, b.facts, _state(common))
         w0.write(MiB, ig.pattern(81, 5 * MiB))
