@@ -334,10 +334,7 @@ class Connection(object):
         self._siblings = []
         self._dropped = False
         credentials.install_filter(_FILTERED_LOGGERS)
-        for name in _FILTERED_LOGGERS:
-            logger = logging.getLogger(name)
-            if _DEBUG_ONLY not in logger.filters:
-                logger.addFilter(_DEBUG_ONLY)
+        credentials.install_filter(_FILTERED_LOGGERS, _DEBUG_ONLY)
 
     # -- life -------------------------------------------------------------
 

@@ -99,12 +99,13 @@ class RedactFilter(logging.Filter):
 REDACT = RedactFilter()
 
 
-def install_filter(logger_names):
-    """Put :data:`REDACT` on the loggers named (idempotent)."""
+def install_filter(logger_names, log_filter=REDACT):
+    """Put ``log_filter`` (:data:`REDACT`) on the loggers named
+    (idempotent)."""
     for name in logger_names:
         logger = logging.getLogger(name)
-        if REDACT not in logger.filters:
-            logger.addFilter(REDACT)
+        if log_filter not in logger.filters:
+            logger.addFilter(log_filter)
 
 
 def from_env(label, name, environ=None):
