@@ -483,6 +483,7 @@ def _fixed_copy_class():
             if not over_hole:
                 writer.zero_range(0, size)
                 over_hole = True
+            moved = 0
             with fileio.FileView.open_path(self.path) as view:
                 for start, end, is_data in view.data_runs(0, size):
                     off = start
@@ -492,8 +493,9 @@ def _fixed_copy_class():
                             break
                         writer.write_data(off, data, over_hole=over_hole)
                         off += len(data)
+                        moved += len(data)
                         if progress:
-                            progress(off, size)
+                            progress(off, size, moved)
 
     return FixedCopy
 

@@ -408,7 +408,7 @@ def _apply_one(chain, i, target, progress, bottom=None):
             elif kind == ZERO:
                 writer.put(('zero', e.offset, e.length))
             elif progress:
-                progress(e.end, size)
+                progress(e.end, size, written)
         writer.finish()
     except BaseException:
         writer.abort()

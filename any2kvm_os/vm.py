@@ -77,8 +77,11 @@ class Disk(object, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def write_to(self, writer, progress=None):
-        """Write the whole disk onto ``writer``; ``progress(done, total)``
-        is called as it goes."""
+        """Write the whole disk onto ``writer``; ``progress(done, total,
+        data)`` is called as it goes: the disk's address reached, its
+        size (None when not known yet) and the bytes of data written so
+        far (holes and zero runs are skipped, so ``data`` can be far
+        below ``done``; see :mod:`any2kvm_os.progress`)."""
 
     def close(self):
         if self._closer:

@@ -203,6 +203,7 @@ def copy_chain(chain, writer, progress=None):
                               name='any2kvm-reader', daemon=True)
     reader.start()
     write_buffer = getattr(writer, 'write_buffer', None)
+    moved = 0       # bytes of data written (holes and zero runs skipped)
     try:
         while True:
             item = items.get()
@@ -219,6 +220,7 @@ def copy_chain(chain, writer, progress=None):
                                       over_hole=fresh)
                 free.put(buf)
                 end = offset + n
+                moved += n
             else:
                 # ZERO, or UNALLOCATED through the base: zeros.
                 _kind, offset, length = item
@@ -226,7 +228,7 @@ def copy_chain(chain, writer, progress=None):
                     writer.zero_range(offset, length)
                 end = offset + length
             if progress:
-                progress(end, size)
+                progress(end, size, moved)
     finally:
         stop.set()
         reader.join()

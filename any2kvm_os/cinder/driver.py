@@ -437,7 +437,7 @@ class ImageToVolume(object):
     def _write_disk(self, target, disk):
         step = [0, time.monotonic(), time.monotonic()]
 
-        def progress(done, total):
+        def progress(done, total, data=None):
             now = time.monotonic()
             # cinder-volume runs on eventlet: a conversion is pure Python
             # work that never waits on a green socket, and would hold the
@@ -450,8 +450,11 @@ class ImageToVolume(object):
                 step[2] = now = time.monotonic()
             if now - step[1] >= 10:
                 step[1] = now
-                LOG.info('any2kvm: %s -> volume %s: %d MiB written',
-                         self.label, self.volume.id, done >> 20)
+                if data is None:
+                    data = done
+                LOG.info('any2kvm: %s -> volume %s: %d MiB of the disk '
+                         'done, %d MiB of data written', self.label,
+                         self.volume.id, done >> 20, data >> 20)
         try:
             disk.write_to(target, progress)
             target.sync()

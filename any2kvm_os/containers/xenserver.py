@@ -365,10 +365,12 @@ class XenServerStream(vm.Disk):
             if first and not target.fresh and not layer.fixed:
                 target.zero_range(0, layer.virtual_size)
             over_hole = first and target.fresh
+            moved = 0
             for off, data in layer.data_runs(stream):
                 target.write_data(off, data, over_hole=over_hole)
+                moved += len(data)
                 if progress:
-                    progress(off + len(data), None)
+                    progress(off + len(data), None, moved)
             if layer.fixed:
                 target.resize(layer.virtual_size)
             # A fixed disk's id is known once its footer, at the end, is.

@@ -301,7 +301,8 @@ class Copy(object):
                     self.work = None
                     break
                 serial += 1
-                w.pending.append((serial, runs[0][3]))
+                w.pending.append((serial, runs[0][3],
+                                  sum(r[2] for r in runs)))
                 w.send({'batch': serial, 'runs': runs})
         self._serial = serial
         if exhausted:
@@ -418,12 +419,14 @@ class Copy(object):
     def _report(self):
         if not self.progress:
             return
-        starts = [p[1] for w in self.workers for p in w.pending]
-        to = min(starts) if starts else (
+        pending = [p for w in self.workers for p in w.pending]
+        to = min(p[1] for p in pending) if pending else (
             self.size if self.work is None else self.done_to)
         if to > self.done_to:
             self.done_to = to
-            self.progress(to, self.size)
+            # The data of the batches handed out and not yet written.
+            self.progress(to, self.size,
+                          self.written - sum(p[2] for p in pending))
 
     def _reap(self):
         for w in self.workers:

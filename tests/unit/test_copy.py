@@ -189,6 +189,26 @@ def test_writer_without_write_buffer(tmp_path, small_buffers):
     assert bytes(sink.buf) == expected(chain)
 
 
+def test_progress_counts_the_data_apart_from_the_address(tmp_path):
+    """A 4 MiB disk holding 256 KiB: the copy reports the address reached
+    and, apart, the data written (the progress line's rate is the
+    data's)."""
+    size = 4 << 20
+    layer = FileLayer(tmp_path / 'l0', os.urandom(size),
+                      [(1 << 20, ext.DATA, 256 << 10)], 'l0')
+    chain = layer_chain.LayerChain([layer], ['l0'])
+    calls = []
+    writer = raw.RawWriter.open(str(tmp_path / 'out.raw'))
+    try:
+        chain_copy.copy_chain(chain, writer, lambda *a: calls.append(a))
+        writer.commit()
+    finally:
+        close(chain)
+    assert calls[-1] == (size, size, 256 << 10)
+    datas = [c[2] for c in calls]
+    assert datas == sorted(datas) and all(c[2] <= c[0] for c in calls)
+
+
 def test_reader_error_reaches_the_writer(tmp_path, small_buffers):
     class Broken(FileLayer):
         def read_extent(self, extent, skip, length):

@@ -314,7 +314,7 @@ def test_command_counts_the_wire_once_and_raises_a_workers_error():
                         {'done': 2, 'wire': 250},
                         {'error': 'root@host: connection lost during '
                          'reading; gave up', 'kind': 'SshError'}])
-    w.pending.extend([(1, 0), (2, 8)])
+    w.pending.extend([(1, 0, 8), (2, 8, 8)])
     try:
         with pytest.raises(exception.SshError) as e:
             c._receive(w)
@@ -324,6 +324,25 @@ def test_command_counts_the_wire_once_and_raises_a_workers_error():
         assert not w.pending
     finally:
         w.proc.stdout.close()
+
+
+def test_progress_gives_the_data_written_apart_from_the_address():
+    """The address reached is the first run still pending; the data is
+    what was handed out less what is still pending."""
+    c = _copy()
+    calls = []
+    c.progress = lambda *a: calls.append(a)
+    c.size, c.done_to, c.work = 1 << 30, 0, iter(())
+    c.written = 96
+    w = procread._Worker(1, None)
+    w.pending.extend([(3, 4096, 32), (4, 8192, 16)])
+    c.workers = [w]
+    c._report()
+    assert calls == [(4096, 1 << 30, 48)]
+    w.pending.clear()
+    c.work = None
+    c._report()
+    assert calls[-1] == (1 << 30, 1 << 30, 96)
 
 
 def test_command_goes_on_without_a_worker_that_could_not_log_in(caplog):

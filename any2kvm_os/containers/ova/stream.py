@@ -758,14 +758,16 @@ class OvaStreamDisk(vm.Disk):
             if not fresh:
                 writer.zero_range(0, size)
             written = _Written(stream.name) if fmt == 'vmdk' else None
+            moved = 0
             for off, data in layer.data_runs(stream):
                 if written is not None:
                     written.add(off, off + len(data))
                 writer.write_data(off, data, over_hole=fresh)
+                moved += len(data)
                 if progress:
-                    progress(off + len(data), size)
+                    progress(off + len(data), size, moved)
             if progress:
-                progress(size, size)
+                progress(size, size, moved)
         try:
             self._stream.run(self._placed.disk.file_id, handler)
         except NotStreamable as e:

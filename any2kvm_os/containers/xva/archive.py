@@ -381,16 +381,18 @@ class XvaStreamDisk(vm.Disk):
         # On a target that holds data already (a block device), the
         # chunks left out must be zeroed: remember which came.
         written = None if fresh else bytearray(-(-size // CHUNK))
+        moved = 0
         for pos, data in self._stream.chunks(self.vdi.ref):
             target.write_data(pos, data, over_hole=fresh)
             if written is not None:
                 written[pos // CHUNK] = 1
+            moved += len(data)
             if progress:
-                progress(pos + len(data), size)
+                progress(pos + len(data), size, moved)
         if written is not None:
             _zero_missing(target, written, size)
         if progress:
-            progress(size, size)
+            progress(size, size, moved)
 
 
 def _zero_missing(target, written, size):
