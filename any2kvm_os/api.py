@@ -238,11 +238,13 @@ def import_vm(location, target, name, limits, source_name=None,
         results = plugin.write(vm, name, props, disk=disk,
                                progress=progress)
         if not cls.takes_properties:
-            paths = [r['path'] for r in results if r.get('path')]
+            written = [r for r in results if r.get('path')]
+            paths = [r['path'] for r in written]
             if paths:
                 inspection = guarded_inspection(
                     flag, paths[0], lambda: inspect_paths(
-                        paths, limits, fix=fix, source_vm=vm.facts),
+                        paths, limits, fix=fix, source_vm=vm.facts,
+                        indexes=[r['disk'] for r in written]),
                     fix=fix)
         if inspection and results:
             # A cloud target's own "properties" (what was set) stay.
@@ -366,14 +368,21 @@ def _guest_settings(limits):
     return guest_inspect.Settings.from_conf(getattr(limits, 'conf', None))
 
 
-def inspect_paths(paths, limits, fix=False, source_vm=None):
+def inspect_paths(paths, limits, fix=False, source_vm=None, indexes=None):
     """What is inside the raw disks ``paths`` (one VM's, in order):
     {'guest', 'properties', 'reasons', 'warnings', 'fixed'}.  With
-    ``fix``, the Linux fixes are made too (all or none)."""
+    ``fix``, the Linux fixes are made too (all or none).  ``indexes``:
+    the VM's disk index of each path (default: all its disks, in order),
+    which the guest's Xen device names are looked up by
+    (:func:`any2kvm_os.guest.inspect.slots_of`)."""
     from any2kvm_os.guest import inspect as guest_inspect
+    paths = list(paths)
+    if indexes is None:
+        indexes = range(len(paths))
     result = guest_inspect.inspect_files(
-        list(paths), _guest_settings(limits), fix=fix,
-        scratch_dir=limits.scratch_dir)
+        paths, _guest_settings(limits), fix=fix,
+        scratch_dir=limits.scratch_dir,
+        slots=guest_inspect.slots_of(source_vm, list(indexes)))
     return guest_inspect.summary(result, source_vm)
 
 
@@ -393,7 +402,8 @@ def inspect_vm(vm, limits, disk=None):
     with scratch.Scratch.for_limits(limits,
                                     prefix='any2kvm-inspect-') as space:
         paths = _scratch_copies(space, chosen, 'inspection')
-        return inspect_paths(paths, limits, source_vm=vm.facts)
+        return inspect_paths(paths, limits, source_vm=vm.facts,
+                             indexes=[i for i, _d in chosen])
 
 
 def _scratch_copies(space, chosen, why, progress=None):
@@ -437,7 +447,8 @@ def import_fixed(plugin, vm, name, props, disk, limits, progress, flag,
                                         prefix='any2kvm-fix-') as space:
             paths = _scratch_copies(space, chosen, '--fix')
             inspection = inspect_paths(paths, limits, fix=True,
-                                       source_vm=vm.facts)
+                                       source_vm=vm.facts,
+                                       indexes=[i for i, _d in chosen])
             vm.facts['guest_properties'] = inspection['properties']
             disks = list(vm.disks)
             for (index, d), path in zip(chosen, paths):

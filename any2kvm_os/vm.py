@@ -33,6 +33,7 @@ to the constructor; callers never patch attributes onto a disk.
 """
 
 import abc
+import re
 
 from any2kvm_os.chain import copy as chain_copy
 
@@ -111,6 +112,32 @@ class ChainDisk(Disk):
         chain_copy.copy_chain(self.chain, writer, progress)
 
 
+def xen_slots(userdevices):
+    """The ``xen_slots`` fact of a XenServer VM: the slot of each disk
+    (in device order), from its VBD's ``userdevice`` ("0", "1", "4", or a
+    device name, "xvde"), or None when one of them is neither.  The
+    guest names the disk of slot N xvd<letter N> (hd<letter N> without
+    PV drivers): the template's CD drive takes slot 3, so a VM's fourth
+    disk is usually xvde, which guest inspection must map to the fourth
+    disk, not to a fifth."""
+    slots = []
+    for value in userdevices:
+        text = str(value if value is not None else '').strip().lower()
+        if text.isdigit():
+            slots.append(int(text))
+            continue
+        m = re.match(r'^(?:xvd|hd|sd)([a-z]{1,2})$', text)
+        if not m:
+            return None
+        index = 0
+        for ch in m.group(1):
+            index = index * 26 + (ord(ch) - 96)
+        slots.append(index - 1)
+    if len(set(slots)) != len(slots):
+        return None
+    return slots
+
+
 class Vm(object):
     """A virtual machine as a container opened it: facts and disks."""
 
@@ -122,8 +149,9 @@ class Vm(object):
         self.container = container
         #: The disks in the VM's device order.
         self.disks = list(disks)
-        #: name, cpus, cores_per_socket, memory_mb, firmware, nics, os ...
-        #: (empty for a bare disk file).
+        #: name, cpus, cores_per_socket, memory_mb, firmware, nics, os,
+        #: boot_disk, xen_slots (:func:`xen_slots`) ... (empty for a bare
+        #: disk file).
         self.facts = dict(facts or {})
         #: What the user should know of how the input was read.
         self.notes = list(notes)

@@ -122,11 +122,12 @@ def _convert(args, limits):
         summary = api.wire_summary(vm)
         if summary:
             print(summary)
-        paths = [path for _i, _d, path in api.convert_outputs(
-            vm, args.output, args.disk)]
+        outputs = api.convert_outputs(vm, args.output, args.disk)
+        paths = [path for _i, _d, path in outputs]
         inspection = api.guarded_inspection(
             args.inspect, paths[0], lambda: api.inspect_paths(
-                paths, limits, fix=args.fix, source_vm=vm.facts),
+                paths, limits, fix=args.fix, source_vm=vm.facts,
+                indexes=[i for i, _d, _p in outputs]),
             fix=args.fix)
     finally:
         vm.close()

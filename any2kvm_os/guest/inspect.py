@@ -103,7 +103,21 @@ def enabled(flag):
         '0', 'no', 'false', 'off'), False
 
 
-def command(settings, disks, fmt='raw', fix=False):
+def slots_of(facts, indexes):
+    """The Xen slots (``xen_slots`` fact: each disk's VBD
+    ``userdevice``) of the VM's disks ``indexes``, for the probe's
+    ``--xen-slots``; None when the source does not know them (then the
+    guest's /dev/xvdX names are taken as the disks in order)."""
+    slots = (facts or {}).get('xen_slots')
+    if not isinstance(slots, (list, tuple)):
+        return None
+    try:
+        return [int(slots[i]) for i in indexes]
+    except (IndexError, TypeError, ValueError):
+        return None
+
+
+def command(settings, disks, fmt='raw', fix=False, slots=None):
     cmd = [settings.python, PROBE]
     if settings.backend:
         cmd += ['--backend', settings.backend]
@@ -113,20 +127,23 @@ def command(settings, disks, fmt='raw', fix=False):
     if fmt:
         cmd += ['--format', fmt]
     cmd += ['inspect'] + (['--fix'] if fix else [])
+    if slots is not None:
+        cmd += ['--xen-slots', ','.join(str(int(s)) for s in slots)]
     cmd += [str(d) for d in disks]
     return cmd
 
 
-def run_probe(settings, disks, fmt='raw', fix=False, name=None):
+def run_probe(settings, disks, fmt='raw', fix=False, name=None,
+              slots=None):
     """The probe's JSON output for ``disks``; InspectionError on any
-    failure (one line)."""
+    failure (one line).  ``slots``: see :func:`slots_of`."""
     name = str(name or disks[0])
     if not shutil.which(settings.python) and not os.path.exists(
             settings.python):
         raise exception.InspectionError(
             path=name, reason='%s not found ([any2kvm] guestfs_python); %s'
             % (settings.python, INSTALL_HINT))
-    cmd = command(settings, disks, fmt, fix)
+    cmd = command(settings, disks, fmt, fix, slots)
     LOG.debug('Running %s', ' '.join(cmd))
     try:
         proc, out, err = process.communicate(cmd, settings.timeout,
@@ -169,14 +186,16 @@ def _qemu_img(*args):
                 args[0], ' '.join(r.stderr.split())))
 
 
-def inspect_files(paths, settings=None, fix=False, scratch_dir=None):
+def inspect_files(paths, settings=None, fix=False, scratch_dir=None,
+                  slots=None):
     """The probe's output for the raw disks ``paths`` (one VM's, in
-    device order).  With ``fix``, the fixes are made in qcow2 overlays and
-    committed into the disks only if all of them succeeded, all of them
-    or none (:func:`commit_all`)."""
+    device order; ``slots``: their Xen slots, see :func:`slots_of`).
+    With ``fix``, the fixes are made in qcow2 overlays and committed
+    into the disks only if all of them succeeded, all of them or none
+    (:func:`commit_all`)."""
     settings = settings or Settings()
     if not fix:
-        return run_probe(settings, list(paths))
+        return run_probe(settings, list(paths), slots=slots)
     tmp = tempfile.mkdtemp(prefix='any2kvm-fix-', dir=scratch_dir)
     keep = False
     try:
@@ -187,7 +206,7 @@ def inspect_files(paths, settings=None, fix=False, scratch_dir=None):
                       os.path.abspath(path), '-F', 'raw', overlay)
             overlays.append(overlay)
         result = fix_disks(settings, overlays, fmt='qcow2', name=paths[0],
-                           scratch_dir=scratch_dir)
+                           scratch_dir=scratch_dir, slots=slots)
         if any(f.get('files') or f.get('registry')
                for f in result.get('fixed') or ()) or \
                 (result.get('v2v') or {}).get('ran'):
@@ -333,7 +352,7 @@ def restore_journal(tmp):
                          [tuple(r) for r in plan['ranges']], True)
 
 
-def fix_disks(settings, disks, fmt, name, scratch_dir=None):
+def fix_disks(settings, disks, fmt, name, scratch_dir=None, slots=None):
     """The probe's fixes on ``disks`` (the copy being fixed: overlays or
     attached volumes), then, where the guest's boot lacks the virtio
     storage drivers, the hand-off to virt-v2v-in-place
@@ -342,7 +361,8 @@ def fix_disks(settings, disks, fmt, name, scratch_dir=None):
     hand-off: {'needed', 'ran', 'seconds', 'command'} or {'needed',
     'skipped': the one line saying why}.  virt-v2v's temporary files go
     under ``scratch_dir`` (else the system's temporary directory)."""
-    result = run_probe(settings, disks, fmt=fmt, fix=True, name=name)
+    result = run_probe(settings, disks, fmt=fmt, fix=True, name=name,
+                       slots=slots)
     guest = choose(result)
     kind = v2v.needed(guest)
     if kind is None:
@@ -356,7 +376,7 @@ def fix_disks(settings, disks, fmt, name, scratch_dir=None):
         return result
     done = v2v.run(settings, disks, fmt, name, root=guest.get('root'),
                    scratch_dir=scratch_dir)
-    again = run_probe(settings, disks, fmt=fmt, name=name)
+    again = run_probe(settings, disks, fmt=fmt, name=name, slots=slots)
     again['fixed'] = result.get('fixed') or []
     done['needed'] = kind
     done['bus_before'] = bus
@@ -380,8 +400,15 @@ def warnings(guest, result=None):
     linux = guest.get('linux') or {}
     kernel = properties.boot_kernel(guest)
     for entry in linux.get('disk_names') or ():
+        unknown = entry.get('unknown') or []
+        if unknown:
+            out.append('%s names %s, which is on none of the VM\'s disks '
+                       '(a disk left out, or a CD drive): --fix leaves it '
+                       'as it is; correct it by hand, or mark the entry '
+                       'nofail' % (entry['path'], ', '.join(unknown)))
         bad = [n for n in entry['names']
-               if n.startswith('/dev/xvd') or n.startswith('/dev/hd')]
+               if (n.startswith('/dev/xvd') or n.startswith('/dev/hd'))
+               and n not in unknown]
         if bad:
             out.append('%s names %s, which KVM will not have (convert '
                        '--fix rewrites them)' % (entry['path'],

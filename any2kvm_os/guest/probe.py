@@ -108,6 +108,52 @@ def _hash(value):
     return dict(value) if not isinstance(value, dict) else value
 
 
+def letters_index(letters):
+    """'a' -> 0, 'z' -> 25, 'aa' -> 26: a disk's index in its name."""
+    index = 0
+    for ch in letters:
+        index = index * 26 + (ord(ch) - 96)
+    return index - 1
+
+
+def index_letters(index):
+    """The reverse of :func:`letters_index`: 0 -> 'a', 26 -> 'aa'."""
+    out = ''
+    index += 1
+    while index:
+        index, r = divmod(index - 1, 26)
+        out = chr(97 + r) + out
+    return out
+
+
+def parse_slots(text):
+    """``--xen-slots 0,1,2,4``: the Xen slot (the VBD's ``userdevice``)
+    of each disk given, in order -> {slot: position}; None when not
+    given."""
+    if not text:
+        return None
+    slots = {}
+    for position, item in enumerate(text.split(',')):
+        slots[int(item)] = position
+    return slots
+
+
+def position(name, slots):
+    """The position, among the disks given, of the disk that the guest's
+    device ``name`` is on (/dev/xvde1 -> 3 when the VM's disks sit in Xen
+    slots 0, 1, 2 and 4: the template's CD drive holds slot 3).  A Xen
+    name (xvd, hd: the letter is the slot) is looked up in ``slots``
+    when known, and is None when no disk given sits there; any other
+    name, or a Xen name without ``slots``, is taken in order."""
+    m = DEV_RE.match(name)
+    if not m:
+        return None
+    index = letters_index(m.group(2))
+    if slots is not None and m.group(1) in ('xvd', 'hd'):
+        return slots.get(index)
+    return index
+
+
 def disk_index(device):
     """/dev/sdb2 -> 1 (the disk's index in the order they were added)."""
     m = re.match(r'^/dev/[shv]d([a-z]+)', device or '')
@@ -225,9 +271,10 @@ def bootloader(files):
     return None
 
 
-def disk_names(g):
-    """[{path, names, kinds, xen_consoles}] of fstab, crypttab and the
-    bootloader files."""
+def disk_names(g, slots=None):
+    """[{path, names, kinds, xen_consoles, unknown}] of fstab, crypttab
+    and the bootloader files; ``unknown``: the Xen device names that are
+    on none of the VM's disks (``slots``, see :func:`position`)."""
     out = []
     files = [p for p in NAME_FILES if _exists(g, p)] + boot_files(g)
     for path in files:
@@ -240,7 +287,9 @@ def disk_names(g):
                 continue
             names.extend(NAME_RE.findall(line))
         names = sorted(set(names))
-        out.append({'path': path, 'names': names,
+        unknown = [n for n in names if DEV_RE.match(n) and
+                   position(n, slots) is None]
+        out.append({'path': path, 'names': names, 'unknown': unknown,
                     'kinds': sorted(set(name_kind(n) for n in names)),
                     'xen_consoles': sorted(set(XEN_CONSOLE_RE.findall(
                         text)))})
@@ -393,8 +442,8 @@ def tools(g, root):
     return found, sorted(apps)
 
 
-def linux_facts(g, root):
-    names = disk_names(g)
+def linux_facts(g, root, slots=None):
+    names = disk_names(g, slots)
     files = [n['path'] for n in names]
     found, _apps = tools(g, root)
     return {'bootloader': bootloader(files), 'disk_names': names,
@@ -830,7 +879,7 @@ def mount_guest(g, root, write=False):
                 raise
 
 
-def inspect_root(g, root):
+def inspect_root(g, root, slots=None):
     def get(fn, default=None):
         try:
             return fn(root)
@@ -853,7 +902,7 @@ def inspect_root(g, root):
     mount_guest(g, root)
     try:
         if guest['type'] == 'linux':
-            guest['linux'] = linux_facts(g, root)
+            guest['linux'] = linux_facts(g, root, slots)
         elif guest['type'] == 'windows':
             guest['windows'] = windows_facts(g, root)
     finally:
@@ -865,22 +914,30 @@ def inspect_root(g, root):
 
 # -- fixes --------------------------------------------------------------------
 
-def device_for(name):
-    """/dev/xvdb2 -> /dev/sdb2, the appliance's name of that partition."""
+def device_for(name, slots=None):
+    """/dev/xvdb2 -> /dev/sdb2, the appliance's name of that partition
+    (the disks are added in order: see :func:`position`); None when the
+    name is on none of the disks."""
     m = DEV_RE.match(name)
-    return '/dev/sd%s%s' % (m.group(2), m.group(3)) if m else None
+    at = position(name, slots)
+    if at is None:
+        return None
+    return '/dev/sd%s%s' % (index_letters(at), m.group(3))
 
 
-def replacement(g, name, bus):
+def replacement(g, name, bus, slots=None):
     """What stands for the device ``name`` on KVM: UUID=... when the
-    filesystem has one, else the chosen bus's name, else None."""
+    filesystem has one, else the chosen bus's name; None when it stays
+    (not a device name, already the bus's, or on none of the disks)."""
     m = DEV_RE.match(name)
     if not m:
         return None
     prefix = {'virtio': 'vd'}.get(bus, 'sd')
     if m.group(1) == prefix:
         return None
-    dev = device_for(name)
+    dev = device_for(name, slots)
+    if dev is None:
+        return None
     if m.group(3):
         try:
             uuid = g.vfs_uuid(dev)
@@ -888,11 +945,13 @@ def replacement(g, name, bus):
             uuid = ''
         if uuid:
             return 'UUID=' + uuid
-    return '/dev/%s%s%s' % (prefix, m.group(2), m.group(3))
+    return '/dev/%s%s' % (prefix, dev[len('/dev/sd'):])
 
 
-def fix_text(g, text, bus, is_boot):
-    """(new text, [(old, new)]) of one file."""
+def fix_text(g, text, bus, is_boot, slots=None, unknown=None):
+    """(new text, [(old, new)]) of one file; ``unknown`` (a list) gets
+    the Xen device names left as they are because they are on none of
+    the VM's disks."""
     changes = []
     cache = {}
 
@@ -901,7 +960,11 @@ def fix_text(g, text, bus, is_boot):
         if not name.startswith('/dev/'):
             return name
         if name not in cache:
-            cache[name] = replacement(g, name, bus)
+            cache[name] = replacement(g, name, bus, slots)
+            if unknown is not None and cache[name] is None and \
+                    DEV_RE.match(name) and position(name, slots) is None \
+                    and name not in unknown:
+                unknown.append(name)
         new = cache[name]
         if new is None:
             return name
@@ -922,9 +985,12 @@ def fix_text(g, text, bus, is_boot):
     return ''.join(lines), changes
 
 
-def fix_linux(g, root, bus, tried, fail_after=None):
+def fix_linux(g, root, bus, tried, fail_after=None, slots=None):
     """Rewrite the files of the Linux guest of ``root``; ``tried`` gets
-    each path as its change starts (what a failure had touched)."""
+    each path as its change starts (what a failure had touched).  A Xen
+    device name on none of the VM's disks (``slots``) is left as it is,
+    and listed in its file's ``unknown`` (the inspection's
+    ``disk_names`` list it too)."""
     mount_guest(g, root, write=True)
     done = []
     try:
@@ -934,7 +1000,8 @@ def fix_linux(g, root, bus, tried, fail_after=None):
             text = _read(g, path)
             if text is None:
                 continue
-            new, changes = fix_text(g, text, bus, is_boot)
+            unknown = []
+            new, changes = fix_text(g, text, bus, is_boot, slots, unknown)
             if not changes:
                 continue
             if fail_after is not None and len(done) >= fail_after:
@@ -943,7 +1010,8 @@ def fix_linux(g, root, bus, tried, fail_after=None):
             tried.append(path)
             g.write(path, new.encode('utf-8'))
             done.append({'path': path, 'changes': [
-                {'from': a, 'to': b} for a, b in changes]})
+                {'from': a, 'to': b} for a, b in changes],
+                'unknown': unknown})
         g.sync()
     finally:
         g.umount_all()
@@ -1058,6 +1126,10 @@ def main(argv=None):
     p = sub.add_parser('inspect')
     p.add_argument('--fix', action='store_true',
                    help='open the disks read-write and fix Linux guests')
+    p.add_argument('--xen-slots', type=parse_slots, default=None,
+                   help='the Xen slot (VBD userdevice) of each disk, in '
+                   'order, comma-separated: /dev/xvdX and /dev/hdX names '
+                   'are the disks of those slots')
     p.add_argument('disks', nargs='+')
     p = sub.add_parser('hive', help='read (and with --fix-bus, fix) a '
                        'SYSTEM hive file with the hivex binding')
@@ -1081,7 +1153,8 @@ def main(argv=None):
     tried = []
     try:
         roots = g.inspect_os()
-        result = {'guests': [inspect_root(g, r) for r in roots]}
+        result = {'guests': [inspect_root(g, r, args.xen_slots)
+                             for r in roots]}
         if args.fix:
             fail_after = os.environ.get('ANY2KVM_FIX_FAIL_AFTER')
             result['fixed'] = []
@@ -1100,7 +1173,8 @@ def main(argv=None):
                     'root': guest['root'], 'disk': guest['disk'],
                     'bus': bus, 'files': fix_linux(
                         g, guest['root'], bus, tried,
-                        int(fail_after) if fail_after else None)})
+                        int(fail_after) if fail_after else None,
+                        args.xen_slots)})
         g.shutdown()
     except (RuntimeError, ProbeError) as e:
         print(json.dumps({'error': ' '.join(str(e).split()),

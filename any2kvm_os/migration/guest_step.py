@@ -112,8 +112,10 @@ class GuestStep(object):
         started = time.time()
         try:
             summary = guest_inspect.summary(
-                guest_inspect.run_probe(self.settings, paths,
-                                        name=paths[0]), facts)
+                guest_inspect.run_probe(
+                    self.settings, paths, name=paths[0],
+                    slots=guest_inspect.slots_of(facts, sorted(writers))),
+                facts)
         except exception.InspectionError as e:
             if explicit:
                 raise
@@ -158,10 +160,11 @@ class GuestStep(object):
     def _fix(self, m, dest, facts):
         guest_inspect = _inspect()
         disks = sorted(m['disks'], key=lambda d: d['index'])
+        slots = guest_inspect.slots_of(facts, [d['index'] for d in disks])
         if m['target'] == 'file':
             result = guest_inspect.inspect_files(
                 [d['target_ref'] for d in disks], self.settings, fix=True,
-                scratch_dir=self.scratch_dir)
+                scratch_dir=self.scratch_dir, slots=slots)
             return guest_inspect.summary(result, facts)
         if m['target'] == 'cinder':
             from any2kvm_os.targets import volume_fix
@@ -174,7 +177,7 @@ class GuestStep(object):
             result = volume_fix.fix_volumes(
                 cinder, [(d['target_ref'], d['target_ref']) for d in disks],
                 attach, self.settings, self.keep, dest.timeout,
-                max(dest.poll, 1.0))
+                max(dest.poll, 1.0), slots=slots)
             summary = guest_inspect.summary(result, facts)
             summary['snapshots'] = result['snapshots']
             return summary

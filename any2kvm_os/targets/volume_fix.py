@@ -124,12 +124,14 @@ def delete_snapshots(cinder, snap_ids, timeout=3600, poll=2.0):
 
 
 def fix_volumes(cinder, volumes, attach, settings=None, keep=False,
-                timeout=3600, poll=2.0):
+                timeout=3600, poll=2.0, slots=None):
     """Inspect and fix the guest on ``volumes`` ([(volume id, name)], one
     VM's, in device order), rollback-safe (see the module).  ``attach(vol
     id, name, info)``: a context manager giving the path of the attached
-    volume, filling ``info['format']``.  Returns the probe's output with
-    ``snapshots`` ([{'volume', 'snapshot', 'kept'}]).
+    volume, filling ``info['format']``.  ``slots``: the volumes' Xen
+    slots (:func:`~any2kvm_os.guest.inspect.slots_of`).  Returns the
+    probe's output with ``snapshots`` ([{'volume', 'snapshot',
+    'kept'}]).
     :class:`~any2kvm_os.exception.GuestFixError` when the fix failed (the
     volumes reverted)."""
     settings = settings or guest_inspect.Settings()
@@ -163,7 +165,8 @@ def fix_volumes(cinder, volumes, attach, settings=None, keep=False,
                     path=name, reason='the volumes are kept in different '
                     'formats (%s)' % ', '.join(sorted(formats)))
             result = guest_inspect.fix_disks(settings, paths,
-                                             formats.pop(), name)
+                                             formats.pop(), name,
+                                             slots=slots)
     except BaseException as e:
         e = _error(e)
         reverted = []
@@ -233,7 +236,9 @@ def fix_imported(target, results, facts, props=None, settings=None,
 
     volumes = [(r['id'], r['name']) for r in results]
     result = fix_volumes(cinder, volumes, attach, settings, keep,
-                         target.timeout, target.poll)
+                         target.timeout, target.poll,
+                         slots=guest_inspect.slots_of(
+                             facts, [r['disk'] for r in results]))
     summary = guest_inspect.summary(result, facts)
     summary['snapshots'] = result['snapshots']
     facts['guest_properties'] = summary['properties']

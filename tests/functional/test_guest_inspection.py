@@ -195,6 +195,29 @@ def test_convert_fix_makes_the_xen_guest_boot_on_virtio_scsi(
 
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
+def test_the_fix_maps_xen_names_by_the_disks_slots(libguestfs, tmp_path):
+    """A XenServer VM with disks in slots 0 and 4 (the template's CD
+    drive sits in slot 3): the guest's /dev/xvde1 is the second disk
+    given, and /dev/xvdd (the CD drive) is none of them, left as it is
+    and reported.  Taken in order, xvde1 would have been a fifth disk."""
+    extra = ('/dev/xvde1 /backup ext4 defaults 0 2\n'
+             '/dev/xvdd /media/cdrom0 udf,iso9660 user,noauto 0 0\n')
+    boot = tmp_path / 'xen0.raw'
+    built = guestbuild.build(boot, 'xenpv', extra_fstab=extra)
+    data_uuid = '6a1f0c3e-9d4b-4e7a-8c21-5b0e3f9a7d14'
+    data = guestbuild.data_disk(tmp_path / 'xen4.raw', data_uuid)
+    result = gi.inspect_files([boot, data], libguestfs, fix=True,
+                              slots=[0, 4])
+    fstab = _debugfs_cat(boot, '/etc/fstab', tmp_path)
+    assert 'UUID=%s / ext4' % built['fsuuid'] in fstab, fstab
+    assert 'UUID=%s /backup ext4' % data_uuid in fstab, fstab
+    assert '/dev/xvdd /media/cdrom0' in fstab, fstab
+    summary = gi.summary(result, {'xen_slots': [0, 4]})
+    assert any('/etc/fstab names /dev/xvdd, which is on none of the '
+               'VM\'s disks' in w for w in summary['warnings']), summary
+
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT)
 def test_a_fix_failing_half_way_leaves_the_copy_as_converted(
         guests, libguestfs, tmp_path, monkeypatch):
     source = tmp_path / 'xen.qcow2'

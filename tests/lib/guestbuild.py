@@ -268,7 +268,8 @@ def _initramfs(work, kroot, version, busybox, kind):
     return gzip.compress(cpio, 6)
 
 
-def _root_tree(work, kroot, version, busybox, kind, fsuuid, token):
+def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
+               extra_fstab=''):
     root = work / 'root'
     for d in ('boot/grub', 'etc', 'bin', 'sbin', 'usr/bin', 'var/lib/dpkg',
               'dev', 'proc', 'sys', 'tmp', 'mnt'):
@@ -309,7 +310,7 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token):
     if kind == 'uefi':
         (root / 'boot' / 'efi').mkdir()
         fstab += 'UUID=%s /boot/efi vfat umask=0077 0 1\n' % ESP_UUID
-    (root / 'etc' / 'fstab').write_text(fstab)
+    (root / 'etc' / 'fstab').write_text(fstab + extra_fstab)
     (root / 'etc' / 'os-release').write_text(
         'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n'
         'NAME="Debian GNU/Linux"\nVERSION_ID="12"\n'
@@ -327,9 +328,10 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token):
     return root
 
 
-def build(path, kind, token=None, size_mb=SIZE_MB):
+def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab=''):
     """Write the test guest ``kind`` as a raw disk of ``size_mb`` MiB at
-    ``path``; returns {'kind', 'fsuuid', 'token', 'kernel'}."""
+    ``path``; returns {'kind', 'fsuuid', 'token', 'kernel'}.
+    ``extra_fstab``: lines added to its /etc/fstab."""
     if kind not in BOOT_MODULES:
         raise ValueError('unknown guest kind %r (known: %s)' % (
             kind, ', '.join(KINDS)))
@@ -340,7 +342,7 @@ def build(path, kind, token=None, size_mb=SIZE_MB):
     with tempfile.TemporaryDirectory(prefix='guestbuild-') as tmp:
         work = Path(tmp)
         root = _root_tree(work, kroot, version, busybox, kind, fsuuid,
-                          token)
+                          token, extra_fstab)
         if kind == 'uefi':
             _write_uefi(path, work, root, fsuuid)
             return {'kind': kind, 'fsuuid': fsuuid, 'token': token,
@@ -379,6 +381,22 @@ def build(path, kind, token=None, size_mb=SIZE_MB):
             f.write(data)
     return {'kind': kind, 'fsuuid': fsuuid, 'token': token,
             'kernel': version}
+
+
+def data_disk(path, fsuuid, size_mb=16):
+    """A second disk: one DOS partition holding an empty ext4 file
+    system of UUID ``fsuuid``."""
+    path = Path(path)
+    with open(str(path), 'wb') as f:
+        f.truncate(size_mb << 20)
+    subprocess.run(['sfdisk', '-q', str(path)],
+                   input='label: dos\nstart=%d, type=83\n' % START_SECTOR,
+                   text=True, check=True, capture_output=True, timeout=60)
+    sectors = (size_mb << 20) // 512 - START_SECTOR
+    _run(['mke2fs', '-q', '-F', '-U', fsuuid, '-t', 'ext4',
+          '-E', 'offset=%d' % (START_SECTOR * 512), str(path),
+          '%dk' % (sectors // 2)])
+    return path
 
 
 def _write_uefi(path, work, root, fsuuid):

@@ -98,7 +98,7 @@ def test_fix_volumes_snapshots_fixes_and_deletes_the_snapshots(
     cinder = FakeCinder()
     probes = []
 
-    def probe(settings, paths, fmt='raw', fix=False, name=None):
+    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
         probes.append((list(paths), fmt, fix))
         assert [c[0] for c in cinder.calls] == ['snapshot', 'snapshot']
         return {'guests': [], 'fixed': []}
@@ -123,7 +123,7 @@ def test_a_failed_fix_reverts_after_detaching(monkeypatch):
     cinder = FakeCinder()
     log = []
 
-    def probe(settings, paths, fmt='raw', fix=False, name=None):
+    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
         raise exception.GuestFixError(path=name, reason='fix stopped after '
                                       '1 file(s); it had changed: '
                                       '/etc/fstab')
@@ -145,7 +145,7 @@ def test_a_failed_fix_reverts_after_detaching(monkeypatch):
 def test_keep_keeps_the_snapshot_even_after_a_revert(monkeypatch):
     cinder = FakeCinder()
 
-    def probe(settings, paths, fmt='raw', fix=False, name=None):
+    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
         raise exception.GuestFixError(path=name, reason='boom')
 
     monkeypatch.setattr(gi, 'run_probe', probe)
@@ -218,7 +218,8 @@ def test_import_fixed_uploads_the_fixed_copy(monkeypatch, tmp_path):
     limits = a2k_limits.Limits()
     seen = []
 
-    def inspect_paths(paths, limits, fix=False, source_vm=None):
+    def inspect_paths(paths, limits, fix=False, source_vm=None,
+                      indexes=None):
         assert fix
         seen.extend(paths)
         with open(paths[0], 'r+b') as f:
@@ -330,8 +331,9 @@ def test_at_cutover_uses_the_record_without_fix(store, monkeypatch):
 def test_at_cutover_fixes_the_files(store, tmp_path, monkeypatch):
     calls = []
 
-    def inspect_files(paths, settings=None, fix=False, scratch_dir=None):
-        calls.append((paths, fix))
+    def inspect_files(paths, settings=None, fix=False, scratch_dir=None,
+                      slots=None):
+        calls.append((paths, fix, slots))
         out = recorded()
         out['fixed'] = [{'root': out['guests'][0]['root'], 'disk': 0,
                          'bus': 'scsi', 'files': [
@@ -343,8 +345,12 @@ def test_at_cutover_fixes_the_files(store, tmp_path, monkeypatch):
     step = guest_step.GuestStep(fix=True)
     m = store.get('web')
     details = step.at_cutover(store, 'web', None, {})
-    assert calls == [([m['disks'][0]['target_ref']], True)]
+    assert calls == [([m['disks'][0]['target_ref']], True, None)]
     assert details['fixed'] == '/etc/fstab'
+    # A XenServer VM's disk slots (its VBDs' userdevice) go to the probe,
+    # which maps the guest's /dev/xvdX names by them.
+    step.at_cutover(store, 'web', None, {'xen_slots': [4]})
+    assert calls[-1][2] == [4]
     assert store.get('web')['guest']['inspected_by'] == 'cutover --fix'
 
 
@@ -385,7 +391,8 @@ def test_at_cutover_fixes_cinder_volumes_with_a_snapshot(tmp_path,
             return attach(vol_id, vol_name, info)
 
     monkeypatch.setattr(gi, 'run_probe', lambda settings, paths, fmt=None,
-                        fix=False, name=None: dict(recorded(), fixed=[]))
+                        fix=False, name=None, slots=None: dict(
+                            recorded(), fixed=[]))
     monkeypatch.setattr(volume_fix.time, 'sleep', lambda s: None)
     facts = {}
     details = guest_step.GuestStep(fix=True, keep=True).at_cutover(

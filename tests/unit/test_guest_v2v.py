@@ -238,7 +238,7 @@ def test_run_is_bounded(tools):
 def _probes(monkeypatch, before, after):
     calls = []
 
-    def probe(settings, paths, fmt='raw', fix=False, name=None):
+    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
         calls.append((list(paths), fmt, fix))
         return copy.deepcopy(before if len(calls) == 1 else after)
 

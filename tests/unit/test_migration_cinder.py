@@ -424,7 +424,7 @@ def test_cutover_fix_failing_halfway_reverts_and_cutover_runs_again(
     monkeypatch.setattr(volume_fix.time, 'sleep', lambda s: None)
     probes = []
 
-    def probe(settings, paths, fmt='raw', fix=False, name=None):
+    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
         probes.append(list(paths))
         assert fix and cloud.attached_now == set(ids)
         assert len(cloud.volume_snapshots.by_id) == 2

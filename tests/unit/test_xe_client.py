@@ -491,7 +491,9 @@ def test_discover_facts_nics_and_disks_in_device_order():
                   'network': 'Pool-wide network associated with eth1'}],
         'os': {'distro': 'ubuntu', 'description': 'Ubuntu 22.04.4 LTS',
                'version': '22.04',
-               'template': 'Ubuntu Jammy Jellyfish 22.04'}}
+               'template': 'Ubuntu Jammy Jellyfish 22.04'},
+        # The guest names these disks xvda, xvdc and xvdk.
+        'xen_slots': [0, 2, 10]}
     assert [d.userdevice for d in found.disks] == ['0', '2', '10']
     assert [d.vdi_uuid for d in found.disks] == [VDI0, VDI1, VDI2]
     assert [d.virtual_size for d in found.disks] == [20 * GiB, 10 * GiB,

@@ -31,6 +31,7 @@ from defusedxml import ElementTree as SafeET
 
 from any2kvm_os.containers.xva import xmlrpc
 from any2kvm_os import exception
+from any2kvm_os import vm as vm_mod
 
 LOG = logging.getLogger(__name__)
 
@@ -169,6 +170,9 @@ class XvaMetadata(object):
         self.vm_record = self.objects[self.vm_id][1]
         self.disks = self._disks()
         self.vm = self._facts()
+        slots = vm_mod.xen_slots(d.userdevice for d in self.disks)
+        if slots is not None:
+            self.vm['xen_slots'] = slots
         boot = [i for i, d in enumerate(self.disks) if d.bootable]
         if len(boot) == 1 and boot[0]:
             # The one bootable VBD is not the first disk: it boots.

@@ -66,6 +66,7 @@ import logging
 import posixpath
 
 from any2kvm_os import exception
+from any2kvm_os import vm as vm_mod
 from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import location
 from any2kvm_os.sources.xenserver import xe
@@ -694,6 +695,9 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE,
     this = this_host(run, inventory, notes) if inventory else None
     found = disks(run, uuid, host, vm_name=record['name-label'],
                   notes=notes, mount_base=mount_base, this_host=this)
+    slots = vm_mod.xen_slots(d.userdevice for d in found)
+    if slots is not None:
+        facts['xen_slots'] = slots
     boot = [i for i, d in enumerate(found) if d.bootable]
     if len(boot) == 1 and boot[0]:
         # The one bootable VBD is not the first disk: it boots.

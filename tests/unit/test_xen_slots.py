@@ -1,0 +1,123 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A XenServer guest names the disk of VBD slot N (its ``userdevice``)
+xvd<letter N>.  The template's CD drive takes slot 3, so a VM's fourth
+disk is xvde: the fix must map it to the fourth disk given, never to a
+fifth, and leave a name on no disk alone."""
+
+from any2kvm_os.containers.xva import metadata
+from any2kvm_os.guest import inspect as gi
+from any2kvm_os.guest import probe
+from any2kvm_os import vm as vm_mod
+from tests.lib import xvabuild
+
+
+class UuidsG(object):
+    """The one guestfs call fix_text makes: the appliance sees the disks
+    given as sda, sdb, sdc, sdd (in order)."""
+
+    UUIDS = {'/dev/sda1': 'root-0', '/dev/sdb1': 'data-1',
+             '/dev/sdc1': 'data-2', '/dev/sdd1': 'backup-3'}
+
+    def vfs_uuid(self, dev):
+        return self.UUIDS.get(dev, '')
+
+
+FSTAB = ('/dev/xvda1 / ext4 defaults 0 1\n'
+         '/dev/xvdb1 /srv ext4 defaults 0 2\n'
+         '/dev/xvdc1 /var ext4 defaults 0 2\n'
+         '/dev/xvde1 /backup ext4 defaults 0 2\n'
+         '/dev/xvdd /media/cdrom0 udf,iso9660 user,noauto 0 0\n')
+
+
+def test_fourth_disk_in_slot_4_is_the_fourth_disk():
+    slots = probe.parse_slots('0,1,2,4')
+    unknown = []
+    new, changes = probe.fix_text(UuidsG(), FSTAB, 'scsi', False, slots,
+                                  unknown)
+    assert new == ('UUID=root-0 / ext4 defaults 0 1\n'
+                   'UUID=data-1 /srv ext4 defaults 0 2\n'
+                   'UUID=data-2 /var ext4 defaults 0 2\n'
+                   'UUID=backup-3 /backup ext4 defaults 0 2\n'
+                   '/dev/xvdd /media/cdrom0 udf,iso9660 user,noauto 0 0\n')
+    assert ('/dev/xvde1', 'UUID=backup-3') in changes
+    # The CD drive's slot holds none of the disks: left, and said.
+    assert unknown == ['/dev/xvdd']
+
+
+def test_without_slots_the_names_are_taken_in_order():
+    """A disk file with no VM facts: xvdX is the X-th disk given (what a
+    VM without gaps has); a name past the disks given stays a device
+    name of the bus."""
+    new, _changes = probe.fix_text(UuidsG(), '/dev/xvdb1 /srv ext4\n'
+                                   '/dev/xvdf1 /x ext4\n', 'virtio', False)
+    assert new == 'UUID=data-1 /srv ext4\n/dev/vdf1 /x ext4\n'
+
+
+def test_names_without_a_filesystem_uuid_get_the_bus_name_of_their_disk():
+    slots = probe.parse_slots('0,4')
+    new, changes = probe.fix_text(UuidsG(), '/dev/xvde2 none swap sw\n'
+                                  '/dev/hde /mnt auto noauto\n', 'virtio',
+                                  False, slots)
+    # xvde/hde are the second disk given: vdb on KVM.
+    assert new == '/dev/vdb2 none swap sw\n/dev/vdb /mnt auto noauto\n'
+    assert probe.device_for('/dev/xvde2', slots) == '/dev/sdb2'
+    assert probe.device_for('/dev/xvdb2', slots) is None
+    # Names that are no Xen names are the disks in order.
+    assert probe.device_for('/dev/sdb2', slots) == '/dev/sdb2'
+    assert probe.position('/dev/xvdaa1', probe.parse_slots('0,26')) == 1
+
+
+def test_letters_and_indexes():
+    for i in (0, 1, 25, 26, 27, 51, 52, 701, 702):
+        assert probe.letters_index(probe.index_letters(i)) == i
+    assert probe.index_letters(26) == 'aa'
+
+
+def test_userdevices_give_the_slots():
+    assert vm_mod.xen_slots(['0', '1', '2', '4']) == [0, 1, 2, 4]
+    assert vm_mod.xen_slots(['xvda', 'xvde', 'hdb']) == [0, 4, 1]
+    assert vm_mod.xen_slots(['0', 'autodetect']) is None
+    assert vm_mod.xen_slots(['0', '0']) is None
+    assert vm_mod.xen_slots([]) == []
+
+
+def test_slots_of_a_subset_and_the_probe_argument():
+    facts = {'xen_slots': [0, 2, 10]}
+    assert gi.slots_of(facts, [0, 1, 2]) == [0, 2, 10]
+    assert gi.slots_of(facts, [2]) == [10]
+    assert gi.slots_of(facts, [3]) is None
+    assert gi.slots_of({}, [0]) is None
+    assert gi.slots_of(None, [0]) is None
+    cmd = gi.command(gi.Settings(), ['a', 'b'], slots=[0, 4])
+    assert cmd[cmd.index('--xen-slots') + 1] == '0,4'
+    assert cmd[-2:] == ['a', 'b']
+    assert '--xen-slots' not in gi.command(gi.Settings(), ['a'])
+
+
+def test_inspection_warns_of_a_name_on_no_disk():
+    guest = {'type': 'linux', 'linux': {'disk_names': [
+        {'path': '/etc/fstab', 'names': ['/dev/xvdd', '/dev/xvde1'],
+         'unknown': ['/dev/xvdd'], 'kinds': ['xvd'],
+         'xen_consoles': []}], 'kernels': []}}
+    out = gi.warnings(guest)
+    assert any('/etc/fstab names /dev/xvdd, which is on none of the VM\'s '
+               'disks' in w for w in out), out
+    assert any('/etc/fstab names /dev/xvde1, which KVM will not have' in w
+               for w in out), out
+
+
+def test_xva_facts_carry_the_slots():
+    disks = [('Ref:3', 1 << 20, 0), ('Ref:7', 1 << 20, 4)]
+    xml = xvabuild.ova_xml(disks, cds=[3])
+    assert metadata.parse_metadata('a.xva', xml).vm['xen_slots'] == [0, 4]
