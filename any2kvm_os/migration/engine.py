@@ -237,13 +237,15 @@ def _connect(location, limits, args, connect):
 def _discovery_queries(host, vm, vdis=()):
     """The queries of :func:`_discover` whose words are known before any
     answer, for ``vm`` (a uuid; None otherwise) and the VDI uuids
-    ``vdis``: the VM, its VIFs and VBDs, those VDIs, the pool's SRs, and
+    ``vdis``: the VM, the OS its guest reports, its VIFs and VBDs, those
+    VDIs, the pool's SRs, and
     the host's inventory and PBDs when it names an inventory."""
     if not location_mod.is_uuid(vm):
         return None
     vm = vm.lower()
     queries = [
         xe.list_command('vm', [('uuid', vm)], discovery.VM_FIELDS),
+        discovery.os_version_command(vm),
         xe.list_command('vif', [('vm-uuid', vm)], discovery.VIF_FIELDS),
         xe.list_command('vbd', [('vm-uuid', vm)], discovery.VBD_FIELDS)]
     queries += [xe.list_command('vdi', [('uuid', v.lower())],
@@ -1326,6 +1328,19 @@ def _shut_down(host, vm_uuid, force, timeout, armed=None):
         if state == 'halted':
             return
         if not force:
+            if getattr(e, 'timed_out', False):
+                # Our wait ended before xapi's: its clean shutdown goes
+                # on (VM.clean_shutdown waits for the guest up to
+                # domain_shutdown_total_timeout, 1200 s by default), and
+                # the guest may still halt on its own.
+                raise exception.Any2KvmError(
+                    'VM %s did not halt within %s s (--timeout); it is '
+                    '%s for now, but the host may still be shutting it '
+                    'down (xapi waits up to 1200 s by default): check its '
+                    'power state, then run cutover again (with --force to '
+                    'stop it hard at once)' % (
+                        vm_uuid, '%g' % timeout if timeout else '?',
+                        state))
             # xapi shuts down cleanly only a running VM: a paused or
             # suspended one is refused (VM_BAD_POWER_STATE) and said so.
             raise exception.Any2KvmError(

@@ -778,10 +778,14 @@ class Connection(object):
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise exception.RemoteCommandError(
+                    error = exception.RemoteCommandError(
                         host=self.label,
                         command=_short(left[0].command, 200),
                         reason='no exit after %s s: stopped' % timeout)
+                    # We stopped waiting: the command may still be at
+                    # work on the host (an xe request goes on in xapi).
+                    error.timed_out = True
+                    raise error
                 # Polled, not select()ed on channel.fileno(): paramiko's
                 # Channel.close() closes that pipe while its transport
                 # thread may still feed data arriving for the channel,

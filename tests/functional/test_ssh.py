@@ -201,9 +201,12 @@ def test_failed_command_names_itself_and_its_stderr(sshd):
 def test_command_timeout_and_output_bound(sshd):
     with connect(sshd) as c:
         start = time.monotonic()
-        with pytest.raises(exception.RemoteCommandError, match='no exit'):
+        with pytest.raises(exception.RemoteCommandError,
+                           match='no exit') as e:
             c.run(['sleep', '30'], timeout=0.5)
         assert time.monotonic() - start < 10
+        # Said apart from a command that failed: it may still be at work.
+        assert e.value.timed_out is True
         with pytest.raises(exception.RemoteCommandError,
                            match='more than 1000 bytes'):
             c.run(['head', '-c', '100000', '/dev/zero'], max_output=1000)

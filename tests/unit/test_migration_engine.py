@@ -409,9 +409,10 @@ def test_discovery_of_a_known_vm_takes_one_round_trip(bed):
     assert (got.facts, got.power_state, got.uuid) == (
         want.facts, want.power_state, want.uuid)
     batched, single = _batched_and_single(host)
-    # One batch: VM, VIFs, VBDs, both VDIs, the pool's SRs, the inventory
-    # and the PBDs that check the SRs are attached here.  Nothing alone.
-    assert len(host.batches) == 1 and len(batched) == 8
+    # One batch: VM, the OS its guest reports, VIFs, VBDs, both VDIs, the
+    # pool's SRs, the inventory and the PBDs that check the SRs are
+    # attached here.  Nothing alone.
+    assert len(host.batches) == 1 and len(batched) == 9
     assert batched[-3:] == [engine.discovery.sr_command(),
                             engine.discovery.pbd_command(),
                             ['cat', host.inventory]]
@@ -474,8 +475,8 @@ def test_discovery_batch_that_fails_runs_each_query_alone(bed):
                                       '0' * 12])
     assert len(got.disks) == 2
     assert [a[1] if a[0] == 'xe' else a[0] for a in host.commands] == [
-        'vm-list', 'vif-list', 'cat', 'vbd-list', 'vdi-list', 'sr-list',
-        'pbd-list', 'vdi-list']
+        'vm-list', 'vm-param-get', 'vif-list', 'cat', 'vbd-list',
+        'vdi-list', 'sr-list', 'pbd-list', 'vdi-list']
 
 
 def _recording(root, hosts, cls=miglocal.LocalHost):
@@ -804,6 +805,34 @@ def test_a_paused_vm_that_does_not_shut_down_is_said_paused():
                           force=False, timeout=5)
     assert 'paused' in str(e.value) and 'running' not in str(e.value)
     assert '--force' in str(e.value)
+
+
+class _SlowGuestHost(_PausedHost):
+    """A host whose clean shutdown outlasts --timeout: the wait ends
+    while xapi still waits for the guest, which is running for now."""
+
+    def run(self, argv, mutating=False, timeout=None):
+        self.calls.append(argv[1])
+        if argv[1] == 'vm-shutdown':
+            e = exception.RemoteCommandError(
+                host='xs1', command='xe vm-shutdown',
+                reason='no exit after %s s: stopped' % timeout)
+            e.timed_out = True
+            raise e
+        return 'running\n'
+
+
+def test_a_shutdown_that_outlasts_the_timeout_says_it_may_still_halt():
+    host = _SlowGuestHost()
+    with pytest.raises(exception.Any2KvmError) as e:
+        engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
+                          force=False, timeout=600)
+    text = str(e.value)
+    assert 'did not halt within 600 s' in text, text
+    assert 'may still be shutting it down' in text, text
+    assert '--force' in text
+    # Nothing stops it hard without --force.
+    assert host.calls == ['vm-shutdown', 'vm-param-get']
 
 
 def _set_power(root, vm, state):

@@ -87,7 +87,7 @@ def test_xen_vm_without_nic_model_gets_one_its_guest_has_a_driver_for():
     def vm(policy, distro, domain_type=''):
         facts, _cpus, _notes = discovery.vm_facts({
             'name-label': 'vm', 'HVM-boot-policy': policy,
-            'domain-type': domain_type, 'os-version': 'distro: %s' % distro})
+            'domain-type': domain_type}, osv={'distro': distro})
         facts['nics'] = [dict(nic)]
         return facts
     hvm_linux = vm('BIOS order', 'debian')

@@ -984,7 +984,9 @@ def test_hosts_that_print_other_fields_give_the_same_facts(style):
     assert found.facts == want.facts
     assert [d.as_dict() for d in found.disks] == [d.as_dict()
                                                   for d in want.disks]
-    gets = [c for c in host.calls if c[1].endswith('-param-get')]
+    # (os-version is always asked alone: the guest writes it.)
+    gets = [c for c in host.calls if c[1].endswith('-param-get') and
+            'param-name=os-version' not in c]
     if style in ('ignores-params', 'pads'):
         assert gets == []
     else:
@@ -1187,3 +1189,45 @@ def test_start_refuses_other_states_in_one_line(state):
     msg = str(e.value)
     assert '\n' not in msg and msg.startswith('xs1: VM %s is ' % VM_UUID)
     assert 'not halted, paused or suspended' in msg
+
+
+# -- what the guest writes: os-version ----------------------------------------
+
+def test_a_guests_os_name_cannot_break_or_forge_the_vm_record():
+    """The guest's agent copies its own OS name into os-version, which
+    xapi prints unescaped: a name holding a blank line and a forged
+    record ends a listing's record for any parser.  It is asked alone
+    (its whole answer one value), never in the listing."""
+    host = FakeHost()
+    forged = ('Foo\n\nuuid ( RO)              : %s\n'
+              '    name-label ( RW): web01\n  power-state ( RO): halted'
+              % VM_UUID)
+    add_vm(host, os_version=_map({'name': forged, 'distro': 'debian',
+                                  'major': '12'}))
+    host.add('sr', uuid=EXT_SR, name_label='Local storage', type='ext')
+    add_disk(host, 0, VDI0)
+    found = discovery.discover(host, 'web01', host='xs1',
+                               mount_base='/stand-in/sr-mount')
+    assert found.uuid == VM_UUID and found.power_state == 'running'
+    assert found.facts['os']['distro'] == 'debian'
+    assert found.facts['os']['version'] == '12'
+    # The name is kept as one line of text.
+    assert '\n' not in found.facts['os']['description']
+    assert found.facts['os']['description'].startswith('Foo  uuid ( RO)')
+    listings = [c for c in host.calls if c[1] == 'vm-list']
+    assert listings and all('os-version' not in ' '.join(c)
+                            for c in listings)
+
+
+def test_without_os_version_the_vm_is_still_found():
+    """A host that cannot give os-version (an xe that fails the
+    param-get): no OS hint from it, and a note says so."""
+    host = standard_host()
+    for vm in host.objects['vm']:
+        vm.pop('os-version', None)
+    found = discovery.discover(host, 'web01', host='xs1',
+                               mount_base='/stand-in/sr-mount')
+    # The template's install-distro is the hint left.
+    assert found.facts['os']['distro'] == 'ubuntu'
+    assert 'version' not in found.facts['os']
+    assert any('os-version' in n for n in found.notes), found.notes

@@ -84,12 +84,16 @@ MiB = 1 << 20
 #: guest, 255 on a PV one; 7 VIFs).
 MAX_DEVICES = 256
 
-#: What is asked of the VM (``vm-list params=``).
+#: What is asked of the VM (``vm-list params=``).  Not ``os-version``:
+#: the guest writes it (its agent copies the guest's own OS name into
+#: xenstore, and xapi prints it unescaped), so a name holding a blank
+#: line would end the record there for any parser, and could even print
+#: a second record; it is asked alone (:func:`os_version_command`).
 VM_FIELDS = (
     'uuid', 'name-label', 'power-state', 'is-a-template', 'is-a-snapshot',
     'is-control-domain', 'VCPUs-max', 'VCPUs-at-startup',
     'memory-static-max', 'platform', 'HVM-boot-policy', 'HVM-boot-params',
-    'domain-type', 'other-config', 'os-version', 'reference-label')
+    'domain-type', 'other-config', 'reference-label')
 VM_REQUIRED = ('uuid', 'name-label', 'power-state')
 VBD_FIELDS = ('uuid', 'vm-uuid', 'vdi-uuid', 'userdevice', 'device', 'type',
               'empty', 'bootable')
@@ -150,7 +154,7 @@ class Discovered(object):
 
 #: Fields not worth a ``param-get`` each when a host leaves them out of
 #: a listing (hints only; absent on older hosts).
-_HINTS = frozenset(('other-config', 'os-version', 'reference-label'))
+_HINTS = frozenset(('other-config', 'reference-label'))
 
 
 class _Host(object):
@@ -362,10 +366,39 @@ def _soft_int(value):
     return None
 
 
-def _os(record, argv):
-    """The OS hints, as the XVA container reports them."""
+def os_version_command(vm_uuid):
+    """``xe vm-param-get uuid=U param-name=os-version``: the OS the
+    guest's agent reports (a map: name, distro, major, minor, uname),
+    the whole answer one value whatever it holds."""
+    return xe.param_get('vm', vm_uuid, 'os-version')
+
+
+def os_version(run, vm_uuid, notes=None):
+    """The guest's ``os-version`` map; {} (with a note) when the host
+    cannot give it or it is not a map: it is only a hint, and the guest
+    writes it."""
+    argv = os_version_command(vm_uuid)
+    try:
+        text = xe.text_of(run(argv), argv)
+        if text.endswith('\n'):
+            text = text[:-1]
+        if len(text) > xe.MAX_VALUE:
+            raise errors.XeOutputError(command=xe.describe(argv),
+                                       reason='longer than %d characters'
+                                       % xe.MAX_VALUE)
+        return xe.parse_map(' '.join(text.split('\n')), argv, 'os-version')
+    except (exception.RemoteCommandError, errors.XeOutputError) as e:
+        if notes is not None:
+            notes.append('the OS the guest reports (os-version) was not '
+                         'read: %s' % e)
+        return {}
+
+
+def _os(record, argv, osv=None):
+    """The OS hints, as the XVA container reports them (``osv``: the
+    guest's :func:`os_version`)."""
     out = {}
-    osv = xe.parse_map(record.get('os-version', ''), argv, 'os-version')
+    osv = osv or {}
     other = xe.parse_map(record.get('other-config', ''), argv,
                          'other-config')
     if osv.get('distro'):
@@ -384,8 +417,9 @@ def _os(record, argv):
     return out
 
 
-def vm_facts(record, argv=('xe', 'vm-list')):
-    """(facts, vcpus_at_startup, notes) of a ``vm-list`` record."""
+def vm_facts(record, argv=('xe', 'vm-list'), osv=None):
+    """(facts, vcpus_at_startup, notes) of a ``vm-list`` record (and of
+    the guest's ``os-version``, ``osv``)."""
     notes = []
     boot, mode = _firmware(record, notes, argv)
     cpus = _soft_int(record.get('VCPUs-max'))
@@ -401,7 +435,7 @@ def vm_facts(record, argv=('xe', 'vm-list')):
         'memory_mb': memory // MiB if memory is not None else None,
         'virtualization': mode,
         'nics': [],
-        'os': _os(record, argv),
+        'os': _os(record, argv, osv),
     }
     facts.update(boot)
     return facts, at_startup, notes
@@ -690,7 +724,10 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE,
     record = find_vm(run, vm, host)
     uuid = record['uuid'].lower()
     argv = xe.list_command('vm', [('uuid', uuid)], VM_FIELDS)
-    facts, at_startup, notes = vm_facts(record, argv)
+    os_notes = []
+    osv = os_version(run, uuid, os_notes)
+    facts, at_startup, notes = vm_facts(record, argv, osv)
+    notes.extend(os_notes)
     facts['nics'] = nics(run, uuid, host)
     this = this_host(run, inventory, notes) if inventory else None
     found = disks(run, uuid, host, vm_name=record['name-label'],
