@@ -416,6 +416,7 @@ def warnings(guest, result=None):
         if entry.get('xen_consoles'):
             out.append('%s has the Xen console %s (convert --fix drops it)'
                        % (entry['path'], ', '.join(entry['xen_consoles'])))
+    out.extend(network_warnings(linux.get('network')))
     if kernel is not None:
         if kernel.get('xen_pv_only'):
             out.append('kernel %s is Xen-PV-only: install a standard '
@@ -449,6 +450,31 @@ def warnings(guest, result=None):
     if others:
         out.append('%d other operating system(s) found; the one on disk '
                    '%s was used' % (len(others), guest.get('disk')))
+    return out
+
+
+def network_warnings(net):
+    """What would leave a Linux guest without network on KVM."""
+    out = []
+    net = net or {}
+    for entry in net.get('files') or ():
+        xen = [n for n in entry['names']
+               if n.startswith('enX') or not net.get('ifnames_off')]
+        if xen:
+            out.append('%s names %s, the Xen NIC\'s name(s): on KVM the NIC '
+                       'is named by its PCI slot (ens3, enp1s0) and this '
+                       'configuration brings up nothing (convert --fix keeps '
+                       'the kernel\'s names with net.ifnames=0 and renames '
+                       'enXN to ethN)' % (entry['path'], ', '.join(xen)))
+        if entry.get('mac_bound'):
+            out.append('%s binds its interface to the Xen NIC\'s MAC '
+                       '(HWADDR=, mac-address=), which changes on KVM unless '
+                       'kept (--keep-macs); --fix drops that line'
+                       % entry['path'])
+    if net.get('pinned'):
+        out.append('/etc/udev/rules.d/70-persistent-net.rules pins %s to the '
+                   'Xen NIC\'s MAC: a new MAC gets the next name; --fix '
+                   'renames the file aside' % ', '.join(net['pinned']))
     return out
 
 
@@ -553,6 +579,22 @@ def _apply_fixes(guest, fixed):
         entry['names'] = sorted({done.get(n, n) for n in entry['names']})
         entry['xen_consoles'] = [c for c in entry['xen_consoles']
                                  if c not in done]
+    net = (guest.get('linux') or {}).get('network')
+    if not net:
+        return
+    if any('' in done and done[''] == 'net.ifnames=0'
+           for done in changes.values()):
+        net['ifnames_off'] = True
+    for entry in net.get('files') or ():
+        done = changes.get(entry['path'])
+        if not done:
+            continue
+        entry['names'] = sorted({done.get(n, n) for n in entry['names']})
+        if any(k and not v for k, v in done.items()):
+            entry['mac_bound'] = False
+    rules = [p for p in changes if p.endswith('70-persistent-net.rules')]
+    if rules:
+        net['pinned'] = []
 
 
 def report(guest):
@@ -577,6 +619,8 @@ def report(guest):
         out['xen_pv_only'] = bool(kernel and kernel.get('xen_pv_only'))
         out['tools'] = {k: v for k, v in (linux.get('tools') or {}).items()
                         if v}
+        if linux.get('network') is not None:
+            out['network'] = linux['network']
     win = guest.get('windows')
     if win:
         out['windows'] = win
@@ -645,6 +689,10 @@ def text_lines(inspection):
             lines.append('kernel:       %s: %s' % (guest['kernel'], ', '.join(
                 '%s %s' % (m, w or 'absent') for m, w in
                 sorted(guest['drivers'].items()))))
+        for entry in (guest.get('network') or {}).get('files') or ():
+            lines.append('network:      %s: %s%s' % (
+                entry['path'], ', '.join(entry['names']) or '-',
+                ' (bound to a MAC)' if entry.get('mac_bound') else ''))
         if guest.get('tools'):
             lines.append('tools:        %s' % ', '.join(
                 sorted(v for vs in guest['tools'].values() for v in vs)))
@@ -654,6 +702,7 @@ def text_lines(inspection):
             lines.append('fixed:        SYSTEM hive: %s' % change)
         for f in fix['files']:
             lines.append('fixed:        %s: %s' % (f['path'], ', '.join(
+                ('added %s' % c['to']) if not c['from'] else
                 '%s -> %s' % (c['from'], c['to'] or '(dropped)')
                 for c in f['changes'])))
     handoff = inspection.get('v2v') or {}

@@ -71,6 +71,31 @@ DEV_RE = re.compile(r'^/dev/(xvd|hd|sd|vd)([a-z]+)([0-9]*)$')
 XEN_CONSOLE_RE = re.compile(
     r'(?<![\w-])(?:console=(?:hvc|xvc)[0-9]+\S*|xencons=\S+)')
 
+#: Files that name the guest's network interfaces: ifupdown, netplan,
+#: ifcfg (Red Hat, SUSE), NetworkManager, systemd-networkd.
+NET_FILES = ('/etc/network/interfaces',)
+#: (directory, name prefix, name suffix) of the files of each kind.
+NET_GLOBS = (('/etc/network/interfaces.d', '', ''),
+             ('/etc/netplan', '', '.yaml'),
+             ('/etc/sysconfig/network-scripts', 'ifcfg-', ''),
+             ('/etc/sysconfig/network', 'ifcfg-', ''),
+             ('/etc/NetworkManager/system-connections', '', '.nmconnection'),
+             ('/etc/systemd/network', '', '.network'))
+#: udev's rules that pin a NIC's name to its MAC (older distributions):
+#: a new MAC gets the next name (eth1), which no configuration names.
+PERSISTENT_NET = '/etc/udev/rules.d/70-persistent-net.rules'
+#: The names a Xen NIC had: ``ethN`` (netfront has no slot, so older
+#: systemd and every earlier udev kept the kernel's name) or ``enXN``
+#: (systemd's name for it since v250).  On KVM a virtio or e1000 NIC is a
+#: PCI device: systemd names it by its slot (ens3, enp1s0), and a
+#: configuration written for the Xen name brings up nothing.
+XEN_NIC_RE = re.compile(r'(?<![\w.:-])(eth[0-9]+|enX[0-9]+)(?![\w-])')
+#: What keeps the kernel's names (eth0, eth1, ... in PCI order).
+IFNAMES_ARG = 'net.ifnames=0'
+#: A line that binds a network configuration to the NIC's MAC, which
+#: changes on KVM (ifcfg, NetworkManager keyfiles).
+MAC_BIND_RE = re.compile(r'^[ \t]*(?:HWADDR|mac-address)[ \t]*=.*\n?', re.M)
+
 ESP_GUID = 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B'
 BIOS_BOOT_GUID = '21686148-6449-6E6F-744E-656564454649'
 
@@ -296,6 +321,47 @@ def disk_names(g, slots=None):
     return out
 
 
+def _uncommented(text):
+    return ''.join(line for line in (text or '').splitlines(True)
+                   if not line.lstrip().startswith('#'))
+
+
+def net_files(g):
+    """The guest's network configuration files (:data:`NET_GLOBS`)."""
+    files = [p for p in NET_FILES if _exists(g, p)]
+    for top, prefix, suffix in NET_GLOBS:
+        for entry in _ls(g, top):
+            if entry.startswith(prefix) and entry.endswith(suffix) and \
+                    not entry.startswith('.'):
+                path = top + '/' + entry
+                try:
+                    if g.is_file(path, followsymlinks=True):
+                        files.append(path)
+                except RuntimeError:
+                    continue
+    return files
+
+
+def network_facts(g):
+    """What of the guest's network setup names its Xen NIC: {'files':
+    [{path, names (ethN/enXN), mac_bound}], 'pinned': the names
+    70-persistent-net.rules pins to MACs, 'ifnames_off': whether a
+    kernel command line already keeps the kernel's names}."""
+    files = []
+    for path in net_files(g):
+        text = _uncommented(_read(g, path))
+        names = sorted(set(XEN_NIC_RE.findall(text)))
+        bound = bool(MAC_BIND_RE.search(text))
+        if names or bound:
+            files.append({'path': path, 'names': names, 'mac_bound': bound})
+    rules = _uncommented(_read(g, PERSISTENT_NET))
+    pinned = sorted(set(re.findall(r'NAME="?([\w.-]+)', rules))) \
+        if 'ATTR{address}' in rules else []
+    off = any(IFNAMES_ARG in _uncommented(_read(g, p))
+              for p in boot_files(g))
+    return {'files': files, 'pinned': pinned, 'ifnames_off': off}
+
+
 def _module_name(path):
     base = path.rsplit('/', 1)[-1]
     base = re.sub(r'\.ko(\.(xz|gz|zst))?$', '', base)
@@ -447,7 +513,8 @@ def linux_facts(g, root, slots=None):
     files = [n['path'] for n in names]
     found, _apps = tools(g, root)
     return {'bootloader': bootloader(files), 'disk_names': names,
-            'kernels': kernels(g), 'tools': found}
+            'kernels': kernels(g), 'tools': found,
+            'network': network_facts(g)}
 
 
 # -- Windows ------------------------------------------------------------------
@@ -948,10 +1015,78 @@ def replacement(g, name, bus, slots=None):
     return '/dev/%s%s' % (prefix, dev[len('/dev/sd'):])
 
 
-def fix_text(g, text, bus, is_boot, slots=None, unknown=None):
+#: The kernel command lines of each bootloader file (its path's last
+#: part, or the path): what comes before the arguments.
+_KERNEL_LINES = (
+    (('grub.cfg',), re.compile(r'^\s*(?:linux|linux16|linuxefi)\s+\S')),
+    (('menu.lst', 'grub.conf'), re.compile(r'^\s*kernel\s+\S')),
+    (('extlinux.conf', 'syslinux.cfg'), re.compile(r'^\s*append\s', re.I)),
+    (('/boot/loader/entries/',), re.compile(r'^\s*options\s')),
+)
+_GRUB_DEFAULT_RE = re.compile(
+    r'^(GRUB_CMDLINE_LINUX=)(["\']?)(.*?)\2([ \t]*)$')
+
+
+def add_kernel_args(path, line, args):
+    """``line`` of the bootloader file ``path`` with ``args`` added when
+    it is a kernel command line that lacks them; (new line, added)."""
+    body = line.rstrip('\r\n')
+    end = line[len(body):]
+    want = [a for a in args if a.split('=', 1)[0] + '=' not in body]
+    if not want:
+        return line, []
+    extra = ' '.join(want)
+    if path == '/etc/kernel/cmdline':
+        if not body.strip():
+            return line, []
+        return body.rstrip() + ' ' + extra + end, want
+    if path == '/etc/default/grub':
+        m = _GRUB_DEFAULT_RE.match(body)
+        if not m:
+            return line, []
+        value = (m.group(3) + ' ' + extra).strip()
+        q = m.group(2) or '"'
+        return m.group(1) + q + value + q + m.group(4) + end, want
+    name = path.rsplit('/', 1)[-1]
+    for keys, pattern in _KERNEL_LINES:
+        if (name in keys or any(path.startswith(k) for k in keys
+                                if k.startswith('/'))) and \
+                pattern.match(body):
+            return body.rstrip() + ' ' + extra + end, want
+    return line, []
+
+
+def fix_net_text(text):
+    """(new text, [(old, new)]) of a network configuration file: enXN
+    becomes ethN (the kernel's name, kept by net.ifnames=0), and a line
+    binding it to the Xen NIC's MAC is dropped."""
+    changes = []
+    lines = []
+    for line in text.splitlines(True):
+        if line.lstrip().startswith('#'):
+            lines.append(line)
+            continue
+        if MAC_BIND_RE.match(line):
+            changes.append((line.strip(), ''))
+            continue
+
+        def rename(m):
+            old = m.group(1)
+            if not old.startswith('enX'):
+                return old
+            new = 'eth' + old[3:]
+            changes.append((old, new))
+            return new
+        lines.append(XEN_NIC_RE.sub(rename, line))
+    return ''.join(lines), changes
+
+
+def fix_text(g, text, bus, is_boot, slots=None, unknown=None, path=None,
+             kernel_args=()):
     """(new text, [(old, new)]) of one file; ``unknown`` (a list) gets
     the Xen device names left as they are because they are on none of
-    the VM's disks."""
+    the VM's disks.  ``kernel_args``: added to the kernel command lines
+    of the bootloader file ``path`` that lack them."""
     changes = []
     cache = {}
 
@@ -981,6 +1116,9 @@ def fix_text(g, text, bus, is_boot, slots=None, unknown=None):
             if dropped:
                 new = re.sub(r'[ \t]*' + XEN_CONSOLE_RE.pattern, '', new)
                 changes.extend((d, '') for d in dropped)
+            if kernel_args and path:
+                new, added = add_kernel_args(path, new, kernel_args)
+                changes.extend(('', a) for a in added)
         lines.append(new)
     return ''.join(lines), changes
 
@@ -990,10 +1128,33 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None):
     each path as its change starts (what a failure had touched).  A Xen
     device name on none of the VM's disks (``slots``) is left as it is,
     and listed in its file's ``unknown`` (the inspection's
-    ``disk_names`` list it too)."""
+    ``disk_names`` list it too).
+
+    The network: where the guest's configuration names its Xen NIC
+    (:func:`network_facts`), the kernel is told to keep its names
+    (``net.ifnames=0`` on every kernel command line: the NICs are eth0,
+    eth1, ... in PCI order, as Nova plugs them), ``enXN`` becomes
+    ``ethN``, the lines binding a configuration to the Xen NIC's MAC
+    are dropped, and udev's 70-persistent-net.rules is renamed aside
+    (``.any2kvm-disabled``)."""
     mount_guest(g, root, write=True)
     done = []
+
+    def start(path):
+        if fail_after is not None and len(done) >= fail_after:
+            raise ProbeError('fix stopped after %d file(s) '
+                             '(ANY2KVM_FIX_FAIL_AFTER)' % len(done))
+        tried.append(path)
+
+    def record(path, changes, **extra):
+        entry = {'path': path, 'changes': [
+            {'from': a, 'to': b} for a, b in changes]}
+        entry.update(extra)
+        done.append(entry)
     try:
+        net = network_facts(g)
+        args = [IFNAMES_ARG] if any(f['names'] for f in net['files']) \
+            and not net['ifnames_off'] else []
         files = [(p, False) for p in NAME_FILES if _exists(g, p)] + [
             (p, True) for p in boot_files(g)]
         for path, is_boot in files:
@@ -1001,17 +1162,25 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None):
             if text is None:
                 continue
             unknown = []
-            new, changes = fix_text(g, text, bus, is_boot, slots, unknown)
+            new, changes = fix_text(g, text, bus, is_boot, slots, unknown,
+                                    path=path, kernel_args=args)
             if not changes:
                 continue
-            if fail_after is not None and len(done) >= fail_after:
-                raise ProbeError('fix stopped after %d file(s) '
-                                 '(ANY2KVM_FIX_FAIL_AFTER)' % len(done))
-            tried.append(path)
+            start(path)
             g.write(path, new.encode('utf-8'))
-            done.append({'path': path, 'changes': [
-                {'from': a, 'to': b} for a, b in changes],
-                'unknown': unknown})
+            record(path, changes, unknown=unknown)
+        for f in net['files']:
+            new, changes = fix_net_text(_read(g, f['path']) or '')
+            if not changes:
+                continue
+            start(f['path'])
+            g.write(f['path'], new.encode('utf-8'))
+            record(f['path'], changes)
+        if net['pinned']:
+            aside = PERSISTENT_NET + '.any2kvm-disabled'
+            start(PERSISTENT_NET)
+            g.mv(PERSISTENT_NET, aside)
+            record(PERSISTENT_NET, [(PERSISTENT_NET, aside)])
         g.sync()
     finally:
         g.umount_all()

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from any2kvm_os.guest import inspect as gi
+from any2kvm_os.guest import probe
 from any2kvm_os import properties
 from tests.lib.cli import describe
 from tests.lib.cli import run_any2kvm
@@ -194,16 +195,33 @@ def test_convert_fix_makes_the_xen_guest_boot_on_virtio_scsi(
     assert 'fstab=%s' % uuid in line
 
 
-@pytest.mark.timeout(APPLIANCE_TIMEOUT)
+NETWORK_FILES = {
+    '/etc/network/interfaces': (
+        'auto lo\niface lo inet loopback\n\n'
+        'allow-hotplug enX0\niface enX0 inet static\n'
+        '    address 192.0.2.10/24\n'),
+    '/etc/udev/rules.d/70-persistent-net.rules': (
+        'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", '
+        'ATTR{address}=="aa:00:00:00:00:01", KERNEL=="eth*", '
+        'NAME="eth0"\n'),
+}
+
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT * 2)
 def test_the_fix_maps_xen_names_by_the_disks_slots(libguestfs, tmp_path):
     """A XenServer VM with disks in slots 0 and 4 (the template's CD
     drive sits in slot 3): the guest's /dev/xvde1 is the second disk
     given, and /dev/xvdd (the CD drive) is none of them, left as it is
-    and reported.  Taken in order, xvde1 would have been a fifth disk."""
+    and reported.  Taken in order, xvde1 would have been a fifth disk.
+    Its network configuration names the Xen NIC (enX0) and udev pins
+    eth0 to the Xen MAC: the fix keeps the kernel's names
+    (net.ifnames=0), renames enX0 to eth0 and sets the rules aside; the
+    guest still boots."""
     extra = ('/dev/xvde1 /backup ext4 defaults 0 2\n'
              '/dev/xvdd /media/cdrom0 udf,iso9660 user,noauto 0 0\n')
     boot = tmp_path / 'xen0.raw'
-    built = guestbuild.build(boot, 'xenpv', extra_fstab=extra)
+    built = guestbuild.build(boot, 'xenpv', extra_fstab=extra,
+                             extra_files=NETWORK_FILES)
     data_uuid = '6a1f0c3e-9d4b-4e7a-8c21-5b0e3f9a7d14'
     data = guestbuild.data_disk(tmp_path / 'xen4.raw', data_uuid)
     result = gi.inspect_files([boot, data], libguestfs, fix=True,
@@ -215,6 +233,17 @@ def test_the_fix_maps_xen_names_by_the_disks_slots(libguestfs, tmp_path):
     summary = gi.summary(result, {'xen_slots': [0, 4]})
     assert any('/etc/fstab names /dev/xvdd, which is on none of the '
                'VM\'s disks' in w for w in summary['warnings']), summary
+    # The network.
+    assert not [w for w in summary['warnings'] if 'Xen NIC' in w], summary
+    interfaces = _debugfs_cat(boot, '/etc/network/interfaces', tmp_path)
+    assert 'allow-hotplug eth0\niface eth0 inet static' in interfaces
+    assert _debugfs_cat(boot, probe.PERSISTENT_NET, tmp_path) == ''
+    assert 'NAME="eth0"' in _debugfs_cat(
+        boot, probe.PERSISTENT_NET + '.any2kvm-disabled', tmp_path)
+    grub = _debugfs_cat(boot, '/boot/grub/grub.cfg', tmp_path)
+    assert 'net.ifnames=0' in grub and 'hvc0' not in grub, grub
+    line = guestbuild.boot(boot, 'virtio-scsi')
+    assert line and 'ANY2KVM-BOOT-OK' in line, line
 
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
@@ -615,7 +644,8 @@ def _fake_fix(monkeypatch):
     """The probe stand-in: it "fixes" each overlay by writing into it
     (64 KiB of 0xab at 1 MiB, a zeroed cluster at 0), as the appliance
     would, and reports a fixed file."""
-    def run_probe(settings, overlays, fmt='raw', fix=False, name=None):
+    def run_probe(settings, overlays, fmt='raw', fix=False, name=None,
+                  slots=None):
         for overlay in overlays:
             subprocess.run(['qemu-io', '-f', 'qcow2', '-c',
                             'write -P 0xab 1M 64k', '-c',

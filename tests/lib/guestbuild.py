@@ -269,7 +269,7 @@ def _initramfs(work, kroot, version, busybox, kind):
 
 
 def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
-               extra_fstab=''):
+               extra_fstab='', extra_files=None):
     root = work / 'root'
     for d in ('boot/grub', 'etc', 'bin', 'sbin', 'usr/bin', 'var/lib/dpkg',
               'dev', 'proc', 'sys', 'tmp', 'mnt'):
@@ -325,13 +325,19 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
                    'Architecture: amd64\nVersion: 1.0\n'
                    'Description: test\n\n' % pkg)
     (root / 'var' / 'lib' / 'dpkg' / 'status').write_text(status)
+    for name, text in (extra_files or {}).items():
+        path = root / name.lstrip('/')
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     return root
 
 
-def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab=''):
+def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab='',
+          extra_files=None):
     """Write the test guest ``kind`` as a raw disk of ``size_mb`` MiB at
     ``path``; returns {'kind', 'fsuuid', 'token', 'kernel'}.
-    ``extra_fstab``: lines added to its /etc/fstab."""
+    ``extra_fstab``: lines added to its /etc/fstab; ``extra_files``:
+    {path in the guest: text} written into it."""
     if kind not in BOOT_MODULES:
         raise ValueError('unknown guest kind %r (known: %s)' % (
             kind, ', '.join(KINDS)))
@@ -342,7 +348,7 @@ def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab=''):
     with tempfile.TemporaryDirectory(prefix='guestbuild-') as tmp:
         work = Path(tmp)
         root = _root_tree(work, kroot, version, busybox, kind, fsuuid,
-                          token, extra_fstab)
+                          token, extra_fstab, extra_files)
         if kind == 'uefi':
             _write_uefi(path, work, root, fsuuid)
             return {'kind': kind, 'fsuuid': fsuuid, 'token': token,

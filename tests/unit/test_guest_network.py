@@ -1,0 +1,161 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A Linux guest's network after the move: its configuration names the
+Xen NIC (eth0, or enX0 with systemd 250 and later), which a KVM guest's
+PCI NIC is not called (ens3, enp1s0) unless the kernel keeps its own
+names (net.ifnames=0)."""
+
+from any2kvm_os.guest import inspect as gi
+from any2kvm_os.guest import probe
+
+
+class FilesG(object):
+    """The guestfs calls of network_facts over a dict of files."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def exists(self, path):
+        return path in self.files or self.is_dir(path)
+
+    def is_file(self, path, followsymlinks=True):
+        return path in self.files
+
+    def is_dir(self, path, followsymlinks=True):
+        return any(p.startswith(path + '/') for p in self.files)
+
+    def ls(self, path):
+        return sorted({p[len(path) + 1:].split('/')[0] for p in self.files
+                       if p.startswith(path + '/')})
+
+    def filesize(self, path):
+        return len(self.files[path])
+
+    def read_file(self, path):
+        return self.files[path].encode()
+
+
+DEBIAN = {
+    '/etc/network/interfaces': (
+        '# The primary network interface\n'
+        'auto lo\niface lo inet loopback\n'
+        'allow-hotplug enX0\niface enX0 inet static\n'
+        '    address 192.0.2.10/24\n'),
+    '/boot/grub/grub.cfg': (
+        "menuentry 'Debian' {\n"
+        '    linux /boot/vmlinuz root=UUID=x ro quiet\n'
+        '    initrd /boot/initrd.img\n}\n'),
+}
+
+REDHAT = {
+    '/etc/sysconfig/network-scripts/ifcfg-eth0': (
+        'DEVICE=eth0\nHWADDR=aa:00:00:00:00:01\nBOOTPROTO=none\n'
+        'IPADDR=192.0.2.11\n# HWADDR=kept as a comment\n'),
+    '/etc/sysconfig/network-scripts/ifcfg-lo': 'DEVICE=lo\n',
+    '/etc/udev/rules.d/70-persistent-net.rules': (
+        'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", '
+        'ATTR{address}=="aa:00:00:00:00:01", KERNEL=="eth*", '
+        'NAME="eth0"\n'),
+    '/etc/default/grub': 'GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX="rhgb quiet"\n',
+}
+
+
+def test_facts_name_the_xen_nic_the_mac_binding_and_the_pinning():
+    net = probe.network_facts(FilesG(DEBIAN))
+    assert net == {'files': [{'path': '/etc/network/interfaces',
+                              'names': ['enX0'], 'mac_bound': False}],
+                   'pinned': [], 'ifnames_off': False}
+    net = probe.network_facts(FilesG(REDHAT))
+    assert net['files'] == [{
+        'path': '/etc/sysconfig/network-scripts/ifcfg-eth0',
+        'names': ['eth0'], 'mac_bound': True}]
+    assert net['pinned'] == ['eth0']
+    # Already told to keep the kernel's names: eth0 will be eth0.
+    off = dict(REDHAT)
+    off['/etc/default/grub'] = 'GRUB_CMDLINE_LINUX="net.ifnames=0"\n'
+    assert probe.network_facts(FilesG(off))['ifnames_off'] is True
+
+
+def test_kernel_arguments_go_on_every_kind_of_kernel_line():
+    arg = ['net.ifnames=0']
+
+    def add(path, line):
+        return probe.add_kernel_args(path, line, arg)
+    assert add('/boot/grub/grub.cfg', '\tlinux /vmlinuz root=x ro\n') == (
+        '\tlinux /vmlinuz root=x ro net.ifnames=0\n', arg)
+    assert add('/boot/efi/EFI/debian/grub.cfg',
+               '  linuxefi /vmlinuz ro\n')[0] == \
+        '  linuxefi /vmlinuz ro net.ifnames=0\n'
+    assert add('/boot/grub/grub.cfg', '\tinitrd /initrd.img\n') == (
+        '\tinitrd /initrd.img\n', [])
+    assert add('/etc/default/grub', 'GRUB_CMDLINE_LINUX="rhgb quiet"\n') \
+        == ('GRUB_CMDLINE_LINUX="rhgb quiet net.ifnames=0"\n', arg)
+    assert add('/etc/default/grub', 'GRUB_CMDLINE_LINUX=""\n')[0] == \
+        'GRUB_CMDLINE_LINUX="net.ifnames=0"\n'
+    assert add('/etc/default/grub', 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
+               ) == ('GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n', [])
+    assert add('/boot/grub/menu.lst', 'kernel /vmlinuz-2.6 ro root=x\n')[0] \
+        == 'kernel /vmlinuz-2.6 ro root=x net.ifnames=0\n'
+    assert add('/boot/extlinux/extlinux.conf', '  APPEND root=x\n')[0] == \
+        '  APPEND root=x net.ifnames=0\n'
+    assert add('/boot/loader/entries/a.conf', 'options root=x ro\n')[0] == \
+        'options root=x ro net.ifnames=0\n'
+    assert add('/etc/kernel/cmdline', 'root=x ro\n')[0] == \
+        'root=x ro net.ifnames=0\n'
+    # A line that says net.ifnames already keeps what it says.
+    assert add('/boot/grub/grub.cfg', 'linux /v net.ifnames=1\n') == (
+        'linux /v net.ifnames=1\n', [])
+
+
+def test_network_files_are_renamed_and_unbound_from_the_mac():
+    new, changes = probe.fix_net_text(DEBIAN['/etc/network/interfaces'])
+    assert 'allow-hotplug eth0\niface eth0 inet static\n' in new
+    assert new.startswith('# The primary network interface\n')
+    assert changes == [('enX0', 'eth0'), ('enX0', 'eth0')]
+    path = '/etc/sysconfig/network-scripts/ifcfg-eth0'
+    new, changes = probe.fix_net_text(REDHAT[path])
+    assert new == ('DEVICE=eth0\nBOOTPROTO=none\nIPADDR=192.0.2.11\n'
+                   '# HWADDR=kept as a comment\n')
+    assert changes == [('HWADDR=aa:00:00:00:00:01', '')]
+    # NetworkManager's keyfile.
+    new, changes = probe.fix_net_text(
+        '[connection]\nid=enX0\ninterface-name=enX0\n[ethernet]\n'
+        'mac-address=AA:00:00:00:00:01\n')
+    assert new == '[connection]\nid=eth0\ninterface-name=eth0\n' \
+        '[ethernet]\n'
+
+
+def test_warnings_until_fixed():
+    guest = {'type': 'linux', 'root': '/dev/sda1', 'linux': {
+        'disk_names': [], 'kernels': [],
+        'network': probe.network_facts(FilesG(REDHAT))}}
+    out = gi.network_warnings(guest['linux']['network'])
+    assert len(out) == 3, out
+    assert 'ifcfg-eth0 names eth0, the Xen NIC' in out[0]
+    assert 'binds its interface to the Xen NIC\'s MAC' in out[1]
+    assert '70-persistent-net.rules pins eth0' in out[2]
+    fixed = [{'root': '/dev/sda1', 'files': [
+        {'path': '/etc/default/grub', 'changes': [
+            {'from': '', 'to': 'net.ifnames=0'}]},
+        {'path': '/etc/sysconfig/network-scripts/ifcfg-eth0', 'changes': [
+            {'from': 'HWADDR=aa:00:00:00:00:01', 'to': ''}]},
+        {'path': probe.PERSISTENT_NET, 'changes': [
+            {'from': probe.PERSISTENT_NET,
+             'to': probe.PERSISTENT_NET + '.any2kvm-disabled'}]}]}]
+    gi._apply_fixes(guest, fixed)
+    assert gi.network_warnings(guest['linux']['network']) == []
+    summary = gi.summary({'guests': [guest], 'fixed': fixed})
+    text = '\n'.join(gi.text_lines(summary))
+    assert 'fixed:        /etc/default/grub: added net.ifnames=0' in text
+    assert 'network:      /etc/sysconfig/network-scripts/ifcfg-eth0: eth0' \
+        in text
