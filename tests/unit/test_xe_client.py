@@ -719,15 +719,30 @@ def test_other_sr_types_and_formats_are_refused_by_name():
     host.objects['vdi'][1]['sm-config'] = 'image-format: qcow2'
     with pytest.raises(errors.UnsupportedStorage, match='stored as qcow2'):
         discovery.discover(host, 'web01')
+    # A file SR's raw VDI (<uuid>.raw): SM says so with "type: raw" only.
+    host = standard_host()
+    host.objects['vdi'][1]['sm-config'] = 'type: raw'
+    with pytest.raises(errors.UnsupportedStorage,
+                       match='stored as raw, not VHD'):
+        discovery.discover(host, 'web01')
+
+
+@pytest.mark.parametrize('sr_type', ['lvhd', 'lvhdoiscsi', 'lvhdohba'])
+def test_lvhd_names_of_lvm_srs_get_the_lvm_refusal(sr_type):
+    host = standard_host()
+    host.objects['sr'][0]['type'] = sr_type
+    with pytest.raises(errors.UnsupportedStorage, match='logical volumes'):
+        discovery.discover(host, 'web01')
 
 
 @pytest.mark.parametrize('sr_type', ['smb', 'cifs', 'file', 'ext4', 'xfs',
-                                     'zfs'])
+                                     'zfs', 'cephfs'])
 def test_every_file_sr_keeps_its_vhds_under_the_mount(sr_type):
     # The SM drivers of these types are FileSR's (xapi-project/sm
     # drivers/SMBSR.py, CIFSSR.py, FileSR.py, EXT4SR.py, XFSSR.py,
-    # ZFSSR.py): each VDI a <vdi-uuid>.vhd file in SR.MOUNT_BASE/<sr-uuid>
-    # (their load() sets that path), as for ext and nfs.
+    # ZFSSR.py; XCP-ng's CephFSSR.py in xcp-ng/sm): each VDI a
+    # <vdi-uuid>.vhd file in SR.MOUNT_BASE/<sr-uuid> (their load() sets
+    # that path), as for ext and nfs.
     host = standard_host()
     host.objects['sr'][0]['type'] = sr_type
     found = discovery.discover(host, 'web01', mount_base='/run/sr-mount')

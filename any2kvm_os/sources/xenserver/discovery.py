@@ -77,8 +77,12 @@ DEFAULT_MOUNT_BASE = '/run/sr-mount'
 #: The dom0 file that names the host the shell runs on
 #: (``INSTALLATION_UUID``).
 DEFAULT_INVENTORY = '/etc/xensource-inventory'
-FILE_SR_TYPES = ('ext', 'nfs', 'smb', 'cifs', 'file', 'ext4', 'xfs', 'zfs')
-LVM_SR_TYPES = ('lvm', 'lvmoiscsi', 'lvmohba')
+FILE_SR_TYPES = ('ext', 'nfs', 'smb', 'cifs', 'file', 'ext4', 'xfs', 'zfs',
+                 'cephfs')
+#: LVHD's drivers answer to both names (xapi-project/sm LVHDSR.py and
+#: its iSCSI and HBA kin: ``handles()``).
+LVM_SR_TYPES = ('lvm', 'lvmoiscsi', 'lvmohba', 'lvhd', 'lvhdoiscsi',
+                'lvhdohba')
 MiB = 1 << 20
 #: Most disks and NICs a VM may have here (xapi allows 16 VBDs on an HVM
 #: guest, 255 on a PV one; 7 VIFs).
@@ -500,8 +504,11 @@ def disk_vbds(run, vm_uuid, host='host', notes=None):
 
 
 def _image_format(sm_config):
-    """The VDI's on-disk format from its sm-config, 'vhd' when unsaid."""
-    for key in ('image-format', 'vdi_type'):
+    """The VDI's on-disk format from its sm-config, 'vhd' when unsaid:
+    ``image-format`` (XCP-ng 8.3: vhd, qcow2), ``vdi_type`` (LVHD), or
+    ``type`` (a file SR's raw VDI, ``<vdi-uuid>.raw``, which SM marks
+    ``type: raw`` only: xapi-project/sm FileSR.py)."""
+    for key in ('image-format', 'vdi_type', 'type'):
         value = (sm_config.get(key) or '').strip().lower()
         if value:
             return value
