@@ -417,6 +417,15 @@ def warnings(guest, result=None):
             out.append('%s has the Xen console %s (convert --fix drops it)'
                        % (entry['path'], ', '.join(entry['xen_consoles'])))
     out.extend(network_warnings(linux.get('network')))
+    if linux.get('lvm_devices'):
+        out.append('/etc/lvm/devices/system.devices lists the disks LVM may '
+                   'use by their ids under Xen (%s): on KVM the disks have '
+                   'other ids, so volume groups may stay inactive and the '
+                   'guest stop at an emergency shell; the virt-v2v hand-off '
+                   '(--fix, when the initramfs lacks virtio) removes it and '
+                   'rebuilds the initramfs, else remove it and run "dracut '
+                   '-f" in the guest before the move' % ', '.join(
+                       linux['lvm_devices'][:4]))
     if kernel is not None:
         if kernel.get('xen_pv_only'):
             out.append('kernel %s is Xen-PV-only: install a standard '

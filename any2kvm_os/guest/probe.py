@@ -90,6 +90,11 @@ PERSISTENT_NET = '/etc/udev/rules.d/70-persistent-net.rules'
 #: PCI device: systemd names it by its slot (ens3, enp1s0), and a
 #: configuration written for the Xen name brings up nothing.
 XEN_NIC_RE = re.compile(r'(?<![\w.:-])(eth[0-9]+|enX[0-9]+)(?![\w-])')
+#: LVM's devices file (RHEL 9, and 8.x where enabled): the only disks
+#: LVM uses, by id; a Xen disk's id (its name: blkfront has no wwid) is
+#: not the KVM disk's.  dracut copies it into the initramfs.
+LVM_DEVICES = '/etc/lvm/devices/system.devices'
+
 #: What keeps the kernel's names (eth0, eth1, ... in PCI order).
 IFNAMES_ARG = 'net.ifnames=0'
 #: A line that binds a network configuration to the NIC's MAC, which
@@ -514,7 +519,16 @@ def linux_facts(g, root, slots=None):
     found, _apps = tools(g, root)
     return {'bootloader': bootloader(files), 'disk_names': names,
             'kernels': kernels(g), 'tools': found,
-            'network': network_facts(g)}
+            'network': network_facts(g), 'lvm_devices': lvm_devices(g)}
+
+
+def lvm_devices(g):
+    """The devices LVM's devices file lists (its IDNAME values); None
+    when there is no such file."""
+    text = _read(g, LVM_DEVICES)
+    if text is None:
+        return None
+    return re.findall(r'IDNAME=(\S+)', _uncommented(text))
 
 
 # -- Windows ------------------------------------------------------------------

@@ -159,3 +159,17 @@ def test_warnings_until_fixed():
     assert 'fixed:        /etc/default/grub: added net.ifnames=0' in text
     assert 'network:      /etc/sysconfig/network-scripts/ifcfg-eth0: eth0' \
         in text
+
+
+def test_lvm_devices_file_is_reported():
+    g = FilesG({probe.LVM_DEVICES: (
+        '# LVM uses devices listed in this file.\n'
+        'VERSION=1.1.2\n'
+        'IDTYPE=devname IDNAME=/dev/xvda2 DEVNAME=/dev/xvda2 '
+        'PVID=abc PART=2\n')})
+    assert probe.lvm_devices(g) == ['/dev/xvda2']
+    assert probe.lvm_devices(FilesG({})) is None
+    guest = {'type': 'linux', 'linux': {'disk_names': [], 'kernels': [],
+                                        'lvm_devices': ['/dev/xvda2']}}
+    assert any('system.devices lists the disks LVM may use by their ids '
+               'under Xen (/dev/xvda2)' in w for w in gi.warnings(guest))
