@@ -53,8 +53,11 @@ MODULES = ('virtio_blk', 'virtio_scsi', 'virtio_net', 'virtio_pci',
            'vmxnet3', 'vmw_pvscsi', 'xen_blkfront', 'xen_netfront',
            'hv_storvsc', 'hv_netvsc')
 
-#: Files that name disks: /etc/fstab, /etc/crypttab, bootloader files.
-NAME_FILES = ('/etc/fstab', '/etc/crypttab')
+#: Files that name disks: /etc/fstab, /etc/crypttab, GRUB's device maps
+#: (``(hd0) /dev/xvda``: grub-install, at the next GRUB upgrade, looks
+#: its disk up there), bootloader files.
+NAME_FILES = ('/etc/fstab', '/etc/crypttab', '/boot/grub/device.map',
+              '/boot/grub2/device.map')
 BOOT_FILES = ('/boot/grub/grub.cfg', '/boot/grub2/grub.cfg',
               '/etc/default/grub', '/boot/grub/menu.lst',
               '/boot/grub/grub.conf', '/etc/grub.conf',

@@ -121,3 +121,13 @@ def test_xva_facts_carry_the_slots():
     disks = [('Ref:3', 1 << 20, 0), ('Ref:7', 1 << 20, 4)]
     xml = xvabuild.ova_xml(disks, cds=[3])
     assert metadata.parse_metadata('a.xva', xml).vm['xen_slots'] == [0, 4]
+
+
+def test_grubs_device_map_names_the_boot_disk_by_its_kvm_name():
+    """``(hd0) /dev/xvda``: a whole disk, so no UUID: the bus's name of
+    the same disk (grub-install reads it at the next GRUB upgrade)."""
+    assert '/boot/grub/device.map' in probe.NAME_FILES
+    new, changes = probe.fix_text(UuidsG(), '(hd0)\t/dev/xvda\n', 'virtio',
+                                  False, probe.parse_slots('0,4'))
+    assert new == '(hd0)\t/dev/vda\n'
+    assert changes == [('/dev/xvda', '/dev/vda')]
