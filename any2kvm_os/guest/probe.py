@@ -566,6 +566,9 @@ class Hive(object):
     def delete(self, node):
         self.g.hivex_node_delete_child(node)
 
+    def add_child(self, node, name):
+        return self.g.hivex_node_add_child(node, name)
+
     def set_value(self, node, key, kind, raw):
         self.g.hivex_node_set_value(node, key, kind, raw)
 
@@ -627,6 +630,9 @@ class HivexHive(Hive):
 
     def delete(self, node):
         self.h.node_delete_child(node)
+
+    def add_child(self, node, name):
+        return self.h.node_add_child(node, name)
 
     def set_value(self, node, key, kind, raw):
         self.h.node_set_value(node, {'key': key, 't': kind, 'value': raw})
@@ -740,10 +746,39 @@ BOOT_SERVICES = {'scsi': ('vioscsi',), 'virtio': ('viostor',),
                  'ide': ('intelide', 'pciide', 'atapi')}
 
 
-def fix_system_hive(hive, bus=None):
+#: Windows' SAN policy (``partmgr\Parameters\SanPolicy``): 1 brings
+#: every disk it finds online.  Server editions default to "offline
+#: shared", which leaves a disk found on a SCSI bus offline: after the
+#: move, each data disk is a new disk on a new bus (virtio-scsi), and
+#: comes up offline (its services fail to start).  virt-v2v brings them
+#: online with a first-boot script; the policy does it at the first boot.
+SAN_POLICY_ONLINE_ALL = 1
+
+
+def _san_policy(hive, services, cset):
+    """Set ``cset``'s SAN policy to online all; what changed, or None."""
+    part = hive.child(services, 'partmgr') if services else None
+    if not part:
+        return None
+    params = hive.child(part, 'Parameters')
+    if not params:
+        params = hive.add_child(part, 'Parameters')
+    vals = hive.values(params)
+    old = reg_value(vals['sanpolicy']) if 'sanpolicy' in vals else None
+    if old == SAN_POLICY_ONLINE_ALL:
+        return None
+    hive.set_value(params, 'SanPolicy', 4,
+                   SAN_POLICY_ONLINE_ALL.to_bytes(4, 'little'))
+    return '%s\\Services\\partmgr\\Parameters\\SanPolicy: %s -> %d' % (
+        cset, 'unset' if old is None else old, SAN_POLICY_ONLINE_ALL)
+
+
+def fix_system_hive(hive, bus=None, disks=1):
     """Remove the Citrix XenServer PV drivers' services and the filter
     entries naming them, and make the storage driver of ``bus`` start at
-    boot, in every ControlSet in use.  Returns what changed."""
+    boot, in every ControlSet in use; with more than one disk, bring
+    every disk online at boot (:data:`SAN_POLICY_ONLINE_ALL`).  Returns
+    what changed."""
     changes = []
     citrix = set(WINDOWS_SERVICES['citrix'])
     _current, used = control_sets(hive)
@@ -779,6 +814,10 @@ def fix_system_hive(hive, bus=None):
                 changes.append('%s\\Services\\%s\\Start: %d -> 0' % (
                     cset, name, reg_value(vals['start'])))
             break
+        if disks > 1:
+            changed = _san_policy(hive, services, cset)
+            if changed:
+                changes.append(changed)
     if changes:
         hive.commit()
     return changes
@@ -1267,15 +1306,16 @@ def hive_main(args):
         return 2
     result = system_facts(hive)
     if args.fix_bus:
-        result['fixed'] = fix_system_hive(hive, args.fix_bus)
+        result['fixed'] = fix_system_hive(hive, args.fix_bus, args.disks)
     print(json.dumps(result, sort_keys=True))
     return 0
 
 
-def fix_windows(g, guest, bus, tried, fail_after=None):
-    """The SYSTEM hive fixes in the appliance; then the guest's report
-    says what the hive holds after them.  ``fail_after`` (the tests'
-    ANY2KVM_FIX_FAIL_AFTER): stop once that many files were written."""
+def fix_windows(g, guest, bus, tried, fail_after=None, disks=1):
+    """The SYSTEM hive fixes in the appliance (``disks``: how many disks
+    the VM has); then the guest's report says what the hive holds after
+    them.  ``fail_after`` (the tests' ANY2KVM_FIX_FAIL_AFTER): stop once
+    that many files were written."""
     path = (guest.get('windows') or {}).get('system_hive')
     if not path:
         return []
@@ -1284,7 +1324,7 @@ def fix_windows(g, guest, bus, tried, fail_after=None):
         tried.append(path)
         hive = Hive(g, path, write=True)
         try:
-            changes = fix_system_hive(hive, bus)
+            changes = fix_system_hive(hive, bus, disks)
         finally:
             hive.close()
         if not changes:
@@ -1320,6 +1360,8 @@ def main(argv=None):
     p = sub.add_parser('hive', help='read (and with --fix-bus, fix) a '
                        'SYSTEM hive file with the hivex binding')
     p.add_argument('--fix-bus')
+    p.add_argument('--disks', type=int, default=1,
+                   help='how many disks the VM has (with --fix-bus)')
     p.add_argument('path')
     args = parser.parse_args(argv)
     if args.action == 'hive':
@@ -1351,7 +1393,8 @@ def main(argv=None):
                         'root': guest['root'], 'disk': guest['disk'],
                         'bus': bus, 'files': [], 'registry': fix_windows(
                             g, guest, bus, tried,
-                            int(fail_after) if fail_after else None)})
+                            int(fail_after) if fail_after else None,
+                            len(args.disks))})
                 if guest.get('type') != 'linux':
                     continue
                 bus = fix_bus(guest)

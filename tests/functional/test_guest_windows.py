@@ -153,6 +153,40 @@ def test_the_fix_changes_only_the_intended_keys(hivex_python, tmp_path):
                       'sata')['fixed'] == []
 
 
+def test_a_vm_of_several_disks_gets_them_online_at_boot(hivex_python,
+                                                        tmp_path):
+    """Server editions leave a disk found on a new SCSI bus offline (SAN
+    policy "offline shared"): with data disks, the fix sets the policy
+    to bring every disk online (partmgr\\Parameters\\SanPolicy = 1), the
+    Parameters key made where it is missing; with one disk it is left."""
+    before_path = winhive.build(tmp_path / 'SYSTEM', winhive.system_reg(
+        extra_services=(('partmgr', 0),)))
+    one = tmp_path / 'SYSTEM.one'
+    shutil.copy(str(before_path), str(one))
+    assert not any('SanPolicy' in c for c in probe_hive(
+        hivex_python, one, '--fix-bus', 'sata', '--disks', '1')['fixed'])
+    after_path = tmp_path / 'SYSTEM.two'
+    shutil.copy(str(before_path), str(after_path))
+    out = probe_hive(hivex_python, after_path, '--fix-bus', 'sata',
+                     '--disks', '2')
+    assert sorted(c for c in out['fixed'] if 'SanPolicy' in c) == [
+        '%s\\Services\\partmgr\\Parameters\\SanPolicy: unset -> 1' % c
+        for c in CSETS]
+    before = parse_reg(winhive.export(before_path))
+    after = parse_reg(winhive.export(after_path))
+    top = 'hkey_local_machine\\system\\'
+    assert set(after) - set(before) == {
+        top + '%s\\services\\partmgr\\parameters' % c.lower()
+        for c in CSETS}
+    for c in CSETS:
+        assert after[top + '%s\\services\\partmgr\\parameters' % c.lower()
+                     ] == {'"SanPolicy"': 'dword:00000001'}
+    # Done once.
+    assert not any('SanPolicy' in c for c in probe_hive(
+        hivex_python, after_path, '--fix-bus', 'sata', '--disks',
+        '2')['fixed'])
+
+
 def test_vmware_pvscsi_and_vmxnet3_services(hivex_python, tmp_path):
     """A guest from VMware: pvscsi and vmxnet3 are read, grouped as
     vmware, told in the text report, and left alone by the fix."""
