@@ -773,6 +773,25 @@ def _san_policy(hive, services, cset):
         cset, 'unset' if old is None else old, SAN_POLICY_ONLINE_ALL)
 
 
+def _start_override(hive, service, where):
+    """Windows 8 and Server 2012 on keep a driver's own start type per
+    hardware profile (``StartOverride``, value ``0``: 3 for storahci on
+    a machine installed on IDE), which wins over ``Start``: Microsoft's
+    way to switch a system disk to AHCI sets it to 0.  Returns what
+    changed."""
+    override = hive.child(service, 'StartOverride')
+    if not override:
+        return []
+    changes = []
+    for _lower, (kind, raw, key) in sorted(hive.values(override).items()):
+        old = reg_value((kind, raw, key))
+        if kind == 4 and old != 0:
+            hive.set_value(override, key, 4, (0).to_bytes(4, 'little'))
+            changes.append('%s\\StartOverride\\%s: %s -> 0'
+                           % (where, key, old))
+    return changes
+
+
 def fix_system_hive(hive, bus=None, disks=1):
     """Remove the Citrix XenServer PV drivers' services and the filter
     entries naming them, and make the storage driver of ``bus`` start at
@@ -813,6 +832,8 @@ def fix_system_hive(hive, bus=None, disks=1):
                                (0).to_bytes(4, 'little'))
                 changes.append('%s\\Services\\%s\\Start: %d -> 0' % (
                     cset, name, reg_value(vals['start'])))
+            changes.extend(_start_override(hive, h, '%s\\Services\\%s'
+                                           % (cset, name)))
             break
         if disks > 1:
             changed = _san_policy(hive, services, cset)

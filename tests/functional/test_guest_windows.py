@@ -187,6 +187,27 @@ def test_a_vm_of_several_disks_gets_them_online_at_boot(hivex_python,
         '2')['fixed'])
 
 
+def test_storahcis_start_override_is_cleared_too(hivex_python, tmp_path):
+    """Windows 8 and Server 2012 on: storahci's StartOverride\\0 = 3 (a
+    system installed on IDE) wins over Start = 0; Microsoft's switch to
+    AHCI sets it to 0."""
+    reg = winhive.system_reg() + ''.join(
+        '[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Services\\storahci\\'
+        'StartOverride]\n"0"=dword:00000003\n\n' % c for c in CSETS)
+    path = winhive.build(tmp_path / 'SYSTEM', reg)
+    out = probe_hive(hivex_python, path, '--fix-bus', 'sata')
+    assert sorted(c for c in out['fixed'] if 'StartOverride' in c) == [
+        '%s\\Services\\storahci\\StartOverride\\0: 3 -> 0' % c
+        for c in CSETS]
+    after = parse_reg(winhive.export(path))
+    for c in CSETS:
+        assert after['hkey_local_machine\\system\\%s\\services\\storahci'
+                     '\\startoverride' % c.lower()] == {
+            '"0"': 'dword:00000000'}
+    assert not any('StartOverride' in c for c in probe_hive(
+        hivex_python, path, '--fix-bus', 'sata')['fixed'])
+
+
 def test_vmware_pvscsi_and_vmxnet3_services(hivex_python, tmp_path):
     """A guest from VMware: pvscsi and vmxnet3 are read, grouped as
     vmware, told in the text report, and left alone by the fix."""
