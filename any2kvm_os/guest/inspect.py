@@ -417,6 +417,12 @@ def warnings(guest, result=None):
             out.append('%s has the Xen console %s (convert --fix drops it)'
                        % (entry['path'], ', '.join(entry['xen_consoles'])))
     out.extend(network_warnings(linux.get('network')))
+    xe_tools = (linux.get('tools') or {}).get('xe_guest_utilities')
+    if xe_tools:
+        out.append('XenServer guest tools are installed (%s): their daemon '
+                   'finds no Xen on KVM and fails at every boot; remove them '
+                   'after the move, and install qemu-guest-agent'
+                   % ', '.join(xe_tools[:2]))
     if linux.get('lvm_devices'):
         out.append('/etc/lvm/devices/system.devices lists the disks LVM may '
                    'use by their ids under Xen (%s): on KVM the disks have '

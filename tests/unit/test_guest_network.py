@@ -173,3 +173,12 @@ def test_lvm_devices_file_is_reported():
                                         'lvm_devices': ['/dev/xvda2']}}
     assert any('system.devices lists the disks LVM may use by their ids '
                'under Xen (/dev/xvda2)' in w for w in gi.warnings(guest))
+
+
+def test_xenserver_guest_tools_are_told_to_go():
+    guest = {'type': 'linux', 'linux': {'disk_names': [], 'kernels': [],
+                                        'tools': {'xe_guest_utilities': [
+                                            'xe-guest-utilities',
+                                            '/usr/sbin/xe-daemon']}}}
+    assert any('XenServer guest tools are installed (xe-guest-utilities, '
+               '/usr/sbin/xe-daemon)' in w for w in gi.warnings(guest))
