@@ -481,11 +481,16 @@ def network_warnings(net):
                        'configuration brings up nothing (convert --fix keeps '
                        'the kernel\'s names with net.ifnames=0 and renames '
                        'enXN to ethN)' % (entry['path'], ', '.join(xen)))
-        if entry.get('mac_bound'):
+        if entry.get('mac_bound') and entry['names']:
             out.append('%s binds its interface to the Xen NIC\'s MAC '
                        '(HWADDR=, mac-address=), which changes on KVM unless '
                        'kept (--keep-macs); --fix drops that line'
                        % entry['path'])
+        elif entry.get('mac_bound'):
+            out.append('%s finds its interface by the Xen NIC\'s MAC alone '
+                       '(HWADDR=, mac-address=), which changes on KVM: keep '
+                       'the MAC (--keep-macs), or name the interface in it '
+                       '(--fix leaves it)' % entry['path'])
     if net.get('pinned'):
         out.append('/etc/udev/rules.d/70-persistent-net.rules pins %s to the '
                    'Xen NIC\'s MAC: a new MAC gets the next name; --fix '

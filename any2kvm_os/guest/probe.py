@@ -1133,17 +1133,19 @@ def add_kernel_args(path, line, args):
     return line, []
 
 
-def fix_net_text(text):
+def fix_net_text(text, unbind=True):
     """(new text, [(old, new)]) of a network configuration file: enXN
-    becomes ethN (the kernel's name, kept by net.ifnames=0), and a line
-    binding it to the Xen NIC's MAC is dropped."""
+    becomes ethN (the kernel's name, kept by net.ifnames=0), and, with
+    ``unbind``, a line binding it to the Xen NIC's MAC is dropped (only
+    in a file that names its interface: one bound by its MAC alone would
+    then match every NIC)."""
     changes = []
     lines = []
     for line in text.splitlines(True):
         if line.lstrip().startswith('#'):
             lines.append(line)
             continue
-        if MAC_BIND_RE.match(line):
+        if unbind and MAC_BIND_RE.match(line):
             changes.append((line.strip(), ''))
             continue
 
@@ -1247,7 +1249,8 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None):
             g.write(path, new.encode('utf-8'))
             record(path, changes, unknown=unknown)
         for f in net['files']:
-            new, changes = fix_net_text(_read(g, f['path']) or '')
+            new, changes = fix_net_text(_read(g, f['path']) or '',
+                                        unbind=bool(f['names']))
             if not changes:
                 continue
             start(f['path'])

@@ -182,3 +182,19 @@ def test_xenserver_guest_tools_are_told_to_go():
                                             '/usr/sbin/xe-daemon']}}}
     assert any('XenServer guest tools are installed (xe-guest-utilities, '
                '/usr/sbin/xe-daemon)' in w for w in gi.warnings(guest))
+
+
+def test_a_file_bound_by_mac_alone_keeps_its_binding():
+    """A NetworkManager profile that finds its NIC by MAC only: dropping
+    the MAC would make it match every NIC, so the fix leaves it and the
+    warning says what to do."""
+    text = ('[connection]\nid=Wired\n[ethernet]\n'
+            'mac-address=AA:00:00:00:00:01\n')
+    g = FilesG({'/etc/NetworkManager/system-connections/w.nmconnection':
+                text})
+    net = probe.network_facts(g)
+    assert net['files'][0]['names'] == [] and net['files'][0]['mac_bound']
+    assert probe.fix_net_text(text, unbind=False) == (text, [])
+    out = gi.network_warnings(net)
+    assert len(out) == 1 and 'by the Xen NIC\'s MAC alone' in out[0]
+    assert '--keep-macs' in out[0]
