@@ -602,8 +602,7 @@ def _apply_fixes(guest, fixed):
     net = (guest.get('linux') or {}).get('network')
     if not net:
         return
-    if any('' in done and done[''] == 'net.ifnames=0'
-           for done in changes.values()):
+    if any(done.get('') == 'net.ifnames=0' for done in changes.values()):
         net['ifnames_off'] = True
     for entry in net.get('files') or ():
         done = changes.get(entry['path'])

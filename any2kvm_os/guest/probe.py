@@ -192,10 +192,7 @@ def disk_index(device):
     m = re.match(r'^/dev/[shv]d([a-z]+)', device or '')
     if not m:
         return None
-    index = 0
-    for ch in m.group(1):
-        index = index * 26 + (ord(ch) - 96)
-    return index - 1
+    return letters_index(m.group(1))
 
 
 def _read(g, path, limit=MAX_FILE):

@@ -781,25 +781,35 @@ def test_snapshot_listings_ask_for_the_uuid():
     assert 'params=uuid' in argv and argv[-1] == '--minimal'
 
 
-class _PausedHost(object):
-    """A host whose VM is paused: xapi refuses its clean shutdown
-    (VM_BAD_POWER_STATE, expected running: xapi_vm_lifecycle.ml
-    allowed_power_states) and says paused when asked."""
+class _ShutdownHost(object):
+    """A host whose clean shutdown fails: ``state`` is the power state
+    it then says, ``timed_out`` whether our wait ended (the SSH layer's
+    "no exit after N s") rather than xe's exit status.
+
+    Paused: xapi refuses its clean shutdown (VM_BAD_POWER_STATE, expected
+    running: xapi_vm_lifecycle.ml allowed_power_states).  Running after
+    our wait ended: xapi still waits for the guest."""
     label = 'xs1'
 
-    def __init__(self):
+    def __init__(self, state, timed_out=False):
+        self.state, self.timed_out = state, timed_out
         self.calls = []
 
     def run(self, argv, mutating=False, timeout=None):
         self.calls.append(argv[1])
         if argv[1] == 'vm-shutdown':
-            raise exception.RemoteCommandError(
-                host='xs1', command='xe vm-shutdown', reason='exit status 1')
-        return 'paused\n'
+            e = exception.RemoteCommandError(
+                host='xs1', command='xe vm-shutdown',
+                reason='no exit after %s s: stopped' % timeout
+                if self.timed_out else 'exit status 1')
+            if self.timed_out:
+                e.timed_out = True
+            raise e
+        return self.state + '\n'
 
 
 def test_a_paused_vm_that_does_not_shut_down_is_said_paused():
-    host = _PausedHost()
+    host = _ShutdownHost('paused')
     with pytest.raises(exception.Any2KvmError) as e:
         engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
                           force=False, timeout=5)
@@ -807,23 +817,8 @@ def test_a_paused_vm_that_does_not_shut_down_is_said_paused():
     assert '--force' in str(e.value)
 
 
-class _SlowGuestHost(_PausedHost):
-    """A host whose clean shutdown outlasts --timeout: the wait ends
-    while xapi still waits for the guest, which is running for now."""
-
-    def run(self, argv, mutating=False, timeout=None):
-        self.calls.append(argv[1])
-        if argv[1] == 'vm-shutdown':
-            e = exception.RemoteCommandError(
-                host='xs1', command='xe vm-shutdown',
-                reason='no exit after %s s: stopped' % timeout)
-            e.timed_out = True
-            raise e
-        return 'running\n'
-
-
 def test_a_shutdown_that_outlasts_the_timeout_says_it_may_still_halt():
-    host = _SlowGuestHost()
+    host = _ShutdownHost('running', timed_out=True)
     with pytest.raises(exception.Any2KvmError) as e:
         engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
                           force=False, timeout=600)
