@@ -293,6 +293,36 @@ def vif_model(guest, source_model=None):
     return 'e1000', 'no virtio_net in kernel %s' % kernel.get('version')
 
 
+def uefi_machine(bus, source_vm=None):
+    """(hw_machine_type, reason) of a UEFI guest booting from ``bus``.
+
+    q35, unless the guest can only boot from IDE: q35 has no IDE
+    controller (libvirt refuses the disk, so Nova fails the spawn), and
+    OVMF runs on the i440fx machine (``pc``) too; QEMU's firmware
+    descriptor for OVMF without Secure Boot lists both machines.
+    Secure Boot is the exception: it needs q35 (SMM), whatever the bus
+    (see :func:`machine_warning`)."""
+    if bus == 'ide' and not (source_vm or {}).get('secure_boot'):
+        return 'pc', ('UEFI guest that boots from IDE only: q35 has no IDE '
+                      'controller, and OVMF also runs on the i440fx '
+                      'machine')
+    if (source_vm or {}).get('secure_boot'):
+        return 'q35', 'UEFI guest with Secure Boot (it needs q35)'
+    return 'q35', 'UEFI guest'
+
+
+def machine_warning(props):
+    """The warning for ``props`` that cannot spawn: IDE on q35."""
+    if props.get('hw_disk_bus') == 'ide' and \
+            props.get('hw_machine_type') == 'q35':
+        return ('hw_disk_bus=ide on hw_machine_type=q35, which Secure Boot '
+                'needs: q35 has no IDE controller, so the server cannot '
+                'spawn; get virtio or AHCI into the guest\'s initramfs '
+                '(--fix with virt-v2v) or turn Secure Boot off '
+                '(os_secure_boot=disabled, hw_machine_type=pc)')
+    return None
+
+
 def guest_properties(guest, source_vm=None):
     """(properties, reasons) for what inspection found in ``guest`` (one
     guest of :mod:`any2kvm_os.guest.probe`'s output): the bus the guest
@@ -336,8 +366,8 @@ def guest_properties(guest, source_vm=None):
             'an EFI system partition' if fw == 'uefi' else
             'no EFI system partition')
         if fw == 'uefi':
-            props['hw_machine_type'] = 'q35'
-            reasons['hw_machine_type'] = 'UEFI guest'
+            props['hw_machine_type'], reasons['hw_machine_type'] = \
+                uefi_machine(props.get('hw_disk_bus'), source_vm)
     agent = ((guest.get('linux') or {}).get('tools') or {}).get(
         'qemu_guest_agent') or []
     if not agent and 'qemu-ga' in _windows_services(guest):

@@ -574,10 +574,13 @@ def summary(result, source_vm=None):
     if guest is not None:
         _apply_fixes(guest, fixed)
     props, reasons = properties.guest_properties(guest, source_vm)
+    found = warnings(guest, result)
+    spawn = properties.machine_warning(props)
+    if spawn:
+        found.append(spawn)
     out = {'guest': report(guest) if guest else None,
            'properties': props, 'reasons': reasons,
-           'warnings': warnings(guest, result),
-           'fixed': fixed}
+           'warnings': found, 'fixed': fixed}
     if result.get('v2v'):
         out['v2v'] = result['v2v']
     return out

@@ -459,30 +459,35 @@ NOVA_BUS = {'scsi': 'virtio-scsi', 'virtio': 'virtio-blk', 'ide': 'ide',
             'sata': 'sata'}
 
 
-def boot(path, bus, timeout=240, log=None, fmt='raw', firmware='bios'):
+def boot(path, bus, timeout=240, log=None, fmt='raw', firmware='bios',
+         machine=None):
     """Boot the disk at ``path`` under QEMU TCG on ``bus``; the console's
-    ANY2KVM-BOOT line (None if none came within ``timeout`` s).  The disk
-    is never written (``snapshot=on``).  ``firmware='uefi'``: OVMF on a
-    q35 machine (what hw_firmware_type=uefi, hw_machine_type=q35 give),
-    else SeaBIOS on pc."""
+    ANY2KVM-BOOT line (None if none came within ``timeout`` s, or if QEMU
+    refused the machine).  The disk is never written (``snapshot=on``).
+    ``firmware='uefi'``: OVMF, by default on a q35 machine (what
+    hw_firmware_type=uefi, hw_machine_type=q35 give), else SeaBIOS, by
+    default on pc; ``machine`` (Nova's hw_machine_type, ``pc`` or
+    ``q35``) sets the machine."""
     if log is None:
         with tempfile.TemporaryDirectory(prefix='guestboot-') as tmp:
             return boot(path, bus, timeout, Path(tmp) / 'console.log', fmt,
-                        firmware)
+                        firmware, machine)
     log = Path(log)
-    machine = ['-machine', 'pc']
+    machine = ['-machine', machine or (
+        'q35' if firmware == 'uefi' else 'pc')]
     if firmware == 'uefi':
         ovmf = [p for p in OVMF if os.path.exists(p)]
-        machine = ['-machine', 'q35', '-bios', ovmf[0]]
+        machine += ['-bios', ovmf[0]]
     cmd = ['qemu-system-x86_64'] + machine + [
         '-accel', 'tcg', '-m', '512', '-smp', '1', '-nographic',
         '-monitor', 'none', '-serial', 'file:%s' % log, '-no-reboot',
         '-net', 'none',
         '-drive', 'file=%s,format=%s,if=none,id=d0,snapshot=on' % (
             path, fmt)] + BUS_DEVICES[bus]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # QEMU's own errors (a machine it refuses) go beside the console log.
+    with open(str(log) + '.stderr', 'wb') as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + timeout
     line = None
     try:

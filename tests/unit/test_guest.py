@@ -110,6 +110,52 @@ def test_uefi_guest():
     assert props['hw_machine_type'] == 'q35'
 
 
+def test_a_uefi_guest_that_boots_from_ide_only_gets_the_pc_machine():
+    # q35 has no IDE controller: libvirt refuses the disk and Nova fails
+    # the spawn.  OVMF runs on i440fx too.
+    g = guest('guest-novirtio')
+    g['firmware'] = 'uefi'
+    result = {'guests': [g]}
+    summary = gi.summary(result)
+    props, why = summary['properties'], summary['reasons']
+    assert props['hw_disk_bus'] == 'ide'
+    assert props['hw_firmware_type'] == 'uefi'
+    assert props['hw_machine_type'] == 'pc'
+    assert why['hw_machine_type'].startswith(
+        'UEFI guest that boots from IDE only: q35 has no IDE controller')
+    assert not [w for w in summary['warnings'] if 'spawn' in w]
+    # With AHCI in its initramfs it keeps q35 (sata is q35's own bus).
+    g['linux']['kernels'][0]['modules']['ahci'] = 'initramfs'
+    props, why = properties.guest_properties(g)
+    assert (props['hw_disk_bus'], props['hw_machine_type']) == ('sata',
+                                                                'q35')
+    assert why['hw_machine_type'] == 'UEFI guest'
+
+
+def test_secure_boot_keeps_q35_and_an_ide_only_guest_is_warned_of():
+    g = guest('guest-novirtio')
+    g['firmware'] = 'uefi'
+    vm = {'firmware': 'uefi', 'secure_boot': True}
+    summary = gi.summary({'guests': [g]}, vm)
+    props = summary['properties']
+    assert (props['hw_disk_bus'], props['hw_machine_type']) == ('ide',
+                                                                'q35')
+    assert summary['reasons']['hw_machine_type'] == (
+        'UEFI guest with Secure Boot (it needs q35)')
+    spawn = [w for w in summary['warnings'] if 'cannot spawn' in w]
+    assert spawn == [
+        'hw_disk_bus=ide on hw_machine_type=q35, which Secure Boot needs: '
+        'q35 has no IDE controller, so the server cannot spawn; get virtio '
+        'or AHCI into the guest\'s initramfs (--fix with virt-v2v) or turn '
+        'Secure Boot off (os_secure_boot=disabled, hw_machine_type=pc)']
+    # The image's properties: the guest's machine type, and the source's
+    # Secure Boot, together.
+    image = properties.image_properties(dict(vm, guest_properties=props),
+                                        1 << 30)
+    assert image['hw_machine_type'] == 'q35'
+    assert image['os_secure_boot'] == 'required'
+
+
 def test_newest_kernel_decides():
     g = guest('guest-virtio')
     old = copy.deepcopy(g['linux']['kernels'][0])
