@@ -196,18 +196,39 @@ def debian_version_compare(a, b):
 
 
 def boot_kernel(guest):
-    """The kernel facts a Linux guest boots with: the newest version in
-    Debian's ordering (:func:`debian_version_compare`).  The one choice
-    of both the properties (:func:`disk_bus`) and the names ``--fix``
-    writes (``probe.fix_bus``, which loads this file by path: keep it to
-    the standard library)."""
-    kernels = (guest.get('linux') or {}).get('kernels') or []
+    """The kernel facts a Linux guest boots with.  The one choice of both
+    the properties (:func:`disk_bus`) and the names ``--fix`` writes
+    (``probe.fix_bus``, which loads this file by path: keep it to the
+    standard library).
+
+    The kernel the bootloader boots by default (the probe's
+    ``boot_default``), when that is a kernel with an image that does not
+    need Xen.  Else the newest (:func:`debian_version_compare`) of the
+    kernels with an image (a directory of modules without one is a kernel
+    removed but not purged), preferring one that runs without Xen: what
+    ``--fix`` makes the default of a GRUB legacy menu, and what an
+    operator must make the default of any other bootloader."""
+    linux = guest.get('linux') or {}
+    kernels = linux.get('kernels') or []
     if not kernels:
         return None
-    newest = kernels[0]
-    for k in kernels[1:]:
-        if debian_version_compare(k.get('version') or '',
-                                  newest.get('version') or '') > 0:
+    version = (linux.get('boot_default') or {}).get('version')
+    # (Facts of an older probe have no 'image': taken as bootable.)
+    bootable = [k for k in kernels if k.get('image', True)] or kernels
+    chosen = [k for k in bootable if version and k.get('version') ==
+              version and not k.get('xen_pv_only')]
+    if chosen:
+        return chosen[0]
+    return newest_kernel([k for k in bootable if not k.get('xen_pv_only')]
+                         or bootable)
+
+
+def newest_kernel(kernels):
+    """The newest of ``kernels`` by version, or None."""
+    newest = None
+    for k in kernels:
+        if newest is None or debian_version_compare(
+                k.get('version') or '', newest.get('version') or '') > 0:
             newest = k
     return newest
 

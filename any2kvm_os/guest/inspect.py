@@ -39,6 +39,7 @@ import tempfile
 from oslo_config import cfg
 
 from any2kvm_os import exception
+from any2kvm_os.guest import probe
 from any2kvm_os.guest import process
 from any2kvm_os.guest import v2v
 from any2kvm_os import properties
@@ -432,6 +433,7 @@ def warnings(guest, result=None):
                    'rebuilds the initramfs, else remove it and run "dracut '
                    '-f" in the guest before the move' % ', '.join(
                        linux['lvm_devices'][:4]))
+    out.extend(default_warnings(linux, kernel))
     if kernel is not None:
         if kernel.get('xen_pv_only'):
             out.append('kernel %s is Xen-PV-only: install a standard '
@@ -466,6 +468,36 @@ def warnings(guest, result=None):
         out.append('%d other operating system(s) found; the one on disk '
                    '%s was used' % (len(others), guest.get('disk')))
     return out
+
+
+def default_warnings(linux, kernel):
+    """When the bootloader boots another kernel by default than the one
+    the bus was chosen for (:func:`properties.boot_kernel`: a Xen-only
+    default, or one whose image is gone)."""
+    default = linux.get('boot_default') or {}
+    if kernel is None or not default.get('image'):
+        return []
+    if default.get('version') is None:
+        return ['%s boots %s by default, which is not one of the installed '
+                'kernels: the bus was chosen for kernel %s; check that the '
+                'guest boots it' % (default.get('file'), default['image'],
+                                    kernel.get('version'))]
+    if default['version'] == kernel.get('version'):
+        return []
+    fix = probe.default_fix({'linux': linux})
+    return ['%s boots kernel %s by default, which %s: on KVM it must boot '
+            'kernel %s (the bus was chosen for it); %s' % (
+                default.get('file'), default['version'],
+                'needs Xen' if _xen_only(linux, default['version']) else
+                'has no kernel image', kernel.get('version'),
+                'convert --fix makes it the default' if fix else
+                'make it the default (grub2-set-default, or GRUB_DEFAULT '
+                'and update-grub)')]
+
+
+def _xen_only(linux, version):
+    return any(k.get('version') == version and k.get('xen_pv_only')
+               for k in linux.get('kernels') or ())
 
 
 def network_warnings(net):
@@ -590,12 +622,25 @@ def _apply_fixes(guest, fixed):
     """Make the report of ``guest`` (taken before the fixes) say what
     its files name after them."""
     changes = {}
+    added = set()       # what was added where nothing was ('' -> it)
+    linux = guest.get('linux') or {}
+    default = linux.get('boot_default') or {}
     for fix in fixed:
         if fix.get('root') != guest.get('root'):
             continue
         for f in fix['files']:
-            changes[f['path']] = {c['from']: c['to'] for c in f['changes']}
-    for entry in (guest.get('linux') or {}).get('disk_names') or ():
+            for c in f['changes']:
+                changes.setdefault(f['path'], {})[c['from']] = c['to']
+                if not c['from']:
+                    added.add(c['to'])
+                if f['path'] == default.get('file') and \
+                        c['to'].startswith('default='):
+                    # The default entry was moved to the kernel chosen.
+                    kernel = properties.boot_kernel(guest) or {}
+                    default.update(entry=int(c['to'].split('=', 1)[1]),
+                                   version=kernel.get('version'),
+                                   image=kernel.get('image'))
+    for entry in linux.get('disk_names') or ():
         done = changes.get(entry['path'])
         if not done:
             continue
@@ -605,7 +650,7 @@ def _apply_fixes(guest, fixed):
     net = (guest.get('linux') or {}).get('network')
     if not net:
         return
-    if any(done.get('') == 'net.ifnames=0' for done in changes.values()):
+    if 'net.ifnames=0' in added:
         net['ifnames_off'] = True
     for entry in net.get('files') or ():
         done = changes.get(entry['path'])
@@ -628,6 +673,8 @@ def report(guest):
     if linux:
         kernel = properties.boot_kernel(guest)
         out['bootloader'] = linux.get('bootloader')
+        if linux.get('boot_default') is not None:
+            out['boot_default'] = linux['boot_default']
         out['disk_names'] = {e['path']: e['names']
                              for e in linux.get('disk_names') or ()}
         out['xen_consoles'] = sorted({c for e in linux.get('disk_names')

@@ -492,12 +492,366 @@ def kernels(g):
                 modules[mod] = 'module'
             else:
                 modules[mod] = None
+        # Its image: a directory of modules without one is a kernel
+        # removed but not purged, which nothing boots.
+        image = next(('/boot/' + name % version for name in IMAGE_NAMES
+                      if name % version in boot), None)
+        if image is None and _exists(g, base + '/vmlinuz'):
+            image = base + '/vmlinuz'
+        if image is None and len(versions) == 1:
+            # One kernel, its image without a version (Alpine's
+            # vmlinuz-lts, a hand-built /boot/vmlinuz).
+            image = next(('/boot/' + name for name in sorted(boot)
+                          if name in UNVERSIONED_IMAGES or
+                          name.startswith('vmlinuz-') and
+                          name[8:] in FLAVOURS), None)
+        # A "xenified" kernel runs only as a Xen PV guest: its
+        # configuration says so (what virt-v2v checks); without one, a
+        # version naming xen and a kernel without virtio.
+        config = _read(g, '/boot/config-%s' % version, 4 << 20)
+        if config is not None:
+            xen_only = bool(XEN_ONLY_CONFIG_RE.search(config))
+        else:
+            xen_only = bool(re.search(r'xen', version)) and \
+                modules['virtio_pci'] is None
         out.append({'version': version, 'initramfs': initrd,
                     'initramfs_error': initrd_error,
-                    'modules': modules,
-                    'xen_pv_only': bool(re.search(r'xen', version)) and
-                    modules['virtio_pci'] is None})
+                    'modules': modules, 'image': image,
+                    'xen_pv_only': xen_only})
     return out
+
+
+# -- the kernel the bootloader boots ------------------------------------------
+
+#: Where a bootloader entry's kernel image is named (the rest of the
+#: line is its command line).
+_IMAGE_RE = re.compile(r'^\s*(?:linux|linux16|linuxefi|kernel)\s+(\S+)',
+                       re.I)
+_GRUB_ITEM_RE = re.compile(r'^\s*(menuentry|submenu)\s+(.*?)\s*\{\s*$')
+_GRUB_ID_RE = re.compile(r'\$menuentry_id_option\s+([\'"])(.*?)\1|'
+                         r'--id[= ]([\'"]?)(\S+?)\3(?:\s|$)')
+_GRUB_SET_DEFAULT_RE = re.compile(
+    r'^\s*set\s+default=([\'"]?)(.*?)\1\s*$')
+#: A kernel's image in /boot, by version (also /lib/modules/V/vmlinuz,
+#: where Fedora and RHEL 9 keep the packaged copy).
+IMAGE_NAMES = ('vmlinuz-%s', 'vmlinux-%s', 'kernel-%s', 'bzImage-%s')
+#: The image of a lone kernel whose name has no version.
+UNVERSIONED_IMAGES = ('vmlinuz', 'vmlinux', 'bzImage')
+#: Alpine's kernel flavours (/boot/vmlinuz-lts).
+FLAVOURS = ('lts', 'virt', 'edge')
+#: Bounds on what is parsed (the files are the guest's: untrusted).
+MAX_BOOT_ENTRIES = 256
+#: A Xen-only kernel (the "xenified" 2.6.18/SUSE -xen kernels): it runs
+#: only as a Xen PV guest, its kernel configuration says so.
+XEN_ONLY_CONFIG_RE = re.compile(r'^CONFIG_X86(?:_64)?_XEN=y\s*$', re.M)
+
+
+def _image_version(path, versions):
+    """The kernel version a bootloader's image path boots
+    (``/vmlinuz-5.10.0-8-amd64``, ``(hd0,0)/boot/vmlinuz-2.6.18-398.el5``)
+    among ``versions``; None when it names none of them."""
+    name = (path or '').rsplit('/', 1)[-1].rsplit(')', 1)[-1]
+    for prefix in IMAGE_NAMES:
+        prefix = prefix[:-2]
+        if name.startswith(prefix) and name[len(prefix):] in versions:
+            return name[len(prefix):]
+    return None
+
+
+def _grub_title(rest):
+    """The title of a ``menuentry``/``submenu`` line's rest."""
+    rest = rest.strip()
+    if rest[:1] in ('"', "'"):
+        end = rest.find(rest[0], 1)
+        return rest[1:end] if end > 0 else rest[1:]
+    return rest.split(None, 1)[0] if rest else ''
+
+
+def grub2_items(text):
+    """The menu of a grub.cfg: [{'title', 'id', 'image', 'items'}]
+    (``items``: a submenu's entries, else None), in order."""
+    top = []
+    stack = [top]
+    # One frame per open brace: the item it opened, or None (an if,
+    # a function).
+    frames = []
+    count = 0
+    for line in text.splitlines():
+        body = line.strip()
+        if not body or body.startswith('#'):
+            continue
+        m = _GRUB_ITEM_RE.match(body)
+        if m and count < MAX_BOOT_ENTRIES:
+            count += 1
+            ident = _GRUB_ID_RE.search(m.group(2))
+            item = {'title': _grub_title(m.group(2)),
+                    'id': (ident.group(2) or ident.group(4)) if ident
+                    else None,
+                    'image': None,
+                    'items': [] if m.group(1) == 'submenu' else None}
+            stack[-1].append(item)
+            frames.append(item)
+            if item['items'] is not None:
+                stack.append(item['items'])
+            continue
+        if body.endswith('{'):
+            frames.append(None)
+            continue
+        if body == '}' or body.startswith('}'):
+            if frames:
+                item = frames.pop()
+                if item is not None and item['items'] is not None and \
+                        len(stack) > 1:
+                    stack.pop()
+            continue
+        inner = [f for f in frames if f is not None]
+        if inner and inner[-1]['items'] is None and \
+                inner[-1]['image'] is None:
+            m = _IMAGE_RE.match(body)
+            if m:
+                inner[-1]['image'] = m.group(1)
+    return top
+
+
+def grub2_default(text, env=None):
+    """The default of a grub.cfg: the value of its last ``set default=``
+    other than the one-shot ``${next_entry}``, with ``${saved_entry}``
+    taken from grubenv's ``env``; '0' when it sets none."""
+    value = None
+    for line in text.splitlines():
+        m = _GRUB_SET_DEFAULT_RE.match(line)
+        if m and m.group(2) not in ('${next_entry}', '$next_entry'):
+            value = m.group(2)
+    if value is None:
+        return '0'
+    if value in ('${saved_entry}', '$saved_entry'):
+        value = (env or {}).get('saved_entry') or '0'
+    return value
+
+
+def grub_env(text):
+    """{name: value} of a GRUB environment block (grubenv)."""
+    out = {}
+    for line in (text or '').splitlines()[:64]:
+        if line.startswith('#') or '=' not in line:
+            continue
+        k, v = line.split('=', 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def grub2_pick(items, default):
+    """The menu entry ``default`` selects in ``items``: an index, a title
+    or an id, or a ``>``-separated path of them into submenus; None
+    when it selects no entry (or a submenu)."""
+    for part in default.split('>'):
+        if items is None:
+            return None
+        part = part.strip()
+        if part.isdigit():
+            n = int(part)
+            item = items[n] if n < len(items) else None
+        else:
+            item = next((i for i in items if part in (i['id'], i['title'])),
+                        None)
+        if item is None:
+            return None
+        items = item['items']
+    return item if item['items'] is None else None
+
+
+def bls_entries(files, read):
+    """The Boot Loader Specification entries (/boot/loader/entries) as
+    GRUB's blscfg lists them: newest version first; [{'id', 'title',
+    'image', 'version'}]."""
+    from functools import cmp_to_key
+    out = []
+    for path in files:
+        if not (path.startswith('/boot/loader/entries/') and
+                path.endswith('.conf')):
+            continue
+        entry = {'id': path.rsplit('/', 1)[-1][:-len('.conf')],
+                 'title': None, 'image': None, 'version': None,
+                 'items': None}
+        for line in (read(path) or '').splitlines():
+            parts = line.strip().split(None, 1)
+            if len(parts) == 2 and parts[0] in ('title', 'version', 'linux'):
+                key = 'image' if parts[0] == 'linux' else parts[0]
+                entry[key] = entry[key] or parts[1].strip()
+        out.append(entry)
+        if len(out) >= MAX_BOOT_ENTRIES:
+            break
+    props = _properties()
+
+    def order(a, b):
+        return props.debian_version_compare(
+            b['version'] or b['id'], a['version'] or a['id'])
+    return sorted(out, key=cmp_to_key(order))
+
+
+def grub_legacy_entries(text):
+    """(the ``default`` value, [the kernel image of each entry]) of a
+    GRUB legacy menu.lst."""
+    default = '0'
+    images = []
+    for line in text.splitlines():
+        body = line.strip()
+        if not body or body.startswith('#'):
+            continue
+        key = re.split(r'[\s=]+', body, 1)
+        if key[0] == 'title':
+            if len(images) >= MAX_BOOT_ENTRIES:
+                break
+            images.append(None)
+        elif key[0] == 'default' and not images and len(key) == 2:
+            default = key[1].strip()
+        elif key[0] == 'kernel' and images and images[-1] is None and \
+                len(key) == 2:
+            images[-1] = key[1].split()[0]
+    return default, images
+
+
+def grub_legacy_default(text, saved=None):
+    """(index, image) of the entry a GRUB legacy menu.lst boots by
+    default (``default N``, ``default saved`` with /boot/grub/default's
+    ``saved``); (index, None) when that entry names no kernel."""
+    default, images = grub_legacy_entries(text)
+    if default == 'saved':
+        default = (saved or '0').strip().split('\n', 1)[0]
+    n = int(default) if default.isdigit() else 0
+    if n >= len(images):
+        n = 0
+    return n, (images[n] if images else None)
+
+
+def set_grub_legacy_default(text, version, versions):
+    """(new text, [(old, new)]) of a GRUB legacy menu.lst whose default
+    is made the first entry booting kernel ``version`` (``versions``:
+    the guest's); the text unchanged when no entry boots it."""
+    _default, images = grub_legacy_entries(text)
+    index = next((i for i, image in enumerate(images)
+                  if _image_version(image, versions) == version), None)
+    if index is None:
+        return text, []
+    want = 'default=%d' % index
+    lines = text.splitlines(True)
+    for i, line in enumerate(lines):
+        body = line.strip()
+        if body.startswith('title'):
+            break
+        if re.match(r'default(?:[\s=]|$)', body):
+            if body == want:
+                return text, []
+            end = line[len(line.rstrip('\r\n')):]
+            lines[i] = line[:len(line) - len(line.lstrip())] + want + end
+            return ''.join(lines), [(body, want)]
+    return want + '\n' + text, [('', want)]
+
+
+def extlinux_default(text):
+    """The image of the label an extlinux/syslinux configuration boots
+    by default (``DEFAULT label``, or ``MENU DEFAULT`` in a label, or the
+    first label)."""
+    default = None
+    labels = []
+    menu_default = None
+    for line in text.splitlines():
+        parts = line.strip().split(None, 1)
+        if not parts:
+            continue
+        key = parts[0].lower()
+        rest = parts[1].strip() if len(parts) == 2 else ''
+        if key == 'default':
+            default = rest
+        elif key == 'label' and len(labels) < MAX_BOOT_ENTRIES:
+            labels.append([rest, None])
+        elif key in ('kernel', 'linux') and labels and \
+                labels[-1][1] is None:
+            labels[-1][1] = rest.split()[0] if rest else None
+        elif key == 'menu' and rest.lower() == 'default' and labels:
+            menu_default = labels[-1]
+    for label in labels:
+        if label[0] == default:
+            return label[1]
+    if menu_default is not None:
+        return menu_default[1]
+    return labels[0][1] if labels else None
+
+
+GRUB_ENVS = ('/boot/grub/grubenv', '/boot/grub2/grubenv')
+
+
+def boot_default(g, files, kernels):
+    """What the guest's bootloader boots by default: {'file', 'image',
+    'version', 'entry'} (``version``: the version of the one of
+    ``kernels`` (:func:`kernels`) it boots, None when it could not be
+    told), or None when no bootloader file names a kernel."""
+    versions = [k['version'] for k in kernels]
+
+    def read(path):
+        return _read(g, path)
+
+    def image_version(path):
+        found = _image_version(path, versions)
+        name = (path or '').rsplit('/', 1)[-1]
+        if found or not name:
+            return found
+        for k in kernels:
+            if (k.get('image') or '').rsplit('/', 1)[-1] == name:
+                return k['version']
+        # Debian's /vmlinuz and /boot/vmlinuz.old: symbolic links.
+        for top in ('/boot/', '/'):
+            try:
+                found = _image_version(g.readlink(top + name), versions)
+            except RuntimeError:
+                continue
+            if found:
+                return found
+        return None
+    grub2 = [p for p in files if p.endswith('/grub.cfg')]
+    for path in grub2:
+        text = read(path) or ''
+        items = grub2_items(text)
+        bls = bls_entries(files, read) if re.search(
+            r'^\s*blscfg\b', text, re.M) else []
+        if not items and not bls:
+            continue
+        env = {}
+        for env_path in GRUB_ENVS:
+            if _exists(g, env_path):
+                env = grub_env(read(env_path))
+                break
+        default = grub2_default(text, env)
+        pick = grub2_pick(bls + items, default)
+        entry = default
+        if pick is None and bls and not default.isdigit():
+            # A saved entry gone (its kernel removed): blscfg's first.
+            pick = bls[0]
+        if pick is None:
+            return {'file': path, 'entry': entry, 'image': None,
+                    'version': None}
+        return {'file': path, 'entry': pick.get('title') or entry,
+                'image': pick['image'],
+                'version': image_version(pick['image'])}
+    for path in ('/boot/grub/menu.lst', '/boot/grub/grub.conf',
+                 '/etc/grub.conf'):
+        if path in files:
+            n, image = grub_legacy_default(
+                read(path) or '', read('/boot/grub/default'))
+            return {'file': path, 'entry': n, 'image': image,
+                    'version': image_version(image)}
+    for path in ('/boot/extlinux/extlinux.conf', '/extlinux.conf',
+                 '/boot/syslinux/syslinux.cfg'):
+        if path in files:
+            image = extlinux_default(read(path) or '')
+            return {'file': path, 'entry': None, 'image': image,
+                    'version': image_version(image)}
+    bls = bls_entries(files, read)
+    if bls:
+        return {'file': '/boot/loader/entries', 'entry': bls[0]['id'],
+                'image': bls[0]['image'],
+                'version': image_version(bls[0]['image'])}
+    return None
 
 
 def tools(g, root):
@@ -517,8 +871,11 @@ def linux_facts(g, root, slots=None):
     names = disk_names(g, slots)
     files = [n['path'] for n in names]
     found, _apps = tools(g, root)
+    found_kernels = kernels(g)
     return {'bootloader': bootloader(files), 'disk_names': names,
-            'kernels': kernels(g), 'tools': found,
+            'kernels': found_kernels,
+            'boot_default': boot_default(g, files, found_kernels),
+            'tools': found,
             'network': network_facts(g), 'lvm_devices': lvm_devices(g)}
 
 
@@ -1199,7 +1556,8 @@ def fix_text(g, text, bus, is_boot, slots=None, unknown=None, path=None,
     return ''.join(lines), changes
 
 
-def fix_linux(g, root, bus, tried, fail_after=None, slots=None):
+def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
+              default=None):
     """Rewrite the files of the Linux guest of ``root``; ``tried`` gets
     each path as its change starts (what a failure had touched).  A Xen
     device name on none of the VM's disks (``slots``) is left as it is,
@@ -1212,7 +1570,12 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None):
     eth1, ... in PCI order, as Nova plugs them), ``enXN`` becomes
     ``ethN``, the lines binding a configuration to the Xen NIC's MAC
     are dropped, and udev's 70-persistent-net.rules is renamed aside
-    (``.any2kvm-disabled``)."""
+    (``.any2kvm-disabled``).
+
+    ``default``: (menu.lst path, kernel version, [versions]) when a GRUB
+    legacy menu boots a Xen-only kernel by default and another kernel
+    can boot on KVM (:func:`default_fix`): that kernel's entry is made
+    the default."""
     mount_guest(g, root, write=True)
     done = []
 
@@ -1253,6 +1616,14 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None):
             start(f['path'])
             g.write(f['path'], new.encode('utf-8'))
             record(f['path'], changes)
+        if default:
+            path, version, versions = default
+            new, changes = set_grub_legacy_default(
+                _read(g, path) or '', version, versions)
+            if changes:
+                start(path)
+                g.write(path, new.encode('utf-8'))
+                record(path, changes)
         if net['pinned']:
             aside = PERSISTENT_NET + '.any2kvm-disabled'
             start(PERSISTENT_NET)
@@ -1298,6 +1669,24 @@ def _properties():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def default_fix(guest):
+    """(menu.lst path, version, versions) when the guest's GRUB legacy
+    menu boots another kernel by default than the one it must boot on KVM
+    (:func:`~any2kvm_os.properties.boot_kernel`: a Xen-only default and
+    a kernel without Xen installed beside it, the usual state of a PV
+    guest of the 2.6.18 era), else None.  GRUB 2 and the others are
+    reported, not changed (their menus are generated)."""
+    linux = guest.get('linux') or {}
+    default = linux.get('boot_default') or {}
+    kernel = _properties().boot_kernel(guest)
+    path = default.get('file') or ''
+    if kernel is None or not path.endswith(('/menu.lst', '/grub.conf')) \
+            or default.get('version') in (None, kernel.get('version')):
+        return None
+    return (path, kernel['version'],
+            [k['version'] for k in linux.get('kernels') or ()])
 
 
 def fix_bus(guest):
@@ -1424,7 +1813,7 @@ def main(argv=None):
                     'bus': bus, 'files': fix_linux(
                         g, guest['root'], bus, tried,
                         int(fail_after) if fail_after else None,
-                        args.xen_slots)})
+                        args.xen_slots, default_fix(guest))})
         g.shutdown()
     except (RuntimeError, ProbeError) as e:
         print(json.dumps({'error': ' '.join(str(e).split()),

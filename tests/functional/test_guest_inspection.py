@@ -248,6 +248,58 @@ def test_the_fix_maps_xen_names_by_the_disks_slots(libguestfs, tmp_path):
 
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
+def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
+        libguestfs, tmp_path):
+    """A PV guest of the 2.6.18 era: GRUB legacy boots its Xen-only kernel
+    (its configuration says CONFIG_X86_64_XEN=y) by default, and a
+    standard kernel is installed beside it; a directory of modules of a
+    newer kernel has no image (removed, not purged).  The bus is chosen
+    for the standard kernel, not for the newest directory nor for the
+    Xen default, and --fix makes the standard kernel GRUB's default."""
+    _kroot, version, _busybox = guestbuild.packages()
+    xen = '2.6.18-398.el5xen'
+    menu = ('default=0\ntimeout=5\n'
+            'title CentOS (%s)\n\troot (hd0,0)\n'
+            '\tkernel /boot/vmlinuz-%s ro root=/dev/xvda1\n'
+            'title Debian (%s)\n\troot (hd0,0)\n'
+            '\tkernel /boot/vmlinuz-%s ro root=/dev/xvda1\n' % (
+                xen, xen, version, version))
+    extra = {
+        # GRUB legacy boots this guest: the grub.cfg has no entry.
+        '/boot/grub/grub.cfg': '# not used\n',
+        '/boot/grub/menu.lst': menu,
+        '/boot/vmlinuz-' + version: ('symlink', 'vmlinuz'),
+        '/boot/initrd.img-' + version: ('symlink', 'initrd.img'),
+        '/boot/vmlinuz-' + xen: 'image\n',
+        '/boot/config-' + xen: 'CONFIG_X86_64_XEN=y\n',
+        '/lib/modules/%s/modules.dep' % xen: '',
+        '/lib/modules/9.9.9-leftover/modules.dep': '',
+    }
+    disk = tmp_path / 'pv.raw'
+    guestbuild.build(disk, 'xenpv', extra_files=extra)
+    result = gi.inspect_files([disk], libguestfs, fix=True)
+    (guest,) = [g for g in result['guests'] if g.get('type')]
+    kernels = {k['version']: k for k in guest['linux']['kernels']}
+    assert (kernels[version]['image'], kernels[version]['xen_pv_only']) \
+        == ('/boot/vmlinuz-' + version, False)
+    assert (kernels[xen]['image'], kernels[xen]['xen_pv_only']) == (
+        '/boot/vmlinuz-' + xen, True)
+    assert kernels['9.9.9-leftover']['image'] is None
+    assert guest['linux']['boot_default'] == {
+        'file': '/boot/grub/menu.lst', 'entry': 0,
+        'image': '/boot/vmlinuz-' + xen, 'version': xen}
+    summary = gi.summary(result)
+    assert summary['guest']['kernel'] == version
+    assert summary['properties']['hw_disk_bus'] == 'scsi'
+    assert summary['guest']['boot_default']['version'] == version
+    assert not [w for w in summary['warnings'] if 'by default' in w], \
+        summary['warnings']
+    fixed = _debugfs_cat(disk, '/boot/grub/menu.lst', tmp_path)
+    assert fixed.startswith('default=1\ntimeout=5\n'), fixed
+    assert 'root=/dev/xvda1' not in fixed, fixed
+
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT)
 def test_a_fix_failing_half_way_leaves_the_copy_as_converted(
         guests, libguestfs, tmp_path, monkeypatch):
     source = tmp_path / 'xen.qcow2'

@@ -328,7 +328,10 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
     for name, text in (extra_files or {}).items():
         path = root / name.lstrip('/')
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        if isinstance(text, tuple):     # ('symlink', target)
+            os.symlink(text[1], str(path))
+        else:
+            path.write_text(text)
     return root
 
 
@@ -337,7 +340,7 @@ def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab='',
     """Write the test guest ``kind`` as a raw disk of ``size_mb`` MiB at
     ``path``; returns {'kind', 'fsuuid', 'token', 'kernel'}.
     ``extra_fstab``: lines added to its /etc/fstab; ``extra_files``:
-    {path in the guest: text} written into it."""
+    {path in the guest: text, or ('symlink', target)} written into it."""
     if kind not in BOOT_MODULES:
         raise ValueError('unknown guest kind %r (known: %s)' % (
             kind, ', '.join(KINDS)))
