@@ -235,3 +235,43 @@ def test_vmware_pvscsi_and_vmxnet3_services(hivex_python, tmp_path):
     services = probe_hive(hivex_python, path)['control_sets'][
         'ControlSet001']['services']
     assert services['pvscsi']['start'] == 0
+
+
+#: What the probe reports of winhive.NET_ADAPTERS: the static adapter,
+#: the one with static DNS servers on DHCP, and the odd one (its
+#: non-contiguous mask kept, its address without a mask alone, its
+#: 0.0.0.0 entries and gateway dropped); not the adapter on DHCP alone.
+STATIC = {'guid': '{5a0e2c4b-1d3f-4e6a-8b7c-9d0e1f2a3b4c}',
+          'name': 'Ethernet 2',
+          'description': 'XenServer PV Network Device #0', 'dhcp': False,
+          'addresses': ['192.0.2.5/24', '198.51.100.7/25'],
+          'gateways': ['192.0.2.1'], 'dns': ['192.0.2.53', '192.0.2.54']}
+DNS_ONLY = {'guid': '{7C2A4E6D-3F5B-4A8C-8D9E-1F2A3B4C5D6E}',
+            'name': 'Ethernet 4',
+            'description': 'XenServer PV Network Device #2', 'dhcp': True,
+            'addresses': [], 'gateways': [],
+            'dns': ['192.0.2.53', '192.0.2.54']}
+ODD = {'guid': '{8d3b5f7e-4a6c-4b9d-9e0f-2a3b4c5d6e7f}', 'name': None,
+       'description': None, 'dhcp': False,
+       'addresses': ['203.0.113.9/255.0.255.0', '203.0.113.10'],
+       'gateways': [], 'dns': []}
+
+
+def test_reading_the_static_ip_settings(hivex_python, tmp_path):
+    """Windows binds its TCP/IP settings to the adapter (NetCfgInstanceId),
+    not to the MAC: the probe reads them per ControlSet, with the
+    adapter's DriverDesc and the connection's name."""
+    old = list(winhive.NET_ADAPTERS[:1])
+    old[0] = old[0][:4] + (dict(old[0][4], IPAddress=['192.0.2.4'],
+                                SubnetMask=['255.255.255.0']),)
+    path = winhive.build(tmp_path / 'SYSTEM', winhive.system_reg(network={
+        'ControlSet001': winhive.NET_ADAPTERS, 'ControlSet002': old}))
+    facts = probe_hive(hivex_python, path)
+    sets = facts['control_sets']
+    assert sets['ControlSet001']['network'] == [STATIC, DNS_ONLY, ODD]
+    assert sets['ControlSet002']['network'] == [
+        dict(STATIC, addresses=['192.0.2.4/24'])]
+    # A hive without them reports none.
+    path = winhive.build(tmp_path / 'PLAIN', winhive.system_reg())
+    assert all(cs['network'] == [] for cs in probe_hive(
+        hivex_python, path)['control_sets'].values())
