@@ -17,6 +17,7 @@ DHCP.  The probe's helpers that read them from the SYSTEM hive's values
 
 import pytest
 
+from any2kvm_os.guest import inspect as gi
 from any2kvm_os.guest import probe
 
 
@@ -73,3 +74,47 @@ def test_names_from_the_hive_are_bounded_and_one_line():
     assert probe._net_text('Ethernet\r\n2\x00') == 'Ethernet??2?'
     assert len(probe._net_text('x' * 10000)) == probe.MAX_NET_TEXT
     assert probe._net_text(['a']) is None
+
+
+def test_netsh_commands():
+    entry = {'addresses': ['192.0.2.5/24', '198.51.100.7/255.0.255.0',
+                           '203.0.113.10'],
+             'gateways': ['192.0.2.1', '192.0.2.2'],
+             'dns': ['192.0.2.53', '192.0.2.54', '192.0.2.55']}
+    assert gi.netsh_commands(entry, 'Ethernet 3') == [
+        'netsh interface ipv4 set address name="Ethernet 3" static '
+        '192.0.2.5 255.255.255.0 192.0.2.1',
+        'netsh interface ipv4 add address name="Ethernet 3" 198.51.100.7 '
+        '255.0.255.0',
+        'netsh interface ipv4 add address name="Ethernet 3" 203.0.113.10 '
+        '<mask>',
+        'netsh interface ipv4 set dnsservers name="Ethernet 3" static '
+        '192.0.2.53 primary',
+        'netsh interface ipv4 add dnsservers name="Ethernet 3" 192.0.2.54 '
+        'index=2',
+        'netsh interface ipv4 add dnsservers name="Ethernet 3" 192.0.2.55 '
+        'index=3']
+    assert gi.netsh_commands({'addresses': ['10.0.0.5/8']}) == [
+        'netsh interface ipv4 set address name="<new adapter>" static '
+        '10.0.0.5 255.0.0.0']
+    assert gi.netsh_commands({}) == []
+
+
+def win(network, current='ControlSet001'):
+    return {'current_control_set': current, 'control_sets': {
+        'ControlSet001': {'network': network},
+        'ControlSet002': {'network': [{'guid': '{OLD}', 'dhcp': False,
+                                       'addresses': ['192.0.2.9/24']}]}}}
+
+
+def test_only_the_current_control_set_is_warned_about():
+    assert gi.windows_network_warnings(win([])) == []
+    warned = gi.windows_network_warnings(win([], 'ControlSet002'))
+    assert len(warned) == 1 and 'the interface {OLD}' in warned[0] and \
+        '192.0.2.9/24' in warned[0]
+    assert gi.windows_network_warnings({}) == []
+
+
+def test_a_dhcp_interface_without_static_dns_is_not_warned_about():
+    assert gi.windows_network_warnings(win([
+        {'guid': '{G}', 'dhcp': True, 'addresses': [], 'dns': []}])) == []
