@@ -28,6 +28,7 @@ guest report and the image properties
 (:func:`any2kvm_os.properties.guest_properties`).
 """
 
+import ipaddress
 import json
 import logging
 import os
@@ -555,7 +556,91 @@ def windows_warnings(guest):
                        'service: install it in the guest (pnputil /add-driver '
                        '... /install, or virtio-win\'s installer) before '
                        'migrating' % ', '.join(sorted(set(staged))))
+    out.extend(windows_network_warnings(win))
     out.extend(bcd_warnings(guest))
+    return out
+
+
+#: What stands for the new adapter's connection name in the commands a
+#: warning gives: Windows names it when it finds the new NIC ("Ethernet
+#: 3"); ``netsh interface show interface`` lists it.
+NEW_ADAPTER = '<new adapter>'
+
+
+def _address_mask(address):
+    """('192.0.2.5', '255.255.255.0') of a reported '192.0.2.5/24' (a
+    mask kept dotted stays so; without one, '<mask>')."""
+    addr, _sep, mask = address.partition('/')
+    if mask.isdigit() and int(mask) <= 32:
+        mask = str(ipaddress.IPv4Network('0.0.0.0/%s' % mask).netmask)
+    return addr, mask or '<mask>'
+
+
+def netsh_commands(entry, adapter=NEW_ADAPTER):
+    """The netsh commands that set ``entry``'s static addresses, gateway
+    and DNS servers (a reported Windows interface) on ``adapter``."""
+    out = []
+    name = 'name="%s"' % adapter
+    for i, address in enumerate(entry.get('addresses') or ()):
+        addr, mask = _address_mask(address)
+        if i == 0:
+            out.append(' '.join(
+                ['netsh interface ipv4 set address', name, 'static', addr,
+                 mask] + (entry.get('gateways') or [])[:1]))
+        else:
+            out.append('netsh interface ipv4 add address %s %s %s'
+                       % (name, addr, mask))
+    for i, server in enumerate(entry.get('dns') or ()):
+        if i == 0:
+            out.append('netsh interface ipv4 set dnsservers %s static %s '
+                       'primary' % (name, server))
+        else:
+            out.append('netsh interface ipv4 add dnsservers %s %s index=%d'
+                       % (name, server, i + 1))
+    return out
+
+
+def _interface_name(entry):
+    """How a warning names a reported Windows interface."""
+    if entry.get('name'):
+        what = 'the connection "%s"' % entry['name']
+    else:
+        what = 'the interface %s' % entry.get('guid')
+    if entry.get('description'):
+        what += ' (%s)' % entry['description']
+    return what
+
+
+def windows_network_warnings(win):
+    """The static IPv4 settings of the current ControlSet's interfaces:
+    Windows binds them to the adapter, not to its MAC, so the new NIC on
+    KVM starts on DHCP (a static-only subnet: no network)."""
+    facts = (win.get('control_sets') or {}).get(
+        win.get('current_control_set')) or {}
+    out = []
+    for entry in facts.get('network') or ():
+        commands = '; '.join(netsh_commands(entry))
+        if entry.get('addresses') and not entry.get('dhcp'):
+            settings = list(entry['addresses'])
+            if entry.get('gateways'):
+                settings.append('gateway %s' % ', '.join(entry['gateways']))
+            if entry.get('dns'):
+                settings.append('DNS %s' % ', '.join(entry['dns']))
+            out.append(
+                '%s has static IPv4 settings: %s; Windows binds them to '
+                'that adapter, not to its MAC, so the new NIC on KVM starts '
+                'on DHCP: re-apply them in the guest after the move (%s), '
+                'or reserve these addresses for the new NIC on the DHCP '
+                'server (Neutron: a port with these fixed IPs, on a subnet '
+                'with DHCP)' % (_interface_name(entry), ', '.join(settings),
+                                commands))
+        elif entry.get('dns'):
+            out.append(
+                '%s has static DNS servers %s: Windows binds them to that '
+                'adapter, so the new NIC on KVM uses the DHCP server\'s '
+                'instead; re-apply them in the guest after the move (%s)' % (
+                    _interface_name(entry), ', '.join(entry['dns']),
+                    commands))
     return out
 
 
@@ -719,6 +804,18 @@ def windows_lines(win):
                          ', '.join('%s %s' % (f['value'], ','.join(
                              f['names'])) for f in facts.get('filters')
                              or ()) or 'none'))
+    for entry in ((win.get('control_sets') or {}).get(current) or {}).get(
+            'network') or ():
+        lines.append('network:      %s%s: %s%s%s%s' % (
+            entry.get('name') or entry.get('guid'),
+            ' (%s)' % entry['description'] if entry.get('description')
+            else '', 'DHCP' if entry.get('dhcp') else 'static',
+            ' %s' % ', '.join(entry['addresses'])
+            if entry.get('addresses') else '',
+            ', gateway %s' % ', '.join(entry['gateways'])
+            if entry.get('gateways') else '',
+            ', DNS %s' % ', '.join(entry['dns']) if entry.get('dns')
+            else ''))
     lines.append('driverstore:  %s' % (
         ', '.join(win.get('driver_store') or ()) or 'no virtio driver'))
     bcd = win.get('bcd')

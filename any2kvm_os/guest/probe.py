@@ -1082,6 +1082,167 @@ def windows_ide(hive, cset):
                   name.lower() or 'ven_8086&dev_7111' in name.lower())
 
 
+#: The network adapters' device setup class (GUID_DEVCLASS_NET): each
+#: adapter is a ``Control\Class\{...}\NNNN`` key whose ``NetCfgInstanceId``
+#: is the GUID that ``Services\Tcpip\Parameters\Interfaces\{GUID}`` (its
+#: TCP/IP settings) and ``Control\Network\{...}\{GUID}\Connection``
+#: (its connection's name) are named by.
+NET_CLASS = '{4d36e972-e325-11ce-bfc1-08002be10318}'
+#: Bounds on what is read of the guest's network settings (the hive is
+#: the guest's, so anything may be in it): registry keys looked at,
+#: interfaces reported per ControlSet, entries kept of each list, and
+#: characters kept of each name.
+MAX_NET_KEYS = 256
+MAX_INTERFACES = 16
+MAX_NET_ENTRIES = 8
+MAX_NET_TEXT = 128
+
+
+def _net_text(value):
+    """A name from the hive for a one-line report: bounded, without
+    control characters; None when it is not text."""
+    if not isinstance(value, str):
+        return None
+    return re.sub(r'[\x00-\x1f\x7f]', '?', value)[:MAX_NET_TEXT]
+
+
+def ipv4(text):
+    """``text`` when it is a dotted IPv4 address, else None."""
+    import ipaddress
+    try:
+        return str(ipaddress.IPv4Address(text.strip()))
+    except (ValueError, AttributeError):
+        return None
+
+
+def mask_prefix(mask):
+    """'255.255.255.0' -> 24; None when ``mask`` is not a contiguous
+    dotted IPv4 mask (255.0.255.0, 'abc')."""
+    if ipv4(mask) is None:
+        return None
+    bits = int.from_bytes(bytes(int(p) for p in mask.split('.')), 'big')
+    prefix = bin(bits).count('1')
+    if bits != (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF:
+        return None
+    return prefix
+
+
+def split_servers(value):
+    """The IPv4 addresses of a server list: ``NameServer`` is a REG_SZ
+    of addresses separated by commas or spaces; a REG_MULTI_SZ (as
+    ``IPAddress`` is on Windows XP and later; Windows 2000 documents it
+    as a REG_SZ) gives its strings.  What is not an address (0.0.0.0
+    included: "none") is left out; at most :data:`MAX_NET_ENTRIES`."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    out = []
+    for item in value:
+        for part in re.split(r'[\s,]+', item[:4096]):
+            addr = ipv4(part) if part else None
+            if addr and addr != '0.0.0.0' and addr not in out:
+                out.append(addr)
+    return out[:MAX_NET_ENTRIES]
+
+
+def static_addresses(addresses, masks):
+    """['192.0.2.5/24', ...] of the parallel ``IPAddress`` and
+    ``SubnetMask`` lists: a contiguous mask becomes its prefix length,
+    another dotted mask is kept as it is ('192.0.2.5/255.0.255.0'), and
+    an address without a usable mask (the lists' lengths differ) stands
+    alone; 0.0.0.0 entries (none) are left out."""
+    if isinstance(addresses, str):
+        addresses = re.split(r'[\s,]+', addresses)
+    if isinstance(masks, str):
+        masks = re.split(r'[\s,]+', masks)
+    addresses = addresses if isinstance(addresses, list) else []
+    masks = masks if isinstance(masks, list) else []
+    out = []
+    for i, item in enumerate(addresses[:MAX_NET_KEYS]):
+        addr = ipv4(item)
+        if not addr or addr == '0.0.0.0':
+            continue
+        mask = ipv4(masks[i]) if i < len(masks) else None
+        if mask == '0.0.0.0':
+            mask = None
+        prefix = mask_prefix(mask) if mask else None
+        if prefix is not None:
+            addr += '/%d' % prefix
+        elif mask:
+            addr += '/' + mask
+        if addr not in out:
+            out.append(addr)
+    return out[:MAX_NET_ENTRIES]
+
+
+def _net_adapters(hive, cset):
+    """{GUID (lower case): (DriverDesc, connection name)} of the network
+    adapters ``cset`` knows."""
+    out = {}
+    klass = hive.node(cset + '\\Control\\Class')
+    by_name = {name.lower(): h for name, h in hive.children(klass)} \
+        if klass else {}
+    net = by_name.get(NET_CLASS)
+    for _name, h in hive.children(net)[:MAX_NET_KEYS] if net else ():
+        vals = hive.values(h)
+        guid = _net_text(reg_value(vals['netcfginstanceid'])) \
+            if 'netcfginstanceid' in vals else None
+        if guid:
+            out[guid.lower()] = [_net_text(reg_value(vals['driverdesc']))
+                                 if 'driverdesc' in vals else None, None]
+    network = hive.node(cset + '\\Control\\Network')
+    by_name = {name.lower(): h for name, h in hive.children(network)} \
+        if network else {}
+    net = by_name.get(NET_CLASS)
+    for guid, h in hive.children(net)[:MAX_NET_KEYS] if net else ():
+        conn = hive.child(h, 'Connection')
+        vals = hive.values(conn) if conn else {}
+        if 'name' in vals:
+            out.setdefault(guid.lower(), [None, None])[1] = _net_text(
+                reg_value(vals['name']))
+    return out
+
+
+def windows_network(hive, cset):
+    """The static IPv4 settings of ``cset``'s network interfaces:
+    [{guid, name (the connection's), description (the adapter's
+    DriverDesc), dhcp, addresses ('192.0.2.5/24'), gateways, dns}], only
+    of the interfaces with a static address (``EnableDHCP`` 0) or static
+    DNS servers (``NameServer``, which DHCP does not override).  Windows
+    binds these to the adapter (its NetCfgInstanceId), not to its MAC:
+    a new adapter, as the move to KVM makes, starts on DHCP."""
+    interfaces = hive.node(cset + '\\Services\\Tcpip\\Parameters\\'
+                           'Interfaces')
+    if not interfaces:
+        return []
+    adapters = _net_adapters(hive, cset)
+    out = []
+    for guid, h in hive.children(interfaces)[:MAX_NET_KEYS]:
+        vals = hive.values(h)
+        dhcp = reg_value(vals['enabledhcp']) != 0 \
+            if 'enabledhcp' in vals else True
+        entry = {'guid': _net_text(guid), 'dhcp': dhcp, 'addresses': [],
+                 'gateways': [],
+                 'dns': split_servers(reg_value(vals['nameserver']))
+                 if 'nameserver' in vals else []}
+        if not dhcp:
+            entry['addresses'] = static_addresses(
+                reg_value(vals['ipaddress']) if 'ipaddress' in vals
+                else [], reg_value(vals['subnetmask'])
+                if 'subnetmask' in vals else [])
+            entry['gateways'] = split_servers(
+                reg_value(vals['defaultgateway'])) \
+                if 'defaultgateway' in vals else []
+        if not entry['addresses'] and not entry['dns']:
+            continue
+        entry['description'], entry['name'] = adapters.get(
+            guid.lower(), (None, None))
+        out.append(entry)
+    out.sort(key=lambda e: (e['name'] is None, e['name'] or '', e['guid']))
+    return out[:MAX_INTERFACES]
+
+
 def system_facts(hive):
     """What the SYSTEM hive tells, per ControlSet in use."""
     current, used = control_sets(hive)
@@ -1090,7 +1251,8 @@ def system_facts(hive):
         facts['control_sets'][cset] = {
             'services': windows_services(hive, cset),
             'filters': windows_filters(hive, cset),
-            'ide_entries': windows_ide(hive, cset)}
+            'ide_entries': windows_ide(hive, cset),
+            'network': windows_network(hive, cset)}
     return facts
 
 

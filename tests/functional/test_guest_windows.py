@@ -235,3 +235,101 @@ def test_vmware_pvscsi_and_vmxnet3_services(hivex_python, tmp_path):
     services = probe_hive(hivex_python, path)['control_sets'][
         'ControlSet001']['services']
     assert services['pvscsi']['start'] == 0
+
+
+#: What the probe reports of winhive.NET_ADAPTERS: the static adapter,
+#: the one with static DNS servers on DHCP, and the odd one (its
+#: non-contiguous mask kept, its address without a mask alone, its
+#: 0.0.0.0 entries and gateway dropped); not the adapter on DHCP alone.
+STATIC = {'guid': '{5a0e2c4b-1d3f-4e6a-8b7c-9d0e1f2a3b4c}',
+          'name': 'Ethernet 2',
+          'description': 'XenServer PV Network Device #0', 'dhcp': False,
+          'addresses': ['192.0.2.5/24', '198.51.100.7/25'],
+          'gateways': ['192.0.2.1'], 'dns': ['192.0.2.53', '192.0.2.54']}
+DNS_ONLY = {'guid': '{7C2A4E6D-3F5B-4A8C-8D9E-1F2A3B4C5D6E}',
+            'name': 'Ethernet 4',
+            'description': 'XenServer PV Network Device #2', 'dhcp': True,
+            'addresses': [], 'gateways': [],
+            'dns': ['192.0.2.53', '192.0.2.54']}
+ODD = {'guid': '{8d3b5f7e-4a6c-4b9d-9e0f-2a3b4c5d6e7f}', 'name': None,
+       'description': None, 'dhcp': False,
+       'addresses': ['203.0.113.9/255.0.255.0', '203.0.113.10'],
+       'gateways': [], 'dns': []}
+
+
+def test_reading_the_static_ip_settings(hivex_python, tmp_path):
+    """Windows binds its TCP/IP settings to the adapter (NetCfgInstanceId),
+    not to the MAC: the probe reads them per ControlSet, with the
+    adapter's DriverDesc and the connection's name."""
+    old = list(winhive.NET_ADAPTERS[:1])
+    old[0] = old[0][:4] + (dict(old[0][4], IPAddress=['192.0.2.4'],
+                                SubnetMask=['255.255.255.0']),)
+    path = winhive.build(tmp_path / 'SYSTEM', winhive.system_reg(network={
+        'ControlSet001': winhive.NET_ADAPTERS, 'ControlSet002': old}))
+    facts = probe_hive(hivex_python, path)
+    sets = facts['control_sets']
+    assert sets['ControlSet001']['network'] == [STATIC, DNS_ONLY, ODD]
+    assert sets['ControlSet002']['network'] == [
+        dict(STATIC, addresses=['192.0.2.4/24'])]
+    # A hive without them reports none.
+    path = winhive.build(tmp_path / 'PLAIN', winhive.system_reg())
+    assert all(cs['network'] == [] for cs in probe_hive(
+        hivex_python, path)['control_sets'].values())
+
+
+def test_static_ip_settings_are_warned_about(hivex_python, tmp_path):
+    """The current ControlSet's static settings are warned about, with
+    the netsh commands that re-apply them to the new adapter, and shown
+    in the text report; the other ControlSet's are in the JSON only."""
+    old = [winhive.NET_ADAPTERS[3][:4] + (
+        {'EnableDHCP': 0, 'IPAddress': ['192.0.2.99'],
+         'SubnetMask': ['255.255.255.0']},)]
+    path = winhive.build(tmp_path / 'SYSTEM', winhive.system_reg(network={
+        'ControlSet001': winhive.NET_ADAPTERS, 'ControlSet002': old}))
+    facts = probe_hive(hivex_python, path)
+    guest = {'type': 'windows', 'product_name': 'Windows Server 2019',
+             'windows': dict(facts, driver_store=[])}
+    warnings = [w for w in gi.warnings(guest) if 'DNS' in w or 'IPv4' in w]
+    new = 'name="<new adapter>"'
+    assert warnings == [
+        'the connection "Ethernet 2" (XenServer PV Network Device #0) has '
+        'static IPv4 settings: 192.0.2.5/24, 198.51.100.7/25, gateway '
+        '192.0.2.1, DNS 192.0.2.53, 192.0.2.54; Windows binds them to that '
+        'adapter, not to its MAC, so the new NIC on KVM starts on DHCP: '
+        're-apply them in the guest after the move (netsh interface ipv4 '
+        'set address %s static 192.0.2.5 255.255.255.0 192.0.2.1; netsh '
+        'interface ipv4 add address %s 198.51.100.7 255.255.255.128; netsh '
+        'interface ipv4 set dnsservers %s static 192.0.2.53 primary; netsh '
+        'interface ipv4 add dnsservers %s 192.0.2.54 index=2), or reserve '
+        'these addresses for the new NIC on the DHCP server (Neutron: a '
+        'port with these fixed IPs, on a subnet with DHCP)'
+        % (new, new, new, new),
+        'the connection "Ethernet 4" (XenServer PV Network Device #2) has '
+        'static DNS servers 192.0.2.53, 192.0.2.54: Windows binds them to '
+        'that adapter, so the new NIC on KVM uses the DHCP server\'s '
+        'instead; re-apply them in the guest after the move (netsh '
+        'interface ipv4 set dnsservers %s static 192.0.2.53 primary; netsh '
+        'interface ipv4 add dnsservers %s 192.0.2.54 index=2)' % (new, new),
+        'the interface {8d3b5f7e-4a6c-4b9d-9e0f-2a3b4c5d6e7f} has static '
+        'IPv4 settings: 203.0.113.9/255.0.255.0, 203.0.113.10; Windows '
+        'binds them to that adapter, not to its MAC, so the new NIC on KVM '
+        'starts on DHCP: re-apply them in the guest after the move (netsh '
+        'interface ipv4 set address %s static 203.0.113.9 255.0.255.0; '
+        'netsh interface ipv4 add address %s 203.0.113.10 <mask>), or '
+        'reserve these addresses for the new NIC on the DHCP server '
+        '(Neutron: a port with these fixed IPs, on a subnet with DHCP)'
+        % (new, new)]
+    assert not any('192.0.2.99' in w for w in gi.warnings(guest))
+    lines = [line for line in gi.windows_lines(guest['windows'])
+             if line.startswith('network:')]
+    assert lines == [
+        'network:      Ethernet 2 (XenServer PV Network Device #0): static '
+        '192.0.2.5/24, 198.51.100.7/25, gateway 192.0.2.1, DNS 192.0.2.53, '
+        '192.0.2.54',
+        'network:      Ethernet 4 (XenServer PV Network Device #2): DHCP, '
+        'DNS 192.0.2.53, 192.0.2.54',
+        'network:      {8d3b5f7e-4a6c-4b9d-9e0f-2a3b4c5d6e7f}: static '
+        '203.0.113.9/255.0.255.0, 203.0.113.10']
+    report = gi.report(guest)
+    assert report['windows']['control_sets']['ControlSet002'][
+        'network'][0]['addresses'] == ['192.0.2.99/24']

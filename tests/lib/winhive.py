@@ -138,8 +138,73 @@ def _services(cset, extra=()):
     return '\n'.join(out)
 
 
-def system_reg(extra_services=()):
-    """The .reg text of the test SYSTEM hive."""
+#: The network adapters' class (GUID_DEVCLASS_NET): lower case under
+#: Control\\Class, upper case under Control\\Network, as Windows writes
+#: them.
+NET_CLASS = '{4d36e972-e325-11ce-bfc1-08002be10318}'
+#: The test adapters: (NetCfgInstanceId, Class subkey, DriverDesc,
+#: connection name, Tcpip interface values).  A static one (two
+#: addresses, a gateway, DNS servers), one on DHCP, one on DHCP with
+#: static DNS servers, and one with odd data and no Class or connection
+#: entry: a non-contiguous mask, fewer masks than addresses, a 0.0.0.0
+#: entry.  Registry names ignore case: the static adapter's Tcpip key is
+#: named in lower case, its NetCfgInstanceId in upper case.
+NET_ADAPTERS = (
+    ('{5A0E2C4B-1D3F-4E6A-8B7C-9D0E1F2A3B4C}', '0001',
+     'XenServer PV Network Device #0', 'Ethernet 2',
+     {'EnableDHCP': 0, 'IPAddress': ['192.0.2.5', '198.51.100.7'],
+      'SubnetMask': ['255.255.255.0', '255.255.255.128'],
+      'DefaultGateway': ['192.0.2.1'],
+      'NameServer': '192.0.2.53,192.0.2.54'}),
+    ('{6B1F3D5C-2E4A-4F7B-9C8D-0E1F2A3B4C5D}', '0002',
+     'XenServer PV Network Device #1', 'Ethernet 3',
+     {'EnableDHCP': 1, 'IPAddress': ['0.0.0.0'], 'SubnetMask': ['0.0.0.0'],
+      'NameServer': ''}),
+    ('{7C2A4E6D-3F5B-4A8C-8D9E-1F2A3B4C5D6E}', '0003',
+     'XenServer PV Network Device #2', 'Ethernet 4',
+     {'EnableDHCP': 1, 'NameServer': '192.0.2.53 192.0.2.54'}),
+    ('{8d3b5f7e-4a6c-4b9d-9e0f-2a3b4c5d6e7f}', None, None, None,
+     {'EnableDHCP': 0,
+      'IPAddress': ['203.0.113.9', '203.0.113.10', '0.0.0.0'],
+      'SubnetMask': ['255.0.255.0'], 'DefaultGateway': ['0.0.0.0']}),
+)
+
+
+def _reg_data(value):
+    if isinstance(value, int):
+        return 'dword:%08x' % value
+    if isinstance(value, list):
+        return 'hex(7):' + _multi_sz(value)
+    return '"%s"' % value
+
+
+def network_reg(cset, adapters=NET_ADAPTERS):
+    """The .reg text of ``adapters`` in ``cset``: their Tcpip interface
+    keys, their keys of the network adapters' class, and their
+    connections' names."""
+    top = 'HKEY_LOCAL_MACHINE\\SYSTEM\\%s' % cset
+    parts = ['[%s\\Control\\Class\\%s\\Properties]\n"Security"=hex:00\n'
+             % (top, NET_CLASS)]
+    for guid, sub, desc, name, values in adapters:
+        if sub:
+            parts.append('[%s\\Control\\Class\\%s\\%s]\n'
+                         '"DriverDesc"="%s"\n"NetCfgInstanceId"="%s"\n'
+                         % (top, NET_CLASS, sub, desc, guid.upper()))
+        if name:
+            parts.append('[%s\\Control\\Network\\%s\\%s\\Connection]\n'
+                         '"Name"="%s"\n'
+                         % (top, NET_CLASS.upper(), guid, name))
+        key = guid.lower() if guid == NET_ADAPTERS[0][0] else guid
+        parts.append('[%s\\Services\\Tcpip\\Parameters\\Interfaces\\%s]'
+                     '\n' % (top, key) + ''.join(
+                         '"%s"=%s\n' % (k, _reg_data(v))
+                         for k, v in values.items()))
+    return '\n'.join(parts)
+
+
+def system_reg(extra_services=(), network=None):
+    """The .reg text of the test SYSTEM hive; ``network``: {ControlSet:
+    adapters (see :data:`NET_ADAPTERS`)} to add (:func:`network_reg`)."""
     parts = ['Windows Registry Editor Version 5.00\n',
              '[HKEY_LOCAL_MACHINE\\SYSTEM\\Select]\n'
              '"Current"=dword:00000001\n"Default"=dword:00000001\n'
@@ -162,6 +227,8 @@ def system_reg(extra_services=()):
                 '[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Control\\'
                 'CriticalDeviceDatabase\\%s]\n'
                 '"Service"="atapi"\n' % (cset, entry))
+        if network and cset in network:
+            parts.append(network_reg(cset, network[cset]))
     return '\n'.join(parts) + '\n'
 
 
