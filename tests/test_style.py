@@ -51,6 +51,22 @@ def test_import_contracts_kept():
     assert 'Contracts: 2 kept, 0 broken.' in r.stdout, r.stdout
 
 
+def test_doc8_clean():
+    """The reStructuredText of tox -e pep8 (the same paths; the [doc8]
+    section of tox.ini sets the line length)."""
+    try:
+        import doc8  # noqa: F401
+    except ImportError:
+        # A missing test requirement (test-requirements.txt) is a failure.
+        pytest.fail('doc8 is not importable by %s; pip install '
+                    '"doc8>=0.11.0"' % sys.executable)
+    r = subprocess.run([sys.executable, '-m', 'doc8', 'README.rst',
+                        'devstack/README.rst', 'doc/source',
+                        'releasenotes/source'], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def _imports(tree, package):
     """(line, dotted name) of everything a module imports, anywhere in it.
 
