@@ -419,6 +419,7 @@ def warnings(guest, result=None):
             out.append('%s has the Xen console %s (convert --fix drops it)'
                        % (entry['path'], ', '.join(entry['xen_consoles'])))
     out.extend(network_warnings(linux.get('network')))
+    out.extend(boot_code_warnings(guest))
     xe_tools = (linux.get('tools') or {}).get('xe_guest_utilities')
     if xe_tools:
         out.append('XenServer guest tools are installed (%s): their daemon '
@@ -469,6 +470,26 @@ def warnings(guest, result=None):
         out.append('%d other operating system(s) found; the one on disk '
                    '%s was used' % (len(others), guest.get('disk')))
     return out
+
+
+def boot_code_warnings(guest):
+    """A BIOS guest whose root's disk has no boot code in its master
+    boot record (SeaBIOS finds nothing to run on it)."""
+    if guest.get('firmware') != 'bios':
+        return []
+    tables = [t for t in guest.get('partition_tables') or ()
+              if t.get('boot_code') is False]
+    if not tables:
+        return []
+    how = ('install the bootloader in the guest before the move '
+           '(grub-install /dev/xvda; grub2-install on Red Hat)'
+           if guest.get('type') == 'linux' else
+           'write one (bootrec /fixmbr from the recovery environment)'
+           if guest.get('type') == 'windows' else 'install a bootloader')
+    return ['the disk of the root (%s) has no boot code in its master '
+            'boot record: a BIOS will not boot it (a Xen PV guest was '
+            'started by pygrub, which needs none); %s' % (
+                guest.get('root'), how)]
 
 
 def default_warnings(linux, kernel):

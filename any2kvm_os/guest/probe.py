@@ -231,7 +231,8 @@ def partitions(g, disk=None):
         if disk is not None and disk_index(dev) != disk:
             continue
         entry = {'device': dev, 'table': None, 'esp': False,
-                 'bios_boot': False, 'partitions': []}
+                 'bios_boot': False, 'partitions': [],
+                 'boot_code': _boot_code(g, dev)}
         try:
             entry['table'] = g.part_get_parttype(dev)
             parts = g.part_list(dev)
@@ -256,6 +257,22 @@ def partitions(g, disk=None):
             entry['partitions'].append({'number': num, 'kind': kind})
         out.append(entry)
     return out
+
+
+#: The boot code of a master boot record: what a BIOS runs of the first
+#: sector (the rest is the disk signature and the partition table).
+MBR_CODE = 440
+
+
+def _boot_code(g, dev):
+    """Whether the master boot record of ``dev`` has boot code (not all
+    zeros): a BIOS runs it.  A Xen PV guest was started by pygrub, which
+    reads the bootloader's menu and needs none, so its installer may never
+    have written any.  None when it could not be read."""
+    try:
+        return any(bytearray(g.pread_device(dev, MBR_CODE, 0)))
+    except RuntimeError:
+        return None
 
 
 def firmware(tables):

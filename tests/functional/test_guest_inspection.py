@@ -300,6 +300,30 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
 
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
+def test_a_disk_without_boot_code_is_warned_of_and_does_not_boot(
+        guests, inspected, libguestfs, tmp_path):
+    """A BIOS guest whose master boot record has no boot code (a Xen PV
+    guest's installer need not write any: pygrub reads the menu) is
+    warned of; SeaBIOS indeed finds nothing to run on it."""
+    assert inspected['xenpv']['partition_tables'][0]['boot_code'] is True
+    assert inspected['uefi']['partition_tables'][0]['boot_code'] is False
+    assert not [w for w in gi.summary({'guests': [inspected['uefi']]})[
+        'warnings'] if 'boot code' in w]
+    disk = tmp_path / 'pv.raw'
+    shutil.copyfile(str(guests['xenpv']['path']), str(disk))
+    with open(str(disk), 'r+b') as f:
+        f.write(bytes(probe.MBR_CODE))
+    result = gi.inspect_files([disk], libguestfs)
+    warned = [w for w in gi.summary(result)['warnings'] if 'boot code' in w]
+    assert len(warned) == 1 and warned[0].startswith(
+        'the disk of the root (/dev/sda1) has no boot code'), warned
+    log = tmp_path / 'seabios.log'
+    line = guestbuild.boot(disk, 'virtio-scsi', timeout=30, log=log)
+    assert line is None, line
+    assert 'Booting from Hard Disk' in log.read_text(errors='replace')
+
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT)
 def test_a_fix_failing_half_way_leaves_the_copy_as_converted(
         guests, libguestfs, tmp_path, monkeypatch):
     source = tmp_path / 'xen.qcow2'

@@ -342,3 +342,24 @@ def test_images_without_a_version():
     got = default_of({'/extlinux.conf': text})
     assert got == {'file': '/extlinux.conf', 'entry': None,
                    'image': '/vmlinuz', 'version': None}
+
+
+def test_a_bios_guest_without_boot_code_is_warned_of():
+    g = xen_guest()
+    g['firmware'] = 'bios'
+    g['partition_tables'] = [{'device': '/dev/sda', 'table': 'msdos',
+                              'boot_code': False, 'partitions': []}]
+    found = [w for w in gi.summary({'guests': [g]})['warnings']
+             if 'boot code' in w]
+    assert found == [
+        'the disk of the root (/dev/sda1) has no boot code in its master '
+        'boot record: a BIOS will not boot it (a Xen PV guest was started '
+        'by pygrub, which needs none); install the bootloader in the guest '
+        'before the move (grub-install /dev/xvda; grub2-install on Red '
+        'Hat)']
+    # UEFI does not run it; an MBR not read says nothing.
+    for firmware, code in (('uefi', False), ('bios', None), ('bios', True)):
+        g['firmware'] = firmware
+        g['partition_tables'][0]['boot_code'] = code
+        assert not [w for w in gi.summary({'guests': [g]})['warnings']
+                    if 'boot code' in w]
