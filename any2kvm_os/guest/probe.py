@@ -1332,12 +1332,20 @@ def fix_system_hive(hive, bus=None, disks=1):
     every disk online at boot (:data:`SAN_POLICY_ONLINE_ALL`).  Returns
     what changed."""
     changes = []
-    citrix = set(WINDOWS_SERVICES['citrix'])
+
+    def citrix(name):
+        # Every Xen PV driver the report names (CITRIX_RE), not only the
+        # ones of :data:`WINDOWS_SERVICES`: newer VM Tools add xendisk
+        # (a disk filter) and xencons, older ones and GPLPV others; a
+        # filter left in a class whose driver cannot start fails the
+        # devices of that class, the boot disk's included.
+        return name.lower() in WINDOWS_SERVICES['citrix'] or \
+            bool(CITRIX_RE.match(name))
     _current, used = control_sets(hive)
     for cset in used:
         services = hive.node(cset + '\\Services')
         for name, h in hive.children(services) if services else ():
-            if name.lower() in citrix:
+            if citrix(name):
                 hive.delete(h)
                 changes.append('%s\\Services\\%s: deleted' % (cset, name))
         klass = hive.node(cset + '\\Control\\Class')
@@ -1349,7 +1357,7 @@ def fix_system_hive(hive, bus=None, disks=1):
                 names = reg_value(vals[key])
                 if not isinstance(names, list):
                     continue
-                keep = [n for n in names if n.lower() not in citrix]
+                keep = [n for n in names if not citrix(n)]
                 if keep != names:
                     hive.set_value(h, vals[key][2], 7, multi_sz(keep))
                     changes.append('%s\\Control\\Class\\%s\\%s: %s -> %s'

@@ -153,6 +153,37 @@ def test_the_fix_changes_only_the_intended_keys(hivex_python, tmp_path):
                       'sata')['fixed'] == []
 
 
+def test_every_xen_driver_is_removed_not_only_the_known_ones(hivex_python,
+                                                             tmp_path):
+    """Newer XenServer VM Tools add xendisk (a disk filter) and xencons;
+    the report names every xen* service, and the fix removes them all,
+    from the services and from the class filters: a filter whose driver
+    cannot start fails the devices of its class, the boot disk's."""
+    reg = winhive.system_reg(extra_services=(('xendisk', 0),
+                                             ('xencons', 3)))
+    for cset in CSETS:
+        reg += ('\n[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Control\\Class\\%s]\n'
+                '"LowerFilters"=hex(7):%s\n' % (
+                    cset, DISK_CLASS, winhive._multi_sz(
+                        ['xendisk', 'EhStorClass'])))
+    path = winhive.build(tmp_path / 'SYSTEM', reg)
+    facts = probe_hive(hivex_python, path)
+    found = facts['control_sets'][CSETS[0]]
+    assert {'xendisk', 'xencons'} <= {
+        n.lower() for n, s in found['services'].items()
+        if s['group'] == 'citrix'}
+    out = probe_hive(hivex_python, path, '--fix-bus', 'sata')
+    assert '%s\\Services\\xendisk: deleted' % CSETS[0] in out['fixed']
+    assert ('%s\\Control\\Class\\%s\\LowerFilters: xendisk,EhStorClass '
+            '-> EhStorClass' % (CSETS[0], DISK_CLASS)) in out['fixed']
+    facts = probe_hive(hivex_python, path)
+    for cset in CSETS:
+        found = facts['control_sets'][cset]
+        assert found['filters'] == []
+        assert not [n for n, s in found['services'].items()
+                    if s['group'] == 'citrix'], found['services']
+
+
 def test_a_vm_of_several_disks_gets_them_online_at_boot(hivex_python,
                                                         tmp_path):
     """Server editions leave a disk found on a new SCSI bus offline (SAN
