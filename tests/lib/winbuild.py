@@ -95,7 +95,11 @@ KINDS = {
 }
 
 #: Bump when the layout below changes (the cache key).
-LAYOUT = '1'
+LAYOUT = '2'
+#: The MBR's boot code (bytes 0-439) of the test disks: a real Windows
+#: disk has Microsoft's there, which a BIOS runs; this stand-in only
+#: stops the CPU (cli; hlt; jmp back), and says what it is.  Never booted.
+MBR_CODE = b'\xfa\xf4\xeb\xfd' + b'any2kvm test disk: no Windows MBR code'
 
 
 def missing_tools():
@@ -295,6 +299,7 @@ def _write(path, spec):
                 SIGNATURE, P1_START, P1_SECTORS, P2_START, p2_sectors)),
             text=True, check=True, capture_output=True, timeout=60)
         with open(str(path), 'r+b') as f:
+            f.write(MBR_CODE)
             for start, part in ((P1_START, p1), (P2_START, p2)):
                 f.seek(start * 512)
                 with open(str(part), 'rb') as src:
