@@ -92,6 +92,7 @@ from any2kvm_os import exception
 from any2kvm_os.migration import procread
 from any2kvm_os.migration.state import api as state_api
 from any2kvm_os.sources.xenserver import discovery
+from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import location as location_mod
 from any2kvm_os.sources.xenserver import snapshots
 from any2kvm_os.sources.xenserver import xe
@@ -1315,7 +1316,13 @@ def _shut_down(host, vm_uuid, force, timeout, armed=None):
     still halted: :meth:`_Run.remove_snapshots`).  ``armed``: the same
     command started before the downtime and held at its gate
     (``host.arm``): opening the gate is all the request costs.  With
-    ``force``, a hard shutdown when the clean one fails."""
+    ``force``, a hard shutdown when the clean one fails.
+
+    A clean shutdown refused because one is already under way (asked
+    for by an earlier cutover that stopped waiting: xapi's goes on):
+    without ``force``, the VM awaited halted up to ``timeout``
+    (:func:`_await_pending_shutdown`); with it, stopped hard (which
+    xapi allows beside the clean shutdown, and which cancels it)."""
     try:
         if armed is not None and armed.ready:
             armed.fire(timeout)
@@ -1326,6 +1333,9 @@ def _shut_down(host, vm_uuid, force, timeout, armed=None):
     except exception.Any2KvmError as e:
         state = snapshots.power_state(host.run, vm_uuid)
         if state == 'halted':
+            return
+        if not force and snapshots.clean_shutdown_pending(e):
+            _await_pending_shutdown(host, vm_uuid, timeout)
             return
         if not force:
             if getattr(e, 'timed_out', False):
@@ -1354,6 +1364,29 @@ def _shut_down(host, vm_uuid, force, timeout, armed=None):
         snapshots.wait_for_power_state(host.run, vm_uuid, 'halted',
                                        timeout=timeout, interval=1,
                                        host=host.label)
+
+
+def _await_pending_shutdown(host, vm_uuid, timeout):
+    """The host refused our clean shutdown: one is under way already
+    (OTHER_OPERATION_IN_PROGRESS).  Wait for the VM to halt, up to
+    ``timeout`` seconds (the downtime counts it: it is the shutdown's);
+    if it does not, the same one line as a clean shutdown timed out."""
+    LOG.warning('VM %s: a clean shutdown is already under way on the host '
+                '(asked for earlier); waiting up to %s s for the VM to '
+                'halt', vm_uuid, '%g' % timeout if timeout else '?')
+    try:
+        snapshots.wait_for_power_state(host.run, vm_uuid, 'halted',
+                                       timeout=timeout or 600, interval=1,
+                                       host=host.label)
+    except errors.Timeout as e:
+        raise exception.Any2KvmError(
+            'VM %s did not halt within %s s (--timeout) of the clean '
+            'shutdown already under way on the host; it is %s for now, '
+            'but the host may still be shutting it down (xapi waits up '
+            'to 1200 s by default): check its power state, then run '
+            'cutover again (with --force to stop it hard at once)' % (
+                vm_uuid, '%g' % timeout if timeout else '?',
+                e.kwargs.get('state', 'not halted')))
 
 
 def cutover(store, name, force=False, timeout=600, limits=None, args=None,

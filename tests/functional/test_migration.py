@@ -545,6 +545,90 @@ def test_cutover_guest_ignores_clean_shutdown(bed):
     check(m, facts)
 
 
+def _first_cutover_gives_up(root, vm, common):
+    """A cutover whose --timeout (3 s) ends before the host's clean
+    shutdown (30 s): it fails in one line, the VM still running, the
+    host's clean shutdown still pending (its ``xe`` goes on)."""
+    xhost.guest_ignores_shutdown(root, vm, 30)
+    r = mig('cutover', 'web', '--timeout', '3', '--no-progress',
+            common=common, ok=False)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert 'did not halt within 3 s' in r.stderr, r.stderr
+    s = st.load(str(root))
+    assert s['vm'][vm]['power-state'] == 'running'
+    assert list(s['vm'][vm]['current-operations'].values()) == [
+        'clean_shutdown'], s['vm'][vm]
+
+
+def _cutover_process(args, common):
+    return subprocess.Popen(_cmd(args + list(common)), env=_env(),
+                            cwd=str(REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_cutover_again_awaits_the_clean_shutdown_under_way(bed):
+    """A cutover run again while the first one's clean shutdown is still
+    pending on the host: xapi refuses a second clean shutdown
+    (OTHER_OPERATION_IN_PROGRESS); the cutover says a clean shutdown is
+    under way and waits for the VM to halt (the guest halts once it
+    said so), then goes on; the wait is part of the downtime."""
+    root, facts, out, loc, common = bed
+    vm = facts['two-disks']
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    w0, _w1 = writers(root, facts, _state(common))
+    w0.write(MiB, ig.pattern(53, 4096))
+    _first_cutover_gives_up(root, vm, common)
+    p = _cutover_process(['cutover', 'web', '--timeout', '120',
+                          '--no-progress'], common)
+    said = p.stderr.readline()
+    assert 'a clean shutdown is already under way' in said, said
+    time.sleep(2)
+    # The guest halts at last: the pending xe vm-shutdown ends (exit 0).
+    _halt(root, vm)
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, (said, stdout, stderr)
+    assert 'downtime' in stdout, stdout
+    s = st.load(str(root))
+    assert s['vm'][vm]['power-state'] == 'halted'
+    for _ in range(100):
+        if not st.load(str(root))['vm'][vm].get('current-operations'):
+            break
+        time.sleep(0.1)
+    assert not st.load(str(root))['vm'][vm].get('current-operations')
+    m = _state(common)
+    assert m['status'] == 'done'
+    assert m['cutover']['downtime'] >= 2, m['cutover']
+    check(m, facts)
+
+
+def test_cutover_force_cancels_the_clean_shutdown_under_way(bed):
+    """With --force, a cutover run again while the first one's clean
+    shutdown is pending stops the VM hard at once: xapi allows the hard
+    shutdown beside it, and cancels the clean one (TASK_CANCELLED)."""
+    root, facts, out, loc, common = bed
+    vm = facts['two-disks']
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    _first_cutover_gives_up(root, vm, common)
+    started = time.monotonic()
+    r = mig('cutover', 'web', '--force', '--timeout', '120',
+            '--no-progress', common=common)
+    assert 'downtime' in r.stdout, r.stdout
+    # Not the host's 30 s wait for the guest.
+    assert time.monotonic() - started < 28, r.stderr
+    s = st.load(str(root))
+    assert s['vm'][vm]['power-state'] == 'halted'
+    assert not s['vm'][vm].get('current-operations'), s['vm'][vm]
+    assert _state(common)['status'] == 'done'
+    check(_state(common), facts)
+
+
+def _halt(root, vm):
+    with st.locked(str(root)):
+        s = st.load(str(root))
+        s['vm'][vm]['power-state'] = 'halted'
+        st.save(str(root), s)
+
+
 def _through(b, proxy, tmp_path):
     """The location of bed ``b``'s VM through ``proxy``, and the options
     of its commands (a state database in ``tmp_path``)."""

@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 
 import pytest
 
@@ -645,3 +646,83 @@ def test_unpause_resume_and_their_power_states(host):
         _set_power(root, vm, state)
         xh.xe_ok(root, 'vm-shutdown', 'uuid=' + vm, '--force')
         assert _power(root, vm) == 'halted'
+
+
+def _pending_clean_shutdown(root, vm, timeout=60):
+    """``xe vm-shutdown`` of a guest that ignores it, started and left
+    waiting: the process, once the VM shows the operation."""
+    xh.guest_ignores_shutdown(root, vm, timeout)
+    p = subprocess.Popen([str(xh.XE), 'vm-shutdown', 'uuid=' + vm],
+                         env=xh.xe_env(root), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
+                    'param-name=current-operations').strip():
+            return p
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.1)
+    raise AssertionError('no current operation')
+
+
+def test_pending_clean_shutdown_refuses_another_and_hard_cancels_it(host):
+    """While a clean shutdown waits for the guest, the VM has
+    ``clean_shutdown`` in its current operations (records.ml prints the
+    operation names); a second clean shutdown, or a snapshot, is
+    refused at once with OTHER_OPERATION_IN_PROGRESS
+    (xapi_vm_lifecycle.ml is_allowed_concurrently,
+    report_concurrent_operations_error); a hard shutdown is allowed,
+    cancels the pending one (message_forwarding.ml VM.hard_shutdown),
+    whose ``xe`` exits 1 with TASK_CANCELLED."""
+    root, f = host
+    vm = f['twin-a']
+    p = _pending_clean_shutdown(root, vm)
+    assert xh.xe_ok(root, 'vm-list', 'uuid=' + vm,
+                    'params=current-operations') == (
+        'current-operations (SRO)    : clean_shutdown\n\n\n')
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
+                    'param-name=allowed-operations').strip() == (
+        'hard_reboot; hard_shutdown')
+    for args in (['vm-shutdown'], ['vm-snapshot', 'new-name-label=s']):
+        r = xh.run_xe(root, args[0], 'uuid=' + vm, *args[1:])
+        assert r.returncode == 1 and r.stdout == '', r
+        lines = r.stderr.splitlines()
+        assert lines[:4] == [
+            'Another operation involving the object is currently in '
+            'progress', 'class: VM', 'object: %s (twin)' % vm,
+            'operation_type: clean_shutdown'], r.stderr
+        assert re.match(r'operation_ref: %s \(Async\.VM\.clean_shutdown\)$'
+                        % UUID, lines[4]), r.stderr
+        assert len(lines) == 5, r.stderr
+    assert p.poll() is None
+    xh.xe_ok(root, 'vm-shutdown', 'uuid=' + vm, '--force')
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and out == '', (out, err)
+    assert re.match(r'The request was asynchronously canceled\.\n'
+                    r'task: OpaqueRef:%s\n$' % UUID, err), err
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
+                    'param-name=power-state').strip() == 'halted'
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
+                    'param-name=current-operations') == '\n'
+
+
+def test_pending_clean_shutdown_ends_when_the_guest_halts(host):
+    """The guest halting ends the pending clean shutdown: exit 0, the
+    current operation gone; one whose ``xe`` was killed is forgotten."""
+    root, f = host
+    vm = f['twin-a']
+    p = _pending_clean_shutdown(root, vm)
+    with st.locked(root):
+        s = st.load(root)
+        s['vm'][vm]['power-state'] = 'halted'
+        st.save(root, s)
+    assert p.communicate(timeout=60) == ('', '')
+    assert p.returncode == 0
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
+                    'param-name=current-operations') == '\n'
+    xh.xe_ok(root, 'vm-start', 'uuid=' + vm)
+    p = _pending_clean_shutdown(root, vm)
+    p.kill()
+    p.communicate(timeout=60)
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
+                    'param-name=current-operations') == '\n'
+    xh.xe_ok(root, 'vm-shutdown', 'uuid=' + vm, '--force')

@@ -24,6 +24,7 @@ from any2kvm_os import incremental
 from any2kvm_os.migration import engine
 from any2kvm_os.migration.state import api as state_api
 from any2kvm_os.migration.state import sql
+from any2kvm_os.sources.xenserver import snapshots
 from tests.lib import imagegen as ig
 from tests.lib import miglocal
 from tests.lib.xenserver import host as xhost
@@ -828,6 +829,82 @@ def test_a_shutdown_that_outlasts_the_timeout_says_it_may_still_halt():
     assert '--force' in text
     # Nothing stops it hard without --force.
     assert host.calls == ['vm-shutdown', 'vm-param-get']
+
+
+#: ``xe vm-shutdown``'s stderr when a clean shutdown is under way (the
+#: stand-in's, as xapi's CLI prints OTHER_OPERATION_IN_PROGRESS).
+PENDING = ('exit status 1: Another operation involving the object is '
+           'currently in progress class: VM object: 6f1b7c4e-3d2a-4b8e-'
+           '9c1d-0a2b3c4d5e6f (web) operation_type: clean_shutdown '
+           'operation_ref: 1c0e1f5a-2b3c-4d5e-8f90-a1b2c3d4e5f6 '
+           '(Async.VM.clean_shutdown)')
+
+
+class _PendingHost(_ShutdownHost):
+    """A host whose clean shutdown is refused: one is under way; the VM
+    halts after ``halts_after`` power state reads (never if None)."""
+
+    def __init__(self, halts_after):
+        _ShutdownHost.__init__(self, 'running')
+        self.halts_after = halts_after
+        self.reads = 0
+
+    def run(self, argv, mutating=False, timeout=None):
+        self.calls.append(argv[1])
+        if argv[1] == 'vm-shutdown':
+            if 'force=true' in argv:
+                self.state = 'halted'
+                return ''
+            raise exception.RemoteCommandError(
+                host='xs1', command='xe vm-shutdown', reason=PENDING)
+        self.reads += 1
+        if self.halts_after is not None and self.reads > self.halts_after:
+            self.state = 'halted'
+        return self.state + '\n'
+
+
+def test_a_clean_shutdown_under_way_is_awaited(caplog):
+    host = _PendingHost(halts_after=2)
+    engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
+                      force=False, timeout=60)
+    assert host.calls == ['vm-shutdown'] + ['vm-param-get'] * 3
+    said = [r.getMessage() for r in caplog.records
+            if 'already under way' in r.getMessage()]
+    assert len(said) == 1 and 'up to 60 s' in said[0], said
+
+
+def test_a_clean_shutdown_under_way_that_does_not_end_in_time():
+    host = _PendingHost(halts_after=None)
+    with pytest.raises(exception.Any2KvmError) as e:
+        engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
+                          force=False, timeout=0.5)
+    text = str(e.value)
+    assert '\n' not in text
+    assert 'did not halt within 0.5 s' in text, text
+    assert 'already under way' in text and 'it is running' in text, text
+    assert '--force' in text
+    assert 'vm-shutdown' not in host.calls[1:]
+
+
+def test_a_clean_shutdown_under_way_is_cut_short_by_force():
+    host = _PendingHost(halts_after=None)
+    engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
+                      force=True, timeout=60)
+    assert host.calls[:3] == ['vm-shutdown', 'vm-param-get',
+                              'vm-shutdown'], host.calls
+    assert host.state == 'halted'
+
+
+def test_other_operations_in_progress_are_not_a_pending_shutdown():
+    assert snapshots.clean_shutdown_pending(PENDING)
+    assert snapshots.clean_shutdown_pending(
+        'exit status 1: Error code: OTHER_OPERATION_IN_PROGRESS Error '
+        'parameters: VM, 6f1b7c4e (web), clean_shutdown, OpaqueRef:1')
+    assert not snapshots.clean_shutdown_pending(
+        PENDING.replace('operation_type: clean_shutdown',
+                        'operation_type: snapshot'))
+    assert not snapshots.clean_shutdown_pending(
+        'exit status 1: VM failed to shutdown before the timeout expired')
 
 
 def _set_power(root, vm, state):

@@ -25,6 +25,7 @@ stops it hard; ``power-state`` is one of ``halted``,
 ``paused``, ``running``, ``suspended``.
 """
 
+import re
 import time
 
 from any2kvm_os import exception
@@ -88,6 +89,30 @@ def power_state(run, vm_uuid):
 def shutdown(run, vm_uuid, force=False):
     """Shut the VM down (clean, or hard with ``force``)."""
     run(xe.vm_shutdown(vm_uuid, force=force))
+
+
+#: How ``xe`` says that a clean shutdown is refused because one is
+#: already under way: OTHER_OPERATION_IN_PROGRESS (parameters class,
+#: object, operation_type, operation_ref; ocaml/idl/datamodel_errors.ml),
+#: printed as its documentation then ``name: value`` lines
+#: (xapi-cli-server cli_util.ml server_error), or, by a CLI that does not
+#: know the code, as ``Error code:`` and ``Error parameters:``.
+_CLEAN_SHUTDOWN_PENDING = (
+    re.compile(r'Another operation involving the object is currently in '
+               r'progress\s.*\boperation_type:\s*clean_shutdown\b', re.S),
+    re.compile(r'\bOTHER_OPERATION_IN_PROGRESS\b.*Error parameters:\s*VM,'
+               r'[^,]*,\s*clean_shutdown\b', re.S))
+
+
+def clean_shutdown_pending(error):
+    """Whether ``error`` (of ``xe vm-shutdown``) is xapi's refusal of a
+    clean shutdown beside one already under way: VM.clean_shutdown is
+    not allowed concurrently with itself (xapi_vm_lifecycle.ml
+    is_allowed_concurrently); the pending one goes on waiting for the
+    guest (up to domain_shutdown_total_timeout, 1200 s by default), even
+    when the ``xe`` that asked for it is gone."""
+    text = str(error)
+    return any(p.search(text) for p in _CLEAN_SHUTDOWN_PENDING)
 
 
 #: The command that makes a VM run again from each power state: xapi

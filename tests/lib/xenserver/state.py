@@ -214,7 +214,57 @@ def _vm_vifs(state, uuid, obj):
     return [u for u, v in state['vif'].items() if v['vm'] == uuid]
 
 
+#: VM operations xapi lets run beside each other
+#: (xapi_vm_lifecycle.ml ``is_allowed_concurrently``): an operation in
+#: one of these groups beside operations all of the same group.
+CONCURRENT_GROUPS = (('clone', 'copy', 'export'), ('get_boot_record',),
+                     ('snapshot', 'checkpoint'))
+#: ... and its state machine: (the current operations, the operation
+#: allowed beside exactly them).
+CONCURRENT_TRANSITIONS = ((('snapshot_with_quiesce',), 'snapshot'),
+                          (('migrate_send',), 'metadata_export'),
+                          (('migrate_send',), 'clean_shutdown'),
+                          (('migrate_send',), 'clean_reboot'))
+
+
+def allowed_concurrently(op, current_ops):
+    """Whether xapi lets VM operation ``op`` start while
+    ``current_ops`` (operation names) run (xapi_vm_lifecycle.ml
+    ``is_allowed_concurrently``): a hard shutdown unless one runs
+    already, a hard reboot unless a hard shutdown or reboot runs; else
+    only within a group or by the state machine above -- beside a clean
+    shutdown, a second clean shutdown, a snapshot, a start... are
+    refused."""
+    current = list(current_ops)
+    if not current:
+        return True
+    if op == 'hard_shutdown':
+        return op not in current
+    if op == 'hard_reboot':
+        return not any(o in ('hard_shutdown', 'hard_reboot')
+                       for o in current)
+    for group in CONCURRENT_GROUPS:
+        if op in group and all(o in group for o in current):
+            return True
+    return any(tuple(current) == state and op == transition
+               for state, transition in CONCURRENT_TRANSITIONS)
+
+
+def vm_current_ops(obj):
+    """The VM's current operations, {task ref: operation name}, as xapi
+    keeps them (VM.current_operations) while an operation's task runs."""
+    return dict(obj.get('current-operations') or {})
+
+
 def _vm_allowed_ops(state, uuid, obj):
+    ops = _vm_allowed_ops_idle(state, uuid, obj)
+    current = vm_current_ops(obj).values()
+    # xapi_vm_lifecycle.ml update_allowed_operations: those that
+    # check_operation_error lets through, the concurrency check included
+    return [o for o in ops if allowed_concurrently(o, current)]
+
+
+def _vm_allowed_ops_idle(state, uuid, obj):
     if obj.get('is-a-snapshot'):
         return ['clone', 'copy', 'create_template', 'destroy', 'export',
                 'revert', 'snapshot']
@@ -307,7 +357,10 @@ VM_FIELDS = [
     F('numa-nodes', ' RO', const('0')),
     F('numa-node-memory', 'MRO', const({})),
     F('allowed-operations', 'SRO', _vm_allowed_ops),
-    F('current-operations', 'SRO', const([])),
+    # records.ml vm_record: the operation names of VM.current_operations
+    # (its values; the task references are not printed), "; " between
+    F('current-operations', 'SRO',
+      lambda s, u, o: list(vm_current_ops(o).values())),
     F('blocked-operations', 'MRW', const({})),
     F('allowed-VBD-devices', 'SRO', _vm_allowed_vbd_devices, expensive=True),
     F('allowed-VIF-devices', 'SRO', _vm_allowed_vif_devices, expensive=True),
