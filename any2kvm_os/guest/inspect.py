@@ -500,10 +500,13 @@ def default_warnings(linux, kernel):
     if kernel is None or not default.get('image'):
         return []
     if default.get('version') is None:
-        return ['%s boots %s by default, which is not one of the installed '
-                'kernels: the bus was chosen for kernel %s; check that the '
-                'guest boots it' % (default.get('file'), default['image'],
-                                    kernel.get('version'))]
+        if default.get('exists', True):
+            return []       # there, but its version is not in its name
+        return ['%s boots %s by default, which is not there: the guest '
+                'will not boot it (the bus was chosen for kernel %s); make '
+                'an installed kernel the default' % (
+                    default.get('file'), default['image'],
+                    kernel.get('version'))]
     if default['version'] == kernel.get('version'):
         return []
     fix = probe.default_fix({'linux': linux})

@@ -516,12 +516,13 @@ def kernels(g):
         if image is None and _exists(g, base + '/vmlinuz'):
             image = base + '/vmlinuz'
         if image is None and len(versions) == 1:
-            # One kernel, its image without a version (Alpine's
-            # vmlinuz-lts, a hand-built /boot/vmlinuz).
-            image = next(('/boot/' + name for name in sorted(boot)
-                          if name in UNVERSIONED_IMAGES or
-                          name.startswith('vmlinuz-') and
-                          name[8:] in FLAVOURS), None)
+            # One kernel, and one image whose name has no version
+            # (Alpine's vmlinuz-lts, Arch's vmlinuz-linux, a hand-built
+            # /boot/vmlinuz): that kernel's.
+            found = [name for name in boot if name in UNVERSIONED_IMAGES
+                     or name.startswith('vmlinuz-')]
+            if len(found) == 1:
+                image = '/boot/' + found[0]
         # A "xenified" kernel runs only as a Xen PV guest: its
         # configuration says so (what virt-v2v checks); without one, a
         # version naming xen and a kernel without virtio.
@@ -554,8 +555,6 @@ _GRUB_SET_DEFAULT_RE = re.compile(
 IMAGE_NAMES = ('vmlinuz-%s', 'vmlinux-%s', 'kernel-%s', 'bzImage-%s')
 #: The image of a lone kernel whose name has no version.
 UNVERSIONED_IMAGES = ('vmlinuz', 'vmlinux', 'bzImage')
-#: Alpine's kernel flavours (/boot/vmlinuz-lts).
-FLAVOURS = ('lts', 'virt', 'edge')
 #: Bounds on what is parsed (the files are the guest's: untrusted).
 MAX_BOOT_ENTRIES = 256
 #: A Xen-only kernel (the "xenified" 2.6.18/SUSE -xen kernels): it runs
@@ -825,6 +824,16 @@ def boot_default(g, files, kernels):
             if found:
                 return found
         return None
+    found = _boot_default(g, files, read, image_version)
+    if found is not None and found.get('image') and not found['version']:
+        # A kernel we cannot tell the version of: is it there at all?
+        # (GRUB's paths are relative to the partition holding /boot.)
+        path = found['image'].rsplit(')', 1)[-1]
+        found['exists'] = any(_exists(g, p) for p in (path, '/boot' + path))
+    return found
+
+
+def _boot_default(g, files, read, image_version):
     grub2 = [p for p in files if p.endswith('/grub.cfg')]
     for path in grub2:
         text = read(path) or ''

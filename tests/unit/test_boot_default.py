@@ -319,12 +319,17 @@ def test_a_xen_only_default_is_warned_of_until_fixed():
 
 def test_a_default_naming_no_installed_kernel_is_warned_of():
     g = xen_guest()
-    g['linux']['boot_default'].update(version=None, image='/vmlinuz-old')
+    g['linux']['boot_default'].update(version=None, image='/vmlinuz-old',
+                                      exists=False)
     summary = gi.summary({'guests': [g]})
     assert '/boot/grub/grub.conf boots /vmlinuz-old by default, which is ' \
-        'not one of the installed kernels: the bus was chosen for kernel ' \
-        '2.6.18-398.el5; check that the guest boots it' in \
+        'not there: the guest will not boot it (the bus was chosen for ' \
+        'kernel 2.6.18-398.el5); make an installed kernel the default' in \
         summary['warnings']
+    # There, but of a version its name does not tell: nothing to say.
+    g['linux']['boot_default']['exists'] = True
+    assert not [w for w in gi.summary({'guests': [g]})['warnings']
+                if 'by default' in w]
 
 
 def test_images_without_a_version():
@@ -339,9 +344,17 @@ def test_images_without_a_version():
     got = default_of({'/extlinux.conf': text},
                      links={'/vmlinuz': 'boot/vmlinuz-5.10.0-26-amd64'})
     assert got['version'] == '5.10.0-26-amd64'
+    # No such link: the default boots nothing there.
     got = default_of({'/extlinux.conf': text})
     assert got == {'file': '/extlinux.conf', 'entry': None,
-                   'image': '/vmlinuz', 'version': None}
+                   'image': '/vmlinuz', 'version': None, 'exists': False}
+    # A file there whose version its name does not tell.
+    got = default_of({'/extlinux.conf': text, '/vmlinuz': 'image'})
+    assert (got['version'], got['exists']) == (None, True)
+    # GRUB's paths are relative to /boot's partition.
+    text = 'DEFAULT l\nLABEL l\n  KERNEL /vmlinuz-linux\n'
+    got = default_of({'/extlinux.conf': text, '/boot/vmlinuz-linux': 'x'})
+    assert (got['version'], got['exists']) == (None, True)
 
 
 def test_a_bios_guest_without_boot_code_is_warned_of():
@@ -363,3 +376,47 @@ def test_a_bios_guest_without_boot_code_is_warned_of():
         g['partition_tables'][0]['boot_code'] = code
         assert not [w for w in gi.summary({'guests': [g]})['warnings']
                     if 'boot code' in w]
+
+
+class TreeG(FakeG):
+    """FakeG with directories: the parents of its files."""
+
+    def is_dir(self, path, followsymlinks=False):
+        return any(f.startswith(path.rstrip('/') + '/') for f in self.files)
+
+    def ls(self, path):
+        top = path.rstrip('/') + '/'
+        return sorted({f[len(top):].split('/', 1)[0] for f in self.files
+                       if f.startswith(top)})
+
+    def initrd_list(self, path):
+        return []
+
+
+def test_the_image_of_each_kernel():
+    g = TreeG({'/lib/modules/6.1.0-13-amd64/modules.dep': '',
+               '/lib/modules/5.10.0-26-amd64/modules.dep': '',
+               '/lib/modules/6.9.9-gone/modules.dep': '',
+               '/lib/modules/6.12.0-55.el10.x86_64/vmlinuz': 'x',
+               '/lib/modules/6.12.0-55.el10.x86_64/modules.dep': '',
+               '/boot/vmlinuz-6.1.0-13-amd64': 'x',
+               '/boot/vmlinuz-5.10.0-26-amd64': 'x',
+               '/boot/config-5.10.0-26-amd64': 'CONFIG_XEN=y\n'})
+    images = {k['version']: (k['image'], k['xen_pv_only'])
+              for k in probe.kernels(g)}
+    assert images == {
+        '6.1.0-13-amd64': ('/boot/vmlinuz-6.1.0-13-amd64', False),
+        '5.10.0-26-amd64': ('/boot/vmlinuz-5.10.0-26-amd64', False),
+        '6.9.9-gone': (None, False),
+        '6.12.0-55.el10.x86_64': (
+            '/lib/modules/6.12.0-55.el10.x86_64/vmlinuz', False)}
+    # A lone kernel whose image's name has no version: Arch, Alpine.
+    for name in ('vmlinuz-linux', 'vmlinuz-lts', 'vmlinuz'):
+        g = TreeG({'/lib/modules/6.6.8-arch1-1/modules.dep': '',
+                   '/boot/' + name: 'x', '/boot/initramfs-linux.img': 'x'})
+        (k,) = probe.kernels(g)
+        assert k['image'] == '/boot/' + name
+    # Two such images: which is whose cannot be told.
+    g = TreeG({'/lib/modules/6.6.8-arch1-1/modules.dep': '',
+               '/boot/vmlinuz-linux': 'x', '/boot/vmlinuz-linux-lts': 'x'})
+    assert probe.kernels(g)[0]['image'] is None
