@@ -420,6 +420,19 @@ def warnings(guest, result=None):
                        % (entry['path'], ', '.join(entry['xen_consoles'])))
     out.extend(network_warnings(linux.get('network')))
     out.extend(boot_code_warnings(guest))
+    fallback = linux.get('uefi_fallback') or {}
+    if guest.get('firmware') == 'uefi' and fallback and \
+            not fallback.get('present'):
+        out.append(
+            'no UEFI fallback bootloader (\\EFI\\BOOT\\BOOTX64.EFI) on '
+            'the EFI system partition: the boot entry was in the VM\'s '
+            'NVRAM under Xen, which does not move, and a new NVRAM finds '
+            'nothing to boot; %s' % (
+                '--fix copies %s there (%s)' % (
+                    fallback['source'], ', '.join(fallback.get('files')
+                                                  or ()))
+                if fallback.get('source') else
+                'install one in the guest (grub-install --removable)'))
     xe_tools = (linux.get('tools') or {}).get('xe_guest_utilities')
     if xe_tools:
         out.append('XenServer guest tools are installed (%s): their daemon '
@@ -756,6 +769,9 @@ def _apply_fixes(guest, fixed):
         entry['names'] = sorted({done.get(n, n) for n in entry['names']})
         entry['xen_consoles'] = [c for c in entry['xen_consoles']
                                  if c not in done]
+    fallback = linux.get('uefi_fallback')
+    if fallback and any(p.endswith('/EFI/BOOT/BOOTX64.EFI') for p in changes):
+        fallback['present'] = True
     net = (guest.get('linux') or {}).get('network')
     if not net:
         return
@@ -784,6 +800,8 @@ def report(guest):
         out['bootloader'] = linux.get('bootloader')
         if linux.get('boot_default') is not None:
             out['boot_default'] = linux['boot_default']
+        if linux.get('uefi_fallback') is not None:
+            out['uefi_fallback'] = linux['uefi_fallback']
         out['disk_names'] = {e['path']: e['names']
                              for e in linux.get('disk_names') or ()}
         out['xen_consoles'] = sorted({c for e in linux.get('disk_names')

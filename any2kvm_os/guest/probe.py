@@ -899,10 +899,79 @@ def linux_facts(g, root, slots=None):
     found, _apps = tools(g, root)
     found_kernels = kernels(g)
     return {'bootloader': bootloader(files), 'disk_names': names,
+            'uefi_fallback': uefi_fallback(g),
             'kernels': found_kernels,
             'boot_default': boot_default(g, files, found_kernels),
             'tools': found,
             'network': network_facts(g), 'lvm_devices': lvm_devices(g)}
+
+
+#: The EFI system partition where Linux mounts it, and UEFI's
+#: removable-media path on it: what a firmware with no boot entry runs.
+ESP_MOUNT = '/boot/efi'
+UEFI_FALLBACK_DIR = ESP_MOUNT + '/EFI/BOOT'
+UEFI_FALLBACK = UEFI_FALLBACK_DIR + '/BOOTX64.EFI'
+
+
+def uefi_fallback(g):
+    """Whether the guest's ESP has the UEFI fallback bootloader
+    (``\\EFI\\BOOT\\BOOTX64.EFI``), and where the distribution's own
+    is: {'present', 'source' (a directory under /boot/efi/EFI), 'shim'};
+    None without an ESP at /boot/efi.
+
+    The boot entry a distribution's installer writes (``\\EFI\\debian\\
+    shimx64.efi``) lives in the firmware's NVRAM, which under XenServer
+    is the VM's and does not move: on KVM the firmware starts with an
+    empty one, and finds only the fallback path.  Debian and Ubuntu
+    install none by default (RHEL's shim package does)."""
+    top = ESP_MOUNT + '/EFI'
+    names = _ls(g, top)
+    if not names:
+        return None
+    # vfat in the appliance matches names without regard to case.
+    out = {'present': _exists(g, UEFI_FALLBACK), 'source': None,
+           'shim': False}
+    for name in names[:MAX_BOOT_ENTRIES]:
+        if name.lower() == 'boot':
+            continue
+        files = {f.lower(): f for f in _ls(g, top + '/' + name)}
+        if 'grubx64.efi' not in files:
+            continue
+        shim = 'shimx64.efi' in files
+        if out['source'] is None or (shim and not out['shim']):
+            out.update(source=top + '/' + name, shim=shim,
+                       files=sorted(files[f] for f in (
+                           'shimx64.efi', 'grubx64.efi', 'grub.cfg')
+                           if f in files))
+    return out
+
+
+def fix_uefi_fallback(g, facts):
+    """Copy the distribution's bootloader to the fallback path, as
+    virt-v2v does for Debian and Ubuntu (convert_linux.ml): shim as
+    BOOTX64.EFI with GRUB and its grub.cfg beside it (shim loads
+    grubx64.efi from its own directory, and Debian's signed GRUB reads
+    grub.cfg from its own), or GRUB itself as BOOTX64.EFI.  [(from, to)]
+    of the copies."""
+    if not facts or facts.get('present') or not facts.get('source'):
+        return []
+    src = facts['source']
+    names = {f.lower(): f for f in facts.get('files') or ()}
+    copies = []
+    if 'shimx64.efi' in names:
+        copies.append((names['shimx64.efi'], UEFI_FALLBACK))
+        copies.append((names['grubx64.efi'],
+                       UEFI_FALLBACK_DIR + '/grubx64.efi'))
+    else:
+        copies.append((names['grubx64.efi'], UEFI_FALLBACK))
+    if 'grub.cfg' in names:
+        copies.append((names['grub.cfg'], UEFI_FALLBACK_DIR + '/grub.cfg'))
+    g.mkdir_p(UEFI_FALLBACK_DIR)
+    done = []
+    for name, dest in copies:
+        g.cp(src + '/' + name, dest)
+        done.append((src + '/' + name, dest))
+    return done
 
 
 def lvm_devices(g):
@@ -1812,6 +1881,10 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
             start(f['path'])
             g.write(f['path'], new.encode('utf-8'))
             record(f['path'], changes)
+        fallback = uefi_fallback(g)
+        if fallback and not fallback['present'] and fallback['source']:
+            start(UEFI_FALLBACK)
+            record(UEFI_FALLBACK, fix_uefi_fallback(g, fallback))
         if default:
             path, version, versions = default
             new, changes = set_grub_legacy_default(

@@ -375,6 +375,46 @@ def test_the_uefi_guest_gets_uefi_and_q35_and_boots_with_ovmf(
     assert 'Booting from Hard Disk' in log.read_text(errors='replace')
 
 
+@pytest.mark.timeout(APPLIANCE_TIMEOUT * 2)
+def test_a_uefi_guest_without_the_fallback_path_gets_it_and_boots(
+        libguestfs, tmp_path):
+    """GRUB at \\EFI\\debian\\grubx64.efi only, as Debian installs it: its
+    boot entry was in the Xen VM's NVRAM, which does not move, so OVMF
+    with a new NVRAM boots nothing.  The inspection says so, --fix copies
+    GRUB and its grub.cfg to \\EFI\\BOOT, and OVMF then boots it."""
+    disk = tmp_path / 'debian-uefi.raw'
+    built = guestbuild.build(disk, 'uefi', esp_dir='debian')
+    line = guestbuild.boot(disk, 'virtio-scsi', timeout=45,
+                           log=tmp_path / 'before.log', firmware='uefi')
+    assert line is None, line
+    before = gi.inspect_files([disk], libguestfs)
+    (guest,) = [g for g in before['guests'] if g.get('type')]
+    assert guest['linux']['uefi_fallback'] == {
+        'present': False, 'source': '/boot/efi/EFI/debian', 'shim': False,
+        'files': ['grub.cfg', 'grubx64.efi']}
+    warned = [w for w in gi.summary(before)['warnings'] if 'NVRAM' in w]
+    assert warned == [
+        'no UEFI fallback bootloader (\\EFI\\BOOT\\BOOTX64.EFI) on the EFI '
+        'system partition: the boot entry was in the VM\'s NVRAM under '
+        'Xen, which does not move, and a new NVRAM finds nothing to boot; '
+        '--fix copies /boot/efi/EFI/debian there (grub.cfg, grubx64.efi)']
+    result = gi.inspect_files([disk], libguestfs, fix=True)
+    summary = gi.summary(result)
+    assert not [w for w in summary['warnings'] if 'NVRAM' in w], summary
+    assert summary['guest']['uefi_fallback']['present'] is True
+    (fix,) = summary['fixed']
+    copies = [f for f in fix['files']
+              if f['path'] == probe.UEFI_FALLBACK][0]['changes']
+    assert copies == [
+        {'from': '/boot/efi/EFI/debian/grubx64.efi',
+         'to': '/boot/efi/EFI/BOOT/BOOTX64.EFI'},
+        {'from': '/boot/efi/EFI/debian/grub.cfg',
+         'to': '/boot/efi/EFI/BOOT/grub.cfg'}]
+    line = guestbuild.boot(disk, 'virtio-scsi', firmware='uefi')
+    assert line and 'ANY2KVM-BOOT-OK' in line, line
+    assert built['token'] in line
+
+
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
 def test_a_uefi_guest_on_ide_gets_a_machine_with_ide_and_boots(
         guests, inspected):

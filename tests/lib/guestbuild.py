@@ -336,11 +336,14 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
 
 
 def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab='',
-          extra_files=None):
+          extra_files=None, esp_dir=None):
     """Write the test guest ``kind`` as a raw disk of ``size_mb`` MiB at
     ``path``; returns {'kind', 'fsuuid', 'token', 'kernel'}.
     ``extra_fstab``: lines added to its /etc/fstab; ``extra_files``:
-    {path in the guest: text, or ('symlink', target)} written into it."""
+    {path in the guest: text, or ('symlink', target)} written into it.
+    ``esp_dir`` (``uefi`` only): GRUB goes to ``\\EFI\\<esp_dir>\\
+    grubx64.efi``, with a ``grub.cfg`` beside it, as Debian installs it,
+    and not to the removable-media path: booted only from an NVRAM entry."""
     if kind not in BOOT_MODULES:
         raise ValueError('unknown guest kind %r (known: %s)' % (
             kind, ', '.join(KINDS)))
@@ -353,7 +356,7 @@ def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab='',
         root = _root_tree(work, kroot, version, busybox, kind, fsuuid,
                           token, extra_fstab, extra_files)
         if kind == 'uefi':
-            _write_uefi(path, work, root, fsuuid)
+            _write_uefi(path, work, root, fsuuid, esp_dir)
             return {'kind': kind, 'fsuuid': fsuuid, 'token': token,
                     'kernel': version, 'esp_uuid': ESP_UUID}
         if path.exists():
@@ -408,7 +411,7 @@ def data_disk(path, fsuuid, size_mb=16):
     return path
 
 
-def _write_uefi(path, work, root, fsuuid):
+def _write_uefi(path, work, root, fsuuid, esp_dir=None):
     """The GPT disk of the ``uefi`` guest: ESP, then the ext4 root."""
     root_start = START_SECTOR + ESP_SECTORS
     total = SIZE_MB << 11
@@ -441,8 +444,19 @@ def _write_uefi(path, work, root, fsuuid):
     with open(str(esp), 'wb') as f:
         f.truncate(ESP_SECTORS * 512)
     _run(['mkfs.vfat', '-F', '16', '-i', ESP_VOLID, '-n', 'ESP', str(esp)])
-    _run(['mmd', '-i', str(esp), '::/EFI', '::/EFI/BOOT'])
-    _run(['mcopy', '-i', str(esp), str(efi), '::/EFI/BOOT/BOOTX64.EFI'])
+    if esp_dir:
+        stub = work / 'grub.cfg'
+        stub.write_text('search.fs_uuid %s root\n'
+                        'set prefix=($root)/boot/grub\n'
+                        'configfile $prefix/grub.cfg\n' % fsuuid)
+        _run(['mmd', '-i', str(esp), '::/EFI', '::/EFI/' + esp_dir])
+        _run(['mcopy', '-i', str(esp), str(efi),
+              '::/EFI/%s/grubx64.efi' % esp_dir])
+        _run(['mcopy', '-i', str(esp), str(stub),
+              '::/EFI/%s/grub.cfg' % esp_dir])
+    else:
+        _run(['mmd', '-i', str(esp), '::/EFI', '::/EFI/BOOT'])
+        _run(['mcopy', '-i', str(esp), str(efi), '::/EFI/BOOT/BOOTX64.EFI'])
     with open(str(path), 'r+b') as f, open(str(esp), 'rb') as src:
         f.seek(START_SECTOR * 512)
         shutil.copyfileobj(src, f)

@@ -420,3 +420,41 @@ def test_the_image_of_each_kernel():
     g = TreeG({'/lib/modules/6.6.8-arch1-1/modules.dep': '',
                '/boot/vmlinuz-linux': 'x', '/boot/vmlinuz-linux-lts': 'x'})
     assert probe.kernels(g)[0]['image'] is None
+
+
+def test_a_uefi_guest_without_a_fallback_bootloader_is_warned_of():
+    g = xen_guest()
+    g['firmware'] = 'uefi'
+    g['linux']['uefi_fallback'] = {'present': False, 'source': None,
+                                   'shim': False}
+    warned = [w for w in gi.summary({'guests': [g]})['warnings']
+              if 'NVRAM' in w]
+    assert len(warned) == 1 and warned[0].endswith(
+        'install one in the guest (grub-install --removable)'), warned
+    # Present, or a BIOS guest: nothing.
+    g['linux']['uefi_fallback']['present'] = True
+    assert not [w for w in gi.summary({'guests': [g]})['warnings']
+                if 'NVRAM' in w]
+
+
+def test_the_fallback_copies_shim_and_grub_beside_it():
+    class CopyG(object):
+        def __init__(self):
+            self.done = []
+
+        def mkdir_p(self, path):
+            self.done.append(('mkdir', path))
+
+        def cp(self, src, dest):
+            self.done.append((src, dest))
+    g = CopyG()
+    facts = {'present': False, 'source': '/boot/efi/EFI/ubuntu',
+             'shim': True,
+             'files': ['grub.cfg', 'grubx64.efi', 'shimx64.efi']}
+    top = '/boot/efi/EFI/'
+    assert probe.fix_uefi_fallback(g, facts) == [
+        (top + 'ubuntu/shimx64.efi', top + 'BOOT/BOOTX64.EFI'),
+        (top + 'ubuntu/grubx64.efi', top + 'BOOT/grubx64.efi'),
+        (top + 'ubuntu/grub.cfg', top + 'BOOT/grub.cfg')]
+    assert g.done[0] == ('mkdir', top + 'BOOT')
+    assert probe.fix_uefi_fallback(g, dict(facts, present=True)) == []
