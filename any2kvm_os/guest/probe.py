@@ -911,6 +911,10 @@ def linux_facts(g, root, slots=None):
 ESP_MOUNT = '/boot/efi'
 UEFI_FALLBACK_DIR = ESP_MOUNT + '/EFI/BOOT'
 UEFI_FALLBACK = UEFI_FALLBACK_DIR + '/BOOTX64.EFI'
+#: The names of shim and GRUB in a distribution's ESP directory (SUSE's
+#: have no architecture in them), in order of preference.
+UEFI_SHIMS = ('shimx64.efi', 'shim.efi')
+UEFI_GRUBS = ('grubx64.efi', 'grub.efi')
 
 
 def uefi_fallback(g):
@@ -935,14 +939,14 @@ def uefi_fallback(g):
         if name.lower() == 'boot':
             continue
         files = {f.lower(): f for f in _ls(g, top + '/' + name)}
-        if 'grubx64.efi' not in files:
+        if not any(f in files for f in UEFI_GRUBS):
             continue
-        shim = 'shimx64.efi' in files
+        shim = any(f in files for f in UEFI_SHIMS)
         if out['source'] is None or (shim and not out['shim']):
             out.update(source=top + '/' + name, shim=shim,
-                       files=sorted(files[f] for f in (
-                           'shimx64.efi', 'grubx64.efi', 'grub.cfg')
-                           if f in files))
+                       files=sorted(files[f] for f in UEFI_SHIMS +
+                                    UEFI_GRUBS + ('grub.cfg',)
+                                    if f in files))
     return out
 
 
@@ -957,13 +961,17 @@ def fix_uefi_fallback(g, facts):
         return []
     src = facts['source']
     names = {f.lower(): f for f in facts.get('files') or ()}
+    shim = next((names[f] for f in UEFI_SHIMS if f in names), None)
+    grub = next((names[f] for f in UEFI_GRUBS if f in names), None)
     copies = []
-    if 'shimx64.efi' in names:
-        copies.append((names['shimx64.efi'], UEFI_FALLBACK))
-        copies.append((names['grubx64.efi'],
-                       UEFI_FALLBACK_DIR + '/grubx64.efi'))
+    if shim and grub:
+        # Shim loads GRUB by its own name (grubx64.efi; SUSE's grub.efi).
+        copies.append((shim, UEFI_FALLBACK))
+        copies.append((grub, UEFI_FALLBACK_DIR + '/' + grub.lower()))
+    elif grub:
+        copies.append((grub, UEFI_FALLBACK))
     else:
-        copies.append((names['grubx64.efi'], UEFI_FALLBACK))
+        return []
     if 'grub.cfg' in names:
         copies.append((names['grub.cfg'], UEFI_FALLBACK_DIR + '/grub.cfg'))
     g.mkdir_p(UEFI_FALLBACK_DIR)

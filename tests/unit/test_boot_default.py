@@ -458,3 +458,27 @@ def test_the_fallback_copies_shim_and_grub_beside_it():
         (top + 'ubuntu/grub.cfg', top + 'BOOT/grub.cfg')]
     assert g.done[0] == ('mkdir', top + 'BOOT')
     assert probe.fix_uefi_fallback(g, dict(facts, present=True)) == []
+
+
+def test_suses_shim_and_grub_have_no_architecture_in_their_names():
+    class CopyG(object):
+        def mkdir_p(self, path):
+            pass
+
+        def cp(self, src, dest):
+            pass
+    g = TreeG({'/boot/efi/EFI/sles/shim.efi': 'x',
+               '/boot/efi/EFI/sles/grub.efi': 'x',
+               '/boot/efi/EFI/sles/MokManager.efi': 'x'})
+    facts = probe.uefi_fallback(g)
+    assert facts == {'present': False, 'source': '/boot/efi/EFI/sles',
+                     'shim': True, 'files': ['grub.efi', 'shim.efi']}
+    top = '/boot/efi/EFI/'
+    assert probe.fix_uefi_fallback(CopyG(), facts) == [
+        (top + 'sles/shim.efi', top + 'BOOT/BOOTX64.EFI'),
+        (top + 'sles/grub.efi', top + 'BOOT/grub.efi')]
+    # With the fallback there: present, and nothing to copy.
+    g.files['/boot/efi/EFI/BOOT/BOOTX64.EFI'] = 'x'
+    facts = probe.uefi_fallback(g)
+    assert facts['present'] is True
+    assert probe.fix_uefi_fallback(CopyG(), facts) == []
