@@ -323,7 +323,8 @@ def disk_names(g, slots=None):
     and the bootloader files; ``unknown``: the Xen device names that are
     on none of the VM's disks (``slots``, see :func:`position`)."""
     out = []
-    files = [p for p in NAME_FILES if _exists(g, p)] + boot_files(g)
+    files = [p for p in NAME_FILES if _exists(g, p)] + boot_files(g) + \
+        grub_envs(g)
     for path in files:
         text = _read(g, path)
         if text is None:
@@ -1726,6 +1727,8 @@ _KERNEL_LINES = (
     (('menu.lst', 'grub.conf'), re.compile(r'^\s*kernel\s+\S')),
     (('extlinux.conf', 'syslinux.cfg'), re.compile(r'^\s*append\s', re.I)),
     (('/boot/loader/entries/',), re.compile(r'^\s*options\s')),
+    # RHEL 8's BLS entries say "options $kernelopts": the value is here.
+    (('grubenv',), re.compile(r'^kernelopts=\S')),
 )
 _GRUB_DEFAULT_RE = re.compile(
     r'^(GRUB_CMDLINE_LINUX=)(["\']?)(.*?)\2([ \t]*)$')
@@ -1829,6 +1832,33 @@ def fix_text(g, text, bus, is_boot, slots=None, unknown=None, path=None,
     return ''.join(lines), changes
 
 
+def fix_grubenv(g, text, bus, slots=None, unknown=None, path=None,
+                kernel_args=()):
+    """(new text, [(old, new)]) of a GRUB environment block (grubenv:
+    RHEL 8 keeps the kernel command line of its BLS entries there, as
+    ``kernelopts=``), fixed as a bootloader file (:func:`fix_text`) and
+    kept at its size: GRUB reads and writes the block in place, padded
+    with ``#``.  (None, changes) when the fixed text does not fit."""
+    size = len(text.encode('utf-8'))
+    head, sep, pad = text.rpartition('\n')
+    if pad.strip('#'):
+        head, sep = text, ''        # no padding after the last line
+    body = head + sep
+    new, changes = fix_text(g, body, bus, True, slots, unknown, path=path,
+                            kernel_args=kernel_args)
+    if not changes:
+        return text, []
+    room = size - len(new.encode('utf-8'))
+    if room < 0:
+        return None, changes
+    return new + '#' * room, changes
+
+
+def grub_envs(g):
+    """The guest's GRUB environment blocks."""
+    return [p for p in GRUB_ENVS if _exists(g, p)]
+
+
 def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
               default=None):
     """Rewrite the files of the Linux guest of ``root``; ``tried`` gets
@@ -1878,6 +1908,16 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
                                     path=path, kernel_args=args)
             if not changes:
                 continue
+            start(path)
+            g.write(path, new.encode('utf-8'))
+            record(path, changes, unknown=unknown)
+        for path in grub_envs(g):
+            unknown = []
+            new, changes = fix_grubenv(g, _read(g, path) or '', bus, slots,
+                                       unknown, path=path,
+                                       kernel_args=args)
+            if not changes or new is None:
+                continue        # (too long: left, and still reported)
             start(path)
             g.write(path, new.encode('utf-8'))
             record(path, changes, unknown=unknown)

@@ -221,8 +221,13 @@ def test_the_fix_maps_xen_names_by_the_disks_slots(libguestfs, tmp_path):
     extra = ('/dev/xvde1 /backup ext4 defaults 0 2\n'
              '/dev/xvdd /media/cdrom0 udf,iso9660 user,noauto 0 0\n')
     boot = tmp_path / 'xen0.raw'
+    # RHEL 8 keeps its BLS entries' command line in grubenv.
+    env = ('# GRUB Environment Block\nsaved_entry=x\n'
+           'kernelopts=root=/dev/xvda1 ro console=hvc0\n')
+    env += '#' * (1024 - len(env))
     built = guestbuild.build(boot, 'xenpv', extra_fstab=extra,
-                             extra_files=NETWORK_FILES)
+                             extra_files=dict(NETWORK_FILES, **{
+                                 '/boot/grub2/grubenv': env}))
     data_uuid = '6a1f0c3e-9d4b-4e7a-8c21-5b0e3f9a7d14'
     data = guestbuild.data_disk(tmp_path / 'xen4.raw', data_uuid)
     result = gi.inspect_files([boot, data], libguestfs, fix=True,
@@ -243,6 +248,10 @@ def test_the_fix_maps_xen_names_by_the_disks_slots(libguestfs, tmp_path):
         boot, probe.PERSISTENT_NET + '.any2kvm-disabled', tmp_path)
     grub = _debugfs_cat(boot, '/boot/grub/grub.cfg', tmp_path)
     assert 'net.ifnames=0' in grub and 'hvc0' not in grub, grub
+    fixed_env = _debugfs_cat(boot, '/boot/grub2/grubenv', tmp_path)
+    assert len(fixed_env) == 1024, len(fixed_env)
+    assert ('kernelopts=root=UUID=%s ro net.ifnames=0\n' % built['fsuuid']
+            ) in fixed_env, fixed_env
     line = guestbuild.boot(boot, 'virtio-scsi')
     assert line and 'ANY2KVM-BOOT-OK' in line, line
 

@@ -482,3 +482,37 @@ def test_suses_shim_and_grub_have_no_architecture_in_their_names():
     facts = probe.uefi_fallback(g)
     assert facts['present'] is True
     assert probe.fix_uefi_fallback(CopyG(), facts) == []
+
+
+class UuidG(object):
+    def vfs_uuid(self, dev):
+        return {'/dev/sda1': '0f1e2d3c-aaaa-bbbb-cccc-123456789abc'}.get(
+            dev, '')
+
+
+def grubenv(body, size=1024):
+    text = '# GRUB Environment Block\n' + body
+    return text + '#' * (size - len(text))
+
+
+def test_rhel8_kernelopts_in_grubenv_are_fixed_in_place():
+    text = grubenv('saved_entry=abc-4.18.0-477.el8.x86_64\n'
+                   'kernelopts=root=/dev/xvda1 ro console=hvc0 quiet\n'
+                   'boot_success=0\n')
+    new, changes = probe.fix_grubenv(
+        UuidG(), text, 'scsi', path='/boot/grub2/grubenv',
+        kernel_args=['net.ifnames=0'])
+    assert len(new) == 1024 and new.endswith('#')
+    assert ('kernelopts=root=UUID=0f1e2d3c-aaaa-bbbb-cccc-123456789abc ro '
+            'quiet net.ifnames=0\n') in new
+    assert 'saved_entry=abc-4.18.0-477.el8.x86_64\nkernelopts' in new
+    assert 'boot_success=0\n#' in new
+    assert changes == [
+        ('/dev/xvda1', 'UUID=0f1e2d3c-aaaa-bbbb-cccc-123456789abc'),
+        ('console=hvc0', ''), ('', 'net.ifnames=0')]
+    # Nothing to change: the text as it was; no room: not written.
+    assert probe.fix_grubenv(UuidG(), new, 'scsi',
+                             path='/boot/grub2/grubenv',
+                             kernel_args=['net.ifnames=0']) == (new, [])
+    tight = grubenv('kernelopts=root=/dev/xvda1 ro\n', size=60)
+    assert probe.fix_grubenv(UuidG(), tight, 'scsi')[0] is None
