@@ -393,9 +393,15 @@ def test_a_uefi_guest_without_the_fallback_path_gets_it_and_boots(
     GRUB and its grub.cfg to \\EFI\\BOOT, and OVMF then boots it."""
     disk = tmp_path / 'debian-uefi.raw'
     built = guestbuild.build(disk, 'uefi', esp_dir='debian')
-    line = guestbuild.boot(disk, 'virtio-scsi', timeout=45,
-                           log=tmp_path / 'before.log', firmware='uefi')
+    log = tmp_path / 'before.log'
+    line = guestbuild.boot(disk, 'virtio-scsi', timeout=120, log=log,
+                           firmware='uefi', give_up='UEFI Interactive Shell')
     assert line is None, line
+    console = log.read_text(errors='replace')
+    # OVMF tried the disk, found no bootloader on it, and fell back to
+    # its shell.
+    assert 'failed to load Boot0001' in console and 'Not Found' in console
+    assert 'UEFI Interactive Shell' in console, console[-2000:]
     before = gi.inspect_files([disk], libguestfs)
     (guest,) = [g for g in before['guests'] if g.get('type')]
     assert guest['linux']['uefi_fallback'] == {

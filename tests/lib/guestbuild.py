@@ -477,18 +477,20 @@ NOVA_BUS = {'scsi': 'virtio-scsi', 'virtio': 'virtio-blk', 'ide': 'ide',
 
 
 def boot(path, bus, timeout=240, log=None, fmt='raw', firmware='bios',
-         machine=None):
+         machine=None, give_up=None):
     """Boot the disk at ``path`` under QEMU TCG on ``bus``; the console's
     ANY2KVM-BOOT line (None if none came within ``timeout`` s, or if QEMU
     refused the machine).  The disk is never written (``snapshot=on``).
     ``firmware='uefi'``: OVMF, by default on a q35 machine (what
     hw_firmware_type=uefi, hw_machine_type=q35 give), else SeaBIOS, by
     default on pc; ``machine`` (Nova's hw_machine_type, ``pc`` or
-    ``q35``) sets the machine."""
+    ``q35``) sets the machine.  ``give_up``: a console text that says
+    the firmware found nothing to boot (OVMF's ``UEFI Interactive
+    Shell``): None at once when it shows."""
     if log is None:
         with tempfile.TemporaryDirectory(prefix='guestboot-') as tmp:
             return boot(path, bus, timeout, Path(tmp) / 'console.log', fmt,
-                        firmware, machine)
+                        firmware, machine, give_up)
     log = Path(log)
     machine = ['-machine', machine or (
         'q35' if firmware == 'uefi' else 'pc')]
@@ -512,10 +514,12 @@ def boot(path, bus, timeout=240, log=None, fmt='raw', firmware='bios',
             if log.exists():
                 # Whole lines only while QEMU writes: a line read half
                 # written (a loaded machine) is not the guest's verdict.
-                for text in log.read_bytes().decode(
-                        'utf-8', 'replace').splitlines(keepends=True):
+                console = log.read_bytes().decode('utf-8', 'replace')
+                for text in console.splitlines(keepends=True):
                     if 'ANY2KVM-BOOT-' in text and text.endswith('\n'):
                         line = text.strip()
+                if give_up and line is None and give_up in console:
+                    break
             if line or proc.poll() is not None:
                 break
             time.sleep(0.2)
