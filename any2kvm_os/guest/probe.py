@@ -843,11 +843,8 @@ def _boot_default(g, files, read, image_version):
             r'^\s*blscfg\b', text, re.M) else []
         if not items and not bls:
             continue
-        env = {}
-        for env_path in GRUB_ENVS:
-            if _exists(g, env_path):
-                env = grub_env(read(env_path))
-                break
+        envs = grub_envs(g)
+        env = grub_env(read(envs[0])) if envs else {}
         default = grub2_default(text, env)
         pick = grub2_pick(bls + items, default)
         entry = default
