@@ -30,6 +30,9 @@ from any2kvm_os import scratch
 from any2kvm_os.ssh import options as ssh_options
 
 PROG = 'any2kvm'
+#: The project name oslo.config finds default configuration files by
+#: (``any2kvm_os.conf`` in ``/etc/any2kvm_os/``, ...).
+PROJECT = 'any2kvm_os'
 LOG = logging.getLogger(__name__)
 
 #: The fields of an import result, in display order.
@@ -42,7 +45,7 @@ def load_limits(config_files=()):
     from oslo_config import cfg
     conf = cfg.ConfigOpts()
     register_opts(conf)
-    conf(args=[], project='any2kvm_os', prog=PROG,
+    conf(args=[], project=PROJECT, prog=PROG,
          default_config_files=list(config_files or ()))
     return limits_mod.Limits.from_conf(conf)
 

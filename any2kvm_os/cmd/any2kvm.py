@@ -28,11 +28,10 @@ import logging
 import os
 import sys
 
-from oslo_config import cfg
-
 from any2kvm_os import api
 from any2kvm_os.containers.ova import signature as ova_signature
 from any2kvm_os import exception
+from any2kvm_os import lazyopts
 from any2kvm_os import limits as limits_mod
 from any2kvm_os.progress import human
 from any2kvm_os import progress as progress_mod
@@ -328,37 +327,50 @@ def build_parser(argv=()):
 
 
 def _setup(args):
+    """Read the configuration: the ``--config-file`` files, else the
+    default ones oslo.config finds (``/etc/any2kvm_os/any2kvm_os.conf``,
+    ``~/.any2kvm_os/any2kvm.conf``, ``.conf.d`` directories, ...), and
+    ``OS_ANY2KVM__<OPTION>`` variables; set up logging.  The limits."""
+    if not (args.debug or args.config_file or
+            lazyopts.configuration_found(api.PROJECT, PROG)):
+        # Nothing to read but defaults: they are the options' own tables,
+        # and neither oslo.config nor oslo.log is imported (about 0.03 s
+        # of start-up).  Warnings go to stderr.
+        _plain_logging()
+        return limits_mod.Limits()
+    # --debug, or configuration that may carry [DEFAULT] logging options.
+    from oslo_config import cfg
+    from oslo_log import log
     conf = cfg.ConfigOpts()
     api.register_opts(conf)
-    # oslo.log is set up when logging is asked for (--debug, or a config
-    # file that may carry [DEFAULT] logging options); a plain run logs
-    # warnings to stderr without paying oslo.log's import at start-up.
-    full_logging = args.debug or args.config_file
-    if full_logging:
-        from oslo_log import log
-        log.register_options(conf)
-        # Logs go to stderr: stdout carries the command's output (JSON).
-        conf.set_default('use_stderr', True)
-    conf(args=[], project='any2kvm_os', prog=PROG,
-         default_config_files=args.config_file)
-    if full_logging:
-        if args.debug:
-            conf.set_override('debug', True)
-        log.setup(conf, PROG)
-        if not args.debug:
-            # Warnings only, ours and the libraries' (alembic, paramiko):
-            # stderr carries the one-line error of a failure.
-            logging.getLogger().setLevel(logging.WARNING)
-            logging.getLogger('any2kvm_os').setLevel(logging.WARNING)
-    else:
-        root = logging.getLogger()
-        if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-            handler = _StderrHandler()
-            handler.setFormatter(logging.Formatter(
-                PROG + ': %(levelname)s: %(message)s'))
-            root.addHandler(handler)
-        root.setLevel(logging.WARNING)
+    log.register_options(conf)
+    # Logs go to stderr: stdout carries the command's output (JSON).
+    conf.set_default('use_stderr', True)
+    # No --config-file: None, so that oslo.config looks for the default
+    # files (an empty list would turn that off).
+    conf(args=[], project=api.PROJECT, prog=PROG,
+         default_config_files=args.config_file or None)
+    if args.debug:
+        conf.set_override('debug', True)
+    log.setup(conf, PROG)
+    if not args.debug:
+        # Warnings only, ours and the libraries' (alembic, paramiko):
+        # stderr carries the one-line error of a failure.
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger('any2kvm_os').setLevel(logging.WARNING)
     return limits_mod.Limits.from_conf(conf)
+
+
+def _plain_logging():
+    """Warnings (ours and the libraries') to stderr, as ``PROG: LEVEL:
+    message`` lines, without oslo.log."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(
+            PROG + ': %(levelname)s: %(message)s'))
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 def _command(argv):

@@ -37,12 +37,11 @@ import subprocess
 import sys
 import tempfile
 
-from oslo_config import cfg
-
 from any2kvm_os import exception
 from any2kvm_os.guest import probe
 from any2kvm_os.guest import process
 from any2kvm_os.guest import v2v
+from any2kvm_os import lazyopts
 from any2kvm_os import properties
 
 LOG = logging.getLogger(__name__)
@@ -52,22 +51,39 @@ PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'probe.py')
 #: The environment variable that turns default inspection off (``0``).
 ENV = 'ANY2KVM_INSPECT'
 
-OPTIONS = [
-    cfg.StrOpt('guestfs_python', default='/usr/bin/python3',
-               help='Python interpreter that has the libguestfs binding '
-                    '(Debian: python3-guestfs, for /usr/bin/python3); it '
-                    'runs the guest inspection program.'),
-    cfg.StrOpt('guestfs_backend', default='direct',
-               help='libguestfs backend of the inspection appliance '
-                    '(LIBGUESTFS_BACKEND).'),
-    cfg.StrOpt('guestfs_backend_settings', default='force_tcg',
-               help='libguestfs backend settings, comma-separated '
-                    '(LIBGUESTFS_BACKEND_SETTINGS); force_tcg where KVM '
-                    'cannot run the appliance. Empty: libguestfs chooses.'),
-    cfg.IntOpt('inspect_timeout', default=900, min=10,
-               help='Seconds one guest inspection (one appliance launch) '
-                    'may take.'),
-] + v2v.OPTIONS
+#: The options' defaults, written once: ``OPTIONS`` and :class:`Settings`
+#: take them from here.
+_DEFAULTS = dict(guestfs_python='/usr/bin/python3', guestfs_backend='direct',
+                 guestfs_backend_settings='force_tcg', inspect_timeout=900,
+                 **v2v.DEFAULTS)
+
+
+def _options():
+    from oslo_config import cfg
+    d = _DEFAULTS
+    return [
+        cfg.StrOpt('guestfs_python', default=d['guestfs_python'],
+                   help='Python interpreter that has the libguestfs binding '
+                        '(Debian: python3-guestfs, for /usr/bin/python3); '
+                        'it runs the guest inspection program.'),
+        cfg.StrOpt('guestfs_backend', default=d['guestfs_backend'],
+                   help='libguestfs backend of the inspection appliance '
+                        '(LIBGUESTFS_BACKEND).'),
+        cfg.StrOpt('guestfs_backend_settings',
+                   default=d['guestfs_backend_settings'],
+                   help='libguestfs backend settings, comma-separated '
+                        '(LIBGUESTFS_BACKEND_SETTINGS); force_tcg where KVM '
+                        'cannot run the appliance. Empty: libguestfs '
+                        'chooses.'),
+        cfg.IntOpt('inspect_timeout', default=d['inspect_timeout'], min=10,
+                   help='Seconds one guest inspection (one appliance '
+                        'launch) may take.'),
+    ] + v2v.OPTIONS
+
+
+#: ``OPTIONS`` (oslo.config options), made on first use: a command that
+#: reads no configuration does not import oslo.config.
+__getattr__ = lazyopts.module_getattr(globals(), _options)
 
 INSTALL_HINT = ('install libguestfs-tools and python3-guestfs (bindep '
                 'profile "inspect"), or give --no-inspect')
@@ -76,9 +92,12 @@ INSTALL_HINT = ('install libguestfs-tools and python3-guestfs (bindep '
 class Settings(object):
     """How the probe is run."""
 
-    def __init__(self, python='/usr/bin/python3', backend='direct',
-                 backend_settings='force_tcg', timeout=900,
-                 virt_v2v=True, v2v_timeout=1800):
+    def __init__(self, python=_DEFAULTS['guestfs_python'],
+                 backend=_DEFAULTS['guestfs_backend'],
+                 backend_settings=_DEFAULTS['guestfs_backend_settings'],
+                 timeout=_DEFAULTS['inspect_timeout'],
+                 virt_v2v=_DEFAULTS['virt_v2v'],
+                 v2v_timeout=_DEFAULTS['virt_v2v_timeout']):
         self.python = python
         self.backend = backend
         self.backend_settings = backend_settings

@@ -35,10 +35,9 @@ import shutil
 import subprocess
 import tempfile
 
-from oslo_config import cfg
-
 from any2kvm_os import exception
 from any2kvm_os.guest import process
+from any2kvm_os import lazyopts
 from any2kvm_os import properties
 
 LOG = logging.getLogger(__name__)
@@ -46,16 +45,30 @@ LOG = logging.getLogger(__name__)
 PROGRAM = 'virt-v2v-in-place'
 VIRTIO_WIN_DIR = '/usr/share/virtio-win'
 
-OPTIONS = [
-    cfg.BoolOpt('virt_v2v', default=True,
-                help='With --fix, hand a guest whose boot lacks the virtio '
-                     'storage drivers (a Linux initramfs without them, '
-                     'Windows without viostor/vioscsi) to virt-v2v-in-place '
-                     'when it is installed (and, for Windows, virtio-win). '
-                     'False: never; the guest gets sata/ide.'),
-    cfg.IntOpt('virt_v2v_timeout', default=1800, min=10,
-               help='Seconds one virt-v2v-in-place run may take.'),
-]
+#: The options' defaults, written once: ``OPTIONS`` and the inspection's
+#: ``Settings`` take them from here.
+DEFAULTS = dict(virt_v2v=True, virt_v2v_timeout=1800)
+
+
+def _options():
+    from oslo_config import cfg
+    return [
+        cfg.BoolOpt('virt_v2v', default=DEFAULTS['virt_v2v'],
+                    help='With --fix, hand a guest whose boot lacks the '
+                         'virtio storage drivers (a Linux initramfs without '
+                         'them, Windows without viostor/vioscsi) to '
+                         'virt-v2v-in-place when it is installed (and, for '
+                         'Windows, virtio-win). False: never; the guest '
+                         'gets sata/ide.'),
+        cfg.IntOpt('virt_v2v_timeout', default=DEFAULTS['virt_v2v_timeout'],
+                   min=10,
+                   help='Seconds one virt-v2v-in-place run may take.'),
+    ]
+
+
+#: ``OPTIONS`` (oslo.config options), made on first use: a command that
+#: reads no configuration does not import oslo.config.
+__getattr__ = lazyopts.module_getattr(globals(), _options)
 
 #: The Linux modules that, on the disk but not at boot, virt-v2v can put
 #: into the initramfs.

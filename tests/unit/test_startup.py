@@ -81,21 +81,26 @@ CLI = (
     'print("\\n".join(sorted(sys.modules)))\n')
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if not k.startswith('OS_')}
+def _env(home=None, **extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(('OS_', 'SNAP'))}
     # No guest inspection: it is a libguestfs launch, not start-up.
     env['ANY2KVM_INSPECT'] = '0'
+    if home is not None:
+        env['HOME'] = str(home)
+    env.update(extra)
     return env
 
 
-def _run(code, *args):
+def _run(code, *args, env=None, rc=0):
     """The modules a fresh interpreter imported running ``code`` from
     this tree (its directory first on sys.path)."""
     r = subprocess.run([sys.executable, '-c', code] + list(args),
-                       capture_output=True, text=True, env=_env(), cwd=ROOT,
+                       capture_output=True, text=True,
+                       env=_env() if env is None else env, cwd=ROOT,
                        timeout=120)
-    assert r.returncode == 0, r.stderr
-    return set(r.stdout.split())
+    assert r.returncode == rc, r.stderr
+    return r if rc else set(r.stdout.split())
 
 
 def _vhd(tmp_path):
@@ -136,6 +141,55 @@ def test_cli_convert_imports_nothing_heavy(tmp_path):
     _check_output(out, data)
     assert 'any2kvm_os.formats.vhd' in modules
     assert _heavy(modules, NEVER) == []
+
+
+def _no_default_configuration():
+    from any2kvm_os import api
+    from any2kvm_os import lazyopts
+    return not lazyopts.configuration_found(api.PROJECT, api.PROG)
+
+
+def test_cli_convert_without_configuration_skips_oslo_config(tmp_path):
+    """No configuration file in oslo.config's places (a HOME of our own;
+    /etc is the machine's) and no ``OS_*__*`` variable: the command runs
+    on the options' defaults and never imports oslo.config."""
+    home = tmp_path / 'home'
+    home.mkdir()
+    src, data = _vhd(tmp_path)
+    out = tmp_path / 'out.raw'
+    modules = _run(CLI, 'convert', str(src), str(out), env=_env(home))
+    _check_output(out, data)
+    if _no_default_configuration():     # else /etc holds one, rightly read
+        assert _heavy(modules, NOT_IN_LIBRARY) == []
+
+
+CONFIG_ERROR = ('any2kvm: error: configuration: Value for option '
+                'max_chain_depth from ')
+
+
+def test_cli_reads_a_default_configuration_file(tmp_path):
+    """A file in oslo.config's default places is still read: a value out
+    of the option's bounds is the usual configuration error."""
+    src, _data = _vhd(tmp_path)
+    for where in ('.any2kvm_os/any2kvm.conf', 'any2kvm_os.conf',
+                  '.any2kvm_os/any2kvm_os.conf.d/10.conf'):
+        home = tmp_path / ('home-' + where.replace('/', '_'))
+        conf = home / where
+        conf.parent.mkdir(parents=True)
+        conf.write_text('[any2kvm]\nmax_chain_depth = 0\n')
+        r = _run(CLI, 'convert', str(src), str(tmp_path / 'out.raw'),
+                 env=_env(home), rc=1)
+        assert r.stderr.startswith(CONFIG_ERROR), (where, r.stderr)
+        assert not (tmp_path / 'out.raw').exists()
+
+
+def test_cli_reads_an_option_from_the_environment(tmp_path):
+    home = tmp_path / 'home'
+    home.mkdir()
+    src, _data = _vhd(tmp_path)
+    r = _run(CLI, 'convert', str(src), str(tmp_path / 'out.raw'), rc=1,
+             env=_env(home, OS_ANY2KVM__MAX_CHAIN_DEPTH='0'))
+    assert r.stderr.startswith(CONFIG_ERROR), r.stderr
 
 
 def test_options_are_made_once_on_first_use():

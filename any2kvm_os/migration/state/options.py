@@ -20,22 +20,30 @@ does) imports no SQLAlchemy.
 import os
 import urllib.parse
 
-from oslo_config import cfg
-
+from any2kvm_os import lazyopts
 from any2kvm_os import limits
 
 GROUP = limits.GROUP
 
-OPTIONS = [
-    cfg.StrOpt('state_db_url', secret=True,
-               help='SQLAlchemy URL of the database holding the state of '
-                    'warm migrations, e.g. mysql+pymysql://user:pw@host/'
-                    'any2kvm or postgresql://... Default: the SQLite file '
-                    '$XDG_DATA_HOME/any2kvm/state.db (else '
-                    '~/.local/share/any2kvm/state.db). The --state-db '
-                    'option (a URL without a password) and the '
-                    'ANY2KVM_STATE_DB environment variable override it.'),
-]
+
+def _options():
+    from oslo_config import cfg
+    return [
+        cfg.StrOpt('state_db_url', secret=True,
+                   help='SQLAlchemy URL of the database holding the state '
+                        'of warm migrations, e.g. mysql+pymysql://user:pw@'
+                        'host/any2kvm or postgresql://... Default: the '
+                        'SQLite file $XDG_DATA_HOME/any2kvm/state.db (else '
+                        '~/.local/share/any2kvm/state.db). The --state-db '
+                        'option (a URL without a password) and the '
+                        'ANY2KVM_STATE_DB environment variable override '
+                        'it.'),
+    ]
+
+
+#: ``OPTIONS`` (oslo.config options), made on first use: a command that
+#: reads no configuration does not import oslo.config.
+__getattr__ = lazyopts.module_getattr(globals(), _options)
 
 
 def data_dir():
@@ -99,6 +107,7 @@ def url_from(args=None, conf=None):
     :func:`default_url`."""
     url = getattr(args, 'state_db', None)
     if not url and conf is not None:
+        from oslo_config import cfg  # a conf: oslo.config is loaded
         try:
             url = conf[GROUP].state_db_url
         except (cfg.NoSuchOptError, cfg.NoSuchGroupError):

@@ -58,7 +58,6 @@ from any2kvm_os.migration.state import revisions
 LOG = logging.getLogger(__name__)
 
 GROUP = options.GROUP
-OPTIONS = options.OPTIONS
 data_dir = options.data_dir
 default_url = options.default_url
 add_arguments = options.add_arguments

@@ -13,18 +13,28 @@
 """The options of the ``xenserver`` source (no SSH library imported: the
 option list is gathered at every start-up)."""
 
-from oslo_config import cfg
-
+from any2kvm_os import lazyopts
 from any2kvm_os.sources.xenserver import discovery
 
-OPTIONS = [
-    cfg.StrOpt('xenserver_sr_mount', default=discovery.DEFAULT_MOUNT_BASE,
-               help='Where the file SRs (ext, nfs) of a XenServer host are '
-                    'mounted: <this>/<sr-uuid>/<vdi-uuid>.vhd.  XenServer '
-                    'and XCP-ng mount them under /run/sr-mount.'),
-    cfg.StrOpt('xenserver_inventory', default=discovery.DEFAULT_INVENTORY,
-               help='The inventory file of a XenServer host, whose '
-                    'INSTALLATION_UUID names the host connected to: each '
-                    'disk\'s SR must be attached (its PBD plugged) on that '
-                    'host.  Empty: not checked.'),
-]
+
+def _options():
+    from oslo_config import cfg
+    return [
+        cfg.StrOpt('xenserver_sr_mount',
+                   default=discovery.DEFAULT_MOUNT_BASE,
+                   help='Where the file SRs (ext, nfs) of a XenServer host '
+                        'are mounted: <this>/<sr-uuid>/<vdi-uuid>.vhd.  '
+                        'XenServer and XCP-ng mount them under '
+                        '/run/sr-mount.'),
+        cfg.StrOpt('xenserver_inventory',
+                   default=discovery.DEFAULT_INVENTORY,
+                   help='The inventory file of a XenServer host, whose '
+                        'INSTALLATION_UUID names the host connected to: '
+                        'each disk\'s SR must be attached (its PBD plugged) '
+                        'on that host.  Empty: not checked.'),
+    ]
+
+
+#: ``OPTIONS`` (oslo.config options), made on first use: a command that
+#: reads no configuration does not import oslo.config.
+__getattr__ = lazyopts.module_getattr(globals(), _options)

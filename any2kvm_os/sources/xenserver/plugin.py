@@ -24,8 +24,6 @@ are refused by name (:mod:`.discovery`).
 
 import posixpath
 
-from oslo_config import cfg
-
 from any2kvm_os.chain import layer_chain
 from any2kvm_os.containers import remote
 from any2kvm_os.sources import base
@@ -47,6 +45,9 @@ class XenServerSource(base.Source):
 
     def _conf(self, name, default):
         conf = getattr(self.limits, 'conf', None)
+        if conf is None:
+            return default
+        from oslo_config import cfg  # a conf: oslo.config is loaded
         try:
             return getattr(conf.any2kvm, name)
         except (AttributeError, cfg.NoSuchOptError):
