@@ -41,12 +41,14 @@ RESULT_FIELDS = ('disk', 'name', 'id', 'path', 'size', 'sha256',
 
 
 def load_limits(config_files=()):
-    """Limits from the oslo.config defaults and ``config_files``."""
+    """Limits from ``config_files``, else from the default files
+    oslo.config finds (``/etc/any2kvm_os/any2kvm_os.conf``, ...), and the
+    ``OS_ANY2KVM__<OPTION>`` variables, as ``any2kvm`` reads them."""
     from oslo_config import cfg
     conf = cfg.ConfigOpts()
     register_opts(conf)
     conf(args=[], project=PROJECT, prog=PROG,
-         default_config_files=list(config_files or ()))
+         default_config_files=list(config_files or ()) or None)
     return limits_mod.Limits.from_conf(conf)
 
 

@@ -135,3 +135,20 @@ def test_a_run_without_configuration_gets_what_oslo_config_would_give(
         assert source._conf(name, None) == default
         source.limits = limits.Limits()
         assert source._conf(name, default) == default
+
+
+def test_load_limits_reads_the_default_files_unless_given_some(clean):
+    """``openstack any2kvm`` (api.load_limits) reads what ``any2kvm``
+    reads: the default files without ``--config-file``, only the files
+    given with it."""
+    if _oslo_finds():
+        pytest.skip('this machine has an any2kvm configuration in /etc')
+    assert api.load_limits().max_chain_depth == 64
+    conf = clean / 'home' / '.any2kvm_os' / 'any2kvm_os.conf'
+    conf.parent.mkdir()
+    conf.write_text('[any2kvm]\nmax_chain_depth = 7\n')
+    assert api.load_limits().max_chain_depth == 7
+    given = clean / 'given.conf'
+    given.write_text('[any2kvm]\nmax_directory_entries = 9\n')
+    limits = api.load_limits([str(given)])
+    assert (limits.max_chain_depth, limits.max_directory_entries) == (64, 9)
