@@ -943,8 +943,16 @@ class _Run(object):
         t = self.times
         t['shutdown'] = t.get('first_request') or time.time()
         if self.found.power_state != 'halted':
-            _shut_down(self.host, self.vm_uuid, force, timeout,
-                       armed=self.armed)
+            pending = _shut_down(self.host, self.vm_uuid, force, timeout,
+                                 armed=self.armed)
+            prior = self.m.get('cutover')
+            if (pending and prior and prior['completed_at'] is None and
+                    prior['shutdown_at']):
+                # The clean shutdown under way was asked for by the
+                # cutover before, cut short while the guest went down:
+                # the downtime began with that request (at most a little
+                # before it: never less than it was).
+                t['shutdown'] = min(t['shutdown'], prior['shutdown_at'])
         self.disarm()
         t['halted'] = time.time()
         return {'was': self.found.power_state,
@@ -1322,21 +1330,24 @@ def _shut_down(host, vm_uuid, force, timeout, armed=None):
     for by an earlier cutover that stopped waiting: xapi's goes on):
     without ``force``, the VM awaited halted up to ``timeout``
     (:func:`_await_pending_shutdown`); with it, stopped hard (which
-    xapi allows beside the clean shutdown, and which cancels it)."""
+    xapi allows beside the clean shutdown, and which cancels it).
+    Returns True when the VM halted after such a refusal (the guest was
+    going down before this request), else False."""
     try:
         if armed is not None and armed.ready:
             armed.fire(timeout)
         else:
             host.run(xe.vm_shutdown(vm_uuid), mutating=True,
                      timeout=timeout)
-        return
+        return False
     except exception.Any2KvmError as e:
+        pending = snapshots.clean_shutdown_pending(e)
         state = snapshots.power_state(host.run, vm_uuid)
         if state == 'halted':
-            return
-        if not force and snapshots.clean_shutdown_pending(e):
+            return pending
+        if not force and pending:
             _await_pending_shutdown(host, vm_uuid, timeout)
-            return
+            return True
         if not force:
             if getattr(e, 'timed_out', False):
                 # Our wait ended before xapi's: its clean shutdown goes
@@ -1364,6 +1375,7 @@ def _shut_down(host, vm_uuid, force, timeout, armed=None):
         snapshots.wait_for_power_state(host.run, vm_uuid, 'halted',
                                        timeout=timeout, interval=1,
                                        host=host.label)
+        return pending
 
 
 def _await_pending_shutdown(host, vm_uuid, timeout):

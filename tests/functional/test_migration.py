@@ -558,6 +558,10 @@ def _first_cutover_gives_up(root, vm, common):
     assert s['vm'][vm]['power-state'] == 'running'
     assert list(s['vm'][vm]['current-operations'].values()) == [
         'clean_shutdown'], s['vm'][vm]
+    # Recorded before the request, for the next cutover to count from.
+    first = _state(common)['cutover']
+    assert first['completed_at'] is None and first['shutdown_at']
+    return first['shutdown_at']
 
 
 def _cutover_process(args, common):
@@ -577,7 +581,7 @@ def test_cutover_again_awaits_the_clean_shutdown_under_way(bed):
     mig('create', 'web', loc, '--output-dir', out, common=common)
     w0, _w1 = writers(root, facts, _state(common))
     w0.write(MiB, ig.pattern(53, 4096))
-    _first_cutover_gives_up(root, vm, common)
+    first_request = _first_cutover_gives_up(root, vm, common)
     p = _cutover_process(['cutover', 'web', '--timeout', '120',
                           '--no-progress'], common)
     said = p.stderr.readline()
@@ -597,7 +601,10 @@ def test_cutover_again_awaits_the_clean_shutdown_under_way(bed):
     assert not st.load(str(root))['vm'][vm].get('current-operations')
     m = _state(common)
     assert m['status'] == 'done'
-    assert m['cutover']['downtime'] >= 2, m['cutover']
+    # The downtime began with the first cutover's request (the guest was
+    # going down since): its 3 s wait and the 2 s before the halt.
+    assert m['cutover']['shutdown_at'] == first_request, m['cutover']
+    assert m['cutover']['downtime'] >= 5, m['cutover']
     check(m, facts)
 
 
@@ -608,7 +615,7 @@ def test_cutover_force_cancels_the_clean_shutdown_under_way(bed):
     root, facts, out, loc, common = bed
     vm = facts['two-disks']
     mig('create', 'web', loc, '--output-dir', out, common=common)
-    _first_cutover_gives_up(root, vm, common)
+    first_request = _first_cutover_gives_up(root, vm, common)
     started = time.monotonic()
     r = mig('cutover', 'web', '--force', '--timeout', '120',
             '--no-progress', common=common)
@@ -618,8 +625,12 @@ def test_cutover_force_cancels_the_clean_shutdown_under_way(bed):
     s = st.load(str(root))
     assert s['vm'][vm]['power-state'] == 'halted'
     assert not s['vm'][vm].get('current-operations'), s['vm'][vm]
-    assert _state(common)['status'] == 'done'
-    check(_state(common), facts)
+    m = _state(common)
+    assert m['status'] == 'done'
+    # Counted from the first request, as the guest went down since.
+    assert m['cutover']['shutdown_at'] == first_request, m['cutover']
+    assert m['cutover']['downtime'] >= 3, m['cutover']
+    check(m, facts)
 
 
 def _halt(root, vm):

@@ -865,8 +865,9 @@ class _PendingHost(_ShutdownHost):
 
 def test_a_clean_shutdown_under_way_is_awaited(caplog):
     host = _PendingHost(halts_after=2)
-    engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
-                      force=False, timeout=60)
+    # True: the guest was going down before this request.
+    assert engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
+                             force=False, timeout=60) is True
     assert host.calls == ['vm-shutdown'] + ['vm-param-get'] * 3
     said = [r.getMessage() for r in caplog.records
             if 'already under way' in r.getMessage()]
@@ -888,8 +889,8 @@ def test_a_clean_shutdown_under_way_that_does_not_end_in_time():
 
 def test_a_clean_shutdown_under_way_is_cut_short_by_force():
     host = _PendingHost(halts_after=None)
-    engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
-                      force=True, timeout=60)
+    assert engine._shut_down(host, '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f',
+                             force=True, timeout=60) is True
     assert host.calls[:3] == ['vm-shutdown', 'vm-param-get',
                               'vm-shutdown'], host.calls
     assert host.state == 'halted'
