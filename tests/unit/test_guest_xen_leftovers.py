@@ -17,14 +17,25 @@ the XenServer guest tools, reported with the command that removes
 them."""
 
 import copy
+import json
 import os
 import time
+from pathlib import Path
 
 from any2kvm_os.guest import inspect as gi
 from any2kvm_os.guest import probe
 from any2kvm_os import properties
 
-from tests.unit.test_guest import guest as recorded_guest
+DATA = Path(__file__).parent / 'data'
+
+
+def recorded_guest(hostname):
+    """A guest of the probe output recorded on the real test guests."""
+    for g in json.loads((DATA / 'probe-linux-guests.json').read_text())[
+            'guests']:
+        if g['hostname'] == hostname:
+            return g
+    raise AssertionError(hostname)
 
 
 class FilesG(object):
