@@ -314,6 +314,36 @@ def vif_model(guest, source_model=None):
     return 'e1000', 'no virtio_net in kernel %s' % kernel.get('version')
 
 
+#: The Linux kernel module of each disk bus's controller (``scsi``:
+#: virtio-scsi, the only SCSI model chosen) and of each NIC model: what
+#: a guest's ``alias scsi_hostadapter`` and ``alias ethN`` lines name
+#: (RHEL 5's mkinitrd puts the scsi_hostadapter modules in the initrd).
+BUS_MODULES = {'virtio': 'virtio_blk', 'scsi': 'virtio_scsi',
+               'sata': 'ahci', 'ide': 'ata_piix'}
+VIF_MODULES = {'virtio': 'virtio_net', 'e1000': 'e1000', 'e1000e': 'e1000e',
+               'vmxnet3': 'vmxnet3', 'rtl8139': '8139cp',
+               'pcnet': 'pcnet32', 'ne2k_pci': 'ne2k_pci'}
+
+
+def kvm_modules(guest):
+    """{'block': module, 'net': module} of a Linux guest: the modules of
+    the bus (:func:`disk_bus`) and NIC model (:func:`vif_model`, without
+    a source's model: a Xen VM names none) chosen for it, where its boot
+    kernel (:func:`boot_kernel`) has them as loadable modules; None for
+    one built into the kernel or absent (there is nothing to load: an
+    alias naming it is dropped).  The one choice of ``--fix``'s modprobe
+    aliases and of the inspection's warning about them."""
+    kernel = boot_kernel(guest) or {}
+    mods = kernel.get('modules') or {}
+    out = {}
+    for key, module in (
+            ('block', BUS_MODULES.get(disk_bus(guest)[0])),
+            ('net', VIF_MODULES.get(vif_model(guest)[0]))):
+        out[key] = module if mods.get(module) in ('module',
+                                                  'initramfs') else None
+    return out
+
+
 def uefi_machine(bus, source_vm=None):
     """(hw_machine_type, reason) of a UEFI guest booting from ``bus``.
 

@@ -452,12 +452,10 @@ def warnings(guest, result=None):
                                                   or ()))
                 if fallback.get('source') else
                 'install one in the guest (grub-install --removable)'))
-    xe_tools = (linux.get('tools') or {}).get('xe_guest_utilities')
-    if xe_tools:
-        out.append('XenServer guest tools are installed (%s): their daemon '
-                   'finds no Xen on KVM and fails at every boot; remove them '
-                   'after the move, and install qemu-guest-agent'
-                   % ', '.join(xe_tools[:2]))
+    out.extend(xen_file_warnings(linux.get('xen_files')))
+    tools_left = xe_tools_warning(guest)
+    if tools_left:
+        out.append(tools_left)
     if linux.get('lvm_devices'):
         out.append('/etc/lvm/devices/system.devices lists the disks LVM may '
                    'use by their ids under Xen (%s): on KVM the disks have '
@@ -555,6 +553,112 @@ def default_warnings(linux, kernel):
 def _xen_only(linux, version):
     return any(k.get('version') == version and k.get('xen_pv_only')
                for k in linux.get('kernels') or ())
+
+
+#: What each kind of file of the probe's ``xen_files`` does wrong on
+#: KVM (``%s``: the lines found, in parentheses), and what --fix does
+#: about what it changes and about what it leaves: (what, fixed, left).
+XEN_FILE_WARNINGS = {
+    'modprobe': (
+        'aliases Xen\'s paravirtual drivers%s: on KVM they find no device, '
+        'and RHEL 5\'s mkinitrd builds the next kernel\'s initrd with the '
+        'scsi_hostadapter drivers alone, which then does not boot',
+        '--fix makes them: %s',
+        '--fix leaves these, having no KVM driver for them: remove them '
+        'by hand'),
+    'sysconfig_kernel': (
+        'has Xen\'s paravirtual drivers in the modules SUSE\'s mkinitrd '
+        'puts in the initrd%s', '--fix makes it: %s', None),
+    'inittab': (
+        'runs a getty on the Xen console%s, which KVM does not have: init '
+        'respawns it for ever', '--fix makes it: %s', None),
+    'securetty': (
+        'lets root log in on the Xen console but not on the serial '
+        'console%s', '--fix adds %s', None),
+    'upstart': (
+        'runs a getty on the Xen console%s, which KVM does not have', None,
+        '--fix leaves it (upstart gives up respawning it): point it at '
+        'ttyS0 or remove the job'),
+}
+
+
+def _change_text(change):
+    if not change['from']:
+        return change['to']
+    return '%s -> %s' % (change['from'], change['to'] or '(dropped)')
+
+
+def _found(lines):
+    return ' (%s)' % ', '.join(lines) if lines else ''
+
+
+def xen_file_warnings(entries):
+    """What Xen's drivers and consoles left in a Linux guest's settings
+    (the probe's ``xen_files``), and what --fix does about it."""
+    out = []
+    for entry in entries or ():
+        what, fixed, left = XEN_FILE_WARNINGS.get(
+            entry.get('kind'), (None, None, None))
+        if what is None:
+            continue
+        changes = entry.get('changes') or []
+        shown = changes[:4]
+        more = len(changes) - len(shown) + (entry.get('more') or 0)
+        if changes and fixed:
+            out.append('%s %s; %s%s' % (
+                entry['path'],
+                what % _found([c['from'] for c in shown if c['from']]),
+                fixed % ', '.join(_change_text(c) for c in shown),
+                ' (and %d more)' % more if more > 0 else ''))
+        if entry.get('left') and left:
+            out.append('%s %s; %s' % (entry['path'],
+                                      what % _found(entry['left'][:4]),
+                                      left))
+    return out
+
+
+#: How a package is removed, by the guest's package format.
+REMOVE_PACKAGES = {'rpm': 'rpm -e', 'deb': 'dpkg -r'}
+
+
+def xe_tools_warning(guest):
+    """The XenServer guest tools, when installed: --fix does not remove
+    packages (it does not run the guest's package manager), so the
+    warning says how, by the guest's package format."""
+    found = ((guest.get('linux') or {}).get('tools') or {}).get(
+        'xe_guest_utilities') or []
+    if not found:
+        return None
+    packages = [p for p in found if not p.startswith('/')]
+    how = REMOVE_PACKAGES.get(guest.get('package_format'))
+    if packages and how:
+        step = 'run "%s %s" in the guest' % (how, ' '.join(packages))
+    elif packages:
+        step = 'remove the package(s) %s' % ', '.join(packages)
+    else:
+        step = 'remove %s (installed without a package)' % ', '.join(
+            found[:2])
+    return ('XenServer guest tools are installed (%s): their daemon finds '
+            'no Xen on KVM and fails at every boot; --fix does not remove '
+            'packages: after the move, %s, and install qemu-guest-agent'
+            % (', '.join(found[:2]), step))
+
+
+def left_after_fix(guest):
+    """What --fix leaves for the operator (it reports, not changes):
+    the lines of the fix summary that say so."""
+    if guest is None:
+        return []
+    linux = guest.get('linux') or {}
+    out = []
+    tools_left = xe_tools_warning(guest)
+    if tools_left:
+        out.append(tools_left)
+    for entry in linux.get('xen_files') or ():
+        if entry.get('left'):
+            out.append('%s: %s' % (entry['path'], ', '.join(
+                entry['left'][:4])))
+    return out
 
 
 def network_warnings(net):
@@ -754,6 +858,8 @@ def summary(result, source_vm=None):
     out = {'guest': report(guest) if guest else None,
            'properties': props, 'reasons': reasons,
            'warnings': found, 'fixed': fixed}
+    if 'fixed' in result:
+        out['left'] = left_after_fix(guest)
     if result.get('v2v'):
         out['v2v'] = result['v2v']
     return out
@@ -788,6 +894,11 @@ def _apply_fixes(guest, fixed):
         entry['names'] = sorted({done.get(n, n) for n in entry['names']})
         entry['xen_consoles'] = [c for c in entry['xen_consoles']
                                  if c not in done]
+    for entry in linux.get('xen_files') or ():
+        # The facts are what --fix would change: a file it wrote has it.
+        if entry['path'] in changes:
+            entry['changes'] = []
+            entry['more'] = 0
     fallback = linux.get('uefi_fallback')
     if fallback and any(p.endswith('/EFI/BOOT/BOOTX64.EFI') for p in changes):
         fallback['present'] = True
@@ -932,6 +1043,8 @@ def text_lines(inspection):
                 ('added %s' % c['to']) if not c['from'] else
                 '%s -> %s' % (c['from'], c['to'] or '(dropped)')
                 for c in f['changes'])))
+    for line in inspection.get('left') or ():
+        lines.append('not fixed:    %s' % line)
     handoff = inspection.get('v2v') or {}
     if handoff.get('ran'):
         lines.append('fixed:        %s (virt-v2v-in-place, %.0f s; the '

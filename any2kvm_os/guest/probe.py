@@ -109,7 +109,9 @@ BIOS_BOOT_GUID = '21686148-6449-6E6F-744E-656564454649'
 
 #: Hypervisor tools: (fact, package names, files).
 TOOLS = (
-    ('xe_guest_utilities', ('xe-guest-utilities', 'xenserver-guest-utilities'),
+    ('xe_guest_utilities', ('xe-guest-utilities',
+                            'xe-guest-utilities-xenstore',
+                            'xenserver-guest-utilities'),
      ('/usr/sbin/xe-daemon', '/usr/sbin/xe-linux-distribution')),
     ('vmware_tools', ('open-vm-tools', 'vmware-tools', 'vmware-tools-core'),
      ('/usr/bin/vmtoolsd', '/etc/vmware-tools')),
@@ -989,6 +991,302 @@ def lvm_devices(g):
     return re.findall(r'IDNAME=(\S+)', _uncommented(text))
 
 
+# -- what Xen's drivers and consoles leave in a Linux guest's settings --------
+
+#: The files, by kind: (kind, files, directory of more of them or None).
+#: modprobe: ``alias scsi_hostadapter xenblk`` and ``alias eth0 xennet``
+#: (RHEL 5 and 6, SLES; RHEL 5's mkinitrd puts the scsi_hostadapter
+#: modules in the next initrd it builds); sysconfig_kernel: SUSE's
+#: ``INITRD_MODULES``, what its mkinitrd puts in the initrd; inittab and
+#: upstart: gettys on the Xen console (xvc0, hvc0), which KVM does not
+#: have; securetty: the consoles root may log in on.
+XEN_FILES = (
+    ('modprobe', ('/etc/modprobe.conf', '/etc/modprobe.conf.local'),
+     '/etc/modprobe.d'),
+    ('sysconfig_kernel', ('/etc/sysconfig/kernel',), None),
+    ('inittab', ('/etc/inittab',), None),
+    ('securetty', ('/etc/securetty',), None),
+    ('upstart', (), '/etc/init'),
+)
+#: Bounds on what is read of them (the guest's: untrusted): files of a
+#: directory, bytes of a file, changes listed in the inspection's facts.
+MAX_CONFIG_FILES = 64
+MAX_CONFIG_FILE = 1 << 20
+MAX_REPORTED = 64
+#: Xen's paravirtual drivers as RHEL 5 and SLES (xenblk, xen-vbd,
+#: xen-vnif) and upstream (xen-blkfront, xen_netfront) name them; the
+#: group is the kind: block, net, or one of the others.
+XEN_MODULE_RE = re.compile(
+    r'^xen[-_]?(?:(?P<block>blk|vbd|blkfront)|(?P<net>net|vnif|netfront)'
+    r'|platform[-_]pci|balloon|scsi|scsifront|vscsi)$')
+_ALIAS_RE = re.compile(r'^([ \t]*alias[ \t]+)(\S+)([ \t]+)(\S+)')
+_INITRD_MODULES_RE = re.compile(
+    r'^([ \t]*(?:export[ \t]+)?(?:DOMU_)?INITRD_MODULES=)(["\']?)'
+    r'([^"\'\n]*)\2([ \t]*(?:#.*)?)$')
+#: The Xen console's name in a getty's command (/dev/xvc0 too).
+XEN_TTY_RE = re.compile(r'(?<![\w-])([xh]vc0)(?![\w-])')
+#: The serial console of a KVM guest (Nova gives every guest one).
+SERIAL_TTY = 'ttyS0'
+
+
+def xen_module(name):
+    """'block', 'net' or 'other' for a Xen paravirtual driver's module
+    name, else None."""
+    m = XEN_MODULE_RE.match(name or '')
+    if not m:
+        return None
+    return 'block' if m.group('block') else 'net' if m.group('net') \
+        else 'other'
+
+
+def _lines(text):
+    """``text`` in lines with their ends, split at newlines only (not at
+    the form feeds and other breaks of str.splitlines): joined, they are
+    the text again."""
+    return re.findall(r'[^\n]*\n|[^\n]+$', text)
+
+
+def _body(line):
+    """A line without its end (\\n, \\r\\n) -> (body, end)."""
+    body = line.rstrip('\r\n')
+    return body, line[len(body):]
+
+
+def modprobe_aliases(text):
+    """[(name, module)] of the ``alias`` lines of a modprobe file."""
+    out = []
+    for line in _lines(text):
+        m = _ALIAS_RE.match(line)
+        if m:
+            out.append((m.group(2), m.group(4)))
+    return out
+
+
+def fix_modprobe_text(text, block=None, net=None, have=None):
+    """(new text, [(old, new)], [left]) of a modprobe file: an ``alias
+    scsi_hostadapterN`` of a Xen block driver names ``block`` instead
+    (the first; the others, and every one when ``block`` is None or
+    ``have`` (a set, shared by the guest's files) has it already, are
+    dropped), an ``alias ethN`` of a Xen network driver names ``net``
+    (dropped when None); ``left``: the other aliases of Xen drivers."""
+    have = set() if have is None else have
+    changes = []
+    left = []
+    out = []
+    for line in _lines(text):
+        m = _ALIAS_RE.match(line)
+        kind = xen_module(m.group(4)) if m else None
+        if kind is None:
+            out.append(line)
+            continue
+        name = m.group(2)
+        old = _body(line)[0].strip()
+        if kind == 'block' and re.match(r'^scsi_hostadapter[0-9]*$', name):
+            target = block if block not in have else None
+        elif kind == 'net' and re.match(r'^eth[0-9]+$', name):
+            target = net
+        else:
+            left.append(old)
+            out.append(line)
+            continue
+        if target is None:
+            changes.append((old, ''))
+            continue
+        if kind == 'block':
+            have.add(target)
+        new = m.group(1) + name + m.group(3) + target + line[m.end():]
+        changes.append((old, _body(new)[0].strip()))
+        out.append(new)
+    return ''.join(out), changes, left
+
+
+def _drop_words(value, drop):
+    """``value`` (words separated by blanks) without the words ``drop``
+    says yes to, its other blanks as they were."""
+    out = re.sub(r'(^|[ \t]+)(\S+)',
+                 lambda m: '' if drop(m.group(2)) else m.group(0), value)
+    if value[:1] not in (' ', '\t'):
+        out = out.lstrip(' \t')
+    return out
+
+
+def fix_sysconfig_kernel_text(text):
+    """(new text, [(old, new)], []) of SUSE's /etc/sysconfig/kernel: the
+    Xen drivers out of INITRD_MODULES and DOMU_INITRD_MODULES, the rest
+    of the list and its quoting as they were."""
+    changes = []
+    out = []
+    for line in _lines(text):
+        body, end = _body(line)
+        m = _INITRD_MODULES_RE.match(body)
+        if m:
+            value = _drop_words(m.group(3), xen_module)
+            if value != m.group(3):
+                new = m.group(1) + m.group(2) + value + m.group(2) + \
+                    m.group(4)
+                changes.append((body.strip(), new.strip()))
+                line = new + end
+        out.append(line)
+    return ''.join(out), changes, []
+
+
+def _inittab_getty(line):
+    """The process of an uncommented /etc/inittab entry that runs a
+    getty (``co:2345:respawn:/sbin/agetty xvc0 9600 vt100-nav``), else
+    None."""
+    if line.lstrip().startswith('#'):
+        return None
+    fields = _body(line)[0].split(':', 3)
+    if len(fields) == 4 and 'getty' in fields[3]:
+        return fields[3]
+    return None
+
+
+def fix_inittab_text(text):
+    """(new text, [(old, new)], []) of /etc/inittab: a getty on the Xen
+    console runs on the serial console (ttyS0) instead, or, where a
+    getty runs there already (two would fight over it), is commented
+    out."""
+    lines = _lines(text)
+    serial = any(re.search(r'(?<![\w-])%s(?![\w-])' % SERIAL_TTY, p)
+                 for p in map(_inittab_getty, lines) if p)
+    changes = []
+    out = []
+    for line in lines:
+        process = _inittab_getty(line)
+        if process is None or not XEN_TTY_RE.search(process):
+            out.append(line)
+            continue
+        body, end = _body(line)
+        if serial:
+            new = '#' + body
+        else:
+            head = body[:len(body) - len(process)]
+            new = head + XEN_TTY_RE.sub(SERIAL_TTY, process)
+            serial = True
+        changes.append((body.strip(), new.strip()))
+        out.append(new + end)
+    return ''.join(out), changes, []
+
+
+def fix_securetty_text(text):
+    """(new text, [('', 'ttyS0')], []) of /etc/securetty when it lets
+    root log in on the Xen console (xvc0, hvc0) but not on ttyS0: ttyS0
+    is added after the last Xen console; nothing is removed."""
+    lines = _lines(text)
+    names = [_body(line)[0].strip() for line in lines]
+    if SERIAL_TTY in names:
+        return text, [], []
+    at = [i for i, name in enumerate(names) if name in ('xvc0', 'hvc0')]
+    if not at:
+        return text, [], []
+    i = at[-1]
+    body, end = _body(lines[i])
+    lines[i] = body + (end or '\n') + SERIAL_TTY + (end or '\n')
+    return ''.join(lines), [('', SERIAL_TTY)], []
+
+
+def upstart_xen_gettys(text):
+    """(text, [], [lines]) of an upstart job (/etc/init/*.conf, RHEL 6):
+    its ``exec`` lines running a getty on the Xen console, reported and
+    left (its respawn limit stops it)."""
+    left = []
+    for line in _lines(text):
+        body = _body(line)[0].strip()
+        if body.startswith('exec') and 'getty' in body and \
+                XEN_TTY_RE.search(body):
+            left.append(body)
+    return text, [], left
+
+
+_XEN_FIXES = {'modprobe': fix_modprobe_text,
+              'sysconfig_kernel': fix_sysconfig_kernel_text,
+              'inittab': fix_inittab_text,
+              'securetty': fix_securetty_text,
+              'upstart': upstart_xen_gettys}
+
+
+def _config_file(g, path):
+    """Whether ``path`` is a regular file of the guest (not a symbolic
+    link: the file it points to is fixed where it is listed itself)."""
+    try:
+        return bool(g.is_file(path, followsymlinks=False))
+    except RuntimeError:
+        return False
+
+
+def _read_config(g, path):
+    """The text of a configuration file of :data:`XEN_FILES`, its bytes
+    kept (undecodable ones as surrogates, written back as they were);
+    None when it is no regular file or too large."""
+    try:
+        if not _config_file(g, path) or \
+                g.filesize(path) > MAX_CONFIG_FILE:
+            return None
+        return g.read_file(path).decode('utf-8', 'surrogateescape')
+    except RuntimeError:
+        return None
+
+
+def _shown(text):
+    """What JSON reports of a guest's text (no lone surrogates)."""
+    return text.encode('utf-8', 'surrogateescape').decode('utf-8',
+                                                          'replace')
+
+
+def xen_config(g, modules=None):
+    """[(path, kind, text, new text, [(old, new)], [left])] of the files
+    of :data:`XEN_FILES` that name Xen's drivers or consoles: what
+    ``--fix`` writes and what the inspection reports (:func:`xen_files`),
+    the one computation of both.  ``modules``: {'block', 'net'}, the
+    modules the aliases name on KVM (``properties.kvm_modules``)."""
+    modules = modules or {}
+    found = []
+    for kind, files, top in XEN_FILES:
+        paths = list(files)
+        if top:
+            names = [n for n in _ls(g, top) if not n.startswith('.') and (
+                n.endswith('.conf') or (kind == 'modprobe' and '.' not in n))]
+            paths += [top + '/' + n for n in names[:MAX_CONFIG_FILES]]
+        for path in paths:
+            text = _read_config(g, path)
+            if text is not None:
+                found.append((path, kind, text))
+    # The scsi_hostadapter drivers other aliases name already.
+    have = {module for path, kind, text in found if kind == 'modprobe'
+            for name, module in modprobe_aliases(text)
+            if name.startswith('scsi_hostadapter') and not xen_module(module)}
+    out = []
+    for path, kind, text in found:
+        if kind == 'modprobe':
+            new, changes, left = fix_modprobe_text(
+                text, modules.get('block'), modules.get('net'), have)
+        else:
+            new, changes, left = _XEN_FIXES[kind](text)
+        if changes or left:
+            out.append((path, kind, text, new, changes, left))
+    return out
+
+
+def xen_files(g, modules=None):
+    """The inspection's facts of :func:`xen_config`: [{'path', 'kind',
+    'changes': [{'from', 'to'}] (what --fix changes), 'left': [what it
+    leaves]}]."""
+    return [{'path': path, 'kind': kind,
+             'changes': [{'from': _shown(a), 'to': _shown(b)}
+                         for a, b in changes[:MAX_REPORTED]],
+             'more': max(0, len(changes) - MAX_REPORTED),
+             'left': [_shown(x) for x in left[:MAX_REPORTED]]}
+            for path, kind, _text, _new, changes, left in xen_config(
+                g, modules)]
+
+
+def fix_modules(guest):
+    """{'block', 'net'}: the modules a fixed Linux guest's modprobe
+    aliases name (:func:`~any2kvm_os.properties.kvm_modules`)."""
+    return _properties().kvm_modules(guest)
+
+
 # -- Windows ------------------------------------------------------------------
 
 class Hive(object):
@@ -1672,6 +1970,7 @@ def inspect_root(g, root, slots=None):
     try:
         if guest['type'] == 'linux':
             guest['linux'] = linux_facts(g, root, slots)
+            guest['linux']['xen_files'] = xen_files(g, fix_modules(guest))
         elif guest['type'] == 'windows':
             guest['windows'] = windows_facts(g, root)
     finally:
@@ -1857,7 +2156,7 @@ def grub_envs(g):
 
 
 def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
-              default=None):
+              default=None, modules=None):
     """Rewrite the files of the Linux guest of ``root``; ``tried`` gets
     each path as its change starts (what a failure had touched).  A Xen
     device name on none of the VM's disks (``slots``) is left as it is,
@@ -1875,7 +2174,13 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
     ``default``: (menu.lst path, kernel version, [versions]) when a GRUB
     legacy menu boots a Xen-only kernel by default and another kernel
     can boot on KVM (:func:`default_fix`): that kernel's entry is made
-    the default."""
+    the default.
+
+    What Xen's drivers and consoles leave in the guest's settings
+    (:func:`xen_config`): the modprobe aliases of Xen's drivers name
+    ``modules`` ({'block', 'net'}, :func:`fix_modules`) instead or go,
+    SUSE's INITRD_MODULES lose Xen's drivers, an inittab getty on the
+    Xen console runs on ttyS0, and securetty lists ttyS0."""
     mount_guest(g, root, write=True)
     done = []
 
@@ -1926,6 +2231,13 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
             start(f['path'])
             g.write(f['path'], new.encode('utf-8'))
             record(f['path'], changes)
+        for path, _kind, _text, new, changes, _left in xen_config(
+                g, modules):
+            if not changes:
+                continue
+            start(path)
+            g.write(path, new.encode('utf-8', 'surrogateescape'))
+            record(path, [(_shown(a), _shown(b)) for a, b in changes])
         fallback = uefi_fallback(g)
         if fallback and not fallback['present'] and fallback['source']:
             start(UEFI_FALLBACK)
@@ -2127,7 +2439,8 @@ def main(argv=None):
                     'bus': bus, 'files': fix_linux(
                         g, guest['root'], bus, tried,
                         int(fail_after) if fail_after else None,
-                        args.xen_slots, default_fix(guest))})
+                        args.xen_slots, default_fix(guest),
+                        fix_modules(guest))})
         g.shutdown()
     except (RuntimeError, ProbeError) as e:
         print(json.dumps({'error': ' '.join(str(e).split()),

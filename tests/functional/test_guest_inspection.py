@@ -264,7 +264,11 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
     standard kernel is installed beside it; a directory of modules of a
     newer kernel has no image (removed, not purged).  The bus is chosen
     for the standard kernel, not for the newest directory nor for the
-    Xen default, and --fix makes the standard kernel GRUB's default."""
+    Xen default, and --fix makes the standard kernel GRUB's default.
+    What Xen's drivers and consoles left in its settings is fixed in the
+    same launch: the modprobe aliases name the KVM drivers, SUSE's
+    INITRD_MODULES lose Xen's, the inittab getty on xvc0 runs on ttyS0,
+    securetty gets ttyS0; an upstart getty on hvc0 is reported only."""
     _kroot, version, _busybox = guestbuild.packages()
     xen = '2.6.18-398.el5xen'
     menu = ('default=0\ntimeout=5\n'
@@ -284,6 +288,7 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
         '/lib/modules/%s/modules.dep' % xen: '',
         '/lib/modules/9.9.9-leftover/modules.dep': '',
     }
+    extra.update(XEN_LEFTOVERS)
     disk = tmp_path / 'pv.raw'
     guestbuild.build(disk, 'xenpv', extra_files=extra)
     result = gi.inspect_files([disk], libguestfs, fix=True)
@@ -306,6 +311,62 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
     fixed = _debugfs_cat(disk, '/boot/grub/menu.lst', tmp_path)
     assert fixed.startswith('default=1\ntimeout=5\n'), fixed
     assert 'root=/dev/xvda1' not in fixed, fixed
+    # Xen's leftovers: found by the inspection, fixed in the disk.
+    kinds = {e['path']: e['kind'] for e in guest['linux']['xen_files']}
+    assert kinds == {'/etc/modprobe.conf': 'modprobe',
+                     '/etc/modprobe.d/xen.conf': 'modprobe',
+                     '/etc/sysconfig/kernel': 'sysconfig_kernel',
+                     '/etc/inittab': 'inittab',
+                     '/etc/securetty': 'securetty',
+                     '/etc/init/hvc0.conf': 'upstart'}, kinds
+    assert _debugfs_cat(disk, '/etc/modprobe.conf', tmp_path) == (
+        'alias eth0 virtio_net\nalias scsi_hostadapter virtio_scsi\n'
+        '# alias scsi_hostadapter1 xenblk\n'
+        'options snd-card-0 index=0\n')
+    assert _debugfs_cat(disk, '/etc/modprobe.d/xen.conf', tmp_path) == \
+        'blacklist floppy\n'
+    assert 'INITRD_MODULES="processor ata_piix ext3"\n' \
+        'DOMU_INITRD_MODULES=""\n' == _debugfs_cat(
+            disk, '/etc/sysconfig/kernel', tmp_path)
+    assert _debugfs_cat(disk, '/etc/inittab', tmp_path) == (
+        'id:3:initdefault:\n'
+        'co:2345:respawn:/sbin/agetty ttyS0 9600 vt100-nav\n'
+        '1:2345:respawn:/sbin/mingetty tty1\n')
+    assert _debugfs_cat(disk, '/etc/securetty', tmp_path) == \
+        'console\ntty1\nxvc0\nttyS0\n'
+    assert _debugfs_cat(disk, '/etc/init/hvc0.conf', tmp_path) == \
+        XEN_LEFTOVERS['/etc/init/hvc0.conf']
+    assert [w for w in summary['warnings'] if w.startswith('/etc/')] == [
+        '/etc/init/hvc0.conf runs a getty on the Xen console (exec '
+        '/sbin/agetty /dev/hvc0 38400), which KVM does not have; --fix '
+        'leaves it (upstart gives up respawning it): point it at ttyS0 or '
+        'remove the job'], summary['warnings']
+    assert any('run "dpkg -r xe-guest-utilities" in the guest' in line
+               for line in summary['left']), summary['left']
+
+
+#: What Xen's drivers and consoles leave in an older guest's settings
+#: (RHEL 5's modprobe.conf, inittab and securetty, SLES 11's
+#: /etc/sysconfig/kernel, a RHEL 6 upstart job).
+XEN_LEFTOVERS = {
+    '/etc/modprobe.conf': (
+        'alias eth0 xennet\nalias scsi_hostadapter xenblk\n'
+        '# alias scsi_hostadapter1 xenblk\n'
+        'alias scsi_hostadapter1 xenblk\noptions snd-card-0 index=0\n'),
+    '/etc/modprobe.d/xen.conf': (
+        'alias scsi_hostadapter2 xen-vbd\nblacklist floppy\n'),
+    '/etc/sysconfig/kernel': (
+        'INITRD_MODULES="processor xenblk ata_piix xennet ext3"\n'
+        'DOMU_INITRD_MODULES="xennet xenblk"\n'),
+    '/etc/inittab': (
+        'id:3:initdefault:\n'
+        'co:2345:respawn:/sbin/agetty xvc0 9600 vt100-nav\n'
+        '1:2345:respawn:/sbin/mingetty tty1\n'),
+    '/etc/securetty': 'console\ntty1\nxvc0\n',
+    '/etc/init/hvc0.conf': (
+        'start on stopped rc RUNLEVEL=[2345]\nrespawn\n'
+        'exec /sbin/agetty /dev/hvc0 38400\n'),
+}
 
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
