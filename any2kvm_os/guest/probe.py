@@ -197,15 +197,28 @@ def disk_index(device):
     return letters_index(m.group(1))
 
 
-def _read(g, path, limit=MAX_FILE):
+#: How a guest's file is decoded where it is to be written back (by the
+#: fixes): its bytes that are not UTF-8 (a Latin-1 comment in an old
+#: fstab or menu.lst) become surrogates, and :func:`_kept` makes them the
+#: same bytes again.  Facts are decoded with 'replace' (JSON-safe).
+KEEP = 'surrogateescape'
+
+
+def _read(g, path, limit=MAX_FILE, errors='replace'):
     try:
         if not g.is_file(path, followsymlinks=True):
             return None
         if g.filesize(path) > limit:
             return None
-        return g.read_file(path).decode('utf-8', 'replace')
+        return g.read_file(path).decode('utf-8', errors)
     except RuntimeError:
         return None
+
+
+def _kept(text):
+    """The bytes of a text read with :data:`KEEP`: every byte the fix did
+    not change is written back as it was."""
+    return text.encode('utf-8', KEEP)
 
 
 def _exists(g, path):
@@ -1223,15 +1236,14 @@ def _read_config(g, path):
         if not _config_file(g, path) or \
                 g.filesize(path) > MAX_CONFIG_FILE:
             return None
-        return g.read_file(path).decode('utf-8', 'surrogateescape')
+        return g.read_file(path).decode('utf-8', KEEP)
     except RuntimeError:
         return None
 
 
 def _shown(text):
     """What JSON reports of a guest's text (no lone surrogates)."""
-    return text.encode('utf-8', 'surrogateescape').decode('utf-8',
-                                                          'replace')
+    return _kept(text).decode('utf-8', 'replace')
 
 
 def xen_config(g, modules=None):
@@ -2135,7 +2147,7 @@ def fix_grubenv(g, text, bus, slots=None, unknown=None, path=None,
     ``kernelopts=``), fixed as a bootloader file (:func:`fix_text`) and
     kept at its size: GRUB reads and writes the block in place, padded
     with ``#``.  (None, changes) when the fixed text does not fit."""
-    size = len(text.encode('utf-8'))
+    size = len(_kept(text))
     head, sep, pad = text.rpartition('\n')
     if pad.strip('#'):
         head, sep = text, ''        # no padding after the last line
@@ -2144,7 +2156,7 @@ def fix_grubenv(g, text, bus, slots=None, unknown=None, path=None,
                             kernel_args=kernel_args)
     if not changes:
         return text, []
-    room = size - len(new.encode('utf-8'))
+    room = size - len(_kept(new))
     if room < 0:
         return None, changes
     return new + '#' * room, changes
@@ -2190,10 +2202,12 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
                              '(ANY2KVM_FIX_FAIL_AFTER)' % len(done))
         tried.append(path)
 
-    def record(path, changes, **extra):
+    def record(path, changes, unknown=None):
+        # What is reported is JSON: no lone surrogates (KEEP).
         entry = {'path': path, 'changes': [
-            {'from': a, 'to': b} for a, b in changes]}
-        entry.update(extra)
+            {'from': _shown(a), 'to': _shown(b)} for a, b in changes]}
+        if unknown is not None:
+            entry['unknown'] = [_shown(n) for n in unknown]
         done.append(entry)
     try:
         net = network_facts(g)
@@ -2202,7 +2216,7 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
         files = [(p, False) for p in NAME_FILES if _exists(g, p)] + [
             (p, True) for p in boot_files(g)]
         for path, is_boot in files:
-            text = _read(g, path)
+            text = _read(g, path, errors=KEEP)
             if text is None:
                 continue
             unknown = []
@@ -2211,33 +2225,34 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
             if not changes:
                 continue
             start(path)
-            g.write(path, new.encode('utf-8'))
+            g.write(path, _kept(new))
             record(path, changes, unknown=unknown)
         for path in grub_envs(g):
             unknown = []
-            new, changes = fix_grubenv(g, _read(g, path) or '', bus, slots,
-                                       unknown, path=path,
-                                       kernel_args=args)
+            new, changes = fix_grubenv(
+                g, _read(g, path, errors=KEEP) or '', bus, slots, unknown,
+                path=path, kernel_args=args)
             if not changes or new is None:
                 continue        # (too long: left, and still reported)
             start(path)
-            g.write(path, new.encode('utf-8'))
+            g.write(path, _kept(new))
             record(path, changes, unknown=unknown)
         for f in net['files']:
-            new, changes = fix_net_text(_read(g, f['path']) or '',
-                                        unbind=bool(f['names']))
+            new, changes = fix_net_text(
+                _read(g, f['path'], errors=KEEP) or '',
+                unbind=bool(f['names']))
             if not changes:
                 continue
             start(f['path'])
-            g.write(f['path'], new.encode('utf-8'))
+            g.write(f['path'], _kept(new))
             record(f['path'], changes)
         for path, _kind, _text, new, changes, _left in xen_config(
                 g, modules):
             if not changes:
                 continue
             start(path)
-            g.write(path, new.encode('utf-8', 'surrogateescape'))
-            record(path, [(_shown(a), _shown(b)) for a, b in changes])
+            g.write(path, _kept(new))
+            record(path, changes)
         fallback = uefi_fallback(g)
         if fallback and not fallback['present'] and fallback['source']:
             start(UEFI_FALLBACK)
@@ -2245,10 +2260,10 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
         if default:
             path, version, versions = default
             new, changes = set_grub_legacy_default(
-                _read(g, path) or '', version, versions)
+                _read(g, path, errors=KEEP) or '', version, versions)
             if changes:
                 start(path)
-                g.write(path, new.encode('utf-8'))
+                g.write(path, _kept(new))
                 record(path, changes)
         if net['pinned']:
             aside = PERSISTENT_NET + '.any2kvm-disabled'

@@ -577,3 +577,42 @@ def test_the_probe_reads_no_file_twice_per_kind():
     seen = [p for _kind, files, _top in probe.XEN_FILES for p in files]
     assert len(seen) == len(set(seen))
     assert all(os.path.isabs(p) for p in seen)
+
+
+def test_every_fix_writes_back_the_bytes_it_did_not_change():
+    """Old guests keep Latin-1 text (a comment in fstab, a title in
+    menu.lst): the fixes change their lines and leave every other byte as
+    it was, where a 'replace' decode would have written U+FFFD's bytes
+    (EF BF BD) for each of them."""
+    fstab = (b'# Ger\xe4te der Festplatte (\xa9 M\xfcller)\n'
+             b'/dev/xvda1  /      ext3  defaults  1 1\n'
+             b'LABEL=d\xf6ten  /data  ext3  defaults  1 2\n')
+    menu = (b'default=0\ntimeout=5\n'
+            b'title CentOS (2.6.18-398.el5) \xbbKVM\xab\n'
+            b'\troot (hd0,0)\n'
+            b'\tkernel /vmlinuz-2.6.18-398.el5 ro root=/dev/xvda1 '
+            b'console=hvc0\n'
+            b'\tinitrd /initrd-2.6.18-398.el5.img\n')
+    ifcfg = (b'# Schnittstelle f\xfcr das B\xfcro\nDEVICE=eth0\n'
+             b'HWADDR=00:16:3e:11:22:33\nBOOTPROTO=dhcp\n')
+    g = FilesG({'/etc/fstab': fstab, '/boot/grub/menu.lst': menu,
+                '/etc/sysconfig/network-scripts/ifcfg-eth0': ifcfg})
+    done = probe.fix_linux(g, '/dev/sda1', 'virtio', [], modules=MODULES)
+    assert sorted(d['path'] for d in done) == [
+        '/boot/grub/menu.lst', '/etc/fstab',
+        '/etc/sysconfig/network-scripts/ifcfg-eth0']
+    new_fstab = g.files['/etc/fstab'].split(b'\n')
+    assert new_fstab[0] == fstab.split(b'\n')[0]
+    assert new_fstab[1].startswith(b'/dev/vda1 ') and b'xvda' not in \
+        new_fstab[1]
+    assert new_fstab[2:] == fstab.split(b'\n')[2:]
+    new_menu = g.files['/boot/grub/menu.lst']
+    assert b'\xbbKVM\xab' in new_menu and b'\xef\xbf\xbd' not in new_menu
+    assert b'console=hvc0' not in new_menu and b'root=/dev/vda1' in new_menu
+    new_ifcfg = g.files['/etc/sysconfig/network-scripts/ifcfg-eth0']
+    assert new_ifcfg.startswith(ifcfg.split(b'\n')[0] + b'\n')
+    assert b'HWADDR=00:16:3e' not in new_ifcfg.replace(b'#HWADDR', b'')
+    # What is reported is JSON text: the bytes shown as U+FFFD there only.
+    json.dumps(done)
+    changes = [c for d in done for c in d['changes']]
+    assert all('\udce4' not in c['from'] + c['to'] for c in changes)
