@@ -1145,25 +1145,19 @@ def cloud_config_values(text):
     return out
 
 
-def cloud_config_files(g, extra=None):
+def cloud_config_files(g, extra=False):
     """[(path, text)] of cloud-init's configuration files in the order
     it reads them (cloud.cfg, then cloud.cfg.d/*.cfg sorted, the first
-    MAX_CONFIG_FILES); ``extra``: (path, text) of a file to count among
-    them (the drop-in --fix writes)."""
+    MAX_CONFIG_FILES); ``extra``: with the drop-in --fix writes."""
     names = [n for n in _ls(g, CLOUD_CFG_D)
              if n.endswith('.cfg') and not n.startswith('.')]
     paths = [CLOUD_CFG_D + '/' + n for n in names[:MAX_CONFIG_FILES]]
     files = []
     for path in [CLOUD_CFG] + paths:
-        if extra and path == extra[0]:
-            continue
         text = _read_config(g, path)
         if text is not None:
             files.append((path, text))
-    if extra:
-        files.append(extra)
-        files.sort(key=lambda f: (f[0] != CLOUD_CFG, f[0]))
-    return files
+    return _with_keep(files) if extra else files
 
 
 def cloud_config(files):
@@ -1221,14 +1215,34 @@ def cloud_init_facts(g, apps=(), boot_texts=()):
         p for p in CLOUD_INIT_PROGRAMS if _exists(g, p)]
     if not found:
         return None
-    values, set_in = cloud_config(cloud_config_files(g))
+    files = cloud_config_files(g)
+    values, set_in = cloud_config(files)
     ds = _first_line(g, CLOUD_DATASOURCE)
     out = {'installed': found,
            'disabled': cloud_init_disabled(g, boot_texts),
            'set_in': set_in, 'instance_id': _first_line(g, CLOUD_INSTANCE_ID),
-           'datasource': ds.split(':', 1)[0].strip() if ds else None}
+           'datasource': ds.split(':', 1)[0].strip() if ds else None,
+           'keep_overridden_by': _keep_overridden_by(files)}
     out.update(values)
     return out
+
+
+def _with_keep(files):
+    """``files`` (of :func:`cloud_config_files`) with the drop-in of
+    --fix among them, where cloud-init would read it."""
+    files = [f for f in files if f[0] != CLOUD_KEEP] + [
+        (CLOUD_KEEP, CLOUD_KEEP_TEXT)]
+    return sorted(files, key=lambda f: (f[0] != CLOUD_CFG, f[0]))
+
+
+def _keep_overridden_by(files):
+    """The file read after the drop-in of --fix that sets a key it sets
+    (so the drop-in would not keep the identity), or None."""
+    values, set_in = cloud_config(_with_keep(files))
+    for key, value in sorted(CLOUD_KEEP_VALUES.items()):
+        if values[key] != value:
+            return set_in.get(key)
+    return None
 
 
 def keeps_identity(facts):
@@ -1247,8 +1261,7 @@ def fix_cloud_init(g, facts):
     sorted after it could set the keys again); else None."""
     if keeps_identity(facts):
         return None
-    values, _set_in = cloud_config(cloud_config_files(
-        g, (CLOUD_KEEP, CLOUD_KEEP_TEXT)))
+    values, _set_in = cloud_config(cloud_config_files(g, extra=True))
     if any(values[k] != v for k, v in CLOUD_KEEP_VALUES.items()):
         return None
     changes = [('', 'ssh_deletekeys: false'), ('', 'preserve_hostname: true')]
@@ -1459,7 +1472,7 @@ def lvm_filters(g, kernels_found, bus, slots=None):
             entry['path'] = path
             files.append(entry)
     images = []
-    for kernel in kernels_found or ():
+    for kernel in (kernels_found or ())[:MAX_BOOT_ENTRIES]:
         member = kernel.get('initramfs_lvm_conf')
         if not member or not kernel.get('initramfs'):
             continue
@@ -1468,7 +1481,7 @@ def lvm_filters(g, kernels_found, bus, slots=None):
             entry.update(path=kernel['initramfs'], kernel=kernel['version'])
             del entry['changes'], entry['left']
             images.append(entry)
-    return {'files': files, 'initramfs': images}
+    return {'bus': bus, 'files': files, 'initramfs': images}
 
 
 # -- what Xen's drivers and consoles leave in a Linux guest's settings --------
