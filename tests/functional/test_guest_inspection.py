@@ -350,13 +350,24 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
         'remove the job'], summary['warnings']
     assert any('run "dpkg -r xe-guest-utilities" in the guest' in line
                for line in summary['left']), summary['left']
-    # Its identity: cloud-init and the LVM filter.
+    # Its identity: cloud-init and the LVM filter (the facts as the
+    # summary made them: after the fix).
     ci = guest['linux']['cloud_init']
     assert (ci['installed'], ci['disabled'], ci['ssh_deletekeys'],
             ci['preserve_hostname'], ci['datasource_list'],
-            ci['instance_id'], ci['datasource']) == (
-        ['/usr/bin/cloud-init'], None, True, False, ['CloudStack', 'None'],
-        'i-2-1234-VM', 'DataSourceCloudStack'), ci
+            ci['instance_id'], ci['datasource'], ci['set_in']) == (
+        ['/usr/bin/cloud-init'], None, False, True, ['CloudStack', 'None'],
+        'i-2-1234-VM', 'DataSourceCloudStack', {
+            'ssh_deletekeys': probe.CLOUD_KEEP,
+            'preserve_hostname': probe.CLOUD_KEEP,
+            'datasource_list': '/etc/cloud/cloud.cfg.d/99_cloudstack.cfg'}
+    ), ci
+    fixed = {f['path']: f['changes'] for f in result['fixed'][0]['files']}
+    assert fixed[probe.CLOUD_KEEP] == [
+        {'from': '', 'to': 'ssh_deletekeys: false'},
+        {'from': '', 'to': 'preserve_hostname: true'}]
+    assert fixed['/etc/lvm/lvm.conf'] == [
+        {'from': '', 'to': '"a|^/dev/sd.*|"'}]
     assert _debugfs_cat(disk, probe.CLOUD_KEEP, tmp_path) == \
         probe.CLOUD_KEEP_TEXT
     assert summary['guest']['cloud_init']['ssh_deletekeys'] is False
