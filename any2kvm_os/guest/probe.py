@@ -1139,7 +1139,7 @@ def cloud_config_values(text):
         if key == 'datasource_list':
             items = _yaml_list(value, lines[i + 1:])
             if items is not None:
-                out[key] = [x[:MAX_SHOWN] for x in items]
+                out[key] = [_shown(x)[:MAX_SHOWN] for x in items]
         else:
             out[key] = _yaml_scalar(value).lower() in CLOUD_TRUE
     return out

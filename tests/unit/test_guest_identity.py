@@ -221,6 +221,10 @@ def test_yaml_forms_as_cloud_init_reads_them():
                  '  - None\npreserve_hostname: true\n',
                  'datasource_list') == ['CloudStack', 'None']
     assert value('datasource_list: []\n', 'datasource_list') == []
+    # What is reported is JSON text: undecodable bytes as U+FFFD.
+    text = b'datasource_list: [ Cloud\xe4Stack ]\n'.decode(
+        'utf-8', 'surrogateescape')
+    assert value(text, 'datasource_list') == ['Cloud\ufffdStack']
     # Not top-level keys: nested, in a block scalar, commented, CRLF.
     for text in ('system_info:\n  ssh_deletekeys: false\n',
                  'write_files:\n - content: |\n     ssh_deletekeys: false\n',
