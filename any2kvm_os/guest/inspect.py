@@ -465,6 +465,8 @@ def warnings(guest, result=None):
                    'rebuilds the initramfs, else remove it and run "dracut '
                    '-f" in the guest before the move' % ', '.join(
                        linux['lvm_devices'][:4]))
+    out.extend(lvm_filter_warnings(guest))
+    out.extend(cloud_init_warnings(linux.get('cloud_init')))
     out.extend(default_warnings(linux, kernel))
     if kernel is not None:
         if kernel.get('xen_pv_only'):
@@ -500,6 +502,107 @@ def warnings(guest, result=None):
         out.append('%d other operating system(s) found; the one on disk '
                    '%s was used' % (len(others), guest.get('disk')))
     return out
+
+
+#: The buses' disk names, as a warning says them.
+BUS_NAMES = {'virtio': '/dev/vdX', 'scsi': '/dev/sdX'}
+#: How the initramfs images are rebuilt, by the guest's package format.
+REBUILD_INITRAMFS = {'deb': 'update-initramfs -u -k all',
+                     'rpm': 'dracut -f --regenerate-all'}
+
+
+def _patterns(entry):
+    return ', '.join('"%s"' % p for p in entry['patterns']) + (
+        ', ...' if entry.get('more') else '')
+
+
+def lvm_filter_warnings(guest):
+    """LVM filters (the probe's ``lvm_filters``) that accept Xen's disks
+    and reject the same disks' names on KVM: in /etc/lvm (--fix adds the
+    KVM names), and in the initramfs's copy of lvm.conf (rebuilt by
+    hand)."""
+    facts = (guest.get('linux') or {}).get('lvm_filters') or {}
+    names = BUS_NAMES.get(facts.get('bus'), '/dev/sdX')
+    out = []
+    for entry in facts.get('files') or ():
+        if entry.get('fixed') and not entry.get('left'):
+            continue
+        if entry.get('changes') and not entry.get('fixed'):
+            how = '--fix adds %s after the Xen pattern(s)' % ', '.join(
+                entry['changes'])
+        else:
+            how = '--fix cannot name them for KVM: add %s by hand' % names
+        out.append(
+            '%s %s accepts Xen\'s disks only (%s): on KVM the disks are %s, '
+            'which it rejects, so LVM finds none of its physical volumes '
+            'and their volume groups stay inactive (a root on LVM: no '
+            'boot); %s' % (entry['path'], entry['setting'],
+                           _patterns(entry), names, how))
+    how = REBUILD_INITRAMFS.get(guest.get('package_format'), '%s, or %s' % (
+        REBUILD_INITRAMFS['deb'], REBUILD_INITRAMFS['rpm']))
+    for entry in facts.get('initramfs') or ():
+        out.append(
+            'the initramfs %s (kernel %s) carries a copy of lvm.conf whose '
+            '%s accepts Xen\'s disks only (%s): it activates the root\'s '
+            'volume group before /etc is read, and on KVM finds none; fixing '
+            '/etc/lvm/lvm.conf is not enough: rebuild the initramfs from the '
+            'fixed lvm.conf (%s) before the move, in the guest on Xen (the '
+            'fixed filter accepts both names); the virt-v2v hand-off of '
+            '--fix rebuilds it only when it lacks virtio' % (
+                entry['path'], entry.get('kernel'), entry['setting'],
+                _patterns(entry), how))
+    return out
+
+
+#: How cloud-init is kept from changing the guest's identity by hand.
+CLOUD_INIT_BY_HAND = ('put "ssh_deletekeys: false" and "preserve_hostname: '
+                      'true" in %s, or turn cloud-init off (touch %s)' % (
+                          probe.CLOUD_KEEP, probe.CLOUD_DISABLED))
+
+
+def _set_where(ci, key):
+    where = (ci.get('set_in') or {}).get(key)
+    return ' in %s' % where if where else ' by default'
+
+
+def cloud_init_warnings(ci):
+    """cloud-init installed and enabled in a Linux guest (the probe's
+    ``cloud_init``), when at the first boot in OpenStack it would change
+    the guest's SSH host keys or its hostname."""
+    if probe.keeps_identity(ci):
+        return []
+    does = []
+    if ci.get('ssh_deletekeys') is not False:
+        does.append('delete and regenerate the SSH host keys (ssh_deletekeys '
+                    'true%s: every client then sees "REMOTE HOST '
+                    'IDENTIFICATION HAS CHANGED")' % _set_where(
+                        ci, 'ssh_deletekeys'))
+    if ci.get('preserve_hostname') is not True:
+        does.append('set the hostname to the Nova server\'s name '
+                    '(preserve_hostname false%s)' % _set_where(
+                        ci, 'preserve_hostname'))
+    last = []
+    if ci.get('instance_id'):
+        last.append('last instance %s' % ci['instance_id'])
+    if ci.get('datasource'):
+        last.append('on %s' % ci['datasource'])
+    if ci.get('datasource_list') is not None:
+        last.append('datasource_list %s%s' % (
+            ', '.join(ci['datasource_list']) or '(empty)',
+            _set_where(ci, 'datasource_list')))
+    if ci.get('keep_overridden_by'):
+        how = ('--fix cannot: %s, read after its drop-in, sets them again; '
+               'change it, or turn cloud-init off (touch %s)' % (
+                   ci['keep_overridden_by'], probe.CLOUD_DISABLED))
+    else:
+        how = ('--fix writes %s (ssh_deletekeys: false, preserve_hostname: '
+               'true; cloud-init does the rest, the network of the new NIC '
+               'too); by hand: %s' % (probe.CLOUD_KEEP, CLOUD_INIT_BY_HAND))
+    return ['cloud-init is installed and enabled%s: at the first boot in '
+            'OpenStack it sees a new instance id and runs its per-instance '
+            'modules, which %s; %s' % (
+                ' (%s)' % ', '.join(last) if last else '',
+                ' and '.join(does), how)]
 
 
 def boot_code_warnings(guest):
@@ -658,6 +761,11 @@ def left_after_fix(guest):
         if entry.get('left'):
             out.append('%s: %s' % (entry['path'], ', '.join(
                 entry['left'][:4])))
+    facts = linux.get('lvm_filters') or {}
+    out.extend(w for w in lvm_filter_warnings(guest)
+               if w.startswith('the initramfs ') or any(
+                   w.startswith(e['path'] + ' ') and e.get('left')
+                   for e in facts.get('files') or ()))
     return out
 
 
@@ -899,6 +1007,14 @@ def _apply_fixes(guest, fixed):
         if entry['path'] in changes:
             entry['changes'] = []
             entry['more'] = 0
+    for entry in (linux.get('lvm_filters') or {}).get('files') or ():
+        if entry['path'] in changes:
+            entry['fixed'] = True
+    ci = linux.get('cloud_init')
+    if ci and probe.CLOUD_KEEP in changes:
+        ci.update(probe.CLOUD_KEEP_VALUES)
+        ci.setdefault('set_in', {}).update(
+            {k: probe.CLOUD_KEEP for k in probe.CLOUD_KEEP_VALUES})
     fallback = linux.get('uefi_fallback')
     if fallback and any(p.endswith('/EFI/BOOT/BOOTX64.EFI') for p in changes):
         fallback['present'] = True
@@ -947,6 +1063,11 @@ def report(guest):
                         if v}
         if linux.get('network') is not None:
             out['network'] = linux['network']
+        if linux.get('cloud_init') is not None:
+            out['cloud_init'] = linux['cloud_init']
+        lvm = linux.get('lvm_filters') or {}
+        if lvm.get('files') or lvm.get('initramfs'):
+            out['lvm_filters'] = lvm
     win = guest.get('windows')
     if win:
         out['windows'] = win
@@ -1031,6 +1152,16 @@ def text_lines(inspection):
             lines.append('network:      %s: %s%s' % (
                 entry['path'], ', '.join(entry['names']) or '-',
                 ' (bound to a MAC)' if entry.get('mac_bound') else ''))
+        ci = guest.get('cloud_init')
+        if ci:
+            lines.append('cloud-init:   %s; ssh_deletekeys %s, '
+                         'preserve_hostname %s%s' % (
+                             'off (%s)' % ci['disabled'] if ci.get('disabled')
+                             else 'enabled',
+                             str(ci.get('ssh_deletekeys')).lower(),
+                             str(ci.get('preserve_hostname')).lower(),
+                             ', last instance %s' % ci['instance_id']
+                             if ci.get('instance_id') else ''))
         if guest.get('tools'):
             lines.append('tools:        %s' % ', '.join(
                 sorted(v for vs in guest['tools'].values() for v in vs)))

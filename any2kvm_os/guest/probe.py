@@ -421,10 +421,10 @@ def unzstd(data):
     return r.stdout
 
 
-def cpio_names(data):
-    """The member names of a (possibly concatenated, gzip/xz compressed)
-    newc cpio archive; ValueError for what cannot be read here (zstd)."""
-    names = []
+def _cpio_entries(data):
+    """(name, data, offset, size) of each member of a (possibly
+    concatenated, gzip/xz/zstd compressed) newc cpio archive; ValueError
+    for what cannot be read here."""
     pos = 0
     while pos < len(data):
         while pos < len(data) and data[pos] == 0:
@@ -434,11 +434,14 @@ def cpio_names(data):
         head = data[pos:pos + 6]
         if head.startswith(b'\x1f\x8b'):
             rest = gzip.GzipFile(fileobj=io.BytesIO(data[pos:])).read()
-            return names + cpio_names(rest)
+            yield from _cpio_entries(rest)
+            return
         if head.startswith(b'\xfd7zXZ') or head.startswith(b']\x00\x00'):
-            return names + cpio_names(lzma.decompress(data[pos:]))
+            yield from _cpio_entries(lzma.decompress(data[pos:]))
+            return
         if head.startswith(b'\x28\xb5\x2f\xfd'):
-            return names + cpio_names(unzstd(data[pos:]))
+            yield from _cpio_entries(unzstd(data[pos:]))
+            return
         if head not in (b'070701', b'070702'):
             raise ValueError('initramfs compression not readable here '
                              '(%r)' % head[:4])
@@ -448,11 +451,37 @@ def cpio_names(data):
         name = data[pos + 110:pos + 110 + namesize - 1].decode(
             'utf-8', 'replace')
         pos = (pos + 110 + namesize + 3) & ~3
+        start = pos
         pos = (pos + filesize + 3) & ~3
         if name == 'TRAILER!!!':
             continue
-        names.append(name)
-    return names
+        yield name, data, start, filesize
+
+
+def cpio_names(data):
+    """The member names of a (possibly concatenated, gzip/xz compressed)
+    newc cpio archive; ValueError for what cannot be read here (zstd)."""
+    return [name for name, _d, _o, _s in _cpio_entries(data)]
+
+
+def cpio_members(data, name, limit=MAX_FILE):
+    """{name: bytes} of the member ``name`` of such an archive (the last
+    of that name: a later one replaces an earlier when unpacked), when
+    at most ``limit`` bytes."""
+    out = {}
+    for member, blob, offset, size in _cpio_entries(data):
+        if member == name and size <= limit:
+            out[name] = bytes(blob[offset:offset + size])
+    return out
+
+
+def _initrd_member(names, path):
+    """The name of the file ``path`` (no leading /) in an initramfs
+    listing (``etc/lvm/lvm.conf``, ``./etc/lvm/lvm.conf``), or None."""
+    for name in names or ():
+        if name.lstrip('./') == path or name == path:
+            return name
+    return None
 
 
 def initrd_names(g, path):
@@ -509,6 +538,7 @@ def kernels(g):
                     break
         in_initrd = set()
         initrd_error = None
+        names = None
         if initrd:
             names, initrd_error = initrd_names(g, initrd)
             for name in names or ():
@@ -551,7 +581,9 @@ def kernels(g):
         out.append({'version': version, 'initramfs': initrd,
                     'initramfs_error': initrd_error,
                     'modules': modules, 'image': image,
-                    'xen_pv_only': xen_only})
+                    'xen_pv_only': xen_only,
+                    'initramfs_lvm_conf': _initrd_member(
+                        names, LVM_INITRD_CONF)})
     return out
 
 
@@ -909,14 +941,16 @@ def tools(g, root):
 def linux_facts(g, root, slots=None):
     names = disk_names(g, slots)
     files = [n['path'] for n in names]
-    found, _apps = tools(g, root)
+    found, apps = tools(g, root)
     found_kernels = kernels(g)
+    boot_texts = [_read(g, p) or '' for p in boot_files(g)]
     return {'bootloader': bootloader(files), 'disk_names': names,
             'uefi_fallback': uefi_fallback(g),
             'kernels': found_kernels,
             'boot_default': boot_default(g, files, found_kernels),
             'tools': found,
-            'network': network_facts(g), 'lvm_devices': lvm_devices(g)}
+            'network': network_facts(g), 'lvm_devices': lvm_devices(g),
+            'cloud_init': cloud_init_facts(g, apps, boot_texts)}
 
 
 #: The EFI system partition where Linux mounts it, and UEFI's
@@ -1002,6 +1036,452 @@ def lvm_devices(g):
     if text is None:
         return None
     return re.findall(r'IDNAME=(\S+)', _uncommented(text))
+
+
+# -- cloud-init: the guest's identity at its first boot in OpenStack ----------
+
+#: Where cloud-init is, and how it is turned off: the systemd generator
+#: reads ``cloud-init=enabled|disabled`` on the kernel command line first,
+#: then /etc/cloud/cloud-init.enabled, then /etc/cloud/cloud-init.disabled
+#: (the first found decides); a masked unit of the stage that runs the
+#: ssh and hostname modules (``cloud-init.service``; since 24.3
+#: ``cloud-init-network.service``), or the whole target, runs nothing.
+CLOUD_INIT_PACKAGES = ('cloud-init',)
+CLOUD_INIT_PROGRAMS = ('/usr/bin/cloud-init', '/usr/local/bin/cloud-init')
+CLOUD_CFG = '/etc/cloud/cloud.cfg'
+CLOUD_CFG_D = '/etc/cloud/cloud.cfg.d'
+CLOUD_ENABLED = '/etc/cloud/cloud-init.enabled'
+CLOUD_DISABLED = '/etc/cloud/cloud-init.disabled'
+CLOUD_INIT_UNITS = ('cloud-init.target', 'cloud-init.service',
+                    'cloud-init-network.service')
+SYSTEMD_ETC = '/etc/systemd/system'
+CLOUD_KERNEL_RE = re.compile(r'(?<!\S)cloud-init=(enabled|disabled)(?!\S)')
+#: What cloud-init left of the instance it last ran on.
+CLOUD_INSTANCE_ID = '/var/lib/cloud/data/instance-id'
+CLOUD_DATASOURCE = '/var/lib/cloud/instance/datasource'
+#: The configuration keys read (top-level keys of cloud.cfg and of
+#: cloud.cfg.d/*.cfg, the later file winning, as cloud-init merges them)
+#: and cloud-init's defaults for them (cc_ssh, cc_set_hostname).
+CLOUD_KEYS = ('ssh_deletekeys', 'preserve_hostname', 'datasource_list')
+CLOUD_DEFAULTS = {'ssh_deletekeys': True, 'preserve_hostname': False,
+                  'datasource_list': None}
+#: What cloud-init's translate_bool takes for true (YAML's true, yes and
+#: on are booleans already); any other value set is false.
+CLOUD_TRUE = ('true', 'yes', 'on', '1')
+#: The drop-in ``--fix`` writes: sorted after the distributions' own
+#: (05_logging.cfg, 90_dpkg.cfg, 99_pve.cfg...), so its values win.
+CLOUD_KEEP = CLOUD_CFG_D + '/99-any2kvm-keep-identity.cfg'
+CLOUD_KEEP_TEXT = (
+    '# Written by any2kvm (convert --fix) when this server moved to KVM:\n'
+    '# at its first boot in OpenStack cloud-init sees a new instance id;\n'
+    '# keep the SSH host keys and the hostname the server had.  Remove\n'
+    '# this file to let cloud-init regenerate and set them again.\n'
+    'ssh_deletekeys: false\n'
+    'preserve_hostname: true\n')
+CLOUD_KEEP_VALUES = {'ssh_deletekeys': False, 'preserve_hostname': True}
+MAX_LIST_LINES = 64
+MAX_SHOWN = 128
+
+
+def _yaml_scalar(text):
+    """The scalar of a YAML value: its comment (`` #``) off, unquoted."""
+    text = text.strip()
+    if text[:1] in ('"', "'"):
+        end = text.find(text[0], 1)
+        return text[1:end] if end > 0 else text[1:]
+    return re.split(r'[ \t]#', text, 1)[0].strip()
+
+
+def _yaml_list(first, rest):
+    """The items of a YAML sequence given as a flow list beginning on the
+    key's line (``[ A, B,`` ... ``]``, at most MAX_LIST_LINES lines) or
+    as a block (``- A`` lines after it); ``rest``: the lines after the
+    key's.  None when it is neither."""
+    first = re.split(r'(?:^|[ \t])#', first, 1)[0].strip()
+    if first.startswith('['):
+        text = first
+        for line in rest[:MAX_LIST_LINES]:
+            if ']' in text:
+                break
+            text += ' ' + re.split(r'(?:^|[ \t])#', line, 1)[0].strip()
+        if ']' not in text:
+            return None
+        body = text[1:text.index(']')]
+        return [x for x in (_yaml_scalar(i) for i in body.split(','))
+                if x][:MAX_REPORTED]
+    if first:
+        return None
+    items = []
+    for line in rest[:MAX_LIST_LINES]:
+        m = re.match(r'^[ \t]*-[ \t]+(\S.*)$', line)
+        if m:
+            items.append(_yaml_scalar(m.group(1)))
+        elif line.strip() and not line.lstrip().startswith('#'):
+            break
+    return items[:MAX_REPORTED] or None
+
+
+def cloud_config_values(text):
+    """{key: value} of the :data:`CLOUD_KEYS` a cloud-init configuration
+    file sets: top-level keys (at the start of a line; a block scalar's
+    lines are indented, a comment's begin with #), without a YAML parser
+    (the appliance's Python may have none, and the guest's text is only
+    read).  The booleans as cloud-init takes them; ``datasource_list`` a
+    list of names."""
+    lines = [_body(line)[0] for line in _lines(text)]
+    out = {}
+    for i, line in enumerate(lines):
+        m = re.match(r'^(%s)[ \t]*:(?:[ \t]+(.*))?$' % '|'.join(CLOUD_KEYS),
+                     line)
+        if not m:
+            continue
+        key, value = m.group(1), m.group(2) or ''
+        if key == 'datasource_list':
+            items = _yaml_list(value, lines[i + 1:])
+            if items is not None:
+                out[key] = [_shown(x)[:MAX_SHOWN] for x in items]
+        else:
+            out[key] = _yaml_scalar(value).lower() in CLOUD_TRUE
+    return out
+
+
+def cloud_config_files(g, extra=False):
+    """[(path, text)] of cloud-init's configuration files in the order
+    it reads them (cloud.cfg, then cloud.cfg.d/*.cfg sorted, the first
+    MAX_CONFIG_FILES); ``extra``: with the drop-in --fix writes."""
+    names = [n for n in _ls(g, CLOUD_CFG_D)
+             if n.endswith('.cfg') and not n.startswith('.')]
+    paths = [CLOUD_CFG_D + '/' + n for n in names[:MAX_CONFIG_FILES]]
+    files = []
+    for path in [CLOUD_CFG] + paths:
+        text = _read_config(g, path)
+        if text is not None:
+            files.append((path, text))
+    return _with_keep(files) if extra else files
+
+
+def cloud_config(files):
+    """(values, set_in) of cloud-init's merged configuration: each key's
+    value (its default when no file sets it) and the file that set it."""
+    values = dict(CLOUD_DEFAULTS)
+    set_in = {}
+    for path, text in files:
+        for key, value in cloud_config_values(text).items():
+            values[key] = value
+            set_in[key] = path
+    return values, set_in
+
+
+def _first_line(g, path):
+    text = _read(g, path, 4096)
+    if not text or not text.strip():
+        return None
+    return _shown(text.strip().splitlines()[0].strip())[:MAX_SHOWN]
+
+
+def _masked(g, unit):
+    path = SYSTEMD_ETC + '/' + unit
+    try:
+        return bool(g.is_symlink(path)) and g.readlink(path) == '/dev/null'
+    except RuntimeError:
+        return False
+
+
+def cloud_init_disabled(g, boot_texts):
+    """How cloud-init is turned off, or None: the kernel command line
+    (the bootloader files ``boot_texts``), the files of /etc/cloud, a
+    masked unit (see :data:`CLOUD_INIT_UNITS`)."""
+    said = set()
+    for text in boot_texts:
+        said.update(CLOUD_KERNEL_RE.findall(_uncommented(text)))
+    if said == {'disabled'}:
+        return 'cloud-init=disabled on the kernel command line'
+    if not said and not _exists(g, CLOUD_ENABLED) and \
+            _exists(g, CLOUD_DISABLED):
+        return CLOUD_DISABLED
+    for unit in CLOUD_INIT_UNITS:
+        if _masked(g, unit):
+            return '%s masked' % unit
+    return None
+
+
+def cloud_init_facts(g, apps=(), boot_texts=()):
+    """cloud-init in a Linux guest: None when it is not installed, else
+    {'installed': [packages, programs], 'disabled': how or None,
+    'ssh_deletekeys', 'preserve_hostname', 'datasource_list' (None: not
+    set, cloud-init's own list), 'set_in': {key: file},
+    'instance_id', 'datasource': what it last ran on}."""
+    found = sorted(set(apps).intersection(CLOUD_INIT_PACKAGES)) + [
+        p for p in CLOUD_INIT_PROGRAMS if _exists(g, p)]
+    if not found:
+        return None
+    files = cloud_config_files(g)
+    values, set_in = cloud_config(files)
+    ds = _first_line(g, CLOUD_DATASOURCE)
+    out = {'installed': found,
+           'disabled': cloud_init_disabled(g, boot_texts),
+           'set_in': set_in, 'instance_id': _first_line(g, CLOUD_INSTANCE_ID),
+           'datasource': ds.split(':', 1)[0].strip() if ds else None,
+           'keep_overridden_by': _keep_overridden_by(files)}
+    out.update(values)
+    return out
+
+
+def _with_keep(files):
+    """``files`` (of :func:`cloud_config_files`) with the drop-in of
+    --fix among them, where cloud-init would read it."""
+    files = [f for f in files if f[0] != CLOUD_KEEP] + [
+        (CLOUD_KEEP, CLOUD_KEEP_TEXT)]
+    return sorted(files, key=lambda f: (f[0] != CLOUD_CFG, f[0]))
+
+
+def _keep_overridden_by(files):
+    """The file read after the drop-in of --fix that sets a key it sets
+    (so the drop-in would not keep the identity), or None."""
+    values, set_in = cloud_config(_with_keep(files))
+    for key, value in sorted(CLOUD_KEEP_VALUES.items()):
+        if values[key] != value:
+            return set_in.get(key)
+    return None
+
+
+def keeps_identity(facts):
+    """Whether cloud-init (the facts of :func:`cloud_init_facts`) leaves
+    the guest's SSH host keys and hostname as they are: not installed,
+    turned off, or told so."""
+    return not facts or bool(facts.get('disabled')) or (
+        facts.get('ssh_deletekeys') is False and
+        facts.get('preserve_hostname') is True)
+
+
+def fix_cloud_init(g, facts):
+    """(path, text, [(old, new)]) of the drop-in that keeps the guest's
+    identity when cloud-init would not (:func:`keeps_identity`), and
+    when, counted among the guest's files, it does make it kept (a file
+    sorted after it could set the keys again); else None."""
+    if keeps_identity(facts):
+        return None
+    values, _set_in = cloud_config(cloud_config_files(g, extra=True))
+    if any(values[k] != v for k, v in CLOUD_KEEP_VALUES.items()):
+        return None
+    changes = [('', 'ssh_deletekeys: false'), ('', 'preserve_hostname: true')]
+    return CLOUD_KEEP, CLOUD_KEEP_TEXT, changes
+
+
+# -- LVM filters that name Xen's disks ----------------------------------------
+
+#: LVM's configuration files: ``devices { filter = [...] global_filter =
+#: [...] }`` decide which devices LVM scans; dracut and initramfs-tools
+#: copy lvm.conf into the initramfs, where the root's volume group is
+#: activated.
+LVM_CONFS = ('/etc/lvm/lvm.conf', '/etc/lvm/lvmlocal.conf')
+LVM_INITRD_CONF = 'etc/lvm/lvm.conf'
+_LVM_FILTER_RE = re.compile(
+    r'^[ \t]*(?:devices/)?(global_filter|filter)[ \t]*=[ \t]*\[', re.M)
+MAX_FILTER = 64 << 10
+MAX_PATTERNS = 256
+#: The Xen disks a filter is tried on (four disks, whole or partitions),
+#: each against the same disk's name on KVM.
+LVM_PROBE_DISKS = 'abcd'
+LVM_PROBE_PARTS = ('', '1', '2', '3', '5')
+
+
+def lvm_filter_arrays(text):
+    """[(name, start, end, [(start, end, pattern)])] of the filter and
+    global_filter settings of an LVM configuration text: where the
+    array's brackets are, and each quoted pattern (without its quotes)
+    and where its quotes are; a setting whose array does not end within
+    MAX_FILTER characters is not one."""
+    out = []
+    for m in _LVM_FILTER_RE.finditer(text):
+        pos = m.end()
+        stop = min(len(text), pos + MAX_FILTER)
+        items = []
+        while pos < stop:
+            ch = text[pos]
+            if ch == ']':
+                out.append((m.group(1), m.end() - 1, pos + 1,
+                            items[:MAX_PATTERNS]))
+                break
+            if ch == '#':
+                nl = text.find('\n', pos)
+                pos = stop if nl < 0 else nl
+                continue
+            if ch == '"':
+                end = pos + 1
+                while end < stop and text[end] != '"':
+                    end += 2 if text[end] == '\\' else 1
+                if end >= stop:
+                    break
+                items.append((pos, end + 1, text[pos + 1:end]))
+                pos = end + 1
+                continue
+            pos += 1
+    return out
+
+
+def _lvm_pattern(item):
+    """('a' or 'r', regular expression) of a filter pattern
+    (``a|^/dev/xvd.*|``: any character delimits), or None."""
+    if len(item) < 3 or item[0] not in 'ar':
+        return None
+    delim = item[1]
+    end = item.rfind(delim)
+    if end < 2:
+        return None
+    return item[0], item[2:end]
+
+
+def lvm_accepts(patterns, device):
+    """Whether LVM's filter ``patterns`` accepts ``device``: the first
+    pattern that matches decides; none: accepted.  A pattern Python
+    cannot compile matches nothing."""
+    for item in patterns[:MAX_PATTERNS]:
+        parsed = _lvm_pattern(item)
+        if parsed is None:
+            continue
+        try:
+            if re.search(parsed[1], device):
+                return parsed[0] == 'a'
+        except (re.error, RecursionError, OverflowError):
+            continue
+    return True
+
+
+def xen_only(patterns, bus, slots=None):
+    """The first Xen disk (/dev/xvdb1) the filter ``patterns`` accepts
+    while it rejects the same disk's name on KVM's ``bus`` (/dev/vdb1;
+    the disks mapped by their Xen slots, see :func:`position`), or
+    None."""
+    prefix = {'virtio': 'vd'}.get(bus, 'sd')
+    for letter in LVM_PROBE_DISKS:
+        for part in LVM_PROBE_PARTS:
+            xen = '/dev/xvd%s%s' % (letter, part)
+            at = position(xen, slots)
+            if at is None or not lvm_accepts(patterns, xen):
+                continue
+            if not lvm_accepts(patterns, '/dev/%s%s%s' % (
+                    prefix, index_letters(at), part)):
+                return xen
+    return None
+
+
+def _kvm_pattern(item, bus, slots=None):
+    """The pattern that names, on KVM's ``bus``, the disks the pattern
+    ``item`` names under Xen (xvd -> vd or sd; a disk's letters mapped by
+    its Xen slot, see :func:`position`), or None when it names none or a
+    disk on none of the VM's disks."""
+    prefix = {'virtio': 'vd'}.get(bus, 'sd')
+    lost = []
+
+    def sub(m):
+        letters = m.group(1)
+        if not letters:
+            return prefix
+        at = position('/dev/xvd' + letters, slots)
+        if at is None:
+            lost.append(letters)
+            return m.group(0)
+        return prefix + index_letters(at)
+    new = re.sub(r'xvd([a-z]*)(?![a-z])', sub, item)
+    if new == item or lost:
+        return None
+    return new
+
+
+def fix_lvm_text(text, bus, slots=None):
+    """(new text, [(old, new)], [found]) of an LVM configuration text: in
+    each filter that accepts a Xen disk (/dev/xvda2) and rejects the same
+    disk on ``bus`` (/dev/vda2), each pattern that names a Xen disk gets
+    the pattern naming that disk on KVM after it (``"a|^/dev/xvd.*|",
+    "a|^/dev/vd.*|"``); every other byte as it was.  ``found``: {'setting',
+    'patterns' (as they were), 'added', 'left' (whether it rejects the
+    KVM disk after the fix still)} of each such filter (see
+    :func:`xen_only`)."""
+    out = []
+    changes = []
+    found = []
+    at = 0
+    for name, _start, _end, items in lvm_filter_arrays(text):
+        patterns = [p for _s, _e, p in items]
+        if xen_only(patterns, bus, slots) is None:
+            continue
+        before = list(patterns)
+        added = []
+        for _s, end, pattern in items:
+            new = _kvm_pattern(pattern, bus, slots)
+            if new is None or new in patterns:
+                continue
+            out.append(text[at:end] + ', "%s"' % new)
+            at = end
+            patterns.insert(patterns.index(pattern) + 1, new)
+            added.append('"%s"' % new)
+        changes.extend(('', a) for a in added)
+        found.append({'setting': name, 'patterns': before, 'added': added,
+                      'left': xen_only(patterns, bus, slots) is not None})
+    out.append(text[at:])
+    return ''.join(out), changes, found
+
+
+def _lvm_shown(found):
+    """The facts of :func:`fix_lvm_text`'s ``found``: bounded, JSON-safe."""
+    return [{'setting': f['setting'],
+             'patterns': [_shown(p)[:MAX_SHOWN] for p in f['patterns'][:8]],
+             'more': max(0, len(f['patterns']) - 8),
+             'changes': [_shown(a)[:MAX_SHOWN] for a in f['added'][:8]],
+             'left': f['left']} for f in found]
+
+
+def initrd_file(g, path, name, limit=None):
+    """The text of the member ``name`` of the initramfs ``path`` (as its
+    listing names it), or None: libguestfs's initrd-cat, else the
+    archive read here (:func:`cpio_members`)."""
+    limit = MAX_CONFIG_FILE if limit is None else limit
+    try:
+        data = g.initrd_cat(path, name)
+    except (RuntimeError, AttributeError):
+        try:
+            if g.filesize(path) > 512 << 20:
+                return None
+            with tempfile.TemporaryDirectory() as tmp:
+                local = os.path.join(tmp, 'initrd')
+                g.download(path, local)
+                with open(local, 'rb') as f:
+                    data = cpio_members(f.read(), name, limit).get(name)
+        except (RuntimeError, ValueError, OSError, EOFError,
+                lzma.LZMAError):
+            return None
+    if data is None or len(data) > limit:
+        return None
+    return data.decode('utf-8', 'replace')
+
+
+def lvm_filters(g, kernels_found, bus, slots=None):
+    """The LVM filters that accept Xen's disks and reject KVM's (the
+    chosen ``bus``'s): {'files': [{'path', 'setting', 'patterns',
+    'changes' (what --fix adds), 'left' (whether it still rejects the KVM
+    disk after that)}] of /etc/lvm, 'initramfs': [{'path' (the image),
+    'kernel', 'setting', 'patterns'}] of the copies of lvm.conf in the
+    kernels' initramfs images}; empty lists without such a filter."""
+    files = []
+    for path in LVM_CONFS:
+        text = _read_config(g, path)
+        if text is None:
+            continue
+        for entry in _lvm_shown(fix_lvm_text(text, bus, slots)[2]):
+            entry['path'] = path
+            files.append(entry)
+    images = []
+    for kernel in (kernels_found or ())[:MAX_BOOT_ENTRIES]:
+        member = kernel.get('initramfs_lvm_conf')
+        if not member or not kernel.get('initramfs'):
+            continue
+        text = initrd_file(g, kernel['initramfs'], member)
+        for entry in _lvm_shown(fix_lvm_text(text or '', bus, slots)[2]):
+            entry.update(path=kernel['initramfs'], kernel=kernel['version'])
+            del entry['changes'], entry['left']
+            images.append(entry)
+    return {'bus': bus, 'files': files, 'initramfs': images}
 
 
 # -- what Xen's drivers and consoles leave in a Linux guest's settings --------
@@ -1983,6 +2463,8 @@ def inspect_root(g, root, slots=None):
         if guest['type'] == 'linux':
             guest['linux'] = linux_facts(g, root, slots)
             guest['linux']['xen_files'] = xen_files(g, fix_modules(guest))
+            guest['linux']['lvm_filters'] = lvm_filters(
+                g, guest['linux']['kernels'], fix_bus(guest), slots)
         elif guest['type'] == 'windows':
             guest['windows'] = windows_facts(g, root)
     finally:
@@ -2168,7 +2650,7 @@ def grub_envs(g):
 
 
 def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
-              default=None, modules=None):
+              default=None, modules=None, cloud=None):
     """Rewrite the files of the Linux guest of ``root``; ``tried`` gets
     each path as its change starts (what a failure had touched).  A Xen
     device name on none of the VM's disks (``slots``) is left as it is,
@@ -2192,7 +2674,15 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
     (:func:`xen_config`): the modprobe aliases of Xen's drivers name
     ``modules`` ({'block', 'net'}, :func:`fix_modules`) instead or go,
     SUSE's INITRD_MODULES lose Xen's drivers, an inittab getty on the
-    Xen console runs on ttyS0, and securetty lists ttyS0."""
+    Xen console runs on ttyS0, and securetty lists ttyS0.
+
+    An LVM filter that accepts Xen's disks only gets, after each pattern
+    naming them, the pattern naming them on ``bus`` (:func:`fix_lvm_text`;
+    the initramfs's copy is reported, not rebuilt).  Where cloud-init
+    runs and would regenerate the SSH host keys or set the hostname from
+    Nova's metadata (``cloud``: the inspection's facts of
+    :func:`cloud_init_facts`), the drop-in :data:`CLOUD_KEEP` keeps both
+    (:func:`fix_cloud_init`)."""
     mount_guest(g, root, write=True)
     done = []
 
@@ -2252,6 +2742,21 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
                 continue
             start(path)
             g.write(path, _kept(new))
+            record(path, changes)
+        for path in LVM_CONFS:
+            text = _read_config(g, path)
+            new, changes, _found = fix_lvm_text(text or '', bus, slots)
+            if not changes:
+                continue
+            start(path)
+            g.write(path, _kept(new))
+            record(path, changes)
+        keep = fix_cloud_init(g, cloud)
+        if keep:
+            path, text, changes = keep
+            start(path)
+            g.mkdir_p(CLOUD_CFG_D)
+            g.write(path, text.encode('utf-8'))
             record(path, changes)
         fallback = uefi_fallback(g)
         if fallback and not fallback['present'] and fallback['source']:
@@ -2455,7 +2960,8 @@ def main(argv=None):
                         g, guest['root'], bus, tried,
                         int(fail_after) if fail_after else None,
                         args.xen_slots, default_fix(guest),
-                        fix_modules(guest))})
+                        fix_modules(guest),
+                        guest['linux'].get('cloud_init'))})
         g.shutdown()
     except (RuntimeError, ProbeError) as e:
         print(json.dumps({'error': ' '.join(str(e).split()),

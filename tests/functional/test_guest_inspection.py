@@ -268,7 +268,12 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
     What Xen's drivers and consoles left in its settings is fixed in the
     same launch: the modprobe aliases name the KVM drivers, SUSE's
     INITRD_MODULES lose Xen's, the inittab getty on xvc0 runs on ttyS0,
-    securetty gets ttyS0; an upstart getty on hvc0 is reported only."""
+    securetty gets ttyS0; an upstart getty on hvc0 is reported only.
+    Its identity: cloud-init (built for CloudStack) would regenerate the
+    SSH host keys and take Nova's hostname: --fix writes the drop-in that
+    keeps them; its lvm.conf filter accepts Xen's disks only: --fix adds
+    the KVM names, and the initramfs's copy (read in the appliance) is
+    reported."""
     _kroot, version, _busybox = guestbuild.packages()
     xen = '2.6.18-398.el5xen'
     menu = ('default=0\ntimeout=5\n'
@@ -289,8 +294,10 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
         '/lib/modules/9.9.9-leftover/modules.dep': '',
     }
     extra.update(XEN_LEFTOVERS)
+    extra.update(IDENTITY_FILES)
     disk = tmp_path / 'pv.raw'
-    guestbuild.build(disk, 'xenpv', extra_files=extra)
+    guestbuild.build(disk, 'xenpv', extra_files=extra, initramfs_files={
+        '/etc/lvm/lvm.conf': IDENTITY_FILES['/etc/lvm/lvm.conf']})
     result = gi.inspect_files([disk], libguestfs, fix=True)
     (guest,) = [g for g in result['guests'] if g.get('type')]
     kernels = {k['version']: k for k in guest['linux']['kernels']}
@@ -343,6 +350,40 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
         'remove the job'], summary['warnings']
     assert any('run "dpkg -r xe-guest-utilities" in the guest' in line
                for line in summary['left']), summary['left']
+    # Its identity: cloud-init and the LVM filter (the facts as the
+    # summary made them: after the fix).
+    ci = guest['linux']['cloud_init']
+    assert (ci['installed'], ci['disabled'], ci['ssh_deletekeys'],
+            ci['preserve_hostname'], ci['datasource_list'],
+            ci['instance_id'], ci['datasource'], ci['set_in']) == (
+        ['/usr/bin/cloud-init'], None, False, True, ['CloudStack', 'None'],
+        'i-2-1234-VM', 'DataSourceCloudStack', {
+            'ssh_deletekeys': probe.CLOUD_KEEP,
+            'preserve_hostname': probe.CLOUD_KEEP,
+            'datasource_list': '/etc/cloud/cloud.cfg.d/99_cloudstack.cfg'}
+    ), ci
+    fixed = {f['path']: f['changes'] for f in result['fixed'][0]['files']}
+    assert fixed[probe.CLOUD_KEEP] == [
+        {'from': '', 'to': 'ssh_deletekeys: false'},
+        {'from': '', 'to': 'preserve_hostname: true'}]
+    assert fixed['/etc/lvm/lvm.conf'] == [
+        {'from': '', 'to': '"a|^/dev/sd.*|"'}]
+    assert _debugfs_cat(disk, probe.CLOUD_KEEP, tmp_path) == \
+        probe.CLOUD_KEEP_TEXT
+    assert summary['guest']['cloud_init']['ssh_deletekeys'] is False
+    assert not [w for w in summary['warnings'] if 'cloud-init' in w], \
+        summary['warnings']
+    lvm = guest['linux']['lvm_filters']
+    assert [(e['path'], e['setting'], e['changes']) for e in lvm['files']] \
+        == [('/etc/lvm/lvm.conf', 'filter', ['"a|^/dev/sd.*|"'])], lvm
+    assert [(e['path'], e['kernel'], e['patterns']) for e in
+            lvm['initramfs']] == [('/boot/initrd.img-' + version, version,
+                                   ['a|^/dev/xvd.*|', 'r|.*|'])], lvm
+    assert _debugfs_cat(disk, '/etc/lvm/lvm.conf', tmp_path) == \
+        IDENTITY_FILES['/etc/lvm/lvm.conf'].replace(
+            '"a|^/dev/xvd.*|", ', '"a|^/dev/xvd.*|", "a|^/dev/sd.*|", ')
+    assert [w.split(' (')[0] for w in summary['warnings']
+            if 'lvm' in w] == ['the initramfs /boot/initrd.img-' + version]
 
 
 #: What Xen's drivers and consoles leave in an older guest's settings
@@ -366,6 +407,25 @@ XEN_LEFTOVERS = {
     '/etc/init/hvc0.conf': (
         'start on stopped rc RUNLEVEL=[2345]\nrespawn\n'
         'exec /sbin/agetty /dev/hvc0 38400\n'),
+}
+
+
+#: What decides the guest's identity on KVM: cloud-init built for
+#: CloudStack (the instance it last ran on), an LVM filter for Xen's disks.
+IDENTITY_FILES = {
+    '/usr/bin/cloud-init': '#!/usr/bin/python3\n',
+    '/etc/cloud/cloud.cfg': (
+        'users:\n - default\ndisable_root: true\n'
+        'preserve_hostname: false\n'
+        'cloud_init_modules:\n - set_hostname\n - ssh\n'),
+    '/etc/cloud/cloud.cfg.d/99_cloudstack.cfg':
+        'datasource_list: [ CloudStack, None ]\n',
+    '/var/lib/cloud/data/instance-id': 'i-2-1234-VM\n',
+    '/var/lib/cloud/instance/datasource':
+        'DataSourceCloudStack: DataSourceCloudStack\n',
+    '/etc/lvm/lvm.conf': (
+        'devices {\n\tdir = "/dev"\n\t# filter = [ "a|.*|" ]\n'
+        '\tfilter = [ "a|^/dev/xvd.*|", "r|.*|" ]\n}\n'),
 }
 
 

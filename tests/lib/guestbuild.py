@@ -246,10 +246,14 @@ def _module_files(kroot, version, names):
     return files
 
 
-def _initramfs(work, kroot, version, busybox, kind):
+def _initramfs(work, kroot, version, busybox, kind, extra=None):
     top = work / 'initramfs'
     for d in ('bin', 'dev', 'proc', 'sys', 'mnt', 'mods'):
         (top / d).mkdir(parents=True)
+    for name, text in (extra or {}).items():
+        path = top / name.lstrip('/')
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     shutil.copy(str(busybox), str(top / 'bin' / 'busybox'))
     os.symlink('busybox', str(top / 'bin' / 'sh'))
     order = []
@@ -269,7 +273,7 @@ def _initramfs(work, kroot, version, busybox, kind):
 
 
 def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
-               extra_fstab='', extra_files=None):
+               extra_fstab='', extra_files=None, initramfs_files=None):
     root = work / 'root'
     for d in ('boot/grub', 'etc', 'bin', 'sbin', 'usr/bin', 'var/lib/dpkg',
               'dev', 'proc', 'sys', 'tmp', 'mnt'):
@@ -277,7 +281,7 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
     shutil.copy(str(kroot / 'boot' / ('vmlinuz-' + version)),
                 str(root / 'boot' / 'vmlinuz'))
     (root / 'boot' / 'initrd.img').write_bytes(
-        _initramfs(work, kroot, version, busybox, kind))
+        _initramfs(work, kroot, version, busybox, kind, initramfs_files))
     shutil.copy(str(busybox), str(root / 'bin' / 'busybox'))
     for tool in ('sh', 'ls', 'echo', 'rm', 'mount', 'cat'):
         os.symlink('busybox', str(root / 'bin' / tool))
@@ -336,11 +340,12 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
 
 
 def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab='',
-          extra_files=None, esp_dir=None):
+          extra_files=None, esp_dir=None, initramfs_files=None):
     """Write the test guest ``kind`` as a raw disk of ``size_mb`` MiB at
     ``path``; returns {'kind', 'fsuuid', 'token', 'kernel'}.
     ``extra_fstab``: lines added to its /etc/fstab; ``extra_files``:
-    {path in the guest: text, or ('symlink', target)} written into it.
+    {path in the guest: text, or ('symlink', target)} written into it;
+    ``initramfs_files``: {path: text} written into its initramfs.
     ``esp_dir`` (``uefi`` only): GRUB goes to ``\\EFI\\<esp_dir>\\
     grubx64.efi``, with a ``grub.cfg`` beside it, as Debian installs it,
     and not to the removable-media path: booted only from an NVRAM entry."""
@@ -354,7 +359,8 @@ def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab='',
     with tempfile.TemporaryDirectory(prefix='guestbuild-') as tmp:
         work = Path(tmp)
         root = _root_tree(work, kroot, version, busybox, kind, fsuuid,
-                          token, extra_fstab, extra_files)
+                          token, extra_fstab, extra_files,
+                          initramfs_files)
         if kind == 'uefi':
             _write_uefi(path, work, root, fsuuid, esp_dir)
             return {'kind': kind, 'fsuuid': fsuuid, 'token': token,
