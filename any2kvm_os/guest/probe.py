@@ -1072,10 +1072,10 @@ CLOUD_TRUE = ('true', 'yes', 'on', '1')
 #: (05_logging.cfg, 90_dpkg.cfg, 99_pve.cfg...), so its values win.
 CLOUD_KEEP = CLOUD_CFG_D + '/99-any2kvm-keep-identity.cfg'
 CLOUD_KEEP_TEXT = (
-    '# Written by any2kvm (convert --fix) when this server moved to KVM:\n'
-    '# at its first boot in OpenStack cloud-init sees a new instance id;\n'
-    '# keep the SSH host keys and the hostname the server had.  Remove\n'
-    '# this file to let cloud-init regenerate and set them again.\n'
+    '# Written by any2kvm --fix when this server moved to KVM: at its\n'
+    '# first boot in OpenStack cloud-init sees a new instance id; keep\n'
+    '# the SSH host keys and the hostname the server had.  Remove this\n'
+    '# file to let cloud-init regenerate and set them again.\n'
     'ssh_deletekeys: false\n'
     'preserve_hostname: true\n')
 CLOUD_KEEP_VALUES = {'ssh_deletekeys': False, 'preserve_hostname': True}
