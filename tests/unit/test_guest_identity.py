@@ -21,78 +21,7 @@ import time
 
 from any2kvm_os.guest import inspect as gi
 from any2kvm_os.guest import probe
-
-
-class FilesG(object):
-    """The guestfs calls of the probe over a dict of files (bytes);
-    ``links``: {path: target} of symbolic links; ``initrds``: {image:
-    {member: bytes}} that initrd_cat answers (else it fails, as
-    libguestfs does on an image it cannot unpack)."""
-
-    def __init__(self, files, links=None, initrds=None):
-        self.files = {k: (v.encode() if isinstance(v, str) else v)
-                      for k, v in files.items()}
-        self.links = dict(links or {})
-        self.initrds = initrds or {}
-        self.writes = []
-
-    def exists(self, path):
-        return path in self.files or path in self.links or self.is_dir(path)
-
-    def is_file(self, path, followsymlinks=True):
-        return path in self.files
-
-    def is_symlink(self, path):
-        return path in self.links
-
-    def readlink(self, path):
-        return self.links[path]
-
-    def is_dir(self, path, followsymlinks=True):
-        return any(p.startswith(path + '/') for p in self.files)
-
-    def ls(self, path):
-        return sorted({p[len(path) + 1:].split('/')[0] for p in self.files
-                       if p.startswith(path + '/')})
-
-    def filesize(self, path):
-        return len(self.files[path])
-
-    def read_file(self, path):
-        return self.files[path]
-
-    def write(self, path, data):
-        assert isinstance(data, bytes)
-        self.writes.append(path)
-        self.files[path] = data
-
-    def mkdir_p(self, path):
-        pass
-
-    def initrd_cat(self, path, name):
-        try:
-            return self.initrds[path][name]
-        except KeyError:
-            raise RuntimeError('initrd_cat: %s: not found' % name)
-
-    def download(self, path, local):
-        with open(local, 'wb') as f:
-            f.write(self.files[path])
-
-    def inspect_get_mountpoints(self, root):
-        return {'/': root}
-
-    def mount(self, dev, mp):
-        pass
-
-    def umount_all(self):
-        pass
-
-    def sync(self):
-        pass
-
-    def vfs_uuid(self, dev):
-        return ''
+from tests.lib.fakeguestfs import FilesG
 
 
 # -- real-looking files -------------------------------------------------------

@@ -17,32 +17,7 @@ names (net.ifnames=0)."""
 
 from any2kvm_os.guest import inspect as gi
 from any2kvm_os.guest import probe
-
-
-class FilesG(object):
-    """The guestfs calls of network_facts over a dict of files."""
-
-    def __init__(self, files):
-        self.files = files
-
-    def exists(self, path):
-        return path in self.files or self.is_dir(path)
-
-    def is_file(self, path, followsymlinks=True):
-        return path in self.files
-
-    def is_dir(self, path, followsymlinks=True):
-        return any(p.startswith(path + '/') for p in self.files)
-
-    def ls(self, path):
-        return sorted({p[len(path) + 1:].split('/')[0] for p in self.files
-                       if p.startswith(path + '/')})
-
-    def filesize(self, path):
-        return len(self.files[path])
-
-    def read_file(self, path):
-        return self.files[path].encode()
+from tests.lib.fakeguestfs import FilesG
 
 
 DEBIAN = {

@@ -25,6 +25,7 @@ from pathlib import Path
 from any2kvm_os.guest import inspect as gi
 from any2kvm_os.guest import probe
 from any2kvm_os import properties
+from tests.lib.fakeguestfs import FilesG
 
 DATA = Path(__file__).parent / 'data'
 
@@ -36,60 +37,6 @@ def recorded_guest(hostname):
         if g['hostname'] == hostname:
             return g
     raise AssertionError(hostname)
-
-
-class FilesG(object):
-    """The guestfs calls of the probe's Linux facts and fixes over a
-    dict of files (bytes); ``links``: the paths that are symbolic
-    links."""
-
-    def __init__(self, files, links=()):
-        self.files = {k: (v.encode() if isinstance(v, str) else v)
-                      for k, v in files.items()}
-        self.links = set(links)
-        self.writes = []
-
-    def exists(self, path):
-        return path in self.files or self.is_dir(path)
-
-    def is_file(self, path, followsymlinks=True):
-        if path in self.links and not followsymlinks:
-            return False
-        return path in self.files
-
-    def is_dir(self, path, followsymlinks=True):
-        return any(p.startswith(path + '/') for p in self.files)
-
-    def ls(self, path):
-        return sorted({p[len(path) + 1:].split('/')[0] for p in self.files
-                       if p.startswith(path + '/')})
-
-    def filesize(self, path):
-        return len(self.files[path])
-
-    def read_file(self, path):
-        return self.files[path]
-
-    def write(self, path, data):
-        assert isinstance(data, bytes)
-        self.writes.append(path)
-        self.files[path] = data
-
-    # What fix_linux needs besides: mounting, and nothing else to do.
-    def inspect_get_mountpoints(self, root):
-        return {'/': root}
-
-    def mount(self, dev, mp):
-        pass
-
-    def umount_all(self):
-        pass
-
-    def sync(self):
-        pass
-
-    def vfs_uuid(self, dev):
-        return ''
 
 
 # -- real-looking files -------------------------------------------------------
@@ -362,7 +309,7 @@ def test_facts_are_what_the_fix_changes():
 
 def test_symlinks_are_not_written_through_and_files_are_bounded():
     g = rhel5_guest()
-    g.links.add('/etc/modprobe.conf')
+    g.links['/etc/modprobe.conf'] = 'modprobe.conf.rpmnew'
     paths = [f['path'] for f in probe.xen_files(g, MODULES)]
     assert '/etc/modprobe.conf' not in paths
     # Thousands of files in modprobe.d: the first MAX_CONFIG_FILES only.
