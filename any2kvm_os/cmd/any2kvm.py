@@ -338,11 +338,14 @@ def _setup(args):
         # of start-up).  Warnings go to stderr.
         _plain_logging()
         return limits_mod.Limits()
-    # --debug, or configuration that may carry [DEFAULT] logging options.
+    # --debug, or configuration (which may carry [DEFAULT] logging
+    # options).
     from oslo_config import cfg
     from oslo_log import log
     conf = cfg.ConfigOpts()
     api.register_opts(conf)
+    root = logging.getLogger()
+    before = list(root.handlers)
     log.register_options(conf)
     # Logs go to stderr: stdout carries the command's output (JSON).
     conf.set_default('use_stderr', True)
@@ -350,6 +353,16 @@ def _setup(args):
     # files (an empty list would turn that off).
     conf(args=[], project=api.PROJECT, prog=PROG,
          default_config_files=args.config_file or None)
+    if not (args.debug or _logging_configured(conf)):
+        # Configuration of ours only: the plain warning lines, which
+        # info and convert hold until they succeed (an error is then its
+        # one line alone).  Without the handler oslo.log puts on the root
+        # logger until its setup (it would print each warning again).
+        for handler in list(root.handlers):
+            if handler not in before:
+                root.removeHandler(handler)
+        _plain_logging()
+        return limits_mod.Limits.from_conf(conf)
     if args.debug:
         conf.set_override('debug', True)
     log.setup(conf, PROG)
@@ -359,6 +372,17 @@ def _setup(args):
         logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger('any2kvm_os').setLevel(logging.WARNING)
     return limits_mod.Limits.from_conf(conf)
+
+
+def _logging_configured(conf):
+    """Whether ``conf`` sets one of oslo.log's options (``log_file``,
+    ``use_syslog``, ``debug``, ...) to other than its default:
+    ``use_stderr`` aside, whose default the command sets."""
+    # oslo.log's option list (its oslo-config-generator entry point).
+    from oslo_log import _options
+    return any(getattr(conf, opt.dest) != opt.default
+               for _group, opts in _options.list_opts() for opt in opts
+               if opt.dest in conf and opt.dest != 'use_stderr')
 
 
 def _plain_logging():

@@ -1063,12 +1063,14 @@ def test_log_region_outside_the_file(tmp_path):
         open_reader(p)
 
 
+@pytest.mark.parametrize('config', [False, True], ids=['', 'config'])
 @pytest.mark.parametrize('refused', [False, True], ids=['read', 'refused'])
 def test_cli_log_warning_only_on_success(tmp_path, capsys, monkeypatch,
-                                         refused):
+                                         refused, config):
     """A log with no complete entry is warned about; when the file is then
     refused (here: a byte appended, not whole sectors), the error line is
-    printed alone."""
+    printed alone.  The same with a configuration file that sets none of
+    oslo.log's options."""
     import logging
     from any2kvm_os.cmd import any2kvm
     monkeypatch.setattr(logging.getLogger(), 'handlers', [])
@@ -1082,9 +1084,15 @@ def test_cli_log_warning_only_on_success(tmp_path, capsys, monkeypatch,
             f.write(b'\0')
     out = tmp_path / 'out'
     out.mkdir()
-    rc = any2kvm.main(['convert', str(path), str(out / 'disk.raw')])
+    options = []
+    if config:
+        conf = tmp_path / 'any2kvm.conf'
+        conf.write_text('[any2kvm]\nmax_chain_depth = 8\n')
+        options = ['--config-file', str(conf)]
+    rc = any2kvm.main(options + ['convert', str(path),
+                                 str(out / 'disk.raw')])
     lines = [ln for ln in capsys.readouterr().err.splitlines()
-             if ln.startswith('any2kvm')]
+             if ln.strip()]
     if refused:
         assert rc == 1
         assert len(lines) == 1, lines
@@ -1094,3 +1102,28 @@ def test_cli_log_warning_only_on_success(tmp_path, capsys, monkeypatch,
         assert rc == 0
         assert len(lines) == 1 and 'no complete entry' in lines[0], lines
         assert lines[0].startswith('any2kvm: WARNING: ')
+
+
+def test_cli_logs_through_oslo_log_when_configured_to(tmp_path, capsys,
+                                                      monkeypatch):
+    """A configuration file setting an oslo.log option (log_file) gets
+    oslo.log: the warning is in the log file."""
+    import logging
+    from any2kvm_os.cmd import any2kvm
+    monkeypatch.setattr(logging.getLogger(), 'handlers', [])
+    monkeypatch.setenv('ANY2KVM_INSPECT', '0')
+    b = Builder()
+    off = b.payload(0, 6, pattern(11, MiB))
+    _dirty(b, (0, log_entry(10, 0, [(off, b'3' * 4096)], corrupt=True)))
+    path = b.write(tmp_path / 'a.vhdx')
+    log_file = tmp_path / 'any2kvm.log'
+    conf = tmp_path / 'any2kvm.conf'
+    conf.write_text('[DEFAULT]\nlog_file = %s\n' % log_file)
+    try:
+        rc = any2kvm.main(['--config-file', str(conf), 'convert', str(path),
+                           str(tmp_path / 'disk.raw')])
+    finally:
+        for h in logging.getLogger().handlers:
+            h.close()
+    assert rc == 0, capsys.readouterr().err
+    assert 'no complete entry' in log_file.read_text()
