@@ -1063,6 +1063,19 @@ def test_log_region_outside_the_file(tmp_path):
         open_reader(p)
 
 
+def _cli_dirty_log(tmp_path, monkeypatch):
+    """A VHDX whose log holds no complete entry (a warning, no error), for
+    the command line run in this process: no guest inspection, and the
+    root logger's handlers the run's own."""
+    import logging
+    monkeypatch.setattr(logging.getLogger(), 'handlers', [])
+    monkeypatch.setenv('ANY2KVM_INSPECT', '0')
+    b = Builder()
+    off = b.payload(0, 6, pattern(11, MiB))
+    _dirty(b, (0, log_entry(10, 0, [(off, b'3' * 4096)], corrupt=True)))
+    return b.write(tmp_path / 'a.vhdx')
+
+
 @pytest.mark.parametrize('config', [False, True], ids=['', 'config'])
 @pytest.mark.parametrize('refused', [False, True], ids=['read', 'refused'])
 def test_cli_log_warning_only_on_success(tmp_path, capsys, monkeypatch,
@@ -1071,14 +1084,8 @@ def test_cli_log_warning_only_on_success(tmp_path, capsys, monkeypatch,
     refused (here: a byte appended, not whole sectors), the error line is
     printed alone.  The same with a configuration file that sets none of
     oslo.log's options."""
-    import logging
     from any2kvm_os.cmd import any2kvm
-    monkeypatch.setattr(logging.getLogger(), 'handlers', [])
-    monkeypatch.setenv('ANY2KVM_INSPECT', '0')
-    b = Builder()
-    off = b.payload(0, 6, pattern(11, MiB))
-    _dirty(b, (0, log_entry(10, 0, [(off, b'3' * 4096)], corrupt=True)))
-    path = b.write(tmp_path / 'a.vhdx')
+    path = _cli_dirty_log(tmp_path, monkeypatch)
     if refused:
         with open(path, 'ab') as f:
             f.write(b'\0')
@@ -1110,12 +1117,7 @@ def test_cli_logs_through_oslo_log_when_configured_to(tmp_path, capsys,
     oslo.log: the warning is in the log file."""
     import logging
     from any2kvm_os.cmd import any2kvm
-    monkeypatch.setattr(logging.getLogger(), 'handlers', [])
-    monkeypatch.setenv('ANY2KVM_INSPECT', '0')
-    b = Builder()
-    off = b.payload(0, 6, pattern(11, MiB))
-    _dirty(b, (0, log_entry(10, 0, [(off, b'3' * 4096)], corrupt=True)))
-    path = b.write(tmp_path / 'a.vhdx')
+    path = _cli_dirty_log(tmp_path, monkeypatch)
     log_file = tmp_path / 'any2kvm.log'
     conf = tmp_path / 'any2kvm.conf'
     conf.write_text('[DEFAULT]\nlog_file = %s\n' % log_file)
