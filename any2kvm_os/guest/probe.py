@@ -204,9 +204,11 @@ def disk_index(device):
 KEEP = 'surrogateescape'
 
 
-def _read(g, path, limit=MAX_FILE, errors='replace'):
+def _read(g, path, limit=MAX_FILE, errors='replace', follow=True):
+    """The text of the guest's regular file ``path`` (``follow``: through
+    a symbolic link), or None (none, or more than ``limit`` bytes)."""
     try:
-        if not g.is_file(path, followsymlinks=True):
+        if not g.is_file(path, followsymlinks=follow):
             return None
         if g.filesize(path) > limit:
             return None
@@ -1145,10 +1147,10 @@ def cloud_config_values(text):
     return out
 
 
-def cloud_config_files(g, extra=False):
+def cloud_config_files(g):
     """[(path, text)] of cloud-init's configuration files in the order
     it reads them (cloud.cfg, then cloud.cfg.d/*.cfg sorted, the first
-    MAX_CONFIG_FILES); ``extra``: with the drop-in --fix writes."""
+    MAX_CONFIG_FILES)."""
     names = [n for n in _ls(g, CLOUD_CFG_D)
              if n.endswith('.cfg') and not n.startswith('.')]
     paths = [CLOUD_CFG_D + '/' + n for n in names[:MAX_CONFIG_FILES]]
@@ -1157,7 +1159,7 @@ def cloud_config_files(g, extra=False):
         text = _read_config(g, path)
         if text is not None:
             files.append((path, text))
-    return _with_keep(files) if extra else files
+    return files
 
 
 def cloud_config(files):
@@ -1254,15 +1256,13 @@ def keeps_identity(facts):
         facts.get('preserve_hostname') is True)
 
 
-def fix_cloud_init(g, facts):
+def fix_cloud_init(facts):
     """(path, text, [(old, new)]) of the drop-in that keeps the guest's
-    identity when cloud-init would not (:func:`keeps_identity`), and
-    when, counted among the guest's files, it does make it kept (a file
-    sorted after it could set the keys again); else None."""
-    if keeps_identity(facts):
-        return None
-    values, _set_in = cloud_config(cloud_config_files(g, extra=True))
-    if any(values[k] != v for k, v in CLOUD_KEEP_VALUES.items()):
+    identity when cloud-init (the inspection's ``facts``) would not
+    (:func:`keeps_identity`), and when, counted among the guest's files,
+    it does make it kept (``keep_overridden_by``: a file sorted after it
+    sets the keys again); else None."""
+    if keeps_identity(facts) or facts.get('keep_overridden_by'):
         return None
     changes = [('', 'ssh_deletekeys: false'), ('', 'preserve_hostname: true')]
     return CLOUD_KEEP, CLOUD_KEEP_TEXT, changes
@@ -1353,15 +1353,13 @@ def xen_only(patterns, bus, slots=None):
     while it rejects the same disk's name on KVM's ``bus`` (/dev/vdb1;
     the disks mapped by their Xen slots, see :func:`position`), or
     None."""
-    prefix = {'virtio': 'vd'}.get(bus, 'sd')
     for letter in LVM_PROBE_DISKS:
         for part in LVM_PROBE_PARTS:
             xen = '/dev/xvd%s%s' % (letter, part)
-            at = position(xen, slots)
-            if at is None or not lvm_accepts(patterns, xen):
+            kvm = kvm_name(xen, bus, slots)
+            if kvm is None or not lvm_accepts(patterns, xen):
                 continue
-            if not lvm_accepts(patterns, '/dev/%s%s%s' % (
-                    prefix, index_letters(at), part)):
+            if not lvm_accepts(patterns, kvm):
                 return xen
     return None
 
@@ -1371,7 +1369,7 @@ def _kvm_pattern(item, bus, slots=None):
     ``item`` names under Xen (xvd -> vd or sd; a disk's letters mapped by
     its Xen slot, see :func:`position`), or None when it names none or a
     disk on none of the VM's disks."""
-    prefix = {'virtio': 'vd'}.get(bus, 'sd')
+    prefix = bus_prefix(bus)
     lost = []
 
     def sub(m):
@@ -1699,26 +1697,12 @@ _XEN_FIXES = {'modprobe': fix_modprobe_text,
               'upstart': upstart_xen_gettys}
 
 
-def _config_file(g, path):
-    """Whether ``path`` is a regular file of the guest (not a symbolic
-    link: the file it points to is fixed where it is listed itself)."""
-    try:
-        return bool(g.is_file(path, followsymlinks=False))
-    except RuntimeError:
-        return False
-
-
 def _read_config(g, path):
     """The text of a configuration file of :data:`XEN_FILES`, its bytes
     kept (undecodable ones as surrogates, written back as they were);
-    None when it is no regular file or too large."""
-    try:
-        if not _config_file(g, path) or \
-                g.filesize(path) > MAX_CONFIG_FILE:
-            return None
-        return g.read_file(path).decode('utf-8', KEEP)
-    except RuntimeError:
-        return None
+    None when it is no regular file (a symbolic link: the file it points
+    to is fixed where it is listed itself) or too large."""
+    return _read(g, path, MAX_CONFIG_FILE, KEEP, follow=False)
 
 
 def _shown(text):
@@ -2487,6 +2471,22 @@ def device_for(name, slots=None):
     return '/dev/sd%s%s' % (index_letters(at), m.group(3))
 
 
+def bus_prefix(bus):
+    """The names of a Linux guest's disks on KVM's ``bus``: vd on
+    virtio-blk, sd on the others (virtio-scsi, sata, ide)."""
+    return 'vd' if bus == 'virtio' else 'sd'
+
+
+def kvm_name(name, bus, slots=None):
+    """/dev/xvdb2 -> /dev/vdb2: the name on KVM's ``bus`` of the Xen
+    device ``name`` (:func:`device_for`), or None when it is on none of
+    the disks."""
+    dev = device_for(name, slots)
+    if dev is None:
+        return None
+    return '/dev/%s%s' % (bus_prefix(bus), dev[len('/dev/sd'):])
+
+
 def replacement(g, name, bus, slots=None):
     """What stands for the device ``name`` on KVM: UUID=... when the
     filesystem has one, else the chosen bus's name; None when it stays
@@ -2494,8 +2494,7 @@ def replacement(g, name, bus, slots=None):
     m = DEV_RE.match(name)
     if not m:
         return None
-    prefix = {'virtio': 'vd'}.get(bus, 'sd')
-    if m.group(1) == prefix:
+    if m.group(1) == bus_prefix(bus):
         return None
     dev = device_for(name, slots)
     if dev is None:
@@ -2507,7 +2506,7 @@ def replacement(g, name, bus, slots=None):
             uuid = ''
         if uuid:
             return 'UUID=' + uuid
-    return '/dev/%s%s' % (prefix, dev[len('/dev/sd'):])
+    return kvm_name(name, bus, slots)
 
 
 #: The kernel command lines of each bootloader file (its path's last
@@ -2751,7 +2750,7 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
             start(path)
             g.write(path, _kept(new))
             record(path, changes)
-        keep = fix_cloud_init(g, cloud)
+        keep = fix_cloud_init(cloud)
         if keep:
             path, text, changes = keep
             start(path)
