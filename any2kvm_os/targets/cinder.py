@@ -44,6 +44,7 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 
 from any2kvm_os import clients
 from any2kvm_os import exception
@@ -170,6 +171,36 @@ def _brick_error(e):
     return ' '.join(str(e).split())[:300] or type(e).__name__
 
 
+def _brick():
+    """os-brick's connector and privileged modules.  Imported with
+    warnings off: its privsep daemon imports eventlet, whose deprecation
+    warning (ten lines) would otherwise head every command that writes a
+    volume."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        from os_brick.initiator import connector
+        from os_brick import privileged
+    return connector, privileged
+
+
+@contextlib.contextmanager
+def brick_logs_for_debug():
+    """os-brick's log records only with ``--debug`` (DEBUG enabled here):
+    its warnings name the host's other initiators (no iSCSI initiator
+    file, no NVMe) and say nothing of the volume at hand, and its errors
+    come back as the exception :func:`attached` reports in one line."""
+    if LOG.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    log = logging.getLogger('os_brick')
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 @contextlib.contextmanager
 def attached(cinder, vol_id, vol_name=None, root_helper='sudo',
              my_ip='127.0.0.1', mount_point_base=None, timeout=3600,
@@ -182,13 +213,21 @@ def attached(cinder, vol_id, vol_name=None, root_helper='sudo',
     ``formats``: how the backend may keep the volume (a file backend
     keeps a volume with snapshots as qcow2); ``info`` (a dict) gets its
     ``format``."""
-    from os_brick.initiator import connector as brick
+    with brick_logs_for_debug():
+        with _attached(cinder, vol_id, vol_name, root_helper, my_ip,
+                       mount_point_base, timeout, poll, formats,
+                       info) as path:
+            yield path
 
+
+@contextlib.contextmanager
+def _attached(cinder, vol_id, vol_name, root_helper, my_ip,
+              mount_point_base, timeout, poll, formats, info):
+    brick, privileged = _brick()
     vol_name = vol_name or vol_id
     if os.geteuid() == 0:
         # Root already: os-brick's privileged calls run in this process
         # instead of a privsep daemon started through sudo.
-        from os_brick import privileged
         privileged.default.set_client_mode(False)
     props = brick.get_connector_properties(root_helper, my_ip, False, False)
     try:
