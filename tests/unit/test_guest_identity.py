@@ -561,6 +561,72 @@ def test_lvm_warnings_before_and_after_the_fix():
         'or dracut -f --regenerate-all)' in gi.lvm_filter_warnings(guest)[0]
 
 
+def test_what_the_lvm_fix_leaves_is_listed_word_for_word():
+    """After --fix, the fix summary's "not fixed" lines of LVM: the
+    filters it leaves rejecting KVM's names (one it added a pattern to,
+    one it cannot name, in a file it did not write) and the initramfs's
+    copies; the filter it cured is in neither list."""
+    lvm = ('devices {\n'
+           '\tfilter = [ "a|^/dev/xvd[a-z][0-9]*$|", "r|.*|" ]\n'
+           '\tglobal_filter = [ "r|/dev/vd|", "a|/dev/xvda|", "r|.*|" ]\n'
+           '}\n')
+    local = 'devices {\n\tfilter = [ "a|^/dev/xv.*|", "r|.*|" ]\n}\n'
+    image = '/boot/initrd.img-5.10.0-28-amd64'
+    kernels = [{'version': '5.10.0-28-amd64', 'initramfs': image,
+                'initramfs_lvm_conf': 'etc/lvm/lvm.conf'}]
+    g = FilesG({'/etc/lvm/lvm.conf': lvm, '/etc/lvm/lvmlocal.conf': local},
+               initrds={image: {'etc/lvm/lvm.conf': lvm.encode()}})
+    guest = {'type': 'linux', 'root': '/dev/sda1', 'package_format': 'deb',
+             'linux': {'lvm_filters': probe.lvm_filters(g, kernels,
+                                                        'virtio')}}
+    before = copy.deepcopy(guest)
+    rejects = (': on KVM the disks are /dev/vdX, which it rejects, so LVM '
+               'finds none of its physical volumes and their volume groups '
+               'stay inactive (a root on LVM: no boot); ')
+    cured = ('/etc/lvm/lvm.conf filter accepts Xen\'s disks only ("a|^/dev/'
+             'xvd[a-z][0-9]*$|", "r|.*|")' + rejects + '--fix adds "a|^/dev/'
+             'vd[a-z][0-9]*$|" after the Xen pattern(s)')
+    added = ('/etc/lvm/lvm.conf global_filter accepts Xen\'s disks only ("r|'
+             '/dev/vd|", "a|/dev/xvda|", "r|.*|")' + rejects)
+    unnamed = ('/etc/lvm/lvmlocal.conf filter accepts Xen\'s disks only ("a|'
+               '^/dev/xv.*|", "r|.*|")' + rejects + '--fix cannot name them '
+               'for KVM: add /dev/vdX by hand')
+    copies = [
+        'the initramfs /boot/initrd.img-5.10.0-28-amd64 (kernel '
+        '5.10.0-28-amd64) carries a copy of lvm.conf whose %s accepts Xen\'s '
+        'disks only (%s): it activates the root\'s volume group before /etc '
+        'is read, and on KVM finds none; fixing /etc/lvm/lvm.conf is not '
+        'enough: rebuild the initramfs from the fixed lvm.conf '
+        '(update-initramfs -u -k all) before the move, in the guest on Xen '
+        '(the fixed filter accepts both names); the virt-v2v hand-off of '
+        '--fix rebuilds it only when it lacks virtio' % f for f in (
+            ('filter', '"a|^/dev/xvd[a-z][0-9]*$|", "r|.*|"'),
+            ('global_filter', '"r|/dev/vd|", "a|/dev/xvda|", "r|.*|"'))]
+    assert gi.lvm_filter_warnings(guest) == [
+        cured, added + '--fix adds "a|/dev/vda|" after the Xen pattern(s)',
+        unnamed] + copies
+    done = probe.fix_linux(g, '/dev/sda1', 'virtio', [])
+    assert [d['path'] for d in done] == ['/etc/lvm/lvm.conf']
+    s = gi.summary({'guests': [guest], 'fixed': [
+        {'root': '/dev/sda1', 'files': done}]})
+    left = [added + '--fix cannot name them for KVM: add /dev/vdX by hand',
+            unnamed] + copies
+    assert [w for w in s['warnings'] if 'lvm' in w] == left
+    assert s['left'] == left
+    assert [ln for ln in gi.text_lines(s) if 'lvm' in ln and not
+            ln.startswith('warning:')] == [
+        'fixed:        /etc/lvm/lvm.conf: added "a|^/dev/vd[a-z][0-9]*$|", '
+        'added "a|/dev/vda|"'] + ['not fixed:    ' + w for w in left]
+    # A fix that wrote another file: what is listed is by file (lvm.conf
+    # has a filter left, so both of its filters are).
+    s = gi.summary({'guests': [before], 'fixed': [
+        {'root': '/dev/sda1', 'files': [{'path': '/etc/fstab', 'changes': [
+            {'from': '/dev/xvda1', 'to': '/dev/vda1'}]}]}]})
+    assert s['left'] == gi.lvm_filter_warnings(before) == [
+        cured, added + '--fix adds "a|/dev/vda|" after the Xen pattern(s)',
+        unnamed] + copies
+
+
 def test_no_lvm_conf_nothing_to_do():
     assert probe.lvm_filters(FilesG({}), [], 'scsi') == {
         'bus': 'scsi', 'files': [], 'initramfs': []}
