@@ -690,9 +690,12 @@ XEN_FILE_WARNINGS = {
 }
 
 
-def _change_text(change):
+def _change_text(change, added='%s'):
+    """A change of the fix's record ({'from', 'to'}): ``from -> to``
+    (``(dropped)`` for nothing), and one that adds ``to`` where nothing
+    was, in the form ``added``."""
     if not change['from']:
-        return change['to']
+        return added % change['to']
     return '%s -> %s' % (change['from'], change['to'] or '(dropped)')
 
 
@@ -1172,9 +1175,7 @@ def text_lines(inspection):
             lines.append('fixed:        SYSTEM hive: %s' % change)
         for f in fix['files']:
             lines.append('fixed:        %s: %s' % (f['path'], ', '.join(
-                ('added %s' % c['to']) if not c['from'] else
-                '%s -> %s' % (c['from'], c['to'] or '(dropped)')
-                for c in f['changes'])))
+                _change_text(c, added='added %s') for c in f['changes'])))
     for line in inspection.get('left') or ():
         lines.append('not fixed:    %s' % line)
     handoff = inspection.get('v2v') or {}
