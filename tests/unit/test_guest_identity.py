@@ -219,6 +219,81 @@ def test_how_cloud_init_is_turned_off():
     assert probe.cloud_init_disabled(g, []) == 'cloud-init.target masked'
 
 
+class LinuxG(FilesG):
+    """FilesG with cloud-init among the guest's packages (what
+    probe.linux_facts asks libguestfs besides its files)."""
+
+    def inspect_list_applications2(self, root):
+        return [{'app2_name': 'cloud-init'}]
+
+
+def rocky8_guest():
+    """A Rocky 8 guest whose bootloader files are GRUB's blscfg menu, its
+    environment, two BLS entries (the saved default's has cloud-init=
+    disabled) and one too big to be read (past probe.MAX_FILE: its
+    cloud-init=enabled is not seen); the names of Xen's disk in fstab
+    and grubenv, its console in /etc/default/grub."""
+    new, old = '4.18.0-477.el8.x86_64', '4.18.0-80.el8.x86_64'
+    files = {
+        '/etc/fstab': ('/dev/xvda1 / xfs defaults 0 0\n'
+                       'UUID=u2 /data xfs defaults 0 0\n'),
+        '/etc/default/grub': ('GRUB_CMDLINE_LINUX="console=hvc0 '
+                              'crashkernel=auto"\n'),
+        '/boot/grub2/grub.cfg': ('set default="${saved_entry}"\n'
+                                 'insmod blscfg\nblscfg\n'),
+        '/boot/grub2/grubenv': (
+            '# GRUB Environment Block\nsaved_entry=abc-%s\n'
+            'kernelopts=root=/dev/xvda1 ro\n' % old + '#' * 900),
+        '/boot/loader/entries/zzz.conf': (
+            'title big\nlinux /vmlinuz-x\noptions cloud-init=enabled\n' +
+            '#' * probe.MAX_FILE),
+        '/usr/bin/cloud-init': '#!/usr/bin/python3\n',
+        '/etc/cloud/cloud.cfg': 'ssh_deletekeys: 1\n'}
+    for version, more in ((new, ''), (old, ' cloud-init=disabled')):
+        files['/boot/loader/entries/abc-%s.conf' % version] = (
+            'title Rocky (%s)\nversion %s\nlinux /vmlinuz-%s\n'
+            'options $kernelopts%s\n' % (version, version, version, more))
+        files['/boot/vmlinuz-' + version] = 'k'
+        files['/lib/modules/%s/modules.dep' % version] = (
+            'kernel/drivers/block/virtio_blk.ko.xz:\n')
+    return LinuxG(files)
+
+
+def test_the_bootloader_files_facts_of_a_linux_guest():
+    """What linux_facts makes of the bootloader files: the names in
+    them, the bootloader and its default, and cloud-init's kernel
+    argument (the files past the read bound are not read)."""
+    facts = probe.linux_facts(rocky8_guest(), '/dev/sda1')
+    assert facts['bootloader'] == 'grub2'
+    assert [(e['path'], e['names'], e['xen_consoles'])
+            for e in facts['disk_names']] == [
+        ('/etc/fstab', ['/dev/xvda1', 'UUID=u2'], []),
+        ('/boot/grub2/grub.cfg', [], []),
+        ('/etc/default/grub', [], ['console=hvc0']),
+        ('/boot/loader/entries/abc-4.18.0-477.el8.x86_64.conf', [], []),
+        ('/boot/loader/entries/abc-4.18.0-80.el8.x86_64.conf', [], []),
+        ('/boot/grub2/grubenv', ['/dev/xvda1'], [])]
+    assert facts['boot_default'] == {
+        'file': '/boot/grub2/grub.cfg',
+        'entry': 'Rocky (4.18.0-80.el8.x86_64)',
+        'image': '/vmlinuz-4.18.0-80.el8.x86_64',
+        'version': '4.18.0-80.el8.x86_64'}
+    assert facts['cloud_init']['disabled'] == \
+        'cloud-init=disabled on the kernel command line'
+    # The argument only in the file too big to read, or in grubenv
+    # (not one of the bootloader files it is looked for in): not seen.
+    g = rocky8_guest()
+    g.files['/boot/grub2/grubenv'] = g.files['/boot/grub2/grubenv'].replace(
+        b' ro\n', b' ro cloud-init=disabled\n')
+    g.files['/boot/loader/entries/zzz.conf'] = g.files[
+        '/boot/loader/entries/zzz.conf'].replace(b'=enabled', b'=disabled')
+    g.files['/boot/loader/entries/abc-4.18.0-80.el8.x86_64.conf'] = \
+        g.files['/boot/loader/entries/abc-4.18.0-80.el8.x86_64.conf'] \
+        .replace(b' cloud-init=disabled', b'')
+    assert probe.linux_facts(g, '/dev/sda1')['cloud_init']['disabled'] \
+        is None
+
+
 def test_fix_writes_the_drop_in_once_and_the_warning_goes():
     g = cloudstack_guest()
     ci = probe.cloud_init_facts(g, {'cloud-init'})
