@@ -294,6 +294,24 @@ def test_the_bootloader_files_facts_of_a_linux_guest():
         is None
 
 
+def test_linux_facts_read_each_file_once(monkeypatch):
+    """The bootloader files are read once for the names in them, the
+    default entry and cloud-init's kernel argument (network_facts, which
+    fix_linux calls too, reads them on its own)."""
+    g = rocky8_guest()
+    reads = []
+    real = g.read_file
+
+    def read_file(path):
+        reads.append(path)
+        return real(path)
+    g.read_file = read_file
+    monkeypatch.setattr(probe, 'network_facts', lambda g: {})
+    probe.linux_facts(g, '/dev/sda1')
+    assert '/boot/grub2/grub.cfg' in reads
+    assert sorted(reads) == sorted(set(reads))
+
+
 def test_fix_writes_the_drop_in_once_and_the_warning_goes():
     g = cloudstack_guest()
     ci = probe.cloud_init_facts(g, {'cloud-init'})
