@@ -516,16 +516,21 @@ def _patterns(entry):
         ', ...' if entry.get('more') else '')
 
 
-def lvm_filter_warnings(guest):
+def lvm_filter_warnings(guest, after_fix=False):
     """LVM filters (the probe's ``lvm_filters``) that accept Xen's disks
     and reject the same disks' names on KVM: in /etc/lvm (--fix adds the
     KVM names), and in the initramfs's copy of lvm.conf (rebuilt by
-    hand)."""
+    hand).  ``after_fix``: only those --fix leaves: the initramfs's, and
+    those of a file in which a filter still rejects KVM's names after
+    it (``left``)."""
     facts = (guest.get('linux') or {}).get('lvm_filters') or {}
     names = BUS_NAMES.get(facts.get('bus'), '/dev/sdX')
+    left = {e['path'] for e in facts.get('files') or () if e.get('left')}
     out = []
     for entry in facts.get('files') or ():
         if entry.get('fixed') and not entry.get('left'):
+            continue
+        if after_fix and entry['path'] not in left:
             continue
         if entry.get('changes') and not entry.get('fixed'):
             how = '--fix adds %s after the Xen pattern(s)' % ', '.join(
@@ -685,9 +690,12 @@ XEN_FILE_WARNINGS = {
 }
 
 
-def _change_text(change):
+def _change_text(change, added='%s'):
+    """A change of the fix's record ({'from', 'to'}): ``from -> to``
+    (``(dropped)`` for nothing), and one that adds ``to`` where nothing
+    was, in the form ``added``."""
     if not change['from']:
-        return change['to']
+        return added % change['to']
     return '%s -> %s' % (change['from'], change['to'] or '(dropped)')
 
 
@@ -761,11 +769,7 @@ def left_after_fix(guest):
         if entry.get('left'):
             out.append('%s: %s' % (entry['path'], ', '.join(
                 entry['left'][:4])))
-    facts = linux.get('lvm_filters') or {}
-    out.extend(w for w in lvm_filter_warnings(guest)
-               if w.startswith('the initramfs ') or any(
-                   w.startswith(e['path'] + ' ') and e.get('left')
-                   for e in facts.get('files') or ()))
+    out.extend(lvm_filter_warnings(guest, after_fix=True))
     return out
 
 
@@ -1171,9 +1175,7 @@ def text_lines(inspection):
             lines.append('fixed:        SYSTEM hive: %s' % change)
         for f in fix['files']:
             lines.append('fixed:        %s: %s' % (f['path'], ', '.join(
-                ('added %s' % c['to']) if not c['from'] else
-                '%s -> %s' % (c['from'], c['to'] or '(dropped)')
-                for c in f['changes'])))
+                _change_text(c, added='added %s') for c in f['changes'])))
     for line in inspection.get('left') or ():
         lines.append('not fixed:    %s' % line)
     handoff = inspection.get('v2v') or {}

@@ -335,15 +335,29 @@ def bootloader(files):
     return None
 
 
-def disk_names(g, slots=None):
+def _reader(g):
+    """:func:`_read` of the guest's files, each read once: for the facts
+    that read the same files (the bootloader's)."""
+    texts = {}
+
+    def read(path):
+        if path not in texts:
+            texts[path] = _read(g, path)
+        return texts[path]
+    return read
+
+
+def disk_names(g, slots=None, read=None):
     """[{path, names, kinds, xen_consoles, unknown}] of fstab, crypttab
     and the bootloader files; ``unknown``: the Xen device names that are
-    on none of the VM's disks (``slots``, see :func:`position`)."""
+    on none of the VM's disks (``slots``, see :func:`position`);
+    ``read``: how a file is read (:func:`_reader`)."""
+    read = read or _reader(g)
     out = []
     files = [p for p in NAME_FILES if _exists(g, p)] + boot_files(g) + \
         grub_envs(g)
     for path in files:
-        text = _read(g, path)
+        text = read(path)
         if text is None:
             continue
         names = []
@@ -847,15 +861,14 @@ def extlinux_default(text):
 GRUB_ENVS = ('/boot/grub/grubenv', '/boot/grub2/grubenv')
 
 
-def boot_default(g, files, kernels):
+def boot_default(g, files, kernels, read=None):
     """What the guest's bootloader boots by default: {'file', 'image',
     'version', 'entry'} (``version``: the version of the one of
     ``kernels`` (:func:`kernels`) it boots, None when it could not be
-    told), or None when no bootloader file names a kernel."""
+    told), or None when no bootloader file names a kernel; ``read``: how
+    a file is read (:func:`_reader`)."""
     versions = [k['version'] for k in kernels]
-
-    def read(path):
-        return _read(g, path)
+    read = read or _reader(g)
 
     def image_version(path):
         found = _image_version(path, versions)
@@ -941,15 +954,18 @@ def tools(g, root):
 
 
 def linux_facts(g, root, slots=None):
-    names = disk_names(g, slots)
+    # The bootloader files: read once, for the names in them, the
+    # default entry and cloud-init's kernel argument.
+    read = _reader(g)
+    names = disk_names(g, slots, read)
     files = [n['path'] for n in names]
     found, apps = tools(g, root)
     found_kernels = kernels(g)
-    boot_texts = [_read(g, p) or '' for p in boot_files(g)]
+    boot_texts = [read(p) or '' for p in boot_files(g)]
     return {'bootloader': bootloader(files), 'disk_names': names,
             'uefi_fallback': uefi_fallback(g),
             'kernels': found_kernels,
-            'boot_default': boot_default(g, files, found_kernels),
+            'boot_default': boot_default(g, files, found_kernels, read),
             'tools': found,
             'network': network_facts(g), 'lvm_devices': lvm_devices(g),
             'cloud_init': cloud_init_facts(g, apps, boot_texts)}

@@ -219,6 +219,99 @@ def test_how_cloud_init_is_turned_off():
     assert probe.cloud_init_disabled(g, []) == 'cloud-init.target masked'
 
 
+class LinuxG(FilesG):
+    """FilesG with cloud-init among the guest's packages (what
+    probe.linux_facts asks libguestfs besides its files)."""
+
+    def inspect_list_applications2(self, root):
+        return [{'app2_name': 'cloud-init'}]
+
+
+def rocky8_guest():
+    """A Rocky 8 guest whose bootloader files are GRUB's blscfg menu, its
+    environment, two BLS entries (the saved default's has cloud-init=
+    disabled) and one too big to be read (past probe.MAX_FILE: its
+    cloud-init=enabled is not seen); the names of Xen's disk in fstab
+    and grubenv, its console in /etc/default/grub."""
+    new, old = '4.18.0-477.el8.x86_64', '4.18.0-80.el8.x86_64'
+    files = {
+        '/etc/fstab': ('/dev/xvda1 / xfs defaults 0 0\n'
+                       'UUID=u2 /data xfs defaults 0 0\n'),
+        '/etc/default/grub': ('GRUB_CMDLINE_LINUX="console=hvc0 '
+                              'crashkernel=auto"\n'),
+        '/boot/grub2/grub.cfg': ('set default="${saved_entry}"\n'
+                                 'insmod blscfg\nblscfg\n'),
+        '/boot/grub2/grubenv': (
+            '# GRUB Environment Block\nsaved_entry=abc-%s\n'
+            'kernelopts=root=/dev/xvda1 ro\n' % old + '#' * 900),
+        '/boot/loader/entries/zzz.conf': (
+            'title big\nlinux /vmlinuz-x\noptions cloud-init=enabled\n' +
+            '#' * probe.MAX_FILE),
+        '/usr/bin/cloud-init': '#!/usr/bin/python3\n',
+        '/etc/cloud/cloud.cfg': 'ssh_deletekeys: 1\n'}
+    for version, more in ((new, ''), (old, ' cloud-init=disabled')):
+        files['/boot/loader/entries/abc-%s.conf' % version] = (
+            'title Rocky (%s)\nversion %s\nlinux /vmlinuz-%s\n'
+            'options $kernelopts%s\n' % (version, version, version, more))
+        files['/boot/vmlinuz-' + version] = 'k'
+        files['/lib/modules/%s/modules.dep' % version] = (
+            'kernel/drivers/block/virtio_blk.ko.xz:\n')
+    return LinuxG(files)
+
+
+def test_the_bootloader_files_facts_of_a_linux_guest():
+    """What linux_facts makes of the bootloader files: the names in
+    them, the bootloader and its default, and cloud-init's kernel
+    argument (the files past the read bound are not read)."""
+    facts = probe.linux_facts(rocky8_guest(), '/dev/sda1')
+    assert facts['bootloader'] == 'grub2'
+    assert [(e['path'], e['names'], e['xen_consoles'])
+            for e in facts['disk_names']] == [
+        ('/etc/fstab', ['/dev/xvda1', 'UUID=u2'], []),
+        ('/boot/grub2/grub.cfg', [], []),
+        ('/etc/default/grub', [], ['console=hvc0']),
+        ('/boot/loader/entries/abc-4.18.0-477.el8.x86_64.conf', [], []),
+        ('/boot/loader/entries/abc-4.18.0-80.el8.x86_64.conf', [], []),
+        ('/boot/grub2/grubenv', ['/dev/xvda1'], [])]
+    assert facts['boot_default'] == {
+        'file': '/boot/grub2/grub.cfg',
+        'entry': 'Rocky (4.18.0-80.el8.x86_64)',
+        'image': '/vmlinuz-4.18.0-80.el8.x86_64',
+        'version': '4.18.0-80.el8.x86_64'}
+    assert facts['cloud_init']['disabled'] == \
+        'cloud-init=disabled on the kernel command line'
+    # The argument only in the file too big to read, or in grubenv
+    # (not one of the bootloader files it is looked for in): not seen.
+    g = rocky8_guest()
+    g.files['/boot/grub2/grubenv'] = g.files['/boot/grub2/grubenv'].replace(
+        b' ro\n', b' ro cloud-init=disabled\n')
+    g.files['/boot/loader/entries/zzz.conf'] = g.files[
+        '/boot/loader/entries/zzz.conf'].replace(b'=enabled', b'=disabled')
+    g.files['/boot/loader/entries/abc-4.18.0-80.el8.x86_64.conf'] = \
+        g.files['/boot/loader/entries/abc-4.18.0-80.el8.x86_64.conf'] \
+        .replace(b' cloud-init=disabled', b'')
+    assert probe.linux_facts(g, '/dev/sda1')['cloud_init']['disabled'] \
+        is None
+
+
+def test_linux_facts_read_each_file_once(monkeypatch):
+    """The bootloader files are read once for the names in them, the
+    default entry and cloud-init's kernel argument (network_facts, which
+    fix_linux calls too, reads them on its own)."""
+    g = rocky8_guest()
+    reads = []
+    real = g.read_file
+
+    def read_file(path):
+        reads.append(path)
+        return real(path)
+    g.read_file = read_file
+    monkeypatch.setattr(probe, 'network_facts', lambda g: {})
+    probe.linux_facts(g, '/dev/sda1')
+    assert '/boot/grub2/grub.cfg' in reads
+    assert sorted(reads) == sorted(set(reads))
+
+
 def test_fix_writes_the_drop_in_once_and_the_warning_goes():
     g = cloudstack_guest()
     ci = probe.cloud_init_facts(g, {'cloud-init'})
@@ -559,6 +652,72 @@ def test_lvm_warnings_before_and_after_the_fix():
     guest['package_format'] = None
     assert 'initramfs from the fixed lvm.conf (update-initramfs -u -k all, '\
         'or dracut -f --regenerate-all)' in gi.lvm_filter_warnings(guest)[0]
+
+
+def test_what_the_lvm_fix_leaves_is_listed_word_for_word():
+    """After --fix, the fix summary's "not fixed" lines of LVM: the
+    filters it leaves rejecting KVM's names (one it added a pattern to,
+    one it cannot name, in a file it did not write) and the initramfs's
+    copies; the filter it cured is in neither list."""
+    lvm = ('devices {\n'
+           '\tfilter = [ "a|^/dev/xvd[a-z][0-9]*$|", "r|.*|" ]\n'
+           '\tglobal_filter = [ "r|/dev/vd|", "a|/dev/xvda|", "r|.*|" ]\n'
+           '}\n')
+    local = 'devices {\n\tfilter = [ "a|^/dev/xv.*|", "r|.*|" ]\n}\n'
+    image = '/boot/initrd.img-5.10.0-28-amd64'
+    kernels = [{'version': '5.10.0-28-amd64', 'initramfs': image,
+                'initramfs_lvm_conf': 'etc/lvm/lvm.conf'}]
+    g = FilesG({'/etc/lvm/lvm.conf': lvm, '/etc/lvm/lvmlocal.conf': local},
+               initrds={image: {'etc/lvm/lvm.conf': lvm.encode()}})
+    guest = {'type': 'linux', 'root': '/dev/sda1', 'package_format': 'deb',
+             'linux': {'lvm_filters': probe.lvm_filters(g, kernels,
+                                                        'virtio')}}
+    before = copy.deepcopy(guest)
+    rejects = (': on KVM the disks are /dev/vdX, which it rejects, so LVM '
+               'finds none of its physical volumes and their volume groups '
+               'stay inactive (a root on LVM: no boot); ')
+    cured = ('/etc/lvm/lvm.conf filter accepts Xen\'s disks only ("a|^/dev/'
+             'xvd[a-z][0-9]*$|", "r|.*|")' + rejects + '--fix adds "a|^/dev/'
+             'vd[a-z][0-9]*$|" after the Xen pattern(s)')
+    added = ('/etc/lvm/lvm.conf global_filter accepts Xen\'s disks only ("r|'
+             '/dev/vd|", "a|/dev/xvda|", "r|.*|")' + rejects)
+    unnamed = ('/etc/lvm/lvmlocal.conf filter accepts Xen\'s disks only ("a|'
+               '^/dev/xv.*|", "r|.*|")' + rejects + '--fix cannot name them '
+               'for KVM: add /dev/vdX by hand')
+    copies = [
+        'the initramfs /boot/initrd.img-5.10.0-28-amd64 (kernel '
+        '5.10.0-28-amd64) carries a copy of lvm.conf whose %s accepts Xen\'s '
+        'disks only (%s): it activates the root\'s volume group before /etc '
+        'is read, and on KVM finds none; fixing /etc/lvm/lvm.conf is not '
+        'enough: rebuild the initramfs from the fixed lvm.conf '
+        '(update-initramfs -u -k all) before the move, in the guest on Xen '
+        '(the fixed filter accepts both names); the virt-v2v hand-off of '
+        '--fix rebuilds it only when it lacks virtio' % f for f in (
+            ('filter', '"a|^/dev/xvd[a-z][0-9]*$|", "r|.*|"'),
+            ('global_filter', '"r|/dev/vd|", "a|/dev/xvda|", "r|.*|"'))]
+    assert gi.lvm_filter_warnings(guest) == [
+        cured, added + '--fix adds "a|/dev/vda|" after the Xen pattern(s)',
+        unnamed] + copies
+    done = probe.fix_linux(g, '/dev/sda1', 'virtio', [])
+    assert [d['path'] for d in done] == ['/etc/lvm/lvm.conf']
+    s = gi.summary({'guests': [guest], 'fixed': [
+        {'root': '/dev/sda1', 'files': done}]})
+    left = [added + '--fix cannot name them for KVM: add /dev/vdX by hand',
+            unnamed] + copies
+    assert [w for w in s['warnings'] if 'lvm' in w] == left
+    assert s['left'] == left
+    assert [ln for ln in gi.text_lines(s) if 'lvm' in ln and not
+            ln.startswith('warning:')] == [
+        'fixed:        /etc/lvm/lvm.conf: added "a|^/dev/vd[a-z][0-9]*$|", '
+        'added "a|/dev/vda|"'] + ['not fixed:    ' + w for w in left]
+    # A fix that wrote another file: what is listed is by file (lvm.conf
+    # has a filter left, so both of its filters are).
+    s = gi.summary({'guests': [before], 'fixed': [
+        {'root': '/dev/sda1', 'files': [{'path': '/etc/fstab', 'changes': [
+            {'from': '/dev/xvda1', 'to': '/dev/vda1'}]}]}]})
+    assert s['left'] == gi.lvm_filter_warnings(before) == [
+        cured, added + '--fix adds "a|/dev/vda|" after the Xen pattern(s)',
+        unnamed] + copies
 
 
 def test_no_lvm_conf_nothing_to_do():
