@@ -2310,8 +2310,8 @@ WINDOWS_BOOT_DIR = '/EFI/Microsoft/Boot'
 WINDOWS_BOOTMGR = 'bootmgfw.efi'
 WINDOWS_FALLBACK_DIR = '/EFI/Boot'
 WINDOWS_FALLBACK = WINDOWS_FALLBACK_DIR + '/bootx64.efi'
-#: The largest boot manager copied to the fallback path (Windows' is
-#: 1-3 MiB).
+#: The largest boot manager copied to the fallback path (Windows' is a
+#: few MiB).
 MAX_BOOTMGR = 32 << 20
 
 
@@ -2342,8 +2342,8 @@ def windows_uefi_fallback(g, partition):
 
     As for Linux (:func:`uefi_fallback`), the boot entry Windows wrote
     (``\\EFI\\Microsoft\\Boot\\bootmgfw.efi``) was in the source VM's
-    NVRAM, which does not move; Windows' installer writes the fallback
-    and a disk without the fallback boots nothing on KVM."""
+    NVRAM, which does not move: without the fallback, the disk boots
+    nothing on KVM."""
     out = {'present': _is_file(g, _case_path(g, WINDOWS_FALLBACK)),
            'source': None, 'files': [], 'partition': partition}
     top = _case_path(g, WINDOWS_BOOT_DIR)
@@ -2358,10 +2358,9 @@ def windows_uefi_fallback(g, partition):
 
 
 def fix_windows_uefi_fallback(g, facts):
-    """Copy Windows' boot manager to the fallback path, as virt-v2v does
-    (convert_windows.ml), on the EFI system partition mounted read-write
-    at /; an existing ``bootx64.efi`` is never replaced.  [(from, to)]
-    of the copy."""
+    """Copy Windows' boot manager to the fallback path, as virt-v2v does,
+    on the EFI system partition mounted read-write at /; an existing
+    ``bootx64.efi`` is never replaced.  [(from, to)] of the copy."""
     if not facts or facts.get('present') or not facts.get('source') or \
             not facts.get('files'):
         return []
