@@ -439,19 +439,9 @@ def warnings(guest, result=None):
                        % (entry['path'], ', '.join(entry['xen_consoles'])))
     out.extend(network_warnings(linux.get('network')))
     out.extend(boot_code_warnings(guest))
-    fallback = linux.get('uefi_fallback') or {}
-    if guest.get('firmware') == 'uefi' and fallback and \
-            not fallback.get('present'):
-        out.append(
-            'no UEFI fallback bootloader (\\EFI\\BOOT\\BOOTX64.EFI) on '
-            'the EFI system partition: the boot entry was in the VM\'s '
-            'NVRAM under Xen, which does not move, and a new NVRAM finds '
-            'nothing to boot; %s' % (
-                '--fix copies %s there (%s)' % (
-                    fallback['source'], ', '.join(fallback.get('files')
-                                                  or ()))
-                if fallback.get('source') else
-                'install one in the guest (grub-install --removable)'))
+    fallback = uefi_fallback_warning(guest)
+    if fallback:
+        out.append(fallback)
     out.extend(xen_file_warnings(linux.get('xen_files')))
     tools_left = xe_tools_warning(guest)
     if tools_left:
@@ -502,6 +492,45 @@ def warnings(guest, result=None):
         out.append('%d other operating system(s) found; the one on disk '
                    '%s was used' % (len(others), guest.get('disk')))
     return out
+
+
+def _uefi_fallback(guest):
+    """The probe's ``uefi_fallback`` facts of a Linux or Windows guest."""
+    return ((guest.get('linux') or {}).get('uefi_fallback') or
+            (guest.get('windows') or {}).get('uefi_fallback'))
+
+
+def uefi_fallback_warning(guest):
+    """The warning of a UEFI guest whose EFI system partition has no
+    fallback bootloader (the probe's ``uefi_fallback``), with what --fix
+    copies there or, when there is nothing to copy, the step to take in
+    the guest; None when there is nothing to say."""
+    fallback = _uefi_fallback(guest)
+    if guest.get('firmware') != 'uefi' or not fallback or \
+            fallback.get('present'):
+        return None
+    if guest.get('type') == 'windows':
+        path = '\\EFI\\Boot\\bootx64.efi'
+        step = ('--fix copies Windows\' boot manager %s there' % (
+            (fallback['source'] + '/' + fallback['files'][0]).replace(
+                '/', '\\'))
+                if fallback.get('source') and fallback.get('files') else
+                'there is no \\EFI\\Microsoft\\Boot\\bootmgfw.efi to '
+                'copy either: run "bcdboot C:\\Windows /f UEFI" in the guest '
+                'before the move')
+        where = ' (%s)' % fallback['partition'] \
+            if fallback.get('partition') else ''
+    else:
+        path = '\\EFI\\BOOT\\BOOTX64.EFI'
+        step = ('--fix copies %s there (%s)' % (
+            fallback['source'], ', '.join(fallback.get('files') or ()))
+            if fallback.get('source') else
+            'install one in the guest (grub-install --removable)')
+        where = ''
+    return ('no UEFI fallback bootloader (%s) on the EFI system '
+            'partition%s: the boot entry was in the VM\'s NVRAM under Xen, '
+            'which does not move, and a new NVRAM finds nothing to boot; %s'
+            % (path, where, step))
 
 
 #: The buses' disk names, as a warning says them.
@@ -770,6 +799,9 @@ def left_after_fix(guest):
             out.append('%s: %s' % (entry['path'], ', '.join(
                 entry['left'][:4])))
     out.extend(lvm_filter_warnings(guest, after_fix=True))
+    fallback = uefi_fallback_warning(guest)
+    if fallback:
+        out.append(fallback)
     return out
 
 
@@ -1019,8 +1051,9 @@ def _apply_fixes(guest, fixed):
         ci.update(probe.CLOUD_KEEP_VALUES)
         ci.setdefault('set_in', {}).update(
             {k: probe.CLOUD_KEEP for k in probe.CLOUD_KEEP_VALUES})
-    fallback = linux.get('uefi_fallback')
-    if fallback and any(p.endswith('/EFI/BOOT/BOOTX64.EFI') for p in changes):
+    fallback = _uefi_fallback(guest)
+    if fallback and any(p.upper().endswith('/EFI/BOOT/BOOTX64.EFI')
+                        for p in changes):
         fallback['present'] = True
     net = (guest.get('linux') or {}).get('network')
     if not net:

@@ -31,7 +31,9 @@ SYSTEM hive (the Citrix PV drivers' services and filter entries, the
 start of the chosen bus's storage driver).  For a Windows guest it also
 reads the boot configuration (the BCD hive, ``/Boot/BCD`` or
 ``/EFI/Microsoft/Boot/BCD`` on a partition of the guest's disk), never
-changing it.
+changing it; where that is the EFI system partition and it lacks the UEFI
+fallback bootloader (``\\EFI\\Boot\\bootx64.efi``), ``--fix`` copies
+Windows' boot manager there.
 
 The output is one JSON object on stdout: ``{"guests": [...]}``, or
 ``{"error": "...", "missing": "guestfs"?}`` with a non-zero status.
@@ -2317,9 +2319,86 @@ def partition_id(g, part):
                                        start.to_bytes(8, 'little').hex()]}
 
 
+#: Windows' boot manager on the EFI system partition (mounted at /), and
+#: UEFI's removable-media path there, which ``bcdboot /f UEFI`` fills
+#: with a copy of it: what a firmware with no boot entry runs.
+WINDOWS_BOOT_DIR = '/EFI/Microsoft/Boot'
+WINDOWS_BOOTMGR = 'bootmgfw.efi'
+WINDOWS_FALLBACK_DIR = '/EFI/Boot'
+WINDOWS_FALLBACK = WINDOWS_FALLBACK_DIR + '/bootx64.efi'
+#: The largest boot manager copied to the fallback path (Windows' is a
+#: few MiB).
+MAX_BOOTMGR = 32 << 20
+
+
+def _case_path(g, path):
+    """``path`` as the guest's filesystem spells it (Windows' names
+    match without regard to case), or None where a directory on the way
+    is missing."""
+    try:
+        return g.case_sensitive_path(path)
+    except RuntimeError:
+        return None
+
+
+def _is_file(g, path):
+    try:
+        return bool(path) and bool(g.is_file(path))
+    except RuntimeError:
+        return False
+
+
+def windows_uefi_fallback(g, partition):
+    """Whether the EFI system partition holding Windows' BCD (mounted at
+    /) has the UEFI fallback bootloader (``\\EFI\\Boot\\bootx64.efi``),
+    and whether Windows' boot manager is there to be copied to it:
+    {'present', 'source' (its directory, or None when there is no
+    ``bootmgfw.efi`` of at most :data:`MAX_BOOTMGR` bytes), 'files',
+    'partition'}, the shape of :func:`uefi_fallback`'s.
+
+    As for Linux (:func:`uefi_fallback`), the boot entry Windows wrote
+    (``\\EFI\\Microsoft\\Boot\\bootmgfw.efi``) was in the source VM's
+    NVRAM, which does not move: without the fallback, the disk boots
+    nothing on KVM."""
+    out = {'present': _is_file(g, _case_path(g, WINDOWS_FALLBACK)),
+           'source': None, 'files': [], 'partition': partition}
+    top = _case_path(g, WINDOWS_BOOT_DIR)
+    bootmgr = _case_path(g, top + '/' + WINDOWS_BOOTMGR) if top else None
+    try:
+        usable = _is_file(g, bootmgr) and g.filesize(bootmgr) <= MAX_BOOTMGR
+    except RuntimeError:
+        usable = False
+    if usable:
+        out.update(source=top, files=[bootmgr.rsplit('/', 1)[1]])
+    return out
+
+
+def fix_windows_uefi_fallback(g, facts):
+    """Copy Windows' boot manager to the fallback path, as virt-v2v does,
+    on the EFI system partition mounted read-write at /; an existing
+    ``bootx64.efi`` is never replaced.  [(from, to)] of the copy."""
+    if not facts or facts.get('present') or not facts.get('source') or \
+            not facts.get('files'):
+        return []
+    src = facts['source'] + '/' + facts['files'][0]
+    if not _is_file(g, src) or g.filesize(src) > MAX_BOOTMGR:
+        return []
+    top = _case_path(g, WINDOWS_FALLBACK_DIR)
+    if top is None:
+        return []
+    g.mkdir_p(top)
+    dest = _case_path(g, top + '/' + WINDOWS_FALLBACK.rsplit('/', 1)[1])
+    if dest is None or _exists(g, dest):
+        return []
+    g.cp(src, dest)
+    return [(src, dest)]
+
+
 def windows_bcd(g, guest):
     """Find and read the BCD of the Windows guest (its root mounted
-    nowhere): on each NTFS or FAT partition of the guest's disk."""
+    nowhere): on each NTFS or FAT partition of the guest's disk.  Where
+    it is on the EFI system partition (``/EFI/Microsoft/Boot/BCD`` on
+    FAT), ``uefi_fallback`` is :func:`windows_uefi_fallback`'s facts."""
     searched = []
     found = None
     disk = guest.get('disk')
@@ -2327,7 +2406,8 @@ def windows_bcd(g, guest):
         if disk_index(part) != disk or found:
             continue
         try:
-            if g.vfs_type(part) not in ('ntfs', 'vfat'):
+            fs = g.vfs_type(part)
+            if fs not in ('ntfs', 'vfat'):
                 continue
             g.mount_ro(part, '/')
         except RuntimeError:
@@ -2342,6 +2422,8 @@ def windows_bcd(g, guest):
                 except RuntimeError:
                     continue
                 found = {'partition': part, 'path': path}
+                if fs == 'vfat' and cand == '/EFI/Microsoft/Boot/BCD':
+                    found['uefi_fallback'] = windows_uefi_fallback(g, part)
                 try:
                     hive = Hive(g, path)
                     try:
@@ -2470,7 +2552,9 @@ def inspect_root(g, root, slots=None):
     finally:
         g.umount_all()
     if guest['type'] == 'windows':
-        guest['windows']['bcd'] = windows_bcd(g, guest)
+        bcd = windows_bcd(g, guest)
+        guest['windows']['uefi_fallback'] = bcd.pop('uefi_fallback', None)
+        guest['windows']['bcd'] = bcd
     return guest
 
 
@@ -2885,33 +2969,61 @@ def hive_main(args):
 def fix_windows(g, guest, bus, tried, fail_after=None, disks=1):
     """The SYSTEM hive fixes in the appliance (``disks``: how many disks
     the VM has); then the guest's report says what the hive holds after
-    them.  ``fail_after`` (the tests' ANY2KVM_FIX_FAIL_AFTER): stop once
-    that many files were written."""
+    them.  A UEFI guest whose EFI system partition lacks the fallback
+    bootloader gets Windows' boot manager copied there
+    (:func:`fix_windows_uefi_fallback`).  ``fail_after`` (the tests'
+    ANY2KVM_FIX_FAIL_AFTER): stop once that many files were written.
+    (registry changes, [{'path', 'changes'}] of the files written, as
+    :func:`fix_linux` reports them)."""
     path = (guest.get('windows') or {}).get('system_hive')
-    if not path:
-        return []
-    mount_guest(g, guest['root'], write=True)
-    try:
-        tried.append(path)
-        hive = Hive(g, path, write=True)
+    changes = []
+    written = 0
+    if path:
+        mount_guest(g, guest['root'], write=True)
         try:
-            changes = fix_system_hive(hive, bus, disks)
+            tried.append(path)
+            hive = Hive(g, path, write=True)
+            try:
+                changes = fix_system_hive(hive, bus, disks)
+            finally:
+                hive.close()
+            if not changes:
+                tried.remove(path)
+            g.sync()
+            if changes:
+                written += 1
+            if changes and fail_after is not None and \
+                    written >= fail_after:
+                raise ProbeError('fix stopped after %d file(s) '
+                                 '(ANY2KVM_FIX_FAIL_AFTER)' % written)
+            hive = Hive(g, path)
+            try:
+                guest['windows'].update(system_facts(hive))
+            finally:
+                hive.close()
         finally:
-            hive.close()
-        if not changes:
-            tried.remove(path)
-        g.sync()
-        if changes and fail_after is not None and fail_after <= 1:
-            raise ProbeError('fix stopped after 1 file(s) '
-                             '(ANY2KVM_FIX_FAIL_AFTER)')
-        hive = Hive(g, path)
+            g.umount_all()
+    files = []
+    fallback = (guest.get('windows') or {}).get('uefi_fallback')
+    if guest.get('firmware') == 'uefi' and fallback and \
+            not fallback.get('present') and fallback.get('source'):
+        if fail_after is not None and written >= fail_after:
+            raise ProbeError('fix stopped after %d file(s) '
+                             '(ANY2KVM_FIX_FAIL_AFTER)' % written)
+        g.mount(fallback['partition'], '/')
         try:
-            guest['windows'].update(system_facts(hive))
+            tried.append(WINDOWS_FALLBACK)
+            copies = fix_windows_uefi_fallback(g, fallback)
+            if copies:
+                files.append({'path': copies[0][1], 'changes': [
+                    {'from': _shown(a), 'to': _shown(b)}
+                    for a, b in copies]})
+            else:
+                tried.remove(WINDOWS_FALLBACK)
+            g.sync()
         finally:
-            hive.close()
-    finally:
-        g.umount_all()
-    return changes
+            g.umount_all()
+    return changes, files
 
 
 def main(argv=None):
@@ -2960,12 +3072,13 @@ def main(argv=None):
             for guest in result['guests']:
                 if guest.get('type') == 'windows':
                     bus = fix_bus(guest)
+                    registry, files = fix_windows(
+                        g, guest, bus, tried,
+                        int(fail_after) if fail_after else None,
+                        len(args.disks))
                     result['fixed'].append({
                         'root': guest['root'], 'disk': guest['disk'],
-                        'bus': bus, 'files': [], 'registry': fix_windows(
-                            g, guest, bus, tried,
-                            int(fail_after) if fail_after else None,
-                            len(args.disks))})
+                        'bus': bus, 'files': files, 'registry': registry})
                 if guest.get('type') != 'linux':
                     continue
                 bus = fix_bus(guest)

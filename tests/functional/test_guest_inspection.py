@@ -798,6 +798,80 @@ def test_a_windows_fix_failing_half_way_leaves_the_copy_as_converted(
     assert ig.sha256_file(out) == ig.sha256_file(disk)
 
 
+FALLBACK_WARNING = (
+    'no UEFI fallback bootloader (\\EFI\\Boot\\bootx64.efi) on the EFI '
+    'system partition (%s): the boot entry was in the VM\'s NVRAM under '
+    'Xen, which does not move, and a new NVRAM finds nothing to boot; ')
+
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT * 2)
+def test_a_uefi_windows_guest_gets_the_uefi_fallback_bootloader(
+        libguestfs, tmp_path):
+    """A GPT Windows disk whose EFI system partition has the BCD and
+    bootmgfw.efi under \\EFI\\Microsoft\\Boot but no \\EFI\\Boot\\
+    bootx64.efi: OVMF with a new NVRAM would find nothing to run.  The
+    inspection warns, --fix copies the boot manager there (the same
+    bytes); without a boot manager to copy, the warning says to run
+    bcdboot and --fix leaves it."""
+    missing = winbuild.missing_tools(uefi=True)
+    if missing:
+        missing_tool('test guests need: %s' % ', '.join(missing))
+    disk = winbuild.build(tmp_path / 'win-uefi.raw', 'win2019-uefi')['path']
+    result = gi.inspect_files([disk], libguestfs, fix=True)
+    # The facts are the inspection's before the fix.
+    (guest,) = [g for g in result['guests'] if g.get('type')]
+    assert guest['firmware'] == 'uefi'
+    esp = guest['root'][:-1] + '1'
+    bcd = guest['windows']['bcd']
+    assert (bcd['partition'], bcd['path']) == (esp, '/EFI/Microsoft/Boot/BCD')
+    assert bcd['names_system_partition'] is True
+    assert bcd['system_partition'] == {'table': 'gpt',
+                                       'guid': winbuild.SYSTEM_GUID}
+    assert guest['windows']['uefi_fallback'] == {
+        'present': False, 'source': '/EFI/Microsoft/Boot',
+        'files': ['bootmgfw.efi'], 'partition': esp}
+    before = [w for w in gi.warnings(copy.deepcopy(guest)) if 'UEFI' in w]
+    assert before == [FALLBACK_WARNING % esp + (
+        '--fix copies Windows\' boot manager \\EFI\\Microsoft\\Boot\\'
+        'bootmgfw.efi there')]
+    summary = gi.summary(result)
+    (fix,) = summary['fixed']
+    assert fix['files'] == [{'path': '/EFI/Boot/bootx64.efi', 'changes': [
+        {'from': '/EFI/Microsoft/Boot/bootmgfw.efi',
+         'to': '/EFI/Boot/bootx64.efi'}]}]
+    assert fix['registry']              # the SYSTEM hive's, as on BIOS
+    assert not [w for w in summary['warnings'] if 'UEFI' in w], summary
+    assert not [w for w in summary['left'] if 'UEFI' in w], summary
+    assert summary['guest']['windows']['uefi_fallback']['present'] is True
+    # What the disk holds, read outside libguestfs.
+    assert winbuild.read_esp_file(disk, '/EFI/Boot/bootx64.efi') == \
+        winbuild.BOOTMGFW
+    assert winbuild.read_esp_file(
+        disk, '/EFI/Microsoft/Boot/bootmgfw.efi') == winbuild.BOOTMGFW
+    # A second inspection finds it.
+    (again,) = [g for g in gi.inspect_files([disk], libguestfs)['guests']
+                if g.get('type')]
+    assert again['windows']['uefi_fallback']['present'] is True
+
+    # No boot manager on the ESP: nothing to copy, and the step to take.
+    disk = winbuild.build(tmp_path / 'win-noboot.raw',
+                          'win2019-uefi-nobootmgr')['path']
+    result = gi.inspect_files([disk], libguestfs, fix=True)
+    (guest,) = [g for g in result['guests'] if g.get('type')]
+    esp = guest['root'][:-1] + '1'
+    assert guest['windows']['uefi_fallback'] == {
+        'present': False, 'source': None, 'files': [], 'partition': esp}
+    summary = gi.summary(result)
+    warned = FALLBACK_WARNING % esp + (
+        'there is no \\EFI\\Microsoft\\Boot\\bootmgfw.efi to copy either: '
+        'run "bcdboot C:\\Windows /f UEFI" in the guest before the move')
+    assert [w for w in summary['warnings'] if 'UEFI' in w] == [warned]
+    assert [w for w in summary['left'] if 'UEFI' in w] == [warned]
+    (fix,) = summary['fixed']
+    assert fix['files'] == []
+    assert winbuild.read_esp_file(disk, '/EFI/Boot/bootx64.efi') is None
+
+
 # -- the command lines, with a recorded probe output -----------------------
 
 @pytest.fixture

@@ -27,6 +27,7 @@ class FilesG(object):
     def __init__(self, files, links=None, initrds=None):
         self.files = {k: (v.encode() if isinstance(v, str) else v)
                       for k, v in files.items()}
+        self.dirs = set()           # made by mkdir_p, empty
         self.links = dict(links or {})
         self.initrds = initrds or {}
         self.writes = []
@@ -46,7 +47,8 @@ class FilesG(object):
         return self.links[path]
 
     def is_dir(self, path, followsymlinks=True):
-        return any(p.startswith(path + '/') for p in self.files)
+        return path in self.dirs or any(p.startswith(path + '/')
+                                        for p in self.files)
 
     def ls(self, path):
         return sorted({p[len(path) + 1:].split('/')[0] for p in self.files
@@ -64,7 +66,35 @@ class FilesG(object):
         self.files[path] = data
 
     def mkdir_p(self, path):
-        pass
+        while path not in ('', '/'):
+            self.dirs.add(path)
+            path = path.rsplit('/', 1)[0]
+
+    def cp(self, src, dest):
+        if src not in self.files:
+            raise RuntimeError('cp: %s: No such file or directory' % src)
+        self.writes.append(dest)
+        self.files[dest] = self.files[src]
+
+    def case_sensitive_path(self, path):
+        """libguestfs's: each name of ``path`` as the files spell it
+        (matched without regard to case); the last one may be missing,
+        not one on the way."""
+        names = [n for n in path.split('/') if n]
+        out = ''
+        for i, name in enumerate(names):
+            top = out + '/'
+            found = {p[len(top):].split('/')[0] for p in set(self.files) |
+                     self.dirs if p.startswith(top)}
+            match = [f for f in sorted(found) if f.lower() == name.lower()]
+            if match:
+                out = top + match[0]
+            elif i == len(names) - 1:
+                out = top + name
+            else:
+                raise RuntimeError('case_sensitive_path: %s: No such file '
+                                   'or directory' % path)
+        return out or '/'
 
     def initrd_cat(self, path, name):
         try:

@@ -48,6 +48,17 @@ Kinds (:data:`KINDS`):
                    names another disk (a stale signature).
 ``win7-x86``       Windows 7 Professional 32-bit (CurrentVersion 6.1), no
                    BCD on the disk.
+
+:data:`UEFI_KINDS` (built alike, inspected on their own) are GPT disks like
+a UEFI install: partition 1 the EFI system partition (FAT, made by
+``mkfs.vfat`` and filled by mtools) with ``\\EFI\\Microsoft\\Boot\\BCD``
+and, unless the kind says otherwise, ``bootmgfw.efi`` (a PE header and a
+marker, never run), and no ``\\EFI\\Boot`` (the fallback path); partition
+2 the system volume as above.  Their BCD and ``MountedDevices`` name the
+system partition by its GPT partition GUID (``DMIO:ID:`` and the GUID).
+
+``win2019-uefi``           Windows Server 2019 Standard as ``win2019``, UEFI.
+``win2019-uefi-nobootmgr`` the same without ``bootmgfw.efi`` on the ESP.
 """
 
 import hashlib
@@ -57,6 +68,7 @@ import struct
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from tests.lib import guestbuild
@@ -94,17 +106,38 @@ KINDS = {
         'bcd': None, 'hostname': 'WIN7-X86'},
 }
 
-#: Bump when the layout below changes (the cache key).
+#: The UEFI kinds: the GPT disk of a UEFI install (see the module's
+#: documentation); ``bootmgr``: whether bootmgfw.efi is on the ESP.
+UEFI_KINDS = {
+    'win2019-uefi': dict(KINDS['win2019'], hostname='WIN2019-UEFI',
+                         firmware='uefi', bootmgr=True),
+    'win2019-uefi-nobootmgr': dict(KINDS['win2019'], firmware='uefi',
+                                   hostname='WIN2019-NOBOOT', bootmgr=False),
+}
+#: The GUIDs of the UEFI disks: the disk's, the ESP's, the system
+#: partition's (which the BCD and MountedDevices name).
+DISK_GUID = '5d2b7e1a-3c4f-4a6b-9e8d-0f1a2b3c4d5e'
+ESP_GUID = '0e5f7a9b-1c2d-4e3f-8a7b-6c5d4e3f2a1b'
+SYSTEM_GUID = '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d'
+ESP_VOLID = '5EF1CAFE'
+GPT_ESP = 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B'
+GPT_BASIC_DATA = 'EBD0A0A2-B9E5-4433-87C0-68B6B72699C7'
+#: Bump when the layout below changes (the cache key); UEFI_LAYOUT too
+#: for the UEFI kinds' own.
 LAYOUT = '2'
+UEFI_LAYOUT = '2'
 #: The MBR's boot code (bytes 0-439) of the test disks: a real Windows
 #: disk has Microsoft's there, which a BIOS runs; this stand-in only
 #: stops the CPU (cli; hlt; jmp back), and says what it is.  Never booted.
 MBR_CODE = b'\xfa\xf4\xeb\xfd' + b'any2kvm test disk: no Windows MBR code'
 
 
-def missing_tools():
-    out = [t for t in ('mkntfs', 'ntfs-3g', 'ntfscat', 'sfdisk',
-                       'hivexregedit') if not shutil.which(t) and
+def missing_tools(uefi=False):
+    """The host tools a build needs that are absent (``uefi``: those of
+    :data:`UEFI_KINDS` too)."""
+    need = ('mkntfs', 'ntfs-3g', 'ntfscat', 'sfdisk', 'hivexregedit') + (
+        ('mkfs.vfat', 'mcopy', 'mmd') if uefi else ())
+    out = [t for t in need if not shutil.which(t) and
            not os.path.exists('/sbin/' + t)]
     if not os.path.exists('/dev/fuse'):
         out.append('/dev/fuse (ntfs-3g)')
@@ -125,6 +158,21 @@ def pe_header(arch):
     coff = struct.pack('<4sHHIIIHH', b'PE\0\0', 0x8664 if wide else 0x14c,
                        0, 0, 0, 0, len(opt), 0x22 if wide else 0x102)
     return bytes(dos) + coff + bytes(opt)
+
+
+#: The stand-in for Windows' boot manager (\\EFI\\Microsoft\\Boot\\
+#: bootmgfw.efi) on the UEFI disks: never run.
+BOOTMGFW = pe_header('x64') + b'any2kvm test disk: no Windows boot manager'
+
+
+def spec_of(kind):
+    """The spec of a kind of :data:`KINDS` or :data:`UEFI_KINDS`."""
+    if kind in KINDS:
+        return KINDS[kind]
+    if kind in UEFI_KINDS:
+        return UEFI_KINDS[kind]
+    raise ValueError('unknown Windows disk %r (known: %s)' % (
+        kind, ', '.join(list(KINDS) + list(UEFI_KINDS))))
 
 
 def software_reg(spec):
@@ -154,11 +202,18 @@ def mounted_device(signature, offset):
     return struct.pack('<IQ', signature, offset)
 
 
+def mounted_device_gpt(guid):
+    """A MountedDevices value of a GPT partition: ``DMIO:ID:`` and the
+    partition GUID (mixed-endian bytes)."""
+    return b'DMIO:ID:' + uuid.UUID(guid).bytes_le
+
+
 def system_reg(spec):
     text = winhive.system_reg()
+    value = mounted_device_gpt(SYSTEM_GUID) if spec.get('firmware') == \
+        'uefi' else mounted_device(SIGNATURE, P2_START * 512)
     extra = ['[HKEY_LOCAL_MACHINE\\SYSTEM\\MountedDevices]',
-             '"\\\\DosDevices\\\\C:"=hex:%s' % winhive.hex_bytes(
-                 mounted_device(SIGNATURE, P2_START * 512)), '']
+             '"\\\\DosDevices\\\\C:"=hex:%s' % winhive.hex_bytes(value), '']
     for cset in ('ControlSet001', 'ControlSet002'):
         extra += ['[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Services\\Tcpip\\'
                   'Parameters]' % cset,
@@ -180,11 +235,26 @@ def bcd_device(signature, offset):
     return data + bytes(88 - len(data))
 
 
+def bcd_device_gpt(partition, disk):
+    """A BCD device element naming a GPT partition: the partition's GUID
+    where an MBR one has its offset, partition style 0 (GPT) and the
+    disk's GUID where an MBR one has its signature."""
+    data = bytes(16)
+    data += struct.pack('<IIII', 6, 0, 0x48, 0)
+    data += uuid.UUID(partition).bytes_le
+    data += struct.pack('<II', 0, 0) + uuid.UUID(disk).bytes_le
+    return data + bytes(88 - len(data))
+
+
 def bcd_reg(spec):
     top = 'HKEY_LOCAL_MACHINE\\BCD00000000'
     signature = STALE_SIGNATURE if spec['bcd'] == 'stale' else SIGNATURE
-    system = bcd_device(signature, P2_START * 512)
-    boot = bcd_device(signature, P1_START * 512)
+    if spec.get('firmware') == 'uefi':
+        system = bcd_device_gpt(SYSTEM_GUID, DISK_GUID)
+        boot = bcd_device_gpt(ESP_GUID, DISK_GUID)
+    else:
+        system = bcd_device(signature, P2_START * 512)
+        boot = bcd_device(signature, P1_START * 512)
 
     def element(obj, elem, value):
         return ['[%s\\Objects\\%s\\Elements\\%s]' % (top, obj, elem),
@@ -200,8 +270,8 @@ def bcd_reg(spec):
     lines += ['[%s\\Objects\\%s\\Description]' % (top, LOADER),
               '"Type"=dword:10200003', '']
     lines += element(LOADER, '11000001', 'hex:' + winhive.hex_bytes(system))
-    lines += element(LOADER, '12000002',
-                     '"\\\\Windows\\\\system32\\\\winload.exe"')
+    lines += element(LOADER, '12000002', '"\\\\Windows\\\\system32\\\\%s"' % (
+        'winload.efi' if spec.get('firmware') == 'uefi' else 'winload.exe'))
     lines += element(LOADER, '12000004', '"%s"' % spec['product'])
     lines += element(LOADER, '21000001', 'hex:' + winhive.hex_bytes(system))
     lines += element(LOADER, '22000002', '"\\\\Windows"')
@@ -249,6 +319,8 @@ def _fill_system(root, spec, work):
         d.mkdir(parents=True, exist_ok=True)
     (s32 / 'cmd.exe').write_bytes(pe_header(spec['arch']))
     (s32 / 'winload.exe').write_bytes(pe_header(spec['arch']))
+    if spec.get('firmware') == 'uefi':
+        (s32 / 'winload.efi').write_bytes(pe_header(spec['arch']))
     for name in ('atapi', 'intelide', 'pciide', 'storahci', 'disk',
                  'partmgr') + CITRIX:
         (s32 / 'drivers' / (name + '.sys')).write_bytes(
@@ -270,8 +342,51 @@ def _fill_system(root, spec, work):
     (root / 'pagefile.sys').write_bytes(b'')
 
 
+def _write_uefi(path, spec, work):
+    """The GPT disk of a UEFI kind: the ESP, then the system volume."""
+    mnt = work / 'mnt'
+    mnt.mkdir()
+    total = SIZE_MB << 11
+    p2_sectors = total - P2_START - 2048          # the backup GPT's room
+    esp = work / 'esp.img'
+    with open(str(esp), 'wb') as f:
+        f.truncate(P1_SECTORS * 512)
+    guestbuild._run(['mkfs.vfat', '-i', ESP_VOLID, '-n', 'SYSTEM',
+                     str(esp)])
+    guestbuild._run(['mmd', '-i', str(esp), '::/EFI', '::/EFI/Microsoft',
+                     '::/EFI/Microsoft/Boot'])
+    winhive.build(work / 'BCD', bcd_reg(spec),
+                  prefix='HKEY_LOCAL_MACHINE\\BCD00000000')
+    guestbuild._run(['mcopy', '-i', str(esp), str(work / 'BCD'),
+                     '::/EFI/Microsoft/Boot/BCD'])
+    if spec['bootmgr']:
+        (work / 'bootmgfw.efi').write_bytes(BOOTMGFW)
+        guestbuild._run(['mcopy', '-i', str(esp), str(work / 'bootmgfw.efi'),
+                         '::/EFI/Microsoft/Boot/bootmgfw.efi'])
+    p2 = work / 'p2.img'
+    _ntfs(p2, p2_sectors, P2_START, 'Windows')
+    with _Mounted(p2, mnt) as root:
+        _fill_system(root, spec, work)
+    with open(str(path), 'wb') as f:
+        f.truncate(total * 512)
+    subprocess.run(['sfdisk', '-q', str(path)], input=(
+        'label: gpt\nlabel-id: %s\n'
+        'start=%d, size=%d, type=%s, uuid=%s, name="EFI system partition"\n'
+        'start=%d, size=%d, type=%s, uuid=%s, name="Basic data partition"\n'
+        % (DISK_GUID, P1_START, P1_SECTORS, GPT_ESP, ESP_GUID, P2_START,
+           p2_sectors, GPT_BASIC_DATA, SYSTEM_GUID)),
+        text=True, check=True, capture_output=True, timeout=60)
+    with open(str(path), 'r+b') as f:
+        for start, part in ((P1_START, esp), (P2_START, p2)):
+            f.seek(start * 512)
+            with open(str(part), 'rb') as src:
+                shutil.copyfileobj(src, f)
+
+
 def _write(path, spec):
     with tempfile.TemporaryDirectory(prefix='winbuild-') as tmp:
+        if spec.get('firmware') == 'uefi':
+            return _write_uefi(path, spec, Path(tmp))
         work = Path(tmp)
         mnt = work / 'mnt'
         mnt.mkdir()
@@ -307,9 +422,11 @@ def _write(path, spec):
 
 
 def cache_key(kind):
-    spec = KINDS[kind]
+    spec = spec_of(kind)
     h = hashlib.sha256()
-    for part in (LAYOUT, repr(sorted(spec.items())), system_reg(spec),
+    uefi = UEFI_LAYOUT + BOOTMGFW.hex() if spec.get('firmware') == 'uefi' \
+        else ''
+    for part in (LAYOUT + uefi, repr(sorted(spec.items())), system_reg(spec),
                  software_reg(spec), bcd_reg(spec) if spec['bcd'] else ''):
         h.update(part.encode('utf-8'))
     return h.hexdigest()[:16]
@@ -318,10 +435,7 @@ def cache_key(kind):
 def build(path, kind):
     """Write the Windows test disk ``kind`` at ``path`` (from the cache
     when it was built before); returns its spec with ``path``."""
-    if kind not in KINDS:
-        raise ValueError('unknown Windows disk %r (known: %s)' % (
-            kind, ', '.join(KINDS)))
-    spec = KINDS[kind]
+    spec = spec_of(kind)
     cached = guestbuild.cache_dir() / ('windows-%s-%s.raw' % (
         kind, cache_key(kind)))
     if not cached.exists():
@@ -353,3 +467,11 @@ def read_file(disk, partition_start, path, tmp_dir):
         return r.stdout
     finally:
         part.unlink()
+
+
+def read_esp_file(disk, path):
+    """A file of the EFI system partition of a UEFI kind's ``disk``, read
+    with mtools (outside libguestfs); None when it is not there."""
+    r = subprocess.run(['mcopy', '-n', '-i', '%s@@%d' % (disk, P1_START * 512),
+                        '::' + path, '-'], capture_output=True, timeout=120)
+    return r.stdout if r.returncode == 0 else None
