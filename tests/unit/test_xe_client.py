@@ -707,6 +707,30 @@ def test_lvm_sr_is_refused_naming_its_type():
     msg = str(e.value)
     assert "xs1: VM 'web01', disk userdevice 4: SR 'iSCSI LUN 3'" in msg
     assert 'is of type lvmoiscsi' in msg and 'logical volumes' in msg
+    # The way out: Storage XenMotion of that VDI to a file SR of the pool
+    # (the ext one; not the ISO library nor the LVM SR itself).
+    assert ('move the disk to a file SR while the VM runs (xe '
+            'vdi-pool-migrate uuid=55555555-6666-4777-8888-999999999999 '
+            "sr-uuid=<file SR>; file SRs of this pool: 'Local storage' "
+            '(%s)), or use an XVA export' % EXT_SR) in msg
+    assert ISO_SR not in msg and msg.count(LVM_SR) == 1
+
+
+def test_the_lvm_refusal_names_a_few_file_srs_or_how_to_list_them():
+    many = {'%08d-0000-4000-8000-000000000000' % i:
+            {'uuid': '%08d-0000-4000-8000-000000000000' % i,
+             'name-label': 'NFS %d' % i, 'type': 'nfs'} for i in range(5)}
+    many[LVM_SR] = {'uuid': LVM_SR, 'name-label': 'LUN', 'type': 'lvm'}
+    text = discovery.lvm_way_out(VDI0, many)
+    assert "'NFS 0' (00000000-0000-4000-8000-000000000000), 'NFS 1' (" \
+        in text
+    assert "'NFS 2' (00000002-0000-4000-8000-000000000000), ...)" in text
+    assert 'NFS 3' not in text and "'LUN'" not in text
+    only_lvm = {LVM_SR: many[LVM_SR]}
+    assert discovery.lvm_way_out(VDI0, only_lvm) == (
+        'move the disk to a file SR while the VM runs (xe vdi-pool-migrate '
+        'uuid=%s sr-uuid=<file SR>; xe sr-list type=ext and type=nfs list '
+        'them), or use an XVA export' % VDI0)
 
 
 def test_other_sr_types_and_formats_are_refused_by_name():

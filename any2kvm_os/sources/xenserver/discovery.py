@@ -41,7 +41,8 @@ Where a disk's VHD lives depends on the SR type:
   (``VHD-<vdi-uuid>`` in volume group ``VG_XenStorage-<sr-uuid>``), which
   exists as a device only while the VDI is attached, and whose thin VHD
   is read with LVM tools: not supported yet, refused naming the SR type
-  (export the VM as an XVA, or move the disk to an ext/NFS SR).
+  and the way out (:func:`lvm_way_out`: ``xe vdi-pool-migrate`` to a file
+  SR of the pool, named, while the VM runs; or an XVA export).
 * Any other SR type is refused by name.
 
 A file SR is mounted only on the hosts where its PBD is plugged
@@ -559,8 +560,8 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
             raise errors.UnsupportedStorage(
                 host=host, vm=shown, disk=disk, reason='%s: VHDs on LVM '
                 'SRs (%s) live in logical volumes, which this source does '
-                'not read yet; use an XVA export, or move the disk to an '
-                'ext or nfs SR' % (where, ', '.join(LVM_SR_TYPES)))
+                'not read yet; %s' % (where, ', '.join(LVM_SR_TYPES),
+                                      lvm_way_out(vdi_uuid, srs)))
         if sr_type not in FILE_SR_TYPES:
             raise errors.UnsupportedStorage(
                 host=host, vm=shown, disk=disk, reason='%s; only %s SRs '
@@ -583,6 +584,29 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
             vdi_name=vdi.get('name-label', ''), virtual_size=size,
             sr_uuid=sr_uuid, sr_type=sr_type, sr_name=sr_name, path=path))
     return out
+
+
+#: How many file SRs an LVM refusal names as places to move a disk to.
+MAX_SUGGESTED_SRS = 3
+
+
+def lvm_way_out(vdi_uuid, srs):
+    """What to do with a disk on an LVM SR: move it, while the VM runs,
+    to a file SR (Storage XenMotion, ``xe vdi-pool-migrate``: the VM
+    keeps running, and its disk is then a VHD file this source reads),
+    naming the file SRs of the pool listing ``srs`` (by uuid, as
+    :func:`_pool_srs` gives them); or export the VM as an XVA."""
+    files = sorted((r.get('name-label', ''), u) for u, r in srs.items()
+                   if r.get('type') in FILE_SR_TYPES)
+    named = ', '.join('%r (%s)' % (name[:60], u)
+                      for name, u in files[:MAX_SUGGESTED_SRS])
+    if len(files) > MAX_SUGGESTED_SRS:
+        named += ', ...'
+    return ('move the disk to a file SR while the VM runs (xe '
+            'vdi-pool-migrate uuid=%s sr-uuid=<file SR>; %s), or use an '
+            'XVA export' % (vdi_uuid, 'file SRs of this pool: ' + named
+                            if named else 'xe sr-list type=ext and '
+                            'type=nfs list them'))
 
 
 def _first_line(e):
