@@ -188,6 +188,80 @@ def test_second_sync_at_once_is_busy(bed):
     mig('sync', 'web', common=common)
 
 
+def _all_at_once(argvs):
+    """Run the commands side by side; [(exit status, stdout, stderr)]."""
+    procs = [subprocess.Popen(_cmd(a), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env(),
+                              cwd=str(REPO)) for a in argvs]
+    out = []
+    for p in procs:
+        try:
+            o, e = p.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            o, e = p.communicate()
+        out.append((p.returncode, o, e))
+    return out
+
+
+def test_several_migrations_at_once_share_the_host_and_the_state(
+        sshd_factory, tmp_path):
+    """What an operator moving many VMs does: one conversion host, one
+    SQLite state file, one XenServer host whose sshd has OpenSSH's
+    default MaxStartups (10:30:100), and every command of four
+    migrations run side by side: all succeed, and each target holds its
+    VM's disk."""
+    names = ['vm%d' % i for i in range(4)]
+
+    def build(root):
+        b = xhost.HostBuilder(root)
+        local = b.add_sr('Local storage', 'ext')
+        facts = {n: b.add_vm(n, disks=((24 * MiB, None),), sr=local,
+                             disk_writes={0: [(i * MiB, ig.pattern(
+                                 40 + i, (3 + i) * MiB))]})
+                 for i, n in enumerate(names)}
+        facts['models'] = b.models
+        b.save()
+        return b.root, facts
+    root, facts, bin_dir, conf = xbed.prepare(tmp_path / 'bed', build)
+    server = sshd_factory(env={'PATH': os.pathsep.join([
+        str(bin_dir), os.path.dirname(sys.executable), '/usr/bin', '/bin']),
+        xhost.ENV: str(root)}, max_startups='10:30:100')
+    common = xbed.ssh_args(server, conf) + [
+        '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
+    outs = []
+    for n in names:
+        outs.append(tmp_path / ('out-' + n))
+        outs[-1].mkdir()
+
+    def each(action, *args):
+        res = _all_at_once([[action, 'm-' + n] + [
+            a.format(loc=xbed.location(server, n), out=o) for a in args] +
+            [str(a) for a in common] for n, o in zip(names, outs)])
+        for status, o, e in res:
+            assert status == 0, (o, e)
+            assert 'locked' not in e and 'Traceback' not in e, e
+        return res
+
+    each('create', '{loc}', '--target', 'file', '--output-dir', '{out}')
+    each('sync', '--no-progress', '--no-inspect')
+    ms = [show(common, 'm-' + n) for n in names]
+    for i, m in enumerate(ms):
+        (w,) = writers(root, facts, m)
+        w.write((10 + i) * MiB, ig.pattern(50 + i, MiB))
+        w.zero(i * MiB, 4096)
+        w.write(20 * MiB + i, b'the last write of ' + names[i].encode())
+    each('cutover', '--timeout', '120', '--no-progress')
+    rows = json.loads(mig('list', '--format', 'json',
+                          common=common[-2:]).stdout)
+    assert sorted((r['name'], r['status']) for r in rows) == [
+        ('m-' + n, 'done') for n in names]
+    for n in names:
+        m = show(common, 'm-' + n)
+        assert [s['ok'] for s in m['syncs']] == [True]
+        check(m, facts)
+
+
 def test_sync_killed_then_run_again(bed):
     root, facts, out, loc, common = bed
     mig('create', 'web', loc, '--output-dir', out, common=common)
