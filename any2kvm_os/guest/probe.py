@@ -310,15 +310,24 @@ def name_kind(name):
 
 
 def boot_files(g):
+    """The bootloader files of the guest: the fixed places, the ESP's
+    grub.cfg files and the boot loader entries, at most
+    :data:`MAX_BOOT_ENTRIES` of each directory (the guest's: untrusted;
+    every file is read, up to MAX_FILE bytes)."""
     files = [p for p in BOOT_FILES if _exists(g, p)]
     for top, name in BOOT_GLOBS:
+        found = 0
         for entry in _ls(g, top):
+            if found >= MAX_BOOT_ENTRIES:
+                break
             path = top + '/' + entry
             if name is None:
                 if entry.endswith('.conf'):
                     files.append(path)
+                    found += 1
             elif _exists(g, path + '/' + name):
                 files.append(path + '/' + name)
+                found += 1
     return files
 
 

@@ -727,3 +727,18 @@ def test_no_lvm_conf_nothing_to_do():
     assert gi.lvm_filter_warnings({'linux': {'lvm_filters': {
         'bus': 'scsi', 'files': [], 'initramfs': []}}}) == []
     assert probe.fix_linux(FilesG({}), '/dev/sda1', 'scsi', []) == []
+
+
+def test_the_boot_loader_entries_read_are_bounded():
+    # A hostile guest's thousands of entries: at most MAX_BOOT_ENTRIES of
+    # them are read (each up to MAX_FILE bytes), the .conf ones only.
+    entries = {'/boot/loader/entries/e%05d.conf' % i: 'linux /vmlinuz\n'
+               for i in range(probe.MAX_BOOT_ENTRIES + 50)}
+    entries['/boot/loader/entries/a-note.txt'] = 'not an entry\n'
+    entries['/boot/grub2/grub.cfg'] = 'set default=0\n'
+    files = probe.boot_files(FilesG(entries))
+    assert files[0] == '/boot/grub2/grub.cfg'
+    listed = [f for f in files if f.startswith('/boot/loader/entries/')]
+    assert len(listed) == probe.MAX_BOOT_ENTRIES
+    assert listed[0].endswith('/e00000.conf')
+    assert all(f.endswith('.conf') for f in listed)
