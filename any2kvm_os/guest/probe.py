@@ -391,19 +391,25 @@ def _uncommented(text):
                    if not line.lstrip().startswith('#'))
 
 
+#: Most network configuration files read of one directory (a router's
+#: hundreds of VLAN interfaces fit; a hostile guest's million do not).
+MAX_NET_FILES = 256
+
+
 def net_files(g):
-    """The guest's network configuration files (:data:`NET_GLOBS`)."""
+    """The guest's network configuration files (:data:`NET_GLOBS`), at
+    most :data:`MAX_NET_FILES` of each directory."""
     files = [p for p in NET_FILES if _exists(g, p)]
     for top, prefix, suffix in NET_GLOBS:
-        for entry in _ls(g, top):
-            if entry.startswith(prefix) and entry.endswith(suffix) and \
-                    not entry.startswith('.'):
-                path = top + '/' + entry
-                try:
-                    if g.is_file(path, followsymlinks=True):
-                        files.append(path)
-                except RuntimeError:
-                    continue
+        entries = [e for e in _ls(g, top) if e.startswith(prefix) and
+                   e.endswith(suffix) and not e.startswith('.')]
+        for entry in entries[:MAX_NET_FILES]:
+            path = top + '/' + entry
+            try:
+                if g.is_file(path, followsymlinks=True):
+                    files.append(path)
+            except RuntimeError:
+                continue
     return files
 
 
@@ -528,6 +534,18 @@ def initrd_names(g, path):
         return None, str(e)
 
 
+#: Most kernels looked at: a guest keeps a few, and each costs reads of
+#: its modules.dep and its initramfs's listing.
+MAX_KERNELS = 32
+
+
+def _version_key(version):
+    """A kernel version's sort key: its numbers as numbers (4.19 after
+    4.9)."""
+    return [int(t) if t.isdigit() else t
+            for t in re.split(r'(\d+)', version)]
+
+
 def kernels(g):
     """Per kernel version: its modules (builtin, module, initramfs) and
     whether it is a Xen-PV-only kernel."""
@@ -538,6 +556,9 @@ def kernels(g):
             moddir = top
             break
     versions = _ls(g, moddir) if moddir else []
+    if len(versions) > MAX_KERNELS:
+        # Each is read (modules.dep, the initramfs's listing): the newest.
+        versions = sorted(versions, key=_version_key)[-MAX_KERNELS:]
     boot = _ls(g, '/boot')
     for version in versions:
         base = '%s/%s' % (moddir, version)
@@ -2504,7 +2525,8 @@ def windows_facts(g, root):
         for entry in _ls(g, store):
             low = entry.lower()
             for drv in ('viostor', 'vioscsi', 'netkvm'):
-                if low.startswith(drv + '.inf'):
+                if low.startswith(drv + '.inf') and \
+                        len(facts['driver_store']) < MAX_REPORTED:
                     facts['driver_store'].append(entry)
     except RuntimeError:
         pass

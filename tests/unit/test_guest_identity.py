@@ -742,3 +742,22 @@ def test_the_boot_loader_entries_read_are_bounded():
     assert len(listed) == probe.MAX_BOOT_ENTRIES
     assert listed[0].endswith('/e00000.conf')
     assert all(f.endswith('.conf') for f in listed)
+
+
+def test_kernels_and_network_files_looked_at_are_bounded():
+    # Thousands of module directories or ifcfg files (a hostile guest):
+    # the newest MAX_KERNELS kernels (by version, 5.10 after 5.9) and
+    # MAX_NET_FILES files of a directory are read.
+    n = probe.MAX_KERNELS + 8
+    files = {'/lib/modules/5.%d.0/modules.dep' % i: 'kernel/x.ko:\n'
+             for i in range(n)}
+    got = [k['version'] for k in probe.kernels(FilesG(files))]
+    assert len(got) == probe.MAX_KERNELS
+    assert '5.%d.0' % (n - 1) in got and '5.9.0' in got
+    assert '5.7.0' not in got and '5.0.0' not in got
+    nets = {'/etc/sysconfig/network-scripts/ifcfg-eth0.%d' % i:
+            'DEVICE=eth0.%d\n' % i for i in range(probe.MAX_NET_FILES + 9)}
+    nets['/etc/sysconfig/network-scripts/.ifcfg-hidden'] = 'x\n'
+    listed = probe.net_files(FilesG(nets))
+    assert len(listed) == probe.MAX_NET_FILES
+    assert all('/ifcfg-eth0.' in p for p in listed)
