@@ -367,17 +367,26 @@ def _write_uefi(path, spec, work):
     _ntfs(p2, p2_sectors, P2_START, 'Windows')
     with _Mounted(p2, mnt) as root:
         _fill_system(root, spec, work)
-    with open(str(path), 'wb') as f:
-        f.truncate(total * 512)
-    subprocess.run(['sfdisk', '-q', str(path)], input=(
+    _assemble(path, total, (
         'label: gpt\nlabel-id: %s\n'
         'start=%d, size=%d, type=%s, uuid=%s, name="EFI system partition"\n'
         'start=%d, size=%d, type=%s, uuid=%s, name="Basic data partition"\n'
         % (DISK_GUID, P1_START, P1_SECTORS, GPT_ESP, ESP_GUID, P2_START,
            p2_sectors, GPT_BASIC_DATA, SYSTEM_GUID)),
-        text=True, check=True, capture_output=True, timeout=60)
+        ((P1_START, esp), (P2_START, p2)))
+
+
+def _assemble(path, total, table, parts, boot_code=b''):
+    """The disk ``path`` of ``total`` sectors: the partition table sfdisk
+    makes of ``table``, ``boot_code`` at its start, and each partition's
+    image of ``parts`` ((start sector, image path)) in place."""
+    with open(str(path), 'wb') as f:
+        f.truncate(total * 512)
+    subprocess.run(['sfdisk', '-q', str(path)], input=table, text=True,
+                   check=True, capture_output=True, timeout=60)
     with open(str(path), 'r+b') as f:
-        for start, part in ((P1_START, esp), (P2_START, p2)):
+        f.write(boot_code)
+        for start, part in parts:
             f.seek(start * 512)
             with open(str(part), 'rb') as src:
                 shutil.copyfileobj(src, f)
@@ -405,20 +414,12 @@ def _write(path, spec):
                 shutil.copy(str(work / 'BCD'), str(root / 'Boot' / 'BCD'))
         with _Mounted(p2, mnt) as root:
             _fill_system(root, spec, work)
-        with open(str(path), 'wb') as f:
-            f.truncate(total * 512)
-        subprocess.run(['sfdisk', '-q', str(path)], input=(
+        _assemble(path, total, (
             'label: dos\nlabel-id: 0x%08x\n'
             'start=%d, size=%d, type=7, bootable\n'
             'start=%d, size=%d, type=7\n' % (
                 SIGNATURE, P1_START, P1_SECTORS, P2_START, p2_sectors)),
-            text=True, check=True, capture_output=True, timeout=60)
-        with open(str(path), 'r+b') as f:
-            f.write(MBR_CODE)
-            for start, part in ((P1_START, p1), (P2_START, p2)):
-                f.seek(start * 512)
-                with open(str(part), 'rb') as src:
-                    shutil.copyfileobj(src, f)
+            ((P1_START, p1), (P2_START, p2)), boot_code=MBR_CODE)
 
 
 def cache_key(kind):
