@@ -107,6 +107,18 @@ def guest(tmp_path_factory):
     return path, raw, token, where[0]
 
 
+@pytest.fixture(scope='module')
+def xen_guest(tmp_path_factory):
+    """The boot guest named as a Xen PV guest is (/dev/xvda1, hvc0):
+    (raw bytes, token)."""
+    missing = guestbuild.missing_tools()
+    if missing:
+        missing_tool('boot guest: missing %s' % ', '.join(missing))
+    path = tmp_path_factory.mktemp('guest1x') / 'guest.raw'
+    token = guestbuild.nova_guest(path, size_mib=GUEST_MIB, xen=True)
+    return path.read_bytes(), token
+
+
 @pytest.fixture
 def nova_clients(cloud, keystone_session):
     return server_clients(cloud, keystone_session)
@@ -114,12 +126,21 @@ def nova_clients(cloud, keystone_session):
 
 @pytest.fixture
 def bed(cloud, fattools, qemu_img, sshd_factory, guest, tmp_path):
+    _path, raw, _token, _at = guest
+    return _bed(cloud, qemu_img, sshd_factory, raw, tmp_path)
+
+
+@pytest.fixture
+def xen_bed(cloud, fattools, qemu_img, sshd_factory, xen_guest, tmp_path):
+    return _bed(cloud, qemu_img, sshd_factory, xen_guest[0], tmp_path)
+
+
+def _bed(cloud, qemu_img, sshd_factory, raw, tmp_path):
     if os.geteuid() != 0:
         pytest.skip('os-brick attaches volumes as root only')
     mnt = Path(cloud.openrc).parent / 'lib' / 'cinder' / 'mnt'
     if not mnt.is_dir():
         pytest.skip('not a tools/loopback-cloud cloud')
-    _path, raw, _token, _at = guest
     b = xbed.Bed(sshd_factory, tmp_path / 'bed', build=_builder(raw))
     # An independent reader of the stand-in's VHD: qemu's vpc driver.
     vdi = xhost.vdi_path(b.root, b.facts['vdi'])
@@ -247,6 +268,62 @@ def test_warm_migrated_vm_boots_the_last_token(bed, guest, nova_clients):
                 print('cleanup of server %s: %s' % (server_id, e))
         for vol_id in vol_ids:
             try:
+                cinder.volumes.delete(vol_id)
+            except Exception as e:
+                print('could not delete %s: %s' % (vol_id, e))
+
+
+def test_a_xen_named_vm_boots_after_cutover_fix(xen_bed, xen_guest,
+                                                nova_clients):
+    """A guest whose fstab and kernel command line name /dev/xvda1 and
+    hvc0 (a Xen PV guest's names) does not boot on KVM as it is:
+    ``cutover --fix`` inspects the guest on the volumes once the VM is
+    down, renames them, and the server it creates boots."""
+    b, env, common, mnt = xen_bed
+    _raw, token = xen_guest
+    nova, cinder = nova_clients.nova, nova_clients.cinder
+    name = unique('guest1x')
+    state_db = common[-2:]
+    _run(env, 'create', name, b.location('boot-guest'), '--target',
+         'cinder', '--brick-mount-point-base', mnt, *common)
+    m = json.loads(_run(env, 'show', name, '--format', 'json',
+                        *state_db)[0].stdout)
+    vol_ids = [d['target_ref'] for d in m['disks']]
+    server_id = None
+    try:
+        _run(env, 'sync', name, '--no-progress', '--no-inspect', *common)
+        res, took = _run(env, 'cutover', name, '--fix', '--create-server',
+                         '--flavor', 'auto', '--no-network',
+                         '--boot-check', guestbuild.ready_line(token),
+                         '--boot-timeout', BOOT_TIMEOUT, '--timeout', 300,
+                         '--format', 'json', '--no-progress', *common)
+        r = json.loads(res.stdout)
+        server_id = r['details']['server_id']
+        print('\nguest1x cutover --fix --create-server: %.1f s, downtime '
+              '%.2f s (%s); fixed %s' % (
+                  took, r['downtime'], ', '.join(
+                      '%s %.2f s' % kv for kv in sorted(r['phases'].items())),
+                  r['details'].get('fixed')))
+        assert sorted(r['details']['fixed'].split(', ')) == [
+            '/boot/grub/grub.cfg', '/etc/fstab']
+        assert nova.servers.get(server_id).status == 'ACTIVE'
+        console = nova.servers.get_console_output(server_id)
+        ready = [line for line in console.splitlines()
+                 if guestbuild.READY in line]
+        assert ready, console[-2000:]
+        assert all(' id=%s boot=' % token in line for line in ready), ready
+        assert 'ANY2KVM-BOOT-FAIL' not in console
+    finally:
+        if server_id is not None:
+            try:
+                server_mod.rollback(nova_clients, server_id=server_id,
+                                    volumes=vol_ids)
+            except Exception as e:
+                print('cleanup of server %s: %s' % (server_id, e))
+        for vol_id in vol_ids:
+            try:
+                wait_for(lambda: cinder.volumes.get(vol_id),
+                         ('available', 'error'), timeout=300)
                 cinder.volumes.delete(vol_id)
             except Exception as e:
                 print('could not delete %s: %s' % (vol_id, e))

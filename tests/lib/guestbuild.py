@@ -49,11 +49,12 @@ Kinds (:data:`KINDS`):
             firmware='uefi')``), not with SeaBIOS: its protective MBR has
             no boot code.
 
-One more kind, not among :data:`KINDS` (not inspected with them): ``nova``,
+Two more kinds, not among :data:`KINDS` (not inspected with them): ``nova``,
 the guest the Nova boot tests boot (:func:`nova_guest`), like ``virtio``
 but it stays up after its line (Nova reads the console of a running guest
 only), printing ``ANY2KVM-BOOT-OK root=DEV id=TOKEN boot=UUID`` (a new
-UUID each boot: :func:`boots`).
+UUID each boot: :func:`boots`); and ``nova-xen``, the same named as
+``xenpv`` is (``/dev/xvda1``, ``console=hvc0``, xe-guest-utilities).
 
 :func:`boot(path, bus)` boots a disk under QEMU TCG on a bus
 (``virtio-scsi``, ``virtio-blk``, ``ide``, ``sata``) and returns the
@@ -96,10 +97,17 @@ FS_UUIDS = {'virtio': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0101',
             'uefi': '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0104'}
 TOOLS_PACKAGES = {'virtio': ('qemu-guest-agent',), 'novirtio': (),
                   'xenpv': ('xe-guest-utilities',), 'uefi': ()}
-#: The Nova boot tests' guest (see the module's doc; not in KINDS).
+#: The Nova boot tests' guests (see the module's doc; not in KINDS).
 BOOT_MODULES['nova'] = BOOT_MODULES['virtio']
 FS_UUIDS['nova'] = '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0201'
 TOOLS_PACKAGES['nova'] = ()
+BOOT_MODULES['nova-xen'] = BOOT_MODULES['virtio']
+FS_UUIDS['nova-xen'] = '2e6b3c1a-4a2b-4d7e-9a11-a2c0ffee0202'
+TOOLS_PACKAGES['nova-xen'] = TOOLS_PACKAGES['xenpv']
+#: The kinds that name their root as a Xen PV guest does, and those that
+#: stay up after their line.
+XEN_NAMED = ('xenpv', 'nova-xen')
+STAYS_UP = ('nova', 'nova-xen')
 READY = 'ANY2KVM-BOOT-OK'
 #: The UEFI guest: GRUB's EFI modules, the ESP's size and FAT volume id
 #: (its UUID is ``2EC0-FFEE``), OVMF for booting it.
@@ -297,11 +305,11 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
         rel = Path(ko).relative_to(src)
         (mods / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ko, str(mods / rel))
-    xen = kind == 'xenpv'
+    xen = kind in XEN_NAMED
     rootname = '/dev/xvda1' if xen else 'UUID=' + fsuuid
     consoles = 'console=hvc0 console=ttyS0,115200' if xen else \
         'console=ttyS0,115200'
-    if kind == 'nova':
+    if kind in STAYS_UP:
         consoles += ' any2kvm.stay'
     (root / 'boot' / 'grub' / 'grub.cfg').write_text(
         'set timeout=0\n'
@@ -543,11 +551,14 @@ def boot(path, bus, timeout=240, log=None, fmt='raw', firmware='bios',
 
 # -- the Nova boot tests' guest ----------------------------------------------
 
-def nova_guest(path, token=None, size_mib=64):
+def nova_guest(path, token=None, size_mib=64, xen=False):
     """Write the ``nova`` guest as a raw disk at ``path``; its token (by
-    default 32 hex digits, which a test may overwrite in place)."""
-    return build(path, 'nova', token or uuid.uuid4().hex,
-                 size_mib)['token']
+    default 32 hex digits, which a test may overwrite in place).
+    ``xen``: the ``nova-xen`` guest instead, whose fstab and grub.cfg
+    name ``/dev/xvda1`` and whose kernel takes ``console=hvc0``, as a Xen
+    PV guest's do: it boots on KVM only once ``--fix`` renamed them."""
+    return build(path, 'nova-xen' if xen else 'nova',
+                 token or uuid.uuid4().hex, size_mib)['token']
 
 
 def ready_line(token):
