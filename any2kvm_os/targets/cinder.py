@@ -43,6 +43,7 @@ this call made are deleted, so nothing half-written is left
 import contextlib
 import logging
 import os
+import threading
 import time
 import warnings
 
@@ -183,6 +184,13 @@ def _brick():
     return connector, privileged
 
 
+#: How many attachments are quieting os-brick now, and the os_brick
+#: logger's level before the first (attachments of several threads
+#: overlap without nesting).
+_QUIET = {'depth': 0, 'level': logging.NOTSET}
+_QUIET_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def brick_logs_for_debug():
     """os-brick's log records only with ``--debug`` (DEBUG enabled here):
@@ -193,12 +201,18 @@ def brick_logs_for_debug():
         yield
         return
     log = logging.getLogger('os_brick')
-    level = log.level
-    log.setLevel(logging.CRITICAL + 1)
+    with _QUIET_LOCK:
+        if not _QUIET['depth']:
+            _QUIET['level'] = log.level
+            log.setLevel(logging.CRITICAL + 1)
+        _QUIET['depth'] += 1
     try:
         yield
     finally:
-        log.setLevel(level)
+        with _QUIET_LOCK:
+            _QUIET['depth'] -= 1
+            if not _QUIET['depth']:
+                log.setLevel(_QUIET['level'])
 
 
 @contextlib.contextmanager

@@ -165,3 +165,22 @@ def test_a_failed_mount_is_our_one_error(brick, caplog, monkeypatch):
     assert isinstance(e.value, exception.Any2KvmError)
     assert _brick_records(caplog) == []
     assert logging.getLogger('os_brick').level == logging.NOTSET
+
+
+def test_overlapping_attachments_give_the_level_back_once_all_end():
+    # Two threads' attachments overlap without nesting (A in, B in, A
+    # out, B out): os-brick stays quiet until the last ends, and its
+    # level is then what it was before the first.
+    log = logging.getLogger('os_brick')
+    log.setLevel(logging.INFO)
+    try:
+        a = cinder_target.brick_logs_for_debug()
+        b = cinder_target.brick_logs_for_debug()
+        a.__enter__()
+        b.__enter__()
+        a.__exit__(None, None, None)
+        assert log.level > logging.CRITICAL
+        b.__exit__(None, None, None)
+        assert log.level == logging.INFO
+    finally:
+        log.setLevel(logging.NOTSET)
