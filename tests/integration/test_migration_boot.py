@@ -260,17 +260,7 @@ def test_warm_migrated_vm_boots_the_last_token(bed, guest, nova_clients):
                             *state_db)[0].stdout)
         assert m['status'] == 'synced'
     finally:
-        if server_id is not None:
-            try:
-                server_mod.rollback(nova_clients, server_id=server_id,
-                                    volumes=vol_ids)
-            except Exception as e:
-                print('cleanup of server %s: %s' % (server_id, e))
-        for vol_id in vol_ids:
-            try:
-                cinder.volumes.delete(vol_id)
-            except Exception as e:
-                print('could not delete %s: %s' % (vol_id, e))
+        _clean_up(nova_clients, server_id, vol_ids, wait=False)
 
 
 def test_a_xen_named_vm_boots_after_cutover_fix(xen_bed, xen_guest,
@@ -281,7 +271,7 @@ def test_a_xen_named_vm_boots_after_cutover_fix(xen_bed, xen_guest,
     down, renames them, and the server it creates boots."""
     b, env, common, mnt = xen_bed
     _raw, token = xen_guest
-    nova, cinder = nova_clients.nova, nova_clients.cinder
+    nova = nova_clients.nova
     name = unique('guest1x')
     state_db = common[-2:]
     _run(env, 'create', name, b.location('boot-guest'), '--target',
@@ -314,16 +304,23 @@ def test_a_xen_named_vm_boots_after_cutover_fix(xen_bed, xen_guest,
         assert all(' id=%s boot=' % token in line for line in ready), ready
         assert 'ANY2KVM-BOOT-FAIL' not in console
     finally:
-        if server_id is not None:
-            try:
-                server_mod.rollback(nova_clients, server_id=server_id,
-                                    volumes=vol_ids)
-            except Exception as e:
-                print('cleanup of server %s: %s' % (server_id, e))
-        for vol_id in vol_ids:
-            try:
-                wait_for(lambda: cinder.volumes.get(vol_id),
+        _clean_up(nova_clients, server_id, vol_ids)
+
+
+def _clean_up(clients, server_id, vol_ids, wait=True):
+    """Delete the server (when one is left) and the volumes; ``wait``:
+    for each volume to be detached first."""
+    if server_id is not None:
+        try:
+            server_mod.rollback(clients, server_id=server_id,
+                                volumes=vol_ids)
+        except Exception as e:
+            print('cleanup of server %s: %s' % (server_id, e))
+    for vol_id in vol_ids:
+        try:
+            if wait:
+                wait_for(lambda: clients.cinder.volumes.get(vol_id),
                          ('available', 'error'), timeout=300)
-                cinder.volumes.delete(vol_id)
-            except Exception as e:
-                print('could not delete %s: %s' % (vol_id, e))
+            clients.cinder.volumes.delete(vol_id)
+        except Exception as e:
+            print('could not delete %s: %s' % (vol_id, e))
