@@ -972,6 +972,23 @@ def _boot_default(g, files, read, image_version):
     return None
 
 
+#: A BLS entry's options taken from grubenv (RHEL 8: ``options
+#: $kernelopts``).
+_KERNELOPTS_REF_RE = re.compile(r'^\s*options\s.*\$\{?kernelopts\b', re.M)
+
+
+def kernelopts_lines(g, boot_texts, read=None):
+    """The kernel command line that BLS entries take from grubenv's
+    ``kernelopts`` (RHEL 8: ``options $kernelopts``), as an ``options``
+    line of its own; [] when no entry of ``boot_texts`` refers to it."""
+    if not any(_KERNELOPTS_REF_RE.search(t) for t in boot_texts):
+        return []
+    read = read or _reader(g)
+    envs = grub_envs(g)
+    opts = grub_env(read(envs[0])).get('kernelopts') if envs else None
+    return ['options %s\n' % opts] if opts else []
+
+
 def tools(g, root):
     try:
         apps = {a['app2_name'] for a in g.inspect_list_applications2(root)}
@@ -994,6 +1011,7 @@ def linux_facts(g, root, slots=None):
     found, apps = tools(g, root)
     found_kernels = kernels(g)
     boot_texts = [read(p) or '' for p in boot_files(g)]
+    boot_texts += kernelopts_lines(g, boot_texts, read)
     return {'bootloader': bootloader(files), 'disk_names': names,
             'uefi_fallback': uefi_fallback(g),
             'kernels': found_kernels,

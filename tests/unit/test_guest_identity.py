@@ -280,18 +280,30 @@ def test_the_bootloader_files_facts_of_a_linux_guest():
         'version': '4.18.0-80.el8.x86_64'}
     assert facts['cloud_init']['disabled'] == \
         'cloud-init=disabled on the kernel command line'
-    # The argument only in the file too big to read, or in grubenv
-    # (not one of the bootloader files it is looked for in): not seen.
+    # The argument only in the file too big to read: not seen.
     g = rocky8_guest()
-    g.files['/boot/grub2/grubenv'] = g.files['/boot/grub2/grubenv'].replace(
-        b' ro\n', b' ro cloud-init=disabled\n')
     g.files['/boot/loader/entries/zzz.conf'] = g.files[
         '/boot/loader/entries/zzz.conf'].replace(b'=enabled', b'=disabled')
-    g.files['/boot/loader/entries/abc-4.18.0-80.el8.x86_64.conf'] = \
-        g.files['/boot/loader/entries/abc-4.18.0-80.el8.x86_64.conf'] \
-        .replace(b' cloud-init=disabled', b'')
+    old = '/boot/loader/entries/abc-4.18.0-80.el8.x86_64.conf'
+    g.files[old] = g.files[old].replace(b' cloud-init=disabled', b'')
     assert probe.linux_facts(g, '/dev/sda1')['cloud_init']['disabled'] \
         is None
+    # In grubenv's kernelopts, which the entries' "options $kernelopts"
+    # take: seen.
+    g.files['/boot/grub2/grubenv'] = g.files['/boot/grub2/grubenv'].replace(
+        b' ro\n', b' ro cloud-init=disabled\n')
+    assert probe.linux_facts(g, '/dev/sda1')['cloud_init']['disabled'] == \
+        'cloud-init=disabled on the kernel command line'
+    assert probe.kernelopts_lines(g, ['options $kernelopts\n']) == [
+        'options root=/dev/xvda1 ro cloud-init=disabled\n']
+    assert probe.kernelopts_lines(g, ['options ${kernelopts} x\n']) != []
+    # ... unless no entry takes its options from there.
+    for entry in [p for p in g.files if p.startswith('/boot/loader/')]:
+        g.files[entry] = g.files[entry].replace(b'$kernelopts',
+                                                b'root=/dev/xvda1 ro')
+    assert probe.linux_facts(g, '/dev/sda1')['cloud_init']['disabled'] \
+        is None
+    assert probe.kernelopts_lines(g, ['options root=/dev/sda1\n']) == []
 
 
 def test_linux_facts_read_each_file_once(monkeypatch):
