@@ -527,6 +527,11 @@ def uefi_fallback_warning(guest):
             if fallback.get('source') else
             'install one in the guest (grub-install --removable)')
         where = ''
+    full = probe.no_room(fallback, fallback.get('partition') or
+                         probe.ESP_MOUNT)
+    if full and fallback.get('source'):
+        step = '%s, but %s (--fix fails until then)' % (
+            step.replace('--fix copies', '--fix would copy', 1), full)
     return ('no UEFI fallback bootloader (%s) on the EFI system '
             'partition%s: the boot entry was in the VM\'s NVRAM under Xen, '
             'which does not move, and a new NVRAM finds nothing to boot; %s'

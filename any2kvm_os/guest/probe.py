@@ -1062,18 +1062,49 @@ def uefi_fallback(g):
                        files=sorted(files[f] for f in UEFI_SHIMS +
                                     UEFI_GRUBS + ('grub.cfg',)
                                     if f in files))
+    if not out['present'] and out['source']:
+        out.update(room(g, ESP_MOUNT, [
+            src for src, _ in _fallback_copies(out)],
+            _exists(g, UEFI_FALLBACK_DIR)))
     return out
 
 
-def fix_uefi_fallback(g, facts):
-    """Copy the distribution's bootloader to the fallback path, as
-    virt-v2v does for Debian and Ubuntu (convert_linux.ml): shim as
-    BOOTX64.EFI with GRUB and its grub.cfg beside it (shim loads
-    grubx64.efi from its own directory, and Debian's signed GRUB reads
-    grub.cfg from its own), or GRUB itself as BOOTX64.EFI.  [(from, to)]
-    of the copies."""
-    if not facts or facts.get('present') or not facts.get('source'):
-        return []
+def room(g, top, sources, dir_exists=True):
+    """{'needed', 'free'}: the bytes that copying the files ``sources``
+    onto the file system mounted at ``top`` takes (each rounded up to
+    its allocation unit, a FAT cluster on an ESP, and one more for a
+    directory to make), and the bytes free there; {} when libguestfs
+    cannot tell."""
+    try:
+        st = _hash(g.statvfs(top))
+        unit = int(st['frsize'] or st['bsize'])
+        free = int(st['bavail']) * unit
+        sizes = [int(g.filesize(src)) for src in sources]
+    except (RuntimeError, KeyError, TypeError, ValueError):
+        return {}
+    if unit <= 0:
+        return {}
+    needed = sum(-(-size // unit) * unit for size in sizes)
+    if not dir_exists:
+        needed += unit
+    return {'needed': needed, 'free': free}
+
+
+def no_room(facts, where):
+    """The reason a UEFI fallback's copies (facts of
+    :func:`uefi_fallback` or :func:`windows_uefi_fallback`) do not fit
+    on the EFI system partition ``where``, or None."""
+    needed, free = (facts or {}).get('needed'), (facts or {}).get('free')
+    if needed is None or free is None or needed <= free:
+        return None
+    return ('the EFI system partition (%s) has %d KiB free and the UEFI '
+            'fallback bootloader\'s copies need %d KiB: make room on it in '
+            'the guest' % (where, free // 1024, -(-needed // 1024)))
+
+
+def _fallback_copies(facts):
+    """[(source, destination)] of the files :func:`fix_uefi_fallback`
+    copies for ``facts``."""
     src = facts['source']
     names = {f.lower(): f for f in facts.get('files') or ()}
     shim = next((names[f] for f in UEFI_SHIMS if f in names), None)
@@ -1089,11 +1120,29 @@ def fix_uefi_fallback(g, facts):
         return []
     if 'grub.cfg' in names:
         copies.append((names['grub.cfg'], UEFI_FALLBACK_DIR + '/grub.cfg'))
+    return [(src + '/' + name, dest) for name, dest in copies]
+
+
+def fix_uefi_fallback(g, facts):
+    """Copy the distribution's bootloader to the fallback path, as
+    virt-v2v does for Debian and Ubuntu (convert_linux.ml): shim as
+    BOOTX64.EFI with GRUB and its grub.cfg beside it (shim loads
+    grubx64.efi from its own directory, and Debian's signed GRUB reads
+    grub.cfg from its own), or GRUB itself as BOOTX64.EFI.  [(from, to)]
+    of the copies."""
+    if not facts or facts.get('present') or not facts.get('source'):
+        return []
+    copies = _fallback_copies(facts)
+    if not copies:
+        return []
+    full = no_room(facts, ESP_MOUNT)
+    if full:
+        raise ProbeError(full)
     g.mkdir_p(UEFI_FALLBACK_DIR)
     done = []
-    for name, dest in copies:
-        g.cp(src + '/' + name, dest)
-        done.append((src + '/' + name, dest))
+    for src, dest in copies:
+        g.cp(src, dest)
+        done.append((src, dest))
     return done
 
 
@@ -2418,6 +2467,10 @@ def windows_uefi_fallback(g, partition):
         usable = False
     if usable:
         out.update(source=top, files=[bootmgr.rsplit('/', 1)[1]])
+        if not out['present']:
+            made = _case_path(g, WINDOWS_FALLBACK_DIR)
+            out.update(room(g, '/', [bootmgr],
+                            bool(made) and _exists(g, made)))
     return out
 
 
@@ -2431,6 +2484,9 @@ def fix_windows_uefi_fallback(g, facts):
     src = facts['source'] + '/' + facts['files'][0]
     if not _is_file(g, src) or g.filesize(src) > MAX_BOOTMGR:
         return []
+    full = no_room(facts, facts.get('partition') or '/')
+    if full:
+        raise ProbeError(full)
     top = _case_path(g, WINDOWS_FALLBACK_DIR)
     if top is None:
         return []

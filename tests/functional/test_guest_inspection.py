@@ -26,13 +26,16 @@ interpreter that prints a recorded probe output instead.
 """
 
 import copy
+import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from any2kvm_os import exception
 from any2kvm_os.guest import inspect as gi
 from any2kvm_os.guest import probe
 from any2kvm_os import properties
@@ -525,9 +528,17 @@ def test_a_uefi_guest_without_the_fallback_path_gets_it_and_boots(
     assert 'UEFI Interactive Shell' in console, console[-2000:]
     before = gi.inspect_files([disk], libguestfs)
     (guest,) = [g for g in before['guests'] if g.get('type')]
-    assert guest['linux']['uefi_fallback'] == {
+    facts = dict(guest['linux']['uefi_fallback'])
+    needed, free = facts.pop('needed'), facts.pop('free')
+    assert facts == {
         'present': False, 'source': '/boot/efi/EFI/debian', 'shim': False,
         'files': ['grub.cfg', 'grubx64.efi']}
+    # The room the copies take on the FAT16 ESP, which is mostly free:
+    # GRUB's image, and a cluster each for grub.cfg and the directory.
+    grub = len(winbuild.read_esp_file(disk, '/EFI/debian/grubx64.efi',
+                                      start=guestbuild.START_SECTOR))
+    assert grub + 2 * 512 < needed <= grub + 3 * 65536 < free, \
+        (needed, free)
     warned = [w for w in gi.summary(before)['warnings'] if 'NVRAM' in w]
     assert warned == [
         'no UEFI fallback bootloader (\\EFI\\BOOT\\BOOTX64.EFI) on the EFI '
@@ -549,6 +560,31 @@ def test_a_uefi_guest_without_the_fallback_path_gets_it_and_boots(
     line = guestbuild.boot(disk, 'virtio-scsi', firmware='uefi')
     assert line and 'ANY2KVM-BOOT-OK' in line, line
     assert built['token'] in line
+
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT)
+def test_a_full_esp_fails_the_fallback_fix_before_it_copies(
+        libguestfs, tmp_path):
+    """An ESP without room for GRUB's copy: --fix refuses in one line
+    that says so, before it copies anything (the room is what libguestfs'
+    statvfs says of the real FAT file system), and the disk is left as
+    it was."""
+    disk = tmp_path / 'debian-uefi-full.raw'
+    guestbuild.build(disk, 'uefi', esp_dir='debian')
+    guestbuild.fill_esp(disk, 8192)
+    with open(str(disk), 'rb') as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with pytest.raises(exception.GuestFixError) as e:
+        gi.inspect_files([disk], libguestfs, fix=True)
+    assert re.search(r'the EFI system partition \(/boot/efi\) has [0-9]+ '
+                     r'KiB free and the UEFI fallback bootloader\'s copies '
+                     r'need [0-9]+ KiB: make room on it in the guest',
+                     str(e.value)), str(e.value)
+    assert '\n' not in str(e.value)
+    with open(str(disk), 'rb') as f:
+        assert hashlib.sha256(f.read()).hexdigest() == digest
+    assert winbuild.read_esp_file(disk, '/EFI/BOOT/BOOTX64.EFI',
+                                  start=guestbuild.START_SECTOR) is None
 
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
@@ -827,9 +863,14 @@ def test_a_uefi_windows_guest_gets_the_uefi_fallback_bootloader(
     assert bcd['names_system_partition'] is True
     assert bcd['system_partition'] == {'table': 'gpt',
                                        'guid': winbuild.SYSTEM_GUID}
-    assert guest['windows']['uefi_fallback'] == {
+    facts = dict(guest['windows']['uefi_fallback'])
+    needed, free = facts.pop('needed'), facts.pop('free')
+    assert facts == {
         'present': False, 'source': '/EFI/Microsoft/Boot',
         'files': ['bootmgfw.efi'], 'partition': esp}
+    # The boot manager's clusters and \EFI\Boot's, on a mostly free ESP.
+    assert len(winbuild.BOOTMGFW) < needed <= len(winbuild.BOOTMGFW) + \
+        2 * 65536 < free, (needed, free)
     before = [w for w in gi.warnings(copy.deepcopy(guest)) if 'UEFI' in w]
     assert before == [FALLBACK_WARNING % esp + (
         '--fix copies Windows\' boot manager \\EFI\\Microsoft\\Boot\\'

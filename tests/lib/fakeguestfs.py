@@ -57,6 +57,15 @@ class FilesG(object):
     def filesize(self, path):
         return len(self.files[path])
 
+    #: What statvfs says of the file system: bytes free, in clusters of
+    #: ``unit`` (an ESP's FAT).
+    free = 100 << 20
+    unit = 4096
+
+    def statvfs(self, path):
+        return {'bsize': self.unit, 'frsize': self.unit,
+                'bavail': self.free // self.unit, 'blocks': 0}
+
     def read_file(self, path):
         return self.files[path]
 

@@ -476,6 +476,23 @@ def _write_uefi(path, work, root, fsuuid, esp_dir=None):
         shutil.copyfileobj(src, f)
 
 
+def fill_esp(disk, leave):
+    """Fill the EFI system partition of a ``uefi`` kind's ``disk`` (with
+    mtools, outside libguestfs) until ``leave`` bytes are free in it."""
+    where = '%s@@%d' % (disk, START_SECTOR * 512)
+    r = subprocess.run(['mdir', '-i', where, '::/'], capture_output=True,
+                       text=True, timeout=60, check=True)
+    m = re.search(r'([0-9][0-9 ]*) bytes free', r.stdout)
+    free = int(m.group(1).replace(' ', ''))
+    filler = Path(str(disk) + '.filler')
+    with open(str(filler), 'wb') as f:
+        f.write(b'\xa5' * max(0, free - leave))
+    try:
+        _run(['mcopy', '-i', where, str(filler), '::/FILLER.BIN'])
+    finally:
+        filler.unlink()
+
+
 #: QEMU devices of each bus, for a drive with id d0.
 BUS_DEVICES = {
     'virtio-scsi': ['-device', 'virtio-scsi-pci,id=scsi0',

@@ -470,9 +470,11 @@ def read_file(disk, partition_start, path, tmp_dir):
         part.unlink()
 
 
-def read_esp_file(disk, path):
-    """A file of the EFI system partition of a UEFI kind's ``disk``, read
-    with mtools (outside libguestfs); None when it is not there."""
-    r = subprocess.run(['mcopy', '-n', '-i', '%s@@%d' % (disk, P1_START * 512),
+def read_esp_file(disk, path, start=P1_START):
+    """A file of the EFI system partition of a UEFI kind's ``disk`` (at
+    sector ``start``: guestbuild's kinds have theirs at
+    ``guestbuild.START_SECTOR``), read with mtools (outside libguestfs);
+    None when it is not there."""
+    r = subprocess.run(['mcopy', '-n', '-i', '%s@@%d' % (disk, start * 512),
                         '::' + path, '-'], capture_output=True, timeout=120)
     return r.stdout if r.returncode == 0 else None

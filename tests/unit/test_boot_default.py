@@ -13,6 +13,8 @@
 """Which kernel a guest's bootloader boots, and which one the bus is
 chosen for (probe.boot_default, properties.boot_kernel)."""
 
+import pytest
+
 from any2kvm_os.guest import inspect as gi
 from any2kvm_os.guest import probe
 from any2kvm_os import properties
@@ -379,10 +381,21 @@ def test_a_bios_guest_without_boot_code_is_warned_of():
 
 
 class TreeG(FakeG):
-    """FakeG with directories: the parents of its files."""
+    """FakeG with directories: the parents of its files, on a file system
+    with ``free`` bytes free in clusters of ``unit`` (an ESP's FAT)."""
+
+    free = 100 << 20
+    unit = 4096
+
+    def statvfs(self, path):
+        return {'bsize': self.unit, 'frsize': self.unit,
+                'bavail': self.free // self.unit, 'blocks': 0}
 
     def is_dir(self, path, followsymlinks=False):
         return any(f.startswith(path.rstrip('/') + '/') for f in self.files)
+
+    def exists(self, path):
+        return path in self.files or self.is_dir(path)
 
     def ls(self, path):
         top = path.rstrip('/') + '/'
@@ -471,8 +484,10 @@ def test_suses_shim_and_grub_have_no_architecture_in_their_names():
                '/boot/efi/EFI/sles/grub.efi': 'x',
                '/boot/efi/EFI/sles/MokManager.efi': 'x'})
     facts = probe.uefi_fallback(g)
+    # Room: a cluster for each copy, and one for the directory to make.
     assert facts == {'present': False, 'source': '/boot/efi/EFI/sles',
-                     'shim': True, 'files': ['grub.efi', 'shim.efi']}
+                     'shim': True, 'files': ['grub.efi', 'shim.efi'],
+                     'needed': 3 * 4096, 'free': 100 << 20}
     top = '/boot/efi/EFI/'
     assert probe.fix_uefi_fallback(CopyG(), facts) == [
         (top + 'sles/shim.efi', top + 'BOOT/BOOTX64.EFI'),
@@ -516,3 +531,50 @@ def test_rhel8_kernelopts_in_grubenv_are_fixed_in_place():
                              kernel_args=['net.ifnames=0']) == (new, [])
     tight = grubenv('kernelopts=root=/dev/xvda1 ro\n', size=60)
     assert probe.fix_grubenv(UuidG(), tight, 'scsi')[0] is None
+
+
+def test_a_fallback_that_does_not_fit_on_the_esp_is_said_before_the_fix():
+    """An ESP too full for the fallback's copies: the inspection's warning
+    says so (before the maintenance window), and --fix refuses before it
+    copies anything (shim without its GRUB would boot nothing)."""
+    class CopyG(object):
+        def __init__(self):
+            self.done = []
+
+        def mkdir_p(self, path):
+            self.done.append(path)
+
+        def cp(self, src, dest):
+            self.done.append(dest)
+    shim = 'x' * 5000       # two clusters
+    g = TreeG({'/boot/efi/EFI/debian/shimx64.efi': shim,
+               '/boot/efi/EFI/debian/grubx64.efi': 'x',
+               '/boot/efi/EFI/debian/grub.cfg': 'x',
+               '/boot/efi/EFI/BOOT/fbx64.efi': 'x'})
+    g.free = 4 * 4096
+    facts = probe.uefi_fallback(g)
+    assert (facts['needed'], facts['free']) == (4 * 4096, 4 * 4096)
+    assert probe.no_room(facts, '/boot/efi') is None
+    g.free = 3 * 4096 + 4095
+    facts = probe.uefi_fallback(g)
+    full = probe.no_room(facts, '/boot/efi')
+    assert full == ('the EFI system partition (/boot/efi) has 12 KiB free '
+                    'and the UEFI fallback bootloader\'s copies need 16 KiB:'
+                    ' make room on it in the guest')
+    copy = CopyG()
+    with pytest.raises(probe.ProbeError, match='has 12 KiB free'):
+        probe.fix_uefi_fallback(copy, facts)
+    assert copy.done == []
+    guest = xen_guest()
+    guest['firmware'] = 'uefi'
+    guest['linux']['uefi_fallback'] = facts
+    (warned,) = [w for w in gi.summary({'guests': [guest]})['warnings']
+                 if 'NVRAM' in w]
+    assert warned.endswith(
+        '--fix would copy /boot/efi/EFI/debian there (grub.cfg, '
+        'grubx64.efi, shimx64.efi), but ' + full +
+        ' (--fix fails until then)'), warned
+    # Room unknown (libguestfs could not tell): copied as before.
+    facts = dict(facts)
+    del facts['free']
+    assert len(probe.fix_uefi_fallback(copy, facts)) == 3

@@ -116,8 +116,10 @@ def test_the_fallback_is_found_beside_the_bcd_on_the_esp():
 
 def test_a_missing_fallback_and_a_missing_boot_manager():
     _bcd, facts = probed(uefi_disk())
+    # Room: the boot manager's cluster, and one for \EFI\Boot to make.
     assert facts == {'present': False, 'source': '/EFI/Microsoft/Boot',
-                     'files': ['bootmgfw.efi'], 'partition': '/dev/sda1'}
+                     'files': ['bootmgfw.efi'], 'partition': '/dev/sda1',
+                     'needed': 2 * 4096, 'free': 100 << 20}
     _bcd, facts = probed(uefi_disk(bootmgr=False))
     assert facts == {'present': False, 'source': None, 'files': [],
                      'partition': '/dev/sda1'}
@@ -171,6 +173,29 @@ def test_an_existing_bootx64_is_never_replaced():
     facts = probe.windows_uefi_fallback(g, '/dev/sda1')
     assert probe.fix_windows_uefi_fallback(g, facts) == [
         ('/EFI/Microsoft/Boot/bootmgfw.efi', '/EFI/BOOT/bootx64.efi')]
+
+
+def test_an_esp_without_room_for_the_boot_manager():
+    """Said by the inspection's warning, and refused by the fix before it
+    writes anything."""
+    g = FilesG(dict(esp_files(), **{'/EFI/BOOT/fbx64.efi': 'x'}))
+    g.free = 4096
+    facts = probe.windows_uefi_fallback(g, '/dev/sda1')
+    assert (facts['needed'], facts['free']) == (4096, 4096)
+    g.free = 4095
+    facts = probe.windows_uefi_fallback(g, '/dev/sda1')
+    with pytest.raises(probe.ProbeError, match=r'the EFI system partition '
+                       r'\(/dev/sda1\) has 0 KiB free and the UEFI '
+                       r'fallback bootloader\'s copies need 4 KiB'):
+        probe.fix_windows_uefi_fallback(g, facts)
+    assert g.writes == [] and g.dirs == set()
+    warned = gi.uefi_fallback_warning(_windows_guest('uefi', facts))
+    assert warned.endswith(
+        "--fix would copy Windows' boot manager "
+        "\\EFI\\Microsoft\\Boot\\bootmgfw.efi there, but the EFI "
+        "system partition (/dev/sda1) has 0 KiB free and the UEFI "
+        "fallback bootloader's copies need 4 KiB: make room on it in the "
+        "guest (--fix fails until then)"), warned
 
 
 def test_nothing_to_copy_copies_nothing():
