@@ -257,6 +257,9 @@ def _attached(cinder, vol_id, vol_name, root_helper, my_ip,
         kwargs = {}
         if mount_point_base:
             kwargs['%s_mount_point_base' % protocol] = mount_point_base
+            # What a remote file system connector is given (else it
+            # warns that it "may not initialize properly").
+            kwargs['conn'] = {'mount_point_base': mount_point_base}
         try:
             conn = brick.InitiatorConnector.factory(protocol, root_helper,
                                                     **kwargs)

@@ -58,11 +58,18 @@ class _Conn(object):
 
 
 class InitiatorConnector(object):
+    #: The keyword arguments of the last factory call.
+    kwargs = None
+
     @classmethod
     def factory(cls, protocol, root_helper, **kwargs):
-        logging.getLogger('os_brick.remotefs').warning(
-            'Connection details not present. RemoteFsClient may not '
-            'initialize properly.')
+        # os_brick/initiator/connectors/remotefs.py: the mount point base
+        # comes from conn= (or the protocol's own keyword).
+        cls.kwargs = kwargs
+        if not kwargs.get('conn'):
+            logging.getLogger('os_brick.remotefs').warning(
+                'Connection details not present. RemoteFsClient may not '
+                'initialize properly.')
         return _Conn()
 '''
 
@@ -121,10 +128,10 @@ def brick(tmp_path, monkeypatch):
     return volume
 
 
-def _attach(volume):
+def _attach(volume, **kwargs):
     # os-brick is imported by attached() only: its import warning counts.
     cinder = _Cinder()
-    with cinder_target.attached(cinder, 'vol-1', poll=0) as path:
+    with cinder_target.attached(cinder, 'vol-1', poll=0, **kwargs) as path:
         assert path == str(volume)
     return cinder
 
@@ -152,6 +159,20 @@ def test_with_debug_os_brick_is_heard(brick, caplog):
     assert any('iSCSI Initiator File' in m for m in messages), messages
     assert any('RemoteFsClient' in m for m in messages), messages
     assert any(m.startswith('disconnecting ') for m in messages), messages
+
+
+def test_the_mount_point_base_reaches_the_connector_as_conn(brick, caplog):
+    """As os-brick's remote file system connector takes it: conn=
+    (without it, it warns that it may not initialize properly), and the
+    protocol's own keyword."""
+    caplog.set_level(logging.DEBUG)
+    _attach(brick, mount_point_base='/mnt/a2k')
+    connector = sys.modules['os_brick.initiator.connector']
+    assert connector.InitiatorConnector.kwargs == {
+        'nfs_mount_point_base': '/mnt/a2k',
+        'conn': {'mount_point_base': '/mnt/a2k'}}
+    messages = [r.getMessage() for r in _brick_records(caplog)]
+    assert not any('RemoteFsClient' in m for m in messages), messages
 
 
 def test_a_failed_mount_is_our_one_error(brick, caplog, monkeypatch):
