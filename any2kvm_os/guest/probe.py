@@ -241,6 +241,23 @@ def _ls(g, path):
         return []
 
 
+def _case_path(g, path):
+    """``path`` as the guest's filesystem spells it (Windows' names
+    match without regard to case), or None where a directory on the way
+    is missing."""
+    try:
+        return g.case_sensitive_path(path)
+    except RuntimeError:
+        return None
+
+
+def _is_file(g, path):
+    try:
+        return bool(path) and bool(g.is_file(path))
+    except RuntimeError:
+        return False
+
+
 # -- disks and firmware -------------------------------------------------------
 
 def partitions(g, disk=None):
@@ -2428,23 +2445,6 @@ WINDOWS_FALLBACK = WINDOWS_FALLBACK_DIR + '/bootx64.efi'
 MAX_BOOTMGR = 32 << 20
 
 
-def _case_path(g, path):
-    """``path`` as the guest's filesystem spells it (Windows' names
-    match without regard to case), or None where a directory on the way
-    is missing."""
-    try:
-        return g.case_sensitive_path(path)
-    except RuntimeError:
-        return None
-
-
-def _is_file(g, path):
-    try:
-        return bool(path) and bool(g.is_file(path))
-    except RuntimeError:
-        return False
-
-
 def windows_uefi_fallback(g, partition):
     """Whether the EFI system partition holding Windows' BCD (mounted at
     /) has the UEFI fallback bootloader (``\\EFI\\Boot\\bootx64.efi``),
@@ -2519,11 +2519,8 @@ def windows_bcd(g, guest):
         try:
             for cand in BCD_PATHS:
                 searched.append('%s:%s' % (part, cand))
-                try:
-                    path = g.case_sensitive_path(cand)
-                    if not g.is_file(path):
-                        continue
-                except RuntimeError:
+                path = _case_path(g, cand)
+                if not _is_file(g, path):
                     continue
                 found = {'partition': part, 'path': path}
                 if fs == 'vfat' and cand == '/EFI/Microsoft/Boot/BCD':
