@@ -430,11 +430,13 @@ def net_files(g):
     return files
 
 
-def network_facts(g):
+def network_facts(g, boot_texts=None):
     """What of the guest's network setup names its Xen NIC: {'files':
     [{path, names (ethN/enXN), mac_bound}], 'pinned': the names
     70-persistent-net.rules pins to MACs, 'ifnames_off': whether a
-    kernel command line already keeps the kernel's names}."""
+    kernel command line already keeps the kernel's names};
+    ``boot_texts``: the bootloader files' texts and
+    :func:`kernelopts_lines`, when read already."""
     files = []
     for path in net_files(g):
         text = _uncommented(_read(g, path))
@@ -445,8 +447,10 @@ def network_facts(g):
     rules = _uncommented(_read(g, PERSISTENT_NET))
     pinned = sorted(set(re.findall(r'NAME="?([\w.-]+)', rules))) \
         if 'ATTR{address}' in rules else []
-    off = any(IFNAMES_ARG in _uncommented(_read(g, p))
-              for p in boot_files(g))
+    if boot_texts is None:
+        boot_texts = [_read(g, p) or '' for p in boot_files(g)]
+        boot_texts += kernelopts_lines(g, boot_texts)
+    off = any(IFNAMES_ARG in _uncommented(t) for t in boot_texts)
     return {'files': files, 'pinned': pinned, 'ifnames_off': off}
 
 
@@ -1034,7 +1038,8 @@ def linux_facts(g, root, slots=None):
             'kernels': found_kernels,
             'boot_default': boot_default(g, files, found_kernels, read),
             'tools': found,
-            'network': network_facts(g), 'lvm_devices': lvm_devices(g),
+            'network': network_facts(g, boot_texts),
+            'lvm_devices': lvm_devices(g),
             'cloud_init': cloud_init_facts(g, apps, boot_texts)}
 
 

@@ -306,10 +306,9 @@ def test_the_bootloader_files_facts_of_a_linux_guest():
     assert probe.kernelopts_lines(g, ['options root=/dev/sda1\n']) == []
 
 
-def test_linux_facts_read_each_file_once(monkeypatch):
+def test_linux_facts_read_each_file_once():
     """The bootloader files are read once for the names in them, the
-    default entry and cloud-init's kernel argument (network_facts, which
-    fix_linux calls too, reads them on its own)."""
+    default entry, cloud-init's kernel argument and net.ifnames=0."""
     g = rocky8_guest()
     reads = []
     real = g.read_file
@@ -318,7 +317,6 @@ def test_linux_facts_read_each_file_once(monkeypatch):
         reads.append(path)
         return real(path)
     g.read_file = read_file
-    monkeypatch.setattr(probe, 'network_facts', lambda g: {})
     probe.linux_facts(g, '/dev/sda1')
     assert '/boot/grub2/grub.cfg' in reads
     assert sorted(reads) == sorted(set(reads))
@@ -773,3 +771,18 @@ def test_kernels_and_network_files_looked_at_are_bounded():
     listed = probe.net_files(FilesG(nets))
     assert len(listed) == probe.MAX_NET_FILES
     assert all('/ifcfg-eth0.' in p for p in listed)
+
+
+def test_net_ifnames_in_grubenv_kernelopts_keeps_the_kernels_names():
+    """net.ifnames=0 where RHEL 8 keeps the kernel command line (grubenv's
+    kernelopts, which the BLS entries take) is seen as on any other."""
+    g = rocky8_guest()
+    assert probe.linux_facts(g, '/dev/sda1')['network']['ifnames_off'] \
+        is False
+    g.files['/boot/grub2/grubenv'] = g.files['/boot/grub2/grubenv'].replace(
+        b' ro\n', b' ro net.ifnames=0\n')
+    assert probe.linux_facts(g, '/dev/sda1')['network']['ifnames_off'] \
+        is True
+    # The same when network_facts reads the files itself (as fix_linux
+    # calls it).
+    assert probe.network_facts(g)['ifnames_off'] is True
