@@ -640,6 +640,10 @@ def run_migration(action, args, limits, cloud, progress_stream=None,
             return engine.sync(store, args.name, limits=limits, args=args,
                                cloud=cloud, progress=progress,
                                guest=_guest_step(args, limits))
+        if action == 'verify':
+            from any2kvm_os.migration import verify
+            return verify.verify(store, args.name, limits=limits, args=args,
+                                 cloud=cloud, progress=progress)
         if server is None and action in ('cutover', 'rollback'):
             server = _server_step(action, args, cloud)
         if action == 'cutover':
@@ -694,6 +698,22 @@ def _wire(r):
     return text
 
 
+def verify_lines(r):
+    """The lines of ``migration verify``'s result (each target identical:
+    a difference is the command's error)."""
+    lines = ['verified %s: every target equals %s, read again from the '
+             'host (%s read over the wire, %.1f s)' % (
+                 r['name'], r['against'],
+                 progress_mod.human(r['bytes_read']), r['seconds'])]
+    lines += ['  disk %d: %s, %s of %s compared (%s of data, %d layer(s) '
+              'folded): identical' % (
+                  t['index'], t['target_ref'], progress_mod.human(
+                      t['compared']), progress_mod.human(t['virtual_size']),
+                  progress_mod.human(t['data']), t['layers'])
+              for t in r['targets']]
+    return lines
+
+
 def migration_lines(action, result):
     """The text lines ``migration ACTION`` prints of its ``result``."""
     r = result
@@ -727,6 +747,8 @@ def migration_lines(action, result):
         if r.get('steps'):
             lines.append('  steps: %s' % steps_text(r['steps']))
         return lines
+    if action == 'verify':
+        return verify_lines(r)
     if action == 'rollback':
         return ['rolled back %s: the source VM runs again; %d layer(s) to '
                 'copy again at the next sync%s' % (

@@ -122,18 +122,20 @@ def _inspect_group(parser, description, what):
 
 
 #: The actions of ``migration``, in the order the help lists them.
-MIGRATION_ACTIONS = ('create', 'sync', 'cutover', 'rollback', 'abort',
-                     'show', 'list')
+MIGRATION_ACTIONS = ('create', 'sync', 'cutover', 'verify', 'rollback',
+                     'abort', 'show', 'list')
 #: The actions that may need the cloud (a Cinder migration).
-MIGRATION_CLOUD_ACTIONS = ('create', 'sync', 'cutover', 'rollback', 'abort')
+MIGRATION_CLOUD_ACTIONS = ('create', 'sync', 'cutover', 'verify',
+                           'rollback', 'abort')
 
 
 def add_migration_arguments(parser, action, with_format=True,
                             with_cloud=True, with_server=True):
     """The arguments of ``migration ACTION``, the same in both command
-    lines.  ``with_format``: ``--format text|json`` on show, list and
-    cutover (OSC has its own ``-f``); ``with_cloud``: ``--os-cloud`` on
-    the actions that may need a cloud (OSC has its own); ``with_server``:
+    lines.  ``with_format``: ``--format text|json`` on show, list,
+    cutover and verify (OSC has its own ``-f``); ``with_cloud``:
+    ``--os-cloud`` on the actions that may need a cloud (OSC has its
+    own); ``with_server``:
     the server options of ``cutover`` (they import the server library:
     left out when another command is parsed, for start-up time)."""
     import os
@@ -201,7 +203,7 @@ def add_migration_arguments(parser, action, with_format=True,
                             help='delete the raw files or volumes too '
                                  '(kept by default; block devices are '
                                  'always kept, never wiped)')
-    if action in ('sync', 'cutover'):
+    if action in ('sync', 'cutover', 'verify'):
         parser.add_argument('--no-progress', dest='progress',
                             action='store_false', default=True,
                             help='no progress on stderr (by default a bar '
@@ -217,7 +219,7 @@ def add_migration_arguments(parser, action, with_format=True,
                      'default: OS_CLOUD, else the OS_* variables)')
     if action in ('sync', 'cutover'):
         add_migration_inspect_arguments(parser, action)
-    if with_format and action in ('show', 'list', 'cutover'):
+    if with_format and action in ('show', 'list', 'cutover', 'verify'):
         parser.add_argument('--format', choices=('text', 'json'),
                             default='text')
 

@@ -225,6 +225,8 @@ def _add_migration(sub, common, full=True):
         'create': 'record a migration and create its targets',
         'sync': 'snapshot the running VM and copy what changed',
         'cutover': 'shut the VM down and copy the rest',
+        'verify': 'compare the targets with the disks, read again from '
+                  'the host',
         'rollback': 'after a cutover: start the source VM again',
         'abort': 'remove the migration\'s snapshots',
         'show': 'show a migration',

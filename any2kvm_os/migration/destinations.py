@@ -43,6 +43,7 @@ never credentials: each command that needs the cloud logs in again.
 import contextlib
 import logging
 import os
+import stat
 import time
 
 from any2kvm_os import exception
@@ -83,6 +84,11 @@ class Destination(object):
         raise NotImplementedError
 
     def opened(self, disks, sizes):
+        raise NotImplementedError
+
+    def read_paths(self, disks):
+        """A context manager: {disk index: the path of its target, to be
+        read} (``migration verify``)."""
         raise NotImplementedError
 
     def finish(self, name, disks, facts):
@@ -155,6 +161,21 @@ class FileDestination(Destination):
         finally:
             for w in writers.values():
                 w.close()
+
+    @contextlib.contextmanager
+    def read_paths(self, disks):
+        paths = {}
+        for d in disks:
+            path = d['target_ref']
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                raise DestinationError(target=path, reason=e.strerror)
+            if not stat.S_ISREG(st.st_mode):
+                raise DestinationError(target=path, reason='is not a '
+                                       'regular file')
+            paths[d['index']] = path
+        yield paths
 
     def delete(self, disks):
         deleted = []
@@ -232,6 +253,14 @@ class DeviceDestination(Destination):
 
     def create(self, disks):
         """Nothing to make: the devices exist (checked by :meth:`plan`)."""
+
+    @contextlib.contextmanager
+    def read_paths(self, disks):
+        paths = {}
+        for d in disks:
+            self._check(d['target_ref'])
+            paths[d['index']] = d['target_ref']
+        yield paths
 
     @contextlib.contextmanager
     def opened(self, disks, sizes):
@@ -396,6 +425,33 @@ class CinderDestination(Destination):
             except BaseException as e:
                 raise self._error(e)
             yield writers
+
+    @contextlib.contextmanager
+    def read_paths(self, disks):
+        """Each volume attached here, once no server uses it."""
+        cinder = self.client()
+        with contextlib.ExitStack() as stack:
+            paths = {}
+            try:
+                for d in disks:
+                    volume = cinder.volumes.get(d['target_ref'])
+                    if volume.status != 'available':
+                        used = [a.get('server_id') for a in
+                                getattr(volume, 'attachments', None) or ()
+                                if a.get('server_id')]
+                        raise DestinationError(
+                            target='volume %s' % d['target_ref'],
+                            reason='is %s%s: it is read only while nothing '
+                            'uses it (before the cutover\'s --create-server, '
+                            'or once detached)' % (volume.status, (
+                                ' (server %s)' % ', '.join(used))
+                                if used else ''))
+                for d in disks:
+                    paths[d['index']] = stack.enter_context(
+                        self._attached(d['target_ref'], d['target_ref']))
+            except BaseException as e:
+                raise self._error(e)
+            yield paths
 
     def finish(self, name, disks, facts):
         """The boot volume (the VM's ``boot_disk`` fact, else the first)

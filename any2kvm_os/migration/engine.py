@@ -433,10 +433,11 @@ def _plan(applied, stable):
     return 'ok', len(applied)
 
 
-def _update_disk(store, name, disk, chain, with_leaf, figures, target,
-                 progress=None):
-    """Apply onto ``disk``'s target (``target``, an open writer) what it
-    lacks of ``chain`` (all but the leaf, or all with ``with_leaf``)."""
+def stable_layers(chain, with_leaf):
+    """The layers of ``chain`` a sync (all but the leaf) or a cutover
+    (``with_leaf``) applies, oldest first: (their chain indexes, their
+    file names, their (layer id, fingerprint)), what :func:`_plan`
+    compares with a disk's applied layers."""
     n = len(chain.layers)
     # Positions oldest first -> chain indexes (the chain is leaf first).
     order = list(range(n - 1, -1 if with_leaf else 0, -1))
@@ -444,6 +445,15 @@ def _update_disk(store, name, disk, chain, with_leaf, figures, target,
     stable = [(chain.layers[i].identity,
                fingerprint(chain.layers[i], names[j]))
               for j, i in enumerate(order)]
+    return order, names, stable
+
+
+def _update_disk(store, name, disk, chain, with_leaf, figures, target,
+                 progress=None):
+    """Apply onto ``disk``'s target (``target``, an open writer) what it
+    lacks of ``chain`` (all but the leaf, or all with ``with_leaf``)."""
+    n = len(chain.layers)
+    order, names, stable = stable_layers(chain, with_leaf)
     applied = disk['applied']
     how, k = _plan(applied, stable)
     idx = disk['index']

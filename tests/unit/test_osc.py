@@ -107,6 +107,7 @@ def test_entry_points_load():
         'any2kvm_migration_create': migration.MigrationCreate,
         'any2kvm_migration_sync': migration.MigrationSync,
         'any2kvm_migration_cutover': migration.MigrationCutover,
+        'any2kvm_migration_verify': migration.MigrationVerify,
         'any2kvm_migration_rollback': migration.MigrationRollback,
         'any2kvm_migration_abort': migration.MigrationAbort,
         'any2kvm_migration_show': migration.MigrationShow,
@@ -447,7 +448,8 @@ def test_openstack_migration_commands_without_a_cloud(tmp_path):
 
 def test_migration_arguments_are_the_same_in_both_command_lines():
     parser = any2kvm.build_parser(['migration'])
-    for action in ('create', 'sync', 'cutover', 'rollback', 'abort'):
+    for action in ('create', 'sync', 'cutover', 'verify', 'rollback',
+                   'abort'):
         cmd = getattr(migration, 'Migration' + action.capitalize())(
             mock.Mock(), None)
         osc = cmd.get_parser('openstack any2kvm migration ' + action)

@@ -10,8 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""``openstack any2kvm migration create|sync|cutover|rollback|abort|show|
-list``: warm migration of a running XenServer VM.
+"""``openstack any2kvm migration create|sync|cutover|verify|rollback|abort|
+show|list``: warm migration of a running XenServer VM.
 
 The commands only parse, call :func:`any2kvm_os.api.run_migration` and
 show its result (``-f json`` for JSON); the arguments are those of
@@ -67,7 +67,7 @@ ORDER = ('name', 'location', 'target', 'status', 'error', 'layers_applied',
          'bytes_read', 'files_size', 'bytes_written', 'seconds', 'downtime',
          'shutdown_seconds', 'snapshots_removed', 'layers_forgotten',
          'server_deleted', 'targets_deleted', 'disks', 'syncs', 'cutover',
-         'cutovers', 'steps')
+         'cutovers', 'steps', 'against', 'targets')
 
 
 def _formatters():
@@ -131,11 +131,20 @@ def _formatters():
             from any2kvm_os import api
             return api.steps_text(self._value)
 
+    class TargetsColumn(columns.FormattableColumn):
+        """What ``migration verify`` compared, a line per target."""
+
+        def human_readable(self):
+            from any2kvm_os import api
+            return '\n'.join(api.verify_lines(
+                {'name': '', 'against': '', 'bytes_read': 0, 'seconds': 0,
+                 'targets': self._value or ()})[1:])
+
     return {'disks': DisksColumn, 'syncs': ListColumn,
             'rewrites': ListColumn, 'snapshots': ListColumn,
             'targets_deleted': ListColumn, 'cutovers': CutoversColumn,
             'last_run': LastRunColumn, 'guest': GuestColumn,
-            'steps': StepsColumn}
+            'steps': StepsColumn, 'targets': TargetsColumn}
 
 
 FORMATTERS = _formatters()
@@ -157,6 +166,9 @@ MigrationSync = _show_command(
     'sync', 'Snapshot the running VM and copy what changed')
 MigrationCutover = _show_command(
     'cutover', 'Shut the VM down and copy the rest (downtime shown)')
+MigrationVerify = _show_command(
+    'verify', 'Compare the targets with the disks, read again from the '
+    'host in full (after a sync, or a cutover without --fix)')
 MigrationRollback = _show_command(
     'rollback', 'After a cutover: start the source VM again (the next sync '
     'copies what it writes)')
