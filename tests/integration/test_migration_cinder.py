@@ -63,6 +63,16 @@ def _run(env, *args, timeout=900):
     return res, time.monotonic() - t0
 
 
+def _verified(env, name, common, against):
+    res, took = _run(env, 'verify', name, '--format', 'json',
+                     '--no-progress', *common)
+    r = json.loads(res.stdout)
+    print('verify: %.1f s: %s' % (took, r))
+    assert r['against'] == against
+    assert [t['identical'] for t in r['targets']] == [True, True]
+    assert all(t['compared'] == t['virtual_size'] for t in r['targets'])
+
+
 def test_sync_sync_cutover_rollback_into_cinder(bed, cinder, glance):
     b, env, common, mnt = bed
     name = unique('mig')
@@ -88,6 +98,9 @@ def test_sync_sync_cutover_rollback_into_cinder(bed, cinder, glance):
             res, took = _run(env, 'sync', name, '--no-progress', *common)
             print('%s: %.1f s: %s' % (step, took, res.stdout.strip()))
             assert 'rewritten' not in res.stdout
+        # The volumes read back through the attach route and compared
+        # with the disks read again from the host.
+        _verified(env, name, common, 'the layers of the last sync')
         w0.write(7 * MiB, ig.pattern(42, 4096))
         res, took = _run(env, 'cutover', name, '--timeout', '120',
                          '--format', 'json', '--no-progress', *common)
@@ -106,6 +119,7 @@ def test_sync_sync_cutover_rollback_into_cinder(bed, cinder, glance):
         for vol_id, w in zip(ids, (w0, w1)):
             assert volume_sha256(cinder, glance, vol_id) == padded_sha256(
                 bytes(w.model.data), GiB)
+        _verified(env, name, common, 'the halted VM\'s disks')
         # Rollback: the VM runs again; the next sync copies what it wrote,
         # no rewrite; a second cutover.
         res, took = _run(env, 'rollback', name, *common)
