@@ -69,6 +69,9 @@ class Destination(object):
     name = None
     #: Whether a command on such a migration needs the cloud.
     needs_cloud = False
+    #: Whether a target is exactly its disk's size (a raw file), or at
+    #: least (a device, a volume).
+    exact_size = False
 
     def __init__(self, options=None, cloud=None):
         self.options = dict(options or {})
@@ -112,6 +115,7 @@ class FileDestination(Destination):
     in ``output_dir`` (as ``import --target file`` names them)."""
 
     name = 'file'
+    exact_size = True
 
     def check(self):
         out = os.path.abspath(self.options.get('output_dir') or '.')

@@ -79,7 +79,7 @@ class Comparer(object):
     #: Never a fresh file: every run the chain does not hold is checked.
     fresh = False
 
-    def __init__(self, path):
+    def __init__(self, path, exact=None):
         self.path = path
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -97,6 +97,10 @@ class Comparer(object):
         self.differing = 0
         self.ranges = []
         self._holes = not self.is_block
+        #: Whether the target must be exactly the disk's size (a raw
+        #: file), else at least (a device, a volume's file); by default,
+        #: whether it is a regular file.
+        self.exact = not self.is_block if exact is None else exact
 
     def close(self):
         if self.fd is not None:
@@ -107,13 +111,12 @@ class Comparer(object):
         self.expected = size
 
     def size_problem(self):
-        """Why the target's size does not fit the disk, or None: a file
-        is exactly the disk's size, a device or volume at least."""
+        """Why the target's size does not fit the disk, or None: a raw
+        file is exactly the disk's size, a device or volume at least."""
         if self.expected is None:
             return None
-        if self.is_block and self.size >= self.expected:
-            return None
-        if not self.is_block and self.size == self.expected:
+        if self.size == self.expected or (
+                not self.exact and self.size > self.expected):
             return None
         return 'the target is %d bytes, the disk %d' % (self.size,
                                                         self.expected)
@@ -250,7 +253,8 @@ def verify(store, name, limits=None, args=None, connect=None, cloud=None,
                 for disk in disks:
                     out.append(_verify_disk(
                         name, disk, host.open_disk(infos[disk['index']]),
-                        paths[disk['index']], after_cutover, progress))
+                        paths[disk['index']], destination.exact_size,
+                        after_cutover, progress))
             read = host.bytes_read - read0
         finally:
             host.close()
@@ -265,7 +269,7 @@ def verify(store, name, limits=None, args=None, connect=None, cloud=None,
     return result
 
 
-def _verify_disk(name, disk, opened, path, after_cutover, progress):
+def _verify_disk(name, disk, opened, path, exact, after_cutover, progress):
     try:
         chain = opened.chain
         n = len(chain.layers)
@@ -282,7 +286,7 @@ def _verify_disk(name, disk, opened, path, after_cutover, progress):
             raise engine.MigrationError(
                 name=name, reason='disk %d: nothing applied to compare '
                 '(sync first)' % disk['index'])
-        comparer = Comparer(path)
+        comparer = Comparer(path, exact)
         try:
             bar = engine._layer_bar(progress, disk, 'verify',
                                     chain.layers[top])
