@@ -213,6 +213,10 @@ def main():
                    help='after the first sync, time N more with nothing '
                    'written between them: the fixed cost of a sync '
                    '(median; default 3, 0 skips)')
+    p.add_argument('--verify', action='store_true',
+                   help='after the first sync, time "migration verify" '
+                   '(the disk read again from the host and compared with '
+                   'the target; info)')
     p.add_argument('--profile', metavar='PREFIX',
                    help='run the timed sync and cutover under cProfile, '
                    'writing PREFIX.sync.prof and PREFIX.cutover.prof '
@@ -411,6 +415,18 @@ def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
           '%d / %d = %.4f' % (bytes_read, alloc, wire))
     bench.row('bytes read / VHD allocated', '%.4f' % wire, '<= 1.02',
               wire <= 1.02)
+
+    if args.verify:
+        # The whole disk read again and compared with the target (info).
+        t_ver, vtext = bench.run(a2k + ['verify', 'vm', '--no-progress',
+                                        '--format', 'json'] + common,
+                                 env=env)
+        v = json.loads(vtext)
+        print('verify: %s read over the wire, %s compared, in %.3f s'
+              % (human(v['bytes_read']), human(sum(
+                  t['compared'] for t in v['targets'])), t_ver))
+        bench.row('verify wall s / first sync wall s', '%.3f / %.3f' % (
+            t_ver, t_sync), '', None)
 
     if args.idle_syncs:
         idle_syncs(bench, args, a2k, common, env)
