@@ -219,11 +219,7 @@ class Copy(object):
         st['reader_processes'] = 1
         t = self.target
         return {
-            'host': {'host': ho.host, 'user': ho.user, 'port': ho.port,
-                     'identity_file': ho.identity_file,
-                     'known_hosts': ho.known_hosts,
-                     'host_keys': list(ho.host_keys),
-                     'password_env': ho.password_env},
+            'host': ho.as_dict(),
             'settings': st,
             'password': password,
             'files': [{'path': self.chain.layers[j].view.path,

@@ -333,6 +333,10 @@ class Connection(object):
         self._password_of = parent
         self._siblings = []
         self._dropped = False
+        #: The connection to the jump host (``host_options.jump``), made
+        #: by the first :meth:`_open` (a stream beside this one uses its
+        #: parent's).
+        self._jump = None
         credentials.install_filter(_FILTERED_LOGGERS)
         credentials.install_filter(_FILTERED_LOGGERS, _DEBUG_ONLY)
 
@@ -358,6 +362,9 @@ class Connection(object):
             if self._password is not None:
                 credentials.REDACT.discard(self._password)
                 self._password = None
+            jump, self._jump = self._jump, None
+        if jump is not None:
+            jump.close()
 
     def __enter__(self):
         return self.connect()
@@ -388,14 +395,50 @@ class Connection(object):
                 self._ever_connected = True
             return self.generation
 
+    def _jump_connection(self):
+        """The connection to the jump host: the parent's for a stream
+        beside it, else this one's own (made once)."""
+        if self._parent is not None:
+            return self._parent._jump_connection()
+        with self._lock:
+            if self._jump is None:
+                self._jump = Connection(self.host_options.jump,
+                                        self.settings, self._stdin,
+                                        self._environ)
+            return self._jump
+
+    def _through_jump(self):
+        """A ``direct-tcpip`` channel from the jump host to this host,
+        as ``ssh -J`` opens it (the jump host resolves and connects)."""
+        ho, st = self.host_options, self.settings
+        jump = self._jump_connection()
+        try:
+            jump._ensure()
+        except _Dropped as e:
+            raise _Dropped('jump host %s: %s' % (jump.label, e),
+                           before_login=e.before_login)
+        try:
+            return jump._transport.open_channel(
+                'direct-tcpip', (ho.host, ho.port), ('127.0.0.1', 0),
+                timeout=st.connect_timeout)
+        except paramiko.ChannelException as e:
+            raise _Dropped('jump host %s could not reach %s port %d: %s'
+                           % (jump.label, ho.host, ho.port,
+                              e.text or e))
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            raise _Dropped('jump host %s: %s' % (jump.label, e))
+
     def _open(self):
         ho, st = self.host_options, self.settings
-        try:
-            sock = socket.create_connection((ho.host, ho.port),
-                                            timeout=st.connect_timeout)
-        except OSError as e:
-            raise _Dropped('cannot connect to %s port %d: %s'
-                           % (ho.host, ho.port, e.strerror or e))
+        if ho.jump is not None:
+            sock = self._through_jump()
+        else:
+            try:
+                sock = socket.create_connection((ho.host, ho.port),
+                                                timeout=st.connect_timeout)
+            except OSError as e:
+                raise _Dropped('cannot connect to %s port %d: %s'
+                               % (ho.host, ho.port, e.strerror or e))
         transport = paramiko.Transport(sock)
         try:
             transport.set_log_channel(WIRE_LOGGER)

@@ -149,10 +149,10 @@ def preferred_algorithms(key_types, offered):
     return first + [a for a in offered if a not in first]
 
 
-def _pin_hint(key):
+def _pin_hint(key, option='--host-key'):
     return ('if it is the host\'s key (on the host: ssh-keygen -lf '
-            '/etc/ssh/ssh_host_%s_key.pub), pin it with --host-key %s'
-            % (_key_file_type(key), fingerprint(key)))
+            '/etc/ssh/ssh_host_%s_key.pub), pin it with %s %s'
+            % (_key_file_type(key), option, fingerprint(key)))
 
 
 def _key_file_type(key):
@@ -167,15 +167,17 @@ def verify(host_options, key):
     :class:`~any2kvm_os.exception.HostKeyError`."""
     label = host_options.label
     offered = describe(key)
+    # The option that pins this host's key: a jump host's has its own.
+    option = getattr(host_options, 'pin_option', '--host-key')
     if host_options.host_keys:
         if fingerprint(key) in host_options.host_keys:
             LOG.debug('%s: host key %s is pinned', label, offered)
             return
         raise exception.HostKeyError(
             host=label, reason='host key refused: the host offers %s, '
-            'which is not the pinned --host-key %s (if the host\'s key '
+            'which is not the pinned %s %s (if the host\'s key '
             'really changed, pin the new one)'
-            % (offered, ', '.join(host_options.host_keys)))
+            % (offered, option, ', '.join(host_options.host_keys)))
     known = KnownHosts(host_options.known_hosts,
                        host_options.known_hosts_name)
     for revoked in known.revoked:
@@ -198,7 +200,8 @@ def verify(host_options, key):
             'an attack): %s:%d holds %s, the host offers %s; %s, or '
             'remove the old entry (ssh-keygen -R \'%s\' -f %s)'
             % (known.path, number, describe(old), offered,
-               _pin_hint(key), host_options.known_hosts_name, known.path))
+               _pin_hint(key, option), host_options.known_hosts_name,
+               known.path))
     where = ('%s has no entry for %s' % (known.path,
                                          host_options.known_hosts_name)
              if known.exists else '%s does not exist' % known.path)
@@ -208,4 +211,5 @@ def verify(host_options, key):
                     ', '.join(known.key_types())))
     raise exception.HostKeyError(
         host=label, reason='host key not known, refused: the host '
-        'offers %s and %s; %s' % (offered, where, _pin_hint(key)))
+        'offers %s and %s; %s' % (offered, where, _pin_hint(key,
+                                                            option)))

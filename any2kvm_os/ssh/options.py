@@ -210,6 +210,10 @@ def default_known_hosts():
     return os.path.expanduser('~/.ssh/known_hosts')
 
 
+#: The most jump hosts between this host and the one it reaches.
+MAX_JUMPS = 4
+
+
 class HostOptions(object):
     """How to reach, trust and log in to one host.
 
@@ -218,11 +222,15 @@ class HostOptions(object):
     ``known_hosts`` is not consulted.  ``known_hosts``: an OpenSSH
     known_hosts file (None: ``~/.ssh/known_hosts``).  ``password_env``:
     the name of an environment variable holding the password (the
-    password itself is never an option).
+    password itself is never an option).  ``jump``: the host (a
+    HostOptions, or the dict of :meth:`as_dict`) to log in to first and
+    reach this one through (a ``direct-tcpip`` channel, as ``ssh -J``
+    does: the jump host connects to ``host:port`` itself), or None.
     """
 
     def __init__(self, host, user=None, port=22, identity_file=None,
-                 known_hosts=None, host_keys=(), password_env=None):
+                 known_hosts=None, host_keys=(), password_env=None,
+                 jump=None):
         if not host or host.startswith('-') or any(
                 c.isspace() for c in host):
             raise ValueError('invalid host name %r' % (host,))
@@ -245,6 +253,27 @@ class HostOptions(object):
         self.known_hosts = known_hosts or default_known_hosts()
         self.host_keys = tuple(k.rstrip('=') for k in host_keys)
         self.password_env = password_env
+        if isinstance(jump, dict):
+            jump = HostOptions(**jump)
+        depth, hop = 0, jump
+        while hop is not None:
+            depth += 1
+            if depth > MAX_JUMPS:
+                raise ValueError('more than %d jump hosts' % MAX_JUMPS)
+            hop = hop.jump
+        self.jump = jump
+        #: The command-line option that pins this host's key (messages).
+        self.pin_option = '--host-key'
+
+    def as_dict(self):
+        """The keywords that make this HostOptions again (plain data: a
+        reader process gets them)."""
+        return {'host': self.host, 'user': self.user, 'port': self.port,
+                'identity_file': self.identity_file,
+                'known_hosts': self.known_hosts,
+                'host_keys': list(self.host_keys),
+                'password_env': self.password_env,
+                'jump': self.jump.as_dict() if self.jump else None}
 
     @classmethod
     def parse(cls, target, **kwargs):
@@ -277,6 +306,19 @@ class HostOptions(object):
     def label(self):
         """``user@host`` or ``user@[host]:port``, for messages."""
         return '%s@%s' % (self.user, self.known_hosts_name)
+
+    @property
+    def route(self):
+        """The label, with the jump hosts on the way: ``user@host (via
+        user@jump)``."""
+        hops = []
+        hop = self.jump
+        while hop is not None:
+            hops.append(hop.label)
+            hop = hop.jump
+        if not hops:
+            return self.label
+        return '%s (via %s)' % (self.label, ', '.join(reversed(hops)))
 
     def __repr__(self):
         return '<HostOptions %s>' % self.label
@@ -330,13 +372,47 @@ def add_arguments(parser):
         help='Name of an environment variable holding the password '
              '(the password is never an option; without this, it is '
              'asked for on a terminal when no key is accepted).')
+    group.add_argument(
+        '--jump-host', metavar='[USER@]HOST[:PORT]', type=_jump_arg,
+        help='Log in to this host first and reach the hypervisor host '
+             'through it, as ssh -J does (the jump host connects to it; '
+             'its host key is verified the same way, with the same '
+             'identity file, known_hosts and password variable).')
+    group.add_argument(
+        '--jump-host-key', metavar='SHA256:...', action='append',
+        default=[], type=_fingerprint_arg,
+        help='Fingerprint of the jump host\'s key; when given, '
+             'known_hosts is not consulted for it. May be repeated.')
     return group
+
+
+def _jump_arg(text):
+    import argparse
+    try:
+        # A user given, or any (the local user is the default).
+        HostOptions.parse(text if '@' in text else '-@' + text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    return text
+
+
+def from_args(args):
+    """The keywords of :class:`HostOptions` that the options
+    :func:`add_arguments` added give (all but the host itself); an
+    ``args`` without them gives the defaults."""
+    get = lambda name, default=None: getattr(args, name, None) or default  # noqa: E731,E501
+    common = dict(identity_file=get('identity_file'),
+                  known_hosts=get('known_hosts'),
+                  password_env=get('password_env'))
+    jump = get('jump_host')
+    if jump is not None:
+        jump = HostOptions.parse(jump, host_keys=get('jump_host_key', ()),
+                                 **common)
+        jump.pin_option = '--jump-host-key'
+    return dict(common, host_keys=get('host_key', ()), jump=jump)
 
 
 def host_options(args, target, **kwargs):
     """The :class:`HostOptions` of ``target`` (``[user@]host[:port]``)
     from the options :func:`add_arguments` added."""
-    return HostOptions.parse(
-        target, identity_file=args.identity_file,
-        known_hosts=args.known_hosts, host_keys=args.host_key,
-        password_env=args.password_env, **kwargs)
+    return HostOptions.parse(target, **dict(from_args(args), **kwargs))

@@ -32,6 +32,7 @@ from tests.lib import blockdev
 from tests.lib import cli
 from tests.lib import delayproxy
 from tests.lib import imagegen as ig
+from tests.lib import sshd as sshd_lib
 from tests.lib.xenserver import bed as xbed
 from tests.lib.xenserver import host as xhost
 from tests.lib.xenserver import sr as srlib
@@ -1238,3 +1239,104 @@ def test_verify_after_sync_finds_a_changed_byte_and_after_cutover(bed):
     line = _verify_error(common)
     assert 'disk 0: the host holds layers its target lacks' in line, line
     assert 'sync first' in line
+
+
+# -- through a jump host ------------------------------------------------------
+
+@contextlib.contextmanager
+def _jump_host(directory, client_dir, extra=()):
+    """A second real sshd, the jump host, that accepts the bed's client
+    key; its log at DEBUG1 (it logs each direct-tcpip channel)."""
+    directory.mkdir()
+    for name in ('client_key', 'client_key.pub'):
+        (directory / name).write_bytes((client_dir / name).read_bytes())
+        os.chmod(str(directory / name), 0o600)
+    (directory / 'authorized_keys').write_bytes(
+        (client_dir / 'client_key.pub').read_bytes())
+    server = sshd_lib.SshServer(directory, extra_config=['LogLevel DEBUG1']
+                                + list(extra))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_host_behind_a_jump_host(sshd_factory, tmp_path):
+    """--jump-host: the hypervisor host reached through a second real
+    sshd (a direct-tcpip channel, as ssh -J opens it), whose own key is
+    verified too; a migration end to end through it; an unknown or
+    wrongly pinned jump host key, and a jump host that forwards nothing,
+    are refused in one line."""
+    b = xbed.Bed(sshd_factory, tmp_path / 'bed')
+    target = b.server
+    out = tmp_path / 'out'
+    out.mkdir()
+    with _jump_host(tmp_path / 'jump', target.dir) as jump:
+        known = tmp_path / 'known_hosts'
+        known.write_text(target.known_hosts.read_text() +
+                         jump.known_hosts.read_text())
+        via = ['--jump-host', '%s@127.0.0.1:%d' % (jump.user, jump.port)]
+        # (show takes the last two: the state database.)
+        common = ['--identity-file', target.client_key, '--known-hosts',
+                  known, '--config-file', b.conf] + via + [
+            '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
+        mig('create', 'web', b.location(), '--output-dir', out,
+            common=common)
+        m = show(common)
+        w0, w1 = b.writers(m)
+        mig('sync', 'web', common=common)
+        w0.write(3 * MiB, ig.pattern(61, 8192))
+        r = mig('cutover', 'web', '--timeout', '60', common=common)
+        assert 'downtime' in r.stdout, r.stdout
+        check(show(common), b.facts)
+        # Every connection went through the jump host to the bed's sshd.
+        log = jump.log_text()
+        opened = re.findall(r'server_request_direct_tcpip: originator '
+                            r'\S+ port \d+, target 127\.0\.0\.1 port '
+                            r'%d\b' % target.port, log)
+        assert len(opened) >= 3, log[-3000:]
+
+        def refused(*more):
+            res = subprocess.run(
+                cli.cli_command() + ['info', b.location(), '--format',
+                                     'json'] + [str(a) for a in more],
+                capture_output=True, text=True, env=_env(), cwd=str(REPO),
+                timeout=120)
+            assert res.returncode != 0, res.stdout
+            lines = res.stderr.strip().splitlines()
+            assert len(lines) == 1, res.stderr
+            return lines[0]
+        # The jump host's key unknown: refused, with its fingerprint and
+        # the option that pins it.
+        line = refused('--identity-file', target.client_key,
+                       '--known-hosts', target.known_hosts, '--config-file',
+                       b.conf, *via)
+        assert 'host key not known, refused' in line, line
+        assert '[127.0.0.1]:%d' % jump.port in line
+        assert '--jump-host-key %s' % jump.fingerprint in line, line
+        # Pinned: then known_hosts is not asked for it.
+        res = subprocess.run(
+            cli.cli_command() + [
+                'info', b.location(), '--format', 'json', '--identity-file',
+                str(target.client_key), '--known-hosts',
+                str(target.known_hosts), '--config-file', str(b.conf),
+                '--jump-host-key', jump.fingerprint] + via,
+            capture_output=True, text=True, env=_env(), cwd=str(REPO),
+            timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)['vm']['name'] == 'two-disks'
+        line = refused('--identity-file', target.client_key,
+                       '--known-hosts', known, '--config-file', b.conf,
+                       '--jump-host-key', target.fingerprint, *via)
+        assert 'which is not the pinned --jump-host-key' in line, line
+    with _jump_host(tmp_path / 'jump2', target.dir,
+                    ['AllowTcpForwarding no']) as closed:
+        known.write_text(target.known_hosts.read_text() +
+                         closed.known_hosts.read_text())
+        line = refused('--identity-file', target.client_key,
+                       '--known-hosts', known, '--config-file', b.conf,
+                       '--jump-host', '%s@127.0.0.1:%d' % (closed.user,
+                                                           closed.port))
+        assert 'jump host %s@[127.0.0.1]:%d could not reach 127.0.0.1 ' \
+            'port %d' % (closed.user, closed.port, target.port) in line, line

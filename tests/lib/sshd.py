@@ -158,7 +158,7 @@ class SshServer(object):
     """One sshd of the tests (see the module's description)."""
 
     def __init__(self, directory, env=None, password_auth=True,
-                 key_type='ed25519', max_startups='100'):
+                 key_type='ed25519', max_startups='100', extra_config=()):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = '127.0.0.1'
@@ -170,6 +170,9 @@ class SshServer(object):
         #: sshd's MaxStartups: beyond this many connections not logged
         #: in yet, sshd drops new ones (a busy hypervisor host's case).
         self.max_startups = max_startups
+        #: sshd_config lines before ours (the first value of a keyword
+        #: counts): ``LogLevel DEBUG1``, ``AllowTcpForwarding no``.
+        self.extra_config = list(extra_config)
         self.host_key = self.dir / ('ssh_host_%s_key' % key_type)
         self.client_key = self.dir / 'client_key'
         self.authorized_keys = self.dir / 'authorized_keys'
@@ -223,7 +226,7 @@ class SshServer(object):
     # -- life -------------------------------------------------------------
 
     def _write_config(self):
-        lines = [
+        lines = self.extra_config + [
             'ListenAddress %s' % self.host,
             'Port %d' % self.port,
             'HostKey %s' % self.host_key,

@@ -482,3 +482,38 @@ def test_paramikos_errors_are_logged_with_debug_only(name):
         root.removeHandler(handler)
         root.setLevel(saved[0])
         ours.setLevel(saved[1])
+
+
+def test_jump_host_options():
+    """--jump-host and --jump-host-key: the jump host's HostOptions (the
+    same identity file, known_hosts and password variable, its own
+    pins), plain data for a reader process, at most MAX_JUMPS deep."""
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser)
+    pin = 'SHA256:' + 'A' * 43
+    args = parser.parse_args([
+        '--identity-file', '/k', '--known-hosts', '/kh',
+        '--password-env', 'PW', '--jump-host', 'ops@bastion:2200',
+        '--jump-host-key', pin])
+    ho = options.host_options(args, 'root@xen1')
+    j = ho.jump
+    assert (j.user, j.host, j.port, j.identity_file, j.known_hosts,
+            j.password_env, j.host_keys) == (
+        'ops', 'bastion', 2200, '/k', '/kh', 'PW', (pin,))
+    assert ho.host_keys == () and j.pin_option == '--jump-host-key'
+    assert ho.route == 'root@xen1 (via ops@[bastion]:2200)'
+    again = options.HostOptions(**ho.as_dict())
+    assert again.as_dict() == ho.as_dict()
+    assert again.jump.label == 'ops@[bastion]:2200'
+    # Without --jump-host: none; a bad one is refused by the parser.
+    assert options.host_options(parser.parse_args([]), 'xen1').jump is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--jump-host', 'bastion:99999'])
+    # Jumps of jumps, bounded.
+    hop = None
+    for n in range(options.MAX_JUMPS):
+        hop = options.HostOptions('j%d' % n, user='u', jump=hop)
+    assert options.HostOptions('h', user='u', jump=hop).jump is hop
+    with pytest.raises(ValueError, match='more than 4 jump hosts'):
+        options.HostOptions('h', user='u', jump=options.HostOptions(
+            'x', user='u', jump=hop))

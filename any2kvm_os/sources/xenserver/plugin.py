@@ -59,10 +59,7 @@ class XenServerSource(base.Source):
         ``--password-env``) and the ``ssh_*`` settings."""
         host = ssh_options.HostOptions(
             loc.host, user=loc.user, port=loc.port,
-            identity_file=getattr(self.args, 'identity_file', None),
-            known_hosts=getattr(self.args, 'known_hosts', None),
-            host_keys=getattr(self.args, 'host_key', None) or (),
-            password_env=getattr(self.args, 'password_env', None))
+            **ssh_options.from_args(self.args))
         conf = getattr(self.limits, 'conf', None)
         settings = ssh_options.Settings.from_conf(conf) if conf is not None \
             else None
