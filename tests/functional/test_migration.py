@@ -1007,6 +1007,13 @@ def test_create_sync_sync_cutover_onto_devices(bed, devices, tmp_path):
     m = show(common)
     assert m['status'] == 'done'
     check_devices(m, facts, devices)
+    # verify reads the devices back (larger than the disks: only the
+    # disks' bytes are compared).
+    r = json.loads(mig('verify', 'web', '--format', 'json', '--no-progress',
+                       common=common).stdout)
+    assert [(t['target_ref'], t['identical']) for t in r['targets']] == [
+        (devices[0], True), (devices[1], True)]
+    assert all(t['target_size'] >= t['virtual_size'] for t in r['targets'])
 
 
 # -- reader processes (ssh_reader_processes), forced onto the small disks ----
