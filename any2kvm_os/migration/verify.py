@@ -43,7 +43,9 @@ nothing, on the host or in the targets; it holds the migration's lease,
 so that no sync or cutover runs meanwhile.
 """
 
+import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -226,8 +228,11 @@ def verify(store, name, limits=None, args=None, connect=None, cloud=None,
     from the host (see the module).  Returns {'name', 'against',
     'targets': [{index, target_ref, identical, ...counts}], 'bytes_read',
     'seconds'}; raises :class:`~.engine.MigrationError` naming the first
-    difference when a target differs."""
+    difference when a target differs.  Runs as a TaskFlow flow recorded
+    with the migration (``show``'s "last run"): connect, discover, a
+    task per disk (its figures), judge (fails on a difference)."""
     started = time.time()
+    flows = engine._flows()
     with engine._Held(store, name, 'verify'):
         m = engine._get(store, name)
         why = _refusal(m)
@@ -235,38 +240,63 @@ def verify(store, name, limits=None, args=None, connect=None, cloud=None,
             raise engine.MigrationError(name=name, reason=why)
         after_cutover = m['status'] == 'done'
         destination = engine._destination(m, cloud, dest)
-        destination.check()
-        host = engine._connect(m['location'], limits, args, connect)
-        try:
-            read0 = host.bytes_read
-            vm_uuid = m['target_options']['vm_uuid']
-            found = engine._discover(host, vm_uuid,
-                                     [d['source_id'] for d in m['disks']])
+        disks = sorted(m['disks'], key=lambda d: d['index'])
+        run = {'out': [], 'host': None, 'read0': 0}
+        read = 0
+
+        def connect_host():
+            destination.check()
+            run['host'] = engine._connect(m['location'], limits, args,
+                                          connect)
+            run['read0'] = run['host'].bytes_read
+            return {'host': str(run['host'].label)}
+
+        def discover():
+            found = engine._discover(run['host'],
+                                     m['target_options']['vm_uuid'],
+                                     [d['source_id'] for d in disks])
             if after_cutover and found.power_state != 'halted':
                 raise engine.MigrationError(
                     name=name, reason='the source VM is %s: its disks have '
                     'moved on since the cutover' % found.power_state)
-            infos = engine._match(name, m, found)
-            disks = sorted(m['disks'], key=lambda d: d['index'])
-            out = []
-            with destination.read_paths(disks) as paths:
-                for disk in disks:
-                    out.append(_verify_disk(
-                        name, disk, host.open_disk(infos[disk['index']]),
-                        paths[disk['index']], destination.exact_size,
-                        after_cutover, progress))
-            read = host.bytes_read - read0
-        finally:
-            host.close()
-    result = {'name': name, 'against': 'the halted VM\'s disks'
-              if after_cutover else 'the layers of the last sync',
-              'targets': out, 'bytes_read': read,
-              'seconds': round(time.time() - started, 3)}
-    bad = [d for d in out if not d['identical']]
-    if bad:
-        raise engine.MigrationError(name=name, reason='; '.join(
-            _difference(d) for d in bad))
-    return result
+            run['infos'] = engine._match(name, m, found)
+            run['paths'] = run['stack'].enter_context(
+                destination.read_paths(disks))
+            return {'power_state': found.power_state}
+
+        def compare(disk):
+            opened = run['host'].open_disk(run['infos'][disk['index']])
+            report = _verify_disk(name, disk, opened,
+                                  run['paths'][disk['index']],
+                                  destination.exact_size, after_cutover,
+                                  progress)
+            run['out'].append(report)
+            return report
+
+        def judge():
+            bad = [d for d in run['out'] if not d['identical']]
+            if bad:
+                raise engine.MigrationError(name=name, reason='; '.join(
+                    _difference(d) for d in bad))
+            return {'identical': len(run['out'])}
+
+        steps = [flows.Step('connect', connect_host),
+                 flows.Step('discover', discover)] + [
+            flows.Step('verify-disk-%d' % d['index'],
+                       functools.partial(compare, d)) for d in disks] + [
+            flows.Step('judge', judge)]
+        with contextlib.ExitStack() as stack:
+            run['stack'] = stack
+            try:
+                flows.run(store, name, 'verify', flows.flow('verify', steps))
+            finally:
+                if run['host'] is not None:
+                    read = run['host'].bytes_read - run['read0']
+                    run['host'].close()
+    return {'name': name, 'against': 'the halted VM\'s disks'
+            if after_cutover else 'the layers of the last sync',
+            'targets': run['out'], 'bytes_read': read,
+            'seconds': round(time.time() - started, 3)}
 
 
 def _verify_disk(name, disk, opened, path, exact, after_cutover, progress):

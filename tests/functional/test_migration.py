@@ -1221,6 +1221,11 @@ def test_verify_after_sync_finds_a_changed_byte_and_after_cutover(bed):
             % (t0, 5 * MiB)) in line, line
     assert ('disk 1 (%s) differs from the host\'s: 4096 byte(s) differ, '
             'the first at offset %d' % (t1, size1 - 8192)) in line, line
+    # show keeps it: the last run, a recorded flow, failed in its judge.
+    text = mig('show', 'web', common=common[-2:]).stdout
+    assert 'last run: verify ' in text, text
+    assert 'failed in judge: ' in text and 'disk 0 (%s) differs' % t0 \
+        in text, text
     _poke(t0, 5 * MiB + 100, old0)
     _poke(t1, size1 - 8192, old1)
     # A file target cut short.
