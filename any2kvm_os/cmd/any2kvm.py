@@ -324,7 +324,9 @@ def build_parser(argv=()):
                         'openrc)')
     p.add_argument('--format', choices=('text', 'json'), default='text')
     p.set_defaults(func=_import)
-    _add_migration(sub, common, full=_command(argv) == 'migration')
+    # The server options (their library: start-up time) only for the
+    # action that takes them.
+    _add_migration(sub, common, full=_migration_action(argv) == 'cutover')
     return parser
 
 
@@ -408,6 +410,21 @@ def _command(argv):
             argv[:1] = []
         elif not word.startswith('-'):
             return word
+    return None
+
+
+def _migration_action(argv):
+    """The action word of ``any2kvm migration ACTION``, else None."""
+    words = []
+    argv = list(argv)
+    while argv and len(words) < 2:
+        word = argv.pop(0)
+        if word == '--config-file':
+            argv[:1] = []
+        elif not word.startswith('-'):
+            words.append(word)
+    if len(words) == 2 and words[0] == 'migration':
+        return words[1]
     return None
 
 

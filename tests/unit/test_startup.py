@@ -280,3 +280,24 @@ def test_migration_list_does_without_taskflow(tmp_path):
                        text=True, env=_env(), cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "0 ['sqlalchemy']", r.stdout
+
+
+def test_only_cutover_parses_the_server_options():
+    """The server options (and the server library they import) are added
+    to ``migration cutover`` only: a sync does not load them."""
+    code = ('import sys\n'
+            'from any2kvm_os.cmd import any2kvm\n'
+            'for argv in (["migration", "sync", "vm"],\n'
+            '             ["--config-file", "migration", "migration",\n'
+            '              "verify", "vm"],\n'
+            '             ["migration", "cutover", "vm"]):\n'
+            '    p = any2kvm.build_parser(argv)\n'
+            '    a = p.parse_args(argv)\n'
+            '    print(argv[-2], hasattr(a, "create_server"),\n'
+            '          "any2kvm_os.targets.server" in sys.modules)\n')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split('\n')[:3] == [
+        'sync False False', 'verify False False', 'cutover True True'], \
+        r.stdout
