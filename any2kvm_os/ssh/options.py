@@ -38,7 +38,8 @@ _DEFAULTS = dict(ssh_connect_timeout=30, ssh_io_timeout=120,
                  ssh_sftp_max_requests=64,
                  ssh_sftp_request_kib=252, ssh_sftp_streams=1,
                  ssh_reader_processes=1,
-                 ssh_reader_processes_min_mib=256)
+                 ssh_reader_processes_min_mib=256,
+                 ssh_jump_host=None)
 
 
 def _options():
@@ -117,6 +118,13 @@ def _options():
                         'by ssh_reader_processes processes: starting a '
                         'process and its connection costs about half a '
                         'second of CPU, more than a small layer takes.'),
+        cfg.StrOpt('ssh_jump_host', default=d['ssh_jump_host'],
+                   help='[USER@]HOST[:PORT] of a jump host (a bastion) '
+                        'through which every hypervisor host is reached, '
+                        'as ssh -J reaches it, when --jump-host does not '
+                        'name one.  Its key is verified like the hosts\', '
+                        'against the same known_hosts (or --jump-host-key), '
+                        'and it is logged in to the same way.'),
     ]
 
 
@@ -396,15 +404,16 @@ def _jump_arg(text):
     return text
 
 
-def from_args(args):
+def from_args(args, jump_host=None):
     """The keywords of :class:`HostOptions` that the options
     :func:`add_arguments` added give (all but the host itself); an
-    ``args`` without them gives the defaults."""
+    ``args`` without them gives the defaults.  ``jump_host``: the jump
+    host when ``--jump-host`` names none (``[any2kvm] ssh_jump_host``)."""
     get = lambda name, default=None: getattr(args, name, None) or default  # noqa: E731,E501
     common = dict(identity_file=get('identity_file'),
                   known_hosts=get('known_hosts'),
                   password_env=get('password_env'))
-    jump = get('jump_host')
+    jump = get('jump_host', jump_host)
     if jump is not None:
         jump = HostOptions.parse(jump, host_keys=get('jump_host_key', ()),
                                  **common)

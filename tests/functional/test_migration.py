@@ -1308,6 +1308,20 @@ def test_a_host_behind_a_jump_host(sshd_factory, tmp_path):
                             r'\S+ port \d+, target 127\.0\.0\.1 port '
                             r'%d\b' % target.port, log)
         assert len(opened) >= 3, log[-3000:]
+        # The jump host from the configuration (ssh_jump_host).
+        conf = tmp_path / 'jump.conf'
+        conf.write_text(Path(b.conf).read_text() + 'ssh_jump_host = %s\n'
+                        % via[1])
+        res = subprocess.run(
+            cli.cli_command() + [
+                'info', b.location(), '--format', 'json', '--identity-file',
+                str(target.client_key), '--known-hosts', str(known),
+                '--config-file', str(conf)],
+            capture_output=True, text=True, env=_env(), cwd=str(REPO),
+            timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert len(re.findall(r'server_request_direct_tcpip: ',
+                              jump.log_text())) == len(opened) + 1
 
         def refused(*more):
             res = subprocess.run(

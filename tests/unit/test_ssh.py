@@ -505,8 +505,12 @@ def test_jump_host_options():
     again = options.HostOptions(**ho.as_dict())
     assert again.as_dict() == ho.as_dict()
     assert again.jump.label == 'ops@[bastion]:2200'
-    # Without --jump-host: none; a bad one is refused by the parser.
+    # Without --jump-host: none, or the configuration's (ssh_jump_host),
+    # which --jump-host overrides; a bad one is refused by the parser.
     assert options.host_options(parser.parse_args([]), 'xen1').jump is None
+    assert options.from_args(parser.parse_args([]), 'ops@b1')[
+        'jump'].label == 'ops@b1'
+    assert options.from_args(args, 'ops@b1')['jump'].host == 'bastion'
     with pytest.raises(SystemExit):
         parser.parse_args(['--jump-host', 'bastion:99999'])
     # Jumps of jumps, bounded.

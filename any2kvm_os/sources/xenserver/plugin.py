@@ -59,7 +59,8 @@ class XenServerSource(base.Source):
         ``--password-env``) and the ``ssh_*`` settings."""
         host = ssh_options.HostOptions(
             loc.host, user=loc.user, port=loc.port,
-            **ssh_options.from_args(self.args))
+            **ssh_options.from_args(
+                self.args, self._conf('ssh_jump_host', None)))
         conf = getattr(self.limits, 'conf', None)
         settings = ssh_options.Settings.from_conf(conf) if conf is not None \
             else None
