@@ -720,7 +720,11 @@ def migration_lines(action, result):
     if action == 'create':
         return ['migration %s created: %d disk(s), targets %s' % (
             r['name'], len(r['disks']),
-            ', '.join(d['target_ref'] for d in r['disks']))]
+            ', '.join(d['target_ref'] for d in r['disks']))] + [
+            '  disk %d: %d layer(s) on the host, %s of layer files (the '
+            'first sync reads their allocated blocks)' % (
+                c['index'], c['layers'], progress_mod.human(c['files_size']))
+            for c in r.get('chains') or ()]
     if action == 'sync':
         lines = ['synced %s: %d layer(s) applied, %s, %d bytes written, '
                  '%.1f s' % (r['name'], r['layers_applied'], _wire(r),

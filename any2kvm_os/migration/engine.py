@@ -377,10 +377,11 @@ def create(store, name, location, target='file', output_dir='.',
     host = _connect(location, limits, args, connect)
     try:
         found = _discover(host, location_mod.parse(location).vm)
+        if not found.disks:
+            raise MigrationError(name=name, reason='the VM has no disk')
+        chains = _check_chains(host, found.disks)
     finally:
         host.close()
-    if not found.disks:
-        raise MigrationError(name=name, reason='the VM has no disk')
     target_options, disks = dest.plan(name, found.disks)
     target_options['vm_uuid'] = found.uuid
     # Set as the name-description of every snapshot the migration takes:
@@ -389,6 +390,7 @@ def create(store, name, location, target='file', output_dir='.',
     dest.create(disks)
     try:
         store.create(name, location, target, target_options, disks)
+
     except BaseException as e:
         try:
             dest.delete(disks)
@@ -398,7 +400,29 @@ def create(store, name, location, target='file', output_dir='.',
             raise MigrationError(name=name, reason='already exists (see '
                                  '"any2kvm migration show %s")' % name)
         raise
-    return store.get(name)
+    m = store.get(name)
+    m['chains'] = chains
+    return m
+
+
+def _check_chains(host, disks):
+    """Each disk's chain opened as a sync opens it (the SFTP session,
+    the SR directory listed, every layer's metadata read and checked),
+    so that what would stop the first sync (no SFTP, a broken or foreign
+    chain, a layer past the limits) is told at ``create``, before any
+    target is made; [{index, layers, files_size}] of what it found
+    (the first sync reads at most the files' allocated blocks)."""
+    out = []
+    for index, info in enumerate(disks):
+        opened = host.open_disk(info)
+        try:
+            layers = opened.chain.layers
+            out.append({'index': index, 'layers': len(layers),
+                        'files_size': sum(_file_size(layer)
+                                          for layer in layers)})
+        finally:
+            opened.close()
+    return out
 
 
 # -- applying layers ----------------------------------------------------------

@@ -1366,3 +1366,35 @@ def test_a_host_behind_a_jump_host(sshd_factory, tmp_path):
                                                            closed.port))
         assert 'jump host %s@[127.0.0.1]:%d could not reach 127.0.0.1 ' \
             'port %d' % (closed.user, closed.port, target.port) in line, line
+
+
+def test_create_opens_the_chains_and_refuses_a_broken_one(bed):
+    """create opens each disk's chain as a sync will (SFTP, the SR
+    listed, every layer's metadata): it reports what the first sync will
+    read, and a chain a sync could not read is refused at create, before
+    any target is made."""
+    root, facts, out, loc, common = bed
+    r = mig('create', 'web', loc, '--output-dir', out, common=common)
+    lines = r.stdout.splitlines()
+    assert re.match(r'  disk 0: \d+ layer\(s\) on the host, [0-9.]+ \S+ of '
+                    r'layer files', lines[1]), r.stdout
+    assert len(lines) == 3 and lines[2].startswith('  disk 1: '), r.stdout
+    # A sync's snapshot gives the leaf a parent; then that parent goes
+    # from the SR.
+    mig('sync', 'web', common=common)
+    m_disk = [v for v in st.load(str(root))['vbd'].values()
+              if v['vm'] == facts['two-disks'] and v['type'] == 'Disk']
+    leaf = xhost.vdi_path(root, sorted(m_disk, key=lambda v: int(
+        v['userdevice']))[0]['vdi'])
+    names = srlib.chain(leaf)
+    assert len(names) >= 2, names
+    os.unlink(os.path.join(os.path.dirname(leaf), names[1]))
+    r = mig('create', 'web2', loc, '--output-dir', out, common=common,
+            ok=False)
+    assert r.returncode != 0
+    line = r.stderr.strip().splitlines()
+    assert len(line) == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert 'missing parent' in line[0], line
+    assert not list(out.glob('web2*')), list(out.iterdir())
+    r = mig('show', 'web2', common=common[-2:], ok=False)
+    assert 'no such migration' in r.stderr

@@ -140,11 +140,23 @@ def _formatters():
                 {'name': '', 'against': '', 'bytes_read': 0, 'seconds': 0,
                  'targets': self._value or ()})[1:])
 
+    class ChainsColumn(columns.FormattableColumn):
+        """What ``migration create`` found of each disk's chain."""
+
+        def human_readable(self):
+            from any2kvm_os import progress
+            return '\n'.join(
+                'disk %s: %s layer(s), %s of layer files' % (
+                    c.get('index'), c.get('layers'),
+                    progress.human(c.get('files_size')))
+                for c in self._value or ())
+
     return {'disks': DisksColumn, 'syncs': ListColumn,
             'rewrites': ListColumn, 'snapshots': ListColumn,
             'targets_deleted': ListColumn, 'cutovers': CutoversColumn,
             'last_run': LastRunColumn, 'guest': GuestColumn,
-            'steps': StepsColumn, 'targets': TargetsColumn}
+            'steps': StepsColumn, 'targets': TargetsColumn,
+            'chains': ChainsColumn}
 
 
 FORMATTERS = _formatters()
