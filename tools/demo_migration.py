@@ -188,6 +188,11 @@ def _migrate(work, mount_base, root, facts, server, conf, at):
         writers[0].write((GUEST_MIB + 2) * MiB, os.urandom(3 * MiB))
         run('any2kvm', 'migration', 'sync', name, '--no-progress', *common)
 
+        step('before the window: the volume read back and compared, byte'
+             ' for byte, with the disk read again from the host')
+        run('any2kvm', 'migration', 'verify', name, '--no-progress',
+            *common)
+
         token = uuid.uuid4().hex
         writers[0].write(at, token.encode())
         step('last write before the window (token %s), then the cutover:'
