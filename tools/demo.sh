@@ -13,7 +13,8 @@
 # Placement, Nova and libvirt on 127.0.0.1) comes up.  A running VM moves
 # off a XenServer host (the tests' stand-in xe behind a real sshd on
 # 127.0.0.1) with "any2kvm migration": create, two syncs while its guest
-# writes, a cutover --fix that applies only the last delta, fixes the
+# writes, a verify of the volume against the disk read again, a cutover
+# --fix that applies only the last delta, fixes the
 # guest's Xen device names and console, creates the Nova server and waits
 # for the guest to boot (tools/demo_migration.py; skipped with
 # LOOPBACK_CLOUD_NOVA=0).  Then the chain and an OVA made from it are
