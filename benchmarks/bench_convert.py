@@ -62,6 +62,11 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+from tests.lib import cli  # noqa: E402
+
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
@@ -1495,27 +1500,11 @@ class Bench(object):
 
 
 def compile_trees(args):
-    """Byte-compile the trees under test, as an installed package is.
-
-    pip byte-compiles what it installs, and Python writes the bytecode
-    of a source tree at its first import, unless PYTHONDONTWRITEBYTECODE
-    is set (as on the hosts these benchmarks were written on): there
-    every run compiled any2kvm's ~70 modules again, about 0.1 s of cpu
-    that an installed any2kvm never pays.  compileall writes the
-    ``__pycache__`` directories whatever that variable says; the
-    interpreter then reads them.  ``--no-compile`` skips this.  Returns
-    the lines to print."""
+    """Byte-compile the trees under test, as an installed package is
+    (:func:`tests.lib.cli.byte_compile`); ``--no-compile`` skips this.
+    Returns the lines to print."""
     trees = [args.tree] + ([args.baseline] if args.baseline else [])
-    lines = []
-    for tree in trees:
-        pkg = os.path.join(tree, 'any2kvm_os')
-        r = subprocess.run([sys.executable, '-m', 'compileall', '-q', pkg],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
-        lines.append('  bytecode  %s: %s' % (
-            pkg, 'compiled' if r.returncode == 0 else
-            'compileall failed: %s' % r.stdout.strip()[-200:]))
-    return lines
+    return [cli.byte_compile(tree) for tree in trees]
 
 
 def header(args):
