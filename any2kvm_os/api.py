@@ -839,8 +839,18 @@ def last_run_lines(run):
     state, where an unfinished or failed one stopped, each task's
     state."""
     done = len([t for t in run['tasks'] if t['state'] == 'SUCCESS'])
-    text = 'last run: %s %s, %d of %d task(s) done' % (
-        run['operation'], run['state'], done, len(run['tasks']))
+    names = [t['name'] for t in run['tasks']]
+    failed = run.get('stopped_in') and not (run.get('interrupted') or
+                                            run.get('running'))
+    if failed and run['stopped_in'] in names:
+        # TaskFlow reverted the tasks before the failed one (none is
+        # SUCCESS any more): say how far the run went instead.
+        done = names.index(run['stopped_in'])
+        text = 'last run: %s %s, failed at task %d of %d' % (
+            run['operation'], run['state'], done + 1, len(names))
+    else:
+        text = 'last run: %s %s, %d of %d task(s) done' % (
+            run['operation'], run['state'], done, len(names))
     if run.get('interrupted'):
         text += ('; interrupted in %s (pid %s on %s is gone): run it '
                  'again' % (run['stopped_in'], run['pid'], run['host']))
@@ -849,8 +859,8 @@ def last_run_lines(run):
             run['stopped_in'], run['pid'], run['host'])
     elif run.get('stopped_in'):
         errors = [t['error'] for t in run['tasks'] if t.get('error')]
-        text += '; failed in %s%s' % (run['stopped_in'], ': %s' % errors[0]
-                                      if errors else '')
+        text += ' (%s)%s' % (run['stopped_in'],
+                             ': %s' % errors[0] if errors else '')
     return [text, 'tasks:    %s' % ', '.join(
         '%s %s' % (t['name'], t['state']) for t in run['tasks'])]
 

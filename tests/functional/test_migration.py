@@ -827,8 +827,8 @@ def test_sshd_down_at_sync_and_cutover_marks_the_migration_failed(
         assert 'Connection refused' in err[0], err
     text = mig('show', 'web', common=common[-2:]).stdout
     assert 'status:   failed (could not connect to the host: ' in text, text
-    assert 'last run: cutover REVERTED, 0 of ' in text, text
-    assert '; failed in connect: ' in text, text
+    assert 'last run: cutover REVERTED, failed at task 1 of ' in text, text
+    assert ' (connect): ' in text, text
     assert 'sync:     0 layer(s), 0 bytes read, 0 written' in text, text
     # The lease is free: both run, with the sshd back.
     b.server.start(port=port)
@@ -1224,8 +1224,8 @@ def test_verify_after_sync_finds_a_changed_byte_and_after_cutover(bed):
     # show keeps it: the last run, a recorded flow, failed in its judge.
     text = mig('show', 'web', common=common[-2:]).stdout
     assert 'last run: verify ' in text, text
-    assert 'failed in judge: ' in text and 'disk 0 (%s) differs' % t0 \
-        in text, text
+    assert re.search(r'failed at task (\d+) of \1 \(judge\): ', text), text
+    assert 'disk 0 (%s) differs' % t0 in text, text
     _poke(t0, 5 * MiB + 100, old0)
     _poke(t1, size1 - 8192, old1)
     # A file target cut short.

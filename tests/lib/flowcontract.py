@@ -144,7 +144,7 @@ class FlowContract(object):
         assert 'disk 1 went away' in ' '.join(t['error'] or ''
                                               for t in run['tasks'])
         text = '\n'.join(api.migration_lines('show', m))
-        assert 'failed in apply-disk-1' in text, text
+        assert '(apply-disk-1)' in text and 'failed at task' in text, text
         monkeypatch.setattr(engine, '_update_disk', real)
         engine.sync(store, 'web', **_kw(root))
         assert engine.show(store, 'web')['last_run']['state'] == 'SUCCESS'
