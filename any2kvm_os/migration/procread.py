@@ -212,7 +212,7 @@ class Copy(object):
         self.files_size = sum(chain.layers[j].view.size
                               for j in range(top, bottom + 1))
 
-    def _setup(self, password):
+    def _setup(self, password, jump_password=None):
         ho = self.conn.host_options
         st = dict(vars(self.conn.settings))
         st['sftp_streams'] = 1
@@ -222,6 +222,7 @@ class Copy(object):
             'host': ho.as_dict(),
             'settings': st,
             'password': password,
+            'jump_password': jump_password,
             'files': [{'path': self.chain.layers[j].view.path,
                        'name': self.chain.layers[j].view.name,
                        'size': self.chain.layers[j].view.size}
@@ -235,7 +236,8 @@ class Copy(object):
         }
 
     def _start(self, n):
-        setup = self._setup(self.conn.password_to_hand())
+        setup = self._setup(self.conn.password_to_hand(),
+                            self.conn.password_to_hand(jump=True))
         env = _worker_env(self.conn)
         for k in range(n):
             proc = subprocess.Popen(

@@ -99,7 +99,8 @@ def _connection(setup):
     host = options.HostOptions(**setup['host'])
     settings = options.Settings()
     settings.__dict__.update(setup['settings'])
-    return connection.Connection.beside(host, settings, setup.get('password'))
+    return connection.Connection.beside(host, settings, setup.get('password'),
+                                        setup.get('jump_password'))
 
 
 def _serve(inp, out, setup):

@@ -560,22 +560,31 @@ class Connection(object):
                 agent.close()
 
     @classmethod
-    def beside(cls, host_options, settings, password):
+    def beside(cls, host_options, settings, password, jump_password=None):
         """A connection of another process (a reader process) that logs
         in as the first connection does (:meth:`password_to_hand`):
-        with ``password`` (None: none), never asking for one."""
+        with ``password`` (None: none), never asking for one; its jump
+        host's connection, if any, the same with ``jump_password``."""
         conn = cls(host_options, settings)
         conn._password_of = conn
         if password is not None:
             conn._password = credentials.Secret(password)
             credentials.REDACT.add(conn._password)
+        if host_options.jump is not None:
+            conn._jump = cls.beside(host_options.jump, settings,
+                                    jump_password)
         return conn
 
-    def password_to_hand(self):
-        """The password this connection logs in with, revealed (None if
-        it has none), for a connection of another process that logs in
-        as this one does (:meth:`beside`): the caller hands it over a
-        pipe, never in an argv, an environment or a log."""
+    def password_to_hand(self, jump=False):
+        """The password this connection logs in with (``jump``: its jump
+        host's connection), revealed (None if it has none), for a
+        connection of another process that logs in as this one does
+        (:meth:`beside`): the caller hands it over a pipe, never in an
+        argv, an environment or a log."""
+        if jump:
+            if self.host_options.jump is None:
+                return None
+            return self._jump_connection().password_to_hand()
         secret = self._password
         return secret.reveal() if secret is not None else None
 

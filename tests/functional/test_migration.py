@@ -1289,9 +1289,15 @@ def test_a_host_behind_a_jump_host(sshd_factory, tmp_path):
         known.write_text(target.known_hosts.read_text() +
                          jump.known_hosts.read_text())
         via = ['--jump-host', '%s@127.0.0.1:%d' % (jump.user, jump.port)]
+        # Reader processes too: each reaches the host through the jump
+        # host on its own connection.
+        readers = tmp_path / 'readers.conf'
+        readers.write_text(Path(b.conf).read_text() +
+                           'ssh_reader_processes = 2\n'
+                           'ssh_reader_processes_min_mib = 0\n')
         # (show takes the last two: the state database.)
         common = ['--identity-file', target.client_key, '--known-hosts',
-                  known, '--config-file', b.conf] + via + [
+                  known, '--config-file', readers] + via + [
             '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
         mig('create', 'web', b.location(), '--output-dir', out,
             common=common)
@@ -1307,7 +1313,8 @@ def test_a_host_behind_a_jump_host(sshd_factory, tmp_path):
         opened = re.findall(r'server_request_direct_tcpip: originator '
                             r'\S+ port \d+, target 127\.0\.0\.1 port '
                             r'%d\b' % target.port, log)
-        assert len(opened) >= 3, log[-3000:]
+        # create, sync and cutover, and the sync's two reader processes.
+        assert len(opened) >= 5, log[-3000:]
         # The jump host from the configuration (ssh_jump_host).
         conf = tmp_path / 'jump.conf'
         conf.write_text(Path(b.conf).read_text() + 'ssh_jump_host = %s\n'

@@ -521,3 +521,31 @@ def test_jump_host_options():
     with pytest.raises(ValueError, match='more than 4 jump hosts'):
         options.HostOptions('h', user='u', jump=options.HostOptions(
             'x', user='u', jump=hop))
+
+
+def test_a_reader_process_logs_in_to_the_jump_host_as_the_first_did():
+    """The jump host's password (taken from the variable by the first
+    connection) reaches a reader process's connection over its pipe, as
+    the host's does: the worker's environment has no variable, and it
+    never asks."""
+    jump = options.HostOptions('bastion', user='ops', password_env='PW')
+    ho = options.HostOptions('xen1', user='root', password_env='PW',
+                             jump=jump)
+    first = connection.Connection(ho, environ={'PW': 'jump-secret'})
+    assert first.password_to_hand(jump=True) is None    # not logged in yet
+    first._jump_connection()._get_password([])
+    assert first.password_to_hand(jump=True) == 'jump-secret'
+    assert first.password_to_hand() is None
+    worker = connection.Connection.beside(
+        options.HostOptions(**ho.as_dict()), options.Settings(), 'host-pw',
+        first.password_to_hand(jump=True))
+    assert worker._jump.host_options.label == 'ops@bastion'
+    tried = []
+    assert worker._jump._get_password(tried).reveal() == 'jump-secret'
+    assert worker._get_password([]).reveal() == 'host-pw'
+    assert tried == ['the password of the first connection']
+    # Without a jump host: nothing to hand.
+    plain = connection.Connection(options.HostOptions('xen2', user='u'))
+    assert plain.password_to_hand(jump=True) is None
+    for c in (first, worker, plain):
+        c.close()
