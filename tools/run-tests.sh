@@ -89,12 +89,14 @@ trap stop_pytests EXIT
 trap 'signalled=INT; exit 130' INT
 trap 'signalled=TERM; exit 143' TERM
 
-start_pytest tests/integration "$@" >"$log" 2>&1
+# The slowest tests of each process are listed at its end (--durations):
+# where the suite's time goes, for keeping it under its bound.
+start_pytest tests/integration --durations=10 "$@" >"$log" 2>&1
 bg_pid=$!
 pids+=("$bg_pid")
 echo "run-tests.sh: the integration layer runs beside the others" \
      "(pid $bg_pid); its output follows theirs (log: $root/$log)"
-start_pytest tests/ --ignore=tests/integration "$@"
+start_pytest tests/ --ignore=tests/integration --durations=25 "$@"
 fg_pid=$!
 pids+=("$fg_pid")
 fg_rc=0
