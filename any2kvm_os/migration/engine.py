@@ -75,6 +75,7 @@ process killed before its task ran) is adopted by its tag at the next
 sync, as one whose answer was lost always was.
 """
 
+import argparse
 import contextlib
 from concurrent import futures
 import functools
@@ -228,7 +229,27 @@ def _flows():
     return flows
 
 
-def _connect(location, limits, args, connect):
+#: The SSH options a migration records at create, for the commands after
+#: it that do not give them: how its host is reached (not secrets).
+ROUTE_OPTIONS = ('jump_host', 'jump_host_key')
+
+
+def _route(args):
+    """{option: value} of :data:`ROUTE_OPTIONS` that ``args`` gives."""
+    return dict((k, getattr(args, k)) for k in ROUTE_OPTIONS
+                if getattr(args, k, None))
+
+
+def _connect(location, limits, args, connect, m=None):
+    """The host of ``location``; ``m``: the migration, whose recorded
+    route (``--jump-host``) is taken when ``args`` gives none."""
+    if m is not None and not _route(args):
+        recorded = dict((k, v) for k, v in (m.get('target_options') or
+                                            {}).items()
+                        if k in ROUTE_OPTIONS and v)
+        if recorded:
+            args = argparse.Namespace(**dict(vars(args) if args is not None
+                                             else {}, **recorded))
     if connect is None:
         from any2kvm_os.migration import host as host_mod
         connect = host_mod.connect
@@ -384,6 +405,9 @@ def create(store, name, location, target='file', output_dir='.',
         host.close()
     target_options, disks = dest.plan(name, found.disks)
     target_options['vm_uuid'] = found.uuid
+    # How the host was reached (--jump-host): the next commands reach it
+    # so unless they say otherwise.
+    target_options.update(_route(args))
     # Set as the name-description of every snapshot the migration takes:
     # how its snapshots are found when a crash left one unrecorded.
     target_options['snapshot_tag'] = new_snapshot_tag()
@@ -720,7 +744,7 @@ class _Run(object):
         """The connection, and its byte count when it was made (before
         any round trip of this run)."""
         host = _connect(self.m['location'], self.limits, self.args,
-                        self._connect)
+                        self._connect, m=self.m)
         return host, host.bytes_read
 
     def _ask_snapshot(self, host, m):
@@ -1494,7 +1518,7 @@ def rollback(store, name, limits=None, args=None, connect=None,
             return {'server_deleted': result['server_deleted']}
 
         def start_vm():
-            host = _connect(m['location'], limits, args, connect)
+            host = _connect(m['location'], limits, args, connect, m=m)
             try:
                 vm_uuid = m['target_options']['vm_uuid']
                 state = snapshots.power_state(host.run, vm_uuid)
@@ -1557,7 +1581,7 @@ def abort(store, name, delete_targets=False, limits=None, args=None,
                   'targets_deleted': []}
 
         def remove():
-            host = _connect(m['location'], limits, args, connect)
+            host = _connect(m['location'], limits, args, connect, m=m)
             try:
                 result['snapshots_removed'] = _remove_snapshots(
                     store, name, host)

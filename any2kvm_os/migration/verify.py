@@ -247,7 +247,7 @@ def verify(store, name, limits=None, args=None, connect=None, cloud=None,
         def connect_host():
             destination.check()
             run['host'] = engine._connect(m['location'], limits, args,
-                                          connect)
+                                          connect, m=m)
             run['read0'] = run['host'].bytes_read
             return {'host': str(run['host'].label)}
 

@@ -1295,13 +1295,14 @@ def test_a_host_behind_a_jump_host(sshd_factory, tmp_path):
         readers.write_text(Path(b.conf).read_text() +
                            'ssh_reader_processes = 2\n'
                            'ssh_reader_processes_min_mib = 0\n')
-        # (show takes the last two: the state database.)
         common = ['--identity-file', target.client_key, '--known-hosts',
-                  known, '--config-file', readers] + via + [
-            '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
-        mig('create', 'web', b.location(), '--output-dir', out,
+                  known, '--config-file', readers,
+                  '--state-db', 'sqlite:///%s' % (tmp_path / 'state.db')]
+        # create records the route; the commands after it take it.
+        mig('create', 'web', b.location(), '--output-dir', out, *via,
             common=common)
         m = show(common)
+        assert m['target_options']['jump_host'] == via[1]
         w0, w1 = b.writers(m)
         mig('sync', 'web', common=common)
         w0.write(3 * MiB, ig.pattern(61, 8192))
