@@ -401,28 +401,29 @@ def _plain_logging():
     root.setLevel(logging.WARNING)
 
 
-def _command(argv):
-    """The command word of ``argv`` (after the global options)."""
-    argv = list(argv)
-    while argv:
-        word = argv.pop(0)
-        if word == '--config-file':
-            argv[:1] = []
-        elif not word.startswith('-'):
-            return word
-    return None
-
-
-def _migration_action(argv):
-    """The action word of ``any2kvm migration ACTION``, else None."""
+def _words(argv, count):
+    """The first ``count`` words of ``argv`` that are not options (nor
+    the value of ``--config-file``): the command, its action."""
     words = []
     argv = list(argv)
-    while argv and len(words) < 2:
+    while argv and len(words) < count:
         word = argv.pop(0)
         if word == '--config-file':
             argv[:1] = []
         elif not word.startswith('-'):
             words.append(word)
+    return words
+
+
+def _command(argv):
+    """The command word of ``argv`` (after the global options)."""
+    words = _words(argv, 1)
+    return words[0] if words else None
+
+
+def _migration_action(argv):
+    """The action word of ``any2kvm migration ACTION``, else None."""
+    words = _words(argv, 2)
     if len(words) == 2 and words[0] == 'migration':
         return words[1]
     return None

@@ -414,7 +414,6 @@ def create(store, name, location, target='file', output_dir='.',
     dest.create(disks)
     try:
         store.create(name, location, target, target_options, disks)
-
     except BaseException as e:
         try:
             dest.delete(disks)

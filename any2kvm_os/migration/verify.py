@@ -190,11 +190,8 @@ class Comparer(object):
             pos = start
             while pos < stop:
                 n = min(CHUNK, stop - pos)
-                got = os.pread(self.fd, n, pos)
                 want = _ZEROS if n == CHUNK else bytes(n)
-                if len(got) < n:
-                    got += bytes(n - len(got))
-                self._compare(pos, want, got)
+                self._compare(pos, want, self._read(pos, n))
                 pos += n
         self.compared += length
 

@@ -469,7 +469,7 @@ class Connection(object):
         except BaseException:
             _close_transport(transport)
             raise
-        LOG.debug('%s: connected', self.label)
+        LOG.debug('%s: connected', ho.route)
         return transport
 
     # -- authentication ---------------------------------------------------
