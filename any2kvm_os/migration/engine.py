@@ -230,8 +230,10 @@ def _flows():
 
 
 #: The SSH options a migration records at create, for the commands after
-#: it that do not give them: how its host is reached (not secrets).
-ROUTE_OPTIONS = ('jump_host', 'jump_host_key')
+#: it that do not give them: how its host is reached (not secrets).  A
+#: command that gives any of them (``--no-jump-host`` included) takes
+#: its own route, for itself only.
+ROUTE_OPTIONS = ('jump_host', 'jump_host_key', 'no_jump_host')
 
 
 def _route(args):

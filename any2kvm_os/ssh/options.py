@@ -238,7 +238,7 @@ class HostOptions(object):
 
     def __init__(self, host, user=None, port=22, identity_file=None,
                  known_hosts=None, host_keys=(), password_env=None,
-                 jump=None):
+                 jump=None, pin_option='--host-key'):
         if not host or host.startswith('-') or any(
                 c.isspace() for c in host):
             raise ValueError('invalid host name %r' % (host,))
@@ -271,7 +271,7 @@ class HostOptions(object):
             hop = hop.jump
         self.jump = jump
         #: The command-line option that pins this host's key (messages).
-        self.pin_option = '--host-key'
+        self.pin_option = pin_option
 
     def as_dict(self):
         """The keywords that make this HostOptions again (plain data: a
@@ -281,7 +281,8 @@ class HostOptions(object):
                 'known_hosts': self.known_hosts,
                 'host_keys': list(self.host_keys),
                 'password_env': self.password_env,
-                'jump': self.jump.as_dict() if self.jump else None}
+                'jump': self.jump.as_dict() if self.jump else None,
+                'pin_option': self.pin_option}
 
     @classmethod
     def parse(cls, target, **kwargs):
@@ -380,12 +381,18 @@ def add_arguments(parser):
         help='Name of an environment variable holding the password '
              '(the password is never an option; without this, it is '
              'asked for on a terminal when no key is accepted).')
-    group.add_argument(
+    route = group.add_mutually_exclusive_group()
+    route.add_argument(
         '--jump-host', metavar='[USER@]HOST[:PORT]', type=_jump_arg,
         help='Log in to this host first and reach the hypervisor host '
              'through it, as ssh -J does (the jump host connects to it; '
              'its host key is verified the same way, with the same '
              'identity file, known_hosts and password variable).')
+    route.add_argument(
+        '--no-jump-host', action='store_true',
+        help='Connect to the hypervisor host directly: no jump host, '
+             'whatever [any2kvm] ssh_jump_host or the migration\'s '
+             'recorded --jump-host says.')
     group.add_argument(
         '--jump-host-key', metavar='SHA256:...', action='append',
         default=[], type=_fingerprint_arg,
@@ -408,16 +415,16 @@ def from_args(args, jump_host=None):
     """The keywords of :class:`HostOptions` that the options
     :func:`add_arguments` added give (all but the host itself); an
     ``args`` without them gives the defaults.  ``jump_host``: the jump
-    host when ``--jump-host`` names none (``[any2kvm] ssh_jump_host``)."""
+    host when ``--jump-host`` names none (``[any2kvm] ssh_jump_host``);
+    ``--no-jump-host`` drops both."""
     get = lambda name, default=None: getattr(args, name, None) or default  # noqa: E731,E501
     common = dict(identity_file=get('identity_file'),
                   known_hosts=get('known_hosts'),
                   password_env=get('password_env'))
-    jump = get('jump_host', jump_host)
+    jump = None if get('no_jump_host') else get('jump_host', jump_host)
     if jump is not None:
         jump = HostOptions.parse(jump, host_keys=get('jump_host_key', ()),
-                                 **common)
-        jump.pin_option = '--jump-host-key'
+                                 pin_option='--jump-host-key', **common)
     return dict(common, host_keys=get('host_key', ()), jump=jump)
 
 

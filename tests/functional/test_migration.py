@@ -1305,6 +1305,16 @@ def test_a_host_behind_a_jump_host(sshd_factory, tmp_path):
         assert m['target_options']['jump_host'] == via[1]
         w0, w1 = b.writers(m)
         mig('sync', 'web', common=common)
+
+        def channels():
+            return len(re.findall(r'server_request_direct_tcpip: ',
+                                  jump.log_text()))
+        # --no-jump-host: this command connects directly, the recorded
+        # route stays for the next.
+        before = channels()
+        r = mig('verify', 'web', '--no-jump-host', common=common)
+        assert channels() == before, r.stdout
+        assert show(common)['target_options']['jump_host'] == via[1]
         w0.write(3 * MiB, ig.pattern(61, 8192))
         r = mig('cutover', 'web', '--timeout', '60', common=common)
         assert 'downtime' in r.stdout, r.stdout

@@ -13,6 +13,7 @@
 """The warm-migration engine against the local xe stand-in (no SSH) and
 the SQL store on an SQLite file."""
 
+import argparse
 import hashlib
 import os
 
@@ -950,3 +951,37 @@ def test_rollback_refuses_a_power_state_it_cannot_start_from(bed):
     assert '\n' not in str(e.value)
     assert "unknown power state 'crashed'" in str(e.value)
     assert store.get('web')['status'] != 'synced'
+
+
+def test_the_recorded_route_and_the_commands_own():
+    """A migration's recorded route (create's --jump-host, or its
+    --no-jump-host) is taken by a command that gives none; a command that
+    gives one, --no-jump-host included, takes its own."""
+    seen = []
+
+    def connect(location, limits, args):
+        seen.append(dict((k, getattr(args, k, None))
+                         for k in engine.ROUTE_OPTIONS))
+        return 'host'
+
+    def args(**kw):
+        return argparse.Namespace(**dict(dict.fromkeys(
+            engine.ROUTE_OPTIONS), identity_file='/k', **kw))
+    via = {'target_options': {'vm_uuid': 'u', 'jump_host': 'ops@b:22',
+                              'jump_host_key': ['SHA256:x']}}
+    direct = {'target_options': {'vm_uuid': 'u', 'no_jump_host': True}}
+    # create records what it was given, and only that.
+    assert engine._route(args(jump_host='ops@b:22')) == {
+        'jump_host': 'ops@b:22'}
+    assert engine._route(args(no_jump_host=True)) == {'no_jump_host': True}
+    assert engine._route(args(no_jump_host=False)) == {}
+    engine._connect('loc', None, args(), connect, m=via)
+    engine._connect('loc', None, args(no_jump_host=True), connect, m=via)
+    engine._connect('loc', None, args(jump_host='o@c'), connect, m=via)
+    engine._connect('loc', None, args(), connect, m=direct)
+    assert seen == [
+        {'jump_host': 'ops@b:22', 'jump_host_key': ['SHA256:x'],
+         'no_jump_host': None},
+        {'jump_host': None, 'jump_host_key': None, 'no_jump_host': True},
+        {'jump_host': 'o@c', 'jump_host_key': None, 'no_jump_host': None},
+        {'jump_host': None, 'jump_host_key': None, 'no_jump_host': True}]

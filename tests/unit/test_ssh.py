@@ -505,6 +505,10 @@ def test_jump_host_options():
     again = options.HostOptions(**ho.as_dict())
     assert again.as_dict() == ho.as_dict()
     assert again.jump.label == 'ops@[bastion]:2200'
+    # A reader process's refusal of the jump host's key names the option
+    # that pins it, as the first connection's does.
+    assert again.jump.pin_option == '--jump-host-key'
+    assert again.pin_option == '--host-key'
     # Without --jump-host: none, or the configuration's (ssh_jump_host),
     # which --jump-host overrides; a bad one is refused by the parser.
     assert options.host_options(parser.parse_args([]), 'xen1').jump is None
@@ -513,6 +517,12 @@ def test_jump_host_options():
     assert options.from_args(args, 'ops@b1')['jump'].host == 'bastion'
     with pytest.raises(SystemExit):
         parser.parse_args(['--jump-host', 'bastion:99999'])
+    # --no-jump-host: direct, whatever the configuration says; it and
+    # --jump-host exclude each other.
+    direct = parser.parse_args(['--no-jump-host'])
+    assert options.from_args(direct, 'ops@b1')['jump'] is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--no-jump-host', '--jump-host', 'bastion'])
     # Jumps of jumps, bounded.
     hop = None
     for n in range(options.MAX_JUMPS):
