@@ -802,9 +802,47 @@ def migration_lines(action, result):
         if c.get('rolled_back_at'):
             text += ', rolled back'
         lines.append(text)
+    verified = last_verify_text(r.get('last_verify'))
+    if verified:
+        lines.append('verified: %s' % verified)
     if r.get('last_run'):
         lines += last_run_lines(r['last_run'])
     return lines
+
+
+def last_verify_text(v):
+    """``show``: a migration's last ``verify`` (``v``: its
+    ``last_verify``): when it ran (UTC), whether the targets have moved
+    on since (syncs, a cutover: then it says to verify again), and its
+    outcome; '' before the first."""
+    if not v:
+        return ''
+    import re
+    import time
+    tasks = dict((t['name'], t) for t in v.get('tasks') or ())
+    errors = [t['error'] for t in v.get('tasks') or () if t.get('error')]
+    # The command's error names the migration, which show has named.
+    error = re.sub(r'^migration \S+: ', '', errors[0]) if errors else ''
+    if v.get('running'):
+        outcome = 'running'
+    elif v.get('interrupted'):
+        outcome = 'interrupted in %s' % v.get('stopped_in')
+    elif v.get('state') == 'SUCCESS':
+        outcome = 'identical (%s target(s))' % (
+            (tasks.get('judge') or {}).get('result') or {}).get('identical')
+    elif v.get('stopped_in') == 'judge':
+        outcome = 'differs: %s' % error
+    else:
+        outcome = 'failed in %s%s' % (v.get('stopped_in'),
+                                      ': %s' % error if error else '')
+    parts = [time.strftime('%Y-%m-%d %H:%M:%S UTC',
+                           time.gmtime(v.get('started_at') or 0))]
+    since = v.get('since') or {}
+    moved = (['%d sync(s)' % since['syncs']] if since.get('syncs') else []
+             ) + (['a cutover'] if since.get('cutovers') else [])
+    if moved:
+        parts.append('%s since: verify again' % ' and '.join(moved))
+    return '; '.join(parts + [outcome])
 
 
 #: The phases of a cutover's downtime, in the order they happen.

@@ -1612,9 +1612,25 @@ def abort(store, name, delete_targets=False, limits=None, args=None,
 def show(store, name):
     """The migration (:meth:`Store.get`) with ``last_run``: the last
     command's flow and the state of each of its tasks
-    (:func:`.flows.last_run`; None before the first)."""
+    (:func:`.flows.last_run`; None before the first); and
+    ``last_verify``, the last ``verify``'s (None before the first), kept
+    however many commands ran after it, with ``since``: the syncs and
+    cutovers that started after it ({'syncs': N, 'cutovers': N})."""
     m = _get(store, name)
-    m['last_run'] = _flows().last_run(store, name, m.get('holder'))
+    flows = _flows()
+    m['last_run'] = flows.last_run(store, name, m.get('holder'))
+    v = (m['last_run'] if (m['last_run'] or {}).get('operation') ==
+         'verify' else flows.last_run(store, name, m.get('holder'),
+                                      operation='verify'))
+    if v is not None:
+        # What changed the targets after it: its outcome no longer holds.
+        started = v.get('started_at') or 0
+        v = dict(v, since={
+            'syncs': len([s for s in m['syncs']
+                          if (s['started_at'] or 0) > started]),
+            'cutovers': len([c for c in m.get('cutovers') or ()
+                             if (c['shutdown_at'] or 0) > started])})
+    m['last_verify'] = v
     return m
 
 

@@ -190,8 +190,9 @@ def _one_line(failure):
     return ' '.join(text.split())[:300]
 
 
-def last_run(store, name, holder=None):
-    """The last recorded run of migration ``name``, or None: a dict with
+def last_run(store, name, holder=None, operation=None):
+    """The last recorded run of migration ``name`` (of ``operation``
+    only, when given: ``'verify'``), or None: a dict with
     operation, id, state (TaskFlow's flow state), started_at, ended_at,
     pid, host, runs (how many are recorded), running (unfinished, and its
     process holds the migration; ``holder``: :meth:`Store.get`'s),
@@ -205,9 +206,11 @@ def last_run(store, name, holder=None):
         return None
     with contextlib.closing(backend.get_connection()) as conn:
         fds = list(conn.get_flows_for_book(book_uuid, lazy=True))
-        if not fds:
+        mine = [f for f in fds if operation is None or
+                (f.meta or {}).get('operation') == operation]
+        if not mine:
             return None
-        fd = max(fds, key=lambda f: (f.meta or {}).get('started_at') or 0)
+        fd = max(mine, key=lambda f: (f.meta or {}).get('started_at') or 0)
         atoms = dict((ad.name, ad) for ad in conn.get_atoms_for_flow(
             fd.uuid))
     meta = fd.meta or {}

@@ -1209,6 +1209,13 @@ def test_verify_after_sync_finds_a_changed_byte_and_after_cutover(bed):
     assert text.startswith('verified web: every target equals the layers '
                            'of the last sync'), text
     assert text.count(': identical') == 2, text
+    # show keeps the outcome, and says when the targets moved on since.
+    last = show(common)['last_verify']
+    assert (last['state'], last['since']) == (
+        'SUCCESS', {'syncs': 0, 'cutovers': 0}), last
+    text = mig('show', 'web', common=common[-2:]).stdout
+    assert re.search(r'^verified: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC; '
+                     r'identical \(2 target\(s\)\)$', text, re.M), text
 
     # A byte changed in a target's data, and one where zeros must be.
     t0, t1 = (d['target_ref'] for d in m['disks'])
@@ -1226,6 +1233,8 @@ def test_verify_after_sync_finds_a_changed_byte_and_after_cutover(bed):
     assert 'last run: verify ' in text, text
     assert re.search(r'failed at task (\d+) of \1 \(judge\): ', text), text
     assert 'disk 0 (%s) differs' % t0 in text, text
+    assert re.search(r'^verified: [^;]* UTC; differs: disk 0 \(%s\) '
+                     r'differs' % re.escape(t0), text, re.M), text
     _poke(t0, 5 * MiB + 100, old0)
     _poke(t1, size1 - 8192, old1)
     # A file target cut short.
@@ -1239,6 +1248,13 @@ def test_verify_after_sync_finds_a_changed_byte_and_after_cutover(bed):
     # collector merging the layers (the migration's snapshots are gone)
     # changes nothing.
     mig('cutover', 'web', '--timeout', '60', common=common)
+    # The last verify's outcome no longer holds: show says so.
+    m = show(common)
+    assert m['last_verify']['since'] == {'syncs': 0, 'cutovers': 1}, m
+    assert m['last_run']['operation'] == 'cutover'
+    text = mig('show', 'web', common=common[-2:]).stdout
+    assert re.search(r'^verified: [^;]* UTC; a cutover since: verify '
+                     r'again; ', text, re.M), text
     for w in (w0, w1):
         node = srlib.chain(w.path)[1][:-len('.vhd')]
         xhost.coalesce(root, node)

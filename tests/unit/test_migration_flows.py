@@ -453,3 +453,39 @@ def test_an_interrupted_command_leaves_the_host_thread_alone(bed,
         assert hosts[0].closed == 0
     finally:
         answer.set()
+
+
+def test_the_last_verify_as_show_tells_it():
+    """show's "verified:" line: when (UTC), what moved on since, and the
+    outcome, from the last verify's recorded flow."""
+    def run(state, tasks, **kw):
+        return dict({'operation': 'verify', 'state': state,
+                     'started_at': 86400.0, 'tasks': tasks,
+                     'since': {'syncs': 0, 'cutovers': 0}}, **kw)
+    ok = run('SUCCESS', [{'name': 'judge', 'state': 'SUCCESS',
+                          'result': {'identical': 3}, 'error': None}])
+    assert api.last_verify_text(None) == ''
+    assert api.last_verify_text(ok) == \
+        '1970-01-02 00:00:00 UTC; identical (3 target(s))'
+    assert api.last_verify_text(dict(ok, since={'syncs': 2, 'cutovers': 1})) \
+        == ('1970-01-02 00:00:00 UTC; 2 sync(s) and a cutover since: verify '
+            'again; identical (3 target(s))')
+    differs = run('REVERTED', [
+        {'name': 'connect', 'state': 'REVERTED', 'error': None},
+        {'name': 'judge', 'state': 'REVERTED',
+         'error': 'migration web: disk 0 (/t) differs from the host\'s'}],
+        stopped_in='judge')
+    assert api.last_verify_text(differs).endswith(
+        'UTC; differs: disk 0 (/t) differs from the host\'s')
+    failed = run('REVERTED', [
+        {'name': 'connect', 'state': 'REVERTED',
+         'error': 'migration web: root@xs: connection refused'},
+        {'name': 'judge', 'state': 'PENDING', 'error': None}],
+        stopped_in='connect')
+    assert api.last_verify_text(failed).endswith(
+        'UTC; failed in connect: root@xs: connection refused')
+    assert api.last_verify_text(run('RUNNING', [], running=True)).endswith(
+        'UTC; running')
+    assert api.last_verify_text(run(
+        'RUNNING', [], interrupted=True, stopped_in='verify-disk-1')).endswith(
+        'UTC; interrupted in verify-disk-1')

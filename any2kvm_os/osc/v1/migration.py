@@ -111,6 +111,14 @@ def _formatters():
                 return ''
             return '\n'.join(api.last_run_lines(self._value))
 
+    class LastVerifyColumn(columns.FormattableColumn):
+        """The last ``verify``'s outcome, as ``any2kvm migration show``
+        tells it."""
+
+        def human_readable(self):
+            from any2kvm_os import api
+            return api.last_verify_text(self._value)
+
     class GuestColumn(columns.FormattableColumn):
         """What inspection found: one line, its bus and why."""
 
@@ -154,7 +162,8 @@ def _formatters():
     return {'disks': DisksColumn, 'syncs': ListColumn,
             'rewrites': ListColumn, 'snapshots': ListColumn,
             'targets_deleted': ListColumn, 'cutovers': CutoversColumn,
-            'last_run': LastRunColumn, 'guest': GuestColumn,
+            'last_run': LastRunColumn, 'last_verify': LastVerifyColumn,
+            'guest': GuestColumn,
             'steps': StepsColumn, 'targets': TargetsColumn,
             'chains': ChainsColumn}
 
