@@ -645,14 +645,21 @@ def _cutover_process(args, common):
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_cutover_again_awaits_the_clean_shutdown_under_way(bed):
+@pytest.mark.parametrize('xapi', ['25.33.0', '24.19.2'])
+def test_cutover_again_awaits_the_clean_shutdown_under_way(bed, xapi):
     """A cutover run again while the first one's clean shutdown is still
     pending on the host: xapi refuses a second clean shutdown
-    (OTHER_OPERATION_IN_PROGRESS); the cutover says a clean shutdown is
-    under way and waits for the VM to halt (the guest halts once it
-    said so), then goes on; the wait is part of the downtime."""
+    (OTHER_OPERATION_IN_PROGRESS, in the form of xapi 25.27 and later,
+    and in the older one of XCP-ng 8.2 and 8.3); the cutover says a
+    clean shutdown is under way and waits for the VM to halt (the guest
+    halts once it said so), then goes on; the wait is part of the
+    downtime."""
     root, facts, out, loc, common = bed
     vm = facts['two-disks']
+    with st.locked(str(root)):
+        s = st.load(str(root))
+        s['host']['xapi-version'] = xapi
+        st.save(str(root), s)
     mig('create', 'web', loc, '--output-dir', out, common=common)
     w0, _w1 = writers(root, facts, _state(common))
     w0.write(MiB, ig.pattern(53, 4096))

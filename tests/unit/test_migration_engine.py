@@ -907,6 +907,24 @@ def test_other_operations_in_progress_are_not_a_pending_shutdown():
                         'operation_type: snapshot'))
     assert not snapshots.clean_shutdown_pending(
         'exit status 1: VM failed to shutdown before the timeout expired')
+    # xapi before 25.27 (XCP-ng 8.2 and 8.3): the operation is in the
+    # class, and there are only class and object.
+    old = ('exit status 1: Another operation involving the object is '
+           'currently in progress class: VM.%s object: 6f1b7c4e-3d2a-4b8e-'
+           '9c1d-0a2b3c4d5e6f (web)')
+    assert snapshots.clean_shutdown_pending(old % 'clean_shutdown')
+    assert snapshots.clean_shutdown_pending(
+        old % '{hard_reboot,clean_shutdown}')
+    assert snapshots.clean_shutdown_pending(
+        'exit status 1: Error code: OTHER_OPERATION_IN_PROGRESS Error '
+        'parameters: VM.clean_shutdown, 6f1b7c4e (web)')
+    assert not snapshots.clean_shutdown_pending(old % 'snapshot')
+    assert not snapshots.clean_shutdown_pending(old % 'clean_shutdownx')
+    assert not snapshots.clean_shutdown_pending(
+        old % '{clean_reboot,snapshot}')
+    assert snapshots.clean_shutdown_pending(
+        PENDING.replace('operation_type: clean_shutdown',
+                        'operation_type: {clean_shutdown,snapshot}'))
 
 
 def _set_power(root, vm, state):

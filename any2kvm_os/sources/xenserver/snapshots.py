@@ -91,17 +91,27 @@ def shutdown(run, vm_uuid, force=False):
     run(xe.vm_shutdown(vm_uuid, force=force))
 
 
+#: One operation, or one of several (``{hard_reboot,clean_shutdown}``).
+_CLEAN_SHUTDOWN = r'(?:clean_shutdown\b|\{[^}\n]*\bclean_shutdown\b)'
 #: How ``xe`` says that a clean shutdown is refused because one is
-#: already under way: OTHER_OPERATION_IN_PROGRESS (parameters class,
-#: object, operation_type, operation_ref; ocaml/idl/datamodel_errors.ml),
-#: printed as its documentation then ``name: value`` lines
-#: (xapi-cli-server cli_util.ml server_error), or, by a CLI that does not
-#: know the code, as ``Error code:`` and ``Error parameters:``.
+#: already under way: OTHER_OPERATION_IN_PROGRESS, printed as its
+#: documentation then ``name: value`` lines (xapi-cli-server cli_util.ml
+#: server_error), or, by a CLI that does not know the code, as ``Error
+#: code:`` and ``Error parameters:``.  Its parameters
+#: (ocaml/idl/datamodel_errors.ml, xapi_vm_lifecycle.ml
+#: report_concurrent_operations_error):
+#:
+#: * xapi 25.27 and later: class ``VM``, object, operation_type
+#:   ``clean_shutdown``, operation_ref;
+#: * before (XCP-ng 8.2's xapi 1.249, 8.3's 24.x, XenServer 8 until mid
+#:   2025): class ``VM.clean_shutdown``, object.
 _CLEAN_SHUTDOWN_PENDING = (
     re.compile(r'Another operation involving the object is currently in '
-               r'progress\s.*\boperation_type:\s*clean_shutdown\b', re.S),
-    re.compile(r'\bOTHER_OPERATION_IN_PROGRESS\b.*Error parameters:\s*VM,'
-               r'[^,]*,\s*clean_shutdown\b', re.S))
+               r'progress\s.*\boperation_type:\s*' + _CLEAN_SHUTDOWN, re.S),
+    re.compile(r'Another operation involving the object is currently in '
+               r'progress\s.*\bclass:\s*VM\.' + _CLEAN_SHUTDOWN, re.S),
+    re.compile(r'\bOTHER_OPERATION_IN_PROGRESS\b.*Error parameters:\s*'
+               r'(?:VM,[^,]*,\s*|VM\.)' + _CLEAN_SHUTDOWN, re.S))
 
 
 def clean_shutdown_pending(error):
