@@ -764,13 +764,13 @@ class _Run(object):
         # (the VM, its VBDs and VIFs, the VDIs' records, the SRs and
         # PBDs) is not what a snapshot changes, and a host takes the
         # time of the slower, not of both.
-        listing = _adopt_command(m)
-        take = xe.vm_snapshot(self.vm_uuid, snapshot_name(self.name),
+        listings = _adopt_commands(m)
+        take = xe.vm_snapshot(self.vm_uuid, snapshot_label(m),
                               snapshot_tag(m))
         queries = _discovery_queries(host, self.vm_uuid, self._vdis())
         snap, answers = run_side_by_side(
-            host, [[listing, take], queries], mutating=True)
-        return m, listing, take, snap, (queries, answers)
+            host, [listings + [take], queries], mutating=True)
+        return m, listings, take, snap, (queries, answers)
 
     def _ask_queries(self, host):
         """A cutover's first round trip: the discovery's queries (its
@@ -823,14 +823,14 @@ class _Run(object):
         or now), recorded with any an earlier run left unrecorded."""
         asking, self._asking = self._asking, None
         if asking is not None:
-            m, listing, take, snap, self.ahead = asking.result()
+            m, listings, take, snap, self.ahead = asking.result()
         else:
-            m, listing, take, snap, self.ahead = self._ask_snapshot(
+            m, listings, take, snap, self.ahead = self._ask_snapshot(
                 self.host, self.store.get(self.name))
         if isinstance(snap, Exception):
             raise snap
-        found, taken = snap
-        _adopt(self.store, self.name, m, found, listing)
+        found, taken = snap[:-1], snap[-1]
+        _adopt(self.store, self.name, m, found, listings)
         self.snap = xe.parse_uuid(taken, take)
         self.store.snapshot_taken(self.name, self.snap)
         return {'snapshot': self.snap}
@@ -1062,8 +1062,8 @@ class _Run(object):
         that the next cutover (which shuts it down again) reads them
         again."""
         argv = xe.power_state(self.vm_uuid)
-        run = prefetching(self.host, [
-            argv, _adopt_command(self.store.get(self.name))])
+        run = prefetching(self.host, [argv] + _adopt_commands(
+            self.store.get(self.name)))
         state = xe.parse_value(run(argv), argv).strip()
         if state != 'halted':
             for index, top in sorted(self.top.items()):
@@ -1237,31 +1237,50 @@ def snapshot_tag(m):
     return (m.get('target_options') or {}).get('snapshot_tag')
 
 
-def _adopt_command(m):
-    """The listing of migration ``m``'s snapshots (:func:`_adopt`)."""
+def snapshot_label(m):
+    """The name-label of migration ``m``'s snapshots: ``any2kvm migration
+    NAME (TAG)``, or without a tag (a migration created before tags)
+    :func:`snapshot_name`.  The tag is in the label because xapi sets
+    the label with the snapshot (VM.snapshot) and the description in a
+    call of its own after it (xe's vm_clone_aux:
+    VM.set_name_description): a run cut between the two, or a second
+    call that fails, leaves a snapshot that only its label names."""
     tag = snapshot_tag(m)
-    mine = (('name-description', tag) if tag else
-            ('name-label', snapshot_name(m['name'])))
+    name = snapshot_name(m['name'])
+    return '%s (%s)' % (name, tag) if tag else name
+
+
+def _adopt_commands(m):
+    """The listings of migration ``m``'s snapshots (:func:`_adopt`): by
+    its label (:func:`snapshot_label`), and for a tagged migration by its
+    tag as the description too (the snapshots taken before the label
+    carried the tag).  Exact matches of the host's own filters: no
+    user-written text is parsed."""
+    vm = m['target_options']['vm_uuid']
+    tag = snapshot_tag(m)
     # params=uuid: --minimal prints the first field printed, which is the
     # uuid only by xapi's table order (cli_printer.ml).
-    return xe.list_command('snapshot', [
-        ('snapshot-of', m['target_options']['vm_uuid']), mine],
-        ('uuid',), minimal=True)
+    return [xe.list_command('snapshot', [('snapshot-of', vm), mine],
+                            ('uuid',), minimal=True)
+            for mine in [('name-label', snapshot_label(m))] + (
+                [('name-description', tag)] if tag else [])]
 
 
-def _adopt(store, name, m, output, argv):
-    """Record the snapshots of ``output`` (of :func:`_adopt_command`)
-    that migration ``m`` does not know; returns how many."""
+def _adopt(store, name, m, outputs, argvs):
+    """Record the snapshots of ``outputs`` (of :func:`_adopt_commands`
+    ``argvs``) that migration ``m`` does not know; returns how many."""
     known = set(s['snapshot_id'] for s in m['snapshots'])
-    adopted = 0
-    for u in xe.parse_minimal(output, argv):
-        if u.lower() not in known:
-            LOG.warning('snapshot %s of migration %s was taken by a run '
-                        'that stopped before recording it: recorded now',
-                        u.lower(), name)
-            store.snapshot_taken(name, u.lower())
-            adopted += 1
-    return adopted
+    adopted = []
+    for output, argv in zip(outputs, argvs):
+        for u in xe.parse_minimal(output, argv):
+            u = u.lower()
+            if u not in known and u not in adopted:
+                LOG.warning('snapshot %s of migration %s was taken by a '
+                            'run that stopped before recording it: '
+                            'recorded now', u, name)
+                store.snapshot_taken(name, u)
+                adopted.append(u)
+    return len(adopted)
 
 
 def _adopt_snapshots(store, name, host, run=None):
@@ -1272,8 +1291,9 @@ def _adopt_snapshots(store, name, host, run=None):
     it.  Nothing else is ever matched.  Returns how many were found.
     ``run``: what runs the query (default ``host.run``)."""
     m = store.get(name)
-    argv = _adopt_command(m)
-    return _adopt(store, name, m, (run or host.run)(argv), argv)
+    argvs = _adopt_commands(m)
+    run = run or host.run
+    return _adopt(store, name, m, [run(a) for a in argvs], argvs)
 
 
 def sync(store, name, limits=None, args=None, connect=None, cloud=None,

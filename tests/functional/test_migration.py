@@ -586,6 +586,46 @@ def test_killed_between_snapshot_and_record_then_sync_and_abort(bed):
     assert st.load(str(root))['vm'][vm]['power-state'] == 'running'
 
 
+def _host_knob(root, key, value):
+    with st.locked(str(root)):
+        s = st.load(str(root))
+        s['host'][key] = value
+        st.save(str(root), s)
+
+
+def test_a_snapshot_whose_description_was_never_set_is_ours(bed):
+    """xe sets a snapshot's description in a second call after the
+    snapshot (vm_clone_aux); when that call fails (or the run is cut
+    between the two), the snapshot has only its label: the label carries
+    the migration's tag, so the next sync records it, and abort removes
+    it; a snapshot of the VM named as an untagged migration's would be
+    is left alone."""
+    root, facts, out, loc, common = bed
+    vm = facts['two-disks']
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    xhost.xe_ok(root, 'vm-snapshot', 'uuid=%s' % vm,
+                'new-name-label=any2kvm migration web')
+    other = set(_snapshots_on_host(root, vm))
+    _host_knob(root, 'snapshot-description-fails', True)
+    line = _one_line_error(mig('sync', 'web', '--no-progress',
+                               common=common, ok=False))
+    assert 'set_name_description failed' in line, line
+    leaked = set(_snapshots_on_host(root, vm)) - other
+    assert len(leaked) == 1 and _state(common)['snapshots'] == []
+    tag = _state(common)['target_options']['snapshot_tag']
+    u, = leaked
+    snap = _snapshots_on_host(root, vm)[u]
+    assert snap['name-label'] == 'any2kvm migration web (%s)' % tag
+    assert snap.get('name-description') != tag
+    _host_knob(root, 'snapshot-description-fails', False)
+    mig('sync', 'web', '--no-progress', common=common)
+    recorded = set(s['snapshot_id'] for s in _state(common)['snapshots'])
+    assert leaked < recorded and len(recorded) == 2, recorded
+    r = mig('abort', 'web', common=common)
+    assert '2 snapshot(s) removed' in r.stdout, r.stdout
+    assert set(_snapshots_on_host(root, vm)) == other
+
+
 def test_cutover_guest_ignores_clean_shutdown(bed):
     """A guest that ignores the clean shutdown: ``xe vm-shutdown`` waits
     for it and fails after the host's timeout (VM_SHUTDOWN_TIMEOUT).

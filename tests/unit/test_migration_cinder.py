@@ -146,7 +146,8 @@ def test_sync_sync_cutover_attaches_once_per_command(bed):
     assert [a[1] if a[0] == 'xe' else a[0] for a in batches[0]] == [
         'vm-list', 'vm-param-get', 'vif-list', 'vbd-list', 'vdi-list',
         'vdi-list', 'sr-list', 'pbd-list', 'cat']
-    assert [a[1] for a in batches[1]] == ['vm-param-get', 'snapshot-list']
+    assert [a[1] for a in batches[1]] == ['vm-param-get', 'snapshot-list',
+                                          'snapshot-list']
     assert [a[1] for a in batches[2]] == ['snapshot-uninstall'] * 2
     assert _power(root, facts['two-disks']) == 'halted'
 

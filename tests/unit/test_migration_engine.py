@@ -504,6 +504,7 @@ def test_a_sync_discovers_beside_its_snapshot(bed):
                                                    m['disks']])
     snapshot_batch, discovery_batch = host.batches[:2]
     assert [a[1] for a in snapshot_batch] == ['snapshot-list',
+                                              'snapshot-list',
                                               'vm-snapshot']
     assert discovery_batch == queries
     # Nothing of the discovery was asked again, alone or batched.
@@ -778,9 +779,19 @@ def test_snapshot_listings_ask_for_the_uuid():
     vm = '6f1b7c4e-3d2a-4b8e-9c1d-0a2b3c4d5e6f'
     m = {'name': 'web', 'target_options': {'vm_uuid': vm,
                                            'snapshot_tag': 'any2kvm-x'}}
-    argv = engine._adopt_command(m)
-    assert argv[:2] == ['xe', 'snapshot-list']
-    assert 'params=uuid' in argv and argv[-1] == '--minimal'
+    by_label, by_tag = engine._adopt_commands(m)
+    for argv in (by_label, by_tag):
+        assert argv[:2] == ['xe', 'snapshot-list']
+        assert 'params=uuid' in argv and argv[-1] == '--minimal'
+    # The label carries the tag: xapi sets it with the snapshot, the
+    # description in a second call that a killed run may never make.
+    assert 'name-label=any2kvm migration web (any2kvm-x)' in by_label
+    assert engine.snapshot_label(m) == 'any2kvm migration web (any2kvm-x)'
+    assert 'name-description=any2kvm-x' in by_tag
+    # A migration from before tags: its name only.
+    old = {'name': 'web', 'target_options': {'vm_uuid': vm}}
+    argv, = engine._adopt_commands(old)
+    assert 'name-label=any2kvm migration web' in argv
 
 
 class _ShutdownHost(object):
