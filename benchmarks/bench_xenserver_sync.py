@@ -292,6 +292,7 @@ def setup_and_run(bench, work, args):
     bin_dir = os.path.join(work, 'bin')
     os.mkdir(bin_dir)
     os.symlink(str(xhost.XE), os.path.join(bin_dir, 'xe'))
+    os.symlink(str(xhost.LVS), os.path.join(bin_dir, 'lvs'))
     conf = os.path.join(work, 'any2kvm.conf')
     with open(conf, 'w') as f:
         f.write('[any2kvm]\nxenserver_sr_mount = %s\n'
@@ -299,6 +300,8 @@ def setup_and_run(bench, work, args):
         # the stand-in's inventory (names the host its SRs are attached on)
         f.write('xenserver_inventory = %s\n'
                 % os.path.join(root, 'etc', 'xensource-inventory'))
+        # the LVs' device nodes (dom0's /dev) of the stand-in's LVM SRs
+        f.write('xenserver_lvm_dev = %s\n' % os.path.join(root, 'dev'))
         for option in args.option:
             name, _, value = option.partition('=')
             f.write('%s = %s\n' % (name.strip(), value.strip()))

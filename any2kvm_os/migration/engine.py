@@ -308,7 +308,9 @@ def _discover(host, vm, vdis=(), ahead=None):
         run = prefetching(host, queries, answered)
     return discovery.discover(run, vm, host=host.label,
                               mount_base=host.mount_base,
-                              inventory=inventory)
+                              inventory=inventory,
+                              lvm_dev=getattr(host, 'lvm_dev',
+                                              discovery.DEFAULT_LVM_DEV))
 
 
 def prefetching(host, commands, answered=None):
@@ -898,6 +900,11 @@ class _Run(object):
         read), none of which needs the VM down; after it only each
         leaf is read again (:func:`_reopen_leaf`)."""
         for index, info in sorted(self.infos.items()):
+            if getattr(info, 'storage', 'file') == 'lvm':
+                # SM deactivates the VM's LVs at its shutdown, which fails
+                # for an LV held open: opened after it (attached to dom0
+                # then: sources.xenserver.lvm).
+                continue
             self.chains[index] = self.host.open_disk(info)
         return {'layers': dict((str(i), len(c.chain.layers))
                                for i, c in self.chains.items())}
@@ -1543,6 +1550,11 @@ def rollback(store, name, limits=None, args=None, connect=None,
             try:
                 vm_uuid = m['target_options']['vm_uuid']
                 state = snapshots.power_state(host.run, vm_uuid)
+                release = getattr(host, 'release_stale', None)
+                if state != 'running' and release is not None:
+                    # A disk a killed cutover left attached to dom0 (an
+                    # LV being read) would keep the VM from starting.
+                    release([d['source_id'] for d in m['disks']])
                 if state != 'running':
                     # vm-start, vm-unpause or vm-resume, as the state asks
                     snapshots.start(

@@ -79,6 +79,7 @@ class SshHost(object):
         self.source = plugin.XenServerSource(limits, args=args)
         self.conn = self.source.connect(self.location)
         self.mount_base = self.source.mount_base()
+        self.lvm_dev = self.source.lvm_dev()
         #: The host's inventory file (names the host: SRs attached here).
         self.inventory = self.source.inventory()
         self.label = self.location.host_for_display
@@ -122,6 +123,19 @@ class SshHost(object):
         ``close()`` (:meth:`~any2kvm_os.ssh.connection.Connection.
         armed`)."""
         return _Armed(self.conn, self.conn.armed(argv))
+
+    def release_stale(self, vdis):
+        """Remove the dom0 VBDs of ``vdis`` that a killed run of this
+        conversion host left plugged (:func:`.lvm.release_stale`);
+        nothing without a known control domain.  Returns how many."""
+        from any2kvm_os.sources.xenserver import discovery
+        from any2kvm_os.sources.xenserver import lvm
+        if not self.inventory:
+            return 0
+        _this, dom0 = discovery.host_uuids(self.run, self.inventory)
+        if dom0 is None:
+            return 0
+        return sum(lvm.release_stale(self.conn, dom0, vdi) for vdi in vdis)
 
     def open_disk(self, info):
         return self.source.open_disk(self.conn, info)

@@ -223,9 +223,13 @@ class Copy(object):
             'settings': st,
             'password': password,
             'jump_password': jump_password,
+            # An LV (``padded``) is a block device: SFTP cannot size it,
+            # its size is the one lvs gave.
             'files': [{'path': self.chain.layers[j].view.path,
                        'name': self.chain.layers[j].view.name,
-                       'size': self.chain.layers[j].view.size}
+                       'size': self.chain.layers[j].view.size,
+                       'device': bool(getattr(self.chain.layers[j].view,
+                                              'padded', False))}
                       for j in range(self.top, self.bottom + 1)],
             'target': {'fd': t.fd, 'path': t.path, 'is_block': t.is_block,
                        'durable': t.durable,

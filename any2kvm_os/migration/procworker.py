@@ -109,7 +109,8 @@ def _serve(inp, out, setup):
         conn.connect()
         files = []
         for f in setup['files']:
-            rf = conn.open_file(f['path'], name=f['name'])
+            rf = conn.open_file(f['path'], name=f['name'],
+                                size=f['size'] if f.get('device') else None)
             if rf.size != f['size']:
                 raise exception.SshError(
                     host=conn.label, reason='%s: size changed from %d to '

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -1314,6 +1315,80 @@ def test_verify_after_sync_finds_a_changed_byte_and_after_cutover(bed):
     line = _verify_error(common)
     assert 'disk 0: the host holds layers its target lacks' in line, line
     assert 'sync first' in line
+
+
+# -- LVM SRs ------------------------------------------------------------------
+
+def _dom0_vbds(root):
+    """The control domain's VBDs on the stand-in host: {uuid: record}."""
+    s = st.load(str(root))
+    dom0 = s['hosts'][s['host']['uuid']]['control-domain']
+    return dict((u, v) for u, v in s['vbd'].items() if v['vm'] == dom0)
+
+
+def _lv_nodes(root, sr):
+    """The VHD LVs of SR ``sr`` that are active (have a device node)."""
+    d = os.path.join(str(root), 'dev', 'VG_XenStorage-%s' % sr)
+    return sorted(n for n in os.listdir(d) if n.startswith('VHD-')) \
+        if os.path.isdir(d) else []
+
+
+def test_a_vm_on_an_lvm_sr_end_to_end(bed):
+    """A VM whose disk is a logical volume of an LVM SR (SM's LVHD, as
+    the stand-in models it from SM's code): synced while it runs from
+    the active LVs of its chain; at the cutover, its LVs deactivated at
+    the shutdown (none held open by us then), its VDI attached read-only
+    to dom0 to read the last layer, and detached; verify after it
+    attaches it again; a dom0 VBD a killed run left behind is removed
+    before the rollback starts the VM."""
+    root, facts, out, _loc, common = bed
+    vm, sr = facts['lvm'], facts['sr']['lvm']
+    loc = _loc.rsplit('/', 1)[0] + '/on-lvm'
+    r = mig('create', 'db', loc, '--output-dir', out, common=common)
+    assert 'disk 0: 1 layer(s) on the host' in r.stdout, r.stdout
+    m = show(common, 'db')
+    w, = writers(root, facts, m)
+    w.write(5 * MiB + 512, ig.pattern(71, 3 * 4096))
+    mig('sync', 'db', common=common)
+    w.write(9 * MiB, ig.pattern(72, MiB))
+    mig('sync', 'db', common=common)
+    # While the VM runs its chain is active: nothing was attached.
+    assert not _dom0_vbds(root)
+    r = mig('verify', 'db', common=common)
+    assert 'identical' in r.stdout, r.stdout
+    w.write(2 * MiB, ig.pattern(73, 8192))
+    r = mig('cutover', 'db', '--timeout', '60', common=common)
+    assert 'downtime' in r.stdout, r.stdout
+    m = show(common, 'db')
+    assert m['status'] == 'done'
+    check(m, facts)
+    s = st.load(str(root))
+    assert s['vm'][vm]['power-state'] == 'halted'
+    # The last layer was read through a dom0 attachment, now gone; no LV
+    # was held open when SM deactivated it.
+    assert not _dom0_vbds(root)
+    assert not s['host'].get('lv-in-use-at-deactivation'), s['host']
+    assert _lv_nodes(root, sr) == []
+    r = mig('verify', 'db', '--format', 'json', common=common)
+    assert [t['identical'] for t in json.loads(r.stdout)['targets']] == [
+        True]
+    assert not _dom0_vbds(root)
+    # A run killed while it read: its dom0 VBD (tagged with this host and
+    # a pid that is gone) would keep the VM from starting.
+    dead = 4194303
+    vdi = m['disks'][0]['source_id']
+    dom0 = s['hosts'][s['host']['uuid']]['control-domain']
+    vbd = xhost.xe_ok(root, 'vbd-create', 'vm-uuid=' + dom0,
+                      'vdi-uuid=' + vdi, 'device=autodetect',
+                      'mode=RO').strip()
+    xhost.xe_ok(root, 'vbd-param-set', 'uuid=' + vbd,
+                'other-config:any2kvm-reader=%s:%d' % (
+                    socket.gethostname(), dead))
+    xhost.xe_ok(root, 'vbd-plug', 'uuid=' + vbd)
+    assert _lv_nodes(root, sr)
+    mig('rollback', 'db', common=common)
+    assert st.load(str(root))['vm'][vm]['power-state'] == 'running'
+    assert not _dom0_vbds(root)
 
 
 # -- through a jump host ------------------------------------------------------

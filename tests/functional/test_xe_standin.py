@@ -28,6 +28,7 @@ import pytest
 
 from tests.lib import imagegen as ig
 from tests.lib.xenserver import host as xh
+from tests.lib.xenserver import lvm
 from tests.lib.xenserver import sr as srlib
 from tests.lib.xenserver import state as st
 
@@ -736,3 +737,370 @@ def test_pending_clean_shutdown_ends_when_the_guest_halts(host):
     assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
                     'param-name=current-operations') == '\n'
     xh.xe_ok(root, 'vm-shutdown', 'uuid=' + vm, '--force')
+
+
+# ---------------------------------------------------------------------------
+# LVM SRs (SM's LVHD): the LVs' content, their activation, lvs, and the
+# control domain's VBDs (lvhdutil.py, LVHDSR.py, lvutil.py; xapi_vbd.ml,
+# xapi_vbd_helpers.ml)
+# ---------------------------------------------------------------------------
+
+def _store(root, sr):
+    return os.path.join(root, 'lvm', 'VG_XenStorage-' + sr)
+
+
+def _dev(root, sr):
+    return os.path.join(root, 'dev', 'VG_XenStorage-' + sr)
+
+
+def _active(root, sr):
+    d = _dev(root, sr)
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def _check_lv(path):
+    """An LV's content: a multiple of the 4 MiB extent, the VHD footer in
+    its last 512 bytes and its copy at 0, zeros between the data's end
+    and the footer."""
+    size = os.path.getsize(path)
+    assert size % (4 * ig.MiB) == 0, (path, size)
+    eod = lvm.end_of_data(path)
+    with open(path, 'rb') as f:
+        head = f.read(512)
+        f.seek(size - 512)
+        foot = f.read(512)
+        f.seek(eod)
+        gap = f.read(size - 512 - eod)
+    assert foot[:8] == b'conectix' and head == foot
+    assert gap.count(0) == len(gap), path
+
+
+def _lvm_vdi(root, f):
+    return disk_vdis(root, f['lvm'])[0]
+
+
+def _read_chain(dev_dir, leaf, offset, length):
+    """An independent VHD reader (not FATtools, not the stand-in's
+    writer): BAT and sector bitmaps, the parent found by unique id among
+    the device nodes of ``dev_dir``, footers read from the end."""
+    import struct
+    import uuid as uuidlib
+
+    def info(path):
+        with open(path, 'rb') as f:
+            f.seek(-512, 2)
+            ft = f.read(512)
+            f.seek(struct.unpack_from('>Q', ft, 16)[0])
+            hd = f.read(1024)
+            n = struct.unpack_from('>I', hd, 28)[0]
+            f.seek(struct.unpack_from('>Q', hd, 16)[0])
+            bat = struct.unpack('>%dI' % n, f.read(4 * n))
+        return {'id': uuidlib.UUID(bytes=ft[68:84]),
+                'type': struct.unpack_from('>I', ft, 60)[0],
+                'parent': uuidlib.UUID(bytes=hd[40:56]),
+                'block': struct.unpack_from('>I', hd, 32)[0], 'bat': bat}
+    by_id = {}
+    for name in os.listdir(dev_dir):
+        if name.startswith('VHD-'):
+            p = os.path.join(dev_dir, name)
+            by_id[info(p)['id']] = p
+    out = bytearray()
+    for sector in range(offset // 512, (offset + length) // 512):
+        path = leaf
+        data = bytes(512)
+        while path:
+            i = info(path)
+            b, s = divmod(sector * 512, i['block'])
+            at = i['bat'][b] if b < len(i['bat']) else 0xFFFFFFFF
+            if at != 0xFFFFFFFF:
+                with open(path, 'rb') as f:
+                    f.seek(at * 512 + (s // 512) // 8)
+                    bits = f.read(1)[0]
+                    if i['type'] == 3 or bits & (0x80 >> ((s // 512) % 8)):
+                        bm = max(512, i['block'] // 512 // 8)
+                        f.seek(at * 512 + bm + s)
+                        data = f.read(512)
+                        break
+            path = by_id.get(i['parent']) if i['type'] == 4 else None
+        out += data
+    return bytes(out)
+
+
+def test_lvm_lv_content_and_chain(host):
+    root, f = host
+    sr, vm = f['sr']['lvm'], f['lvm']
+    vdi = _lvm_vdi(root, f)
+    store = _store(root, sr)
+    assert sorted(os.listdir(store)) == ['MGT', 'VHD-' + vdi]
+    assert os.path.getsize(os.path.join(store, 'MGT')) == 4 * ig.MiB
+    g = xh.GuestWriter(root, vdi, f['models'][vdi])
+    assert g.path == os.path.join(store, 'VHD-' + vdi)
+    _check_lv(g.path)
+    g.write(1000, ig.pattern(3, 70000))
+    _check_lv(g.path)
+    # qemu-img reads a dynamic VHD whose footer is at the LV's end
+    node_path = os.path.join(_dev(root, sr), 'VHD-' + vdi)
+    r = subprocess.run(['qemu-img', 'info', '--output=json', node_path],
+                       capture_output=True, text=True)
+    if r.returncode == 0:
+        assert '"virtual-size": %d' % (16 * ig.MiB) in r.stdout
+    snap = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
+                    'new-name-label=s').strip()
+    node = xh.xe_ok(root, 'vdi-param-get', 'uuid=' + vdi,
+                    'param-name=sm-config', 'param-key=vhd-parent').strip()
+    snap_vdi = disk_vdis(root, snap)[0]
+    assert xh.xe_ok(root, 'vdi-param-get', 'uuid=' + snap_vdi,
+                    'param-name=sm-config', 'param-key=vdi_type') == 'vhd\n'
+    then = bytes(g.model.data)
+    g.write(5 * ig.MiB + 3, ig.pattern(4, 3 * ig.MiB))
+    g.zero(1024, 512)
+    for u in (vdi, node, snap_vdi):
+        _check_lv(os.path.join(store, 'VHD-' + u))
+    n = srlib.meta(os.path.join(store, 'VHD-' + node))
+    leaf = srlib.meta(g.path)
+    assert n['hidden'] == 1 and leaf['parent_uuid'] == n['uuid']
+    assert leaf['parent_name'] == 'VHD-' + node
+    # the base is deflated to its data, the leaf inflated
+    assert os.path.getsize(os.path.join(store, 'VHD-' + node)) == \
+        4 * ig.MiB
+    assert os.path.getsize(g.path) >= 16 * ig.MiB
+    assert g.read_back() == bytes(g.model.data)
+    dev = _dev(root, sr)
+    assert _read_chain(dev, os.path.join(dev, 'VHD-' + vdi), 0,
+                       16 * ig.MiB) == bytes(g.model.data)
+    # the snapshot reads as the disk was, once its chain is active
+    dom0 = xh.xe_ok(root, 'vm-list', 'is-control-domain=true',
+                    '--minimal').strip()
+    vbd = xh.xe_ok(root, 'vbd-create', 'vm-uuid=' + dom0,
+                   'vdi-uuid=' + snap_vdi, 'device=autodetect',
+                   'mode=RO').strip()
+    xh.xe_ok(root, 'vbd-plug', 'uuid=' + vbd)
+    assert _read_chain(dev, os.path.join(dev, 'VHD-' + snap_vdi), 0,
+                       16 * ig.MiB) == then
+    xh.xe_ok(root, 'vbd-unplug', 'uuid=' + vbd)
+    xh.xe_ok(root, 'vbd-destroy', 'uuid=' + vbd)
+    # growing and coalescing keep the invariants
+    g.grow(20 * ig.MiB)
+    g.write(19 * ig.MiB, ig.pattern(5, 4096))
+    _check_lv(g.path)
+    xh.xe_ok(root, 'snapshot-uninstall', 'uuid=' + snap, 'force=true')
+    xh.coalesce(root, node)
+    _check_lv(g.path)
+    assert sorted(os.listdir(store)) == ['MGT', 'VHD-' + vdi]
+    assert srlib.meta(g.path)['disk_type'] == 3
+    assert g.read_back() == bytes(g.model.data)
+    assert _read_chain(dev, os.path.join(dev, 'VHD-' + vdi), 0,
+                       20 * ig.MiB) == bytes(g.model.data)
+    assert _active(root, sr) == ['MGT', 'VHD-' + vdi]
+
+
+def test_lvm_activation_follows_attachment(host):
+    root, f = host
+    sr, vm = f['sr']['lvm'], f['lvm']
+    vdi = _lvm_vdi(root, f)
+    assert _active(root, sr) == ['MGT', 'VHD-' + vdi]
+    with open(os.path.join(_dev(root, sr), 'VHD-' + vdi), 'rb') as fh:
+        assert fh.read(8) == b'conectix'
+    xh.xe_ok(root, 'vm-shutdown', 'uuid=' + vm)
+    assert _active(root, sr) == ['MGT']
+    xh.xe_ok(root, 'vm-start', 'uuid=' + vm)
+    assert _active(root, sr) == ['MGT', 'VHD-' + vdi]
+    snap = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
+                    'new-name-label=s').strip()
+    node = xh.xe_ok(root, 'vdi-param-get', 'uuid=' + vdi,
+                    'param-name=sm-config', 'param-key=vhd-parent').strip()
+    snap_vdi = disk_vdis(root, snap)[0]
+    assert _active(root, sr) == sorted(['MGT', 'VHD-' + vdi,
+                                        'VHD-' + node])
+    s = st.load(root)
+    assert s['lv']['VG_XenStorage-%s/VHD-%s' % (sr, node)]['refcount'] == \
+        [1, 0]
+    assert s['lv']['VG_XenStorage-%s/VHD-%s' % (sr, vdi)]['refcount'] == \
+        [0, 1]
+    xh.xe_ok(root, 'vm-shutdown', 'uuid=' + vm, '--force')
+    assert _active(root, sr) == ['MGT']
+    dom0 = xh.xe_ok(root, 'vm-list', 'is-control-domain=true',
+                    '--minimal').strip()
+    vbd = xh.xe_ok(root, 'vbd-create', 'vm-uuid=' + dom0,
+                   'vdi-uuid=' + snap_vdi, 'device=autodetect',
+                   'mode=RO').strip()
+    assert _active(root, sr) == ['MGT']
+    xh.xe_ok(root, 'vbd-plug', 'uuid=' + vbd)
+    assert _active(root, sr) == sorted(['MGT', 'VHD-' + snap_vdi,
+                                        'VHD-' + node])
+    assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + vbd,
+                    'param-name=currently-attached') == 'true\n'
+    # the VM's start refused while its VDI's base is... not: only the
+    # snapshot is attached in dom0; the VM starts, sharing the base
+    xh.xe_ok(root, 'vm-start', 'uuid=' + vm)
+    assert _active(root, sr) == sorted(['MGT', 'VHD-' + snap_vdi,
+                                        'VHD-' + node, 'VHD-' + vdi])
+    xh.xe_ok(root, 'vm-shutdown', 'uuid=' + vm)
+    assert _active(root, sr) == sorted(['MGT', 'VHD-' + snap_vdi,
+                                        'VHD-' + node])
+    xh.xe_ok(root, 'vbd-unplug', 'uuid=' + vbd)
+    assert _active(root, sr) == ['MGT']
+    assert st.load(root)['host']['lv-in-use-at-deactivation'] == []
+
+
+def test_lv_held_open_stays_active_and_is_recorded(host):
+    root, f = host
+    sr, vm = f['sr']['lvm'], f['lvm']
+    vdi = _lvm_vdi(root, f)
+    node = os.path.join(_dev(root, sr), 'VHD-' + vdi)
+    fh = open(node, 'rb')
+    try:
+        out = subprocess.run(
+            [str(xh.LVS), '--noheadings', '-o', 'lv_name,lv_attr',
+             '--separator', ',', 'VG_XenStorage-' + sr],
+            env=xh.xe_env(root), capture_output=True, text=True).stdout
+        assert '  VHD-%s,-wi-ao----\n' % vdi in out
+        xh.xe_ok(root, 'vm-shutdown', 'uuid=' + vm)
+        assert os.path.exists(node)
+        events = st.load(root)['host']['lv-in-use-at-deactivation']
+        assert events == [{'lv': 'VHD-' + vdi, 'vg': 'VG_XenStorage-' + sr,
+                           'command': 'vm-shutdown',
+                           'pids': [os.getpid()]}]
+    finally:
+        fh.close()
+    xh.xe_ok(root, 'vm-param-set', 'uuid=' + vm, 'other-config:x=y')
+    assert not os.path.exists(node)
+    assert len(st.load(root)['host']['lv-in-use-at-deactivation']) == 1
+
+
+def test_lvs_output_and_errors(host):
+    root, f = host
+    sr, vm = f['sr']['lvm'], f['lvm']
+    vdi = _lvm_vdi(root, f)
+    xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm, 'new-name-label=s')
+    node = xh.xe_ok(root, 'vdi-param-get', 'uuid=' + vdi,
+                    'param-name=sm-config', 'param-key=vhd-parent').strip()
+    snap_vdi = [u for u, v in st.load(root)['vdi'].items()
+                if v.get('snapshot-of') == vdi][0]
+    store = _store(root, sr)
+
+    def size(u):
+        return os.path.getsize(os.path.join(store, 'VHD-' + u))
+    vg = 'VG_XenStorage-' + sr
+    env = xh.xe_env(root)
+    want = sorted([('MGT', 4 * ig.MiB, '-wi-a-----'),
+                   ('VHD-' + vdi, size(vdi), '-wi-a-----'),
+                   ('VHD-' + node, size(node), '-ri-a-----'),
+                   ('VHD-' + snap_vdi, size(snap_vdi), '-wi-------')])
+    for args in (['--noheadings', '--nosuffix', '--units', 'b',
+                  '--separator', '|', '-o', 'lv_name,lv_size,lv_attr', vg],
+                 ['-o', 'lv_name,lv_size,lv_attr', vg, '--units', 'b',
+                  '--separator=|', '--nosuffix', '--noheadings']):
+        r = subprocess.run([str(xh.LVS)] + args, env=env,
+                           capture_output=True, text=True)
+        assert (r.returncode, r.stderr) == (0, '')
+        assert r.stdout == ''.join('  %s|%d|%s\n' % row for row in want)
+    r = subprocess.run([str(xh.LVS), '--nosuffix', '--units', 'b',
+                        '--separator', ';', '-o', 'lv_name,lv_size,lv_attr',
+                        vg], env=env, capture_output=True, text=True)
+    assert r.stdout.splitlines()[0] == '  LV;LSize;Attr'
+    assert r.stdout.splitlines()[1] == '  MGT;%d;-wi-a-----' % (4 * ig.MiB)
+    r = subprocess.run([str(xh.LVS), '--noheadings', 'VG_XenStorage-nope'],
+                       env=env, capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (5, '')
+    assert r.stderr == ('  Volume group "VG_XenStorage-nope" not found\n'
+                        '  Cannot process volume group '
+                        'VG_XenStorage-nope\n')
+
+
+def _error(r, code_doc, *lines):
+    assert r.returncode == 1, r
+    assert r.stderr.splitlines()[0].startswith(code_doc), r.stderr
+    for line in lines:
+        assert line in r.stderr.splitlines(), r.stderr
+
+
+def test_vbd_create_plug_unplug_destroy_and_refusals(host):
+    root, f = host
+    vm = f['lvm']
+    vdi = _lvm_vdi(root, f)
+    dom0 = xh.xe_ok(root, 'vm-list', 'is-control-domain=true',
+                    '--minimal').strip()
+    inv = open(st.inventory_path(root)).read()
+    assert "CONTROL_DOMAIN_UUID='%s'" % dom0 in inv
+    # device taken, autodetect, the printed uuid
+    r = xh.run_xe(root, 'vbd-create', 'vm-uuid=' + vm, 'device=0',
+                  'vdi-uuid=' + vdi)
+    _error(r, 'A device with the name given already exists',
+           'device: 0')
+    r = xh.run_xe(root, 'vbd-create', 'vm-uuid=' + vm, 'device=xvda',
+                  'vdi-uuid=' + vdi)
+    _error(r, 'A device with the name given already exists')
+    r = xh.run_xe(root, 'vbd-create', 'vm-uuid=' + vm, 'device=bogus',
+                  'vdi-uuid=' + vdi)
+    _error(r, 'The device name is invalid', 'device: bogus')
+    r = xh.run_xe(root, 'vbd-create', 'vm-uuid=' + dom0)
+    assert r.stderr.startswith('Required parameter not found: device')
+    vbd = xh.xe_ok(root, 'vbd-create', 'vm-uuid=' + dom0,
+                   'device=autodetect', 'vdi-uuid=' + vdi,
+                   'mode=RO').strip()
+    assert re.fullmatch(UUID, vbd)
+    assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + vbd,
+                    'param-name=userdevice') == '0\n'
+    assert xh.xe_ok(root, 'vbd-param-get', 'uuid=' + vbd,
+                    'param-name=currently-attached') == 'false\n'
+    xh.xe_ok(root, 'vbd-param-set', 'uuid=' + vbd,
+             'other-config:any2kvm=migration-1')
+    assert xh.xe_ok(root, 'vbd-list', 'other-config:any2kvm=migration-1',
+                    'vm-uuid=' + dom0, '--minimal').strip() == vbd
+    r = xh.run_xe(root, 'vbd-unplug', 'uuid=' + vbd)
+    _error(r, 'The device is not currently attached', 'device: ' + vbd)
+    # dom0 (a system domain) shares a disk a running VM has RW
+    # (xapi_vbd_helpers.ml: system domains are exempt)
+    xh.xe_ok(root, 'vbd-plug', 'uuid=' + vbd)
+    assert xh.xe_ok(root, 'vbd-list', 'vm-uuid=' + dom0,
+                    'currently-attached=true', '--minimal').strip() == vbd
+    r = xh.run_xe(root, 'vbd-plug', 'uuid=' + vbd)
+    _error(r, 'The device is already attached to a VM')
+    r = xh.run_xe(root, 'vbd-destroy', 'uuid=' + vbd)
+    _error(r, 'You attempted an operation that was not allowed.',
+           "reason: VBD '%s' still attached to '%s'" % (vbd, dom0))
+    # a VM may not share it RW with the VM that has it RW
+    other = xh.xe_ok(root, 'vbd-create', 'vm-uuid=' + f['twin-a'],
+                     'device=autodetect', 'vdi-uuid=' + vdi).strip()
+    r = xh.run_xe(root, 'vbd-plug', 'uuid=' + other)
+    _error(r, 'This operation cannot be performed because this VDI is in '
+           'use', 'vdi: %s (%s)' % (vdi, 'on-lvm 0'))
+    xh.xe_ok(root, 'vbd-destroy', 'uuid=' + other)
+    # plugging into a halted VM
+    halted = xh.xe_ok(root, 'vbd-create', 'vm-uuid=' + f['twin-b'],
+                      'device=autodetect', 'vdi-uuid=' + vdi,
+                      'mode=RO').strip()
+    r = xh.run_xe(root, 'vbd-plug', 'uuid=' + halted)
+    _error(r, 'You attempted an operation on a VM that was not in an '
+           'appropriate power state', 'expected: running',
+           'actual: halted')
+    xh.xe_ok(root, 'vbd-destroy', 'uuid=' + halted)
+    # the VM stopped and restarted while dom0 has its disk RO: the
+    # storage layer refuses the RW attach (vdi_automaton.ml)
+    xh.xe_ok(root, 'vm-shutdown', 'uuid=' + vm)
+    r = xh.run_xe(root, 'vm-start', 'uuid=' + vm)
+    assert r.returncode == 1 and 'Illegal_transition' in r.stderr
+    assert xh.xe_ok(root, 'vm-param-get', 'uuid=' + vm,
+                    'param-name=power-state') == 'halted\n'
+    xh.xe_ok(root, 'vbd-unplug', 'uuid=' + vbd)
+    xh.xe_ok(root, 'vbd-destroy', 'uuid=' + vbd)
+    assert vbd not in xh.xe_ok(root, 'vbd-list', '--minimal')
+    xh.xe_ok(root, 'vm-start', 'uuid=' + vm)
+    # a base copy: not managed, read-only
+    xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm, 'new-name-label=s')
+    node = xh.xe_ok(root, 'vdi-param-get', 'uuid=' + vdi,
+                    'param-name=sm-config', 'param-key=vhd-parent').strip()
+    r = xh.run_xe(root, 'vbd-create', 'vm-uuid=' + dom0,
+                  'device=autodetect', 'vdi-uuid=' + node)
+    _error(r, 'The operation required write access but this VDI is '
+           'read-only')
+    ro = xh.xe_ok(root, 'vbd-create', 'vm-uuid=' + dom0,
+                  'device=autodetect', 'vdi-uuid=' + node,
+                  'mode=RO').strip()
+    r = xh.run_xe(root, 'vbd-plug', 'uuid=' + ro)
+    _error(r, 'This operation cannot be performed because the system does '
+           'not manage this VDI')
+    r = xh.run_xe(root, 'vbd-create', 'vm-uuid=' + dom0,
+                  'device=autodetect', 'type=CD')
+    _error(r, 'Read/write CDs are not supported')

@@ -107,10 +107,16 @@ def test_shared_name_is_refused_with_the_candidates(standin):
         assert uuid in str(e.value)
 
 
-def test_lvm_sr_is_refused_by_type(standin):
-    root, _facts, run, _calls = standin
-    with pytest.raises(errors.UnsupportedStorage, match='lvm'):
-        discovery.discover(run, 'on-lvm', mount_base=mount_base(root))
+def test_a_disk_on_an_lvm_sr_is_its_lv_device_node(standin):
+    root, facts, run, _calls = standin
+    found = discovery.discover(run, 'on-lvm', mount_base=mount_base(root),
+                               lvm_dev=os.path.join(str(root), 'dev'))
+    d, = found.disks
+    assert d.storage == 'lvm' and d.sr_type == 'lvm'
+    assert d.path == os.path.join(str(root), 'dev', 'VG_XenStorage-%s'
+                                  % facts['sr']['lvm'], 'VHD-' + d.vdi_uuid)
+    # The VM runs: its chain is active, the leaf's node is there.
+    assert os.path.exists(d.path)
 
 
 def test_snapshot_as_xenserver_does_it(standin):

@@ -402,7 +402,8 @@ def test_discovery_of_a_known_vm_takes_one_round_trip(bed):
     vm = facts['two-disks']
     alone = miglocal.LocalHost(root)
     want = engine.discovery.discover(alone.run, vm, host=alone.label,
-                                     mount_base=alone.mount_base)
+                                     mount_base=alone.mount_base,
+                                     inventory=alone.inventory)
     vdis = [d.vdi_uuid for d in want.disks]
     host = miglocal.LocalHost(root)
     got = engine._discover(host, vm.upper(), vdis)

@@ -117,8 +117,11 @@ class FakeConn(object):
     def connect(self):
         return self
 
-    def open_file(self, path, name=None):
+    def open_file(self, path, name=None, size=None):
         f = self.opened[path] = FakeFile(self, name, self.files[path])
+        if path.startswith('/dev/'):
+            # A block device: SFTP's stat says 0 bytes; the size given.
+            f.size = size or 0
         return f
 
     def close(self):
@@ -454,3 +457,26 @@ def test_chosen_takes_large_remote_layers_onto_a_raw_writer(tmp_path):
     assert procread.chosen(local, 0, 0, target) is None
     mixed = Chain([Layer(_remote(conn, MiB)), Layer(_remote(Conn(), 1))])
     assert procread.chosen(mixed, 0, 1, target) is None
+
+
+def test_a_worker_sizes_an_lv_as_the_command_did(pipes, tmp_path,
+                                                 monkeypatch):
+    """An LV of an LVM SR is a block device, which SFTP cannot size: the
+    worker opens it with the size lvs gave the command."""
+    data = b'v' * 8192
+    conn = FakeConn({'/dev/VG_XenStorage-s/VHD-a': data})
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+    path = tmp_path / 'target.raw'
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+    setup = _setup(fd, len(data))
+    setup['files'] = [{'path': '/dev/VG_XenStorage-s/VHD-a',
+                       'name': 'host:VHD-a', 'size': len(data),
+                       'device': True}]
+    try:
+        os.ftruncate(fd, 1 << 20)
+        pipes.send(setup, {'batch': 1, 'runs': [[0, 0, 8192, 0]]},
+                   {'end': True})
+        assert procworker.run_worker(pipes.inp, pipes.out) == 0
+    finally:
+        os.close(fd)
+    assert path.read_bytes()[:8192] == data

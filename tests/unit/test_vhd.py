@@ -302,3 +302,32 @@ def test_footer_copies_must_place_the_header_alike(tmp_path):
     bad = good[:-512] + tail
     with pytest.raises(exception.InvalidImage, match='copies disagree'):
         vhd.VhdReader(view_of(tmp_path, bad))
+
+
+def test_a_padded_view_takes_the_footer_copy_at_offset_0(tmp_path):
+    """A logical volume of SM's LVHD may hold a VHD that ends before it
+    (vhd-util made it; SM's inflate/deflate never resized it): libvhd
+    then takes the footer copy at offset 0.  Only a view that says it is
+    padded is read so; a VHD file cut that way is truncated."""
+    data, uid = vhdbuild.build(8 * MiB, blocks={1: (None, b'x' * 100)})
+    lv = data[:-512] + bytes(4 * MiB - len(data) % (4 * MiB)) + data[-512:]
+    # the footer at the LV's end (inflated or deflated by SM): a VHD file
+    assert vhd.VhdReader(view_of(tmp_path, lv, 'a')).virtual_size == 8 * MiB
+    # no footer at the end: the footer moved with nothing in its place
+    short = data[:-512] + bytes(4 * MiB - len(data) % (4 * MiB) + 512)
+    with pytest.raises(exception.InvalidImage, match='footer missing'):
+        vhd.VhdReader(view_of(tmp_path, short, 'b'))
+    view = view_of(tmp_path, short, 'c')
+    view.padded = True
+    r = vhd.VhdReader(view)
+    st = ext.merge(r.block_status(0, 8 * MiB))
+    assert [e.kind for e in st] == [ext.UNALLOCATED, ext.DATA,
+                                    ext.UNALLOCATED]
+    assert r.read(st[1].file_offset, 100) == b'x' * 100
+    # A footer at the end that disagrees is refused even so.
+    other, _ = vhdbuild.build(4 * MiB)
+    bad = short[:-512] + other[-512:]
+    view = view_of(tmp_path, bad, 'd')
+    view.padded = True
+    with pytest.raises(exception.InvalidImage, match='disagree'):
+        vhd.VhdReader(view)

@@ -699,21 +699,37 @@ def test_refusals_of_what_is_not_a_vm():
         discovery.find_vm(host, 'web01')
 
 
-def test_lvm_sr_is_refused_naming_its_type():
+def test_a_disk_on_an_lvm_sr_is_its_lv_device_node():
+    """LVHD (xapi-project/sm lvhdutil): VDI V of SR S is the logical
+    volume VHD-V of volume group VG_XenStorage-S, /dev/VG_XenStorage-S/
+    VHD-V while active."""
     host = standard_host()
     add_disk(host, 4, '55555555-6666-4777-8888-999999999999', sr=LVM_SR)
+    found = discovery.discover(host, 'web01', host='xs1')
+    d = [d for d in found.disks if d.userdevice == '4'][0]
+    assert d.storage == 'lvm' and d.sr_type == 'lvmoiscsi'
+    assert d.path == ('/dev/VG_XenStorage-%s/VHD-55555555-6666-4777-8888-'
+                      '999999999999' % LVM_SR)
+    assert all(o.storage == 'file' for o in found.disks if o is not d)
+    found = discovery.discover(host, 'web01', host='xs1', lvm_dev='/x/dev')
+    assert [o.path for o in found.disks if o.userdevice == '4'][0] \
+        .startswith('/x/dev/VG_XenStorage-%s/VHD-' % LVM_SR)
+
+
+def test_a_raw_lv_is_refused_with_the_way_out():
+    # LVHD's raw VDIs (vdi_type aio: LV-<uuid>, legacy mode) hold no VHD.
+    host = standard_host()
+    add_disk(host, 4, '55555555-6666-4777-8888-999999999999', sr=LVM_SR,
+             sm_config=_map({'vdi_type': 'aio'}))
     with pytest.raises(errors.UnsupportedStorage) as e:
         discovery.discover(host, 'web01', host='xs1')
     msg = str(e.value)
-    assert "xs1: VM 'web01', disk userdevice 4: SR 'iSCSI LUN 3'" in msg
-    assert 'is of type lvmoiscsi' in msg and 'logical volumes' in msg
-    # The way out: Storage XenMotion of that VDI to a file SR of the pool
-    # (the ext one; not the ISO library nor the LVM SR itself).
-    assert ('move the disk to a file SR while the VM runs (xe '
-            'vdi-pool-migrate uuid=55555555-6666-4777-8888-999999999999 '
-            "sr-uuid=<file SR>; file SRs of this pool: 'Local storage' "
-            '(%s)), or use an XVA export' % EXT_SR) in msg
-    assert ISO_SR not in msg and msg.count(LVM_SR) == 1
+    assert "xs1: VM 'web01', disk userdevice 4: VDI 55555555-" in msg
+    assert 'is stored as aio, not VHD (a raw logical volume: move the ' \
+        'disk to a file SR while the VM runs (xe vdi-pool-migrate ' \
+        'uuid=55555555-6666-4777-8888-999999999999 sr-uuid=<file SR>; ' \
+        "file SRs of this pool: 'Local storage' (%s)), or use an XVA " \
+        'export)' % EXT_SR in msg, msg
 
 
 def test_the_lvm_refusal_names_a_few_file_srs_or_how_to_list_them():
@@ -752,11 +768,12 @@ def test_other_sr_types_and_formats_are_refused_by_name():
 
 
 @pytest.mark.parametrize('sr_type', ['lvhd', 'lvhdoiscsi', 'lvhdohba'])
-def test_lvhd_names_of_lvm_srs_get_the_lvm_refusal(sr_type):
+def test_lvhd_names_of_lvm_srs_are_lvm_srs(sr_type):
     host = standard_host()
     host.objects['sr'][0]['type'] = sr_type
-    with pytest.raises(errors.UnsupportedStorage, match='logical volumes'):
-        discovery.discover(host, 'web01')
+    found = discovery.discover(host, 'web01')
+    assert [d.storage for d in found.disks if d.sr_uuid == EXT_SR] == [
+        'lvm'] * len([d for d in found.disks if d.sr_uuid == EXT_SR])
 
 
 @pytest.mark.parametrize('sr_type', ['smb', 'cifs', 'file', 'ext4', 'xfs',

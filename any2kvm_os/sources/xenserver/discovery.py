@@ -38,11 +38,11 @@ Where a disk's VHD lives depends on the SR type:
   name; a link to the share's directory), ``file`` (a local directory),
   and XCP-ng's ``ext4``, ``xfs`` and ``zfs``.
 * ``lvm``, ``lvmoiscsi``, ``lvmohba`` keep each VHD in a logical volume
-  (``VHD-<vdi-uuid>`` in volume group ``VG_XenStorage-<sr-uuid>``), which
-  exists as a device only while the VDI is attached, and whose thin VHD
-  is read with LVM tools: not supported yet, refused naming the SR type
-  and the way out (:func:`lvm_way_out`: ``xe vdi-pool-migrate`` to a file
-  SR of the pool, named, while the VM runs; or an XVA export).
+  (``VHD-<vdi-uuid>`` in volume group ``VG_XenStorage-<sr-uuid>``), whose
+  device node ``<dev base>/VG_XenStorage-<sr-uuid>/VHD-<vdi-uuid>``
+  exists only while the VDI's chain is attached (:mod:`.lvm` reads it,
+  and attaches a halted VM's VDI to dom0 to do so); a raw LV VDI
+  (``vdi_type`` ``aio``: ``LV-<uuid>``) is refused.
 * Any other SR type is refused by name.
 
 A file SR is mounted only on the hosts where its PBD is plugged
@@ -75,6 +75,8 @@ from any2kvm_os.sources.xenserver import xe
 LOG = logging.getLogger(__name__)
 
 DEFAULT_MOUNT_BASE = '/run/sr-mount'
+#: Where LVs' device nodes are (``/dev/VG_XenStorage-<sr>/VHD-<vdi>``).
+DEFAULT_LVM_DEV = '/dev'
 #: The dom0 file that names the host the shell runs on
 #: (``INSTALLATION_UUID``).
 DEFAULT_INVENTORY = '/etc/xensource-inventory'
@@ -120,7 +122,8 @@ class DiskInfo(object):
     """One disk of the VM as the host describes it."""
 
     def __init__(self, userdevice, device, bootable, vdi_uuid, vdi_name,
-                 virtual_size, sr_uuid, sr_type, sr_name, path):
+                 virtual_size, sr_uuid, sr_type, sr_name, path,
+                 storage='file', control_domain=None):
         self.userdevice = userdevice
         #: The guest's device name (xvda, hda ...), '' when not running.
         self.device = device
@@ -131,8 +134,16 @@ class DiskInfo(object):
         self.sr_uuid = sr_uuid
         self.sr_type = sr_type
         self.sr_name = sr_name
-        #: Where the VHD file is on the host.
+        #: Where the VHD file is on the host (an LV's device node for
+        #: ``storage`` 'lvm').
         self.path = path
+        #: 'file' (a file SR's VHD file) or 'lvm' (an LVHD logical
+        #: volume: :mod:`.lvm`).
+        self.storage = storage
+        #: For an LV: the uuid of the control domain of the host
+        #: connected to (the inventory's), which a halted VM's LVs are
+        #: attached to; None when unknown (and for a file).
+        self.control_domain = control_domain
 
     def as_dict(self):
         return dict(vars(self))
@@ -517,11 +528,13 @@ def _image_format(sm_config):
 
 
 def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
-          mount_base=DEFAULT_MOUNT_BASE, this_host=None):
+          mount_base=DEFAULT_MOUNT_BASE, this_host=None,
+          lvm_dev=DEFAULT_LVM_DEV):
     """The VM's disks (:class:`DiskInfo`) in userdevice order, each with
-    the path of its VHD on the host; refuses SRs whose VHDs are not
-    files and, when ``this_host`` (the uuid of the host connected to) is
-    given, SRs not attached on that host."""
+    the path of its VHD on the host (a file of a file SR under
+    ``mount_base``, an LV's device node under ``lvm_dev``); refuses
+    other SRs and, when ``this_host`` (the uuid of the host connected
+    to) is given, SRs not attached on that host."""
     shown = repr(vm_name) if vm_name is not None else vm_uuid
     h = _Host(run, host)
     attached = _Attachments(h, this_host) if this_host else None
@@ -556,33 +569,38 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
         sr_type = sr['type']
         sr_name = sr.get('name-label', '')
         where = 'SR %r (%s) is of type %s' % (sr_name, sr_uuid, sr_type)
-        if sr_type in LVM_SR_TYPES:
-            raise errors.UnsupportedStorage(
-                host=host, vm=shown, disk=disk, reason='%s: VHDs on LVM '
-                'SRs (%s) live in logical volumes, which this source does '
-                'not read yet; %s' % (where, ', '.join(LVM_SR_TYPES),
-                                      lvm_way_out(vdi_uuid, srs)))
-        if sr_type not in FILE_SR_TYPES:
+        if sr_type not in FILE_SR_TYPES + LVM_SR_TYPES:
             raise errors.UnsupportedStorage(
                 host=host, vm=shown, disk=disk, reason='%s; only %s SRs '
-                '(VHD files) are read' % (where, ', '.join(
-                    FILE_SR_TYPES)))
+                '(VHD files) and %s SRs (VHD logical volumes) are read'
+                % (where, ', '.join(FILE_SR_TYPES),
+                   ', '.join(LVM_SR_TYPES)))
         sm_config = xe.parse_map(vdi.get('sm-config', ''), argv,
                                  'sm-config')
         fmt = _image_format(sm_config)
         if fmt != 'vhd':
             raise errors.UnsupportedStorage(
                 host=host, vm=shown, disk=disk, reason='VDI %s is stored '
-                'as %s, not VHD' % (vdi_uuid, fmt[:40]))
+                'as %s, not VHD%s' % (vdi_uuid, fmt[:40], (
+                    ' (a raw logical volume: %s)' % lvm_way_out(
+                        vdi_uuid, srs)) if sr_type in LVM_SR_TYPES
+                    else ''))
         if attached is not None:
             attached.check(shown, disk, vdi, sr_uuid, sr_name)
-        path = posixpath.join(mount_base, sr_uuid, vdi_uuid + '.vhd')
+        if sr_type in LVM_SR_TYPES:
+            storage = 'lvm'
+            path = posixpath.join(lvm_dev, 'VG_XenStorage-' + sr_uuid,
+                                  'VHD-' + vdi_uuid)
+        else:
+            storage = 'file'
+            path = posixpath.join(mount_base, sr_uuid, vdi_uuid + '.vhd')
         out.append(DiskInfo(
             userdevice=vbd['userdevice'],
             device=vbd.get('device', ''),
             bootable=_true(vbd.get('bootable')), vdi_uuid=vdi_uuid,
             vdi_name=vdi.get('name-label', ''), virtual_size=size,
-            sr_uuid=sr_uuid, sr_type=sr_type, sr_name=sr_name, path=path))
+            sr_uuid=sr_uuid, sr_type=sr_type, sr_name=sr_name, path=path,
+            storage=storage))
     return out
 
 
@@ -676,21 +694,32 @@ def this_host(run, inventory, notes=None):
     """The uuid of the host the commands run on (the inventory's
     ``INSTALLATION_UUID``), or None (said in ``notes``) when the
     inventory cannot be read or names no uuid."""
+    return host_uuids(run, inventory, notes)[0]
+
+
+def host_uuids(run, inventory, notes=None):
+    """(the uuid of the host the commands run on, that of its control
+    domain): the inventory's ``INSTALLATION_UUID`` and
+    ``CONTROL_DOMAIN_UUID``, each None when the inventory cannot be read
+    or does not name it (the host's missing is said in ``notes``)."""
     argv = inventory_command(inventory)
     try:
-        found = parse_inventory(run(argv), argv).get('INSTALLATION_UUID', '')
+        items = parse_inventory(run(argv), argv)
     except (exception.RemoteCommandError, errors.XeOutputError) as e:
-        found = None
+        items = {}
         why = _first_line(e)
     else:
         why = 'it names no INSTALLATION_UUID'
+    found = items.get('INSTALLATION_UUID', '')
+    dom0 = items.get('CONTROL_DOMAIN_UUID', '')
+    dom0 = dom0.lower() if dom0 and location.is_uuid(dom0) else None
     if found and location.is_uuid(found):
-        return found.lower()
+        return found.lower(), dom0
     if notes is not None:
         notes.append('could not tell which host this is from %s (%s): '
                      'whether each disk\'s SR is attached here was not '
                      'checked' % (inventory, why))
-    return None
+    return None, dom0
 
 
 class _Attachments(object):
@@ -746,11 +775,12 @@ class _Attachments(object):
 
 
 def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE,
-             inventory=None):
+             inventory=None, lvm_dev=DEFAULT_LVM_DEV):
     """Find ``vm`` (a name-label or uuid) and collect its facts, NICs and
     disks: a :class:`Discovered`.  ``inventory``: the path of the host's
     inventory file (:data:`DEFAULT_INVENTORY`), read with ``cat`` to
-    check that each disk's SR is attached on this host; None leaves the
+    check that each disk's SR is attached on this host (and to know its
+    control domain: :attr:`Discovered.control_domain`); None leaves the
     check out."""
     record = find_vm(run, vm, host)
     uuid = record['uuid'].lower()
@@ -760,9 +790,14 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE,
     facts, at_startup, notes = vm_facts(record, argv, osv)
     notes.extend(os_notes)
     facts['nics'] = nics(run, uuid, host)
-    this = this_host(run, inventory, notes) if inventory else None
+    this, dom0 = (host_uuids(run, inventory, notes) if inventory
+                  else (None, None))
     found = disks(run, uuid, host, vm_name=record['name-label'],
-                  notes=notes, mount_base=mount_base, this_host=this)
+                  notes=notes, mount_base=mount_base, this_host=this,
+                  lvm_dev=lvm_dev)
+    for d in found:
+        if d.storage == 'lvm':
+            d.control_domain = dom0
     slots = vm_mod.xen_slots(d.userdevice for d in found)
     if slots is not None:
         facts['xen_slots'] = slots

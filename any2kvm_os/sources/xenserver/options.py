@@ -26,6 +26,13 @@ def _options():
                         'are mounted: <this>/<sr-uuid>/<vdi-uuid>.vhd.  '
                         'XenServer and XCP-ng mount them under '
                         '/run/sr-mount.'),
+        cfg.StrOpt('xenserver_lvm_dev',
+                   default=discovery.DEFAULT_LVM_DEV,
+                   help='Where the device nodes of the logical volumes of '
+                        'a XenServer host\'s LVM SRs (lvm, lvmoiscsi, '
+                        'lvmohba) are: <this>/VG_XenStorage-<sr-uuid>/'
+                        'VHD-<vdi-uuid>.  XenServer and XCP-ng have them '
+                        'under /dev.'),
         cfg.StrOpt('xenserver_inventory',
                    default=discovery.DEFAULT_INVENTORY,
                    help='The inventory file of a XenServer host, whose '

@@ -18,17 +18,21 @@ verified, never accepted on first sight), the VM found and described with
 ``xe`` (:mod:`.discovery`), and each disk's VHD chain read in place in its
 SR directory over SFTP (:class:`~any2kvm_os.containers.remote.
 RemoteDirectoryContainer`): only the blocks the VHD tables say are
-allocated cross the wire.  File SRs (``ext``, ``nfs``) are read; LVM SRs
-are refused by name (:mod:`.discovery`).
+allocated cross the wire.  File SRs (``ext``, ``nfs`` ...) are read in
+their directory, LVM SRs (``lvm``, ``lvmoiscsi``, ``lvmohba``) in their
+volume group's LVs (:mod:`.lvm`); any other SR is refused by name
+(:mod:`.discovery`).
 """
 
 import posixpath
 
 from any2kvm_os.chain import layer_chain
+from any2kvm_os import exception
 from any2kvm_os.containers import remote
 from any2kvm_os.sources import base
 from any2kvm_os.sources.xenserver import discovery
 from any2kvm_os.sources.xenserver import location as location_mod
+from any2kvm_os.sources.xenserver import lvm
 from any2kvm_os.ssh import connection as ssh_connection
 from any2kvm_os.ssh import options as ssh_options
 from any2kvm_os import vm as vm_mod
@@ -79,7 +83,7 @@ class XenServerSource(base.Source):
                 run, loc.vm, host=loc.host_for_display,
                 mount_base=self._conf('xenserver_sr_mount',
                                       discovery.DEFAULT_MOUNT_BASE),
-                inventory=self.inventory())
+                inventory=self.inventory(), lvm_dev=self.lvm_dev())
             disks = []
             try:
                 for info in found.disks:
@@ -100,6 +104,10 @@ class XenServerSource(base.Source):
         """Where the host's file SRs are mounted (``xenserver_sr_mount``)."""
         return self._conf('xenserver_sr_mount', discovery.DEFAULT_MOUNT_BASE)
 
+    def lvm_dev(self):
+        """Where the host's LV device nodes are (``xenserver_lvm_dev``)."""
+        return self._conf('xenserver_lvm_dev', discovery.DEFAULT_LVM_DEV)
+
     def inventory(self):
         """The host's inventory file (``xenserver_inventory``), which
         names the host: each disk's SR must be attached on it."""
@@ -111,6 +119,8 @@ class XenServerSource(base.Source):
         its SR directory over ``conn``: a :class:`~any2kvm_os.vm.ChainDisk`
         to close after use (the migration engine resolves the live chain
         anew at every sync)."""
+        if info.storage == 'lvm':
+            return self._open_lvm_disk(conn, info)
         container = remote.RemoteDirectoryContainer(
             conn, posixpath.dirname(info.path),
             posixpath.basename(info.path), self.limits, label=conn.label)
@@ -125,5 +135,63 @@ class XenServerSource(base.Source):
             disk_id=info.vdi_uuid, closer=container.close)
         #: Where the chain was resolved: a cutover reads only the leaf
         #: again once the VM is halted (:func:`layer_chain.reopen_leaf`).
+        disk.chain_container = container
+        return disk
+
+    def _open_lvm_disk(self, conn, info):
+        """The chain of a VDI of an LVM SR, read from its volume group's
+        LVs (:mod:`.lvm`); attached to dom0 read-only while open when its
+        LV is not active (a halted VM)."""
+        directory, leaf = posixpath.split(info.path)
+        argv = lvm.lvs_command(posixpath.basename(directory))
+
+        def volumes():
+            return lvm.parse_lvs(conn.check_run(argv, idempotent=True)
+                                 .stdout, argv)
+        attachment = None
+        if info.control_domain:
+            # A VBD a killed run left plugged keeps the VM from starting.
+            lvm.release_stale(conn, info.control_domain, info.vdi_uuid)
+        found = volumes()
+        if leaf not in found:
+            raise exception.ChainError(
+                path='%s:%s' % (conn.label, info.path), reason='volume '
+                'group %s has no LV %s' % (posixpath.basename(directory),
+                                           leaf))
+        if not found[leaf].active:
+            if not info.control_domain:
+                raise exception.ChainError(
+                    path='%s:%s' % (conn.label, info.path), reason='the LV '
+                    'is inactive (the VDI is not attached), and the host\'s '
+                    'control domain is unknown (its inventory, '
+                    'xenserver_inventory, names no CONTROL_DOMAIN_UUID): '
+                    'it cannot be attached to be read')
+            lvm.check_detached(conn, info.vdi_uuid, info.path)
+            attachment = lvm.Attachment(conn, info.control_domain,
+                                        info.vdi_uuid)
+            attachment.plug()
+        try:
+            if attachment is not None:
+                found = volumes()
+            container = lvm.LvmContainer(conn, directory, leaf, self.limits,
+                                         found, label=conn.label)
+        except BaseException:
+            if attachment is not None:
+                attachment.unplug()
+            raise
+
+        def close():
+            try:
+                container.close()
+            finally:
+                if attachment is not None:
+                    attachment.unplug()
+        try:
+            chain = layer_chain.resolve(container, leaf, self.limits)
+        except BaseException:
+            close()
+            raise
+        disk = vm_mod.ChainDisk(container.display_name(leaf), CONTAINER,
+                                chain, disk_id=info.vdi_uuid, closer=close)
         disk.chain_container = container
         return disk

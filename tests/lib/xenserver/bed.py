@@ -32,21 +32,27 @@ from tests.lib.xenserver import state as st
 
 def prepare(directory, build=None):
     """The stand-in host under ``directory``: (root, facts, bin_dir,
-    conf), ``bin_dir`` holding ``xe``, ``conf`` an any2kvm configuration
-    file with the stand-in's SR mount.  ``build(root)`` makes the host
-    and returns (root, facts) (default: :func:`host.standard_host`)."""
+    conf), ``bin_dir`` holding ``xe`` and ``lvs``, ``conf`` an any2kvm
+    configuration file with the stand-in's SR mount, inventory and LV
+    device base (``xenserver_lvm_dev``: ``<root>/dev``).  ``build(root)``
+    makes the host and returns (root, facts) (default:
+    :func:`host.standard_host`)."""
     directory = str(directory)
     build = build or xhost.standard_host
     root, facts = build(os.path.join(directory, 'xs'))
     bin_dir = os.path.join(directory, 'bin')
     os.makedirs(bin_dir, exist_ok=True)
     os.symlink(str(xhost.XE), os.path.join(bin_dir, 'xe'))
+    os.symlink(str(xhost.LVS), os.path.join(bin_dir, 'lvs'))
     conf = os.path.join(directory, 'any2kvm.conf')
     with open(conf, 'w') as f:
+        # xenserver_lvm_dev: where the LVs' device nodes are (dom0's /dev)
         f.write('[any2kvm]\nxenserver_sr_mount = %s\n'
                 'xenserver_inventory = %s\n'
+                'xenserver_lvm_dev = %s\n'
                 % (os.path.join(str(root), 'run', 'sr-mount'),
-                   st.inventory_path(str(root))))
+                   st.inventory_path(str(root)),
+                   os.path.join(str(root), 'dev')))
     return root, facts, bin_dir, conf
 
 

@@ -15,8 +15,9 @@
 running the stand-in ``xe`` as the client would (a subprocess whose only
 link to the host is ``XE_STANDIN_ROOT``).
 
-* :class:`HostBuilder` -- a host with SRs (``ext``, ``nfs``, ``lvm``,
-  ``iso``), networks, the control domain and VMs; :func:`standard_host`
+* :class:`HostBuilder` -- a host with SRs (``ext``, ``nfs``, ``lvm`` --
+  its VDIs' VHDs in logical volumes, see :mod:`lvm` --, ``iso``),
+  networks, the control domain and VMs; :func:`standard_host`
   builds the shared fixture host (two-disk VM with a CD and NICs, names
   with shell metacharacters, two VMs sharing a name-label, a VM on LVM,
   a VDI whose parent locator points outside its SR).
@@ -32,10 +33,14 @@ import sys
 from pathlib import Path
 
 from tests.lib import imagegen as ig
+from tests.lib.xenserver import lvm
 from tests.lib.xenserver import sr as srlib
 from tests.lib.xenserver import state as st
 
 XE = Path(__file__).resolve().parent / 'xe'
+#: The stand-in's ``lvs`` (LVM2's, over the host's LVM SRs), put beside
+#: ``xe`` wherever a session's PATH gets it.
+LVS = Path(__file__).resolve().parent / 'lvs'
 ENV = 'XE_STANDIN_ROOT'
 MiB = 1 << 20
 GiB = 1 << 30
@@ -154,9 +159,12 @@ class HostBuilder(object):
             'sm-config': ({'devserial': 'scsi-standin'}
                           if sr_type.startswith('lvm') else {}),
             'other-config': {}, 'order': self._next(),
-            'root': self.root if sr_type in st.FILE_SR_TYPES else ''}
+            'root': self.root if sr_type in st.VHD_SR_TYPES else ''}
         if sr_type in st.FILE_SR_TYPES:
             os.makedirs(st.mount_dir(self.root, u), exist_ok=True)
+        elif sr_type in lvm.LVM_SR_TYPES:
+            # the VG with SM's metadata volume (LVHDSR MDVOLUME_NAME)
+            lvm.create_mgt(self.root, u)
         for h in (list(self.state['hosts']) if shared
                   else [host or self.this]):
             self._pbd(u, h, plugged)
@@ -192,9 +200,10 @@ class HostBuilder(object):
             for off, data in writes:
                 srlib.write(self.sr_path(sr_uuid, u), off, data)
                 model.write(off, data)
-        elif sr_type.startswith('lvm'):
+        elif sr_type in lvm.LVM_SR_TYPES:
+            # LVHDVDI.create: the LV VHD-<uuid>, inflated (thick SR)
             rec['sm-config'] = {'vdi_type': 'vhd'}
-            rec['physical-utilisation'] = size + 8 * MiB
+            lvm.create(self.root, sr_uuid, u, size, writes)
             for off, data in writes:
                 model.write(off, data)
         elif sr_type == 'iso':
@@ -312,6 +321,7 @@ class HostBuilder(object):
                     os.makedirs(away, exist_ok=True)
                     os.rename(here, os.path.join(away, u))
             self._inventory()
+            lvm.sync(self.root, self.state, 'HostBuilder.save')
             st.save(self.root, self.state)
         return self.root
 
@@ -448,9 +458,18 @@ def _load(root):
 
 
 def vdi_path(root, vdi_uuid):
+    """The VDI's VHD: its file on a file SR, its LV's store file (see
+    :mod:`tests.lib.xenserver.lvm`) on an LVM SR."""
     s = _load(root)
-    return os.path.join(st.mount_dir(str(root), s['vdi'][vdi_uuid]['sr']),
-                        vdi_uuid + '.vhd')
+    sr = s['vdi'][vdi_uuid]['sr']
+    if lvm.is_lvm(s['sr'][sr]):
+        return lvm.store_path(str(root), sr, lvm.lv_name(vdi_uuid))
+    return os.path.join(st.mount_dir(str(root), sr), vdi_uuid + '.vhd')
+
+
+def _is_lvm_vdi(root, vdi_uuid):
+    s = _load(root)
+    return lvm.is_lvm(s['sr'][s['vdi'][vdi_uuid]['sr']])
 
 
 def guest_ignores_shutdown(root, vm_uuid, timeout, ignores=True):
@@ -482,8 +501,14 @@ class GuestWriter(object):
         return vdi_path(self.root, self.vdi)
 
     def write(self, offset, data):
+        """On an LVM SR, the write lands in the leaf LV in place, as
+        tapdisk writes (:func:`lvm.write`: the LV's size and its footer at
+        the end kept)."""
         with st.locked(self.root):
-            srlib.write(self.path, offset, data)
+            if _is_lvm_vdi(self.root, self.vdi):
+                lvm.write(self.path, offset, data)
+            else:
+                srlib.write(self.path, offset, data)
         self.model.write(offset, data)
 
     def zero(self, offset, length):
@@ -494,8 +519,12 @@ class GuestWriter(object):
         ``setSizeVirtFast``): footer size, geometry and BAT entries of
         the leaf; the VDI's virtual-size follows."""
         with st.locked(self.root):
-            srlib.resize(self.path, new_size)
             s = st.load(self.root)
+            if _is_lvm_vdi(self.root, self.vdi):
+                lvm.resize(self.path, new_size,
+                           lvm.wants_inflated(s['vdi'][self.vdi]))
+            else:
+                srlib.resize(self.path, new_size)
             s['vdi'][self.vdi]['virtual-size'] = new_size
             st.save(self.root, s)
         self.model.resize(new_size)
@@ -527,6 +556,9 @@ def coalesce(root, node_vdi):
         if sr['type'] in st.FILE_SR_TYPES:
             srlib.coalesce_into_child(st.mount_dir(root, node['sr']),
                                       node_vdi, child)
+        elif lvm.is_lvm(sr):
+            lvm.coalesce(root, s, node['sr'], node_vdi, child,
+                         lvm.wants_inflated(s['vdi'][child]))
         grand = (node.get('sm-config') or {}).get('vhd-parent')
         cfg = s['vdi'][child].setdefault('sm-config', {})
         if grand:
@@ -534,5 +566,6 @@ def coalesce(root, node_vdi):
         else:
             cfg.pop('vhd-parent', None)
         del s['vdi'][node_vdi]
+        lvm.sync(root, s, 'coalesce')
         st.save(root, s)
     return child

@@ -43,6 +43,7 @@ a scratch directory of symlinks named exactly like the locators
 """
 
 import contextlib
+import io
 import os
 import shutil
 import struct
@@ -213,14 +214,21 @@ def _resolver(directory):
     locator of ``directory`` resolves (symlinks named like the locator)."""
     old = os.getcwd()
     scratch = tempfile.mkdtemp(prefix='xe-standin-')
+    # FATtools prints its BAT layout warnings on stdout (an LV's blocks
+    # lie before zeros and the footer at its end, not where FATtools
+    # expects them): never into xe's output
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    quiet.__enter__()
     try:
         for name in os.listdir(directory):
-            if name.endswith('.vhd'):
+            # file SRs' <uuid>.vhd; LVM SRs' VHD-<uuid> LVs (lvm.py)
+            if name.endswith('.vhd') or name.startswith('VHD-'):
                 os.symlink(os.path.join(directory, name),
                            os.path.join(scratch, '.\\' + name))
         os.chdir(scratch)
         yield
     finally:
+        quiet.__exit__(None, None, None)
         os.chdir(old)
         shutil.rmtree(scratch, ignore_errors=True)
 

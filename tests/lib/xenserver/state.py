@@ -36,7 +36,8 @@ EXPENSIVE = '<expensive field>'
 STATE = 'state.json'
 LOCK = 'state.lock'
 FILE_SR_TYPES = ('ext', 'nfs', 'file', 'smb')
-VHD_SR_TYPES = FILE_SR_TYPES + ('lvm', 'lvmoiscsi', 'lvmohba')
+LVM_SR_TYPES = ('lvm', 'lvmoiscsi', 'lvmohba')
+VHD_SR_TYPES = FILE_SR_TYPES + LVM_SR_TYPES
 
 CLASS_NAMES = {'vm': 'VM', 'vdi': 'VDI', 'vbd': 'VBD', 'sr': 'SR',
                'vif': 'VIF', 'network': 'network', 'host': 'host',
@@ -436,6 +437,28 @@ VM_FIELDS = [
 ]
 
 
+def is_system_domain(vm):
+    """system_domains.ml is_system_domain: the control domain, or a VM
+    whose other-config says ``is_system_domain: true``."""
+    return bool(vm.get('is-control-domain')) or (
+        (vm.get('other-config') or {}).get('is_system_domain', '')
+        .lower() == 'true')
+
+
+def vbd_attached(state, vbd):
+    """VBD.currently_attached.  The control domain's VBDs are attached by
+    ``vbd-plug`` only (stored ``currently-attached``); another VM's while
+    it runs (or is paused: its domain keeps its devices), all of them
+    after a start, unless ``vbd-create`` made one since (xapi_vbd.ml
+    create: not attached) or ``vbd-unplug`` detached it."""
+    vm = state['vm'].get(vbd.get('vm'), {})
+    if vm.get('is-control-domain'):
+        return bool(vbd.get('currently-attached', False))
+    if vm.get('power-state') not in ('running', 'paused'):
+        return False
+    return bool(vbd.get('currently-attached', True))
+
+
 def _vdi_vbds(state, uuid, obj):
     return [u for u, v in state['vbd'].items() if v.get('vdi') == uuid]
 
@@ -451,6 +474,12 @@ def _vdi_utilisation(state, uuid, obj):
         path = os.path.join(mount_dir(sr['root'], obj['sr']), uuid + '.vhd')
         if os.path.exists(path):
             return str(os.path.getsize(path))
+    if sr.get('type') in LVM_SR_TYPES and sr.get('root'):
+        # LVHD: the VDI's utilisation is its LV's size
+        path = os.path.join(sr['root'], 'lvm', 'VG_XenStorage-' + obj['sr'],
+                            'VHD-' + uuid)
+        if os.path.exists(path):
+            return str(os.path.getsize(path))
     return str(obj.get('physical-utilisation', obj.get('virtual-size', 0)))
 
 
@@ -462,8 +491,7 @@ def _vdi_sm_config(state, uuid, obj):
     hold ':' and values that are not the client's business."""
     out = {}
     attached = [v for v in state['vbd'].values()
-                if v.get('vdi') == uuid and state['vm'].get(
-                    v['vm'], {}).get('power-state') == 'running']
+                if v.get('vdi') == uuid and vbd_attached(state, v)]
     if attached:
         host = state['host'].get('uuid', '00000000-0000-0000-0000-'
                                  '000000000000')
@@ -543,9 +571,7 @@ VBD_FIELDS = [
     F('mode', ' RW', key('mode', 'RW')),
     F('type', ' RW', key('type', 'Disk')),
     F('unpluggable', ' RW', key('unpluggable', True)),
-    F('currently-attached', ' RO',
-      lambda s, u, o: _b(s['vm'].get(o['vm'], {}).get('power-state')
-                         == 'running')),
+    F('currently-attached', ' RO', lambda s, u, o: _b(vbd_attached(s, o))),
     F('attachable', ' RO', const('true'), expensive=True),
     F('storage-lock', ' RO', const('false')),
     F('status-code', ' RO', const('0')),

@@ -1,0 +1,190 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The LVM SR pieces of the XenServer source (sources/xenserver/lvm.py):
+the ``lvs`` answer, the container of a volume group's active VHD LVs,
+and the dom0 attachment with its clean-up.  End to end, against the
+stand-in's LVHD model through a real sshd: tests/functional/
+test_migration.py."""
+
+import os
+import socket
+
+import pytest
+
+from any2kvm_os import exception
+from any2kvm_os import limits as limits_mod
+from any2kvm_os.sources.xenserver import errors
+from any2kvm_os.sources.xenserver import lvm
+
+VG = 'VG_XenStorage-5f4c8a2e-1b3d-4e6f-8a9b-0c1d2e3f4a5b'
+VDI = '55555555-6666-4777-8888-999999999999'
+DOM0 = '11111111-2222-4333-8444-555555555555'
+ARGV = lvm.lvs_command(VG)
+
+
+def test_the_lvs_command_and_its_answer():
+    assert ARGV == ['lvs', '--noheadings', '--nosuffix', '--units', 'b',
+                    '--separator', '|', '-o', 'lv_name,lv_size,lv_attr', VG]
+    out = ('  MGT|4194304|-wi-a-----\n'
+           '  VHD-%s|12582912|-wi-ao----\n'
+           '  VHD-aaaa|8388608|-ri-a-----\n'
+           '  VHD-bbbb|4194304|-wi-------\n' % VDI).encode()
+    v = lvm.parse_lvs(out, ARGV)
+    assert sorted(v) == ['MGT', 'VHD-%s' % VDI, 'VHD-aaaa', 'VHD-bbbb']
+    assert v['VHD-%s' % VDI].size == 12582912
+    assert [n for n in sorted(v) if v[n].active] == [
+        'MGT', 'VHD-%s' % VDI, 'VHD-aaaa']
+    assert lvm.parse_lvs(b'', ARGV) == {}
+
+
+@pytest.mark.parametrize('line', [
+    '  VHD-a|12|-wi-a-----|extra', '  VHD-a|12', '  ../x|12|-wi-a-----',
+    '  VHD-a|-12|-wi-a-----', '  VHD-a|1.5|-wi-a-----',
+    '  VHD-a/b|12|-wi-a-----', '  VHD-a|12|' + 'x' * 40])
+def test_an_lvs_answer_that_is_not_lv_lines_is_refused(line):
+    with pytest.raises(errors.XeOutputError, match='not an LV line'):
+        lvm.parse_lvs(line.encode(), ARGV)
+
+
+def test_an_lv_listed_twice_or_too_many_are_refused(monkeypatch):
+    with pytest.raises(errors.XeOutputError, match='listed twice'):
+        lvm.parse_lvs(b'  VHD-a|1|-wi-a-----\n  VHD-a|2|-wi-a-----\n',
+                      ARGV)
+    monkeypatch.setattr(lvm, 'MAX_LVS', 2)
+    with pytest.raises(errors.XeOutputError, match='more than 2 LVs'):
+        lvm.parse_lvs(b''.join(b'  VHD-%d|1|-wi-a-----\n' % i
+                               for i in range(3)), ARGV)
+
+
+class _Conn(object):
+    """Answers commands from ``answers`` ({command word: stdout}) and
+    records them; ``fail``: the command word that fails."""
+    label = 'root@xs1'
+
+    def __init__(self, answers=None, fail=None):
+        self.answers = answers or {}
+        self.fail = fail
+        self.calls = []
+        self.opened = []
+
+    def check_run(self, argv, **kw):
+        self.calls.append(list(argv))
+        word = argv[1] if argv[0] == 'xe' else argv[0]
+        if word == self.fail:
+            raise exception.RemoteCommandError(
+                host=self.label, command=word, reason='refused')
+
+        class R(object):
+            stdout = self.answers.get(word, b'').encode() \
+                if isinstance(self.answers.get(word, b''), str) \
+                else self.answers.get(word, b'')
+        return R()
+
+    def open_file(self, path, size=None, name=None, prefetch=None):
+        class View(object):
+            pass
+        v = View()
+        v.path, v.size, v.name = path, size, name
+        self.opened.append(v)
+        return v
+
+
+def test_the_container_holds_the_active_vhd_lvs_with_their_sizes():
+    volumes = lvm.parse_lvs(('  MGT|4194304|-wi-a-----\n'
+                             '  VHD-a|8388608|-ri-a-----\n'
+                             '  VHD-b|4194304|-wi-------\n'
+                             '  LV-c|4194304|-wi-a-----\n').encode(), ARGV)
+    c = lvm.LvmContainer(_Conn(), '/dev/' + VG, 'VHD-a',
+                         limits_mod.Limits(), volumes)
+    assert c.member_names() == ['VHD-a'] and c.padded
+    view = c.open_view('VHD-a')
+    assert (view.path, view.size, view.padded) == (
+        '/dev/%s/VHD-a' % VG, 8388608, True)
+    with pytest.raises(exception.ChainError, match='it is inactive'):
+        c.open_view('VHD-b')
+    with pytest.raises(exception.ChainError, match='not an active LV'):
+        c.open_view('VHD-zzz')
+
+
+def test_the_attachment_plugs_tags_and_unplugs():
+    conn = _Conn({'vbd-create': 'abcdef01-2345-4678-89ab-cdef01234567\n'})
+    a = lvm.Attachment(conn, DOM0, VDI)
+    a.plug()
+    assert conn.calls[0] == [
+        'xe', 'vbd-create', 'vm-uuid=' + DOM0, 'vdi-uuid=' + VDI,
+        'device=autodetect', 'mode=RO', 'type=Disk']
+    assert conn.calls[1] == [
+        'xe', 'vbd-param-set', 'uuid=abcdef01-2345-4678-89ab-cdef01234567',
+        'other-config:any2kvm-reader=%s:%d' % (socket.gethostname(),
+                                               os.getpid())]
+    assert conn.calls[2][1] == 'vbd-plug'
+    a.unplug()
+    assert [c[1] for c in conn.calls[3:]] == ['vbd-unplug', 'vbd-destroy']
+    a.unplug()      # once only
+    assert len(conn.calls) == 5
+    # A plug that fails destroys the VBD it made, and says so.
+    conn = _Conn({'vbd-create': 'abcdef01-2345-4678-89ab-cdef01234567\n'},
+                 fail='vbd-plug')
+    with pytest.raises(exception.RemoteCommandError):
+        lvm.Attachment(conn, DOM0, VDI).plug()
+    assert [c[1] for c in conn.calls] == ['vbd-create', 'vbd-param-set',
+                                          'vbd-plug', 'vbd-destroy']
+
+
+def _vbd(uuid, attached, tag):
+    return ('uuid ( RO)                  : %s\n'
+            '    currently-attached ( RO): %s\n'
+            '          other-config (MRW): %s\n\n\n'
+            % (uuid, attached, 'any2kvm-reader: %s' % tag if tag else ''))
+
+
+def test_stale_attachments_of_dead_processes_of_this_host_are_removed():
+    me = socket.gethostname()
+    dead = 2 ** 22 + 12345          # beyond pid_max's default
+    while lvm._alive(dead):
+        dead += 1
+    listing = (_vbd('00000000-0000-4000-8000-000000000001', 'true',
+                    '%s:%d' % (me, dead)) +
+               _vbd('00000000-0000-4000-8000-000000000002', 'false',
+                    '%s:%d' % (me, dead)) +
+               # alive: another run reading now
+               _vbd('00000000-0000-4000-8000-000000000003', 'true',
+                    '%s:%d' % (me, os.getpid())) +
+               # another conversion host's: not ours to judge
+               _vbd('00000000-0000-4000-8000-000000000004', 'true',
+                    'elsewhere:%d' % dead) +
+               # not ours at all (a backup tool's)
+               _vbd('00000000-0000-4000-8000-000000000005', 'true', ''))
+    conn = _Conn({'vbd-list': listing})
+    assert lvm.release_stale(conn, DOM0, VDI) == 2
+    assert conn.calls[0] == ['xe', 'vbd-list', 'vm-uuid=' + DOM0,
+                             'vdi-uuid=' + VDI,
+                             'params=uuid,currently-attached,other-config']
+    assert [c[1:] for c in conn.calls[1:]] == [
+        ['vbd-unplug', 'uuid=00000000-0000-4000-8000-000000000001'],
+        ['vbd-destroy', 'uuid=00000000-0000-4000-8000-000000000001'],
+        ['vbd-destroy', 'uuid=00000000-0000-4000-8000-000000000002']]
+
+
+def test_a_vdi_attached_elsewhere_is_not_attached_to_dom0():
+    """An inactive LV whose VDI a VM has attached: the VM runs on another
+    host of the pool, where its LVs are active; nothing is plugged here."""
+    conn = _Conn({'vbd-list': 'aaaaaaaa-0000-4000-8000-000000000001\n'})
+    with pytest.raises(exception.ChainError, match='attached to VM '
+                       'aaaaaaaa-0000-4000-8000-000000000001: it runs on '
+                       'another host of the pool'):
+        lvm.check_detached(conn, VDI, '/dev/%s/VHD-%s' % (VG, VDI))
+    assert conn.calls == [['xe', 'vbd-list', 'vdi-uuid=' + VDI,
+                           'currently-attached=true', 'params=vm-uuid',
+                           '--minimal']]
+    lvm.check_detached(_Conn({'vbd-list': '\n'}), VDI, '/x')
