@@ -1377,6 +1377,10 @@ def _remove_snapshots(store, name, host, run=None):
             if not s.get('removed_at')]
     if not left:
         return 0
+    # Their disks, asked for first: xe's uninstall destroys the snapshot's
+    # record, then each disk (cli_operations.ml vm_uninstall_common), so
+    # one that fails half-way leaves disks no record names any more.
+    disks = _snapshot_disks(host, left)
     try:
         run_batch(host, [xe.snapshot_uninstall(u) for u in left],
                   mutating=True)
@@ -1399,7 +1403,44 @@ def _remove_snapshots(store, name, host, run=None):
                 raise
         store.snapshot_removed(name, u)
         removed += 1
+    _destroy_left_disks(host, [v for u in left for v in disks.get(u, ())])
     return removed
+
+
+def _snapshot_disks(host, snaps):
+    """{snapshot uuid: [its disks' VDI uuids]}, in one round trip; {}
+    when the host does not answer (the removal goes on without)."""
+    argvs = [xe.list_command('vbd', [('vm-uuid', u), ('type', 'Disk')],
+                             ('vdi-uuid',), minimal=True) for u in snaps]
+    try:
+        outs = run_batch(host, argvs)
+        return dict((u, [v.lower() for v in xe.parse_minimal(out, argv)
+                         if location_mod.is_uuid(v)])
+                    for u, out, argv in zip(snaps, outs, argvs))
+    except exception.Any2KvmError as e:
+        LOG.info('the snapshots\' disks could not be listed (%s)',
+                 _one_line(e))
+        return {}
+
+
+def _destroy_left_disks(host, vdis):
+    """Destroy the snapshot disks among ``vdis`` that an uninstall
+    failing half-way left on the host (their snapshot is gone); one that
+    cannot be destroyed is named in a warning, with the command."""
+    for vdi in vdis:
+        argv = xe.list_command('vdi', [('uuid', vdi)], ('uuid',),
+                               minimal=True)
+        try:
+            if not xe.parse_minimal(host.run(argv), argv):
+                continue
+            host.run(xe.command('vdi-destroy', [('uuid', vdi)]),
+                     mutating=True)
+            LOG.warning('snapshot disk %s was left on the host when its '
+                        'snapshot was removed: destroyed', vdi)
+        except exception.Any2KvmError as e:
+            LOG.warning('snapshot disk %s is left on the host (its '
+                        'snapshot is removed): xe vdi-destroy uuid=%s (%s)',
+                        vdi, vdi, _one_line(e))
 
 
 def _shut_down(host, vm_uuid, force, timeout, armed=None):

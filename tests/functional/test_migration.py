@@ -518,12 +518,12 @@ def _sync_killed_after_snapshot(root, facts, common, sig=signal.SIGKILL,
     return set(_snapshots_on_host(root, vm)) - before
 
 
-def _state(common):
+def _state(common, name='web'):
     """The migration as recorded (read straight from the database: a
     ``show`` subprocess costs seconds on a loaded machine)."""
     store = sql.SqlStore(common[-1])
     try:
-        return store.get('web')
+        return store.get(name)
     finally:
         store.close()
 
@@ -625,6 +625,51 @@ def test_a_snapshot_whose_description_was_never_set_is_ours(bed):
     r = mig('abort', 'web', common=common)
     assert '2 snapshot(s) removed' in r.stdout, r.stdout
     assert set(_snapshots_on_host(root, vm)) == other
+
+
+def _snapshot_disk(root, snap):
+    """The VDI of the first disk of snapshot ``snap``."""
+    s = st.load(str(root))
+    return sorted((v['userdevice'], v['vdi']) for v in s['vbd'].values()
+                  if v['vm'] == snap and v['type'] == 'Disk')[0][1]
+
+
+def _fail_destroys(root, vdi, times):
+    with st.locked(str(root)):
+        s = st.load(str(root))
+        s['vdi'][vdi]['destroy-fails'] = times
+        st.save(str(root), s)
+
+
+def test_a_snapshot_disk_left_by_a_failed_uninstall_is_destroyed(bed):
+    """xe's snapshot-uninstall destroys the snapshot's record, then its
+    disks: a disk whose destroy fails is left with no record naming it.
+    The removal knew the disks beforehand: it destroys the one left, or
+    names it with the command when that fails too."""
+    root, facts, out, loc, common = bed
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    mig('sync', 'web', common=common)
+    snap, = [x['snapshot_id'] for x in _state(common)['snapshots']]
+    left = _snapshot_disk(root, snap)
+    _fail_destroys(root, left, 2)
+    r = mig('abort', 'web', common=common)
+    assert '1 snapshot(s) removed' in r.stdout, r.stdout
+    assert 'snapshot disk %s is left on the host (its snapshot is ' \
+        'removed): xe vdi-destroy uuid=%s' % (left, left) in r.stderr, \
+        r.stderr
+    assert left in st.load(str(root))['vdi']
+    xhost.xe_ok(root, 'vdi-destroy', 'uuid=' + left)
+    # Once more, the backend failing once: the disk is destroyed after.
+    mig('create', 'web2', loc, '--output-dir', out, common=common)
+    mig('sync', 'web2', common=common)
+    snap, = [x['snapshot_id'] for x in _state(common, 'web2')['snapshots']]
+    left = _snapshot_disk(root, snap)
+    _fail_destroys(root, left, 1)
+    r = mig('cutover', 'web2', '--timeout', '60', common=common)
+    assert 'snapshot disk %s was left on the host when its snapshot was ' \
+        'removed: destroyed' % left in r.stderr, r.stderr
+    s = st.load(str(root))
+    assert left not in s['vdi'] and snap not in s['vm']
 
 
 def test_cutover_guest_ignores_clean_shutdown(bed):
