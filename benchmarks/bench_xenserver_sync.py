@@ -178,6 +178,11 @@ def main():
                    help='data written (default 1G; 128M with --quick)')
     p.add_argument('--quick', action='store_true')
     p.add_argument('--timeout', type=int, default=3600)
+    p.add_argument('--sr-type', choices=('ext', 'lvm'), default='ext',
+                   help='the SR of the VM\'s disk: ext (VHD files, the '
+                   'default) or lvm (SM\'s LVHD: a logical volume per '
+                   'layer, the VM\'s leaf inflated to the disk\'s size; '
+                   'scp then copies the LVs, as dd of them would)')
     p.add_argument('--keep', action='store_true',
                    help='keep the temporary directory')
     p.add_argument('--inspect', action='store_true',
@@ -275,7 +280,7 @@ def setup_and_run(bench, work, args):
     # the output is compared with (streamed hashes), at any --size.
     b.model_factory = lambda size: ig.FileModel(
         os.path.join(work, 'model.raw'), size)
-    local = b.add_sr('Local storage', 'ext')
+    local = b.add_sr('Local storage', args.sr_type)
     net = b.add_network('Pool-wide network associated with eth0', 'xenbr0')
     pieces = layout(args.size, args.data)
     vm = b.add_vm('bench', disks=((args.size, 'system'),), sr=local,
@@ -284,7 +289,10 @@ def setup_and_run(bench, work, args):
     vdi = [v['vdi'] for v in b.state['vbd'].values()
            if v['vm'] == vm and v['type'] == 'Disk'][0]
     model = b.models[vdi]
-    sr_dir = os.path.dirname(b.sr_path(local, vdi))
+    # A file SR's directory, or an LVM SR's LV store (the stand-in keeps
+    # each LV as a file: scp copies them as dd would copy the LVs, the
+    # VM's inflated leaf whole).
+    sr_dir = os.path.dirname(xhost.vdi_path(root, vdi))
     print('VM written with FATtools in %.1f s (not timed)'
           % (time.monotonic() - t0), flush=True)
 
@@ -293,6 +301,7 @@ def setup_and_run(bench, work, args):
     os.mkdir(bin_dir)
     os.symlink(str(xhost.XE), os.path.join(bin_dir, 'xe'))
     os.symlink(str(xhost.LVS), os.path.join(bin_dir, 'lvs'))
+    os.symlink(str(xhost.BLOCKDEV), os.path.join(bin_dir, 'blockdev'))
     conf = os.path.join(work, 'any2kvm.conf')
     with open(conf, 'w') as f:
         f.write('[any2kvm]\nxenserver_sr_mount = %s\n'

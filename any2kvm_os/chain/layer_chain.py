@@ -197,10 +197,21 @@ def _find_by_name(container, child_name, ref, names, members):
 def _find_by_id(container, child_name, ref, names, members, scanned):
     """The member whose identity is the child's parent id; names written
     in the child only decide the order in which members are tried."""
-    candidates = [h for h in ref.name_hints
-                  if h in members and h not in names]
-    candidates += [n for n in members
-                   if n not in candidates and n not in names]
+    hint_name = getattr(container, 'hint_name', None)
+    if hint_name is not None:
+        # A container whose members are found by name only (an LVM SR's
+        # LVs: opening the others would hold other VMs' volumes): the
+        # names the child writes, each opened or refused as it is.
+        candidates = []
+        for h in ref.name_hints:
+            h = hint_name(h)
+            if h and h not in names and h not in candidates:
+                candidates.append(h)
+    else:
+        candidates = [h for h in ref.name_hints
+                      if h in members and h not in names]
+        candidates += [n for n in members
+                       if n not in candidates and n not in names]
     mismatch = None
     for name in candidates:
         if scanned.get(name, ref.id) != ref.id:
@@ -208,7 +219,7 @@ def _find_by_id(container, child_name, ref, names, members, scanned):
         try:
             layer = _try_open(container, name)
         except exception.Any2KvmError as e:
-            if name in ref.name_hints:
+            if name in ref.name_hints or hint_name is not None:
                 raise
             LOG.debug('Skipping %s while looking for %s: %s', name, ref.id,
                       e)
@@ -218,7 +229,8 @@ def _find_by_id(container, child_name, ref, names, members, scanned):
         scanned[name] = ident
         if ident == ref.id:
             return name, layer
-        if name in ref.name_hints and mismatch is None:
+        if (name in ref.name_hints or hint_name is not None) and \
+                mismatch is None:
             mismatch = (name, ident)
     if mismatch:
         raise exception.ChainError(

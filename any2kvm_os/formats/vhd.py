@@ -27,9 +27,9 @@ Decisions (see doc/source/formats.rst):
 * footer and dynamic header checksums are verified; a bad one is refused;
 * the two footers of a dynamic or differencing disk must agree, and the
   one at the end must be there, but in a *padded* view (a logical
-  volume of SM's LVHD, whose VHD may end before the volume does: the
-  view's ``padded``), where the copy at offset 0 is the footer when no
-  footer ends the view, as libvhd reads it;
+  volume of SM's LVHD: the view's ``padded``), where the copy at offset
+  0 is the footer when no footer ends the view (an inflate cut short),
+  as libvhd reads it;
 * in a dynamic disk an allocated block is data as a whole (as qemu reads
   it); in a differencing disk its sector bitmap says which sectors the
   layer holds, the others belong to the parent;
@@ -307,9 +307,9 @@ class VhdReader(base.LayerReader):
                 raise exception.InvalidImage(
                     path=path, reason='VHD footer missing at the end of the '
                     'file: truncated')
-            # else: a logical volume (SM's LVHD) whose VHD ends before it
-            # does (made by vhd-util, never resized since): libvhd's
-            # footer search falls back to the copy at offset 0, as here.
+            # else: a logical volume (SM's LVHD) without a footer in its
+            # last sector (an inflate cut short): libvhd's footer search
+            # falls back to the copy at offset 0, as here.
             _check_dynamic_length(size, footer, path)
         else:
             footer = parse_footer(tail, path)

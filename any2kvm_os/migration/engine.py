@@ -901,9 +901,10 @@ class _Run(object):
         leaf is read again (:func:`_reopen_leaf`)."""
         for index, info in sorted(self.infos.items()):
             if getattr(info, 'storage', 'file') == 'lvm':
-                # SM deactivates the VM's LVs at its shutdown, which fails
-                # for an LV held open: opened after it (attached to dom0
-                # then: sources.xenserver.lvm).
+                # SM deactivates the VM's LVs at its shutdown, and leaves
+                # one held open active with no refcount (lvmcache: "LV
+                # open"): opened after it (attached to dom0 then:
+                # sources.xenserver.lvm).
                 continue
             self.chains[index] = self.host.open_disk(info)
         return {'layers': dict((str(i), len(c.chain.layers))

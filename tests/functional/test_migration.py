@@ -556,18 +556,25 @@ def test_interrupted_while_the_host_snapshots(bed):
     assert m['status'] == 'synced'
 
 
+def _beside_a_users_snapshot(bed):
+    """Migration ``web`` of ``two-disks`` created, and a snapshot of the
+    VM someone made with the name an untagged migration's would have:
+    (root, facts, the VM, the snapshots on the host, common)."""
+    root, facts, out, loc, common = bed
+    vm = facts['two-disks']
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    xhost.xe_ok(root, 'vm-snapshot', 'uuid=%s' % vm,
+                'new-name-label=any2kvm migration web')
+    return root, facts, vm, set(_snapshots_on_host(root, vm)), common
+
+
 def test_killed_between_snapshot_and_record_then_sync_and_abort(bed):
     """A sync killed (SIGKILL) after ``xe vm-snapshot`` ran on the host and
     before the state database heard of it.  The next sync records that
     snapshot (found by the migration's tag) before taking its own; after
     a second such kill, abort removes all three, and nothing else: not
     even a snapshot of the VM someone made with the same name."""
-    root, facts, out, loc, common = bed
-    vm = facts['two-disks']
-    mig('create', 'web', loc, '--output-dir', out, common=common)
-    xhost.xe_ok(root, 'vm-snapshot', 'uuid=%s' % vm,
-                'new-name-label=any2kvm migration web')
-    other = set(_snapshots_on_host(root, vm))
+    root, facts, vm, other, common = _beside_a_users_snapshot(bed)
     leaked = _sync_killed_after_snapshot(root, facts, common)
     assert len(leaked) == 1
     assert _state(common)['snapshots'] == []
@@ -587,13 +594,6 @@ def test_killed_between_snapshot_and_record_then_sync_and_abort(bed):
     assert st.load(str(root))['vm'][vm]['power-state'] == 'running'
 
 
-def _host_knob(root, key, value):
-    with st.locked(str(root)):
-        s = st.load(str(root))
-        s['host'][key] = value
-        st.save(str(root), s)
-
-
 def test_a_snapshot_whose_description_was_never_set_is_ours(bed):
     """xe sets a snapshot's description in a second call after the
     snapshot (vm_clone_aux); when that call fails (or the run is cut
@@ -601,13 +601,8 @@ def test_a_snapshot_whose_description_was_never_set_is_ours(bed):
     the migration's tag, so the next sync records it, and abort removes
     it; a snapshot of the VM named as an untagged migration's would be
     is left alone."""
-    root, facts, out, loc, common = bed
-    vm = facts['two-disks']
-    mig('create', 'web', loc, '--output-dir', out, common=common)
-    xhost.xe_ok(root, 'vm-snapshot', 'uuid=%s' % vm,
-                'new-name-label=any2kvm migration web')
-    other = set(_snapshots_on_host(root, vm))
-    _host_knob(root, 'snapshot-description-fails', True)
+    root, facts, vm, other, common = _beside_a_users_snapshot(bed)
+    xhost.set_field(root, 'host', None, 'snapshot-description-fails', True)
     line = _one_line_error(mig('sync', 'web', '--no-progress',
                                common=common, ok=False))
     assert 'set_name_description failed' in line, line
@@ -618,7 +613,8 @@ def test_a_snapshot_whose_description_was_never_set_is_ours(bed):
     snap = _snapshots_on_host(root, vm)[u]
     assert snap['name-label'] == 'any2kvm migration web (%s)' % tag
     assert snap.get('name-description') != tag
-    _host_knob(root, 'snapshot-description-fails', False)
+    xhost.set_field(root, 'host', None, 'snapshot-description-fails',
+                    False)
     mig('sync', 'web', '--no-progress', common=common)
     recorded = set(s['snapshot_id'] for s in _state(common)['snapshots'])
     assert leaked < recorded and len(recorded) == 2, recorded
@@ -634,13 +630,6 @@ def _snapshot_disk(root, snap):
                   if v['vm'] == snap and v['type'] == 'Disk')[0][1]
 
 
-def _fail_destroys(root, vdi, times):
-    with st.locked(str(root)):
-        s = st.load(str(root))
-        s['vdi'][vdi]['destroy-fails'] = times
-        st.save(str(root), s)
-
-
 def test_a_snapshot_disk_left_by_a_failed_uninstall_is_destroyed(bed):
     """xe's snapshot-uninstall destroys the snapshot's record, then its
     disks: a disk whose destroy fails is left with no record naming it.
@@ -651,7 +640,7 @@ def test_a_snapshot_disk_left_by_a_failed_uninstall_is_destroyed(bed):
     mig('sync', 'web', common=common)
     snap, = [x['snapshot_id'] for x in _state(common)['snapshots']]
     left = _snapshot_disk(root, snap)
-    _fail_destroys(root, left, 2)
+    xhost.set_field(root, 'vdi', left, 'destroy-fails', 2)
     r = mig('abort', 'web', common=common)
     assert '1 snapshot(s) removed' in r.stdout, r.stdout
     assert 'snapshot disk %s is left on the host (its snapshot is ' \
@@ -664,7 +653,7 @@ def test_a_snapshot_disk_left_by_a_failed_uninstall_is_destroyed(bed):
     mig('sync', 'web2', common=common)
     snap, = [x['snapshot_id'] for x in _state(common, 'web2')['snapshots']]
     left = _snapshot_disk(root, snap)
-    _fail_destroys(root, left, 1)
+    xhost.set_field(root, 'vdi', left, 'destroy-fails', 1)
     r = mig('cutover', 'web2', '--timeout', '60', common=common)
     assert 'snapshot disk %s was left on the host when its snapshot was ' \
         'removed: destroyed' % left in r.stderr, r.stderr
@@ -742,10 +731,7 @@ def test_cutover_again_awaits_the_clean_shutdown_under_way(bed, xapi):
     downtime."""
     root, facts, out, loc, common = bed
     vm = facts['two-disks']
-    with st.locked(str(root)):
-        s = st.load(str(root))
-        s['host']['xapi-version'] = xapi
-        st.save(str(root), s)
+    xhost.set_field(root, 'host', None, 'xapi-version', xapi)
     mig('create', 'web', loc, '--output-dir', out, common=common)
     w0, _w1 = writers(root, facts, _state(common))
     w0.write(MiB, ig.pattern(53, 4096))
@@ -1397,8 +1383,11 @@ def test_a_vm_on_an_lvm_sr_end_to_end(bed):
     mig('sync', 'db', common=common)
     w.write(9 * MiB, ig.pattern(72, MiB))
     mig('sync', 'db', common=common)
-    # While the VM runs its chain is active: nothing was attached.
+    # While the VM runs here its chain is active: nothing was attached;
+    # each LV read had this host's page cache of it dropped first.
     assert not _dom0_vbds(root)
+    flushed = Path(root, 'blockdev.log').read_text().split('\n')
+    assert len([x for x in flushed if '/VHD-' in x]) >= 4, flushed
     r = mig('verify', 'db', common=common)
     assert 'identical' in r.stdout, r.stdout
     w.write(2 * MiB, ig.pattern(73, 8192))

@@ -696,10 +696,7 @@ def test_pending_clean_shutdown_refuses_another_and_hard_cancels_it(host):
         assert len(lines) == 5, r.stderr
     # A host of xapi before 25.27 (XCP-ng 8.2, 8.3): two parameters, the
     # operation in the class.
-    with st.locked(root):
-        s = st.load(root)
-        s['host']['xapi-version'] = '24.19.2'
-        st.save(root, s)
+    xh.set_field(root, 'host', None, 'xapi-version', '24.19.2')
     r = xh.run_xe(root, 'vm-shutdown', 'uuid=' + vm)
     assert r.returncode == 1 and r.stderr.splitlines() == [
         'Another operation involving the object is currently in progress',

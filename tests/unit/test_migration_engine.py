@@ -940,10 +940,7 @@ def test_other_operations_in_progress_are_not_a_pending_shutdown():
 
 
 def _set_power(root, vm, state):
-    with st.locked(str(root)):
-        s = st.load(str(root))
-        s['vm'][vm]['power-state'] = state
-        st.save(str(root), s)
+    xhost.set_field(root, 'vm', vm, 'power-state', state)
 
 
 def test_rollback_unpauses_a_paused_vm_and_resumes_a_suspended_one(bed):

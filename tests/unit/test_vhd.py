@@ -305,10 +305,10 @@ def test_footer_copies_must_place_the_header_alike(tmp_path):
 
 
 def test_a_padded_view_takes_the_footer_copy_at_offset_0(tmp_path):
-    """A logical volume of SM's LVHD may hold a VHD that ends before it
-    (vhd-util made it; SM's inflate/deflate never resized it): libvhd
-    then takes the footer copy at offset 0.  Only a view that says it is
-    padded is read so; a VHD file cut that way is truncated."""
+    """A logical volume of SM's LVHD whose last sector holds no footer (an
+    inflate cut short): libvhd then takes the footer copy at offset 0.
+    Only a view that says it is padded is read so; a VHD file cut that
+    way is truncated."""
     data, uid = vhdbuild.build(8 * MiB, blocks={1: (None, b'x' * 100)})
     lv = data[:-512] + bytes(4 * MiB - len(data) % (4 * MiB)) + data[-512:]
     # the footer at the LV's end (inflated or deflated by SM): a VHD file

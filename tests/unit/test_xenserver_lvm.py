@@ -23,6 +23,7 @@ import pytest
 
 from any2kvm_os import exception
 from any2kvm_os import limits as limits_mod
+from any2kvm_os import processes
 from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import lvm
 
@@ -33,8 +34,9 @@ ARGV = lvm.lvs_command(VG)
 
 
 def test_the_lvs_command_and_its_answer():
-    assert ARGV == ['lvs', '--noheadings', '--nosuffix', '--units', 'b',
-                    '--separator', '|', '-o', 'lv_name,lv_size,lv_attr', VG]
+    assert ARGV == ['lvs', '--readonly', '--noheadings', '--nosuffix',
+                    '--units', 'b', '--separator', '|', '-o',
+                    'lv_name,lv_size,lv_attr', VG]
     out = ('  MGT|4194304|-wi-a-----\n'
            '  VHD-%s|12582912|-wi-ao----\n'
            '  VHD-aaaa|8388608|-ri-a-----\n'
@@ -107,9 +109,21 @@ def test_the_container_holds_the_active_vhd_lvs_with_their_sizes():
     c = lvm.LvmContainer(_Conn(), '/dev/' + VG, 'VHD-a',
                          limits_mod.Limits(), volumes)
     assert c.member_names() == ['VHD-a'] and c.padded
+    conn = c.connection
     view = c.open_view('VHD-a')
     assert (view.path, view.size, view.padded) == (
         '/dev/%s/VHD-a' % VG, 8388608, True)
+    # This host's page cache of the LV dropped first (another host may
+    # have written it: SM's GC on the pool master).
+    assert conn.calls == [['blockdev', '--flushbufs', '/dev/%s/VHD-a' % VG]]
+    # Parents by the name the child gives, the device-mapper form too;
+    # nothing else is a parent's name.
+    assert c.hint_name('VHD-b') == 'VHD-b'
+    assert c.hint_name('/dev/%s/VHD-b' % VG) == 'VHD-b'
+    assert c.hint_name('file://./VHD-b') == 'VHD-b'
+    assert c.hint_name('VG_XenStorage--5f4c8a2e--1b3d-VHD--aaaa--bbbb') \
+        == 'VHD-aaaa-bbbb'
+    assert c.hint_name('MGT') is None and c.hint_name('x.vhd') is None
     with pytest.raises(exception.ChainError, match='it is inactive'):
         c.open_view('VHD-b')
     with pytest.raises(exception.ChainError, match='not an active LV'):
@@ -151,7 +165,7 @@ def _vbd(uuid, attached, tag):
 def test_stale_attachments_of_dead_processes_of_this_host_are_removed():
     me = socket.gethostname()
     dead = 2 ** 22 + 12345          # beyond pid_max's default
-    while lvm._alive(dead):
+    while processes.pid_alive(dead):
         dead += 1
     listing = (_vbd('00000000-0000-4000-8000-000000000001', 'true',
                     '%s:%d' % (me, dead)) +
@@ -176,15 +190,57 @@ def test_stale_attachments_of_dead_processes_of_this_host_are_removed():
         ['vbd-destroy', 'uuid=00000000-0000-4000-8000-000000000002']]
 
 
-def test_a_vdi_attached_elsewhere_is_not_attached_to_dom0():
-    """An inactive LV whose VDI a VM has attached: the VM runs on another
-    host of the pool, where its LVs are active; nothing is plugged here."""
-    conn = _Conn({'vbd-list': 'aaaaaaaa-0000-4000-8000-000000000001\n'})
-    with pytest.raises(exception.ChainError, match='attached to VM '
-                       'aaaaaaaa-0000-4000-8000-000000000001: it runs on '
-                       'another host of the pool'):
-        lvm.check_detached(conn, VDI, '/dev/%s/VHD-%s' % (VG, VDI))
-    assert conn.calls == [['xe', 'vbd-list', 'vdi-uuid=' + VDI,
-                           'currently-attached=true', 'params=vm-uuid',
-                           '--minimal']]
-    lvm.check_detached(_Conn({'vbd-list': '\n'}), VDI, '/x')
+class _Info(object):
+    path = '/dev/%s/VHD-%s' % (VG, VDI)
+    vdi_uuid = VDI
+    control_domain = DOM0
+    this_host = 'cccccccc-0000-4000-8000-000000000000'
+
+
+def test_in_place_only_while_its_vm_runs_here():
+    """Read as it is while a VM that has the VDI attached runs on this
+    host (its tapdisk holds the chain with SM's refcounts); attached to
+    dom0 when none has it (another dom0 VBD beside it is fine); refused
+    when its VM runs on another host of the pool."""
+    vm = 'aaaaaaaa-0000-4000-8000-000000000001'
+    here = _Info.this_host
+    conn = _Conn({'vbd-list': vm + '\n', 'vm-param-get': here + '\n'})
+    assert lvm.read_in_place(conn, _Info())
+    assert conn.calls == [
+        ['xe', 'vbd-list', 'vdi-uuid=' + VDI, 'currently-attached=true',
+         'params=vm-uuid', '--minimal'],
+        ['xe', 'vm-param-get', 'uuid=' + vm, 'param-name=resident-on']]
+    assert not lvm.read_in_place(_Conn({'vbd-list': '\n'}), _Info())
+    assert not lvm.read_in_place(_Conn({'vbd-list': DOM0 + '\n'}),
+                                 _Info())
+    conn = _Conn({'vbd-list': vm + '\n', 'vm-param-get':
+                  'dddddddd-0000-4000-8000-000000000000\n'})
+    with pytest.raises(exception.ChainError, match='attached to VM %s, '
+                       'which runs on another host of the pool' % vm):
+        lvm.read_in_place(conn, _Info())
+    info = _Info()
+    info.this_host = None
+    with pytest.raises(exception.ChainError, match='this host is unknown'):
+        lvm.read_in_place(_Conn({'vbd-list': vm + '\n'}), info)
+
+
+def test_an_unplug_refused_for_a_moment_is_asked_again(monkeypatch):
+    monkeypatch.setattr(lvm, 'UNPLUG_WAIT', 0)
+    conn = _Conn({'vbd-create': 'abcdef01-2345-4678-89ab-cdef01234567\n'})
+    a = lvm.Attachment(conn, DOM0, VDI)
+    a.plug()
+    fails = [2]
+    check_run = conn.check_run
+
+    def flaky(argv, **kw):
+        if argv[1] == 'vbd-unplug' and fails[0]:
+            fails[0] -= 1
+            conn.calls.append(list(argv))
+            raise exception.RemoteCommandError(
+                host='xs1', command='vbd-unplug',
+                reason='DEVICE_DETACH_REJECTED')
+        return check_run(argv, **kw)
+    conn.check_run = flaky
+    a.unplug()
+    assert [c[1] for c in conn.calls[3:]] == ['vbd-unplug'] * 3 + [
+        'vbd-destroy']

@@ -50,6 +50,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm
 
 from any2kvm_os import exception
+from any2kvm_os import processes
 from any2kvm_os.migration.state import api
 from any2kvm_os.migration.state import models
 from any2kvm_os.migration.state import options
@@ -444,16 +445,6 @@ def _disk_dict(disk):
             'applied': [_layer_dict(a) for a in disk.applied]}
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _host():
     return socket.gethostname()
 
@@ -652,7 +643,7 @@ class SqlStore(api.Store):
         if holder.expires <= now:
             return False
         if holder.host == _host():
-            return _pid_alive(holder.pid)
+            return processes.pid_alive(holder.pid)
         return True
 
     def _acquire(self, name, operation):

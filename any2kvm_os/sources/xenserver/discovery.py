@@ -123,7 +123,7 @@ class DiskInfo(object):
 
     def __init__(self, userdevice, device, bootable, vdi_uuid, vdi_name,
                  virtual_size, sr_uuid, sr_type, sr_name, path,
-                 storage='file', control_domain=None):
+                 storage='file', control_domain=None, this_host=None):
         self.userdevice = userdevice
         #: The guest's device name (xvda, hda ...), '' when not running.
         self.device = device
@@ -144,6 +144,9 @@ class DiskInfo(object):
         #: connected to (the inventory's), which a halted VM's LVs are
         #: attached to; None when unknown (and for a file).
         self.control_domain = control_domain
+        #: For an LV: the uuid of the host connected to (whether its VM
+        #: runs here), None when unknown (and for a file).
+        self.this_host = this_host
 
     def as_dict(self):
         return dict(vars(self))
@@ -797,7 +800,7 @@ def discover(run, vm, host='host', mount_base=DEFAULT_MOUNT_BASE,
                   lvm_dev=lvm_dev)
     for d in found:
         if d.storage == 'lvm':
-            d.control_domain = dom0
+            d.control_domain, d.this_host = dom0, this
     slots = vm_mod.xen_slots(d.userdevice for d in found)
     if slots is not None:
         facts['xen_slots'] = slots

@@ -23,20 +23,31 @@ What the host does (xapi-project/sm ``lvhdutil``, ``LVHDSR``):
   detaching it deactivates what nothing else holds.  A running VM's disks
   are attached, so every layer of their chains can be read while it runs;
   a halted VM's are not;
-* the VHD ends with the LV (``inflate``/``deflate`` move the footer to the
-  LV's end with ``vhd-util modify -s``), except in an LV never resized
-  since ``vhd-util`` made it: there the footer copy at offset 0 is the
-  footer, as libvhd falls back to it.  The readers take such an LV as a
-  *padded* view (:attr:`LvmContainer.padded`).
+* the VHD ends with the LV: libvhd writes a block device's footer in its
+  last sector, and ``inflate``/``deflate`` move it to the LV's new end
+  (``vhd-util modify -s``).  Only an inflate cut short (SM then keeps a
+  journal LV, and refuses to attach the VDI) leaves no footer there; the
+  copy at offset 0 is the footer then, as libvhd falls back to it.  The
+  readers take an LV as a *padded* view (:attr:`LvmContainer.padded`):
+  that fallback is allowed for it, and for nothing else.
 
 The chain is read as from a file SR, over SFTP, from the LV device nodes;
 the directory of the container is the volume group's, its members the
 active ``VHD-*`` LVs as ``lvs`` lists them with their sizes (a block
-device has no size SFTP can tell).  Nothing outside that volume group is
-opened, whatever a VHD header or ``xe`` says.
+device has no size SFTP can tell).  A parent is the LV its child names
+(as SM finds it: ``vhd-util scan``), checked by unique id; no other LV
+is opened (they are other VMs' disks), nor anything outside that volume
+group, whatever a VHD header or ``xe`` says.  Before an LV is opened,
+this host's page cache of it is dropped (``blockdev --flushbufs``): SFTP
+reads through it, while SM writes LVs with O_DIRECT, on a shared SR from
+the pool master, which no other host's cache sees.
 
-When the disk's LVs are not active (its VM halted: a cutover, after the
-shutdown; ``verify`` after one), the VDI is attached read-only to the
+The chain is read in place only while a VM that has the VDI attached
+runs on this host (:func:`read_in_place`): its tapdisk holds the chain
+active here, with SM's refcounts.  A VM of another host is refused
+(connect to that host).  When no VM has it attached (its VM halted: a
+cutover, after the shutdown; ``verify`` after one), the VDI is attached
+read-only to the
 control domain of the host connected to, the way SM allows it (``xe
 vbd-create`` for dom0, ``vbd-plug``: SM's refcounts keep the chain
 active), for as long as the chain is open; then ``vbd-unplug`` and
@@ -51,9 +62,11 @@ import os
 import posixpath
 import re
 import socket
+import time
 
 from any2kvm_os.containers import remote
 from any2kvm_os import exception
+from any2kvm_os import processes
 from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import xe
 
@@ -65,6 +78,10 @@ LV_PREFIX = 'VHD-'
 DEFAULT_DEV = '/dev'
 #: The other-config key of the VBDs this tool plugs into dom0.
 READER_KEY = 'any2kvm-reader'
+#: How many times a dom0 VBD's unplug is asked for, and the first wait
+#: between two (seconds, growing: 0.5, 1, 1.5, 2).
+UNPLUG_TRIES = 5
+UNPLUG_WAIT = 0.5
 #: Most LVs one volume group listing may hold (SM's VGs hold a few
 #: hundred; beyond this the answer is refused as absurd).
 MAX_LVS = 16384
@@ -87,9 +104,11 @@ def device_path(dev_base, sr_uuid, vdi_uuid):
 
 def lvs_command(vg):
     """``lvs`` of volume group ``vg``: each LV's name, size in bytes and
-    attributes, one line each, no heading (LVM2 ``lvs(8)``)."""
-    return ['lvs', '--noheadings', '--nosuffix', '--units', 'b',
-            '--separator', _SEP, '-o', 'lv_name,lv_size,lv_attr', vg]
+    attributes, one line each, no heading (LVM2 ``lvs(8)``); read-only
+    (``--readonly``: no lock taken, no metadata written or repaired, as
+    SM's own ``vgs --readonly``)."""
+    return ['lvs', '--readonly', '--noheadings', '--nosuffix', '--units',
+            'b', '--separator', _SEP, '-o', 'lv_name,lv_size,lv_attr', vg]
 
 
 class Volume(object):
@@ -160,6 +179,23 @@ class LvmContainer(remote.RemoteDirectoryContainer):
                 if n.startswith(LV_PREFIX) and v.active)
         return self._members
 
+    def hint_name(self, hint):
+        """The LV a child's parent name (its header's, or a locator's
+        last part) means: ``VHD-<uuid>``, also from the device-mapper
+        name of the LV (``VG_XenStorage--<sr>-VHD--<uuid>``, dashes
+        doubled, as SM's ``extractUuid`` reads it); None for another
+        name.  Only that LV is ever opened as the parent (SM finds
+        parents by name too: ``vhd-util scan``)."""
+        base = posixpath.basename(hint or '')
+        if base.startswith(VG_PREFIX.replace('-', '--')) or \
+                base.startswith(VG_PREFIX):
+            cut = base.find('-' + LV_PREFIX.replace('-', '--'))
+            base = (base[cut + 1:].replace('--', '-') if cut >= 0
+                    else '')
+        if base.startswith(LV_PREFIX) and _LV_NAME.match(base):
+            return base
+        return None
+
     def _open(self, name, prefetch=None):
         if name not in self.member_names():
             volume = self.volumes.get(name)
@@ -169,10 +205,16 @@ class LvmContainer(remote.RemoteDirectoryContainer):
                     posixpath.basename(self.directory),
                     ' (it is inactive: no attached VDI holds it)'
                     if volume is not None else ''))
+        path = posixpath.join(self.directory, name)
+        # This host's page cache of the LV may be older than its blocks:
+        # SM's GC and snapshots write LVs with O_DIRECT, on a shared SR
+        # from the pool master, which no other host's cache sees.  SFTP
+        # reads through it: dropped first (BLKFLSBUF).
+        self.connection.check_run(['blockdev', '--flushbufs', path],
+                                  idempotent=True)
         view = self.connection.open_file(
-            posixpath.join(self.directory, name),
-            size=self.volumes[name].size, name=self.display_name(name),
-            prefetch=prefetch or None)
+            path, size=self.volumes[name].size,
+            name=self.display_name(name), prefetch=prefetch or None)
         view.padded = True
         return view
 
@@ -182,23 +224,13 @@ def reader_tag():
     return '%s:%d' % (socket.gethostname(), os.getpid())
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stale(tag):
     """Whether a VBD tagged ``tag`` was left by a process of this
     conversion host that is gone (one of another host, or alive, is not
     ours to remove)."""
     host, _, pid = (tag or '').rpartition(':')
     return (host == socket.gethostname() and pid.isdigit() and
-            not _alive(int(pid)))
+            not processes.pid_alive(int(pid)))
 
 
 class Attachment(object):
@@ -230,13 +262,23 @@ class Attachment(object):
 
     def unplug(self, plugged=True):
         """Detach and forget the VBD (an error is logged: the chain was
-        read; the VBD is then named for the operator)."""
+        read; the VBD is then named for the operator).  An unplug dom0
+        refuses for a moment (DEVICE_DETACH_REJECTED while udev or LVM
+        look at the new disk) is asked again, :data:`UNPLUG_TRIES` times
+        in all."""
         vbd, self.vbd = self.vbd, None
         if vbd is None:
             return
         try:
             if plugged:
-                self._run(xe.command('vbd-unplug', [('uuid', vbd)]))
+                for attempt in range(UNPLUG_TRIES):
+                    try:
+                        self._run(xe.command('vbd-unplug', [('uuid', vbd)]))
+                        break
+                    except exception.RemoteCommandError:
+                        if attempt + 1 == UNPLUG_TRIES:
+                            raise
+                        time.sleep(UNPLUG_WAIT * (attempt + 1))
             self._run(xe.command('vbd-destroy', [('uuid', vbd)]))
         except exception.Any2KvmError as e:
             LOG.warning('VDI %s stays attached to the control domain: '
@@ -245,23 +287,53 @@ class Attachment(object):
                         str(e).splitlines()[0][:200] if str(e) else e)
 
 
-def check_detached(conn, vdi_uuid, path):
-    """Refuse to attach VDI ``vdi_uuid`` to dom0 when it is attached
-    elsewhere: its LV is inactive here while a VM uses it, so that VM
-    runs on another host of the pool (LVs are activated per host), where
-    its chain is active and can be read; reading it here would have SM
-    activate on this host the LVs another host writes to."""
+def users(conn, vdi_uuid):
+    """The uuids of the VMs that have VDI ``vdi_uuid`` attached now (a
+    VBD currently attached), dom0's included."""
     argv = xe.list_command('vbd', [('vdi-uuid', vdi_uuid),
                                    ('currently-attached', 'true')],
                            ('vm-uuid',), minimal=True)
-    users = xe.parse_minimal(conn.check_run(argv, idempotent=True).stdout,
-                             argv)
-    if users:
+    return [u.lower() for u in xe.parse_minimal(
+        conn.check_run(argv, idempotent=True).stdout, argv)]
+
+
+def resident_on(conn, vm_uuid):
+    """The uuid of the host VM ``vm_uuid`` runs on (``resident-on``)."""
+    argv = xe.command('vm-param-get', [('uuid', vm_uuid),
+                                       ('param-name', 'resident-on')])
+    return xe.parse_value(conn.check_run(argv, idempotent=True).stdout,
+                          argv).strip().lower()
+
+
+def read_in_place(conn, info):
+    """Whether the chain of ``info`` (an LVM disk) is read as it is, or
+    after attaching its VDI to dom0 (False).  In place only while a VM
+    that has it attached runs on this host: its tapdisk holds the chain
+    active here with SM's refcounts, and SM keeps this host's mapping of
+    its LVs current.  Attached to dom0 when nothing has it attached (the
+    VM is halted; another read-only dom0 VBD, a backup tool's, may be
+    beside it).  Refused when a VM of another host of the pool has it
+    (LVs are active where their VM runs; reading them here would have SM
+    activate, on this host, volumes another host writes to): connect to
+    that host."""
+    where = '%s:%s' % (conn.label, info.path)
+    attached = [u for u in users(conn, info.vdi_uuid)
+                if u != info.control_domain]
+    if not attached:
+        return False
+    if info.this_host is None:
         raise exception.ChainError(
-            path='%s:%s' % (conn.label, path), reason='the LV is not active '
-            'on this host, but the VDI is attached to VM %s: it runs on '
-            'another host of the pool (LVs are active where their VM '
-            'runs); connect to that host' % ', '.join(users[:3]))
+            path=where, reason='VM %s has the VDI attached, and this '
+            'host is unknown (its inventory, xenserver_inventory, names '
+            'no INSTALLATION_UUID): whether it runs here cannot be told'
+            % attached[0])
+    for vm in attached:
+        if resident_on(conn, vm) == info.this_host:
+            return True
+    raise exception.ChainError(
+        path=where, reason='the VDI is attached to VM %s, which runs on '
+        'another host of the pool (LVs are active where their VM runs): '
+        'connect to that host' % ', '.join(attached[:3]))
 
 
 def stale_command(dom0, vdi_uuid):

@@ -152,21 +152,21 @@ class XenServerSource(base.Source):
         if info.control_domain:
             # A VBD a killed run left plugged keeps the VM from starting.
             lvm.release_stale(conn, info.control_domain, info.vdi_uuid)
-        found = volumes()
-        if leaf not in found:
-            raise exception.ChainError(
-                path='%s:%s' % (conn.label, info.path), reason='volume '
-                'group %s has no LV %s' % (posixpath.basename(directory),
-                                           leaf))
-        if not found[leaf].active:
+        if lvm.read_in_place(conn, info):
+            found = volumes()
+            if leaf not in found or not found[leaf].active:
+                raise exception.ChainError(
+                    path='%s:%s' % (conn.label, info.path), reason='the '
+                    'VM runs here, but volume group %s has no active LV '
+                    '%s' % (posixpath.basename(directory), leaf))
+        else:
             if not info.control_domain:
                 raise exception.ChainError(
-                    path='%s:%s' % (conn.label, info.path), reason='the LV '
-                    'is inactive (the VDI is not attached), and the host\'s '
-                    'control domain is unknown (its inventory, '
+                    path='%s:%s' % (conn.label, info.path), reason='no '
+                    'VM has the VDI attached (it is halted), and the '
+                    'host\'s control domain is unknown (its inventory, '
                     'xenserver_inventory, names no CONTROL_DOMAIN_UUID): '
                     'it cannot be attached to be read')
-            lvm.check_detached(conn, info.vdi_uuid, info.path)
             attachment = lvm.Attachment(conn, info.control_domain,
                                         info.vdi_uuid)
             attachment.plug()

@@ -32,10 +32,10 @@ from tests.lib.xenserver import state as st
 
 def prepare(directory, build=None):
     """The stand-in host under ``directory``: (root, facts, bin_dir,
-    conf), ``bin_dir`` holding ``xe`` and ``lvs``, ``conf`` an any2kvm
-    configuration file with the stand-in's SR mount, inventory and LV
-    device base (``xenserver_lvm_dev``: ``<root>/dev``).  ``build(root)``
-    makes the host and returns (root, facts) (default:
+    conf), ``bin_dir`` holding ``xe``, ``lvs`` and ``blockdev``, ``conf``
+    an any2kvm configuration file with the stand-in's SR mount, inventory
+    and LV device base (``xenserver_lvm_dev``: ``<root>/dev``).
+    ``build(root)`` makes the host and returns (root, facts) (default:
     :func:`host.standard_host`)."""
     directory = str(directory)
     build = build or xhost.standard_host
@@ -44,6 +44,7 @@ def prepare(directory, build=None):
     os.makedirs(bin_dir, exist_ok=True)
     os.symlink(str(xhost.XE), os.path.join(bin_dir, 'xe'))
     os.symlink(str(xhost.LVS), os.path.join(bin_dir, 'lvs'))
+    os.symlink(str(xhost.BLOCKDEV), os.path.join(bin_dir, 'blockdev'))
     conf = os.path.join(directory, 'any2kvm.conf')
     with open(conf, 'w') as f:
         # xenserver_lvm_dev: where the LVs' device nodes are (dom0's /dev)

@@ -41,6 +41,9 @@ XE = Path(__file__).resolve().parent / 'xe'
 #: The stand-in's ``lvs`` (LVM2's, over the host's LVM SRs), put beside
 #: ``xe`` wherever a session's PATH gets it.
 LVS = Path(__file__).resolve().parent / 'lvs'
+#: The stand-in's ``blockdev`` (util-linux's ``--flushbufs``, over the LV
+#: device nodes), put beside ``xe`` too.
+BLOCKDEV = Path(__file__).resolve().parent / 'blockdev'
 ENV = 'XE_STANDIN_ROOT'
 MiB = 1 << 20
 GiB = 1 << 30
@@ -470,6 +473,17 @@ def vdi_path(root, vdi_uuid):
 def _is_lvm_vdi(root, vdi_uuid):
     s = _load(root)
     return lvm.is_lvm(s['sr'][s['vdi'][vdi_uuid]['sr']])
+
+
+def set_field(root, table, uuid, key, value):
+    """Set ``key`` of object ``uuid`` of ``table`` (``'vm'``, ``'vdi'``
+    ...; ``'host'`` with uuid None: the host the CLI runs on) in the
+    stand-in's state, under the host's lock: a test's knob (a fault to
+    make, a power state, the host's xapi-version)."""
+    with st.locked(str(root)):
+        s = _load(root)
+        (s[table] if uuid is None else s[table][uuid])[key] = value
+        st.save(str(root), s)
 
 
 def guest_ignores_shutdown(root, vm_uuid, timeout, ignores=True):
