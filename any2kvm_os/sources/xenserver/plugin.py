@@ -140,8 +140,9 @@ class XenServerSource(base.Source):
 
     def _open_lvm_disk(self, conn, info):
         """The chain of a VDI of an LVM SR, read from its volume group's
-        LVs (:mod:`.lvm`); attached to dom0 read-only while open when its
-        LV is not active (a halted VM)."""
+        LVs (:mod:`.lvm`): in place while its VM runs on this host, else
+        (no VM has it attached: halted) attached read-only to dom0 while
+        open (:func:`.lvm.read_in_place`)."""
         directory, leaf = posixpath.split(info.path)
         argv = lvm.lvs_command(posixpath.basename(directory))
 
