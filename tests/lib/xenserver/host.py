@@ -206,9 +206,10 @@ class HostBuilder(object):
         elif sr_type in lvm.LVM_SR_TYPES:
             # LVHDVDI.create: the LV VHD-<uuid>, inflated (thick SR)
             rec['sm-config'] = {'vdi_type': 'vhd'}
-            lvm.create(self.root, sr_uuid, u, size, writes)
-            for off, data in writes:
-                model.write(off, data)
+            # ``writes`` may be an iterator (a benchmark's gigabytes):
+            # read once, into the LV and the model alike.
+            lvm.create(self.root, sr_uuid, u, size,
+                       _into(model, writes))
         elif sr_type == 'iso':
             rec.update({'type': 'User', 'read-only': True,
                         'location': name, 'sm-config': {}})
@@ -345,6 +346,14 @@ class HostBuilder(object):
                  ('INSTALLATION_UUID', self.this)]
         with open(path, 'w') as f:
             f.write(''.join("%s='%s'\n" % kv for kv in items))
+
+
+def _into(model, writes):
+    """``writes`` ((offset, bytes) ...) as they come, each written into
+    ``model`` too."""
+    for off, data in writes:
+        model.write(off, data)
+        yield off, data
 
 
 def userdevices(disks, cd=False):
