@@ -182,7 +182,8 @@ def main():
                    help='the SR of the VM\'s disk: ext (VHD files, the '
                    'default) or lvm (SM\'s LVHD: a logical volume per '
                    'layer, the VM\'s leaf inflated to the disk\'s size; '
-                   'scp then copies the LVs, as dd of them would)')
+                   'its scp, ratio and allocated rows are then not '
+                   'meaningful)')
     p.add_argument('--keep', action='store_true',
                    help='keep the temporary directory')
     p.add_argument('--inspect', action='store_true',
