@@ -216,10 +216,12 @@ def _find_by_id(container, child_name, ref, names, members, scanned):
     for name in candidates:
         if scanned.get(name, ref.id) != ref.id:
             continue
+        # Named by the child: its failure, or its other id, is the answer.
+        named = hint_name is not None or name in ref.name_hints
         try:
             layer = _try_open(container, name)
         except exception.Any2KvmError as e:
-            if name in ref.name_hints or hint_name is not None:
+            if named:
                 raise
             LOG.debug('Skipping %s while looking for %s: %s', name, ref.id,
                       e)
@@ -229,8 +231,7 @@ def _find_by_id(container, child_name, ref, names, members, scanned):
         scanned[name] = ident
         if ident == ref.id:
             return name, layer
-        if (name in ref.name_hints or hint_name is not None) and \
-                mismatch is None:
+        if named and mismatch is None:
             mismatch = (name, ident)
     if mismatch:
         raise exception.ChainError(

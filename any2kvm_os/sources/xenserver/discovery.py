@@ -591,9 +591,9 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
         if attached is not None:
             attached.check(shown, disk, vdi, sr_uuid, sr_name)
         if sr_type in LVM_SR_TYPES:
+            from any2kvm_os.sources.xenserver import lvm
             storage = 'lvm'
-            path = posixpath.join(lvm_dev, 'VG_XenStorage-' + sr_uuid,
-                                  'VHD-' + vdi_uuid)
+            path = lvm.device_path(lvm_dev, sr_uuid, vdi_uuid)
         else:
             storage = 'file'
             path = posixpath.join(mount_base, sr_uuid, vdi_uuid + '.vhd')
@@ -691,13 +691,6 @@ def parse_inventory(output, argv):
             value = value[1:-1]
         out[key.strip()] = value
     return out
-
-
-def this_host(run, inventory, notes=None):
-    """The uuid of the host the commands run on (the inventory's
-    ``INSTALLATION_UUID``), or None (said in ``notes``) when the
-    inventory cannot be read or names no uuid."""
-    return host_uuids(run, inventory, notes)[0]
 
 
 def host_uuids(run, inventory, notes=None):

@@ -74,8 +74,6 @@ LOG = logging.getLogger(__name__)
 
 VG_PREFIX = 'VG_XenStorage-'
 LV_PREFIX = 'VHD-'
-#: Where device nodes of LVs are (``xenserver_lvm_dev``).
-DEFAULT_DEV = '/dev'
 #: The other-config key of the VBDs this tool plugs into dom0.
 READER_KEY = 'any2kvm-reader'
 #: How many times a dom0 VBD's unplug is asked for, and the first wait

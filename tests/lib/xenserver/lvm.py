@@ -128,13 +128,7 @@ def lv_attrs(state, sr_uuid, name):
 def _layout(f):
     """(file size, footer, header, bitmap bytes, BAT entries) of the VHD
     in open file ``f`` (footer read from the end)."""
-    f.seek(0, 2)
-    size = f.tell()
-    f.seek(size - SECTOR)
-    footer = f.read(SECTOR)
-    data_offset = struct.unpack_from('>Q', footer, 0x10)[0]
-    f.seek(data_offset)
-    header = f.read(srlib.HEADER_SIZE)
+    size, footer, data_offset, header = srlib.read_tail(f)
     table = struct.unpack_from('>Q', header, 0x10)[0]
     entries = struct.unpack_from('>I', header, 0x1C)[0]
     block = struct.unpack_from('>I', header, 0x20)[0]

@@ -84,6 +84,18 @@ def _footer_offsets(f):
     return offs
 
 
+def read_tail(f):
+    """(file size, footer, data offset, dynamic header) of the VHD in open
+    file ``f``, its footer read from the end."""
+    f.seek(0, 2)
+    size = f.tell()
+    f.seek(size - SECTOR)
+    footer = f.read(SECTOR)
+    data_offset = struct.unpack_from('>Q', footer, 0x10)[0]
+    f.seek(data_offset)
+    return size, footer, data_offset, f.read(HEADER_SIZE)
+
+
 def _patch_footers(path, fn):
     with open(path, 'r+b') as f:
         for off in _footer_offsets(f):
@@ -164,13 +176,8 @@ def relink(child, parent_name, parent_uuid, parent_timestamp=None):
     macx = ('file://./%s' % parent_name).encode('utf-8')
     win = ('.\\%s' % parent_name).encode('utf-16-le')
     with open(child, 'r+b') as f:
-        f.seek(0, 2)
-        fsize = f.tell()
-        f.seek(fsize - SECTOR)
-        footer = f.read(SECTOR)
-        data_offset = struct.unpack_from('>Q', footer, 0x10)[0]
-        f.seek(data_offset)
-        hd = bytearray(f.read(HEADER_SIZE))
+        fsize, footer, data_offset, hd = read_tail(f)
+        hd = bytearray(hd)
         slots = []
         for i in range(8):
             code, space, length, _r, off = LOCATOR.unpack_from(
