@@ -16,6 +16,8 @@ reader left behind (``sources.xenserver.lvm``) are judged by."""
 
 import os
 
+BOOT_ID = '/proc/sys/kernel/random/boot_id'
+
 
 def pid_alive(pid):
     """Whether process ``pid`` of this host exists (one of another user's
@@ -27,3 +29,57 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def boot_id():
+    """This host's boot id (Linux: a new one at every boot); None when
+    unknown."""
+    try:
+        with open(BOOT_ID) as f:
+            return f.read(64).strip() or None
+    except OSError:
+        return None
+
+
+def start_time(pid):
+    """When process ``pid`` started, in clock ticks since the boot
+    (``/proc/<pid>/stat``, its 22nd field); None when it is gone or
+    unknown.  With the boot id, it tells a process from a later one that
+    was given the same pid."""
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            stat = f.read(4096)
+    except OSError:
+        return None
+    # The command name (2nd field) is in parentheses and may hold spaces.
+    fields = stat[stat.rfind(b')') + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def mark(pid=None):
+    """``<pid>:<boot id>:<start time>`` of process ``pid`` (this one by
+    default): what :func:`gone` judges later."""
+    pid = os.getpid() if pid is None else pid
+    return '%d:%s:%s' % (pid, boot_id() or '', start_time(pid) or '')
+
+
+def gone(mark_text):
+    """Whether the process a :func:`mark` of this host names has ended:
+    its pid is not there, the host booted since, or the pid is another
+    process's now (it started at another time).  A bare pid is judged by
+    its presence alone; a mark that is not one is not judged gone."""
+    pid, _, rest = (mark_text or '').partition(':')
+    if not pid.isdigit():
+        return False
+    if not pid_alive(int(pid)):
+        return True
+    boot, _, start = rest.partition(':')
+    if boot and boot_id() and boot != boot_id():
+        return True
+    if start.isdigit():
+        now = start_time(int(pid))
+        return now is not None and now != int(start)
+    return False

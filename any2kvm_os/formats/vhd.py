@@ -139,6 +139,16 @@ def _locators(hdr):
             for i in range(8)]
 
 
+def footer_identity(data):
+    """The unique id (as :attr:`VhdImage.identity` gives it) of the
+    footer ``data`` holds (a VHD's first or last :data:`FOOTER_SIZE`
+    bytes: a dynamic VHD keeps a copy of its footer at offset 0); None
+    when it is not a footer."""
+    if len(data) < FOOTER_SIZE or data[:8] != FOOTER_COOKIE:
+        return None
+    return _format_uuid(data[68:84])
+
+
 def _format_uuid(raw):
     return str(uuid.UUID(bytes=bytes(raw)))
 

@@ -672,6 +672,9 @@ class _Run(object):
         self.times = {}
         self.details = {}
         self.result = self.snap = None
+        #: {VDI uuid: the VDI the sync's snapshot took of it}, of the disks
+        #: on LVM SRs (:meth:`_read_from`), once asked for.
+        self.snap_vdis = None
         #: The discovery's queries and their answers (or the error they
         #: failed with), run beside the snapshot.
         self.ahead = None
@@ -873,7 +876,7 @@ class _Run(object):
         if pre is not None:
             opened = _reopen_leaf(self.host, self.infos[index], pre)
         else:
-            opened = self.host.open_disk(self.infos[index])
+            opened = self.host.open_disk(self._read_from(index, with_leaf))
         try:
             if not with_leaf and len(opened.chain.layers) > MAX_CHAIN:
                 raise MigrationError(
@@ -893,6 +896,29 @@ class _Run(object):
                 'files_size': f.files - before[2],
                 'rewritten': len(f.rewrites) > before[3],
                 'top': self.top[index]}
+
+    def _read_from(self, index, with_leaf):
+        """Where disk ``index``'s layers are read: its VDI's chain; in a
+        sync of a disk on an LVM SR, the chain of the VDI the sync's
+        snapshot took of it (:func:`snapshot_vdis`).  Its parents are the
+        same layers as the running VDI's (the snapshot made both children
+        of the base it left), and the VM's leaf, which a sync does not
+        apply, is not opened: SM deactivates the VM's LVs at a shutdown
+        or a migration, and, on a pool member, another tool's snapshot
+        deactivates the leaf first (``_updateSlavesPreClone``), each of
+        which a reader holding an LV open stops or leaves half-done.  The
+        snapshot's VDI, attached read-only to the control domain
+        (:mod:`any2kvm_os.sources.xenserver.lvm`), holds every LV read
+        with SM's refcounts."""
+        info = self.infos[index]
+        if with_leaf or getattr(info, 'storage', 'file') != 'lvm':
+            return info
+        if self.snap_vdis is None:
+            self.snap_vdis = snapshot_vdis(
+                self.host, self.snap,
+                [i.vdi_uuid for _, i in sorted(self.infos.items())
+                 if getattr(i, 'storage', 'file') == 'lvm'])
+        return info.of_vdi(self.snap_vdis[info.vdi_uuid])
 
     def open_chains(self):
         """Before the shutdown: each disk's chain found and opened (the
@@ -1392,6 +1418,16 @@ def _remove_snapshots(store, name, host, run=None):
         for u in left:
             store.snapshot_removed(name, u)
         return len(left)
+    # A sync killed while it read a snapshot's disk on an LVM SR left it
+    # attached to dom0 (sources.xenserver.lvm), where xapi refuses to
+    # destroy it (VDI_IN_USE): released first.
+    release = getattr(host, 'release_stale', None)
+    if release is not None:
+        try:
+            release([v for u in left for v in disks.get(u, ())])
+        except exception.Any2KvmError as e:
+            LOG.info('the snapshots\' disks\' attachments could not be '
+                     'checked (%s)', _one_line(e))
     removed = 0
     for u in left:
         try:
@@ -1422,6 +1458,31 @@ def _snapshot_disks(host, snaps):
         LOG.info('the snapshots\' disks could not be listed (%s)',
                  _one_line(e))
         return {}
+
+
+def snapshot_vdis(host, snap, vdis):
+    """{VDI uuid: the VDI of snapshot ``snap`` that is a snapshot of it}
+    for each of ``vdis``, in one round trip: the snapshot's disks
+    (``vbd-list vm-uuid=<snap>``) and each VDI's snapshots
+    (``vdi-list snapshot-of=<vdi>``: the migration's earlier ones too,
+    and other tools'); exactly one must be both."""
+    argvs = [xe.list_command('vbd', [('vm-uuid', snap), ('type', 'Disk')],
+                             ('vdi-uuid',), minimal=True)]
+    argvs += [xe.list_command('vdi', [('snapshot-of', v)], ('uuid',),
+                              minimal=True) for v in vdis]
+    outs = run_batch(host, argvs)
+    mine = set(v.lower() for v in xe.parse_minimal(outs[0], argvs[0]))
+    out = {}
+    for vdi, answer, argv in zip(vdis, outs[1:], argvs[1:]):
+        both = sorted(mine & set(v.lower()
+                                 for v in xe.parse_minimal(answer, argv)))
+        if len(both) != 1:
+            how = 'no' if not both else '%d VDIs each a' % len(both)
+            raise errors.XeOutputError(
+                command=xe.describe(argv), reason='snapshot %s holds %s '
+                'snapshot of VDI %s' % (snap, how, vdi))
+        out[vdi] = both[0]
+    return out
 
 
 def _destroy_left_disks(host, vdis):
@@ -1595,8 +1656,24 @@ def rollback(store, name, limits=None, args=None, connect=None,
                 release = getattr(host, 'release_stale', None)
                 if state != 'running' and release is not None:
                     # A disk a killed cutover left attached to dom0 (an
-                    # LV being read) would keep the VM from starting.
-                    release([d['source_id'] for d in m['disks']])
+                    # LV being read) would keep the VM from starting; one
+                    # another run holds (live, or another conversion
+                    # host's) is named, with what removes it.
+                    kept = []
+                    release([d['source_id'] for d in m['disks']],
+                            kept=kept)
+                    if kept:
+                        v = kept[0]
+                        raise MigrationError(
+                            name=name, reason='a disk of VM %s is attached '
+                            'to the host\'s control domain by another '
+                            'any2kvm run (%s; VBD %s%s), and the VM cannot '
+                            'start while it is: wait for that run to end, '
+                            'or, if it is gone, xe vbd-unplug uuid=%s; xe '
+                            'vbd-destroy uuid=%s; then roll back again' % (
+                                vm_uuid, v.tag, v.uuid,
+                                ' and %d more' % (len(kept) - 1)
+                                if len(kept) > 1 else '', v.uuid, v.uuid))
                 if state != 'running':
                     # vm-start, vm-unpause or vm-resume, as the state asks
                     snapshots.start(
@@ -1612,9 +1689,11 @@ def rollback(store, name, limits=None, args=None, connect=None,
                 # The top layer recorded, or (a cutover cut short) a layer
                 # read from the VDI's own file: the leaf the VM writes to.
                 top = c['top_layers'].get(str(disk['index']))
-                leaf = '%s.vhd' % disk['source_id']
+                # Its name on a file SR, or an LVM SR (its LV).
+                leaves = ('%s.vhd' % disk['source_id'],
+                          'VHD-%s' % disk['source_id'])
                 for k, a in enumerate(disk['applied']):
-                    if a['layer_id'] == top or a['name'] == leaf:
+                    if a['layer_id'] == top or a['name'] in leaves:
                         store.forget_layers(name, disk['index'],
                                             a['layer_id'])
                         forgotten += len(disk['applied']) - k

@@ -124,10 +124,11 @@ class SshHost(object):
         armed`)."""
         return _Armed(self.conn, self.conn.armed(argv))
 
-    def release_stale(self, vdis):
+    def release_stale(self, vdis, kept=None):
         """Remove the dom0 VBDs of ``vdis`` that a killed run of this
         conversion host left plugged (:func:`.lvm.release_stale`);
-        nothing without a known control domain.  Returns how many."""
+        nothing without a known control domain.  Returns how many;
+        ``kept`` gets the other attached ones this tool tagged."""
         from any2kvm_os.sources.xenserver import discovery
         from any2kvm_os.sources.xenserver import lvm
         if not self.inventory:
@@ -135,7 +136,8 @@ class SshHost(object):
         _this, dom0 = discovery.host_uuids(self.run, self.inventory)
         if dom0 is None:
             return 0
-        return sum(lvm.release_stale(self.conn, dom0, vdi) for vdi in vdis)
+        return sum(lvm.release_stale(self.conn, dom0, vdi, kept=kept)
+                   for vdi in vdis)
 
     def open_disk(self, info):
         return self.source.open_disk(self.conn, info)

@@ -60,6 +60,7 @@ import time
 
 import any2kvm_os
 from any2kvm_os import exception
+from any2kvm_os.formats import vhd
 from any2kvm_os import incremental
 from any2kvm_os.migration import procworker
 from any2kvm_os.ssh import remotefile
@@ -175,6 +176,12 @@ def _worker_env(conn):
     return env
 
 
+def _vhd_identity(layer):
+    """A VHD layer's unique id (a worker checks the file it opens holds
+    it: :func:`procworker._check_identity`); None for another format."""
+    return layer.identity if isinstance(layer, vhd.VhdReader) else None
+
+
 class _Worker(object):
     def __init__(self, number, proc):
         self.number = number
@@ -225,11 +232,15 @@ class Copy(object):
             'jump_password': jump_password,
             # An LV (``padded``) is a block device: SFTP cannot size it,
             # its size is the one lvs gave.
+            # Each file's VHD unique id: the worker opens it by name
+            # again, and must find the same layer there (SM's GC renames
+            # a parent to its child's name when it coalesces a leaf).
             'files': [{'path': self.chain.layers[j].view.path,
                        'name': self.chain.layers[j].view.name,
                        'size': self.chain.layers[j].view.size,
                        'device': bool(getattr(self.chain.layers[j].view,
-                                              'padded', False))}
+                                              'padded', False)),
+                       'identity': _vhd_identity(self.chain.layers[j])}
                       for j in range(self.top, self.bottom + 1)],
             'target': {'fd': t.fd, 'path': t.path, 'is_block': t.is_block,
                        'durable': t.durable,

@@ -103,6 +103,24 @@ def _connection(setup):
                                         setup.get('jump_password'))
 
 
+def _check_identity(conn, rf, f):
+    """The VHD file ``f`` names is still the layer the chain found there
+    (its unique id, from the footer copy at offset 0, or the footer at
+    the end): a file renamed in between (SM's GC gives a coalesced leaf's
+    name to its parent) is refused, never read as the other layer."""
+    from any2kvm_os.formats import vhd
+    found = vhd.footer_identity(rf.pread(vhd.FOOTER_SIZE, 0))
+    if found is None and rf.size >= vhd.FOOTER_SIZE:
+        found = vhd.footer_identity(rf.pread(vhd.FOOTER_SIZE,
+                                             rf.size - vhd.FOOTER_SIZE))
+    if found != f['identity']:
+        raise exception.SshError(
+            host=conn.label, reason='%s: holds %s, where the chain read '
+            'found %s (renamed since: SM\'s garbage collection?)'
+            % (f['path'], 'VHD %s' % found if found else 'no VHD',
+               f['identity']))
+
+
 def _serve(inp, out, setup):
     conn = _connection(setup)
     try:
@@ -111,12 +129,14 @@ def _serve(inp, out, setup):
         for f in setup['files']:
             rf = conn.open_file(f['path'], name=f['name'],
                                 size=f['size'] if f.get('device') else None)
+            files.append(rf)
             if rf.size != f['size']:
                 raise exception.SshError(
                     host=conn.label, reason='%s: size changed from %d to '
                     '%d bytes since the chain was read' % (
                         f['path'], f['size'], rf.size))
-            files.append(rf)
+            if f.get('identity'):
+                _check_identity(conn, rf, f)
         out.send({'ready': True})
         t = setup['target']
         writer = raw.RawWriter(t['path'], t['fd'], fresh=False,

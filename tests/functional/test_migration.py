@@ -1380,14 +1380,36 @@ def test_a_vm_on_an_lvm_sr_end_to_end(bed):
     m = show(common, 'db')
     w, = writers(root, facts, m)
     w.write(5 * MiB + 512, ig.pattern(71, 3 * 4096))
+    # create read the running VM's chain in place; the syncs' flushes next
+    Path(root, 'blockdev.log').write_text('')
     mig('sync', 'db', common=common)
     w.write(9 * MiB, ig.pattern(72, MiB))
     mig('sync', 'db', common=common)
-    # While the VM runs here its chain is active: nothing was attached;
-    # each LV read had this host's page cache of it dropped first.
+    # A sync reads the chain of its own snapshot's VDI, attached to dom0
+    # while it reads (SM's refcounts hold every LV read), never the VM's
+    # leaf; each LV read had this host's page cache of it dropped first.
     assert not _dom0_vbds(root)
-    flushed = Path(root, 'blockdev.log').read_text().split('\n')
-    assert len([x for x in flushed if '/VHD-' in x]) >= 4, flushed
+    vdi = m['disks'][0]['source_id']
+    flushed = [x.split()[-1].rsplit('/', 1)[-1] for x in
+               Path(root, 'blockdev.log').read_text().split('\n') if x]
+    s = st.load(str(root))
+    snap_vdis = set('VHD-' + u for u, v in s['vdi'].items()
+                    if v.get('snapshot-of') == vdi)
+    assert len(snap_vdis) == 2, s['vdi']
+    assert snap_vdis <= set(flushed), flushed
+    assert 'VHD-' + vdi not in flushed, flushed
+    # A snapshot's VDI a killed sync left attached to dom0 (as a run's
+    # reader tags it) does not stop the cutover from removing it.
+    dead = 4194303
+    dom0 = s['hosts'][s['host']['uuid']]['control-domain']
+    stuck = sorted(snap_vdis)[0][len('VHD-'):]
+    vbd = xhost.xe_ok(root, 'vbd-create', 'vm-uuid=' + dom0,
+                      'vdi-uuid=' + stuck, 'device=autodetect',
+                      'mode=RO').strip()
+    xhost.xe_ok(root, 'vbd-param-set', 'uuid=' + vbd,
+                'other-config:any2kvm-reader=%s:%d' % (
+                    socket.gethostname(), dead))
+    xhost.xe_ok(root, 'vbd-plug', 'uuid=' + vbd)
     r = mig('verify', 'db', common=common)
     assert 'identical' in r.stdout, r.stdout
     w.write(2 * MiB, ig.pattern(73, 8192))
@@ -1399,26 +1421,48 @@ def test_a_vm_on_an_lvm_sr_end_to_end(bed):
     s = st.load(str(root))
     assert s['vm'][vm]['power-state'] == 'halted'
     # The last layer was read through a dom0 attachment, now gone; no LV
-    # was held open when SM deactivated it.
+    # was held open when SM deactivated it; the snapshots are gone with
+    # their disks (the stuck one released first).
     assert not _dom0_vbds(root)
     assert not s['host'].get('lv-in-use-at-deactivation'), s['host']
     assert _lv_nodes(root, sr) == []
+    assert not [u for u, v in s['vdi'].items()
+                if v.get('snapshot-of') == vdi], s['vdi']
     r = mig('verify', 'db', '--format', 'json', common=common)
     assert [t['identical'] for t in json.loads(r.stdout)['targets']] == [
         True]
     assert not _dom0_vbds(root)
     # A run killed while it read: its dom0 VBD (tagged with this host and
-    # a pid that is gone) would keep the VM from starting.
-    dead = 4194303
-    vdi = m['disks'][0]['source_id']
-    dom0 = s['hosts'][s['host']['uuid']]['control-domain']
-    vbd = xhost.xe_ok(root, 'vbd-create', 'vm-uuid=' + dom0,
-                      'vdi-uuid=' + vdi, 'device=autodetect',
-                      'mode=RO').strip()
-    xhost.xe_ok(root, 'vbd-param-set', 'uuid=' + vbd,
-                'other-config:any2kvm-reader=%s:%d' % (
-                    socket.gethostname(), dead))
-    xhost.xe_ok(root, 'vbd-plug', 'uuid=' + vbd)
+    # a pid that is gone: the tag of earlier versions; this one's adds the
+    # boot id and the start time) would keep the VM from starting.  One of
+    # another conversion host is not ours to judge: the rollback names it
+    # and what removes it, and starts nothing.
+
+    def plugged(tag):
+        vbd = xhost.xe_ok(root, 'vbd-create', 'vm-uuid=' + dom0,
+                          'vdi-uuid=' + vdi, 'device=autodetect',
+                          'mode=RO').strip()
+        xhost.xe_ok(root, 'vbd-param-set', 'uuid=' + vbd,
+                    'other-config:any2kvm-reader=' + tag)
+        xhost.xe_ok(root, 'vbd-plug', 'uuid=' + vbd)
+        return vbd
+    plugged('%s:%d' % (socket.gethostname(), dead))
+    other = plugged('elsewhere:%d:b:1' % dead)
+    res = mig('rollback', 'db', common=common, ok=False)
+    assert res.returncode != 0
+    # The killed run's, removed (a warning), then the error, one line.
+    warning, line = res.stderr.strip().splitlines()
+    assert 'left attached to the control domain by a run that was ' \
+        'stopped' in warning, warning
+    assert ('by another any2kvm run (elsewhere:%d:b:1; VBD %s)'
+            % (dead, other)) in line, line
+    assert 'xe vbd-unplug uuid=%s; xe vbd-destroy uuid=%s' % (
+        other, other) in line, line
+    assert st.load(str(root))['vm'][vm]['power-state'] == 'halted'
+    assert list(_dom0_vbds(root)) == [other]
+    xhost.xe_ok(root, 'vbd-unplug', 'uuid=' + other)
+    xhost.xe_ok(root, 'vbd-destroy', 'uuid=' + other)
+    plugged('%s:%d' % (socket.gethostname(), dead))
     assert _lv_nodes(root, sr)
     mig('rollback', 'db', common=common)
     assert st.load(str(root))['vm'][vm]['power-state'] == 'running'

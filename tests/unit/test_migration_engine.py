@@ -1012,3 +1012,63 @@ def test_the_recorded_route_and_the_commands_own():
         {'jump_host': None, 'jump_host_key': None, 'no_jump_host': True},
         {'jump_host': 'o@c', 'jump_host_key': None, 'no_jump_host': None},
         {'jump_host': None, 'jump_host_key': None, 'no_jump_host': True}]
+
+
+class _Answers(object):
+    """A host that answers ``xe`` queries from {(command, first word):
+    stdout}, one by one (no ``run_many``), recording them."""
+    label = 'root@xs1'
+
+    def __init__(self, answers):
+        self.answers, self.calls = answers, []
+
+    def run(self, argv, mutating=False, timeout=None):
+        self.calls.append(list(argv))
+        return self.answers[(argv[1], argv[2])]
+
+
+def test_a_sync_reads_the_vdi_its_snapshot_took_of_each_lvm_disk():
+    """A sync of a disk on an LVM SR reads its snapshot's VDI (engine.
+    _Run._read_from): the one VDI that is both a disk of the snapshot
+    and a snapshot of the disk (the migration's earlier snapshots, and
+    other tools', are snapshots of it too)."""
+    snap = 'aaaaaaaa-0000-4000-8000-000000000001'
+    a, b = ('bbbbbbbb-0000-4000-8000-00000000000%d' % i for i in (1, 2))
+    sa, sb, old, other = ('cccccccc-0000-4000-8000-00000000000%d' % i
+                          for i in range(1, 5))
+    host = _Answers({
+        ('vbd-list', 'vm-uuid=' + snap): '%s,%s\n' % (sb, sa.upper()),
+        ('vdi-list', 'snapshot-of=' + a): '%s,%s,%s\n' % (old, sa, other),
+        ('vdi-list', 'snapshot-of=' + b): '%s\n' % sb})
+    assert engine.snapshot_vdis(host, snap, [a, b]) == {a: sa, b: sb}
+    assert host.calls == [
+        ['xe', 'vbd-list', 'vm-uuid=' + snap, 'type=Disk',
+         'params=vdi-uuid', '--minimal'],
+        ['xe', 'vdi-list', 'snapshot-of=' + a, 'params=uuid', '--minimal'],
+        ['xe', 'vdi-list', 'snapshot-of=' + b, 'params=uuid', '--minimal']]
+    # None, or two: refused, naming the snapshot and the disk.
+    host.answers[('vdi-list', 'snapshot-of=' + b)] = '%s\n' % old
+    with pytest.raises(exception.Any2KvmError, match='snapshot %s holds no '
+                       'snapshot of VDI %s' % (snap, b)):
+        engine.snapshot_vdis(host, snap, [a, b])
+    host.answers[('vbd-list', 'vm-uuid=' + snap)] = '%s,%s\n' % (sa, old)
+    with pytest.raises(exception.Any2KvmError, match='2 VDIs each a '
+                       'snapshot of VDI %s' % a):
+        engine.snapshot_vdis(host, snap, [a])
+
+
+def test_an_lvm_disk_read_from_its_snapshot_is_that_vdis_lv():
+    """discovery.DiskInfo.of_vdi: the same SR, the other VDI's LV (or
+    VHD file)."""
+    from any2kvm_os.sources.xenserver import discovery
+    vg = '/dev/VG_XenStorage-5f4c8a2e-1b3d-4e6f-8a9b-0c1d2e3f4a5b'
+    info = discovery.DiskInfo('0', 'xvda', True, 'v1', 'disk', 1 << 30,
+                              'sr', 'lvm', 'Local', vg + '/VHD-v1',
+                              storage='lvm', control_domain='d0')
+    other = info.of_vdi('v2')
+    assert (other.vdi_uuid, other.path, other.control_domain,
+            other.storage) == ('v2', vg + '/VHD-v2', 'd0', 'lvm')
+    assert (info.vdi_uuid, info.path) == ('v1', vg + '/VHD-v1')
+    info = discovery.DiskInfo('0', 'xvda', True, 'v1', 'disk', 1 << 30,
+                              'sr', 'ext', 'Local', '/run/sr-mount/sr/v1.vhd')
+    assert info.of_vdi('v2').path == '/run/sr-mount/sr/v2.vhd'

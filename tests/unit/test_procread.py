@@ -24,6 +24,7 @@ import pytest
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
 from any2kvm_os.formats import base
+from any2kvm_os.formats import vhd
 from any2kvm_os.migration import procread
 from any2kvm_os.migration import procworker
 
@@ -480,3 +481,44 @@ def test_a_worker_sizes_an_lv_as_the_command_did(pipes, tmp_path,
     finally:
         os.close(fd)
     assert path.read_bytes()[:8192] == data
+
+
+def test_worker_refuses_a_file_that_holds_another_vhd_now(pipes, tmp_path,
+                                                          monkeypatch):
+    """A layer's file renamed since the chain was read (SM's GC gives a
+    coalesced leaf's name to its parent): same size, another VHD; the
+    worker checks the unique id in the footer copy at offset 0 (or, with
+    none there, the footer at the end) and reads nothing."""
+    vhd_path = tmp_path / 'a.vhd'
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'vpc', str(vhd_path),
+                    '8M'], check=True)
+    data = vhd_path.read_bytes()
+    ident = vhd.footer_identity(data[:512])
+    assert ident and ident == vhd.footer_identity(data[-512:])
+    setup = _setup(99, len(data))
+    setup['files'][0]['identity'] = ident
+    conn = FakeConn({'/sr/a.vhd': data})
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+    pipes.send(setup, {'end': True})
+    assert procworker.run_worker(pipes.inp, pipes.out) == 0
+    assert pipes.received()[0] == {'ready': True}
+    # The footer at the end only (no copy at 0): that one is read.
+    for other, says in ((data, 'VHD %s' % ident),
+                        (b'\0' * 512 + data[512:], 'VHD %s' % ident),
+                        (b'\0' * len(data), 'no VHD')):
+        p = Pipes()
+        try:
+            setup['files'][0]['identity'] = (
+                '00000000-0000-4000-8000-000000000001')
+            conn = FakeConn({'/sr/a.vhd': other})
+            monkeypatch.setattr(procworker, '_connection',
+                                lambda setup: conn)
+            p.send(setup, {'end': True})
+            assert procworker.run_worker(p.inp, p.out) == 1
+            (m,) = p.received()
+            assert m['kind'] == 'SshError'
+            assert ('/sr/a.vhd: holds %s, where the chain read found '
+                    '00000000-0000-4000-8000-000000000001' % says
+                    in m['error']), m
+        finally:
+            p.close()

@@ -767,7 +767,10 @@ def test_other_sr_types_and_formats_are_refused_by_name():
         discovery.discover(host, 'web01')
 
 
-@pytest.mark.parametrize('sr_type', ['lvhd', 'lvhdoiscsi', 'lvhdohba'])
+# SM's LVHD drivers: LVHDSR, LVHDoISCSISR, LVHDoHBASR, LVHDoFCoESR
+# (``lvmofcoe``), by their DRIVER_TYPE and their lvhd names.
+@pytest.mark.parametrize('sr_type', ['lvmofcoe', 'lvhd', 'lvhdoiscsi',
+                                     'lvhdohba'])
 def test_lvhd_names_of_lvm_srs_are_lvm_srs(sr_type):
     host = standard_host()
     host.objects['sr'][0]['type'] = sr_type

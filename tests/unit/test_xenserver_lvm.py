@@ -18,6 +18,8 @@ test_migration.py."""
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -124,6 +126,13 @@ def test_the_container_holds_the_active_vhd_lvs_with_their_sizes():
     assert c.hint_name('VG_XenStorage--5f4c8a2e--1b3d-VHD--aaaa--bbbb') \
         == 'VHD-aaaa-bbbb'
     assert c.hint_name('MGT') is None and c.hint_name('x.vhd') is None
+    # A raw base (SM snapshots a raw VDI with a VHD child): refused by
+    # name, whichever form names it.
+    for raw in ('LV-cccc', '/dev/%s/LV-cccc' % VG,
+                'VG_XenStorage--5f4c8a2e-LV--cccc'):
+        with pytest.raises(exception.ChainError, match='LV-cccc.*the '
+                           'parent is a raw LV .*vdi-pool-migrate'):
+            c.hint_name(raw)
     with pytest.raises(exception.ChainError, match='it is inactive'):
         c.open_view('VHD-b')
     with pytest.raises(exception.ChainError, match='not an active LV'):
@@ -139,8 +148,9 @@ def test_the_attachment_plugs_tags_and_unplugs():
         'device=autodetect', 'mode=RO', 'type=Disk']
     assert conn.calls[1] == [
         'xe', 'vbd-param-set', 'uuid=abcdef01-2345-4678-89ab-cdef01234567',
-        'other-config:any2kvm-reader=%s:%d' % (socket.gethostname(),
-                                               os.getpid())]
+        'other-config:any2kvm-reader=%s:%d:%s:%d' % (
+            socket.gethostname(), os.getpid(), processes.boot_id(),
+            processes.start_time(os.getpid()))]
     assert conn.calls[2][1] == 'vbd-plug'
     a.unplug()
     assert [c[1] for c in conn.calls[3:]] == ['vbd-unplug', 'vbd-destroy']
@@ -155,11 +165,13 @@ def test_the_attachment_plugs_tags_and_unplugs():
                                           'vbd-plug', 'vbd-destroy']
 
 
-def _vbd(uuid, attached, tag):
+def _vbd(uuid, attached, tag, vm=DOM0):
     return ('uuid ( RO)                  : %s\n'
+            '             vm-uuid ( RO): %s\n'
             '    currently-attached ( RO): %s\n'
             '          other-config (MRW): %s\n\n\n'
-            % (uuid, attached, 'any2kvm-reader: %s' % tag if tag else ''))
+            % (uuid, vm, attached,
+               'any2kvm-reader: %s' % tag if tag else ''))
 
 
 def test_stale_attachments_of_dead_processes_of_this_host_are_removed():
@@ -171,19 +183,29 @@ def test_stale_attachments_of_dead_processes_of_this_host_are_removed():
                     '%s:%d' % (me, dead)) +
                _vbd('00000000-0000-4000-8000-000000000002', 'false',
                     '%s:%d' % (me, dead)) +
-               # alive: another run reading now
+               # alive: another run reading now (its tag of an earlier
+               # version, and of this one)
                _vbd('00000000-0000-4000-8000-000000000003', 'true',
                     '%s:%d' % (me, os.getpid())) +
+               _vbd('00000000-0000-4000-8000-000000000007', 'true',
+                    lvm.reader_tag()) +
                # another conversion host's: not ours to judge
                _vbd('00000000-0000-4000-8000-000000000004', 'true',
                     'elsewhere:%d' % dead) +
                # not ours at all (a backup tool's)
-               _vbd('00000000-0000-4000-8000-000000000005', 'true', ''))
+               _vbd('00000000-0000-4000-8000-000000000005', 'true', '') +
+               # a VM's, even tagged (by hand): never
+               _vbd('00000000-0000-4000-8000-000000000006', 'true',
+                    '%s:%d' % (me, dead),
+                    vm='aaaaaaaa-0000-4000-8000-000000000001'))
     conn = _Conn({'vbd-list': listing})
-    assert lvm.release_stale(conn, DOM0, VDI) == 2
-    assert conn.calls[0] == ['xe', 'vbd-list', 'vm-uuid=' + DOM0,
-                             'vdi-uuid=' + VDI,
-                             'params=uuid,currently-attached,other-config']
+    kept = []
+    assert lvm.release_stale(conn, DOM0, VDI, kept=kept) == 2
+    # The other tagged ones, attached: named to whoever must act on them.
+    assert [v.uuid[-1] for v in kept] == ['3', '7', '4']
+    assert conn.calls[0] == ['xe', 'vbd-list', 'vdi-uuid=' + VDI,
+                             'params=uuid,vm-uuid,currently-attached,'
+                             'other-config']
     assert [c[1:] for c in conn.calls[1:]] == [
         ['vbd-unplug', 'uuid=00000000-0000-4000-8000-000000000001'],
         ['vbd-destroy', 'uuid=00000000-0000-4000-8000-000000000001'],
@@ -204,16 +226,27 @@ def test_in_place_only_while_its_vm_runs_here():
     when its VM runs on another host of the pool."""
     vm = 'aaaaaaaa-0000-4000-8000-000000000001'
     here = _Info.this_host
-    conn = _Conn({'vbd-list': vm + '\n', 'vm-param-get': here + '\n'})
+    runs = _vbd('00000000-0000-4000-8000-000000000001', 'true', '', vm=vm)
+    # A VBD of the VM that is not attached (another VM, halted) is no user.
+    halted = _vbd('00000000-0000-4000-8000-000000000002', 'false', '',
+                  vm='bbbbbbbb-0000-4000-8000-000000000001')
+    conn = _Conn({'vbd-list': halted + runs, 'vm-param-get': here + '\n'})
     assert lvm.read_in_place(conn, _Info())
     assert conn.calls == [
-        ['xe', 'vbd-list', 'vdi-uuid=' + VDI, 'currently-attached=true',
-         'params=vm-uuid', '--minimal'],
+        ['xe', 'vbd-list', 'vdi-uuid=' + VDI,
+         'params=uuid,vm-uuid,currently-attached,other-config'],
         ['xe', 'vm-param-get', 'uuid=' + vm, 'param-name=resident-on']]
+    # One listing serves both questions when it is given.
+    conn = _Conn({'vm-param-get': here + '\n'})
+    found = lvm.vbds(_Conn({'vbd-list': runs}), VDI)
+    assert lvm.read_in_place(conn, _Info(), found)
+    assert [c[1] for c in conn.calls] == ['vm-param-get']
     assert not lvm.read_in_place(_Conn({'vbd-list': '\n'}), _Info())
-    assert not lvm.read_in_place(_Conn({'vbd-list': DOM0 + '\n'}),
-                                 _Info())
-    conn = _Conn({'vbd-list': vm + '\n', 'vm-param-get':
+    assert not lvm.read_in_place(_Conn({'vbd-list': halted}), _Info())
+    assert not lvm.read_in_place(
+        _Conn({'vbd-list': _vbd('00000000-0000-4000-8000-000000000003',
+                                'true', '')}), _Info())
+    conn = _Conn({'vbd-list': runs, 'vm-param-get':
                   'dddddddd-0000-4000-8000-000000000000\n'})
     with pytest.raises(exception.ChainError, match='attached to VM %s, '
                        'which runs on another host of the pool' % vm):
@@ -221,7 +254,7 @@ def test_in_place_only_while_its_vm_runs_here():
     info = _Info()
     info.this_host = None
     with pytest.raises(exception.ChainError, match='this host is unknown'):
-        lvm.read_in_place(_Conn({'vbd-list': vm + '\n'}), info)
+        lvm.read_in_place(_Conn({'vbd-list': runs}), info)
 
 
 def test_an_unplug_refused_for_a_moment_is_asked_again(monkeypatch):
@@ -244,3 +277,34 @@ def test_an_unplug_refused_for_a_moment_is_asked_again(monkeypatch):
     a.unplug()
     assert [c[1] for c in conn.calls[3:]] == ['vbd-unplug'] * 3 + [
         'vbd-destroy']
+
+
+def test_a_tag_names_its_process_across_pid_reuse_and_reboots():
+    """A reader's tag is its pid, this host's boot id and the process's
+    start time: a pid given since to another process, or a boot since,
+    means the reader is gone (its VBD is stale), where the pid alone
+    would keep a left VBD for ever."""
+    me = socket.gethostname()
+    pid, boot, start = os.getpid(), processes.boot_id(), \
+        processes.start_time(os.getpid())
+    assert boot and start is not None
+    assert lvm.reader_tag() == '%s:%d:%s:%d' % (me, pid, boot, start)
+    assert not lvm._stale(lvm.reader_tag())
+    # The same pid, started at another time: another process now.
+    assert lvm._stale('%s:%d:%s:%d' % (me, pid, boot, start + 1))
+    # Another boot: every process of that one has ended.
+    assert lvm._stale('%s:%d:%s:%d' % (
+        me, pid, '00000000-0000-4000-8000-000000000000', start))
+    # Another host's, or not a tag: never ours to judge.
+    assert not lvm._stale('elsewhere:%d:%s:%d' % (pid, boot, start + 1))
+    for odd in ('', me, '%s:' % me, '%s:x:y' % me, None):
+        assert not lvm._stale(odd)
+    # Another live process's start time is read; a gone one's is None.
+    child = subprocess.Popen([sys.executable, '-c',
+                              'import sys; sys.stdin.read()'],
+                             stdin=subprocess.PIPE)
+    try:
+        assert processes.start_time(child.pid) is not None
+    finally:
+        child.communicate(b'')
+    assert processes.start_time(child.pid) is None

@@ -84,8 +84,8 @@ FILE_SR_TYPES = ('ext', 'nfs', 'smb', 'cifs', 'file', 'ext4', 'xfs', 'zfs',
                  'cephfs')
 #: LVHD's drivers answer to both names (xapi-project/sm LVHDSR.py and
 #: its iSCSI and HBA kin: ``handles()``).
-LVM_SR_TYPES = ('lvm', 'lvmoiscsi', 'lvmohba', 'lvhd', 'lvhdoiscsi',
-                'lvhdohba')
+LVM_SR_TYPES = ('lvm', 'lvmoiscsi', 'lvmohba', 'lvmofcoe', 'lvhd',
+                'lvhdoiscsi', 'lvhdohba')
 MiB = 1 << 20
 #: Most disks and NICs a VM may have here (xapi allows 16 VBDs on an HVM
 #: guest, 255 on a PV one; 7 VIFs).
@@ -150,6 +150,20 @@ class DiskInfo(object):
 
     def as_dict(self):
         return dict(vars(self))
+
+    def of_vdi(self, vdi_uuid):
+        """This disk as VDI ``vdi_uuid`` of the same SR holds it (a
+        snapshot of it): a copy whose VDI, and VHD file or LV, are that
+        VDI's."""
+        other = DiskInfo(**self.as_dict())
+        other.vdi_uuid = vdi_uuid
+        directory = posixpath.dirname(self.path)
+        if self.storage == 'lvm':
+            from any2kvm_os.sources.xenserver import lvm
+            other.path = posixpath.join(directory, lvm.LV_PREFIX + vdi_uuid)
+        else:
+            other.path = posixpath.join(directory, vdi_uuid + '.vhd')
+        return other
 
     def __repr__(self):
         return 'DiskInfo(%r)' % self.as_dict()

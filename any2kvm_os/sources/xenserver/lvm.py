@@ -55,10 +55,14 @@ active), for as long as the chain is open; then ``vbd-unplug`` and
 ``<conversion host>:<pid>``, so that one a killed process left behind is
 known as ours and removed (:func:`release_stale`): it would keep the VM
 from starting again.
+
+A migration's sync reads neither way the VM's own chain: it reads the
+chain of the VDI its snapshot took of the disk, which no VM has attached,
+so attached to dom0 (``engine._Run._read_from``): the VM's LVs are never
+held open by us while SM may deactivate them.
 """
 
 import logging
-import os
 import posixpath
 import re
 import socket
@@ -74,6 +78,8 @@ LOG = logging.getLogger(__name__)
 
 VG_PREFIX = 'VG_XenStorage-'
 LV_PREFIX = 'VHD-'
+#: The LVs of raw VDIs (lvhdutil ``LV_PREFIX`` of ``vdi_type`` ``aio``).
+RAW_PREFIX = 'LV-'
 #: The other-config key of the VBDs this tool plugs into dom0.
 READER_KEY = 'any2kvm-reader'
 #: How many times a dom0 VBD's unplug is asked for, and the first wait
@@ -183,14 +189,25 @@ class LvmContainer(remote.RemoteDirectoryContainer):
         name of the LV (``VG_XenStorage--<sr>-VHD--<uuid>``, dashes
         doubled, as SM's ``extractUuid`` reads it); None for another
         name.  Only that LV is ever opened as the parent (SM finds
-        parents by name too: ``vhd-util scan``)."""
+        parents by name too: ``vhd-util scan``).  A raw LV (``LV-<uuid>``:
+        SM snapshots a raw VDI with a VHD child on its raw LV) is
+        refused by name."""
         base = posixpath.basename(hint or '')
         if base.startswith(VG_PREFIX.replace('-', '--')) or \
                 base.startswith(VG_PREFIX):
-            cut = base.find('-' + LV_PREFIX.replace('-', '--'))
+            cut = max(base.find('-' + p.replace('-', '--'))
+                      for p in (LV_PREFIX, RAW_PREFIX))
             base = (base[cut + 1:].replace('--', '-') if cut >= 0
                     else '')
-        if base.startswith(LV_PREFIX) and _LV_NAME.match(base):
+        if not _LV_NAME.match(base):
+            return None
+        if base.startswith(RAW_PREFIX):
+            raise exception.ChainError(
+                path=self.display_name(base), reason='the parent is a raw '
+                'LV (a VHD snapshot of a raw VDI): only VHD layers are '
+                'read; move the disk to a file SR while the VM runs (xe '
+                'vdi-pool-migrate), or export the VM (xe vm-export)')
+        if base.startswith(LV_PREFIX):
             return base
         return None
 
@@ -218,17 +235,21 @@ class LvmContainer(remote.RemoteDirectoryContainer):
 
 
 def reader_tag():
-    """``other-config:any2kvm-reader`` of the VBDs this process plugs."""
-    return '%s:%d' % (socket.gethostname(), os.getpid())
+    """``other-config:any2kvm-reader`` of the VBDs this process plugs:
+    ``<conversion host>:<pid>:<boot id>:<start time>``
+    (:func:`any2kvm_os.processes.mark`)."""
+    return '%s:%s' % (socket.gethostname(), processes.mark())
 
 
 def _stale(tag):
     """Whether a VBD tagged ``tag`` was left by a process of this
-    conversion host that is gone (one of another host, or alive, is not
-    ours to remove)."""
-    host, _, pid = (tag or '').rpartition(':')
-    return (host == socket.gethostname() and pid.isdigit() and
-            not processes.pid_alive(int(pid)))
+    conversion host that is gone (:func:`any2kvm_os.processes.gone`: its
+    pid is not there, the host booted since, or the pid is another
+    process's now); one of another host, or of a live process, is not
+    ours to remove.  The tags of earlier versions (``<host>:<pid>``) are
+    judged by the pid alone."""
+    host, _, mark = (tag or '').partition(':')
+    return host == socket.gethostname() and processes.gone(mark)
 
 
 class Attachment(object):
@@ -285,14 +306,54 @@ class Attachment(object):
                         str(e).splitlines()[0][:200] if str(e) else e)
 
 
-def users(conn, vdi_uuid):
+class Vbd(object):
+    """One VBD of a VDI (:func:`vbds`): its ``uuid``, its VM's (``vm``),
+    whether it is ``attached`` now, and the ``tag`` this tool gives the
+    dom0 VBDs it plugs (``other-config:any2kvm-reader``; None)."""
+
+    def __init__(self, uuid, vm, attached, tag):
+        self.uuid, self.vm, self.attached, self.tag = uuid, vm, attached, tag
+
+    def __repr__(self):
+        return 'Vbd(%r, %r, %r, %r)' % (self.uuid, self.vm, self.attached,
+                                        self.tag)
+
+
+#: What :func:`vbds` asks of each VBD of a VDI.
+VBD_FIELDS = ('uuid', 'vm-uuid', 'currently-attached', 'other-config')
+
+
+def vbds_command(vdi_uuid):
+    """Every VBD of VDI ``vdi_uuid``, with :data:`VBD_FIELDS`: one
+    listing tells both who has the VDI attached (:func:`users`) and which
+    of dom0's a killed run of this tool left (:func:`release_stale`)."""
+    return xe.list_command('vbd', [('vdi-uuid', vdi_uuid)], VBD_FIELDS)
+
+
+def vbds(conn, vdi_uuid):
+    """[:class:`Vbd`] of VDI ``vdi_uuid`` (:func:`vbds_command`)."""
+    argv = vbds_command(vdi_uuid)
+    records = xe.parse_records(conn.check_run(argv, idempotent=True).stdout,
+                               argv, VBD_FIELDS,
+                               required=('uuid', 'vm-uuid'))
+    out = []
+    for r in records:
+        config = xe.parse_map(r.get('other-config', ''), argv,
+                              'other-config')
+        out.append(Vbd(r['uuid'].lower(), r['vm-uuid'].lower(),
+                       xe.parse_bool(r.get('currently-attached', 'false'),
+                                     argv, 'currently-attached'),
+                       config.get(READER_KEY)))
+    return out
+
+
+def users(conn, vdi_uuid, found=None):
     """The uuids of the VMs that have VDI ``vdi_uuid`` attached now (a
-    VBD currently attached), dom0's included."""
-    argv = xe.list_command('vbd', [('vdi-uuid', vdi_uuid),
-                                   ('currently-attached', 'true')],
-                           ('vm-uuid',), minimal=True)
-    return [u.lower() for u in xe.parse_minimal(
-        conn.check_run(argv, idempotent=True).stdout, argv)]
+    VBD currently attached), dom0's included; ``found``: its
+    :func:`vbds`, when listed already."""
+    if found is None:
+        found = vbds(conn, vdi_uuid)
+    return [v.vm for v in found if v.attached]
 
 
 def resident_on(conn, vm_uuid):
@@ -303,7 +364,7 @@ def resident_on(conn, vm_uuid):
                           argv).strip().lower()
 
 
-def read_in_place(conn, info):
+def read_in_place(conn, info, found=None):
     """Whether the chain of ``info`` (an LVM disk) is read as it is, or
     after attaching its VDI to dom0 (False).  In place only while a VM
     that has it attached runs on this host: its tapdisk holds the chain
@@ -313,9 +374,10 @@ def read_in_place(conn, info):
     beside it).  Refused when a VM of another host of the pool has it
     (LVs are active where their VM runs; reading them here would have SM
     activate, on this host, volumes another host writes to): connect to
-    that host."""
+    that host.  ``found``: the VDI's :func:`vbds`, when listed
+    already."""
     where = '%s:%s' % (conn.label, info.path)
-    attached = [u for u in users(conn, info.vdi_uuid)
+    attached = [u for u in users(conn, info.vdi_uuid, found)
                 if u != info.control_domain]
     if not attached:
         return False
@@ -334,35 +396,28 @@ def read_in_place(conn, info):
         'connect to that host' % ', '.join(attached[:3]))
 
 
-def stale_command(dom0, vdi_uuid):
-    """The control domain's VBDs of VDI ``vdi_uuid`` that this tool
-    plugged (``other-config:any2kvm-reader``)."""
-    return xe.list_command('vbd', [
-        ('vm-uuid', dom0), ('vdi-uuid', vdi_uuid)],
-        ('uuid', 'currently-attached', 'other-config'))
-
-
-def release_stale(conn, dom0, vdi_uuid):
+def release_stale(conn, dom0, vdi_uuid, found=None, kept=None):
     """Remove the VBDs of VDI ``vdi_uuid`` in dom0 that a process of this
     conversion host left behind when it was killed while reading the
-    chain; returns how many."""
-    argv = stale_command(dom0, vdi_uuid)
-    records = xe.parse_records(conn.check_run(argv).stdout, argv,
-                               ('uuid', 'currently-attached',
-                                'other-config'), required=('uuid',))
+    chain; returns how many.  ``found``: the VDI's :func:`vbds`, when
+    listed already; ``kept``: a list that gets the :class:`Vbd` of each
+    other one this tool tagged (a live run's, or another conversion
+    host's: not ours to judge) that is attached."""
+    if found is None:
+        found = vbds(conn, vdi_uuid)
     gone = 0
-    for r in records:
-        config = xe.parse_map(r.get('other-config', ''), argv,
-                              'other-config')
-        if not _stale(config.get(READER_KEY)):
+    for v in found:
+        if v.vm != dom0 or not v.tag:
+            continue
+        if not _stale(v.tag):
+            if kept is not None and v.attached:
+                kept.append(v)
             continue
         a = Attachment(conn, dom0, vdi_uuid)
-        a.vbd = r['uuid'].lower()
+        a.vbd = v.uuid
         LOG.warning('VDI %s: removing VBD %s, left attached to the control '
                     'domain by a run that was stopped (%s)', vdi_uuid,
-                    a.vbd, config.get(READER_KEY))
-        a.unplug(plugged=xe.parse_bool(r.get('currently-attached',
-                                             'false'), argv,
-                                       'currently-attached'))
+                    a.vbd, v.tag)
+        a.unplug(plugged=v.attached)
         gone += 1
     return gone

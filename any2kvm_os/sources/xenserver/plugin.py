@@ -150,10 +150,14 @@ class XenServerSource(base.Source):
             return lvm.parse_lvs(conn.check_run(argv, idempotent=True)
                                  .stdout, argv)
         attachment = None
+        # One listing of the VDI's VBDs: who has it attached, and what a
+        # killed run left.
+        vbds = lvm.vbds(conn, info.vdi_uuid)
         if info.control_domain:
             # A VBD a killed run left plugged keeps the VM from starting.
-            lvm.release_stale(conn, info.control_domain, info.vdi_uuid)
-        if lvm.read_in_place(conn, info):
+            lvm.release_stale(conn, info.control_domain, info.vdi_uuid,
+                              vbds)
+        if lvm.read_in_place(conn, info, vbds):
             found = volumes()
             if leaf not in found or not found[leaf].active:
                 raise exception.ChainError(
