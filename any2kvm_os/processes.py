@@ -17,6 +17,8 @@ reader left behind (``sources.xenserver.lvm``) are judged by."""
 import os
 
 BOOT_ID = '/proc/sys/kernel/random/boot_id'
+#: Where this host's machine id is (systemd's, or D-Bus's older place).
+MACHINE_ID = ('/etc/machine-id', '/var/lib/dbus/machine-id')
 
 
 def pid_alive(pid):
@@ -29,6 +31,20 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def machine_id():
+    """This host's machine id (set once, at installation; a clone of a
+    host should be given a new one); None when unknown."""
+    for path in MACHINE_ID:
+        try:
+            with open(path) as f:
+                found = f.read(64).strip()
+        except OSError:
+            continue
+        if found:
+            return found
+    return None
 
 
 def boot_id():
@@ -60,23 +76,29 @@ def start_time(pid):
 
 
 def mark(pid=None):
-    """``<pid>:<boot id>:<start time>`` of process ``pid`` (this one by
-    default): what :func:`gone` judges later."""
+    """``<pid>:<boot id>:<start time>:<machine id>`` of process ``pid``
+    (this one by default): what :func:`gone` judges later."""
     pid = os.getpid() if pid is None else pid
-    return '%d:%s:%s' % (pid, boot_id() or '', start_time(pid) or '')
+    return '%d:%s:%s:%s' % (pid, boot_id() or '', start_time(pid) or '',
+                            machine_id() or '')
 
 
 def gone(mark_text):
     """Whether the process a :func:`mark` of this host names has ended:
     its pid is not there, the host booted since, or the pid is another
-    process's now (it started at another time).  A bare pid is judged by
-    its presence alone; a mark that is not one is not judged gone."""
+    process's now (it started at another time).  A mark of another
+    machine (its machine id: a clone given the same host name) is not
+    judged gone; a bare pid is judged by its presence alone; a mark that
+    is not one is not judged gone."""
     pid, _, rest = (mark_text or '').partition(':')
     if not pid.isdigit():
         return False
+    boot, _, rest = rest.partition(':')
+    start, _, machine = rest.partition(':')
+    if machine and machine != machine_id():
+        return False
     if not pid_alive(int(pid)):
         return True
-    boot, _, start = rest.partition(':')
     if boot and boot_id() and boot != boot_id():
         return True
     if start.isdigit():

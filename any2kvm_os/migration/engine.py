@@ -441,6 +441,15 @@ def _check_chains(host, disks):
     (the first sync reads at most the files' allocated blocks)."""
     out = []
     for index, info in enumerate(disks):
+        if getattr(info, 'storage', 'file') == 'lvm' and \
+                not info.control_domain:
+            # A sync reads its snapshot's VDI attached to dom0.
+            raise exception.ChainError(
+                path='%s:%s' % (host.label, info.path), reason='a sync '
+                'of a disk on an LVM SR reads its snapshot attached to '
+                'the host\'s control domain, which is unknown (its '
+                'inventory, xenserver_inventory, names no '
+                'CONTROL_DOMAIN_UUID)')
         opened = host.open_disk(info)
         try:
             layers = opened.chain.layers
@@ -1461,28 +1470,12 @@ def _snapshot_disks(host, snaps):
 
 
 def snapshot_vdis(host, snap, vdis):
-    """{VDI uuid: the VDI of snapshot ``snap`` that is a snapshot of it}
-    for each of ``vdis``, in one round trip: the snapshot's disks
-    (``vbd-list vm-uuid=<snap>``) and each VDI's snapshots
-    (``vdi-list snapshot-of=<vdi>``: the migration's earlier ones too,
-    and other tools'); exactly one must be both."""
-    argvs = [xe.list_command('vbd', [('vm-uuid', snap), ('type', 'Disk')],
-                             ('vdi-uuid',), minimal=True)]
-    argvs += [xe.list_command('vdi', [('snapshot-of', v)], ('uuid',),
-                              minimal=True) for v in vdis]
-    outs = run_batch(host, argvs)
-    mine = set(v.lower() for v in xe.parse_minimal(outs[0], argvs[0]))
-    out = {}
-    for vdi, answer, argv in zip(vdis, outs[1:], argvs[1:]):
-        both = sorted(mine & set(v.lower()
-                                 for v in xe.parse_minimal(answer, argv)))
-        if len(both) != 1:
-            how = 'no' if not both else '%d VDIs each a' % len(both)
-            raise errors.XeOutputError(
-                command=xe.describe(argv), reason='snapshot %s holds %s '
-                'snapshot of VDI %s' % (snap, how, vdi))
-        out[vdi] = both[0]
-    return out
+    """{VDI uuid: the VDI of snapshot ``snap`` taken of it} for each of
+    ``vdis`` (:func:`snapshots.vdis_taken_of`), the queries after the
+    first in one round trip."""
+    return snapshots.vdis_taken_of(
+        host.run, lambda argvs: run_batch(host, argvs), snap, vdis,
+        host=host.label)
 
 
 def _destroy_left_disks(host, vdis):

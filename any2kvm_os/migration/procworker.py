@@ -110,9 +110,12 @@ def _check_identity(conn, rf, f):
     name to its parent) is refused, never read as the other layer."""
     from any2kvm_os.formats import vhd
     found = vhd.footer_identity(rf.pread(vhd.FOOTER_SIZE, 0))
-    if found is None and rf.size >= vhd.FOOTER_SIZE:
+    if found != f['identity'] and rf.size >= vhd.FOOTER_SIZE:
+        # A fixed VHD has no copy at 0 (its guest's data may look like
+        # one): the footer at the end then.
         found = vhd.footer_identity(rf.pread(vhd.FOOTER_SIZE,
-                                             rf.size - vhd.FOOTER_SIZE))
+                                             rf.size - vhd.FOOTER_SIZE)) \
+            or found
     if found != f['identity']:
         raise exception.SshError(
             host=conn.label, reason='%s: holds %s, where the chain read '

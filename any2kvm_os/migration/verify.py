@@ -29,7 +29,9 @@ What it is compared with:
 
 - after a sync (status ``synced``): the layers the sync applied, every
   layer of the chain but the running VM's leaf, once the host's chain is
-  checked to hold no layer the target lacks (else: sync first);
+  checked to hold no layer the target lacks (else: sync first); a disk
+  on an LVM SR is read, as the sync read it, from the VDI the last
+  sync's snapshot took of it (attached read-only to dom0);
 - after a cutover (status ``done``): the whole chain of each disk of the
   halted VM, whatever the host made of it since (its garbage collector
   may have merged the layers: the disk's bytes are the same).  Refused when
@@ -51,6 +53,7 @@ import os
 import stat
 import time
 
+from any2kvm_os import exception
 from any2kvm_os import incremental
 from any2kvm_os.migration import engine
 
@@ -257,6 +260,8 @@ def verify(store, name, limits=None, args=None, connect=None, cloud=None,
                     name=name, reason='the source VM is %s: its disks have '
                     'moved on since the cutover' % found.power_state)
             run['infos'] = engine._match(name, m, found)
+            if not after_cutover:
+                _from_last_snapshot(name, m, run['host'], run['infos'])
             run['paths'] = run['stack'].enter_context(
                 destination.read_paths(disks))
             return {'power_state': found.power_state}
@@ -294,6 +299,33 @@ def verify(store, name, limits=None, args=None, connect=None, cloud=None,
             if after_cutover else 'the layers of the last sync',
             'targets': run['out'], 'bytes_read': read,
             'seconds': round(time.time() - started, 3)}
+
+
+def _from_last_snapshot(name, m, host, infos):
+    """After a sync, each disk on an LVM SR is read from the VDI the
+    last sync's snapshot took of it, as the sync read it (:meth:`engine.
+    _Run._read_from`): the same layers, and none of the running VM's LVs
+    held open for the whole read.  ``infos`` ({index: DiskInfo}) is
+    changed in place."""
+    lvm = dict((i, info) for i, info in infos.items()
+               if getattr(info, 'storage', 'file') == 'lvm')
+    taken = [s for s in m['snapshots'] if not s.get('removed_at')]
+    if not lvm:
+        return
+    if not taken:
+        raise engine.MigrationError(name=name, reason='no snapshot of the '
+                                    'last sync is recorded: sync first')
+    snap = max(taken, key=lambda s: s['created_at'] or 0)['snapshot_id']
+    try:
+        vdis = engine.snapshot_vdis(host, snap, [info.vdi_uuid for _, info
+                                                 in sorted(lvm.items())])
+    except exception.Any2KvmError as e:
+        raise engine.MigrationError(
+            name=name, reason='the last sync\'s snapshot %s, whose disks '
+            'on an LVM SR are compared, cannot be read (%s): sync first'
+            % (snap, engine._one_line(e)))
+    for i, info in lvm.items():
+        infos[i] = info.of_vdi(vdis[info.vdi_uuid])
 
 
 def _verify_disk(name, disk, opened, path, exact, after_cutover, progress):

@@ -1398,6 +1398,13 @@ def test_a_vm_on_an_lvm_sr_end_to_end(bed):
     assert len(snap_vdis) == 2, s['vdi']
     assert snap_vdis <= set(flushed), flushed
     assert 'VHD-' + vdi not in flushed, flushed
+    r = mig('verify', 'db', common=common)
+    assert 'identical' in r.stdout, r.stdout
+    # verify after a sync reads the last sync's snapshot too.
+    flushed = [x.split()[-1].rsplit('/', 1)[-1] for x in
+               Path(root, 'blockdev.log').read_text().split('\n') if x]
+    assert 'VHD-' + vdi not in flushed, flushed
+    assert not _dom0_vbds(root)
     # A snapshot's VDI a killed sync left attached to dom0 (as a run's
     # reader tags it) does not stop the cutover from removing it.
     dead = 4194303
@@ -1410,8 +1417,6 @@ def test_a_vm_on_an_lvm_sr_end_to_end(bed):
                 'other-config:any2kvm-reader=%s:%d' % (
                     socket.gethostname(), dead))
     xhost.xe_ok(root, 'vbd-plug', 'uuid=' + vbd)
-    r = mig('verify', 'db', common=common)
-    assert 'identical' in r.stdout, r.stdout
     w.write(2 * MiB, ig.pattern(73, 8192))
     r = mig('cutover', 'db', '--timeout', '60', common=common)
     assert 'downtime' in r.stdout, r.stdout

@@ -1014,49 +1014,6 @@ def test_the_recorded_route_and_the_commands_own():
         {'jump_host': None, 'jump_host_key': None, 'no_jump_host': True}]
 
 
-class _Answers(object):
-    """A host that answers ``xe`` queries from {(command, first word):
-    stdout}, one by one (no ``run_many``), recording them."""
-    label = 'root@xs1'
-
-    def __init__(self, answers):
-        self.answers, self.calls = answers, []
-
-    def run(self, argv, mutating=False, timeout=None):
-        self.calls.append(list(argv))
-        return self.answers[(argv[1], argv[2])]
-
-
-def test_a_sync_reads_the_vdi_its_snapshot_took_of_each_lvm_disk():
-    """A sync of a disk on an LVM SR reads its snapshot's VDI (engine.
-    _Run._read_from): the one VDI that is both a disk of the snapshot
-    and a snapshot of the disk (the migration's earlier snapshots, and
-    other tools', are snapshots of it too)."""
-    snap = 'aaaaaaaa-0000-4000-8000-000000000001'
-    a, b = ('bbbbbbbb-0000-4000-8000-00000000000%d' % i for i in (1, 2))
-    sa, sb, old, other = ('cccccccc-0000-4000-8000-00000000000%d' % i
-                          for i in range(1, 5))
-    host = _Answers({
-        ('vbd-list', 'vm-uuid=' + snap): '%s,%s\n' % (sb, sa.upper()),
-        ('vdi-list', 'snapshot-of=' + a): '%s,%s,%s\n' % (old, sa, other),
-        ('vdi-list', 'snapshot-of=' + b): '%s\n' % sb})
-    assert engine.snapshot_vdis(host, snap, [a, b]) == {a: sa, b: sb}
-    assert host.calls == [
-        ['xe', 'vbd-list', 'vm-uuid=' + snap, 'type=Disk',
-         'params=vdi-uuid', '--minimal'],
-        ['xe', 'vdi-list', 'snapshot-of=' + a, 'params=uuid', '--minimal'],
-        ['xe', 'vdi-list', 'snapshot-of=' + b, 'params=uuid', '--minimal']]
-    # None, or two: refused, naming the snapshot and the disk.
-    host.answers[('vdi-list', 'snapshot-of=' + b)] = '%s\n' % old
-    with pytest.raises(exception.Any2KvmError, match='snapshot %s holds no '
-                       'snapshot of VDI %s' % (snap, b)):
-        engine.snapshot_vdis(host, snap, [a, b])
-    host.answers[('vbd-list', 'vm-uuid=' + snap)] = '%s,%s\n' % (sa, old)
-    with pytest.raises(exception.Any2KvmError, match='2 VDIs each a '
-                       'snapshot of VDI %s' % a):
-        engine.snapshot_vdis(host, snap, [a])
-
-
 def test_an_lvm_disk_read_from_its_snapshot_is_that_vdis_lv():
     """discovery.DiskInfo.of_vdi: the same SR, the other VDI's LV (or
     VHD file)."""
@@ -1072,3 +1029,23 @@ def test_an_lvm_disk_read_from_its_snapshot_is_that_vdis_lv():
     info = discovery.DiskInfo('0', 'xvda', True, 'v1', 'disk', 1 << 30,
                               'sr', 'ext', 'Local', '/run/sr-mount/sr/v1.vhd')
     assert info.of_vdi('v2').path == '/run/sr-mount/sr/v2.vhd'
+
+
+def test_create_refuses_an_lvm_disk_it_could_not_sync():
+    """A sync of a disk on an LVM SR reads its snapshot attached to the
+    host's control domain: with none known (no CONTROL_DOMAIN_UUID in the
+    inventory), create refuses it in one line, before opening anything."""
+    from any2kvm_os.sources.xenserver import discovery
+
+    class Host(object):
+        label = 'root@xs1'
+
+        def open_disk(self, info):
+            raise AssertionError('opened')
+    info = discovery.DiskInfo('0', 'xvda', True, 'v1', 'disk', 1 << 30,
+                              'sr', 'lvm', 'Local', '/dev/VG/VHD-v1',
+                              storage='lvm')
+    with pytest.raises(exception.ChainError) as e:
+        engine._check_chains(Host(), [info])
+    assert 'names no CONTROL_DOMAIN_UUID' in str(e.value)
+    assert '\n' not in str(e.value)

@@ -502,6 +502,19 @@ def test_worker_refuses_a_file_that_holds_another_vhd_now(pipes, tmp_path,
     pipes.send(setup, {'end': True})
     assert procworker.run_worker(pipes.inp, pipes.out) == 0
     assert pipes.received()[0] == {'ready': True}
+    # A fixed VHD has no copy at 0, and its guest's first sector may look
+    # like a footer of another VHD: the footer at the end decides.
+    other_head = bytearray(data[:512])
+    other_head[68:84] = bytes(range(16))
+    assert vhd.footer_identity(bytes(other_head)) not in (None, ident)
+    p = Pipes()
+    try:
+        conn = FakeConn({'/sr/a.vhd': bytes(other_head) + data[512:]})
+        monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+        p.send(setup, {'end': True})
+        assert procworker.run_worker(p.inp, p.out) == 0
+    finally:
+        p.close()
     # The footer at the end only (no copy at 0): that one is read.
     for other, says in ((data, 'VHD %s' % ident),
                         (b'\0' * 512 + data[512:], 'VHD %s' % ident),

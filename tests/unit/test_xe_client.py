@@ -770,7 +770,7 @@ def test_other_sr_types_and_formats_are_refused_by_name():
 # SM's LVHD drivers: LVHDSR, LVHDoISCSISR, LVHDoHBASR, LVHDoFCoESR
 # (``lvmofcoe``), by their DRIVER_TYPE and their lvhd names.
 @pytest.mark.parametrize('sr_type', ['lvmofcoe', 'lvhd', 'lvhdoiscsi',
-                                     'lvhdohba'])
+                                     'lvhdohba', 'lvhdofcoe'])
 def test_lvhd_names_of_lvm_srs_are_lvm_srs(sr_type):
     host = standard_host()
     host.objects['sr'][0]['type'] = sr_type
@@ -780,13 +780,16 @@ def test_lvhd_names_of_lvm_srs_are_lvm_srs(sr_type):
 
 
 @pytest.mark.parametrize('sr_type', ['smb', 'cifs', 'file', 'ext4', 'xfs',
-                                     'zfs', 'cephfs'])
+                                     'zfs', 'cephfs', 'largeblock',
+                                     'glusterfs', 'moosefs'])
 def test_every_file_sr_keeps_its_vhds_under_the_mount(sr_type):
     # The SM drivers of these types are FileSR's (xapi-project/sm
     # drivers/SMBSR.py, CIFSSR.py, FileSR.py, EXT4SR.py, XFSSR.py,
-    # ZFSSR.py; XCP-ng's CephFSSR.py in xcp-ng/sm): each VDI a
-    # <vdi-uuid>.vhd file in SR.MOUNT_BASE/<sr-uuid> (their load() sets
-    # that path), as for ext and nfs.
+    # ZFSSR.py; XCP-ng's CephFSSR.py, GlusterFSSR.py, MooseFSSR.py and
+    # LargeBlockSR.py, an EXTSR on a loop device with 512-byte sectors over
+    # a 4 KiB disk, in xcp-ng/sm):
+    # each VDI a <vdi-uuid>.vhd file in SR.MOUNT_BASE/<sr-uuid> (their
+    # load() sets that path), as for ext and nfs.
     host = standard_host()
     host.objects['sr'][0]['type'] = sr_type
     found = discovery.discover(host, 'web01', mount_base='/run/sr-mount')
@@ -846,6 +849,34 @@ def test_snapshot_and_its_disks():
     disks = snapshots.snapshot_disks(host, SNAP_UUID, mount_base='/m')
     assert [d.path for d in disks] == ['/m/%s/%s.vhd' % (EXT_SR, v)
                                        for v in snap_vdis]
+    # The VDI the snapshot took of each disk: by its snapshot-of (one
+    # batch of param-gets), not by a pool-wide vdi-list filter.
+    old, other = ('77777777-0000-4000-8000-00000000000%d' % i
+                  for i in (5, 6))
+    for v, of in ((snap_vdis[0], VDI0), (snap_vdis[1], VDI1)):
+        [r for r in host.objects['vdi'] if r['uuid'] == v][0][
+            'snapshot-of'] = of
+    host.add('vdi', uuid=old, snapshot_of=VDI0)
+    batches = []
+
+    def many(argvs):
+        batches.append([a[1] for a in argvs])
+        return [host(a) for a in argvs]
+    assert snapshots.vdis_taken_of(host, many, SNAP_UUID, [VDI1, VDI0]) \
+        == {VDI0: snap_vdis[0], VDI1: snap_vdis[1]}
+    assert batches == [['vdi-param-get', 'vdi-param-get']]
+    # A disk the snapshot holds none of, or two of: refused by name.
+    with pytest.raises(errors.XeOutputError, match='snapshot %s holds no '
+                       'snapshot of VDI %s' % (SNAP_UUID, VDI2)):
+        snapshots.vdis_taken_of(host, many, SNAP_UUID, [VDI2])
+    add_disk(host, 4, other, vm=SNAP_UUID)
+    [r for r in host.objects['vdi'] if r['uuid'] == other][0][
+        'snapshot-of'] = VDI0
+    with pytest.raises(errors.XeOutputError, match='2 VDIs each a '
+                       'snapshot of VDI %s' % VDI0):
+        snapshots.vdis_taken_of(host, many, SNAP_UUID, [VDI0])
+    host.objects['vbd'] = [b for b in host.objects['vbd']
+                           if b['vdi-uuid'] != other]
     snapshots.remove_snapshot(host, SNAP_UUID)
     assert host.calls[-1] == ['xe', 'snapshot-uninstall',
                               'snapshot-uuid=' + SNAP_UUID, 'force=true']

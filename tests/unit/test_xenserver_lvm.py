@@ -148,9 +148,10 @@ def test_the_attachment_plugs_tags_and_unplugs():
         'device=autodetect', 'mode=RO', 'type=Disk']
     assert conn.calls[1] == [
         'xe', 'vbd-param-set', 'uuid=abcdef01-2345-4678-89ab-cdef01234567',
-        'other-config:any2kvm-reader=%s:%d:%s:%d' % (
+        'other-config:any2kvm-reader=%s:%d:%s:%d:%s' % (
             socket.gethostname(), os.getpid(), processes.boot_id(),
-            processes.start_time(os.getpid()))]
+            processes.start_time(os.getpid()),
+            processes.machine_id() or '')]
     assert conn.calls[2][1] == 'vbd-plug'
     a.unplug()
     assert [c[1] for c in conn.calls[3:]] == ['vbd-unplug', 'vbd-destroy']
@@ -288,13 +289,22 @@ def test_a_tag_names_its_process_across_pid_reuse_and_reboots():
     pid, boot, start = os.getpid(), processes.boot_id(), \
         processes.start_time(os.getpid())
     assert boot and start is not None
-    assert lvm.reader_tag() == '%s:%d:%s:%d' % (me, pid, boot, start)
+    # (a container may have no machine id: the tag then ends empty)
+    machine = processes.machine_id() or ''
+    assert lvm.reader_tag() == '%s:%d:%s:%d:%s' % (me, pid, boot, start,
+                                                   machine)
     assert not lvm._stale(lvm.reader_tag())
     # The same pid, started at another time: another process now.
-    assert lvm._stale('%s:%d:%s:%d' % (me, pid, boot, start + 1))
+    assert lvm._stale('%s:%d:%s:%d:%s' % (me, pid, boot, start + 1,
+                                          machine))
     # Another boot: every process of that one has ended.
-    assert lvm._stale('%s:%d:%s:%d' % (
-        me, pid, '00000000-0000-4000-8000-000000000000', start))
+    other_boot = '00000000-0000-4000-8000-000000000000'
+    assert lvm._stale('%s:%d:%s:%d:%s' % (me, pid, other_boot, start,
+                                          machine))
+    # Another machine given this host name (a clone): not ours to judge,
+    # whatever its boot or pid say.
+    assert not lvm._stale('%s:%d:%s:%d:%s' % (me, 2 ** 22 + 7, other_boot,
+                                              start, '0' * 32))
     # Another host's, or not a tag: never ours to judge.
     assert not lvm._stale('elsewhere:%d:%s:%d' % (pid, boot, start + 1))
     for odd in ('', me, '%s:' % me, '%s:x:y' % me, None):

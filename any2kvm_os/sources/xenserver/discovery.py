@@ -63,6 +63,7 @@ listed with their uuids and power states), snapshots, templates and the
 control domain.
 """
 
+import copy
 import logging
 import posixpath
 
@@ -81,11 +82,11 @@ DEFAULT_LVM_DEV = '/dev'
 #: (``INSTALLATION_UUID``).
 DEFAULT_INVENTORY = '/etc/xensource-inventory'
 FILE_SR_TYPES = ('ext', 'nfs', 'smb', 'cifs', 'file', 'ext4', 'xfs', 'zfs',
-                 'cephfs')
+                 'cephfs', 'largeblock', 'glusterfs', 'moosefs')
 #: LVHD's drivers answer to both names (xapi-project/sm LVHDSR.py and
 #: its iSCSI and HBA kin: ``handles()``).
 LVM_SR_TYPES = ('lvm', 'lvmoiscsi', 'lvmohba', 'lvmofcoe', 'lvhd',
-                'lvhdoiscsi', 'lvhdohba')
+                'lvhdoiscsi', 'lvhdohba', 'lvhdofcoe')
 MiB = 1 << 20
 #: Most disks and NICs a VM may have here (xapi allows 16 VBDs on an HVM
 #: guest, 255 on a PV one; 7 VIFs).
@@ -155,7 +156,7 @@ class DiskInfo(object):
         """This disk as VDI ``vdi_uuid`` of the same SR holds it (a
         snapshot of it): a copy whose VDI, and VHD file or LV, are that
         VDI's."""
-        other = DiskInfo(**self.as_dict())
+        other = copy.copy(self)
         other.vdi_uuid = vdi_uuid
         directory = posixpath.dirname(self.path)
         if self.storage == 'lvm':

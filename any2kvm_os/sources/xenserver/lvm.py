@@ -51,8 +51,9 @@ read-only to the
 control domain of the host connected to, the way SM allows it (``xe
 vbd-create`` for dom0, ``vbd-plug``: SM's refcounts keep the chain
 active), for as long as the chain is open; then ``vbd-unplug`` and
-``vbd-destroy``.  The VBD carries ``other-config:any2kvm-reader`` =
-``<conversion host>:<pid>``, so that one a killed process left behind is
+``vbd-destroy``.  The VBD carries ``other-config:any2kvm-reader`` (the
+conversion host and the process: :func:`reader_tag`), so that one a
+killed process left behind is
 known as ours and removed (:func:`release_stale`): it would keep the VM
 from starting again.
 
@@ -191,7 +192,8 @@ class LvmContainer(remote.RemoteDirectoryContainer):
         name.  Only that LV is ever opened as the parent (SM finds
         parents by name too: ``vhd-util scan``).  A raw LV (``LV-<uuid>``:
         SM snapshots a raw VDI with a VHD child on its raw LV) is
-        refused by name."""
+        refused by name (a legacy raw VDI snapshotted with a VHD child on its
+        raw LV; SM refuses to snapshot a VDI it marks ``type=raw``)."""
         base = posixpath.basename(hint or '')
         if base.startswith(VG_PREFIX.replace('-', '--')) or \
                 base.startswith(VG_PREFIX):
@@ -204,7 +206,7 @@ class LvmContainer(remote.RemoteDirectoryContainer):
         if base.startswith(RAW_PREFIX):
             raise exception.ChainError(
                 path=self.display_name(base), reason='the parent is a raw '
-                'LV (a VHD snapshot of a raw VDI): only VHD layers are '
+                'LV (a legacy raw VDI, snapshotted): only VHD layers are '
                 'read; move the disk to a file SR while the VM runs (xe '
                 'vdi-pool-migrate), or export the VM (xe vm-export)')
         if base.startswith(LV_PREFIX):
@@ -236,7 +238,7 @@ class LvmContainer(remote.RemoteDirectoryContainer):
 
 def reader_tag():
     """``other-config:any2kvm-reader`` of the VBDs this process plugs:
-    ``<conversion host>:<pid>:<boot id>:<start time>``
+    ``<conversion host>:<pid>:<boot id>:<start time>:<machine id>``
     (:func:`any2kvm_os.processes.mark`)."""
     return '%s:%s' % (socket.gethostname(), processes.mark())
 

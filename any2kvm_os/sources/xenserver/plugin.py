@@ -168,7 +168,8 @@ class XenServerSource(base.Source):
             if not info.control_domain:
                 raise exception.ChainError(
                     path='%s:%s' % (conn.label, info.path), reason='no '
-                    'VM has the VDI attached (it is halted), and the '
+                    'running VM has the VDI attached (its VM is halted, '
+                    'or it is a snapshot\'s, which a sync reads), and the '
                     'host\'s control domain is unknown (its inventory, '
                     'xenserver_inventory, names no CONTROL_DOMAIN_UUID): '
                     'it cannot be attached to be read')

@@ -60,6 +60,36 @@ def snapshot_vdis(run, snapshot_uuid, host='host'):
             for r in discovery.disk_vbds(run, snapshot_uuid, host)]
 
 
+def vdis_taken_of(run, run_many, snapshot_uuid, vdis, host='host'):
+    """{VDI uuid: the VDI of the snapshot taken of it} for each of
+    ``vdis``: the snapshot's disks (:func:`snapshot_vdis`), then what
+    each is a snapshot of (``vdi-param-get param-name=snapshot-of``, all
+    in one ``run_many``; xapi answers a ``vdi-list snapshot-of=`` filter
+    from a scan of every VDI of the pool).  Each of ``vdis`` must have
+    exactly one."""
+    mine = [v for _u, v in snapshot_vdis(run, snapshot_uuid, host)]
+    argvs = [xe.command('vdi-param-get', [('uuid', v),
+                                          ('param-name', 'snapshot-of')])
+             for v in mine]
+    of = {}
+    for v, answer, argv in zip(mine, run_many(argvs) if argvs else [],
+                               argvs):
+        of.setdefault(xe.parse_value(answer, argv).strip().lower(),
+                      []).append(v)
+    out = {}
+    for vdi in vdis:
+        both = of.get(vdi.lower(), [])
+        if len(both) != 1:
+            raise errors.XeOutputError(
+                command='xe vbd-list vm-uuid=%s' % snapshot_uuid,
+                reason='snapshot %s holds %s '
+                'snapshot of VDI %s' % (snapshot_uuid, 'no' if not both
+                                        else '%d VDIs each a' % len(both),
+                                        vdi))
+        out[vdi] = both[0]
+    return out
+
+
 def remove_snapshot(run, snapshot_uuid, uninstall=xe.snapshot_uninstall):
     """Destroy the snapshot and its own VDIs (``snapshot-uninstall
     force=true``).  When that fails, ``template-uninstall`` (a snapshot is
