@@ -681,6 +681,9 @@ class _Run(object):
         self.times = {}
         self.details = {}
         self.result = self.snap = None
+        #: The dom0 attachments of the disks a cutover read, to detach
+        #: after the downtime (:meth:`detach_sources`).
+        self.attachments = []
         #: {VDI uuid: the VDI the sync's snapshot took of it}, of the disks
         #: on LVM SRs (:meth:`_read_from`), once asked for.
         self.snap_vdis = None
@@ -899,6 +902,13 @@ class _Run(object):
             _record_size(self.store, self.name, disk,
                          self.infos[index].virtual_size)
         finally:
+            keep = getattr(opened, 'keep_attachment', None)
+            if with_leaf and keep is not None:
+                # A halted VM's disk attached to dom0 to be read: detached
+                # after the downtime (detach_sources), not inside it.
+                attachment = keep()
+                if attachment is not None:
+                    self.attachments.append(attachment)
             opened.close()
         return {'layers': f.layers - before[0],
                 'bytes_written': f.written - before[1],
@@ -1096,6 +1106,15 @@ class _Run(object):
                                     phases=self.phases)
         return {'downtime': round(t['completed'] - t['shutdown'], 3)}
 
+    def detach_sources(self):
+        """After the downtime: the halted VM's disks that were attached
+        to dom0 to be read (on an LVM SR) detached (a detach that fails
+        is a warning naming the VBD: the targets are complete)."""
+        attachments, self.attachments = self.attachments, []
+        for attachment in attachments:
+            attachment.unplug()
+        return {'detached': len(attachments)}
+
     def remove_snapshots(self):
         """After the downtime: the VM checked to be halted still (in
         the round trip that lists the snapshots), then its snapshots
@@ -1174,6 +1193,9 @@ class _Run(object):
         ended = self._end_ahead()
         self.disarm()
         self.close_chains()
+        if ended:
+            # A cutover that failed after it read a disk attached to dom0.
+            self.detach_sources()
         if self.host is not None and ended:
             self.host.close()
 
@@ -1218,7 +1240,8 @@ def _cutover_steps(run, force, timeout):
     """What does not need the VM down first (connect, discover, plan the
     server, open the targets); then the shutdown, one task per disk
     applying the rest (leaf included), close and finish the targets,
-    create the server, record the downtime; then remove the snapshots.
+    create the server, record the downtime; then detach what was attached
+    to dom0 to be read (disks on an LVM SR), remove the snapshots.
     A step of its own (a check of the targets, say) goes in this list."""
     step = functools.partial(_flows().Step, timings=run.step_seconds)
     steps = [step('connect', run.connect),
@@ -1246,6 +1269,7 @@ def _cutover_steps(run, force, timeout):
     if run.server is not None:
         steps.append(step('create-server', run.create_server, quiet=True))
     steps += [step('record-downtime', run.record_downtime),
+              step('detach-sources', run.detach_sources),
               step('remove-snapshots', run.remove_snapshots),
               step('record', run.record_cutover)]
     return steps

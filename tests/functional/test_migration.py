@@ -1423,6 +1423,13 @@ def test_a_vm_on_an_lvm_sr_end_to_end(bed):
     m = show(common, 'db')
     assert m['status'] == 'done'
     check(m, facts)
+    # The disk attached to dom0 to read the last layer was detached after
+    # the downtime was recorded (its own step), not inside it.
+    tasks = [(t['name'], t['result']) for t in m['last_run']['tasks']]
+    names = [t[0] for t in tasks]
+    assert names.index('detach-sources') == names.index(
+        'record-downtime') + 1, names
+    assert dict(tasks)['detach-sources'] == {'detached': 1}, tasks
     s = st.load(str(root))
     assert s['vm'][vm]['power-state'] == 'halted'
     # The last layer was read through a dom0 attachment, now gone; no LV

@@ -48,7 +48,8 @@ SYNC = ['connect', 'snapshot', 'discover', 'open-targets', 'apply-disk-0',
 CUTOVER = ['connect', 'discover', 'open-targets', 'open-chains',
            'prepare-shutdown', 'shutdown',
            'apply-disk-0', 'apply-disk-1', 'close-targets', 'finish-targets',
-           'record-downtime', 'remove-snapshots', 'record']
+           'record-downtime', 'detach-sources', 'remove-snapshots',
+           'record']
 
 
 def _kw(root):
@@ -100,7 +101,7 @@ class FlowContract(object):
                    for fd in fds)
         text = '\n'.join(api.migration_lines('show', engine.show(store,
                                                                  'web')))
-        assert 'last run: cutover SUCCESS, 13 of 13 task(s) done' in text
+        assert 'last run: cutover SUCCESS, 14 of 14 task(s) done' in text
         assert 'tasks:    connect SUCCESS, discover SUCCESS' in text
         # Where the downtime went is kept (revision 0006) and shown.
         phases = store.get('web')['cutover']['phases']
@@ -112,7 +113,7 @@ class FlowContract(object):
         from any2kvm_os.osc.v1 import migration as osc_migration
         column = osc_migration.FORMATTERS['last_run'](run)
         assert column.human_readable().startswith(
-            'last run: cutover SUCCESS, 13 of 13 task(s) done\ntasks:')
+            'last run: cutover SUCCESS, 14 of 14 task(s) done\ntasks:')
         # Rollback and abort are flows too.
         engine.rollback(store, 'web', **_kw(root))
         assert [t['name'] for t in engine.show(store, 'web')['last_run'][

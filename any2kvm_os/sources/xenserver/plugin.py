@@ -186,12 +186,19 @@ class XenServerSource(base.Source):
                 attachment.unplug()
             raise
 
+        kept = []
+
         def close():
             try:
                 container.close()
             finally:
-                if attachment is not None:
+                if attachment is not None and not kept:
                     attachment.unplug()
+
+        def keep_attachment():
+            # The caller detaches it later (a cutover: after the downtime).
+            kept.append(True)
+            return attachment
         try:
             chain = layer_chain.resolve(container, leaf, self.limits)
         except BaseException:
@@ -200,4 +207,7 @@ class XenServerSource(base.Source):
         disk = vm_mod.ChainDisk(container.display_name(leaf), CONTAINER,
                                 chain, disk_id=info.vdi_uuid, closer=close)
         disk.chain_container = container
+        #: Closing then leaves the VDI attached to dom0, and returns its
+        #: :class:`.lvm.Attachment` (None when read in place), to unplug.
+        disk.keep_attachment = keep_attachment
         return disk
