@@ -1049,3 +1049,37 @@ def test_create_refuses_an_lvm_disk_it_could_not_sync():
         engine._check_chains(Host(), [info])
     assert 'names no CONTROL_DOMAIN_UUID' in str(e.value)
     assert '\n' not in str(e.value)
+
+
+def test_a_sync_reads_an_lvm_disk_from_its_snapshot_a_cutover_from_the_vm(
+        monkeypatch):
+    """_Run._read_from: a sync (not with_leaf) reads a disk on an LVM SR
+    from the VDI its snapshot took of it (looked up once per run, for
+    every LVM disk), a file SR's disk and every cutover read from the
+    VM's own VDI."""
+    from any2kvm_os.sources.xenserver import discovery
+    vg = '/dev/VG_XenStorage-sr'
+    on_lvm = discovery.DiskInfo('0', 'xvda', True, 'v1', 'a', 1 << 30, 'sr',
+                                'lvm', 'L', vg + '/VHD-v1', storage='lvm',
+                                control_domain='d0')
+    on_file = discovery.DiskInfo('1', 'xvdb', False, 'v2', 'b', 1 << 30,
+                                 'sr2', 'ext', 'E',
+                                 '/run/sr-mount/sr2/v2.vhd')
+    on_lvm2 = on_lvm.of_vdi('v3')
+    run = engine._Run.__new__(engine._Run)
+    run.infos = {0: on_lvm, 1: on_file, 2: on_lvm2}
+    run.host, run.snap, run.snap_vdis = object(), 'snap-1', None
+    asked = []
+
+    def snapshot_vdis(host, snap, vdis):
+        asked.append((snap, vdis))
+        return {'v1': 's1', 'v3': 's3'}
+    monkeypatch.setattr(engine, 'snapshot_vdis', snapshot_vdis)
+    assert run._read_from(1, False) is on_file
+    assert run._read_from(0, True) is on_lvm
+    assert asked == []
+    got = run._read_from(0, False)
+    assert (got.vdi_uuid, got.path, got.control_domain) == (
+        's1', vg + '/VHD-s1', 'd0')
+    assert run._read_from(2, False).path == vg + '/VHD-s3'
+    assert asked == [('snap-1', ['v1', 'v3'])]
