@@ -441,8 +441,7 @@ def _check_chains(host, disks):
     (the first sync reads at most the files' allocated blocks)."""
     out = []
     for index, info in enumerate(disks):
-        if getattr(info, 'storage', 'file') == 'lvm' and \
-                not info.control_domain:
+        if on_lvm(info) and not info.control_domain:
             # A sync reads its snapshot's VDI attached to dom0.
             raise exception.ChainError(
                 path='%s:%s' % (host.label, info.path), reason='a sync '
@@ -684,9 +683,9 @@ class _Run(object):
         #: The dom0 attachments of the disks a cutover read, to detach
         #: after the downtime (:meth:`detach_sources`).
         self.attachments = []
-        #: {VDI uuid: the VDI the sync's snapshot took of it}, of the disks
-        #: on LVM SRs (:meth:`_read_from`), once asked for.
-        self.snap_vdis = None
+        #: {disk index: the disk as the sync's snapshot holds it}, of the
+        #: disks on LVM SRs (:meth:`_read_from`), once asked for.
+        self.snap_infos = None
         #: The discovery's queries and their answers (or the error they
         #: failed with), run beside the snapshot.
         self.ahead = None
@@ -930,14 +929,12 @@ class _Run(object):
         (:mod:`any2kvm_os.sources.xenserver.lvm`), holds every LV read
         with SM's refcounts."""
         info = self.infos[index]
-        if with_leaf or getattr(info, 'storage', 'file') != 'lvm':
+        if with_leaf or not on_lvm(info):
             return info
-        if self.snap_vdis is None:
-            self.snap_vdis = snapshot_vdis(
-                self.host, self.snap,
-                [i.vdi_uuid for _, i in sorted(self.infos.items())
-                 if getattr(i, 'storage', 'file') == 'lvm'])
-        return info.of_vdi(self.snap_vdis[info.vdi_uuid])
+        if self.snap_infos is None:
+            self.snap_infos = snapshot_infos(self.host, self.snap,
+                                             self.infos)
+        return self.snap_infos[index]
 
     def open_chains(self):
         """Before the shutdown: each disk's chain found and opened (the
@@ -945,7 +942,7 @@ class _Run(object):
         read), none of which needs the VM down; after it only each
         leaf is read again (:func:`_reopen_leaf`)."""
         for index, info in sorted(self.infos.items()):
-            if getattr(info, 'storage', 'file') == 'lvm':
+            if on_lvm(info):
                 # SM deactivates the VM's LVs at its shutdown, and leaves
                 # one held open active with no refcount (lvmcache: "LV
                 # open"): opened after it (attached to dom0 then:
@@ -1491,6 +1488,25 @@ def _snapshot_disks(host, snaps):
         LOG.info('the snapshots\' disks could not be listed (%s)',
                  _one_line(e))
         return {}
+
+
+def on_lvm(info):
+    """Whether the disk ``info`` (a DiskInfo) is on an LVM SR."""
+    return getattr(info, 'storage', 'file') == 'lvm'
+
+
+def snapshot_infos(host, snap, infos):
+    """{disk index: DiskInfo} of the disks of ``infos`` ({index:
+    DiskInfo}) on an LVM SR, each as the VDI snapshot ``snap`` took of
+    it holds it: what a sync (:meth:`_Run._read_from`) and a verify
+    after it read."""
+    lvm = [(i, info) for i, info in sorted(infos.items(),
+                                           key=lambda x: x[0])
+           if on_lvm(info)]
+    if not lvm:
+        return {}
+    vdis = snapshot_vdis(host, snap, [info.vdi_uuid for _, info in lvm])
+    return dict((i, info.of_vdi(vdis[info.vdi_uuid])) for i, info in lvm)
 
 
 def snapshot_vdis(host, snap, vdis):

@@ -307,25 +307,20 @@ def _from_last_snapshot(name, m, host, infos):
     _Run._read_from`): the same layers, and none of the running VM's LVs
     held open for the whole read.  ``infos`` ({index: DiskInfo}) is
     changed in place."""
-    lvm = dict((i, info) for i, info in infos.items()
-               if getattr(info, 'storage', 'file') == 'lvm')
-    taken = [s for s in m['snapshots'] if not s.get('removed_at')]
-    if not lvm:
+    if not any(engine.on_lvm(info) for info in infos.values()):
         return
+    taken = [s for s in m['snapshots'] if not s.get('removed_at')]
     if not taken:
         raise engine.MigrationError(name=name, reason='no snapshot of the '
                                     'last sync is recorded: sync first')
     snap = max(taken, key=lambda s: s['created_at'] or 0)['snapshot_id']
     try:
-        vdis = engine.snapshot_vdis(host, snap, [info.vdi_uuid for _, info
-                                                 in sorted(lvm.items())])
+        infos.update(engine.snapshot_infos(host, snap, infos))
     except exception.Any2KvmError as e:
         raise engine.MigrationError(
             name=name, reason='the last sync\'s snapshot %s, whose disks '
             'on an LVM SR are compared, cannot be read (%s): sync first'
             % (snap, engine._one_line(e)))
-    for i, info in lvm.items():
-        infos[i] = info.of_vdi(vdis[info.vdi_uuid])
 
 
 def _verify_disk(name, disk, opened, path, exact, after_cutover, progress):

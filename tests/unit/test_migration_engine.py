@@ -1068,7 +1068,7 @@ def test_a_sync_reads_an_lvm_disk_from_its_snapshot_a_cutover_from_the_vm(
     on_lvm2 = on_lvm.of_vdi('v3')
     run = engine._Run.__new__(engine._Run)
     run.infos = {0: on_lvm, 1: on_file, 2: on_lvm2}
-    run.host, run.snap, run.snap_vdis = object(), 'snap-1', None
+    run.host, run.snap, run.snap_infos = object(), 'snap-1', None
     asked = []
 
     def snapshot_vdis(host, snap, vdis):

@@ -191,9 +191,9 @@ class LvmContainer(remote.RemoteDirectoryContainer):
         doubled, as SM's ``extractUuid`` reads it); None for another
         name.  Only that LV is ever opened as the parent (SM finds
         parents by name too: ``vhd-util scan``).  A raw LV (``LV-<uuid>``:
-        SM snapshots a raw VDI with a VHD child on its raw LV) is
-        refused by name (a legacy raw VDI snapshotted with a VHD child on its
-        raw LV; SM refuses to snapshot a VDI it marks ``type=raw``)."""
+        a legacy raw VDI snapshotted with a VHD child on its raw LV; SM
+        refuses to snapshot a VDI it marks ``type=raw``) is refused by
+        name."""
         base = posixpath.basename(hint or '')
         if base.startswith(VG_PREFIX.replace('-', '--')) or \
                 base.startswith(VG_PREFIX):
