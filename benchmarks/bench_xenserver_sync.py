@@ -33,7 +33,8 @@ FATtools, not timed).  Then:
    those VHD files (target <= 1.02); then (``--idle-syncs N``, default
    3) N more syncs with nothing written between them: a sync's fixed
    cost, whatever the data (the CLI's start and exit, the login, the
-   snapshot beside the discovery, a near-empty layer), the median (info);
+   snapshot beside the discovery; with nothing written, SM's snapshot
+   makes no new layer), the median (info);
 3. the guest writes a 32 MiB delta, then ``migration cutover`` (timed).
    "Cutover seconds" is the downtime the cutover measures and records
    (from the shutdown request to the targets complete and ready: what
@@ -510,9 +511,10 @@ def run_steps(bench, args, a2k, common, env, loc, out, root, vdi, model,
 
 def idle_syncs(bench, args, a2k, common, env):
     """--idle-syncs N: N more syncs with nothing written between them
-    (each applies the near-empty layer its snapshot left): what a sync
-    costs whatever the data (the CLI's start and exit, the login, the
-    snapshot and discovery, the layer's metadata), the median of N."""
+    (the leaf holds no block, so SM's snapshot makes no new base and there
+    is no layer to apply): what a sync costs whatever the data (the CLI's
+    start and exit, the login, the snapshot and discovery), the median of
+    N."""
     runs = []
     for _i in range(args.idle_syncs):
         t, text = bench.run(a2k + ['sync', 'vm', '--no-inspect'] + common,

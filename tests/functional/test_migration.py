@@ -444,6 +444,9 @@ def test_snapshot_deleted_between_syncs_is_detected_and_rewritten(bed):
     w0, w1 = writers(root, facts, m)
     mig('sync', 'web', '--no-progress', common=common)
     w0.write(6 * MiB, ig.pattern(71, 8192))
+    # both disks written: each snapshot makes a base to coalesce (SM makes
+    # none over a leaf that holds no block)
+    w1.write(512, ig.pattern(74, 512))
     mig('sync', 'web', '--no-progress', common=common)
     last = show(common)['snapshots'][-1]['snapshot_id']
     xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=%s' % last, 'force=true')
@@ -1176,11 +1179,11 @@ def test_sync_with_reader_processes_killed_again_cutover(sshd_factory,
     assert code != 0, stdout
     assert 'killed by signal 9' in stderr, stderr
     assert 'Traceback' not in stderr, stderr
-    # The next sync applies it again (and the snapshot the killed one
-    # took), each layer over two processes.
+    # The next sync applies it again, each layer over two processes (its
+    # own snapshot found the leaves empty, so SM made no new layer).
     r = mig('sync', 'web', '--debug', common=common)
-    assert '4 layer(s) applied' in r.stdout, r.stdout
-    assert r.stderr.count('2 reader processes started') == 4, r.stderr
+    assert '2 layer(s) applied' in r.stdout, r.stdout
+    assert r.stderr.count('2 reader processes started') == 2, r.stderr
     # Only what the layer files hold crossed the wire, counted once.
     wire, files = (int(x) for x in re.search(
         r'(\d+) bytes read over the wire for (\d+) bytes of layer files',
@@ -1479,6 +1482,60 @@ def test_a_vm_on_an_lvm_sr_end_to_end(bed):
     mig('rollback', 'db', common=common)
     assert st.load(str(root))['vm'][vm]['power-state'] == 'running'
     assert not _dom0_vbds(root)
+
+
+def test_an_lvm_vm_shut_down_while_a_sync_reads(bed):
+    """The VM on an LVM SR is shut down (hard, from the host) while a sync
+    reads its layers: SM deactivates the VM's LVs, and none is held open
+    by the sync (it reads its snapshot's VDI, attached to dom0, whose LVs
+    SM keeps active); the sync ends and the targets come out right.
+    The shutdown is made from the host's ``blockdev`` when the sync flushes
+    its second LV: the first is open by then."""
+    root, facts, out, _loc, common = bed
+    vm = facts['lvm']
+    loc = _loc.rsplit('/', 1)[0] + '/on-lvm'
+    mig('create', 'db', loc, '--output-dir', out, common=common)
+    m = show(common, 'db')
+    w, = writers(root, facts, m)
+    w.write(3 * MiB + 512, ig.pattern(75, 3 * 4096))
+    bin_dir = Path(str(root)).parent / 'bin'
+    real = bin_dir / 'blockdev.real'
+    trigger = bin_dir / 'shutdown-at-second-flush'
+    os.rename(str(bin_dir / 'blockdev'), str(real))
+    script = bin_dir / 'blockdev'
+    script.write_text(
+        '#!/bin/sh\n'
+        '"%(real)s" "$@"; rc=$?\n'
+        'if [ -e "%(t)s" ]; then\n'
+        '  if [ -s "%(t)s" ]; then\n'
+        '    rm -f "%(t)s"\n'
+        '    "%(xe)s" vm-shutdown uuid=%(vm)s --force >/dev/null || exit 9\n'
+        '  else echo 1 > "%(t)s"; fi\n'
+        'fi\n'
+        'exit $rc\n' % {'real': real, 't': trigger,
+                        'xe': bin_dir / 'xe', 'vm': vm})
+    script.chmod(0o755)
+    trigger.write_text('')
+    Path(root, 'blockdev.log').write_text('')
+    mig('sync', 'db', common=common)
+    assert not trigger.exists()     # the shutdown was made, mid-sync
+    s = st.load(str(root))
+    assert s['vm'][vm]['power-state'] == 'halted'
+    flushed = [x.split()[-1].rsplit('/', 1)[-1] for x in
+               Path(root, 'blockdev.log').read_text().split('\n') if x]
+    assert len(flushed) >= 2, flushed
+    # SM found none of the VM's LVs held open when it deactivated them
+    assert not s['host'].get('lv-in-use-at-deactivation'), s['host']
+    assert not _dom0_vbds(root)
+    assert _lv_nodes(root, facts['sr']['lvm']) == []
+    r = mig('verify', 'db', '--format', 'json', common=common)
+    assert [t['identical'] for t in json.loads(r.stdout)['targets']] == [
+        True]
+    mig('cutover', 'db', '--timeout', '60', common=common)
+    m = show(common, 'db')
+    assert m['status'] == 'done'
+    check(m, facts)
+    assert not st.load(str(root))['host'].get('lv-in-use-at-deactivation')
 
 
 # -- through a jump host ------------------------------------------------------

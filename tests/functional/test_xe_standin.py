@@ -279,6 +279,73 @@ def test_snapshot_file_layout(host):
                      'param-name=uuid').returncode == 1
 
 
+@pytest.mark.parametrize('kind', ['ext', 'lvm'])
+def test_snapshot_of_an_empty_leaf_makes_no_base(host, kind):
+    """``vhd-util snapshot`` (blktap ``vhd_util_find_snapshot_target``)
+    links the new children to the leaf's first ancestor holding a block;
+    FileSR (``delete newsrc if unused``) and LVHD (``_finishSnapshot``)
+    remove the unused base, and no base copy VDI is introduced.  A
+    running VM that wrote nothing between two snapshots shows it."""
+    root, f = host
+    vm = f['twin-a'] if kind == 'ext' else f['lvm']     # one disk each
+    vdi = disk_vdis(root, vm)[0]
+    if kind == 'ext':
+        store = os.path.join(root, 'run', 'sr-mount', f['sr']['ext'])
+
+        def path(u):
+            return os.path.join(store, u + '.vhd')
+    else:
+        store = _store(root, f['sr']['lvm'])
+
+        def path(u):
+            return os.path.join(store, 'VHD-' + u)
+    g = xh.GuestWriter(root, vdi, f['models'][vdi])
+    g.write(4096, ig.pattern(8, 8192))
+    s1 = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
+                  'new-name-label=one').strip()
+    node = xh.xe_ok(root, 'vdi-param-get', 'uuid=' + vdi,
+                    'param-name=sm-config', 'param-key=vhd-parent').strip()
+    empty_leaf = srlib.meta(path(vdi))
+    assert empty_leaf['parent_uuid'] == srlib.meta(path(node))['uuid']
+    files = set(os.listdir(store))
+    vdis = set(xh.xe_ok(root, 'vdi-list', '--minimal').strip().split(','))
+    # nothing written: the second snapshot finds the leaf empty
+    s2 = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
+                  'new-name-label=two').strip()
+    snap2 = disk_vdis(root, s2)[0]
+    assert xh.xe_ok(root, 'vdi-param-get', 'uuid=' + vdi,
+                    'param-name=sm-config',
+                    'param-key=vhd-parent').strip() == node
+    assert xh.xe_ok(root, 'vdi-param-get', 'uuid=' + snap2,
+                    'param-name=sm-config',
+                    'param-key=vhd-parent').strip() == node
+    leaf, sn = srlib.meta(path(vdi)), srlib.meta(path(snap2))
+    n = srlib.meta(path(node))
+    assert leaf['parent_uuid'] == sn['parent_uuid'] == n['uuid']
+    assert leaf['uuid'] != empty_leaf['uuid']
+    # only the snapshot's disk is new: no base file or LV, no base copy
+    assert set(os.listdir(store)) == files | {os.path.basename(path(snap2))}
+    assert set(xh.xe_ok(root, 'vdi-list', '--minimal').strip().split(
+        ',')) == vdis | {snap2}
+    # the first snapshot still reads as the disk was, and so do the VM
+    # and the second snapshot
+    assert srlib.read(path(snap2), 0, len(g.model.data)) == \
+        bytes(g.model.data)
+    assert g.read_back() == bytes(g.model.data)
+    # a write, then a third snapshot: a base again (the leaf holds a block)
+    g.write(0, ig.pattern(9, 512))
+    xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm, 'new-name-label=three')
+    node3 = xh.xe_ok(root, 'vdi-param-get', 'uuid=' + vdi,
+                     'param-name=sm-config', 'param-key=vhd-parent').strip()
+    assert node3 != node
+    assert xh.xe_ok(root, 'vdi-param-get', 'uuid=' + node3,
+                    'param-name=name-label').strip() == 'base copy'
+    assert srlib.meta(path(node3))['parent_uuid'] == n['uuid']
+    assert g.read_back() == bytes(g.model.data)
+    for snap in (s1, s2):
+        xh.xe_ok(root, 'snapshot-uninstall', 'uuid=' + snap, 'force=true')
+
+
 def test_vm_uninstall_does_not_select_snapshots(host):
     root, f = host
     snap = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + f['quotes'],
@@ -440,7 +507,14 @@ def test_concurrent_invocations_do_not_corrupt_state(host):
                      '--minimal').strip().split(',')
     assert sorted(snaps) == sorted(o.strip() for o, _e in outs)
     vdi = disk_vdis(root, f['quotes'])[0]
-    assert len(srlib.chain(xh.vdi_path(root, vdi))) == 7
+    # the first snapshot made a base; the other five found the leaf empty
+    # and linked their disks to that base (no new level each)
+    leaf = xh.vdi_path(root, vdi)
+    assert len(srlib.chain(leaf)) == 2
+    base = srlib.meta(leaf)['parent_uuid']
+    for snap in snaps:
+        assert srlib.meta(xh.vdi_path(root, disk_vdis(root, snap)[0]))[
+            'parent_uuid'] == base
     st.load(root)       # still valid JSON
 
 

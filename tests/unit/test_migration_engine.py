@@ -105,6 +105,9 @@ def test_chain_coalesced_behind_our_back(bed):
     w0, w1 = _writers(root, facts, m)
     engine.sync(store, 'web', **_kw(root))
     w0.write(6 * MiB, ig.pattern(9, 8192))
+    # both disks written: each snapshot makes a base (SM makes none over a
+    # leaf that holds no block)
+    w1.write(512, ig.pattern(11, 512))
     engine.sync(store, 'web', **_kw(root))
     # Someone deletes our newest snapshot: its node (applied by sync 2)
     # has the leaf as only child, and SM's GC coalesces them.

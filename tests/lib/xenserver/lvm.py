@@ -318,7 +318,11 @@ def snapshot(root, state, sr_uuid, vdi_uuid, snap_uuid, node_uuid,
     becomes the hidden, read-only, deflated base ``VHD-<node>``; new
     empty children ``VHD-<vdi>`` (the VDI's leaf: inflated when
     ``inflated``) and ``VHD-<snap>`` (deflated), their parent named by
-    its LV name.  Returns (node meta, leaf meta, snapshot meta)."""
+    its LV name.  When the leaf held no block, ``vhd-util snapshot``
+    links both children to its first ancestor that holds one
+    (``srlib.snapshot_target``) and ``_finishSnapshot`` removes the unused
+    base LV.  Returns (node meta, or None when no base was kept; leaf
+    meta; snapshot meta)."""
     d = store_dir(root, sr_uuid)
     src = os.path.join(d, lv_name(vdi_uuid))
     node = os.path.join(d, lv_name(node_uuid))
@@ -328,11 +332,15 @@ def snapshot(root, state, sr_uuid, vdi_uuid, snap_uuid, node_uuid,
     state['lv'].pop('%s/%s' % (vg_name(sr_uuid), lv_name(vdi_uuid)))
     lv_attrs(state, sr_uuid, lv_name(node_uuid)).update(old)
     fit(node, False)
+    target = srlib.snapshot_target(node)
     for path, big in ((src, inflated), (snap, False)):
         tmp = path + '.new'
-        srlib.create_child(tmp, node)
+        srlib.create_child(tmp, target)
         fit(tmp, big)
         os.rename(tmp, path)
+    if target != node:
+        remove(root, state, sr_uuid, lv_name(node_uuid))
+        return None, srlib.meta(src), srlib.meta(snap)
     srlib.set_hidden(node, True)
     lv_attrs(state, sr_uuid, lv_name(node_uuid))['readonly'] = True
     return srlib.meta(node), srlib.meta(src), srlib.meta(snap)

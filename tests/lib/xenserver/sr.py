@@ -316,20 +316,74 @@ def create_child(path, parent_path):
     return meta(path)['uuid']
 
 
-def snapshot(sr_dir, vdi_uuid, snap_vdi_uuid, node_uuid):
-    """FileSR's double snapshot of ``<vdi_uuid>.vhd``.
+#: sm's vhdutil.MAX_CHAIN_SIZE: the deepest chain SM snapshots.
+MAX_CHAIN_SIZE = 30
 
-    Returns (node meta, leaf meta, snapshot meta)."""
+
+def bat_empty(path):
+    """True when ``path`` is a differencing VHD with no block allocated:
+    vhd-util's empty check (``vhd_util_find_snapshot_target``)."""
+    if meta(path)['disk_type'] != 4:
+        return False
+    with open(str(path), 'rb') as f:
+        _size, _footer, _data_offset, hd = read_tail(f)
+        table = struct.unpack_from('>Q', hd, 0x10)[0]
+        entries = struct.unpack_from('>I', hd, 0x1C)[0]
+        f.seek(table)
+        bat = f.read(4 * entries)
+    return bat == b'\xff' * (4 * entries)
+
+
+def snapshot_target(path):
+    """The VHD a snapshot of ``path`` links its new children to, as
+    ``vhd-util snapshot`` finds it without ``-e`` (blktap
+    vhd-util-snapshot.c ``vhd_util_find_snapshot_target``; SM's FileSR
+    and LVHD both snapshot with that check on): ``path`` itself, or,
+    while it is a differencing VHD with no block allocated, its parent
+    (through the parent locator: a name in the same directory)."""
+    path = os.path.abspath(str(path))
+    for _depth in range(MAX_CHAIN_SIZE + 1):
+        if not bat_empty(path):
+            return path
+        path = os.path.join(os.path.dirname(path), meta(path)['parent_name'])
+    raise ValueError('chain of %s deeper than %d' % (path, MAX_CHAIN_SIZE))
+
+
+def snapshot(sr_dir, vdi_uuid, snap_vdi_uuid, node_uuid):
+    """FileSR's double snapshot of ``<vdi_uuid>.vhd`` (FileVDI._snapshot):
+    the leaf is renamed to the base ``<node_uuid>.vhd``, and the VDI's new
+    leaf and the snapshot are made as its children.  When the leaf held no
+    block, ``td-util snapshot`` links both children to its first ancestor
+    that holds one (:func:`snapshot_target`) and FileSR deletes the unused
+    base (no "base copy" VDI is introduced).
+
+    Returns (node meta, or None when no base was kept; leaf meta;
+    snapshot meta)."""
     src = os.path.join(sr_dir, vdi_uuid + '.vhd')
     node = os.path.join(sr_dir, node_uuid + '.vhd')
     snap = os.path.join(sr_dir, snap_vdi_uuid + '.vhd')
     os.rename(src, node)
+    target = snapshot_target(node)
     tmp = src + '.new'
-    create_child(tmp, node)
+    create_child(tmp, target)
     os.rename(tmp, src)
-    create_child(snap, node)
+    create_child(snap, target)
+    if target != node:
+        os.unlink(node)
+        return None, meta(src), meta(snap)
     set_hidden(node, True)
     return meta(node), meta(src), meta(snap)
+
+
+def vdi_of_name(name):
+    """The VDI uuid a parent name of the SR names: ``<uuid>.vhd`` (file
+    SRs) or the LV name ``VHD-<uuid>`` (LVM SRs)."""
+    name = os.path.basename(name)
+    if name.endswith('.vhd'):
+        return name[:-len('.vhd')]
+    if name.startswith('VHD-'):
+        return name[len('VHD-'):]
+    return name
 
 
 def read(path, offset, length):
