@@ -91,17 +91,19 @@ def _is_config_error(e):
 
 
 def open_location(location, limits, source_name=None, session=None,
-                  args=None):
+                  args=None, whole=False):
     """An opened :class:`~any2kvm_os.vm.Vm` of ``location``: with the
     named source plugin, the one its URL scheme names
     (``xenserver://...``), or a local file detected by content.  ``args``:
-    the parsed command line, for the sources' own options (SSH)."""
+    the parsed command line, for the sources' own options (SSH);
+    ``whole``: the disks are to be read whole (``convert``, ``import``),
+    so a VM that runs is read from a snapshot (see the source)."""
     from any2kvm_os.sources import base as sources
     if args is not None:
         from any2kvm_os.containers.ova import signature
         signature.apply_arguments(args, limits)
     return sources.open_location(location, limits, source_name,
-                                 session=session, args=args)
+                                 session=session, args=args, whole=whole)
 
 
 def describe(vm, location=None):
@@ -223,7 +225,7 @@ def import_vm(location, target, name, limits, source_name=None,
     cls = targets.get_class(target)
     _check_fix(args, cls)
     vm = open_location(location, limits, source_name, session=session,
-                       args=args)
+                       args=args, whole=True)
     try:
         plugin = cls(session=session, **(target_options or {}))
         flag = getattr(args, 'inspect', None) if args is not None else None

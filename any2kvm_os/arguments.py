@@ -75,6 +75,7 @@ def add_import_arguments(parser, source_choices=None, target_choices=None,
                         help='wait until the image or volume is usable (a '
                              'Glance upload is always waited for)')
     add_fix_snapshot_argument(add_inspect_arguments(parser, fix=True))
+    add_read_in_place_argument(parser)
     ssh_options.add_arguments(parser)
     from any2kvm_os.containers.ova import signature
     signature.add_arguments(parser)
@@ -222,6 +223,18 @@ def add_migration_arguments(parser, action, with_format=True,
     if with_format and action in ('show', 'list', 'cutover', 'verify'):
         parser.add_argument('--format', choices=('text', 'json'),
                             default='text')
+
+
+def add_read_in_place_argument(parser):
+    """``--read-in-place``: a running VM's disks (``xenserver://``) read
+    as they change, not from a snapshot the command takes (see
+    :meth:`any2kvm_os.sources.xenserver.plugin.XenServerSource.open`)."""
+    parser.add_argument(
+        '--read-in-place', action='store_true',
+        help='a running XenServer VM: read its disks in place, as they '
+             'change (consistent only if the guest writes nothing '
+             'meanwhile), not from a snapshot this command takes and '
+             'removes (crash-consistent; the default)')
 
 
 def add_fix_snapshot_argument(group):

@@ -11,10 +11,13 @@
 # under the License.
 
 """Whether a process of this conversion host is still there: what the
-state database's leases (a holder on this host) and the dom0 VBDs a
-reader left behind (``sources.xenserver.lvm``) are judged by."""
+state database's leases (a holder on this host), and what a process
+leaves on a hypervisor host tagged with :func:`tag` (the dom0 VBDs of
+``sources.xenserver.lvm``, the snapshots a whole read takes:
+``sources.xenserver.snapshots``), are judged by."""
 
 import os
+import socket
 
 BOOT_ID = '/proc/sys/kernel/random/boot_id'
 #: Where this host's machine id is (systemd's, or D-Bus's older place).
@@ -105,3 +108,21 @@ def gone(mark_text):
         now = start_time(int(pid))
         return now is not None and now != int(start)
     return False
+
+
+def tag():
+    """``<conversion host>:<pid>:<boot id>:<start time>:<machine id>``:
+    this process, as what it leaves on a hypervisor host is tagged, so
+    that what a killed run left is told from a live run's
+    (:func:`tag_gone`)."""
+    return '%s:%s' % (socket.gethostname(), mark())
+
+
+def tag_gone(text):
+    """Whether ``text`` (a :func:`tag`) names a process of this
+    conversion host that is gone (:func:`gone`: its pid is not there, the
+    host booted since, or the pid is another process's now); one of
+    another host, or of a live process, is not ours to judge.  Tags of
+    the earlier form (``<host>:<pid>``) are judged by the pid alone."""
+    host, _, rest = (text or '').partition(':')
+    return host == socket.gethostname() and gone(rest)

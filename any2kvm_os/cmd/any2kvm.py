@@ -100,7 +100,10 @@ def _convert(args, limits):
     if incremental_opts and not args.onto:
         raise exception.Any2KvmError('--finish, --start-at, --stop-at and '
                                      '--state-dir go with --onto')
-    vm = api.open_location(args.source, limits, args=args)
+    # Whole: a running VM is read from a snapshot; an incremental apply
+    # reads the layers below its leaf, which only a snapshot changes.
+    vm = api.open_location(args.source, limits, args=args,
+                           whole=not args.onto)
     try:
         if args.onto:
             return _apply(args, vm)
@@ -308,6 +311,7 @@ def build_parser(argv=()):
     arguments.add_inspect_arguments(p, fix=True)
     p.add_argument('--format', choices=('text', 'json'), default='text',
                    help='of the inspection report')
+    arguments.add_read_in_place_argument(p)
     ssh_options.add_arguments(p)
     ova_signature.add_arguments(p)
     p.set_defaults(func=_convert)

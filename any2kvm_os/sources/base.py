@@ -46,12 +46,17 @@ class Source(object, metaclass=abc.ABCMeta):
     #: ``xenserver://...``): such a location needs no ``--source``.
     schemes = ()
 
-    def __init__(self, limits, session=None, args=None):
+    def __init__(self, limits, session=None, args=None, whole=False):
         self.limits = limits
         #: A keystoneauth1 session, for sources that live in the cloud.
         self.session = session
         #: The parsed command line (SSH options of hypervisor sources).
         self.args = args
+        #: Whether the disks are to be read whole (``convert``,
+        #: ``import``), not only described (``info``): a source of a VM
+        #: that runs then reads them as they were at one moment (a
+        #: snapshot), not as they change.
+        self.whole = whole
 
     @abc.abstractmethod
     def open(self, location):
@@ -121,9 +126,10 @@ def by_scheme(location):
 
 
 def open_location(location, limits, source_name=None, session=None,
-                  args=None):
+                  args=None, whole=False):
     """Open ``location`` with the named source, the one its URL scheme
-    names, or detect a local file by content."""
+    names, or detect a local file by content; ``whole``: its disks are
+    to be read whole (:attr:`Source.whole`)."""
     if source_name is None:
         source_name = by_scheme(location)
     if source_name is None:
@@ -134,4 +140,5 @@ def open_location(location, limits, source_name=None, session=None,
         raise exception.Any2KvmError(
             'unknown source %r (known: %s)' % (
                 source_name, ', '.join(sorted(plugins()))))
-    return cls(limits, session=session, args=args).open(location)
+    return cls(limits, session=session, args=args,
+               whole=whole).open(location)

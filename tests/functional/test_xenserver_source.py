@@ -20,6 +20,7 @@ The bytes are checked against the stand-in's model of each disk.
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -238,3 +239,116 @@ def test_disks_on_srs_not_attached_here_are_refused(sshd_factory, tmp_path):
         line = res.stderr.strip()
         assert '\n' not in line and 'Traceback' not in res.stderr, line
         assert words in line, line
+
+
+# -- a whole read of a running VM: a snapshot ---------------------------------
+
+def _disk_vdis(root, vm):
+    s = st.load(str(root))
+    return [v['vdi'] for v in sorted(
+        (b for b in s['vbd'].values()
+         if b['vm'] == vm and b.get('type') == 'Disk'),
+        key=lambda b: int(b['userdevice']))]
+
+
+def _snapshots_of(root, vm):
+    return sorted(u for u, v in st.load(str(root))['vm'].items()
+                  if v.get('snapshot-of') == vm)
+
+
+def _dom0_vbds(root):
+    s = st.load(str(root))
+    dom0 = s['hosts'][s['host']['uuid']]['control-domain']
+    return [u for u, v in s['vbd'].items() if v['vm'] == dom0]
+
+
+def test_convert_of_a_running_vm_reads_a_snapshot(sshd_factory, tmp_path):
+    """``convert`` of a running VM (a file SR, an LVM SR) reads the disks
+    as a snapshot it takes holds them: what the guest writes after the
+    snapshot, while the disks are read, is not in the copy, which is
+    the disks at one moment; the snapshot and its disks are removed after
+    the read (on an LVM SR its VDI was attached to dom0 to be read, then
+    detached).  One a killed read of this conversion host left is removed
+    first; another host's is not.  ``--read-in-place`` takes none."""
+    import copy
+    import socket
+    import subprocess
+    from tests.lib import imagegen as ig
+    root, facts, bin_dir, conf = xbed.prepare(tmp_path / 'bed')
+    server = xbed.start_sshd(sshd_factory, root, bin_dir)
+    real = os.path.join(bin_dir, 'xe.real')
+    os.rename(os.path.join(bin_dir, 'xe'), real)
+    held, go = tmp_path / 'snapshotted', tmp_path / 'go'
+    wrapper = os.path.join(bin_dir, 'xe')
+    with open(wrapper, 'w') as f:
+        # After the snapshot, xe answers once the test has written.
+        f.write('#!/bin/sh\n'
+                'if [ "$1" = vm-snapshot ] && [ ! -e "%(go)s" ]; then\n'
+                '  "%(real)s" "$@"; rc=$?; touch "%(held)s"; n=0\n'
+                '  while [ ! -e "%(go)s" ] && [ $n -lt 600 ]; do\n'
+                '    sleep 0.1; n=$((n+1)); done\n'
+                '  exit $rc\n'
+                'fi\n'
+                'exec "%(real)s" "$@"\n' % {'go': go, 'real': real,
+                                            'held': held})
+    os.chmod(wrapper, 0o755)
+    me = socket.gethostname()
+    for name, vm in (('two-disks', facts['two-disks']),
+                     ('on-lvm', facts['lvm'])):
+        # Left by a killed read of this host (a pid that is gone), and a
+        # live one of another conversion host.
+        for tag in ('%s:%d' % (me, 4194303), 'elsewhere:1:b:2:m'):
+            go.write_text('')
+            xhost.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
+                        'new-name-label=any2kvm read (%s)' % tag)
+            go.unlink()
+        other = [u for u in _snapshots_of(root, vm)
+                 if 'elsewhere' in st.load(str(root))['vm'][u]['name-label']]
+        vdis = _disk_vdis(root, vm)
+        then = [facts['models'][v].sha256() for v in vdis]
+        out = tmp_path / name
+        out.mkdir()
+        proc = subprocess.Popen(
+            cli.cli_command() + ['convert', location(server, name),
+                                 str(out if len(vdis) > 1
+                                     else out / 'disk.raw')] +
+            [str(a) for a in ssh_args(server, conf)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for _i in range(1200):
+                if held.exists() or proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            assert held.exists(), proc.communicate()
+            # The guest writes while the disks are read.
+            for v in vdis:
+                xhost.GuestWriter(root, v, copy.deepcopy(
+                    facts['models'][v])).write(0, ig.pattern(99, 8192))
+            go.write_text('')
+            stdout, stderr = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, (stdout, stderr)
+        assert 'was stopped' in stderr and 'read from snapshot' in stderr, \
+            stderr
+        files = sorted(out.iterdir())
+        assert len(files) == len(vdis), files
+        for path, digest in zip(sorted(files, key=lambda p: (
+                len(p.name), p.name)), then):
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        assert _snapshots_of(root, vm) == other
+        assert not _dom0_vbds(root)
+        held.unlink()
+        go.unlink()
+        xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=' + other[0],
+                    'force=true')
+    # In place: no snapshot, a warning that says so.
+    res = cli.run_any2kvm('convert', location(server, 'on-lvm'),
+                          tmp_path / 'in-place.raw', '--read-in-place',
+                          *ssh_args(server, conf))
+    assert res.returncode == 0, cli.describe(res)
+    assert not held.exists()
+    assert '--read-in-place' in res.stderr, res.stderr
+    assert _snapshots_of(root, facts['lvm']) == []

@@ -189,7 +189,7 @@ def test_stale_attachments_of_dead_processes_of_this_host_are_removed():
                _vbd('00000000-0000-4000-8000-000000000003', 'true',
                     '%s:%d' % (me, os.getpid())) +
                _vbd('00000000-0000-4000-8000-000000000007', 'true',
-                    lvm.reader_tag()) +
+                    processes.tag()) +
                # another conversion host's: not ours to judge
                _vbd('00000000-0000-4000-8000-000000000004', 'true',
                     'elsewhere:%d' % dead) +
@@ -291,24 +291,23 @@ def test_a_tag_names_its_process_across_pid_reuse_and_reboots():
     assert boot and start is not None
     # (a container may have no machine id: the tag then ends empty)
     machine = processes.machine_id() or ''
-    assert lvm.reader_tag() == '%s:%d:%s:%d:%s' % (me, pid, boot, start,
-                                                   machine)
-    assert not lvm._stale(lvm.reader_tag())
+    gone = processes.tag_gone
+    assert processes.tag() == '%s:%d:%s:%d:%s' % (me, pid, boot, start,
+                                                  machine)
+    assert not gone(processes.tag())
     # The same pid, started at another time: another process now.
-    assert lvm._stale('%s:%d:%s:%d:%s' % (me, pid, boot, start + 1,
-                                          machine))
+    assert gone('%s:%d:%s:%d:%s' % (me, pid, boot, start + 1, machine))
     # Another boot: every process of that one has ended.
     other_boot = '00000000-0000-4000-8000-000000000000'
-    assert lvm._stale('%s:%d:%s:%d:%s' % (me, pid, other_boot, start,
-                                          machine))
+    assert gone('%s:%d:%s:%d:%s' % (me, pid, other_boot, start, machine))
     # Another machine given this host name (a clone): not ours to judge,
     # whatever its boot or pid say.
-    assert not lvm._stale('%s:%d:%s:%d:%s' % (me, 2 ** 22 + 7, other_boot,
-                                              start, '0' * 32))
+    assert not gone('%s:%d:%s:%d:%s' % (me, 2 ** 22 + 7, other_boot, start,
+                                        '0' * 32))
     # Another host's, or not a tag: never ours to judge.
-    assert not lvm._stale('elsewhere:%d:%s:%d' % (pid, boot, start + 1))
+    assert not gone('elsewhere:%d:%s:%d' % (pid, boot, start + 1))
     for odd in ('', me, '%s:' % me, '%s:x:y' % me, None):
-        assert not lvm._stale(odd)
+        assert not processes.tag_gone(odd)
     # Another live process's start time is read; a gone one's is None.
     child = subprocess.Popen([sys.executable, '-c',
                               'import sys; sys.stdin.read()'],

@@ -52,7 +52,8 @@ control domain of the host connected to, the way SM allows it (``xe
 vbd-create`` for dom0, ``vbd-plug``: SM's refcounts keep the chain
 active), for as long as the chain is open; then ``vbd-unplug`` and
 ``vbd-destroy``.  The VBD carries ``other-config:any2kvm-reader`` (the
-conversion host and the process: :func:`reader_tag`), so that one a
+conversion host and the process: :func:`any2kvm_os.processes.tag`), so
+that one a
 killed process left behind is
 known as ours and removed (:func:`release_stale`): it would keep the VM
 from starting again.
@@ -66,7 +67,6 @@ held open by us while SM may deactivate them.
 import logging
 import posixpath
 import re
-import socket
 import time
 
 from any2kvm_os.containers import remote
@@ -236,24 +236,6 @@ class LvmContainer(remote.RemoteDirectoryContainer):
         return view
 
 
-def reader_tag():
-    """``other-config:any2kvm-reader`` of the VBDs this process plugs:
-    ``<conversion host>:<pid>:<boot id>:<start time>:<machine id>``
-    (:func:`any2kvm_os.processes.mark`)."""
-    return '%s:%s' % (socket.gethostname(), processes.mark())
-
-
-def _stale(tag):
-    """Whether a VBD tagged ``tag`` was left by a process of this
-    conversion host that is gone (:func:`any2kvm_os.processes.gone`: its
-    pid is not there, the host booted since, or the pid is another
-    process's now); one of another host, or of a live process, is not
-    ours to remove.  The tags of earlier versions (``<host>:<pid>``) are
-    judged by the pid alone."""
-    host, _, mark = (tag or '').partition(':')
-    return host == socket.gethostname() and processes.gone(mark)
-
-
 class Attachment(object):
     """A VDI attached read-only to the host's control domain for as long
     as its chain is read (see the module)."""
@@ -273,7 +255,7 @@ class Attachment(object):
         try:
             self._run(xe.command('vbd-param-set', [
                 ('uuid', self.vbd),
-                ('other-config:%s' % READER_KEY, reader_tag())]))
+                ('other-config:%s' % READER_KEY, processes.tag())]))
             self._run(xe.command('vbd-plug', [('uuid', self.vbd)]))
         except BaseException:
             self.unplug(plugged=False)
@@ -411,7 +393,7 @@ def release_stale(conn, dom0, vdi_uuid, found=None, kept=None):
     for v in found:
         if v.vm != dom0 or not v.tag:
             continue
-        if not _stale(v.tag):
+        if not processes.tag_gone(v.tag):
             if kept is not None and v.attached:
                 kept.append(v)
             continue

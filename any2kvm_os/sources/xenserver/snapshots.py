@@ -29,6 +29,7 @@ import re
 import time
 
 from any2kvm_os import exception
+from any2kvm_os import processes
 from any2kvm_os.sources.xenserver import discovery
 from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import xe
@@ -87,6 +88,37 @@ def vdis_taken_of(run, run_many, snapshot_uuid, vdis, host='host'):
                                         else '%d VDIs each a' % len(both),
                                         vdi))
         out[vdi] = both[0]
+    return out
+
+
+#: The name-label of the snapshot a whole read of a running VM takes
+#: (:func:`take_for_read`): the tag names the process
+#: (:func:`any2kvm_os.processes.tag`).
+READ_LABEL = 'any2kvm read (%s)'
+_READ_LABEL = re.compile(r'any2kvm read \(([^()\s]+)\)\Z')
+
+
+def take_for_read(run, vm_uuid):
+    """Snapshot VM ``vm_uuid`` for a whole read (``convert``, ``import``
+    of a VM that runs): labelled :data:`READ_LABEL`, with no description
+    (xe sets one in a second call, which can fail after the snapshot is
+    made: the label alone is set with it).  Its uuid."""
+    return snapshot(run, vm_uuid, READ_LABEL % processes.tag())
+
+
+def left_read_snapshots(run, vm_uuid):
+    """The uuids of VM ``vm_uuid``'s snapshots that a whole read by a
+    process of this conversion host that is gone (killed) left: labelled
+    :data:`READ_LABEL` with its tag (:func:`any2kvm_os.processes.
+    tag_gone`).  Another host's, a live run's, and every other snapshot
+    are not ours to judge."""
+    fields = ('uuid', 'name-label')
+    argv = xe.list_command('snapshot', [('snapshot-of', vm_uuid)], fields)
+    out = []
+    for r in xe.parse_records(run(argv), argv, fields, required=fields):
+        found = _READ_LABEL.match(r['name-label'])
+        if found and processes.tag_gone(found.group(1)):
+            out.append(r['uuid'].lower())
     return out
 
 
