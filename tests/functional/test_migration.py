@@ -479,20 +479,15 @@ def _sync_killed_after_snapshot(root, facts, common, sig=signal.SIGKILL,
     before = set(_snapshots_on_host(root, vm))
     bin_dir = Path(str(root)).parent / 'bin'
     hang = bin_dir / 'hang-after-snapshot'
-    real = bin_dir / 'xe.real'
-    if not real.exists():
-        os.rename(str(bin_dir / 'xe'), str(real))
-        script = bin_dir / 'xe'
-        script.write_text(
-            '#!/bin/sh\n'
-            'if [ "$1" = vm-snapshot ] && [ -e "%(hang)s" ]; then\n'
-            '  "%(real)s" "$@"; rc=$?; n=0\n'
-            '  while [ -e "%(hang)s" ] && [ $n -lt 1200 ]; do\n'
-            '    sleep 0.1; n=$((n+1)); done\n'
-            '  exit $rc\n'
-            'fi\n'
-            'exec "%(real)s" "$@"\n' % {'hang': hang, 'real': real})
-        script.chmod(0o755)
+    xbed.wrap_command(
+        bin_dir, 'xe',
+        'if [ "$1" = vm-snapshot ] && [ -e "%(hang)s" ]; then\n'
+        '  "$REAL" "$@"; rc=$?; n=0\n'
+        '  while [ -e "%(hang)s" ] && [ $n -lt 1200 ]; do\n'
+        '    sleep 0.1; n=$((n+1)); done\n'
+        '  exit $rc\n'
+        'fi\n'
+        'exec "$REAL" "$@"\n' % {'hang': hang})
     hang.write_text('')
     proc = subprocess.Popen(_cmd(['sync', 'web'] + common),
                             stdout=subprocess.DEVNULL,
@@ -1499,22 +1494,17 @@ def test_an_lvm_vm_shut_down_while_a_sync_reads(bed):
     w, = writers(root, facts, m)
     w.write(3 * MiB + 512, ig.pattern(75, 3 * 4096))
     bin_dir = Path(str(root)).parent / 'bin'
-    real = bin_dir / 'blockdev.real'
     trigger = bin_dir / 'shutdown-at-second-flush'
-    os.rename(str(bin_dir / 'blockdev'), str(real))
-    script = bin_dir / 'blockdev'
-    script.write_text(
-        '#!/bin/sh\n'
-        '"%(real)s" "$@"; rc=$?\n'
+    xbed.wrap_command(
+        bin_dir, 'blockdev',
+        '"$REAL" "$@"; rc=$?\n'
         'if [ -e "%(t)s" ]; then\n'
         '  if [ -s "%(t)s" ]; then\n'
         '    rm -f "%(t)s"\n'
         '    "%(xe)s" vm-shutdown uuid=%(vm)s --force >/dev/null || exit 9\n'
         '  else echo 1 > "%(t)s"; fi\n'
         'fi\n'
-        'exit $rc\n' % {'real': real, 't': trigger,
-                        'xe': bin_dir / 'xe', 'vm': vm})
-    script.chmod(0o755)
+        'exit $rc\n' % {'t': trigger, 'xe': bin_dir / 'xe', 'vm': vm})
     trigger.write_text('')
     Path(root, 'blockdev.log').write_text('')
     mig('sync', 'db', common=common)

@@ -276,22 +276,17 @@ def test_convert_of_a_running_vm_reads_a_snapshot(sshd_factory, tmp_path):
     from tests.lib import imagegen as ig
     root, facts, bin_dir, conf = xbed.prepare(tmp_path / 'bed')
     server = xbed.start_sshd(sshd_factory, root, bin_dir)
-    real = os.path.join(bin_dir, 'xe.real')
-    os.rename(os.path.join(bin_dir, 'xe'), real)
     held, go = tmp_path / 'snapshotted', tmp_path / 'go'
-    wrapper = os.path.join(bin_dir, 'xe')
-    with open(wrapper, 'w') as f:
-        # After the snapshot, xe answers once the test has written.
-        f.write('#!/bin/sh\n'
-                'if [ "$1" = vm-snapshot ] && [ ! -e "%(go)s" ]; then\n'
-                '  "%(real)s" "$@"; rc=$?; touch "%(held)s"; n=0\n'
-                '  while [ ! -e "%(go)s" ] && [ $n -lt 600 ]; do\n'
-                '    sleep 0.1; n=$((n+1)); done\n'
-                '  exit $rc\n'
-                'fi\n'
-                'exec "%(real)s" "$@"\n' % {'go': go, 'real': real,
-                                            'held': held})
-    os.chmod(wrapper, 0o755)
+    # After the snapshot, xe answers once the test has written.
+    xbed.wrap_command(
+        bin_dir, 'xe',
+        'if [ "$1" = vm-snapshot ] && [ ! -e "%(go)s" ]; then\n'
+        '  "$REAL" "$@"; rc=$?; touch "%(held)s"; n=0\n'
+        '  while [ ! -e "%(go)s" ] && [ $n -lt 600 ]; do\n'
+        '    sleep 0.1; n=$((n+1)); done\n'
+        '  exit $rc\n'
+        'fi\n'
+        'exec "$REAL" "$@"\n' % {'go': go, 'held': held})
     me = socket.gethostname()
     for name, vm in (('two-disks', facts['two-disks']),
                      ('on-lvm', facts['lvm'])):

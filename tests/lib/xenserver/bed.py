@@ -23,6 +23,7 @@ or :class:`Bed` for all of it.
 """
 
 import os
+import shlex
 import sys
 import urllib.parse
 
@@ -83,6 +84,23 @@ def guest_host(guest_path, vm='xen-guest'):
         b.save()
         return b.root, facts
     return build
+
+
+def wrap_command(bin_dir, name, body):
+    """Put a shell script in front of the stand-in's command ``name`` of
+    ``bin_dir`` (``xe``, ``lvs``, ``blockdev``), for a test that makes the
+    host act at a given moment: ``body`` (sh) runs with ``$REAL`` the
+    real command, which it calls (``"$REAL" "$@"``).  Wrapping again
+    replaces the script; the real command stays."""
+    bin_dir = str(bin_dir)
+    real = os.path.join(bin_dir, name + '.real')
+    if not os.path.lexists(real):
+        os.rename(os.path.join(bin_dir, name), real)
+    path = os.path.join(bin_dir, name)
+    with open(path, 'w') as f:
+        f.write('#!/bin/sh\nREAL=%s\n%s' % (shlex.quote(real), body))
+    os.chmod(path, 0o755)
+    return real
 
 
 def start_sshd(sshd_factory, root, bin_dir):
