@@ -16,6 +16,7 @@ leaves on a hypervisor host tagged with :func:`tag` (the dom0 VBDs of
 ``sources.xenserver.lvm``, the snapshots a whole read takes:
 ``sources.xenserver.snapshots``), are judged by."""
 
+import hashlib
 import os
 import socket
 
@@ -48,6 +49,16 @@ def machine_id():
         if found:
             return found
     return None
+
+
+def machine_tag():
+    """What a :func:`mark` says of this host: a hash of its machine id
+    made for this tool (systemd asks that the machine id itself not be
+    shown: machine-id(5)); None when the machine id is unknown."""
+    found = machine_id()
+    if found is None:
+        return None
+    return hashlib.sha256(('any2kvm_os:' + found).encode()).hexdigest()[:32]
 
 
 def boot_id():
@@ -83,7 +94,7 @@ def mark(pid=None):
     (this one by default): what :func:`gone` judges later."""
     pid = os.getpid() if pid is None else pid
     return '%d:%s:%s:%s' % (pid, boot_id() or '', start_time(pid) or '',
-                            machine_id() or '')
+                            machine_tag() or '')
 
 
 def gone(mark_text):
@@ -98,7 +109,8 @@ def gone(mark_text):
         return False
     boot, _, rest = rest.partition(':')
     start, _, machine = rest.partition(':')
-    if machine and machine != machine_id():
+    # (marks of earlier versions hold the machine id itself)
+    if machine and machine not in (machine_tag(), machine_id()):
         return False
     if not pid_alive(int(pid)):
         return True

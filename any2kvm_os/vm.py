@@ -187,11 +187,19 @@ class Vm(object):
         self._closers.append(closer)
 
     def close(self):
-        for disk in self.disks:
-            disk.close()
+        """Close every disk, then call every closer (the last added
+        first), whatever fails: the first error is raised after all."""
+        first = None
         closers, self._closers = self._closers, []
-        for closer in reversed(closers):
-            closer()
+        steps = [d.close for d in self.disks] + list(reversed(closers))
+        for step in steps:
+            try:
+                step()
+            except BaseException as e:
+                if first is None:
+                    first = e
+        if first is not None:
+            raise first
 
     def __enter__(self):
         return self

@@ -26,7 +26,9 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 
 from any2kvm_os import api
 from any2kvm_os.containers.ova import signature as ova_signature
@@ -125,14 +127,16 @@ def _convert(args, limits):
         if summary:
             print(summary)
         outputs = api.convert_outputs(vm, args.output, args.disk)
-        paths = [path for _i, _d, path in outputs]
-        inspection = api.guarded_inspection(
-            args.inspect, paths[0], lambda: api.inspect_paths(
-                paths, limits, fix=args.fix, source_vm=vm.facts,
-                indexes=[i for i, _d, _p in outputs]),
-            fix=args.fix)
     finally:
+        # Before the inspection, which reads the outputs: the source's
+        # hold on the host (a running VM's snapshot) ends with the copy.
         vm.close()
+    paths = [path for _i, _d, path in outputs]
+    inspection = api.guarded_inspection(
+        args.inspect, paths[0], lambda: api.inspect_paths(
+            paths, limits, fix=args.fix, source_vm=vm.facts,
+            indexes=[i for i, _d, _p in outputs]),
+        fix=args.fix)
     if inspection is not None:
         if args.format == 'json':
             print(json.dumps(inspection, indent=2))
@@ -516,6 +520,25 @@ def console_main():
         gc.enable()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a service manager's stop): raised in
+    the main thread like a Ctrl-C, so that what a command leaves behind
+    when it is stopped is undone the same way (partial outputs removed,
+    the snapshot of a running VM it reads, its dom0 attachments)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+def _on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` (in the main thread only);
+    returns the handler it replaced, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminated)
+
+
 def main(argv=None, started=None):
     """Run the command of ``argv`` (default ``sys.argv[1:]``); returns
     the exit status.  ``started(command)``: called once the command's
@@ -525,6 +548,7 @@ def main(argv=None, started=None):
     args = parser.parse_args(argv)
     handler = None
     command = _command(argv)
+    previous = _on_sigterm()
     try:
         limits = _setup(args)
         if started is not None:
@@ -537,9 +561,12 @@ def main(argv=None, started=None):
         if handler is not None:
             handler.end_hold(True)
         return rc
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if handler is not None:
             handler.end_hold(True)
+        if isinstance(e, Terminated):
+            sys.stderr.write('%s: terminated\n' % PROG)
+            return 143
         sys.stderr.write('%s: interrupted\n' % PROG)
         return 130
     except Exception as e:
@@ -552,6 +579,8 @@ def main(argv=None, started=None):
         sys.stderr.write('%s: error: %s\n' % (PROG, msg))
         return 1
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if handler is not None and handler.held is not None:
             handler.end_hold(True)
 

@@ -46,17 +46,18 @@ class Source(object, metaclass=abc.ABCMeta):
     #: ``xenserver://...``): such a location needs no ``--source``.
     schemes = ()
 
-    def __init__(self, limits, session=None, args=None, whole=False):
+    #: Whether the disks are to be read whole (``convert``, ``import``),
+    #: not only described (``info``): a source of a VM that runs then
+    #: reads them as they were at one moment (a snapshot), not as they
+    #: change.  Set by :func:`open_location` before :meth:`open`.
+    whole = False
+
+    def __init__(self, limits, session=None, args=None):
         self.limits = limits
         #: A keystoneauth1 session, for sources that live in the cloud.
         self.session = session
         #: The parsed command line (SSH options of hypervisor sources).
         self.args = args
-        #: Whether the disks are to be read whole (``convert``,
-        #: ``import``), not only described (``info``): a source of a VM
-        #: that runs then reads them as they were at one moment (a
-        #: snapshot), not as they change.
-        self.whole = whole
 
     @abc.abstractmethod
     def open(self, location):
@@ -140,5 +141,6 @@ def open_location(location, limits, source_name=None, session=None,
         raise exception.Any2KvmError(
             'unknown source %r (known: %s)' % (
                 source_name, ', '.join(sorted(plugins()))))
-    return cls(limits, session=session, args=args,
-               whole=whole).open(location)
+    source = cls(limits, session=session, args=args)
+    source.whole = whole
+    return source.open(location)

@@ -271,6 +271,7 @@ def test_convert_of_a_running_vm_reads_a_snapshot(sshd_factory, tmp_path):
     detached).  One a killed read of this conversion host left is removed
     first; another host's is not.  ``--read-in-place`` takes none."""
     import copy
+    import signal
     import socket
     import subprocess
     from tests.lib import imagegen as ig
@@ -287,16 +288,28 @@ def test_convert_of_a_running_vm_reads_a_snapshot(sshd_factory, tmp_path):
         '  exit $rc\n'
         'fi\n'
         'exec "$REAL" "$@"\n' % {'go': go, 'held': held})
-    me = socket.gethostname()
+    dead = '%s:4194303:::' % socket.gethostname()   # a pid that is gone
+    s = st.load(str(root))
+    dom0 = s['hosts'][s['host']['uuid']]['control-domain']
     for name, vm in (('two-disks', facts['two-disks']),
                      ('on-lvm', facts['lvm'])):
-        # Left by a killed read of this host (a pid that is gone), and a
-        # live one of another conversion host.
-        for tag in ('%s:%d' % (me, 4194303), 'elsewhere:1:b:2:m'):
+        # Left by a killed read of this host, and a live one of another
+        # conversion host.
+        for tag in (dead, 'elsewhere:1:b:2:m'):
             go.write_text('')
-            xhost.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
-                        'new-name-label=any2kvm read (%s)' % tag)
+            snap = xhost.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
+                               'new-name-label=any2kvm read (%s)'
+                               % tag).strip()
             go.unlink()
+            if tag == dead and name == 'on-lvm':
+                # killed while it read: its disk still attached to dom0
+                left_vdi = _disk_vdis(root, snap)[0]
+                vbd = xhost.xe_ok(root, 'vbd-create', 'vm-uuid=' + dom0,
+                                  'vdi-uuid=' + left_vdi,
+                                  'device=autodetect', 'mode=RO').strip()
+                xhost.xe_ok(root, 'vbd-param-set', 'uuid=' + vbd,
+                            'other-config:any2kvm-reader=' + dead)
+                xhost.xe_ok(root, 'vbd-plug', 'uuid=' + vbd)
         other = [u for u in _snapshots_of(root, vm)
                  if 'elsewhere' in st.load(str(root))['vm'][u]['name-label']]
         vdis = _disk_vdis(root, vm)
@@ -335,10 +348,44 @@ def test_convert_of_a_running_vm_reads_a_snapshot(sshd_factory, tmp_path):
             assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
         assert _snapshots_of(root, vm) == other
         assert not _dom0_vbds(root)
+        # no disk of a removed snapshot is left behind
+        s = st.load(str(root))
+        assert not [u for u, v in s['vdi'].items() if v.get('snapshot-of')
+                    in vdis and u not in _disk_vdis(root, other[0])], s
         held.unlink()
         go.unlink()
         xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=' + other[0],
                     'force=true')
+    # Stopped (SIGTERM) while the host snapshots: the snapshot it made is
+    # found by its label and removed; nothing is written.
+    vm = facts['two-disks']
+    out = tmp_path / 'stopped'
+    out.mkdir()
+    proc = subprocess.Popen(
+        cli.cli_command() + ['convert', location(server, 'two-disks'),
+                             str(out)] +
+        [str(a) for a in ssh_args(server, conf)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _i in range(1200):
+            if held.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert held.exists(), proc.communicate()
+        assert len(_snapshots_of(root, vm)) == 1
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        go.write_text('')
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, (stdout, stderr)
+    assert stderr.strip().splitlines()[-1] == 'any2kvm: terminated', stderr
+    assert _snapshots_of(root, vm) == []
+    assert list(out.iterdir()) == []
+    held.unlink()
+    go.unlink()
     # In place: no snapshot, a warning that says so.
     res = cli.run_any2kvm('convert', location(server, 'on-lvm'),
                           tmp_path / 'in-place.raw', '--read-in-place',

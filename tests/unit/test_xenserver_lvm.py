@@ -151,7 +151,7 @@ def test_the_attachment_plugs_tags_and_unplugs():
         'other-config:any2kvm-reader=%s:%d:%s:%d:%s' % (
             socket.gethostname(), os.getpid(), processes.boot_id(),
             processes.start_time(os.getpid()),
-            processes.machine_id() or '')]
+            processes.machine_tag() or '')]
     assert conn.calls[2][1] == 'vbd-plug'
     a.unplug()
     assert [c[1] for c in conn.calls[3:]] == ['vbd-unplug', 'vbd-destroy']
@@ -290,7 +290,11 @@ def test_a_tag_names_its_process_across_pid_reuse_and_reboots():
         processes.start_time(os.getpid())
     assert boot and start is not None
     # (a container may have no machine id: the tag then ends empty)
-    machine = processes.machine_id() or ''
+    machine = processes.machine_tag() or ''
+    # The machine id itself is never shown: a hash made for this tool.
+    if processes.machine_id():
+        assert processes.machine_id() not in processes.tag()
+        assert len(machine) == 32
     gone = processes.tag_gone
     assert processes.tag() == '%s:%d:%s:%d:%s' % (me, pid, boot, start,
                                                   machine)
@@ -304,6 +308,10 @@ def test_a_tag_names_its_process_across_pid_reuse_and_reboots():
     # whatever its boot or pid say.
     assert not gone('%s:%d:%s:%d:%s' % (me, 2 ** 22 + 7, other_boot, start,
                                         '0' * 32))
+    # A tag of an earlier version holds the machine id itself.
+    if processes.machine_id():
+        assert gone('%s:%d:%s:%d:%s' % (me, pid, boot, start + 1,
+                                        processes.machine_id()))
     # Another host's, or not a tag: never ours to judge.
     assert not gone('elsewhere:%d:%s:%d' % (pid, boot, start + 1))
     for odd in ('', me, '%s:' % me, '%s:x:y' % me, None):

@@ -34,7 +34,7 @@ from any2kvm_os.sources import base
 from any2kvm_os.sources.xenserver import discovery
 from any2kvm_os.sources.xenserver import location as location_mod
 from any2kvm_os.sources.xenserver import lvm
-from any2kvm_os.sources.xenserver import snapshots
+from any2kvm_os.sources.xenserver import readsnap
 from any2kvm_os.ssh import connection as ssh_connection
 from any2kvm_os.ssh import options as ssh_options
 from any2kvm_os import vm as vm_mod
@@ -46,7 +46,7 @@ CONTAINER = 'xenserver-sr'
 
 #: Power states in which a VM's disks may change while they are read: a
 #: whole read (:attr:`~any2kvm_os.sources.base.Source.whole`) reads a
-#: snapshot of it instead (:meth:`XenServerSource._snapshot_for_read`).
+#: snapshot of it instead (:mod:`.readsnap`).
 RUNNING = ('running', 'paused')
 
 
@@ -93,9 +93,13 @@ class XenServerSource(base.Source):
                 mount_base=self._conf('xenserver_sr_mount',
                                       discovery.DEFAULT_MOUNT_BASE),
                 inventory=self.inventory(), lvm_dev=self.lvm_dev())
-            infos, snap = found.disks, None
+            infos, reading = found.disks, None
             notes = list(found.notes)
-            if self.whole and found.power_state in RUNNING:
+            if self.whole and found.disks:
+                readsnap.clean_left(conn, found.uuid,
+                                    found.disks[0].control_domain)
+            if self.whole and found.disks and \
+                    found.power_state in RUNNING:
                 if getattr(self.args, 'read_in_place', False):
                     notes.append(
                         'the VM is %s: its disks are read in place as '
@@ -104,20 +108,21 @@ class XenServerSource(base.Source):
                         'it was read' % found.power_state)
                     LOG.warning('%s', notes[-1])
                 else:
-                    snap, infos = self._snapshot_for_read(conn, found)
+                    reading = readsnap.ReadSnapshot(conn, found)
+                    infos = reading.take()
                     notes.append(
                         'the VM is %s: its disks were read from snapshot '
-                        '%s, taken for this read (crash-consistent, as '
-                        'after a power cut) and removed after it; for a '
-                        'clean copy shut the guest down first, or use '
-                        '"any2kvm migration" (minutes of downtime)'
-                        % (found.power_state, snap))
+                        '%s, taken for this read and removed after it '
+                        '(each disk crash-consistent, as after a power '
+                        'cut); for a clean copy shut the guest down '
+                        'first, or use "any2kvm migration" (minutes of '
+                        'downtime)' % (found.power_state, reading.uuid))
                     LOG.warning('%s', notes[-1])
             disks = []
 
             def remove():
-                if snap is not None:
-                    self._remove_read_snapshot(conn, found.uuid, snap)
+                if reading is not None:
+                    reading.remove()
             try:
                 for info, own in zip(infos, found.disks):
                     disk = self.open_disk(conn, info)
@@ -125,9 +130,11 @@ class XenServerSource(base.Source):
                     # The VM's disk, whichever VDI holds it.
                     disk.disk_id = own.vdi_uuid
             except BaseException:
-                for disk in disks:
-                    disk.close()
-                remove()
+                try:
+                    for disk in disks:
+                        disk.close()
+                finally:
+                    remove()
                 raise
             vm = vm_mod.Vm(location, CONTAINER, disks, facts=found.facts,
                            notes=notes, closer=conn.close)
@@ -139,59 +146,6 @@ class XenServerSource(base.Source):
         except BaseException:
             conn.close()
             raise
-
-    def _snapshot_for_read(self, conn, found):
-        """Snapshot the running VM ``found`` for a whole read (a
-        ``convert`` or ``import`` of it): (its uuid, the :class:`~discovery.
-        DiskInfo` of each disk as the snapshot's VDI holds it).  The
-        snapshot's disks are frozen: read with their leaf, they are the
-        VM's disks at the moment it was taken (crash-consistent); on an
-        LVM SR no VM has them attached, so each is attached read-only to
-        dom0 while it is read (:meth:`_open_lvm_disk`).  Snapshots of
-        this VM that a killed read of this conversion host left are
-        removed first (:func:`snapshots.left_read_snapshots`)."""
-        def run(argv):
-            return conn.check_run(argv, idempotent=True).stdout
-
-        def run_many(argvs):
-            return [ssh_connection.judged(conn.label, r).stdout
-                    for r in conn.run_all(argvs, idempotent=True)]
-        for left in snapshots.left_read_snapshots(run, found.uuid):
-            LOG.warning('VM %s: removing snapshot %s, left by a read that '
-                        'was stopped', found.uuid, left)
-            self._remove_read_snapshot(conn, found.uuid, left)
-        try:
-            # Not repeated after a drop: a second snapshot would be made.
-            snap = snapshots.take_for_read(
-                lambda argv: conn.check_run(argv).stdout, found.uuid)
-        except exception.Any2KvmError as e:
-            raise exception.Any2KvmError(
-                'VM %s is %s and could not be snapshotted to read its disks '
-                'at one moment (%s): shut it down, or give --read-in-place '
-                'to read them as they change' % (
-                    found.uuid, found.power_state,
-                    str(e).splitlines()[0][:300] if str(e) else e))
-        try:
-            vdis = snapshots.vdis_taken_of(
-                run, run_many, snap, [d.vdi_uuid for d in found.disks],
-                host=conn.label)
-            return snap, [d.of_vdi(vdis[d.vdi_uuid]) for d in found.disks]
-        except BaseException:
-            self._remove_read_snapshot(conn, found.uuid, snap)
-            raise
-
-    def _remove_read_snapshot(self, conn, vm_uuid, snap):
-        """Remove the snapshot a whole read took, with its disks; when the
-        host refuses, a warning names it and the command."""
-        try:
-            snapshots.remove_snapshot(lambda argv: conn.check_run(argv),
-                                      snap)
-        except exception.Any2KvmError as e:
-            LOG.warning('VM %s: snapshot %s, taken to read its disks, was '
-                        'not removed (%s): xe snapshot-uninstall '
-                        'snapshot-uuid=%s force=true', vm_uuid, snap,
-                        str(e).splitlines()[0][:200] if str(e) else e,
-                        snap)
 
     def mount_base(self):
         """Where the host's file SRs are mounted (``xenserver_sr_mount``)."""

@@ -92,18 +92,11 @@ def vdis_taken_of(run, run_many, snapshot_uuid, vdis, host='host'):
 
 
 #: The name-label of the snapshot a whole read of a running VM takes
-#: (:func:`take_for_read`): the tag names the process
-#: (:func:`any2kvm_os.processes.tag`).
+#: (:mod:`.readsnap`): the tag names the process
+#: (:func:`any2kvm_os.processes.tag`: conversion host, pid, boot id, start
+#: time, machine).
 READ_LABEL = 'any2kvm read (%s)'
-_READ_LABEL = re.compile(r'any2kvm read \(([^()\s]+)\)\Z')
-
-
-def take_for_read(run, vm_uuid):
-    """Snapshot VM ``vm_uuid`` for a whole read (``convert``, ``import``
-    of a VM that runs): labelled :data:`READ_LABEL`, with no description
-    (xe sets one in a second call, which can fail after the snapshot is
-    made: the label alone is set with it).  Its uuid."""
-    return snapshot(run, vm_uuid, READ_LABEL % processes.tag())
+_READ_LABEL = re.compile(r'any2kvm read \(([^()\s:]+(?::[^()\s:]*){4})\)\Z')
 
 
 def left_read_snapshots(run, vm_uuid):
