@@ -307,9 +307,11 @@ def test_snapshot_of_an_empty_leaf_makes_no_base(host, kind):
                     'param-name=sm-config', 'param-key=vhd-parent').strip()
     empty_leaf = srlib.meta(path(vdi))
     assert empty_leaf['parent_uuid'] == srlib.meta(path(node))['uuid']
+    # grown, nothing written: the second snapshot finds the leaf empty,
+    # and gives its children the leaf's size, not the ancestor's
+    g.grow(20 * ig.MiB)
     files = set(os.listdir(store))
     vdis = set(xh.xe_ok(root, 'vdi-list', '--minimal').strip().split(','))
-    # nothing written: the second snapshot finds the leaf empty
     s2 = xh.xe_ok(root, 'vm-snapshot', 'uuid=' + vm,
                   'new-name-label=two').strip()
     snap2 = disk_vdis(root, s2)[0]
@@ -323,6 +325,8 @@ def test_snapshot_of_an_empty_leaf_makes_no_base(host, kind):
     n = srlib.meta(path(node))
     assert leaf['parent_uuid'] == sn['parent_uuid'] == n['uuid']
     assert leaf['uuid'] != empty_leaf['uuid']
+    assert leaf['virtual_size'] == sn['virtual_size'] == 20 * ig.MiB
+    assert n['virtual_size'] < 20 * ig.MiB
     # only the snapshot's disk is new: no base file or LV, no base copy
     assert set(os.listdir(store)) == files | {os.path.basename(path(snap2))}
     assert set(xh.xe_ok(root, 'vdi-list', '--minimal').strip().split(

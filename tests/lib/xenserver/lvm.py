@@ -336,6 +336,7 @@ def snapshot(root, state, sr_uuid, vdi_uuid, snap_uuid, node_uuid,
     for path, big in ((src, inflated), (snap, False)):
         tmp = path + '.new'
         srlib.create_child(tmp, target)
+        srlib.fit_size(tmp, node)
         fit(tmp, big)
         os.rename(tmp, path)
     if target != node:

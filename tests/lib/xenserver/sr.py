@@ -349,6 +349,16 @@ def snapshot_target(path):
     raise ValueError('chain of %s deeper than %d' % (path, MAX_CHAIN_SIZE))
 
 
+def fit_size(child, node):
+    """A child linked past ``node`` to an ancestor of another size gets
+    ``node``'s size ("if the sizes of the parent chain are non-uniform,
+    we need to pick the right size: that of the supplied parent":
+    vhd-util-snapshot.c)."""
+    size = meta(node)['virtual_size']
+    if meta(child)['virtual_size'] < size:
+        resize(child, size)
+
+
 def snapshot(sr_dir, vdi_uuid, snap_vdi_uuid, node_uuid):
     """FileSR's double snapshot of ``<vdi_uuid>.vhd`` (FileVDI._snapshot):
     the leaf is renamed to the base ``<node_uuid>.vhd``, and the VDI's new
@@ -365,9 +375,10 @@ def snapshot(sr_dir, vdi_uuid, snap_vdi_uuid, node_uuid):
     os.rename(src, node)
     target = snapshot_target(node)
     tmp = src + '.new'
-    create_child(tmp, target)
+    for path in (tmp, snap):
+        create_child(path, target)
+        fit_size(path, node)
     os.rename(tmp, src)
-    create_child(snap, target)
     if target != node:
         os.unlink(node)
         return None, meta(src), meta(snap)
