@@ -526,22 +526,25 @@ def _state(common, name='web'):
         store.close()
 
 
-def test_interrupted_while_the_host_snapshots(bed):
-    """Ctrl-C (SIGINT) while the host's answer to the snapshot is awaited
-    (the host's first work runs in a thread of its own): the command ends
-    at once with one line, without waiting for the answer; the migration
-    is marked failed (or left as it was, when the interrupt came before
-    the flow's first task; or "syncing", in the instant between its
-    marking and its record of it), and the next sync adopts the
-    snapshot."""
+@pytest.mark.parametrize('sig,rc,word', [
+    (signal.SIGINT, 130, 'interrupted'),
+    (signal.SIGTERM, 143, 'terminated')])
+def test_interrupted_while_the_host_snapshots(bed, sig, rc, word):
+    """Ctrl-C (SIGINT), or SIGTERM (handled alike), while the host's
+    answer to the snapshot is awaited (the host's first work runs in a
+    thread of its own): the command ends at once with one line, without
+    waiting for the answer; the migration is marked failed (or left as it
+    was, when the interrupt came before the flow's first task; or
+    "syncing", in the instant between its marking and its record of it),
+    and the next sync adopts the snapshot."""
     root, facts, out, loc, common = bed
     mig('create', 'web', loc, '--output-dir', out, common=common)
     ended = []
     leaked = _sync_killed_after_snapshot(root, facts, common,
-                                         sig=signal.SIGINT, ended=ended)
-    rc, err, seconds, hanging = ended[0]
-    assert rc == 130, err
-    assert err.strip() == 'any2kvm: interrupted', err
+                                         sig=sig, ended=ended)
+    code, err, seconds, hanging = ended[0]
+    assert code == rc, err
+    assert err.strip() == 'any2kvm: %s' % word, err
     # Ended while the host still held its answer back.
     assert hanging and seconds < 30, (seconds, err)
     assert len(leaked) == 1
