@@ -20,6 +20,7 @@ The bytes are checked against the stand-in's model of each disk.
 import hashlib
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -262,6 +263,23 @@ def _dom0_vbds(root):
     return [u for u, v in s['vbd'].items() if v['vm'] == dom0]
 
 
+def _convert_held(server, conf, vm, output, held):
+    """``any2kvm convert`` of ``vm`` to ``output`` started, once the host's
+    (wrapped) ``xe`` holds its answer to the snapshot (``held`` exists)."""
+    proc = subprocess.Popen(
+        cli.cli_command() + ['convert', location(server, vm), str(output)] +
+        [str(a) for a in ssh_args(server, conf)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _i in range(1200):
+        if held.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if not held.exists():
+        proc.kill()
+        raise AssertionError(proc.communicate())
+    return proc
+
+
 def test_convert_of_a_running_vm_reads_a_snapshot(sshd_factory, tmp_path):
     """``convert`` of a running VM (a file SR, an LVM SR) reads the disks
     as a snapshot it takes holds them: what the guest writes after the
@@ -273,7 +291,6 @@ def test_convert_of_a_running_vm_reads_a_snapshot(sshd_factory, tmp_path):
     import copy
     import signal
     import socket
-    import subprocess
     from tests.lib import imagegen as ig
     root, facts, bin_dir, conf = xbed.prepare(tmp_path / 'bed')
     server = xbed.start_sshd(sshd_factory, root, bin_dir)
@@ -316,18 +333,10 @@ def test_convert_of_a_running_vm_reads_a_snapshot(sshd_factory, tmp_path):
         then = [facts['models'][v].sha256() for v in vdis]
         out = tmp_path / name
         out.mkdir()
-        proc = subprocess.Popen(
-            cli.cli_command() + ['convert', location(server, name),
-                                 str(out if len(vdis) > 1
-                                     else out / 'disk.raw')] +
-            [str(a) for a in ssh_args(server, conf)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = _convert_held(server, conf, name,
+                             out if len(vdis) > 1 else out / 'disk.raw',
+                             held)
         try:
-            for _i in range(1200):
-                if held.exists() or proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-            assert held.exists(), proc.communicate()
             # The guest writes while the disks are read.
             for v in vdis:
                 xhost.GuestWriter(root, v, copy.deepcopy(
@@ -361,17 +370,8 @@ def test_convert_of_a_running_vm_reads_a_snapshot(sshd_factory, tmp_path):
     vm = facts['two-disks']
     out = tmp_path / 'stopped'
     out.mkdir()
-    proc = subprocess.Popen(
-        cli.cli_command() + ['convert', location(server, 'two-disks'),
-                             str(out)] +
-        [str(a) for a in ssh_args(server, conf)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _convert_held(server, conf, 'two-disks', out, held)
     try:
-        for _i in range(1200):
-            if held.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert held.exists(), proc.communicate()
         assert len(_snapshots_of(root, vm)) == 1
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
