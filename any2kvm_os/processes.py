@@ -123,7 +123,8 @@ def gone(mark_text):
 
 
 def tag():
-    """``<conversion host>:<pid>:<boot id>:<start time>:<machine id>``:
+    """``<conversion host>:<pid>:<boot id>:<start time>:<machine tag>``
+    (:func:`mark`, :func:`machine_tag`):
     this process, as what it leaves on a hypervisor host is tagged, so
     that what a killed run left is told from a live run's
     (:func:`tag_gone`)."""

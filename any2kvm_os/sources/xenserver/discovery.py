@@ -645,12 +645,6 @@ def lvm_way_out(vdi_uuid, srs):
                             'type=nfs list them'))
 
 
-def _first_line(e):
-    """The first line of error ``e`` (200 characters at most), or its
-    type's name when it says nothing."""
-    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-
-
 def sr_command():
     """``xe sr-list params=uuid,name-label,type``: every SR of the pool,
     in one listing (:func:`disks` takes each disk's SR from it)."""
@@ -668,7 +662,7 @@ def _pool_srs(h):
         records = xe.parse_records(h.run(argv), argv, SR_FIELDS)
     except (exception.RemoteCommandError, errors.XeOutputError) as e:
         LOG.debug('%s: pool-wide SR listing failed (%s): each SR by uuid',
-                  h.host, _first_line(e))
+                  h.host, errors.first_line(e))
         return {}
     if len(records) > MAX_SRS:
         return {}
@@ -718,7 +712,7 @@ def host_uuids(run, inventory, notes=None):
         items = parse_inventory(run(argv), argv)
     except (exception.RemoteCommandError, errors.XeOutputError) as e:
         items = {}
-        why = _first_line(e)
+        why = errors.first_line(e)
     else:
         why = 'it names no INSTALLATION_UUID'
     found = items.get('INSTALLATION_UUID', '')

@@ -15,6 +15,13 @@
 from any2kvm_os import exception
 
 
+def first_line(e, limit=200):
+    """The first line of error ``e`` (``limit`` characters at most), or
+    its type's name when it says nothing: what a warning or a wrapping
+    error quotes of it."""
+    return str(e).splitlines()[0][:limit] if str(e) else type(e).__name__
+
+
 class XenServerError(exception.Any2KvmError):
     """Root of the errors of the XenServer source."""
 

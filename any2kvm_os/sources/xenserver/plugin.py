@@ -96,28 +96,7 @@ class XenServerSource(base.Source):
             infos, reading = found.disks, None
             notes = list(found.notes)
             if self.whole and found.disks:
-                readsnap.clean_left(conn, found.uuid,
-                                    found.disks[0].control_domain)
-            if self.whole and found.disks and \
-                    found.power_state in RUNNING:
-                if getattr(self.args, 'read_in_place', False):
-                    notes.append(
-                        'the VM is %s: its disks are read in place as '
-                        'they change (--read-in-place): the copy is '
-                        'consistent only if the guest wrote nothing while '
-                        'it was read' % found.power_state)
-                    LOG.warning('%s', notes[-1])
-                else:
-                    reading = readsnap.ReadSnapshot(conn, found)
-                    infos = reading.take()
-                    notes.append(
-                        'the VM is %s: its disks were read from snapshot '
-                        '%s, taken for this read and removed after it '
-                        '(each disk crash-consistent, as after a power '
-                        'cut); for a clean copy shut the guest down '
-                        'first, or use "any2kvm migration" (minutes of '
-                        'downtime)' % (found.power_state, reading.uuid))
-                    LOG.warning('%s', notes[-1])
+                infos, reading = self._whole_read(conn, found, notes)
             disks = []
 
             def remove():
@@ -146,6 +125,35 @@ class XenServerSource(base.Source):
         except BaseException:
             conn.close()
             raise
+
+    def _whole_read(self, conn, found, notes):
+        """Before a whole read (:attr:`~any2kvm_os.sources.base.Source.
+        whole`) of VM ``found``: the snapshots a stopped read left are
+        removed (:func:`.readsnap.clean_left`), and a VM that runs is read
+        from a snapshot (unless ``--read-in-place``); a note and a
+        warning say which.  Returns (the :class:`~.discovery.DiskInfo` of
+        each disk to read, the :class:`~.readsnap.ReadSnapshot` or
+        None)."""
+        readsnap.clean_left(conn, found.uuid, found.disks[0].control_domain)
+        if found.power_state not in RUNNING:
+            return found.disks, None
+        if getattr(self.args, 'read_in_place', False):
+            notes.append(
+                'the VM is %s: its disks are read in place as they change '
+                '(--read-in-place): the copy is consistent only if the '
+                'guest wrote nothing while it was read' % found.power_state)
+            LOG.warning('%s', notes[-1])
+            return found.disks, None
+        reading = readsnap.ReadSnapshot(conn, found)
+        infos = reading.take()
+        notes.append(
+            'the VM is %s: its disks were read from snapshot %s, taken for '
+            'this read and removed after it (each disk crash-consistent, '
+            'as after a power cut); for a clean copy shut the guest down '
+            'first, or use "any2kvm migration" (minutes of downtime)'
+            % (found.power_state, reading.uuid))
+        LOG.warning('%s', notes[-1])
+        return infos, reading
 
     def mount_base(self):
         """Where the host's file SRs are mounted (``xenserver_sr_mount``)."""

@@ -37,17 +37,13 @@ import logging
 
 from any2kvm_os import exception
 from any2kvm_os import processes
+from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import lvm
 from any2kvm_os.sources.xenserver import snapshots
 from any2kvm_os.sources.xenserver import xe
 from any2kvm_os.ssh import connection as ssh_connection
 
 LOG = logging.getLogger(__name__)
-
-
-def _first_line(e):
-    text = str(e)
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _queries(conn):
@@ -87,8 +83,8 @@ def remove(conn, vm_uuid, snap, dom0):
         return True
     except exception.Any2KvmError as e:
         LOG.warning('VM %s: snapshot %s, taken to read its disks, was not '
-                    'removed (%s): %s', vm_uuid, snap, _first_line(e),
-                    command)
+                    'removed (%s): %s', vm_uuid, snap,
+                    errors.first_line(e, 300), command)
         return False
 
 
@@ -101,7 +97,7 @@ def clean_left(conn, vm_uuid, dom0):
         left = snapshots.left_read_snapshots(_queries(conn), vm_uuid)
     except exception.Any2KvmError as e:
         LOG.warning('VM %s: the snapshots a stopped read may have left were '
-                    'not looked for (%s)', vm_uuid, _first_line(e))
+                    'not looked for (%s)', vm_uuid, errors.first_line(e, 300))
         return
     for snap in left:
         LOG.warning('VM %s: removing snapshot %s, left by a read that was '
@@ -139,7 +135,7 @@ class ReadSnapshot(object):
                 'VM %s is %s and could not be snapshotted to read its '
                 'disks at one moment (%s): shut it down, or give '
                 '--read-in-place to read them as they change'
-                % (found.uuid, found.power_state, _first_line(e)))
+                % (found.uuid, found.power_state, errors.first_line(e, 300)))
         try:
             run = _queries(conn)
 
@@ -166,7 +162,7 @@ class ReadSnapshot(object):
         except exception.Any2KvmError as e:
             LOG.warning('VM %s: a snapshot labelled %r may be left on the '
                         'host (%s)', self.found.uuid, self.label,
-                        _first_line(e))
+                        errors.first_line(e, 300))
             return
         for snap in made:
             remove(self.conn, self.found.uuid, snap.lower(), self.dom0)
