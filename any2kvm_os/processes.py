@@ -25,9 +25,17 @@ BOOT_ID = '/proc/sys/kernel/random/boot_id'
 MACHINE_ID = ('/etc/machine-id', '/var/lib/dbus/machine-id')
 
 
+#: Largest pid a process of this host may have (Linux's limit is 2**22):
+#: a larger one, in a mark (untrusted text from a hypervisor host), names
+#: none.
+PID_MAX = 1 << 22
+
+
 def pid_alive(pid):
     """Whether process ``pid`` of this host exists (one of another user's
     counts: it is there)."""
+    if not 0 < pid <= PID_MAX:
+        return False    # no process has it (os.kill would overflow)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -97,6 +105,21 @@ def mark(pid=None):
                             machine_tag() or '')
 
 
+def _number(text):
+    """Whether ``text`` is a decimal number this module reads: ASCII
+    digits only (``str.isdigit`` takes "²" too), at most 20 of them."""
+    return 0 < len(text) <= 20 and text.isascii() and text.isdigit()
+
+
+def mark_here(mark_text):
+    """Whether a :func:`mark` is of this machine (its machine tag, or
+    the machine id itself in marks of earlier versions, is this one's, or
+    neither is known)."""
+    machine = (mark_text or '').split(':', 3)[3:]
+    machine = machine[0] if machine else ''
+    return not machine or machine in (machine_tag(), machine_id())
+
+
 def gone(mark_text):
     """Whether the process a :func:`mark` of this host names has ended:
     its pid is not there, the host booted since, or the pid is another
@@ -105,7 +128,7 @@ def gone(mark_text):
     judged gone; a bare pid is judged by its presence alone; a mark that
     is not one is not judged gone."""
     pid, _, rest = (mark_text or '').partition(':')
-    if not pid.isdigit():
+    if not _number(pid):
         return False
     boot, _, rest = rest.partition(':')
     start, _, machine = rest.partition(':')
@@ -116,7 +139,7 @@ def gone(mark_text):
         return True
     if boot and boot_id() and boot != boot_id():
         return True
-    if start.isdigit():
+    if _number(start):
         now = start_time(int(pid))
         return now is not None and now != int(start)
     return False

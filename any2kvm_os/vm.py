@@ -124,6 +124,8 @@ def xen_slots(userdevices):
     for value in userdevices:
         text = str(value if value is not None else '').strip().lower()
         if text.isdigit():
+            if not text.isascii() or len(text) > 4:
+                return None     # "²", or no slot (Xen has 16)
             slots.append(int(text))
             continue
         m = re.match(r'^(?:xvd|hd|sd)([a-z]{1,2})$', text)

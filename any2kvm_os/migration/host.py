@@ -18,57 +18,15 @@ command; stdout), ``open_disk(info)`` (the live chain of one VDI, a
 :class:`~any2kvm_os.vm.ChainDisk` to close), ``bytes_read`` (bytes that
 crossed the wire so far), ``mount_base`` and ``label``; and ``close()``;
 optionally ``inventory`` (the path of the host's inventory file: each
-disk's SR is then checked to be attached on this host).
+disk's SR is then checked to be attached on this host) and
+``prepare_disk(info)`` (before a cutover's shutdown, what opening the
+disk can do before; passed to ``open_disk(info, prepared=...)``).
 """
-
-import uuid
 
 from any2kvm_os import exception
 from any2kvm_os.sources.xenserver import location as location_mod
 from any2kvm_os.sources.xenserver import plugin
 from any2kvm_os.ssh import connection
-
-
-def _batch(commands):
-    """(argv, marker) of a batch: one command as it is (marker None);
-    several in ``sh -c``, each command, then the marker on a line of its
-    own; ``&&`` between them all (the marker's printf must end before the
-    next command starts, or that command becomes printf's arguments)."""
-    if len(commands) == 1:
-        return list(commands[0]), None
-    marker = 'any2kvm-batch-%s' % uuid.uuid4().hex
-    sep = " && printf '\\n%%s\\n' %s" % marker
-    script = ' && '.join(connection.quote_argv(argv) + sep
-                         for argv in commands)
-    return ['sh', '-c', script], marker
-
-
-def _outputs(label, commands, marker, result):
-    """The outputs of a batch of ``commands`` from its ``result`` (a
-    :class:`~any2kvm_os.ssh.connection.CommandResult`).  When a command
-    failed, the :class:`~any2kvm_os.exception.RemoteCommandError` it
-    would have raised alone (naming it, its exit status and the
-    batch's stderr), with ``outputs``: those of the commands before
-    it, which each printed their marker."""
-    if marker is None:
-        return [connection.judged(label, result).stdout]
-    sep = ('\n%s\n' % marker).encode()
-    parts = result.stdout.split(sep)
-    done = len(parts) - 1
-    if result.status != 0 and done < len(commands):
-        try:
-            connection.judged(label, connection.CommandResult(
-                list(commands[done]), result.status, parts[-1],
-                result.stderr))
-        except exception.RemoteCommandError as e:
-            e.outputs = parts[:-1]
-            raise
-    connection.judged(label, result)
-    if done != len(commands):
-        raise exception.Any2KvmError(
-            '%s: a batch of %d commands gave %d outputs'
-            % (label, len(commands), done))
-    return parts[:-1]
 
 
 class SshHost(object):
@@ -94,9 +52,8 @@ class SshHost(object):
         """Several commands in one round trip (``sh -c``, every word of
         each quoted, ``&&`` between them: the first failure stops the
         rest and is raised); their outputs, in order."""
-        argv, marker = _batch(commands)
-        return _outputs(self.label, commands, marker, self.conn.run(
-            argv, idempotent=not mutating, timeout=timeout))
+        return self.conn.run_many(commands, idempotent=not mutating,
+                                  timeout=timeout)
 
     def run_batches(self, batches, mutating=False, timeout=None):
         """Several batches (as :meth:`run_many` runs each) side by side,
@@ -105,14 +62,15 @@ class SshHost(object):
         :class:`~any2kvm_os.exception.Any2KvmError` it failed with (each
         judged on its own); a lost connection is raised for all.  Run
         again after a lost connection only when none is ``mutating``."""
-        scripts = [_batch(commands) for commands in batches]
+        scripts = [connection.batch(commands) for commands in batches]
         results = self.conn.run_all([argv for argv, _m in scripts],
                                     idempotent=not mutating, timeout=timeout)
         out = []
         for commands, (_argv, marker), result in zip(batches, scripts,
                                                      results):
             try:
-                out.append(_outputs(self.label, commands, marker, result))
+                out.append(connection.batch_outputs(self.label, commands,
+                                                    marker, result))
             except exception.Any2KvmError as e:
                 out.append(e)
         return out
@@ -139,8 +97,14 @@ class SshHost(object):
         return sum(lvm.release_stale(self.conn, dom0, vdi, kept=kept)
                    for vdi in vdis)
 
-    def open_disk(self, info):
-        return self.source.open_disk(self.conn, info)
+    def prepare_disk(self, info):
+        """Before a cutover's shutdown: :meth:`.plugin.XenServerSource.
+        prepare_disk` (for ``open_disk(info, prepared=...)`` once the VM
+        is halted)."""
+        return self.source.prepare_disk(self.conn, info)
+
+    def open_disk(self, info, prepared=None):
+        return self.source.open_disk(self.conn, info, prepared=prepared)
 
     @property
     def bytes_read(self):

@@ -33,6 +33,7 @@ import socket
 import stat
 import threading
 import time
+import uuid
 
 import paramiko
 
@@ -202,6 +203,11 @@ GATE = ('printf "%%s\\n" %s && IFS= read -r go && [ "$go" = go ] && '
         'exec "$0" "$@"' % GATE_READY.decode().strip())
 #: Most bytes a host may print before its gate says it is ready (a
 #: login banner of the shell's rc files), read and dropped.
+#: Most queries :meth:`Connection.run_all` runs side by side, each on a
+#: channel of its own (OpenSSH's sshd allows 10 sessions on a connection
+#: by default: MaxSessions; the SFTP session and an armed command are two
+#: more).
+SIDE_BY_SIDE = 8
 _GATE_NOISE = 64 << 10
 #: Longest pause between two looks at a fired command's channel.
 _ARMED_PAUSE = 0.001
@@ -220,6 +226,48 @@ def judged(label, result):
                 ': ' + _short(stderr, 500) if stderr else
                 ' (nothing on stderr)'))
     return result
+
+
+def batch(commands):
+    """(argv, marker) of a batch of commands: one command as it is
+    (marker None); several in ``sh -c``, each command, then the marker on
+    a line of its own; ``&&`` between them all (the marker's printf must
+    end before the next command starts, or that command becomes printf's
+    arguments).  Every word of every command is quoted
+    (:func:`quote_argv`)."""
+    if len(commands) == 1:
+        return list(commands[0]), None
+    marker = 'any2kvm-batch-%s' % uuid.uuid4().hex
+    sep = " && printf '\\n%%s\\n' %s" % marker
+    script = ' && '.join(quote_argv(argv) + sep for argv in commands)
+    return ['sh', '-c', script], marker
+
+
+def batch_outputs(label, commands, marker, result):
+    """The outputs of a batch of ``commands`` (:func:`batch`) from its
+    ``result`` (a :class:`CommandResult`).  When a command failed, the
+    :class:`~any2kvm_os.exception.RemoteCommandError` it would have
+    raised alone (naming it, its exit status and the batch's stderr),
+    with ``outputs``: those of the commands before it, which each printed
+    their marker."""
+    if marker is None:
+        return [judged(label, result).stdout]
+    sep = ('\n%s\n' % marker).encode()
+    parts = result.stdout.split(sep)
+    done = len(parts) - 1
+    if result.status != 0 and done < len(commands):
+        try:
+            judged(label, CommandResult(list(commands[done]), result.status,
+                                        parts[-1], result.stderr))
+        except exception.RemoteCommandError as e:
+            e.outputs = parts[:-1]
+            raise
+    judged(label, result)
+    if done != len(commands):
+        raise exception.Any2KvmError(
+            '%s: a batch of %d commands gave %d outputs'
+            % (label, len(commands), done))
+    return parts[:-1]
 
 
 class Armed(object):
@@ -738,6 +786,15 @@ class Connection(object):
         the exit status is 0."""
         return judged(self.label, self.run(argv, **kwargs))
 
+    def run_many(self, commands, idempotent=False, timeout=None):
+        """Several commands in one round trip (:func:`batch`: ``sh -c``,
+        every word of each quoted, ``&&`` between them: the first failure
+        stops the rest and is raised, with the outputs before it); their
+        outputs (stdout), in order."""
+        argv, marker = batch(commands)
+        return batch_outputs(self.label, commands, marker, self.run(
+            argv, idempotent=idempotent, timeout=timeout))
+
     def run_all(self, argvs, timeout=None, max_output=None,
                 idempotent=False):
         """Run the commands of ``argvs`` side by side, each on an exec
@@ -758,6 +815,14 @@ class Connection(object):
         what = ('command %s' % _short(commands[0], 80) if len(commands) == 1
                 else '%d commands (%s)' % (len(commands), _short(
                     '; '.join(commands), 80)))
+        if idempotent and len(commands) > SIDE_BY_SIDE:
+            # Queries: a group at a time (sshd's MaxSessions).
+            out = []
+            for i in range(0, len(commands), SIDE_BY_SIDE):
+                out += self.run_all(argvs[i:i + SIDE_BY_SIDE],
+                                    timeout=timeout, max_output=max_output,
+                                    idempotent=True)
+            return out
         return self.retrying(
             what, lambda: self._run_all_once(argvs, commands, timeout,
                                              max_output),
@@ -770,8 +835,17 @@ class Connection(object):
             # Every channel open before any command starts: a host that
             # refuses one more session has run none of them.
             for argv, command in zip(argvs, commands):
-                runs.append((self._transport.open_session(
-                    timeout=self.settings.connect_timeout), argv, command))
+                try:
+                    channel = self._transport.open_session(
+                        timeout=self.settings.connect_timeout)
+                except paramiko.ChannelException as e:
+                    raise exception.SshError(
+                        host=self.label, reason='the host refused session '
+                        'channel %d of %d (%s): its sshd allows fewer at '
+                        'once (MaxSessions, 10 by default)' % (
+                            len(runs) + 1, len(commands),
+                            _short(str(e) or type(e).__name__, 100)))
+                runs.append((channel, argv, command))
             for channel, _argv, command in runs:
                 LOG.debug('%s: running %s', self.label, command)
                 channel.exec_command(command)
@@ -957,6 +1031,13 @@ class Connection(object):
                                 lambda: pipeline.listdir(path, limit))
         return sorted(name for name, perms in entries
                       if perms is not None and stat.S_ISREG(perms))
+
+    def start_files(self):
+        """Start the SFTP session of the file reads (:meth:`pipeline`)
+        now: the files opened later (in a cutover's downtime) then cost
+        no new channel nor a new SFTP server on the host."""
+        pipeline = self.pipeline
+        self.retrying('starting SFTP', pipeline.start)
 
     @property
     def pipeline(self):

@@ -508,6 +508,12 @@ class Pipeline(object):
                 self._open_handle(f)
         return session
 
+    def start(self):
+        """The session started now, not at the first read (before a
+        moment that counts: a cutover's downtime)."""
+        with self.lock:
+            self._live()
+
     def _call(self, kind, body, then=None):
         """Send one request and wait for its reply; ``then()``, when
         given, returns more requests (bytes) sent with it, in the same

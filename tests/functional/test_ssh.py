@@ -189,6 +189,43 @@ def test_metacharacters_are_one_literal_word(sshd, tmp_path):
     assert not marker.exists()
 
 
+def test_batches_and_many_commands_side_by_side(sshd):
+    """A batch (``run_many``) runs its commands in one round trip, each
+    word quoted, and gives each one's output; the first that fails stops
+    the rest and names itself, with the outputs before it.  More queries
+    side by side than sshd's MaxSessions (10) run a group at a time; as
+    many commands that change things are refused in one line, before any
+    of them runs."""
+    words = ['a; touch pwned', "it's", '$(id)']
+    with connect(sshd) as c:
+        outs = c.run_many([['printf', '%s\\n', w] for w in words] +
+                          [['printf', 'no newline']])
+        assert outs == [w.encode() + b'\n' for w in words] + [
+            b'no newline']
+        with pytest.raises(exception.RemoteCommandError,
+                           match=r'false.*exit status 1') as e:
+            c.run_many([['echo', 'one'], ['false'], ['echo', 'never']])
+        assert e.value.outputs == [b'one\n']
+        got = c.run_all([['echo', str(i)] for i in range(16)],
+                        idempotent=True)
+        assert [r.stdout for r in got] == [b'%d\n' % i for i in range(16)]
+        with pytest.raises(exception.SshError,
+                           match=r'refused session channel 11 of 16 .*'
+                           'MaxSessions') as e:
+            c.run_all([['echo', str(i)] for i in range(16)])
+        assert '\n' not in str(e.value)
+        # The connection is still of use, once sshd has closed the
+        # sessions given up.
+        for _ in range(50):
+            try:
+                assert c.check_run(['echo', 'still']).stdout == b'still\n'
+                break
+            except exception.SshError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError('the connection is of no use')
+
+
 def test_failed_command_names_itself_and_its_stderr(sshd):
     with connect(sshd) as c:
         with pytest.raises(exception.RemoteCommandError) as e:

@@ -103,8 +103,10 @@ def test_virtual_size_is_current_size_not_chs(tmp_path):
 
 
 @pytest.mark.parametrize('corrupt,match', [
-    (lambda b: b[:70] + b'\x55' + b[71:], 'footer checksum'),
-    (lambda b: b[:512 + 100] + b'\x55' + b[613:], 'header checksum'),
+    # (flipped bits: a byte of a random unique id may be 0x55 already)
+    (lambda b: b[:70] + bytes([b[70] ^ 0x55]) + b[71:], 'footer checksum'),
+    (lambda b: b[:612] + bytes([b[612] ^ 0x55]) + b[613:],
+     'header checksum'),
     (lambda b: b[:-512], 'truncated|footer'),
     (lambda b: b[:-513] + b'\0' + b[-512:], None),  # data byte: still fine
 ])

@@ -90,6 +90,9 @@ def test_userdevices_give_the_slots():
     assert vm_mod.xen_slots(['0', 'autodetect']) is None
     assert vm_mod.xen_slots(['0', '0']) is None
     assert vm_mod.xen_slots([]) == []
+    # Untrusted text (xe, an XVA's ova.xml): no slot, not a crash.
+    assert vm_mod.xen_slots(['0', '\u00b2']) is None
+    assert vm_mod.xen_slots(['9' * 5000]) is None
 
 
 def test_slots_of_a_subset_and_the_probe_argument():

@@ -60,6 +60,25 @@ def test_an_lvs_answer_that_is_not_lv_lines_is_refused(line):
         lvm.parse_lvs(line.encode(), ARGV)
 
 
+@pytest.mark.parametrize('size', ['\u00b2', '9' * 5000])
+def test_an_lv_size_that_is_not_a_number_is_refused(size):
+    with pytest.raises(errors.XeOutputError, match='not an LV line'):
+        lvm.parse_lvs(('  VHD-a|%s|-wi-a-----\n' % size).encode(), ARGV)
+
+
+@pytest.mark.parametrize('pid, judged', [
+    ('9' * 20, True), ('9' * 30, False), ('\u00b2', False),
+    ('9' * 5000, False), ('0x10', False), ('-1', False)])
+def test_a_crafted_tag_is_judged_without_a_crash(pid, judged):
+    """A tag's pid is untrusted text (a snapshot's label, a VBD's
+    other-config on the hypervisor host): a number no process of this
+    host can have is gone; what is not a number of at most 20 ASCII
+    digits is not judged (left alone); neither raises."""
+    text = '%s:%s:::' % (socket.gethostname(), pid)
+    assert processes.tag_gone(text) is judged
+    assert processes.gone('%s:::' % pid) is judged
+
+
 def test_an_lv_listed_twice_or_too_many_are_refused(monkeypatch):
     with pytest.raises(errors.XeOutputError, match='listed twice'):
         lvm.parse_lvs(b'  VHD-a|1|-wi-a-----\n  VHD-a|2|-wi-a-----\n',
@@ -164,6 +183,64 @@ def test_the_attachment_plugs_tags_and_unplugs():
         lvm.Attachment(conn, DOM0, VDI).plug()
     assert [c[1] for c in conn.calls] == ['vbd-create', 'vbd-param-set',
                                           'vbd-plug', 'vbd-destroy']
+
+
+class _BatchConn(_Conn):
+    """A :class:`_Conn` that also runs batches (``run_many``), as the SSH
+    layer does: in order, the first failure raised with ``outputs``, the
+    outputs of the commands before it."""
+
+    def __init__(self, *a, **kw):
+        super(_BatchConn, self).__init__(*a, **kw)
+        self.batches = []
+
+    def run_many(self, commands, **kw):
+        self.batches.append([list(c) for c in commands])
+        outs = []
+        for argv in commands:
+            try:
+                outs.append(self.check_run(argv).stdout)
+            except exception.RemoteCommandError as e:
+                e.outputs = outs
+                raise
+        return outs
+
+
+def test_a_prepared_attachment_is_plugged_listed_and_flushed_at_once():
+    """A cutover's dom0 VBD: created and tagged before the shutdown, then
+    plugged in the round trip that lists the volume group and drops the
+    leaf's page cache; the leaf's first open does not drop it again."""
+    from any2kvm_os.sources.xenserver import plugin
+    uuid = 'abcdef01-2345-4678-89ab-cdef01234567'
+    leaf = '/dev/%s/VHD-a' % VG
+    conn = _BatchConn({'vbd-create': uuid + '\n',
+                       'lvs': '  VHD-a|8388608|-wi-a-----\n'})
+    a = lvm.Attachment(conn, DOM0, VDI)
+    a.create()
+    assert [c[1] for c in conn.calls] == ['vbd-create', 'vbd-param-set']
+    got, found, flushed = plugin._plug_prepared(conn, a, ARGV, leaf)
+    assert got is a and flushed == ('VHD-a',)
+    assert conn.batches == [[['xe', 'vbd-plug', 'uuid=' + uuid], ARGV,
+                             ['blockdev', '--flushbufs', leaf]]]
+    c = lvm.LvmContainer(conn, '/dev/' + VG, 'VHD-a', limits_mod.Limits(),
+                         found, flushed=flushed)
+    n = len(conn.calls)
+    c.open_view('VHD-a')
+    assert len(conn.calls) == n     # dropped in the batch
+    c.open_view('VHD-a')
+    assert conn.calls[n:] == [['blockdev', '--flushbufs', leaf]]
+    # The plug refused: the VBD is destroyed (never plugged).
+    for fail, after in (('vbd-plug', ['vbd-destroy']),
+                        ('lvs', ['vbd-unplug', 'vbd-destroy'])):
+        conn = _BatchConn({'vbd-create': uuid + '\n'}, fail=fail)
+        a = lvm.Attachment(conn, DOM0, VDI)
+        a.create()
+        n = len(conn.calls)
+        with pytest.raises(exception.RemoteCommandError):
+            plugin._plug_prepared(conn, a, ARGV, leaf)
+        words = [c[1] if c[0] == 'xe' else c[0] for c in conn.calls[n:]]
+        assert words[words.index(fail) + 1:] == after, words
+        assert a.vbd is None
 
 
 def _vbd(uuid, attached, tag, vm=DOM0):

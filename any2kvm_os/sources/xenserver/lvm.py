@@ -107,6 +107,12 @@ def device_path(dev_base, sr_uuid, vdi_uuid):
                           LV_PREFIX + vdi_uuid)
 
 
+def flush_command(paths):
+    """``blockdev --flushbufs`` of the LV device nodes ``paths``: this
+    host's page cache of them dropped (see the module)."""
+    return ['blockdev', '--flushbufs'] + list(paths)
+
+
 def lvs_command(vg):
     """``lvs`` of volume group ``vg``: each LV's name, size in bytes and
     attributes, one line each, no heading (LVM2 ``lvs(8)``); read-only
@@ -148,7 +154,8 @@ def parse_lvs(output, argv):
             continue
         fields = [f.strip() for f in line.split(_SEP)]
         if (len(fields) != 3 or not _LV_NAME.match(fields[0]) or
-                not fields[1].isdigit() or len(fields[2]) > 16):
+                not (fields[1].isascii() and fields[1].isdigit()) or
+                len(fields[1]) > 20 or len(fields[2]) > 16):
             raise errors.XeOutputError(command=' '.join(argv),
                                        reason='not an LV line: %r'
                                        % line[:120])
@@ -172,10 +179,14 @@ class LvmContainer(remote.RemoteDirectoryContainer):
     padded = True
 
     def __init__(self, connection, directory, leaf_name, limits,
-                 volumes, label=None):
+                 volumes, label=None, flushed=()):
         super(LvmContainer, self).__init__(connection, directory, leaf_name,
                                            limits, label=label)
         self.volumes = volumes
+        #: LVs whose page cache was dropped just before (in the round
+        #: trip that attached them): not dropped again at their first
+        #: open.
+        self._flushed = set(flushed)
 
     def member_names(self):
         if self._members is None:
@@ -227,8 +238,11 @@ class LvmContainer(remote.RemoteDirectoryContainer):
         # SM's GC and snapshots write LVs with O_DIRECT, on a shared SR
         # from the pool master, which no other host's cache sees.  SFTP
         # reads through it: dropped first (BLKFLSBUF).
-        self.connection.check_run(['blockdev', '--flushbufs', path],
-                                  idempotent=True)
+        if name in self._flushed:
+            self._flushed.discard(name)
+        else:
+            self.connection.check_run(flush_command([path]),
+                                      idempotent=True)
         view = self.connection.open_file(
             path, size=self.volumes[name].size,
             name=self.display_name(name), prefetch=prefetch or None)
@@ -238,7 +252,11 @@ class LvmContainer(remote.RemoteDirectoryContainer):
 
 class Attachment(object):
     """A VDI attached read-only to the host's control domain for as long
-    as its chain is read (see the module)."""
+    as its chain is read (see the module).  Made in two steps where the
+    moment counts (a cutover): the VBD created and tagged before the
+    VM's shutdown (:meth:`create`), only plugged inside the downtime
+    (:meth:`plug_command`, run in one round trip with the reads that
+    follow it: :func:`open_prepared`)."""
 
     def __init__(self, conn, dom0, vdi_uuid):
         self.conn, self.dom0, self.vdi = conn, dom0, vdi_uuid
@@ -247,7 +265,10 @@ class Attachment(object):
     def _run(self, argv):
         return self.conn.check_run(argv).stdout
 
-    def plug(self):
+    def create(self):
+        """The VBD created in dom0 and tagged with this process
+        (:data:`READER_KEY`), not plugged (xapi allows that while a VM
+        has the VDI attached: only the plug checks who uses it)."""
         argv = xe.command('vbd-create', [
             ('vm-uuid', self.dom0), ('vdi-uuid', self.vdi),
             ('device', 'autodetect'), ('mode', 'RO'), ('type', 'Disk')])
@@ -256,10 +277,24 @@ class Attachment(object):
             self._run(xe.command('vbd-param-set', [
                 ('uuid', self.vbd),
                 ('other-config:%s' % READER_KEY, processes.tag())]))
-            self._run(xe.command('vbd-plug', [('uuid', self.vbd)]))
         except BaseException:
             self.unplug(plugged=False)
             raise
+
+    def plug_command(self):
+        """The command that plugs the VBD :meth:`create` made."""
+        return xe.command('vbd-plug', [('uuid', self.vbd)])
+
+    def plug(self):
+        self.create()
+        try:
+            self._run(self.plug_command())
+        except BaseException:
+            self.unplug(plugged=False)
+            raise
+        self.plugged()
+
+    def plugged(self):
         LOG.info('VDI %s attached read-only to the control domain (VBD '
                  '%s) to read its chain', self.vdi, self.vbd)
 

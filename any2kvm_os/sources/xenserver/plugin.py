@@ -169,13 +169,34 @@ class XenServerSource(base.Source):
         return self._conf('xenserver_inventory',
                           discovery.DEFAULT_INVENTORY)
 
-    def open_disk(self, conn, info):
+    def prepare_disk(self, conn, info):
+        """Before a moment that counts (a cutover's downtime), what
+        :meth:`open_disk` of VDI ``info`` can do before: the SFTP session
+        started; for a disk on an LVM SR, whose VM is about to be halted,
+        the VBDs a killed run left removed, and its dom0 VBD created
+        (:meth:`.lvm.Attachment.create`), to be plugged in the same round
+        trip as the volume group's listing (:meth:`open_disk` with
+        ``prepared``).  Returns that VBD's :class:`.lvm.Attachment`
+        (``unplug(plugged=False)`` destroys it when it goes unused), or
+        None."""
+        conn.start_files()
+        if info.storage != 'lvm' or not info.control_domain:
+            return None
+        vbds = lvm.vbds(conn, info.vdi_uuid)
+        lvm.release_stale(conn, info.control_domain, info.vdi_uuid, vbds)
+        attachment = lvm.Attachment(conn, info.control_domain,
+                                    info.vdi_uuid)
+        attachment.create()
+        return attachment
+
+    def open_disk(self, conn, info, prepared=None):
         """The chain of one VDI (a :class:`~discovery.DiskInfo`), read in
         its SR directory over ``conn``: a :class:`~any2kvm_os.vm.ChainDisk`
         to close after use (the migration engine resolves the live chain
-        anew at every sync)."""
+        anew at every sync).  ``prepared``: what :meth:`prepare_disk`
+        returned for it (its VM halted since); this takes it over."""
         if info.storage == 'lvm':
-            return self._open_lvm_disk(conn, info)
+            return self._open_lvm_disk(conn, info, prepared)
         container = remote.RemoteDirectoryContainer(
             conn, posixpath.dirname(info.path),
             posixpath.basename(info.path), self.limits, label=conn.label)
@@ -193,49 +214,58 @@ class XenServerSource(base.Source):
         disk.chain_container = container
         return disk
 
-    def _open_lvm_disk(self, conn, info):
+    def _open_lvm_disk(self, conn, info, prepared=None):
         """The chain of a VDI of an LVM SR, read from its volume group's
         LVs (:mod:`.lvm`): in place while its VM runs on this host, else
         (no VM has it attached: halted) attached read-only to dom0 while
-        open (:func:`.lvm.read_in_place`)."""
+        open (:func:`.lvm.read_in_place`); ``prepared``: the dom0 VBD
+        :meth:`prepare_disk` created, plugged here."""
         directory, leaf = posixpath.split(info.path)
         argv = lvm.lvs_command(posixpath.basename(directory))
 
         def volumes():
             return lvm.parse_lvs(conn.check_run(argv, idempotent=True)
                                  .stdout, argv)
-        attachment = None
-        # One listing of the VDI's VBDs: who has it attached, and what a
-        # killed run left.
-        vbds = lvm.vbds(conn, info.vdi_uuid)
-        if info.control_domain:
-            # A VBD a killed run left plugged keeps the VM from starting.
-            lvm.release_stale(conn, info.control_domain, info.vdi_uuid,
-                              vbds)
-        if lvm.read_in_place(conn, info, vbds):
-            found = volumes()
-            if leaf not in found or not found[leaf].active:
-                raise exception.ChainError(
-                    path='%s:%s' % (conn.label, info.path), reason='the '
-                    'VM runs here, but volume group %s has no active LV '
-                    '%s' % (posixpath.basename(directory), leaf))
+        if prepared is not None:
+            attachment, found, flushed = _plug_prepared(conn, prepared,
+                                                        argv, info.path)
         else:
-            if not info.control_domain:
-                raise exception.ChainError(
-                    path='%s:%s' % (conn.label, info.path), reason='no '
-                    'running VM has the VDI attached (its VM is halted, '
-                    'or it is a snapshot\'s, which a sync reads), and the '
-                    'host\'s control domain is unknown (its inventory, '
-                    'xenserver_inventory, names no CONTROL_DOMAIN_UUID): '
-                    'it cannot be attached to be read')
-            attachment = lvm.Attachment(conn, info.control_domain,
-                                        info.vdi_uuid)
-            attachment.plug()
+            attachment, found, flushed = None, None, ()
+            # One listing of the VDI's VBDs: who has it attached, and
+            # what a killed run left.
+            vbds = lvm.vbds(conn, info.vdi_uuid)
+            if info.control_domain:
+                # A VBD a killed run left plugged keeps the VM from
+                # starting.
+                lvm.release_stale(conn, info.control_domain,
+                                  info.vdi_uuid, vbds)
+            if lvm.read_in_place(conn, info, vbds):
+                found = volumes()
+                if leaf not in found or not found[leaf].active:
+                    raise exception.ChainError(
+                        path='%s:%s' % (conn.label, info.path),
+                        reason='the VM runs here, but volume group %s '
+                        'has no active LV %s' % (
+                            posixpath.basename(directory), leaf))
+            else:
+                if not info.control_domain:
+                    raise exception.ChainError(
+                        path='%s:%s' % (conn.label, info.path),
+                        reason='no running VM has the VDI attached (its '
+                        'VM is halted, or it is a snapshot\'s, which a sync '
+                        'reads), and the host\'s control domain is unknown '
+                        '(its inventory, xenserver_inventory, names no '
+                        'CONTROL_DOMAIN_UUID): it cannot be attached to be '
+                        'read')
+                attachment = lvm.Attachment(conn, info.control_domain,
+                                            info.vdi_uuid)
+                attachment.plug()
         try:
-            if attachment is not None:
+            if found is None:
                 found = volumes()
             container = lvm.LvmContainer(conn, directory, leaf, self.limits,
-                                         found, label=conn.label)
+                                         found, label=conn.label,
+                                         flushed=flushed)
         except BaseException:
             if attachment is not None:
                 attachment.unplug()
@@ -266,3 +296,34 @@ class XenServerSource(base.Source):
         #: :class:`.lvm.Attachment` (None when read in place), to unplug.
         disk.keep_attachment = keep_attachment
         return disk
+
+
+def _plug_prepared(conn, attachment, lvs_argv, leaf_path):
+    """The prepared dom0 VBD ``attachment`` plugged, the volume group
+    listed and the leaf's page cache dropped, in one round trip (inside
+    a cutover's downtime: each command alone costs one).  Returns
+    (``attachment``, the listing, the names of the LVs flushed).  When
+    the plug fails, the VBD is destroyed; when what follows it fails, it
+    is unplugged and destroyed; the error is raised."""
+    leaf = posixpath.basename(leaf_path)
+    commands = [attachment.plug_command(), lvs_argv,
+                lvm.flush_command([leaf_path])]
+    try:
+        outputs = conn.run_many(commands)
+    except exception.RemoteCommandError as e:
+        # ``outputs``: those of the commands before the one that failed.
+        attachment.unplug(plugged=bool(getattr(e, 'outputs', None)))
+        raise
+    except BaseException:
+        # Whether the plug ran is unknown (a lost connection, an
+        # interruption): an unplug is asked for first (when it was not
+        # plugged, that one fails, and is logged).
+        attachment.unplug()
+        raise
+    attachment.plugged()
+    try:
+        found = lvm.parse_lvs(outputs[1], lvs_argv)
+    except BaseException:
+        attachment.unplug()
+        raise
+    return attachment, found, (leaf,)

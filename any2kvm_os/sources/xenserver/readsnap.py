@@ -41,7 +41,6 @@ from any2kvm_os.sources.xenserver import errors
 from any2kvm_os.sources.xenserver import lvm
 from any2kvm_os.sources.xenserver import snapshots
 from any2kvm_os.sources.xenserver import xe
-from any2kvm_os.ssh import connection as ssh_connection
 
 LOG = logging.getLogger(__name__)
 
@@ -140,8 +139,8 @@ class ReadSnapshot(object):
             run = _queries(conn)
 
             def run_many(argvs):
-                return [ssh_connection.judged(conn.label, r).stdout
-                        for r in conn.run_all(argvs, idempotent=True)]
+                # One round trip, one channel, however many disks.
+                return conn.run_many(argvs, idempotent=True)
             vdis = snapshots.vdis_taken_of(
                 run, run_many, self.uuid, [d.vdi_uuid for d in found.disks],
                 host=conn.label)
