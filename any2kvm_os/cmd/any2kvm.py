@@ -521,22 +521,47 @@ def console_main():
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, a service manager's stop): raised in
+    """SIGTERM (``kill``, ``timeout``, a service manager's stop) or SIGHUP
+    (the terminal or SSH session the command ran in went away): raised in
     the main thread like a Ctrl-C, so that what a command leaves behind
     when it is stopped is undone the same way (partial outputs removed,
-    the snapshot of a running VM it reads, its dom0 attachments)."""
+    the snapshot of a running VM it reads, its dom0 attachments, the
+    volumes it attached).  ``signum``: which."""
+
+    def __init__(self, signum=signal.SIGTERM):
+        super(Terminated, self).__init__(signum)
+        self.signum = signum
 
 
 def _terminated(signum, frame):
-    raise Terminated()
+    raise Terminated(signum)
+
+
+#: The signals turned into :class:`Terminated`.
+STOPS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _on_sigterm():
-    """Turn SIGTERM into :class:`Terminated` (in the main thread only);
-    returns the handler it replaced, or None."""
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` (in the main
+    thread only; a signal ignored, as ``nohup`` ignores SIGHUP, stays
+    ignored); returns {signal: the handler it replaced}."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _terminated)
+        return {}
+    previous = {}
+    for signum in STOPS:
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            continue
+        previous[signum] = signal.signal(signum, _terminated)
+    return previous
+
+
+def _say(text):
+    """``text`` on stderr, unless stderr is gone (a terminal hung up)."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv=None, started=None):
@@ -565,9 +590,10 @@ def main(argv=None, started=None):
         if handler is not None:
             handler.end_hold(True)
         if isinstance(e, Terminated):
-            sys.stderr.write('%s: terminated\n' % PROG)
-            return 143
-        sys.stderr.write('%s: interrupted\n' % PROG)
+            _say('%s: terminated%s\n' % (
+                PROG, ' (hangup)' if e.signum == signal.SIGHUP else ''))
+            return 128 + e.signum
+        _say('%s: interrupted\n' % PROG)
         return 130
     except Exception as e:
         if handler is not None:
@@ -579,8 +605,9 @@ def main(argv=None, started=None):
         sys.stderr.write('%s: error: %s\n' % (PROG, msg))
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler_was in previous.items():
+            if handler_was is not None:
+                signal.signal(signum, handler_was)
         if handler is not None and handler.held is not None:
             handler.end_hold(True)
 

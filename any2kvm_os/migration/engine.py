@@ -367,6 +367,30 @@ def _destination(m, cloud, dest):
     return destination(m['target'], m['target_options'], cloud)
 
 
+def _devices_free(store, name, devices):
+    """Refuse block devices (``--device``) another migration that is not
+    aborted writes to, or wrote to (its cutover's disks live there): two
+    migrations would write each other's disks."""
+    def same(a, b):
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            return os.path.realpath(a) == os.path.realpath(b)
+    for other in store.list():
+        if other['name'] == name or other['status'] == 'aborted' or \
+                other['target'] != 'file':
+            continue
+        for d in store.get(other['name'])['disks']:
+            for path in devices:
+                if same(path, d['target_ref']):
+                    raise MigrationError(
+                        name=name, reason='--device %s is the target of '
+                        'disk %d of migration %s (%s): a device is one '
+                        'migration\'s (abort that one first)' % (
+                            path, d['index'], other['name'],
+                            other['status']))
+
+
 def create(store, name, location, target='file', output_dir='.',
            limits=None, args=None, connect=None, options=None, cloud=None,
            dest=None):
@@ -408,6 +432,8 @@ def create(store, name, location, target='file', output_dir='.',
     finally:
         host.close()
     target_options, disks = dest.plan(name, found.disks)
+    if target_options.get('devices'):
+        _devices_free(store, name, target_options['devices'])
     target_options['vm_uuid'] = found.uuid
     # How the host was reached (--jump-host): the next commands reach it
     # so unless they say otherwise.
@@ -472,6 +498,43 @@ class _Figures(object):
         self.rewrites = []
 
 
+#: What :meth:`_Run.create_server` records before the server is made.
+SERVER_CHANGE = 'a server was created from them (--create-server)'
+#: The layer id of the record ``rollback`` leaves on each disk whose
+#: target the KVM side changed (:func:`kvm_changes`): no layer has it, so
+#: the next sync rewrites the disk from the base (:func:`_plan`), and the
+#: target is not taken as fresh (all zeros) meanwhile.
+KVM_MARK = 'changed-on-kvm'
+
+
+def _kvm_marked(applied):
+    """The reason ``rollback`` recorded with its :data:`KVM_MARK`, or
+    None."""
+    for a in applied:
+        if a['layer_id'] == KVM_MARK:
+            return (a.get('name') or '').partition(': ')[2] or KVM_MARK
+    return None
+
+
+def kvm_changes(details):
+    """What changed a migration's targets on the KVM side, as its
+    cutover's ``details`` record it (a server created from the volumes:
+    its guest writes to them; ``--fix``, when it fixed something), or
+    None.  Such targets no longer hold only the source's bytes: no layer
+    can be applied on them as an increment (the next sync after a
+    rollback, a cutover run again, writes every disk again whole)."""
+    details = details or {}
+    if details.get('targets_changed'):
+        return details['targets_changed']
+    if details.get('server_id'):
+        return SERVER_CHANGE
+    fixed = details.get('fixed')
+    if details.get('guest_inspected_by') == 'cutover --fix' and fixed and \
+            fixed != 'nothing to fix':
+        return 'cutover --fix (%s)' % fixed
+    return None
+
+
 def _plan(applied, stable):
     """How to bring a target holding ``applied`` (store records, oldest
     first) up to ``stable`` ((layer_id, fingerprint) oldest first):
@@ -508,14 +571,31 @@ def stable_layers(chain, with_leaf):
 
 
 def _update_disk(store, name, disk, chain, with_leaf, figures, target,
-                 progress=None):
+                 progress=None, changed=None):
     """Apply onto ``disk``'s target (``target``, an open writer) what it
-    lacks of ``chain`` (all but the leaf, or all with ``with_leaf``)."""
+    lacks of ``chain`` (all but the leaf, or all with ``with_leaf``).
+    ``changed``: what changed the targets on the KVM side since their
+    layers were applied (:func:`kvm_changes`): every layer is applied
+    again, from the base (which zeroes what no layer holds)."""
     n = len(chain.layers)
     order, names, stable = stable_layers(chain, with_leaf)
     applied = disk['applied']
-    how, k = _plan(applied, stable)
     idx = disk['index']
+    how, k = _plan(applied, stable)
+    if changed and applied:
+        # Not an increment: rewritten from the base.
+        how, k = 'rewrite', 0
+    if with_leaf and how == 'ok' and applied and k == len(stable):
+        # The leaf is recorded as applied: a cutover cut short after it
+        # (killed, its connection lost, its --fix failed), run again.
+        # The VM may have run since (started by hand, by HA) and written
+        # into blocks the leaf held, which no fingerprint shows: the
+        # leaf, the last delta, is applied again.
+        LOG.info('%s: the leaf %s was applied by a cutover that did not '
+                 'end: applying it again', disk['target_ref'],
+                 applied[-1]['name'])
+        store.forget_layers(name, idx, applied[-1]['layer_id'])
+        k = len(stable) - 1
     if target.fresh and applied:
         # The file made by create is gone: everything again.
         LOG.warning('%s: target missing, written anew', disk['target_ref'])
@@ -541,10 +621,17 @@ def _update_disk(store, name, disk, chain, with_leaf, figures, target,
         figures.files += sum(_file_size(chain.layers[i]) for i in order)
         figures.rewrites.append({'disk': idx, 'from_layer':
                                  applied[k]['name'], 'bytes': written})
-        LOG.warning('%s: the chain changed on the host from layer %s on '
-                    '(snapshot deleted and coalesced?): the disk was '
-                    'rewritten from the base (%d bytes of data)',
-                    disk['target_ref'], applied[k]['name'], written)
+        why = changed or _kvm_marked(applied)
+        if why:
+            LOG.warning('%s: the target was changed on the KVM side since '
+                        'its layers were applied (%s): the disk was '
+                        'rewritten from the base (%d bytes of data)',
+                        disk['target_ref'], why, written)
+        else:
+            LOG.warning('%s: the chain changed on the host from layer %s '
+                        'on (snapshot deleted and coalesced?): the disk '
+                        'was rewritten from the base (%d bytes of data)',
+                        disk['target_ref'], applied[k]['name'], written)
         store.forget_layers(name, idx, stable[k][0])
         for j in range(k, len(stable)):
             store.layer_started(name, idx, stable[j][0], names[j],
@@ -676,6 +763,9 @@ class _Run(object):
         self.record = self.disks = None
         #: {disk index: ChainDisk} opened before a cutover's shutdown.
         self.chains = {}
+        #: {disk index: what ``host.prepare_disk`` prepared} of the disks
+        #: on an LVM SR a cutover opens after the shutdown (open_chains).
+        self.prepared_disks = {}
         self.top = {}
         self.times = {}
         self.details = {}
@@ -884,8 +974,13 @@ class _Run(object):
         before = (f.layers, f.written, f.files, len(f.rewrites))
         disk = [d for d in self.disks if d['index'] == index][0]
         pre = self.chains.pop(index, None)
+        prepared = self.prepared_disks.pop(index, None)
         if pre is not None:
             opened = _reopen_leaf(self.host, self.infos[index], pre)
+        elif prepared is not None:
+            # The host takes it over.
+            opened = self.host.open_disk(self.infos[index],
+                                         prepared=prepared)
         else:
             opened = self.host.open_disk(self._read_from(index, with_leaf))
         try:
@@ -895,8 +990,11 @@ class _Run(object):
                     'layers; another snapshot would near XenServer\'s '
                     'limit: cut over now' % (index,
                                              len(opened.chain.layers)))
+            changed = (kvm_changes((self.m.get('cutover') or {})
+                                   .get('details')) if with_leaf else None)
             _update_disk(self.store, self.name, disk, opened.chain,
-                         with_leaf, f, self.writers[index], self.progress)
+                         with_leaf, f, self.writers[index], self.progress,
+                         changed=changed)
             self.top[index] = opened.chain.layers[0].identity
             _record_size(self.store, self.name, disk,
                          self.infos[index].virtual_size)
@@ -940,25 +1038,37 @@ class _Run(object):
         """Before the shutdown: each disk's chain found and opened (the
         SFTP session started, the SR listed, every layer's metadata
         read), none of which needs the VM down; after it only each
-        leaf is read again (:func:`_reopen_leaf`)."""
+        leaf is read again (:func:`_reopen_leaf`).  A disk on an LVM SR
+        is opened after the shutdown; before it, what can be is prepared
+        (``host.prepare_disk``: its dom0 VBD created, plugged in the
+        downtime in the round trip that lists the volume group)."""
+        prepare = getattr(self.host, 'prepare_disk', None)
         for index, info in sorted(self.infos.items()):
             if on_lvm(info):
                 # SM deactivates the VM's LVs at its shutdown, and leaves
                 # one held open active with no refcount (lvmcache: "LV
                 # open"): opened after it (attached to dom0 then:
                 # sources.xenserver.lvm).
+                prepared = prepare(info) if prepare is not None else None
+                if prepared is not None:
+                    self.prepared_disks[index] = prepared
                 continue
             self.chains[index] = self.host.open_disk(info)
         return {'layers': dict((str(i), len(c.chain.layers))
-                               for i, c in self.chains.items())}
+                               for i, c in self.chains.items()),
+                'prepared': sorted(self.prepared_disks)}
 
     def close_chains(self):
         chains, self.chains = self.chains, {}
+        prepared, self.prepared_disks = self.prepared_disks, {}
         for opened in chains.values():
             try:
                 opened.close()
             except Exception as e:
                 LOG.warning('could not close a chain: %s', _one_line(e))
+        for attachment in prepared.values():
+            # Created, never plugged: destroyed (an error is logged).
+            attachment.unplug(plugged=False)
 
     def close_targets(self, exc_info=None):
         """Flush and close (detach) the targets; again: nothing."""
@@ -979,12 +1089,23 @@ class _Run(object):
 
     def fix_guest(self):
         """After the last layers of a cutover, targets closed: the
-        guest's recorded properties, or the targets fixed (``--fix``)."""
-        self.details.update(self.guest.at_cutover(
-            self.store, self.name, self.dest, self.found.facts,
-            m=self.record) or {})
+        guest's recorded properties, or the targets fixed (``--fix``).
+        A fix is recorded at once (:func:`kvm_changes`): a cutover cut
+        short after it is run again over targets that differ from the
+        source."""
+        got = self.guest.at_cutover(self.store, self.name, self.dest,
+                                    self.found.facts, m=self.record) or {}
+        self.details.update(got)
+        if kvm_changes(got):
+            self._record_change(dict(got, targets_changed=kvm_changes(got)))
         self.times['fixed'] = time.time()
         return {'fixed': True}
+
+    def _record_change(self, details):
+        """``details`` of the open cutover recorded now (not at its end):
+        what changed the targets on the KVM side (:func:`kvm_changes`)."""
+        self.store.cutover_recorded(self.name, self.times['shutdown'], None,
+                                    details=details)
 
     def record_sync(self):
         self.result = _result(self.name, self.started, self.host,
@@ -1077,7 +1198,18 @@ class _Run(object):
 
     def create_server(self):
         self.prepared = None
-        made = self.server.create(self.store.get(self.name)) or {}
+        # Before the server exists: a guest that boots writes to the
+        # volumes, and a run killed from here on must know it (a
+        # rollback then deletes the server the volumes are attached to,
+        # and has them written again whole).
+        self._record_change({'targets_changed': SERVER_CHANGE})
+
+        def created(made):
+            # Its id as soon as Nova has it: a rollback deletes it, even
+            # when its boot was never seen.
+            self._record_change(made)
+        made = self.server.create(self.store.get(self.name),
+                                  created=created) or {}
         self.details.update(made)
         self.times['completed'] = time.time()
         return made
@@ -1176,6 +1308,15 @@ class _Run(object):
         # The host never answered: say so, not "syncing" for ever.
         msg = _one_line(e, prefix='' if self.host is not None else
                         'could not connect to the host: ')
+        if self.status == 'cutting-over' and 'shutdown' in self.times:
+            # The VM was shut down: that is what the operator must know
+            # first (the error itself may be an interruption's one word).
+            LOG.warning('migration %s: VM %s was shut down for the cutover '
+                        'and stays halted: run "migration cutover %s" again '
+                        'to finish, or "migration rollback %s" to start it '
+                        'again', self.name, self.vm_uuid, self.name,
+                        self.name)
+            msg += ' (the source VM was shut down and stays halted)'
         if self.status == 'syncing':
             self.store.sync_recorded(
                 self.name, self.started, time.time(), self.figures.layers,
@@ -1670,10 +1811,16 @@ def rollback(store, name, limits=None, args=None, connect=None,
             raise MigrationError(name=name, reason='has no cutover to roll '
                                  'back (status %s)' % m['status'])
         result = {'name': name, 'server_deleted': None}
-        if server is None and c['details'].get('server_id'):
+        changed = kvm_changes(c['details'])
+        # A server made (its id known), or perhaps made (a cutover killed
+        # while it made one: it is found by its volumes' attachments).
+        made = (c['details'].get('server_id') or
+                c['details'].get('targets_changed') == SERVER_CHANGE)
+        if server is None and made:
             raise MigrationError(name=name, reason='the cutover made server '
                                  '%s: rolling back needs the cloud to '
-                                 'delete it' % c['details']['server_id'])
+                                 'delete it' % (c['details'].get('server_id')
+                                                or '(id not recorded)'))
 
         def delete_server():
             # The volumes must be free before the source starts again
@@ -1719,6 +1866,16 @@ def rollback(store, name, limits=None, args=None, connect=None,
         def forget_layers():
             forgotten = 0
             for disk in m['disks']:
+                if changed and disk['applied']:
+                    # The targets hold what the KVM side wrote: the next
+                    # sync writes them again whole (the mark).
+                    store.forget_layers(name, disk['index'],
+                                        disk['applied'][0]['layer_id'])
+                    forgotten += len(disk['applied'])
+                    store.layer_started(name, disk['index'], KVM_MARK,
+                                        'changed on KVM: %s' % changed,
+                                        REWRITE + KVM_MARK)
+                    continue
                 # The top layer recorded, or (a cutover cut short) a layer
                 # read from the VDI's own file: the leaf the VM writes to.
                 top = c['top_layers'].get(str(disk['index']))
@@ -1732,14 +1889,19 @@ def rollback(store, name, limits=None, args=None, connect=None,
                         forgotten += len(disk['applied']) - k
                         break
             result['layers_forgotten'] = forgotten
-            return {'layers_forgotten': forgotten}
+            if changed:
+                result['rewrite'] = changed
+                LOG.warning('migration %s: the targets were changed on the '
+                            'KVM side (%s): the next sync writes them '
+                            'again whole', name, changed)
+            return {'layers_forgotten': forgotten, 'rewrite': changed}
 
         def record():
             store.rollback_recorded(name)
             store.set_status(name, 'synced')
 
         steps = []
-        if server is not None and c['details'].get('server_id'):
+        if server is not None and made:
             steps.append(flows.Step('delete-server', delete_server))
         steps += [flows.Step('start-vm', start_vm),
                   flows.Step('forget-layers', forget_layers),

@@ -64,13 +64,21 @@ class ServerStep(object):
         if self.plan is not None:
             server_mod.discard(self.plan)
 
-    def create(self, migration):
+    def create(self, migration, created=None):
         """The server from the volumes, its boot verified (else deleted
         again, and :class:`~any2kvm_os.targets.server.BootError`);
-        returns what the cutover records."""
+        returns what the cutover records.  ``created(details)``: called
+        with the server's id, name and ports as soon as Nova has it."""
         volumes = [{'id': d['target_ref'], 'name': d.get('name')}
                    for d in migration['disks']]
-        server, boot = server_mod.create_and_boot(self.plan, volumes)
+
+        def made(server):
+            if created is not None:
+                created({'server_id': server.id,
+                         'server_name': server.name,
+                         'port_ids': list(server.port_ids or ())})
+        server, boot = server_mod.create_and_boot(self.plan, volumes,
+                                                  created=made)
         return {'server_id': server.id, 'server_name': server.name,
                 'flavor': server.flavor_name,
                 'port_ids': list(server.port_ids or ()),

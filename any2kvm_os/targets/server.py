@@ -949,11 +949,16 @@ def rollback(clients, server=None, server_id=None, volumes=(),
             'volumes_kept': [v['id'] for v in volumes]}
 
 
-def create_and_boot(plan, volumes_in_device_order):
+def create_and_boot(plan, volumes_in_device_order, created=None):
     """:func:`create`, :func:`wait_boot`; rolled back when the boot is not
-    verified (see the module's doc)."""
+    verified (see the module's doc), and when the wait is interrupted
+    (Ctrl-C, SIGTERM: the server is deleted, then the interruption goes
+    on).  ``created(server)``: called once Nova has the server, before
+    its boot is waited for (the caller records its id)."""
     server = create(plan, volumes_in_device_order)
     try:
+        if created is not None:
+            created(server)
         boot = wait_boot(server)
     except BootError as e:
         try:
@@ -964,4 +969,17 @@ def create_and_boot(plan, volumes_in_device_order):
         raise BootError('%s; %s; volumes kept: %s' % (
             e, undone, _volume_list(server.volumes)), server.id,
             console_tail=e.console_tail, fault=e.fault) from e
+    except BaseException:
+        # Interrupted, or another error: the server goes (a second
+        # interruption stops that; its id is recorded: "migration
+        # rollback" deletes it).
+        try:
+            rollback(plan.clients, server, poll=plan.options.poll)
+            LOG.warning('server %s deleted (its boot was not verified); '
+                        'volumes kept: %s', server.id,
+                        _volume_list(server.volumes))
+        except Exception as e2:
+            LOG.warning('server %s could not be deleted (%s): "migration '
+                        'rollback" deletes it', server.id, e2)
+        raise
     return server, boot

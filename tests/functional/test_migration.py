@@ -528,9 +528,11 @@ def _state(common, name='web'):
 
 @pytest.mark.parametrize('sig,rc,word', [
     (signal.SIGINT, 130, 'interrupted'),
-    (signal.SIGTERM, 143, 'terminated')])
+    (signal.SIGTERM, 143, 'terminated'),
+    (signal.SIGHUP, 129, 'terminated (hangup)')])
 def test_interrupted_while_the_host_snapshots(bed, sig, rc, word):
-    """Ctrl-C (SIGINT), or SIGTERM (handled alike), while the host's
+    """Ctrl-C (SIGINT), or SIGTERM or SIGHUP (the operator's session
+    gone; handled alike), while the host's
     answer to the snapshot is awaited (the host's first work runs in a
     thread of its own): the command ends at once with one line, without
     waiting for the answer; the migration is marked failed (or left as it
@@ -785,6 +787,70 @@ def test_cutover_force_cancels_the_clean_shutdown_under_way(bed):
     # Counted from the first request, as the guest went down since.
     assert m['cutover']['shutdown_at'] == first_request, m['cutover']
     assert m['cutover']['downtime'] >= 3, m['cutover']
+    check(m, facts)
+
+
+def _stopped_at(root, verb, args, common, sig=signal.SIGKILL):
+    """A command of ``args`` stopped (``sig``) when it runs ``xe VERB`` on
+    the host (held there until then); (its exit status, its stderr)."""
+    bin_dir = Path(str(root)).parent / 'bin'
+    hold, reached = bin_dir / 'hold', bin_dir / 'reached'
+    xbed.wrap_command(
+        bin_dir, 'xe',
+        'if [ "$1" = %(verb)s ] && [ -e "%(hold)s" ]; then\n'
+        '  touch "%(reached)s"; n=0\n'
+        '  while [ -e "%(hold)s" ] && [ $n -lt 1200 ]; do\n'
+        '    sleep 0.1; n=$((n+1)); done\n'
+        'fi\n'
+        'exec "$REAL" "$@"\n' % {'hold': hold, 'reached': reached,
+                                 'verb': verb})
+    hold.write_text('')
+    p = _cutover_process(args, common)
+    deadline = time.monotonic() + 120
+    while not reached.exists() and p.poll() is None and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reached.exists(), p.communicate()
+    p.send_signal(sig)
+    _out, err = p.communicate(timeout=60)
+    hold.unlink()
+    return p.returncode, err
+
+
+def test_cutover_again_after_the_vm_ran_again_applies_the_leaf(bed):
+    """A cutover stopped (SIGTERM) after it applied the leaf (removing
+    the snapshots) says first that the VM stays halted.  The VM is
+    started again behind the tool's back (by hand, by HA) and its guest
+    writes into a block the leaf already holds, which changes none of
+    the leaf's metadata: the next cutover applies the leaf again, and
+    the targets hold the write."""
+    root, facts, out, loc, common = bed
+    vm = facts['two-disks']
+    mig('create', 'web', loc, '--output-dir', out, common=common)
+    w0, _w1 = writers(root, facts, _state(common))
+    mig('sync', 'web', '--no-progress', common=common)
+    w0.write(5 * MiB, ig.pattern(61, 4096))
+    rc, err = _stopped_at(root, 'snapshot-list', [
+        'cutover', 'web', '--no-progress', '--timeout', '60'], common,
+        sig=signal.SIGTERM)
+    assert rc == 143, err
+    assert ('VM %s was shut down for the cutover and stays halted: run '
+            '"migration cutover web" again to finish, or "migration '
+            'rollback web" to start it again' % vm) in err, err
+    assert err.strip().splitlines()[-1] == 'any2kvm: terminated', err
+    m = _state(common)
+    assert m['status'] == 'failed', m['status']
+    assert 'stays halted' in m['error'], m['error']
+    leaf = '%s.vhd' % m['disks'][0]['source_id']
+    assert [a['name'] for a in m['disks'][0]['applied']][-1] == leaf
+    assert st.load(str(root))['vm'][vm]['power-state'] == 'halted'
+    xhost.xe_ok(root, 'vm-start', 'uuid=%s' % vm)
+    w0.write(5 * MiB, ig.pattern(62, 4096))
+    r = mig('cutover', 'web', '--no-progress', '--timeout', '60',
+            common=common)
+    assert 'downtime' in r.stdout, r.stdout
+    m = show(common)
+    assert m['status'] == 'done'
     check(m, facts)
 
 
@@ -1069,6 +1135,13 @@ def test_create_sync_sync_cutover_onto_devices(bed, devices, tmp_path):
     assert [d['target_ref'] for d in m['disks']] == devices
     text = mig('show', 'web', common=common[-2:]).stdout
     assert devices[0] in text and 'never deleted or wiped' in text, text
+    # A device is one migration's: a second one onto it is refused.
+    r = mig('create', 'web2', loc, '--device', devices[0], '--device',
+            devices[1], common=common, ok=False)
+    assert r.returncode != 0 and 'Traceback' not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert ('--device %s is the target of disk 0 of migration web'
+            % devices[0]) in line, line
     w0, w1 = writers(root, facts, m)
     r = mig('sync', 'web', '--no-inspect', common=common)
     assert '2 layer(s) applied' in r.stdout, r.stdout
@@ -1419,8 +1492,32 @@ def test_a_vm_on_an_lvm_sr_end_to_end(bed):
                     socket.gethostname(), dead))
     xhost.xe_ok(root, 'vbd-plug', 'uuid=' + vbd)
     w.write(2 * MiB, ig.pattern(73, 8192))
+    # Which round trip (the shell that ran it: $PPID) ran each command.
+    bin_dir = Path(str(root)).parent / 'bin'
+    calls = bin_dir / 'calls.log'
+    for name in ('xe', 'lvs', 'blockdev'):
+        xbed.wrap_command(bin_dir, name,
+                          '"$REAL" "$@"; rc=$?\n'
+                          'echo "$PPID %s $*" >> "%s"\n'
+                          'exit $rc\n' % (name, calls))
     r = mig('cutover', 'db', '--timeout', '60', common=common)
     assert 'downtime' in r.stdout, r.stdout
+    # The dom0 VBD of the last layer's read was created (and tagged)
+    # before the shutdown; inside the downtime it was plugged, the volume
+    # group listed and the leaf's cache dropped in one round trip.
+    log = [line.split(' ', 2) for line in calls.read_text().splitlines()]
+    words = [(c, a.split(' ', 1)[0]) for _p, c, a in log]
+    down = words.index(('xe', 'vm-shutdown'))
+    assert words.index(('xe', 'vbd-create')) < down, words
+    assert words.index(('xe', 'vbd-param-set')) < down, words
+    plug = words.index(('xe', 'vbd-plug'))
+    assert plug > down, words
+    assert [w for w in words[plug:plug + 3]] == [
+        ('xe', 'vbd-plug'), ('lvs', '--readonly'),
+        ('blockdev', '--flushbufs')], words
+    assert len(set(p for p, _c, _a in log[plug:plug + 3])) == 1, log
+    assert log[plug + 2][2].endswith('/VHD-' + vdi), log
+    assert ('xe', 'vbd-list') not in words[down:plug], words
     m = show(common, 'db')
     assert m['status'] == 'done'
     check(m, facts)

@@ -31,6 +31,7 @@ import pytest
 import sqlalchemy as sa
 
 from any2kvm_os.migration.state import api
+from any2kvm_os import processes
 from any2kvm_os.migration.state import models
 from any2kvm_os.migration.state import sql
 
@@ -61,13 +62,13 @@ def _run(script, *args, **kwargs):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kwargs)
 
 
-def _plant_holder(url, host, expires, pid=1):
+def _plant_holder(url, host, expires, pid=1, mark=None):
     engine = sa.create_engine(url)
     with engine.begin() as c:
         mid = c.execute(sa.select(models.Migration.id)).scalar()
         c.execute(sa.insert(models.Holder).values(
             migration_id=mid, token='t', operation='sync', pid=pid,
-            host=host, since=time.time() - 10, expires=expires))
+            host=host, since=time.time() - 10, expires=expires, mark=mark))
     engine.dispose()
 
 
@@ -452,9 +453,59 @@ class StoreContract(object):
 
     def test_expired_lease_is_taken_over(self, url, store):
         _create(store)
-        # Even a live process on this host: its lease was not renewed.
+        # A lease recorded before marks (no process mark): even a live
+        # process on this host, its lease not renewed.
         _plant_holder(url, socket.gethostname(), time.time() - 1,
                       pid=os.getppid())
+        with store.hold('vm1', 'sync') as lease:
+            assert lease['pid'] == os.getpid()
+
+    def test_stopped_holder_of_this_host_keeps_its_expired_lease(
+            self, url, store):
+        """A process of this host that holds a migration and is stopped
+        (Ctrl-Z, SIGSTOP) past its lease still holds it: taken over, it
+        would write the rest of its layer over what the new holder wrote
+        once resumed.  The refusal says the lease expired and what to do;
+        once the process is gone, the lease is taken over."""
+        _create(store)
+        child = _run('''
+            import sys
+            from any2kvm_os.migration.state import sql
+            with sql.SqlStore(sys.argv[1], lease=0.5).hold('vm1', 'sync'):
+                print('held', flush=True)
+                sys.stdin.readline()
+            ''', url)
+        try:
+            assert child.stdout.readline() == 'held\n'
+            os.kill(child.pid, signal.SIGSTOP)
+            time.sleep(1.2)
+            assert store.get('vm1')['holder']['expires'] < time.time()
+            with pytest.raises(api.Busy) as e:
+                store.hold('vm1', 'cutover').__enter__()
+            text = str(e.value)
+            assert 'sync by pid %d' % child.pid in text, text
+            assert 'its lease expired at' in text and 'kill it' in text, \
+                text
+            assert store.get('vm1')['holder']['live']
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.communicate(timeout=60)
+        holder = store.get('vm1')['holder']
+        assert holder['pid'] == child.pid and not holder['live']
+        with store.hold('vm1', 'abort') as lease:
+            assert lease['pid'] == os.getpid()
+
+    def test_a_holder_whose_pid_is_another_process_now_is_gone(
+            self, url, store):
+        """A mark names a process by its pid and start time: the pid
+        given to another process since (this one, in the test) holds
+        nothing."""
+        _create(store)
+        _plant_holder(url, socket.gethostname(), time.time() + 3600,
+                      pid=os.getpid(), mark='%d:%s:1:%s' % (
+                          os.getpid(), processes.boot_id() or '',
+                          processes.machine_tag() or ''))
+        assert not store.get('vm1')['holder']['live']
         with store.hold('vm1', 'sync') as lease:
             assert lease['pid'] == os.getpid()
 
@@ -471,10 +522,12 @@ class StoreContract(object):
     def test_lost_lease_is_noticed(self, url, store):
         _create(store)
         with store.hold('vm1', 'sync') as lease:
-            # Not renewed in time (a stopped process): expired, taken over.
+            # Not renewed in time (a process of another host that shares
+            # the database, stopped): expired, taken over.
             engine = sa.create_engine(url)
             with engine.begin() as c:
-                c.execute(sa.update(models.Holder).values(expires=time.time()))
+                c.execute(sa.update(models.Holder).values(
+                    expires=time.time(), host='elsewhere.example'))
             engine.dispose()
             with store.hold('vm1', 'abort'):
                 assert not store.touch(lease) and lease['lost']

@@ -254,9 +254,11 @@ def test_abort_deletes_the_volumes_on_request(bed):
 def test_cutover_create_server_rollback_sync_cutover_again(bed):
     """--create-server on the fake Nova: a refusal by prepare comes
     before the shutdown; the downtime runs to the verified boot; rollback
-    deletes the server (volumes kept) and starts the source; the next sync
-    copies what the VM wrote without a rewrite; a second cutover makes a
-    second server; the volumes hold the disks."""
+    deletes the server (volumes kept) and starts the source; the server's
+    guest wrote to the volumes, so the next sync writes them again whole
+    (not as an increment: that would keep the guest's blocks beside the
+    source's); a second cutover makes a second server; the volumes hold
+    the disks."""
     from any2kvm_os.migration import server_step
     from any2kvm_os.targets import server as server_mod
     from tests.lib import fakenova
@@ -295,8 +297,15 @@ def test_cutover_create_server_rollback_sync_cutover_again(bed):
     assert m['cutover']['details']['server_id'] == first_server
     _check(cloud, m, facts)
 
+    # The guest of the server writes to its volumes (the source has
+    # other bytes there).
+    for d in m['disks']:
+        with open(cloud.path(d['target_ref']), 'r+b') as f:
+            f.seek(3 * MiB)
+            f.write(b'written on KVM' * 100)
     out = engine.rollback(store, 'web', connect=kw()['connect'],
                           server=step())
+    assert out['rewrite'] == engine.SERVER_CHANGE
     assert out['server_deleted'] == first_server
     assert first_server not in nova.servers
     assert 'server-delete' in nova.changes()
@@ -307,7 +316,9 @@ def test_cutover_create_server_rollback_sync_cutover_again(bed):
     w0.write(6 * MiB, ig.pattern(21, 8192))
     w1.write(MiB, ig.pattern(22, 4096))
     r = engine.sync(store, 'web', **kw())
-    assert r['rewrites'] == [] and r['bytes_written'] < 2 * MiB
+    assert r['bytes_written'] > 6 * MiB, r
+    assert not [a for d in store.get('web')['disks'] for a in d['applied']
+                if a['partial']]
     w0.zero(2 * MiB, 4096)
     r = engine.cutover(store, 'web', server=step(network_map=nets), **kw())
     assert r['details']['server_id'] != first_server
@@ -317,6 +328,102 @@ def test_cutover_create_server_rollback_sync_cutover_again(bed):
         True, False]
     assert [c['details'].get('server_id') for c in m['cutovers']] == [
         first_server, r['details']['server_id']]
+
+
+def test_cutover_cut_short_after_its_fix_rewrites_the_disks(
+        bed, monkeypatch):
+    """``cutover --fix`` whose fix changed the volumes, cut short after
+    it (the volumes' metadata refused): the fix was recorded at once, so
+    the cutover run again (here without --fix) writes each disk again
+    whole rather than the leaf over the fixed volumes; they then hold
+    the source's disks."""
+    from pathlib import Path
+    from any2kvm_os.guest import inspect as gi
+    from any2kvm_os.migration import destinations
+    from any2kvm_os.migration import guest_step
+    recorded = Path(__file__).parent / 'data' / 'probe-linux-guests.json'
+    root, facts, store, cloud, kw, _hosts = bed
+    engine.create(store, 'web', LOC, target='cinder', **kw())
+    engine.sync(store, 'web', **kw())
+
+    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
+        for p in paths:
+            with open(p, 'r+b') as f:
+                f.seek(3 * MiB)
+                f.write(b'fixed on KVM' * 100)
+        return dict(json.loads(recorded.read_text()), fixed=[
+            {'files': [{'path': '/etc/fstab'}]}])
+
+    def refused(self, *a, **k):
+        raise exception.Any2KvmError('cinder: metadata refused')
+    monkeypatch.setattr(gi, 'run_probe', probe)
+    monkeypatch.setattr(destinations.CinderDestination, 'finish', refused)
+    with pytest.raises(exception.Any2KvmError, match='metadata refused'):
+        engine.cutover(store, 'web', guest=guest_step.GuestStep(fix=True),
+                       **kw())
+    c = store.get('web')['cutover']
+    assert c['completed_at'] is None
+    assert engine.kvm_changes(c['details']).startswith('cutover --fix')
+    monkeypatch.undo()
+    r = engine.cutover(store, 'web', **kw())
+    assert [x['disk'] for x in r['rewrites']] == [0, 1], r
+    _check(cloud, store.get('web'), facts)
+
+
+def test_cutover_interrupted_while_the_server_boots(bed, monkeypatch):
+    """A cutover interrupted while it waits for the server's boot: the
+    server's id was recorded as soon as Nova had it, the server is
+    deleted before the interruption goes on; a rollback (which would
+    delete it if that had failed) starts the source again and has the
+    next sync write the volumes again whole (the guest may have written
+    to them), and the volumes then hold the disks."""
+    from any2kvm_os.migration import server_step
+    from any2kvm_os.targets import server as server_mod
+    from tests.lib import fakenova
+
+    root, facts, store, cloud, kw, _hosts = bed
+    nova = fakenova.FakeCloud().standard()
+    m = engine.create(store, 'web', LOC, target='cinder', **kw())
+    for d in m['disks']:
+        nova.volumes[d['target_ref']] = fakenova.Obj(
+            id=d['target_ref'], name=d['name'], size=1, status='available',
+            attachments=[])
+    engine.sync(store, 'web', **kw())
+    seen = {}
+
+    def interrupted(server):
+        seen['details'] = store.get('web')['cutover']['details']
+        # The guest writes before the interruption.
+        for d in m['disks']:
+            with open(cloud.path(d['target_ref']), 'r+b') as f:
+                f.seek(3 * MiB)
+                f.write(b'written on KVM' * 100)
+        raise KeyboardInterrupt()
+    monkeypatch.setattr(server_mod, 'wait_boot', interrupted)
+    step = server_step.ServerStep(
+        server_mod.Options(create_server=True, poll=0.01,
+                           network_map={'nic0': 'private',
+                                        'nic1': 'private'}),
+        clients=nova.clients())
+    with pytest.raises(KeyboardInterrupt):
+        engine.cutover(store, 'web', server=step, **kw())
+    made = seen['details']['server_id']
+    assert seen['details']['targets_changed'] == engine.SERVER_CHANGE
+    assert made not in nova.servers         # deleted on the way out
+    m = store.get('web')
+    assert m['cutover']['details']['server_id'] == made
+    assert _power(root, facts['two-disks']) == 'halted'
+    out = engine.rollback(store, 'web', connect=kw()['connect'],
+                          server=server_step.ServerStep(
+                              server_mod.Options(poll=0.01),
+                              clients=nova.clients()))
+    assert out['rewrite'] == engine.SERVER_CHANGE
+    assert _power(root, facts['two-disks']) == 'running'
+    r = engine.sync(store, 'web', **kw())
+    assert [x['disk'] for x in r['rewrites']] == [0, 1], r
+    r = engine.cutover(store, 'web', **kw())
+    assert r['rewrites'] == []
+    _check(cloud, store.get('web'), facts)
 
 
 def test_create_server_needs_a_cinder_migration(bed, tmp_path):
@@ -465,7 +572,9 @@ def test_cutover_fix_failing_halfway_reverts_and_cutover_runs_again(
     assert _power(root, facts['two-disks']) == 'halted'
     r = engine.cutover(store, 'web', guest=guest_step.GuestStep(fix=True),
                        **kw())
-    assert r['layers_applied'] == 0
+    # Each leaf again (the VM might have run since), and nothing else:
+    # the fix left nothing on the volumes.
+    assert r['layers_applied'] == 2 and r['rewrites'] == []
     assert r['details']['guest_inspected_by'] == 'cutover --fix'
     # The downtime runs from the first shutdown request.
     assert r['phases']['before_shutdown'] == 0

@@ -22,6 +22,7 @@ float); times are UTC seconds since the epoch (float).
 """
 
 import abc
+import time
 
 #: The states of a migration, in the order they normally come.
 STATUSES = ('created', 'syncing', 'synced', 'cutting-over', 'done',
@@ -35,10 +36,17 @@ class Busy(Exception):
     def __init__(self, name, holder):
         self.name = name
         self.holder = holder
+        expires = holder.get('expires')
+        stale = ''
+        if expires is not None and expires <= time.time():
+            # A process of this host that lives on past its lease.
+            stale = ('; its lease expired at %s: the process is stopped '
+                     'or hung (resume it, or kill it to go on)'
+                     % holder.get('expires_text'))
         super(Busy, self).__init__(
-            'migration %s is busy: %s by pid %s on %s since %s' % (
+            'migration %s is busy: %s by pid %s on %s since %s%s' % (
                 name, holder.get('operation'), holder.get('pid'),
-                holder.get('host'), holder.get('since_text')))
+                holder.get('host'), holder.get('since_text'), stale))
 
 
 class NotFound(Exception):

@@ -170,3 +170,6 @@ class Holder(Base):
     host = orm.mapped_column(sa.String(255), nullable=False)
     since = orm.mapped_column(sa.Double, nullable=False)
     expires = orm.mapped_column(sa.Double, nullable=False)
+    #: The holder's process (``processes.mark``; revision 0007), null
+    #: for a lease taken before.
+    mark = orm.mapped_column(sa.String(255))

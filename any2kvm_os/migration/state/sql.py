@@ -429,7 +429,8 @@ def _holder_dict(holder):
     return {'operation': holder.operation, 'pid': holder.pid,
             'host': holder.host, 'since': holder.since,
             'since_text': _time_text(holder.since),
-            'expires': holder.expires}
+            'expires': holder.expires,
+            'expires_text': _time_text(holder.expires)}
 
 
 def _layer_dict(layer):
@@ -638,8 +639,17 @@ class SqlStore(api.Store):
     # -- the lease ------------------------------------------------------------
 
     def _alive(self, holder, now):
-        """Whether ``holder`` still holds: its lease has not expired, and
-        on this host, its process is still there."""
+        """Whether ``holder`` still holds.  One of this host (its host
+        name and machine) is judged by its process alone
+        (:func:`processes.gone`): while it lives it holds, even when its
+        lease expired (a process stopped or hung that went on would write
+        beside the one that took over); once it is gone, or its pid is
+        another process's, it does not.  One of another host holds until
+        its lease expires (so does one recorded before marks, while its
+        pid is there)."""
+        if holder.host == _host() and holder.mark and \
+                processes.mark_here(holder.mark):
+            return not processes.gone(holder.mark)
         if holder.expires <= now:
             return False
         if holder.host == _host():
@@ -663,7 +673,8 @@ class SqlStore(api.Store):
             holder = models.Holder(
                 migration_id=m.id, token=uuid.uuid4().hex,
                 operation=operation, pid=os.getpid(), host=_host(),
-                since=now, expires=now + self.lease)
+                since=now, expires=now + self.lease,
+                mark=processes.mark())
             session.add(holder)
             lease = _holder_dict(holder)
             lease.update(name=name, token=holder.token, lost=False)
