@@ -146,9 +146,15 @@ class FileDestination(Destination):
                     os.ftruncate(fd, d['virtual_size'])
                 finally:
                     os.close(fd)
-        except OSError as e:
+        except BaseException as e:
+            # Nothing half-made is left, whatever stopped it.
             for path in made:
-                os.unlink(path)
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            if not isinstance(e, OSError):
+                raise
             raise DestinationError(target=self.name, reason='%s: %s' % (
                 e.filename or self.options.get('output_dir'), e.strerror))
 

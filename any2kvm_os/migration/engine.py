@@ -1208,8 +1208,17 @@ class _Run(object):
             # Its id as soon as Nova has it: a rollback deletes it, even
             # when its boot was never seen.
             self._record_change(made)
-        made = self.server.create(self.store.get(self.name),
-                                  created=created) or {}
+        try:
+            made = self.server.create(self.store.get(self.name),
+                                      created=created) or {}
+        except BaseException as e:
+            if getattr(e, 'deleted', False):
+                # Its boot not verified, the server deleted again: a
+                # cutover may run again (the targets still count as
+                # changed: its guest ran).
+                self._record_change({'server_id': None,
+                                     'server_deleted': e.server_id})
+            raise
         self.details.update(made)
         self.times['completed'] = time.time()
         return made
@@ -1764,6 +1773,22 @@ def _await_pending_shutdown(host, vm_uuid, timeout):
                 e.kwargs.get('state', 'not halted')))
 
 
+def _no_server_left(store, name):
+    """Refuse a cutover run again after one that created a server from
+    the volumes and then stopped (its server may run from them: a second
+    cutover would attach them again, or make a second server)."""
+    m = _get(store, name)
+    c = m.get('cutover') or {}
+    server_id = (c.get('details') or {}).get('server_id')
+    if server_id and m['status'] != 'done':
+        raise MigrationError(name=name, reason='its last cutover created '
+                             'server %s from the volumes and did not end; '
+                             'the server may be running from them: '
+                             '"migration rollback %s" deletes it and starts '
+                             'the source VM again (then cut over again)'
+                             % (server_id, name))
+
+
 def cutover(store, name, force=False, timeout=600, limits=None, args=None,
             connect=None, cloud=None, dest=None, progress=None,
             server=None, guest=None):
@@ -1784,6 +1809,7 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
     the last layers (the task ``fix-guest``, the ``fix`` phase of the
     downtime)."""
     with _Held(store, name, 'cutover'):
+        _no_server_left(store, name)
         run = _Run(store, name, CUTTABLE, 'cutting-over', 'cannot cut over',
                    limits, args, connect, cloud, dest, progress, server,
                    guest=guest)
@@ -1898,7 +1924,10 @@ def rollback(store, name, limits=None, args=None, connect=None,
 
         def record():
             store.rollback_recorded(name)
-            store.set_status(name, 'synced')
+            # An aborted migration stays aborted (its snapshots are gone:
+            # it is not synced).
+            if m['status'] != 'aborted':
+                store.set_status(name, 'synced')
 
         steps = []
         if server is not None and made:
@@ -1954,6 +1983,16 @@ def abort(store, name, delete_targets=False, limits=None, args=None,
         steps.append(flows.Step('record', lambda: store.set_status(
             name, 'aborted')))
         flows.run(store, name, 'abort', flows.flow('abort', steps))
+        c = m.get('cutover')
+        if c and c.get('shutdown_at'):
+            # A cutover began (it may have shut the VM down): abort
+            # starts nothing.
+            result['vm_left'] = m['target_options']['vm_uuid']
+            LOG.warning('migration %s: its cutover shut VM %s down (or '
+                        'asked to): abort leaves it as it is; start it '
+                        'with "migration rollback %s" (or xe vm-start '
+                        'uuid=%s)', name, result['vm_left'], name,
+                        result['vm_left'])
         return result
 
 

@@ -128,6 +128,8 @@ class BootError(ServerError):
         self.server_id = server_id
         self.console_tail = list(console_tail)
         self.fault = fault
+        #: Whether the server was deleted again (:func:`create_and_boot`).
+        self.deleted = False
 
 
 # -- options ------------------------------------------------------------------
@@ -961,15 +963,19 @@ def create_and_boot(plan, volumes_in_device_order, created=None):
             created(server)
         boot = wait_boot(server)
     except BootError as e:
+        deleted = False
         try:
             rollback(plan.clients, server, poll=plan.options.poll)
             undone = 'server and its ports deleted'
+            deleted = True
         except Exception as e2:
             undone = 'rollback failed: %s' % e2
-        raise BootError('%s; %s; volumes kept: %s' % (
+        error = BootError('%s; %s; volumes kept: %s' % (
             e, undone, _volume_list(server.volumes)), server.id,
-            console_tail=e.console_tail, fault=e.fault) from e
-    except BaseException:
+            console_tail=e.console_tail, fault=e.fault)
+        error.deleted = deleted
+        raise error from e
+    except BaseException as e:
         # Interrupted, or another error: the server goes (a second
         # interruption stops that; its id is recorded: "migration
         # rollback" deletes it).
@@ -978,6 +984,7 @@ def create_and_boot(plan, volumes_in_device_order, created=None):
             LOG.warning('server %s deleted (its boot was not verified); '
                         'volumes kept: %s', server.id,
                         _volume_list(server.volumes))
+            e.deleted, e.server_id = True, server.id
         except Exception as e2:
             LOG.warning('server %s could not be deleted (%s): "migration '
                         'rollback" deletes it', server.id, e2)

@@ -382,3 +382,18 @@ def test_migration_file_targets_are_written_direct(tmp_path):
     path = str(tmp_path / 'vm.raw')
     with dest.opened([{'index': 0, 'target_ref': path}], {}) as writers:
         assert writers[0].direct
+
+
+def test_migration_file_targets_half_made_are_removed(tmp_path):
+    """Targets made by ``create``, the second one refused by any error
+    (here a size no file can have): the first is removed too, and the
+    error goes on."""
+    from any2kvm_os.migration import destinations
+    dest = destinations.FileDestination({'output_dir': str(tmp_path)})
+    disks = [{'index': 0, 'target_ref': str(tmp_path / 'a.raw'),
+              'virtual_size': MiB},
+             {'index': 1, 'target_ref': str(tmp_path / 'b.raw'),
+              'virtual_size': 1 << 64}]
+    with pytest.raises(OverflowError):
+        dest.create(disks)
+    assert os.listdir(str(tmp_path)) == []

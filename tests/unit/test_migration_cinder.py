@@ -411,7 +411,8 @@ def test_cutover_interrupted_while_the_server_boots(bed, monkeypatch):
     assert seen['details']['targets_changed'] == engine.SERVER_CHANGE
     assert made not in nova.servers         # deleted on the way out
     m = store.get('web')
-    assert m['cutover']['details']['server_id'] == made
+    assert m['cutover']['details']['server_deleted'] == made
+    assert not m['cutover']['details']['server_id']
     assert _power(root, facts['two-disks']) == 'halted'
     out = engine.rollback(store, 'web', connect=kw()['connect'],
                           server=server_step.ServerStep(
@@ -424,6 +425,53 @@ def test_cutover_interrupted_while_the_server_boots(bed, monkeypatch):
     r = engine.cutover(store, 'web', **kw())
     assert r['rewrites'] == []
     _check(cloud, store.get('web'), facts)
+
+
+def test_cutover_stopped_after_its_server_booted_is_not_run_again(
+        bed, monkeypatch):
+    """A cutover whose server booted, stopped after (the host's snapshots
+    could not be removed): run again, it is refused in one line (the
+    server may be running from the volumes: a second cutover would
+    attach them again, or make a second server); the rollback deletes
+    the server and starts the source."""
+    from any2kvm_os.migration import server_step
+    from any2kvm_os.targets import server as server_mod
+    from tests.lib import fakenova
+
+    root, facts, store, cloud, kw, _hosts = bed
+    nova = fakenova.FakeCloud().standard()
+    m = engine.create(store, 'web', LOC, target='cinder', **kw())
+    for d in m['disks']:
+        nova.volumes[d['target_ref']] = fakenova.Obj(
+            id=d['target_ref'], name=d['name'], size=1, status='available',
+            attachments=[])
+    engine.sync(store, 'web', **kw())
+
+    def step():
+        return server_step.ServerStep(
+            server_mod.Options(create_server=True, poll=0.01,
+                               network_map={'nic0': 'private',
+                                            'nic1': 'private'}),
+            clients=nova.clients())
+
+    def refused(*a, **k):
+        raise exception.Any2KvmError('host: snapshot removal refused')
+    monkeypatch.setattr(engine, '_remove_snapshots', refused)
+    with pytest.raises(exception.Any2KvmError, match='removal refused'):
+        engine.cutover(store, 'web', server=step(), **kw())
+    monkeypatch.undo()
+    made = store.get('web')['cutover']['details']['server_id']
+    assert made in nova.servers
+    with pytest.raises(engine.MigrationError) as e:
+        engine.cutover(store, 'web', server=step(), **kw())
+    text = str(e.value)
+    assert ('its last cutover created server %s from the volumes' % made
+            in text) and '"migration rollback web"' in text, text
+    assert [s for s in nova.servers] == [made]
+    out = engine.rollback(store, 'web', connect=kw()['connect'],
+                          server=step())
+    assert out['server_deleted'] == made and not nova.servers
+    assert _power(root, facts['two-disks']) == 'running'
 
 
 def test_create_server_needs_a_cinder_migration(bed, tmp_path):

@@ -171,6 +171,36 @@ def test_abort_removes_only_our_snapshots(bed):
     assert _power(root, facts['two-disks']) == 'running'
 
 
+def test_abort_after_a_cutover_that_stopped_says_the_vm_is_halted(
+        bed, monkeypatch, caplog):
+    """A cutover stopped after the shutdown (the host's snapshots could
+    not be removed), then abort: it says that the VM stays halted and
+    how to start it; a rollback then starts it, and the migration stays
+    aborted (its snapshots are gone: it is not synced)."""
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+
+    def refused(*a, **k):
+        raise exception.Any2KvmError('host: snapshot removal refused')
+    monkeypatch.setattr(engine, '_remove_snapshots', refused)
+    with pytest.raises(exception.Any2KvmError, match='removal refused'):
+        engine.cutover(store, 'web', **_kw(root))
+    monkeypatch.undo()
+    m = store.get('web')
+    assert m['status'] == 'failed' and 'stays halted' in m['error']
+    assert _power(root, vm) == 'halted'
+    r = engine.abort(store, 'web', **_kw(root))
+    assert r['vm_left'] == vm
+    assert 'abort leaves it as it is; start it with "migration rollback ' \
+        'web"' in caplog.text, caplog.text
+    assert _power(root, vm) == 'halted'
+    engine.rollback(store, 'web', connect=_kw(root)['connect'])
+    assert _power(root, vm) == 'running'
+    assert store.get('web')['status'] == 'aborted'
+
+
 def test_refusals(bed):
     root, facts, out, store = bed
     with pytest.raises(engine.MigrationError, match='not supported'):

@@ -749,6 +749,19 @@ def test_the_lvm_refusal_names_a_few_file_srs_or_how_to_list_them():
         'them), or use an XVA export' % VDI0)
 
 
+@pytest.mark.parametrize('size', ['99999999999999999999',
+                                  str(1 << 62), str((1 << 50) + 1)])
+def test_an_absurd_virtual_size_is_refused(size):
+    """A VDI's virtual-size beyond any disk (2**63 would overflow a
+    target's truncate; 2**62 is no disk either): refused in one line
+    naming the field, before any target is made."""
+    host = standard_host()
+    host.objects['vdi'][1]['virtual-size'] = size
+    with pytest.raises(errors.XeOutputError,
+                       match='field virtual-size is %s, more than' % size):
+        discovery.discover(host, 'web01')
+
+
 def test_other_sr_types_and_formats_are_refused_by_name():
     host = standard_host()
     host.objects['sr'][0]['type'] = 'udev'

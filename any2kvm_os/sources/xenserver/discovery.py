@@ -74,6 +74,10 @@ from any2kvm_os.sources.xenserver import location
 from any2kvm_os.sources.xenserver import xe
 
 LOG = logging.getLogger(__name__)
+#: Largest virtual size a VDI is taken to have (XenServer's are at most
+#: 2 TiB on VHD SRs, 16 TiB as qcow2): beyond, the answer is refused as
+#: absurd (a target of that size could not be made; 2**63 overflows).
+MAX_VIRTUAL_SIZE = 1 << 50
 
 DEFAULT_MOUNT_BASE = '/run/sr-mount'
 #: Where LVs' device nodes are (``/dev/VG_XenStorage-<sr>/VHD-<vdi>``).
@@ -570,7 +574,8 @@ def disks(run, vm_uuid, host='host', vm_name=None, notes=None,
             raise errors.XeOutputError(command=xe.describe(argv),
                                        reason='no record of VDI %s'
                                        % vdi_uuid)
-        size = xe.parse_int(vdi['virtual-size'], argv, 'virtual-size')
+        size = xe.parse_int(vdi['virtual-size'], argv, 'virtual-size',
+                            maximum=MAX_VIRTUAL_SIZE)
         sr_uuid = _uuid_field(vdi, 'sr-uuid', argv)
         if srs is None:
             srs = _pool_srs(h)

@@ -446,7 +446,9 @@ def parse_bool(value, argv, name):
     raise _bad(argv, 'field %s is %r, not true or false' % (name, value[:80]))
 
 
-def parse_int(value, argv, name, minimum=0):
+def parse_int(value, argv, name, minimum=0, maximum=None):
+    """Field ``name`` of an answer to ``argv``: a number of at most 20
+    ASCII digits, at least ``minimum`` and, given, at most ``maximum``."""
     text = (value or '').strip()
     if not (text.isdigit() and text.isascii()) or len(text) > 20:
         raise _bad(argv, 'field %s is %r, not a number' % (name, text[:80]))
@@ -454,4 +456,7 @@ def parse_int(value, argv, name, minimum=0):
     if number < minimum:
         raise _bad(argv, 'field %s is %d, less than %d'
                    % (name, number, minimum))
+    if maximum is not None and number > maximum:
+        raise _bad(argv, 'field %s is %d, more than %d'
+                   % (name, number, maximum))
     return number
