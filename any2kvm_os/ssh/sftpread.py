@@ -620,8 +620,18 @@ class Pipeline(object):
                 raise Lost('unexpected SFTP reply %d to OPENDIR' % kind)
             handle = p.string()
             entries = []
+            # Every name counts, those left out too, and every reply: a
+            # server that answers names without end (empty replies, "."
+            # again and again) is refused, not read for ever.
+            seen = replies = 0
             try:
                 while True:
+                    replies += 1
+                    if replies > limit + 16:
+                        raise exception.SshError(
+                            host=self.label, reason='%s: the SFTP server '
+                            'gave %d READDIR replies without its end'
+                            % (path, replies - 1))
                     kind, p = self._call(FXP_READDIR, _string(handle))
                     if kind == FXP_STATUS:
                         code, message = p.u32(), p.string()
@@ -639,6 +649,12 @@ class Pipeline(object):
                         name = p.string()
                         p.string()      # the ls -l line
                         _size, perms = parse_attrs(p)
+                        seen += 1
+                        if seen > limit + 16:
+                            raise exception.SshError(
+                                host=self.label, reason='%s has more than '
+                                '%d entries (max_directory_entries); raise '
+                                'the limit to read it' % (path, limit))
                         if name in (b'.', b'..'):
                             continue
                         try:

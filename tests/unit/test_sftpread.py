@@ -327,6 +327,18 @@ def test_listdir_refuses_more_entries_than_the_limit():
     assert server.closed_handles == 3
 
 
+def test_listdir_of_names_left_out_without_end_is_refused():
+    """A server that answers names that are all left out ("." again and
+    again, names that are not UTF-8) counts them against the limit: the
+    listing is refused in one line, not read for ever."""
+    junk = [(b'.', 0o40755), (b'\xff', 0o100644)] * 5000
+    server, conn, pipe = make({}, dirs={'/sr': junk})
+    with pytest.raises(exception.SshError) as e:
+        conn.retrying(lambda: pipe.listdir('/sr', 10))
+    assert 'more than 10 entries' in str(e.value)
+    assert server.closed_handles == 1
+
+
 def test_listdir_of_a_missing_directory_is_one_line():
     server, conn, pipe = make({}, dirs={})
     with pytest.raises(exception.SshError) as e:
