@@ -353,6 +353,9 @@ class CinderDestination(Destination):
     def _attached(self, vol_id, vol_name, **kwargs):
         from any2kvm_os.targets import cinder as cinder_target
         attach = self._attach or cinder_target.attached
+        # The migration's lease is held: an attachment of its volume to
+        # this host that no server has is a killed run's.
+        kwargs.setdefault('release_left', True)
         return attach(self.client(), vol_id, vol_name,
                       mount_point_base=self.options.get(
                           'brick_mount_point_base'),

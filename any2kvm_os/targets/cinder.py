@@ -43,6 +43,7 @@ this call made are deleted, so nothing half-written is left
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 import warnings
@@ -218,7 +219,7 @@ def brick_logs_for_debug():
 @contextlib.contextmanager
 def attached(cinder, vol_id, vol_name=None, root_helper='sudo',
              my_ip='127.0.0.1', mount_point_base=None, timeout=3600,
-             poll=2.0, formats=('raw',), info=None):
+             poll=2.0, formats=('raw',), info=None, release_left=False):
     """Attach volume ``vol_id`` to this host (Cinder's attachment API,
     then os-brick, as ``cinder local-attach`` does) and yield the path of
     its file or block device, written in place; detached again (and
@@ -226,17 +227,89 @@ def attached(cinder, vol_id, vol_name=None, root_helper='sudo',
     :class:`AttachUnavailable` when it cannot be reached from here.
     ``formats``: how the backend may keep the volume (a file backend
     keeps a volume with snapshots as qcow2); ``info`` (a dict) gets its
-    ``format``."""
+    ``format``.  ``release_left``: first remove the attachments of the
+    volume to this host that no server has (:func:`_release_left`: a
+    killed run's; for a caller that holds the volume alone, a migration
+    under its lease)."""
     with brick_logs_for_debug():
         with _attached(cinder, vol_id, vol_name, root_helper, my_ip,
                        mount_point_base, timeout, poll, formats,
-                       info) as path:
+                       info, release_left) as path:
             yield path
+
+
+def _protocol(conn_info):
+    """(connection data, protocol) of an attachment's
+    ``connection_info``."""
+    conn_info = conn_info or {}
+    data = conn_info.get('data', conn_info)
+    return data, (conn_info.get('driver_volume_type') or
+                  data.get('driver_volume_type'))
+
+
+def _connector(brick, conn_info, root_helper, mount_point_base):
+    """(os-brick connector, its connection data, protocol) of an
+    attachment's ``connection_info``."""
+    data, protocol = _protocol(conn_info)
+    kwargs = {}
+    if mount_point_base:
+        kwargs['%s_mount_point_base' % protocol] = mount_point_base
+        # What a remote file system connector is given (else it warns
+        # that it "may not initialize properly").
+        kwargs['conn'] = {'mount_point_base': mount_point_base}
+    return (brick.InitiatorConnector.factory(protocol, root_helper,
+                                             **kwargs), data, protocol)
+
+
+def _release_left(cinder, vol_id, vol_name, host, brick, root_helper,
+                  mount_point_base, timeout, poll):
+    """Remove the attachments of volume ``vol_id`` to this host (Cinder's
+    ``host_name``: ``host``) that no server has: what a run killed while
+    it wrote the volume left (a SIGKILL, the OOM killer, a power loss),
+    which keeps the volume ``in-use`` and every later attachment refused.
+    Each is disconnected by os-brick first (best effort: a connection
+    that is gone), then deleted.  Returns how many."""
+    try:
+        volume = cinder.volumes.get(vol_id)
+    except Exception:
+        return 0    # the attachment's creation says what is wrong
+    left = [a for a in getattr(volume, 'attachments', None) or ()
+            if isinstance(a, dict) and not a.get('server_id') and
+            a.get('host_name') == host and a.get('attachment_id')]
+    for a in left:
+        att_id = a['attachment_id']
+        LOG.warning('volume %s: removing its attachment %s to this host '
+                    '(%s), left by a run that was stopped', vol_name,
+                    att_id, host)
+        try:
+            shown = cinder.attachments.show(att_id)
+            conn_info = getattr(shown, 'connection_info', None)
+            if conn_info is None and isinstance(shown, dict):
+                conn_info = shown.get('connection_info')
+            if conn_info:
+                conn, data, _protocol = _connector(
+                    brick, conn_info, root_helper, mount_point_base)
+                conn.disconnect_volume(data, None)
+        except Exception as e:
+            LOG.warning('os-brick could not disconnect volume %s (%s): %s',
+                        vol_name, att_id, _brick_error(e))
+        try:
+            cinder.attachments.delete(att_id)
+        except Exception as e:
+            raise AttachUnavailable(
+                'volume %s: its attachment %s to this host, left by a run '
+                'that was stopped, could not be removed: %s (cinder '
+                'attachment-delete %s)' % (vol_name, att_id,
+                                           _brick_error(e), att_id))
+    if left:
+        wait_available(cinder, vol_id, vol_name, timeout, poll)
+    return len(left)
 
 
 @contextlib.contextmanager
 def _attached(cinder, vol_id, vol_name, root_helper, my_ip,
-              mount_point_base, timeout, poll, formats, info):
+              mount_point_base, timeout, poll, formats, info,
+              release_left=False):
     brick, privileged = _brick()
     vol_name = vol_name or vol_id
     if os.geteuid() == 0:
@@ -244,25 +317,21 @@ def _attached(cinder, vol_id, vol_name, root_helper, my_ip,
         # instead of a privsep daemon started through sudo.
         privileged.default.set_client_mode(False)
     props = brick.get_connector_properties(root_helper, my_ip, False, False)
+    if release_left:
+        _release_left(cinder, vol_id, vol_name,
+                      props.get('host') or socket.gethostname(), brick,
+                      root_helper, mount_point_base, timeout, poll)
     try:
         attachment = cinder.attachments.create(vol_id, props, mode='rw')
     except Exception as e:
         raise AttachUnavailable('volume %s: Cinder refused an attachment: '
                                 '%s' % (vol_id, _brick_error(e)))
     try:
-        conn_info = attachment.get('connection_info') or {}
-        data = conn_info.get('data', conn_info)
-        protocol = conn_info.get('driver_volume_type') or \
-            data.get('driver_volume_type')
-        kwargs = {}
-        if mount_point_base:
-            kwargs['%s_mount_point_base' % protocol] = mount_point_base
-            # What a remote file system connector is given (else it
-            # warns that it "may not initialize properly").
-            kwargs['conn'] = {'mount_point_base': mount_point_base}
+        data, protocol = _protocol(attachment.get('connection_info'))
         try:
-            conn = brick.InitiatorConnector.factory(protocol, root_helper,
-                                                    **kwargs)
+            conn, data, protocol = _connector(
+                brick, attachment.get('connection_info'), root_helper,
+                mount_point_base)
             device = conn.connect_volume(data)
             path = device['path']
             if not os.path.exists(path):

@@ -145,3 +145,47 @@ def test_sync_sync_cutover_rollback_into_cinder(bed, cinder, glance):
                 cinder.volumes.delete(vol_id)
             except Exception as e:
                 print('could not delete %s: %s' % (vol_id, e))
+
+
+def test_a_sync_killed_while_the_volumes_are_attached(bed, cinder):
+    """A sync killed (SIGKILL: the OOM killer, a power loss of the
+    conversion host) while it writes the volumes leaves their attachments
+    to this host, and the volumes ``in-use``: the next sync removes them
+    (a warning names each) and goes on, and the volumes hold the disks."""
+    b, env, common, mnt = bed
+    name = unique('mig')
+    _run(env, 'create', name, b.location(), '--target', 'cinder',
+         '--brick-mount-point-base', mnt, *common)
+    m = json.loads(_run(env, 'show', name, '--format', 'json',
+                        *common[-2:])[0].stdout)
+    ids = [d['target_ref'] for d in m['disks']]
+    try:
+        w0, _w1 = b.writers(m)
+        w0.write(MiB, ig.pattern(47, 6 * MiB))
+        p = subprocess.Popen(cli.cli_command() + [
+            'migration', 'sync', name, '--no-progress'] + common,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        deadline = time.monotonic() + 300
+        while p.poll() is None and time.monotonic() < deadline:
+            if all(cinder.volumes.get(i).status == 'in-use' for i in ids):
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, p.communicate()
+        p.kill()
+        p.communicate(timeout=60)
+        left = [a for i in ids for a in cinder.volumes.get(i).attachments]
+        assert left and not [a for a in left if a.get('server_id')], left
+        res, _took = _run(env, 'sync', name, '--no-progress', *common)
+        for a in left:
+            assert ('removing its attachment %s to this host'
+                    % a['attachment_id']) in res.stderr, res.stderr
+        assert [cinder.volumes.get(i).status for i in ids] == [
+            'available', 'available']
+        _verified(env, name, common, 'the layers of the last sync')
+    finally:
+        for vol_id in ids:
+            try:
+                cinder.volumes.delete(vol_id)
+            except Exception as e:
+                print('could not delete %s: %s' % (vol_id, e))

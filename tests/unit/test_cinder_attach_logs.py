@@ -54,7 +54,10 @@ class _Conn(object):
         return {'path': os.environ['FAKE_BRICK_PATH']}
 
     def disconnect_volume(self, data, device):
-        LOG.warning('disconnecting %s', device['path'])
+        # (device None: a connection another process made, known by its
+        # connection data alone)
+        LOG.warning('disconnecting %s', device['path'] if device else
+                    data.get('export'))
 
 
 class InitiatorConnector(object):
@@ -87,6 +90,12 @@ class _Attachments(object):
     def __init__(self):
         self.calls = []
 
+    def show(self, att_id):
+        self.calls.append('show ' + att_id)
+        return types.SimpleNamespace(connection_info={
+            'driver_volume_type': 'nfs',
+            'data': {'export': '127.0.0.1:/left', 'format': 'raw'}})
+
     def create(self, vol_id, props, mode):
         self.calls.append('create')
         return {'id': 'att-1', 'connection_info': {
@@ -97,14 +106,16 @@ class _Attachments(object):
         self.calls.append('complete')
 
     def delete(self, att_id):
-        self.calls.append('delete')
+        self.calls.append('delete' if att_id == 'att-1' else
+                          'delete ' + att_id)
 
 
 class _Cinder(object):
-    def __init__(self):
+    def __init__(self, attachments=()):
         self.attachments = _Attachments()
         self.volumes = types.SimpleNamespace(
-            get=lambda vol_id: types.SimpleNamespace(status='available'))
+            get=lambda vol_id: types.SimpleNamespace(
+                status='available', attachments=list(attachments)))
 
 
 @pytest.fixture
@@ -186,6 +197,33 @@ def test_a_failed_mount_is_our_one_error(brick, caplog, monkeypatch):
     assert isinstance(e.value, exception.Any2KvmError)
     assert _brick_records(caplog) == []
     assert logging.getLogger('os_brick').level == logging.NOTSET
+
+
+def test_attachments_a_killed_run_left_on_this_host_are_removed(
+        brick, caplog):
+    """With ``release_left`` (a migration under its lease): the volume's
+    attachments to this host that no server has (a killed run's) are
+    disconnected and deleted before the new one; a server's, or another
+    host's, are left alone."""
+    import socket
+    caplog.set_level(logging.WARNING)
+    me = socket.gethostname()
+    cinder = _Cinder([
+        {'attachment_id': 'left-1', 'host_name': me, 'server_id': None},
+        {'attachment_id': 'nova-1', 'host_name': me, 'server_id': 'vm-1'},
+        {'attachment_id': 'far-1', 'host_name': 'elsewhere',
+         'server_id': None}])
+    with cinder_target.attached(cinder, 'vol-1', poll=0,
+                                release_left=True) as path:
+        assert path == str(brick)
+    assert cinder.attachments.calls == [
+        'show left-1', 'delete left-1', 'create', 'complete', 'delete']
+    text = caplog.text
+    assert ('volume vol-1: removing its attachment left-1 to this host '
+            '(%s), left by a run that was stopped' % me) in text, text
+    # Without it (an import's new volume), nothing is looked at.
+    cinder = _attach(brick)
+    assert cinder.attachments.calls == ['create', 'complete', 'delete']
 
 
 def test_overlapping_attachments_give_the_level_back_once_all_end():
