@@ -1096,6 +1096,27 @@ def test_hosts_that_print_other_fields_give_the_same_facts(style):
         assert gets, 'the missing fields were asked one by one'
 
 
+def test_a_listing_that_timed_out_is_not_asked_again():
+    """A listing with no answer within ssh_command_timeout: raised as it
+    is, not listed again by uuid (that would double the wait, and leave a
+    second xe at work on the host)."""
+    host = standard_host()
+    calls = []
+
+    def run(argv):
+        calls.append(list(argv))
+        if argv[1] == 'vm-list':
+            e = exception.RemoteCommandError(host='xs1', command='xe '
+                                             'vm-list', reason='no exit '
+                                             'after 5 s: stopped')
+            e.timed_out = True
+            raise e
+        return host(argv)
+    with pytest.raises(exception.RemoteCommandError, match='no exit'):
+        discovery.discover(run, 'web01')
+    assert [c[1] for c in calls] == ['vm-list']
+
+
 def test_a_vm_without_disks_or_nics():
     host = FakeHost()
     add_vm(host)

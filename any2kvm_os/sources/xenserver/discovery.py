@@ -218,13 +218,18 @@ class _Host(object):
         left out.  When xe fails the listing with ``params=`` (exits
         non-zero: :class:`~any2kvm_os.exception.RemoteCommandError`), the
         uuids are listed alone (``params=uuid``) and every field asked with
-        ``param-get``; if that fails too, the first error is raised.
+        ``param-get``; if that fails too, the first error is raised.  A
+        listing that timed out is not asked again.
         """
         argv = listing = xe.list_command(cls, filters, fields)
         skip = _HINTS
         try:
             out = self.run(argv)
         except exception.RemoteCommandError as first:
+            if getattr(first, 'timed_out', False):
+                # No answer in ssh_command_timeout: asking again would
+                # double the wait (and leave a second xe at work).
+                raise
             # xe answered with an error (not a lost connection)
             short = xe.list_command(cls, filters, ('uuid',))
             try:
