@@ -1924,6 +1924,13 @@ def rollback(store, name, limits=None, args=None, connect=None,
 
         def record():
             store.rollback_recorded(name)
+            if (m.get('guest') or {}).get('inspected_by') == \
+                    'cutover --fix':
+                # What --fix found and chose was of the fixed targets,
+                # which the next sync writes again whole: forgotten (the
+                # next inspection, at a sync or a cutover --fix, records
+                # the guest again).
+                store.guest_recorded(name, None)
             # An aborted migration stays aborted (its snapshots are gone:
             # it is not synced).
             if m['status'] != 'aborted':

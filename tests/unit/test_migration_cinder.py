@@ -370,6 +370,41 @@ def test_cutover_cut_short_after_its_fix_rewrites_the_disks(
     _check(cloud, store.get('web'), facts)
 
 
+def test_rollback_of_a_fix_forgets_it(bed, monkeypatch):
+    """``cutover --fix`` that fixed something, rolled back: the next sync
+    writes the volumes again whole, and what the fix found and chose is
+    forgotten: a cutover without --fix then reports no fix, and its
+    volumes hold the source's disks."""
+    from pathlib import Path
+    from any2kvm_os.guest import inspect as gi
+    from any2kvm_os.migration import guest_step
+    recorded = Path(__file__).parent / 'data' / 'probe-linux-guests.json'
+    root, facts, store, cloud, kw, _hosts = bed
+    engine.create(store, 'web', LOC, target='cinder', **kw())
+    engine.sync(store, 'web', **kw())
+
+    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
+        for p in paths:
+            with open(p, 'r+b') as f:
+                f.seek(3 * MiB)
+                f.write(b'fixed on KVM' * 100)
+        return dict(json.loads(recorded.read_text()), fixed=[
+            {'files': [{'path': '/etc/fstab'}]}])
+    monkeypatch.setattr(gi, 'run_probe', probe)
+    r = engine.cutover(store, 'web', guest=guest_step.GuestStep(fix=True),
+                       **kw())
+    assert r['details']['fixed'] == '/etc/fstab'
+    monkeypatch.undo()
+    out = engine.rollback(store, 'web', connect=kw()['connect'])
+    assert out['rewrite'].startswith('cutover --fix')
+    assert store.get('web')['guest'] is None
+    r = engine.sync(store, 'web', **kw())
+    assert [x['disk'] for x in r['rewrites']] == [0, 1]
+    r = engine.cutover(store, 'web', **kw())
+    assert 'fixed' not in r['details'], r['details']
+    _check(cloud, store.get('web'), facts)
+
+
 def test_cutover_interrupted_while_the_server_boots(bed, monkeypatch):
     """A cutover interrupted while it waits for the server's boot: the
     server's id was recorded as soon as Nova had it, the server is
