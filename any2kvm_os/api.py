@@ -624,49 +624,108 @@ def run_migration(action, args, limits, cloud, progress_stream=None,
             raise
         LOG.warning('%s', e)
         return []
+    except Exception as e:
+        raise _state_error(e, _state_url(args, limits, engine)) from e
     try:
-        if action == 'create':
-            options = _migration_target_options(args)
-            return engine.create(
-                store, args.name, args.location, target=args.target,
-                output_dir=options.pop('output_dir', '.'), limits=limits,
-                args=args, options=options, cloud=cloud)
-        if action in ('show', 'list'):
-            if action == 'show':
-                return engine.show(store, args.name)
-            return engine.list_migrations(store)
-        progress = None
-        if getattr(args, 'progress', False):
-            progress = progress_mod.LayerProgress(progress_stream)
-        if action == 'sync':
-            return engine.sync(store, args.name, limits=limits, args=args,
-                               cloud=cloud, progress=progress,
-                               guest=_guest_step(args, limits))
-        if action == 'verify':
-            from any2kvm_os.migration import verify
-            return verify.verify(store, args.name, limits=limits, args=args,
-                                 cloud=cloud, progress=progress)
-        if server is None and action in ('cutover', 'rollback'):
-            server = _server_step(action, args, cloud)
-        if action == 'cutover':
-            return engine.cutover(store, args.name, force=args.force,
-                                  timeout=args.timeout, limits=limits,
-                                  args=args, cloud=cloud, progress=progress,
-                                  server=server,
-                                  guest=_guest_step(args, limits))
-        if action == 'rollback':
-            return engine.rollback(store, args.name, limits=limits,
-                                   args=args, server=server)
-        if action == 'abort':
-            return engine.abort(store, args.name,
-                                delete_targets=args.delete_targets,
-                                limits=limits, args=args, cloud=cloud)
-        raise exception.Any2KvmError('migration: unknown action %r'
-                                     % action)
+        return _run_migration(action, args, limits, cloud, store,
+                              progress_stream, server, engine)
+    except Exception as e:
+        raise _state_error(e, store.url) from e
     finally:
         if progress_stream is not None:
             progress_stream.flush()
         store.close()
+
+
+#: Where an error comes from, by its class's top package: the state
+#: database's (SQLAlchemy and its drivers, TaskFlow's persistence,
+#: alembic's migrations).
+_STATE_PACKAGES = ('sqlalchemy', 'taskflow', 'alembic', 'sqlite3',
+                   'pymysql', 'psycopg2', 'psycopg')
+
+
+def _state_url(args, limits, engine):
+    """The state database's URL as :func:`engine.open_store` finds it, or
+    None."""
+    from any2kvm_os.migration.state import options as state_options
+    try:
+        return (getattr(args, 'state_db', None) or
+                os.environ.get(engine.STATE_DB_ENV) or
+                state_options.url_from(None, limits.conf))
+    except Exception:
+        return None
+
+
+def _state_error(e, url):
+    """``e`` as is, or, when it comes from the state database at ``url``
+    (locked, corrupt, read-only, of a newer version), one line naming the
+    database (without its password) and the cause."""
+    if isinstance(e, exception.Any2KvmError):
+        return e
+    packages = set(c.__module__.split('.')[0] for c in type(e).__mro__)
+    if not packages & set(_STATE_PACKAGES):
+        return e
+    from any2kvm_os.migration.state import sql
+    text = ' '.join(str(e).split('[SQL:')[0].split()) or type(e).__name__
+    try:
+        where = sql.safe_url(url) if url else ''
+    except Exception:
+        where = ''
+    hint = ''
+    if 'database is locked' in text or 'Lock wait timeout' in text:
+        hint = ': another command holds it for too long; try again'
+    elif 'readonly database' in text or 'Read-only file system' in text:
+        hint = ': it cannot be written here (every command, show and list '\
+            'too, records in it)'
+    elif "Can't locate revision" in text:
+        hint = ': made by a newer any2kvm; use that one'
+    elif 'file is not a database' in text:
+        hint = ': not a SQLite database (damaged, or another file)'
+    return exception.Any2KvmError('state database%s: %s%s' % (
+        ' ' + where if where else '', text[:300], hint))
+
+
+def _run_migration(action, args, limits, cloud, store, progress_stream,
+                   server, engine):
+    """The action of :func:`run_migration` on the open ``store``."""
+    if action == 'create':
+        options = _migration_target_options(args)
+        return engine.create(
+            store, args.name, args.location, target=args.target,
+            output_dir=options.pop('output_dir', '.'), limits=limits,
+            args=args, options=options, cloud=cloud)
+    if action in ('show', 'list'):
+        if action == 'show':
+            return engine.show(store, args.name)
+        return engine.list_migrations(store)
+    progress = None
+    if getattr(args, 'progress', False):
+        progress = progress_mod.LayerProgress(progress_stream)
+    if action == 'sync':
+        return engine.sync(store, args.name, limits=limits, args=args,
+                           cloud=cloud, progress=progress,
+                           guest=_guest_step(args, limits))
+    if action == 'verify':
+        from any2kvm_os.migration import verify
+        return verify.verify(store, args.name, limits=limits, args=args,
+                             cloud=cloud, progress=progress)
+    if server is None and action in ('cutover', 'rollback'):
+        server = _server_step(action, args, cloud)
+    if action == 'cutover':
+        return engine.cutover(store, args.name, force=args.force,
+                              timeout=args.timeout, limits=limits,
+                              args=args, cloud=cloud, progress=progress,
+                              server=server,
+                              guest=_guest_step(args, limits))
+    if action == 'rollback':
+        return engine.rollback(store, args.name, limits=limits,
+                               args=args, server=server)
+    if action == 'abort':
+        return engine.abort(store, args.name,
+                            delete_targets=args.delete_targets,
+                            limits=limits, args=args, cloud=cloud)
+    raise exception.Any2KvmError('migration: unknown action %r'
+                                 % action)
 
 
 def _guest_step(args, limits):

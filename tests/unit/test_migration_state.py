@@ -202,6 +202,33 @@ def test_cli_refuses_a_password_in_argv_and_never_shows_one(tmp_path):
     assert 'hunter2' not in r.stdout + r.stderr, r.stderr
 
 
+def test_a_damaged_or_newer_database_is_one_line_naming_it(tmp_path):
+    """A state database that is not one (damaged, another file), or that
+    a newer any2kvm upgraded: one line naming it and the cause, exit 1,
+    no traceback (it was "internal error (...)")."""
+    bad = tmp_path / 'bad.db'
+    bad.write_bytes(b'not a database at all, ' * 500)
+    r = _cli(['migration', 'list', '--state-db', 'sqlite:///%s' % bad])
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    line, = r.stderr.strip().splitlines()
+    assert line.startswith('any2kvm: error: state database sqlite:///%s: '
+                           % bad), line
+    assert 'not a SQLite database' in line and 'internal' not in line
+    newer = tmp_path / 'newer.db'
+    url = 'sqlite:///%s' % newer
+    sql.SqlStore(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as c:
+        c.execute(sa.text('UPDATE %s SET version_num = :v'
+                          % sql.VERSION_TABLE), {'v': '9999'})
+    engine.dispose()
+    r = _cli(['migration', 'list', '--state-db', url])
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    line, = r.stderr.strip().splitlines()
+    assert line.startswith('any2kvm: error: state database %s: ' % url)
+    assert 'made by a newer any2kvm' in line, line
+
+
 @pytest.mark.parametrize('url,hidden,hint', [
     ('mysql+pymysql://any2kvm:hunter2@127.0.0.1:9/any2kvm', 'pymysql',
      'pip install "any2kvm_os[mysql]"'),
@@ -280,8 +307,9 @@ def test_scanned_head_is_none_unless_one_line_of_history(tmp_path, case):
 def test_a_current_schema_is_not_handed_to_alembic(
         url, monkeypatch, tmp_path):
     """The second opening finds our version row at the head: alembic is
-    not run (nor TaskFlow's migrations asked on SQLite's behalf beyond
-    making missing tables); a database behind the head is upgraded."""
+    not run (nor TaskFlow's: on SQLite its tables, once made, are
+    current, and nothing takes a writer's lock for them); a database
+    behind the head is upgraded."""
     from alembic import command
     from any2kvm_os.migration.state import flowdb
     with sql.SqlStore(url):
@@ -298,8 +326,11 @@ def test_a_current_schema_is_not_handed_to_alembic(
                         lambda *a, **k: calls.append(a) or real(*a, **k))
     with sql.SqlStore(url) as store:
         assert calls == []
+        # SQLite: current once TaskFlow made its tables (the first
+        # flow_backend), not before.
+        assert flowdb.is_current(store._engine) is False
         store.flow_backend()
-        assert flowdb.is_current(store._engine) is False   # SQLite
+        assert flowdb.is_current(store._engine) is True
     with sql.SqlStore(older) as store:
         assert len(calls) == 1
         assert sql.current_revision(store._engine) == sql.head_revision()

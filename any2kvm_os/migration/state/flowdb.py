@@ -30,6 +30,8 @@ import importlib.util
 import os
 import sys
 
+import sqlalchemy as sa
+
 from any2kvm_os import migration
 from any2kvm_os.migration.state import revisions
 
@@ -157,10 +159,13 @@ def is_current(engine):
     migrations without running them: on MySQL and PostgreSQL, its
     version table (alembic's ``alembic_version``) holds exactly the head
     revision of its scripts (:func:`.revisions.scanned_head`).  On
-    SQLite TaskFlow makes missing tables and migrates nothing, which
-    costs no more than a check: False, so that it does that."""
+    SQLite TaskFlow makes missing tables and migrates nothing: current
+    when its three tables are there (its "upgrade" would be a writer's
+    transaction that makes nothing, and a reader, ``show``, would wait
+    for another command's lock, then fail)."""
     if engine.dialect.name == 'sqlite':
-        return False
+        names = set(sa.inspect(engine).get_table_names())
+        return {'logbooks', 'flowdetails', 'atomdetails'} <= names
     head = revisions.scanned_head(_versions_dir())
     return head is not None and revisions.stored(
         engine, TASKFLOW_VERSION_TABLE) == [head]
