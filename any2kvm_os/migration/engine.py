@@ -1317,7 +1317,7 @@ class _Run(object):
         # The host never answered: say so, not "syncing" for ever.
         msg = _one_line(e, prefix='' if self.host is not None else
                         'could not connect to the host: ')
-        if self.status == 'cutting-over' and 'shutdown' in self.times:
+        if self.status == 'cutting-over' and 'halted' in self.times:
             # The VM was shut down: that is what the operator must know
             # first (the error itself may be an interruption's one word).
             LOG.warning('migration %s: VM %s was shut down for the cutover '

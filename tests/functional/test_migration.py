@@ -468,6 +468,13 @@ def _snapshots_on_host(root, vm):
                 if v.get('snapshot-of') == vm)
 
 
+def _default_hangup():
+    """SIGHUP as a terminal's session leaves it to a command (the tests
+    may run under nohup, which ignores it: the command then keeps it
+    ignored, as it must)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _sync_killed_after_snapshot(root, facts, common, sig=signal.SIGKILL,
                                 ended=None):
     """Run ``sync`` with an ``xe`` that takes the snapshot and then never
@@ -492,7 +499,7 @@ def _sync_killed_after_snapshot(root, facts, common, sig=signal.SIGKILL,
     proc = subprocess.Popen(_cmd(['sync', 'web'] + common),
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=_env(),
-                            cwd=str(REPO))
+                            cwd=str(REPO), preexec_fn=_default_hangup)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
