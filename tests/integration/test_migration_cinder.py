@@ -63,6 +63,14 @@ def _run(env, *args, timeout=900):
     return res, time.monotonic() - t0
 
 
+def _delete_volumes(cinder, ids):
+    for vol_id in ids:
+        try:
+            cinder.volumes.delete(vol_id)
+        except Exception as e:
+            print('could not delete %s: %s' % (vol_id, e))
+
+
 def _verified(env, name, common, against):
     res, took = _run(env, 'verify', name, '--format', 'json',
                      '--no-progress', *common)
@@ -140,11 +148,7 @@ def test_sync_sync_cutover_rollback_into_cinder(bed, cinder, glance):
                             *common[-2:])[0].stdout)
         assert len(m['cutovers']) == 2 and m['status'] == 'done'
     finally:
-        for vol_id in ids:
-            try:
-                cinder.volumes.delete(vol_id)
-            except Exception as e:
-                print('could not delete %s: %s' % (vol_id, e))
+        _delete_volumes(cinder, ids)
 
 
 def test_a_sync_killed_while_the_volumes_are_attached(bed, cinder):
@@ -184,8 +188,4 @@ def test_a_sync_killed_while_the_volumes_are_attached(bed, cinder):
             'available', 'available']
         _verified(env, name, common, 'the layers of the last sync')
     finally:
-        for vol_id in ids:
-            try:
-                cinder.volumes.delete(vol_id)
-            except Exception as e:
-                print('could not delete %s: %s' % (vol_id, e))
+        _delete_volumes(cinder, ids)

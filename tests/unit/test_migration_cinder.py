@@ -66,6 +66,39 @@ def _check(cloud, m, facts):
         assert hashlib.sha256(data).hexdigest() == model.sha256(), d
 
 
+def _nova_with_volumes(m):
+    """A fake Nova knowing the volumes of migration ``m``."""
+    from tests.lib import fakenova
+    nova = fakenova.FakeCloud().standard()
+    for d in m['disks']:
+        nova.volumes[d['target_ref']] = fakenova.Obj(
+            id=d['target_ref'], name=d['name'], size=1, status='available',
+            attachments=[])
+    return nova
+
+
+def _written_on_kvm(paths, what=b'written on KVM'):
+    """What the KVM side writes into each of ``paths`` (volume files): a
+    guest, or a fix; the source has other bytes there."""
+    for p in paths:
+        with open(p, 'r+b') as f:
+            f.seek(3 * MiB)
+            f.write(what * 100)
+
+
+def _fixing_probe():
+    """A guest probe (``inspect.run_probe``) that fixes /etc/fstab: it
+    writes into the disks it is given, and says so."""
+    from pathlib import Path
+    recorded = Path(__file__).parent / 'data' / 'probe-linux-guests.json'
+
+    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
+        _written_on_kvm(paths, b'fixed on KVM')
+        return dict(json.loads(recorded.read_text()), fixed=[
+            {'files': [{'path': '/etc/fstab'}]}])
+    return probe
+
+
 def _power(root, vm):
     return st.load(str(root))['vm'][vm]['power-state']
 
@@ -261,16 +294,11 @@ def test_cutover_create_server_rollback_sync_cutover_again(bed):
     the disks."""
     from any2kvm_os.migration import server_step
     from any2kvm_os.targets import server as server_mod
-    from tests.lib import fakenova
 
     root, facts, store, cloud, kw, _hosts = bed
     vm = facts['two-disks']
-    nova = fakenova.FakeCloud().standard()
     m = engine.create(store, 'web', LOC, target='cinder', **kw())
-    for d in m['disks']:
-        nova.volumes[d['target_ref']] = fakenova.Obj(
-            id=d['target_ref'], name=d['name'], size=1, status='available',
-            attachments=[])
+    nova = _nova_with_volumes(m)
     w0, w1 = _writers(root, facts, m)
     engine.sync(store, 'web', **kw())
     w0.write(2 * MiB, ig.pattern(20, 4096))
@@ -297,12 +325,8 @@ def test_cutover_create_server_rollback_sync_cutover_again(bed):
     assert m['cutover']['details']['server_id'] == first_server
     _check(cloud, m, facts)
 
-    # The guest of the server writes to its volumes (the source has
-    # other bytes there).
-    for d in m['disks']:
-        with open(cloud.path(d['target_ref']), 'r+b') as f:
-            f.seek(3 * MiB)
-            f.write(b'written on KVM' * 100)
+    # The guest of the server writes to its volumes.
+    _written_on_kvm(cloud.path(d['target_ref']) for d in m['disks'])
     out = engine.rollback(store, 'web', connect=kw()['connect'],
                           server=step())
     assert out['rewrite'] == engine.SERVER_CHANGE
@@ -337,26 +361,16 @@ def test_cutover_cut_short_after_its_fix_rewrites_the_disks(
     the cutover run again (here without --fix) writes each disk again
     whole rather than the leaf over the fixed volumes; they then hold
     the source's disks."""
-    from pathlib import Path
     from any2kvm_os.guest import inspect as gi
     from any2kvm_os.migration import destinations
     from any2kvm_os.migration import guest_step
-    recorded = Path(__file__).parent / 'data' / 'probe-linux-guests.json'
     root, facts, store, cloud, kw, _hosts = bed
     engine.create(store, 'web', LOC, target='cinder', **kw())
     engine.sync(store, 'web', **kw())
 
-    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
-        for p in paths:
-            with open(p, 'r+b') as f:
-                f.seek(3 * MiB)
-                f.write(b'fixed on KVM' * 100)
-        return dict(json.loads(recorded.read_text()), fixed=[
-            {'files': [{'path': '/etc/fstab'}]}])
-
     def refused(self, *a, **k):
         raise exception.Any2KvmError('cinder: metadata refused')
-    monkeypatch.setattr(gi, 'run_probe', probe)
+    monkeypatch.setattr(gi, 'run_probe', _fixing_probe())
     monkeypatch.setattr(destinations.CinderDestination, 'finish', refused)
     with pytest.raises(exception.Any2KvmError, match='metadata refused'):
         engine.cutover(store, 'web', guest=guest_step.GuestStep(fix=True),
@@ -375,22 +389,12 @@ def test_rollback_of_a_fix_forgets_it(bed, monkeypatch):
     writes the volumes again whole, and what the fix found and chose is
     forgotten: a cutover without --fix then reports no fix, and its
     volumes hold the source's disks."""
-    from pathlib import Path
     from any2kvm_os.guest import inspect as gi
     from any2kvm_os.migration import guest_step
-    recorded = Path(__file__).parent / 'data' / 'probe-linux-guests.json'
     root, facts, store, cloud, kw, _hosts = bed
     engine.create(store, 'web', LOC, target='cinder', **kw())
     engine.sync(store, 'web', **kw())
-
-    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
-        for p in paths:
-            with open(p, 'r+b') as f:
-                f.seek(3 * MiB)
-                f.write(b'fixed on KVM' * 100)
-        return dict(json.loads(recorded.read_text()), fixed=[
-            {'files': [{'path': '/etc/fstab'}]}])
-    monkeypatch.setattr(gi, 'run_probe', probe)
+    monkeypatch.setattr(gi, 'run_probe', _fixing_probe())
     r = engine.cutover(store, 'web', guest=guest_step.GuestStep(fix=True),
                        **kw())
     assert r['details']['fixed'] == '/etc/fstab'
@@ -414,25 +418,17 @@ def test_cutover_interrupted_while_the_server_boots(bed, monkeypatch):
     to them), and the volumes then hold the disks."""
     from any2kvm_os.migration import server_step
     from any2kvm_os.targets import server as server_mod
-    from tests.lib import fakenova
 
     root, facts, store, cloud, kw, _hosts = bed
-    nova = fakenova.FakeCloud().standard()
     m = engine.create(store, 'web', LOC, target='cinder', **kw())
-    for d in m['disks']:
-        nova.volumes[d['target_ref']] = fakenova.Obj(
-            id=d['target_ref'], name=d['name'], size=1, status='available',
-            attachments=[])
+    nova = _nova_with_volumes(m)
     engine.sync(store, 'web', **kw())
     seen = {}
 
     def interrupted(server):
         seen['details'] = store.get('web')['cutover']['details']
         # The guest writes before the interruption.
-        for d in m['disks']:
-            with open(cloud.path(d['target_ref']), 'r+b') as f:
-                f.seek(3 * MiB)
-                f.write(b'written on KVM' * 100)
+        _written_on_kvm(cloud.path(d['target_ref']) for d in m['disks'])
         raise KeyboardInterrupt()
     monkeypatch.setattr(server_mod, 'wait_boot', interrupted)
     step = server_step.ServerStep(
@@ -471,15 +467,10 @@ def test_cutover_stopped_after_its_server_booted_is_not_run_again(
     the server and starts the source."""
     from any2kvm_os.migration import server_step
     from any2kvm_os.targets import server as server_mod
-    from tests.lib import fakenova
 
     root, facts, store, cloud, kw, _hosts = bed
-    nova = fakenova.FakeCloud().standard()
     m = engine.create(store, 'web', LOC, target='cinder', **kw())
-    for d in m['disks']:
-        nova.volumes[d['target_ref']] = fakenova.Obj(
-            id=d['target_ref'], name=d['name'], size=1, status='available',
-            attachments=[])
+    nova = _nova_with_volumes(m)
     engine.sync(store, 'web', **kw())
 
     def step():
