@@ -528,10 +528,18 @@ def kvm_changes(details):
         return details['targets_changed']
     if details.get('server_id'):
         return SERVER_CHANGE
-    fixed = details.get('fixed')
-    if details.get('guest_inspected_by') == 'cutover --fix' and fixed and \
-            fixed != 'nothing to fix':
-        return 'cutover --fix (%s)' % fixed
+    fixed = fixed_by_cutover(details)
+    return 'cutover --fix (%s)' % fixed if fixed else None
+
+
+def fixed_by_cutover(details):
+    """What a ``cutover --fix`` changed in the targets, as its cutover's
+    ``details`` record it (the files, the registry), or None (no fix, or
+    nothing to fix)."""
+    fixed = (details or {}).get('fixed')
+    if (details or {}).get('guest_inspected_by') == 'cutover --fix' and \
+            fixed and fixed != 'nothing to fix':
+        return fixed
     return None
 
 
@@ -1096,8 +1104,9 @@ class _Run(object):
         got = self.guest.at_cutover(self.store, self.name, self.dest,
                                     self.found.facts, m=self.record) or {}
         self.details.update(got)
-        if kvm_changes(got):
-            self._record_change(dict(got, targets_changed=kvm_changes(got)))
+        change = kvm_changes(got)
+        if change:
+            self._record_change(dict(got, targets_changed=change))
         self.times['fixed'] = time.time()
         return {'fixed': True}
 

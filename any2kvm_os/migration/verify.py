@@ -212,10 +212,8 @@ def _refusal(m):
                 '(status synced or done)' % m['status'])
     c = m.get('cutover')
     if m['status'] == 'done' and c:
-        details = c.get('details') or {}
-        fixed = details.get('fixed')
-        if details.get('guest_inspected_by') == 'cutover --fix' and \
-                fixed and fixed != 'nothing to fix':
+        fixed = engine.fixed_by_cutover(c.get('details'))
+        if fixed:
             return ('its cutover\'s --fix changed the targets (%s): they '
                     'differ from the source by design; verify before the '
                     'cutover, or cut over without --fix' % fixed)

@@ -256,7 +256,7 @@ class Attachment(object):
     moment counts (a cutover): the VBD created and tagged before the
     VM's shutdown (:meth:`create`), only plugged inside the downtime
     (:meth:`plug_command`, run in one round trip with the reads that
-    follow it: :func:`open_prepared`)."""
+    follow it: ``plugin._plug_prepared``)."""
 
     def __init__(self, conn, dom0, vdi_uuid):
         self.conn, self.dom0, self.vdi = conn, dom0, vdi_uuid
