@@ -72,7 +72,7 @@ def register_opts(conf):
 def error_message(e):
     """The one-line message of an error we expect (ours, a file that
     cannot be read, a bad configuration), or None."""
-    if isinstance(e, exception.Any2KvmError):
+    if isinstance(e, (exception.Any2KvmError, exception.LeaseLost)):
         msg = str(e)
     elif isinstance(e, OSError) and e.filename:
         msg = '%s: %s' % (e.filename, e.strerror)

@@ -110,6 +110,24 @@ class RemoteCommandError(SshError):
     msg_fmt = "%(host)s: %(command)s: %(reason)s"
 
 
+class LeaseLost(Exception):
+    """A command's hold of a migration is gone (taken over by another
+    command, or not renewed in time): it changes nothing more, in the
+    targets, in the state or on the host
+    (:class:`any2kvm_os.migration.state.api.Fence`).  Not an
+    :class:`Any2KvmError`: no step that gets over a failed command
+    (a snapshot left, a disk not detached) may get over this one."""
+
+    msg_fmt = ("migration %(name)s: the hold of this %(operation)s is lost "
+               "(%(reason)s): stopped without changing more; run it again "
+               "(what it left half done is done again)")
+
+    def __init__(self, message=None, **kwargs):
+        self.kwargs = kwargs
+        super(LeaseLost, self).__init__(
+            message if message is not None else self.msg_fmt % kwargs)
+
+
 class InspectionError(Any2KvmError):
     """A converted disk cannot be looked inside (no libguestfs, the
     appliance failed, a timeout)."""

@@ -208,12 +208,14 @@ def _qemu_img(*args):
 
 
 def inspect_files(paths, settings=None, fix=False, scratch_dir=None,
-                  slots=None):
+                  slots=None, before_commit=None):
     """The probe's output for the raw disks ``paths`` (one VM's, in
     device order; ``slots``: their Xen slots, see :func:`slots_of`).
     With ``fix``, the fixes are made in qcow2 overlays and committed
     into the disks only if all of them succeeded, all of them or none
-    (:func:`commit_all`)."""
+    (:func:`commit_all`); ``before_commit``, when given, is called
+    first, and raises to leave the disks as they were (a migration's
+    lease lost meanwhile)."""
     settings = settings or Settings()
     if not fix:
         return run_probe(settings, list(paths), slots=slots)
@@ -231,6 +233,8 @@ def inspect_files(paths, settings=None, fix=False, scratch_dir=None,
         if any(f.get('files') or f.get('registry')
                for f in result.get('fixed') or ()) or \
                 (result.get('v2v') or {}).get('ran'):
+            if before_commit is not None:
+                before_commit()
             try:
                 commit_all(paths, overlays, tmp)
             except UndoFailed:

@@ -242,9 +242,11 @@ def _route(args):
                 if getattr(args, k, None))
 
 
-def _connect(location, limits, args, connect, m=None):
+def _connect(location, limits, args, connect, m=None, fence=None):
     """The host of ``location``; ``m``: the migration, whose recorded
-    route (``--jump-host``) is taken when ``args`` gives none."""
+    route (``--jump-host``) is taken when ``args`` gives none; ``fence``:
+    the held migration's lease check, made before every command that
+    changes the host (``host.guard``)."""
     if m is not None and not _route(args):
         recorded = dict((k, v) for k, v in (m.get('target_options') or
                                             {}).items()
@@ -255,7 +257,10 @@ def _connect(location, limits, args, connect, m=None):
     if connect is None:
         from any2kvm_os.migration import host as host_mod
         connect = host_mod.connect
-    return connect(location, limits, args)
+    host = connect(location, limits, args)
+    if fence is not None:
+        host.guard = fence
+    return host
 
 
 def _discovery_queries(host, vm, vdis=()):
@@ -859,7 +864,8 @@ class _Run(object):
         """The connection, and its byte count when it was made (before
         any round trip of this run)."""
         host = _connect(self.m['location'], self.limits, self.args,
-                        self._connect, m=self.m)
+                        self._connect, m=self.m,
+                        fence=self.store.fence(self.name))
         return host, host.bytes_read
 
     def _ask_snapshot(self, host, m):
@@ -973,6 +979,11 @@ class _Run(object):
         self.disks = self.record['disks']
         self.writers = self._targets.enter_context(self.dest.opened(
             self.disks, sizes))
+        # Every write checks that the lease is still this command's: one
+        # stopped past it never writes over the command that took over.
+        fence = self.store.fence(self.name)
+        for w in self.writers.values():
+            w.guard = fence
         return {'targets': len(self.writers)}
 
     def apply(self, index, with_leaf):
@@ -1864,7 +1875,8 @@ def rollback(store, name, limits=None, args=None, connect=None,
             return {'server_deleted': result['server_deleted']}
 
         def start_vm():
-            host = _connect(m['location'], limits, args, connect, m=m)
+            host = _connect(m['location'], limits, args, connect, m=m,
+                            fence=store.fence(name))
             try:
                 vm_uuid = m['target_options']['vm_uuid']
                 state = snapshots.power_state(host.run, vm_uuid)
@@ -1975,7 +1987,8 @@ def abort(store, name, delete_targets=False, limits=None, args=None,
                   'targets_deleted': []}
 
         def remove():
-            host = _connect(m['location'], limits, args, connect, m=m)
+            host = _connect(m['location'], limits, args, connect, m=m,
+                            fence=store.fence(name))
             try:
                 result['snapshots_removed'] = _remove_snapshots(
                     store, name, host)

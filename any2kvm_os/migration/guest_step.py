@@ -140,7 +140,8 @@ class GuestStep(object):
         if self.fix:
             started = time.time()
             try:
-                summary = self._fix(m, dest, facts)
+                summary = self._fix(m, dest, facts,
+                                    fence=store.fence(name))
             except exception.GuestFixError as e:
                 # The targets hold what they held before the fix: say
                 # that the cutover can be run again.
@@ -157,14 +158,15 @@ class GuestStep(object):
             facts['guest_properties'] = dict(record['properties'])
         return details(record)
 
-    def _fix(self, m, dest, facts):
+    def _fix(self, m, dest, facts, fence=None):
         guest_inspect = _inspect()
         disks = sorted(m['disks'], key=lambda d: d['index'])
         slots = guest_inspect.slots_of(facts, [d['index'] for d in disks])
         if m['target'] == 'file':
             result = guest_inspect.inspect_files(
                 [d['target_ref'] for d in disks], self.settings, fix=True,
-                scratch_dir=self.scratch_dir, slots=slots)
+                scratch_dir=self.scratch_dir, slots=slots,
+                before_commit=fence)
             return guest_inspect.summary(result, facts)
         if m['target'] == 'cinder':
             from any2kvm_os.targets import volume_fix

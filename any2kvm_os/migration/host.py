@@ -32,6 +32,18 @@ from any2kvm_os.ssh import connection
 class SshHost(object):
     """One SSH connection to the host of a ``xenserver://`` location."""
 
+    #: None, or what is called (no argument) before every command that
+    #: changes the host (``mutating``, an armed command fired, a dom0
+    #: attachment made or released) and raises to stop it: the
+    #: migration's :class:`~any2kvm_os.migration.state.api.Fence`, as for
+    #: its targets' writes (:attr:`RawWriter.guard
+    #: <any2kvm_os.writers.raw.RawWriter.guard>`).
+    guard = None
+
+    def _check(self, mutating=True):
+        if mutating and self.guard is not None:
+            self.guard()
+
     def __init__(self, location, limits, args=None):
         self.location = location_mod.parse(location)
         self.source = plugin.XenServerSource(limits, args=args)
@@ -45,6 +57,7 @@ class SshHost(object):
     def run(self, argv, mutating=False, timeout=None):
         # Queries are repeated after a dropped connection; commands that
         # change the host (snapshot, shutdown, uninstall) never are.
+        self._check(mutating)
         return self.conn.check_run(argv, idempotent=not mutating,
                                    timeout=timeout).stdout
 
@@ -52,6 +65,7 @@ class SshHost(object):
         """Several commands in one round trip (``sh -c``, every word of
         each quoted, ``&&`` between them: the first failure stops the
         rest and is raised); their outputs, in order."""
+        self._check(mutating)
         return self.conn.run_many(commands, idempotent=not mutating,
                                   timeout=timeout)
 
@@ -62,6 +76,7 @@ class SshHost(object):
         :class:`~any2kvm_os.exception.Any2KvmError` it failed with (each
         judged on its own); a lost connection is raised for all.  Run
         again after a lost connection only when none is ``mutating``."""
+        self._check(mutating)
         scripts = [connection.batch(commands) for commands in batches]
         results = self.conn.run_all([argv for argv, _m in scripts],
                                     idempotent=not mutating, timeout=timeout)
@@ -80,13 +95,14 @@ class SshHost(object):
         ``fire(timeout)`` (its stdout; an error unless it exits 0) and
         ``close()`` (:meth:`~any2kvm_os.ssh.connection.Connection.
         armed`)."""
-        return _Armed(self.conn, self.conn.armed(argv))
+        return _Armed(self, self.conn.armed(argv))
 
     def release_stale(self, vdis, kept=None):
         """Remove the dom0 VBDs of ``vdis`` that a killed run of this
         conversion host left plugged (:func:`.lvm.release_stale`);
         nothing without a known control domain.  Returns how many;
         ``kept`` gets the other attached ones this tool tagged."""
+        self._check()
         from any2kvm_os.sources.xenserver import discovery
         from any2kvm_os.sources.xenserver import lvm
         if not self.inventory:
@@ -101,9 +117,11 @@ class SshHost(object):
         """Before a cutover's shutdown: :meth:`.plugin.XenServerSource.
         prepare_disk` (for ``open_disk(info, prepared=...)`` once the VM
         is halted)."""
+        self._check()
         return self.source.prepare_disk(self.conn, info)
 
     def open_disk(self, info, prepared=None):
+        self._check()       # an LVM SR's disk is attached to dom0
         return self.source.open_disk(self.conn, info, prepared=prepared)
 
     @property
@@ -115,14 +133,15 @@ class SshHost(object):
 
 
 class _Armed(object):
-    def __init__(self, conn, armed):
-        self.conn, self.armed = conn, armed
+    def __init__(self, host, armed):
+        self.host, self.conn, self.armed = host, host.conn, armed
 
     @property
     def ready(self):
         return self.armed.ready
 
     def fire(self, timeout=None):
+        self.host._check()
         return connection.judged(self.conn.label,
                                  self.armed.fire(timeout)).stdout
 

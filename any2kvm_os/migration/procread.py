@@ -37,7 +37,9 @@ of the one-process path.  The extents of one layer never overlap, so the
 order of the writes does not matter.
 
 Protocol: JSON lines.  To a worker: the set-up (host, settings, files,
-target), then ``{"batch": n, "runs": [...]}`` and ``{"end": true}``.
+target, the lease's name and operation), then ``{"batch": n, "runs":
+[...], "until": t}``, ``{"until": t}`` (the lease was renewed) and
+``{"end": true}``.
 From it: ``{"done": n, "wire": bytes}`` (the bytes its connection has
 read over the wire so far: the command's count grows by the
 difference), ``{"log": level, "msg": text}`` (logged by the command),
@@ -46,7 +48,12 @@ that class of :mod:`any2kvm_os.exception`) and ``{"bye": true,
 "wire": bytes}``.  A worker reconnects after a lost connection as the
 command does (``ssh_retries``); a worker that dies, or an error, stops
 the others and fails the layer (the next sync applies it again).  A
-worker whose input ends without ``end`` (the command died) exits.
+worker whose input ends without ``end`` (the command died) exits, and
+is killed with the command besides (``PR_SET_PDEATHSIG``): one left
+behind by a ``kill -9`` would write the batches it holds over what the
+next sync writes.  A worker writes nothing past ``until``, the time the
+command's lease is sure until (:class:`~.state.api.Fence`): a command
+stopped past its lease (Ctrl-Z) stops its workers' writes too.
 """
 
 import collections
@@ -218,6 +225,14 @@ class Copy(object):
         self.done_to = 0
         self.files_size = sum(chain.layers[j].view.size
                               for j in range(top, bottom + 1))
+        #: The migration's lease check (the target's guard): checked here
+        #: at every turn; its ``until`` goes with every batch, and again
+        #: whenever the lease was renewed, so that the workers stop
+        #: writing when this process stopped renewing it (stopped, or
+        #: cut from the database: :class:`procworker._Lease`).
+        guard = getattr(target, 'guard', None)
+        self.fence = guard if hasattr(guard, 'until') else None
+        self.until_sent = None
 
     def _setup(self, password, jump_password=None):
         ho = self.conn.host_options
@@ -247,6 +262,9 @@ class Copy(object):
                        'direct': t.direct,
                        'zero_modes': list(t._zero_modes)},
             'over_hole': self.fresh,
+            'lease': ({'name': self.fence.lease.get('name'),
+                       'operation': self.fence.lease.get('operation')}
+                      if self.fence is not None else None),
             'log_level': logging.getLogger('any2kvm_os').getEffectiveLevel(),
         }
 
@@ -256,7 +274,8 @@ class Copy(object):
         env = _worker_env(self.conn)
         for k in range(n):
             proc = subprocess.Popen(
-                [sys.executable, '-m', procworker.__name__],
+                [sys.executable, '-m', procworker.__name__,
+                 str(os.getpid())],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 pass_fds=(self.target.fd,), env=env, close_fds=True)
             w = _Worker(k + 1, proc)
@@ -316,7 +335,10 @@ class Copy(object):
                 serial += 1
                 w.pending.append((serial, runs[0][3],
                                   sum(r[2] for r in runs)))
-                w.send({'batch': serial, 'runs': runs})
+                message = {'batch': serial, 'runs': runs}
+                if self.fence is not None:
+                    message['until'] = self.fence.until()
+                w.send(message)
         self._serial = serial
         if exhausted:
             self.work = None
@@ -344,9 +366,23 @@ class Copy(object):
         self.local += sum(r[2] for r in runs)
         return True
 
+    def _renewed(self):
+        """Check the lease (raises when it is lost); tell the workers
+        when it was renewed."""
+        if self.fence is None:
+            return
+        self.fence()
+        until = self.fence.until()
+        if self.until_sent is None or until > self.until_sent + 1:
+            self.until_sent = until
+            for w in self.workers:
+                if not w.ended:
+                    w.send({'until': until})
+
     def _loop(self):
         last = time.monotonic()
         while True:
+            self._renewed()
             self._feed()
             live = [w for w in self.workers if not w.bye]
             if not live:
@@ -421,8 +457,8 @@ class Copy(object):
                         len(self.workers), w.number, m['error'])
         elif 'error' in m:
             cls = getattr(exception, m.get('kind') or '', None)
-            if not (isinstance(cls, type) and
-                    issubclass(cls, exception.Any2KvmError)):
+            if not (isinstance(cls, type) and issubclass(
+                    cls, (exception.Any2KvmError, exception.LeaseLost))):
                 cls = exception.Any2KvmError
             raise cls(m['error'])
         elif 'bye' in m:

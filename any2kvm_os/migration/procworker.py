@@ -21,6 +21,7 @@ import logging
 import os
 import select
 import sys
+import time
 
 from any2kvm_os import exception
 from any2kvm_os.formats import base
@@ -67,10 +68,14 @@ class _Input(object):
         self.fd = fd
         self.buf = b''
         self.eof = False
+        #: Messages read ahead and put back (:meth:`_Lease.check`).
+        self.backlog = collections.deque()
 
     def get(self, wait):
         """The next message; None when none came (``wait`` False) or the
         input ended."""
+        if self.backlog:
+            return self.backlog.popleft()
         while b'\n' not in self.buf:
             if self.eof:
                 return None
@@ -149,6 +154,7 @@ def _serve(inp, out, setup):
         if t.get('direct'):
             writer.direct_io()
         over_hole = setup['over_hole']
+        lease = _Lease(setup.get('lease'))
         queue = collections.deque()
         ended = False
         while True:
@@ -160,6 +166,8 @@ def _serve(inp, out, setup):
                     if inp.eof:
                         return False   # the command is gone
                     break
+                if lease.take(m):
+                    continue
                 if m.get('end'):
                     ended = True
                     break
@@ -172,6 +180,7 @@ def _serve(inp, out, setup):
                 data = files[k].pread(length, file_offset)
                 base.check_read(files[k].name, len(data), length,
                                 file_offset)
+                lease.check(inp)
                 writer.write_data(offset, data, over_hole=over_hole)
             out.send({'done': m['batch'], 'wire': conn.bytes_read})
         writer._stop_flusher()
@@ -181,6 +190,45 @@ def _serve(inp, out, setup):
         return True
     finally:
         conn.close()
+
+
+class _Lease(object):
+    """The command's lease, as far as this worker knows it: the time
+    its writes may go on until (``until`` of each batch, and of the
+    ``{"until": t}`` the command sends when it renewed the lease: its
+    :class:`~any2kvm_os.migration.state.api.Fence`).  Past it, the
+    command was stopped or could not renew: nothing more is written."""
+
+    def __init__(self, lease):
+        self.lease = lease
+        self.until = None
+
+    def take(self, m):
+        """Note ``m``'s ``until``; True when that is all ``m`` says."""
+        until = m.get('until')
+        if until is not None and (self.until is None or until > self.until):
+            self.until = until
+        return until is not None and 'batch' not in m
+
+    def check(self, inp):
+        if self.until is None or time.time() < self.until:
+            return
+        # A renewal may wait in the input, behind batches: those are
+        # put back, in order.
+        kept = []
+        while True:
+            m = inp.get(wait=False)
+            if m is None:
+                break
+            if not self.take(m):
+                kept.append(m)
+        inp.backlog.extend(kept)
+        if time.time() < self.until:
+            return
+        raise exception.LeaseLost(
+            name=self.lease.get('name'), operation=self.lease.get(
+                'operation'), reason='it was not renewed in time: the '
+            'command was stopped, or cut from its database')
 
 
 def announce(files, runs):
@@ -205,7 +253,7 @@ def run_worker(inp, out):
     try:
         return 0 if _serve(inp, out, setup) else 1
     except Exception as e:
-        if isinstance(e, exception.Any2KvmError):
+        if isinstance(e, (exception.Any2KvmError, exception.LeaseLost)):
             text, kind = str(e), type(e).__name__
         elif isinstance(e, OSError) and e.strerror:
             text = str(exception.TargetError(path=setup['target']['path'],
@@ -219,7 +267,29 @@ def run_worker(inp, out):
         root.removeHandler(handler)
 
 
-def main():
+#: prctl(2)'s option: a signal when the parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with(parent):
+    """Be killed (SIGKILL) when the command ``parent`` (a pid) dies,
+    however it dies: a worker left behind by a ``kill -9`` would go on
+    writing the batches it holds, over what the next sync writes.  A
+    command already gone is not waited for."""
+    import ctypes
+    import signal
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass        # not Linux: the input's end still stops it
+    if parent and os.getppid() != parent:
+        os._exit(1)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    die_with(int(argv[0]) if argv else None)
     # The protocol's output on a descriptor of its own; anything printed
     # by mistake goes to standard error.
     out = _Output(os.dup(1))

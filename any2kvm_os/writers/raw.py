@@ -262,6 +262,14 @@ def _open_block(path, flags):
 class RawWriter(object):
     """A raw disk being written."""
 
+    #: None, or what is called (no argument) before every write
+    #: (:meth:`write_data`, :meth:`write_buffer`, :meth:`zero_range`,
+    #: :meth:`resize`) and
+    #: raises to stop it: a migration's :class:`~any2kvm_os.migration.
+    #: state.api.Fence`, so that a command whose hold of the migration
+    #: is lost writes nothing more.
+    guard = None
+
     def __init__(self, path, fd, fresh, is_block, tmp_path=None,
                  overwrite=False, durable=True):
         self.path = path
@@ -440,6 +448,8 @@ class RawWriter(object):
         if capacity is None and self.is_block:
             capacity = self.capacity = self.device_size()
         if capacity is None:
+            if self.guard is not None:
+                self.guard()
             try:
                 os.ftruncate(self.fd, size)
             except OSError as e:
@@ -584,6 +594,8 @@ class RawWriter(object):
         Zero grains are left as holes when ``over_hole`` (nothing was
         written there before on a fresh file); otherwise they are zeroed.
         """
+        if self.guard is not None:
+            self.guard()
         pos = 0
         view = memoryview(data)
         for a, b in zero_runs(data, offset):
@@ -598,6 +610,8 @@ class RawWriter(object):
     def write_buffer(self, offset, buf, length, over_hole):
         """:meth:`write_data` of the first ``length`` bytes of ``buf`` (a
         bytearray the copy loop reuses): written without a copy."""
+        if self.guard is not None:
+            self.guard()
         pos = 0
         view = memoryview(buf)
         for a, b in zero_runs(buf, offset, length):
@@ -613,6 +627,8 @@ class RawWriter(object):
         """Make ``[offset, offset+length)`` read as zeros."""
         if length <= 0:
             return
+        if self.guard is not None:
+            self.guard()
         if self.is_block:
             self._zero_device(offset, length)
         elif not self._zero_by_kernel(offset, length):

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from any2kvm_os.migration.state import models
 from any2kvm_os.migration.state import sql
 from tests.lib import blockdev
 from tests.lib import cli
@@ -1276,6 +1278,96 @@ def test_sync_with_reader_processes_killed_again_cutover(sshd_factory,
     m = show(common)
     assert m['status'] == 'done'
     check(m, facts)
+
+
+#: The command line with the state's lease shortened to 4 s (its renewer
+#: then turns every second), so that a test can outlast it.
+SHORT_LEASE = ('import sys\n'
+               'from any2kvm_os.migration.state import sql\n'
+               'sql.SqlStore.__init__.__defaults__ = (None, 4.0, True)\n'
+               'from any2kvm_os.cmd import any2kvm\n'
+               'sys.exit(any2kvm.main(sys.argv[1:]))\n')
+
+
+def _short_lease(args):
+    return [sys.executable, '-c', SHORT_LEASE, 'migration'] + [
+        str(a) for a in args]
+
+
+def _as_if_on_another_host(url):
+    """Make the migration's holder look like a command of another host
+    sharing the database (judged by its lease's expiry alone)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.update(models.Holder).values(
+                host='elsewhere.example', mark=None))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize('processes', [1, 2])
+def test_a_sync_stopped_past_its_lease_writes_nothing_more(
+        sshd_factory, tmp_path, processes):
+    """A sync stopped (Ctrl-Z) past its lease, taken over meanwhile by a
+    sync of another host that shares the database: once resumed it
+    stops at its next write, in one line, and writes nothing over what
+    the other wrote (in its own process, or its reader processes, which
+    were stopped with it)."""
+    b = xbed.Bed(sshd_factory, tmp_path / 'bed')
+    with open(b.conf, 'a') as f:
+        f.write('ssh_reader_processes = %d\n'
+                'ssh_reader_processes_min_mib = 0\n' % processes)
+    out = tmp_path / 'out'
+    out.mkdir()
+    url = 'sqlite:///%s' % (tmp_path / 'state.db')
+    common = b.ssh_args + ['--state-db', url]
+    root, facts = b.root, b.facts
+    mig('create', 'web', b.location(), '--output-dir', out, common=common)
+    m = _state(common)
+    w0, _w1 = writers(root, facts, m)
+    size = facts['models'][m['disks'][0]['source_id']].size
+    w0.write(0, ig.pattern(51, size))
+    proc = subprocess.Popen(
+        _short_lease(['sync', 'web', '--no-inspect', '--no-progress'] +
+                     common),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(), cwd=str(REPO), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        stopped = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            d = _state(common)
+            if any(a['partial'] for a in d['disks'][0]['applied']):
+                os.killpg(proc.pid, signal.SIGSTOP)
+                stopped = True
+                break
+            time.sleep(0.003)
+        assert stopped, proc.communicate()
+        _as_if_on_another_host(url)
+        time.sleep(5)         # past the (shortened) lease
+        # The guest writes over what the stopped sync still has to write;
+        # the second sync takes the migration over and copies it.
+        w0.write(size - 3 * MiB, ig.pattern(52, 2 * MiB))
+        r = subprocess.run(
+            _short_lease(['sync', 'web', '--no-inspect', '--no-progress'] +
+                         common),
+            capture_output=True, text=True, env=_env(), cwd=str(REPO),
+            timeout=300)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert 'taking over' in r.stderr, r.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0, (stdout, stderr)
+    assert 'the hold of this sync is lost' in stderr, stderr
+    assert 'Traceback' not in stderr, stderr
+    # What the second sync recorded stands, and the cutover ends with the
+    # VM's disks.
+    assert _state(common)['status'] == 'synced'
+    mig('cutover', 'web', '--timeout', '60', '--no-progress',
+        common=common)
+    check(_state(common), facts)
 
 
 def test_a_reset_connection_prints_only_our_lines(sshd_factory, tmp_path):

@@ -533,6 +533,81 @@ class StoreContract(object):
                 assert not store.touch(lease) and lease['lost']
             assert store.get('vm1')['holder'] is None
 
+    def _taken_over(self, url, store):
+        """``store`` holds vm1 as a command of another host stopped past
+        its lease would; a second store (a command of this host) has
+        taken it over.  (the first lease, the second store)."""
+        _create(store)
+        cm = store.hold('vm1', 'sync')
+        lease = cm.__enter__()
+        engine = sa.create_engine(url)
+        with engine.begin() as c:
+            c.execute(sa.update(models.Holder).values(
+                expires=time.time() - 1, host='elsewhere.example',
+                mark=None))
+        engine.dispose()
+        other = sql.SqlStore(url)
+        other_cm = other.hold('vm1', 'sync')
+        other_cm.__enter__()
+        return lease, cm, other, other_cm
+
+    def test_writes_of_a_lease_taken_over_are_refused(self, url, store):
+        lease, cm, other, other_cm = self._taken_over(url, store)
+        try:
+            other.layer_started('vm1', 0, 'L2', 'b.vhd', 'f2')
+            writes = [
+                lambda: store.layer_started('vm1', 0, 'L1', 'a.vhd', 'f1'),
+                lambda: store.layer_applied('vm1', 0, 'L2'),
+                lambda: store.forget_layers('vm1', 0, None),
+                lambda: store.disk_resized('vm1', 0, 1 << 30),
+                lambda: store.set_status('vm1', 'failed', 'x'),
+                lambda: store.snapshot_taken('vm1', 'snap'),
+                lambda: store.sync_recorded('vm1', 1.0, 2.0, 1, 2, 3),
+                lambda: store.cutover_recorded('vm1', 1.0, None),
+                lambda: store.guest_recorded('vm1', {'os': 'linux'}),
+                lambda: store.delete('vm1'),
+            ]
+            for write in writes:
+                with pytest.raises(api.LeaseLost) as e:
+                    write()
+                assert str(e.value).startswith(
+                    'migration vm1: the hold of this sync is lost (sync by '
+                    'pid %d on ' % os.getpid())
+            assert lease['lost']
+            with pytest.raises(api.LeaseLost):
+                store.fence('vm1')()
+            m = other.get('vm1')
+            assert [(a['layer_id'], a['partial'])
+                    for a in m['disks'][0]['applied']] == [('L2', True)]
+            assert m['status'] == 'created' and m['syncs'] == [] and \
+                m['snapshots'] == [] and m['guest'] is None
+            # The taker's writes go on.
+            other.layer_applied('vm1', 0, 'L2')
+            other.fence('vm1')()
+        finally:
+            other_cm.__exit__(None, None, None)
+            other.close()
+            cm.__exit__(None, None, None)
+        # Its release took nothing from anybody; a store that holds
+        # nothing writes as before.
+        store.set_status('vm1', 'synced')
+        assert store.fence('vm1') is None
+
+    def test_fence_renews_a_lease_past_its_margin(self, url):
+        with sql.SqlStore(url, lease=60) as store:
+            _create(store)
+            with store.hold('vm1', 'sync') as lease:
+                fence = store.fence('vm1')
+                assert fence.until() == lease['expires'] - 12
+                # A command stopped past its lease that nobody took over
+                # renews it and goes on.
+                lease['expires'] = time.time() - 1
+                fence()
+                assert lease['expires'] > time.time() + 59 and \
+                    not lease['lost']
+                assert store.get('vm1')['holder']['expires'] == \
+                    pytest.approx(lease['expires'])
+
     def test_two_processes_write_at_once(self, url, store):
         _create(store, 'a')
         _create(store, 'b')

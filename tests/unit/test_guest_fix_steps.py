@@ -332,7 +332,7 @@ def test_at_cutover_fixes_the_files(store, tmp_path, monkeypatch):
     calls = []
 
     def inspect_files(paths, settings=None, fix=False, scratch_dir=None,
-                      slots=None):
+                      slots=None, before_commit=None):
         calls.append((paths, fix, slots))
         out = recorded()
         out['fixed'] = [{'root': out['guests'][0]['root'], 'disk': 0,

@@ -154,3 +154,34 @@ def test_the_reader_is_at_most_the_queue_ahead_of_the_writer():
     assert not t.is_alive()
     assert result == [20 * CHUNK] and len(target.writes) == 20
     assert not _writers()
+
+
+def test_a_guard_that_raises_stops_every_write_before_it_is_made(tmp_path):
+    """A migration's lease lost (its target's guard raises): no write,
+    no zeroing, no resize reaches the target."""
+    path = tmp_path / 'target.raw'
+    path.write_bytes(b'o' * 8192)
+    w = raw.RawWriter.open_in_place(str(path))
+    calls = []
+
+    def guard():
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError('lease lost')
+
+    w.guard = guard
+    try:
+        w.write_data(0, b'n' * 4096, over_hole=False)
+        with pytest.raises(RuntimeError):
+            w.write_data(4096, b'n' * 4096, over_hole=False)
+        with pytest.raises(RuntimeError):
+            w.write_buffer(4096, bytearray(b'n' * 4096), 4096, False)
+        with pytest.raises(RuntimeError):
+            w.zero_range(4096, 4096)
+        with pytest.raises(RuntimeError):
+            w.resize(4096)
+    finally:
+        w.guard = None
+        w.close()
+    assert path.read_bytes() == b'n' * 4096 + b'o' * 4096
+    assert len(calls) == 5

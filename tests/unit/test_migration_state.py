@@ -376,3 +376,27 @@ def test_unusable_url_hides_its_password():
              {'ANY2KVM_STATE_DB': 'bogus://u:hunter2@h/x'})
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert 'hunter2' not in r.stderr and 'not a database URL' in r.stderr
+
+
+def test_fence_stops_when_the_lease_cannot_be_renewed():
+    """The database cannot be reached past the lease's margin: the
+    command stops writing, and says why in one line."""
+    from any2kvm_os.migration.state import api
+
+    class Store(object):
+        def touch(self, lease):
+            raise sa.exc.OperationalError('UPDATE holders', {},
+                                          Exception('server has gone away'))
+
+    import time
+    lease = {'name': 'vm1', 'operation': 'cutover', 'lost': False,
+             'expires': time.time() + 100}
+    fence = api.Fence(Store(), lease, 20)
+    fence()                     # far from its end: nothing asked
+    lease['expires'] = time.time() + 10
+    with pytest.raises(api.LeaseLost) as e:
+        fence()
+    text = str(e.value)
+    assert text.startswith('migration vm1: the hold of this cutover is lost '
+                           '(it could not be renewed: '), text
+    assert 'server has gone away' in text and '\n' not in text

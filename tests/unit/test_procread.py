@@ -18,6 +18,9 @@ import collections
 import json
 import os
 import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 
@@ -244,6 +247,143 @@ def test_worker_stops_when_the_command_is_gone(pipes, tmp_path,
         os.close(fd)
     assert pipes.received() == [{'ready': True}]
     assert conn.closed
+
+
+def _lease_setup(fd, size):
+    setup = _setup(fd, size)
+    setup['lease'] = {'name': 'web', 'operation': 'sync'}
+    return setup
+
+
+def test_worker_writes_nothing_past_the_leases_until(pipes, tmp_path,
+                                                     monkeypatch):
+    """Its first batch written, the time passes the lease's ``until`` (the
+    command stopped renewing it): the worker stops before the next write,
+    in one line, and the target keeps what it held there."""
+    data = b'n' * 8192
+    conn = FakeConn({'/sr/a.vhd': data})
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+    path = tmp_path / 'target.raw'
+    path.write_bytes(b'o' * 8192)
+    fd = os.open(str(path), os.O_RDWR)
+    now = time.time()
+    clock = [now]
+    monkeypatch.setattr(procworker.time, 'time', lambda: clock[0])
+    real = procworker.raw.RawWriter.write_data
+
+    def write_data(self, offset, data, over_hole):
+        real(self, offset, data, over_hole)
+        clock[0] = now + 61         # stopped (Ctrl-Z) after this write
+
+    monkeypatch.setattr(procworker.raw.RawWriter, 'write_data', write_data)
+    try:
+        # Batch 2 carries an older until: the newest one known counts.
+        pipes.send(_lease_setup(fd, len(data)),
+                   {'batch': 1, 'runs': [[0, 0, 4096, 0]],
+                    'until': now + 60},
+                   {'batch': 2, 'runs': [[0, 4096, 4096, 4096]],
+                    'until': now + 30},
+                   {'end': True})
+        assert procworker.run_worker(pipes.inp, pipes.out) == 1
+    finally:
+        os.close(fd)
+    ready, done, m = pipes.received()
+    assert done == {'done': 1, 'wire': 4096}
+    assert m['kind'] == 'LeaseLost'
+    assert m['error'].startswith('migration web: the hold of this sync is '
+                                 'lost (it was not renewed in time'), m
+    assert path.read_bytes() == b'n' * 4096 + b'o' * 4096
+
+
+def test_worker_goes_on_with_a_renewal_that_waits_behind_batches(
+        pipes, tmp_path, monkeypatch):
+    """The command renewed the lease while the worker was busy: the
+    renewal waits in its input behind a batch; the worker finds it, and
+    keeps the batch (and the end) in order."""
+    data = bytes(range(256)) * 48
+    conn = FakeConn({'/sr/a.vhd': data})
+    monkeypatch.setattr(procworker, '_connection', lambda setup: conn)
+    monkeypatch.setattr(procworker, 'AHEAD', 1)
+    path = tmp_path / 'target.raw'
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+    now = time.time()
+    clock = [now]
+    monkeypatch.setattr(procworker.time, 'time', lambda: clock[0])
+    written = []
+    real = procworker.raw.RawWriter.write_data
+
+    def write_data(self, offset, data, over_hole):
+        written.append(offset)
+        clock[0] = now + 100        # each write takes long
+        return real(self, offset, data, over_hole)
+
+    monkeypatch.setattr(procworker.raw.RawWriter, 'write_data', write_data)
+    try:
+        os.ftruncate(fd, len(data))
+        pipes.send(_lease_setup(fd, len(data)),
+                   {'batch': 1, 'runs': [[0, 0, 4096, 0],
+                                         [0, 4096, 4096, 4096]],
+                    'until': now + 50},
+                   {'batch': 2, 'runs': [[0, 8192, 4096, 8192]],
+                    'until': now + 50},
+                   {'until': now + 500},
+                   {'end': True})
+        assert procworker.run_worker(pipes.inp, pipes.out) == 0
+    finally:
+        os.close(fd)
+    assert written == [0, 4096, 8192]
+    assert path.read_bytes() == data
+    assert [m for m in pipes.received() if 'done' in m] == [
+        {'done': 1, 'wire': 8192}, {'done': 2, 'wire': 12288}]
+
+
+def test_worker_dies_with_the_command():
+    """A command killed with SIGKILL takes its reader processes with it
+    (PR_SET_PDEATHSIG): none is left to write the batches it holds."""
+    command = textwrap.dedent('''
+        import os, subprocess, sys, time
+        w = subprocess.Popen([sys.executable, '-m',
+                              'any2kvm_os.migration.procworker',
+                              str(os.getpid())], stdin=subprocess.PIPE)
+        print(w.pid, flush=True)
+        time.sleep(60)
+        ''')
+    proc = subprocess.Popen([sys.executable, '-c', command],
+                            stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    # The worker waits for its set-up, its input open (the command lives).
+    time.sleep(0.5)
+    assert _alive(worker)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(worker)
+
+
+def test_a_worker_whose_command_is_already_gone_exits():
+    # Its parent is not the command it was started for (that one died
+    # before the worker could ask to die with it): it exits at once,
+    # without waiting for its input.
+    proc = subprocess.Popen([sys.executable, '-m', 'any2kvm_os.migration.'
+                             'procworker', '1'], stdin=subprocess.PIPE)
+    try:
+        assert proc.wait(timeout=60) == 1
+    finally:
+        proc.kill()
+        proc.stdin.close()
+        proc.wait()
+
+
+def _alive(pid):
+    """Whether ``pid`` runs (a zombie, killed and not yet reaped by init,
+    does not)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
 
 
 def test_worker_sends_its_error_in_one_line(pipes, tmp_path, monkeypatch):
@@ -535,3 +675,50 @@ def test_worker_refuses_a_file_that_holds_another_vhd_now(pipes, tmp_path,
                     in m['error']), m
         finally:
             p.close()
+
+
+class FakeFence(object):
+    """A migration's lease check (:class:`~.state.api.Fence`)."""
+
+    def __init__(self):
+        self.at = 1000.0
+        self.lost = False
+        self.checks = 0
+        self.lease = {'name': 'web', 'operation': 'sync'}
+
+    def until(self):
+        return self.at
+
+    def __call__(self):
+        self.checks += 1
+        if self.lost:
+            raise exception.LeaseLost(name='web', operation='sync',
+                                      reason='another command took it over')
+
+
+def test_command_tells_its_workers_until_when_they_may_write():
+    c = _copy()
+    c.fence, c.until_sent = FakeFence(), None
+    sent = []
+    w = procread._Worker(1, None)
+    w.send, w.ready = sent.append, True
+    c.workers = [w]
+    batches = iter([[[0, 0, 4096, 0]], [[0, 4096, 4096, 4096]]])
+    c.work = True
+    c._next_batch = lambda: next(batches, None)
+    c._renewed()
+    c._feed()
+    assert sent[:3] == [
+        {'until': 1000.0},
+        {'batch': 1, 'runs': [[0, 0, 4096, 0]], 'until': 1000.0},
+        {'batch': 2, 'runs': [[0, 4096, 4096, 4096]], 'until': 1000.0}]
+    del sent[:]
+    c.fence.at = 1000.5     # not worth a message
+    c._renewed()
+    c.fence.at = 1075.0     # the lease renewed
+    c._renewed()
+    assert sent == [{'until': 1075.0}]
+    c.fence.lost = True
+    with pytest.raises(exception.LeaseLost):
+        c._renewed()
+    assert c.fence.checks == 4

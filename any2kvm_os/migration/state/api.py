@@ -24,6 +24,8 @@ float); times are UTC seconds since the epoch (float).
 import abc
 import time
 
+from any2kvm_os import exception
+
 #: The states of a migration, in the order they normally come.
 STATUSES = ('created', 'syncing', 'synced', 'cutting-over', 'done',
             'aborted', 'failed')
@@ -47,6 +49,56 @@ class Busy(Exception):
             'migration %s is busy: %s by pid %s on %s since %s%s' % (
                 name, holder.get('operation'), holder.get('pid'),
                 holder.get('host'), holder.get('since_text'), stale))
+
+
+#: The command's hold of a migration is gone (:class:`Fence`).
+LeaseLost = exception.LeaseLost
+
+
+class Fence(object):
+    """The check made before every write of a command that holds a
+    migration (its targets' writes, :attr:`RawWriter.guard
+    <any2kvm_os.writers.raw.RawWriter.guard>`; its reader processes'
+    :meth:`until`): the writes go on while the lease is surely ours.
+
+    A lease is judged by its expiry on the holder's clock: until
+    ``margin`` seconds before it expires nothing is asked (the renewer
+    thread of :meth:`Store.hold` keeps it far ahead); past that, it is
+    renewed at once (:meth:`Store.touch`), and :class:`LeaseLost` raised
+    when that fails or another command holds it.  A command stopped
+    (Ctrl-Z, SIGSTOP) or cut from the database past its lease thus never
+    writes over the command that took over (another host takes over a
+    lease once it expired on its own clock: hosts sharing a database
+    must agree on the time within ``margin``)."""
+
+    def __init__(self, store, lease, margin):
+        self.store = store
+        self.lease = lease
+        self.margin = margin
+
+    def until(self):
+        """The wall-clock time writes may go on until without a check."""
+        return self.lease['expires'] - self.margin
+
+    def __call__(self):
+        lease = self.lease
+        if not lease.get('lost') and time.time() < self.until():
+            return
+        if not lease.get('lost'):
+            try:
+                if self.store.touch(lease) and time.time() < self.until():
+                    return
+            except Exception as e:
+                raise LeaseLost(name=lease['name'],
+                                operation=lease['operation'],
+                                reason='it could not be renewed: %s'
+                                % ' '.join(str(e).split()[:40]))
+        if lease.get('lost'):
+            reason = 'another command took it over'
+        else:
+            reason = 'it could not be renewed in time'
+        raise LeaseLost(name=lease['name'], operation=lease['operation'],
+                        reason=reason)
 
 
 class NotFound(Exception):
@@ -146,6 +198,12 @@ class Store(object, metaclass=abc.ABCMeta):
         """Renew ``lease`` (what :meth:`hold` gave) now: True while it is
         still ours.  Without expiring leases, there is nothing to do."""
         return not lease.get('lost')
+
+    def fence(self, name):
+        """The :class:`Fence` of the lease this store holds on ``name``
+        (in :meth:`hold`), or None: a store without expiring leases
+        fences nothing."""
+        return None
 
     @abc.abstractmethod
     def set_status(self, name, status, error=None):

@@ -462,6 +462,10 @@ class SqlStore(api.Store):
     def __init__(self, url=None, lease=LEASE, create=True):
         self.url = url or default_url()
         self.lease = lease
+        #: {name: the lease this store holds on it} (:meth:`hold`): every
+        #: write of such a migration checks, in its transaction, that the
+        #: lease is still this command's (:meth:`_mine`).
+        self._held = {}
         self._engine = make_engine(self.url, create=create)
         self._writer = self._engine.execution_options(**{_WRITE: True})
         try:
@@ -505,7 +509,7 @@ class SqlStore(api.Store):
 
     def flow_logbook(self, name, create=True):
         with self._tx(write=create) as session:
-            m = self._migration(session, name)
+            m = self._mine(session, name)
             if m.flow_logbook is None and create:
                 m.flow_logbook = str(uuid.uuid4())
             return m.flow_logbook
@@ -530,8 +534,27 @@ class SqlStore(api.Store):
             raise api.NotFound('no migration named %s' % name)
         return m
 
-    def _disk(self, session, name, disk_index):
+    def _mine(self, session, name):
+        """:meth:`_migration` ``name`` for a write: refused with
+        :class:`~any2kvm_os.exception.LeaseLost` when this store holds it
+        (:meth:`hold`) and its holder in the database is no longer this
+        lease (taken over by another command): the state is fenced, in the
+        write's own transaction."""
         m = self._migration(session, name)
+        lease = self._held.get(name)
+        if lease is not None:
+            holder = m.holder
+            if holder is None or holder.token != lease['token']:
+                lease['lost'] = True
+                raise api.LeaseLost(
+                    name=name, operation=lease['operation'],
+                    reason='another command took it over' if holder is None
+                    else '%s by pid %s on %s took it over' % (
+                        holder.operation, holder.pid, holder.host))
+        return m
+
+    def _disk(self, session, name, disk_index):
+        m = self._mine(session, name)
         for disk in m.disks:
             if disk.index == disk_index:
                 return m, disk
@@ -612,7 +635,7 @@ class SqlStore(api.Store):
     def delete(self, name):
         book = self.flow_logbook(name, create=False)
         with self._tx() as session:
-            session.delete(self._migration(session, name))
+            session.delete(self._mine(session, name))
         if book is not None:
             from any2kvm_os.migration.state import flowdb
             flowdb.destroy(self.flow_backend(), book)
@@ -622,7 +645,7 @@ class SqlStore(api.Store):
             raise ValueError('unknown status %r (one of %s)'
                              % (status, ', '.join(api.STATUSES)))
         with self._tx() as session:
-            m = self._migration(session, name)
+            m = self._mine(session, name)
             m.status = status
             m.error = error
             m.updated_at = time.time()
@@ -632,7 +655,7 @@ class SqlStore(api.Store):
         if guest is not None:
             check_not_secret(guest, 'guest')
         with self._tx() as session:
-            m = self._migration(session, name)
+            m = self._mine(session, name)
             m.guest = guest
             m.updated_at = time.time()
 
@@ -711,9 +734,18 @@ class SqlStore(api.Store):
             lease['lost'] = True
         return not lease['lost']
 
+    def fence(self, name):
+        lease = self._held.get(name)
+        if lease is None:
+            return None
+        # The renewer keeps the lease at least 3/4 of it ahead: the check
+        # asks the database only when that failed for a while.
+        return api.Fence(self, lease, self.lease / 5.0)
+
     @contextlib.contextmanager
     def hold(self, name, operation):
         lease = self._acquire(name, operation)
+        self._held[name] = lease
         stop = threading.Event()
         renewer = threading.Thread(
             target=self._keep, args=(lease, stop),
@@ -724,6 +756,8 @@ class SqlStore(api.Store):
         finally:
             stop.set()
             renewer.join()
+            if self._held.get(name) is lease:
+                del self._held[name]
             self._release(lease)
 
     def _keep(self, lease, stop):
@@ -801,7 +835,7 @@ class SqlStore(api.Store):
     def snapshot_taken(self, name, snapshot_id):
         now = time.time()
         with self._tx() as session:
-            m = self._migration(session, name)
+            m = self._mine(session, name)
             for s in m.snapshots:
                 if s.snapshot_id == snapshot_id:
                     s.created_at, s.removed_at = now, None
@@ -814,7 +848,7 @@ class SqlStore(api.Store):
     def snapshot_removed(self, name, snapshot_id):
         now = time.time()
         with self._tx() as session:
-            m = self._migration(session, name)
+            m = self._mine(session, name)
             for s in m.snapshots:
                 if s.snapshot_id == snapshot_id:
                     if s.removed_at is None:
@@ -828,7 +862,7 @@ class SqlStore(api.Store):
     def sync_recorded(self, name, started_at, ended_at, layers_applied,
                       bytes_read, bytes_written, ok=True, error=None):
         with self._tx() as session:
-            m = self._migration(session, name)
+            m = self._mine(session, name)
             m.syncs.append(models.Sync(
                 started_at=started_at, ended_at=ended_at,
                 layers_applied=layers_applied, bytes_read=bytes_read,
@@ -840,7 +874,7 @@ class SqlStore(api.Store):
         downtime = (None if completed_at is None
                     else completed_at - shutdown_at)
         with self._tx() as session:
-            m = self._migration(session, name)
+            m = self._mine(session, name)
             c = m.cutovers[-1] if m.cutovers else None
             if c is None or c.rolled_back_at is not None:
                 c = models.Cutover()
@@ -864,7 +898,7 @@ class SqlStore(api.Store):
 
     def rollback_recorded(self, name, at=None):
         with self._tx() as session:
-            m = self._migration(session, name)
+            m = self._mine(session, name)
             c = m.cutovers[-1] if m.cutovers else None
             if c is None or c.rolled_back_at is not None:
                 raise api.NotFound('migration %s has no cutover to roll '
