@@ -72,9 +72,11 @@ NAME_RE = re.compile(
     r'(?<![\w/.-])(/dev/(?:xvd|hd|sd|vd)[a-z]+[0-9]*'
     r'|(?:UUID|LABEL|PARTUUID|PARTLABEL)=[^\s,"\';]+)')
 DEV_RE = re.compile(r'^/dev/(xvd|hd|sd|vd)([a-z]+)([0-9]*)$')
-#: A Xen-only console on a kernel command line.
+#: A Xen-only console on a kernel command line: the argument alone,
+#: never a quote around it (``GRUB_CMDLINE_LINUX="console=hvc0"`` keeps
+#: both of its quotes).
 XEN_CONSOLE_RE = re.compile(
-    r'(?<![\w-])(?:console=(?:hvc|xvc)[0-9]+\S*|xencons=\S+)')
+    r'(?<![\w-])(?:console=(?:hvc|xvc)[0-9]+[^\s"\']*|xencons=[^\s"\']+)')
 
 #: Files that name the guest's network interfaces: ifupdown, netplan,
 #: ifcfg (Red Hat, SUSE), NetworkManager, systemd-networkd.

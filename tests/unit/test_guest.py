@@ -20,7 +20,9 @@ import copy
 import gzip
 import json
 import os
+import re
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -458,6 +460,33 @@ def test_fix_text_rewrites_names_and_drops_xen_consoles():
     new, _changes = probe.fix_text(FakeG(), '/dev/sdb1 /srv ext4\n',
                                    'virtio', False)
     assert new == '/dev/vdb1 /srv ext4\n'
+
+
+@pytest.mark.parametrize('line, fixed', [
+    ('GRUB_CMDLINE_LINUX_DEFAULT="console=hvc0"\n',
+     'GRUB_CMDLINE_LINUX_DEFAULT=""\n'),
+    ('GRUB_CMDLINE_LINUX_DEFAULT="quiet console=hvc0"\n',
+     'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'),
+    ('GRUB_CMDLINE_LINUX="quiet xencons=tty"\n',
+     'GRUB_CMDLINE_LINUX="quiet"\n'),
+    ("GRUB_CMDLINE_LINUX='console=hvc0,115200n8 ro'\n",
+     "GRUB_CMDLINE_LINUX=' ro'\n"),
+])
+def test_dropping_a_xen_console_keeps_the_quotes_around_it(line, fixed):
+    """/etc/default/grub is a shell file that update-grub sources: the
+    console goes, its quotes stay (the file still parses)."""
+    text = 'GRUB_DEFAULT=0\n' + line + 'GRUB_TIMEOUT=5\n'
+    new, changes = probe.fix_text(FakeG(), text, 'scsi', True)
+    assert new == 'GRUB_DEFAULT=0\n' + fixed + 'GRUB_TIMEOUT=5\n'
+    assert [c[0] for c in changes] == XEN_ARGS.findall(line)
+    # bash reads it, with every variable as it should be.
+    out = subprocess.run(['bash', '-c', new + 'echo "$GRUB_TIMEOUT"'],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == '5\n' and not out.stderr
+
+
+#: The Xen consoles in the lines above, as an independent pattern.
+XEN_ARGS = re.compile(r'console=hvc0(?:,115200n8)?|xencons=tty')
 
 
 def test_fix_bus_follows_the_table():
