@@ -490,6 +490,13 @@ def warnings(guest, result=None):
                    '--fix rebuilds it with %s (virt-v2v and nbdkit)' % (
                        kernel['version'], properties.disk_bus(guest)[0],
                        v2v.PROGRAM))
+    if guest.get('type') == 'linux' and kernel is not None and \
+            not properties.bootable_bus(guest):
+        out.append('kernel %s: no disk bus can boot it as it is (its '
+                   'initramfs has neither virtio_blk nor sd_mod with '
+                   'virtio_scsi, ahci or ata_piix): hw_disk_bus=ide is a '
+                   'guess; add the virtio drivers to the initramfs before '
+                   'migrating, or let --fix rebuild it' % kernel['version'])
     others = [g for g in (result or {}).get('guests') or ()
               if g is not guest and g.get('type')]
     if others:

@@ -49,9 +49,11 @@ import re
 import sys
 import tempfile
 
-#: Kernel modules whose presence decides the buses and the NIC model.
+#: Kernel modules whose presence decides the buses and the NIC model
+#: (``sd_mod``: the SCSI disk driver, which a disk on virtio-scsi, SATA
+#: or IDE needs beside its controller's).
 MODULES = ('virtio_blk', 'virtio_scsi', 'virtio_net', 'virtio_pci',
-           'ahci', 'ata_piix', 'ata_generic', 'e1000', 'e1000e',
+           'sd_mod', 'ahci', 'ata_piix', 'ata_generic', 'e1000', 'e1000e',
            'vmxnet3', 'vmw_pvscsi', 'xen_blkfront', 'xen_netfront',
            'hv_storvsc', 'hv_netvsc')
 

@@ -101,6 +101,9 @@ def needed(guest):
     mods = kernel.get('modules') or {}
     if any(mods.get(m) == 'module' for m in VIRTIO_STORAGE):
         return 'initramfs'
+    if mods.get('sd_mod') == 'module' and mods.get('virtio_scsi'):
+        # virtio_scsi at boot, without the SCSI disk driver it needs.
+        return 'initramfs'
     return None
 
 

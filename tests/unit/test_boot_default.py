@@ -220,7 +220,7 @@ def kernel(version, image=True, xen=False, virtio=True):
     mods = {m: None for m in probe.MODULES}
     if virtio:
         mods.update(virtio_pci='initramfs', virtio_scsi='initramfs')
-    mods['ata_piix'] = 'initramfs'
+    mods.update(ata_piix='initramfs', sd_mod='initramfs')
     return {'version': version, 'modules': mods, 'xen_pv_only': xen,
             'image': '/boot/vmlinuz-%s' % version if image else None}
 

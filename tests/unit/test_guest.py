@@ -31,6 +31,7 @@ import pytest
 from any2kvm_os import exception
 from any2kvm_os.guest import inspect as gi
 from any2kvm_os.guest import probe
+from any2kvm_os.guest import v2v
 from any2kvm_os import properties
 
 DATA = Path(__file__).parent / 'data'
@@ -82,6 +83,53 @@ def test_virtio_blk_only_gets_virtio():
     assert props['hw_disk_bus'] == 'virtio'
     assert 'hw_scsi_model' not in props
     assert 'virtio_blk is in the initramfs' in reasons['hw_disk_bus']
+
+
+def test_virtio_scsi_without_sd_mod_is_no_scsi_bus():
+    """Debian's MODULES=dep made on Xen, with the virtio drivers added by
+    hand: virtio_scsi is in the initramfs, the SCSI disk driver is not.
+    On virtio-scsi the guest would find no disk: virtio-blk boots it."""
+    g = guest('guest-virtio')
+    mods = g['linux']['kernels'][0]['modules']
+    mods['sd_mod'] = 'module'
+    props, reasons = properties.guest_properties(g)
+    assert props['hw_disk_bus'] == 'virtio'
+    assert 'hw_scsi_model' not in props
+    assert 'but sd_mod (the SCSI disk driver) is a module outside the ' \
+        'initramfs' in reasons['hw_disk_bus']
+    assert v2v.needed(g) is None
+    # Without virtio_blk at boot either: no bus boots it; said so, and
+    # --fix hands it to virt-v2v.
+    mods['virtio_blk'] = 'module'
+    props, reasons = properties.guest_properties(g)
+    assert props['hw_disk_bus'] == 'ide'
+    assert reasons['hw_disk_bus'].endswith(properties.NO_BUS)
+    assert not properties.bootable_bus(g)
+    assert v2v.needed(g) == 'initramfs'
+    assert [w for w in gi.warnings(g) if 'no disk bus can boot it' in w]
+    # sd_mod built in (or in the initramfs): virtio-scsi.
+    for state in ('builtin', 'initramfs'):
+        mods['sd_mod'] = state
+        assert properties.guest_properties(g)[0]['hw_disk_bus'] == 'scsi'
+        assert properties.bootable_bus(g)
+        assert not [w for w in gi.warnings(g) if 'no disk bus' in w]
+
+
+def test_ata_piix_outside_the_initramfs_is_no_ide_bus():
+    g = guest('guest-novirtio')
+    mods = g['linux']['kernels'][0]['modules']
+    assert properties.bootable_bus(g)      # its ata_piix is at boot
+    mods['ata_piix'] = 'module'
+    props, reasons = properties.guest_properties(g)
+    assert props['hw_disk_bus'] == 'ide'
+    assert reasons['hw_disk_bus'].endswith(
+        'ata_piix is a module outside the initramfs: ' + properties.NO_BUS)
+    assert not properties.bootable_bus(g)
+    # ahci at boot, without sd_mod: no SATA disk either.
+    mods['ahci'], mods['sd_mod'] = 'initramfs', None
+    assert not properties.bootable_bus(g)
+    mods['sd_mod'] = 'initramfs'
+    assert properties.guest_properties(g)[0]['hw_disk_bus'] == 'sata'
 
 
 def test_ahci_gets_sata():
