@@ -431,6 +431,9 @@ def warnings(guest, result=None):
                        '(a disk left out, or a CD drive): --fix leaves it '
                        'as it is; correct it by hand, or mark the entry '
                        'nofail' % (entry['path'], ', '.join(unknown)))
+        if entry.get('unit_named'):
+            out.append(unit_named_warning(entry))
+            continue
         bad = [n for n in entry['names']
                if (n.startswith('/dev/xvd') or n.startswith('/dev/hd'))
                and n not in unknown]
@@ -441,6 +444,13 @@ def warnings(guest, result=None):
         if entry.get('xen_consoles'):
             out.append('%s has the Xen console %s (convert --fix drops it)'
                        % (entry['path'], ', '.join(entry['xen_consoles'])))
+    for uuid, devices in sorted((linux.get('shared_uuids') or {}).items()):
+        out.append('filesystems %s share the UUID %s (one disk cloned from '
+                   'another?): UUID=%s may mount either of them on KVM, '
+                   'so --fix names them by their bus instead; give the copy '
+                   'a new UUID (tune2fs -U random, xfs_admin -U generate) '
+                   'and name it so in the guest' % (
+                       ' and '.join(devices[:4]), uuid, uuid))
     out.extend(network_warnings(linux.get('network')))
     out.extend(boot_code_warnings(guest))
     fallback = uefi_fallback_warning(guest)
@@ -815,10 +825,33 @@ def left_after_fix(guest):
             out.append('%s: %s' % (entry['path'], ', '.join(
                 entry['left'][:4])))
     out.extend(lvm_filter_warnings(guest, after_fix=True))
+    out.extend(unit_named_warning(e) for e in linux.get('disk_names') or ()
+               if e.get('unit_named'))
+    out.extend(mac_match_warnings(linux.get('network')))
     fallback = uefi_fallback_warning(guest)
     if fallback:
         out.append(fallback)
     return out
+
+
+def unit_named_warning(entry):
+    """A systemd unit named after its Xen device (``dev-xvda5.swap``):
+    its name and its What= must agree, so --fix changes neither."""
+    return ('%s is named after %s, which KVM will not have: --fix leaves '
+            'it (a unit\'s name must match its device); replace it with an '
+            'fstab line by UUID, or disable it, before the move' % (
+                entry['path'], entry['unit_named']))
+
+
+def mac_match_warnings(net):
+    """The network files that choose their NIC by the Xen NIC's MAC
+    (netplan ``match: macaddress``, networkd ``MACAddress=``): reported,
+    never changed, before and after --fix."""
+    return ['%s chooses its interface by the Xen NIC\'s MAC (macaddress:, '
+            'MACAddress=), which changes on KVM: keep the MAC (--keep-macs), '
+            'or change the match; --fix leaves it' % entry['path']
+            for entry in (net or {}).get('files') or ()
+            if entry.get('mac_match')]
 
 
 def network_warnings(net):
@@ -844,6 +877,7 @@ def network_warnings(net):
                        '(HWADDR=, mac-address=), which changes on KVM: keep '
                        'the MAC (--keep-macs), or name the interface in it '
                        '(--fix leaves it)' % entry['path'])
+    out.extend(mac_match_warnings(net))
     if net.get('pinned'):
         out.append('/etc/udev/rules.d/70-persistent-net.rules pins %s to the '
                    'Xen NIC\'s MAC: a new MAC gets the next name; --fix '

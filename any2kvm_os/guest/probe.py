@@ -61,7 +61,15 @@ MODULES = ('virtio_blk', 'virtio_scsi', 'virtio_net', 'virtio_pci',
 #: (``(hd0) /dev/xvda``: grub-install, at the next GRUB upgrade, looks
 #: its disk up there), bootloader files.
 NAME_FILES = ('/etc/fstab', '/etc/crypttab', '/boot/grub/device.map',
-              '/boot/grub2/device.map')
+              '/boot/grub2/device.map',
+              '/etc/initramfs-tools/conf.d/resume')
+#: systemd's units that mount or swap a device (``What=``): a unit
+#: whose device never appears fails ``local-fs.target``, and the guest
+#: stops at the emergency shell.
+UNIT_DIR = '/etc/systemd/system'
+UNIT_SUFFIXES = ('.mount', '.swap', '.automount')
+#: The most units looked at.
+MAX_UNITS = 256
 BOOT_FILES = ('/boot/grub/grub.cfg', '/boot/grub2/grub.cfg',
               '/etc/default/grub', '/boot/grub/menu.lst',
               '/boot/grub/grub.conf', '/etc/grub.conf',
@@ -109,6 +117,11 @@ IFNAMES_ARG = 'net.ifnames=0'
 #: A line that binds a network configuration to the NIC's MAC, which
 #: changes on KVM (ifcfg, NetworkManager keyfiles).
 MAC_BIND_RE = re.compile(r'^[ \t]*(?:HWADDR|mac-address)[ \t]*=.*\n?', re.M)
+#: A match on the NIC's MAC that is reported, not changed: netplan's
+#: ``match: macaddress:``, systemd-networkd's and .link files'
+#: ``MACAddress=`` (a whole stanza chooses its NIC by it).
+MAC_MATCH_RE = re.compile(
+    r'^[ \t]*(?:macaddress[ \t]*:|MACAddress[ \t]*=)', re.M)
 
 ESP_GUID = 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B'
 BIOS_BOOT_GUID = '21686148-6449-6E6F-744E-656564454649'
@@ -185,14 +198,25 @@ def position(name, slots):
     slots 0, 1, 2 and 4: the template's CD drive holds slot 3).  A Xen
     name (xvd, hd: the letter is the slot) is looked up in ``slots``
     when known, and is None when no disk given sits there; any other
-    name, or a Xen name without ``slots``, is taken in order."""
+    name, or a Xen name without ``slots``, is taken in order (None past
+    the last of ``slots``' disks: see :func:`in_order`)."""
     m = DEV_RE.match(name)
     if not m:
         return None
     index = letters_index(m.group(2))
     if slots is not None and m.group(1) in ('xvd', 'hd'):
         return slots.get(index)
+    if slots is not None and index >= len(slots):
+        return None     # past the last disk given
     return index
+
+
+def in_order(count):
+    """The slots of ``count`` disks given without their Xen slots
+    (``--xen-slots``): in order, the first in slot 0, and no disk past
+    the last one (/dev/xvdc1 of a VM given as two disk files is on none
+    of them: left as it is, and warned about, not made /dev/sdc1)."""
+    return {i: i for i in range(count)}
 
 
 def disk_index(device):
@@ -352,6 +376,32 @@ def boot_files(g):
     return files
 
 
+def unit_files(g):
+    """The guest's own systemd mount, automount and swap units
+    (:data:`UNIT_DIR`), at most :data:`MAX_UNITS`."""
+    files = []
+    for entry in sorted(_ls(g, UNIT_DIR)):
+        if len(files) >= MAX_UNITS:
+            break
+        if entry.endswith(UNIT_SUFFIXES) and not entry.startswith('.'):
+            path = UNIT_DIR + '/' + entry
+            try:
+                if g.is_file(path, followsymlinks=True):
+                    files.append(path)
+            except RuntimeError:
+                continue
+    return files
+
+
+def unit_name_device(path):
+    """The Xen device a unit's own name stands for
+    (``dev-xvda5.swap``: systemd's escaped path), or None: a name the
+    fix cannot change (the unit's links name it)."""
+    base = path.rsplit('/', 1)[-1]
+    m = re.match(r'^dev-((?:xvd|hd)[a-z]+[0-9]*)\.(?:swap|mount)$', base)
+    return '/dev/' + m.group(1) if m else None
+
+
 def bootloader(files):
     for path, kind in (('/boot/grub/grub.cfg', 'grub2'),
                        ('/boot/grub2/grub.cfg', 'grub2'),
@@ -386,8 +436,8 @@ def disk_names(g, slots=None, read=None):
     ``read``: how a file is read (:func:`_reader`)."""
     read = read or _reader(g)
     out = []
-    files = [p for p in NAME_FILES if _exists(g, p)] + boot_files(g) + \
-        grub_envs(g)
+    files = [p for p in NAME_FILES if _exists(g, p)] + unit_files(g) + \
+        boot_files(g) + grub_envs(g)
     for path in files:
         text = read(path)
         if text is None:
@@ -400,10 +450,16 @@ def disk_names(g, slots=None, read=None):
         names = sorted(set(names))
         unknown = [n for n in names if DEV_RE.match(n) and
                    position(n, slots) is None]
-        out.append({'path': path, 'names': names, 'unknown': unknown,
-                    'kinds': sorted(set(name_kind(n) for n in names)),
-                    'xen_consoles': sorted(set(XEN_CONSOLE_RE.findall(
-                        text)))})
+        entry = {}
+        named = unit_name_device(path)
+        if named:
+            # Named after its device: reported, never rewritten (the
+            # name and What= must agree).
+            entry['unit_named'] = named
+        entry.update(path=path, names=names, unknown=unknown,
+                     kinds=sorted(set(name_kind(n) for n in names)),
+                     xen_consoles=sorted(set(XEN_CONSOLE_RE.findall(text))))
+        out.append(entry)
     return out
 
 
@@ -436,7 +492,7 @@ def net_files(g):
 
 def network_facts(g, boot_texts=None):
     """What of the guest's network setup names its Xen NIC: {'files':
-    [{path, names (ethN/enXN), mac_bound}], 'pinned': the names
+    [{path, names (ethN/enXN), mac_bound, mac_match}], 'pinned': the names
     70-persistent-net.rules pins to MACs, 'ifnames_off': whether a
     kernel command line already keeps the kernel's names};
     ``boot_texts``: the bootloader files' texts and
@@ -446,8 +502,10 @@ def network_facts(g, boot_texts=None):
         text = _uncommented(_read(g, path))
         names = sorted(set(XEN_NIC_RE.findall(text)))
         bound = bool(MAC_BIND_RE.search(text))
-        if names or bound:
-            files.append({'path': path, 'names': names, 'mac_bound': bound})
+        match = bool(MAC_MATCH_RE.search(text))
+        if names or bound or match:
+            files.append({'path': path, 'names': names, 'mac_bound': bound,
+                          'mac_match': match})
     rules = _uncommented(_read(g, PERSISTENT_NET))
     pinned = sorted(set(re.findall(r'NAME="?([\w.-]+)', rules))) \
         if 'ATTR{address}' in rules else []
@@ -1044,6 +1102,7 @@ def linux_facts(g, root, slots=None):
             'tools': found,
             'network': network_facts(g, boot_texts),
             'lvm_devices': lvm_devices(g),
+            'shared_uuids': shared_uuids(g),
             'cloud_init': cloud_init_facts(g, apps, boot_texts)}
 
 
@@ -2698,10 +2757,44 @@ def kvm_name(name, bus, slots=None):
     return '/dev/%s%s' % (bus_prefix(bus), dev[len('/dev/sd'):])
 
 
-def replacement(g, name, bus, slots=None):
+def shared_uuids(g):
+    """{uuid: [devices]} of the filesystem UUIDs that more than one
+    filesystem of the disks given has (a disk cloned from another, two
+    disks made from one template): ``UUID=`` would name either of them.
+    Asked once per handle."""
+    found = getattr(g, '_any2kvm_shared_uuids', None)
+    if found is not None:
+        return found
+    by_uuid = {}
+    try:
+        devices = sorted(g.list_filesystems())
+    except (AttributeError, RuntimeError):
+        devices = []
+    for dev in devices[:MAX_FILESYSTEMS]:
+        try:
+            uuid = g.vfs_uuid(dev)
+        except RuntimeError:
+            continue
+        if uuid:
+            by_uuid.setdefault(uuid.lower(), []).append(dev)
+    found = {u: devs for u, devs in by_uuid.items() if len(devs) > 1}
+    try:
+        g._any2kvm_shared_uuids = found
+    except AttributeError:
+        pass
+    return found
+
+
+#: The most filesystems whose UUIDs are compared (:func:`shared_uuids`).
+MAX_FILESYSTEMS = 256
+
+
+def replacement(g, name, bus, slots=None, whole_uuid=True):
     """What stands for the device ``name`` on KVM: UUID=... when the
-    filesystem has one, else the chosen bus's name; None when it stays
-    (not a device name, already the bus's, or on none of the disks)."""
+    filesystem has one that no other filesystem of the disks has (a
+    whole disk's too, unless not ``whole_uuid``: GRUB's device.map names
+    disks), else the chosen bus's name; None when it stays (not a device
+    name, already the bus's, or on none of the disks)."""
     m = DEV_RE.match(name)
     if not m:
         return None
@@ -2710,12 +2803,12 @@ def replacement(g, name, bus, slots=None):
     dev = device_for(name, slots)
     if dev is None:
         return None
-    if m.group(3):
+    if m.group(3) or whole_uuid:
         try:
             uuid = g.vfs_uuid(dev)
         except RuntimeError:
             uuid = ''
-        if uuid:
+        if uuid and uuid.lower() not in shared_uuids(g):
             return 'UUID=' + uuid
     return kvm_name(name, bus, slots)
 
@@ -2804,7 +2897,13 @@ def fix_text(g, text, bus, is_boot, slots=None, unknown=None, path=None,
         if not name.startswith('/dev/'):
             return name
         if name not in cache:
-            cache[name] = replacement(g, name, bus, slots)
+            cache[name] = replacement(
+                g, name, bus, slots,
+                whole_uuid=not (path or '').endswith('device.map'))
+            if cache[name] and cache[name].startswith('UUID=') and \
+                    (path or '').startswith(UNIT_DIR + '/'):
+                # A unit's What= is a path: udev's link of the UUID.
+                cache[name] = '/dev/disk/by-uuid/' + cache[name][5:]
             if unknown is not None and cache[name] is None and \
                     DEV_RE.match(name) and position(name, slots) is None \
                     and name not in unknown:
@@ -2914,6 +3013,8 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
         args = [IFNAMES_ARG] if any(f['names'] for f in net['files']) \
             and not net['ifnames_off'] else []
         files = [(p, False) for p in NAME_FILES if _exists(g, p)] + [
+            (p, False) for p in unit_files(g)
+            if not unit_name_device(p)] + [
             (p, True) for p in boot_files(g)]
         for path, is_boot in files:
             text = _read(g, path, errors=KEEP)
@@ -3173,10 +3274,12 @@ def main(argv=None):
             str(e).split())}))
         return 2
     tried = []
+    slots = args.xen_slots
+    if slots is None:
+        slots = in_order(len(args.disks))
     try:
         roots = g.inspect_os()
-        result = {'guests': [inspect_root(g, r, args.xen_slots)
-                             for r in roots]}
+        result = {'guests': [inspect_root(g, r, slots) for r in roots]}
         if args.fix:
             fail_after = os.environ.get('ANY2KVM_FIX_FAIL_AFTER')
             result['fixed'] = []
@@ -3198,7 +3301,7 @@ def main(argv=None):
                     'bus': bus, 'files': fix_linux(
                         g, guest['root'], bus, tried,
                         int(fail_after) if fail_after else None,
-                        args.xen_slots, default_fix(guest),
+                        slots, default_fix(guest),
                         fix_modules(guest),
                         guest['linux'].get('cloud_init'))})
         g.shutdown()

@@ -260,6 +260,56 @@ def test_the_fix_maps_xen_names_by_the_disks_slots(libguestfs, tmp_path):
 
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
+def test_the_fix_on_a_vm_with_a_cloned_disk_units_and_a_quoted_console(
+        libguestfs, tmp_path):
+    """Guests the other tests do not build (a review's findings, on the
+    real appliance): a VM of three disk files (no slots), the second a
+    clone of the root's filesystem (one UUID on both), the third with a
+    UUID of its own.  UUID= would mount either clone: the root and
+    /backup get their bus names and a warning; the systemd mount unit of
+    the third disk gets udev's by-uuid path; /dev/xvdd1, past the three
+    disks, stays and is reported; dropping console=hvc0 leaves
+    /etc/default/grub a shell file that parses.  The guest boots."""
+    boot = tmp_path / 'xen0.raw'
+    unit = ('[Mount]\nWhat=/dev/xvdc1\nWhere=/srv/data\nType=ext4\n\n'
+            '[Install]\nWantedBy=local-fs.target\n')
+    built = guestbuild.build(
+        boot, 'xenpv',
+        extra_fstab=('/dev/xvdb1 /backup ext4 defaults 0 2\n'
+                     '/dev/xvdd1 /more ext4 defaults,nofail 0 2\n'),
+        extra_files={
+            '/etc/default/grub': ('GRUB_DEFAULT=0\n'
+                                  'GRUB_CMDLINE_LINUX_DEFAULT="console=hvc0"'
+                                  '\nGRUB_TIMEOUT=5\n'),
+            '/etc/systemd/system/srv-data.mount': unit})
+    clone = guestbuild.data_disk(tmp_path / 'xen1.raw', built['fsuuid'])
+    own = '0c9e4d2a-7b1f-4a36-9e58-2d4f6a8b1c03'
+    third = guestbuild.data_disk(tmp_path / 'xen2.raw', own)
+    result = gi.inspect_files([boot, clone, third], libguestfs, fix=True)
+    summary = gi.summary(result)
+    fstab = _debugfs_cat(boot, '/etc/fstab', tmp_path)
+    assert 'UUID=%s' % built['fsuuid'] not in fstab, fstab
+    assert '\n/dev/sdb1 /backup ext4' in fstab, fstab
+    assert '/dev/xvdd1 /more ext4' in fstab, fstab
+    assert any(w.startswith('filesystems /dev/sda1 and /dev/sdb1 share the '
+                            'UUID %s' % built['fsuuid'])
+               for w in summary['warnings']), summary['warnings']
+    assert any('/etc/fstab names /dev/xvdd1, which is on none of the VM\'s '
+               'disks' in w for w in summary['warnings']), summary
+    grub_cfg = _debugfs_cat(boot, '/boot/grub/grub.cfg', tmp_path)
+    assert 'root=/dev/sda1' in grub_cfg, grub_cfg
+    assert 'What=/dev/disk/by-uuid/%s\n' % own in _debugfs_cat(
+        boot, '/etc/systemd/system/srv-data.mount', tmp_path)
+    default = _debugfs_cat(boot, '/etc/default/grub', tmp_path)
+    assert 'GRUB_CMDLINE_LINUX_DEFAULT=""\n' in default, default
+    r = subprocess.run(['bash', '-c', default + 'echo "$GRUB_TIMEOUT"'],
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, '5\n', ''), r
+    line = guestbuild.boot(boot, 'virtio-scsi')
+    assert line and 'ANY2KVM-BOOT-OK' in line, line
+
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT)
 def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
         libguestfs, tmp_path):
     """A PV guest of the 2.6.18 era: GRUB legacy boots its Xen-only kernel

@@ -48,12 +48,13 @@ REDHAT = {
 def test_facts_name_the_xen_nic_the_mac_binding_and_the_pinning():
     net = probe.network_facts(FilesG(DEBIAN))
     assert net == {'files': [{'path': '/etc/network/interfaces',
-                              'names': ['enX0'], 'mac_bound': False}],
+                              'names': ['enX0'], 'mac_bound': False,
+                              'mac_match': False}],
                    'pinned': [], 'ifnames_off': False}
     net = probe.network_facts(FilesG(REDHAT))
     assert net['files'] == [{
         'path': '/etc/sysconfig/network-scripts/ifcfg-eth0',
-        'names': ['eth0'], 'mac_bound': True}]
+        'names': ['eth0'], 'mac_bound': True, 'mac_match': False}]
     assert net['pinned'] == ['eth0']
     # Already told to keep the kernel's names: eth0 will be eth0.
     off = dict(REDHAT)
@@ -173,3 +174,34 @@ def test_a_file_bound_by_mac_alone_keeps_its_binding():
     out = gi.network_warnings(net)
     assert len(out) == 1 and 'by the Xen NIC\'s MAC alone' in out[0]
     assert '--keep-macs' in out[0]
+
+
+NETPLAN = {
+    # cloud-init's netplan on XenServer: the stanza chooses its NIC by
+    # the MAC, and names it.
+    '/etc/netplan/50-cloud-init.yaml': (
+        'network:\n  version: 2\n  ethernets:\n    enX0:\n'
+        '      match:\n        macaddress: "aa:00:00:00:00:01"\n'
+        '      set-name: enX0\n      dhcp4: true\n'),
+    '/etc/systemd/network/10-lan.network': (
+        '[Match]\nMACAddress=aa:00:00:00:00:02\n\n[Network]\nDHCP=yes\n'),
+}
+
+
+def test_a_match_on_the_mac_is_reported_before_and_after_the_fix():
+    net = probe.network_facts(FilesG(NETPLAN))
+    assert [(f['path'], f['names'], f['mac_match']) for f in net['files']] \
+        == [('/etc/netplan/50-cloud-init.yaml', ['enX0'], True),
+            ('/etc/systemd/network/10-lan.network', [], True)]
+    guest = {'type': 'linux', 'linux': {'network': net}}
+    said = [w for w in gi.warnings(guest) if 'by the Xen NIC\'s MAC (' in w]
+    assert said == [
+        '%s chooses its interface by the Xen NIC\'s MAC (macaddress:, '
+        'MACAddress=), which changes on KVM: keep the MAC (--keep-macs), or '
+        'change the match; --fix leaves it' % p for p in sorted(NETPLAN)]
+    # What --fix does to it: the name, not the match; so it is left.
+    new, changes = probe.fix_net_text(NETPLAN['/etc/netplan/50-cloud-init'
+                                              '.yaml'])
+    assert 'macaddress: "aa:00:00:00:00:01"' in new
+    assert changes == [('enX0', 'eth0'), ('enX0', 'eth0')]
+    assert gi.left_after_fix(guest)[-2:] == said

@@ -19,6 +19,7 @@ from any2kvm_os.containers.xva import metadata
 from any2kvm_os.guest import inspect as gi
 from any2kvm_os.guest import probe
 from any2kvm_os import vm as vm_mod
+from tests.lib.fakeguestfs import FilesG
 from tests.lib import xvabuild
 
 
@@ -134,3 +135,118 @@ def test_grubs_device_map_names_the_boot_disk_by_its_kvm_name():
                                   False, probe.parse_slots('0,4'))
     assert new == '(hd0)\t/dev/vda\n'
     assert changes == [('/dev/xvda', '/dev/vda')]
+
+
+def test_without_slots_a_name_past_the_disks_given_is_left_and_reported():
+    """A VM given as two disk files (no --xen-slots): its disks are the
+    first two slots; /dev/xvdc1 is on neither, whatever gap there was
+    under Xen.  It stays, and is reported, not made /dev/sdc1."""
+    slots = probe.in_order(2)
+    unknown = []
+    new, changes = probe.fix_text(UuidsG(), '/dev/xvda1 / ext4\n'
+                                  '/dev/xvdc1 /data ext4\n'
+                                  '/dev/sdc1 /x ext4\n', 'scsi', False,
+                                  slots, unknown)
+    assert new == 'UUID=root-0 / ext4\n/dev/xvdc1 /data ext4\n' \
+        '/dev/sdc1 /x ext4\n'
+    assert changes == [('/dev/xvda1', 'UUID=root-0')]
+    # (/dev/sdc1, the third disk on KVM, is on none of them either.)
+    assert unknown == ['/dev/xvdc1', '/dev/sdc1']
+    assert probe.position('/dev/sdc1', slots) is None
+    assert probe.position('/dev/sdb1', slots) == 1
+
+
+class ClonedG(UuidsG):
+    """The second disk a clone of the first: one UUID on both."""
+
+    UUIDS = {'/dev/sda1': 'Same-0', '/dev/sdb1': 'same-0',
+             '/dev/sdb': '', '/dev/sdc': 'whole-2'}
+
+    def list_filesystems(self):
+        return {'/dev/sda1': 'ext4', '/dev/sdb1': 'ext4',
+                '/dev/sdc': 'ext4'}
+
+
+def test_a_uuid_two_filesystems_share_is_never_written():
+    """UUID= of a root whose clone is on another disk would mount either
+    on KVM: both are named by their bus instead, and the inspection says
+    why."""
+    g = ClonedG()
+    assert probe.shared_uuids(g) == {'same-0': ['/dev/sda1', '/dev/sdb1']}
+    new, changes = probe.fix_text(g, '/dev/xvda1 / ext4\n'
+                                  '/dev/xvdb1 /backup ext4\n', 'scsi', False,
+                                  probe.in_order(3))
+    assert new == '/dev/sda1 / ext4\n/dev/sdb1 /backup ext4\n'
+    new, _changes = probe.fix_text(g, '  linux /vmlinuz root=/dev/xvda1 ro\n',
+                                   'virtio', True, probe.in_order(3))
+    assert new == '  linux /vmlinuz root=/dev/vda1 ro\n'
+    warned = [w for w in gi.warnings({'type': 'linux', 'linux': {
+        'shared_uuids': probe.shared_uuids(g)}}) if 'share the UUID' in w]
+    assert warned == [
+        'filesystems /dev/sda1 and /dev/sdb1 share the UUID same-0 (one disk '
+        'cloned from another?): UUID=same-0 may mount either of them on KVM, '
+        'so --fix names them by their bus instead; give the copy a new UUID '
+        '(tune2fs -U random, xfs_admin -U generate) and name it so in the '
+        'guest']
+
+
+def test_a_filesystem_on_a_whole_disk_gets_its_uuid_not_in_device_map():
+    g = ClonedG()
+    new, _changes = probe.fix_text(g, '/dev/xvdc /data ext4\n'
+                                   '/dev/xvdb /raw auto noauto\n', 'scsi',
+                                   False, probe.in_order(3))
+    assert new == 'UUID=whole-2 /data ext4\n/dev/sdb /raw auto noauto\n'
+    # GRUB's device map names disks, never filesystems.
+    new, _changes = probe.fix_text(g, '(hd2)\t/dev/xvdc\n', 'scsi', False,
+                                   probe.in_order(3),
+                                   path='/boot/grub/device.map')
+    assert new == '(hd2)\t/dev/sdc\n'
+
+
+UNITS = {
+    '/etc/fstab': '/dev/xvda1 / ext4 defaults 0 1\n',
+    '/etc/systemd/system/srv-data.mount': (
+        '[Unit]\nDescription=data\n\n[Mount]\nWhat=/dev/xvdb1\n'
+        'Where=/srv/data\nType=ext4\n\n[Install]\n'
+        'WantedBy=local-fs.target\n'),
+    '/etc/systemd/system/dev-xvda5.swap': (
+        '[Swap]\nWhat=/dev/xvda5\n'),
+    '/etc/systemd/system/app.service': '[Service]\nExecStart=/dev/xvdb1\n',
+    '/etc/initramfs-tools/conf.d/resume': 'RESUME=/dev/xvda5\n',
+}
+
+
+class UnitsG(FilesG):
+    def vfs_uuid(self, dev):
+        return UuidsG.UUIDS.get(dev, '')
+
+
+def test_systemd_units_and_resume_name_disks_too():
+    """A mount unit whose device never appears fails local-fs.target (the
+    emergency shell): its What= is read and fixed, as a path (udev's
+    link of the UUID); a unit named after its Xen device is reported
+    only; initramfs-tools' resume file is fixed as fstab is."""
+    g = UnitsG(UNITS)
+    assert probe.unit_files(g) == ['/etc/systemd/system/dev-xvda5.swap',
+                                   '/etc/systemd/system/srv-data.mount']
+    names = {e['path']: e for e in probe.disk_names(g, probe.in_order(2))}
+    assert names['/etc/systemd/system/srv-data.mount']['names'] == [
+        '/dev/xvdb1']
+    assert names['/etc/systemd/system/dev-xvda5.swap']['unit_named'] == \
+        '/dev/xvda5'
+    assert names['/etc/initramfs-tools/conf.d/resume']['names'] == [
+        '/dev/xvda5']
+    assert '/etc/systemd/system/app.service' not in names
+    new, changes = probe.fix_text(
+        g, UNITS['/etc/systemd/system/srv-data.mount'], 'scsi', False,
+        probe.in_order(2), path='/etc/systemd/system/srv-data.mount')
+    assert 'What=/dev/disk/by-uuid/data-1\nWhere=/srv/data\n' in new
+    assert changes == [('/dev/xvdb1', '/dev/disk/by-uuid/data-1')]
+    guest = {'type': 'linux', 'linux': {'disk_names': list(names.values())}}
+    said = [w for w in gi.warnings(guest) if 'dev-xvda5' in w]
+    assert said == [
+        '/etc/systemd/system/dev-xvda5.swap is named after /dev/xvda5, which '
+        'KVM will not have: --fix leaves it (a unit\'s name must match its '
+        'device); replace it with an fstab line by UUID, or disable it, '
+        'before the move']
+    assert said[0] in gi.left_after_fix(guest)
