@@ -966,8 +966,35 @@ class _Run(object):
         self.found = _discover(self.host, self.vm_uuid, self._vdis(),
                                ahead=ahead)
         self.infos = _match(self.name, self.m, self.found)
-        return {'power_state': self.found.power_state,
-                'disks': len(self.infos)}
+        out = {'power_state': self.found.power_state,
+               'disks': len(self.infos)}
+        if self.status == 'syncing' and self.m.get('cutover') and \
+                self.found.power_state == 'running':
+            out['cutover_closed'] = self._close_abandoned_cutover()
+        return out
+
+    def _close_abandoned_cutover(self):
+        """A sync found the VM running after a cutover that did not end
+        (stopped before its shutdown, or the VM started again by hand):
+        that cutover is over.  It is closed as a rollback closes it
+        (:func:`_forget_cutover_layers`: the leaf it applied forgotten,
+        or every layer when it changed the targets on the KVM side), so
+        that this sync copies what the VM wrote since, and a later
+        cutover counts its downtime from its own request, not from the
+        old one's."""
+        c = self.m['cutover']
+        changed = kvm_changes(c.get('details'))
+        forgotten = _forget_cutover_layers(self.store, self.name, self.m, c,
+                                           changed)
+        _close_cutover(self.store, self.name, self.m)
+        LOG.warning('migration %s: VM %s runs: its cutover of %s, which did '
+                    'not end, is closed%s', self.name, self.vm_uuid,
+                    time.strftime('%Y-%m-%d %H:%M:%S UTC',
+                                  time.gmtime(c.get('shutdown_at') or 0)),
+                    ' (the targets were changed on the KVM side: this sync '
+                    'writes them whole)' if changed else '')
+        self.m = _get(self.store, self.name)
+        return {'layers_forgotten': forgotten, 'rewrite': changed}
 
     def open_targets(self):
         sizes = {i: info.virtual_size for i, info in self.infos.items()}
@@ -1541,6 +1568,15 @@ def sync(store, name, limits=None, args=None, connect=None, cloud=None,
         run = _Run(store, name, SYNCABLE, 'syncing', 'nothing to sync',
                    limits, args, connect, cloud, dest, progress,
                    guest=guest)
+        made = _server_of(run.m.get('cutover'))
+        if made:
+            # Its server may run from the volumes: a sync would write
+            # under it.
+            raise MigrationError(name=name, reason='its last cutover made '
+                                 'server %s from the volumes, which may run '
+                                 'from them: "migration rollback %s" deletes '
+                                 'it and starts the source VM again (then '
+                                 'sync)' % (made, name))
         return _run(store, run, 'sync', _sync_steps, SNAPSHOT)
 
 
@@ -1837,6 +1873,68 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
             _cutover_steps, force=force, timeout=timeout), QUERIES)
 
 
+def _forget_cutover_layers(store, name, m, c, changed):
+    """What a cutover ``c`` of migration ``m`` that will not be completed
+    (rolled back, or the VM found running by a sync) leaves in the
+    records, forgotten: each disk's leaf it applied (the VM runs again
+    and writes to it: the next sync copies it again as an ordinary
+    layer), or, when the targets were ``changed`` on the KVM side
+    (:func:`kvm_changes`), every layer, with the :data:`KVM_MARK` that
+    makes the next sync write them again whole.  Returns how many layer
+    records were forgotten."""
+    forgotten = 0
+    for disk in m['disks']:
+        if changed and disk['applied']:
+            # The targets hold what the KVM side wrote: the next
+            # sync writes them again whole (the mark).
+            store.forget_layers(name, disk['index'],
+                                disk['applied'][0]['layer_id'])
+            forgotten += len(disk['applied'])
+            store.layer_started(name, disk['index'], KVM_MARK,
+                                'changed on KVM: %s' % changed,
+                                REWRITE + KVM_MARK)
+            continue
+        # The top layer recorded, or (a cutover cut short) a layer
+        # read from the VDI's own file: the leaf the VM writes to.
+        top = c['top_layers'].get(str(disk['index']))
+        # Its name on a file SR, or an LVM SR (its LV).
+        leaves = ('%s.vhd' % disk['source_id'],
+                  'VHD-%s' % disk['source_id'])
+        for k, a in enumerate(disk['applied']):
+            if a['layer_id'] == top or a['name'] in leaves:
+                store.forget_layers(name, disk['index'], a['layer_id'])
+                forgotten += len(disk['applied']) - k
+                break
+    if changed:
+        LOG.warning('migration %s: the targets were changed on the '
+                    'KVM side (%s): the next sync writes them '
+                    'again whole', name, changed)
+    return forgotten
+
+
+def _close_cutover(store, name, m):
+    """The open cutover of ``m`` closed as rolled back (it stays in the
+    history); what ``cutover --fix`` found of the fixed targets, which
+    the next sync writes again whole, forgotten."""
+    store.rollback_recorded(name)
+    if (m.get('guest') or {}).get('inspected_by') == 'cutover --fix':
+        # (the next inspection, at a sync or a cutover --fix, records
+        # the guest again)
+        store.guest_recorded(name, None)
+
+
+def _server_of(c):
+    """The server a cutover ``c`` made, or perhaps made (a cutover
+    killed while it made one: found by its volumes' attachments): its
+    id, '(id not recorded)', or None."""
+    details = (c or {}).get('details') or {}
+    if details.get('server_id'):
+        return details['server_id']
+    if details.get('targets_changed') == SERVER_CHANGE:
+        return '(id not recorded)'
+    return None
+
+
 # -- rollback -----------------------------------------------------------------
 
 def rollback(store, name, limits=None, args=None, connect=None,
@@ -1911,47 +2009,14 @@ def rollback(store, name, limits=None, args=None, connect=None,
             return {'was': state}
 
         def forget_layers():
-            forgotten = 0
-            for disk in m['disks']:
-                if changed and disk['applied']:
-                    # The targets hold what the KVM side wrote: the next
-                    # sync writes them again whole (the mark).
-                    store.forget_layers(name, disk['index'],
-                                        disk['applied'][0]['layer_id'])
-                    forgotten += len(disk['applied'])
-                    store.layer_started(name, disk['index'], KVM_MARK,
-                                        'changed on KVM: %s' % changed,
-                                        REWRITE + KVM_MARK)
-                    continue
-                # The top layer recorded, or (a cutover cut short) a layer
-                # read from the VDI's own file: the leaf the VM writes to.
-                top = c['top_layers'].get(str(disk['index']))
-                # Its name on a file SR, or an LVM SR (its LV).
-                leaves = ('%s.vhd' % disk['source_id'],
-                          'VHD-%s' % disk['source_id'])
-                for k, a in enumerate(disk['applied']):
-                    if a['layer_id'] == top or a['name'] in leaves:
-                        store.forget_layers(name, disk['index'],
-                                            a['layer_id'])
-                        forgotten += len(disk['applied']) - k
-                        break
+            forgotten = _forget_cutover_layers(store, name, m, c, changed)
             result['layers_forgotten'] = forgotten
             if changed:
                 result['rewrite'] = changed
-                LOG.warning('migration %s: the targets were changed on the '
-                            'KVM side (%s): the next sync writes them '
-                            'again whole', name, changed)
             return {'layers_forgotten': forgotten, 'rewrite': changed}
 
         def record():
-            store.rollback_recorded(name)
-            if (m.get('guest') or {}).get('inspected_by') == \
-                    'cutover --fix':
-                # What --fix found and chose was of the fixed targets,
-                # which the next sync writes again whole: forgotten (the
-                # next inspection, at a sync or a cutover --fix, records
-                # the guest again).
-                store.guest_recorded(name, None)
+            _close_cutover(store, name, m)
             # An aborted migration stays aborted (its snapshots are gone:
             # it is not synced).
             if m['status'] != 'aborted':

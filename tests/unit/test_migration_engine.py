@@ -16,6 +16,7 @@ the SQL store on an SQLite file."""
 import argparse
 import hashlib
 import os
+import time
 
 import pytest
 
@@ -1116,3 +1117,70 @@ def test_a_sync_reads_an_lvm_disk_from_its_snapshot_a_cutover_from_the_vm(
         's1', vg + '/VHD-s1', 'd0')
     assert run._read_from(2, False).path == vg + '/VHD-s3'
     assert asked == [('snap-1', ['v1', 'v3'])]
+
+
+def _cut_short(store, details=None, at=None):
+    """A cutover that stopped before it ended, as its records say: the
+    migration failed, its cutover open (not complete)."""
+    store.cutover_recorded('web', at or time.time(), None, details=details)
+    store.set_status('web', 'failed', 'terminated')
+
+
+def test_a_sync_closes_a_cutover_the_running_vm_outlived(bed):
+    """A cutover stopped before its shutdown request, a day ago: the VM
+    runs on, and a sync closes that cutover (as a rollback would).  A
+    later cutover of the VM halted by hand counts its downtime from its
+    own request, not from the day-old one."""
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, _w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **_kw(root))
+    _cut_short(store, at=time.time() - 86400)
+    w0.write(3 * MiB, ig.pattern(71, 8192))
+    engine.sync(store, 'web', **_kw(root))
+    m = store.get('web')
+    assert m['cutover'] is None and m['status'] == 'synced'
+    assert m['cutovers'][-1]['rolled_back_at'] is not None
+    xhost.xe_ok(root, 'vm-shutdown', 'uuid=%s' % vm, 'force=true')
+    asked = time.time()
+    r = engine.cutover(store, 'web', **_kw(root))
+    m = store.get('web')
+    assert m['cutover']['shutdown_at'] >= asked - 1, m['cutover']
+    assert r['downtime'] < 3600, r
+    _check(m, facts)
+
+
+def test_a_sync_after_a_cutover_that_fixed_the_targets_rewrites_them(bed):
+    """The cutover fixed the targets (--fix) and stopped; the VM was
+    started again by hand.  A sync closes that cutover and writes the
+    targets again whole: no increment goes over the fixed bytes."""
+    root, facts, out, store = bed
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, _w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **_kw(root))
+    _cut_short(store, details={'targets_changed': 'cutover --fix (fstab)'})
+    # What the fix wrote, where no layer of the VM will write again.
+    with open(m['disks'][1]['target_ref'], 'r+b') as f:
+        f.seek(MiB)
+        f.write(b'fixed on KVM' * 100)
+    w0.write(2 * MiB, ig.pattern(72, 4096))
+    r = engine.sync(store, 'web', **_kw(root))
+    assert sorted(rw['disk'] for rw in r['rewrites']) == [0, 1], r
+    assert store.get('web')['cutover'] is None
+    engine.cutover(store, 'web', **_kw(root))
+    _check(store.get('web'), facts)
+
+
+def test_a_sync_is_refused_while_a_cutovers_server_may_run(bed):
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+    _cut_short(store, details={'server_id': 'f00d-1'})
+    with pytest.raises(engine.MigrationError) as e:
+        engine.sync(store, 'web', **_kw(root))
+    assert str(e.value) == (
+        'migration web: its last cutover made server f00d-1 from the '
+        'volumes, which may run from them: "migration rollback web" '
+        'deletes it and starts the source VM again (then sync)')
+    assert store.get('web')['status'] == 'failed'
