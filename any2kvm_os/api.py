@@ -798,6 +798,13 @@ def migration_lines(action, result):
         if r.get('steps'):
             lines.append('  steps: %s' % steps_text(r['steps']))
         return lines
+    if action == 'cutover' and r.get('finished'):
+        return ['cut over %s: finished what its cutover left (its targets '
+                'were complete: downtime %.1f s); %d snapshot(s) removed; '
+                'the source VM is halted' % (r['name'], r['downtime'],
+                                             r['snapshots_removed'])] + [
+            '  %s: %s' % (key, value)
+            for key, value in sorted((r.get('details') or {}).items())]
     if action == 'cutover':
         lines = ['cut over %s: %d layer(s) applied, %s, %d bytes written, '
                  'downtime %.1f s; %d snapshot(s) removed; the source VM is '

@@ -797,6 +797,9 @@ class _Run(object):
         #: Seconds each step took, in the order they ran (the steps of
         #: :func:`_sync_steps` and :func:`_cutover_steps` write it).
         self.step_seconds = {}
+        #: The complete cutover whose last steps this run does
+        #: (:func:`_finish_steps`), or None.
+        self.finishing = None
         #: The shutdown command held at its gate (``host.arm``), or None.
         self.armed = None
         #: Whether the migration was marked ``status`` (then a failure
@@ -1312,6 +1315,13 @@ class _Run(object):
         run = prefetching(self.host, [argv] + _adopt_commands(
             self.store.get(self.name)))
         state = xe.parse_value(run(argv), argv).strip()
+        if state != 'halted' and self.finishing is not None:
+            raise MigrationError(
+                name=self.name, reason='VM %s is %s again after its '
+                'cutover completed: it may have written to its disks since; '
+                '"migration rollback %s" forgets what the cutover applied '
+                '(and deletes its server), then sync and cut over again'
+                % (self.vm_uuid, state, self.name))
         if state != 'halted':
             for index, top in sorted(self.top.items()):
                 self.store.forget_layers(self.name, index, top)
@@ -1329,6 +1339,29 @@ class _Run(object):
         """{step name: seconds} of the steps that ran before this one, in
         their order (the record step itself is under way)."""
         return dict((k, round(v, 3)) for k, v in self.step_seconds.items())
+
+    def release_sources(self):
+        """(Finishing a complete cutover) the halted VM's disks that a
+        killed run left attached to dom0 released: the VM can start
+        again some day (a rollback)."""
+        release = getattr(self.host, 'release_stale', None)
+        if release is None:
+            return {'released': 0}
+        return {'released': release([d['source_id']
+                                     for d in self.m['disks']])}
+
+    def record_finished(self):
+        """(Finishing a complete cutover) done, with the downtime its
+        complete run recorded."""
+        c = self.finishing
+        self.result = _result(
+            self.name, self.started, self.host, self.read0, self.figures,
+            downtime=round(c['downtime'], 3), snapshots_removed=self.removed,
+            details=dict(c.get('details') or {}),
+            phases=dict(c.get('phases') or {}), finished=True,
+            steps=self.steps_so_far())
+        self.store.set_status(self.name, 'done')
+        return {'status': 'done'}
 
     def record_cutover(self):
         t = self.times
@@ -1865,12 +1898,36 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
     the last layers (the task ``fix-guest``, the ``fix`` phase of the
     downtime)."""
     with _Held(store, name, 'cutover'):
+        c = _get(store, name).get('cutover')
+        if c and c['completed_at'] is not None and _server_of(c):
+            # Complete (the targets ready, the server made and booted),
+            # then cut short: only what was left is done (the server is
+            # the migrated VM now: no second one, no second downtime).
+            # Without a server, the cutover is run again as it was: the
+            # leaf applied again (the VM may have run since).
+            run = _Run(store, name, CUTTABLE, 'cutting-over',
+                       'cannot cut over', limits, args, connect, cloud,
+                       dest, progress, guest=None)
+            run.finishing = c
+            return _run(store, run, 'cutover', _finish_steps, None)
         _no_server_left(store, name)
         run = _Run(store, name, CUTTABLE, 'cutting-over', 'cannot cut over',
                    limits, args, connect, cloud, dest, progress, server,
                    guest=guest)
         return _run(store, run, 'cutover', functools.partial(
             _cutover_steps, force=force, timeout=timeout), QUERIES)
+
+
+def _finish_steps(run):
+    """What a cutover that completed (its targets ready, its downtime
+    recorded) and then stopped left: connect, release the VM's disks a
+    killed run left attached to dom0, remove the snapshots (the VM
+    checked halted still), record the migration done."""
+    step = functools.partial(_flows().Step, timings=run.step_seconds)
+    return [step('connect', run.connect),
+            step('release-sources', run.release_sources),
+            step('remove-snapshots', run.remove_snapshots),
+            step('record', run.record_finished)]
 
 
 def _forget_cutover_layers(store, name, m, c, changed):

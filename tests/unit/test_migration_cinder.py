@@ -458,13 +458,13 @@ def test_cutover_interrupted_while_the_server_boots(bed, monkeypatch):
     _check(cloud, store.get('web'), facts)
 
 
-def test_cutover_stopped_after_its_server_booted_is_not_run_again(
+def test_cutover_stopped_after_its_server_booted_is_finished_again(
         bed, monkeypatch):
     """A cutover whose server booted, stopped after (the host's snapshots
-    could not be removed): run again, it is refused in one line (the
-    server may be running from the volumes: a second cutover would
-    attach them again, or make a second server); the rollback deletes
-    the server and starts the source."""
+    could not be removed): run again, it finishes what was left (the
+    snapshots removed, the migration done), with no second server and no
+    second shutdown; a rollback later deletes the server and starts the
+    source."""
     from any2kvm_os.migration import server_step
     from any2kvm_os.targets import server as server_mod
 
@@ -486,14 +486,17 @@ def test_cutover_stopped_after_its_server_booted_is_not_run_again(
     with pytest.raises(exception.Any2KvmError, match='removal refused'):
         engine.cutover(store, 'web', server=step(), **kw())
     monkeypatch.undo()
-    made = store.get('web')['cutover']['details']['server_id']
+    first = store.get('web')['cutover']
+    made = first['details']['server_id']
     assert made in nova.servers
-    with pytest.raises(engine.MigrationError) as e:
-        engine.cutover(store, 'web', server=step(), **kw())
-    text = str(e.value)
-    assert ('its last cutover created server %s from the volumes' % made
-            in text) and '"migration rollback web"' in text, text
+    r = engine.cutover(store, 'web', server=step(), **kw())
+    assert r['finished'] and r['layers_applied'] == 0, r
+    assert r['downtime'] == round(first['downtime'], 3)
+    assert r['details']['server_id'] == made
+    m = store.get('web')
+    assert m['status'] == 'done' and len(m['cutovers']) == 1
     assert [s for s in nova.servers] == [made]
+    assert _power(root, facts['two-disks']) == 'halted'
     out = engine.rollback(store, 'web', connect=kw()['connect'],
                           server=step())
     assert out['server_deleted'] == made and not nova.servers

@@ -1184,3 +1184,71 @@ def test_a_sync_is_refused_while_a_cutovers_server_may_run(bed):
         'volumes, which may run from them: "migration rollback web" '
         'deletes it and starts the source VM again (then sync)')
     assert store.get('web')['status'] == 'failed'
+
+
+def _cutover_stopped_at_the_snapshots(store, root, monkeypatch):
+    """A cutover that completed (targets ready, downtime recorded) and
+    failed removing the snapshots; the recorded cutover."""
+    def refused(*a, **k):
+        raise exception.Any2KvmError('host: snapshot removal refused')
+    monkeypatch.setattr(engine, '_remove_snapshots', refused)
+    with pytest.raises(exception.Any2KvmError, match='removal refused'):
+        engine.cutover(store, 'web', **_kw(root))
+    monkeypatch.undo()
+    m = store.get('web')
+    assert m['status'] == 'failed' and m['cutover']['completed_at']
+    return m['cutover']
+
+
+def test_a_complete_cutover_cut_short_is_finished_without_a_downtime(
+        bed, monkeypatch):
+    """Run again, a cutover whose targets were complete and whose server
+    was made only does what was left: the snapshots removed, the
+    migration done; no shutdown, no layer, no new cutover, and the
+    downtime is the one recorded.  (Without a server, it runs as a
+    cutover again: test_cutover_again_after_the_vm_ran_again_applies_the_
+    leaf.)"""
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, _w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **_kw(root))
+    w0.write(4 * MiB, ig.pattern(73, 4096))
+    c = _cutover_stopped_at_the_snapshots(store, root, monkeypatch)
+    # A server made from the volumes is no reason to refuse here.
+    store.cutover_recorded('web', c['shutdown_at'], c['completed_at'],
+                           details={'server_id': 'f00d-2'})
+    r = engine.cutover(store, 'web', **_kw(root))
+    assert r['finished'] and r['layers_applied'] == 0, r
+    assert r['downtime'] == round(c['downtime'], 3)
+    assert r['snapshots_removed'] == 1
+    m = store.get('web')
+    assert m['status'] == 'done' and len(m['cutovers']) == 1
+    assert m['cutover']['completed_at'] == c['completed_at']
+    assert _power(root, vm) == 'halted'
+    assert not [v for v in st.load(str(root))['vm'].values()
+                if v.get('snapshot-of') == vm]
+    _check(m, facts)
+    assert api.migration_lines('cutover', r)[0] == (
+        'cut over web: finished what its cutover left (its targets were '
+        'complete: downtime %.1f s); 1 snapshot(s) removed; the source VM '
+        'is halted' % r['downtime'])
+
+
+def test_a_complete_cutover_whose_vm_runs_again_is_not_finished(
+        bed, monkeypatch):
+    """Its server made, the VM started again (by HA): refused, with the
+    way out (a rollback deletes the server)."""
+    root, facts, out, store = bed
+    vm = facts['two-disks']
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+    c = _cutover_stopped_at_the_snapshots(store, root, monkeypatch)
+    store.cutover_recorded('web', c['shutdown_at'], c['completed_at'],
+                           details={'server_id': 'f00d-3'})
+    xhost.xe_ok(root, 'vm-start', 'uuid=%s' % vm)
+    with pytest.raises(engine.MigrationError) as e:
+        engine.cutover(store, 'web', **_kw(root))
+    assert 'is running again after its cutover completed' in str(e.value)
+    assert '"migration rollback web"' in str(e.value)
+    assert store.get('web')['status'] == 'failed'
