@@ -110,7 +110,9 @@ STATE_DB_ENV = 'ANY2KVM_STATE_DB'
 
 NO_SUCH = 'no such migration (see "any2kvm migration list")'
 
-SYNCABLE = ('created', 'syncing', 'synced', 'failed')
+#: (``cutting-over``: a cutover killed outright; the lease keeps a live
+#: one away.)
+SYNCABLE = ('created', 'syncing', 'synced', 'failed', 'cutting-over')
 CUTTABLE = ('created', 'syncing', 'synced', 'failed', 'cutting-over')
 
 #: What :meth:`_Run.start_ahead` asks the host before the flow, after the
@@ -167,6 +169,16 @@ def _check_name(name):
         raise MigrationError(name=name, reason='a name is 1 to 63 letters, '
                              'digits, ".", "_" or "-", starting with a '
                              'letter or digit')
+
+
+def _fenced(store, name):
+    """Check that the lease ``store`` holds on ``name`` is still this
+    command's (:class:`~.state.api.Fence`) before a change made outside
+    the targets' writes and the host's commands (a cloud's volume made
+    bootable, extended or deleted, a server deleted)."""
+    fence = store.fence(name)
+    if fence is not None:
+        fence()
 
 
 def _get(store, name):
@@ -1007,6 +1019,7 @@ class _Run(object):
         # downtime.
         self.record = self.store.get(self.name)
         self.disks = self.record['disks']
+        _fenced(self.store, self.name)     # a volume may be extended
         self.writers = self._targets.enter_context(self.dest.opened(
             self.disks, sizes))
         # Every write checks that the lease is still this command's: one
@@ -1240,6 +1253,7 @@ class _Run(object):
 
     def finish_targets(self):
         """Make the targets ready (bootable volumes, metadata)."""
+        _fenced(self.store, self.name)
         fixed, self.details = self.details, self.dest.finish(
             self.name, self.disks, self.found.facts) or {}
         self.details.update(fixed)
@@ -1987,7 +2001,8 @@ def _server_of(c):
     details = (c or {}).get('details') or {}
     if details.get('server_id'):
         return details['server_id']
-    if details.get('targets_changed') == SERVER_CHANGE:
+    if details.get('targets_changed') == SERVER_CHANGE and \
+            not details.get('server_deleted'):
         return '(id not recorded)'
     return None
 
@@ -2026,6 +2041,7 @@ def rollback(store, name, limits=None, args=None, connect=None,
         def delete_server():
             # The volumes must be free before the source starts again
             # and the next sync attaches them.
+            _fenced(store, name)
             result['server_deleted'] = server.rollback(c['details'], m)
             return {'server_deleted': result['server_deleted']}
 
@@ -2119,6 +2135,7 @@ def abort(store, name, delete_targets=False, limits=None, args=None,
             return {'removed': result['snapshots_removed']}
 
         def delete():
+            _fenced(store, name)
             result['targets_deleted'] = dest.delete(m['disks'])
             return {'deleted': result['targets_deleted']}
 

@@ -176,6 +176,10 @@ class GuestStep(object):
                 return dest._attached(vol_id, vol_name,
                                       formats=('raw', 'qcow2'), info=info)
 
+            if fence is not None:
+                # (The volumes, attached here, cannot be attached by the
+                # command of another host meanwhile.)
+                fence()
             result = volume_fix.fix_volumes(
                 cinder, [(d['target_ref'], d['target_ref']) for d in disks],
                 attach, self.settings, self.keep, dest.timeout,

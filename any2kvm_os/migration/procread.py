@@ -231,7 +231,7 @@ class Copy(object):
         #: writing when this process stopped renewing it (stopped, or
         #: cut from the database: :class:`procworker._Lease`).
         guard = getattr(target, 'guard', None)
-        self.fence = guard if hasattr(guard, 'until') else None
+        self.fence = guard if hasattr(guard, 'workers_until') else None
         self.until_sent = None
 
     def _setup(self, password, jump_password=None):
@@ -337,7 +337,7 @@ class Copy(object):
                                   sum(r[2] for r in runs)))
                 message = {'batch': serial, 'runs': runs}
                 if self.fence is not None:
-                    message['until'] = self.fence.until()
+                    message['until'] = self.fence.workers_until()
                 w.send(message)
         self._serial = serial
         if exhausted:
@@ -372,7 +372,7 @@ class Copy(object):
         if self.fence is None:
             return
         self.fence()
-        until = self.fence.until()
+        until = self.fence.workers_until()
         if self.until_sent is None or until > self.until_sent + 1:
             self.until_sent = until
             for w in self.workers:

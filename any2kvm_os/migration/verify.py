@@ -245,7 +245,8 @@ def verify(store, name, limits=None, args=None, connect=None, cloud=None,
         def connect_host():
             destination.check()
             run['host'] = engine._connect(m['location'], limits, args,
-                                          connect, m=m)
+                                          connect, m=m,
+                                          fence=store.fence(name))
             run['read0'] = run['host'].bytes_read
             return {'host': str(run['host'].label)}
 

@@ -259,6 +259,11 @@ def _open_block(path, flags):
         raise exception.TargetError(path=path, reason=e.strerror)
 
 
+#: The longest zeroing made without a new check of the guard
+#: (:meth:`RawWriter.zero_range`).
+GUARDED_ZERO = 4 << 30
+
+
 class RawWriter(object):
     """A raw disk being written."""
 
@@ -629,6 +634,15 @@ class RawWriter(object):
             return
         if self.guard is not None:
             self.guard()
+            if length > GUARDED_ZERO:
+                # A long zeroing (a device's, by the kernel) is checked
+                # again between pieces of it.
+                end = offset + length
+                while offset < end:
+                    n = min(GUARDED_ZERO, end - offset)
+                    self.zero_range(offset, n)
+                    offset += n
+                return
         if self.is_block:
             self._zero_device(offset, length)
         elif not self._zero_by_kernel(offset, length):

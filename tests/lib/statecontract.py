@@ -593,12 +593,23 @@ class StoreContract(object):
         store.set_status('vm1', 'synced')
         assert store.fence('vm1') is None
 
+    def test_a_fence_of_a_lease_let_go_stops_everything(self, url, store):
+        _create(store)
+        with store.hold('vm1', 'sync'):
+            fence = store.fence('vm1')
+            fence()
+        with pytest.raises(api.LeaseLost) as e:
+            fence()
+        assert 'the hold of this sync is lost (the command let it go)' in \
+            str(e.value)
+
     def test_fence_renews_a_lease_past_its_margin(self, url):
         with sql.SqlStore(url, lease=60) as store:
             _create(store)
             with store.hold('vm1', 'sync') as lease:
                 fence = store.fence('vm1')
                 assert fence.until() == lease['expires'] - 12
+                assert fence.workers_until() == lease['expires'] - 6
                 # A command stopped past its lease that nobody took over
                 # renews it and goes on.
                 lease['expires'] = time.time() - 1

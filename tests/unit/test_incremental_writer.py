@@ -185,3 +185,27 @@ def test_a_guard_that_raises_stops_every_write_before_it_is_made(tmp_path):
         w.close()
     assert path.read_bytes() == b'n' * 4096 + b'o' * 4096
     assert len(calls) == 5
+
+
+def test_a_long_zeroing_checks_the_guard_between_pieces(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(raw, 'GUARDED_ZERO', 4096)
+    path = tmp_path / 'target.raw'
+    path.write_bytes(b'o' * 16384)
+    w = raw.RawWriter.open_in_place(str(path))
+    calls = []
+
+    def guard():
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError('lease lost')
+
+    w.guard = guard
+    try:
+        with pytest.raises(RuntimeError):
+            w.zero_range(0, 16384)
+    finally:
+        w.guard = None
+        w.close()
+    # The first check, then one per piece: two pieces zeroed, no more.
+    assert path.read_bytes() == bytes(8192) + b'o' * 8192

@@ -1252,3 +1252,58 @@ def test_a_complete_cutover_whose_vm_runs_again_is_not_finished(
     assert 'is running again after its cutover completed' in str(e.value)
     assert '"migration rollback web"' in str(e.value)
     assert store.get('web')['status'] == 'failed'
+
+
+def _taken_over_while_stopped(store, name='web'):
+    """As if this command had been stopped past its lease and a command
+    of another host had taken the migration over meanwhile."""
+    import sqlalchemy as sa
+    from any2kvm_os.migration.state import models
+    store._held[name]['expires'] = time.time() - 1
+    with store._engine.begin() as c:
+        c.execute(sa.update(models.Holder).values(
+            token='another', host='elsewhere.example', mark=None))
+
+
+def test_abort_whose_lease_was_taken_over_deletes_no_target(bed,
+                                                            monkeypatch):
+    root, facts, out, store = bed
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+
+    def removed(store_, name, host, run=None):
+        _taken_over_while_stopped(store_, name)
+        return 0
+    monkeypatch.setattr(engine, '_remove_snapshots', removed)
+    with pytest.raises(exception.LeaseLost):
+        engine.abort(store, 'web', delete_targets=True, **_kw(root))
+    for d in m['disks']:
+        assert os.path.exists(d['target_ref'])
+
+
+def test_a_sync_closes_the_cutover_of_a_killed_cutover_too(bed):
+    """A cutover killed outright (SIGKILL) leaves the status
+    cutting-over: a sync may run (the lease keeps a live cutover away),
+    and closes it when the VM runs."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+    store.cutover_recorded('web', time.time() - 600, None)
+    store.set_status('web', 'cutting-over')
+    engine.sync(store, 'web', **_kw(root))
+    m = store.get('web')
+    assert m['status'] == 'synced' and m['cutover'] is None
+
+
+def test_a_sync_after_a_server_deleted_for_its_boot_rewrites(bed):
+    """The cutover's server did not boot and was deleted: no server is
+    left, a sync runs, and writes the disks again whole (the server's
+    guest may have written to them)."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+    _cut_short(store, details={'targets_changed': engine.SERVER_CHANGE,
+                               'server_id': None,
+                               'server_deleted': 'f00d-4'})
+    r = engine.sync(store, 'web', **_kw(root))
+    assert sorted(rw['disk'] for rw in r['rewrites']) == [0, 1], r

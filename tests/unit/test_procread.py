@@ -686,7 +686,7 @@ class FakeFence(object):
         self.checks = 0
         self.lease = {'name': 'web', 'operation': 'sync'}
 
-    def until(self):
+    def workers_until(self):
         return self.at
 
     def __call__(self):

@@ -80,8 +80,19 @@ class Fence(object):
         """The wall-clock time writes may go on until without a check."""
         return self.lease['expires'] - self.margin
 
+    def workers_until(self):
+        """The time the command's reader processes may write until
+        (:mod:`~any2kvm_os.migration.procread`): half a margin after
+        :meth:`until`, so that the command's own renewal at :meth:`until`
+        reaches them first; still half a margin before the lease
+        expires."""
+        return self.lease['expires'] - self.margin / 2.0
+
     def __call__(self):
         lease = self.lease
+        if lease.get('released'):
+            raise LeaseLost(name=lease['name'], operation=lease['operation'],
+                            reason='the command let it go')
         if not lease.get('lost') and time.time() < self.until():
             return
         if not lease.get('lost'):

@@ -539,13 +539,26 @@ class SqlStore(api.Store):
         :class:`~any2kvm_os.exception.LeaseLost` when this store holds it
         (:meth:`hold`) and its holder in the database is no longer this
         lease (taken over by another command): the state is fenced, in the
-        write's own transaction."""
-        m = self._migration(session, name)
+        write's own transaction.  The check is a write of the holder's
+        row (its expiry, unchanged): the row stays locked until the
+        transaction ends, so that a command taking the migration over
+        (which deletes that row) waits for this write to commit, and this
+        write sees it gone when it came first."""
         lease = self._held.get(name)
+        # The migration's row locked first, as a taking over locks it
+        # (:meth:`_acquire`): the two wait for each other, in one order.
+        m = self._migration(session, name, lock=lease is not None)
         if lease is not None:
-            holder = m.holder
-            if holder is None or holder.token != lease['token']:
+            H = models.Holder
+            mine = session.execute(
+                sa.update(H).where(H.migration_id == m.id,
+                                   H.token == lease['token'])
+                .values(expires=H.expires)
+                .execution_options(synchronize_session=False)).rowcount
+            if mine != 1:
                 lease['lost'] = True
+                session.expire(m, ['holder'])
+                holder = m.holder
                 raise api.LeaseLost(
                     name=name, operation=lease['operation'],
                     reason='another command took it over' if holder is None
@@ -758,6 +771,9 @@ class SqlStore(api.Store):
             renewer.join()
             if self._held.get(name) is lease:
                 del self._held[name]
+            # Whatever still holds a fence of it (a thread the command
+            # left behind) may change nothing more.
+            lease['released'] = True
             self._release(lease)
 
     def _keep(self, lease, stop):
