@@ -34,7 +34,9 @@ class SshHost(object):
 
     #: None, or what is called (no argument) before every command that
     #: changes the host (``mutating``, an armed command fired, a dom0
-    #: attachment made or released) and raises to stop it: the
+    #: attachment made, stale ones released: the command's own
+    #: attachments are released whatever happens, so that they never
+    #: keep the VM from starting) and raises to stop it: the
     #: migration's :class:`~any2kvm_os.migration.state.api.Fence`, as for
     #: its targets' writes (:attr:`RawWriter.guard
     #: <any2kvm_os.writers.raw.RawWriter.guard>`).
