@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 from alembic import autogenerate
@@ -602,6 +603,62 @@ class StoreContract(object):
             fence()
         assert 'the hold of this sync is lost (the command let it go)' in \
             str(e.value)
+
+    def test_a_write_and_a_taking_over_wait_for_each_other(
+            self, url, store):
+        """A command stopped past its lease while a command of another
+        host takes the migration over: its state write, once its check
+        passed, holds the taker back until it commits (the taker then
+        holds, and sees that write); its next write is refused.  (Before,
+        on MySQL and PostgreSQL, the taker went on and the old write
+        still landed after it.)"""
+        _create(store)
+        other = sql.SqlStore(url)
+        seen = {}
+        with store.hold('vm1', 'sync') as lease:
+            engine = sa.create_engine(url)
+            with engine.begin() as c:
+                c.execute(sa.update(models.Holder).values(
+                    expires=time.time() - 1, host='elsewhere.example',
+                    mark=None))
+            engine.dispose()
+            taken = threading.Event()
+            release = threading.Event()
+
+            def take():
+                try:
+                    with other.hold('vm1', 'abort'):
+                        seen['layers'] = _layers(other, 'vm1')
+                        taken.set()
+                        release.wait(30)
+                except Exception as e:  # reported below
+                    seen['error'] = e
+                    taken.set()
+            checked = store._mine
+            thread = threading.Thread(target=take)
+
+            def mine(session, name):
+                m = checked(session, name)
+                if not thread.is_alive() and 'started' not in seen:
+                    seen['started'] = True
+                    thread.start()
+                    seen['taken_before_commit'] = taken.wait(1.5)
+                return m
+            store._mine = mine
+            store.layer_started('vm1', 0, 'L1', 'a.vhd', 'f1')
+            del store._mine
+            assert taken.wait(30), 'the taker never got the migration'
+            try:
+                assert 'error' not in seen, seen.get('error')
+                assert seen['taken_before_commit'] is False
+                assert seen['layers'] == [('L1', True)]
+                with pytest.raises(api.LeaseLost):
+                    store.layer_applied('vm1', 0, 'L1')
+                assert lease['lost']
+            finally:
+                release.set()
+                thread.join(30)
+                other.close()
 
     def test_fence_renews_a_lease_past_its_margin(self, url):
         with sql.SqlStore(url, lease=60) as store:
