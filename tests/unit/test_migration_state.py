@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from any2kvm_os import api as any2kvm_api
+from any2kvm_os import exception
 from any2kvm_os.migration.state import revisions
 from any2kvm_os.migration.state import sql
 from tests.lib import statecontract
@@ -400,3 +401,36 @@ def test_fence_stops_when_the_lease_cannot_be_renewed():
     assert text.startswith('migration vm1: the hold of this cutover is lost '
                            '(it could not be renewed: '), text
     assert 'server has gone away' in text and '\n' not in text
+
+
+@pytest.mark.parametrize('scheme, driver', [('mysql+pymysql', 'pymysql'),
+                                            ('postgresql+psycopg2',
+                                             'psycopg2')])
+def test_a_server_that_never_answers_fails_in_bounded_time(
+        monkeypatch, scheme, driver):
+    """A database server that accepts the connection and then says
+    nothing (hung, or a link that drops everything): the command fails in
+    one line after the connect timeout, instead of waiting for ever."""
+    import socket
+    import time
+    short = {'connect_timeout': 2}
+    if driver == 'pymysql':
+        # (pymysql waits for the server's greeting by its read timeout)
+        short.update(read_timeout=2, write_timeout=2)
+    monkeypatch.setitem(sql.SERVER_TIMEOUTS, driver, dict(
+        sql.SERVER_TIMEOUTS[driver], **short))
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(8)
+    try:
+        url = '%s://any2kvm@127.0.0.1:%d/state' % (
+            scheme, listener.getsockname()[1])
+        started = time.monotonic()
+        with pytest.raises(exception.Any2KvmError) as e:
+            sql.SqlStore(url)
+        assert time.monotonic() - started < 30
+    finally:
+        listener.close()
+    text = str(e.value)
+    assert text.startswith('state database %s: ' % url), text
+    assert '\n' not in text

@@ -163,6 +163,27 @@ def sqlite_path(url):
     return None
 
 
+#: Seconds a database server is given to answer a connection, and a
+#: statement (lock waits included: InnoDB gives up on one at 50 s).
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 60
+
+#: The drivers' settings that bound the waits on a server that stopped
+#: answering, by driver (none of them bounds them by default).
+SERVER_TIMEOUTS = {
+    'pymysql': {'connect_timeout': CONNECT_TIMEOUT,
+                'read_timeout': READ_TIMEOUT, 'write_timeout': READ_TIMEOUT},
+    'mysqldb': {'connect_timeout': CONNECT_TIMEOUT,
+                'read_timeout': READ_TIMEOUT, 'write_timeout': READ_TIMEOUT},
+    # libpq: the connection, then TCP keepalives (a dead server or link is
+    # found within about a minute; a slow statement is not cut).
+    'psycopg2': {'connect_timeout': CONNECT_TIMEOUT, 'keepalives': 1,
+                 'keepalives_idle': 30, 'keepalives_interval': 10,
+                 'keepalives_count': 3},
+}
+SERVER_TIMEOUTS['psycopg'] = SERVER_TIMEOUTS['psycopg2']
+
+
 def make_engine(url, create=True):
     """An engine for ``url``; for SQLite, the file prepared, WAL mode
     with ``synchronous=NORMAL`` (commits durable across a crash of the
@@ -180,6 +201,17 @@ def make_engine(url, create=True):
             # reading the snapshot of its first statement: READ COMMITTED
             # is what PostgreSQL and SQLite's WAL give each statement.
             kwargs['isolation_level'] = 'READ COMMITTED'
+        # A server that stops answering fails the command in a bounded
+        # time rather than holding it (inside a cutover's downtime too):
+        # the driver's defaults wait for ever.  A parameter of the URL's
+        # own wins.
+        given = set(url.query)
+        connect_args = dict(
+            (k, v) for k, v in SERVER_TIMEOUTS.get(url.get_driver_name(),
+                                                   {}).items()
+            if k not in given)
+        if connect_args:
+            kwargs['connect_args'] = connect_args
         try:
             return sa.create_engine(url, pool_pre_ping=True, **kwargs)
         except ImportError as e:
