@@ -2883,6 +2883,45 @@ def fix_net_text(text, unbind=True):
     return ''.join(lines), changes
 
 
+#: What starts a boot entry in a bootloader file (GRUB 2, GRUB legacy,
+#: extlinux/syslinux), and what loads an initrd in one.
+_ENTRY_RE = re.compile(r'^\s*(?:menuentry|submenu|title|label)\b', re.I)
+_INITRD_RE = re.compile(r'^\s*(?:initrd|initrd16|initrdefi)\b|'
+                        r'^\s*append\b.*\binitrd=', re.I)
+
+
+def initrdless_lines(path, lines):
+    """The indexes of the kernel command lines of ``path``'s boot entries
+    that load no initrd: their kernel must find the root itself, which it
+    does by a device name (or PARTUUID=), never by ``UUID=`` (an
+    initramfs resolves that).  Empty for the files that are no entries
+    (``/etc/default/grub``: what update-grub makes has the initrd)."""
+    name = (path or '').rsplit('/', 1)[-1]
+    kernel = None
+    for keys, pattern in _KERNEL_LINES:
+        if name in keys or any((path or '').startswith(k) for k in keys
+                               if k.startswith('/')):
+            kernel = pattern
+            break
+    if kernel is None or name == 'grubenv':
+        return set()
+    whole = (path or '').startswith('/boot/loader/entries/')
+    out, entry, has_initrd = set(), [], False
+    for i, line in enumerate(lines + ['menuentry end']):
+        if (_ENTRY_RE.match(line) and not whole) or i == len(lines):
+            if not has_initrd:
+                out.update(entry)
+            entry, has_initrd = [], False
+            continue
+        if line.lstrip().startswith('#'):
+            continue
+        if _INITRD_RE.match(line):
+            has_initrd = True
+        if kernel.match(line):
+            entry.append(i)
+    return out
+
+
 def fix_text(g, text, bus, is_boot, slots=None, unknown=None, path=None,
              kernel_args=()):
     """(new text, [(old, new)]) of one file; ``unknown`` (a list) gets
@@ -2913,12 +2952,25 @@ def fix_text(g, text, bus, is_boot, slots=None, unknown=None, path=None,
             return name
         changes.append((name, new))
         return new
+
+    def sub_plain(m):
+        # A kernel line without an initrd: the bus's name.
+        name = m.group(1)
+        new = sub(m)
+        if new.startswith('UUID='):
+            changes.pop()
+            new = kvm_name(name, bus, slots) or name
+            if new != name:
+                changes.append((name, new))
+        return new
     lines = []
-    for line in text.splitlines(True):
+    texts = text.splitlines(True)
+    plain = initrdless_lines(path, texts) if is_boot else set()
+    for i, line in enumerate(texts):
         if line.lstrip().startswith('#'):
             lines.append(line)
             continue
-        new = NAME_RE.sub(sub, line)
+        new = NAME_RE.sub(sub_plain if i in plain else sub, line)
         if is_boot:
             dropped = XEN_CONSOLE_RE.findall(new)
             if dropped:

@@ -510,6 +510,46 @@ def test_fix_text_rewrites_names_and_drops_xen_consoles():
     assert new == '/dev/vdb1 /srv ext4\n'
 
 
+GRUB_CFG_TWO_ENTRIES = (
+    "menuentry 'Debian' {\n"
+    '\tlinux /vmlinuz root=/dev/xvda1 ro\n'
+    '\tinitrd /initrd.img\n'
+    '}\n'
+    "menuentry 'Custom kernel, no initrd' {\n"
+    '\tlinux /vmlinuz-custom root=/dev/xvda1 ro\n'
+    '}\n')
+
+
+def test_a_boot_entry_without_an_initrd_gets_a_name_its_kernel_finds():
+    """UUID= is resolved by an initramfs; a kernel booted without one
+    finds its root by a device name only: that entry gets the bus's name,
+    the other UUID=."""
+    new, changes = probe.fix_text(FakeG(), GRUB_CFG_TWO_ENTRIES, 'scsi', True,
+                                  path='/boot/grub/grub.cfg')
+    assert new == GRUB_CFG_TWO_ENTRIES.replace(
+        'root=/dev/xvda1 ro\n\tinitrd', 'root=UUID=aaaa-1111 ro\n\tinitrd'
+    ).replace('custom root=/dev/xvda1', 'custom root=/dev/sda1')
+    assert changes == [('/dev/xvda1', 'UUID=aaaa-1111'),
+                       ('/dev/xvda1', '/dev/sda1')]
+    menu = ('default 0\ntitle Old\n\tkernel /vmlinuz root=/dev/xvda1\n'
+            'title New\n\tkernel /vmlinuz-2 root=/dev/xvda1\n'
+            '\tinitrd /initrd-2\n')
+    assert probe.initrdless_lines('/boot/grub/menu.lst',
+                                  menu.splitlines(True)) == {2}
+    ext = ('LABEL a\n  KERNEL /vmlinuz\n  APPEND root=/dev/xvda1 '
+           'initrd=/initrd.img\nLABEL b\n  KERNEL /vmlinuz\n'
+           '  APPEND root=/dev/xvda1\n')
+    assert probe.initrdless_lines('/boot/extlinux/extlinux.conf',
+                                  ext.splitlines(True)) == {5}
+    bls = 'title x\nlinux /vmlinuz\noptions root=/dev/xvda1\n'
+    assert probe.initrdless_lines('/boot/loader/entries/x.conf',
+                                  bls.splitlines(True)) == {2}
+    assert probe.initrdless_lines('/boot/loader/entries/x.conf', (
+        bls + 'initrd /initrd\n').splitlines(True)) == set()
+    assert probe.initrdless_lines('/etc/default/grub', [
+        'GRUB_CMDLINE_LINUX="root=/dev/xvda1"\n']) == set()
+
+
 @pytest.mark.parametrize('line, fixed', [
     ('GRUB_CMDLINE_LINUX_DEFAULT="console=hvc0"\n',
      'GRUB_CMDLINE_LINUX_DEFAULT=""\n'),
