@@ -511,7 +511,8 @@ def warnings(guest, result=None):
               if g is not guest and g.get('type')]
     if others:
         out.append('%d other operating system(s) found; the one on disk '
-                   '%s was used' % (len(others), guest.get('disk')))
+                   '%s (root %s) was used' % (len(others), guest.get('disk'),
+                                              guest.get('root')))
     return out
 
 
@@ -1253,12 +1254,17 @@ def text_lines(inspection):
             lines.append('tools:        %s' % ', '.join(
                 sorted(v for vs in guest['tools'].values() for v in vs)))
         lines.extend(windows_lines(guest.get('windows')))
-    for fix in inspection.get('fixed') or ():
+    fixes = inspection.get('fixed') or ()
+    for fix in fixes:
+        # With several systems fixed, each line names its root.
+        root = '%s ' % fix.get('root') if len(fixes) > 1 else ''
         for change in fix.get('registry') or ():
-            lines.append('fixed:        SYSTEM hive: %s' % change)
+            lines.append('fixed:        %sSYSTEM hive: %s' % (root, change))
         for f in fix['files']:
-            lines.append('fixed:        %s: %s' % (f['path'], ', '.join(
-                _change_text(c, added='added %s') for c in f['changes'])))
+            lines.append('fixed:        %s%s: %s' % (
+                root, f['path'], ', '.join(
+                    _change_text(c, added='added %s')
+                    for c in f['changes'])))
     for line in inspection.get('left') or ():
         lines.append('not fixed:    %s' % line)
     handoff = inspection.get('v2v') or {}

@@ -383,7 +383,25 @@ def test_summary_after_a_fix_reports_the_new_names():
 def test_several_guests_the_lowest_disk_is_chosen():
     s = gi.summary(recorded())
     assert s['guest']['hostname'] == 'guest-virtio'
-    assert any('2 other operating system(s)' in w for w in s['warnings'])
+    assert any('2 other operating system(s) found; the one on disk 0 '
+               '(root %s) was used' % s['guest']['root'] in w
+               for w in s['warnings']), s['warnings']
+
+
+def test_the_fixes_of_several_systems_name_their_roots():
+    """Two Linux systems on one disk (a main one and a rescue one): each
+    fixed file is said with the root it belongs to."""
+    result = recorded()
+    result['fixed'] = [
+        {'root': '/dev/sda1', 'disk': 0, 'bus': 'scsi', 'files': [
+            {'path': '/etc/fstab', 'changes': [
+                {'from': '/dev/xvda1', 'to': 'UUID=a'}]}]},
+        {'root': '/dev/sda2', 'disk': 0, 'bus': 'virtio', 'files': [
+            {'path': '/etc/fstab', 'changes': [
+                {'from': '/dev/xvda2', 'to': 'UUID=b'}]}]}]
+    lines = gi.text_lines(gi.summary(result))
+    assert 'fixed:        /dev/sda1 /etc/fstab: /dev/xvda1 -> UUID=a' in lines
+    assert 'fixed:        /dev/sda2 /etc/fstab: /dev/xvda2 -> UUID=b' in lines
 
 
 def test_no_guest():
