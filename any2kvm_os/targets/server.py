@@ -968,6 +968,9 @@ def create_and_boot(plan, volumes_in_device_order, created=None):
             rollback(plan.clients, server, poll=plan.options.poll)
             undone = 'server and its ports deleted'
             deleted = True
+            # A flavor made for it (--create-flavor) goes with it: a
+            # cutover run again makes its own.
+            discard(plan)
         except Exception as e2:
             undone = 'rollback failed: %s' % e2
         error = BootError('%s; %s; volumes kept: %s' % (
@@ -981,6 +984,7 @@ def create_and_boot(plan, volumes_in_device_order, created=None):
         # rollback" deletes it).
         try:
             rollback(plan.clients, server, poll=plan.options.poll)
+            discard(plan)
             LOG.warning('server %s deleted (its boot was not verified); '
                         'volumes kept: %s', server.id,
                         _volume_list(server.volumes))

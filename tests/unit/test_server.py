@@ -367,6 +367,21 @@ def test_boot_not_verified_rolls_back_and_keeps_volumes(cloud):
     assert all(cloud.volumes[v['id']].status == 'available' for v in vols)
 
 
+def test_boot_not_verified_deletes_the_flavor_made_for_the_server(cloud):
+    """--create-flavor: the flavor made for a server whose boot was not
+    verified goes with it (a cutover run again makes its own)."""
+    cloud.console = ['nothing to see']
+    vols = volumes(cloud, 1)
+    plan = plan_for(cloud, dict(FACTS, cpus=3, memory_mb=4096),
+                    create_flavor=True, boot_timeout=1, poll=0.05,
+                    network_map={'nic0': 'private', 'nic1': 'private'})
+    with pytest.raises(server.BootError):
+        server.create_and_boot(plan, vols)
+    assert cloud.changes()[0] == 'flavor-create'
+    assert cloud.changes()[-1] == 'flavor-delete'
+    assert plan.created_flavor is None
+
+
 def test_rollback_finds_the_server_from_the_volumes(cloud):
     cloud.add_network('other')
     vols = volumes(cloud, 2)
