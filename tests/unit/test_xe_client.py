@@ -447,6 +447,24 @@ def test_malformed_answers_name_the_command(output, words):
     assert '\n' not in msg
 
 
+def test_a_name_with_a_blank_line_is_said_to_be_the_likely_cause():
+    """A network named through XenAPI with a blank line in its name:
+    xe prints it as it is, and the record ends at the blank line.  The
+    refusal says what is likely wrong; a line that is no field at the
+    start says nothing of names."""
+    out = ('uuid ( RO): %s\nnetwork-name-label ( RO): first part\n\n'
+           'second part\n' % VM_UUID)
+    with pytest.raises(errors.XeOutputError) as e:
+        xe.parse_records(out, ['xe', 'vif-list'])
+    assert str(e.value) == (
+        "xe vif-list: malformed answer from the host: line 4 is not \"name "
+        "( RO): value\": 'second part' (a value with a blank line in it, "
+        "such as a name set through XenAPI? rename it on the host)")
+    with pytest.raises(errors.XeOutputError) as e:
+        xe.parse_records('not a field\n', ['xe', 'vif-list'])
+    assert 'XenAPI' not in str(e.value)
+
+
 def test_fields_not_asked_for_and_required_fields():
     out = render([[('uuid', ' RO', VM_UUID), ('name-label', ' RW', 'x')]])
     # A field not asked for is left out (a host may print more).

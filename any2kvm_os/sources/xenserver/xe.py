@@ -292,15 +292,24 @@ def parse_records(output, argv, fields=None, required=()):
     records = []
     current = None
     last = None
+    blank = False
     for number, line in enumerate(text.split('\n'), 1):
         if not line.strip():
             current = last = None
+            blank = True
             continue
+        after_blank, blank = blank, False
         found = _field(line)
         if found is None:
             if current is None or last is None:
-                raise _bad(argv, 'line %d is not "name ( RO): value": %r'
-                           % (number, line[:80]))
+                # Right after a record's end: most likely the rest of a
+                # value that holds a blank line (a name set through
+                # XenAPI can), which xe prints as it is.
+                hint = (' (a value with a blank line in it, such as a '
+                        'name set through XenAPI? rename it on the host)'
+                        if records and after_blank else '')
+                raise _bad(argv, 'line %d is not "name ( RO): value": %r%s'
+                           % (number, line[:80], hint))
             if last in current:
                 current[last] += '\n' + line
                 if len(current[last]) > MAX_VALUE:
