@@ -188,6 +188,7 @@ def _find_by_name(container, child_name, ref, names, members):
                     path=child_name, reason='backing file %s is not a disk '
                     'image any2kvm reads' % container.display_name(hint))
             return hint, layer
+    _not_read(container, child_name, ref)
     raise exception.ChainError(
         path=child_name, reason='missing parent %s among the files of %s'
         % (', '.join(ref.name_hints) or '(unnamed)',
@@ -238,11 +239,29 @@ def _find_by_id(container, child_name, ref, names, members, scanned):
             path=child_name, reason='parent-id mismatch: %s has id %s, the '
             'child expects %s' % (container.display_name(mismatch[0]),
                                   mismatch[1], ref.id))
+    _not_read(container, child_name, ref)
     raise exception.ChainError(
         path=child_name, reason='missing parent %s (named %s) among the '
         'files of %s' % (ref.id, ', '.join(ref.name_hints) or 'nothing',
                          container.path if not container.is_directory
                          else 'its directory'))
+
+
+def _not_read(container, child_name, ref):
+    """Refuse a missing parent that the child names and the container
+    listed as something it does not read (a symbolic link): said so,
+    not "missing"."""
+    not_read = getattr(container, 'not_read', None)
+    if not_read is None:
+        return
+    for hint in ref.name_hints:
+        why = not_read(hint)
+        if why:
+            raise exception.ChainError(
+                path=child_name, reason='parent %s%s is %s in its '
+                'directory: only regular files are read' % (
+                    container.display_name(hint),
+                    ' (%s)' % ref.id if ref.id else '', why))
 
 
 def resolve(container, leaf_name, limits):

@@ -47,11 +47,15 @@ class RemoteDirectoryContainer(base.Container):
         #: How the host is named in messages (``root@xs1``).
         self.label = label or getattr(connection, 'label', 'remote')
         self._members = None
+        #: {name: what it is} of the entries that are no regular file.
+        self._skipped = {}
 
     def member_names(self):
         if self._members is None:
+            skipped = {}
             names = self.connection.listdir(
-                self.directory, self.limits.max_directory_entries)
+                self.directory, self.limits.max_directory_entries,
+                skipped=skipped)
             for name in names:
                 # A name from the host's listing is joined to the
                 # directory: one that is not a plain file name (a host
@@ -62,8 +66,15 @@ class RemoteDirectoryContainer(base.Container):
                         path='%s:%s' % (self.label, self.directory),
                         reason='the host listed a member named %r, which '
                         'is not a file name' % (name,))
+            self._skipped = skipped
             self._members = names
         return self._members
+
+    def not_read(self, name):
+        """Why ``name``, listed in the directory, is no member (``a
+        symbolic link (not followed)``), or None."""
+        self.member_names()
+        return self._skipped.get(name)
 
     #: :meth:`open_view` takes ``prefetch``.
     prefetches = True

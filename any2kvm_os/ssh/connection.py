@@ -334,6 +334,17 @@ def _cut_short(error):
     return str(error).startswith('Error reading SSH protocol banner')
 
 
+def _kind(perms):
+    """What a directory entry that is no regular file is, in words."""
+    if perms is None:
+        return 'of an unknown kind'
+    if stat.S_ISLNK(perms):
+        return 'a symbolic link (not followed)'
+    if stat.S_ISDIR(perms):
+        return 'a directory'
+    return 'not a regular file'
+
+
 class _Dropped(Exception):
     """The connection was lost (internal: retried or turned into an
     SshError).  ``before_login``: the host closed it (or stopped
@@ -1019,18 +1030,24 @@ class Connection(object):
 
     # -- files ------------------------------------------------------------
 
-    def listdir(self, path, limit):
+    def listdir(self, path, limit, skipped=None):
         """The names of the regular files in the directory ``path`` on
-        the host, sorted (links and everything else left out); an error
-        if the directory cannot be listed or has more than ``limit``
-        entries (a listing cut short would make a parent beyond it look
-        missing).  Listed over the SFTP session of the file reads
-        (:meth:`pipeline`): one SFTP server on the host, not two."""
+        the host, sorted (links and everything else left out; ``skipped``,
+        a dict, gets {name: what it is} of those); an error if the
+        directory cannot be listed or has more than ``limit`` entries (a
+        listing cut short would make a parent beyond it look missing).
+        Listed over the SFTP session of the file reads (:meth:`pipeline`):
+        one SFTP server on the host, not two."""
         pipeline = self.pipeline
         entries = self.retrying('listing %s' % path,
                                 lambda: pipeline.listdir(path, limit))
-        return sorted(name for name, perms in entries
-                      if perms is not None and stat.S_ISREG(perms))
+        names = []
+        for name, perms in entries:
+            if perms is not None and stat.S_ISREG(perms):
+                names.append(name)
+            elif skipped is not None:
+                skipped[name] = _kind(perms)
+        return sorted(names)
 
     def start_files(self):
         """Start the SFTP session of the file reads (:meth:`pipeline`)

@@ -404,7 +404,10 @@ def test_listdir_over_the_reading_session(sshd, tmp_path):
     os.symlink(str(d / '000.vhd'), str(d / 'link.vhd'))
     with connect(sshd) as c:
         f = c.open_file(str(d / '001.vhd'))
-        assert c.listdir(str(d), 1000) == sorted(names)
+        skipped = {}
+        assert c.listdir(str(d), 1000, skipped=skipped) == sorted(names)
+        assert skipped == {'sub': 'a directory',
+                           'link.vhd': 'a symbolic link (not followed)'}
         assert f.pread(10, 0) == b'x' * 10
         with pytest.raises(exception.SshError) as e:
             c.listdir(str(d), 150)

@@ -33,7 +33,7 @@ class FakeConnection(object):
         self.names = names
         self.opened = []
 
-    def listdir(self, path, limit):
+    def listdir(self, path, limit, skipped=None):
         return list(self.names)
 
     def open_file(self, path, name=None):
@@ -66,7 +66,7 @@ def test_plain_names_are_members():
 
 def _fake_self(entries):
     """A Connection whose pipeline lists ``entries`` [(name, mode)]."""
-    def listdir(path, limit):
+    def listdir(path, limit, skipped=None):
         if len(entries) > limit:
             raise exception.SshError(
                 host='root@xs1', reason='%s has more than %d entries '
@@ -98,3 +98,33 @@ def test_listdir_keeps_regular_files_only():
                ('nomode.vhd', None)]
     assert connection.Connection.listdir(_fake_self(entries), SR, 10) == [
         'a.vhd', 'b.vhd']
+
+
+class SkippingConnection(FakeConnection):
+    def __init__(self, names, skipped):
+        super(SkippingConnection, self).__init__(names)
+        self.skipped = skipped
+
+    def listdir(self, path, limit, skipped=None):
+        skipped.update(self.skipped)
+        return list(self.names)
+
+
+def test_a_parent_that_is_a_symbolic_link_is_said_so():
+    """The parent a VHD names, replaced by a symbolic link on the host:
+    refused as a link, not as "missing"."""
+    from any2kvm_os.chain import layer_chain
+    conn = SkippingConnection(['leaf.vhd'], {
+        'base.vhd': 'a symbolic link (not followed)'})
+    c = remote.RemoteDirectoryContainer(conn, SR, 'leaf.vhd',
+                                        limits_mod.Limits())
+    assert c.not_read('base.vhd') == 'a symbolic link (not followed)'
+    assert c.not_read('leaf.vhd') is None
+    ref = types.SimpleNamespace(id='1234', name_hints=['base.vhd'])
+    with pytest.raises(exception.ChainError) as e:
+        layer_chain._find_by_id(c, 'root@xs1:%s/leaf.vhd' % SR, ref,
+                                ['leaf.vhd'], c.member_names(), {})
+    assert str(e.value) == (
+        'root@xs1:%s/leaf.vhd: parent root@xs1:%s/base.vhd (1234) is a '
+        'symbolic link (not followed) in its directory: only regular files '
+        'are read' % (SR, SR))

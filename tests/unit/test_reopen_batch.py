@@ -81,7 +81,7 @@ class Conn(object):
     def retrying(self, what, step, retry=True):
         return step()
 
-    def listdir(self, path, limit):
+    def listdir(self, path, limit, skipped=None):
         return sorted(os.path.basename(p) for p in self.server.files)
 
     def open_file(self, path, size=None, name=None, prefetch=None):
