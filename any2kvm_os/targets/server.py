@@ -951,6 +951,18 @@ def rollback(clients, server=None, server_id=None, volumes=(),
             'volumes_kept': [v['id'] for v in volumes]}
 
 
+def _undo(plan, server):
+    """The server of a boot not verified deleted with its ports, and a
+    flavor made for it (--create-flavor: a cutover run again makes its
+    own); None when done, else the error that stopped it."""
+    try:
+        rollback(plan.clients, server, poll=plan.options.poll)
+    except Exception as e:
+        return e
+    discard(plan)
+    return None
+
+
 def create_and_boot(plan, volumes_in_device_order, created=None):
     """:func:`create`, :func:`wait_boot`; rolled back when the boot is not
     verified (see the module's doc), and when the wait is interrupted
@@ -963,34 +975,26 @@ def create_and_boot(plan, volumes_in_device_order, created=None):
             created(server)
         boot = wait_boot(server)
     except BootError as e:
-        deleted = False
-        try:
-            rollback(plan.clients, server, poll=plan.options.poll)
-            undone = 'server and its ports deleted'
-            deleted = True
-            # A flavor made for it (--create-flavor) goes with it: a
-            # cutover run again makes its own.
-            discard(plan)
-        except Exception as e2:
-            undone = 'rollback failed: %s' % e2
+        undone = _undo(plan, server)
         error = BootError('%s; %s; volumes kept: %s' % (
-            e, undone, _volume_list(server.volumes)), server.id,
+            e, 'server and its ports deleted' if undone is None
+            else 'rollback failed: %s' % undone,
+            _volume_list(server.volumes)), server.id,
             console_tail=e.console_tail, fault=e.fault)
-        error.deleted = deleted
+        error.deleted = undone is None
         raise error from e
     except BaseException as e:
         # Interrupted, or another error: the server goes (a second
         # interruption stops that; its id is recorded: "migration
         # rollback" deletes it).
-        try:
-            rollback(plan.clients, server, poll=plan.options.poll)
-            discard(plan)
+        undone = _undo(plan, server)
+        if undone is None:
             LOG.warning('server %s deleted (its boot was not verified); '
                         'volumes kept: %s', server.id,
                         _volume_list(server.volumes))
             e.deleted, e.server_id = True, server.id
-        except Exception as e2:
+        else:
             LOG.warning('server %s could not be deleted (%s): "migration '
-                        'rollback" deletes it', server.id, e2)
+                        'rollback" deletes it', server.id, undone)
         raise
     return server, boot
