@@ -379,17 +379,23 @@ def boot_files(g):
 def unit_files(g):
     """The guest's own systemd mount, automount and swap units
     (:data:`UNIT_DIR`), at most :data:`MAX_UNITS`."""
+    return _files_in(g, UNIT_DIR, lambda e: e.endswith(UNIT_SUFFIXES),
+                     MAX_UNITS)
+
+
+def _files_in(g, top, keep, limit):
+    """The regular files (through links) of the guest's directory
+    ``top`` whose names ``keep`` takes (hidden ones never), in name
+    order; at most ``limit`` names looked at (the guest's: untrusted)."""
+    entries = [e for e in _ls(g, top) if not e.startswith('.') and keep(e)]
     files = []
-    for entry in sorted(_ls(g, UNIT_DIR)):
-        if len(files) >= MAX_UNITS:
-            break
-        if entry.endswith(UNIT_SUFFIXES) and not entry.startswith('.'):
-            path = UNIT_DIR + '/' + entry
-            try:
-                if g.is_file(path, followsymlinks=True):
-                    files.append(path)
-            except RuntimeError:
-                continue
+    for entry in entries[:limit]:
+        path = top + '/' + entry
+        try:
+            if g.is_file(path, followsymlinks=True):
+                files.append(path)
+        except RuntimeError:
+            continue
     return files
 
 
@@ -478,15 +484,8 @@ def net_files(g):
     most :data:`MAX_NET_FILES` of each directory."""
     files = [p for p in NET_FILES if _exists(g, p)]
     for top, prefix, suffix in NET_GLOBS:
-        entries = [e for e in _ls(g, top) if e.startswith(prefix) and
-                   e.endswith(suffix) and not e.startswith('.')]
-        for entry in entries[:MAX_NET_FILES]:
-            path = top + '/' + entry
-            try:
-                if g.is_file(path, followsymlinks=True):
-                    files.append(path)
-            except RuntimeError:
-                continue
+        files += _files_in(g, top, lambda e, p=prefix, s=suffix:
+                           e.startswith(p) and e.endswith(s), MAX_NET_FILES)
     return files
 
 
