@@ -2846,13 +2846,21 @@ def add_kernel_args(path, line, args):
         value = (m.group(3) + ' ' + extra).strip()
         q = m.group(2) or '"'
         return m.group(1) + q + value + q + m.group(4) + end, want
-    name = path.rsplit('/', 1)[-1]
-    for keys, pattern in _KERNEL_LINES:
-        if (name in keys or any(path.startswith(k) for k in keys
-                                if k.startswith('/'))) and \
-                pattern.match(body):
-            return body.rstrip() + ' ' + extra + end, want
+    pattern = _kernel_line(path)
+    if pattern is not None and pattern.match(body):
+        return body.rstrip() + ' ' + extra + end, want
     return line, []
+
+
+def _kernel_line(path):
+    """The pattern of the kernel command lines of the bootloader file
+    ``path`` (:data:`_KERNEL_LINES`), or None."""
+    name = (path or '').rsplit('/', 1)[-1]
+    for keys, pattern in _KERNEL_LINES:
+        if name in keys or any((path or '').startswith(k) for k in keys
+                               if k.startswith('/')):
+            return pattern
+    return None
 
 
 def fix_net_text(text, unbind=True):
@@ -2896,12 +2904,7 @@ def initrdless_lines(path, lines):
     initramfs resolves that).  Empty for the files that are no entries
     (``/etc/default/grub``: what update-grub makes has the initrd)."""
     name = (path or '').rsplit('/', 1)[-1]
-    kernel = None
-    for keys, pattern in _KERNEL_LINES:
-        if name in keys or any((path or '').startswith(k) for k in keys
-                               if k.startswith('/')):
-            kernel = pattern
-            break
+    kernel = _kernel_line(path)
     if kernel is None or name == 'grubenv':
         return set()
     whole = (path or '').startswith('/boot/loader/entries/')

@@ -73,6 +73,19 @@ def _plant_holder(url, host, expires, pid=1, mark=None):
     engine.dispose()
 
 
+def _expired_elsewhere(url):
+    """Make the holder look like a command of another host stopped past
+    its lease (judged by its expiry alone: taken over)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.update(models.Holder).values(
+                expires=time.time() - 1, host='elsewhere.example',
+                mark=None))
+    finally:
+        engine.dispose()
+
+
 def _tables(url):
     engine = sa.create_engine(url)
     try:
@@ -541,12 +554,7 @@ class StoreContract(object):
         _create(store)
         cm = store.hold('vm1', 'sync')
         lease = cm.__enter__()
-        engine = sa.create_engine(url)
-        with engine.begin() as c:
-            c.execute(sa.update(models.Holder).values(
-                expires=time.time() - 1, host='elsewhere.example',
-                mark=None))
-        engine.dispose()
+        _expired_elsewhere(url)
         other = sql.SqlStore(url)
         other_cm = other.hold('vm1', 'sync')
         other_cm.__enter__()
@@ -616,12 +624,7 @@ class StoreContract(object):
         other = sql.SqlStore(url)
         seen = {}
         with store.hold('vm1', 'sync') as lease:
-            engine = sa.create_engine(url)
-            with engine.begin() as c:
-                c.execute(sa.update(models.Holder).values(
-                    expires=time.time() - 1, host='elsewhere.example',
-                    mark=None))
-            engine.dispose()
+            _expired_elsewhere(url)
             taken = threading.Event()
             release = threading.Event()
 
