@@ -45,6 +45,7 @@ import io
 import json
 import lzma
 import os
+import posixpath
 import re
 import sys
 import tempfile
@@ -397,6 +398,70 @@ def _files_in(g, top, keep, limit):
         except RuntimeError:
             continue
     return files
+
+
+#: The extended attribute that holds a file's SELinux label.
+SELINUX_XATTR = 'security.selinux'
+#: A label as SELinux writes one (``user:role:type:level``, the level's
+#: categories included); anything else is not copied.
+_LABEL_RE = re.compile(r'^[A-Za-z0-9_.]+:[A-Za-z0-9_.]+:[A-Za-z0-9_.]+'
+                       r'(?::[A-Za-z0-9_.,:\- ]+)?$')
+MAX_LABEL = 255
+#: The files of a directory looked at for a label to copy.
+MAX_LABEL_SIBLINGS = 64
+
+
+def selinux_label(g, path):
+    """The SELinux label of the guest's ``path`` (not through a link),
+    without its trailing NUL; None when it has none, the file system
+    keeps none (vfat), or it is not a label."""
+    try:
+        value = g.lgetxattr(path, SELINUX_XATTR)
+    except RuntimeError:
+        return None
+    value = bytes(value).rstrip(b'\0')
+    try:
+        text = value.decode('ascii')
+    except UnicodeDecodeError:
+        return None
+    if len(text) > MAX_LABEL or not _LABEL_RE.match(text):
+        return None
+    return text
+
+
+def label_made(g, path):
+    """Give ``path``, a file or directory ``--fix`` made, the SELinux
+    label its neighbours have, as ``restorecon`` would: libguestfs
+    writes with no policy loaded, so a file it creates has no label, and
+    a guest that enforces SELinux sees it as ``unlabeled_t`` (files it
+    only rewrites keep theirs: libguestfs writes them in place).  A file
+    takes the label of the first file of its directory that has one
+    (in name order), else the directory's; a directory its parent's.
+    Returns the label given, or None (the guest's files have none: no
+    SELinux, or a file system without labels)."""
+    parent = posixpath.dirname(path)
+    label = None
+    try:
+        is_dir = g.is_dir(path, followsymlinks=False)
+    except RuntimeError:
+        return None
+    if not is_dir:
+        name = posixpath.basename(path)
+        for sibling in _files_in(g, parent, lambda e: e != name,
+                                 MAX_LABEL_SIBLINGS):
+            try:
+                if g.is_symlink(sibling):
+                    continue        # (a link's own label)
+            except RuntimeError:
+                continue
+            label = selinux_label(g, sibling)
+            if label:
+                break
+    label = label or selinux_label(g, parent)
+    if not label:
+        return None
+    g.lsetxattr(SELINUX_XATTR, label, len(label), path)
+    return label
 
 
 def unit_name_device(path):
@@ -3055,12 +3120,14 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
                              '(ANY2KVM_FIX_FAIL_AFTER)' % len(done))
         tried.append(path)
 
-    def record(path, changes, unknown=None):
+    def record(path, changes, unknown=None, label=None):
         # What is reported is JSON: no lone surrogates (KEEP).
         entry = {'path': path, 'changes': [
             {'from': _shown(a), 'to': _shown(b)} for a, b in changes]}
         if unknown is not None:
             entry['unknown'] = [_shown(n) for n in unknown]
+        if label:
+            entry['selinux_label'] = label
         done.append(entry)
     try:
         net = network_facts(g)
@@ -3120,9 +3187,11 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
         if keep:
             path, text, changes = keep
             start(path)
+            made = [p for p in (CLOUD_CFG_D, path) if not _exists(g, p)]
             g.mkdir_p(CLOUD_CFG_D)
             g.write(path, text.encode('utf-8'))
-            record(path, changes)
+            labels = [label_made(g, p) for p in made]
+            record(path, changes, label=labels[-1] if labels else None)
         fallback = uefi_fallback(g)
         if fallback and not fallback['present'] and fallback['source']:
             start(UEFI_FALLBACK)

@@ -156,17 +156,22 @@ def test_each_guest_boots_on_the_bus_its_properties_choose(guests,
     assert line is None or 'root=/dev/xvda1 not found' in line, line
 
 
-def _debugfs_cat(disk, path, tmp_path):
-    """A file of the guest's ext4 root, read with debugfs (outside
-    libguestfs)."""
+def _debugfs(disk, request, tmp_path):
+    """What debugfs answers ``request`` on the guest's ext4 root
+    (outside libguestfs)."""
     part = tmp_path / 'part.img'
     with open(str(disk), 'rb') as src, open(str(part), 'wb') as dst:
         src.seek(guestbuild.START_SECTOR * 512)
         shutil.copyfileobj(src, dst)
-    r = subprocess.run(['debugfs', '-R', 'cat %s' % path, str(part)],
+    r = subprocess.run(['debugfs', '-R', request, str(part)],
                        capture_output=True, text=True, timeout=120)
     part.unlink()
     return r.stdout
+
+
+def _debugfs_cat(disk, path, tmp_path):
+    """A file of the guest's ext4 root, read with debugfs."""
+    return _debugfs(disk, 'cat %s' % path, tmp_path)
 
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)
@@ -349,8 +354,16 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
     extra.update(XEN_LEFTOVERS)
     extra.update(IDENTITY_FILES)
     disk = tmp_path / 'pv.raw'
+    # SELinux labels, as a RHEL guest has them (the test guest's kernel
+    # does not enforce them: only their copy is checked).
+    labels = {'/etc/fstab': {'security.selinux': ETC_T},
+              '/etc/cloud/cloud.cfg.d': {
+                  'security.selinux': b'system_u:object_r:etc_dir_t:s0'},
+              '/etc/cloud/cloud.cfg.d/99_cloudstack.cfg': {
+                  'security.selinux': ETC_T}}
     guestbuild.build(disk, 'xenpv', extra_files=extra, initramfs_files={
-        '/etc/lvm/lvm.conf': IDENTITY_FILES['/etc/lvm/lvm.conf']})
+        '/etc/lvm/lvm.conf': IDENTITY_FILES['/etc/lvm/lvm.conf']},
+        xattrs=labels)
     result = gi.inspect_files([disk], libguestfs, fix=True)
     (guest,) = [g for g in result['guests'] if g.get('type')]
     kernels = {k['version']: k for k in guest['linux']['kernels']}
@@ -423,6 +436,17 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
         {'from': '', 'to': '"a|^/dev/sd.*|"'}]
     assert _debugfs_cat(disk, probe.CLOUD_KEEP, tmp_path) == \
         probe.CLOUD_KEEP_TEXT
+    # The file the fix made has its neighbour's label (libguestfs gave it
+    # none); the files it rewrote kept theirs.
+    assert _debugfs(
+        disk, 'ea_get -V %s security.selinux' % probe.CLOUD_KEEP,
+        tmp_path) == 'system_u:object_r:etc_t:s0\n'
+    assert _debugfs(disk, 'ea_get -V /etc/fstab security.selinux',
+                    tmp_path) == 'system_u:object_r:etc_t:s0\0\n'
+    assert '/dev/xvda1' not in _debugfs_cat(disk, '/etc/fstab', tmp_path)
+    assert [f.get('selinux_label') for f in result['fixed'][0]['files']
+            if f['path'] == probe.CLOUD_KEEP] == [
+                'system_u:object_r:etc_t:s0']
     assert summary['guest']['cloud_init']['ssh_deletekeys'] is False
     assert not [w for w in summary['warnings'] if 'cloud-init' in w], \
         summary['warnings']
@@ -442,6 +466,9 @@ def test_the_kernel_the_bootloader_boots_decides_and_a_xen_default_is_moved(
 #: What Xen's drivers and consoles leave in an older guest's settings
 #: (RHEL 5's modprobe.conf, inittab and securetty, SLES 11's
 #: /etc/sysconfig/kernel, a RHEL 6 upstart job).
+#: SELinux's label of /etc's files, as setfiles writes it (NUL ended).
+ETC_T = b'system_u:object_r:etc_t:s0\0'
+
 XEN_LEFTOVERS = {
     '/etc/modprobe.conf': (
         'alias eth0 xennet\nalias scsi_hostadapter xenblk\n'

@@ -22,14 +22,17 @@ class FilesG(object):
     too points at a regular file: ``is_file`` says so only when links are
     followed); ``initrds``: {image: {member: bytes}} that ``initrd_cat``
     answers (else it fails, as libguestfs does on an image it cannot
-    unpack).  ``writes``: the paths written, in order."""
+    unpack); ``xattrs``: {path: {name: bytes}} (libguestfs's lgetxattr
+    fails on a name a file does not have).  ``writes``: the paths
+    written, in order."""
 
-    def __init__(self, files, links=None, initrds=None):
+    def __init__(self, files, links=None, initrds=None, xattrs=None):
         self.files = {k: (v.encode() if isinstance(v, str) else v)
                       for k, v in files.items()}
         self.dirs = set()           # made by mkdir_p, empty
         self.links = dict(links or {})
         self.initrds = initrds or {}
+        self.xattrs = {k: dict(v) for k, v in (xattrs or {}).items()}
         self.writes = []
 
     def exists(self, path):
@@ -73,6 +76,20 @@ class FilesG(object):
         assert isinstance(data, bytes)
         self.writes.append(path)
         self.files[path] = data
+
+    def lgetxattr(self, path, name):
+        try:
+            return self.xattrs[path][name]
+        except KeyError:
+            raise RuntimeError('lgetxattr: No data available')
+
+    def lsetxattr(self, name, val, vallen, path):
+        # The binding passes a str (no NUL) and its length.
+        assert isinstance(val, str) and '\0' not in val
+        if not self.exists(path):
+            raise RuntimeError('lsetxattr: %s: No such file or directory'
+                               % path)
+        self.xattrs.setdefault(path, {})[name] = val.encode()[:vallen]
 
     def mkdir_p(self, path):
         while path not in ('', '/'):

@@ -281,7 +281,8 @@ def _initramfs(work, kroot, version, busybox, kind, extra=None):
 
 
 def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
-               extra_fstab='', extra_files=None, initramfs_files=None):
+               extra_fstab='', extra_files=None, initramfs_files=None,
+               xattrs=None):
     root = work / 'root'
     for d in ('boot/grub', 'etc', 'bin', 'sbin', 'usr/bin', 'var/lib/dpkg',
               'dev', 'proc', 'sys', 'tmp', 'mnt'):
@@ -344,16 +345,24 @@ def _root_tree(work, kroot, version, busybox, kind, fsuuid, token,
             os.symlink(text[1], str(path))
         else:
             path.write_text(text)
+    # mke2fs -d copies them into the file system.
+    for name, attrs in (xattrs or {}).items():
+        for key, value in attrs.items():
+            os.setxattr(str(root / name.lstrip('/')), key, value,
+                        follow_symlinks=False)
     return root
 
 
 def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab='',
-          extra_files=None, esp_dir=None, initramfs_files=None):
+          extra_files=None, esp_dir=None, initramfs_files=None,
+          xattrs=None):
     """Write the test guest ``kind`` as a raw disk of ``size_mb`` MiB at
     ``path``; returns {'kind', 'fsuuid', 'token', 'kernel'}.
     ``extra_fstab``: lines added to its /etc/fstab; ``extra_files``:
     {path in the guest: text, or ('symlink', target)} written into it;
-    ``initramfs_files``: {path: text} written into its initramfs.
+    ``initramfs_files``: {path: text} written into its initramfs;
+    ``xattrs``: {path in the guest: {name: bytes}} set on its files (an
+    SELinux label: ``security.selinux``).
     ``esp_dir`` (``uefi`` only): GRUB goes to ``\\EFI\\<esp_dir>\\
     grubx64.efi``, with a ``grub.cfg`` beside it, as Debian installs it,
     and not to the removable-media path: booted only from an NVRAM entry."""
@@ -368,7 +377,7 @@ def build(path, kind, token=None, size_mb=SIZE_MB, extra_fstab='',
         work = Path(tmp)
         root = _root_tree(work, kroot, version, busybox, kind, fsuuid,
                           token, extra_fstab, extra_files,
-                          initramfs_files)
+                          initramfs_files, xattrs)
         if kind == 'uefi':
             _write_uefi(path, work, root, fsuuid, esp_dir)
             return {'kind': kind, 'fsuuid': fsuuid, 'token': token,

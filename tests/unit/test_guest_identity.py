@@ -118,6 +118,89 @@ def cloudstack_guest(**more):
 
 # -- cloud-init's configuration ----------------------------------------------
 
+# -- SELinux labels of what --fix makes --------------------------------------
+
+ETC_T = b'system_u:object_r:etc_t:s0\0'
+
+
+def _labelled(g, path, label):
+    g.xattrs.setdefault(path, {})[probe.SELINUX_XATTR] = label
+
+
+def test_the_drop_in_gets_the_label_of_its_neighbours():
+    """A RHEL guest that enforces SELinux: the file --fix creates gets the
+    label restorecon would give it, copied from its directory's files
+    (libguestfs creates it with none: unlabeled_t at boot)."""
+    g = cloudstack_guest()
+    ci = probe.cloud_init_facts(g, {'cloud-init'})
+    # 05_logging.cfg, looked at first, has none: the next one's.
+    _labelled(g, '/etc/cloud/cloud.cfg.d/90_dpkg.cfg', ETC_T)
+    _labelled(g, '/etc/cloud/cloud.cfg.d', b'system_u:object_r:dir_t:s0')
+    done = probe.fix_linux(g, '/dev/sda1', 'virtio', [], cloud=ci)
+    assert done[0]['selinux_label'] == 'system_u:object_r:etc_t:s0'
+    assert g.xattrs[probe.CLOUD_KEEP] == {
+        probe.SELINUX_XATTR: b'system_u:object_r:etc_t:s0'}
+    # No file of the directory has one: the directory's.
+    g = cloudstack_guest()
+    _labelled(g, '/etc/cloud/cloud.cfg.d',
+              b'unconfined_u:object_r:etc_t:s0:c0.c1023\0')
+    done = probe.fix_linux(g, '/dev/sda1', 'virtio', [], cloud=ci)
+    assert g.xattrs[probe.CLOUD_KEEP][probe.SELINUX_XATTR] == \
+        b'unconfined_u:object_r:etc_t:s0:c0.c1023'
+    assert done[0]['selinux_label'] == \
+        'unconfined_u:object_r:etc_t:s0:c0.c1023'
+
+
+def test_a_guest_without_labels_gets_none_and_a_link_is_not_copied():
+    ci = probe.cloud_init_facts(cloudstack_guest(), {'cloud-init'})
+    g = cloudstack_guest()
+    done = probe.fix_linux(g, '/dev/sda1', 'virtio', [], cloud=ci)
+    assert 'selinux_label' not in done[0]
+    assert probe.CLOUD_KEEP not in g.xattrs
+    # A link's own label (lnk_file) is not a file's; what is not a label
+    # is not copied either.
+    g = cloudstack_guest()
+    g.links['/etc/cloud/cloud.cfg.d/00-link.cfg'] = '90_dpkg.cfg'
+    g.files['/etc/cloud/cloud.cfg.d/00-link.cfg'] = b'x: 1\n'
+    _labelled(g, '/etc/cloud/cloud.cfg.d/00-link.cfg',
+              b'system_u:object_r:link_t:s0')
+    _labelled(g, '/etc/cloud/cloud.cfg.d/05_logging.cfg', b'bad\0label')
+    _labelled(g, '/etc/cloud/cloud.cfg.d/90_dpkg.cfg', '\xe9'.encode())
+    _labelled(g, '/etc/cloud/cloud.cfg.d/99_cloudstack.cfg', ETC_T)
+    probe.fix_linux(g, '/dev/sda1', 'virtio', [], cloud=ci)
+    assert g.xattrs[probe.CLOUD_KEEP][probe.SELINUX_XATTR] == \
+        b'system_u:object_r:etc_t:s0'
+
+
+def test_a_directory_fix_makes_takes_its_parents_label():
+    g = cloudstack_guest()
+    ci = probe.cloud_init_facts(g, {'cloud-init'})
+    for path in list(g.files):
+        if path.startswith('/etc/cloud/cloud.cfg.d/'):
+            del g.files[path]
+    _labelled(g, '/etc/cloud', ETC_T)
+    done = probe.fix_linux(g, '/dev/sda1', 'virtio', [], cloud=ci)
+    assert g.xattrs[probe.CLOUD_CFG_D][probe.SELINUX_XATTR] == \
+        b'system_u:object_r:etc_t:s0'
+    assert g.xattrs[probe.CLOUD_KEEP][probe.SELINUX_XATTR] == \
+        b'system_u:object_r:etc_t:s0'
+    assert done[0]['selinux_label'] == 'system_u:object_r:etc_t:s0'
+
+
+def test_a_file_rewritten_in_place_is_not_relabelled():
+    """The drop-in there already (a fix run before, cloud-init's own
+    keys changed since) keeps its label."""
+    g = cloudstack_guest(**{probe.CLOUD_KEEP: 'ssh_deletekeys: true\n'})
+    ci = probe.cloud_init_facts(g, {'cloud-init'})
+    _labelled(g, '/etc/cloud/cloud.cfg.d/90_dpkg.cfg', ETC_T)
+    _labelled(g, probe.CLOUD_KEEP, b'system_u:object_r:own_t:s0')
+    done = probe.fix_linux(g, '/dev/sda1', 'virtio', [], cloud=ci)
+    assert [d['path'] for d in done] == [probe.CLOUD_KEEP]
+    assert 'selinux_label' not in done[0]
+    assert g.xattrs[probe.CLOUD_KEEP][probe.SELINUX_XATTR] == \
+        b'system_u:object_r:own_t:s0'
+
+
 def test_the_values_of_real_configurations():
     assert probe.cloud_config_values(UBUNTU_CLOUD_CFG) == {
         'preserve_hostname': False}
