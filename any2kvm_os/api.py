@@ -656,6 +656,14 @@ def _state_url(args, limits, engine):
         return None
 
 
+#: What the drivers say when the server answered nothing in time: a
+#: statement cut by its timeout (PostgreSQL's statement_timeout, the
+#: MySQL driver's read timeout), a connection lost.
+_NO_ANSWER = ('statement timeout', 'Lost connection', 'gone away',
+              'server closed the connection', 'terminating connection',
+              'timed out')
+
+
 def _state_error(e, url):
     """``e`` as is, or, when it comes from the state database at ``url``
     (locked, corrupt, read-only, of a newer version), one line naming the
@@ -674,6 +682,10 @@ def _state_error(e, url):
     hint = ''
     if 'database is locked' in text or 'Lock wait timeout' in text:
         hint = ': another command holds it for too long; try again'
+    elif any(t in text for t in _NO_ANSWER):
+        hint = (': no answer in time (a lock another command keeps, or the '
+                'server or its link down); what was recorded stands: run '
+                'the command again')
     elif 'readonly database' in text or 'Read-only file system' in text:
         hint = ': it cannot be written here (every command, show and list '\
             'too, records in it)'

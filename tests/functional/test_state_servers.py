@@ -28,6 +28,7 @@ child processes holds it either.
 
 import os
 import subprocess
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -225,6 +226,60 @@ def test_busy_lock_is_a_row_lock_between_processes(url, store):
             child.communicate('\n', timeout=120)
     assert all(child.returncode == 0 for child in children)
     assert store.get('vm1')['holder'] is None
+
+
+#: A short bound on a statement's wait, given in the URL (whose query
+#: wins over the built-in one of sql.SERVER_TIMEOUTS).
+SHORT_WAIT = {'postgresql': 'options=-c%20statement_timeout%3D3000',
+              'mariadb': 'read_timeout=3'}
+
+
+def test_a_row_left_locked_fails_the_next_command_in_bounded_time(
+        server, url, store):
+    """A command stopped (SIGSTOP, a hung host) inside a transaction
+    keeps its migration's row locked: the next command on it waits for
+    the lock, and fails in a bounded time (PostgreSQL's statement
+    timeout; MySQL's read timeout, or InnoDB's lock wait) with one line
+    naming the state database and what to do, not an internal error."""
+    statecontract._create(store)
+    short = url + ('&' if '?' in url else '?') + SHORT_WAIT[server.name]
+    locker = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with locker.connect() as c:
+            with c.begin():
+                c.execute(sa.text("SELECT name FROM migrations WHERE "
+                                  "name = 'vm1' FOR UPDATE"))
+                started = time.monotonic()
+                r = statecontract._cli(['migration', 'abort', 'vm1',
+                                        '--state-db', short],
+                                       server.client_env())
+                took = time.monotonic() - started
+    finally:
+        locker.dispose()
+    assert r.returncode == 1, cli.describe(r)
+    assert took < 60, took
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith('any2kvm: error: state database '), lines
+    assert 'internal error' not in lines[0], lines
+    assert 'run the command again' in lines[0], lines
+    # Nothing changed: the migration is there, held by nobody.
+    m = store.get('vm1')
+    assert (m['status'], m['holder']) == ('created', None), m
+
+
+def test_the_built_in_bounds_reach_the_server(server, store):
+    """Without a bound in the URL, the built-in ones apply: PostgreSQL
+    cuts a statement (a lock wait too) after a minute; PyMySQL gives up
+    reading after a minute, and InnoDB's lock wait ends before that."""
+    with store._engine.connect() as c:
+        if server.name == 'postgresql':
+            assert c.execute(sa.text('SHOW statement_timeout')).scalar() \
+                == '1min'
+        else:
+            assert c.connection.dbapi_connection._read_timeout == 60
+            assert c.execute(sa.text(
+                'SELECT @@innodb_lock_wait_timeout')).scalar() < 60
 
 
 def test_busy_error_names_the_holder(store):

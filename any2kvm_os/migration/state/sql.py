@@ -176,10 +176,13 @@ SERVER_TIMEOUTS = {
     'mysqldb': {'connect_timeout': CONNECT_TIMEOUT,
                 'read_timeout': READ_TIMEOUT, 'write_timeout': READ_TIMEOUT},
     # libpq: the connection, then TCP keepalives (a dead server or link is
-    # found within about a minute; a slow statement is not cut).
+    # found within about a minute), and a statement's own time, lock
+    # waits included (a row a stopped command keeps locked: PostgreSQL
+    # waits for ever by default, InnoDB 50 s).
     'psycopg2': {'connect_timeout': CONNECT_TIMEOUT, 'keepalives': 1,
                  'keepalives_idle': 30, 'keepalives_interval': 10,
-                 'keepalives_count': 3},
+                 'keepalives_count': 3,
+                 'options': '-c statement_timeout=%d' % (READ_TIMEOUT * 1000)},
 }
 SERVER_TIMEOUTS['psycopg'] = SERVER_TIMEOUTS['psycopg2']
 
