@@ -926,7 +926,8 @@ def _address_mask(address):
     """('192.0.2.5', '255.255.255.0') of a reported '192.0.2.5/24' (a
     mask kept dotted stays so; without one, '<mask>')."""
     addr, _sep, mask = address.partition('/')
-    if mask.isdigit() and int(mask) <= 32:
+    if mask.isascii() and mask.isdigit() and len(mask) <= 2 and \
+            int(mask) <= 32:
         mask = str(ipaddress.IPv4Network('0.0.0.0/%s' % mask).netmask)
     return addr, mask or '<mask>'
 

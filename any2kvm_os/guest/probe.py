@@ -254,6 +254,13 @@ def _kept(text):
     return text.encode('utf-8', KEEP)
 
 
+def _decimal(text):
+    """Whether the guest's ``text`` is a number as its tools read one:
+    ASCII digits (``str.isdigit`` takes "\u00b2" too, which int()
+    refuses), at most 20 of them (int() refuses thousands)."""
+    return 0 < len(text) <= 20 and text.isascii() and text.isdigit()
+
+
 def _exists(g, path):
     try:
         return bool(g.exists(path))
@@ -688,9 +695,11 @@ MAX_KERNELS = 32
 
 def _version_key(version):
     """A kernel version's sort key: its numbers as numbers (4.19 after
-    4.9)."""
-    return [int(t) if t.isdigit() else t
-            for t in re.split(r'(\d+)', version)]
+    4.9), compared by length then digits (no int() of a guest's run of
+    digits, however long)."""
+    parts = re.split(r'([0-9]+)', version)
+    return [(len(t.lstrip('0')), t.lstrip('0')) if i % 2 else t
+            for i, t in enumerate(parts)]
 
 
 def kernels(g):
@@ -907,7 +916,7 @@ def grub2_pick(items, default):
         if items is None:
             return None
         part = part.strip()
-        if part.isdigit():
+        if _decimal(part):
             n = int(part)
             item = items[n] if n < len(items) else None
         else:
@@ -977,7 +986,7 @@ def grub_legacy_default(text, saved=None):
     default, images = grub_legacy_entries(text)
     if default == 'saved':
         default = (saved or '0').strip().split('\n', 1)[0]
-    n = int(default) if default.isdigit() else 0
+    n = int(default) if _decimal(default) else 0
     if n >= len(images):
         n = 0
     return n, (images[n] if images else None)
@@ -1089,7 +1098,7 @@ def _boot_default(g, files, read, image_version):
         default = grub2_default(text, env)
         pick = grub2_pick(bls + items, default)
         entry = default
-        if pick is None and bls and not default.isdigit():
+        if pick is None and bls and not _decimal(default):
             # A saved entry gone (its kernel removed): blscfg's first.
             pick = bls[0]
         if pick is None:

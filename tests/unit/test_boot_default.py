@@ -216,6 +216,30 @@ def test_a_hostile_menu_is_bounded():
         probe.MAX_BOOT_ENTRIES
 
 
+
+#: What str.isdigit takes and int() does not: a superscript digit; and
+#: more digits than int() converts (Python 3.11: 4300).
+NOT_NUMBERS = ('\u00b2', '9' * 5000)
+
+
+def test_numbers_the_guest_writes_are_ascii_and_bounded():
+    """A menu's default, a saved entry, a kernel version: the guest's,
+    so untrusted.  What only looks like a number is not one (GRUB reads
+    ASCII digits): it selects as a non-number does, never fails the
+    inspection."""
+    for bad in NOT_NUMBERS:
+        text = CENTOS5.replace('default=0', 'default=%s' % bad)
+        assert probe.grub_legacy_default(text)[0] == 0
+        text = CENTOS5.replace('default=0', 'default saved')
+        assert probe.grub_legacy_default(text, bad + '\n')[0] == 0
+        items = probe.grub2_items(DEBIAN % '0')
+        assert probe.grub2_pick(items, bad) is None
+        assert probe.grub2_pick(items, '0>' + bad) is None
+        default_of({'/boot/grub/grub.cfg': DEBIAN % bad})
+        key = probe._version_key('5.10.0-26%s-amd64' % bad)
+        assert sorted([key, probe._version_key('5.10.0-26-amd64')])
+
+
 def kernel(version, image=True, xen=False, virtio=True):
     mods = {m: None for m in probe.MODULES}
     if virtio:

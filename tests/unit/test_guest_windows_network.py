@@ -31,6 +31,19 @@ def test_mask_prefix(mask, prefix):
     assert probe.mask_prefix(mask) == prefix
 
 
+
+@pytest.mark.parametrize('address,shown', [
+    ('192.0.2.5/24', ('192.0.2.5', '255.255.255.0')),
+    ('192.0.2.5/255.255.0.0', ('192.0.2.5', '255.255.0.0')),
+    ('192.0.2.5', ('192.0.2.5', '<mask>')),
+    ('192.0.2.5/33', ('192.0.2.5', '33')),
+    ('192.0.2.5/\u00b2', ('192.0.2.5', '\u00b2')),
+    ('192.0.2.5/' + '9' * 5000, ('192.0.2.5', '9' * 5000))])
+def test_a_reported_address_and_its_mask(address, shown):
+    """What only looks like a prefix length is shown as it is."""
+    assert gi._address_mask(address) == shown
+
+
 @pytest.mark.parametrize('value,servers', [
     ('192.0.2.53,192.0.2.54', ['192.0.2.53', '192.0.2.54']),
     ('192.0.2.53 192.0.2.54', ['192.0.2.53', '192.0.2.54']),
