@@ -216,7 +216,6 @@ def test_a_hostile_menu_is_bounded():
         probe.MAX_BOOT_ENTRIES
 
 
-
 #: What str.isdigit takes and int() does not: a superscript digit; and
 #: more digits than int() converts (Python 3.11: 4300).
 NOT_NUMBERS = ('\u00b2', '9' * 5000)

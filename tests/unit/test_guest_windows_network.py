@@ -31,7 +31,6 @@ def test_mask_prefix(mask, prefix):
     assert probe.mask_prefix(mask) == prefix
 
 
-
 @pytest.mark.parametrize('address,shown', [
     ('192.0.2.5/24', ('192.0.2.5', '255.255.255.0')),
     ('192.0.2.5/255.255.0.0', ('192.0.2.5', '255.255.0.0')),
