@@ -597,7 +597,15 @@ class Connection(object):
             tried.append('key %s' % ho.identity_file)
             try:
                 key = paramiko.PKey.from_path(ho.identity_file)
-            except paramiko.PasswordRequiredException:
+            except (paramiko.PasswordRequiredException, TypeError) as e:
+                # paramiko's own, or, through PKey.from_path, the
+                # cryptography library's TypeError ("Key is
+                # password-protected, but password was not provided").
+                if not isinstance(e, paramiko.PasswordRequiredException) \
+                        and 'password' not in str(e).lower():
+                    raise exception.SshAuthError(
+                        host=self.label, reason='identity file %s cannot '
+                        'be read: %s' % (ho.identity_file, e))
                 raise exception.SshAuthError(
                     host=self.label, reason='identity file %s is '
                     'encrypted: add it to ssh-agent (ssh-add) and leave '

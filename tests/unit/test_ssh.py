@@ -16,6 +16,7 @@ matching, the password filter."""
 import argparse
 import io
 import logging
+import subprocess
 import threading
 import time
 
@@ -178,6 +179,30 @@ def _striped_file(n, stripe=4):
     f._stripe = stripe
     f._closed = False
     return f
+
+
+@pytest.mark.parametrize('kind', [['-t', 'ed25519'],
+                                  ['-t', 'rsa', '-b', '2048', '-m', 'PEM'],
+                                  ['-t', 'ecdsa']])
+def test_an_encrypted_identity_file_is_one_line(tmp_path, kind):
+    """An identity file with a passphrase (ssh-keygen's, in OpenSSH's
+    format and in PEM): the line says to use ssh-agent, whatever the
+    library raised (paramiko's PasswordRequiredException, or
+    cryptography's TypeError through it)."""
+    key = tmp_path / 'enckey'
+    subprocess.run(['ssh-keygen', '-q', '-N', 'secret', '-f', str(key)] +
+                   kind, check=True, capture_output=True, timeout=60)
+    c = connection.Connection(options.HostOptions(
+        'xen1', identity_file=str(key)), environ={})
+    with pytest.raises(exception.SshAuthError) as e:
+        list(c._keys([]))
+    assert 'identity file %s is encrypted: add it to ssh-agent' % key in \
+        str(e.value), str(e.value)
+    assert 'secret' not in str(e.value)
+    # Not a key at all: cannot be read, and why.
+    key.write_text('not a key\n')
+    with pytest.raises(exception.SshAuthError, match='cannot be read'):
+        list(c._keys([]))
 
 
 def test_stripes_go_round_the_streams():
