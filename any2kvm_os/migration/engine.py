@@ -580,6 +580,28 @@ def _plan(applied, stable):
     return 'ok', len(applied)
 
 
+def leaf_names(disk):
+    """The names of the layer the VM writes to, ``disk``'s VDI's own
+    file (a snapshot moves the content it had to a new node): on a file
+    SR, or an LVM SR (its LV).  Only a cutover applies it."""
+    return ('%s.vhd' % disk['source_id'], 'VHD-%s' % disk['source_id'])
+
+
+def _leaf_written_since(disk, applied, stable, k):
+    """Whether the one difference :func:`_plan` found (at ``k``) is the
+    leaf's fingerprint: the last record is the VM's leaf (which only a
+    cutover applies: one cut short, run again), with the id it has now,
+    its fingerprint changed (the VM wrote into it since), every layer
+    below it unchanged; not a rewrite cut short (its marker), nor
+    targets changed on the KVM side.  (A layer that became the leaf by
+    a coalesce, applied by a sync, is not: the disk is rewritten.)"""
+    return (k == len(applied) - 1 == len(stable) - 1 and
+            applied[k]['layer_id'] == stable[k][0] and
+            applied[k]['name'] in leaf_names(disk) and
+            not (applied[k]['fingerprint'] or '').startswith(REWRITE) and
+            _kvm_marked(applied) is None)
+
+
 def stable_layers(chain, with_leaf):
     """The layers of ``chain`` a sync (all but the leaf) or a cutover
     (``with_leaf``) applies, oldest first: (their chain indexes, their
@@ -610,17 +632,22 @@ def _update_disk(store, name, disk, chain, with_leaf, figures, target,
     if changed and applied:
         # Not an increment: rewritten from the base.
         how, k = 'rewrite', 0
-    if with_leaf and how == 'ok' and applied and k == len(stable):
+    if with_leaf and not changed and (
+            (how == 'ok' and applied and k == len(stable)) or
+            (how == 'rewrite' and
+             _leaf_written_since(disk, applied, stable, k))):
         # The leaf is recorded as applied: a cutover cut short after it
         # (killed, its connection lost, its --fix failed), run again.
         # The VM may have run since (started by hand, by HA) and written
-        # into blocks the leaf held, which no fingerprint shows: the
-        # leaf, the last delta, is applied again.
+        # into blocks the leaf held, which no fingerprint shows, or into
+        # new ones, which changed the leaf's fingerprint and nothing
+        # below it: the leaf, the last delta, is applied again (every
+        # block it holds, absolute), not the disk from its base.
         LOG.info('%s: the leaf %s was applied by a cutover that did not '
                  'end: applying it again', disk['target_ref'],
                  applied[-1]['name'])
         store.forget_layers(name, idx, applied[-1]['layer_id'])
-        k = len(stable) - 1
+        how, k = 'ok', len(stable) - 1
     if target.fresh and applied:
         # The file made by create is gone: everything again.
         LOG.warning('%s: target missing, written anew', disk['target_ref'])
@@ -1209,10 +1236,11 @@ class _Run(object):
         the request costs no new channel or session."""
         t = self.times
         prior = self.m.get('cutover')
-        if (self.found.power_state == 'halted' and prior and
-                prior['completed_at'] is None):
-            # A cutover cut short after the shutdown, run again: the
-            # downtime started with the first request.
+        if self.found.power_state == 'halted' and prior and \
+                prior['shutdown_at']:
+            # A cutover cut short after the shutdown, run again (its
+            # targets complete or not: it did not end): the downtime
+            # started with the first request.
             t['first_request'] = prior['shutdown_at']
         self.store.cutover_recorded(
             self.name, t.get('first_request') or time.time(), None)
@@ -1968,9 +1996,7 @@ def _forget_cutover_layers(store, name, m, c, changed):
         # The top layer recorded, or (a cutover cut short) a layer
         # read from the VDI's own file: the leaf the VM writes to.
         top = c['top_layers'].get(str(disk['index']))
-        # Its name on a file SR, or an LVM SR (its LV).
-        leaves = ('%s.vhd' % disk['source_id'],
-                  'VHD-%s' % disk['source_id'])
+        leaves = leaf_names(disk)
         for k, a in enumerate(disk['applied']):
             if a['layer_id'] == top or a['name'] in leaves:
                 store.forget_layers(name, disk['index'], a['layer_id'])

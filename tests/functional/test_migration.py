@@ -831,8 +831,10 @@ def test_cutover_again_after_the_vm_ran_again_applies_the_leaf(bed):
     the snapshots) says first that the VM stays halted.  The VM is
     started again behind the tool's back (by hand, by HA) and its guest
     writes into a block the leaf already holds, which changes none of
-    the leaf's metadata: the next cutover applies the leaf again, and
-    the targets hold the write."""
+    the leaf's metadata, and into a block it did not hold, which changes
+    the leaf's fingerprint: the next cutover applies the leaf again (the
+    last delta, not the disk from its base: the downtime stays that of a
+    delta), and the targets hold both writes."""
     root, facts, out, loc, common = bed
     vm = facts['two-disks']
     mig('create', 'web', loc, '--output-dir', out, common=common)
@@ -855,9 +857,15 @@ def test_cutover_again_after_the_vm_ran_again_applies_the_leaf(bed):
     assert st.load(str(root))['vm'][vm]['power-state'] == 'halted'
     xhost.xe_ok(root, 'vm-start', 'uuid=%s' % vm)
     w0.write(5 * MiB, ig.pattern(62, 4096))
-    r = mig('cutover', 'web', '--no-progress', '--timeout', '60',
-            common=common)
-    assert 'downtime' in r.stdout, r.stdout
+    w0.write(7 * MiB, ig.pattern(63, 4096))
+    r = mig('cutover', 'web', '--format', 'json', '--no-progress',
+            '--timeout', '60', common=common)
+    done = json.loads(r.stdout)
+    assert done['downtime'] is not None, done
+    assert done['rewrites'] == [], done
+    assert 'rewritten from the base' not in r.stderr, r.stderr
+    # The leaf's two blocks of 2 MiB, not the disks (12 MiB).
+    assert done['bytes_written'] <= 4 * MiB, done
     m = show(common)
     assert m['status'] == 'done'
     check(m, facts)

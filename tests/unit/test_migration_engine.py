@@ -235,6 +235,41 @@ def test_plan():
     assert isinstance(state_api.Busy('x', {}), Exception)
 
 
+def test_a_leaf_written_since_its_cutover_is_not_a_rewrite():
+    """A cutover cut short after it applied the leaf, the VM run again:
+    only the leaf's fingerprint differs, and the leaf alone is applied
+    again.  Anything else that differs still rewrites the disk."""
+    disk = {'source_id': 'vdi1'}
+
+    def rec(layer_id, fp, name=None):
+        return {'layer_id': layer_id, 'fingerprint': fp, 'partial': False,
+                'name': name or '%s.vhd' % layer_id}
+    applied = [rec('a', '1'), rec('b', '2'), rec('leaf', '3', 'vdi1.vhd')]
+    now = [('a', '1'), ('b', '2'), ('leaf', '4')]
+    how, k = engine._plan(applied, now)
+    assert (how, k) == ('rewrite', 2)
+    assert engine._leaf_written_since(disk, applied, now, k)
+    on_lvm = applied[:2] + [rec('leaf', '3', 'VHD-vdi1')]
+    assert engine._leaf_written_since(disk, on_lvm, now, k)
+    # A layer below the leaf changed (a coalesce): a rewrite.
+    below = [('a', '1'), ('b', '9'), ('leaf', '3')]
+    assert not engine._leaf_written_since(
+        disk, applied, below, engine._plan(applied, below)[1])
+    # Another leaf, or a leaf past the records (a sync's).
+    assert not engine._leaf_written_since(
+        disk, applied, [('a', '1'), ('b', '2'), ('other', '4')], 2)
+    assert not engine._leaf_written_since(disk, applied[:2], now, 1)
+    # The last record applied by a sync, the leaf now (SM's GC
+    # coalesced the leaf into it): not the VM's leaf file.
+    synced = applied[:2] + [rec('leaf', '3')]
+    assert not engine._leaf_written_since(disk, synced, now, 2)
+    # A rewrite cut short, or targets changed on the KVM side.
+    marked = applied[:2] + [rec('leaf', engine.REWRITE + '3', 'vdi1.vhd')]
+    assert not engine._leaf_written_since(disk, marked, now, 2)
+    kvm = [rec(engine.KVM_MARK, 'x')] + applied
+    assert not engine._leaf_written_since(disk, kvm, [('x', 'x')] + now, 3)
+
+
 def _lose_the_first_record(store, monkeypatch):
     """The run stops right after ``xe vm-snapshot`` answered, before the
     store records the snapshot (a kill, a lost connection)."""
@@ -1233,6 +1268,29 @@ def test_a_complete_cutover_cut_short_is_finished_without_a_downtime(
         'cut over web: finished what its cutover left (its targets were '
         'complete: downtime %.1f s); 1 snapshot(s) removed; the source VM '
         'is halted' % r['downtime'])
+
+
+def test_a_complete_cutover_cut_short_counts_from_its_request_again(
+        bed, monkeypatch):
+    """Without a server, a cutover whose targets were complete and that
+    stopped removing the snapshots runs as a cutover again; the VM has
+    been halted since the first request, and the downtime it reports
+    and records counts from that request, not from the rerun's start."""
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+    c = _cutover_stopped_at_the_snapshots(store, root, monkeypatch)
+    # The first run asked for the shutdown a minute ago.
+    first = c['shutdown_at'] - 60
+    store.cutover_recorded('web', first, c['completed_at'] - 60)
+    r = engine.cutover(store, 'web', **_kw(root))
+    assert r['downtime'] >= 60, r
+    m = store.get('web')
+    assert m['status'] == 'done' and len(m['cutovers']) == 1
+    assert m['cutover']['shutdown_at'] == first
+    assert m['cutover']['downtime'] >= 60
+    _check(m, facts)
+
 
 
 def test_a_complete_cutover_whose_vm_runs_again_is_not_finished(
