@@ -1292,7 +1292,6 @@ def test_a_complete_cutover_cut_short_counts_from_its_request_again(
     _check(m, facts)
 
 
-
 def test_a_complete_cutover_whose_vm_runs_again_is_not_finished(
         bed, monkeypatch):
     """Its server made, the VM started again (by HA): refused, with the
