@@ -517,6 +517,14 @@ class Connection(object):
                 raise _Dropped('SSH handshake with %s failed: %s'
                                % (self.label, e),
                                before_login=_cut_short(e))
+            if not getattr(transport, 'initial_kex_done', True) or \
+                    not transport.is_active():
+                # start_client gave up waiting (its timeout) before its
+                # thread did (the banner's): nothing came in time.
+                raise _Dropped(
+                    '%s sent no SSH banner, or did not finish the key '
+                    'exchange, within %s s (ssh_connect_timeout)'
+                    % (self.label, st.connect_timeout), before_login=True)
             hostkeys.verify(ho, transport.get_remote_server_key())
             self._authenticate(transport)
             if st.keepalive_interval:

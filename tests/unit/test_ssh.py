@@ -460,6 +460,46 @@ def test_a_login_cut_short_is_a_drop_not_a_refusal():
     c._not_refused(_LoginTransport(True, 5), now)
 
 
+def test_a_host_that_accepts_and_never_speaks_is_tried_again(tmp_path):
+    """A host whose TCP port accepts and whose sshd sends nothing (hung,
+    SIGSTOPped, a proxy in between): no banner within
+    ssh_connect_timeout is a login not made yet, tried again with
+    backoff, then one line saying what did not come, not paramiko's
+    "No existing session"."""
+    import socket
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(8)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        c = connection.Connection(
+            options.HostOptions('127.0.0.1', port=listener.getsockname()[1],
+                                host_keys=('SHA256:' + 'A' * 43,)),
+            options.Settings(connect_timeout=1, retries=1,
+                             retry_max_seconds=10, retry_delay=0.1),
+            environ={})
+        started = time.monotonic()
+        with pytest.raises(exception.SshError) as e:
+            c.run(['true'])
+        took = time.monotonic() - started
+    finally:
+        listener.close()
+        for sock in held:
+            sock.close()
+    text = str(e.value)
+    assert 'sent no SSH banner' in text and '(2 attempts in' in text, text
+    assert 'No existing session' not in text
+    assert len(held) == 2 and took < 10, (held, took)
+
+
 @pytest.mark.parametrize('error, cut', [
     (EOFError(), True),
     (ConnectionResetError(104, 'reset'), True),
