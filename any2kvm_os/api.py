@@ -146,10 +146,14 @@ def inspect_location(location, limits, source_name=None, session=None,
 
 def convert_outputs(vm, output, disk=None):
     """[(index, disk, path)] of ``any2kvm convert``: OUTPUT is the file
-    of the one disk (or of ``--disk N``), or the existing directory of
-    one file per disk, named as ``import --target file`` names them."""
+    of the one disk (or of ``--disk N``), or an existing directory where
+    each disk written (every disk, the one, or ``--disk N``) gets a file
+    named as ``import --target file`` names them (``<vm name>.raw``,
+    ``<vm name>-disk<N>.raw``)."""
     from any2kvm_os.targets import base as targets
     from any2kvm_os.targets import file as file_target
+    if os.path.isdir(output):
+        return file_target.plan(vm, output, file_target.stem(vm), disk)
     if disk is not None or len(vm.disks) == 1:
         ((index, d),) = targets.selected(vm, disk or 0)
         return [(index, d, output)]

@@ -48,6 +48,24 @@ def test_overwrite_replaces_existing_output(simple_chain, out_dir):
     assert os.listdir(out_dir) == ['disk.raw']
 
 
+def test_an_existing_directory_as_output_of_one_disk(simple_chain, tmp_path):
+    """OUTPUT an existing directory, for a source of one disk: the disk's
+    file in it, named as import --target file names it (the input's name
+    when the source has no VM name); a file there already is refused
+    without --overwrite, and nothing else is written."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    res = cli.run_any2kvm('convert', simple_chain.leaf.path, out)
+    assert res.returncode == 0, cli.describe(res)
+    assert os.listdir(out) == ['l2.vhd.raw']
+    assert ig.sha256_file(out / 'l2.vhd.raw') == \
+        simple_chain.leaf.model.sha256()
+    res = cli.run_any2kvm('convert', simple_chain.leaf.path, out)
+    cli.assert_refused(res, names=[out / 'l2.vhd.raw'],
+                       problem='already exists')
+    assert os.listdir(out) == ['l2.vhd.raw']
+
+
 def test_progress(simple_chain, out_dir):
     out = cli.convert(simple_chain.leaf.path, out_dir / 'disk.raw',
                       '--progress')
