@@ -2843,6 +2843,10 @@ def shared_uuids(g):
         devices = sorted(g.list_filesystems())
     except (AttributeError, RuntimeError):
         devices = []
+    # A btrfs subvolume (libguestfs's ``btrfsvol:DEVICE/PATH``) has its
+    # filesystem's UUID: one filesystem, not a clone (fstab's subvol=
+    # picks the subvolume).
+    devices = [d for d in devices if not d.startswith('btrfsvol:')]
     for dev in devices[:MAX_FILESYSTEMS]:
         try:
             uuid = g.vfs_uuid(dev)

@@ -190,6 +190,40 @@ def test_a_uuid_two_filesystems_share_is_never_written():
         'guest']
 
 
+class BtrfsG(UuidsG):
+    """SLES 15's root: one btrfs filesystem whose subvolumes libguestfs
+    lists as mountables of their own (``btrfsvol:``), each with the
+    filesystem's UUID."""
+
+    UUIDS = {'/dev/sda2': 'fs-0', 'btrfsvol:/dev/sda2/@': 'fs-0',
+             'btrfsvol:/dev/sda2/@/.snapshots': 'fs-0',
+             'btrfsvol:/dev/sda2/@/var': 'fs-0', '/dev/sda3': ''}
+
+    def list_filesystems(self):
+        return {'/dev/sda2': 'btrfs', 'btrfsvol:/dev/sda2/@': 'btrfs',
+                'btrfsvol:/dev/sda2/@/.snapshots': 'btrfs',
+                'btrfsvol:/dev/sda2/@/var': 'btrfs', '/dev/sda3': 'swap'}
+
+
+def test_btrfs_subvolumes_are_one_filesystem_not_clones():
+    """A btrfs filesystem's subvolumes share its UUID: not clones, and
+    UUID= names the filesystem (fstab's subvol= picks the subvolume)."""
+    g = BtrfsG()
+    assert probe.shared_uuids(g) == {}
+    new, changes = probe.fix_text(g, '/dev/xvda2 / btrfs subvol=/@ 0 0\n',
+                                  'scsi', False, probe.in_order(1))
+    assert new == 'UUID=fs-0 / btrfs subvol=/@ 0 0\n'
+    # Two disks holding one filesystem's copy: clones still.
+
+    class Two(BtrfsG):
+        UUIDS = dict(BtrfsG.UUIDS, **{'/dev/sdb2': 'fs-0'})
+
+        def list_filesystems(self):
+            return dict(BtrfsG.list_filesystems(self), **{
+                '/dev/sdb2': 'btrfs'})
+    assert probe.shared_uuids(Two()) == {'fs-0': ['/dev/sda2', '/dev/sdb2']}
+
+
 def test_a_filesystem_on_a_whole_disk_gets_its_uuid_not_in_device_map():
     g = ClonedG()
     new, _changes = probe.fix_text(g, '/dev/xvdc /data ext4\n'
