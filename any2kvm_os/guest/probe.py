@@ -362,11 +362,26 @@ def name_kind(name):
     return name.split('=', 1)[0].lower()
 
 
+def _real(g, path):
+    """``path`` with its links resolved in the guest (libguestfs's
+    realpath, inside the guest's root); ``path`` itself when that
+    fails (a link to nowhere)."""
+    try:
+        real = g.realpath(path)
+    except RuntimeError:
+        return path
+    return real if isinstance(real, str) and real.startswith('/') else path
+
+
 def boot_files(g):
     """The bootloader files of the guest: the fixed places, the ESP's
     grub.cfg files and the boot loader entries, at most
     :data:`MAX_BOOT_ENTRIES` of each directory (the guest's: untrusted;
-    every file is read, up to MAX_FILE bytes)."""
+    every file is read, up to MAX_FILE bytes).  Each file once, by its
+    real path: RHEL 5 and 6 reach grub.conf as menu.lst and as
+    /etc/grub.conf too (links), and one file read, fixed and reported
+    under three names was fixed under one and still reported unfixed
+    under the others."""
     files = [p for p in BOOT_FILES if _exists(g, p)]
     for top, name in BOOT_GLOBS:
         found = 0
@@ -381,7 +396,12 @@ def boot_files(g):
             elif _exists(g, path + '/' + name):
                 files.append(path + '/' + name)
                 found += 1
-    return files
+    real = []
+    for path in files:
+        path = _real(g, path)
+        if path not in real:
+            real.append(path)
+    return real
 
 
 def unit_files(g):

@@ -49,6 +49,37 @@ class FilesG(object):
     def readlink(self, path):
         return self.links[path]
 
+    def realpath(self, path):
+        """libguestfs's: the links of every name resolved (relative to
+        the link's directory, absolute ones from the guest's root)."""
+        names = [n for n in path.split('/') if n]
+        done = ''
+        hops = 0
+        while names:
+            name = names.pop(0)
+            if name == '.':
+                continue
+            if name == '..':
+                done = done.rsplit('/', 1)[0]
+                continue
+            here = done + '/' + name
+            if here in self.links:
+                hops += 1
+                if hops > 40:
+                    raise RuntimeError('realpath: %s: Too many levels of '
+                                       'symbolic links' % path)
+                target = self.links[here]
+                names = [n for n in target.split('/') if n] + names
+                if target.startswith('/'):
+                    done = ''
+                continue
+            done = here
+        done = done or '/'
+        if done != '/' and not self.exists(done):
+            raise RuntimeError('realpath: %s: No such file or directory'
+                               % path)
+        return done
+
     def is_dir(self, path, followsymlinks=True):
         return path in self.dirs or any(p.startswith(path + '/')
                                         for p in self.files)

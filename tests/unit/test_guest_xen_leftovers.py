@@ -563,3 +563,38 @@ def test_every_fix_writes_back_the_bytes_it_did_not_change():
     json.dumps(done)
     changes = [c for d in done for c in d['changes']]
     assert all('\udce4' not in c['from'] + c['to'] for c in changes)
+
+
+CENTOS6_GRUB = ('default=0\ntimeout=5\n'
+                'title CentOS (2.6.32-754.el6.x86_64)\n\troot (hd0,0)\n'
+                '\tkernel /vmlinuz-2.6.32-754.el6.x86_64 ro root=/dev/xvda2 '
+                'console=hvc0 xencons=tty\n'
+                '\tinitrd /initramfs-2.6.32-754.el6.x86_64.img\n')
+
+
+def test_a_bootloader_file_reached_by_links_is_one_file():
+    """RHEL 5 and 6: GRUB's grub.conf, reached as menu.lst (-> ./grub.conf)
+    and /etc/grub.conf (-> ../boot/grub/grub.conf) too.  Listed, fixed
+    and reported once, by its real path: fixed through one name, it was
+    still reported unfixed under the others."""
+    files = {'/boot/grub/grub.conf': CENTOS6_GRUB,
+             '/boot/grub/menu.lst': CENTOS6_GRUB,
+             '/etc/grub.conf': CENTOS6_GRUB,
+             '/etc/fstab': '/dev/xvda2 / ext4 defaults 1 1\n'}
+    links = {'/boot/grub/menu.lst': './grub.conf',
+             '/etc/grub.conf': '../boot/grub/grub.conf'}
+    g = FilesG(files, links=links)
+    assert probe.boot_files(g) == ['/boot/grub/grub.conf']
+    listed = [e['path'] for e in probe.disk_names(g, probe.in_order(1))]
+    assert listed == ['/etc/fstab', '/boot/grub/grub.conf'], listed
+    done = probe.fix_linux(g, '/dev/sda2', 'scsi', [],
+                           slots=probe.in_order(1))
+    assert [d['path'] for d in done] == ['/etc/fstab',
+                                         '/boot/grub/grub.conf']
+    assert g.writes == ['/etc/fstab', '/boot/grub/grub.conf']
+    assert 'xvda' not in g.files['/boot/grub/grub.conf'].decode()
+    # An absolute link, and one to nowhere (kept by its own name).
+    g = FilesG(dict(files), links={'/etc/grub.conf': '/boot/grub/grub.conf',
+                                   '/boot/grub/menu.lst': '../nowhere/x'})
+    assert probe.boot_files(g) == ['/boot/grub/menu.lst',
+                                   '/boot/grub/grub.conf']
