@@ -460,6 +460,11 @@ def warnings(guest, result=None):
     tools_left = xe_tools_warning(guest)
     if tools_left:
         out.append(tools_left)
+    if linux.get('packages_unread'):
+        out.append('the guest\'s package database could not be read here '
+                   '(%s): hypervisor tools, cloud-init and '
+                   'qemu-guest-agent were looked for by their files only'
+                   % linux['packages_unread'])
     if linux.get('lvm_devices'):
         out.append('/etc/lvm/devices/system.devices lists the disks LVM may '
                    'use by their ids under Xen (%s): on KVM the disks have '
@@ -788,6 +793,10 @@ def xen_file_warnings(entries):
 REMOVE_PACKAGES = {'rpm': 'rpm -e', 'deb': 'dpkg -r'}
 
 
+#: How a guest's package manager names a file's package.
+OWNER_QUERY = {'rpm': 'rpm -qf', 'deb': 'dpkg -S'}
+
+
 def xe_tools_warning(guest):
     """The XenServer guest tools, when installed: --fix does not remove
     packages (it does not run the guest's package manager), so the
@@ -802,6 +811,12 @@ def xe_tools_warning(guest):
         step = 'run "%s %s" in the guest' % (how, ' '.join(packages))
     elif packages:
         step = 'remove the package(s) %s' % ', '.join(packages)
+    elif (guest.get('linux') or {}).get('packages_unread'):
+        # Found by its files only: a package may well own them.
+        step = ('remove the package that owns %s (%s; the package '
+                'database could not be read here)' % (
+                    found[0], OWNER_QUERY.get(guest.get('package_format'),
+                                              'rpm -qf or dpkg -S')))
     else:
         step = 'remove %s (installed without a package)' % ', '.join(
             found[:2])

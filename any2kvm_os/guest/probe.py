@@ -1166,16 +1166,22 @@ def kernelopts_lines(g, boot_texts, read=None):
 
 
 def tools(g, root):
+    """({fact: [packages, then known files]}, [the guest's packages],
+    why its package database could not be read, or None).  libguestfs
+    reads an RPM database with the appliance's librpm, which may not
+    read the guest's (a SUSE ndb database; no rpmrc in the appliance)."""
+    unread = None
     try:
         apps = {a['app2_name'] for a in g.inspect_list_applications2(root)}
-    except RuntimeError:
+    except RuntimeError as e:
         apps = set()
+        unread = ' '.join(str(e).split())[:MAX_SHOWN] or 'failed'
     found = {}
     for fact, packages, files in TOOLS:
         hits = sorted(apps.intersection(packages)) + [
             f for f in files if _exists(g, f)]
         found[fact] = hits
-    return found, sorted(apps)
+    return found, sorted(apps), unread
 
 
 def linux_facts(g, root, slots=None):
@@ -1184,7 +1190,7 @@ def linux_facts(g, root, slots=None):
     read = _reader(g)
     names = disk_names(g, slots, read)
     files = [n['path'] for n in names]
-    found, apps = tools(g, root)
+    found, apps, unread = tools(g, root)
     found_kernels = kernels(g)
     boot_texts = [read(p) or '' for p in boot_files(g)]
     boot_texts += kernelopts_lines(g, boot_texts, read)
@@ -1192,7 +1198,7 @@ def linux_facts(g, root, slots=None):
             'uefi_fallback': uefi_fallback(g),
             'kernels': found_kernels,
             'boot_default': boot_default(g, files, found_kernels, read),
-            'tools': found,
+            'tools': found, 'packages_unread': unread,
             'network': network_facts(g, boot_texts),
             'lvm_devices': lvm_devices(g),
             'shared_uuids': shared_uuids(g),

@@ -478,7 +478,7 @@ class FakeAppsG(object):
 def test_vmware_tools_and_hyperv_daemons_are_detected():
     g = FakeAppsG(['open-vm-tools', 'hyperv-daemons', 'bash'],
                   {'/usr/bin/vmtoolsd', '/usr/sbin/hv_kvp_daemon'})
-    found, apps = probe.tools(g, '/dev/sda1')
+    found, apps, _unread = probe.tools(g, '/dev/sda1')
     assert found == {
         'xe_guest_utilities': [],
         'vmware_tools': ['open-vm-tools', '/usr/bin/vmtoolsd'],

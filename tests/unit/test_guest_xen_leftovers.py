@@ -519,6 +519,42 @@ def test_the_tools_command_follows_the_package_format():
     assert gi.xe_tools_warning(g) is None
 
 
+class UnreadRpmG(FilesG):
+    """A guest whose RPM database the appliance's librpm cannot read."""
+
+    def inspect_list_applications2(self, root):
+        raise RuntimeError('internal_list_rpm_applications: '
+                           'rpmtsInitIterator')
+
+
+def test_a_package_database_not_read_is_said_and_not_taken_for_none():
+    """The tools found by their files alone, the packages unread: the
+    warning does not say "installed without a package" (deleting a
+    packaged daemon leaves its unit failing), and the inspection says
+    the list was not read."""
+    g = UnreadRpmG({'/usr/sbin/xe-daemon': 'x'})
+    found, apps, unread = probe.tools(g, '/dev/sda1')
+    assert found['xe_guest_utilities'] == ['/usr/sbin/xe-daemon']
+    assert apps == [] and 'rpmtsInitIterator' in unread
+    guest = {'type': 'linux', 'package_format': 'rpm', 'linux': {
+        'tools': found, 'packages_unread': unread}}
+    line = gi.xe_tools_warning(guest)
+    assert 'installed without a package' not in line
+    assert ('remove the package that owns /usr/sbin/xe-daemon (rpm -qf; '
+            'the package database could not be read here)') in line
+    assert any(w.startswith("the guest's package database could not be "
+                            "read here (internal_list_rpm_applications")
+               for w in gi.warnings(guest))
+    # Read, and no package: the tarball's install.
+
+    class ReadG(FilesG):
+        def inspect_list_applications2(self, root):
+            return [{'app2_name': 'bash'}]
+    found, apps, unread = probe.tools(ReadG(
+        {'/usr/sbin/xe-daemon': 'x'}), '/dev/sda1')
+    assert (apps, unread) == (['bash'], None)
+
+
 def test_the_probe_reads_no_file_twice_per_kind():
     """Every file of XEN_FILES is listed by one kind only."""
     seen = [p for _kind, files, _top in probe.XEN_FILES for p in files]
