@@ -510,6 +510,11 @@ def bootloader(files):
                        ('/boot/syslinux/syslinux.cfg', 'syslinux')):
         if path in files:
             return kind
+    # RHEL 7 and 8 on UEFI: GRUB 2's only grub.cfg is on the ESP (RHEL
+    # 8's BLS entries are GRUB's, through its blscfg).
+    if any(p.startswith(ESP_MOUNT + '/EFI/') and p.endswith('/grub.cfg')
+           for p in files):
+        return 'grub2'
     if any(p.startswith('/boot/loader/entries/') for p in files):
         return 'systemd-boot'
     return None

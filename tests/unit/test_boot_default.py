@@ -601,3 +601,15 @@ def test_a_fallback_that_does_not_fit_on_the_esp_is_said_before_the_fix():
     facts = dict(facts)
     del facts['free']
     assert len(probe.fix_uefi_fallback(copy, facts)) == 3
+
+
+def test_the_bootloader_of_a_uefi_rhel_guest_is_grub():
+    """RHEL 7 and 8 on UEFI: grub.cfg on the ESP only (RHEL 8 with BLS
+    entries, which its GRUB reads): GRUB 2, not systemd-boot."""
+    esp = '/boot/efi/EFI/redhat/grub.cfg'
+    assert probe.bootloader([esp]) == 'grub2'
+    assert probe.bootloader(
+        ['/boot/loader/entries/x.conf', esp]) == 'grub2'
+    assert probe.bootloader(['/boot/loader/entries/x.conf']) == \
+        'systemd-boot'
+    assert probe.bootloader(['/etc/fstab']) is None
