@@ -465,15 +465,9 @@ def warnings(guest, result=None):
                    '(%s): hypervisor tools, cloud-init and '
                    'qemu-guest-agent were looked for by their files only'
                    % linux['packages_unread'])
-    if linux.get('lvm_devices'):
-        out.append('/etc/lvm/devices/system.devices lists the disks LVM may '
-                   'use by their ids under Xen (%s): on KVM the disks have '
-                   'other ids, so volume groups may stay inactive and the '
-                   'guest stop at an emergency shell; the virt-v2v hand-off '
-                   '(--fix, when the initramfs lacks virtio) removes it and '
-                   'rebuilds the initramfs, else remove it and run "dracut '
-                   '-f" in the guest before the move' % ', '.join(
-                       linux['lvm_devices'][:4]))
+    devices = lvm_devices_warning(linux)
+    if devices:
+        out.append(devices)
     out.extend(lvm_filter_warnings(guest))
     out.extend(cloud_init_warnings(linux.get('cloud_init')))
     out.extend(default_warnings(linux, kernel))
@@ -793,6 +787,20 @@ def xen_file_warnings(entries):
 REMOVE_PACKAGES = {'rpm': 'rpm -e', 'deb': 'dpkg -r'}
 
 
+def lvm_devices_warning(linux):
+    """The warning of LVM's devices file (RHEL 9), or None."""
+    if not linux.get('lvm_devices'):
+        return None
+    return ('/etc/lvm/devices/system.devices lists the disks LVM may '
+            'use by their ids under Xen (%s): on KVM the disks have '
+            'other ids, so volume groups may stay inactive and the '
+            'guest stop at an emergency shell; the virt-v2v hand-off '
+            '(--fix, when the initramfs lacks virtio) removes it and '
+            'rebuilds the initramfs, else remove it and run "dracut '
+            '-f" in the guest before the move' % ', '.join(
+                linux['lvm_devices'][:4]))
+
+
 #: How a guest's package manager names a file's package.
 OWNER_QUERY = {'rpm': 'rpm -qf', 'deb': 'dpkg -S'}
 
@@ -840,6 +848,9 @@ def left_after_fix(guest):
         if entry.get('left'):
             out.append('%s: %s' % (entry['path'], ', '.join(
                 entry['left'][:4])))
+    devices = lvm_devices_warning(linux)
+    if devices:
+        out.append(devices)
     out.extend(lvm_filter_warnings(guest, after_fix=True))
     out.extend(unit_named_warning(e) for e in linux.get('disk_names') or ()
                if e.get('unit_named'))

@@ -1337,10 +1337,15 @@ def fix_uefi_fallback(g, facts):
 
 def lvm_devices(g):
     """The devices LVM's devices file lists (its IDNAME values); None
-    when there is no such file."""
+    when there is no such file, or lvm.conf says LVM does not use it
+    (``use_devicesfile = 0``)."""
     text = _read(g, LVM_DEVICES)
     if text is None:
         return None
+    for conf in LVM_CONFS:
+        if re.search(r'^[ \t]*(?:devices/)?use_devicesfile[ \t]*=[ \t]*0\b',
+                     _uncommented(_read_config(g, conf) or ''), re.M):
+            return None
     return re.findall(r'IDNAME=(\S+)', _uncommented(text))
 
 

@@ -149,6 +149,17 @@ def test_lvm_devices_file_is_reported():
                                         'lvm_devices': ['/dev/xvda2']}}
     assert any('system.devices lists the disks LVM may use by their ids '
                'under Xen (/dev/xvda2)' in w for w in gi.warnings(guest))
+    # What --fix leaves: among the summary's "not fixed" lines too.
+    assert any('system.devices lists the disks' in w
+               for w in gi.left_after_fix(guest))
+    # lvm.conf says LVM does not use the file: nothing to say.
+    for conf in ('devices {\n\tuse_devicesfile = 0\n}\n',
+                 'devices/use_devicesfile=0\n'):
+        g.files['/etc/lvm/lvm.conf'] = conf.encode()
+        assert probe.lvm_devices(g) is None, conf
+    g.files['/etc/lvm/lvm.conf'] = b'devices {\n# use_devicesfile = 0\n' \
+        b'\tuse_devicesfile = 1\n}\n'
+    assert probe.lvm_devices(g) == ['/dev/xvda2']
 
 
 def test_xenserver_guest_tools_are_told_to_go():
