@@ -75,7 +75,8 @@ BOOT_FILES = ('/boot/grub/grub.cfg', '/boot/grub2/grub.cfg',
               '/etc/default/grub', '/boot/grub/menu.lst',
               '/boot/grub/grub.conf', '/etc/grub.conf',
               '/boot/extlinux/extlinux.conf', '/boot/syslinux/syslinux.cfg',
-              '/extlinux.conf', '/etc/kernel/cmdline')
+              '/extlinux.conf', '/etc/kernel/cmdline',
+              '/etc/sysconfig/bootloader')
 BOOT_GLOBS = (('/boot/efi/EFI', 'grub.cfg'), ('/boot/loader/entries', None))
 
 #: A disk name in a configuration file.
@@ -2936,8 +2937,15 @@ _KERNEL_LINES = (
     # RHEL 8's BLS entries say "options $kernelopts": the value is here.
     (('grubenv',), re.compile(r'^kernelopts=\S')),
 )
-_GRUB_DEFAULT_RE = re.compile(
-    r'^(GRUB_CMDLINE_LINUX=)(["\']?)(.*?)\2([ \t]*)$')
+#: The shell-style settings whose value is the command line of the
+#: kernels to come: GRUB's (update-grub, grub2-mkconfig), and SLES 11's
+#: perl-Bootloader (a kernel update writes its entry with them).
+_ASSIGNED_CMDLINES = {
+    '/etc/default/grub': re.compile(
+        r'^(GRUB_CMDLINE_LINUX=)(["\']?)(.*?)\2([ \t]*)$'),
+    '/etc/sysconfig/bootloader': re.compile(
+        r'^((?:DEFAULT|FAILSAFE)_APPEND=)(["\']?)(.*?)\2([ \t]*)$'),
+}
 
 
 def add_kernel_args(path, line, args):
@@ -2953,8 +2961,8 @@ def add_kernel_args(path, line, args):
         if not body.strip():
             return line, []
         return body.rstrip() + ' ' + extra + end, want
-    if path == '/etc/default/grub':
-        m = _GRUB_DEFAULT_RE.match(body)
+    if path in _ASSIGNED_CMDLINES:
+        m = _ASSIGNED_CMDLINES[path].match(body)
         if not m:
             return line, []
         value = (m.group(3) + ' ' + extra).strip()

@@ -19,6 +19,7 @@ them."""
 import copy
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -634,3 +635,36 @@ def test_a_bootloader_file_reached_by_links_is_one_file():
                                    '/boot/grub/menu.lst': '../nowhere/x'})
     assert probe.boot_files(g) == ['/boot/grub/menu.lst',
                                    '/boot/grub/grub.conf']
+
+
+SLES11_BOOTLOADER = (
+    '## Path:\tSystem/Bootloader\n'
+    'LOADER_TYPE="grub"\n'
+    'DEFAULT_APPEND="resume=/dev/xvda1 splash=silent showopts '
+    'console=xvc0"\n'
+    'FAILSAFE_APPEND="showopts ide=nodma apm=off noresume edd=off '
+    'powersaved=off nohz=off highres=off processor.max_cstate=1 '
+    'nomodeset x11failsafe console=xvc0"\n'
+    'XEN_KERNEL_APPEND="resume=/dev/xvda1 splash=silent showopts"\n')
+
+
+def test_sles11_bootloader_settings_are_fixed_like_grubs_defaults():
+    """SLES 11's /etc/sysconfig/bootloader: perl-Bootloader writes the
+    entry of every kernel to come with DEFAULT_APPEND.  Its Xen names
+    and consoles are found and fixed, and the kernels to come keep
+    their NIC names, as GRUB_CMDLINE_LINUX does."""
+    g = FilesG({'/etc/sysconfig/bootloader': SLES11_BOOTLOADER})
+    assert '/etc/sysconfig/bootloader' in probe.boot_files(g)
+    (entry,) = probe.disk_names(g, probe.in_order(1))
+    assert (entry['names'], entry['xen_consoles']) == (
+        ['/dev/xvda1'], ['console=xvc0']), entry
+    new, changes = probe.fix_text(
+        g, SLES11_BOOTLOADER, 'scsi', True, probe.in_order(1), [],
+        path='/etc/sysconfig/bootloader', kernel_args=['net.ifnames=0'])
+    assert 'DEFAULT_APPEND="resume=/dev/sda1 splash=silent showopts ' \
+        'net.ifnames=0"\n' in new, new
+    assert 'x11failsafe net.ifnames=0"\n' in new, new
+    assert 'xvc0' not in new and 'LOADER_TYPE="grub"\n' in new
+    r = subprocess.run(['bash', '-n'], input=new, text=True,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
