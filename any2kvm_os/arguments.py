@@ -222,7 +222,9 @@ def add_migration_arguments(parser, action, with_format=True,
         add_migration_inspect_arguments(parser, action)
     if with_format and action in ('show', 'list', 'cutover', 'verify'):
         parser.add_argument('--format', choices=('text', 'json'),
-                            default='text')
+                            default='text',
+                            help='text for people (default), or one JSON '
+                                 'document for scripts')
 
 
 def add_read_in_place_argument(parser):

@@ -272,7 +272,9 @@ def build_parser(argv=()):
     p = sub.add_parser('info', parents=[common],
                        help='show format, size and snapshot chain')
     p.add_argument('source', metavar='SOURCE', help=SOURCE_HELP)
-    p.add_argument('--format', choices=('text', 'json'), default='text')
+    p.add_argument('--format', choices=('text', 'json'), default='text',
+                   help='text for people (default), or one JSON document '
+                        'for scripts')
     p.add_argument('--inspect', action='store_true',
                    help='look inside the disks (libguestfs): the guest, '
                         'its drivers and the image properties any2kvm '
@@ -330,7 +332,9 @@ def build_parser(argv=()):
                    help='the cloud of clouds.yaml to use (default: '
                         'OS_CLOUD; without it the OS_* variables of an '
                         'openrc)')
-    p.add_argument('--format', choices=('text', 'json'), default='text')
+    p.add_argument('--format', choices=('text', 'json'), default='text',
+                   help='of what was imported: text for people (default), '
+                        'or one JSON document for scripts')
     p.set_defaults(func=_import)
     # The server options (their library: start-up time) only for the
     # action that takes them.
@@ -532,6 +536,11 @@ class Terminated(KeyboardInterrupt):
         super(Terminated, self).__init__(signum)
         self.signum = signum
 
+    def __str__(self):
+        # What a migration's record says of the run it stopped.
+        return 'terminated (%s)' % (
+            'hangup' if self.signum == signal.SIGHUP else 'SIGTERM')
+
 
 def _terminated(signum, frame):
     raise Terminated(signum)
@@ -553,6 +562,17 @@ def _on_sigterm():
             continue
         previous[signum] = signal.signal(signum, _terminated)
     return previous
+
+
+def _quiet_stdout():
+    """Standard output onto /dev/null: the pipe it was is closed, and
+    the interpreter's flush at exit would fail on it again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _say(text):
@@ -600,6 +620,13 @@ def main(argv=None, started=None):
             handler.end_hold(False)
         if args.debug:
             raise
+        if isinstance(e, BrokenPipeError):
+            # The reader of our output went away (``| head``): end as a
+            # program that writes to a closed pipe ends, quietly, with
+            # SIGPIPE's status (what the command did is done and
+            # recorded).
+            _quiet_stdout()
+            return 128 + signal.SIGPIPE
         msg = api.error_message(e) or 'internal error (%s: %s); rerun with ' \
             '--debug' % (type(e).__name__, ' '.join(str(e).split()))
         sys.stderr.write('%s: error: %s\n' % (PROG, msg))

@@ -1662,7 +1662,10 @@ MAX_ERROR = 4000
 
 
 def _one_line(e, prefix=''):
-    text = prefix + (' '.join(str(e).split()) or type(e).__name__)
+    if isinstance(e, KeyboardInterrupt) and not str(e):
+        text = prefix + 'interrupted (Ctrl-C)'
+    else:
+        text = prefix + (' '.join(str(e).split()) or type(e).__name__)
     if len(text) > MAX_ERROR:
         text = text[:MAX_ERROR - 20] + ' ... (%d more)' % (
             len(text) - MAX_ERROR + 20)

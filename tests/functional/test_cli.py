@@ -150,3 +150,17 @@ def test_block_device_in_use_refused_by_import_and_convert_onto(
         with open(dev, 'rb') as f:
             data = f.read(size)
     assert ig.sha256_bytes(data) == simple_chain.leaf.model.sha256()
+
+
+def test_output_into_a_closed_pipe_ends_quietly(simple_chain):
+    """``any2kvm ... | head -1``: the reader gone before the output is
+    written ends the command as writing to a closed pipe ends a program,
+    status 141 (128 + SIGPIPE), without "internal error"."""
+    p = subprocess.Popen(cli.cli_command() + [
+        'info', simple_chain.leaf.path, '--format', 'json'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=cli.CLI_TIMEOUT)
+    p.stderr.close()
+    assert (p.returncode, err) == (141, ''), (p.returncode, err)

@@ -235,6 +235,18 @@ def test_plan():
     assert isinstance(state_api.Busy('x', {}), Exception)
 
 
+def test_an_interruption_is_recorded_in_words():
+    """show's status of a run stopped by Ctrl-C, SIGTERM or SIGHUP: what
+    stopped it, not "KeyboardInterrupt", "15" or "1"."""
+    import signal
+    from any2kvm_os.cmd import any2kvm as cmd
+    assert engine._one_line(KeyboardInterrupt()) == 'interrupted (Ctrl-C)'
+    assert engine._one_line(cmd.Terminated()) == 'terminated (SIGTERM)'
+    assert engine._one_line(cmd.Terminated(signal.SIGHUP)) == \
+        'terminated (hangup)'
+    assert engine._one_line(ValueError('x\ny'), 'p: ') == 'p: x y'
+
+
 def test_a_leaf_written_since_its_cutover_is_not_a_rewrite():
     """A cutover cut short after it applied the leaf, the VM run again:
     only the leaf's fingerprint differs, and the leaf alone is applied
