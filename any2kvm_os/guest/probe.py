@@ -3119,14 +3119,37 @@ def fix_grubenv(g, text, bus, slots=None, unknown=None, path=None,
     if pad.strip('#'):
         head, sep = text, ''        # no padding after the last line
     body = head + sep
-    new, changes = fix_text(g, body, bus, True, slots, unknown, path=path,
-                            kernel_args=kernel_args)
-    if not changes:
-        return text, []
-    room = size - len(_kept(new))
-    if room < 0:
-        return None, changes
-    return new + '#' * room, changes
+    # UUID= is longer than the Xen name it replaces: where it does not
+    # fit, the bus's name (never longer), then without the kernel
+    # arguments (the NIC's name is not the root's).
+    tries = ((g, kernel_args), (_NoUuids(g), kernel_args),
+             (_NoUuids(g), ()))
+    for view, args in tries:
+        left = [] if unknown is None else list(unknown)
+        new, changes = fix_text(view, body, bus, True, slots, left,
+                                path=path, kernel_args=args)
+        if not changes:
+            return text, []
+        room = size - len(_kept(new))
+        if room >= 0:
+            if unknown is not None:
+                unknown[:] = left
+            return new + '#' * room, changes
+    return None, changes
+
+
+class _NoUuids(object):
+    """The guest's handle, with no filesystem UUID to name a device by:
+    :func:`replacement` then gives the bus's name."""
+
+    def __init__(self, g):
+        self._g = g
+
+    def vfs_uuid(self, dev):
+        return ''
+
+    def __getattr__(self, name):
+        return getattr(self._g, name)
 
 
 def grub_envs(g):
@@ -3211,8 +3234,17 @@ def fix_linux(g, root, bus, tried, fail_after=None, slots=None,
             new, changes = fix_grubenv(
                 g, _read(g, path, errors=KEEP) or '', bus, slots, unknown,
                 path=path, kernel_args=args)
-            if not changes or new is None:
-                continue        # (too long: left, and still reported)
+            if not changes:
+                continue
+            if new is None:
+                # Its command line names the root by a Xen device: left
+                # so, the guest would not boot; no fix is committed.
+                raise ProbeError(
+                    '%s: the fixed kernel command line (kernelopts) does '
+                    'not fit in GRUB\'s environment block, even with the '
+                    'bus\'s device names: make room in the guest '
+                    '(grub2-editenv - unset of variables it does not '
+                    'need) and run the fix again' % path)
             start(path)
             g.write(path, _kept(new))
             record(path, changes, unknown=unknown)

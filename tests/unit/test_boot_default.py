@@ -552,8 +552,20 @@ def test_rhel8_kernelopts_in_grubenv_are_fixed_in_place():
     assert probe.fix_grubenv(UuidG(), new, 'scsi',
                              path='/boot/grub2/grubenv',
                              kernel_args=['net.ifnames=0']) == (new, [])
+    # No room for UUID=: the bus's name (never longer than Xen's), the
+    # root named so that the guest boots; no room for net.ifnames=0
+    # either: the root's name comes first.
     tight = grubenv('kernelopts=root=/dev/xvda1 ro\n', size=60)
-    assert probe.fix_grubenv(UuidG(), tight, 'scsi')[0] is None
+    new, changes = probe.fix_grubenv(UuidG(), tight, 'scsi',
+                                     path='/boot/grub2/grubenv',
+                                     kernel_args=['net.ifnames=0'])
+    assert len(new) == 60 and 'kernelopts=root=/dev/sda1 ro\n' in new, new
+    assert changes == [('/dev/xvda1', '/dev/sda1')]
+    roomy = grubenv('kernelopts=root=/dev/xvda1 ro\n', size=80)
+    new, changes = probe.fix_grubenv(UuidG(), roomy, 'scsi',
+                                     path='/boot/grub2/grubenv',
+                                     kernel_args=['net.ifnames=0'])
+    assert 'kernelopts=root=/dev/sda1 ro net.ifnames=0\n' in new, new
 
 
 def test_a_fallback_that_does_not_fit_on_the_esp_is_said_before_the_fix():
