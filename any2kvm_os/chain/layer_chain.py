@@ -21,6 +21,7 @@ read as zeros for everything above it.
 """
 
 import logging
+import posixpath
 
 from any2kvm_os import exception
 from any2kvm_os import extents as ext
@@ -173,20 +174,71 @@ def _try_open(container, name):
     return cls(view, opener=container.opener(name))
 
 
-def _find_by_name(container, child_name, ref, names, members):
+#: qemu's names of our formats (qemu-img's -F).
+QEMU_FORMATS = {'vhd': 'vpc'}
+
+
+def _elsewhere(container, recorded):
+    """Whether the backing file name an image records (``recorded``)
+    names a file in another directory than the container's: told from
+    the names alone (nothing outside the container is looked at)."""
+    if not recorded or '/' not in recorded:
+        return False
+    top = getattr(container, 'directory', None) \
+        if getattr(container, 'is_directory', False) else None
+    if top is None:
+        return posixpath.dirname(posixpath.normpath(recorded)) != ''
+    top = posixpath.normpath(posixpath.abspath(top))
+    where = posixpath.normpath(posixpath.join(top, recorded))
+    return posixpath.dirname(where) != top
+
+
+def _find_by_name(container, child_name, ref, names, members, child=None):
     """Formats without ids (qcow2): the parent is the member the child
-    names, and only a member of the same container."""
+    names, and only a member of the same container.  A name the child
+    records in another directory is looked for by its file name in the
+    child's (what a chain copied into one directory needs), with a
+    warning: qcow2 gives no id to check the parent by."""
+    recorded = getattr(child, 'backing_name', None)
+    elsewhere = _elsewhere(container, recorded)
     for hint in ref.name_hints:
         if hint in names:
+            if elsewhere:
+                raise exception.ChainError(
+                    path=child_name, reason='backing file %s, in another '
+                    'directory, has the name of a file of this chain: '
+                    'parents are read from the child\'s directory only; '
+                    'copy it beside the child under another name and '
+                    'record that name (qemu-img rebase -u -b NAME -F '
+                    'FORMAT %s)' % (recorded, container.display_name(
+                        names[-1])))
             raise exception.ChainError(
                 path=child_name, reason='backing file %s is already in the '
                 'chain (cycle)' % hint)
         if hint in members:
             layer = _try_open(container, hint)
             if layer is None:
+                unrecorded = child is not None and getattr(
+                    child, 'backing_format', '') is None
                 raise exception.ChainError(
                     path=child_name, reason='backing file %s is not a disk '
-                    'image any2kvm reads' % container.display_name(hint))
+                    'image any2kvm reads%s' % (
+                        container.display_name(hint),
+                        ' (the image records no backing format; if it is '
+                        'raw, record so: qemu-img rebase -u -F raw -b %s '
+                        '%s)' % (hint, container.display_name(names[-1]))
+                        if unrecorded else ''))
+            if elsewhere:
+                LOG.warning('%s: its backing file is recorded as %s, in '
+                            'another directory; %s beside it is read in its '
+                            'place (qcow2 has no id to check it by): make '
+                            'sure it is that image, or record it so '
+                            '(qemu-img rebase -u -b %s -F %s %s)',
+                            child_name, recorded,
+                            container.display_name(hint), hint,
+                            QEMU_FORMATS.get(layer.format_name,
+                                             layer.format_name),
+                            container.display_name(names[-1]))
             return hint, layer
     _not_read(container, child_name, ref)
     raise exception.ChainError(
@@ -287,7 +339,7 @@ def resolve(container, leaf_name, limits):
                 % limits.max_chain_depth)
         if ref.id is None:
             parent = _find_by_name(container, child_name, ref, names,
-                                   members)
+                                   members, child)
             want = getattr(child, 'parent_format', None)
             if want and parent[1].format_name != want:
                 # qemu refuses this too: a backing file of another format

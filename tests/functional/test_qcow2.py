@@ -624,3 +624,73 @@ def test_refuse_truncated(v3_image, out_dir):
 def test_refuse_absurd_size(v3_image, out_dir, size, problem):
     patch(v3_image, H_SIZE, '>Q', size)
     refuse(v3_image, out_dir, problem)
+
+
+def test_a_backing_file_recorded_in_another_directory(qemu_io, tmp_path,
+                                                      out_dir):
+    """qcow2 has no parent id: the parent is found by its file name, in
+    the child's directory only.  A chain copied into one directory still
+    records the old directory: read, with a warning that says which file
+    stood in; recorded in the child's own directory (absolute or
+    relative), no warning."""
+    other, vm = tmp_path / 'other', tmp_path / 'vm'
+    other.mkdir()
+    vm.mkdir()
+    ig.qemu_img('create', '-f', 'qcow2', other / 'base.qcow2', '4M')
+    ig.qio(other / 'base.qcow2', 'write -P 0x33 0 4M')
+    ig.qemu_img('create', '-f', 'qcow2', '-b', '../other/base.qcow2', '-F',
+                'qcow2', vm / 'child.qcow2', '4M')
+    ig.qio(vm / 'child.qcow2', 'write -P 0x22 1M 1M')
+    shutil.copy(str(other / 'base.qcow2'), str(vm / 'base.qcow2'))
+    out = out_dir / 'disk.raw'
+    res = cli.run_any2kvm('convert', vm / 'child.qcow2', out)
+    assert res.returncode == 0, cli.describe(res)
+    assert ('its backing file is recorded as ../other/base.qcow2, in '
+            'another directory; %s beside it is read in its place' % (
+                vm / 'base.qcow2') in res.stderr), res.stderr
+    assert ('(qemu-img rebase -u -b base.qcow2 -F qcow2 %s)' % (
+        vm / 'child.qcow2')) in res.stderr, res.stderr
+    assert ig.sha256_file(out) == ig.sha256_file(
+        ig.qemu_raw(vm / 'child.qcow2', tmp_path / 'q.raw'))
+    out.unlink()
+    for name in (str(vm / 'base.qcow2'), './base.qcow2'):
+        ig.qemu_img('rebase', '-u', '-b', name, '-F', 'qcow2',
+                    vm / 'child.qcow2')
+        res = cli.run_any2kvm('convert', vm / 'child.qcow2', out)
+        assert res.returncode == 0, cli.describe(res)
+        assert 'WARNING' not in res.stderr, res.stderr
+        out.unlink()
+
+
+def test_a_backing_file_of_the_childs_name_elsewhere(qemu_io, tmp_path,
+                                                     out_dir):
+    """template/disk.qcow2 <- vm/disk.qcow2: not a cycle; refused as
+    what it is, with the way to read it."""
+    tpl, vm = tmp_path / 'template', tmp_path / 'vm'
+    tpl.mkdir()
+    vm.mkdir()
+    ig.qemu_img('create', '-f', 'qcow2', tpl / 'disk.qcow2', '4M')
+    ig.qemu_img('create', '-f', 'qcow2', '-b', '../template/disk.qcow2',
+                '-F', 'qcow2', vm / 'disk.qcow2', '4M')
+    line = refuse(vm / 'disk.qcow2', out_dir,
+                  'backing file ../template/disk.qcow2, in another '
+                  'directory, has the name of a file of this chain')
+    assert 'cycle' not in line and 'qemu-img rebase -u' in line
+
+
+def test_no_backing_format_over_a_raw_file(qemu_io, tmp_path, out_dir):
+    """An image made before qemu 5.0 (or without -F) records no backing
+    format; its raw parent is not guessed: refused, saying how to record
+    the format."""
+    d = tmp_path / 'c'
+    d.mkdir()
+    ig.write_raw(d / 'base.img', MiB, [(0, ig.pattern(905, MiB))])
+    ig.qemu_img('create', '-f', 'qcow2', '-b', 'base.img', '-F', 'raw',
+                d / 'top.qcow2', '1M')
+    data = bytearray((d / 'top.qcow2').read_bytes())
+    at = data.find(struct.pack('>I', 0xE2792ACA))
+    assert at > 0
+    data[at:at + 4] = struct.pack('>I', 0x0A2B3C4D)   # an unknown one
+    (d / 'top.qcow2').write_bytes(bytes(data))
+    refuse(d / 'top.qcow2', out_dir, r'records no backing format; if it is '
+           r'raw, record so: qemu-img rebase -u -F raw -b base\.img')
