@@ -41,9 +41,12 @@ Decisions:
   or a missing file is refused (CVE-2022-47951);
 * the identity of a layer is its descriptor's CID (8 hex digits), its
   parent is the parentCID; a bare extent without descriptor has no
-  identity and no parent and is read as a disk of its own (qemu and
-  dissect do the same; a delta read that way shows zeros where its parent
-  would have data: ``info`` shows it without id and parent);
+  identity and no parent and is read as a disk of its own, with a warning
+  (dissect does the same; qemu 7.2 refuses a bare sparse extent and
+  probes a bare seSparse one as raw; a delta read that way shows zeros
+  where its parent would have data: ``info`` shows it without id and
+  parent), except a piece of a split disk (``NAME-s001.vmdk``), whose
+  place on the disk only its descriptor knows: refused;
 * every table is validated before use: inside the file, counts bounded by
   the capacity, the capacity bounded by 64 TiB; a grain that does not
   decompress to its size, a grain marker for another LBA, or a pointer
@@ -64,6 +67,7 @@ import collections
 import errno
 import logging
 import os
+import re
 import struct
 import sys
 import threading
@@ -76,6 +80,8 @@ from any2kvm_os.formats import base
 from any2kvm_os.formats import vmdk_descriptor as vd
 
 LOG = logging.getLogger(__name__)
+#: The name qemu and VMware give the extents of a split sparse disk.
+_SPLIT_PIECE_RE = re.compile(r'-s[0-9]{3}\.vmdk$', re.I)
 
 SECTOR = 512
 MAX_VIRTUAL_SIZE = vd.MAX_VIRTUAL_SIZE
@@ -1171,7 +1177,22 @@ class VmdkReader(base.LayerReader):
                 path=path, reason='embedded VMDK descriptor declares %d '
                 'sectors, the extent header a capacity of %d: inconsistent'
                 % (desc.virtual_sectors, hdr.capacity))
+        if (desc is None or not desc.extents) and \
+                _SPLIT_PIECE_RE.search(os.path.basename(path)):
+            # No tool writes a whole sparse disk without a descriptor of
+            # its own (VMware, VirtualBox and qemu embed one): this is one
+            # extent of a split disk, whose offset in it only the
+            # descriptor knows (qemu refuses it too).
+            raise exception.UnsupportedImage(
+                path=path, reason='one extent of a split sparse disk '
+                '(twoGbMaxExtentSparse) without a descriptor of its own: '
+                'convert the descriptor (.vmdk) that lists the extents')
         hdr, how = open_kdmv_ex(f, path)
+        if desc is None or not desc.extents:
+            LOG.warning('%s: a sparse extent without a descriptor, read as '
+                        'a whole disk of %d bytes; if it is one piece of a '
+                        'split disk, convert the descriptor that lists it',
+                        path, hdr.capacity * SECTOR)
         if desc is not None:
             self.descriptor = desc
             compressed = bool(hdr.flags & FLAG_COMPRESSED)
@@ -1190,9 +1211,11 @@ class VmdkReader(base.LayerReader):
         hdr, parent = open_cowd(f, path)
         self._subformat = 'vmfsSparse'
         if parent is not None:
-            LOG.info('%s: vmfsSparse delta read without its descriptor: '
-                     'its parent (%s) is not read, what the parent holds '
-                     'reads as zeros', path, parent or 'unnamed')
+            LOG.warning('%s: vmfsSparse delta read without its descriptor: '
+                        'its parent (%s) is not read, what the parent '
+                        'holds reads as zeros; convert the snapshot\'s '
+                        'descriptor (.vmdk) with its parent beside it',
+                        path, parent or 'unnamed')
         self.extents.append(_CowdExtent(0, 0, hdr.capacity * SECTOR, f, hdr))
 
     def _open_bare_sesparse(self, view):
@@ -1200,8 +1223,10 @@ class VmdkReader(base.LayerReader):
         f = self._self_file(view)
         hdr = open_sesparse(f, path)
         self._subformat = 'seSparse'
-        LOG.info('%s: seSparse delta read without its descriptor: its parent '
-                 'is unknown, what the parent holds reads as zeros', path)
+        LOG.warning('%s: seSparse delta read without its descriptor: its '
+                    'parent is unknown, what the parent holds reads as '
+                    'zeros; convert the snapshot\'s descriptor (.vmdk) '
+                    'with its parent beside it', path)
         self.extents.append(_SeSparseExtent(0, 0, hdr.capacity * SECTOR, f,
                                             hdr))
 

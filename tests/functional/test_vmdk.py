@@ -261,10 +261,35 @@ def test_corpus_sesparse(corpus, corpus_file, expected, tmp_path, out_dir):
     info = cli.info(desc)
     assert layers(info) == [('sesparse-descriptor.vmdk', 'seSparse',
                              'fffffffe', None)]
-    alone = cli.convert(extent, out_dir / 'alone.raw')
-    assert ig.sparse_sha256(alone) == (want['size'], want['sha256'])
+    res = cli.run_any2kvm('convert', extent, out_dir / 'alone.raw')
+    assert res.returncode == 0, cli.describe(res)
+    assert ig.sparse_sha256(out_dir / 'alone.raw') == (want['size'],
+                                                      want['sha256'])
+    # A delta without its parent: said, as the user may not know.
+    assert 'seSparse delta read without its descriptor' in res.stderr, \
+        res.stderr
     assert layers(cli.info(extent)) == [('sesparse.vmdk', 'seSparse', None,
                                          None)]
+
+
+def test_one_extent_of_a_split_sparse_disk_alone_is_refused(
+        qemu_img, qemu_io, tmp_path, out_dir):
+    """disk-s002.vmdk, the second 2 GiB piece of a 5 GiB split disk,
+    given instead of its descriptor: its place on the disk is in the
+    descriptor only (qemu refuses it too); the descriptor converts."""
+    d = tmp_path / 'split'
+    d.mkdir()
+    ig.qemu_img('create', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse',
+                d / 'disk.vmdk', '5G')
+    run(qemu_io, '-f', 'vmdk', '-c', 'write -P 0x5a 0 512', '-c',
+        'write -P 0x6b 3G 512', d / 'disk.vmdk')
+    for piece in ('disk-s001.vmdk', 'disk-s002.vmdk', 'disk-s003.vmdk'):
+        _refused(d / piece, out_dir, [piece],
+                 'one extent of a split sparse disk .* convert the '
+                 'descriptor')
+    out = cli.convert(d / 'disk.vmdk', out_dir / 'whole.raw')
+    assert os.path.getsize(out) == 5 << 30
+    assert ig.read_range(out, 3 << 30, 1) == b'\x6b'
 
 
 def test_corpus_afl9_refused(corpus_file, out_dir):
