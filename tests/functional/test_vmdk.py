@@ -263,8 +263,8 @@ def test_corpus_sesparse(corpus, corpus_file, expected, tmp_path, out_dir):
                              'fffffffe', None)]
     res = cli.run_any2kvm('convert', extent, out_dir / 'alone.raw')
     assert res.returncode == 0, cli.describe(res)
-    assert ig.sparse_sha256(out_dir / 'alone.raw') == (want['size'],
-                                                      want['sha256'])
+    assert ig.sparse_sha256(out_dir / 'alone.raw') == (
+        want['size'], want['sha256'])
     # A delta without its parent: said, as the user may not know.
     assert 'seSparse delta read without its descriptor' in res.stderr, \
         res.stderr
