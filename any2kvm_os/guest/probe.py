@@ -62,8 +62,10 @@ MODULES = ('virtio_blk', 'virtio_scsi', 'virtio_net', 'virtio_pci',
 #: (``(hd0) /dev/xvda``: grub-install, at the next GRUB upgrade, looks
 #: its disk up there), bootloader files.
 NAME_FILES = ('/etc/fstab', '/etc/crypttab', '/boot/grub/device.map',
-              '/boot/grub2/device.map',
+              '/boot/grub2/device.map', '/etc/default/grub_installdevice',
               '/etc/initramfs-tools/conf.d/resume')
+#: The files of :data:`NAME_FILES` that take device paths only.
+DEVICE_PATH_FILES = ('device.map', 'grub_installdevice')
 #: systemd's units that mount or swap a device (``What=``): a unit
 #: whose device never appears fails ``local-fs.target``, and the guest
 #: stops at the emergency shell.
@@ -3054,6 +3056,10 @@ def fix_text(g, text, bus, is_boot, slots=None, unknown=None, path=None,
     of the bootloader file ``path`` that lack them."""
     changes = []
     cache = {}
+    # Files that take device paths only (GRUB's device map names disks;
+    # SUSE's grub_installdevice, where perl-Bootloader installs GRUB at
+    # each update, disks or partitions): never UUID=.
+    devices_only = (path or '').endswith(DEVICE_PATH_FILES)
 
     def sub(m):
         name = m.group(1)
@@ -3061,10 +3067,9 @@ def fix_text(g, text, bus, is_boot, slots=None, unknown=None, path=None,
             return name
         if name not in cache:
             cache[name] = replacement(
-                g, name, bus, slots,
-                whole_uuid=not (path or '').endswith('device.map'))
-            if cache[name] and cache[name].startswith('UUID=') and \
-                    (path or '').startswith(UNIT_DIR + '/'):
+                g, name, bus, slots, whole_uuid=not devices_only)
+            if cache[name] and cache[name].startswith('UUID=') and (
+                    devices_only or (path or '').startswith(UNIT_DIR + '/')):
                 # A unit's What= is a path: udev's link of the UUID.
                 cache[name] = '/dev/disk/by-uuid/' + cache[name][5:]
             if unknown is not None and cache[name] is None and \

@@ -284,3 +284,17 @@ def test_systemd_units_and_resume_name_disks_too():
         'device); replace it with an fstab line by UUID, or disable it, '
         'before the move']
     assert said[0] in gi.left_after_fix(guest)
+
+
+def test_suses_grub_installdevice_gets_device_paths():
+    """/etc/default/grub_installdevice: where perl-Bootloader installs
+    GRUB at each update, a disk or a partition by its path: the bus's
+    name of a disk, a partition by udev's UUID link, never UUID=."""
+    g = UuidsG()
+    text = '/dev/xvda\n/dev/xvda1\nactivate\ngeneric_mbr\n'
+    new, changes = probe.fix_text(
+        g, text, 'scsi', False, probe.in_order(2),
+        path='/etc/default/grub_installdevice')
+    assert new == ('/dev/sda\n/dev/disk/by-uuid/root-0\nactivate\n'
+                   'generic_mbr\n'), new
+    assert '/etc/default/grub_installdevice' in probe.NAME_FILES
