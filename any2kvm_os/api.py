@@ -678,7 +678,8 @@ def _state_error(e, url):
     if not packages & set(_STATE_PACKAGES):
         return e
     from any2kvm_os.migration.state import sql
-    text = ' '.join(str(e).split('[SQL:')[0].split()) or type(e).__name__
+    text = str(e).split('[SQL:')[0].split('(Background on this error')[0]
+    text = ' '.join(text.split()) or type(e).__name__
     try:
         where = sql.safe_url(url) if url else ''
     except Exception:

@@ -791,8 +791,9 @@ class _Run(object):
                  guest=None):
         m = _get(store, name)
         if m['status'] not in allowed:
-            raise MigrationError(name=name, reason='is %s: %s'
-                                 % (m['status'], refusal))
+            raise MigrationError(name=name, reason='is %s: %s%s' % (
+                m['status'], refusal,
+                _NEXT.get(m['status'], '').replace('NAME', name)))
         self.store, self.name, self.m = store, name, m
         self.status = status
         self.limits, self.args, self._connect = limits, args, connect
@@ -1467,6 +1468,13 @@ class _Run(object):
             self.detach_sources()
         if self.host is not None and ended:
             self.host.close()
+
+
+#: What an operator may do with a migration in a state that refuses
+#: a sync or a cutover.
+_NEXT = {'done': ' (its cutover is complete; "migration rollback NAME" '
+                 'starts the source VM again, then sync and cut over)',
+         'aborted': ' (aborted: create a new migration of the VM)'}
 
 
 def _run(store, run, operation, make_steps, ahead):

@@ -594,9 +594,12 @@ class Connection(object):
                     return
         raise exception.SshAuthError(
             host=self.label, reason='authentication failed (tried: %s; '
-            'the host accepts: %s)'
+            'the host accepts: %s)%s'
             % (', '.join(tried) or 'nothing',
-               ', '.join(allowed) or 'nothing'))
+               ', '.join(allowed) or 'nothing',
+               '' if tried else ': give a key (--identity-file, or '
+               'ssh-agent) or a password (--password-env VAR, or a '
+               'terminal to ask on)'))
 
     def _keys(self, tried):
         """(description, key) of the identity file, then of ssh-agent."""

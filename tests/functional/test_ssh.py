@@ -174,6 +174,8 @@ def test_no_credential_is_one_line(sshd):
     with pytest.raises(exception.SshAuthError) as e:
         connect(sshd, identity_file=None)
     assert 'tried: nothing' in one_line(e.value)
+    assert 'give a key (--identity-file, or ssh-agent) or a password ' \
+        '(--password-env VAR' in one_line(e.value)
 
 
 # -- commands -------------------------------------------------------------

@@ -247,6 +247,21 @@ def test_an_interruption_is_recorded_in_words():
     assert engine._one_line(ValueError('x\ny'), 'p: ') == 'p: x y'
 
 
+def test_a_done_migration_says_what_can_follow(bed):
+    """A sync or a cutover of a migration whose cutover is complete is
+    refused, with the way on (a rollback starts the VM again)."""
+    root, _facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+    engine.cutover(store, 'web', **_kw(root))
+    for action in (engine.sync, engine.cutover):
+        with pytest.raises(engine.MigrationError) as e:
+            action(store, 'web', **_kw(root))
+        assert 'is done: ' in str(e.value), str(e.value)
+        assert '"migration rollback web" starts the source VM again' in \
+            str(e.value), str(e.value)
+
+
 def test_a_leaf_written_since_its_cutover_is_not_a_rewrite():
     """A cutover cut short after it applied the leaf, the VM run again:
     only the leaf's fingerprint differs, and the leaf alone is applied

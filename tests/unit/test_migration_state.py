@@ -434,3 +434,17 @@ def test_a_server_that_never_answers_fails_in_bounded_time(
     text = str(e.value)
     assert text.startswith('state database %s: ' % url), text
     assert '\n' not in text
+
+
+def test_a_state_database_error_is_one_clean_line():
+    """The driver's words and the hint; not SQLAlchemy's statement nor
+    its "(Background on this error at: https://sqlalche.me/...)"."""
+    from sqlalchemy import exc as sa_exc
+    from any2kvm_os import api as a2k_api
+    e = sa_exc.DatabaseError('SELECT 1', {}, Exception(
+        'file is not a database'))
+    assert 'sqlalche.me' in str(e)
+    text = str(a2k_api._state_error(e, 'sqlite:////tmp/x.db'))
+    assert text == ('state database sqlite:////tmp/x.db: (builtins.'
+                    'Exception) file is not a database: not a SQLite '
+                    'database (damaged, or another file)'), text
