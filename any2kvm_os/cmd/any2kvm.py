@@ -45,6 +45,17 @@ SOURCE_HELP = ('a disk file (parents beside it), a XenServer tar/tgz, an '
                'OVA or XVA, or a running VM: xenserver://USER@HOST[:PORT]/VM')
 
 
+def _fact_text(value):
+    """A VM fact as text: a mapping as ``key=value`` pairs, a list of them
+    separated by ``; `` (NICs, disks), nothing as ``-``."""
+    if isinstance(value, dict):
+        return ', '.join('%s=%s' % (k, _fact_text(v))
+                         for k, v in sorted(value.items())) or '-'
+    if isinstance(value, (list, tuple)):
+        return '; '.join(_fact_text(v) for v in value) or '-'
+    return '-' if value is None or value == '' else str(value)
+
+
 def _info(args, limits):
     result = api.inspect_location(args.source, limits, args=args,
                                   guest=args.inspect)
@@ -55,7 +66,7 @@ def _info(args, limits):
     print('source:       %s' % result['source'])
     print('container:    %s' % result['container'])
     for key, value in sorted(result['vm'].items()):
-        print('vm %-9s %s' % (key + ':', value))
+        print('vm %-9s %s' % (key + ':', _fact_text(value)))
     for disk in disks:
         layers = disk['chain']
         if len(disks) > 1 or result['vm']:

@@ -196,3 +196,17 @@ def test_volume_target_keeps_its_size_and_zeroes_dropped_bytes(tmp_path):
     data = path.read_bytes()
     assert len(data) == 8 << 20
     assert data == b'x' * (1 << 20) + bytes(7 << 20)
+
+
+def test_info_shows_vm_facts_as_text_not_python():
+    """``info``'s text: a VM's NICs and facts as key=value pairs, not
+    Python's repr of a list of dicts."""
+    from any2kvm_os.cmd import any2kvm as cmd
+    assert cmd._fact_text([{'device': '0', 'mac': 'aa:bb:cc:00:00:01',
+                            'network': 'Pool-wide network'},
+                           {'device': '1', 'mac': 'aa:bb:cc:00:00:02',
+                            'network': 'storage'}]) == (
+        'device=0, mac=aa:bb:cc:00:00:01, network=Pool-wide network; '
+        'device=1, mac=aa:bb:cc:00:00:02, network=storage')
+    assert [cmd._fact_text(v) for v in ({}, [], None, '', 2, 'web')] == [
+        '-', '-', '-', '-', '2', 'web']
