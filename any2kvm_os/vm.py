@@ -161,6 +161,9 @@ class Vm(object):
         #: What counts the bytes read over the wire (an object with
         #: ``bytes_read``: an SSH connection), or None for local input.
         self.wire_counter = None
+        #: Whether the VM runs while its disks are read in place (its
+        #: leaf changes under the reader): a live source's.
+        self.live = False
 
     def relabel(self, old, new):
         """Call the input ``new`` where it was called ``old`` (a private

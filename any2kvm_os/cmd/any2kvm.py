@@ -163,6 +163,16 @@ def _apply(args, source):
             '%s: holds %d disks: give --disk N with --onto'
             % (args.source, len(source.disks)))
     disk = source.disks[args.disk or 0]
+    if args.finish and getattr(source, 'live', False):
+        if not getattr(args, 'read_in_place', False):
+            raise exception.Any2KvmError(
+                '%s: the VM runs: --finish applies its leaf, which the '
+                'guest changes while it is read; shut the VM down first '
+                '(or give --read-in-place to take the leaf as it is read)'
+                % args.source)
+        LOG.warning('%s: the VM runs: its leaf is applied as it is read '
+                    '(--read-in-place): consistent only if the guest wrote '
+                    'nothing meanwhile', args.source)
     progress = progress_mod.Progress(disk.size_hint) if args.progress \
         else None
     applied, remaining = incremental.apply_layers(

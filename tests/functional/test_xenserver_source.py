@@ -98,6 +98,30 @@ def test_convert_reads_the_chain_over_sftp(server, xs_host, tmp_path):
         assert hashlib.sha256(data).hexdigest() == by_size[size].sha256()
 
 
+def test_onto_finish_of_a_running_vm_is_refused(server, xs_host, tmp_path):
+    """``convert --onto T --finish`` of a running VM: its leaf changes
+    while it is read; refused in one line, unless --read-in-place says
+    so (then a warning).  Without --finish, the layers below the leaf."""
+    _root, _facts, _bin, conf = xs_host
+    target = tmp_path / 't.raw'
+    loc = location(server, 'two-disks')
+    res = cli.run_any2kvm('convert', loc, '--onto', target, '--disk', '0',
+                          '--finish', *ssh_args(server, conf))
+    cli.assert_refused(res, names=[loc],
+                       problem='the VM runs: --finish applies its leaf')
+    assert not target.exists()
+    res = cli.run_any2kvm('convert', loc, '--onto', target, '--disk', '0',
+                          *ssh_args(server, conf))
+    assert res.returncode == 0, cli.describe(res)
+    assert 'still to apply' in res.stdout, res.stdout
+    res = cli.run_any2kvm('convert', loc, '--onto', target, '--disk', '0',
+                          '--finish', '--read-in-place',
+                          *ssh_args(server, conf))
+    assert res.returncode == 0, cli.describe(res)
+    assert 'its leaf is applied as it is read' in res.stderr, res.stderr
+    assert 'holds the whole disk' in res.stdout, res.stdout
+
+
 def test_a_vm_on_an_lvm_sr_is_read_from_its_logical_volumes(
         server, xs_host, tmp_path):
     """info and convert of a VM on an LVM SR: its chain read over SFTP

@@ -121,6 +121,7 @@ class XenServerSource(base.Source):
             # connection.
             vm.on_close(remove)
             vm.wire_counter = conn
+            vm.live = reading is None and found.power_state in RUNNING
             return vm
         except BaseException:
             conn.close()
