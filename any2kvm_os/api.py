@@ -839,12 +839,13 @@ def migration_lines(action, result):
     if action == 'verify':
         return verify_lines(r)
     if action == 'rollback':
-        return ['rolled back %s: the source VM runs again; %d layer(s) to '
-                'copy again at the next sync%s' % (
-                    r['name'], r['layers_forgotten'],
-                    '; server %s deleted (volumes kept)'
-                    % r['server_deleted'] if r.get('server_deleted')
-                    else '')]
+        return ['rolled back %s: the source VM runs again; %s%s' % (
+            r['name'], 'the migration stays aborted (a new one copies the '
+            'VM again)' if r.get('aborted') else
+            '%d layer(s) to copy again at the next sync'
+            % r['layers_forgotten'],
+            '; server %s deleted (volumes kept)'
+            % r['server_deleted'] if r.get('server_deleted') else '')]
     if action == 'abort':
         return ['aborted %s: %d snapshot(s) removed, %s' % (
             r['name'], r['snapshots_removed'],

@@ -2063,7 +2063,8 @@ def rollback(store, name, limits=None, args=None, connect=None,
         if c is None:
             raise MigrationError(name=name, reason='has no cutover to roll '
                                  'back (status %s)' % m['status'])
-        result = {'name': name, 'server_deleted': None}
+        result = {'name': name, 'server_deleted': None,
+                  'aborted': m['status'] == 'aborted'}
         changed = kvm_changes(c['details'])
         # A server made (its id known), or perhaps made (a cutover killed
         # while it made one: it is found by its volumes' attachments).

@@ -197,9 +197,13 @@ def test_abort_after_a_cutover_that_stopped_says_the_vm_is_halted(
     assert 'abort leaves it as it is; start it with "migration rollback ' \
         'web"' in caplog.text, caplog.text
     assert _power(root, vm) == 'halted'
-    engine.rollback(store, 'web', connect=_kw(root)['connect'])
+    r = engine.rollback(store, 'web', connect=_kw(root)['connect'])
     assert _power(root, vm) == 'running'
     assert store.get('web')['status'] == 'aborted'
+    # Said so: no sync follows an aborted migration.
+    assert api.migration_lines('rollback', r) == [
+        'rolled back web: the source VM runs again; the migration stays '
+        'aborted (a new one copies the VM again)']
 
 
 def test_refusals(bed):
