@@ -3101,15 +3101,41 @@ def fix_text(g, text, bus, is_boot, slots=None, unknown=None, path=None,
             continue
         new = NAME_RE.sub(sub_plain if i in plain else sub, line)
         if is_boot:
-            dropped = XEN_CONSOLE_RE.findall(new)
-            if dropped:
-                new = re.sub(r'[ \t]*' + XEN_CONSOLE_RE.pattern, '', new)
-                changes.extend((d, '') for d in dropped)
+            if XEN_CONSOLE_RE.search(new):
+                new = _serial_console(new, changes)
             if kernel_args and path:
                 new, added = add_kernel_args(path, new, kernel_args)
                 changes.extend(('', a) for a in added)
         lines.append(new)
     return ''.join(lines), changes
+
+
+#: The console every Nova guest has, whose log ``openstack console log
+#: show`` (and the boot proof) reads: the first serial port.
+SERIAL_CONSOLE = 'console=ttyS0'
+_SERIAL_RE = re.compile(r'(?<![\w-])console=ttyS[0-9]')
+_XEN_CONSOLE_ARG_RE = re.compile(r'([ \t]*)(' + XEN_CONSOLE_RE.pattern + ')')
+
+
+def _serial_console(line, changes):
+    """``line`` with its Xen consoles gone (KVM has neither ``hvc0``
+    without a virtio console, which Nova does not add, nor ``xvc0``):
+    the first ``console=`` of them becomes :data:`SERIAL_CONSOLE`, as
+    virt-v2v does, unless the line has a serial console already, so that
+    the kernel's messages and systemd's getty reach the console Nova
+    logs; the others and ``xencons=`` are dropped.  ``changes`` gets
+    (old, new) of each."""
+    serial = [bool(_SERIAL_RE.search(line))]
+
+    def swap(m):
+        arg = m.group(2)
+        if not serial[0] and arg.startswith('console='):
+            serial[0] = True
+            changes.append((arg, SERIAL_CONSOLE))
+            return m.group(1) + SERIAL_CONSOLE
+        changes.append((arg, ''))
+        return ''
+    return _XEN_CONSOLE_ARG_RE.sub(swap, line)
 
 
 def fix_grubenv(g, text, bus, slots=None, unknown=None, path=None,

@@ -216,6 +216,30 @@ NETWORK_FILES = {
 }
 
 
+@pytest.mark.timeout(APPLIANCE_TIMEOUT)
+def test_a_xen_console_alone_becomes_the_serial_console(libguestfs,
+                                                        tmp_path):
+    """A Xen PV guest whose kernel's only console is hvc0 (pygrub's
+    guests, XenServer's templates): on KVM it would log nowhere Nova
+    reads (the serial port: ``openstack console log show``, the boot
+    proof).  --fix makes it console=ttyS0, and the boot's line is seen
+    on the serial port."""
+    disk = tmp_path / 'hvc0.raw'
+    built = guestbuild.build(disk, 'xenpv', extra_files={
+        '/boot/grub/grub.cfg': (
+            'set timeout=0\n'
+            "menuentry 'Debian GNU/Linux (Xen console only)' {\n"
+            '    linux /boot/vmlinuz root=/dev/xvda1 ro console=hvc0 '
+            'panic=-1 quiet\n'
+            '    initrd /boot/initrd.img\n}\n')})
+    gi.inspect_files([disk], libguestfs, fix=True)
+    grub = _debugfs_cat(disk, '/boot/grub/grub.cfg', tmp_path)
+    assert 'root=UUID=%s ro console=ttyS0 panic=-1' % built['fsuuid'] \
+        in grub, grub
+    line = guestbuild.boot(disk, 'virtio-scsi')
+    assert line and 'ANY2KVM-BOOT-OK' in line, line
+
+
 @pytest.mark.timeout(APPLIANCE_TIMEOUT * 2)
 def test_the_fix_maps_xen_names_by_the_disks_slots(libguestfs, tmp_path):
     """A XenServer VM with disks in slots 0 and 4 (the template's CD
@@ -258,8 +282,8 @@ def test_the_fix_maps_xen_names_by_the_disks_slots(libguestfs, tmp_path):
     assert 'net.ifnames=0' in grub and 'hvc0' not in grub, grub
     fixed_env = _debugfs_cat(boot, '/boot/grub2/grubenv', tmp_path)
     assert len(fixed_env) == 1024, len(fixed_env)
-    assert ('kernelopts=root=UUID=%s ro net.ifnames=0\n' % built['fsuuid']
-            ) in fixed_env, fixed_env
+    assert ('kernelopts=root=UUID=%s ro console=ttyS0 net.ifnames=0\n'
+            % built['fsuuid']) in fixed_env, fixed_env
     line = guestbuild.boot(boot, 'virtio-scsi')
     assert line and 'ANY2KVM-BOOT-OK' in line, line
 
@@ -273,7 +297,7 @@ def test_the_fix_on_a_vm_with_a_cloned_disk_units_and_a_quoted_console(
     UUID of its own.  UUID= would mount either clone: the root and
     /backup get their bus names and a warning; the systemd mount unit of
     the third disk gets udev's by-uuid path; /dev/xvdd1, past the three
-    disks, stays and is reported; dropping console=hvc0 leaves
+    disks, stays and is reported; console=hvc0 made console=ttyS0 leaves
     /etc/default/grub a shell file that parses.  The guest boots."""
     boot = tmp_path / 'xen0.raw'
     unit = ('[Mount]\nWhat=/dev/xvdc1\nWhere=/srv/data\nType=ext4\n\n'
@@ -306,7 +330,10 @@ def test_the_fix_on_a_vm_with_a_cloned_disk_units_and_a_quoted_console(
     assert 'What=/dev/disk/by-uuid/%s\n' % own in _debugfs_cat(
         boot, '/etc/systemd/system/srv-data.mount', tmp_path)
     default = _debugfs_cat(boot, '/etc/default/grub', tmp_path)
-    assert 'GRUB_CMDLINE_LINUX_DEFAULT=""\n' in default, default
+    # The Xen console becomes the serial one Nova logs (the next
+    # update-grub keeps it).
+    assert 'GRUB_CMDLINE_LINUX_DEFAULT="console=ttyS0"\n' in default, \
+        default
     r = subprocess.run(['bash', '-c', default + 'echo "$GRUB_TIMEOUT"'],
                        capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (0, '5\n', ''), r

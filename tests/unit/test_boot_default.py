@@ -542,12 +542,12 @@ def test_rhel8_kernelopts_in_grubenv_are_fixed_in_place():
         kernel_args=['net.ifnames=0'])
     assert len(new) == 1024 and new.endswith('#')
     assert ('kernelopts=root=UUID=0f1e2d3c-aaaa-bbbb-cccc-123456789abc ro '
-            'quiet net.ifnames=0\n') in new
+            'console=ttyS0 quiet net.ifnames=0\n') in new
     assert 'saved_entry=abc-4.18.0-477.el8.x86_64\nkernelopts' in new
     assert 'boot_success=0\n#' in new
     assert changes == [
         ('/dev/xvda1', 'UUID=0f1e2d3c-aaaa-bbbb-cccc-123456789abc'),
-        ('console=hvc0', ''), ('', 'net.ifnames=0')]
+        ('console=hvc0', 'console=ttyS0'), ('', 'net.ifnames=0')]
     # Nothing to change: the text as it was; no room: not written.
     assert probe.fix_grubenv(UuidG(), new, 'scsi',
                              path='/boot/grub2/grubenv',

@@ -570,17 +570,24 @@ def test_a_boot_entry_without_an_initrd_gets_a_name_its_kernel_finds():
 
 @pytest.mark.parametrize('line, fixed', [
     ('GRUB_CMDLINE_LINUX_DEFAULT="console=hvc0"\n',
-     'GRUB_CMDLINE_LINUX_DEFAULT=""\n'),
+     'GRUB_CMDLINE_LINUX_DEFAULT="console=ttyS0"\n'),
     ('GRUB_CMDLINE_LINUX_DEFAULT="quiet console=hvc0"\n',
-     'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'),
+     'GRUB_CMDLINE_LINUX_DEFAULT="quiet console=ttyS0"\n'),
     ('GRUB_CMDLINE_LINUX="quiet xencons=tty"\n',
      'GRUB_CMDLINE_LINUX="quiet"\n'),
     ("GRUB_CMDLINE_LINUX='console=hvc0,115200n8 ro'\n",
-     "GRUB_CMDLINE_LINUX=' ro'\n"),
+     "GRUB_CMDLINE_LINUX='console=ttyS0 ro'\n"),
+    # A serial console there already: the Xen one only goes.
+    ('GRUB_CMDLINE_LINUX="console=hvc0 console=ttyS0,115200"\n',
+     'GRUB_CMDLINE_LINUX=" console=ttyS0,115200"\n'),
+    ('GRUB_CMDLINE_LINUX="console=xvc0 xencons=xvc console=hvc0"\n',
+     'GRUB_CMDLINE_LINUX="console=ttyS0"\n'),
 ])
-def test_dropping_a_xen_console_keeps_the_quotes_around_it(line, fixed):
+def test_a_xen_console_becomes_the_serial_one_in_its_quotes(line, fixed):
     """/etc/default/grub is a shell file that update-grub sources: the
-    console goes, its quotes stay (the file still parses)."""
+    Xen console becomes ttyS0 (the console Nova logs, which the boot
+    proof reads), or goes where the line has a serial console; its quotes
+    stay (the file still parses)."""
     text = 'GRUB_DEFAULT=0\n' + line + 'GRUB_TIMEOUT=5\n'
     new, changes = probe.fix_text(FakeG(), text, 'scsi', True)
     assert new == 'GRUB_DEFAULT=0\n' + fixed + 'GRUB_TIMEOUT=5\n'
@@ -592,7 +599,7 @@ def test_dropping_a_xen_console_keeps_the_quotes_around_it(line, fixed):
 
 
 #: The Xen consoles in the lines above, as an independent pattern.
-XEN_ARGS = re.compile(r'console=hvc0(?:,115200n8)?|xencons=tty')
+XEN_ARGS = re.compile(r'console=(?:hvc|xvc)0(?:,115200n8)?|xencons=\w+')
 
 
 def test_fix_bus_follows_the_table():

@@ -662,8 +662,8 @@ def test_sles11_bootloader_settings_are_fixed_like_grubs_defaults():
         g, SLES11_BOOTLOADER, 'scsi', True, probe.in_order(1), [],
         path='/etc/sysconfig/bootloader', kernel_args=['net.ifnames=0'])
     assert 'DEFAULT_APPEND="resume=/dev/sda1 splash=silent showopts ' \
-        'net.ifnames=0"\n' in new, new
-    assert 'x11failsafe net.ifnames=0"\n' in new, new
+        'console=ttyS0 net.ifnames=0"\n' in new, new
+    assert 'x11failsafe console=ttyS0 net.ifnames=0"\n' in new, new
     assert 'xvc0' not in new and 'LOADER_TYPE="grub"\n' in new
     r = subprocess.run(['bash', '-n'], input=new, text=True,
                        capture_output=True, timeout=60)
