@@ -609,11 +609,17 @@ def test_debug_still_fails_cleanly(qemu_dynamic, out_dir, where):
 
 
 def test_output_is_a_directory(qemu_dynamic, out_dir):
+    """A directory takes the disk's file (named as import names it); a
+    directory where that file would go is refused, nothing written."""
     target = out_dir / 'adir'
     target.mkdir()
+    name = os.path.basename(str(qemu_dynamic)) + '.raw'
+    (target / name).mkdir()
     res = cli.run_any2kvm('convert', qemu_dynamic, target)
-    cli.assert_refused(res, names=['adir'])
-    assert os.listdir(out_dir) == ['adir'] and os.listdir(target) == []
+    cli.assert_refused(res, names=[name],
+                       problem='neither a regular file nor a block device')
+    assert os.listdir(out_dir) == ['adir'] and os.listdir(target) == [name]
+    assert os.listdir(target / name) == []
 
 
 # --- damaged compression -----------------------------------------------------
