@@ -14,8 +14,23 @@
 each bounded in time and never outliving the command."""
 
 import os
+import shutil
 import signal
 import subprocess
+
+
+def _dying_with_us(cmd):
+    """``cmd`` under util-linux's ``setpriv --pdeathsig KILL`` (Debian's
+    essential ``util-linux``): the child is killed when the thread that
+    started it dies, the command killed by ``kill -9`` or the OOM killer
+    included.  A probe or virt-v2v left behind would go on writing the
+    target under the next command's copy; once it is killed, libguestfs'
+    recovery process kills its appliance.  Without setpriv, ``cmd``
+    as it is."""
+    setpriv = shutil.which('setpriv')
+    if setpriv is None:
+        return list(cmd)
+    return [setpriv, '--pdeathsig', 'KILL', '--'] + list(cmd)
 
 
 def communicate(cmd, timeout, **kwargs):
@@ -23,8 +38,9 @@ def communicate(cmd, timeout, **kwargs):
     err)`` once it ends.  Past ``timeout`` seconds its whole process
     group is killed and :class:`subprocess.TimeoutExpired` raised; any
     other interruption (an exception, KeyboardInterrupt) kills it too and
-    is raised again."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+    is raised again.  It dies with the command besides
+    (:func:`_dying_with_us`)."""
+    proc = subprocess.Popen(_dying_with_us(cmd), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE,
                             start_new_session=True, **kwargs)
     try:
