@@ -535,15 +535,18 @@ def _reader(g):
     return read
 
 
-def disk_names(g, slots=None, read=None):
+def disk_names(g, slots=None, read=None, boot=None):
     """[{path, names, kinds, xen_consoles, unknown}] of fstab, crypttab
     and the bootloader files; ``unknown``: the Xen device names that are
     on none of the VM's disks (``slots``, see :func:`position`);
-    ``read``: how a file is read (:func:`_reader`)."""
+    ``read``: how a file is read (:func:`_reader`); ``boot``: the
+    :func:`boot_files` when the caller has them (each costs the
+    appliance a call per file)."""
     read = read or _reader(g)
     out = []
+    boot = boot_files(g) if boot is None else boot
     files = [p for p in NAME_FILES if _exists(g, p)] + unit_files(g) + \
-        boot_files(g) + grub_envs(g)
+        boot + grub_envs(g)
     for path in files:
         text = read(path)
         if text is None:
@@ -1196,11 +1199,12 @@ def linux_facts(g, root, slots=None):
     # The bootloader files: read once, for the names in them, the
     # default entry and cloud-init's kernel argument.
     read = _reader(g)
-    names = disk_names(g, slots, read)
+    boot = boot_files(g)
+    names = disk_names(g, slots, read, boot)
     files = [n['path'] for n in names]
     found, apps, unread = tools(g, root)
     found_kernels = kernels(g)
-    boot_texts = [read(p) or '' for p in boot_files(g)]
+    boot_texts = [read(p) or '' for p in boot]
     boot_texts += kernelopts_lines(g, boot_texts, read)
     return {'bootloader': bootloader(files), 'disk_names': names,
             'uefi_fallback': uefi_fallback(g),

@@ -400,9 +400,20 @@ def test_linux_facts_read_each_file_once():
         reads.append(path)
         return real(path)
     g.read_file = read_file
+    resolved = []
+    realpath = g.realpath
+
+    def counted_realpath(path):
+        resolved.append(path)
+        return realpath(path)
+    g.realpath = counted_realpath
     probe.linux_facts(g, '/dev/sda1')
     assert '/boot/grub2/grub.cfg' in reads
     assert sorted(reads) == sorted(set(reads))
+    # ... and the list of them made once: each name resolved once (an
+    # appliance call each).
+    assert '/boot/grub2/grub.cfg' in resolved
+    assert sorted(resolved) == sorted(set(resolved))
 
 
 def test_fix_writes_the_drop_in_once_and_the_warning_goes():
