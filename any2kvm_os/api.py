@@ -882,8 +882,7 @@ def migration_lines(action, result):
             text = 'cutover:  not complete'
         else:
             text = 'cutover:  downtime %.1f s' % c['downtime']
-        for key, value in sorted((c.get('details') or {}).items()):
-            text += ', %s %s' % (key, value)
+        text += details_text(c.get('details'))
         text += phases_text(c.get('phases'))
         if c.get('rolled_back_at'):
             text += ', rolled back'
@@ -929,6 +928,39 @@ def last_verify_text(v):
     if moved:
         parts.append('%s since: verify again' % ' and '.join(moved))
     return '; '.join(parts + [outcome])
+
+
+#: What a cutover records (its ``details``), as ``show`` says it, in
+#: this order; any other key after them, as ``key value`` (its ``_`` as
+#: spaces).
+CUTOVER_DETAILS = (
+    ('guest', 'guest %s'), ('guest_inspected_by', 'inspected by %s'),
+    ('hw_disk_bus', 'disk bus %s'), ('fixed', 'fixed: %s'),
+    ('fix_snapshots_kept', 'snapshots kept from the fix: %s'),
+    ('volumes', 'volumes ready: %s'),
+    ('server_name', 'server %s'), ('server_id', 'server id %s'),
+    ('flavor', 'flavor %s'), ('port_ids', 'ports %s'),
+    ('boot_seconds', 'seen booting after %s s'),
+    ('server_deleted', 'server %s deleted'),
+    ('targets_changed', 'targets changed: %s'))
+
+
+def details_text(details):
+    """``show``: a cutover's details, ``', guest Debian 12, inspected by
+    cutover --fix, ...'`` (keys of no value left out)."""
+    details = details or {}
+    forms = dict(CUTOVER_DETAILS)
+    keys = [k for k, _form in CUTOVER_DETAILS if k in details] + sorted(
+        k for k in details if k not in forms)
+    out = ''
+    for k in keys:
+        value = details[k]
+        if isinstance(value, (list, tuple)):
+            value = ' '.join(str(v) for v in value)
+        if value not in (None, ''):
+            out += ', ' + (forms.get(k) or k.replace('_', ' ') + ' %s') % (
+                value,)
+    return out
 
 
 #: The phases of a cutover's downtime, in the order they happen.

@@ -236,7 +236,8 @@ def _migration(args, limits):
         lambda: api.cloud_session(getattr(args, 'os_cloud', None)),
         sys.stderr)
     if getattr(args, 'format', 'text') == 'json':
-        print(json.dumps(result, indent=2, sort_keys=True))
+        # In the order made: ``steps`` in the order they ran.
+        print(json.dumps(result, indent=2))
         return 0
     for line in api.migration_lines(action, result):
         print(line)

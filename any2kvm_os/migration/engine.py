@@ -1189,7 +1189,10 @@ class _Run(object):
         change = kvm_changes(got)
         if change:
             self._record_change(dict(got, targets_changed=change))
-        self.times['fixed'] = time.time()
+        if self.guest.fix:
+            # A "fix" phase of the downtime only when there was one:
+            # else the properties' moment goes to "finish".
+            self.times['fixed'] = time.time()
         return {'fixed': True}
 
     def _record_change(self, details):

@@ -376,6 +376,11 @@ def test_openstack_commands_cutover_rollback_and_again(bed):
     r = mig('cutover', 'web', '--format', 'json', '--no-progress',
             common=common)
     assert json.loads(r.stdout)['rewrites'] == []
+    # The steps in the order they ran, as the docs say.
+    steps = list(json.loads(r.stdout)['steps'])
+    assert steps[:2] == ['connect', 'discover'], steps
+    assert steps.index('shutdown') < steps.index('apply-disk-0') < \
+        steps.index('remove-snapshots'), steps
     m = show(common)
     assert m['status'] == 'done'
     assert [c['rolled_back_at'] is not None for c in m['cutovers']] == [

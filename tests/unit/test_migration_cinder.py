@@ -261,8 +261,10 @@ def test_a_second_cutover_replaces_the_image_metadata(bed):
     engine.sync(store, 'web', **kw())
     store.guest_recorded('web', {'properties': {
         'hw_disk_bus': 'scsi', 'hw_scsi_model': 'virtio-scsi'}})
-    engine.cutover(store, 'web', guest=guest_step.GuestStep(), **kw())
+    r = engine.cutover(store, 'web', guest=guest_step.GuestStep(), **kw())
     assert boot.volume_image_metadata['hw_scsi_model'] == 'virtio-scsi'
+    # Without --fix, no "fix" phase in the downtime (0: not shown).
+    assert r['phases']['fix'] == 0, r['phases']
     engine.rollback(store, 'web', connect=kw()['connect'])
     engine.sync(store, 'web', **kw())
     store.guest_recorded('web', {'properties': {'hw_disk_bus': 'sata'}})

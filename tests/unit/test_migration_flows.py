@@ -271,6 +271,20 @@ def test_phases_of_the_downtime_as_show_tells_them():
     column = osc_migration.FORMATTERS['cutovers']([c])
     assert column.human_readable().startswith(
         'downtime 0.2 s (shutdown 0.071 s, apply 0.102 s')
+    # The details in words, in the order of what happened, not the
+    # record's key names.
+    c['details'] = {'server_id': 's1', 'guest_inspected_by':
+                    'cutover --fix', 'guest': 'Debian 12', 'volumes':
+                    ['v0', 'v1'], 'boot_seconds': 9.1, 'new_key': 1,
+                    'server_deleted': None}
+    said = ('downtime 0.2 s, guest Debian 12, inspected by cutover --fix, '
+            'volumes ready: v0 v1, server id s1, seen booting after 9.1 s, '
+            'new key 1 (shutdown 0.071 s')
+    assert said in column.human_readable()
+    text = '\n'.join(api.migration_lines('show', {
+        'name': 'web', 'location': 'x', 'target': 'file',
+        'status': 'done', 'disks': [], 'syncs': [], 'cutovers': [c]}))
+    assert 'cutover:  ' + said in text, text
 
 
 class _Watched(miglocal.LocalHost):

@@ -95,8 +95,7 @@ def _formatters():
                 'downtime %s s%s%s%s' % (
                     None if c.get('downtime') is None
                     else round(c['downtime'], 1),
-                    ''.join(', %s %s' % kv for kv in sorted(
-                        (c.get('details') or {}).items())),
+                    api.details_text(c.get('details')),
                     api.phases_text(c.get('phases')),
                     ', rolled back' if c.get('rolled_back_at') else '')
                 for c in self._value or ())
