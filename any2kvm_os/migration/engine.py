@@ -1967,6 +1967,8 @@ def cutover(store, name, force=False, timeout=600, limits=None, args=None,
             run.finishing = c
             return _run(store, run, 'cutover', _finish_steps, None)
         _no_server_left(store, name)
+        if server is not None:
+            server.check(_get(store, name))
         run = _Run(store, name, CUTTABLE, 'cutting-over', 'cannot cut over',
                    limits, args, connect, cloud, dest, progress, server,
                    guest=guest)

@@ -47,13 +47,19 @@ class ServerStep(object):
             self._clients = server_mod.Clients(session, region, interface)
         return self._clients
 
-    def prepare(self, migration, facts):
-        """Everything that can refuse, before the shutdown."""
+    def check(self, migration):
+        """What refuses from the migration's record alone: run before the
+        cutover marks the migration (a refusal leaves its status as it
+        was)."""
         if migration['target'] != 'cinder':
             raise exception.Any2KvmError(
                 'migration %s: --create-server needs a migration into '
                 'Cinder volumes (--target cinder at create), not %s'
                 % (migration['name'], migration['target']))
+
+    def prepare(self, migration, facts):
+        """Everything that can refuse, before the shutdown."""
+        self.check(migration)
         self.plan = server_mod.prepare(
             self.clients(), facts, self.options, name=migration['name'],
             disk_count=len(migration['disks']))

@@ -100,6 +100,29 @@ def test_create_two_syncs_cutover(bed):
                 if v.get('snapshot-of') == facts['two-disks']]
 
 
+def test_create_server_on_files_is_refused_before_anything(bed):
+    """``cutover --create-server`` of a migration into files: refused
+    from the record, before the cutover marks the migration (its status
+    stays), connects or shuts anything down."""
+    from any2kvm_os.migration import server_step
+    root, facts, out, store = bed
+    engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    engine.sync(store, 'web', **_kw(root))
+
+    def no_host(*args, **kwargs):
+        raise AssertionError('connected')
+    with pytest.raises(exception.Any2KvmError) as e:
+        engine.cutover(store, 'web', connect=no_host,
+                       server=server_step.ServerStep())
+    assert str(e.value) == (
+        'migration web: --create-server needs a migration into Cinder '
+        'volumes (--target cinder at create), not file')
+    m = store.get('web')
+    assert (m['status'], m['error']) == ('synced', None)
+    assert m.get('holder') is None
+    assert _power(root, facts['two-disks']) == 'running'
+
+
 def test_chain_coalesced_behind_our_back(bed):
     root, facts, out, store = bed
     m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
