@@ -333,10 +333,13 @@ def resolve(container, leaf_name, limits):
         if ref is None:
             break
         if len(layers) >= limits.max_chain_depth:
+            # Named by the file the user gave: the layer where the count
+            # ran out is not broken.
             raise exception.ChainError(
-                path=child_name, reason='chain deeper than %d layers: '
-                'refused as absurd (see max_chain_depth)'
-                % limits.max_chain_depth)
+                path=container.display_name(leaf_name), reason='its chain '
+                'has more than %d layers (%s has a parent still): refused '
+                '([any2kvm] max_chain_depth)' % (limits.max_chain_depth,
+                                                 child_name))
         if ref.id is None:
             parent = _find_by_name(container, child_name, ref, names,
                                    members, child)

@@ -132,8 +132,15 @@ def test_cycle(tmp_path):
 def test_depth_limit(tmp_path):
     paths = write_chain(tmp_path, 5)
     c = base.DirectoryContainer(str(paths[0]), limits())
-    with pytest.raises(exception.ChainError, match='deeper than 3'):
+    with pytest.raises(exception.ChainError) as e:
         layer_chain.resolve(c, c.leaf_name, limits(max_chain_depth=3))
+    # Named by the file given (the layer where the count ran out is not
+    # broken), with the option that sets the bound.
+    assert str(e.value) == (
+        '%s: its chain has more than 3 layers (%s has a parent still): '
+        'refused ([any2kvm] max_chain_depth)' % (
+            c.display_name(c.leaf_name), c.display_name(paths[2].name)))
+    layer_chain.resolve(c, c.leaf_name, limits(max_chain_depth=5))
 
 
 def test_symlinked_parent_is_not_followed(tmp_path):

@@ -380,7 +380,7 @@ class TestRealLocalCommands(base.TestCommand):
                               self.check_parser(cmd, [
                                   str(self.paths[0]), '--config-file',
                                   str(conf)], []))
-        self.assertIn('chain deeper than 2 layers', str(e))
+        self.assertIn('its chain has more than 2 layers', str(e))
         conf.write_text('[any2kvm]\nmax_chain_depth = many\n')
         e = self.assertRaises(osc_exc.CommandError, cmd.take_action,
                               self.check_parser(cmd, [
