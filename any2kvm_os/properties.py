@@ -14,15 +14,20 @@
 
 The properties go to the Glance image (and to a Cinder volume's image
 metadata) so that Nova boots the guest with matching virtual hardware.
-Defaults: ``hw_scsi_model=virtio-scsi`` and ``hw_disk_bus=scsi``; then what
-the source says: OS type and distro, UEFI firmware, CPU topology, memory,
-disk size, NIC model.  User properties override everything.
+Defaults: ``hw_scsi_model=virtio-scsi`` and ``hw_disk_bus=scsi`` (for a
+Windows guest not looked inside, ``hw_disk_bus=sata``); then what the
+source says: OS type and distro, UEFI firmware, CPU topology, memory, disk
+size, NIC model.  User properties override everything.
 """
 
 import math
 import re
 
 DEFAULTS = {'hw_scsi_model': 'virtio-scsi', 'hw_disk_bus': 'scsi'}
+
+#: The disk bus of a Windows guest that was not looked inside (see
+#: :func:`image_properties`).
+WINDOWS_UNINSPECTED_BUS = 'sata'
 
 #: Our NIC model names -> Nova's hw_vif_model values (libvirt/KVM).
 VIF_MODELS = {'vmxnet3': 'vmxnet3', 'e1000': 'e1000', 'e1000e': 'e1000e',
@@ -112,6 +117,14 @@ def image_properties(vm, virtual_size, defaults=True, overrides=None):
         model = source_vif_model(vm, distro)
         if model:
             props['hw_vif_model'] = model
+        if distro == 'windows':
+            # Not looked inside (--no-inspect, an inspection that failed,
+            # a BitLocker volume): Windows has no virtio storage driver
+            # of its own, and one off XenServer seldom has virtio-win;
+            # on virtio-scsi it stops with 0x7B.  AHCI (storahci,
+            # msahci) is built in since Vista and Server 2008.
+            props.pop('hw_scsi_model', None)
+            props['hw_disk_bus'] = WINDOWS_UNINSPECTED_BUS
     guest = vm.get('guest_properties') if defaults else None
     if guest:
         # What inspection found inside the guest replaces the defaults
@@ -233,28 +246,59 @@ def newest_kernel(kernels):
     return newest
 
 
-def _windows_services(guest):
-    """{service: Start} of the Windows guest's current ControlSet."""
+def windows_boot_services(guest):
+    """{service: its facts} of the ControlSet the Windows guest's next boot
+    starts from (``Default``; else ``Current``, else the first read)."""
     win = guest.get('windows') or {}
     sets = win.get('control_sets') or {}
-    current = sets.get(win.get('current_control_set')) or (
+    chosen = sets.get(win.get('default_control_set')) or sets.get(
+        win.get('current_control_set')) or (
         list(sets.values())[0] if sets else {})
-    return {name: svc.get('start') for name, svc in
-            (current.get('services') or {}).items()}
+    return chosen.get('services') or {}
 
 
-def disk_bus(guest):
+def _windows_services(guest):
+    """{service: Start} of the Windows guest's ControlSet of its next
+    boot (:func:`windows_boot_services`)."""
+    return {name: svc.get('start')
+            for name, svc in windows_boot_services(guest).items()}
+
+
+def _overridden(svc):
+    """The start types a service's ``StartOverride`` sets other than
+    boot start (Windows 8 on: it wins over ``Start``; Windows sets 3 on
+    a storage driver that found no device at boot, as vioscsi installed
+    on XenServer)."""
+    return sorted(set(v for v in (svc.get('start_override') or {}).values()
+                      if v != 0), key=str)
+
+
+def disk_bus(guest, fix=False):
     """(hw_disk_bus, hw_scsi_model or None, reason) for ``guest``: the
-    bus its boot disk can be found on."""
+    bus its boot disk can be found on; with ``fix``, once ``--fix`` has
+    cleared the storage driver's ``StartOverride``."""
     if guest.get('type') == 'windows':
-        services = _windows_services(guest)
+        services = windows_boot_services(guest)
+        held = []
         for name, bus, model in (('vioscsi', 'scsi', 'virtio-scsi'),
                                  ('viostor', 'virtio', None)):
-            if services.get(name) == 0:
-                return bus, model, ('the %s service starts at boot' % name)
+            svc = services.get(name) or {}
+            if svc.get('start') != 0:
+                continue
+            override = _overridden(svc)
+            if not override:
+                return bus, model, 'the %s service starts at boot' % name
+            if fix:
+                return bus, model, ('the %s service starts at boot once '
+                                    'its StartOverride (%s) is cleared'
+                                    % (name, ', '.join(map(str, override))))
+            held.append('%s does not (its StartOverride, %s, wins over '
+                        'Start 0; --fix clears it)'
+                        % (name, ', '.join(map(str, override))))
         store = ' '.join((guest.get('windows') or {}).get(
             'driver_store') or ())
-        note = '; %s is in the driver store only' % store if store else ''
+        note = ''.join('; ' + h for h in held)
+        note += '; %s is in the driver store only' % store if store else ''
         for name in ('storahci', 'msahci'):
             if name in services:
                 return 'sata', None, ('no virtio storage service starting '

@@ -925,11 +925,34 @@ def windows_warnings(guest):
         for f in facts.get('filters') or ():
             out.append('%s: class %s %s names %s' % (
                 cset, f['class'], f['value'], ', '.join(f['names'])))
+    if win.get('system_hive') and not win.get('control_sets'):
+        out.append('the SYSTEM hive has no usable Select key (or its '
+                   'ControlSets are missing): its services and filters '
+                   'were not read, and --fix changes nothing there')
     bus, _model, _why = properties.disk_bus(guest)
     if bus in ('sata', 'ide'):
-        out.append('%s without a virtio storage driver: hw_disk_bus=%s; '
-                   'install virtio-win before migrating to get virtio-scsi'
-                   % (guest.get('product_name') or 'Windows', bus))
+        name = guest.get('product_name') or 'Windows'
+        services = properties.windows_boot_services(guest)
+        held = [n for n in ('vioscsi', 'viostor')
+                if (services.get(n) or {}).get('start') == 0]
+        idle = [n for n in ('vioscsi', 'viostor') if n in services and
+                n not in held]
+        if held:
+            out.append('%s: %s would start at boot but for its '
+                       'StartOverride: hw_disk_bus=%s; --fix clears it, '
+                       'for virtio' % (name, ', '.join(held), bus))
+        elif idle:
+            out.append('%s: %s is installed but does not start at boot '
+                       '(Start %s): hw_disk_bus=%s; set its Start to 0 in '
+                       'the guest (boot start, as virtio-win installs it) '
+                       'before migrating to get virtio' % (
+                           name, ', '.join(idle), ', '.join(
+                               str(services[n].get('start')) for n in idle),
+                           bus))
+        else:
+            out.append('%s without a virtio storage driver: hw_disk_bus=%s;'
+                       ' install virtio-win before migrating to get '
+                       'virtio-scsi' % (name, bus))
         staged = [d.split('.inf', 1)[0] for d in win.get('driver_store')
                   or () if d.lower().startswith(('vioscsi.', 'viostor.'))]
         if staged:
@@ -1202,7 +1225,9 @@ def windows_lines(win):
         groups = {}
         for name, svc in sorted(services.items()):
             groups.setdefault(svc.get('group'), []).append(
-                '%s (start %s)' % (name, svc.get('start')))
+                '%s (start %s%s)' % (name, svc.get('start'), ''.join(
+                    ', StartOverride\\%s %s' % kv for kv in sorted(
+                        (svc.get('start_override') or {}).items()))))
         lines.append('registry:     %s%s: virtio %s; citrix %s; vmware %s; '
                      'filters %s' % (
                          cset, ' (current)' if cset == current else '',

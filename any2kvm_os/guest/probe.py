@@ -149,10 +149,16 @@ TOOLS = (
 WINDOWS_SERVICES = {
     'virtio': ('viostor', 'vioscsi', 'netkvm', 'balloon', 'vioserial'),
     'citrix': ('xenbus', 'xenvbd', 'xennet', 'xenvif', 'xeniface',
-               'xenfilt', 'xenbus_monitor', 'xenagent'),
+               'xenfilt', 'xenbus_monitor', 'xenagent', 'scsifilt'),
     'vmware': ('pvscsi', 'vmxnet3', 'vmxnet3ndis6', 'vmci'),
     'ide': ('atapi', 'intelide', 'pciide', 'msahci', 'storahci'),
+    'tools': ('qemu-ga',),
 }
+#: The Xen PV drivers' names: ``xen*`` (every XenServer VM Tools and
+#: xenproject's win-pv-drivers) and :data:`WINDOWS_SERVICES`' citrix
+#: group, which adds ``scsifilt`` (the disk filter of the Citrix tools
+#: before 7.x, over ``xenutil``: XCP-ng's XenBootFix removes it from
+#: the class filters to recover such a guest off Xen).
 CITRIX_RE = re.compile(r'^xen', re.I)
 MAX_FILE = 4 << 20
 
@@ -2189,6 +2195,33 @@ class HivexHive(Hive):
         self.h = None
 
 
+def is_citrix(name):
+    """Whether ``name`` (a service, a class filter) is one of the Xen PV
+    drivers' (:data:`CITRIX_RE`, :data:`WINDOWS_SERVICES`)."""
+    return name.lower() in WINDOWS_SERVICES['citrix'] or \
+        bool(CITRIX_RE.match(name))
+
+
+def multi_sz_items(raw):
+    """The strings of a REG_MULTI_SZ as Windows reads them, as their
+    UTF-16LE bytes: each ends with a NUL character, and the list with an
+    empty string; what follows that is not in the list (old bytes of a
+    longer value), an odd last byte neither.  A list whose end is missing
+    ends with the value."""
+    items = []
+    start = 0
+    units = len(raw) // 2
+    for i in range(units):
+        if raw[2 * i:2 * i + 2] == b'\x00\x00':
+            if i == start:
+                return items
+            items.append(raw[2 * start:2 * i])
+            start = i + 1
+    if start < units:
+        items.append(raw[2 * start:2 * units])
+    return items
+
+
 def reg_value(kind_value):
     kind, raw = kind_value[0], kind_value[1]
     if kind == 4 and len(raw) >= 4:                       # REG_DWORD
@@ -2196,20 +2229,19 @@ def reg_value(kind_value):
     if kind in (1, 2):                                    # REG_SZ/EXPAND
         return raw.decode('utf-16-le', 'replace').rstrip('\x00')
     if kind == 7:                                         # REG_MULTI_SZ
-        return [s for s in raw.decode('utf-16-le', 'replace').split('\x00')
-                if s]
+        return [i.decode('utf-16-le', 'replace')
+                for i in multi_sz_items(raw)]
     return raw.hex()
 
 
-def multi_sz(names):
-    return (''.join(n + '\x00' for n in names) + '\x00').encode('utf-16-le')
-
-
-def control_sets(hive):
-    """(current ControlSet name, [names in use]) from Select."""
+def control_sets(hive, default=False):
+    """(current ControlSet name, [names in use]) from Select; with
+    ``default``, (current, default, [names in use]): ``Default`` is the
+    set the next boot starts from (``Current`` the one the last boot
+    ran; they differ only after a change not yet booted)."""
     select = hive.node('Select')
     used = []
-    current = None
+    current = chosen = None
     if select:
         vals = hive.values(select)
         for key in ('current', 'default', 'lastknowngood', 'failed'):
@@ -2219,9 +2251,14 @@ def control_sets(hive):
                     name = 'ControlSet%03d' % n
                     if key == 'current':
                         current = name
+                    if key == 'default':
+                        chosen = name
                     if key != 'failed' and name not in used:
                         used.append(name)
-    return current, [u for u in used if hive.node(u)]
+    used = [u for u in used if hive.node(u)]
+    if default:
+        return current, chosen, used
+    return current, used
 
 
 def windows_services(hive, cset):
@@ -2241,11 +2278,25 @@ def windows_services(hive, cset):
                          if 'start' in vals else None,
                          'image_path': reg_value(vals['imagepath'])
                          if 'imagepath' in vals else None}
+            override = start_overrides(hive, h)
+            if override:
+                out[name]['start_override'] = override
     for name in by_name:
-        if CITRIX_RE.match(name) and name not in out:
+        if is_citrix(name) and name not in out:
             out[name] = {'group': 'citrix', 'start': None,
                          'image_path': None}
     return out
+
+
+def start_overrides(hive, service):
+    """{value name: start type} of a service's ``StartOverride`` key (see
+    :func:`_start_override`), non-DWORD values as their hex; {} without
+    one."""
+    override = hive.child(service, 'StartOverride')
+    if not override:
+        return {}
+    return {key: reg_value((kind, raw, key)) for _lower, (kind, raw, key)
+            in sorted(hive.values(override).items())}
 
 
 def windows_filters(hive, cset):
@@ -2258,7 +2309,7 @@ def windows_filters(hive, cset):
             if key not in vals:
                 continue
             names = reg_value(vals[key])
-            if isinstance(names, list) and any(CITRIX_RE.match(n)
+            if isinstance(names, list) and any(is_citrix(n)
                                                for n in names):
                 out.append({'class': guid, 'value': key, 'names': names})
     return out
@@ -2436,8 +2487,9 @@ def windows_network(hive, cset):
 
 def system_facts(hive):
     """What the SYSTEM hive tells, per ControlSet in use."""
-    current, used = control_sets(hive)
-    facts = {'current_control_set': current, 'control_sets': {}}
+    current, default, used = control_sets(hive, default=True)
+    facts = {'current_control_set': current, 'default_control_set': default,
+             'control_sets': {}}
     for cset in used:
         facts['control_sets'][cset] = {
             'services': windows_services(hive, cset),
@@ -2506,15 +2558,12 @@ def fix_system_hive(hive, bus=None, disks=1):
     every disk online at boot (:data:`SAN_POLICY_ONLINE_ALL`).  Returns
     what changed."""
     changes = []
-
-    def citrix(name):
-        # Every Xen PV driver the report names (CITRIX_RE), not only the
-        # ones of :data:`WINDOWS_SERVICES`: newer VM Tools add xendisk
-        # (a disk filter) and xencons, older ones and GPLPV others; a
-        # filter left in a class whose driver cannot start fails the
-        # devices of that class, the boot disk's included.
-        return name.lower() in WINDOWS_SERVICES['citrix'] or \
-            bool(CITRIX_RE.match(name))
+    # Every Xen PV driver the report names (is_citrix), not only the
+    # ones of :data:`WINDOWS_SERVICES`: newer VM Tools add xendisk (a
+    # disk filter) and xencons, older ones and GPLPV others; a filter
+    # left in a class whose driver cannot start fails the devices of
+    # that class, the boot disk's included.
+    citrix = is_citrix
     _current, used = control_sets(hive)
     for cset in used:
         services = hive.node(cset + '\\Services')
@@ -2528,24 +2577,32 @@ def fix_system_hive(hive, bus=None, disks=1):
             for key in ('upperfilters', 'lowerfilters'):
                 if key not in vals:
                     continue
-                names = reg_value(vals[key])
-                if not isinstance(names, list):
+                kind, raw, value = vals[key]
+                if kind != 7:
                     continue
-                keep = [n for n in names if not citrix(n)]
-                if keep != names:
-                    hive.set_value(h, vals[key][2], 7, multi_sz(keep))
+                # The list as Windows reads it (to its empty string),
+                # each kept name written back as the bytes it was.
+                items = multi_sz_items(raw)
+                names = [i.decode('utf-16-le', 'replace') for i in items]
+                keep = [i for i, n in zip(items, names) if not citrix(n)]
+                if len(keep) != len(items):
+                    hive.set_value(h, value, 7, b''.join(
+                        i + b'\x00\x00' for i in keep) + b'\x00\x00')
                     changes.append('%s\\Control\\Class\\%s\\%s: %s -> %s'
-                                   % (cset, guid, vals[key][2],
-                                      ','.join(names), ','.join(keep)))
+                                   % (cset, guid, value, ','.join(names),
+                                      ','.join(n for n in names
+                                               if not citrix(n))))
         for name in BOOT_SERVICES.get(bus, ()):
             h = hive.child(services, name) if services else None
             if not h:
                 continue
             vals = hive.values(h)
-            if 'start' in vals and reg_value(vals['start']) != 0:
+            if 'start' in vals and (vals['start'][0] != 4 or
+                                    reg_value(vals['start']) != 0):
+                # (A Start that is no DWORD is written as one.)
                 hive.set_value(h, vals['start'][2], 4,
                                (0).to_bytes(4, 'little'))
-                changes.append('%s\\Services\\%s\\Start: %d -> 0' % (
+                changes.append('%s\\Services\\%s\\Start: %s -> 0' % (
                     cset, name, reg_value(vals['start'])))
             changes.extend(_start_override(hive, h, '%s\\Services\\%s'
                                            % (cset, name)))
@@ -3402,9 +3459,11 @@ def fix_bus(guest):
     virtio-blk, else ``scsi`` (sdX, the names of scsi, sata and ide
     alike); for Windows the bus whose storage driver must start at boot.
     """
-    bus = _properties().disk_bus(guest)[0]
     if guest.get('type') == 'windows':
+        # The bus once the fix has cleared its driver's StartOverride.
+        bus = _properties().disk_bus(guest, fix=True)[0]
         return bus or 'ide'
+    bus = _properties().disk_bus(guest)[0]
     return 'virtio' if bus == 'virtio' else 'scsi'
 
 

@@ -74,7 +74,8 @@ def test_an_empty_hive_is_valid(hivex_python, tmp_path):
     path = tmp_path / 'EMPTY'
     path.write_bytes(winhive.empty_hive())
     out = probe_hive(hivex_python, path)
-    assert out == {'control_sets': {}, 'current_control_set': None}
+    assert out == {'control_sets': {}, 'current_control_set': None,
+                   'default_control_set': None}
 
 
 def test_reading_the_system_hive(hivex_python, tmp_path):
@@ -364,3 +365,143 @@ def test_static_ip_settings_are_warned_about(hivex_python, tmp_path):
     report = gi.report(guest)
     assert report['windows']['control_sets']['ControlSet002'][
         'network'][0]['addresses'] == ['192.0.2.99/24']
+
+
+def _hex(data):
+    return ','.join('%02x' % b for b in data)
+
+
+def _raw_value(export, cset, klass, name):
+    """The bytes of ``name`` (a hex(7) value) of ``klass`` in an
+    exported hive."""
+    key = 'hkey_local_machine\\system\\%s\\control\\class\\%s' % (
+        cset.lower(), klass)
+    text = parse_reg(export)[key]['"%s"' % name]
+    assert text.startswith('hex(7):'), text
+    digits = text[len('hex(7):'):].replace('\\', '').replace(' ', '')
+    return bytes(int(b, 16) for b in digits.split(',') if b)
+
+
+def test_a_filter_list_ends_where_windows_ends_it(hivex_python, tmp_path):
+    """REG_MULTI_SZ ends at its empty string: bytes after it (a longer
+    value's leftovers) are not filters, and the fix does not bring them
+    back to life; the names it keeps are written back byte for byte,
+    whatever they hold (an unpaired surrogate), and an odd last byte
+    is not read as a name."""
+    system = '{4d36e97d-e325-11ce-bfc1-08002be10318}'
+    hdc = '{4d36e96a-e325-11ce-bfc1-08002be10318}'
+    cdrom = '{4d36e965-e325-11ce-bfc1-08002be10318}'
+    stale = 'XENFILT\0\0oldfilt\0\0'.encode('utf-16-le')
+    odd = 'xenfilt\0\0'.encode('utf-16-le') + b'\xfd'
+    odd_name = b'\x00\xd8' + 'x'.encode('utf-16-le')    # a lone surrogate
+    kept = odd_name + b'\0\0' + 'xenfilt\0\0'.encode('utf-16-le')
+    reg = winhive.system_reg()
+    for cset in CSETS:
+        top = 'HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Control\\Class' % cset
+        reg += ('\n[%s\\%s]\n"UpperFilters"=hex(7):%s\n'
+                '\n[%s\\%s]\n"UpperFilters"=hex(7):%s\n'
+                '\n[%s\\%s]\n"LowerFilters"=hex(7):%s\n' % (
+                    top, system, _hex(stale), top, hdc, _hex(odd),
+                    top, cdrom, _hex(kept)))
+    path = winhive.build(tmp_path / 'SYSTEM', reg)
+    facts = probe_hive(hivex_python, path)
+    filters = {(f['class'], f['value'].lower()): f['names'] for f in
+               facts['control_sets'][CSETS[0]]['filters']}
+    assert filters[(system, 'upperfilters')] == ['XENFILT']
+    assert filters[(hdc, 'upperfilters')] == ['xenfilt']
+    assert filters[(cdrom, 'lowerfilters')] == ['\ufffdx', 'xenfilt']
+    out = probe_hive(hivex_python, path, '--fix-bus', 'sata')
+    assert '%s\\Control\\Class\\%s\\UpperFilters: XENFILT -> ' % (
+        CSETS[0], system) in out['fixed'], out['fixed']
+    export = winhive.export(path)
+    for cset in CSETS:
+        assert _raw_value(export, cset, system, 'UpperFilters') == \
+            b'\0\0'
+        assert _raw_value(export, cset, hdc, 'UpperFilters') == b'\0\0'
+        assert _raw_value(export, cset, cdrom, 'LowerFilters') == \
+            odd_name + b'\0\0\0\0'
+
+
+def test_the_old_citrix_disk_filter_goes_with_the_rest(hivex_python,
+                                                       tmp_path):
+    """scsifilt, the disk filter of the Citrix tools before 7.x (over
+    xenutil, which goes as a xen* service): reported, and removed from
+    the disk class's filters and the services, as XCP-ng's XenBootFix
+    removes it."""
+    reg = winhive.system_reg(extra_services=(('scsifilt', 0),
+                                             ('xenutil', 0)))
+    for cset in CSETS:
+        reg += ('\n[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Control\\Class\\%s]\n'
+                '"LowerFilters"=hex(7):%s\n' % (
+                    cset, DISK_CLASS, winhive._multi_sz(['scsifilt'])))
+    path = winhive.build(tmp_path / 'SYSTEM', reg)
+    found = probe_hive(hivex_python, path)['control_sets'][CSETS[0]]
+    assert found['services']['scsifilt']['group'] == 'citrix'
+    assert {'class': DISK_CLASS, 'value': 'lowerfilters',
+            'names': ['scsifilt']} in found['filters']
+    out = probe_hive(hivex_python, path, '--fix-bus', 'sata')
+    assert '%s\\Services\\scsifilt: deleted' % CSETS[0] in out['fixed']
+    assert '%s\\Control\\Class\\%s\\LowerFilters: scsifilt -> ' % (
+        CSETS[0], DISK_CLASS) in out['fixed']
+    for cset in CSETS:
+        found = probe_hive(hivex_python, path)['control_sets'][cset]
+        assert found['filters'] == [] and 'scsifilt' not in \
+            found['services']
+
+
+def test_a_start_that_is_no_dword_is_made_one(hivex_python, tmp_path):
+    """storahci's Start as two bytes of REG_BINARY: reported as it is,
+    and the fix writes the DWORD 0 (it raised a TypeError before)."""
+    reg = winhive.system_reg() + ''.join(
+        '[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Services\\storahci]\n'
+        '"Start"=hex:03,00\n\n' % c for c in CSETS)
+    path = winhive.build(tmp_path / 'SYSTEM', reg)
+    found = probe_hive(hivex_python, path)['control_sets'][CSETS[0]]
+    assert found['services']['storahci']['start'] == '0300'
+    out = probe_hive(hivex_python, path, '--fix-bus', 'sata')
+    assert '%s\\Services\\storahci\\Start: 0300 -> 0' % CSETS[0] in \
+        out['fixed'], out['fixed']
+    found = probe_hive(hivex_python, path)['control_sets'][CSETS[0]]
+    assert found['services']['storahci']['start'] == 0
+
+
+def test_a_start_override_is_reported_and_weighs_on_the_bus(
+        hivex_python, tmp_path):
+    """vioscsi installed on XenServer (Start 0, no device): Windows 8 on
+    sets its StartOverride\\0 = 3, and will not start it at the next
+    boot.  The report has it; the bus chosen without --fix is not
+    virtio-scsi (the guest would stop with 0x7B), and the fix, which
+    clears the override, may choose it."""
+    reg = winhive.system_reg(extra_services=(('vioscsi', 0),
+                                             ('storahci', 0))) + ''.join(
+        '[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Services\\vioscsi\\'
+        'StartOverride]\n"0"=dword:00000003\n\n' % c for c in CSETS)
+    path = winhive.build(tmp_path / 'SYSTEM', reg)
+    facts = probe_hive(hivex_python, path)
+    vioscsi = facts['control_sets'][CSETS[0]]['services']['vioscsi']
+    assert (vioscsi['start'], vioscsi['start_override']) == (0, {'0': 3})
+    guest = {'type': 'windows', 'windows': facts}
+    bus, model, why = properties.disk_bus(guest)
+    assert (bus, model) == ('sata', None), why
+    assert 'vioscsi' in why and 'StartOverride' in why, why
+    assert properties.disk_bus(guest, fix=True)[:2] == ('scsi',
+                                                        'virtio-scsi')
+    out = probe_hive(hivex_python, path, '--fix-bus', 'scsi')
+    assert '%s\\Services\\vioscsi\\StartOverride\\0: 3 -> 0' % CSETS[0] \
+        in out['fixed']
+    facts = probe_hive(hivex_python, path)
+    assert properties.disk_bus({'type': 'windows', 'windows': facts})[
+        :2] == ('scsi', 'virtio-scsi')
+
+
+def test_the_qemu_guest_agent_service_is_read(hivex_python, tmp_path):
+    """QEMU's guest agent (service qemu-ga, qga/service-win32.h) in the
+    hive: reported, and hw_qemu_guest_agent is set from it."""
+    path = winhive.build(tmp_path / 'SYSTEM', winhive.system_reg(
+        extra_services=(('qemu-ga', 2),)))
+    facts = probe_hive(hivex_python, path)
+    assert facts['control_sets'][CSETS[0]]['services']['qemu-ga'][
+        'group'] == 'tools'
+    props, _reasons = properties.guest_properties(
+        {'type': 'windows', 'windows': facts})
+    assert props['hw_qemu_guest_agent'] == 'yes'

@@ -332,6 +332,65 @@ def test_windows_with_vioscsi_at_boot_gets_virtio_scsi():
     assert reasons['hw_disk_bus'] == 'the vioscsi service starts at boot'
 
 
+def test_windows_vioscsi_installed_but_not_at_boot_gets_the_right_advice():
+    """vioscsi installed with Start 3 (someone changed it): the advice is
+    to set its Start, not to install virtio-win; held by its
+    StartOverride: that --fix clears it."""
+    result = windows()
+    guest = result['guests'][0]
+    services = guest['windows']['control_sets']['ControlSet001'][
+        'services']
+    services['vioscsi'] = {'group': 'virtio', 'start': 3,
+                           'image_path': 'system32\\drivers\\vioscsi.sys'}
+    text = '\n'.join(gi.summary(result)['warnings'])
+    assert 'vioscsi is installed but does not start at boot (Start 3): ' \
+        'hw_disk_bus=sata; set its Start to 0' in text, text
+    assert 'install virtio-win before migrating' not in text
+    services['vioscsi'].update(start=0, start_override={'0': 3})
+    text = '\n'.join(gi.summary(result)['warnings'])
+    assert 'vioscsi would start at boot but for its StartOverride: ' \
+        'hw_disk_bus=sata; --fix clears it' in text, text
+    assert gi.summary(result)['properties']['hw_disk_bus'] == 'sata'
+
+
+def test_windows_bus_follows_the_control_set_of_the_next_boot():
+    """Select's Default is the set the next boot starts from: the bus is
+    chosen from it, not from Current."""
+    guest = windows()['guests'][0]
+    win = guest['windows']
+    first = win['control_sets']['ControlSet001']
+    win['control_sets']['ControlSet002'] = {
+        'services': dict(first['services'], vioscsi={
+            'group': 'virtio', 'start': 0, 'image_path': None})}
+    win['current_control_set'] = 'ControlSet001'
+    assert properties.disk_bus(guest)[0] == 'sata'
+    win['default_control_set'] = 'ControlSet002'
+    assert properties.disk_bus(guest)[:2] == ('scsi', 'virtio-scsi')
+
+
+def test_a_windows_hive_without_select_is_said():
+    result = windows()
+    win = result['guests'][0]['windows']
+    win['control_sets'] = {}
+    win['current_control_set'] = None
+    win['system_hive'] = '/Windows/System32/config/SYSTEM'
+    text = '\n'.join(gi.summary(result)['warnings'])
+    assert 'the SYSTEM hive has no usable Select key' in text, text
+
+
+def test_windows_with_the_qemu_guest_agent():
+    guest = windows()['guests'][0]
+    services = guest['windows']['control_sets']['ControlSet001'][
+        'services']
+    assert 'hw_qemu_guest_agent' not in properties.guest_properties(
+        guest)[0]
+    services['qemu-ga'] = {'group': 'tools', 'start': 2,
+                           'image_path': None}
+    props, reasons = properties.guest_properties(guest)
+    assert props['hw_qemu_guest_agent'] == 'yes'
+    assert reasons['hw_qemu_guest_agent'] == 'qemu-ga installed'
+
+
 def test_windows_without_ahci_gets_ide():
     g = windows()['guests'][0]
     for cs in g['windows']['control_sets'].values():

@@ -45,6 +45,14 @@ def test_windows_xenserver_vm_with_secure_boot():
     assert p['hw_cpu_sockets'] == '1' and p['hw_cpu_cores'] == '2'
     assert 'hw_vif_model' not in p  # a Xen PV NIC has no KVM twin
     assert p['min_disk'] == 40
+    # Not looked inside: SATA (AHCI is built into Windows), not
+    # virtio-scsi, which Windows has no driver for of its own.
+    assert p['hw_disk_bus'] == 'sata' and 'hw_scsi_model' not in p
+    # What inspection found wins.
+    vm['guest_properties'] = {'hw_disk_bus': 'scsi',
+                              'hw_scsi_model': 'virtio-scsi'}
+    p = properties.image_properties(vm, 40 * GiB)
+    assert (p['hw_disk_bus'], p['hw_scsi_model']) == ('scsi', 'virtio-scsi')
 
 
 def test_bare_disk_gets_defaults_only():
