@@ -44,6 +44,14 @@ LOG = logging.getLogger(__name__)
 
 PROGRAM = 'virt-v2v-in-place'
 VIRTIO_WIN_DIR = '/usr/share/virtio-win'
+#: Where virt-v2v looks for the Windows service wrapper it installs its
+#: first-boot scripts with (``$VIRT_TOOLS_DATA_DIR``, else this), and its
+#: names: it stops with "One of rhsrvany.exe or pvvxsvc.exe is missing"
+#: when a Windows conversion has a first-boot script to install (the
+#: guest agent of every virtio-win tree, the disks brought online).
+#: Debian packages neither.
+VIRT_TOOLS_DIR = '/usr/share/virt-tools'
+SERVICE_WRAPPERS = ('rhsrvany.exe', 'pvvxsvc.exe')
 
 #: The options' defaults, written once: ``OPTIONS`` and the inspection's
 #: ``Settings`` take them from here.
@@ -107,6 +115,14 @@ def needed(guest):
     return None
 
 
+def virt_tools():
+    """Where virt-v2v would find rhsrvany.exe or pvvxsvc.exe, or None."""
+    top = os.environ.get('VIRT_TOOLS_DATA_DIR') or VIRT_TOOLS_DIR
+    if any(os.path.isfile(os.path.join(top, n)) for n in SERVICE_WRAPPERS):
+        return top
+    return None
+
+
 def missing(kind):
     """What the hand-off of ``kind`` lacks on this host ([] when
     nothing)."""
@@ -118,6 +134,10 @@ def missing(kind):
     if kind == 'drivers' and virtio_win() is None:
         out.append('no virtio-win drivers (VIRTIO_WIN or %s)'
                    % VIRTIO_WIN_DIR)
+    if kind == 'drivers' and virt_tools() is None:
+        out.append('no %s in %s (VIRT_TOOLS_DATA_DIR)' % (
+            ' or '.join(SERVICE_WRAPPERS),
+            os.environ.get('VIRT_TOOLS_DATA_DIR') or VIRT_TOOLS_DIR))
     return out
 
 
@@ -134,6 +154,9 @@ def skipped_message(kind, lacks, bus, disabled=False):
         install.append('install virt-v2v and nbdkit')
     if any('virtio-win' in m for m in lacks):
         install.append('install virtio-win (or set VIRTIO_WIN)')
+    if any(SERVICE_WRAPPERS[0] in m for m in lacks):
+        install.append('put rhsrvany.exe there (Fedora and RHEL package '
+                       'it for virt-v2v; Debian does not)')
     install = ' and '.join(install)
     return '%s: %s to %s; chose hw_disk_bus=%s' % (
         ', '.join(lacks), install, what, bus)

@@ -88,6 +88,11 @@ def tools(monkeypatch, tmp_path):
     monkeypatch.setenv('PATH', '%s:/usr/bin:/bin' % bin_dir)
     monkeypatch.delenv('VIRTIO_WIN', raising=False)
     monkeypatch.setattr(v2v, 'VIRTIO_WIN_DIR', str(tmp_path / 'no-vw'))
+    # virt-v2v's Windows service wrapper: there (a test takes it away).
+    t.virt_tools = tmp_path / 'virt-tools-here'
+    t.virt_tools.mkdir()
+    (t.virt_tools / 'rhsrvany.exe').write_bytes(b'MZ')
+    monkeypatch.setenv('VIRT_TOOLS_DATA_DIR', str(t.virt_tools))
     return t
 
 
@@ -121,6 +126,13 @@ def test_missing(tools, monkeypatch, tmp_path):
         'no virtio-win drivers (VIRTIO_WIN or %s)' % v2v.VIRTIO_WIN_DIR]
     monkeypatch.setenv('VIRTIO_WIN', str(tmp_path))
     assert v2v.missing('drivers') == []
+    (tools.virt_tools / 'rhsrvany.exe').rename(tools.virt_tools /
+                                               'pvvxsvc.exe')
+    assert v2v.missing('drivers') == []
+    (tools.virt_tools / 'pvvxsvc.exe').unlink()
+    assert v2v.missing('drivers') == [
+        'no rhsrvany.exe or pvvxsvc.exe in %s (VIRT_TOOLS_DATA_DIR)'
+        % tools.virt_tools]
     tools.remove('nbdkit')
     assert v2v.missing('initramfs') == ['nbdkit not found']
     tools.remove(v2v.PROGRAM)
@@ -321,8 +333,22 @@ def test_windows_hand_off_needs_virtio_win(tools, monkeypatch, tmp_path):
         '(or set VIRTIO_WIN) to inject the virtio drivers; chose '
         'hw_disk_bus=sata' % v2v.VIRTIO_WIN_DIR)
     assert not tools.log.exists()
-    # With virtio-win: handed off, VIRTIO_WIN passed through.
+    # With virtio-win but no rhsrvany.exe (Debian packages none):
+    # virt-v2v would stop at its first-boot script, the VM halted.
     monkeypatch.setenv('VIRTIO_WIN', str(tmp_path))
+    wrappers = tmp_path / 'virt-tools'
+    wrappers.mkdir()
+    monkeypatch.setenv('VIRT_TOOLS_DATA_DIR', str(wrappers))
+    _probes(monkeypatch, _result(win), None)
+    result = gi.fix_disks(gi.Settings(), ['/s/d.qcow2'], 'qcow2', 'w')
+    assert result['v2v']['skipped'] == (
+        'no rhsrvany.exe or pvvxsvc.exe in %s (VIRT_TOOLS_DATA_DIR): put '
+        'rhsrvany.exe there (Fedora and RHEL package it for virt-v2v; '
+        'Debian does not) to inject the virtio drivers; chose '
+        'hw_disk_bus=sata' % wrappers)
+    assert not tools.log.exists()
+    # With both: handed off, VIRTIO_WIN passed through.
+    (wrappers / 'rhsrvany.exe').write_bytes(b'MZ')
     tools.script('echo "VIRTIO_WIN=$VIRTIO_WIN" >> %s' % tools.log)
     after = _win_guest({'vioscsi': {'start': 0}, 'storahci': {'start': 0}})
     _probes(monkeypatch, _result(win), {'guests': [after]})
