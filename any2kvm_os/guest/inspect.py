@@ -925,6 +925,20 @@ def windows_warnings(guest):
         for f in facts.get('filters') or ():
             out.append('%s: class %s %s names %s' % (
                 cset, f['class'], f['value'], ', '.join(f['names'])))
+    if win.get('hibernated'):
+        out.append('Windows was hibernated or shut down with Fast Startup '
+                   '(hiberfil.sys holds its session): it would resume a '
+                   'session of other hardware, and --fix cannot write its '
+                   'volume; in the guest, "powercfg /h off", then shut it '
+                   'down, and copy it again')
+    if win.get('rtc_utc'):
+        out.append('the guest keeps its hardware clock in UTC '
+                   '(TimeZoneInformation\\RealTimeIsUniversal), and Nova '
+                   'gives a Windows guest (os_type=windows) a clock in local '
+                   'time: its time is off by its time zone until Windows '
+                   'Time corrects it; to avoid that, set '
+                   'RealTimeIsUniversal to 0 in the guest just before the '
+                   'cutover')
     if win.get('system_hive') and not win.get('control_sets'):
         out.append('the SYSTEM hive has no usable Select key (or its '
                    'ControlSets are missing): its services and filters '
@@ -1060,6 +1074,12 @@ def bcd_warnings(guest):
     bcd = (guest.get('windows') or {}).get('bcd')
     if not bcd:
         return []
+    if bcd.get('dynamic_disk'):
+        return ['the Windows system volume %s is on a dynamic disk (LDM), '
+                'which is not supported (nor by virt-v2v): its boot '
+                'configuration was not checked, and the guest may not '
+                'boot; make its system disk a basic disk before migrating'
+                % guest.get('root')]
     if not bcd.get('found'):
         return ['no BCD found (%s): the boot configuration could not be '
                 'checked; %s' % (', '.join(bcd.get('searched') or ()) or

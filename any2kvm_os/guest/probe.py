@@ -2489,7 +2489,7 @@ def system_facts(hive):
     """What the SYSTEM hive tells, per ControlSet in use."""
     current, default, used = control_sets(hive, default=True)
     facts = {'current_control_set': current, 'default_control_set': default,
-             'control_sets': {}}
+             'control_sets': {}, 'rtc_utc': rtc_utc(hive, default or current)}
     for cset in used:
         facts['control_sets'][cset] = {
             'services': windows_services(hive, cset),
@@ -2497,6 +2497,20 @@ def system_facts(hive):
             'ide_entries': windows_ide(hive, cset),
             'network': windows_network(hive, cset)}
     return facts
+
+
+def rtc_utc(hive, cset):
+    """Whether the guest keeps the hardware clock in UTC
+    (``Control\\TimeZoneInformation\\RealTimeIsUniversal`` non-zero; the
+    Xen PV drivers honour it), where Windows' default is local time."""
+    if not cset:
+        return None
+    node = hive.node(cset + '\\Control\\TimeZoneInformation')
+    vals = hive.values(node) if node else {}
+    if 'realtimeisuniversal' not in vals:
+        return False
+    value = reg_value(vals['realtimeisuniversal'])
+    return isinstance(value, int) and value != 0
 
 
 #: The storage service that must start at boot, per chosen bus.
@@ -2739,6 +2753,10 @@ def fix_windows_uefi_fallback(g, facts):
     return [(src, dest)]
 
 
+#: How libguestfs names a volume of Windows' dynamic disks (LDM).
+LDM_PREFIX = '/dev/mapper/ldm_vol_'
+
+
 def windows_bcd(g, guest):
     """Find and read the BCD of the Windows guest (its root mounted
     nowhere): on each NTFS or FAT partition of the guest's disk.  Where
@@ -2747,6 +2765,9 @@ def windows_bcd(g, guest):
     searched = []
     found = None
     disk = guest.get('disk')
+    if disk is None and str(guest.get('root')).startswith(LDM_PREFIX):
+        # Windows on a dynamic disk: no disk of its own to look on.
+        return {'found': False, 'searched': [], 'dynamic_disk': True}
     for part in g.list_partitions():
         if disk_index(part) != disk or found:
             continue
@@ -2842,7 +2863,42 @@ def windows_facts(g, root):
                     facts['driver_store'].append(entry)
     except RuntimeError:
         pass
+    facts['hibernated'] = hibernated(g)
     return facts
+
+
+#: The first bytes of ``hiberfil.sys`` while it holds a hibernated
+#: session (a hibernation, or Windows 8 on's Fast Startup shutdown): what
+#: ntfs-3g checks before it mounts the volume read-only instead.
+HIBERNATION_MAGIC = b'hibr'
+
+
+def hibernated(g):
+    """Whether the mounted Windows volume's ``hiberfil.sys`` holds a
+    hibernated session (:data:`HIBERNATION_MAGIC`, in any case)."""
+    try:
+        path = g.case_sensitive_path('/hiberfil.sys')
+        return bytes(g.pread(path, 4, 0)).lower() == HIBERNATION_MAGIC
+    except RuntimeError:
+        return False
+
+
+HIBERNATED = ('Windows was hibernated or shut down with Fast Startup '
+              '(hiberfil.sys holds its session): ')
+
+
+def _writable(g, what):
+    """ProbeError when the volume mounted at / for writing is read-only
+    (ntfs-3g mounts a hibernated Windows, a Fast Startup shutdown or an
+    unclean one so, without an error): nothing could be written."""
+    try:
+        flags = _hash(g.statvfs('/')).get('flag', 0)
+    except RuntimeError:
+        return
+    if flags & 1:                                 # ST_RDONLY
+        raise ProbeError('%s was mounted read-only (a Windows hibernated, '
+                         'shut down with Fast Startup or not shut down '
+                         'cleanly): nothing was changed' % what)
 
 
 # -- one guest ----------------------------------------------------------------
@@ -3496,9 +3552,15 @@ def fix_windows(g, guest, bus, tried, fail_after=None, disks=1):
     path = (guest.get('windows') or {}).get('system_hive')
     changes = []
     written = 0
+    if (guest.get('windows') or {}).get('hibernated'):
+        raise ProbeError(HIBERNATED + 'its disk cannot be fixed, and it '
+                         'would resume a session of other hardware; nothing '
+                         'was changed: in the guest, "powercfg /h off", then '
+                         'shut it down, and copy it again')
     if path:
         mount_guest(g, guest['root'], write=True)
         try:
+            _writable(g, 'the Windows volume %s' % guest['root'])
             tried.append(path)
             hive = Hive(g, path, write=True)
             try:

@@ -756,6 +756,10 @@ def test_windows_inspection(inspected, guests):
     assert (win['win7-x86']['major_version'],
             win['win7-x86']['minor_version']) == (6, 1)
     assert win['win7-x86']['arch'] == 'i386'
+    # Hibernated (hiberfil.sys holds a session): win7-x86 only.
+    assert {k: g['windows']['hibernated'] for k, g in win.items()} == {
+        k: bool(spec.get('hibernated'))
+        for k, spec in winbuild.KINDS.items()}
     # The boot configuration.
     bcd = win['win2019']['windows']['bcd']
     assert bcd['found'] and bcd['path'] == '/Boot/BCD'
@@ -817,6 +821,13 @@ def test_windows_inspection(inspected, guests):
     assert 'the boot configuration could not be checked; rebuild it ' \
         'from the Windows recovery environment with "bcdboot C:\\Windows" ' \
         'if the guest does not boot' in bcd_warning
+    hibernated = [w for w in warns['win7-x86'] if 'Fast Startup' in w]
+    assert hibernated == [
+        'Windows was hibernated or shut down with Fast Startup '
+        '(hiberfil.sys holds its session): it would resume a session of '
+        'other hardware, and --fix cannot write its volume; in the guest, '
+        '"powercfg /h off", then shut it down, and copy it again']
+    assert not [w for w in warns['win2019'] if 'Fast Startup' in w]
     assert ('32-bit guest (i386): nothing converts it to 64-bit; give it '
             'a flavor of at most 4 GiB of RAM (more is not usable without '
             'PAE) and, for Windows, the 32-bit (x86) virtio-win drivers'
@@ -915,6 +926,28 @@ def test_convert_fix_on_the_windows_disk(guests, libguestfs, tmp_path):
          '"UpperFilters"') for c in CSETS} | {
         (top + '%s\\services\\storahci' % c.lower(), '"Start"')
         for c in CSETS}
+
+
+@pytest.mark.timeout(APPLIANCE_TIMEOUT)
+def test_a_hibernated_windows_is_not_fixed(guests, libguestfs, tmp_path):
+    """A Windows whose hiberfil.sys holds a session (hibernated, or shut
+    down with Fast Startup): ntfs-3g would mount its volume read-only
+    and the hive's commit fail.  The fix refuses it in one line that
+    says what to do in the guest, changing nothing: the copy is as
+    converted."""
+    disk = guests['win7-x86']['path']
+    source = tmp_path / 'win7.qcow2'
+    qemu_img('convert', '-O', 'qcow2', disk, source)
+    out = tmp_path / 'win7.raw'
+    res = run_any2kvm('convert', source, out, '--fix',
+                      timeout=APPLIANCE_TIMEOUT)
+    assert res.returncode == 1, describe(res)
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert 'Windows was hibernated or shut down with Fast Startup' in err
+    assert '"powercfg /h off"' in err and 'nothing was changed' in err
+    assert 'it had changed' not in err, err
+    assert ig.sha256_file(out) == ig.sha256_file(disk)
 
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)

@@ -75,7 +75,7 @@ def test_an_empty_hive_is_valid(hivex_python, tmp_path):
     path.write_bytes(winhive.empty_hive())
     out = probe_hive(hivex_python, path)
     assert out == {'control_sets': {}, 'current_control_set': None,
-                   'default_control_set': None}
+                   'default_control_set': None, 'rtc_utc': None}
 
 
 def test_reading_the_system_hive(hivex_python, tmp_path):
@@ -505,3 +505,19 @@ def test_the_qemu_guest_agent_service_is_read(hivex_python, tmp_path):
     props, _reasons = properties.guest_properties(
         {'type': 'windows', 'windows': facts})
     assert props['hw_qemu_guest_agent'] == 'yes'
+
+
+def test_a_clock_kept_in_utc_is_said(hivex_python, tmp_path):
+    """RealTimeIsUniversal = 1 (the Xen PV drivers honour it): Nova gives
+    a Windows guest a local-time clock, and the report says so."""
+    path = winhive.build(tmp_path / 'SYSTEM', winhive.system_reg())
+    assert probe_hive(hivex_python, path)['rtc_utc'] is False
+    reg = winhive.system_reg() + (
+        '[HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Control\\'
+        'TimeZoneInformation]\n"RealTimeIsUniversal"=dword:00000001\n')
+    path = winhive.build(tmp_path / 'SYSTEM.utc', reg)
+    facts = probe_hive(hivex_python, path)
+    assert facts['rtc_utc'] is True
+    warnings = gi.windows_warnings({'type': 'windows', 'windows': facts})
+    assert any(w.startswith('the guest keeps its hardware clock in UTC')
+               for w in warnings), warnings

@@ -103,7 +103,7 @@ KINDS = {
         'product': 'Windows 7 Professional', 'edition': 'Professional',
         'type': 'Client', 'version': '6.1', 'major': None,
         'minor': None, 'build': '7601', 'arch': 'x86', 'store': (),
-        'bcd': None, 'hostname': 'WIN7-X86'},
+        'bcd': None, 'hostname': 'WIN7-X86', 'hibernated': True},
 }
 
 #: The UEFI kinds: the GPT disk of a UEFI install (see the module's
@@ -340,6 +340,10 @@ def _fill_system(root, spec, work):
     shutil.copy(str(work / 'SYSTEM'), str(s32 / 'config' / 'SYSTEM'))
     shutil.copy(str(work / 'SOFTWARE'), str(s32 / 'config' / 'SOFTWARE'))
     (root / 'pagefile.sys').write_bytes(b'')
+    if spec.get('hibernated'):
+        # A hibernated session's header ("HIBR"; "wake" once resumed):
+        # what ntfs-3g looks at before it mounts the volume read-only.
+        (root / 'hiberfil.sys').write_bytes(b'HIBR' + bytes(4092))
 
 
 def _write_uefi(path, spec, work):

@@ -911,6 +911,27 @@ def disk_guest(hostname):
     raise AssertionError(hostname)
 
 
+def test_windows_on_a_dynamic_disk_is_said_so():
+    """A system volume on a dynamic disk (LDM, which libguestfs names
+    /dev/mapper/ldm_vol_...): not "no NTFS or FAT partition", but what
+    it is, and that it is not supported."""
+    from any2kvm_os.guest import probe
+
+    class G(object):
+        def list_partitions(self):
+            raise AssertionError('every disk searched')
+    root = '/dev/mapper/ldm_vol_WIN-8c7a9b2Dg0-Volume1'
+    guest = {'root': root, 'disk': probe.disk_index(root),
+             'type': 'windows'}
+    bcd = probe.windows_bcd(G(), guest)
+    assert bcd == {'found': False, 'searched': [], 'dynamic_disk': True}
+    guest['windows'] = {'bcd': bcd}
+    (warning,) = gi.bcd_warnings(guest)
+    assert warning.startswith('the Windows system volume %s is on a '
+                              'dynamic disk (LDM), which is not supported'
+                              % root), warning
+
+
 def test_a_bcd_naming_the_windows_partition_warns_nothing():
     g = disk_guest('WIN2019-XEN')
     assert g['windows']['bcd']['names_system_partition'] is True
