@@ -80,7 +80,10 @@ def error_message(e):
         msg = 'configuration: %s' % e
     else:
         return None
-    return ' '.join(msg.splitlines())
+    # Whatever it quotes (a URL, a location, a library's message): no
+    # password written into it is shown.
+    from any2kvm_os import redact
+    return redact.text(' '.join(msg.splitlines()))
 
 
 def _is_config_error(e):

@@ -37,6 +37,7 @@ from any2kvm_os import lazyopts
 from any2kvm_os import limits as limits_mod
 from any2kvm_os.progress import human
 from any2kvm_os import progress as progress_mod
+from any2kvm_os import redact
 from any2kvm_os.ssh import options as ssh_options
 
 LOG = logging.getLogger(__name__)
@@ -651,7 +652,9 @@ def main(argv=None, started=None):
             return 128 + signal.SIGPIPE
         msg = api.error_message(e) or 'internal error (%s: %s); rerun with ' \
             '--debug' % (type(e).__name__, ' '.join(str(e).split()))
-        sys.stderr.write('%s: error: %s\n' % (PROG, msg))
+        # Whatever the error quotes (a URL, a location, a library's
+        # message), no password written into it is shown.
+        sys.stderr.write('%s: error: %s\n' % (PROG, redact.text(msg)))
         return 1
     finally:
         for signum, handler_was in previous.items():

@@ -18,6 +18,8 @@ import shutil
 import signal
 import subprocess
 
+from any2kvm_os import redact
+
 
 def _dying_with_us(cmd):
     """``cmd`` under util-linux's ``setpriv --pdeathsig KILL`` (Debian's
@@ -40,6 +42,11 @@ def communicate(cmd, timeout, **kwargs):
     other interruption (an exception, KeyboardInterrupt) kills it too and
     is raised again.  It dies with the command besides
     (:func:`_dying_with_us`)."""
+    if kwargs.get('env') is None:
+        # None of the command's secrets (the SSH password's variable,
+        # OS_PASSWORD, the state database's URL): these programs, and
+        # the appliance they start, need none.
+        kwargs['env'] = redact.child_environ()
     proc = subprocess.Popen(_dying_with_us(cmd), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE,
                             start_new_session=True, **kwargs)

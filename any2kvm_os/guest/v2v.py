@@ -39,6 +39,7 @@ from any2kvm_os import exception
 from any2kvm_os.guest import process
 from any2kvm_os import lazyopts
 from any2kvm_os import properties
+from any2kvm_os import redact
 
 LOG = logging.getLogger(__name__)
 
@@ -198,8 +199,9 @@ def domain_xml(disks, fmt, name='any2kvm-guest'):
 
 def environment(settings):
     """The environment of the run: the appliance as the inspection's
-    (``LIBGUESTFS_BACKEND``, ``LIBGUESTFS_BACKEND_SETTINGS``)."""
-    env = dict(os.environ)
+    (``LIBGUESTFS_BACKEND``, ``LIBGUESTFS_BACKEND_SETTINGS``), none of the
+    command's secrets (:func:`any2kvm_os.redact.child_environ`)."""
+    env = redact.child_environ()
     if settings.backend:
         env['LIBGUESTFS_BACKEND'] = settings.backend
     if settings.backend_settings:

@@ -70,6 +70,7 @@ from any2kvm_os import exception
 from any2kvm_os.formats import vhd
 from any2kvm_os import incremental
 from any2kvm_os.migration import procworker
+from any2kvm_os import redact
 from any2kvm_os.ssh import remotefile
 from any2kvm_os.writers import raw
 
@@ -170,12 +171,10 @@ def batch_size(files_size, processes):
 
 def _worker_env(conn):
     """The environment of a worker: the command's, without the password
-    variable (the password goes over the pipe), with this package
+    variable (the password goes over the pipe) or the command's other
+    secrets (:func:`any2kvm_os.redact.child_environ`), with this package
     importable."""
-    env = dict(os.environ)
-    name = conn.host_options.password_env
-    if name:
-        env.pop(name, None)
+    env = redact.child_environ(conn.host_options.password_env or '')
     top = os.path.dirname(os.path.dirname(os.path.abspath(
         any2kvm_os.__file__)))
     path = env.get('PYTHONPATH')

@@ -31,6 +31,7 @@ from stevedore import extension
 
 from any2kvm_os.containers import registry
 from any2kvm_os import exception
+from any2kvm_os import redact
 
 NAMESPACE = 'any2kvm_os.sources'
 
@@ -121,7 +122,7 @@ def by_scheme(location):
             return name
     raise exception.Any2KvmError(
         '%s: no source plugin reads %s:// locations (known: %s)' % (
-            location, scheme, ', '.join(sorted(
+            redact.text(location), scheme, ', '.join(sorted(
                 '%s://' % s for cls in plugins().values()
                 for s in getattr(cls, 'schemes', ())))))
 

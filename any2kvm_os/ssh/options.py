@@ -26,6 +26,7 @@ import os
 import re
 
 from any2kvm_os import lazyopts
+from any2kvm_os import redact
 
 GROUP = 'any2kvm'
 
@@ -261,6 +262,7 @@ class HostOptions(object):
         self.known_hosts = known_hosts or default_known_hosts()
         self.host_keys = tuple(k.rstrip('=') for k in host_keys)
         self.password_env = password_env
+        redact.secret_env(password_env)
         if isinstance(jump, dict):
             jump = HostOptions(**jump)
         depth, hop = 0, jump
@@ -289,6 +291,13 @@ class HostOptions(object):
         """``[user@]host[:port]`` (an IPv6 address in brackets:
         ``[::1]:22``) and the other options as keywords."""
         user, sep, rest = target.rpartition('@')
+        if ':' in user or '%3a' in user.lower():
+            # OpenSSH takes "user:style" (BSD auth): a password written
+            # there would go over the wire as the user name, and be
+            # logged and stored.  Not echoed.
+            raise ValueError('a password does not belong in %s (use a '
+                             'key, ssh-agent or --password-env)'
+                             % redact.text(target))
         port = kwargs.pop('port', 22)
         if rest.startswith('['):
             addr, _, tail = rest[1:].partition(']')

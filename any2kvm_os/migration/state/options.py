@@ -18,10 +18,10 @@ does) imports no SQLAlchemy.
 """
 
 import os
-import urllib.parse
 
 from any2kvm_os import lazyopts
 from any2kvm_os import limits
+from any2kvm_os import redact
 
 GROUP = limits.GROUP
 
@@ -71,22 +71,11 @@ def add_arguments(parser):
              % os.path.join('$XDG_DATA_HOME', 'any2kvm', 'state.db'))
 
 
-#: Query parameters of a URL that carry a password (libpq, PyMySQL).
-_SECRET_QUERY = ('password', 'passwd', 'pass', 'sslpassword')
-
-
 def has_password(url):
-    """Whether the URL carries a password (``user:PASSWORD@host``, or a
-    ``password=`` query parameter)."""
-    url = url or ''
-    rest = url.partition('://')[2]
-    netloc, _sep, tail = rest.partition('/')
-    userinfo = netloc.rpartition('@')[0]
-    if ':' in userinfo:
-        return True
-    query = urllib.parse.urlsplit('x://h/' + tail).query if tail else ''
-    return any(k.lower() in _SECRET_QUERY for k, _v in
-               urllib.parse.parse_qsl(query, keep_blank_values=True))
+    """Whether the URL carries a password (``user:PASSWORD@host``, a
+    ``password=`` query parameter: :func:`any2kvm_os.redact.has_secret`,
+    the patterns that hide it in messages)."""
+    return redact.has_secret(url or '')
 
 
 def check_argv_url(url):

@@ -51,6 +51,7 @@ from sqlalchemy import orm
 
 from any2kvm_os import exception
 from any2kvm_os import processes
+from any2kvm_os import redact
 from any2kvm_os.migration.state import api
 from any2kvm_os.migration.state import models
 from any2kvm_os.migration.state import options
@@ -94,8 +95,6 @@ LEASE = 300.0
 _SECRET_NAME = re.compile(
     r'passw|passphrase|secret|token|credential|private[_-]?key|'
     r'api[_-]?key|access[_-]?key|auth[_-]?key|cookie', re.IGNORECASE)
-#: A URL with a password in it (``scheme://user:password@host``).
-_URL_PASSWORD = re.compile(r'://[^/@\s:]*:[^/@\s]+@')
 
 _WRITE = 'any2kvm_write'
 
@@ -115,8 +114,14 @@ _EXTRAS = {('mysql', 'pymysql'): 'any2kvm_os[mysql]',
 # -- where the database is-----------------------------------------------------
 
 def safe_url(url):
-    """``url`` as text, its password hidden: for messages."""
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
+    """``url`` as text, its passwords hidden (``user:***@``, and the
+    query's ``password=``; :mod:`any2kvm_os.redact`): for messages.  A
+    text that does not parse is shown through the same patterns."""
+    try:
+        text = sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa_exc.ArgumentError, ValueError):
+        text = str(url)
+    return redact.text(text)
 
 
 def _prepare_sqlite_file(path):
@@ -139,16 +144,23 @@ class NoDatabase(exception.Any2KvmError):
 
 def _parse_url(url):
     """``url`` parsed, or one line saying what is wrong with it."""
+    text = url
     try:
         url = sa.engine.make_url(url)
         url.get_dialect()
-    except sa_exc.ArgumentError as e:
-        # NoSuchModuleError too: an unknown scheme or driver.
-        shown = url if isinstance(url, str) else safe_url(url)
-        shown = _URL_PASSWORD.sub('://***@', str(shown))
+    except (sa_exc.ArgumentError, ValueError) as e:
+        # NoSuchModuleError too: an unknown scheme or driver; ValueError:
+        # a port that is no number.  (Its text may hold the password.)
         raise exception.Any2KvmError('state database %s: not a database '
                                      'URL we can use (%s)' % (
-                                         shown, _first_line(e)))
+                                         safe_url(text),
+                                         redact.text(_first_line(e))))
+    if '@' in (url.host or ''):
+        # SQLAlchemy ends the password at its first "@": the rest of it
+        # would be taken for the host (and looked up).
+        raise exception.Any2KvmError(
+            'state database %s: its host part holds an "@" (write an "@" '
+            'of the password as %%40)' % safe_url(text))
     return url
 
 
@@ -446,7 +458,7 @@ def check_not_secret(options, where='target_options'):
     elif isinstance(options, (list, tuple)):
         for i, value in enumerate(options):
             check_not_secret(value, '%s[%d]' % (where, i))
-    elif isinstance(options, str) and _URL_PASSWORD.search(options):
+    elif isinstance(options, str) and redact.has_secret(options):
         raise ValueError('%s: a URL with a password in it, and nothing '
                          'secret is stored in the migration state' % where)
 

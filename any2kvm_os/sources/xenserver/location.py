@@ -30,6 +30,7 @@ import ipaddress
 import re
 import urllib.parse
 
+from any2kvm_os import redact
 from any2kvm_os.sources.xenserver import errors
 
 SCHEME = 'xenserver'
@@ -76,7 +77,9 @@ class Location(collections.namedtuple('Location', 'user host port vm')):
 
 
 def _bad(text, reason):
-    shown = text if len(text) <= 200 else text[:200] + '...'
+    # A password written into the location is refused, never repeated.
+    shown = redact.text(text)
+    shown = shown if len(shown) <= 200 else shown[:200] + '...'
     return errors.BadLocation(location=repr(shown), reason=reason)
 
 
@@ -150,6 +153,9 @@ def parse(text):
             raise _bad(text, 'a password does not belong in the location '
                        '(use an SSH key)')
         user = _decode(userinfo, text)
+        if ':' in user:
+            raise _bad(text, 'a password does not belong in the location '
+                       '(use an SSH key)')
         if not USER_RE.match(user):
             raise _bad(text, '%r is not a user name' % user)
     host, port = _host_port(hostport, text)
