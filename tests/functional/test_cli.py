@@ -18,6 +18,8 @@ import shutil
 import stat
 import subprocess
 
+import pytest
+
 from tests.lib import blockdev
 from tests.lib import cli
 from tests.lib import imagegen as ig
@@ -164,3 +166,37 @@ def test_output_into_a_closed_pipe_ends_quietly(simple_chain):
     p.wait(timeout=cli.CLI_TIMEOUT)
     p.stderr.close()
     assert (p.returncode, err) == (141, ''), (p.returncode, err)
+
+
+@pytest.mark.parametrize('url', [
+    'postgresql+psycopg2://a2k@127.0.0.1:1/a2k?password=S3CRETmarker',
+    'mysql+pymysql//a2k:S3CRETmarker@127.0.0.1:1/a2k',
+    'mysql+pymysql://a2k:S3CRETmarker@127.0.0.1:notaport/a2k',
+    'mysql+pymysql://a2k:S3CRET@marker@127.0.0.1:1/a2k',
+])
+def test_a_state_database_password_is_never_shown(url, monkeypatch):
+    """The URL in ANY2KVM_STATE_DB with a password, a typo, a bad port,
+    an unescaped "@": one line, exit 1, and no part of the password
+    (plain and --debug)."""
+    monkeypatch.setenv('ANY2KVM_STATE_DB', url)
+    res = cli.run_any2kvm('migration', 'list')
+    assert res.returncode == 1, cli.describe(res)
+    assert len(res.stderr.strip().splitlines()) == 1, cli.describe(res)
+    assert 'S3CRET' not in res.stderr and 'marker' not in res.stderr, \
+        cli.describe(res)
+    assert 'state database' in res.stderr, cli.describe(res)
+
+
+def test_a_password_in_the_location_is_refused_unrepeated():
+    for loc in ('xenserver://root:S3CRETmarker@127.0.0.1/web',
+                'xenserver://root%3AS3CRETmarker@127.0.0.1/web'):
+        res = cli.run_any2kvm('info', loc)
+        assert res.returncode == 1, cli.describe(res)
+        assert 'a password does not belong in the location' in \
+            res.stderr, cli.describe(res)
+        assert 'S3CRETmarker' not in res.stderr + res.stdout
+    res = cli.run_any2kvm('info', 'xenserver://root@127.0.0.1/web',
+                          '--jump-host', 'ops:S3CRETmarker@127.0.0.1')
+    assert res.returncode == 2, cli.describe(res)
+    assert 'a password does not belong' in res.stderr, cli.describe(res)
+    assert 'S3CRETmarker' not in res.stderr + res.stdout
