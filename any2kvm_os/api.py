@@ -188,6 +188,18 @@ def cloud_session(cloud=None):
     except ImportError as e:
         raise exception.Any2KvmError(
             'a cloud target needs openstacksdk and keystoneauth1: %s' % e)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # Their warnings (version discovery, "Could not load" a plugin)
+        # precede the error that tells what went wrong; --debug shows
+        # them.
+        for name in ('keystoneauth', 'openstack.config'):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    # stevedore's "Could not load PLUGIN" of an unknown auth type comes
+    # before the error that says it; only while the cloud is read.
+    plugins = logging.getLogger('stevedore.named')
+    level = plugins.level
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        plugins.setLevel(logging.ERROR)
     try:
         region = os_config.OpenStackConfig().get_one(cloud=cloud)
         session = region.get_session()
@@ -198,19 +210,18 @@ def cloud_session(cloud=None):
     except (sdk_exc.ConfigException, ks_exc.ClientException) as e:
         raise exception.Any2KvmError('cloud configuration%s: %s' % (
             ' %r' % cloud if cloud else '', e))
+    finally:
+        plugins.setLevel(level)
     where = (region.config.get('auth') or {}).get('auth_url') or 'keystone'
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        # Its warnings (version discovery) precede the error that tells
-        # what went wrong; --debug shows them.
-        logging.getLogger('keystoneauth').setLevel(logging.ERROR)
     try:
         # Authenticate now: a wrong password is told before the disks are
         # read, not after.
         session.get_token()
     except ks_exc.Unauthorized as e:
         raise exception.TargetError(
-            path=where, reason='authentication failed (check the user, '
-            'password, domain and project): %s' % e)
+            path=where, reason='authentication failed (check %s): %s' % (
+                _CHECK_AUTH.get(region.config.get('auth_type'),
+                                _CHECK_AUTH[None]), e))
     except ks_exc.ConnectFailure as e:
         raise exception.TargetError(path=where,
                                     reason='cannot connect: %s' % e)
@@ -220,6 +231,19 @@ def cloud_session(cloud=None):
                 type(e).__name__, e))
     return session, region.region_name or None, \
         region.config.get('interface')
+
+
+#: What to check when Keystone refuses the credentials, by auth type.
+_CHECK_AUTH = {
+    None: 'the user, password, domain and project',
+    'token': 'the token (OS_TOKEN): it may have expired',
+    'v3token': 'the token (OS_TOKEN): it may have expired',
+    'v3applicationcredential': 'the application credential\'s id or name '
+                               'and secret: it may have expired or been '
+                               'deleted',
+    'applicationcredential': 'the application credential\'s id or name and '
+                             'secret: it may have expired or been deleted',
+}
 
 
 def import_vm(location, target, name, limits, source_name=None,

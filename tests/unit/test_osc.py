@@ -556,11 +556,36 @@ def test_cloud_session_errors(monkeypatch, capsys):
     fails(ks_exc.Unauthorized('The request you have made requires '
                               'authentication.'),
           'http://127.0.0.1:5/v3: authentication failed', 'requires auth')
+    fails(ks_exc.Unauthorized('401'), 'check the user, password, domain '
+          'and project')
+    # A token or an application credential: what was used is named.
+    region = FakeRegion(session)
+    get_one.return_value = region
+    region.config['auth_type'] = 'v3token'
+    fails(ks_exc.Unauthorized('401'), 'check the token (OS_TOKEN): it may '
+          'have expired')
+    region.config['auth_type'] = 'v3applicationcredential'
+    fails(ks_exc.Unauthorized('401'), 'check the application credential')
     fails(ks_exc.ConnectFailure('refused'), 'cannot connect: refused')
     session.get_token.side_effect = None
     get_one.side_effect = ks_exc.MissingRequiredOptions([])
     with pytest.raises(exception.Any2KvmError, match='no cloud credentials'):
         api.cloud_session(None)
+
+
+def test_an_unknown_auth_type_is_one_line(monkeypatch, capsys, tmp_path):
+    for k in list(os.environ):
+        if k.startswith('OS_'):
+            monkeypatch.delenv(k)
+    clouds = tmp_path / 'clouds.yaml'
+    clouds.write_text('clouds:\n  broken:\n    auth_type: nosuchplugin\n'
+                      '    auth:\n      auth_url: http://127.0.0.1:1/v3\n')
+    monkeypatch.setenv('OS_CLIENT_CONFIG_FILE', str(clouds))
+    assert any2kvm.main(['import', 'x.vhd', '--name', 'n', '--os-cloud',
+                         'broken']) == 1
+    err = capsys.readouterr().err
+    assert err == ('any2kvm: error: cloud configuration \'broken\': The '
+                   'plugin nosuchplugin could not be found\n'), err
 
 
 def test_no_cloud_at_all(monkeypatch, capsys, tmp_path):
