@@ -402,11 +402,29 @@ def fix_disks(settings, disks, fmt, name, scratch_dir=None, slots=None):
     done = v2v.run(settings, disks, fmt, name, root=guest.get('root'),
                    scratch_dir=scratch_dir)
     again = run_probe(settings, disks, fmt=fmt, name=name, slots=slots)
-    again['fixed'] = result.get('fixed') or []
+    fixed = result.get('fixed') or []
+    after = choose(again)
+    if guest.get('type') == 'linux' and after is not None and \
+            _names_of(properties.disk_bus(after)[0]) != _names_of(bus):
+        # The hand-off ended on the other family of names (virtio_blk
+        # added to a kernel without virtio_scsi: vdX, where the fix
+        # wrote sdX in device.map, the LVM filter, the names without a
+        # UUID, RHEL 5's scsi_hostadapter): fixed again for the bus set.
+        again = run_probe(settings, disks, fmt=fmt, fix=True, name=name,
+                          slots=slots)
+        fixed = fixed + (again.get('fixed') or [])
+        done['fixed_again_for'] = properties.disk_bus(after)[0]
+    again['fixed'] = fixed
     done['needed'] = kind
     done['bus_before'] = bus
     again['v2v'] = done
     return again
+
+
+def _names_of(bus):
+    """The family of disk names a Linux guest on ``bus`` sees: vdX on
+    virtio-blk, sdX on the others (what the probe's ``fix_bus`` writes)."""
+    return 'virtio' if bus == 'virtio' else 'scsi'
 
 
 def choose(result):

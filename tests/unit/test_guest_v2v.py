@@ -263,6 +263,32 @@ def _result(g):
                                       'bus': 'scsi', 'files': []}]}
 
 
+def test_a_hand_off_ending_on_virtio_blk_fixes_the_names_again(
+        tools, monkeypatch):
+    """virt-v2v added virtio_blk to a kernel without virtio_scsi (RHEL
+    5's): the bus set is virtio, whose disks are vdX, where the first fix
+    wrote sdX (device.map, the LVM filter, names without a UUID): the fix
+    runs again for it, and both fixes are reported."""
+    after = guest('guest-virtio')
+    for k in after['linux']['kernels']:
+        k['modules']['virtio_scsi'] = None
+    calls = []
+    results = [_result(guest('guest-novirtio')), {'guests': [after]},
+               dict(_result(after), fixed=[{'root': after['root'],
+                                            'disk': 0, 'bus': 'virtio',
+                                            'files': []}])]
+
+    def probe(settings, paths, fmt='raw', fix=False, name=None, slots=None):
+        calls.append(fix)
+        return copy.deepcopy(results[len(calls) - 1])
+    monkeypatch.setattr(gi, 'run_probe', probe)
+    result = gi.fix_disks(gi.Settings(), ['/s/d.qcow2'], 'qcow2', 'vm.raw')
+    assert calls == [True, False, True]
+    assert [f['bus'] for f in result['fixed']] == ['scsi', 'virtio']
+    assert result['v2v']['fixed_again_for'] == 'virtio'
+    assert gi.summary(result)['properties']['hw_disk_bus'] == 'virtio'
+
+
 def test_fix_hands_off_then_inspects_again(tools, monkeypatch):
     calls = _probes(monkeypatch, _result(guest('guest-novirtio')),
                     {'guests': [guest('guest-virtio')]})
