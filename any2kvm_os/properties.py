@@ -15,7 +15,8 @@
 The properties go to the Glance image (and to a Cinder volume's image
 metadata) so that Nova boots the guest with matching virtual hardware.
 Defaults: ``hw_scsi_model=virtio-scsi`` and ``hw_disk_bus=scsi`` (for a
-Windows guest not looked inside, ``hw_disk_bus=sata``); then what the
+Windows guest not looked inside, ``hw_disk_bus=ide``, or ``sata`` with
+Secure Boot's q35); then what the
 source says: OS type and distro, UEFI firmware, CPU topology, memory, disk
 size, NIC model.  User properties override everything.
 """
@@ -26,8 +27,11 @@ import re
 DEFAULTS = {'hw_scsi_model': 'virtio-scsi', 'hw_disk_bus': 'scsi'}
 
 #: The disk bus of a Windows guest that was not looked inside (see
-#: :func:`image_properties`).
-WINDOWS_UNINSPECTED_BUS = 'sata'
+#: :func:`image_properties`): IDE, which every Windows boots from when it
+#: was installed on Xen's or Hyper-V's emulated IDE; AHCI where the
+#: machine must be q35 (Secure Boot), which has no IDE.
+WINDOWS_UNINSPECTED_BUS = 'ide'
+WINDOWS_UNINSPECTED_Q35_BUS = 'sata'
 
 #: Our NIC model names -> Nova's hw_vif_model values (libvirt/KVM).
 VIF_MODELS = {'vmxnet3': 'vmxnet3', 'e1000': 'e1000', 'e1000e': 'e1000e',
@@ -121,10 +125,13 @@ def image_properties(vm, virtual_size, defaults=True, overrides=None):
             # Not looked inside (--no-inspect, an inspection that failed,
             # a BitLocker volume): Windows has no virtio storage driver
             # of its own, and one off XenServer seldom has virtio-win;
-            # on virtio-scsi it stops with 0x7B.  AHCI (storahci,
-            # msahci) is built in since Vista and Server 2008.
+            # on virtio-scsi it stops with 0x7B.  Installed on emulated
+            # IDE, it keeps AHCI from starting at boot (storahci Start
+            # 3): IDE, unless Secure Boot needs q35.
             props.pop('hw_scsi_model', None)
-            props['hw_disk_bus'] = WINDOWS_UNINSPECTED_BUS
+            props['hw_disk_bus'] = WINDOWS_UNINSPECTED_Q35_BUS if \
+                props.get('hw_machine_type') == 'q35' else \
+                WINDOWS_UNINSPECTED_BUS
     guest = vm.get('guest_properties') if defaults else None
     if guest:
         # What inspection found inside the guest replaces the defaults
@@ -268,42 +275,71 @@ def _overridden(svc):
     """The start types a service's ``StartOverride`` sets other than
     boot start (Windows 8 on: it wins over ``Start``; Windows sets 3 on
     a storage driver that found no device at boot, as vioscsi installed
-    on XenServer)."""
-    return sorted(set(v for v in (svc.get('start_override') or {}).values()
-                      if v != 0), key=str)
+    on XenServer, or storahci on a system installed on IDE), as text; a
+    value that is not a DWORD counts, as it is."""
+    out = []
+    for value in (svc.get('start_override') or {}).values():
+        if value != 0 and str(value) not in out:
+            out.append(str(value))
+    return sorted(out)
+
+
+def _at_boot(svc, fix):
+    """(starts at boot, what holds it back): a Windows storage service
+    starts at boot when its ``Start`` is 0 and no ``StartOverride`` value
+    says otherwise; with ``fix``, when it is installed at all (``--fix``
+    sets its Start to 0 and its overrides to 0, :data:`probe.
+    BOOT_SERVICES`)."""
+    if not svc:
+        return False, None
+    if fix:
+        return True, None
+    if svc.get('start') != 0:
+        return False, 'Start %s' % svc.get('start')
+    override = _overridden(svc)
+    if override:
+        return False, 'its StartOverride, %s, wins over Start 0' % (
+            ', '.join(override))
+    return True, None
 
 
 def disk_bus(guest, fix=False):
     """(hw_disk_bus, hw_scsi_model or None, reason) for ``guest``: the
     bus its boot disk can be found on; with ``fix``, once ``--fix`` has
-    cleared the storage driver's ``StartOverride``."""
+    made the chosen bus's storage driver start at boot (a virtio driver
+    held back by its ``StartOverride`` only; any installed AHCI driver).
+    """
     if guest.get('type') == 'windows':
         services = windows_boot_services(guest)
         held = []
         for name, bus, model in (('vioscsi', 'scsi', 'virtio-scsi'),
                                  ('viostor', 'virtio', None)):
-            svc = services.get(name) or {}
-            if svc.get('start') != 0:
-                continue
-            override = _overridden(svc)
-            if not override:
-                return bus, model, 'the %s service starts at boot' % name
-            if fix:
-                return bus, model, ('the %s service starts at boot once '
-                                    'its StartOverride (%s) is cleared'
-                                    % (name, ', '.join(map(str, override))))
-            held.append('%s does not (its StartOverride, %s, wins over '
-                        'Start 0; --fix clears it)'
-                        % (name, ', '.join(map(str, override))))
+            svc = services.get(name)
+            # A virtio driver with Start 3 is not made to start by the
+            # fix (it may not be bound to the device): Start 0 and an
+            # override only.
+            ok, why = _at_boot(svc, fix and (svc or {}).get('start') == 0)
+            if ok:
+                return bus, model, 'the %s service starts at boot%s' % (
+                    name, ' once its StartOverride is cleared (--fix)'
+                    if _overridden(svc) else '')
+            if why and (svc or {}).get('start') == 0:
+                held.append('%s does not (%s; --fix clears it)' % (name,
+                                                                   why))
         store = ' '.join((guest.get('windows') or {}).get(
             'driver_store') or ())
         note = ''.join('; ' + h for h in held)
         note += '; %s is in the driver store only' % store if store else ''
         for name in ('storahci', 'msahci'):
-            if name in services:
-                return 'sata', None, ('no virtio storage service starting '
-                                      'at boot%s; %s (AHCI) is installed'
-                                      % (note, name))
+            ok, why = _at_boot(services.get(name), fix)
+            if ok:
+                return 'sata', None, (
+                    'no virtio storage service starting at boot%s; %s '
+                    '(AHCI) %s' % (note, name, 'is made to start at boot '
+                                   '(--fix)' if fix else 'starts at boot'))
+            if why:
+                note += '; %s (AHCI) does not start at boot (%s; --fix ' \
+                    'makes it)' % (name, why)
         return 'ide', None, ('no virtio storage service starting at boot%s;'
                              ' IDE is built into Windows' % note)
     kernel = boot_kernel(guest)

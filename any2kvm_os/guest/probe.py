@@ -2226,6 +2226,8 @@ def reg_value(kind_value):
     kind, raw = kind_value[0], kind_value[1]
     if kind == 4 and len(raw) >= 4:                       # REG_DWORD
         return int.from_bytes(raw[:4], 'little')
+    if kind == 11 and len(raw) >= 8:                      # REG_QWORD
+        return int.from_bytes(raw[:8], 'little')
     if kind in (1, 2):                                    # REG_SZ/EXPAND
         return raw.decode('utf-16-le', 'replace').rstrip('\x00')
     if kind == 7:                                         # REG_MULTI_SZ
@@ -2558,7 +2560,9 @@ def _start_override(hive, service, where):
     changes = []
     for _lower, (kind, raw, key) in sorted(hive.values(override).items()):
         old = reg_value((kind, raw, key))
-        if kind == 4 and old != 0:
+        if kind != 4 or old != 0:
+            # (One that is no DWORD is written as one: the bus chosen
+            # counts on the fix clearing every override.)
             hive.set_value(override, key, 4, (0).to_bytes(4, 'little'))
             changes.append('%s\\StartOverride\\%s: %s -> 0'
                            % (where, key, old))

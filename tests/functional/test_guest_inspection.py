@@ -781,13 +781,16 @@ def test_windows_inspection(inspected, guests):
                               'architecture', 'hw_disk_bus',
                               'hw_vif_model', 'hw_firmware_type')} == {
         'os_type': 'windows', 'os_distro': 'windows', 'os_version': '10.0',
-        'architecture': 'x86_64', 'hw_disk_bus': 'sata',
+        'architecture': 'x86_64', 'hw_disk_bus': 'ide',
         'hw_vif_model': 'e1000', 'hw_firmware_type': 'bios'}
     assert 'hw_scsi_model' not in p
+    # storahci with Start 3 (installed on Xen's emulated IDE): IDE.
     assert why['hw_disk_bus'] == ('no virtio storage service starting at '
-                                  'boot; storahci (AHCI) is installed')
+                                  'boot; storahci (AHCI) does not start at '
+                                  'boot (Start 3; --fix makes it); IDE is '
+                                  'built into Windows')
     p, why = props['win2019-store']
-    assert p['hw_disk_bus'] == 'sata'
+    assert p['hw_disk_bus'] == 'ide'
     assert 'vioscsi.inf_amd64_' in why['hw_disk_bus']
     assert 'is in the driver store only' in why['hw_disk_bus']
     assert props['win7-x86'][0]['architecture'] == 'i686'
@@ -795,7 +798,7 @@ def test_windows_inspection(inspected, guests):
 
     warns = {k: gi.warnings(g) for k, g in win.items()}
     for kind, spec in winbuild.KINDS.items():
-        assert ('%s without a virtio storage driver: hw_disk_bus=sata; '
+        assert ('%s without a virtio storage driver: hw_disk_bus=ide; '
                 'install virtio-win before migrating to get virtio-scsi'
                 % spec['product']) in warns[kind]
         assert ('ControlSet001: Citrix XenServer PV driver services %s: '
@@ -898,8 +901,8 @@ def test_convert_fix_on_the_windows_disk(guests, libguestfs, tmp_path):
                     if s['group'] in ('citrix', 'virtio')]
     assert report['properties']['hw_disk_bus'] == 'sata'
     assert report['reasons']['hw_disk_bus'] == (
-        'no virtio storage service starting at boot; storahci (AHCI) is '
-        'installed')
+        'no virtio storage service starting at boot; storahci (AHCI) starts '
+        'at boot')
     assert report['warnings'] == [
         'Windows Server 2019 Standard without a virtio storage driver: '
         'hw_disk_bus=sata; install virtio-win before migrating to get '

@@ -101,11 +101,12 @@ def test_reading_the_system_hive(hivex_python, tmp_path):
              'product_name': 'Windows Server 2019 Standard', 'disk': 0,
              'root': '/dev/sda2', 'windows': dict(facts, driver_store=[])}
     props, reasons = properties.guest_properties(guest)
-    assert props['hw_disk_bus'] == 'sata'
+    # storahci is there with Start 3 (installed on IDE): IDE, not AHCI.
+    assert props['hw_disk_bus'] == 'ide'
     assert props['hw_vif_model'] == 'e1000'
     warnings = gi.warnings(guest)
     assert ('Windows Server 2019 Standard without a virtio storage driver: '
-            'hw_disk_bus=sata; install virtio-win before migrating to get '
+            'hw_disk_bus=ide; install virtio-win before migrating to get '
             'virtio-scsi') in warnings
     assert any('Citrix XenServer PV driver services' in w
                for w in warnings)
@@ -259,7 +260,7 @@ def test_vmware_pvscsi_and_vmxnet3_services(hivex_python, tmp_path):
     # No virtio driver: pvscsi does not make a virtio bus.
     props, _reasons = properties.guest_properties(
         {'type': 'windows', 'windows': facts})
-    assert props['hw_disk_bus'] == 'sata'
+    assert props['hw_disk_bus'] == 'ide'
     assert props['hw_vif_model'] == 'e1000'
     fixed = probe_hive(hivex_python, path, '--fix-bus', 'sata')
     assert not any('pvscsi' in c or 'vmxnet3' in c or 'vmci' in c
@@ -521,3 +522,25 @@ def test_a_clock_kept_in_utc_is_said(hivex_python, tmp_path):
     warnings = gi.windows_warnings({'type': 'windows', 'windows': facts})
     assert any(w.startswith('the guest keeps its hardware clock in UTC')
                for w in warnings), warnings
+
+
+def test_a_start_override_that_is_no_dword(hivex_python, tmp_path):
+    """A StartOverride value of another type (a REG_MULTI_SZ): it holds
+    the driver back (Windows' reading of it is not known), the bus
+    choice does not fail on it, and the fix writes the DWORD 0."""
+    reg = winhive.system_reg(extra_services=(('storahci', 0),)) + ''.join(
+        '[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Services\\storahci\\'
+        'StartOverride]\n"0"=hex(7):%s\n\n' % (c, winhive._multi_sz(['3']))
+        for c in CSETS)
+    path = winhive.build(tmp_path / 'SYSTEM', reg)
+    facts = probe_hive(hivex_python, path)
+    guest = {'type': 'windows', 'windows': facts}
+    bus, _model, why = properties.disk_bus(guest)
+    assert bus == 'ide' and 'StartOverride' in why, why
+    assert properties.disk_bus(guest, fix=True)[0] == 'sata'
+    out = probe_hive(hivex_python, path, '--fix-bus', 'sata')
+    assert "%s\\Services\\storahci\\StartOverride\\0: ['3'] -> 0" % (
+        CSETS[0]) in out['fixed'], out['fixed']
+    facts = probe_hive(hivex_python, path)
+    assert properties.disk_bus({'type': 'windows', 'windows': facts})[
+        0] == 'sata'

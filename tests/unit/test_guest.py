@@ -297,21 +297,36 @@ def test_image_properties_guest_wins_over_source_user_over_guest():
 
 # -- Windows (hand-written facts) -----------------------------------------
 
-def test_windows_without_virtio_service_gets_sata_and_a_warning():
+def test_windows_without_virtio_or_ahci_at_boot_gets_ide_and_a_warning():
+    """Installed on Xen's emulated IDE: storahci is there but set not to
+    start at boot (Start 3): AHCI would stop it with 0x7B
+    (INACCESSIBLE_BOOT_DEVICE) until --fix makes it start; IDE boots."""
     result = windows()
     summary = gi.summary(result)
     props, reasons = summary['properties'], summary['reasons']
     assert props['os_type'] == 'windows'
     assert props['os_distro'] == 'windows'
     assert props['os_version'] == '10.0'
-    assert props['hw_disk_bus'] == 'sata'
+    assert props['hw_disk_bus'] == 'ide'
     assert props['hw_vif_model'] == 'e1000'
     assert 'vioscsi.inf_amd64_1234 is in the driver store only' in \
         reasons['hw_disk_bus']
+    assert 'storahci (AHCI) does not start at boot (Start 3; --fix makes ' \
+        'it)' in reasons['hw_disk_bus'], reasons['hw_disk_bus']
     text = '\n'.join(summary['warnings'])
     assert ('Windows Server 2019 Standard without a virtio storage '
-            'driver: hw_disk_bus=sata; install virtio-win before migrating '
+            'driver: hw_disk_bus=ide; install virtio-win before migrating '
             'to get virtio-scsi') in text
+    # storahci at boot: AHCI.
+    for cs in result['guests'][0]['windows']['control_sets'].values():
+        cs['services']['storahci']['start'] = 0
+    assert gi.summary(result)['properties']['hw_disk_bus'] == 'sata'
+    # ... unless its StartOverride holds it back (Windows 8 on).
+    for cs in result['guests'][0]['windows']['control_sets'].values():
+        cs['services']['storahci']['start_override'] = {'0': 3}
+    assert gi.summary(result)['properties']['hw_disk_bus'] == 'ide'
+    # The fix makes it start: it may choose AHCI.
+    assert properties.disk_bus(result['guests'][0], fix=True)[0] == 'sata'
     assert 'ControlSet001: Citrix XenServer PV driver services xenbus, ' \
         'xenfilt, xenvbd' in text
     assert 'upperfilters names xenfilt' in text
@@ -344,13 +359,13 @@ def test_windows_vioscsi_installed_but_not_at_boot_gets_the_right_advice():
                            'image_path': 'system32\\drivers\\vioscsi.sys'}
     text = '\n'.join(gi.summary(result)['warnings'])
     assert 'vioscsi is installed but does not start at boot (Start 3): ' \
-        'hw_disk_bus=sata; set its Start to 0' in text, text
+        'hw_disk_bus=ide; set its Start to 0' in text, text
     assert 'install virtio-win before migrating' not in text
     services['vioscsi'].update(start=0, start_override={'0': 3})
     text = '\n'.join(gi.summary(result)['warnings'])
     assert 'vioscsi would start at boot but for its StartOverride: ' \
-        'hw_disk_bus=sata; --fix clears it' in text, text
-    assert gi.summary(result)['properties']['hw_disk_bus'] == 'sata'
+        'hw_disk_bus=ide; --fix clears it' in text, text
+    assert gi.summary(result)['properties']['hw_disk_bus'] == 'ide'
 
 
 def test_windows_bus_follows_the_control_set_of_the_next_boot():
@@ -363,7 +378,7 @@ def test_windows_bus_follows_the_control_set_of_the_next_boot():
         'services': dict(first['services'], vioscsi={
             'group': 'virtio', 'start': 0, 'image_path': None})}
     win['current_control_set'] = 'ControlSet001'
-    assert properties.disk_bus(guest)[0] == 'sata'
+    assert properties.disk_bus(guest)[0] == 'ide'
     win['default_control_set'] = 'ControlSet002'
     assert properties.disk_bus(guest)[:2] == ('scsi', 'virtio-scsi')
 
@@ -980,7 +995,7 @@ def test_a_32_bit_windows_guest():
 def test_a_vioscsi_in_the_driver_store_only():
     g = disk_guest('WIN2019-STORE')
     props, why = properties.guest_properties(g)
-    assert props['hw_disk_bus'] == 'sata'
+    assert props['hw_disk_bus'] == 'ide'
     assert props['hw_vif_model'] == 'e1000'
     assert 'vioscsi.inf_amd64_' in why['hw_disk_bus']
     assert [w for w in gi.warnings(g) if w.startswith(
@@ -998,8 +1013,9 @@ def test_text_lines_of_a_windows_guest():
     assert ('bcd:          /dev/sda1:/Boot/BCD default '
             '{6b9e2f15-1c40-11ea-9c4d-806e6f6e6963} (Windows Server 2019 '
             'Standard), names the Windows partition: yes') in lines
-    assert 'property:     hw_disk_bus=sata (no virtio storage service ' \
-        'starting at boot; storahci (AHCI) is installed)' in lines
+    assert 'property:     hw_disk_bus=ide (no virtio storage service ' \
+        'starting at boot; storahci (AHCI) does not start at boot (Start 3; ' \
+        '--fix makes it); IDE is built into Windows)' in lines, lines
 
 
 def test_the_uefi_guest_as_inspected():

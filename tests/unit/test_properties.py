@@ -45,9 +45,13 @@ def test_windows_xenserver_vm_with_secure_boot():
     assert p['hw_cpu_sockets'] == '1' and p['hw_cpu_cores'] == '2'
     assert 'hw_vif_model' not in p  # a Xen PV NIC has no KVM twin
     assert p['min_disk'] == 40
-    # Not looked inside: SATA (AHCI is built into Windows), not
-    # virtio-scsi, which Windows has no driver for of its own.
+    # Not looked inside: not virtio-scsi, which Windows has no driver
+    # for of its own; IDE, which it was installed on, but for Secure
+    # Boot's q35 (no IDE there): SATA.
     assert p['hw_disk_bus'] == 'sata' and 'hw_scsi_model' not in p
+    plain = dict(vm, secure_boot=False)
+    p2 = properties.image_properties(plain, 40 * GiB)
+    assert p2['hw_disk_bus'] == 'ide' and 'hw_scsi_model' not in p2
     # What inspection found wins.
     vm['guest_properties'] = {'hw_disk_bus': 'scsi',
                               'hw_scsi_model': 'virtio-scsi'}
