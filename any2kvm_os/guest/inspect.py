@@ -43,6 +43,7 @@ from any2kvm_os.guest import process
 from any2kvm_os.guest import v2v
 from any2kvm_os import lazyopts
 from any2kvm_os import properties
+from any2kvm_os import redact
 
 LOG = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def run_probe(settings, disks, fmt='raw', fix=False, name=None,
 
 def _qemu_img(*args):
     r = subprocess.run(('qemu-img',) + args, capture_output=True,
-                       text=True, timeout=3600)
+                       text=True, timeout=3600, env=redact.child_environ())
     if r.returncode != 0:
         raise exception.GuestFixError(
             path=args[-1], reason='qemu-img %s: %s' % (
@@ -263,7 +264,7 @@ def changed_ranges(overlay):
     clusters, data or zeros, over its backing disk)."""
     r = subprocess.run(['qemu-img', 'map', '--output=json', '-f', 'qcow2',
                         overlay], capture_output=True, text=True,
-                       timeout=3600)
+                       timeout=3600, env=redact.child_environ())
     if r.returncode != 0:
         raise exception.GuestFixError(path=overlay, reason='qemu-img map: '
                                       '%s' % ' '.join(r.stderr.split()))

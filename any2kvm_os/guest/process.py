@@ -29,10 +29,31 @@ def _dying_with_us(cmd):
     target under the next command's copy; once it is killed, libguestfs'
     recovery process kills its appliance.  Without setpriv, ``cmd``
     as it is."""
-    setpriv = shutil.which('setpriv')
+    setpriv = _setpriv()
     if setpriv is None:
         return list(cmd)
     return [setpriv, '--pdeathsig', 'KILL', '--'] + list(cmd)
+
+
+_SETPRIV = []
+
+
+def _setpriv():
+    """setpriv's path when it has ``--pdeathsig`` (util-linux 2.33 on;
+    an older one would make every run fail), asked once; else None."""
+    if not _SETPRIV:
+        found = shutil.which('setpriv')
+        if found is not None:
+            try:
+                ok = subprocess.run(
+                    [found, '--pdeathsig', 'KILL', '--', 'true'],
+                    stdin=subprocess.DEVNULL, capture_output=True,
+                    timeout=30).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+            found = found if ok else None
+        _SETPRIV.append(found)
+    return _SETPRIV[0]
 
 
 def communicate(cmd, timeout, **kwargs):

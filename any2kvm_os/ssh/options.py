@@ -295,9 +295,9 @@ class HostOptions(object):
             # OpenSSH takes "user:style" (BSD auth): a password written
             # there would go over the wire as the user name, and be
             # logged and stored.  Not echoed.
-            raise ValueError('a password does not belong in %s (use a '
-                             'key, ssh-agent or --password-env)'
-                             % redact.text(target))
+            raise ValueError('a password does not belong in the SSH user '
+                             'name of %s (use a key, ssh-agent or '
+                             '--password-env)' % redact.text(rest))
         port = kwargs.pop('port', 22)
         if rest.startswith('['):
             addr, _, tail = rest[1:].partition(']')

@@ -18,6 +18,7 @@ does) imports no SQLAlchemy.
 """
 
 import os
+import urllib.parse
 
 from any2kvm_os import lazyopts
 from any2kvm_os import limits
@@ -73,9 +74,18 @@ def add_arguments(parser):
 
 def has_password(url):
     """Whether the URL carries a password (``user:PASSWORD@host``, a
-    ``password=`` query parameter: :func:`any2kvm_os.redact.has_secret`,
-    the patterns that hide it in messages)."""
-    return redact.has_secret(url or '')
+    ``password=`` query parameter), as SQLAlchemy, which will use it,
+    reads it; a URL it cannot read, as the patterns that hide passwords
+    in messages do (:func:`any2kvm_os.redact.has_secret`)."""
+    url = url or ''
+    try:
+        import sqlalchemy as sa
+        parsed = sa.engine.make_url(url)
+    except Exception:
+        return redact.has_secret(url)
+    return parsed.password is not None or any(
+        urllib.parse.unquote(k).strip().lower() in redact.SECRET_QUERY
+        for k in parsed.query) or redact.has_secret(url)
 
 
 def check_argv_url(url):

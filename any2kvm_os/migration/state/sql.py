@@ -42,6 +42,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 
 import sqlalchemy as sa
@@ -118,10 +119,21 @@ def safe_url(url):
     query's ``password=``; :mod:`any2kvm_os.redact`): for messages.  A
     text that does not parse is shown through the same patterns."""
     try:
-        text = sa.engine.make_url(url).render_as_string(hide_password=True)
+        parsed = sa.engine.make_url(url)
     except (sa_exc.ArgumentError, ValueError):
+        # Not a URL SQLAlchemy reads (a typo): its scheme and what
+        # follows its last "@" (the host, the database), not the rest.
         text = str(url)
-    return redact.text(text)
+        if '@' not in text:
+            return redact.text(text)
+        scheme = re.match(r'[\w+.-]{0,40}', text).group(0)
+        return redact.text('%s...@%s' % (scheme, text.rsplit('@', 1)[1]))
+    secret = dict((k, redact.MASK) for k in parsed.query
+                  if urllib.parse.unquote(k).strip().lower() in
+                  redact.SECRET_QUERY)
+    if secret:
+        parsed = parsed.update_query_dict(secret)
+    return redact.text(parsed.render_as_string(hide_password=True))
 
 
 def _prepare_sqlite_file(path):
@@ -150,11 +162,13 @@ def _parse_url(url):
         url.get_dialect()
     except (sa_exc.ArgumentError, ValueError) as e:
         # NoSuchModuleError too: an unknown scheme or driver; ValueError:
-        # a port that is no number.  (Its text may hold the password.)
+        # a port that is no number (its text is what SQLAlchemy took for
+        # the port, which may be a password's tail: not shown).
+        why = 'its port is not a number' if isinstance(e, ValueError) \
+            else redact.text(_first_line(e))
         raise exception.Any2KvmError('state database %s: not a database '
                                      'URL we can use (%s)' % (
-                                         safe_url(text),
-                                         redact.text(_first_line(e))))
+                                         safe_url(text), why))
     if '@' in (url.host or ''):
         # SQLAlchemy ends the password at its first "@": the rest of it
         # would be taken for the host (and looked up).

@@ -78,7 +78,7 @@ class Location(collections.namedtuple('Location', 'user host port vm')):
 
 def _bad(text, reason):
     # A password written into the location is refused, never repeated.
-    shown = redact.text(text)
+    shown = redact.location(text)
     shown = shown if len(shown) <= 200 else shown[:200] + '...'
     return errors.BadLocation(location=repr(shown), reason=reason)
 
