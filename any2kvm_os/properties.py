@@ -132,6 +132,8 @@ def image_properties(vm, virtual_size, defaults=True, overrides=None):
             props['hw_disk_bus'] = WINDOWS_UNINSPECTED_Q35_BUS if \
                 props.get('hw_machine_type') == 'q35' else \
                 WINDOWS_UNINSPECTED_BUS
+            if props['hw_disk_bus'] == 'ide':
+                props['hw_machine_type'] = IDE_MACHINE[0]
     guest = vm.get('guest_properties') if defaults else None
     if guest:
         # What inspection found inside the guest replaces the defaults
@@ -446,6 +448,13 @@ def kvm_modules(guest):
     return out
 
 
+#: (hw_machine_type, reason) of a guest that boots from IDE only: a
+#: cloud that makes q35 its default (``[libvirt] hw_machine_type``, as
+#: many do for UEFI and PCIe) would fail its spawn.
+IDE_MACHINE = ('pc', 'the guest boots from IDE only, which q35 (a cloud\'s '
+               'default machine may be q35) does not have')
+
+
 def uefi_machine(bus, source_vm=None):
     """(hw_machine_type, reason) of a UEFI guest booting from ``bus``.
 
@@ -521,6 +530,8 @@ def guest_properties(guest, source_vm=None):
         if fw == 'uefi':
             props['hw_machine_type'], reasons['hw_machine_type'] = \
                 uefi_machine(props.get('hw_disk_bus'), source_vm)
+    if props.get('hw_disk_bus') == 'ide' and 'hw_machine_type' not in props:
+        props['hw_machine_type'], reasons['hw_machine_type'] = IDE_MACHINE
     agent = ((guest.get('linux') or {}).get('tools') or {}).get(
         'qemu_guest_agent') or []
     if not agent and 'qemu-ga' in _windows_services(guest):

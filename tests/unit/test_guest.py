@@ -309,6 +309,9 @@ def test_windows_without_virtio_or_ahci_at_boot_gets_ide_and_a_warning():
     assert props['os_version'] == '10.0'
     assert props['hw_disk_bus'] == 'ide'
     assert props['hw_vif_model'] == 'e1000'
+    # IDE: the i440fx machine, whatever the cloud's default.
+    assert props['hw_machine_type'] == 'pc'
+    assert 'q35' in reasons['hw_machine_type']
     assert 'vioscsi.inf_amd64_1234 is in the driver store only' in \
         reasons['hw_disk_bus']
     assert 'storahci (AHCI) does not start at boot (Start 3; --fix makes ' \

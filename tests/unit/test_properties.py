@@ -52,6 +52,9 @@ def test_windows_xenserver_vm_with_secure_boot():
     plain = dict(vm, secure_boot=False)
     p2 = properties.image_properties(plain, 40 * GiB)
     assert p2['hw_disk_bus'] == 'ide' and 'hw_scsi_model' not in p2
+    # IDE needs the i440fx machine: a cloud whose default is q35 would
+    # fail the spawn.
+    assert p2['hw_machine_type'] == 'pc'
     # What inspection found wins.
     vm['guest_properties'] = {'hw_disk_bus': 'scsi',
                               'hw_scsi_model': 'virtio-scsi'}
