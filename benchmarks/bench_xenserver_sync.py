@@ -575,27 +575,12 @@ def compare(bench, args, a2k, common, env, loc, out, scp, files):
     for r in range(args.repeat):
         order = 'AB' if r % 2 == 0 else 'BA'
         for which in order:
-            name = 'vm-%d%s' % (r, which)
-            out_dir = os.path.join(out, name)
-            os.mkdir(out_dir)
-            c = common if which == 'A' else common_b
-            bench.run(a2k + ['create', name, loc, '--target', 'file',
-                             '--output-dir', out_dir] + c,
-                      env=env if which == 'A' else env_b)
-            t, text = bench.run(a2k + ['sync', name, '--no-inspect'] + c,
-                                env=env if which == 'A' else env_b)
-            cpu = sum(bench.cpu)
-            read = int(re.search(r'(\d+) bytes read', text).group(1))
-            got[which].append((t, cpu, read))
-            shutil.rmtree(out_dir)
-        dest = os.path.join(bench.work, 'scp')
-        os.mkdir(dest)
-        t_scp, _ = bench.run(scp)
-        t1 = time.monotonic()
-        flush_copies(dest)
-        t_scp += time.monotonic() - t1
-        shutil.rmtree(dest)
-        scp_mbs = total / MiB / t_scp
+            t, read = first_sync(bench, a2k, 'vm-%d%s' % (r, which), loc,
+                                 out, common if which == 'A' else common_b,
+                                 env if which == 'A' else env_b)
+            got[which].append((t, sum(bench.cpu), read))
+        scp_mbs = total / MiB / time_scp(bench, scp,
+                                         os.path.join(bench.work, 'scp'))
         for which in 'AB':
             t, cpu, read = got[which][-1]
             got[which][-1] = (t, cpu, read, read / MiB / t / scp_mbs)
@@ -635,29 +620,41 @@ def more_rounds(bench, args, a2k, common, env, loc, out, scp, total, dest):
         got = {}
         for which in ('scp', 'sync') if r % 2 else ('sync', 'scp'):
             if which == 'sync':
-                name = 'vm-round%d' % r
-                out_dir = os.path.join(out, name)
-                os.mkdir(out_dir)
-                bench.run(a2k + ['create', name, loc, '--target', 'file',
-                                 '--output-dir', out_dir] + common, env=env)
-                t, text = bench.run(a2k + ['sync', name, '--no-inspect'] +
-                                    common, env=env)
-                read = int(re.search(r'(\d+) bytes read', text).group(1))
+                t, read = first_sync(bench, a2k, 'vm-round%d' % r, loc, out,
+                                     common, env)
                 got['sync'] = read / MiB / t
-                shutil.rmtree(out_dir)
             else:
-                os.mkdir(dest)
-                t, _ = bench.run(scp)
-                t1 = time.monotonic()
-                flush_copies(dest)
-                t += time.monotonic() - t1
-                shutil.rmtree(dest)
-                got['scp'] = total / MiB / t
+                got['scp'] = total / MiB / time_scp(bench, scp, dest)
         ratios.append(got['sync'] / got['scp'])
         print('round %d: any2kvm %.1f MiB/s, scp %.1f MiB/s: %.2f; load %s'
               % (r + 1, got['sync'], got['scp'], ratios[-1], ' '.join(
                   '%.2f' % x for x in os.getloadavg())), flush=True)
     return ratios
+
+
+def first_sync(bench, a2k, name, loc, out, common, env):
+    """(seconds, bytes read) of the first sync of a new migration
+    ``name`` of the VM (created untimed; its target removed after)."""
+    out_dir = os.path.join(out, name)
+    os.mkdir(out_dir)
+    bench.run(a2k + ['create', name, loc, '--target', 'file',
+                     '--output-dir', out_dir] + common, env=env)
+    t, text = bench.run(a2k + ['sync', name, '--no-inspect'] + common,
+                        env=env)
+    shutil.rmtree(out_dir)
+    return t, int(re.search(r'(\d+) bytes read', text).group(1))
+
+
+def time_scp(bench, scp, dest):
+    """Seconds of ``scp`` into ``dest`` and the fsync of its copies
+    (:func:`flush_copies`); the copies removed after."""
+    os.mkdir(dest)
+    t, _ = bench.run(scp)
+    t1 = time.monotonic()
+    flush_copies(dest)
+    t += time.monotonic() - t1
+    shutil.rmtree(dest)
+    return t
 
 
 def flush_copies(dest):

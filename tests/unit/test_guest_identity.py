@@ -389,24 +389,23 @@ def test_the_bootloader_files_facts_of_a_linux_guest():
     assert probe.kernelopts_lines(g, ['options root=/dev/sda1\n']) == []
 
 
+def _counted(g, name):
+    """The calls of ``g.name`` from now on (their first argument)."""
+    calls = []
+    real = getattr(g, name)
+
+    def counted(path, *args):
+        calls.append(path)
+        return real(path, *args)
+    setattr(g, name, counted)
+    return calls
+
+
 def test_linux_facts_read_each_file_once():
     """The bootloader files are read once for the names in them, the
     default entry, cloud-init's kernel argument and net.ifnames=0."""
     g = rocky8_guest()
-    reads = []
-    real = g.read_file
-
-    def read_file(path):
-        reads.append(path)
-        return real(path)
-    g.read_file = read_file
-    resolved = []
-    realpath = g.realpath
-
-    def counted_realpath(path):
-        resolved.append(path)
-        return realpath(path)
-    g.realpath = counted_realpath
+    reads, resolved = _counted(g, 'read_file'), _counted(g, 'realpath')
     probe.linux_facts(g, '/dev/sda1')
     assert '/boot/grub2/grub.cfg' in reads
     assert sorted(reads) == sorted(set(reads))
