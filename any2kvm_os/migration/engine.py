@@ -1298,6 +1298,8 @@ class _Run(object):
         # volumes, and a run killed from here on must know it (a
         # rollback then deletes the server the volumes are attached to,
         # and has them written again whole).
+        prior = ((self.store.get(self.name).get('cutover') or {}).get(
+            'details') or {}).get('targets_changed')
         self._record_change({'targets_changed': SERVER_CHANGE})
 
         def created(made):
@@ -1314,6 +1316,11 @@ class _Run(object):
                 # changed: its guest ran).
                 self._record_change({'server_id': None,
                                      'server_deleted': e.server_id})
+            elif getattr(e, 'no_server', False):
+                # Nova refused it (or was not asked): no guest ran on
+                # the volumes, and a cutover run again need not write
+                # them whole.
+                self._record_change({'targets_changed': prior})
             raise
         self.details.update(made)
         self.times['completed'] = time.time()

@@ -396,11 +396,21 @@ def _closest(flavors, cpus, ram):
     return sorted(flavors, key=shortfall)[:3]
 
 
+def _extra_disks(flavor):
+    """Whether ``flavor`` gives the server disks of its own (ephemeral,
+    swap)."""
+    return bool(getattr(flavor, 'OS-FLV-EXT-DATA:ephemeral', 0) or
+                getattr(flavor, 'ephemeral', 0) or
+                (getattr(flavor, 'swap', 0) not in (0, '', None)))
+
+
 def choose_flavor(flavors, cpus, ram):
     """(flavor, reason) of ``auto``: the smallest enabled flavor with at
     least ``cpus`` vCPUs and ``ram`` MiB; (None, the closest 3) when none
     fits."""
-    enabled = [f for f in flavors if _enabled(f)]
+    # A flavor with an ephemeral or swap disk adds a disk between the
+    # volumes (the guest's second disk would come third): not chosen.
+    enabled = [f for f in flavors if _enabled(f) and not _extra_disks(f)]
     fits = [f for f in enabled if f.vcpus >= cpus and f.ram >= ram]
     if not fits:
         return None, _closest(enabled, cpus, ram)
@@ -456,10 +466,17 @@ def _flavor_for(clients, facts, options, notes):
                     options.flavor, 'no such flavor' if not named else
                     '%d flavors have that name; give its id' % len(named)))
             flavor = named[0]
-        if isinstance(cpus, int) and isinstance(ram, int) and (
-                flavor.vcpus < cpus or flavor.ram < ram):
-            notes.append('flavor %s is smaller than the source (%d vCPU, '
-                         '%d MiB RAM)' % (_flavor_text(flavor), cpus, ram))
+        if isinstance(ram, int) and flavor.ram < ram:
+            # The volumes' min_ram is the source's RAM: Nova would refuse
+            # the flavor at the spawn, after the shutdown.
+            raise ServerError(
+                '--flavor %s: %d MiB RAM, less than the source\'s %d MiB, '
+                'which the volumes ask for (min_ram): Nova would refuse it; '
+                'give a bigger flavor, or --flavor auto' % (
+                    options.flavor, flavor.ram, ram))
+        if isinstance(cpus, int) and flavor.vcpus < cpus:
+            notes.append('flavor %s has fewer vCPUs than the source (%d)'
+                         % (_flavor_text(flavor), cpus))
         notes.append('flavor %s, as given' % _flavor_text(flavor))
         return flavor, None
     if not isinstance(cpus, int) or not isinstance(ram, int) or \
@@ -479,9 +496,9 @@ def _flavor_for(clients, facts, options, notes):
                 _flavor_text(f) for f in closest) or 'none'))
     name = 'any2kvm-%dvcpu-%dmb' % (cpus, ram)
     try:
-        flavor = nova.flavors.create(name, ram, cpus, 0, is_public=True,
-                                     description='made by any2kvm '
-                                                 '--create-flavor')
+        # (No description: python-novaclient refuses one below
+        # microversion 2.55, and any2kvm speaks 2.37.)
+        flavor = nova.flavors.create(name, ram, cpus, 0, is_public=True)
     except Exception as e:
         raise _cloud_error('--create-flavor: flavor %s' % name, e)
     notes.append('flavor auto: none fits the source\'s %d vCPU and %d MiB '
@@ -574,6 +591,33 @@ def _nic_list(nics, indexes=None):
     return ', '.join(out)
 
 
+def _check_names(clients, options):
+    """``--key-name`` and ``--availability-zone`` name what exists: Nova
+    would refuse them only at the create request, after a cutover's
+    shutdown."""
+    nova = clients.nova
+    if options.key_name:
+        try:
+            nova.keypairs.get(options.key_name)
+        except Exception as e:
+            if type(e).__name__ == 'NotFound':
+                raise ServerError('--key-name %s: no such key pair (of the '
+                                  'user the cloud credentials name)'
+                                  % options.key_name)
+            raise _cloud_error('nova: key pair %s' % options.key_name, e)
+    if options.availability_zone:
+        try:
+            zones = [z.zoneName for z in
+                     nova.availability_zones.list(detailed=False)]
+        except Exception as e:
+            raise _cloud_error('nova: availability zones', e)
+        if options.availability_zone.split(':')[0] not in zones:
+            raise ServerError('--availability-zone %s: no such zone '
+                              '(there are: %s)' % (
+                                  options.availability_zone,
+                                  ', '.join(sorted(zones)) or 'none'))
+
+
 def prepare(clients, vm_facts, options, name=None, disk_count=None):
     """The :class:`Plan` of a server for a VM with ``vm_facts``; refused
     (:class:`ServerError`) before anything is written.  The server is
@@ -588,6 +632,7 @@ def prepare(clients, vm_facts, options, name=None, disk_count=None):
         raise ServerError('the source boots from disk %r, which it does not '
                           'have' % (boot_disk,))
     reasons = []
+    _check_names(clients, options)
     # The networks first: their refusal leaves nothing behind, a flavor
     # made by --create-flavor would have to be deleted.
     nics = _nics_for(clients, facts, options)
@@ -721,6 +766,7 @@ def create(plan, volumes_in_device_order):
     opts = plan.options
     port_ids = []
     server_id = None
+    asked = False
     try:
         port_ids = _make_ports(plan, plan.name)
         kw = {}
@@ -730,6 +776,7 @@ def create(plan, volumes_in_device_order):
             kw['key_name'] = opts.key_name
         nics = [{'port-id': p} for p in port_ids] if port_ids else 'none'
         started = time.monotonic()
+        asked = True
         created = nova.servers.create(
             plan.name, None, plan.flavor.id,
             block_device_mapping_v2=block_devices(
@@ -744,8 +791,14 @@ def create(plan, volumes_in_device_order):
         err = _cloud_error('nova: server %s' % plan.name, e) if \
             isinstance(e, Exception) else e
         if isinstance(err, exception.Any2KvmError):
-            raise ServerError('%s; volumes kept: %s' % (
-                err, _volume_list(volumes))) from e
+            error = ServerError('%s; volumes kept: %s' % (
+                err, _volume_list(volumes)))
+            # No server can exist: Nova was not asked, or refused the
+            # request (4xx); a timeout or a 5xx may have made one.
+            code = getattr(e, 'code', None)
+            error.no_server = server_id is None and (not asked or (
+                isinstance(code, int) and 400 <= code < 500))
+            raise error from e
         raise
     LOG.info('Server %s (%s) requested', plan.name, server_id)
     return Server(plan.clients, server_id, plan.name, plan.flavor.id,

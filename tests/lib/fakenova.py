@@ -92,6 +92,11 @@ class FlavorManager(object):
 
     def create(self, name, ram, vcpus, disk, flavorid='auto', is_public=True,
                description=None, **kw):
+        if description is not None:
+            # As python-novaclient says below microversion 2.55 (any2kvm
+            # speaks 2.37): the argument is refused before any request.
+            raise TypeError("'description' argument is only allowed since "
+                            "microversion 2.55.")
         if not self.cloud.admin:
             raise Forbidden('Policy doesn\'t allow os_compute_api:'
                             'os-flavor-manage:create to be performed.')
@@ -120,7 +125,11 @@ class ServerManager(object):
             'nics': nics, 'availability_zone': availability_zone,
             'key_name': key_name}))
         if cloud.fail_create:
-            raise Exception(cloud.fail_create)
+            # An exception as it is (a Forbidden: a 4xx refusal), or a
+            # message (an error of no known kind).
+            fail = cloud.fail_create
+            raise fail if isinstance(fail, BaseException) else \
+                Exception(fail)
         if flavor not in cloud.flavors:
             raise NotFound('Flavor %s could not be found.' % flavor)
         for bdm in block_device_mapping_v2 or ():
@@ -197,9 +206,30 @@ class ServerManager(object):
                 port.device_id = ''
 
 
+class KeypairManager(object):
+    def __init__(self, cloud):
+        self.cloud = cloud
+
+    def get(self, name):
+        if name not in self.cloud.keypairs:
+            raise NotFound('Keypair %s not found for user x' % name)
+        return Obj(name=name)
+
+
+class ZoneManager(object):
+    def __init__(self, cloud):
+        self.cloud = cloud
+
+    def list(self, detailed=True):
+        return [Obj(zoneName=z, zoneState={'available': True})
+                for z in sorted(self.cloud.zones)]
+
+
 class FakeNova(object):
     def __init__(self, cloud):
         self.flavors = FlavorManager(cloud)
+        self.keypairs = KeypairManager(cloud)
+        self.availability_zones = ZoneManager(cloud)
         self.servers = ServerManager(cloud)
 
 
@@ -275,6 +305,8 @@ class FakeCloud(object):
     def __init__(self, admin=True):
         self.admin = admin
         self.flavors = {}
+        self.keypairs = {'ops'}
+        self.zones = {'nova'}
         self.networks = {}
         self.ports = {}
         self.servers = {}

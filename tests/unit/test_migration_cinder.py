@@ -318,7 +318,18 @@ def test_cutover_create_server_rollback_sync_cutover_again(bed):
     assert 'server-create' not in nova.changes()
 
     nets = {'nic0': 'private', 'nic1': 'private'}
+    # Nova refuses the create request (a 4xx: a quota, a policy), after
+    # the shutdown: no server ever existed, so the cutover run again
+    # applies the leaf only, not every disk whole.
+    from tests.lib import fakenova
+    nova.fail_create = fakenova.Forbidden('Quota exceeded for instances')
+    with pytest.raises(exception.Any2KvmError, match='Quota exceeded'):
+        engine.cutover(store, 'web', server=step(network_map=nets), **kw())
+    assert _power(root, vm) == 'halted'
+    assert not engine.kvm_changes(store.get('web')['cutover']['details'])
+    nova.fail_create = None
     r = engine.cutover(store, 'web', server=step(network_map=nets), **kw())
+    assert r['rewrites'] == [], r['rewrites']
     assert _power(root, vm) == 'halted'
     first_server = r['details']['server_id']
     assert r['details']['boot_seconds'] >= 0

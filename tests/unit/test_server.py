@@ -145,13 +145,48 @@ def test_create_flavor_refused_by_policy_before_writing():
 
 def test_flavor_by_name_or_id(cloud):
     assert plan_for(cloud, flavor='m1.medium').flavor.name == 'm1.medium'
-    tiny = [f for f in cloud.flavors.values() if f.name == 'm1.tiny'][0]
-    plan = plan_for(cloud, flavor=tiny.id)
-    assert plan.flavor.name == 'm1.tiny'
-    assert 'smaller than the source' in plan.reasons[0]
+    medium = [f for f in cloud.flavors.values() if f.name == 'm1.medium'][0]
+    assert plan_for(cloud, flavor=medium.id).flavor.name == 'm1.medium'
     with pytest.raises(server.ServerError) as e:
         plan_for(cloud, flavor='m9.huge')
     assert str(e.value) == '--flavor m9.huge: no such flavor'
+    # Less RAM than the source's, which the volumes' min_ram asks for:
+    # Nova would refuse it at the spawn, after a cutover's shutdown.
+    tiny = [f for f in cloud.flavors.values() if f.name == 'm1.tiny'][0]
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, flavor=tiny.id)
+    assert str(e.value).startswith('--flavor %s: 256 MiB RAM, less than the '
+                                   'source\'s' % tiny.id), str(e.value)
+    # Fewer vCPUs only: said, not refused.
+    few = cloud.add_flavor('m1.fewcpu', 1, 4096)
+    plan = plan_for(cloud, dict(FACTS, cpus=2), flavor=few.id)
+    assert 'fewer vCPUs than the source' in plan.reasons[0]
+
+
+def test_names_nova_would_refuse_after_the_shutdown(cloud):
+    """A key pair or a zone that does not exist: refused by prepare, not
+    by Nova at the create request (a cutover has shut the VM down by
+    then)."""
+    assert plan_for(cloud, key_name='ops', availability_zone='nova')
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, key_name='opz')
+    assert str(e.value).startswith('--key-name opz: no such key pair')
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, availability_zone='nvoa')
+    assert str(e.value) == ('--availability-zone nvoa: no such zone (there '
+                            'are: nova)')
+    assert cloud.changes() == []
+
+
+def test_auto_leaves_out_flavors_with_disks_of_their_own(cloud):
+    """An ephemeral or swap disk comes between the volumes: the source's
+    second disk would be the server's third."""
+    eph = cloud.add_flavor('a.eph', 2, 1024)
+    setattr(eph, 'OS-FLV-EXT-DATA:ephemeral', 10)
+    swap = cloud.add_flavor('a.swap', 2, 1024)
+    swap.swap = 512
+    assert plan_for(cloud, dict(FACTS, cpus=2, memory_mb=1024)
+                    ).flavor.name == 'm1.medium'
 
 
 def test_auto_needs_the_sources_size(cloud):
