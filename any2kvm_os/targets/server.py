@@ -106,6 +106,10 @@ MICROVERSION = '2.37'
 DEFAULT_BOOT_CHECK = (r'login:|Cloud-init v\. \S+ finished|'
                       r'ANY2KVM-BOOT-OK')
 DEFAULT_BOOT_TIMEOUT = 600
+#: ``--boot-check ACTIVE``: Nova's ACTIVE is taken for the boot, with no
+#: console line: for a guest that writes nothing on its serial console
+#: (Windows), whose boot cannot be proven there.
+BOOT_CHECK_ACTIVE = 'ACTIVE'
 #: Console lines shown when the boot is not verified.
 TAIL_LINES = 15
 #: What the ports any2kvm makes say of themselves.
@@ -217,7 +221,9 @@ ARGUMENTS = (
                   type=_regex,
                   help='console line that proves the boot (default: a '
                        'login prompt, cloud-init\'s finished line or '
-                       'ANY2KVM-BOOT-OK)' + _CS),
+                       'ANY2KVM-BOOT-OK; the guest must write it on its '
+                       'serial console); ACTIVE: Nova\'s ACTIVE is '
+                       'enough, no proof (a Windows guest)' + _CS),
     base.Argument('--boot-timeout', 'boot_timeout', metavar='SECONDS',
                   type=_positive,
                   help='how long the boot may take, from the create '
@@ -591,6 +597,16 @@ def _nic_list(nics, indexes=None):
     return ', '.join(out)
 
 
+def _windows(facts):
+    """Whether the VM's facts (the source's, and the guest's properties
+    when inspected) say Windows."""
+    from any2kvm_os import properties
+    guest = facts.get('guest_properties') or {}
+    return guest.get('os_type') == 'windows' or (
+        not guest.get('os_type') and
+        properties.guess_distro(facts) == 'windows')
+
+
 def _check_names(clients, options):
     """``--key-name`` and ``--availability-zone`` name what exists: Nova
     would refuse them only at the create request, after a cutover's
@@ -633,6 +649,14 @@ def prepare(clients, vm_facts, options, name=None, disk_count=None):
                           'have' % (boot_disk,))
     reasons = []
     _check_names(clients, options)
+    if not options.boot_check_given and _windows(facts):
+        # Windows writes nothing on the serial console Nova reads: the
+        # default check would wait --boot-timeout, then delete the
+        # server (in a cutover, with the VM down all the while).
+        raise ServerError('the source is Windows, which writes nothing on '
+                          'the serial console where the boot is checked: '
+                          'give --boot-check ACTIVE (Nova\'s ACTIVE, no '
+                          'proof of the boot) or a pattern it does write')
     # The networks first: their refusal leaves nothing behind, a flavor
     # made by --create-flavor would have to be deleted.
     nics = _nics_for(clients, facts, options)
@@ -879,6 +903,9 @@ def wait_boot(server, timeout=None, boot_check=None, poll=None):
                 raise BootError('server %s (%s) went to ERROR: %s' % (
                     server.name, server.id, message), server.id,
                     fault=message)
+        if active is not None and pattern.pattern == BOOT_CHECK_ACTIVE:
+            return Boot(active, active, 'ACTIVE (--boot-check ACTIVE: no '
+                        'console line asked for)')
         if active is not None:
             got_text = _console(nova, server.id)
             if got_text is not None:

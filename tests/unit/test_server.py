@@ -362,6 +362,29 @@ def test_boot_check_regex_and_console_that_grows(cloud):
     assert server.wait_boot(srv).line == 'line 3'
 
 
+def test_a_windows_source_needs_a_boot_check_it_can_pass(cloud):
+    """Windows writes nothing on the serial console Nova reads: the
+    default check would wait --boot-timeout, then delete the server (in
+    a cutover with the VM down all the while).  Refused before anything
+    is done, unless --boot-check says what to wait for; ACTIVE takes
+    Nova's ACTIVE, with no console line."""
+    windows = dict(FACTS, os={'distro': 'windows',
+                              'description': 'Microsoft Windows Server 2019'})
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, windows)
+    assert 'give --boot-check ACTIVE' in str(e.value)
+    assert cloud.changes() == []
+    cloud.console = ['nothing Windows would write']
+    srv = server.create(plan_for(cloud, windows, boot_check='ACTIVE'),
+                        volumes(cloud, 1))
+    boot = server.wait_boot(srv)
+    assert boot.line.startswith('ACTIVE (--boot-check ACTIVE')
+    # A Linux source keeps the console proof.
+    srv = server.create(plan_for(cloud), volumes(cloud, 1))
+    with pytest.raises(server.BootError):
+        server.wait_boot(srv, timeout=0.05)
+
+
 @pytest.mark.parametrize('line', ['Debian GNU/Linux 12 web ttyS0',
                                   'web login: ',
                                   'Cloud-init v. 24.1 finished at Fri',
