@@ -607,6 +607,38 @@ def _windows(facts):
         properties.guess_distro(facts) == 'windows')
 
 
+#: Nova's absolute limits a server takes from: (limit, used, what the
+#: server asks, its name).
+_QUOTAS = (('maxTotalInstances', 'totalInstancesUsed', lambda f: 1,
+            'instances'),
+           ('maxTotalCores', 'totalCoresUsed', lambda f: f.vcpus, 'cores'),
+           ('maxTotalRAMSize', 'totalRAMUsed', lambda f: f.ram, 'RAM (MiB)'))
+
+
+def _check_quota(clients, flavor):
+    """The project's quota has room for a server of ``flavor`` (Nova's
+    absolute limits; -1 is none): else refused now, not by Nova at the
+    create request after a cutover's shutdown.  Limits that cannot be
+    read are not checked."""
+    try:
+        absolute = clients.nova.limits.get(reserved=False).absolute
+        limits = dict((a.name, a.value) for a in absolute)
+    except Exception as e:
+        LOG.debug('Nova limits not read: %s', e)
+        return
+    for cap, used, asks, what in _QUOTAS:
+        limit = limits.get(cap)
+        if not isinstance(limit, int) or limit < 0:
+            continue
+        have = limit - (limits.get(used) or 0)
+        need = asks(flavor)
+        if need > have:
+            raise ServerError('quota: the server needs %d of %s, and the '
+                              'project has %d left of %d; raise the quota or '
+                              'free some' % (need, what, max(0, have),
+                                             limit))
+
+
 def _check_names(clients, options):
     """``--key-name`` and ``--availability-zone`` name what exists: Nova
     would refuse them only at the create request, after a cutover's
@@ -661,6 +693,13 @@ def prepare(clients, vm_facts, options, name=None, disk_count=None):
     # made by --create-flavor would have to be deleted.
     nics = _nics_for(clients, facts, options)
     flavor, created = _flavor_for(clients, facts, options, reasons)
+    try:
+        _check_quota(clients, flavor)
+    except ServerError:
+        if created:
+            discard(Plan(clients, options, name, flavor, nics, boot_disk,
+                         disk_count, reasons, created))
+        raise
     if options.no_network:
         reasons.append('no network (--no-network)')
     for nic in nics:

@@ -225,9 +225,22 @@ class ZoneManager(object):
                 for z in sorted(self.cloud.zones)]
 
 
+class LimitsManager(object):
+    """novaclient's ``limits.get()``: ``absolute``, a list of (name,
+    value); -1 is no limit."""
+
+    def __init__(self, cloud):
+        self.cloud = cloud
+
+    def get(self, reserved=False, tenant_id=None):
+        return Obj(absolute=[Obj(name=k, value=v) for k, v in
+                             sorted(self.cloud.limits.items())])
+
+
 class FakeNova(object):
     def __init__(self, cloud):
         self.flavors = FlavorManager(cloud)
+        self.limits = LimitsManager(cloud)
         self.keypairs = KeypairManager(cloud)
         self.availability_zones = ZoneManager(cloud)
         self.servers = ServerManager(cloud)
@@ -307,6 +320,9 @@ class FakeCloud(object):
         self.flavors = {}
         self.keypairs = {'ops'}
         self.zones = {'nova'}
+        self.limits = {'maxTotalInstances': -1, 'totalInstancesUsed': 0,
+                       'maxTotalCores': -1, 'totalCoresUsed': 0,
+                       'maxTotalRAMSize': -1, 'totalRAMUsed': 0}
         self.networks = {}
         self.ports = {}
         self.servers = {}

@@ -178,6 +178,27 @@ def test_names_nova_would_refuse_after_the_shutdown(cloud):
     assert cloud.changes() == []
 
 
+def test_a_quota_without_room_is_refused_before_anything(cloud):
+    """Nova's absolute limits: no room for one more server of the
+    flavor, refused by prepare (Nova would refuse the create request,
+    after a cutover's shutdown); a flavor made for it is deleted."""
+    cloud.limits.update(maxTotalInstances=10, totalInstancesUsed=10)
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud)
+    assert str(e.value) == ('quota: the server needs 1 of instances, and '
+                            'the project has 0 left of 10; raise the quota '
+                            'or free some')
+    cloud.limits.update(maxTotalInstances=-1, maxTotalRAMSize=4096,
+                        totalRAMUsed=4000)
+    with pytest.raises(server.ServerError, match='RAM'):
+        plan_for(cloud, dict(FACTS, cpus=3, memory_mb=3000),
+                 create_flavor=True)
+    assert [c for c in cloud.changes() if c.startswith('flavor')] == [
+        'flavor-create', 'flavor-delete']
+    cloud.limits.update(maxTotalRAMSize=-1)
+    assert plan_for(cloud)
+
+
 def test_auto_leaves_out_flavors_with_disks_of_their_own(cloud):
     """An ephemeral or swap disk comes between the volumes: the source's
     second disk would be the server's third."""
