@@ -142,6 +142,10 @@ def image_properties(vm, virtual_size, defaults=True, overrides=None):
             props.pop(key, None)
         props.update(guest)
     props.update(overrides or {})
+    if defaults and props.get('hw_disk_bus') == 'ide' and \
+            'hw_machine_type' not in props:
+        # IDE asked for (by the user too): the machine that has it.
+        props['hw_machine_type'] = IDE_MACHINE[0]
     # Glance takes min_disk and min_ram as image attributes (integers),
     # the rest as string properties.
     return {k: (v if k in ('min_disk', 'min_ram') else str(v))

@@ -62,6 +62,15 @@ def test_windows_xenserver_vm_with_secure_boot():
     assert (p['hw_disk_bus'], p['hw_scsi_model']) == ('scsi', 'virtio-scsi')
 
 
+def test_ide_asked_by_the_user_gets_the_machine_that_has_it():
+    p = properties.image_properties({}, GiB,
+                                    overrides={'hw_disk_bus': 'ide'})
+    assert (p['hw_disk_bus'], p['hw_machine_type']) == ('ide', 'pc')
+    p = properties.image_properties({}, GiB, overrides={
+        'hw_disk_bus': 'ide', 'hw_machine_type': 'q35'})
+    assert p['hw_machine_type'] == 'q35'        # the user's, as given
+
+
 def test_bare_disk_gets_defaults_only():
     assert properties.image_properties({}, 1) == {
         'hw_scsi_model': 'virtio-scsi', 'hw_disk_bus': 'scsi',
