@@ -511,9 +511,18 @@ class Connection(object):
                 security.key_types = hostkeys.preferred_algorithms(
                     known.key_types(), list(security.key_types))
             _prefer_ciphers(transport)
+            silent = _Dropped(
+                '%s sent no SSH banner, or did not finish the key '
+                'exchange, within %s s (ssh_connect_timeout)'
+                % (self.label, st.connect_timeout), before_login=True)
             try:
                 transport.start_client(timeout=st.connect_timeout)
             except (paramiko.SSHException, EOFError, OSError) as e:
+                if str(e) == 'Error reading SSH protocol banner':
+                    # The banner's own timeout, in the transport's
+                    # thread, came first (a loaded machine): the same
+                    # silence, said the same way.
+                    raise silent
                 raise _Dropped('SSH handshake with %s failed: %s'
                                % (self.label, e),
                                before_login=_cut_short(e))
@@ -521,10 +530,7 @@ class Connection(object):
                     not transport.is_active():
                 # start_client gave up waiting (its timeout) before its
                 # thread did (the banner's): nothing came in time.
-                raise _Dropped(
-                    '%s sent no SSH banner, or did not finish the key '
-                    'exchange, within %s s (ssh_connect_timeout)'
-                    % (self.label, st.connect_timeout), before_login=True)
+                raise silent
             hostkeys.verify(ho, transport.get_remote_server_key())
             self._authenticate(transport)
             if st.keepalive_interval:

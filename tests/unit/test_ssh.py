@@ -500,6 +500,36 @@ def test_a_host_that_accepts_and_never_speaks_is_tried_again(tmp_path):
     assert len(held) == 2 and took < 10, (held, took)
 
 
+def test_the_banners_own_timeout_is_said_as_the_silence_it_is(
+        tmp_path, monkeypatch):
+    """On a loaded machine paramiko's banner timeout (its thread) can end
+    the wait before start_client's: "Error reading SSH protocol banner",
+    with nothing after it.  Said as the host's silence, the same line
+    as when start_client's timeout comes first."""
+    import socket
+    real = paramiko.Transport.start_client
+
+    def start_client(self, event=None, timeout=None):
+        # Its own wait made longer than the banner's: the thread's
+        # banner timeout ends it, as it can under load.
+        return real(self, event=event, timeout=timeout * 5)
+    monkeypatch.setattr(paramiko.Transport, 'start_client', start_client)
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(8)
+    try:
+        c = connection.Connection(
+            options.HostOptions('127.0.0.1', port=listener.getsockname()[1],
+                                host_keys=('SHA256:' + 'A' * 43,)),
+            options.Settings(connect_timeout=1, retries=0),
+            environ={})
+        with pytest.raises(exception.SshError) as e:
+            c.run(['true'])
+    finally:
+        listener.close()
+    assert 'sent no SSH banner' in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize('error, cut', [
     (EOFError(), True),
     (ConnectionResetError(104, 'reset'), True),
