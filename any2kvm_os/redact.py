@@ -31,9 +31,14 @@ _SPACE = re.compile(r'(\s+)')
 MASK = '***'
 
 
+def secret_query_key(key):
+    """Whether a URL's query ``key`` carries a password (percent-encoded
+    or not, in any case: as SQLAlchemy and the drivers read it)."""
+    return urllib.parse.unquote(key).strip().lower() in SECRET_QUERY
+
+
 def _query(match):
-    key = urllib.parse.unquote(match.group('key')).strip().lower()
-    if key not in SECRET_QUERY:
+    if not secret_query_key(match.group('key')):
         return match.group(0)
     return '%s%s=%s' % (match.group('sep'), match.group('key'), MASK)
 

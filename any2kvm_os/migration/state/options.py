@@ -18,7 +18,6 @@ does) imports no SQLAlchemy.
 """
 
 import os
-import urllib.parse
 
 from any2kvm_os import lazyopts
 from any2kvm_os import limits
@@ -84,8 +83,8 @@ def has_password(url):
     except Exception:
         return redact.has_secret(url)
     return parsed.password is not None or any(
-        urllib.parse.unquote(k).strip().lower() in redact.SECRET_QUERY
-        for k in parsed.query) or redact.has_secret(url)
+        redact.secret_query_key(k) for k in parsed.query) or \
+        redact.has_secret(url)
 
 
 def check_argv_url(url):

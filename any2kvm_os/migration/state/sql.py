@@ -42,7 +42,6 @@ import re
 import socket
 import threading
 import time
-import urllib.parse
 import uuid
 
 import sqlalchemy as sa
@@ -129,8 +128,7 @@ def safe_url(url):
         scheme = re.match(r'[\w+.-]{0,40}', text).group(0)
         return redact.text('%s...@%s' % (scheme, text.rsplit('@', 1)[1]))
     secret = dict((k, redact.MASK) for k in parsed.query
-                  if urllib.parse.unquote(k).strip().lower() in
-                  redact.SECRET_QUERY)
+                  if redact.secret_query_key(k))
     if secret:
         parsed = parsed.update_query_dict(secret)
     return redact.text(parsed.render_as_string(hide_password=True))
