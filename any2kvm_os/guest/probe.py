@@ -2581,12 +2581,11 @@ def fix_system_hive(hive, bus=None, disks=1):
     # disk filter) and xencons, older ones and GPLPV others; a filter
     # left in a class whose driver cannot start fails the devices of
     # that class, the boot disk's included.
-    citrix = is_citrix
     _current, used = control_sets(hive)
     for cset in used:
         services = hive.node(cset + '\\Services')
         for name, h in hive.children(services) if services else ():
-            if citrix(name):
+            if is_citrix(name):
                 hive.delete(h)
                 changes.append('%s\\Services\\%s: deleted' % (cset, name))
         klass = hive.node(cset + '\\Control\\Class')
@@ -2602,14 +2601,14 @@ def fix_system_hive(hive, bus=None, disks=1):
                 # each kept name written back as the bytes it was.
                 items = multi_sz_items(raw)
                 names = [i.decode('utf-16-le', 'replace') for i in items]
-                keep = [i for i, n in zip(items, names) if not citrix(n)]
+                keep = [i for i, n in zip(items, names) if not is_citrix(n)]
                 if len(keep) != len(items):
                     hive.set_value(h, value, 7, b''.join(
                         i + b'\x00\x00' for i in keep) + b'\x00\x00')
                     changes.append('%s\\Control\\Class\\%s\\%s: %s -> %s'
                                    % (cset, guid, value, ','.join(names),
                                       ','.join(n for n in names
-                                               if not citrix(n))))
+                                               if not is_citrix(n))))
         for name in BOOT_SERVICES.get(bus, ()):
             h = hive.child(services, name) if services else None
             if not h:
