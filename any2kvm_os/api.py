@@ -966,7 +966,9 @@ CUTOVER_DETAILS = (
     ('fix_snapshots_kept', 'snapshots kept from the fix: %s'),
     ('volumes', 'volumes ready: %s'),
     ('server_name', 'server %s'), ('server_id', 'server id %s'),
-    ('flavor', 'flavor %s'), ('port_ids', 'ports %s'),
+    ('flavor', 'flavor %s'),
+    ('created_flavor', 'made by --create-flavor (id %s)'),
+    ('port_ids', 'ports %s'),
     ('boot_seconds', 'seen booting after %s s'),
     ('server_deleted', 'server %s deleted'),
     ('targets_changed', 'targets changed: %s'))

@@ -80,21 +80,35 @@ class ServerStep(object):
 
         def made(server):
             if created is not None:
-                created({'server_id': server.id,
-                         'server_name': server.name,
-                         'port_ids': list(server.port_ids or ())})
+                created(_recorded(server))
         server, boot = server_mod.create_and_boot(self.plan, volumes,
                                                   created=made)
-        return {'server_id': server.id, 'server_name': server.name,
-                'flavor': server.flavor_name,
-                'port_ids': list(server.port_ids or ()),
-                'boot_seconds': round(boot.seconds, 1)}
+        out = _recorded(server)
+        out.update(flavor=server.flavor_name,
+                   boot_seconds=round(boot.seconds, 1))
+        return out
 
     def rollback(self, details, migration):
         """Delete the server the cutover made and its ports; the volumes
-        are kept (and waited detached).  Returns the server's id."""
+        are kept (and waited detached); then the flavor ``--create-flavor``
+        made for it, unless another server has it since.  Returns the
+        server's id."""
+        clients = self.clients()
         result = server_mod.rollback(
-            self.clients(), server_id=details.get('server_id'),
+            clients, server_id=details.get('server_id'),
             volumes=[d['target_ref'] for d in migration['disks']],
             port_ids=details.get('port_ids'), poll=self.options.poll)
+        if details.get('created_flavor'):
+            server_mod.delete_flavor(clients, details['created_flavor'],
+                                     unless_used=True)
         return result['server_id']
+
+
+def _recorded(server):
+    """What the state database keeps of a server as soon as Nova has it:
+    what a rollback deletes."""
+    out = {'server_id': server.id, 'server_name': server.name,
+           'port_ids': list(server.port_ids or ())}
+    if server.created_flavor:
+        out['created_flavor'] = server.created_flavor
+    return out

@@ -46,10 +46,12 @@ The API (stable; the migration cutover builds on it)
     ``plan.reasons`` says why; none fits: refused, the 3 closest listed,
     unless ``create_flavor``), the networks (every source NIC mapped, or
     ``no_network``; mapped networks exist; with ``keep_macs`` every NIC
-    has a MAC that no port uses yet).  Read-only, except that a flavor
-    asked for with ``create_flavor`` is made here (a refusal by policy
-    comes before the disks are written); :func:`discard` deletes it again
-    when the disks cannot be written.  Raises :class:`ServerError`.  The
+    has a MAC that no port of its network uses yet).  Read-only, except
+    that a flavor asked for with ``create_flavor`` is made here (a refusal
+    by policy comes before the disks are written); :func:`discard`
+    deletes it again when the disks cannot be written; it is private to
+    the credentials' project (``Clients.project_id``).  No server of the
+    project may have the name yet.  Raises :class:`ServerError`.  The
     server's name: ``options.server_name``, else ``name``, else the
     source's.
 
@@ -61,7 +63,8 @@ The API (stable; the migration cutover builds on it)
     a dict with ``id`` (and ``name``), as the Cinder target's results
     are.  On failure the ports, the server and a flavor made by
     ``prepare`` are deleted, the volumes kept, and :class:`ServerError`
-    names them.
+    names them; a server made by a request whose answer never came is
+    found by its :data:`REQUEST_KEY` metadata and deleted too.
 
 ``wait_boot(server, timeout=None, boot_check=None, poll=None) -> Boot``
     Waits for ACTIVE (ERROR: :class:`BootError` with Nova's fault), then
@@ -69,7 +72,9 @@ The API (stable; the migration cutover builds on it)
     ``Boot.seconds`` (from the create request), ``Boot.active_seconds``,
     ``Boot.line``; ``boot.message()`` is "boot verified after N s".
     Otherwise :class:`BootError` with ``console_tail`` (the last
-    :data:`TAIL_LINES` lines).  Deletes nothing.
+    :data:`TAIL_LINES` lines).  A transient error (:data:`TRANSIENT_CODES`,
+    a failed connection) is asked again until the timeout.  Deletes
+    nothing.
 
 ``rollback(clients, server=None, server_id=None, volumes=(), ...)``
     -> dict.  Deletes the server, the ports any2kvm made for it (and
@@ -86,6 +91,10 @@ The API (stable; the migration cutover builds on it)
     :func:`rollback` and :class:`BootError` (console tail, the volumes
     kept named).
 
+``delete_flavor(clients, flavor_id, unless_used=False) -> bool``
+    Deletes a flavor ``create_flavor`` made (a migration's rollback:
+    kept while a server has it); failures are warnings.
+
 ``Server`` has ``id``, ``name``, ``flavor`` (id), ``flavor_name``,
 ``port_ids``, ``volumes`` ([{'id', 'name'}]), ``created_flavor`` (the id
 of a flavor made by ``prepare`` or None) and ``to_dict()``.
@@ -94,6 +103,7 @@ of a flavor made by ``prepare`` or None) and ``to_dict()``.
 import logging
 import re
 import time
+import uuid
 
 from any2kvm_os import exception
 from any2kvm_os.targets import base
@@ -114,6 +124,10 @@ BOOT_CHECK_ACTIVE = 'ACTIVE'
 TAIL_LINES = 15
 #: What the ports any2kvm makes say of themselves.
 PORT_DESCRIPTION = 'made by any2kvm for server %s'
+#: The server's metadata key holding its create request's token: the
+#: server of a request whose answer never came (^C, a timeout, a 5xx
+#: from a proxy) is found by it, and deleted.
+REQUEST_KEY = 'any2kvm_request'
 FLAVOR_PAGE = 1000
 MiB = 1 << 20
 
@@ -315,13 +329,24 @@ class Clients(object):
     network proxy) and Cinder (cinderclient), made when first used."""
 
     def __init__(self, session=None, region_name=None, interface=None,
-                 nova=None, neutron=None, cinder=None):
+                 nova=None, neutron=None, cinder=None, project_id=None):
         self.session = session
         self.region_name = region_name
         self.interface = interface
         self._nova = nova
         self._neutron = neutron
         self._cinder = cinder
+        self._project_id = project_id
+
+    @property
+    def project_id(self):
+        """The project the credentials are scoped to (None: unknown)."""
+        if self._project_id is None and self.session is not None:
+            try:
+                self._project_id = self.session.get_project_id()
+            except Exception as e:
+                LOG.debug('No project id from the session: %s', e)
+        return self._project_id
 
     @property
     def nova(self):
@@ -363,6 +388,47 @@ def _cloud_error(what, e):
         return e
     text = ' '.join(str(e).split())[:500]
     return ServerError('%s: %s: %s' % (what, type(e).__name__, text))
+
+
+#: HTTP answers that say "not now" rather than "no": a request timed out,
+#: too many requests, the service or its gateway unavailable.
+TRANSIENT_CODES = frozenset((408, 429, 500, 502, 503, 504))
+
+
+def _transient(e):
+    """Whether ``e`` (a client's error) may go away if asked again: a
+    connection that failed or timed out, or an HTTP answer of
+    :data:`TRANSIENT_CODES`."""
+    if not isinstance(e, Exception):
+        return False
+    code = getattr(e, 'code', None)
+    if not isinstance(code, int):
+        code = getattr(e, 'http_status', None)
+    if isinstance(code, int):
+        return code in TRANSIENT_CODES
+    try:
+        from keystoneauth1 import exceptions as ks_exc
+    except ImportError:
+        return False
+    return isinstance(e, ks_exc.RetriableConnectionFailure)
+
+
+def _asked_again(call, what, deadline, poll):
+    """``call()``, asked again every ``poll`` seconds while it fails with
+    a :func:`_transient` error and ``deadline`` (time.monotonic()) has not
+    passed: a service that restarts, or answers 503 for a moment, does
+    not end a wait that may cost a server (and a cutover's downtime).
+    Any other error, or the last transient one, is raised."""
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            if not _transient(e) or time.monotonic() + poll > deadline:
+                raise
+            LOG.warning('%s: %s (%s); asking again in %.0f s', what,
+                        type(e).__name__, ' '.join(str(e).split())[:200],
+                        poll)
+        time.sleep(poll)
 
 
 # -- flavors ------------------------------------------------------------------
@@ -500,17 +566,73 @@ def _flavor_for(clients, facts, options, notes):
             '%d vCPU and %d MiB RAM; closest: %s; give --flavor NAME or '
             '--create-flavor' % (cpus, ram, '; '.join(
                 _flavor_text(f) for f in closest) or 'none'))
-    name = 'any2kvm-%dvcpu-%dmb' % (cpus, ram)
+    flavor = _create_flavor(clients, cpus, ram)
+    notes.append('flavor auto: none fits the source\'s %d vCPU and %d MiB '
+                 'RAM; created %s, private to project %s (--create-flavor)'
+                 % (cpus, ram, _flavor_text(flavor), clients.project_id))
+    return flavor, flavor.id
+
+
+def _create_flavor(clients, cpus, ram):
+    """``--create-flavor``: a flavor of ``cpus`` and ``ram`` (no root
+    disk: the server boots from its volumes), private to the credentials'
+    project, so that other projects' flavor lists do not fill up with
+    one flavor per migrated VM.  Its name says its size and the project
+    (flavor names are unique in the whole cloud): a second VM of the
+    same size in the project finds it with ``--flavor auto``."""
+    nova = clients.nova
+    project = clients.project_id
+    if not project:
+        raise ServerError('--create-flavor: the cloud credentials name no '
+                          'project, which the private flavor would be for; '
+                          'scope them to a project')
+    name = 'any2kvm-%dvcpu-%dmb-%s' % (cpus, ram, project[:8])
     try:
         # (No description: python-novaclient refuses one below
         # microversion 2.55, and any2kvm speaks 2.37.)
-        flavor = nova.flavors.create(name, ram, cpus, 0, is_public=True)
+        flavor = nova.flavors.create(name, ram, cpus, 0, is_public=False)
     except Exception as e:
+        if getattr(e, 'code', None) == 409:
+            raise ServerError(
+                '--create-flavor: a flavor named %s exists, and --flavor '
+                'auto could not use it (disabled, or another project\'s); '
+                'give --flavor NAME' % name)
         raise _cloud_error('--create-flavor: flavor %s' % name, e)
-    notes.append('flavor auto: none fits the source\'s %d vCPU and %d MiB '
-                 'RAM; created %s (--create-flavor)' % (
-                     cpus, ram, _flavor_text(flavor)))
-    return flavor, flavor.id
+    try:
+        nova.flavor_access.add_tenant_access(flavor, project)
+    except BaseException as e:
+        delete_flavor(clients, flavor.id)
+        if isinstance(e, Exception):
+            raise _cloud_error('--create-flavor: access to flavor %s for '
+                               'project %s' % (name, project), e)
+        raise
+    return flavor
+
+
+def delete_flavor(clients, flavor_id, unless_used=False):
+    """Delete a flavor ``--create-flavor`` made; with ``unless_used``,
+    kept while a server (of any project, as far as the credentials see)
+    still has it.  Returns whether it is gone; a failure is a warning
+    (a flavor left over costs nothing but a line in the admin's list)."""
+    nova = clients.nova
+    try:
+        if unless_used:
+            users = nova.servers.list(search_opts={
+                'flavor': flavor_id, 'all_tenants': True}, limit=1)
+            if users:
+                LOG.warning('Flavor %s (made by --create-flavor) kept: '
+                            'server %s has it', flavor_id,
+                            _attr(users[0], 'id'))
+                return False
+        nova.flavors.delete(flavor_id)
+    except Exception as e:
+        if type(e).__name__ == 'NotFound':
+            return True
+        LOG.warning('Could not delete flavor %s: %s', flavor_id,
+                    _cloud_error('nova', e))
+        return False
+    LOG.info('Flavor %s (made by --create-flavor) deleted', flavor_id)
+    return True
 
 
 def _nic_key(index, nic):
@@ -572,14 +694,26 @@ def _nics_for(clients, facts, options):
                 raise ServerError('--keep-macs: NIC %s has no MAC' %
                                   _nic_list([entry['source']],
                                             [entry['index']]))
+            # Neutron keeps a MAC unique within a network, not across
+            # networks: a port elsewhere with it is no obstacle.
+            twin = [e['index'] for e in plan[:plan.index(entry)]
+                    if e['mac'] == mac and
+                    e['network_id'] == entry['network_id']]
+            if twin:
+                raise ServerError('--keep-macs: NICs %d and %d have the '
+                                  'same MAC %s and map to the same network '
+                                  '%s' % (twin[0], entry['index'], mac,
+                                          entry['network_name']))
             try:
-                used = list(neutron.ports(mac_address=mac))
+                used = list(neutron.ports(mac_address=mac,
+                                          network_id=entry['network_id']))
             except Exception as e:
                 raise _cloud_error('neutron: ports with MAC %s' % mac, e)
             if used:
                 raise ServerError('--keep-macs: MAC %s of NIC %d is used by '
-                                  'port %s' % (mac, entry['index'],
-                                               used[0].id))
+                                  'port %s on network %s' % (
+                                      mac, entry['index'], used[0].id,
+                                      entry['network_name']))
             entry['mac'] = mac
     return plan
 
@@ -666,6 +800,28 @@ def _check_names(clients, options):
                                   ', '.join(sorted(zones)) or 'none'))
 
 
+def _named(clients, name):
+    """The servers of the project named ``name`` exactly (Nova's filter
+    is a regular expression)."""
+    found = clients.nova.servers.list(search_opts={'name': re.escape(name)})
+    return [s for s in found if _attr(s, 'name') == name]
+
+
+def _check_unused(clients, name):
+    """No server of the project has the name yet: an import or a cutover
+    run again by a script must not make a second server of the VM (Nova
+    allows names twice), with the same volumes' data and MACs."""
+    try:
+        same = _named(clients, name)
+    except Exception as e:
+        raise _cloud_error('nova: servers named %s' % name, e)
+    if same:
+        raise ServerError('server %s exists already (%s, %s); give '
+                          '--server-name, or delete it first' % (
+                              name, _attr(same[0], 'id'),
+                              _attr(same[0], 'status')))
+
+
 def prepare(clients, vm_facts, options, name=None, disk_count=None):
     """The :class:`Plan` of a server for a VM with ``vm_facts``; refused
     (:class:`ServerError`) before anything is written.  The server is
@@ -681,6 +837,7 @@ def prepare(clients, vm_facts, options, name=None, disk_count=None):
                           'have' % (boot_disk,))
     reasons = []
     _check_names(clients, options)
+    _check_unused(clients, options.server_name or name)
     if not options.boot_check_given and _windows(facts):
         # Windows writes nothing on the serial console Nova reads: the
         # default check would wait --boot-timeout, then delete the
@@ -718,11 +875,7 @@ def discard(plan):
     """Undo :func:`prepare` (the disks could not be written): delete the
     flavor it made."""
     if plan.created_flavor:
-        try:
-            plan.clients.nova.flavors.delete(plan.created_flavor)
-        except Exception as e:
-            LOG.warning('Could not delete flavor %s: %s',
-                        plan.created_flavor, e)
+        delete_flavor(plan.clients, plan.created_flavor)
         plan.created_flavor = None
 
 
@@ -830,6 +983,7 @@ def create(plan, volumes_in_device_order):
     port_ids = []
     server_id = None
     asked = False
+    token = uuid.uuid4().hex
     try:
         port_ids = _make_ports(plan, plan.name)
         kw = {}
@@ -841,14 +995,22 @@ def create(plan, volumes_in_device_order):
         started = time.monotonic()
         asked = True
         created = nova.servers.create(
-            plan.name, None, plan.flavor.id,
+            plan.name, None, plan.flavor.id, meta={REQUEST_KEY: token},
             block_device_mapping_v2=block_devices(
                 [v['id'] for v in volumes], plan.boot_disk),
             nics=nics, **kw)
         server_id = created.id
     except BaseException as e:
+        code = getattr(e, 'code', None)
+        refused = isinstance(code, int) and 400 <= code < 500 and \
+            code not in TRANSIENT_CODES
+        if server_id is None and asked and not refused:
+            # The answer never came: Nova may have made the server all
+            # the same.  Found by the request's token, it goes too.
+            _delete_requested(plan.clients, plan.name, token,
+                              poll=opts.poll)
         if server_id is not None:
-            _delete_server(plan.clients, server_id)
+            _delete_server(plan.clients, server_id, poll=opts.poll)
         _delete_ports(plan.clients.neutron, port_ids)
         discard(plan)
         err = _cloud_error('nova: server %s' % plan.name, e) if \
@@ -858,15 +1020,44 @@ def create(plan, volumes_in_device_order):
                 err, _volume_list(volumes)))
             # No server can exist: Nova was not asked, or refused the
             # request (4xx); a timeout or a 5xx may have made one.
-            code = getattr(e, 'code', None)
-            error.no_server = server_id is None and (not asked or (
-                isinstance(code, int) and 400 <= code < 500))
+            error.no_server = server_id is None and (not asked or refused)
             raise error from e
         raise
     LOG.info('Server %s (%s) requested', plan.name, server_id)
     return Server(plan.clients, server_id, plan.name, plan.flavor.id,
                   plan.flavor.name, port_ids, volumes, plan.created_flavor,
                   opts, started)
+
+
+def _delete_requested(clients, name, token, poll=2.0):
+    """Delete the servers named ``name`` made by the create request of
+    ``token`` (:data:`REQUEST_KEY`): its answer never came.  When none is
+    found (Nova may not have made it yet), or one cannot be deleted, the
+    operator is told where to look."""
+    look = ('a server %s may exist all the same (metadata %s=%s): look '
+            'with "openstack server list --name %s" and delete it'
+            % (name, REQUEST_KEY, token, name))
+    try:
+        found = [s for s in _named(clients, name) if
+                 (_attr(s, 'metadata') or {}).get(REQUEST_KEY) == token]
+    except Exception as e:
+        LOG.warning('The create request of server %s got no answer, and '
+                    'the servers could not be listed (%s): %s', name,
+                    _cloud_error('nova', e), look)
+        return
+    if not found:
+        LOG.warning('The create request of server %s got no answer, and '
+                    'Nova shows no server of it yet: %s', name, look)
+    for srv in found:
+        LOG.warning('The create request of server %s got no answer: '
+                    'deleting the server it made (%s)', name, srv.id)
+        try:
+            _delete_server(clients, srv.id, poll=poll)
+        except BaseException as e:
+            LOG.warning('Could not delete server %s (%s): %s', srv.id, e,
+                        look)
+            if not isinstance(e, Exception):
+                raise
 
 
 # -- booting ------------------------------------------------------------------
@@ -925,7 +1116,9 @@ def wait_boot(server, timeout=None, boot_check=None, poll=None):
         now = time.monotonic()
         if active is None:
             try:
-                got = nova.servers.get(server.id)
+                got = _asked_again(lambda: nova.servers.get(server.id),
+                                   'nova: server %s' % server.id,
+                                   deadline, poll)
             except Exception as e:
                 raise BootError('server %s (%s): %s' % (
                     server.name, server.id, _cloud_error('nova', e)),
@@ -972,17 +1165,20 @@ def wait_boot(server, timeout=None, boot_check=None, poll=None):
 
 def _delete_server(clients, server_id, timeout=300, poll=2.0):
     nova = clients.nova
+    deadline = time.monotonic() + timeout
+    what = 'nova: server %s' % server_id
     try:
-        nova.servers.delete(server_id)
+        _asked_again(lambda: nova.servers.delete(server_id), what, deadline,
+                     poll)
     except Exception as e:
         if type(e).__name__ == 'NotFound':
             return
         raise _cloud_error('nova: deleting server %s' % server_id, e)
-    deadline = time.monotonic() + timeout
     status = None
     while time.monotonic() < deadline:
         try:
-            got = nova.servers.get(server_id)
+            got = _asked_again(lambda: nova.servers.get(server_id), what,
+                               deadline, poll)
         except Exception as e:
             if type(e).__name__ == 'NotFound':
                 return

@@ -179,6 +179,21 @@ def test_guest2_ova_boots_with_flavor_auto(cloud, nova_clients, qemu_img,
         assert xml.findall('./devices/interface') == []
         assert xml.find('./os/loader') is None      # BIOS
 
+        # Run again (a script retried): refused by the name, before
+        # anything is written (Nova's name filter is a regular
+        # expression: the name is escaped, the match exact).
+        with pytest.raises(server.ServerError) as e:
+            server.prepare(nova_clients, {'cpus': 1, 'memory_mb': 256},
+                           server.Options(create_server=True,
+                                          no_network=True), name)
+        assert str(e.value) == ('server %s exists already (%s, ACTIVE); '
+                                'give --server-name, or delete it first'
+                                % (name, srv['id']))
+        assert server.prepare(nova_clients, {'cpus': 1, 'memory_mb': 256},
+                              server.Options(create_server=True,
+                                             no_network=True),
+                              name[:-1]).name == name[:-1]
+
         result = server.rollback(nova_clients, volumes=[shown['id']])
         assert result['server_id'] == srv['id']
         assert result['volumes_kept'] == [shown['id']]
@@ -255,6 +270,19 @@ def test_nic_mapping_down_to_the_ports(nova_clients):
             server.prepare(nova_clients, facts, opts, 'again')
         assert str(e.value).startswith('--keep-macs: MAC fa:16:3e:a2:00:01 '
                                        'of NIC 0 is used by port ')
+        # Neutron keeps a MAC unique within a network only: the same
+        # MACs on the other networks are planned, and Neutron makes
+        # their ports.
+        swapped = server.Options(create_server=True, keep_macs=True,
+                                 network_map={'lan': net.name,
+                                              'dmz': 'private'})
+        plan = server.prepare(nova_clients, facts, swapped, unique('nics'))
+        more = server.create_ports(plan)
+        ports += more
+        assert [(neutron.get_port(p).network_id,
+                 neutron.get_port(p).mac_address) for p in more] == [
+            (net.id, 'fa:16:3e:a2:00:01'), (private.id, 'fa:16:3e:a2:00:02'),
+            (net.id, 'fa:16:3e:a2:00:03')]
     finally:
         for p in ports:
             neutron.delete_port(p, ignore_missing=True)
@@ -335,3 +363,37 @@ def test_error_server_is_reported_and_rolled_back(cloud, nova_clients,
         assert list(neutron.ports(name='%s-nic0' % name)) == []
     finally:
         _cleanup(nova_clients, vols)
+
+
+def test_create_flavor_is_private_to_the_project(nova_clients,
+                                                 keystone_session):
+    """--create-flavor on real Nova: a flavor of the source's size, private
+    to the credentials' project (which lists it), found by the next VM
+    of that size, deleted by the rollback's helper while no server has
+    it."""
+    nova = nova_clients.nova
+    facts = {'cpus': 3, 'memory_mb': 777, 'nics': []}
+    opts = server.Options(create_server=True, create_flavor=True,
+                          no_network=True)
+    project = keystone_session.get_project_id()
+    plan = server.prepare(nova_clients, facts, opts, unique('flavor'))
+    made = plan.created_flavor
+    try:
+        flavor = nova.flavors.get(made)
+        assert (flavor.vcpus, flavor.ram, flavor.disk) == (3, 777, 0)
+        assert flavor.name == 'any2kvm-3vcpu-777mb-%s' % project[:8]
+        assert flavor.is_public is False
+        assert [a.tenant_id for a in nova.flavor_access.list(
+            flavor=flavor)] == [project]
+        again = server.prepare(nova_clients, facts, opts, unique('flavor'))
+        assert (again.flavor.id, again.created_flavor) == (made, None)
+        assert 'any2kvm-3vcpu-777mb' not in [
+            f.name for f in nova.flavors.list(is_public=True)
+            if f.is_public]
+        assert server.delete_flavor(nova_clients, made, unless_used=True)
+        assert made not in [f.id for f in nova.flavors.list(
+            is_public=None)]
+        made = None
+    finally:
+        if made:
+            nova.flavors.delete(made)

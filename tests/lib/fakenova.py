@@ -31,13 +31,15 @@ cinderclient's ``volumes``), and they behave as the services do:
   before its record goes), then NotFound; the
   volumes become ``available``, pre-made ports stay (as Nova leaves
   ports it did not make);
-* a port with a MAC already in use is refused (409), like Neutron's
-  MacAddressInUse.
+* a port with a MAC already in use on its network is refused (409), like
+  Neutron's MacAddressInUse (a MAC is unique within a network, not
+  across networks);
 
 ``cloud.calls`` records (what, arguments) of every change.
 """
 
 import itertools
+import re
 import uuid
 
 from any2kvm_os.targets import server as server_mod
@@ -55,6 +57,16 @@ class Conflict(Exception):
 
 class Forbidden(Exception):
     code = 403
+
+
+class ServiceUnavailable(Exception):
+    """A 503, as novaclient raises it (a proxy, a restarting API)."""
+
+    code = 503
+
+
+class GatewayTimeout(Exception):
+    code = 504
 
 
 class Obj(object):
@@ -78,7 +90,13 @@ class FlavorManager(object):
 
     def list(self, detailed=True, is_public=True, marker=None, limit=None,
              **kw):
-        flavors = sorted(self.cloud.flavors.values(), key=lambda f: f.id)
+        # As Nova answers: the public flavors and the private ones the
+        # project was given access to (is_public=None: all, admin only).
+        cloud = self.cloud
+        flavors = sorted((f for f in cloud.flavors.values()
+                          if f.is_public or is_public is None or
+                          cloud.project_id in cloud.flavor_access.get(
+                              f.id, ())), key=lambda f: f.id)
         if marker is not None:
             flavors = [f for f in flavors if f.id > marker]
         self.cloud.flavor_pages += 1
@@ -102,28 +120,66 @@ class FlavorManager(object):
                             'os-flavor-manage:create to be performed.')
         if any(f.name == name for f in self.cloud.flavors.values()):
             raise Conflict('Flavor with name %s already exists.' % name)
-        flavor = self.cloud.add_flavor(name, vcpus, ram, disk)
+        flavor = self.cloud.add_flavor(name, vcpus, ram, disk,
+                                       is_public=is_public)
         self.cloud.calls.append(('flavor-create', name))
         return flavor
 
     def delete(self, flavor):
         flavor_id = getattr(flavor, 'id', flavor)
-        self.cloud.flavors.pop(flavor_id)
+        if self.cloud.flavors.pop(flavor_id, None) is None:
+            raise NotFound('Flavor %s could not be found.' % flavor_id)
+        self.cloud.flavor_access.pop(flavor_id, None)
         self.cloud.calls.append(('flavor-delete', flavor_id))
+
+
+class FlavorAccessManager(object):
+    """novaclient's ``flavor_access``: a private flavor's projects."""
+
+    def __init__(self, cloud):
+        self.cloud = cloud
+
+    def add_tenant_access(self, flavor, tenant):
+        cloud = self.cloud
+        flavor_id = getattr(flavor, 'id', flavor)
+        if not cloud.admin:
+            raise Forbidden('Policy doesn\'t allow os_compute_api:os-flavor-'
+                            'access:add_tenant_access to be performed.')
+        if cloud.fail_access:
+            raise cloud.fail_access
+        if flavor_id not in cloud.flavors:
+            raise NotFound('Flavor %s could not be found.' % flavor_id)
+        if cloud.flavors[flavor_id].is_public:
+            raise Conflict('Can not add access to a public flavor.')
+        projects = cloud.flavor_access.setdefault(flavor_id, set())
+        if tenant in projects:
+            raise Conflict('Flavor access already exists for flavor %s and '
+                           'project %s combination.' % (flavor_id, tenant))
+        projects.add(tenant)
+        cloud.calls.append(('flavor-access', (flavor_id, tenant)))
+        return [Obj(flavor_id=flavor_id, tenant_id=t) for t in projects]
 
 
 class ServerManager(object):
     def __init__(self, cloud):
         self.cloud = cloud
 
-    def create(self, name, image, flavor, block_device_mapping_v2=None,
-               nics=None, availability_zone=None, key_name=None, **kw):
+    def create(self, name, image, flavor, meta=None,
+               block_device_mapping_v2=None, nics=None,
+               availability_zone=None, key_name=None, **kw):
         cloud = self.cloud
         cloud.calls.append(('server-create', {
             'name': name, 'image': image, 'flavor': flavor,
             'block_device_mapping_v2': block_device_mapping_v2,
             'nics': nics, 'availability_zone': availability_zone,
-            'key_name': key_name}))
+            'key_name': key_name, 'meta': meta}))
+        if cloud.interrupt_create is not None:
+            # The request reached Nova, its answer did not reach us (a
+            # ^C while it was in flight, a proxy's 504): the server
+            # exists all the same.
+            fail, cloud.interrupt_create = cloud.interrupt_create, None
+            self._make(name, flavor, meta, block_device_mapping_v2, nics)
+            raise fail
         if cloud.fail_create:
             # An exception as it is (a Forbidden: a 4xx refusal), or a
             # message (an error of no known kind).
@@ -135,16 +191,50 @@ class ServerManager(object):
         for bdm in block_device_mapping_v2 or ():
             if bdm['uuid'] not in cloud.volumes:
                 raise NotFound('Volume %s could not be found.' % bdm['uuid'])
+        server = self._make(name, flavor, meta, block_device_mapping_v2,
+                            nics)
+        return Obj(id=server.id, name=name, status='BUILD')
+
+    def _make(self, name, flavor, meta, bdm, nics):
+        cloud = self.cloud
         server = Obj(id=_id(), name=name, status='BUILD', flavor=flavor,
-                     bdm=block_device_mapping_v2, nics=nics, polls=0,
+                     metadata=dict(meta or {}), bdm=bdm, nics=nics, polls=0,
                      console_calls=0, delete_polls=None)
         cloud.servers[server.id] = server
         for nic in nics if isinstance(nics, list) else ():
             cloud.ports[nic['port-id']].device_id = server.id
-        return Obj(id=server.id, name=name, status='BUILD')
+        return server
+
+    def list(self, detailed=True, search_opts=None, marker=None,
+             limit=None, **kw):
+        """Nova's filters: ``name`` a regular expression (re.search, as
+        Nova's database filter), ``flavor`` an id; ``all_tenants``
+        (admin only) changes nothing here: one project."""
+        opts = dict(search_opts or {})
+        if opts.pop('all_tenants', None) and not self.cloud.admin:
+            raise Forbidden('Policy doesn\'t allow os_compute_api:servers:'
+                            'index:get_all_tenants to be performed.')
+        if self.cloud.fail_list:
+            raise self.cloud.fail_list
+        out = []
+        for srv in self.cloud.servers.values():
+            if srv.delete_polls is not None:
+                continue
+            if 'name' in opts and not re.search(opts['name'], srv.name):
+                continue
+            if 'flavor' in opts and srv.flavor != opts['flavor']:
+                continue
+            out.append(Obj(id=srv.id, name=srv.name, status=srv.status,
+                           flavor={'id': srv.flavor},
+                           metadata=dict(srv.metadata)))
+        return out[:limit] if limit else out
 
     def get(self, server_id):
         cloud = self.cloud
+        if cloud.fail_get:
+            fail = cloud.fail_get.pop(0)
+            if fail is not None:
+                raise fail
         server = cloud.servers.get(server_id)
         if server is None:
             raise NotFound('Instance %s could not be found.' % server_id)
@@ -240,6 +330,7 @@ class LimitsManager(object):
 class FakeNova(object):
     def __init__(self, cloud):
         self.flavors = FlavorManager(cloud)
+        self.flavor_access = FlavorAccessManager(cloud)
         self.limits = LimitsManager(cloud)
         self.keypairs = KeypairManager(cloud)
         self.availability_zones = ZoneManager(cloud)
@@ -267,7 +358,8 @@ class FakeNeutron(object):
             raise NotFound('Network %s could not be found.' % network_id)
         if cloud.fail_port:
             raise Conflict(cloud.fail_port)
-        if mac_address and any(p.mac_address == mac_address
+        if mac_address and any(p.mac_address == mac_address and
+                               p.network_id == network_id
                                for p in cloud.ports.values()):
             raise Conflict('Unable to complete operation for network %s. '
                            'The mac address %s is in use.' % (network_id,
@@ -317,7 +409,11 @@ class FakeCloud(object):
 
     def __init__(self, admin=True):
         self.admin = admin
+        #: The project the credentials are scoped to.
+        self.project_id = '5e1f0c2b9a6d4e7f8a1b2c3d4e5f6a7b'
         self.flavors = {}
+        #: {flavor id: set of project ids} of private flavors.
+        self.flavor_access = {}
         self.keypairs = {'ops'}
         self.zones = {'nova'}
         self.limits = {'maxTotalInstances': -1, 'totalInstancesUsed': 0,
@@ -334,6 +430,13 @@ class FakeCloud(object):
         self.fail_build = None
         self.fail_create = None
         self.fail_port = None
+        self.fail_access = None
+        self.fail_list = None
+        #: Errors ``servers.get`` raises, one per call (None: answer).
+        self.fail_get = []
+        #: Raised by the create request once it has made the server (a
+        #: KeyboardInterrupt: a ^C while it was in flight).
+        self.interrupt_create = None
         self.console = ['booting', 'ANY2KVM-BOOT-OK token']
         self.flavor_pages = 0
         self.macs = itertools.count(1)
@@ -342,9 +445,10 @@ class FakeCloud(object):
         self.neutron = FakeNeutron(self)
         self.cinder = FakeCinder(self)
 
-    def add_flavor(self, name, vcpus, ram, disk=1, disabled=False):
+    def add_flavor(self, name, vcpus, ram, disk=1, disabled=False,
+                   is_public=True):
         flavor = Obj(id='%04d' % next(self._flavor_ids), name=name,
-                     vcpus=vcpus, ram=ram, disk=disk,
+                     vcpus=vcpus, ram=ram, disk=disk, is_public=is_public,
                      **{'OS-FLV-DISABLED:disabled': disabled})
         self.flavors[flavor.id] = flavor
         return flavor
@@ -370,7 +474,8 @@ class FakeCloud(object):
 
     def clients(self):
         return server_mod.Clients(nova=self.nova, neutron=self.neutron,
-                                  cinder=self.cinder)
+                                  cinder=self.cinder,
+                                  project_id=self.project_id)
 
     def changes(self):
         """The kinds of change made, in order."""

@@ -18,6 +18,7 @@ novaclient sends, read by a small HTTP stand-in."""
 import argparse
 import http.server
 import json
+import re
 import threading
 
 import pytest
@@ -122,16 +123,44 @@ def test_no_flavor_fits_lists_the_three_closest_and_writes_nothing(cloud):
     assert cloud.calls == []
 
 
+NEW_FLAVOR = 'any2kvm-4vcpu-8192mb-5e1f0c2b'
+
+
 def test_create_flavor_only_when_asked_and_discarded(cloud):
     plan = plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
                     create_flavor=True)
-    assert plan.flavor.name == 'any2kvm-4vcpu-8192mb'
+    assert plan.flavor.name == NEW_FLAVOR
     assert (plan.flavor.vcpus, plan.flavor.ram) == (4, 8192)
-    assert 'created any2kvm-4vcpu-8192mb' in plan.reasons[0]
+    assert 'created %s' % NEW_FLAVOR in plan.reasons[0]
+    assert plan.reasons[0].endswith(
+        'private to project %s (--create-flavor)' % cloud.project_id)
     assert plan.created_flavor == plan.flavor.id
+    # Private, for the credentials' project only: other projects' lists
+    # do not fill up with one flavor per migrated VM.
+    assert plan.flavor.is_public is False
+    assert cloud.flavor_access[plan.flavor.id] == {cloud.project_id}
     server.discard(plan)
-    assert cloud.changes() == ['flavor-create', 'flavor-delete']
+    assert cloud.changes() == ['flavor-create', 'flavor-access',
+                               'flavor-delete']
     assert plan.flavor.id not in cloud.flavors
+
+
+def test_a_created_flavor_is_found_by_the_next_vm_of_its_size(cloud):
+    """The project sees its private flavor: the next VM of that size
+    takes it with --flavor auto, and makes none."""
+    first = plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
+                     create_flavor=True)
+    second = plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
+                      create_flavor=True)
+    assert second.flavor.id == first.flavor.id
+    assert second.created_flavor is None
+    assert cloud.changes().count('flavor-create') == 1
+    # Another project's credentials do not see it, and its name is
+    # another (flavor names are unique in the whole cloud).
+    cloud.project_id = 'aaaabbbbccccdddd'
+    third = plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
+                     create_flavor=True)
+    assert third.flavor.name == 'any2kvm-4vcpu-8192mb-aaaabbbb'
 
 
 def test_create_flavor_refused_by_policy_before_writing():
@@ -140,7 +169,39 @@ def test_create_flavor_refused_by_policy_before_writing():
         plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
                  create_flavor=True)
     assert str(e.value).startswith(
-        '--create-flavor: flavor any2kvm-4vcpu-8192mb: Forbidden: Policy')
+        '--create-flavor: flavor %s: Forbidden: Policy' % NEW_FLAVOR)
+
+
+def test_create_flavor_whose_access_fails_leaves_no_flavor(cloud):
+    cloud.fail_access = fakenova.Forbidden('Policy doesn\'t allow it')
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
+                 create_flavor=True)
+    assert str(e.value).startswith(
+        '--create-flavor: access to flavor %s for project %s: Forbidden'
+        % (NEW_FLAVOR, cloud.project_id))
+    assert cloud.changes() == ['flavor-create', 'flavor-delete']
+
+
+def test_create_flavor_whose_name_is_taken_says_what_to_do(cloud):
+    """A flavor of the name that --flavor auto cannot use (disabled):
+    refused with what to give, nothing made."""
+    cloud.add_flavor(NEW_FLAVOR, 4, 8192, disabled=True)
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
+                 create_flavor=True)
+    assert str(e.value) == (
+        '--create-flavor: a flavor named %s exists, and --flavor auto could '
+        'not use it (disabled, or another project\'s); give --flavor NAME'
+        % NEW_FLAVOR)
+
+
+def test_create_flavor_needs_a_project(cloud):
+    cloud.project_id = None
+    with pytest.raises(server.ServerError, match='name no project'):
+        plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
+                 create_flavor=True)
+    assert cloud.changes() == []
 
 
 def test_flavor_by_name_or_id(cloud):
@@ -194,7 +255,7 @@ def test_a_quota_without_room_is_refused_before_anything(cloud):
         plan_for(cloud, dict(FACTS, cpus=3, memory_mb=3000),
                  create_flavor=True)
     assert [c for c in cloud.changes() if c.startswith('flavor')] == [
-        'flavor-create', 'flavor-delete']
+        'flavor-create', 'flavor-access', 'flavor-delete']
     cloud.limits.update(maxTotalRAMSize=-1)
     assert plan_for(cloud)
 
@@ -281,6 +342,38 @@ def test_keep_macs(cloud):
         plan_for(cloud, network_map=both, keep_macs=True)
     assert str(e.value).startswith('--keep-macs: MAC aa:00:00:00:00:02 of '
                                    'NIC 1 is used by port ')
+    assert str(e.value).endswith(' on network private')
+
+
+def test_keep_macs_is_per_network(cloud):
+    """Neutron keeps a MAC unique within a network: a port with the MAC
+    on another network is no obstacle; two NICs of one MAC mapped to
+    one network are refused before anything is made (Neutron would
+    refuse the second port after a cutover's shutdown)."""
+    other = cloud.add_network('other')
+    cloud.neutron.create_port(other.id, mac_address='aa:00:00:00:00:02')
+    both = {'nic0': 'private', 'nic1': 'private'}
+    plan = plan_for(cloud, network_map=both, keep_macs=True)
+    assert plan.nics[1]['mac'] == 'aa:00:00:00:00:02'
+    srv = server.create(plan, volumes(cloud, 1))
+    assert [cloud.ports[p].mac_address for p in srv.port_ids] == [
+        'aa:00:00:00:00:01', 'aa:00:00:00:00:02']
+    twins = [dict(FACTS['nics'][0]), dict(FACTS['nics'][0], device='1')]
+    calls = len(cloud.calls)
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, dict(FACTS, nics=twins),
+                 network_map={'nic0': 'private', 'nic1': 'other'},
+                 keep_macs=True, server_name='web-twins')
+    assert str(e.value).startswith('--keep-macs: MAC aa:00:00:00:00:01 of '
+                                   'NIC 0 is used by port ')
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud, dict(FACTS, nics=twins, name='x'),
+                 network_map={'nic0': 'other', 'nic1': 'other'},
+                 keep_macs=True, server_name='web-twins')
+    assert str(e.value) == ('--keep-macs: NICs 0 and 1 have the same MAC '
+                            'aa:00:00:00:00:01 and map to the same network '
+                            'other')
+    assert len(cloud.calls) == calls
 
 
 # -- creating -----------------------------------------------------------------
@@ -297,6 +390,10 @@ def test_create_without_network(cloud):
     srv = server.create(plan, vols)
     (what, body), = cloud.calls
     assert what == 'server-create'
+    # The request's token, by which a server whose answer never came is
+    # found.
+    assert re.fullmatch('[0-9a-f]{32}', body.pop('meta')[
+        server.REQUEST_KEY])
     assert body == {
         'name': 'web', 'image': None, 'flavor': plan.flavor.id,
         'nics': 'none', 'availability_zone': 'nova', 'key_name': 'ops',
@@ -352,10 +449,65 @@ def test_failed_create_deletes_ports_and_flavor_keeps_volumes(cloud):
         'nova: server web: Exception: Quota exceeded for instances; '
         'volumes kept: web (%s)' % vols[0]['id'])
     assert cloud.ports == {} and cloud.servers == {}
-    assert cloud.changes() == ['flavor-create', 'port-create', 'port-create',
+    assert cloud.changes() == ['flavor-create', 'flavor-access',
+                               'port-create', 'port-create',
                                'server-create', 'port-delete', 'port-delete',
                                'flavor-delete']
     assert vols[0]['id'] in cloud.volumes
+
+
+@pytest.mark.parametrize('cut', [KeyboardInterrupt(),
+                                 fakenova.GatewayTimeout('Gateway Timeout')])
+def test_a_server_whose_create_answer_never_came_is_deleted(cloud, cut):
+    """The create request reached Nova, its answer did not come back (a
+    ^C while it was in flight, a proxy's timeout): the server it made is
+    found by the request's token and deleted with the ports; the
+    volumes are kept."""
+    vols = volumes(cloud, 1)
+    other = server.create(plan_for(cloud, server_name='web'), vols)
+    plan = plan_for(cloud, network_map={'nic0': 'private',
+                                        'nic1': 'private'},
+                    server_name='web-2')
+    cloud.interrupt_create = cut
+    with pytest.raises(type(cut) if isinstance(cut, KeyboardInterrupt)
+                       else server.ServerError) as e:
+        server.create(plan, volumes(cloud, 1))
+    assert list(cloud.servers) == [other.id]
+    assert [p for p in cloud.ports.values() if p.device_id != other.id] \
+        == []
+    if isinstance(cut, Exception):
+        # A 504 may have made a server: a cutover run again writes the
+        # volumes whole.
+        assert not e.value.no_server
+
+
+def test_a_create_answer_that_never_came_says_where_to_look(cloud, caplog):
+    plan = plan_for(cloud)
+    cloud.interrupt_create = KeyboardInterrupt()
+    cloud.fail_list = fakenova.ServiceUnavailable('Service Unavailable')
+    with caplog.at_level('WARNING'), pytest.raises(KeyboardInterrupt):
+        server.create(plan, volumes(cloud, 1))
+    assert 'the servers could not be listed' in caplog.text
+    assert 'look with "openstack server list --name web" and delete it' \
+        in caplog.text
+    assert len(cloud.servers) == 1
+
+
+def test_a_server_of_the_name_is_refused_before_anything(cloud):
+    """An import or a cutover run again must not make a second server
+    of the VM: Nova allows a name twice.  Only the exact name counts
+    (Nova's filter is a regular expression)."""
+    srv = server.create(plan_for(cloud), volumes(cloud, 1))
+    assert plan_for(cloud, server_name='we').name == 'we'
+    assert plan_for(cloud, server_name='web.').name == 'web.'
+    calls = len(cloud.calls)
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud)
+    assert str(e.value) == ('server web exists already (%s, BUILD); give '
+                            '--server-name, or delete it first' % srv.id)
+    assert len(cloud.calls) == calls
+    cloud.nova.servers.delete(srv.id)
+    assert plan_for(cloud).name == 'web'
 
 
 def test_volume_count_must_match(cloud):
@@ -373,6 +525,54 @@ def test_boot_verified(cloud):
     assert boot.line == 'ANY2KVM-BOOT-OK token'
     assert boot.message().startswith('boot verified after ')
     assert 0 <= boot.active_seconds <= boot.seconds
+
+
+def test_a_transient_error_while_waiting_does_not_cost_the_server(
+        cloud, caplog):
+    """A 503 (the API restarting, a proxy) or a connection that failed
+    while the boot is waited for is asked again: the server (and, in a
+    cutover, the downtime spent) is not thrown away for it."""
+    from keystoneauth1 import exceptions as ks_exc
+    srv = server.create(plan_for(cloud), volumes(cloud, 1))
+    cloud.fail_get = [fakenova.ServiceUnavailable('Service Unavailable'),
+                      None,
+                      ks_exc.ConnectFailure('Unable to establish connection'),
+                      fakenova.GatewayTimeout('Gateway Timeout')]
+    with caplog.at_level('WARNING'):
+        boot = server.wait_boot(srv)
+    assert boot.line == 'ANY2KVM-BOOT-OK token'
+    assert srv.id in cloud.servers
+    assert caplog.text.count('asking again') == 3
+    assert 'server-delete' not in cloud.changes()
+
+
+def test_an_error_that_says_no_ends_the_wait_at_once(cloud):
+    srv = server.create(plan_for(cloud), volumes(cloud, 1))
+    cloud.fail_get = [fakenova.Forbidden('Policy does not allow it')]
+    with pytest.raises(server.BootError) as e:
+        server.wait_boot(srv, timeout=600)
+    assert str(e.value) == ('server web (%s): nova: Forbidden: Policy does '
+                            'not allow it' % srv.id)
+
+
+def test_transient_errors_until_the_deadline_end_the_wait(cloud):
+    srv = server.create(plan_for(cloud), volumes(cloud, 1))
+    cloud.fail_get = [fakenova.ServiceUnavailable('Service Unavailable')
+                      ] * 1000
+    with pytest.raises(server.BootError) as e:
+        server.wait_boot(srv, timeout=0.2, poll=0.01)
+    assert 'ServiceUnavailable: Service Unavailable' in str(e.value)
+
+
+def test_transient():
+    from keystoneauth1 import exceptions as ks_exc
+    assert server._transient(fakenova.ServiceUnavailable('x'))
+    assert server._transient(ks_exc.ConnectTimeout('x'))
+    assert not server._transient(fakenova.NotFound('x'))
+    assert not server._transient(fakenova.Conflict('x'))
+    assert not server._transient(ks_exc.SSLError('x'))
+    assert not server._transient(ValueError('x'))
+    assert not server._transient(KeyboardInterrupt())
 
 
 def test_boot_check_regex_and_console_that_grows(cloud):
@@ -401,7 +601,8 @@ def test_a_windows_source_needs_a_boot_check_it_can_pass(cloud):
     boot = server.wait_boot(srv)
     assert boot.line.startswith('ACTIVE (--boot-check ACTIVE')
     # A Linux source keeps the console proof.
-    srv = server.create(plan_for(cloud), volumes(cloud, 1))
+    srv = server.create(plan_for(cloud, server_name='web-linux'),
+                        volumes(cloud, 1))
     with pytest.raises(server.BootError):
         server.wait_boot(srv, timeout=0.05)
 
@@ -565,6 +766,8 @@ def test_the_request_novaclient_sends(cloud, nova_standin):
     (path, headers, body), = requests
     assert path == '/v2.1/servers'
     assert headers['X-OpenStack-Nova-API-Version'] == '2.37'
+    assert re.fullmatch('[0-9a-f]{32}', body['server'].pop('metadata')[
+        server.REQUEST_KEY])
     assert body == {'server': {
         'name': 'web', 'imageRef': '', 'flavorRef': '42',
         'min_count': 1, 'max_count': 1, 'networks': 'none',
@@ -636,8 +839,8 @@ def test_target_discards_a_made_flavor_when_the_write_fails(
                            no_network=True)
     with pytest.raises(exception.TargetError):
         target.write(_vm(dict(FACTS, cpus=8, memory_mb=4096)), 'web')
-    assert cloud.changes() == ['flavor-create', 'volumes-write',
-                               'flavor-delete']
+    assert cloud.changes() == ['flavor-create', 'flavor-access',
+                               'volumes-write', 'flavor-delete']
 
 
 def test_target_creates_and_verifies(cloud, cinder_target):
@@ -691,16 +894,27 @@ def test_cli_import_create_server(cloud, cinder_target, monkeypatch,
                        'as given')
     assert out[-1].startswith('               boot verified after ')
     assert out[-1].endswith(': ANY2KVM-BOOT-OK token')
+    # Run again (a script retried): refused before anything is written,
+    # not a second server of the VM.
+    made = dict(cloud.volumes)
+    assert any2kvm.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('any2kvm: error: server web exists already (')
+    assert err.endswith('ACTIVE); give --server-name, or delete it '
+                        'first\n')
+    assert cloud.volumes == made
+    argv[argv.index('web')] = 'web2'
     assert any2kvm.main(argv + ['--format', 'json']) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown['server']['flavor_name'] == 'm1.tiny'
-    assert shown['server']['volumes'][0]['name'] == 'web'
+    assert shown['server']['volumes'][0]['name'] == 'web2'
     cloud.console = ['no luck']
+    argv[argv.index('web2')] = 'web3'
     assert any2kvm.main(argv + ['--boot-timeout', '1']) == 1
     err = capsys.readouterr().err
-    assert err.startswith('any2kvm: error: server web (')
+    assert err.startswith('any2kvm: error: server web3 (')
     assert 'last console lines: no luck; server and its ports deleted; ' \
-        'volumes kept: web (' in err
+        'volumes kept: web3 (' in err
     assert err.count('\n') == 1
 
 
@@ -781,3 +995,52 @@ def test_the_boot_disk_gets_the_vms_properties(tmp_path):
                                'web', 2, {}, None, [])
     assert 'hw_firmware_type' not in made[0]
     assert made[1]['hw_firmware_type'] == 'uefi'
+
+
+# -- the migration's side (server_step) ---------------------------------------
+
+def _migration(cloud, name='web'):
+    return {'name': name, 'target': 'cinder',
+            'disks': [{'target_ref': v['id'], 'name': v['name']}
+                      for v in volumes(cloud, 1)]}
+
+
+def test_rollback_deletes_the_flavor_made_for_the_server(cloud):
+    """--create-flavor: the flavor is recorded with the server as soon as
+    Nova has it, and "migration rollback" deletes it after the server
+    (a cutover run again makes its own)."""
+    from any2kvm_os.migration import server_step
+    step = server_step.ServerStep(opts(create_flavor=True, no_network=True),
+                                  clients=cloud.clients())
+    m = _migration(cloud)
+    step.prepare(m, dict(FACTS, cpus=4, memory_mb=8192))
+    recorded = []
+    details = step.create(m, created=recorded.append)
+    made = details['created_flavor']
+    assert recorded[0]['created_flavor'] == made
+    assert cloud.flavors[made].name == NEW_FLAVOR
+    assert step.rollback(details, m) == details['server_id']
+    assert made not in cloud.flavors and not cloud.servers
+    assert cloud.changes()[-1] == 'flavor-delete'
+
+
+def test_rollback_keeps_a_made_flavor_another_server_has(cloud, caplog):
+    """The flavor is private to the project, where the next VM of its size
+    takes it (--flavor auto): kept while a server has it."""
+    from any2kvm_os.migration import server_step
+
+    def step():
+        return server_step.ServerStep(
+            opts(create_flavor=True, no_network=True),
+            clients=cloud.clients())
+    first, second = step(), step()
+    m1, m2 = _migration(cloud, 'web'), _migration(cloud, 'db')
+    first.prepare(m1, dict(FACTS, cpus=4, memory_mb=8192))
+    d1 = first.create(m1)
+    second.prepare(m2, dict(FACTS, name='db', cpus=4, memory_mb=8192))
+    d2 = second.create(m2)
+    assert 'created_flavor' not in d2 and d2['flavor'] == NEW_FLAVOR
+    with caplog.at_level('WARNING'):
+        first.rollback(d1, m1)
+    assert d1['created_flavor'] in cloud.flavors
+    assert 'kept: server %s has it' % d2['server_id'] in caplog.text
