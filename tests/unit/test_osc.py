@@ -755,3 +755,26 @@ def test_cinder_target_routes(monkeypatch):
     monkeypatch.setattr(cinder.os, 'geteuid', lambda: 1000)
     Probe(route='auto').write('src', 'n')
     assert calls == ['image']
+
+
+def test_an_unknown_error_quoting_a_password_is_masked():
+    """An error no layer of ours recognises goes on to cliff as it is;
+    one whose text holds a password (a library quoting a URL) is masked
+    first, as the any2kvm command line masks its errors."""
+    from any2kvm_os.osc.v1 import common
+    secret = 'Sekr1t-pw'
+    with pytest.raises(osc_exc.CommandError) as e:
+        with common.errors():
+            raise RuntimeError('cannot reach postgresql://migr:%s@db:5432/'
+                               'any2kvm\nretrying' % secret)
+    assert secret not in str(e.value)
+    assert str(e.value) == ('cannot reach postgresql://migr:***@db:5432/'
+                            'any2kvm retrying')
+    assert isinstance(e.value.__cause__, RuntimeError)
+    with pytest.raises(osc_exc.CommandError) as e:
+        with common.errors():
+            raise osc_exc.CommandError('ssh://root:%s@xs1 refused' % secret)
+    assert secret not in str(e.value)
+    with pytest.raises(KeyError):
+        with common.errors():
+            raise KeyError('no secret here')

@@ -33,16 +33,26 @@ def source_names():
 
 @contextlib.contextmanager
 def errors():
-    """Our errors as one-line CommandErrors (no traceback)."""
+    """Our errors as one-line CommandErrors (no traceback).  Any other
+    error goes on to cliff as it is, unless its text holds a password
+    (a library's message quoting a URL): then as a CommandError with the
+    password masked (``--debug`` still shows the traceback)."""
     from any2kvm_os import api
+    from any2kvm_os import redact
     try:
         yield
-    except exceptions.CommandError:
+    except exceptions.CommandError as e:
+        text = str(e)
+        if redact.text(text) != text:
+            raise exceptions.CommandError(redact.text(text)) from e
         raise
     except Exception as e:
         msg = api.error_message(e)
         if msg is None:
-            raise
+            text = str(e)
+            if redact.text(text) == text:
+                raise
+            msg = redact.text(' '.join(text.split()))
         raise exceptions.CommandError(msg) from e
 
 
