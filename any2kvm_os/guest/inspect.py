@@ -935,12 +935,11 @@ def windows_warnings(guest):
     win = guest.get('windows') or {}
     out = []
     for cset, facts in sorted((win.get('control_sets') or {}).items()):
-        citrix = sorted(n for n, s in (facts.get('services') or {}).items()
-                        if s.get('group') == 'citrix')
+        citrix = probe.citrix_active(facts.get('services'))
         if citrix:
             out.append('%s: Citrix XenServer PV driver services %s: they '
-                       'can stop Windows booting on KVM (remove them)'
-                       % (cset, ', '.join(citrix)))
+                       'can stop Windows booting on KVM (--fix disables '
+                       'them)' % (cset, ', '.join(citrix)))
         for f in facts.get('filters') or ():
             out.append('%s: class %s %s names %s' % (
                 cset, f['class'], f['value'], ', '.join(f['names'])))

@@ -2283,11 +2283,32 @@ def windows_services(hive, cset):
             override = start_overrides(hive, h)
             if override:
                 out[name]['start_override'] = override
-    for name in by_name:
+    for name, h in by_name.items():
         if is_citrix(name) and name not in out:
-            out[name] = {'group': 'citrix', 'start': None,
+            vals = hive.values(h)
+            out[name] = {'group': 'citrix',
+                         'start': reg_value(vals['start'])
+                         if 'start' in vals else None,
                          'image_path': None}
+            override = start_overrides(hive, h)
+            if override:
+                out[name]['start_override'] = override
     return out
+
+
+#: A service's Start that keeps it from loading (SERVICE_DISABLED).
+START_DISABLED = 4
+
+
+def citrix_active(services):
+    """The names of the Citrix/Xen PV services of a control set's
+    ``services`` (:func:`windows_services`) that are not disabled: those
+    that can stop Windows booting on KVM."""
+    return sorted(n for n, s in (services or {}).items()
+                  if s.get('group') == 'citrix' and (
+                      s.get('start') != START_DISABLED or any(
+                          v != START_DISABLED for v in
+                          (s.get('start_override') or {}).values())))
 
 
 def start_overrides(hive, service):
@@ -2569,25 +2590,54 @@ def _start_override(hive, service, where):
     return changes
 
 
+def _disable(hive, service, where):
+    """Make a service start never (:data:`START_DISABLED`), its
+    ``StartOverride`` values too (they win over ``Start``).  Returns what
+    changed."""
+    changes = []
+    vals = hive.values(service)
+    start = vals.get('start')
+    if start is None or start[0] != 4 or \
+            reg_value(start) != START_DISABLED:
+        hive.set_value(service, start[2] if start else 'Start', 4,
+                       START_DISABLED.to_bytes(4, 'little'))
+        changes.append('%s\\Start: %s -> %d (disabled)' % (
+            where, reg_value(start) if start else 'none', START_DISABLED))
+    override = hive.child(service, 'StartOverride')
+    for _lower, (kind, raw, key) in sorted(
+            hive.values(override).items()) if override else ():
+        old = reg_value((kind, raw, key))
+        if kind != 4 or old != START_DISABLED:
+            hive.set_value(override, key, 4,
+                           START_DISABLED.to_bytes(4, 'little'))
+            changes.append('%s\\StartOverride\\%s: %s -> %d' % (
+                where, key, old, START_DISABLED))
+    return changes
+
+
 def fix_system_hive(hive, bus=None, disks=1):
-    """Remove the Citrix XenServer PV drivers' services and the filter
-    entries naming them, and make the storage driver of ``bus`` start at
-    boot, in every ControlSet in use; with more than one disk, bring
-    every disk online at boot (:data:`SAN_POLICY_ONLINE_ALL`).  Returns
-    what changed."""
+    """Disable the Citrix XenServer PV drivers' services and remove the
+    filter entries naming them, and make the storage driver of ``bus``
+    start at boot, in every ControlSet in use; with more than one disk,
+    bring every disk online at boot (:data:`SAN_POLICY_ONLINE_ALL`).
+    Returns what changed."""
     changes = []
     # Every Xen PV driver the report names (is_citrix), not only the
     # ones of :data:`WINDOWS_SERVICES`: newer VM Tools add xendisk (a
     # disk filter) and xencons, older ones and GPLPV others; a filter
     # left in a class whose driver cannot start fails the devices of
-    # that class, the boot disk's included.
+    # that class, the boot disk's included.  The services are disabled
+    # (Start 4), not deleted, as XCP-ng's XenBootFix does, and virt-v2v
+    # with the Parallels drivers (deleting "would confuse the
+    # uninstaller"): the tools' own uninstaller, run later in the guest,
+    # still finds what it installed, and the change can be undone.
     _current, used = control_sets(hive)
     for cset in used:
         services = hive.node(cset + '\\Services')
         for name, h in hive.children(services) if services else ():
             if is_citrix(name):
-                hive.delete(h)
-                changes.append('%s\\Services\\%s: deleted' % (cset, name))
+                changes.extend(_disable(hive, h, '%s\\Services\\%s' % (
+                    cset, name)))
         klass = hive.node(cset + '\\Control\\Class')
         for guid, h in hive.children(klass) if klass else ():
             vals = hive.values(h)

@@ -802,7 +802,7 @@ def test_windows_inspection(inspected, guests):
                 'install virtio-win before migrating to get virtio-scsi'
                 % spec['product']) in warns[kind]
         assert ('ControlSet001: Citrix XenServer PV driver services %s: '
-                'they can stop Windows booting on KVM (remove them)'
+                'they can stop Windows booting on KVM (--fix disables them)'
                 % ', '.join(sorted(CITRIX))) in warns[kind]
     assert not [w for w in warns['win2019'] if 'BCD' in w or '32-bit' in w]
     assert ('vioscsi is in the driver store but not installed as a '
@@ -885,8 +885,11 @@ def test_convert_fix_on_the_windows_disk(guests, libguestfs, tmp_path):
     assert fix['bus'] == 'sata' and fix['files'] == []
     expected = []
     for cset in CSETS:
-        expected += ['%s\\Services\\%s: deleted' % (cset, s) for s in (
-            'xenbus', 'xenfilt', 'xenvbd', 'xennet', 'xenvif', 'xeniface')]
+        # Disabled in place (winhive's Start values), not deleted.
+        expected += ['%s\\Services\\%s\\Start: %d -> 4 (disabled)' % (
+            cset, s, start) for s, start in (
+            ('xenbus', 0), ('xenfilt', 0), ('xenvbd', 0), ('xennet', 3),
+            ('xenvif', 3), ('xeniface', 3))]
         expected.append('%s\\Control\\Class\\%s\\UpperFilters: '
                         'partmgr,xenfilt -> partmgr' % (
                             cset, winbuild.DISK_CLASS))
@@ -898,7 +901,10 @@ def test_convert_fix_on_the_windows_disk(guests, libguestfs, tmp_path):
         assert facts['filters'] == []
         assert facts['services']['storahci']['start'] == 0
         assert not [n for n, s in facts['services'].items()
-                    if s['group'] in ('citrix', 'virtio')]
+                    if s['group'] == 'virtio']
+        assert probe.citrix_active(facts['services']) == []
+        assert {s['start'] for s in facts['services'].values()
+                if s['group'] == 'citrix'} == {4}
     assert report['properties']['hw_disk_bus'] == 'sata'
     assert report['reasons']['hw_disk_bus'] == (
         'no virtio storage service starting at boot; storahci (AHCI) starts '
@@ -918,17 +924,16 @@ def test_convert_fix_on_the_windows_disk(guests, libguestfs, tmp_path):
     old_keys = _parse_reg(winhive.export(tmp_path / 'old'))
     new_keys = _parse_reg(winhive.export(tmp_path / 'new'))
     top = 'hkey_local_machine\\system\\'
-    assert set(old_keys) - set(new_keys) == {
-        top + '%s\\services\\%s' % (c.lower(), s)
-        for c in CSETS for s in CITRIX}
-    assert set(new_keys) - set(old_keys) == set()
+    assert set(old_keys) == set(new_keys)
     changed = {(k, name) for k in new_keys for name in new_keys[k]
                if old_keys[k].get(name) != new_keys[k][name]}
     assert changed == {
         (top + '%s\\control\\class\\%s' % (c.lower(), winbuild.DISK_CLASS),
          '"UpperFilters"') for c in CSETS} | {
         (top + '%s\\services\\storahci' % c.lower(), '"Start"')
-        for c in CSETS}
+        for c in CSETS} | {
+        (top + '%s\\services\\%s' % (c.lower(), s), '"Start"')
+        for c in CSETS for s in CITRIX}
 
 
 @pytest.mark.timeout(APPLIANCE_TIMEOUT)

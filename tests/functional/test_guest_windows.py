@@ -29,6 +29,7 @@ import subprocess
 import pytest
 
 from any2kvm_os.guest import inspect as gi
+from any2kvm_os.guest import probe
 from any2kvm_os import properties
 from tests.lib.tools import missing_tool
 from tests.lib import winhive
@@ -132,31 +133,32 @@ def test_the_fix_changes_only_the_intended_keys(hivex_python, tmp_path):
     before = parse_reg(winhive.export(before_path))
     after = parse_reg(winhive.export(after_path))
     top = 'hkey_local_machine\\system\\'
-    removed = set(before) - set(after)
-    assert removed == {top + '%s\\services\\%s' % (c.lower(), s)
-                       for c in CSETS for s in CITRIX}
-    assert set(after) - set(before) == set()
+    # Nothing removed, nothing added: the Xen services disabled in place.
+    assert set(before) == set(after)
     changed = {(k, name) for k in after for name in after[k]
                if before[k].get(name) != after[k][name]}
     assert changed == {
         (top + '%s\\control\\class\\%s' % (c.lower(), DISK_CLASS),
          '"UpperFilters"') for c in CSETS} | {
         (top + '%s\\services\\storahci' % c.lower(), '"Start"')
-        for c in CSETS}
+        for c in CSETS} | {
+        (top + '%s\\services\\%s' % (c.lower(), s), '"Start"')
+        for c in CSETS for s in CITRIX}
+    assert {after[top + '%s\\services\\%s' % (c.lower(), s)]['"Start"']
+            for c in CSETS for s in CITRIX} == {'dword:00000004'}
     facts = probe_hive(hivex_python, after_path)
     for cset in CSETS:
         found = facts['control_sets'][cset]
         assert found['filters'] == []
         assert found['services']['storahci']['start'] == 0
-        assert not [n for n, s in found['services'].items()
-                    if s['group'] == 'citrix']
+        assert probe.citrix_active(found['services']) == []
     # A second fix finds nothing to do.
     assert probe_hive(hivex_python, after_path, '--fix-bus',
                       'sata')['fixed'] == []
 
 
-def test_every_xen_driver_is_removed_not_only_the_known_ones(hivex_python,
-                                                             tmp_path):
+def test_every_xen_driver_is_disabled_not_only_the_known_ones(
+        hivex_python, tmp_path):
     """Newer XenServer VM Tools add xendisk (a disk filter) and xencons;
     the report names every xen* service, and the fix removes them all,
     from the services and from the class filters: a filter whose driver
@@ -168,6 +170,9 @@ def test_every_xen_driver_is_removed_not_only_the_known_ones(hivex_python,
                 '"LowerFilters"=hex(7):%s\n' % (
                     cset, DISK_CLASS, winhive._multi_sz(
                         ['xendisk', 'EhStorClass'])))
+        # A StartOverride wins over Start: disabled too.
+        reg += ('\n[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Services\\xendisk\\'
+                'StartOverride]\n"0"=dword:00000000\n' % cset)
     path = winhive.build(tmp_path / 'SYSTEM', reg)
     facts = probe_hive(hivex_python, path)
     found = facts['control_sets'][CSETS[0]]
@@ -175,15 +180,28 @@ def test_every_xen_driver_is_removed_not_only_the_known_ones(hivex_python,
         n.lower() for n, s in found['services'].items()
         if s['group'] == 'citrix'}
     out = probe_hive(hivex_python, path, '--fix-bus', 'sata')
-    assert '%s\\Services\\xendisk: deleted' % CSETS[0] in out['fixed']
+    assert '%s\\Services\\xendisk\\Start: 0 -> 4 (disabled)' % CSETS[0] \
+        in out['fixed']
+    assert '%s\\Services\\xencons\\Start: 3 -> 4 (disabled)' % CSETS[0] \
+        in out['fixed']
+    assert '%s\\Services\\xendisk\\StartOverride\\0: 0 -> 4' % CSETS[0] \
+        in out['fixed']
     assert ('%s\\Control\\Class\\%s\\LowerFilters: xendisk,EhStorClass '
             '-> EhStorClass' % (CSETS[0], DISK_CLASS)) in out['fixed']
     facts = probe_hive(hivex_python, path)
     for cset in CSETS:
         found = facts['control_sets'][cset]
         assert found['filters'] == []
-        assert not [n for n, s in found['services'].items()
-                    if s['group'] == 'citrix'], found['services']
+        # Disabled, not deleted (the tools' uninstaller finds them).
+        citrix = {n.lower(): s['start'] for n, s in
+                  found['services'].items() if s['group'] == 'citrix'}
+        assert {'xendisk', 'xencons'} <= set(citrix)
+        assert set(citrix.values()) == {4}, citrix
+        assert probe.citrix_active(found['services']) == []
+        assert found['services']['xendisk']['start_override'] == {'0': 4}
+    # Fixed again: nothing left to change.
+    assert probe_hive(hivex_python, path, '--fix-bus', 'sata')[
+        'fixed'] == []
 
 
 def test_a_vm_of_several_disks_gets_them_online_at_boot(hivex_python,
@@ -441,13 +459,14 @@ def test_the_old_citrix_disk_filter_goes_with_the_rest(hivex_python,
     assert {'class': DISK_CLASS, 'value': 'lowerfilters',
             'names': ['scsifilt']} in found['filters']
     out = probe_hive(hivex_python, path, '--fix-bus', 'sata')
-    assert '%s\\Services\\scsifilt: deleted' % CSETS[0] in out['fixed']
+    assert '%s\\Services\\scsifilt\\Start: 0 -> 4 (disabled)' % CSETS[0] \
+        in out['fixed']
     assert '%s\\Control\\Class\\%s\\LowerFilters: scsifilt -> ' % (
         CSETS[0], DISK_CLASS) in out['fixed']
     for cset in CSETS:
         found = probe_hive(hivex_python, path)['control_sets'][cset]
-        assert found['filters'] == [] and 'scsifilt' not in \
-            found['services']
+        assert found['filters'] == []
+        assert found['services']['scsifilt']['start'] == 4
 
 
 def test_a_start_that_is_no_dword_is_made_one(hivex_python, tmp_path):

@@ -806,11 +806,29 @@ def test_registry_fixes_are_reported():
     result = windows()
     result['fixed'] = [{'root': '/dev/sda1', 'disk': 0, 'bus': 'sata',
                         'files': [], 'registry': [
-                            'ControlSet001\\Services\\xenbus: deleted']}]
+                            'ControlSet001\\Services\\xenbus\\Start: 0 -> '
+                            '4 (disabled)']}]
     s = gi.summary(result)
     assert s['fixed'][0]['registry']
-    assert 'fixed:        SYSTEM hive: ControlSet001\\Services\\xenbus: ' \
-        'deleted' in gi.text_lines(s)
+    assert 'fixed:        SYSTEM hive: ControlSet001\\Services\\xenbus\\' \
+        'Start: 0 -> 4 (disabled)' in gi.text_lines(s)
+
+
+def test_disabled_citrix_services_are_not_warned_of():
+    """A Xen service disabled (Start 4, by --fix or by hand) cannot stop
+    the boot: no warning; one whose StartOverride still starts it is."""
+    result = windows()
+    services = result['guests'][0]['windows']['control_sets'][
+        'ControlSet001']['services']
+    for name, svc in services.items():
+        if svc['group'] == 'citrix':
+            svc['start'] = 4
+    text = '\n'.join(gi.warnings(result['guests'][0]))
+    assert 'Citrix XenServer PV driver services' not in text
+    services['xenvbd']['start_override'] = {'0': 0}
+    text = '\n'.join(gi.warnings(result['guests'][0]))
+    assert 'ControlSet001: Citrix XenServer PV driver services xenvbd: ' \
+        'they can stop Windows booting on KVM (--fix disables them)' in text
 
 
 # -- the library: import_vm hands the guest's properties to the target ----
