@@ -395,16 +395,24 @@ def _cloud_error(what, e):
 TRANSIENT_CODES = frozenset((408, 429, 500, 502, 503, 504))
 
 
+def _http_code(e):
+    """The HTTP status of a client's error (novaclient's ``code``,
+    keystoneauth's ``http_status``), or None."""
+    for attr in ('code', 'http_status'):
+        code = getattr(e, attr, None)
+        if isinstance(code, int):
+            return code
+    return None
+
+
 def _transient(e):
     """Whether ``e`` (a client's error) may go away if asked again: a
     connection that failed or timed out, or an HTTP answer of
     :data:`TRANSIENT_CODES`."""
     if not isinstance(e, Exception):
         return False
-    code = getattr(e, 'code', None)
-    if not isinstance(code, int):
-        code = getattr(e, 'http_status', None)
-    if isinstance(code, int):
+    code = _http_code(e)
+    if code is not None:
         return code in TRANSIENT_CODES
     try:
         from keystoneauth1 import exceptions as ks_exc
@@ -566,11 +574,12 @@ def _flavor_for(clients, facts, options, notes):
             '%d vCPU and %d MiB RAM; closest: %s; give --flavor NAME or '
             '--create-flavor' % (cpus, ram, '; '.join(
                 _flavor_text(f) for f in closest) or 'none'))
-    flavor = _create_flavor(clients, cpus, ram)
+    flavor, made = _create_flavor(clients, cpus, ram)
     notes.append('flavor auto: none fits the source\'s %d vCPU and %d MiB '
-                 'RAM; created %s, private to project %s (--create-flavor)'
-                 % (cpus, ram, _flavor_text(flavor), clients.project_id))
-    return flavor, flavor.id
+                 'RAM; %s %s, private to project %s (--create-flavor)'
+                 % (cpus, ram, 'created' if made else 'another run created',
+                    _flavor_text(flavor), clients.project_id))
+    return flavor, made
 
 
 def _create_flavor(clients, cpus, ram):
@@ -579,7 +588,9 @@ def _create_flavor(clients, cpus, ram):
     project, so that other projects' flavor lists do not fill up with
     one flavor per migrated VM.  Its name says its size and the project
     (flavor names are unique in the whole cloud): a second VM of the
-    same size in the project finds it with ``--flavor auto``."""
+    same size in the project finds it with ``--flavor auto``.  Returns
+    (flavor, its id when made here, else None: another run made it
+    meanwhile)."""
     nova = clients.nova
     project = clients.project_id
     if not project:
@@ -592,7 +603,13 @@ def _create_flavor(clients, cpus, ram):
         # microversion 2.55, and any2kvm speaks 2.37.)
         flavor = nova.flavors.create(name, ram, cpus, 0, is_public=False)
     except Exception as e:
-        if getattr(e, 'code', None) == 409:
+        if _http_code(e) == 409:
+            # Another run made it since the list was read (two VMs of
+            # one size at once): taken as it is, not made here.
+            made = [f for f in list_flavors(nova) if f.name == name and
+                    _enabled(f) and f.vcpus == cpus and f.ram == ram]
+            if made:
+                return made[0], None
             raise ServerError(
                 '--create-flavor: a flavor named %s exists, and --flavor '
                 'auto could not use it (disabled, or another project\'s); '
@@ -606,7 +623,7 @@ def _create_flavor(clients, cpus, ram):
             raise _cloud_error('--create-flavor: access to flavor %s for '
                                'project %s' % (name, project), e)
         raise
-    return flavor
+    return flavor, flavor.id
 
 
 def delete_flavor(clients, flavor_id, unless_used=False):
@@ -800,10 +817,22 @@ def _check_names(clients, options):
                                   ', '.join(sorted(zones)) or 'none'))
 
 
+def _name_filter(name):
+    """Nova's ``name`` filter (a regular expression, applied by each
+    database in its own dialect: MySQL's, PostgreSQL's, Python's for
+    SQLite and for servers still being built) for ``name``: anchored,
+    every character but a letter, digit or ``_`` matched by ``.``, which
+    reads the same in every dialect; the caller keeps the exact
+    matches."""
+    return '^%s$' % re.sub(r'[^A-Za-z0-9_]', '.', name)
+
+
 def _named(clients, name):
-    """The servers of the project named ``name`` exactly (Nova's filter
-    is a regular expression)."""
-    found = clients.nova.servers.list(search_opts={'name': re.escape(name)})
+    """The servers of the project named ``name`` exactly: every page
+    (``limit=-1``), so that a name among more servers than a page holds
+    is not missed."""
+    found = clients.nova.servers.list(
+        search_opts={'name': _name_filter(name)}, limit=-1)
     return [s for s in found if _attr(s, 'name') == name]
 
 
@@ -816,6 +845,16 @@ def _check_unused(clients, name):
     except Exception as e:
         raise _cloud_error('nova: servers named %s' % name, e)
     if same:
+        if (_attr(same[0], 'metadata') or {}).get(REQUEST_KEY):
+            # Made by any2kvm: an earlier run's (a cutover's whose
+            # answer never came may have its volumes): another name
+            # would make a second server of them.
+            raise ServerError(
+                'server %s exists already (%s, %s), made by an earlier '
+                'any2kvm run: delete it ("migration rollback" when a '
+                'cutover made it), or give --server-name if it is another '
+                'VM\'s' % (name, _attr(same[0], 'id'),
+                           _attr(same[0], 'status')))
         raise ServerError('server %s exists already (%s, %s); give '
                           '--server-name, or delete it first' % (
                               name, _attr(same[0], 'id'),
@@ -875,8 +914,33 @@ def discard(plan):
     """Undo :func:`prepare` (the disks could not be written): delete the
     flavor it made."""
     if plan.created_flavor:
-        delete_flavor(plan.clients, plan.created_flavor)
+        # (Kept while a server has it: the next VM of its size may have
+        # taken it since.)
+        delete_flavor(plan.clients, plan.created_flavor, unless_used=True)
         plan.created_flavor = None
+
+
+def _check_flavor(plan):
+    """The plan's flavor still exists at the create request: a flavor
+    ``--create-flavor`` made for another VM of this size, which this plan
+    took, may have been deleted by that VM's failed run since (it was
+    unused then).  Made again with ``create_flavor``; else refused."""
+    nova = plan.clients.nova
+    try:
+        nova.flavors.get(plan.flavor.id)
+        return
+    except Exception as e:
+        if type(e).__name__ != 'NotFound':
+            return      # Nova will say at the create request.
+    if not plan.options.create_flavor:
+        raise ServerError('flavor %s was deleted since the server was '
+                          'planned' % _flavor_text(plan.flavor))
+    flavor, made = _create_flavor(plan.clients, plan.flavor.vcpus,
+                                  plan.flavor.ram)
+    LOG.info('Flavor %s was deleted since the plan: made again (%s)',
+             plan.flavor.id, flavor.id)
+    plan.flavor = flavor
+    plan.created_flavor = made or plan.created_flavor
 
 
 # -- creating -----------------------------------------------------------------
@@ -985,6 +1049,7 @@ def create(plan, volumes_in_device_order):
     asked = False
     token = uuid.uuid4().hex
     try:
+        _check_flavor(plan)
         port_ids = _make_ports(plan, plan.name)
         kw = {}
         if opts.availability_zone:
@@ -1001,8 +1066,8 @@ def create(plan, volumes_in_device_order):
             nics=nics, **kw)
         server_id = created.id
     except BaseException as e:
-        code = getattr(e, 'code', None)
-        refused = isinstance(code, int) and 400 <= code < 500 and \
+        code = _http_code(e)
+        refused = code is not None and 400 <= code < 500 and \
             code not in TRANSIENT_CODES
         if server_id is None and asked and not refused:
             # The answer never came: Nova may have made the server all
@@ -1029,25 +1094,37 @@ def create(plan, volumes_in_device_order):
                   opts, started)
 
 
+#: How long a create request whose answer never came is looked for (the
+#: API may still be handling it when a proxy gives up).
+REQUEST_LOOKUP_SECONDS = 30
+
+
 def _delete_requested(clients, name, token, poll=2.0):
     """Delete the servers named ``name`` made by the create request of
-    ``token`` (:data:`REQUEST_KEY`): its answer never came.  When none is
-    found (Nova may not have made it yet), or one cannot be deleted, the
-    operator is told where to look."""
+    ``token`` (:data:`REQUEST_KEY`): its answer never came.  Looked for
+    up to :data:`REQUEST_LOOKUP_SECONDS`; when none is found (Nova may
+    not have made it yet), or one cannot be deleted, the operator is
+    told where to look."""
     look = ('a server %s may exist all the same (metadata %s=%s): look '
             'with "openstack server list --name %s" and delete it'
             % (name, REQUEST_KEY, token, name))
-    try:
-        found = [s for s in _named(clients, name) if
-                 (_attr(s, 'metadata') or {}).get(REQUEST_KEY) == token]
-    except Exception as e:
-        LOG.warning('The create request of server %s got no answer, and '
-                    'the servers could not be listed (%s): %s', name,
-                    _cloud_error('nova', e), look)
-        return
+    deadline = time.monotonic() + REQUEST_LOOKUP_SECONDS
+    while True:
+        try:
+            found = [s for s in _named(clients, name) if (
+                _attr(s, 'metadata') or {}).get(REQUEST_KEY) == token]
+        except Exception as e:
+            LOG.warning('The create request of server %s got no answer, '
+                        'and the servers could not be listed (%s): %s',
+                        name, _cloud_error('nova', e), look)
+            return
+        if found or time.monotonic() + max(poll, 1.0) > deadline:
+            break
+        time.sleep(max(poll, 1.0))
     if not found:
         LOG.warning('The create request of server %s got no answer, and '
-                    'Nova shows no server of it yet: %s', name, look)
+                    'Nova showed no server of it in %d s: %s', name,
+                    REQUEST_LOOKUP_SECONDS, look)
     for srv in found:
         LOG.warning('The create request of server %s got no answer: '
                     'deleting the server it made (%s)', name, srv.id)

@@ -186,9 +186,9 @@ def test_guest2_ova_boots_with_flavor_auto(cloud, nova_clients, qemu_img,
             server.prepare(nova_clients, {'cpus': 1, 'memory_mb': 256},
                            server.Options(create_server=True,
                                           no_network=True), name)
-        assert str(e.value) == ('server %s exists already (%s, ACTIVE); '
-                                'give --server-name, or delete it first'
-                                % (name, srv['id']))
+        assert str(e.value).startswith(
+            'server %s exists already (%s, ACTIVE), made by an earlier '
+            'any2kvm run: delete it' % (name, srv['id']))
         assert server.prepare(nova_clients, {'cpus': 1, 'memory_mb': 256},
                               server.Options(create_server=True,
                                              no_network=True),

@@ -161,6 +161,9 @@ class FlavorAccessManager(object):
 
 
 class ServerManager(object):
+    #: Nova's [api] max_limit: the most servers one page holds.
+    PAGE = 1000
+
     def __init__(self, cloud):
         self.cloud = cloud
 
@@ -209,7 +212,10 @@ class ServerManager(object):
              limit=None, **kw):
         """Nova's filters: ``name`` a regular expression (re.search, as
         Nova's database filter), ``flavor`` an id; ``all_tenants``
-        (admin only) changes nothing here: one project."""
+        (admin only) changes nothing here: one project.  As novaclient
+        lists: without ``limit`` one page (:data:`PAGE`), ``-1`` every
+        page.  A server being deleted is listed (task_state deleting)
+        until it is gone."""
         opts = dict(search_opts or {})
         if opts.pop('all_tenants', None) and not self.cloud.admin:
             raise Forbidden('Policy doesn\'t allow os_compute_api:servers:'
@@ -218,8 +224,6 @@ class ServerManager(object):
             raise self.cloud.fail_list
         out = []
         for srv in self.cloud.servers.values():
-            if srv.delete_polls is not None:
-                continue
             if 'name' in opts and not re.search(opts['name'], srv.name):
                 continue
             if 'flavor' in opts and srv.flavor != opts['flavor']:
@@ -227,7 +231,9 @@ class ServerManager(object):
             out.append(Obj(id=srv.id, name=srv.name, status=srv.status,
                            flavor={'id': srv.flavor},
                            metadata=dict(srv.metadata)))
-        return out[:limit] if limit else out
+        if limit == -1:
+            return out
+        return out[:min(limit or self.PAGE, self.PAGE)]
 
     def get(self, server_id):
         cloud = self.cloud

@@ -41,7 +41,10 @@ def opts(**kw):
 
 
 @pytest.fixture
-def cloud():
+def cloud(monkeypatch):
+    # A create answer that never came is looked for a second here, not
+    # half a minute.
+    monkeypatch.setattr(server, 'REQUEST_LOOKUP_SECONDS', 1)
     return fakenova.FakeCloud().standard()
 
 
@@ -442,11 +445,11 @@ def test_failed_create_deletes_ports_and_flavor_keeps_volumes(cloud):
     plan = plan_for(cloud, dict(FACTS, cpus=3, memory_mb=4096),
                     create_flavor=True, network_map={'nic0': 'private',
                                                      'nic1': 'private'})
-    cloud.fail_create = 'Quota exceeded for instances'
+    cloud.fail_create = fakenova.Forbidden('Quota exceeded for instances')
     with pytest.raises(server.ServerError) as e:
         server.create(plan, vols)
     assert str(e.value) == (
-        'nova: server web: Exception: Quota exceeded for instances; '
+        'nova: server web: Forbidden: Quota exceeded for instances; '
         'volumes kept: web (%s)' % vols[0]['id'])
     assert cloud.ports == {} and cloud.servers == {}
     assert cloud.changes() == ['flavor-create', 'flavor-access',
@@ -503,10 +506,18 @@ def test_a_server_of_the_name_is_refused_before_anything(cloud):
     calls = len(cloud.calls)
     with pytest.raises(server.ServerError) as e:
         plan_for(cloud)
+    assert str(e.value) == (
+        'server web exists already (%s, BUILD), made by an earlier any2kvm '
+        'run: delete it ("migration rollback" when a cutover made it), or '
+        'give --server-name if it is another VM\'s' % srv.id)
+    assert len(cloud.calls) == calls
+    # One any2kvm did not make (no request token).
+    cloud.servers[srv.id].metadata = {}
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud)
     assert str(e.value) == ('server web exists already (%s, BUILD); give '
                             '--server-name, or delete it first' % srv.id)
-    assert len(cloud.calls) == calls
-    cloud.nova.servers.delete(srv.id)
+    server._delete_server(cloud.clients(), srv.id, poll=0)
     assert plan_for(cloud).name == 'web'
 
 
@@ -900,8 +911,9 @@ def test_cli_import_create_server(cloud, cinder_target, monkeypatch,
     assert any2kvm.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith('any2kvm: error: server web exists already (')
-    assert err.endswith('ACTIVE); give --server-name, or delete it '
-                        'first\n')
+    assert err.endswith('ACTIVE), made by an earlier any2kvm run: delete '
+                        'it ("migration rollback" when a cutover made it), '
+                        'or give --server-name if it is another VM\'s\n')
     assert cloud.volumes == made
     argv[argv.index('web')] = 'web2'
     assert any2kvm.main(argv + ['--format', 'json']) == 0
@@ -1044,3 +1056,99 @@ def test_rollback_keeps_a_made_flavor_another_server_has(cloud, caplog):
         first.rollback(d1, m1)
     assert d1['created_flavor'] in cloud.flavors
     assert 'kept: server %s has it' % d2['server_id'] in caplog.text
+
+
+# -- the second review of the above -------------------------------------------
+
+def test_the_name_is_found_beyond_the_first_page(cloud):
+    """Nova's name filter is a regular expression and a list without
+    limit is one page (1000): the server named exactly so is found among
+    more, and a name's every character reads the same in each database's
+    dialect."""
+    for i in range(1001):
+        cloud.servers['s%d' % i] = fakenova.Obj(
+            id='s%d' % i, name='web-%d' % i, status='ACTIVE', flavor='x',
+            metadata={}, delete_polls=None)
+    srv = server.create(plan_for(cloud, server_name='web'),
+                        volumes(cloud, 1))
+    with pytest.raises(server.ServerError, match='server web exists'):
+        plan_for(cloud)
+    assert srv.id in [s.id for s in server._named(cloud.clients(), 'web')]
+    assert server._name_filter('a|b c-d.e_1') == '^a.b.c.d.e_1$'
+    assert plan_for(cloud, server_name='web|x').name == 'web|x'
+
+
+def test_an_earlier_runs_server_of_the_name_is_said_so(cloud):
+    plan = plan_for(cloud)
+    cloud.interrupt_create = KeyboardInterrupt()
+    cloud.fail_list = fakenova.ServiceUnavailable('Service Unavailable')
+    with pytest.raises(KeyboardInterrupt):
+        server.create(plan, volumes(cloud, 1))
+    cloud.fail_list = None
+    with pytest.raises(server.ServerError) as e:
+        plan_for(cloud)
+    assert 'made by an earlier any2kvm run: delete it ("migration ' \
+        'rollback" when a cutover made it)' in str(e.value)
+
+
+def test_a_create_answer_is_looked_for_a_while(cloud, monkeypatch):
+    """The API may still be handling the request when the answer was
+    lost: the server is looked for again until it shows."""
+    real = server._named
+    answers = [[], []]
+
+    def late(clients, name):
+        return answers.pop() if answers else real(clients, name)
+    monkeypatch.setattr(server, '_named', late)
+    monkeypatch.setattr(server, 'REQUEST_LOOKUP_SECONDS', 10)
+    cloud.interrupt_create = KeyboardInterrupt()
+    plan = plan_for(cloud)
+    plan.options.poll = 0.01
+    with pytest.raises(KeyboardInterrupt):
+        server.create(plan, volumes(cloud, 1))
+    assert cloud.servers == {}
+
+
+def test_a_flavor_made_meanwhile_by_another_run_is_taken(cloud):
+    """Two VMs of one size at once: the second create meets the first's
+    flavor (409) and takes it, made by neither for itself."""
+    clients = cloud.clients()
+    first, made = server._create_flavor(clients, 4, 8192)
+    assert made == first.id
+    second, made = server._create_flavor(clients, 4, 8192)
+    assert (second.id, made) == (first.id, None)
+
+
+def test_a_failed_run_keeps_the_flavor_another_server_has(cloud):
+    a = plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
+                 create_flavor=True)
+    b = plan_for(cloud, dict(FACTS, name='db', cpus=4, memory_mb=8192),
+                 create_flavor=True, server_name='db')
+    assert b.flavor.id == a.flavor.id and b.created_flavor is None
+    server.create(b, volumes(cloud, 1))
+    server.discard(a)
+    assert a.flavor.id in cloud.flavors
+
+
+def test_a_flavor_deleted_since_the_plan_is_made_again(cloud):
+    """Run A made the flavor, run B took it; A failed and deleted it,
+    unused then: B's create request makes it again (and B owns it), or,
+    without --create-flavor, is refused before anything is made."""
+    a = plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
+                 create_flavor=True)
+    b = plan_for(cloud, dict(FACTS, name='db', cpus=4, memory_mb=8192),
+                 create_flavor=True, server_name='db')
+    server.discard(a)
+    assert a.flavor.id not in cloud.flavors
+    srv = server.create(b, volumes(cloud, 1))
+    assert srv.flavor != a.flavor.id and srv.flavor in cloud.flavors
+    assert srv.created_flavor == srv.flavor
+    c = plan_for(cloud, flavor='m1.medium', server_name='c')
+    cloud.flavors.pop(c.flavor.id)
+    calls = len(cloud.calls)
+    with pytest.raises(server.ServerError) as e:
+        server.create(c, volumes(cloud, 1))
+    assert str(e.value).startswith('flavor m1.medium (2 vCPU, 1024 MiB '
+                                   'RAM) was deleted since the server was '
+                                   'planned; volumes kept: web (')
+    assert len(cloud.calls) == calls
