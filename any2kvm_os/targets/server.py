@@ -1109,6 +1109,9 @@ def _delete_requested(clients, name, token, poll=2.0):
             'with "openstack server list --name %s" and delete it'
             % (name, REQUEST_KEY, token, name))
     deadline = time.monotonic() + REQUEST_LOOKUP_SECONDS
+    LOG.warning('The create request of server %s got no answer: looking '
+                'for the server it may have made (up to %d s)', name,
+                REQUEST_LOOKUP_SECONDS)
     while True:
         try:
             found = [s for s in _named(clients, name) if (
