@@ -893,8 +893,7 @@ def prepare(clients, vm_facts, options, name=None, disk_count=None):
         _check_quota(clients, flavor)
     except ServerError:
         if created:
-            discard(Plan(clients, options, name, flavor, nics, boot_disk,
-                         disk_count, reasons, created))
+            delete_flavor(clients, created, unless_used=True)
         raise
     if options.no_network:
         reasons.append('no network (--no-network)')
