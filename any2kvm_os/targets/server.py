@@ -1068,15 +1068,19 @@ def create(plan, volumes_in_device_order):
         code = _http_code(e)
         refused = code is not None and 400 <= code < 500 and \
             code not in TRANSIENT_CODES
-        if server_id is None and asked and not refused:
-            # The answer never came: Nova may have made the server all
-            # the same.  Found by the request's token, it goes too.
-            _delete_requested(plan.clients, plan.name, token,
-                              poll=opts.poll)
-        if server_id is not None:
-            _delete_server(plan.clients, server_id, poll=opts.poll)
-        _delete_ports(plan.clients.neutron, port_ids)
-        discard(plan)
+        try:
+            if server_id is None and asked and not refused:
+                # The answer never came: Nova may have made the server
+                # all the same.  Found by the request's token, it goes
+                # too.
+                _delete_requested(plan.clients, plan.name, token,
+                                  poll=opts.poll)
+            if server_id is not None:
+                _delete_server(plan.clients, server_id, poll=opts.poll)
+        finally:
+            # (Even when a second ^C stops the search for the server.)
+            _delete_ports(plan.clients.neutron, port_ids)
+            discard(plan)
         err = _cloud_error('nova: server %s' % plan.name, e) if \
             isinstance(e, Exception) else e
         if isinstance(err, exception.Any2KvmError):

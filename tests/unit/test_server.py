@@ -1152,3 +1152,17 @@ def test_a_flavor_deleted_since_the_plan_is_made_again(cloud):
                                    'RAM) was deleted since the server was '
                                    'planned; volumes kept: web (')
     assert len(cloud.calls) == calls
+
+
+def test_a_second_interrupt_during_the_lookup_still_deletes_the_ports(
+        cloud, monkeypatch):
+    def interrupted(clients, name):
+        raise KeyboardInterrupt()
+    plan = plan_for(cloud, network_map={'nic0': 'private',
+                                        'nic1': 'private'})
+    monkeypatch.setattr(server, '_named', interrupted)
+    cloud.interrupt_create = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        server.create(plan, volumes(cloud, 1))
+    assert cloud.ports == {}
+    assert cloud.changes().count('port-delete') == 2
