@@ -1166,3 +1166,13 @@ def test_a_second_interrupt_during_the_lookup_still_deletes_the_ports(
         server.create(plan, volumes(cloud, 1))
     assert cloud.ports == {}
     assert cloud.changes().count('port-delete') == 2
+
+
+def test_show_names_the_flavor_the_cutover_made():
+    from any2kvm_os import api
+    text = api.details_text({'server_name': 'web', 'server_id': 's1',
+                             'flavor': 'any2kvm-4vcpu-8192mb-5e1f0c2b',
+                             'created_flavor': '0004', 'port_ids': []})
+    assert text == (', server web, server id s1, flavor '
+                    'any2kvm-4vcpu-8192mb-5e1f0c2b, made by --create-flavor '
+                    '(id 0004)')
