@@ -2284,7 +2284,7 @@ def windows_services(hive, cset):
             if override:
                 out[name]['start_override'] = override
     for name, h in by_name.items():
-        if is_citrix(name) and name not in out:
+        if is_citrix(name) and name not in out and _is_service(hive, h):
             vals = hive.values(h)
             out[name] = {'group': 'citrix',
                          'start': reg_value(vals['start'])
@@ -2294,6 +2294,13 @@ def windows_services(hive, cset):
             if override:
                 out[name]['start_override'] = override
     return out
+
+
+def _is_service(hive, key):
+    """Whether a key under ``Services`` is a service (it has ``Type``),
+    not a driver's parameters kept there (``Services\\XEN``, where xen.sys
+    keeps ``ForceUnplug``)."""
+    return 'type' in hive.values(key)
 
 
 #: A service's Start that keeps it from loading (SERVICE_DISABLED).
@@ -2635,7 +2642,7 @@ def fix_system_hive(hive, bus=None, disks=1):
     for cset in used:
         services = hive.node(cset + '\\Services')
         for name, h in hive.children(services) if services else ():
-            if is_citrix(name):
+            if is_citrix(name) and _is_service(hive, h):
                 changes.extend(_disable(hive, h, '%s\\Services\\%s' % (
                     cset, name)))
         klass = hive.node(cset + '\\Control\\Class')

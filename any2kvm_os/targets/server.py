@@ -124,6 +124,8 @@ BOOT_CHECK_ACTIVE = 'ACTIVE'
 TAIL_LINES = 15
 #: What the ports any2kvm makes say of themselves.
 PORT_DESCRIPTION = 'made by any2kvm for server %s'
+#: How the names of the flavors ``--create-flavor`` makes begin.
+CREATED_FLAVOR_PREFIX = 'any2kvm-'
 #: The server's metadata key holding its create request's token: the
 #: server of a request whose answer never came (^C, a timeout, a 5xx
 #: from a proxy) is found by it, and deleted.
@@ -597,7 +599,8 @@ def _create_flavor(clients, cpus, ram):
         raise ServerError('--create-flavor: the cloud credentials name no '
                           'project, which the private flavor would be for; '
                           'scope them to a project')
-    name = 'any2kvm-%dvcpu-%dmb-%s' % (cpus, ram, project[:8])
+    name = '%s%dvcpu-%dmb-%s' % (CREATED_FLAVOR_PREFIX, cpus, ram,
+                                 project[:8])
     try:
         # (No description: python-novaclient refuses one below
         # microversion 2.55, and any2kvm speaks 2.37.)
@@ -821,10 +824,11 @@ def _name_filter(name):
     """Nova's ``name`` filter (a regular expression, applied by each
     database in its own dialect: MySQL's, PostgreSQL's, Python's for
     SQLite and for servers still being built) for ``name``: anchored,
-    every character but a letter, digit or ``_`` matched by ``.``, which
-    reads the same in every dialect; the caller keeps the exact
-    matches."""
-    return '^%s$' % re.sub(r'[^A-Za-z0-9_]', '.', name)
+    every run of characters but letters, digits and ``_`` matched by
+    ``.*``, which reads the same in every dialect (MySQL before 8.0.4
+    matches bytes: one ``.`` would not match a character of two bytes);
+    the caller keeps the exact matches."""
+    return '^%s$' % re.sub(r'[^A-Za-z0-9_]+', '.*', name)
 
 
 def _named(clients, name):
@@ -845,7 +849,10 @@ def _check_unused(clients, name):
     except Exception as e:
         raise _cloud_error('nova: servers named %s' % name, e)
     if same:
-        if (_attr(same[0], 'metadata') or {}).get(REQUEST_KEY):
+        ours = [s for s in same if (_attr(s, 'metadata') or {}).get(
+            REQUEST_KEY)]
+        if ours:
+            same = ours
             # Made by any2kvm: an earlier run's (a cutover's whose
             # answer never came may have its volumes): another name
             # would make a second server of them.
@@ -931,7 +938,10 @@ def _check_flavor(plan):
     except Exception as e:
         if type(e).__name__ != 'NotFound':
             return      # Nova will say at the create request.
-    if not plan.options.create_flavor:
+    if not plan.options.create_flavor or not \
+            plan.flavor.name.startswith(CREATED_FLAVOR_PREFIX):
+        # (Only a flavor --create-flavor makes is made again: of another
+        # one any2kvm knows neither the extra specs nor why it went.)
         raise ServerError('flavor %s was deleted since the server was '
                           'planned' % _flavor_text(plan.flavor))
     flavor, made = _create_flavor(plan.clients, plan.flavor.vcpus,

@@ -173,6 +173,9 @@ def test_every_xen_driver_is_disabled_not_only_the_known_ones(
         # A StartOverride wins over Start: disabled too.
         reg += ('\n[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Services\\xendisk\\'
                 'StartOverride]\n"0"=dword:00000000\n' % cset)
+        # Not a service (no Type): xen.sys's parameters, left alone.
+        reg += ('\n[HKEY_LOCAL_MACHINE\\SYSTEM\\%s\\Services\\XEN\\'
+                'ForceUnplug]\n"DISKS"=dword:00000001\n' % cset)
     path = winhive.build(tmp_path / 'SYSTEM', reg)
     facts = probe_hive(hivex_python, path)
     found = facts['control_sets'][CSETS[0]]
@@ -199,6 +202,8 @@ def test_every_xen_driver_is_disabled_not_only_the_known_ones(
         assert set(citrix.values()) == {4}, citrix
         assert probe.citrix_active(found['services']) == []
         assert found['services']['xendisk']['start_override'] == {'0': 4}
+        assert 'xen' not in found['services']
+    assert not [c for c in out['fixed'] if 'Services\\XEN' in c]
     # Fixed again: nothing left to change.
     assert probe_hive(hivex_python, path, '--fix-bus', 'sata')[
         'fixed'] == []
