@@ -44,6 +44,44 @@ def cloud_error(what, e):
         type(e).__name__, text[:500]))
 
 
+#: HTTP answers that say "not now" rather than "no": a request timed out,
+#: too many requests, the service or its gateway unavailable.
+TRANSIENT_CODES = frozenset((408, 429, 500, 502, 503, 504))
+
+
+def http_code(e):
+    """The HTTP status of a client's error (novaclient's and
+    cinderclient's ``code``, keystoneauth's ``http_status``), or None."""
+    for attr in ('code', 'http_status'):
+        code = getattr(e, attr, None)
+        if isinstance(code, int):
+            return code
+    return None
+
+
+def not_found(e):
+    """Whether ``e`` (a client's error) is the service's 404: what was
+    looked for, or asked to be deleted, is not there."""
+    return isinstance(e, Exception) and (
+        http_code(e) == 404 or type(e).__name__ == 'NotFound')
+
+
+def transient(e):
+    """Whether ``e`` (a client's error) may go away if asked again: a
+    connection that failed or timed out, or an HTTP answer of
+    :data:`TRANSIENT_CODES`."""
+    if not isinstance(e, Exception):
+        return False
+    code = http_code(e)
+    if code is not None:
+        return code in TRANSIENT_CODES
+    try:
+        from keystoneauth1 import exceptions as ks_exc
+    except ImportError:
+        return False
+    return isinstance(e, ks_exc.RetriableConnectionFailure)
+
+
 def cinder_client(session, region_name=None, interface=None,
                   version='3'):
     from cinderclient import client

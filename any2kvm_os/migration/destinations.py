@@ -46,6 +46,7 @@ import os
 import stat
 import time
 
+from any2kvm_os import clients
 from any2kvm_os import exception
 from any2kvm_os.targets import base as targets_base
 from any2kvm_os.writers import raw
@@ -339,7 +340,6 @@ class CinderDestination(Destination):
 
     def client(self):
         if self._client is None:
-            from any2kvm_os import clients
             from any2kvm_os.targets import cinder as cinder_target
             if self.cloud is None:
                 raise DestinationError(target=self.name, reason='no cloud '
@@ -362,7 +362,6 @@ class CinderDestination(Destination):
                       timeout=self.timeout, poll=self.poll, **kwargs)
 
     def _error(self, e):
-        from any2kvm_os import clients
         if isinstance(e, exception.Any2KvmError) or not isinstance(
                 e, Exception):
             return e
@@ -503,7 +502,7 @@ class CinderDestination(Destination):
                 cinder.volumes.delete(d['target_ref'])
                 deleted.append(d['target_ref'])
             except Exception as e:
-                if type(e).__name__ == 'NotFound':
+                if clients.not_found(e):
                     continue
                 raise self._error(e)
         # Gone for good before the command returns.
@@ -517,8 +516,17 @@ def _wait_gone(cinder, vol_id, timeout, poll):
     while time.monotonic() < deadline:
         try:
             v = cinder.volumes.get(vol_id)
-        except Exception:
-            return
+        except Exception as e:
+            if clients.not_found(e):
+                return
+            if not clients.transient(e):
+                LOG.warning('volume %s: could not be looked at while it is '
+                            'deleted: %s', vol_id, clients.cloud_error(
+                                'cinder', e))
+                return
+            # (A 503 is not "gone": asked again.)
+            time.sleep(poll)
+            continue
         if v.status == 'error_deleting':
             raise DestinationError(target='cinder', reason='volume %s went '
                                    'to error_deleting' % vol_id)

@@ -72,8 +72,9 @@ The API (stable; the migration cutover builds on it)
     ``Boot.seconds`` (from the create request), ``Boot.active_seconds``,
     ``Boot.line``; ``boot.message()`` is "boot verified after N s".
     Otherwise :class:`BootError` with ``console_tail`` (the last
-    :data:`TAIL_LINES` lines).  A transient error (:data:`TRANSIENT_CODES`,
-    a failed connection) is asked again until the timeout.  Deletes
+    :data:`TAIL_LINES` lines).  A transient error
+    (:data:`any2kvm_os.clients.TRANSIENT_CODES`, a failed connection) is
+    asked again until the timeout.  Deletes
     nothing.
 
 ``rollback(clients, server=None, server_id=None, volumes=(), ...)``
@@ -105,6 +106,7 @@ import re
 import time
 import uuid
 
+from any2kvm_os import clients as _clients
 from any2kvm_os import exception
 from any2kvm_os.targets import base
 
@@ -379,8 +381,7 @@ class Clients(object):
     @property
     def cinder(self):
         if self._cinder is None:
-            from any2kvm_os import clients
-            self._cinder = clients.cinder_client(
+            self._cinder = _clients.cinder_client(
                 self.session, self.region_name, self.interface)
         return self._cinder
 
@@ -392,48 +393,19 @@ def _cloud_error(what, e):
     return ServerError('%s: %s: %s' % (what, type(e).__name__, text))
 
 
-#: HTTP answers that say "not now" rather than "no": a request timed out,
-#: too many requests, the service or its gateway unavailable.
-TRANSIENT_CODES = frozenset((408, 429, 500, 502, 503, 504))
-
-
-def _http_code(e):
-    """The HTTP status of a client's error (novaclient's ``code``,
-    keystoneauth's ``http_status``), or None."""
-    for attr in ('code', 'http_status'):
-        code = getattr(e, attr, None)
-        if isinstance(code, int):
-            return code
-    return None
-
-
-def _transient(e):
-    """Whether ``e`` (a client's error) may go away if asked again: a
-    connection that failed or timed out, or an HTTP answer of
-    :data:`TRANSIENT_CODES`."""
-    if not isinstance(e, Exception):
-        return False
-    code = _http_code(e)
-    if code is not None:
-        return code in TRANSIENT_CODES
-    try:
-        from keystoneauth1 import exceptions as ks_exc
-    except ImportError:
-        return False
-    return isinstance(e, ks_exc.RetriableConnectionFailure)
-
-
 def _asked_again(call, what, deadline, poll):
     """``call()``, asked again every ``poll`` seconds while it fails with
-    a :func:`_transient` error and ``deadline`` (time.monotonic()) has not
-    passed: a service that restarts, or answers 503 for a moment, does
-    not end a wait that may cost a server (and a cutover's downtime).
-    Any other error, or the last transient one, is raised."""
+    a :func:`any2kvm_os.clients.transient` error and ``deadline``
+    (time.monotonic()) has not passed: a service that restarts, or
+    answers 503 for a moment, does not end a wait that may cost a
+    server (and a cutover's downtime).  Any other error, or the last
+    transient one, is raised."""
     while True:
         try:
             return call()
         except Exception as e:
-            if not _transient(e) or time.monotonic() + poll > deadline:
+            if not _clients.transient(e) or \
+                    time.monotonic() + poll > deadline:
                 raise
             LOG.warning('%s: %s (%s); asking again in %.0f s', what,
                         type(e).__name__, ' '.join(str(e).split())[:200],
@@ -538,7 +510,7 @@ def _flavor_for(clients, facts, options, notes):
         try:
             flavor = nova.flavors.get(options.flavor)
         except Exception as e:
-            if type(e).__name__ not in ('NotFound', 'BadRequest'):
+            if not _clients.not_found(e) and _clients.http_code(e) != 400:
                 raise _cloud_error('nova: flavor %s' % options.flavor, e)
         if flavor is None:
             named = [f for f in list_flavors(nova)
@@ -606,7 +578,7 @@ def _create_flavor(clients, cpus, ram):
         # microversion 2.55, and any2kvm speaks 2.37.)
         flavor = nova.flavors.create(name, ram, cpus, 0, is_public=False)
     except Exception as e:
-        if _http_code(e) == 409:
+        if _clients.http_code(e) == 409:
             # Another run made it since the list was read (two VMs of
             # one size at once): taken as it is, not made here.
             made = [f for f in list_flavors(nova) if f.name == name and
@@ -646,7 +618,7 @@ def delete_flavor(clients, flavor_id, unless_used=False):
                 return False
         nova.flavors.delete(flavor_id)
     except Exception as e:
-        if type(e).__name__ == 'NotFound':
+        if _clients.not_found(e):
             return True
         LOG.warning('Could not delete flavor %s: %s', flavor_id,
                     _cloud_error('nova', e))
@@ -802,7 +774,7 @@ def _check_names(clients, options):
         try:
             nova.keypairs.get(options.key_name)
         except Exception as e:
-            if type(e).__name__ == 'NotFound':
+            if _clients.not_found(e):
                 raise ServerError('--key-name %s: no such key pair (of the '
                                   'user the cloud credentials name)'
                                   % options.key_name)
@@ -936,7 +908,7 @@ def _check_flavor(plan):
         nova.flavors.get(plan.flavor.id)
         return
     except Exception as e:
-        if type(e).__name__ != 'NotFound':
+        if not _clients.not_found(e):
             return      # Nova will say at the create request.
     if not plan.options.create_flavor or not \
             plan.flavor.name.startswith(CREATED_FLAVOR_PREFIX):
@@ -1075,9 +1047,9 @@ def create(plan, volumes_in_device_order):
             nics=nics, **kw)
         server_id = created.id
     except BaseException as e:
-        code = _http_code(e)
+        code = _clients.http_code(e)
         refused = code is not None and 400 <= code < 500 and \
-            code not in TRANSIENT_CODES
+            code not in _clients.TRANSIENT_CODES
         try:
             if server_id is None and asked and not refused:
                 # The answer never came: Nova may have made the server
@@ -1264,7 +1236,7 @@ def _delete_server(clients, server_id, timeout=300, poll=2.0):
         _asked_again(lambda: nova.servers.delete(server_id), what, deadline,
                      poll)
     except Exception as e:
-        if type(e).__name__ == 'NotFound':
+        if _clients.not_found(e):
             return
         raise _cloud_error('nova: deleting server %s' % server_id, e)
     status = None
@@ -1273,7 +1245,7 @@ def _delete_server(clients, server_id, timeout=300, poll=2.0):
             got = _asked_again(lambda: nova.servers.get(server_id), what,
                                deadline, poll)
         except Exception as e:
-            if type(e).__name__ == 'NotFound':
+            if _clients.not_found(e):
                 return
             raise _cloud_error('nova: server %s' % server_id, e)
         # A deleted server may still be shown, status DELETED, for a

@@ -676,3 +676,28 @@ def test_cutover_fix_failing_halfway_reverts_and_cutover_runs_again(
     assert boot.volume_image_metadata['hw_disk_bus'] == \
         m['guest']['properties']['hw_disk_bus']
     assert cloud.volume_snapshots.by_id == {}
+
+
+def test_waiting_for_a_deleted_volume_asks_again_after_a_503():
+    """A volume being deleted is waited for until Cinder answers 404: a
+    503 meanwhile is not "gone"."""
+    from cinderclient import exceptions as cinder_exc
+    answers = [cinder_exc.ClientException(503, 'Service Unavailable'),
+               fakecinder.Volume(None, 'v', 1, 'web', None),
+               cinder_exc.ClientException(503, 'Service Unavailable'),
+               cinder_exc.NotFound(404)]
+    answers[1].status = 'deleting'
+    asked = []
+
+    class Volumes(object):
+        def get(self, vol_id):
+            asked.append(vol_id)
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    class Cinder(object):
+        volumes = Volumes()
+    destinations._wait_gone(Cinder(), 'v', timeout=10, poll=0.001)
+    assert asked == ['v'] * 4 and answers == []

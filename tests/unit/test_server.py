@@ -23,6 +23,7 @@ import threading
 
 import pytest
 
+from any2kvm_os import clients as os_clients
 from any2kvm_os import exception
 from any2kvm_os.targets import server
 from tests.lib import fakenova
@@ -577,13 +578,13 @@ def test_transient_errors_until_the_deadline_end_the_wait(cloud):
 
 def test_transient():
     from keystoneauth1 import exceptions as ks_exc
-    assert server._transient(fakenova.ServiceUnavailable('x'))
-    assert server._transient(ks_exc.ConnectTimeout('x'))
-    assert not server._transient(fakenova.NotFound('x'))
-    assert not server._transient(fakenova.Conflict('x'))
-    assert not server._transient(ks_exc.SSLError('x'))
-    assert not server._transient(ValueError('x'))
-    assert not server._transient(KeyboardInterrupt())
+    assert os_clients.transient(fakenova.ServiceUnavailable('x'))
+    assert os_clients.transient(ks_exc.ConnectTimeout('x'))
+    assert not os_clients.transient(fakenova.NotFound('x'))
+    assert not os_clients.transient(fakenova.Conflict('x'))
+    assert not os_clients.transient(ks_exc.SSLError('x'))
+    assert not os_clients.transient(ValueError('x'))
+    assert not os_clients.transient(KeyboardInterrupt())
 
 
 def test_boot_check_regex_and_console_that_grows(cloud):
@@ -1189,3 +1190,22 @@ def test_show_names_the_flavor_the_cutover_made():
     assert text == (', server web, server id s1, flavor '
                     'any2kvm-4vcpu-8192mb-5e1f0c2b, made by --create-flavor '
                     '(id 0004)')
+
+
+def test_not_found_by_status_or_class():
+    """A 404 is "not there" whatever the client's class calls it; a 503
+    is not."""
+    from cinderclient import exceptions as cinder_exc
+    from keystoneauth1 import exceptions as ks_exc
+    from novaclient import exceptions as nova_exc
+    assert os_clients.not_found(nova_exc.NotFound(404))
+    assert os_clients.not_found(cinder_exc.NotFound(404))
+    assert os_clients.not_found(ks_exc.NotFound())
+    assert os_clients.not_found(ks_exc.HttpError(http_status=404))
+    assert os_clients.not_found(fakenova.NotFound('x'))
+    assert not os_clients.not_found(nova_exc.ClientException(503))
+    assert not os_clients.not_found(ks_exc.HttpError(http_status=503))
+    assert not os_clients.not_found(ValueError('x'))
+    assert not os_clients.not_found(KeyboardInterrupt())
+    assert os_clients.http_code(cinder_exc.OverLimit(413)) == 413
+    assert os_clients.http_code(ValueError('x')) is None
