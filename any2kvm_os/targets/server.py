@@ -556,6 +556,13 @@ def _flavor_for(clients, facts, options, notes):
     return flavor, made
 
 
+#: How long a flavor another run has just made (``--create-flavor``'s
+#: 409) is looked for: that run gives the project access to it with its
+#: next request.
+FLAVOR_RACE_SECONDS = 10
+FLAVOR_RACE_POLL = 1.0
+
+
 def _create_flavor(clients, cpus, ram):
     """``--create-flavor``: a flavor of ``cpus`` and ``ram`` (no root
     disk: the server boots from its volumes), private to the credentials'
@@ -580,11 +587,18 @@ def _create_flavor(clients, cpus, ram):
     except Exception as e:
         if _clients.http_code(e) == 409:
             # Another run made it since the list was read (two VMs of
-            # one size at once): taken as it is, not made here.
-            made = [f for f in list_flavors(nova) if f.name == name and
-                    _enabled(f) and f.vcpus == cpus and f.ram == ram]
-            if made:
-                return made[0], None
+            # one size at once): taken as it is, not made here.  Until
+            # that run has given the project access (its next request)
+            # the list does not show it: looked for a few seconds.
+            deadline = time.monotonic() + FLAVOR_RACE_SECONDS
+            while True:
+                made = [f for f in list_flavors(nova) if f.name == name and
+                        _enabled(f) and f.vcpus == cpus and f.ram == ram]
+                if made:
+                    return made[0], None
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(FLAVOR_RACE_POLL)
             raise ServerError(
                 '--create-flavor: a flavor named %s exists, and --flavor '
                 'auto could not use it (disabled, or another project\'s); '

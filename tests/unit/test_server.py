@@ -1123,6 +1123,37 @@ def test_a_flavor_made_meanwhile_by_another_run_is_taken(cloud):
     assert (second.id, made) == (first.id, None)
 
 
+def test_a_flavor_another_run_has_not_yet_shared_is_waited_for(
+        cloud, monkeypatch):
+    """The other run has made the flavor (409) and not yet given the
+    project access to it: the list shows it a moment later, and it is
+    taken; when it never does, the refusal names the flavor."""
+    monkeypatch.setattr(server, 'FLAVOR_RACE_POLL', 0.01)
+    clients = cloud.clients()
+    name = 'any2kvm-4vcpu-8192mb-%s' % cloud.project_id[:8]
+    other = cloud.add_flavor(name, 4, 8192, 0, is_public=False)
+    lists = []
+    listed = cloud.nova.flavors.list
+
+    def listing(*a, **kw):
+        lists.append(1)
+        if len(lists) == 3:
+            # The other run's next request.
+            cloud.flavor_access[other.id] = {cloud.project_id}
+        return listed(*a, **kw)
+    monkeypatch.setattr(cloud.nova.flavors, 'list', listing)
+    flavor, made = server._create_flavor(clients, 4, 8192)
+    assert (flavor.id, made) == (other.id, None) and len(lists) == 3
+
+    monkeypatch.setattr(server, 'FLAVOR_RACE_SECONDS', 0.05)
+    cloud.add_flavor('any2kvm-2vcpu-1024mb-%s' % cloud.project_id[:8], 2,
+                     1024, 0, is_public=False)
+    with pytest.raises(server.ServerError) as e:
+        server._create_flavor(clients, 2, 1024)
+    assert 'a flavor named any2kvm-2vcpu-1024mb-' in str(e.value)
+    assert len(lists) > 4
+
+
 def test_a_failed_run_keeps_the_flavor_another_server_has(cloud):
     a = plan_for(cloud, dict(FACTS, cpus=4, memory_mb=8192),
                  create_flavor=True)
