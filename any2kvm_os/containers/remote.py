@@ -49,6 +49,9 @@ class RemoteDirectoryContainer(base.Container):
         self._members = None
         #: {name: what it is} of the entries that are no regular file.
         self._skipped = {}
+        #: The leaf may be open for writing on the host (a running VM's
+        #: disk): its view is ``live`` (see :mod:`any2kvm_os.formats.vhd`).
+        self.live_leaf = False
 
     def member_names(self):
         if self._members is None:
@@ -92,13 +95,13 @@ class RemoteDirectoryContainer(base.Container):
             raise exception.ChainError(
                 path=self.display_name(name),
                 reason='not a regular file of %s' % self.directory)
-        if prefetch:
-            return self.connection.open_file(
-                posixpath.join(self.directory, name),
-                name=self.display_name(name), prefetch=prefetch)
-        return self.connection.open_file(
+        kw = {'prefetch': prefetch} if prefetch else {}
+        view = self.connection.open_file(
             posixpath.join(self.directory, name),
-            name=self.display_name(name))
+            name=self.display_name(name), **kw)
+        if self.live_leaf and name == self.leaf_name:
+            view.live = True
+        return view
 
     def display_name(self, name):
         return '%s:%s' % (self.label, posixpath.join(self.directory, name))

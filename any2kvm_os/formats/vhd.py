@@ -27,9 +27,12 @@ Decisions (see doc/source/formats.rst):
 * footer and dynamic header checksums are verified; a bad one is refused;
 * the two footers of a dynamic or differencing disk must agree, and the
   one at the end must be there, but in a *padded* view (a logical
-  volume of SM's LVHD: the view's ``padded``), where the copy at offset
-  0 is the footer when no footer ends the view (an inflate cut short),
-  as libvhd reads it;
+  volume of SM's LVHD: the view's ``padded``) and in a *live* one (the
+  leaf of a XenServer VDI, which a running VM's tapdisk holds open for
+  writing: the view's ``live``; blktap overwrites the end copy when it
+  opens it, and writes new blocks there until it closes it), where the
+  copy at offset 0 is the footer when no footer ends the view, as
+  libvhd (and qemu) read it;
 * in a dynamic disk an allocated block is data as a whole (as qemu reads
   it); in a differencing disk its sector bitmap says which sectors the
   layer holds, the others belong to the parent;
@@ -313,13 +316,20 @@ class VhdReader(base.LayerReader):
                     raise exception.InvalidImage(
                         path=path, reason='the two VHD footer copies '
                         'disagree')
-            elif not getattr(view, 'padded', False):
+            elif getattr(view, 'padded', False) or \
+                    getattr(view, 'live', False):
+                # A VHD a tapdisk holds open for writing (a running VM's
+                # leaf: blktap's vhd_kill_footer overwrites the end copy
+                # when it opens it, and writes new blocks where it was,
+                # until it closes it), or a logical volume (SM's LVHD)
+                # whose last sector is no footer (that, or an inflate cut
+                # short): libvhd's footer search falls back to the copy
+                # at offset 0, as here, and blocks may reach the end.
+                self.footer_offset = size
+            else:
                 raise exception.InvalidImage(
                     path=path, reason='VHD footer missing at the end of the '
                     'file: truncated')
-            # else: a logical volume (SM's LVHD) without a footer in its
-            # last sector (an inflate cut short): libvhd's footer search
-            # falls back to the copy at offset 0, as here.
             _check_dynamic_length(size, footer, path)
         else:
             footer = parse_footer(tail, path)

@@ -42,6 +42,16 @@ that costs.  The pass is recorded under a fingerprint that can never match
 (``rewrite:``), so a crash during it leads to the same pass again, never
 to a target trusted too early.
 
+**A snapshot of the migration gone from the host is a rewrite.**  The
+garbage collector can merge later writes into a node already applied in
+place (a snapshot-coalesce of the VM's leaf into its parent, stopped
+before its rename: the node keeps its name, id, header and block
+table), which no fingerprint shows.  Each sync lists the migration's
+snapshots (beside the new one); one it took and has not removed that is
+missing makes every disk rewritten from the base, and is recorded as
+removed only after that (:func:`_lost_snapshots`).  A cutover refuses
+before the shutdown in that case: the sync rewrites while the VM runs.
+
 **The migration's snapshots are kept until cutover or abort.**  Removing
 an older one once a newer one is applied would look free, but it is not
 safe to do cheaply: the snapshot's VDI is one of the two children of a
@@ -618,7 +628,7 @@ def stable_layers(chain, with_leaf):
 
 
 def _update_disk(store, name, disk, chain, with_leaf, figures, target,
-                 progress=None, changed=None):
+                 progress=None, changed=None, lost=None):
     """Apply onto ``disk``'s target (``target``, an open writer) what it
     lacks of ``chain`` (all but the leaf, or all with ``with_leaf``).
     ``changed``: what changed the targets on the KVM side since their
@@ -629,7 +639,7 @@ def _update_disk(store, name, disk, chain, with_leaf, figures, target,
     applied = disk['applied']
     idx = disk['index']
     how, k = _plan(applied, stable)
-    if changed and applied:
+    if (changed or lost) and applied:
         # Not an increment: rewritten from the base.
         how, k = 'rewrite', 0
     if with_leaf and not changed and (
@@ -674,7 +684,12 @@ def _update_disk(store, name, disk, chain, with_leaf, figures, target,
         figures.rewrites.append({'disk': idx, 'from_layer':
                                  applied[k]['name'], 'bytes': written})
         why = changed or _kvm_marked(applied)
-        if why:
+        if lost and not why:
+            LOG.warning('%s: snapshot(s) %s of the migration are gone from '
+                        'the host: the disk was rewritten from the base (%d '
+                        'bytes of data)', disk['target_ref'],
+                        ', '.join(lost), written)
+        elif why:
             LOG.warning('%s: the target was changed on the KVM side since '
                         'its layers were applied (%s): the disk was '
                         'rewritten from the base (%d bytes of data)',
@@ -829,6 +844,9 @@ class _Run(object):
         #: {disk index: the disk as the sync's snapshot holds it}, of the
         #: disks on LVM SRs (:meth:`_read_from`), once asked for.
         self.snap_infos = None
+        #: The migration's snapshots a sync found gone from the host
+        #: (:func:`_lost_snapshots`): every disk is rewritten.
+        self.lost = []
         #: The discovery's queries and their answers (or the error they
         #: failed with), run beside the snapshot.
         self.ahead = None
@@ -993,6 +1011,13 @@ class _Run(object):
         if isinstance(snap, Exception):
             raise snap
         found, taken = snap[:-1], snap[-1]
+        self.lost = _lost_snapshots(m, found, listings)
+        if self.lost:
+            LOG.warning('snapshot(s) %s of migration %s are gone from the '
+                        'host (deleted by someone else?): SM may have '
+                        'merged later writes into layers the targets hold; '
+                        'every disk is rewritten from the base',
+                        ', '.join(self.lost), self.name)
         _adopt(self.store, self.name, m, found, listings)
         self.snap = xe.parse_uuid(taken, take)
         self.store.snapshot_taken(self.name, self.snap)
@@ -1084,7 +1109,7 @@ class _Run(object):
                                    .get('details')) if with_leaf else None)
             _update_disk(self.store, self.name, disk, opened.chain,
                          with_leaf, f, self.writers[index], self.progress,
-                         changed=changed)
+                         changed=changed, lost=self.lost)
             self.top[index] = opened.chain.layers[0].identity
             _record_size(self.store, self.name, disk,
                          self.infos[index].virtual_size)
@@ -1202,6 +1227,11 @@ class _Run(object):
                                     details=details)
 
     def record_sync(self):
+        # Every disk rewritten from the base: the snapshots found gone no
+        # longer protect anything the targets hold.  (Recorded only now:
+        # a run cut short before finds them gone again, and rewrites.)
+        for snapshot_id in self.lost or ():
+            self.store.snapshot_removed(self.name, snapshot_id)
         self.result = _result(self.name, self.started, self.host,
                               self.read0, self.figures, snapshot=self.snap,
                               guest=self.inspected,
@@ -1238,6 +1268,22 @@ class _Run(object):
         request: never less than it was); and the shutdown command
         started on the host, held at its gate (``host.arm``), so that
         the request costs no new channel or session."""
+        if self.found.power_state != 'halted':
+            # A snapshot of the migration deleted since the last sync
+            # (the GC may have merged writes into layers the targets
+            # hold, in place, which no fingerprint shows): a sync
+            # rewrites the disks while the VM runs, not the downtime.
+            argvs = _adopt_commands(self.m)
+            run = prefetching(self.host, argvs)
+            lost = _lost_snapshots(self.m, [run(a) for a in argvs], argvs)
+            if lost:
+                raise MigrationError(
+                    name=self.name, reason='snapshot(s) %s of the migration '
+                    'are gone from the host (deleted by someone else?): '
+                    'XenServer may have merged later writes into layers '
+                    'the targets hold; run "migration sync %s" (it '
+                    'rewrites the disks while the VM runs), then cut over; '
+                    'nothing was shut down' % (', '.join(lost), self.name))
         t = self.times
         prior = self.m.get('cutover')
         if self.found.power_state == 'halted' and prior and \
@@ -1618,6 +1664,21 @@ def _adopt_commands(m):
                             ('uuid',), minimal=True)
             for mine in [('name-label', snapshot_label(m))] + (
                 [('name-description', tag)] if tag else [])]
+
+
+def _lost_snapshots(m, outputs, argvs):
+    """The snapshots migration ``m`` took and has not removed that the
+    host's listing (``outputs`` of :func:`_adopt_commands` ``argvs``)
+    no longer has: someone deleted them.  SM's garbage collector may then
+    merge later writes into a layer the targets already hold, in place
+    (its name, id, header and block table kept: a snapshot-coalesce of
+    the VM's leaf into its parent that stops before its rename), which
+    no fingerprint shows."""
+    listed = set()
+    for output, argv in zip(outputs, argvs):
+        listed.update(u.lower() for u in xe.parse_minimal(output, argv))
+    return [s['snapshot_id'] for s in m['snapshots']
+            if not s.get('removed_at') and s['snapshot_id'] not in listed]
 
 
 def _adopt(store, name, m, outputs, argvs):

@@ -70,7 +70,7 @@ FXP_INIT, FXP_VERSION, FXP_OPEN, FXP_CLOSE, FXP_READ = 1, 2, 3, 4, 5
 FXP_FSTAT, FXP_OPENDIR, FXP_READDIR = 8, 11, 12
 FXP_STATUS, FXP_HANDLE, FXP_DATA, FXP_NAME, FXP_ATTRS = \
     101, 102, 103, 104, 105
-FX_OK, FX_EOF = 0, 1
+FX_OK, FX_EOF, FX_NO_SUCH_FILE = 0, 1, 2
 FXF_READ = 1
 ATTR_SIZE, ATTR_UIDGID, ATTR_PERMISSIONS, ATTR_ACMODTIME = 1, 2, 4, 8
 ATTR_EXTENDED = 0x80000000
@@ -671,10 +671,13 @@ class Pipeline(object):
                 self._close_handle(handle)
 
     def _list_error(self, path, code, message):
-        return exception.SshError(host=self.label, reason='cannot list '
-                                  '%s: %s' % (path, message.decode(
-                                      'utf-8', 'replace') or
-                                      'SFTP status %d' % code))
+        error = exception.SshError(host=self.label, reason='cannot list '
+                                   '%s: %s' % (path, message.decode(
+                                       'utf-8', 'replace') or
+                                       'SFTP status %d' % code))
+        #: The directory is not there (SSH_FX_NO_SUCH_FILE).
+        error.no_such_file = code == FX_NO_SUCH_FILE
+        return error
 
     # -- files ------------------------------------------------------------
 

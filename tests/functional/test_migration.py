@@ -804,20 +804,29 @@ def test_cutover_force_cancels_the_clean_shutdown_under_way(bed):
     check(m, facts)
 
 
-def _stopped_at(root, verb, args, common, sig=signal.SIGKILL):
+def _stopped_at(root, verb, args, common, sig=signal.SIGKILL,
+                then_run=True):
     """A command of ``args`` stopped (``sig``) when it runs ``xe VERB`` on
-    the host (held there until then); (its exit status, its stderr)."""
+    the host (held there until then); (its exit status, its stderr).
+    The held ``xe VERB`` then runs (xapi goes on with a request whose
+    client is gone), or, without ``then_run``, fails (it never ran)."""
     bin_dir = Path(str(root)).parent / 'bin'
     hold, reached = bin_dir / 'hold', bin_dir / 'reached'
+    abandon = bin_dir / 'abandon'
+    if abandon.exists():
+        abandon.unlink()
     xbed.wrap_command(
         bin_dir, 'xe',
         'if [ "$1" = %(verb)s ] && [ -e "%(hold)s" ]; then\n'
         '  touch "%(reached)s"; n=0\n'
         '  while [ -e "%(hold)s" ] && [ $n -lt 1200 ]; do\n'
         '    sleep 0.1; n=$((n+1)); done\n'
+        '  if [ -e "%(abandon)s" ]; then exit 1; fi\n'
         'fi\n'
         'exec "$REAL" "$@"\n' % {'hold': hold, 'reached': reached,
-                                 'verb': verb})
+                                 'verb': verb, 'abandon': abandon})
+    if not then_run:
+        abandon.write_text('')
     hold.write_text('')
     p = _cutover_process(args, common)
     deadline = time.monotonic() + 120
@@ -846,9 +855,13 @@ def test_cutover_again_after_the_vm_ran_again_applies_the_leaf(bed):
     w0, _w1 = writers(root, facts, _state(common))
     mig('sync', 'web', '--no-progress', common=common)
     w0.write(5 * MiB, ig.pattern(61, 4096))
-    rc, err = _stopped_at(root, 'snapshot-list', [
+    # (Stopped at the removal of the snapshots, which never runs: the
+    # snapshot listing before the shutdown only checks that they are all
+    # there.  One removed by the stopped run would be gone: the next
+    # cutover would refuse until a sync rewrote the disks.)
+    rc, err = _stopped_at(root, 'snapshot-uninstall', [
         'cutover', 'web', '--no-progress', '--timeout', '60'], common,
-        sig=signal.SIGTERM)
+        sig=signal.SIGTERM, then_run=False)
     assert rc == 143, err
     assert ('VM %s was shut down for the cutover and stays halted: run '
             '"migration cutover web" again to finish, or "migration '

@@ -86,7 +86,7 @@ class LocalHost(object):
         return outs
 
     def open_disk(self, info):
-        container = containers.DirectoryContainer(info.path, self.limits)
+        container = _SrDirectory(info.path, self.limits)
         chain = layer_chain.resolve(container, container.leaf_name,
                                     self.limits)
         disk = vm_mod.ChainDisk(info.path, 'xenserver-sr', chain,
@@ -98,6 +98,18 @@ class LocalHost(object):
 
     def close(self):
         pass
+
+
+class _SrDirectory(containers.DirectoryContainer):
+    """An SR directory read in place, as the XenServer source reads it
+    over SFTP: its leaf may be held open for writing by a running
+    guest's tapdisk (``RemoteDirectoryContainer.live_leaf``)."""
+
+    def _open(self, name):
+        view = super(_SrDirectory, self)._open(name)
+        if name == self.leaf_name:
+            view.live = True
+        return view
 
 
 def remote_error(label, argv, status, stderr):

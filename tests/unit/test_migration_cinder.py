@@ -171,19 +171,22 @@ def test_sync_sync_cutover_attaches_once_per_command(bed):
     assert data.volume_image_metadata['any2kvm_migration'] == 'web'
     assert boot.volume_image_metadata['hw_firmware_type'] == 'uefi'
     assert boot.volume_image_metadata['hw_scsi_model'] == 'virtio-scsi'
-    # The discovery's queries went in one round trip; the shutdown alone
-    # (its exit status is the answer); after the downtime, the check that
-    # the VM is still halted with the list of snapshots, the snapshots'
-    # disks, and the removal of the two snapshots.
+    # The discovery's queries went in one round trip; before the
+    # shutdown, the check that the migration's snapshots are all there;
+    # the shutdown alone (its exit status is the answer); after the
+    # downtime, the check that the VM is still halted with the list of
+    # snapshots, the snapshots' disks, and the removal of the two
+    # snapshots.
     batches = hosts[-1].batches
     assert [a[1] if a[0] == 'xe' else a[0] for a in batches[0]] == [
         'vm-list', 'vm-param-get', 'vif-list', 'vbd-list', 'vdi-list',
         'vdi-list', 'sr-list', 'pbd-list', 'cat']
-    assert [a[1] for a in batches[1]] == ['vm-param-get', 'snapshot-list',
+    assert [a[1] for a in batches[1]] == ['snapshot-list'] * 2
+    assert [a[1] for a in batches[2]] == ['vm-param-get', 'snapshot-list',
                                           'snapshot-list']
     # The snapshots' disks, then the removal.
-    assert [a[1] for a in batches[2]] == ['vbd-list'] * 2
-    assert [a[1] for a in batches[3]] == ['snapshot-uninstall'] * 2
+    assert [a[1] for a in batches[3]] == ['vbd-list'] * 2
+    assert [a[1] for a in batches[4]] == ['snapshot-uninstall'] * 2
     assert _power(root, facts['two-disks']) == 'halted'
 
 

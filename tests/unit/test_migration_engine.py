@@ -1418,3 +1418,63 @@ def test_a_sync_after_a_server_deleted_for_its_boot_rewrites(bed):
                                'server_deleted': 'f00d-4'})
     r = engine.sync(store, 'web', **_kw(root))
     assert sorted(rw['disk'] for rw in r['rewrites']) == [0, 1], r
+
+
+def test_a_deleted_snapshot_with_writes_merged_in_place_is_a_rewrite(bed):
+    """Someone deletes the migration's newest snapshot; SM's GC then
+    merges the VM's later writes into the node that snapshot held (a
+    snapshot-coalesce of the leaf into its parent that stops before its
+    rename): in place, in a block the node had, so the node keeps its
+    name, id, header and block table, and no fingerprint shows it.  The
+    next sync sees the snapshot gone and rewrites every disk; the one
+    after it does not (the snapshot is recorded as removed)."""
+    root, facts, out, store = bed
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **_kw(root))
+    w0.write(6 * MiB, ig.pattern(9, 8192))
+    w1.write(512, ig.pattern(11, 512))
+    engine.sync(store, 'web', **_kw(root))
+    last = store.get('web')['snapshots'][-1]['snapshot_id']
+    xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=%s' % last,
+                'force=true')
+    # What the guest wrote since, merged by the GC into the node the
+    # sync applied (its block at 6 MiB), not in the leaf any more.
+    node = srlib.chain(w0.path)[1]
+    merged = ig.pattern(12, 4096)
+    with st.locked(str(root)):
+        srlib.write(os.path.join(os.path.dirname(w0.path), node),
+                    6 * MiB, merged)
+    w0.model.write(6 * MiB, merged)
+    r = engine.sync(store, 'web', **_kw(root))
+    assert [rw['disk'] for rw in r['rewrites']] == [0, 1]
+    snaps = store.get('web')['snapshots']
+    assert [s['removed_at'] is not None for s in snaps] == [
+        False, True, False]
+    assert engine.sync(store, 'web', **_kw(root))['rewrites'] == []
+    engine.cutover(store, 'web', **_kw(root))
+    _check(store.get('web'), facts)
+
+
+def test_a_cutover_after_a_snapshot_was_deleted_refuses_before_shutdown(bed):
+    """A snapshot of the migration deleted since the last sync: the
+    cutover refuses before the shutdown (a sync rewrites the disks while
+    the VM runs); after that sync it cuts over."""
+    root, facts, out, store = bed
+    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
+    w0, w1 = _writers(root, facts, m)
+    engine.sync(store, 'web', **_kw(root))
+    w0.write(6 * MiB, ig.pattern(9, 8192))
+    engine.sync(store, 'web', **_kw(root))
+    last = store.get('web')['snapshots'][-1]['snapshot_id']
+    xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=%s' % last,
+                'force=true')
+    with pytest.raises(exception.Any2KvmError) as e:
+        engine.cutover(store, 'web', **_kw(root))
+    assert 'snapshot(s) %s of the migration are gone from the host' % last \
+        in str(e.value) and 'nothing was shut down' in str(e.value)
+    assert _power(root, facts['two-disks']) == 'running'
+    r = engine.sync(store, 'web', **_kw(root))
+    assert [rw['disk'] for rw in r['rewrites']] == [0, 1]
+    engine.cutover(store, 'web', **_kw(root))
+    _check(store.get('web'), facts)

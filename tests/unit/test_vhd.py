@@ -333,3 +333,58 @@ def test_a_padded_view_takes_the_footer_copy_at_offset_0(tmp_path):
     view.padded = True
     with pytest.raises(exception.InvalidImage, match='disagree'):
         vhd.VhdReader(view)
+
+
+def _qemu_vhd(tmp_path, raw_bytes):
+    """A dynamic VHD that qemu-img writes of ``raw_bytes``."""
+    import shutil
+    import subprocess
+    if not shutil.which('qemu-img'):
+        from tests.lib.tools import missing_tool
+        missing_tool('qemu-img is needed')
+    raw = tmp_path / 'src.raw'
+    raw.write_bytes(raw_bytes)
+    out = tmp_path / 'q.vhd'
+    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'vpc', '-o',
+                    'subformat=dynamic', str(raw), str(out)], check=True,
+                   capture_output=True, timeout=120)
+    return out.read_bytes()
+
+
+def test_a_live_leaf_without_its_end_footer_is_read_from_the_copy(tmp_path):
+    """A running VM's leaf as blktap leaves it while its tapdisk holds it
+    open for writing: the end footer overwritten with 0xc7
+    (vhd_kill_footer, at every open for writing), or a new block written
+    where the footer was (allocate_block at next_db), the footer only
+    written back at close.  A view that says it is live is read from the
+    footer copy at offset 0, as libvhd and qemu read it; the same bytes
+    in a view that does not say so are a truncated file."""
+    import subprocess
+    size = 6 * MiB
+    content = bytearray(size)
+    content[5 * MiB:5 * MiB + 7] = b'written'
+    content[100:105] = b'first'
+    data = _qemu_vhd(tmp_path, bytes(content))
+    killed = data[:-512] + b'\xc7' * 512
+    # The footer's sector taken by a block (its last sector here).
+    grown = data[:-512]
+    for name, image in (('killed.vhd', killed), ('grown.vhd', grown)):
+        with pytest.raises(exception.InvalidImage, match='footer missing'):
+            vhd.VhdReader(view_of(tmp_path, image, 'strict-' + name))
+        view = view_of(tmp_path, image, name)
+        view.live = True
+        r = vhd.VhdReader(view)
+        assert r.virtual_size >= size
+        got = bytearray()
+        for e in ext.merge(r.block_status(0, size)):
+            if e.kind == ext.DATA:
+                got += r.read(e.file_offset, e.length)
+            else:
+                got += bytes(e.length)
+        assert bytes(got) == bytes(content), name
+        # qemu reads the same file the same way (its footer from offset 0).
+        out = tmp_path / ('%s.raw' % name)
+        subprocess.run(['qemu-img', 'convert', '-f', 'vpc', '-O', 'raw',
+                        str(tmp_path / name), str(out)], check=True,
+                       capture_output=True, timeout=120)
+        assert out.read_bytes()[:size] == bytes(content), name

@@ -94,11 +94,27 @@ class _Conn(object):
     records them; ``fail``: the command word that fails."""
     label = 'root@xs1'
 
-    def __init__(self, answers=None, fail=None):
+    def __init__(self, answers=None, fail=None, nodes=None):
         self.answers = answers or {}
         self.fail = fail
         self.calls = []
         self.opened = []
+        #: The device nodes in the volume group's directory (symbolic
+        #: links, as udev and LVM make them); None: no directory.
+        self.nodes = nodes
+        self.listed = []
+
+    def listdir(self, path, limit, skipped=None):
+        """SFTP's listing, as ``Connection.listdir`` answers it."""
+        self.listed.append(path)
+        if self.nodes is None:
+            e = exception.SshError(host=self.label, reason='cannot list '
+                                   '%s: No such file' % path)
+            e.no_such_file = True
+            raise e
+        if skipped is not None:
+            skipped.update((n, 'a symbolic link') for n in self.nodes)
+        return []
 
     def check_run(self, argv, **kw):
         self.calls.append(list(argv))
@@ -106,6 +122,15 @@ class _Conn(object):
         if word == self.fail:
             raise exception.RemoteCommandError(
                 host=self.label, command=word, reason='refused')
+        if word == getattr(self, 'stalls', None):
+            # Not waited for to its end (the SSH layer's timeout): xapi
+            # goes on with the request.
+            self.stalls = None
+            e = exception.RemoteCommandError(
+                host=self.label, command=word, reason='no exit after 60 s: '
+                'stopped')
+            e.timed_out = True
+            raise e
 
         class R(object):
             stdout = self.answers.get(word, b'').encode() \
@@ -213,12 +238,15 @@ def test_a_prepared_attachment_is_plugged_listed_and_flushed_at_once():
     from any2kvm_os.sources.xenserver import plugin
     uuid = 'abcdef01-2345-4678-89ab-cdef01234567'
     leaf = '/dev/%s/VHD-a' % VG
+    # (What LVM2 answers to lvs --readonly: the state unknown, 'X'.)
     conn = _BatchConn({'vbd-create': uuid + '\n',
-                       'lvs': '  VHD-a|8388608|-wi-a-----\n'})
+                       'lvs': '  VHD-a|8388608|-wi-XX----\n'},
+                      nodes=['VHD-a'])
     a = lvm.Attachment(conn, DOM0, VDI)
     a.create()
     assert [c[1] for c in conn.calls] == ['vbd-create', 'vbd-param-set']
     got, found, flushed = plugin._plug_prepared(conn, a, ARGV, leaf)
+    assert found['VHD-a'].active and conn.listed == ['/dev/' + VG]
     assert got is a and flushed == ('VHD-a',)
     assert conn.batches == [[['xe', 'vbd-plug', 'uuid=' + uuid], ARGV,
                              ['blockdev', '--flushbufs', leaf]]]
@@ -402,3 +430,69 @@ def test_a_tag_names_its_process_across_pid_reuse_and_reboots():
     finally:
         child.communicate(b'')
     assert processes.start_time(child.pid) is None
+
+
+# What LVM2 prints for ``lvs --readonly`` (lvm.lvs_command): --readonly
+# turns activation off (tools/lvmcmdline.c), lv_info() never asks
+# device-mapper, and lv_attr's state and device columns are 'X', unknown
+# (lib/metadata/lv.c), for every LV, active or not (LVM2 2.02.130 on;
+# XCP-ng ships 2.02.180).
+REAL_READONLY_ANSWER = ('  MGT|4194304|-wi-XX----\n'
+                        '  VHD-a|8388608|-ri-XX----\n'
+                        '  VHD-b|4194304|-wi-XX----\n'
+                        '  VHD-c|4194304|-wi-XX----\n').encode()
+
+
+def test_the_active_lvs_are_those_with_a_device_node():
+    """lvs --readonly cannot say which LVs are active: their device
+    nodes in the volume group's directory do, as SM's lvutil reads it;
+    no directory, no LV active (a clear refusal, not a read)."""
+    volumes = lvm.parse_lvs(REAL_READONLY_ANSWER, ARGV)
+    assert not [n for n, v in volumes.items() if v.active]
+    conn = _Conn(nodes=['MGT', 'VHD-a', 'VHD-b'])
+    lvm.mark_active(volumes, lvm.active_names(conn, '/dev/' + VG))
+    c = lvm.LvmContainer(conn, '/dev/' + VG, 'VHD-a', limits_mod.Limits(),
+                         volumes)
+    assert c.member_names() == ['VHD-a', 'VHD-b']
+    c.open_view('VHD-a')
+    with pytest.raises(exception.ChainError, match='inactive'):
+        c.open_view('VHD-c')
+    volumes = lvm.parse_lvs(REAL_READONLY_ANSWER, ARGV)
+    lvm.mark_active(volumes, lvm.active_names(_Conn(nodes=None),
+                                              '/dev/' + VG))
+    c = lvm.LvmContainer(conn, '/dev/' + VG, 'VHD-a', limits_mod.Limits(),
+                         volumes)
+    assert c.member_names() == []
+    # Another listing error is not "none active": it is raised.
+    other = _Conn(nodes=None)
+    other.listdir = lambda *a, **kw: (_ for _ in ()).throw(
+        exception.SshError(host='h', reason='cannot list: Permission '
+                           'denied'))
+    with pytest.raises(exception.SshError, match='Permission'):
+        lvm.active_names(other, '/dev/' + VG)
+
+
+def test_a_plug_not_waited_for_to_its_end_is_unplugged_first():
+    """A vbd-plug whose answer did not come in time (a batch stopped by
+    the SSH layer's timeout) may have plugged the VBD, or xapi may still
+    be plugging it: it is unplugged before it is destroyed (xapi refuses
+    to destroy a plugged VBD, which would keep the VM from starting)."""
+    from any2kvm_os.sources.xenserver import plugin
+    uuid = 'abcdef01-2345-4678-89ab-cdef01234567'
+    leaf = '/dev/%s/VHD-a' % VG
+    conn = _BatchConn({'vbd-create': uuid + '\n'})
+    conn.stalls = 'vbd-plug'
+    a = lvm.Attachment(conn, DOM0, VDI)
+    a.create()
+    n = len(conn.calls)
+    with pytest.raises(exception.RemoteCommandError):
+        plugin._plug_prepared(conn, a, ARGV, leaf)
+    assert [c[1] for c in conn.calls[n:]] == [
+        'vbd-plug', 'vbd-unplug', 'vbd-destroy']
+    conn = _Conn({'vbd-create': uuid + '\n'})
+    conn.stalls = 'vbd-plug'
+    with pytest.raises(exception.RemoteCommandError):
+        lvm.Attachment(conn, DOM0, VDI).plug()
+    assert [c[1] for c in conn.calls] == [
+        'vbd-create', 'vbd-param-set', 'vbd-plug', 'vbd-unplug',
+        'vbd-destroy']

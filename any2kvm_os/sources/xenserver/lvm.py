@@ -33,8 +33,10 @@ What the host does (xapi-project/sm ``lvhdutil``, ``LVHDSR``):
 
 The chain is read as from a file SR, over SFTP, from the LV device nodes;
 the directory of the container is the volume group's, its members the
-active ``VHD-*`` LVs as ``lvs`` lists them with their sizes (a block
-device has no size SFTP can tell).  A parent is the LV its child names
+active ``VHD-*`` LVs: those ``lvs --readonly`` lists (with their sizes:
+a block device has no size SFTP can tell) whose device node is in the
+volume group's directory (:func:`active_names`: ``lvs --readonly``
+cannot say which LVs are active).  A parent is the LV its child names
 (as SM finds it: ``vhd-util scan``), checked by unique id; no other LV
 is opened (they are other VMs' disks), nor anything outside that volume
 group, whatever a VHD header or ``xe`` says.  Before an LV is opened,
@@ -123,18 +125,44 @@ def lvs_command(vg):
 
 
 class Volume(object):
-    """One LV as ``lvs`` lists it."""
+    """One LV as ``lvs`` lists it; :attr:`active` as :func:`mark_active`
+    says."""
 
     def __init__(self, name, size, attr):
         self.name, self.size, self.attr = name, size, attr
-
-    @property
-    def active(self):
-        # lvs(8): the 5th attribute character is the state, 'a' active.
-        return len(self.attr) >= 5 and self.attr[4] == 'a'
+        # lvs(8): the 5th attribute character is the state, 'a' active;
+        # ``lvs --readonly`` says 'X' (unknown) of every LV, active or
+        # not (see :func:`active_names`).
+        self.active = len(attr) >= 5 and attr[4] == 'a'
 
     def __repr__(self):
         return 'Volume(%r, %d, %r)' % (self.name, self.size, self.attr)
+
+
+def active_names(conn, directory, limit=MAX_LVS):
+    """The names in the device directory ``directory`` of a volume
+    group on the host of ``conn``: its active LVs.  SM tells an active
+    LV by its device node (``lvutil._checkActive``: the path exists);
+    ``lvs --readonly`` cannot tell (LVM2 turns activation off with
+    ``--readonly``, and ``lv_attr`` then says 'X', unknown, for every
+    LV), and a plain ``lvs`` takes the volume group's lock, which SM's
+    own commands would wait for.  No directory: no LV active."""
+    skipped = {}
+    try:
+        names = conn.listdir(directory, limit, skipped=skipped)
+    except exception.SshError as e:
+        if getattr(e, 'no_such_file', False):
+            return set()
+        raise
+    return set(names) | set(skipped)
+
+
+def mark_active(volumes, names):
+    """Each of ``volumes`` (:func:`parse_lvs`) active when its name is
+    one of ``names`` (:func:`active_names`); returns ``volumes``."""
+    for name, volume in volumes.items():
+        volume.active = name in names
+    return volumes
 
 
 def parse_lvs(output, argv):
@@ -289,8 +317,16 @@ class Attachment(object):
         self.create()
         try:
             self._run(self.plug_command())
+        except exception.RemoteCommandError as e:
+            # Refused: never plugged.  Not waited for to its end: xapi
+            # may have plugged it, or still be at it: unplugged first.
+            self.unplug(plugged=getattr(e, 'timed_out', False))
+            raise
         except BaseException:
-            self.unplug(plugged=False)
+            # (A lost connection, an interruption: whether it was
+            # plugged is unknown; an unplug of one that was not fails,
+            # and is logged.)
+            self.unplug()
             raise
         self.plugged()
 

@@ -201,6 +201,9 @@ class XenServerSource(base.Source):
         container = remote.RemoteDirectoryContainer(
             conn, posixpath.dirname(info.path),
             posixpath.basename(info.path), self.limits, label=conn.label)
+        # A running VM's tapdisk holds its VDI's VHD open for writing: no
+        # footer at its end until it closes it.
+        container.live_leaf = True
         try:
             chain = layer_chain.resolve(container, container.leaf_name,
                                         self.limits)
@@ -225,8 +228,10 @@ class XenServerSource(base.Source):
         argv = lvm.lvs_command(posixpath.basename(directory))
 
         def volumes():
-            return lvm.parse_lvs(conn.check_run(argv, idempotent=True)
-                                 .stdout, argv)
+            return lvm.mark_active(
+                lvm.parse_lvs(conn.check_run(argv, idempotent=True).stdout,
+                              argv),
+                lvm.active_names(conn, directory))
         if prepared is not None:
             attachment, found, flushed = _plug_prepared(conn, prepared,
                                                         argv, info.path)
@@ -312,8 +317,11 @@ def _plug_prepared(conn, attachment, lvs_argv, leaf_path):
     try:
         outputs = conn.run_many(commands)
     except exception.RemoteCommandError as e:
-        # ``outputs``: those of the commands before the one that failed.
-        attachment.unplug(plugged=bool(getattr(e, 'outputs', None)))
+        # ``outputs``: those of the commands before the one that failed;
+        # a batch whose end was not waited for (``timed_out``) may have
+        # plugged it, or go on plugging it in xapi: unplugged first.
+        attachment.unplug(plugged=bool(getattr(e, 'outputs', None)) or
+                          getattr(e, 'timed_out', False))
         raise
     except BaseException:
         # Whether the plug ran is unknown (a lost connection, an
@@ -323,7 +331,9 @@ def _plug_prepared(conn, attachment, lvs_argv, leaf_path):
         raise
     attachment.plugged()
     try:
-        found = lvm.parse_lvs(outputs[1], lvs_argv)
+        found = lvm.mark_active(lvm.parse_lvs(outputs[1], lvs_argv),
+                                lvm.active_names(conn, posixpath.dirname(
+                                    leaf_path)))
     except BaseException:
         attachment.unplug()
         raise

@@ -27,6 +27,7 @@ link to the host is ``XE_STANDIN_ROOT``).
 * :func:`coalesce` -- SM's garbage collector, as an explicit step.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -469,6 +470,18 @@ def _load(root):
     return st.load(str(root))
 
 
+@contextlib.contextmanager
+def _host_op(root):
+    """One operation on the host's disks, under the host's lock, the
+    running guests' tapdisks paused around it (``sr.tapdisks_paused``:
+    a guest's write leaves its leaf with no footer at its end, as
+    tapdisk does)."""
+    root = str(root)
+    with st.locked(root):
+        with srlib.tapdisks_paused(root, lambda: st.load(root)):
+            yield
+
+
 def vdi_path(root, vdi_uuid):
     """The VDI's VHD: its file on a file SR, its LV's store file (see
     :mod:`tests.lib.xenserver.lvm`) on an LVM SR."""
@@ -527,7 +540,7 @@ class GuestWriter(object):
         """On an LVM SR, the write lands in the leaf LV in place, as
         tapdisk writes (:func:`lvm.write`: the LV's size and its footer at
         the end kept)."""
-        with st.locked(self.root):
+        with _host_op(self.root):
             if _is_lvm_vdi(self.root, self.vdi):
                 lvm.write(self.path, offset, data)
             else:
@@ -541,7 +554,7 @@ class GuestWriter(object):
         """Grow the disk the way ``vhd-util resize -f`` does (sm's
         ``setSizeVirtFast``): footer size, geometry and BAT entries of
         the leaf; the VDI's virtual-size follows."""
-        with st.locked(self.root):
+        with _host_op(self.root):
             s = st.load(self.root)
             if _is_lvm_vdi(self.root, self.vdi):
                 lvm.resize(self.path, new_size,
@@ -565,7 +578,7 @@ def coalesce(root, node_vdi):
     "base copy" VDI record goes, the child's ``vhd-parent`` becomes the
     node's parent."""
     root = str(root)
-    with st.locked(root):
+    with _host_op(root):
         s = st.load(root)
         children = [u for u, v in s['vdi'].items()
                     if (v.get('sm-config') or {}).get('vhd-parent') ==

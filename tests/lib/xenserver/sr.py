@@ -50,6 +50,11 @@ import struct
 import tempfile
 import uuid as uuidlib
 
+try:
+    from . import state as st
+except ImportError:         # run as a sibling of the xe script
+    import state as st
+
 SECTOR = 512
 FOOTER_CHECKSUM = 0x40
 HEADER_CHECKSUM = 0x24
@@ -84,19 +89,133 @@ def _footer_offsets(f):
     return offs
 
 
+#: What blktap writes over a VHD's end footer when a tapdisk opens it for
+#: writing (block-vhd.c ``vhd_kill_footer``: 0xc7 bytes).
+KILLED = b'\xc7' * SECTOR
+
+
+def footer_state(path):
+    """How the end of the dynamic VHD ``path`` is: ``'footer'``,
+    ``'killed'`` (:data:`KILLED`) or ``'grown'`` (a block written where
+    the footer was); None for a file that is no dynamic VHD."""
+    with open(str(path), 'rb') as f:
+        if f.read(8) != b'conectix':
+            return None
+        f.seek(-SECTOR, 2)
+        tail = f.read(SECTOR)
+    if tail[:8] == b'conectix':
+        return 'footer'
+    return 'killed' if tail == KILLED else 'grown'
+
+
+def close_tapdisk(path):
+    """What a tapdisk's close does to the VHD it held open for writing
+    (block-vhd.c ``_vhd_close``: the footer written at the end of the
+    data): the footer copy at offset 0 written back at the end.  Returns
+    the state it was in (:func:`footer_state`).  Only a file SR's
+    ``.vhd`` (an LV's VHD has its own end: :mod:`.lvm`)."""
+    if not str(path).endswith('.vhd'):
+        return None
+    state = footer_state(path)
+    if state in ('killed', 'grown'):
+        with open(str(path), 'r+b') as f:
+            head = f.read(SECTOR)
+            f.seek(-SECTOR if state == 'killed' else 0, 2)
+            f.write(head)
+    return state
+
+
+def open_tapdisk(path, grown=False):
+    """What a tapdisk's open for writing does to a VHD (block-vhd.c
+    ``_vhd_open`` with TD_OPEN_STRICT: ``vhd_kill_footer``), and, with
+    ``grown``, what its first new block then does (``allocate_block``
+    writes it at ``next_db``, where the footer was: the file ends with
+    the block's data, no footer after it, until the close)."""
+    if footer_state(path) != 'footer':
+        return
+    if grown:
+        with open(str(path), 'r+b') as f:
+            f.seek(0, 2)
+            f.truncate(f.tell() - SECTOR)
+        return
+    with open(str(path), 'r+b') as f:
+        f.seek(-SECTOR, 2)
+        f.write(KILLED)
+
+
+def _file_vhds(root, state):
+    for sr_uuid, sr in state.get('sr', {}).items():
+        if sr.get('type') not in st.FILE_SR_TYPES:
+            continue
+        directory = st.mount_dir(str(root), sr_uuid)
+        if os.path.isdir(directory):
+            for name in sorted(os.listdir(directory)):
+                if name.endswith('.vhd'):
+                    yield os.path.join(directory, name)
+
+
+def live_leaves(root, state):
+    """The VHD files of a file SR that a tapdisk holds open for writing:
+    the VDIs a running (or paused) guest has attached read-write."""
+    out = set()
+    for vbd in state.get('vbd', {}).values():
+        vdi = state.get('vdi', {}).get(vbd.get('vdi') or '')
+        vm = state.get('vm', {}).get(vbd.get('vm') or '', {})
+        if (vdi is None or vm.get('is-control-domain') or
+                vbd.get('mode', 'RW') != 'RW' or
+                not st.vbd_attached(state, vbd)):
+            continue
+        sr = state.get('sr', {}).get(vdi.get('sr'), {})
+        if sr.get('type') in st.FILE_SR_TYPES:
+            path = os.path.join(st.mount_dir(str(root), vdi['sr']),
+                                vbd['vdi'] + '.vhd')
+            if os.path.exists(path):
+                out.add(path)
+    return out
+
+
+@contextlib.contextmanager
+def tapdisks_paused(root, state_of):
+    """Around one operation of the host (an ``xe`` command, a guest's
+    write): every file SR's VHD closed by its tapdisk before
+    (:func:`close_tapdisk`: the host's own tools see whole VHDs, as SM's
+    see them with tapdisk paused), and then the leaves of the running
+    guests open for writing again (:func:`open_tapdisk`), as the
+    operation left the state (``state_of()``).  A leaf the operation
+    grew ends with its new block."""
+    sizes = {}
+    for path in _file_vhds(root, state_of()):
+        close_tapdisk(path)
+        sizes[path] = os.path.getsize(path)
+    try:
+        yield
+    finally:
+        for path in sorted(live_leaves(root, state_of())):
+            open_tapdisk(path, grown=os.path.getsize(path) > sizes.get(
+                path, os.path.getsize(path)))
+
+
 def read_tail(f):
     """(file size, footer, data offset, dynamic header) of the VHD in open
-    file ``f``, its footer read from the end."""
+    file ``f``, its footer read from the end (from offset 0 when none
+    ends it: a tapdisk holds it open, :func:`open_tapdisk`, as libvhd
+    reads it then)."""
     f.seek(0, 2)
     size = f.tell()
     f.seek(size - SECTOR)
     footer = f.read(SECTOR)
+    if footer[:8] != b'conectix':
+        f.seek(0)
+        head = f.read(SECTOR)
+        if head[:8] == b'conectix':
+            footer = head
     data_offset = struct.unpack_from('>Q', footer, 0x10)[0]
     f.seek(data_offset)
     return size, footer, data_offset, f.read(HEADER_SIZE)
 
 
 def _patch_footers(path, fn):
+    close_tapdisk(path)
     with open(path, 'r+b') as f:
         for off in _footer_offsets(f):
             f.seek(off)
@@ -115,6 +234,11 @@ def meta(path):
         size = f.tell()
         f.seek(size - SECTOR)
         ft = f.read(SECTOR)
+        if ft[:8] != b'conectix':
+            # A tapdisk holds it open (open_tapdisk): libvhd reads the
+            # copy at offset 0 then.
+            f.seek(0)
+            ft = f.read(SECTOR)
         out = {
             'file_size': size,
             'uuid': str(uuidlib.UUID(bytes=ft[0x44:0x54])),
@@ -291,6 +415,7 @@ def _wrap_parents(img):
 def open_image(path, mode='rb'):
     """A FATtools ``Image`` of ``path`` with its chain resolved."""
     path = os.path.abspath(str(path))
+    close_tapdisk(path)
     with _resolver(os.path.dirname(path)):
         img = _vhdutils().Image(path, mode)
         _wrap_parents(img)
