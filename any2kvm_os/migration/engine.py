@@ -59,8 +59,9 @@ hidden node we applied; without it the node has one child and SM's
 garbage collector coalesces that child into it, which rewrites a layer we
 applied and deletes another.  The next sync would see the change and
 would have to rewrite the whole disk (above).  Kept snapshots cost
-nothing on the SR (their VDIs are empty differencing files; the nodes
-exist either way) but lengthen the chain by one per sync, and VHD chains
+little on the SR (their VDIs are empty differencing files, on an LVM SR
+an LV of 8 MiB each, SM's thin-provisioned minimum; the nodes exist
+either way) but lengthen the chain by one per sync, and VHD chains
 are limited (SM refuses beyond 30 levels): a sync is refused once the
 chain reaches :data:`MAX_CHAIN` and the operator should cut over.
 

@@ -25,11 +25,16 @@ What the host does (xapi-project/sm ``lvhdutil``, ``LVHDSR``):
   a halted VM's are not;
 * the VHD ends with the LV: libvhd writes a block device's footer in its
   last sector, and ``inflate``/``deflate`` move it to the LV's new end
-  (``vhd-util modify -s``).  Only an inflate cut short (SM then keeps a
-  journal LV, and refuses to attach the VDI) leaves no footer there; the
-  copy at offset 0 is the footer then, as libvhd falls back to it.  The
-  readers take an LV as a *padded* view (:attr:`LvmContainer.padded`):
-  that fallback is allowed for it, and for nothing else.
+  (``vhd-util modify -s``).  Two things leave no footer there: a
+  running VM's tapdisk, which overwrites it with 0xc7 whenever it opens
+  the leaf for writing (blktap's ``vhd_kill_footer``: at every start,
+  and at every unpause, so after every snapshot) until it closes it; and
+  an inflate in flight or cut short (SM then keeps a journal LV, and
+  refuses to attach the VDI).  The copy at offset 0 is the footer then,
+  as libvhd falls back to it.  The readers take an LV as a *padded* view
+  (:attr:`LvmContainer.padded`): that fallback is allowed for it (and
+  for a file SR's leaf: ``RemoteDirectoryContainer.live_leaf``), and for
+  nothing else.
 
 The chain is read as from a file SR, over SFTP, from the LV device nodes;
 the directory of the container is the volume group's, its members the
