@@ -123,21 +123,28 @@ def test_create_server_on_files_is_refused_before_anything(bed):
     assert _power(root, facts['two-disks']) == 'running'
 
 
-def test_chain_coalesced_behind_our_back(bed):
+def _synced_twice_then_snapshot_deleted(bed):
+    """Two syncs, both disks written between them (each snapshot makes
+    a base: SM makes none over a leaf that holds no block); then someone
+    deletes the migration's newest snapshot: its node (applied by sync
+    2) has the leaf as only child.  Returns the two guest writers."""
     root, facts, out, store = bed
     m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
     w0, w1 = _writers(root, facts, m)
     engine.sync(store, 'web', **_kw(root))
     w0.write(6 * MiB, ig.pattern(9, 8192))
-    # both disks written: each snapshot makes a base (SM makes none over a
-    # leaf that holds no block)
     w1.write(512, ig.pattern(11, 512))
     engine.sync(store, 'web', **_kw(root))
-    # Someone deletes our newest snapshot: its node (applied by sync 2)
-    # has the leaf as only child, and SM's GC coalesces them.
     last = store.get('web')['snapshots'][-1]['snapshot_id']
     xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=%s' % last,
                 'force=true')
+    return w0, w1
+
+
+def test_chain_coalesced_behind_our_back(bed):
+    root, facts, out, store = bed
+    w0, w1 = _synced_twice_then_snapshot_deleted(bed)
+    # SM's GC coalesces the node and the leaf.
     for w in (w0, w1):
         xhost.coalesce(root, srlib.chain(w.path)[1][:-len('.vhd')])
     w0.write(MiB, ig.pattern(10, 4096))
@@ -1429,15 +1436,7 @@ def test_a_deleted_snapshot_with_writes_merged_in_place_is_a_rewrite(bed):
     next sync sees the snapshot gone and rewrites every disk; the one
     after it does not (the snapshot is recorded as removed)."""
     root, facts, out, store = bed
-    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
-    w0, w1 = _writers(root, facts, m)
-    engine.sync(store, 'web', **_kw(root))
-    w0.write(6 * MiB, ig.pattern(9, 8192))
-    w1.write(512, ig.pattern(11, 512))
-    engine.sync(store, 'web', **_kw(root))
-    last = store.get('web')['snapshots'][-1]['snapshot_id']
-    xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=%s' % last,
-                'force=true')
+    w0, _w1 = _synced_twice_then_snapshot_deleted(bed)
     # What the guest wrote since, merged by the GC into the node the
     # sync applied (its block at 6 MiB), not in the leaf any more.
     node = srlib.chain(w0.path)[1]
@@ -1461,14 +1460,8 @@ def test_a_cutover_after_a_snapshot_was_deleted_refuses_before_shutdown(bed):
     cutover refuses before the shutdown (a sync rewrites the disks while
     the VM runs); after that sync it cuts over."""
     root, facts, out, store = bed
-    m = engine.create(store, 'web', LOC, output_dir=str(out), **_kw(root))
-    w0, w1 = _writers(root, facts, m)
-    engine.sync(store, 'web', **_kw(root))
-    w0.write(6 * MiB, ig.pattern(9, 8192))
-    engine.sync(store, 'web', **_kw(root))
+    _synced_twice_then_snapshot_deleted(bed)
     last = store.get('web')['snapshots'][-1]['snapshot_id']
-    xhost.xe_ok(root, 'snapshot-uninstall', 'uuid=%s' % last,
-                'force=true')
     with pytest.raises(exception.Any2KvmError) as e:
         engine.cutover(store, 'web', **_kw(root))
     assert 'snapshot(s) %s of the migration are gone from the host' % last \
