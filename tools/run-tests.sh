@@ -8,24 +8,17 @@
 # needing qemu-img or the libvhdi and libvmdk oracles fail rather than
 # skip when those are absent.
 #
-# The integration layer (tests/integration: the loopback cloud, Nova
-# boots) and the other layers (tests/functional, tests/unit,
-# tests/test_style.py) run as two pytest processes side by side: most of
-# either is one single-threaded QEMU under TCG or a wait on the cloud, so
-# two cores serve both at once.  The integration process starts first (the
-# cloud's start-up is its longest step); its output is kept in
-# run/test-integration.log and shown after the other layers' output.
-# The longest test module of the other layers (BESIDE: one virt-v2v run
-# and two TCG boots, 4-6 minutes alone) runs in the integration process,
-# which ended about ten minutes before the other one: the two end closer
-# together, and the suite sooner.
+# Three pytest processes run side by side (see below for what each
+# runs): the integration layer (tests/integration: the loopback cloud,
+# Nova boots), the guest inspection module, and the rest of the
+# functional, unit and style layers.
 # Each process gets PYTEST-ARGS.  One "python -m pytest tests/ ARGS"
 # process runs instead when an argument names a test path (a selection
 # of one's own: tests/unit, tests/x.py::test_y) or when
 # ANY2KVM_TEST_SERIAL=1.
 #
 # Exits non-zero when a process failed; "no tests collected" (5) is a
-# failure too, unless the other process ran tests.
+# failure too, unless another process ran tests.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,8 +51,7 @@ if [ "$split" = 0 ]; then
 fi
 
 mkdir -p run
-log=run/test-integration.log
-# Both pytest processes run in the background, so that a signal reaches
+# Every pytest process runs in the background, so that a signal reaches
 # this script's traps at once (not when a foreground child ends).  A
 # background command of a non-interactive shell starts with SIGINT
 # ignored, and a Python started so keeps it ignored: the wrapper gives
@@ -93,40 +85,65 @@ trap stop_pytests EXIT
 trap 'signalled=INT; exit 130' INT
 trap 'signalled=TERM; exit 143' TERM
 
-# The slowest tests of each process are listed at its end (--durations):
+# Three processes.  (1) The integration layer, started first (the
+# cloud's start-up is its longest step), with BESIDE: one virt-v2v run
+# and two TCG boots, 5-10 minutes.  (2) GUESTS: the guest inspection
+# module, about fifteen libguestfs appliance runs under TCG (each 15 s
+# to start and 15-40 s per guest inspected), a third of the other
+# layers' time.  (3) The rest of the functional, unit and style layers.
+# Each of the three is mostly one single-threaded QEMU under TCG, a wait
+# on the cloud or a short-lived command: two processes kept the two
+# cores busy 60% of the time (68 min of CPU in 65 min), three keep them
+# busier.  The output of (1) and (2) is kept in run/test-integration.log
+# and run/test-guests.log and shown after the output of (3).  The
+# slowest tests of each process are listed at its end (--durations):
 # where the suite's time goes, for keeping it under its bound.
 beside=(tests/functional/test_guest_v2v.py)
+guests=(tests/functional/test_guest_inspection.py)
 ignore=()
-for module in "${beside[@]}"; do
+for module in "${beside[@]}" "${guests[@]}"; do
     ignore+=("--ignore=$module")
 done
+logs=(run/test-integration.log run/test-guests.log)
+names=("tests/integration (and ${beside[*]})" "${guests[*]}")
 start_pytest tests/integration "${beside[@]}" --durations=10 "$@" \
-    >"$log" 2>&1
-bg_pid=$!
-pids+=("$bg_pid")
-echo "run-tests.sh: the integration layer (and ${beside[*]}) runs beside" \
-     "the others (pid $bg_pid); its output follows theirs" \
-     "(log: $root/$log)"
+    >"${logs[0]}" 2>&1
+pids+=("$!")
+start_pytest "${guests[@]}" --durations=10 "$@" >"${logs[1]}" 2>&1
+pids+=("$!")
+for i in 0 1; do
+    echo "run-tests.sh: ${names[$i]} runs beside the others (pid" \
+         "${pids[$i]}); its output follows theirs (log: $root/${logs[$i]})"
+done
 start_pytest tests/ --ignore=tests/integration "${ignore[@]}" \
     --durations=25 "$@"
-fg_pid=$!
-pids+=("$fg_pid")
-fg_rc=0
-wait "$fg_pid" || fg_rc=$?
-bg_rc=0
-wait "$bg_pid" || bg_rc=$?
+pids+=("$!")
+rcs=()
+for pid in "${pids[@]}"; do
+    rc=0
+    wait "$pid" || rc=$?
+    rcs+=("$rc")
+done
 pids=()
-echo
-echo "======================== tests/integration" \
-     "(run beside the above) ========================"
-cat "$log"
-echo "run-tests.sh: functional, unit and style: pytest exit $fg_rc;" \
-     "integration: pytest exit $bg_rc"
-if [ "$fg_rc" -eq 5 ] && [ "$bg_rc" -eq 5 ]; then
+for i in 0 1; do
+    echo
+    echo "======================== ${names[$i]}" \
+         "(run beside the above) ========================"
+    cat "${logs[$i]}"
+done
+echo "run-tests.sh: pytest exit ${rcs[2]} (functional, unit and style)," \
+     "${rcs[0]} (integration), ${rcs[1]} (guest inspection)"
+ran=0
+for rc in "${rcs[@]}"; do
+    if [ "$rc" -ne 5 ]; then
+        ran=1
+    fi
+done
+if [ "$ran" = 0 ]; then
     echo "run-tests.sh: pytest collected no tests: failing" >&2
     exit 5
 fi
-for rc in "$fg_rc" "$bg_rc"; do
+for rc in "${rcs[@]}"; do
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then
         exit "$rc"
     fi
